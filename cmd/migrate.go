@@ -1,0 +1,141 @@
+package cmd
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strconv"
+
+	"github.com/spf13/cobra"
+
+	"recsys/migrations"
+	"recsys/pkg/flagenv"
+	"recsys/pkg/migrate"
+)
+
+func newMigrateCmd(lc *logConfig) *cobra.Command {
+	var dsn string
+	cmd := &cobra.Command{
+		Use:   "migrate",
+		Short: "Apply, revert and check the embedded schema migrations",
+		Long: `Apply, revert and check the embedded PostgreSQL schema migrations (golang-migrate).
+Concurrent "migrate up" runs from several pods are serialised by an advisory lock.
+Roles never migrate implicitly; they stay unready while the schema is behind the binary.`,
+	}
+	cmd.PersistentFlags().StringVar(&dsn, "pg.dsn", "", "PostgreSQL URL (secret)")
+	flagenv.Alias(cmd.PersistentFlags(), "pg.dsn", "DATABASE_URL")
+	flagenv.Secret(cmd.PersistentFlags(), "pg.dsn")
+	open := func() (*migrate.Migrator, error) {
+		if dsn == "" {
+			return nil, errors.New("--pg.dsn (RECSYS_PG_DSN or DATABASE_URL) is required")
+		}
+		return migrate.Open(dsn)
+	}
+	withMigrator := func(fn func(cmd *cobra.Command, m *migrate.Migrator, args []string) error) func(*cobra.Command, []string) error {
+		return func(cmd *cobra.Command, args []string) error {
+			m, err := open()
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			if err := fn(cmd, m, args); err != nil {
+				return err
+			}
+			v, dirty, err := m.Version()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "version %d dirty=%t (binary expects %d)\n", v, dirty, migrate.Latest())
+			return nil
+		}
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "up",
+		Short: "Apply every pending migration",
+		Args:  cobra.NoArgs,
+		RunE: withMigrator(func(cmd *cobra.Command, m *migrate.Migrator, _ []string) error {
+			return m.Up(cmd.Context())
+		}),
+	}, &cobra.Command{
+		Use:   "down N",
+		Short: "Revert the last N migrations",
+		Args:  cobra.ExactArgs(1),
+		RunE: withMigrator(func(cmd *cobra.Command, m *migrate.Migrator, args []string) error {
+			n, err := strconv.Atoi(args[0])
+			if err != nil || n < 1 {
+				return fmt.Errorf("down N: N must be a positive integer, got %q", args[0])
+			}
+			return m.Down(cmd.Context(), n)
+		}),
+	}, &cobra.Command{
+		Use:   "version",
+		Short: "Print the applied version and whether it is dirty",
+		Args:  cobra.NoArgs,
+		RunE:  withMigrator(func(*cobra.Command, *migrate.Migrator, []string) error { return nil }),
+	}, &cobra.Command{
+		Use:   "force V",
+		Short: "Set the version to V without running migrations (after fixing a failed one by hand)",
+		Args:  cobra.ExactArgs(1),
+		RunE: withMigrator(func(_ *cobra.Command, m *migrate.Migrator, args []string) error {
+			v, err := strconv.Atoi(args[0])
+			if err != nil || v < -1 {
+				return fmt.Errorf("force V: V must be an integer >= -1, got %q", args[0])
+			}
+			return m.Force(v)
+		}),
+	}, newMigrateCheckCmd(&dsn))
+	return cmd
+}
+
+func newMigrateCheckCmd(dsn *string) *cobra.Command {
+	var dir, out, dbURL string
+	var skipDB bool
+	c := &cobra.Command{
+		Use:   "check",
+		Short: "Check naming, ordering and checksums, and compare with the database (JSON report; exit 1 on any issue)",
+		Long: `Check the migrations: file naming (NNNN_name.up.sql/.down.sql), strict ordering,
+SHA-256 checksums, and, with a database, what is applied: drift (an applied file was changed),
+missing (applied but not in this binary), dirty, and pending (not an error).
+Prints the JSON report and exits 1 when there is any issue.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var fsys fs.FS = migrations.FS
+			shown := "embedded"
+			if dir != "" {
+				fsys, shown = os.DirFS(dir), dir
+			}
+			url, reason := *dsn, ""
+			if dbURL != "" {
+				url = dbURL
+			}
+			switch {
+			case skipDB:
+				url, reason = "", "flag --skip-db-check is set"
+			case url == "":
+				reason = "DATABASE_URL is not set"
+			}
+			r, err := migrate.Check(cmd.Context(), fsys, shown, url, reason)
+			if err != nil {
+				return err
+			}
+			b, _ := json.MarshalIndent(r, "", "  ")
+			fmt.Fprintln(cmd.OutOrStdout(), string(b))
+			if out != "" {
+				if err := os.WriteFile(out, append(b, '\n'), 0o644); err != nil {
+					return fmt.Errorf("write report: %w", err)
+				}
+			}
+			if r.Summary.Status != "ok" {
+				return &exitError{code: 1, err: fmt.Errorf("migration check failed with %d issue(s)", r.Summary.IssuesCount)}
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVar(&dir, "migrations-dir", "", "check this folder instead of the migrations embedded in the binary")
+	c.Flags().StringVar(&dbURL, "database-url", "", "database to compare with (default: --pg.dsn / DATABASE_URL)")
+	c.Flags().BoolVar(&skipDB, "skip-db-check", false, "check the files only")
+	c.Flags().StringVar(&out, "output-json", "", "also write the report to this file")
+	return c
+}

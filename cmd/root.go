@@ -1,0 +1,120 @@
+// Package cmd holds the cobra commands of the recsys binary. Commands are thin: they parse
+// configuration and call into pkg/ and the module runner.
+package cmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"golang.org/x/term"
+
+	"recsys/pkg/flagenv"
+	"recsys/pkg/logging"
+)
+
+// logConfig holds the log.* flags shared by every command.
+type logConfig struct {
+	Level  string
+	Format string
+}
+
+func (c *logConfig) registerFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.Level, "log.level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&c.Format, "log.format", "auto", "log format: json, text, or auto (text on a terminal, json otherwise)")
+	flagenv.Alias(fs, "log.level", "LOG_LEVEL")
+	flagenv.Alias(fs, "log.format", "LOG_FORMAT")
+}
+
+func (c *logConfig) logger(w io.Writer) (*slog.Logger, error) {
+	lvl, err := logging.ParseLevel(c.Level)
+	if err != nil {
+		return nil, fmt.Errorf("--log.level (RECSYS_LOG_LEVEL or LOG_LEVEL): %w", err)
+	}
+	format := c.Format
+	if format == "auto" {
+		format = "json"
+		if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+			format = "text"
+		}
+	}
+	l, err := logging.New(w, format, lvl)
+	if err != nil {
+		return nil, fmt.Errorf("--log.format (RECSYS_LOG_FORMAT or LOG_FORMAT): %w", err)
+	}
+	return l, nil
+}
+
+// exitError carries a specific exit code (e.g. 2 for load's error threshold).
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// NewRootCmd builds the command tree.
+func NewRootCmd() *cobra.Command {
+	var lc logConfig
+	root := &cobra.Command{
+		Use:   "recsys",
+		Short: "Real-time recommendation engine: ingest events, relay them to Kafka, keep live features, serve ranked lists",
+		Long: `recsys is one binary with every role of the recommendation engine.
+
+Roles (run together with "recsys all", or one per process):
+  api       HTTP API: event ingestion (/log/*), recommendations (/reco), health and metrics
+  relay     moves the transactional outbox to Kafka
+  consumer  applies Kafka events to the feature store (PostgreSQL + Redis)
+
+Every flag can also be set from the environment as RECSYS_<FLAG> (dots and dashes become
+underscores, e.g. --pg.dsn -> RECSYS_PG_DSN); the original service's names such as
+DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS and ONLINE_CACHE_REDIS_URL work too.
+Precedence: flag, then RECSYS_ variable, then legacy variable, then default.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if err := flagenv.Bind(cmd.Flags(), nil); err != nil {
+				return fmt.Errorf("invalid environment:\n%w", err)
+			}
+			return nil
+		},
+	}
+	lc.registerFlags(root.PersistentFlags())
+	root.AddCommand(
+		newServeCmd(&lc),
+		newRolePresetCmd(&lc, "all", "Run every role in one process (api, relay, consumer)", []string{"all"}),
+		newRolePresetCmd(&lc, "relay", "Run the outbox relay role (event_outbox -> Kafka)", []string{"relay"}),
+		newRolePresetCmd(&lc, "consume", "Run the feature consumer role (Kafka -> features)", []string{"consumer"}),
+		newDevCmd(&lc),
+		newMigrateCmd(&lc),
+		newModulesCmd(),
+		newVersionCmd(),
+		newConfigDocCmd(),
+	)
+	return root
+}
+
+// Execute runs the root command and returns the process exit code.
+func Execute() int {
+	root := NewRootCmd()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintln(os.Stderr, "recsys:", err)
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return 1
+}

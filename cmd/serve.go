@@ -1,0 +1,94 @@
+package cmd
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"recsys/pkg/app"
+	"recsys/pkg/flagenv"
+	"recsys/pkg/httpx"
+	"recsys/pkg/infra"
+	"recsys/pkg/module"
+)
+
+// runFlags is the configuration of a process that runs modules.
+type runFlags struct {
+	roles    []string
+	http     httpx.Config
+	shutdown app.ShutdownConfig
+	infra    infra.Config
+	configs  map[string]module.Config
+}
+
+// register adds the flags of the given modules and of the clients they need. serve registers
+// every module's flags because the roles are known only after parsing (as Loki does with
+// -target); presets register only their own closure so their --help stays short.
+func (r *runFlags) register(fs *pflag.FlagSet, infos []module.Info) {
+	r.http = httpx.DefaultConfig()
+	r.shutdown = app.ShutdownConfig{Delay: 0, Timeout: 25e9}
+	r.infra = infra.DefaultConfig()
+	r.configs = map[string]module.Config{}
+	var need infra.Need
+	for _, i := range infos {
+		need |= i.Needs
+		c := i.NewConfig()
+		c.RegisterFlags(fs)
+		r.configs[i.Name] = c
+	}
+	r.http.RegisterFlags(fs)
+	flagenv.Alias(fs, "http.addr", "API_ADDR")
+	r.shutdown.RegisterFlags(fs)
+	r.infra.RegisterFlags(fs, need)
+}
+
+func (r *runFlags) run(cmd *cobra.Command, lc *logConfig, log *slog.Logger) error {
+	if log == nil {
+		var err error
+		if log, err = lc.logger(os.Stderr); err != nil {
+			return err
+		}
+	}
+	log.Info("configuration", "roles", r.roles, "flags", flagenv.Effective(cmd.Flags()))
+	return app.Run(cmd.Context(), app.Options{Registry: module.Default(), Roles: r.roles, HTTP: r.http,
+		Shutdown: r.shutdown, Infra: r.infra, Configs: r.configs, Log: log})
+}
+
+func newServeCmd(lc *logConfig) *cobra.Command {
+	var rf runFlags
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the selected roles in one process (--roles api,relay,consumer or all)",
+		Long: fmt.Sprintf(`Run the selected roles in one process. Roles: %s, or all.
+Each role can run alone (one pod per role) or colocated; the code path is the same.
+/healthz, /readyz, /metrics and /metrics/prometheus are served on --http.addr by every process.`,
+			strings.Join(module.Default().Roles(), ", ")),
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return rf.run(cmd, lc, nil) },
+	}
+	cmd.Flags().StringSliceVar(&rf.roles, "roles", []string{"api"}, "roles to run: comma list of "+strings.Join(module.Default().Roles(), ", ")+", or all")
+	rf.register(cmd.Flags(), module.Default().All())
+	return cmd
+}
+
+func newRolePresetCmd(lc *logConfig, use, short string, roles []string) *cobra.Command {
+	var rf runFlags
+	rf.roles = roles
+	infos, err := module.Default().Resolve(roles)
+	if err != nil {
+		panic(fmt.Sprintf("preset %s: %v", use, err)) // a registry bug; the registry test catches it
+	}
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Long:  short + ".\nSame as `recsys serve --roles " + strings.Join(roles, ",") + "`.",
+		Args:  cobra.NoArgs,
+		RunE:  func(cmd *cobra.Command, _ []string) error { return rf.run(cmd, lc, nil) },
+	}
+	rf.register(cmd.Flags(), infos)
+	return cmd
+}

@@ -1,0 +1,9 @@
+// Package all imports every module so it registers itself; it is the only list of modules
+// (Caddy's modules/standard). all_test.go fails when a module directory is missing here.
+package all
+
+import (
+	_ "recsys/modules/api"
+	_ "recsys/modules/consumer"
+	_ "recsys/modules/relay"
+)

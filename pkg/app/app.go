@@ -1,0 +1,310 @@
+// Package app runs a set of modules as one process: resolve the roles, open the shared
+// clients they need, build every module, serve HTTP, run, aggregate health, and shut down in
+// order. `recsys all` and a single-role pod run this same code path.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/spf13/pflag"
+
+	"recsys/pkg/httpx"
+	"recsys/pkg/infra"
+	"recsys/pkg/module"
+)
+
+// ShutdownConfig bounds the drain (flags shutdown.*).
+type ShutdownConfig struct {
+	Delay   time.Duration
+	Timeout time.Duration
+}
+
+// RegisterFlags adds the shutdown.* flags.
+func (c *ShutdownConfig) RegisterFlags(fs *pflag.FlagSet) {
+	fs.DurationVar(&c.Delay, "shutdown.delay", c.Delay, "time /readyz answers 503 before the server stops accepting requests (lets load balancers move traffic away)")
+	fs.DurationVar(&c.Timeout, "shutdown.timeout", c.Timeout, "upper bound of the whole shutdown; keep it below the orchestrator's grace period")
+}
+
+// Validate reports invalid settings.
+func (c ShutdownConfig) Validate() error {
+	var errs []error
+	if c.Delay < 0 {
+		errs = append(errs, fmt.Errorf("--shutdown.delay must be >= 0, got %s", c.Delay))
+	}
+	if c.Timeout <= c.Delay {
+		errs = append(errs, fmt.Errorf("--shutdown.timeout (%s) must be greater than --shutdown.delay (%s)", c.Timeout, c.Delay))
+	}
+	return errors.Join(errs...)
+}
+
+// Options is everything Run needs.
+type Options struct {
+	Registry *module.Registry
+	Roles    []string
+	HTTP     httpx.Config
+	Shutdown ShutdownConfig
+	Infra    infra.Config
+	Configs  map[string]module.Config // by module name; missing entries get defaults
+	Log      *slog.Logger
+	Listener net.Listener       // optional; tests pass one bound to port 0
+	OnReady  func(addr string)  // optional; called once the server listens
+	Extra    func(e *echo.Echo) // optional extra routes (dev mode banner etc.)
+}
+
+type running struct {
+	info   module.Info
+	mod    module.Module
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error
+	state  atomic.Value // string
+}
+
+// Run runs the selected roles until ctx is cancelled or a module fails. It returns nil after a
+// clean stop and an error naming the module after a failure.
+func Run(ctx context.Context, o Options) error {
+	infos, err := o.Registry.Resolve(o.Roles)
+	if err != nil {
+		return err
+	}
+	var need, optional infra.Need
+	for _, i := range infos {
+		need |= i.Needs
+		optional |= i.Optional
+	}
+	// A need is soft only when every module that has it can run without it.
+	for _, i := range infos {
+		optional &^= i.Needs &^ i.Optional
+	}
+	cfgs := map[string]module.Config{}
+	errs := []error{o.HTTP.Validate(), o.Shutdown.Validate(), o.Infra.Validate(need)}
+	for _, i := range infos {
+		c := o.Configs[i.Name]
+		if c == nil {
+			c = i.NewConfig()
+		}
+		cfgs[i.Name] = c
+		if err := c.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("module %s: %w", i.Name, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+
+	in, err := infra.Open(ctx, o.Infra, need, o.Log)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+
+	e := httpx.New(o.HTTP, o.Log)
+	var mods []*running
+	for _, i := range infos {
+		m, err := i.New(cfgs[i.Name], in.Deps(i.Name, i.Needs))
+		if err != nil {
+			return fmt.Errorf("build module %s: %w", i.Name, err)
+		}
+		if rr, ok := m.(module.RouteRegistrar); ok {
+			rr.RegisterRoutes(e)
+		}
+		r := &running{info: i, mod: m, done: make(chan struct{})}
+		r.state.Store("starting")
+		mods = append(mods, r)
+	}
+
+	var draining atomic.Bool
+	h := &health{mods: mods, in: in, optional: optional, draining: &draining}
+	e.GET("/healthz", h.healthz)
+	e.GET("/livez", h.healthz)
+	e.GET("/readyz", h.readyz)
+	e.GET("/metrics", httpx.MetricsHandler)
+	e.GET("/metrics/prometheus", httpx.MetricsHandler)
+	if o.Extra != nil {
+		o.Extra(e)
+	}
+
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	var failed atomic.Pointer[error]
+	fail := func(err error) {
+		if failed.CompareAndSwap(nil, &err) {
+			stop(err)
+		}
+	}
+
+	for _, r := range mods {
+		mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		r.cancel = cancel
+		r.state.Store("running")
+		go func() {
+			defer close(r.done)
+			err := r.mod.Run(mctx)
+			if mctx.Err() == nil {
+				if err == nil {
+					err = errors.New("exited unexpectedly")
+				}
+				r.err = err
+				r.state.Store("failed: " + err.Error())
+				fail(fmt.Errorf("module %s: %w", r.info.Name, err))
+				return
+			}
+			if err != nil && !errors.Is(err, context.Canceled) {
+				r.err = err
+				r.state.Store("failed: " + err.Error())
+				fail(fmt.Errorf("module %s: %w", r.info.Name, err))
+				return
+			}
+			r.state.Store("stopped")
+		}()
+	}
+
+	ln := o.Listener
+	if ln == nil {
+		if ln, err = net.Listen("tcp", o.HTTP.Addr); err != nil {
+			return shutdown(o, mods, nil, &draining, fmt.Errorf("listen on %s: %w", o.HTTP.Addr, err))
+		}
+	}
+	srv := o.HTTP.Server(e)
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			fail(fmt.Errorf("http server: %w", err))
+		}
+	}()
+	names := make([]string, len(infos))
+	for k, i := range infos {
+		names[k] = i.Name
+	}
+	o.Log.Info("started", "modules", names, "addr", ln.Addr().String())
+	if o.OnReady != nil {
+		o.OnReady(ln.Addr().String())
+	}
+
+	<-ctx.Done()
+	var cause error
+	if p := failed.Load(); p != nil {
+		cause = *p
+	}
+	return shutdown(o, mods, srv, &draining, cause)
+}
+
+// shutdown: readiness 503, optional delay, HTTP drain, modules in reverse order, then the
+// deferred infra close. The whole of it is bounded by the shutdown timeout.
+func shutdown(o Options, mods []*running, srv *http.Server, draining *atomic.Bool, cause error) error {
+	start := time.Now()
+	draining.Store(true)
+	if cause != nil {
+		o.Log.Error("module failed, stopping", "err", cause)
+	} else {
+		o.Log.Info("draining", "delay_s", o.Shutdown.Delay.Seconds())
+		time.Sleep(o.Shutdown.Delay)
+	}
+	deadline, cancel := context.WithTimeout(context.Background(), o.Shutdown.Timeout-o.Shutdown.Delay)
+	defer cancel()
+	var errs []error
+	if cause != nil {
+		errs = append(errs, cause)
+	}
+	if srv != nil {
+		if err := httpx.Shutdown(deadline, srv); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for i := len(mods) - 1; i >= 0; i-- {
+		r := mods[i]
+		if r.cancel == nil {
+			continue
+		}
+		r.cancel()
+		select {
+		case <-r.done:
+		case <-deadline.Done():
+			errs = append(errs, fmt.Errorf("module %s did not stop within --shutdown.timeout", r.info.Name))
+		}
+	}
+	o.Log.Info("stopped", "duration_s", time.Since(start).Seconds())
+	return errors.Join(errs...)
+}
+
+type health struct {
+	mods     []*running
+	in       *infra.Infra
+	optional infra.Need
+	draining *atomic.Bool
+}
+
+// report builds the body shared by /healthz and /readyz.
+func (h *health) report(ctx context.Context) (map[string]any, bool) {
+	ready := !h.draining.Load()
+	checks := map[string]any{}
+	clients := map[string]string{}
+	soft := map[string]infra.Need{"postgres": infra.Postgres, "redis": infra.Redis, "kafka": infra.Kafka}
+	for name, err := range h.in.Checks(ctx) {
+		ok := err == nil
+		switch {
+		case ok:
+			clients[name] = "ok"
+		case h.optional.Has(soft[name]):
+			clients[name] = "degraded: " + err.Error()
+		default:
+			clients[name] = err.Error()
+			ready = false
+		}
+		// The contract's check names, kept for existing dashboards and scripts.
+		switch name {
+		case "postgres":
+			checks["db"] = ok
+		case "redis":
+			checks["online_cache"] = ok
+		default:
+			checks[name] = ok
+		}
+	}
+	modules := map[string]string{}
+	body := map[string]any{}
+	for _, r := range h.mods {
+		st := r.state.Load().(string)
+		if st != "running" {
+			ready = false
+		} else if rd, ok := r.mod.(module.Readier); ok {
+			if err := rd.Ready(ctx); err != nil {
+				st = "not ready: " + err.Error()
+				ready = false
+			}
+		}
+		modules[r.info.Name] = st
+		if hr, ok := r.mod.(module.HealthReporter); ok {
+			for k, v := range hr.HealthDetails(ctx) {
+				body[k] = v
+			}
+		}
+	}
+	if h.draining.Load() {
+		body["draining"] = true
+	}
+	body["checks"], body["clients"], body["modules"] = checks, clients, modules
+	return body, ready
+}
+
+func (h *health) healthz(c echo.Context) error {
+	body, _ := h.report(c.Request().Context())
+	body["status"] = "ok"
+	return c.JSON(http.StatusOK, body)
+}
+
+func (h *health) readyz(c echo.Context) error {
+	body, ready := h.report(c.Request().Context())
+	body["ready"] = ready
+	if !ready {
+		return c.JSON(http.StatusServiceUnavailable, map[string]any{"detail": body})
+	}
+	return c.JSON(http.StatusOK, body)
+}

@@ -1,0 +1,179 @@
+// Package devstack starts throwaway backing services for `recsys dev`: an in-process Kafka
+// (kfake), an in-process Redis (miniredis) and a private PostgreSQL cluster initialised from
+// the machine's PostgreSQL binaries in a temporary folder. Everything is removed on Close.
+// It is for the one-command developer experience only; tests of Kafka and Redis paths run
+// against the real servers started by scripts/services.sh.
+package devstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kfake"
+)
+
+// ErrNoPostgres says how to get PostgreSQL when its binaries are missing.
+var ErrNoPostgres = errors.New("PostgreSQL server binaries (initdb, pg_ctl) not found: install them with " +
+	"`sudo apt-get update && sudo apt-get install -y postgresql` (Debian/Ubuntu), or `make run`, " +
+	"or pass --pg.dsn / DATABASE_URL to use an existing server")
+
+// Kafka is an in-process broker.
+type Kafka struct{ c *kfake.Cluster }
+
+// StartKafka starts a one-broker kfake cluster on a free loopback port.
+func StartKafka() (*Kafka, error) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		return nil, fmt.Errorf("start in-process kafka: %w", err)
+	}
+	return &Kafka{c: c}, nil
+}
+
+// Addrs returns the broker addresses.
+func (k *Kafka) Addrs() []string { return k.c.ListenAddrs() }
+
+// Close stops the broker.
+func (k *Kafka) Close() { k.c.Close() }
+
+// StartRedis starts miniredis on a free loopback port. miniredis has no CLIENT TRACKING, so
+// clients must disable client-side caching.
+func StartRedis() (*miniredis.Miniredis, error) {
+	m, err := miniredis.Run()
+	if err != nil {
+		return nil, fmt.Errorf("start in-process redis: %w", err)
+	}
+	return m, nil
+}
+
+// Postgres is a private throwaway cluster.
+type Postgres struct {
+	dir, bin string
+	port     int
+	asUser   string
+}
+
+// FindPGBin returns the folder holding initdb and pg_ctl: $PG_BIN, the newest
+// /usr/lib/postgresql/*/bin, or PATH.
+func FindPGBin() (string, error) {
+	if d := os.Getenv("PG_BIN"); d != "" {
+		if _, err := os.Stat(filepath.Join(d, "initdb")); err == nil {
+			return d, nil
+		}
+	}
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	sort.Slice(dirs, func(i, j int) bool { return version(dirs[i]) > version(dirs[j]) })
+	for _, d := range dirs {
+		if _, err := os.Stat(filepath.Join(d, "initdb")); err == nil {
+			return d, nil
+		}
+	}
+	if p, err := exec.LookPath("initdb"); err == nil {
+		return filepath.Dir(p), nil
+	}
+	return "", ErrNoPostgres
+}
+
+func version(dir string) int {
+	n, _ := strconv.Atoi(filepath.Base(filepath.Dir(dir)))
+	return n
+}
+
+// StartPostgres initialises and starts a cluster on a free port. PostgreSQL refuses to run as
+// root, so as root it runs as the "postgres" system user.
+func StartPostgres(ctx context.Context) (*Postgres, error) {
+	bin, err := FindPGBin()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "recsys-dev-pg-")
+	if err != nil {
+		return nil, fmt.Errorf("create temp folder: %w", err)
+	}
+	p := &Postgres{dir: dir, bin: bin}
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, errors.New("running as root needs the \"postgres\" system user (it comes with the postgresql package)")
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		if err := os.Chown(dir, uid, gid); err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("chown temp folder: %w", err)
+		}
+		p.asUser = "postgres"
+	}
+	if p.port, err = freePort(); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	data := filepath.Join(dir, "data")
+	if out, err := p.run(ctx, "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("initdb: %w: %s", err, out)
+	}
+	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=200", p.port, dir)
+	if out, err := p.run(ctx, "pg_ctl", "-D", data, "-l", filepath.Join(dir, "server.log"), "-o", opts, "-w", "-t", "60", "start"); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("pg_ctl start: %w: %s", err, out)
+	}
+	conn, err := pgx.Connect(ctx, p.url("postgres"))
+	if err != nil {
+		p.Close()
+		return nil, fmt.Errorf("connect to dev postgres: %w", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE recsys"); err != nil {
+		p.Close()
+		return nil, fmt.Errorf("create dev database: %w", err)
+	}
+	return p, nil
+}
+
+func (p *Postgres) run(ctx context.Context, tool string, args ...string) ([]byte, error) {
+	path := filepath.Join(p.bin, tool)
+	var cmd *exec.Cmd
+	if p.asUser != "" {
+		cmd = exec.CommandContext(ctx, "runuser", append([]string{"-u", p.asUser, "--", path}, args...)...)
+	} else {
+		cmd = exec.CommandContext(ctx, path, args...)
+	}
+	cmd.Dir = p.dir
+	return cmd.CombinedOutput()
+}
+
+func (p *Postgres) url(db string) string {
+	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", p.port, db)
+}
+
+// URL returns the connection URL of the dev database.
+func (p *Postgres) URL() string { return p.url("recsys") }
+
+// Close stops the cluster and removes its folder.
+func (p *Postgres) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, _ = p.run(ctx, "pg_ctl", "-D", filepath.Join(p.dir, "data"), "-m", "fast", "-w", "stop")
+	os.RemoveAll(p.dir)
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}

@@ -1,0 +1,189 @@
+// Package flagenv fills unset flags from the environment: RECSYS_<FLAG> first, then the
+// legacy names operators of the original service know (DATABASE_URL, LOG_LEVEL, ...). The
+// flag set stays the single source of truth for names, defaults and help, and Markdown renders
+// it as the configuration reference.
+package flagenv
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// Prefix is the environment prefix of every recsys flag.
+const Prefix = "RECSYS_"
+
+const (
+	aliasAnnotation  = "recsys_env_alias"
+	secretAnnotation = "recsys_secret"
+)
+
+// EnvName is the RECSYS_ variable of a flag: "relay.batch-size" -> RECSYS_RELAY_BATCH_SIZE.
+func EnvName(flag string) string {
+	return Prefix + strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(flag))
+}
+
+// Alias declares legacy environment names for a flag, tried in order after RECSYS_<FLAG>.
+// A name may end in ":ms" or ":s" when the legacy variable is a bare number of milliseconds
+// or seconds and the flag is a duration.
+func Alias(fs *pflag.FlagSet, flag string, names ...string) {
+	if err := fs.SetAnnotation(flag, aliasAnnotation, names); err != nil {
+		panic(fmt.Sprintf("flagenv: alias for unknown flag %q", flag))
+	}
+}
+
+// Secret marks a flag whose value must never be logged.
+func Secret(fs *pflag.FlagSet, flag string) {
+	if err := fs.SetAnnotation(flag, secretAnnotation, []string{"true"}); err != nil {
+		panic(fmt.Sprintf("flagenv: secret for unknown flag %q", flag))
+	}
+}
+
+// IsSecret reports whether the flag was marked with Secret.
+func IsSecret(f *pflag.Flag) bool { return len(f.Annotations[secretAnnotation]) > 0 }
+
+// Bind sets every flag not given on the command line from the environment. Precedence is
+// flag > RECSYS_ variable > legacy alias > default. An invalid value is an error naming the
+// variable, never a silent fallback to the default.
+func Bind(fs *pflag.FlagSet, lookup func(string) (string, bool)) error {
+	if lookup == nil {
+		lookup = os.LookupEnv
+	}
+	var errs []error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Changed {
+			return
+		}
+		name, val, ok := find(f, lookup)
+		if !ok {
+			return
+		}
+		if err := fs.Set(f.Name, val); err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q (flag --%s): %w", name, val, f.Name, err))
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// Source tells where a flag's value came from: "flag", the environment variable name, or
+// "default".
+func Source(f *pflag.Flag, lookup func(string) (string, bool)) string {
+	if lookup == nil {
+		lookup = os.LookupEnv
+	}
+	if name, _, ok := find(f, lookup); ok && !f.Changed {
+		return name
+	}
+	if f.Changed {
+		return "flag"
+	}
+	return "default"
+}
+
+func find(f *pflag.Flag, lookup func(string) (string, bool)) (string, string, bool) {
+	if v, ok := lookup(EnvName(f.Name)); ok {
+		return EnvName(f.Name), v, true
+	}
+	for _, a := range f.Annotations[aliasAnnotation] {
+		name, unit, _ := strings.Cut(a, ":")
+		v, ok := lookup(name)
+		if !ok {
+			continue
+		}
+		if unit != "" && f.Value.Type() == "duration" {
+			if n, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil {
+				mult := time.Second
+				if unit == "ms" {
+					mult = time.Millisecond
+				}
+				v = time.Duration(n * float64(mult)).String()
+			}
+		}
+		return name, v, true
+	}
+	return "", "", false
+}
+
+// Effective returns flag name -> value for logging at start, with secrets redacted.
+func Effective(fs *pflag.FlagSet) map[string]string {
+	out := map[string]string{}
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Hidden || f.Name == "help" {
+			return
+		}
+		v := f.Value.String()
+		if IsSecret(f) {
+			v = Redact(v)
+		}
+		out[f.Name] = v
+	})
+	return out
+}
+
+// Redact hides a secret; for URLs it keeps everything but the password so operators can still
+// see which host and database a process uses.
+func Redact(v string) string {
+	if v == "" {
+		return ""
+	}
+	if scheme, rest, ok := strings.Cut(v, "://"); ok {
+		if at := strings.LastIndex(rest, "@"); at >= 0 {
+			cred := rest[:at]
+			if user, _, hasPw := strings.Cut(cred, ":"); hasPw {
+				return scheme + "://" + user + ":REDACTED" + rest[at:]
+			}
+		}
+		return v
+	}
+	return "REDACTED"
+}
+
+// Row is one line of the configuration reference.
+type Row struct {
+	Flag, Env, Aliases, Default, Usage, Commands string
+}
+
+// Markdown renders rows as the generated docs/configuration.md table.
+func Markdown(rows []Row) string {
+	sort.Slice(rows, func(i, j int) bool { return rows[i].Flag < rows[j].Flag })
+	var b strings.Builder
+	b.WriteString("| flag | environment | legacy aliases | default | commands | description |\n|---|---|---|---|---|---|\n")
+	esc := strings.NewReplacer("|", `\|`, "\n", " ")
+	for _, r := range rows {
+		fmt.Fprintf(&b, "| `--%s` | `%s` | %s | %s | %s | %s |\n", r.Flag, r.Env, esc.Replace(r.Aliases),
+			esc.Replace(r.Default), esc.Replace(r.Commands), esc.Replace(r.Usage))
+	}
+	return b.String()
+}
+
+// Rows lists the flags of fs for the configuration reference.
+func Rows(fs *pflag.FlagSet) []Row {
+	var rows []Row
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Hidden || f.Name == "help" {
+			return
+		}
+		var aliases []string
+		for _, a := range f.Annotations[aliasAnnotation] {
+			name, unit, _ := strings.Cut(a, ":")
+			if unit != "" {
+				name += " (" + unit + ")"
+			}
+			aliases = append(aliases, "`"+name+"`")
+		}
+		def := f.DefValue
+		if def == "" || def == "[]" {
+			def = "—"
+		} else {
+			def = "`" + def + "`"
+		}
+		rows = append(rows, Row{Flag: f.Name, Env: EnvName(f.Name), Aliases: strings.Join(aliases, ", "), Default: def, Usage: f.Usage})
+	})
+	return rows
+}

@@ -1,0 +1,248 @@
+// Package httpx builds the process' one echo server: request and correlation IDs on every
+// response (errors and panics included), panic recovery to a JSON 500, a structured access
+// log, request metrics by route template, server timeouts and a body-size limit.
+package httpx
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/labstack/echo/v4"
+	"github.com/spf13/pflag"
+
+	"recsys/pkg/logging"
+)
+
+// Config holds the server settings (flags http.*).
+type Config struct {
+	Addr              string
+	ReadHeaderTimeout time.Duration
+	ReadTimeout       time.Duration
+	WriteTimeout      time.Duration
+	IdleTimeout       time.Duration
+	BodyLimitBytes    int64
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{Addr: ":8080", ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, BodyLimitBytes: 4 << 20}
+}
+
+// RegisterFlags adds the http.* flags.
+func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.Addr, "http.addr", c.Addr, "listen address of the API, health and metrics endpoints")
+	fs.DurationVar(&c.ReadHeaderTimeout, "http.read-header-timeout", c.ReadHeaderTimeout, "time allowed to read request headers")
+	fs.DurationVar(&c.ReadTimeout, "http.read-timeout", c.ReadTimeout, "time allowed to read a whole request")
+	fs.DurationVar(&c.WriteTimeout, "http.write-timeout", c.WriteTimeout, "time allowed to write a response")
+	fs.DurationVar(&c.IdleTimeout, "http.idle-timeout", c.IdleTimeout, "keep-alive idle time")
+	fs.Int64Var(&c.BodyLimitBytes, "http.body-limit-bytes", c.BodyLimitBytes, "largest accepted request body; larger bodies get 413")
+}
+
+// Validate reports every invalid setting.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Addr == "" {
+		errs = append(errs, errors.New("--http.addr (RECSYS_HTTP_ADDR) is required, e.g. :8080"))
+	}
+	for _, d := range []struct {
+		n string
+		v time.Duration
+	}{{"http.read-header-timeout", c.ReadHeaderTimeout}, {"http.read-timeout", c.ReadTimeout}, {"http.write-timeout", c.WriteTimeout}, {"http.idle-timeout", c.IdleTimeout}} {
+		if d.v <= 0 {
+			errs = append(errs, fmt.Errorf("--%s must be > 0, got %s", d.n, d.v))
+		}
+	}
+	if c.BodyLimitBytes < 1024 {
+		errs = append(errs, fmt.Errorf("--http.body-limit-bytes must be >= 1024, got %d", c.BodyLimitBytes))
+	}
+	return errors.Join(errs...)
+}
+
+// Server returns an http.Server for e with the configured timeouts.
+func (c Config) Server(e *echo.Echo) *http.Server {
+	return &http.Server{Addr: c.Addr, Handler: e, ReadHeaderTimeout: c.ReadHeaderTimeout, ReadTimeout: c.ReadTimeout,
+		WriteTimeout: c.WriteTimeout, IdleTimeout: c.IdleTimeout}
+}
+
+// Header names of the contract.
+const (
+	HeaderRequestID     = "X-Request-ID"
+	HeaderCorrelationID = "X-Correlation-ID"
+)
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9._:-]{8,128}$`)
+
+// NormalizeID applies the contract's rule: trim, cut to 128, accept only 8-128 characters of
+// letters, digits and . _ : -; otherwise "".
+func NormalizeID(s string) string {
+	s = strings.TrimSpace(s)
+	if len(s) > 128 {
+		s = s[:128]
+	}
+	if !idPattern.MatchString(s) {
+		return ""
+	}
+	return s
+}
+
+// NewID returns 32 lowercase hex characters, like a UUID4 without dashes.
+func NewID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = (b[6] & 0x0f) | 0x40
+	b[8] = (b[8] & 0x3f) | 0x80
+	return hex.EncodeToString(b[:])
+}
+
+// IDs returns the request's IDs set by the middleware.
+func IDs(c echo.Context) logging.IDs {
+	ids, _ := c.Get("recsys.ids").(logging.IDs)
+	return ids
+}
+
+// New returns an echo instance with the recsys middleware and error handler installed.
+func New(cfg Config, log *slog.Logger) *echo.Echo {
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = errorHandler(log)
+	e.Use(requestContext(log), bodyLimit(cfg.BodyLimitBytes))
+	return e
+}
+
+// requestContext sets the IDs, recovers panics, writes the access log and request metrics.
+// It is one middleware so a panic still gets its ID headers, its log line and its metric.
+func requestContext(log *slog.Logger) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) (err error) {
+			start := time.Now()
+			req := c.Request()
+			rid := NormalizeID(req.Header.Get(HeaderRequestID))
+			if rid == "" {
+				rid = NewID()
+			}
+			cid := NormalizeID(req.Header.Get(HeaderCorrelationID))
+			if cid == "" {
+				cid = rid
+			}
+			ids := logging.IDs{RequestID: rid, CorrelationID: cid}
+			c.Set("recsys.ids", ids)
+			c.SetRequest(req.WithContext(logging.WithIDs(req.Context(), ids)))
+			h := c.Response().Header()
+			h.Set(HeaderRequestID, rid)
+			h.Set(HeaderCorrelationID, cid)
+			defer func() {
+				if p := recover(); p != nil {
+					log.ErrorContext(c.Request().Context(), "panic serving request", "err", fmt.Sprint(p), "path", req.URL.Path, "stack", string(debug.Stack()))
+					err = echo.NewHTTPError(http.StatusInternalServerError, "internal server error")
+				}
+				if err != nil {
+					c.Error(err)
+					err = nil
+				}
+				status := c.Response().Status
+				route := c.Path()
+				if route == "" {
+					route = "unmatched"
+				}
+				dur := time.Since(start)
+				metrics.GetOrCreateCounter(fmt.Sprintf(`recsys_http_requests_total{route=%q,method=%q,code="%d"}`, route, req.Method, status)).Inc()
+				metrics.GetOrCreatePrometheusHistogram(fmt.Sprintf(`recsys_http_request_duration_seconds{route=%q,method=%q}`, route, req.Method)).Update(dur.Seconds())
+				lvl := slog.LevelInfo
+				if status >= 500 {
+					lvl = slog.LevelError
+				}
+				if log.Enabled(c.Request().Context(), lvl) {
+					log.LogAttrs(c.Request().Context(), lvl, "http_request", slog.String("method", req.Method), slog.String("path", req.URL.Path),
+						slog.String("route", route), slog.Int("status_code", status), slog.Float64("latency_ms", float64(dur.Microseconds())/1000))
+				}
+			}()
+			return next(c)
+		}
+	}
+}
+
+func bodyLimit(limit int64) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			req := c.Request()
+			if req.ContentLength > limit {
+				return TooLarge(limit)
+			}
+			req.Body = http.MaxBytesReader(c.Response(), req.Body, limit)
+			return next(c)
+		}
+	}
+}
+
+// TooLarge is the 413 error for a body over limit bytes.
+func TooLarge(limit int64) error {
+	return echo.NewHTTPError(http.StatusRequestEntityTooLarge, "request body too large: limit is "+strconv.FormatInt(limit, 10)+" bytes")
+}
+
+// IsTooLarge reports whether err came from reading past the body limit.
+func IsTooLarge(err error) bool {
+	var mbe *http.MaxBytesError
+	return errors.As(err, &mbe)
+}
+
+// errorHandler maps every error to the contract's JSON shape {"detail": ...}; it is the one
+// place errors become HTTP responses.
+func errorHandler(log *slog.Logger) echo.HTTPErrorHandler {
+	return func(err error, c echo.Context) {
+		if c.Response().Committed {
+			return
+		}
+		code := http.StatusInternalServerError
+		var detail any = "internal server error"
+		var he *echo.HTTPError
+		switch {
+		case errors.As(err, &he):
+			code = he.Code
+			detail = he.Message
+			if he.Internal != nil && code >= 500 {
+				log.ErrorContext(c.Request().Context(), "request failed", "err", he.Internal, "path", c.Request().URL.Path)
+			}
+			if code == http.StatusNotFound && detail == http.StatusText(http.StatusNotFound) {
+				detail = "Not Found"
+			}
+		case IsTooLarge(err):
+			code, detail = http.StatusRequestEntityTooLarge, "request body too large"
+		default:
+			log.ErrorContext(c.Request().Context(), "request failed", "err", err, "path", c.Request().URL.Path)
+		}
+		if c.Request().Method == http.MethodHead {
+			_ = c.NoContent(code)
+			return
+		}
+		_ = c.JSON(code, map[string]any{"detail": detail})
+	}
+}
+
+// MetricsHandler serves the Prometheus exposition of the process (Go and process metrics
+// included).
+func MetricsHandler(c echo.Context) error {
+	c.Response().Header().Set(echo.HeaderContentType, "text/plain; version=0.0.4; charset=utf-8")
+	c.Response().WriteHeader(http.StatusOK)
+	metrics.WritePrometheus(c.Response(), true)
+	return nil
+}
+
+// Shutdown drains the server within ctx.
+func Shutdown(ctx context.Context, srv *http.Server) error {
+	if err := srv.Shutdown(ctx); err != nil {
+		return fmt.Errorf("drain http server: %w", err)
+	}
+	return nil
+}

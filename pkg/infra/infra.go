@@ -1,0 +1,227 @@
+// Package infra opens the shared clients a process needs (PostgreSQL pool, Redis client,
+// Kafka factories) for exactly the modules it runs, hands each module its scoped handles, and
+// closes them last, in reverse order of opening.
+package infra
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/rueidis"
+	"github.com/spf13/pflag"
+
+	"recsys/pkg/kafka"
+	"recsys/pkg/migrate"
+	"recsys/pkg/postgres"
+	"recsys/pkg/redis"
+)
+
+// Need is a set of shared clients a module uses.
+type Need uint8
+
+// The clients a module can need.
+const (
+	Postgres Need = 1 << iota
+	Redis
+	Kafka
+)
+
+// Has reports whether n includes all of o.
+func (n Need) Has(o Need) bool { return n&o == o }
+
+func (n Need) String() string {
+	var s []string
+	for _, x := range []struct {
+		n    Need
+		name string
+	}{{Postgres, "postgres"}, {Redis, "redis"}, {Kafka, "kafka"}} {
+		if n.Has(x.n) {
+			s = append(s, x.name)
+		}
+	}
+	if len(s) == 0 {
+		return "-"
+	}
+	return fmt.Sprint(s)
+}
+
+// Config gathers the settings of every shared client.
+type Config struct {
+	PG    postgres.Config
+	Redis redis.Config
+	Kafka kafka.Config
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{PG: postgres.DefaultConfig(), Redis: redis.DefaultConfig(), Kafka: kafka.DefaultConfig()}
+}
+
+// RegisterFlags adds the flags of the clients in need.
+func (c *Config) RegisterFlags(fs *pflag.FlagSet, need Need) {
+	if need.Has(Postgres) {
+		c.PG.RegisterFlags(fs)
+	}
+	if need.Has(Redis) {
+		c.Redis.RegisterFlags(fs)
+	}
+	if need.Has(Kafka) {
+		c.Kafka.RegisterFlags(fs)
+	}
+}
+
+// Validate checks the settings of the clients in need only, so a relay pod is not asked for a
+// Redis URL.
+func (c Config) Validate(need Need) error {
+	var errs []error
+	if need.Has(Postgres) {
+		errs = append(errs, c.PG.Validate())
+	}
+	if need.Has(Redis) {
+		errs = append(errs, c.Redis.Validate())
+	}
+	if need.Has(Kafka) {
+		errs = append(errs, c.Kafka.Validate())
+	}
+	return errors.Join(errs...)
+}
+
+// Deps is what a module's constructor receives. Handles the module did not declare in Needs
+// are nil on purpose: a missing Needs bit fails the first test instead of opening a silent
+// extra connection in production.
+type Deps struct {
+	Name    string
+	Log     *slog.Logger
+	Metrics *metrics.Set
+	PG      *pgxpool.Pool
+	Redis   rueidis.Client
+	Kafka   *kafka.Client
+	Config  Config
+}
+
+// Infra is the set of opened clients.
+type Infra struct {
+	cfg     Config
+	need    Need
+	log     *slog.Logger
+	PG      *pgxpool.Pool
+	Redis   rueidis.Client
+	Kafka   *kafka.Client
+	closers []func()
+	sets    []*metrics.Set
+
+	mu     sync.Mutex
+	cached map[string]checkResult
+}
+
+type checkResult struct {
+	err error
+	at  time.Time
+}
+
+// Open opens the clients in need. Nothing here waits for a server to be up: pools and
+// clients reconnect by themselves, and readiness reports what is down meanwhile.
+func Open(ctx context.Context, cfg Config, need Need, log *slog.Logger) (*Infra, error) {
+	in := &Infra{cfg: cfg, need: need, log: log, cached: map[string]checkResult{}}
+	if need.Has(Postgres) {
+		pool, err := postgres.Open(ctx, cfg.PG)
+		if err != nil {
+			return nil, err
+		}
+		in.PG = pool
+		in.closers = append(in.closers, pool.Close)
+	}
+	if need.Has(Redis) {
+		cl, err := redis.Open(cfg.Redis)
+		if err != nil {
+			in.Close()
+			return nil, err
+		}
+		in.Redis = cl
+		in.closers = append(in.closers, cl.Close)
+	}
+	if need.Has(Kafka) {
+		in.Kafka = kafka.New(cfg.Kafka)
+	}
+	return in, nil
+}
+
+// Deps returns the handles for one module with its scoped logger and metrics set.
+func (in *Infra) Deps(name string, need Need) Deps {
+	set := metrics.NewSet()
+	metrics.RegisterSet(set)
+	in.sets = append(in.sets, set)
+	d := Deps{Name: name, Log: in.log.With("module", name), Metrics: set, Config: in.cfg}
+	if need.Has(Postgres) {
+		d.PG = in.PG
+	}
+	if need.Has(Redis) {
+		d.Redis = in.Redis
+	}
+	if need.Has(Kafka) {
+		d.Kafka = in.Kafka
+	}
+	return d
+}
+
+// Close closes the clients in reverse order of opening and unregisters module metrics.
+func (in *Infra) Close() {
+	for i := len(in.closers) - 1; i >= 0; i-- {
+		in.closers[i]()
+	}
+	in.closers = nil
+	for _, s := range in.sets {
+		metrics.UnregisterSet(s, true)
+	}
+	in.sets = nil
+}
+
+// checkTTL caches check results so a probe storm does not become a query storm.
+const checkTTL = 2 * time.Second
+
+// Checks pings each opened client (at most once per checkTTL) and reports "ok" or the error.
+// The PostgreSQL check also requires the schema to be at the binary's version.
+func (in *Infra) Checks(ctx context.Context) map[string]error {
+	out := map[string]error{}
+	if in.PG != nil {
+		out["postgres"] = in.cachedCheck(ctx, "postgres", func(ctx context.Context) error {
+			if err := in.PG.Ping(ctx); err != nil {
+				return fmt.Errorf("postgres ping: %w", err)
+			}
+			return migrate.CheckSchema(ctx, in.PG)
+		})
+	}
+	if in.Redis != nil {
+		out["redis"] = in.cachedCheck(ctx, "redis", func(ctx context.Context) error {
+			return redis.Ping(ctx, in.Redis, time.Second)
+		})
+	}
+	if in.Kafka != nil {
+		out["kafka"] = in.cachedCheck(ctx, "kafka", func(ctx context.Context) error {
+			return in.Kafka.Ping(ctx, time.Second)
+		})
+	}
+	return out
+}
+
+func (in *Infra) cachedCheck(ctx context.Context, name string, fn func(context.Context) error) error {
+	in.mu.Lock()
+	c, ok := in.cached[name]
+	in.mu.Unlock()
+	if ok && time.Since(c.at) < checkTTL {
+		return c.err
+	}
+	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	err := fn(cctx)
+	in.mu.Lock()
+	in.cached[name] = checkResult{err: err, at: time.Now()}
+	in.mu.Unlock()
+	return err
+}

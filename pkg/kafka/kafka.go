@@ -1,0 +1,190 @@
+// Package kafka holds the process' Kafka settings and the kafka-go factories built from them:
+// one Writer per process (acks=all, explicit topic per message), readers per consumer group
+// with explicit commits, and topic provisioning.
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+	"github.com/spf13/pflag"
+
+	"recsys/pkg/flagenv"
+)
+
+// Config holds the Kafka settings (flags kafka.*). Topic names live here because the API
+// writes them into outbox rows, the relay publishes to them and the consumer reads them.
+type Config struct {
+	Brokers           []string
+	ClientID          string
+	RequestTimeout    time.Duration
+	TopicImpressions  string
+	TopicWatches      string
+	Partitions        int
+	ReplicationFactor int
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{Brokers: []string{"127.0.0.1:9092"}, ClientID: "recsys", RequestTimeout: 15 * time.Second,
+		TopicImpressions: "recsys.impressions.v1", TopicWatches: "recsys.watches.v1", Partitions: 6, ReplicationFactor: 1}
+}
+
+// RegisterFlags adds the kafka.* flags.
+func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
+	fs.StringSliceVar(&c.Brokers, "kafka.brokers", c.Brokers, "Kafka bootstrap servers, comma separated host:port")
+	fs.StringVar(&c.ClientID, "kafka.client-id", c.ClientID, "client id sent to the brokers")
+	fs.DurationVar(&c.RequestTimeout, "kafka.request-timeout", c.RequestTimeout, "timeout of one broker request (produce ack wait, metadata)")
+	fs.StringVar(&c.TopicImpressions, "kafka.topic-impressions", c.TopicImpressions, "topic of impression events")
+	fs.StringVar(&c.TopicWatches, "kafka.topic-watches", c.TopicWatches, "topic of watch events")
+	fs.IntVar(&c.Partitions, "kafka.partitions", c.Partitions, "partitions of each topic when recsys creates it")
+	fs.IntVar(&c.ReplicationFactor, "kafka.replication-factor", c.ReplicationFactor, "replication factor of each topic when recsys creates it")
+	flagenv.Alias(fs, "kafka.brokers", "KAFKA_BOOTSTRAP_SERVERS")
+	flagenv.Alias(fs, "kafka.client-id", "KAFKA_CLIENT_ID")
+	flagenv.Alias(fs, "kafka.request-timeout", "KAFKA_REQUEST_TIMEOUT_MS:ms")
+	flagenv.Alias(fs, "kafka.topic-impressions", "KAFKA_TOPIC_IMPRESSIONS")
+	flagenv.Alias(fs, "kafka.topic-watches", "KAFKA_TOPIC_WATCHES")
+}
+
+// Validate reports every invalid setting.
+func (c Config) Validate() error {
+	var errs []error
+	if len(c.Brokers) == 0 {
+		errs = append(errs, errors.New("--kafka.brokers (RECSYS_KAFKA_BROKERS or KAFKA_BOOTSTRAP_SERVERS) is required"))
+	}
+	for _, b := range c.Brokers {
+		if _, _, err := net.SplitHostPort(strings.TrimSpace(b)); err != nil {
+			errs = append(errs, fmt.Errorf("--kafka.brokers: %q is not host:port", b))
+		}
+	}
+	if c.RequestTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--kafka.request-timeout must be > 0, got %s", c.RequestTimeout))
+	}
+	if c.TopicImpressions == "" || c.TopicWatches == "" || c.TopicImpressions == c.TopicWatches {
+		errs = append(errs, errors.New("--kafka.topic-impressions and --kafka.topic-watches must be set and differ"))
+	}
+	if c.Partitions < 1 {
+		errs = append(errs, fmt.Errorf("--kafka.partitions must be >= 1, got %d", c.Partitions))
+	}
+	if c.ReplicationFactor < 1 {
+		errs = append(errs, fmt.Errorf("--kafka.replication-factor must be >= 1, got %d", c.ReplicationFactor))
+	}
+	return errors.Join(errs...)
+}
+
+// Client builds kafka-go writers and readers from one configuration.
+type Client struct {
+	Config
+	admin *kafkago.Client
+}
+
+// New returns a client; it opens no connection.
+func New(c Config) *Client {
+	return &Client{Config: c, admin: &kafkago.Client{Addr: kafkago.TCP(c.Brokers...), Timeout: c.RequestTimeout}}
+}
+
+// WriterOptions tune a writer for its workload.
+type WriterOptions struct {
+	BatchSize    int
+	BatchBytes   int64
+	BatchTimeout time.Duration // kafka-go's default of 1 s would throttle a synchronous writer to one batch a second
+}
+
+// NewWriter returns a synchronous writer with acks=all that hashes the message key to pick
+// the partition, so every event of one user lands in one partition in order. The caller
+// closes it.
+func (c *Client) NewWriter(o WriterOptions) *kafkago.Writer {
+	if o.BatchTimeout <= 0 {
+		o.BatchTimeout = 2 * time.Millisecond
+	}
+	if o.BatchSize <= 0 {
+		o.BatchSize = 1000
+	}
+	return &kafkago.Writer{
+		Addr:                   kafkago.TCP(c.Brokers...),
+		Balancer:               &kafkago.Hash{},
+		RequiredAcks:           kafkago.RequireAll,
+		BatchSize:              o.BatchSize,
+		BatchBytes:             o.BatchBytes,
+		BatchTimeout:           o.BatchTimeout,
+		WriteTimeout:           c.RequestTimeout,
+		ReadTimeout:            c.RequestTimeout,
+		MaxAttempts:            1, // the outbox owns retries, with backoff and a dead state
+		AllowAutoTopicCreation: false,
+		Transport:              &kafkago.Transport{ClientID: c.ClientID, DialTimeout: 3 * time.Second, MetadataTTL: 10 * time.Second},
+	}
+}
+
+// ReaderOptions tune a consumer group reader.
+type ReaderOptions struct {
+	GroupID  string
+	Topics   []string
+	MaxWait  time.Duration
+	MinBytes int
+	MaxBytes int
+}
+
+// NewReader returns a consumer-group reader with explicit, synchronous commits
+// (CommitInterval 0): offsets move only when the caller commits after its effects are durable.
+func (c *Client) NewReader(o ReaderOptions) *kafkago.Reader {
+	if o.MaxWait <= 0 {
+		o.MaxWait = 100 * time.Millisecond
+	}
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = 16 << 20
+	}
+	return kafkago.NewReader(kafkago.ReaderConfig{
+		Brokers:               c.Brokers,
+		GroupID:               o.GroupID,
+		GroupTopics:           o.Topics,
+		MinBytes:              max(o.MinBytes, 1),
+		MaxBytes:              o.MaxBytes,
+		MaxWait:               o.MaxWait,
+		ReadBatchTimeout:      o.MaxWait,
+		CommitInterval:        0,
+		StartOffset:           kafkago.FirstOffset,
+		HeartbeatInterval:     time.Second,
+		SessionTimeout:        10 * time.Second,
+		RebalanceTimeout:      10 * time.Second,
+		WatchPartitionChanges: true,
+		Dialer:                &kafkago.Dialer{ClientID: c.ClientID, Timeout: 5 * time.Second},
+	})
+}
+
+// EnsureTopics creates the topics that are missing with the configured partitions and
+// replication factor; existing topics are left as they are.
+func (c *Client) EnsureTopics(ctx context.Context, topics ...string) error {
+	req := &kafkago.CreateTopicsRequest{}
+	for _, t := range topics {
+		req.Topics = append(req.Topics, kafkago.TopicConfig{Topic: t, NumPartitions: c.Partitions, ReplicationFactor: c.ReplicationFactor})
+	}
+	resp, err := c.admin.CreateTopics(ctx, req)
+	if err != nil {
+		return fmt.Errorf("create topics %v: %w", topics, err)
+	}
+	var errs []error
+	for t, e := range resp.Errors {
+		if e != nil && !errors.Is(e, kafkago.TopicAlreadyExists) {
+			errs = append(errs, fmt.Errorf("create topic %s: %w", t, e))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Ping asks a broker for cluster metadata with a bounded wait.
+func (c *Client) Ping(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if _, err := c.admin.Metadata(ctx, &kafkago.MetadataRequest{Topics: []string{}}); err != nil {
+		return fmt.Errorf("kafka metadata: %w", err)
+	}
+	return nil
+}
+
+// Admin returns the low-level client for offset and metadata requests.
+func (c *Client) Admin() *kafkago.Client { return c.admin }

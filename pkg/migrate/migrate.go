@@ -1,0 +1,278 @@
+// Package migrate applies and checks the embedded schema migrations with golang-migrate (pgx v5
+// driver). Several pods may run `migrate up` at once: a PostgreSQL advisory lock serialises
+// them, and each applied file's checksum is recorded so edits after the fact are detected.
+package migrate
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	gomigrate "github.com/golang-migrate/migrate/v4"
+	_ "github.com/golang-migrate/migrate/v4/database/pgx/v5" // registers the pgx5:// scheme
+	"github.com/golang-migrate/migrate/v4/source/iofs"
+	"github.com/jackc/pgx/v5"
+
+	"recsys/migrations"
+)
+
+// advisoryKey serialises recsys' own migration runs (golang-migrate takes its own lock too;
+// ours also covers recording checksums).
+const advisoryKey = 7_311_500_001
+
+// File is one migration version as found in the embedded folder.
+type File struct {
+	Version  uint   `json:"seq"`
+	Name     string `json:"file"`
+	Checksum string `json:"checksum"`
+	HasDown  bool   `json:"-"`
+}
+
+var namePattern = regexp.MustCompile(`^(\d{4})_([a-z0-9_]+)\.(up|down)\.sql$`)
+
+// Local reads the embedded migrations.
+func Local() ([]File, []string, error) { return LocalFS(migrations.FS) }
+
+// LocalFS validates file naming and strict ordering and computes checksums of the up files.
+// Problems are returned as issues, not errors, so a report can list all of them.
+func LocalFS(fsys fs.FS) ([]File, []string, error) {
+	entries, err := fs.ReadDir(fsys, ".")
+	if err != nil {
+		return nil, nil, fmt.Errorf("read migrations: %w", err)
+	}
+	var issues []string
+	byVer := map[uint]*File{}
+	names := map[uint]string{}
+	for _, e := range entries {
+		if e.IsDir() || !strings.HasSuffix(e.Name(), ".sql") {
+			continue
+		}
+		m := namePattern.FindStringSubmatch(e.Name())
+		if m == nil {
+			issues = append(issues, fmt.Sprintf("invalid migration filename %s: want NNNN_<lowercase_name>.up.sql / .down.sql", e.Name()))
+			continue
+		}
+		v64, _ := strconv.ParseUint(m[1], 10, 32)
+		v := uint(v64)
+		if prev, ok := names[v]; ok && prev != m[2] {
+			issues = append(issues, fmt.Sprintf("duplicate sequence number %04d: %s and %s", v, prev, m[2]))
+			continue
+		}
+		names[v] = m[2]
+		f := byVer[v]
+		if f == nil {
+			f = &File{Version: v}
+			byVer[v] = f
+		}
+		if m[3] == "down" {
+			f.HasDown = true
+			continue
+		}
+		b, err := fs.ReadFile(fsys, e.Name())
+		if err != nil {
+			return nil, nil, fmt.Errorf("read %s: %w", e.Name(), err)
+		}
+		sum := sha256.Sum256(b)
+		f.Name, f.Checksum = e.Name(), hex.EncodeToString(sum[:])
+	}
+	var out []File
+	for _, f := range byVer {
+		if f.Name == "" {
+			issues = append(issues, fmt.Sprintf("migration %04d has a down file but no up file", f.Version))
+			continue
+		}
+		if !f.HasDown {
+			issues = append(issues, fmt.Sprintf("migration %s has no down file", f.Name))
+		}
+		out = append(out, *f)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Version < out[j].Version })
+	for i, f := range out {
+		if want := uint(i + 1); f.Version != want {
+			issues = append(issues, fmt.Sprintf("sequence is not strictly increasing by one: %s has %04d, expected %04d", f.Name, f.Version, want))
+			break
+		}
+	}
+	return out, issues, nil
+}
+
+// Latest is the highest embedded version: what this binary expects the schema to be at.
+func Latest() uint {
+	files, _, _ := Local()
+	if len(files) == 0 {
+		return 0
+	}
+	return files[len(files)-1].Version
+}
+
+// Migrator runs golang-migrate over the embedded files against one database.
+type Migrator struct {
+	dsn string
+	m   *gomigrate.Migrate
+}
+
+// Open prepares a migrator; dsn is a postgres:// URL.
+func Open(dsn string) (*Migrator, error) {
+	src, err := iofs.New(migrations.FS, ".")
+	if err != nil {
+		return nil, fmt.Errorf("open embedded migrations: %w", err)
+	}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("parse database url: %w", err)
+	}
+	u.Scheme = "pgx5"
+	m, err := gomigrate.NewWithSourceInstance("iofs", src, u.String())
+	if err != nil {
+		return nil, fmt.Errorf("open migrator: %w", err)
+	}
+	return &Migrator{dsn: dsn, m: m}, nil
+}
+
+// Close releases the migrator's connections.
+func (mg *Migrator) Close() error {
+	se, de := mg.m.Close()
+	return errors.Join(se, de)
+}
+
+// Up applies every pending migration under the advisory lock and records checksums.
+func (mg *Migrator) Up(ctx context.Context) error {
+	return mg.locked(ctx, func() error {
+		if err := mg.m.Up(); err != nil && !errors.Is(err, gomigrate.ErrNoChange) {
+			return fmt.Errorf("migrate up: %w", err)
+		}
+		return nil
+	})
+}
+
+// Down reverts n migrations.
+func (mg *Migrator) Down(ctx context.Context, n int) error {
+	if n < 1 {
+		return fmt.Errorf("down needs a positive number of steps, got %d", n)
+	}
+	return mg.locked(ctx, func() error {
+		if err := mg.m.Steps(-n); err != nil {
+			return fmt.Errorf("migrate down %d: %w", n, err)
+		}
+		return nil
+	})
+}
+
+// Force sets the version without running anything, clearing the dirty flag.
+func (mg *Migrator) Force(v int) error {
+	if err := mg.m.Force(v); err != nil {
+		return fmt.Errorf("force version %d: %w", v, err)
+	}
+	return nil
+}
+
+// Version returns the applied version; 0 when nothing is applied.
+func (mg *Migrator) Version() (uint, bool, error) {
+	v, dirty, err := mg.m.Version()
+	if errors.Is(err, gomigrate.ErrNilVersion) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("read version: %w", err)
+	}
+	return v, dirty, nil
+}
+
+func (mg *Migrator) locked(ctx context.Context, fn func() error) error {
+	conn, err := pgx.Connect(ctx, mg.dsn)
+	if err != nil {
+		return fmt.Errorf("connect for migration lock: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", int64(advisoryKey)); err != nil {
+		return fmt.Errorf("take migration lock: %w", err)
+	}
+	defer conn.Exec(context.Background(), "SELECT pg_advisory_unlock($1)", int64(advisoryKey)) //nolint:errcheck // closing the session releases it too
+	if err := fn(); err != nil {
+		return err
+	}
+	return recordChecksums(ctx, conn)
+}
+
+// recordChecksums stores the checksum of every applied version that has none yet and removes
+// rows of versions that were rolled back.
+func recordChecksums(ctx context.Context, conn *pgx.Conn) error {
+	var ver int64
+	var dirty bool
+	err := conn.QueryRow(ctx, "SELECT version, dirty FROM schema_migrations LIMIT 1").Scan(&ver, &dirty)
+	if errors.Is(err, pgx.ErrNoRows) {
+		ver = 0
+	} else if err != nil {
+		return fmt.Errorf("read schema version: %w", err)
+	}
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT to_regclass('schema_migration_checksums') IS NOT NULL").Scan(&exists); err != nil {
+		return fmt.Errorf("look for checksum table: %w", err)
+	}
+	if !exists {
+		return nil
+	}
+	if _, err := conn.Exec(ctx, "DELETE FROM schema_migration_checksums WHERE version > $1", ver); err != nil {
+		return fmt.Errorf("prune checksums: %w", err)
+	}
+	files, _, err := Local()
+	if err != nil {
+		return err
+	}
+	for _, f := range files {
+		if int64(f.Version) > ver || (dirty && int64(f.Version) == ver) {
+			break
+		}
+		if _, err := conn.Exec(ctx, `INSERT INTO schema_migration_checksums (version, name, checksum) VALUES ($1, $2, $3)
+			ON CONFLICT (version) DO NOTHING`, int64(f.Version), f.Name, f.Checksum); err != nil {
+			return fmt.Errorf("record checksum of %s: %w", f.Name, err)
+		}
+	}
+	return nil
+}
+
+// Querier is what Status needs: a pool or a connection.
+type Querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Status reports the applied version and dirty flag, for readiness: a role refuses to be
+// ready while the schema is behind the binary or dirty.
+func Status(ctx context.Context, q Querier) (version uint, dirty bool, err error) {
+	var v int64
+	err = q.QueryRow(ctx, "SELECT version, dirty FROM schema_migrations LIMIT 1").Scan(&v, &dirty)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("read schema version: %w", err)
+	}
+	return uint(v), dirty, nil
+}
+
+// CheckSchema returns an error unless the schema is at least the binary's version and clean.
+func CheckSchema(ctx context.Context, q Querier) error {
+	v, dirty, err := Status(ctx, q)
+	if err != nil {
+		return err
+	}
+	if dirty {
+		return fmt.Errorf("schema version %d is dirty: fix it, then `recsys migrate force`", v)
+	}
+	if want := Latest(); v < want {
+		return fmt.Errorf("schema version %d is behind this binary (%d): run `recsys migrate up`", v, want)
+	}
+	return nil
+}
+
+// connectTimeout bounds how long `check` waits for the database, as the original tool did.
+const connectTimeout = 3 * time.Second

@@ -1,0 +1,91 @@
+// Package redis opens the process' rueidis client for the online feature store.
+package redis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/redis/rueidis"
+	"github.com/spf13/pflag"
+
+	"recsys/pkg/flagenv"
+)
+
+// Config holds the client settings (flags redis.*).
+type Config struct {
+	URL          string
+	Timeout      time.Duration
+	KeyPrefix    string
+	DisableCache bool // miniredis has no CLIENT TRACKING; real Redis uses client-side caching
+	CacheSizeMB  int
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{URL: "redis://127.0.0.1:6379/0", Timeout: time.Second, KeyPrefix: "recsys:", CacheSizeMB: 16}
+}
+
+// RegisterFlags adds the redis.* flags.
+func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.URL, "redis.url", c.URL, "Redis URL redis://[:password@]host:port/db (secret)")
+	fs.DurationVar(&c.Timeout, "redis.timeout", c.Timeout, "connect and per-command timeout")
+	fs.StringVar(&c.KeyPrefix, "redis.key-prefix", c.KeyPrefix, "prefix of every key recsys writes, so several deployments can share one Redis")
+	fs.BoolVar(&c.DisableCache, "redis.disable-client-cache", c.DisableCache, "turn off RESP3 client-side caching (needed for servers without CLIENT TRACKING)")
+	fs.IntVar(&c.CacheSizeMB, "redis.client-cache-mb", c.CacheSizeMB, "client-side cache size per connection, MiB")
+	flagenv.Alias(fs, "redis.url", "ONLINE_CACHE_REDIS_URL")
+	flagenv.Secret(fs, "redis.url")
+	flagenv.Alias(fs, "redis.timeout", "ONLINE_CACHE_REDIS_TIMEOUT_SEC:s")
+}
+
+// Validate reports every invalid setting.
+func (c Config) Validate() error {
+	var errs []error
+	if u, err := url.Parse(c.URL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
+		errs = append(errs, fmt.Errorf("--redis.url (RECSYS_REDIS_URL or ONLINE_CACHE_REDIS_URL) must be a redis:// URL, got %q", flagenv.Redact(c.URL)))
+	}
+	if c.Timeout <= 0 {
+		errs = append(errs, fmt.Errorf("--redis.timeout must be > 0, got %s", c.Timeout))
+	}
+	if c.CacheSizeMB < 1 {
+		errs = append(errs, fmt.Errorf("--redis.client-cache-mb must be >= 1, got %d", c.CacheSizeMB))
+	}
+	return errors.Join(errs...)
+}
+
+// Open creates the client. rueidis connects lazily and reconnects by itself, so a Redis that
+// is down at start only makes readiness fail until it is back.
+func Open(c Config) (rueidis.Client, error) {
+	opt, err := rueidis.ParseURL(c.URL)
+	if err != nil {
+		return nil, fmt.Errorf("parse redis url: %w", err)
+	}
+	opt.Dialer.Timeout = c.Timeout
+	opt.ConnWriteTimeout = c.Timeout
+	opt.DisableCache = c.DisableCache
+	opt.CacheSizeEachConn = c.CacheSizeMB << 20
+	opt.DisableRetry = true // callers decide; a retry loop here would hide an outage behind latency
+	opt.ForceSingleClient = true
+	// With ForceSingleClient rueidis hands back a client even when the first dial fails; it
+	// dials again on use, so a Redis that comes up after us is picked up without a restart.
+	cl, err := rueidis.NewClient(opt)
+	if cl == nil {
+		return nil, fmt.Errorf("open redis client: %w", err)
+	}
+	return cl, nil
+}
+
+// Ping checks the server with a bounded wait.
+func Ping(ctx context.Context, cl rueidis.Client, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := cl.Do(ctx, cl.B().Ping().Build()).Error(); err != nil {
+		return fmt.Errorf("redis ping: %w", err)
+	}
+	return nil
+}
+
+// ErrNotOpen is returned when a module uses Redis without declaring the need.
+var ErrNotOpen = errors.New("redis client not opened")

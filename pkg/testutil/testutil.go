@@ -1,0 +1,116 @@
+// Package testutil gives integration tests the real PostgreSQL, Redis and Kafka started by
+// scripts/services.sh (found through RECSYS_TEST_* variables). Without them a test skips with
+// a message, unless RECSYS_INTEGRATION=1 (set by `make test` and CI), where a missing
+// service is a failure: CI never passes by skipping.
+package testutil
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"recsys/pkg/migrate"
+)
+
+func need(t testing.TB, env, what string) string {
+	t.Helper()
+	v := os.Getenv(env)
+	if v != "" {
+		return v
+	}
+	msg := fmt.Sprintf("%s not set: start the real %s with `eval \"$(scripts/services.sh up)\"`", env, what)
+	if os.Getenv("RECSYS_INTEGRATION") == "1" {
+		t.Fatal(msg + " (RECSYS_INTEGRATION=1 requires it)")
+	}
+	t.Skip(msg)
+	return ""
+}
+
+// PGDSN returns the base PostgreSQL URL of the test server.
+func PGDSN(t testing.TB) string { return need(t, "RECSYS_TEST_PG_DSN", "PostgreSQL") }
+
+// RedisURL returns the test Redis URL.
+func RedisURL(t testing.TB) string { return need(t, "RECSYS_TEST_REDIS_URL", "Redis") }
+
+// KafkaBrokers returns the test broker addresses.
+func KafkaBrokers(t testing.TB) []string {
+	return strings.Split(need(t, "RECSYS_TEST_KAFKA_BROKERS", "Kafka"), ",")
+}
+
+// ServicesScript returns the path of scripts/services.sh, for tests that stop and start a
+// server to simulate an outage.
+func ServicesScript(t testing.TB) string { return need(t, "RECSYS_SERVICES_SCRIPT", "services script") }
+
+// Unique returns prefix plus random hex, for database, topic, group and key names that must
+// not collide between tests running in parallel.
+func Unique(prefix string) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+// NewDatabase creates an empty database on the test server, drops it when the test ends and
+// returns its URL.
+func NewDatabase(t testing.TB) string {
+	t.Helper()
+	base := PGDSN(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, base)
+	if err != nil {
+		t.Fatalf("connect to test postgres: %v", err)
+	}
+	defer conn.Close(ctx)
+	name := Unique("t_")
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("create database: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		c, err := pgx.Connect(ctx, base)
+		if err != nil {
+			return
+		}
+		defer c.Close(ctx)
+		_, _ = c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+	})
+	u, _ := url.Parse(base)
+	u.Path = "/" + name
+	return u.String()
+}
+
+// MigratedDatabase is NewDatabase with every migration applied.
+func MigratedDatabase(t testing.TB) string {
+	t.Helper()
+	dsn := NewDatabase(t)
+	m, err := migrate.Open(dsn)
+	if err != nil {
+		t.Fatalf("open migrator: %v", err)
+	}
+	defer m.Close()
+	if err := m.Up(context.Background()); err != nil {
+		t.Fatalf("migrate up: %v", err)
+	}
+	return dsn
+}
+
+// Pool opens a pool on dsn, closed when the test ends.
+func Pool(t testing.TB, dsn string) *pgxpool.Pool {
+	t.Helper()
+	p, err := pgxpool.New(context.Background(), dsn)
+	if err != nil {
+		t.Fatalf("open pool: %v", err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}

@@ -1,0 +1,579 @@
+#!/usr/bin/env bash
+# scripts/services.sh — run real PostgreSQL, Redis and Apache Kafka on loopback
+# for tests, CI, benchmarks and operators.
+#
+# Usage:
+#   scripts/services.sh up                  install if needed, start all, print env
+#   scripts/services.sh down [--purge]      stop all (data kept; --purge deletes data)
+#   scripts/services.sh status              print up/down per service; non-zero if any down
+#   scripts/services.sh env                 print `export` lines (eval "$(scripts/services.sh env)")
+#   scripts/services.sh start|stop|restart pg|redis|kafka
+#
+# Progress goes to stderr, env lines to stdout, so `eval "$(scripts/services.sh up)"` works.
+#
+# Environment (all optional):
+#   RECSYS_SERVICES_DIR   data, logs, pidfiles     (default $HOME/.cache/recsys/services)
+#   RECSYS_CACHE_DIR      Kafka jars, Maven repo   (default $HOME/.cache/recsys)
+#   RECSYS_PG_PORT (55432) RECSYS_REDIS_PORT (56379)
+#   RECSYS_KAFKA_PORT (59092) RECSYS_KAFKA_CONTROLLER_PORT (59093)
+#   RECSYS_KAFKA_VERSION  Apache Kafka version from Maven Central (default below)
+#   RECSYS_KAFKA_HEAP     JVM heap flags (default "-Xms256m -Xmx1g")
+#   RECSYS_PG_BIN         PostgreSQL bin dir (default: newest /usr/lib/postgresql/*/bin)
+set -euo pipefail
+
+# Kafka 4.4.0 is verified against segmentio/kafka-go v0.4.51 (create topic, produce
+# acks=all, consumer group fetch + commit, list offsets, delete topics).
+KAFKA_VERSION="${RECSYS_KAFKA_VERSION:-4.4.0}"
+SCALA_VERSION="2.13"
+SLF4J_SIMPLE_VERSION="1.7.36" # must match the slf4j-api 1.7.x that Kafka pulls in
+
+SCRIPT_PATH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
+SERVICES_DIR="${RECSYS_SERVICES_DIR:-$HOME/.cache/recsys/services}"
+CACHE_DIR="${RECSYS_CACHE_DIR:-$HOME/.cache/recsys}"
+HOST=127.0.0.1
+PG_PORT="${RECSYS_PG_PORT:-55432}"
+REDIS_PORT="${RECSYS_REDIS_PORT:-56379}"
+KAFKA_PORT="${RECSYS_KAFKA_PORT:-59092}"
+KAFKA_CONTROLLER_PORT="${RECSYS_KAFKA_CONTROLLER_PORT:-59093}"
+KAFKA_HEAP="${RECSYS_KAFKA_HEAP:--Xms256m -Xmx1g}"
+PG_DB=recsys
+
+PG_TIMEOUT="${RECSYS_PG_TIMEOUT:-60}"
+REDIS_TIMEOUT="${RECSYS_REDIS_TIMEOUT:-20}"
+KAFKA_TIMEOUT="${RECSYS_KAFKA_TIMEOUT:-90}"
+
+PG_DIR="$SERVICES_DIR/pg"
+PG_DATA="$PG_DIR/data"
+PG_LOG="$PG_DIR/server.log"
+REDIS_DIR="$SERVICES_DIR/redis"
+REDIS_PID="$REDIS_DIR/redis.pid"
+REDIS_LOG="$REDIS_DIR/redis.log"
+KAFKA_DIR="$SERVICES_DIR/kafka"
+KAFKA_DATA="$KAFKA_DIR/data"
+KAFKA_PROPS="$KAFKA_DIR/server.properties"
+KAFKA_PID="$KAFKA_DIR/kafka.pid"
+KAFKA_LOG="$KAFKA_DIR/kafka.log"
+KAFKA_HOME="$CACHE_DIR/kafka-$KAFKA_VERSION"
+KAFKA_LIB="$KAFKA_HOME/lib"
+KAFKA_MARKER="$KAFKA_HOME/.installed"
+
+DATABASE_URL="postgres://postgres@$HOST:$PG_PORT/$PG_DB?sslmode=disable"
+REDIS_URL="redis://$HOST:$REDIS_PORT/0"
+KAFKA_BROKERS="$HOST:$KAFKA_PORT"
+
+log() { printf '[services] %s\n' "$*" >&2; }
+die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# fail_with_log MSG LOGFILE: error out, showing the tail of the service's log.
+fail_with_log() {
+	local msg="$1" file="$2"
+	{
+		printf '[services] ERROR: %s\n' "$msg"
+		if [[ -f "$file" ]]; then
+			printf '[services] --- last 30 lines of %s ---\n' "$file"
+			tail -n 30 "$file" | sed 's/^/    /'
+		else
+			printf '[services] (no log file %s)\n' "$file"
+		fi
+	} >&2
+	exit 1
+}
+
+port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+# A zombie (exited, not yet reaped by pid 1) counts as dead.
+pid_alive() {
+	[[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null || return 1
+	local stat
+	stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+	stat="${stat##*) }"
+	[[ "${stat:0:1}" != "Z" ]]
+}
+
+# pid_matches PID PATTERN: the process exists and its command line contains PATTERN
+# (guards against killing a recycled pid).
+pid_matches() {
+	local pid="$1" pat="$2"
+	pid_alive "$pid" || return 1
+	tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$pat"
+}
+
+read_pid() { [[ -f "$1" ]] && tr -dc '0-9' <"$1" || true; }
+
+# wait_gone PID SECONDS: wait for a process to exit; SIGKILL it after the timeout.
+wait_gone() {
+	local pid="$1" secs="$2" i
+	for ((i = 0; i < secs * 10; i++)); do
+		pid_alive "$pid" || return 0
+		sleep 0.1
+	done
+	log "pid $pid still alive after ${secs}s, sending SIGKILL"
+	kill -9 "$pid" 2>/dev/null || true
+	for ((i = 0; i < 50; i++)); do
+		pid_alive "$pid" || return 0
+		sleep 0.1
+	done
+	die "pid $pid did not exit"
+}
+
+APT_UPDATED=0
+apt_install() {
+	if [[ $APT_UPDATED == 0 ]]; then
+		log "apt-get update"
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || die "apt-get update failed"
+		APT_UPDATED=1
+	fi
+	log "apt-get install -y $*"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 ||
+		die "apt-get install $* failed"
+}
+
+# Serialise concurrent callers (parallel test packages). Daemons are started with
+# fd 9 closed so they do not inherit the lock.
+lock() {
+	mkdir -p "$SERVICES_DIR"
+	exec 9>"$SERVICES_DIR/.lock"
+	flock -w 600 9 || die "could not lock $SERVICES_DIR/.lock (another services.sh is running?)"
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+
+PGBIN=""
+find_pgbin() {
+	[[ -n "$PGBIN" ]] && return 0
+	if [[ -n "${RECSYS_PG_BIN:-}" ]]; then
+		PGBIN="$RECSYS_PG_BIN"
+		return 0
+	fi
+	# Prefer the major version the data dir was created with.
+	if [[ -f "$PG_DATA/PG_VERSION" ]]; then
+		local v
+		v="$(cat "$PG_DATA/PG_VERSION")"
+		if [[ -x "/usr/lib/postgresql/$v/bin/initdb" ]]; then
+			PGBIN="/usr/lib/postgresql/$v/bin"
+			return 0
+		fi
+	fi
+	local d
+	d="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+	if [[ -n "$d" && -x "$d/initdb" && -x "$d/pg_ctl" ]]; then
+		PGBIN="$d"
+		return 0
+	fi
+	return 1
+}
+
+pg_install() {
+	if ! find_pgbin || ! id postgres >/dev/null 2>&1; then
+		apt_install postgresql
+		PGBIN=""
+		find_pgbin || die "PostgreSQL installed but no /usr/lib/postgresql/*/bin/initdb found"
+	fi
+	[[ -x "$PGBIN/pg_ctl" ]] || die "no pg_ctl in $PGBIN"
+}
+
+as_postgres() { runuser -u postgres -- "$@"; }
+
+# PostgreSQL runs as `postgres`, which must be able to traverse every parent of
+# the data dir (e.g. /root is 0700). Grant search (x) only, never read.
+pg_fix_traverse() {
+	as_postgres test -x "$PG_DIR" && return 0
+	local d="$PG_DIR" dirs=() i
+	while d="$(dirname "$d")" && [[ "$d" != "/" ]]; do dirs=("$d" "${dirs[@]}"); done
+	for i in "${dirs[@]}"; do # top-down, so only the blocking dirs change
+		if ! as_postgres test -x "$i"; then
+			log "chmod o+x $i (so the postgres user can reach $PG_DIR)"
+			chmod o+x "$i"
+		fi
+	done
+}
+
+pg_sockdir() {
+	# Unix socket paths are limited to ~107 bytes.
+	if ((${#PG_DIR} + 20 < 100)); then
+		echo "$PG_DIR/sock"
+	else
+		echo "/tmp/recsys-pg-$PG_PORT"
+	fi
+}
+
+pg_running() {
+	find_pgbin || return 1
+	[[ -f "$PG_DATA/postmaster.pid" ]] || return 1
+	as_postgres "$PGBIN/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1
+}
+
+pg_ready() {
+	find_pgbin || return 1
+	"$PGBIN/pg_isready" -q -h "$HOST" -p "$PG_PORT" -t 2 >/dev/null 2>&1
+}
+
+pg_psql() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$HOST" -p "$PG_PORT" -U postgres "$@"; }
+
+pg_start() {
+	pg_install
+	mkdir -p "$PG_DIR"
+	local sock
+	sock="$(pg_sockdir)"
+	mkdir -p "$sock"
+	chown postgres:postgres "$PG_DIR" "$sock"
+	pg_fix_traverse
+	if [[ ! -f "$PG_DATA/PG_VERSION" ]]; then
+		log "pg: initdb $PG_DATA"
+		rm -rf "$PG_DATA"
+		as_postgres "$PGBIN/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 --no-instructions \
+			>"$PG_DIR/initdb.log" 2>&1 || fail_with_log "initdb failed" "$PG_DIR/initdb.log"
+	fi
+	chown -R postgres:postgres "$PG_DATA"
+	if pg_running; then
+		log "pg: already running"
+	else
+		if port_open "$PG_PORT"; then
+			die "pg: port $PG_PORT is in use by another process (set RECSYS_PG_PORT)"
+		fi
+		log "pg: starting on $HOST:$PG_PORT"
+		local opts="-c listen_addresses=$HOST -p $PG_PORT -k $sock -c fsync=off -c synchronous_commit=off"
+		opts+=" -c full_page_writes=off -c max_connections=300 -c shared_buffers=256MB"
+		touch "$PG_LOG" && chown postgres:postgres "$PG_LOG"
+		as_postgres "$PGBIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -o "$opts" -w -t "$PG_TIMEOUT" start >/dev/null 2>&1 9>&- ||
+			fail_with_log "pg: pg_ctl start failed or timed out after ${PG_TIMEOUT}s" "$PG_LOG"
+	fi
+	local i
+	for ((i = 0; i < PG_TIMEOUT * 5; i++)); do
+		pg_ready && break
+		sleep 0.2
+	done
+	pg_ready || fail_with_log "pg: not accepting connections on $HOST:$PG_PORT after ${PG_TIMEOUT}s" "$PG_LOG"
+	if [[ "$(pg_psql -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$PG_DB'")" != "1" ]]; then
+		log "pg: create database $PG_DB"
+		pg_psql -d postgres -c "CREATE DATABASE $PG_DB" >/dev/null
+	fi
+	pg_psql -d "$PG_DB" -tAc "SELECT 1" >/dev/null || fail_with_log "pg: SELECT 1 on $PG_DB failed" "$PG_LOG"
+}
+
+pg_stop() {
+	if ! pg_running; then
+		log "pg: not running"
+		return 0
+	fi
+	log "pg: stopping"
+	as_postgres "$PGBIN/pg_ctl" -D "$PG_DATA" -m fast -w -t 30 stop >/dev/null 2>&1 ||
+		fail_with_log "pg: pg_ctl stop failed" "$PG_LOG"
+}
+
+# ---------------------------------------------------------------- Redis
+
+redis_install() {
+	if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+		apt_install redis-server
+	fi
+}
+
+redis_pid() {
+	local pid
+	pid="$(read_pid "$REDIS_PID")"
+	pid_matches "$pid" "redis-server" && echo "$pid"
+	return 0
+}
+
+redis_ping() { [[ "$(redis-cli -h "$HOST" -p "$REDIS_PORT" ping 2>/dev/null)" == "PONG" ]]; }
+
+redis_start() {
+	redis_install
+	mkdir -p "$REDIS_DIR"
+	if [[ -n "$(redis_pid)" ]]; then
+		log "redis: already running"
+	else
+		if port_open "$REDIS_PORT"; then
+			die "redis: port $REDIS_PORT is in use by another process (set RECSYS_REDIS_PORT)"
+		fi
+		rm -f "$REDIS_PID"
+		log "redis: starting on $HOST:$REDIS_PORT"
+		redis-server --port "$REDIS_PORT" --bind "$HOST" --save "" --appendonly no \
+			--daemonize yes --pidfile "$REDIS_PID" --logfile "$REDIS_LOG" --dir "$REDIS_DIR" \
+			</dev/null >/dev/null 2>>"$REDIS_LOG" 9>&- || fail_with_log "redis: redis-server failed to start" "$REDIS_LOG"
+	fi
+	local i
+	for ((i = 0; i < REDIS_TIMEOUT * 10; i++)); do
+		redis_ping && return 0
+		sleep 0.1
+	done
+	fail_with_log "redis: no PONG on $HOST:$REDIS_PORT after ${REDIS_TIMEOUT}s" "$REDIS_LOG"
+}
+
+redis_stop() {
+	local pid
+	pid="$(redis_pid)"
+	if [[ -z "$pid" ]]; then
+		log "redis: not running"
+		rm -f "$REDIS_PID"
+		return 0
+	fi
+	log "redis: stopping (pid $pid)"
+	kill "$pid" 2>/dev/null || true
+	wait_gone "$pid" 10
+	rm -f "$REDIS_PID"
+}
+
+# ---------------------------------------------------------------- Kafka
+
+kafka_install() {
+	if ! command -v java >/dev/null 2>&1; then
+		apt_install openjdk-17-jre-headless
+	fi
+	if [[ -f "$KAFKA_MARKER" && "$(cat "$KAFKA_MARKER")" == "$KAFKA_VERSION" ]] &&
+		compgen -G "$KAFKA_LIB/kafka_${SCALA_VERSION}-$KAFKA_VERSION.jar" >/dev/null; then
+		return 0
+	fi
+	if ! command -v mvn >/dev/null 2>&1; then
+		apt_install maven
+	fi
+	log "kafka: fetching Apache Kafka $KAFKA_VERSION jars from Maven Central into $KAFKA_LIB"
+	mkdir -p "$KAFKA_HOME"
+	cat >"$KAFKA_HOME/pom.xml" <<EOF
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>recsys.local</groupId>
+  <artifactId>kafka-broker-bundle</artifactId>
+  <version>$KAFKA_VERSION</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_$SCALA_VERSION</artifactId>
+      <version>$KAFKA_VERSION</version>
+    </dependency>
+    <dependency>
+      <groupId>org.slf4j</groupId>
+      <artifactId>slf4j-simple</artifactId>
+      <version>$SLF4J_SIMPLE_VERSION</version>
+    </dependency>
+  </dependencies>
+</project>
+EOF
+	rm -rf "$KAFKA_HOME/lib.tmp"
+	(cd "$KAFKA_HOME" && mvn -q -B -Dmaven.repo.local="$CACHE_DIR/m2" \
+		dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=lib.tmp) >"$KAFKA_HOME/mvn.log" 2>&1 ||
+		fail_with_log "kafka: mvn dependency:copy-dependencies failed" "$KAFKA_HOME/mvn.log"
+	compgen -G "$KAFKA_HOME/lib.tmp/kafka_${SCALA_VERSION}-$KAFKA_VERSION.jar" >/dev/null ||
+		fail_with_log "kafka: kafka_${SCALA_VERSION}-$KAFKA_VERSION.jar missing after mvn" "$KAFKA_HOME/mvn.log"
+	rm -rf "$KAFKA_LIB"
+	mv "$KAFKA_HOME/lib.tmp" "$KAFKA_LIB"
+	echo "$KAFKA_VERSION" >"$KAFKA_MARKER"
+}
+
+kafka_java() { java -cp "$KAFKA_LIB/*" "$@"; }
+
+kafka_write_props() {
+	cat >"$KAFKA_PROPS" <<EOF
+# Generated by scripts/services.sh — single-node KRaft (broker+controller) on loopback.
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=$HOST:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$KAFKA_DATA
+num.partitions=3
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+delete.topic.enable=true
+num.network.threads=2
+num.io.threads=4
+log.retention.hours=24
+log.segment.bytes=134217728
+EOF
+}
+
+kafka_pid() {
+	local pid
+	pid="$(read_pid "$KAFKA_PID")"
+	pid_matches "$pid" "$KAFKA_PROPS" && echo "$pid"
+	return 0
+}
+
+kafka_start() {
+	kafka_install
+	mkdir -p "$KAFKA_DIR"
+	kafka_write_props
+	local pid
+	pid="$(kafka_pid)"
+	if [[ -n "$pid" ]]; then
+		log "kafka: already running (pid $pid)"
+	else
+		if port_open "$KAFKA_PORT" || port_open "$KAFKA_CONTROLLER_PORT"; then
+			die "kafka: port $KAFKA_PORT or $KAFKA_CONTROLLER_PORT is in use by another process (set RECSYS_KAFKA_PORT)"
+		fi
+		if [[ ! -f "$KAFKA_DATA/meta.properties" ]]; then
+			local uuid
+			uuid="$(kafka_java kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)"
+			[[ -n "$uuid" ]] || die "kafka: StorageTool random-uuid failed"
+			log "kafka: formatting storage (cluster id $uuid)"
+			rm -rf "$KAFKA_DATA"
+			kafka_java kafka.tools.StorageTool format -t "$uuid" -c "$KAFKA_PROPS" --standalone \
+				>"$KAFKA_DIR/format.log" 2>&1 || fail_with_log "kafka: storage format failed" "$KAFKA_DIR/format.log"
+		fi
+		[[ -f "$KAFKA_LOG" ]] && mv -f "$KAFKA_LOG" "$KAFKA_LOG.1"
+		log "kafka: starting $KAFKA_VERSION on $HOST:$KAFKA_PORT"
+		# shellcheck disable=SC2086 # KAFKA_HEAP is a list of flags
+		setsid nohup java $KAFKA_HEAP -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+			-Dorg.slf4j.simpleLogger.showDateTime=true \
+			"-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd HH:mm:ss.SSS" \
+			-Dorg.slf4j.simpleLogger.defaultLogLevel=info \
+			-cp "$KAFKA_LIB/*" kafka.Kafka "$KAFKA_PROPS" </dev/null >"$KAFKA_LOG" 2>&1 9>&- &
+		pid=$!
+		echo "$pid" >"$KAFKA_PID"
+	fi
+	local i
+	for ((i = 0; i < KAFKA_TIMEOUT * 5; i++)); do
+		pid_alive "$pid" || fail_with_log "kafka: broker process exited during startup" "$KAFKA_LOG"
+		if grep -q "Kafka Server started" "$KAFKA_LOG" 2>/dev/null && port_open "$KAFKA_PORT"; then
+			return 0
+		fi
+		sleep 0.2
+	done
+	fail_with_log "kafka: broker not ready on $HOST:$KAFKA_PORT after ${KAFKA_TIMEOUT}s" "$KAFKA_LOG"
+}
+
+kafka_stop() {
+	local pid
+	pid="$(kafka_pid)"
+	if [[ -z "$pid" ]]; then
+		log "kafka: not running"
+		rm -f "$KAFKA_PID"
+		return 0
+	fi
+	log "kafka: stopping (pid $pid)"
+	kill "$pid" 2>/dev/null || true
+	wait_gone "$pid" 30
+	rm -f "$KAFKA_PID"
+}
+
+# ---------------------------------------------------------------- commands
+
+print_env() {
+	cat <<EOF
+export DATABASE_URL='$DATABASE_URL'
+export ONLINE_CACHE_REDIS_URL='$REDIS_URL'
+export KAFKA_BOOTSTRAP_SERVERS='$KAFKA_BROKERS'
+export RECSYS_TEST_PG_DSN='$DATABASE_URL'
+export RECSYS_TEST_REDIS_URL='$REDIS_URL'
+export RECSYS_TEST_KAFKA_BROKERS='$KAFKA_BROKERS'
+export RECSYS_SERVICES_SCRIPT='$SCRIPT_PATH'
+EOF
+}
+
+service_fn() {
+	case "$1" in
+	pg | postgres | postgresql) echo pg ;;
+	redis) echo redis ;;
+	kafka) echo kafka ;;
+	*) die "unknown service '$1' (want pg, redis or kafka)" ;;
+	esac
+}
+
+status_one() {
+	local s="$1" up=0 detail=""
+	case "$s" in
+	pg)
+		pg_ready && up=1
+		detail="$HOST:$PG_PORT"
+		;;
+	redis)
+		[[ -n "$(redis_pid)" ]] && redis_ping && up=1
+		detail="$HOST:$REDIS_PORT"
+		;;
+	kafka)
+		[[ -n "$(kafka_pid)" ]] && port_open "$KAFKA_PORT" && up=1
+		detail="$HOST:$KAFKA_PORT (Kafka $KAFKA_VERSION)"
+		;;
+	esac
+	if ((up)); then
+		printf '%-6s up    %s\n' "$s" "$detail"
+	else
+		printf '%-6s down  %s\n' "$s" "$detail"
+		return 1
+	fi
+}
+
+cmd_up() {
+	lock
+	local t0=$SECONDS
+	# Install everything first so that a slow download does not leave some services up.
+	pg_install
+	redis_install
+	kafka_install
+	pg_start
+	redis_start
+	kafka_start
+	log "all services up ($((SECONDS - t0))s); data in $SERVICES_DIR"
+	print_env
+}
+
+cmd_down() {
+	local purge=0
+	[[ "${1:-}" == "--purge" ]] && purge=1
+	[[ -n "${1:-}" && $purge == 0 ]] && die "down: unknown option '$1'"
+	lock
+	kafka_stop
+	redis_stop
+	pg_stop
+	if ((purge)); then
+		log "purging data in $SERVICES_DIR (pg, redis, kafka)"
+		rm -rf "$PG_DIR" "$REDIS_DIR" "$KAFKA_DIR"
+		[[ "$(pg_sockdir)" == /tmp/* ]] && rm -rf "$(pg_sockdir)"
+	fi
+	log "all services down"
+}
+
+cmd_status() {
+	local rc=0 s
+	for s in pg redis kafka; do
+		status_one "$s" || rc=1
+	done
+	return $rc
+}
+
+usage() {
+	sed -n '2,21p' "$SCRIPT_PATH" | sed 's/^# \{0,1\}//' >&2
+	exit 2
+}
+
+main() {
+	local cmd="${1:-}"
+	[[ $# -gt 0 ]] && shift
+	case "$cmd" in
+	up) cmd_up ;;
+	down) cmd_down "$@" ;;
+	status) cmd_status ;;
+	env) print_env ;;
+	start | stop | restart)
+		[[ $# -eq 1 ]] || usage
+		local s
+		s="$(service_fn "$1")"
+		lock
+		case "$cmd" in
+		start) "${s}_start" ;;
+		stop) "${s}_stop" ;;
+		restart)
+			"${s}_stop"
+			"${s}_start"
+			;;
+		esac
+		;;
+	-h | --help | help) usage ;;
+	*) usage ;;
+	esac
+}
+
+main "$@"
