@@ -32,7 +32,7 @@ For development only: data is gone when the process stops.`,
 				return err
 			}
 			ctx := cmd.Context()
-			set := func(flag string) bool { return flagenv.Source(cmd.Flags().Lookup(flag), nil) != "default" }
+			set := func(flag string) bool { return flagenv.Source(cmd.Flags().Lookup(flag)) != "default" }
 			if !set("pg.dsn") {
 				pg, err := devstack.StartPostgres(ctx)
 				if err != nil {

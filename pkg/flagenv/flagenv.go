@@ -22,6 +22,7 @@ const Prefix = "RECSYS_"
 const (
 	aliasAnnotation  = "recsys_env_alias"
 	secretAnnotation = "recsys_secret"
+	sourceAnnotation = "recsys_source"
 )
 
 // EnvName is the RECSYS_ variable of a flag: "relay.batch-size" -> RECSYS_RELAY_BATCH_SIZE.
@@ -66,19 +67,18 @@ func Bind(fs *pflag.FlagSet, lookup func(string) (string, bool)) error {
 		}
 		if err := fs.Set(f.Name, val); err != nil {
 			errs = append(errs, fmt.Errorf("%s=%q (flag --%s): %w", name, val, f.Name, err))
+			return
 		}
+		_ = fs.SetAnnotation(f.Name, sourceAnnotation, []string{name})
 	})
 	return errors.Join(errs...)
 }
 
-// Source tells where a flag's value came from: "flag", the environment variable name, or
-// "default".
-func Source(f *pflag.Flag, lookup func(string) (string, bool)) string {
-	if lookup == nil {
-		lookup = os.LookupEnv
-	}
-	if name, _, ok := find(f, lookup); ok && !f.Changed {
-		return name
+// Source tells where a flag's value came from: "flag", the environment variable name (after
+// Bind), or "default".
+func Source(f *pflag.Flag) string {
+	if src := f.Annotations[sourceAnnotation]; len(src) > 0 {
+		return src[0]
 	}
 	if f.Changed {
 		return "flag"

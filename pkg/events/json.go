@@ -1,0 +1,394 @@
+package events
+
+import (
+	"strconv"
+	"unicode/utf16"
+	"unicode/utf8"
+)
+
+// The request decoders parse JSON with this small parser instead of encoding/json because
+// the contract wants pydantic's error list: every bad field at once, each with its location,
+// and unknown keys reported by name. encoding/json stops at the first problem and cannot say
+// where it was. The parser builds a light tree over the body (strings are substrings of the
+// body unless they hold escapes), so it costs one pass and few allocations.
+
+type jsonKind uint8
+
+const (
+	jNull jsonKind = iota
+	jBool
+	jNumber
+	jString
+	jArray
+	jObject
+)
+
+// node is one parsed JSON value. raw is its source text (used as the "input" of an error).
+// For strings str is the unescaped value; for numbers it is the token text.
+type node struct {
+	kind jsonKind
+	b    bool
+	str  string
+	raw  string
+	keys []string // object keys, in order (duplicates kept; the last one wins on lookup)
+	kids []node   // object values or array elements
+}
+
+// maxDepth bounds nesting so a body of 4 MiB of '[' cannot exhaust the stack; the deepest
+// valid event is 4 levels.
+const maxDepth = 64
+
+type syntaxError struct {
+	pos int
+	msg string
+}
+
+func (e *syntaxError) Error() string { return e.msg + " at offset " + strconv.Itoa(e.pos) }
+
+type parser struct {
+	s     string
+	i     int
+	depth int
+}
+
+// parseJSON parses one JSON document. Invalid UTF-8 is a syntax error, as in Python's
+// json.loads on bytes, rather than encoding/json's silent U+FFFD replacement.
+func parseJSON(s string) (node, *syntaxError) {
+	if !utf8.ValidString(s) {
+		return node{}, &syntaxError{pos: firstInvalidUTF8(s), msg: "invalid UTF-8"}
+	}
+	p := parser{s: s}
+	p.ws()
+	if p.i >= len(p.s) {
+		return node{}, &syntaxError{pos: p.i, msg: "expecting value"}
+	}
+	n, err := p.value()
+	if err != nil {
+		return node{}, err
+	}
+	p.ws()
+	if p.i != len(p.s) {
+		return node{}, &syntaxError{pos: p.i, msg: "extra data after the JSON value"}
+	}
+	return n, nil
+}
+
+func firstInvalidUTF8(s string) int {
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size <= 1 {
+			return i
+		}
+		i += size
+	}
+	return len(s)
+}
+
+func (p *parser) ws() {
+	for p.i < len(p.s) {
+		switch p.s[p.i] {
+		case ' ', '\t', '\n', '\r':
+			p.i++
+		default:
+			return
+		}
+	}
+}
+
+func (p *parser) fail(msg string) *syntaxError { return &syntaxError{pos: p.i, msg: msg} }
+
+func (p *parser) value() (node, *syntaxError) {
+	if p.i >= len(p.s) {
+		return node{}, p.fail("expecting value")
+	}
+	start := p.i
+	switch c := p.s[p.i]; {
+	case c == '{':
+		return p.object()
+	case c == '[':
+		return p.array()
+	case c == '"':
+		str, err := p.string()
+		if err != nil {
+			return node{}, err
+		}
+		return node{kind: jString, str: str, raw: p.s[start:p.i]}, nil
+	case c == 't':
+		return p.literal("true", node{kind: jBool, b: true, raw: "true"})
+	case c == 'f':
+		return p.literal("false", node{kind: jBool, raw: "false"})
+	case c == 'n':
+		return p.literal("null", node{kind: jNull, raw: "null"})
+	case c == '-' || (c >= '0' && c <= '9'):
+		if err := p.number(); err != nil {
+			return node{}, err
+		}
+		tok := p.s[start:p.i]
+		return node{kind: jNumber, str: tok, raw: tok}, nil
+	default:
+		return node{}, p.fail("expecting value")
+	}
+}
+
+func (p *parser) literal(word string, n node) (node, *syntaxError) {
+	if len(p.s)-p.i < len(word) || p.s[p.i:p.i+len(word)] != word {
+		return node{}, p.fail("expecting value")
+	}
+	p.i += len(word)
+	return n, nil
+}
+
+func (p *parser) enter() *syntaxError {
+	p.depth++
+	if p.depth > maxDepth {
+		return p.fail("nesting deeper than " + strconv.Itoa(maxDepth) + " levels")
+	}
+	return nil
+}
+
+func (p *parser) object() (node, *syntaxError) {
+	if err := p.enter(); err != nil {
+		return node{}, err
+	}
+	start := p.i
+	p.i++ // {
+	n := node{kind: jObject}
+	p.ws()
+	if p.i < len(p.s) && p.s[p.i] == '}' {
+		p.i++
+		p.depth--
+		n.raw = p.s[start:p.i]
+		return n, nil
+	}
+	for {
+		p.ws()
+		if p.i >= len(p.s) || p.s[p.i] != '"' {
+			return node{}, p.fail("expecting property name enclosed in double quotes")
+		}
+		key, err := p.string()
+		if err != nil {
+			return node{}, err
+		}
+		p.ws()
+		if p.i >= len(p.s) || p.s[p.i] != ':' {
+			return node{}, p.fail("expecting ':' delimiter")
+		}
+		p.i++
+		p.ws()
+		v, err := p.value()
+		if err != nil {
+			return node{}, err
+		}
+		n.keys = append(n.keys, key)
+		n.kids = append(n.kids, v)
+		p.ws()
+		if p.i >= len(p.s) {
+			return node{}, p.fail("expecting ',' delimiter")
+		}
+		if p.s[p.i] == ',' {
+			p.i++
+			continue
+		}
+		if p.s[p.i] == '}' {
+			p.i++
+			p.depth--
+			n.raw = p.s[start:p.i]
+			return n, nil
+		}
+		return node{}, p.fail("expecting ',' delimiter")
+	}
+}
+
+func (p *parser) array() (node, *syntaxError) {
+	if err := p.enter(); err != nil {
+		return node{}, err
+	}
+	start := p.i
+	p.i++ // [
+	n := node{kind: jArray}
+	p.ws()
+	if p.i < len(p.s) && p.s[p.i] == ']' {
+		p.i++
+		p.depth--
+		n.raw = p.s[start:p.i]
+		return n, nil
+	}
+	for {
+		p.ws()
+		v, err := p.value()
+		if err != nil {
+			return node{}, err
+		}
+		n.kids = append(n.kids, v)
+		p.ws()
+		if p.i >= len(p.s) {
+			return node{}, p.fail("expecting ',' delimiter")
+		}
+		if p.s[p.i] == ',' {
+			p.i++
+			continue
+		}
+		if p.s[p.i] == ']' {
+			p.i++
+			p.depth--
+			n.raw = p.s[start:p.i]
+			return n, nil
+		}
+		return node{}, p.fail("expecting ',' delimiter")
+	}
+}
+
+// number checks the JSON number grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
+func (p *parser) number() *syntaxError {
+	if p.s[p.i] == '-' {
+		p.i++
+	}
+	if p.i >= len(p.s) {
+		return p.fail("expecting value")
+	}
+	switch c := p.s[p.i]; {
+	case c == '0':
+		p.i++
+	case c >= '1' && c <= '9':
+		for p.i < len(p.s) && isDigit(p.s[p.i]) {
+			p.i++
+		}
+	default:
+		return p.fail("expecting value")
+	}
+	if p.i < len(p.s) && p.s[p.i] == '.' {
+		p.i++
+		if p.i >= len(p.s) || !isDigit(p.s[p.i]) {
+			return p.fail("expecting digit after decimal point")
+		}
+		for p.i < len(p.s) && isDigit(p.s[p.i]) {
+			p.i++
+		}
+	}
+	if p.i < len(p.s) && (p.s[p.i] == 'e' || p.s[p.i] == 'E') {
+		p.i++
+		if p.i < len(p.s) && (p.s[p.i] == '+' || p.s[p.i] == '-') {
+			p.i++
+		}
+		if p.i >= len(p.s) || !isDigit(p.s[p.i]) {
+			return p.fail("expecting digit in exponent")
+		}
+		for p.i < len(p.s) && isDigit(p.s[p.i]) {
+			p.i++
+		}
+	}
+	return nil
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+
+// string reads a quoted string at p.i and returns its value. Strings without escapes are
+// returned as substrings of the input (no allocation).
+func (p *parser) string() (string, *syntaxError) {
+	p.i++ // opening quote
+	start := p.i
+	for p.i < len(p.s) {
+		c := p.s[p.i]
+		switch {
+		case c == '"':
+			s := p.s[start:p.i]
+			p.i++
+			return s, nil
+		case c == '\\':
+			return p.escapedString(start)
+		case c < 0x20:
+			return "", p.fail("invalid control character in string")
+		}
+		p.i++
+	}
+	return "", p.fail("unterminated string")
+}
+
+func (p *parser) escapedString(start int) (string, *syntaxError) {
+	buf := make([]byte, 0, p.i-start+16)
+	buf = append(buf, p.s[start:p.i]...)
+	for p.i < len(p.s) {
+		c := p.s[p.i]
+		switch {
+		case c == '"':
+			p.i++
+			return string(buf), nil
+		case c < 0x20:
+			return "", p.fail("invalid control character in string")
+		case c != '\\':
+			buf = append(buf, c)
+			p.i++
+			continue
+		}
+		p.i++ // backslash
+		if p.i >= len(p.s) {
+			return "", p.fail("unterminated string")
+		}
+		e := p.s[p.i]
+		p.i++
+		switch e {
+		case '"', '\\', '/':
+			buf = append(buf, e)
+		case 'b':
+			buf = append(buf, '\b')
+		case 'f':
+			buf = append(buf, '\f')
+		case 'n':
+			buf = append(buf, '\n')
+		case 'r':
+			buf = append(buf, '\r')
+		case 't':
+			buf = append(buf, '\t')
+		case 'u':
+			r, ok := p.hex4()
+			if !ok {
+				return "", p.fail("invalid \\uXXXX escape")
+			}
+			if utf16.IsSurrogate(r) {
+				// A high surrogate followed by an escaped low one is one code point; a
+				// lone surrogate cannot be UTF-8 and becomes U+FFFD.
+				if r < 0xdc00 && p.i+1 < len(p.s) && p.s[p.i] == '\\' && p.s[p.i+1] == 'u' {
+					save := p.i
+					p.i += 2
+					r2, ok := p.hex4()
+					if !ok {
+						return "", p.fail("invalid \\uXXXX escape")
+					}
+					if dec := utf16.DecodeRune(r, r2); dec != utf8.RuneError {
+						buf = utf8.AppendRune(buf, dec)
+						continue
+					}
+					p.i = save
+				}
+				r = utf8.RuneError
+			}
+			buf = utf8.AppendRune(buf, r)
+		default:
+			p.i--
+			return "", p.fail("invalid escape")
+		}
+	}
+	return "", p.fail("unterminated string")
+}
+
+func (p *parser) hex4() (rune, bool) {
+	if len(p.s)-p.i < 4 {
+		return 0, false
+	}
+	var r rune
+	for _, c := range []byte(p.s[p.i : p.i+4]) {
+		r <<= 4
+		switch {
+		case c >= '0' && c <= '9':
+			r |= rune(c - '0')
+		case c >= 'a' && c <= 'f':
+			r |= rune(c - 'a' + 10)
+		case c >= 'A' && c <= 'F':
+			r |= rune(c - 'A' + 10)
+		default:
+			return 0, false
+		}
+	}
+	p.i += 4
+	return r, true
+}

@@ -1,0 +1,270 @@
+package features
+
+import (
+	"cmp"
+	"math"
+	"slices"
+	"strings"
+)
+
+// UserState is one user's feature state. The zero value is a new user.
+type UserState struct {
+	// History holds distinct items, most recent first (by TsMs; an older event is inserted at
+	// its place in time), at most Config.HistorySize.
+	History []HistoryEntry `json:"history"`
+	// Watched maps every remembered watched item to its latest watch time (ms). It holds at
+	// most Config.WatchedCap items after trimming: eviction is amortised — when it grows past
+	// WatchedCap + WatchedCap/8 the oldest are evicted down to WatchedCap (ties: larger item
+	// id first), so a store sees one bulk removal instead of one per event.
+	Watched map[string]int64 `json:"watched"`
+	// ImpressionCounts counts, per item, the impressions shown to this user since the user's
+	// last watch of it (a watch deletes the entry). Bounded by Config.ImpressionMemory with
+	// the same amortised eviction, least recently shown first.
+	ImpressionCounts map[string]ImpressionStat `json:"impression_counts"`
+}
+
+// ItemDelta are increments of one item's global statistics (ranking.ItemStats). A store also
+// sets the item's first-seen time to min(first-seen, Delta.TsMs).
+type ItemDelta struct {
+	ItemID       string
+	Impressions  int64
+	Watches      int64
+	SumPercent   float64
+	PercentCount int64
+	Ended        int64
+	WatchTimeSec float64
+}
+
+// PopIncrement is a raw popularity weight observed at Delta.TsMs. The store adds
+// Decay.Forward(Weight, Delta.TsMs) with its short and its long half-life Decay to the item's
+// two popularity values (and top lists).
+type PopIncrement struct {
+	ItemID string
+	Weight float64
+}
+
+// PairIncrement is a raw co-visitation weight observed at Delta.TsMs for From → To. Apply
+// always emits both directions. The store adds Decay.Forward(Weight, Delta.TsMs) with its
+// CovisHalfLife Decay to From's neighbour To, then trims From's list (see MemoryStore).
+type PairIncrement struct {
+	From, To string
+	Weight   float64
+}
+
+// Delta are the global increments one event causes. Weights are RAW (not forward-decayed):
+// Apply is independent of any store's landmark, and each store forward-decays them at TsMs
+// with its own Decay. Applying the same Delta twice double counts: exactly-once is the
+// caller's job.
+type Delta struct {
+	UserID string
+	TsMs   int64
+	Items  []ItemDelta
+	Pop    []PopIncrement
+	Pairs  []PairIncrement
+	// UserImpressions are the items whose per-user impression counter went up by one (already
+	// reflected in the returned UserState).
+	UserImpressions []string
+}
+
+// Empty reports whether the Delta changes nothing global.
+func (d *Delta) Empty() bool {
+	return len(d.Items) == 0 && len(d.Pop) == 0 && len(d.Pairs) == 0 && len(d.UserImpressions) == 0
+}
+
+// Apply applies one event to a user's state and returns the new state and the global Delta.
+// It is deterministic and does no I/O. It takes ownership of user: its slices and maps are
+// updated in place and returned, so callers must use only the returned state afterwards.
+// Events of one user must be applied in a single order (e.g. per Kafka partition); events of
+// different users are independent.
+//
+// Rules:
+//   - Impression: every distinct item in ev.Items gets +1 global impression and +1 on the
+//     user's counter (fatigue).
+//   - Watch / legacy: +1 watch (with percent, ended, watch time) and popularity weight
+//     Quality(ev); the item moves to the front of the history (distinct) and into the watched
+//     set; its impression counter is cleared (the user did watch it).
+//   - Re-watch of an item already in the history: counted again in popularity and item stats,
+//     never duplicated in history; it forms co-visitation pairs only when it was not already
+//     within the last CovisWindow history items (those pairs were counted when it was watched).
+//   - Co-visitation: the watched item a is paired with each history item b within CovisWindow
+//     positions of where a lands in the history (older and, for a late event, newer ones),
+//     weight q_a·q_b·CovisDistanceDecay^(d−1)·2^(−|t_a−t_b|/CovisGapHalfLife) in both
+//     directions. Self-pairs are never counted.
+//   - Invalid events (no user, no item, unknown kind) change nothing.
+func Apply(cfg Config, user UserState, ev Interaction) (UserState, Delta) {
+	d := Delta{UserID: ev.UserID, TsMs: ev.TsMs}
+	if ev.UserID == "" {
+		return user, d
+	}
+	switch ev.Kind {
+	case KindImpression:
+		applyImpression(cfg, &user, ev, &d)
+	case KindWatch, KindLegacy:
+		if ev.ItemID == "" {
+			return user, d
+		}
+		applyWatch(cfg, &user, ev, &d)
+	}
+	return user, d
+}
+
+func applyImpression(cfg Config, u *UserState, ev Interaction, d *Delta) {
+	if len(ev.Items) == 0 {
+		return
+	}
+	d.Items = make([]ItemDelta, 0, len(ev.Items))
+	d.UserImpressions = make([]string, 0, len(ev.Items))
+	if u.ImpressionCounts == nil && cfg.ImpressionMemory > 0 {
+		u.ImpressionCounts = make(map[string]ImpressionStat, len(ev.Items))
+	}
+	for i, it := range ev.Items {
+		if it == "" || containsBefore(ev.Items, i, it) {
+			continue
+		}
+		d.Items = append(d.Items, ItemDelta{ItemID: it, Impressions: 1})
+		if cfg.ImpressionMemory > 0 {
+			st := u.ImpressionCounts[it]
+			st.Count++
+			st.LastTsMs = max(st.LastTsMs, ev.TsMs)
+			u.ImpressionCounts[it] = st
+			d.UserImpressions = append(d.UserImpressions, it)
+		}
+	}
+	if cfg.ImpressionMemory > 0 && len(u.ImpressionCounts) > cfg.ImpressionMemory+cfg.ImpressionMemory/8 {
+		trimOldest(u.ImpressionCounts, cfg.ImpressionMemory, func(s ImpressionStat) int64 { return s.LastTsMs })
+	}
+}
+
+// containsBefore reports whether s[:i] contains v; impression lists are short (k ≤ 100), so a
+// scan beats allocating a set.
+func containsBefore(s []string, i int, v string) bool {
+	for _, x := range s[:i] {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+func applyWatch(cfg Config, u *UserState, ev Interaction, d *Delta) {
+	item := ev.ItemID
+	q := Quality(ev)
+	id := ItemDelta{ItemID: item, Watches: 1, WatchTimeSec: max(ev.WatchTimeSec, 0)}
+	if ev.PercentWatched != nil {
+		id.SumPercent = clamp01(*ev.PercentWatched/100) * 100
+		id.PercentCount = 1
+	}
+	if ev.Ended != nil && *ev.Ended {
+		id.Ended = 1
+	}
+	d.Items = []ItemDelta{id}
+	d.Pop = []PopIncrement{{ItemID: item, Weight: q}}
+
+	// Position of a previous watch of the item, and where the new entry lands (by time).
+	old := -1
+	for i, h := range u.History {
+		if h.ItemID == item {
+			old = i
+			break
+		}
+	}
+	pos := 0
+	for pos < len(u.History) && (u.History[pos].TsMs > ev.TsMs || pos == old) {
+		pos++
+	}
+	// pos counts entries strictly newer than ev (skipping the old copy); adjust to an index in
+	// the history without the old copy.
+	if old >= 0 && old < pos {
+		pos--
+	}
+	formPairs := cfg.CovisWindow > 0 && (old < 0 || old >= cfg.CovisWindow)
+	if old >= 0 && u.History[old].TsMs > ev.TsMs {
+		// A late duplicate of a watch we already have with a newer time: the history keeps the
+		// newer entry and no pairs are formed again.
+		formPairs = false
+		pos = -1
+	}
+
+	if pos >= 0 {
+		if old >= 0 {
+			u.History = append(u.History[:old], u.History[old+1:]...)
+		}
+		if formPairs {
+			d.Pairs = pairsFor(cfg, u.History, pos, item, q, ev.TsMs)
+		}
+		u.History = insertAt(u.History, pos, HistoryEntry{ItemID: item, TsMs: ev.TsMs, Quality: q})
+		if len(u.History) > cfg.HistorySize {
+			u.History = u.History[:cfg.HistorySize]
+		}
+	}
+
+	if u.Watched == nil {
+		u.Watched = make(map[string]int64, 16)
+	}
+	if t, ok := u.Watched[item]; !ok || ev.TsMs > t {
+		u.Watched[item] = ev.TsMs
+	}
+	if len(u.Watched) > cfg.WatchedCap+cfg.WatchedCap/8 {
+		trimOldest(u.Watched, cfg.WatchedCap, func(t int64) int64 { return t })
+	}
+	delete(u.ImpressionCounts, item)
+}
+
+// pairsFor builds the co-visitation increments of item (landing at index pos of hist, which
+// does not contain item) with its CovisWindow neighbours on each side.
+func pairsFor(cfg Config, hist []HistoryEntry, pos int, item string, q float64, ts int64) []PairIncrement {
+	w := cfg.CovisWindow
+	lo, hi := max(pos-w, 0), min(pos+w, len(hist))
+	if hi <= lo {
+		return nil
+	}
+	out := make([]PairIncrement, 0, 2*(hi-lo))
+	gap := float64(cfg.CovisGapHalfLife.Milliseconds())
+	for j := lo; j < hi; j++ {
+		h := hist[j]
+		if h.ItemID == item {
+			continue
+		}
+		dist := pos - j // newer entries: 1..w
+		if j >= pos {
+			dist = j - pos + 1 // older entries: 1..w
+		}
+		dt := math.Abs(float64(ts - h.TsMs))
+		wt := q * h.Quality * math.Pow(cfg.CovisDistanceDecay, float64(dist-1)) * math.Exp2(-dt/gap)
+		if !(wt > 0) {
+			continue
+		}
+		out = append(out, PairIncrement{From: item, To: h.ItemID, Weight: wt}, PairIncrement{From: h.ItemID, To: item, Weight: wt})
+	}
+	return out
+}
+
+func insertAt(h []HistoryEntry, i int, e HistoryEntry) []HistoryEntry {
+	h = append(h, HistoryEntry{})
+	copy(h[i+1:], h[i:])
+	h[i] = e
+	return h
+}
+
+// trimOldest removes the oldest entries of m until keep remain; ties on time evict the larger
+// key first, so the result does not depend on map iteration order.
+func trimOldest[V any](m map[string]V, keep int, ts func(V) int64) {
+	type kv struct {
+		k string
+		t int64
+	}
+	all := make([]kv, 0, len(m))
+	for k, v := range m {
+		all = append(all, kv{k, ts(v)})
+	}
+	// Newest first, then smaller key first; everything after keep is evicted.
+	slices.SortFunc(all, func(a, b kv) int {
+		if a.t != b.t {
+			return cmp.Compare(b.t, a.t)
+		}
+		return strings.Compare(a.k, b.k)
+	})
+	for _, e := range all[keep:] {
+		delete(m, e.k)
+	}
+}

@@ -1,0 +1,224 @@
+package migrate_test
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"testing/fstest"
+
+	"recsys/migrations"
+	"recsys/pkg/migrate"
+	"recsys/pkg/testutil"
+)
+
+func TestEmbeddedMigrationsAreWellFormed(t *testing.T) {
+	files, issues, err := migrate.Local()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(issues) > 0 {
+		t.Fatalf("issues: %v", issues)
+	}
+	if len(files) == 0 || migrate.Latest() != files[len(files)-1].Version {
+		t.Fatalf("files=%v latest=%d", files, migrate.Latest())
+	}
+}
+
+func TestLocalRules(t *testing.T) {
+	tests := []struct {
+		name string
+		fs   fstest.MapFS
+		want string
+	}{
+		{"bad name", fstest.MapFS{"0001_a.up.sql": {}, "0001_a.down.sql": {}, "2_B.up.sql": {}}, "invalid migration filename 2_B.up.sql"},
+		{"duplicate sequence", fstest.MapFS{"0001_a.up.sql": {}, "0001_a.down.sql": {}, "0001_b.up.sql": {}}, "duplicate sequence number 0001"},
+		{"gap", fstest.MapFS{"0001_a.up.sql": {}, "0001_a.down.sql": {}, "0003_c.up.sql": {}, "0003_c.down.sql": {}}, "not strictly increasing"},
+		{"missing down", fstest.MapFS{"0001_a.up.sql": {}}, "has no down file"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, issues, err := migrate.LocalFS(tc.fs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(strings.Join(issues, "\n"), tc.want) {
+				t.Fatalf("issues %v, want %q", issues, tc.want)
+			}
+		})
+	}
+}
+
+func TestUpDownUpAgainstPostgres(t *testing.T) {
+	dsn := testutil.NewDatabase(t)
+	ctx := context.Background()
+	m, err := migrate.Open(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	latest := migrate.Latest()
+	steps := []struct {
+		name string
+		do   func() error
+		want uint
+	}{
+		{"up", func() error { return m.Up(ctx) }, latest},
+		{"down all", func() error { return m.Down(ctx, int(latest)) }, 0},
+		{"up again", func() error { return m.Up(ctx) }, latest},
+		{"up is a no-op", func() error { return m.Up(ctx) }, latest},
+	}
+	for _, s := range steps {
+		if err := s.do(); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		v, dirty, err := m.Version()
+		if err != nil || dirty || v != s.want {
+			t.Fatalf("%s: version %d dirty %t err %v, want %d clean", s.name, v, dirty, err, s.want)
+		}
+	}
+	r, err := migrate.Check(ctx, migrations.FS, "embedded", dsn, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Summary.Status != "ok" || len(r.DB.Applied) != int(latest) {
+		t.Fatalf("check after up: %+v", r)
+	}
+}
+
+func TestCheckDetectsDrift(t *testing.T) {
+	dsn := testutil.MigratedDatabase(t)
+	ctx := context.Background()
+	local := fstest.MapFS{}
+	files, _, _ := migrate.Local()
+	for _, f := range files {
+		b, _ := migrations.FS.ReadFile(f.Name)
+		local[f.Name] = &fstest.MapFile{Data: b}
+		down := strings.TrimSuffix(f.Name, ".up.sql") + ".down.sql"
+		d, _ := migrations.FS.ReadFile(down)
+		local[down] = &fstest.MapFile{Data: d}
+	}
+	first := files[0].Name
+	firstDown := strings.TrimSuffix(first, ".up.sql") + ".down.sql"
+	clone := func(edit func(fstest.MapFS)) fstest.MapFS {
+		c := fstest.MapFS{}
+		for k, v := range local {
+			c[k] = v
+		}
+		edit(c)
+		return c
+	}
+	tests := []struct {
+		name string
+		fs   fstest.MapFS
+		want string
+	}{
+		{"changed checksum", clone(func(c fstest.MapFS) { c[first] = &fstest.MapFile{Data: append([]byte("-- edited\n"), local[first].Data...)} }), "checksum drift for " + first},
+		{"renamed file", clone(func(c fstest.MapFS) {
+			c["0001_renamed.up.sql"], c["0001_renamed.down.sql"] = c[first], c[firstDown]
+			delete(c, first)
+			delete(c, firstDown)
+		}), "renamed"},
+		{"missing applied migration", clone(func(c fstest.MapFS) {
+			last := files[len(files)-1].Name
+			delete(c, last)
+			delete(c, strings.TrimSuffix(last, ".up.sql")+".down.sql")
+		}), "newer than the newest local migration"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := migrate.Check(ctx, tc.fs, "test", dsn, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Summary.Status != "failed" || !strings.Contains(strings.Join(r.Comparison.Issues, "\n"), tc.want) {
+				t.Fatalf("report %+v, want an issue containing %q", r.Comparison, tc.want)
+			}
+		})
+	}
+	t.Run("pending is not an issue", func(t *testing.T) {
+		if len(files) < 2 {
+			t.Skip("needs two migrations")
+		}
+		fresh := testutil.NewDatabase(t)
+		m, err := migrate.Open(fresh)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		if err := m.Up(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Down(ctx, len(files)-1); err != nil {
+			t.Fatal(err)
+		}
+		r, err := migrate.Check(ctx, migrations.FS, "embedded", fresh, "")
+		if err != nil || r.Summary.Status != "ok" || r.Summary.PendingCount != len(files)-1 {
+			t.Fatalf("check %+v %v, want ok with %d pending", r.Summary, err, len(files)-1)
+		}
+		if err := migrate.CheckSchema(ctx, testutil.Pool(t, fresh)); err == nil || !strings.Contains(err.Error(), "behind") {
+			t.Fatalf("CheckSchema = %v, want behind", err)
+		}
+	})
+	t.Run("dirty", func(t *testing.T) {
+		pool := testutil.Pool(t, dsn)
+		if _, err := pool.Exec(ctx, "UPDATE schema_migrations SET dirty = true"); err != nil {
+			t.Fatal(err)
+		}
+		defer pool.Exec(ctx, "UPDATE schema_migrations SET dirty = false") //nolint:errcheck
+		r, _ := migrate.Check(ctx, migrations.FS, "embedded", dsn, "")
+		if r.Summary.Status != "failed" || !strings.Contains(strings.Join(r.DB.Issues, "\n"), "dirty") {
+			t.Fatalf("dirty not reported: %+v", r.DB)
+		}
+		if err := migrate.CheckSchema(ctx, pool); err == nil || !strings.Contains(err.Error(), "dirty") {
+			t.Fatalf("CheckSchema = %v, want dirty", err)
+		}
+	})
+}
+
+func TestCheckSkipsDatabaseWithReason(t *testing.T) {
+	r, err := migrate.Check(context.Background(), migrations.FS, "embedded", "", "flag --skip-db-check is set")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.DB.Status != "skipped" || r.DB.Reason != "flag --skip-db-check is set" || r.Summary.Status != "ok" {
+		t.Fatalf("%+v", r)
+	}
+}
+
+func TestConcurrentUpDoesNotClash(t *testing.T) {
+	dsn := testutil.NewDatabase(t)
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m, err := migrate.Open(dsn)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer m.Close()
+			errs[i] = m.Up(context.Background())
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("migrator %d: %v", i, err)
+		}
+	}
+	pool := testutil.Pool(t, dsn)
+	if err := migrate.CheckSchema(context.Background(), pool); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSchemaBehindBinaryIsReported(t *testing.T) {
+	dsn := testutil.NewDatabase(t)
+	pool := testutil.Pool(t, dsn)
+	if err := migrate.CheckSchema(context.Background(), pool); err == nil {
+		t.Fatal("empty database passed the schema check")
+	}
+}

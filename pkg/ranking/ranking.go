@@ -1,0 +1,130 @@
+// Package ranking turns one user's feature Snapshot into a ranked list of items. It is pure:
+// no I/O, no clocks, no global state, so /reco, the evaluation harness and tests run exactly
+// the same code and get exactly the same answer for the same Snapshot.
+//
+// The plain feature types shared with pkg/features (HistoryEntry, ImpressionStat, ItemStats,
+// Scored) live here, because features imports ranking (its MemoryStore builds Snapshots) and
+// ranking must not import features.
+package ranking
+
+// HistoryEntry is one distinct item of a user's recent history.
+type HistoryEntry struct {
+	ItemID string `json:"item_id"`
+	// TsMs is the time of the latest watch of the item, Unix milliseconds.
+	TsMs int64 `json:"ts_ms"`
+	// Quality is the watch-quality weight of the latest watch, in (0, 1] (see features.Quality).
+	Quality float64 `json:"quality"`
+}
+
+// ImpressionStat counts how often an item was shown to one user since the user last watched
+// it (a watch resets it), for impression fatigue.
+type ImpressionStat struct {
+	Count    int64 `json:"count"`
+	LastTsMs int64 `json:"last_ts_ms"`
+}
+
+// ItemStats are the global per-item statistics ranking scores with.
+type ItemStats struct {
+	Impressions int64 `json:"impressions"`
+	Watches     int64 `json:"watches"`
+	// SumPercent is the sum of percent_watched (0–100) over the PercentCount watches that
+	// reported it; mean completion = SumPercent / PercentCount.
+	SumPercent   float64 `json:"sum_percent"`
+	PercentCount int64   `json:"percent_count"`
+	// Ended counts watches with ended=true.
+	Ended        int64   `json:"ended"`
+	WatchTimeSec float64 `json:"watch_time_sec"`
+	// FirstSeenMs is the earliest event time of any impression or watch of the item.
+	FirstSeenMs int64 `json:"first_seen_ms"`
+	// PopShort and PopLong are the CURRENT (decayed to Snapshot.NowMs) popularity values with
+	// the short and the long half-life.
+	PopShort float64 `json:"pop_short"`
+	PopLong  float64 `json:"pop_long"`
+}
+
+// Scored is an item with a score. In a Snapshot the score is the CURRENT decayed value (the
+// loader multiplies the stored forward-decayed value by 2^(-(now-landmark)/halfLife)), except
+// Snapshot.Fresh whose score is the item's first-seen time in milliseconds.
+type Scored struct {
+	ItemID string  `json:"item_id"`
+	Score  float64 `json:"score"`
+}
+
+// Snapshot is everything ranking needs for one user at one instant. The serving side loads it
+// in one Redis round trip (a server-side script); features.MemoryStore builds the same shape
+// in process for the evaluation harness and tests.
+type Snapshot struct {
+	UserID string `json:"user_id"`
+	NowMs  int64  `json:"now_ms"`
+	// Seed makes the exploration slots deterministic. When 0, Rank derives it from UserID and
+	// the NowMs time bucket (Config.ExplorationBucket); /reco may set it from the request id.
+	Seed uint64 `json:"seed,omitempty"`
+
+	// History is the user's recent distinct items, most recent first.
+	History []HistoryEntry `json:"history"`
+	// Watched is the bounded set of items the user watched; they are never recommended.
+	Watched map[string]bool `json:"watched"`
+	// Impressions are the per-item impression counts of this user since the last watch.
+	Impressions map[string]ImpressionStat `json:"impressions"`
+
+	// Neighbours maps each of the first SnapshotOptions.HistoryItems history items to its
+	// co-visitation neighbours (current decayed strength), strongest first.
+	Neighbours map[string][]Scored `json:"neighbours"`
+	// Similar maps history items to learned item-item neighbours (e.g. an EASE model), strongest
+	// first. Optional: nil when no learned model is loaded.
+	Similar map[string][]Scored `json:"similar,omitempty"`
+	// Trending is the global top list by short half-life popularity, Popular by the long one,
+	// highest first, current decayed scores.
+	Trending []Scored `json:"trending"`
+	Popular  []Scored `json:"popular"`
+	// Fresh lists the most recently first-seen items (Score = first-seen ms), newest first; the
+	// ranker keeps the under-exposed ones (few impressions) for exploration.
+	Fresh []Scored `json:"fresh"`
+
+	// Items holds ItemStats for the union of every candidate above (and may hold more). A
+	// candidate missing here is scored with zero statistics.
+	Items map[string]ItemStats `json:"items"`
+}
+
+// SnapshotOptions says how much a Snapshot loader fetches. Config.SnapshotOptions derives it
+// from the ranking configuration, so the loader and the ranker agree.
+type SnapshotOptions struct {
+	// HistoryItems is how many of the most recent history items get their neighbour lists.
+	HistoryItems int
+	// NeighboursPerItem caps each neighbour list.
+	NeighboursPerItem int
+	// TrendingN, PopularN and FreshN cap the global lists.
+	TrendingN int
+	PopularN  int
+	FreshN    int
+}
+
+// Result is a ranked list.
+type Result struct {
+	Items []string `json:"items"`
+	// Scores[i] is the final score of Items[i] (exploration slots carry the score of the slot
+	// they replaced, so the slice stays non-increasing only outside exploration).
+	Scores []float64 `json:"scores"`
+	// Strategy names what produced the list, e.g. StrategyCovisHybrid.
+	Strategy string `json:"strategy"`
+	// ModelVersion names the model and its parameters' version, e.g. ModelVersionWeighted.
+	ModelVersion string `json:"model_version"`
+}
+
+// Strategy and model names reported in Result.
+const (
+	// StrategyCovisHybrid: the user has history; co-visitation neighbours mixed with trending,
+	// popular and exploration.
+	StrategyCovisHybrid = "covis_hybrid"
+	// StrategyColdStart: no usable history; trending and popular with exploration.
+	StrategyColdStart = "cold_start_trending"
+	// ModelVersionWeighted is the Weighted ranker's version.
+	ModelVersionWeighted = "recsys-weighted-v1"
+)
+
+// Ranker ranks one Snapshot. Implementations must be deterministic for a given Snapshot and
+// safe for concurrent use; they must never return a watched item or a duplicate, and return
+// at most k items (fewer only when there are not enough candidates).
+type Ranker interface {
+	Rank(s *Snapshot, k int) Result
+}

@@ -1,0 +1,323 @@
+package ranking
+
+import (
+	"math"
+	"slices"
+	"strings"
+)
+
+// Weighted is the default Ranker: a linear score over normalised features, with weights from
+// Config. Candidates come from the co-visitation neighbours of the user's recent history (each
+// history item weighted by its watch quality and HistoryDecay^position), learned similar items
+// when loaded, trending and popular lists; a share of the slots goes to fresh or under-exposed
+// items chosen pseudo-randomly from a deterministic seed.
+//
+// Features of a candidate c (each in [0,1]):
+//
+//	covis      Σ_h w_h · s(h,c)/max_c' s(h,c')  divided by its maximum over candidates
+//	similar    the same over Snapshot.Similar
+//	trending   PopShort(c) / max PopShort over candidates
+//	popular    PopLong(c) / max PopLong over candidates
+//	watchRate  min(1, (watches+a)/(impressions+b))
+//	completion smoothed mean percent watched / 100 (ended counts as 100 when percent is absent)
+//	freshness  2^(-(now-firstSeen)/FreshnessHalfLife)
+//	fatigue    clamp((shown-FatigueFree)/FatigueSaturation, 0, 1) over impressions of this user
+//	           in the last FatigueMemory since the last watch (subtracted)
+//
+// Per-history-item normalisation keeps one very popular history item from drowning the others.
+// Weighted is immutable and safe for concurrent use.
+type Weighted struct {
+	cfg Config
+}
+
+// NewWeighted returns a Weighted ranker; cfg must have passed Validate.
+func NewWeighted(cfg Config) *Weighted { return &Weighted{cfg: cfg} }
+
+// Config returns the ranker's configuration.
+func (w *Weighted) Config() Config { return w.cfg }
+
+type cand struct {
+	id                  string
+	covis, sim          float64
+	score               float64
+	fromList, fromFresh bool
+}
+
+// Rank implements Ranker.
+func (w *Weighted) Rank(s *Snapshot, k int) Result {
+	cfg := w.cfg
+	res := Result{ModelVersion: ModelVersionWeighted, Strategy: StrategyColdStart}
+	if k <= 0 {
+		return res
+	}
+	idx := make(map[string]int, 256)
+	cands := make([]cand, 0, 256)
+	get := func(id string) *cand {
+		if i, ok := idx[id]; ok {
+			return &cands[i]
+		}
+		if s.Watched[id] {
+			return nil
+		}
+		idx[id] = len(cands)
+		cands = append(cands, cand{id: id})
+		return &cands[len(cands)-1]
+	}
+	// Items already in the user's history are excluded even if the bounded watched set has
+	// forgotten them.
+	seenHist := func(id string) bool {
+		for _, h := range s.History {
+			if h.ItemID == id {
+				return true
+			}
+		}
+		return false
+	}
+	hasPersonal := false
+	addNeighbours := func(lists map[string][]Scored, set func(c *cand, v float64)) {
+		if len(lists) == 0 {
+			return
+		}
+		pw := 1.0
+		for i, h := range s.History {
+			if i >= cfg.HistoryItems {
+				break
+			}
+			hw := h.Quality * pw
+			pw *= cfg.HistoryDecay
+			ns := lists[h.ItemID]
+			if len(ns) == 0 || hw <= 0 {
+				continue
+			}
+			top := 0.0
+			for _, n := range ns {
+				top = math.Max(top, n.Score)
+			}
+			if top <= 0 {
+				continue
+			}
+			for j, n := range ns {
+				if j >= cfg.NeighboursPerItem {
+					break
+				}
+				if n.Score <= 0 || n.ItemID == h.ItemID {
+					continue
+				}
+				c := get(n.ItemID)
+				if c == nil {
+					continue
+				}
+				set(c, hw*n.Score/top)
+				hasPersonal = true
+			}
+		}
+	}
+	addNeighbours(s.Neighbours, func(c *cand, v float64) { c.covis += v })
+	addNeighbours(s.Similar, func(c *cand, v float64) { c.sim += v })
+	addList := func(l []Scored, n int) {
+		for i, it := range l {
+			if i >= n {
+				break
+			}
+			if c := get(it.ItemID); c != nil {
+				c.fromList = true
+			}
+		}
+	}
+	addList(s.Trending, cfg.TrendingN)
+	addList(s.Popular, cfg.PopularN)
+
+	// Drop history items (after get so a history item never enters the index twice).
+	live := cands[:0]
+	for _, c := range cands {
+		if !seenHist(c.id) {
+			live = append(live, c)
+		}
+	}
+	cands = live
+
+	var maxCovis, maxSim, maxShort, maxLong float64
+	for i := range cands {
+		c := &cands[i]
+		st := s.Items[c.id]
+		maxCovis = math.Max(maxCovis, c.covis)
+		maxSim = math.Max(maxSim, c.sim)
+		maxShort = math.Max(maxShort, st.PopShort)
+		maxLong = math.Max(maxLong, st.PopLong)
+	}
+	for i := range cands {
+		c := &cands[i]
+		c.score = w.score(s, c, s.Items[c.id], maxCovis, maxSim, maxShort, maxLong)
+	}
+	sortCands(cands)
+
+	if hasPersonal {
+		res.Strategy = StrategyCovisHybrid
+	}
+	nExplore := int(math.Floor(float64(k)*cfg.ExplorationShare + 0.5))
+	explore := w.explorationPool(s, cands, seenHist)
+	if nExplore > len(explore) {
+		nExplore = len(explore)
+	}
+	nMain := min(k-nExplore, len(cands))
+	res.Items = make([]string, 0, k)
+	res.Scores = make([]float64, 0, k)
+	chosen := make(map[string]bool, k)
+	for _, c := range cands[:nMain] {
+		res.Items = append(res.Items, c.id)
+		res.Scores = append(res.Scores, c.score)
+		chosen[c.id] = true
+	}
+	if nExplore > 0 {
+		seed := s.Seed
+		if seed == 0 {
+			bucket := s.NowMs / max(cfg.ExplorationBucket.Milliseconds(), 1)
+			seed = hash64(s.UserID, uint64(bucket))
+		}
+		rng := splitmix(seed)
+		picked := 0
+		// Partial Fisher–Yates over the pool: deterministic for a given seed and pool order.
+		for i := 0; i < len(explore) && picked < nExplore; i++ {
+			j := i + int(rng.next()%uint64(len(explore)-i))
+			explore[i], explore[j] = explore[j], explore[i]
+			if chosen[explore[i]] {
+				continue
+			}
+			chosen[explore[i]] = true
+			res.Items = append(res.Items, explore[i])
+			res.Scores = append(res.Scores, 0)
+			picked++
+		}
+	}
+	// Fill from the remaining ranked candidates when exploration found too few items.
+	for _, c := range cands[nMain:] {
+		if len(res.Items) >= k {
+			break
+		}
+		if !chosen[c.id] {
+			chosen[c.id] = true
+			res.Items = append(res.Items, c.id)
+			res.Scores = append(res.Scores, c.score)
+		}
+	}
+	return res
+}
+
+func (w *Weighted) score(s *Snapshot, c *cand, st ItemStats, maxCovis, maxSim, maxShort, maxLong float64) float64 {
+	cfg := w.cfg
+	wt := cfg.Weights
+	var f float64
+	if maxCovis > 0 {
+		f += wt.Covis * c.covis / maxCovis
+	}
+	if maxSim > 0 {
+		f += wt.Similar * c.sim / maxSim
+	}
+	if maxShort > 0 {
+		f += wt.Trending * st.PopShort / maxShort
+	}
+	if maxLong > 0 {
+		f += wt.Popular * st.PopLong / maxLong
+	}
+	if wt.WatchRate > 0 {
+		f += wt.WatchRate * math.Min(1, (float64(st.Watches)+cfg.WatchRatePriorWatches)/(float64(st.Impressions)+cfg.WatchRatePriorImpressions))
+	}
+	if wt.Completion > 0 {
+		f += wt.Completion * completion(st, cfg)
+	}
+	if wt.Freshness > 0 && st.FirstSeenMs > 0 {
+		age := float64(max(s.NowMs-st.FirstSeenMs, 0))
+		f += wt.Freshness * math.Exp2(-age/float64(cfg.FreshnessHalfLife.Milliseconds()))
+	}
+	if wt.Fatigue > 0 {
+		f -= wt.Fatigue * fatigue(s, c.id, cfg)
+	}
+	return f
+}
+
+func completion(st ItemStats, cfg Config) float64 {
+	sum, n := st.SumPercent, float64(st.PercentCount)
+	// Watches without a percentage but with ended=true count as complete; without either they
+	// carry no completion evidence.
+	if extra := st.Ended - st.PercentCount; extra > 0 {
+		sum += 100 * float64(extra)
+		n += float64(extra)
+	}
+	den := n + cfg.CompletionPrior
+	if den <= 0 {
+		return cfg.CompletionPriorMean / 100
+	}
+	return math.Min(1, math.Max(0, (sum+cfg.CompletionPrior*cfg.CompletionPriorMean)/den/100))
+}
+
+func fatigue(s *Snapshot, id string, cfg Config) float64 {
+	im, ok := s.Impressions[id]
+	if !ok || s.NowMs-im.LastTsMs > cfg.FatigueMemory.Milliseconds() {
+		return 0
+	}
+	over := im.Count - cfg.FatigueFree
+	if over <= 0 {
+		return 0
+	}
+	return math.Min(1, float64(over)/float64(cfg.FatigueSaturation))
+}
+
+// explorationPool lists fresh, under-exposed items the user has not watched, newest first, in a
+// stable order (the seed then picks from it).
+func (w *Weighted) explorationPool(s *Snapshot, _ []cand, seenHist func(string) bool) []string {
+	cfg := w.cfg
+	var pool []string
+	for i, f := range s.Fresh {
+		if i >= cfg.FreshN {
+			break
+		}
+		if s.Watched[f.ItemID] || seenHist(f.ItemID) {
+			continue
+		}
+		if st, ok := s.Items[f.ItemID]; ok && st.Impressions >= cfg.ExplorationMaxImpressions && cfg.ExplorationMaxImpressions > 0 {
+			continue
+		}
+		if fatigue(s, f.ItemID, cfg) > 0 {
+			continue
+		}
+		pool = append(pool, f.ItemID)
+	}
+	return pool
+}
+
+func sortCands(c []cand) {
+	slices.SortFunc(c, func(a, b cand) int {
+		if a.score != b.score {
+			if a.score > b.score {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a.id, b.id)
+	})
+}
+
+// hash64 is FNV-1a over the string followed by the 8 bytes of n.
+func hash64(s string, n uint64) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	for i := 0; i < 8; i++ {
+		h ^= (n >> (8 * i)) & 0xff
+		h *= 1099511628211
+	}
+	return h
+}
+
+// splitmix is SplitMix64: tiny, fast, and fully determined by its seed.
+type splitmix uint64
+
+func (r *splitmix) next() uint64 {
+	*r += 0x9e3779b97f4a7c15
+	z := uint64(*r)
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+	return z ^ (z >> 31)
+}

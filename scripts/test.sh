@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# `make test`: start the real services (installing them when missing), vet, then every test
+# with the race detector and integration tests enabled. The test runner's summary is the last
+# thing printed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ARTIFACTS="${ARTIFACTS:-ci-artifacts}"
+mkdir -p "$ARTIFACTS"
+start=$(date +%s)
+
+eval "$(bash scripts/services.sh up)"
+export RECSYS_INTEGRATION=1
+
+echo "== go vet" >&2
+go vet ./...
+
+if [ -x scripts/stack-check.sh ]; then
+  echo "== stack check (recsys all + smoke + load + guardrails)" >&2
+  bash scripts/stack-check.sh "$ARTIFACTS"
+fi
+
+echo "== go test -race (integration enabled; services up $(( $(date +%s) - start ))s)" >&2
+# A run that executed no test must not pass.
+trap 'if ! grep -q "\"Action\":\"pass\",\"Package\":\"[^\"]*\",\"Test\"" "$ARTIFACTS/go-test.json" 2>/dev/null; then echo "no test was executed" >&2; exit 1; fi' EXIT
+go tool gotestsum --format pkgname-and-test-fails --jsonfile "$ARTIFACTS/go-test.json" -- \
+  -race -count=1 -timeout 25m ./...
