@@ -160,6 +160,9 @@ func requestContext(log *slog.Logger) echo.MiddlewareFunc {
 				metrics.GetOrCreateCounter(fmt.Sprintf(`recsys_http_requests_total{route=%q,method=%q,code="%d"}`, route, req.Method, status)).Inc()
 				metrics.GetOrCreatePrometheusHistogram(fmt.Sprintf(`recsys_http_request_duration_seconds{route=%q,method=%q}`, route, req.Method)).Update(dur.Seconds())
 				lvl := slog.LevelInfo
+				if isProbe(route) {
+					lvl = slog.LevelDebug // probes and scrapes every few seconds would drown the log
+				}
 				if status >= 500 {
 					lvl = slog.LevelError
 				}
@@ -171,6 +174,14 @@ func requestContext(log *slog.Logger) echo.MiddlewareFunc {
 			return next(c)
 		}
 	}
+}
+
+func isProbe(route string) bool {
+	switch route {
+	case "/healthz", "/livez", "/readyz", "/metrics", "/metrics/prometheus":
+		return true
+	}
+	return false
 }
 
 func bodyLimit(limit int64) echo.MiddlewareFunc {

@@ -1,0 +1,240 @@
+// Package e2e runs the real recsys binary against the real services started by
+// scripts/services.sh, and in `recsys dev` mode with embedded services.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"recsys/pkg/migrate"
+	"recsys/pkg/testutil"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "recsys-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "recsys")
+	out, err := exec.Command("go", "build", "-o", binary, "recsys").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build recsys: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// Process is a running recsys binary.
+type Process struct {
+	cmd  *exec.Cmd
+	Base string
+	mu   sync.Mutex
+	out  bytes.Buffer
+}
+
+func (p *Process) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.Write(b)
+}
+
+// Output returns what the process printed so far.
+func (p *Process) Output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Start runs `recsys args...` with env added to a clean environment and stops it (SIGTERM)
+// when the test ends.
+func Start(t *testing.T, env []string, args ...string) *Process {
+	t.Helper()
+	port := freePort(t)
+	p := &Process{Base: "http://127.0.0.1:" + strconv.Itoa(port)}
+	p.cmd = exec.Command(binary, append(args, "--http.addr", "127.0.0.1:"+strconv.Itoa(port))...)
+	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "LOG_FORMAT=json"}, env...)
+	p.cmd.Stdout, p.cmd.Stderr = p, p
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = p.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			_ = p.cmd.Process.Kill()
+			t.Errorf("recsys did not stop within 30s after SIGTERM")
+		}
+		if t.Failed() {
+			out := p.Output()
+			if len(out) > 6000 {
+				out = "..." + out[len(out)-6000:]
+			}
+			t.Logf("recsys output (tail):\n%s", out)
+		}
+	})
+	return p
+}
+
+// Ready polls /readyz until it answers want or the timeout passes; it returns the last body.
+func (p *Process) WaitReadyz(t *testing.T, want int, timeout time.Duration) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last map[string]any
+	lastCode := 0
+	for time.Now().Before(deadline) {
+		code, body, err := getJSON(p.Base + "/readyz")
+		if err == nil {
+			last, lastCode = body, code
+			if code == want {
+				return body
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("/readyz did not answer %d within %s; last %d %v", want, timeout, lastCode, last)
+	return nil
+}
+
+func getJSON(url string) (int, map[string]any, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	var body map[string]any
+	err = json.NewDecoder(resp.Body).Decode(&body)
+	return resp.StatusCode, body, err
+}
+
+// StackEnv returns the environment for a recsys process on the shared real services with
+// its own database, topics, consumer group and Redis key prefix.
+func StackEnv(t *testing.T, dsn string) []string {
+	id := testutil.Unique("e2e")
+	return []string{
+		"DATABASE_URL=" + dsn,
+		"KAFKA_BOOTSTRAP_SERVERS=" + testutil.KafkaBrokers(t)[0],
+		"ONLINE_CACHE_REDIS_URL=" + testutil.RedisURL(t),
+		"KAFKA_TOPIC_IMPRESSIONS=" + id + ".impressions",
+		"KAFKA_TOPIC_WATCHES=" + id + ".watches",
+		"RECSYS_REDIS_KEY_PREFIX=" + id + ":",
+		"FEATURE_CONSUMER_GROUP_ID=" + id,
+	}
+}
+
+func TestAllRolesAgainstRealServicesBecomeReady(t *testing.T) {
+	p := Start(t, StackEnv(t, testutil.MigratedDatabase(t)), "all")
+	body := p.WaitReadyz(t, 200, 60*time.Second)
+	if body["ready"] != true {
+		t.Fatalf("readyz body %v", body)
+	}
+	code, health, err := getJSON(p.Base + "/healthz")
+	if err != nil || code != 200 || health["status"] != "ok" {
+		t.Fatalf("healthz = %d %v %v", code, health, err)
+	}
+	checks, _ := health["checks"].(map[string]any)
+	if checks["db"] != true || checks["online_cache"] != true {
+		t.Fatalf("healthz checks = %v, want db and online_cache true", checks)
+	}
+}
+
+func TestServeRefusesReadinessWhileSchemaIsBehind(t *testing.T) {
+	dsn := testutil.NewDatabase(t) // not migrated
+	p := Start(t, StackEnv(t, dsn), "serve", "--roles", "relay")
+	body := p.WaitReadyz(t, 503, 30*time.Second)
+	if fmt.Sprint(body) == "" || !bytes.Contains([]byte(fmt.Sprint(body)), []byte("behind this binary")) {
+		t.Fatalf("readyz body %v does not explain the schema is behind", body)
+	}
+	m, err := migrate.Open(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Up(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	p.WaitReadyz(t, 200, 30*time.Second)
+}
+
+func TestDevModeWithEmbeddedServicesBecomesReady(t *testing.T) {
+	p := Start(t, nil, "dev")
+	p.WaitReadyz(t, 200, 90*time.Second)
+}
+
+func TestPostgresOutageMakesUnreadyAndRecovers(t *testing.T) {
+	pg := testutil.StartPrivate(t, "pg")
+	m, err := migrate.Open(pg.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Up(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	p := Start(t, StackEnv(t, pg.URL), "all")
+	p.WaitReadyz(t, 200, 60*time.Second)
+
+	pg.Stop() // the server process is gone, as after a kill
+	body := p.WaitReadyz(t, 503, 30*time.Second)
+	detail, _ := body["detail"].(map[string]any)
+	checks, _ := detail["checks"].(map[string]any)
+	if checks["db"] != false {
+		t.Fatalf("readyz detail %v, want checks.db false", detail)
+	}
+	pg.Start()
+	p.WaitReadyz(t, 200, 60*time.Second)
+}
+
+func TestInvalidConfigurationFailsFastNamingTheFlag(t *testing.T) {
+	cmd := exec.Command(binary, "relay", "--kafka.partitions", "0")
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "DATABASE_URL=", "RECSYS_PG_MAX_CONNS=0"}
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if err == nil || !errorsAs(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("exit %v, want 1; output:\n%s", err, out)
+	}
+	for _, want := range []string{"--pg.dsn", "--pg.max-conns must be >= 1", "--kafka.partitions must be >= 1"} {
+		if !bytes.Contains(out, []byte(want)) {
+			t.Errorf("output does not mention %q:\n%s", want, out)
+		}
+	}
+}
+
+func errorsAs(err error, target **exec.ExitError) bool {
+	e, ok := err.(*exec.ExitError)
+	if ok {
+		*target = e
+	}
+	return ok
+}
