@@ -246,7 +246,7 @@ func (h *health) report(ctx context.Context) (map[string]any, bool) {
 	ready := !h.draining.Load()
 	checks := map[string]any{}
 	clients := map[string]string{}
-	soft := map[string]infra.Need{"postgres": infra.Postgres, "redis": infra.Redis, "kafka": infra.Kafka}
+	soft := map[string]infra.Need{"postgres": infra.Postgres, "schema": infra.Postgres, "redis": infra.Redis, "kafka": infra.Kafka}
 	for name, err := range h.in.Checks(ctx) {
 		ok := err == nil
 		switch {

@@ -186,7 +186,7 @@ func (in *Infra) Close() {
 const checkTTL = 2 * time.Second
 
 // Checks pings each opened client (at most once per checkTTL) and reports "ok" or the error.
-// The PostgreSQL check also requires the schema to be at the binary's version.
+// With PostgreSQL up, "schema" requires the schema to be at the binary's version.
 func (in *Infra) Checks(ctx context.Context) map[string]error {
 	out := map[string]error{}
 	if in.PG != nil {
@@ -194,8 +194,11 @@ func (in *Infra) Checks(ctx context.Context) map[string]error {
 			if err := in.PG.Ping(ctx); err != nil {
 				return fmt.Errorf("postgres ping: %w", err)
 			}
-			return migrate.CheckSchema(ctx, in.PG)
+			return nil
 		})
+		if out["postgres"] == nil {
+			out["schema"] = in.cachedCheck(ctx, "schema", func(ctx context.Context) error { return migrate.CheckSchema(ctx, in.PG) })
+		}
 	}
 	if in.Redis != nil {
 		out["redis"] = in.cachedCheck(ctx, "redis", func(ctx context.Context) error {

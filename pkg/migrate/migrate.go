@@ -248,6 +248,13 @@ type Querier interface {
 // Status reports the applied version and dirty flag, for readiness: a role refuses to be
 // ready while the schema is behind the binary or dirty.
 func Status(ctx context.Context, q Querier) (version uint, dirty bool, err error) {
+	var exists bool
+	if err := q.QueryRow(ctx, "SELECT to_regclass('schema_migrations') IS NOT NULL").Scan(&exists); err != nil {
+		return 0, false, fmt.Errorf("look for schema_migrations: %w", err)
+	}
+	if !exists {
+		return 0, false, nil
+	}
 	var v int64
 	err = q.QueryRow(ctx, "SELECT version, dirty FROM schema_migrations LIMIT 1").Scan(&v, &dirty)
 	if errors.Is(err, pgx.ErrNoRows) {
