@@ -97,4 +97,3 @@ func devBaseURL(addr string) string {
 	}
 	return "http://" + host + ":" + port
 }
-

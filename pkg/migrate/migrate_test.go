@@ -113,7 +113,9 @@ func TestCheckDetectsDrift(t *testing.T) {
 		fs   fstest.MapFS
 		want string
 	}{
-		{"changed checksum", clone(func(c fstest.MapFS) { c[first] = &fstest.MapFile{Data: append([]byte("-- edited\n"), local[first].Data...)} }), "checksum drift for " + first},
+		{"changed checksum", clone(func(c fstest.MapFS) {
+			c[first] = &fstest.MapFile{Data: append([]byte("-- edited\n"), local[first].Data...)}
+		}), "checksum drift for " + first},
 		{"renamed file", clone(func(c fstest.MapFS) {
 			c["0001_renamed.up.sql"], c["0001_renamed.down.sql"] = c[first], c[firstDown]
 			delete(c, first)
