@@ -1,1 +1,5 @@
+DROP TABLE IF EXISTS legacy_events;
+DROP TABLE IF EXISTS watches;
+DROP TABLE IF EXISTS impressions;
+DROP TABLE IF EXISTS event_dedup;
 DROP TABLE IF EXISTS event_outbox;

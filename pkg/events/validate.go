@@ -69,7 +69,13 @@ func (c *checker) at(field any) []any {
 func (c *checker) push(field any) { c.loc = append(c.loc, field) }
 func (c *checker) pop()           { c.loc = c.loc[:len(c.loc)-1] }
 
-func locKey(loc []any) string { return fmt.Sprint(loc...) + fmt.Sprint(len(loc)) }
+func locKey(loc []any) string {
+	var b strings.Builder
+	for _, l := range loc {
+		fmt.Fprintf(&b, "%T:%v\x00", l, l)
+	}
+	return b.String()
+}
 
 func (c *checker) add(loc []any, typ, msg string, input any, ctx map[string]any) {
 	if len(c.errs) >= maxErrors {
@@ -88,8 +94,14 @@ func (c *checker) bad(field any, typ, msg string, input any, ctx map[string]any)
 	c.skip[locKey(loc)] = true
 }
 
-func (c *checker) ok(field any) bool {
+// ok reports whether field decoded cleanly. It takes a string, not any, so the common path
+// (no decode errors, skip == nil) does not box the name into an interface.
+func (c *checker) ok(field string) bool {
 	return c.skip == nil || !c.skip[locKey(c.at(field))]
+}
+
+func (c *checker) okIndex(i int) bool {
+	return c.skip == nil || !c.skip[locKey(c.at(i))]
 }
 
 func (c *checker) valueError(field any, input any, msg string) {
@@ -217,7 +229,7 @@ func (c *checker) common(e *Common) {
 	c.str("session_id", e.SessionID, 1, 128)
 	c.str("request_id", e.RequestID, 1, 128)
 	c.ts("ts_ms", e.TsMs)
-	if e.ServerReceivedTsMs != 0 || !c.ok("server_received_ts_ms") {
+	if e.ServerReceivedTsMs != 0 { // 0 means absent; the decoders reject an explicit 0
 		c.intGT("server_received_ts_ms", e.ServerReceivedTsMs, 0)
 	}
 	c.context(e.Context)
@@ -249,7 +261,7 @@ func (c *checker) impression(e *Impression, maxItems int) {
 	}
 	for i := range e.Items {
 		it := &e.Items[i]
-		if !c.ok(i) {
+		if !c.okIndex(i) {
 			continue
 		}
 		c.push(i)

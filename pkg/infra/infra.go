@@ -74,6 +74,9 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet, need Need) {
 	if need.Has(Kafka) {
 		c.Kafka.RegisterFlags(fs)
 	}
+	if need&(Kafka|Postgres) != 0 {
+		c.Kafka.RegisterTopicFlags(fs)
+	}
 }
 
 // Validate checks the settings of the clients in need only, so a relay pod is not asked for a

@@ -40,13 +40,18 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&c.Brokers, "kafka.brokers", c.Brokers, "Kafka bootstrap servers, comma separated host:port")
 	fs.StringVar(&c.ClientID, "kafka.client-id", c.ClientID, "client id sent to the brokers")
 	fs.DurationVar(&c.RequestTimeout, "kafka.request-timeout", c.RequestTimeout, "timeout of one broker request (produce ack wait, metadata)")
-	fs.StringVar(&c.TopicImpressions, "kafka.topic-impressions", c.TopicImpressions, "topic of impression events")
-	fs.StringVar(&c.TopicWatches, "kafka.topic-watches", c.TopicWatches, "topic of watch events")
 	fs.IntVar(&c.Partitions, "kafka.partitions", c.Partitions, "partitions of each topic when recsys creates it")
 	fs.IntVar(&c.ReplicationFactor, "kafka.replication-factor", c.ReplicationFactor, "replication factor of each topic when recsys creates it")
 	flagenv.Alias(fs, "kafka.brokers", "KAFKA_BOOTSTRAP_SERVERS")
 	flagenv.Alias(fs, "kafka.client-id", "KAFKA_CLIENT_ID")
 	flagenv.Alias(fs, "kafka.request-timeout", "KAFKA_REQUEST_TIMEOUT_MS:ms")
+}
+
+// RegisterTopicFlags adds the topic names. They are separate from RegisterFlags because the
+// API, which never talks to Kafka, writes them into outbox rows.
+func (c *Config) RegisterTopicFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.TopicImpressions, "kafka.topic-impressions", c.TopicImpressions, "topic of impression events")
+	fs.StringVar(&c.TopicWatches, "kafka.topic-watches", c.TopicWatches, "topic of watch events")
 	flagenv.Alias(fs, "kafka.topic-impressions", "KAFKA_TOPIC_IMPRESSIONS")
 	flagenv.Alias(fs, "kafka.topic-watches", "KAFKA_TOPIC_WATCHES")
 }

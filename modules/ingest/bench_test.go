@@ -1,0 +1,135 @@
+package ingest
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"recsys/pkg/testutil"
+)
+
+// Benchmarks of the issue's targets, against the real PostgreSQL of scripts/services.sh and
+// a real HTTP server on loopback (client, server and PostgreSQL share the machine):
+//
+//	go test ./modules/ingest/ -run '^$' -bench 'LogWatch|LogBatch' -benchtime 20000x -count 3
+//
+// They report numbers (req/s, events/s, latency percentiles); they assert nothing.
+
+func watchJSON(id string, ts int64) []byte {
+	return []byte(`{"event_id":"` + id + `","user_id":"user-` + strconv.Itoa(rand.IntN(5000)) +
+		`","session_id":"sess-1","request_id":"req-` + id + `","ts_ms":` + strconv.FormatInt(ts, 10) +
+		`,"item_id":"item-` + strconv.Itoa(rand.IntN(2000)) + `","watch_time_sec":42.5,"percent_watched":80,"ended":true,"context":{"device":"tv"}}`)
+}
+
+func impressionJSON(id string, ts int64, items int) []byte {
+	var b strings.Builder
+	b.WriteString(`{"event_id":"` + id + `","event_type":"impression","user_id":"user-` + strconv.Itoa(rand.IntN(5000)) +
+		`","session_id":"sess-1","request_id":"req-` + id + `","ts_ms":` + strconv.FormatInt(ts, 10) + `,"items":[`)
+	for i := range items {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(`{"item_id":"item-` + strconv.Itoa(i) + `","position":` + strconv.Itoa(i) + `}`)
+	}
+	b.WriteString(`]}`)
+	return []byte(b.String())
+}
+
+// drive sends bodies with `clients` concurrent keep-alive clients and reports throughput and
+// latency percentiles.
+func drive(b *testing.B, v *env, url string, clients int, bodies [][]byte, eventsPer int) {
+	client := loadClient(clients)
+	lat := make([]time.Duration, len(bodies))
+	var next atomic.Int64
+	var failures atomic.Int64
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	start := time.Now()
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(bodies) {
+					return
+				}
+				t0 := time.Now()
+				code, resp, err := postHTTP(client, url, bodies[i])
+				lat[i] = time.Since(t0)
+				if err != nil || code != 200 {
+					if failures.Add(1) == 1 {
+						b.Logf("request failed: %d %s %v", code, resp, err)
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	slices.Sort(lat)
+	pct := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Microseconds()) / 1000 }
+	b.ReportMetric(float64(len(bodies))/elapsed.Seconds(), "req/s")
+	b.ReportMetric(float64(len(bodies)*eventsPer)/elapsed.Seconds(), "events/s")
+	b.ReportMetric(pct(0.50), "p50_ms")
+	b.ReportMetric(pct(0.99), "p99_ms")
+	b.ReportMetric(float64(failures.Load()), "failures")
+	if n := v.metric(`recsys_ingest_group_commit_events_count{writer="ingest"}`); n > 0 {
+		b.ReportMetric(v.metric(`recsys_ingest_group_commit_events_sum{writer="ingest"}`)/n, "events/commit")
+	}
+}
+
+func BenchmarkLogWatch(b *testing.B) {
+	v := newEnv(b, testutil.MigratedDatabase(b))
+	url := v.serve() + "/log/watch"
+	ts := time.Now().UnixMilli()
+	bodies := make([][]byte, b.N)
+	for i := range bodies {
+		bodies[i] = watchJSON(fmt.Sprintf("bench-w-%09d", i), ts)
+	}
+	drive(b, v, url, 64, bodies, 1)
+}
+
+func benchBatch(b *testing.B, mkEvent func(id string, ts int64) []byte) {
+	const perBatch = 500
+	v := newEnv(b, testutil.MigratedDatabase(b))
+	url := v.serve() + "/log/batch"
+	ts := time.Now().UnixMilli()
+	bodies := make([][]byte, b.N)
+	for i := range bodies {
+		var sb strings.Builder
+		sb.WriteString(`{"events":[`)
+		for j := range perBatch {
+			if j > 0 {
+				sb.WriteByte(',')
+			}
+			sb.Write(mkEvent(fmt.Sprintf("bench-b-%07d-%03d", i, j), ts))
+		}
+		sb.WriteString(`]}`)
+		bodies[i] = []byte(sb.String())
+	}
+	drive(b, v, url, 4, bodies, perBatch)
+}
+
+// BenchmarkLogBatch posts batches of 500 watch events from 4 concurrent clients.
+func BenchmarkLogBatch(b *testing.B) { benchBatch(b, watchJSON) }
+
+// BenchmarkLogBatchMixed posts batches of 500 events, one in five an impression of 10 items
+// (so about 2.8 rows per event).
+func BenchmarkLogBatchMixed(b *testing.B) {
+	n := 0
+	benchBatch(b, func(id string, ts int64) []byte {
+		n++
+		if n%5 == 0 {
+			return impressionJSON(id, ts, 10)
+		}
+		return watchJSON(id, ts)
+	})
+}

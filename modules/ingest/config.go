@@ -1,0 +1,127 @@
+package ingest
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"recsys/pkg/events"
+	"recsys/pkg/flagenv"
+)
+
+// Config of the ingest module (flags ingest.*).
+type Config struct {
+	MaxEventFuture     time.Duration
+	MaxEventAge        time.Duration
+	MaxBatchSize       int
+	MaxImpressionItems int
+
+	WatchFeatureUpdateMode string
+	OutboxMaxAttempts      int
+
+	WriteTimeout         time.Duration
+	GroupCommitMaxWait   time.Duration
+	GroupCommitMaxEvents int
+	GroupCommitWorkers   int
+	QueueSize            int
+
+	RawRetention       time.Duration
+	DedupRetention     time.Duration
+	RetentionInterval  time.Duration
+	RetentionBatchSize int
+}
+
+// NewConfig returns the defaults: the contract's limits, 1 s write timeout, 30 days of raw
+// events and 31 days of dedup keys.
+func NewConfig() *Config {
+	return &Config{
+		MaxEventFuture:         events.DefaultMaxFutureMs * time.Millisecond,
+		MaxEventAge:            events.DefaultMaxAgeMs * time.Millisecond,
+		MaxBatchSize:           events.DefaultMaxBatchSize,
+		MaxImpressionItems:     events.DefaultMaxItems,
+		WatchFeatureUpdateMode: "async_consumer",
+		OutboxMaxAttempts:      25,
+		WriteTimeout:           time.Second,
+		GroupCommitMaxWait:     time.Millisecond,
+		GroupCommitMaxEvents:   2000,
+		GroupCommitWorkers:     2,
+		QueueSize:              4096,
+		RawRetention:           30 * 24 * time.Hour,
+		DedupRetention:         31 * 24 * time.Hour,
+		RetentionInterval:      time.Minute,
+		RetentionBatchSize:     5000,
+	}
+}
+
+// RegisterFlags adds the ingest.* flags with the original service's environment names as
+// aliases.
+func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
+	fs.DurationVar(&c.MaxEventFuture, "ingest.max-event-future", c.MaxEventFuture, "how far ahead of the server clock an event timestamp may be")
+	fs.DurationVar(&c.MaxEventAge, "ingest.max-event-age", c.MaxEventAge, "oldest event timestamp accepted, relative to the server clock")
+	fs.IntVar(&c.MaxBatchSize, "ingest.max-batch-size", c.MaxBatchSize, "most events in one POST /log/batch")
+	fs.IntVar(&c.MaxImpressionItems, "ingest.max-impression-items", c.MaxImpressionItems, "most items in one impression")
+	fs.StringVar(&c.WatchFeatureUpdateMode, "ingest.watch-feature-update-mode", c.WatchFeatureUpdateMode, "feature_update_mode echoed in /log/watch and /log/batch responses")
+	fs.IntVar(&c.OutboxMaxAttempts, "ingest.outbox-max-attempts", c.OutboxMaxAttempts, "max_attempts stored on each new event_outbox row")
+	fs.DurationVar(&c.WriteTimeout, "ingest.write-timeout", c.WriteTimeout, "longest an event write may take (pool wait included) before the request answers 503")
+	fs.DurationVar(&c.GroupCommitMaxWait, "ingest.group-commit-max-wait", c.GroupCommitMaxWait, "longest a writer waits to merge concurrent requests into one transaction (0: merge only what is already queued)")
+	fs.IntVar(&c.GroupCommitMaxEvents, "ingest.group-commit-max-events", c.GroupCommitMaxEvents, "most events merged into one transaction (a larger request is never split)")
+	fs.IntVar(&c.GroupCommitWorkers, "ingest.group-commit-workers", c.GroupCommitWorkers, "transactions in flight at once")
+	fs.IntVar(&c.QueueSize, "ingest.queue-size", c.QueueSize, "requests waiting for a writer before new requests wait for room (bounded by --ingest.write-timeout)")
+	fs.DurationVar(&c.RawRetention, "ingest.raw-retention", c.RawRetention, "age (by insert time) after which raw impressions, watches and legacy events are deleted; 0 keeps them")
+	fs.DurationVar(&c.DedupRetention, "ingest.dedup-retention", c.DedupRetention, "age after which event_id dedup keys are deleted; 0 keeps them; must exceed --ingest.max-event-age + --ingest.max-event-future")
+	fs.DurationVar(&c.RetentionInterval, "ingest.retention-interval", c.RetentionInterval, "pause between retention passes")
+	fs.IntVar(&c.RetentionBatchSize, "ingest.retention-batch-size", c.RetentionBatchSize, "rows deleted per retention statement")
+	flagenv.Alias(fs, "ingest.max-event-future", "CONTRACT_MAX_EVENT_FUTURE_MS:ms")
+	flagenv.Alias(fs, "ingest.max-event-age", "CONTRACT_MAX_EVENT_AGE_MS:ms")
+	flagenv.Alias(fs, "ingest.max-batch-size", "CONTRACT_MAX_BATCH_SIZE")
+	flagenv.Alias(fs, "ingest.watch-feature-update-mode", "WATCH_FEATURE_UPDATE_MODE")
+	flagenv.Alias(fs, "ingest.outbox-max-attempts", "OUTBOX_MAX_ATTEMPTS")
+}
+
+// Validate reports every invalid setting.
+func (c *Config) Validate() error {
+	var errs []error
+	positive := func(flag string, v time.Duration) {
+		if v <= 0 {
+			errs = append(errs, fmt.Errorf("--%s must be > 0, got %s", flag, v))
+		}
+	}
+	between := func(flag string, v, lo, hi int) {
+		if v < lo || v > hi {
+			errs = append(errs, fmt.Errorf("--%s must be between %d and %d, got %d", flag, lo, hi, v))
+		}
+	}
+	positive("ingest.max-event-future", c.MaxEventFuture)
+	positive("ingest.max-event-age", c.MaxEventAge)
+	between("ingest.max-batch-size", c.MaxBatchSize, 1, 100_000)
+	between("ingest.max-impression-items", c.MaxImpressionItems, 1, 100_000)
+	if c.WatchFeatureUpdateMode == "" {
+		errs = append(errs, errors.New("--ingest.watch-feature-update-mode must not be empty (default async_consumer)"))
+	}
+	between("ingest.outbox-max-attempts", c.OutboxMaxAttempts, 1, 1_000_000)
+	positive("ingest.write-timeout", c.WriteTimeout)
+	if c.GroupCommitMaxWait < 0 || c.GroupCommitMaxWait > time.Second {
+		errs = append(errs, fmt.Errorf("--ingest.group-commit-max-wait must be between 0 and 1s, got %s", c.GroupCommitMaxWait))
+	}
+	between("ingest.group-commit-max-events", c.GroupCommitMaxEvents, 1, 1_000_000)
+	between("ingest.group-commit-workers", c.GroupCommitWorkers, 1, 256)
+	between("ingest.queue-size", c.QueueSize, 1, 1_000_000)
+	if c.RawRetention < 0 {
+		errs = append(errs, fmt.Errorf("--ingest.raw-retention must be >= 0 (0 disables), got %s", c.RawRetention))
+	}
+	if min := c.MaxEventAge + c.MaxEventFuture; c.DedupRetention != 0 && c.DedupRetention <= min {
+		// A shorter window would forget the key of an event the API still accepts, and a
+		// resend would be stored twice.
+		errs = append(errs, fmt.Errorf("--ingest.dedup-retention must be 0 (keep) or greater than --ingest.max-event-age + --ingest.max-event-future (%s), got %s", min, c.DedupRetention))
+	}
+	positive("ingest.retention-interval", c.RetentionInterval)
+	between("ingest.retention-batch-size", c.RetentionBatchSize, 1, 1_000_000)
+	return errors.Join(errs...)
+}
+
+func (c *Config) limits() events.Limits {
+	return events.Limits{MaxFutureMs: c.MaxEventFuture.Milliseconds(), MaxAgeMs: c.MaxEventAge.Milliseconds(),
+		MaxBatchSize: c.MaxBatchSize, MaxItems: c.MaxImpressionItems}
+}

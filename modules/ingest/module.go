@@ -1,0 +1,102 @@
+// Package ingest is the event ingestion module of the api role: POST /log/impression,
+// /log/watch, /log/batch and /event, and GET /contract (api-contract §2.6–2.9, §2.12).
+//
+// Every accepted event is stored with its event_outbox row in one PostgreSQL transaction by
+// the group-commit writer of pkg/ingest before the request is answered; the relay publishes
+// the outbox to Kafka and the consumer applies features from there. /event (legacy
+// view/click/purchase) takes the same path — stored raw, then an outbox row on the watches
+// topic with event_type "legacy" — so the consumer is the only writer of features. The
+// module also deletes old raw events and dedup keys in bounded batches (--ingest.raw-retention,
+// --ingest.dedup-retention).
+//
+// Responses keep the contract's fields; outbox_enqueued is true (or counts) only when an
+// outbox row was really written, and inserted_events counts events that were new. Errors:
+// 422 with a pydantic-style detail list (every bad field, with its loc), 413 over the body
+// limit, 415 for a non-JSON content type, 503 "failed to persist ... event: database
+// unavailable" when PostgreSQL is down or slower than --ingest.write-timeout.
+//
+// Metrics:
+//
+//	recsys_ingest_events_total{endpoint,kind,outcome}   counter: events answered, outcome accepted | duplicate
+//	recsys_ingest_rejected_total{endpoint,reason}       counter: requests refused; reason validation |
+//	                                                     malformed_json | body_too_large | unsupported_media_type |
+//	                                                     unavailable | error (body_too_large counts bodies sent
+//	                                                     without Content-Length; a larger declared length is
+//	                                                     refused before routing, in recsys_http_requests_total)
+//	recsys_ingest_batch_events                          histogram: events per /log/batch request
+//	recsys_ingest_persist_duration_seconds{endpoint}    histogram: time to durably store a request's events
+//	recsys_ingest_retention_deleted_total{table}        counter: rows removed by retention
+//	recsys_ingest_retention_errors_total                counter: failed retention passes
+//	recsys_ingest_group_commit_events{writer}, recsys_ingest_group_commit_requests{writer},
+//	recsys_ingest_commit_duration_seconds{writer}, recsys_ingest_write_duration_seconds{writer},
+//	recsys_ingest_commit_errors_total{writer}, recsys_ingest_group_fallbacks_total{writer}
+//	                                                     from pkg/ingest's writer (writer="ingest")
+//
+// Readiness: the module adds no check of its own; /readyz already fails while PostgreSQL is
+// unreachable or its schema is not at this binary's version, which is exactly when writes fail.
+package ingest
+
+import (
+	"context"
+
+	"recsys/pkg/infra"
+	writer "recsys/pkg/ingest"
+	"recsys/pkg/module"
+)
+
+func init() {
+	newCfg, build := module.Typed(NewConfig, New)
+	module.Register(module.Info{
+		Name:      "ingest",
+		Summary:   "event ingestion: /log/impression, /log/watch, /log/batch, /event, /contract",
+		Needs:     infra.Postgres,
+		NewConfig: newCfg,
+		New:       build,
+	})
+}
+
+// Ingest serves the ingestion endpoints.
+type Ingest struct {
+	cfg  *Config
+	deps infra.Deps
+	w    *writer.Writer
+	m    *moduleMetrics
+}
+
+var (
+	_ module.Module         = (*Ingest)(nil)
+	_ module.RouteRegistrar = (*Ingest)(nil)
+)
+
+// New wires the module: no goroutines, no I/O.
+func New(cfg *Config, d infra.Deps) (module.Module, error) {
+	wc := writer.Config{
+		TopicImpressions: d.Config.Kafka.TopicImpressions,
+		TopicWatches:     d.Config.Kafka.TopicWatches,
+		MaxAttempts:      cfg.OutboxMaxAttempts,
+		MaxWait:          cfg.GroupCommitMaxWait,
+		MaxEvents:        cfg.GroupCommitMaxEvents,
+		Workers:          cfg.GroupCommitWorkers,
+		QueueSize:        cfg.QueueSize,
+		Timeout:          cfg.WriteTimeout,
+		Name:             "ingest",
+		Metrics:          d.Metrics,
+		Log:              d.Log,
+	}
+	return &Ingest{cfg: cfg, deps: d, w: writer.New(d.PG, wc), m: newModuleMetrics(d.Metrics)}, nil
+}
+
+// Run starts the writer and the retention loop; on shutdown it commits what is queued. The
+// HTTP server has drained before modules are stopped, so no request is cut off.
+func (m *Ingest) Run(ctx context.Context) error {
+	m.w.Start()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		m.retentionLoop(ctx)
+	}()
+	<-ctx.Done()
+	m.w.Close()
+	<-done
+	return nil
+}

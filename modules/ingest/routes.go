@@ -1,0 +1,255 @@
+package ingest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"mime"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"recsys/pkg/events"
+	"recsys/pkg/httpx"
+	writer "recsys/pkg/ingest"
+)
+
+// backboneMode is the contract's event_backbone_mode.
+const backboneMode = "transactional_outbox"
+
+// Endpoint labels of the metrics.
+const (
+	epImpression = "impression"
+	epWatch      = "watch"
+	epBatch      = "batch"
+	epEvent      = "event"
+)
+
+// RegisterRoutes mounts the endpoints on the process' server.
+func (m *Ingest) RegisterRoutes(e *echo.Echo) {
+	e.POST("/log/impression", m.logImpression)
+	e.POST("/log/watch", m.logWatch)
+	e.POST("/log/batch", m.logBatch)
+	e.POST("/event", m.logLegacy)
+	e.GET("/contract", m.contract)
+}
+
+type impressionResponse struct {
+	Status            string `json:"status"`
+	InsertedRows      int    `json:"inserted_rows"`
+	EventBackboneMode string `json:"event_backbone_mode"`
+	OutboxEnqueued    bool   `json:"outbox_enqueued"`
+}
+
+type watchResponse struct {
+	Status            string `json:"status"`
+	FeatureUpdateMode string `json:"feature_update_mode"`
+	FeatureUpdated    bool   `json:"feature_updated"` // always false: the consumer applies features
+	EventBackboneMode string `json:"event_backbone_mode"`
+	OutboxEnqueued    bool   `json:"outbox_enqueued"`
+}
+
+type batchResponse struct {
+	Status            string `json:"status"` // always "ok", as the contract says; inserted_events tells what was new
+	Count             int    `json:"count"`
+	InsertedEvents    int    `json:"inserted_events"`
+	EventBackboneMode string `json:"event_backbone_mode"`
+	OutboxEnqueued    int    `json:"outbox_enqueued"`
+	FeatureUpdateMode string `json:"feature_update_mode"`
+}
+
+type legacyResponse struct {
+	Status  string `json:"status"`
+	EventID string `json:"event_id"`
+}
+
+func (m *Ingest) logImpression(c echo.Context) error {
+	now := time.Now()
+	ev, err := decode(m, c, epImpression, now, events.DecodeImpression)
+	if err != nil {
+		return err
+	}
+	res, err := m.persist(c, epImpression, "impression event", ev)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, impressionResponse{Status: string(res[0].Status), InsertedRows: res[0].Rows,
+		EventBackboneMode: backboneMode, OutboxEnqueued: res[0].OutboxEnqueued})
+}
+
+func (m *Ingest) logWatch(c echo.Context) error {
+	ev, err := decode(m, c, epWatch, time.Now(), events.DecodeWatch)
+	if err != nil {
+		return err
+	}
+	res, err := m.persist(c, epWatch, "watch event", ev)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, watchResponse{Status: string(res[0].Status), FeatureUpdateMode: m.cfg.WatchFeatureUpdateMode,
+		EventBackboneMode: backboneMode, OutboxEnqueued: res[0].OutboxEnqueued})
+}
+
+func (m *Ingest) logLegacy(c echo.Context) error {
+	ev, err := decode(m, c, epEvent, time.Now(), events.DecodeLegacy)
+	if err != nil {
+		return err
+	}
+	res, err := m.persist(c, epEvent, "event", ev)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, legacyResponse{Status: string(res[0].Status), EventID: ev.EventID})
+}
+
+func (m *Ingest) logBatch(c echo.Context) error {
+	evs, err := decode(m, c, epBatch, time.Now(), events.DecodeBatch)
+	if err != nil {
+		return err
+	}
+	m.m.batchEvents.Update(float64(len(evs)))
+	res, err := m.persist(c, epBatch, "batch events", evs...)
+	if err != nil {
+		return err
+	}
+	out := batchResponse{Status: "ok", Count: len(evs), EventBackboneMode: backboneMode, FeatureUpdateMode: m.cfg.WatchFeatureUpdateMode}
+	for _, r := range res {
+		if r.Status == writer.StatusOK {
+			out.InsertedEvents++
+		}
+		if r.OutboxEnqueued {
+			out.OutboxEnqueued++
+		}
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+// persist stores evs within --ingest.write-timeout and counts the outcomes. what names the
+// payload in the 503 detail, as the contract words it.
+func (m *Ingest) persist(c echo.Context, endpoint, what string, evs ...events.Any) ([]writer.Result, error) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(c.Request().Context(), m.cfg.WriteTimeout)
+	defer cancel()
+	res, err := m.w.Write(ctx, evs, httpx.IDs(c).CorrelationID)
+	if err != nil {
+		var ve *events.ValidationError
+		if errors.As(err, &ve) {
+			// The decoders and the writer disagree on a rule: a bug, but the client still
+			// deserves to know which field.
+			m.m.rejected(endpoint, "validation")
+			return nil, echo.NewHTTPError(http.StatusUnprocessableEntity, ve.Errors).SetInternal(err)
+		}
+		reason, detail := "unavailable", "failed to persist "+what+": database unavailable"
+		if !errors.Is(err, writer.ErrUnavailable) {
+			reason, detail = "error", "failed to persist "+what+": database error"
+		}
+		m.m.rejected(endpoint, reason)
+		return nil, echo.NewHTTPError(http.StatusServiceUnavailable, detail).SetInternal(err)
+	}
+	m.m.persistDuration(endpoint).UpdateDuration(start)
+	for i, r := range res {
+		m.m.event(endpoint, evs[i].Kind(), r.Status)
+	}
+	return res, nil
+}
+
+var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// decode checks the content type, reads the body within the server's limit and runs the
+// request decoder; every failure is already the HTTP error to return.
+func decode[T any](m *Ingest, c echo.Context, endpoint string, now time.Time, dec func([]byte, events.Limits, time.Time) (T, *events.ValidationError)) (T, error) {
+	var zero T
+	req := c.Request()
+	if ct := req.Header.Get(echo.HeaderContentType); ct != "" && !isJSON(ct) {
+		m.m.rejected(endpoint, "unsupported_media_type")
+		return zero, echo.NewHTTPError(http.StatusUnsupportedMediaType, "unsupported content type "+quote(ct)+": send application/json")
+	}
+	buf := bufPool.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= 1<<20 { // do not pin the occasional huge body
+			buf.Reset()
+			bufPool.Put(buf)
+		}
+	}()
+	buf.Reset()
+	if _, err := buf.ReadFrom(req.Body); err != nil {
+		if httpx.IsTooLarge(err) {
+			m.m.rejected(endpoint, "body_too_large")
+			return zero, err
+		}
+		m.m.rejected(endpoint, "malformed_json")
+		return zero, echo.NewHTTPError(http.StatusBadRequest, "read request body: "+err.Error())
+	}
+	// The decoders copy what they keep, so the buffer can be reused once they return.
+	v, verr := dec(buf.Bytes(), m.cfg.limits(), now)
+	if verr != nil {
+		reason := "validation"
+		if len(verr.Errors) == 1 && (verr.Errors[0].Type == "json_invalid" || len(verr.Errors[0].Loc) == 1) {
+			reason = "malformed_json"
+		}
+		m.m.rejected(endpoint, reason)
+		return zero, echo.NewHTTPError(http.StatusUnprocessableEntity, verr.Errors)
+	}
+	return v, nil
+}
+
+func isJSON(ct string) bool {
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil {
+		return false
+	}
+	return mt == "application/json" || (strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"))
+}
+
+func quote(s string) string {
+	if len(s) > 100 {
+		s = s[:100]
+	}
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+type contractResponse struct {
+	KPITargets struct {
+		CTRAt20             string `json:"ctr_at_20"`
+		AvgWatchTimeSec     string `json:"avg_watch_time_sec"`
+		CatalogCoverageAt20 string `json:"catalog_coverage_at_20"`
+	} `json:"kpi_targets"`
+	SLATargets struct {
+		RecoP95Ms       int         `json:"reco_p95_ms"`
+		RecoP99Ms       int         `json:"reco_p99_ms"`
+		APIErrorRatePct json.Number `json:"api_error_rate_pct"` // 1.0, not 1: the original prints a float
+	} `json:"sla_targets"`
+	EventContract struct {
+		MaxEventFutureMs int64 `json:"max_event_future_ms"`
+		MaxEventAgeMs    int64 `json:"max_event_age_ms"`
+		MaxBatchSize     int   `json:"max_batch_size"`
+	} `json:"event_contract"`
+}
+
+// contract serves GET /contract: the KPI and SLA targets (constants of the contract) and the
+// event limits this process enforces.
+func (m *Ingest) contract(c echo.Context) error {
+	var out contractResponse
+	out.KPITargets.CTRAt20 = ">= 8%"
+	out.KPITargets.AvgWatchTimeSec = ">= 35"
+	out.KPITargets.CatalogCoverageAt20 = ">= 60%"
+	out.SLATargets.RecoP95Ms = 120
+	out.SLATargets.RecoP99Ms = 200
+	out.SLATargets.APIErrorRatePct = "1.0"
+	lim := m.cfg.limits()
+	out.EventContract.MaxEventFutureMs = lim.MaxFutureMs
+	out.EventContract.MaxEventAgeMs = lim.MaxAgeMs
+	out.EventContract.MaxBatchSize = lim.MaxBatchSize
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false) // ">= 8%" verbatim, as the original serves it
+	if err := enc.Encode(out); err != nil {
+		return err
+	}
+	return c.JSONBlob(http.StatusOK, b.Bytes())
+}

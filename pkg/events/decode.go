@@ -1,0 +1,592 @@
+package events
+
+import (
+	"math"
+	"strconv"
+	"time"
+)
+
+// Limits are the API's admission limits. The zero value is not useful; start from
+// DefaultLimits.
+type Limits struct {
+	MaxFutureMs  int64 // ts may be at most this far ahead of the server clock
+	MaxAgeMs     int64 // ts may be at most this old
+	MaxBatchSize int   // events per /log/batch request
+	MaxItems     int   // items per impression
+}
+
+// The contract's defaults (CONTRACT_MAX_EVENT_FUTURE_MS, CONTRACT_MAX_EVENT_AGE_MS,
+// CONTRACT_MAX_BATCH_SIZE and the impression item limit).
+const (
+	DefaultMaxFutureMs  = 300_000
+	DefaultMaxAgeMs     = 2_592_000_000
+	DefaultMaxBatchSize = 1000
+	DefaultMaxItems     = 500
+)
+
+// DefaultLimits returns the contract's limits.
+func DefaultLimits() Limits {
+	return Limits{MaxFutureMs: DefaultMaxFutureMs, MaxAgeMs: DefaultMaxAgeMs, MaxBatchSize: DefaultMaxBatchSize, MaxItems: DefaultMaxItems}
+}
+
+// DecodeImpression decodes and validates the body of POST /log/impression. On success ts_ms
+// is normalised to milliseconds, a missing event_id is generated and server_received_ts_ms
+// is set to now.
+func DecodeImpression(body []byte, lim Limits, now time.Time) (*Impression, *ValidationError) {
+	c, root := start(body, lim, now)
+	if root == nil {
+		return nil, c.result()
+	}
+	e := c.decImpression(root)
+	if err := c.result(); err != nil {
+		return nil, err
+	}
+	e.finish(c.nowMs)
+	return e, nil
+}
+
+// DecodeWatch decodes and validates the body of POST /log/watch, like DecodeImpression.
+func DecodeWatch(body []byte, lim Limits, now time.Time) (*Watch, *ValidationError) {
+	c, root := start(body, lim, now)
+	if root == nil {
+		return nil, c.result()
+	}
+	e := c.decWatch(root)
+	if err := c.result(); err != nil {
+		return nil, err
+	}
+	e.finish(c.nowMs)
+	return e, nil
+}
+
+// DecodeLegacy decodes and validates the body of POST /event. ts keeps the client's value
+// (seconds or milliseconds), as the contract says; the window check uses its normalised value.
+func DecodeLegacy(body []byte, lim Limits, now time.Time) (*Legacy, *ValidationError) {
+	c, root := start(body, lim, now)
+	if root == nil {
+		return nil, c.result()
+	}
+	e := c.decLegacy(root)
+	if err := c.result(); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// DecodeBatch decodes and validates the body of POST /log/batch: {"events": [...]} with
+// impressions and watches mixed. An element is an impression when its event_type says so or,
+// without event_type, when it has "items"; otherwise it is a watch. Errors are located at
+// ["body", "events", i, field...].
+func DecodeBatch(body []byte, lim Limits, now time.Time) ([]Any, *ValidationError) {
+	c, root := start(body, lim, now)
+	if root == nil {
+		return nil, c.result()
+	}
+	var list *node
+	c.fields(root, func(k string, v *node) bool {
+		if k != "events" {
+			return false
+		}
+		list = v
+		return true
+	})
+	if list == nil {
+		c.bad("events", "missing", "Field required", rawInput(root), nil)
+		return nil, c.result()
+	}
+	if list.kind != jArray {
+		c.bad("events", "list_type", "Input should be a valid list", rawInput(list), nil)
+		return nil, c.result()
+	}
+	switch n := len(list.kids); {
+	case n == 0:
+		c.add(c.at("events"), "too_short", "List should have at least 1 item after validation, not 0", []any{},
+			map[string]any{"field_type": "List", "min_length": 1, "actual_length": 0})
+		return nil, c.result()
+	case n > lim.MaxBatchSize:
+		c.add(c.at("events"), "too_long", "List should have at most "+strconv.Itoa(lim.MaxBatchSize)+" item"+plural(lim.MaxBatchSize)+" after validation, not "+strconv.Itoa(n),
+			nil, map[string]any{"field_type": "List", "max_length": lim.MaxBatchSize, "actual_length": n})
+		return nil, c.result()
+	}
+	out := make([]Any, 0, len(list.kids))
+	ids := make(map[string]struct{}, len(list.kids))
+	dup := false
+	c.push("events")
+	for i := range list.kids {
+		el := &list.kids[i]
+		if el.kind != jObject {
+			c.bad(i, "model_type", "Input should be a valid dictionary or instance of ImpressionEvent or WatchEvent", rawInput(el),
+				map[string]any{"class_name": "ImpressionEvent | WatchEvent"})
+			continue
+		}
+		c.push(i)
+		var ev Any
+		var id string
+		switch kindOf(el) {
+		case KindImpression:
+			e := c.decImpression(el)
+			ev, id = e, e.EventID
+		case KindWatch:
+			e := c.decWatch(el)
+			ev, id = e, e.EventID
+		default:
+			c.add(c.at("event_type"), "literal_error", "Input should be 'impression' or 'watch'", rawInput(el.get("event_type")),
+				map[string]any{"expected": "'impression' or 'watch'"})
+		}
+		if ev != nil && id != "" && c.ok("event_id") {
+			if _, seen := ids[id]; seen {
+				dup = true
+			}
+			ids[id] = struct{}{}
+		}
+		c.pop()
+		out = append(out, ev)
+	}
+	c.pop()
+	if dup {
+		c.valueError("events", nil, "batch events must have unique event_id")
+	}
+	if err := c.result(); err != nil {
+		return nil, err
+	}
+	for _, ev := range out {
+		switch e := ev.(type) {
+		case *Impression:
+			e.finish(c.nowMs)
+		case *Watch:
+			e.finish(c.nowMs)
+		}
+	}
+	return out, nil
+}
+
+// kindOf picks the union member of a batch element; "" means an unknown event_type.
+func kindOf(obj *node) Kind {
+	if t := obj.get("event_type"); t != nil {
+		if t.kind == jString {
+			switch Kind(t.str) {
+			case KindImpression:
+				return KindImpression
+			case KindWatch:
+				return KindWatch
+			}
+		}
+		return ""
+	}
+	if obj.get("items") != nil {
+		return KindImpression
+	}
+	return KindWatch
+}
+
+// get returns the value of key in an object (the last one when repeated), or nil.
+func (n *node) get(key string) *node {
+	for i := len(n.keys) - 1; i >= 0; i-- {
+		if n.keys[i] == key {
+			return &n.kids[i]
+		}
+	}
+	return nil
+}
+
+// defaultID generates the contract's default event_id when the field is absent (an explicit
+// "" or null stays an error).
+func defaultID(obj *node, id *string) {
+	if obj.get("event_id") == nil {
+		*id = NewEventID()
+	}
+}
+
+func (e *Common) finish(nowMs int64) {
+	e.TsMs = NormalizeTs(e.TsMs)
+	e.ServerReceivedTsMs = nowMs
+}
+
+func start(body []byte, lim Limits, now time.Time) (*checker, *node) {
+	c := &checker{window: true, lim: lim, nowMs: now.UnixMilli(), loc: make([]any, 1, 8)}
+	c.loc[0] = "body"
+	empty := true
+	for _, b := range body {
+		if b != ' ' && b != '\t' && b != '\n' && b != '\r' {
+			empty = false
+			break
+		}
+	}
+	if empty {
+		c.add([]any{"body"}, "missing", "Field required", nil, nil)
+		return c, nil
+	}
+	root, err := parseJSON(string(body))
+	if err != nil {
+		c.add([]any{"body", err.pos}, "json_invalid", "JSON decode error", map[string]any{}, map[string]any{"error": err.msg})
+		return c, nil
+	}
+	if root.kind != jObject {
+		c.add([]any{"body"}, "model_attributes_type", "Input should be a valid dictionary or object to extract fields from", rawInput(&root), nil)
+		return c, nil
+	}
+	return c, &root
+}
+
+func (c *checker) result() *ValidationError {
+	if len(c.errs) == 0 {
+		return nil
+	}
+	return &ValidationError{Errors: c.errs}
+}
+
+// fields calls fn for each key of obj; keys fn does not know are extra_forbidden errors.
+func (c *checker) fields(obj *node, fn func(k string, v *node) bool) {
+	for i, k := range obj.keys {
+		if !fn(k, &obj.kids[i]) {
+			c.add(c.at(k), "extra_forbidden", "Extra inputs are not permitted", rawInput(&obj.kids[i]), nil)
+		}
+	}
+}
+
+func (c *checker) require(obj *node, present bool, key string) {
+	if !present {
+		c.bad(key, "missing", "Field required", rawInput(obj), nil)
+	}
+}
+
+func (c *checker) decString(k string, v *node, dst *string) bool {
+	if v.kind != jString {
+		c.bad(k, "string_type", "Input should be a valid string", rawInput(v), nil)
+		return false
+	}
+	*dst = v.str
+	return true
+}
+
+func (c *checker) decOptString(k string, v *node, dst **string) {
+	if v.kind == jNull {
+		*dst = nil
+		return
+	}
+	var s string
+	if c.decString(k, v, &s) {
+		*dst = &s
+	}
+}
+
+// parseInt accepts JSON integers and integral floats such as 3.0 (pydantic's lax rule);
+// it returns the pydantic error type otherwise.
+func parseInt(tok string) (int64, string) {
+	if i, err := strconv.ParseInt(tok, 10, 64); err == nil {
+		return i, ""
+	}
+	f, err := strconv.ParseFloat(tok, 64)
+	if err != nil && math.IsInf(f, 0) {
+		return 0, "int_parsing_size"
+	}
+	if f != math.Trunc(f) {
+		return 0, "int_from_float"
+	}
+	if f < math.MinInt64 || f >= math.MaxInt64 {
+		return 0, "int_parsing_size"
+	}
+	return int64(f), ""
+}
+
+var intMsgs = map[string]string{
+	"int_type":         "Input should be a valid integer",
+	"int_from_float":   "Input should be a valid integer, got a number with a fractional part",
+	"int_parsing_size": "Unable to parse input string as an integer, exceeded maximum size",
+}
+
+func (c *checker) decInt(k string, v *node, dst *int64) bool {
+	typ := "int_type"
+	if v.kind == jNumber {
+		var i int64
+		if i, typ = parseInt(v.str); typ == "" {
+			*dst = i
+			return true
+		}
+	}
+	c.bad(k, typ, intMsgs[typ], rawInput(v), nil)
+	return false
+}
+
+func (c *checker) decOptInt(k string, v *node, dst **int64) {
+	if v.kind == jNull {
+		*dst = nil
+		return
+	}
+	var i int64
+	if c.decInt(k, v, &i) {
+		*dst = &i
+	}
+}
+
+func (c *checker) decFloat(k string, v *node, dst *float64) bool {
+	if v.kind != jNumber {
+		c.bad(k, "float_type", "Input should be a valid number", rawInput(v), nil)
+		return false
+	}
+	f, _ := strconv.ParseFloat(v.str, 64)
+	if math.IsInf(f, 0) || math.IsNaN(f) {
+		// JSON cannot carry infinity back out, so the event could never be encoded.
+		c.bad(k, "finite_number", "Input should be a finite number", rawInput(v), nil)
+		return false
+	}
+	*dst = f
+	return true
+}
+
+func (c *checker) decOptFloat(k string, v *node, dst **float64) {
+	if v.kind == jNull {
+		*dst = nil
+		return
+	}
+	var f float64
+	if c.decFloat(k, v, &f) {
+		*dst = &f
+	}
+}
+
+func (c *checker) decOptBool(k string, v *node, dst **bool) {
+	switch v.kind {
+	case jNull:
+		*dst = nil
+	case jBool:
+		b := v.b
+		*dst = &b
+	default:
+		c.bad(k, "bool_type", "Input should be a valid boolean", rawInput(v), nil)
+	}
+}
+
+// decLiteral reads a literal-typed field; a non-string is a literal_error like pydantic's.
+func (c *checker) decLiteral(k string, v *node, dst *string, allowed ...string) {
+	if v.kind != jString {
+		c.bad(k, "literal_error", "Input should be "+expected(allowed), rawInput(v), map[string]any{"expected": expected(allowed)})
+		return
+	}
+	*dst = v.str
+}
+
+func (c *checker) decModel(k any, v *node, class string) bool {
+	if v.kind != jObject {
+		c.bad(k, "model_type", "Input should be a valid dictionary or instance of "+class, rawInput(v), map[string]any{"class_name": class})
+		return false
+	}
+	return true
+}
+
+func (c *checker) decContext(k string, v *node, dst **Context) {
+	if v.kind == jNull {
+		*dst = nil
+		return
+	}
+	if !c.decModel(k, v, "Context") {
+		return
+	}
+	ctx := &Context{}
+	c.push(k)
+	c.fields(v, func(f string, fv *node) bool {
+		var p **string
+		switch f {
+		case "device":
+			p = &ctx.Device
+		case "platform":
+			p = &ctx.Platform
+		case "app_version":
+			p = &ctx.AppVersion
+		case "locale":
+			p = &ctx.Locale
+		case "country":
+			p = &ctx.Country
+		case "timezone":
+			p = &ctx.Timezone
+		case "referrer":
+			p = &ctx.Referrer
+		case "user_agent":
+			p = &ctx.UserAgent
+		default:
+			return false
+		}
+		c.decOptString(f, fv, p)
+		return true
+	})
+	c.pop()
+	*dst = ctx
+}
+
+// Presence bits of the common fields.
+const (
+	hasUser = 1 << iota
+	hasSession
+	hasRequest
+	hasTs
+)
+
+func (c *checker) decCommon(e *Common, k string, v *node, seen *int) bool {
+	switch k {
+	case "event_id":
+		c.decString(k, v, &e.EventID)
+	case "user_id":
+		c.decString(k, v, &e.UserID)
+		*seen |= hasUser
+	case "session_id":
+		c.decString(k, v, &e.SessionID)
+		*seen |= hasSession
+	case "request_id":
+		c.decString(k, v, &e.RequestID)
+		*seen |= hasRequest
+	case "ts_ms":
+		c.decInt(k, v, &e.TsMs)
+		*seen |= hasTs
+	case "server_received_ts_ms":
+		// Optional and always overwritten, but a client value must still be valid.
+		var i *int64
+		c.decOptInt(k, v, &i)
+		if i != nil && *i <= 0 {
+			c.bad(k, "greater_than", "Input should be greater than 0", rawInput(v), map[string]any{"gt": 0})
+		}
+	case "context":
+		c.decContext(k, v, &e.Context)
+	default:
+		return false
+	}
+	return true
+}
+
+func (c *checker) requireCommon(obj *node, seen int) {
+	c.require(obj, seen&hasUser != 0, "user_id")
+	c.require(obj, seen&hasSession != 0, "session_id")
+	c.require(obj, seen&hasRequest != 0, "request_id")
+	c.require(obj, seen&hasTs != 0, "ts_ms")
+}
+
+func (c *checker) decImpression(obj *node) *Impression {
+	e := &Impression{EventType: string(KindImpression)}
+	seen, hasItems := 0, false
+	c.fields(obj, func(k string, v *node) bool {
+		switch k {
+		case "event_type":
+			c.decLiteral(k, v, &e.EventType, string(KindImpression))
+		case "items":
+			hasItems = true
+			e.Items = c.decItems(k, v)
+		default:
+			return c.decCommon(&e.Common, k, v, &seen)
+		}
+		return true
+	})
+	c.requireCommon(obj, seen)
+	c.require(obj, hasItems, "items")
+	defaultID(obj, &e.EventID)
+	c.impression(e, c.lim.MaxItems)
+	return e
+}
+
+func (c *checker) decItems(k string, v *node) []ImpressionItem {
+	if v.kind != jArray {
+		c.bad(k, "list_type", "Input should be a valid list", rawInput(v), nil)
+		return nil
+	}
+	items := make([]ImpressionItem, len(v.kids))
+	if c.lim.MaxItems > 0 && len(items) > c.lim.MaxItems {
+		return items // too_long is reported by the rules; the elements are not worth decoding
+	}
+	c.push(k)
+	for i := range v.kids {
+		el := &v.kids[i]
+		if !c.decModel(i, el, "ImpressionItem") {
+			continue
+		}
+		it := &items[i]
+		hasID, hasPos := false, false
+		c.push(i)
+		c.fields(el, func(f string, fv *node) bool {
+			switch f {
+			case "item_id":
+				hasID = true
+				c.decString(f, fv, &it.ItemID)
+			case "position":
+				hasPos = true
+				c.decInt(f, fv, &it.Position)
+			case "feed_id":
+				c.decOptString(f, fv, &it.FeedID)
+			case "slot":
+				c.decOptString(f, fv, &it.Slot)
+			default:
+				return false
+			}
+			return true
+		})
+		c.require(el, hasID, "item_id")
+		c.require(el, hasPos, "position")
+		c.pop()
+	}
+	c.pop()
+	return items
+}
+
+func (c *checker) decWatch(obj *node) *Watch {
+	e := &Watch{EventType: string(KindWatch)}
+	seen, hasItem, hasTime := 0, false, false
+	c.fields(obj, func(k string, v *node) bool {
+		switch k {
+		case "event_type":
+			c.decLiteral(k, v, &e.EventType, string(KindWatch))
+		case "item_id":
+			hasItem = true
+			c.decString(k, v, &e.ItemID)
+		case "watch_time_sec":
+			hasTime = true
+			c.decFloat(k, v, &e.WatchTimeSec)
+		case "percent_watched":
+			c.decOptFloat(k, v, &e.PercentWatched)
+		case "ended":
+			c.decOptBool(k, v, &e.Ended)
+		case "playback_speed":
+			c.decOptFloat(k, v, &e.PlaybackSpeed)
+		case "rebuffer_count":
+			c.decOptInt(k, v, &e.RebufferCount)
+		default:
+			return c.decCommon(&e.Common, k, v, &seen)
+		}
+		return true
+	})
+	c.requireCommon(obj, seen)
+	c.require(obj, hasItem, "item_id")
+	c.require(obj, hasTime, "watch_time_sec")
+	defaultID(obj, &e.EventID)
+	c.watch(e)
+	return e
+}
+
+func (c *checker) decLegacy(obj *node) *Legacy {
+	e := &Legacy{}
+	var hasUser, hasItem, hasType, hasTs bool
+	c.fields(obj, func(k string, v *node) bool {
+		switch k {
+		case "event_id":
+			c.decString(k, v, &e.EventID)
+		case "user_id":
+			hasUser = true
+			c.decString(k, v, &e.UserID)
+		case "item_id":
+			hasItem = true
+			c.decString(k, v, &e.ItemID)
+		case "event_type":
+			hasType = true
+			c.decLiteral(k, v, &e.EventType, LegacyView, LegacyClick, LegacyPurchase)
+		case "ts":
+			hasTs = true
+			c.decInt(k, v, &e.Ts)
+		default:
+			return false
+		}
+		return true
+	})
+	c.require(obj, hasUser, "user_id")
+	c.require(obj, hasItem, "item_id")
+	c.require(obj, hasType, "event_type")
+	c.require(obj, hasTs, "ts")
+	defaultID(obj, &e.EventID)
+	c.legacy(e)
+	return e
+}

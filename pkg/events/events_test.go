@@ -1,0 +1,108 @@
+package events_test
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"recsys/pkg/events"
+)
+
+func TestNormalizeTs(t *testing.T) {
+	for _, tc := range []struct{ in, want int64 }{
+		{1, 1000}, {1_700_000_000, 1_700_000_000_000}, {999_999_999_999, 999_999_999_999_000},
+		{1_000_000_000_000, 1_000_000_000_000}, {1_700_000_000_123, 1_700_000_000_123},
+	} {
+		if got := events.NormalizeTs(tc.in); got != tc.want {
+			t.Errorf("NormalizeTs(%d) = %d, want %d", tc.in, got, tc.want)
+		}
+	}
+}
+
+// TestValidateIgnoresTimeWindow: the consumer must apply an event replayed long after it was
+// accepted, so Validate checks structure only.
+func TestValidateIgnoresTimeWindow(t *testing.T) {
+	old := time.Now().Add(-400 * 24 * time.Hour).UnixMilli()
+	w := &events.Watch{Common: events.Common{EventID: "watch-0001", UserID: "u", SessionID: "s", RequestID: "r", TsMs: old},
+		EventType: "watch", ItemID: "i"}
+	if err := events.Validate(w); err != nil {
+		t.Errorf("old watch: %v", err)
+	}
+	bad := []struct {
+		name string
+		ev   events.Any
+		loc  string
+	}{
+		{"watch zero ts", &events.Watch{Common: events.Common{EventID: "watch-0001", UserID: "u", SessionID: "s", RequestID: "r"}, EventType: "watch", ItemID: "i"}, "ts_ms"},
+		{"watch wrong type", &events.Watch{Common: events.Common{EventID: "watch-0001", UserID: "u", SessionID: "s", RequestID: "r", TsMs: old}, EventType: "x", ItemID: "i"}, "event_type"},
+		{"impression no items", &events.Impression{Common: events.Common{EventID: "imp-00001", UserID: "u", SessionID: "s", RequestID: "r", TsMs: old}, EventType: "impression"}, "items"},
+		{"impression duplicate positions", &events.Impression{Common: events.Common{EventID: "imp-00001", UserID: "u", SessionID: "s", RequestID: "r", TsMs: old}, EventType: "impression",
+			Items: []events.ImpressionItem{{ItemID: "a", Position: 1}, {ItemID: "b", Position: 1}}}, "items"},
+		{"legacy unknown type", &events.Legacy{EventID: "legacy-01", UserID: "u", ItemID: "i", EventType: "like", Ts: 5}, "event_type"},
+		{"legacy short id", &events.Legacy{EventID: "x", UserID: "u", ItemID: "i", EventType: "view", Ts: 5}, "event_id"},
+	}
+	for _, tc := range bad {
+		err := events.Validate(tc.ev)
+		ve, ok := err.(*events.ValidationError)
+		if !ok || len(ve.Errors) != 1 || ve.Errors[0].Loc[0] != tc.loc {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+	}
+}
+
+func TestEncodeOmitsNulls(t *testing.T) {
+	w := &events.Watch{Common: events.Common{EventID: "watch-0001", UserID: "u", SessionID: "s", RequestID: "r", TsMs: 1_700_000_000_000,
+		Context: &events.Context{}}, EventType: "watch", ItemID: "i"}
+	b, err := events.Encode(w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"event_id":"watch-0001","user_id":"u","session_id":"s","request_id":"r","ts_ms":1700000000000,"context":{},"event_type":"watch","item_id":"i","watch_time_sec":0}`
+	if string(b) != want {
+		t.Errorf("Encode = %s\nwant     %s", b, want)
+	}
+	if _, err := events.DecodePayload("click", b); err == nil {
+		t.Error("DecodePayload accepted an unknown kind")
+	}
+	// A payload from a newer producer with an extra field still decodes.
+	newer := strings.Replace(want, `"item_id":"i"`, `"item_id":"i","new_field":1`, 1)
+	if _, err := events.DecodePayload(events.KindWatch, []byte(newer)); err != nil {
+		t.Errorf("forward-compatible decode: %v", err)
+	}
+}
+
+func TestDecodeLegacyKeepsTs(t *testing.T) {
+	now := time.Now()
+	body := `{"user_id":"u","item_id":"i","event_type":"purchase","ts":` + jsonInt(now.Unix()) + `}`
+	e, err := events.DecodeLegacy([]byte(body), events.DefaultLimits(), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Ts != now.Unix() || e.TimeMs() != now.Unix()*1000 || len(e.EventID) != 32 {
+		t.Errorf("legacy = %+v", e)
+	}
+	if events.LegacyWeight(e.EventType) != 10 || events.LegacyWeight("nope") != 0 {
+		t.Error("LegacyWeight")
+	}
+}
+
+func TestStringEscapesAndLengths(t *testing.T) {
+	now := time.Now()
+	// 128 characters of 4 bytes each: within the limit (characters, not bytes).
+	emoji := strings.Repeat(`\ud83d\ude00`, 128)
+	body := `{"user_id":"` + emoji + `","session_id":"a\"b\\c\/d\n","request_id":"r","ts_ms":` + jsonInt(now.UnixMilli()) + `,"item_id":"i","watch_time_sec":0}`
+	w, err := events.DecodeWatch([]byte(body), events.DefaultLimits(), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.UserID != strings.Repeat("😀", 128) || w.SessionID != "a\"b\\c/d\n" {
+		t.Errorf("decoded %q %q", w.UserID, w.SessionID)
+	}
+	_, err = events.DecodeWatch([]byte(strings.Replace(body, emoji, emoji+"x", 1)), events.DefaultLimits(), now)
+	if err == nil || err.Errors[0].Type != "string_too_long" {
+		t.Errorf("129 characters: %v", err)
+	}
+}
+
+func jsonInt(i int64) string { b, _ := json.Marshal(i); return string(b) }

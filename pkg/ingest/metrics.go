@@ -1,0 +1,42 @@
+package ingest
+
+import (
+	"fmt"
+
+	"github.com/VictoriaMetrics/metrics"
+)
+
+// writerMetrics are the writer's metrics, labelled writer=<Config.Name> so two writers in one
+// process (ingest and the /reco autolog) stay apart:
+//
+//	recsys_ingest_group_commit_events{writer}        histogram: events per committed transaction
+//	recsys_ingest_group_commit_requests{writer}      histogram: requests merged per transaction
+//	recsys_ingest_commit_duration_seconds{writer}    histogram: statement + commit time
+//	recsys_ingest_write_duration_seconds{writer}     histogram: Write from call to answer (queue wait included)
+//	recsys_ingest_commit_errors_total{writer}        counter:   failed transactions
+//	recsys_ingest_group_fallbacks_total{writer}      counter:   merged transactions retried request by request
+type writerMetrics struct {
+	groupEvents, groupRequests    *metrics.PrometheusHistogram
+	commitDuration, writeDuration *metrics.PrometheusHistogram
+	commitErrors, fallbacks       *metrics.Counter
+}
+
+var (
+	sizeBuckets    = []float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000}
+	latencyBuckets = metrics.ExponentialBuckets(0.00025, 2, 15) // 0.25 ms .. 4 s
+)
+
+func newWriterMetrics(set *metrics.Set, name string) writerMetrics {
+	if set == nil {
+		set = metrics.NewSet() // unregistered: the writer works the same without metrics
+	}
+	l := fmt.Sprintf(`{writer=%q}`, name)
+	return writerMetrics{
+		groupEvents:    set.NewPrometheusHistogramExt("recsys_ingest_group_commit_events"+l, sizeBuckets),
+		groupRequests:  set.NewPrometheusHistogramExt("recsys_ingest_group_commit_requests"+l, sizeBuckets),
+		commitDuration: set.NewPrometheusHistogramExt("recsys_ingest_commit_duration_seconds"+l, latencyBuckets),
+		writeDuration:  set.NewPrometheusHistogramExt("recsys_ingest_write_duration_seconds"+l, latencyBuckets),
+		commitErrors:   set.NewCounter("recsys_ingest_commit_errors_total" + l),
+		fallbacks:      set.NewCounter("recsys_ingest_group_fallbacks_total" + l),
+	}
+}

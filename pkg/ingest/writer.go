@@ -1,0 +1,576 @@
+// Package ingest is the durable write path of events: a group-commit Writer that stores
+// impressions, watches and legacy events with their event_outbox rows in one PostgreSQL
+// transaction, idempotently by event_id.
+//
+// Group commit: Write hands the caller's events to a queue; each of a few worker goroutines
+// takes the first waiting request, gathers more for at most MaxWait (or until MaxEvents), and
+// commits them all in ONE statement (data-modifying CTEs over unnest arrays: one round trip,
+// atomic as an implicit transaction). Callers wait for the commit, so a 200 is only ever sent
+// for committed data. A request's events are never split across transactions, which keeps
+// /log/batch all-or-nothing; if a merged transaction fails with an error that may belong to
+// one request (a data or constraint error), the worker retries each request in its own
+// transaction so one bad request cannot fail the others. Connection errors and timeouts fail
+// the whole group at once: retrying them request by request would only multiply the wait.
+//
+// Idempotency: event_dedup(event_id) is inserted first with ON CONFLICT DO NOTHING; raw rows
+// and outbox rows are written only for ids that were new. Concurrent transactions with the
+// same id serialise on the unique index, so exactly one gets "ok". Ids are inserted in sorted
+// order so two groups never deadlock on each other.
+//
+// When a transaction wrote outbox rows it also notifies channel recsys_outbox (delivered
+// on commit), so the relay wakes without polling.
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"recsys/pkg/events"
+)
+
+// NotifyChannel is the LISTEN/NOTIFY channel the writer notifies after writing outbox rows.
+const NotifyChannel = "recsys_outbox"
+
+// Config tunes a Writer.
+type Config struct {
+	TopicImpressions string // outbox topic of impressions
+	TopicWatches     string // outbox topic of watches and legacy events
+	MaxAttempts      int    // event_outbox.max_attempts of new rows
+
+	MaxWait   time.Duration // longest a worker waits to gather more requests into a transaction
+	MaxEvents int           // events per merged transaction (a larger single request still goes alone)
+	Workers   int           // transactions in flight at once
+	QueueSize int           // requests waiting for a worker before Write blocks
+	// Timeout bounds one transaction, pool wait included, so an outage fails fast instead of
+	// hanging; callers bound their own wait with their context as well.
+	Timeout time.Duration
+
+	Name    string       // value of the "writer" metric label
+	Metrics *metrics.Set // optional
+	Log     *slog.Logger // optional
+}
+
+// DefaultConfig returns the defaults (topics from pkg/kafka's defaults).
+func DefaultConfig() Config {
+	return Config{TopicImpressions: "recsys.impressions.v1", TopicWatches: "recsys.watches.v1", MaxAttempts: 25,
+		MaxWait: time.Millisecond, MaxEvents: 2000, Workers: 2, QueueSize: 4096, Timeout: time.Second, Name: "ingest"}
+}
+
+// Status is the outcome of one event.
+type Status string
+
+// The outcomes.
+const (
+	StatusOK        Status = "ok"        // stored now
+	StatusDuplicate Status = "duplicate" // its event_id was stored before; nothing changed
+)
+
+// Result is the outcome of one event of a Write.
+type Result struct {
+	Status Status
+	// Rows is the number of raw rows written: the item count of an impression, 1 for a
+	// watch or legacy event, 0 for a duplicate.
+	Rows int
+	// OutboxEnqueued is true when an event_outbox row was really written for the event.
+	OutboxEnqueued bool
+}
+
+// ErrClosed is returned by Write after Close.
+var ErrClosed = errors.New("ingest writer closed")
+
+// ErrUnavailable wraps errors that mean PostgreSQL could not be reached or did not answer in
+// time (as opposed to a statement rejected by the server).
+var ErrUnavailable = errors.New("database unavailable")
+
+// Writer is the group-commit event writer. It is safe for concurrent use.
+type Writer struct {
+	pool *pgxpool.Pool
+	cfg  Config
+	log  *slog.Logger
+	m    writerMetrics
+
+	mu      sync.RWMutex
+	closed  bool
+	queue   chan *request
+	started sync.Once
+	wg      sync.WaitGroup
+}
+
+type request struct {
+	ctx     context.Context
+	rows    []row
+	corr    *string
+	done    chan struct{}
+	results []Result
+	err     error
+}
+
+// row is one prepared event; payload and context JSON are encoded by the caller's goroutine
+// so the workers only assemble arrays.
+type row struct {
+	ev      events.Any
+	payload []byte
+	context *string
+}
+
+// New returns a writer; call Start before Write and Close when done. It does no I/O.
+func New(pool *pgxpool.Pool, cfg Config) *Writer {
+	def := DefaultConfig()
+	if cfg.TopicImpressions == "" {
+		cfg.TopicImpressions = def.TopicImpressions
+	}
+	if cfg.TopicWatches == "" {
+		cfg.TopicWatches = def.TopicWatches
+	}
+	if cfg.MaxEvents <= 0 {
+		cfg.MaxEvents = def.MaxEvents
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = def.Workers
+	}
+	if cfg.QueueSize <= 0 {
+		cfg.QueueSize = def.QueueSize
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = def.Timeout
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = def.MaxAttempts
+	}
+	if cfg.Name == "" {
+		cfg.Name = def.Name
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Writer{pool: pool, cfg: cfg, log: log, m: newWriterMetrics(cfg.Metrics, cfg.Name), queue: make(chan *request, cfg.QueueSize)}
+}
+
+// Start launches the workers. It is idempotent.
+func (w *Writer) Start() {
+	w.started.Do(func() {
+		for range w.cfg.Workers {
+			w.wg.Add(1)
+			go func() {
+				defer w.wg.Done()
+				w.work()
+			}()
+		}
+	})
+}
+
+// Close stops accepting writes, commits what is queued and waits for the workers.
+func (w *Writer) Close() {
+	w.mu.Lock()
+	if !w.closed {
+		w.closed = true
+		close(w.queue)
+	}
+	w.mu.Unlock()
+	w.Start() // a writer closed before it started still drains its queue
+	w.wg.Wait()
+}
+
+// Write stores evs atomically (all or none) and returns one Result per event, in order.
+// correlationID is stored on the outbox rows ("" for none). An error means nothing of this
+// call is known to be committed; errors.Is(err, ErrUnavailable) tells an outage or timeout
+// from a rejected statement. If ctx ends while the transaction is in flight, Write returns the
+// context error although the events may still commit: a retry then answers "duplicate".
+func (w *Writer) Write(ctx context.Context, evs []events.Any, correlationID string) ([]Result, error) {
+	if len(evs) == 0 {
+		return nil, nil
+	}
+	start := time.Now()
+	req := &request{ctx: ctx, rows: make([]row, len(evs)), done: make(chan struct{})}
+	if correlationID != "" {
+		req.corr = &correlationID
+	}
+	for i, ev := range evs {
+		if err := prepare(&req.rows[i], ev); err != nil {
+			return nil, err
+		}
+	}
+	if err := w.enqueue(ctx, req); err != nil {
+		return nil, err
+	}
+	select {
+	case <-req.done:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("wait for commit: %w: %w", ErrUnavailable, ctx.Err())
+	}
+	w.m.writeDuration.UpdateDuration(start)
+	return req.results, req.err
+}
+
+func (w *Writer) enqueue(ctx context.Context, req *request) error {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	if w.closed {
+		return ErrClosed
+	}
+	select {
+	case w.queue <- req:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("queue write: %w: %w", ErrUnavailable, ctx.Err())
+	}
+}
+
+func prepare(r *row, ev events.Any) error {
+	if err := events.Validate(ev); err != nil {
+		// Callers validate requests already; this catches programming errors (an autolog
+		// building an event by hand) before they reach the database.
+		return err
+	}
+	payload, err := events.Encode(ev)
+	if err != nil {
+		return err
+	}
+	r.ev, r.payload = ev, payload
+	var ctx *events.Context
+	switch e := ev.(type) {
+	case *events.Impression:
+		ctx = e.Context
+	case *events.Watch:
+		ctx = e.Context
+	}
+	if ctx != nil {
+		b, err := encodeContext(ctx)
+		if err != nil {
+			return err
+		}
+		r.context = &b
+	}
+	return nil
+}
+
+func encodeContext(c *events.Context) (string, error) {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return "", fmt.Errorf("encode context: %w", err)
+	}
+	return string(b), nil
+}
+
+// work gathers requests into groups and commits them until the queue is closed and empty.
+func (w *Writer) work() {
+	var carry *request
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	for {
+		first := carry
+		carry = nil
+		if first == nil {
+			var ok bool
+			if first, ok = <-w.queue; !ok {
+				return
+			}
+		}
+		group := []*request{first}
+		n := len(first.rows)
+		waiting := false
+		if w.cfg.MaxWait > 0 {
+			timer.Reset(w.cfg.MaxWait)
+			waiting = true
+		}
+	gather:
+		for n < w.cfg.MaxEvents {
+			var r *request
+			var ok bool
+			select {
+			case r, ok = <-w.queue:
+			default:
+				if !waiting {
+					break gather
+				}
+				select {
+				case r, ok = <-w.queue:
+				case <-timer.C:
+					waiting = false
+					break gather
+				}
+			}
+			if !ok {
+				break gather
+			}
+			if n+len(r.rows) > w.cfg.MaxEvents {
+				carry = r
+				break gather
+			}
+			group = append(group, r)
+			n += len(r.rows)
+		}
+		// Since Go 1.23 a stopped timer never delivers a stale tick, so no drain is needed.
+		timer.Stop()
+		w.commitGroup(group)
+	}
+}
+
+// commitGroup commits a group and answers every request in it.
+func (w *Writer) commitGroup(group []*request) {
+	live := group[:0]
+	for _, r := range group {
+		if err := r.ctx.Err(); err != nil {
+			// The caller gave up before its events were sent: nothing was written.
+			r.err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+			close(r.done)
+			continue
+		}
+		live = append(live, r)
+	}
+	if len(live) == 0 {
+		return
+	}
+	err := w.commit(live)
+	if err != nil && len(live) > 1 && requestSpecific(err) {
+		w.m.fallbacks.Inc()
+		w.log.Warn("group commit failed, retrying requests one by one", "err", err, "requests", len(live))
+		for _, r := range live {
+			if err := w.commit([]*request{r}); err != nil {
+				r.err = err
+			}
+			close(r.done)
+		}
+		return
+	}
+	for _, r := range live {
+		if err != nil {
+			r.err = err
+		}
+		close(r.done)
+	}
+}
+
+// requestSpecific reports whether err may be caused by the data of one request, so retrying
+// requests separately can save the others: any error the server returned for the statement,
+// except those about the server or the connection themselves.
+func requestSpecific(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || len(pe.Code) < 2 {
+		return false
+	}
+	switch pe.Code[:2] {
+	case "08", "53", "57", "58", "XX": // connection, resources, operator intervention, system, internal
+		return false
+	}
+	return true
+}
+
+func (w *Writer) commit(group []*request) error {
+	start := time.Now()
+	b := newBatch(w.cfg, group)
+	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.Timeout)
+	defer cancel()
+	var inserted, enqueued []string
+	var notified int64
+	err := w.pool.QueryRow(ctx, insertSQL, b.args()...).Scan(&inserted, &enqueued, &notified)
+	if err != nil {
+		w.m.commitErrors.Inc()
+		if requestSpecific(err) {
+			return fmt.Errorf("insert events: %w", err)
+		}
+		return fmt.Errorf("insert events: %w: %w", ErrUnavailable, err)
+	}
+	w.m.commitDuration.UpdateDuration(start)
+	w.m.groupEvents.Update(float64(len(b.dedupIDs)))
+	w.m.groupRequests.Update(float64(len(group)))
+	b.resolve(group, inserted, enqueued)
+	return nil
+}
+
+// batch holds the column arrays of one statement.
+type batch struct {
+	dedupIDs, dedupKinds []string
+	firstOf              map[string]*row // event_id -> the row that is written (first occurrence)
+
+	impEventID, impItemID, impUser, impSession, impRequest []string
+	impFeed, impSlot, impCtx                               []*string
+	impPos, impTs, impSrv                                  []int64
+
+	watEventID, watUser, watSession, watRequest, watItem []string
+	watTime                                              []float64
+	watPct, watSpeed                                     []*float64
+	watEnded                                             []*bool
+	watRebuf                                             []*int64
+	watTs, watSrv                                        []int64
+	watCtx                                               []*string
+
+	legEventID, legUser, legItem, legType []string
+	legTs, legTsMs                        []int64
+
+	obEventID, obType, obTopic, obKey []string
+	obPayload                         [][]byte
+	obCorr                            []*string
+
+	maxAttempts int
+}
+
+func newBatch(cfg Config, group []*request) *batch {
+	n := 0
+	for _, r := range group {
+		n += len(r.rows)
+	}
+	b := &batch{firstOf: make(map[string]*row, n), maxAttempts: cfg.MaxAttempts,
+		dedupIDs: make([]string, 0, n), dedupKinds: make([]string, 0, n),
+		obEventID: make([]string, 0, n), obType: make([]string, 0, n), obTopic: make([]string, 0, n),
+		obKey: make([]string, 0, n), obPayload: make([][]byte, 0, n), obCorr: make([]*string, 0, n)}
+	for _, r := range group {
+		for i := range r.rows {
+			rw := &r.rows[i]
+			id := rw.ev.ID()
+			if _, dup := b.firstOf[id]; dup {
+				// Two requests of this group carry one id: only the first is written, the
+				// other is a duplicate of it.
+				continue
+			}
+			b.firstOf[id] = rw
+			b.add(cfg, rw, r.corr)
+		}
+	}
+	return b
+}
+
+func (b *batch) add(cfg Config, rw *row, corr *string) {
+	id := rw.ev.ID()
+	kind := rw.ev.Kind()
+	b.dedupIDs = append(b.dedupIDs, id)
+	b.dedupKinds = append(b.dedupKinds, string(kind))
+	topic := cfg.TopicWatches
+	switch e := rw.ev.(type) {
+	case *events.Impression:
+		topic = cfg.TopicImpressions
+		for _, it := range e.Items {
+			b.impEventID = append(b.impEventID, id)
+			b.impPos = append(b.impPos, it.Position)
+			b.impItemID = append(b.impItemID, it.ItemID)
+			b.impFeed = append(b.impFeed, it.FeedID)
+			b.impSlot = append(b.impSlot, it.Slot)
+			b.impUser = append(b.impUser, e.UserID)
+			b.impSession = append(b.impSession, e.SessionID)
+			b.impRequest = append(b.impRequest, e.RequestID)
+			b.impTs = append(b.impTs, e.TsMs)
+			b.impSrv = append(b.impSrv, e.ServerReceivedTsMs)
+			b.impCtx = append(b.impCtx, rw.context)
+		}
+	case *events.Watch:
+		b.watEventID = append(b.watEventID, id)
+		b.watUser = append(b.watUser, e.UserID)
+		b.watSession = append(b.watSession, e.SessionID)
+		b.watRequest = append(b.watRequest, e.RequestID)
+		b.watItem = append(b.watItem, e.ItemID)
+		b.watTime = append(b.watTime, e.WatchTimeSec)
+		b.watPct = append(b.watPct, e.PercentWatched)
+		b.watEnded = append(b.watEnded, e.Ended)
+		b.watSpeed = append(b.watSpeed, e.PlaybackSpeed)
+		b.watRebuf = append(b.watRebuf, e.RebufferCount)
+		b.watTs = append(b.watTs, e.TsMs)
+		b.watSrv = append(b.watSrv, e.ServerReceivedTsMs)
+		b.watCtx = append(b.watCtx, rw.context)
+	case *events.Legacy:
+		b.legEventID = append(b.legEventID, id)
+		b.legUser = append(b.legUser, e.UserID)
+		b.legItem = append(b.legItem, e.ItemID)
+		b.legType = append(b.legType, e.EventType)
+		b.legTs = append(b.legTs, e.Ts)
+		b.legTsMs = append(b.legTsMs, e.TimeMs())
+	}
+	b.obEventID = append(b.obEventID, id)
+	b.obType = append(b.obType, string(kind))
+	b.obTopic = append(b.obTopic, topic)
+	b.obKey = append(b.obKey, rw.ev.User())
+	b.obPayload = append(b.obPayload, rw.payload)
+	b.obCorr = append(b.obCorr, corr)
+}
+
+func (b *batch) args() []any {
+	return []any{
+		b.dedupIDs, b.dedupKinds,
+		b.impEventID, b.impPos, b.impItemID, b.impFeed, b.impSlot, b.impUser, b.impSession, b.impRequest, b.impTs, b.impSrv, b.impCtx,
+		b.watEventID, b.watUser, b.watSession, b.watRequest, b.watItem, b.watTime, b.watPct, b.watEnded, b.watSpeed, b.watRebuf, b.watTs, b.watSrv, b.watCtx,
+		b.legEventID, b.legUser, b.legItem, b.legType, b.legTs, b.legTsMs,
+		b.obEventID, b.obType, b.obTopic, b.obKey, b.obPayload, b.obCorr,
+		int16(events.SchemaVersion), int32(b.maxAttempts),
+	}
+}
+
+// resolve turns the ids the statement reported into per-event results.
+func (b *batch) resolve(group []*request, inserted, enqueued []string) {
+	slices.Sort(inserted)
+	slices.Sort(enqueued)
+	for _, r := range group {
+		r.results = make([]Result, len(r.rows))
+		for i := range r.rows {
+			rw := &r.rows[i]
+			id := rw.ev.ID()
+			res := Result{Status: StatusDuplicate}
+			if b.firstOf[id] == rw {
+				if _, ok := slices.BinarySearch(inserted, id); ok {
+					res.Status = StatusOK
+					res.Rows = 1
+					if imp, isImp := rw.ev.(*events.Impression); isImp {
+						res.Rows = len(imp.Items)
+					}
+					_, res.OutboxEnqueued = slices.BinarySearch(enqueued, id)
+				}
+			}
+			r.results[i] = res
+		}
+	}
+}
+
+// insertSQL writes one group in one statement. Every CTE sees the same snapshot; raw and
+// outbox rows are inserted only for the ids the dedup insert returned (the new ones). The
+// dedup rows are inserted in id order so concurrent groups lock index entries in the same
+// order and cannot deadlock; outbox rows keep arrival order (WITH ORDINALITY) so one user's
+// events get increasing outbox ids.
+const insertSQL = `
+WITH d AS (
+	INSERT INTO event_dedup (event_id, event_type)
+	SELECT u.id, u.kind FROM unnest($1::text[], $2::text[]) AS u(id, kind)
+	ORDER BY u.id
+	ON CONFLICT (event_id) DO NOTHING
+	RETURNING event_id
+), imp AS (
+	INSERT INTO impressions (event_id, position, item_id, feed_id, slot, user_id, session_id, request_id, ts_ms, ts, server_received_ts_ms, context)
+	SELECT u.event_id, u.position, u.item_id, u.feed_id, u.slot, u.user_id, u.session_id, u.request_id, u.ts_ms,
+	       to_timestamp(u.ts_ms / 1000.0), u.srv, u.ctx::jsonb
+	FROM unnest($3::text[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], $12::int8[], $13::text[])
+	     AS u(event_id, position, item_id, feed_id, slot, user_id, session_id, request_id, ts_ms, srv, ctx)
+	WHERE u.event_id IN (SELECT event_id FROM d)
+), wat AS (
+	INSERT INTO watches (event_id, user_id, session_id, request_id, item_id, watch_time_sec, percent_watched, ended, playback_speed, rebuffer_count, ts_ms, ts, server_received_ts_ms, context)
+	SELECT u.event_id, u.user_id, u.session_id, u.request_id, u.item_id, u.wt, u.pct, u.ended, u.speed, u.rebuf, u.ts_ms,
+	       to_timestamp(u.ts_ms / 1000.0), u.srv, u.ctx::jsonb
+	FROM unnest($14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::float8[], $20::float8[], $21::bool[], $22::float8[], $23::int8[], $24::int8[], $25::int8[], $26::text[])
+	     AS u(event_id, user_id, session_id, request_id, item_id, wt, pct, ended, speed, rebuf, ts_ms, srv, ctx)
+	WHERE u.event_id IN (SELECT event_id FROM d)
+), leg AS (
+	INSERT INTO legacy_events (event_id, user_id, item_id, event_type, ts, ts_ms)
+	SELECT u.event_id, u.user_id, u.item_id, u.event_type, u.ts, u.ts_ms
+	FROM unnest($27::text[], $28::text[], $29::text[], $30::text[], $31::int8[], $32::int8[])
+	     AS u(event_id, user_id, item_id, event_type, ts, ts_ms)
+	WHERE u.event_id IN (SELECT event_id FROM d)
+), ob AS (
+	INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, correlation_id, schema_version, max_attempts)
+	SELECT u.event_id, u.event_type, u.topic, u.msg_key, u.payload, u.corr, $39::int2, $40::int4
+	FROM unnest($33::text[], $34::text[], $35::text[], $36::text[], $37::bytea[], $38::text[]) WITH ORDINALITY
+	     AS u(event_id, event_type, topic, msg_key, payload, corr, ord)
+	WHERE u.event_id IN (SELECT event_id FROM d)
+	ORDER BY u.ord
+	ON CONFLICT (event_id, event_type) DO NOTHING
+	RETURNING event_id
+), n AS (
+	SELECT pg_notify('` + NotifyChannel + `', '') FROM (SELECT 1 FROM ob LIMIT 1) AS x
+)
+SELECT ARRAY(SELECT event_id FROM d), ARRAY(SELECT event_id FROM ob), (SELECT count(*) FROM n)`

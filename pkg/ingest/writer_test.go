@@ -1,0 +1,372 @@
+package ingest_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"recsys/pkg/events"
+	"recsys/pkg/ingest"
+	"recsys/pkg/migrate"
+	"recsys/pkg/testutil"
+)
+
+func newWriter(t *testing.T, pool *pgxpool.Pool, mod func(*ingest.Config)) *ingest.Writer {
+	t.Helper()
+	cfg := ingest.DefaultConfig()
+	if mod != nil {
+		mod(&cfg)
+	}
+	w := ingest.New(pool, cfg)
+	w.Start()
+	t.Cleanup(w.Close)
+	return w
+}
+
+func watch(id, user string) *events.Watch {
+	now := time.Now().UnixMilli()
+	pct := 50.0
+	return &events.Watch{Common: events.Common{EventID: id, UserID: user, SessionID: "s1", RequestID: "r1", TsMs: now, ServerReceivedTsMs: now},
+		EventType: "watch", ItemID: "item-1", WatchTimeSec: 12.5, PercentWatched: &pct}
+}
+
+func impression(id, user string, items ...string) *events.Impression {
+	now := time.Now().UnixMilli()
+	dev := "ios"
+	e := &events.Impression{Common: events.Common{EventID: id, UserID: user, SessionID: "s1", RequestID: "r1", TsMs: now, ServerReceivedTsMs: now,
+		Context: &events.Context{Device: &dev}}, EventType: "impression"}
+	for i, it := range items {
+		e.Items = append(e.Items, events.ImpressionItem{ItemID: it, Position: int64(i)})
+	}
+	return e
+}
+
+func count(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := pool.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+func TestWriterStoresEventsAndOutbox(t *testing.T) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	w := newWriter(t, pool, nil)
+	ctx := context.Background()
+
+	leg := &events.Legacy{EventID: "legacy-0001", UserID: "u1", ItemID: "i9", EventType: "click", Ts: time.Now().Unix()}
+	evs := []events.Any{impression("imp-00001", "u1", "a", "b", "c"), watch("wat-00001", "u1"), leg}
+	res, err := w.Write(ctx, evs, "corr-1234")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []ingest.Result{{Status: "ok", Rows: 3, OutboxEnqueued: true}, {Status: "ok", Rows: 1, OutboxEnqueued: true}, {Status: "ok", Rows: 1, OutboxEnqueued: true}}
+	for i := range want {
+		if res[i] != want[i] {
+			t.Errorf("result %d = %+v, want %+v", i, res[i], want[i])
+		}
+	}
+	if n := count(t, pool, "SELECT count(*) FROM impressions WHERE event_id = 'imp-00001'"); n != 3 {
+		t.Errorf("impression rows = %d, want 3", n)
+	}
+	var ctxJSON string
+	if err := pool.QueryRow(ctx, "SELECT context::text FROM impressions WHERE event_id = 'imp-00001' AND position = 1").Scan(&ctxJSON); err != nil || ctxJSON != `{"device": "ios"}` {
+		t.Errorf("context = %q, %v", ctxJSON, err)
+	}
+	var legTs, legTsMs int64
+	if err := pool.QueryRow(ctx, "SELECT ts, ts_ms FROM legacy_events WHERE event_id = 'legacy-0001'").Scan(&legTs, &legTsMs); err != nil || legTs != leg.Ts || legTsMs != leg.Ts*1000 {
+		t.Errorf("legacy ts = %d/%d, %v", legTs, legTsMs, err)
+	}
+	rows, err := pool.Query(ctx, "SELECT event_id, event_type, topic, msg_key, payload, correlation_id, max_attempts, status FROM event_outbox ORDER BY id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	type ob struct {
+		id, typ, topic, key string
+		payload             []byte
+		corr                string
+		maxAttempts         int
+		status              string
+	}
+	var got []ob
+	for rows.Next() {
+		var o ob
+		if err := rows.Scan(&o.id, &o.typ, &o.topic, &o.key, &o.payload, &o.corr, &o.maxAttempts, &o.status); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, o)
+	}
+	if len(got) != 3 {
+		t.Fatalf("outbox rows = %d, want 3", len(got))
+	}
+	wantOb := []struct{ id, typ, topic string }{{"imp-00001", "impression", "recsys.impressions.v1"}, {"wat-00001", "watch", "recsys.watches.v1"}, {"legacy-0001", "legacy", "recsys.watches.v1"}}
+	for i, o := range got {
+		if o.id != wantOb[i].id || o.typ != wantOb[i].typ || o.topic != wantOb[i].topic || o.key != "u1" || o.corr != "corr-1234" || o.maxAttempts != 25 || o.status != "pending" {
+			t.Errorf("outbox row %d = %+v", i, o)
+		}
+		ev, err := events.DecodePayload(events.Kind(o.typ), o.payload)
+		if err != nil {
+			t.Errorf("payload %d: %v", i, err)
+		} else if ev.ID() != o.id {
+			t.Errorf("payload %d id %q", i, ev.ID())
+		}
+	}
+
+	// Resend with different content: duplicate, nothing changes.
+	res, err = w.Write(ctx, []events.Any{impression("imp-00001", "u1", "x", "y", "z", "w")}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0] != (ingest.Result{Status: "duplicate"}) {
+		t.Errorf("resend = %+v", res[0])
+	}
+	// The id namespace is global: a watch with an impression's id is a duplicate too.
+	res, err = w.Write(ctx, []events.Any{watch("imp-00001", "u1")}, "")
+	if err != nil || res[0].Status != "duplicate" {
+		t.Errorf("cross-kind resend = %+v, %v", res, err)
+	}
+	if n := count(t, pool, "SELECT count(*) FROM impressions"); n != 3 {
+		t.Errorf("impression rows after resend = %d, want 3", n)
+	}
+	if n := count(t, pool, "SELECT count(*) FROM event_outbox"); n != 3 {
+		t.Errorf("outbox rows after resend = %d, want 3", n)
+	}
+}
+
+func TestWriterConcurrentSameID(t *testing.T) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	w := newWriter(t, pool, nil)
+	const n = 50
+	var wg sync.WaitGroup
+	statuses := make([]ingest.Status, n)
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := w.Write(context.Background(), []events.Any{watch("same-id-0001", "u1")}, "")
+			errs[i] = err
+			if err == nil {
+				statuses[i] = res[0].Status
+			}
+		}()
+	}
+	wg.Wait()
+	ok, dup := 0, 0
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("write %d: %v", i, errs[i])
+		}
+		switch statuses[i] {
+		case "ok":
+			ok++
+		case "duplicate":
+			dup++
+		}
+	}
+	if ok != 1 || dup != n-1 {
+		t.Errorf("ok=%d duplicate=%d, want 1 and %d", ok, dup, n-1)
+	}
+	if c := count(t, pool, "SELECT count(*) FROM watches"); c != 1 {
+		t.Errorf("watch rows = %d", c)
+	}
+	if c := count(t, pool, "SELECT count(*) FROM event_outbox"); c != 1 {
+		t.Errorf("outbox rows = %d", c)
+	}
+}
+
+// failOn installs a trigger that raises for one user_id, standing in for any statement error
+// caused by one request's data.
+func failOn(t *testing.T, pool *pgxpool.Pool, table, user string) {
+	t.Helper()
+	_, err := pool.Exec(context.Background(), fmt.Sprintf(`
+CREATE FUNCTION fail_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.user_id = '%s' THEN RAISE EXCEPTION 'poison row %%', NEW.event_id; END IF;
+	RETURN NEW;
+END $$;
+CREATE TRIGGER fail_poison BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION fail_poison();`, user, table))
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestWriterBatchIsAtomic(t *testing.T) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	failOn(t, pool, "watches", "poison")
+	w := newWriter(t, pool, nil)
+	// The failing event comes after impressions and watches that insert fine.
+	var evs []events.Any
+	for i := range 10 {
+		evs = append(evs, impression(fmt.Sprintf("imp-%05d", i), "u1", "a", "b"), watch(fmt.Sprintf("wat-%05d", i), "u1"))
+	}
+	evs = append(evs, watch("wat-poison", "poison"))
+	_, err := w.Write(context.Background(), evs, "")
+	if err == nil {
+		t.Fatal("write with a failing event succeeded")
+	}
+	if errors.Is(err, ingest.ErrUnavailable) {
+		t.Errorf("a rejected statement is reported as an outage: %v", err)
+	}
+	for _, table := range []string{"event_dedup", "impressions", "watches", "event_outbox"} {
+		if n := count(t, pool, "SELECT count(*) FROM "+table); n != 0 {
+			t.Errorf("%s has %d rows after a failed batch", table, n)
+		}
+	}
+}
+
+// TestWriterGroupFallback merges many requests into one transaction (long MaxWait, one
+// worker) with one poisoned request among them: only that one fails.
+func TestWriterGroupFallback(t *testing.T) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	failOn(t, pool, "watches", "poison")
+	set := metrics.NewSet()
+	w := newWriter(t, pool, func(c *ingest.Config) { c.Workers = 1; c.MaxWait = 200 * time.Millisecond; c.Metrics = set })
+	const n = 20
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			user := "u1"
+			if i == 7 {
+				user = "poison"
+			}
+			_, errs[i] = w.Write(context.Background(), []events.Any{watch(fmt.Sprintf("wat-%05d", i), user), impression(fmt.Sprintf("imp-%05d", i), user, "a")}, "")
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if (i == 7) != (err != nil) {
+			t.Errorf("request %d: err = %v", i, err)
+		}
+	}
+	if c := count(t, pool, "SELECT count(*) FROM watches"); c != n-1 {
+		t.Errorf("watch rows = %d, want %d", c, n-1)
+	}
+	if c := count(t, pool, "SELECT count(*) FROM impressions WHERE user_id = 'poison'"); c != 0 {
+		t.Errorf("the failed request left %d impression rows", c)
+	}
+	if c := count(t, pool, "SELECT count(*) FROM event_outbox"); c != 2*(n-1) {
+		t.Errorf("outbox rows = %d, want %d", c, 2*(n-1))
+	}
+	// The poisoned request shared a transaction with others, which the fallback saved.
+	if f := set.GetOrCreateCounter(`recsys_ingest_group_fallbacks_total{writer="ingest"}`).Get(); f < 1 {
+		t.Errorf("no group fallback happened (%d): the requests were not merged", f)
+	}
+}
+
+// TestWriterSameIDInOneGroup: two requests of one merged group carry the same id.
+func TestWriterSameIDInOneGroup(t *testing.T) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	w := newWriter(t, pool, func(c *ingest.Config) { c.Workers = 1; c.MaxWait = 100 * time.Millisecond })
+	var wg sync.WaitGroup
+	res := make([][]ingest.Result, 2)
+	for i := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var err error
+			res[i], err = w.Write(context.Background(), []events.Any{watch("dup-in-group", "u1"), watch(fmt.Sprintf("own-%05d", i), "u1")}, "")
+			if err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if res[0] == nil || res[1] == nil {
+		t.FailNow()
+	}
+	if s := string(res[0][0].Status) + "," + string(res[1][0].Status); s != "ok,duplicate" && s != "duplicate,ok" {
+		t.Errorf("statuses of the shared id = %s", s)
+	}
+	if res[0][1].Status != "ok" || res[1][1].Status != "ok" {
+		t.Errorf("own ids: %+v %+v", res[0][1], res[1][1])
+	}
+	if c := count(t, pool, "SELECT count(*) FROM watches"); c != 3 {
+		t.Errorf("watch rows = %d, want 3", c)
+	}
+}
+
+func TestWriterRejectsInvalidEvent(t *testing.T) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	w := newWriter(t, pool, nil)
+	bad := watch("short", "u1") // event_id under 8 characters
+	var ve *events.ValidationError
+	if _, err := w.Write(context.Background(), []events.Any{bad}, ""); !errors.As(err, &ve) {
+		t.Fatalf("err = %v, want a validation error", err)
+	}
+}
+
+func TestWriterClose(t *testing.T) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	w := ingest.New(pool, ingest.DefaultConfig())
+	w.Start()
+	if _, err := w.Write(context.Background(), []events.Any{watch("before-close", "u1")}, ""); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	if _, err := w.Write(context.Background(), []events.Any{watch("after-close", "u1")}, ""); !errors.Is(err, ingest.ErrClosed) {
+		t.Errorf("write after close: %v", err)
+	}
+}
+
+// TestWriterOutage stops a private PostgreSQL: writes fail with ErrUnavailable within the
+// timeout, then succeed again once it is back, without a new pool.
+func TestWriterOutage(t *testing.T) {
+	pg := testutil.StartPrivate(t, "pg")
+	migrateURL(t, pg.URL)
+	pool := testutil.Pool(t, pg.URL)
+	w := newWriter(t, pool, func(c *ingest.Config) { c.Timeout = time.Second })
+	ctx := context.Background()
+	if _, err := w.Write(ctx, []events.Any{watch("before-outage", "u1")}, ""); err != nil {
+		t.Fatal(err)
+	}
+	pg.Stop()
+	start := time.Now()
+	_, err := w.Write(ctx, []events.Any{watch("during-outage", "u1")}, "")
+	if !errors.Is(err, ingest.ErrUnavailable) {
+		t.Errorf("write during outage: %v, want ErrUnavailable", err)
+	}
+	// Bounded by the 1 s timeout (plus scheduling slack on a loaded machine); without the bound
+	// a write would hang on the pool.
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("write during outage took %s", d)
+	}
+	pg.Start()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, err = w.Write(ctx, []events.Any{watch("after-outage", "u1")}, "")
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("no recovery after restart: %v", err)
+	}
+	if c := count(t, pool, "SELECT count(*) FROM watches"); c != 2 {
+		t.Errorf("watch rows = %d, want 2", c)
+	}
+}
+
+func migrateURL(t *testing.T, dsn string) {
+	t.Helper()
+	m, err := migrate.Open(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Up(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
