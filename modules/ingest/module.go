@@ -38,10 +38,12 @@ package ingest
 
 import (
 	"context"
+	"time"
 
 	"recsys/pkg/infra"
 	writer "recsys/pkg/ingest"
 	"recsys/pkg/module"
+	"recsys/pkg/outbox"
 )
 
 func init() {
@@ -66,7 +68,23 @@ type Ingest struct {
 var (
 	_ module.Module         = (*Ingest)(nil)
 	_ module.RouteRegistrar = (*Ingest)(nil)
+	_ module.HealthReporter = (*Ingest)(nil)
 )
+
+// HealthDetails adds the outbox snapshot the contract's /healthz carries, so an api pod
+// deployed without a relay still reports the backlog. The relay owns the backlog gauges; this
+// only reads (bounded by the partial indexes, never a full scan).
+func (m *Ingest) HealthDetails(ctx context.Context) map[string]any {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	var ob any
+	if b, err := outbox.Snapshot(ctx, m.deps.PG); err != nil {
+		ob = map[string]string{"error": err.Error()}
+	} else {
+		ob = b
+	}
+	return map[string]any{"event_backbone": map[string]any{"mode": "transactional_outbox", "outbox": ob}}
+}
 
 // New wires the module: no goroutines, no I/O.
 func New(cfg *Config, d infra.Deps) (module.Module, error) {

@@ -181,14 +181,29 @@ func (c *Client) EnsureTopics(ctx context.Context, topics ...string) error {
 	return errors.Join(errs...)
 }
 
-// Ping asks a broker for cluster metadata with a bounded wait.
+// Ping opens a fresh connection to a broker and asks it for the broker list, with a bounded
+// wait. kafka-go's Client answers metadata from a cache once it has seen the cluster, so it
+// would keep reporting a dead cluster as healthy; a new connection cannot.
 func (c *Client) Ping(ctx context.Context, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if _, err := c.admin.Metadata(ctx, &kafkago.MetadataRequest{Topics: []string{}}); err != nil {
-		return fmt.Errorf("kafka metadata: %w", err)
+	d := &kafkago.Dialer{ClientID: c.ClientID, Timeout: timeout}
+	var errs []error
+	for _, b := range c.Brokers {
+		conn, err := d.DialContext(ctx, "tcp", strings.TrimSpace(b))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		_ = conn.SetDeadline(time.Now().Add(timeout))
+		_, err = conn.Brokers()
+		conn.Close()
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err)
 	}
-	return nil
+	return fmt.Errorf("kafka ping: %w", errors.Join(errs...))
 }
 
 // Admin returns the low-level client for offset and metadata requests.

@@ -1,0 +1,105 @@
+package cmd
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"recsys/pkg/flagenv"
+	"recsys/pkg/migrate"
+	"recsys/pkg/outbox"
+	"recsys/pkg/postgres"
+)
+
+func newRelayReplayCmd() *cobra.Command {
+	var (
+		dsn, since string
+		f          = outbox.ReplayFilter{Status: outbox.StatusDead, Limit: 1000}
+	)
+	cmd := &cobra.Command{
+		Use:   "replay --status dead [--event-type T] [--since D] [--limit N] [--dry-run]",
+		Short: "Requeue dead (or published) outbox rows for the relays to publish again; prints JSON",
+		Long: `Requeue event_outbox rows in one status so the running relays publish them again: they
+become pending with attempts 0, due now, and the relays are notified. Rows are taken oldest
+first (by id), at most --limit per run; run it again for more. Rows held by another
+transaction at that moment are skipped.
+
+--status dead is the runbook case (rows that used up their attempts, e.g. while a topic was
+missing); --status published publishes retained rows again (e.g. after a topic was lost), and
+consumers see duplicates they deduplicate on event_id. The two are never mixed.
+--since takes a duration back from now (24h, 90m) or an RFC 3339 time / date
+(2026-01-02T15:04:05Z, 2026-01-02) and matches rows created at or after it.
+--dry-run prints what would be requeued and changes nothing.
+
+Prints {"status", "event_type", "since", "limit", "dry_run", "matched", "requeued",
+"by_event_type", "ids"}.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if since != "" {
+				t, err := parseSince(since, time.Now())
+				if err != nil {
+					return err
+				}
+				f.Since = t
+			}
+			var errs []error
+			if dsn == "" {
+				errs = append(errs, errors.New("--pg.dsn (RECSYS_PG_DSN or DATABASE_URL) is required"))
+			}
+			if err := f.Validate(); err != nil {
+				errs = append(errs, err)
+			}
+			if err := errors.Join(errs...); err != nil {
+				return err
+			}
+			pc := postgres.DefaultConfig()
+			pc.DSN, pc.MaxConns, pc.MinConns = dsn, 2, 0
+			pool, err := postgres.Open(cmd.Context(), pc)
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			if err := migrate.CheckSchema(cmd.Context(), pool); err != nil {
+				return fmt.Errorf("schema check (run `recsys migrate up`): %w", err)
+			}
+			res, err := outbox.NewStore(pool).Replay(cmd.Context(), f)
+			if err != nil {
+				return err
+			}
+			enc := json.NewEncoder(cmd.OutOrStdout())
+			enc.SetIndent("", "  ")
+			return enc.Encode(res)
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&dsn, "pg.dsn", "", "PostgreSQL URL (secret)")
+	flagenv.Alias(fs, "pg.dsn", "DATABASE_URL")
+	flagenv.Secret(fs, "pg.dsn")
+	fs.StringVar(&f.Status, "status", f.Status, "status of the rows to requeue: dead or published")
+	fs.StringVar(&f.EventType, "event-type", "", "only rows of this event_type (impression, watch, legacy)")
+	fs.StringVar(&since, "since", "", "only rows created at or after this: a duration back from now (24h) or an RFC 3339 time or date")
+	fs.IntVar(&f.Limit, "limit", f.Limit, fmt.Sprintf("most rows to requeue (1-%d)", outbox.MaxReplayLimit))
+	fs.BoolVar(&f.DryRun, "dry-run", false, "print what would be requeued without changing anything")
+	return cmd
+}
+
+// parseSince reads --since: a duration back from now, or an RFC 3339 time, or a date (UTC).
+func parseSince(s string, now time.Time) (time.Time, error) {
+	s = strings.TrimSpace(s)
+	if d, err := time.ParseDuration(s); err == nil {
+		if d <= 0 {
+			return time.Time{}, fmt.Errorf("--since: duration must be positive, got %s", s)
+		}
+		return now.Add(-d), nil
+	}
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("--since: %q is neither a duration (24h) nor an RFC 3339 time or date (2026-01-02)", s)
+}

@@ -1,0 +1,245 @@
+package relay_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+
+	"recsys/modules/relay"
+	"recsys/pkg/testutil"
+)
+
+func benchEnvInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// BenchmarkRelayThroughput drains a pre-filled outbox to the local broker and reports
+// messages per second (one drain per iteration, on a fresh database and topic).
+//
+//	go test -run '^$' -bench BenchmarkRelayThroughput -benchtime 1x -count 3 ./modules/relay/
+//
+// RELAY_BENCH_ROWS (100000), RELAY_BENCH_KEYS (10000), RELAY_BENCH_BATCH (1000),
+// RELAY_BENCH_WORKERS (2), RELAY_BENCH_RELAYS (1) and RELAY_BENCH_PAYLOAD (200 bytes) vary it.
+func BenchmarkRelayThroughput(b *testing.B) {
+	rows, keys := benchEnvInt("RELAY_BENCH_ROWS", 100_000), benchEnvInt("RELAY_BENCH_KEYS", 10_000)
+	batch, workers := benchEnvInt("RELAY_BENCH_BATCH", 1000), benchEnvInt("RELAY_BENCH_WORKERS", 2)
+	relays := benchEnvInt("RELAY_BENCH_RELAYS", 1)
+	for b.Loop() {
+		b.StopTimer()
+		e := newBenchEnv(b, 6)
+		e.fill(rows, keys, benchEnvInt("RELAY_BENCH_PAYLOAD", 200))
+		if err := e.deps("").Kafka.EnsureTopics(context.Background(), e.kcfg.TopicWatches, e.kcfg.TopicImpressions); err != nil {
+			b.Fatal(err)
+		}
+		time.Sleep(2 * time.Second)
+		cfg := relay.NewConfig()
+		cfg.BatchSize, cfg.Workers = batch, workers
+		var runs []*running
+		cpu0, db0 := processCPU(), e.backendCPU()
+		b.StartTimer()
+		start := time.Now()
+		for i := range relays {
+			runs = append(runs, e.start(cfg, fmt.Sprint("bench-", i), relay.Options{}))
+		}
+		published := func() float64 {
+			var n float64
+			for _, r := range runs {
+				n += metric(r.deps.Metrics, `reco_outbox_relay_published_total{topic="`+e.kcfg.TopicWatches+`"}`)
+			}
+			return n
+		}
+		for published() < float64(rows) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		elapsed := time.Since(start)
+		b.StopTimer()
+		// CPU spent, much less sensitive to how busy the machine is than msg/s: the database
+		// backends serving this benchmark's database, and this process (relay plus harness).
+		relayCPU := processCPU() - cpu0
+		var dbCPU time.Duration
+		for pid, t := range e.backendCPU() {
+			dbCPU += t - db0[pid]
+		}
+		for _, r := range runs {
+			logTimings(e.t, r.r.Owner(), r.deps.Metrics)
+			r.stop()
+		}
+		b.ReportMetric(float64(rows)/elapsed.Seconds(), "msg/s")
+		b.ReportMetric(dbCPU.Seconds()*1e6/float64(rows), "db_cpu_us/msg")
+		b.ReportMetric(relayCPU.Seconds()*1e6/float64(rows), "relay_cpu_us/msg")
+		b.StartTimer()
+	}
+}
+
+// BenchmarkRelayCommitToAck writes single-event transactions (INSERT + NOTIFY, autocommit)
+// at a fixed rate while a relay runs with its default settings, and reports the time from
+// each commit returning to Kafka acking the event (same process, same clock).
+//
+//	go test -run '^$' -bench BenchmarkRelayCommitToAck -benchtime 1x -count 3 ./modules/relay/
+//
+// RELAY_BENCH_RATE (1000 events/s) and RELAY_BENCH_SECONDS (10) vary it.
+func BenchmarkRelayCommitToAck(b *testing.B) {
+	rate, secs := benchEnvInt("RELAY_BENCH_RATE", 1000), benchEnvInt("RELAY_BENCH_SECONDS", 10)
+	for b.Loop() {
+		b.StopTimer()
+		e := newBenchEnv(b, 6)
+		// Long-lived topics, as in production: created, leaders settled, before the relay's
+		// writer first fetches metadata.
+		if err := e.deps("").Kafka.EnsureTopics(context.Background(), e.kcfg.TopicWatches, e.kcfg.TopicImpressions); err != nil {
+			b.Fatal(err)
+		}
+		time.Sleep(2 * time.Second)
+		cfg := relay.NewConfig()
+		w := e.deps("").Kafka.NewWriter(relay.WriterOptions(cfg))
+		rec := &ackRecorder{inner: w, acked: map[string]time.Time{}}
+		run := e.start(cfg, "bench", relay.Options{Publisher: rec})
+		waitFor(e.t, 60*time.Second, "relay ready", func() bool { return run.r.Ready(context.Background()) == nil })
+		b.StartTimer()
+
+		n := rate * secs
+		committed := make([]time.Time, n)
+		ids := make([]string, n)
+		prefix := testutil.Unique("lat")
+		jobs := make(chan int, n)
+		var wg sync.WaitGroup
+		for range 16 {
+			wg.Go(func() {
+				for i := range jobs {
+					ids[i] = prefix + "-" + strconv.Itoa(i)
+					_, err := e.pool.Exec(context.Background(), `
+WITH ins AS (
+    INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, max_attempts)
+    VALUES ($1, 'watch', $2, $3, $4, 25) RETURNING 1
+)
+SELECT pg_notify('recsys_outbox', '') FROM ins`, ids[i], e.kcfg.TopicWatches, "u"+strconv.Itoa(i%5000),
+						[]byte(`{"event_id":"`+ids[i]+`","watch_time_sec":12.5}`))
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					committed[i] = time.Now()
+				}
+			})
+		}
+		tick := time.NewTicker(time.Second / time.Duration(rate))
+		for i := range n {
+			<-tick.C
+			jobs <- i
+		}
+		tick.Stop()
+		close(jobs)
+		wg.Wait()
+		deadline := time.Now().Add(60 * time.Second)
+		for rec.count() < n {
+			if time.Now().After(deadline) {
+				b.Fatalf("%d of %d events acked after 60 s; outbox %v", rec.count(), n, e.counts())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		b.StopTimer()
+		lat := make([]float64, 0, n)
+		rec.mu.Lock()
+		for i, id := range ids {
+			if at, ok := rec.acked[id]; ok {
+				lat = append(lat, float64(at.Sub(committed[i]).Microseconds())/1000)
+			}
+		}
+		rec.mu.Unlock()
+		slices.Sort(lat)
+		q := func(p float64) float64 { return lat[int(p*float64(len(lat)-1))] }
+		b.ReportMetric(q(0.5), "p50_ms")
+		b.ReportMetric(q(0.99), "p99_ms")
+		b.ReportMetric(lat[len(lat)-1], "max_ms")
+		logTimings(e.t, "bench", run.deps.Metrics)
+		run.stop()
+		b.StartTimer()
+	}
+}
+
+// ackRecorder notes when Kafka acked each event.
+type ackRecorder struct {
+	inner relay.Publisher
+	mu    sync.Mutex
+	acked map[string]time.Time
+}
+
+func (a *ackRecorder) WriteMessages(ctx context.Context, msgs ...kafkago.Message) error {
+	err := a.inner.WriteMessages(ctx, msgs...)
+	var werrs kafkago.WriteErrors
+	if err != nil && !errors.As(err, &werrs) {
+		return err
+	}
+	now := time.Now()
+	a.mu.Lock()
+	for i, m := range msgs {
+		if werrs != nil && werrs[i] != nil {
+			continue
+		}
+		if id := header(m, "event_id"); id != "" {
+			if _, dup := a.acked[id]; !dup {
+				a.acked[id] = now
+			}
+		}
+	}
+	a.mu.Unlock()
+	return err
+}
+
+func (a *ackRecorder) Close() error { return a.inner.Close() }
+
+func (a *ackRecorder) count() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.acked)
+}
+
+// processCPU is this process' user+system CPU time.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// backendCPU returns the CPU time of each PostgreSQL backend connected to this test's
+// database, by pid (Linux /proc; clock ticks of 10 ms).
+func (e *env) backendCPU() map[int]time.Duration {
+	out := map[int]time.Duration{}
+	rows, err := e.pool.Query(context.Background(), `SELECT pid FROM pg_stat_activity WHERE datname = current_database()`)
+	if err != nil {
+		return out
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var pid int
+		if rows.Scan(&pid) != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the parenthesised command name: utime and stime are the 12th and 13th.
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+		if len(f) > 12 {
+			ut, _ := strconv.ParseInt(f[11], 10, 64)
+			st, _ := strconv.ParseInt(f[12], 10, 64)
+			out[pid] = time.Duration(ut+st) * 10 * time.Millisecond
+		}
+	}
+	return out
+}

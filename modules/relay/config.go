@@ -1,0 +1,132 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"recsys/pkg/flagenv"
+)
+
+// Config of the relay role (flags relay.*).
+type Config struct {
+	BatchSize      int
+	Workers        int
+	PollInterval   time.Duration
+	Listen         bool
+	Lease          time.Duration
+	RetryBase      time.Duration
+	RetryMax       time.Duration
+	PublishTimeout time.Duration
+	MaxBatchBytes  int64
+	ProbeInterval  time.Duration
+
+	StartupBackoff    time.Duration
+	StartupMaxRetries int
+	ShutdownTimeout   time.Duration
+
+	ReapInterval      time.Duration
+	Retention         time.Duration
+	RetentionBatch    int
+	RetentionInterval time.Duration
+
+	SnapshotInterval   time.Duration
+	SnapshotCountLimit int
+}
+
+// NewConfig returns the defaults.
+func NewConfig() *Config {
+	return &Config{
+		BatchSize:          1000,
+		Workers:            2,
+		PollInterval:       500 * time.Millisecond,
+		Listen:             true,
+		Lease:              30 * time.Second,
+		RetryBase:          time.Second,
+		RetryMax:           60 * time.Second,
+		PublishTimeout:     10 * time.Second,
+		MaxBatchBytes:      1 << 20,
+		ProbeInterval:      time.Second,
+		StartupBackoff:     2 * time.Second,
+		StartupMaxRetries:  0,
+		ShutdownTimeout:    15 * time.Second,
+		ReapInterval:       time.Second,
+		Retention:          time.Hour,
+		RetentionBatch:     5000,
+		RetentionInterval:  30 * time.Second,
+		SnapshotInterval:   5 * time.Second,
+		SnapshotCountLimit: 100_000,
+	}
+}
+
+// RegisterFlags adds the relay.* flags and the original service's variable names.
+func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
+	fs.IntVar(&c.BatchSize, "relay.batch-size", c.BatchSize, "most outbox rows claimed and published as one batch")
+	fs.IntVar(&c.Workers, "relay.workers", c.Workers, "batches in flight at once per relay process (each claims, publishes and marks its own batch)")
+	fs.DurationVar(&c.PollInterval, "relay.poll-interval", c.PollInterval, "idle wait between claims when no NOTIFY arrives; a lost notification costs at most this")
+	fs.BoolVar(&c.Listen, "relay.listen", c.Listen, "LISTEN on the recsys_outbox channel so a commit wakes the relay at once (polling stays as the fallback)")
+	fs.DurationVar(&c.Lease, "relay.lease", c.Lease, "lease on claimed rows; renewed every third of it while a batch is in flight, taken over by another relay after it expires")
+	fs.DurationVar(&c.RetryBase, "relay.retry-base", c.RetryBase, "backoff after a row's first failed attempt; doubles per attempt, with jitter")
+	fs.DurationVar(&c.RetryMax, "relay.retry-max", c.RetryMax, "longest backoff between two attempts of a row")
+	fs.DurationVar(&c.PublishTimeout, "relay.publish-timeout", c.PublishTimeout, "longest wait for Kafka to ack one batch; the batch is retried later when it passes")
+	fs.Int64Var(&c.MaxBatchBytes, "relay.max-batch-bytes", c.MaxBatchBytes, "largest produce request per partition, and so the largest message; keep it at or below the broker's message.max.bytes")
+	fs.DurationVar(&c.ProbeInterval, "relay.probe-interval", c.ProbeInterval, "while Kafka is unreachable, how often the relay probes it before claiming again (no attempts are spent meanwhile)")
+	fs.DurationVar(&c.StartupBackoff, "relay.startup-backoff", c.StartupBackoff, "wait before retrying topic provisioning at start, times the attempt number (at most 30s)")
+	fs.IntVar(&c.StartupMaxRetries, "relay.startup-max-retries", c.StartupMaxRetries, "topic provisioning attempts before the relay gives up and the process exits; 0 retries forever")
+	fs.DurationVar(&c.ShutdownTimeout, "relay.shutdown-timeout", c.ShutdownTimeout, "longest wait for in-flight batches at shutdown; unfinished rows are taken over after their lease expires")
+	fs.DurationVar(&c.ReapInterval, "relay.reap-interval", c.ReapInterval, "how often expired leases are returned to pending (or dead)")
+	fs.DurationVar(&c.Retention, "relay.retention", c.Retention, "published rows older than this are deleted; 0 keeps them forever")
+	fs.IntVar(&c.RetentionBatch, "relay.retention-batch", c.RetentionBatch, "rows deleted per retention statement")
+	fs.DurationVar(&c.RetentionInterval, "relay.retention-interval", c.RetentionInterval, "pause between retention passes")
+	fs.DurationVar(&c.SnapshotInterval, "relay.snapshot-interval", c.SnapshotInterval, "how often the backlog snapshot (gauges, /healthz) is refreshed")
+	fs.IntVar(&c.SnapshotCountLimit, "relay.snapshot-count-limit", c.SnapshotCountLimit, "backlog counts stop at this value (reported as capped) so a huge backlog is never counted in full")
+	flagenv.Alias(fs, "relay.batch-size", "OUTBOX_RELAY_BATCH_SIZE")
+	flagenv.Alias(fs, "relay.poll-interval", "OUTBOX_RELAY_POLL_INTERVAL_MS:ms")
+	flagenv.Alias(fs, "relay.lease", "OUTBOX_RELAY_LEASE_SEC:s")
+	flagenv.Alias(fs, "relay.retry-base", "OUTBOX_RELAY_BASE_RETRY_SEC:s")
+	flagenv.Alias(fs, "relay.retry-max", "OUTBOX_RELAY_MAX_RETRY_SEC:s")
+	flagenv.Alias(fs, "relay.publish-timeout", "OUTBOX_RELAY_PUBLISH_TIMEOUT_SEC:s")
+	flagenv.Alias(fs, "relay.startup-backoff", "OUTBOX_RELAY_STARTUP_BACKOFF_SEC:s")
+	flagenv.Alias(fs, "relay.startup-max-retries", "OUTBOX_RELAY_STARTUP_MAX_RETRIES")
+	flagenv.Alias(fs, "relay.shutdown-timeout", "OUTBOX_RELAY_SHUTDOWN_TIMEOUT_SEC:s")
+}
+
+// Validate reports every invalid setting, naming the flag.
+func (c *Config) Validate() error {
+	var errs []error
+	intRange := func(name string, v, lo, hi int) {
+		if v < lo || v > hi {
+			errs = append(errs, fmt.Errorf("--%s must be between %d and %d, got %d", name, lo, hi, v))
+		}
+	}
+	atLeast := func(name string, v, lo time.Duration) {
+		if v < lo {
+			errs = append(errs, fmt.Errorf("--%s must be >= %s, got %s", name, lo, v))
+		}
+	}
+	intRange("relay.batch-size", c.BatchSize, 1, 10_000)
+	intRange("relay.workers", c.Workers, 1, 64)
+	intRange("relay.startup-max-retries", c.StartupMaxRetries, 0, 1_000_000)
+	intRange("relay.retention-batch", c.RetentionBatch, 1, 100_000)
+	intRange("relay.snapshot-count-limit", c.SnapshotCountLimit, 1, 100_000_000)
+	atLeast("relay.poll-interval", c.PollInterval, 10*time.Millisecond)
+	atLeast("relay.lease", c.Lease, time.Second)
+	atLeast("relay.retry-base", c.RetryBase, time.Millisecond)
+	atLeast("relay.publish-timeout", c.PublishTimeout, 10*time.Millisecond)
+	atLeast("relay.probe-interval", c.ProbeInterval, 10*time.Millisecond)
+	atLeast("relay.startup-backoff", c.StartupBackoff, time.Millisecond)
+	atLeast("relay.shutdown-timeout", c.ShutdownTimeout, time.Millisecond)
+	atLeast("relay.reap-interval", c.ReapInterval, 10*time.Millisecond)
+	atLeast("relay.retention", c.Retention, 0)
+	atLeast("relay.retention-interval", c.RetentionInterval, 10*time.Millisecond)
+	atLeast("relay.snapshot-interval", c.SnapshotInterval, 10*time.Millisecond)
+	if c.RetryMax < c.RetryBase {
+		errs = append(errs, fmt.Errorf("--relay.retry-max (%s) must be >= --relay.retry-base (%s)", c.RetryMax, c.RetryBase))
+	}
+	if c.MaxBatchBytes < 1024 {
+		errs = append(errs, fmt.Errorf("--relay.max-batch-bytes must be >= 1024, got %d", c.MaxBatchBytes))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,86 @@
+package relay
+
+import (
+	"strconv"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"recsys/pkg/outbox"
+)
+
+// contractBucketsMS are the API contract's histogram buckets (milliseconds).
+var contractBucketsMS = []float64{10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 300000}
+
+// latencyBuckets resolve the milliseconds the relay is meant to add (seconds).
+var latencyBuckets = []float64{.001, .0025, .005, .0075, .01, .015, .02, .03, .05, .075, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+
+var batchSizeBuckets = []float64{1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000}
+
+type relayMetrics struct {
+	set *metrics.Set
+
+	eventLag    *metrics.PrometheusHistogram // contract: now - created_at at each publish attempt (ms)
+	commitToAck *metrics.PrometheusHistogram
+	batchSize   *metrics.PrometheusHistogram
+	publishDur  *metrics.PrometheusHistogram
+	claimDur    *metrics.PrometheusHistogram
+	completeDur *metrics.PrometheusHistogram
+
+	fenced    *metrics.Counter
+	leaseLost *metrics.Counter
+	dead      *metrics.Counter
+	heldBack  *metrics.Counter
+	reqd      *metrics.Counter
+	reapDead  *metrics.Counter
+	retention *metrics.Counter
+
+	pending, publishing, deadRows, oldestLag *metrics.Gauge
+}
+
+func newMetrics(set *metrics.Set) *relayMetrics {
+	m := &relayMetrics{set: set}
+	m.eventLag = set.NewPrometheusHistogramExt("reco_outbox_relay_event_lag_ms", contractBucketsMS)
+	m.commitToAck = set.NewPrometheusHistogramExt("recsys_relay_commit_to_ack_seconds", latencyBuckets)
+	m.batchSize = set.NewPrometheusHistogramExt("recsys_relay_batch_size", batchSizeBuckets)
+	m.publishDur = set.NewPrometheusHistogramExt("recsys_relay_publish_duration_seconds", latencyBuckets)
+	m.claimDur = set.NewPrometheusHistogramExt("recsys_relay_claim_duration_seconds", latencyBuckets)
+	m.completeDur = set.NewPrometheusHistogramExt("recsys_relay_complete_duration_seconds", latencyBuckets)
+	m.fenced = set.NewCounter("recsys_relay_fenced_total")
+	m.leaseLost = set.NewCounter("recsys_relay_lease_lost_total")
+	m.dead = set.NewCounter("recsys_relay_dead_total")
+	m.heldBack = set.NewCounter("recsys_relay_held_back_total")
+	m.reqd = set.NewCounter(`recsys_relay_reaped_total{outcome="requeued"}`)
+	m.reapDead = set.NewCounter(`recsys_relay_reaped_total{outcome="dead"}`)
+	m.retention = set.NewCounter("recsys_relay_retention_deleted_total")
+	m.pending = set.NewGauge(`reco_outbox_backlog_events{status="pending"}`, nil)
+	m.publishing = set.NewGauge(`reco_outbox_backlog_events{status="publishing"}`, nil)
+	m.deadRows = set.NewGauge(`reco_outbox_backlog_events{status="dead"}`, nil)
+	m.oldestLag = set.NewGauge("reco_outbox_backlog_oldest_lag_ms", nil)
+	for _, stage := range []string{"startup", "claim", "publish", "mark_failed", "process", "metrics", "stop", "stop_timeout", "renew", "reap", "retention", "listen"} {
+		m.errors(stage) // exported at 0 from the start, so rate() works from the first failure
+	}
+	return m
+}
+
+// published counts acked rows per topic (contract name).
+func (m *relayMetrics) published(topic string, n int) {
+	m.set.GetOrCreateCounter(`reco_outbox_relay_published_total{topic=` + strconv.Quote(topic) + `}`).Add(n)
+}
+
+// failed counts failed publish attempts per topic (contract name).
+func (m *relayMetrics) failed(topic string, n int) {
+	m.set.GetOrCreateCounter(`reco_outbox_relay_failed_total{topic=` + strconv.Quote(topic) + `}`).Add(n)
+}
+
+// errors counts relay errors by stage (contract name; stages renew, reap, retention and listen
+// are recsys additions).
+func (m *relayMetrics) errors(stage string) *metrics.Counter {
+	return m.set.GetOrCreateCounter(`reco_outbox_relay_errors_total{stage="` + stage + `"}`)
+}
+
+func (m *relayMetrics) backlog(b outbox.Backlog) {
+	m.pending.Set(float64(b.Pending))
+	m.publishing.Set(float64(b.Publishing))
+	m.deadRows.Set(float64(b.Dead))
+	m.oldestLag.Set(float64(b.OldestLagMS))
+}

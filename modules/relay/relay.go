@@ -1,0 +1,780 @@
+package relay
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	kafkago "github.com/segmentio/kafka-go"
+
+	"recsys/pkg/infra"
+	"recsys/pkg/kafka"
+	"recsys/pkg/module"
+	"recsys/pkg/outbox"
+)
+
+// Publisher is the part of the kafka-go Writer the relay uses.
+type Publisher interface {
+	WriteMessages(ctx context.Context, msgs ...kafkago.Message) error
+	Close() error
+}
+
+// Broker provisions topics and probes reachability.
+type Broker interface {
+	EnsureTopics(ctx context.Context, topics ...string) error
+	// Probe makes a real round trip to a broker. (kafka-go serves metadata requests from its
+	// transport's cache once the cluster was seen, so a metadata "ping" keeps succeeding
+	// while every broker is down.)
+	Probe(ctx context.Context) error
+}
+
+// kafkaBroker is the Broker of the process' Kafka client.
+type kafkaBroker struct{ c *kafka.Client }
+
+// EnsureTopics creates the missing topics and waits until every partition has a leader: a
+// writer that fetched metadata before the election would get NotLeaderForPartition for the
+// writer's whole metadata TTL.
+func (b kafkaBroker) EnsureTopics(ctx context.Context, topics ...string) error {
+	if err := b.c.EnsureTopics(ctx, topics...); err != nil {
+		return err
+	}
+	d := &kafkago.Dialer{ClientID: b.c.ClientID, Timeout: time.Second}
+	for {
+		err := leadersElected(ctx, d, b.c.Brokers, topics)
+		if err == nil {
+			return nil
+		}
+		if !sleep(ctx, 100*time.Millisecond) {
+			return fmt.Errorf("wait for partition leaders: %w", err)
+		}
+	}
+}
+
+func leadersElected(ctx context.Context, d *kafkago.Dialer, brokers, topics []string) error {
+	var errs []error
+	for _, addr := range brokers {
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+		parts, err := conn.ReadPartitions(topics...)
+		conn.Close()
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, p := range parts {
+			if p.Leader.Host == "" || p.Leader.ID < 0 {
+				return fmt.Errorf("topic %s partition %d has no leader yet", p.Topic, p.ID)
+			}
+		}
+		return nil
+	}
+	return errors.Join(errs...)
+}
+
+// Probe opens a new connection to each broker in turn until one answers an ApiVersions
+// request.
+func (b kafkaBroker) Probe(ctx context.Context) error {
+	d := &kafkago.Dialer{ClientID: b.c.ClientID, Timeout: time.Second}
+	var errs []error
+	for _, addr := range b.c.Brokers {
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			_ = conn.SetDeadline(time.Now().Add(time.Second))
+			_, err = conn.ApiVersions()
+			conn.Close()
+		}
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("probe kafka broker %s: %w", addr, err))
+	}
+	return errors.Join(errs...)
+}
+
+// Options replace the relay's Kafka side (tests wrap the real writer to stop at a chosen
+// moment) and name its lease owner. Zero fields use deps.
+type Options struct {
+	Publisher Publisher
+	Broker    Broker
+	Owner     string
+}
+
+// Relay moves event_outbox rows to Kafka. See the package doc.
+type Relay struct {
+	cfg     *Config
+	log     *slog.Logger
+	pool    *pgxpool.Pool
+	store   *outbox.Store
+	pub     Publisher
+	broker  Broker
+	topics  []string
+	owner   string
+	backoff outbox.Backoff
+	m       *relayMetrics
+
+	// kick wakes one idle worker: a NOTIFY, or a worker that found a backlog.
+	kick chan struct{}
+	// startupErr is the last topic provisioning error; nil once topics are provisioned.
+	startupErr  atomic.Pointer[error]
+	provisioned atomic.Bool
+	// down is set while Kafka looks unreachable (a whole batch failed); workers probe before
+	// claiming again, so an outage does not spend the rows' attempts.
+	down atomic.Pointer[error]
+	snap atomic.Pointer[snapState]
+}
+
+type snapState struct {
+	b   outbox.Backlog
+	err error
+	at  time.Time
+}
+
+var (
+	_ module.Readier        = (*Relay)(nil)
+	_ module.HealthReporter = (*Relay)(nil)
+)
+
+// NewRelay wires a relay. It starts nothing and opens no connection.
+func NewRelay(cfg *Config, d infra.Deps, o Options) (*Relay, error) {
+	if d.PG == nil {
+		return nil, errors.New("relay needs PostgreSQL")
+	}
+	if d.Kafka == nil && (o.Publisher == nil || o.Broker == nil) {
+		return nil, errors.New("relay needs Kafka")
+	}
+	r := &Relay{
+		cfg: cfg, log: d.Log, pool: d.PG, store: outbox.NewStore(d.PG),
+		pub: o.Publisher, broker: o.Broker, owner: o.Owner,
+		backoff: outbox.Backoff{Base: cfg.RetryBase, Max: cfg.RetryMax},
+		m:       newMetrics(d.Metrics),
+		kick:    make(chan struct{}, 1),
+	}
+	if r.log == nil {
+		r.log = slog.Default()
+	}
+	if d.Kafka != nil {
+		r.topics = []string{d.Kafka.TopicImpressions, d.Kafka.TopicWatches}
+		if r.pub == nil {
+			r.pub = d.Kafka.NewWriter(WriterOptions(cfg))
+		}
+		if r.broker == nil {
+			r.broker = kafkaBroker{c: d.Kafka}
+		}
+	}
+	if r.owner == "" {
+		host, _ := os.Hostname()
+		var b [3]byte
+		_, _ = rand.Read(b[:])
+		r.owner = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+	}
+	return r, nil
+}
+
+// WriterOptions size the kafka-go Writer for the relay. One produce request per partition can
+// hold every worker's batch, so a unit's rows in one batch are normally appended together or
+// not at all. The relay batches by itself, so the writer need not linger: kafka-go appends a
+// call's messages for a partition under the partition's lock, and the batch timer can only
+// flush once the whole call is in, so a tiny BatchTimeout sends each call's messages at once
+// instead of after kafka-go's wait.
+func WriterOptions(cfg *Config) kafka.WriterOptions {
+	return kafka.WriterOptions{BatchSize: cfg.BatchSize * cfg.Workers, BatchBytes: cfg.MaxBatchBytes,
+		BatchTimeout: 100 * time.Microsecond}
+}
+
+// Owner is the lease owner name this relay writes into claimed rows.
+func (r *Relay) Owner() string { return r.owner }
+
+// Run provisions the topics, then claims and publishes until ctx is cancelled; batches in
+// flight at that moment are finished (acked and recorded) within --relay.shutdown-timeout.
+func (r *Relay) Run(ctx context.Context) error {
+	r.log.InfoContext(ctx, "relay starting", "owner", r.owner, "workers", r.cfg.Workers, "batch_size", r.cfg.BatchSize,
+		"topics", r.topics, "listen", r.cfg.Listen)
+	var bg sync.WaitGroup
+	defer bg.Wait()
+	bgCtx, stopBg := context.WithCancel(ctx)
+	defer stopBg()
+	if r.cfg.Listen {
+		bg.Go(func() { r.listen(bgCtx) })
+	}
+	bg.Go(func() { r.every(bgCtx, r.cfg.SnapshotInterval, func(ctx context.Context) { r.refreshSnapshot(ctx) }) })
+	if err := r.provision(ctx); err != nil {
+		r.closePublisher(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	bg.Go(func() { r.every(bgCtx, r.cfg.ReapInterval, r.reap) })
+	if r.cfg.Retention > 0 {
+		bg.Go(func() { r.every(bgCtx, r.cfg.RetentionInterval, r.retain) })
+	}
+	var workers sync.WaitGroup
+	for i := range r.cfg.Workers {
+		workers.Go(func() { r.work(ctx, i) })
+	}
+	<-ctx.Done()
+	drained := make(chan struct{})
+	go func() { workers.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(r.cfg.ShutdownTimeout):
+		r.m.errors("stop_timeout").Inc()
+		r.log.Warn("relay stop timed out, leaving batches in flight to lease expiry", "timeout_s", r.cfg.ShutdownTimeout.Seconds())
+	}
+	r.closePublisher(ctx)
+	r.log.Info("relay stopped", "owner", r.owner)
+	return nil
+}
+
+func (r *Relay) closePublisher(ctx context.Context) {
+	if err := r.pub.Close(); err != nil {
+		r.m.errors("stop").Inc()
+		r.log.WarnContext(ctx, "close kafka writer", "err", err)
+	}
+}
+
+// Ready fails until the topics are provisioned and while Kafka looks unreachable.
+func (r *Relay) Ready(context.Context) error {
+	if !r.provisioned.Load() {
+		if p := r.startupErr.Load(); p != nil {
+			return fmt.Errorf("kafka topics not provisioned: %w", *p)
+		}
+		return errors.New("kafka topics not provisioned yet")
+	}
+	if p := r.down.Load(); p != nil {
+		return fmt.Errorf("kafka unreachable: %w", *p)
+	}
+	return nil
+}
+
+// HealthDetails adds the outbox snapshot to /healthz and /readyz in the contract's shape.
+func (r *Relay) HealthDetails(ctx context.Context) map[string]any {
+	s := r.snap.Load()
+	if s == nil || time.Since(s.at) > 2*r.cfg.SnapshotInterval+time.Second {
+		s = r.refreshSnapshot(ctx)
+	}
+	var ob any = s.b
+	if s.err != nil {
+		ob = map[string]string{"error": s.err.Error()}
+	}
+	return map[string]any{"event_backbone": map[string]any{"mode": "transactional_outbox", "outbox": ob}}
+}
+
+// provision creates the topics, retrying until Kafka answers (or the retries are used up).
+func (r *Relay) provision(ctx context.Context) error {
+	for attempt := 1; ; attempt++ {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := r.broker.EnsureTopics(cctx, r.topics...)
+		cancel()
+		if err == nil {
+			r.provisioned.Store(true)
+			r.startupErr.Store(nil)
+			r.log.InfoContext(ctx, "kafka topics ready", "topics", r.topics)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		r.startupErr.Store(&err)
+		r.m.errors("startup").Inc()
+		if r.cfg.StartupMaxRetries > 0 && attempt >= r.cfg.StartupMaxRetries {
+			return fmt.Errorf("provision kafka topics (%d attempts): %w", attempt, err)
+		}
+		wait := min(r.cfg.StartupBackoff*time.Duration(attempt), 30*time.Second)
+		r.log.WarnContext(ctx, "provision kafka topics, retrying", "err", err, "attempt", attempt, "retry_in_s", wait.Seconds())
+		if !sleep(ctx, wait) {
+			return ctx.Err()
+		}
+	}
+}
+
+// maxEmptyWindows bounds how many windows a worker looks through, while the front of the
+// queue is blocked, before it waits for a wake-up.
+const maxEmptyWindows = 8
+
+func (r *Relay) work(ctx context.Context, id int) {
+	var after int64
+	empty := 0
+	for ctx.Err() == nil {
+		if !r.awaitBroker(ctx) {
+			return
+		}
+		start := time.Now()
+		c, err := r.store.Claim(ctx, outbox.ClaimRequest{Owner: r.owner, Limit: r.cfg.BatchSize, Lease: r.cfg.Lease, After: after})
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			r.m.errors("claim").Inc()
+			r.log.WarnContext(ctx, "claim outbox batch, retrying after the poll interval", "err", err, "worker", id)
+			sleep(ctx, r.cfg.PollInterval)
+			continue
+		}
+		r.m.claimDur.UpdateDuration(start)
+		after = c.NextAfter(r.cfg.BatchSize)
+		if len(c.Rows) == 0 {
+			if empty++; after != 0 && empty < maxEmptyWindows {
+				continue
+			}
+			empty = 0
+			r.idle(ctx)
+			continue
+		}
+		empty = 0
+		if len(c.Rows) == r.cfg.BatchSize || after != 0 {
+			r.wake() // there is a backlog: get another worker going
+		}
+		r.process(ctx, c)
+	}
+}
+
+// idle waits for a NOTIFY (or a busy worker's kick) or the poll interval.
+func (r *Relay) idle(ctx context.Context) {
+	t := time.NewTimer(r.cfg.PollInterval)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-r.kick:
+	case <-t.C:
+	}
+}
+
+func (r *Relay) wake() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// awaitBroker returns at once while Kafka is reachable; after a batch failed as a whole it
+// probes Kafka until it answers, so an outage costs no attempts beyond the first batch.
+func (r *Relay) awaitBroker(ctx context.Context) bool {
+	for {
+		p := r.down.Load()
+		if p == nil {
+			return true
+		}
+		err := r.broker.Probe(ctx)
+		if err == nil {
+			if r.down.CompareAndSwap(p, nil) {
+				r.log.InfoContext(ctx, "kafka reachable again, resuming")
+			}
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		if !sleep(ctx, r.cfg.ProbeInterval) {
+			return false
+		}
+	}
+}
+
+// process publishes one claimed batch and records the outcome. It runs to the end even when
+// ctx is cancelled (shutdown), so rows Kafka acked are marked instead of being published
+// again by another relay after the lease.
+func (r *Relay) process(ctx context.Context, c *outbox.Claim) {
+	bctx := context.WithoutCancel(ctx)
+	r.m.batchSize.Update(float64(len(c.Rows)))
+	stopRenew := r.renewWhileInFlight(bctx, c)
+	results := r.publish(bctx, c)
+	stopRenew()
+	ackAt := time.Since(c.ClaimedAt)
+
+	outcomes := outbox.Settle(c.Rows, results, r.backoff)
+	failedByTopic := map[string]int{}
+	ackedByTopic := map[string]int{}
+	// allFailed: nothing in the batch got an answer from Kafka, which then looks unreachable.
+	allFailed, anyFailed := true, false
+	var firstErr error
+	for i, o := range outcomes {
+		row, res := c.Rows[i], results[c.Rows[i].ID]
+		if res.Err != nil {
+			failedByTopic[row.Topic]++
+			anyFailed = true
+			if firstErr == nil {
+				firstErr = res.Err
+			}
+			if res.Permanent || brokerAnswered(res.Err) {
+				allFailed = false
+			}
+		} else if !res.NotSent {
+			allFailed = false
+			ackedByTopic[row.Topic]++
+			r.m.commitToAck.Update((row.AgeAtClaim + ackAt).Seconds())
+		}
+		switch {
+		case o.Status == outbox.StatusDead:
+			r.m.dead.Inc()
+		case o.Refund:
+			r.m.heldBack.Inc()
+		}
+	}
+	for t, n := range ackedByTopic {
+		r.m.published(t, n)
+	}
+	for t, n := range failedByTopic {
+		r.m.failed(t, n)
+	}
+	if anyFailed {
+		r.m.errors("publish").Inc()
+		r.log.WarnContext(ctx, "publish outbox batch", "err", firstErr, "batch_size", len(c.Rows),
+			"failed", len(outcomes)-sum(ackedByTopic), "mitigation", "failed rows retry with backoff, later rows of their keys wait")
+		if allFailed {
+			r.markDown(ctx, firstErr)
+		}
+	} else {
+		r.down.Store(nil)
+	}
+	r.complete(bctx, c, outcomes, anyFailed)
+}
+
+func sum(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+// brokerAnswered reports an error code sent by a broker (e.g. an unknown topic), as opposed to
+// a connection failure or a timeout.
+func brokerAnswered(err error) bool {
+	var ke kafkago.Error
+	return errors.As(err, &ke)
+}
+
+func (r *Relay) markDown(ctx context.Context, err error) {
+	if r.down.Swap(&err) == nil {
+		r.log.WarnContext(ctx, "kafka looks unreachable, pausing claims until it answers", "err", err)
+	}
+}
+
+// complete records the outcomes, retrying a few times on a database error. Rows whose outcome
+// cannot be recorded stay leased and are retried after the lease expires (acked ones are then
+// published twice: at-least-once).
+func (r *Relay) complete(ctx context.Context, c *outbox.Claim, outcomes []outbox.Outcome, anyFailed bool) {
+	for attempt := 1; ; attempt++ {
+		start := time.Now()
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		done, err := r.store.Complete(cctx, c, outcomes)
+		cancel()
+		if err == nil {
+			r.m.completeDur.UpdateDuration(start)
+			if done.Fenced > 0 {
+				r.m.fenced.Add(done.Fenced)
+				r.log.WarnContext(ctx, "outbox lease lost before recording the outcome", "rows", done.Fenced,
+					"mitigation", "the rows' new owner publishes them (duplicates possible)")
+			}
+			return
+		}
+		stage := "process"
+		if anyFailed {
+			stage = "mark_failed"
+		}
+		r.m.errors(stage).Inc()
+		if attempt == 3 {
+			r.log.ErrorContext(ctx, "record outbox batch outcome", "err", err, "rows", len(outcomes),
+				"mitigation", "rows are retried after their lease expires")
+			return
+		}
+		time.Sleep(time.Duration(attempt) * 200 * time.Millisecond)
+	}
+}
+
+// renewWhileInFlight extends the lease every third of its length until stop is called.
+func (r *Relay) renewWhileInFlight(ctx context.Context, c *outbox.Claim) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(c.Lease / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				cctx, cancel := context.WithTimeout(ctx, c.Lease/3)
+				n, err := r.store.Renew(cctx, c)
+				cancel()
+				if err != nil {
+					r.m.errors("renew").Inc()
+					r.log.WarnContext(ctx, "renew outbox lease", "err", err, "rows", len(c.Rows))
+					continue
+				}
+				if lost := len(c.Rows) - n; lost > 0 {
+					r.m.leaseLost.Add(lost)
+					r.log.WarnContext(ctx, "outbox lease lost while publishing", "rows", lost,
+						"mitigation", "their outcome will be fenced off; the new owner publishes them")
+				}
+			}
+		}
+	})
+	return func() { close(done); wg.Wait() }
+}
+
+// publish sends the batch, one WriteMessages call per topic (a missing topic fails only its
+// own rows), and returns the rows that did not succeed.
+func (r *Relay) publish(ctx context.Context, c *outbox.Claim) map[int64]outbox.Result {
+	byTopic := map[string][]outbox.Row{}
+	var order []string
+	for _, row := range c.Rows {
+		if _, ok := byTopic[row.Topic]; !ok {
+			order = append(order, row.Topic)
+		}
+		byTopic[row.Topic] = append(byTopic[row.Topic], row)
+	}
+	sinceClaim := time.Since(c.ClaimedAt)
+	for _, row := range c.Rows {
+		r.m.eventLag.Update(float64((row.AgeAtClaim + sinceClaim).Milliseconds()))
+	}
+	start := time.Now()
+	defer r.m.publishDur.UpdateDuration(start)
+	if len(order) == 1 {
+		return r.publishTopic(ctx, byTopic[order[0]])
+	}
+	var mu sync.Mutex
+	results := map[int64]outbox.Result{}
+	var wg sync.WaitGroup
+	for _, t := range order {
+		wg.Go(func() {
+			res := r.publishTopic(ctx, byTopic[t])
+			mu.Lock()
+			defer mu.Unlock()
+			for id, v := range res {
+				results[id] = v
+			}
+		})
+	}
+	wg.Wait()
+	return results
+}
+
+const headerOutboxID = "outbox_id"
+
+func message(row outbox.Row) kafkago.Message {
+	h := []kafkago.Header{
+		{Key: "event_id", Value: []byte(row.EventID)},
+		{Key: "event_type", Value: []byte(row.EventType)},
+		{Key: "schema_version", Value: []byte(strconv.Itoa(int(row.SchemaVersion)))},
+		{Key: headerOutboxID, Value: []byte(strconv.FormatInt(row.ID, 10))},
+	}
+	if row.CorrelationID != "" {
+		h = append(h, kafkago.Header{Key: "correlation_id", Value: []byte(row.CorrelationID)})
+	}
+	return kafkago.Message{Topic: row.Topic, Key: []byte(row.Key), Value: row.Payload, Headers: h}
+}
+
+func outboxID(m kafkago.Message) int64 {
+	for _, h := range m.Headers {
+		if h.Key == headerOutboxID {
+			id, _ := strconv.ParseInt(string(h.Value), 10, 64)
+			return id
+		}
+	}
+	return 0
+}
+
+// publishTopic writes rows of one topic. A message larger than the writer accepts fails the
+// whole call before anything is sent: it is taken out (dead: retrying cannot fix it), the
+// later rows of its unit are held back unsent, and the rest is sent again.
+func (r *Relay) publishTopic(ctx context.Context, rows []outbox.Row) map[int64]outbox.Result {
+	results := map[int64]outbox.Result{}
+	send := rows
+	for len(send) > 0 {
+		msgs := make([]kafkago.Message, len(send))
+		for i, row := range send {
+			msgs[i] = message(row)
+		}
+		cctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
+		err := r.pub.WriteMessages(cctx, msgs...)
+		cancel()
+		if err == nil {
+			return results
+		}
+		var tooLarge kafkago.MessageTooLargeError
+		var werrs kafkago.WriteErrors
+		switch {
+		case errors.As(err, &tooLarge):
+			bad := outboxID(tooLarge.Message)
+			var next []outbox.Row
+			var held *outbox.Unit
+			for _, row := range send {
+				switch {
+				case row.ID == bad:
+					results[row.ID] = outbox.Result{Permanent: true,
+						Err: fmt.Errorf("message of %d bytes is larger than --relay.max-batch-bytes (%d): %w", len(row.Payload), r.cfg.MaxBatchBytes, err)}
+					u := row.Unit()
+					held = &u
+				case held != nil && row.Unit() == *held:
+					results[row.ID] = outbox.Result{NotSent: true}
+				default:
+					next = append(next, row)
+				}
+			}
+			if held == nil { // cannot tell which message: fail the call's rows
+				for _, row := range send {
+					results[row.ID] = outbox.Result{Err: err}
+				}
+				return results
+			}
+			send = next
+		case errors.As(err, &werrs):
+			for i, e := range werrs {
+				if e != nil && i < len(send) {
+					results[send[i].ID] = outbox.Result{Err: e, Permanent: errors.Is(e, kafkago.MessageSizeTooLarge)}
+				}
+			}
+			return results
+		default:
+			for _, row := range send {
+				results[row.ID] = outbox.Result{Err: err}
+			}
+			return results
+		}
+	}
+	return results
+}
+
+// every runs fn now and then every interval until ctx is done.
+func (r *Relay) every(ctx context.Context, interval time.Duration, fn func(context.Context)) {
+	for {
+		fn(ctx)
+		if !sleep(ctx, interval) {
+			return
+		}
+	}
+}
+
+func (r *Relay) refreshSnapshot(ctx context.Context) *snapState {
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	b, err := outbox.SnapshotLimit(cctx, r.pool, r.cfg.SnapshotCountLimit)
+	s := &snapState{b: b, err: err, at: time.Now()}
+	if err != nil {
+		if ctx.Err() != nil {
+			return s
+		}
+		r.m.errors("metrics").Inc()
+		r.log.WarnContext(ctx, "outbox snapshot", "err", err)
+	} else {
+		r.m.backlog(b)
+	}
+	r.snap.Store(s)
+	return s
+}
+
+// reapBatch bounds one reap statement.
+const reapBatch = 1000
+
+func (r *Relay) reap(ctx context.Context) {
+	for ctx.Err() == nil {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		got, err := r.store.Reap(cctx, reapBatch, r.backoff)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				r.m.errors("reap").Inc()
+				r.log.WarnContext(ctx, "reap expired outbox leases", "err", err)
+			}
+			return
+		}
+		if got.Requeued+got.Dead > 0 {
+			r.m.reqd.Add(got.Requeued)
+			r.m.reapDead.Add(got.Dead)
+			r.log.WarnContext(ctx, "reclaimed outbox rows whose lease expired", "requeued", got.Requeued, "dead", got.Dead)
+			r.wake()
+		}
+		if got.Requeued+got.Dead < reapBatch {
+			return
+		}
+	}
+	return
+}
+
+func (r *Relay) retain(ctx context.Context) {
+	for ctx.Err() == nil {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		n, err := r.store.DeletePublished(cctx, r.cfg.Retention, r.cfg.RetentionBatch)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				r.m.errors("retention").Inc()
+				r.log.WarnContext(ctx, "delete published outbox rows", "err", err)
+			}
+			return
+		}
+		r.m.retention.Add(n)
+		if n < r.cfg.RetentionBatch {
+			return
+		}
+	}
+	return
+}
+
+// listen turns NOTIFY recsys_outbox into wake-ups on a dedicated connection, reconnecting
+// with backoff; polling covers the gaps.
+func (r *Relay) listen(ctx context.Context) {
+	wait := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := r.listenOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(start) > time.Minute {
+			wait = 100 * time.Millisecond
+		}
+		r.m.errors("listen").Inc()
+		r.log.WarnContext(ctx, "listen for outbox notifications", "err", err, "retry_in_s", wait.Seconds(),
+			"mitigation", "polling every --relay.poll-interval meanwhile")
+		if !sleep(ctx, wait) {
+			return
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+func (r *Relay) listenOnce(ctx context.Context) error {
+	conn, err := pgx.ConnectConfig(ctx, r.pool.Config().ConnConfig.Copy())
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, "LISTEN "+outbox.Channel); err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	r.wake() // rows committed while nobody listened
+	for {
+		if _, err := conn.WaitForNotification(ctx); err != nil {
+			return fmt.Errorf("wait for notification: %w", err)
+		}
+		r.wake()
+	}
+}
+
+// sleep waits d or until ctx is done; it reports whether the full wait elapsed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

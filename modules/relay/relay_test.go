@@ -1,0 +1,618 @@
+package relay_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	kafkago "github.com/segmentio/kafka-go"
+
+	"recsys/modules/relay"
+	"recsys/pkg/infra"
+	"recsys/pkg/kafka"
+	"recsys/pkg/outbox"
+	"recsys/pkg/testutil"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		os.Exit(runChild())
+	}
+	os.Exit(m.Run())
+}
+
+func (e *env) insertRow(eventType, topic, key string, payload []byte, maxAttempts int) int64 {
+	e.t.Helper()
+	var id int64
+	err := e.pool.QueryRow(context.Background(), `
+INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, max_attempts)
+VALUES ($1, $2, $3, $4, $5, $6) RETURNING id`,
+		testutil.Unique("ev-"), eventType, topic, key, payload, maxAttempts).Scan(&id)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return id
+}
+
+func (e *env) row(id int64) (status string, attempts int, lastErr string) {
+	e.t.Helper()
+	var le *string
+	if err := e.pool.QueryRow(context.Background(), `SELECT status, attempts, last_error FROM event_outbox WHERE id = $1`, id).
+		Scan(&status, &attempts, &le); err != nil {
+		e.t.Fatal(err)
+	}
+	if le != nil {
+		lastErr = *le
+	}
+	return
+}
+
+func waitReady(t testing.TB, r *relay.Relay) {
+	t.Helper()
+	waitFor(t, 60*time.Second, "relay ready", func() bool { return r.Ready(context.Background()) == nil })
+}
+
+// A commit wakes the relay through LISTEN/NOTIFY (the poll interval is a minute here, so only
+// the notification can explain a prompt publish), and every message carries the key and the
+// headers of the contract.
+func TestRelayPublishesOnNotifyWithKeyAndHeaders(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testutil.KafkaBrokers(t), 3)
+	cfg := testConfig()
+	cfg.PollInterval = time.Minute
+	run := e.start(cfg, "r1", relay.Options{})
+	waitReady(t, run.r)
+	time.Sleep(300 * time.Millisecond) // let the start-up claims go idle
+	ids := e.insert(50, 7, 5)
+	e.waitPublished(50, 20*time.Second)
+
+	got := readTopic(t, e.brokers, e.kcfg.TopicWatches)
+	if d, dups := got.distinct(); d != 50 || dups != 0 {
+		t.Fatalf("consumed %d distinct event ids and %d duplicates, want 50 and 0", d, dups)
+	}
+	want := map[string]int{}
+	for i, id := range ids {
+		want[id] = i
+	}
+	for _, m := range got.all() {
+		id := header(m, "event_id")
+		i, ok := want[id]
+		if !ok {
+			t.Fatalf("unexpected event_id %q", id)
+		}
+		if key := fmt.Sprint("u", i%7); string(m.Key) != key {
+			t.Errorf("%s: key %q, want the user id %q", id, m.Key, key)
+		}
+		if !strings.Contains(string(m.Value), id) {
+			t.Errorf("%s: value %s is not the payload", id, m.Value)
+		}
+		for h, v := range map[string]string{"event_type": "watch", "schema_version": "1", "correlation_id": "corr-" + id} {
+			if header(m, h) != v {
+				t.Errorf("%s: header %s = %q, want %q", id, h, header(m, h), v)
+			}
+		}
+		if _, err := strconv.ParseInt(header(m, "outbox_id"), 10, 64); err != nil {
+			t.Errorf("%s: outbox_id header %q", id, header(m, "outbox_id"))
+		}
+	}
+	set := run.deps.Metrics
+	if v := metric(set, `reco_outbox_relay_published_total{topic="`+e.kcfg.TopicWatches+`"}`); v != 50 {
+		t.Errorf("published_total = %v, want 50", v)
+	}
+	if v := metric(set, "recsys_relay_commit_to_ack_seconds_count"); v != 50 {
+		t.Errorf("commit_to_ack count = %v, want 50", v)
+	}
+	if v := metric(set, "reco_outbox_relay_event_lag_ms_count"); v != 50 {
+		t.Errorf("event_lag count = %v, want 50", v)
+	}
+	waitFor(t, 5*time.Second, "snapshot showing 50 published", func() bool {
+		eb := run.r.HealthDetails(context.Background())["event_backbone"].(map[string]any)
+		b, ok := eb["outbox"].(outbox.Backlog)
+		return eb["mode"] == "transactional_outbox" && ok && b.Published == 50 && b.Pending == 0
+	})
+	if v := metric(set, `reco_outbox_backlog_events{status="pending"}`); v != 0 {
+		t.Errorf("pending gauge = %v", v)
+	}
+}
+
+// Kafka stops mid-stream: rows stay pending (the batch in flight backs off; the relay stops
+// claiming while probing, so attempts are not spent), readiness reports it, and once Kafka is
+// back every row is published: the consumer sees exactly the rows written.
+func TestRelaySurvivesBrokerOutage(t *testing.T) {
+	t.Parallel()
+	pk := testutil.StartPrivate(t, "kafka")
+	e := newEnv(t, []string{pk.Addr}, 3)
+	run := e.start(testConfig(), "r1", relay.Options{})
+	waitReady(t, run.r)
+
+	written := 0
+	write := func(batches int) {
+		for range batches {
+			e.insert(20, 50, 25)
+			written += 20
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	write(20)
+	e.waitPublished(200, 30*time.Second)
+
+	pk.Stop()
+	write(20) // keeps arriving during the outage
+	waitFor(t, 30*time.Second, "readiness to report Kafka unreachable", func() bool {
+		err := run.r.Ready(context.Background())
+		return err != nil && strings.Contains(err.Error(), "unreachable")
+	})
+	var retrying, maxAttempts int
+	if err := e.pool.QueryRow(context.Background(), `
+SELECT count(*) FILTER (WHERE status = 'pending' AND attempts >= 1 AND last_error IS NOT NULL), coalesce(max(attempts), 0)
+FROM event_outbox`).Scan(&retrying, &maxAttempts); err != nil {
+		t.Fatal(err)
+	}
+	if retrying == 0 {
+		t.Fatalf("no pending row with a failed attempt during the outage: %v", e.counts())
+	}
+	time.Sleep(time.Second) // the outage goes on: attempts must not keep growing
+	var maxAfter int
+	if err := e.pool.QueryRow(context.Background(), `SELECT max(attempts) FROM event_outbox`).Scan(&maxAfter); err != nil {
+		t.Fatal(err)
+	}
+	if maxAfter > maxAttempts+1 {
+		t.Fatalf("attempts grew from %d to %d in 1 s of outage: the relay spends attempts instead of probing", maxAttempts, maxAfter)
+	}
+	t.Logf("during the outage: %v, %d rows retrying with backoff, max attempts %d", e.counts(), retrying, maxAfter)
+
+	pk.Start()
+	write(10)
+	e.waitPublished(written, 90*time.Second)
+	c := e.counts()
+	if c["dead"] != 0 || c["published"] != written {
+		t.Fatalf("after recovery: %v, want all %d published", c, written)
+	}
+	got := readTopic(t, e.brokers, e.kcfg.TopicWatches)
+	d, dups := got.distinct()
+	t.Logf("consumer read %d distinct event ids (%d duplicates) for %d rows written", d, dups, written)
+	if d != written {
+		t.Fatalf("consumer saw %d distinct event ids, want %d", d, written)
+	}
+	waitReady(t, run.r)
+}
+
+const childEnv = "RECSYS_RELAY_TEST_CHILD"
+
+// runChild is the relay process of TestRelayKill9MidBatch: a real relay whose Kafka writer
+// announces the Nth acked batch on stdout and then hangs before returning, so the parent
+// kills it while that batch is acked by Kafka but not yet recorded: the worst moment.
+func runChild() int {
+	get := func(k string) string { return os.Getenv(childEnv + "_" + k) }
+	hangAfter, _ := strconv.Atoi(get("HANG_AFTER"))
+	kc := kafka.DefaultConfig()
+	kc.Brokers = strings.Split(get("BROKERS"), ",")
+	kc.RequestTimeout = 5 * time.Second
+	kc.TopicWatches, kc.TopicImpressions = get("WATCHES"), get("IMPRESSIONS")
+	pool, err := pgxpool.New(context.Background(), get("DSN"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "child:", err)
+		return 2
+	}
+	cfg := testConfig()
+	cfg.Workers = 1
+	cfg.BatchSize = 100
+	kcl := kafka.New(kc)
+	d := infra.Deps{Name: "relay", Log: slog.New(slog.NewTextHandler(os.Stderr, nil)), Metrics: metrics.NewSet(),
+		PG: pool, Kafka: kcl, Config: infra.Config{Kafka: kc}}
+	w := kcl.NewWriter(relay.WriterOptions(cfg))
+	r, err := relay.NewRelay(cfg, d, relay.Options{Publisher: &hangingPublisher{inner: w, after: int32(hangAfter)}, Owner: "child"})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "child:", err)
+		return 2
+	}
+	if err := r.Run(context.Background()); err != nil {
+		fmt.Fprintln(os.Stderr, "child:", err)
+		return 1
+	}
+	return 0
+}
+
+type hangingPublisher struct {
+	inner relay.Publisher
+	after int32
+	n     atomic.Int32
+}
+
+func (p *hangingPublisher) WriteMessages(ctx context.Context, msgs ...kafkago.Message) error {
+	if err := p.inner.WriteMessages(ctx, msgs...); err != nil {
+		return err
+	}
+	if p.n.Add(1) == p.after {
+		fmt.Printf("ACKED %d\n", len(msgs))
+		select {} // acked, never recorded: wait for SIGKILL
+	}
+	return nil
+}
+
+func (p *hangingPublisher) Close() error { return p.inner.Close() }
+
+// kill -9 of a relay mid-batch: its acked-but-unrecorded batch stays leased until the lease
+// expires, then another relay publishes it and everything after it. Delivery is at-least-once:
+// the duplicates are exactly the batch that was in flight, bounded by the batch size.
+func TestRelayKill9MidBatch(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testutil.KafkaBrokers(t), 3)
+	if err := e.deps("").Kafka.EnsureTopics(context.Background(), e.kcfg.TopicWatches, e.kcfg.TopicImpressions); err != nil {
+		t.Fatal(err)
+	}
+	const rows, batch = 1000, 100
+	e.insert(rows, 37, 5)
+
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"=1", childEnv+"_DSN="+e.dsn, childEnv+"_BROKERS="+strings.Join(e.brokers, ","),
+		childEnv+"_WATCHES="+e.kcfg.TopicWatches, childEnv+"_IMPRESSIONS="+e.kcfg.TopicImpressions, childEnv+"_HANG_AFTER=3")
+	cmd.Stderr = &testWriter{t: t, prefix: "child: "}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	acked := make(chan int, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if n, ok := strings.CutPrefix(sc.Text(), "ACKED "); ok {
+				v, _ := strconv.Atoi(n)
+				acked <- v
+				return
+			}
+		}
+		close(acked)
+	}()
+	var inFlight int
+	select {
+	case n, ok := <-acked:
+		if !ok {
+			_ = cmd.Wait()
+			t.Fatal("child relay exited before acking its third batch")
+		}
+		inFlight = n
+	case <-time.After(60 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatal("child relay did not ack its third batch")
+	}
+	if err := cmd.Process.Signal(os.Kill); err != nil { // SIGKILL: no shutdown path runs
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	c := e.counts()
+	t.Logf("after kill -9: %v (batch of %d acked by Kafka, not recorded)", c, inFlight)
+	if c["publishing"] != inFlight || c["published"] != 2*batch {
+		t.Fatalf("after the kill: %v, want %d published and the %d-row batch in flight still leased", c, 2*batch, inFlight)
+	}
+
+	run := e.start(testConfig(), "successor", relay.Options{})
+	e.waitPublished(rows, 60*time.Second)
+	got := readTopic(t, e.brokers, e.kcfg.TopicWatches)
+	d, dups := got.distinct()
+	t.Logf("consumer read %d distinct event ids and %d duplicates (in-flight batch %d, batch size %d)", d, dups, inFlight, batch)
+	if d != rows {
+		t.Fatalf("consumer saw %d distinct event ids, want %d", d, rows)
+	}
+	if dups != inFlight || dups > batch {
+		t.Fatalf("%d duplicates, want exactly the in-flight batch (%d), at most the batch size %d", dups, inFlight, batch)
+	}
+	var twice int
+	if err := e.pool.QueryRow(context.Background(), `SELECT count(*) FROM event_outbox WHERE attempts = 2`).Scan(&twice); err != nil {
+		t.Fatal(err)
+	}
+	if twice != inFlight {
+		t.Fatalf("%d rows with 2 attempts, want the %d reclaimed after the lease expired (each claim counts)", twice, inFlight)
+	}
+	if v := metric(run.deps.Metrics, `recsys_relay_reaped_total{outcome="requeued"}`); v != float64(inFlight) {
+		t.Fatalf("reaped_total = %v, want %d", v, inFlight)
+	}
+}
+
+// Two relays drain a large outbox concurrently: every row published, per-key order intact in
+// Kafka, and no duplicates since no lease expired.
+func TestTwoRelaysKeepPerKeyOrder(t *testing.T) {
+	t.Parallel()
+	rows, keys := 100_000, 2000
+	if testing.Short() {
+		rows, keys = 20_000, 500
+	}
+	e := newEnv(t, testutil.KafkaBrokers(t), 6)
+	e.insert(rows, keys, 5)
+	cfg := testConfig()
+	cfg.BatchSize = 1000
+	cfg.Lease = 30 * time.Second // a slow test machine must not expire leases: this test is about order
+	start := time.Now()
+	a := e.start(cfg, "relay-a", relay.Options{})
+	b := e.start(cfg, "relay-b", relay.Options{})
+	e.waitPublished(rows, 120*time.Second)
+	elapsed := time.Since(start)
+	pa := metric(a.deps.Metrics, `reco_outbox_relay_published_total{topic="`+e.kcfg.TopicWatches+`"}`)
+	pb := metric(b.deps.Metrics, `reco_outbox_relay_published_total{topic="`+e.kcfg.TopicWatches+`"}`)
+	t.Logf("%d rows over %d keys in %s by two relays (a %v, b %v)", rows, keys, elapsed.Round(time.Millisecond), pa, pb)
+	logTimings(t, "relay-a", a.deps.Metrics)
+	logTimings(t, "relay-b", b.deps.Metrics)
+	if pa == 0 || pb == 0 {
+		t.Fatalf("one relay did all the work (a %v, b %v): the test did not exercise two relays", pa, pb)
+	}
+
+	got := readTopic(t, e.brokers, e.kcfg.TopicWatches)
+	d, dups := got.distinct()
+	if d != rows {
+		t.Fatalf("consumer saw %d distinct event ids, want %d", d, rows)
+	}
+	var reaped, fenced float64
+	for _, r := range []*running{a, b} {
+		reaped += metric(r.deps.Metrics, `recsys_relay_reaped_total{outcome="requeued"}`)
+		fenced += metric(r.deps.Metrics, "recsys_relay_fenced_total")
+	}
+	if dups != 0 && reaped == 0 {
+		t.Fatalf("%d duplicates without any lease expiry", dups)
+	}
+	t.Logf("duplicates %d, rows reaped after lease expiry %v, fenced outcomes %v", dups, reaped, fenced)
+	for p, msgs := range got.partitions {
+		last := map[string]int64{}
+		for _, m := range msgs {
+			id, _ := strconv.ParseInt(header(m, "outbox_id"), 10, 64)
+			k := string(m.Key)
+			if id <= last[k] {
+				t.Fatalf("partition %d key %s: outbox id %d after %d: per-key order broken", p, k, id, last[k])
+			}
+			last[k] = id
+		}
+	}
+}
+
+// Writers' transactions commit in reverse id order, one rolls back: the relay skips no
+// committed row (it follows row status, not an id high-water mark).
+func TestRelayOutOfOrderCommits(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testutil.KafkaBrokers(t), 3)
+	run := e.start(testConfig(), "r1", relay.Options{})
+	waitReady(t, run.r)
+	ctx := context.Background()
+	const n, rolledBack = 20, 7
+	txs := make([]pgx.Tx, n)
+	eventIDs := make([]string, n)
+	for i := range n {
+		tx, err := e.pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		txs[i] = tx
+		eventIDs[i] = testutil.Unique("ooo-")
+		key := fmt.Sprint("u", i%3)
+		if _, err := tx.Exec(ctx, `
+INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, max_attempts) VALUES ($1, 'watch', $2, $3, '{}', 5)`,
+			eventIDs[i], e.kcfg.TopicWatches, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := n - 1; i >= 0; i-- {
+		var err error
+		if i == rolledBack {
+			err = txs[i].Rollback(ctx)
+		} else {
+			if _, err = txs[i].Exec(ctx, "SELECT pg_notify($1, '')", outbox.Channel); err == nil {
+				err = txs[i].Commit(ctx)
+			}
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(30 * time.Millisecond) // let the relay publish the later ids first
+	}
+	e.waitPublished(n-1, 20*time.Second)
+	got := readTopic(t, e.brokers, e.kcfg.TopicWatches)
+	seen := map[string]bool{}
+	for _, m := range got.all() {
+		seen[header(m, "event_id")] = true
+	}
+	for i, id := range eventIDs {
+		if seen[id] != (i != rolledBack) {
+			t.Errorf("row %d (%s): in Kafka = %t, want %t", i, id, seen[id], i != rolledBack)
+		}
+	}
+	if len(seen) != n-1 {
+		t.Fatalf("consumer saw %d events, want %d", len(seen), n-1)
+	}
+}
+
+// A row that always fails (its topic does not exist, broker auto-creation is off) ends dead
+// after max_attempts with its error, without holding up other keys; a message larger than the
+// broker accepts goes dead at once and frees the later rows of its key; replay requeues the
+// dead row, which is then published once its topic exists.
+func TestRelayDeadRowsAndReplay(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testutil.KafkaBrokers(t), 3)
+	cfg := testConfig()
+	// The writer serves topic metadata from a cache refreshed every MetadataTTL (10 s in
+	// pkg/kafka): shortened so the topic created below is seen without a 10 s wait.
+	w := e.deps("").Kafka.NewWriter(relay.WriterOptions(cfg))
+	w.Transport.(*kafkago.Transport).MetadataTTL = 100 * time.Millisecond
+	run := e.start(cfg, "r1", relay.Options{Publisher: w})
+	waitReady(t, run.r)
+	missing := testutil.Unique("recsys.test.missing.")
+	doomed := e.insertRow("impression", missing, "u-doomed", []byte(`{"x":1}`), 3)
+	huge := e.insertRow("watch", e.kcfg.TopicWatches, "u-huge", []byte(`"`+strings.Repeat("x", 2<<20)+`"`), 5)
+	afterHuge := e.insertRow("watch", e.kcfg.TopicWatches, "u-huge", []byte(`{"after":"huge"}`), 5)
+	others := e.insert(30, 5, 5)
+
+	waitFor(t, 30*time.Second, "the failing rows to die", func() bool {
+		s1, _, _ := e.row(doomed)
+		s2, _, _ := e.row(huge)
+		return s1 == "dead" && s2 == "dead"
+	})
+	e.waitPublished(len(others)+1, 20*time.Second)
+	if st, attempts, lastErr := e.row(doomed); attempts != 3 || !strings.Contains(strings.ToLower(lastErr), "unknown topic") {
+		t.Fatalf("missing-topic row: %s after %d attempts, last_error %q; want dead after max_attempts 3 with the broker's error", st, attempts, lastErr)
+	}
+	if _, attempts, lastErr := e.row(huge); attempts != 1 || !strings.Contains(lastErr, "larger than") {
+		t.Fatalf("huge row: %d attempts, last_error %q; want dead at the first attempt, naming the size limit", attempts, lastErr)
+	}
+	if st, _, _ := e.row(afterHuge); st != "published" {
+		t.Fatalf("row after the huge one on its key is %s, want published (dead rows free their key)", st)
+	}
+	if v := metric(run.deps.Metrics, "recsys_relay_dead_total"); v != 2 {
+		t.Errorf("dead_total = %v, want 2", v)
+	}
+	if v := metric(run.deps.Metrics, `reco_outbox_relay_failed_total{topic="`+missing+`"}`); v != 3 {
+		t.Errorf("failed_total for the missing topic = %v, want 3", v)
+	}
+
+	if err := run.deps.Kafka.EnsureTopics(context.Background(), missing); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // > MetadataTTL above
+	res, err := outbox.NewStore(e.pool).Replay(context.Background(), outbox.ReplayFilter{Status: "dead", EventType: "impression", Limit: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Requeued != 1 || len(res.IDs) != 1 || res.IDs[0] != doomed {
+		t.Fatalf("replay = %+v, want the impression row %d only", res, doomed)
+	}
+	waitFor(t, 30*time.Second, "the replayed row to be published", func() bool {
+		st, _, _ := e.row(doomed)
+		return st == "published"
+	})
+	if st, _, _ := e.row(huge); st != "dead" {
+		t.Fatalf("huge row is %s, want still dead (not selected by the replay)", st)
+	}
+	got := readTopic(t, e.brokers, missing)
+	if d, _ := got.distinct(); d != 1 {
+		t.Fatalf("topic %s holds %d events, want the replayed one", missing, d)
+	}
+}
+
+// Without a reachable broker the relay keeps retrying topic provisioning, is not ready, and
+// still reports the outbox snapshot.
+func TestRelayNotReadyUntilTopicsProvisioned(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, []string{"127.0.0.1:1"}, 3)
+	run := e.start(testConfig(), "r1", relay.Options{})
+	waitFor(t, 10*time.Second, "a provisioning failure", func() bool {
+		return metric(run.deps.Metrics, `reco_outbox_relay_errors_total{stage="startup"}`) >= 2
+	})
+	err := run.r.Ready(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "not provisioned") {
+		t.Fatalf("Ready = %v, want an error about topic provisioning", err)
+	}
+	eb, ok := run.r.HealthDetails(context.Background())["event_backbone"].(map[string]any)
+	if !ok || eb["mode"] != "transactional_outbox" {
+		t.Fatalf("health details %v", eb)
+	}
+	if _, ok := eb["outbox"].(outbox.Backlog); !ok {
+		t.Fatalf("outbox snapshot = %#v", eb["outbox"])
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		mutate func(*relay.Config)
+		want   string
+	}{
+		{"defaults", func(*relay.Config) {}, ""},
+		{"batch size", func(c *relay.Config) { c.BatchSize = 0 }, "--relay.batch-size must be between 1 and 10000, got 0"},
+		{"workers", func(c *relay.Config) { c.Workers = 100 }, "--relay.workers"},
+		{"poll interval", func(c *relay.Config) { c.PollInterval = time.Millisecond }, "--relay.poll-interval must be >= 10ms"},
+		{"lease", func(c *relay.Config) { c.Lease = 0 }, "--relay.lease"},
+		{"retry order", func(c *relay.Config) { c.RetryMax = c.RetryBase / 2 }, "--relay.retry-max"},
+		{"max batch bytes", func(c *relay.Config) { c.MaxBatchBytes = 10 }, "--relay.max-batch-bytes"},
+		{"negative retention", func(c *relay.Config) { c.Retention = -time.Second }, "--relay.retention must be >= 0s"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := relay.NewConfig()
+			tc.mutate(c)
+			err := c.Validate()
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Validate = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// slowPublisher makes every write take longer than the lease.
+type slowPublisher struct {
+	inner relay.Publisher
+	delay time.Duration
+}
+
+func (p slowPublisher) WriteMessages(ctx context.Context, msgs ...kafkago.Message) error {
+	time.Sleep(p.delay)
+	return p.inner.WriteMessages(ctx, msgs...)
+}
+
+func (p slowPublisher) Close() error { return p.inner.Close() }
+
+// A batch in flight for longer than the lease keeps it by renewal: a second relay reaping
+// expired leases takes nothing over, and nothing is published twice.
+func TestRelayRenewsLeaseWhileBatchInFlight(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testutil.KafkaBrokers(t), 3)
+	cfg := testConfig()
+	cfg.Lease = time.Second
+	cfg.PublishTimeout = 10 * time.Second
+	w := e.deps("").Kafka.NewWriter(relay.WriterOptions(cfg))
+	slow := e.start(cfg, "slow", relay.Options{Publisher: slowPublisher{inner: w, delay: 2500 * time.Millisecond}})
+	waitReady(t, slow.r)
+	e.insert(20, 4, 5)
+	waitFor(t, 10*time.Second, "the batch in flight", func() bool { return e.counts()["publishing"] > 0 })
+	// A second relay whose reaper would take over any expired lease.
+	other := e.start(cfg, "other", relay.Options{})
+	e.waitPublished(20, 30*time.Second)
+	for _, r := range []*running{slow, other} {
+		if v := metric(r.deps.Metrics, `recsys_relay_reaped_total{outcome="requeued"}`); v != 0 {
+			t.Fatalf("%v rows reaped: the lease was not renewed while the batch was in flight", v)
+		}
+	}
+	if v := metric(slow.deps.Metrics, "recsys_relay_fenced_total"); v != 0 {
+		t.Fatalf("%v outcomes fenced", v)
+	}
+	if d, dups := readTopic(t, e.brokers, e.kcfg.TopicWatches).distinct(); d != 20 || dups != 0 {
+		t.Fatalf("consumer saw %d distinct events and %d duplicates, want 20 and 0", d, dups)
+	}
+}
+
+// Published rows older than --relay.retention are deleted in bounded batches.
+func TestRelayRetentionDeletesPublishedRows(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testutil.KafkaBrokers(t), 3)
+	cfg := testConfig()
+	cfg.Retention = 300 * time.Millisecond
+	cfg.RetentionInterval = 50 * time.Millisecond
+	cfg.RetentionBatch = 7
+	run := e.start(cfg, "r1", relay.Options{})
+	waitReady(t, run.r)
+	e.insert(50, 5, 5)
+	waitFor(t, 30*time.Second, "published rows to be deleted", func() bool {
+		return metric(run.deps.Metrics, "recsys_relay_retention_deleted_total") == 50
+	})
+	if c := e.counts(); len(c) != 0 {
+		t.Fatalf("rows left after retention: %v", c)
+	}
+	if d, _ := readTopic(t, e.brokers, e.kcfg.TopicWatches).distinct(); d != 50 {
+		t.Fatalf("consumer saw %d events, want 50", d)
+	}
+}

@@ -1,0 +1,362 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// ClaimRequest says what to claim.
+type ClaimRequest struct {
+	Owner string        // lease owner, for operators reading the table
+	Limit int           // most rows in the claim
+	Lease time.Duration // lease length; renew it while the batch is in flight
+	// After is the scan cursor: only pending rows with a larger id are considered. 0 scans from
+	// the front of the queue. See Claim.NextAfter.
+	After int64
+	// Window bounds how many pending rows one claim examines; 0 means 4 × Limit.
+	Window int
+}
+
+// Claim is a set of rows leased to one owner under one fencing token.
+type Claim struct {
+	Token     int64
+	Owner     string
+	Rows      []Row // ascending id
+	ClaimedAt time.Time
+	Lease     time.Duration
+	// WindowFull reports that the scanned window was full, so more pending rows exist past
+	// WindowEnd.
+	WindowFull bool
+	WindowEnd  int64
+}
+
+// IDs returns the claimed row ids.
+func (c *Claim) IDs() []int64 {
+	ids := make([]int64, len(c.Rows))
+	for i, r := range c.Rows {
+		ids[i] = r.ID
+	}
+	return ids
+}
+
+// NextAfter is the cursor for the next claim: past this window when the window was full yet
+// yielded less than a full batch (the front of the queue is congested by units that are in
+// flight or backing off), otherwise back to the front, so the oldest rows go first and a
+// congested front cannot starve the rows behind it.
+func (c *Claim) NextAfter(limit int) int64 {
+	if c.WindowFull && len(c.Rows) < limit {
+		return c.WindowEnd
+	}
+	return 0
+}
+
+// The claim is one transaction in three round trips (see the package doc for why the result
+// is safe with any number of claimers):
+//
+//  1. BEGIN and scanLockSQL: from a window of pending rows, up to Limit due rows that are
+//     their unit's head or whose head is itself pending and due, locked FOR UPDATE SKIP
+//     LOCKED (rows that stopped being pending and due meanwhile are re-checked on the locked
+//     version and left out).
+//  2. unitsSQL checks, per unit, in a snapshot taken after those locks were acquired, that
+//     nothing of the unit is in flight and that no unpublished row below the end of our run
+//     is outside it. Rows another claimer holds locked, or has in flight, are unpublished in
+//     that snapshot, so two claimers can never both keep rows of one unit.
+//  3. takeSQL leases the kept rows under one new fencing token, and COMMIT.
+//
+// The per-unit decision is made in Go and rows are addressed by id arrays, so every statement
+// keeps the same cheap plan whatever the planner believes about row counts (a join between
+// CTEs it misestimates can turn into a million index probes on a table without statistics).
+const scanLockSQL = `
+WITH ok AS (
+    SELECT w.id
+    FROM (
+        SELECT id, msg_key, topic, next_attempt_at
+        FROM event_outbox
+        WHERE status = 'pending' AND id > $1
+        ORDER BY id
+        LIMIT $2
+    ) w
+    CROSS JOIN LATERAL (
+        SELECT h.id, h.status, h.next_attempt_at
+        FROM event_outbox h
+        WHERE h.msg_key = w.msg_key AND h.topic = w.topic AND h.status IN ('pending', 'publishing')
+        ORDER BY h.id
+        LIMIT 1
+    ) head
+    WHERE w.next_attempt_at <= now()
+      AND (head.id = w.id OR (head.status = 'pending' AND head.next_attempt_at <= now()))
+    LIMIT $3
+)
+SELECT o.id, o.msg_key, o.topic
+FROM event_outbox o
+WHERE o.id = ANY(ARRAY(SELECT id FROM ok)) AND o.status = 'pending' AND o.next_attempt_at <= now()
+ORDER BY o.id
+FOR UPDATE OF o SKIP LOCKED`
+
+// windowSQL gives the window's size and end, for the cursor. It is only needed when the claim
+// came out short of Limit (the scan stops as soon as it has Limit candidates), so it rides in
+// the same round trip as the next statement.
+const windowSQL = `
+SELECT count(*), coalesce(max(id), 0)
+FROM (SELECT id FROM event_outbox WHERE status = 'pending' AND id > $1 ORDER BY id LIMIT $2) w`
+
+const unitsSQL = `
+SELECT u.i, c.below, c.upto,
+    EXISTS (SELECT 1 FROM event_outbox p WHERE p.msg_key = u.k AND p.topic = u.t AND p.status = 'publishing')
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) WITH ORDINALITY AS u(k, t, f, l, i)
+CROSS JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE e.id < u.f) AS below, count(*) AS upto
+    FROM event_outbox e
+    WHERE e.msg_key = u.k AND e.topic = u.t AND e.status IN ('pending', 'publishing') AND e.id <= u.l
+) c`
+
+// takeSQL draws the token in an InitPlan, evaluated once for the statement.
+const takeSQL = `
+UPDATE event_outbox
+SET status = 'publishing', attempts = attempts + 1, lease_owner = $2,
+    lease_token = (SELECT nextval('event_outbox_lease_token_seq')),
+    lease_expires_at = now() + $3 * interval '1 millisecond'
+WHERE id = ANY($1)
+RETURNING id, event_id, event_type, topic, msg_key, payload, schema_version, correlation_id, attempts,
+    max_attempts, created_at, greatest((extract(epoch FROM now() - created_at) * 1000000)::bigint, 0), lease_token`
+
+type unitRun struct {
+	unit        Unit
+	first, last int64
+	ids         []int64
+}
+
+// Claim leases up to req.Limit due rows under a new fencing token. It returns a claim with no
+// rows when nothing is claimable.
+func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Claim, error) {
+	if req.Limit < 1 {
+		return nil, errors.New("claim outbox batch: limit must be >= 1")
+	}
+	if req.Lease <= 0 {
+		return nil, errors.New("claim outbox batch: lease must be > 0")
+	}
+	window := req.Window
+	if window <= 0 {
+		window = 4 * req.Limit
+	}
+	window = max(window, req.Limit)
+	c := &Claim{Owner: req.Owner, ClaimedAt: time.Now(), Lease: req.Lease}
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("claim outbox batch: %w", err)
+	}
+	defer conn.Release()
+	committed := false // or rolled back on purpose
+	defer func() {
+		if !committed {
+			// A failed or empty claim: release the locks. A connection broken meanwhile is
+			// discarded by the pool when it is released.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_, _ = conn.Exec(rctx, "ROLLBACK")
+			cancel()
+		}
+	}()
+	runs, locked, err := scanLock(ctx, conn.Conn(), req.After, window, req.Limit)
+	if err != nil {
+		return nil, fmt.Errorf("claim outbox batch: %w", err)
+	}
+	var winN int64
+	if len(runs) == 0 {
+		b := &pgx.Batch{}
+		b.Queue(windowSQL, req.After, window)
+		b.Queue("ROLLBACK")
+		br := conn.SendBatch(ctx, b)
+		err := br.QueryRow().Scan(&winN, &c.WindowEnd)
+		if err == nil {
+			_, err = br.Exec()
+		}
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return nil, fmt.Errorf("claim outbox batch: window: %w", err)
+		}
+		committed = true // rolled back: nothing was locked
+		c.WindowFull = winN >= int64(window)
+		return c, nil
+	}
+	var stats *windowStats
+	if locked < req.Limit {
+		stats = &windowStats{after: req.After, window: window}
+	}
+	keep, err := checkRuns(ctx, conn.Conn(), runs, stats)
+	if err != nil {
+		return nil, fmt.Errorf("claim outbox batch: %w", err)
+	}
+	if stats != nil {
+		c.WindowFull, c.WindowEnd = stats.n >= int64(window), stats.end
+	}
+	if len(keep) == 0 {
+		return c, nil
+	}
+	c.Rows, c.Token, err = take(ctx, conn.Conn(), keep, req)
+	if err != nil {
+		return nil, fmt.Errorf("claim outbox batch: %w", err)
+	}
+	committed = true
+	sort.Slice(c.Rows, func(i, j int) bool { return c.Rows[i].ID < c.Rows[j].ID })
+	return c, nil
+}
+
+// scanLock begins the transaction and locks the candidates in one round trip, grouping the
+// locked rows into per-unit runs.
+func scanLock(ctx context.Context, conn *pgx.Conn, after int64, window, limit int) ([]*unitRun, int, error) {
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(scanLockSQL, after, window, limit)
+	br := conn.SendBatch(ctx, b)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return nil, 0, fmt.Errorf("begin: %w", err)
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return nil, 0, fmt.Errorf("lock: %w", err)
+	}
+	defer rows.Close()
+	byUnit := map[Unit]*unitRun{}
+	var runs []*unitRun
+	locked := 0
+	for rows.Next() {
+		var id int64
+		var u Unit
+		if err := rows.Scan(&id, &u.Key, &u.Topic); err != nil {
+			return nil, 0, fmt.Errorf("lock: %w", err)
+		}
+		locked++
+		r := byUnit[u]
+		if r == nil {
+			r = &unitRun{unit: u, first: id}
+			byUnit[u] = r
+			runs = append(runs, r)
+		}
+		r.last = id // ascending: ORDER BY id
+		r.ids = append(r.ids, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, 0, fmt.Errorf("lock: %w", err)
+	}
+	return runs, locked, nil
+}
+
+// windowStats asks checkRuns to also read the window's size and end.
+type windowStats struct {
+	after  int64
+	window int
+	n, end int64
+}
+
+// checkRuns keeps each run that is its unit's whole unpublished prefix up to the run's end
+// with nothing of the unit in flight; when only the run's tail is interrupted, its first row
+// (the unit's head) alone.
+func checkRuns(ctx context.Context, conn *pgx.Conn, runs []*unitRun, stats *windowStats) ([]int64, error) {
+	keys, topics := make([]string, len(runs)), make([]string, len(runs))
+	firsts, lasts := make([]int64, len(runs)), make([]int64, len(runs))
+	for i, r := range runs {
+		keys[i], topics[i], firsts[i], lasts[i] = r.unit.Key, r.unit.Topic, r.first, r.last
+	}
+	b := &pgx.Batch{}
+	b.Queue(unitsSQL, keys, topics, firsts, lasts)
+	if stats != nil {
+		b.Queue(windowSQL, stats.after, stats.window)
+	}
+	br := conn.SendBatch(ctx, b)
+	defer br.Close()
+	rows, err := br.Query()
+	if err != nil {
+		return nil, fmt.Errorf("check units: %w", err)
+	}
+	defer rows.Close()
+	var keep []int64
+	for rows.Next() {
+		var i, below, upto int64
+		var busy bool
+		if err := rows.Scan(&i, &below, &upto, &busy); err != nil {
+			return nil, fmt.Errorf("check units: %w", err)
+		}
+		r := runs[i-1]
+		switch {
+		case busy || below > 0:
+		case upto == int64(len(r.ids)):
+			keep = append(keep, r.ids...)
+		default:
+			keep = append(keep, r.first)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("check units: %w", err)
+	}
+	rows.Close()
+	if stats != nil {
+		if err := br.QueryRow().Scan(&stats.n, &stats.end); err != nil {
+			return nil, fmt.Errorf("window: %w", err)
+		}
+	}
+	return keep, nil
+}
+
+// take leases the kept rows and commits, in one round trip.
+func take(ctx context.Context, conn *pgx.Conn, ids []int64, req ClaimRequest) ([]Row, int64, error) {
+	b := &pgx.Batch{}
+	b.Queue(takeSQL, ids, req.Owner, req.Lease.Milliseconds())
+	b.Queue("COMMIT")
+	br := conn.SendBatch(ctx, b)
+	defer br.Close()
+	rows, err := br.Query()
+	if err != nil {
+		return nil, 0, fmt.Errorf("lease: %w", err)
+	}
+	out := make([]Row, 0, len(ids))
+	var token int64
+	for rows.Next() {
+		var r Row
+		var correlation *string
+		var attempts, mx int32
+		var ageUS, tok int64
+		if err := rows.Scan(&r.ID, &r.EventID, &r.EventType, &r.Topic, &r.Key, &r.Payload, &r.SchemaVersion,
+			&correlation, &attempts, &mx, &r.CreatedAt, &ageUS, &tok); err != nil {
+			rows.Close()
+			return nil, 0, fmt.Errorf("lease: %w", err)
+		}
+		if token != 0 && tok != token {
+			rows.Close()
+			return nil, 0, fmt.Errorf("lease: rows got different fencing tokens (%d, %d)", token, tok)
+		}
+		token = tok
+		if correlation != nil {
+			r.CorrelationID = *correlation
+		}
+		r.Attempts, r.MaxAttempts, r.AgeAtClaim = int(attempts), int(mx), time.Duration(ageUS)*time.Microsecond
+		out = append(out, r)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, 0, fmt.Errorf("lease: %w", err)
+	}
+	if _, err := br.Exec(); err != nil {
+		return nil, 0, fmt.Errorf("commit: %w", err)
+	}
+	return out, token, nil
+}
+
+// Renew extends the lease of the claim's rows that still carry its token and returns how
+// many did; fewer than len(c.Rows) means part of the lease was lost (reaped after expiry).
+func (s *Store) Renew(ctx context.Context, c *Claim) (int, error) {
+	tag, err := s.pool.Exec(ctx, `
+UPDATE event_outbox SET lease_expires_at = now() + $3 * interval '1 millisecond'
+WHERE id = ANY($1) AND lease_token = $2 AND status = 'publishing'`, c.IDs(), c.Token, c.Lease.Milliseconds())
+	if err != nil {
+		return 0, fmt.Errorf("renew outbox lease: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}

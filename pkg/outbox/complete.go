@@ -1,0 +1,191 @@
+package outbox
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"time"
+	"unicode/utf8"
+)
+
+// Backoff is the retry schedule of failed rows: Base·2^(attempt-1), capped at Max, with
+// "equal jitter" (uniform in [d/2, d]) so rows that failed together do not retry in lockstep.
+// Reap applies the same formula in SQL.
+type Backoff struct {
+	Base, Max time.Duration
+}
+
+// Delay returns the wait after a row's attempt-th failed attempt (attempt >= 1).
+func (b Backoff) Delay(attempt int) time.Duration {
+	d := b.cap(attempt)
+	if d <= 1 {
+		return d
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// cap is the un-jittered delay.
+func (b Backoff) cap(attempt int) time.Duration {
+	if attempt < 1 {
+		attempt = 1
+	}
+	d := b.Base
+	for i := 1; i < attempt && d < b.Max; i++ {
+		d *= 2
+	}
+	return min(d, b.Max)
+}
+
+// Result is what publishing one row gave.
+type Result struct {
+	Err error
+	// Permanent marks an error retrying cannot fix (the message is larger than the broker
+	// accepts): the row goes dead at once instead of holding its unit back for the whole
+	// retry schedule.
+	Permanent bool
+	// NotSent marks a row that was held back before sending because an earlier row of its
+	// unit failed.
+	NotSent bool
+}
+
+// Outcome is the new state of one claimed row.
+type Outcome struct {
+	ID     int64
+	Status string        // StatusPublished, StatusPending or StatusDead
+	Delay  time.Duration // StatusPending: wait before the next attempt
+	Err    string        // "" keeps last_error
+	// Refund un-counts the claim's attempt: the row was held back behind an earlier failure
+	// of its unit, which is not its own failure.
+	Refund bool
+}
+
+// maxErrLen bounds last_error.
+const maxErrLen = 2000
+
+// Settle turns per-row publish results into outcomes. It walks each unit in id order and,
+// after a failure that will be retried, holds back every later row of that unit, even one
+// Kafka acked, so a later row is never marked published while an earlier one is pending: the
+// later row is published again after the earlier one (a duplicate, never an inversion). A
+// failure that ends dead does not hold the unit back. Rows missing from results were acked.
+func Settle(rows []Row, results map[int64]Result, b Backoff) []Outcome {
+	out := make([]Outcome, 0, len(rows))
+	held := map[Unit]bool{}
+	for _, r := range rows {
+		res := results[r.ID]
+		switch {
+		case held[r.Unit()] || res.NotSent:
+			out = append(out, Outcome{ID: r.ID, Status: StatusPending, Refund: true})
+		case res.Err != nil:
+			msg := truncate(res.Err.Error())
+			if res.Permanent || r.Attempts >= r.MaxAttempts {
+				out = append(out, Outcome{ID: r.ID, Status: StatusDead, Err: msg})
+				continue
+			}
+			held[r.Unit()] = true
+			out = append(out, Outcome{ID: r.ID, Status: StatusPending, Delay: b.Delay(r.Attempts), Err: msg})
+		default:
+			out = append(out, Outcome{ID: r.ID, Status: StatusPublished})
+		}
+	}
+	return out
+}
+
+func truncate(s string) string {
+	if len(s) <= maxErrLen {
+		return s
+	}
+	s = s[:maxErrLen]
+	for !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// Completed counts what Complete applied.
+type Completed struct {
+	Published, Retried, Dead int
+	// Fenced counts outcomes dropped because the row no longer carried the claim's token: the
+	// lease expired and the row was reaped (and maybe claimed by another relay) meanwhile.
+	Fenced int
+}
+
+// Complete records outcomes for rows of the claim that still hold its lease (fencing), and
+// releases their lease.
+func (s *Store) Complete(ctx context.Context, c *Claim, outcomes []Outcome) (Completed, error) {
+	var done Completed
+	if len(outcomes) == 0 {
+		return done, nil
+	}
+	allPublished := true
+	for _, o := range outcomes {
+		if o.Status != StatusPublished {
+			allPublished = false
+			break
+		}
+	}
+	var applied map[string]int
+	var err error
+	if allPublished {
+		applied, err = s.completePublished(ctx, c, outcomes)
+	} else {
+		applied, err = s.completeMixed(ctx, c, outcomes)
+	}
+	if err != nil {
+		return done, fmt.Errorf("complete outbox batch: %w", err)
+	}
+	done.Published, done.Retried, done.Dead = applied[StatusPublished], applied[StatusPending], applied[StatusDead]
+	done.Fenced = len(outcomes) - done.Published - done.Retried - done.Dead
+	return done, nil
+}
+
+// completePublished is the common all-acked case with the smallest statement.
+func (s *Store) completePublished(ctx context.Context, c *Claim, outcomes []Outcome) (map[string]int, error) {
+	ids := make([]int64, len(outcomes))
+	for i, o := range outcomes {
+		ids[i] = o.ID
+	}
+	tag, err := s.pool.Exec(ctx, `
+UPDATE event_outbox
+SET status = 'published', published_at = now(), lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+WHERE id = ANY($1) AND lease_token = $2 AND status = 'publishing'`, ids, c.Token)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]int{StatusPublished: int(tag.RowsAffected())}, nil
+}
+
+func (s *Store) completeMixed(ctx context.Context, c *Claim, outcomes []Outcome) (map[string]int, error) {
+	n := len(outcomes)
+	ids, statuses, delays, errs, refunds := make([]int64, n), make([]string, n), make([]int64, n), make([]string, n), make([]int32, n)
+	for i, o := range outcomes {
+		ids[i], statuses[i], delays[i], errs[i] = o.ID, o.Status, o.Delay.Milliseconds(), o.Err
+		if o.Refund {
+			refunds[i] = 1
+		}
+	}
+	rows, err := s.pool.Query(ctx, `
+UPDATE event_outbox o
+SET status = u.status,
+    published_at = CASE WHEN u.status = 'published' THEN now() END,
+    next_attempt_at = CASE WHEN u.status = 'pending' THEN now() + u.delay_ms * interval '1 millisecond'
+                           ELSE o.next_attempt_at END,
+    attempts = greatest(o.attempts - u.refund, 0),
+    last_error = coalesce(nullif(u.err, ''), o.last_error),
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::int[]) AS u(id, status, delay_ms, err, refund)
+WHERE o.id = ANY($1) AND o.id = u.id AND o.lease_token = $6 AND o.status = 'publishing'
+RETURNING o.status`, ids, statuses, delays, errs, refunds, c.Token)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	applied := map[string]int{}
+	for rows.Next() {
+		var st string
+		if err := rows.Scan(&st); err != nil {
+			return nil, err
+		}
+		applied[st]++
+	}
+	return applied, rows.Err()
+}

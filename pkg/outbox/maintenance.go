@@ -1,0 +1,73 @@
+package outbox
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Reaped counts what Reap did.
+type Reaped struct {
+	Requeued, Dead int
+}
+
+// Reap ends expired leases (the owner crashed, stalled or lost the database): up to limit
+// rows go back to 'pending' after a backoff, or to 'dead' when the claim that leased them was
+// their last allowed attempt. The attempt was counted when the row was claimed, so a row that
+// crashes every relay still ends dead after max_attempts claims.
+func (s *Store) Reap(ctx context.Context, limit int, b Backoff) (Reaped, error) {
+	rows, err := s.pool.Query(ctx, `
+UPDATE event_outbox o
+SET status = CASE WHEN o.attempts >= o.max_attempts THEN 'dead' ELSE 'pending' END,
+    next_attempt_at = now() + least($3::float8, $2::float8 * power(2, least(greatest(o.attempts, 1) - 1, 40)))
+                      * (0.5 + random() * 0.5) * interval '1 millisecond',
+    last_error = 'lease of ' || coalesce(o.lease_owner, '?') || ' expired before the outcome was recorded',
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+WHERE o.id = ANY(ARRAY(
+    SELECT id FROM event_outbox
+    WHERE status = 'publishing' AND lease_expires_at < now()
+    ORDER BY id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+))
+RETURNING o.status`, limit, float64(b.Base.Milliseconds()), float64(b.Max.Milliseconds()))
+	if err != nil {
+		return Reaped{}, fmt.Errorf("reap expired outbox leases: %w", err)
+	}
+	defer rows.Close()
+	var r Reaped
+	for rows.Next() {
+		var st string
+		if err := rows.Scan(&st); err != nil {
+			return Reaped{}, fmt.Errorf("reap expired outbox leases: %w", err)
+		}
+		if st == StatusDead {
+			r.Dead++
+		} else {
+			r.Requeued++
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return Reaped{}, fmt.Errorf("reap expired outbox leases: %w", err)
+	}
+	return r, nil
+}
+
+// DeletePublished deletes up to limit rows published more than olderThan ago, oldest first,
+// and returns how many it deleted. Callers loop while it returns limit, so each statement
+// stays short and never holds many row locks. The outer status test is re-checked on the
+// locked row, so a row replay requeued meanwhile is not deleted.
+func (s *Store) DeletePublished(ctx context.Context, olderThan time.Duration, limit int) (int, error) {
+	tag, err := s.pool.Exec(ctx, `
+DELETE FROM event_outbox
+WHERE status = 'published' AND id = ANY(ARRAY(
+    SELECT id FROM event_outbox
+    WHERE status = 'published' AND published_at < now() - $1 * interval '1 millisecond'
+    ORDER BY published_at
+    LIMIT $2
+))`, olderThan.Milliseconds(), limit)
+	if err != nil {
+		return 0, fmt.Errorf("delete published outbox rows: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}

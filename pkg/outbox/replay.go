@@ -1,0 +1,131 @@
+package outbox
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// ReplayFilter selects rows to requeue.
+type ReplayFilter struct {
+	// Status is StatusDead (the runbook case) or StatusPublished (publish again, e.g. after a
+	// topic was lost); nothing else, so a replay never mixes the two by accident.
+	Status    string
+	EventType string    // "" for any
+	Since     time.Time // zero for any; otherwise rows created at or after it
+	Limit     int
+	DryRun    bool
+}
+
+// ReplayResult is what Replay did (or, in a dry run, would do). It is printed as JSON by
+// `recsys relay replay`.
+type ReplayResult struct {
+	Status      string         `json:"status"`
+	EventType   string         `json:"event_type,omitempty"`
+	Since       *time.Time     `json:"since,omitempty"`
+	Limit       int            `json:"limit"`
+	DryRun      bool           `json:"dry_run"`
+	Matched     int            `json:"matched"`
+	Requeued    int            `json:"requeued"`
+	ByEventType map[string]int `json:"by_event_type"`
+	IDs         []int64        `json:"ids"`
+}
+
+// MaxReplayLimit bounds one replay, so one command cannot requeue an unbounded set in a single
+// transaction; run it again for more.
+const MaxReplayLimit = 100_000
+
+// Validate reports an invalid filter, naming the command's flags.
+func (f ReplayFilter) Validate() error {
+	var errs []string
+	if f.Status != StatusDead && f.Status != StatusPublished {
+		errs = append(errs, fmt.Sprintf("--status must be %q or %q, got %q", StatusDead, StatusPublished, f.Status))
+	}
+	if f.Limit < 1 || f.Limit > MaxReplayLimit {
+		errs = append(errs, fmt.Sprintf("--limit must be between 1 and %d, got %d", MaxReplayLimit, f.Limit))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// Replay requeues the oldest rows matching f (pending, attempts 0, due now) and wakes the
+// relays. Rows are taken in id order so a key's replayed rows keep their relative order; each
+// goes out behind nothing (it becomes its key's head if it is the oldest unpublished row).
+// Rows another transaction holds are skipped rather than waited for.
+func (s *Store) Replay(ctx context.Context, f ReplayFilter) (ReplayResult, error) {
+	if err := f.Validate(); err != nil {
+		return ReplayResult{}, err
+	}
+	res := ReplayResult{Status: f.Status, EventType: f.EventType, Limit: f.Limit, DryRun: f.DryRun,
+		ByEventType: map[string]int{}, IDs: []int64{}}
+	if !f.Since.IsZero() {
+		since := f.Since.UTC()
+		res.Since = &since
+	}
+	// The status is a literal (validated above) so the planner uses the status' partial index.
+	where := []string{"status = '" + f.Status + "'"}
+	args := []any{f.Limit}
+	if f.EventType != "" {
+		args = append(args, f.EventType)
+		where = append(where, fmt.Sprintf("event_type = $%d", len(args)))
+	}
+	if !f.Since.IsZero() {
+		args = append(args, f.Since)
+		where = append(where, fmt.Sprintf("created_at >= $%d", len(args)))
+	}
+	cond := " FROM event_outbox WHERE " + strings.Join(where, " AND ") + " ORDER BY id LIMIT $1"
+	pick, pickIDs := "SELECT id, event_type"+cond, "SELECT id"+cond
+	collect := func(rows pgx.Rows) error {
+		defer rows.Close()
+		for rows.Next() {
+			var id int64
+			var et string
+			if err := rows.Scan(&id, &et); err != nil {
+				return err
+			}
+			res.IDs = append(res.IDs, id)
+			res.ByEventType[et]++
+		}
+		return rows.Err()
+	}
+	if f.DryRun {
+		rows, err := s.pool.Query(ctx, pick, args...)
+		if err != nil {
+			return res, fmt.Errorf("select outbox rows to replay: %w", err)
+		}
+		if err := collect(rows); err != nil {
+			return res, fmt.Errorf("select outbox rows to replay: %w", err)
+		}
+		res.Matched = len(res.IDs)
+		return res, nil
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `
+UPDATE event_outbox
+SET status = 'pending', attempts = 0, next_attempt_at = now(), published_at = NULL,
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+WHERE id = ANY(ARRAY(`+pickIDs+` FOR UPDATE SKIP LOCKED))
+RETURNING id, event_type`, args...)
+		if err != nil {
+			return err
+		}
+		if err := collect(rows); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, "SELECT pg_notify($1, '')", Channel)
+		return err
+	})
+	if err != nil {
+		return res, fmt.Errorf("requeue outbox rows: %w", err)
+	}
+	res.Matched, res.Requeued = len(res.IDs), len(res.IDs)
+	// RETURNING order is unspecified.
+	slices.Sort(res.IDs)
+	return res, nil
+}
