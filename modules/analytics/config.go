@@ -1,0 +1,74 @@
+package analytics
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// Config of the analytics module (flags analytics.*).
+type Config struct {
+	// AttributionWindow: a watch of the same user and item within this long after an
+	// impression makes it "watched".
+	AttributionWindow time.Duration
+	// CommitMargin is how long after its receive time a raw row is surely committed; it must
+	// exceed the ingest write timeout (--ingest.write-timeout, 1 s by default).
+	CommitMargin time.Duration
+	// RollupInterval is the pause between folds once the roll-ups are caught up.
+	RollupInterval time.Duration
+	// RollupStep bounds the receive-time range folded in one transaction.
+	RollupStep time.Duration
+	// Retention is how long roll-up rows are kept; it must cover the longest window (30 days).
+	Retention time.Duration
+	// QueryTimeout bounds one GET /analytics/baseline.
+	QueryTimeout time.Duration
+}
+
+// NewConfig returns the defaults.
+func NewConfig() *Config {
+	return &Config{AttributionWindow: 30 * time.Minute, CommitMargin: time.Minute, RollupInterval: 15 * time.Second,
+		RollupStep: 6 * time.Hour, Retention: 31 * 24 * time.Hour, QueryTimeout: 10 * time.Second}
+}
+
+// RegisterFlags adds the analytics.* flags.
+func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
+	fs.DurationVar(&c.AttributionWindow, "analytics.attribution-window", c.AttributionWindow, "a watch of the same user and item within this long after an impression makes it watched (changing it rebuilds the roll-ups)")
+	fs.DurationVar(&c.CommitMargin, "analytics.commit-margin", c.CommitMargin, "time after which a received event is surely committed (must exceed --ingest.write-timeout); the roll-up stays attribution window + this behind the clock")
+	fs.DurationVar(&c.RollupInterval, "analytics.rollup-interval", c.RollupInterval, "pause between roll-up folds once caught up")
+	fs.DurationVar(&c.RollupStep, "analytics.rollup-step", c.RollupStep, "most receive time folded in one roll-up transaction")
+	fs.DurationVar(&c.Retention, "analytics.retention", c.Retention, "age after which roll-up rows are deleted (at least 30 days plus a bucket: the longest window)")
+	fs.DurationVar(&c.QueryTimeout, "analytics.query-timeout", c.QueryTimeout, "longest GET /analytics/baseline may take before it answers 503")
+}
+
+// Validate reports every invalid setting.
+func (c *Config) Validate() error {
+	var errs []error
+	between := func(flag string, v, lo, hi time.Duration) {
+		if v < lo || v > hi {
+			errs = append(errs, fmt.Errorf("--%s must be between %s and %s, got %s", flag, lo, hi, v))
+		}
+	}
+	between("analytics.attribution-window", c.AttributionWindow, time.Second, 24*time.Hour)
+	between("analytics.commit-margin", c.CommitMargin, time.Second, time.Hour)
+	between("analytics.rollup-interval", c.RollupInterval, 100*time.Millisecond, time.Hour)
+	between("analytics.rollup-step", c.RollupStep, bucket, 24*time.Hour)
+	between("analytics.query-timeout", c.QueryTimeout, 100*time.Millisecond, 10*time.Minute)
+	if min := 30*24*time.Hour + bucket; c.Retention < min {
+		errs = append(errs, fmt.Errorf("--analytics.retention must be at least %s (the longest window plus a bucket), got %s", min, c.Retention))
+	}
+	return errors.Join(errs...)
+}
+
+// bucket is the roll-up bucket width: the raw head of a window is at most this long.
+const bucket = 5 * time.Minute
+
+// topN is the N of CTR@N and coverage@N.
+const topN = 20
+
+func (c *Config) definitions() Definitions {
+	return Definitions{AttributionWindowMs: c.AttributionWindow.Milliseconds(), BucketMs: bucket.Milliseconds(), TopN: topN}
+}
+
+func (c *Config) lag() time.Duration { return c.AttributionWindow + c.CommitMargin }

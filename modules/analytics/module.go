@@ -1,0 +1,208 @@
+// Package analytics is the KPI module of the api role: GET /analytics/baseline?days=N
+// (api-contract §2.15, §9.4) with honest definitions, kept fast on large tables by
+// incremental roll-ups.
+//
+// Definitions (also returned in the response): the window is [now - days, now] by the API's
+// receive time (server_received_ts_ms), never the client's clock. An impression row is
+// watched when the same user watches the same item within --analytics.attribution-window
+// (30 min) after it, request_id match not required, and before the item is shown to that user
+// again (last-touch: a watch makes at most one impression watched). CTR@20 = watched
+// impressions at positions < 20 / impressions at positions < 20. Coverage@20 = items shown at a
+// position < 20 / items active in the window (shown at any position or watched), so at most
+// 100 %. avg_watch_time_sec is the mean over every watch received in the window.
+//
+// Speed: a worker (Run) folds raw rows into roll-ups (migrations/0005): additive counters per
+// 5-minute bucket, and last-seen times per item and per request, which give exact distinct
+// counts for any window that ends now. It stays attribution window + --analytics.commit-margin
+// behind the clock, so every watch that can be attributed to a folded impression is already
+// committed; several API processes share the work through a row lock (SKIP LOCKED). A request
+// reads the buckets, counts last-seen rows with index range scans, and reads raw rows only
+// for the first partial bucket of the window and the unfolded tail, so its cost does not grow
+// with days. The roll-ups are rebuilt from the raw rows when a definition changes; rows older
+// than --analytics.retention are pruned.
+//
+// Metrics:
+//
+//	recsys_analytics_baseline_duration_seconds     histogram: GET /analytics/baseline computation
+//	recsys_analytics_baseline_errors_total         counter: requests that failed (503)
+//	recsys_analytics_rollup_fold_duration_seconds  histogram: one fold transaction
+//	recsys_analytics_rollup_rows_total             counter: raw rows folded
+//	recsys_analytics_rollup_errors_total           counter: failed folds (retried next interval)
+//	recsys_analytics_rollup_rebuilds_total         counter: roll-ups cleared after a definition change
+//	recsys_analytics_rollup_lag_seconds            gauge: now - watermark (the raw tail a request reads)
+//
+// Readiness: ready once Run has started; a failing roll-up only makes requests read more raw
+// rows, it never makes the answers wrong.
+package analytics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/labstack/echo/v4"
+
+	"recsys/pkg/events"
+	"recsys/pkg/infra"
+	"recsys/pkg/module"
+)
+
+func init() {
+	newCfg, build := module.Typed(NewConfig, New)
+	module.Register(module.Info{
+		Name:      "analytics",
+		Summary:   "GET /analytics/baseline: KPI snapshot from incremental roll-ups of the raw events",
+		Needs:     infra.Postgres,
+		NewConfig: newCfg,
+		New:       build,
+	})
+}
+
+// Analytics serves the KPI snapshot and keeps its roll-ups.
+type Analytics struct {
+	cfg       *Config
+	pool      *pgxpool.Pool
+	log       *slog.Logger
+	m         *analyticsMetrics
+	now       func() time.Time
+	watermark atomic.Int64 // last known, for the lag gauge; 0 before the first fold
+}
+
+var (
+	_ module.Module         = (*Analytics)(nil)
+	_ module.RouteRegistrar = (*Analytics)(nil)
+)
+
+// New wires the module.
+func New(cfg *Config, d infra.Deps) (module.Module, error) {
+	if d.PG == nil {
+		return nil, errors.New("analytics needs PostgreSQL")
+	}
+	a := &Analytics{cfg: cfg, pool: d.PG, log: d.Log, m: newMetrics(d.Metrics), now: time.Now}
+	d.Metrics.NewGauge("recsys_analytics_rollup_lag_seconds", func() float64 {
+		w := a.watermark.Load()
+		if w == 0 {
+			return -1
+		}
+		return float64(a.now().UnixMilli()-w) / 1000
+	})
+	return a, nil
+}
+
+// RegisterRoutes mounts GET /analytics/baseline.
+func (a *Analytics) RegisterRoutes(e *echo.Echo) {
+	e.GET("/analytics/baseline", a.baseline)
+}
+
+// Run folds the raw rows into the roll-ups until ctx ends.
+func (a *Analytics) Run(ctx context.Context) error {
+	d := a.cfg.definitions()
+	lastPrune := time.Time{}
+	for {
+		start := time.Now()
+		res, err := foldStep(ctx, a.pool, d, a.now().UnixMilli(), a.cfg.lag().Milliseconds(), a.cfg.RollupStep.Milliseconds())
+		a.m.foldDuration.UpdateDuration(start)
+		wait := a.cfg.RollupInterval
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			a.m.foldErrors.Inc()
+			a.log.WarnContext(ctx, "analytics roll-up failed; requests read raw rows meanwhile, retrying", "err", err, "retry_in_s", wait.Seconds())
+		default:
+			if res.Rebuilt {
+				a.m.rebuilds.Inc()
+				a.log.InfoContext(ctx, "analytics definitions changed, rebuilding roll-ups from raw rows")
+			}
+			a.m.foldedRows.Add(int(res.Rows))
+			if !res.Busy {
+				a.watermark.Store(res.Watermark)
+			}
+			if !res.Busy && !res.CaughtUp {
+				wait = 0 // catching up: fold the next step at once
+			}
+		}
+		if time.Since(lastPrune) > time.Hour {
+			if n, err := prune(ctx, a.pool, a.now().Add(-a.cfg.Retention).UnixMilli(), 5000); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				a.log.WarnContext(ctx, "analytics roll-up pruning failed, retrying next hour", "err", err)
+			} else if n > 0 {
+				a.log.InfoContext(ctx, "analytics roll-ups pruned", "rows", n)
+			}
+			lastPrune = time.Now()
+		}
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-t.C:
+			}
+		} else if ctx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+// kpiTargets are the contract's KPI targets, as GET /contract serves them.
+var kpiTargets = map[string]string{"ctr_at_20": ">= 8%", "avg_watch_time_sec": ">= 35", "catalog_coverage_at_20": ">= 60%"}
+
+func (a *Analytics) baseline(c echo.Context) error {
+	days, verr := parseDays(c.QueryParams()["days"])
+	if verr != nil {
+		return echo.NewHTTPError(http.StatusUnprocessableEntity, []events.FieldError{*verr})
+	}
+	ctx, cancel := context.WithTimeout(c.Request().Context(), a.cfg.QueryTimeout)
+	defer cancel()
+	start := time.Now()
+	now := a.now().UnixMilli()
+	var m Metrics
+	err := pgx.BeginTxFunc(ctx, a.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		var err error
+		m, err = Compute(ctx, tx, now-int64(days)*24*3600*1000, now, a.cfg.definitions())
+		return err
+	})
+	a.m.baselineDuration.UpdateDuration(start)
+	if err != nil {
+		a.m.baselineErrors.Inc()
+		return echo.NewHTTPError(http.StatusServiceUnavailable, "failed to compute the KPI baseline").SetInternal(err)
+	}
+	m.WindowDays = days
+	m.ComputedInMs = round3(float64(time.Since(start).Microseconds()) / 1000)
+	return c.JSON(http.StatusOK, map[string]any{"kpi_targets": kpiTargets, "metrics": m})
+}
+
+// parseDays applies the contract's rule (int, default 7, 1..30) with pydantic's messages.
+func parseDays(vals []string) (int, *events.FieldError) {
+	if len(vals) == 0 {
+		return 7, nil
+	}
+	raw := vals[len(vals)-1] // the last of a repeated parameter, as Starlette does
+	n, err := strconv.Atoi(strings.TrimSpace(raw))
+	loc := []any{"query", "days"}
+	switch {
+	case err != nil:
+		return 0, &events.FieldError{Type: "int_parsing", Loc: loc, Msg: "Input should be a valid integer, unable to parse string as an integer", Input: raw}
+	case n < 1:
+		return 0, &events.FieldError{Type: "greater_than_equal", Loc: loc, Msg: "Input should be greater than or equal to 1", Input: raw, Ctx: map[string]any{"ge": 1}}
+	case n > 30:
+		return 0, &events.FieldError{Type: "less_than_equal", Loc: loc, Msg: "Input should be less than or equal to 30", Input: raw, Ctx: map[string]any{"le": 30}}
+	}
+	return n, nil
+}
+
+// String is for logs.
+func (d Definitions) String() string {
+	return fmt.Sprintf("attribution=%dms bucket=%dms top=%d", d.AttributionWindowMs, d.BucketMs, d.TopN)
+}

@@ -1,0 +1,143 @@
+package guardrails
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// DecodeObject decodes one input document, which must be a JSON object (the original tool
+// crashed on anything else; here it is a clear error naming the input).
+func DecodeObject(name string, b []byte) (map[string]any, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, fmt.Errorf("%s: not valid JSON: %w", name, err)
+	}
+	m, ok := v.(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("%s: must be a JSON object, got %s", name, jsonKind(v))
+	}
+	return m, nil
+}
+
+func jsonKind(v any) string {
+	switch v.(type) {
+	case nil:
+		return "null"
+	case []any:
+		return "an array"
+	case string:
+		return "a string"
+	case bool:
+		return "a boolean"
+	default:
+		return "a number"
+	}
+}
+
+// ReadFiles reads the three inputs from files.
+func ReadFiles(baseline, contract, recoMetrics string) (Inputs, map[string]string, error) {
+	var in Inputs
+	var errs []error
+	for _, f := range []struct {
+		path string
+		flag string
+		dst  *map[string]any
+	}{{baseline, "--baseline-json", &in.Baseline}, {contract, "--contract-json", &in.Contract}, {recoMetrics, "--reco-metrics-json", &in.RecoMetrics}} {
+		b, err := os.ReadFile(f.path)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", f.flag, err))
+			continue
+		}
+		m, err := DecodeObject(f.flag+" "+f.path, b)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		*f.dst = m
+	}
+	src := map[string]string{"baseline": baseline, "contract": contract, "reco_metrics": recoMetrics}
+	return in, src, errors.Join(errs...)
+}
+
+// Fetch gets the three inputs from a running API: /analytics/baseline?days=N, /contract and
+// /metrics/reco. With saveDir set, each body is also written there under the file names the
+// flags default to, so a CI run keeps what the gate saw.
+func Fetch(ctx context.Context, client *http.Client, baseURL string, days int, saveDir string) (Inputs, map[string]string, error) {
+	base := strings.TrimRight(baseURL, "/")
+	if _, err := url.ParseRequestURI(base); err != nil {
+		return Inputs{}, nil, fmt.Errorf("--base-url %q: %w", baseURL, err)
+	}
+	var in Inputs
+	src := map[string]string{}
+	var errs []error
+	for _, f := range []struct {
+		key, path, file string
+		dst             *map[string]any
+	}{
+		{"baseline", "/analytics/baseline?days=" + strconv.Itoa(days), "baseline-kpi.json", &in.Baseline},
+		{"contract", "/contract", "contract.json", &in.Contract},
+		{"reco_metrics", "/metrics/reco", "reco-metrics.json", &in.RecoMetrics},
+	} {
+		u := base + f.path
+		src[f.key] = u
+		b, err := get(ctx, client, u)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if saveDir != "" {
+			if err := os.WriteFile(filepath.Join(saveDir, f.file), b, 0o644); err != nil {
+				errs = append(errs, fmt.Errorf("save %s: %w", f.file, err))
+			}
+		}
+		m, err := DecodeObject(u, b)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		*f.dst = m
+	}
+	return in, src, errors.Join(errs...)
+}
+
+func get(ctx context.Context, client *http.Client, u string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", u, err)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", u, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: read body: %w", u, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: status %d: %s", u, resp.StatusCode, truncate(string(b), 300))
+	}
+	return b, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}

@@ -1,0 +1,331 @@
+package loadgen_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"math"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"recsys/pkg/loadgen"
+)
+
+func TestPercentilesOnKnownInputs(t *testing.T) {
+	start := time.Unix(1000, 0)
+	rec := loadgen.NewRecorder(start)
+	// 1..1000 ms, one each: the exact order statistics are p50=500, p95=950, p99=990, mean=500.5.
+	for i := 1; i <= 1000; i++ {
+		st := 200
+		if i%100 == 0 {
+			st = 503
+		}
+		rec.Add(loadgen.Result{Endpoint: "reco", At: start.Add(time.Duration(i) * time.Millisecond), Latency: time.Duration(i) * time.Millisecond, Status: st,
+			Err: map[bool]string{true: "", false: "HTTPError: 503"}[st == 200]})
+	}
+	snap := rec.Snapshot(2 * time.Second)
+	s := snap.Summary
+	for _, c := range []struct {
+		name string
+		got  *float64
+		want float64
+	}{{"p50", s.LatencyMs.P50, 500}, {"p95", s.LatencyMs.P95, 950}, {"p99", s.LatencyMs.P99, 990}, {"p99.9", s.LatencyMs.P999, 999}} {
+		// HDR with 3 significant digits: within 0.1 % of the exact value.
+		if c.got == nil || math.Abs(*c.got-c.want)/c.want > 0.001 {
+			t.Errorf("%s = %v, want %v ±0.1%%", c.name, c.got, c.want)
+		}
+	}
+	if *s.LatencyMs.Mean != 500.5 || *s.LatencyMs.Max != 1000 {
+		t.Errorf("mean %v max %v, want exact 500.5 and 1000", *s.LatencyMs.Mean, *s.LatencyMs.Max)
+	}
+	if s.RequestsTotal != 1000 || s.RequestsFailed != 10 || s.ErrorRatePct != 1 || s.RPS != 500 {
+		t.Errorf("summary %+v", s)
+	}
+	if s.StatusCodes["200"] != 990 || s.StatusCodes["503"] != 10 || s.Errors["HTTPError: 503"] != 10 {
+		t.Errorf("status codes %v errors %v", s.StatusCodes, s.Errors)
+	}
+	if len(snap.Timeline) != 2 || snap.Timeline[0].Requests != 999 || snap.Timeline[1].Requests != 1 {
+		t.Errorf("timeline %+v", snap.Timeline)
+	}
+	curve := snap.Percentiles["reco"]
+	if curve[0].Percentile != 0 || curve[len(curve)-1].Percentile != 100 || curve[len(curve)-1].LatencyMs != 1000 {
+		t.Errorf("percentile curve %+v", curve)
+	}
+	for i := 1; i < len(curve); i++ {
+		if curve[i].LatencyMs < curve[i-1].LatencyMs {
+			t.Errorf("percentile curve not monotonic at %d: %+v", i, curve)
+		}
+	}
+}
+
+func TestEmptyRunReportsFullErrorRate(t *testing.T) {
+	s := loadgen.NewRecorder(time.Now()).Snapshot(time.Second).Summary
+	if s.ErrorRatePct != 100 || s.LatencyMs.P50 != nil {
+		t.Fatalf("empty summary %+v", s)
+	}
+}
+
+// fakeAPI answers /reco with a fixed list and records watch bodies.
+type fakeAPI struct {
+	mu       sync.Mutex
+	watches  []map[string]any
+	batches  int
+	recos    atomic.Int64
+	failEvry int64         // every n-th /reco answers 500
+	stallAt  int64         // the n-th /reco sleeps stall
+	stall    time.Duration // ...for this long
+}
+
+func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case "/reco":
+		n := f.recos.Add(1)
+		if f.stallAt > 0 && n == f.stallAt {
+			time.Sleep(f.stall)
+		}
+		if f.failEvry > 0 && n%f.failEvry == 0 {
+			http.Error(w, `{"detail":"boom"}`, 500)
+			return
+		}
+		if r.URL.Query().Get("user_id") == "" || r.URL.Query().Get("k") != "3" {
+			http.Error(w, "bad query", 422)
+			return
+		}
+		_, _ = w.Write([]byte(`{"request_id":"req-` + r.URL.Query().Get("session_id") + `","items":["a","b","c"],"model_version":"m","strategy":"s"}`))
+	case "/log/watch":
+		var m map[string]any
+		b, _ := io.ReadAll(r.Body)
+		if err := json.Unmarshal(b, &m); err != nil {
+			http.Error(w, "bad json", 400)
+			return
+		}
+		f.mu.Lock()
+		f.watches = append(f.watches, m)
+		f.mu.Unlock()
+		_, _ = w.Write([]byte(`{"status":"ok"}`))
+	case "/log/batch":
+		var m struct {
+			Events []map[string]any `json:"events"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&m); err != nil || len(m.Events) != 7 {
+			http.Error(w, "bad batch", 422)
+			return
+		}
+		f.mu.Lock()
+		f.batches++
+		f.mu.Unlock()
+		_, _ = w.Write([]byte(`{"status":"ok"}`))
+	case "/contract":
+		_, _ = w.Write([]byte(`{"sla_targets":{"reco_p95_ms":120,"reco_p99_ms":200,"api_error_rate_pct":1.0}}`))
+	case "/metrics/reco":
+		_, _ = w.Write([]byte(`{"sample_size": 7}`))
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func baseCfg(url string) loadgen.Config {
+	c := loadgen.DefaultConfig()
+	c.BaseURL, c.Requests, c.Concurrency, c.K, c.Warmup, c.Duration = url, 200, 4, 3, 5, 30*time.Second
+	return c
+}
+
+func TestMixedScenarioWatchesShownItems(t *testing.T) {
+	f := &fakeAPI{}
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	cfg := baseCfg(srv.URL)
+	cfg.Scenario, cfg.WatchProb, cfg.OrganicWatchProb, cfg.Autolog = loadgen.ScenarioMixed, 0.5, 0.2, true
+	r, err := loadgen.Run(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reco := r.Endpoints["reco"]
+	watch := r.Endpoints["watch"]
+	if reco.RequestsTotal != 200 || r.Operations != 200 || r.StoppedBy != "requests" {
+		t.Fatalf("reco requests %d ops %d stopped by %s", reco.RequestsTotal, r.Operations, r.StoppedBy)
+	}
+	if watch.RequestsTotal < 60 || watch.RequestsTotal > 220 || r.Summary.RequestsTotal != reco.RequestsTotal+watch.RequestsTotal {
+		t.Fatalf("watches %d total %d", watch.RequestsTotal, r.Summary.RequestsTotal)
+	}
+	shown, organic := 0, 0
+	f.mu.Lock()
+	for _, w := range f.watches {
+		rid, _ := w["request_id"].(string)
+		switch {
+		case strings.HasPrefix(rid, "req-session-"):
+			shown++
+			if it := w["item_id"]; it != "a" && it != "b" && it != "c" {
+				t.Errorf("watch of an item that was not shown: %v", w)
+			}
+		case strings.HasPrefix(rid, "organic-"):
+			organic++
+		default:
+			t.Errorf("watch with unexpected request_id: %v", w)
+		}
+		if wt, _ := w["watch_time_sec"].(float64); wt < 20 || wt > 120 {
+			t.Errorf("watch_time_sec %v outside [20,120]", wt)
+		}
+	}
+	f.mu.Unlock()
+	if shown == 0 || organic == 0 {
+		t.Fatalf("shown-item watches %d, organic %d", shown, organic)
+	}
+	if r.Verdict != "pass" || r.SLA.Source != "reco" || r.SLA.Targets["reco_p95_ms"] != 120.0 {
+		t.Fatalf("verdict %s sla %+v", r.Verdict, r.SLA)
+	}
+	if m, _ := r.RecoMetricsSnapshot.(map[string]any); m["sample_size"] != 7.0 {
+		t.Fatalf("reco metrics snapshot %v", r.RecoMetricsSnapshot)
+	}
+	var html bytes.Buffer
+	if err := r.WriteHTML(&html); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"<svg", "latency over time", "latency by percentile", "<polyline", ">watch<"} {
+		if !strings.Contains(html.String(), want) {
+			t.Errorf("HTML report lacks %q", want)
+		}
+	}
+	if strings.Contains(html.String(), "<script") || strings.Contains(html.String(), "http://www.w3.org/2000/svg\" src") {
+		t.Error("HTML report is not self-contained")
+	}
+}
+
+func TestIngestBatchScenario(t *testing.T) {
+	f := &fakeAPI{}
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	cfg := baseCfg(srv.URL)
+	cfg.Scenario, cfg.IngestMode, cfg.BatchSize, cfg.Requests = loadgen.ScenarioIngest, "batch", 7, 30
+	var bar bytes.Buffer
+	r, err := loadgen.Run(context.Background(), cfg, &bar)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(bar.String(), "load ingest") {
+		t.Errorf("no progress bar drawn: %q", bar.String())
+	}
+	if r.Endpoints["batch"].RequestsOK != 30 || r.Summary.ErrorRatePct != 0 {
+		t.Fatalf("batch summary %+v", r.Endpoints["batch"])
+	}
+}
+
+func TestErrorThresholdFailsTheRun(t *testing.T) {
+	f := &fakeAPI{failEvry: 5} // 20 % errors
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	cfg := baseCfg(srv.URL)
+	cfg.Warmup = 0
+	r, err := loadgen.Run(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Summary.ErrorRatePct != 20 || !r.Failed() || r.Summary.Errors["HTTPError: 500"] != 40 {
+		t.Fatalf("error rate %v failed %v errors %v", r.Summary.ErrorRatePct, r.Failed(), r.Summary.Errors)
+	}
+	cfg.MaxErrorRatePct = 25
+	if r, _ = loadgen.Run(context.Background(), cfg, nil); r.Failed() {
+		t.Fatalf("20 %% errors failed a 25 %% threshold")
+	}
+}
+
+func TestConnectionErrorsAreCountedNotFatal(t *testing.T) {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	url := srv.URL
+	srv.Close() // nothing listens there any more
+	cfg := baseCfg(url)
+	cfg.Requests, cfg.Warmup = 10, 0
+	r, err := loadgen.Run(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Summary.RequestsFailed != 10 || r.Summary.StatusCodes["0"] != 10 || !r.Failed() {
+		t.Fatalf("summary %+v", r.Summary)
+	}
+	for msg := range r.Summary.Errors {
+		if !strings.HasPrefix(msg, "ConnectionError: ") {
+			t.Errorf("error %q not classified as a connection error", msg)
+		}
+	}
+	if m, _ := r.Contract.(map[string]any); m["error"] == nil {
+		t.Errorf("contract fetch failure not recorded: %v", r.Contract)
+	}
+}
+
+// A stall of the server must show in the open-loop latencies of every request that was due
+// during it (the generator keeps its schedule), while the closed loop records only the one
+// slow request: that is coordinated omission, and the open loop avoids it.
+func TestOpenLoopMeasuresFromDueTime(t *testing.T) {
+	run := func(rate float64) loadgen.Summary {
+		f := &fakeAPI{stallAt: 20, stall: 400 * time.Millisecond}
+		srv := httptest.NewServer(f)
+		defer srv.Close()
+		cfg := baseCfg(srv.URL)
+		cfg.Requests, cfg.Concurrency, cfg.Warmup, cfg.Rate = 100, 1, 0, rate
+		r, err := loadgen.Run(context.Background(), cfg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rate > 0 && (r.Config.Mode != "open_loop" || r.MaxSendDelayMs < 100) {
+			t.Errorf("open loop: mode %s, max send delay %v ms", r.Config.Mode, r.MaxSendDelayMs)
+		}
+		return r.Summary
+	}
+	closed := run(0)
+	open := run(100) // due every 10 ms: ~40 requests fall due during the 400 ms stall
+	if *closed.LatencyMs.P95 >= 100 {
+		t.Errorf("closed loop p95 = %v ms: only one request was slow", *closed.LatencyMs.P95)
+	}
+	if *open.LatencyMs.P90 < 100 || *open.LatencyMs.Max < 350 {
+		t.Errorf("open loop p90 = %v ms, max %v ms: the requests queued behind the stall must count their wait", *open.LatencyMs.P90, *open.LatencyMs.Max)
+	}
+}
+
+func TestDurationBoundsTheRun(t *testing.T) {
+	f := &fakeAPI{}
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	cfg := baseCfg(srv.URL)
+	cfg.Requests, cfg.Rate, cfg.Duration, cfg.Warmup = 1_000_000, 50, 300*time.Millisecond, 0
+	r, err := loadgen.Run(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 50/s for 0.3 s: 15 operations are due.
+	if r.StoppedBy != "duration" || r.Operations != 15 {
+		t.Fatalf("stopped by %s after %d operations", r.StoppedBy, r.Operations)
+	}
+}
+
+func TestValidationAndLoopbackGuard(t *testing.T) {
+	cfg := loadgen.DefaultConfig()
+	cfg.K, cfg.Scenario, cfg.WatchProb, cfg.BaseURL = 0, "bogus", 2, "ftp://x"
+	err := cfg.Validate()
+	for _, want := range []string{"--k must be between 1 and 200", "--scenario must be", "--watch-prob must be between 0 and 1", "--base-url must be an http(s) URL"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("validation error %v does not contain %q", err, want)
+		}
+	}
+	ctx := context.Background()
+	for _, ok := range []string{"http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:80", "http://127.3.4.5"} {
+		if err := loadgen.CheckLoopback(ctx, ok); err != nil {
+			t.Errorf("%s refused: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"http://10.0.0.1:8080", "http://192.168.1.1", "http://8.8.8.8"} {
+		if err := loadgen.CheckLoopback(ctx, bad); err == nil || !strings.Contains(err.Error(), "--allow-non-loopback") {
+			t.Errorf("%s accepted: %v", bad, err)
+		}
+	}
+	cfg = loadgen.DefaultConfig()
+	cfg.BaseURL = "http://10.1.2.3:8080"
+	if _, err := loadgen.Run(ctx, cfg, nil); err == nil {
+		t.Error("Run accepted a non-loopback base URL")
+	}
+}

@@ -1,0 +1,241 @@
+package smoke_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"recsys/pkg/smoke"
+)
+
+// fakeStack imitates the API with a consumer that applies watches after a delay: /reco
+// excludes a user's applied watches and puts the co-visitation neighbours of those items
+// first, then popular items.
+type fakeStack struct {
+	mu        sync.Mutex
+	delay     time.Duration
+	broken    bool // the consumer never applies anything
+	seen      map[string]bool
+	watches   []watch
+	recos     int
+	dead      int
+	outboxNil bool
+}
+
+type watch struct {
+	user, item string
+	at         time.Time
+}
+
+func newFake() *fakeStack { return &fakeStack{seen: map[string]bool{}, delay: 150 * time.Millisecond} }
+
+func (f *fakeStack) applied() []watch {
+	var out []watch
+	for _, w := range f.watches {
+		if !f.broken && time.Since(w.at) >= f.delay {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+func (f *fakeStack) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	write := func(code int, v any) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(code)
+		_ = json.NewEncoder(w).Encode(v)
+	}
+	switch r.URL.Path {
+	case "/readyz":
+		write(200, map[string]any{"ready": true})
+	case "/event":
+		var ev map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&ev)
+		write(200, map[string]any{"status": "ok", "event_id": ev["event_id"]})
+	case "/log/watch":
+		var ev map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&ev)
+		id, _ := ev["event_id"].(string)
+		if f.seen[id] {
+			write(200, map[string]any{"status": "duplicate"})
+			return
+		}
+		f.seen[id] = true
+		f.watches = append(f.watches, watch{user: ev["user_id"].(string), item: ev["item_id"].(string), at: time.Now()})
+		write(200, map[string]any{"status": "ok"})
+	case "/reco":
+		f.recos++
+		user := r.URL.Query().Get("user_id")
+		ws := f.applied()
+		mine := map[string]bool{}
+		for _, x := range ws {
+			if x.user == user {
+				mine[x.item] = true
+			}
+		}
+		var items []string
+		add := func(it string) {
+			if !mine[it] && !slices.Contains(items, it) {
+				items = append(items, it)
+			}
+		}
+		// Neighbours: items other users watched together with one of mine.
+		for _, x := range ws {
+			if !mine[x.item] || x.user == user {
+				continue
+			}
+			for _, y := range ws {
+				if y.user == x.user && y.item != x.item {
+					add(y.item)
+				}
+			}
+		}
+		for _, x := range ws {
+			add(x.item)
+		}
+		add("seed-item-0")
+		write(200, map[string]any{"request_id": "r" + user, "items": items})
+	case "/healthz":
+		var outbox any = map[string]any{"pending": 0, "publishing": 0, "dead": f.dead}
+		if f.outboxNil {
+			outbox = nil
+		}
+		write(200, map[string]any{"status": "ok", "event_backbone": map[string]any{"mode": "transactional_outbox", "outbox": outbox}})
+	case "/metrics/reco":
+		write(200, map[string]any{"sample_size": f.recos})
+	default:
+		write(404, map[string]any{"detail": "Not Found"})
+	}
+}
+
+func fastCfg(url string) smoke.Config {
+	c := smoke.DefaultConfig()
+	c.BaseURL, c.PollSec, c.ReadyTimeoutSec, c.OutboxTimeoutSec, c.ConsumerTimeoutSec = url, 0.05, 1, 1, 3
+	return c
+}
+
+func TestSmokePassesAgainstAHealthyStack(t *testing.T) {
+	f := newFake()
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	r := smoke.Run(context.Background(), fastCfg(srv.URL))
+	if !r.OK() {
+		t.Fatalf("checks %v details %v", r.Checks, r.Details)
+	}
+	for _, c := range smoke.AllChecks {
+		if r.Checks[c] != "pass" {
+			t.Errorf("%s = %s", c, r.Checks[c])
+		}
+	}
+	if r.SeedVisibleAfterMs == nil {
+		t.Error("seed visibility not recorded")
+	}
+	if r.SeededEvents != 5*5*2 || r.Traffic.RecoOK != 30 || r.Traffic.WatchOK != 30 || *r.RecoMetricsSampleSize < 30 {
+		t.Errorf("seeded %d traffic %+v samples %v", r.SeededEvents, r.Traffic, *r.RecoMetricsSampleSize)
+	}
+	p := r.Consumer
+	if p == nil || !p.WatchedExcluded || p.NeighbourRank == nil || p.VisibleAfterMs == nil || *p.VisibleAfterMs < 100 {
+		t.Fatalf("consumer probe %+v", p)
+	}
+	if slices.Contains(p.ListAfter, p.WatchedItem) || !slices.Contains(p.ListAfter, p.NeighbourItem) {
+		t.Errorf("after the watch the list %v must exclude %s and contain %s", p.ListAfter, p.WatchedItem, p.NeighbourItem)
+	}
+	if !p.NeighbourAboveControl {
+		t.Errorf("neighbour rank %v, control rank %v", p.NeighbourRank, p.ControlRank)
+	}
+	b, _ := json.Marshal(r)
+	for _, k := range []string{`"timestamp_ms"`, `"checks"`, `"traffic"`, `"reco_ok"`, `"watch_ok"`, `"empty_reco"`, `"seeded_events"`, `"outbox_snapshot"`, `"reco_metrics_sample_size"`} {
+		if !strings.Contains(string(b), k) {
+			t.Errorf("report lacks the contract field %s", k)
+		}
+	}
+}
+
+func TestSmokeFailsWhenTheConsumerAppliesNothing(t *testing.T) {
+	f := newFake()
+	f.broken = true
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	cfg := fastCfg(srv.URL)
+	cfg.ConsumerTimeoutSec = 1
+	r := smoke.Run(context.Background(), cfg)
+	if r.OK() || r.Checks[smoke.CheckConsumerApplied] != "fail" {
+		t.Fatalf("checks %v", r.Checks)
+	}
+	if !strings.Contains(r.Details[smoke.CheckConsumerApplied], "did not show in /reco") {
+		t.Errorf("detail %q", r.Details[smoke.CheckConsumerApplied])
+	}
+	// Nothing is ever applied, so the traffic step sees only empty lists... except the
+	// popular fallback item, which every list carries.
+	if r.Checks[smoke.CheckRecoTraffic] != "pass" || r.Checks[smoke.CheckOutboxSettled] != "pass" {
+		t.Errorf("unrelated checks failed: %v", r.Checks)
+	}
+}
+
+func TestSmokeOutboxChecks(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		mutate func(*fakeStack)
+		want   string
+	}{
+		{"dead rows", func(f *fakeStack) { f.dead = 2 }, "dead=2"},
+		{"no snapshot", func(f *fakeStack) { f.outboxNil = true }, "no event_backbone.outbox snapshot"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFake()
+			tc.mutate(f)
+			srv := httptest.NewServer(f)
+			defer srv.Close()
+			r := smoke.Run(context.Background(), fastCfg(srv.URL))
+			if r.Checks[smoke.CheckOutboxSettled] != "fail" || !strings.Contains(r.Details[smoke.CheckOutboxSettled], tc.want) {
+				t.Fatalf("outbox check %s: %s", r.Checks[smoke.CheckOutboxSettled], r.Details[smoke.CheckOutboxSettled])
+			}
+		})
+	}
+}
+
+func TestSmokeReportsConnectionErrorsInsteadOfCrashing(t *testing.T) {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	url := srv.URL
+	srv.Close()
+	start := time.Now()
+	r := smoke.Run(context.Background(), fastCfg(url))
+	if r.OK() || r.Status != "fail" {
+		t.Fatal("a dead stack passed")
+	}
+	for _, c := range smoke.AllChecks {
+		if r.Checks[c] != "fail" {
+			t.Errorf("%s = %s, want fail", c, r.Checks[c])
+		}
+	}
+	if !strings.Contains(r.Details[smoke.CheckReadyz], "connection refused") {
+		t.Errorf("readyz detail %q does not name the connection error", r.Details[smoke.CheckReadyz])
+	}
+	if r.Details[smoke.CheckOutboxSettled] != "not run: readyz failed" {
+		t.Errorf("outbox detail %q", r.Details[smoke.CheckOutboxSettled])
+	}
+	// The later steps do not wait out their own timeouts once readyz failed.
+	if el := time.Since(start); el > 10*time.Second {
+		t.Errorf("a dead stack took %s to report", el)
+	}
+}
+
+func TestSmokeUnreadyStack(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(503)
+		_, _ = w.Write([]byte(`{"detail": {"ready": false, "checks": {"db": false}}}`))
+	}))
+	defer srv.Close()
+	r := smoke.Run(context.Background(), fastCfg(srv.URL))
+	if r.Checks[smoke.CheckReadyz] != "fail" || !strings.Contains(r.Details[smoke.CheckReadyz], `status 503`) || !strings.Contains(r.Details[smoke.CheckReadyz], `"db":false`) {
+		t.Fatalf("readyz %s: %s", r.Checks[smoke.CheckReadyz], r.Details[smoke.CheckReadyz])
+	}
+}
