@@ -88,16 +88,26 @@ Precedence: flag, then RECSYS_ variable, then legacy variable, then default.`,
 		},
 	}
 	lc.registerFlags(root.PersistentFlags())
+	consume := newRolePresetCmd(&lc, "consume", "Run the feature consumer role (Kafka -> features)", []string{"consumer"})
+	consume.AddCommand(newReplayDLQCmd(&lc))
+	relay := newRolePresetCmd(&lc, "relay", "Run the outbox relay role (event_outbox -> Kafka)", []string{"relay"})
+	relay.AddCommand(newRelayReplayCmd())
 	root.AddCommand(
 		newServeCmd(&lc),
 		newRolePresetCmd(&lc, "all", "Run every role in one process (api, relay, consumer)", []string{"all"}),
-		newRolePresetCmd(&lc, "relay", "Run the outbox relay role (event_outbox -> Kafka)", []string{"relay"}),
-		newRolePresetCmd(&lc, "consume", "Run the feature consumer role (Kafka -> features)", []string{"consumer"}),
+		relay,
+		consume,
 		newDevCmd(&lc),
 		newMigrateCmd(&lc),
 		newModulesCmd(),
 		newVersionCmd(),
+		newHealthcheckCmd(),
 		newConfigDocCmd(),
+		newFeaturesCmd(&lc),
+		newEvalCmd(),
+		newSmokeCmd(),
+		newLoadCmd(),
+		newGuardrailsCmd(),
 	)
 	return root
 }

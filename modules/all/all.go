@@ -3,7 +3,10 @@
 package all
 
 import (
+	_ "recsys/modules/analytics"
 	_ "recsys/modules/api"
 	_ "recsys/modules/consumer"
+	_ "recsys/modules/ingest"
+	_ "recsys/modules/reco"
 	_ "recsys/modules/relay"
 )

@@ -25,7 +25,7 @@ func init() {
 }
 
 // dependsOn lists the HTTP modules of the role; each registers its own routes.
-var dependsOn = []string{}
+var dependsOn = []string{"analytics", "ingest", "reco"}
 
 // Config is empty: every setting belongs to the modules the role pulls in.
 type Config struct{}

@@ -1,20 +1,77 @@
-// Package consumer is the "consumer" role: it applies Kafka events to the feature store.
+// Package consumer is the "consumer" role: it applies the impression and watch events of
+// Kafka to the feature store (pkg/featurestore), exactly once, within milliseconds.
+//
+// # How it works
+//
+// One consumer group (--consumer.group-id) reads both topics. A fetch goroutine decodes each
+// message (structural validation only: old events from backfills and replays apply) and hands
+// it to the apply loop, which takes everything available up to --consumer.max-batch (waiting
+// --consumer.linger for more) and applies it in ONE PostgreSQL transaction: the event_ids are
+// recorded in feature_applied in that transaction, so a redelivery, a rebalance or a crash
+// between the commit and the Kafka offset commit changes nothing; events of one user keep
+// their partition order; hot items get one UPSERT per batch, keys sorted so consumers never
+// deadlock. Poison messages (undecodable, invalid, unsupported schema) are stored in
+// feature_dlq in the same transaction, with their raw bytes and Kafka coordinates, and the
+// partition moves on. Offsets are committed only after that transaction. Redis is written
+// after the commit with the absolute values the commit returned.
+//
+// Failures: a transient error (PostgreSQL or Kafka blip, lock timeout) retries the whole batch
+// with exponential backoff (--consumer.retry-backoff doubling up to --consumer.retry-max-backoff)
+// without committing, so the retry survives a rebalance or a restart (the messages are simply
+// redelivered). Valid events never go to the DLQ for a transient error; a PostgreSQL data
+// error that one event causes is isolated by applying the batch event by event, and only
+// that event is dead-lettered. A failed Redis write leaves the batch's journal row, which the
+// heal loop (every --consumer.heal-interval) rewrites from PostgreSQL; when P+"ready" is
+// missing (Redis restarted empty or was flushed) the heal loop repopulates the copy from
+// PostgreSQL by itself. A decay landmark rebase (an event more than 500 half-lives after the
+// landmark: every ~125 days with a 6 h half-life) is applied in PostgreSQL under an exclusive
+// lock and triggers such a repopulation.
+//
+// # Metrics
+//
+// Contract names (api-contract §9.1):
+//   - reco_feature_consumer_processed_total{topic,status}: status processed, duplicate,
+//     invalid_payload, invalid_event, dlq (stored in the DLQ), error (events of a failed attempt)
+//   - reco_feature_consumer_event_lag_ms{topic}: now - Kafka message time (histogram, ms)
+//   - reco_feature_consumer_partition_lag{topic,partition}: high watermark - next offset, set
+//     from each fetched batch (partitions owned by another member keep their last value)
+//   - reco_feature_consumer_errors_total{stage}: startup, poll, process, poison_message,
+//     dlq_store, commit, dlq_metrics, stop, plus redis (a failed Redis write), heal
+//     (repopulation or journal healing) and retention
+//   - reco_feature_consumer_dlq_events_total{outcome="stored"}
+//   - reco_feature_consumer_dlq_backlog{status=pending|replayed},
+//     reco_feature_consumer_dlq_oldest_pending_ms (refreshed every 30 s)
+//   - reco_watch_event_to_feature_latency_ms: now - watch ts_ms when the watch is visible in
+//     Redis (histogram, ms; old events from backfills land in the top buckets)
+//
+// Replayed DLQ entries and dedup records older than --consumer.dedup-retention are deleted
+// every 30 s in bounded batches.
+//
+// recsys additions: recsys_consumer_accepted_to_visible_seconds (API acceptance,
+// server_received_ts_ms, to visible in Redis), recsys_consumer_apply_seconds (PostgreSQL
+// transaction), recsys_consumer_redis_write_seconds, recsys_consumer_batch_size,
+// recsys_consumer_batch_retries_total, recsys_consumer_redis_write_failures_total,
+// recsys_consumer_redis_repopulations_total, recsys_consumer_redis_journal_healed_total,
+// recsys_consumer_dedup_purged_total, recsys_consumer_apply_phase_seconds{phase} (lock,
+// compute, write, items, trim, commit: where a transaction spends its time).
+//
+// # Readiness
+//
+// Ready once the reader has joined the consumer group and the Redis copy is complete
+// (P+"ready"); unready while a batch has failed --consumer.unready-after-failures times in a
+// row (it keeps retrying) or while the copy is being repopulated.
 package consumer
 
 import (
-	"context"
-
-	"github.com/spf13/pflag"
-
 	"recsys/pkg/infra"
 	"recsys/pkg/module"
 )
 
 func init() {
-	newCfg, build := module.Typed(func() *Config { return &Config{} }, New)
+	newCfg, build := module.Typed(NewConfig, New)
 	module.Register(module.Info{
 		Name:      "consumer",
-		Summary:   "applies Kafka events to the feature store",
+		Summary:   "applies Kafka events to the feature store (PostgreSQL durable, Redis serving), exactly once",
 		Role:      true,
 		Needs:     infra.Postgres | infra.Redis | infra.Kafka,
 		NewConfig: newCfg,
@@ -22,21 +79,7 @@ func init() {
 	})
 }
 
-// Config of the role.
-type Config struct{}
-
-// RegisterFlags adds the role's flags.
-func (c *Config) RegisterFlags(*pflag.FlagSet) {}
-
-// Validate checks the config.
-func (c *Config) Validate() error { return nil }
-
-type worker struct{}
-
-// New wires the role.
-func New(*Config, infra.Deps) (module.Module, error) { return worker{}, nil }
-
-func (worker) Run(ctx context.Context) error {
-	<-ctx.Done()
-	return nil
+// New wires the role; it starts nothing.
+func New(cfg *Config, d infra.Deps) (module.Module, error) {
+	return newConsumer(cfg, d), nil
 }

@@ -88,8 +88,9 @@ func (d *Delta) Empty() bool {
 //     within the last CovisWindow history items (those pairs were counted when it was watched).
 //   - Co-visitation: the watched item a is paired with each history item b within CovisWindow
 //     positions of where a lands in the history (older and, for a late event, newer ones),
-//     weight q_a·q_b·CovisDistanceDecay^(d−1)·2^(−|t_a−t_b|/CovisGapHalfLife) in both
-//     directions. Self-pairs are never counted.
+//     weight w = q_a·q_b·CovisDistanceDecay^(d−1)·2^(−|t_a−t_b|/CovisGapHalfLife): the
+//     earlier → later direction gets w, the reverse w·CovisBackwardWeight (no increment when
+//     that is 0). Self-pairs are never counted.
 //   - Invalid events (no user, no item, unknown kind) change nothing.
 func Apply(cfg Config, user UserState, ev Interaction) (UserState, Delta) {
 	d := Delta{UserID: ev.UserID, TsMs: ev.TsMs}
@@ -220,6 +221,16 @@ func pairsFor(cfg Config, hist []HistoryEntry, pos int, item string, q float64, 
 	}
 	out := make([]PairIncrement, 0, 2*(hi-lo))
 	gap := float64(cfg.CovisGapHalfLife.Milliseconds())
+	// decay[d-1] = CovisDistanceDecay^(d-1), by multiplication instead of math.Pow per pair.
+	var decayBuf [64]float64
+	decay := decayBuf[:0]
+	if w > len(decayBuf) {
+		decay = make([]float64, 0, w)
+	}
+	for d, f := 0, 1.0; d < w; d++ {
+		decay = append(decay, f)
+		f *= cfg.CovisDistanceDecay
+	}
 	for j := lo; j < hi; j++ {
 		h := hist[j]
 		if h.ItemID == item {
@@ -230,11 +241,23 @@ func pairsFor(cfg Config, hist []HistoryEntry, pos int, item string, q float64, 
 			dist = j - pos + 1 // older entries: 1..w
 		}
 		dt := math.Abs(float64(ts - h.TsMs))
-		wt := q * h.Quality * math.Pow(cfg.CovisDistanceDecay, float64(dist-1)) * math.Exp2(-dt/gap)
+		wt := q * h.Quality * decay[dist-1] * math.Exp2(-dt/gap)
 		if !(wt > 0) {
 			continue
 		}
-		out = append(out, PairIncrement{From: item, To: h.ItemID, Weight: wt}, PairIncrement{From: h.ItemID, To: item, Weight: wt})
+		// The direction that follows time order (earlier → later) gets the full weight, the
+		// reverse CovisBackwardWeight of it: "watched after" predicts better than "before".
+		fwd, back := wt, wt*cfg.CovisBackwardWeight
+		if j < pos { // h is newer than item
+			fwd, back = back, fwd
+		}
+		// fwd is h → item, back is item → h.
+		if back > 0 {
+			out = append(out, PairIncrement{From: item, To: h.ItemID, Weight: back})
+		}
+		if fwd > 0 {
+			out = append(out, PairIncrement{From: h.ItemID, To: item, Weight: fwd})
+		}
 	}
 	return out
 }

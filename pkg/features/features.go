@@ -42,6 +42,8 @@ type Config struct {
 	// CovisDistanceDecay multiplies a pair's weight per position of distance in the history
 	// (the previous item has distance 1 and factor 1).
 	CovisDistanceDecay float64
+	// CovisBackwardWeight scales the later → earlier direction of a pair (1 = symmetric).
+	CovisBackwardWeight float64
 	// CovisGapHalfLife halves a pair's weight per this much time between the two watches.
 	CovisGapHalfLife time.Duration
 	// CovisHalfLife is the forward-decay half-life of co-visitation strengths.
@@ -62,18 +64,19 @@ type Config struct {
 // DefaultConfig returns the tuned defaults (see docs/evaluation.md).
 func DefaultConfig() Config {
 	return Config{
-		HistorySize:        50,
-		WatchedCap:         500,
-		ImpressionMemory:   300,
-		CovisWindow:        10,
-		CovisDistanceDecay: 0.9,
-		CovisGapHalfLife:   7 * 24 * time.Hour,
-		CovisHalfLife:      180 * 24 * time.Hour,
-		NeighboursPerItem:  100,
-		PopShortHalfLife:   6 * time.Hour,
-		PopLongHalfLife:    7 * 24 * time.Hour,
-		TopListSize:        500,
-		FreshSize:          500,
+		HistorySize:         50,
+		WatchedCap:          500,
+		ImpressionMemory:    300,
+		CovisWindow:         20,
+		CovisDistanceDecay:  0.8,
+		CovisBackwardWeight: 0.5,
+		CovisGapHalfLife:    7 * 24 * time.Hour,
+		CovisHalfLife:       2 * 365 * 24 * time.Hour,
+		NeighboursPerItem:   100,
+		PopShortHalfLife:    24 * time.Hour,
+		PopLongHalfLife:     30 * 24 * time.Hour,
+		TopListSize:         500,
+		FreshSize:           500,
 	}
 }
 
@@ -90,6 +93,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet, prefix string) {
 	fs.IntVar(&c.ImpressionMemory, p+"impression-memory", c.ImpressionMemory, "items with impression counters kept per user (least recently shown evicted)")
 	fs.IntVar(&c.CovisWindow, p+"covis-window", c.CovisWindow, "a watch is paired with the user's last W history items")
 	fs.Float64Var(&c.CovisDistanceDecay, p+"covis-distance-decay", c.CovisDistanceDecay, "pair weight multiplier per position of distance in the history (0,1]")
+	fs.Float64Var(&c.CovisBackwardWeight, p+"covis-backward-weight", c.CovisBackwardWeight, "weight of the later → earlier direction of a co-visitation pair relative to earlier → later [0,1]")
 	fs.DurationVar(&c.CovisGapHalfLife, p+"covis-gap-half-life", c.CovisGapHalfLife, "pair weight halves per this much time between the two watches")
 	fs.DurationVar(&c.CovisHalfLife, p+"covis-half-life", c.CovisHalfLife, "forward-decay half-life of co-visitation strengths")
 	fs.IntVar(&c.NeighboursPerItem, p+"neighbours-per-item", c.NeighboursPerItem, "co-visitation neighbours kept per item (top M)")
@@ -126,6 +130,9 @@ func (c Config) Validate() error {
 	}
 	if !(c.CovisDistanceDecay > 0 && c.CovisDistanceDecay <= 1) {
 		bad("covis-distance-decay", "in (0,1]", c.CovisDistanceDecay)
+	}
+	if !(c.CovisBackwardWeight >= 0 && c.CovisBackwardWeight <= 1) {
+		bad("covis-backward-weight", "between 0 and 1", c.CovisBackwardWeight)
 	}
 	if c.CovisGapHalfLife <= 0 {
 		bad("covis-gap-half-life", "> 0", c.CovisGapHalfLife)

@@ -36,6 +36,9 @@ type Config struct {
 	HistoryItems int
 	// HistoryDecay multiplies the weight of each older history position (1 = no recency).
 	HistoryDecay float64
+	// NormaliseNeighbours divides each history item's neighbour strengths by that list's top
+	// strength, so one strongly connected item does not drown the others.
+	NormaliseNeighbours bool
 	// NeighboursPerItem caps each loaded neighbour list.
 	NeighboursPerItem int
 	// TrendingN, PopularN, FreshN cap the global candidate lists loaded.
@@ -74,9 +77,9 @@ func DefaultConfig() Config {
 	return Config{
 		Weights: Weights{
 			Covis:      1.0,
-			Similar:    0.5,
-			Trending:   0.25,
-			Popular:    0.15,
+			Similar:    0.25,
+			Trending:   0.1,
+			Popular:    0.05,
 			WatchRate:  0.05,
 			Completion: 0.05,
 			Freshness:  0.02,
@@ -84,11 +87,12 @@ func DefaultConfig() Config {
 		},
 		HistoryItems:              10,
 		HistoryDecay:              0.85,
+		NormaliseNeighbours:       true,
 		NeighboursPerItem:         50,
 		TrendingN:                 100,
 		PopularN:                  100,
 		FreshN:                    50,
-		ExplorationShare:          0.1,
+		ExplorationShare:          0.05,
 		ExplorationMaxImpressions: 50,
 		ExplorationBucket:         time.Hour,
 		WatchRatePriorWatches:     1,
@@ -115,11 +119,12 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.Float64Var(&w.Fatigue, "ranking.weight-fatigue", w.Fatigue, "penalty weight of impression fatigue (shown repeatedly without a watch)")
 	fs.IntVar(&c.HistoryItems, "ranking.history-items", c.HistoryItems, "recent history items whose co-visitation neighbours are candidates")
 	fs.Float64Var(&c.HistoryDecay, "ranking.history-decay", c.HistoryDecay, "weight multiplier per older history position (0-1]")
+	fs.BoolVar(&c.NormaliseNeighbours, "ranking.normalise-neighbours", c.NormaliseNeighbours, "divide each history item's neighbour strengths by its strongest neighbour")
 	fs.IntVar(&c.NeighboursPerItem, "ranking.neighbours-per-item", c.NeighboursPerItem, "neighbours loaded per history item")
 	fs.IntVar(&c.TrendingN, "ranking.trending-candidates", c.TrendingN, "trending (short half-life) candidates loaded")
 	fs.IntVar(&c.PopularN, "ranking.popular-candidates", c.PopularN, "popular (long half-life) candidates loaded")
 	fs.IntVar(&c.FreshN, "ranking.fresh-candidates", c.FreshN, "fresh items loaded for exploration")
-	fs.Float64Var(&c.ExplorationShare, "ranking.exploration-share", c.ExplorationShare, "fraction of slots given to fresh or under-exposed items [0,0.5]")
+	fs.Float64Var(&c.ExplorationShare, "ranking.exploration-share", c.ExplorationShare, "fraction of slots given to fresh or under-exposed items [0,0.5], rounded down (0.05: 1 of 20)")
 	fs.Int64Var(&c.ExplorationMaxImpressions, "ranking.exploration-max-impressions", c.ExplorationMaxImpressions, "a fresh item is under-exposed below this many impressions")
 	fs.DurationVar(&c.ExplorationBucket, "ranking.exploration-bucket", c.ExplorationBucket, "time bucket of the exploration seed (same user, same bucket: same exploration items)")
 	fs.Float64Var(&c.WatchRatePriorWatches, "ranking.watch-rate-prior-watches", c.WatchRatePriorWatches, "prior watches a in (watches+a)/(impressions+b)")

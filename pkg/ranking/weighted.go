@@ -3,7 +3,7 @@ package ranking
 import (
 	"math"
 	"slices"
-	"strings"
+	"sync"
 )
 
 // Weighted is the default Ranker: a linear score over normalised features, with weights from
@@ -15,6 +15,7 @@ import (
 // Features of a candidate c (each in [0,1]):
 //
 //	covis      Σ_h w_h · s(h,c)/max_c' s(h,c')  divided by its maximum over candidates
+//	           (without NormaliseNeighbours: Σ_h w_h · s(h,c), then divided by the maximum)
 //	similar    the same over Snapshot.Similar
 //	trending   PopShort(c) / max PopShort over candidates
 //	popular    PopLong(c) / max PopLong over candidates
@@ -37,11 +38,21 @@ func NewWeighted(cfg Config) *Weighted { return &Weighted{cfg: cfg} }
 func (w *Weighted) Config() Config { return w.cfg }
 
 type cand struct {
-	id                  string
-	covis, sim          float64
-	score               float64
-	fromList, fromFresh bool
+	id         string
+	covis, sim float64
+	score      float64
+	st         ItemStats
 }
+
+// scratch is per-call working memory, pooled because Rank runs on every request.
+type scratch struct {
+	idx   map[string]int
+	cands []cand
+}
+
+var scratchPool = sync.Pool{New: func() any {
+	return &scratch{idx: make(map[string]int, 1024), cands: make([]cand, 0, 1024)}
+}}
 
 // Rank implements Ranker.
 func (w *Weighted) Rank(s *Snapshot, k int) Result {
@@ -50,28 +61,39 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 	if k <= 0 {
 		return res
 	}
-	idx := make(map[string]int, 256)
-	cands := make([]cand, 0, 256)
+	sc := scratchPool.Get().(*scratch)
+	defer func() {
+		clear(sc.idx)
+		sc.cands = sc.cands[:0]
+		scratchPool.Put(sc)
+	}()
+	idx := sc.idx
+	cands := sc.cands
+	// Items already in the user's history are excluded even if the bounded watched set has
+	// forgotten them: they enter the index as excluded (-1).
+	for _, h := range s.History {
+		idx[h.ItemID] = -1
+	}
 	get := func(id string) *cand {
 		if i, ok := idx[id]; ok {
+			if i < 0 {
+				return nil
+			}
 			return &cands[i]
 		}
 		if s.Watched[id] {
+			idx[id] = -1
 			return nil
 		}
 		idx[id] = len(cands)
 		cands = append(cands, cand{id: id})
 		return &cands[len(cands)-1]
 	}
-	// Items already in the user's history are excluded even if the bounded watched set has
-	// forgotten them.
-	seenHist := func(id string) bool {
-		for _, h := range s.History {
-			if h.ItemID == id {
-				return true
-			}
+	excluded := func(id string) bool {
+		if i, ok := idx[id]; ok && i < 0 {
+			return true
 		}
-		return false
+		return s.Watched[id]
 	}
 	hasPersonal := false
 	addNeighbours := func(lists map[string][]Scored, set func(c *cand, v float64)) {
@@ -89,12 +111,15 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 			if len(ns) == 0 || hw <= 0 {
 				continue
 			}
-			top := 0.0
-			for _, n := range ns {
-				top = math.Max(top, n.Score)
-			}
-			if top <= 0 {
-				continue
+			top := 1.0
+			if cfg.NormaliseNeighbours {
+				top = 0
+				for _, n := range ns {
+					top = math.Max(top, n.Score)
+				}
+				if top <= 0 {
+					continue
+				}
 			}
 			for j, n := range ns {
 				if j >= cfg.NeighboursPerItem {
@@ -119,27 +144,17 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 			if i >= n {
 				break
 			}
-			if c := get(it.ItemID); c != nil {
-				c.fromList = true
-			}
+			get(it.ItemID)
 		}
 	}
 	addList(s.Trending, cfg.TrendingN)
 	addList(s.Popular, cfg.PopularN)
 
-	// Drop history items (after get so a history item never enters the index twice).
-	live := cands[:0]
-	for _, c := range cands {
-		if !seenHist(c.id) {
-			live = append(live, c)
-		}
-	}
-	cands = live
-
 	var maxCovis, maxSim, maxShort, maxLong float64
 	for i := range cands {
 		c := &cands[i]
-		st := s.Items[c.id]
+		c.st = s.Items[c.id]
+		st := &c.st
 		maxCovis = math.Max(maxCovis, c.covis)
 		maxSim = math.Max(maxSim, c.sim)
 		maxShort = math.Max(maxShort, st.PopShort)
@@ -147,19 +162,22 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 	}
 	for i := range cands {
 		c := &cands[i]
-		c.score = w.score(s, c, s.Items[c.id], maxCovis, maxSim, maxShort, maxLong)
+		c.score = w.score(s, c, &c.st, maxCovis, maxSim, maxShort, maxLong)
 	}
-	sortCands(cands)
+	sc.cands = cands // keep the grown buffer for the next call
+	// Only the head of the ranking is ever used: order the best k + exploration spares.
+	topK(cands, k)
 
 	if hasPersonal {
 		res.Strategy = StrategyCovisHybrid
 	}
-	nExplore := int(math.Floor(float64(k)*cfg.ExplorationShare + 0.5))
-	explore := w.explorationPool(s, cands, seenHist)
-	if nExplore > len(explore) {
-		nExplore = len(explore)
-	}
+	// floor: a 5% share gives 1 slot of 20 and none of 10.
+	nExplore := int(math.Floor(float64(k)*cfg.ExplorationShare + 1e-9))
+	explore := w.explorationPool(s, excluded)
+	nExplore = min(nExplore, len(explore))
 	nMain := min(k-nExplore, len(cands))
+	// Exploration also fills the slots the ranked candidates cannot.
+	nExplore = min(k-nMain, len(explore))
 	res.Items = make([]string, 0, k)
 	res.Scores = make([]float64, 0, k)
 	chosen := make(map[string]bool, k)
@@ -189,7 +207,10 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 			picked++
 		}
 	}
-	// Fill from the remaining ranked candidates when exploration found too few items.
+	// Fill from the remaining candidates when exploration found too few items.
+	if len(res.Items) < k {
+		slices.SortFunc(cands[nMain:], cmpCand)
+	}
 	for _, c := range cands[nMain:] {
 		if len(res.Items) >= k {
 			break
@@ -203,7 +224,7 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 	return res
 }
 
-func (w *Weighted) score(s *Snapshot, c *cand, st ItemStats, maxCovis, maxSim, maxShort, maxLong float64) float64 {
+func (w *Weighted) score(s *Snapshot, c *cand, st *ItemStats, maxCovis, maxSim, maxShort, maxLong float64) float64 {
 	cfg := w.cfg
 	wt := cfg.Weights
 	var f float64
@@ -235,7 +256,7 @@ func (w *Weighted) score(s *Snapshot, c *cand, st ItemStats, maxCovis, maxSim, m
 	return f
 }
 
-func completion(st ItemStats, cfg Config) float64 {
+func completion(st *ItemStats, cfg Config) float64 {
 	sum, n := st.SumPercent, float64(st.PercentCount)
 	// Watches without a percentage but with ended=true count as complete; without either they
 	// carry no completion evidence.
@@ -264,14 +285,14 @@ func fatigue(s *Snapshot, id string, cfg Config) float64 {
 
 // explorationPool lists fresh, under-exposed items the user has not watched, newest first, in a
 // stable order (the seed then picks from it).
-func (w *Weighted) explorationPool(s *Snapshot, _ []cand, seenHist func(string) bool) []string {
+func (w *Weighted) explorationPool(s *Snapshot, excluded func(string) bool) []string {
 	cfg := w.cfg
 	var pool []string
 	for i, f := range s.Fresh {
 		if i >= cfg.FreshN {
 			break
 		}
-		if s.Watched[f.ItemID] || seenHist(f.ItemID) {
+		if excluded(f.ItemID) {
 			continue
 		}
 		if st, ok := s.Items[f.ItemID]; ok && st.Impressions >= cfg.ExplorationMaxImpressions && cfg.ExplorationMaxImpressions > 0 {
@@ -285,16 +306,61 @@ func (w *Weighted) explorationPool(s *Snapshot, _ []cand, seenHist func(string) 
 	return pool
 }
 
-func sortCands(c []cand) {
-	slices.SortFunc(c, func(a, b cand) int {
-		if a.score != b.score {
-			if a.score > b.score {
-				return -1
-			}
-			return 1
+func candBefore(a, b *cand) bool {
+	if a.score != b.score {
+		return a.score > b.score
+	}
+	return a.id < b.id
+}
+
+// topK moves the best k candidates to the front of c, in order; the rest stay unordered
+// behind them. Selection (quickselect-like partial heap) is O(n log k) instead of a full sort.
+func topK(c []cand, k int) {
+	if k >= len(c) {
+		slices.SortFunc(c, cmpCand)
+		return
+	}
+	// Min-heap of the best k seen so far at c[:k]; its root is the worst of them.
+	h := c[:k]
+	for i := k/2 - 1; i >= 0; i-- {
+		siftDown(h, i)
+	}
+	for i := k; i < len(c); i++ {
+		if candBefore(&c[i], &h[0]) {
+			h[0], c[i] = c[i], h[0]
+			siftDown(h, 0)
 		}
-		return strings.Compare(a.id, b.id)
-	})
+	}
+	slices.SortFunc(h, cmpCand)
+}
+
+func cmpCand(a, b cand) int {
+	if candBefore(&a, &b) {
+		return -1
+	}
+	if candBefore(&b, &a) {
+		return 1
+	}
+	return 0
+}
+
+// siftDown restores the min-heap (root = worst candidate) below i.
+func siftDown(h []cand, i int) {
+	for {
+		l := 2*i + 1
+		if l >= len(h) {
+			return
+		}
+		m := l
+		if r := l + 1; r < len(h) && candBefore(&h[l], &h[r]) {
+			m = r
+		}
+		if !candBefore(&h[i], &h[m]) {
+			return
+		}
+		h[i], h[m] = h[m], h[i]
+		i = m
+	}
 }
 
 // hash64 is FNV-1a over the string followed by the 8 bytes of n.

@@ -1,0 +1,157 @@
+package cmd
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"recsys/pkg/features"
+	"recsys/pkg/featurestore"
+	"recsys/pkg/flagenv"
+	"recsys/pkg/infra"
+	"recsys/pkg/migrate"
+)
+
+// storeFlags are the settings the one-shot feature store commands share with the consumer
+// role (same flag and variable names, so one environment configures both).
+type storeFlags struct {
+	infra    infra.Config
+	features features.Config
+}
+
+const storeNeeds = infra.Postgres | infra.Redis
+
+func (f *storeFlags) register(fs *pflag.FlagSet) {
+	f.infra = infra.DefaultConfig()
+	f.infra.RegisterFlags(fs, storeNeeds)
+	f.features = features.DefaultConfig()
+	f.features.RegisterFlags(fs, "consumer.features.")
+	flagenv.Alias(fs, "consumer.features.history-size", "STREAM_FEATURE_HISTORY_SIZE")
+}
+
+func (f *storeFlags) open(ctx context.Context, log *slog.Logger) (*featurestore.Store, func(), error) {
+	if err := f.infra.Validate(storeNeeds); err != nil {
+		return nil, nil, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	if err := f.features.Validate(); err != nil {
+		return nil, nil, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	in, err := infra.Open(ctx, f.infra, storeNeeds, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := migrate.CheckSchema(ctx, in.PG); err != nil {
+		in.Close()
+		return nil, nil, fmt.Errorf("schema check (run `recsys migrate up`): %w", err)
+	}
+	return featurestore.New(in.PG, in.Redis, f.infra.Redis.KeyPrefix, f.features, log), in.Close, nil
+}
+
+func printJSON(cmd *cobra.Command, v any) error {
+	enc := json.NewEncoder(cmd.OutOrStdout())
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newFeaturesCmd(lc *logConfig) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "features",
+		Short: "Maintain the feature store (PostgreSQL durable state, Redis serving copy)",
+	}
+	cmd.AddCommand(newFeaturesRebuildCmd(lc))
+	return cmd
+}
+
+func newFeaturesRebuildCmd(lc *logConfig) *cobra.Command {
+	var sf storeFlags
+	var fromEvents bool
+	var batch int
+	cmd := &cobra.Command{
+		Use:   "rebuild",
+		Short: "Rebuild the Redis feature copy from PostgreSQL (--from-events: recompute PostgreSQL from the raw events first)",
+		Long: `Rebuild the Redis feature copy from the durable state in PostgreSQL. The copy's generation is
+bumped first, so the copy is replaced (not merged) while consumers keep running; readers
+fall back to PostgreSQL until it is complete.
+
+With --from-events the durable state itself is recomputed from the raw event tables
+(impressions, watches, legacy_events) through the same feature update code as the stream,
+in event-time order: the feature tables are emptied first (the DLQ is kept). Stop the
+consumers during such a rebuild; raw events older than the ingest retention are gone.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := lc.logger(os.Stderr)
+			if err != nil {
+				return err
+			}
+			st, closeFn, err := sf.open(cmd.Context(), log)
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			t0 := time.Now()
+			out := map[string]any{"from_events": fromEvents}
+			if fromEvents {
+				n, err := st.RebuildFromEvents(cmd.Context(), batch, func(n int) {
+					log.Info("rebuild progress", "events", n, "duration_s", time.Since(t0).Seconds())
+				})
+				if err != nil {
+					return fmt.Errorf("rebuild from events: %w", err)
+				}
+				out["events"] = n
+			} else if err := st.Repopulate(cmd.Context(), true); err != nil {
+				return fmt.Errorf("rebuild redis copy: %w", err)
+			}
+			out["status"] = "ok"
+			out["duration_s"] = time.Since(t0).Seconds()
+			return printJSON(cmd, out)
+		},
+	}
+	cmd.Flags().BoolVar(&fromEvents, "from-events", false, "recompute the PostgreSQL feature state from the raw event tables first")
+	cmd.Flags().IntVar(&batch, "batch-size", 5000, "events applied per transaction with --from-events")
+	sf.register(cmd.Flags())
+	return cmd
+}
+
+func newReplayDLQCmd(lc *logConfig) *cobra.Command {
+	var sf storeFlags
+	var o featurestore.ReplayOptions
+	cmd := &cobra.Command{
+		Use:   "replay-dlq",
+		Short: "Re-apply pending feature consumer dead letters (idempotently)",
+		Long: `Re-decode the pending entries of feature_dlq, oldest first, and apply those that decode now
+(after a fix of the payload or of the code) through the same feature update as the stream.
+Applying is idempotent: an event whose event_id was applied before counts as a duplicate.
+Applied entries are marked replayed and written to Redis; entries that still fail stay
+pending with their new error. Prints a JSON report.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := lc.logger(os.Stderr)
+			if err != nil {
+				return err
+			}
+			if o.Limit < 1 {
+				return fmt.Errorf("--limit must be >= 1, got %d", o.Limit)
+			}
+			st, closeFn, err := sf.open(cmd.Context(), log)
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			rep, err := st.ReplayDLQ(cmd.Context(), o)
+			if err != nil {
+				return fmt.Errorf("replay dlq: %w", err)
+			}
+			return printJSON(cmd, rep)
+		},
+	}
+	cmd.Flags().BoolVar(&o.DryRun, "dry-run", false, "decode and report only; change nothing")
+	cmd.Flags().IntVar(&o.Limit, "limit", 1000, "most entries to replay, oldest first")
+	sf.register(cmd.Flags())
+	return cmd
+}

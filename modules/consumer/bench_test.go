@@ -1,0 +1,48 @@
+package consumer_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"recsys/pkg/events"
+	"recsys/pkg/featurestore/fstest"
+)
+
+// BenchmarkApplyFromPrefilledTopic measures the apply rate of one consumer draining a
+// pre-filled topic pair, from its start (group join included) to the last event durable in
+// PostgreSQL. Report, don't assert:
+//
+//	go test ./modules/consumer -run '^$' -bench ApplyFromPrefilledTopic -benchtime 1x -count 3
+func BenchmarkApplyFromPrefilledTopic(b *testing.B) {
+	n := 100_000
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		e := newEnv(b)
+		e.MaxBatch = 5000
+		evs := benchEvents(e, n)
+		watches := 0
+		for _, ev := range evs {
+			if ev.Kind() != events.KindImpression {
+				watches++
+			}
+		}
+		e.produce(b, evs)
+		b.StartTimer()
+		t0 := time.Now()
+		c := e.startConsumer(b)
+		e.waitApplied(b, n, 10*time.Minute)
+		el := time.Since(t0)
+		b.StopTimer()
+		b.ReportMetric(float64(n)/el.Seconds(), "events/s")
+		b.ReportMetric(float64(watches)/float64(n), "watch_share")
+		b.ReportMetric(counter(c.set, "recsys_consumer_apply_seconds_sum")/counter(c.set, "recsys_consumer_apply_seconds_count")*1000, "ms/tx")
+		b.ReportMetric(counter(c.set, "recsys_consumer_batch_size_sum")/counter(c.set, "recsys_consumer_batch_size_count"), "events/tx")
+		c.stop()
+	}
+}
+
+func benchEvents(e *env, n int) []events.Any {
+	return fstest.Generate(fstest.GenConfig{Seed: uint64(time.Now().UnixNano()), Users: 20000, Items: 5000, Events: n,
+		StartMs: e.start, StepMs: 10, Prefix: fmt.Sprintf("b%d", time.Now().UnixNano()%1000), DisjointImpressions: true})
+}

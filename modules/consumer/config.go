@@ -1,0 +1,107 @@
+package consumer
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"recsys/pkg/features"
+	"recsys/pkg/flagenv"
+)
+
+// Config of the consumer role.
+type Config struct {
+	GroupID  string
+	ClientID string
+	// MaxBatch caps the messages applied in one PostgreSQL transaction.
+	MaxBatch int
+	// Linger is how long a batch waits for more messages once nothing is immediately
+	// available; the batch also grows by itself while the previous one is being applied.
+	Linger time.Duration
+	// FetchMaxWait is the broker's long-poll wait of an idle fetch.
+	FetchMaxWait time.Duration
+	// RetryBackoff doubles up to RetryMaxBackoff between attempts of a failing batch.
+	RetryBackoff    time.Duration
+	RetryMaxBackoff time.Duration
+	// UnreadyAfter consecutive failed attempts make /readyz fail (the consumer keeps trying).
+	UnreadyAfter int
+	// HealInterval is how often the Redis copy is checked and the write journal healed.
+	HealInterval time.Duration
+	// DedupRetention is how long applied event ids are remembered; it must exceed the Kafka
+	// retention and any replay horizon, or a redelivery older than it would apply twice.
+	DedupRetention time.Duration
+	// DrainTimeout bounds the batch in flight at shutdown.
+	DrainTimeout time.Duration
+	Features     features.Config
+}
+
+// NewConfig returns the defaults.
+func NewConfig() *Config {
+	return &Config{GroupID: "recsys-feature-consumer-v1", MaxBatch: 5000, Linger: 2 * time.Millisecond,
+		FetchMaxWait: 100 * time.Millisecond, RetryBackoff: 100 * time.Millisecond, RetryMaxBackoff: 30 * time.Second,
+		UnreadyAfter: 5, HealInterval: time.Second, DedupRetention: 14 * 24 * time.Hour, DrainTimeout: 15 * time.Second,
+		Features: features.DefaultConfig()}
+}
+
+// RegisterFlags adds the consumer.* flags (feature parameters under consumer.features.*).
+func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.GroupID, "consumer.group-id", c.GroupID, "Kafka consumer group of the feature consumers")
+	fs.StringVar(&c.ClientID, "consumer.client-id", c.ClientID, "Kafka client id of the consumer (empty: --kafka.client-id)")
+	fs.IntVar(&c.MaxBatch, "consumer.max-batch", c.MaxBatch, "most messages applied in one PostgreSQL transaction")
+	fs.DurationVar(&c.Linger, "consumer.linger", c.Linger, "wait for more messages before applying a batch that is not full")
+	fs.DurationVar(&c.FetchMaxWait, "consumer.fetch-max-wait", c.FetchMaxWait, "broker long-poll wait of an idle fetch")
+	fs.DurationVar(&c.RetryBackoff, "consumer.retry-backoff", c.RetryBackoff, "first wait before retrying a batch after a transient error (doubles each attempt)")
+	fs.DurationVar(&c.RetryMaxBackoff, "consumer.retry-max-backoff", c.RetryMaxBackoff, "longest wait between attempts of a failing batch")
+	fs.IntVar(&c.UnreadyAfter, "consumer.unready-after-failures", c.UnreadyAfter, "consecutive failed attempts of a batch before /readyz fails (retries go on; valid events never go to the DLQ)")
+	fs.DurationVar(&c.HealInterval, "consumer.heal-interval", c.HealInterval, "how often the Redis copy is checked (repopulated when empty) and failed Redis writes are redone")
+	fs.DurationVar(&c.DedupRetention, "consumer.dedup-retention", c.DedupRetention, "how long applied event ids are remembered (must exceed Kafka retention and replay horizons)")
+	fs.DurationVar(&c.DrainTimeout, "consumer.drain-timeout", c.DrainTimeout, "longest wait for the batch in flight at shutdown")
+	c.Features.RegisterFlags(fs, "consumer.features.")
+	flagenv.Alias(fs, "consumer.group-id", "FEATURE_CONSUMER_GROUP_ID")
+	flagenv.Alias(fs, "consumer.client-id", "FEATURE_CONSUMER_CLIENT_ID")
+	flagenv.Alias(fs, "consumer.max-batch", "FEATURE_CONSUMER_MAX_POLL_RECORDS")
+	flagenv.Alias(fs, "consumer.fetch-max-wait", "FEATURE_CONSUMER_POLL_TIMEOUT_MS:ms")
+	flagenv.Alias(fs, "consumer.unready-after-failures", "FEATURE_CONSUMER_MAX_RETRIES_PER_MESSAGE")
+	flagenv.Alias(fs, "consumer.retry-backoff", "FEATURE_CONSUMER_STARTUP_BACKOFF_SEC:s")
+	flagenv.Alias(fs, "consumer.drain-timeout", "FEATURE_CONSUMER_SHUTDOWN_TIMEOUT_SEC:s")
+	flagenv.Alias(fs, "consumer.features.history-size", "STREAM_FEATURE_HISTORY_SIZE")
+}
+
+// Validate reports every invalid setting, naming the flag.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.GroupID == "" {
+		errs = append(errs, errors.New("--consumer.group-id must not be empty"))
+	}
+	if c.MaxBatch < 1 || c.MaxBatch > 100000 {
+		errs = append(errs, fmt.Errorf("--consumer.max-batch must be between 1 and 100000, got %d", c.MaxBatch))
+	}
+	if c.Linger < 0 || c.Linger > 10*time.Second {
+		errs = append(errs, fmt.Errorf("--consumer.linger must be between 0 and 10s, got %s", c.Linger))
+	}
+	if c.FetchMaxWait < time.Millisecond {
+		errs = append(errs, fmt.Errorf("--consumer.fetch-max-wait must be >= 1ms, got %s", c.FetchMaxWait))
+	}
+	if c.RetryBackoff <= 0 {
+		errs = append(errs, fmt.Errorf("--consumer.retry-backoff must be > 0, got %s", c.RetryBackoff))
+	}
+	if c.RetryMaxBackoff < c.RetryBackoff {
+		errs = append(errs, fmt.Errorf("--consumer.retry-max-backoff must be >= --consumer.retry-backoff (%s), got %s", c.RetryBackoff, c.RetryMaxBackoff))
+	}
+	if c.UnreadyAfter < 1 {
+		errs = append(errs, fmt.Errorf("--consumer.unready-after-failures must be >= 1, got %d", c.UnreadyAfter))
+	}
+	if c.HealInterval < 10*time.Millisecond {
+		errs = append(errs, fmt.Errorf("--consumer.heal-interval must be >= 10ms, got %s", c.HealInterval))
+	}
+	if c.DedupRetention < time.Hour {
+		errs = append(errs, fmt.Errorf("--consumer.dedup-retention must be >= 1h, got %s", c.DedupRetention))
+	}
+	if c.DrainTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--consumer.drain-timeout must be > 0, got %s", c.DrainTimeout))
+	}
+	errs = append(errs, c.Features.Validate())
+	return errors.Join(errs...)
+}

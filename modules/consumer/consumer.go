@@ -1,0 +1,572 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	kafkago "github.com/segmentio/kafka-go"
+
+	"recsys/pkg/events"
+	"recsys/pkg/features"
+	"recsys/pkg/featurestore"
+	"recsys/pkg/infra"
+	"recsys/pkg/kafka"
+	"recsys/pkg/module"
+)
+
+// Consumer is the running role.
+type Consumer struct {
+	cfg    *Config
+	log    *slog.Logger
+	kafka  *kafka.Client
+	topics []string
+	store  *featurestore.Store
+	m      *consumerMetrics
+
+	reader     atomic.Pointer[kafkago.Reader]
+	joined     atomic.Bool
+	redisReady atomic.Bool
+	failures   atomic.Int64
+	lastErr    atomic.Pointer[string]
+	mirror     chan mirrorJob
+}
+
+type mirrorJob struct {
+	b *featurestore.Batch
+	a *featurestore.Applied
+}
+
+var _ module.Readier = (*Consumer)(nil)
+
+func newConsumer(cfg *Config, d infra.Deps) *Consumer {
+	kc := d.Kafka
+	if cfg.ClientID != "" {
+		c := *d.Kafka
+		c.ClientID = cfg.ClientID
+		kc = &c
+	}
+	c := &Consumer{cfg: cfg, log: d.Log, kafka: kc, m: newMetrics(d.Metrics),
+		topics: []string{d.Config.Kafka.TopicImpressions, d.Config.Kafka.TopicWatches},
+		store:  featurestore.New(d.PG, d.Redis, d.Config.Redis.KeyPrefix, cfg.Features, d.Log)}
+	c.store.SetHooks(featurestore.Hooks{RedisWriteFailed: func(error) { c.m.redisFailures.Inc() }, Phase: c.m.phase})
+	return c
+}
+
+// fetched is one message with its decoding outcome.
+type fetched struct {
+	msg kafkago.Message
+	ev  featurestore.Event
+	err error
+}
+
+// Run consumes until ctx is cancelled; the batch in flight is finished and committed.
+func (c *Consumer) Run(ctx context.Context) error {
+	if err := c.ensureTopics(ctx); err != nil {
+		return nil //nolint:nilerr // only a cancelled context ends ensureTopics
+	}
+	r := c.kafka.NewReader(kafka.ReaderOptions{GroupID: c.cfg.GroupID, Topics: c.topics, MaxWait: c.cfg.FetchMaxWait})
+	c.reader.Store(r)
+	in := make(chan fetched, 2*c.cfg.MaxBatch)
+	fetchCtx, stopFetch := context.WithCancel(ctx)
+	fetchDone := make(chan struct{})
+	go func() { defer close(fetchDone); c.fetch(fetchCtx, r, in) }()
+	healDone := make(chan struct{})
+	go func() { defer close(healDone); c.heal(ctx) }()
+	// Redis is written by its own goroutine so the next PostgreSQL transaction overlaps the
+	// previous batch's Redis write (Redis merges are order-independent); the small buffer is
+	// the backpressure.
+	c.mirror = make(chan mirrorJob, 2)
+	mirrorDone := make(chan struct{})
+	go func() {
+		defer close(mirrorDone)
+		for j := range c.mirror {
+			c.writeRedis(ctx, j.b, j.a)
+		}
+	}()
+	c.log.InfoContext(ctx, "feature consumer started", "group", c.cfg.GroupID, "topics", c.topics)
+	for {
+		batch, ok := c.collect(ctx, in)
+		if !ok {
+			break
+		}
+		c.process(ctx, r, batch)
+	}
+	stopFetch()
+	<-fetchDone
+	close(c.mirror)
+	<-mirrorDone
+	<-healDone
+	if err := r.Close(); err != nil {
+		c.m.errors("stop")
+		c.log.WarnContext(ctx, "close kafka reader", "err", err)
+	}
+	c.log.InfoContext(ctx, "feature consumer stopped")
+	return nil
+}
+
+func (c *Consumer) ensureTopics(ctx context.Context) error {
+	for attempt := 0; ; attempt++ {
+		err := c.kafka.EnsureTopics(ctx, c.topics...)
+		if err == nil {
+			return nil
+		}
+		c.m.errors("startup")
+		c.log.WarnContext(ctx, "ensure topics, retrying", "err", err, "attempt", attempt+1)
+		if !c.sleep(ctx, attempt) {
+			return ctx.Err()
+		}
+	}
+}
+
+// sleep waits the backoff of attempt (exponential with jitter); false when ctx ended.
+func (c *Consumer) sleep(ctx context.Context, attempt int) bool {
+	d := c.cfg.RetryBackoff << min(attempt, 20)
+	if d > c.cfg.RetryMaxBackoff || d <= 0 {
+		d = c.cfg.RetryMaxBackoff
+	}
+	d = d/2 + rand.N(d/2+1)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func header(m *kafkago.Message, key string) string {
+	for _, h := range m.Headers {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
+
+// fetch reads and decodes messages; decoding here overlaps with the apply of the previous
+// batch.
+func (c *Consumer) fetch(ctx context.Context, r *kafkago.Reader, out chan<- fetched) {
+	for attempt := 0; ; {
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			c.m.errors("poll")
+			c.log.WarnContext(ctx, "fetch message", "err", err)
+			if !c.sleep(ctx, attempt) {
+				return
+			}
+			attempt++
+			continue
+		}
+		attempt = 0
+		c.joined.Store(true)
+		f := fetched{msg: m}
+		f.ev, f.err = featurestore.Decode(header(&m, events.HeaderEventType), header(&m, events.HeaderSchemaVersion), m.Value)
+		select {
+		case out <- f:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// collect takes what is available up to MaxBatch, lingering briefly for more.
+func (c *Consumer) collect(ctx context.Context, in <-chan fetched) ([]fetched, bool) {
+	var b []fetched
+	select {
+	case f := <-in:
+		b = append(b, f)
+	case <-ctx.Done():
+		return nil, false
+	}
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for len(b) < c.cfg.MaxBatch {
+		select {
+		case f := <-in:
+			b = append(b, f)
+			continue
+		default:
+		}
+		if c.cfg.Linger <= 0 {
+			break
+		}
+		if timer == nil {
+			timer = time.NewTimer(c.cfg.Linger)
+		}
+		select {
+		case f := <-in:
+			b = append(b, f)
+		case <-timer.C:
+			return b, true
+		case <-ctx.Done():
+			return b, true
+		}
+	}
+	return b, true
+}
+
+// process applies one batch (retrying transient errors), mirrors it into Redis and commits
+// the offsets. When ctx ends during retries it returns without committing: the messages are
+// redelivered to whoever owns the partitions next.
+func (c *Consumer) process(ctx context.Context, r *kafkago.Reader, batch []fetched) {
+	c.m.batchSize.Update(float64(len(batch)))
+	b := &featurestore.Batch{}
+	topics := make([]string, 0, len(batch))
+	msgs := make([]*kafkago.Message, 0, len(batch))
+	now := time.Now()
+	for i := range batch {
+		f := &batch[i]
+		c.m.eventLag(f.msg.Topic).Update(float64(now.Sub(f.msg.Time).Milliseconds()))
+		if f.err != nil {
+			status := "invalid_payload"
+			if errors.Is(f.err, featurestore.ErrInvalidEvent) {
+				status = "invalid_event"
+			}
+			c.m.processed(f.msg.Topic, status, 1)
+			c.m.errors("poison_message")
+			c.log.WarnContext(ctx, "poison message to dlq", "topic", f.msg.Topic, "partition", f.msg.Partition,
+				"offset", f.msg.Offset, "err", f.err)
+			b.DLQ = append(b.DLQ, dlqEntry(&f.msg, f.err))
+			continue
+		}
+		b.Events = append(b.Events, f.ev)
+		topics = append(topics, f.msg.Topic)
+		msgs = append(msgs, &f.msg)
+	}
+	a, ok := c.applyWithRetry(ctx, b, msgs)
+	if !ok {
+		return
+	}
+	if a != nil {
+		c.account(ctx, b, topics, a)
+	}
+	c.commit(ctx, r, batch)
+	if a != nil {
+		c.mirror <- mirrorJob{b: b, a: a}
+	}
+}
+
+// attemptCtx detaches an attempt from shutdown (a batch in flight finishes) but bounds it.
+func (c *Consumer) attemptCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), c.cfg.DrainTimeout)
+}
+
+func (c *Consumer) applyWithRetry(ctx context.Context, b *featurestore.Batch, msgs []*kafkago.Message) (*featurestore.Applied, bool) {
+	for attempt := 0; ; attempt++ {
+		actx, cancel := c.attemptCtx(ctx)
+		t0 := time.Now()
+		a, err := c.store.Apply(actx, b)
+		cancel()
+		if err == nil {
+			c.m.applySeconds.Update(time.Since(t0).Seconds())
+			c.failures.Store(0)
+			return a, true
+		}
+		if permanent(err) {
+			c.log.WarnContext(ctx, "batch hit a data error, applying event by event", "err", err, "batch_size", len(b.Events))
+			return nil, c.applyIsolated(ctx, b, msgs)
+		}
+		c.failed(ctx, "process", err, len(b.Events))
+		for _, m := range msgs {
+			c.m.processed(m.Topic, "error", 1)
+		}
+		if ctx.Err() != nil || !c.sleep(ctx, attempt) {
+			return nil, false
+		}
+		c.m.retries.Inc()
+	}
+}
+
+// applyIsolated applies a batch one event at a time after a data error, dead-lettering only
+// the events PostgreSQL refuses; transient errors still retry. It accounts for what it
+// applies and reports false when ctx ended first.
+func (c *Consumer) applyIsolated(ctx context.Context, b *featurestore.Batch, msgs []*kafkago.Message) bool {
+	dlq := slices.Clone(b.DLQ)
+	apply := func(one *featurestore.Batch, topics []string) (bool, error) {
+		for attempt := 0; ; attempt++ {
+			actx, cancel := c.attemptCtx(ctx)
+			a, err := c.store.Apply(actx, one)
+			cancel()
+			if err == nil {
+				c.failures.Store(0)
+				c.account(ctx, one, topics, a)
+				c.writeRedis(ctx, one, a)
+				return true, nil
+			}
+			if permanent(err) {
+				return true, err
+			}
+			c.failed(ctx, "process", err, len(one.Events))
+			if ctx.Err() != nil || !c.sleep(ctx, attempt) {
+				return false, nil
+			}
+			c.m.retries.Inc()
+		}
+	}
+	for i := range b.Events {
+		one := &featurestore.Batch{Events: b.Events[i : i+1]}
+		ok, perr := apply(one, []string{msgs[i].Topic})
+		if !ok {
+			return false
+		}
+		if perr != nil {
+			c.m.errors("poison_message")
+			c.log.WarnContext(ctx, "event refused by postgres, to dlq", "topic", msgs[i].Topic, "partition", msgs[i].Partition,
+				"offset", msgs[i].Offset, "event_id", b.Events[i].EventID, "err", perr)
+			dlq = append(dlq, dlqEntry(msgs[i], perr))
+		}
+	}
+	if len(dlq) == 0 {
+		return true
+	}
+	ok, perr := apply(&featurestore.Batch{DLQ: dlq}, nil)
+	if perr != nil {
+		c.m.errors("dlq_store")
+		c.log.ErrorContext(ctx, "store dlq entries", "err", perr)
+		return false
+	}
+	return ok
+}
+
+func (c *Consumer) failed(ctx context.Context, stage string, err error, events int) {
+	n := c.failures.Add(1)
+	s := err.Error()
+	c.lastErr.Store(&s)
+	c.m.errors(stage)
+	c.log.WarnContext(ctx, "apply batch failed, retrying with backoff", "err", err, "attempt", n, "batch_size", events)
+}
+
+// permanent reports errors that retrying cannot fix: PostgreSQL data exceptions, integrity
+// violations and program limits (a value PostgreSQL will never accept).
+func permanent(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return false
+	}
+	return strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "23") || strings.HasPrefix(pe.Code, "54")
+}
+
+func dlqEntry(m *kafkago.Message, err error) featurestore.DLQEntry {
+	h := make(map[string]string, len(m.Headers))
+	for _, x := range m.Headers {
+		h[x.Key] = strings.ToValidUTF8(string(x.Value), "\uFFFD")
+	}
+	return featurestore.DLQEntry{Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Key: m.Key, Headers: h,
+		Payload: m.Value, Error: err.Error()}
+}
+
+// account updates the counters of an applied batch.
+func (c *Consumer) account(ctx context.Context, b *featurestore.Batch, topics []string, a *featurestore.Applied) {
+	counts := map[[2]string]int{}
+	for i, isNew := range a.New {
+		st := "processed"
+		if !isNew {
+			st = "duplicate"
+		}
+		counts[[2]string{topics[i], st}]++
+	}
+	for k, n := range counts {
+		c.m.processed(k[0], k[1], n)
+	}
+	if n := len(b.DLQ); n > 0 {
+		c.m.dlqStored.Add(n)
+		for _, d := range b.DLQ {
+			c.m.processed(d.Topic, "dlq", 1)
+		}
+	}
+}
+
+// writeRedis mirrors an applied batch into Redis and observes freshness.
+func (c *Consumer) writeRedis(ctx context.Context, b *featurestore.Batch, a *featurestore.Applied) {
+	wctx, cancel := c.attemptCtx(ctx)
+	defer cancel()
+	t0 := time.Now()
+	err := c.store.WriteRedis(wctx, a)
+	switch {
+	case errors.Is(err, featurestore.ErrRedisBehind):
+		c.redisReady.Store(false)
+		c.log.InfoContext(ctx, "redis copy behind, repopulation pending", "err", err)
+		return
+	case err != nil:
+		c.m.errors("redis")
+		c.log.WarnContext(ctx, "write redis failed, journal keeps the batch for the heal loop", "err", err)
+		return
+	}
+	now := time.Now()
+	c.m.redisSeconds.Update(now.Sub(t0).Seconds())
+	nowMs := now.UnixMilli()
+	for i, isNew := range a.New {
+		ev := &b.Events[i]
+		if !isNew || ev.Kind != features.KindWatch {
+			continue
+		}
+		c.m.watchToFeature.Update(float64(nowMs - ev.TsMs))
+		if ev.ServerReceivedTsMs > 0 {
+			c.m.acceptedToVisible.Update(float64(nowMs-ev.ServerReceivedTsMs) / 1000)
+		}
+	}
+}
+
+// commit commits the last offset of each partition of the batch and updates the lag gauges.
+// A failed commit only means redelivery, which the dedup record absorbs.
+func (c *Consumer) commit(ctx context.Context, r *kafkago.Reader, batch []fetched) {
+	last := map[string]map[int]kafkago.Message{}
+	for _, f := range batch {
+		p := last[f.msg.Topic]
+		if p == nil {
+			p = map[int]kafkago.Message{}
+			last[f.msg.Topic] = p
+		}
+		if m, ok := p[f.msg.Partition]; !ok || f.msg.Offset > m.Offset {
+			p[f.msg.Partition] = f.msg
+		}
+	}
+	msgs := make([]kafkago.Message, 0, 8)
+	for topic, parts := range last {
+		for part, m := range parts {
+			msgs = append(msgs, m)
+			c.m.partitionLag(topic, part, max(m.HighWaterMark-m.Offset-1, 0))
+		}
+	}
+	cctx, cancel := c.attemptCtx(ctx)
+	defer cancel()
+	if err := r.CommitMessages(cctx, msgs...); err != nil {
+		c.m.errors("commit")
+		c.log.WarnContext(ctx, "commit offsets failed; the batch will be redelivered and deduplicated", "err", err)
+	}
+}
+
+// heal keeps the Redis copy complete and the housekeeping going.
+func (c *Consumer) heal(ctx context.Context) {
+	t := time.NewTicker(c.cfg.HealInterval)
+	defer t.Stop()
+	var lastSlow time.Time
+	for {
+		if !c.joined.Load() {
+			if r := c.reader.Load(); r != nil && r.Stats().Rebalances > 0 {
+				c.joined.Store(true)
+			}
+		}
+		c.healRedis(ctx)
+		if time.Since(lastSlow) >= 30*time.Second {
+			lastSlow = time.Now()
+			c.housekeeping(ctx)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (c *Consumer) healRedis(ctx context.Context) {
+	ready, err := c.store.RedisReady(ctx)
+	if err != nil {
+		c.redisReady.Store(false)
+		if ctx.Err() == nil {
+			c.m.errors("heal")
+			c.log.WarnContext(ctx, "check redis copy", "err", err)
+		}
+		return
+	}
+	if !ready {
+		c.redisReady.Store(false)
+		switch err := c.store.Repopulate(ctx, false); {
+		case err == nil:
+			c.m.repopulations.Inc()
+			ready = true
+		case errors.Is(err, featurestore.ErrRepopulating):
+		default:
+			if ctx.Err() == nil {
+				c.m.errors("heal")
+				c.log.WarnContext(ctx, "repopulate redis copy", "err", err)
+			}
+			return
+		}
+	}
+	c.redisReady.Store(ready)
+	if !ready {
+		return
+	}
+	// Small passes (each a bounded Redis write), repeated while there is a backlog.
+	const pass = 20
+	for range 50 {
+		n, err := c.store.HealPending(ctx, 2*c.cfg.HealInterval+time.Second, pass)
+		if err != nil {
+			if ctx.Err() == nil {
+				c.m.errors("heal")
+				c.log.WarnContext(ctx, "heal redis journal", "err", err)
+			}
+			return
+		}
+		if n > 0 {
+			c.m.healed.Add(n)
+			c.log.InfoContext(ctx, "redis journal healed", "rows", n)
+		}
+		if n < pass {
+			return
+		}
+	}
+}
+
+func (c *Consumer) housekeeping(ctx context.Context) {
+	st, err := c.store.DLQStats(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			c.m.errors("dlq_metrics")
+		}
+	} else {
+		c.m.dlqPending.Set(float64(st.Pending))
+		c.m.dlqReplayed.Set(float64(st.Replayed))
+		c.m.dlqOldestPending.Set(float64(st.OldestPendingMs))
+	}
+	if _, err := c.store.PurgeReplayedDLQ(ctx, c.cfg.DedupRetention); err != nil && ctx.Err() == nil {
+		c.m.errors("retention")
+		c.log.WarnContext(ctx, "purge replayed dlq entries", "err", err)
+	}
+	n, err := c.store.PurgeApplied(ctx, c.cfg.DedupRetention, 10000)
+	if err != nil {
+		if ctx.Err() == nil {
+			c.m.errors("retention")
+			c.log.WarnContext(ctx, "purge applied event ids", "err", err)
+		}
+		return
+	}
+	c.m.dedupPurged.Add(int(n))
+}
+
+// Ready implements module.Readier.
+func (c *Consumer) Ready(context.Context) error {
+	var errs []error
+	if !c.joined.Load() {
+		errs = append(errs, errors.New("not joined the consumer group yet"))
+	}
+	if !c.redisReady.Load() {
+		errs = append(errs, errors.New("redis feature copy incomplete (repopulating from postgres)"))
+	}
+	if n := c.failures.Load(); n >= int64(c.cfg.UnreadyAfter) {
+		last := ""
+		if p := c.lastErr.Load(); p != nil {
+			last = *p
+		}
+		errs = append(errs, fmt.Errorf("last %d attempts to apply a batch failed: %s", n, last))
+	}
+	return errors.Join(errs...)
+}

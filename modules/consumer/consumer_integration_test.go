@@ -1,0 +1,378 @@
+package consumer_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"syscall"
+	"testing"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+
+	"recsys/pkg/events"
+	"recsys/pkg/featurestore"
+	"recsys/pkg/featurestore/fstest"
+	"recsys/pkg/migrate"
+	"recsys/pkg/testutil"
+)
+
+// Redelivering every message (a new consumer group reads the topics from the start) changes
+// nothing: every event is counted as a duplicate and no row moves.
+func TestRedeliveryChangesNothing(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	evs := e.generate(1, 1500)
+	e.produce(t, evs)
+	c1 := e.startConsumer(t)
+	e.waitApplied(t, len(evs), 90*time.Second)
+	waitFor(t, "consumer ready", 30*time.Second, func() bool { return c1.mod.Ready(context.Background()) == nil })
+	c1.stop()
+	now := e.start
+	before := e.tables(t, now)
+	var versions int64
+	if err := e.pool.QueryRow(context.Background(), `SELECT sum(version) FROM feature_users`).Scan(&versions); err != nil {
+		t.Fatal(err)
+	}
+
+	e.Group += "-again" // offsets reset: everything is delivered once more
+	c2 := e.startConsumer(t)
+	waitFor(t, "every message redelivered", 90*time.Second, func() bool {
+		return counter(c2.set, "reco_feature_consumer_processed_total", `status="duplicate"`) >= float64(len(evs))
+	})
+	if n := counter(c2.set, "reco_feature_consumer_processed_total", `status="processed"`); n != 0 {
+		t.Errorf("%v events applied again on redelivery", n)
+	}
+	c2.stop()
+	after := e.tables(t, now)
+	fstest.EqualTables(t, before, after)
+	var versions2 int64
+	if err := e.pool.QueryRow(context.Background(), `SELECT sum(version) FROM feature_users`).Scan(&versions2); err != nil {
+		t.Fatal(err)
+	}
+	if versions2 != versions {
+		t.Errorf("user rows rewritten by redelivery: version sum %d -> %d", versions, versions2)
+	}
+	if !e.redisMatchesPG(t, usersOf(evs), now, true) {
+		t.Error("redis copy differs from postgres")
+	}
+}
+
+// Poison messages land in the DLQ with their raw bytes and coordinates while the partition
+// keeps flowing; a replay after the payload is fixed applies the event exactly once.
+func TestPoisonGoesToDLQAndReplayAppliesOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	before := e.generate(2, 300)
+	after := e.generate(3, 300)
+	user := before[0].User()
+	poison := []kafkago.Message{
+		{Topic: e.TopicWatch, Key: []byte(user), Value: []byte("not json at all"),
+			Headers: []kafkago.Header{{Key: events.HeaderEventType, Value: []byte("watch")}}},
+		{Topic: e.TopicWatch, Key: []byte(user), Value: []byte(`{"event_id":"short","user_id":"","session_id":"s","request_id":"r","ts_ms":1,"item_id":"x","watch_time_sec":-1,"event_type":"watch"}`),
+			Headers: []kafkago.Header{{Key: events.HeaderEventType, Value: []byte("watch")}}},
+		{Topic: e.TopicWatch, Key: []byte(user), Value: []byte(`{}`),
+			Headers: []kafkago.Header{{Key: events.HeaderEventType, Value: []byte("rating")}}},
+		{Topic: e.TopicImp, Key: []byte(user), Value: []byte(`{"event_type":"impression"}`),
+			Headers: []kafkago.Header{{Key: events.HeaderEventType, Value: []byte("impression")}, {Key: events.HeaderSchemaVersion, Value: []byte("99")}}},
+	}
+	e.produce(t, before)
+	e.produceRaw(t, poison...)
+	e.produce(t, after)
+	c := e.startConsumer(t)
+	t0 := time.Now()
+	e.waitApplied(t, len(before)+len(after), 90*time.Second) // the partition moved past the poison
+	t.Logf("applied after %s", time.Since(t0))
+	waitFor(t, "dlq metric", 10*time.Second, func() bool {
+		return counter(c.set, `reco_feature_consumer_dlq_events_total{outcome="stored"}`) == 4
+	})
+	if n := counter(c.set, "reco_feature_consumer_processed_total", `status="invalid_payload"`); n != 3 {
+		t.Errorf("invalid_payload = %v, want 3", n)
+	}
+	if n := counter(c.set, "reco_feature_consumer_processed_total", `status="invalid_event"`); n != 1 {
+		t.Errorf("invalid_event = %v, want 1", n)
+	}
+	t.Logf("dlq metric after %s", time.Since(t0))
+	ctx := context.Background()
+	rows, err := e.pool.Query(ctx, `SELECT id, topic, kafka_partition, kafka_offset, payload, error, status FROM feature_dlq ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type dl struct {
+		id          int64
+		topic       string
+		part        int
+		off         int64
+		payload     []byte
+		err, status string
+	}
+	var dlq []dl
+	for rows.Next() {
+		var d dl
+		if err := rows.Scan(&d.id, &d.topic, &d.part, &d.off, &d.payload, &d.err, &d.status); err != nil {
+			t.Fatal(err)
+		}
+		dlq = append(dlq, d)
+	}
+	if len(dlq) != 4 {
+		t.Fatalf("%d dlq rows, want 4", len(dlq))
+	}
+	found := map[string]bool{}
+	for _, d := range dlq {
+		found[string(d.payload)] = true
+		if d.err == "" || d.status != "pending" || d.topic == "" {
+			t.Errorf("dlq row %+v: want an error, pending, a topic", d)
+		}
+		// The coordinates point at the poison message itself.
+		conn, err := kafkago.DialLeader(ctx, "tcp", e.Brokers[0], d.topic, d.part)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := conn.Seek(d.off, kafkago.SeekAbsolute); err != nil {
+			t.Fatal(err)
+		}
+		m, err := conn.ReadMessage(1 << 20)
+		conn.Close()
+		if err != nil || !bytes.Equal(m.Value, d.payload) {
+			t.Errorf("dlq row %d: message at %s/%d/%d is %q (%v), stored %q", d.id, d.topic, d.part, d.off, m.Value, err, d.payload)
+		}
+	}
+	for _, p := range poison {
+		if !found[string(p.Value)] {
+			t.Errorf("poison %q not in the dlq", p.Value)
+		}
+	}
+
+	t.Logf("dlq checked after %s", time.Since(t0))
+	// An operator fixes the undecodable payload; the replay applies it once.
+	pct := 80.0
+	fixed := &events.Watch{Common: events.Common{EventID: "fixed-event-0001", UserID: user, SessionID: "s", RequestID: "r",
+		TsMs: 1_000_000_000_000 /* 2001: old events apply */}, EventType: "watch", ItemID: "replayed-item", WatchTimeSec: 30, PercentWatched: &pct}
+	payload, _ := events.Encode(fixed)
+	if _, err := e.pool.Exec(ctx, `UPDATE feature_dlq SET payload = $1 WHERE payload = 'not json at all'`, payload); err != nil {
+		t.Fatal(err)
+	}
+	st := featurestore.New(e.pool, e.rd, e.Prefix, e.fcfg, nil)
+	rep, err := st.ReplayDLQ(ctx, featurestore.ReplayOptions{Limit: 100, DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.WouldApply != 1 || rep.Invalid != 3 || e.applied(t) != len(before)+len(after) {
+		t.Fatalf("dry run: %+v, applied %d", rep, e.applied(t))
+	}
+	for range 2 {
+		rep, err = st.ReplayDLQ(ctx, featurestore.ReplayOptions{Limit: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The second replay sees only the three still-invalid entries.
+	if rep.Applied != 0 || rep.Invalid != 3 || rep.Examined != 3 {
+		t.Errorf("second replay: %+v", rep)
+	}
+	var watches int64
+	if err := e.pool.QueryRow(ctx, `SELECT watches FROM feature_items WHERE item_id = 'replayed-item'`).Scan(&watches); err != nil || watches != 1 {
+		t.Errorf("replayed item watches = %d (%v), want 1", watches, err)
+	}
+	var status string
+	var attempts int
+	if err := e.pool.QueryRow(ctx, `SELECT status, replay_attempts FROM feature_dlq WHERE payload = $1`, payload).Scan(&status, &attempts); err != nil ||
+		status != "replayed" || attempts != 1 {
+		t.Errorf("fixed entry: status %q attempts %d (%v)", status, attempts, err)
+	}
+	// Replaying an event that was applied before (same event_id) is a duplicate.
+	dup, _ := events.Encode(before[1])
+	if _, err := e.pool.Exec(ctx, `UPDATE feature_dlq SET payload = $1, headers = jsonb_build_object('event_type', $2::text)
+WHERE id = (SELECT min(id) FROM feature_dlq WHERE status = 'pending')`, dup, string(before[1].Kind())); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = st.ReplayDLQ(ctx, featurestore.ReplayOptions{Limit: 100})
+	if err != nil || rep.Duplicates != 1 || rep.Applied != 0 {
+		t.Errorf("duplicate replay: %+v %v", rep, err)
+	}
+	if n := e.applied(t); n != len(before)+len(after)+1 {
+		t.Errorf("applied %d, want %d", n, len(before)+len(after)+1)
+	}
+	waitFor(t, "redis copy of the replayed watch", 20*time.Second, func() bool {
+		return e.redisMatchesPG(t, []string{user}, e.start, false)
+	})
+}
+
+// Flushing the Redis copy while the consumer runs: the copy comes back by itself and new
+// events keep landing in it.
+func TestRedisFlushRepopulates(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	first := e.generate(4, 800)
+	e.produce(t, first)
+	c := e.startConsumer(t)
+	e.waitApplied(t, len(first), 90*time.Second)
+	users := usersOf(first)
+	waitFor(t, "redis copy", 60*time.Second, func() bool { return e.redisMatchesPG(t, users, e.start, false) })
+
+	deleteKeys(e.rd, e.Prefix) // FLUSHALL of our keys only: the Redis is shared
+	rl := featurestore.NewRedisLoader(e.rd, e.Prefix, e.fcfg)
+	if _, err := rl.Snapshot(context.Background(), users[0], e.start, snapshotOpts()); err == nil {
+		// The heal loop may already have repopulated it (it runs every 200 ms here).
+		t.Log("copy repopulated before the first read")
+	}
+	second := e.generate(5, 800)
+	e.produce(t, second)
+	e.waitApplied(t, len(first)+len(second), 90*time.Second)
+	all := append(users, usersOf(second)...)
+	waitFor(t, "redis copy after flush", 60*time.Second, func() bool { return e.redisMatchesPG(t, all, e.start, false) })
+	if !e.redisMatchesPG(t, all, e.start, true) {
+		t.Fatal("redis copy differs")
+	}
+	if n := counter(c.set, "recsys_consumer_redis_repopulations_total"); n < 2 {
+		t.Errorf("repopulations = %v, want >= 2 (start and after the flush)", n)
+	}
+	waitFor(t, "consumer ready", 10*time.Second, func() bool { return c.mod.Ready(context.Background()) == nil })
+}
+
+// Two consumers in one group with rebalances in the middle (the second joins, then the
+// first leaves): the durable state equals a rebuild from the raw events.
+func TestRebalanceStateEqualsRebuild(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.MaxBatch = 100
+	evs := e.generate(6, 4000)
+	e.insertRaw(t, evs)
+	e.produce(t, evs[:2000])
+	c1 := e.startConsumer(t)
+	waitFor(t, "first consumer progress", 60*time.Second, func() bool { return e.applied(t) > 200 })
+	c2 := e.startConsumer(t)
+	e.produce(t, evs[2000:])
+	waitFor(t, "second consumer takes partitions", 60*time.Second, func() bool {
+		return counter(c2.set, "reco_feature_consumer_processed_total") > 0
+	})
+	c1.stop() // another rebalance: c2 takes everything
+	e.waitApplied(t, len(evs), 120*time.Second)
+	c2.stop()
+	now := e.start
+	got := e.tables(t, now)
+	if !e.redisMatchesPG(t, usersOf(evs), now, true) {
+		t.Error("redis copy differs from postgres")
+	}
+	fstest.EqualTables(t, e.rebuilt(t, now), got)
+}
+
+// kill -9 of a consumer process in the middle of its work, then a restart: the durable state
+// equals a rebuild from the raw events, and the Redis copy matches PostgreSQL.
+func TestKill9MidBatchThenRestart(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.MaxBatch = 150
+	evs := e.generate(7, 8000)
+	e.insertRaw(t, evs)
+	e.produce(t, evs)
+	spec, _ := json.Marshal(e)
+	start := func() *exec.Cmd {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), childEnvVar+"="+string(spec))
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return cmd
+	}
+	for round := range 2 {
+		cmd := start()
+		base := e.applied(t)
+		waitFor(t, "child progress", 90*time.Second, func() bool { return e.applied(t) > base+300 })
+		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		_ = cmd.Wait()
+		t.Logf("round %d: killed at %d/%d applied", round, e.applied(t), len(evs))
+		if e.applied(t) >= len(evs) {
+			t.Fatal("the child finished before it was killed: not a mid-stream kill")
+		}
+	}
+	cmd := start()
+	defer func() { _ = cmd.Process.Signal(syscall.SIGKILL); _ = cmd.Wait() }()
+	e.waitApplied(t, len(evs), 120*time.Second)
+	now := e.start
+	got := e.tables(t, now)
+	users := usersOf(evs)
+	deadline := time.Now().Add(90 * time.Second)
+	for !e.redisMatchesPG(t, users, now, false) {
+		if time.Now().After(deadline) {
+			var pending int
+			_ = e.pool.QueryRow(context.Background(), `SELECT count(*) FROM feature_redis_pending`).Scan(&pending)
+			e.redisMatchesPG(t, users, now, true)
+			t.Fatalf("redis copy not healed after 90s (%d journal rows)", pending)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	_ = cmd.Wait()
+	fstest.EqualTables(t, e.rebuilt(t, now), got)
+}
+
+// A PostgreSQL outage and a Redis restart (empty) in the middle of the stream: batches retry
+// with backoff, no valid event reaches the DLQ, every event is applied once, and the Redis
+// copy is repopulated and healed by itself.
+func TestOutagesRetryWithoutDLQ(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	pg := testutil.StartPrivate(t, "pg")
+	m, err := migrate.Open(pg.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Up(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	e.DSN, e.pool = pg.URL, testutil.Pool(t, pg.URL)
+	e.MaxBatch = 200
+	first, second := e.generate(8, 3000), e.generate(9, 2000)
+	e.produce(t, first)
+	c := e.startConsumer(t)
+	waitFor(t, "progress", 60*time.Second, func() bool { return e.applied(t) > 300 })
+
+	pg.Stop()
+	e.produce(t, second)
+	waitFor(t, "retries during the outage", 30*time.Second, func() bool {
+		return counter(c.set, "recsys_consumer_batch_retries_total") >= 2
+	})
+	waitFor(t, "unready during the outage", 30*time.Second, func() bool { return c.mod.Ready(context.Background()) != nil })
+	pg.Start()
+
+	waitFor(t, "progress after postgres is back", 60*time.Second, func() bool { return e.applied(t) > len(first) })
+	e.redisPriv.Stop()
+	time.Sleep(time.Second)
+	e.redisPriv.Start() // empty: no persistence
+
+	e.waitApplied(t, len(first)+len(second), 120*time.Second)
+	var dlq int
+	if err := e.pool.QueryRow(context.Background(), `SELECT count(*) FROM feature_dlq`).Scan(&dlq); err != nil {
+		t.Fatal(err)
+	}
+	if dlq != 0 {
+		t.Errorf("%d valid events sent to the dlq by transient errors", dlq)
+	}
+	users := usersOf(append(first, second...))
+	deadline := time.Now().Add(60 * time.Second)
+	for !e.redisMatchesPG(t, users, e.start, false) {
+		if time.Now().After(deadline) {
+			var pending int
+			_ = e.pool.QueryRow(context.Background(), `SELECT count(*) FROM feature_redis_pending`).Scan(&pending)
+			ready, rerr := featurestore.New(e.pool, e.rd, e.Prefix, e.fcfg, nil).RedisReady(context.Background())
+			e.redisMatchesPG(t, users, e.start, true)
+			t.Fatalf("redis copy not back after 60s (%d journal rows, ready %v %v, heal errors %v, repopulations %v)", pending, ready, rerr,
+				counter(c.set, `stage="heal"`), counter(c.set, "recsys_consumer_redis_repopulations_total"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	waitFor(t, "ready again", 30*time.Second, func() bool { return c.mod.Ready(context.Background()) == nil })
+	var pending int
+	waitFor(t, "journal healed", 30*time.Second, func() bool {
+		_ = e.pool.QueryRow(context.Background(), `SELECT count(*) FROM feature_redis_pending`).Scan(&pending)
+		return pending <= 1
+	})
+}

@@ -1,0 +1,434 @@
+package consumer_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/rueidis"
+	kafkago "github.com/segmentio/kafka-go"
+
+	"recsys/modules/consumer"
+	"recsys/pkg/events"
+	"recsys/pkg/features"
+	"recsys/pkg/featurestore"
+	"recsys/pkg/featurestore/fstest"
+	"recsys/pkg/infra"
+	"recsys/pkg/kafka"
+	"recsys/pkg/postgres"
+	"recsys/pkg/ranking"
+	"recsys/pkg/redis"
+	"recsys/pkg/testutil"
+)
+
+// env is one test's isolated world on the shared servers: a database, topics, a consumer
+// group and a Redis key prefix of its own.
+type env struct {
+	DSN, RedisURL, Prefix, Group string
+	Brokers                      []string
+	TopicImp, TopicWatch         string
+	MaxBatch                     int
+
+	pool      *pgxpool.Pool
+	rd        rueidis.Client
+	redisPriv *testutil.Private
+	kc        *kafka.Client
+	w         *kafkago.Writer
+	fcfg      features.Config
+	start     int64
+}
+
+func testFeatures() features.Config {
+	c := features.DefaultConfig()
+	c.HistorySize = 20
+	c.WatchedCap = 40
+	c.ImpressionMemory = 1000 // no impression trimming: it would depend on cross-topic order
+	c.CovisWindow = 5
+	c.NeighboursPerItem = 200
+	return c
+}
+
+func newEnv(t testing.TB) *env {
+	t.Helper()
+	// A private Redis: other packages run load tests against the shared one, and a
+	// blocked server would only test our 1 s client timeout.
+	redisPriv := testutil.StartPrivate(t, "redis")
+	e := &env{DSN: testutil.MigratedDatabase(t), RedisURL: redisPriv.URL, redisPriv: redisPriv, Brokers: testutil.KafkaBrokers(t),
+		Prefix: testutil.Unique("cons") + ":", Group: testutil.Unique("g-"), TopicImp: testutil.Unique("imp-"),
+		TopicWatch: testutil.Unique("wat-"), MaxBatch: 500, fcfg: testFeatures(),
+		start: time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC).UnixMilli()}
+	e.pool = testutil.Pool(t, e.DSN)
+	rcfg := redis.DefaultConfig()
+	rcfg.URL = e.RedisURL
+	rd, err := redis.Open(rcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.rd = rd
+	kcfg := kafka.DefaultConfig()
+	kcfg.Brokers = e.Brokers
+	kcfg.Partitions = 3
+	e.kc = kafka.New(kcfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := e.kc.EnsureTopics(ctx, e.TopicImp, e.TopicWatch); err != nil {
+		t.Fatal(err)
+	}
+	e.w = e.kc.NewWriter(kafka.WriterOptions{})
+	t.Cleanup(func() {
+		_ = e.w.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		deleteKeys(e.rd, e.Prefix)
+		_, _ = e.kc.Admin().DeleteTopics(ctx, &kafkago.DeleteTopicsRequest{Topics: []string{e.TopicImp, e.TopicWatch}})
+		rd.Close()
+	})
+	return e
+}
+
+func deleteKeys(rd rueidis.Client, prefix string) {
+	ctx := context.Background()
+	var cursor uint64
+	for {
+		e, err := rd.Do(ctx, rd.B().Scan().Cursor(cursor).Match(prefix+"*").Count(1000).Build()).AsScanEntry()
+		if err != nil {
+			return
+		}
+		if len(e.Elements) > 0 {
+			_ = rd.Do(ctx, rd.B().Del().Key(e.Elements...).Build()).Error()
+		}
+		if cursor = e.Cursor; cursor == 0 {
+			return
+		}
+	}
+}
+
+func (e *env) deps(t testing.TB, set *metrics.Set) infra.Deps {
+	cfg := infra.DefaultConfig()
+	cfg.Kafka.Brokers = e.Brokers
+	cfg.Kafka.TopicImpressions, cfg.Kafka.TopicWatches = e.TopicImp, e.TopicWatch
+	cfg.Kafka.Partitions = 3
+	cfg.Redis.KeyPrefix = e.Prefix
+	cfg.Redis.URL = e.RedisURL
+	cfg.PG.DSN = e.DSN
+	return infra.Deps{Name: "consumer", Log: slog.New(slog.DiscardHandler), Metrics: set, PG: e.pool, Redis: e.rd,
+		Kafka: kafka.New(cfg.Kafka), Config: cfg}
+}
+
+func (e *env) config() *consumer.Config {
+	c := consumer.NewConfig()
+	c.GroupID = e.Group
+	c.MaxBatch = e.MaxBatch
+	c.HealInterval = 200 * time.Millisecond
+	c.RetryMaxBackoff = 2 * time.Second
+	c.Features = e.fcfg
+	return c
+}
+
+// running is an in-process consumer.
+type running struct {
+	set    *metrics.Set
+	mod    interface{ Ready(context.Context) error }
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func (e *env) startConsumer(t testing.TB) *running {
+	t.Helper()
+	set := metrics.NewSet()
+	m, err := consumer.New(e.config(), e.deps(t, set))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{set: set, mod: m.(interface{ Ready(context.Context) error }), cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- m.Run(ctx) }()
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *running) stop() {
+	if r.cancel == nil {
+		return
+	}
+	r.cancel()
+	r.cancel = nil
+	<-r.done
+}
+
+// counter sums the series of the set whose line contains every part.
+func counter(set *metrics.Set, parts ...string) float64 {
+	var b bytes.Buffer
+	set.WritePrometheus(&b)
+	total := 0.0
+	sc := bufio.NewScanner(&b)
+next:
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		for _, p := range parts {
+			if !strings.Contains(line, p) {
+				continue next
+			}
+		}
+		if i := strings.LastIndexByte(line, ' '); i > 0 {
+			v, _ := strconv.ParseFloat(line[i+1:], 64)
+			total += v
+		}
+	}
+	return total
+}
+
+func (e *env) generate(seed uint64, n int) []events.Any {
+	evs := fstest.Generate(fstest.GenConfig{Seed: seed, Users: 40, Items: 120, Events: n, StartMs: e.start, StepMs: 1000,
+		Prefix: fmt.Sprintf("s%d", seed), DisjointImpressions: true})
+	e.start += int64(n) * 2000
+	return evs
+}
+
+func (e *env) message(t testing.TB, ev events.Any) kafkago.Message {
+	b, err := events.Encode(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	topic := e.TopicWatch
+	if ev.Kind() == events.KindImpression {
+		topic = e.TopicImp
+	}
+	return kafkago.Message{Topic: topic, Key: []byte(ev.User()), Value: b, Headers: []kafkago.Header{
+		{Key: events.HeaderEventID, Value: []byte(ev.ID())},
+		{Key: events.HeaderEventType, Value: []byte(ev.Kind())},
+		{Key: events.HeaderSchemaVersion, Value: []byte("1")},
+		{Key: events.HeaderCorrelationID, Value: []byte("test")},
+	}}
+}
+
+func (e *env) produce(t testing.TB, evs []events.Any) {
+	t.Helper()
+	msgs := make([]kafkago.Message, len(evs))
+	for i, ev := range evs {
+		msgs[i] = e.message(t, ev)
+	}
+	e.produceRaw(t, msgs...)
+}
+
+func (e *env) produceRaw(t testing.TB, msgs ...kafkago.Message) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for i := 0; i < len(msgs); i += 5000 {
+		chunk := msgs[i:min(i+5000, len(msgs))]
+		// A topic just created may not have its leaders yet: retry what failed.
+		for attempt := 0; len(chunk) > 0; attempt++ {
+			err := e.w.WriteMessages(ctx, chunk...)
+			if err == nil {
+				break
+			}
+			var we kafkago.WriteErrors
+			if !errors.As(err, &we) || attempt == 50 {
+				t.Fatalf("produce: %.300v", err)
+			}
+			var failed []kafkago.Message
+			for j, werr := range we {
+				if werr != nil {
+					failed = append(failed, chunk[j])
+				}
+			}
+			chunk = failed
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+}
+
+// insertRaw writes the events into the ingest tables, as the API would have.
+func (e *env) insertRaw(t testing.TB, evs []events.Any) {
+	t.Helper()
+	ctx := context.Background()
+	for _, ev := range evs {
+		var err error
+		switch x := ev.(type) {
+		case *events.Impression:
+			for _, it := range x.Items {
+				_, err = e.pool.Exec(ctx, `INSERT INTO impressions (event_id, position, item_id, user_id, session_id, request_id, ts_ms, ts,
+  server_received_ts_ms) VALUES ($1,$2,$3,$4,$5,$6,$7::bigint, to_timestamp($7::bigint/1000.0), $8)`,
+					x.EventID, it.Position, it.ItemID, x.UserID, x.SessionID, x.RequestID, x.TsMs, x.ServerReceivedTsMs)
+				if err != nil {
+					break
+				}
+			}
+		case *events.Watch:
+			_, err = e.pool.Exec(ctx, `INSERT INTO watches (event_id, user_id, session_id, request_id, item_id, watch_time_sec,
+  percent_watched, ended, ts_ms, ts, server_received_ts_ms) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9::bigint, to_timestamp($9::bigint/1000.0), $10)`,
+				x.EventID, x.UserID, x.SessionID, x.RequestID, x.ItemID, x.WatchTimeSec, x.PercentWatched, x.Ended, x.TsMs, x.ServerReceivedTsMs)
+		case *events.Legacy:
+			_, err = e.pool.Exec(ctx, `INSERT INTO legacy_events (event_id, user_id, item_id, event_type, ts, ts_ms) VALUES ($1,$2,$3,$4,$5,$6)`,
+				x.EventID, x.UserID, x.ItemID, x.EventType, x.Ts, x.TimeMs())
+		}
+		if err != nil {
+			t.Fatalf("insert raw event: %v", err)
+		}
+	}
+}
+
+func (e *env) applied(t testing.TB) int {
+	t.Helper()
+	var n int
+	if err := e.pool.QueryRow(context.Background(), `SELECT count(*) FROM feature_applied`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (e *env) waitApplied(t testing.TB, n int, timeout time.Duration) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%d applied events", n), timeout, func() bool { return e.applied(t) >= n })
+	if got := e.applied(t); got != n {
+		t.Fatalf("%d applied events, want %d", got, n)
+	}
+}
+
+func (e *env) tables(t testing.TB, nowMs int64) fstest.Tables {
+	t.Helper()
+	tb, err := fstest.ReadTables(context.Background(), e.pool, nowMs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tb
+}
+
+// rebuilt recomputes the durable state from the raw tables (features rebuild --from-events)
+// and returns it.
+func (e *env) rebuilt(t testing.TB, nowMs int64) fstest.Tables {
+	t.Helper()
+	st := featurestore.New(e.pool, e.rd, e.Prefix, e.fcfg, nil)
+	if _, err := st.RebuildFromEvents(context.Background(), 700, nil); err != nil {
+		t.Fatalf("rebuild from events: %v", err)
+	}
+	return e.tables(t, nowMs)
+}
+
+// compareRedisToPG checks that the Redis copy serves what PostgreSQL holds, for every user.
+func (e *env) redisMatchesPG(t testing.TB, users []string, nowMs int64, report bool) bool {
+	ctx := context.Background()
+	rl := featurestore.NewRedisLoader(e.rd, e.Prefix, e.fcfg)
+	pl := featurestore.NewPGLoader(e.pool, e.Prefix, e.fcfg)
+	opts := snapshotOpts()
+	var tb fstest.TB = quiet{}
+	if report {
+		tb = t
+	}
+	for _, u := range users {
+		want, err := pl.Snapshot(ctx, u, nowMs, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := rl.Snapshot(ctx, u, nowMs, opts)
+		if err != nil {
+			if report {
+				t.Errorf("redis snapshot %s: %v", u, err)
+			}
+			return false
+		}
+		if !fstest.EqualSnapshots(tb, "redis vs postgres "+u, want, got) {
+			return false
+		}
+	}
+	return true
+}
+
+type quiet struct{}
+
+func (quiet) Helper()               {}
+func (quiet) Errorf(string, ...any) {}
+
+func usersOf(evs []events.Any) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, ev := range evs {
+		if !seen[ev.User()] {
+			seen[ev.User()] = true
+			out = append(out, ev.User())
+		}
+	}
+	return out
+}
+
+// childEnvVar carries a JSON env to a re-executed test binary that runs only the consumer
+// (so the test can SIGKILL it).
+const childEnvVar = "RECSYS_CONSUMER_TEST_CHILD"
+
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(childEnvVar); spec != "" {
+		os.Exit(runChild(spec))
+	}
+	os.Exit(m.Run())
+}
+
+func runChild(spec string) int {
+	var e env
+	if err := json.Unmarshal([]byte(spec), &e); err != nil {
+		fmt.Fprintln(os.Stderr, "child spec:", err)
+		return 2
+	}
+	e.fcfg = testFeatures()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	pcfg := postgres.DefaultConfig()
+	pcfg.DSN = e.DSN
+	pool, err := postgres.Open(ctx, pcfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	rcfg := redis.DefaultConfig()
+	rcfg.URL = e.RedisURL
+	rd, err := redis.Open(rcfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	e.pool, e.rd = pool, rd
+	d := e.deps(nil, metrics.NewSet())
+	d.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	m, err := consumer.New(e.config(), d)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	if err := m.Run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+func snapshotOpts() ranking.SnapshotOptions {
+	return ranking.SnapshotOptions{HistoryItems: 10, NeighboursPerItem: 20, TrendingN: 30, PopularN: 30, FreshN: 30}
+}

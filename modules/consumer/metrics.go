@@ -1,0 +1,75 @@
+package consumer
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+)
+
+// contractBucketsMs are the histogram buckets of api-contract §9.1.
+var contractBucketsMs = []float64{10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 300000}
+
+// secondsBuckets are fine around the 100 ms freshness target.
+var secondsBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.125, 0.15, 0.2, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300}
+
+type consumerMetrics struct {
+	set *metrics.Set
+
+	watchToFeature    *metrics.PrometheusHistogram
+	acceptedToVisible *metrics.PrometheusHistogram
+	applySeconds      *metrics.PrometheusHistogram
+	redisSeconds      *metrics.PrometheusHistogram
+	batchSize         *metrics.PrometheusHistogram
+	dlqStored         *metrics.Counter
+	dlqPending        *metrics.Gauge
+	dlqReplayed       *metrics.Gauge
+	dlqOldestPending  *metrics.Gauge
+	retries           *metrics.Counter
+	redisFailures     *metrics.Counter
+	repopulations     *metrics.Counter
+	healed            *metrics.Counter
+	dedupPurged       *metrics.Counter
+}
+
+func newMetrics(set *metrics.Set) *consumerMetrics {
+	return &consumerMetrics{
+		set:               set,
+		watchToFeature:    set.NewPrometheusHistogramExt("reco_watch_event_to_feature_latency_ms", contractBucketsMs),
+		acceptedToVisible: set.NewPrometheusHistogramExt("recsys_consumer_accepted_to_visible_seconds", secondsBuckets),
+		applySeconds:      set.NewPrometheusHistogramExt("recsys_consumer_apply_seconds", secondsBuckets),
+		redisSeconds:      set.NewPrometheusHistogramExt("recsys_consumer_redis_write_seconds", secondsBuckets),
+		batchSize:         set.NewPrometheusHistogramExt("recsys_consumer_batch_size", []float64{1, 10, 50, 100, 500, 1000, 2500, 5000, 10000, 50000}),
+		dlqStored:         set.NewCounter(`reco_feature_consumer_dlq_events_total{outcome="stored"}`),
+		dlqPending:        set.NewGauge(`reco_feature_consumer_dlq_backlog{status="pending"}`, nil),
+		dlqReplayed:       set.NewGauge(`reco_feature_consumer_dlq_backlog{status="replayed"}`, nil),
+		dlqOldestPending:  set.NewGauge(`reco_feature_consumer_dlq_oldest_pending_ms`, nil),
+		retries:           set.NewCounter("recsys_consumer_batch_retries_total"),
+		redisFailures:     set.NewCounter("recsys_consumer_redis_write_failures_total"),
+		repopulations:     set.NewCounter("recsys_consumer_redis_repopulations_total"),
+		healed:            set.NewCounter("recsys_consumer_redis_journal_healed_total"),
+		dedupPurged:       set.NewCounter("recsys_consumer_dedup_purged_total"),
+	}
+}
+
+func (m *consumerMetrics) processed(topic, status string, n int) {
+	if n > 0 {
+		m.set.GetOrCreateCounter(fmt.Sprintf(`reco_feature_consumer_processed_total{topic=%q,status=%q}`, topic, status)).Add(n)
+	}
+}
+
+func (m *consumerMetrics) eventLag(topic string) *metrics.PrometheusHistogram {
+	return m.set.GetOrCreatePrometheusHistogramExt(fmt.Sprintf(`reco_feature_consumer_event_lag_ms{topic=%q}`, topic), contractBucketsMs)
+}
+
+func (m *consumerMetrics) partitionLag(topic string, partition int, lag int64) {
+	m.set.GetOrCreateGauge(fmt.Sprintf(`reco_feature_consumer_partition_lag{topic=%q,partition="%d"}`, topic, partition), nil).Set(float64(lag))
+}
+
+func (m *consumerMetrics) phase(name string, d time.Duration) {
+	m.set.GetOrCreatePrometheusHistogramExt(fmt.Sprintf(`recsys_consumer_apply_phase_seconds{phase=%q}`, name), secondsBuckets).Update(d.Seconds())
+}
+
+func (m *consumerMetrics) errors(stage string) {
+	m.set.GetOrCreateCounter(fmt.Sprintf(`reco_feature_consumer_errors_total{stage=%q}`, stage)).Inc()
+}

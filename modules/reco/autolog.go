@@ -1,0 +1,260 @@
+package reco
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"recsys/pkg/events"
+	"recsys/pkg/ingest"
+)
+
+// impressionWriter is the durable write path of /log/impression (pkg/ingest's group-commit
+// Writer): one call is stored atomically, idempotently by event_id.
+type impressionWriter interface {
+	Write(ctx context.Context, evs []events.Any, correlationID string) ([]ingest.Result, error)
+}
+
+// autolog persists the impressions /reco serves through the ingest writer.
+//
+// Modes (api-contract §2.4, without its losses):
+//   - async: the event is handed to a background persist bounded by capacity
+//     (RECO_MAX_BACKGROUND_TASKS); /reco answers without waiting for the commit. When the
+//     bound is reached, back-pressure "sync" persists inline, "drop" drops (counted).
+//   - not async: /reco waits for the group commit (bounded by the write timeout).
+//
+// Either way, an event whose write fails because PostgreSQL is unavailable is not lost: it
+// stays in the bounded set of background persists, which retry with back-off (not at all
+// while the PostgreSQL breaker is open) until the write succeeds. Retrying is safe because the
+// writer is idempotent by event_id: a write that timed out but committed answers "duplicate".
+// At shutdown the module waits up to the shutdown timeout for every background persist; what
+// is left then is counted as dropped with reason "shutdown". Nothing is dropped silently:
+// every event is persisted or counted in recsys_reco_autolog_dropped_total. A crash (kill -9)
+// loses the background persists in flight: that is the price of async mode, and why
+// --reco.autolog-async=false exists.
+type autolog struct {
+	w        impressionWriter
+	async    bool
+	drop     bool
+	capacity int64
+	timeout  time.Duration
+	retryMax time.Duration
+	pg       *breaker
+	m        *recoMetrics
+	log      *slog.Logger
+	warn     logLimiter
+
+	inflight atomic.Int64
+	mu       sync.RWMutex
+	closed   bool
+	wg       sync.WaitGroup
+	abortCtx context.Context
+	abort    context.CancelFunc
+}
+
+func newAutolog(cfg *Config, w impressionWriter, pg *breaker, m *recoMetrics, log *slog.Logger) *autolog {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &autolog{w: w, async: cfg.AutologAsync, drop: cfg.AutologBackpressure == BackpressureDrop,
+		capacity: int64(cfg.AutologQueueSize), timeout: cfg.AutologWriteTimeout, retryMax: cfg.AutologRetryMax,
+		pg: pg, m: m, log: log, abortCtx: ctx, abort: cancel}
+}
+
+// Pending is the number of events accepted but not yet persisted (or dropped).
+func (a *autolog) Pending() int64 { return a.inflight.Load() }
+
+// Capacity is the bound of Pending.
+func (a *autolog) Capacity() int64 { return a.capacity }
+
+// Log persists one served impression according to the mode. It returns once the event is
+// committed (inline) or handed to a background persist.
+func (a *autolog) Log(ctx context.Context, ev *events.Impression, correlationID string) {
+	if !a.async {
+		a.inline(ctx, ev, correlationID)
+		return
+	}
+	switch a.background(ev, correlationID) {
+	case started:
+		a.m.autologEnqueued.Inc()
+		a.m.stage(stageImpressionSched, 0)
+		return
+	case stopped:
+		a.m.dropped(dropShutdown, 1)
+		return
+	}
+	if a.drop {
+		a.m.stage(stageImpressionDrop, 0)
+		a.m.dropped(dropQueueFull, 1)
+		a.warn.Do(func(n int64) {
+			a.log.WarnContext(ctx, "autolog queue full, impressions dropped", "dropped", n, "capacity", a.capacity)
+		})
+		return
+	}
+	a.m.stage(stageImpressionBPSync, 0)
+	a.inline(ctx, ev, correlationID)
+}
+
+// inline writes the event and waits for the commit; when PostgreSQL is unavailable the event
+// is buffered for a background retry instead of failing the request.
+func (a *autolog) inline(ctx context.Context, ev *events.Impression, correlationID string) {
+	if a.pg.IsOpen() {
+		// PostgreSQL is known to be down: do not spend a timeout to learn it again.
+		a.buffer(ctx, ev, correlationID)
+		return
+	}
+	start := time.Now()
+	// The client going away does not cancel the write: the list was computed and may have
+	// been delivered; persisting it is the safe side.
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.timeout)
+	_, err := a.w.Write(wctx, []events.Any{ev}, correlationID)
+	cancel()
+	a.m.stage(stageImpressionLog, time.Since(start))
+	switch {
+	case err == nil:
+		a.m.autologPersisted.Inc()
+		a.pg.Success()
+	case transient(err):
+		a.pg.Failure()
+		a.buffer(ctx, ev, correlationID)
+	default:
+		a.rejected(ctx, ev, err)
+	}
+}
+
+func (a *autolog) buffer(ctx context.Context, ev *events.Impression, correlationID string) {
+	switch a.background(ev, correlationID) {
+	case started:
+		a.m.autologBuffered.Inc()
+		return
+	case stopped:
+		a.m.dropped(dropShutdown, 1)
+		return
+	}
+	a.m.dropped(dropDBDown, 1)
+	a.warn.Do(func(n int64) {
+		a.log.WarnContext(ctx, "postgres unavailable and autolog buffer full, impressions dropped", "dropped", n, "capacity", a.capacity)
+	})
+}
+
+func (a *autolog) rejected(ctx context.Context, ev *events.Impression, err error) {
+	a.m.dropped(dropRejected, 1)
+	a.log.ErrorContext(ctx, "autolog impression rejected by the database", "err", err, "event_id", ev.EventID)
+}
+
+type startResult int
+
+const (
+	started startResult = iota
+	full
+	stopped
+)
+
+// background starts a background persist unless the bound is reached or the module stopped.
+func (a *autolog) background(ev *events.Impression, correlationID string) startResult {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	if a.closed {
+		return stopped
+	}
+	if a.inflight.Add(1) > a.capacity {
+		a.inflight.Add(-1)
+		return full
+	}
+	a.wg.Add(1)
+	go a.persist(ev, correlationID)
+	return started
+}
+
+// persist writes until the event is stored, rejected, or the shutdown gives up on it.
+func (a *autolog) persist(ev *events.Impression, correlationID string) {
+	defer a.wg.Done()
+	defer a.inflight.Add(-1)
+	evs := []events.Any{ev}
+	backoff := 20 * time.Millisecond
+	for {
+		if !a.pg.IsOpen() {
+			start := time.Now()
+			ctx, cancel := context.WithTimeout(a.abortCtx, a.timeout)
+			_, err := a.w.Write(ctx, evs, correlationID)
+			cancel()
+			a.m.stage(stageImpressionLog, time.Since(start))
+			switch {
+			case err == nil:
+				a.m.autologPersisted.Inc()
+				a.pg.Success()
+				return
+			case a.abortCtx.Err() != nil || errors.Is(err, ingest.ErrClosed):
+				a.m.dropped(dropShutdown, 1)
+				return
+			case !transient(err):
+				a.rejected(context.Background(), ev, err)
+				return
+			}
+			a.pg.Failure()
+			a.m.autologRetries.Inc()
+		}
+		// Full jitter keeps a thousand waiting events from retrying in lock step.
+		wait := time.Duration(rand.Int64N(int64(backoff))) + time.Millisecond
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-a.abortCtx.Done():
+			t.Stop()
+			a.m.dropped(dropShutdown, 1)
+			return
+		}
+		backoff = min(backoff*2, a.retryMax)
+	}
+}
+
+// Shutdown stops accepting events and waits up to timeout for the background persists; the
+// ones still pending then are abandoned and counted as dropped. It returns how many.
+func (a *autolog) Shutdown(timeout time.Duration) int64 {
+	a.mu.Lock()
+	a.closed = true
+	a.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		a.wg.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+		a.abort()
+		return 0
+	case <-t.C:
+	}
+	left := a.inflight.Load()
+	a.abort()
+	<-done
+	return left
+}
+
+// transient reports whether a write error may succeed on retry: the database was unreachable
+// or too slow, or the wait was cut short.
+func transient(err error) bool {
+	return errors.Is(err, ingest.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, context.Canceled)
+}
+
+// logLimiter lets a warning through at most once per second, with the number of occurrences
+// since the last one, so an overload does not turn into a log flood.
+type logLimiter struct {
+	last  atomic.Int64
+	count atomic.Int64
+}
+
+func (l *logLimiter) Do(f func(n int64)) {
+	l.count.Add(1)
+	now := time.Now().UnixNano()
+	last := l.last.Load()
+	if now-last < int64(time.Second) || !l.last.CompareAndSwap(last, now) {
+		return
+	}
+	f(l.count.Swap(0))
+}

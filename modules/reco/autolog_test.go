@@ -1,0 +1,215 @@
+package reco
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestAutologEventMatchesServedList(t *testing.T) {
+	for _, async := range []bool{true, false} {
+		t.Run(fmt.Sprintf("async=%v", async), func(t *testing.T) {
+			h := newHarness(t, func(c *Config) { c.AutologAsync = async })
+			h.run()
+			ua := strings.Repeat("é", 600) // 600 characters, 1200 bytes
+			r := h.get("/reco?user_id=u9&session_id=sess-9&k=7", "User-Agent", ua, "X-Correlation-ID", "corr-12345")
+			if r.code != 200 {
+				t.Fatalf("code %d %v", r.code, r.body)
+			}
+			rid := r.body["request_id"].(string)
+			if !async && h.writer.byRequest(rid) == nil {
+				t.Fatal("sync mode answered before the impression was committed")
+			}
+			eventually(t, 5*time.Second, "impression persisted", func() bool { return h.writer.byRequest(rid) != nil })
+			ev := h.writer.byRequest(rid)
+			items := r.items()
+			if ev.UserID != "u9" || ev.SessionID != "sess-9" || len(ev.EventID) != 32 || len(ev.Items) != len(items) {
+				t.Fatalf("event %+v for items %v", ev, items)
+			}
+			for i, it := range ev.Items {
+				if it.ItemID != items[i] || it.Position != int64(i) {
+					t.Fatalf("item %d = %+v, want %s at %d", i, it, items[i], i)
+				}
+			}
+			if ev.Context == nil || ev.Context.UserAgent == nil || *ev.Context.UserAgent != strings.Repeat("é", 512) {
+				t.Fatalf("user agent not cut to 512 characters: %v", ev.Context)
+			}
+			if d := time.Since(time.UnixMilli(ev.TsMs)); d < 0 || d > time.Minute || ev.ServerReceivedTsMs != ev.TsMs {
+				t.Fatalf("ts_ms %d server_received %d", ev.TsMs, ev.ServerReceivedTsMs)
+			}
+			h.writer.mu.Lock()
+			corr := h.writer.corr[ev.EventID]
+			h.writer.mu.Unlock()
+			if corr != "corr-12345" {
+				t.Fatalf("correlation id %q", corr)
+			}
+			// Autolog off: nothing is written.
+			before := h.writer.count()
+			h.get("/reco?user_id=u9&session_id=sess-9&k=7&x_autolog_impressions=false")
+			h.get("/reco?user_id=u9&session_id=sess-9&k=7&x_autolog_impressions=no")
+			time.Sleep(50 * time.Millisecond)
+			if h.writer.count() != before {
+				t.Fatal("x_autolog_impressions=false still logged")
+			}
+		})
+	}
+}
+
+func TestAutologBackpressureDropAndSync(t *testing.T) {
+	for _, mode := range []string{BackpressureDrop, BackpressureSync} {
+		t.Run(mode, func(t *testing.T) {
+			h := newHarness(t, func(c *Config) {
+				c.AutologQueueSize = 3
+				c.AutologBackpressure = mode
+			})
+			// Hold the background persists so the queue fills.
+			h.writer.block = make(chan struct{})
+			var rids []string
+			var wg sync.WaitGroup
+			var mu sync.Mutex
+			for i := 0; i < 3; i++ {
+				r := h.get(fmt.Sprintf("/reco?user_id=bp%d&session_id=s&k=3", i))
+				rids = append(rids, r.body["request_id"].(string))
+			}
+			if got := h.r.autolog.Pending(); got != 3 {
+				t.Fatalf("pending %d, want 3", got)
+			}
+			// The fourth request meets a full queue.
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r := h.get("/reco?user_id=bp3&session_id=s&k=3")
+				mu.Lock()
+				rids = append(rids, r.body["request_id"].(string))
+				mu.Unlock()
+			}()
+			if mode == BackpressureDrop {
+				wg.Wait()
+				if n := h.r.m.autologDropped[dropQueueFull].Get(); n != 1 {
+					t.Fatalf("dropped %d, want 1", n)
+				}
+			} else {
+				// Sync back-pressure: the request persists inline, so it waits for the writer.
+				time.Sleep(50 * time.Millisecond)
+				mu.Lock()
+				n := len(rids)
+				mu.Unlock()
+				if n != 3 {
+					t.Fatal("sync back-pressure answered before its inline commit")
+				}
+			}
+			close(h.writer.block)
+			wg.Wait()
+			want := 4
+			if mode == BackpressureDrop {
+				want = 3
+			}
+			eventually(t, 5*time.Second, "persisted", func() bool { return h.writer.count() == want })
+			if left := h.r.autolog.Shutdown(time.Second); left != 0 {
+				t.Fatalf("left %d", left)
+			}
+			expo := exposition(h)
+			stage := map[string]string{BackpressureDrop: stageImpressionDrop, BackpressureSync: stageImpressionBPSync}[mode]
+			if !strings.Contains(expo, `reco_stage_latency_ms_count{stage="`+stage+`"} 1`) {
+				t.Fatalf("stage %s not counted once:\n%s", stage, grep(expo, "reco_stage_latency_ms_count"))
+			}
+		})
+	}
+}
+
+func TestAutologBuffersWhilePostgresDownAndPersistsAfter(t *testing.T) {
+	for _, async := range []bool{true, false} {
+		t.Run(fmt.Sprintf("async=%v", async), func(t *testing.T) {
+			h := newHarness(t, func(c *Config) { c.AutologAsync = async; c.BreakerFailures = 2 })
+			h.run()
+			h.writer.fail.Store(true)
+			h.pgUp.Store(false)
+			var rids []string
+			for i := 0; i < 10; i++ {
+				r := h.get(fmt.Sprintf("/reco?user_id=pgdown%d&session_id=s&k=4", i))
+				if r.code != 200 || len(r.items()) != 4 {
+					t.Fatalf("PostgreSQL down: /reco %d %v", r.code, r.body)
+				}
+				rids = append(rids, r.body["request_id"].(string))
+			}
+			eventually(t, 5*time.Second, "postgres breaker open", h.r.serving.pgBrk.IsOpen)
+			if h.writer.count() != 0 || h.r.autolog.Pending() != 10 {
+				t.Fatalf("persisted %d pending %d, want 0 and 10", h.writer.count(), h.r.autolog.Pending())
+			}
+			if !async && h.r.m.autologBuffered.Get() != 10 {
+				t.Fatalf("buffered %d", h.r.m.autologBuffered.Get())
+			}
+			calls := h.writer.calls.Load()
+			time.Sleep(100 * time.Millisecond)
+			if c := h.writer.calls.Load(); c > calls+2 {
+				t.Fatalf("%d writes while the breaker was open: the buffer must wait for PostgreSQL", c-calls)
+			}
+			h.writer.fail.Store(false)
+			h.pgUp.Store(true)
+			eventually(t, 5*time.Second, "buffered impressions persisted", func() bool { return h.writer.count() == 10 })
+			for _, rid := range rids {
+				if h.writer.byRequest(rid) == nil {
+					t.Fatalf("request %s not persisted", rid)
+				}
+			}
+			if d := h.r.m.droppedTotal(); d != 0 {
+				t.Fatalf("dropped %d", d)
+			}
+		})
+	}
+}
+
+func TestAutologShutdownDrainsAndCountsWhatIsLeft(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.AutologShutdownTimeout = 200 * time.Millisecond })
+	stop := h.run()
+	h.writer.block = make(chan struct{})
+	for i := 0; i < 5; i++ {
+		h.get(fmt.Sprintf("/reco?user_id=sd%d&session_id=s&k=2", i))
+	}
+	// Released during the shutdown wait: everything is persisted.
+	go func() { time.Sleep(50 * time.Millisecond); close(h.writer.block) }()
+	stop()
+	if h.writer.count() != 5 || h.r.m.droppedTotal() != 0 {
+		t.Fatalf("persisted %d dropped %d after drain", h.writer.count(), h.r.m.droppedTotal())
+	}
+
+	// Never released: the shutdown gives up after its timeout and counts the rest.
+	h2 := newHarness(t, func(c *Config) { c.AutologShutdownTimeout = 100 * time.Millisecond })
+	stop2 := h2.run()
+	h2.writer.block = make(chan struct{})
+	for i := 0; i < 4; i++ {
+		h2.get(fmt.Sprintf("/reco?user_id=sd%d&session_id=s&k=2", i))
+	}
+	start := time.Now()
+	stop2()
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("shutdown took %s", d)
+	}
+	if n := h2.r.m.autologDropped[dropShutdown].Get(); n != 4 || h2.r.autolog.Pending() != 0 {
+		t.Fatalf("dropped(shutdown) %d pending %d, want 4 and 0", n, h2.r.autolog.Pending())
+	}
+	// After shutdown an event is counted, not lost silently.
+	h2.get("/reco?user_id=late&session_id=s&k=2")
+	if n := h2.r.m.autologDropped[dropShutdown].Get(); n != 5 {
+		t.Fatalf("late event: dropped %d, want 5", n)
+	}
+}
+
+func exposition(h *harness) string {
+	var b bytes.Buffer
+	h.set.WritePrometheus(&b)
+	return b.String()
+}
+
+func grep(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}

@@ -1,0 +1,209 @@
+package reco
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"recsys/pkg/flagenv"
+	"recsys/pkg/ranking"
+)
+
+// Back-pressure modes of the autolog queue (RECO_BACKGROUND_BACKPRESSURE_MODE).
+const (
+	// BackpressureSync persists the impression inline when the queue is full.
+	BackpressureSync = "sync"
+	// BackpressureDrop drops it (counted) when the queue is full.
+	BackpressureDrop = "drop"
+)
+
+// Config of the reco module (flags reco.* and ranking.*).
+type Config struct {
+	// Ranking configures the Weighted ranker and what the Snapshot loaders fetch.
+	Ranking ranking.Config
+
+	// AutologAsync answers /reco without waiting for the impression's commit; the event goes
+	// through a bounded in-memory queue instead. Off: the response waits for the commit.
+	AutologAsync bool
+	// AutologQueueSize bounds the impressions accepted but not yet persisted (background
+	// persists in async mode, and impressions buffered while PostgreSQL is down).
+	AutologQueueSize int
+	// AutologBackpressure is BackpressureSync or BackpressureDrop.
+	AutologBackpressure string
+	// AutologShutdownTimeout bounds the drain of the queue at shutdown.
+	AutologShutdownTimeout time.Duration
+	// AutologCommitWorkers is the number of transactions the autolog writer runs at once.
+	AutologCommitWorkers int
+	// AutologCommitMaxEvents caps the events merged into one transaction.
+	AutologCommitMaxEvents int
+	// AutologOutboxMaxAttempts is event_outbox.max_attempts of auto-logged impressions.
+	AutologOutboxMaxAttempts int
+	// AutologWriteTimeout bounds an inline (synchronous) persist before the event is buffered.
+	AutologWriteTimeout time.Duration
+	// AutologGroupCommitMaxWait is the group-commit gather time of the autolog's writer.
+	AutologGroupCommitMaxWait time.Duration
+	// AutologRetryMax caps the back-off between retries of a batch while PostgreSQL is down.
+	AutologRetryMax time.Duration
+
+	// MetricsWindow and MetricsMaxSamples bound the /metrics/reco window.
+	MetricsWindow     time.Duration
+	MetricsMaxSamples int
+	// SLATargetP95Ms and SLATargetP99Ms are the targets /metrics/reco reports against.
+	SLATargetP95Ms float64
+	SLATargetP99Ms float64
+
+	// RedisTimeout and PGTimeout bound one Snapshot load from each store.
+	RedisTimeout time.Duration
+	PGTimeout    time.Duration
+	// BreakerFailures consecutive failures of a store open its circuit breaker.
+	BreakerFailures int
+	// ProbeInterval is how often the stores are probed (closing an open breaker when they
+	// answer) and Redis' ready marker is read.
+	ProbeInterval time.Duration
+	// GlobalRefresh is how often the in-process snapshot of the global lists is reloaded.
+	GlobalRefresh time.Duration
+	// GlobalMaxAge: an in-process global snapshot older than this is not used to complete
+	// per-user snapshots (it still serves as the last-resort fallback).
+	GlobalMaxAge time.Duration
+	// CacheGlobalLists serves the trending, popular and fresh lists from the in-process global
+	// snapshot, so the per-request Redis read only fetches the user's own features.
+	CacheGlobalLists bool
+	// ItemCacheTTL is how long per-item features (neighbour lists, statistics) read from Redis
+	// are reused across requests; 0 reads them with every request.
+	ItemCacheTTL time.Duration
+	// ItemCacheMax bounds the cached items.
+	ItemCacheMax int
+	// PGMaxConcurrent bounds concurrent PostgreSQL snapshot reads (the degraded path); beyond
+	// it requests are served from the global snapshot instead of queueing on PostgreSQL.
+	PGMaxConcurrent int
+}
+
+// NewConfig returns the defaults: the contract's autolog and window settings, the ranking
+// defaults, a 250 ms Redis and a 500 ms PostgreSQL budget per request.
+func NewConfig() *Config {
+	return &Config{
+		Ranking:                   ranking.DefaultConfig(),
+		AutologAsync:              true,
+		AutologQueueSize:          1000,
+		AutologBackpressure:       BackpressureSync,
+		AutologShutdownTimeout:    5 * time.Second,
+		AutologCommitWorkers:      4,
+		AutologCommitMaxEvents:    2000,
+		AutologOutboxMaxAttempts:  25,
+		AutologWriteTimeout:       time.Second,
+		AutologGroupCommitMaxWait: 0,
+		AutologRetryMax:           time.Second,
+		MetricsWindow:             time.Hour,
+		MetricsMaxSamples:         50_000,
+		SLATargetP95Ms:            120,
+		SLATargetP99Ms:            200,
+		RedisTimeout:              250 * time.Millisecond,
+		PGTimeout:                 500 * time.Millisecond,
+		BreakerFailures:           5,
+		ProbeInterval:             time.Second,
+		GlobalRefresh:             time.Second,
+		GlobalMaxAge:              30 * time.Second,
+		CacheGlobalLists:          true,
+		ItemCacheTTL:              5 * time.Second,
+		ItemCacheMax:              200_000,
+		PGMaxConcurrent:           8,
+	}
+}
+
+// RegisterFlags adds the reco.* and ranking.* flags with the original service's environment
+// names as aliases.
+func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
+	c.Ranking.RegisterFlags(fs)
+	fs.BoolVar(&c.AutologAsync, "reco.autolog-async", c.AutologAsync, "answer /reco before the auto-logged impression is committed (bounded queue, drained on shutdown; a crash loses what is queued); false waits for the group commit")
+	fs.IntVar(&c.AutologQueueSize, "reco.autolog-queue-size", c.AutologQueueSize, "impression events waiting to be persisted; beyond it --reco.autolog-backpressure applies")
+	fs.StringVar(&c.AutologBackpressure, "reco.autolog-backpressure", c.AutologBackpressure, "when the autolog queue is full: sync (persist inline) or drop (counted in recsys_reco_autolog_dropped_total)")
+	fs.DurationVar(&c.AutologShutdownTimeout, "reco.autolog-shutdown-timeout", c.AutologShutdownTimeout, "longest the shutdown waits for queued impressions to be persisted (the rest is counted as dropped)")
+	fs.IntVar(&c.AutologCommitWorkers, "reco.autolog-commit-workers", c.AutologCommitWorkers, "impression transactions the autolog's group-commit writer runs at once")
+	fs.IntVar(&c.AutologCommitMaxEvents, "reco.autolog-commit-max-events", c.AutologCommitMaxEvents, "most impressions merged into one autolog transaction")
+	fs.IntVar(&c.AutologOutboxMaxAttempts, "reco.autolog-outbox-max-attempts", c.AutologOutboxMaxAttempts, "max_attempts stored on the event_outbox rows of auto-logged impressions")
+	fs.DurationVar(&c.AutologWriteTimeout, "reco.autolog-write-timeout", c.AutologWriteTimeout, "longest /reco waits for an inline impression commit before buffering it in the queue")
+	fs.DurationVar(&c.AutologGroupCommitMaxWait, "reco.autolog-group-commit-max-wait", c.AutologGroupCommitMaxWait, "longest the autolog writer waits to merge concurrent impressions into one transaction (0: merge only what is queued)")
+	fs.DurationVar(&c.AutologRetryMax, "reco.autolog-retry-max", c.AutologRetryMax, "longest pause between retries of queued impressions while PostgreSQL is unavailable")
+	fs.DurationVar(&c.MetricsWindow, "reco.metrics-window", c.MetricsWindow, "time window of /metrics/reco (1s to 24h)")
+	fs.IntVar(&c.MetricsMaxSamples, "reco.metrics-max-samples", c.MetricsMaxSamples, "/metrics/reco keeps only the newest whole seconds holding at most this many requests")
+	fs.Float64Var(&c.SLATargetP95Ms, "reco.sla-target-p95-ms", c.SLATargetP95Ms, "p95 latency target reported by /metrics/reco, ms")
+	fs.Float64Var(&c.SLATargetP99Ms, "reco.sla-target-p99-ms", c.SLATargetP99Ms, "p99 latency target reported by /metrics/reco, ms")
+	fs.DurationVar(&c.RedisTimeout, "reco.redis-timeout", c.RedisTimeout, "budget of one feature snapshot read from Redis before falling back to PostgreSQL")
+	fs.DurationVar(&c.PGTimeout, "reco.pg-timeout", c.PGTimeout, "budget of one feature snapshot read from PostgreSQL before falling back to the in-process global lists")
+	fs.IntVar(&c.BreakerFailures, "reco.breaker-failures", c.BreakerFailures, "consecutive failures of Redis or PostgreSQL that open its circuit breaker (reads skip it until a probe succeeds)")
+	fs.DurationVar(&c.ProbeInterval, "reco.probe-interval", c.ProbeInterval, "how often Redis (with its ready marker) and PostgreSQL are probed to close an open breaker")
+	fs.DurationVar(&c.GlobalRefresh, "reco.global-refresh", c.GlobalRefresh, "how often the in-process snapshot of the trending, popular and fresh lists is reloaded")
+	fs.DurationVar(&c.GlobalMaxAge, "reco.global-max-age", c.GlobalMaxAge, "an in-process global snapshot older than this no longer completes per-user snapshots (it remains the last-resort fallback)")
+	fs.BoolVar(&c.CacheGlobalLists, "reco.cache-global-lists", c.CacheGlobalLists, "serve the global lists from the in-process snapshot (refreshed every --reco.global-refresh) so each request reads only the user's features from Redis")
+	fs.DurationVar(&c.ItemCacheTTL, "reco.item-cache-ttl", c.ItemCacheTTL, "how long per-item features (co-visitation neighbours, item statistics) read from Redis are reused across requests; the user's own state is always read live; 0 reads everything per request")
+	fs.IntVar(&c.ItemCacheMax, "reco.item-cache-max", c.ItemCacheMax, "most items kept in the per-item feature cache")
+	fs.IntVar(&c.PGMaxConcurrent, "reco.pg-max-concurrent", c.PGMaxConcurrent, "concurrent PostgreSQL snapshot reads while Redis is unusable; requests beyond it get the global snapshot instead of queueing")
+	flagenv.Alias(fs, "reco.autolog-async", "RECO_ASYNC_IMPRESSION_LOGGING")
+	flagenv.Alias(fs, "reco.autolog-queue-size", "RECO_MAX_BACKGROUND_TASKS")
+	flagenv.Alias(fs, "reco.autolog-backpressure", "RECO_BACKGROUND_BACKPRESSURE_MODE")
+	flagenv.Alias(fs, "reco.autolog-shutdown-timeout", "RECO_BACKGROUND_SHUTDOWN_TIMEOUT_SEC:s")
+	flagenv.Alias(fs, "reco.metrics-window", "RECO_METRICS_WINDOW_SEC:s")
+	flagenv.Alias(fs, "reco.metrics-max-samples", "RECO_METRICS_MAX_SAMPLES")
+	flagenv.Alias(fs, "reco.autolog-outbox-max-attempts", "OUTBOX_MAX_ATTEMPTS")
+}
+
+// Validate reports every invalid setting, naming the flag. Unlike the original service, an
+// unknown back-pressure mode or a zero timeout is an error, never a silent default.
+func (c *Config) Validate() error {
+	errs := []error{c.Ranking.Validate()}
+	between := func(flag string, v, lo, hi int) {
+		if v < lo || v > hi {
+			errs = append(errs, fmt.Errorf("--%s must be between %d and %d, got %d", flag, lo, hi, v))
+		}
+	}
+	durBetween := func(flag string, v, lo, hi time.Duration) {
+		if v < lo || v > hi {
+			errs = append(errs, fmt.Errorf("--%s must be between %s and %s, got %s", flag, lo, hi, v))
+		}
+	}
+	between("reco.autolog-queue-size", c.AutologQueueSize, 1, 10_000_000)
+	if c.AutologBackpressure != BackpressureSync && c.AutologBackpressure != BackpressureDrop {
+		errs = append(errs, fmt.Errorf("--reco.autolog-backpressure (RECO_BACKGROUND_BACKPRESSURE_MODE) must be %q or %q, got %q", BackpressureSync, BackpressureDrop, c.AutologBackpressure))
+	}
+	durBetween("reco.autolog-shutdown-timeout", c.AutologShutdownTimeout, time.Millisecond, 10*time.Minute)
+	between("reco.autolog-commit-workers", c.AutologCommitWorkers, 1, 256)
+	between("reco.autolog-commit-max-events", c.AutologCommitMaxEvents, 1, 1_000_000)
+	between("reco.autolog-outbox-max-attempts", c.AutologOutboxMaxAttempts, 1, 1_000_000)
+	durBetween("reco.autolog-write-timeout", c.AutologWriteTimeout, time.Millisecond, time.Minute)
+	durBetween("reco.autolog-group-commit-max-wait", c.AutologGroupCommitMaxWait, 0, time.Second)
+	durBetween("reco.autolog-retry-max", c.AutologRetryMax, time.Millisecond, time.Minute)
+	durBetween("reco.metrics-window", c.MetricsWindow, time.Second, 24*time.Hour)
+	between("reco.metrics-max-samples", c.MetricsMaxSamples, 1, 100_000_000)
+	for _, t := range []struct {
+		flag string
+		v    float64
+	}{{"reco.sla-target-p95-ms", c.SLATargetP95Ms}, {"reco.sla-target-p99-ms", c.SLATargetP99Ms}} {
+		if !(t.v > 0) {
+			errs = append(errs, fmt.Errorf("--%s must be > 0, got %v", t.flag, t.v))
+		}
+	}
+	durBetween("reco.redis-timeout", c.RedisTimeout, time.Millisecond, time.Minute)
+	durBetween("reco.pg-timeout", c.PGTimeout, time.Millisecond, time.Minute)
+	between("reco.breaker-failures", c.BreakerFailures, 1, 1000)
+	durBetween("reco.probe-interval", c.ProbeInterval, 10*time.Millisecond, time.Hour)
+	durBetween("reco.global-refresh", c.GlobalRefresh, 10*time.Millisecond, time.Hour)
+	durBetween("reco.item-cache-ttl", c.ItemCacheTTL, 0, time.Minute)
+	between("reco.item-cache-max", c.ItemCacheMax, 1000, 100_000_000)
+	between("reco.pg-max-concurrent", c.PGMaxConcurrent, 1, 1024)
+	if c.GlobalMaxAge < c.GlobalRefresh {
+		errs = append(errs, fmt.Errorf("--reco.global-max-age must be >= --reco.global-refresh (%s), got %s", c.GlobalRefresh, c.GlobalMaxAge))
+	}
+	return errors.Join(errs...)
+}
+
+// snapshotOptions is what a per-user load fetches: everything the ranker needs, minus the
+// global lists when they come from the in-process snapshot.
+func (c *Config) snapshotOptions(withGlobal bool) ranking.SnapshotOptions {
+	o := c.Ranking.SnapshotOptions()
+	if !withGlobal {
+		o.TrendingN, o.PopularN, o.FreshN = 0, 0, 0
+	}
+	return o
+}

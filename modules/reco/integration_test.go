@@ -1,0 +1,482 @@
+package reco
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/rueidis"
+
+	"recsys/pkg/features"
+	"recsys/pkg/featurestore"
+	"recsys/pkg/httpx"
+	"recsys/pkg/infra"
+	"recsys/pkg/kafka"
+	"recsys/pkg/migrate"
+	"recsys/pkg/postgres"
+	"recsys/pkg/ranking"
+	rds "recsys/pkg/redis"
+	"recsys/pkg/testutil"
+)
+
+// stack is the reco module on real PostgreSQL and Redis, served over real HTTP.
+type stack struct {
+	t      testing.TB
+	pg     *pgxpool.Pool
+	rd     rueidis.Client
+	prefix string
+	store  *featurestore.Store
+	mod    *Reco
+	srv    *httptest.Server
+	stop   func()
+}
+
+func testLogger() *slog.Logger {
+	if os.Getenv("RECO_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// newStack opens the clients the way pkg/infra does (short timeouts so outages show fast),
+// seeds the features through pkg/featurestore (the consumer's write path) and starts the
+// module.
+func newStack(t testing.TB, pgURL, redisURL string, mut func(*Config)) *stack {
+	t.Helper()
+	ctx := context.Background()
+	pcfg := postgres.DefaultConfig()
+	pcfg.DSN, pcfg.MaxConns, pcfg.ConnectTimeout, pcfg.AcquireTimeout = pgURL, 16, 500*time.Millisecond, 500*time.Millisecond
+	pool, err := postgres.Open(ctx, pcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	rcfg := rds.DefaultConfig()
+	rcfg.URL = redisURL
+	rcfg.KeyPrefix = testutil.Unique("recotest") + ":"
+	rd, err := rds.Open(rcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rd.Close)
+	s := &stack{t: t, pg: pool, rd: rd, prefix: rcfg.KeyPrefix,
+		store: featurestore.New(pool, rd, rcfg.KeyPrefix, features.DefaultConfig(), testLogger())}
+	t.Cleanup(func() { s.deleteKeys() })
+
+	cfg := NewConfig()
+	cfg.ProbeInterval = 50 * time.Millisecond
+	cfg.GlobalRefresh = 100 * time.Millisecond
+	cfg.AutologRetryMax = 100 * time.Millisecond
+	cfg.PGTimeout = 300 * time.Millisecond
+	if mut != nil {
+		mut(cfg)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	icfg := infra.DefaultConfig()
+	icfg.Redis, icfg.Kafka = rcfg, kafka.DefaultConfig()
+	mod, err := New(cfg, infra.Deps{Name: "reco", Log: testLogger(), Metrics: metrics.NewSet(), PG: pool, Redis: rd, Config: icfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.mod = mod.(*Reco)
+	e := httpx.New(httpx.DefaultConfig(), testLogger())
+	s.mod.RegisterRoutes(e)
+	s.srv = httptest.NewServer(e)
+	t.Cleanup(s.srv.Close)
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := s.mod.Run(runCtx); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	stopped := false
+	s.stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		<-done
+	}
+	t.Cleanup(s.stop)
+	return s
+}
+
+func (s *stack) deleteKeys() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var cursor uint64
+	for {
+		e, err := s.rd.Do(ctx, s.rd.B().Scan().Cursor(cursor).Match(s.prefix+"*").Count(1000).Build()).AsScanEntry()
+		if err != nil {
+			return
+		}
+		if len(e.Elements) > 0 {
+			_ = s.rd.Do(ctx, s.rd.B().Unlink().Key(e.Elements...).Build()).Error()
+		}
+		if cursor = e.Cursor; cursor == 0 {
+			return
+		}
+	}
+}
+
+// seed applies a small world through the feature store: many users watch a then b, fewer a
+// then c; popular items pop00..pop19; then copies PostgreSQL into Redis and sets the marker.
+func (s *stack) seed(extra ...features.Interaction) {
+	s.t.Helper()
+	ctx := context.Background()
+	now := time.Now().UnixMilli()
+	ts := now - 3600_000
+	var evs []featurestore.Event
+	n := 0
+	watch := func(user, item string) {
+		ts += 200
+		n++
+		pct := 90.0
+		evs = append(evs, featurestore.Event{Interaction: features.Interaction{Kind: features.KindWatch,
+			EventID: fmt.Sprintf("%sw%05d", s.prefix, n), UserID: user, TsMs: ts, ItemID: item, PercentWatched: &pct}})
+	}
+	for u := 0; u < 30; u++ {
+		for i := 0; i < 20; i++ {
+			if (u+i)%3 == 0 {
+				watch(fmt.Sprintf("pu%d", u), fmt.Sprintf("pop%02d", i))
+			}
+		}
+	}
+	for u := 0; u < 10; u++ {
+		watch(fmt.Sprintf("ab%d", u), "a")
+		watch(fmt.Sprintf("ab%d", u), "b")
+	}
+	for u := 0; u < 6; u++ {
+		watch(fmt.Sprintf("ac%d", u), "a")
+		watch(fmt.Sprintf("ac%d", u), "c")
+	}
+	for _, x := range extra {
+		evs = append(evs, featurestore.Event{Interaction: x})
+	}
+	if _, err := s.store.Apply(ctx, &featurestore.Batch{Events: evs}); err != nil {
+		s.t.Fatalf("apply seed events: %v", err)
+	}
+	if err := s.store.Repopulate(ctx, false); err != nil {
+		s.t.Fatalf("populate redis: %v", err)
+	}
+}
+
+type recoReply struct {
+	code   int
+	Detail any      `json:"detail"`
+	ReqID  string   `json:"request_id"`
+	Items  []string `json:"items"`
+	Model  string   `json:"model_version"`
+	Strat  string   `json:"strategy"`
+}
+
+func (s *stack) get(query string) recoReply {
+	s.t.Helper()
+	resp, err := http.Get(s.srv.URL + "/reco?" + query)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var r recoReply
+	if err := json.Unmarshal(b, &r); err != nil {
+		s.t.Fatalf("/reco?%s: %d %q", query, resp.StatusCode, b)
+	}
+	r.code = resp.StatusCode
+	return r
+}
+
+// waitServing waits until Redis is usable and the global snapshot holds the seeded lists.
+func (s *stack) waitServing() {
+	s.t.Helper()
+	s.waitFor("redis usable and global lists loaded", 10*time.Second, func() bool {
+		g := s.mod.serving.global.Load()
+		return s.mod.serving.redisUsable() && g != nil && len(g.snap.Trending) > 0
+	})
+}
+
+func (s *stack) waitFor(what string, timeout time.Duration, cond func() bool) {
+	s.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			s.t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func impressionRows(t testing.TB, pool *pgxpool.Pool, requestID string) int {
+	t.Helper()
+	var n int
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM impressions WHERE request_id = $1`, requestID).Scan(&n); err != nil {
+		t.Fatalf("count impressions: %v", err)
+	}
+	return n
+}
+
+func userWatchedA(s *stack) features.Interaction {
+	pct := 100.0
+	return features.Interaction{Kind: features.KindWatch, EventID: s.prefix + "me-a", UserID: "me", TsMs: time.Now().UnixMilli() - 1000,
+		ItemID: "a", PercentWatched: &pct}
+}
+
+func TestIntegrationServesFromRedisAndPersistsAutolog(t *testing.T) {
+	s := newStack(t, testutil.MigratedDatabase(t), testutil.RedisURL(t), nil)
+	s.seed(userWatchedA(s))
+	s.waitServing()
+	r := s.get("user_id=me&session_id=sess-1&k=10")
+	if r.code != 200 || r.Strat != ranking.StrategyCovisHybrid || len(r.Items) != 10 {
+		t.Fatalf("%+v", r)
+	}
+	if r.Items[0] != "b" || r.Items[1] != "c" || indexOf(r.Items, "a") >= 0 {
+		t.Fatalf("items %v: want b, c first and a excluded", r.Items)
+	}
+	s.waitFor("impression rows", 5*time.Second, func() bool { return impressionRows(t, s.pg, r.ReqID) == 10 })
+	var pos []int64
+	var items []string
+	rows, _ := s.pg.Query(context.Background(), `SELECT position, item_id FROM impressions WHERE request_id = $1 ORDER BY position`, r.ReqID)
+	for rows.Next() {
+		var p int64
+		var it string
+		if err := rows.Scan(&p, &it); err != nil {
+			t.Fatal(err)
+		}
+		pos, items = append(pos, p), append(items, it)
+	}
+	if fmt.Sprint(items) != fmt.Sprint(r.Items) || pos[0] != 0 || pos[9] != 9 {
+		t.Fatalf("stored %v %v, served %v", pos, items, r.Items)
+	}
+	var outbox int
+	if err := s.pg.QueryRow(context.Background(), `SELECT count(*) FROM event_outbox o JOIN impressions i ON i.event_id = o.event_id
+		WHERE i.request_id = $1 AND i.position = 0 AND o.event_type = 'impression'`, r.ReqID).Scan(&outbox); err != nil || outbox != 1 {
+		t.Fatalf("outbox rows %d %v", outbox, err)
+	}
+	// Cold user, the global lists.
+	if c := s.get("user_id=stranger&session_id=s&k=5&x_autolog_impressions=false"); c.code != 200 || c.Strat != ranking.StrategyColdStart || len(c.Items) != 5 {
+		t.Fatalf("cold: %+v", c)
+	}
+}
+
+func TestIntegrationRedisOutageFallsBackToPostgresAndRecovers(t *testing.T) {
+	red := testutil.StartPrivate(t, "redis")
+	s := newStack(t, testutil.MigratedDatabase(t), red.URL, nil)
+	s.seed(userWatchedA(s))
+	s.waitServing()
+	if r := s.get("user_id=me&session_id=s&k=5"); r.Strat != ranking.StrategyCovisHybrid {
+		t.Fatalf("healthy: %+v", r)
+	}
+
+	red.Stop()
+	start := time.Now()
+	for i := 0; i < 50; i++ {
+		r := s.get("user_id=me&session_id=s&k=5")
+		if r.code != 200 || r.Strat != ranking.StrategyCovisHybrid+"_pg_fallback" || r.Items[0] != "b" || indexOf(r.Items, "a") >= 0 {
+			t.Fatalf("redis down, request %d: %+v", i, r)
+		}
+	}
+	// The breaker: 50 requests did not each wait for a Redis timeout.
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("50 requests took %s while Redis was down", d)
+	}
+	s.waitFor("breaker open", 5*time.Second, s.mod.serving.redisBrk.IsOpen)
+
+	// Redis restarts EMPTY (no persistence): the marker is missing, reads stay on PostgreSQL.
+	red.Start()
+	s.waitFor("breaker closed", 10*time.Second, func() bool { return !s.mod.serving.redisBrk.IsOpen() })
+	if r := s.get("user_id=me&session_id=s&k=5"); r.Strat != ranking.StrategyCovisHybrid+"_pg_fallback" {
+		t.Fatalf("redis back but empty: %+v", r)
+	}
+	// The consumer repopulates; the API follows without a restart.
+	if err := s.store.Repopulate(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	s.waitFor("normal strategy", 5*time.Second, func() bool {
+		r := s.get("user_id=me&session_id=s&k=5")
+		return r.code == 200 && r.Strat == ranking.StrategyCovisHybrid && r.Items[0] == "b"
+	})
+}
+
+func TestIntegrationPostgresOutageServesFromRedisAndPersistsBufferedAutolog(t *testing.T) {
+	pg := testutil.StartPrivate(t, "pg")
+	m, err := migrate.Open(pg.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Up(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	s := newStack(t, pg.URL, testutil.RedisURL(t), nil)
+	s.seed(userWatchedA(s))
+	s.waitServing()
+
+	pg.Stop()
+	var rids []string
+	for i := 0; i < 30; i++ {
+		r := s.get(fmt.Sprintf("user_id=me&session_id=s%d&k=6", i))
+		if r.code != 200 || r.Strat != ranking.StrategyCovisHybrid || r.Items[0] != "b" {
+			t.Fatalf("postgres down, request %d: %+v", i, r)
+		}
+		rids = append(rids, r.ReqID)
+	}
+	s.waitFor("postgres breaker open", 10*time.Second, s.mod.serving.pgBrk.IsOpen)
+	if p := s.mod.autolog.Pending(); p != 30 {
+		t.Fatalf("pending %d, want the 30 served lists buffered", p)
+	}
+
+	pg.Start()
+	s.waitFor("buffer persisted", 30*time.Second, func() bool { return s.mod.autolog.Pending() == 0 })
+	for _, rid := range rids {
+		if n := impressionRows(t, s.pg, rid); n != 6 {
+			t.Fatalf("request %s: %d impression rows after PostgreSQL came back, want 6", rid, n)
+		}
+	}
+	if d := s.mod.m.droppedTotal(); d != 0 {
+		t.Fatalf("dropped %d", d)
+	}
+}
+
+func TestIntegrationBothStoresDownServesGlobalSnapshot(t *testing.T) {
+	pg := testutil.StartPrivate(t, "pg")
+	red := testutil.StartPrivate(t, "redis")
+	m, err := migrate.Open(pg.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Up(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	s := newStack(t, pg.URL, red.URL, func(c *Config) { c.AutologAsync = false })
+	s.seed(userWatchedA(s))
+	s.waitServing()
+	red.Stop()
+	pg.Stop()
+	for i := 0; i < 20; i++ {
+		r := s.get("user_id=me&session_id=s&k=8")
+		if r.code != 200 || r.Strat != ranking.StrategyColdStart+"_global_snapshot" || len(r.Items) != 8 {
+			t.Fatalf("both down, request %d: %+v", i, r)
+		}
+	}
+	// Sync mode with PostgreSQL down still answers: the impressions wait in the buffer.
+	if p := s.mod.autolog.Pending(); p != 20 {
+		t.Fatalf("pending %d, want 20", p)
+	}
+	pg.Start()
+	red.Start()
+	s.waitFor("postgres features again", 20*time.Second, func() bool {
+		return s.get("user_id=me&session_id=s&k=8&x_autolog_impressions=false").Strat == ranking.StrategyCovisHybrid+"_pg_fallback"
+	})
+	s.waitFor("buffer persisted", 30*time.Second, func() bool { return s.mod.autolog.Pending() == 0 })
+}
+
+// The per-request read (user live, per-item features cached, global lists from the global
+// snapshot) must build the same Snapshot as the feature store's one-round-trip loader.
+func TestIntegrationCachedReadEqualsLoaderSnapshot(t *testing.T) {
+	s := newStack(t, testutil.MigratedDatabase(t), testutil.RedisURL(t), nil)
+	s.seed(userWatchedA(s))
+	pct := 40.0
+	var extra []featurestore.Event
+	for i := 0; i < 12; i++ {
+		extra = append(extra, featurestore.Event{Interaction: features.Interaction{Kind: features.KindWatch, EventID: fmt.Sprintf("%sx%d", s.prefix, i),
+			UserID: "multi", TsMs: time.Now().UnixMilli() - int64(60_000-i*1000), ItemID: fmt.Sprintf("pop%02d", i), PercentWatched: &pct}})
+	}
+	extra = append(extra, featurestore.Event{Interaction: features.Interaction{Kind: features.KindImpression, EventID: s.prefix + "imp1",
+		UserID: "multi", TsMs: time.Now().UnixMilli() - 1000, Items: []string{"pop15", "b"}}})
+	if _, err := s.store.Apply(context.Background(), &featurestore.Batch{Events: extra}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.store.Repopulate(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	cfg := NewConfig()
+	loader := featurestore.NewRedisLoader(s.rd, s.prefix, features.DefaultConfig())
+	keys := featurestore.NewKeys(s.prefix)
+	cached := &cachedSource{full: loader, user: &redisUser{rd: s.rd, keys: keys},
+		items: newItemCache(&redisItems{rd: s.rd, keys: keys}, time.Minute, 10000)}
+	now := time.Now().UnixMilli()
+	ctx := context.Background()
+	global, err := loader.Snapshot(ctx, globalUserID, now, func() ranking.SnapshotOptions { o := cfg.snapshotOptions(true); o.HistoryItems = 0; return o }())
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &globalSnap{snap: global, loadedAt: time.Now()}
+	for _, user := range []string{"me", "multi", "ab3", "nobody"} {
+		for round := 0; round < 2; round++ { // the second round is served from the cache
+			want, err := loader.Snapshot(ctx, user, now, cfg.snapshotOptions(true))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := cached.Snapshot(ctx, user, now, cfg.snapshotOptions(false))
+			if err != nil {
+				t.Fatal(err)
+			}
+			complete(&got, g)
+			if err := sameSnapshot(want, got); err != nil {
+				t.Fatalf("user %s round %d: %v", user, round, err)
+			}
+		}
+	}
+}
+
+func sameSnapshot(a, b ranking.Snapshot) error {
+	// Cached item features are decayed when loaded, not at the request's instant: within a
+	// TTL of seconds against half-lives of hours the difference is below 1e-4 relative.
+	close := func(x, y float64) bool { return x == y || (x-y)*(x-y) <= 1e-10*(x*x+y*y) }
+	if fmt.Sprint(a.History) != fmt.Sprint(b.History) || fmt.Sprint(a.Watched) != fmt.Sprint(b.Watched) || fmt.Sprint(a.Impressions) != fmt.Sprint(b.Impressions) {
+		return fmt.Errorf("user state differs:\n%v %v %v\n%v %v %v", a.History, a.Watched, a.Impressions, b.History, b.Watched, b.Impressions)
+	}
+	lists := func(name string, x, y []ranking.Scored) error {
+		if len(x) != len(y) {
+			return fmt.Errorf("%s: %d vs %d entries", name, len(x), len(y))
+		}
+		for i := range x {
+			if x[i].ItemID != y[i].ItemID || !close(x[i].Score, y[i].Score) {
+				return fmt.Errorf("%s[%d]: %v vs %v", name, i, x[i], y[i])
+			}
+		}
+		return nil
+	}
+	if len(a.Neighbours) != len(b.Neighbours) {
+		return fmt.Errorf("neighbour lists: %d vs %d", len(a.Neighbours), len(b.Neighbours))
+	}
+	for k, v := range a.Neighbours {
+		if err := lists("neighbours of "+k, v, b.Neighbours[k]); err != nil {
+			return err
+		}
+	}
+	for _, l := range []struct {
+		n    string
+		x, y []ranking.Scored
+	}{{"trending", a.Trending, b.Trending}, {"popular", a.Popular, b.Popular}, {"fresh", a.Fresh, b.Fresh}} {
+		if err := lists(l.n, l.x, l.y); err != nil {
+			return err
+		}
+	}
+	if len(a.Items) != len(b.Items) {
+		return fmt.Errorf("items: %d vs %d", len(a.Items), len(b.Items))
+	}
+	for id, x := range a.Items {
+		y, ok := b.Items[id]
+		if !ok || x.Impressions != y.Impressions || x.Watches != y.Watches || x.FirstSeenMs != y.FirstSeenMs || x.Ended != y.Ended ||
+			!close(x.SumPercent, y.SumPercent) || !close(x.PopShort, y.PopShort) || !close(x.PopLong, y.PopLong) || !close(x.WatchTimeSec, y.WatchTimeSec) {
+			return fmt.Errorf("item %s: %+v vs %+v", id, x, y)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,537 @@
+package reco
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"hash/maphash"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"recsys/pkg/features"
+	"recsys/pkg/featurestore"
+	"recsys/pkg/ranking"
+)
+
+// itemReader loads per-item features: co-visitation neighbours (current decayed strength,
+// strongest first, ties by item id) and item statistics (popularity decayed to nowMs).
+type itemReader interface {
+	Neighbours(ctx context.Context, items []string, n int, nowMs int64) (map[string][]ranking.Scored, error)
+	// Stats adds the statistics of the known items among items to into.
+	Stats(ctx context.Context, items []string, nowMs int64, into map[string]ranking.ItemStats) error
+}
+
+// cachedSource is the per-request Redis read used by /reco: the user's own state (history,
+// watched set, impression counters) is read fresh on every request, while the per-item
+// features of the candidates (the neighbour list of each history item with the statistics of
+// those neighbours) come from an in-process cache with a short TTL, and the global lists from
+// the global snapshot (serving.complete).
+//
+// Why: one Snapshot script reading ~300 neighbour statistics costs Redis milliseconds per
+// request, which caps a single Redis at a few hundred to a thousand requests per second,
+// while the same items are read by every user. Item features change slowly (half-lives of
+// hours to months): a TTL of a second or two is invisible to ranking, whereas everything the
+// user just did (a watch excludes the item and makes it a history item whose neighbours
+// lead) is read live. So a request costs Redis one small script (the user hash), and a cache
+// miss one pipelined round trip for the lists and one for their statistics.
+type cachedSource struct {
+	full  snapshotSource // the one-round-trip loader, for reads that include the global lists
+	user  snapshotSource // returns the user's state for options without lists or neighbours
+	items *itemCache
+	extra int // expected items added later (the global lists), to size the map once
+}
+
+func (c *cachedSource) Snapshot(ctx context.Context, userID string, nowMs int64, opts ranking.SnapshotOptions) (ranking.Snapshot, error) {
+	if opts.TrendingN+opts.PopularN+opts.FreshN > 0 {
+		// A full read (no global snapshot to complete it with): the loader does it all.
+		return c.full.Snapshot(ctx, userID, nowMs, opts)
+	}
+	s, err := c.user.Snapshot(ctx, userID, nowMs, ranking.SnapshotOptions{NeighboursPerItem: opts.NeighboursPerItem})
+	if err != nil {
+		return s, err
+	}
+	n := min(opts.HistoryItems, len(s.History))
+	if n == 0 || opts.NeighboursPerItem <= 0 {
+		return s, nil
+	}
+	var buf [16]string
+	hist := buf[:0]
+	for i := 0; i < n; i++ {
+		hist = append(hist, s.History[i].ItemID)
+	}
+	lists, err := c.items.lists(ctx, hist, opts.NeighboursPerItem, nowMs)
+	if err != nil {
+		return s, err
+	}
+	if s.Neighbours == nil {
+		s.Neighbours = make(map[string][]ranking.Scored, n)
+	}
+	total := 0
+	for i, e := range lists {
+		if len(e.l) > 0 {
+			s.Neighbours[hist[i]] = e.l
+			total += len(e.l)
+		}
+	}
+	// Room for the neighbours and the global lists' items completed later.
+	items := getItemsMap(total + c.extra)
+	for id, v := range s.Items {
+		items[id] = v
+	}
+	for _, e := range lists {
+		for j, x := range e.l {
+			if e.known[j] {
+				items[x.ItemID] = e.st[j]
+			}
+		}
+	}
+	s.Items = items
+	return s, nil
+}
+
+// itemsPool recycles the per-request Snapshot.Items maps: a map of a few hundred item
+// statistics is large, and allocating and zeroing one per request showed up as a quarter of
+// the handler's CPU. Reco.rank returns the map once the ranker is done with it.
+var itemsPool sync.Pool
+
+func getItemsMap(size int) map[string]ranking.ItemStats {
+	if m, ok := itemsPool.Get().(map[string]ranking.ItemStats); ok {
+		return m
+	}
+	return make(map[string]ranking.ItemStats, size)
+}
+
+// putItemsMap recycles m; the caller must hold the only reference.
+func putItemsMap(m map[string]ranking.ItemStats) {
+	if m == nil || len(m) > 20_000 {
+		return
+	}
+	clear(m)
+	itemsPool.Put(m)
+}
+
+// itemCache caches, per item, its neighbour list together with the statistics of those
+// neighbours. A request looks up one entry per history item:
+//   - fresh (younger than ttl): used;
+//   - stale (younger than maxStale): used, and one background reload is started, so hot
+//     items never make a request wait;
+//   - missing or too old: loaded, with concurrent requests for the same item sharing one load
+//     (single flight), in one round trip for the lists and one for the statistics.
+//
+// Loads run under their own timeout, not the request's: a request that gives up waiting
+// leaves the load to finish and warm the cache for the next ones. Without that, a cold cache
+// under load turns into timeouts, an open breaker and a cache that never warms.
+type itemCache struct {
+	r           itemReader
+	ttl         time.Duration
+	maxStale    time.Duration
+	loadTimeout time.Duration
+	max         int // entries per shard before eviction
+	seed        maphash.Seed
+	shards      [cacheShards]cacheShard
+
+	statsMu sync.Mutex
+	stats   map[string]statEntry // statistics shared by the loads of different lists
+}
+
+const cacheShards = 32
+
+type cacheShard struct {
+	mu       sync.RWMutex
+	m        map[string]*listEntry
+	inflight map[string]*flight
+}
+
+type flight struct {
+	done chan struct{}
+	e    *listEntry
+	err  error
+}
+
+// listEntry is immutable once stored, but for its refreshing flag.
+type listEntry struct {
+	at         int64 // unix ms loaded
+	n          int
+	l          []ranking.Scored    // neighbours, strongest first, decayed at load time
+	st         []ranking.ItemStats // st[i] are the statistics of l[i] when known[i]
+	known      []bool
+	refreshing atomic.Bool
+}
+
+type statEntry struct {
+	at    int64
+	known bool
+	s     ranking.ItemStats
+}
+
+func newItemCache(r itemReader, ttl time.Duration, maxEntries int) *itemCache {
+	c := &itemCache{r: r, ttl: ttl, maxStale: max(10*ttl, 5*time.Second), loadTimeout: 2 * time.Second,
+		max: max(maxEntries/cacheShards, 16), seed: maphash.MakeSeed(), stats: map[string]statEntry{}}
+	for i := range c.shards {
+		c.shards[i].m = map[string]*listEntry{}
+		c.shards[i].inflight = map[string]*flight{}
+	}
+	return c
+}
+
+func (c *itemCache) shard(id string) *cacheShard {
+	return &c.shards[maphash.String(c.seed, id)%cacheShards]
+}
+
+// lists returns the entries of items, in order.
+func (c *itemCache) lists(ctx context.Context, items []string, n int, nowMs int64) ([]*listEntry, error) {
+	out := make([]*listEntry, len(items))
+	now := time.Now().UnixMilli()
+	var refresh, mine []string
+	var mineFlights map[string]*flight
+	var waiting []int
+	var flights []*flight
+	for i, id := range items {
+		sh := c.shard(id)
+		sh.mu.RLock()
+		e := sh.m[id]
+		sh.mu.RUnlock()
+		if e != nil && e.n == n {
+			age := now - e.at
+			if age <= c.ttl.Milliseconds() {
+				out[i] = e
+				continue
+			}
+			if age <= c.maxStale.Milliseconds() {
+				out[i] = e
+				if e.refreshing.CompareAndSwap(false, true) {
+					refresh = append(refresh, id)
+				}
+				continue
+			}
+		}
+		sh.mu.Lock()
+		f, ok := sh.inflight[id]
+		if !ok {
+			f = &flight{done: make(chan struct{})}
+			sh.inflight[id] = f
+			mine = append(mine, id)
+			if mineFlights == nil {
+				mineFlights = map[string]*flight{}
+			}
+			mineFlights[id] = f
+		}
+		sh.mu.Unlock()
+		waiting = append(waiting, i)
+		flights = append(flights, f)
+	}
+	if len(refresh) > 0 {
+		go c.loadAndStore(refresh, n, nil)
+	}
+	if len(mine) > 0 {
+		go c.loadAndStore(mine, n, mineFlights)
+	}
+	for j, i := range waiting {
+		f := flights[j]
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for item features: %w", ctx.Err())
+		}
+		if f.err != nil {
+			return nil, f.err
+		}
+		out[i] = f.e
+	}
+	return out, nil
+}
+
+// loadAndStore loads items' entries, stores them and completes the flights.
+func (c *itemCache) loadAndStore(items []string, n int, flights map[string]*flight) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.loadTimeout)
+	defer cancel()
+	entries, err := c.load(ctx, items, n, time.Now().UnixMilli())
+	for _, id := range items {
+		sh := c.shard(id)
+		sh.mu.Lock()
+		if err == nil {
+			if len(sh.m) >= c.max {
+				evict(sh.m)
+			}
+			sh.m[id] = entries[id]
+		} else if old := sh.m[id]; old != nil {
+			old.refreshing.Store(false) // let a later request try again
+		}
+		if f := flights[id]; f != nil {
+			delete(sh.inflight, id)
+			f.e, f.err = entries[id], err
+			close(f.done)
+		}
+		sh.mu.Unlock()
+	}
+}
+
+func (c *itemCache) load(ctx context.Context, items []string, n int, nowMs int64) (map[string]*listEntry, error) {
+	nbs, err := c.r.Neighbours(ctx, items, n, nowMs)
+	if err != nil {
+		return nil, err
+	}
+	stats, err := c.statsOf(ctx, nbs, nowMs)
+	if err != nil {
+		return nil, err
+	}
+	at := time.Now().UnixMilli()
+	out := make(map[string]*listEntry, len(items))
+	for _, id := range items {
+		l := nbs[id]
+		e := &listEntry{at: at, n: n, l: l, st: make([]ranking.ItemStats, len(l)), known: make([]bool, len(l))}
+		for j, x := range l {
+			e.st[j], e.known[j] = stats[x.ItemID]
+		}
+		out[id] = e
+	}
+	return out, nil
+}
+
+// statsOf returns the statistics of every neighbour in nbs, reading from Redis only those not
+// read within ttl (lists share many items).
+func (c *itemCache) statsOf(ctx context.Context, nbs map[string][]ranking.Scored, nowMs int64) (map[string]ranking.ItemStats, error) {
+	out := map[string]ranking.ItemStats{}
+	var miss []string
+	seen := map[string]bool{}
+	oldest := time.Now().UnixMilli() - c.ttl.Milliseconds()
+	c.statsMu.Lock()
+	for _, l := range nbs {
+		for _, x := range l {
+			if seen[x.ItemID] {
+				continue
+			}
+			seen[x.ItemID] = true
+			if e, ok := c.stats[x.ItemID]; ok && e.at >= oldest {
+				if e.known {
+					out[x.ItemID] = e.s
+				}
+				continue
+			}
+			miss = append(miss, x.ItemID)
+		}
+	}
+	c.statsMu.Unlock()
+	if len(miss) == 0 {
+		return out, nil
+	}
+	got := make(map[string]ranking.ItemStats, len(miss))
+	if err := c.r.Stats(ctx, miss, nowMs, got); err != nil {
+		return nil, err
+	}
+	at := time.Now().UnixMilli()
+	c.statsMu.Lock()
+	for _, id := range miss {
+		s, known := got[id]
+		if known {
+			out[id] = s
+		}
+		if len(c.stats) >= c.max*cacheShards {
+			evict(c.stats)
+		}
+		c.stats[id] = statEntry{at: at, known: known, s: s}
+	}
+	c.statsMu.Unlock()
+	return out, nil
+}
+
+// evict drops about a quarter of a full shard (map order is random, so this is random
+// eviction: cheap, and fine for entries that live a few seconds anyway).
+func evict[V any](m map[string]V) {
+	drop := len(m) / 4
+	for k := range m {
+		if drop <= 0 {
+			return
+		}
+		delete(m, k)
+		drop--
+	}
+}
+
+// redisUser reads a user's state from the feature store's Redis copy with one HMGET (the
+// fields h, w, i of pkg/featurestore's user hash, JSON). A plain command instead of the
+// loader's script: the script's fixed cost per call was most of the Redis CPU per request.
+// The ready marker is watched by the module's probe instead.
+type redisUser struct {
+	rd   rueidis.Client
+	keys featurestore.Keys
+}
+
+func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ ranking.SnapshotOptions) (ranking.Snapshot, error) {
+	s := ranking.Snapshot{UserID: userID, NowMs: nowMs}
+	vals, err := u.rd.Do(ctx, u.rd.B().Hmget().Key(u.keys.User(userID)).Field("h", "w", "i").Build()).ToArray()
+	if err != nil {
+		return s, fmt.Errorf("read user from redis: %w", err)
+	}
+	var f [3]string
+	for i := range f {
+		if i < len(vals) && !vals[i].IsNil() {
+			f[i], _ = vals[i].ToString()
+		}
+	}
+	if f[0] == "" {
+		return s, nil // a user without events
+	}
+	if err := json.Unmarshal([]byte(f[0]), &s.History); err != nil {
+		return s, fmt.Errorf("decode history of %q: %w", userID, err)
+	}
+	if f[1] != "" {
+		var w map[string]int64
+		if err := json.Unmarshal([]byte(f[1]), &w); err != nil {
+			return s, fmt.Errorf("decode watched of %q: %w", userID, err)
+		}
+		s.Watched = make(map[string]bool, len(w))
+		for k := range w {
+			s.Watched[k] = true
+		}
+	}
+	if f[2] != "" {
+		if err := json.Unmarshal([]byte(f[2]), &s.Impressions); err != nil {
+			return s, fmt.Errorf("decode impressions of %q: %w", userID, err)
+		}
+	}
+	return s, nil
+}
+
+// redisItems reads per-item features from the feature store's Redis copy with pipelined
+// plain commands (key layout of pkg/featurestore).
+type redisItems struct {
+	rd   rueidis.Client
+	keys featurestore.Keys
+}
+
+var (
+	metaFields  = []string{"lm:s", "lm:l", "lm:c", "hl:s", "hl:l", "hl:c"}
+	statsFields = []string{"imp", "wat", "sp", "pn", "end", "wt", "fs", "ps", "pl"}
+)
+
+type storeDecays struct{ short, long, covis features.Decay }
+
+func (r *redisItems) metaCmd() rueidis.Completed {
+	return r.rd.B().Hmget().Key(r.keys.Meta).Field(metaFields...).Build()
+}
+
+func decodeMeta(res rueidis.RedisResult) (storeDecays, error) {
+	vals, err := res.ToArray()
+	if err != nil {
+		return storeDecays{}, fmt.Errorf("read feature meta: %w", err)
+	}
+	var f [6]float64
+	for i := range f {
+		s, err := vals[i].ToString()
+		if err != nil || s == "" {
+			return storeDecays{}, featurestore.ErrNotReady
+		}
+		if f[i], err = strconv.ParseFloat(s, 64); err != nil {
+			return storeDecays{}, fmt.Errorf("decode feature meta: %w", err)
+		}
+	}
+	return storeDecays{
+		short: features.Decay{LandmarkMs: int64(f[0]), HalfLifeMs: f[3]},
+		long:  features.Decay{LandmarkMs: int64(f[1]), HalfLifeMs: f[4]},
+		covis: features.Decay{LandmarkMs: int64(f[2]), HalfLifeMs: f[5]},
+	}, nil
+}
+
+// Neighbours reads 2n members of each list, then orders by strength and item id and keeps n:
+// the order of features.MemoryStore (a ZSET orders ties by member, descending).
+func (r *redisItems) Neighbours(ctx context.Context, items []string, n int, nowMs int64) (map[string][]ranking.Scored, error) {
+	cmds := make(rueidis.Commands, 0, len(items)+1)
+	cmds = append(cmds, r.metaCmd())
+	for _, id := range items {
+		cmds = append(cmds, r.rd.B().Zrevrange().Key(r.keys.Neighbours(id)).Start(0).Stop(int64(2*n-1)).Withscores().Build())
+	}
+	res := r.rd.DoMulti(ctx, cmds...)
+	d, err := decodeMeta(res[0])
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string][]ranking.Scored, len(items))
+	for i, id := range items {
+		zs, err := res[i+1].AsZScores()
+		if err != nil {
+			return nil, fmt.Errorf("read neighbours of %q: %w", id, err)
+		}
+		if len(zs) == 0 {
+			continue
+		}
+		l := make([]ranking.Scored, len(zs))
+		for j, z := range zs {
+			l[j] = ranking.Scored{ItemID: z.Member, Score: z.Score}
+		}
+		slices.SortFunc(l, func(a, b ranking.Scored) int {
+			if a.Score != b.Score {
+				return cmp.Compare(b.Score, a.Score)
+			}
+			return strings.Compare(a.ItemID, b.ItemID)
+		})
+		l = l[:min(n, len(l))]
+		for j := range l {
+			l[j].Score = d.covis.At(l[j].Score, nowMs)
+		}
+		out[id] = l
+	}
+	return out, nil
+}
+
+// Stats reads the statistics hash of each item; an item without first-seen time is unknown.
+func (r *redisItems) Stats(ctx context.Context, items []string, nowMs int64, out map[string]ranking.ItemStats) error {
+	if len(items) == 0 {
+		return nil
+	}
+	cmds := make(rueidis.Commands, 0, len(items)+1)
+	cmds = append(cmds, r.metaCmd())
+	for _, id := range items {
+		cmds = append(cmds, r.rd.B().Hmget().Key(r.keys.Item(id)).Field(statsFields...).Build())
+	}
+	res := r.rd.DoMulti(ctx, cmds...)
+	d, err := decodeMeta(res[0])
+	if err != nil {
+		return err
+	}
+	for i, id := range items {
+		vals, err := res[i+1].ToArray()
+		if err != nil {
+			return fmt.Errorf("read stats of %q: %w", id, err)
+		}
+		var f [9]string
+		for j := range f {
+			if j < len(vals) && !vals[j].IsNil() {
+				f[j], _ = vals[j].ToString()
+			}
+		}
+		if f[6] == "" {
+			continue
+		}
+		st, err := decodeStats(f, d, nowMs)
+		if err != nil {
+			return fmt.Errorf("decode stats of %q: %w", id, err)
+		}
+		out[id] = st
+	}
+	return nil
+}
+
+func decodeStats(f [9]string, d storeDecays, nowMs int64) (ranking.ItemStats, error) {
+	var n [9]float64
+	for i, s := range f {
+		if s == "" {
+			continue
+		}
+		v, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return ranking.ItemStats{}, err
+		}
+		n[i] = v
+	}
+	return ranking.ItemStats{Impressions: int64(n[0]), Watches: int64(n[1]), SumPercent: n[2], PercentCount: int64(n[3]),
+		Ended: int64(n[4]), WatchTimeSec: n[5], FirstSeenMs: int64(n[6]),
+		PopShort: d.short.At(n[7], nowMs), PopLong: d.long.At(n[8], nowMs)}, nil
+}

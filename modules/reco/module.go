@@ -1,0 +1,264 @@
+// Package reco is the recommendation module of the api role: GET /reco, GET /recommend
+// (legacy) and GET /metrics/reco (api-contract §2.4, §2.5, §2.13, §9.2).
+//
+// A request reads the user's own features live from Redis in one round trip (history, watched
+// set, impression counters: pkg/featurestore's RedisLoader), takes the co-visitation
+// neighbours of the recent history items and their statistics from an in-process cache
+// (--reco.item-cache-ttl, single-flight loads, stale entries refreshed in the background) and
+// the global lists (trending, popular, fresh) from an in-process snapshot refreshed every
+// --reco.global-refresh, ranks the Snapshot with a ranking.Ranker (the Weighted ranker, weights
+// from the ranking.* flags) and, with x_autolog_impressions, persists the served list as an
+// impression event through pkg/ingest's group-commit writer: the same durable path
+// (impression rows plus event_outbox row, idempotent by event_id) as POST /log/impression.
+// Reading the per-item features per request cost Redis milliseconds (hundreds of HMGETs in
+// the loader's script), which capped one Redis below a thousand requests per second; they
+// change slowly, while what the user just did is always read live, so a watch changes the
+// user's next list at once.
+//
+// Autolog modes (the contract's RECO_* names): async (default) answers before the commit,
+// with at most --reco.autolog-queue-size impressions pending and the contract's sync/drop
+// back-pressure beyond; --reco.autolog-async=false answers after the group commit, so even a
+// kill -9 loses no served list. In both modes an impression whose write fails because
+// PostgreSQL is unavailable waits in the bounded queue and is written when PostgreSQL is back;
+// the queue is drained at shutdown; everything not persisted is counted in
+// recsys_reco_autolog_dropped_total{reason}.
+//
+// Degraded serving (strategy gets a suffix naming the source):
+//   - Redis down, or its ready marker missing (Redis lost its data): the Snapshot is built
+//     from PostgreSQL ("<strategy>_pg_fallback");
+//   - PostgreSQL down too, or all --reco.pg-max-concurrent PostgreSQL reads busy: the
+//     in-process global snapshot, no personalisation ("<strategy>_global_snapshot");
+//   - PostgreSQL down: reads are served from Redis; auto-logged impressions are buffered in
+//     the bounded autolog queue and persisted once PostgreSQL answers again;
+//   - 503 {"detail": ...} only when no store was ever reachable, i.e. no list can be made.
+//
+// Circuit breakers keep an outage from costing a timeout per request: a few consecutive
+// failures open the breaker of a store, requests then skip it, and a background probe every
+// --reco.probe-interval closes it when the store answers (Redis: GET of the ready marker).
+//
+// Validation: user_id and session_id are 1–128 characters of letters, digits and
+// - _ . : @ / + = ~ ! $ * , ; | # % &; k is 1–200; x_autolog_impressions takes pydantic's
+// boolean strings. Violations are 422 with a pydantic-style detail list naming the field,
+// never 500.
+//
+// Metrics (contract names kept verbatim; histograms in ms with the contract's buckets):
+//
+//	reco_api_requests_total{status_family}   counter: /reco requests by 2xx, 3xx, 4xx, 5xx, other
+//	reco_api_latency_ms                      histogram: /reco latency
+//	reco_stage_latency_ms{stage}             histogram: retrieval, ranking, impression_log; and, always
+//	                                         observed as 0 (counters): impression_schedule, impression_drop,
+//	                                         impression_backpressure_sync
+//	recsys_reco_served_total{source}         counter: lists served from redis, pg_fallback, global_snapshot
+//	recsys_reco_source_errors_total{store}   counter: failed snapshot reads from redis or postgres
+//	recsys_reco_breaker_opened_total{store}  counter: breaker openings
+//	recsys_reco_breaker_open{store}          gauge: 1 while the breaker is open
+//	recsys_reco_redis_ready_marker           gauge: 1 while Redis' ready marker is present
+//	recsys_reco_unavailable_total            counter: 503 answers (no list could be made)
+//	recsys_reco_pg_shed_total                counter: requests given the global snapshot because every
+//	                                         PostgreSQL read slot (--reco.pg-max-concurrent) was busy
+//	recsys_reco_global_snapshot_age_seconds  gauge: age of the in-process global snapshot (-1 before the first)
+//	recsys_reco_global_snapshot_items        gauge: items with statistics in it
+//	recsys_reco_global_refresh_errors_total  counter: failed refreshes (the previous snapshot is kept)
+//	recsys_reco_autolog_queue_depth          gauge: impressions accepted, not yet persisted
+//	recsys_reco_autolog_queue_capacity       gauge: its bound (--reco.autolog-queue-size)
+//	recsys_reco_autolog_enqueued_total       counter: impressions handed to a background persist (async mode)
+//	recsys_reco_autolog_buffered_total       counter: impressions buffered because PostgreSQL was unavailable
+//	recsys_reco_autolog_persisted_total      counter: impressions committed
+//	recsys_reco_autolog_retries_total        counter: failed background writes that will be retried
+//	recsys_reco_autolog_dropped_total{reason} counter: queue_full (drop mode), db_down (buffer full while
+//	                                         PostgreSQL is down), rejected (refused by the database), shutdown
+//	recsys_ingest_*{writer="reco"}           pkg/ingest's writer metrics of the autolog writer
+//
+// Readiness: ready while some list can be made (Redis usable, PostgreSQL usable, or a global
+// snapshot loaded). Redis is an optional need: its outage shows as "degraded" in /readyz.
+// /healthz and /readyz carry an "online_cache" object (Redis state, breakers, ready marker,
+// global snapshot) and a "reco_autolog" object (mode, queue depth, drops).
+package reco
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"recsys/pkg/infra"
+	"recsys/pkg/ingest"
+	"recsys/pkg/module"
+	"recsys/pkg/ranking"
+)
+
+func init() {
+	newCfg, build := module.Typed(NewConfig, New)
+	module.Register(module.Info{
+		Name:      "reco",
+		Summary:   "recommendations: /reco, /recommend, /metrics/reco",
+		Needs:     infra.Postgres | infra.Redis,
+		Optional:  infra.Redis,
+		NewConfig: newCfg,
+		New:       build,
+	})
+}
+
+// Reco serves the recommendation endpoints.
+type Reco struct {
+	cfg     *Config
+	log     *slog.Logger
+	m       *recoMetrics
+	ranker  ranking.Ranker
+	serving *serving
+	autolog *autolog
+	window  *window
+	writer  impressionWriter
+}
+
+var (
+	_ module.Module         = (*Reco)(nil)
+	_ module.RouteRegistrar = (*Reco)(nil)
+	_ module.Readier        = (*Reco)(nil)
+	_ module.HealthReporter = (*Reco)(nil)
+)
+
+// parts are the I/O pieces of the module, replaced by fakes in unit tests.
+type parts struct {
+	redis, pg  snapshotSource
+	writer     impressionWriter
+	probeRedis func(context.Context) (ready bool, err error)
+	probePG    func(context.Context) error
+	ranker     ranking.Ranker // nil: ranking.NewWeighted(cfg.Ranking)
+}
+
+// New wires the module: no goroutines, no I/O.
+func New(cfg *Config, d infra.Deps) (module.Module, error) {
+	p, err := stores(cfg, d)
+	if err != nil {
+		return nil, err
+	}
+	p.writer = ingest.New(d.PG, ingest.Config{
+		TopicImpressions: d.Config.Kafka.TopicImpressions,
+		TopicWatches:     d.Config.Kafka.TopicWatches,
+		MaxAttempts:      cfg.AutologOutboxMaxAttempts,
+		MaxWait:          cfg.AutologGroupCommitMaxWait,
+		MaxEvents:        cfg.AutologCommitMaxEvents,
+		Workers:          cfg.AutologCommitWorkers,
+		QueueSize:        cfg.AutologQueueSize + 1024,
+		Timeout:          cfg.AutologWriteTimeout,
+		Name:             "reco",
+		Metrics:          d.Metrics,
+		Log:              d.Log,
+	})
+	return newReco(cfg, d.Log, d.Metrics, p), nil
+}
+
+func newReco(cfg *Config, log *slog.Logger, set *metrics.Set, p parts) *Reco {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m := newRecoMetrics(set)
+	r := &Reco{cfg: cfg, log: log, m: m, ranker: p.ranker, writer: p.writer,
+		window: newWindow(cfg.MetricsWindow, cfg.MetricsMaxSamples, cfg.SLATargetP95Ms, cfg.SLATargetP99Ms)}
+	if r.ranker == nil {
+		r.ranker = ranking.NewWeighted(cfg.Ranking)
+	}
+	r.serving = newServing(cfg, p.redis, p.pg, m, log)
+	r.serving.probeRedis, r.serving.probePG = p.probeRedis, p.probePG
+	r.autolog = newAutolog(cfg, p.writer, r.serving.pgBrk, m, log)
+	m.gauges(r)
+	return r
+}
+
+// lifecycle is implemented by pkg/ingest's Writer.
+type lifecycle interface {
+	Start()
+	Close()
+}
+
+// Run probes the stores, refreshes the global snapshot, and at shutdown (after the HTTP server
+// has drained) waits for the autolog's pending impressions, then closes the writer.
+func (r *Reco) Run(ctx context.Context) error {
+	lc, _ := r.writer.(lifecycle)
+	if lc != nil {
+		lc.Start()
+	}
+	var wg sync.WaitGroup
+	every := func(d time.Duration, f func(context.Context)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := time.NewTicker(d)
+			defer t.Stop()
+			for {
+				f(ctx)
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+			}
+		}()
+	}
+	every(r.cfg.ProbeInterval, r.serving.probeRedisOnce)
+	every(r.cfg.ProbeInterval, r.serving.probePGOnce)
+	var refreshWarn logLimiter
+	every(r.cfg.GlobalRefresh, func(ctx context.Context) {
+		if err := r.serving.refreshGlobal(ctx); err != nil && ctx.Err() == nil {
+			refreshWarn.Do(func(n int64) {
+				r.log.WarnContext(ctx, "global snapshot refresh failed, keeping the previous one", "err", err, "failures", n)
+			})
+		}
+	})
+	<-ctx.Done()
+	wg.Wait()
+	start := time.Now()
+	pending := r.autolog.Pending()
+	if left := r.autolog.Shutdown(r.cfg.AutologShutdownTimeout); left > 0 {
+		r.log.Warn("autolog shutdown timeout, impressions dropped", "dropped", left, "timeout_s", r.cfg.AutologShutdownTimeout.Seconds())
+	} else if pending > 0 {
+		r.log.Info("autolog drained", "impressions", pending, "duration_s", time.Since(start).Seconds())
+	}
+	if lc != nil {
+		lc.Close()
+	}
+	return nil
+}
+
+// Ready fails only when no list at all can be made.
+func (r *Reco) Ready(context.Context) error {
+	if r.serving.canServe() {
+		return nil
+	}
+	return errors.New(errNoSource.Error())
+}
+
+// HealthDetails adds the "online_cache" and "reco_autolog" snapshots to /healthz and /readyz.
+func (r *Reco) HealthDetails(context.Context) map[string]any {
+	s := r.serving
+	cache := map[string]any{
+		"backend":          "redis",
+		"redis_breaker":    s.redisBrk.State(),
+		"postgres_breaker": s.pgBrk.State(),
+		"ready_marker":     s.readyMarker.Load(),
+		"serving_from":     s.servingFrom(),
+	}
+	if d := s.redisBrk.OpenFor(); d > 0 {
+		cache["redis_breaker_open_sec"] = round3(d.Seconds())
+	}
+	if g := s.global.Load(); g != nil {
+		cache["global_snapshot"] = map[string]any{"source": g.source, "age_sec": round3(time.Since(g.loadedAt).Seconds()),
+			"trending": len(g.snap.Trending), "popular": len(g.snap.Popular), "fresh": len(g.snap.Fresh)}
+	} else {
+		cache["global_snapshot"] = nil
+	}
+	mode := "sync"
+	if r.cfg.AutologAsync {
+		mode = "async"
+	}
+	return map[string]any{
+		"online_cache": cache,
+		"reco_autolog": map[string]any{"mode": mode, "backpressure": r.cfg.AutologBackpressure,
+			"queue_depth": r.autolog.Pending(), "queue_capacity": r.autolog.Capacity(),
+			"persisted_total": r.m.autologPersisted.Get(), "dropped_total": r.m.droppedTotal()},
+	}
+}

@@ -1,0 +1,173 @@
+package reco
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/labstack/echo/v4"
+
+	"recsys/pkg/events"
+)
+
+// idPattern documents the accepted user_id / session_id characters in 422 details: letters
+// and digits of any script plus a few separators common in ids (e-mails, URNs, paths, UUIDs).
+// Whitespace, control characters, quotes, backslashes, brackets and braces are refused: they
+// are never part of a sane id and only cause trouble downstream (logs, keys, URLs).
+const idPattern = `^[\p{L}\p{M}\p{N}\-_.:@/+=~!$*,;|#%&]{1,128}$`
+
+const (
+	maxIDLen = 128
+	kMin     = 1
+	kMax     = 200
+)
+
+// recoQuery is a validated /reco or /recommend query.
+type recoQuery struct {
+	userID    string
+	sessionID string
+	k         int
+	autolog   bool
+}
+
+// queryErrors collects 422 detail entries in pydantic's shape (loc ["query", name]).
+type queryErrors []events.FieldError
+
+func (q *queryErrors) add(name, typ, msg string, input any, ctx map[string]any) {
+	*q = append(*q, events.FieldError{Type: typ, Loc: []any{"query", name}, Msg: msg, Input: input, Ctx: ctx})
+}
+
+func (q queryErrors) err() error {
+	if len(q) == 0 {
+		return nil
+	}
+	return echo.NewHTTPError(http.StatusUnprocessableEntity, []events.FieldError(q))
+}
+
+// last returns the last value of a repeated parameter, as Starlette does.
+func last(v url.Values, name string) (string, bool) {
+	vs, ok := v[name]
+	if !ok || len(vs) == 0 {
+		return "", false
+	}
+	return vs[len(vs)-1], true
+}
+
+func (q *queryErrors) id(v url.Values, name string) string {
+	s, ok := last(v, name)
+	if !ok {
+		q.add(name, "missing", "Field required", nil, nil)
+		return ""
+	}
+	if !utf8.ValidString(s) {
+		q.add(name, "string_unicode", "Input should be a valid string, unable to parse raw data as a unicode string", strings.ToValidUTF8(s, "\uFFFD"), nil)
+		return ""
+	}
+	n := utf8.RuneCountInString(s)
+	switch {
+	case n < 1:
+		q.add(name, "string_too_short", "String should have at least 1 character", s, map[string]any{"min_length": 1})
+	case n > maxIDLen:
+		q.add(name, "string_too_long", fmt.Sprintf("String should have at most %d characters", maxIDLen), s, map[string]any{"max_length": maxIDLen})
+	case !validIDChars(s):
+		q.add(name, "string_pattern_mismatch", "String should match pattern '"+idPattern+"'", s, map[string]any{"pattern": idPattern})
+	}
+	return s
+}
+
+func validIDChars(s string) bool {
+	for _, r := range s {
+		if r < utf8.RuneSelf {
+			if !asciiIDChar(byte(r)) {
+				return false
+			}
+			continue
+		}
+		if !unicode.IsLetter(r) && !unicode.IsNumber(r) && !unicode.IsMark(r) {
+			return false
+		}
+	}
+	return true
+}
+
+func asciiIDChar(c byte) bool {
+	switch {
+	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		return true
+	}
+	switch c {
+	case '-', '_', '.', ':', '@', '/', '+', '=', '~', '!', '$', '*', ',', ';', '|', '#', '%', '&':
+		return true
+	}
+	return false
+}
+
+// intParam parses pydantic's lax integer: optional surrounding whitespace and sign, digits.
+func (q *queryErrors) intParam(v url.Values, name string, def, lo, hi int) int {
+	s, ok := last(v, name)
+	if !ok {
+		return def
+	}
+	t := strings.TrimSpace(s)
+	digits := strings.TrimLeft(t, "+-")
+	if len(t)-len(digits) > 1 || digits == "" || strings.TrimLeft(digits, "0123456789") != "" {
+		q.add(name, "int_parsing", "Input should be a valid integer, unable to parse string as an integer", s, nil)
+		return def
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil { // out of int64 range: its sign says which bound it breaks
+		n = int64(hi) + 1
+		if strings.HasPrefix(t, "-") {
+			n = int64(lo) - 1
+		}
+	}
+	switch {
+	case n < int64(lo):
+		q.add(name, "greater_than_equal", fmt.Sprintf("Input should be greater than or equal to %d", lo), s, map[string]any{"ge": lo})
+		return def
+	case n > int64(hi):
+		q.add(name, "less_than_equal", fmt.Sprintf("Input should be less than or equal to %d", hi), s, map[string]any{"le": hi})
+		return def
+	}
+	return int(n)
+}
+
+// boolParam accepts pydantic's boolean strings.
+func (q *queryErrors) boolParam(v url.Values, name string, def bool) bool {
+	s, ok := last(v, name)
+	if !ok {
+		return def
+	}
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "1", "on", "t", "true", "y", "yes":
+		return true
+	case "0", "off", "f", "false", "n", "no":
+		return false
+	}
+	q.add(name, "bool_parsing", "Input should be a valid boolean, unable to interpret input", s, nil)
+	return def
+}
+
+// parseReco validates GET /reco's query.
+func parseReco(v url.Values) (recoQuery, error) {
+	var q queryErrors
+	r := recoQuery{}
+	r.userID = q.id(v, "user_id")
+	r.sessionID = q.id(v, "session_id")
+	r.k = q.intParam(v, "k", 20, kMin, kMax)
+	r.autolog = q.boolParam(v, "x_autolog_impressions", true)
+	return r, q.err()
+}
+
+// parseRecommend validates GET /recommend's query (legacy: k defaults to 10).
+func parseRecommend(v url.Values) (recoQuery, error) {
+	var q queryErrors
+	r := recoQuery{}
+	r.userID = q.id(v, "user_id")
+	r.k = q.intParam(v, "k", 10, kMin, kMax)
+	return r, q.err()
+}

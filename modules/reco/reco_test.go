@@ -1,0 +1,218 @@
+package reco
+
+import (
+	"fmt"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"recsys/pkg/features"
+	"recsys/pkg/ranking"
+)
+
+func watchEv(user, item string, ts int64, id string) features.Interaction {
+	pct := 95.0
+	return features.Interaction{Kind: features.KindWatch, EventID: id, UserID: user, TsMs: ts, ItemID: item, PercentWatched: &pct}
+}
+
+func TestRecoExcludesWatchedAndRanksNeighboursFirst(t *testing.T) {
+	h := newHarness(t, nil)
+	h.redis.apply(watchEv("u1", "a", time.Now().UnixMilli(), "u1-a"))
+	r := h.get("/reco?user_id=u1&session_id=s1&k=10")
+	if r.code != 200 {
+		t.Fatalf("code %d body %v", r.code, r.body)
+	}
+	items := r.items()
+	if indexOf(items, "a") >= 0 {
+		t.Fatalf("watched item a recommended: %v", items)
+	}
+	if len(items) < 2 || items[0] != "b" || items[1] != "c" {
+		t.Fatalf("items %v: want a's co-visitation neighbours b then c first", items)
+	}
+	if r.body["strategy"] != ranking.StrategyCovisHybrid || r.body["model_version"] != ranking.ModelVersionWeighted {
+		t.Fatalf("strategy %v model %v", r.body["strategy"], r.body["model_version"])
+	}
+	if r.body["request_id"] != r.header.Get("X-Request-ID") || r.body["request_id"] == "" {
+		t.Fatalf("request_id %v, header %q", r.body["request_id"], r.header.Get("X-Request-ID"))
+	}
+}
+
+func TestImpressionFatigueDemotesItemsShownWithoutWatch(t *testing.T) {
+	h := newHarness(t, nil)
+	now := time.Now().UnixMilli()
+	h.redis.apply(watchEv("f1", "a", now-60_000, "f1-a"))
+	before := h.get("/reco?user_id=f1&session_id=s&k=10&x_autolog_impressions=false").items()
+	if indexOf(before, "b") != 0 {
+		t.Fatalf("before fatigue b should lead: %v", before)
+	}
+	for i := 0; i < 8; i++ {
+		h.redis.apply(features.Interaction{Kind: features.KindImpression, EventID: fmt.Sprintf("imp-%d", i), UserID: "f1",
+			TsMs: now - 50_000 + int64(i)*1000, Items: []string{"b"}})
+	}
+	after := h.get("/reco?user_id=f1&session_id=s&k=10&x_autolog_impressions=false").items()
+	if ib := indexOf(after, "b"); ib == 0 || (ib >= 0 && ib <= indexOf(after, "c")) {
+		t.Fatalf("after 8 impressions without a watch b should fall behind c: before %v after %v", before, after)
+	}
+}
+
+func TestColdStartUsesTrendingPopularAndExploration(t *testing.T) {
+	// The five newest items are f0..f4: exploration picks among them.
+	h := newHarness(t, func(c *Config) { c.Ranking.FreshN, c.Ranking.ExplorationShare = 5, 0.1 })
+	r := h.get("/reco?user_id=brand-new-user&session_id=s&k=20")
+	if r.code != 200 || r.body["strategy"] != ranking.StrategyColdStart {
+		t.Fatalf("code %d strategy %v", r.code, r.body["strategy"])
+	}
+	items := r.items()
+	if len(items) != 20 {
+		t.Fatalf("got %d items, want 20: %v", len(items), items)
+	}
+	popular, fresh := 0, 0
+	for _, it := range items {
+		switch {
+		case strings.HasPrefix(it, "p"):
+			popular++
+		case strings.HasPrefix(it, "f"):
+			fresh++
+		}
+	}
+	if popular < 10 {
+		t.Fatalf("cold start should be mostly popular/trending items, got %v", items)
+	}
+	if fresh != 2 {
+		t.Fatalf("cold start should give 2 of 20 slots (exploration share 0.1) to fresh items, got %v", items)
+	}
+}
+
+func TestKBoundsNoDuplicatesAndDeterminism(t *testing.T) {
+	h := newHarness(t, nil)
+	h.redis.apply(watchEv("u2", "a", time.Now().UnixMilli(), "u2-a"))
+	for _, k := range []int{1, 2, 5, 20, 37, 200} {
+		for _, user := range []string{"u2", "brand-new"} {
+			q := fmt.Sprintf("/reco?user_id=%s&session_id=s&k=%d&x_autolog_impressions=0", user, k)
+			r1, r2 := h.get(q), h.get(q)
+			a, b := r1.items(), r2.items()
+			if r1.code != 200 || len(a) == 0 || len(a) > k {
+				t.Fatalf("%s: code %d, %d items", q, r1.code, len(a))
+			}
+			// The catalog has 38 items (u2 watched one): a short list only when it runs out.
+			if want := min(k, 38); user == "brand-new" && len(a) != want {
+				t.Fatalf("%s: %d items, want %d", q, len(a), want)
+			}
+			seen := map[string]bool{}
+			for _, it := range a {
+				if seen[it] {
+					t.Fatalf("%s: duplicate %q in %v", q, it, a)
+				}
+				seen[it] = true
+			}
+			if fmt.Sprint(a) != fmt.Sprint(b) {
+				t.Fatalf("%s: not deterministic:\n%v\n%v", q, a, b)
+			}
+		}
+	}
+	if got := h.get("/recommend?user_id=u2").items(); len(got) != 10 {
+		t.Fatalf("/recommend default k: %d items, want 10", len(got))
+	}
+}
+
+func TestValidationIs422NamingTheField(t *testing.T) {
+	h := newHarness(t, nil)
+	long := strings.Repeat("u", 200)
+	cases := []struct {
+		query, field, typ string
+	}{
+		{"user_id=" + long + "&session_id=s", "user_id", "string_too_long"},
+		{"user_id=u&session_id=" + strings.Repeat("s", 129), "session_id", "string_too_long"},
+		{"user_id=&session_id=s", "user_id", "string_too_short"},
+		{"user_id=u&session_id=", "session_id", "string_too_short"},
+		{"session_id=s", "user_id", "missing"},
+		{"user_id=u", "session_id", "missing"},
+		{"user_id=" + url.QueryEscape("a b") + "&session_id=s", "user_id", "string_pattern_mismatch"},
+		{"user_id=" + url.QueryEscape("x\x00y") + "&session_id=s", "user_id", "string_pattern_mismatch"},
+		{"user_id=u&session_id=" + url.QueryEscape(`s"1`), "session_id", "string_pattern_mismatch"},
+		{"user_id=%FF&session_id=s", "user_id", "string_unicode"},
+		{"user_id=u&session_id=s&k=0", "k", "greater_than_equal"},
+		{"user_id=u&session_id=s&k=201", "k", "less_than_equal"},
+		{"user_id=u&session_id=s&k=99999999999999999999999", "k", "less_than_equal"},
+		{"user_id=u&session_id=s&k=abc", "k", "int_parsing"},
+		{"user_id=u&session_id=s&k=1.5", "k", "int_parsing"},
+		{"user_id=u&session_id=s&x_autolog_impressions=maybe", "x_autolog_impressions", "bool_parsing"},
+	}
+	for _, c := range cases {
+		r := h.get("/reco?" + c.query)
+		if r.code != 422 {
+			t.Errorf("%s: code %d, want 422 (%v)", c.query, r.code, r.body)
+			continue
+		}
+		detail, _ := r.body["detail"].([]any)
+		found := false
+		for _, d := range detail {
+			m, _ := d.(map[string]any)
+			loc, _ := m["loc"].([]any)
+			if len(loc) == 2 && loc[0] == "query" && loc[1] == c.field && m["type"] == c.typ && m["msg"] != "" {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("%s: detail %v does not name %s with type %s", c.query, detail, c.field, c.typ)
+		}
+	}
+	// Accepted forms.
+	for _, q := range []string{
+		"user_id=user@example.com&session_id=sess:1/2&k=+5&x_autolog_impressions=YES",
+		"user_id=" + url.QueryEscape("ユーザー42") + "&session_id=s&k=%2010%20&x_autolog_impressions=off",
+		"user_id=" + strings.Repeat("u", 128) + "&session_id=s&k=1&k=3",
+	} {
+		if r := h.get("/reco?" + q); r.code != 200 {
+			t.Errorf("%s: code %d %v", q, r.code, r.body)
+		}
+	}
+	// The last repeated value wins, as in Starlette.
+	if n := len(h.get("/reco?user_id=u&session_id=s&k=1&k=3&x_autolog_impressions=false").items()); n != 3 {
+		t.Errorf("k=1&k=3 gave %d items, want 3", n)
+	}
+	if r := h.get("/recommend?user_id=" + long); r.code != 422 {
+		t.Errorf("/recommend long user_id: %d", r.code)
+	}
+	// 4xx are counted in the window but are not errors.
+	w := h.get("/metrics/reco")
+	sc := w.body["status_counts"].(map[string]any)
+	if sc["4xx"].(float64) < float64(len(cases)) || w.body["error_rate_pct"].(float64) != 0 {
+		t.Errorf("window after 4xx: %v", w.body)
+	}
+}
+
+func TestRecommendLegacyShape(t *testing.T) {
+	h := newHarness(t, nil)
+	h.redis.apply(watchEv("u3", "a", time.Now().UnixMilli(), "u3-a"))
+	r := h.get("/recommend?user_id=u3&k=5")
+	if r.code != 200 || r.body["user_id"] != "u3" || len(r.items()) != 5 {
+		t.Fatalf("%d %v", r.code, r.body)
+	}
+	reason, _ := r.body["reason"].(map[string]any)
+	srcs := fmt.Sprint(reason["sources"])
+	if reason["type"] != "hybrid" || !strings.Contains(srcs, "co_visitation") || !strings.Contains(srcs, "trending") {
+		t.Fatalf("reason %v", reason)
+	}
+	if h.writer.calls.Load() != 0 {
+		t.Fatal("/recommend must not log impressions")
+	}
+}
+
+type panicRanker struct{}
+
+func (panicRanker) Rank(*ranking.Snapshot, int) ranking.Result { panic("ranker bug") }
+
+func TestPanicIsA500InTheWindow(t *testing.T) {
+	h := newHarness(t, nil)
+	h.r.ranker = panicRanker{}
+	r := h.get("/reco?user_id=u&session_id=s")
+	if r.code != 500 || r.header.Get("X-Request-ID") == "" {
+		t.Fatalf("%d %v %v", r.code, r.body, r.header)
+	}
+	w := h.get("/metrics/reco").body
+	if sc := w["status_counts"].(map[string]any); sc["5xx"].(float64) != 1 || w["error_rate_pct"].(float64) != 100 {
+		t.Fatalf("window %v", w)
+	}
+}

@@ -1,0 +1,196 @@
+package reco
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"recsys/pkg/events"
+	"recsys/pkg/httpx"
+	"recsys/pkg/ranking"
+)
+
+// maxUserAgent is the contract's cut of the User-Agent stored with an auto-logged impression.
+const maxUserAgent = 512
+
+// RegisterRoutes mounts /reco, /recommend and /metrics/reco.
+func (r *Reco) RegisterRoutes(e *echo.Echo) {
+	e.GET("/reco", r.reco, r.observe)
+	e.GET("/recommend", r.recommend)
+	e.GET("/metrics/reco", r.metricsWindow)
+}
+
+// observe records every /reco request in the window and the contract's Prometheus metrics.
+// It writes error responses itself so the status it records is the one sent.
+func (r *Reco) observe(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		start := time.Now()
+		defer func() {
+			// A panic is answered 500 by pkg/httpx further out; record it as such here.
+			if p := recover(); p != nil {
+				r.window.Record(start, time.Since(start), http.StatusInternalServerError)
+				r.m.request(http.StatusInternalServerError, time.Since(start))
+				panic(p)
+			}
+		}()
+		if err := next(c); err != nil {
+			c.Error(err)
+		}
+		d := time.Since(start)
+		status := c.Response().Status
+		r.window.Record(start, d, status)
+		r.m.request(status, d)
+		return nil
+	}
+}
+
+type recoResponse struct {
+	RequestID    string   `json:"request_id"`
+	Items        []string `json:"items"`
+	ModelVersion string   `json:"model_version"`
+	Strategy     string   `json:"strategy"`
+}
+
+func (r *Reco) reco(c echo.Context) error {
+	q, err := parseReco(c.QueryParams())
+	if err != nil {
+		return err
+	}
+	ids := httpx.IDs(c)
+	ctx := c.Request().Context()
+	now := time.Now()
+	res, err := r.rank(ctx, q.userID, q.k, now)
+	if err != nil {
+		return err
+	}
+	if q.autolog && len(res.Items) > 0 {
+		r.autolog.Log(ctx, r.impression(c, q, ids.RequestID, res.Items, now), ids.CorrelationID)
+	}
+	return c.JSON(http.StatusOK, recoResponse{RequestID: ids.RequestID, Items: res.Items, ModelVersion: res.ModelVersion, Strategy: res.Strategy})
+}
+
+type recommendResponse struct {
+	UserID string          `json:"user_id"`
+	Items  []string        `json:"items"`
+	Reason recommendReason `json:"reason"`
+}
+
+type recommendReason struct {
+	Type    string   `json:"type"`
+	Sources []string `json:"sources"`
+}
+
+// recommend is the legacy endpoint: the same ranking, no impression logging, the original
+// response shape. reason.sources lists the candidate sources that contributed.
+func (r *Reco) recommend(c echo.Context) error {
+	q, err := parseRecommend(c.QueryParams())
+	if err != nil {
+		return err
+	}
+	res, err := r.rank(c.Request().Context(), q.userID, q.k, time.Now())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, recommendResponse{UserID: q.userID, Items: res.Items,
+		Reason: recommendReason{Type: "hybrid", Sources: res.sources}})
+}
+
+type ranked struct {
+	ranking.Result
+	source  string
+	sources []string
+}
+
+// rank loads the user's snapshot from the best available store and ranks it. The strategy
+// gets a suffix naming a degraded source.
+func (r *Reco) rank(ctx context.Context, userID string, k int, now time.Time) (ranked, error) {
+	snap, source, err := r.serving.load(ctx, userID, now)
+	retrieval := time.Since(now)
+	r.m.stage(stageRetrieval, retrieval)
+	if err != nil {
+		if errors.Is(err, errNoSource) {
+			r.m.unavailable.Inc()
+			return ranked{}, echo.NewHTTPError(http.StatusServiceUnavailable, err.Error())
+		}
+		return ranked{}, echo.NewHTTPError(http.StatusServiceUnavailable, "request cancelled before a list was made").SetInternal(err)
+	}
+	t := time.Now()
+	res := r.ranker.Rank(&snap, k)
+	r.m.stage(stageRanking, time.Since(t))
+	srcs := sources(&snap, res.Strategy)
+	if source != sourceGlobal {
+		// Built for this request alone (the global snapshot's map is shared: never recycled).
+		putItemsMap(snap.Items)
+	}
+	r.m.served[source].Inc()
+	if source != sourceRedis {
+		res.Strategy += "_" + source
+	}
+	if res.Items == nil {
+		res.Items = []string{}
+	}
+	return ranked{Result: res, source: source, sources: srcs}, nil
+}
+
+// sources names the candidate sources present in a snapshot, for /recommend's reason.
+func sources(s *ranking.Snapshot, strategy string) []string {
+	out := make([]string, 0, 4)
+	if strings.HasPrefix(strategy, ranking.StrategyCovisHybrid) {
+		out = append(out, "co_visitation")
+	}
+	if len(s.Trending) > 0 {
+		out = append(out, "trending")
+	}
+	if len(s.Popular) > 0 {
+		out = append(out, "popular")
+	}
+	if len(s.Fresh) > 0 {
+		out = append(out, "fresh")
+	}
+	return out
+}
+
+// impression builds the auto-logged event of a served list: positions 0..n-1 in ranked order,
+// the request id as request_id, the User-Agent cut to 512 characters.
+func (r *Reco) impression(c echo.Context, q recoQuery, requestID string, items []string, now time.Time) *events.Impression {
+	ms := now.UnixMilli()
+	ev := &events.Impression{
+		Common: events.Common{EventID: events.NewEventID(), UserID: q.userID, SessionID: q.sessionID, RequestID: requestID,
+			TsMs: ms, ServerReceivedTsMs: ms},
+		EventType: string(events.KindImpression),
+		Items:     make([]events.ImpressionItem, len(items)),
+	}
+	// The original always sent {"user_agent": <header or null>}: an absent header is stored
+	// as {} (null fields omitted).
+	ev.Context = &events.Context{}
+	if ua := c.Request().UserAgent(); ua != "" {
+		ua = cutRunes(strings.ToValidUTF8(ua, "\uFFFD"), maxUserAgent)
+		ev.Context.UserAgent = &ua
+	}
+	for i, id := range items {
+		ev.Items[i] = events.ImpressionItem{ItemID: id, Position: int64(i)}
+	}
+	return ev
+}
+
+func cutRunes(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	i := 0
+	for j := range s {
+		if i == n {
+			return s[:j]
+		}
+		i++
+	}
+	return s
+}
+
+func (r *Reco) metricsWindow(c echo.Context) error {
+	return c.JSON(http.StatusOK, r.window.Snapshot(time.Now()))
+}

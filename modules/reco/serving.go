@@ -1,0 +1,298 @@
+package reco
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"recsys/pkg/featurestore"
+	"recsys/pkg/ranking"
+)
+
+// snapshotSource loads one user's ranking input (pkg/featurestore's RedisLoader and PGLoader,
+// or features.MemoryStore in tests).
+type snapshotSource interface {
+	Snapshot(ctx context.Context, userID string, nowMs int64, opts ranking.SnapshotOptions) (ranking.Snapshot, error)
+}
+
+// globalUserID is the user the global snapshot is loaded for: no query can name it (user_id
+// must have at least one character), so it has no history and the load returns only the
+// global lists and their item statistics.
+const globalUserID = ""
+
+// errNoSource means no list at all can be made: the only case /reco answers 503.
+var errNoSource = errors.New("no recommendations available: redis and postgresql are unreachable and no global snapshot was loaded yet")
+
+// globalSnap is an in-process copy of the global lists (trending, popular, fresh and their
+// item statistics). It is immutable once stored.
+type globalSnap struct {
+	snap     ranking.Snapshot
+	loadedAt time.Time
+	source   string // "redis" or "postgres"
+}
+
+// serving picks where a Snapshot comes from, best first:
+//  1. Redis (one round trip), when its breaker is closed and its ready marker is present;
+//  2. PostgreSQL (the durable features), when Redis is down or lost its data;
+//  3. the in-process global snapshot, when both are down (no personalisation, but a list).
+//
+// With --reco.cache-global-lists the global lists of (1) and (2) come from the in-process
+// snapshot too, refreshed every --reco.global-refresh, so a request reads only the user's own
+// features (history, watched set, impressions, neighbours and their statistics).
+type serving struct {
+	cfg             *Config
+	redis, pg       snapshotSource
+	redisBrk, pgBrk *breaker
+	readyMarker     atomic.Bool
+	global          atomic.Pointer[globalSnap]
+	fullOpts        ranking.SnapshotOptions
+	personalOpts    ranking.SnapshotOptions
+	globalOpts      ranking.SnapshotOptions
+	m               *recoMetrics
+	log             *slog.Logger
+	warnRedis       logLimiter
+	warnPG          logLimiter
+
+	probeRedis func(context.Context) (bool, error)
+	probePG    func(context.Context) error
+	pgSlots    chan struct{}
+}
+
+func newServing(cfg *Config, redis, pg snapshotSource, m *recoMetrics, log *slog.Logger) *serving {
+	s := &serving{cfg: cfg, redis: redis, pg: pg, m: m, log: log,
+		fullOpts: cfg.snapshotOptions(true), personalOpts: cfg.snapshotOptions(false), pgSlots: make(chan struct{}, cfg.PGMaxConcurrent)}
+	s.globalOpts = s.fullOpts
+	s.globalOpts.HistoryItems = 0
+	s.redisBrk = newBreaker(cfg.BreakerFailures, func(open bool) {
+		if open {
+			m.breakerOpened["redis"].Inc()
+			log.Warn("redis breaker open, serving from postgresql features")
+		} else {
+			log.Info("redis breaker closed, serving from redis again")
+		}
+	})
+	s.pgBrk = newBreaker(cfg.BreakerFailures, func(open bool) {
+		if open {
+			m.breakerOpened["postgres"].Inc()
+			log.Warn("postgres breaker open, impressions are buffered and reads skip postgresql")
+		} else {
+			log.Info("postgres breaker closed")
+		}
+	})
+	return s
+}
+
+// redisUsable reports whether per-user reads go to Redis.
+func (s *serving) redisUsable() bool { return s.redisBrk.Allow() && s.readyMarker.Load() }
+
+// load returns the user's Snapshot and the source that served it.
+func (s *serving) load(ctx context.Context, userID string, now time.Time) (ranking.Snapshot, string, error) {
+	nowMs := now.UnixMilli()
+	g := s.cachedGlobal(now)
+	opts := s.fullOpts
+	if g != nil {
+		opts = s.personalOpts
+	}
+	if s.redis != nil && s.redisUsable() {
+		snap, err := read(ctx, s.redis, s.cfg.RedisTimeout, userID, nowMs, opts)
+		if err == nil {
+			s.redisBrk.Success()
+			complete(&snap, g)
+			return snap, sourceRedis, nil
+		}
+		if ctx.Err() != nil {
+			return ranking.Snapshot{}, "", ctx.Err()
+		}
+		if errors.Is(err, featurestore.ErrNotReady) {
+			// Redis answered but its copy is incomplete: not an outage. Skip it until the
+			// probe sees the ready marker again.
+			s.readyMarker.Store(false)
+		} else {
+			s.redisBrk.Failure()
+			s.m.sourceErrors["redis"].Inc()
+			s.warnRedis.Do(func(n int64) {
+				s.log.WarnContext(ctx, "redis snapshot read failed, falling back to postgresql", "err", err, "failures", n)
+			})
+		}
+	}
+	if s.pg != nil && s.pgBrk.Allow() && s.pgSlot(ctx) {
+		snap, err := read(ctx, s.pg, s.cfg.PGTimeout, userID, nowMs, opts)
+		<-s.pgSlots
+		if err == nil {
+			s.pgBrk.Success()
+			complete(&snap, g)
+			return snap, sourcePG, nil
+		}
+		if ctx.Err() != nil {
+			return ranking.Snapshot{}, "", ctx.Err()
+		}
+		s.pgBrk.Failure()
+		s.m.sourceErrors["postgres"].Inc()
+		s.warnPG.Do(func(n int64) {
+			s.log.WarnContext(ctx, "postgresql snapshot read failed, falling back to the global snapshot", "err", err, "failures", n)
+		})
+	}
+	if g := s.global.Load(); g != nil {
+		snap := g.snap
+		snap.UserID, snap.NowMs = userID, nowMs
+		return snap, sourceGlobal, nil
+	}
+	return ranking.Snapshot{}, "", errNoSource
+}
+
+// pgSlot takes one of the bounded PostgreSQL read slots. With a global snapshot to fall back
+// on it does not wait: shedding load to the global lists beats queueing every request of an
+// API whose Redis is down on PostgreSQL. Without one it waits (bounded by the request).
+func (s *serving) pgSlot(ctx context.Context) bool {
+	select {
+	case s.pgSlots <- struct{}{}:
+		return true
+	default:
+	}
+	if s.global.Load() != nil {
+		s.m.pgShed.Inc()
+		return false
+	}
+	select {
+	case s.pgSlots <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func read(ctx context.Context, src snapshotSource, timeout time.Duration, userID string, nowMs int64, opts ranking.SnapshotOptions) (ranking.Snapshot, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return src.Snapshot(ctx, userID, nowMs, opts)
+}
+
+// cachedGlobal returns the global snapshot to complete per-user snapshots with, or nil when
+// caching is off or the snapshot is missing or too old.
+func (s *serving) cachedGlobal(now time.Time) *globalSnap {
+	if !s.cfg.CacheGlobalLists {
+		return nil
+	}
+	g := s.global.Load()
+	if g == nil || now.Sub(g.loadedAt) > s.cfg.GlobalMaxAge {
+		return nil
+	}
+	return g
+}
+
+// complete adds the global lists and their item statistics to a per-user snapshot. The
+// user's own statistics (read now) win over the global copy.
+func complete(snap *ranking.Snapshot, g *globalSnap) {
+	if g == nil {
+		return
+	}
+	snap.Trending, snap.Popular, snap.Fresh = g.snap.Trending, g.snap.Popular, g.snap.Fresh
+	if snap.Items == nil {
+		snap.Items = make(map[string]ranking.ItemStats, len(g.snap.Items))
+	}
+	for id, st := range g.snap.Items {
+		if _, ok := snap.Items[id]; !ok {
+			snap.Items[id] = st
+		}
+	}
+}
+
+// refreshGlobal reloads the global snapshot from the best usable store. A failure keeps the
+// previous snapshot.
+func (s *serving) refreshGlobal(ctx context.Context) error {
+	now := time.Now()
+	var errs []error
+	try := func(name string, src snapshotSource, timeout time.Duration, brk *breaker) bool {
+		snap, err := read(ctx, src, max(timeout, time.Second), globalUserID, now.UnixMilli(), s.globalOpts)
+		if err != nil {
+			if errors.Is(err, featurestore.ErrNotReady) {
+				s.readyMarker.Store(false)
+			} else {
+				brk.Failure()
+			}
+			errs = append(errs, fmt.Errorf("load global lists from %s: %w", name, err))
+			return false
+		}
+		brk.Success()
+		snap.UserID = ""
+		snap.History, snap.Watched, snap.Impressions, snap.Neighbours, snap.Similar = nil, nil, nil, nil, nil
+		s.global.Store(&globalSnap{snap: snap, loadedAt: now, source: name})
+		return true
+	}
+	if s.redis != nil && s.redisUsable() && try("redis", s.redis, s.cfg.RedisTimeout, s.redisBrk) {
+		return nil
+	}
+	if s.pg != nil && s.pgBrk.Allow() && try("postgres", s.pg, s.cfg.PGTimeout, s.pgBrk) {
+		return nil
+	}
+	if len(errs) == 0 {
+		errs = append(errs, errors.New("load global lists: no store usable"))
+	}
+	s.m.globalErrors.Inc()
+	return errors.Join(errs...)
+}
+
+// probeRedisOnce reads the ready marker: an answer closes the Redis breaker, no answer opens
+// it. A missing marker (Redis restarted empty or was flushed) keeps reads on PostgreSQL until
+// the consumer has repopulated Redis and set the marker again.
+func (s *serving) probeRedisOnce(parent context.Context) {
+	if s.probeRedis == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(parent, max(s.cfg.RedisTimeout, time.Second))
+	defer cancel()
+	ready, err := s.probeRedis(ctx)
+	if err != nil {
+		if parent.Err() != nil {
+			return // shutting down
+		}
+		s.redisBrk.Trip()
+		return
+	}
+	if prev := s.readyMarker.Swap(ready); prev != ready {
+		if ready {
+			s.log.Info("redis ready marker present, reading features from redis")
+		} else {
+			s.log.Warn("redis ready marker missing (redis lost its data), reading features from postgresql until it is repopulated")
+		}
+	}
+	s.redisBrk.Reset()
+}
+
+// probePGOnce pings PostgreSQL: an answer closes its breaker, no answer opens it.
+func (s *serving) probePGOnce(parent context.Context) {
+	if s.probePG == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(parent, max(s.cfg.PGTimeout, time.Second))
+	defer cancel()
+	if err := s.probePG(ctx); err != nil {
+		if parent.Err() != nil {
+			return // shutting down
+		}
+		s.pgBrk.Trip()
+		return
+	}
+	s.pgBrk.Reset()
+}
+
+// canServe reports whether some list can be made.
+func (s *serving) canServe() bool {
+	return (s.redis != nil && s.redisUsable()) || (s.pg != nil && s.pgBrk.Allow()) || s.global.Load() != nil
+}
+
+// servingFrom names where a request would be served from now.
+func (s *serving) servingFrom() string {
+	switch {
+	case s.redis != nil && s.redisUsable():
+		return "redis"
+	case s.pg != nil && s.pgBrk.Allow():
+		return "postgres"
+	case s.global.Load() != nil:
+		return "global_snapshot"
+	}
+	return "none"
+}

@@ -1,0 +1,177 @@
+package reco
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"recsys/pkg/ranking"
+)
+
+func TestDegradedServingFallsBackAndRecovers(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.BreakerFailures = 2 })
+	h.run()
+	now := time.Now().UnixMilli()
+	// The user's state is in both stores (PostgreSQL is the truth, Redis its copy).
+	h.redis.apply(watchEv("d1", "a", now, "d1-a"))
+	h.pg.apply(watchEv("d1", "a", now, "d1-a"))
+	eventually(t, 2*time.Second, "global snapshot", func() bool { return h.r.serving.global.Load() != nil })
+
+	get := func() response {
+		t.Helper()
+		r := h.get("/reco?user_id=d1&session_id=s&k=5&x_autolog_impressions=false")
+		if r.code != 200 {
+			t.Fatalf("code %d %v", r.code, r.body)
+		}
+		return r
+	}
+	if s := get().body["strategy"]; s != ranking.StrategyCovisHybrid {
+		t.Fatalf("healthy strategy %v", s)
+	}
+
+	// Redis down: PostgreSQL features, still personalised.
+	h.redis.fail.Store(true)
+	h.redisUp.Store(false)
+	r := get()
+	if r.body["strategy"] != ranking.StrategyCovisHybrid+"_pg_fallback" || r.items()[0] != "b" {
+		t.Fatalf("redis down: %v %v", r.body["strategy"], r.items())
+	}
+	eventually(t, 2*time.Second, "redis breaker open", h.r.serving.redisBrk.IsOpen)
+	calls := h.redis.calls.Load()
+	for i := 0; i < 20; i++ {
+		get()
+	}
+	if c := h.redis.calls.Load() - calls; c != 0 {
+		t.Fatalf("%d redis reads while its breaker was open", c)
+	}
+
+	// Both down: the in-process global lists.
+	h.pg.fail.Store(true)
+	h.pgUp.Store(false)
+	r = get()
+	if r.body["strategy"] != ranking.StrategyColdStart+"_global_snapshot" || len(r.items()) != 5 {
+		t.Fatalf("both down: %v %v", r.body["strategy"], r.items())
+	}
+	eventually(t, 2*time.Second, "postgres breaker open", h.r.serving.pgBrk.IsOpen)
+	health := h.r.HealthDetails(context.Background())["online_cache"].(map[string]any)
+	if health["redis_breaker"] != "open" || health["postgres_breaker"] != "open" || health["serving_from"] != "global_snapshot" {
+		t.Fatalf("health %v", health)
+	}
+	if err := h.r.Ready(context.Background()); err != nil {
+		t.Fatalf("a global snapshot can still serve, Ready = %v", err)
+	}
+
+	// Redis back: normal strategy without a restart (the probe closes the breaker).
+	h.redis.fail.Store(false)
+	h.redisUp.Store(true)
+	eventually(t, 2*time.Second, "redis strategy again", func() bool {
+		return get().body["strategy"] == ranking.StrategyCovisHybrid
+	})
+
+	// Redis lost its data: the marker is missing, reads go to PostgreSQL (back as well).
+	h.pg.fail.Store(false)
+	h.pgUp.Store(true)
+	h.marker.Store(false)
+	eventually(t, 2*time.Second, "pg fallback while the marker is missing", func() bool {
+		return get().body["strategy"] == ranking.StrategyCovisHybrid+"_pg_fallback"
+	})
+	if health := h.r.HealthDetails(context.Background())["online_cache"].(map[string]any); health["ready_marker"] != false {
+		t.Fatalf("health %v", health)
+	}
+	h.marker.Store(true)
+	eventually(t, 2*time.Second, "redis again once the marker is back", func() bool {
+		return get().body["strategy"] == ranking.StrategyCovisHybrid
+	})
+	expo := exposition(h)
+	for _, want := range []string{`recsys_reco_served_total{source="pg_fallback"}`, `recsys_reco_served_total{source="global_snapshot"}`,
+		`recsys_reco_breaker_opened_total{store="redis"} 1`} {
+		if !strings.Contains(expo, want) {
+			t.Errorf("exposition lacks %s:\n%s", want, grep(expo, "recsys_reco_"))
+		}
+	}
+}
+
+func TestNoStoreEverReachableIs503(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.BreakerFailures = 1 })
+	h.redis.fail.Store(true)
+	h.pg.fail.Store(true)
+	h.redisUp.Store(false)
+	h.pgUp.Store(false)
+	h.run()
+	r := h.get("/reco?user_id=x&session_id=s")
+	if r.code != 503 || !strings.Contains(r.body["detail"].(string), "no recommendations available") {
+		t.Fatalf("%d %v", r.code, r.body)
+	}
+	eventually(t, 2*time.Second, "not ready", func() bool { return h.r.Ready(context.Background()) != nil })
+	w := h.get("/metrics/reco").body
+	if w["error_rate_pct"].(float64) != 100 {
+		t.Fatalf("window %v", w)
+	}
+	// A store coming back makes it serve again.
+	h.pg.fail.Store(false)
+	h.pgUp.Store(true)
+	eventually(t, 2*time.Second, "serving again", func() bool { return h.get("/reco?user_id=x&session_id=s").code == 200 })
+}
+
+func TestRedisTimeoutCostsOneBudgetThenBreakerSkips(t *testing.T) {
+	h := newHarness(t, func(c *Config) {
+		c.BreakerFailures = 1
+		c.RedisTimeout = 30 * time.Millisecond
+		c.ProbeInterval = time.Hour // no probe closes it during the test
+	})
+	slow := &slowSource{delay: time.Second}
+	h.r.serving.redis = slow
+	start := time.Now()
+	r := h.get("/reco?user_id=u&session_id=s&x_autolog_impressions=false")
+	if d := time.Since(start); r.code != 200 || d > 500*time.Millisecond {
+		t.Fatalf("first request: %d after %s", r.code, d)
+	}
+	for i := 0; i < 10; i++ {
+		h.get("/reco?user_id=u&session_id=s&x_autolog_impressions=false")
+	}
+	if n := slow.calls.Load(); n != 1 {
+		t.Fatalf("slow redis called %d times, want 1 (then the breaker skips it)", n)
+	}
+}
+
+type slowSource struct {
+	delay time.Duration
+	calls atomic.Int64
+}
+
+func (s *slowSource) Snapshot(ctx context.Context, _ string, _ int64, _ ranking.SnapshotOptions) (ranking.Snapshot, error) {
+	s.calls.Add(1)
+	select {
+	case <-time.After(s.delay):
+		return ranking.Snapshot{}, nil
+	case <-ctx.Done():
+		return ranking.Snapshot{}, ctx.Err()
+	}
+}
+
+func TestCachedGlobalListsMatchFullSnapshot(t *testing.T) {
+	// The per-request read without global lists, completed from the in-process snapshot,
+	// must rank exactly like a full read.
+	cached := newHarness(t, nil)
+	full := newHarness(t, func(c *Config) { c.CacheGlobalLists = false })
+	now := time.Now().UnixMilli()
+	for _, h := range []*harness{cached, full} {
+		h.redis.apply(watchEv("g1", "a", now, "g1-a"))
+		h.redis.apply(watchEv("g1", "p03", now+1, "g1-p03"))
+	}
+	if err := cached.r.serving.refreshGlobal(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"user_id=g1&session_id=s&k=30", "user_id=nobody&session_id=s&k=30"} {
+		a := cached.get("/reco?" + q + "&x_autolog_impressions=false").items()
+		b := full.get("/reco?" + q + "&x_autolog_impressions=false").items()
+		if strings.Join(a, ",") != strings.Join(b, ",") {
+			t.Fatalf("%s:\ncached %v\nfull   %v", q, a, b)
+		}
+	}
+	if cached.redis.calls.Load() == 0 {
+		t.Fatal("no reads")
+	}
+}

@@ -1,0 +1,591 @@
+package featurestore
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"recsys/pkg/features"
+)
+
+// Batch is one unit of work applied in one PostgreSQL transaction.
+type Batch struct {
+	// Events in apply order: events of one user must keep their stream order.
+	Events []Event
+	// DLQ are poison messages of the same fetch, stored in the same transaction so that the
+	// Kafka offsets can be committed once the transaction is.
+	DLQ []DLQEntry
+}
+
+// DLQEntry is one dead-lettered message.
+type DLQEntry struct {
+	Topic     string
+	Partition int
+	Offset    int64
+	Key       []byte
+	Headers   map[string]string
+	Payload   []byte
+	Error     string
+}
+
+// Applied is the outcome of Apply: which events were new, and the absolute values the
+// transaction committed, for the Redis mirror.
+type Applied struct {
+	// New[i] is true when Batch.Events[i] was applied now, false for a duplicate (already
+	// applied before, or repeated within the batch).
+	New  []bool
+	Meta Meta
+
+	journalID int64
+	users     []userRow
+	items     []itemRow
+	nbAdd     map[string][]scoredRow // item -> neighbours with their new absolute strengths
+	nbRem     map[string][]string    // item -> neighbours trimmed away
+}
+
+// NewCount is the number of events applied now.
+func (a *Applied) NewCount() int {
+	n := 0
+	for _, x := range a.New {
+		if x {
+			n++
+		}
+	}
+	return n
+}
+
+type userRow struct {
+	id      string
+	version int64
+	h, w, i string
+}
+
+type itemRow struct {
+	id                  string
+	imp, wat, pn, ended int64
+	sp, wt, ps, pl      float64
+	fs                  int64
+	nb                  int32
+	fresh               bool // first seen set by this write: (re)insert into the fresh list
+}
+
+type scoredRow struct {
+	id string
+	w  float64
+}
+
+type pairKey struct{ from, to string }
+
+type itemAcc struct {
+	imp, wat, pn, ended int64
+	sp, wt, ps, pl      float64
+	fs                  int64 // math.MaxInt64: not set by this batch
+	nb                  int32
+}
+
+// errRebase asks Apply to move the landmarks before applying the batch.
+type errRebase struct{ tsMs int64 }
+
+func (e errRebase) Error() string { return fmt.Sprintf("decay rebase needed at %d", e.tsMs) }
+
+// Apply applies a batch in one transaction: events whose event_id was applied before are
+// skipped (exactly-once), the others go through features.Apply in order, their Deltas are
+// summed per item and per pair and written with one UPSERT per table (sorted keys, so
+// concurrent consumers never deadlock), and the DLQ entries are stored. On error nothing is
+// written and the batch can be retried as a whole.
+func (s *Store) Apply(ctx context.Context, b *Batch) (*Applied, error) {
+	for attempt := 0; ; attempt++ {
+		a, err := s.applyOnce(ctx, b)
+		var rb errRebase
+		if errors.As(err, &rb) && attempt < 3 {
+			if err := s.Rebase(ctx, rb.tsMs); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		return a, err
+	}
+}
+
+func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
+	a := &Applied{New: make([]bool, len(b.Events))}
+	committed := false
+	tx, err := s.pg.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("begin apply: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
+
+	t0 := time.Now()
+	states, err := s.lockUsers(ctx, tx, b, a)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.ensureMeta(ctx, tx, b, a); err != nil {
+		return nil, err
+	}
+	s.phase("lock", &t0)
+
+	// Apply in order and sum the Deltas.
+	items := map[string]*itemAcc{}
+	pairs := map[pairKey]float64{}
+	item := func(id string) *itemAcc {
+		it := items[id]
+		if it == nil {
+			it = &itemAcc{fs: math.MaxInt64}
+			items[id] = it
+		}
+		return it
+	}
+	changed := map[string]bool{}
+	watchChanged := map[string]bool{}
+	for i := range b.Events {
+		if !a.New[i] {
+			continue
+		}
+		ev := &b.Events[i].Interaction
+		st := states[ev.UserID]
+		var d features.Delta
+		*st, d = features.Apply(s.cfg, *st, *ev)
+		changed[ev.UserID] = true
+		if ev.Kind != features.KindImpression {
+			watchChanged[ev.UserID] = true
+		}
+		if d.Empty() {
+			continue
+		}
+		for _, x := range d.Items {
+			it := item(x.ItemID)
+			it.imp += x.Impressions
+			it.wat += x.Watches
+			it.sp += x.SumPercent
+			it.pn += x.PercentCount
+			it.ended += x.Ended
+			it.wt += x.WatchTimeSec
+			it.fs = min(it.fs, d.TsMs)
+		}
+		for _, p := range d.Pop {
+			it := item(p.ItemID)
+			it.ps += a.Meta.Short.Forward(p.Weight, d.TsMs)
+			it.pl += a.Meta.Long.Forward(p.Weight, d.TsMs)
+			it.fs = min(it.fs, d.TsMs)
+		}
+		for _, p := range d.Pairs {
+			if p.From != p.To {
+				pairs[pairKey{p.From, p.To}] += a.Meta.Covis.Forward(p.Weight, d.TsMs)
+			}
+		}
+	}
+
+	pb := &pgx.Batch{}
+	// Co-visitation first, so the item upsert below knows how many neighbours were added.
+	covisRes := -1
+	if len(pairs) > 0 {
+		keys := make([]pairKey, 0, len(pairs))
+		for k := range pairs {
+			keys = append(keys, k)
+		}
+		slices.SortFunc(keys, func(x, y pairKey) int {
+			if c := strings.Compare(x.from, y.from); c != 0 {
+				return c
+			}
+			return strings.Compare(x.to, y.to)
+		})
+		from, to, w := make([]string, len(keys)), make([]string, len(keys)), make([]float64, len(keys))
+		for i, k := range keys {
+			from[i], to[i], w[i] = k.from, k.to, pairs[k]
+		}
+		covisRes = pb.Len()
+		pb.Queue(`INSERT INTO feature_covis AS c (item_id, neighbour_id, weight)
+SELECT * FROM unnest($1::text[], $2::text[], $3::float8[])
+ON CONFLICT (item_id, neighbour_id) DO UPDATE SET weight = c.weight + excluded.weight
+RETURNING item_id, neighbour_id, weight, (xmax = 0)`, from, to, w)
+	}
+	userIDs := sortedKeys(changed)
+	usersRes := -1
+	if len(userIDs) > 0 {
+		hs, ws, is := make([]string, len(userIDs)), make([]string, len(userIDs)), make([]string, len(userIDs))
+		a.users = make([]userRow, len(userIDs))
+		for i, id := range userIDs {
+			st := states[id]
+			h, w, im, err := encodeUser(st)
+			if err != nil {
+				return nil, err
+			}
+			a.users[i] = userRow{id: id, h: h, w: w, i: im}
+			is[i] = im
+			if watchChanged[id] {
+				hs[i], ws[i] = h, w
+			}
+		}
+		usersRes = pb.Len()
+		// Unchanged documents ("" here) keep their stored (possibly TOASTed) value untouched.
+		pb.Queue(`UPDATE feature_users u SET
+  history = CASE WHEN v.h = '' THEN u.history ELSE v.h::json END,
+  watched = CASE WHEN v.w = '' THEN u.watched ELSE v.w::json END,
+  impressions = v.i::json,
+  version = u.version + 1
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS v(id, h, w, i)
+WHERE u.user_id = v.id
+RETURNING u.user_id, u.version`, userIDs, hs, ws, is)
+	}
+	if len(b.DLQ) > 0 {
+		queueDLQ(pb, b.DLQ)
+	}
+	itemIDs := sortedKeys(items)
+	journalRes := -1
+	if s.rd != nil && (len(userIDs) > 0 || len(items) > 0 || len(pairs) > 0) {
+		journalItems := itemIDs
+		if len(pairs) > 0 {
+			set := make(map[string]bool, len(items))
+			for k := range pairs {
+				set[k.from] = true
+			}
+			for k := range items {
+				set[k] = true
+			}
+			journalItems = sortedKeys(set)
+		}
+		journalRes = pb.Len()
+		pb.Queue(`INSERT INTO feature_redis_pending (user_ids, item_ids) VALUES ($1, $2) RETURNING id`, userIDs, journalItems)
+	}
+	written := s.takeWritten()
+	defer func() {
+		if !committed {
+			s.putWritten(written)
+		}
+	}()
+	if len(written) > 0 {
+		pb.Queue(`DELETE FROM feature_redis_pending WHERE id = ANY($1)`, written)
+	}
+	s.phase("compute", &t0)
+	if pb.Len() > 0 {
+		br := tx.SendBatch(ctx, pb)
+		for i := 0; i < pb.Len(); i++ {
+			switch i {
+			case covisRes:
+				a.nbAdd = map[string][]scoredRow{}
+				rows, _ := br.Query()
+				var from, to string
+				var w float64
+				var ins bool
+				_, err := pgx.ForEachRow(rows, []any{&from, &to, &w, &ins}, func() error {
+					a.nbAdd[from] = append(a.nbAdd[from], scoredRow{id: to, w: w})
+					if ins {
+						item(from).nb++
+					}
+					return nil
+				})
+				if err != nil {
+					br.Close()
+					return nil, fmt.Errorf("upsert co-visitation: %w", err)
+				}
+			case usersRes:
+				rows, _ := br.Query()
+				byID := make(map[string]int64, len(userIDs))
+				var id string
+				var v int64
+				_, err := pgx.ForEachRow(rows, []any{&id, &v}, func() error { byID[id] = v; return nil })
+				if err != nil {
+					br.Close()
+					return nil, fmt.Errorf("update users: %w", err)
+				}
+				for j := range a.users {
+					a.users[j].version = byID[a.users[j].id]
+				}
+			case journalRes:
+				if err := br.QueryRow().Scan(&a.journalID); err != nil {
+					br.Close()
+					return nil, fmt.Errorf("journal redis write: %w", err)
+				}
+			default:
+				if _, err := br.Exec(); err != nil {
+					br.Close()
+					return nil, fmt.Errorf("apply batch: %w", err)
+				}
+			}
+		}
+		if err := br.Close(); err != nil {
+			return nil, fmt.Errorf("apply batch: %w", err)
+		}
+	}
+
+	s.phase("write", &t0)
+	// Items, now including those that only gained neighbours.
+	if len(items) > 0 {
+		itemIDs = sortedKeys(items)
+		n := len(itemIDs)
+		imp, wat, pn, ended := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+		sp, wt, ps, pl := make([]float64, n), make([]float64, n), make([]float64, n), make([]float64, n)
+		fs, nb := make([]int64, n), make([]int32, n)
+		for i, id := range itemIDs {
+			it := items[id]
+			imp[i], wat[i], pn[i], ended[i] = it.imp, it.wat, it.pn, it.ended
+			sp[i], wt[i], ps[i], pl[i] = it.sp, it.wt, it.ps, it.pl
+			fs[i], nb[i] = it.fs, it.nb
+		}
+		rows, _ := tx.Query(ctx, `INSERT INTO feature_items AS f (item_id, impressions, watches, sum_percent, percent_count,
+  ended, watch_time_sec, first_seen_ms, pop_short, pop_long, nb_count)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::float8[], $5::bigint[], $6::bigint[], $7::float8[],
+  $8::bigint[], $9::float8[], $10::float8[], $11::int[])
+ON CONFLICT (item_id) DO UPDATE SET
+  impressions = f.impressions + excluded.impressions,
+  watches = f.watches + excluded.watches,
+  sum_percent = f.sum_percent + excluded.sum_percent,
+  percent_count = f.percent_count + excluded.percent_count,
+  ended = f.ended + excluded.ended,
+  watch_time_sec = f.watch_time_sec + excluded.watch_time_sec,
+  first_seen_ms = LEAST(f.first_seen_ms, excluded.first_seen_ms),
+  pop_short = f.pop_short + excluded.pop_short,
+  pop_long = f.pop_long + excluded.pop_long,
+  nb_count = f.nb_count + excluded.nb_count
+RETURNING item_id, impressions, watches, sum_percent, percent_count, ended, watch_time_sec, first_seen_ms,
+  pop_short, pop_long, nb_count, (xmax = 0)`, itemIDs, imp, wat, sp, pn, ended, wt, fs, ps, pl, nb)
+		a.items = make([]itemRow, 0, n)
+		var r itemRow
+		var ins bool
+		var over []string
+		_, err := pgx.ForEachRow(rows, []any{&r.id, &r.imp, &r.wat, &r.sp, &r.pn, &r.ended, &r.wt, &r.fs, &r.ps, &r.pl, &r.nb, &ins}, func() error {
+			r.fresh = ins || r.fs == items[r.id].fs
+			a.items = append(a.items, r)
+			if int(r.nb) > 2*s.cfg.NeighboursPerItem {
+				over = append(over, r.id)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("upsert items: %w", err)
+		}
+		s.phase("items", &t0)
+		if len(over) > 0 {
+			if err := s.trimNeighbours(ctx, tx, over, a); err != nil {
+				return nil, err
+			}
+			s.phase("trim", &t0)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("commit apply: %w", err)
+	}
+	committed = true
+	s.phase("commit", &t0)
+	return a, nil
+}
+
+// lockUsers records the batch's event_ids (learning which are new) and loads and locks the
+// users' states. Missing users are inserted first so that two consumers serialise on the row
+// even for a brand-new user.
+func (s *Store) lockUsers(ctx context.Context, tx pgx.Tx, b *Batch, a *Applied) (map[string]*features.UserState, error) {
+	states := map[string]*features.UserState{}
+	if len(b.Events) == 0 {
+		pb := &pgx.Batch{}
+		pb.Queue(`SELECT pg_advisory_xact_lock_shared($1)`, metaLockKey)
+		if err := tx.SendBatch(ctx, pb).Close(); err != nil {
+			return nil, fmt.Errorf("lock meta: %w", err)
+		}
+		return states, nil
+	}
+	idSet := make(map[string]bool, len(b.Events))
+	userSet := map[string]bool{}
+	for _, e := range b.Events {
+		idSet[e.EventID] = true
+		userSet[e.UserID] = true
+	}
+	ids, users := sortedKeys(idSet), sortedKeys(userSet)
+	pb := &pgx.Batch{}
+	pb.Queue(`SELECT pg_advisory_xact_lock_shared($1)`, metaLockKey)
+	pb.Queue(`INSERT INTO feature_applied (event_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING RETURNING event_id`, ids)
+	pb.Queue(`INSERT INTO feature_users (user_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`, users)
+	pb.Queue(`SELECT user_id, history::text, watched::text, impressions::text FROM feature_users WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE`, users)
+	br := tx.SendBatch(ctx, pb)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return nil, fmt.Errorf("lock meta: %w", err)
+	}
+	fresh := make(map[string]bool, len(ids))
+	rows, _ := br.Query()
+	var id string
+	if _, err := pgx.ForEachRow(rows, []any{&id}, func() error { fresh[id] = true; return nil }); err != nil {
+		return nil, fmt.Errorf("record applied events: %w", err)
+	}
+	for i, e := range b.Events {
+		if fresh[e.EventID] {
+			a.New[i] = true
+			delete(fresh, e.EventID) // a repeat within the batch is a duplicate
+		}
+	}
+	if _, err := br.Exec(); err != nil {
+		return nil, fmt.Errorf("insert users: %w", err)
+	}
+	rows, _ = br.Query()
+	var h, w, im string
+	_, err := pgx.ForEachRow(rows, []any{&id, &h, &w, &im}, func() error {
+		st, err := decodeUser(h, w, im)
+		if err != nil {
+			return fmt.Errorf("user %q: %w", id, err)
+		}
+		states[id] = &st
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("lock users: %w", err)
+	}
+	return states, br.Close()
+}
+
+// ensureMeta reads the landmarks (creating them at the first new event's time on the very
+// first batch) and reports errRebase when a new event would overflow a forward-decay
+// exponent.
+func (s *Store) ensureMeta(ctx context.Context, tx pgx.Tx, b *Batch, a *Applied) error {
+	first, maxTs, any := int64(0), int64(math.MinInt64), false
+	for i, e := range b.Events {
+		if a.New[i] {
+			if !any {
+				first = e.TsMs
+			}
+			any = true
+			maxTs = max(maxTs, e.TsMs)
+		}
+	}
+	m, err := loadMeta(ctx, tx)
+	if errors.Is(err, errNoMeta) {
+		if !any {
+			return nil
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO feature_meta (lm_short_ms, lm_long_ms, lm_covis_ms, hl_short_ms, hl_long_ms, hl_covis_ms)
+VALUES ($1, $1, $1, $2, $3, $4) ON CONFLICT (id) DO NOTHING`, first,
+			float64(s.cfg.PopShortHalfLife.Milliseconds()), float64(s.cfg.PopLongHalfLife.Milliseconds()), float64(s.cfg.CovisHalfLife.Milliseconds()))
+		if err != nil {
+			return fmt.Errorf("create feature meta: %w", err)
+		}
+		m, err = loadMeta(ctx, tx)
+	}
+	if err != nil {
+		return err
+	}
+	a.Meta = m
+	if any && (m.Short.NeedsRebase(maxTs) || m.Long.NeedsRebase(maxTs) || m.Covis.NeedsRebase(maxTs)) {
+		return errRebase{tsMs: maxTs}
+	}
+	return nil
+}
+
+// trimNeighbours cuts the neighbour lists of items past 2M rows back to their top M
+// (strength descending, neighbour id ascending on ties, as features.MemoryStore does).
+func (s *Store) trimNeighbours(ctx context.Context, tx pgx.Tx, over []string, a *Applied) error {
+	m := s.cfg.NeighboursPerItem
+	rows, _ := tx.Query(ctx, `WITH ranked AS (
+  SELECT item_id, neighbour_id, row_number() OVER (PARTITION BY item_id ORDER BY weight DESC, neighbour_id) AS rn
+  FROM feature_covis WHERE item_id = ANY($1)
+), del AS (
+  DELETE FROM feature_covis c USING ranked r
+  WHERE c.item_id = r.item_id AND c.neighbour_id = r.neighbour_id AND r.rn > $2
+  RETURNING c.item_id, c.neighbour_id
+), upd AS (
+  UPDATE feature_items SET nb_count = $2 WHERE item_id = ANY($1)
+)
+SELECT item_id, neighbour_id FROM del`, over, m)
+	if a.nbRem == nil {
+		a.nbRem = map[string][]string{}
+	}
+	var it, nb string
+	_, err := pgx.ForEachRow(rows, []any{&it, &nb}, func() error {
+		a.nbRem[it] = append(a.nbRem[it], nb)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("trim neighbours: %w", err)
+	}
+	// A neighbour added in this batch and trimmed right away must not reach Redis.
+	for item, rem := range a.nbRem {
+		gone := make(map[string]bool, len(rem))
+		for _, r := range rem {
+			gone[r] = true
+		}
+		a.nbAdd[item] = slices.DeleteFunc(a.nbAdd[item], func(x scoredRow) bool { return gone[x.id] })
+	}
+	for i := range a.items {
+		if slices.Contains(over, a.items[i].id) {
+			a.items[i].nb = int32(m)
+		}
+	}
+	return nil
+}
+
+func queueDLQ(pb *pgx.Batch, entries []DLQEntry) {
+	n := len(entries)
+	topic, key, hdr, payload, errs := make([]string, n), make([][]byte, n), make([]string, n), make([][]byte, n), make([]string, n)
+	part, off := make([]int32, n), make([]int64, n)
+	for i, e := range entries {
+		topic[i], part[i], off[i], key[i] = e.Topic, int32(e.Partition), e.Offset, e.Key
+		h, _ := json.Marshal(e.Headers)
+		hdr[i] = string(h)
+		payload[i] = e.Payload
+		if payload[i] == nil {
+			payload[i] = []byte{}
+		}
+		errs[i] = strings.ToValidUTF8(e.Error, "?")
+	}
+	pb.Queue(`INSERT INTO feature_dlq (topic, kafka_partition, kafka_offset, msg_key, headers, payload, error)
+SELECT t, p, o, k, h::jsonb, b, e FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bytea[], $5::text[], $6::bytea[], $7::text[])
+  AS v(t, p, o, k, h, b, e)
+ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING`, topic, part, off, key, hdr, payload, errs)
+}
+
+func encodeUser(st *features.UserState) (h, w, i string, err error) {
+	hist := st.History
+	if hist == nil {
+		hist = []features.HistoryEntry{}
+	}
+	hb, err := json.Marshal(hist)
+	if err != nil {
+		return "", "", "", fmt.Errorf("encode history: %w", err)
+	}
+	wb, err := json.Marshal(nonNil(st.Watched))
+	if err != nil {
+		return "", "", "", fmt.Errorf("encode watched: %w", err)
+	}
+	ib, err := json.Marshal(nonNil(st.ImpressionCounts))
+	if err != nil {
+		return "", "", "", fmt.Errorf("encode impressions: %w", err)
+	}
+	return string(hb), string(wb), string(ib), nil
+}
+
+func nonNil[V any](m map[string]V) map[string]V {
+	if m == nil {
+		return map[string]V{}
+	}
+	return m
+}
+
+func decodeUser(h, w, i string) (features.UserState, error) {
+	var st features.UserState
+	if err := json.Unmarshal([]byte(h), &st.History); err != nil {
+		return st, fmt.Errorf("decode history: %w", err)
+	}
+	if err := json.Unmarshal([]byte(w), &st.Watched); err != nil {
+		return st, fmt.Errorf("decode watched: %w", err)
+	}
+	if err := json.Unmarshal([]byte(i), &st.ImpressionCounts); err != nil {
+		return st, fmt.Errorf("decode impressions: %w", err)
+	}
+	return st, nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.SortFunc(out, cmp.Compare[string])
+	return out
+}

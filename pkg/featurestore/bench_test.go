@@ -1,0 +1,54 @@
+package featurestore_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"recsys/pkg/features"
+	"recsys/pkg/featurestore"
+	"recsys/pkg/featurestore/fstest"
+	"recsys/pkg/testutil"
+)
+
+// BenchmarkApply measures Store.Apply alone (PostgreSQL transaction, no Kafka, no Redis) on
+// batches of 5000 events with 20k users and 5k items. Report, don't assert:
+//
+//	go test ./pkg/featurestore -run '^$' -bench Apply -benchtime 1x -count 3
+func BenchmarkApply(b *testing.B) {
+	ctx := context.Background()
+	dsn := testutil.MigratedDatabase(b)
+	pool := testutil.Pool(b, dsn)
+	cfg := features.DefaultConfig()
+	const n, batch = 100_000, 5000
+	evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 3, Users: 20000, Items: 5000, Events: n,
+		StartMs: time.Now().UnixMilli(), StepMs: 10, Prefix: "b"}))
+	pairs := 0
+	mem := features.NewMemoryStore(cfg)
+	for _, e := range evs {
+		pairs += len(mem.Apply(e.Interaction).Pairs)
+	}
+	st := featurestore.New(pool, nil, "", cfg, nil)
+	phases := map[string]time.Duration{}
+	st.SetHooks(featurestore.Hooks{Phase: func(p string, d time.Duration) { phases[p] += d }})
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		for j := 0; j < n; j += batch {
+			if _, err := st.Apply(ctx, &featurestore.Batch{Events: evs[j : j+batch]}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(n)/time.Since(t0).Seconds(), "events/s")
+		b.ReportMetric(float64(pairs)/float64(n), "pair_incr/event")
+		for p, d := range phases {
+			b.ReportMetric(d.Seconds()*1000/float64(n/batch), p+"_ms/tx")
+		}
+		clear(phases)
+		b.StopTimer()
+		if _, err := pool.Exec(ctx, `TRUNCATE feature_users, feature_items, feature_covis, feature_applied, feature_meta`); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+}

@@ -1,0 +1,175 @@
+package featurestore
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// DLQStats is the dead-letter backlog.
+type DLQStats struct {
+	Pending, Replayed int64
+	// OldestPendingMs is the age of the oldest pending entry (0 when none).
+	OldestPendingMs int64
+}
+
+// DLQStats counts the DLQ: pending rows through their partial index; replayed rows are
+// few (they are kept for audit only until retention).
+func (s *Store) DLQStats(ctx context.Context) (DLQStats, error) {
+	var st DLQStats
+	var oldest *time.Time
+	err := s.pg.QueryRow(ctx, `SELECT
+  (SELECT count(*) FROM feature_dlq WHERE status = 'pending'),
+  (SELECT count(*) FROM feature_dlq WHERE status = 'replayed'),
+  (SELECT created_at FROM feature_dlq WHERE status = 'pending' ORDER BY id LIMIT 1)`).Scan(&st.Pending, &st.Replayed, &oldest)
+	if err != nil {
+		return st, fmt.Errorf("count dlq: %w", err)
+	}
+	if oldest != nil {
+		st.OldestPendingMs = max(time.Since(*oldest).Milliseconds(), 0)
+	}
+	return st, nil
+}
+
+// PurgeApplied deletes dedup records older than retention in batches of limit, until a
+// batch comes back short; it returns how many it deleted.
+func (s *Store) PurgeApplied(ctx context.Context, retention time.Duration, limit int) (int64, error) {
+	var total int64
+	for {
+		tag, err := s.pg.Exec(ctx, `DELETE FROM feature_applied WHERE ctid = ANY(ARRAY(
+  SELECT ctid FROM feature_applied WHERE applied_at < now() - $1::interval LIMIT $2))`,
+			fmt.Sprintf("%d seconds", int64(retention.Seconds())), limit)
+		if err != nil {
+			return total, fmt.Errorf("purge applied events: %w", err)
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < int64(limit) {
+			return total, nil
+		}
+	}
+}
+
+// PurgeReplayedDLQ deletes replayed DLQ entries older than retention (pending ones are
+// kept until they are replayed).
+func (s *Store) PurgeReplayedDLQ(ctx context.Context, retention time.Duration) (int64, error) {
+	tag, err := s.pg.Exec(ctx, `DELETE FROM feature_dlq WHERE ctid = ANY(ARRAY(
+  SELECT ctid FROM feature_dlq WHERE status = 'replayed' AND replayed_at < now() - $1::interval LIMIT 10000))`,
+		fmt.Sprintf("%d seconds", int64(retention.Seconds())))
+	if err != nil {
+		return 0, fmt.Errorf("purge replayed dlq: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// ReplayOptions select what ReplayDLQ does.
+type ReplayOptions struct {
+	Limit  int  // most entries to look at, oldest first
+	DryRun bool // decode and report, change nothing
+}
+
+// ReplayEntry is the outcome for one DLQ entry.
+type ReplayEntry struct {
+	ID      int64  `json:"id"`
+	EventID string `json:"event_id,omitempty"`
+	// Outcome: applied (new now), duplicate (its event_id was applied before), invalid
+	// (still cannot be decoded; stays pending), or would_apply (dry run).
+	Outcome string `json:"outcome"`
+	Error   string `json:"error,omitempty"`
+}
+
+// ReplayReport summarises a replay.
+type ReplayReport struct {
+	DryRun     bool          `json:"dry_run"`
+	Examined   int           `json:"examined"`
+	Applied    int           `json:"applied"`
+	Duplicates int           `json:"duplicates"`
+	Invalid    int           `json:"invalid"`
+	WouldApply int           `json:"would_apply"`
+	Entries    []ReplayEntry `json:"entries"`
+}
+
+// ReplayDLQ re-decodes pending DLQ entries (oldest first) and applies those that now decode
+// through the same Apply as the stream (idempotent: an event_id applied before is a
+// duplicate), writes Redis, and marks them replayed. Entries that still fail stay pending with
+// their new error and a higher replay_attempts.
+func (s *Store) ReplayDLQ(ctx context.Context, o ReplayOptions) (ReplayReport, error) {
+	rep := ReplayReport{DryRun: o.DryRun}
+	if o.Limit <= 0 {
+		o.Limit = 1000
+	}
+	rows, _ := s.pg.Query(ctx, `SELECT id, headers::text, payload FROM feature_dlq WHERE status = 'pending' ORDER BY id LIMIT $1`, o.Limit)
+	type entry struct {
+		id      int64
+		headers string
+		payload []byte
+	}
+	var list []entry
+	var e entry
+	if _, err := pgx.ForEachRow(rows, []any{&e.id, &e.headers, &e.payload}, func() error { list = append(list, e); return nil }); err != nil {
+		return rep, fmt.Errorf("read dlq: %w", err)
+	}
+	b := &Batch{}
+	var okIDs, badIDs []int64
+	var badErrs []string
+	idx := map[int]int{} // batch event -> report entry
+	for _, x := range list {
+		rep.Examined++
+		var h map[string]string
+		if err := json.Unmarshal([]byte(x.headers), &h); err != nil {
+			h = map[string]string{}
+		}
+		ev, err := Decode(h["event_type"], h["schema_version"], x.payload)
+		if err != nil {
+			rep.Invalid++
+			rep.Entries = append(rep.Entries, ReplayEntry{ID: x.id, Outcome: "invalid", Error: err.Error()})
+			badIDs, badErrs = append(badIDs, x.id), append(badErrs, err.Error())
+			continue
+		}
+		if o.DryRun {
+			rep.WouldApply++
+			rep.Entries = append(rep.Entries, ReplayEntry{ID: x.id, EventID: ev.EventID, Outcome: "would_apply"})
+			continue
+		}
+		idx[len(b.Events)] = len(rep.Entries)
+		rep.Entries = append(rep.Entries, ReplayEntry{ID: x.id, EventID: ev.EventID})
+		b.Events = append(b.Events, ev)
+		okIDs = append(okIDs, x.id)
+	}
+	if o.DryRun {
+		return rep, nil
+	}
+	if len(b.Events) > 0 {
+		a, err := s.Apply(ctx, b)
+		if err != nil {
+			return rep, fmt.Errorf("apply replayed events: %w", err)
+		}
+		for i, isNew := range a.New {
+			if isNew {
+				rep.Applied++
+				rep.Entries[idx[i]].Outcome = "applied"
+			} else {
+				rep.Duplicates++
+				rep.Entries[idx[i]].Outcome = "duplicate"
+			}
+		}
+		if err := s.WriteRedis(ctx, a); err != nil {
+			s.log.WarnContext(ctx, "write redis after dlq replay; the journal keeps it for the consumer's heal loop", "err", err)
+		} else if err := s.FlushWritten(ctx); err != nil {
+			s.log.WarnContext(ctx, "clear redis journal after dlq replay", "err", err)
+		}
+		if _, err := s.pg.Exec(ctx, `UPDATE feature_dlq SET status = 'replayed', replayed_at = now(), replay_attempts = replay_attempts + 1
+WHERE id = ANY($1)`, okIDs); err != nil {
+			return rep, fmt.Errorf("mark dlq replayed: %w", err)
+		}
+	}
+	if len(badIDs) > 0 {
+		if _, err := s.pg.Exec(ctx, `UPDATE feature_dlq d SET replay_attempts = replay_attempts + 1, error = v.e
+FROM unnest($1::bigint[], $2::text[]) AS v(id, e) WHERE d.id = v.id`, badIDs, badErrs); err != nil {
+			return rep, fmt.Errorf("record dlq replay errors: %w", err)
+		}
+	}
+	return rep, nil
+}

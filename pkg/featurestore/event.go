@@ -1,0 +1,99 @@
+package featurestore
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+
+	"recsys/pkg/events"
+	"recsys/pkg/features"
+)
+
+// Event is one decoded event ready to apply.
+type Event struct {
+	features.Interaction
+	// ServerReceivedTsMs is when the API accepted the event (0 when unknown, e.g. legacy).
+	ServerReceivedTsMs int64
+}
+
+// Decode errors are poison: retrying cannot fix them, so the message goes to the DLQ.
+var (
+	// ErrInvalidPayload: the bytes are not a decodable event (bad JSON, unknown kind or schema).
+	ErrInvalidPayload = errors.New("invalid payload")
+	// ErrInvalidEvent: the event decodes but breaks the contract's structural rules.
+	ErrInvalidEvent = errors.New("invalid event")
+)
+
+// Decode turns a Kafka message into an Event. kind is the event_type header (inferred from the
+// payload's event_type field when the header is absent); schemaVersion is the schema_version
+// header ("" when absent). Validation is structural only (events.Validate): events are never
+// rejected for their age, so backfills and replays apply.
+func Decode(kind, schemaVersion string, payload []byte) (Event, error) {
+	if schemaVersion != "" && schemaVersion != fmt.Sprint(events.SchemaVersion) {
+		return Event{}, fmt.Errorf("%w: unsupported schema_version %q", ErrInvalidPayload, schemaVersion)
+	}
+	if kind == "" {
+		var probe struct {
+			EventType string `json:"event_type"`
+		}
+		if err := json.Unmarshal(payload, &probe); err != nil {
+			return Event{}, fmt.Errorf("%w: %v", ErrInvalidPayload, err)
+		}
+		switch probe.EventType {
+		case string(events.KindImpression), string(events.KindWatch):
+			kind = probe.EventType
+		case events.LegacyView, events.LegacyClick, events.LegacyPurchase:
+			kind = string(events.KindLegacy)
+		default:
+			return Event{}, fmt.Errorf("%w: no event_type header and payload event_type %q", ErrInvalidPayload, probe.EventType)
+		}
+	}
+	switch events.Kind(kind) {
+	case events.KindImpression, events.KindWatch, events.KindLegacy:
+	default:
+		return Event{}, fmt.Errorf("%w: unknown event_type %q", ErrInvalidPayload, kind)
+	}
+	ev, err := events.DecodePayload(events.Kind(kind), payload)
+	if err != nil {
+		var ve *events.ValidationError
+		if errors.As(err, &ve) {
+			return Event{}, fmt.Errorf("%w: %v", ErrInvalidEvent, err)
+		}
+		return Event{}, fmt.Errorf("%w: %v", ErrInvalidPayload, err)
+	}
+	return FromEvent(ev), nil
+}
+
+// FromEvent converts a decoded events.Any to an Event.
+func FromEvent(ev events.Any) Event {
+	switch e := ev.(type) {
+	case *events.Impression:
+		items := slices.Clone(e.Items)
+		slices.SortStableFunc(items, func(a, b events.ImpressionItem) int { return int(sign(a.Position - b.Position)) })
+		ids := make([]string, len(items))
+		for i, it := range items {
+			ids[i] = it.ItemID
+		}
+		return Event{Interaction: features.Interaction{Kind: features.KindImpression, EventID: e.EventID, UserID: e.UserID,
+			TsMs: events.NormalizeTs(e.TsMs), Items: ids}, ServerReceivedTsMs: e.ServerReceivedTsMs}
+	case *events.Watch:
+		return Event{Interaction: features.Interaction{Kind: features.KindWatch, EventID: e.EventID, UserID: e.UserID,
+			TsMs: events.NormalizeTs(e.TsMs), ItemID: e.ItemID, WatchTimeSec: e.WatchTimeSec, PercentWatched: e.PercentWatched,
+			Ended: e.Ended}, ServerReceivedTsMs: e.ServerReceivedTsMs}
+	case *events.Legacy:
+		return Event{Interaction: features.Interaction{Kind: features.KindLegacy, EventID: e.EventID, UserID: e.UserID,
+			TsMs: e.TimeMs(), ItemID: e.ItemID, LegacyType: e.EventType}}
+	}
+	return Event{}
+}
+
+func sign(x int64) int64 {
+	switch {
+	case x < 0:
+		return -1
+	case x > 0:
+		return 1
+	}
+	return 0
+}

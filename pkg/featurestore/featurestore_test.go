@@ -1,0 +1,232 @@
+package featurestore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"recsys/pkg/events"
+	"recsys/pkg/features"
+	"recsys/pkg/featurestore"
+	"recsys/pkg/featurestore/fstest"
+	"recsys/pkg/ranking"
+	"recsys/pkg/redis"
+	"recsys/pkg/testutil"
+)
+
+func testConfig() features.Config {
+	c := features.DefaultConfig()
+	c.HistorySize = 20
+	c.WatchedCap = 40
+	c.ImpressionMemory = 30
+	c.CovisWindow = 5
+	c.NeighboursPerItem = 200 // no trimming: trims happen at batch ends here, per pair in MemoryStore
+	c.TopListSize = 300
+	c.FreshSize = 300
+	return c
+}
+
+func testOpts() ranking.SnapshotOptions {
+	return ranking.SnapshotOptions{HistoryItems: 10, NeighboursPerItem: 15, TrendingN: 25, PopularN: 25, FreshN: 1000}
+}
+
+func redisClient(t *testing.T, url string) rueidis.Client {
+	t.Helper()
+	cfg := redis.DefaultConfig()
+	cfg.URL = url
+	cl, err := redis.Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return cl
+}
+
+// deleteKeys removes every key under prefix from the shared Redis.
+func deleteKeys(t *testing.T, rd rueidis.Client, prefix string) {
+	t.Helper()
+	ctx := context.Background()
+	var cursor uint64
+	for {
+		e, err := rd.Do(ctx, rd.B().Scan().Cursor(cursor).Match(prefix+"*").Count(1000).Build()).AsScanEntry()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(e.Elements) > 0 {
+			if err := rd.Do(ctx, rd.B().Del().Key(e.Elements...).Build()).Error(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if cursor = e.Cursor; cursor == 0 {
+			return
+		}
+	}
+}
+
+func toEvents(evs []events.Any) []featurestore.Event {
+	out := make([]featurestore.Event, len(evs))
+	for i, e := range evs {
+		out[i] = featurestore.FromEvent(e)
+	}
+	return out
+}
+
+// TestSnapshotsMatchMemoryStore applies one stream (with duplicates, in random batch sizes) to
+// MemoryStore and to PostgreSQL + Redis, and checks that RedisLoader and PGLoader return the
+// same Snapshot as MemoryStore for every user, after incremental Redis writes and after a
+// forced rebuild of the copy.
+func TestSnapshotsMatchMemoryStore(t *testing.T) {
+	ctx := context.Background()
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	rd := redisClient(t, testutil.StartPrivate(t, "redis").URL) // the shared one carries other packages' load tests
+	prefix := testutil.Unique("fst") + ":"
+	t.Cleanup(func() { deleteKeys(t, rd, prefix) })
+	cfg := testConfig()
+
+	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+	evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 7, Users: 25, Items: 80, Events: 2500, StartMs: start, StepMs: 60_000, Prefix: "p"}))
+	mem := features.NewMemoryStore(cfg)
+	for _, e := range evs {
+		mem.Apply(e.Interaction)
+	}
+
+	st := featurestore.New(pool, rd, prefix, cfg, nil)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i, first := 0, true; i < len(evs); {
+		n := 1 + r.IntN(150)
+		b := &featurestore.Batch{Events: append([]featurestore.Event(nil), evs[i:min(i+n, len(evs))]...)}
+		// Redeliver a few earlier events inside the batch: they must change nothing.
+		for j := 0; j < 3 && i > 0; j++ {
+			b.Events = append(b.Events, evs[r.IntN(i)])
+		}
+		a, err := st.Apply(ctx, b)
+		if err != nil {
+			t.Fatalf("apply: %v", err)
+		}
+		if got, want := a.NewCount(), min(n, len(evs)-i); got != want {
+			t.Fatalf("batch at %d: %d new events, want %d", i, got, want)
+		}
+		err = st.WriteRedis(ctx, a)
+		if first {
+			// No copy yet: the write is refused and marks the copy for repopulation.
+			if !errors.Is(err, featurestore.ErrRedisBehind) {
+				t.Fatalf("first write: %v, want ErrRedisBehind", err)
+			}
+			if err := st.Repopulate(ctx, false); err != nil {
+				t.Fatalf("repopulate: %v", err)
+			}
+			first = false
+		} else if err != nil {
+			t.Fatalf("write redis: %v", err)
+		}
+		i += n
+	}
+	var pending int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM feature_redis_pending`).Scan(&pending); err != nil {
+		t.Fatal(err)
+	}
+	if pending > 1 { // the last batch's row is deleted by the next transaction
+		t.Errorf("%d journal rows left after successful writes", pending)
+	}
+
+	now := evs[len(evs)-1].TsMs + 3_600_000
+	rl := featurestore.NewRedisLoader(rd, prefix, cfg)
+	pl := featurestore.NewPGLoader(pool, prefix, cfg)
+	compare := func(stage string) {
+		t.Helper()
+		users := []string{"nobody"}
+		for i := range 25 {
+			users = append(users, fmt.Sprintf("puser%03d", i))
+		}
+		for _, u := range users {
+			want := mem.Snapshot(u, now, testOpts())
+			got, err := rl.Snapshot(ctx, u, now, testOpts())
+			if err != nil {
+				t.Fatalf("%s: redis snapshot %s: %v", stage, u, err)
+			}
+			fstest.EqualSnapshots(t, stage+" redis "+u, want, got)
+			got, err = pl.Snapshot(ctx, u, now, testOpts())
+			if err != nil {
+				t.Fatalf("%s: postgres snapshot %s: %v", stage, u, err)
+			}
+			fstest.EqualSnapshots(t, stage+" postgres "+u, want, got)
+		}
+		if want := mem.Snapshot("puser001", now, testOpts()); len(want.Neighbours) == 0 || len(want.Trending) == 0 || len(want.History) == 0 {
+			t.Fatalf("%s: degenerate test data: %+v", stage, want)
+		}
+	}
+	if s, _ := rl.Snapshot(ctx, "puser003", now, testOpts()); true {
+		t.Logf("hist=%d nb=%d trend=%d pop=%d fresh=%d items=%d watched=%d imp=%d", len(s.History), len(s.Neighbours), len(s.Trending), len(s.Popular), len(s.Fresh), len(s.Items), len(s.Watched), len(s.Impressions))
+	}
+	compare("incremental")
+	if err := st.Repopulate(ctx, true); err != nil {
+		t.Fatalf("forced repopulate: %v", err)
+	}
+	compare("rebuilt")
+}
+
+// Neighbour lists past 2M rows are cut back to their top M in PostgreSQL and in Redis.
+func TestNeighbourTrim(t *testing.T) {
+	ctx := context.Background()
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	rd := redisClient(t, testutil.StartPrivate(t, "redis").URL)
+	prefix := "trim:"
+	cfg := testConfig()
+	cfg.NeighboursPerItem = 3
+	cfg.CovisWindow = 10
+	st := featurestore.New(pool, rd, prefix, cfg, nil)
+	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+	evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 11, Users: 5, Items: 30, Events: 600, StartMs: start, StepMs: 1000, Prefix: "t", NoLegacy: true}))
+	if err := st.Repopulate(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < len(evs); i += 50 {
+		a, err := st.Apply(ctx, &featurestore.Batch{Events: evs[i:min(i+50, len(evs))]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.WriteRedis(ctx, a); err != nil && !errors.Is(err, featurestore.ErrRedisBehind) {
+			t.Fatal(err)
+		}
+		if ready, _ := st.RedisReady(ctx); !ready {
+			if err := st.Repopulate(ctx, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var maxRows, badCount int
+	if err := pool.QueryRow(ctx, `SELECT max(n) FROM (SELECT count(*) AS n FROM feature_covis GROUP BY item_id) c`).Scan(&maxRows); err != nil {
+		t.Fatal(err)
+	}
+	if maxRows > 2*cfg.NeighboursPerItem || maxRows < cfg.NeighboursPerItem {
+		t.Errorf("largest neighbour list %d rows, want between M=%d and 2M", maxRows, cfg.NeighboursPerItem)
+	}
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM feature_items i
+WHERE nb_count <> (SELECT count(*) FROM feature_covis c WHERE c.item_id = i.item_id)`).Scan(&badCount); err != nil {
+		t.Fatal(err)
+	}
+	if badCount != 0 {
+		t.Errorf("%d items whose nb_count disagrees with their rows", badCount)
+	}
+	// Redis holds exactly the rows PostgreSQL kept.
+	rows, err := pool.Query(ctx, `SELECT item_id, count(*) FROM feature_covis GROUP BY item_id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var item string
+		var n int64
+		if err := rows.Scan(&item, &n); err != nil {
+			t.Fatal(err)
+		}
+		card, err := rd.Do(ctx, rd.B().Zcard().Key(prefix+"nb:"+item).Build()).AsInt64()
+		if err != nil || card != n {
+			t.Errorf("item %s: redis has %d neighbours (%v), postgres %d", item, card, err, n)
+		}
+	}
+}

@@ -1,0 +1,417 @@
+package featurestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/rueidis"
+)
+
+// RedisReady reports whether the Redis copy is complete (P+"ready" exists).
+func (s *Store) RedisReady(ctx context.Context) (bool, error) {
+	n, err := s.rd.Do(ctx, s.rd.B().Exists().Key(s.keys.Ready).Build()).AsInt64()
+	if err != nil {
+		return false, fmt.Errorf("check redis ready marker: %w", err)
+	}
+	return n == 1, nil
+}
+
+// readUsers, readItems and readNeighbours load absolute values for a rewrite.
+func readUsers(ctx context.Context, q pgx.Tx, ids []string) ([]userRow, error) {
+	rows, _ := q.Query(ctx, `SELECT user_id, version, history::text, watched::text, impressions::text
+FROM feature_users WHERE user_id = ANY($1) ORDER BY user_id`, ids)
+	var out []userRow
+	var u userRow
+	_, err := pgx.ForEachRow(rows, []any{&u.id, &u.version, &u.h, &u.w, &u.i}, func() error {
+		out = append(out, u)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read users: %w", err)
+	}
+	return out, nil
+}
+
+const itemCols = `item_id, impressions, watches, sum_percent, percent_count, ended, watch_time_sec, first_seen_ms, pop_short, pop_long, nb_count`
+
+func scanItems(rows pgx.Rows) ([]itemRow, error) {
+	var out []itemRow
+	var r itemRow
+	_, err := pgx.ForEachRow(rows, []any{&r.id, &r.imp, &r.wat, &r.sp, &r.pn, &r.ended, &r.wt, &r.fs, &r.ps, &r.pl, &r.nb}, func() error {
+		r.fresh = true
+		out = append(out, r)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read items: %w", err)
+	}
+	return out, nil
+}
+
+func readNeighbours(ctx context.Context, q pgx.Tx, items []string) ([]nbWrite, error) {
+	rows, _ := q.Query(ctx, `SELECT item_id, neighbour_id, weight FROM feature_covis WHERE item_id = ANY($1) ORDER BY item_id`, items)
+	byItem := map[string]*nbWrite{}
+	var it, nb string
+	var w float64
+	_, err := pgx.ForEachRow(rows, []any{&it, &nb, &w}, func() error {
+		x := byItem[it]
+		if x == nil {
+			x = &nbWrite{item: it}
+			byItem[it] = x
+		}
+		x.add = append(x.add, scoredRow{id: nb, w: w})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read neighbours: %w", err)
+	}
+	out := make([]nbWrite, 0, len(items))
+	for _, id := range items {
+		if x := byItem[id]; x != nil {
+			out = append(out, *x)
+		}
+	}
+	return out, nil
+}
+
+// HealPending rewrites from PostgreSQL the users and items of journal rows older than
+// minAge (younger rows belong to batches whose own Redis write is still in flight) and
+// deletes the rows. It returns how many rows it healed.
+func (s *Store) HealPending(ctx context.Context, minAge time.Duration, limit int) (int, error) {
+	if s.rd == nil {
+		return 0, nil
+	}
+	tx, err := s.pg.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return 0, fmt.Errorf("begin heal: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
+	rows, _ := tx.Query(ctx, `SELECT id, user_ids, item_ids FROM feature_redis_pending
+WHERE created_at < now() - $1::interval ORDER BY id LIMIT $2`, fmt.Sprintf("%d milliseconds", minAge.Milliseconds()), limit)
+	var ids []int64
+	users, items := map[string]bool{}, map[string]bool{}
+	var id int64
+	var us, is []string
+	_, err = pgx.ForEachRow(rows, []any{&id, &us, &is}, func() error {
+		ids = append(ids, id)
+		for _, u := range us {
+			users[u] = true
+		}
+		for _, i := range is {
+			items[i] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read redis journal: %w", err)
+	}
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	m, err := loadMeta(ctx, tx)
+	if err != nil && !errors.Is(err, errNoMeta) {
+		return 0, err
+	}
+	w := &redisWrite{}
+	if w.users, err = readUsers(ctx, tx, sortedKeys(users)); err != nil {
+		return 0, err
+	}
+	itemIDs := sortedKeys(items)
+	irows, _ := tx.Query(ctx, `SELECT `+itemCols+` FROM feature_items WHERE item_id = ANY($1) ORDER BY item_id`, itemIDs)
+	if w.items, err = scanItems(irows); err != nil {
+		return 0, err
+	}
+	if w.nb, err = readNeighbours(ctx, tx, itemIDs); err != nil {
+		return 0, err
+	}
+	_ = tx.Rollback(ctx)
+	err = s.exec(ctx, m.Epoch(), w)
+	var ee *epochError
+	if errors.As(err, &ee) {
+		if ee.behind() {
+			// The copy must be repopulated; that clears these rows.
+			return 0, s.rd.Do(ctx, s.rd.B().Del().Key(s.keys.Ready).Build()).Error()
+		}
+		err = nil // a newer generation's repopulation covers these rows
+	}
+	if err != nil {
+		return 0, err
+	}
+	if _, err := s.pg.Exec(ctx, `DELETE FROM feature_redis_pending WHERE id = ANY($1)`, ids); err != nil {
+		return 0, fmt.Errorf("clear redis journal: %w", err)
+	}
+	return len(ids), nil
+}
+
+// lockTTL bounds how long a repopulation that died (kill -9) blocks the next one; a live
+// one refreshes the lock after every page.
+const lockTTL = 15 * time.Second
+
+// ErrRepopulating means another process holds the repopulation lock.
+var ErrRepopulating = errors.New("another repopulation is running")
+
+// Repopulate rebuilds the Redis copy from PostgreSQL while the consumers keep writing.
+// force (the `features rebuild` command) first bumps the generation, so the copy is replaced
+// rather than merged (members PostgreSQL no longer has are dropped).
+//
+// Order matters: the generation is bumped under the exclusive meta lock, so every batch of
+// the old generation has committed; the copy's meta is set before its data is deleted, so a
+// late write of the old generation is either deleted or refused; the snapshot is read after
+// that, so it holds every batch whose Redis write could have been lost; and writes of the
+// current generation landing meanwhile merge with the snapshot's values.
+func (s *Store) Repopulate(ctx context.Context, force bool) error {
+	ok, err := s.rd.Do(ctx, s.rd.B().Set().Key(s.keys.Lock).Value(fmt.Sprint(time.Now().UnixMilli())).Nx().Px(lockTTL).Build()).AsBool()
+	if err != nil && !rueidis.IsRedisNil(err) {
+		return fmt.Errorf("take repopulation lock: %w", err)
+	}
+	if !ok {
+		return ErrRepopulating
+	}
+	defer func() {
+		ctx := context.WithoutCancel(ctx)
+		_ = s.rd.Do(ctx, s.rd.B().Del().Key(s.keys.Lock).Build()).Error()
+	}()
+	if force {
+		if err := s.bumpGeneration(ctx); err != nil {
+			return err
+		}
+	}
+	m, err := loadMeta(ctx, s.pg)
+	if err != nil && !errors.Is(err, errNoMeta) {
+		return err
+	}
+	hasMeta := err == nil
+	cur, err := s.rd.Do(ctx, s.rd.B().Hget().Key(s.keys.Meta).Field("ep").Build()).ToString()
+	if err != nil && !rueidis.IsRedisNil(err) {
+		return fmt.Errorf("read redis meta: %w", err)
+	}
+	epoch := "0"
+	if hasMeta {
+		epoch = m.Epoch()
+	}
+	if err := s.rd.Do(ctx, s.rd.B().Del().Key(s.keys.Ready).Build()).Error(); err != nil {
+		return fmt.Errorf("clear ready marker: %w", err)
+	}
+	set := s.rd.B().Hset().Key(s.keys.Meta).FieldValue().FieldValue("ep", epoch)
+	if hasMeta {
+		set = set.FieldValue("lm:s", fi(m.Short.LandmarkMs)).FieldValue("lm:l", fi(m.Long.LandmarkMs)).FieldValue("lm:c", fi(m.Covis.LandmarkMs)).
+			FieldValue("hl:s", ff(m.Short.HalfLifeMs)).FieldValue("hl:l", ff(m.Long.HalfLifeMs)).FieldValue("hl:c", ff(m.Covis.HalfLifeMs))
+	}
+	if err := s.rd.Do(ctx, set.Build()).Error(); err != nil {
+		return fmt.Errorf("write redis meta: %w", err)
+	}
+	if cur != "" && cur != epoch {
+		if err := s.deleteData(ctx); err != nil {
+			return err
+		}
+	}
+	// The snapshot starts only now: every write the copy accepted before (and that the
+	// deletion above may have removed) belongs to a batch committed before this point.
+	tx, err := s.pg.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return fmt.Errorf("begin repopulation snapshot: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
+	m2, err := loadMeta(ctx, tx)
+	if err != nil && !errors.Is(err, errNoMeta) {
+		return err
+	}
+	if (err == nil) != hasMeta || m2.Generation != m.Generation {
+		return errors.New("feature generation moved during repopulation; the next attempt starts over")
+	}
+	var journal []int64
+	jrows, _ := tx.Query(ctx, `SELECT id FROM feature_redis_pending`)
+	if journal, err = pgx.CollectRows(jrows, pgx.RowTo[int64]); err != nil {
+		return fmt.Errorf("read redis journal: %w", err)
+	}
+	if hasMeta {
+		if err := s.copyAll(ctx, tx, epoch); err != nil {
+			return err
+		}
+	}
+	_ = tx.Rollback(ctx)
+	if len(journal) > 0 {
+		if _, err := s.pg.Exec(ctx, `DELETE FROM feature_redis_pending WHERE id = ANY($1)`, journal); err != nil {
+			return fmt.Errorf("clear redis journal: %w", err)
+		}
+	}
+	if err := s.rd.Do(ctx, s.rd.B().Set().Key(s.keys.Ready).Value("1").Build()).Error(); err != nil {
+		return fmt.Errorf("set ready marker: %w", err)
+	}
+	s.log.InfoContext(ctx, "redis copy repopulated", "generation", epoch, "forced", force)
+	return nil
+}
+
+// deleteData unlinks every key under the prefix except meta and the lock.
+func (s *Store) deleteData(ctx context.Context) error {
+	var cursor uint64
+	match := escapeGlob(s.keys.Prefix) + "*"
+	for {
+		e, err := s.rd.Do(ctx, s.rd.B().Scan().Cursor(cursor).Match(match).Count(1000).Build()).AsScanEntry()
+		if err != nil {
+			return fmt.Errorf("scan redis keys: %w", err)
+		}
+		var del []string
+		for _, k := range e.Elements {
+			if k != s.keys.Meta && k != s.keys.Lock {
+				del = append(del, k)
+			}
+		}
+		if len(del) > 0 {
+			if err := s.rd.Do(ctx, s.rd.B().Unlink().Key(del...).Build()).Error(); err != nil {
+				return fmt.Errorf("unlink redis keys: %w", err)
+			}
+		}
+		if cursor = e.Cursor; cursor == 0 {
+			return nil
+		}
+	}
+}
+
+// copyAll streams the snapshot into Redis in keyset-paginated chunks.
+func (s *Store) copyAll(ctx context.Context, tx pgx.Tx, epoch string) error {
+	const page = 2000
+	keep := func() error {
+		return s.rd.Do(ctx, s.rd.B().Pexpire().Key(s.keys.Lock).Milliseconds(lockTTL.Milliseconds()).Build()).Error()
+	}
+	after := ""
+	for {
+		rows, _ := tx.Query(ctx, `SELECT user_id, version, history::text, watched::text, impressions::text
+FROM feature_users WHERE user_id > $1 ORDER BY user_id LIMIT $2`, after, page)
+		var users []userRow
+		var u userRow
+		if _, err := pgx.ForEachRow(rows, []any{&u.id, &u.version, &u.h, &u.w, &u.i}, func() error { users = append(users, u); return nil }); err != nil {
+			return fmt.Errorf("read users: %w", err)
+		}
+		if len(users) == 0 {
+			break
+		}
+		if err := s.exec(ctx, epoch, &redisWrite{users: users}); err != nil {
+			return err
+		}
+		after = users[len(users)-1].id
+		if err := keep(); err != nil {
+			return err
+		}
+	}
+	after = ""
+	for {
+		rows, _ := tx.Query(ctx, `SELECT `+itemCols+` FROM feature_items WHERE item_id > $1 ORDER BY item_id LIMIT $2`, after, page)
+		items, err := scanItems(rows)
+		if err != nil {
+			return err
+		}
+		if len(items) == 0 {
+			break
+		}
+		ids := make([]string, 0, len(items))
+		for _, it := range items {
+			if it.nb > 0 {
+				ids = append(ids, it.id)
+			}
+		}
+		w := &redisWrite{items: items}
+		if len(ids) > 0 {
+			if w.nb, err = readNeighbours(ctx, tx, ids); err != nil {
+				return err
+			}
+		}
+		if err := s.exec(ctx, epoch, w); err != nil {
+			return err
+		}
+		after = items[len(items)-1].id
+		if err := keep(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// bumpGeneration makes the current Redis copy stale. It holds the exclusive meta lock, so
+// every batch of the old generation has committed before the bump does: a snapshot taken
+// after it includes them all, which is what lets their refused Redis writes be dropped.
+func (s *Store) bumpGeneration(ctx context.Context) error {
+	tx, err := s.pg.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin generation bump: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
+	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '30s'`); err != nil {
+		return fmt.Errorf("generation bump timeout: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, metaLockKey); err != nil {
+		return fmt.Errorf("lock feature meta: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE feature_meta SET generation = generation + 1, updated_at = now()`); err != nil {
+		return fmt.Errorf("bump feature generation: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("commit generation bump: %w", err)
+	}
+	return nil
+}
+
+// Rebase moves the decay landmarks that an event at tsMs would overflow to tsMs: every
+// stored value of those half-lives is multiplied once, the generation is bumped, and the
+// Redis copy is marked for repopulation. It runs under the exclusive meta lock, after every
+// in-flight batch has committed. With the default half-lives it happens about every 125 days
+// (6 h half-life) or 10 years (7 d).
+func (s *Store) Rebase(ctx context.Context, tsMs int64) error {
+	tx, err := s.pg.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin rebase: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
+	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '30s'; SET LOCAL statement_timeout = '0'`); err != nil {
+		return fmt.Errorf("rebase timeouts: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, metaLockKey); err != nil {
+		return fmt.Errorf("lock feature meta: %w", err)
+	}
+	m, err := loadMeta(ctx, tx)
+	if err != nil {
+		return err
+	}
+	moved := false
+	if m.Short.NeedsRebase(tsMs) || m.Long.NeedsRebase(tsMs) {
+		fs, ns := m.Short.Rebase(tsMs)
+		fl, nl := m.Long.Rebase(tsMs)
+		if !m.Short.NeedsRebase(tsMs) {
+			fs, ns = 1, m.Short
+		}
+		if !m.Long.NeedsRebase(tsMs) {
+			fl, nl = 1, m.Long
+		}
+		if _, err := tx.Exec(ctx, `UPDATE feature_items SET pop_short = pop_short * $1, pop_long = pop_long * $2 WHERE pop_short > 0 OR pop_long > 0`, fs, fl); err != nil {
+			return fmt.Errorf("rebase popularity: %w", err)
+		}
+		m.Short, m.Long, moved = ns, nl, true
+	}
+	if m.Covis.NeedsRebase(tsMs) {
+		f, n := m.Covis.Rebase(tsMs)
+		if _, err := tx.Exec(ctx, `UPDATE feature_covis SET weight = weight * $1`, f); err != nil {
+			return fmt.Errorf("rebase co-visitation: %w", err)
+		}
+		m.Covis, moved = n, true
+	}
+	if !moved {
+		return nil // another consumer rebased first
+	}
+	if _, err := tx.Exec(ctx, `UPDATE feature_meta SET generation = generation + 1, lm_short_ms = $1, lm_long_ms = $2,
+  lm_covis_ms = $3, updated_at = now()`, m.Short.LandmarkMs, m.Long.LandmarkMs, m.Covis.LandmarkMs); err != nil {
+		return fmt.Errorf("move landmarks: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("commit rebase: %w", err)
+	}
+	s.log.InfoContext(ctx, "decay landmarks rebased", "landmark_ms", tsMs)
+	if s.rd != nil {
+		if err := s.rd.Do(ctx, s.rd.B().Del().Key(s.keys.Ready).Build()).Error(); err != nil {
+			s.log.WarnContext(ctx, "mark redis copy for repopulation after rebase", "err", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,132 @@
+package featurestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"recsys/pkg/features"
+	"recsys/pkg/ranking"
+)
+
+// PGLoader builds ranking Snapshots from PostgreSQL, the durable truth: the degraded path
+// while Redis is down or being repopulated. It needs three round trips (user and global lists,
+// then neighbours of the history, then item stats).
+type PGLoader struct {
+	pg  *pgxpool.Pool
+	cfg features.Config
+}
+
+// NewPGLoader returns a loader; keyPrefix is unused (the signature matches NewRedisLoader).
+func NewPGLoader(pg *pgxpool.Pool, keyPrefix string, cfg features.Config) *PGLoader {
+	_ = keyPrefix
+	return &PGLoader{pg: pg, cfg: cfg}
+}
+
+// Snapshot loads userID's ranking input at nowMs from PostgreSQL.
+func (l *PGLoader) Snapshot(ctx context.Context, userID string, nowMs int64, opts ranking.SnapshotOptions) (ranking.Snapshot, error) {
+	tx, err := l.pg.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return ranking.Snapshot{}, fmt.Errorf("load snapshot from postgres: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
+	pb := &pgx.Batch{}
+	pb.Queue(metaSelect)
+	pb.Queue(`SELECT history::text, watched::text, impressions::text FROM feature_users WHERE user_id = $1`, userID)
+	pb.Queue(`SELECT item_id, pop_short FROM feature_items WHERE pop_short > 0 ORDER BY pop_short DESC, item_id LIMIT $1`, opts.TrendingN)
+	pb.Queue(`SELECT item_id, pop_long FROM feature_items WHERE pop_long > 0 ORDER BY pop_long DESC, item_id LIMIT $1`, opts.PopularN)
+	pb.Queue(`SELECT item_id, first_seen_ms::float8 FROM feature_items ORDER BY first_seen_ms DESC, item_id LIMIT $1`, opts.FreshN)
+	br := tx.SendBatch(ctx, pb)
+	m, err := scanMeta(br.QueryRow())
+	if err != nil {
+		br.Close()
+		if errors.Is(err, errNoMeta) {
+			// Nothing applied yet: an empty snapshot is the truth.
+			return emptySnapshot(userID, nowMs, opts), nil
+		}
+		return ranking.Snapshot{}, err
+	}
+	b := newBuilder(userID, nowMs, opts, decays{short: m.Short, long: m.Long, covis: m.Covis})
+	var h, w, im string
+	switch err := br.QueryRow().Scan(&h, &w, &im); {
+	case errors.Is(err, pgx.ErrNoRows):
+	case err != nil:
+		br.Close()
+		return ranking.Snapshot{}, fmt.Errorf("load user: %w", err)
+	default:
+		if err := b.user(h, w, im); err != nil {
+			br.Close()
+			return ranking.Snapshot{}, err
+		}
+	}
+	var lists [3][]stored
+	for i := range lists {
+		rows, _ := br.Query()
+		var x stored
+		if _, err := pgx.ForEachRow(rows, []any{&x.id, &x.v}, func() error { lists[i] = append(lists[i], x); return nil }); err != nil {
+			br.Close()
+			return ranking.Snapshot{}, fmt.Errorf("load top lists: %w", err)
+		}
+	}
+	if err := br.Close(); err != nil {
+		return ranking.Snapshot{}, fmt.Errorf("load snapshot from postgres: %w", err)
+	}
+
+	var hist []string
+	for i, e := range b.s.History {
+		if i >= opts.HistoryItems {
+			break
+		}
+		hist = append(hist, e.ItemID)
+	}
+	nbs := map[string][]stored{}
+	if len(hist) > 0 && opts.NeighboursPerItem > 0 {
+		rows, _ := tx.Query(ctx, `SELECT item_id, neighbour_id, weight FROM (
+  SELECT item_id, neighbour_id, weight,
+         row_number() OVER (PARTITION BY item_id ORDER BY weight DESC, neighbour_id) AS rn
+  FROM feature_covis WHERE item_id = ANY($1)) t
+WHERE rn <= $2`, hist, opts.NeighboursPerItem)
+		var it string
+		var x stored
+		if _, err := pgx.ForEachRow(rows, []any{&it, &x.id, &x.v}, func() error { nbs[it] = append(nbs[it], x); return nil }); err != nil {
+			return ranking.Snapshot{}, fmt.Errorf("load neighbours: %w", err)
+		}
+	}
+	// Stats of every candidate.
+	set := map[string]bool{}
+	for _, l := range nbs {
+		for _, x := range l {
+			set[x.id] = true
+		}
+	}
+	for _, l := range lists {
+		for _, x := range l {
+			set[x.id] = true
+		}
+	}
+	if len(set) > 0 {
+		rows, _ := tx.Query(ctx, `SELECT `+itemCols+` FROM feature_items WHERE item_id = ANY($1)`, sortedKeys(set))
+		items, err := scanItems(rows)
+		if err != nil {
+			return ranking.Snapshot{}, err
+		}
+		for _, r := range items {
+			b.stats[r.id] = itemStats{s: ranking.ItemStats{Impressions: r.imp, Watches: r.wat, SumPercent: r.sp, PercentCount: r.pn,
+				Ended: r.ended, WatchTimeSec: r.wt, FirstSeenMs: r.fs}, ps: r.ps, pl: r.pl}
+		}
+	}
+	for _, id := range hist {
+		b.neighbours(id, nbs[id])
+	}
+	b.lists(lists[0], lists[1], lists[2])
+	return b.snapshot(), nil
+}
+
+func emptySnapshot(userID string, nowMs int64, opts ranking.SnapshotOptions) ranking.Snapshot {
+	b := newBuilder(userID, nowMs, opts, decays{})
+	b.lists(nil, nil, nil)
+	return b.snapshot()
+}

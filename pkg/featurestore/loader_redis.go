@@ -1,0 +1,373 @@
+package featurestore
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/redis/rueidis"
+
+	"recsys/pkg/features"
+	"recsys/pkg/ranking"
+)
+
+// ErrNotReady means the Redis copy is incomplete (P+"ready" missing: flushed, restarted
+// empty, or being repopulated). Serve from PGLoader meanwhile; the consumer repopulates the
+// copy by itself.
+var ErrNotReady = errors.New("redis feature copy not ready")
+
+// readScript loads everything a Snapshot needs in one round trip.
+//
+// KEYS: user, meta, pop:s, pop:l, fresh, ready. ARGV: prefix, history items, neighbours per
+// item, trending n, popular n, fresh n.
+//
+// Each top list is returned with the members tied with its last element (the cut must break
+// ties by item id as features.MemoryStore does, while a ZSET breaks them by reverse member
+// order), and item stats for every member returned.
+const readScript = `
+local function top(key, n)
+  if n <= 0 then return {{}, {}} end
+  local r = redis.call('ZREVRANGE', key, 0, n - 1, 'WITHSCORES')
+  local ties = {}
+  if #r == 2 * n then
+    local last = r[#r]
+    -- Ties come in ascending member order: the first n are the ones an id tie-break keeps.
+    ties = redis.call('ZRANGEBYSCORE', key, last, last, 'WITHSCORES', 'LIMIT', 0, n)
+  end
+  return {r, ties}
+end
+local ready = redis.call('EXISTS', KEYS[6])
+local user = redis.call('HMGET', KEYS[1], 'h', 'w', 'i')
+local meta = redis.call('HMGET', KEYS[2], 'lm:s', 'lm:l', 'lm:c', 'hl:s', 'hl:l', 'hl:c')
+local prefix = ARGV[1]
+local hn, nn = tonumber(ARGV[2]), tonumber(ARGV[3])
+local hist, nbs = {}, {}
+if user[1] then
+  local h = cjson.decode(user[1])
+  for i = 1, math.min(hn, #h) do
+    local id = h[i]['item_id']
+    hist[#hist + 1] = id
+    nbs[#nbs + 1] = top(prefix .. 'nb:' .. id, nn)
+  end
+end
+local tr = top(KEYS[3], tonumber(ARGV[4]))
+local po = top(KEYS[4], tonumber(ARGV[5]))
+local fr = top(KEYS[5], tonumber(ARGV[6]))
+local seen, ids, stats = {}, {}, {}
+local function add(list)
+  for j = 1, #list, 2 do
+    local id = list[j]
+    if not seen[id] then
+      seen[id] = true
+      ids[#ids + 1] = id
+      stats[#stats + 1] = redis.call('HMGET', prefix .. 'i:' .. id, 'imp', 'wat', 'sp', 'pn', 'end', 'wt', 'fs', 'ps', 'pl')
+    end
+  end
+end
+for _, l in ipairs(nbs) do add(l[1]); add(l[2]) end
+for _, l in ipairs({tr, po, fr}) do add(l[1]); add(l[2]) end
+return {ready, user, meta, hist, nbs, tr, po, fr, ids, stats}
+`
+
+var luaRead = rueidis.NewLuaScriptReadOnly(readScript)
+
+// RedisLoader builds ranking Snapshots from the Redis copy in one round trip.
+type RedisLoader struct {
+	rd   rueidis.Client
+	keys Keys
+	cfg  features.Config
+}
+
+// NewRedisLoader returns a loader over the keys under keyPrefix.
+func NewRedisLoader(rd rueidis.Client, keyPrefix string, cfg features.Config) *RedisLoader {
+	return &RedisLoader{rd: rd, keys: NewKeys(keyPrefix), cfg: cfg}
+}
+
+// Snapshot loads userID's ranking input at nowMs. It returns ErrNotReady while the copy is
+// incomplete.
+func (l *RedisLoader) Snapshot(ctx context.Context, userID string, nowMs int64, opts ranking.SnapshotOptions) (ranking.Snapshot, error) {
+	keys := []string{l.keys.User(userID), l.keys.Meta, l.keys.PopShort, l.keys.PopLong, l.keys.Fresh, l.keys.Ready}
+	args := []string{l.keys.Prefix, strconv.Itoa(opts.HistoryItems), strconv.Itoa(opts.NeighboursPerItem),
+		strconv.Itoa(opts.TrendingN), strconv.Itoa(opts.PopularN), strconv.Itoa(opts.FreshN)}
+	res, err := luaRead.Exec(ctx, l.rd, keys, args).ToArray()
+	if err != nil {
+		return ranking.Snapshot{}, fmt.Errorf("load snapshot from redis: %w", err)
+	}
+	if len(res) != 10 {
+		return ranking.Snapshot{}, fmt.Errorf("load snapshot from redis: %d replies, want 10", len(res))
+	}
+	if ready, _ := res[0].AsInt64(); ready != 1 {
+		return ranking.Snapshot{}, ErrNotReady
+	}
+	meta, err := strs(res[2])
+	if err != nil {
+		return ranking.Snapshot{}, err
+	}
+	dec, err := metaFromStrings(meta)
+	if err != nil {
+		return ranking.Snapshot{}, err
+	}
+	b := newBuilder(userID, nowMs, opts, dec)
+	user, err := strs(res[1])
+	if err != nil {
+		return ranking.Snapshot{}, err
+	}
+	if err := b.user(user[0], user[1], user[2]); err != nil {
+		return ranking.Snapshot{}, err
+	}
+	// Item stats first: list entries are only kept for known items.
+	ids, err := strs(res[8])
+	if err != nil {
+		return ranking.Snapshot{}, err
+	}
+	statRows, err := res[9].ToArray()
+	if err != nil {
+		return ranking.Snapshot{}, fmt.Errorf("decode item stats: %w", err)
+	}
+	for i, id := range ids {
+		f, err := strs(statRows[i])
+		if err != nil {
+			return ranking.Snapshot{}, err
+		}
+		if st, ok, err := statsFromStrings(f); err != nil {
+			return ranking.Snapshot{}, fmt.Errorf("item %q: %w", id, err)
+		} else if ok {
+			b.stats[id] = st
+		}
+	}
+	hist, err := strs(res[3])
+	if err != nil {
+		return ranking.Snapshot{}, err
+	}
+	nbs, err := res[4].ToArray()
+	if err != nil {
+		return ranking.Snapshot{}, fmt.Errorf("decode neighbours: %w", err)
+	}
+	for i, id := range hist {
+		l, err := topList(nbs[i])
+		if err != nil {
+			return ranking.Snapshot{}, err
+		}
+		b.neighbours(id, l)
+	}
+	var lists [3][]stored
+	for i := range lists {
+		if lists[i], err = topList(res[5+i]); err != nil {
+			return ranking.Snapshot{}, err
+		}
+	}
+	b.lists(lists[0], lists[1], lists[2])
+	return b.snapshot(), nil
+}
+
+// stored is a list member with its stored (not yet decayed) score.
+type stored struct {
+	id string
+	v  float64
+}
+
+func topList(m rueidis.RedisMessage) ([]stored, error) {
+	parts, err := m.ToArray()
+	if err != nil || len(parts) != 2 {
+		return nil, fmt.Errorf("decode top list: %v", err)
+	}
+	var out []stored
+	seen := map[string]bool{}
+	for _, p := range parts {
+		flat, err := strs(p)
+		if err != nil {
+			return nil, err
+		}
+		for j := 0; j+1 < len(flat); j += 2 {
+			if seen[flat[j]] {
+				continue
+			}
+			seen[flat[j]] = true
+			v, err := strconv.ParseFloat(flat[j+1], 64)
+			if err != nil {
+				return nil, fmt.Errorf("decode score of %q: %w", flat[j], err)
+			}
+			out = append(out, stored{id: flat[j], v: v})
+		}
+	}
+	return out, nil
+}
+
+// strs decodes an array of bulk strings, nil elements becoming "".
+func strs(m rueidis.RedisMessage) ([]string, error) {
+	arr, err := m.ToArray()
+	if err != nil {
+		return nil, fmt.Errorf("decode redis reply: %w", err)
+	}
+	out := make([]string, len(arr))
+	for i, x := range arr {
+		if x.IsNil() {
+			continue
+		}
+		if out[i], err = x.ToString(); err != nil {
+			// Lua false (a nil bulk in RESP2) arrives as a nil or a zero integer.
+			if _, ierr := x.AsInt64(); ierr == nil {
+				out[i] = ""
+				continue
+			}
+			return nil, fmt.Errorf("decode redis reply: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// decays are the three forward decays of a Snapshot.
+type decays struct{ short, long, covis features.Decay }
+
+func metaFromStrings(f []string) (decays, error) {
+	if len(f) != 6 || slices.Contains(f, "") {
+		return decays{}, ErrNotReady // no event applied yet, or meta lost: not a usable copy
+	}
+	var n [6]float64
+	for i, s := range f {
+		v, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return decays{}, fmt.Errorf("decode feature meta: %w", err)
+		}
+		n[i] = v
+	}
+	return decays{
+		short: features.Decay{LandmarkMs: int64(n[0]), HalfLifeMs: n[3]},
+		long:  features.Decay{LandmarkMs: int64(n[1]), HalfLifeMs: n[4]},
+		covis: features.Decay{LandmarkMs: int64(n[2]), HalfLifeMs: n[5]},
+	}, nil
+}
+
+// itemStats holds stored values until the builder decays them.
+type itemStats struct {
+	s      ranking.ItemStats
+	ps, pl float64
+}
+
+func statsFromStrings(f []string) (itemStats, bool, error) {
+	if len(f) != 9 || f[6] == "" {
+		return itemStats{}, false, nil
+	}
+	var st itemStats
+	var err error
+	ints := []*int64{&st.s.Impressions, &st.s.Watches, nil, &st.s.PercentCount, &st.s.Ended, nil, &st.s.FirstSeenMs}
+	floats := map[int]*float64{2: &st.s.SumPercent, 5: &st.s.WatchTimeSec, 7: &st.ps, 8: &st.pl}
+	for i, s := range f {
+		if s == "" {
+			s = "0"
+		}
+		if p, ok := floats[i]; ok {
+			if *p, err = strconv.ParseFloat(s, 64); err != nil {
+				return st, false, err
+			}
+			continue
+		}
+		if *ints[i], err = strconv.ParseInt(s, 10, 64); err != nil {
+			return st, false, err
+		}
+	}
+	return st, true, nil
+}
+
+// builder assembles a Snapshot the way features.MemoryStore does.
+type builder struct {
+	s     ranking.Snapshot
+	opts  ranking.SnapshotOptions
+	d     decays
+	stats map[string]itemStats
+}
+
+func newBuilder(userID string, nowMs int64, opts ranking.SnapshotOptions, d decays) *builder {
+	return &builder{
+		s: ranking.Snapshot{UserID: userID, NowMs: nowMs, Neighbours: make(map[string][]ranking.Scored, opts.HistoryItems),
+			Items: make(map[string]ranking.ItemStats, 256)},
+		opts: opts, d: d, stats: map[string]itemStats{},
+	}
+}
+
+func (b *builder) user(h, w, i string) error {
+	if h == "" {
+		return nil
+	}
+	var st features.UserState
+	var err error
+	if st, err = decodeUser(h, w, i); err != nil {
+		return err
+	}
+	b.s.History = st.History
+	b.s.Watched = make(map[string]bool, len(st.Watched))
+	for k := range st.Watched {
+		b.s.Watched[k] = true
+	}
+	b.s.Impressions = st.ImpressionCounts
+	return nil
+}
+
+func (b *builder) addStats(id string) {
+	if _, ok := b.s.Items[id]; ok {
+		return
+	}
+	st, ok := b.stats[id]
+	if !ok {
+		return
+	}
+	x := st.s
+	x.PopShort = b.d.short.At(st.ps, b.s.NowMs)
+	x.PopLong = b.d.long.At(st.pl, b.s.NowMs)
+	b.s.Items[id] = x
+}
+
+// cut orders by stored value descending then id ascending (features.MemoryStore's order)
+// and keeps n.
+func cut(l []stored, n int) []stored {
+	slices.SortFunc(l, func(a, b stored) int {
+		if a.v != b.v {
+			return cmp.Compare(b.v, a.v)
+		}
+		return strings.Compare(a.id, b.id)
+	})
+	return l[:min(n, len(l))]
+}
+
+func (b *builder) neighbours(item string, l []stored) {
+	l = cut(l, b.opts.NeighboursPerItem)
+	if len(l) == 0 {
+		return
+	}
+	out := make([]ranking.Scored, len(l))
+	for i, x := range l {
+		out[i] = ranking.Scored{ItemID: x.id, Score: b.d.covis.At(x.v, b.s.NowMs)}
+		b.addStats(x.id)
+	}
+	b.s.Neighbours[item] = out
+}
+
+func (b *builder) lists(trending, popular, fresh []stored) {
+	conv := func(l []stored, n int, d features.Decay) []ranking.Scored {
+		l = cut(l, n)
+		out := make([]ranking.Scored, len(l))
+		for i, x := range l {
+			out[i] = ranking.Scored{ItemID: x.id, Score: d.At(x.v, b.s.NowMs)}
+		}
+		return out
+	}
+	b.s.Trending = conv(trending, b.opts.TrendingN, b.d.short)
+	b.s.Popular = conv(popular, b.opts.PopularN, b.d.long)
+	for _, l := range [][]ranking.Scored{b.s.Trending, b.s.Popular} {
+		for _, x := range l {
+			b.addStats(x.ItemID)
+		}
+	}
+	fresh = cut(fresh, b.opts.FreshN)
+	b.s.Fresh = make([]ranking.Scored, 0, len(fresh))
+	for _, x := range fresh {
+		b.s.Fresh = append(b.s.Fresh, ranking.Scored{ItemID: x.id, Score: x.v})
+		b.addStats(x.id)
+	}
+}
+
+func (b *builder) snapshot() ranking.Snapshot { return b.s }

@@ -1,0 +1,257 @@
+package featurestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/redis/rueidis"
+)
+
+// writeScript merges absolute values into the Redis copy. Every merge only moves a value one
+// way (counters and forward-decayed sums up, first-seen down, user hashes to a higher
+// version), so writes of concurrent consumers, the healer and a repopulation may land in any
+// order. The whole call is refused when the copy's generation (meta ep) is not the writer's:
+// after a rebase or a forced rebuild values of two generations must never mix.
+//
+// Neighbour lists are only merged (ZADD GT) and cut by the trims PostgreSQL reports, never
+// replaced: a rewrite from an older snapshot must not drop a member a newer batch added. A
+// list is capped at 2M members (PostgreSQL never keeps more), which only drops members below
+// the top M that Snapshots read.
+//
+// KEYS: meta, pop:s, pop:l, fresh, then one key per user, item and neighbour entry.
+// ARGV: epoch, topN, freshN, #users, #items, #neighbour entries, neighbour cap, then
+//
+//	user:      version, h, w, i
+//	item:      id, imp, wat, sp, pn, end, wt, fs, ps, pl, fresh(0|1)
+//	neighbour: #add, #rem, add pairs (member, score)..., rem members...
+//
+// Returns {1} or {0, current epoch}.
+const writeScript = `
+local ep = redis.call('HGET', KEYS[1], 'ep')
+if ep ~= ARGV[1] then return {0, ep or ''} end
+local topN, freshN = tonumber(ARGV[2]), tonumber(ARGV[3])
+local nu, ni, nn, nbcap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local a, k = 8, 5
+for _ = 1, nu do
+  local key = KEYS[k]; k = k + 1
+  local cur = tonumber(redis.call('HGET', key, 'v') or '-1')
+  if tonumber(ARGV[a]) > cur then
+    redis.call('HSET', key, 'v', ARGV[a], 'h', ARGV[a+1], 'w', ARGV[a+2], 'i', ARGV[a+3])
+  end
+  a = a + 4
+end
+local names = {'imp', 'wat', 'sp', 'pn', 'end', 'wt', 'fs', 'ps', 'pl'}
+for _ = 1, ni do
+  local key = KEYS[k]; k = k + 1
+  local id = ARGV[a]
+  local cur = redis.call('HMGET', key, 'imp', 'wat', 'sp', 'pn', 'end', 'wt', 'fs', 'ps', 'pl')
+  local set = {}
+  for f = 1, 9 do
+    local nv = ARGV[a + f]
+    local better
+    if not cur[f] then better = true
+    elseif f == 7 then better = tonumber(nv) < tonumber(cur[f])
+    else better = tonumber(nv) > tonumber(cur[f]) end
+    if better then set[#set + 1] = names[f]; set[#set + 1] = nv end
+  end
+  if #set > 0 then redis.call('HSET', key, unpack(set)) end
+  if tonumber(ARGV[a + 8]) > 0 then redis.call('ZADD', KEYS[2], 'GT', ARGV[a + 8], id) end
+  if tonumber(ARGV[a + 9]) > 0 then redis.call('ZADD', KEYS[3], 'GT', ARGV[a + 9], id) end
+  if ARGV[a + 10] == '1' then redis.call('ZADD', KEYS[4], 'LT', ARGV[a + 7], id) end
+  a = a + 11
+end
+if ni > 0 then
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(topN + 1))
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(topN + 1))
+  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(freshN + 1))
+end
+for _ = 1, nn do
+  local key = KEYS[k]; k = k + 1
+  local nadd, nrem = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  local args = {}
+  for j = 0, nadd - 1 do
+    args[#args + 1] = ARGV[a + 2 * j + 1]
+    args[#args + 1] = ARGV[a + 2 * j]
+    if #args >= 1000 then redis.call('ZADD', key, 'GT', unpack(args)); args = {} end
+  end
+  if #args > 0 then redis.call('ZADD', key, 'GT', unpack(args)) end
+  a = a + 2 * nadd
+  for j = 0, nrem - 1 do redis.call('ZREM', key, ARGV[a + j]) end
+  a = a + nrem
+  if nadd > 0 then redis.call('ZREMRANGEBYRANK', key, 0, -(nbcap + 1)) end
+end
+return {1}
+`
+
+var luaWrite = rueidis.NewLuaScript(writeScript)
+
+// nbWrite is one item's neighbour update.
+type nbWrite struct {
+	item string
+	add  []scoredRow
+	rem  []string
+}
+
+// redisWrite is a set of absolute values to merge into Redis.
+type redisWrite struct {
+	users []userRow
+	items []itemRow
+	nb    []nbWrite
+}
+
+func (w *redisWrite) empty() bool { return len(w.users) == 0 && len(w.items) == 0 && len(w.nb) == 0 }
+
+// epochError reports a write refused because the copy's generation differs.
+type epochError struct{ redis, ours string }
+
+func (e *epochError) Error() string {
+	return fmt.Sprintf("redis copy generation %q, writer generation %q", e.redis, e.ours)
+}
+
+// behind reports whether the copy is older than the writer (or was flushed): it needs a
+// repopulation. Otherwise the writer is the stale one and the copy already covers it.
+func (e *epochError) behind() bool {
+	r, err1 := strconv.ParseInt(e.redis, 10, 64)
+	o, err2 := strconv.ParseInt(e.ours, 10, 64)
+	return err1 != nil || err2 != nil || r < o
+}
+
+func ff(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
+func fi(v int64) string   { return strconv.FormatInt(v, 10) }
+
+// exec merges w into Redis in chunks of at most s.chunk entries.
+func (s *Store) exec(ctx context.Context, epoch string, w *redisWrite) error {
+	if w.empty() {
+		return nil
+	}
+	head := []string{s.keys.Meta, s.keys.PopShort, s.keys.PopLong, s.keys.Fresh}
+	var execs []rueidis.LuaExec
+	var keys, args []string
+	var nu, ni, nn, weight int
+	flush := func() {
+		if nu+ni+nn == 0 {
+			return
+		}
+		hdr := []string{epoch, strconv.Itoa(s.cfg.TopListSize), strconv.Itoa(s.cfg.FreshSize), strconv.Itoa(nu), strconv.Itoa(ni),
+			strconv.Itoa(nn), strconv.Itoa(2 * s.cfg.NeighboursPerItem)}
+		execs = append(execs, rueidis.LuaExec{Keys: append(slices.Clone(head), keys...), Args: append(hdr, args...)})
+		keys, args = nil, nil
+		nu, ni, nn, weight = 0, 0, 0, 0
+	}
+	// Sections must stay in order (users, items, neighbours) inside one call.
+	for _, u := range w.users {
+		keys = append(keys, s.keys.User(u.id))
+		args = append(args, fi(u.version), u.h, u.w, u.i)
+		nu++
+		if weight++; weight >= s.chunk {
+			flush()
+		}
+	}
+	for _, it := range w.items {
+		fresh := "0"
+		if it.fresh {
+			fresh = "1"
+		}
+		keys = append(keys, s.keys.Item(it.id))
+		args = append(args, it.id, fi(it.imp), fi(it.wat), ff(it.sp), fi(it.pn), fi(it.ended), ff(it.wt), fi(it.fs), ff(it.ps), ff(it.pl), fresh)
+		ni++
+		if weight++; weight >= s.chunk {
+			flush()
+		}
+	}
+	for _, n := range w.nb {
+		keys = append(keys, s.keys.Neighbours(n.item))
+		args = append(args, strconv.Itoa(len(n.add)), strconv.Itoa(len(n.rem)))
+		for _, x := range n.add {
+			args = append(args, x.id, ff(x.w))
+		}
+		args = append(args, n.rem...)
+		nn++
+		if weight += 1 + (len(n.add)+len(n.rem))/20; weight >= s.chunk {
+			flush()
+		}
+	}
+	flush()
+	// A few calls per round trip: one huge pipeline could outlast the client's I/O timeout
+	// on a busy server, and each script call blocks Redis only for its own chunk.
+	const perTrip = 8
+	for i := 0; i < len(execs); i += perTrip {
+		for _, r := range luaWrite.ExecMulti(ctx, s.rd, execs[i:min(i+perTrip, len(execs))]...) {
+			arr, err := r.ToArray()
+			if err != nil {
+				return fmt.Errorf("write redis: %w", err)
+			}
+			if ok, _ := arr[0].AsInt64(); ok != 1 {
+				cur, _ := arr[1].ToString()
+				return &epochError{redis: cur, ours: epoch}
+			}
+		}
+	}
+	return nil
+}
+
+// ErrRedisBehind means the Redis copy was flushed or is of an older generation: the write
+// was refused, the copy is being repopulated from PostgreSQL (P+"ready" was removed), and
+// the batch's journal row keeps its keys until then.
+var ErrRedisBehind = errors.New("redis copy is behind: repopulation pending")
+
+// WriteRedis mirrors an applied batch into Redis. On error the batch's journal row stays
+// and HealPending or Repopulate writes the values later; the caller need not retry.
+func (s *Store) WriteRedis(ctx context.Context, a *Applied) error {
+	if s.rd == nil || a == nil {
+		return nil
+	}
+	w := &redisWrite{users: a.users, items: a.items}
+	if len(a.nbAdd) > 0 || len(a.nbRem) > 0 {
+		set := make(map[string]bool, len(a.nbAdd)+len(a.nbRem))
+		for k := range a.nbAdd {
+			set[k] = true
+		}
+		for k := range a.nbRem {
+			set[k] = true
+		}
+		for _, id := range sortedKeys(set) {
+			w.nb = append(w.nb, nbWrite{item: id, add: a.nbAdd[id], rem: a.nbRem[id]})
+		}
+	}
+	err := s.exec(ctx, a.Meta.Epoch(), w)
+	var ee *epochError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee) && !ee.behind():
+		// We are the stale writer: the generation moved after our commit, and the
+		// repopulation of the new generation reads a snapshot that includes it.
+	case errors.As(err, &ee):
+		if derr := s.rd.Do(ctx, s.rd.B().Del().Key(s.keys.Ready).Build()).Error(); derr != nil {
+			return fmt.Errorf("mark redis copy for repopulation: %w", derr)
+		}
+		return fmt.Errorf("%w: %v", ErrRedisBehind, err)
+	default:
+		if s.hooks.RedisWriteFailed != nil {
+			s.hooks.RedisWriteFailed(err)
+		}
+		return err
+	}
+	if a.journalID != 0 {
+		s.putWritten([]int64{a.journalID})
+	}
+	return nil
+}
+
+// escapeGlob quotes the glob characters of a key prefix for SCAN MATCH.
+func escapeGlob(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch r {
+		case '*', '?', '[', ']', '\\':
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}

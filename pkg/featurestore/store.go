@@ -1,0 +1,186 @@
+// Package featurestore persists the feature Deltas of pkg/features and loads ranking
+// Snapshots.
+//
+// PostgreSQL is the durable truth (migration 0004_features): per-user state, per-item
+// statistics with forward-decayed popularity, co-visitation pruned to the top M per item, the
+// decay landmarks (feature_meta), the dedup record of applied event_ids and the DLQ. A batch of
+// events is applied in ONE transaction that records the event_ids it applies, so a redelivery,
+// a rebalance or a crash before the Kafka commit changes nothing (exactly-once effects).
+//
+// Redis is the serving copy, written after the commit with ABSOLUTE values returned by the
+// commit (UPSERT ... RETURNING). Every Redis value only moves one way between rebuilds —
+// counters and forward-decayed sums grow (max merge, ZADD GT), first-seen times shrink
+// (ZADD LT), user hashes carry a version — so writes may land in any order and rewriting is
+// idempotent; a lost write is repaired by rewriting from PostgreSQL:
+//   - each batch journals the users and items it changed (feature_redis_pending) in its
+//     transaction; the journal row is deleted once Redis has the values, and rows left behind
+//     (Redis down, crash after commit) are rewritten by HealPending;
+//   - P+"ready" marks a complete copy; when it is missing (Redis restarted empty, flushed, or
+//     after a rebase) Repopulate rebuilds the copy from a PostgreSQL snapshot while writes go
+//     on.
+//
+// Writes carry the generation of feature_meta: a decay rebase (landmark move, every ~125 days
+// with a 6 h half-life) or a forced rebuild bumps it, Redis refuses writes of an older
+// generation, and Repopulate replaces the copy.
+//
+// Limits, on purpose:
+//   - the scripts touch keys they compute (neighbour lists, item hashes): standalone Redis
+//     (or one shard), not Redis Cluster;
+//   - a neighbour trimmed in PostgreSQL whose Redis ZREM was lost stays in Redis below the
+//     top M until the list is rebuilt (`recsys features rebuild`); Snapshots read at most M;
+//   - impressions and watches travel on two topics, so their relative order for one user is
+//     arrival order; a rebuild from events applies event-time order.
+//
+// Redis keys (P = key prefix):
+//
+//	P+"u:"+user   HASH  h (JSON history), w (JSON {item: ts_ms}), i (JSON {item: {count,last_ts_ms}}), v (version)
+//	P+"i:"+item   HASH  imp, wat, sp, pn, end, wt, fs (first seen ms), ps, pl (stored popularity)
+//	P+"pop:s"     ZSET  item -> stored short popularity, top TopListSize
+//	P+"pop:l"     ZSET  item -> stored long popularity, top TopListSize
+//	P+"nb:"+item  ZSET  neighbour -> stored co-visitation strength (up to 2M)
+//	P+"fresh"     ZSET  item -> first seen ms, newest FreshSize
+//	P+"meta"      HASH  lm:s lm:l lm:c (landmarks ms), hl:s hl:l hl:c (half-lives ms), ep (generation)
+//	P+"ready"     STRING "1" once a population has completed
+package featurestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/rueidis"
+
+	"recsys/pkg/features"
+)
+
+// Store applies events to PostgreSQL and mirrors the result into Redis.
+type Store struct {
+	pg    *pgxpool.Pool
+	rd    rueidis.Client // nil: PostgreSQL only
+	cfg   features.Config
+	keys  Keys
+	log   *slog.Logger
+	chunk int // keys per Redis script call
+	hooks Hooks
+
+	mu      sync.Mutex
+	written []int64 // journal rows whose Redis writes completed, deleted by the next batch
+}
+
+// takeWritten hands the journal rows to delete to one transaction; putWritten gives them back
+// when it rolled back.
+func (s *Store) takeWritten() []int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := s.written
+	s.written = nil
+	return w
+}
+
+func (s *Store) putWritten(ids []int64) {
+	if len(ids) == 0 {
+		return
+	}
+	s.mu.Lock()
+	s.written = append(s.written, ids...)
+	s.mu.Unlock()
+}
+
+// Hooks observe the store (metrics); every field is optional.
+type Hooks struct {
+	// RedisWriteFailed is called when a batch's Redis write failed (the journal keeps it).
+	RedisWriteFailed func(err error)
+	// Phase reports the duration of each phase of an Apply transaction: lock (dedup record
+	// and user rows), compute (features.Apply and sums), write (co-visitation, users, DLQ,
+	// journal), items, trim, commit.
+	Phase func(phase string, d time.Duration)
+}
+
+func (s *Store) phase(name string, t0 *time.Time) {
+	if s.hooks.Phase != nil {
+		now := time.Now()
+		s.hooks.Phase(name, now.Sub(*t0))
+		*t0 = now
+	}
+}
+
+// New returns a store. rd may be nil (no Redis mirror, e.g. a rebuild of PostgreSQL only).
+func New(pg *pgxpool.Pool, rd rueidis.Client, keyPrefix string, cfg features.Config, log *slog.Logger) *Store {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Store{pg: pg, rd: rd, cfg: cfg, keys: NewKeys(keyPrefix), log: log, chunk: 100}
+}
+
+// SetHooks installs observation hooks; call before use.
+func (s *Store) SetHooks(h Hooks) { s.hooks = h }
+
+// Config returns the feature configuration.
+func (s *Store) Config() features.Config { return s.cfg }
+
+// Keys names the Redis keys under one prefix.
+type Keys struct {
+	Prefix                                string
+	Meta, Ready, PopShort, PopLong, Fresh string
+	Lock                                  string
+}
+
+// NewKeys returns the key names for prefix.
+func NewKeys(prefix string) Keys {
+	return Keys{Prefix: prefix, Meta: prefix + "meta", Ready: prefix + "ready", PopShort: prefix + "pop:s",
+		PopLong: prefix + "pop:l", Fresh: prefix + "fresh", Lock: prefix + "repopulating"}
+}
+
+// User is the hash of a user.
+func (k Keys) User(id string) string { return k.Prefix + "u:" + id }
+
+// Item is the hash of an item.
+func (k Keys) Item(id string) string { return k.Prefix + "i:" + id }
+
+// Neighbours is the co-visitation ZSET of an item.
+func (k Keys) Neighbours(id string) string { return k.Prefix + "nb:" + id }
+
+// Meta is the decay state the stored values are relative to.
+type Meta struct {
+	Generation         int64
+	Short, Long, Covis features.Decay
+}
+
+// Epoch is the generation as written to Redis.
+func (m Meta) Epoch() string { return strconv.FormatInt(m.Generation, 10) }
+
+// errNoMeta means no event was ever applied (feature_meta is empty).
+var errNoMeta = errors.New("feature meta not initialised")
+
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+const metaSelect = `SELECT generation, lm_short_ms, lm_long_ms, lm_covis_ms, hl_short_ms, hl_long_ms, hl_covis_ms FROM feature_meta`
+
+func scanMeta(row pgx.Row) (Meta, error) {
+	var m Meta
+	err := row.Scan(&m.Generation, &m.Short.LandmarkMs, &m.Long.LandmarkMs, &m.Covis.LandmarkMs,
+		&m.Short.HalfLifeMs, &m.Long.HalfLifeMs, &m.Covis.HalfLifeMs)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Meta{}, errNoMeta
+	}
+	if err != nil {
+		return Meta{}, fmt.Errorf("read feature meta: %w", err)
+	}
+	return m, nil
+}
+
+func loadMeta(ctx context.Context, q querier) (Meta, error) {
+	return scanMeta(q.QueryRow(ctx, metaSelect))
+}
+
+// metaLockKey is the advisory lock batches hold shared and rebases / forced rebuilds hold
+// exclusively, so a landmark never moves under a batch that computed values against it.
+const metaLockKey = 7_254_391_001

@@ -1,0 +1,243 @@
+package ranking
+
+import (
+	"fmt"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+)
+
+const now = int64(1_700_000_000_000)
+
+func noExplore() Config {
+	c := DefaultConfig()
+	c.ExplorationShare = 0
+	return c
+}
+
+// snapshot builds a user who watched h1 (most recent) and h2, with co-visitation neighbours,
+// global lists and fresh items.
+func snapshot() *Snapshot {
+	s := &Snapshot{
+		UserID:  "u1",
+		NowMs:   now,
+		History: []HistoryEntry{{ItemID: "h1", TsMs: now - 1000, Quality: 1}, {ItemID: "h2", TsMs: now - 2000, Quality: 1}},
+		Watched: map[string]bool{"h1": true, "h2": true, "w": true},
+		Neighbours: map[string][]Scored{
+			"h1": {{"n1", 9}, {"h2", 8}, {"n2", 5}, {"w", 4}},
+			"h2": {{"n3", 20}, {"n2", 10}, {"h1", 7}},
+		},
+		Trending: []Scored{{"t1", 50}, {"n2", 30}, {"w", 20}},
+		Popular:  []Scored{{"p1", 500}, {"t1", 400}},
+		Fresh:    []Scored{{"f1", float64(now - 10)}, {"f2", float64(now - 20)}, {"f3", float64(now - 30)}},
+		Items:    map[string]ItemStats{},
+	}
+	for _, id := range []string{"n1", "n2", "n3", "t1", "p1", "f1", "f2", "f3", "w"} {
+		s.Items[id] = ItemStats{FirstSeenMs: now - 86_400_000}
+	}
+	return s
+}
+
+func TestRankExcludesAndNoDuplicates(t *testing.T) {
+	r := NewWeighted(DefaultConfig())
+	for k := 1; k <= 12; k++ {
+		res := r.Rank(snapshot(), k)
+		seen := map[string]bool{}
+		for _, id := range res.Items {
+			if id == "h1" || id == "h2" || id == "w" {
+				t.Fatalf("k=%d: watched/history item %s returned: %v", k, id, res.Items)
+			}
+			if seen[id] {
+				t.Fatalf("k=%d: duplicate %s in %v", k, id, res.Items)
+			}
+			seen[id] = true
+		}
+		// 8 recommendable items exist: n1 n2 n3 t1 p1 f1 f2 f3.
+		if want := min(k, 8); len(res.Items) != want || len(res.Scores) != want {
+			t.Fatalf("k=%d: %d items, %d scores, want %d", k, len(res.Items), len(res.Scores), want)
+		}
+	}
+	if res := r.Rank(snapshot(), 0); len(res.Items) != 0 {
+		t.Fatalf("k=0 returned %v", res.Items)
+	}
+}
+
+func TestRankCovisOrder(t *testing.T) {
+	cfg := noExplore()
+	cfg.Weights = Weights{Covis: 1}
+	cfg.HistoryDecay = 0.5
+	res := NewWeighted(cfg).Rank(snapshot(), 3)
+	// Hand-computed covis (per history item normalised by its top neighbour):
+	//   h1 (weight 1):   n1 9/9 = 1, n2 5/9
+	//   h2 (weight 0.5): n3 20/20 = 1 → 0.5, n2 10/20 → 0.25
+	// n1 = 1, n2 = 0.5556 + 0.25 = 0.8056, n3 = 0.5.
+	if want := []string{"n1", "n2", "n3"}; !slices.Equal(res.Items, want) {
+		t.Fatalf("items %v, want %v", res.Items, want)
+	}
+	if res.Strategy != StrategyCovisHybrid || res.ModelVersion != ModelVersionWeighted {
+		t.Fatalf("strategy %q model %q", res.Strategy, res.ModelVersion)
+	}
+	if d := res.Scores[1] - (5.0/9 + 0.25); d > 1e-9 || d < -1e-9 {
+		t.Fatalf("score of n2 = %v", res.Scores[1])
+	}
+}
+
+func TestRankFatigue(t *testing.T) {
+	cfg := noExplore()
+	cfg.Weights = Weights{Covis: 1, Fatigue: 2}
+	s := snapshot()
+	// n1 is the best co-visitation candidate but was shown 6 times recently without a watch.
+	s.Impressions = map[string]ImpressionStat{"n1": {Count: 6, LastTsMs: now - 60_000}}
+	res := NewWeighted(cfg).Rank(s, 3)
+	if res.Items[0] == "n1" || slices.Index(res.Items, "n1") == 0 {
+		t.Fatalf("fatigued n1 still first: %v", res.Items)
+	}
+	// Impressions older than FatigueMemory no longer count.
+	s.Impressions["n1"] = ImpressionStat{Count: 6, LastTsMs: now - cfg.FatigueMemory.Milliseconds() - 1}
+	if res := NewWeighted(cfg).Rank(s, 3); res.Items[0] != "n1" {
+		t.Fatalf("old impressions still discount n1: %v", res.Items)
+	}
+	// Up to FatigueFree impressions are free.
+	s.Impressions["n1"] = ImpressionStat{Count: cfg.FatigueFree, LastTsMs: now}
+	if res := NewWeighted(cfg).Rank(s, 3); res.Items[0] != "n1" {
+		t.Fatalf("free impressions discount n1: %v", res.Items)
+	}
+}
+
+func TestRankColdStart(t *testing.T) {
+	s := snapshot()
+	s.History, s.Watched, s.Neighbours = nil, nil, nil
+	s.Items["t1"] = ItemStats{PopShort: 50, PopLong: 400}
+	s.Items["p1"] = ItemStats{PopShort: 1, PopLong: 500}
+	s.Items["n2"] = ItemStats{PopShort: 30, PopLong: 10}
+	cfg := DefaultConfig()
+	cfg.ExplorationShare = 0.2
+	res := NewWeighted(cfg).Rank(s, 5)
+	if res.Strategy != StrategyColdStart {
+		t.Fatalf("strategy %q", res.Strategy)
+	}
+	if res.Items[0] != "t1" {
+		t.Fatalf("cold start should lead with trending t1: %v", res.Items)
+	}
+	// 20% of 5 slots = 1 exploration slot from the fresh items, at the end.
+	fresh := 0
+	for _, id := range res.Items {
+		if strings.HasPrefix(id, "f") {
+			fresh++
+		}
+	}
+	if fresh < 1 || !strings.HasPrefix(res.Items[4], "f") {
+		t.Fatalf("want an exploration item in the last slot: %v", res.Items)
+	}
+}
+
+func TestRankExplorationDeterministic(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.ExplorationShare = 0.5
+	r := NewWeighted(cfg)
+	a := r.Rank(snapshot(), 4)
+	b := r.Rank(snapshot(), 4)
+	if !reflect.DeepEqual(a, b) {
+		t.Fatalf("same snapshot, different results: %v vs %v", a, b)
+	}
+	// Different seeds explore differently (over several seeds at least two distinct picks).
+	picks := map[string]bool{}
+	for seed := uint64(1); seed <= 20; seed++ {
+		s := snapshot()
+		s.Seed = seed
+		res := r.Rank(s, 4)
+		picks[strings.Join(res.Items[2:], ",")] = true
+	}
+	if len(picks) < 2 {
+		t.Fatalf("exploration ignores the seed: %v", picks)
+	}
+	// Under-exposed means fewer than ExplorationMaxImpressions impressions.
+	s := snapshot()
+	for _, f := range []string{"f1", "f2", "f3"} {
+		s.Items[f] = ItemStats{Impressions: cfg.ExplorationMaxImpressions}
+	}
+	for _, id := range r.Rank(s, 4).Items {
+		if strings.HasPrefix(id, "f") {
+			t.Fatalf("well-exposed fresh item %s explored", id)
+		}
+	}
+}
+
+func TestRankTiesByItemID(t *testing.T) {
+	cfg := noExplore()
+	cfg.Weights = Weights{Popular: 1}
+	s := &Snapshot{UserID: "u", NowMs: now, Popular: []Scored{{"c", 1}, {"a", 1}, {"b", 1}},
+		Items: map[string]ItemStats{"a": {PopLong: 1}, "b": {PopLong: 1}, "c": {PopLong: 1}}}
+	if res := NewWeighted(cfg).Rank(s, 3); !slices.Equal(res.Items, []string{"a", "b", "c"}) {
+		t.Fatalf("ties: %v", res.Items)
+	}
+}
+
+func TestRankFeatureSignals(t *testing.T) {
+	// Two otherwise equal cold candidates: the one with the better signal wins.
+	tests := []struct {
+		name    string
+		weights Weights
+		better  ItemStats
+		worse   ItemStats
+	}{
+		{"watch rate", Weights{WatchRate: 1}, ItemStats{Impressions: 100, Watches: 50}, ItemStats{Impressions: 100, Watches: 5}},
+		{"completion", Weights{Completion: 1}, ItemStats{SumPercent: 900, PercentCount: 10}, ItemStats{SumPercent: 100, PercentCount: 10}},
+		{"ended without percent counts as complete", Weights{Completion: 1}, ItemStats{Ended: 10}, ItemStats{}},
+		{"freshness", Weights{Freshness: 1}, ItemStats{FirstSeenMs: now - 1000}, ItemStats{FirstSeenMs: now - 30*86_400_000}},
+		{"trending", Weights{Trending: 1}, ItemStats{PopShort: 5}, ItemStats{PopShort: 1}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := noExplore()
+			cfg.Weights = tc.weights
+			s := &Snapshot{UserID: "u", NowMs: now, Popular: []Scored{{"a", 1}, {"b", 1}},
+				Items: map[string]ItemStats{"a": tc.worse, "b": tc.better}}
+			res := NewWeighted(cfg).Rank(s, 2)
+			if res.Items[0] != "b" {
+				t.Fatalf("%v (scores %v)", res.Items, res.Scores)
+			}
+		})
+	}
+}
+
+func TestTopKMatchesSort(t *testing.T) {
+	for n := 0; n < 40; n++ {
+		for _, k := range []int{1, 3, 10, 50} {
+			var c []cand
+			for i := 0; i < n; i++ {
+				c = append(c, cand{id: fmt.Sprintf("i%02d", i), score: float64((i * 7919) % 13)})
+			}
+			want := slices.Clone(c)
+			slices.SortFunc(want, cmpCand)
+			topK(c, k)
+			m := min(k, n)
+			for i := 0; i < m; i++ {
+				if c[i].id != want[i].id {
+					t.Fatalf("n=%d k=%d: position %d = %s, want %s", n, k, i, c[i].id, want[i].id)
+				}
+			}
+		}
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
+	c := DefaultConfig()
+	c.RegisterFlags(fs)
+	if err := c.Validate(); err != nil {
+		t.Fatalf("defaults invalid: %v", err)
+	}
+	if err := fs.Parse([]string{"--ranking.exploration-share=0.9", "--ranking.weight-covis=-1"}); err != nil {
+		t.Fatal(err)
+	}
+	err := c.Validate()
+	for _, want := range []string{"--ranking.exploration-share must be between 0 and 0.5, got 0.9", "--ranking.weight-covis must be between 0 and 1000, got -1"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("error %v lacks %q", err, want)
+		}
+	}
+}
