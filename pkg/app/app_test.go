@@ -277,3 +277,31 @@ func TestRequestIDsOnEveryResponse(t *testing.T) {
 		})
 	}
 }
+
+func TestRequestMetricsByRouteTemplate(t *testing.T) {
+	s := newSetup("", nil)
+	base, cancel, done := start(t, s, 0)
+	defer func() { cancel(); <-done }()
+	for _, p := range []string{"/healthz", "/healthz", "/no/such/path"} {
+		resp, err := http.Get(base + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	resp, err := http.Get(base + "/metrics/prometheus")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`recsys_http_requests_total{route="/healthz",method="GET",code="200"}`,
+		`recsys_http_requests_total{route="unmatched",method="GET",code="404"}`,
+		`recsys_http_request_duration_seconds_bucket{route="/healthz",method="GET",le=`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics/prometheus lacks %s", want)
+		}
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -157,8 +158,9 @@ func requestContext(log *slog.Logger) echo.MiddlewareFunc {
 					route = "unmatched"
 				}
 				dur := time.Since(start)
-				metrics.GetOrCreateCounter(fmt.Sprintf(`recsys_http_requests_total{route=%q,method=%q,code="%d"}`, route, req.Method, status)).Inc()
-				metrics.GetOrCreatePrometheusHistogram(fmt.Sprintf(`recsys_http_request_duration_seconds{route=%q,method=%q}`, route, req.Method)).Update(dur.Seconds())
+				hm := handlesFor(route, req.Method, status)
+				hm.requests.Inc()
+				hm.duration.Update(dur.Seconds())
 				lvl := slog.LevelInfo
 				if isProbe(route) {
 					lvl = slog.LevelDebug // probes and scrapes every few seconds would drown the log
@@ -174,6 +176,33 @@ func requestContext(log *slog.Logger) echo.MiddlewareFunc {
 			return next(c)
 		}
 	}
+}
+
+type handleKey struct {
+	route, method string
+	code          int
+}
+
+type handles struct {
+	requests *metrics.Counter
+	duration *metrics.PrometheusHistogram
+}
+
+// handleCache keeps the metric handles per route, method and status, so the hot path does
+// not format metric names on every request. Routes are templates, so the set stays small.
+var handleCache sync.Map // handleKey -> *handles
+
+func handlesFor(route, method string, code int) *handles {
+	k := handleKey{route, method, code}
+	if h, ok := handleCache.Load(k); ok {
+		return h.(*handles)
+	}
+	h := &handles{
+		requests: metrics.GetOrCreateCounter(fmt.Sprintf(`recsys_http_requests_total{route=%q,method=%q,code="%d"}`, route, method, code)),
+		duration: metrics.GetOrCreatePrometheusHistogram(fmt.Sprintf(`recsys_http_request_duration_seconds{route=%q,method=%q}`, route, method)),
+	}
+	v, _ := handleCache.LoadOrStore(k, h)
+	return v.(*handles)
 }
 
 func isProbe(route string) bool {
