@@ -106,11 +106,9 @@ func (s *serving) load(ctx context.Context, userID string, now time.Time) (ranki
 		if ctx.Err() != nil {
 			return ranking.Snapshot{}, "", ctx.Err()
 		}
-		if errors.Is(err, featurestore.ErrNotReady) {
-			// Redis answered but its copy is incomplete: not an outage. Skip it until the
-			// probe sees the ready marker again.
-			s.readyMarker.Store(false)
-		} else {
+		// ErrNotReady: Redis answered but its copy is incomplete (or nothing was applied yet):
+		// not an outage, and the probe owns the marker state, so just fall back this time.
+		if !errors.Is(err, featurestore.ErrNotReady) {
 			s.redisBrk.Failure()
 			s.m.sourceErrors["redis"].Inc()
 			s.warnRedis.Do(func(n int64) {
@@ -208,9 +206,7 @@ func (s *serving) refreshGlobal(ctx context.Context) error {
 	try := func(name string, src snapshotSource, timeout time.Duration, brk *breaker) bool {
 		snap, err := read(ctx, src, max(timeout, time.Second), globalUserID, now.UnixMilli(), s.globalOpts)
 		if err != nil {
-			if errors.Is(err, featurestore.ErrNotReady) {
-				s.readyMarker.Store(false)
-			} else {
+			if !errors.Is(err, featurestore.ErrNotReady) {
 				brk.Failure()
 			}
 			errs = append(errs, fmt.Errorf("load global lists from %s: %w", name, err))
