@@ -283,7 +283,7 @@ func Run(ctx context.Context, c Config, progress io.Writer) (*Report, error) {
 		}
 	}
 	if c.OutputSVG != "" && len(rep.Prequential) > 0 {
-		svg := PlotSVG(fmt.Sprintf("Prequential HR@%d over the replay of %s", c.K, rep.Dataset), rep.Prequential)
+		svg := PlotSVG(fmt.Sprintf("Prequential HR@%d over the replay of %s", c.K, rep.Dataset), c.HoldoutFrom, rep.Prequential)
 		if err := os.WriteFile(c.OutputSVG, []byte(svg), 0o644); err != nil {
 			return nil, fmt.Errorf("write plot: %w", err)
 		}

@@ -9,12 +9,13 @@ import (
 
 var palette = []string{"#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"}
 
-// PlotSVG draws each method's Curve (HR per equal slice of the replay) as a line chart. It is
+// PlotSVG draws each method's Curve (HR per equal slice of the replay) as a line chart, with
+// a dashed line where the held-out part starts (holdoutFrom in [0,1]; outside: none). It is
 // hand-written SVG so the binary needs no plotting dependency.
-func PlotSVG(title string, results []MethodResult) string {
+func PlotSVG(title string, holdoutFrom float64, results []MethodResult) string {
 	const (
-		w, h                     = 820.0, 460.0
-		left, right, top, bottom = 64.0, 190.0, 40.0, 50.0
+		w, h                     = 940.0, 460.0
+		left, right, top, bottom = 64.0, 290.0, 40.0, 50.0
 	)
 	pw, ph := w-left-right, h-top-bottom
 	ymax := 0.0
@@ -54,6 +55,11 @@ func PlotSVG(title string, results []MethodResult) string {
 	fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle">position in the replay (events)</text>`+"\n", left+pw/2, h-10)
 	fmt.Fprintf(&b, `<text transform="translate(16 %.1f) rotate(-90)" text-anchor="middle">HR@k per slice</text>`+"\n", top+ph/2)
 	fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="none" stroke="#333"/>`+"\n", left, top, pw, ph)
+	if holdoutFrom > 0 && holdoutFrom < 1 {
+		hx := left + pw*holdoutFrom
+		fmt.Fprintf(&b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#555" stroke-dasharray="5,4"/>`+"\n", hx, top, hx, top+ph)
+		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" fill="#555">held-out →</text>`+"\n", hx+4, top+14)
+	}
 	for i, r := range results {
 		col := palette[i%len(palette)]
 		var pts []string

@@ -1,10 +1,8 @@
 package features
 
 import (
-	"cmp"
 	"math"
 	"slices"
-	"strings"
 )
 
 // UserState is one user's feature state. The zero value is a new user.
@@ -14,8 +12,8 @@ type UserState struct {
 	History []HistoryEntry `json:"history"`
 	// Watched maps every remembered watched item to its latest watch time (ms). It holds at
 	// most Config.WatchedCap items after trimming: eviction is amortised — when it grows past
-	// WatchedCap + WatchedCap/8 the oldest are evicted down to WatchedCap (ties: larger item
-	// id first), so a store sees one bulk removal instead of one per event.
+	// WatchedCap + max(WatchedCap/4, 16) the oldest are evicted down to WatchedCap (ties:
+	// larger item id first), so a store sees one bulk removal instead of one per event.
 	Watched map[string]int64 `json:"watched"`
 	// ImpressionCounts counts, per item, the impressions shown to this user since the user's
 	// last watch of it (a watch deletes the entry). Bounded by Config.ImpressionMemory with
@@ -93,28 +91,34 @@ func (d *Delta) Empty() bool {
 //     that is 0). Self-pairs are never counted.
 //   - Invalid events (no user, no item, unknown kind) change nothing.
 func Apply(cfg Config, user UserState, ev Interaction) (UserState, Delta) {
-	d := Delta{UserID: ev.UserID, TsMs: ev.TsMs}
+	var d Delta
+	user = ApplyInto(cfg, user, ev, &d)
+	return user, d
+}
+
+// ApplyInto is Apply writing the Delta into d, reusing d's slices (their previous contents
+// are overwritten), so a consumer applying a batch allocates nothing per event in steady state.
+func ApplyInto(cfg Config, user UserState, ev Interaction, d *Delta) UserState {
+	*d = Delta{UserID: ev.UserID, TsMs: ev.TsMs, Items: d.Items[:0], Pop: d.Pop[:0], Pairs: d.Pairs[:0], UserImpressions: d.UserImpressions[:0]}
 	if ev.UserID == "" {
-		return user, d
+		return user
 	}
 	switch ev.Kind {
 	case KindImpression:
-		applyImpression(cfg, &user, ev, &d)
+		applyImpression(cfg, &user, ev, d)
 	case KindWatch, KindLegacy:
 		if ev.ItemID == "" {
-			return user, d
+			return user
 		}
-		applyWatch(cfg, &user, ev, &d)
+		applyWatch(cfg, &user, ev, d)
 	}
-	return user, d
+	return user
 }
 
 func applyImpression(cfg Config, u *UserState, ev Interaction, d *Delta) {
 	if len(ev.Items) == 0 {
 		return
 	}
-	d.Items = make([]ItemDelta, 0, len(ev.Items))
-	d.UserImpressions = make([]string, 0, len(ev.Items))
 	if u.ImpressionCounts == nil && cfg.ImpressionMemory > 0 {
 		u.ImpressionCounts = make(map[string]ImpressionStat, len(ev.Items))
 	}
@@ -131,7 +135,7 @@ func applyImpression(cfg Config, u *UserState, ev Interaction, d *Delta) {
 			d.UserImpressions = append(d.UserImpressions, it)
 		}
 	}
-	if cfg.ImpressionMemory > 0 && len(u.ImpressionCounts) > cfg.ImpressionMemory+cfg.ImpressionMemory/8 {
+	if cfg.ImpressionMemory > 0 && len(u.ImpressionCounts) > cfg.ImpressionMemory+trimSlack(cfg.ImpressionMemory) {
 		trimOldest(u.ImpressionCounts, cfg.ImpressionMemory, func(s ImpressionStat) int64 { return s.LastTsMs })
 	}
 }
@@ -158,8 +162,8 @@ func applyWatch(cfg Config, u *UserState, ev Interaction, d *Delta) {
 	if ev.Ended != nil && *ev.Ended {
 		id.Ended = 1
 	}
-	d.Items = []ItemDelta{id}
-	d.Pop = []PopIncrement{{ItemID: item, Weight: q}}
+	d.Items = append(d.Items, id)
+	d.Pop = append(d.Pop, PopIncrement{ItemID: item, Weight: q})
 
 	// Position of a previous watch of the item, and where the new entry lands (by time).
 	old := -1
@@ -191,7 +195,7 @@ func applyWatch(cfg Config, u *UserState, ev Interaction, d *Delta) {
 			u.History = append(u.History[:old], u.History[old+1:]...)
 		}
 		if formPairs {
-			d.Pairs = pairsFor(cfg, u.History, pos, item, q, ev.TsMs)
+			d.Pairs = pairsFor(d.Pairs, cfg, u.History, pos, item, q, ev.TsMs)
 		}
 		u.History = insertAt(u.History, pos, HistoryEntry{ItemID: item, TsMs: ev.TsMs, Quality: q})
 		if len(u.History) > cfg.HistorySize {
@@ -205,21 +209,20 @@ func applyWatch(cfg Config, u *UserState, ev Interaction, d *Delta) {
 	if t, ok := u.Watched[item]; !ok || ev.TsMs > t {
 		u.Watched[item] = ev.TsMs
 	}
-	if len(u.Watched) > cfg.WatchedCap+cfg.WatchedCap/8 {
+	if len(u.Watched) > cfg.WatchedCap+trimSlack(cfg.WatchedCap) {
 		trimOldest(u.Watched, cfg.WatchedCap, func(t int64) int64 { return t })
 	}
 	delete(u.ImpressionCounts, item)
 }
 
-// pairsFor builds the co-visitation increments of item (landing at index pos of hist, which
+// pairsFor appends to out the co-visitation increments of item (landing at index pos of hist, which
 // does not contain item) with its CovisWindow neighbours on each side.
-func pairsFor(cfg Config, hist []HistoryEntry, pos int, item string, q float64, ts int64) []PairIncrement {
+func pairsFor(out []PairIncrement, cfg Config, hist []HistoryEntry, pos int, item string, q float64, ts int64) []PairIncrement {
 	w := cfg.CovisWindow
 	lo, hi := max(pos-w, 0), min(pos+w, len(hist))
 	if hi <= lo {
-		return nil
+		return out
 	}
-	out := make([]PairIncrement, 0, 2*(hi-lo))
 	gap := float64(cfg.CovisGapHalfLife.Milliseconds())
 	// decay[d-1] = CovisDistanceDecay^(d-1), by multiplication instead of math.Pow per pair.
 	var decayBuf [64]float64
@@ -269,25 +272,84 @@ func insertAt(h []HistoryEntry, i int, e HistoryEntry) []HistoryEntry {
 	return h
 }
 
+// trimSlack is how far a bounded per-user map may grow past its cap before it is trimmed back:
+// a trim then runs once per max(cap/4, 16) new entries instead of on every event.
+func trimSlack(limit int) int { return max(limit/4, 16) }
+
 // trimOldest removes the oldest entries of m until keep remain; ties on time evict the larger
-// key first, so the result does not depend on map iteration order.
+// key first, so the result does not depend on map iteration order. Selection is O(len(m)).
 func trimOldest[V any](m map[string]V, keep int, ts func(V) int64) {
-	type kv struct {
-		k string
-		t int64
-	}
-	all := make([]kv, 0, len(m))
+	all := make([]stamped, 0, len(m))
 	for k, v := range m {
-		all = append(all, kv{k, ts(v)})
+		all = append(all, stamped{k, ts(v)})
 	}
-	// Newest first, then smaller key first; everything after keep is evicted.
-	slices.SortFunc(all, func(a, b kv) int {
-		if a.t != b.t {
-			return cmp.Compare(b.t, a.t)
-		}
-		return strings.Compare(a.k, b.k)
-	})
+	selectNewest(all, keep)
 	for _, e := range all[keep:] {
 		delete(m, e.k)
+	}
+}
+
+type stamped struct {
+	k string
+	t int64
+}
+
+// newer orders newest first, then smaller key first.
+func newer(a, b stamped) bool {
+	if a.t != b.t {
+		return a.t > b.t
+	}
+	return a.k < b.k
+}
+
+// selectNewest partially orders s so that s[:keep] holds its keep newest entries
+// (quickselect; after too many rounds it falls back to sorting, so it is never quadratic).
+func selectNewest(s []stamped, keep int) {
+	if keep <= 0 || keep >= len(s) {
+		return
+	}
+	lo, hi := 0, len(s)-1
+	for rounds := 0; lo < hi; rounds++ {
+		if rounds > 64 {
+			slices.SortFunc(s[lo:hi+1], func(a, b stamped) int {
+				if newer(a, b) {
+					return -1
+				}
+				if newer(b, a) {
+					return 1
+				}
+				return 0
+			})
+			return
+		}
+		// Median of three as pivot, moved to hi.
+		mid := lo + (hi-lo)/2
+		if newer(s[mid], s[lo]) {
+			s[mid], s[lo] = s[lo], s[mid]
+		}
+		if newer(s[hi], s[lo]) {
+			s[hi], s[lo] = s[lo], s[hi]
+		}
+		if newer(s[mid], s[hi]) {
+			s[mid], s[hi] = s[hi], s[mid]
+		}
+		p := s[hi]
+		i := lo
+		for j := lo; j < hi; j++ {
+			if newer(s[j], p) {
+				s[i], s[j] = s[j], s[i]
+				i++
+			}
+		}
+		s[i], s[hi] = s[hi], s[i]
+		// s[lo:i] are newer than the pivot, s[i] is the pivot, s[i+1:hi+1] older.
+		switch {
+		case i == keep || i == keep-1:
+			return
+		case i > keep:
+			hi = i - 1
+		default:
+			lo = i + 1
+		}
 	}
 }

@@ -85,7 +85,7 @@ func testConfig() Config {
 	c.ImpressionMemory = 8
 	c.CovisWindow = 2
 	c.CovisDistanceDecay = 0.5
-	c.CovisBackwardWeight = 1 // symmetric here; TestApplyCovisBackwardWeight covers the rest
+	c.CovisBackwardWeight = 1             // symmetric here; TestApplyCovisBackwardWeight covers the rest
 	c.CovisGapHalfLife = 1000 * time.Hour // gaps in these tests are negligible
 	c.NeighboursPerItem = 3
 	return c
@@ -236,32 +236,78 @@ func TestApplyImpressionsAndFatigueReset(t *testing.T) {
 }
 
 func TestApplyBoundsAreAmortisedAndDeterministic(t *testing.T) {
-	cfg := testConfig() // WatchedCap 8 → trimmed when above 9; ImpressionMemory 8 the same
+	cfg := testConfig() // WatchedCap 8, slack max(8/4, 16) = 16: trimmed when above 24
 	var u UserState
-	for i := 0; i < 10; i++ {
+	for i := 0; i < 24; i++ {
 		u, _ = Apply(cfg, u, watch("u", fmt.Sprintf("i%02d", i), int64(i)))
 	}
+	if len(u.Watched) != 24 {
+		t.Fatalf("watched %d, want 24 (not yet trimmed)", len(u.Watched))
+	}
+	u, _ = Apply(cfg, u, watch("u", "i24", 24))
 	if len(u.Watched) != cfg.WatchedCap {
 		t.Fatalf("watched %d, want trimmed to %d", len(u.Watched), cfg.WatchedCap)
 	}
-	for _, gone := range []string{"i00", "i01"} {
-		if _, ok := u.Watched[gone]; ok {
-			t.Fatalf("oldest %s must be evicted: %v", gone, u.Watched)
+	for i := 17; i <= 24; i++ {
+		if _, ok := u.Watched[fmt.Sprintf("i%02d", i)]; !ok {
+			t.Fatalf("newest i%02d evicted: %v", i, u.Watched)
 		}
 	}
 	// Ties on time evict the larger id first, independent of map order.
 	for run := 0; run < 5; run++ {
 		var v UserState
-		for i := 0; i < 10; i++ {
-			v, _ = Apply(cfg, v, Interaction{Kind: KindImpression, UserID: "u", TsMs: 7, Items: []string{fmt.Sprintf("x%d", i)}})
+		for i := 0; i < 25; i++ {
+			v, _ = Apply(cfg, v, Interaction{Kind: KindImpression, UserID: "u", TsMs: 7, Items: []string{fmt.Sprintf("x%02d", i)}})
 		}
 		var keys []string
 		for k := range v.ImpressionCounts {
 			keys = append(keys, k)
 		}
 		slices.Sort(keys)
-		if want := []string{"x0", "x1", "x2", "x3", "x4", "x5", "x6", "x7"}; !slices.Equal(keys, want) {
+		if want := []string{"x00", "x01", "x02", "x03", "x04", "x05", "x06", "x07"}; !slices.Equal(keys, want) {
 			t.Fatalf("run %d: kept %v, want %v", run, keys, want)
+		}
+	}
+}
+
+func TestSelectNewestMatchesSort(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	for n := 0; n < 200; n += 7 {
+		for _, spread := range []int{1, 3, 1000} { // many ties, some, few
+			var s []stamped
+			for i := 0; i < n; i++ {
+				s = append(s, stamped{fmt.Sprintf("k%03d", r.IntN(1000)), int64(r.IntN(spread))})
+			}
+			want := slices.Clone(s)
+			slices.SortFunc(want, func(a, b stamped) int {
+				if newer(a, b) {
+					return -1
+				}
+				if newer(b, a) {
+					return 1
+				}
+				return 0
+			})
+			for _, keep := range []int{0, 1, n / 3, n - 1} {
+				got := slices.Clone(s)
+				selectNewest(got, keep)
+				if keep <= 0 || keep >= n {
+					continue
+				}
+				top := slices.Clone(got[:keep])
+				slices.SortFunc(top, func(a, b stamped) int {
+					if newer(a, b) {
+						return -1
+					}
+					if newer(b, a) {
+						return 1
+					}
+					return 0
+				})
+				if !slices.Equal(top, want[:keep]) {
+					t.Fatalf("n=%d spread=%d keep=%d: %v, want %v", n, spread, keep, top, want[:keep])
+				}
+			}
 		}
 	}
 }

@@ -102,8 +102,8 @@ type SnapshotOptions struct {
 // Result is a ranked list.
 type Result struct {
 	Items []string `json:"items"`
-	// Scores[i] is the final score of Items[i] (exploration slots carry the score of the slot
-	// they replaced, so the slice stays non-increasing only outside exploration).
+	// Scores[i] is the final score of Items[i]. Ranked items come first, best first;
+	// exploration items follow with score 0 (they were not chosen for their score).
 	Scores []float64 `json:"scores"`
 	// Strategy names what produced the list, e.g. StrategyCovisHybrid.
 	Strategy string `json:"strategy"`

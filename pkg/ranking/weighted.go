@@ -115,7 +115,7 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 			if cfg.NormaliseNeighbours {
 				top = 0
 				for _, n := range ns {
-					top = math.Max(top, n.Score)
+					top = max(top, n.Score)
 				}
 				if top <= 0 {
 					continue
@@ -155,10 +155,10 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 		c := &cands[i]
 		c.st = s.Items[c.id]
 		st := &c.st
-		maxCovis = math.Max(maxCovis, c.covis)
-		maxSim = math.Max(maxSim, c.sim)
-		maxShort = math.Max(maxShort, st.PopShort)
-		maxLong = math.Max(maxLong, st.PopLong)
+		maxCovis = max(maxCovis, c.covis)
+		maxSim = max(maxSim, c.sim)
+		maxShort = max(maxShort, st.PopShort)
+		maxLong = max(maxLong, st.PopLong)
 	}
 	for i := range cands {
 		c := &cands[i]
@@ -186,6 +186,7 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 		res.Scores = append(res.Scores, c.score)
 		chosen[c.id] = true
 	}
+	var picks []string
 	if nExplore > 0 {
 		seed := s.Seed
 		if seed == 0 {
@@ -193,33 +194,36 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 			seed = hash64(s.UserID, uint64(bucket))
 		}
 		rng := splitmix(seed)
-		picked := 0
 		// Partial Fisher–Yates over the pool: deterministic for a given seed and pool order.
-		for i := 0; i < len(explore) && picked < nExplore; i++ {
+		for i := 0; i < len(explore) && len(picks) < nExplore; i++ {
 			j := i + int(rng.next()%uint64(len(explore)-i))
 			explore[i], explore[j] = explore[j], explore[i]
 			if chosen[explore[i]] {
 				continue
 			}
 			chosen[explore[i]] = true
-			res.Items = append(res.Items, explore[i])
-			res.Scores = append(res.Scores, 0)
-			picked++
+			picks = append(picks, explore[i])
 		}
 	}
-	// Fill from the remaining candidates when exploration found too few items.
-	if len(res.Items) < k {
-		slices.SortFunc(cands[nMain:], cmpCand)
+	// Fill from the remaining ranked candidates when exploration found too few items, so
+	// ranked items stay ahead of the exploration ones.
+	if len(res.Items)+len(picks) < k && nMain < len(cands) {
+		rest := cands[nMain:]
+		slices.SortFunc(rest, cmpCand)
+		for _, c := range rest {
+			if len(res.Items)+len(picks) >= k {
+				break
+			}
+			if !chosen[c.id] {
+				chosen[c.id] = true
+				res.Items = append(res.Items, c.id)
+				res.Scores = append(res.Scores, c.score)
+			}
+		}
 	}
-	for _, c := range cands[nMain:] {
-		if len(res.Items) >= k {
-			break
-		}
-		if !chosen[c.id] {
-			chosen[c.id] = true
-			res.Items = append(res.Items, c.id)
-			res.Scores = append(res.Scores, c.score)
-		}
+	for _, id := range picks {
+		res.Items = append(res.Items, id)
+		res.Scores = append(res.Scores, 0)
 	}
 	return res
 }
@@ -241,7 +245,7 @@ func (w *Weighted) score(s *Snapshot, c *cand, st *ItemStats, maxCovis, maxSim, 
 		f += wt.Popular * st.PopLong / maxLong
 	}
 	if wt.WatchRate > 0 {
-		f += wt.WatchRate * math.Min(1, (float64(st.Watches)+cfg.WatchRatePriorWatches)/(float64(st.Impressions)+cfg.WatchRatePriorImpressions))
+		f += wt.WatchRate * min(1, (float64(st.Watches)+cfg.WatchRatePriorWatches)/(float64(st.Impressions)+cfg.WatchRatePriorImpressions))
 	}
 	if wt.Completion > 0 {
 		f += wt.Completion * completion(st, cfg)
@@ -268,7 +272,7 @@ func completion(st *ItemStats, cfg Config) float64 {
 	if den <= 0 {
 		return cfg.CompletionPriorMean / 100
 	}
-	return math.Min(1, math.Max(0, (sum+cfg.CompletionPrior*cfg.CompletionPriorMean)/den/100))
+	return min(1, max(0, (sum+cfg.CompletionPrior*cfg.CompletionPriorMean)/den/100))
 }
 
 func fatigue(s *Snapshot, id string, cfg Config) float64 {
@@ -280,7 +284,7 @@ func fatigue(s *Snapshot, id string, cfg Config) float64 {
 	if over <= 0 {
 		return 0
 	}
-	return math.Min(1, float64(over)/float64(cfg.FatigueSaturation))
+	return min(1, float64(over)/float64(cfg.FatigueSaturation))
 }
 
 // explorationPool lists fresh, under-exposed items the user has not watched, newest first, in a
