@@ -42,7 +42,8 @@ type PopIncrement struct {
 }
 
 // PairIncrement is a raw co-visitation weight observed at Delta.TsMs for From → To. Apply
-// always emits both directions. The store adds Decay.Forward(Weight, Delta.TsMs) with its
+// emits both directions (the later → earlier one scaled by CovisBackwardWeight, omitted when
+// that is 0). The store adds Decay.Forward(Weight, Delta.TsMs) with its
 // CovisHalfLife Decay to From's neighbour To, then trims From's list (see MemoryStore).
 type PairIncrement struct {
 	From, To string

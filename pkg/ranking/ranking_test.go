@@ -2,6 +2,7 @@ package ranking
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"reflect"
 	"slices"
 	"strings"
@@ -240,4 +241,76 @@ func TestConfigValidate(t *testing.T) {
 			t.Fatalf("error %v lacks %q", err, want)
 		}
 	}
+}
+
+// TestRankPruningIsExact: skipping candidates that cannot reach the top k must give exactly
+// the exhaustive result, over random snapshots with overlapping lists, fatigue and ties.
+func TestRankPruningIsExact(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	for trial := 0; trial < 300; trial++ {
+		s := &Snapshot{UserID: fmt.Sprintf("u%d", trial), NowMs: now, Watched: map[string]bool{},
+			Impressions: map[string]ImpressionStat{}, Neighbours: map[string][]Scored{}, Similar: map[string][]Scored{},
+			Items: map[string]ItemStats{}}
+		id := func() string { return fmt.Sprintf("i%d", r.IntN(400)) }
+		for h := 0; h < 1+r.IntN(12); h++ {
+			hid := fmt.Sprintf("h%d", h)
+			s.History = append(s.History, HistoryEntry{ItemID: hid, TsMs: now - int64(h)*1000, Quality: 0.2 + 0.8*r.Float64()})
+			var l, m []Scored
+			for j := 0; j < r.IntN(60); j++ {
+				l = append(l, Scored{id(), float64(r.IntN(20))}) // integer scores: many ties
+				m = append(m, Scored{id(), r.Float64()})
+			}
+			slices.SortFunc(l, func(a, b Scored) int { return cmpFloatDesc(a.Score, b.Score) })
+			slices.SortFunc(m, func(a, b Scored) int { return cmpFloatDesc(a.Score, b.Score) })
+			s.Neighbours[hid], s.Similar[hid] = l, m
+		}
+		all := map[string]bool{}
+		for j := 0; j < 100; j++ {
+			s.Trending = append(s.Trending, Scored{id(), float64(100 - j)})
+			s.Popular = append(s.Popular, Scored{id(), float64(1000 - j)})
+		}
+		for _, l := range [][]Scored{s.Trending, s.Popular} {
+			for _, x := range l {
+				all[x.ItemID] = true
+			}
+		}
+		for _, l := range s.Neighbours {
+			for _, x := range l {
+				all[x.ItemID] = true
+			}
+		}
+		for it := range all {
+			s.Items[it] = ItemStats{Impressions: int64(r.IntN(100)), Watches: int64(r.IntN(50)), PopShort: 100 * r.Float64(),
+				PopLong: 1000 * r.Float64(), FirstSeenMs: now - int64(r.IntN(1e9)), SumPercent: float64(r.IntN(1000)), PercentCount: int64(r.IntN(20))}
+			if r.IntN(10) == 0 {
+				s.Impressions[it] = ImpressionStat{Count: int64(r.IntN(8)), LastTsMs: now}
+			}
+			if r.IntN(20) == 0 {
+				s.Watched[it] = true
+			}
+		}
+		for _, k := range []int{1, 5, 10, 20} {
+			cfg := DefaultConfig()
+			cfg.ExplorationShare = 0
+			if trial%2 == 1 {
+				cfg.Weights.Trending, cfg.Weights.Popular = 0.8, 0.6 // weaker pruning
+			}
+			pruned := NewWeighted(cfg).Rank(s, k)
+			full := &Weighted{cfg: cfg, exhaustive: true}
+			want := full.Rank(s, k)
+			if !reflect.DeepEqual(pruned, want) {
+				t.Fatalf("trial %d k=%d: pruned %v %v\nexhaustive %v %v", trial, k, pruned.Items, pruned.Scores, want.Items, want.Scores)
+			}
+		}
+	}
+}
+
+func cmpFloatDesc(a, b float64) int {
+	switch {
+	case a > b:
+		return -1
+	case a < b:
+		return 1
+	}
+	return 0
 }

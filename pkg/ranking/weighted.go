@@ -29,6 +29,8 @@ import (
 // Weighted is immutable and safe for concurrent use.
 type Weighted struct {
 	cfg Config
+	// exhaustive scores every candidate fully (tests compare it with the pruned path).
+	exhaustive bool
 }
 
 // NewWeighted returns a Weighted ranker; cfg must have passed Validate.
@@ -40,9 +42,13 @@ func (w *Weighted) Config() Config { return w.cfg }
 type cand struct {
 	id         string
 	covis, sim float64
+	personal   float64 // normalised covis and similar terms, weighted
 	score      float64
-	st         ItemStats
+	scored     bool // score is the full score (else it is still personal)
 }
+
+// norms are the per-request normalisers of the features.
+type norms struct{ covis, sim, short, long float64 }
 
 // scratch is per-call working memory, pooled because Rank runs on every request.
 type scratch struct {
@@ -150,23 +156,8 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 	addList(s.Trending, cfg.TrendingN)
 	addList(s.Popular, cfg.PopularN)
 
-	var maxCovis, maxSim, maxShort, maxLong float64
-	for i := range cands {
-		c := &cands[i]
-		c.st = s.Items[c.id]
-		st := &c.st
-		maxCovis = max(maxCovis, c.covis)
-		maxSim = max(maxSim, c.sim)
-		maxShort = max(maxShort, st.PopShort)
-		maxLong = max(maxLong, st.PopLong)
-	}
-	for i := range cands {
-		c := &cands[i]
-		c.score = w.score(s, c, &c.st, maxCovis, maxSim, maxShort, maxLong)
-	}
 	sc.cands = cands // keep the grown buffer for the next call
-	// Only the head of the ranking is ever used: order the best k + exploration spares.
-	topK(cands, k)
+	nm := w.scoreCandidates(s, cands, k)
 
 	if hasPersonal {
 		res.Strategy = StrategyCovisHybrid
@@ -209,6 +200,11 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 	// ranked items stay ahead of the exploration ones.
 	if len(res.Items)+len(picks) < k && nMain < len(cands) {
 		rest := cands[nMain:]
+		for i := range rest {
+			if !rest[i].scored {
+				w.fullScore(s, &rest[i], nm)
+			}
+		}
 		slices.SortFunc(rest, cmpCand)
 		for _, c := range rest {
 			if len(res.Items)+len(picks) >= k {
@@ -228,27 +224,99 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 	return res
 }
 
-func (w *Weighted) score(s *Snapshot, c *cand, st *ItemStats, maxCovis, maxSim, maxShort, maxLong float64) float64 {
+// scoreCandidates computes the full scores needed to rank the best k candidates and leaves
+// them at the front of cands, in order.
+//
+// Only the personal terms (co-visitation, learned similarity) are computed for every
+// candidate; the others (popularity, watch rate, completion, freshness) are each at most
+// their weight, and fatigue only subtracts. So a candidate whose personal part plus that
+// bound cannot beat the k-th best full score is never looked up: most trending and popular
+// candidates of a warm user are pruned without touching Snapshot.Items. Popularity is
+// normalised by the global maxima, Trending[0] and Popular[0], which need no scan.
+func (w *Weighted) scoreCandidates(s *Snapshot, cands []cand, k int) norms {
+	wt := w.cfg.Weights
+	var nm norms
+	for i := range cands {
+		nm.covis = max(nm.covis, cands[i].covis)
+		nm.sim = max(nm.sim, cands[i].sim)
+	}
+	if len(s.Trending) > 0 {
+		nm.short = s.Trending[0].Score
+	}
+	if len(s.Popular) > 0 {
+		nm.long = s.Popular[0].Score
+	}
+	if nm.short <= 0 || nm.long <= 0 {
+		// No global list to normalise by: take the maxima over the candidates (needs every
+		// candidate's statistics, so no pruning).
+		for i := range cands {
+			st := s.Items[cands[i].id]
+			if len(s.Trending) == 0 {
+				nm.short = max(nm.short, st.PopShort)
+			}
+			if len(s.Popular) == 0 {
+				nm.long = max(nm.long, st.PopLong)
+			}
+		}
+	}
+	for i := range cands {
+		c := &cands[i]
+		c.personal = 0
+		if nm.covis > 0 {
+			c.personal += wt.Covis * c.covis / nm.covis
+		}
+		if nm.sim > 0 {
+			c.personal += wt.Similar * c.sim / nm.sim
+		}
+		c.score, c.scored = c.personal, false
+	}
+	head := max(4*k, 32)
+	if len(cands) <= head+head/2 || w.exhaustive {
+		for i := range cands {
+			w.fullScore(s, &cands[i], nm)
+		}
+		topK(cands, k)
+		return nm
+	}
+	bound := wt.Trending + wt.Popular + wt.WatchRate + wt.Completion + wt.Freshness
+	// The best head by personal score first, fully scored; its k-th best full score is the
+	// bar the others must be able to reach.
+	topK(cands, head)
+	for i := range cands[:head] {
+		w.fullScore(s, &cands[i], nm)
+	}
+	topK(cands[:head], k)
+	bar := cands[k-1].score
+	n := head
+	for i := head; i < len(cands); i++ {
+		if cands[i].personal+bound < bar {
+			continue
+		}
+		w.fullScore(s, &cands[i], nm)
+		cands[n], cands[i] = cands[i], cands[n]
+		n++
+	}
+	topK(cands[:n], k)
+	return nm
+}
+
+// fullScore sets c.score to the full linear score.
+func (w *Weighted) fullScore(s *Snapshot, c *cand, nm norms) {
 	cfg := w.cfg
 	wt := cfg.Weights
-	var f float64
-	if maxCovis > 0 {
-		f += wt.Covis * c.covis / maxCovis
+	st := s.Items[c.id]
+	f := c.personal
+	if nm.short > 0 {
+		f += wt.Trending * min(1, st.PopShort/nm.short)
 	}
-	if maxSim > 0 {
-		f += wt.Similar * c.sim / maxSim
-	}
-	if maxShort > 0 {
-		f += wt.Trending * st.PopShort / maxShort
-	}
-	if maxLong > 0 {
-		f += wt.Popular * st.PopLong / maxLong
+	if nm.long > 0 {
+		f += wt.Popular * min(1, st.PopLong/nm.long)
 	}
 	if wt.WatchRate > 0 {
 		f += wt.WatchRate * min(1, (float64(st.Watches)+cfg.WatchRatePriorWatches)/(float64(st.Impressions)+cfg.WatchRatePriorImpressions))
 	}
 	if wt.Completion > 0 {
-		f += wt.Completion * completion(st, cfg)
+		f += wt.Completion * completion(&st, cfg)
 	}
 	if wt.Freshness > 0 && st.FirstSeenMs > 0 {
 		age := float64(max(s.NowMs-st.FirstSeenMs, 0))
@@ -257,7 +325,7 @@ func (w *Weighted) score(s *Snapshot, c *cand, st *ItemStats, maxCovis, maxSim, 
 	if wt.Fatigue > 0 {
 		f -= wt.Fatigue * fatigue(s, c.id, cfg)
 	}
-	return f
+	c.score, c.scored = f, true
 }
 
 func completion(st *ItemStats, cfg Config) float64 {
