@@ -3,10 +3,7 @@ package reco
 import (
 	"context"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net"
-	"net/http"
 	"os"
 	"slices"
 	"strconv"
@@ -199,22 +196,29 @@ func servedBy(r *Reco) map[string]uint64 {
 }
 
 func runLoad(b *testing.B, base string, autolog bool, benchClients int) {
-	tr := &http.Transport{MaxIdleConns: benchClients * 2, MaxIdleConnsPerHost: benchClients * 2, IdleConnTimeout: time.Minute,
-		DialContext: (&net.Dialer{Timeout: time.Second}).DialContext}
-	client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
-	defer tr.CloseIdleConnections()
-	get := func(rng *rand.Rand) (time.Duration, error) {
-		url := fmt.Sprintf("%s/reco?user_id=load-user-%d&session_id=session-%d&k=20&x_autolog_impressions=%v",
-			base, rng.IntN(benchUsers)+1, rng.IntN(500000)+1, autolog)
+	conns := make([]*rawClient, benchClients)
+	for i := range conns {
+		c, err := newRawClient(base)
+		if err != nil {
+			b.Fatal(err)
+		}
+		conns[i] = c
+		defer func() {
+			if c.conn != nil {
+				c.conn.Close()
+			}
+		}()
+	}
+	get := func(c int, rng *rand.Rand) (time.Duration, error) {
+		target := "/reco?user_id=load-user-" + strconv.Itoa(rng.IntN(benchUsers)+1) + "&session_id=session-" +
+			strconv.Itoa(rng.IntN(500000)+1) + "&k=20&x_autolog_impressions=" + strconv.FormatBool(autolog)
 		start := time.Now()
-		resp, err := client.Get(url)
+		status, err := conns[c].get(target, 5*time.Second)
 		if err != nil {
 			return 0, err
 		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			return 0, fmt.Errorf("status %d", resp.StatusCode)
+		if status != 200 {
+			return 0, fmt.Errorf("status %d", status)
 		}
 		return time.Since(start), nil
 	}
@@ -226,7 +230,7 @@ func runLoad(b *testing.B, base string, autolog bool, benchClients int) {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(c), 99))
 			for i := 0; i < 50; i++ {
-				_, _ = get(rng)
+				_, _ = get(c, rng)
 			}
 		}(c)
 	}
@@ -245,7 +249,7 @@ func runLoad(b *testing.B, base string, autolog bool, benchClients int) {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(c), uint64(time.Now().UnixNano())))
 			for next.Add(1) <= int64(b.N) {
-				d, err := get(rng)
+				d, err := get(c, rng)
 				if err != nil {
 					failed.Add(1)
 					firstErr.CompareAndSwap(nil, err.Error())

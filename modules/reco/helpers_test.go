@@ -223,7 +223,7 @@ func newHarness(t *testing.T, mut func(*Config)) *harness {
 	// Redis is read like in production: the user live, per-item features through the cache.
 	var redis snapshotSource = h.redis
 	if cfg.ItemCacheTTL > 0 {
-		redis = &cachedSource{full: h.redis, user: h.redis, items: newItemCache(h.redis, cfg.ItemCacheTTL, cfg.ItemCacheMax), extra: 250}
+		redis = &cachedSource{full: h.redis, user: h.redis, items: newItemCache(h.redis, cfg.ItemCacheTTL, cfg.ItemCacheMax)}
 	}
 	h.r = newReco(cfg, slog.New(slog.DiscardHandler), h.set, parts{
 		redis: redis, pg: h.pg, writer: h.writer,

@@ -468,15 +468,40 @@ func sameSnapshot(a, b ranking.Snapshot) error {
 			return err
 		}
 	}
-	if len(a.Items) != len(b.Items) {
-		return fmt.Errorf("items: %d vs %d", len(a.Items), len(b.Items))
+	ai, bi := resolvedItems(&a), resolvedItems(&b)
+	if len(ai) != len(bi) {
+		return fmt.Errorf("items: %d vs %d", len(ai), len(bi))
 	}
-	for id, x := range a.Items {
-		y, ok := b.Items[id]
+	for id, x := range ai {
+		y, ok := bi[id]
 		if !ok || x.Impressions != y.Impressions || x.Watches != y.Watches || x.FirstSeenMs != y.FirstSeenMs || x.Ended != y.Ended ||
 			!close(x.SumPercent, y.SumPercent) || !close(x.PopShort, y.PopShort) || !close(x.PopLong, y.PopLong) || !close(x.WatchTimeSec, y.WatchTimeSec) {
 			return fmt.Errorf("item %s: %+v vs %+v", id, x, y)
 		}
 	}
 	return nil
+}
+
+// resolvedItems are the statistics the ranker sees for each item of a Snapshot: Items, then
+// SharedItems, with a list entry's own Stats pointer first.
+func resolvedItems(s *ranking.Snapshot) map[string]ranking.ItemStats {
+	out := map[string]ranking.ItemStats{}
+	for id, st := range s.SharedItems {
+		out[id] = st
+	}
+	for id, st := range s.Items {
+		out[id] = st
+	}
+	lists := [][]ranking.Scored{s.Trending, s.Popular, s.Fresh}
+	for _, l := range s.Neighbours {
+		lists = append(lists, l)
+	}
+	for _, l := range lists {
+		for _, x := range l {
+			if x.Stats != nil {
+				out[x.ItemID] = *x.Stats
+			}
+		}
+	}
+	return out
 }

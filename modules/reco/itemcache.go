@@ -3,7 +3,6 @@ package reco
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"fmt"
 	"hash/maphash"
 	"slices"
@@ -45,7 +44,6 @@ type cachedSource struct {
 	full  snapshotSource // the one-round-trip loader, for reads that include the global lists
 	user  snapshotSource // returns the user's state for options without lists or neighbours
 	items *itemCache
-	extra int // expected items added later (the global lists), to size the map once
 }
 
 func (c *cachedSource) Snapshot(ctx context.Context, userID string, nowMs int64, opts ranking.SnapshotOptions) (ranking.Snapshot, error) {
@@ -73,48 +71,13 @@ func (c *cachedSource) Snapshot(ctx context.Context, userID string, nowMs int64,
 	if s.Neighbours == nil {
 		s.Neighbours = make(map[string][]ranking.Scored, n)
 	}
-	total := 0
+	// Each cached neighbour carries its statistics (Scored.Stats): nothing is copied per request.
 	for i, e := range lists {
 		if len(e.l) > 0 {
 			s.Neighbours[hist[i]] = e.l
-			total += len(e.l)
 		}
 	}
-	// Room for the neighbours and the global lists' items completed later.
-	items := getItemsMap(total + c.extra)
-	for id, v := range s.Items {
-		items[id] = v
-	}
-	for _, e := range lists {
-		for j, x := range e.l {
-			if e.known[j] {
-				items[x.ItemID] = e.st[j]
-			}
-		}
-	}
-	s.Items = items
 	return s, nil
-}
-
-// itemsPool recycles the per-request Snapshot.Items maps: a map of a few hundred item
-// statistics is large, and allocating and zeroing one per request showed up as a quarter of
-// the handler's CPU. Reco.rank returns the map once the ranker is done with it.
-var itemsPool sync.Pool
-
-func getItemsMap(size int) map[string]ranking.ItemStats {
-	if m, ok := itemsPool.Get().(map[string]ranking.ItemStats); ok {
-		return m
-	}
-	return make(map[string]ranking.ItemStats, size)
-}
-
-// putItemsMap recycles m; the caller must hold the only reference.
-func putItemsMap(m map[string]ranking.ItemStats) {
-	if m == nil || len(m) > 20_000 {
-		return
-	}
-	clear(m)
-	itemsPool.Put(m)
 }
 
 // itemCache caches, per item, its neighbour list together with the statistics of those
@@ -159,9 +122,8 @@ type flight struct {
 type listEntry struct {
 	at         int64 // unix ms loaded
 	n          int
-	l          []ranking.Scored    // neighbours, strongest first, decayed at load time
-	st         []ranking.ItemStats // st[i] are the statistics of l[i] when known[i]
-	known      []bool
+	l          []ranking.Scored    // neighbours, strongest first, decayed at load time, Stats set when known
+	st         []ranking.ItemStats // backing store of l's Stats pointers
 	refreshing atomic.Bool
 }
 
@@ -286,9 +248,12 @@ func (c *itemCache) load(ctx context.Context, items []string, n int, nowMs int64
 	out := make(map[string]*listEntry, len(items))
 	for _, id := range items {
 		l := nbs[id]
-		e := &listEntry{at: at, n: n, l: l, st: make([]ranking.ItemStats, len(l)), known: make([]bool, len(l))}
-		for j, x := range l {
-			e.st[j], e.known[j] = stats[x.ItemID]
+		e := &listEntry{at: at, n: n, l: l, st: make([]ranking.ItemStats, len(l))}
+		for j := range l {
+			if st, ok := stats[l[j].ItemID]; ok {
+				e.st[j] = st
+				l[j].Stats = &e.st[j]
+			}
 		}
 		out[id] = e
 	}
@@ -379,21 +344,16 @@ func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ 
 	if f[0] == "" {
 		return s, nil // a user without events
 	}
-	if err := json.Unmarshal([]byte(f[0]), &s.History); err != nil {
+	if s.History, err = decodeHistory(f[0]); err != nil {
 		return s, fmt.Errorf("decode history of %q: %w", userID, err)
 	}
 	if f[1] != "" {
-		var w map[string]int64
-		if err := json.Unmarshal([]byte(f[1]), &w); err != nil {
+		if s.Watched, err = decodeWatched(f[1]); err != nil {
 			return s, fmt.Errorf("decode watched of %q: %w", userID, err)
-		}
-		s.Watched = make(map[string]bool, len(w))
-		for k := range w {
-			s.Watched[k] = true
 		}
 	}
 	if f[2] != "" {
-		if err := json.Unmarshal([]byte(f[2]), &s.Impressions); err != nil {
+		if s.Impressions, err = decodeImpressions(f[2]); err != nil {
 			return s, fmt.Errorf("decode impressions of %q: %w", userID, err)
 		}
 	}

@@ -122,10 +122,6 @@ func (r *Reco) rank(ctx context.Context, userID string, k int, now time.Time) (r
 	res := r.ranker.Rank(&snap, k)
 	r.m.stage(stageRanking, time.Since(t))
 	srcs := sources(&snap, res.Strategy)
-	if source != sourceGlobal {
-		// Built for this request alone (the global snapshot's map is shared: never recycled).
-		putItemsMap(snap.Items)
-	}
 	r.m.served[source].Inc()
 	if source != sourceRedis {
 		res.Strategy += "_" + source

@@ -181,21 +181,15 @@ func (s *serving) cachedGlobal(now time.Time) *globalSnap {
 	return g
 }
 
-// complete adds the global lists and their item statistics to a per-user snapshot. The
-// user's own statistics (read now) win over the global copy.
+// complete adds the global lists and their item statistics to a per-user snapshot, sharing
+// the global snapshot's statistics map as the last layer: the statistics read for this user
+// win over the global copy.
 func complete(snap *ranking.Snapshot, g *globalSnap) {
 	if g == nil {
 		return
 	}
 	snap.Trending, snap.Popular, snap.Fresh = g.snap.Trending, g.snap.Popular, g.snap.Fresh
-	if snap.Items == nil {
-		snap.Items = make(map[string]ranking.ItemStats, len(g.snap.Items))
-	}
-	for id, st := range g.snap.Items {
-		if _, ok := snap.Items[id]; !ok {
-			snap.Items[id] = st
-		}
-	}
+	snap.SharedItems = g.snap.Items
 }
 
 // refreshGlobal reloads the global snapshot from the best usable store. A failure keeps the

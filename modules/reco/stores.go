@@ -27,8 +27,7 @@ func stores(cfg *Config, d infra.Deps) (parts, error) {
 	var redisSrc snapshotSource = featurestore.NewRedisLoader(rd, prefix, fc)
 	if cfg.ItemCacheTTL > 0 {
 		redisSrc = &cachedSource{full: redisSrc, user: &redisUser{rd: rd, keys: keys},
-			items: newItemCache(&redisItems{rd: rd, keys: keys}, cfg.ItemCacheTTL, cfg.ItemCacheMax),
-			extra: cfg.Ranking.TrendingN + cfg.Ranking.PopularN + cfg.Ranking.FreshN}
+			items: newItemCache(&redisItems{rd: rd, keys: keys}, cfg.ItemCacheTTL, cfg.ItemCacheMax)}
 	}
 	return parts{
 		redis: redisSrc,

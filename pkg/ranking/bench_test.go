@@ -23,18 +23,18 @@ func typicalSnapshot() *Snapshot {
 	for h := 0; h < 10; h++ {
 		var l, m []Scored
 		for j := 0; j < 50; j++ {
-			l = append(l, Scored{id((h*131 + j*17) % 5000), float64(100 - j)})
-			m = append(m, Scored{id((h*71 + j*29) % 5000), float64(50-j) / 100})
+			l = append(l, Scored{ItemID: id((h*131 + j*17) % 5000), Score: float64(100 - j)})
+			m = append(m, Scored{ItemID: id((h*71 + j*29) % 5000), Score: float64(50-j) / 100})
 		}
 		s.Neighbours[s.History[h].ItemID] = l
 		s.Similar[s.History[h].ItemID] = m
 	}
 	for j := 0; j < 100; j++ {
-		s.Trending = append(s.Trending, Scored{id(j * 11 % 5000), float64(1000 - j)})
-		s.Popular = append(s.Popular, Scored{id(j * 13 % 5000), float64(5000 - j)})
+		s.Trending = append(s.Trending, Scored{ItemID: id(j * 11 % 5000), Score: float64(1000 - j)})
+		s.Popular = append(s.Popular, Scored{ItemID: id(j * 13 % 5000), Score: float64(5000 - j)})
 	}
 	for j := 0; j < 50; j++ {
-		s.Fresh = append(s.Fresh, Scored{id(5000 + j), float64(now - int64(j)*1000)})
+		s.Fresh = append(s.Fresh, Scored{ItemID: id(5000 + j), Score: float64(now - int64(j)*1000)})
 	}
 	add := func(l []Scored) {
 		for _, x := range l {

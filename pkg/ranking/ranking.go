@@ -48,6 +48,12 @@ type ItemStats struct {
 type Scored struct {
 	ItemID string  `json:"item_id"`
 	Score  float64 `json:"score"`
+	// Stats optionally points at the item's statistics when the loader has them at hand (a
+	// server's cached neighbour list carries its neighbours'), sparing the ranker a lookup in
+	// Snapshot.Items per candidate. Read-only; nil means look the item up with Snapshot.Stats.
+	// A loader that sets it for an item sets it on every list entry of that item, or also has
+	// the item in Items or SharedItems, so the statistics never depend on which list was read.
+	Stats *ItemStats `json:"-"`
 }
 
 // Snapshot is everything ranking needs for one user at one instant. The serving side loads it
@@ -81,9 +87,31 @@ type Snapshot struct {
 	// ranker keeps the under-exposed ones (few impressions) for exploration.
 	Fresh []Scored `json:"fresh"`
 
-	// Items holds ItemStats for the union of every candidate above (and may hold more). A
-	// candidate missing here is scored with zero statistics.
+	// Items holds ItemStats for the union of every candidate above (and may hold more), except
+	// those whose Scored.Stats is set. A candidate found in neither Items, SharedItems nor
+	// Scored.Stats is scored with zero statistics.
 	Items map[string]ItemStats `json:"items"`
+	// SharedItems is a read-only statistics map consulted for items missing from Items: a
+	// server shares one between requests (the global lists' statistics) instead of copying
+	// hundreds of entries into Items per request.
+	SharedItems map[string]ItemStats `json:"-"`
+}
+
+// Stats returns the statistics of item id from Items, else from SharedItems.
+func (s *Snapshot) Stats(id string) (ItemStats, bool) {
+	if st, ok := s.Items[id]; ok {
+		return st, true
+	}
+	st, ok := s.SharedItems[id]
+	return st, ok
+}
+
+// stats returns the statistics of a list entry: its own pointer when set, else a lookup.
+func (s *Snapshot) stats(x *Scored) (ItemStats, bool) {
+	if x.Stats != nil {
+		return *x.Stats, true
+	}
+	return s.Stats(x.ItemID)
 }
 
 // SnapshotOptions says how much a Snapshot loader fetches. Config.SnapshotOptions derives it

@@ -28,12 +28,12 @@ func snapshot() *Snapshot {
 		History: []HistoryEntry{{ItemID: "h1", TsMs: now - 1000, Quality: 1}, {ItemID: "h2", TsMs: now - 2000, Quality: 1}},
 		Watched: map[string]bool{"h1": true, "h2": true, "w": true},
 		Neighbours: map[string][]Scored{
-			"h1": {{"n1", 9}, {"h2", 8}, {"n2", 5}, {"w", 4}},
-			"h2": {{"n3", 20}, {"n2", 10}, {"h1", 7}},
+			"h1": {{ItemID: "n1", Score: 9}, {ItemID: "h2", Score: 8}, {ItemID: "n2", Score: 5}, {ItemID: "w", Score: 4}},
+			"h2": {{ItemID: "n3", Score: 20}, {ItemID: "n2", Score: 10}, {ItemID: "h1", Score: 7}},
 		},
-		Trending: []Scored{{"t1", 50}, {"n2", 30}, {"w", 20}},
-		Popular:  []Scored{{"p1", 500}, {"t1", 400}},
-		Fresh:    []Scored{{"f1", float64(now - 10)}, {"f2", float64(now - 20)}, {"f3", float64(now - 30)}},
+		Trending: []Scored{{ItemID: "t1", Score: 50}, {ItemID: "n2", Score: 30}, {ItemID: "w", Score: 20}},
+		Popular:  []Scored{{ItemID: "p1", Score: 500}, {ItemID: "t1", Score: 400}},
+		Fresh:    []Scored{{ItemID: "f1", Score: float64(now - 10)}, {ItemID: "f2", Score: float64(now - 20)}, {ItemID: "f3", Score: float64(now - 30)}},
 		Items:    map[string]ItemStats{},
 	}
 	for _, id := range []string{"n1", "n2", "n3", "t1", "p1", "f1", "f2", "f3", "w"} {
@@ -170,7 +170,7 @@ func TestRankExplorationDeterministic(t *testing.T) {
 func TestRankTiesByItemID(t *testing.T) {
 	cfg := noExplore()
 	cfg.Weights = Weights{Popular: 1}
-	s := &Snapshot{UserID: "u", NowMs: now, Popular: []Scored{{"c", 1}, {"a", 1}, {"b", 1}},
+	s := &Snapshot{UserID: "u", NowMs: now, Popular: []Scored{{ItemID: "c", Score: 1}, {ItemID: "a", Score: 1}, {ItemID: "b", Score: 1}},
 		Items: map[string]ItemStats{"a": {PopLong: 1}, "b": {PopLong: 1}, "c": {PopLong: 1}}}
 	if res := NewWeighted(cfg).Rank(s, 3); !slices.Equal(res.Items, []string{"a", "b", "c"}) {
 		t.Fatalf("ties: %v", res.Items)
@@ -195,7 +195,7 @@ func TestRankFeatureSignals(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := noExplore()
 			cfg.Weights = tc.weights
-			s := &Snapshot{UserID: "u", NowMs: now, Popular: []Scored{{"a", 1}, {"b", 1}},
+			s := &Snapshot{UserID: "u", NowMs: now, Popular: []Scored{{ItemID: "a", Score: 1}, {ItemID: "b", Score: 1}},
 				Items: map[string]ItemStats{"a": tc.worse, "b": tc.better}}
 			res := NewWeighted(cfg).Rank(s, 2)
 			if res.Items[0] != "b" {
@@ -257,17 +257,20 @@ func TestRankPruningIsExact(t *testing.T) {
 			s.History = append(s.History, HistoryEntry{ItemID: hid, TsMs: now - int64(h)*1000, Quality: 0.2 + 0.8*r.Float64()})
 			var l, m []Scored
 			for j := 0; j < r.IntN(60); j++ {
-				l = append(l, Scored{id(), float64(r.IntN(20))}) // integer scores: many ties
-				m = append(m, Scored{id(), r.Float64()})
+				l = append(l, Scored{ItemID: id(), Score: float64(r.IntN(20))}) // integer scores: many ties
+				m = append(m, Scored{ItemID: id(), Score: r.Float64()})
 			}
 			slices.SortFunc(l, func(a, b Scored) int { return cmpFloatDesc(a.Score, b.Score) })
 			slices.SortFunc(m, func(a, b Scored) int { return cmpFloatDesc(a.Score, b.Score) })
 			s.Neighbours[hid], s.Similar[hid] = l, m
 		}
 		all := map[string]bool{}
+		for j := 0; j < 6; j++ {
+			s.Fresh = append(s.Fresh, Scored{ItemID: id(), Score: float64(now - int64(j))})
+		}
 		for j := 0; j < 100; j++ {
-			s.Trending = append(s.Trending, Scored{id(), float64(100 - j)})
-			s.Popular = append(s.Popular, Scored{id(), float64(1000 - j)})
+			s.Trending = append(s.Trending, Scored{ItemID: id(), Score: float64(100 - j)})
+			s.Popular = append(s.Popular, Scored{ItemID: id(), Score: float64(1000 - j)})
 		}
 		for _, l := range [][]Scored{s.Trending, s.Popular} {
 			for _, x := range l {
@@ -279,9 +282,24 @@ func TestRankPruningIsExact(t *testing.T) {
 				all[x.ItemID] = true
 			}
 		}
+		// Statistics spread over Items, SharedItems and the lists' own Stats pointers (set on
+		// every list entry of the item, as Scored.Stats requires).
+		s.SharedItems = map[string]ItemStats{}
+		carried := map[string]*ItemStats{}
 		for it := range all {
-			s.Items[it] = ItemStats{Impressions: int64(r.IntN(100)), Watches: int64(r.IntN(50)), PopShort: 100 * r.Float64(),
+			st := ItemStats{Impressions: int64(r.IntN(100)), Watches: int64(r.IntN(50)), PopShort: 100 * r.Float64(),
 				PopLong: 1000 * r.Float64(), FirstSeenMs: now - int64(r.IntN(1e9)), SumPercent: float64(r.IntN(1000)), PercentCount: int64(r.IntN(20))}
+			switch r.IntN(4) {
+			case 0:
+				s.Items[it] = st
+			case 1:
+				s.SharedItems[it] = st
+			case 2:
+				carried[it] = &st
+			default:
+				carried[it] = &st
+				s.SharedItems[it] = st
+			}
 			if r.IntN(10) == 0 {
 				s.Impressions[it] = ImpressionStat{Count: int64(r.IntN(8)), LastTsMs: now}
 			}
@@ -289,9 +307,26 @@ func TestRankPruningIsExact(t *testing.T) {
 				s.Watched[it] = true
 			}
 		}
+		lists := [][]Scored{s.Trending, s.Popular}
+		for _, l := range s.Neighbours {
+			lists = append(lists, l)
+		}
+		for _, l := range s.Similar {
+			lists = append(lists, l)
+		}
+		for _, l := range lists {
+			for i := range l {
+				l[i].Stats = carried[l[i].ItemID]
+			}
+		}
 		for _, k := range []int{1, 5, 10, 20} {
 			cfg := DefaultConfig()
 			cfg.ExplorationShare = 0
+			if trial%3 == 2 {
+				// Exploration picks that are also ranked candidates leave slots for the
+				// fill from the remaining candidates.
+				cfg.ExplorationShare = 0.4
+			}
 			if trial%2 == 1 {
 				cfg.Weights.Trending, cfg.Weights.Popular = 0.8, 0.6 // weaker pruning
 			}

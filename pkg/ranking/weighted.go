@@ -44,7 +44,8 @@ type cand struct {
 	covis, sim float64
 	personal   float64 // normalised covis and similar terms, weighted
 	score      float64
-	scored     bool // score is the full score (else it is still personal)
+	scored     bool       // score is the full score (else it is still personal)
+	st         *ItemStats // the statistics carried by a list entry (Scored.Stats), if any
 }
 
 // norms are the per-request normalisers of the features.
@@ -80,19 +81,23 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 	for _, h := range s.History {
 		idx[h.ItemID] = -1
 	}
-	get := func(id string) *cand {
-		if i, ok := idx[id]; ok {
+	get := func(x *Scored) *cand {
+		if i, ok := idx[x.ItemID]; ok {
 			if i < 0 {
 				return nil
 			}
-			return &cands[i]
+			c := &cands[i]
+			if c.st == nil {
+				c.st = x.Stats
+			}
+			return c
 		}
-		if s.Watched[id] {
-			idx[id] = -1
+		if s.Watched[x.ItemID] {
+			idx[x.ItemID] = -1
 			return nil
 		}
-		idx[id] = len(cands)
-		cands = append(cands, cand{id: id})
+		idx[x.ItemID] = len(cands)
+		cands = append(cands, cand{id: x.ItemID, st: x.Stats})
 		return &cands[len(cands)-1]
 	}
 	excluded := func(id string) bool {
@@ -119,22 +124,21 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 			}
 			top := 1.0
 			if cfg.NormaliseNeighbours {
-				top = 0
-				for _, n := range ns {
-					top = max(top, n.Score)
-				}
+				top = ns[0].Score // lists are strongest first (Snapshot.Neighbours)
 				if top <= 0 {
 					continue
 				}
 			}
-			for j, n := range ns {
+			for j := range ns {
+				n := &ns[j]
 				if j >= cfg.NeighboursPerItem {
 					break
 				}
-				if n.Score <= 0 || n.ItemID == h.ItemID {
+				// A list naming its own item needs no check: history items are excluded in idx.
+				if n.Score <= 0 {
 					continue
 				}
-				c := get(n.ItemID)
+				c := get(n)
 				if c == nil {
 					continue
 				}
@@ -146,18 +150,46 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 	addNeighbours(s.Neighbours, func(c *cand, v float64) { c.covis += v })
 	addNeighbours(s.Similar, func(c *cand, v float64) { c.sim += v })
 	addList := func(l []Scored, n int) {
-		for i, it := range l {
+		for i := range l {
 			if i >= n {
 				break
 			}
-			get(it.ItemID)
+			get(&l[i])
 		}
 	}
-	addList(s.Trending, cfg.TrendingN)
-	addList(s.Popular, cfg.PopularN)
-
+	globalsIn := false
+	addGlobals := func() {
+		if globalsIn {
+			return
+		}
+		globalsIn = true
+		// Scoring reorders cands: point the index at the current positions first.
+		for i := range cands {
+			idx[cands[i].id] = i
+		}
+		addList(s.Trending, cfg.TrendingN)
+		addList(s.Popular, cfg.PopularN)
+	}
+	// A candidate only in the global lists has no personal term, so its full score is at most
+	// the bound of the non-personal weights. When the personal candidates alone already hold k
+	// full scores above that bound, the global lists cannot enter the top k: rank without
+	// them (for a warm user that skips a few hundred candidates per request). The result is
+	// exactly the one with them: covis and similar maxima come from personal candidates, and
+	// popularity is normalised by the lists' heads, not by the candidates.
+	var nm norms
+	canSkip := !w.exhaustive && len(cands) >= k && len(s.Trending) > 0 && s.Trending[0].Score > 0 &&
+		len(s.Popular) > 0 && s.Popular[0].Score > 0
+	if canSkip {
+		nm = w.scoreCandidates(s, cands, k)
+		if cands[k-1].score <= w.bound() {
+			addGlobals()
+			nm = w.scoreCandidates(s, cands, k)
+		}
+	} else {
+		addGlobals()
+		nm = w.scoreCandidates(s, cands, k)
+	}
 	sc.cands = cands // keep the grown buffer for the next call
-	nm := w.scoreCandidates(s, cands, k)
 
 	if hasPersonal {
 		res.Strategy = StrategyCovisHybrid
@@ -198,6 +230,10 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 	}
 	// Fill from the remaining ranked candidates when exploration found too few items, so
 	// ranked items stay ahead of the exploration ones.
+	if len(res.Items)+len(picks) < k && !globalsIn {
+		addGlobals()
+		sc.cands = cands
+	}
 	if len(res.Items)+len(picks) < k && nMain < len(cands) {
 		rest := cands[nMain:]
 		for i := range rest {
@@ -250,7 +286,7 @@ func (w *Weighted) scoreCandidates(s *Snapshot, cands []cand, k int) norms {
 		// No global list to normalise by: take the maxima over the candidates (needs every
 		// candidate's statistics, so no pruning).
 		for i := range cands {
-			st := s.Items[cands[i].id]
+			st := cands[i].stats(s)
 			if len(s.Trending) == 0 {
 				nm.short = max(nm.short, st.PopShort)
 			}
@@ -278,7 +314,7 @@ func (w *Weighted) scoreCandidates(s *Snapshot, cands []cand, k int) norms {
 		topK(cands, k)
 		return nm
 	}
-	bound := wt.Trending + wt.Popular + wt.WatchRate + wt.Completion + wt.Freshness
+	bound := w.bound()
 	// The best head by personal score first, fully scored; its k-th best full score is the
 	// bar the others must be able to reach.
 	topK(cands, head)
@@ -300,11 +336,26 @@ func (w *Weighted) scoreCandidates(s *Snapshot, cands []cand, k int) norms {
 	return nm
 }
 
+// stats returns the candidate's statistics (zero when unknown).
+func (c *cand) stats(s *Snapshot) ItemStats {
+	if c.st != nil {
+		return *c.st
+	}
+	st, _ := s.Stats(c.id)
+	return st
+}
+
+// bound is the most the non-personal terms can add to a candidate's score.
+func (w *Weighted) bound() float64 {
+	wt := w.cfg.Weights
+	return wt.Trending + wt.Popular + wt.WatchRate + wt.Completion + wt.Freshness
+}
+
 // fullScore sets c.score to the full linear score.
 func (w *Weighted) fullScore(s *Snapshot, c *cand, nm norms) {
 	cfg := w.cfg
 	wt := cfg.Weights
-	st := s.Items[c.id]
+	st := c.stats(s)
 	f := c.personal
 	if nm.short > 0 {
 		f += wt.Trending * min(1, st.PopShort/nm.short)
@@ -367,7 +418,7 @@ func (w *Weighted) explorationPool(s *Snapshot, excluded func(string) bool) []st
 		if excluded(f.ItemID) {
 			continue
 		}
-		if st, ok := s.Items[f.ItemID]; ok && st.Impressions >= cfg.ExplorationMaxImpressions && cfg.ExplorationMaxImpressions > 0 {
+		if st, ok := s.stats(&s.Fresh[i]); ok && st.Impressions >= cfg.ExplorationMaxImpressions && cfg.ExplorationMaxImpressions > 0 {
 			continue
 		}
 		if fatigue(s, f.ItemID, cfg) > 0 {
