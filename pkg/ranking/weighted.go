@@ -53,13 +53,11 @@ type norms struct{ covis, sim, short, long float64 }
 
 // scratch is per-call working memory, pooled because Rank runs on every request.
 type scratch struct {
-	idx   map[string]int
+	idx   idTable // item id -> index in cands, or -1: excluded
 	cands []cand
 }
 
-var scratchPool = sync.Pool{New: func() any {
-	return &scratch{idx: make(map[string]int, 1024), cands: make([]cand, 0, 1024)}
-}}
+var scratchPool = sync.Pool{New: func() any { return &scratch{cands: make([]cand, 0, 1024)} }}
 
 // Rank implements Ranker.
 func (w *Weighted) Rank(s *Snapshot, k int) Result {
@@ -70,19 +68,21 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 	}
 	sc := scratchPool.Get().(*scratch)
 	defer func() {
-		clear(sc.idx)
 		sc.cands = sc.cands[:0]
 		scratchPool.Put(sc)
 	}()
-	idx := sc.idx
+	idx := &sc.idx
+	idx.reset(len(s.History) + min(len(s.History), cfg.HistoryItems)*cfg.NeighboursPerItem + cfg.TrendingN + cfg.PopularN)
 	cands := sc.cands
 	// Items already in the user's history are excluded even if the bounded watched set has
 	// forgotten them: they enter the index as excluded (-1).
 	for _, h := range s.History {
-		idx[h.ItemID] = -1
+		idx.put(h.ItemID, -1)
 	}
 	get := func(x *Scored) *cand {
-		if i, ok := idx[x.ItemID]; ok {
+		slot, found := idx.probe(x.ItemID)
+		if found {
+			i := idx.vals[slot]
 			if i < 0 {
 				return nil
 			}
@@ -93,15 +93,15 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 			return c
 		}
 		if s.Watched[x.ItemID] {
-			idx[x.ItemID] = -1
+			idx.insertAt(slot, x.ItemID, -1)
 			return nil
 		}
-		idx[x.ItemID] = len(cands)
+		idx.insertAt(slot, x.ItemID, int32(len(cands)))
 		cands = append(cands, cand{id: x.ItemID, st: x.Stats})
 		return &cands[len(cands)-1]
 	}
 	excluded := func(id string) bool {
-		if i, ok := idx[id]; ok && i < 0 {
+		if i, ok := idx.get(id); ok && i < 0 {
 			return true
 		}
 		return s.Watched[id]
@@ -165,7 +165,7 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 		globalsIn = true
 		// Scoring reorders cands: point the index at the current positions first.
 		for i := range cands {
-			idx[cands[i].id] = i
+			idx.put(cands[i].id, int32(i))
 		}
 		addList(s.Trending, cfg.TrendingN)
 		addList(s.Popular, cfg.PopularN)
