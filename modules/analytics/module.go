@@ -32,7 +32,8 @@
 //	recsys_analytics_rollup_lag_seconds            gauge: now - watermark (the raw tail a request reads)
 //
 // Readiness: ready once Run has started; a failing roll-up only makes requests read more raw
-// rows, it never makes the answers wrong.
+// rows, it never makes the answers wrong. PostgreSQL is an optional need (see modules/ingest):
+// while it is down GET /analytics/baseline answers 503 and the folds retry.
 package analytics
 
 import (
@@ -61,6 +62,7 @@ func init() {
 		Name:      "analytics",
 		Summary:   "GET /analytics/baseline: KPI snapshot from incremental roll-ups of the raw events",
 		Needs:     infra.Postgres,
+		Optional:  infra.Postgres,
 		NewConfig: newCfg,
 		New:       build,
 	})

@@ -32,8 +32,12 @@
 //	recsys_ingest_commit_errors_total{writer}, recsys_ingest_group_fallbacks_total{writer}
 //	                                                     from pkg/ingest's writer (writer="ingest")
 //
-// Readiness: the module adds no check of its own; /readyz already fails while PostgreSQL is
-// unreachable or its schema is not at this binary's version, which is exactly when writes fail.
+// Readiness: the module adds no check of its own. PostgreSQL is an optional need: while it is
+// unreachable the endpoints answer 503 within --ingest.write-timeout and /readyz names it
+// "degraded" without failing, because every api pod shares the database and taking them all
+// out of rotation would also stop /reco, which serves from Redis. A schema at another version
+// than this binary's still fails /readyz. (With the relay or consumer role in the same
+// process PostgreSQL stays a hard need: they cannot work without it.)
 package ingest
 
 import (
@@ -52,6 +56,7 @@ func init() {
 		Name:      "ingest",
 		Summary:   "event ingestion: /log/impression, /log/watch, /log/batch, /event, /contract",
 		Needs:     infra.Postgres,
+		Optional:  infra.Postgres,
 		NewConfig: newCfg,
 		New:       build,
 	})

@@ -70,7 +70,8 @@
 //	recsys_ingest_*{writer="reco"}           pkg/ingest's writer metrics of the autolog writer
 //
 // Readiness: ready while some list can be made (Redis usable, PostgreSQL usable, or a global
-// snapshot loaded). Redis is an optional need: its outage shows as "degraded" in /readyz.
+// snapshot loaded). Redis and PostgreSQL are optional needs: an outage of either shows as
+// "degraded" in /readyz (autolog buffers while PostgreSQL is down).
 // /healthz and /readyz carry an "online_cache" object (Redis state, breakers, ready marker,
 // global snapshot) and a "reco_autolog" object (mode, queue depth, drops).
 package reco
@@ -96,7 +97,7 @@ func init() {
 		Name:      "reco",
 		Summary:   "recommendations: /reco, /recommend, /metrics/reco",
 		Needs:     infra.Postgres | infra.Redis,
-		Optional:  infra.Redis,
+		Optional:  infra.Postgres | infra.Redis,
 		NewConfig: newCfg,
 		New:       build,
 	})

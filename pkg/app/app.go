@@ -246,13 +246,15 @@ func (h *health) report(ctx context.Context) (map[string]any, bool) {
 	ready := !h.draining.Load()
 	checks := map[string]any{}
 	clients := map[string]string{}
-	soft := map[string]infra.Need{"postgres": infra.Postgres, "schema": infra.Postgres, "redis": infra.Redis, "kafka": infra.Kafka}
+	// A schema at another version than this binary's is never soft: it is only reported when
+	// PostgreSQL answers, and such a process must not take traffic.
+	soft := map[string]infra.Need{"postgres": infra.Postgres, "redis": infra.Redis, "kafka": infra.Kafka}
 	for name, err := range h.in.Checks(ctx) {
 		ok := err == nil
 		switch {
 		case ok:
 			clients[name] = "ok"
-		case h.optional.Has(soft[name]):
+		case soft[name] != 0 && h.optional.Has(soft[name]):
 			clients[name] = "degraded: " + err.Error()
 		default:
 			clients[name] = err.Error()

@@ -39,8 +39,16 @@ func getReco(t *testing.T, base, user string) recoBody {
 
 func postWatch(t *testing.T, base, user, item string, tsMs int64) {
 	t.Helper()
+	code, err := sendWatch(base, fmt.Sprintf("rt-%s-%s-%d", user, item, tsMs), user, item, tsMs)
+	if err != nil || code != 200 {
+		t.Fatalf("POST /log/watch: %d %v", code, err)
+	}
+}
+
+// sendWatch posts one watch and returns the status code.
+func sendWatch(base, eventID, user, item string, tsMs int64) (int, error) {
 	body, _ := json.Marshal(map[string]any{
-		"event_id": fmt.Sprintf("rt-%s-%s-%d", user, item, tsMs), "user_id": user, "session_id": "rt-session",
+		"event_id": eventID, "user_id": user, "session_id": "rt-session",
 		"request_id": "rt-request", "ts_ms": tsMs, "item_id": item, "watch_time_sec": 120, "percent_watched": 95, "ended": true,
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -49,12 +57,10 @@ func postWatch(t *testing.T, base, user, item string, tsMs int64) {
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatalf("POST /log/watch: %v", err)
+		return 0, err
 	}
 	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("POST /log/watch: %d", resp.StatusCode)
-	}
+	return resp.StatusCode, nil
 }
 
 func indexIn(items []string, id string) int {
