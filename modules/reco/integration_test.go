@@ -21,7 +21,6 @@ import (
 	"recsys/pkg/httpx"
 	"recsys/pkg/infra"
 	"recsys/pkg/kafka"
-	"recsys/pkg/migrate"
 	"recsys/pkg/postgres"
 	"recsys/pkg/ranking"
 	rds "recsys/pkg/redis"
@@ -313,14 +312,7 @@ func TestIntegrationRedisOutageFallsBackToPostgresAndRecovers(t *testing.T) {
 
 func TestIntegrationPostgresOutageServesFromRedisAndPersistsBufferedAutolog(t *testing.T) {
 	pg := testutil.StartPrivate(t, "pg")
-	m, err := migrate.Open(pg.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Up(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	m.Close()
+	testutil.MigrateUp(t, pg.URL)
 	s := newStack(t, pg.URL, testutil.RedisURL(t), nil)
 	s.seed(userWatchedA(s))
 	s.waitServing()
@@ -354,14 +346,7 @@ func TestIntegrationPostgresOutageServesFromRedisAndPersistsBufferedAutolog(t *t
 func TestIntegrationBothStoresDownServesGlobalSnapshot(t *testing.T) {
 	pg := testutil.StartPrivate(t, "pg")
 	red := testutil.StartPrivate(t, "redis")
-	m, err := migrate.Open(pg.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Up(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	m.Close()
+	testutil.MigrateUp(t, pg.URL)
 	s := newStack(t, pg.URL, red.URL, func(c *Config) { c.AutologAsync = false })
 	s.seed(userWatchedA(s))
 	s.waitServing()

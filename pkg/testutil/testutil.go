@@ -93,6 +93,13 @@ func NewDatabase(t testing.TB) string {
 func MigratedDatabase(t testing.TB) string {
 	t.Helper()
 	dsn := NewDatabase(t)
+	MigrateUp(t, dsn)
+	return dsn
+}
+
+// MigrateUp applies every migration to the database at dsn (a private server's, say).
+func MigrateUp(t testing.TB, dsn string) {
+	t.Helper()
 	m, err := migrate.Open(dsn)
 	if err != nil {
 		t.Fatalf("open migrator: %v", err)
@@ -101,7 +108,6 @@ func MigratedDatabase(t testing.TB) string {
 	if err := m.Up(context.Background()); err != nil {
 		t.Fatalf("migrate up: %v", err)
 	}
-	return dsn
 }
 
 // Pool opens a pool on dsn, closed when the test ends.

@@ -194,14 +194,7 @@ func TestDevModeWithEmbeddedServicesBecomesReady(t *testing.T) {
 
 func TestPostgresOutageMakesUnreadyAndRecovers(t *testing.T) {
 	pg := testutil.StartPrivate(t, "pg")
-	m, err := migrate.Open(pg.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Up(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	m.Close()
+	testutil.MigrateUp(t, pg.URL)
 	p := Start(t, StackEnv(t, pg.URL), "all")
 	p.WaitReadyz(t, 200, 60*time.Second)
 

@@ -1,14 +1,12 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	"recsys/pkg/migrate"
 	"recsys/pkg/testutil"
 )
 
@@ -24,14 +22,7 @@ func TestAPIPodStaysReadyWithPostgresDown(t *testing.T) {
 	if !strings.Contains(fmt.Sprint(body), "behind this binary") {
 		t.Fatalf("readyz body %v does not explain the schema is behind", body)
 	}
-	m, err := migrate.Open(pg.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Up(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	m.Close()
+	testutil.MigrateUp(t, pg.URL)
 	p.WaitReadyz(t, 200, 30*time.Second)
 	watch := func(id string) int {
 		code, _ := sendWatch(p.Base, id, "rdy-user", "rdy-item", time.Now().UnixMilli())
