@@ -11,6 +11,7 @@ import (
 
 	"recsys/pkg/app"
 	"recsys/pkg/flagenv"
+	"recsys/pkg/gctune"
 	"recsys/pkg/httpx"
 	"recsys/pkg/infra"
 	"recsys/pkg/module"
@@ -19,6 +20,7 @@ import (
 // runFlags is the configuration of a process that runs modules.
 type runFlags struct {
 	roles    []string
+	gc       gctune.Config
 	http     httpx.Config
 	shutdown app.ShutdownConfig
 	infra    infra.Config
@@ -29,6 +31,7 @@ type runFlags struct {
 // every module's flags because the roles are known only after parsing (as Loki does with
 // -target); presets register only their own closure so their --help stays short.
 func (r *runFlags) register(fs *pflag.FlagSet, infos []module.Info) {
+	r.gc = gctune.DefaultConfig()
 	r.http = httpx.DefaultConfig()
 	r.shutdown = app.ShutdownConfig{Delay: 0, Timeout: 25e9}
 	r.infra = infra.DefaultConfig()
@@ -40,6 +43,7 @@ func (r *runFlags) register(fs *pflag.FlagSet, infos []module.Info) {
 		c.RegisterFlags(fs)
 		r.configs[i.Name] = c
 	}
+	r.gc.RegisterFlags(fs)
 	r.http.RegisterFlags(fs)
 	flagenv.Alias(fs, "http.addr", "API_ADDR")
 	r.shutdown.RegisterFlags(fs)
@@ -53,7 +57,10 @@ func (r *runFlags) run(cmd *cobra.Command, lc *logConfig, log *slog.Logger) erro
 			return err
 		}
 	}
-	log.Info("configuration", "roles", r.roles, "flags", flagenv.Effective(cmd.Flags()))
+	if err := r.gc.Validate(); err != nil {
+		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	log.Info("configuration", "roles", r.roles, "flags", flagenv.Effective(cmd.Flags()), "gc", r.gc.Apply())
 	return app.Run(cmd.Context(), app.Options{Registry: module.Default(), Roles: r.roles, HTTP: r.http,
 		Shutdown: r.shutdown, Infra: r.infra, Configs: r.configs, Log: log})
 }

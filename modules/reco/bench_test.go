@@ -17,6 +17,7 @@ import (
 
 	"recsys/pkg/features"
 	"recsys/pkg/featurestore"
+	"recsys/pkg/gctune"
 	"recsys/pkg/ranking"
 	rds "recsys/pkg/redis"
 	"recsys/pkg/testutil"
@@ -95,6 +96,9 @@ func benchSeed(s *stack, redisURL string) error {
 }
 
 func BenchmarkRecoHTTP(b *testing.B) {
+	// The collector settings `recsys` applies at start (pkg/gctune), so the in-process server
+	// is measured as it runs in production.
+	b.Logf("gc %v", gctune.DefaultConfig().Apply())
 	var base string
 	var mod *Reco
 	var rd rueidis.Client
