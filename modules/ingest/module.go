@@ -94,6 +94,7 @@ func New(cfg *Config, d infra.Deps) (module.Module, error) {
 		MaxAttempts:      cfg.OutboxMaxAttempts,
 		MaxWait:          cfg.GroupCommitMaxWait,
 		MaxEvents:        cfg.GroupCommitMaxEvents,
+		CopyMinEvents:    cfg.GroupCommitCopyMinEvents,
 		Workers:          cfg.GroupCommitWorkers,
 		QueueSize:        cfg.QueueSize,
 		Timeout:          cfg.WriteTimeout,

@@ -29,6 +29,17 @@ func newWriter(t *testing.T, pool *pgxpool.Pool, mod func(*ingest.Config)) *inge
 	return w
 }
 
+// forEachPath runs a test with both ways of writing a group: the single unnest statement
+// (every group is below CopyMinEvents) and COPY (every group is at or above it).
+func forEachPath(t *testing.T, test func(t *testing.T, path func(*ingest.Config))) {
+	for _, p := range []struct {
+		name    string
+		copyMin int
+	}{{"statement", 1 << 30}, {"copy", 1}} {
+		t.Run(p.name, func(t *testing.T) { test(t, func(c *ingest.Config) { c.CopyMinEvents = p.copyMin }) })
+	}
+}
+
 func watch(id, user string) *events.Watch {
 	now := time.Now().UnixMilli()
 	pct := 50.0
@@ -56,9 +67,11 @@ func count(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) int {
 	return n
 }
 
-func TestWriterStoresEventsAndOutbox(t *testing.T) {
+func TestWriterStoresEventsAndOutbox(t *testing.T) { forEachPath(t, testWriterStoresEventsAndOutbox) }
+
+func testWriterStoresEventsAndOutbox(t *testing.T, path func(*ingest.Config)) {
 	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
-	w := newWriter(t, pool, nil)
+	w := newWriter(t, pool, path)
 	ctx := context.Background()
 
 	leg := &events.Legacy{EventID: "legacy-0001", UserID: "u1", ItemID: "i9", EventType: "click", Ts: time.Now().Unix()}
@@ -141,9 +154,11 @@ func TestWriterStoresEventsAndOutbox(t *testing.T) {
 	}
 }
 
-func TestWriterConcurrentSameID(t *testing.T) {
+func TestWriterConcurrentSameID(t *testing.T) { forEachPath(t, testWriterConcurrentSameID) }
+
+func testWriterConcurrentSameID(t *testing.T, path func(*ingest.Config)) {
 	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
-	w := newWriter(t, pool, nil)
+	w := newWriter(t, pool, path)
 	const n = 50
 	var wg sync.WaitGroup
 	statuses := make([]ingest.Status, n)
@@ -199,10 +214,12 @@ CREATE TRIGGER fail_poison BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION fai
 	}
 }
 
-func TestWriterBatchIsAtomic(t *testing.T) {
+func TestWriterBatchIsAtomic(t *testing.T) { forEachPath(t, testWriterBatchIsAtomic) }
+
+func testWriterBatchIsAtomic(t *testing.T, path func(*ingest.Config)) {
 	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
 	failOn(t, pool, "watches", "poison")
-	w := newWriter(t, pool, nil)
+	w := newWriter(t, pool, path)
 	// The failing event comes after impressions and watches that insert fine.
 	var evs []events.Any
 	for i := range 10 {
@@ -225,11 +242,13 @@ func TestWriterBatchIsAtomic(t *testing.T) {
 
 // TestWriterGroupFallback merges many requests into one transaction (long MaxWait, one
 // worker) with one poisoned request among them: only that one fails.
-func TestWriterGroupFallback(t *testing.T) {
+func TestWriterGroupFallback(t *testing.T) { forEachPath(t, testWriterGroupFallback) }
+
+func testWriterGroupFallback(t *testing.T, path func(*ingest.Config)) {
 	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
 	failOn(t, pool, "watches", "poison")
 	set := metrics.NewSet()
-	w := newWriter(t, pool, func(c *ingest.Config) { c.Workers = 1; c.MaxWait = 200 * time.Millisecond; c.Metrics = set })
+	w := newWriter(t, pool, func(c *ingest.Config) { path(c); c.Workers = 1; c.MaxWait = 200 * time.Millisecond; c.Metrics = set })
 	const n = 20
 	var wg sync.WaitGroup
 	errs := make([]error, n)
@@ -266,9 +285,11 @@ func TestWriterGroupFallback(t *testing.T) {
 }
 
 // TestWriterSameIDInOneGroup: two requests of one merged group carry the same id.
-func TestWriterSameIDInOneGroup(t *testing.T) {
+func TestWriterSameIDInOneGroup(t *testing.T) { forEachPath(t, testWriterSameIDInOneGroup) }
+
+func testWriterSameIDInOneGroup(t *testing.T, path func(*ingest.Config)) {
 	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
-	w := newWriter(t, pool, func(c *ingest.Config) { c.Workers = 1; c.MaxWait = 100 * time.Millisecond })
+	w := newWriter(t, pool, func(c *ingest.Config) { path(c); c.Workers = 1; c.MaxWait = 100 * time.Millisecond })
 	var wg sync.WaitGroup
 	res := make([][]ingest.Result, 2)
 	for i := range 2 {
