@@ -391,3 +391,45 @@ func migrateURL(t *testing.T, dsn string) {
 		t.Fatal(err)
 	}
 }
+
+// TestWriterKindCombinations writes groups with every mix of kinds (each mix has its own
+// statement) and checks every table got exactly its rows.
+func TestWriterKindCombinations(t *testing.T) { forEachPath(t, testWriterKindCombinations) }
+
+func testWriterKindCombinations(t *testing.T, path func(*ingest.Config)) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	w := newWriter(t, pool, path)
+	want := map[string]int{}
+	for mask := 1; mask < 8; mask++ {
+		var evs []events.Any
+		id := func(kind string) string { return fmt.Sprintf("mix-%d-%s", mask, kind) }
+		if mask&1 != 0 {
+			evs = append(evs, impression(id("imp"), "u1", "a", "b"))
+			want["impressions"] += 2
+		}
+		if mask&2 != 0 {
+			evs = append(evs, watch(id("wat"), "u1"))
+			want["watches"]++
+		}
+		if mask&4 != 0 {
+			evs = append(evs, &events.Legacy{EventID: id("leg"), UserID: "u1", ItemID: "i1", EventType: "view", Ts: time.Now().Unix()})
+			want["legacy_events"]++
+		}
+		want["event_outbox"] += len(evs)
+		want["event_dedup"] += len(evs)
+		res, err := w.Write(context.Background(), evs, "")
+		if err != nil {
+			t.Fatalf("kinds %03b: %v", mask, err)
+		}
+		for i, r := range res {
+			if r.Status != ingest.StatusOK || !r.OutboxEnqueued {
+				t.Errorf("kinds %03b: result %d = %+v", mask, i, r)
+			}
+		}
+	}
+	for table, n := range want {
+		if c := count(t, pool, "SELECT count(*) FROM "+table); c != n {
+			t.Errorf("%s rows = %d, want %d", table, c, n)
+		}
+	}
+}
