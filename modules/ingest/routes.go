@@ -150,10 +150,12 @@ func (m *Ingest) persist(c echo.Context, endpoint, what string, evs ...events.An
 		m.m.rejected(endpoint, reason)
 		return nil, echo.NewHTTPError(http.StatusServiceUnavailable, detail).SetInternal(err)
 	}
-	m.m.persistDuration(endpoint).UpdateDuration(start)
-	for i, r := range res {
-		m.m.event(endpoint, evs[i].Kind(), r.Status)
+	if h := m.m.persists[endpoint]; h != nil {
+		h.UpdateDuration(start)
+	} else {
+		m.m.persistDuration(endpoint).UpdateDuration(start)
 	}
+	m.m.countEvents(endpoint, evs, res)
 	return res, nil
 }
 

@@ -28,7 +28,6 @@ package ingest
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -268,9 +267,9 @@ func prepare(r *row, ev events.Any) error {
 }
 
 func encodeContext(c *events.Context) (string, error) {
-	b, err := json.Marshal(c)
+	b, err := events.EncodeContext(c)
 	if err != nil {
-		return "", fmt.Errorf("encode context: %w", err)
+		return "", err
 	}
 	return string(b), nil
 }
