@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"recsys/pkg/httpx"
 	"recsys/pkg/testutil"
 )
 
@@ -141,8 +142,22 @@ func backendCPU(v *env) map[int]time.Duration {
 	return out
 }
 
+// benchTuning applies BENCH_WORKERS, BENCH_MAX_WAIT and BENCH_COPY_MIN (group-commit
+// settings) from the environment, to compare settings without editing the code.
+func benchTuning(c *Config, _ *httpx.Config) {
+	if n, err := strconv.Atoi(os.Getenv("BENCH_WORKERS")); err == nil {
+		c.GroupCommitWorkers = n
+	}
+	if d, err := time.ParseDuration(os.Getenv("BENCH_MAX_WAIT")); err == nil {
+		c.GroupCommitMaxWait = d
+	}
+	if n, err := strconv.Atoi(os.Getenv("BENCH_COPY_MIN")); err == nil {
+		c.GroupCommitCopyMinEvents = n
+	}
+}
+
 func BenchmarkLogWatch(b *testing.B) {
-	v := newEnv(b, testutil.MigratedDatabase(b))
+	v := newEnv(b, testutil.MigratedDatabase(b), benchTuning)
 	url := v.serve() + "/log/watch"
 	ts := time.Now().UnixMilli()
 	bodies := make([][]byte, b.N)
@@ -154,7 +169,7 @@ func BenchmarkLogWatch(b *testing.B) {
 
 func benchBatch(b *testing.B, mkEvent func(id string, ts int64) []byte) {
 	const perBatch = 500
-	v := newEnv(b, testutil.MigratedDatabase(b))
+	v := newEnv(b, testutil.MigratedDatabase(b), benchTuning)
 	url := v.serve() + "/log/batch"
 	ts := time.Now().UnixMilli()
 	bodies := make([][]byte, b.N)
