@@ -155,3 +155,27 @@ func TestCopyOutboxConflict(t *testing.T) {
 		t.Errorf("pending outbox rows = %d, want 5", c)
 	}
 }
+
+// TestCopyPartialResend: a COPY group holding new ids and already stored ones stores only
+// the new ones and reports the others as duplicates.
+func TestCopyPartialResend(t *testing.T) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	w := newWriter(t, pool, func(c *ingest.Config) { c.CopyMinEvents = 1 })
+	ctx := context.Background()
+	if _, err := w.Write(ctx, []events.Any{watch("old-00001", "u1"), impression("old-00002", "u1", "a", "b")}, ""); err != nil {
+		t.Fatal(err)
+	}
+	res, err := w.Write(ctx, []events.Any{watch("new-00001", "u1"), impression("old-00002", "u1", "x"), watch("old-00001", "u1"), impression("new-00002", "u1", "c", "d", "e")}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []ingest.Result{{Status: "ok", Rows: 1, OutboxEnqueued: true}, {Status: "duplicate"}, {Status: "duplicate"}, {Status: "ok", Rows: 3, OutboxEnqueued: true}}
+	if !slices.Equal(res, want) {
+		t.Errorf("results = %+v, want %+v", res, want)
+	}
+	for table, n := range map[string]int{"event_dedup": 4, "watches": 2, "impressions": 5, "event_outbox": 4} {
+		if c := count(t, pool, "SELECT count(*) FROM "+table); c != n {
+			t.Errorf("%s rows = %d, want %d", table, c, n)
+		}
+	}
+}
