@@ -63,6 +63,9 @@ type Ingest struct {
 	deps infra.Deps
 	w    *writer.Writer
 	m    *moduleMetrics
+	// watchBodies are the four possible /log/watch answers (status × outbox_enqueued),
+	// encoded once as c.JSON would encode them.
+	watchBodies map[watchResponse][]byte
 }
 
 var (
@@ -102,7 +105,7 @@ func New(cfg *Config, d infra.Deps) (module.Module, error) {
 		Metrics:          d.Metrics,
 		Log:              d.Log,
 	}
-	return &Ingest{cfg: cfg, deps: d, w: writer.New(d.PG, wc), m: newModuleMetrics(d.Metrics)}, nil
+	return &Ingest{cfg: cfg, deps: d, w: writer.New(d.PG, wc), m: newModuleMetrics(d.Metrics), watchBodies: watchBodies(cfg)}, nil
 }
 
 // Run starts the writer and the retention loop; on shutdown it commits what is queued. The
