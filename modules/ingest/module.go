@@ -29,8 +29,8 @@
 //	recsys_ingest_retention_errors_total                counter: failed retention passes
 //	recsys_ingest_group_commit_events{writer}, recsys_ingest_group_commit_requests{writer},
 //	recsys_ingest_commit_duration_seconds{writer}, recsys_ingest_write_duration_seconds{writer},
-//	recsys_ingest_commit_errors_total{writer}, recsys_ingest_group_fallbacks_total{writer}
-//	                                                     from pkg/ingest's writer (writer="ingest")
+//	recsys_ingest_commit_errors_total{writer}, recsys_ingest_group_fallbacks_total{writer},
+//	recsys_ingest_copy_conflicts_total{writer}           from pkg/ingest's writer (writer="ingest")
 //
 // Readiness: the module adds no check of its own; /readyz already fails while PostgreSQL is
 // unreachable or its schema is not at this binary's version, which is exactly when writes fail.
