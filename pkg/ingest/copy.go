@@ -61,7 +61,6 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (inserted []string, er
 	if len(inserted) == 0 {
 		return nil, tx.Commit(ctx)
 	}
-	b.prepareCopy()
 	isNew := make(map[string]struct{}, len(inserted))
 	for _, id := range inserted {
 		isNew[id] = struct{}{}
@@ -137,42 +136,33 @@ func (s *copySource) Values() ([]any, error) {
 // Err implements pgx.CopyFromSource.
 func (s *copySource) Err() error { return nil }
 
-// The row functions pass pointers into the batch's column slices: boxing a pointer in an
-// interface does not allocate, boxing a string, int64 or time.Time does (a dozen allocations
-// per row otherwise). pgx encodes *T like T and a nil pointer as NULL; a JSON text (*string)
-// goes verbatim into a jsonb column.
+// tsOf is insertSQL's to_timestamp(ts_ms / 1000.0) (microsecond precision, UTC).
+func tsOf(ms int64) time.Time { return time.UnixMilli(ms).UTC() }
+
+// jsonbArg passes a JSON text to a jsonb column as it is (pgx sends a string argument of a
+// json/jsonb column verbatim); nil stays NULL.
+func jsonbArg(s *string) any {
+	if s == nil {
+		return nil
+	}
+	return *s
+}
 
 func (b *batch) impressionRow(i int, dst []any) []any {
-	return append(dst, &b.impEventID[i], &b.impPos[i], &b.impItemID[i], b.impFeed[i], b.impSlot[i], &b.impUser[i], &b.impSession[i],
-		&b.impRequest[i], &b.impTs[i], &b.impTime[i], &b.impSrv[i], b.impCtx[i])
+	return append(dst, b.impEventID[i], b.impPos[i], b.impItemID[i], b.impFeed[i], b.impSlot[i], b.impUser[i], b.impSession[i],
+		b.impRequest[i], b.impTs[i], tsOf(b.impTs[i]), b.impSrv[i], jsonbArg(b.impCtx[i]))
 }
 
 func (b *batch) watchRow(i int, dst []any) []any {
-	return append(dst, &b.watEventID[i], &b.watUser[i], &b.watSession[i], &b.watRequest[i], &b.watItem[i], &b.watTime[i], b.watPct[i],
-		b.watEnded[i], b.watSpeed[i], b.watRebuf[i], &b.watTs[i], &b.watTsTime[i], &b.watSrv[i], b.watCtx[i])
+	return append(dst, b.watEventID[i], b.watUser[i], b.watSession[i], b.watRequest[i], b.watItem[i], b.watTime[i], b.watPct[i],
+		b.watEnded[i], b.watSpeed[i], b.watRebuf[i], b.watTs[i], tsOf(b.watTs[i]), b.watSrv[i], jsonbArg(b.watCtx[i]))
 }
 
 func (b *batch) legacyRow(i int, dst []any) []any {
-	return append(dst, &b.legEventID[i], &b.legUser[i], &b.legItem[i], &b.legType[i], &b.legTs[i], &b.legTsMs[i])
+	return append(dst, b.legEventID[i], b.legUser[i], b.legItem[i], b.legType[i], b.legTs[i], b.legTsMs[i])
 }
 
 func (b *batch) outboxRow(i int, dst []any) []any {
-	return append(dst, &b.obEventID[i], &b.obType[i], &b.obTopic[i], &b.obKey[i], &b.obPayload[i], b.obCorr[i],
-		&b.schemaVersion, &b.maxAttempts32)
-}
-
-// prepareCopy fills the columns only COPY needs: the ts timestamps (insertSQL computes
-// to_timestamp(ts_ms / 1000.0) in the server: microsecond precision, which UnixMilli keeps)
-// and the constants as the column types.
-func (b *batch) prepareCopy() {
-	b.impTime = make([]time.Time, len(b.impTs))
-	for i, ms := range b.impTs {
-		b.impTime[i] = time.UnixMilli(ms).UTC()
-	}
-	b.watTsTime = make([]time.Time, len(b.watTs))
-	for i, ms := range b.watTs {
-		b.watTsTime[i] = time.UnixMilli(ms).UTC()
-	}
-	b.schemaVersion = int16(events.SchemaVersion)
-	b.maxAttempts32 = int32(b.maxAttempts)
+	return append(dst, b.obEventID[i], b.obType[i], b.obTopic[i], b.obKey[i], b.obPayload[i], b.obCorr[i],
+		int16(events.SchemaVersion), int32(b.maxAttempts))
 }

@@ -436,11 +436,6 @@ type batch struct {
 	obCorr                            []*string
 
 	maxAttempts int
-
-	// COPY only (prepareCopy).
-	impTime, watTsTime []time.Time
-	schemaVersion      int16
-	maxAttempts32      int32
 }
 
 func newBatch(cfg Config, group []*request) *batch {
