@@ -50,10 +50,13 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (inserted []string, er
 	}
 	defer func() {
 		if err != nil {
-			// The connection may be broken or the context over; a failed rollback only
-			// means the server already ended the transaction, and the pool discards such
-			// a connection.
-			_ = tx.Rollback(context.WithoutCancel(ctx))
+			// The transaction's context may be over already: roll back under a fresh bound
+			// so a server that stopped answering cannot hold this worker (pgx closes the
+			// connection when it expires). A failed rollback only means the server already
+			// ended the transaction; the pool discards a broken connection.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.Timeout)
+			defer cancel()
+			_ = tx.Rollback(rctx)
 		}
 	}()
 	var notified int64
