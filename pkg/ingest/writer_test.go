@@ -343,11 +343,13 @@ func TestWriterClose(t *testing.T) {
 
 // TestWriterOutage stops a private PostgreSQL: writes fail with ErrUnavailable within the
 // timeout, then succeed again once it is back, without a new pool.
-func TestWriterOutage(t *testing.T) {
+func TestWriterOutage(t *testing.T) { forEachPath(t, testWriterOutage) }
+
+func testWriterOutage(t *testing.T, path func(*ingest.Config)) {
 	pg := testutil.StartPrivate(t, "pg")
 	migrateURL(t, pg.URL)
 	pool := testutil.Pool(t, pg.URL)
-	w := newWriter(t, pool, func(c *ingest.Config) { c.Timeout = time.Second })
+	w := newWriter(t, pool, func(c *ingest.Config) { path(c); c.Timeout = time.Second })
 	ctx := context.Background()
 	if _, err := w.Write(ctx, []events.Any{watch("before-outage", "u1")}, ""); err != nil {
 		t.Fatal(err)
