@@ -24,8 +24,11 @@ type Config struct {
 	WriteTimeout         time.Duration
 	GroupCommitMaxWait   time.Duration
 	GroupCommitMaxEvents int
-	GroupCommitWorkers   int
-	QueueSize            int
+	// GroupCommitCopyMinEvents is the group size from which COPY replaces the unnest
+	// statement (see pkg/ingest).
+	GroupCommitCopyMinEvents int
+	GroupCommitWorkers       int
+	QueueSize                int
 
 	RawRetention       time.Duration
 	DedupRetention     time.Duration
@@ -37,21 +40,22 @@ type Config struct {
 // events and 31 days of dedup keys.
 func NewConfig() *Config {
 	return &Config{
-		MaxEventFuture:         events.DefaultMaxFutureMs * time.Millisecond,
-		MaxEventAge:            events.DefaultMaxAgeMs * time.Millisecond,
-		MaxBatchSize:           events.DefaultMaxBatchSize,
-		MaxImpressionItems:     events.DefaultMaxItems,
-		WatchFeatureUpdateMode: "async_consumer",
-		OutboxMaxAttempts:      25,
-		WriteTimeout:           time.Second,
-		GroupCommitMaxWait:     time.Millisecond,
-		GroupCommitMaxEvents:   2000,
-		GroupCommitWorkers:     2,
-		QueueSize:              4096,
-		RawRetention:           30 * 24 * time.Hour,
-		DedupRetention:         31 * 24 * time.Hour,
-		RetentionInterval:      time.Minute,
-		RetentionBatchSize:     5000,
+		MaxEventFuture:           events.DefaultMaxFutureMs * time.Millisecond,
+		MaxEventAge:              events.DefaultMaxAgeMs * time.Millisecond,
+		MaxBatchSize:             events.DefaultMaxBatchSize,
+		MaxImpressionItems:       events.DefaultMaxItems,
+		WatchFeatureUpdateMode:   "async_consumer",
+		OutboxMaxAttempts:        25,
+		WriteTimeout:             time.Second,
+		GroupCommitMaxWait:       time.Millisecond,
+		GroupCommitMaxEvents:     2000,
+		GroupCommitCopyMinEvents: 256,
+		GroupCommitWorkers:       2,
+		QueueSize:                4096,
+		RawRetention:             30 * 24 * time.Hour,
+		DedupRetention:           31 * 24 * time.Hour,
+		RetentionInterval:        time.Minute,
+		RetentionBatchSize:       5000,
 	}
 }
 
@@ -67,6 +71,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.WriteTimeout, "ingest.write-timeout", c.WriteTimeout, "longest an event write may take (pool wait included) before the request answers 503")
 	fs.DurationVar(&c.GroupCommitMaxWait, "ingest.group-commit-max-wait", c.GroupCommitMaxWait, "longest a writer waits to merge concurrent requests into one transaction (0: merge only what is already queued)")
 	fs.IntVar(&c.GroupCommitMaxEvents, "ingest.group-commit-max-events", c.GroupCommitMaxEvents, "most events merged into one transaction (a larger request is never split)")
+	fs.IntVar(&c.GroupCommitCopyMinEvents, "ingest.group-commit-copy-min-events", c.GroupCommitCopyMinEvents, "events in a transaction from which the raw and outbox rows are written with COPY instead of one INSERT statement (fewer round trips below, cheaper rows above)")
 	fs.IntVar(&c.GroupCommitWorkers, "ingest.group-commit-workers", c.GroupCommitWorkers, "transactions in flight at once")
 	fs.IntVar(&c.QueueSize, "ingest.queue-size", c.QueueSize, "requests waiting for a writer before new requests wait for room (bounded by --ingest.write-timeout)")
 	fs.DurationVar(&c.RawRetention, "ingest.raw-retention", c.RawRetention, "age (by insert time) after which raw impressions, watches and legacy events are deleted; 0 keeps them")
@@ -106,6 +111,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("--ingest.group-commit-max-wait must be between 0 and 1s, got %s", c.GroupCommitMaxWait))
 	}
 	between("ingest.group-commit-max-events", c.GroupCommitMaxEvents, 1, 1_000_000)
+	between("ingest.group-commit-copy-min-events", c.GroupCommitCopyMinEvents, 1, 10_000_000)
 	between("ingest.group-commit-workers", c.GroupCommitWorkers, 1, 256)
 	between("ingest.queue-size", c.QueueSize, 1, 1_000_000)
 	if c.RawRetention < 0 {

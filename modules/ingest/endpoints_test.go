@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/labstack/echo/v4"
+
 	"recsys/pkg/events"
 	"recsys/pkg/httpx"
 	"recsys/pkg/testutil"
@@ -515,5 +517,20 @@ func TestSlowDatabase(t *testing.T) {
 	// The timed-out write was rolled back: its id is free, so a retry stores it.
 	if code, resp := v.post("/log/watch", mustJSON(t, watchBody("slow-db-0001"))); code != 200 || !strings.Contains(resp, `"status":"ok"`) {
 		t.Errorf("retry of the timed-out write: %d %s", code, resp)
+	}
+}
+
+// TestWatchResponseBytes: the pre-encoded /log/watch answers are byte for byte what c.JSON
+// writes (trailing newline, content type), and ?pretty still indents.
+func TestWatchResponseBytes(t *testing.T) {
+	v := newEnv(t, testutil.MigratedDatabase(t))
+	want := `{"status":"ok","feature_update_mode":"async_consumer","feature_updated":false,"event_backbone_mode":"transactional_outbox","outbox_enqueued":true}` + "\n"
+	rec := serveRecorder(v, httptestRequest("/log/watch", mustJSON(t, watchBody("bytes-000001"))))
+	if rec.Code != 200 || rec.Body.String() != want || rec.Header().Get(echo.HeaderContentType) != echo.MIMEApplicationJSON {
+		t.Errorf("fast path: %d %q %q", rec.Code, rec.Body.String(), rec.Header().Get(echo.HeaderContentType))
+	}
+	rec = serveRecorder(v, httptestRequest("/log/watch?pretty", mustJSON(t, watchBody("bytes-000002"))))
+	if rec.Code != 200 || !strings.Contains(rec.Body.String(), "{\n  \"status\": \"ok\"") {
+		t.Errorf("pretty: %d %q", rec.Code, rec.Body.String())
 	}
 }

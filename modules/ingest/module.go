@@ -29,8 +29,8 @@
 //	recsys_ingest_retention_errors_total                counter: failed retention passes
 //	recsys_ingest_group_commit_events{writer}, recsys_ingest_group_commit_requests{writer},
 //	recsys_ingest_commit_duration_seconds{writer}, recsys_ingest_write_duration_seconds{writer},
-//	recsys_ingest_commit_errors_total{writer}, recsys_ingest_group_fallbacks_total{writer}
-//	                                                     from pkg/ingest's writer (writer="ingest")
+//	recsys_ingest_commit_errors_total{writer}, recsys_ingest_group_fallbacks_total{writer},
+//	recsys_ingest_copy_conflicts_total{writer}           from pkg/ingest's writer (writer="ingest")
 //
 // Readiness: the module adds no check of its own. PostgreSQL is an optional need: while it is
 // unreachable the endpoints answer 503 within --ingest.write-timeout and /readyz names it
@@ -68,6 +68,9 @@ type Ingest struct {
 	deps infra.Deps
 	w    *writer.Writer
 	m    *moduleMetrics
+	// watchBodies are the four possible /log/watch answers (status × outbox_enqueued),
+	// encoded once as c.JSON would encode them.
+	watchBodies map[watchResponse][]byte
 }
 
 var (
@@ -99,6 +102,7 @@ func New(cfg *Config, d infra.Deps) (module.Module, error) {
 		MaxAttempts:      cfg.OutboxMaxAttempts,
 		MaxWait:          cfg.GroupCommitMaxWait,
 		MaxEvents:        cfg.GroupCommitMaxEvents,
+		CopyMinEvents:    cfg.GroupCommitCopyMinEvents,
 		Workers:          cfg.GroupCommitWorkers,
 		QueueSize:        cfg.QueueSize,
 		Timeout:          cfg.WriteTimeout,
@@ -106,7 +110,7 @@ func New(cfg *Config, d infra.Deps) (module.Module, error) {
 		Metrics:          d.Metrics,
 		Log:              d.Log,
 	}
-	return &Ingest{cfg: cfg, deps: d, w: writer.New(d.PG, wc), m: newModuleMetrics(d.Metrics)}, nil
+	return &Ingest{cfg: cfg, deps: d, w: writer.New(d.PG, wc), m: newModuleMetrics(d.Metrics), watchBodies: watchBodies(cfg)}, nil
 }
 
 // Run starts the writer and the retention loop; on shutdown it commits what is queued. The

@@ -90,8 +90,30 @@ func (m *Ingest) logWatch(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, watchResponse{Status: string(res[0].Status), FeatureUpdateMode: m.cfg.WatchFeatureUpdateMode,
-		EventBackboneMode: backboneMode, OutboxEnqueued: res[0].OutboxEnqueued})
+	out := watchResponse{Status: string(res[0].Status), FeatureUpdateMode: m.cfg.WatchFeatureUpdateMode,
+		EventBackboneMode: backboneMode, OutboxEnqueued: res[0].OutboxEnqueued}
+	// The hottest endpoint answers from pre-encoded bodies; ?pretty and debug mode still go
+	// through c.JSON, which indents.
+	if b, ok := m.watchBodies[out]; ok && c.Request().URL.RawQuery == "" && !c.Echo().Debug {
+		return c.JSONBlob(http.StatusOK, b)
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+// watchBodies encodes every /log/watch answer as echo's c.JSON does (json.Encoder: a
+// trailing newline).
+func watchBodies(cfg *Config) map[watchResponse][]byte {
+	out := map[watchResponse][]byte{}
+	for _, st := range []writer.Status{writer.StatusOK, writer.StatusDuplicate} {
+		for _, enq := range []bool{false, true} {
+			r := watchResponse{Status: string(st), FeatureUpdateMode: cfg.WatchFeatureUpdateMode, EventBackboneMode: backboneMode, OutboxEnqueued: enq}
+			var b bytes.Buffer
+			if err := json.NewEncoder(&b).Encode(r); err == nil {
+				out[r] = b.Bytes()
+			}
+		}
+	}
+	return out
 }
 
 func (m *Ingest) logLegacy(c echo.Context) error {
@@ -150,10 +172,12 @@ func (m *Ingest) persist(c echo.Context, endpoint, what string, evs ...events.An
 		m.m.rejected(endpoint, reason)
 		return nil, echo.NewHTTPError(http.StatusServiceUnavailable, detail).SetInternal(err)
 	}
-	m.m.persistDuration(endpoint).UpdateDuration(start)
-	for i, r := range res {
-		m.m.event(endpoint, evs[i].Kind(), r.Status)
+	if h := m.m.persists[endpoint]; h != nil {
+		h.UpdateDuration(start)
+	} else {
+		m.m.persistDuration(endpoint).UpdateDuration(start)
 	}
+	m.m.countEvents(endpoint, evs, res)
 	return res, nil
 }
 
@@ -198,6 +222,9 @@ func decode[T any](m *Ingest, c echo.Context, endpoint string, now time.Time, de
 }
 
 func isJSON(ct string) bool {
+	if ct == echo.MIMEApplicationJSON {
+		return true // the usual header, without ParseMediaType's allocations
+	}
 	mt, _, err := mime.ParseMediaType(ct)
 	if err != nil {
 		return false

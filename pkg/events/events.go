@@ -185,15 +185,6 @@ func NewEventID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// Encode returns the Kafka payload of ev: its JSON with null fields omitted.
-func Encode(ev Any) ([]byte, error) {
-	b, err := json.Marshal(ev)
-	if err != nil {
-		return nil, fmt.Errorf("encode %s event %q: %w", ev.Kind(), ev.ID(), err)
-	}
-	return b, nil
-}
-
 // DecodePayload decodes a payload written by Encode; kind comes from the HeaderEventType
 // header (or event_outbox.event_type). Unknown fields are ignored so a consumer keeps
 // working while producers add optional fields; the result is checked with Validate, which

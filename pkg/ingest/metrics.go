@@ -15,10 +15,12 @@ import (
 //	recsys_ingest_write_duration_seconds{writer}     histogram: Write from call to answer (queue wait included)
 //	recsys_ingest_commit_errors_total{writer}        counter:   failed transactions
 //	recsys_ingest_group_fallbacks_total{writer}      counter:   merged transactions retried request by request
+//	recsys_ingest_copy_conflicts_total{writer}       counter:   COPY groups redone as a statement (an outbox row outlived its dedup key)
 type writerMetrics struct {
 	groupEvents, groupRequests    *metrics.PrometheusHistogram
 	commitDuration, writeDuration *metrics.PrometheusHistogram
 	commitErrors, fallbacks       *metrics.Counter
+	copyConflicts                 *metrics.Counter
 }
 
 var (
@@ -38,5 +40,6 @@ func newWriterMetrics(set *metrics.Set, name string) writerMetrics {
 		writeDuration:  set.NewPrometheusHistogramExt("recsys_ingest_write_duration_seconds"+l, latencyBuckets),
 		commitErrors:   set.NewCounter("recsys_ingest_commit_errors_total" + l),
 		fallbacks:      set.NewCounter("recsys_ingest_group_fallbacks_total" + l),
+		copyConflicts:  set.NewCounter("recsys_ingest_copy_conflicts_total" + l),
 	}
 }

@@ -4,8 +4,13 @@
 //
 // Group commit: Write hands the caller's events to a queue; each of a few worker goroutines
 // takes the first waiting request, gathers more for at most MaxWait (or until MaxEvents), and
-// commits them all in ONE statement (data-modifying CTEs over unnest arrays: one round trip,
-// atomic as an implicit transaction). Callers wait for the commit, so a 200 is only ever sent
+// commits them all together. A small group is ONE statement (data-modifying CTEs over unnest
+// arrays: one round trip, atomic as an implicit transaction). A group of at least
+// CopyMinEvents events is one explicit transaction instead: the dedup insert (unnest, ON
+// CONFLICT, RETURNING the new ids), then COPY of the new ids' raw rows and outbox rows. COPY
+// fills heap pages with multi-row inserts (one WAL record per page instead of one per row)
+// and skips the unnest/join/speculative-insert work, which costs far more than its extra
+// round trips once a group holds hundreds of events. Callers wait for the commit, so a 200 is only ever sent
 // for committed data. A request's events are never split across transactions, which keeps
 // /log/batch all-or-nothing; if a merged transaction fails with an error that may belong to
 // one request (a data or constraint error), the worker retries each request in its own
@@ -23,11 +28,11 @@ package ingest
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -49,8 +54,11 @@ type Config struct {
 
 	MaxWait   time.Duration // longest a worker waits to gather more requests into a transaction
 	MaxEvents int           // events per merged transaction (a larger single request still goes alone)
-	Workers   int           // transactions in flight at once
-	QueueSize int           // requests waiting for a worker before Write blocks
+	// CopyMinEvents is the group size (events) from which a group is written with COPY
+	// instead of the single unnest statement.
+	CopyMinEvents int
+	Workers       int // transactions in flight at once
+	QueueSize     int // requests waiting for a worker before Write blocks
 	// Timeout bounds one transaction, pool wait included, so an outage fails fast instead of
 	// hanging; callers bound their own wait with their context as well.
 	Timeout time.Duration
@@ -63,7 +71,7 @@ type Config struct {
 // DefaultConfig returns the defaults (topics from pkg/kafka's defaults).
 func DefaultConfig() Config {
 	return Config{TopicImpressions: "recsys.impressions.v1", TopicWatches: "recsys.watches.v1", MaxAttempts: 25,
-		MaxWait: time.Millisecond, MaxEvents: 2000, Workers: 2, QueueSize: 4096, Timeout: time.Second, Name: "ingest"}
+		MaxWait: time.Millisecond, MaxEvents: 2000, CopyMinEvents: 256, Workers: 2, QueueSize: 4096, Timeout: time.Second, Name: "ingest"}
 }
 
 // Status is the outcome of one event.
@@ -134,6 +142,9 @@ func New(pool *pgxpool.Pool, cfg Config) *Writer {
 	}
 	if cfg.MaxEvents <= 0 {
 		cfg.MaxEvents = def.MaxEvents
+	}
+	if cfg.CopyMinEvents <= 0 {
+		cfg.CopyMinEvents = def.CopyMinEvents
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = def.Workers
@@ -256,9 +267,9 @@ func prepare(r *row, ev events.Any) error {
 }
 
 func encodeContext(c *events.Context) (string, error) {
-	b, err := json.Marshal(c)
+	b, err := events.EncodeContext(c)
 	if err != nil {
-		return "", fmt.Errorf("encode context: %w", err)
+		return "", err
 	}
 	return string(b), nil
 }
@@ -373,8 +384,19 @@ func (w *Writer) commit(group []*request) error {
 	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.Timeout)
 	defer cancel()
 	var inserted, enqueued []string
-	var notified int64
-	err := w.pool.QueryRow(ctx, insertSQL, b.args()...).Scan(&inserted, &enqueued, &notified)
+	var err error
+	if len(b.dedupIDs) >= w.cfg.CopyMinEvents {
+		inserted, err = w.copyGroup(ctx, b)
+		enqueued = inserted
+		if errors.Is(err, errOutboxConflict) {
+			// An outbox row outlived its dedup key (it can only be an old dead row): the
+			// statement's ON CONFLICT skips it, as for any group.
+			w.m.copyConflicts.Inc()
+			inserted, enqueued, err = b.exec(ctx, w.pool)
+		}
+	} else {
+		inserted, enqueued, err = b.exec(ctx, w.pool)
+	}
 	if err != nil {
 		w.m.commitErrors.Inc()
 		if requestSpecific(err) {
@@ -493,15 +515,43 @@ func (b *batch) add(cfg Config, rw *row, corr *string) {
 	b.obCorr = append(b.obCorr, corr)
 }
 
-func (b *batch) args() []any {
-	return []any{
-		b.dedupIDs, b.dedupKinds,
-		b.impEventID, b.impPos, b.impItemID, b.impFeed, b.impSlot, b.impUser, b.impSession, b.impRequest, b.impTs, b.impSrv, b.impCtx,
-		b.watEventID, b.watUser, b.watSession, b.watRequest, b.watItem, b.watTime, b.watPct, b.watEnded, b.watSpeed, b.watRebuf, b.watTs, b.watSrv, b.watCtx,
-		b.legEventID, b.legUser, b.legItem, b.legType, b.legTs, b.legTsMs,
-		b.obEventID, b.obType, b.obTopic, b.obKey, b.obPayload, b.obCorr,
-		int16(events.SchemaVersion), int32(b.maxAttempts),
+// kinds returns the raw tables the group writes to.
+func (b *batch) kinds() kinds {
+	var k kinds
+	if len(b.impEventID) > 0 {
+		k |= hasImpressions
 	}
+	if len(b.watEventID) > 0 {
+		k |= hasWatches
+	}
+	if len(b.legEventID) > 0 {
+		k |= hasLegacy
+	}
+	return k
+}
+
+// args returns the parameters of insertSQL(k), in its numbering order.
+func (b *batch) args(k kinds) []any {
+	a := make([]any, 0, 40)
+	a = append(a, b.dedupIDs, b.dedupKinds)
+	if k&hasImpressions != 0 {
+		a = append(a, b.impEventID, b.impPos, b.impItemID, b.impFeed, b.impSlot, b.impUser, b.impSession, b.impRequest, b.impTs, b.impSrv, b.impCtx)
+	}
+	if k&hasWatches != 0 {
+		a = append(a, b.watEventID, b.watUser, b.watSession, b.watRequest, b.watItem, b.watTime, b.watPct, b.watEnded, b.watSpeed, b.watRebuf, b.watTs, b.watSrv, b.watCtx)
+	}
+	if k&hasLegacy != 0 {
+		a = append(a, b.legEventID, b.legUser, b.legItem, b.legType, b.legTs, b.legTsMs)
+	}
+	return append(a, b.obEventID, b.obType, b.obTopic, b.obKey, b.obPayload, b.obCorr, int16(events.SchemaVersion), int32(b.maxAttempts))
+}
+
+// exec writes the group with its single statement.
+func (b *batch) exec(ctx context.Context, pool *pgxpool.Pool) (inserted, enqueued []string, err error) {
+	k := b.kinds()
+	var notified int64
+	err = pool.QueryRow(ctx, insertSQL(k), b.args(k)...).Scan(&inserted, &enqueued, &notified)
+	return inserted, enqueued, err
 }
 
 // resolve turns the ids the statement reported into per-event results.
@@ -529,48 +579,97 @@ func (b *batch) resolve(group []*request, inserted, enqueued []string) {
 	}
 }
 
-// insertSQL writes one group in one statement. Every CTE sees the same snapshot; raw and
-// outbox rows are inserted only for the ids the dedup insert returned (the new ones). The
-// dedup rows are inserted in id order so concurrent groups lock index entries in the same
-// order and cannot deadlock; outbox rows keep arrival order (WITH ORDINALITY) so one user's
-// events get increasing outbox ids.
-const insertSQL = `
+// insertSQL returns the statement that writes a group with the given kinds in one round
+// trip. Every CTE sees the same snapshot; raw and outbox rows are inserted only for the ids
+// the dedup insert returned (the new ones). The dedup rows are inserted in id order so
+// concurrent groups lock index entries in the same order and cannot deadlock; outbox rows
+// keep arrival order (WITH ORDINALITY) so one user's events get increasing outbox ids.
+//
+// A group only names the raw tables it writes to: each table in a statement is opened and
+// locked with all its indexes even when it gets no row, and a /log/watch group (watches
+// only) then stays within PostgreSQL's 16 fast-path relation locks per transaction.
+func insertSQL(k kinds) string {
+	if q := insertSQLs[k]; q != "" {
+		return q
+	}
+	panic(fmt.Sprintf("ingest: no statement for kinds %d", k))
+}
+
+// kinds is the set of raw tables a group writes to.
+type kinds uint8
+
+const (
+	hasImpressions kinds = 1 << iota
+	hasWatches
+	hasLegacy
+	allKinds = hasImpressions | hasWatches | hasLegacy
+)
+
+var insertSQLs = func() (out [allKinds + 1]string) {
+	for k := range allKinds + 1 {
+		out[k] = buildInsertSQL(k)
+	}
+	return out
+}()
+
+// buildInsertSQL numbers the parameters in the order batch.args appends them.
+func buildInsertSQL(k kinds) string {
+	n := 0
+	p := func(typ string) string {
+		n++
+		return fmt.Sprintf("$%d::%s", n, typ)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, `
 WITH d AS (
 	INSERT INTO event_dedup (event_id, event_type)
-	SELECT u.id, u.kind FROM unnest($1::text[], $2::text[]) AS u(id, kind)
+	SELECT u.id, u.kind FROM unnest(%s, %s) AS u(id, kind)
 	ORDER BY u.id
 	ON CONFLICT (event_id) DO NOTHING
 	RETURNING event_id
-), imp AS (
+)`, p("text[]"), p("text[]"))
+	if k&hasImpressions != 0 {
+		fmt.Fprintf(&b, `, imp AS (
 	INSERT INTO impressions (event_id, position, item_id, feed_id, slot, user_id, session_id, request_id, ts_ms, ts, server_received_ts_ms, context)
 	SELECT u.event_id, u.position, u.item_id, u.feed_id, u.slot, u.user_id, u.session_id, u.request_id, u.ts_ms,
 	       to_timestamp(u.ts_ms / 1000.0), u.srv, u.ctx::jsonb
-	FROM unnest($3::text[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], $12::int8[], $13::text[])
+	FROM unnest(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 	     AS u(event_id, position, item_id, feed_id, slot, user_id, session_id, request_id, ts_ms, srv, ctx)
 	WHERE u.event_id IN (SELECT event_id FROM d)
-), wat AS (
+)`, p("text[]"), p("int8[]"), p("text[]"), p("text[]"), p("text[]"), p("text[]"), p("text[]"), p("text[]"), p("int8[]"), p("int8[]"), p("text[]"))
+	}
+	if k&hasWatches != 0 {
+		fmt.Fprintf(&b, `, wat AS (
 	INSERT INTO watches (event_id, user_id, session_id, request_id, item_id, watch_time_sec, percent_watched, ended, playback_speed, rebuffer_count, ts_ms, ts, server_received_ts_ms, context)
 	SELECT u.event_id, u.user_id, u.session_id, u.request_id, u.item_id, u.wt, u.pct, u.ended, u.speed, u.rebuf, u.ts_ms,
 	       to_timestamp(u.ts_ms / 1000.0), u.srv, u.ctx::jsonb
-	FROM unnest($14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::float8[], $20::float8[], $21::bool[], $22::float8[], $23::int8[], $24::int8[], $25::int8[], $26::text[])
+	FROM unnest(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 	     AS u(event_id, user_id, session_id, request_id, item_id, wt, pct, ended, speed, rebuf, ts_ms, srv, ctx)
 	WHERE u.event_id IN (SELECT event_id FROM d)
-), leg AS (
+)`, p("text[]"), p("text[]"), p("text[]"), p("text[]"), p("text[]"), p("float8[]"), p("float8[]"), p("bool[]"), p("float8[]"), p("int8[]"), p("int8[]"), p("int8[]"), p("text[]"))
+	}
+	if k&hasLegacy != 0 {
+		fmt.Fprintf(&b, `, leg AS (
 	INSERT INTO legacy_events (event_id, user_id, item_id, event_type, ts, ts_ms)
 	SELECT u.event_id, u.user_id, u.item_id, u.event_type, u.ts, u.ts_ms
-	FROM unnest($27::text[], $28::text[], $29::text[], $30::text[], $31::int8[], $32::int8[])
+	FROM unnest(%s, %s, %s, %s, %s, %s)
 	     AS u(event_id, user_id, item_id, event_type, ts, ts_ms)
 	WHERE u.event_id IN (SELECT event_id FROM d)
-), ob AS (
+)`, p("text[]"), p("text[]"), p("text[]"), p("text[]"), p("int8[]"), p("int8[]"))
+	}
+	fmt.Fprintf(&b, `, ob AS (
 	INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, correlation_id, schema_version, max_attempts)
-	SELECT u.event_id, u.event_type, u.topic, u.msg_key, u.payload, u.corr, $39::int2, $40::int4
-	FROM unnest($33::text[], $34::text[], $35::text[], $36::text[], $37::bytea[], $38::text[]) WITH ORDINALITY
+	SELECT u.event_id, u.event_type, u.topic, u.msg_key, u.payload, u.corr, %[7]s, %[8]s
+	FROM unnest(%[1]s, %[2]s, %[3]s, %[4]s, %[5]s, %[6]s) WITH ORDINALITY
 	     AS u(event_id, event_type, topic, msg_key, payload, corr, ord)
 	WHERE u.event_id IN (SELECT event_id FROM d)
 	ORDER BY u.ord
 	ON CONFLICT (event_id, event_type) DO NOTHING
 	RETURNING event_id
 ), n AS (
-	SELECT pg_notify('` + NotifyChannel + `', '') FROM (SELECT 1 FROM ob LIMIT 1) AS x
+	SELECT pg_notify('`+NotifyChannel+`', '') FROM (SELECT 1 FROM ob LIMIT 1) AS x
 )
-SELECT ARRAY(SELECT event_id FROM d), ARRAY(SELECT event_id FROM ob), (SELECT count(*) FROM n)`
+SELECT ARRAY(SELECT event_id FROM d), ARRAY(SELECT event_id FROM ob), (SELECT count(*) FROM n)`,
+		p("text[]"), p("text[]"), p("text[]"), p("text[]"), p("bytea[]"), p("text[]"), p("int2"), p("int4"))
+	return b.String()
+}

@@ -29,6 +29,17 @@ func newWriter(t *testing.T, pool *pgxpool.Pool, mod func(*ingest.Config)) *inge
 	return w
 }
 
+// forEachPath runs a test with both ways of writing a group: the single unnest statement
+// (every group is below CopyMinEvents) and COPY (every group is at or above it).
+func forEachPath(t *testing.T, test func(t *testing.T, path func(*ingest.Config))) {
+	for _, p := range []struct {
+		name    string
+		copyMin int
+	}{{"statement", 1 << 30}, {"copy", 1}} {
+		t.Run(p.name, func(t *testing.T) { test(t, func(c *ingest.Config) { c.CopyMinEvents = p.copyMin }) })
+	}
+}
+
 func watch(id, user string) *events.Watch {
 	now := time.Now().UnixMilli()
 	pct := 50.0
@@ -56,9 +67,11 @@ func count(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) int {
 	return n
 }
 
-func TestWriterStoresEventsAndOutbox(t *testing.T) {
+func TestWriterStoresEventsAndOutbox(t *testing.T) { forEachPath(t, testWriterStoresEventsAndOutbox) }
+
+func testWriterStoresEventsAndOutbox(t *testing.T, path func(*ingest.Config)) {
 	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
-	w := newWriter(t, pool, nil)
+	w := newWriter(t, pool, path)
 	ctx := context.Background()
 
 	leg := &events.Legacy{EventID: "legacy-0001", UserID: "u1", ItemID: "i9", EventType: "click", Ts: time.Now().Unix()}
@@ -141,9 +154,11 @@ func TestWriterStoresEventsAndOutbox(t *testing.T) {
 	}
 }
 
-func TestWriterConcurrentSameID(t *testing.T) {
+func TestWriterConcurrentSameID(t *testing.T) { forEachPath(t, testWriterConcurrentSameID) }
+
+func testWriterConcurrentSameID(t *testing.T, path func(*ingest.Config)) {
 	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
-	w := newWriter(t, pool, nil)
+	w := newWriter(t, pool, path)
 	const n = 50
 	var wg sync.WaitGroup
 	statuses := make([]ingest.Status, n)
@@ -199,10 +214,12 @@ CREATE TRIGGER fail_poison BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION fai
 	}
 }
 
-func TestWriterBatchIsAtomic(t *testing.T) {
+func TestWriterBatchIsAtomic(t *testing.T) { forEachPath(t, testWriterBatchIsAtomic) }
+
+func testWriterBatchIsAtomic(t *testing.T, path func(*ingest.Config)) {
 	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
 	failOn(t, pool, "watches", "poison")
-	w := newWriter(t, pool, nil)
+	w := newWriter(t, pool, path)
 	// The failing event comes after impressions and watches that insert fine.
 	var evs []events.Any
 	for i := range 10 {
@@ -225,11 +242,13 @@ func TestWriterBatchIsAtomic(t *testing.T) {
 
 // TestWriterGroupFallback merges many requests into one transaction (long MaxWait, one
 // worker) with one poisoned request among them: only that one fails.
-func TestWriterGroupFallback(t *testing.T) {
+func TestWriterGroupFallback(t *testing.T) { forEachPath(t, testWriterGroupFallback) }
+
+func testWriterGroupFallback(t *testing.T, path func(*ingest.Config)) {
 	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
 	failOn(t, pool, "watches", "poison")
 	set := metrics.NewSet()
-	w := newWriter(t, pool, func(c *ingest.Config) { c.Workers = 1; c.MaxWait = 200 * time.Millisecond; c.Metrics = set })
+	w := newWriter(t, pool, func(c *ingest.Config) { path(c); c.Workers = 1; c.MaxWait = 200 * time.Millisecond; c.Metrics = set })
 	const n = 20
 	var wg sync.WaitGroup
 	errs := make([]error, n)
@@ -266,9 +285,11 @@ func TestWriterGroupFallback(t *testing.T) {
 }
 
 // TestWriterSameIDInOneGroup: two requests of one merged group carry the same id.
-func TestWriterSameIDInOneGroup(t *testing.T) {
+func TestWriterSameIDInOneGroup(t *testing.T) { forEachPath(t, testWriterSameIDInOneGroup) }
+
+func testWriterSameIDInOneGroup(t *testing.T, path func(*ingest.Config)) {
 	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
-	w := newWriter(t, pool, func(c *ingest.Config) { c.Workers = 1; c.MaxWait = 100 * time.Millisecond })
+	w := newWriter(t, pool, func(c *ingest.Config) { path(c); c.Workers = 1; c.MaxWait = 100 * time.Millisecond })
 	var wg sync.WaitGroup
 	res := make([][]ingest.Result, 2)
 	for i := range 2 {
@@ -322,11 +343,13 @@ func TestWriterClose(t *testing.T) {
 
 // TestWriterOutage stops a private PostgreSQL: writes fail with ErrUnavailable within the
 // timeout, then succeed again once it is back, without a new pool.
-func TestWriterOutage(t *testing.T) {
+func TestWriterOutage(t *testing.T) { forEachPath(t, testWriterOutage) }
+
+func testWriterOutage(t *testing.T, path func(*ingest.Config)) {
 	pg := testutil.StartPrivate(t, "pg")
 	migrateURL(t, pg.URL)
 	pool := testutil.Pool(t, pg.URL)
-	w := newWriter(t, pool, func(c *ingest.Config) { c.Timeout = time.Second })
+	w := newWriter(t, pool, func(c *ingest.Config) { path(c); c.Timeout = time.Second })
 	ctx := context.Background()
 	if _, err := w.Write(ctx, []events.Any{watch("before-outage", "u1")}, ""); err != nil {
 		t.Fatal(err)
@@ -368,5 +391,47 @@ func migrateURL(t *testing.T, dsn string) {
 	defer m.Close()
 	if err := m.Up(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestWriterKindCombinations writes groups with every mix of kinds (each mix has its own
+// statement) and checks every table got exactly its rows.
+func TestWriterKindCombinations(t *testing.T) { forEachPath(t, testWriterKindCombinations) }
+
+func testWriterKindCombinations(t *testing.T, path func(*ingest.Config)) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	w := newWriter(t, pool, path)
+	want := map[string]int{}
+	for mask := 1; mask < 8; mask++ {
+		var evs []events.Any
+		id := func(kind string) string { return fmt.Sprintf("mix-%d-%s", mask, kind) }
+		if mask&1 != 0 {
+			evs = append(evs, impression(id("imp"), "u1", "a", "b"))
+			want["impressions"] += 2
+		}
+		if mask&2 != 0 {
+			evs = append(evs, watch(id("wat"), "u1"))
+			want["watches"]++
+		}
+		if mask&4 != 0 {
+			evs = append(evs, &events.Legacy{EventID: id("leg"), UserID: "u1", ItemID: "i1", EventType: "view", Ts: time.Now().Unix()})
+			want["legacy_events"]++
+		}
+		want["event_outbox"] += len(evs)
+		want["event_dedup"] += len(evs)
+		res, err := w.Write(context.Background(), evs, "")
+		if err != nil {
+			t.Fatalf("kinds %03b: %v", mask, err)
+		}
+		for i, r := range res {
+			if r.Status != ingest.StatusOK || !r.OutboxEnqueued {
+				t.Errorf("kinds %03b: result %d = %+v", mask, i, r)
+			}
+		}
+	}
+	for table, n := range want {
+		if c := count(t, pool, "SELECT count(*) FROM "+table); c != n {
+			t.Errorf("%s rows = %d, want %d", table, c, n)
+		}
 	}
 }
