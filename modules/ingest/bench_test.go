@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"recsys/pkg/gctune"
 	"recsys/pkg/httpx"
 	"recsys/pkg/testutil"
 )
@@ -48,9 +50,12 @@ func impressionJSON(id string, ts int64, items int) []byte {
 }
 
 // drive sends bodies with `clients` concurrent keep-alive clients and reports throughput and
-// latency percentiles.
+// latency percentiles. The clients are lean (testutil.RawClient): net/http's client would
+// take a quarter of the two cores the server is measured on. The process runs with the
+// collector settings `recsys` applies at start (pkg/gctune).
 func drive(b *testing.B, v *env, url string, clients int, bodies [][]byte, eventsPer int) {
-	client := loadClient(clients)
+	b.Logf("gc %v", gctune.DefaultConfig().Apply())
+	base, path := splitURL(b, url)
 	pgBefore := backendCPU(v)
 	var goBefore syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &goBefore)
@@ -64,17 +69,23 @@ func drive(b *testing.B, v *env, url string, clients int, bodies [][]byte, event
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			client, err := testutil.NewRawClient(base)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			defer client.Close()
 			for {
 				i := int(next.Add(1) - 1)
 				if i >= len(bodies) {
 					return
 				}
 				t0 := time.Now()
-				code, resp, err := postHTTP(client, url, bodies[i])
+				code, err := client.Do("POST", path, bodies[i], 10*time.Second)
 				lat[i] = time.Since(t0)
 				if err != nil || code != 200 {
 					if failures.Add(1) == 1 {
-						b.Logf("request failed: %d %s %v", code, resp, err)
+						b.Logf("request failed: %d %v", code, err)
 					}
 				}
 			}
@@ -110,6 +121,15 @@ func drive(b *testing.B, v *env, url string, clients int, bodies [][]byte, event
 	if n := v.metric(`recsys_ingest_group_commit_events_count{writer="ingest"}`); n > 0 {
 		b.ReportMetric(v.metric(`recsys_ingest_group_commit_events_sum{writer="ingest"}`)/n, "events/commit")
 	}
+}
+
+// splitURL splits http://host:port/path into the base and the path.
+func splitURL(b *testing.B, raw string) (base, path string) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return u.Scheme + "://" + u.Host, u.RequestURI()
 }
 
 // backendCPU returns the CPU time used so far by each PostgreSQL backend connected to the

@@ -200,24 +200,20 @@ func servedBy(r *Reco) map[string]uint64 {
 }
 
 func runLoad(b *testing.B, base string, autolog bool, benchClients int) {
-	conns := make([]*rawClient, benchClients)
+	conns := make([]*testutil.RawClient, benchClients)
 	for i := range conns {
-		c, err := newRawClient(base)
+		c, err := testutil.NewRawClient(base)
 		if err != nil {
 			b.Fatal(err)
 		}
 		conns[i] = c
-		defer func() {
-			if c.conn != nil {
-				c.conn.Close()
-			}
-		}()
+		defer c.Close()
 	}
 	get := func(c int, rng *rand.Rand) (time.Duration, error) {
 		target := "/reco?user_id=load-user-" + strconv.Itoa(rng.IntN(benchUsers)+1) + "&session_id=session-" +
 			strconv.Itoa(rng.IntN(500000)+1) + "&k=20&x_autolog_impressions=" + strconv.FormatBool(autolog)
 		start := time.Now()
-		status, err := conns[c].get(target, 5*time.Second)
+		status, err := conns[c].Do("GET", target, nil, 5*time.Second)
 		if err != nil {
 			return 0, err
 		}

@@ -1,4 +1,4 @@
-package reco
+package testutil
 
 import (
 	"bufio"
@@ -11,11 +11,11 @@ import (
 	"time"
 )
 
-// rawClient is a minimal HTTP/1.1 keep-alive client for the load benchmarks, one connection
-// per client goroutine, like wrk's. net/http's client costs tens of microseconds of CPU per
+// RawClient is a minimal HTTP/1.1 keep-alive client for load benchmarks, one connection per
+// client goroutine, like wrk's; not safe for concurrent use. net/http's client costs tens of microseconds of CPU per
 // request, and on a 2-core machine the load generator shares the cores with the server it
 // measures: a lean generator leaves the server the CPU a remote client would.
-type rawClient struct {
+type RawClient struct {
 	addr string
 	host string
 	conn net.Conn
@@ -23,17 +23,27 @@ type rawClient struct {
 	buf  []byte
 }
 
-func newRawClient(base string) (*rawClient, error) {
+// NewRawClient returns a client for the server at base (http://host:port).
+func NewRawClient(base string) (*RawClient, error) {
 	u, err := url.Parse(base)
 	if err != nil {
 		return nil, err
 	}
-	return &rawClient{addr: u.Host, host: u.Host}, nil
+	return &RawClient{addr: u.Host, host: u.Host}, nil
 }
 
-// get sends GET target (path and query) and returns the status code; the body is read and
-// discarded. A broken connection is redialled on the next call.
-func (c *rawClient) get(target string, timeout time.Duration) (int, error) {
+// Close closes the connection.
+func (c *RawClient) Close() {
+	if c.conn != nil {
+		c.conn.Close()
+		c.conn = nil
+	}
+}
+
+// Do sends method target (path and query) with an optional JSON body and returns the status
+// code; the response body is read and discarded. A broken connection is redialled on the
+// next call.
+func (c *RawClient) Do(method, target string, body []byte, timeout time.Duration) (int, error) {
 	if c.conn == nil {
 		conn, err := net.DialTimeout("tcp", c.addr, time.Second)
 		if err != nil {
@@ -41,7 +51,7 @@ func (c *rawClient) get(target string, timeout time.Duration) (int, error) {
 		}
 		c.conn, c.r = conn, bufio.NewReaderSize(conn, 16<<10)
 	}
-	status, err := c.roundTrip(target, timeout)
+	status, err := c.roundTrip(method, target, body, timeout)
 	if err != nil {
 		c.conn.Close()
 		c.conn = nil
@@ -49,13 +59,21 @@ func (c *rawClient) get(target string, timeout time.Duration) (int, error) {
 	return status, err
 }
 
-func (c *rawClient) roundTrip(target string, timeout time.Duration) (int, error) {
+func (c *RawClient) roundTrip(method, target string, body []byte, timeout time.Duration) (int, error) {
 	_ = c.conn.SetDeadline(time.Now().Add(timeout))
-	c.buf = append(c.buf[:0], "GET "...)
+	c.buf = append(c.buf[:0], method...)
+	c.buf = append(c.buf, ' ')
 	c.buf = append(c.buf, target...)
 	c.buf = append(c.buf, " HTTP/1.1\r\nHost: "...)
 	c.buf = append(c.buf, c.host...)
-	c.buf = append(c.buf, "\r\nUser-Agent: recsys-bench\r\n\r\n"...)
+	c.buf = append(c.buf, "\r\nUser-Agent: recsys-bench\r\n"...)
+	if body != nil {
+		c.buf = append(c.buf, "Content-Type: application/json\r\nContent-Length: "...)
+		c.buf = strconv.AppendInt(c.buf, int64(len(body)), 10)
+		c.buf = append(c.buf, "\r\n"...)
+	}
+	c.buf = append(c.buf, "\r\n"...)
+	c.buf = append(c.buf, body...)
 	if _, err := c.conn.Write(c.buf); err != nil {
 		return 0, err
 	}
