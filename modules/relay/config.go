@@ -53,7 +53,7 @@ func NewConfig() *Config {
 		StartupMaxRetries:  0,
 		ShutdownTimeout:    15 * time.Second,
 		ReapInterval:       time.Second,
-		Retention:          time.Hour,
+		Retention:          0,
 		RetentionBatch:     5000,
 		RetentionInterval:  30 * time.Second,
 		SnapshotInterval:   5 * time.Second,
@@ -77,7 +77,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.StartupMaxRetries, "relay.startup-max-retries", c.StartupMaxRetries, "topic provisioning attempts before the relay gives up and the process exits; 0 retries forever")
 	fs.DurationVar(&c.ShutdownTimeout, "relay.shutdown-timeout", c.ShutdownTimeout, "longest wait for in-flight batches at shutdown; unfinished rows are taken over after their lease expires")
 	fs.DurationVar(&c.ReapInterval, "relay.reap-interval", c.ReapInterval, "how often expired leases are returned to pending (or dead)")
-	fs.DurationVar(&c.Retention, "relay.retention", c.Retention, "published rows older than this are deleted; 0 keeps them forever")
+	fs.DurationVar(&c.Retention, "relay.retention", c.Retention, "how long rows Kafka acked are kept as 'published' (for inspection) before the retention loop deletes them; 0 deletes them when the ack is recorded, the cheapest path")
 	fs.IntVar(&c.RetentionBatch, "relay.retention-batch", c.RetentionBatch, "rows deleted per retention statement")
 	fs.DurationVar(&c.RetentionInterval, "relay.retention-interval", c.RetentionInterval, "pause between retention passes")
 	fs.DurationVar(&c.SnapshotInterval, "relay.snapshot-interval", c.SnapshotInterval, "how often the backlog snapshot (gauges, /healthz) is refreshed")

@@ -156,8 +156,12 @@ func NewRelay(cfg *Config, d infra.Deps, o Options) (*Relay, error) {
 	if d.Kafka == nil && (o.Publisher == nil || o.Broker == nil) {
 		return nil, errors.New("relay needs Kafka")
 	}
+	var storeOpts []outbox.StoreOption
+	if cfg.Retention == 0 {
+		storeOpts = append(storeOpts, outbox.DeleteOnAck())
+	}
 	r := &Relay{
-		cfg: cfg, log: d.Log, pool: d.PG, store: outbox.NewStore(d.PG),
+		cfg: cfg, log: d.Log, pool: d.PG, store: outbox.NewStore(d.PG, storeOpts...),
 		pub: o.Publisher, broker: o.Broker, owner: o.Owner,
 		backoff: outbox.Backoff{Base: cfg.RetryBase, Max: cfg.RetryMax},
 		m:       newMetrics(d.Metrics),
@@ -219,9 +223,10 @@ func (r *Relay) Run(ctx context.Context) error {
 		return err
 	}
 	bg.Go(func() { r.every(bgCtx, r.cfg.ReapInterval, r.reap) })
-	if r.cfg.Retention > 0 {
-		bg.Go(func() { r.every(bgCtx, r.cfg.RetentionInterval, r.retain) })
-	}
+	// Also with --relay.retention 0 (rows deleted on ack): it removes rows left 'published'
+	// by an earlier setting, through the partial index of published rows, which is empty
+	// otherwise.
+	bg.Go(func() { r.every(bgCtx, r.cfg.RetentionInterval, r.retain) })
 	var workers sync.WaitGroup
 	for i := range r.cfg.Workers {
 		workers.Go(func() { r.work(ctx, i) })
