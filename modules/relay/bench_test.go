@@ -90,7 +90,8 @@ func BenchmarkRelayThroughput(b *testing.B) {
 //
 //	go test -run '^$' -bench BenchmarkRelayCommitToAck -benchtime 1x -count 3 ./modules/relay/
 //
-// RELAY_BENCH_RATE (1000 events/s) and RELAY_BENCH_SECONDS (10) vary it.
+// RELAY_BENCH_RATE (1000 events/s), RELAY_BENCH_SECONDS (10) and RELAY_BENCH_WORKERS (the
+// relay's default) vary it.
 func BenchmarkRelayCommitToAck(b *testing.B) {
 	rate, secs := benchEnvInt("RELAY_BENCH_RATE", 1000), benchEnvInt("RELAY_BENCH_SECONDS", 10)
 	for b.Loop() {
@@ -103,6 +104,7 @@ func BenchmarkRelayCommitToAck(b *testing.B) {
 		}
 		time.Sleep(2 * time.Second)
 		cfg := relay.NewConfig()
+		cfg.Workers = benchEnvInt("RELAY_BENCH_WORKERS", cfg.Workers)
 		w := e.deps("").Kafka.NewWriter(relay.WriterOptions(cfg))
 		rec := &ackRecorder{inner: w, acked: map[string]time.Time{}}
 		run := e.start(cfg, "bench", relay.Options{Publisher: rec})
