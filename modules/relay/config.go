@@ -64,7 +64,7 @@ func NewConfig() *Config {
 // RegisterFlags adds the relay.* flags and the original service's variable names.
 func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.BatchSize, "relay.batch-size", c.BatchSize, "most outbox rows claimed and published as one batch")
-	fs.IntVar(&c.Workers, "relay.workers", c.Workers, "batches in flight at once per relay process (each claims, publishes and marks its own batch)")
+	fs.IntVar(&c.Workers, "relay.workers", c.Workers, "batches published at once per relay process (each worker claims and publishes its own batch, and records the previous one's outcome meanwhile)")
 	fs.DurationVar(&c.PollInterval, "relay.poll-interval", c.PollInterval, "idle wait between claims when no NOTIFY arrives; a lost notification costs at most this")
 	fs.BoolVar(&c.Listen, "relay.listen", c.Listen, "LISTEN on the recsys_outbox channel so a commit wakes the relay at once (polling stays as the fallback)")
 	fs.DurationVar(&c.Lease, "relay.lease", c.Lease, "lease on claimed rows; renewed every third of it while a batch is in flight, taken over by another relay after it expires")

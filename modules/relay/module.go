@@ -29,7 +29,8 @@
 //
 // Delivery is at-least-once: a relay that dies after Kafka acked a batch but before recording
 // it leaves that batch to be published again after its lease expires, so duplicates are
-// bounded by the batches in flight (--relay.workers × --relay.batch-size per relay) and carry
+// bounded by the batches in flight (per relay 2 × --relay.workers × --relay.batch-size: each
+// worker has one batch publishing and at most one whose outcome is being recorded) and carry
 // the same event_id header for consumers to deduplicate.
 //
 // # Metrics

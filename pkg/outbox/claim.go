@@ -117,12 +117,15 @@ WITH ok AS (
     SELECT u.i, u.f, c.upto = u.n AS whole
     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) WITH ORDINALITY AS u(k, t, f, l, n, i)
     CROSS JOIN LATERAL (
-        SELECT count(*) FILTER (WHERE e.id < u.f) AS below, count(*) AS upto
+        SELECT count(*) FILTER (WHERE e.id < u.f) AS below, count(*) AS upto,
+            -- In the select list it stays one index probe per unit: as a NOT EXISTS in
+            -- WHERE the planner may turn it into an anti-join that compares every unit
+            -- with every row in flight.
+            EXISTS (SELECT 1 FROM event_outbox p WHERE p.msg_key = u.k AND p.topic = u.t AND p.status = 'publishing') AS busy
         FROM event_outbox e
         WHERE e.msg_key = u.k AND e.topic = u.t AND e.status IN ('pending', 'publishing') AND e.id <= u.l
     ) c
-    WHERE c.below = 0
-      AND NOT EXISTS (SELECT 1 FROM event_outbox p WHERE p.msg_key = u.k AND p.topic = u.t AND p.status = 'publishing')
+    WHERE c.below = 0 AND NOT c.busy
 )
 UPDATE event_outbox
 SET status = 'publishing', attempts = attempts + 1, lease_owner = $8,
