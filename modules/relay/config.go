@@ -53,7 +53,7 @@ func NewConfig() *Config {
 		StartupMaxRetries:  0,
 		ShutdownTimeout:    15 * time.Second,
 		ReapInterval:       time.Second,
-		Retention:          time.Hour,
+		Retention:          0,
 		RetentionBatch:     5000,
 		RetentionInterval:  30 * time.Second,
 		SnapshotInterval:   5 * time.Second,
@@ -64,7 +64,7 @@ func NewConfig() *Config {
 // RegisterFlags adds the relay.* flags and the original service's variable names.
 func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.BatchSize, "relay.batch-size", c.BatchSize, "most outbox rows claimed and published as one batch")
-	fs.IntVar(&c.Workers, "relay.workers", c.Workers, "batches in flight at once per relay process (each claims, publishes and marks its own batch)")
+	fs.IntVar(&c.Workers, "relay.workers", c.Workers, "batches published at once per relay process (each worker claims and publishes its own batch, and records the previous one's outcome meanwhile)")
 	fs.DurationVar(&c.PollInterval, "relay.poll-interval", c.PollInterval, "idle wait between claims when no NOTIFY arrives; a lost notification costs at most this")
 	fs.BoolVar(&c.Listen, "relay.listen", c.Listen, "LISTEN on the recsys_outbox channel so a commit wakes the relay at once (polling stays as the fallback)")
 	fs.DurationVar(&c.Lease, "relay.lease", c.Lease, "lease on claimed rows; renewed every third of it while a batch is in flight, taken over by another relay after it expires")
@@ -77,7 +77,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.StartupMaxRetries, "relay.startup-max-retries", c.StartupMaxRetries, "topic provisioning attempts before the relay gives up and the process exits; 0 retries forever")
 	fs.DurationVar(&c.ShutdownTimeout, "relay.shutdown-timeout", c.ShutdownTimeout, "longest wait for in-flight batches at shutdown; unfinished rows are taken over after their lease expires")
 	fs.DurationVar(&c.ReapInterval, "relay.reap-interval", c.ReapInterval, "how often expired leases are returned to pending (or dead)")
-	fs.DurationVar(&c.Retention, "relay.retention", c.Retention, "published rows older than this are deleted; 0 keeps them forever")
+	fs.DurationVar(&c.Retention, "relay.retention", c.Retention, "how long rows Kafka acked are kept as 'published' (for inspection) before the retention loop deletes them; 0 deletes them when the ack is recorded, the cheapest path")
 	fs.IntVar(&c.RetentionBatch, "relay.retention-batch", c.RetentionBatch, "rows deleted per retention statement")
 	fs.DurationVar(&c.RetentionInterval, "relay.retention-interval", c.RetentionInterval, "pause between retention passes")
 	fs.DurationVar(&c.SnapshotInterval, "relay.snapshot-interval", c.SnapshotInterval, "how often the backlog snapshot (gauges, /healthz) is refreshed")

@@ -98,6 +98,9 @@ func testConfig() *relay.Config {
 	c.ShutdownTimeout = 5 * time.Second
 	c.ReapInterval = 100 * time.Millisecond
 	c.SnapshotInterval = 200 * time.Millisecond
+	// Keep acked rows as 'published' so tests can read every row's final state; the
+	// delete-on-ack default has its own test.
+	c.Retention = time.Hour
 	return c
 }
 

@@ -19,12 +19,18 @@
 // When a whole batch fails the relay treats Kafka as unreachable: it stops claiming and
 // probes Kafka every --relay.probe-interval, so an outage spends no attempts beyond the batch
 // in flight, and it resumes as soon as Kafka answers. Expired leases (a relay that crashed)
-// are reclaimed every --relay.reap-interval and count as an attempt. Published rows older
-// than --relay.retention are deleted in batches of --relay.retention-batch.
+// are reclaimed every --relay.reap-interval and count as an attempt. With --relay.retention 0
+// (the default) rows are deleted when their ack is recorded; with a positive value they are
+// kept as 'published' that long (for `relay replay --status published`) and then deleted in
+// batches of --relay.retention-batch.
+//
+// Each worker records a batch's outcome in the background while it claims and publishes its
+// next batch (at most one recording pending per worker).
 //
 // Delivery is at-least-once: a relay that dies after Kafka acked a batch but before recording
 // it leaves that batch to be published again after its lease expires, so duplicates are
-// bounded by the batches in flight (--relay.workers × --relay.batch-size per relay) and carry
+// bounded by the batches in flight (per relay 2 × --relay.workers × --relay.batch-size: each
+// worker has one batch publishing and at most one whose outcome is being recorded) and carry
 // the same event_id header for consumers to deduplicate.
 //
 // # Metrics

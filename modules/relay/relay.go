@@ -156,8 +156,12 @@ func NewRelay(cfg *Config, d infra.Deps, o Options) (*Relay, error) {
 	if d.Kafka == nil && (o.Publisher == nil || o.Broker == nil) {
 		return nil, errors.New("relay needs Kafka")
 	}
+	var storeOpts []outbox.StoreOption
+	if cfg.Retention == 0 {
+		storeOpts = append(storeOpts, outbox.DeleteOnAck())
+	}
 	r := &Relay{
-		cfg: cfg, log: d.Log, pool: d.PG, store: outbox.NewStore(d.PG),
+		cfg: cfg, log: d.Log, pool: d.PG, store: outbox.NewStore(d.PG, storeOpts...),
 		pub: o.Publisher, broker: o.Broker, owner: o.Owner,
 		backoff: outbox.Backoff{Base: cfg.RetryBase, Max: cfg.RetryMax},
 		m:       newMetrics(d.Metrics),
@@ -219,9 +223,10 @@ func (r *Relay) Run(ctx context.Context) error {
 		return err
 	}
 	bg.Go(func() { r.every(bgCtx, r.cfg.ReapInterval, r.reap) })
-	if r.cfg.Retention > 0 {
-		bg.Go(func() { r.every(bgCtx, r.cfg.RetentionInterval, r.retain) })
-	}
+	// Also with --relay.retention 0 (rows deleted on ack): it removes rows left 'published'
+	// by an earlier setting, through the partial index of published rows, which is empty
+	// otherwise.
+	bg.Go(func() { r.every(bgCtx, r.cfg.RetentionInterval, r.retain) })
 	var workers sync.WaitGroup
 	for i := range r.cfg.Workers {
 		workers.Go(func() { r.work(ctx, i) })
@@ -306,7 +311,14 @@ func (r *Relay) provision(ctx context.Context) error {
 // queue is blocked, before it waits for a wake-up.
 const maxEmptyWindows = 8
 
+// work claims and publishes batches one after the other. Recording a batch's outcome
+// (Complete) runs in the background while the worker claims and publishes its next batch, at
+// most one such recording per worker, so a database round trip per batch leaves the critical
+// path. Per-key order is unaffected: the rows being recorded are still 'publishing', so their
+// units are not claimed again until the outcome is in.
 func (r *Relay) work(ctx context.Context, id int) {
+	var recording sync.WaitGroup
+	defer recording.Wait()
 	var after int64
 	empty := 0
 	for ctx.Err() == nil {
@@ -338,7 +350,9 @@ func (r *Relay) work(ctx context.Context, id int) {
 		if len(c.Rows) == r.cfg.BatchSize || after != 0 {
 			r.wake() // there is a backlog: get another worker going
 		}
-		r.process(ctx, c)
+		record := r.process(ctx, c)
+		recording.Wait()
+		recording.Go(record)
 	}
 }
 
@@ -384,10 +398,10 @@ func (r *Relay) awaitBroker(ctx context.Context) bool {
 	}
 }
 
-// process publishes one claimed batch and records the outcome. It runs to the end even when
-// ctx is cancelled (shutdown), so rows Kafka acked are marked instead of being published
-// again by another relay after the lease.
-func (r *Relay) process(ctx context.Context, c *outbox.Claim) {
+// process publishes one claimed batch and returns the function that records its outcome. Both
+// run to the end even when ctx is cancelled (shutdown), so rows Kafka acked are marked instead
+// of being published again by another relay after the lease.
+func (r *Relay) process(ctx context.Context, c *outbox.Claim) (record func()) {
 	bctx := context.WithoutCancel(ctx)
 	r.m.batchSize.Update(float64(len(c.Rows)))
 	stopRenew := r.renewWhileInFlight(bctx, c)
@@ -440,7 +454,7 @@ func (r *Relay) process(ctx context.Context, c *outbox.Claim) {
 	} else {
 		r.down.Store(nil)
 	}
-	r.complete(bctx, c, outcomes, anyFailed)
+	return func() { r.complete(bctx, c, outcomes, anyFailed) }
 }
 
 func sum(m map[string]int) int {

@@ -290,6 +290,9 @@ func TestRelayKill9MidBatch(t *testing.T) {
 		_ = cmd.Process.Kill()
 		t.Fatal("child relay did not ack its third batch")
 	}
+	// A worker records a batch's outcome while it publishes the next one: let the second
+	// batch's recording land, so exactly the third batch is acked but unrecorded at the kill.
+	waitFor(t, 10*time.Second, "the first two batches recorded", func() bool { return e.counts()["published"] == 2*batch })
 	if err := cmd.Process.Signal(os.Kill); err != nil { // SIGKILL: no shutdown path runs
 		t.Fatal(err)
 	}
@@ -615,4 +618,51 @@ func TestRelayRetentionDeletesPublishedRows(t *testing.T) {
 	if d, _ := readTopic(t, e.brokers, e.kcfg.TopicWatches).distinct(); d != 50 {
 		t.Fatalf("consumer saw %d events, want 50", d)
 	}
+}
+
+// With the default --relay.retention 0 acked rows are deleted when the ack is recorded: the
+// outbox ends empty, every event reached Kafka once, each key's events in id order, and the
+// snapshot shows nothing retained.
+func TestRelayDeletesAckedRowsByDefault(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testutil.KafkaBrokers(t), 3)
+	cfg := testConfig()
+	cfg.Retention = relay.NewConfig().Retention
+	if cfg.Retention != 0 {
+		t.Fatalf("default --relay.retention = %s, want 0 (delete on ack)", cfg.Retention)
+	}
+	cfg.BatchSize = 40
+	run := e.start(cfg, "r1", relay.Options{})
+	waitReady(t, run.r)
+	const n = 500
+	ids := e.insert(n, 13, 5)
+	waitFor(t, 30*time.Second, "every row acked and deleted", func() bool {
+		var left int
+		err := e.pool.QueryRow(context.Background(), `SELECT count(*) FROM event_outbox`).Scan(&left)
+		return err == nil && left == 0
+	})
+	got := readTopic(t, e.brokers, e.kcfg.TopicWatches)
+	if d, dups := got.distinct(); d != n || dups != 0 {
+		t.Fatalf("consumed %d distinct event ids and %d duplicates, want %d and 0", d, dups, n)
+	}
+	seq := map[string]int{}
+	for i, id := range ids {
+		seq[id] = i
+	}
+	last := map[string]int{}
+	for _, m := range got.all() {
+		i := seq[header(m, "event_id")]
+		if prev, ok := last[string(m.Key)]; ok && i <= prev {
+			t.Fatalf("key %s: event #%d after #%d", m.Key, i, prev)
+		}
+		last[string(m.Key)] = i
+	}
+	if v := metric(run.deps.Metrics, `reco_outbox_relay_published_total{topic="`+e.kcfg.TopicWatches+`"}`); v != n {
+		t.Errorf("published_total = %v, want %d", v, n)
+	}
+	waitFor(t, 5*time.Second, "snapshot showing an empty outbox", func() bool {
+		eb := run.r.HealthDetails(context.Background())["event_backbone"].(map[string]any)
+		b, ok := eb["outbox"].(outbox.Backlog)
+		return ok && b == (outbox.Backlog{})
+	})
 }

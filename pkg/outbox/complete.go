@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"time"
 	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Backoff is the retry schedule of failed rows: Base·2^(attempt-1), capped at Max, with
@@ -144,26 +146,26 @@ func (s *Store) completePublished(ctx context.Context, c *Claim, outcomes []Outc
 	for i, o := range outcomes {
 		ids[i] = o.ID
 	}
-	tag, err := s.pool.Exec(ctx, `
-UPDATE event_outbox
-SET status = 'published', published_at = now(), lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-WHERE id = ANY($1) AND lease_token = $2 AND status = 'publishing'`, ids, c.Token)
+	sql := markPublishedSQL
+	if s.deleteOnAck {
+		sql = deletePublishedSQL
+	}
+	tag, err := s.pool.Exec(ctx, sql, ids, c.Token)
 	if err != nil {
 		return nil, err
 	}
 	return map[string]int{StatusPublished: int(tag.RowsAffected())}, nil
 }
 
-func (s *Store) completeMixed(ctx context.Context, c *Claim, outcomes []Outcome) (map[string]int, error) {
-	n := len(outcomes)
-	ids, statuses, delays, errs, refunds := make([]int64, n), make([]string, n), make([]int64, n), make([]string, n), make([]int32, n)
-	for i, o := range outcomes {
-		ids[i], statuses[i], delays[i], errs[i] = o.ID, o.Status, o.Delay.Milliseconds(), o.Err
-		if o.Refund {
-			refunds[i] = 1
-		}
-	}
-	rows, err := s.pool.Query(ctx, `
+const markPublishedSQL = `
+UPDATE event_outbox
+SET status = 'published', published_at = now(), lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+WHERE id = ANY($1) AND lease_token = $2 AND status = 'publishing'`
+
+const deletePublishedSQL = `
+DELETE FROM event_outbox WHERE id = ANY($1) AND lease_token = $2 AND status = 'publishing'`
+
+const completeMixedSQL = `
 UPDATE event_outbox o
 SET status = u.status,
     published_at = CASE WHEN u.status = 'published' THEN now() END,
@@ -174,12 +176,51 @@ SET status = u.status,
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
 FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::int[]) AS u(id, status, delay_ms, err, refund)
 WHERE o.id = ANY($1) AND o.id = u.id AND o.lease_token = $6 AND o.status = 'publishing'
-RETURNING o.status`, ids, statuses, delays, errs, refunds, c.Token)
+RETURNING o.status`
+
+// completeMixed records a batch with failures. With DeleteOnAck the acked rows are deleted
+// and the rest updated, in one round trip and one implicit transaction.
+func (s *Store) completeMixed(ctx context.Context, c *Claim, outcomes []Outcome) (map[string]int, error) {
+	var acked []int64
+	if s.deleteOnAck {
+		rest := make([]Outcome, 0, len(outcomes))
+		for _, o := range outcomes {
+			if o.Status == StatusPublished {
+				acked = append(acked, o.ID)
+			} else {
+				rest = append(rest, o)
+			}
+		}
+		outcomes = rest
+	}
+	n := len(outcomes)
+	ids, statuses, delays, errs, refunds := make([]int64, n), make([]string, n), make([]int64, n), make([]string, n), make([]int32, n)
+	for i, o := range outcomes {
+		ids[i], statuses[i], delays[i], errs[i] = o.ID, o.Status, o.Delay.Milliseconds(), o.Err
+		if o.Refund {
+			refunds[i] = 1
+		}
+	}
+	b := &pgx.Batch{}
+	if len(acked) > 0 {
+		b.Queue(deletePublishedSQL, acked, c.Token)
+	}
+	b.Queue(completeMixedSQL, ids, statuses, delays, errs, refunds, c.Token)
+	br := s.pool.SendBatch(ctx, b)
+	defer br.Close()
+	applied := map[string]int{}
+	if len(acked) > 0 {
+		tag, err := br.Exec()
+		if err != nil {
+			return nil, err
+		}
+		applied[StatusPublished] = int(tag.RowsAffected())
+	}
+	rows, err := br.Query()
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	applied := map[string]int{}
 	for rows.Next() {
 		var st string
 		if err := rows.Scan(&st); err != nil {
@@ -187,5 +228,9 @@ RETURNING o.status`, ids, statuses, delays, errs, refunds, c.Token)
 		}
 		applied[st]++
 	}
-	return applied, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	rows.Close()
+	return applied, br.Close()
 }

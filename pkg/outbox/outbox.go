@@ -8,8 +8,9 @@
 // Writers insert rows as 'pending' (attempts 0, next_attempt_at now()) and NOTIFY Channel on
 // commit. A claim moves due rows to 'publishing' under a lease (owner, expiry and a fencing
 // token drawn from a sequence) and counts the attempt right away, so every claim is an attempt
-// whether it ends in an ack, an error or a crash. Complete moves them to 'published', or back
-// to 'pending' with a backoff, or to 'dead' once attempts reach max_attempts; it touches only
+// whether it ends in an ack, an error or a crash. Complete moves them to 'published' (or,
+// with DeleteOnAck, deletes them), or back to 'pending' with a backoff, or to 'dead' once
+// attempts reach max_attempts; it touches only
 // rows that still carry the claim's token, so a relay that lost its lease cannot overwrite the
 // new owner's outcome. Reap returns rows whose lease expired (a relay crashed or stalled) to
 // 'pending' with a backoff, or to 'dead' when their attempts are used up, so a row that crashes
@@ -53,7 +54,10 @@
 //
 // # Bounded queries
 //
-// Every statement reads through a partial index on one status (migration 0003). The claim
+// Every statement reads through a partial index on one status (migration 0003).
+// The claim is two round trips (lock, then check and lease in one statement); with
+// DeleteOnAck a message costs the database one non-HOT update (the claim: status is in every
+// partial index's predicate) and one delete. The claim
 // scans a bounded window of pending rows (a few times the batch size) from a cursor the caller
 // advances when the front of the queue is congested by blocked units, so one hot key with a
 // long retrying backlog cannot make every claim scan the whole table. Snapshot counts each
@@ -79,11 +83,28 @@ const (
 
 // Store is the event_outbox repository used by the relay and the replay command.
 type Store struct {
-	pool *pgxpool.Pool
+	pool        *pgxpool.Pool
+	deleteOnAck bool
 }
 
+// StoreOption tunes a Store.
+type StoreOption func(*Store)
+
+// DeleteOnAck makes Complete delete the rows Kafka acked instead of marking them 'published'
+// for the age-based retention to delete later. Each message then costs one row update (the
+// claim) and one delete, instead of two non-HOT updates (each adding index entries) and a
+// delete, and the table holds only the unpublished backlog. Fencing is unchanged: only rows
+// that still carry the claim's token are deleted.
+func DeleteOnAck() StoreOption { return func(s *Store) { s.deleteOnAck = true } }
+
 // NewStore returns a store over pool.
-func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
+func NewStore(pool *pgxpool.Pool, opts ...StoreOption) *Store {
+	s := &Store{pool: pool}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
 
 // Row is one claimed outbox row.
 type Row struct {

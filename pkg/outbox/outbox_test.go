@@ -194,7 +194,23 @@ func TestClaimSkipsUnitsInFlight(t *testing.T) {
 // published exactly once.
 func TestConcurrentClaimsKeepUnitsExclusiveAndOrdered(t *testing.T) {
 	t.Parallel()
-	s, pool := newStore(t)
+	for _, tc := range []struct {
+		name string
+		opts []outbox.StoreOption
+	}{
+		{"mark published", nil},
+		{"delete on ack", []outbox.StoreOption{outbox.DeleteOnAck()}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			testConcurrentClaims(t, tc.opts...)
+		})
+	}
+}
+
+func testConcurrentClaims(t *testing.T, opts ...outbox.StoreOption) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	s := outbox.NewStore(pool, opts...)
 	ctx := context.Background()
 	const rows, keys, workers = 3000, 40, 6
 	if _, err := pool.Exec(ctx, `
@@ -268,6 +284,70 @@ SELECT 'e' || g, 'watch', 't', 'u' || (g % $2), '{}', 5 FROM generate_series(1, 
 	var left int
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM event_outbox WHERE status <> 'published'`).Scan(&left); err != nil || left != 0 {
 		t.Fatalf("%d rows not published (err %v)", left, err)
+	}
+}
+
+// With DeleteOnAck, acked rows are deleted (only while the claim still holds their lease)
+// and the rest of a mixed batch is recorded as before.
+func TestDeleteOnAck(t *testing.T) {
+	t.Parallel()
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	s := outbox.NewStore(pool, outbox.DeleteOnAck())
+	ctx := context.Background()
+	exists := func(id int64) bool {
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM event_outbox WHERE id = $1`, id).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
+	}
+
+	// u1 a, u2 a, u1 b: u1's head fails, so u1 b is held back although Kafka acked it.
+	id := insert(t, pool, row{key: "u1"}, row{key: "u2"}, row{key: "u1"})
+	c := claim(t, s, "r1", 10)
+	done, err := s.Complete(ctx, c, outbox.Settle(c.Rows, map[int64]outbox.Result{id[0]: {Err: errors.New("boom")}}, backoff))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if done != (outbox.Completed{Published: 1, Retried: 2}) {
+		t.Fatalf("mixed complete = %+v, want 1 published (deleted) and 2 retried", done)
+	}
+	if exists(id[1]) {
+		t.Fatalf("acked row %d still in the table", id[1])
+	}
+	if got := stateOf(t, pool, id[0]); got.status != "pending" || got.attempts != 1 || got.lastErr != "boom" {
+		t.Fatalf("failed head = %+v, want pending, 1 attempt, last error boom", got)
+	}
+	if got := stateOf(t, pool, id[2]); got.status != "pending" || got.attempts != 0 {
+		t.Fatalf("held-back row = %+v, want pending with its attempt refunded", got)
+	}
+
+	// A claim whose lease was taken over deletes nothing.
+	if _, err := pool.Exec(ctx, `UPDATE event_outbox SET next_attempt_at = now()`); err != nil {
+		t.Fatal(err)
+	}
+	old := claim(t, s, "old", 10)
+	if !equal(ids(old), []int64{id[0], id[2]}) {
+		t.Fatalf("claim = %v, want %v", ids(old), []int64{id[0], id[2]})
+	}
+	if _, err := pool.Exec(ctx, `UPDATE event_outbox SET lease_expires_at = now() - interval '1 second'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Reap(ctx, 100, outbox.Backoff{Base: time.Millisecond, Max: time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Millisecond)
+	cur := claim(t, s, "new", 10)
+	if done, err := s.Complete(ctx, old, outbox.Settle(old.Rows, nil, backoff)); err != nil || done.Fenced != 2 || done.Published != 0 {
+		t.Fatalf("fenced complete = %+v, %v; want 2 fenced, none deleted", done, err)
+	}
+	if !exists(id[0]) || !exists(id[2]) {
+		t.Fatal("a fenced complete deleted rows")
+	}
+	publishAll(t, s, cur)
+	var left int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM event_outbox`).Scan(&left); err != nil || left != 0 {
+		t.Fatalf("%d rows left after every row was acked (err %v), want 0", left, err)
 	}
 }
 
