@@ -541,41 +541,22 @@ ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING`, topic, part, off
 }
 
 func encodeUser(st *features.UserState) (h, w, i string, err error) {
-	hist := st.History
-	if hist == nil {
-		hist = []features.HistoryEntry{}
-	}
-	hb, err := json.Marshal(hist)
-	if err != nil {
+	if h, err = encodeHistory(st.History); err != nil {
 		return "", "", "", fmt.Errorf("encode history: %w", err)
 	}
-	wb, err := json.Marshal(nonNil(st.Watched))
-	if err != nil {
-		return "", "", "", fmt.Errorf("encode watched: %w", err)
-	}
-	ib, err := json.Marshal(nonNil(st.ImpressionCounts))
-	if err != nil {
-		return "", "", "", fmt.Errorf("encode impressions: %w", err)
-	}
-	return string(hb), string(wb), string(ib), nil
-}
-
-func nonNil[V any](m map[string]V) map[string]V {
-	if m == nil {
-		return map[string]V{}
-	}
-	return m
+	return h, encodeWatched(st.Watched), encodeImpressions(st.ImpressionCounts), nil
 }
 
 func decodeUser(h, w, i string) (features.UserState, error) {
 	var st features.UserState
-	if err := json.Unmarshal([]byte(h), &st.History); err != nil {
+	var err error
+	if st.History, err = decodeHistory(h); err != nil {
 		return st, fmt.Errorf("decode history: %w", err)
 	}
-	if err := json.Unmarshal([]byte(w), &st.Watched); err != nil {
+	if st.Watched, err = decodeWatched(w); err != nil {
 		return st, fmt.Errorf("decode watched: %w", err)
 	}
-	if err := json.Unmarshal([]byte(i), &st.ImpressionCounts); err != nil {
+	if st.ImpressionCounts, err = decodeImpressions(i); err != nil {
 		return st, fmt.Errorf("decode impressions: %w", err)
 	}
 	return st, nil
