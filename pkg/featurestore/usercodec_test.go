@@ -46,7 +46,7 @@ func TestUserCodecMatchesEncodingJSON(t *testing.T) {
 		}
 		for _, c := range []struct {
 			name, got string
-			want       any
+			want      any
 		}{{"history", h, hist}, {"watched", w, nonNilMap(st.Watched)}, {"impressions", i, nonNilMap(st.ImpressionCounts)}} {
 			want, _ := json.Marshal(c.want)
 			if c.got != string(want) {
