@@ -2,8 +2,11 @@ package featurestore_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"recsys/pkg/features"
 	"recsys/pkg/featurestore"
@@ -12,15 +15,14 @@ import (
 )
 
 // BenchmarkApply measures Store.Apply alone (PostgreSQL transaction, no Kafka, no Redis) on
-// batches of 5000 events with 20k users and 5k items. Report, don't assert:
+// batches of 5000 and 20000 events with 20k users and 5k items. Report, don't assert:
 //
 //	go test ./pkg/featurestore -run '^$' -bench Apply -benchtime 1x -count 3
 func BenchmarkApply(b *testing.B) {
-	ctx := context.Background()
 	dsn := testutil.MigratedDatabase(b)
 	pool := testutil.Pool(b, dsn)
 	cfg := features.DefaultConfig()
-	const n, batch = 100_000, 5000
+	const n = 100_000
 	evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 3, Users: 20000, Items: 5000, Events: n,
 		StartMs: time.Now().UnixMilli(), StepMs: 10, Prefix: "b"}))
 	pairs := 0
@@ -31,7 +33,14 @@ func BenchmarkApply(b *testing.B) {
 	st := featurestore.New(pool, nil, "", cfg, nil)
 	phases := map[string]time.Duration{}
 	st.SetHooks(featurestore.Hooks{Phase: func(p string, d time.Duration) { phases[p] += d }})
-	b.ResetTimer()
+	for _, batch := range []int{5000, 20000} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) { benchApply(b, pool, st, evs, batch, pairs, phases) })
+	}
+}
+
+func benchApply(b *testing.B, pool *pgxpool.Pool, st *featurestore.Store, evs []featurestore.Event, batch, pairs int, phases map[string]time.Duration) {
+	ctx := context.Background()
+	n := len(evs)
 	for i := 0; i < b.N; i++ {
 		t0 := time.Now()
 		for j := 0; j < n; j += batch {
