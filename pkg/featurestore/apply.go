@@ -376,6 +376,10 @@ RETURNING item_id, impressions, watches, sum_percent, percent_count, ended, watc
 		return nil, fmt.Errorf("commit apply: %w", err)
 	}
 	committed = true
+	s.dropOwn(written...)
+	if a.journalID != 0 {
+		s.addOwn(a.journalID)
+	}
 	s.phase("commit", &t0)
 	return a, nil
 }

@@ -259,11 +259,13 @@ func (s *Store) WriteRedis(ctx context.Context, a *Applied) error {
 		// We are the stale writer: the generation moved after our commit, and the
 		// repopulation of the new generation reads a snapshot that includes it.
 	case errors.As(err, &ee):
+		s.dropOwn(a.journalID)
 		if derr := s.rd.Do(ctx, s.rd.B().Del().Key(s.keys.Ready).Build()).Error(); derr != nil {
 			return fmt.Errorf("mark redis copy for repopulation: %w", derr)
 		}
 		return fmt.Errorf("%w: %v", ErrRedisBehind, err)
 	default:
+		s.dropOwn(a.journalID) // the heal loop takes it over
 		if s.hooks.RedisWriteFailed != nil {
 			s.hooks.RedisWriteFailed(err)
 		}
