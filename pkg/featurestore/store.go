@@ -1,9 +1,10 @@
 // Package featurestore persists the feature Deltas of pkg/features and loads ranking
 // Snapshots.
 //
-// PostgreSQL is the durable truth (migration 0004_features): per-user state, per-item
-// statistics with forward-decayed popularity, co-visitation pruned to the top M per item, the
-// decay landmarks (feature_meta), the dedup record of applied event_ids and the DLQ. A batch of
+// PostgreSQL is the durable truth (migrations 0004_features and 0008_feature_write_path):
+// per-user state, per-item statistics with forward-decayed popularity, co-visitation pruned to
+// the top M per item, the decay landmarks (feature_meta), the dedup record of applied
+// event_ids and the DLQ. A batch of
 // events is applied in ONE transaction that records the event_ids it applies, so a redelivery,
 // a rebalance or a crash before the Kafka commit changes nothing (exactly-once effects).
 //
