@@ -79,7 +79,8 @@ func readNeighbours(ctx context.Context, q pgx.Tx, items []string) ([]nbWrite, e
 
 // HealPending rewrites from PostgreSQL the users and items of journal rows older than
 // minAge (younger rows belong to batches whose own Redis write is still in flight) and
-// deletes the rows. Rows of this store whose write is in flight or done are skipped. It returns how many rows it healed.
+// deletes the rows. Rows of this store whose write is in flight or done are skipped. It
+// returns how many rows it healed.
 func (s *Store) HealPending(ctx context.Context, minAge time.Duration, limit int) (int, error) {
 	if s.rd == nil {
 		return 0, nil
