@@ -256,10 +256,12 @@ func (c *Consumer) process(ctx context.Context, r *kafkago.Reader, batch []fetch
 	if a != nil {
 		c.account(ctx, b, topics, a)
 	}
-	c.commit(ctx, r, batch)
+	// The Redis write goes first: it only needs the PostgreSQL commit (the journal covers a
+	// crash before it lands), so the offset commit's round trip stays off the freshness path.
 	if a != nil {
 		c.mirror <- mirrorJob{b: b, a: a}
 	}
+	c.commit(ctx, r, batch)
 }
 
 // attemptCtx detaches an attempt from shutdown (a batch in flight finishes) but bounds it.

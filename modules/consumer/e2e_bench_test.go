@@ -153,9 +153,18 @@ func BenchmarkEndToEndFreshness(b *testing.B) {
 			{"recsys_relay_commit_to_ack_seconds", "relay_p99_ms"},
 			{"recsys_consumer_apply_seconds", "pg_tx_p99_ms"},
 			{"recsys_consumer_redis_write_seconds", "redis_p99_ms"},
+			{`recsys_consumer_apply_phase_seconds{phase="lock"}`, "lock_p99_ms"},
+			{`recsys_consumer_apply_phase_seconds{phase="write"}`, "write_p99_ms"},
+			{`recsys_consumer_apply_phase_seconds{phase="items"}`, "items_p99_ms"},
+			{`recsys_consumer_apply_phase_seconds{phase="trim"}`, "trim_p99_ms"},
+			{"recsys_consumer_batch_size", "batch_p50"},
 		} {
 			if bk, n := histogram(b, base+"/metrics/prometheus", h.metric); n > 0 {
-				b.ReportMetric(quantile(bk, n, 0.99)*1000, h.unit)
+				if h.unit == "batch_p50" {
+					b.ReportMetric(quantile(bk, n, 0.5), h.unit)
+				} else {
+					b.ReportMetric(quantile(bk, n, 0.99)*1000, h.unit)
+				}
 			}
 		}
 		_ = cmd.Process.Signal(os.Interrupt)
@@ -163,7 +172,13 @@ func BenchmarkEndToEndFreshness(b *testing.B) {
 }
 
 // histogram scrapes a Prometheus histogram: cumulative count per upper bound, and the total.
+// name may carry labels: `metric{phase="lock"}`.
 func histogram(b testing.TB, url, name string) (map[float64]float64, float64) {
+	bucket, countPrefix := name+`_bucket{le="`, name+"_count "
+	if base, labels, ok := strings.Cut(name, "{"); ok {
+		labels = strings.TrimSuffix(labels, "}")
+		bucket, countPrefix = base+"_bucket{"+labels+`,le="`, base+"_count{"+labels+"} "
+	}
 	r, err := http.Get(url)
 	if err != nil {
 		b.Fatal(err)
@@ -176,8 +191,8 @@ func histogram(b testing.TB, url, name string) (map[float64]float64, float64) {
 	for sc.Scan() {
 		line := sc.Text()
 		switch {
-		case strings.HasPrefix(line, name+`_bucket{le="`):
-			rest := strings.TrimPrefix(line, name+`_bucket{le="`)
+		case strings.HasPrefix(line, bucket):
+			rest := strings.TrimPrefix(line, bucket)
 			q := strings.IndexByte(rest, '"')
 			le, err := strconv.ParseFloat(rest[:q], 64)
 			if err != nil { // +Inf
@@ -185,8 +200,8 @@ func histogram(b testing.TB, url, name string) (map[float64]float64, float64) {
 			}
 			v, _ := strconv.ParseFloat(rest[strings.LastIndexByte(rest, ' ')+1:], 64)
 			out[le] = v
-		case strings.HasPrefix(line, name+"_count "):
-			count, _ = strconv.ParseFloat(strings.TrimPrefix(line, name+"_count "), 64)
+		case strings.HasPrefix(line, countPrefix):
+			count, _ = strconv.ParseFloat(strings.TrimPrefix(line, countPrefix), 64)
 		}
 	}
 	return out, count

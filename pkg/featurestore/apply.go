@@ -125,11 +125,11 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
 
 	t0 := time.Now()
-	states, err := s.lockUsers(ctx, tx, b, a)
+	states, meta, metaErr, err := s.lockUsers(ctx, tx, b, a)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.ensureMeta(ctx, tx, b, a); err != nil {
+	if err := s.ensureMeta(ctx, tx, b, a, meta, metaErr); err != nil {
 		return nil, err
 	}
 	s.phase("lock", &t0)
@@ -376,22 +376,31 @@ RETURNING item_id, impressions, watches, sum_percent, percent_count, ended, watc
 		return nil, fmt.Errorf("commit apply: %w", err)
 	}
 	committed = true
+	s.dropOwn(written...)
+	if a.journalID != 0 {
+		s.addOwn(a.journalID)
+	}
 	s.phase("commit", &t0)
 	return a, nil
 }
 
 // lockUsers records the batch's event_ids (learning which are new) and loads and locks the
 // users' states. Missing users are inserted first so that two consumers serialise on the row
-// even for a brand-new user.
-func (s *Store) lockUsers(ctx context.Context, tx pgx.Tx, b *Batch, a *Applied) (map[string]*features.UserState, error) {
-	states := map[string]*features.UserState{}
+// even for a brand-new user. The decay meta is read in the same round trip, under the
+// shared meta lock (m and merr are loadMeta's results).
+func (s *Store) lockUsers(ctx context.Context, tx pgx.Tx, b *Batch, a *Applied) (states map[string]*features.UserState, m Meta, merr, err error) {
+	states = map[string]*features.UserState{}
 	if len(b.Events) == 0 {
 		pb := &pgx.Batch{}
 		pb.Queue(`SELECT pg_advisory_xact_lock_shared($1)`, metaLockKey)
-		if err := tx.SendBatch(ctx, pb).Close(); err != nil {
-			return nil, fmt.Errorf("lock meta: %w", err)
+		pb.Queue(metaSelect)
+		br := tx.SendBatch(ctx, pb)
+		defer br.Close()
+		if _, err := br.Exec(); err != nil {
+			return nil, m, nil, fmt.Errorf("lock meta: %w", err)
 		}
-		return states, nil
+		m, merr = scanMeta(br.QueryRow())
+		return states, m, merr, br.Close()
 	}
 	idSet := make(map[string]bool, len(b.Events))
 	userSet := map[string]bool{}
@@ -405,16 +414,17 @@ func (s *Store) lockUsers(ctx context.Context, tx pgx.Tx, b *Batch, a *Applied) 
 	pb.Queue(`INSERT INTO feature_applied (event_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING RETURNING event_id`, ids)
 	pb.Queue(`INSERT INTO feature_users (user_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`, users)
 	pb.Queue(`SELECT user_id, history::text, watched::text, impressions::text FROM feature_users WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE`, users)
+	pb.Queue(metaSelect)
 	br := tx.SendBatch(ctx, pb)
 	defer br.Close()
 	if _, err := br.Exec(); err != nil {
-		return nil, fmt.Errorf("lock meta: %w", err)
+		return nil, m, nil, fmt.Errorf("lock meta: %w", err)
 	}
 	fresh := make(map[string]bool, len(ids))
 	rows, _ := br.Query()
 	var id string
 	if _, err := pgx.ForEachRow(rows, []any{&id}, func() error { fresh[id] = true; return nil }); err != nil {
-		return nil, fmt.Errorf("record applied events: %w", err)
+		return nil, m, nil, fmt.Errorf("record applied events: %w", err)
 	}
 	for i, e := range b.Events {
 		if fresh[e.EventID] {
@@ -423,11 +433,11 @@ func (s *Store) lockUsers(ctx context.Context, tx pgx.Tx, b *Batch, a *Applied) 
 		}
 	}
 	if _, err := br.Exec(); err != nil {
-		return nil, fmt.Errorf("insert users: %w", err)
+		return nil, m, nil, fmt.Errorf("insert users: %w", err)
 	}
 	rows, _ = br.Query()
 	var h, w, im string
-	_, err := pgx.ForEachRow(rows, []any{&id, &h, &w, &im}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&id, &h, &w, &im}, func() error {
 		st, err := decodeUser(h, w, im)
 		if err != nil {
 			return fmt.Errorf("user %q: %w", id, err)
@@ -436,15 +446,16 @@ func (s *Store) lockUsers(ctx context.Context, tx pgx.Tx, b *Batch, a *Applied) 
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("lock users: %w", err)
+		return nil, m, nil, fmt.Errorf("lock users: %w", err)
 	}
-	return states, br.Close()
+	m, merr = scanMeta(br.QueryRow())
+	return states, m, merr, br.Close()
 }
 
 // ensureMeta reads the landmarks (creating them at the first new event's time on the very
 // first batch) and reports errRebase when a new event would overflow a forward-decay
 // exponent.
-func (s *Store) ensureMeta(ctx context.Context, tx pgx.Tx, b *Batch, a *Applied) error {
+func (s *Store) ensureMeta(ctx context.Context, tx pgx.Tx, b *Batch, a *Applied, m Meta, err error) error {
 	first, maxTs, any := int64(0), int64(math.MinInt64), false
 	for i, e := range b.Events {
 		if a.New[i] {
@@ -455,7 +466,6 @@ func (s *Store) ensureMeta(ctx context.Context, tx pgx.Tx, b *Batch, a *Applied)
 			maxTs = max(maxTs, e.TsMs)
 		}
 	}
-	m, err := loadMeta(ctx, tx)
 	if errors.Is(err, errNoMeta) {
 		if !any {
 			return nil
@@ -541,41 +551,22 @@ ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING`, topic, part, off
 }
 
 func encodeUser(st *features.UserState) (h, w, i string, err error) {
-	hist := st.History
-	if hist == nil {
-		hist = []features.HistoryEntry{}
-	}
-	hb, err := json.Marshal(hist)
-	if err != nil {
+	if h, err = encodeHistory(st.History); err != nil {
 		return "", "", "", fmt.Errorf("encode history: %w", err)
 	}
-	wb, err := json.Marshal(nonNil(st.Watched))
-	if err != nil {
-		return "", "", "", fmt.Errorf("encode watched: %w", err)
-	}
-	ib, err := json.Marshal(nonNil(st.ImpressionCounts))
-	if err != nil {
-		return "", "", "", fmt.Errorf("encode impressions: %w", err)
-	}
-	return string(hb), string(wb), string(ib), nil
-}
-
-func nonNil[V any](m map[string]V) map[string]V {
-	if m == nil {
-		return map[string]V{}
-	}
-	return m
+	return h, encodeWatched(st.Watched), encodeImpressions(st.ImpressionCounts), nil
 }
 
 func decodeUser(h, w, i string) (features.UserState, error) {
 	var st features.UserState
-	if err := json.Unmarshal([]byte(h), &st.History); err != nil {
+	var err error
+	if st.History, err = decodeHistory(h); err != nil {
 		return st, fmt.Errorf("decode history: %w", err)
 	}
-	if err := json.Unmarshal([]byte(w), &st.Watched); err != nil {
+	if st.Watched, err = decodeWatched(w); err != nil {
 		return st, fmt.Errorf("decode watched: %w", err)
 	}
-	if err := json.Unmarshal([]byte(i), &st.ImpressionCounts); err != nil {
+	if st.ImpressionCounts, err = decodeImpressions(i); err != nil {
 		return st, fmt.Errorf("decode impressions: %w", err)
 	}
 	return st, nil

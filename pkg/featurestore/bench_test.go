@@ -2,8 +2,11 @@ package featurestore_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"recsys/pkg/features"
 	"recsys/pkg/featurestore"
@@ -11,16 +14,16 @@ import (
 	"recsys/pkg/testutil"
 )
 
-// BenchmarkApply measures Store.Apply alone (PostgreSQL transaction, no Kafka, no Redis) on
-// batches of 5000 events with 20k users and 5k items. Report, don't assert:
+// BenchmarkApply measures Store.Apply alone (PostgreSQL transaction, no Kafka, no Redis), wall
+// time and CPU time of both sides, on batches of 5000 and 20000 events with 20k users and 5k
+// items. Report, don't assert:
 //
 //	go test ./pkg/featurestore -run '^$' -bench Apply -benchtime 1x -count 3
 func BenchmarkApply(b *testing.B) {
-	ctx := context.Background()
 	dsn := testutil.MigratedDatabase(b)
-	pool := testutil.Pool(b, dsn)
+	pool, cpu := newCPUMeter(b, dsn)
 	cfg := features.DefaultConfig()
-	const n, batch = 100_000, 5000
+	const n = 100_000
 	evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 3, Users: 20000, Items: 5000, Events: n,
 		StartMs: time.Now().UnixMilli(), StepMs: 10, Prefix: "b"}))
 	pairs := 0
@@ -31,15 +34,28 @@ func BenchmarkApply(b *testing.B) {
 	st := featurestore.New(pool, nil, "", cfg, nil)
 	phases := map[string]time.Duration{}
 	st.SetHooks(featurestore.Hooks{Phase: func(p string, d time.Duration) { phases[p] += d }})
-	b.ResetTimer()
+	for _, batch := range []int{5000, 20000} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) { benchApply(b, pool, cpu, st, evs, batch, pairs, phases) })
+	}
+}
+
+func benchApply(b *testing.B, pool *pgxpool.Pool, cpu *cpuMeter, st *featurestore.Store, evs []featurestore.Event, batch, pairs int, phases map[string]time.Duration) {
+	ctx := context.Background()
+	n := len(evs)
 	for i := 0; i < b.N; i++ {
 		t0 := time.Now()
+		go0, pg0 := cpu.read()
 		for j := 0; j < n; j += batch {
 			if _, err := st.Apply(ctx, &featurestore.Batch{Events: evs[j : j+batch]}); err != nil {
 				b.Fatal(err)
 			}
 		}
 		b.ReportMetric(float64(n)/time.Since(t0).Seconds(), "events/s")
+		// CPU per event of both sides: the rate a quiet 2-core machine could reach is about
+		// 2 cores / max(pg, go) when the two overlap, 1 / (pg + go) when they alternate.
+		go1, pg1 := cpu.read()
+		b.ReportMetric(float64((go1-go0).Microseconds())/float64(n), "go_cpu_us/event")
+		b.ReportMetric(float64((pg1-pg0).Microseconds())/float64(n), "pg_cpu_us/event")
 		b.ReportMetric(float64(pairs)/float64(n), "pair_incr/event")
 		for p, d := range phases {
 			b.ReportMetric(d.Seconds()*1000/float64(n/batch), p+"_ms/tx")

@@ -79,10 +79,20 @@ func readNeighbours(ctx context.Context, q pgx.Tx, items []string) ([]nbWrite, e
 
 // HealPending rewrites from PostgreSQL the users and items of journal rows older than
 // minAge (younger rows belong to batches whose own Redis write is still in flight) and
-// deletes the rows. It returns how many rows it healed.
+// deletes the rows. Rows of this store whose write is in flight or done are skipped. It
+// returns how many rows it healed.
 func (s *Store) HealPending(ctx context.Context, minAge time.Duration, limit int) (int, error) {
 	if s.rd == nil {
 		return 0, nil
+	}
+	// Rows whose Redis write completed are normally deleted by the next batch; when the
+	// stream is idle there is none, so delete them here.
+	if done := s.takeWritten(); len(done) > 0 {
+		if _, err := s.pg.Exec(ctx, `DELETE FROM feature_redis_pending WHERE id = ANY($1)`, done); err != nil {
+			s.putWritten(done)
+			return 0, fmt.Errorf("clear written redis journal rows: %w", err)
+		}
+		s.dropOwn(done...)
 	}
 	tx, err := s.pg.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
@@ -90,7 +100,8 @@ func (s *Store) HealPending(ctx context.Context, minAge time.Duration, limit int
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
 	rows, _ := tx.Query(ctx, `SELECT id, user_ids, item_ids FROM feature_redis_pending
-WHERE created_at < now() - $1::interval ORDER BY id LIMIT $2`, fmt.Sprintf("%d milliseconds", minAge.Milliseconds()), limit)
+WHERE created_at < now() - $1::interval AND id <> ALL($3) ORDER BY id LIMIT $2`,
+		fmt.Sprintf("%d milliseconds", minAge.Milliseconds()), limit, s.ownIDs())
 	var ids []int64
 	users, items := map[string]bool{}, map[string]bool{}
 	var id int64

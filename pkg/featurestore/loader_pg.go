@@ -36,6 +36,8 @@ func (l *PGLoader) Snapshot(ctx context.Context, userID string, nowMs int64, opt
 	pb := &pgx.Batch{}
 	pb.Queue(metaSelect)
 	pb.Queue(`SELECT history::text, watched::text, impressions::text FROM feature_users WHERE user_id = $1`, userID)
+	// No index serves the top lists (migration 0007: they made every item update non-HOT), so
+	// each is a scan with a bounded top-N sort; acceptable for the degraded mode this is.
 	pb.Queue(`SELECT item_id, pop_short FROM feature_items WHERE pop_short > 0 ORDER BY pop_short DESC, item_id LIMIT $1`, opts.TrendingN)
 	pb.Queue(`SELECT item_id, pop_long FROM feature_items WHERE pop_long > 0 ORDER BY pop_long DESC, item_id LIMIT $1`, opts.PopularN)
 	pb.Queue(`SELECT item_id, first_seen_ms::float8 FROM feature_items ORDER BY first_seen_ms DESC, item_id LIMIT $1`, opts.FreshN)

@@ -124,15 +124,32 @@ func (e *epochError) behind() bool {
 func ff(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
 func fi(v int64) string   { return strconv.FormatInt(v, 10) }
 
-// exec merges w into Redis in chunks of at most s.chunk entries.
-func (s *Store) exec(ctx context.Context, epoch string, w *redisWrite) error {
-	if w.empty() {
-		return nil
-	}
+// Bounds of one Redis write: a script call holds at most s.chunk entries and about
+// callBytes of arguments, a round trip at most tripCalls calls and about tripBytes. A trip
+// must finish well within the client's I/O timeout (--redis.timeout, 1 s) on a busy server:
+// a repopulation of users with large documents (hundreds of watched items each) once sent
+// megabytes per trip and timed out. Each script call blocks Redis only for its own chunk.
+const (
+	callBytes = 128 << 10
+	tripCalls = 8
+	tripBytes = 512 << 10
+)
+
+// plan splits w into script calls and the calls into round trips.
+func (s *Store) plan(epoch string, w *redisWrite) [][]rueidis.LuaExec {
 	head := []string{s.keys.Meta, s.keys.PopShort, s.keys.PopLong, s.keys.Fresh}
 	var execs []rueidis.LuaExec
+	var sizes []int
 	var keys, args []string
-	var nu, ni, nn, weight int
+	var nu, ni, nn, weight, size int
+	add := func(key string, a ...string) {
+		keys = append(keys, key)
+		args = append(args, a...)
+		size += len(key)
+		for _, x := range a {
+			size += len(x)
+		}
+	}
 	flush := func() {
 		if nu+ni+nn == 0 {
 			return
@@ -140,15 +157,16 @@ func (s *Store) exec(ctx context.Context, epoch string, w *redisWrite) error {
 		hdr := []string{epoch, strconv.Itoa(s.cfg.TopListSize), strconv.Itoa(s.cfg.FreshSize), strconv.Itoa(nu), strconv.Itoa(ni),
 			strconv.Itoa(nn), strconv.Itoa(2 * s.cfg.NeighboursPerItem)}
 		execs = append(execs, rueidis.LuaExec{Keys: append(slices.Clone(head), keys...), Args: append(hdr, args...)})
+		sizes = append(sizes, size)
 		keys, args = nil, nil
-		nu, ni, nn, weight = 0, 0, 0, 0
+		nu, ni, nn, weight, size = 0, 0, 0, 0, 0
 	}
+	full := func() bool { return weight >= s.chunk || size >= callBytes }
 	// Sections must stay in order (users, items, neighbours) inside one call.
 	for _, u := range w.users {
-		keys = append(keys, s.keys.User(u.id))
-		args = append(args, fi(u.version), u.h, u.w, u.i)
+		add(s.keys.User(u.id), fi(u.version), u.h, u.w, u.i)
 		nu++
-		if weight++; weight >= s.chunk {
+		if weight++; full() {
 			flush()
 		}
 	}
@@ -157,31 +175,45 @@ func (s *Store) exec(ctx context.Context, epoch string, w *redisWrite) error {
 		if it.fresh {
 			fresh = "1"
 		}
-		keys = append(keys, s.keys.Item(it.id))
-		args = append(args, it.id, fi(it.imp), fi(it.wat), ff(it.sp), fi(it.pn), fi(it.ended), ff(it.wt), fi(it.fs), ff(it.ps), ff(it.pl), fresh)
+		add(s.keys.Item(it.id), it.id, fi(it.imp), fi(it.wat), ff(it.sp), fi(it.pn), fi(it.ended), ff(it.wt), fi(it.fs), ff(it.ps), ff(it.pl), fresh)
 		ni++
-		if weight++; weight >= s.chunk {
+		if weight++; full() {
 			flush()
 		}
 	}
 	for _, n := range w.nb {
-		keys = append(keys, s.keys.Neighbours(n.item))
-		args = append(args, strconv.Itoa(len(n.add)), strconv.Itoa(len(n.rem)))
+		a := make([]string, 0, 2+2*len(n.add)+len(n.rem))
+		a = append(a, strconv.Itoa(len(n.add)), strconv.Itoa(len(n.rem)))
 		for _, x := range n.add {
-			args = append(args, x.id, ff(x.w))
+			a = append(a, x.id, ff(x.w))
 		}
-		args = append(args, n.rem...)
+		add(s.keys.Neighbours(n.item), append(a, n.rem...)...)
 		nn++
-		if weight += 1 + (len(n.add)+len(n.rem))/20; weight >= s.chunk {
+		if weight += 1 + (len(n.add)+len(n.rem))/20; full() {
 			flush()
 		}
 	}
 	flush()
-	// A few calls per round trip: one huge pipeline could outlast the client's I/O timeout
-	// on a busy server, and each script call blocks Redis only for its own chunk.
-	const perTrip = 8
-	for i := 0; i < len(execs); i += perTrip {
-		for _, r := range luaWrite.ExecMulti(ctx, s.rd, execs[i:min(i+perTrip, len(execs))]...) {
+	var trips [][]rueidis.LuaExec
+	for i := 0; i < len(execs); {
+		j, b := i, 0
+		for j < len(execs) && j-i < tripCalls && (j == i || b+sizes[j] <= tripBytes) {
+			b += sizes[j]
+			j++
+		}
+		trips = append(trips, execs[i:j])
+		i = j
+	}
+	return trips
+}
+
+// exec merges w into Redis, one planned round trip at a time.
+func (s *Store) exec(ctx context.Context, epoch string, w *redisWrite) error {
+	if w.empty() {
+		return nil
+	}
+	for _, trip := range s.plan(epoch, w) {
+		for _, r := range luaWrite.ExecMulti(ctx, s.rd, trip...) {
 			arr, err := r.ToArray()
 			if err != nil {
 				return fmt.Errorf("write redis: %w", err)
@@ -227,11 +259,13 @@ func (s *Store) WriteRedis(ctx context.Context, a *Applied) error {
 		// We are the stale writer: the generation moved after our commit, and the
 		// repopulation of the new generation reads a snapshot that includes it.
 	case errors.As(err, &ee):
+		s.dropOwn(a.journalID)
 		if derr := s.rd.Do(ctx, s.rd.B().Del().Key(s.keys.Ready).Build()).Error(); derr != nil {
 			return fmt.Errorf("mark redis copy for repopulation: %w", derr)
 		}
 		return fmt.Errorf("%w: %v", ErrRedisBehind, err)
 	default:
+		s.dropOwn(a.journalID) // the heal loop takes it over
 		if s.hooks.RedisWriteFailed != nil {
 			s.hooks.RedisWriteFailed(err)
 		}

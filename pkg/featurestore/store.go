@@ -1,9 +1,10 @@
 // Package featurestore persists the feature Deltas of pkg/features and loads ranking
 // Snapshots.
 //
-// PostgreSQL is the durable truth (migration 0004_features): per-user state, per-item
-// statistics with forward-decayed popularity, co-visitation pruned to the top M per item, the
-// decay landmarks (feature_meta), the dedup record of applied event_ids and the DLQ. A batch of
+// PostgreSQL is the durable truth (migrations 0004_features and 0007_feature_write_path):
+// per-user state, per-item statistics with forward-decayed popularity, co-visitation pruned to
+// the top M per item, the decay landmarks (feature_meta), the dedup record of applied
+// event_ids and the DLQ. A batch of
 // events is applied in ONE transaction that records the event_ids it applies, so a redelivery,
 // a rebalance or a crash before the Kafka commit changes nothing (exactly-once effects).
 //
@@ -71,6 +72,46 @@ type Store struct {
 
 	mu      sync.Mutex
 	written []int64 // journal rows whose Redis writes completed, deleted by the next batch
+	// own are this store's journal rows whose Redis write is in flight or done (awaiting the
+	// deletion above), with when they were committed: HealPending leaves them alone instead of
+	// rewriting, on a loaded machine, every batch whose deletion is a few batches behind.
+	own map[int64]time.Time
+}
+
+// ownTTL bounds how long HealPending trusts an in-flight write of this store: past it the
+// row is healed like any other (a write that never completes must not be left behind).
+const ownTTL = time.Minute
+
+func (s *Store) addOwn(id int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.own == nil {
+		s.own = map[int64]time.Time{}
+	}
+	s.own[id] = time.Now()
+}
+
+func (s *Store) dropOwn(ids ...int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range ids {
+		delete(s.own, id)
+	}
+}
+
+// ownIDs lists the journal rows HealPending must skip.
+func (s *Store) ownIDs() []int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]int64, 0, len(s.own))
+	for id, t := range s.own {
+		if time.Since(t) < ownTTL {
+			out = append(out, id)
+		} else {
+			delete(s.own, id) // never written by this store (e.g. no WriteRedis call): heal it
+		}
+	}
+	return out
 }
 
 // takeWritten hands the journal rows to delete to one transaction; putWritten gives them back

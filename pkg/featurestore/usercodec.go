@@ -1,0 +1,308 @@
+package featurestore
+
+import (
+	"encoding/json"
+	"errors"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+
+	"recsys/pkg/features"
+)
+
+// The user documents (history, watched, impressions) are encoded and decoded for every user
+// of every batch, inside the batch's transaction: with encoding/json's reflection they were a
+// fifth of the apply time. The hand-written codec below writes exactly the bytes json.Marshal
+// writes (sorted map keys, the same float format and string escaping, so PostgreSQL, Redis and
+// modules/reco see no difference) and parses the shapes it writes; any input it does not
+// recognise (escaped strings, unknown fields, null) is handed to encoding/json, so old or
+// hand-edited documents decode exactly as before.
+
+// appendJSONString appends s as json.Marshal would.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // escaping, HTML-safe and invalid UTF-8 rules: rare, keep them exact
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+var errNonFinite = errors.New("json: unsupported value: non-finite float")
+
+// appendJSONFloat appends f in encoding/json's float64 format.
+func appendJSONFloat(b []byte, f float64) ([]byte, error) {
+	if math.IsInf(f, 0) || math.IsNaN(f) {
+		return b, errNonFinite
+	}
+	format := byte('f')
+	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		format = 'e'
+	}
+	b = strconv.AppendFloat(b, f, format, -1, 64)
+	if format == 'e' {
+		// clean up e-09 to e-9, as encoding/json does
+		if n := len(b); n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
+			b[n-2] = b[n-1]
+			b = b[:n-1]
+		}
+	}
+	return b, nil
+}
+
+func encodeHistory(h []features.HistoryEntry) (string, error) {
+	b := make([]byte, 0, 16+len(h)*64)
+	b = append(b, '[')
+	var err error
+	for i, e := range h {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"item_id":`...)
+		b = appendJSONString(b, e.ItemID)
+		b = append(b, `,"ts_ms":`...)
+		b = strconv.AppendInt(b, e.TsMs, 10)
+		b = append(b, `,"quality":`...)
+		if b, err = appendJSONFloat(b, e.Quality); err != nil {
+			return "", err
+		}
+		b = append(b, '}')
+	}
+	return string(append(b, ']')), nil
+}
+
+func encodeWatched(m map[string]int64) string {
+	keys := mapKeys(m)
+	b := make([]byte, 0, 2+len(m)*32)
+	b = append(b, '{')
+	for i, k := range keys {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendJSONString(b, k)
+		b = append(b, ':')
+		b = strconv.AppendInt(b, m[k], 10)
+	}
+	return string(append(b, '}'))
+}
+
+func encodeImpressions(m map[string]features.ImpressionStat) string {
+	keys := mapKeys(m)
+	b := make([]byte, 0, 2+len(m)*56)
+	b = append(b, '{')
+	for i, k := range keys {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendJSONString(b, k)
+		b = append(b, `:{"count":`...)
+		b = strconv.AppendInt(b, m[k].Count, 10)
+		b = append(b, `,"last_ts_ms":`...)
+		b = strconv.AppendInt(b, m[k].LastTsMs, 10)
+		b = append(b, '}')
+	}
+	return string(append(b, '}'))
+}
+
+func mapKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// jsonScan is a minimal scanner for the documents encodeUser writes. ok turns false at the
+// first thing it does not handle; the caller then falls back to encoding/json.
+type jsonScan struct {
+	s  string
+	i  int
+	ok bool
+}
+
+func (p *jsonScan) ws() {
+	for p.i < len(p.s) {
+		switch p.s[p.i] {
+		case ' ', '\t', '\n', '\r':
+			p.i++
+		default:
+			return
+		}
+	}
+}
+
+// eat consumes c (after white space) and reports whether it was there.
+func (p *jsonScan) eat(c byte) bool {
+	p.ws()
+	if p.i < len(p.s) && p.s[p.i] == c {
+		p.i++
+		return true
+	}
+	return false
+}
+
+func (p *jsonScan) expect(c byte) {
+	if !p.eat(c) {
+		p.ok = false
+	}
+}
+
+// str reads a string without escapes (escapes: fall back).
+func (p *jsonScan) str() string {
+	if !p.eat('"') {
+		p.ok = false
+		return ""
+	}
+	j := strings.IndexByte(p.s[p.i:], '"')
+	if j < 0 {
+		p.ok = false
+		return ""
+	}
+	v := p.s[p.i : p.i+j]
+	for k := 0; k < len(v); k++ {
+		if c := v[k]; c == '\\' || c < 0x20 || c > 0x7e {
+			p.ok = false // escapes and non-ASCII (UTF-8 validation) are encoding/json's business
+			return ""
+		}
+	}
+	p.i += j + 1
+	return v
+}
+
+func (p *jsonScan) number() string {
+	p.ws()
+	j := p.i
+	for j < len(p.s) && strings.IndexByte("+-.eE0123456789", p.s[j]) >= 0 {
+		j++
+	}
+	v := p.s[p.i:j]
+	p.i = j
+	if v == "" {
+		p.ok = false
+	}
+	return v
+}
+
+func (p *jsonScan) int() int64 {
+	v, err := strconv.ParseInt(p.number(), 10, 64)
+	if err != nil {
+		p.ok = false
+	}
+	return v
+}
+
+func (p *jsonScan) float() float64 {
+	v, err := strconv.ParseFloat(p.number(), 64)
+	if err != nil {
+		p.ok = false
+	}
+	return v
+}
+
+func (p *jsonScan) end() {
+	p.ws()
+	if p.i != len(p.s) {
+		p.ok = false
+	}
+}
+
+// object calls field for each key of an object until it returns or the scan fails.
+func (p *jsonScan) object(field func(key string)) {
+	p.expect('{')
+	if !p.ok || p.eat('}') {
+		return
+	}
+	for p.ok {
+		k := p.str()
+		p.expect(':')
+		if !p.ok {
+			return
+		}
+		field(k)
+		if p.eat(',') {
+			continue
+		}
+		p.expect('}')
+		return
+	}
+}
+
+func decodeHistory(s string) ([]features.HistoryEntry, error) {
+	p := jsonScan{s: s, ok: true}
+	var out []features.HistoryEntry
+	if p.expect('['); p.ok {
+		out = []features.HistoryEntry{}
+		if !p.eat(']') {
+			for p.ok {
+				var e features.HistoryEntry
+				p.object(func(k string) {
+					switch k {
+					case "item_id":
+						e.ItemID = p.str()
+					case "ts_ms":
+						e.TsMs = p.int()
+					case "quality":
+						e.Quality = p.float()
+					default:
+						p.ok = false
+					}
+				})
+				out = append(out, e)
+				if p.eat(',') {
+					continue
+				}
+				p.expect(']')
+				break
+			}
+		}
+		p.end()
+	}
+	if p.ok {
+		return out, nil
+	}
+	out = nil
+	return out, json.Unmarshal([]byte(s), &out)
+}
+
+func decodeWatched(s string) (map[string]int64, error) {
+	p := jsonScan{s: s, ok: true}
+	out := map[string]int64{}
+	p.object(func(k string) { out[k] = p.int() })
+	p.end()
+	if p.ok {
+		return out, nil
+	}
+	out = nil
+	return out, json.Unmarshal([]byte(s), &out)
+}
+
+func decodeImpressions(s string) (map[string]features.ImpressionStat, error) {
+	p := jsonScan{s: s, ok: true}
+	out := map[string]features.ImpressionStat{}
+	p.object(func(k string) {
+		var st features.ImpressionStat
+		p.object(func(f string) {
+			switch f {
+			case "count":
+				st.Count = p.int()
+			case "last_ts_ms":
+				st.LastTsMs = p.int()
+			default:
+				p.ok = false
+			}
+		})
+		out[k] = st
+	})
+	p.end()
+	if p.ok {
+		return out, nil
+	}
+	out = nil
+	return out, json.Unmarshal([]byte(s), &out)
+}
