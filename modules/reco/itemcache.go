@@ -344,16 +344,16 @@ func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ 
 	if f[0] == "" {
 		return s, nil // a user without events
 	}
-	if s.History, err = decodeHistory(f[0]); err != nil {
+	if s.History, err = featurestore.DecodeHistory(f[0]); err != nil {
 		return s, fmt.Errorf("decode history of %q: %w", userID, err)
 	}
 	if f[1] != "" {
-		if s.Watched, err = decodeWatched(f[1]); err != nil {
+		if s.Watched, err = featurestore.DecodeWatchedSet(f[1]); err != nil {
 			return s, fmt.Errorf("decode watched of %q: %w", userID, err)
 		}
 	}
 	if f[2] != "" {
-		if s.Impressions, err = decodeImpressions(f[2]); err != nil {
+		if s.Impressions, err = featurestore.DecodeImpressions(f[2]); err != nil {
 			return s, fmt.Errorf("decode impressions of %q: %w", userID, err)
 		}
 	}

@@ -560,13 +560,13 @@ func encodeUser(st *features.UserState) (h, w, i string, err error) {
 func decodeUser(h, w, i string) (features.UserState, error) {
 	var st features.UserState
 	var err error
-	if st.History, err = decodeHistory(h); err != nil {
+	if st.History, err = DecodeHistory(h); err != nil {
 		return st, fmt.Errorf("decode history: %w", err)
 	}
 	if st.Watched, err = decodeWatched(w); err != nil {
 		return st, fmt.Errorf("decode watched: %w", err)
 	}
-	if st.ImpressionCounts, err = decodeImpressions(i); err != nil {
+	if st.ImpressionCounts, err = DecodeImpressions(i); err != nil {
 		return st, fmt.Errorf("decode impressions: %w", err)
 	}
 	return st, nil

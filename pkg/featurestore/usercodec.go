@@ -183,10 +183,49 @@ func (p *jsonScan) number() string {
 	}
 	v := p.s[p.i:j]
 	p.i = j
-	if v == "" {
+	if !jsonNumber(v) {
 		p.ok = false
 	}
 	return v
+}
+
+// jsonNumber reports whether v is a number in JSON's grammar (strconv also takes "+1", "01"
+// and "1.", which encoding/json rejects).
+func jsonNumber(v string) bool {
+	i := 0
+	if i < len(v) && v[i] == '-' {
+		i++
+	}
+	digits := func() int {
+		n := 0
+		for i < len(v) && v[i] >= '0' && v[i] <= '9' {
+			i++
+			n++
+		}
+		return n
+	}
+	switch {
+	case i < len(v) && v[i] == '0':
+		i++
+	case digits() == 0:
+		return false
+	}
+	if i < len(v) && v[i] == '.' {
+		i++
+		if digits() == 0 {
+			return false
+		}
+	}
+	if i < len(v) && (v[i] == 'e' || v[i] == 'E') {
+		i++
+		if i < len(v) && (v[i] == '+' || v[i] == '-') {
+			i++
+		}
+		if digits() == 0 {
+			return false
+		}
+	}
+	return i == len(v)
 }
 
 func (p *jsonScan) int() int64 {
@@ -233,7 +272,9 @@ func (p *jsonScan) object(field func(key string)) {
 	}
 }
 
-func decodeHistory(s string) ([]features.HistoryEntry, error) {
+// DecodeHistory decodes a user's history document (field "h" of the Redis user hash, column
+// history of feature_users), most recent first.
+func DecodeHistory(s string) ([]features.HistoryEntry, error) {
 	p := jsonScan{s: s, ok: true}
 	var out []features.HistoryEntry
 	if p.expect('['); p.ok {
@@ -270,6 +311,27 @@ func decodeHistory(s string) ([]features.HistoryEntry, error) {
 	return out, json.Unmarshal([]byte(s), &out)
 }
 
+// DecodeWatchedSet decodes a user's watched document (field "w", column watched) as the set
+// of watched items, which is all serving needs.
+func DecodeWatchedSet(s string) (map[string]bool, error) {
+	p := jsonScan{s: s, ok: true}
+	out := map[string]bool{}
+	p.object(func(k string) { p.int(); out[k] = true })
+	p.end()
+	if p.ok {
+		return out, nil
+	}
+	m, err := decodeWatched(s)
+	if err != nil {
+		return nil, err
+	}
+	out = make(map[string]bool, len(m))
+	for k := range m {
+		out[k] = true
+	}
+	return out, nil
+}
+
 func decodeWatched(s string) (map[string]int64, error) {
 	p := jsonScan{s: s, ok: true}
 	out := map[string]int64{}
@@ -282,7 +344,8 @@ func decodeWatched(s string) (map[string]int64, error) {
 	return out, json.Unmarshal([]byte(s), &out)
 }
 
-func decodeImpressions(s string) (map[string]features.ImpressionStat, error) {
+// DecodeImpressions decodes a user's impression counters (field "i", column impressions).
+func DecodeImpressions(s string) (map[string]features.ImpressionStat, error) {
 	p := jsonScan{s: s, ok: true}
 	out := map[string]features.ImpressionStat{}
 	p.object(func(k string) {
