@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -77,7 +76,7 @@ func encodeHistory(h []features.HistoryEntry) (string, error) {
 }
 
 func encodeWatched(m map[string]int64) string {
-	keys := mapKeys(m)
+	keys := sortedKeys(m)
 	b := make([]byte, 0, 2+len(m)*32)
 	b = append(b, '{')
 	for i, k := range keys {
@@ -92,7 +91,7 @@ func encodeWatched(m map[string]int64) string {
 }
 
 func encodeImpressions(m map[string]features.ImpressionStat) string {
-	keys := mapKeys(m)
+	keys := sortedKeys(m)
 	b := make([]byte, 0, 2+len(m)*56)
 	b = append(b, '{')
 	for i, k := range keys {
@@ -107,15 +106,6 @@ func encodeImpressions(m map[string]features.ImpressionStat) string {
 		b = append(b, '}')
 	}
 	return string(append(b, '}'))
-}
-
-func mapKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 // jsonScan is a minimal scanner for the documents encodeUser writes. ok turns false at the
