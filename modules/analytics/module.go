@@ -53,6 +53,7 @@ import (
 
 	"recsys/pkg/events"
 	"recsys/pkg/infra"
+	"recsys/pkg/kpi"
 	"recsys/pkg/module"
 )
 
@@ -157,9 +158,6 @@ func (a *Analytics) Run(ctx context.Context) error {
 	}
 }
 
-// kpiTargets are the contract's KPI targets, as GET /contract serves them.
-var kpiTargets = map[string]string{"ctr_at_20": ">= 8%", "avg_watch_time_sec": ">= 35", "catalog_coverage_at_20": ">= 60%"}
-
 func (a *Analytics) baseline(c echo.Context) error {
 	days, verr := parseDays(c.QueryParams()["days"])
 	if verr != nil {
@@ -182,7 +180,7 @@ func (a *Analytics) baseline(c echo.Context) error {
 	}
 	m.WindowDays = days
 	m.ComputedInMs = round3(float64(time.Since(start).Microseconds()) / 1000)
-	return c.JSON(http.StatusOK, map[string]any{"kpi_targets": kpiTargets, "metrics": m})
+	return c.JSON(http.StatusOK, map[string]any{"kpi_targets": kpi.ContractTargets, "metrics": m})
 }
 
 // parseDays applies the contract's rule (int, default 7, 1..30) with pydantic's messages.

@@ -16,6 +16,7 @@ import (
 	"recsys/pkg/events"
 	"recsys/pkg/httpx"
 	writer "recsys/pkg/ingest"
+	"recsys/pkg/kpi"
 )
 
 // backboneMode is the contract's event_backbone_mode.
@@ -241,16 +242,8 @@ func quote(s string) string {
 }
 
 type contractResponse struct {
-	KPITargets struct {
-		CTRAt20             string `json:"ctr_at_20"`
-		AvgWatchTimeSec     string `json:"avg_watch_time_sec"`
-		CatalogCoverageAt20 string `json:"catalog_coverage_at_20"`
-	} `json:"kpi_targets"`
-	SLATargets struct {
-		RecoP95Ms       int         `json:"reco_p95_ms"`
-		RecoP99Ms       int         `json:"reco_p99_ms"`
-		APIErrorRatePct json.Number `json:"api_error_rate_pct"` // 1.0, not 1: the original prints a float
-	} `json:"sla_targets"`
+	KPITargets    kpi.Targets `json:"kpi_targets"`
+	SLATargets    kpi.SLA     `json:"sla_targets"`
 	EventContract struct {
 		MaxEventFutureMs int64 `json:"max_event_future_ms"`
 		MaxEventAgeMs    int64 `json:"max_event_age_ms"`
@@ -262,12 +255,7 @@ type contractResponse struct {
 // event limits this process enforces.
 func (m *Ingest) contract(c echo.Context) error {
 	var out contractResponse
-	out.KPITargets.CTRAt20 = ">= 8%"
-	out.KPITargets.AvgWatchTimeSec = ">= 35"
-	out.KPITargets.CatalogCoverageAt20 = ">= 60%"
-	out.SLATargets.RecoP95Ms = 120
-	out.SLATargets.RecoP99Ms = 200
-	out.SLATargets.APIErrorRatePct = "1.0"
+	out.KPITargets, out.SLATargets = kpi.ContractTargets, kpi.ContractSLA
 	lim := m.cfg.limits()
 	out.EventContract.MaxEventFutureMs = lim.MaxFutureMs
 	out.EventContract.MaxEventAgeMs = lim.MaxAgeMs
