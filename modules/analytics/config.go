@@ -1,11 +1,11 @@
 package analytics
 
 import (
-	"errors"
-	"fmt"
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"recsys/pkg/flagenv"
 )
 
 // Config of the analytics module (flags analytics.*).
@@ -44,21 +44,16 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 
 // Validate reports every invalid setting.
 func (c *Config) Validate() error {
-	var errs []error
-	between := func(flag string, v, lo, hi time.Duration) {
-		if v < lo || v > hi {
-			errs = append(errs, fmt.Errorf("--%s must be between %s and %s, got %s", flag, lo, hi, v))
-		}
-	}
-	between("analytics.attribution-window", c.AttributionWindow, time.Second, 24*time.Hour)
-	between("analytics.commit-margin", c.CommitMargin, time.Second, time.Hour)
-	between("analytics.rollup-interval", c.RollupInterval, 100*time.Millisecond, time.Hour)
-	between("analytics.rollup-step", c.RollupStep, bucket, 24*time.Hour)
-	between("analytics.query-timeout", c.QueryTimeout, 100*time.Millisecond, 10*time.Minute)
+	var p flagenv.Problems
+	p.DurationBetween("analytics.attribution-window", c.AttributionWindow, time.Second, 24*time.Hour)
+	p.DurationBetween("analytics.commit-margin", c.CommitMargin, time.Second, time.Hour)
+	p.DurationBetween("analytics.rollup-interval", c.RollupInterval, 100*time.Millisecond, time.Hour)
+	p.DurationBetween("analytics.rollup-step", c.RollupStep, bucket, 24*time.Hour)
+	p.DurationBetween("analytics.query-timeout", c.QueryTimeout, 100*time.Millisecond, 10*time.Minute)
 	if min := 30*24*time.Hour + bucket; c.Retention < min {
-		errs = append(errs, fmt.Errorf("--analytics.retention must be at least %s (the longest window plus a bucket), got %s", min, c.Retention))
+		p.Addf("--analytics.retention must be at least %s (the longest window plus a bucket), got %s", min, c.Retention)
 	}
-	return errors.Join(errs...)
+	return p.Err()
 }
 
 // bucket is the roll-up bucket width: the raw head of a window is at most this long.

@@ -2,7 +2,6 @@ package ingest
 
 import (
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -87,44 +86,34 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 
 // Validate reports every invalid setting.
 func (c *Config) Validate() error {
-	var errs []error
-	positive := func(flag string, v time.Duration) {
-		if v <= 0 {
-			errs = append(errs, fmt.Errorf("--%s must be > 0, got %s", flag, v))
-		}
-	}
-	between := func(flag string, v, lo, hi int) {
-		if v < lo || v > hi {
-			errs = append(errs, fmt.Errorf("--%s must be between %d and %d, got %d", flag, lo, hi, v))
-		}
-	}
-	positive("ingest.max-event-future", c.MaxEventFuture)
-	positive("ingest.max-event-age", c.MaxEventAge)
-	between("ingest.max-batch-size", c.MaxBatchSize, 1, 100_000)
-	between("ingest.max-impression-items", c.MaxImpressionItems, 1, 100_000)
+	var p flagenv.Problems
+	p.DurationPositive("ingest.max-event-future", c.MaxEventFuture)
+	p.DurationPositive("ingest.max-event-age", c.MaxEventAge)
+	p.IntBetween("ingest.max-batch-size", c.MaxBatchSize, 1, 100_000)
+	p.IntBetween("ingest.max-impression-items", c.MaxImpressionItems, 1, 100_000)
 	if c.WatchFeatureUpdateMode == "" {
-		errs = append(errs, errors.New("--ingest.watch-feature-update-mode must not be empty (default async_consumer)"))
+		p.Add(errors.New("--ingest.watch-feature-update-mode must not be empty (default async_consumer)"))
 	}
-	between("ingest.outbox-max-attempts", c.OutboxMaxAttempts, 1, 1_000_000)
-	positive("ingest.write-timeout", c.WriteTimeout)
+	p.IntBetween("ingest.outbox-max-attempts", c.OutboxMaxAttempts, 1, 1_000_000)
+	p.DurationPositive("ingest.write-timeout", c.WriteTimeout)
 	if c.GroupCommitMaxWait < 0 || c.GroupCommitMaxWait > time.Second {
-		errs = append(errs, fmt.Errorf("--ingest.group-commit-max-wait must be between 0 and 1s, got %s", c.GroupCommitMaxWait))
+		p.Addf("--ingest.group-commit-max-wait must be between 0 and 1s, got %s", c.GroupCommitMaxWait)
 	}
-	between("ingest.group-commit-max-events", c.GroupCommitMaxEvents, 1, 1_000_000)
-	between("ingest.group-commit-copy-min-events", c.GroupCommitCopyMinEvents, 1, 10_000_000)
-	between("ingest.group-commit-workers", c.GroupCommitWorkers, 1, 256)
-	between("ingest.queue-size", c.QueueSize, 1, 1_000_000)
+	p.IntBetween("ingest.group-commit-max-events", c.GroupCommitMaxEvents, 1, 1_000_000)
+	p.IntBetween("ingest.group-commit-copy-min-events", c.GroupCommitCopyMinEvents, 1, 10_000_000)
+	p.IntBetween("ingest.group-commit-workers", c.GroupCommitWorkers, 1, 256)
+	p.IntBetween("ingest.queue-size", c.QueueSize, 1, 1_000_000)
 	if c.RawRetention < 0 {
-		errs = append(errs, fmt.Errorf("--ingest.raw-retention must be >= 0 (0 disables), got %s", c.RawRetention))
+		p.Addf("--ingest.raw-retention must be >= 0 (0 disables), got %s", c.RawRetention)
 	}
 	if min := c.MaxEventAge + c.MaxEventFuture; c.DedupRetention != 0 && c.DedupRetention <= min {
 		// A shorter window would forget the key of an event the API still accepts, and a
 		// resend would be stored twice.
-		errs = append(errs, fmt.Errorf("--ingest.dedup-retention must be 0 (keep) or greater than --ingest.max-event-age + --ingest.max-event-future (%s), got %s", min, c.DedupRetention))
+		p.Addf("--ingest.dedup-retention must be 0 (keep) or greater than --ingest.max-event-age + --ingest.max-event-future (%s), got %s", min, c.DedupRetention)
 	}
-	positive("ingest.retention-interval", c.RetentionInterval)
-	between("ingest.retention-batch-size", c.RetentionBatchSize, 1, 1_000_000)
-	return errors.Join(errs...)
+	p.DurationPositive("ingest.retention-interval", c.RetentionInterval)
+	p.IntBetween("ingest.retention-batch-size", c.RetentionBatchSize, 1, 1_000_000)
+	return p.Err()
 }
 
 func (c *Config) limits() events.Limits {

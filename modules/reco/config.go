@@ -1,8 +1,6 @@
 package reco
 
 import (
-	"errors"
-	"fmt"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -152,50 +150,41 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 // Validate reports every invalid setting, naming the flag. Unlike the original service, an
 // unknown back-pressure mode or a zero timeout is an error, never a silent default.
 func (c *Config) Validate() error {
-	errs := []error{c.Ranking.Validate()}
-	between := func(flag string, v, lo, hi int) {
-		if v < lo || v > hi {
-			errs = append(errs, fmt.Errorf("--%s must be between %d and %d, got %d", flag, lo, hi, v))
-		}
-	}
-	durBetween := func(flag string, v, lo, hi time.Duration) {
-		if v < lo || v > hi {
-			errs = append(errs, fmt.Errorf("--%s must be between %s and %s, got %s", flag, lo, hi, v))
-		}
-	}
-	between("reco.autolog-queue-size", c.AutologQueueSize, 1, 10_000_000)
+	var p flagenv.Problems
+	p.Add(c.Ranking.Validate())
+	p.IntBetween("reco.autolog-queue-size", c.AutologQueueSize, 1, 10_000_000)
 	if c.AutologBackpressure != BackpressureSync && c.AutologBackpressure != BackpressureDrop {
-		errs = append(errs, fmt.Errorf("--reco.autolog-backpressure (RECO_BACKGROUND_BACKPRESSURE_MODE) must be %q or %q, got %q", BackpressureSync, BackpressureDrop, c.AutologBackpressure))
+		p.Addf("--reco.autolog-backpressure (RECO_BACKGROUND_BACKPRESSURE_MODE) must be %q or %q, got %q", BackpressureSync, BackpressureDrop, c.AutologBackpressure)
 	}
-	durBetween("reco.autolog-shutdown-timeout", c.AutologShutdownTimeout, time.Millisecond, 10*time.Minute)
-	between("reco.autolog-commit-workers", c.AutologCommitWorkers, 1, 256)
-	between("reco.autolog-commit-max-events", c.AutologCommitMaxEvents, 1, 1_000_000)
-	between("reco.autolog-outbox-max-attempts", c.AutologOutboxMaxAttempts, 1, 1_000_000)
-	durBetween("reco.autolog-write-timeout", c.AutologWriteTimeout, time.Millisecond, time.Minute)
-	durBetween("reco.autolog-group-commit-max-wait", c.AutologGroupCommitMaxWait, 0, time.Second)
-	durBetween("reco.autolog-retry-max", c.AutologRetryMax, time.Millisecond, time.Minute)
-	durBetween("reco.metrics-window", c.MetricsWindow, time.Second, 24*time.Hour)
-	between("reco.metrics-max-samples", c.MetricsMaxSamples, 1, 100_000_000)
+	p.DurationBetween("reco.autolog-shutdown-timeout", c.AutologShutdownTimeout, time.Millisecond, 10*time.Minute)
+	p.IntBetween("reco.autolog-commit-workers", c.AutologCommitWorkers, 1, 256)
+	p.IntBetween("reco.autolog-commit-max-events", c.AutologCommitMaxEvents, 1, 1_000_000)
+	p.IntBetween("reco.autolog-outbox-max-attempts", c.AutologOutboxMaxAttempts, 1, 1_000_000)
+	p.DurationBetween("reco.autolog-write-timeout", c.AutologWriteTimeout, time.Millisecond, time.Minute)
+	p.DurationBetween("reco.autolog-group-commit-max-wait", c.AutologGroupCommitMaxWait, 0, time.Second)
+	p.DurationBetween("reco.autolog-retry-max", c.AutologRetryMax, time.Millisecond, time.Minute)
+	p.DurationBetween("reco.metrics-window", c.MetricsWindow, time.Second, 24*time.Hour)
+	p.IntBetween("reco.metrics-max-samples", c.MetricsMaxSamples, 1, 100_000_000)
 	for _, t := range []struct {
 		flag string
 		v    float64
 	}{{"reco.sla-target-p95-ms", c.SLATargetP95Ms}, {"reco.sla-target-p99-ms", c.SLATargetP99Ms}} {
 		if !(t.v > 0) {
-			errs = append(errs, fmt.Errorf("--%s must be > 0, got %v", t.flag, t.v))
+			p.Addf("--%s must be > 0, got %v", t.flag, t.v)
 		}
 	}
-	durBetween("reco.redis-timeout", c.RedisTimeout, time.Millisecond, time.Minute)
-	durBetween("reco.pg-timeout", c.PGTimeout, time.Millisecond, time.Minute)
-	between("reco.breaker-failures", c.BreakerFailures, 1, 1000)
-	durBetween("reco.probe-interval", c.ProbeInterval, 10*time.Millisecond, time.Hour)
-	durBetween("reco.global-refresh", c.GlobalRefresh, 10*time.Millisecond, time.Hour)
-	durBetween("reco.item-cache-ttl", c.ItemCacheTTL, 0, time.Minute)
-	between("reco.item-cache-max", c.ItemCacheMax, 1000, 100_000_000)
-	between("reco.pg-max-concurrent", c.PGMaxConcurrent, 1, 1024)
+	p.DurationBetween("reco.redis-timeout", c.RedisTimeout, time.Millisecond, time.Minute)
+	p.DurationBetween("reco.pg-timeout", c.PGTimeout, time.Millisecond, time.Minute)
+	p.IntBetween("reco.breaker-failures", c.BreakerFailures, 1, 1000)
+	p.DurationBetween("reco.probe-interval", c.ProbeInterval, 10*time.Millisecond, time.Hour)
+	p.DurationBetween("reco.global-refresh", c.GlobalRefresh, 10*time.Millisecond, time.Hour)
+	p.DurationBetween("reco.item-cache-ttl", c.ItemCacheTTL, 0, time.Minute)
+	p.IntBetween("reco.item-cache-max", c.ItemCacheMax, 1000, 100_000_000)
+	p.IntBetween("reco.pg-max-concurrent", c.PGMaxConcurrent, 1, 1024)
 	if c.GlobalMaxAge < c.GlobalRefresh {
-		errs = append(errs, fmt.Errorf("--reco.global-max-age must be >= --reco.global-refresh (%s), got %s", c.GlobalRefresh, c.GlobalMaxAge))
+		p.Addf("--reco.global-max-age must be >= --reco.global-refresh (%s), got %s", c.GlobalRefresh, c.GlobalMaxAge)
 	}
-	return errors.Join(errs...)
+	return p.Err()
 }
 
 // snapshotOptions is what a per-user load fetches: everything the ranker needs, minus the

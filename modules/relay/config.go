@@ -1,8 +1,6 @@
 package relay
 
 import (
-	"errors"
-	"fmt"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -95,38 +93,28 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 
 // Validate reports every invalid setting, naming the flag.
 func (c *Config) Validate() error {
-	var errs []error
-	intRange := func(name string, v, lo, hi int) {
-		if v < lo || v > hi {
-			errs = append(errs, fmt.Errorf("--%s must be between %d and %d, got %d", name, lo, hi, v))
-		}
-	}
-	atLeast := func(name string, v, lo time.Duration) {
-		if v < lo {
-			errs = append(errs, fmt.Errorf("--%s must be >= %s, got %s", name, lo, v))
-		}
-	}
-	intRange("relay.batch-size", c.BatchSize, 1, 10_000)
-	intRange("relay.workers", c.Workers, 1, 64)
-	intRange("relay.startup-max-retries", c.StartupMaxRetries, 0, 1_000_000)
-	intRange("relay.retention-batch", c.RetentionBatch, 1, 100_000)
-	intRange("relay.snapshot-count-limit", c.SnapshotCountLimit, 1, 100_000_000)
-	atLeast("relay.poll-interval", c.PollInterval, 10*time.Millisecond)
-	atLeast("relay.lease", c.Lease, time.Second)
-	atLeast("relay.retry-base", c.RetryBase, time.Millisecond)
-	atLeast("relay.publish-timeout", c.PublishTimeout, 10*time.Millisecond)
-	atLeast("relay.probe-interval", c.ProbeInterval, 10*time.Millisecond)
-	atLeast("relay.startup-backoff", c.StartupBackoff, time.Millisecond)
-	atLeast("relay.shutdown-timeout", c.ShutdownTimeout, time.Millisecond)
-	atLeast("relay.reap-interval", c.ReapInterval, 10*time.Millisecond)
-	atLeast("relay.retention", c.Retention, 0)
-	atLeast("relay.retention-interval", c.RetentionInterval, 10*time.Millisecond)
-	atLeast("relay.snapshot-interval", c.SnapshotInterval, 10*time.Millisecond)
+	var p flagenv.Problems
+	p.IntBetween("relay.batch-size", c.BatchSize, 1, 10_000)
+	p.IntBetween("relay.workers", c.Workers, 1, 64)
+	p.IntBetween("relay.startup-max-retries", c.StartupMaxRetries, 0, 1_000_000)
+	p.IntBetween("relay.retention-batch", c.RetentionBatch, 1, 100_000)
+	p.IntBetween("relay.snapshot-count-limit", c.SnapshotCountLimit, 1, 100_000_000)
+	p.DurationAtLeast("relay.poll-interval", c.PollInterval, 10*time.Millisecond)
+	p.DurationAtLeast("relay.lease", c.Lease, time.Second)
+	p.DurationAtLeast("relay.retry-base", c.RetryBase, time.Millisecond)
+	p.DurationAtLeast("relay.publish-timeout", c.PublishTimeout, 10*time.Millisecond)
+	p.DurationAtLeast("relay.probe-interval", c.ProbeInterval, 10*time.Millisecond)
+	p.DurationAtLeast("relay.startup-backoff", c.StartupBackoff, time.Millisecond)
+	p.DurationAtLeast("relay.shutdown-timeout", c.ShutdownTimeout, time.Millisecond)
+	p.DurationAtLeast("relay.reap-interval", c.ReapInterval, 10*time.Millisecond)
+	p.DurationAtLeast("relay.retention", c.Retention, 0)
+	p.DurationAtLeast("relay.retention-interval", c.RetentionInterval, 10*time.Millisecond)
+	p.DurationAtLeast("relay.snapshot-interval", c.SnapshotInterval, 10*time.Millisecond)
 	if c.RetryMax < c.RetryBase {
-		errs = append(errs, fmt.Errorf("--relay.retry-max (%s) must be >= --relay.retry-base (%s)", c.RetryMax, c.RetryBase))
+		p.Addf("--relay.retry-max (%s) must be >= --relay.retry-base (%s)", c.RetryMax, c.RetryBase)
 	}
 	if c.MaxBatchBytes < 1024 {
-		errs = append(errs, fmt.Errorf("--relay.max-batch-bytes must be >= 1024, got %d", c.MaxBatchBytes))
+		p.Addf("--relay.max-batch-bytes must be >= 1024, got %d", c.MaxBatchBytes)
 	}
-	return errors.Join(errs...)
+	return p.Err()
 }

@@ -11,8 +11,6 @@
 package gctune
 
 import (
-	"errors"
-	"fmt"
 	"math"
 	"os"
 	"runtime/debug"
@@ -20,6 +18,8 @@ import (
 	"strings"
 
 	"github.com/spf13/pflag"
+
+	"recsys/pkg/flagenv"
 )
 
 // Config holds the settings (flags go.*).
@@ -39,14 +39,12 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 
 // Validate reports every invalid setting.
 func (c Config) Validate() error {
-	var errs []error
-	if c.GCPercent < 10 || c.GCPercent > 10000 {
-		errs = append(errs, fmt.Errorf("--go.gc-percent must be between 10 and 10000, got %d", c.GCPercent))
-	}
+	var p flagenv.Problems
+	p.IntBetween("go.gc-percent", c.GCPercent, 10, 10000)
 	if c.MemoryLimitRatio < 0 || c.MemoryLimitRatio > 1 {
-		errs = append(errs, fmt.Errorf("--go.memory-limit-ratio must be between 0 and 1, got %g", c.MemoryLimitRatio))
+		p.Addf("--go.memory-limit-ratio must be between 0 and 1, got %g", c.MemoryLimitRatio)
 	}
-	return errors.Join(errs...)
+	return p.Err()
 }
 
 // Apply sets the collector's goals and returns what it set, for the start-up log.

@@ -16,13 +16,14 @@ package loadgen
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"recsys/pkg/flagenv"
 )
 
 // Scenarios.
@@ -109,57 +110,52 @@ func (c *Config) ApplyLegacyFlags(fs *pflag.FlagSet) {
 
 // Validate reports every invalid setting, naming the flag.
 func (c *Config) Validate() error {
-	var errs []error
+	var p flagenv.Problems
 	if _, err := ParseBaseURL(c.BaseURL); err != nil {
-		errs = append(errs, err)
+		p.Add(err)
 	}
-	between := func(flag string, v, lo, hi int) {
-		if v < lo || v > hi {
-			errs = append(errs, fmt.Errorf("--%s must be between %d and %d, got %d", flag, lo, hi, v))
-		}
-	}
-	between("requests", c.Requests, 1, 100_000_000)
-	between("concurrency", c.Concurrency, 1, 10_000)
-	between("k", c.K, 1, 200)
-	between("warmup", c.Warmup, 0, 10_000_000)
-	between("batch-size", c.BatchSize, 1, 1000)
-	between("users", c.Users, 1, 100_000_000)
-	between("sessions", c.Sessions, 1, 100_000_000)
-	between("items", c.Items, 1, 100_000_000)
+	p.IntBetween("requests", c.Requests, 1, 100_000_000)
+	p.IntBetween("concurrency", c.Concurrency, 1, 10_000)
+	p.IntBetween("k", c.K, 1, 200)
+	p.IntBetween("warmup", c.Warmup, 0, 10_000_000)
+	p.IntBetween("batch-size", c.BatchSize, 1, 1000)
+	p.IntBetween("users", c.Users, 1, 100_000_000)
+	p.IntBetween("sessions", c.Sessions, 1, 100_000_000)
+	p.IntBetween("items", c.Items, 1, 100_000_000)
 	if c.Timeout <= 0 {
-		errs = append(errs, fmt.Errorf("--timeout must be > 0, got %s", c.Timeout))
+		p.Addf("--timeout must be > 0, got %s", c.Timeout)
 	}
 	if c.Rate < 0 {
-		errs = append(errs, fmt.Errorf("--rate must be >= 0 (0: closed loop), got %g", c.Rate))
+		p.Addf("--rate must be >= 0 (0: closed loop), got %g", c.Rate)
 	}
 	if c.Duration <= 0 || c.Duration > 24*time.Hour {
-		errs = append(errs, fmt.Errorf("--duration must be between 1ns and 24h, got %s", c.Duration))
+		p.Addf("--duration must be between 1ns and 24h, got %s", c.Duration)
 	}
 	switch c.Scenario {
 	case ScenarioReco, ScenarioIngest, ScenarioMixed:
 	default:
-		errs = append(errs, fmt.Errorf("--scenario must be reco, ingest or mixed, got %q", c.Scenario))
+		p.Addf("--scenario must be reco, ingest or mixed, got %q", c.Scenario)
 	}
 	if c.IngestMode != "watch" && c.IngestMode != "batch" {
-		errs = append(errs, fmt.Errorf("--ingest-mode must be watch or batch, got %q", c.IngestMode))
+		p.Addf("--ingest-mode must be watch or batch, got %q", c.IngestMode)
 	}
-	for _, p := range []struct {
+	for _, pr := range []struct {
 		flag string
 		v    float64
 	}{{"watch-prob", c.WatchProb}, {"organic-watch-prob", c.OrganicWatchProb}} {
-		if p.v < 0 || p.v > 1 {
-			errs = append(errs, fmt.Errorf("--%s must be between 0 and 1, got %g", p.flag, p.v))
+		if pr.v < 0 || pr.v > 1 {
+			p.Addf("--%s must be between 0 and 1, got %g", pr.flag, pr.v)
 		}
 	}
 	if c.MaxErrorRatePct < 0 || c.MaxErrorRatePct > 100 {
-		errs = append(errs, fmt.Errorf("--max-error-rate-pct must be between 0 and 100, got %g", c.MaxErrorRatePct))
+		p.Addf("--max-error-rate-pct must be between 0 and 100, got %g", c.MaxErrorRatePct)
 	}
 	switch c.Progress {
 	case "auto", "always", "never":
 	default:
-		errs = append(errs, fmt.Errorf("--progress must be auto, always or never, got %q", c.Progress))
+		p.Addf("--progress must be auto, always or never, got %q", c.Progress)
 	}
-	return errors.Join(errs...)
+	return p.Err()
 }
 
 // ParseBaseURL checks that s is an http(s) URL with a host.
