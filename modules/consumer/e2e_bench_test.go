@@ -53,7 +53,7 @@ func BenchmarkEndToEndFreshness(b *testing.B) {
 		cmd := exec.Command(bin, "all", "--http.addr", addr, "--log.level", "warn")
 		cmd.Env = append(os.Environ(), "RECSYS_PG_DSN="+dsn, "RECSYS_REDIS_URL="+testutil.RedisURL(b),
 			"RECSYS_KAFKA_BROKERS="+strings.Join(testutil.KafkaBrokers(b), ","),
-			"RECSYS_KAFKA_TOPIC_IMPRESSIONS="+testutil.Unique("e2e-imp-"), "RECSYS_KAFKA_TOPIC_WATCHES="+testutil.Unique("e2e-wat-"),
+			"RECSYS_KAFKA_TOPIC_IMPRESSIONS="+testutil.KafkaTopic(b, "e2e-imp-"), "RECSYS_KAFKA_TOPIC_WATCHES="+testutil.KafkaTopic(b, "e2e-wat-"),
 			"RECSYS_REDIS_KEY_PREFIX="+testutil.Unique("e2e")+":", "RECSYS_CONSUMER_GROUP_ID="+testutil.Unique("e2e-g-"))
 		cmd.Stderr = os.Stderr
 		if err := cmd.Start(); err != nil {

@@ -67,8 +67,8 @@ func newEnv(t testing.TB) *env {
 	// blocked server would only test our 1 s client timeout.
 	redisPriv := testutil.StartPrivate(t, "redis")
 	e := &env{DSN: testutil.MigratedDatabase(t), RedisURL: redisPriv.URL, redisPriv: redisPriv, Brokers: testutil.KafkaBrokers(t),
-		Prefix: testutil.Unique("cons") + ":", Group: testutil.Unique("g-"), TopicImp: testutil.Unique("imp-"),
-		TopicWatch: testutil.Unique("wat-"), MaxBatch: 500, fcfg: testFeatures(),
+		Prefix: testutil.Unique("cons") + ":", Group: testutil.Unique("g-"), TopicImp: testutil.KafkaTopic(t, "imp-"),
+		TopicWatch: testutil.KafkaTopic(t, "wat-"), MaxBatch: 500, fcfg: testFeatures(),
 		start: time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC).UnixMilli()}
 	e.pool = testutil.Pool(t, e.DSN)
 	rcfg := redis.DefaultConfig()

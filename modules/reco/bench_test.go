@@ -169,8 +169,8 @@ func fullStack(b *testing.B) string {
 	b.Logf("seeded in %s", time.Since(start).Round(time.Millisecond))
 	id := testutil.Unique("recobench")
 	p := startRecsys(b, []string{"all"}, "DATABASE_URL="+dsn, "ONLINE_CACHE_REDIS_URL="+redisURL, "RECSYS_REDIS_KEY_PREFIX="+prefix,
-		"KAFKA_BOOTSTRAP_SERVERS="+testutil.KafkaBrokers(b)[0], "KAFKA_TOPIC_IMPRESSIONS="+id+".impressions",
-		"KAFKA_TOPIC_WATCHES="+id+".watches", "FEATURE_CONSUMER_GROUP_ID="+id, "LOG_LEVEL=warn", "RECSYS_HTTP_PPROF=true")
+		"KAFKA_BOOTSTRAP_SERVERS="+testutil.KafkaBrokers(b)[0], "KAFKA_TOPIC_IMPRESSIONS="+testutil.KafkaTopic(b, id+".impressions."),
+		"KAFKA_TOPIC_WATCHES="+testutil.KafkaTopic(b, id+".watches."), "FEATURE_CONSUMER_GROUP_ID="+id, "LOG_LEVEL=warn", "RECSYS_HTTP_PPROF=true")
 	b.Logf("recsys all at %s; profile it while the benchmark runs: go tool pprof %s/debug/pprof/profile?seconds=10", p.base, p.base)
 	return p.base
 }

@@ -45,8 +45,8 @@ func newEnv(t testing.TB, brokers []string, partitions int) *env {
 	kc.Brokers = brokers
 	kc.ClientID = "recsys-relay-test"
 	kc.RequestTimeout = 5 * time.Second
-	kc.TopicImpressions = testutil.Unique("recsys.test.impressions.")
-	kc.TopicWatches = testutil.Unique("recsys.test.watches.")
+	kc.TopicImpressions = testutil.KafkaTopic(t, "recsys.test.impressions.")
+	kc.TopicWatches = testutil.KafkaTopic(t, "recsys.test.watches.")
 	kc.Partitions = partitions
 	kc.ReplicationFactor = 1
 	// Room for the relays' workers and background loops plus a test's own open transactions.

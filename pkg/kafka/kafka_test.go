@@ -34,7 +34,7 @@ func TestEnsureTopicsIsIdempotent(t *testing.T) {
 	cfg.Brokers = testutil.KafkaBrokers(t)
 	cfg.Partitions = 2
 	c := kafka.New(cfg)
-	topic := testutil.Unique("t.ensure.")
+	topic := testutil.KafkaTopic(t, "t.ensure.")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for i := 0; i < 2; i++ {

@@ -146,8 +146,8 @@ func StackEnv(t *testing.T, dsn string) []string {
 		"DATABASE_URL=" + dsn,
 		"KAFKA_BOOTSTRAP_SERVERS=" + testutil.KafkaBrokers(t)[0],
 		"ONLINE_CACHE_REDIS_URL=" + testutil.RedisURL(t),
-		"KAFKA_TOPIC_IMPRESSIONS=" + id + ".impressions",
-		"KAFKA_TOPIC_WATCHES=" + id + ".watches",
+		"KAFKA_TOPIC_IMPRESSIONS=" + testutil.KafkaTopic(t, id+".impressions."),
+		"KAFKA_TOPIC_WATCHES=" + testutil.KafkaTopic(t, id+".watches."),
 		"RECSYS_REDIS_KEY_PREFIX=" + id + ":",
 		"FEATURE_CONSUMER_GROUP_ID=" + id,
 	}
