@@ -33,30 +33,12 @@ func DefaultLimits() Limits {
 // is normalised to milliseconds, a missing event_id is generated and server_received_ts_ms
 // is set to now.
 func DecodeImpression(body []byte, lim Limits, now time.Time) (*Impression, *ValidationError) {
-	c, root := start(body, lim, now)
-	if root == nil {
-		return nil, c.result()
-	}
-	e := c.decImpression(root)
-	if err := c.result(); err != nil {
-		return nil, err
-	}
-	e.finish(c.nowMs)
-	return e, nil
+	return decodeOne(body, lim, now, (*checker).decImpression)
 }
 
 // DecodeWatch decodes and validates the body of POST /log/watch, like DecodeImpression.
 func DecodeWatch(body []byte, lim Limits, now time.Time) (*Watch, *ValidationError) {
-	c, root := start(body, lim, now)
-	if root == nil {
-		return nil, c.result()
-	}
-	e := c.decWatch(root)
-	if err := c.result(); err != nil {
-		return nil, err
-	}
-	e.finish(c.nowMs)
-	return e, nil
+	return decodeOne(body, lim, now, (*checker).decWatch)
 }
 
 // DecodeLegacy decodes and validates the body of POST /event. ts keeps the client's value
@@ -70,6 +52,22 @@ func DecodeLegacy(body []byte, lim Limits, now time.Time) (*Legacy, *ValidationE
 	if err := c.result(); err != nil {
 		return nil, err
 	}
+	return e, nil
+}
+
+// decodeOne decodes and validates one event's body with dec and finishes it (milliseconds,
+// server receive time).
+func decodeOne[E interface{ finish(nowMs int64) }](body []byte, lim Limits, now time.Time, dec func(*checker, *node) E) (E, *ValidationError) {
+	var none E
+	c, root := start(body, lim, now)
+	if root == nil {
+		return none, c.result()
+	}
+	e := dec(c, root)
+	if err := c.result(); err != nil {
+		return none, err
+	}
+	e.finish(c.nowMs)
 	return e, nil
 }
 
