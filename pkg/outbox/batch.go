@@ -60,6 +60,9 @@ func AppendFrame(dst []byte, m Message) []byte {
 
 var errTruncated = errors.New("truncated frame")
 
+// minFrame is the smallest frame: a one-byte schema version and five empty fields.
+const minFrame = 6
+
 // DecodeBatch splits a FormatBatch payload into its messages. count is the row's
 // event_count; a payload that does not hold exactly count well-formed frames is an error (the
 // relay treats it as a poison row). The messages' Payload slices alias payload.
@@ -67,7 +70,9 @@ func DecodeBatch(payload []byte, count int) ([]Message, error) {
 	if count < 1 {
 		return nil, fmt.Errorf("decode outbox batch: event_count %d", count)
 	}
-	out := make([]Message, 0, count)
+	// count comes from the row, not from the payload: a corrupt count must not size the
+	// allocation. A frame is at least minFrame bytes.
+	out := make([]Message, 0, min(count, len(payload)/minFrame))
 	p := payload
 	for len(p) > 0 {
 		var m Message

@@ -52,6 +52,7 @@ func TestDecodeBatchRejects(t *testing.T) {
 		{"truncated payload field", one[:len(one)-1], 1, "truncated"},
 		{"truncated in a length", one[:3], 1, "truncated"},
 		{"empty payload", nil, 1, "0 frames"},
+		{"huge count on a small payload", one, 1 << 40, "1 frames, event_count says 1099511627776"},
 		{"schema version overflow", AppendFrame(nil, Message{SchemaVersion: -1}), 1, "schema version"},
 	}
 	for _, tc := range cases {
