@@ -70,7 +70,7 @@ func (r *Reco) reco(c echo.Context) error {
 	if q.autolog && len(res.Items) > 0 {
 		r.autolog.Log(ctx, r.impression(c, q, ids.RequestID, res.Items, now), ids.CorrelationID)
 	}
-	return c.JSON(http.StatusOK, recoResponse{RequestID: ids.RequestID, Items: res.Items, ModelVersion: res.ModelVersion, Strategy: res.Strategy})
+	return writeReco(c, &recoResponse{RequestID: ids.RequestID, Items: res.Items, ModelVersion: res.ModelVersion, Strategy: res.Strategy})
 }
 
 type recommendResponse struct {

@@ -53,8 +53,9 @@ type norms struct{ covis, sim, short, long float64 }
 
 // scratch is per-call working memory, pooled because Rank runs on every request.
 type scratch struct {
-	idx   idTable // item id -> index in cands, or -1: excluded
-	cands []cand
+	idx    idTable // item id -> index in cands, or -1: excluded
+	chosen idTable // items already in the result
+	cands  []cand
 }
 
 var scratchPool = sync.Pool{New: func() any { return &scratch{cands: make([]cand, 0, 1024)} }}
@@ -72,17 +73,33 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 		scratchPool.Put(sc)
 	}()
 	idx := &sc.idx
-	idx.reset(len(s.History) + min(len(s.History), cfg.HistoryItems)*cfg.NeighboursPerItem + cfg.TrendingN + cfg.PopularN)
+	listed := min(len(s.History), cfg.HistoryItems)*cfg.NeighboursPerItem*(1+min(len(s.Similar), 1)) + cfg.TrendingN + cfg.PopularN
+	// The watched set is checked once per new candidate; when it is much smaller than the
+	// lists, entering it in the index up front is cheaper (a typical user has watched tens of
+	// items, and the lists hold hundreds; iterating a map costs about two lookups per entry).
+	preWatched := 4*len(s.Watched) <= listed
+	hint := len(s.History) + listed
+	if preWatched {
+		hint += len(s.Watched)
+	}
+	idx.reset(hint)
 	cands := sc.cands
 	// Items already in the user's history are excluded even if the bounded watched set has
 	// forgotten them: they enter the index as excluded (-1).
 	for _, h := range s.History {
 		idx.put(h.ItemID, -1)
 	}
+	if preWatched {
+		for id, w := range s.Watched {
+			if w {
+				idx.put(id, -1)
+			}
+		}
+	}
 	get := func(x *Scored) *cand {
 		slot, found := idx.probe(x.ItemID)
 		if found {
-			i := idx.vals[slot]
+			i := idx.slots[slot].val
 			if i < 0 {
 				return nil
 			}
@@ -92,7 +109,7 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 			}
 			return c
 		}
-		if s.Watched[x.ItemID] {
+		if !preWatched && s.Watched[x.ItemID] {
 			idx.insertAt(slot, x.ItemID, -1)
 			return nil
 		}
@@ -203,11 +220,12 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 	nExplore = min(k-nMain, len(explore))
 	res.Items = make([]string, 0, k)
 	res.Scores = make([]float64, 0, k)
-	chosen := make(map[string]bool, k)
+	chosen := &sc.chosen
+	chosen.reset(k)
 	for _, c := range cands[:nMain] {
 		res.Items = append(res.Items, c.id)
 		res.Scores = append(res.Scores, c.score)
-		chosen[c.id] = true
+		chosen.put(c.id, 1)
 	}
 	var picks []string
 	if nExplore > 0 {
@@ -221,10 +239,10 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 		for i := 0; i < len(explore) && len(picks) < nExplore; i++ {
 			j := i + int(rng.next()%uint64(len(explore)-i))
 			explore[i], explore[j] = explore[j], explore[i]
-			if chosen[explore[i]] {
+			if _, dup := chosen.get(explore[i]); dup {
 				continue
 			}
-			chosen[explore[i]] = true
+			chosen.put(explore[i], 1)
 			picks = append(picks, explore[i])
 		}
 	}
@@ -246,8 +264,8 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 			if len(res.Items)+len(picks) >= k {
 				break
 			}
-			if !chosen[c.id] {
-				chosen[c.id] = true
+			if _, dup := chosen.get(c.id); !dup {
+				chosen.put(c.id, 1)
 				res.Items = append(res.Items, c.id)
 				res.Scores = append(res.Scores, c.score)
 			}
