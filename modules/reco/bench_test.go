@@ -1,6 +1,7 @@
 package reco
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -13,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/rueidis"
 
 	"recsys/pkg/features"
@@ -106,8 +109,9 @@ func BenchmarkRecoHTTP(b *testing.B) {
 	var base string
 	var mod *Reco
 	var rd rueidis.Client
+	var pool *pgxpool.Pool
 	if os.Getenv("RECO_BENCH_FULL") != "" {
-		base = fullStack(b)
+		base, pool = fullStack(b)
 	} else {
 		// Built once for the sub-benchmarks (the parent function runs once; its cleanups run
 		// after every sub-benchmark).
@@ -123,7 +127,7 @@ func BenchmarkRecoHTTP(b *testing.B) {
 		}
 		b.Logf("seeded %d users x %d watches in %s", benchUsers, benchWatchesUser, time.Since(start).Round(time.Millisecond))
 		s.waitServing()
-		base, mod, rd = s.srv.URL, s.mod, s.rd
+		base, mod, rd, pool = s.srv.URL, s.mod, s.rd, s.pg
 	}
 	clients := benchClients
 	if v, err := strconv.Atoi(os.Getenv("RECO_BENCH_CLIENTS")); err == nil && v > 0 {
@@ -131,20 +135,30 @@ func BenchmarkRecoHTTP(b *testing.B) {
 		// cost of autolog); 64 measure throughput.
 		clients = v
 	}
+	k := 20
+	if v, err := strconv.Atoi(os.Getenv("RECO_BENCH_K")); err == nil && v >= kMin && v <= kMax {
+		// k=1 against k=20 with autolog isolates what the 19 extra impression rows cost the
+		// database (pg_cpu_us/req).
+		k = v
+	}
 	for _, autolog := range []bool{false, true} {
 		for _, rate := range benchRates(b, autolog) {
-			name := fmt.Sprintf("k=20/clients=%d/autolog=%v", clients, autolog)
+			name := fmt.Sprintf("k=%d/clients=%d/autolog=%v", k, clients, autolog)
 			if rate > 0 {
-				name = fmt.Sprintf("k=20/rate=%d/autolog=%v", rate, autolog)
+				name = fmt.Sprintf("k=%d/rate=%d/autolog=%v", k, rate, autolog)
 			}
 			b.Run(name, func(b *testing.B) {
 				var before map[string]uint64
 				var redis0 time.Duration
+				pg0 := pgBackendCPU(b, pool)
 				if mod != nil {
 					before = servedBy(mod)
 					redis0 = redisCPU(b, rd)
 				}
-				runLoad(b, base, autolog, clients, rate)
+				runLoad(b, base, k, autolog, clients, rate)
+				// The database's share (autolog: dedup, impression and outbox rows; in full mode
+				// also the relay's and the consumer's statements).
+				b.ReportMetric(float64(pgCPUSince(b, pool, pg0).Microseconds())/float64(b.N), "pg_cpu_us/req")
 				if mod != nil {
 					b.ReportMetric(float64((redisCPU(b, rd)-redis0).Microseconds())/float64(b.N), "redis_cpu_us/req")
 					after, total := servedBy(mod), uint64(0)
@@ -187,7 +201,7 @@ func benchRates(b *testing.B, autolog bool) []int {
 
 // fullStack seeds a private Redis and a fresh database and starts `recsys all` on them with
 // its own Kafka topics and consumer group.
-func fullStack(b *testing.B) string {
+func fullStack(b *testing.B) (string, *pgxpool.Pool) {
 	redisURL := testutil.StartPrivate(b, "redis").URL
 	dsn := testutil.MigratedDatabase(b)
 	prefix := testutil.Unique("recobench") + ":"
@@ -203,7 +217,47 @@ func fullStack(b *testing.B) string {
 		"KAFKA_BOOTSTRAP_SERVERS="+testutil.KafkaBrokers(b)[0], "KAFKA_TOPIC_IMPRESSIONS="+testutil.KafkaTopic(b, id+".impressions."),
 		"KAFKA_TOPIC_WATCHES="+testutil.KafkaTopic(b, id+".watches."), "FEATURE_CONSUMER_GROUP_ID="+id, "LOG_LEVEL=warn", "RECSYS_HTTP_PPROF=true")
 	b.Logf("recsys all at %s; profile it while the benchmark runs: go tool pprof %s/debug/pprof/profile?seconds=10", p.base, p.base)
-	return p.base
+	return p.base, pool
+}
+
+// pgBackendCPU samples the CPU time used so far by each PostgreSQL backend connected to the
+// benchmark's database (the server runs on this machine: /proc/<pid>/stat).
+func pgBackendCPU(b *testing.B, pool *pgxpool.Pool) map[int]time.Duration {
+	rows, err := pool.Query(context.Background(), `SELECT pid FROM pg_stat_activity WHERE datname = current_database()`)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := make(map[int]time.Duration, len(pids))
+	for _, pid := range pids {
+		stat, err := os.ReadFile("/proc/" + strconv.Itoa(int(pid)) + "/stat")
+		if err != nil {
+			continue // exited, or the server is not local
+		}
+		// Fields after the command's closing parenthesis; utime and stime are the 12th and
+		// 13th of them, in clock ticks (USER_HZ, 100 on Linux).
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		out[int(pid)] = time.Duration(ut+st) * 10 * time.Millisecond
+	}
+	return out
+}
+
+// pgCPUSince is the backends' CPU time since the sample before (backends started since count
+// from zero).
+func pgCPUSince(b *testing.B, pool *pgxpool.Pool, before map[int]time.Duration) time.Duration {
+	var d time.Duration
+	for pid, t := range pgBackendCPU(b, pool) {
+		d += t - before[pid]
+	}
+	return d
 }
 
 // redisCPU is the CPU time the Redis server has used (INFO cpu).
@@ -231,7 +285,7 @@ func servedBy(r *Reco) map[string]uint64 {
 	return out
 }
 
-// runLoad sends b.N GET /reco over benchClients keep-alive connections and reports
+// runLoad sends b.N GET /reco?k=k over benchClients keep-alive connections and reports
 // throughput, latency percentiles and CPU per request.
 //
 // rate 0 is a closed loop: each client sends back to back, latency is the round trip. A
@@ -240,7 +294,7 @@ func servedBy(r *Reco) map[string]uint64 {
 // connection behind a slow answer counts (no coordinated omission: a closed loop hides a
 // stall by sending less during it). The clients only bound the requests in flight; when all
 // are busy the backlog shows as latency and as a lower achieved rate.
-func runLoad(b *testing.B, base string, autolog bool, benchClients, rate int) {
+func runLoad(b *testing.B, base string, k int, autolog bool, benchClients, rate int) {
 	conns := make([]*testutil.RawClient, benchClients)
 	for i := range conns {
 		c, err := testutil.NewRawClient(base)
@@ -252,7 +306,7 @@ func runLoad(b *testing.B, base string, autolog bool, benchClients, rate int) {
 	}
 	do := func(c int, rng *rand.Rand) error {
 		target := "/reco?user_id=load-user-" + strconv.Itoa(rng.IntN(benchUsers)+1) + "&session_id=session-" +
-			strconv.Itoa(rng.IntN(500000)+1) + "&k=20&x_autolog_impressions=" + strconv.FormatBool(autolog)
+			strconv.Itoa(rng.IntN(500000)+1) + "&k=" + strconv.Itoa(k) + "&x_autolog_impressions=" + strconv.FormatBool(autolog)
 		status, err := conns[c].Do("GET", target, nil, 5*time.Second)
 		if err != nil {
 			return err

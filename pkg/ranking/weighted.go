@@ -53,9 +53,10 @@ type norms struct{ covis, sim, short, long float64 }
 
 // scratch is per-call working memory, pooled because Rank runs on every request.
 type scratch struct {
-	idx    idTable // item id -> index in cands, or -1: excluded
-	chosen idTable // items already in the result
-	cands  []cand
+	idx     idTable // item id -> index in cands, or -1: excluded
+	chosen  idTable // items already in the result
+	cands   []cand
+	explore []string
 }
 
 var scratchPool = sync.Pool{New: func() any { return &scratch{cands: make([]cand, 0, 1024)} }}
@@ -70,6 +71,8 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 	sc := scratchPool.Get().(*scratch)
 	defer func() {
 		sc.cands = sc.cands[:0]
+		clear(sc.explore) // the ids belong to the caller's snapshot: do not keep them alive
+		sc.explore = sc.explore[:0]
 		scratchPool.Put(sc)
 	}()
 	idx := &sc.idx
@@ -213,7 +216,8 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 	}
 	// floor: a 5% share gives 1 slot of 20 and none of 10.
 	nExplore := int(math.Floor(float64(k)*cfg.ExplorationShare + 1e-9))
-	explore := w.explorationPool(s, excluded)
+	explore := w.explorationPool(sc.explore[:0], s, excluded)
+	sc.explore = explore
 	nExplore = min(nExplore, len(explore))
 	nMain := min(k-nExplore, len(cands))
 	// Exploration also fills the slots the ranked candidates cannot.
@@ -484,9 +488,8 @@ func fatigue(s *Snapshot, id string, cfg Config) float64 {
 
 // explorationPool lists fresh, under-exposed items the user has not watched, newest first, in a
 // stable order (the seed then picks from it).
-func (w *Weighted) explorationPool(s *Snapshot, excluded func(string) bool) []string {
+func (w *Weighted) explorationPool(pool []string, s *Snapshot, excluded func(string) bool) []string {
 	cfg := w.cfg
-	var pool []string
 	for i, f := range s.Fresh {
 		if i >= cfg.FreshN {
 			break
