@@ -120,6 +120,13 @@ func BenchmarkRecoHTTP(b *testing.B) {
 		redisURL := testutil.StartPrivate(b, "redis").URL
 		s := newStack(b, testutil.MigratedDatabase(b), redisURL, func(c *Config) {
 			c.ProbeInterval, c.GlobalRefresh = time.Second, time.Second
+			if v := os.Getenv("RECO_BENCH_USER_CACHE_TTL"); v != "" {
+				d, err := time.ParseDuration(v)
+				if err != nil {
+					b.Fatalf("RECO_BENCH_USER_CACHE_TTL: %v", err)
+				}
+				c.UserCacheTTL = d
+			}
 		})
 		start := time.Now()
 		if err := benchSeed(s, redisURL); err != nil {

@@ -59,6 +59,7 @@
 //	recsys_reco_global_snapshot_age_seconds  gauge: age of the in-process global snapshot (-1 before the first)
 //	recsys_reco_global_snapshot_items        gauge: items with statistics in it
 //	recsys_reco_global_refresh_errors_total  counter: failed refreshes (the previous snapshot is kept)
+//	recsys_reco_user_cache_hits_total        counter: user reads answered by the client-side cache (--reco.user-cache-ttl)
 //	recsys_reco_autolog_queue_depth          gauge: impressions accepted, not yet persisted
 //	recsys_reco_autolog_queue_capacity       gauge: its bound (--reco.autolog-queue-size)
 //	recsys_reco_autolog_enqueued_total       counter: impressions handed to a background persist (async mode)

@@ -26,7 +26,8 @@ func stores(cfg *Config, d infra.Deps) (parts, error) {
 	keys := featurestore.NewKeys(prefix)
 	var redisSrc snapshotSource = featurestore.NewRedisLoader(rd, prefix, fc)
 	if cfg.ItemCacheTTL > 0 {
-		redisSrc = &cachedSource{full: redisSrc, user: &redisUser{rd: rd, keys: keys},
+		redisSrc = &cachedSource{full: redisSrc, user: &redisUser{rd: rd, keys: keys, cacheTTL: cfg.UserCacheTTL,
+			hits: d.Metrics.NewCounter("recsys_reco_user_cache_hits_total")},
 			items: newItemCache(&redisItems{rd: rd, keys: keys}, cfg.ItemCacheTTL, cfg.ItemCacheMax)}
 	}
 	return parts{
