@@ -336,6 +336,7 @@ type redisUser struct {
 	keys     featurestore.Keys
 	cacheTTL time.Duration
 	hits     *metrics.Counter // recsys_reco_user_cache_hits_total
+	decoded  *decodeCache     // nil: decode every read
 }
 
 func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ ranking.SnapshotOptions) (ranking.Snapshot, error) {
@@ -353,7 +354,7 @@ func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ 
 	if err != nil {
 		return s, fmt.Errorf("read user from redis: %w", err)
 	}
-	var f [3]string
+	var f userFields
 	for i := range f {
 		if i < len(vals) && !vals[i].IsNil() {
 			f[i], _ = vals[i].ToString()
@@ -362,19 +363,11 @@ func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ 
 	if f[0] == "" {
 		return s, nil // a user without events
 	}
-	if s.History, err = featurestore.DecodeHistory(f[0]); err != nil {
-		return s, fmt.Errorf("decode history of %q: %w", userID, err)
+	d, err := u.decoded.decode(userID, f)
+	if err != nil {
+		return s, err
 	}
-	if f[1] != "" {
-		if s.Watched, err = featurestore.DecodeWatchedSet(f[1]); err != nil {
-			return s, fmt.Errorf("decode watched of %q: %w", userID, err)
-		}
-	}
-	if f[2] != "" {
-		if s.Impressions, err = featurestore.DecodeImpressions(f[2]); err != nil {
-			return s, fmt.Errorf("decode impressions of %q: %w", userID, err)
-		}
-	}
+	s.History, s.Watched, s.Impressions = d.history, d.watched, d.imps
 	return s, nil
 }
 

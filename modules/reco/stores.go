@@ -26,8 +26,12 @@ func stores(cfg *Config, d infra.Deps) (parts, error) {
 	keys := featurestore.NewKeys(prefix)
 	var redisSrc snapshotSource = featurestore.NewRedisLoader(rd, prefix, fc)
 	if cfg.ItemCacheTTL > 0 {
+		var decoded *decodeCache
+		if cfg.UserDecodeCache > 0 {
+			decoded = newDecodeCache(cfg.UserDecodeCache)
+		}
 		redisSrc = &cachedSource{full: redisSrc, user: &redisUser{rd: rd, keys: keys, cacheTTL: cfg.UserCacheTTL,
-			hits: d.Metrics.NewCounter("recsys_reco_user_cache_hits_total")},
+			hits: d.Metrics.NewCounter("recsys_reco_user_cache_hits_total"), decoded: decoded},
 			items: newItemCache(&redisItems{rd: rd, keys: keys}, cfg.ItemCacheTTL, cfg.ItemCacheMax)}
 	}
 	return parts{
