@@ -392,7 +392,7 @@ func TestIntegrationCachedReadEqualsLoaderSnapshot(t *testing.T) {
 	cfg := NewConfig()
 	loader := featurestore.NewRedisLoader(s.rd, s.prefix, features.DefaultConfig())
 	keys := featurestore.NewKeys(s.prefix)
-	cached := &cachedSource{full: loader, user: &redisUser{rd: s.rd, keys: keys, decoded: newDecodeCache(1000)},
+	cached := &cachedSource{full: loader, user: &redisUser{rd: s.rd, keys: keys, decoded: newDecodeCache(1 << 20)},
 		items: newItemCache(&redisItems{rd: s.rd, keys: keys}, time.Minute, 10000)}
 	now := time.Now().UnixMilli()
 	ctx := context.Background()

@@ -27,8 +27,8 @@ func stores(cfg *Config, d infra.Deps) (parts, error) {
 	var redisSrc snapshotSource = featurestore.NewRedisLoader(rd, prefix, fc)
 	if cfg.ItemCacheTTL > 0 {
 		var decoded *decodeCache
-		if cfg.UserDecodeCache > 0 {
-			decoded = newDecodeCache(cfg.UserDecodeCache)
+		if cfg.UserDecodeCacheMB > 0 {
+			decoded = newDecodeCache(cfg.UserDecodeCacheMB << 20)
 		}
 		redisSrc = &cachedSource{full: redisSrc, user: &redisUser{rd: rd, keys: keys, cacheTTL: cfg.UserCacheTTL,
 			hits: d.Metrics.NewCounter("recsys_reco_user_cache_hits_total"), decoded: decoded},

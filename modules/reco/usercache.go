@@ -16,6 +16,7 @@ type userFields [3]string
 // shared by concurrent requests: ranking only reads a Snapshot's History, Watched and
 // Impressions.
 type decodedUser struct {
+	size    int // estimated bytes held
 	raw     userFields
 	history []ranking.HistoryEntry
 	watched map[string]bool
@@ -30,20 +31,26 @@ type decodedUser struct {
 // an impression changes only "i", a watch "h" and "w" (and "i").
 //
 // Decoding the JSON documents (and collecting what it allocated) was about a tenth of a
-// request's CPU. The cache is bounded (random eviction per shard, like the item cache).
+// request's CPU. The cache is bounded in bytes, estimated from the raw values (random
+// eviction per shard, like the item cache): a heavy user's documents are tens of KB.
 type decodeCache struct {
 	seed   maphash.Seed
-	max    int // entries per shard
+	max    int // estimated bytes per shard
 	shards [cacheShards]decodeShard
 }
 
 type decodeShard struct {
-	mu sync.Mutex
-	m  map[string]*decodedUser
+	mu    sync.Mutex
+	m     map[string]*decodedUser
+	bytes int
 }
 
-func newDecodeCache(maxEntries int) *decodeCache {
-	c := &decodeCache{seed: maphash.MakeSeed(), max: max(maxEntries/cacheShards, 1)}
+// decodedOverhead is the estimated memory of a decoded field per byte of its JSON (maps and
+// strings of the decoded form, plus the raw value kept for comparison).
+const decodedOverhead = 4
+
+func newDecodeCache(maxBytes int) *decodeCache {
+	c := &decodeCache{seed: maphash.MakeSeed(), max: max(maxBytes/cacheShards, 1)}
 	for i := range c.shards {
 		c.shards[i].m = map[string]*decodedUser{}
 	}
@@ -64,7 +71,7 @@ func (c *decodeCache) decode(userID string, f userFields) (*decodedUser, error) 
 			return prev, nil
 		}
 	}
-	d := &decodedUser{raw: f}
+	d := &decodedUser{raw: f, size: 256 + decodedOverhead*(len(f[0])+len(f[1])+len(f[2]))}
 	var err error
 	switch {
 	case f[0] == "":
@@ -93,18 +100,20 @@ func (c *decodeCache) decode(userID string, f userFields) (*decodedUser, error) 
 			return nil, fmt.Errorf("decode impressions of %q: %w", userID, err)
 		}
 	}
-	if sh != nil {
+	if sh != nil && d.size <= c.max {
 		sh.mu.Lock()
-		if len(sh.m) >= c.max && sh.m[userID] == nil {
-			evict(sh.m)
-			for k := range sh.m { // a tiny shard: evict drops a quarter, rounded down
-				if len(sh.m) < c.max {
-					break
-				}
-				delete(sh.m, k)
+		if old := sh.m[userID]; old != nil {
+			sh.bytes -= old.size
+		}
+		for k, e := range sh.m { // random eviction until the new entry fits
+			if sh.bytes+d.size <= c.max {
+				break
 			}
+			sh.bytes -= e.size
+			delete(sh.m, k)
 		}
 		sh.m[userID] = d
+		sh.bytes += d.size
 		sh.mu.Unlock()
 	}
 	return d, nil

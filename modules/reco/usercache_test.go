@@ -2,6 +2,7 @@ package reco
 
 import (
 	"fmt"
+	"hash/maphash"
 	"reflect"
 	"testing"
 
@@ -20,7 +21,7 @@ const (
 // a field whose raw value is unchanged is shared with the previous answer, a changed one is
 // decoded again.
 func TestDecodeCacheReusesUnchangedFields(t *testing.T) {
-	c := newDecodeCache(1000)
+	c := newDecodeCache(1 << 20)
 	steps := []struct {
 		name   string
 		f      userFields
@@ -60,7 +61,7 @@ func TestDecodeCacheReusesUnchangedFields(t *testing.T) {
 
 // A field that does not decode is an error naming the user, and the previous good entry stays.
 func TestDecodeCacheErrorKeepsPrevious(t *testing.T) {
-	c := newDecodeCache(1000)
+	c := newDecodeCache(1 << 20)
 	good, err := c.decode("u1", userFields{rawHist, rawWatched, rawImps})
 	if err != nil {
 		t.Fatal(err)
@@ -76,19 +77,40 @@ func TestDecodeCacheErrorKeepsPrevious(t *testing.T) {
 	}
 }
 
-// The cache holds at most its bound (per shard), whatever the number of users.
+// The cache holds at most its byte bound (per shard), whatever the number of users; a user
+// too large for a shard is decoded but not kept.
 func TestDecodeCacheBounded(t *testing.T) {
-	c := newDecodeCache(64) // 2 per shard
+	c := newDecodeCache(64 << 10) // 2 KB per shard: a few of these users each
 	for i := 0; i < 5000; i++ {
-		if _, err := c.decode(fmt.Sprintf("user-%d", i), userFields{rawHist, rawWatched, rawImps}); err != nil {
+		f := userFields{rawHist, rawWatched, rawImps}
+		if i%7 == 0 {
+			f[2] = `{"c":{"count":3,"last_ts_ms":1200},"d":{"count":1,"last_ts_ms":1300}}`
+		}
+		if _, err := c.decode(fmt.Sprintf("user-%d", i), f); err != nil {
 			t.Fatal(err)
 		}
 	}
+	total := 0
 	for i := range c.shards {
-		if n := len(c.shards[i].m); n > c.max {
-			t.Fatalf("shard %d holds %d entries, bound %d", i, n, c.max)
+		sh := &c.shards[i]
+		sum := 0
+		for _, e := range sh.m {
+			sum += e.size
 		}
+		if sum != sh.bytes || sh.bytes > c.max || len(sh.m) == 0 {
+			t.Fatalf("shard %d: %d entries, %d bytes accounted, %d held, bound %d", i, len(sh.m), sh.bytes, sum, c.max)
+		}
+		total += len(sh.m)
 	}
+	huge := userFields{rawHist, rawWatched, `{"x":{"count":1,"last_ts_ms":1}` + fmt.Sprintf("%*s", 4<<10, "") + `}`}
+	d, err := c.decode("huge", huge)
+	if err != nil || d.imps["x"].Count != 1 {
+		t.Fatalf("huge user: %+v %v", d, err)
+	}
+	if sh := &c.shards[maphash.String(c.seed, "huge")%cacheShards]; sh.m["huge"] != nil {
+		t.Fatal("a user larger than a shard was kept")
+	}
+	t.Logf("%d users kept", total)
 }
 
 func sameSlice[T any](a, b []T) bool {
