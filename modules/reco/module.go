@@ -13,7 +13,10 @@
 // Reading the per-item features per request cost Redis milliseconds (hundreds of HMGETs in
 // the loader's script), which capped one Redis below a thousand requests per second; they
 // change slowly, while what the user just did is always read live, so a watch changes the
-// user's next list at once.
+// user's next list at once. The user's fields are read on every request; their decoded form
+// is reused while the raw values are unchanged (--reco.user-decode-cache-mb), and with
+// --reco.user-cache-ttl the read itself is served by rueidis' client-side cache, which Redis
+// invalidates whenever the user's hash changes.
 //
 // Autolog modes (the contract's RECO_* names): async (default) answers before the commit,
 // with at most --reco.autolog-queue-size impressions pending and the contract's sync/drop
