@@ -73,6 +73,12 @@ type Config struct {
 	ItemCacheTTL time.Duration
 	// ItemCacheMax bounds the cached items.
 	ItemCacheMax int
+	// UserDecodeCacheMB bounds the memory of users' decoded Redis fields kept for reuse while
+	// the raw values are unchanged (0: decode every read).
+	UserDecodeCacheMB int
+	// UserCacheTTL bounds how long a user's state read from Redis is kept in rueidis'
+	// server-assisted client-side cache (0: read every request).
+	UserCacheTTL time.Duration
 	// PGMaxConcurrent bounds concurrent PostgreSQL snapshot reads (the degraded path); beyond
 	// it requests are served from the global snapshot instead of queueing on PostgreSQL.
 	PGMaxConcurrent int
@@ -106,6 +112,8 @@ func NewConfig() *Config {
 		CacheGlobalLists:          true,
 		ItemCacheTTL:              5 * time.Second,
 		ItemCacheMax:              200_000,
+		UserCacheTTL:              0,
+		UserDecodeCacheMB:         64,
 		PGMaxConcurrent:           8,
 	}
 }
@@ -137,6 +145,8 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.CacheGlobalLists, "reco.cache-global-lists", c.CacheGlobalLists, "serve the global lists from the in-process snapshot (refreshed every --reco.global-refresh) so each request reads only the user's features from Redis")
 	fs.DurationVar(&c.ItemCacheTTL, "reco.item-cache-ttl", c.ItemCacheTTL, "how long per-item features (co-visitation neighbours, item statistics) read from Redis are reused across requests; the user's own state is always read live; 0 reads everything per request")
 	fs.IntVar(&c.ItemCacheMax, "reco.item-cache-max", c.ItemCacheMax, "most items kept in the per-item feature cache")
+	fs.IntVar(&c.UserDecodeCacheMB, "reco.user-decode-cache-mb", c.UserDecodeCacheMB, "memory (estimated, MiB) for users' decoded state (history, watched set, impression counters), reused while the values read from Redis on every request are unchanged; 0 decodes every read")
+	fs.DurationVar(&c.UserCacheTTL, "reco.user-cache-ttl", c.UserCacheTTL, "keep a user's state read from Redis in the client-side cache (RESP3 CLIENT TRACKING: Redis invalidates it the moment the user's hash changes) for at most this long; 0 reads it on every request; ignored with --redis.disable-client-cache")
 	fs.IntVar(&c.PGMaxConcurrent, "reco.pg-max-concurrent", c.PGMaxConcurrent, "concurrent PostgreSQL snapshot reads while Redis is unusable; requests beyond it get the global snapshot instead of queueing")
 	flagenv.Alias(fs, "reco.autolog-async", "RECO_ASYNC_IMPRESSION_LOGGING")
 	flagenv.Alias(fs, "reco.autolog-queue-size", "RECO_MAX_BACKGROUND_TASKS")
@@ -180,6 +190,8 @@ func (c *Config) Validate() error {
 	p.DurationBetween("reco.global-refresh", c.GlobalRefresh, 10*time.Millisecond, time.Hour)
 	p.DurationBetween("reco.item-cache-ttl", c.ItemCacheTTL, 0, time.Minute)
 	p.IntBetween("reco.item-cache-max", c.ItemCacheMax, 1000, 100_000_000)
+	p.DurationBetween("reco.user-cache-ttl", c.UserCacheTTL, 0, time.Hour)
+	p.IntBetween("reco.user-decode-cache-mb", c.UserDecodeCacheMB, 0, 1<<20)
 	p.IntBetween("reco.pg-max-concurrent", c.PGMaxConcurrent, 1, 1024)
 	if c.GlobalMaxAge < c.GlobalRefresh {
 		p.Addf("--reco.global-max-age must be >= --reco.global-refresh (%s), got %s", c.GlobalRefresh, c.GlobalMaxAge)

@@ -392,7 +392,7 @@ func TestIntegrationCachedReadEqualsLoaderSnapshot(t *testing.T) {
 	cfg := NewConfig()
 	loader := featurestore.NewRedisLoader(s.rd, s.prefix, features.DefaultConfig())
 	keys := featurestore.NewKeys(s.prefix)
-	cached := &cachedSource{full: loader, user: &redisUser{rd: s.rd, keys: keys},
+	cached := &cachedSource{full: loader, user: &redisUser{rd: s.rd, keys: keys, decoded: newDecodeCache(1 << 20)},
 		items: newItemCache(&redisItems{rd: s.rd, keys: keys}, time.Minute, 10000)}
 	now := time.Now().UnixMilli()
 	ctx := context.Background()
@@ -489,4 +489,47 @@ func resolvedItems(s *ranking.Snapshot) map[string]ranking.ItemStats {
 		}
 	}
 	return out
+}
+
+// With --reco.user-cache-ttl a user's state comes from rueidis' client-side cache while it
+// is unchanged, and a new event of the user is seen on the next request all the same: Redis
+// invalidates the tracked key when the feature store writes it.
+func TestIntegrationUserCacheInvalidatedByWatch(t *testing.T) {
+	for _, ttl := range []time.Duration{0, time.Minute} {
+		t.Run("ttl="+ttl.String(), func(t *testing.T) { testUserCacheInvalidatedByWatch(t, ttl) })
+	}
+}
+
+func testUserCacheInvalidatedByWatch(t *testing.T, ttl time.Duration) {
+	s := newStack(t, testutil.MigratedDatabase(t), testutil.RedisURL(t), func(c *Config) { c.UserCacheTTL = ttl })
+	s.seed(userWatchedA(s))
+	s.waitServing()
+	const q = "user_id=me&session_id=sess-1&k=10&x_autolog_impressions=false"
+	first := s.get(q)
+	if first.code != 200 || len(first.Items) == 0 || first.Items[0] != "b" {
+		t.Fatalf("%+v: want b first", first)
+	}
+	hits := s.mod.serving.redis.(*cachedSource).user.(*redisUser).hits
+	before := hits.Get()
+	if again := s.get(q); fmt.Sprint(again.Items) != fmt.Sprint(first.Items) {
+		t.Fatalf("unchanged user, different list: %v then %v", first.Items, again.Items)
+	}
+	if got := hits.Get() - before; (ttl > 0) != (got > 0) {
+		t.Fatalf("cache ttl %s: %d cache hits on the second read", ttl, got)
+	}
+	pct := 100.0
+	// The consumer's path: commit to PostgreSQL, then write the result to Redis.
+	a, err := s.store.Apply(context.Background(), &featurestore.Batch{Events: []featurestore.Event{{Interaction: features.Interaction{
+		Kind: features.KindWatch, EventID: s.prefix + "me-b", UserID: "me", TsMs: time.Now().UnixMilli(), ItemID: "b", PercentWatched: &pct}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.store.WriteRedis(context.Background(), a); err != nil {
+		t.Fatal(err)
+	}
+	var last recoReply
+	s.waitFor("b excluded after the user watched it", time.Second, func() bool {
+		last = s.get(q)
+		return last.code == 200 && len(last.Items) > 0 && indexOf(last.Items, "b") < 0
+	})
 }

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/redis/rueidis"
 
 	"recsys/pkg/features"
@@ -324,18 +325,36 @@ func evict[V any](m map[string]V) {
 // fields h, w, i of pkg/featurestore's user hash, JSON). A plain command instead of the
 // loader's script: the script's fixed cost per call was most of the Redis CPU per request.
 // The ready marker is watched by the module's probe instead.
+//
+// With cacheTTL > 0 the read goes through rueidis' client-side cache: Redis tracks the key
+// for this connection and pushes an invalidation the moment the consumer changes the user's
+// hash (or the server is flushed; a reconnect drops the whole cache), so a cached answer is
+// never older than the user's last applied event, and a user asked for again before any new
+// event costs no round trip. cacheTTL only bounds the memory an idle entry holds.
 type redisUser struct {
-	rd   rueidis.Client
-	keys featurestore.Keys
+	rd       rueidis.Client
+	keys     featurestore.Keys
+	cacheTTL time.Duration
+	hits     *metrics.Counter // recsys_reco_user_cache_hits_total
+	decoded  *decodeCache     // nil: decode every read
 }
 
 func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ ranking.SnapshotOptions) (ranking.Snapshot, error) {
 	s := ranking.Snapshot{UserID: userID, NowMs: nowMs}
-	vals, err := u.rd.Do(ctx, u.rd.B().Hmget().Key(u.keys.User(userID)).Field("h", "w", "i").Build()).ToArray()
+	var res rueidis.RedisResult
+	if u.cacheTTL > 0 {
+		res = u.rd.DoCache(ctx, u.rd.B().Hmget().Key(u.keys.User(userID)).Field("h", "w", "i").Cache(), u.cacheTTL)
+		if res.IsCacheHit() && u.hits != nil {
+			u.hits.Inc()
+		}
+	} else {
+		res = u.rd.Do(ctx, u.rd.B().Hmget().Key(u.keys.User(userID)).Field("h", "w", "i").Build())
+	}
+	vals, err := res.ToArray()
 	if err != nil {
 		return s, fmt.Errorf("read user from redis: %w", err)
 	}
-	var f [3]string
+	var f userFields
 	for i := range f {
 		if i < len(vals) && !vals[i].IsNil() {
 			f[i], _ = vals[i].ToString()
@@ -344,19 +363,11 @@ func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ 
 	if f[0] == "" {
 		return s, nil // a user without events
 	}
-	if s.History, err = featurestore.DecodeHistory(f[0]); err != nil {
-		return s, fmt.Errorf("decode history of %q: %w", userID, err)
+	d, err := u.decoded.decode(userID, f)
+	if err != nil {
+		return s, err
 	}
-	if f[1] != "" {
-		if s.Watched, err = featurestore.DecodeWatchedSet(f[1]); err != nil {
-			return s, fmt.Errorf("decode watched of %q: %w", userID, err)
-		}
-	}
-	if f[2] != "" {
-		if s.Impressions, err = featurestore.DecodeImpressions(f[2]); err != nil {
-			return s, fmt.Errorf("decode impressions of %q: %w", userID, err)
-		}
-	}
+	s.History, s.Watched, s.Impressions = d.history, d.watched, d.imps
 	return s, nil
 }
 

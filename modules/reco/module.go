@@ -13,7 +13,10 @@
 // Reading the per-item features per request cost Redis milliseconds (hundreds of HMGETs in
 // the loader's script), which capped one Redis below a thousand requests per second; they
 // change slowly, while what the user just did is always read live, so a watch changes the
-// user's next list at once.
+// user's next list at once. The user's fields are read on every request; their decoded form
+// is reused while the raw values are unchanged (--reco.user-decode-cache-mb), and with
+// --reco.user-cache-ttl the read itself is served by rueidis' client-side cache, which Redis
+// invalidates whenever the user's hash changes.
 //
 // Autolog modes (the contract's RECO_* names): async (default) answers before the commit,
 // with at most --reco.autolog-queue-size impressions pending and the contract's sync/drop
@@ -59,6 +62,7 @@
 //	recsys_reco_global_snapshot_age_seconds  gauge: age of the in-process global snapshot (-1 before the first)
 //	recsys_reco_global_snapshot_items        gauge: items with statistics in it
 //	recsys_reco_global_refresh_errors_total  counter: failed refreshes (the previous snapshot is kept)
+//	recsys_reco_user_cache_hits_total        counter: user reads answered by the client-side cache (--reco.user-cache-ttl)
 //	recsys_reco_autolog_queue_depth          gauge: impressions accepted, not yet persisted
 //	recsys_reco_autolog_queue_capacity       gauge: its bound (--reco.autolog-queue-size)
 //	recsys_reco_autolog_enqueued_total       counter: impressions handed to a background persist (async mode)

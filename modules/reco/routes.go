@@ -63,14 +63,14 @@ func (r *Reco) reco(c echo.Context) error {
 	ids := httpx.IDs(c)
 	ctx := c.Request().Context()
 	now := time.Now()
-	res, err := r.rank(ctx, q.userID, q.k, now)
+	res, err := r.rank(ctx, q.userID, q.k, now, false)
 	if err != nil {
 		return err
 	}
 	if q.autolog && len(res.Items) > 0 {
 		r.autolog.Log(ctx, r.impression(c, q, ids.RequestID, res.Items, now), ids.CorrelationID)
 	}
-	return c.JSON(http.StatusOK, recoResponse{RequestID: ids.RequestID, Items: res.Items, ModelVersion: res.ModelVersion, Strategy: res.Strategy})
+	return writeReco(c, &recoResponse{RequestID: ids.RequestID, Items: res.Items, ModelVersion: res.ModelVersion, Strategy: res.Strategy})
 }
 
 type recommendResponse struct {
@@ -91,7 +91,7 @@ func (r *Reco) recommend(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	res, err := r.rank(c.Request().Context(), q.userID, q.k, time.Now())
+	res, err := r.rank(c.Request().Context(), q.userID, q.k, time.Now(), true)
 	if err != nil {
 		return err
 	}
@@ -106,8 +106,8 @@ type ranked struct {
 }
 
 // rank loads the user's snapshot from the best available store and ranks it. The strategy
-// gets a suffix naming a degraded source.
-func (r *Reco) rank(ctx context.Context, userID string, k int, now time.Time) (ranked, error) {
+// gets a suffix naming a degraded source. withSources fills ranked.sources (/recommend).
+func (r *Reco) rank(ctx context.Context, userID string, k int, now time.Time, withSources bool) (ranked, error) {
 	snap, source, err := r.serving.load(ctx, userID, now)
 	retrieval := time.Since(now)
 	r.m.stage(stageRetrieval, retrieval)
@@ -121,7 +121,10 @@ func (r *Reco) rank(ctx context.Context, userID string, k int, now time.Time) (r
 	t := time.Now()
 	res := r.ranker.Rank(&snap, k)
 	r.m.stage(stageRanking, time.Since(t))
-	srcs := sources(&snap, res.Strategy)
+	var srcs []string
+	if withSources {
+		srcs = sources(&snap, res.Strategy)
+	}
 	r.m.served[source].Inc()
 	if source != sourceRedis {
 		res.Strategy += "_" + source

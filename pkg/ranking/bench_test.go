@@ -76,3 +76,19 @@ func BenchmarkRankCold(b *testing.B) {
 		_ = r.Rank(s, 20)
 	}
 }
+
+// BenchmarkRankFewWatched is a warm user whose watched set is its 50 history items (the
+// typical snapshot's user watched 500): the shape of BenchmarkRecoHTTP's users.
+func BenchmarkRankFewWatched(b *testing.B) {
+	s := typicalSnapshot()
+	s.Watched = map[string]bool{}
+	for _, h := range s.History {
+		s.Watched[h.ItemID] = true
+	}
+	r := NewWeighted(DefaultConfig())
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		_ = r.Rank(s, 20)
+	}
+}

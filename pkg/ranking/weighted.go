@@ -53,8 +53,10 @@ type norms struct{ covis, sim, short, long float64 }
 
 // scratch is per-call working memory, pooled because Rank runs on every request.
 type scratch struct {
-	idx   idTable // item id -> index in cands, or -1: excluded
-	cands []cand
+	idx     idTable // item id -> index in cands, or -1: excluded
+	chosen  idTable // items already in the result
+	cands   []cand
+	explore []string
 }
 
 var scratchPool = sync.Pool{New: func() any { return &scratch{cands: make([]cand, 0, 1024)} }}
@@ -69,20 +71,38 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 	sc := scratchPool.Get().(*scratch)
 	defer func() {
 		sc.cands = sc.cands[:0]
+		clear(sc.explore) // the ids belong to the caller's snapshot: do not keep them alive
+		sc.explore = sc.explore[:0]
 		scratchPool.Put(sc)
 	}()
 	idx := &sc.idx
-	idx.reset(len(s.History) + min(len(s.History), cfg.HistoryItems)*cfg.NeighboursPerItem + cfg.TrendingN + cfg.PopularN)
+	listed := min(len(s.History), cfg.HistoryItems)*cfg.NeighboursPerItem*(1+min(len(s.Similar), 1)) + cfg.TrendingN + cfg.PopularN
+	// The watched set is checked once per new candidate; when it is much smaller than the
+	// lists, entering it in the index up front is cheaper (a typical user has watched tens of
+	// items, and the lists hold hundreds; iterating a map costs about two lookups per entry).
+	preWatched := 4*len(s.Watched) <= listed
+	hint := len(s.History) + listed
+	if preWatched {
+		hint += len(s.Watched)
+	}
+	idx.reset(hint)
 	cands := sc.cands
 	// Items already in the user's history are excluded even if the bounded watched set has
 	// forgotten them: they enter the index as excluded (-1).
 	for _, h := range s.History {
 		idx.put(h.ItemID, -1)
 	}
+	if preWatched {
+		for id, w := range s.Watched {
+			if w {
+				idx.put(id, -1)
+			}
+		}
+	}
 	get := func(x *Scored) *cand {
 		slot, found := idx.probe(x.ItemID)
 		if found {
-			i := idx.vals[slot]
+			i := idx.slots[slot].val
 			if i < 0 {
 				return nil
 			}
@@ -92,7 +112,7 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 			}
 			return c
 		}
-		if s.Watched[x.ItemID] {
+		if !preWatched && s.Watched[x.ItemID] {
 			idx.insertAt(slot, x.ItemID, -1)
 			return nil
 		}
@@ -196,18 +216,20 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 	}
 	// floor: a 5% share gives 1 slot of 20 and none of 10.
 	nExplore := int(math.Floor(float64(k)*cfg.ExplorationShare + 1e-9))
-	explore := w.explorationPool(s, excluded)
+	explore := w.explorationPool(sc.explore[:0], s, excluded)
+	sc.explore = explore
 	nExplore = min(nExplore, len(explore))
 	nMain := min(k-nExplore, len(cands))
 	// Exploration also fills the slots the ranked candidates cannot.
 	nExplore = min(k-nMain, len(explore))
 	res.Items = make([]string, 0, k)
 	res.Scores = make([]float64, 0, k)
-	chosen := make(map[string]bool, k)
+	chosen := &sc.chosen
+	chosen.reset(k)
 	for _, c := range cands[:nMain] {
 		res.Items = append(res.Items, c.id)
 		res.Scores = append(res.Scores, c.score)
-		chosen[c.id] = true
+		chosen.put(c.id, 1)
 	}
 	var picks []string
 	if nExplore > 0 {
@@ -221,10 +243,10 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 		for i := 0; i < len(explore) && len(picks) < nExplore; i++ {
 			j := i + int(rng.next()%uint64(len(explore)-i))
 			explore[i], explore[j] = explore[j], explore[i]
-			if chosen[explore[i]] {
+			if _, dup := chosen.get(explore[i]); dup {
 				continue
 			}
-			chosen[explore[i]] = true
+			chosen.put(explore[i], 1)
 			picks = append(picks, explore[i])
 		}
 	}
@@ -246,8 +268,8 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 			if len(res.Items)+len(picks) >= k {
 				break
 			}
-			if !chosen[c.id] {
-				chosen[c.id] = true
+			if _, dup := chosen.get(c.id); !dup {
+				chosen.put(c.id, 1)
 				res.Items = append(res.Items, c.id)
 				res.Scores = append(res.Scores, c.score)
 			}
@@ -466,9 +488,8 @@ func fatigue(s *Snapshot, id string, cfg Config) float64 {
 
 // explorationPool lists fresh, under-exposed items the user has not watched, newest first, in a
 // stable order (the seed then picks from it).
-func (w *Weighted) explorationPool(s *Snapshot, excluded func(string) bool) []string {
+func (w *Weighted) explorationPool(pool []string, s *Snapshot, excluded func(string) bool) []string {
 	cfg := w.cfg
-	var pool []string
 	for i, f := range s.Fresh {
 		if i >= cfg.FreshN {
 			break
