@@ -82,8 +82,6 @@ type scoredRow struct {
 	w  float64
 }
 
-type pairKey struct{ from, to string }
-
 type itemAcc struct {
 	imp, wat, pn, ended int64
 	sp, wt, ps, pl      float64
@@ -136,7 +134,8 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 
 	// Apply in order and sum the Deltas.
 	items := map[string]*itemAcc{}
-	pairs := map[pairKey]float64{}
+	var pairs []pairInc
+	lists := map[string]*nbList{}
 	item := func(id string) *itemAcc {
 		it := items[id]
 		if it == nil {
@@ -180,34 +179,24 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 		}
 		for _, p := range d.Pairs {
 			if p.From != p.To {
-				pairs[pairKey{p.From, p.To}] += a.Meta.Covis.Forward(p.Weight, d.TsMs)
+				pairs = append(pairs, pairInc{from: p.From, to: p.To, w: a.Meta.Covis.Forward(p.Weight, d.TsMs)})
+				if lists[p.From] == nil {
+					lists[p.From] = &nbList{}
+				}
 			}
 		}
 	}
 
 	pb := &pgx.Batch{}
-	// Co-visitation first, so the item upsert below knows how many neighbours were added.
-	covisRes := -1
-	if len(pairs) > 0 {
-		keys := make([]pairKey, 0, len(pairs))
-		for k := range pairs {
-			keys = append(keys, k)
-		}
-		slices.SortFunc(keys, func(x, y pairKey) int {
-			if c := strings.Compare(x.from, y.from); c != 0 {
-				return c
-			}
-			return strings.Compare(x.to, y.to)
-		})
-		from, to, w := make([]string, len(keys)), make([]string, len(keys)), make([]float64, len(keys))
-		for i, k := range keys {
-			from[i], to[i], w[i] = k.from, k.to, pairs[k]
-		}
-		covisRes = pb.Len()
-		pb.Queue(`INSERT INTO feature_covis AS c (item_id, neighbour_id, weight)
-SELECT * FROM unnest($1::text[], $2::text[], $3::float8[])
-ON CONFLICT (item_id, neighbour_id) DO UPDATE SET weight = c.weight + excluded.weight
-RETURNING item_id, neighbour_id, weight, (xmax = 0)`, from, to, w)
+	// The co-visitation lists the batch touches, locked in item order (after the users, as
+	// every consumer does, so two never deadlock). Missing rows are created empty first so
+	// that a concurrent consumer creating the same list serialises on the row.
+	listIDs := sortedKeys(lists)
+	listsRes := -1
+	if len(listIDs) > 0 {
+		pb.Queue(`INSERT INTO feature_neighbours (item_id, neighbours) SELECT unnest($1::text[]), '' ON CONFLICT DO NOTHING`, listIDs)
+		listsRes = pb.Len()
+		pb.Queue(`SELECT item_id, neighbours FROM feature_neighbours WHERE item_id = ANY($1) ORDER BY item_id FOR UPDATE`, listIDs)
 	}
 	userIDs := sortedKeys(changed)
 	usersRes := -1
@@ -242,12 +231,12 @@ RETURNING u.user_id, u.version`, userIDs, hs, ws, is)
 	}
 	itemIDs := sortedKeys(items)
 	journalRes := -1
-	if s.rd != nil && (len(userIDs) > 0 || len(items) > 0 || len(pairs) > 0) {
+	if s.rd != nil && (len(userIDs) > 0 || len(items) > 0 || len(lists) > 0) {
 		journalItems := itemIDs
-		if len(pairs) > 0 {
-			set := make(map[string]bool, len(items))
-			for k := range pairs {
-				set[k.from] = true
+		if len(lists) > 0 {
+			set := make(map[string]bool, len(items)+len(lists))
+			for k := range lists {
+				set[k] = true
 			}
 			for k := range items {
 				set[k] = true
@@ -271,22 +260,25 @@ RETURNING u.user_id, u.version`, userIDs, hs, ws, is)
 		br := tx.SendBatch(ctx, pb)
 		for i := 0; i < pb.Len(); i++ {
 			switch i {
-			case covisRes:
-				a.nbAdd = map[string][]scoredRow{}
+			case listsRes:
 				rows, _ := br.Query()
-				var from, to string
-				var w float64
-				var ins bool
-				_, err := pgx.ForEachRow(rows, []any{&from, &to, &w, &ins}, func() error {
-					a.nbAdd[from] = append(a.nbAdd[from], scoredRow{id: to, w: w})
-					if ins {
-						item(from).nb++
+				var id string
+				var blob []byte
+				_, err := pgx.ForEachRow(rows, []any{&id, &blob}, func() error {
+					n := lists[id]
+					if n == nil {
+						return fmt.Errorf("unexpected neighbour list %q", id)
 					}
+					var err error
+					if n.l, err = decodeNeighbours(nil, blob); err != nil {
+						return fmt.Errorf("item %q: %w", id, err)
+					}
+					n.origLen, n.exists = len(n.l), true
 					return nil
 				})
 				if err != nil {
 					br.Close()
-					return nil, fmt.Errorf("upsert co-visitation: %w", err)
+					return nil, fmt.Errorf("lock co-visitation lists: %w", err)
 				}
 			case usersRes:
 				rows, _ := br.Query()
@@ -317,9 +309,41 @@ RETURNING u.user_id, u.version`, userIDs, hs, ws, is)
 			return nil, fmt.Errorf("apply batch: %w", err)
 		}
 	}
-
 	s.phase("write", &t0)
-	// Items, now including those that only gained neighbours.
+
+	pb = &pgx.Batch{}
+	if len(listIDs) > 0 {
+		if err := mergePairs(lists, pairs, s.cfg.NeighboursPerItem); err != nil {
+			return nil, err
+		}
+		a.nbAdd, a.nbRem = make(map[string][]scoredRow, len(listIDs)), map[string][]string{}
+		blobs := make([][]byte, len(listIDs))
+		var buf []byte
+		for i, id := range listIDs {
+			n := lists[id]
+			if !n.exists {
+				return nil, fmt.Errorf("co-visitation list of %q not locked", id)
+			}
+			start := len(buf)
+			buf = appendNeighbours(buf, n.l)
+			blobs[i] = buf[start:len(buf):len(buf)]
+			if d := len(n.l) - n.origLen; d != 0 {
+				item(id).nb += int32(d)
+			}
+			add, rem := n.redis()
+			if len(add) > 0 {
+				a.nbAdd[id] = add
+			}
+			if len(rem) > 0 {
+				a.nbRem[id] = rem
+			}
+		}
+		pb.Queue(`UPDATE feature_neighbours n SET neighbours = v.b
+FROM unnest($1::text[], $2::bytea[]) AS v(id, b) WHERE n.item_id = v.id`, listIDs, blobs)
+	}
+	s.phase("merge", &t0)
+	// Items, now including those whose neighbour count changed.
+	itemsRes := -1
 	if len(items) > 0 {
 		itemIDs = sortedKeys(items)
 		n := len(itemIDs)
@@ -332,7 +356,8 @@ RETURNING u.user_id, u.version`, userIDs, hs, ws, is)
 			sp[i], wt[i], ps[i], pl[i] = it.sp, it.wt, it.ps, it.pl
 			fs[i], nb[i] = it.fs, it.nb
 		}
-		rows, _ := tx.Query(ctx, `INSERT INTO feature_items AS f (item_id, impressions, watches, sum_percent, percent_count,
+		itemsRes = pb.Len()
+		pb.Queue(`INSERT INTO feature_items AS f (item_id, impressions, watches, sum_percent, percent_count,
   ended, watch_time_sec, first_seen_ms, pop_short, pop_long, nb_count)
 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::float8[], $5::bigint[], $6::bigint[], $7::float8[],
   $8::bigint[], $9::float8[], $10::float8[], $11::int[])
@@ -349,29 +374,36 @@ ON CONFLICT (item_id) DO UPDATE SET
   nb_count = f.nb_count + excluded.nb_count
 RETURNING item_id, impressions, watches, sum_percent, percent_count, ended, watch_time_sec, first_seen_ms,
   pop_short, pop_long, nb_count, (xmax = 0)`, itemIDs, imp, wat, sp, pn, ended, wt, fs, ps, pl, nb)
-		a.items = make([]itemRow, 0, n)
-		var r itemRow
-		var ins bool
-		var over []string
-		_, err := pgx.ForEachRow(rows, []any{&r.id, &r.imp, &r.wat, &r.sp, &r.pn, &r.ended, &r.wt, &r.fs, &r.ps, &r.pl, &r.nb, &ins}, func() error {
-			r.fresh = ins || r.fs == items[r.id].fs
-			a.items = append(a.items, r)
-			if int(r.nb) > 2*s.cfg.NeighboursPerItem {
-				over = append(over, r.id)
+	}
+	if pb.Len() > 0 {
+		br := tx.SendBatch(ctx, pb)
+		for i := 0; i < pb.Len(); i++ {
+			if i != itemsRes {
+				if _, err := br.Exec(); err != nil {
+					br.Close()
+					return nil, fmt.Errorf("write co-visitation lists: %w", err)
+				}
+				continue
 			}
-			return nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("upsert items: %w", err)
+			rows, _ := br.Query()
+			a.items = make([]itemRow, 0, len(itemIDs))
+			var r itemRow
+			var ins bool
+			_, err := pgx.ForEachRow(rows, []any{&r.id, &r.imp, &r.wat, &r.sp, &r.pn, &r.ended, &r.wt, &r.fs, &r.ps, &r.pl, &r.nb, &ins}, func() error {
+				r.fresh = ins || r.fs == items[r.id].fs
+				a.items = append(a.items, r)
+				return nil
+			})
+			if err != nil {
+				br.Close()
+				return nil, fmt.Errorf("upsert items: %w", err)
+			}
 		}
-		s.phase("items", &t0)
-		if len(over) > 0 {
-			if err := s.trimNeighbours(ctx, tx, over, a); err != nil {
-				return nil, err
-			}
-			s.phase("trim", &t0)
+		if err := br.Close(); err != nil {
+			return nil, fmt.Errorf("write items: %w", err)
 		}
 	}
+	s.phase("items", &t0)
 	if err := tx.Commit(ctx); err != nil {
 		return nil, fmt.Errorf("commit apply: %w", err)
 	}
@@ -484,48 +516,6 @@ VALUES ($1, $1, $1, $2, $3, $4) ON CONFLICT (id) DO NOTHING`, first,
 	a.Meta = m
 	if any && (m.Short.NeedsRebase(maxTs) || m.Long.NeedsRebase(maxTs) || m.Covis.NeedsRebase(maxTs)) {
 		return errRebase{tsMs: maxTs}
-	}
-	return nil
-}
-
-// trimNeighbours cuts the neighbour lists of items past 2M rows back to their top M
-// (strength descending, neighbour id ascending on ties, as features.MemoryStore does).
-func (s *Store) trimNeighbours(ctx context.Context, tx pgx.Tx, over []string, a *Applied) error {
-	m := s.cfg.NeighboursPerItem
-	rows, _ := tx.Query(ctx, `WITH ranked AS (
-  SELECT item_id, neighbour_id, row_number() OVER (PARTITION BY item_id ORDER BY weight DESC, neighbour_id) AS rn
-  FROM feature_covis WHERE item_id = ANY($1)
-), del AS (
-  DELETE FROM feature_covis c USING ranked r
-  WHERE c.item_id = r.item_id AND c.neighbour_id = r.neighbour_id AND r.rn > $2
-  RETURNING c.item_id, c.neighbour_id
-), upd AS (
-  UPDATE feature_items SET nb_count = $2 WHERE item_id = ANY($1)
-)
-SELECT item_id, neighbour_id FROM del`, over, m)
-	if a.nbRem == nil {
-		a.nbRem = map[string][]string{}
-	}
-	var it, nb string
-	_, err := pgx.ForEachRow(rows, []any{&it, &nb}, func() error {
-		a.nbRem[it] = append(a.nbRem[it], nb)
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("trim neighbours: %w", err)
-	}
-	// A neighbour added in this batch and trimmed right away must not reach Redis.
-	for item, rem := range a.nbRem {
-		gone := make(map[string]bool, len(rem))
-		for _, r := range rem {
-			gone[r] = true
-		}
-		a.nbAdd[item] = slices.DeleteFunc(a.nbAdd[item], func(x scoredRow) bool { return gone[x.id] })
-	}
-	for i := range a.items {
-		if slices.Contains(over, a.items[i].id) {
-			a.items[i].nb = int32(m)
-		}
 	}
 	return nil
 }
