@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"recsys/pkg/features"
 )
@@ -260,17 +261,15 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 		p.exec("create co-visitation lists", `INSERT INTO feature_neighbours (item_id, neighbours) SELECT unnest($1::text[]), '' ON CONFLICT DO NOTHING`, listIDs)
 		p.query(func(rows pgx.Rows) error {
 			var id string
-			var blob []byte
+			var blob pgtype.DriverBytes // valid until the next row: load copies it once
 			_, err := pgx.ForEachRow(rows, []any{&id, &blob}, func() error {
 				n := lists[id]
 				if n == nil {
 					return fmt.Errorf("unexpected neighbour list %q", id)
 				}
-				var err error
-				if n.l, err = decodeNeighbours(nil, blob); err != nil {
+				if err := n.load(blob); err != nil {
 					return fmt.Errorf("item %q: %w", id, err)
 				}
-				n.origLen, n.exists = len(n.l), true
 				return nil
 			})
 			if err != nil {
@@ -368,7 +367,7 @@ RETURNING u.user_id, u.version`, userIDs, hs, ws, is)
 				return nil, fmt.Errorf("co-visitation list of %q not locked", id)
 			}
 			start := len(buf)
-			buf = appendNeighbours(buf, n.l)
+			buf = n.appendTo(buf)
 			blobs[i] = buf[start:len(buf):len(buf)]
 			if d := len(n.l) - n.origLen; d != 0 {
 				item(id).nb += int32(d)

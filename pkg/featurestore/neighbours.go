@@ -40,23 +40,32 @@ func appendNeighbours(dst []byte, l []scoredRow) []byte {
 // (possible only after a rebase underflowed strengths to equal values) is sorted.
 func decodeNeighbours(dst []scoredRow, b []byte) ([]scoredRow, error) {
 	start := len(dst)
-	for len(b) > 0 {
-		if len(b) < 4 {
-			return dst, errNeighbourBlob
-		}
-		n := int(binary.BigEndian.Uint32(b))
-		if n > len(b)-12 || n < 0 {
-			return dst, errNeighbourBlob
-		}
-		id := string(b[4 : 4+n])
-		w := math.Float64frombits(binary.BigEndian.Uint64(b[4+n:]))
-		dst = append(dst, scoredRow{id: id, w: w})
-		b = b[12+n:]
+	err := walkNeighbours(b, func(id string, w float64) { dst = append(dst, scoredRow{id: id, w: w}) })
+	if err != nil {
+		return dst, err
 	}
 	if l := dst[start:]; !slices.IsSortedFunc(l, cmpScored) {
 		slices.SortFunc(l, cmpScored)
 	}
 	return dst, nil
+}
+
+// walkNeighbours calls f for each entry of a list, in stored order. The ids share one
+// string (one allocation per list rather than per neighbour: a batch reads thousands).
+func walkNeighbours(b []byte, f func(id string, w float64)) error {
+	all := string(b)
+	for off := 0; off < len(all); {
+		if len(all)-off < 4 {
+			return errNeighbourBlob
+		}
+		n := int(binary.BigEndian.Uint32(b[off:]))
+		if n < 0 || n > len(all)-off-12 {
+			return errNeighbourBlob
+		}
+		f(all[off+4:off+4+n], math.Float64frombits(binary.BigEndian.Uint64(b[off+4+n:])))
+		off += 12 + n
+	}
+	return nil
 }
 
 // DecodeNeighbours decodes a feature_neighbours.neighbours value (for tests and tools
@@ -87,11 +96,43 @@ func cmpScored(a, b scoredRow) int {
 
 // nbList is one item's list while a batch merges its increments into it.
 type nbList struct {
-	l       []scoredRow
+	l       []nbEntry
 	origLen int
-	exists  bool            // the row exists (UPDATE) or not (INSERT)
-	touched map[string]bool // neighbours incremented by the batch
-	removed map[string]bool // neighbours trimmed away by the batch (maybe re-added later)
+	exists  bool     // the row was read (and locked)
+	removed []string // neighbours trimmed away by the batch (maybe re-added later)
+}
+
+// nbEntry is a neighbour and whether the batch incremented it (it goes to Redis).
+type nbEntry struct {
+	scoredRow
+	touched bool
+}
+
+// load sets the list from its stored blob.
+func (n *nbList) load(b []byte) error {
+	n.l = n.l[:0]
+	if err := walkNeighbours(b, func(id string, w float64) {
+		n.l = append(n.l, nbEntry{scoredRow: scoredRow{id: id, w: w}})
+	}); err != nil {
+		return err
+	}
+	if !slices.IsSortedFunc(n.l, cmpEntry) {
+		slices.SortFunc(n.l, cmpEntry)
+	}
+	n.origLen, n.exists = len(n.l), true
+	return nil
+}
+
+func cmpEntry(a, b nbEntry) int { return cmpScored(a.scoredRow, b.scoredRow) }
+
+// appendTo appends the list's encoding to dst.
+func (n *nbList) appendTo(dst []byte) []byte {
+	for _, x := range n.l {
+		dst = binary.BigEndian.AppendUint32(dst, uint32(len(x.id)))
+		dst = append(dst, x.id...)
+		dst = binary.BigEndian.AppendUint64(dst, math.Float64bits(x.w))
+	}
+	return dst
 }
 
 // add increments neighbour id by v and keeps the list in reader order, as
@@ -107,22 +148,19 @@ func (n *nbList) add(id string, v float64) {
 	if i >= 0 {
 		n.l[i].w += v
 	} else {
-		n.l = append(n.l, scoredRow{id: id, w: v})
+		n.l = append(n.l, nbEntry{scoredRow: scoredRow{id: id, w: v}})
 		i = len(n.l) - 1
 	}
+	n.l[i].touched = true
 	e := n.l[i]
 	j := i
-	for j > 0 && cmpScored(e, n.l[j-1]) < 0 {
+	for j > 0 && cmpEntry(e, n.l[j-1]) < 0 {
 		j--
 	}
 	if j < i {
 		copy(n.l[j+1:i+1], n.l[j:i])
 		n.l[j] = e
 	}
-	if n.touched == nil {
-		n.touched = map[string]bool{}
-	}
-	n.touched[id] = true
 }
 
 // trim keeps the top keep neighbours.
@@ -130,11 +168,8 @@ func (n *nbList) trim(keep int) {
 	if len(n.l) <= keep {
 		return
 	}
-	if n.removed == nil {
-		n.removed = map[string]bool{}
-	}
 	for _, x := range n.l[keep:] {
-		n.removed[x.id] = true
+		n.removed = append(n.removed, x.id)
 	}
 	n.l = n.l[:keep]
 }
@@ -142,16 +177,22 @@ func (n *nbList) trim(keep int) {
 // redis returns the list's changes for the Redis mirror: the incremented neighbours still
 // kept, with their absolute strengths, and the neighbours no longer kept.
 func (n *nbList) redis() (add []scoredRow, rem []string) {
+	for _, x := range n.l {
+		if x.touched {
+			add = append(add, x.scoredRow)
+		}
+	}
+	if len(n.removed) == 0 {
+		return add, nil
+	}
 	kept := make(map[string]bool, len(n.l))
 	for _, x := range n.l {
 		kept[x.id] = true
-		if n.touched[x.id] {
-			add = append(add, x)
-		}
 	}
-	for id := range n.removed {
+	for _, id := range n.removed {
 		if !kept[id] {
 			rem = append(rem, id)
+			kept[id] = true // once
 		}
 	}
 	slices.Sort(rem)

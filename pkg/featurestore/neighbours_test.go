@@ -68,11 +68,11 @@ func TestMergePairsMatchesMemoryStore(t *testing.T) {
 		lists := map[string]*nbList{}
 		for _, p := range incs[start:end] {
 			if lists[p.from] == nil {
-				l, err := decodeNeighbours(nil, stored[p.from])
-				if err != nil {
+				n := &nbList{}
+				if err := n.load(stored[p.from]); err != nil {
 					t.Fatal(err)
 				}
-				lists[p.from] = &nbList{l: l, origLen: len(l), exists: true}
+				lists[p.from] = n
 			}
 		}
 		if err := mergePairs(lists, incs[start:end], m); err != nil {
@@ -82,7 +82,7 @@ func TestMergePairsMatchesMemoryStore(t *testing.T) {
 			if len(n.l) > 2*m {
 				t.Fatalf("list %s of %d entries after a batch, cap 2M=%d", id, len(n.l), 2*m)
 			}
-			stored[id] = appendNeighbours(nil, n.l)
+			stored[id] = n.appendTo(nil)
 		}
 		start = end
 	}
