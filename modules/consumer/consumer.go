@@ -37,7 +37,6 @@ type Consumer struct {
 	failures   atomic.Int64
 	lastErr    atomic.Pointer[string]
 	mirror     chan mirrorJob
-	commits    chan []kafkago.Message
 }
 
 type mirrorJob struct {
@@ -92,27 +91,18 @@ func (c *Consumer) Run(ctx context.Context) error {
 			c.writeRedis(ctx, j.b, j.a)
 		}
 	}()
-	// Offsets are committed by their own goroutine too: the effects are durable before a
-	// commit is queued, so the apply loop need not wait for the group coordinator's round
-	// trip before taking the next batch (a late or lost commit only means redelivery, which
-	// the dedup record absorbs). Queued commits are coalesced, latest offset per partition.
-	c.commits = make(chan []kafkago.Message, 16)
-	commitDone := make(chan struct{})
-	go func() { defer close(commitDone); c.committer(ctx, r) }()
 	c.log.InfoContext(ctx, "feature consumer started", "group", c.cfg.GroupID, "topics", c.topics)
 	for {
 		batch, ok := c.collect(ctx, in)
 		if !ok {
 			break
 		}
-		c.process(ctx, batch)
+		c.process(ctx, r, batch)
 	}
 	stopFetch()
 	<-fetchDone
 	close(c.mirror)
 	<-mirrorDone
-	close(c.commits)
-	<-commitDone
 	<-healDone
 	if err := r.Close(); err != nil {
 		c.m.errors("stop")
@@ -234,7 +224,7 @@ func (c *Consumer) collect(ctx context.Context, in <-chan fetched) ([]fetched, b
 // process applies one batch (retrying transient errors), mirrors it into Redis and commits
 // the offsets. When ctx ends during retries it returns without committing: the messages are
 // redelivered to whoever owns the partitions next.
-func (c *Consumer) process(ctx context.Context, batch []fetched) {
+func (c *Consumer) process(ctx context.Context, r *kafkago.Reader, batch []fetched) {
 	c.m.batchSize.Update(float64(len(batch)))
 	b := &featurestore.Batch{}
 	topics := make([]string, 0, len(batch))
@@ -271,7 +261,7 @@ func (c *Consumer) process(ctx context.Context, batch []fetched) {
 	if a != nil {
 		c.mirror <- mirrorJob{b: b, a: a}
 	}
-	c.commit(batch)
+	c.commit(ctx, r, batch)
 }
 
 // attemptCtx detaches an attempt from shutdown (a batch in flight finishes) but bounds it.
@@ -435,72 +425,32 @@ func (c *Consumer) writeRedis(ctx context.Context, b *featurestore.Batch, a *fea
 	}
 }
 
-// commit queues the last offset of each partition of the batch for the committer and
-// updates the lag gauges. The queue's bound is the backpressure.
-func (c *Consumer) commit(batch []fetched) {
-	var o lastOffsets
-	for i := range batch {
-		o.add(&batch[i].msg)
-	}
-	for _, m := range o.msgs {
-		c.m.partitionLag(m.Topic, m.Partition, max(m.HighWaterMark-m.Offset-1, 0))
-	}
-	c.commits <- o.msgs
-}
-
-// lastOffsets keeps the message with the highest offset of each topic partition.
-type lastOffsets struct {
-	idx  map[topicPartition]int
-	msgs []kafkago.Message
-}
-
-type topicPartition struct {
-	topic string
-	part  int
-}
-
-func (o *lastOffsets) add(m *kafkago.Message) {
-	if o.idx == nil {
-		o.idx = make(map[topicPartition]int, 8)
-	}
-	k := topicPartition{m.Topic, m.Partition}
-	if i, ok := o.idx[k]; !ok {
-		o.idx[k] = len(o.msgs)
-		o.msgs = append(o.msgs, *m)
-	} else if m.Offset > o.msgs[i].Offset {
-		o.msgs[i] = *m
-	}
-}
-
-// committer commits queued offsets in order, merging whatever queued up during the
-// previous commit into one request. It ends when the queue is closed and drained; a
-// commit failure only means redelivery, which the dedup record absorbs.
-func (c *Consumer) committer(ctx context.Context, r *kafkago.Reader) {
-	for first := range c.commits {
-		var o lastOffsets
-		for i := range first {
-			o.add(&first[i])
+// commit commits the last offset of each partition of the batch and updates the lag gauges.
+// A failed commit only means redelivery, which the dedup record absorbs.
+func (c *Consumer) commit(ctx context.Context, r *kafkago.Reader, batch []fetched) {
+	last := map[string]map[int]kafkago.Message{}
+	for _, f := range batch {
+		p := last[f.msg.Topic]
+		if p == nil {
+			p = map[int]kafkago.Message{}
+			last[f.msg.Topic] = p
 		}
-	merge:
-		for {
-			select {
-			case more, ok := <-c.commits:
-				if !ok {
-					break merge
-				}
-				for i := range more {
-					o.add(&more[i])
-				}
-			default:
-				break merge
-			}
+		if m, ok := p[f.msg.Partition]; !ok || f.msg.Offset > m.Offset {
+			p[f.msg.Partition] = f.msg
 		}
-		cctx, cancel := c.attemptCtx(ctx)
-		if err := r.CommitMessages(cctx, o.msgs...); err != nil {
-			c.m.errors("commit")
-			c.log.WarnContext(ctx, "commit offsets failed; the batch will be redelivered and deduplicated", "err", err)
+	}
+	msgs := make([]kafkago.Message, 0, 8)
+	for topic, parts := range last {
+		for part, m := range parts {
+			msgs = append(msgs, m)
+			c.m.partitionLag(topic, part, max(m.HighWaterMark-m.Offset-1, 0))
 		}
-		cancel()
+	}
+	cctx, cancel := c.attemptCtx(ctx)
+	defer cancel()
+	if err := r.CommitMessages(cctx, msgs...); err != nil {
+		c.m.errors("commit")
+		c.log.WarnContext(ctx, "commit offsets failed; the batch will be redelivered and deduplicated", "err", err)
 	}
 }
 

@@ -12,10 +12,8 @@
 // their partition order; hot items get one UPSERT per batch, keys sorted so consumers never
 // deadlock. Poison messages (undecodable, invalid, unsupported schema) are stored in
 // feature_dlq in the same transaction, with their raw bytes and Kafka coordinates, and the
-// partition moves on. Offsets are committed only after that transaction, by a committer
-// goroutine (coalescing what queued up) so the apply loop does not wait for the group
-// coordinator. Redis is written after the commit, by its own goroutine, with the absolute
-// values the commit returned.
+// partition moves on. Offsets are committed only after that transaction. Redis is written
+// after the commit with the absolute values the commit returned.
 //
 // Failures: a transient error (PostgreSQL or Kafka blip, lock timeout) retries the whole batch
 // with exponential backoff (--consumer.retry-backoff doubling up to --consumer.retry-max-backoff)
@@ -55,7 +53,7 @@
 // recsys_consumer_batch_retries_total, recsys_consumer_redis_write_failures_total,
 // recsys_consumer_redis_repopulations_total, recsys_consumer_redis_journal_healed_total,
 // recsys_consumer_dedup_purged_total, recsys_consumer_apply_phase_seconds{phase} (lock,
-// compute, write, merge, items: where a transaction spends its time; see featurestore.Hooks).
+// compute, write, items, trim, commit: where a transaction spends its time).
 //
 // # Readiness
 //
