@@ -28,7 +28,7 @@ func testConfig() features.Config {
 	c.WatchedCap = 40
 	c.ImpressionMemory = 30
 	c.CovisWindow = 5
-	c.NeighboursPerItem = 200 // no trimming: trims happen at batch ends here, per pair in MemoryStore
+	c.NeighboursPerItem = 200 // no trimming here; TestMergePairsMatchesMemoryStore and TestNeighbourTrim cover trims
 	c.TopListSize = 300
 	c.FreshSize = 300
 	return c
