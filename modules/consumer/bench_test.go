@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"recsys/modules/consumer"
 	"recsys/pkg/events"
 	"recsys/pkg/featurestore/fstest"
 )
@@ -19,7 +20,7 @@ func BenchmarkApplyFromPrefilledTopic(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		e := newEnv(b)
-		e.MaxBatch = 5000
+		e.MaxBatch = consumer.NewConfig().MaxBatch
 		evs := benchEvents(e, n)
 		watches := 0
 		for _, ev := range evs {

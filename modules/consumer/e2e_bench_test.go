@@ -156,7 +156,7 @@ func BenchmarkEndToEndFreshness(b *testing.B) {
 			{`recsys_consumer_apply_phase_seconds{phase="lock"}`, "lock_p99_ms"},
 			{`recsys_consumer_apply_phase_seconds{phase="write"}`, "write_p99_ms"},
 			{`recsys_consumer_apply_phase_seconds{phase="items"}`, "items_p99_ms"},
-			{`recsys_consumer_apply_phase_seconds{phase="trim"}`, "trim_p99_ms"},
+			{`recsys_consumer_apply_phase_seconds{phase="merge"}`, "merge_p99_ms"},
 			{"recsys_consumer_batch_size", "batch_p50"},
 		} {
 			if bk, n := histogram(b, base+"/metrics/prometheus", h.metric); n > 0 {

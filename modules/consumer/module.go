@@ -53,7 +53,7 @@
 // recsys_consumer_batch_retries_total, recsys_consumer_redis_write_failures_total,
 // recsys_consumer_redis_repopulations_total, recsys_consumer_redis_journal_healed_total,
 // recsys_consumer_dedup_purged_total, recsys_consumer_apply_phase_seconds{phase} (lock,
-// compute, write, items, trim, commit: where a transaction spends its time).
+// compute, write, merge, items: where a transaction spends its time; see featurestore.Hooks).
 //
 // # Readiness
 //

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"recsys/pkg/features"
 )
@@ -82,8 +84,6 @@ type scoredRow struct {
 	w  float64
 }
 
-type pairKey struct{ from, to string }
-
 type itemAcc struct {
 	imp, wat, pn, ended int64
 	sp, wt, ps, pl      float64
@@ -115,28 +115,92 @@ func (s *Store) Apply(ctx context.Context, b *Batch) (*Applied, error) {
 	}
 }
 
+// dbConn is what a transaction's statements run on (*pgxpool.Conn, pgx.Tx).
+type dbConn interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
+// pipeline is one round trip: queued statements with the reader of each result.
+type pipeline struct {
+	b    pgx.Batch
+	read []func(pgx.BatchResults) error
+}
+
+// exec queues a statement whose result is only checked for an error (what names it).
+func (p *pipeline) exec(what, sql string, args ...any) {
+	p.b.Queue(sql, args...)
+	p.read = append(p.read, func(br pgx.BatchResults) error {
+		if _, err := br.Exec(); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		return nil
+	})
+}
+
+// query queues a statement whose rows go to read.
+func (p *pipeline) query(read func(pgx.Rows) error, sql string, args ...any) {
+	p.b.Queue(sql, args...)
+	p.read = append(p.read, func(br pgx.BatchResults) error {
+		rows, _ := br.Query() // the error surfaces from the rows
+		defer rows.Close()
+		return read(rows)
+	})
+}
+
+func (p *pipeline) run(ctx context.Context, c dbConn) error {
+	if p.b.Len() == 0 {
+		return nil
+	}
+	br := c.SendBatch(ctx, &p.b)
+	for _, r := range p.read {
+		if err := r(br); err != nil {
+			br.Close()
+			return err
+		}
+	}
+	return br.Close()
+}
+
+// applyOnce runs the batch's transaction in three round trips at most: BEGIN rides with the
+// dedup record and the user locks, the co-visitation lists are locked with the user writes,
+// and COMMIT rides with the list and item writes (a batch without co-visitation needs two).
+// At low volume the transaction is mostly round trips, so this is most of the freshness
+// path's PostgreSQL time.
 func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 	a := &Applied{New: make([]bool, len(b.Events))}
 	committed := false
-	tx, err := s.pg.Begin(ctx)
+	conn, err := s.pg.Acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("begin apply: %w", err)
 	}
-	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
+	// A connection left inside a transaction is destroyed by the pool on Release, so a
+	// failed ROLLBACK cannot leak the transaction.
+	defer conn.Release()
+	defer func() {
+		if !committed {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_, _ = conn.Exec(rctx, "ROLLBACK")
+		}
+	}()
 
 	t0 := time.Now()
-	states, meta, metaErr, err := s.lockUsers(ctx, tx, b, a)
+	states, meta, metaErr, err := s.lockUsers(ctx, conn, b, a)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.ensureMeta(ctx, tx, b, a, meta, metaErr); err != nil {
+	if err := s.ensureMeta(ctx, conn, b, a, meta, metaErr); err != nil {
 		return nil, err
 	}
 	s.phase("lock", &t0)
 
 	// Apply in order and sum the Deltas.
 	items := map[string]*itemAcc{}
-	pairs := map[pairKey]float64{}
+	var pairs []pairInc
+	lists := map[string]*nbList{}
 	item := func(id string) *itemAcc {
 		it := items[id]
 		if it == nil {
@@ -147,14 +211,14 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 	}
 	changed := map[string]bool{}
 	watchChanged := map[string]bool{}
+	var d features.Delta
 	for i := range b.Events {
 		if !a.New[i] {
 			continue
 		}
 		ev := &b.Events[i].Interaction
 		st := states[ev.UserID]
-		var d features.Delta
-		*st, d = features.Apply(s.cfg, *st, *ev)
+		*st = features.ApplyInto(s.cfg, *st, *ev, &d)
 		changed[ev.UserID] = true
 		if ev.Kind != features.KindImpression {
 			watchChanged[ev.UserID] = true
@@ -180,37 +244,41 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 		}
 		for _, p := range d.Pairs {
 			if p.From != p.To {
-				pairs[pairKey{p.From, p.To}] += a.Meta.Covis.Forward(p.Weight, d.TsMs)
+				pairs = append(pairs, pairInc{from: p.From, to: p.To, w: a.Meta.Covis.Forward(p.Weight, d.TsMs)})
+				if lists[p.From] == nil {
+					lists[p.From] = &nbList{}
+				}
 			}
 		}
 	}
 
-	pb := &pgx.Batch{}
-	// Co-visitation first, so the item upsert below knows how many neighbours were added.
-	covisRes := -1
-	if len(pairs) > 0 {
-		keys := make([]pairKey, 0, len(pairs))
-		for k := range pairs {
-			keys = append(keys, k)
-		}
-		slices.SortFunc(keys, func(x, y pairKey) int {
-			if c := strings.Compare(x.from, y.from); c != 0 {
-				return c
+	p := &pipeline{}
+	// The co-visitation lists the batch touches, locked in item order (after the users, as
+	// every consumer does, so two never deadlock). Missing rows are created empty first so
+	// that a concurrent consumer creating the same list serialises on the row.
+	listIDs := sortedKeys(lists)
+	if len(listIDs) > 0 {
+		p.exec("create co-visitation lists", `INSERT INTO feature_neighbours (item_id, neighbours) SELECT unnest($1::text[]), '' ON CONFLICT DO NOTHING`, listIDs)
+		p.query(func(rows pgx.Rows) error {
+			var id string
+			var blob pgtype.DriverBytes // valid until the next row: load copies it once
+			_, err := pgx.ForEachRow(rows, []any{&id, &blob}, func() error {
+				n := lists[id]
+				if n == nil {
+					return fmt.Errorf("unexpected neighbour list %q", id)
+				}
+				if err := n.load(blob); err != nil {
+					return fmt.Errorf("item %q: %w", id, err)
+				}
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("lock co-visitation lists: %w", err)
 			}
-			return strings.Compare(x.to, y.to)
-		})
-		from, to, w := make([]string, len(keys)), make([]string, len(keys)), make([]float64, len(keys))
-		for i, k := range keys {
-			from[i], to[i], w[i] = k.from, k.to, pairs[k]
-		}
-		covisRes = pb.Len()
-		pb.Queue(`INSERT INTO feature_covis AS c (item_id, neighbour_id, weight)
-SELECT * FROM unnest($1::text[], $2::text[], $3::float8[])
-ON CONFLICT (item_id, neighbour_id) DO UPDATE SET weight = c.weight + excluded.weight
-RETURNING item_id, neighbour_id, weight, (xmax = 0)`, from, to, w)
+			return nil
+		}, `SELECT item_id, neighbours FROM feature_neighbours WHERE item_id = ANY($1) ORDER BY item_id FOR UPDATE`, listIDs)
 	}
 	userIDs := sortedKeys(changed)
-	usersRes := -1
 	if len(userIDs) > 0 {
 		hs, ws, is := make([]string, len(userIDs)), make([]string, len(userIDs)), make([]string, len(userIDs))
 		a.users = make([]userRow, len(userIDs))
@@ -226,9 +294,19 @@ RETURNING item_id, neighbour_id, weight, (xmax = 0)`, from, to, w)
 				hs[i], ws[i] = h, w
 			}
 		}
-		usersRes = pb.Len()
 		// Unchanged documents ("" here) keep their stored (possibly TOASTed) value untouched.
-		pb.Queue(`UPDATE feature_users u SET
+		p.query(func(rows pgx.Rows) error {
+			byID := make(map[string]int64, len(userIDs))
+			var id string
+			var v int64
+			if _, err := pgx.ForEachRow(rows, []any{&id, &v}, func() error { byID[id] = v; return nil }); err != nil {
+				return fmt.Errorf("update users: %w", err)
+			}
+			for j := range a.users {
+				a.users[j].version = byID[a.users[j].id]
+			}
+			return nil
+		}, `UPDATE feature_users u SET
   history = CASE WHEN v.h = '' THEN u.history ELSE v.h::json END,
   watched = CASE WHEN v.w = '' THEN u.watched ELSE v.w::json END,
   impressions = v.i::json,
@@ -238,24 +316,27 @@ WHERE u.user_id = v.id
 RETURNING u.user_id, u.version`, userIDs, hs, ws, is)
 	}
 	if len(b.DLQ) > 0 {
-		queueDLQ(pb, b.DLQ)
+		queueDLQ(p, b.DLQ)
 	}
 	itemIDs := sortedKeys(items)
-	journalRes := -1
-	if s.rd != nil && (len(userIDs) > 0 || len(items) > 0 || len(pairs) > 0) {
+	if s.rd != nil && (len(userIDs) > 0 || len(items) > 0 || len(lists) > 0) {
 		journalItems := itemIDs
-		if len(pairs) > 0 {
-			set := make(map[string]bool, len(items))
-			for k := range pairs {
-				set[k.from] = true
+		if len(lists) > 0 {
+			set := make(map[string]bool, len(items)+len(lists))
+			for k := range lists {
+				set[k] = true
 			}
 			for k := range items {
 				set[k] = true
 			}
 			journalItems = sortedKeys(set)
 		}
-		journalRes = pb.Len()
-		pb.Queue(`INSERT INTO feature_redis_pending (user_ids, item_ids) VALUES ($1, $2) RETURNING id`, userIDs, journalItems)
+		p.query(func(rows pgx.Rows) error {
+			if _, err := pgx.ForEachRow(rows, []any{&a.journalID}, func() error { return nil }); err != nil {
+				return fmt.Errorf("journal redis write: %w", err)
+			}
+			return nil
+		}, `INSERT INTO feature_redis_pending (user_ids, item_ids) VALUES ($1, $2) RETURNING id`, userIDs, journalItems)
 	}
 	written := s.takeWritten()
 	defer func() {
@@ -264,62 +345,46 @@ RETURNING u.user_id, u.version`, userIDs, hs, ws, is)
 		}
 	}()
 	if len(written) > 0 {
-		pb.Queue(`DELETE FROM feature_redis_pending WHERE id = ANY($1)`, written)
+		p.exec("clear redis journal", `DELETE FROM feature_redis_pending WHERE id = ANY($1)`, written)
 	}
 	s.phase("compute", &t0)
-	if pb.Len() > 0 {
-		br := tx.SendBatch(ctx, pb)
-		for i := 0; i < pb.Len(); i++ {
-			switch i {
-			case covisRes:
-				a.nbAdd = map[string][]scoredRow{}
-				rows, _ := br.Query()
-				var from, to string
-				var w float64
-				var ins bool
-				_, err := pgx.ForEachRow(rows, []any{&from, &to, &w, &ins}, func() error {
-					a.nbAdd[from] = append(a.nbAdd[from], scoredRow{id: to, w: w})
-					if ins {
-						item(from).nb++
-					}
-					return nil
-				})
-				if err != nil {
-					br.Close()
-					return nil, fmt.Errorf("upsert co-visitation: %w", err)
-				}
-			case usersRes:
-				rows, _ := br.Query()
-				byID := make(map[string]int64, len(userIDs))
-				var id string
-				var v int64
-				_, err := pgx.ForEachRow(rows, []any{&id, &v}, func() error { byID[id] = v; return nil })
-				if err != nil {
-					br.Close()
-					return nil, fmt.Errorf("update users: %w", err)
-				}
-				for j := range a.users {
-					a.users[j].version = byID[a.users[j].id]
-				}
-			case journalRes:
-				if err := br.QueryRow().Scan(&a.journalID); err != nil {
-					br.Close()
-					return nil, fmt.Errorf("journal redis write: %w", err)
-				}
-			default:
-				if _, err := br.Exec(); err != nil {
-					br.Close()
-					return nil, fmt.Errorf("apply batch: %w", err)
-				}
+	if len(listIDs) > 0 {
+		// The lists must be read before they can be merged: this round trip cannot wait.
+		if err := p.run(ctx, conn); err != nil {
+			return nil, err
+		}
+		s.phase("write", &t0)
+		p = &pipeline{}
+		if err := mergePairs(lists, pairs, s.cfg.NeighboursPerItem); err != nil {
+			return nil, err
+		}
+		a.nbAdd, a.nbRem = make(map[string][]scoredRow, len(listIDs)), map[string][]string{}
+		blobs := make([][]byte, len(listIDs))
+		var buf []byte
+		for i, id := range listIDs {
+			n := lists[id]
+			if !n.exists {
+				return nil, fmt.Errorf("co-visitation list of %q not locked", id)
+			}
+			start := len(buf)
+			buf = n.appendTo(buf)
+			blobs[i] = buf[start:len(buf):len(buf)]
+			if d := len(n.l) - n.origLen; d != 0 {
+				item(id).nb += int32(d)
+			}
+			add, rem := n.redis()
+			if len(add) > 0 {
+				a.nbAdd[id] = add
+			}
+			if len(rem) > 0 {
+				a.nbRem[id] = rem
 			}
 		}
-		if err := br.Close(); err != nil {
-			return nil, fmt.Errorf("apply batch: %w", err)
-		}
+		p.exec("write co-visitation lists", `UPDATE feature_neighbours n SET neighbours = v.b
+FROM unnest($1::text[], $2::bytea[]) AS v(id, b) WHERE n.item_id = v.id`, listIDs, blobs)
+		s.phase("merge", &t0)
 	}
-
-	s.phase("write", &t0)
-	// Items, now including those that only gained neighbours.
+	// Items, now including those whose neighbour count changed.
 	if len(items) > 0 {
 		itemIDs = sortedKeys(items)
 		n := len(itemIDs)
@@ -332,7 +397,20 @@ RETURNING u.user_id, u.version`, userIDs, hs, ws, is)
 			sp[i], wt[i], ps[i], pl[i] = it.sp, it.wt, it.ps, it.pl
 			fs[i], nb[i] = it.fs, it.nb
 		}
-		rows, _ := tx.Query(ctx, `INSERT INTO feature_items AS f (item_id, impressions, watches, sum_percent, percent_count,
+		p.query(func(rows pgx.Rows) error {
+			a.items = make([]itemRow, 0, len(itemIDs))
+			var r itemRow
+			var ins bool
+			_, err := pgx.ForEachRow(rows, []any{&r.id, &r.imp, &r.wat, &r.sp, &r.pn, &r.ended, &r.wt, &r.fs, &r.ps, &r.pl, &r.nb, &ins}, func() error {
+				r.fresh = ins || r.fs == items[r.id].fs
+				a.items = append(a.items, r)
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("upsert items: %w", err)
+			}
+			return nil
+		}, `INSERT INTO feature_items AS f (item_id, impressions, watches, sum_percent, percent_count,
   ended, watch_time_sec, first_seen_ms, pop_short, pop_long, nb_count)
 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::float8[], $5::bigint[], $6::bigint[], $7::float8[],
   $8::bigint[], $9::float8[], $10::float8[], $11::int[])
@@ -349,113 +427,111 @@ ON CONFLICT (item_id) DO UPDATE SET
   nb_count = f.nb_count + excluded.nb_count
 RETURNING item_id, impressions, watches, sum_percent, percent_count, ended, watch_time_sec, first_seen_ms,
   pop_short, pop_long, nb_count, (xmax = 0)`, itemIDs, imp, wat, sp, pn, ended, wt, fs, ps, pl, nb)
-		a.items = make([]itemRow, 0, n)
-		var r itemRow
-		var ins bool
-		var over []string
-		_, err := pgx.ForEachRow(rows, []any{&r.id, &r.imp, &r.wat, &r.sp, &r.pn, &r.ended, &r.wt, &r.fs, &r.ps, &r.pl, &r.nb, &ins}, func() error {
-			r.fresh = ins || r.fs == items[r.id].fs
-			a.items = append(a.items, r)
-			if int(r.nb) > 2*s.cfg.NeighboursPerItem {
-				over = append(over, r.id)
-			}
-			return nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("upsert items: %w", err)
-		}
-		s.phase("items", &t0)
-		if len(over) > 0 {
-			if err := s.trimNeighbours(ctx, tx, over, a); err != nil {
-				return nil, err
-			}
-			s.phase("trim", &t0)
-		}
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return nil, fmt.Errorf("commit apply: %w", err)
+	var tag pgconn.CommandTag
+	p.b.Queue("COMMIT")
+	p.read = append(p.read, func(br pgx.BatchResults) (err error) {
+		tag, err = br.Exec()
+		return err
+	})
+	if err := p.run(ctx, conn); err != nil {
+		return nil, fmt.Errorf("apply batch: %w", err)
+	}
+	if tag.String() != "COMMIT" {
+		// An aborted transaction answers COMMIT with ROLLBACK instead of an error.
+		return nil, fmt.Errorf("commit apply: transaction rolled back (%s)", tag.String())
 	}
 	committed = true
+	s.phase("items", &t0)
 	s.dropOwn(written...)
 	if a.journalID != 0 {
 		s.addOwn(a.journalID)
 	}
-	s.phase("commit", &t0)
 	return a, nil
 }
 
-// lockUsers records the batch's event_ids (learning which are new) and loads and locks the
-// users' states. Missing users are inserted first so that two consumers serialise on the row
-// even for a brand-new user. The decay meta is read in the same round trip, under the
-// shared meta lock (m and merr are loadMeta's results).
-func (s *Store) lockUsers(ctx context.Context, tx pgx.Tx, b *Batch, a *Applied) (states map[string]*features.UserState, m Meta, merr, err error) {
+// lockUsers opens the transaction, records the batch's event_ids (learning which are new)
+// and loads and locks the users' states, in one round trip. Missing users are inserted
+// first so that two consumers serialise on the row even for a brand-new user. The decay
+// meta is read in the same round trip, under the shared meta lock (m and merr are
+// loadMeta's results).
+func (s *Store) lockUsers(ctx context.Context, c dbConn, b *Batch, a *Applied) (states map[string]*features.UserState, m Meta, merr, err error) {
 	states = map[string]*features.UserState{}
-	if len(b.Events) == 0 {
-		pb := &pgx.Batch{}
-		pb.Queue(`SELECT pg_advisory_xact_lock_shared($1)`, metaLockKey)
-		pb.Queue(metaSelect)
-		br := tx.SendBatch(ctx, pb)
-		defer br.Close()
-		if _, err := br.Exec(); err != nil {
-			return nil, m, nil, fmt.Errorf("lock meta: %w", err)
+	p := &pipeline{}
+	p.exec("begin apply", "BEGIN")
+	p.exec("lock meta", `SELECT pg_advisory_xact_lock_shared($1)`, metaLockKey)
+	if len(b.Events) > 0 {
+		idSet := make(map[string]bool, len(b.Events))
+		userSet := map[string]bool{}
+		for _, e := range b.Events {
+			idSet[e.EventID] = true
+			userSet[e.UserID] = true
 		}
-		m, merr = scanMeta(br.QueryRow())
-		return states, m, merr, br.Close()
+		ids, users := sortedKeys(idSet), sortedKeys(userSet)
+		p.query(func(rows pgx.Rows) error {
+			fresh := make(map[string]bool, len(ids))
+			var id string
+			if _, err := pgx.ForEachRow(rows, []any{&id}, func() error { fresh[id] = true; return nil }); err != nil {
+				return fmt.Errorf("record applied events: %w", err)
+			}
+			for i, e := range b.Events {
+				if fresh[e.EventID] {
+					a.New[i] = true
+					delete(fresh, e.EventID) // a repeat within the batch is a duplicate
+				}
+			}
+			return nil
+		}, `INSERT INTO feature_applied (event_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING RETURNING event_id`, ids)
+		p.exec("insert users", `INSERT INTO feature_users (user_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`, users)
+		p.query(func(rows pgx.Rows) error {
+			var id, h, w, im string
+			_, err := pgx.ForEachRow(rows, []any{&id, &h, &w, &im}, func() error {
+				st, err := decodeUser(h, w, im)
+				if err != nil {
+					return fmt.Errorf("user %q: %w", id, err)
+				}
+				states[id] = &st
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("lock users: %w", err)
+			}
+			return nil
+		}, `SELECT user_id, history::text, watched::text, impressions::text FROM feature_users WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE`, users)
 	}
-	idSet := make(map[string]bool, len(b.Events))
-	userSet := map[string]bool{}
-	for _, e := range b.Events {
-		idSet[e.EventID] = true
-		userSet[e.UserID] = true
-	}
-	ids, users := sortedKeys(idSet), sortedKeys(userSet)
-	pb := &pgx.Batch{}
-	pb.Queue(`SELECT pg_advisory_xact_lock_shared($1)`, metaLockKey)
-	pb.Queue(`INSERT INTO feature_applied (event_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING RETURNING event_id`, ids)
-	pb.Queue(`INSERT INTO feature_users (user_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`, users)
-	pb.Queue(`SELECT user_id, history::text, watched::text, impressions::text FROM feature_users WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE`, users)
-	pb.Queue(metaSelect)
-	br := tx.SendBatch(ctx, pb)
-	defer br.Close()
-	if _, err := br.Exec(); err != nil {
-		return nil, m, nil, fmt.Errorf("lock meta: %w", err)
-	}
-	fresh := make(map[string]bool, len(ids))
-	rows, _ := br.Query()
-	var id string
-	if _, err := pgx.ForEachRow(rows, []any{&id}, func() error { fresh[id] = true; return nil }); err != nil {
-		return nil, m, nil, fmt.Errorf("record applied events: %w", err)
-	}
-	for i, e := range b.Events {
-		if fresh[e.EventID] {
-			a.New[i] = true
-			delete(fresh, e.EventID) // a repeat within the batch is a duplicate
-		}
-	}
-	if _, err := br.Exec(); err != nil {
-		return nil, m, nil, fmt.Errorf("insert users: %w", err)
-	}
-	rows, _ = br.Query()
-	var h, w, im string
-	_, err = pgx.ForEachRow(rows, []any{&id, &h, &w, &im}, func() error {
-		st, err := decodeUser(h, w, im)
-		if err != nil {
-			return fmt.Errorf("user %q: %w", id, err)
-		}
-		states[id] = &st
+	p.query(func(rows pgx.Rows) error {
+		var row pgx.Row = rowsRow{rows}
+		m, merr = scanMeta(row)
 		return nil
-	})
-	if err != nil {
-		return nil, m, nil, fmt.Errorf("lock users: %w", err)
+	}, metaSelect)
+	if err := p.run(ctx, c); err != nil {
+		return nil, m, nil, err
 	}
-	m, merr = scanMeta(br.QueryRow())
-	return states, m, merr, br.Close()
+	return states, m, merr, nil
+}
+
+// rowsRow reads the first row of rows as a pgx.Row (pgx.ErrNoRows when there is none).
+type rowsRow struct{ rows pgx.Rows }
+
+func (r rowsRow) Scan(dest ...any) error {
+	defer r.rows.Close()
+	if !r.rows.Next() {
+		if err := r.rows.Err(); err != nil {
+			return err
+		}
+		return pgx.ErrNoRows
+	}
+	if err := r.rows.Scan(dest...); err != nil {
+		return err
+	}
+	r.rows.Close()
+	return r.rows.Err()
 }
 
 // ensureMeta reads the landmarks (creating them at the first new event's time on the very
 // first batch) and reports errRebase when a new event would overflow a forward-decay
 // exponent.
-func (s *Store) ensureMeta(ctx context.Context, tx pgx.Tx, b *Batch, a *Applied, m Meta, err error) error {
+func (s *Store) ensureMeta(ctx context.Context, tx dbConn, b *Batch, a *Applied, m Meta, err error) error {
 	first, maxTs, any := int64(0), int64(math.MinInt64), false
 	for i, e := range b.Events {
 		if a.New[i] {
@@ -488,49 +564,7 @@ VALUES ($1, $1, $1, $2, $3, $4) ON CONFLICT (id) DO NOTHING`, first,
 	return nil
 }
 
-// trimNeighbours cuts the neighbour lists of items past 2M rows back to their top M
-// (strength descending, neighbour id ascending on ties, as features.MemoryStore does).
-func (s *Store) trimNeighbours(ctx context.Context, tx pgx.Tx, over []string, a *Applied) error {
-	m := s.cfg.NeighboursPerItem
-	rows, _ := tx.Query(ctx, `WITH ranked AS (
-  SELECT item_id, neighbour_id, row_number() OVER (PARTITION BY item_id ORDER BY weight DESC, neighbour_id) AS rn
-  FROM feature_covis WHERE item_id = ANY($1)
-), del AS (
-  DELETE FROM feature_covis c USING ranked r
-  WHERE c.item_id = r.item_id AND c.neighbour_id = r.neighbour_id AND r.rn > $2
-  RETURNING c.item_id, c.neighbour_id
-), upd AS (
-  UPDATE feature_items SET nb_count = $2 WHERE item_id = ANY($1)
-)
-SELECT item_id, neighbour_id FROM del`, over, m)
-	if a.nbRem == nil {
-		a.nbRem = map[string][]string{}
-	}
-	var it, nb string
-	_, err := pgx.ForEachRow(rows, []any{&it, &nb}, func() error {
-		a.nbRem[it] = append(a.nbRem[it], nb)
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("trim neighbours: %w", err)
-	}
-	// A neighbour added in this batch and trimmed right away must not reach Redis.
-	for item, rem := range a.nbRem {
-		gone := make(map[string]bool, len(rem))
-		for _, r := range rem {
-			gone[r] = true
-		}
-		a.nbAdd[item] = slices.DeleteFunc(a.nbAdd[item], func(x scoredRow) bool { return gone[x.id] })
-	}
-	for i := range a.items {
-		if slices.Contains(over, a.items[i].id) {
-			a.items[i].nb = int32(m)
-		}
-	}
-	return nil
-}
-
-func queueDLQ(pb *pgx.Batch, entries []DLQEntry) {
+func queueDLQ(p *pipeline, entries []DLQEntry) {
 	n := len(entries)
 	topic, key, hdr, payload, errs := make([]string, n), make([][]byte, n), make([]string, n), make([][]byte, n), make([]string, n)
 	part, off := make([]int32, n), make([]int64, n)
@@ -544,7 +578,7 @@ func queueDLQ(pb *pgx.Batch, entries []DLQEntry) {
 		}
 		errs[i] = strings.ToValidUTF8(e.Error, "?")
 	}
-	pb.Queue(`INSERT INTO feature_dlq (topic, kafka_partition, kafka_offset, msg_key, headers, payload, error)
+	p.exec("store dlq entries", `INSERT INTO feature_dlq (topic, kafka_partition, kafka_offset, msg_key, headers, payload, error)
 SELECT t, p, o, k, h::jsonb, b, e FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bytea[], $5::text[], $6::bytea[], $7::text[])
   AS v(t, p, o, k, h, b, e)
 ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING`, topic, part, off, key, hdr, payload, errs)

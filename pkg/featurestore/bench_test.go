@@ -62,7 +62,7 @@ func benchApply(b *testing.B, pool *pgxpool.Pool, cpu *cpuMeter, st *featurestor
 		}
 		clear(phases)
 		b.StopTimer()
-		if _, err := pool.Exec(ctx, `TRUNCATE feature_users, feature_items, feature_covis, feature_applied, feature_meta`); err != nil {
+		if _, err := pool.Exec(ctx, `TRUNCATE feature_users, feature_items, feature_neighbours, feature_applied, feature_meta`); err != nil {
 			b.Fatal(err)
 		}
 		b.StartTimer()

@@ -52,27 +52,22 @@ func scanItems(rows pgx.Rows) ([]itemRow, error) {
 }
 
 func readNeighbours(ctx context.Context, q pgx.Tx, items []string) ([]nbWrite, error) {
-	rows, _ := q.Query(ctx, `SELECT item_id, neighbour_id, weight FROM feature_covis WHERE item_id = ANY($1) ORDER BY item_id`, items)
-	byItem := map[string]*nbWrite{}
-	var it, nb string
-	var w float64
-	_, err := pgx.ForEachRow(rows, []any{&it, &nb, &w}, func() error {
-		x := byItem[it]
-		if x == nil {
-			x = &nbWrite{item: it}
-			byItem[it] = x
+	rows, _ := q.Query(ctx, `SELECT item_id, neighbours FROM feature_neighbours WHERE item_id = ANY($1) ORDER BY item_id`, items)
+	var out []nbWrite
+	var it string
+	var blob []byte
+	_, err := pgx.ForEachRow(rows, []any{&it, &blob}, func() error {
+		l, err := decodeNeighbours(nil, blob)
+		if err != nil {
+			return fmt.Errorf("item %q: %w", it, err)
 		}
-		x.add = append(x.add, scoredRow{id: nb, w: w})
+		if len(l) > 0 {
+			out = append(out, nbWrite{item: it, add: l})
+		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read neighbours: %w", err)
-	}
-	out := make([]nbWrite, 0, len(items))
-	for _, id := range items {
-		if x := byItem[id]; x != nil {
-			out = append(out, *x)
-		}
 	}
 	return out, nil
 }
@@ -403,8 +398,8 @@ func (s *Store) Rebase(ctx context.Context, tsMs int64) error {
 	}
 	if m.Covis.NeedsRebase(tsMs) {
 		f, n := m.Covis.Rebase(tsMs)
-		if _, err := tx.Exec(ctx, `UPDATE feature_covis SET weight = weight * $1`, f); err != nil {
-			return fmt.Errorf("rebase co-visitation: %w", err)
+		if err := rebaseNeighbours(ctx, tx, f); err != nil {
+			return err
 		}
 		m.Covis, moved = n, true
 	}
@@ -425,4 +420,42 @@ func (s *Store) Rebase(ctx context.Context, tsMs int64) error {
 		}
 	}
 	return nil
+}
+
+// rebaseNeighbours multiplies every stored co-visitation strength by f (a positive factor
+// keeps each list's order), one keyset page of lists at a time.
+func rebaseNeighbours(ctx context.Context, tx pgx.Tx, f float64) error {
+	const page = 1000
+	after := ""
+	for {
+		rows, _ := tx.Query(ctx, `SELECT item_id, neighbours FROM feature_neighbours WHERE item_id > $1 ORDER BY item_id LIMIT $2`, after, page)
+		var ids []string
+		var blobs [][]byte
+		var id string
+		var blob []byte
+		var l []scoredRow
+		_, err := pgx.ForEachRow(rows, []any{&id, &blob}, func() error {
+			var err error
+			if l, err = decodeNeighbours(l[:0], blob); err != nil {
+				return fmt.Errorf("item %q: %w", id, err)
+			}
+			for i := range l {
+				l[i].w *= f
+			}
+			ids = append(ids, id)
+			blobs = append(blobs, appendNeighbours(nil, l))
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("rebase co-visitation: %w", err)
+		}
+		if len(ids) == 0 {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, `UPDATE feature_neighbours n SET neighbours = v.b
+FROM unnest($1::text[], $2::bytea[]) AS v(id, b) WHERE n.item_id = v.id`, ids, blobs); err != nil {
+			return fmt.Errorf("rebase co-visitation: %w", err)
+		}
+		after = ids[len(ids)-1]
+	}
 }

@@ -86,14 +86,21 @@ func (l *PGLoader) Snapshot(ctx context.Context, userID string, nowMs int64, opt
 	}
 	nbs := map[string][]stored{}
 	if len(hist) > 0 && opts.NeighboursPerItem > 0 {
-		rows, _ := tx.Query(ctx, `SELECT item_id, neighbour_id, weight FROM (
-  SELECT item_id, neighbour_id, weight,
-         row_number() OVER (PARTITION BY item_id ORDER BY weight DESC, neighbour_id) AS rn
-  FROM feature_covis WHERE item_id = ANY($1)) t
-WHERE rn <= $2`, hist, opts.NeighboursPerItem)
+		rows, _ := tx.Query(ctx, `SELECT item_id, neighbours FROM feature_neighbours WHERE item_id = ANY($1)`, hist)
 		var it string
-		var x stored
-		if _, err := pgx.ForEachRow(rows, []any{&it, &x.id, &x.v}, func() error { nbs[it] = append(nbs[it], x); return nil }); err != nil {
+		var blob []byte
+		var l []scoredRow
+		_, err := pgx.ForEachRow(rows, []any{&it, &blob}, func() error {
+			var err error
+			if l, err = decodeNeighbours(l[:0], blob); err != nil {
+				return fmt.Errorf("item %q: %w", it, err)
+			}
+			for _, x := range l[:min(len(l), opts.NeighboursPerItem)] {
+				nbs[it] = append(nbs[it], stored{id: x.id, v: x.w})
+			}
+			return nil
+		})
+		if err != nil {
 			return ranking.Snapshot{}, fmt.Errorf("load neighbours: %w", err)
 		}
 	}

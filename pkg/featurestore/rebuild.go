@@ -61,7 +61,7 @@ func (s *Store) RebuildFromEvents(ctx context.Context, batchSize int, progress f
 		if err := tx.QueryRow(ctx, `SELECT coalesce(max(generation), 0) FROM feature_meta`).Scan(&oldGen); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, `TRUNCATE feature_users, feature_items, feature_covis, feature_applied, feature_meta, feature_redis_pending`)
+		_, err := tx.Exec(ctx, `TRUNCATE feature_users, feature_items, feature_neighbours, feature_applied, feature_meta, feature_redis_pending`)
 		return err
 	}); err != nil {
 		return 0, fmt.Errorf("empty feature tables: %w", err)

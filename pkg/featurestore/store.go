@@ -1,10 +1,11 @@
 // Package featurestore persists the feature Deltas of pkg/features and loads ranking
 // Snapshots.
 //
-// PostgreSQL is the durable truth (migrations 0004_features and 0007_feature_write_path):
-// per-user state, per-item statistics with forward-decayed popularity, co-visitation pruned to
-// the top M per item, the decay landmarks (feature_meta), the dedup record of applied
-// event_ids and the DLQ. A batch of
+// PostgreSQL is the durable truth (migrations 0004_features, 0007_feature_write_path and
+// 0009_feature_neighbour_lists): per-user state, per-item statistics with forward-decayed
+// popularity, co-visitation as one list per item (feature_neighbours: a blob merged in Go
+// and rewritten once per batch that touches it, pruned to the top M), the decay landmarks
+// (feature_meta), the dedup record of applied event_ids and the DLQ. A batch of
 // events is applied in ONE transaction that records the event_ids it applies, so a redelivery,
 // a rebalance or a crash before the Kafka commit changes nothing (exactly-once effects).
 //
@@ -138,8 +139,9 @@ type Hooks struct {
 	// RedisWriteFailed is called when a batch's Redis write failed (the journal keeps it).
 	RedisWriteFailed func(err error)
 	// Phase reports the duration of each phase of an Apply transaction: lock (dedup record
-	// and user rows), compute (features.Apply and sums), write (co-visitation, users, DLQ,
-	// journal), items, trim, commit.
+	// and user rows), compute (features.Apply and sums), write (lock the co-visitation
+	// lists; users, DLQ, journal), merge (co-visitation increments into the lists, in Go),
+	// items (lists and item statistics), commit.
 	Phase func(phase string, d time.Duration)
 }
 

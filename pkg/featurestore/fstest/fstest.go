@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"recsys/pkg/events"
+	"recsys/pkg/featurestore"
 	"recsys/pkg/ranking"
 )
 
@@ -257,17 +258,23 @@ func ReadTables(ctx context.Context, pool *pgxpool.Pool, nowMs int64) (Tables, e
 	if err := rows.Err(); err != nil {
 		return t, err
 	}
-	rows, err = pool.Query(ctx, `SELECT item_id, neighbour_id, weight FROM feature_covis`)
+	rows, err = pool.Query(ctx, `SELECT item_id, neighbours FROM feature_neighbours`)
 	if err != nil {
 		return t, err
 	}
 	for rows.Next() {
-		var a, b string
-		var w float64
-		if err := rows.Scan(&a, &b, &w); err != nil {
+		var a string
+		var blob []byte
+		if err := rows.Scan(&a, &blob); err != nil {
 			return t, err
 		}
-		t.Covis[a+">"+b] = at(w, lmC, hlC)
+		l, err := featurestore.DecodeNeighbours(blob)
+		if err != nil {
+			return t, fmt.Errorf("item %s: %w", a, err)
+		}
+		for _, x := range l {
+			t.Covis[a+">"+x.ItemID] = at(x.Score, lmC, hlC)
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return t, err

@@ -1,0 +1,223 @@
+package featurestore
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+
+	"recsys/pkg/ranking"
+)
+
+// An item's co-visitation list is ONE row of feature_neighbours (migration 0009): its
+// neighbours in one bytea, sorted by stored strength descending, then neighbour id ascending.
+// Each entry is
+//
+//	uint32 big-endian length of the id, the id's bytes, float64 big-endian (IEEE 754 bits)
+//
+// which is what PostgreSQL's int4send(octet_length(id)) || convert_to(id, 'UTF8') ||
+// float8send(weight) produce, so the migrations convert to and from the pair rows in SQL.
+// A blob rather than text[]/float8[] arrays: PostgreSQL stores it without parsing a single
+// element, and a whole batch of lists travels as one bytea[] parameter (arrays of arrays
+// would have to be rectangular).
+
+// errNeighbourBlob reports a list that does not decode.
+var errNeighbourBlob = errors.New("corrupt neighbour list")
+
+// appendNeighbours appends the encoding of l to dst.
+func appendNeighbours(dst []byte, l []scoredRow) []byte {
+	for _, x := range l {
+		dst = binary.BigEndian.AppendUint32(dst, uint32(len(x.id)))
+		dst = append(dst, x.id...)
+		dst = binary.BigEndian.AppendUint64(dst, math.Float64bits(x.w))
+	}
+	return dst
+}
+
+// decodeNeighbours decodes a list, appending to dst. A list that is not in reader order
+// (possible only after a rebase underflowed strengths to equal values) is sorted.
+func decodeNeighbours(dst []scoredRow, b []byte) ([]scoredRow, error) {
+	start := len(dst)
+	err := walkNeighbours(b, func(id string, w float64) { dst = append(dst, scoredRow{id: id, w: w}) })
+	if err != nil {
+		return dst, err
+	}
+	if l := dst[start:]; !slices.IsSortedFunc(l, cmpScored) {
+		slices.SortFunc(l, cmpScored)
+	}
+	return dst, nil
+}
+
+// walkNeighbours calls f for each entry of a list, in stored order. The ids share one
+// string (one allocation per list rather than per neighbour: a batch reads thousands).
+func walkNeighbours(b []byte, f func(id string, w float64)) error {
+	all := string(b)
+	for off := 0; off < len(all); {
+		if len(all)-off < 4 {
+			return errNeighbourBlob
+		}
+		n := int(binary.BigEndian.Uint32(b[off:]))
+		if n < 0 || n > len(all)-off-12 {
+			return errNeighbourBlob
+		}
+		f(all[off+4:off+4+n], math.Float64frombits(binary.BigEndian.Uint64(b[off+4+n:])))
+		off += 12 + n
+	}
+	return nil
+}
+
+// DecodeNeighbours decodes a feature_neighbours.neighbours value (for tests and tools
+// reading the table directly), strongest first.
+func DecodeNeighbours(b []byte) ([]ranking.Scored, error) {
+	l, err := decodeNeighbours(nil, b)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]ranking.Scored, len(l))
+	for i, x := range l {
+		out[i] = ranking.Scored{ItemID: x.id, Score: x.w}
+	}
+	return out, nil
+}
+
+// cmpScored is reader order: strength descending, then id ascending (byte order, as the "C"
+// collation, Redis ZSET ties and features.MemoryStore).
+func cmpScored(a, b scoredRow) int {
+	switch {
+	case a.w > b.w:
+		return -1
+	case a.w < b.w:
+		return 1
+	}
+	return strings.Compare(a.id, b.id)
+}
+
+// nbList is one item's list while a batch merges its increments into it.
+type nbList struct {
+	l       []nbEntry
+	origLen int
+	exists  bool     // the row was read (and locked)
+	removed []string // neighbours trimmed away by the batch (maybe re-added later)
+}
+
+// nbEntry is a neighbour and whether the batch incremented it (it goes to Redis).
+type nbEntry struct {
+	scoredRow
+	touched bool
+}
+
+// load sets the list from its stored blob.
+func (n *nbList) load(b []byte) error {
+	n.l = n.l[:0]
+	if err := walkNeighbours(b, func(id string, w float64) {
+		n.l = append(n.l, nbEntry{scoredRow: scoredRow{id: id, w: w}})
+	}); err != nil {
+		return err
+	}
+	if !slices.IsSortedFunc(n.l, cmpEntry) {
+		slices.SortFunc(n.l, cmpEntry)
+	}
+	n.origLen, n.exists = len(n.l), true
+	return nil
+}
+
+func cmpEntry(a, b nbEntry) int { return cmpScored(a.scoredRow, b.scoredRow) }
+
+// appendTo appends the list's encoding to dst.
+func (n *nbList) appendTo(dst []byte) []byte {
+	for _, x := range n.l {
+		dst = binary.BigEndian.AppendUint32(dst, uint32(len(x.id)))
+		dst = append(dst, x.id...)
+		dst = binary.BigEndian.AppendUint64(dst, math.Float64bits(x.w))
+	}
+	return dst
+}
+
+// add increments neighbour id by v and keeps the list in reader order, as
+// features.MemoryStore does: strengths only grow, so the entry bubbles up.
+func (n *nbList) add(id string, v float64) {
+	i := -1
+	for j := range n.l {
+		if n.l[j].id == id {
+			i = j
+			break
+		}
+	}
+	if i >= 0 {
+		n.l[i].w += v
+	} else {
+		n.l = append(n.l, nbEntry{scoredRow: scoredRow{id: id, w: v}})
+		i = len(n.l) - 1
+	}
+	n.l[i].touched = true
+	e := n.l[i]
+	j := i
+	for j > 0 && cmpEntry(e, n.l[j-1]) < 0 {
+		j--
+	}
+	if j < i {
+		copy(n.l[j+1:i+1], n.l[j:i])
+		n.l[j] = e
+	}
+}
+
+// trim keeps the top keep neighbours.
+func (n *nbList) trim(keep int) {
+	if len(n.l) <= keep {
+		return
+	}
+	for _, x := range n.l[keep:] {
+		n.removed = append(n.removed, x.id)
+	}
+	n.l = n.l[:keep]
+}
+
+// redis returns the list's changes for the Redis mirror: the incremented neighbours still
+// kept, with their absolute strengths, and the neighbours no longer kept.
+func (n *nbList) redis() (add []scoredRow, rem []string) {
+	for _, x := range n.l {
+		if x.touched {
+			add = append(add, x.scoredRow)
+		}
+	}
+	if len(n.removed) == 0 {
+		return add, nil
+	}
+	kept := make(map[string]bool, len(n.l))
+	for _, x := range n.l {
+		kept[x.id] = true
+	}
+	for _, id := range n.removed {
+		if !kept[id] {
+			rem = append(rem, id)
+			kept[id] = true // once
+		}
+	}
+	slices.Sort(rem)
+	return add, rem
+}
+
+// pairInc is one forward-decayed co-visitation increment, in event order.
+type pairInc struct {
+	from, to string
+	w        float64
+}
+
+// mergePairs applies the increments to the lists in order, trimming a list back to the top
+// m whenever it passes 2m (the result is independent of batch boundaries, like
+// features.MemoryStore).
+func mergePairs(lists map[string]*nbList, incs []pairInc, m int) error {
+	for _, p := range incs {
+		n := lists[p.from]
+		if n == nil {
+			return fmt.Errorf("neighbour list of %q not loaded", p.from)
+		}
+		n.add(p.to, p.w)
+		if len(n.l) > 2*m {
+			n.trim(m)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,122 @@
+package featurestore
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"recsys/pkg/features"
+	"recsys/pkg/testutil"
+)
+
+func TestNeighbourBlobRoundTrip(t *testing.T) {
+	cases := []struct {
+		name string
+		l    []scoredRow
+	}{
+		{"empty", nil},
+		{"one", []scoredRow{{id: "a", w: 1.5}}},
+		{"ordered with ties", []scoredRow{{id: "z", w: 3e150}, {id: "a", w: 1}, {id: "b", w: 1}, {id: "", w: 5e-320}}},
+		{"utf8 and quotes", []scoredRow{{id: `é"x,{}`, w: 2}, {id: "item-0001", w: 0}}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := decodeNeighbours(nil, appendNeighbours(nil, c.l))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, c.l) {
+				t.Errorf("round trip %v, want %v", got, c.l)
+			}
+		})
+	}
+	// Out of order (only after a rebase underflow) is sorted on read.
+	got, err := decodeNeighbours(nil, appendNeighbours(nil, []scoredRow{{id: "b", w: 1}, {id: "a", w: 2}}))
+	if err != nil || got[0].id != "a" {
+		t.Errorf("unsorted list read as %v, %v", got, err)
+	}
+	full := appendNeighbours(nil, []scoredRow{{id: "abc", w: 1}})
+	for _, bad := range [][]byte{full[:3], full[:len(full)-1], append(slices.Clone(full), 0, 0, 0, 9)} {
+		if _, err := decodeNeighbours(nil, bad); err == nil {
+			t.Errorf("corrupt blob %x decoded", bad)
+		}
+	}
+}
+
+// mergePairs must give features.MemoryStore's lists, trims included, whatever the batch
+// boundaries.
+func TestMergePairsMatchesMemoryStore(t *testing.T) {
+	const m = 3
+	cfg := features.DefaultConfig()
+	cfg.NeighboursPerItem = m
+	mem := features.NewMemoryStore(cfg)
+	r := rand.New(rand.NewPCG(7, 9))
+	var incs []pairInc
+	const ts = 1_700_000_000_000 // every increment at the landmark: Forward(w) == w
+	for range 3000 {
+		p := pairInc{from: fmt.Sprintf("i%d", r.IntN(5)), to: fmt.Sprintf("n%02d", r.IntN(25)), w: float64(1+r.IntN(4)) / 4}
+		incs = append(incs, p)
+		mem.ApplyDelta(features.Delta{TsMs: ts, Pairs: []features.PairIncrement{{From: p.from, To: p.to, Weight: p.w}}})
+	}
+	stored := map[string][]byte{}
+	for start := 0; start < len(incs); {
+		end := min(start+1+r.IntN(200), len(incs))
+		lists := map[string]*nbList{}
+		for _, p := range incs[start:end] {
+			if lists[p.from] == nil {
+				n := &nbList{}
+				if err := n.load(stored[p.from]); err != nil {
+					t.Fatal(err)
+				}
+				lists[p.from] = n
+			}
+		}
+		if err := mergePairs(lists, incs[start:end], m); err != nil {
+			t.Fatal(err)
+		}
+		for id, n := range lists {
+			if len(n.l) > 2*m {
+				t.Fatalf("list %s of %d entries after a batch, cap 2M=%d", id, len(n.l), 2*m)
+			}
+			stored[id] = n.appendTo(nil)
+		}
+		start = end
+	}
+	for i := range 5 {
+		id := fmt.Sprintf("i%d", i)
+		got, _ := decodeNeighbours(nil, stored[id])
+		want := mem.Neighbours(id, ts, 2*m)
+		if len(got) != len(want) {
+			t.Fatalf("%s: %d neighbours, memory store %d", id, len(got), len(want))
+		}
+		for j := range want {
+			if got[j].id != want[j].ItemID || math.Abs(got[j].w-want[j].Score) > 1e-9*want[j].Score {
+				t.Errorf("%s[%d] = %+v, memory store %+v", id, j, got[j], want[j])
+			}
+		}
+	}
+}
+
+// The migrations build and read the blobs in SQL (int4send || bytes || float8send): the
+// format must stay byte-identical to appendNeighbours.
+func TestNeighbourBlobMatchesSQL(t *testing.T) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	l := []scoredRow{{id: "z", w: 3e150}, {id: "a", w: 1.25}, {id: `é"x`, w: 1.25}, {id: "tiny", w: 5e-320}}
+	ids, ws := make([]string, len(l)), make([]float64, len(l))
+	for i, x := range l {
+		ids[i], ws[i] = x.id, x.w
+	}
+	var blob []byte
+	err := pool.QueryRow(context.Background(), `SELECT string_agg(int4send(octet_length(id)) || convert_to(id, 'UTF8') || float8send(w),
+  ''::bytea ORDER BY ord) FROM unnest($1::text[], $2::float8[]) WITH ORDINALITY AS v(id, w, ord)`, ids, ws).Scan(&blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := appendNeighbours(nil, l); !bytes.Equal(blob, want) {
+		t.Errorf("SQL blob %x, Go %x", blob, want)
+	}
+}
