@@ -65,6 +65,7 @@
 package outbox
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -116,6 +117,10 @@ type Row struct {
 	Payload       []byte
 	SchemaVersion int16
 	CorrelationID string
+	// PayloadFormat is FormatSingle (the columns above are the one event) or FormatBatch
+	// (Payload holds EventCount frames; Key is the lane key; see Messages).
+	PayloadFormat int16
+	EventCount    int
 	Attempts      int // including the claim that returned this row
 	MaxAttempts   int
 	CreatedAt     time.Time
@@ -123,6 +128,24 @@ type Row struct {
 	// latencies derived from it do not depend on the relay's clock agreeing with the database's.
 	AgeAtClaim time.Duration
 }
+
+// Messages returns the events the row carries, in order: for FormatSingle the one event its
+// columns describe, for FormatBatch its decoded frames. An error means the row can never be
+// published (a poison row): the relay sends it to 'dead' with the error at once.
+func (r Row) Messages() ([]Message, error) {
+	switch r.PayloadFormat {
+	case FormatSingle, 0:
+		return []Message{{EventID: r.EventID, EventType: r.EventType, Key: r.Key, CorrelationID: r.CorrelationID,
+			SchemaVersion: r.SchemaVersion, Payload: r.Payload}}, nil
+	case FormatBatch:
+		return DecodeBatch(r.Payload, r.EventCount)
+	default:
+		return nil, fmt.Errorf("decode outbox row %d: unknown payload_format %d", r.ID, r.PayloadFormat)
+	}
+}
+
+// Events is how many events the row carries (1 for FormatSingle).
+func (r Row) Events() int { return max(r.EventCount, 1) }
 
 // Unit is the per-key order unit of a row.
 type Unit struct{ Key, Topic string }
