@@ -156,13 +156,28 @@ func TestRelayRetriesPartlyFailedBatchRowWhole(t *testing.T) {
 		return out
 	}
 	first, second := mk(0), mk(4) // users bu0..bu3 twice, on one lane
-	r1 := e.insertBatchRow(outbox.LaneKey(0), first)
-	r2 := e.insertBatchRow(outbox.LaneKey(0), second)
-	other := e.insertBatchRow(outbox.LaneKey(1), []outbox.Message{batchEvent("other", 0, 1, "")})
+	otherMsgs := []outbox.Message{batchEvent("other", 0, 1, "")}
 
 	cfg := testConfig()
 	w := e.deps("").Kafka.NewWriter(relay.WriterOptions(cfg))
 	run := e.start(cfg, "r1", relay.Options{Publisher: &failOnce{inner: w, eventID: first[1].EventID}})
+	waitReady(t, run.r)
+	time.Sleep(300 * time.Millisecond) // let the start-up claims go idle
+	// One transaction, so one claim takes the three rows.
+	var src [][]any
+	for i, msgs := range [][]outbox.Message{first, second, otherMsgs} {
+		var payload []byte
+		for _, m := range msgs {
+			payload = outbox.AppendFrame(payload, m)
+		}
+		src = append(src, []any{"batch:" + msgs[0].EventID, "watch", e.kcfg.TopicWatches, outbox.LaneKey([]int{0, 0, 1}[i]), payload,
+			int32(5), int16(outbox.FormatBatch), int32(len(msgs))})
+	}
+	e.copyRows(src, []string{"event_id", "event_type", "topic", "msg_key", "payload", "max_attempts", "payload_format", "event_count"})
+	var r1, r2, other int64
+	if err := e.pool.QueryRow(context.Background(), `SELECT min(id), min(id) + 1, max(id) FROM event_outbox`).Scan(&r1, &r2, &other); err != nil {
+		t.Fatal(err)
+	}
 	e.waitPublished(3, 30*time.Second)
 
 	if _, attempts, lastErr := e.row(r1); attempts != 2 || lastErr == "" {
