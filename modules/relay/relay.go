@@ -135,6 +135,9 @@ type Relay struct {
 	// claiming again, so an outage does not spend the rows' attempts.
 	down atomic.Pointer[error]
 	snap atomic.Pointer[snapState]
+	// blocked is set when a claim left pending rows behind (their unit in flight, say): the
+	// next recorded outcome may free them, so it wakes an idle worker.
+	blocked atomic.Bool
 }
 
 type snapState struct {
@@ -338,6 +341,9 @@ func (r *Relay) work(ctx context.Context, id int) {
 			continue
 		}
 		r.m.claimDur.UpdateDuration(start)
+		if c.Blocked {
+			r.blocked.Store(true)
+		}
 		after = c.NextAfter(r.cfg.BatchSize)
 		if len(c.Rows) == 0 {
 			if empty++; after != 0 && empty < maxEmptyWindows {
@@ -353,7 +359,14 @@ func (r *Relay) work(ctx context.Context, id int) {
 		}
 		record := r.process(ctx, c)
 		recording.Wait()
-		recording.Go(record)
+		recording.Go(func() {
+			record()
+			// The batch's units are free again: rows left behind them, with no commit of
+			// their own to announce them, can go now.
+			if r.blocked.Swap(false) {
+				r.wake()
+			}
+		})
 	}
 }
 

@@ -39,6 +39,11 @@ type Claim struct {
 	// Full reports that the claim stopped at its Limit rows or MaxEvents events, so more
 	// claimable rows probably wait.
 	Full bool
+	// Blocked reports that the window held pending rows the claim did not take (behind rows
+	// of their unit in flight, backing off, or locked by another claimer), or that it was Full:
+	// rows may become claimable when a batch in flight is recorded, with no new commit (and so
+	// no NOTIFY) to announce them.
+	Blocked bool
 }
 
 // Events is the number of events in the claim's rows.
@@ -222,6 +227,7 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Claim, error) {
 		}
 		committed = true // rolled back: nothing was locked
 		c.WindowFull = winN >= int64(window)
+		c.Blocked = winN > 0
 		return c, nil
 	}
 	c.Full = locked >= req.Limit || events >= maxEvents
@@ -235,6 +241,9 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Claim, error) {
 	}
 	if stats != nil {
 		c.WindowFull, c.WindowEnd = stats.n >= int64(window), stats.end
+		c.Blocked = stats.n > int64(len(c.Rows))
+	} else {
+		c.Blocked = true
 	}
 	committed = true
 	sort.Slice(c.Rows, func(i, j int) bool { return c.Rows[i].ID < c.Rows[j].ID })
