@@ -1,7 +1,7 @@
 // Package outbox is the relay side of the transactional outbox: the PostgreSQL repository that
 // claims event_outbox rows under a lease, records what happened to them with fencing, reclaims
 // expired leases, deletes old published rows, requeues rows for replay and computes the backlog
-// snapshot shown by /healthz.
+// snapshot shown by /healthz (in events), and the batch row codec (batch.go).
 //
 // # Row life cycle
 //
@@ -18,8 +18,12 @@
 //
 // # Per-key order
 //
-// The order unit is (msg_key, topic): exactly what a Kafka consumer can observe, since one key
-// maps to one partition of one topic. Within a unit, rows go out one claim at a time, in id
+// The order unit is (msg_key, topic). For a single row (payload_format 1) msg_key is the
+// user id: exactly what a Kafka consumer can observe, since one key maps to one partition of
+// one topic. For a batch row (payload_format 2, see batch.go) msg_key is the lane key: the
+// row's events belong to many users, each of whom always writes to the same lane, so a lane
+// in row order is each of its users' commit order (frames keep a row's events in order).
+// A batch row is one unit of outcome: acked when every event is, otherwise retried whole. Within a unit, rows go out one claim at a time, in id
 // order, and a later row never overtakes an earlier one that is retrying. The claim (one
 // transaction, see claim.go) enforces it for any number of relays and workers:
 //
@@ -56,8 +60,10 @@
 //
 // Every statement reads through a partial index on one status (migration 0003).
 // The claim is two round trips (lock, then check and lease in one statement); with
-// DeleteOnAck a message costs the database one non-HOT update (the claim: status is in every
-// partial index's predicate) and one delete. The claim
+// DeleteOnAck a row costs the database one non-HOT update (the claim: status is in every
+// partial index's predicate) and one delete, whatever number of events it carries, which is
+// why writers batch events into rows. A claim is bounded in rows (Limit) and in events
+// (MaxEvents, a running sum of event_count in id order). The claim
 // scans a bounded window of pending rows (a few times the batch size) from a cursor the caller
 // advances when the front of the queue is congested by blocked units, so one hot key with a
 // long retrying backlog cannot make every claim scan the whole table. Snapshot counts each
