@@ -159,7 +159,7 @@ func TestRelayRetriesPartlyFailedBatchRowWhole(t *testing.T) {
 	otherMsgs := []outbox.Message{batchEvent("other", 0, 1, "")}
 
 	cfg := testConfig()
-	w := e.deps("").Kafka.NewWriter(relay.WriterOptions(cfg))
+	w := relay.NewPublisher(e.deps("").Kafka, cfg)
 	run := e.start(cfg, "r1", relay.Options{Publisher: &failOnce{inner: w, eventID: first[1].EventID}})
 	waitReady(t, run.r)
 	time.Sleep(300 * time.Millisecond) // let the start-up claims go idle

@@ -129,7 +129,7 @@ func BenchmarkRelayCommitToAck(b *testing.B) {
 		time.Sleep(2 * time.Second)
 		cfg := relay.NewConfig()
 		cfg.Workers = benchEnvInt("RELAY_BENCH_WORKERS", cfg.Workers)
-		w := e.deps("").Kafka.NewWriter(relay.WriterOptions(cfg))
+		w := relay.NewPublisher(e.deps("").Kafka, cfg)
 		rec := &ackRecorder{inner: w, acked: map[string]time.Time{}, sent: map[string]time.Time{}}
 		run := e.start(cfg, "bench", relay.Options{Publisher: rec})
 		waitFor(e.t, 60*time.Second, "relay ready", func() bool { return run.r.Ready(context.Background()) == nil })

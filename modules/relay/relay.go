@@ -176,7 +176,7 @@ func NewRelay(cfg *Config, d infra.Deps, o Options) (*Relay, error) {
 	if d.Kafka != nil {
 		r.topics = []string{d.Kafka.TopicImpressions, d.Kafka.TopicWatches}
 		if r.pub == nil {
-			r.pub = d.Kafka.NewWriter(WriterOptions(cfg))
+			r.pub = NewPublisher(d.Kafka, cfg)
 		}
 		if r.broker == nil {
 			r.broker = kafkaBroker{c: d.Kafka}
@@ -191,14 +191,14 @@ func NewRelay(cfg *Config, d infra.Deps, o Options) (*Relay, error) {
 	return r, nil
 }
 
-// WriterOptions size the kafka-go Writer for the relay. One produce request per partition can
-// hold every worker's batch, so a unit's rows in one batch are normally appended together or
-// not at all. The relay batches by itself, so the writer need not linger: kafka-go appends a
-// call's messages for a partition under the partition's lock, and the batch timer can only
-// flush once the whole call is in, so a tiny BatchTimeout sends each call's messages at once
-// instead of after kafka-go's wait.
+// WriterOptions size a kafka-go Writer for the relay (NewPublisher sets BatchSize per tier).
+// One produce request per partition can hold a whole claim (--relay.batch-events), so a
+// unit's rows in one batch are normally appended together or not at all. The relay batches by
+// itself, so the writer need not linger: kafka-go appends a call's messages for a partition
+// under the partition's lock, and the batch timer can only flush once the whole call is in,
+// so a tiny BatchTimeout sends each call's messages at once instead of after kafka-go's wait.
 func WriterOptions(cfg *Config) kafka.WriterOptions {
-	return kafka.WriterOptions{BatchSize: cfg.BatchEvents * cfg.Workers, BatchBytes: cfg.MaxBatchBytes,
+	return kafka.WriterOptions{BatchSize: cfg.BatchEvents, BatchBytes: cfg.MaxBatchBytes,
 		BatchTimeout: 100 * time.Microsecond}
 }
 
