@@ -266,18 +266,32 @@ func TestTwoRelaysKeepPerUserOrderOnBatchRows(t *testing.T) {
 	if d != len(ids) {
 		t.Fatalf("consumer saw %d distinct event ids, want %d", d, len(ids))
 	}
-	var reaped float64
+	// Duplicates come only from lease expiry (reaped rows) or from rows retried whole after a
+	// failed publish (a failed row's acked events, and the later rows of its lane held back
+	// after Kafka acked them, are sent again); a row here holds at most one group's events.
+	var reaped, failedEvents, heldBack float64
 	for _, r := range []*running{a, b} {
 		reaped += metric(r.deps.Metrics, `recsys_relay_reaped_total{outcome="requeued"}`)
+		failedEvents += metric(r.deps.Metrics, `reco_outbox_relay_failed_total{topic="`+e.kcfg.TopicWatches+`"}`)
+		heldBack += metric(r.deps.Metrics, "recsys_relay_held_back_total")
 	}
-	if dups != 0 && reaped == 0 {
-		t.Fatalf("%d duplicates without any lease expiry", dups)
+	if bound := failedEvents + (reaped+heldBack)*3200; float64(dups) > bound {
+		t.Fatalf("%d duplicates; lease expiry (%v rows), failed events (%v) and held-back rows (%v) explain at most %v",
+			dups, reaped, failedEvents, heldBack, bound)
 	}
-	t.Logf("duplicates %d, rows reaped after lease expiry %v", dups, reaped)
+	t.Logf("duplicates %d, rows reaped after lease expiry %v, failed events %v, held-back rows %v", dups, reaped, failedEvents, heldBack)
+	// Per user, the first copy of each event (what a consumer deduplicating on event_id
+	// keeps) is in write order.
 	for p, msgs := range got.partitions {
 		last := map[string]int{}
+		seen := map[string]bool{}
 		for _, m := range msgs {
-			i, k := genIndex(t, header(m, "event_id")), string(m.Key)
+			id := header(m, "event_id")
+			if seen[id] {
+				continue
+			}
+			seen[id] = true
+			i, k := genIndex(t, id), string(m.Key)
 			if prev, ok := last[k]; ok && i <= prev {
 				t.Fatalf("partition %d user %s: event %d after %d: per-user order broken", p, k, i, prev)
 			}
