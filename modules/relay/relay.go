@@ -138,6 +138,9 @@ type Relay struct {
 	// blocked is set when a claim left pending rows behind (their unit in flight, say): the
 	// next recorded outcome may free them, so it wakes an idle worker.
 	blocked atomic.Bool
+	// recorded counts recorded batches, so a worker can tell that one was recorded while its
+	// claim ran.
+	recorded atomic.Uint64
 }
 
 type snapState struct {
@@ -329,6 +332,7 @@ func (r *Relay) work(ctx context.Context, id int) {
 			return
 		}
 		start := time.Now()
+		gen := r.recorded.Load()
 		c, err := r.store.Claim(ctx, outbox.ClaimRequest{Owner: r.owner, Limit: r.cfg.BatchSize,
 			MaxEvents: r.cfg.BatchEvents, Lease: r.cfg.Lease, After: after})
 		if err != nil {
@@ -346,7 +350,10 @@ func (r *Relay) work(ctx context.Context, id int) {
 		}
 		after = c.NextAfter(r.cfg.BatchSize)
 		if len(c.Rows) == 0 {
-			if empty++; after != 0 && empty < maxEmptyWindows {
+			// A batch recorded while this claim ran may have freed the rows it found blocked,
+			// and its wake-up may have gone before the claim set r.blocked: claim again.
+			freed := c.Blocked && r.recorded.Load() != gen
+			if empty++; (after != 0 || freed) && empty < maxEmptyWindows {
 				continue
 			}
 			empty = 0
@@ -361,6 +368,7 @@ func (r *Relay) work(ctx context.Context, id int) {
 		recording.Wait()
 		recording.Go(func() {
 			record()
+			r.recorded.Add(1)
 			// The batch's units are free again: rows left behind them, with no commit of
 			// their own to announce them, can go now.
 			if r.blocked.Swap(false) {
