@@ -255,9 +255,30 @@ func logTimings(t testing.TB, name string, set *metrics.Set) {
 	if n > 0 {
 		size = metric(set, "recsys_relay_batch_size_sum") / n
 	}
-	t.Logf("%s: %v batches of %.0f rows on average; mean claim %s, publish %s, complete %s", name, n, size,
-		mean("recsys_relay_claim_duration_seconds"), mean("recsys_relay_publish_duration_seconds"),
+	t.Logf("%s: %v batches of %.0f events on average; claim mean %s p99 <= %s, publish mean %s p99 <= %s, complete mean %s", name, n, size,
+		mean("recsys_relay_claim_duration_seconds"), p99Bucket(set, "recsys_relay_claim_duration_seconds"),
+		mean("recsys_relay_publish_duration_seconds"), p99Bucket(set, "recsys_relay_publish_duration_seconds"),
 		mean("recsys_relay_complete_duration_seconds"))
+}
+
+// p99Bucket is the upper bound of the histogram bucket holding the 99th percentile.
+func p99Bucket(set *metrics.Set, h string) string {
+	var b bytes.Buffer
+	set.WritePrometheus(&b)
+	total := metric(set, h+"_count")
+	sc := bufio.NewScanner(&b)
+	for sc.Scan() {
+		line := sc.Text()
+		rest, ok := strings.CutPrefix(line, h+`_bucket{le="`)
+		if !ok {
+			continue
+		}
+		le, val, _ := strings.Cut(rest, `"} `)
+		if n, _ := strconv.ParseFloat(val, 64); total > 0 && n >= 0.99*total {
+			return le + "s"
+		}
+	}
+	return "-"
 }
 
 // consumed is what a consumer read back from a topic, per partition in offset order.
