@@ -38,7 +38,7 @@ func NewPublisher(c *kafka.Client, cfg *Config) Publisher {
 		w := c.NewWriter(o)
 		if p.transport == nil {
 			p.transport, _ = w.Transport.(*kafkago.Transport)
-		} else if p.transport != nil {
+		} else {
 			w.Transport = p.transport
 		}
 		p.writers = append(p.writers, w)
@@ -47,8 +47,13 @@ func NewPublisher(c *kafka.Client, cfg *Config) Publisher {
 }
 
 func (p *tieredPublisher) WriteMessages(ctx context.Context, msgs ...kafkago.Message) error {
-	i := min(sort.SearchInts(p.sizes, len(msgs)), len(p.sizes)-1)
-	return p.writers[i].WriteMessages(ctx, msgs...)
+	return p.writers[p.tier(len(msgs))].WriteMessages(ctx, msgs...)
+}
+
+// tier is the writer for a call of n messages: the smallest that holds it, else the largest
+// (a row larger than --relay.batch-events goes out alone, split over produce requests).
+func (p *tieredPublisher) tier(n int) int {
+	return min(sort.SearchInts(p.sizes, n), len(p.sizes)-1)
 }
 
 func (p *tieredPublisher) Close() error {
