@@ -35,8 +35,14 @@ consumers see duplicates they deduplicate on event_id. The two are never mixed.
 (2026-01-02T15:04:05Z, 2026-01-02) and matches rows created at or after it.
 --dry-run prints what would be requeued and changes nothing.
 
+Replay works on rows: a batch row (one per topic and lane per group commit) is requeued with
+all its events. --event-type matches the row's event_type: batch rows are "impression" or
+"watch", and legacy events ride in "watch" rows (only rows written before migration 0008 are
+"legacy"). --limit counts rows.
+
 Prints {"status", "event_type", "since", "limit", "dry_run", "matched", "requeued",
-"by_event_type", "ids"}.`,
+"events", "by_event_type", "ids"}: matched, requeued, by_event_type and ids are rows, events is
+the number of events those rows carry.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if since != "" {
@@ -80,7 +86,7 @@ Prints {"status", "event_type", "since", "limit", "dry_run", "matched", "requeue
 	flagenv.Alias(fs, "pg.dsn", "DATABASE_URL")
 	flagenv.Secret(fs, "pg.dsn")
 	fs.StringVar(&f.Status, "status", f.Status, "status of the rows to requeue: dead or published")
-	fs.StringVar(&f.EventType, "event-type", "", "only rows of this event_type (impression, watch, legacy)")
+	fs.StringVar(&f.EventType, "event-type", "", "only rows of this event_type (impression, watch; legacy events ride in watch batch rows)")
 	fs.StringVar(&since, "since", "", "only rows created at or after this: a duration back from now (24h) or an RFC 3339 time or date")
 	fs.IntVar(&f.Limit, "limit", f.Limit, fmt.Sprintf("most rows to requeue (1-%d)", outbox.MaxReplayLimit))
 	fs.BoolVar(&f.DryRun, "dry-run", false, "print what would be requeued without changing anything")

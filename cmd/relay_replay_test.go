@@ -63,11 +63,11 @@ func TestRelayReplayCommand(t *testing.T) {
 	pool := testutil.Pool(t, dsn)
 	ctx := context.Background()
 	if _, err := pool.Exec(ctx, `
-INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, max_attempts, status, attempts, last_error)
-VALUES ('d1', 'watch', 't', 'u1', '{}', 3, 'dead', 3, 'boom'),
-       ('d2', 'impression', 't', 'u2', '{}', 3, 'dead', 3, 'boom'),
-       ('p1', 'watch', 't', 'u3', '{}', 3, 'published', 1, NULL),
-       ('d3', 'watch', 't', 'u4', '{}', 3, 'dead', 3, 'boom')`); err != nil {
+INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, max_attempts, status, attempts, last_error, payload_format, event_count)
+VALUES ('d1', 'watch', 't', 'u1', '{}', 3, 'dead', 3, 'boom', 1, 1),
+       ('d2', 'impression', 't', 'u2', '{}', 3, 'dead', 3, 'boom', 1, 1),
+       ('p1', 'watch', 't', 'u3', '{}', 3, 'published', 1, NULL, 1, 1),
+       ('d3', 'watch', 't', '~lane/4', '\x00', 3, 'dead', 3, 'boom', 2, 3)`); err != nil {
 		t.Fatal(err)
 	}
 	statusOf := func(eventID string) string {
@@ -82,8 +82,8 @@ VALUES ('d1', 'watch', 't', 'u1', '{}', 3, 'dead', 3, 'boom'),
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !res.DryRun || res.Matched != 2 || res.Requeued != 0 || res.ByEventType["watch"] != 2 || statusOf("d1") != "dead" {
-		t.Fatalf("dry run = %+v (d1 %s); want 2 watch rows matched, nothing changed", res, statusOf("d1"))
+	if !res.DryRun || res.Matched != 2 || res.Events != 4 || res.Requeued != 0 || res.ByEventType["watch"] != 2 || statusOf("d1") != "dead" {
+		t.Fatalf("dry run = %+v (d1 %s); want 2 watch rows (a single and a batch row of 3: 4 events) matched, nothing changed", res, statusOf("d1"))
 	}
 
 	t.Setenv("DATABASE_URL", dsn) // the legacy variable works as --pg.dsn

@@ -16,6 +16,7 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 
 	"recsys/modules/relay"
+	"recsys/pkg/outbox"
 	"recsys/pkg/testutil"
 )
 
@@ -27,26 +28,47 @@ func benchEnvInt(name string, def int) int {
 }
 
 // BenchmarkRelayThroughput drains a pre-filled outbox to the local broker and reports
-// messages per second (one drain per iteration, on a fresh database and topic).
+// messages (events) per second (one drain per iteration, on a fresh database and topic).
+// "batch" fills what the ingest writer writes under load: per group commit one batch row
+// (payload_format 2) per lane, about 500 events of ~300 bytes per row over 32 lanes. "single"
+// fills one row per event (payload_format 1, the rows written before migration 0008), for
+// comparison.
 //
 //	go test -run '^$' -bench BenchmarkRelayThroughput -benchtime 1x -count 3 ./modules/relay/
 //
-// RELAY_BENCH_ROWS (100000), RELAY_BENCH_KEYS (10000), RELAY_BENCH_BATCH (1000),
-// RELAY_BENCH_WORKERS (2), RELAY_BENCH_RELAYS (1) and RELAY_BENCH_PAYLOAD (200 bytes) vary it.
+// RELAY_BENCH_EVENTS (batch: 200000), RELAY_BENCH_ROWS (single: 100000), RELAY_BENCH_KEYS
+// (users, 10000), RELAY_BENCH_LANES (32), RELAY_BENCH_ROW_EVENTS (events per batch row, 500),
+// RELAY_BENCH_BATCH (rows per claim, the default), RELAY_BENCH_BATCH_EVENTS (events per claim,
+// the default), RELAY_BENCH_WORKERS (the default), RELAY_BENCH_RELAYS (1) and
+// RELAY_BENCH_PAYLOAD (300 bytes) vary it.
 func BenchmarkRelayThroughput(b *testing.B) {
-	rows, keys := benchEnvInt("RELAY_BENCH_ROWS", 100_000), benchEnvInt("RELAY_BENCH_KEYS", 10_000)
-	batch, workers := benchEnvInt("RELAY_BENCH_BATCH", 1000), benchEnvInt("RELAY_BENCH_WORKERS", 2)
+	keys, payload := benchEnvInt("RELAY_BENCH_KEYS", 10_000), benchEnvInt("RELAY_BENCH_PAYLOAD", 300)
+	b.Run("batch", func(b *testing.B) {
+		events, lanes := benchEnvInt("RELAY_BENCH_EVENTS", 200_000), benchEnvInt("RELAY_BENCH_LANES", 32)
+		perRow := benchEnvInt("RELAY_BENCH_ROW_EVENTS", 500)
+		benchDrain(b, events, func(e *env) { e.insertBatches(events, keys, lanes, perRow*lanes, payload, 25) })
+	})
+	b.Run("single", func(b *testing.B) {
+		rows := benchEnvInt("RELAY_BENCH_ROWS", 100_000)
+		benchDrain(b, rows, func(e *env) { e.fill(rows, keys, payload) })
+	})
+}
+
+// benchDrain measures relays draining events pre-filled by fill.
+func benchDrain(b *testing.B, events int, fill func(*env)) {
 	relays := benchEnvInt("RELAY_BENCH_RELAYS", 1)
 	for b.Loop() {
 		b.StopTimer()
 		e := newBenchEnv(b, 6)
-		e.fill(rows, keys, benchEnvInt("RELAY_BENCH_PAYLOAD", 200))
+		fill(e)
 		if err := e.deps("").Kafka.EnsureTopics(context.Background(), e.kcfg.TopicWatches, e.kcfg.TopicImpressions); err != nil {
 			b.Fatal(err)
 		}
 		time.Sleep(2 * time.Second)
 		cfg := relay.NewConfig()
-		cfg.BatchSize, cfg.Workers = batch, workers
+		cfg.BatchSize = benchEnvInt("RELAY_BENCH_BATCH", cfg.BatchSize)
+		cfg.BatchEvents = benchEnvInt("RELAY_BENCH_BATCH_EVENTS", cfg.BatchEvents)
+		cfg.Workers = benchEnvInt("RELAY_BENCH_WORKERS", cfg.Workers)
 		var runs []*running
 		cpu0, db0 := processCPU(), e.backendCPU()
 		b.StartTimer()
@@ -61,7 +83,7 @@ func BenchmarkRelayThroughput(b *testing.B) {
 			}
 			return n
 		}
-		for published() < float64(rows) {
+		for published() < float64(events) {
 			time.Sleep(5 * time.Millisecond)
 		}
 		elapsed := time.Since(start)
@@ -77,21 +99,23 @@ func BenchmarkRelayThroughput(b *testing.B) {
 			logTimings(e.t, r.r.Owner(), r.deps.Metrics)
 			r.stop()
 		}
-		b.ReportMetric(float64(rows)/elapsed.Seconds(), "msg/s")
-		b.ReportMetric(dbCPU.Seconds()*1e6/float64(rows), "db_cpu_us/msg")
-		b.ReportMetric(relayCPU.Seconds()*1e6/float64(rows), "relay_cpu_us/msg")
+		b.ReportMetric(float64(events)/elapsed.Seconds(), "msg/s")
+		b.ReportMetric(dbCPU.Seconds()*1e6/float64(events), "db_cpu_us/msg")
+		b.ReportMetric(relayCPU.Seconds()*1e6/float64(events), "relay_cpu_us/msg")
 		b.StartTimer()
 	}
 }
 
-// BenchmarkRelayCommitToAck writes single-event transactions (INSERT + NOTIFY, autocommit)
-// at a fixed rate while a relay runs with its default settings, and reports the time from
+// BenchmarkRelayCommitToAck writes what the ingest writer writes at 1,000 events/s (a group
+// commit of ~1 ms holds one event: one single-event batch row on the user's lane, INSERT +
+// NOTIFY, autocommit) while a relay runs with its default settings, and reports the time from
 // each commit returning to Kafka acking the event (same process, same clock).
 //
 //	go test -run '^$' -bench BenchmarkRelayCommitToAck -benchtime 1x -count 3 ./modules/relay/
 //
-// RELAY_BENCH_RATE (1000 events/s), RELAY_BENCH_SECONDS (10) and RELAY_BENCH_WORKERS (the
-// relay's default) vary it.
+// RELAY_BENCH_RATE (1000 events/s), RELAY_BENCH_SECONDS (10), RELAY_BENCH_WORKERS (the relay's
+// default), RELAY_BENCH_LANES (32) and RELAY_BENCH_FORMAT (2; 1 writes payload_format 1 rows
+// keyed by user, as before migration 0008) vary it.
 func BenchmarkRelayCommitToAck(b *testing.B) {
 	rate, secs := benchEnvInt("RELAY_BENCH_RATE", 1000), benchEnvInt("RELAY_BENCH_SECONDS", 10)
 	for b.Loop() {
@@ -105,7 +129,7 @@ func BenchmarkRelayCommitToAck(b *testing.B) {
 		time.Sleep(2 * time.Second)
 		cfg := relay.NewConfig()
 		cfg.Workers = benchEnvInt("RELAY_BENCH_WORKERS", cfg.Workers)
-		w := e.deps("").Kafka.NewWriter(relay.WriterOptions(cfg))
+		w := relay.NewPublisher(e.deps("").Kafka, cfg)
 		rec := &ackRecorder{inner: w, acked: map[string]time.Time{}, sent: map[string]time.Time{}}
 		run := e.start(cfg, "bench", relay.Options{Publisher: rec})
 		waitFor(e.t, 60*time.Second, "relay ready", func() bool { return run.r.Ready(context.Background()) == nil })
@@ -115,19 +139,27 @@ func BenchmarkRelayCommitToAck(b *testing.B) {
 		committed := make([]time.Time, n)
 		ids := make([]string, n)
 		prefix := testutil.Unique("lat")
+		format, lanes := benchEnvInt("RELAY_BENCH_FORMAT", 2), benchEnvInt("RELAY_BENCH_LANES", 32)
 		jobs := make(chan int, n)
 		var wg sync.WaitGroup
 		for range 16 {
 			wg.Go(func() {
 				for i := range jobs {
 					ids[i] = prefix + "-" + strconv.Itoa(i)
+					user := "u" + strconv.Itoa(i%5000)
+					body := []byte(`{"event_id":"` + ids[i] + `","watch_time_sec":12.5}`)
+					key, payload, eventID := user, body, ids[i]
+					if format == int(outbox.FormatBatch) {
+						key, eventID = outbox.LaneKey(outbox.Lane(user, lanes)), "batch:"+ids[i]
+						payload = outbox.AppendFrame(nil, outbox.Message{EventID: ids[i], EventType: "watch", Key: user,
+							SchemaVersion: 1, Payload: body})
+					}
 					_, err := e.pool.Exec(context.Background(), `
 WITH ins AS (
-    INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, max_attempts)
-    VALUES ($1, 'watch', $2, $3, $4, 25) RETURNING 1
+    INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, max_attempts, payload_format, event_count)
+    VALUES ($1, 'watch', $2, $3, $4, 25, $5, 1) RETURNING 1
 )
-SELECT pg_notify('recsys_outbox', '') FROM ins`, ids[i], e.kcfg.TopicWatches, "u"+strconv.Itoa(i%5000),
-						[]byte(`{"event_id":"`+ids[i]+`","watch_time_sec":12.5}`))
+SELECT pg_notify('recsys_outbox', '') FROM ins`, eventID, e.kcfg.TopicWatches, key, payload, int16(format))
 					if err != nil {
 						b.Error(err)
 						return

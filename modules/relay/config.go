@@ -11,6 +11,7 @@ import (
 // Config of the relay role (flags relay.*).
 type Config struct {
 	BatchSize      int
+	BatchEvents    int
 	Workers        int
 	PollInterval   time.Duration
 	Listen         bool
@@ -38,6 +39,7 @@ type Config struct {
 func NewConfig() *Config {
 	return &Config{
 		BatchSize:          1000,
+		BatchEvents:        10_000,
 		Workers:            2,
 		PollInterval:       500 * time.Millisecond,
 		Listen:             true,
@@ -62,6 +64,7 @@ func NewConfig() *Config {
 // RegisterFlags adds the relay.* flags and the original service's variable names.
 func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.BatchSize, "relay.batch-size", c.BatchSize, "most outbox rows claimed and published as one batch")
+	fs.IntVar(&c.BatchEvents, "relay.batch-events", c.BatchEvents, "most events (Kafka messages) claimed and published as one batch; a batch row carries many events, and a row larger than this still goes out alone")
 	fs.IntVar(&c.Workers, "relay.workers", c.Workers, "batches published at once per relay process (each worker claims and publishes its own batch, and records the previous one's outcome meanwhile)")
 	fs.DurationVar(&c.PollInterval, "relay.poll-interval", c.PollInterval, "idle wait between claims when no NOTIFY arrives; a lost notification costs at most this")
 	fs.BoolVar(&c.Listen, "relay.listen", c.Listen, "LISTEN on the recsys_outbox channel so a commit wakes the relay at once (polling stays as the fallback)")
@@ -95,6 +98,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 func (c *Config) Validate() error {
 	var p flagenv.Problems
 	p.IntBetween("relay.batch-size", c.BatchSize, 1, 10_000)
+	p.IntBetween("relay.batch-events", c.BatchEvents, 1, 1_000_000)
 	p.IntBetween("relay.workers", c.Workers, 1, 64)
 	p.IntBetween("relay.startup-max-retries", c.StartupMaxRetries, 0, 1_000_000)
 	p.IntBetween("relay.retention-batch", c.RetentionBatch, 1, 100_000)

@@ -255,9 +255,30 @@ func logTimings(t testing.TB, name string, set *metrics.Set) {
 	if n > 0 {
 		size = metric(set, "recsys_relay_batch_size_sum") / n
 	}
-	t.Logf("%s: %v batches of %.0f rows on average; mean claim %s, publish %s, complete %s", name, n, size,
-		mean("recsys_relay_claim_duration_seconds"), mean("recsys_relay_publish_duration_seconds"),
+	t.Logf("%s: %v batches of %.0f events on average; claim mean %s p99 <= %s, publish mean %s p99 <= %s, complete mean %s", name, n, size,
+		mean("recsys_relay_claim_duration_seconds"), p99Bucket(set, "recsys_relay_claim_duration_seconds"),
+		mean("recsys_relay_publish_duration_seconds"), p99Bucket(set, "recsys_relay_publish_duration_seconds"),
 		mean("recsys_relay_complete_duration_seconds"))
+}
+
+// p99Bucket is the upper bound of the histogram bucket holding the 99th percentile.
+func p99Bucket(set *metrics.Set, h string) string {
+	var b bytes.Buffer
+	set.WritePrometheus(&b)
+	total := metric(set, h+"_count")
+	sc := bufio.NewScanner(&b)
+	for sc.Scan() {
+		line := sc.Text()
+		rest, ok := strings.CutPrefix(line, h+`_bucket{le="`)
+		if !ok {
+			continue
+		}
+		le, val, _ := strings.Cut(rest, `"} `)
+		if n, _ := strconv.ParseFloat(val, 64); total > 0 && n >= 0.99*total {
+			return le + "s"
+		}
+	}
+	return "-"
 }
 
 // consumed is what a consumer read back from a topic, per partition in offset order.
@@ -368,4 +389,107 @@ func metric(set *metrics.Set, series string) float64 {
 		}
 	}
 	return 0
+}
+
+// batchEvent is the i-th event of insertBatches, for user "bu<i % users>".
+func batchEvent(prefix string, i, users int, pad string) outbox.Message {
+	id := prefix + "-" + strconv.Itoa(i)
+	user := "bu" + strconv.Itoa(i%users)
+	return outbox.Message{EventID: id, EventType: "watch", Key: user, CorrelationID: "corr-" + id, SchemaVersion: 1,
+		Payload: fmt.Appendf(nil, `{"event_id":%q,"user_id":%q,"seq":%d,"pad":%q}`, id, user, i, pad)}
+}
+
+// insertBatches writes events for users "bu0".."bu<users-1>" (event i belongs to user
+// i % users) as the ingest writer does: per group commit of group events, one batch row
+// (payload_format 2) per lane holding that group's events of the lane in event order, msg_key
+// the lane key. It returns the events' ids in generation order (index i in the id's suffix)
+// and the number of rows written.
+func (e *env) insertBatches(events, users, lanes, group, payloadBytes, maxAttempts int) ([]string, int) {
+	e.t.Helper()
+	pad := ""
+	if payloadBytes > 110 {
+		pad = strings.Repeat("x", payloadBytes-110)
+	}
+	prefix := testutil.Unique("bev")
+	ids := make([]string, events)
+	var src [][]any
+	for g := 0; g < events; g += group {
+		payloads := make([][]byte, lanes)
+		counts := make([]int32, lanes)
+		first := make([]string, lanes)
+		for i := g; i < min(g+group, events); i++ {
+			m := batchEvent(prefix, i, users, pad)
+			ids[i] = m.EventID
+			l := outbox.Lane(m.Key, lanes)
+			if counts[l] == 0 {
+				first[l] = m.EventID
+			}
+			payloads[l] = outbox.AppendFrame(payloads[l], m)
+			counts[l]++
+		}
+		for l := range lanes {
+			if counts[l] > 0 {
+				src = append(src, []any{"batch:" + first[l], "watch", e.kcfg.TopicWatches, outbox.LaneKey(l), payloads[l],
+					int32(maxAttempts), int16(outbox.FormatBatch), counts[l]})
+			}
+		}
+	}
+	e.copyRows(src, []string{"event_id", "event_type", "topic", "msg_key", "payload", "max_attempts", "payload_format", "event_count"})
+	return ids, len(src)
+}
+
+// insertBatchRow writes one batch row of msgs with msg_key key and returns its id.
+func (e *env) insertBatchRow(key string, msgs []outbox.Message) int64 {
+	e.t.Helper()
+	var payload []byte
+	for _, m := range msgs {
+		payload = outbox.AppendFrame(payload, m)
+	}
+	return e.insertRawBatchRow(key, payload, len(msgs), "batch:"+msgs[0].EventID)
+}
+
+func (e *env) insertRawBatchRow(key string, payload []byte, count int, eventID string) int64 {
+	e.t.Helper()
+	var id int64
+	err := e.pool.QueryRow(context.Background(), `
+WITH ins AS (
+    INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, max_attempts, payload_format, event_count)
+    VALUES ($1, 'watch', $2, $3, $4, 5, 2, $5) RETURNING id
+)
+SELECT id FROM ins, pg_notify('recsys_outbox', '')`, eventID, e.kcfg.TopicWatches, key, payload, count).Scan(&id)
+	if err != nil {
+		e.t.Fatalf("insert batch row: %v", err)
+	}
+	return id
+}
+
+// copyRows COPYs rows into event_outbox in one transaction that notifies the relays.
+func (e *env) copyRows(src [][]any, cols []string) {
+	e.t.Helper()
+	ctx := context.Background()
+	err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"event_outbox"}, cols, pgx.CopyFromRows(src)); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, "SELECT pg_notify($1, '')", outbox.Channel)
+		return err
+	})
+	if err != nil {
+		e.t.Fatalf("insert outbox rows: %v", err)
+	}
+	if len(src) >= 1000 {
+		if _, err := e.pool.Exec(ctx, "ANALYZE event_outbox"); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+}
+
+// genIndex is the generation index in an insertBatches event id.
+func genIndex(t testing.TB, eventID string) int {
+	t.Helper()
+	i, err := strconv.Atoi(eventID[strings.LastIndexByte(eventID, '-')+1:])
+	if err != nil {
+		t.Fatalf("event id %q: %v", eventID, err)
+	}
+	return i
 }

@@ -14,7 +14,8 @@ var contractBucketsMS = []float64{10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 1
 // latencyBuckets resolve the milliseconds the relay is meant to add (seconds).
 var latencyBuckets = []float64{.001, .0025, .005, .0075, .01, .015, .02, .03, .05, .075, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
 
-var batchSizeBuckets = []float64{1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000}
+// batchSizeBuckets are events (Kafka messages) per claimed batch.
+var batchSizeBuckets = []float64{1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000}
 
 type relayMetrics struct {
 	set *metrics.Set
@@ -29,6 +30,7 @@ type relayMetrics struct {
 	fenced    *metrics.Counter
 	leaseLost *metrics.Counter
 	dead      *metrics.Counter
+	poison    *metrics.Counter
 	heldBack  *metrics.Counter
 	reqd      *metrics.Counter
 	reapDead  *metrics.Counter
@@ -48,6 +50,7 @@ func newMetrics(set *metrics.Set) *relayMetrics {
 	m.fenced = set.NewCounter("recsys_relay_fenced_total")
 	m.leaseLost = set.NewCounter("recsys_relay_lease_lost_total")
 	m.dead = set.NewCounter("recsys_relay_dead_total")
+	m.poison = set.NewCounter("recsys_relay_undecodable_rows_total")
 	m.heldBack = set.NewCounter("recsys_relay_held_back_total")
 	m.reqd = set.NewCounter(`recsys_relay_reaped_total{outcome="requeued"}`)
 	m.reapDead = set.NewCounter(`recsys_relay_reaped_total{outcome="dead"}`)
@@ -62,12 +65,13 @@ func newMetrics(set *metrics.Set) *relayMetrics {
 	return m
 }
 
-// published counts acked rows per topic (contract name).
+// published counts acked events (Kafka messages) per topic (contract name).
 func (m *relayMetrics) published(topic string, n int) {
 	m.set.GetOrCreateCounter(`reco_outbox_relay_published_total{topic=` + strconv.Quote(topic) + `}`).Add(n)
 }
 
-// failed counts failed publish attempts per topic (contract name).
+// failed counts the events of failed publish attempts per topic (contract name): a batch row
+// that fails counts all its events, since all of them are sent again.
 func (m *relayMetrics) failed(topic string, n int) {
 	m.set.GetOrCreateCounter(`reco_outbox_relay_failed_total{topic=` + strconv.Quote(topic) + `}`).Add(n)
 }

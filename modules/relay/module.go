@@ -4,13 +4,28 @@
 // # How it works
 //
 // Workers (--relay.workers per process) each loop: claim a batch (pkg/outbox: leased rows
-// under a fencing token, per-key order enforced by the claim), publish it with the kafka-go
-// Writer (acks=all, key = user id, headers event_id, event_type, schema_version, outbox_id,
-// correlation_id; one WriteMessages call per topic), then record the outcome for the rows
-// whose lease the claim still holds. The lease is renewed every third of --relay.lease while
-// the batch is in flight. An idle worker sleeps until a NOTIFY on recsys_outbox (a dedicated
-// LISTEN connection, reconnected with backoff) or --relay.poll-interval; a worker that finds
-// a full batch wakes another one, so parallelism follows the backlog.
+// under a fencing token, per-key order enforced by the claim; at most --relay.batch-size rows
+// and --relay.batch-events events), publish every event of it with the kafka-go Writer
+// (acks=all, one message per event, key = the event's user id, headers event_id, event_type,
+// schema_version, outbox_id, outbox_seq for batch rows, correlation_id; one WriteMessages call
+// per topic), then record the outcome for the rows whose lease the claim still holds. The
+// lease is renewed every third of --relay.lease while the batch is in flight. An idle worker
+// sleeps until a NOTIFY on recsys_outbox (a dedicated LISTEN connection, reconnected with
+// backoff) or --relay.poll-interval; a worker that finds a full batch wakes another one, and a
+// recorded batch wakes one when a claim left rows behind its units, so parallelism follows the
+// backlog.
+//
+// # Rows and events
+//
+// A row of payload_format 1 is one event (its columns). A row of payload_format 2 (migration
+// 0008, written by ingest: one row per topic and lane per group commit, msg_key the lane key)
+// carries event_count events as frames (pkg/outbox.DecodeBatch); each becomes one message
+// keyed by its user id. A user's events always ride in one lane, and the lane is the order
+// unit, so per-user order holds. A row is acked only when all its messages are; otherwise the
+// whole row is retried (its acked messages are sent again: at-least-once, consumers
+// deduplicate on event_id) and the later rows of its lane wait. A batch row that does not
+// decode is poison: it goes dead at once with the decode error (it would fail forever) and
+// its lane goes on.
 //
 // Failures: a failed row retries after an exponential backoff with jitter
 // (--relay.retry-base doubling up to --relay.retry-max) and ends dead with its last error
@@ -29,23 +44,28 @@
 //
 // Delivery is at-least-once: a relay that dies after Kafka acked a batch but before recording
 // it leaves that batch to be published again after its lease expires, so duplicates are
-// bounded by the batches in flight (per relay 2 × --relay.workers × --relay.batch-size: each
+// bounded by the batches in flight (per relay 2 × --relay.workers × --relay.batch-events: each
 // worker has one batch publishing and at most one whose outcome is being recorded) and carry
 // the same event_id header for consumers to deduplicate.
 //
 // # Metrics
 //
 // Contract names (api-contract §9.1):
-//   - reco_outbox_relay_published_total{topic}: rows acked by Kafka
-//   - reco_outbox_relay_failed_total{topic}: failed publish attempts
-//   - reco_outbox_relay_event_lag_ms: now - created_at at each publish attempt (histogram, ms)
+//   - reco_outbox_relay_published_total{topic}: events (messages) acked by Kafka
+//   - reco_outbox_relay_failed_total{topic}: events of failed publish attempts (every event of
+//     a failed row, since all are sent again)
+//   - reco_outbox_relay_event_lag_ms: now - created_at at each publish attempt, per event
+//     (histogram, ms)
 //   - reco_outbox_backlog_events{status=pending|publishing|dead}, reco_outbox_backlog_oldest_lag_ms:
-//     the snapshot, refreshed every --relay.snapshot-interval
+//     the snapshot in events (sum of event_count, bounded), refreshed every
+//     --relay.snapshot-interval
 //   - reco_outbox_relay_errors_total{stage}: startup, claim, publish, mark_failed, process,
 //     metrics, stop, stop_timeout, plus renew, reap, retention and listen
 //
-// recsys additions: recsys_relay_commit_to_ack_seconds (created_at to Kafka ack, measured
-// with the database's clock for the part before the claim), recsys_relay_batch_size,
+// recsys additions: recsys_relay_commit_to_ack_seconds (created_at to Kafka ack per event,
+// measured with the database's clock for the part before the claim), recsys_relay_batch_size
+// (events per claimed batch), recsys_relay_undecodable_rows_total (poison batch rows sent to
+// dead),
 // recsys_relay_publish_duration_seconds, recsys_relay_claim_duration_seconds,
 // recsys_relay_complete_duration_seconds, recsys_relay_fenced_total (outcomes dropped because
 // the lease was lost), recsys_relay_lease_lost_total (seen while renewing),

@@ -73,7 +73,8 @@ func TestPublishTopicErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := &fakePublisher{answers: tc.answers}
 			r := &Relay{cfg: NewConfig(), pub: f, m: newMetrics(metrics.NewSet()), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-			res := r.publishTopic(context.Background(), rows)
+			items, _ := r.decode(context.Background(), rows)
+			res := r.publishTopic(context.Background(), items)
 			if len(f.calls) != tc.calls {
 				t.Fatalf("%d WriteMessages calls, want %d: %v", len(f.calls), tc.calls, f.calls)
 			}
@@ -105,6 +106,75 @@ func TestPublishTopicErrors(t *testing.T) {
 				t.Fatalf("too-large error %q does not name the flag", r.Err)
 			}
 		})
+	}
+}
+
+func batchRow(id int64, lane int, events ...string) outbox.Row {
+	var p []byte
+	for _, ev := range events {
+		p = outbox.AppendFrame(p, outbox.Message{EventID: ev, EventType: "watch", Key: "user-" + ev,
+			CorrelationID: "corr-" + ev, SchemaVersion: 1, Payload: []byte(`{"event_id":"` + ev + `"}`)})
+	}
+	return outbox.Row{ID: id, Topic: "t", Key: outbox.LaneKey(lane), EventID: "batch:" + events[0], EventType: "watch",
+		PayloadFormat: outbox.FormatBatch, EventCount: len(events), Payload: p}
+}
+
+// A batch row publishes one message per frame with the frame's key and headers; one failed
+// message fails its whole row (sent again whole), not the other rows; a row that does not
+// decode is permanent (dead) and never sent.
+func TestPublishBatchRows(t *testing.T) {
+	corrupt := batchRow(4, 1, "d1", "d2")
+	corrupt.Payload = corrupt.Payload[:len(corrupt.Payload)-3]
+	rows := []outbox.Row{
+		batchRow(1, 0, "a1", "a2", "a3"),
+		{ID: 2, Key: "solo", Topic: "t", EventID: "s1", EventType: "impression", SchemaVersion: 1, Payload: []byte("{}"),
+			PayloadFormat: outbox.FormatSingle, EventCount: 1},
+		batchRow(3, 1, "c1", "c2"),
+		corrupt,
+	}
+	f := &fakePublisher{answers: []func([]kafkago.Message) error{func(msgs []kafkago.Message) error {
+		errs := make(kafkago.WriteErrors, len(msgs))
+		errs[1] = kafkago.NotLeaderForPartition // a2: the second message of row 1
+		return errs
+	}}}
+	r := &Relay{cfg: NewConfig(), pub: f, m: newMetrics(metrics.NewSet()), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	items, res := r.decode(context.Background(), rows)
+	if got := res[4]; !got.Permanent || got.Err == nil || !strings.Contains(got.Err.Error(), "decode outbox batch") {
+		t.Fatalf("corrupt row result %+v, want a permanent decode error", got)
+	}
+	var sent []kafkago.Message
+	inner := f.answers[0]
+	f.answers[0] = func(msgs []kafkago.Message) error { sent = msgs; return inner(msgs) }
+	for id, v := range r.publishTopic(context.Background(), items) {
+		res[id] = v
+	}
+	if len(sent) != 6 {
+		t.Fatalf("sent %d messages, want 6 (3 + 1 + 2; the corrupt row never)", len(sent))
+	}
+	want := []struct{ id, key, row, seq, typ string }{
+		{"a1", "user-a1", "1", "0", "watch"}, {"a2", "user-a2", "1", "1", "watch"}, {"a3", "user-a3", "1", "2", "watch"},
+		{"s1", "solo", "2", "", "impression"}, {"c1", "user-c1", "3", "0", "watch"}, {"c2", "user-c2", "3", "1", "watch"},
+	}
+	hv := func(m kafkago.Message, k string) string {
+		for _, h := range m.Headers {
+			if h.Key == k {
+				return string(h.Value)
+			}
+		}
+		return ""
+	}
+	for i, w := range want {
+		m := sent[i]
+		got := []string{hv(m, "event_id"), string(m.Key), hv(m, "outbox_id"), hv(m, "outbox_seq"), hv(m, "event_type"), hv(m, "schema_version")}
+		if exp := []string{w.id, w.key, w.row, w.seq, w.typ, "1"}; strings.Join(got, ",") != strings.Join(exp, ",") {
+			t.Errorf("message %d: event_id,key,outbox_id,outbox_seq,event_type,schema_version = %v, want %v", i, got, exp)
+		}
+		if w.row != "2" && (hv(m, "correlation_id") != "corr-"+w.id || string(m.Value) != `{"event_id":"`+w.id+`"}`) {
+			t.Errorf("message %d: correlation_id %q value %s", i, hv(m, "correlation_id"), m.Value)
+		}
+	}
+	if len(res) != 2 || res[1].Err == nil || res[1].Permanent || !res[4].Permanent {
+		t.Fatalf("results %+v, want row 1 failed (retryable) and row 4 permanent, rows 2 and 3 acked", res)
 	}
 }
 

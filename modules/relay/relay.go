@@ -135,6 +135,12 @@ type Relay struct {
 	// claiming again, so an outage does not spend the rows' attempts.
 	down atomic.Pointer[error]
 	snap atomic.Pointer[snapState]
+	// blocked is set when a claim left pending rows behind (their unit in flight, say): the
+	// next recorded outcome may free them, so it wakes an idle worker.
+	blocked atomic.Bool
+	// recorded counts recorded batches, so a worker can tell that one was recorded while its
+	// claim ran.
+	recorded atomic.Uint64
 }
 
 type snapState struct {
@@ -173,7 +179,7 @@ func NewRelay(cfg *Config, d infra.Deps, o Options) (*Relay, error) {
 	if d.Kafka != nil {
 		r.topics = []string{d.Kafka.TopicImpressions, d.Kafka.TopicWatches}
 		if r.pub == nil {
-			r.pub = d.Kafka.NewWriter(WriterOptions(cfg))
+			r.pub = NewPublisher(d.Kafka, cfg)
 		}
 		if r.broker == nil {
 			r.broker = kafkaBroker{c: d.Kafka}
@@ -188,14 +194,14 @@ func NewRelay(cfg *Config, d infra.Deps, o Options) (*Relay, error) {
 	return r, nil
 }
 
-// WriterOptions size the kafka-go Writer for the relay. One produce request per partition can
-// hold every worker's batch, so a unit's rows in one batch are normally appended together or
-// not at all. The relay batches by itself, so the writer need not linger: kafka-go appends a
-// call's messages for a partition under the partition's lock, and the batch timer can only
-// flush once the whole call is in, so a tiny BatchTimeout sends each call's messages at once
-// instead of after kafka-go's wait.
+// WriterOptions size a kafka-go Writer for the relay (NewPublisher sets BatchSize per tier).
+// One produce request per partition can hold a whole claim (--relay.batch-events), so a
+// unit's rows in one batch are normally appended together or not at all. The relay batches by
+// itself, so the writer need not linger: kafka-go appends a call's messages for a partition
+// under the partition's lock, and the batch timer can only flush once the whole call is in,
+// so a tiny BatchTimeout sends each call's messages at once instead of after kafka-go's wait.
 func WriterOptions(cfg *Config) kafka.WriterOptions {
-	return kafka.WriterOptions{BatchSize: cfg.BatchSize * cfg.Workers, BatchBytes: cfg.MaxBatchBytes,
+	return kafka.WriterOptions{BatchSize: cfg.BatchEvents, BatchBytes: cfg.MaxBatchBytes,
 		BatchTimeout: 100 * time.Microsecond}
 }
 
@@ -205,7 +211,7 @@ func (r *Relay) Owner() string { return r.owner }
 // Run provisions the topics, then claims and publishes until ctx is cancelled; batches in
 // flight at that moment are finished (acked and recorded) within --relay.shutdown-timeout.
 func (r *Relay) Run(ctx context.Context) error {
-	r.log.InfoContext(ctx, "relay starting", "owner", r.owner, "workers", r.cfg.Workers, "batch_size", r.cfg.BatchSize,
+	r.log.InfoContext(ctx, "relay starting", "owner", r.owner, "workers", r.cfg.Workers, "batch_size", r.cfg.BatchSize, "batch_events", r.cfg.BatchEvents,
 		"topics", r.topics, "listen", r.cfg.Listen)
 	var bg sync.WaitGroup
 	defer bg.Wait()
@@ -326,7 +332,9 @@ func (r *Relay) work(ctx context.Context, id int) {
 			return
 		}
 		start := time.Now()
-		c, err := r.store.Claim(ctx, outbox.ClaimRequest{Owner: r.owner, Limit: r.cfg.BatchSize, Lease: r.cfg.Lease, After: after})
+		gen := r.recorded.Load()
+		c, err := r.store.Claim(ctx, outbox.ClaimRequest{Owner: r.owner, Limit: r.cfg.BatchSize,
+			MaxEvents: r.cfg.BatchEvents, Lease: r.cfg.Lease, After: after})
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -337,9 +345,15 @@ func (r *Relay) work(ctx context.Context, id int) {
 			continue
 		}
 		r.m.claimDur.UpdateDuration(start)
+		if c.Blocked {
+			r.blocked.Store(true)
+		}
 		after = c.NextAfter(r.cfg.BatchSize)
 		if len(c.Rows) == 0 {
-			if empty++; after != 0 && empty < maxEmptyWindows {
+			// A batch recorded while this claim ran may have freed the rows it found blocked,
+			// and its wake-up may have gone before the claim set r.blocked: claim again.
+			freed := c.Blocked && r.recorded.Load() != gen
+			if empty++; (after != 0 || freed) && empty < maxEmptyWindows {
 				continue
 			}
 			empty = 0
@@ -347,12 +361,20 @@ func (r *Relay) work(ctx context.Context, id int) {
 			continue
 		}
 		empty = 0
-		if len(c.Rows) == r.cfg.BatchSize || after != 0 {
+		if c.Full || after != 0 {
 			r.wake() // there is a backlog: get another worker going
 		}
 		record := r.process(ctx, c)
 		recording.Wait()
-		recording.Go(record)
+		recording.Go(func() {
+			record()
+			r.recorded.Add(1)
+			// The batch's units are free again: rows left behind them, with no commit of
+			// their own to announce them, can go now.
+			if r.blocked.Swap(false) {
+				r.wake()
+			}
+		})
 	}
 }
 
@@ -403,9 +425,12 @@ func (r *Relay) awaitBroker(ctx context.Context) bool {
 // of being published again by another relay after the lease.
 func (r *Relay) process(ctx context.Context, c *outbox.Claim) (record func()) {
 	bctx := context.WithoutCancel(ctx)
-	r.m.batchSize.Update(float64(len(c.Rows)))
+	items, results := r.decode(ctx, c.Rows)
+	r.m.batchSize.Update(float64(c.Events()))
 	stopRenew := r.renewWhileInFlight(bctx, c)
-	results := r.publish(bctx, c)
+	for id, res := range r.publish(bctx, c, items) {
+		results[id] = res
+	}
 	stopRenew()
 	ackAt := time.Since(c.ClaimedAt)
 
@@ -418,7 +443,7 @@ func (r *Relay) process(ctx context.Context, c *outbox.Claim) (record func()) {
 	for i, o := range outcomes {
 		row, res := c.Rows[i], results[c.Rows[i].ID]
 		if res.Err != nil {
-			failedByTopic[row.Topic]++
+			failedByTopic[row.Topic] += row.Events()
 			anyFailed = true
 			if firstErr == nil {
 				firstErr = res.Err
@@ -428,8 +453,11 @@ func (r *Relay) process(ctx context.Context, c *outbox.Claim) (record func()) {
 			}
 		} else if !res.NotSent {
 			allFailed = false
-			ackedByTopic[row.Topic]++
-			r.m.commitToAck.Update((row.AgeAtClaim + ackAt).Seconds())
+			ackedByTopic[row.Topic] += row.Events()
+			lat := (row.AgeAtClaim + ackAt).Seconds()
+			for range row.Events() {
+				r.m.commitToAck.Update(lat)
+			}
 		}
 		switch {
 		case o.Status == outbox.StatusDead:
@@ -446,8 +474,8 @@ func (r *Relay) process(ctx context.Context, c *outbox.Claim) (record func()) {
 	}
 	if anyFailed {
 		r.m.errors("publish").Inc()
-		r.log.WarnContext(ctx, "publish outbox batch", "err", firstErr, "batch_size", len(c.Rows),
-			"failed", len(outcomes)-sum(ackedByTopic), "mitigation", "failed rows retry with backoff, later rows of their keys wait")
+		r.log.WarnContext(ctx, "publish outbox batch", "err", firstErr, "batch_rows", len(c.Rows),
+			"failed_events", sum(failedByTopic), "mitigation", "failed rows retry with backoff, later rows of their keys wait")
 		if allFailed {
 			r.markDown(ctx, firstErr)
 		}
@@ -455,6 +483,33 @@ func (r *Relay) process(ctx context.Context, c *outbox.Claim) (record func()) {
 		r.down.Store(nil)
 	}
 	return func() { r.complete(bctx, c, outcomes, anyFailed) }
+}
+
+// item is a claimed row with the messages it carries.
+type item struct {
+	row  *outbox.Row
+	msgs []outbox.Message
+}
+
+// decode splits the claimed rows into their messages. A row that does not decode is poison:
+// its result is a permanent error, so it goes dead at once with the decode error and does not
+// hold its lane back.
+func (r *Relay) decode(ctx context.Context, rows []outbox.Row) ([]item, map[int64]outbox.Result) {
+	items := make([]item, 0, len(rows))
+	results := map[int64]outbox.Result{}
+	for i := range rows {
+		row := &rows[i]
+		msgs, err := row.Messages()
+		if err != nil {
+			r.m.poison.Inc()
+			r.log.ErrorContext(ctx, "undecodable outbox row, moving it to dead", "err", err, "outbox_id", row.ID,
+				"event_id", row.EventID, "mitigation", "fix the writer; the row's lane continues without it")
+			results[row.ID] = outbox.Result{Err: err, Permanent: true}
+			continue
+		}
+		items = append(items, item{row: row, msgs: msgs})
+	}
+	return items, results
 }
 
 func sum(m map[string]int) int {
@@ -541,20 +596,24 @@ func (r *Relay) renewWhileInFlight(ctx context.Context, c *outbox.Claim) (stop f
 	return func() { close(done); wg.Wait() }
 }
 
-// publish sends the batch, one WriteMessages call per topic (a missing topic fails only its
-// own rows), and returns the rows that did not succeed.
-func (r *Relay) publish(ctx context.Context, c *outbox.Claim) map[int64]outbox.Result {
-	byTopic := map[string][]outbox.Row{}
+// publish sends the batch's messages, one WriteMessages call per topic (a missing topic fails
+// only its own rows), and returns the rows that did not succeed: a row succeeds only when
+// every one of its messages was acked.
+func (r *Relay) publish(ctx context.Context, c *outbox.Claim, items []item) map[int64]outbox.Result {
+	byTopic := map[string][]item{}
 	var order []string
-	for _, row := range c.Rows {
-		if _, ok := byTopic[row.Topic]; !ok {
-			order = append(order, row.Topic)
+	for _, it := range items {
+		if _, ok := byTopic[it.row.Topic]; !ok {
+			order = append(order, it.row.Topic)
 		}
-		byTopic[row.Topic] = append(byTopic[row.Topic], row)
+		byTopic[it.row.Topic] = append(byTopic[it.row.Topic], it)
 	}
 	sinceClaim := time.Since(c.ClaimedAt)
-	for _, row := range c.Rows {
-		r.m.eventLag.Update(float64((row.AgeAtClaim + sinceClaim).Milliseconds()))
+	for _, it := range items {
+		lag := float64((it.row.AgeAtClaim + sinceClaim).Milliseconds())
+		for range it.msgs {
+			r.m.eventLag.Update(lag)
+		}
 	}
 	start := time.Now()
 	defer r.m.publishDur.UpdateDuration(start)
@@ -578,19 +637,57 @@ func (r *Relay) publish(ctx context.Context, c *outbox.Claim) map[int64]outbox.R
 	return results
 }
 
-const headerOutboxID = "outbox_id"
+const (
+	headerOutboxID  = "outbox_id"
+	headerOutboxSeq = "outbox_seq"
+)
 
-func message(row outbox.Row) kafkago.Message {
-	h := []kafkago.Header{
-		{Key: "event_id", Value: []byte(row.EventID)},
-		{Key: "event_type", Value: []byte(row.EventType)},
-		{Key: "schema_version", Value: []byte(strconv.Itoa(int(row.SchemaVersion)))},
-		{Key: headerOutboxID, Value: []byte(strconv.FormatInt(row.ID, 10))},
+// schemaVersions caches the schema_version header values in use, saving an allocation per
+// message.
+var schemaVersions = func() [8][]byte {
+	var v [8][]byte
+	for i := range v {
+		v[i] = []byte(strconv.Itoa(i))
 	}
-	if row.CorrelationID != "" {
-		h = append(h, kafkago.Header{Key: "correlation_id", Value: []byte(row.CorrelationID)})
+	return v
+}()
+
+func schemaVersion(v int16) []byte {
+	if v >= 0 && int(v) < len(schemaVersions) {
+		return schemaVersions[v]
 	}
-	return kafkago.Message{Topic: row.Topic, Key: []byte(row.Key), Value: row.Payload, Headers: h}
+	return []byte(strconv.Itoa(int(v)))
+}
+
+// appendMessages appends the Kafka messages of one row. Every message carries the row's id
+// (outbox_id, shared by a batch row's messages) and, for a batch row, its index in the row
+// (outbox_seq).
+func appendMessages(dst []kafkago.Message, it item) []kafkago.Message {
+	row := it.row
+	oid := []byte(strconv.FormatInt(row.ID, 10))
+	batch := row.PayloadFormat == outbox.FormatBatch
+	for seq, m := range it.msgs {
+		n := 4
+		if batch {
+			n++
+		}
+		if m.CorrelationID != "" {
+			n++
+		}
+		h := make([]kafkago.Header, 4, n)
+		h[0] = kafkago.Header{Key: "event_id", Value: []byte(m.EventID)}
+		h[1] = kafkago.Header{Key: "event_type", Value: []byte(m.EventType)}
+		h[2] = kafkago.Header{Key: "schema_version", Value: schemaVersion(m.SchemaVersion)}
+		h[3] = kafkago.Header{Key: headerOutboxID, Value: oid}
+		if batch {
+			h = append(h, kafkago.Header{Key: headerOutboxSeq, Value: []byte(strconv.Itoa(seq))})
+		}
+		if m.CorrelationID != "" {
+			h = append(h, kafkago.Header{Key: "correlation_id", Value: []byte(m.CorrelationID)})
+		}
+		dst = append(dst, kafkago.Message{Topic: row.Topic, Key: []byte(m.Key), Value: m.Payload, Headers: h})
+	}
+	return dst
 }
 
 func outboxID(m kafkago.Message) int64 {
@@ -603,16 +700,25 @@ func outboxID(m kafkago.Message) int64 {
 	return 0
 }
 
-// publishTopic writes rows of one topic. A message larger than the writer accepts fails the
-// whole call before anything is sent: it is taken out (dead: retrying cannot fix it), the
-// later rows of its unit are held back unsent, and the rest is sent again.
-func (r *Relay) publishTopic(ctx context.Context, rows []outbox.Row) map[int64]outbox.Result {
+// publishTopic writes the messages of one topic's rows. A message larger than the writer
+// accepts fails the whole call before anything is sent: its row is taken out (dead: retrying
+// cannot fix it), the later rows of its unit are held back unsent, and the rest is sent
+// again. A row with any failed message fails as a whole (all of it is sent again later).
+func (r *Relay) publishTopic(ctx context.Context, items []item) map[int64]outbox.Result {
 	results := map[int64]outbox.Result{}
-	send := rows
+	send := items
 	for len(send) > 0 {
-		msgs := make([]kafkago.Message, len(send))
-		for i, row := range send {
-			msgs[i] = message(row)
+		n := 0
+		for _, it := range send {
+			n += len(it.msgs)
+		}
+		msgs := make([]kafkago.Message, 0, n)
+		owner := make([]int32, 0, n) // msgs[i] belongs to send[owner[i]]
+		for i, it := range send {
+			msgs = appendMessages(msgs, it)
+			for range it.msgs {
+				owner = append(owner, int32(i))
+			}
 		}
 		cctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
 		err := r.pub.WriteMessages(cctx, msgs...)
@@ -625,38 +731,44 @@ func (r *Relay) publishTopic(ctx context.Context, rows []outbox.Row) map[int64]o
 		switch {
 		case errors.As(err, &tooLarge):
 			bad := outboxID(tooLarge.Message)
-			var next []outbox.Row
+			var next []item
 			var held *outbox.Unit
-			for _, row := range send {
+			for _, it := range send {
+				row := it.row
 				switch {
 				case row.ID == bad:
 					results[row.ID] = outbox.Result{Permanent: true,
-						Err: fmt.Errorf("message of %d bytes is larger than --relay.max-batch-bytes (%d): %w", len(row.Payload), r.cfg.MaxBatchBytes, err)}
+						Err: fmt.Errorf("message of %d bytes is larger than --relay.max-batch-bytes (%d): %w", len(tooLarge.Message.Value), r.cfg.MaxBatchBytes, err)}
 					u := row.Unit()
 					held = &u
 				case held != nil && row.Unit() == *held:
 					results[row.ID] = outbox.Result{NotSent: true}
 				default:
-					next = append(next, row)
+					next = append(next, it)
 				}
 			}
 			if held == nil { // cannot tell which message: fail the call's rows
-				for _, row := range send {
-					results[row.ID] = outbox.Result{Err: err}
+				for _, it := range send {
+					results[it.row.ID] = outbox.Result{Err: err}
 				}
 				return results
 			}
 			send = next
 		case errors.As(err, &werrs):
 			for i, e := range werrs {
-				if e != nil && i < len(send) {
-					results[send[i].ID] = outbox.Result{Err: e, Permanent: errors.Is(e, kafkago.MessageSizeTooLarge)}
+				if e == nil || i >= len(owner) {
+					continue
+				}
+				id := send[owner[i]].row.ID
+				// A message retrying cannot fix makes its row permanent whatever else failed.
+				if prev, ok := results[id]; !ok || (!prev.Permanent && errors.Is(e, kafkago.MessageSizeTooLarge)) {
+					results[id] = outbox.Result{Err: e, Permanent: errors.Is(e, kafkago.MessageSizeTooLarge)}
 				}
 			}
 			return results
 		default:
-			for _, row := range send {
-				results[row.ID] = outbox.Result{Err: err}
+			for _, it := range send {
+				results[it.row.ID] = outbox.Result{Err: err}
 			}
 			return results
 		}

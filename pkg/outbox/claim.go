@@ -12,9 +12,12 @@ import (
 
 // ClaimRequest says what to claim.
 type ClaimRequest struct {
-	Owner string        // lease owner, for operators reading the table
-	Limit int           // most rows in the claim
-	Lease time.Duration // lease length; renew it while the batch is in flight
+	Owner string // lease owner, for operators reading the table
+	Limit int    // most rows in the claim
+	// MaxEvents bounds the events (sum of event_count) in the claim; 0 means no bound beyond
+	// Limit. The first row is always claimable, so a row larger than MaxEvents still goes out.
+	MaxEvents int
+	Lease     time.Duration // lease length; renew it while the batch is in flight
 	// After is the scan cursor: only pending rows with a larger id are considered. 0 scans from
 	// the front of the queue. See Claim.NextAfter.
 	After int64
@@ -33,6 +36,23 @@ type Claim struct {
 	// WindowEnd.
 	WindowFull bool
 	WindowEnd  int64
+	// Full reports that the claim stopped at its Limit rows or MaxEvents events, so more
+	// claimable rows probably wait.
+	Full bool
+	// Blocked reports that the window held pending rows the claim did not take (behind rows
+	// of their unit in flight, backing off, or locked by another claimer), or that it was Full:
+	// rows may become claimable when a batch in flight is recorded, with no new commit (and so
+	// no NOTIFY) to announce them.
+	Blocked bool
+}
+
+// Events is the number of events in the claim's rows.
+func (c *Claim) Events() int {
+	n := 0
+	for _, r := range c.Rows {
+		n += r.Events()
+	}
+	return n
 }
 
 // IDs returns the claimed row ids.
@@ -49,7 +69,7 @@ func (c *Claim) IDs() []int64 {
 // flight or backing off), otherwise back to the front, so the oldest rows go first and a
 // congested front cannot starve the rows behind it.
 func (c *Claim) NextAfter(limit int) int64 {
-	if c.WindowFull && len(c.Rows) < limit {
+	if c.WindowFull && !c.Full && len(c.Rows) < limit {
 		return c.WindowEnd
 	}
 	return 0
@@ -58,8 +78,9 @@ func (c *Claim) NextAfter(limit int) int64 {
 // The claim is one transaction in two round trips (see the package doc for why the result
 // is safe with any number of claimers):
 //
-//  1. BEGIN and scanLockSQL: from a window of pending rows, up to Limit due rows that are
-//     their unit's head or whose head is itself pending and due, locked FOR UPDATE SKIP
+//  1. BEGIN and scanLockSQL: from a window of pending rows, up to Limit due rows (and
+//     MaxEvents events) that are their unit's head or whose head is itself pending and due,
+//     locked FOR UPDATE SKIP
 //     LOCKED (rows that stopped being pending and due meanwhile are re-checked on the locked
 //     version and left out).
 //  2. takeSQL, then COMMIT. Its snapshot is taken after the locks of step 1 were acquired;
@@ -74,10 +95,10 @@ func (c *Claim) NextAfter(limit int) int64 {
 // whatever the planner believes about row counts (a join between CTEs it misestimates can
 // turn into a million index probes on a table without statistics).
 const scanLockSQL = `
-WITH ok AS (
-    SELECT w.id
+WITH cand AS (
+    SELECT w.id, w.event_count
     FROM (
-        SELECT id, msg_key, topic, next_attempt_at
+        SELECT id, msg_key, topic, next_attempt_at, event_count
         FROM event_outbox
         WHERE status = 'pending' AND id > $1
         ORDER BY id
@@ -92,9 +113,15 @@ WITH ok AS (
     ) head
     WHERE w.next_attempt_at <= now()
       AND (head.id = w.id OR (head.status = 'pending' AND head.next_attempt_at <= now()))
+    ORDER BY w.id
     LIMIT $3
+), ok AS (
+    -- The events limit: candidates in id order while the events before them are below $4,
+    -- so a claim always gets its first row however many events that row carries.
+    SELECT id FROM (SELECT id, sum(event_count) OVER (ORDER BY id) - event_count AS before FROM cand) s
+    WHERE before < $4
 )
-SELECT o.id, o.msg_key, o.topic
+SELECT o.id, o.msg_key, o.topic, o.event_count
 FROM event_outbox o
 WHERE o.id = ANY(ARRAY(SELECT id FROM ok)) AND o.status = 'pending' AND o.next_attempt_at <= now()
 ORDER BY o.id
@@ -135,7 +162,7 @@ WHERE id = ANY(ARRAY(
     SELECT x.id FROM unnest($6::bigint[], $7::bigint[]) AS x(id, run) JOIN ok ON ok.i = x.run
     WHERE ok.whole OR x.id = ok.f
 ))
-RETURNING id, event_id, event_type, topic, msg_key, payload, schema_version, correlation_id, attempts,
+RETURNING id, event_id, event_type, topic, msg_key, payload, schema_version, correlation_id, payload_format, event_count, attempts,
     max_attempts, created_at, greatest((extract(epoch FROM now() - created_at) * 1000000)::bigint, 0), lease_token`
 
 type unitRun struct {
@@ -158,6 +185,10 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Claim, error) {
 		window = 4 * req.Limit
 	}
 	window = max(window, req.Limit)
+	maxEvents := int64(req.MaxEvents)
+	if maxEvents <= 0 {
+		maxEvents = 1 << 62
+	}
 	c := &Claim{Owner: req.Owner, ClaimedAt: time.Now(), Lease: req.Lease}
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
@@ -174,7 +205,7 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Claim, error) {
 			cancel()
 		}
 	}()
-	runs, locked, err := scanLock(ctx, conn.Conn(), req.After, window, req.Limit)
+	runs, locked, events, err := scanLock(ctx, conn.Conn(), req.After, window, req.Limit, maxEvents)
 	if err != nil {
 		return nil, fmt.Errorf("claim outbox batch: %w", err)
 	}
@@ -196,10 +227,12 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Claim, error) {
 		}
 		committed = true // rolled back: nothing was locked
 		c.WindowFull = winN >= int64(window)
+		c.Blocked = winN > 0
 		return c, nil
 	}
+	c.Full = locked >= req.Limit || events >= maxEvents
 	var stats *windowStats
-	if locked < req.Limit {
+	if !c.Full {
 		stats = &windowStats{after: req.After, window: window}
 	}
 	c.Rows, c.Token, err = take(ctx, conn.Conn(), runs, stats, req)
@@ -208,6 +241,9 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Claim, error) {
 	}
 	if stats != nil {
 		c.WindowFull, c.WindowEnd = stats.n >= int64(window), stats.end
+		c.Blocked = stats.n > int64(len(c.Rows))
+	} else {
+		c.Blocked = true
 	}
 	committed = true
 	sort.Slice(c.Rows, func(i, j int) bool { return c.Rows[i].ID < c.Rows[j].ID })
@@ -216,36 +252,38 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Claim, error) {
 
 // scanLock begins the transaction and locks the candidates in one round trip, grouping the
 // locked rows into per-unit runs.
-func scanLock(ctx context.Context, conn *pgx.Conn, after int64, window, limit int) ([]*unitRun, int, error) {
+func scanLock(ctx context.Context, conn *pgx.Conn, after int64, window, limit int, maxEvents int64) ([]*unitRun, int, int64, error) {
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	// The claim's statements are index probes per row or unit, so their estimated cost grows
 	// with the batch size; past jit_above_cost PostgreSQL would JIT-compile them, which costs
 	// tens of milliseconds and saves nothing here.
 	b.Queue("SET LOCAL jit = off")
-	b.Queue(scanLockSQL, after, window, limit)
+	b.Queue(scanLockSQL, after, window, limit, maxEvents)
 	br := conn.SendBatch(ctx, b)
 	defer br.Close()
 	for range 2 {
 		if _, err := br.Exec(); err != nil {
-			return nil, 0, fmt.Errorf("begin: %w", err)
+			return nil, 0, 0, fmt.Errorf("begin: %w", err)
 		}
 	}
 	rows, err := br.Query()
 	if err != nil {
-		return nil, 0, fmt.Errorf("lock: %w", err)
+		return nil, 0, 0, fmt.Errorf("lock: %w", err)
 	}
 	defer rows.Close()
 	byUnit := map[Unit]*unitRun{}
 	var runs []*unitRun
-	locked := 0
+	locked, events := 0, int64(0)
 	for rows.Next() {
 		var id int64
 		var u Unit
-		if err := rows.Scan(&id, &u.Key, &u.Topic); err != nil {
-			return nil, 0, fmt.Errorf("lock: %w", err)
+		var n int32
+		if err := rows.Scan(&id, &u.Key, &u.Topic, &n); err != nil {
+			return nil, 0, 0, fmt.Errorf("lock: %w", err)
 		}
 		locked++
+		events += int64(n)
 		r := byUnit[u]
 		if r == nil {
 			r = &unitRun{unit: u, first: id}
@@ -256,9 +294,9 @@ func scanLock(ctx context.Context, conn *pgx.Conn, after int64, window, limit in
 		r.ids = append(r.ids, id)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, 0, fmt.Errorf("lock: %w", err)
+		return nil, 0, 0, fmt.Errorf("lock: %w", err)
 	}
-	return runs, locked, nil
+	return runs, locked, events, nil
 }
 
 // windowStats asks take to also read the window's size and end.
@@ -303,10 +341,10 @@ func take(ctx context.Context, conn *pgx.Conn, runs []*unitRun, stats *windowSta
 	for rows.Next() {
 		var r Row
 		var correlation *string
-		var attempts, mx int32
+		var attempts, mx, count int32
 		var ageUS, tok int64
 		if err := rows.Scan(&r.ID, &r.EventID, &r.EventType, &r.Topic, &r.Key, &r.Payload, &r.SchemaVersion,
-			&correlation, &attempts, &mx, &r.CreatedAt, &ageUS, &tok); err != nil {
+			&correlation, &r.PayloadFormat, &count, &attempts, &mx, &r.CreatedAt, &ageUS, &tok); err != nil {
 			rows.Close()
 			return nil, 0, fmt.Errorf("lease: %w", err)
 		}
@@ -318,6 +356,7 @@ func take(ctx context.Context, conn *pgx.Conn, runs []*unitRun, stats *windowSta
 		if correlation != nil {
 			r.CorrelationID = *correlation
 		}
+		r.EventCount = int(count)
 		r.Attempts, r.MaxAttempts, r.AgeAtClaim = int(attempts), int(mx), time.Duration(ageUS)*time.Microsecond
 		out = append(out, r)
 	}

@@ -1,7 +1,7 @@
 // Package outbox is the relay side of the transactional outbox: the PostgreSQL repository that
 // claims event_outbox rows under a lease, records what happened to them with fencing, reclaims
 // expired leases, deletes old published rows, requeues rows for replay and computes the backlog
-// snapshot shown by /healthz.
+// snapshot shown by /healthz (in events), and the batch row codec (batch.go).
 //
 // # Row life cycle
 //
@@ -18,8 +18,12 @@
 //
 // # Per-key order
 //
-// The order unit is (msg_key, topic): exactly what a Kafka consumer can observe, since one key
-// maps to one partition of one topic. Within a unit, rows go out one claim at a time, in id
+// The order unit is (msg_key, topic). For a single row (payload_format 1) msg_key is the
+// user id: exactly what a Kafka consumer can observe, since one key maps to one partition of
+// one topic. For a batch row (payload_format 2, see batch.go) msg_key is the lane key: the
+// row's events belong to many users, each of whom always writes to the same lane, so a lane
+// in row order is each of its users' commit order (frames keep a row's events in order).
+// A batch row is one unit of outcome: acked when every event is, otherwise retried whole. Within a unit, rows go out one claim at a time, in id
 // order, and a later row never overtakes an earlier one that is retrying. The claim (one
 // transaction, see claim.go) enforces it for any number of relays and workers:
 //
@@ -56,8 +60,10 @@
 //
 // Every statement reads through a partial index on one status (migration 0003).
 // The claim is two round trips (lock, then check and lease in one statement); with
-// DeleteOnAck a message costs the database one non-HOT update (the claim: status is in every
-// partial index's predicate) and one delete. The claim
+// DeleteOnAck a row costs the database one non-HOT update (the claim: status is in every
+// partial index's predicate) and one delete, whatever number of events it carries, which is
+// why writers batch events into rows. A claim is bounded in rows (Limit) and in events
+// (MaxEvents, a running sum of event_count in id order). The claim
 // scans a bounded window of pending rows (a few times the batch size) from a cursor the caller
 // advances when the front of the queue is congested by blocked units, so one hot key with a
 // long retrying backlog cannot make every claim scan the whole table. Snapshot counts each
@@ -65,6 +71,7 @@
 package outbox
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -116,6 +123,10 @@ type Row struct {
 	Payload       []byte
 	SchemaVersion int16
 	CorrelationID string
+	// PayloadFormat is FormatSingle (the columns above are the one event) or FormatBatch
+	// (Payload holds EventCount frames; Key is the lane key; see Messages).
+	PayloadFormat int16
+	EventCount    int
 	Attempts      int // including the claim that returned this row
 	MaxAttempts   int
 	CreatedAt     time.Time
@@ -123,6 +134,24 @@ type Row struct {
 	// latencies derived from it do not depend on the relay's clock agreeing with the database's.
 	AgeAtClaim time.Duration
 }
+
+// Messages returns the events the row carries, in order: for FormatSingle the one event its
+// columns describe, for FormatBatch its decoded frames. An error means the row can never be
+// published (a poison row): the relay sends it to 'dead' with the error at once.
+func (r Row) Messages() ([]Message, error) {
+	switch r.PayloadFormat {
+	case FormatSingle, 0:
+		return []Message{{EventID: r.EventID, EventType: r.EventType, Key: r.Key, CorrelationID: r.CorrelationID,
+			SchemaVersion: r.SchemaVersion, Payload: r.Payload}}, nil
+	case FormatBatch:
+		return DecodeBatch(r.Payload, r.EventCount)
+	default:
+		return nil, fmt.Errorf("decode outbox row %d: unknown payload_format %d", r.ID, r.PayloadFormat)
+	}
+}
+
+// Events is how many events the row carries (1 for FormatSingle).
+func (r Row) Events() int { return max(r.EventCount, 1) }
 
 // Unit is the per-key order unit of a row.
 type Unit struct{ Key, Topic string }

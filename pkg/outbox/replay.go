@@ -14,8 +14,10 @@ import (
 type ReplayFilter struct {
 	// Status is StatusDead (the runbook case) or StatusPublished (publish again, e.g. after a
 	// topic was lost); nothing else, so a replay never mixes the two by accident.
-	Status    string
-	EventType string    // "" for any
+	Status string
+	// EventType matches the row's event_type ("" for any). Batch rows are typed by topic:
+	// "impression" or "watch"; legacy events ride in "watch" rows.
+	EventType string
 	Since     time.Time // zero for any; otherwise rows created at or after it
 	Limit     int
 	DryRun    bool
@@ -24,13 +26,16 @@ type ReplayFilter struct {
 // ReplayResult is what Replay did (or, in a dry run, would do). It is printed as JSON by
 // `recsys relay replay`.
 type ReplayResult struct {
-	Status      string         `json:"status"`
-	EventType   string         `json:"event_type,omitempty"`
-	Since       *time.Time     `json:"since,omitempty"`
-	Limit       int            `json:"limit"`
-	DryRun      bool           `json:"dry_run"`
+	Status    string     `json:"status"`
+	EventType string     `json:"event_type,omitempty"`
+	Since     *time.Time `json:"since,omitempty"`
+	Limit     int        `json:"limit"`
+	DryRun    bool       `json:"dry_run"`
+	// Matched and Requeued count rows, ByEventType rows per row event_type (legacy events ride
+	// in watch batch rows); Events counts the events those rows carry (event_count).
 	Matched     int            `json:"matched"`
 	Requeued    int            `json:"requeued"`
+	Events      int            `json:"events"`
 	ByEventType map[string]int `json:"by_event_type"`
 	IDs         []int64        `json:"ids"`
 }
@@ -80,17 +85,19 @@ func (s *Store) Replay(ctx context.Context, f ReplayFilter) (ReplayResult, error
 		where = append(where, fmt.Sprintf("created_at >= $%d", len(args)))
 	}
 	cond := " FROM event_outbox WHERE " + strings.Join(where, " AND ") + " ORDER BY id LIMIT $1"
-	pick, pickIDs := "SELECT id, event_type"+cond, "SELECT id"+cond
+	pick, pickIDs := "SELECT id, event_type, event_count"+cond, "SELECT id"+cond
 	collect := func(rows pgx.Rows) error {
 		defer rows.Close()
 		for rows.Next() {
 			var id int64
 			var et string
-			if err := rows.Scan(&id, &et); err != nil {
+			var n int32
+			if err := rows.Scan(&id, &et, &n); err != nil {
 				return err
 			}
 			res.IDs = append(res.IDs, id)
 			res.ByEventType[et]++
+			res.Events += int(n)
 		}
 		return rows.Err()
 	}
@@ -111,7 +118,7 @@ UPDATE event_outbox
 SET status = 'pending', attempts = 0, next_attempt_at = now(), published_at = NULL,
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
 WHERE id = ANY(ARRAY(`+pickIDs+` FOR UPDATE SKIP LOCKED))
-RETURNING id, event_type`, args...)
+RETURNING id, event_type, event_count`, args...)
 		if err != nil {
 			return err
 		}
