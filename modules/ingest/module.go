@@ -9,6 +9,10 @@
 // module also deletes old raw events and dedup keys in bounded batches (--ingest.raw-retention,
 // --ingest.dedup-retention).
 //
+// Each group commit writes one outbox row per (topic, lane) carrying its new events as frames
+// (pkg/outbox batch rows); --ingest.outbox-lanes (shared with the /reco autolog's writer, so
+// in pkg/infra's config) sets the lane count.
+//
 // Responses keep the contract's fields; outbox_enqueued is true (or counts) only when an
 // outbox row was really written, and inserted_events counts events that were new. Errors:
 // 422 with a pydantic-style detail list (every bad field, with its loc), 413 over the body
@@ -100,6 +104,7 @@ func New(cfg *Config, d infra.Deps) (module.Module, error) {
 		TopicImpressions: d.Config.Kafka.TopicImpressions,
 		TopicWatches:     d.Config.Kafka.TopicWatches,
 		MaxAttempts:      cfg.OutboxMaxAttempts,
+		OutboxLanes:      d.Config.OutboxLanes,
 		MaxWait:          cfg.GroupCommitMaxWait,
 		MaxEvents:        cfg.GroupCommitMaxEvents,
 		CopyMinEvents:    cfg.GroupCommitCopyMinEvents,

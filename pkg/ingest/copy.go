@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"recsys/pkg/events"
+	"recsys/pkg/outbox"
 )
 
 // errOutboxConflict means the COPY into event_outbox hit its unique (event_id, event_type)
@@ -21,7 +22,8 @@ var errOutboxConflict = errors.New("outbox row already exists")
 
 // copyDedupSQL inserts the group's dedup keys and returns the new ones. It also queues the
 // relay's notification, which PostgreSQL delivers only if the transaction commits; every
-// new id gets an outbox row below, so "some id is new" is "some outbox row is written".
+// new id gets its frame in an outbox row below, so "some id is new" is "some outbox row is
+// written".
 const copyDedupSQL = `
 WITH d AS (
 	INSERT INTO event_dedup (event_id, event_type)
@@ -38,11 +40,12 @@ var (
 	impressionColumns = []string{"event_id", "position", "item_id", "feed_id", "slot", "user_id", "session_id", "request_id", "ts_ms", "ts", "server_received_ts_ms", "context"}
 	watchColumns      = []string{"event_id", "user_id", "session_id", "request_id", "item_id", "watch_time_sec", "percent_watched", "ended", "playback_speed", "rebuffer_count", "ts_ms", "ts", "server_received_ts_ms", "context"}
 	legacyColumns     = []string{"event_id", "user_id", "item_id", "event_type", "ts", "ts_ms"}
-	outboxColumns     = []string{"event_id", "event_type", "topic", "msg_key", "payload", "correlation_id", "schema_version", "max_attempts"}
+	outboxColumns     = []string{"event_id", "event_type", "topic", "msg_key", "payload", "schema_version", "max_attempts", "payload_format", "event_count"}
 )
 
-// copyGroup writes a group in one transaction: dedup insert, then COPY of the raw and outbox
-// rows of the ids that were new. It returns those ids (each got its outbox row).
+// copyGroup writes a group in one transaction: dedup insert, then COPY of the raw rows of the
+// ids that were new and of the outbox rows holding their frames (built here from the new ids).
+// It returns those ids (each got its frame in an outbox row).
 func (w *Writer) copyGroup(ctx context.Context, b *batch) (inserted []string, err error) {
 	tx, err := w.pool.Begin(ctx)
 	if err != nil {
@@ -70,23 +73,30 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (inserted []string, er
 	for _, id := range inserted {
 		isNew[id] = struct{}{}
 	}
+	obRows := b.outboxRows(isNew)
+	obIDs := make([]string, len(obRows))
+	for i := range obRows {
+		obIDs[i] = obRows[i].eventID
+	}
+	obRow := func(e *copyEncoder, i int) { e.outboxRow(&obRows[i], b.maxAttempts) }
 	copies := []struct {
 		table   string
 		columns []string
 		ids     []string
 		row     func(e *copyEncoder, i int)
+		all     bool // every row is for new ids
 	}{
-		{"impressions", impressionColumns, b.impEventID, b.impressionRow},
-		{"watches", watchColumns, b.watEventID, b.watchRow},
-		{"legacy_events", legacyColumns, b.legEventID, b.legacyRow},
-		{"event_outbox", outboxColumns, b.obEventID, b.outboxRow},
+		{"impressions", impressionColumns, b.impEventID, b.impressionRow, false},
+		{"watches", watchColumns, b.watEventID, b.watchRow, false},
+		{"legacy_events", legacyColumns, b.legEventID, b.legacyRow, false},
+		{"event_outbox", outboxColumns, obIDs, obRow, true},
 	}
 	var enc copyEncoder
 	for _, c := range copies {
 		enc.reset()
 		rows := 0
 		for i, id := range c.ids {
-			if _, ok := isNew[id]; ok {
+			if _, ok := isNew[id]; ok || c.all {
 				enc.tuple(len(c.columns))
 				c.row(&enc, i)
 				rows++
@@ -259,13 +269,16 @@ func (b *batch) legacyRow(e *copyEncoder, i int) {
 	e.int8(b.legTsMs[i])
 }
 
-func (b *batch) outboxRow(e *copyEncoder, i int) {
-	e.text(b.obEventID[i])
-	e.text(b.obType[i])
-	e.text(b.obTopic[i])
-	e.text(b.obKey[i])
-	e.bytea(b.obPayload[i])
-	e.optText(b.obCorr[i])
+// outboxRow leaves correlation_id NULL: a batch row's events may come from several
+// requests, and each frame carries its own.
+func (e *copyEncoder) outboxRow(r *outboxRow, maxAttempts int) {
+	e.text(r.eventID)
+	e.text(r.eventType)
+	e.text(r.topic)
+	e.text(r.key)
+	e.bytea(r.payload)
 	e.int2(int16(events.SchemaVersion))
-	e.int4(int32(b.maxAttempts))
+	e.int4(int32(maxAttempts))
+	e.int2(outbox.FormatBatch)
+	e.int4(int32(r.count))
 }

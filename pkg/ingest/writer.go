@@ -17,6 +17,13 @@
 // transaction so one bad request cannot fail the others. Connection errors and timeouts fail
 // the whole group at once: retrying them request by request would only multiply the wait.
 //
+// Outbox rows: a group writes ONE event_outbox row per (topic, lane) holding the frames
+// (pkg/outbox.AppendFrame) of the group's new events of that topic and lane in arrival order
+// (payload_format 2). The lane is a hash of the user id, so a user's events always share a
+// lane's order unit; the outbox's per-row cost (a heap row and four index entries, most of
+// ingestion's database work when it was per event) is paid per lane instead of per event.
+// The row's event_id is "batch:" + its first event's id, unique because event ids are.
+//
 // Idempotency: event_dedup(event_id) is inserted first with ON CONFLICT DO NOTHING; raw rows
 // and outbox rows are written only for ids that were new. Concurrent transactions with the
 // same id serialise on the unique index, so exactly one gets "ok". Ids are inserted in sorted
@@ -41,6 +48,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"recsys/pkg/events"
+	"recsys/pkg/outbox"
 )
 
 // NotifyChannel is the LISTEN/NOTIFY channel the writer notifies after writing outbox rows.
@@ -51,6 +59,11 @@ type Config struct {
 	TopicImpressions string // outbox topic of impressions
 	TopicWatches     string // outbox topic of watches and legacy events
 	MaxAttempts      int    // event_outbox.max_attempts of new rows
+	// OutboxLanes is the number of lanes (outbox.Lane) a group's events are spread over: at
+	// most this many outbox rows per topic per group. Every writer of one database must use
+	// the same count, or a user's events could sit in two order units; change it only with a
+	// drained outbox.
+	OutboxLanes int
 
 	MaxWait   time.Duration // longest a worker waits to gather more requests into a transaction
 	MaxEvents int           // events per merged transaction (a larger single request still goes alone)
@@ -70,7 +83,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults (topics from pkg/kafka's defaults).
 func DefaultConfig() Config {
-	return Config{TopicImpressions: "recsys.impressions.v1", TopicWatches: "recsys.watches.v1", MaxAttempts: 25,
+	return Config{TopicImpressions: "recsys.impressions.v1", TopicWatches: "recsys.watches.v1", MaxAttempts: 25, OutboxLanes: 32,
 		MaxWait: time.Millisecond, MaxEvents: 2000, CopyMinEvents: 256, Workers: 2, QueueSize: 4096, Timeout: time.Second, Name: "ingest"}
 }
 
@@ -106,6 +119,8 @@ type Writer struct {
 	cfg  Config
 	log  *slog.Logger
 	m    writerMetrics
+	// laneKeys[lane] is outbox.LaneKey(lane), the msg_key of the lane's rows.
+	laneKeys []string
 
 	mu      sync.RWMutex
 	closed  bool
@@ -123,11 +138,12 @@ type request struct {
 	err     error
 }
 
-// row is one prepared event; payload and context JSON are encoded by the caller's goroutine
-// so the workers only assemble arrays.
+// row is one prepared event; its outbox frame, lane and context JSON are built by the
+// caller's goroutine so the workers only assemble arrays.
 type row struct {
 	ev      events.Any
-	payload []byte
+	frame   []byte // outbox.AppendFrame of the event
+	lane    int    // outbox.Lane of its user id
 	context *string
 }
 
@@ -161,11 +177,18 @@ func New(pool *pgxpool.Pool, cfg Config) *Writer {
 	if cfg.Name == "" {
 		cfg.Name = def.Name
 	}
+	if cfg.OutboxLanes <= 0 {
+		cfg.OutboxLanes = def.OutboxLanes
+	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Writer{pool: pool, cfg: cfg, log: log, m: newWriterMetrics(cfg.Metrics, cfg.Name), queue: make(chan *request, cfg.QueueSize)}
+	laneKeys := make([]string, cfg.OutboxLanes)
+	for i := range laneKeys {
+		laneKeys[i] = outbox.LaneKey(i)
+	}
+	return &Writer{pool: pool, cfg: cfg, log: log, m: newWriterMetrics(cfg.Metrics, cfg.Name), queue: make(chan *request, cfg.QueueSize), laneKeys: laneKeys}
 }
 
 // Start launches the workers. It is idempotent.
@@ -208,7 +231,7 @@ func (w *Writer) Write(ctx context.Context, evs []events.Any, correlationID stri
 		req.corr = &correlationID
 	}
 	for i, ev := range evs {
-		if err := prepare(&req.rows[i], ev); err != nil {
+		if err := prepare(&req.rows[i], ev, correlationID, w.cfg.OutboxLanes); err != nil {
 			return nil, err
 		}
 	}
@@ -238,7 +261,7 @@ func (w *Writer) enqueue(ctx context.Context, req *request) error {
 	}
 }
 
-func prepare(r *row, ev events.Any) error {
+func prepare(r *row, ev events.Any, correlationID string, lanes int) error {
 	if err := events.Validate(ev); err != nil {
 		// Callers validate requests already; this catches programming errors (an autolog
 		// building an event by hand) before they reach the database.
@@ -248,7 +271,12 @@ func prepare(r *row, ev events.Any) error {
 	if err != nil {
 		return err
 	}
-	r.ev, r.payload = ev, payload
+	id, kind, user := ev.ID(), string(ev.Kind()), ev.User()
+	frame := make([]byte, 0, len(payload)+len(id)+len(kind)+len(user)+len(correlationID)+8)
+	r.ev = ev
+	r.frame = outbox.AppendFrame(frame, outbox.Message{EventID: id, EventType: kind, Key: user,
+		CorrelationID: correlationID, SchemaVersion: int16(events.SchemaVersion), Payload: payload})
+	r.lane = outbox.Lane(user, lanes)
 	var ctx *events.Context
 	switch e := ev.(type) {
 	case *events.Impression:
@@ -380,7 +408,7 @@ func requestSpecific(err error) bool {
 
 func (w *Writer) commit(group []*request) error {
 	start := time.Now()
-	b := newBatch(w.cfg, group)
+	b := newBatch(w.cfg, w.laneKeys, group)
 	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.Timeout)
 	defer cancel()
 	var inserted, enqueued []string
@@ -431,22 +459,28 @@ type batch struct {
 	legEventID, legUser, legItem, legType []string
 	legTs, legTsMs                        []int64
 
-	obEventID, obType, obTopic, obKey []string
-	obPayload                         [][]byte
-	obCorr                            []*string
+	// Per event, parallel to dedupIDs (arrival order): its outbox group (1-based index into
+	// the g* arrays) and its frame.
+	obGroup []int32
+	obFrame [][]byte
+	// Per outbox group (topic, lane), in order of first appearance.
+	gTopic, gType, gKey []string
+	slotGroup           []int32 // topic index * lanes + lane -> group (1-based), 0 for none
 
 	maxAttempts int
 }
 
-func newBatch(cfg Config, group []*request) *batch {
+// batchIDPrefix starts the event_id of a batch row: "batch:" + its first event's id.
+const batchIDPrefix = "batch:"
+
+func newBatch(cfg Config, laneKeys []string, group []*request) *batch {
 	n := 0
 	for _, r := range group {
 		n += len(r.rows)
 	}
 	b := &batch{firstOf: make(map[string]*row, n), maxAttempts: cfg.MaxAttempts,
 		dedupIDs: make([]string, 0, n), dedupKinds: make([]string, 0, n),
-		obEventID: make([]string, 0, n), obType: make([]string, 0, n), obTopic: make([]string, 0, n),
-		obKey: make([]string, 0, n), obPayload: make([][]byte, 0, n), obCorr: make([]*string, 0, n)}
+		obGroup: make([]int32, 0, n), obFrame: make([][]byte, 0, n), slotGroup: make([]int32, 2*len(laneKeys))}
 	for _, r := range group {
 		for i := range r.rows {
 			rw := &r.rows[i]
@@ -457,21 +491,22 @@ func newBatch(cfg Config, group []*request) *batch {
 				continue
 			}
 			b.firstOf[id] = rw
-			b.add(cfg, rw, r.corr)
+			b.add(cfg, laneKeys, rw)
 		}
 	}
 	return b
 }
 
-func (b *batch) add(cfg Config, rw *row, corr *string) {
+func (b *batch) add(cfg Config, laneKeys []string, rw *row) {
 	id := rw.ev.ID()
 	kind := rw.ev.Kind()
 	b.dedupIDs = append(b.dedupIDs, id)
 	b.dedupKinds = append(b.dedupKinds, string(kind))
-	topic := cfg.TopicWatches
+	// Legacy events ride in the watches topic's rows; their frames keep their own type.
+	topicIdx, topic, rowType := 1, cfg.TopicWatches, string(events.KindWatch)
 	switch e := rw.ev.(type) {
 	case *events.Impression:
-		topic = cfg.TopicImpressions
+		topicIdx, topic, rowType = 0, cfg.TopicImpressions, string(events.KindImpression)
 		for _, it := range e.Items {
 			b.impEventID = append(b.impEventID, id)
 			b.impPos = append(b.impPos, it.Position)
@@ -507,12 +542,88 @@ func (b *batch) add(cfg Config, rw *row, corr *string) {
 		b.legTs = append(b.legTs, e.Ts)
 		b.legTsMs = append(b.legTsMs, e.TimeMs())
 	}
-	b.obEventID = append(b.obEventID, id)
-	b.obType = append(b.obType, string(kind))
-	b.obTopic = append(b.obTopic, topic)
-	b.obKey = append(b.obKey, rw.ev.User())
-	b.obPayload = append(b.obPayload, rw.payload)
-	b.obCorr = append(b.obCorr, corr)
+	slot := topicIdx*len(laneKeys) + rw.lane
+	g := b.slotGroup[slot]
+	if g == 0 {
+		b.gTopic = append(b.gTopic, topic)
+		b.gType = append(b.gType, rowType)
+		b.gKey = append(b.gKey, laneKeys[rw.lane])
+		g = int32(len(b.gTopic))
+		b.slotGroup[slot] = g
+	}
+	b.obGroup = append(b.obGroup, g)
+	b.obFrame = append(b.obFrame, rw.frame)
+}
+
+// outboxRow is one batch row of event_outbox.
+type outboxRow struct {
+	eventID, eventType, topic, key string
+	payload                        []byte
+	count                          int
+}
+
+// outboxRows returns the group's outbox rows for the events that turned out new: one per
+// (topic, lane) with their frames in arrival order, rows in order of their first event.
+func (b *batch) outboxRows(isNew map[string]struct{}) []outboxRow {
+	at := make([]int, len(b.gTopic)) // group -> 1-based index into rows
+	size := make([]int, len(b.gTopic))
+	for i, id := range b.dedupIDs {
+		if _, ok := isNew[id]; ok {
+			size[b.obGroup[i]-1] += len(b.obFrame[i])
+		}
+	}
+	var rows []outboxRow
+	for i, id := range b.dedupIDs {
+		if _, ok := isNew[id]; !ok {
+			continue
+		}
+		g := b.obGroup[i] - 1
+		if at[g] == 0 {
+			rows = append(rows, outboxRow{eventID: batchIDPrefix + id, eventType: b.gType[g], topic: b.gTopic[g], key: b.gKey[g],
+				payload: make([]byte, 0, size[g])})
+			at[g] = len(rows)
+		}
+		r := &rows[at[g]-1]
+		r.payload = append(r.payload, b.obFrame[i]...)
+		r.count++
+	}
+	return rows
+}
+
+// enqueued returns the new ids whose frame is in one of the outbox rows the statement wrote
+// (rowIDs: their event_ids). A row is missing only when ON CONFLICT skipped it, which
+// happens when an old row with its event_id outlived the dedup key of its first event.
+func (b *batch) enqueued(inserted, rowIDs []string) []string {
+	if len(rowIDs) == 0 {
+		return nil
+	}
+	isNew := make(map[string]struct{}, len(inserted))
+	for _, id := range inserted {
+		isNew[id] = struct{}{}
+	}
+	written := make(map[string]struct{}, len(rowIDs))
+	for _, id := range rowIDs {
+		written[id] = struct{}{}
+	}
+	// 0 unknown, 1 written, 2 skipped: decided by the group's first new event.
+	state := make([]int8, len(b.gTopic))
+	out := make([]string, 0, len(inserted))
+	for i, id := range b.dedupIDs {
+		if _, ok := isNew[id]; !ok {
+			continue
+		}
+		g := b.obGroup[i] - 1
+		if state[g] == 0 {
+			state[g] = 2
+			if _, ok := written[batchIDPrefix+id]; ok {
+				state[g] = 1
+			}
+		}
+		if state[g] == 1 {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // kinds returns the raw tables the group writes to.
@@ -543,15 +654,18 @@ func (b *batch) args(k kinds) []any {
 	if k&hasLegacy != 0 {
 		a = append(a, b.legEventID, b.legUser, b.legItem, b.legType, b.legTs, b.legTsMs)
 	}
-	return append(a, b.obEventID, b.obType, b.obTopic, b.obKey, b.obPayload, b.obCorr, int16(events.SchemaVersion), int32(b.maxAttempts))
+	return append(a, b.obGroup, b.obFrame, b.gTopic, b.gType, b.gKey, int16(events.SchemaVersion), int32(b.maxAttempts))
 }
 
 // exec writes the group with its single statement.
 func (b *batch) exec(ctx context.Context, pool *pgxpool.Pool) (inserted, enqueued []string, err error) {
 	k := b.kinds()
 	var notified int64
-	err = pool.QueryRow(ctx, insertSQL(k), b.args(k)...).Scan(&inserted, &enqueued, &notified)
-	return inserted, enqueued, err
+	var rowIDs []string
+	if err = pool.QueryRow(ctx, insertSQL(k), b.args(k)...).Scan(&inserted, &rowIDs, &notified); err != nil {
+		return nil, nil, err
+	}
+	return inserted, b.enqueued(inserted, rowIDs), nil
 }
 
 // resolve turns the ids the statement reported into per-event results.
@@ -582,8 +696,9 @@ func (b *batch) resolve(group []*request, inserted, enqueued []string) {
 // insertSQL returns the statement that writes a group with the given kinds in one round
 // trip. Every CTE sees the same snapshot; raw and outbox rows are inserted only for the ids
 // the dedup insert returned (the new ones). The dedup rows are inserted in id order so
-// concurrent groups lock index entries in the same order and cannot deadlock; outbox rows
-// keep arrival order (WITH ORDINALITY) so one user's events get increasing outbox ids.
+// concurrent groups lock index entries in the same order and cannot deadlock. The outbox
+// rows are built from the new ids: one per (topic, lane) group, frames concatenated in
+// arrival order (WITH ORDINALITY), rows inserted in order of their first event.
 //
 // A group only names the raw tables it writes to: each table in a statement is opened and
 // locked with all its indexes even when it gets no row, and a /log/watch group (watches
@@ -658,18 +773,19 @@ WITH d AS (
 )`, p("text[]"), p("text[]"), p("text[]"), p("text[]"), p("int8[]"), p("int8[]"))
 	}
 	fmt.Fprintf(&b, `, ob AS (
-	INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, correlation_id, schema_version, max_attempts)
-	SELECT u.event_id, u.event_type, u.topic, u.msg_key, u.payload, u.corr, %[7]s, %[8]s
-	FROM unnest(%[1]s, %[2]s, %[3]s, %[4]s, %[5]s, %[6]s) WITH ORDINALITY
-	     AS u(event_id, event_type, topic, msg_key, payload, corr, ord)
+	INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, schema_version, max_attempts, payload_format, event_count)
+	SELECT '`+batchIDPrefix+`' || (array_agg(u.event_id ORDER BY u.ord))[1], (%[4]s)[u.grp], (%[3]s)[u.grp], (%[5]s)[u.grp],
+	       string_agg(u.frame, ''::bytea ORDER BY u.ord), %[6]s, %[7]s, %[8]d, count(*)
+	FROM unnest($1::text[], %[1]s, %[2]s) WITH ORDINALITY AS u(event_id, grp, frame, ord)
 	WHERE u.event_id IN (SELECT event_id FROM d)
-	ORDER BY u.ord
+	GROUP BY u.grp
+	ORDER BY min(u.ord)
 	ON CONFLICT (event_id, event_type) DO NOTHING
 	RETURNING event_id
 ), n AS (
 	SELECT pg_notify('`+NotifyChannel+`', '') FROM (SELECT 1 FROM ob LIMIT 1) AS x
 )
 SELECT ARRAY(SELECT event_id FROM d), ARRAY(SELECT event_id FROM ob), (SELECT count(*) FROM n)`,
-		p("text[]"), p("text[]"), p("text[]"), p("text[]"), p("bytea[]"), p("text[]"), p("int2"), p("int4"))
+		p("int4[]"), p("bytea[]"), p("text[]"), p("text[]"), p("text[]"), p("int2"), p("int4"), outbox.FormatBatch)
 	return b.String()
 }
