@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -47,7 +49,11 @@ func newEnv(t testing.TB, dsn string, opts ...envOpt) *env {
 	}
 	log := slog.New(slog.DiscardHandler)
 	set := metrics.NewSet()
-	mod, err := New(cfg, infra.Deps{Name: "ingest", Log: log, Metrics: set, PG: pool, Config: infra.DefaultConfig()})
+	ic := infra.DefaultConfig()
+	if n, err := strconv.Atoi(os.Getenv("BENCH_OUTBOX_LANES")); err == nil {
+		ic.OutboxLanes = n // benchmarks compare lane counts without editing the code
+	}
+	mod, err := New(cfg, infra.Deps{Name: "ingest", Log: log, Metrics: set, PG: pool, Config: ic})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -195,3 +195,68 @@ func TestCopyPartialResend(t *testing.T) {
 		}
 	}
 }
+
+// TestCopyDedupRace: an id of a COPY group is inserted by a concurrent transaction after the
+// group's probe; the group's dedup COPY waits for it, fails on the unique key when it
+// commits, and the group is redone by the statement: that id is a duplicate, the rest is
+// stored once.
+func TestCopyDedupRace(t *testing.T) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	set := metrics.NewSet()
+	w := newWriter(t, pool, func(c *ingest.Config) { c.CopyMinEvents = 1; c.Metrics = set; c.Timeout = 20 * time.Second })
+	ctx := context.Background()
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `INSERT INTO event_dedup (event_id, event_type) VALUES ('race-0003', 'watch')`); err != nil {
+		t.Fatal(err)
+	}
+	var evs []events.Any
+	for i := range 6 {
+		evs = append(evs, watch(fmt.Sprintf("race-%04d", i), "u1"))
+	}
+	type outcome struct {
+		res []ingest.Result
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		res, err := w.Write(ctx, evs, "")
+		done <- outcome{res, err}
+	}()
+	// Commit only once the group waits on the uncommitted key, i.e. after its probe.
+	deadline := time.Now().Add(15 * time.Second)
+	for count(t, pool, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the group never waited on the concurrent key")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	o := <-done
+	if o.err != nil {
+		t.Fatal(o.err)
+	}
+	for i, r := range o.res {
+		want := ingest.Result{Status: ingest.StatusOK, Rows: 1, OutboxEnqueued: true}
+		if i == 3 {
+			want = ingest.Result{Status: ingest.StatusDuplicate}
+		}
+		if r != want {
+			t.Errorf("result %d = %+v, want %+v", i, r, want)
+		}
+	}
+	if n := set.GetOrCreateCounter(`recsys_ingest_copy_conflicts_total{writer="ingest"}`).Get(); n != 1 {
+		t.Errorf("copy conflicts = %d, want 1", n)
+	}
+	if c := count(t, pool, "SELECT count(*) FROM watches"); c != 5 {
+		t.Errorf("watch rows = %d, want 5", c)
+	}
+	if ids := frameIDs(outboxFrames(t, pool)); !slices.Equal(ids, []string{"race-0000", "race-0001", "race-0002", "race-0004", "race-0005"}) {
+		t.Errorf("frames = %v", ids)
+	}
+}

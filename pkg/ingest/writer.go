@@ -6,8 +6,8 @@
 // takes the first waiting request, gathers more for at most MaxWait (or until MaxEvents), and
 // commits them all together. A small group is ONE statement (data-modifying CTEs over unnest
 // arrays: one round trip, atomic as an implicit transaction). A group of at least
-// CopyMinEvents events is one explicit transaction instead: the dedup insert (unnest, ON
-// CONFLICT, RETURNING the new ids), then COPY of the new ids' raw rows and outbox rows. COPY
+// CopyMinEvents events is one explicit transaction instead: a probe of the ids stored already,
+// then COPY of the new ids' dedup keys, raw rows and outbox rows. COPY
 // fills heap pages with multi-row inserts (one WAL record per page instead of one per row)
 // and skips the unnest/join/speculative-insert work, which costs far more than its extra
 // round trips once a group holds hundreds of events. Callers wait for the commit, so a 200 is only ever sent
@@ -24,10 +24,11 @@
 // ingestion's database work when it was per event) is paid per lane instead of per event.
 // The row's event_id is "batch:" + its first event's id, unique because event ids are.
 //
-// Idempotency: event_dedup(event_id) is inserted first with ON CONFLICT DO NOTHING; raw rows
-// and outbox rows are written only for ids that were new. Concurrent transactions with the
-// same id serialise on the unique index, so exactly one gets "ok". Ids are inserted in sorted
-// order so two groups never deadlock on each other.
+// Idempotency: event_dedup(event_id) is inserted first (the statement: ON CONFLICT DO
+// NOTHING; COPY: the ids a probe did not find, and a unique violation sends the group to the
+// statement); raw rows and outbox frames are written only for ids that were new. Concurrent
+// transactions with the same id serialise on the unique index, so exactly one gets "ok". Ids
+// are inserted in sorted order so two groups never deadlock on each other.
 //
 // When a transaction wrote outbox rows it also notifies channel recsys_outbox (delivered
 // on commit), so the relay wakes without polling.
@@ -416,9 +417,9 @@ func (w *Writer) commit(group []*request) error {
 	if len(b.dedupIDs) >= w.cfg.CopyMinEvents {
 		inserted, err = w.copyGroup(ctx, b)
 		enqueued = inserted
-		if errors.Is(err, errOutboxConflict) {
-			// An outbox row outlived its dedup key (it can only be an old dead row): the
-			// statement's ON CONFLICT skips it, as for any group.
+		if errors.Is(err, errCopyConflict) {
+			// A resend raced the group, or an outbox row outlived its first event's dedup
+			// key: the statement's ON CONFLICT clauses resolve both, as for any group.
 			w.m.copyConflicts.Inc()
 			inserted, enqueued, err = b.exec(ctx, w.pool)
 		}
