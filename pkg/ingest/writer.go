@@ -122,6 +122,7 @@ type Writer struct {
 	m    writerMetrics
 	// laneKeys[lane] is outbox.LaneKey(lane), the msg_key of the lane's rows.
 	laneKeys []string
+	encoders sync.Pool // *copyEncoder, buffers reused across COPY groups
 
 	mu      sync.RWMutex
 	closed  bool
@@ -189,7 +190,9 @@ func New(pool *pgxpool.Pool, cfg Config) *Writer {
 	for i := range laneKeys {
 		laneKeys[i] = outbox.LaneKey(i)
 	}
-	return &Writer{pool: pool, cfg: cfg, log: log, m: newWriterMetrics(cfg.Metrics, cfg.Name), queue: make(chan *request, cfg.QueueSize), laneKeys: laneKeys}
+	w := &Writer{pool: pool, cfg: cfg, log: log, m: newWriterMetrics(cfg.Metrics, cfg.Name), queue: make(chan *request, cfg.QueueSize), laneKeys: laneKeys}
+	w.encoders.New = func() any { return new(copyEncoder) }
+	return w
 }
 
 // Start launches the workers. It is idempotent.
@@ -556,23 +559,18 @@ func (b *batch) add(cfg Config, laneKeys []string, rw *row) {
 	b.obFrame = append(b.obFrame, rw.frame)
 }
 
-// outboxRow is one batch row of event_outbox.
+// outboxRow is one batch row of event_outbox; its payload is the concatenation of its
+// frames, which the COPY encoder writes straight from the batch (no intermediate copy).
 type outboxRow struct {
 	eventID, eventType, topic, key string
-	payload                        []byte
-	count                          int
+	frames                         []int // indexes into batch.obFrame, arrival order
+	size                           int   // payload bytes
 }
 
 // outboxRows returns the group's outbox rows for the events that turned out new: one per
 // (topic, lane) with their frames in arrival order, rows in order of their first event.
 func (b *batch) outboxRows(isNew map[string]struct{}) []outboxRow {
 	at := make([]int, len(b.gTopic)) // group -> 1-based index into rows
-	size := make([]int, len(b.gTopic))
-	for i, id := range b.dedupIDs {
-		if _, ok := isNew[id]; ok {
-			size[b.obGroup[i]-1] += len(b.obFrame[i])
-		}
-	}
 	var rows []outboxRow
 	for i, id := range b.dedupIDs {
 		if _, ok := isNew[id]; !ok {
@@ -580,13 +578,12 @@ func (b *batch) outboxRows(isNew map[string]struct{}) []outboxRow {
 		}
 		g := b.obGroup[i] - 1
 		if at[g] == 0 {
-			rows = append(rows, outboxRow{eventID: batchIDPrefix + id, eventType: b.gType[g], topic: b.gTopic[g], key: b.gKey[g],
-				payload: make([]byte, 0, size[g])})
+			rows = append(rows, outboxRow{eventID: batchIDPrefix + id, eventType: b.gType[g], topic: b.gTopic[g], key: b.gKey[g]})
 			at[g] = len(rows)
 		}
 		r := &rows[at[g]-1]
-		r.payload = append(r.payload, b.obFrame[i]...)
-		r.count++
+		r.frames = append(r.frames, i)
+		r.size += len(b.obFrame[i])
 	}
 	return rows
 }
