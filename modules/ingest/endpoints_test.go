@@ -68,7 +68,7 @@ func TestEndpointResponses(t *testing.T) {
 }
 
 // TestEventIDDefaultAndStoredValues: a missing event_id is generated (32 hex), ts in seconds
-// is stored in milliseconds, the server stamps its receive time, and the outbox row carries
+// is stored in milliseconds, the server stamps its receive time, and the outbox frame carries
 // the request's correlation ID.
 func TestEventIDDefaultAndStoredValues(t *testing.T) {
 	v := newEnv(t, testutil.MigratedDatabase(t))
@@ -331,7 +331,7 @@ func TestOutage(t *testing.T) {
 }
 
 // TestCrashSafety restarts PostgreSQL under load: every event acknowledged with 200 must be
-// stored exactly once (raw row, dedup row, outbox row), and nothing half-written may remain.
+// stored exactly once (raw row, dedup row, outbox frame), and nothing half-written may remain.
 func TestCrashSafety(t *testing.T) {
 	pg := testutil.StartPrivate(t, "pg")
 	migrateURL(t, pg.URL)
@@ -439,7 +439,7 @@ FROM a LEFT JOIN event_dedup d ON d.event_id = a.id LEFT JOIN w ON w.event_id = 
 		t.Fatal(err)
 	}
 	if missing != 0 || extraOutbox != 0 || badRaw != 0 {
-		t.Errorf("acknowledged events: %d missing, %d without exactly one outbox row, %d with wrong raw rows", missing, extraOutbox, badRaw)
+		t.Errorf("acknowledged events: %d missing, %d without exactly one outbox frame, %d with wrong raw rows", missing, extraOutbox, badRaw)
 	}
 	// Nothing half-written: every stored event (acknowledged or not) is complete.
 	var torn int
