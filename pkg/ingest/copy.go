@@ -45,9 +45,10 @@ var (
 // of the new ids' dedup keys (in id order, so concurrent groups meet on their keys in the same
 // order and cannot deadlock), of their raw rows and of the outbox rows holding their frames
 // (built here from the new ids). It returns those ids (each got its frame in an outbox row).
-// A plain insert of the keys costs about a third less than INSERT ... ON CONFLICT over unnest
-// (no speculative insertion, no sort or join in the server); a resend racing the group makes
-// the dedup COPY fail instead, and the group is redone by the statement (errCopyConflict).
+// The probe plus a plain insert of the keys took a quarter to a third less backend CPU than
+// INSERT ... ON CONFLICT over unnest (no speculative insertion, no sort or join in the
+// server); a resend racing the group makes the dedup COPY fail instead, and the group is
+// redone by the statement (errCopyConflict).
 func (w *Writer) copyGroup(ctx context.Context, b *batch) (inserted []string, err error) {
 	tx, err := w.pool.Begin(ctx)
 	if err != nil {

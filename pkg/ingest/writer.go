@@ -134,7 +134,6 @@ type Writer struct {
 type request struct {
 	ctx     context.Context
 	rows    []row
-	corr    *string
 	done    chan struct{}
 	results []Result
 	err     error
@@ -221,7 +220,7 @@ func (w *Writer) Close() {
 }
 
 // Write stores evs atomically (all or none) and returns one Result per event, in order.
-// correlationID is stored on the outbox rows ("" for none). An error means nothing of this
+// correlationID is stored in the events' outbox frames ("" for none). An error means nothing of this
 // call is known to be committed; errors.Is(err, ErrUnavailable) tells an outage or timeout
 // from a rejected statement. If ctx ends while the transaction is in flight, Write returns the
 // context error although the events may still commit: a retry then answers "duplicate".
@@ -231,9 +230,6 @@ func (w *Writer) Write(ctx context.Context, evs []events.Any, correlationID stri
 	}
 	start := time.Now()
 	req := &request{ctx: ctx, rows: make([]row, len(evs)), done: make(chan struct{})}
-	if correlationID != "" {
-		req.corr = &correlationID
-	}
 	for i, ev := range evs {
 		if err := prepare(&req.rows[i], ev, correlationID, w.cfg.OutboxLanes); err != nil {
 			return nil, err
