@@ -224,16 +224,28 @@ func (w *Writer) Close() {
 // call is known to be committed; errors.Is(err, ErrUnavailable) tells an outage or timeout
 // from a rejected statement. If ctx ends while the transaction is in flight, Write returns the
 // context error although the events may still commit: a retry then answers "duplicate".
+// Every event is checked with events.Validate first (a *events.ValidationError is returned
+// and nothing is written when one fails).
 func (w *Writer) Write(ctx context.Context, evs []events.Any, correlationID string) ([]Result, error) {
+	return w.write(ctx, evs, correlationID, true)
+}
+
+// WriteValidated is Write for events that come unchanged from the request decoders
+// (events.DecodeImpression, DecodeWatch, DecodeLegacy, DecodeBatch), which apply every rule of
+// events.Validate and more: checking them a second time was about a tenth of the API's CPU
+// per batched event. Events built or modified by the caller must go through Write.
+func (w *Writer) WriteValidated(ctx context.Context, evs []events.Any, correlationID string) ([]Result, error) {
+	return w.write(ctx, evs, correlationID, false)
+}
+
+func (w *Writer) write(ctx context.Context, evs []events.Any, correlationID string, validate bool) ([]Result, error) {
 	if len(evs) == 0 {
 		return nil, nil
 	}
 	start := time.Now()
 	req := &request{ctx: ctx, rows: make([]row, len(evs)), done: make(chan struct{})}
-	for i, ev := range evs {
-		if err := prepare(&req.rows[i], ev, correlationID, w.cfg.OutboxLanes); err != nil {
-			return nil, err
-		}
+	if err := prepare(req.rows, evs, correlationID, w.cfg.OutboxLanes, validate); err != nil {
+		return nil, err
 	}
 	if err := w.enqueue(ctx, req); err != nil {
 		return nil, err
@@ -261,35 +273,49 @@ func (w *Writer) enqueue(ctx context.Context, req *request) error {
 	}
 }
 
-func prepare(r *row, ev events.Any, correlationID string, lanes int) error {
-	if err := events.Validate(ev); err != nil {
-		// Callers validate requests already; this catches programming errors (an autolog
-		// building an event by hand) before they reach the database.
-		return err
-	}
-	payload, err := events.Encode(ev)
-	if err != nil {
-		return err
-	}
-	id, kind, user := ev.ID(), string(ev.Kind()), ev.User()
-	frame := make([]byte, 0, len(payload)+len(id)+len(kind)+len(user)+len(correlationID)+8)
-	r.ev = ev
-	r.frame = outbox.AppendFrame(frame, outbox.Message{EventID: id, EventType: kind, Key: user,
-		CorrelationID: correlationID, SchemaVersion: int16(events.SchemaVersion), Payload: payload})
-	r.lane = outbox.Lane(user, lanes)
-	var ctx *events.Context
-	switch e := ev.(type) {
-	case *events.Impression:
-		ctx = e.Context
-	case *events.Watch:
-		ctx = e.Context
-	}
-	if ctx != nil {
-		b, err := encodeContext(ctx)
-		if err != nil {
+// frameEstimate is the initial room per event of a request's frame buffer: a watch's frame
+// is ~300 bytes; the buffer grows (amortised) for larger events.
+const frameEstimate = 384
+
+// prepare fills rows from evs. The frames of one request share one buffer (each row's frame
+// is a full slice of it) and the payload is encoded into one scratch buffer reused for every
+// event: two allocations per request instead of two per event.
+func prepare(rows []row, evs []events.Any, correlationID string, lanes int, validate bool) error {
+	buf := make([]byte, 0, len(evs)*(frameEstimate+len(correlationID)))
+	var payload []byte
+	for i, ev := range evs {
+		r := &rows[i]
+		if validate {
+			if err := events.Validate(ev); err != nil {
+				return err
+			}
+		}
+		var err error
+		if payload, err = events.AppendEncode(payload[:0], ev); err != nil {
 			return err
 		}
-		r.context = &b
+		id, kind, user := ev.ID(), string(ev.Kind()), ev.User()
+		at := len(buf)
+		buf = outbox.AppendFrame(buf, outbox.Message{EventID: id, EventType: kind, Key: user,
+			CorrelationID: correlationID, SchemaVersion: int16(events.SchemaVersion), Payload: payload})
+		r.ev = ev
+		// Capped, so a later append to buf can never write into this frame.
+		r.frame = buf[at:len(buf):len(buf)]
+		r.lane = outbox.Lane(user, lanes)
+		var ctx *events.Context
+		switch e := ev.(type) {
+		case *events.Impression:
+			ctx = e.Context
+		case *events.Watch:
+			ctx = e.Context
+		}
+		if ctx != nil {
+			b, err := encodeContext(ctx)
+			if err != nil {
+				return err
+			}
+			r.context = &b
+		}
 	}
 	return nil
 }

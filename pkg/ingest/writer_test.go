@@ -323,6 +323,54 @@ func TestWriterRejectsInvalidEvent(t *testing.T) {
 	}
 }
 
+// TestWriterValidated: WriteValidated stores what the decoders accepted with the frames and
+// results Write gives, and Write still rejects an invalid event.
+func TestWriterValidated(t *testing.T) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	w := newWriter(t, pool, nil)
+	ctx := context.Background()
+	body := []byte(`{"events":[` + watchBody("validated-1") + `,` + watchBody("validated-2") + `]}`)
+	evs, verr := events.DecodeBatch(body, events.DefaultLimits(), time.Now())
+	if verr != nil {
+		t.Fatal(verr)
+	}
+	res, err := w.WriteValidated(ctx, evs, "corr-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res {
+		if r.Status != ingest.StatusOK || r.Rows != 1 || !r.OutboxEnqueued {
+			t.Errorf("result %d = %+v, want ok with 1 row, enqueued", i, r)
+		}
+	}
+	var payload []byte
+	var n int
+	if err := pool.QueryRow(ctx, "SELECT payload, event_count FROM event_outbox").Scan(&payload, &n); err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := outbox.DecodeBatch(payload, n)
+	if err != nil || len(msgs) != 2 {
+		t.Fatalf("frames = %d, %v, want 2", len(msgs), err)
+	}
+	for i, m := range msgs {
+		want, _ := events.Encode(evs[i])
+		if m.EventID != evs[i].ID() || m.CorrelationID != "corr-1" || string(m.Payload) != string(want) {
+			t.Errorf("frame %d = %+v, want event %s, corr-1, payload %s", i, m, evs[i].ID(), want)
+		}
+	}
+	// Write, used for events built by hand (the /reco autolog), still checks them.
+	bad := watch("short", "u1")
+	var ve *events.ValidationError
+	if _, err := w.Write(ctx, []events.Any{bad}, ""); !errors.As(err, &ve) {
+		t.Fatalf("Write err = %v, want a validation error", err)
+	}
+}
+
+func watchBody(id string) string {
+	return fmt.Sprintf(`{"event_id":%q,"user_id":"u1","session_id":"s1","request_id":"r1","ts_ms":%d,"item_id":"item-1","watch_time_sec":3.5}`,
+		id, time.Now().UnixMilli())
+}
+
 func TestWriterClose(t *testing.T) {
 	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
 	w := ingest.New(pool, ingest.DefaultConfig())
