@@ -44,12 +44,13 @@ var (
 // copyGroup writes a group in one transaction: a probe of the ids stored already, then COPY
 // of the new ids' dedup keys (in id order, so concurrent groups meet on their keys in the same
 // order and cannot deadlock), of their raw rows and of the outbox rows holding their frames
-// (built here from the new ids). It returns those ids (each got its frame in an outbox row).
+// (built here from the new ids). It reports, per dedup index, whether the id was new (each
+// new id got its frame in an outbox row).
 // The probe plus a plain insert of the keys took a quarter to a third less backend CPU than
 // INSERT ... ON CONFLICT over unnest (no speculative insertion, no sort or join in the
 // server); a resend racing the group makes the dedup COPY fail instead, and the group is
 // redone by the statement (errCopyConflict).
-func (w *Writer) copyGroup(ctx context.Context, b *batch) (inserted []string, err error) {
+func (w *Writer) copyGroup(ctx context.Context, b *batch) (isNew []bool, err error) {
 	tx, err := w.pool.Begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("begin: %w", err)
@@ -70,31 +71,28 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (inserted []string, er
 	if err = tx.QueryRow(ctx, copyProbeSQL, b.dedupIDs).Scan(&existing, &notified); err != nil {
 		return nil, fmt.Errorf("probe dedup keys: %w", err)
 	}
+	isNew = make([]bool, len(b.dedupIDs))
 	if len(existing) == len(b.dedupIDs) {
-		return nil, tx.Commit(ctx)
+		return isNew, tx.Commit(ctx)
 	}
-	isOld := make(map[string]struct{}, len(existing))
+	for i := range isNew {
+		isNew[i] = true
+	}
 	for _, id := range existing {
-		isOld[id] = struct{}{}
+		i, ok := b.firstOf[id]
+		if !ok {
+			return nil, fmt.Errorf("probe returned event_id %q not in the group", id)
+		}
+		isNew[i] = false
 	}
-	fresh := make([]int, 0, len(b.dedupIDs)-len(existing)) // indexes of the new ids
-	isNew := make(map[string]struct{}, len(b.dedupIDs)-len(existing))
-	for i, id := range b.dedupIDs {
-		if _, ok := isOld[id]; !ok {
-			fresh = append(fresh, i)
-			isNew[id] = struct{}{}
+	fresh := make([]int32, 0, len(b.dedupIDs)-len(existing)) // dedup indexes of the new ids
+	for i, n := range isNew {
+		if n {
+			fresh = append(fresh, int32(i))
 		}
 	}
-	slices.SortFunc(fresh, func(x, y int) int { return strings.Compare(b.dedupIDs[x], b.dedupIDs[y]) })
-	inserted = make([]string, len(fresh))
-	for j, i := range fresh {
-		inserted[j] = b.dedupIDs[i]
-	}
+	slices.SortFunc(fresh, func(x, y int32) int { return strings.Compare(b.dedupIDs[x], b.dedupIDs[y]) })
 	obRows := b.outboxRows(isNew)
-	obIDs := make([]string, len(obRows))
-	for i := range obRows {
-		obIDs[i] = obRows[i].eventID
-	}
 	obRow := func(e *copyEncoder, i int) { e.outboxRow(b, &obRows[i]) }
 	dedupRow := func(e *copyEncoder, j int) {
 		e.text(b.dedupIDs[fresh[j]])
@@ -103,23 +101,23 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (inserted []string, er
 	copies := []struct {
 		table   string
 		columns []string
-		ids     []string
+		n       int
+		idx     []int32 // dedup index of each row; nil when every row is for new ids
 		row     func(e *copyEncoder, i int)
-		all     bool // every row is for new ids
 	}{
-		{"event_dedup", dedupColumns, inserted, dedupRow, true},
-		{"impressions", impressionColumns, b.impEventID, b.impressionRow, false},
-		{"watches", watchColumns, b.watEventID, b.watchRow, false},
-		{"legacy_events", legacyColumns, b.legEventID, b.legacyRow, false},
-		{"event_outbox", outboxColumns, obIDs, obRow, true},
+		{"event_dedup", dedupColumns, len(fresh), nil, dedupRow},
+		{"impressions", impressionColumns, len(b.impIdx), b.impIdx, b.impressionRow},
+		{"watches", watchColumns, len(b.watIdx), b.watIdx, b.watchRow},
+		{"legacy_events", legacyColumns, len(b.legIdx), b.legIdx, b.legacyRow},
+		{"event_outbox", outboxColumns, len(obRows), nil, obRow},
 	}
 	enc := w.encoders.Get().(*copyEncoder)
 	defer w.putEncoder(enc)
 	for _, c := range copies {
 		enc.reset()
 		rows := 0
-		for i, id := range c.ids {
-			if _, ok := isNew[id]; ok || c.all {
+		for i := range c.n {
+			if c.idx == nil || isNew[c.idx[i]] {
 				enc.tuple(len(c.columns))
 				c.row(enc, i)
 				rows++
@@ -141,7 +139,7 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (inserted []string, er
 	if err = tx.Commit(ctx); err != nil {
 		return nil, fmt.Errorf("commit: %w", err)
 	}
-	return inserted, nil
+	return isNew, nil
 }
 
 // copyEncoder writes PostgreSQL's binary COPY format (a header, per row a field count and

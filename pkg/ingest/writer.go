@@ -39,7 +39,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -437,19 +436,19 @@ func (w *Writer) commit(group []*request) error {
 	b := newBatch(w.cfg, w.laneKeys, group)
 	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.Timeout)
 	defer cancel()
-	var inserted, enqueued []string
+	var isNew, enqueued []bool
 	var err error
 	if len(b.dedupIDs) >= w.cfg.CopyMinEvents {
-		inserted, err = w.copyGroup(ctx, b)
-		enqueued = inserted
+		isNew, err = w.copyGroup(ctx, b)
+		enqueued = isNew
 		if errors.Is(err, errCopyConflict) {
 			// A resend raced the group, or an outbox row outlived its first event's dedup
 			// key: the statement's ON CONFLICT clauses resolve both, as for any group.
 			w.m.copyConflicts.Inc()
-			inserted, enqueued, err = b.exec(ctx, w.pool)
+			isNew, enqueued, err = b.exec(ctx, w.pool)
 		}
 	} else {
-		inserted, enqueued, err = b.exec(ctx, w.pool)
+		isNew, enqueued, err = b.exec(ctx, w.pool)
 	}
 	if err != nil {
 		w.m.commitErrors.Inc()
@@ -461,14 +460,20 @@ func (w *Writer) commit(group []*request) error {
 	w.m.commitDuration.UpdateDuration(start)
 	w.m.groupEvents.Update(float64(len(b.dedupIDs)))
 	w.m.groupRequests.Update(float64(len(group)))
-	b.resolve(group, inserted, enqueued)
+	b.resolve(group, isNew, enqueued)
 	return nil
 }
 
 // batch holds the column arrays of one statement.
 type batch struct {
 	dedupIDs, dedupKinds []string
-	firstOf              map[string]*row // event_id -> the row that is written (first occurrence)
+	// Parallel to dedupIDs: the row written for each id (its first occurrence in the group).
+	// The per-event outcome is kept by this index, so resolving a group needs no sort and
+	// no search.
+	rows    []*row
+	firstOf map[string]int32 // event_id -> index into dedupIDs
+	// The dedup index of each raw row (parallel to impEventID, watEventID, legEventID).
+	impIdx, watIdx, legIdx []int32
 
 	impEventID, impItemID, impUser, impSession, impRequest []string
 	impFeed, impSlot, impCtx                               []*string
@@ -504,8 +509,8 @@ func newBatch(cfg Config, laneKeys []string, group []*request) *batch {
 	for _, r := range group {
 		n += len(r.rows)
 	}
-	b := &batch{firstOf: make(map[string]*row, n), maxAttempts: cfg.MaxAttempts,
-		dedupIDs: make([]string, 0, n), dedupKinds: make([]string, 0, n),
+	b := &batch{firstOf: make(map[string]int32, n), maxAttempts: cfg.MaxAttempts,
+		dedupIDs: make([]string, 0, n), dedupKinds: make([]string, 0, n), rows: make([]*row, 0, n),
 		obGroup: make([]int32, 0, n), obFrame: make([][]byte, 0, n), slotGroup: make([]int32, 2*len(laneKeys))}
 	for _, r := range group {
 		for i := range r.rows {
@@ -516,7 +521,7 @@ func newBatch(cfg Config, laneKeys []string, group []*request) *batch {
 				// other is a duplicate of it.
 				continue
 			}
-			b.firstOf[id] = rw
+			b.firstOf[id] = int32(len(b.dedupIDs))
 			b.add(cfg, laneKeys, rw)
 		}
 	}
@@ -526,6 +531,8 @@ func newBatch(cfg Config, laneKeys []string, group []*request) *batch {
 func (b *batch) add(cfg Config, laneKeys []string, rw *row) {
 	id := rw.ev.ID()
 	kind := rw.ev.Kind()
+	idx := int32(len(b.dedupIDs))
+	b.rows = append(b.rows, rw)
 	b.dedupIDs = append(b.dedupIDs, id)
 	b.dedupKinds = append(b.dedupKinds, string(kind))
 	// Legacy events ride in the watches topic's rows; their frames keep their own type.
@@ -535,6 +542,7 @@ func (b *batch) add(cfg Config, laneKeys []string, rw *row) {
 		topicIdx, topic, rowType = 0, cfg.TopicImpressions, string(events.KindImpression)
 		for _, it := range e.Items {
 			b.impEventID = append(b.impEventID, id)
+			b.impIdx = append(b.impIdx, idx)
 			b.impPos = append(b.impPos, it.Position)
 			b.impItemID = append(b.impItemID, it.ItemID)
 			b.impFeed = append(b.impFeed, it.FeedID)
@@ -548,6 +556,7 @@ func (b *batch) add(cfg Config, laneKeys []string, rw *row) {
 		}
 	case *events.Watch:
 		b.watEventID = append(b.watEventID, id)
+		b.watIdx = append(b.watIdx, idx)
 		b.watUser = append(b.watUser, e.UserID)
 		b.watSession = append(b.watSession, e.SessionID)
 		b.watRequest = append(b.watRequest, e.RequestID)
@@ -562,6 +571,7 @@ func (b *batch) add(cfg Config, laneKeys []string, rw *row) {
 		b.watCtx = append(b.watCtx, rw.context)
 	case *events.Legacy:
 		b.legEventID = append(b.legEventID, id)
+		b.legIdx = append(b.legIdx, idx)
 		b.legUser = append(b.legUser, e.UserID)
 		b.legItem = append(b.legItem, e.ItemID)
 		b.legType = append(b.legType, e.EventType)
@@ -591,11 +601,11 @@ type outboxRow struct {
 
 // outboxRows returns the group's outbox rows for the events that turned out new: one per
 // (topic, lane) with their frames in arrival order, rows in order of their first event.
-func (b *batch) outboxRows(isNew map[string]struct{}) []outboxRow {
+func (b *batch) outboxRows(isNew []bool) []outboxRow {
 	at := make([]int, len(b.gTopic)) // group -> 1-based index into rows
 	var rows []outboxRow
 	for i, id := range b.dedupIDs {
-		if _, ok := isNew[id]; !ok {
+		if !isNew[i] {
 			continue
 		}
 		g := b.obGroup[i] - 1
@@ -610,16 +620,14 @@ func (b *batch) outboxRows(isNew map[string]struct{}) []outboxRow {
 	return rows
 }
 
-// enqueued returns the new ids whose frame is in one of the outbox rows the statement wrote
-// (rowIDs: their event_ids). A row is missing only when ON CONFLICT skipped it, which
-// happens when an old row with its event_id outlived the dedup key of its first event.
-func (b *batch) enqueued(inserted, rowIDs []string) []string {
+// enqueued reports, per dedup index, whether the event is new and its frame is in one of the
+// outbox rows the statement wrote (rowIDs: their event_ids). A row is missing only when ON
+// CONFLICT skipped it, which happens when an old row with its event_id outlived the dedup
+// key of its first event.
+func (b *batch) enqueued(isNew []bool, rowIDs []string) []bool {
+	out := make([]bool, len(b.dedupIDs))
 	if len(rowIDs) == 0 {
-		return nil
-	}
-	isNew := make(map[string]struct{}, len(inserted))
-	for _, id := range inserted {
-		isNew[id] = struct{}{}
+		return out
 	}
 	written := make(map[string]struct{}, len(rowIDs))
 	for _, id := range rowIDs {
@@ -627,9 +635,8 @@ func (b *batch) enqueued(inserted, rowIDs []string) []string {
 	}
 	// 0 unknown, 1 written, 2 skipped: decided by the group's first new event.
 	state := make([]int8, len(b.gTopic))
-	out := make([]string, 0, len(inserted))
 	for i, id := range b.dedupIDs {
-		if _, ok := isNew[id]; !ok {
+		if !isNew[i] {
 			continue
 		}
 		g := b.obGroup[i] - 1
@@ -639,9 +646,7 @@ func (b *batch) enqueued(inserted, rowIDs []string) []string {
 				state[g] = 1
 			}
 		}
-		if state[g] == 1 {
-			out = append(out, id)
-		}
+		out[i] = state[g] == 1
 	}
 	return out
 }
@@ -677,36 +682,45 @@ func (b *batch) args(k kinds) []any {
 	return append(a, b.obGroup, b.obFrame, b.gTopic, b.gType, b.gKey, int16(events.SchemaVersion), int32(b.maxAttempts))
 }
 
-// exec writes the group with its single statement.
-func (b *batch) exec(ctx context.Context, pool *pgxpool.Pool) (inserted, enqueued []string, err error) {
+// exec writes the group with its single statement. It returns, per dedup index, whether the
+// event was new and whether its frame was enqueued.
+func (b *batch) exec(ctx context.Context, pool *pgxpool.Pool) (isNew, enqueued []bool, err error) {
 	k := b.kinds()
 	var notified int64
-	var rowIDs []string
+	var inserted, rowIDs []string
 	if err = pool.QueryRow(ctx, insertSQL(k), b.args(k)...).Scan(&inserted, &rowIDs, &notified); err != nil {
 		return nil, nil, err
 	}
-	return inserted, b.enqueued(inserted, rowIDs), nil
+	isNew = make([]bool, len(b.dedupIDs))
+	for _, id := range inserted {
+		i, ok := b.firstOf[id]
+		if !ok {
+			return nil, nil, fmt.Errorf("statement returned event_id %q not in the group", id)
+		}
+		isNew[i] = true
+	}
+	return isNew, b.enqueued(isNew, rowIDs), nil
 }
 
-// resolve turns the ids the statement reported into per-event results.
-func (b *batch) resolve(group []*request, inserted, enqueued []string) {
-	slices.Sort(inserted)
-	slices.Sort(enqueued)
+// resolve turns the per-event outcomes (by dedup index) into per-request results. It walks
+// the requests in newBatch's order, so the n-th first occurrence is dedup index n.
+func (b *batch) resolve(group []*request, isNew, enqueued []bool) {
+	next := 0
 	for _, r := range group {
 		r.results = make([]Result, len(r.rows))
 		for i := range r.rows {
 			rw := &r.rows[i]
-			id := rw.ev.ID()
 			res := Result{Status: StatusDuplicate}
-			if b.firstOf[id] == rw {
-				if _, ok := slices.BinarySearch(inserted, id); ok {
+			if next < len(b.rows) && b.rows[next] == rw {
+				if isNew[next] {
 					res.Status = StatusOK
 					res.Rows = 1
 					if imp, isImp := rw.ev.(*events.Impression); isImp {
 						res.Rows = len(imp.Items)
 					}
-					_, res.OutboxEnqueued = slices.BinarySearch(enqueued, id)
+					res.OutboxEnqueued = enqueued[next]
 				}
+				next++
 			}
 			r.results[i] = res
 		}
