@@ -773,7 +773,7 @@ func buildInsertSQL(k kinds) string {
 WITH d AS (
 	INSERT INTO event_dedup (event_id, event_type)
 	SELECT u.id, u.kind FROM unnest(%s, %s) AS u(id, kind)
-	ORDER BY u.id
+	ORDER BY u.id COLLATE "C" -- bytewise, as the COPY path sorts (strings.Compare) and the key compares
 	ON CONFLICT (event_id) DO NOTHING
 	RETURNING event_id
 )`, p("text[]"), p("text[]"))
