@@ -163,7 +163,8 @@ func backendCPU(v *env) map[int]time.Duration {
 }
 
 // benchTuning applies BENCH_WORKERS, BENCH_MAX_WAIT and BENCH_COPY_MIN (group-commit
-// settings) from the environment, to compare settings without editing the code.
+// settings) from the environment, to compare settings without editing the code (newEnv
+// applies BENCH_OUTBOX_LANES, the shared --ingest.outbox-lanes).
 func benchTuning(c *Config, _ *httpx.Config) {
 	if n, err := strconv.Atoi(os.Getenv("BENCH_WORKERS")); err == nil {
 		c.GroupCommitWorkers = n

@@ -66,7 +66,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.MaxBatchSize, "ingest.max-batch-size", c.MaxBatchSize, "most events in one POST /log/batch")
 	fs.IntVar(&c.MaxImpressionItems, "ingest.max-impression-items", c.MaxImpressionItems, "most items in one impression")
 	fs.StringVar(&c.WatchFeatureUpdateMode, "ingest.watch-feature-update-mode", c.WatchFeatureUpdateMode, "feature_update_mode echoed in /log/watch and /log/batch responses")
-	fs.IntVar(&c.OutboxMaxAttempts, "ingest.outbox-max-attempts", c.OutboxMaxAttempts, "max_attempts stored on each new event_outbox row")
+	fs.IntVar(&c.OutboxMaxAttempts, "ingest.outbox-max-attempts", c.OutboxMaxAttempts, "max_attempts stored on each new event_outbox row (one per topic and lane of a group commit)")
 	fs.DurationVar(&c.WriteTimeout, "ingest.write-timeout", c.WriteTimeout, "longest an event write may take (pool wait included) before the request answers 503")
 	fs.DurationVar(&c.GroupCommitMaxWait, "ingest.group-commit-max-wait", c.GroupCommitMaxWait, "longest a writer waits to merge concurrent requests into one transaction (0: merge only what is already queued)")
 	fs.IntVar(&c.GroupCommitMaxEvents, "ingest.group-commit-max-events", c.GroupCommitMaxEvents, "most events merged into one transaction (a larger request is never split)")

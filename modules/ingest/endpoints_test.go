@@ -15,6 +15,8 @@ import (
 
 	"recsys/pkg/events"
 	"recsys/pkg/httpx"
+	"recsys/pkg/infra"
+	"recsys/pkg/outbox"
 	"recsys/pkg/testutil"
 )
 
@@ -46,7 +48,10 @@ func TestEndpointResponses(t *testing.T) {
 			t.Errorf("%s: %d %s\nwant %s", tc.name, code, resp, tc.want)
 		}
 	}
-	for table, want := range map[string]int{"impressions": 5, "watches": 2, "legacy_events": 1, "event_dedup": 5, "event_outbox": 5} {
+	if n := len(v.outboxEvents()); n != 5 {
+		t.Errorf("outbox events = %d, want 5", n)
+	}
+	for table, want := range map[string]int{"impressions": 5, "watches": 2, "legacy_events": 1, "event_dedup": 5} {
 		if n := v.count("SELECT count(*) FROM " + table); n != want {
 			t.Errorf("%s rows = %d, want %d", table, n, want)
 		}
@@ -63,7 +68,7 @@ func TestEndpointResponses(t *testing.T) {
 }
 
 // TestEventIDDefaultAndStoredValues: a missing event_id is generated (32 hex), ts in seconds
-// is stored in milliseconds, the server stamps its receive time, and the outbox row carries
+// is stored in milliseconds, the server stamps its receive time, and the outbox frame carries
 // the request's correlation ID.
 func TestEventIDDefaultAndStoredValues(t *testing.T) {
 	v := newEnv(t, testutil.MigratedDatabase(t))
@@ -116,14 +121,26 @@ func TestEventIDDefaultAndStoredValues(t *testing.T) {
 	if rec.Code != 200 {
 		t.Fatalf("impression: %d %s", rec.Code, rec.Body)
 	}
-	var corr, typ, topic, key string
-	var payload []byte
-	err = v.pool.QueryRow(context.Background(), "SELECT correlation_id, event_type, topic, msg_key, payload FROM event_outbox WHERE event_id = 'impression-9'").
-		Scan(&corr, &typ, &topic, &key, &payload)
-	if err != nil || corr != "corr-abcdef01" || typ != "impression" || topic != "recsys.impressions.v1" || key != "user-1" {
-		t.Errorf("outbox row: %q %q %q %q %v", corr, typ, topic, key, err)
+	var ob, leg *outboxEvent
+	all := v.outboxEvents()
+	for i := range all {
+		switch {
+		case all[i].EventID == "impression-9":
+			ob = &all[i]
+		case all[i].EventType == "legacy":
+			leg = &all[i]
+		}
 	}
-	ev, err := events.DecodePayload(events.Kind(typ), payload)
+	if ob == nil || leg == nil {
+		t.Fatalf("outbox frames of impression-9 (%v) or of the legacy event (%v) missing", ob, leg)
+	}
+	lane := outbox.LaneKey(outbox.Lane("user-1", infra.DefaultConfig().OutboxLanes))
+	if ob.CorrelationID != "corr-abcdef01" || ob.EventType != "impression" || ob.rowType != "impression" || ob.topic != "recsys.impressions.v1" ||
+		ob.Key != "user-1" || ob.rowKey != lane {
+		t.Errorf("outbox frame: %+v, want lane key %s", *ob, lane)
+	}
+	payload := ob.Payload
+	ev, err := events.DecodePayload(events.Kind(ob.EventType), payload)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,10 +151,9 @@ func TestEventIDDefaultAndStoredValues(t *testing.T) {
 	if strings.Contains(string(payload), "null") {
 		t.Errorf("payload has null fields: %s", payload)
 	}
-	var legType, legPayload string
-	if err := v.pool.QueryRow(context.Background(), "SELECT topic, convert_from(payload, 'UTF8') FROM event_outbox WHERE event_type = 'legacy'").Scan(&legType, &legPayload); err != nil ||
-		legType != "recsys.watches.v1" || !strings.Contains(legPayload, `"event_type":"click"`) {
-		t.Errorf("legacy outbox row: %q %s %v", legType, legPayload, err)
+	// Legacy events ride in the watches topic's rows.
+	if leg.topic != "recsys.watches.v1" || leg.rowType != "watch" || !strings.Contains(string(leg.Payload), `"event_type":"click"`) {
+		t.Errorf("legacy outbox frame: %s %s %s", leg.topic, leg.rowType, leg.Payload)
 	}
 }
 
@@ -188,7 +204,10 @@ func TestConcurrentSameEvent(t *testing.T) {
 			t.Errorf("%s: ok=%d duplicate=%d other=%d, want 1/49/0", ep.path, ok.Load(), dup.Load(), other.Load())
 		}
 	}
-	for table, want := range map[string]int{"watches": 1, "impressions": 4, "legacy_events": 1, "event_outbox": 3, "event_dedup": 3} {
+	if n := len(v.outboxEvents()); n != 3 {
+		t.Errorf("outbox events = %d, want 3", n)
+	}
+	for table, want := range map[string]int{"watches": 1, "impressions": 4, "legacy_events": 1, "event_dedup": 3} {
 		if n := v.count("SELECT count(*) FROM " + table); n != want {
 			t.Errorf("%s rows = %d, want %d", table, n, want)
 		}
@@ -250,8 +269,14 @@ CREATE TRIGGER fail_poison BEFORE INSERT ON watches FOR EACH ROW EXECUTE FUNCTIO
 	if n := v.count("SELECT count(*) FROM watches WHERE event_id LIKE 'batch-%'"); n != 0 {
 		t.Errorf("the failed batch left %d watch rows", n)
 	}
-	if n := v.count("SELECT count(*) FROM event_outbox WHERE event_id LIKE 'batch-%'"); n != 0 {
-		t.Errorf("the failed batch left %d outbox rows", n)
+	left := 0
+	for _, e := range v.outboxEvents() {
+		if strings.HasPrefix(e.EventID, "batch-") {
+			left++
+		}
+	}
+	if left != 0 {
+		t.Errorf("the failed batch left %d outbox frames", left)
 	}
 	if n := v.count("SELECT count(*) FROM watches"); n != 10 {
 		t.Errorf("watch rows = %d, want the 10 concurrent ones", n)
@@ -306,7 +331,7 @@ func TestOutage(t *testing.T) {
 }
 
 // TestCrashSafety restarts PostgreSQL under load: every event acknowledged with 200 must be
-// stored exactly once (raw row, dedup row, outbox row), and nothing half-written may remain.
+// stored exactly once (raw row, dedup row, outbox frame), and nothing half-written may remain.
 func TestCrashSafety(t *testing.T) {
 	pg := testutil.StartPrivate(t, "pg")
 	migrateURL(t, pg.URL)
@@ -394,29 +419,34 @@ func TestCrashSafety(t *testing.T) {
 	var missing, extraOutbox, badRaw int
 	// Hash joins over per-event counts: the raw tables have no event_id index (event_dedup is
 	// the uniqueness guard), so correlated lookups would scan them per id.
+	// The outbox counts are the frames of the batch rows, decoded here.
+	obIDs, obCounts := []string{}, []int32{}
+	for id, c := range v.outboxCounts() {
+		obIDs, obCounts = append(obIDs, id), append(obCounts, int32(c))
+	}
 	const counts = `
 WITH w AS (SELECT event_id, count(*) AS c FROM watches GROUP BY 1),
      i AS (SELECT event_id, count(*) AS c FROM impressions GROUP BY 1),
-     o AS (SELECT event_id, count(*) AS c FROM event_outbox GROUP BY 1)`
-	err := v.pool.QueryRow(ctx, counts+`, a AS (SELECT unnest($1::text[]) AS id)
+     o AS (SELECT * FROM unnest($1::text[], $2::int4[]) AS o(event_id, c))`
+	err := v.pool.QueryRow(ctx, counts+`, a AS (SELECT unnest($3::text[]) AS id)
 SELECT count(*) FILTER (WHERE d.event_id IS NULL),
        count(*) FILTER (WHERE coalesce(o.c, 0) <> 1),
        count(*) FILTER (WHERE coalesce(w.c, 0) + coalesce(i.c, 0) NOT IN (1, 3))
 FROM a LEFT JOIN event_dedup d ON d.event_id = a.id LEFT JOIN w ON w.event_id = a.id
-       LEFT JOIN i ON i.event_id = a.id LEFT JOIN o ON o.event_id = a.id`, acked).
+       LEFT JOIN i ON i.event_id = a.id LEFT JOIN o ON o.event_id = a.id`, obIDs, obCounts, acked).
 		Scan(&missing, &extraOutbox, &badRaw)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if missing != 0 || extraOutbox != 0 || badRaw != 0 {
-		t.Errorf("acknowledged events: %d missing, %d without exactly one outbox row, %d with wrong raw rows", missing, extraOutbox, badRaw)
+		t.Errorf("acknowledged events: %d missing, %d without exactly one outbox frame, %d with wrong raw rows", missing, extraOutbox, badRaw)
 	}
 	// Nothing half-written: every stored event (acknowledged or not) is complete.
 	var torn int
 	err = v.pool.QueryRow(ctx, counts+`
 SELECT count(*) FROM event_dedup d LEFT JOIN w ON w.event_id = d.event_id LEFT JOIN i ON i.event_id = d.event_id
        LEFT JOIN o ON o.event_id = d.event_id
-WHERE coalesce(o.c, 0) <> 1 OR coalesce(w.c, 0) + coalesce(i.c, 0) NOT IN (1, 3)`).Scan(&torn)
+WHERE coalesce(o.c, 0) <> 1 OR coalesce(w.c, 0) + coalesce(i.c, 0) NOT IN (1, 3)`, obIDs, obCounts).Scan(&torn)
 	if err != nil || torn != 0 {
 		t.Errorf("%d half-written events (%v)", torn, err)
 	}

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +21,7 @@ import (
 	"recsys/pkg/httpx"
 	"recsys/pkg/infra"
 	"recsys/pkg/migrate"
+	"recsys/pkg/outbox"
 	"recsys/pkg/testutil"
 )
 
@@ -46,7 +49,11 @@ func newEnv(t testing.TB, dsn string, opts ...envOpt) *env {
 	}
 	log := slog.New(slog.DiscardHandler)
 	set := metrics.NewSet()
-	mod, err := New(cfg, infra.Deps{Name: "ingest", Log: log, Metrics: set, PG: pool, Config: infra.DefaultConfig()})
+	ic := infra.DefaultConfig()
+	if n, err := strconv.Atoi(os.Getenv("BENCH_OUTBOX_LANES")); err == nil {
+		ic.OutboxLanes = n // benchmarks compare lane counts without editing the code
+	}
+	mod, err := New(cfg, infra.Deps{Name: "ingest", Log: log, Metrics: set, PG: pool, Config: ic})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,6 +94,57 @@ func (v *env) count(sql string, args ...any) int {
 		v.t.Fatalf("%s: %v", sql, err)
 	}
 	return n
+}
+
+// outboxEvent is one event of an event_outbox batch row, with its row's columns.
+type outboxEvent struct {
+	outbox.Message
+	topic, rowKey, rowType string
+}
+
+// outboxEvents decodes every outbox row (id order) into its events; a row that is not a
+// well-formed batch row fails the test.
+func (v *env) outboxEvents() []outboxEvent {
+	v.t.Helper()
+	rows, err := v.pool.Query(context.Background(), `SELECT topic, msg_key, event_type, payload_format, event_count, payload FROM event_outbox ORDER BY id`)
+	if err != nil {
+		v.t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []outboxEvent
+	for rows.Next() {
+		var topic, key, typ string
+		var format int16
+		var n int
+		var payload []byte
+		if err := rows.Scan(&topic, &key, &typ, &format, &n, &payload); err != nil {
+			v.t.Fatal(err)
+		}
+		if format != outbox.FormatBatch {
+			v.t.Fatalf("outbox row of %s has payload_format %d", key, format)
+		}
+		ms, err := outbox.DecodeBatch(payload, n)
+		if err != nil {
+			v.t.Fatal(err)
+		}
+		for _, m := range ms {
+			out = append(out, outboxEvent{Message: m, topic: topic, rowKey: key, rowType: typ})
+		}
+	}
+	if err := rows.Err(); err != nil {
+		v.t.Fatal(err)
+	}
+	return out
+}
+
+// outboxCounts returns how many outbox frames each event id has.
+func (v *env) outboxCounts() map[string]int {
+	v.t.Helper()
+	c := map[string]int{}
+	for _, e := range v.outboxEvents() {
+		c[e.EventID]++
+	}
+	return c
 }
 
 // metric returns the value of one series of the module's metrics set, or -1 when absent.

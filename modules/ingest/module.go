@@ -1,16 +1,20 @@
 // Package ingest is the event ingestion module of the api role: POST /log/impression,
 // /log/watch, /log/batch and /event, and GET /contract (api-contract §2.6–2.9, §2.12).
 //
-// Every accepted event is stored with its event_outbox row in one PostgreSQL transaction by
+// Every accepted event is stored with its event_outbox frame in one PostgreSQL transaction by
 // the group-commit writer of pkg/ingest before the request is answered; the relay publishes
 // the outbox to Kafka and the consumer applies features from there. /event (legacy
-// view/click/purchase) takes the same path — stored raw, then an outbox row on the watches
-// topic with event_type "legacy" — so the consumer is the only writer of features. The
+// view/click/purchase) takes the same path — stored raw, then a frame with event_type
+// "legacy" in a watches topic outbox row — so the consumer is the only writer of features. The
 // module also deletes old raw events and dedup keys in bounded batches (--ingest.raw-retention,
 // --ingest.dedup-retention).
 //
-// Responses keep the contract's fields; outbox_enqueued is true (or counts) only when an
-// outbox row was really written, and inserted_events counts events that were new. Errors:
+// Each group commit writes one outbox row per (topic, lane) carrying its new events as frames
+// (pkg/outbox batch rows); --ingest.outbox-lanes (shared with the /reco autolog's writer, so
+// in pkg/infra's config) sets the lane count.
+//
+// Responses keep the contract's fields; outbox_enqueued is true (or counts) only when the
+// event's outbox frame was really written, and inserted_events counts events that were new. Errors:
 // 422 with a pydantic-style detail list (every bad field, with its loc), 413 over the body
 // limit, 415 for a non-JSON content type, 503 "failed to persist ... event: database
 // unavailable" when PostgreSQL is down or slower than --ingest.write-timeout.
@@ -100,6 +104,7 @@ func New(cfg *Config, d infra.Deps) (module.Module, error) {
 		TopicImpressions: d.Config.Kafka.TopicImpressions,
 		TopicWatches:     d.Config.Kafka.TopicWatches,
 		MaxAttempts:      cfg.OutboxMaxAttempts,
+		OutboxLanes:      d.Config.OutboxLanes,
 		MaxWait:          cfg.GroupCommitMaxWait,
 		MaxEvents:        cfg.GroupCommitMaxEvents,
 		CopyMinEvents:    cfg.GroupCommitCopyMinEvents,

@@ -157,7 +157,8 @@ func (m *Ingest) persist(c echo.Context, endpoint, what string, evs ...events.An
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(c.Request().Context(), m.cfg.WriteTimeout)
 	defer cancel()
-	res, err := m.w.Write(ctx, evs, httpx.IDs(c).CorrelationID)
+	// The decoders applied every rule of events.Validate (and the time window) already.
+	res, err := m.w.WriteValidated(ctx, evs, httpx.IDs(c).CorrelationID)
 	if err != nil {
 		var ve *events.ValidationError
 		if errors.As(err, &ve) {

@@ -145,6 +145,7 @@ func New(cfg *Config, d infra.Deps) (module.Module, error) {
 		TopicImpressions: d.Config.Kafka.TopicImpressions,
 		TopicWatches:     d.Config.Kafka.TopicWatches,
 		MaxAttempts:      cfg.AutologOutboxMaxAttempts,
+		OutboxLanes:      d.Config.OutboxLanes,
 		MaxWait:          cfg.AutologGroupCommitMaxWait,
 		MaxEvents:        cfg.AutologCommitMaxEvents,
 		Workers:          cfg.AutologCommitWorkers,

@@ -381,7 +381,11 @@ func (c *checker) decContext(k string, v *node, dst **Context) {
 		return
 	}
 	ctx := &Context{}
-	c.push(k)
+	if k == "context" {
+		c.push("context") // a constant boxes without allocating; push(k) allocated per event
+	} else {
+		c.push(k)
+	}
 	c.fields(v, func(f string, fv *node) bool {
 		var p **string
 		switch f {

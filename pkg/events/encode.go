@@ -16,26 +16,39 @@ import (
 
 // Encode returns the Kafka payload of ev: its JSON with null fields omitted.
 func Encode(ev Any) ([]byte, error) {
+	size := 160
+	switch e := ev.(type) {
+	case *Impression:
+		size = 256 + 64*len(e.Items)
+	case *Watch:
+		size = 320
+	}
+	return AppendEncode(make([]byte, 0, size), ev)
+}
+
+// AppendEncode appends the Kafka payload of ev (as Encode returns it) to b, so a caller
+// encoding many events can reuse one buffer.
+func AppendEncode(b []byte, ev Any) ([]byte, error) {
 	var (
-		b  []byte
-		ok bool
+		out []byte
+		ok  bool
 	)
 	switch e := ev.(type) {
 	case *Impression:
-		b, ok = appendImpression(make([]byte, 0, 256+64*len(e.Items)), e)
+		out, ok = appendImpression(b, e)
 	case *Watch:
-		b, ok = appendWatch(make([]byte, 0, 320), e)
+		out, ok = appendWatch(b, e)
 	case *Legacy:
-		b, ok = appendLegacy(make([]byte, 0, 160), e)
+		out, ok = appendLegacy(b, e)
 	}
 	if ok {
-		return b, nil
+		return out, nil
 	}
-	b, err := json.Marshal(ev)
+	j, err := json.Marshal(ev)
 	if err != nil {
 		return nil, fmt.Errorf("encode %s event %q: %w", ev.Kind(), ev.ID(), err)
 	}
-	return b, nil
+	return append(b, j...), nil
 }
 
 // EncodeContext returns the JSON of a client context (null fields omitted), as stored in the

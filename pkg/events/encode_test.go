@@ -74,6 +74,11 @@ func TestEncodeMatchesJSON(t *testing.T) {
 		if (err != nil) != (wantErr != nil) || !bytes.Equal(got, want) {
 			t.Fatalf("event %d: Encode = %s, %v\nencoding/json = %s, %v", i, got, err, want, wantErr)
 		}
+		// AppendEncode keeps what the buffer held, including on the encoding/json fallback.
+		prefix := []byte("prefix")
+		if got, err := AppendEncode(prefix, ev); (err != nil) != (wantErr != nil) || (err == nil && !bytes.Equal(got, append([]byte("prefix"), want...))) {
+			t.Fatalf("event %d: AppendEncode = %s, %v, want prefix%s, %v", i, got, err, want, wantErr)
+		}
 		var c *Context
 		switch e := ev.(type) {
 		case *Impression:

@@ -123,7 +123,14 @@ func (c *checker) str(field string, v string, minLen, maxLen int) {
 	if !c.ok(field) {
 		return
 	}
-	n := utf8.RuneCountInString(v)
+	// Counting code points is the costly part; the byte length bounds the count (a code point
+	// is 1 to 4 bytes), so most strings are within the limits without counting.
+	n := len(v)
+	if n > maxLen && maxLen > 0 || n < minLen {
+		n = utf8.RuneCountInString(v)
+	} else if minLen > 1 && n < 4*minLen {
+		n = utf8.RuneCountInString(v)
+	}
 	switch {
 	case n < minLen:
 		c.add(c.at(field), "string_too_short", fmt.Sprintf("String should have at least %d character%s", minLen, plural(minLen)), v, map[string]any{"min_length": minLen})

@@ -56,11 +56,16 @@ type Config struct {
 	PG    postgres.Config
 	Redis redis.Config
 	Kafka kafka.Config
+	// OutboxLanes is the lane count (pkg/outbox.Lane) of the event_outbox batch rows. It is
+	// shared config rather than a module's because every writer of event_outbox (ingest and
+	// the /reco autolog) must use the same count, or one user's events could sit in two order
+	// units.
+	OutboxLanes int
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{PG: postgres.DefaultConfig(), Redis: redis.DefaultConfig(), Kafka: kafka.DefaultConfig()}
+	return Config{PG: postgres.DefaultConfig(), Redis: redis.DefaultConfig(), Kafka: kafka.DefaultConfig(), OutboxLanes: 32}
 }
 
 // RegisterFlags adds the flags of the clients in need.
@@ -77,6 +82,9 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet, need Need) {
 	if need&(Kafka|Postgres) != 0 {
 		c.Kafka.RegisterTopicFlags(fs)
 	}
+	if need.Has(Postgres) {
+		fs.IntVar(&c.OutboxLanes, "ingest.outbox-lanes", c.OutboxLanes, "lanes of the event_outbox batch rows: a group commit writes at most this many outbox rows per topic, a user's events always in the same lane; used by every writer (ingest, reco autolog); change it only with a drained outbox")
+	}
 }
 
 // Validate checks the settings of the clients in need only, so a relay pod is not asked for a
@@ -85,6 +93,9 @@ func (c Config) Validate(need Need) error {
 	var errs []error
 	if need.Has(Postgres) {
 		errs = append(errs, c.PG.Validate())
+		if c.OutboxLanes < 1 || c.OutboxLanes > 1024 {
+			errs = append(errs, fmt.Errorf("--ingest.outbox-lanes must be between 1 and 1024, got %d", c.OutboxLanes))
+		}
 	}
 	if need.Has(Redis) {
 		errs = append(errs, c.Redis.Validate())

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 
 	"recsys/pkg/events"
 	"recsys/pkg/ingest"
+	"recsys/pkg/outbox"
 	"recsys/pkg/testutil"
 )
 
@@ -41,7 +43,7 @@ func tableText(t *testing.T, pool *pgxpool.Pool, prefix string) []string {
 		`SELECT replace(row_to_json(x)::text, $1, '') FROM (SELECT event_id, position, item_id, feed_id, slot, user_id, session_id, request_id, ts_ms, ts, server_received_ts_ms, context FROM impressions) x`,
 		`SELECT replace(row_to_json(x)::text, $1, '') FROM (SELECT event_id, user_id, session_id, request_id, item_id, watch_time_sec, percent_watched, ended, playback_speed, rebuffer_count, ts_ms, ts, server_received_ts_ms, context FROM watches) x`,
 		`SELECT replace(row_to_json(x)::text, $1, '') FROM (SELECT event_id, user_id, item_id, event_type, ts, ts_ms FROM legacy_events) x`,
-		`SELECT replace(row_to_json(x)::text, $1, '') FROM (SELECT event_id, event_type, topic, msg_key, convert_from(payload, 'UTF8') AS payload, schema_version, correlation_id, status, attempts, max_attempts FROM event_outbox ORDER BY id) x`,
+		`SELECT replace(row_to_json(x)::text, $1, '') FROM (SELECT event_id, event_type, topic, msg_key, payload_format, event_count, schema_version, correlation_id, status, attempts, max_attempts FROM event_outbox ORDER BY id) x`,
 		`SELECT replace(row_to_json(x)::text, $1, '') FROM (SELECT event_id, event_type FROM event_dedup) x`,
 	}
 	var out []string
@@ -66,6 +68,10 @@ func tableText(t *testing.T, pool *pgxpool.Pool, prefix string) []string {
 			slices.Sort(part)
 		}
 		out = append(out, part...)
+	}
+	// The frames are binary; compare them decoded, without the id prefix.
+	for _, f := range outboxFrames(t, pool) {
+		out = append(out, strings.ReplaceAll(fmt.Sprintf("%s %s %s %s %d %s", f.EventID, f.EventType, f.Key, f.CorrelationID, f.SchemaVersion, f.Payload), prefix, ""))
 	}
 	return out
 }
@@ -120,21 +126,28 @@ func TestCopyMatchesStatement(t *testing.T) {
 	}
 }
 
-// TestCopyOutboxConflict: an outbox row whose dedup key is gone (an old dead row) makes the
-// COPY fail on the unique key; the group is redone by the statement, which skips that row.
+// TestCopyOutboxConflict: an outbox row holding the batch id a new row would get (an old row
+// whose first event's dedup key is gone) makes the COPY fail on the unique key; the group is
+// redone by the statement, which skips that row: its events are stored but not enqueued, and
+// the other lanes' rows are written.
 func TestCopyOutboxConflict(t *testing.T) {
 	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
 	set := metrics.NewSet()
 	w := newWriter(t, pool, func(c *ingest.Config) { c.CopyMinEvents = 1; c.Metrics = set })
+	lanes := ingest.DefaultConfig().OutboxLanes
+	stale := "u-stale"
+	for i := 0; outbox.Lane(stale, lanes) == outbox.Lane("u1", lanes); i++ {
+		stale = fmt.Sprintf("u-stale-%d", i)
+	}
 	if _, err := pool.Exec(context.Background(), `INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, max_attempts, status)
-		VALUES ('stale-0001', 'watch', 't', 'u1', '{}', 25, 'dead')`); err != nil {
+		VALUES ('batch:stale-0001', 'watch', 't', 'u1', '{}', 25, 'dead')`); err != nil {
 		t.Fatal(err)
 	}
 	var evs []events.Any
 	for i := range 5 {
 		evs = append(evs, watch(fmt.Sprintf("fresh-%04d", i), "u1"))
 	}
-	evs = append(evs, watch("stale-0001", "u1"))
+	evs = append(evs, watch("stale-0001", stale))
 	res, err := w.Write(context.Background(), evs, "")
 	if err != nil {
 		t.Fatal(err)
@@ -151,8 +164,8 @@ func TestCopyOutboxConflict(t *testing.T) {
 	if c := count(t, pool, "SELECT count(*) FROM watches"); c != 6 {
 		t.Errorf("watch rows = %d, want 6", c)
 	}
-	if c := count(t, pool, "SELECT count(*) FROM event_outbox WHERE status = 'pending'"); c != 5 {
-		t.Errorf("pending outbox rows = %d, want 5", c)
+	if c := count(t, pool, "SELECT coalesce(sum(event_count), 0) FROM event_outbox WHERE status = 'pending'"); c != 5 {
+		t.Errorf("pending outbox events = %d, want 5", c)
 	}
 }
 
@@ -173,9 +186,77 @@ func TestCopyPartialResend(t *testing.T) {
 	if !slices.Equal(res, want) {
 		t.Errorf("results = %+v, want %+v", res, want)
 	}
-	for table, n := range map[string]int{"event_dedup": 4, "watches": 2, "impressions": 5, "event_outbox": 4} {
+	if ids := frameIDs(outboxFrames(t, pool)); !slices.Equal(ids, []string{"old-00001", "old-00002", "new-00001", "new-00002"}) {
+		t.Errorf("frames = %v", ids)
+	}
+	for table, n := range map[string]int{"event_dedup": 4, "watches": 2, "impressions": 5} {
 		if c := count(t, pool, "SELECT count(*) FROM "+table); c != n {
 			t.Errorf("%s rows = %d, want %d", table, c, n)
 		}
+	}
+}
+
+// TestCopyDedupRace: an id of a COPY group is inserted by a concurrent transaction after the
+// group's probe; the group's dedup COPY waits for it, fails on the unique key when it
+// commits, and the group is redone by the statement: that id is a duplicate, the rest is
+// stored once.
+func TestCopyDedupRace(t *testing.T) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	set := metrics.NewSet()
+	w := newWriter(t, pool, func(c *ingest.Config) { c.CopyMinEvents = 1; c.Metrics = set; c.Timeout = 20 * time.Second })
+	ctx := context.Background()
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `INSERT INTO event_dedup (event_id, event_type) VALUES ('race-0003', 'watch')`); err != nil {
+		t.Fatal(err)
+	}
+	var evs []events.Any
+	for i := range 6 {
+		evs = append(evs, watch(fmt.Sprintf("race-%04d", i), "u1"))
+	}
+	type outcome struct {
+		res []ingest.Result
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		res, err := w.Write(ctx, evs, "")
+		done <- outcome{res, err}
+	}()
+	// Commit only once the group waits on the uncommitted key, i.e. after its probe.
+	deadline := time.Now().Add(15 * time.Second)
+	for count(t, pool, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the group never waited on the concurrent key")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	o := <-done
+	if o.err != nil {
+		t.Fatal(o.err)
+	}
+	for i, r := range o.res {
+		want := ingest.Result{Status: ingest.StatusOK, Rows: 1, OutboxEnqueued: true}
+		if i == 3 {
+			want = ingest.Result{Status: ingest.StatusDuplicate}
+		}
+		if r != want {
+			t.Errorf("result %d = %+v, want %+v", i, r, want)
+		}
+	}
+	if n := set.GetOrCreateCounter(`recsys_ingest_copy_conflicts_total{writer="ingest"}`).Get(); n != 1 {
+		t.Errorf("copy conflicts = %d, want 1", n)
+	}
+	if c := count(t, pool, "SELECT count(*) FROM watches"); c != 5 {
+		t.Errorf("watch rows = %d, want 5", c)
+	}
+	if ids := frameIDs(outboxFrames(t, pool)); !slices.Equal(ids, []string{"race-0000", "race-0001", "race-0002", "race-0004", "race-0005"}) {
+		t.Errorf("frames = %v", ids)
 	}
 }

@@ -15,7 +15,7 @@ import (
 //	recsys_ingest_write_duration_seconds{writer}     histogram: Write from call to answer (queue wait included)
 //	recsys_ingest_commit_errors_total{writer}        counter:   failed transactions
 //	recsys_ingest_group_fallbacks_total{writer}      counter:   merged transactions retried request by request
-//	recsys_ingest_copy_conflicts_total{writer}       counter:   COPY groups redone as a statement (an outbox row outlived its dedup key)
+//	recsys_ingest_copy_conflicts_total{writer}       counter:   COPY groups redone as a statement (a unique key met: a resend racing the group, or an outbox row that outlived its dedup key)
 type writerMetrics struct {
 	groupEvents, groupRequests    *metrics.PrometheusHistogram
 	commitDuration, writeDuration *metrics.PrometheusHistogram

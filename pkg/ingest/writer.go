@@ -6,8 +6,8 @@
 // takes the first waiting request, gathers more for at most MaxWait (or until MaxEvents), and
 // commits them all together. A small group is ONE statement (data-modifying CTEs over unnest
 // arrays: one round trip, atomic as an implicit transaction). A group of at least
-// CopyMinEvents events is one explicit transaction instead: the dedup insert (unnest, ON
-// CONFLICT, RETURNING the new ids), then COPY of the new ids' raw rows and outbox rows. COPY
+// CopyMinEvents events is one explicit transaction instead: a probe of the ids stored already,
+// then COPY of the new ids' dedup keys, raw rows and outbox rows. COPY
 // fills heap pages with multi-row inserts (one WAL record per page instead of one per row)
 // and skips the unnest/join/speculative-insert work, which costs far more than its extra
 // round trips once a group holds hundreds of events. Callers wait for the commit, so a 200 is only ever sent
@@ -17,10 +17,18 @@
 // transaction so one bad request cannot fail the others. Connection errors and timeouts fail
 // the whole group at once: retrying them request by request would only multiply the wait.
 //
-// Idempotency: event_dedup(event_id) is inserted first with ON CONFLICT DO NOTHING; raw rows
-// and outbox rows are written only for ids that were new. Concurrent transactions with the
-// same id serialise on the unique index, so exactly one gets "ok". Ids are inserted in sorted
-// order so two groups never deadlock on each other.
+// Outbox rows: a group writes ONE event_outbox row per (topic, lane) holding the frames
+// (pkg/outbox.AppendFrame) of the group's new events of that topic and lane in arrival order
+// (payload_format 2). The lane is a hash of the user id, so a user's events always share a
+// lane's order unit; the outbox's per-row cost (a heap row and four index entries, most of
+// ingestion's database work when it was per event) is paid per lane instead of per event.
+// The row's event_id is "batch:" + its first event's id, unique because event ids are.
+//
+// Idempotency: event_dedup(event_id) is inserted first (the statement: ON CONFLICT DO
+// NOTHING; COPY: the ids a probe did not find, and a unique violation sends the group to the
+// statement); raw rows and outbox frames are written only for ids that were new. Concurrent
+// transactions with the same id serialise on the unique index, so exactly one gets "ok". Ids
+// are inserted in sorted order so two groups never deadlock on each other.
 //
 // When a transaction wrote outbox rows it also notifies channel recsys_outbox (delivered
 // on commit), so the relay wakes without polling.
@@ -31,7 +39,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -41,6 +48,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"recsys/pkg/events"
+	"recsys/pkg/outbox"
 )
 
 // NotifyChannel is the LISTEN/NOTIFY channel the writer notifies after writing outbox rows.
@@ -51,6 +59,11 @@ type Config struct {
 	TopicImpressions string // outbox topic of impressions
 	TopicWatches     string // outbox topic of watches and legacy events
 	MaxAttempts      int    // event_outbox.max_attempts of new rows
+	// OutboxLanes is the number of lanes (outbox.Lane) a group's events are spread over: at
+	// most this many outbox rows per topic per group. Every writer of one database must use
+	// the same count, or a user's events could sit in two order units; change it only with a
+	// drained outbox.
+	OutboxLanes int
 
 	MaxWait   time.Duration // longest a worker waits to gather more requests into a transaction
 	MaxEvents int           // events per merged transaction (a larger single request still goes alone)
@@ -70,7 +83,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults (topics from pkg/kafka's defaults).
 func DefaultConfig() Config {
-	return Config{TopicImpressions: "recsys.impressions.v1", TopicWatches: "recsys.watches.v1", MaxAttempts: 25,
+	return Config{TopicImpressions: "recsys.impressions.v1", TopicWatches: "recsys.watches.v1", MaxAttempts: 25, OutboxLanes: 32,
 		MaxWait: time.Millisecond, MaxEvents: 2000, CopyMinEvents: 256, Workers: 2, QueueSize: 4096, Timeout: time.Second, Name: "ingest"}
 }
 
@@ -106,6 +119,9 @@ type Writer struct {
 	cfg  Config
 	log  *slog.Logger
 	m    writerMetrics
+	// laneKeys[lane] is outbox.LaneKey(lane), the msg_key of the lane's rows.
+	laneKeys []string
+	encoders sync.Pool // *copyEncoder, buffers reused across COPY groups
 
 	mu      sync.RWMutex
 	closed  bool
@@ -117,17 +133,17 @@ type Writer struct {
 type request struct {
 	ctx     context.Context
 	rows    []row
-	corr    *string
 	done    chan struct{}
 	results []Result
 	err     error
 }
 
-// row is one prepared event; payload and context JSON are encoded by the caller's goroutine
-// so the workers only assemble arrays.
+// row is one prepared event; its outbox frame, lane and context JSON are built by the
+// caller's goroutine so the workers only assemble arrays.
 type row struct {
 	ev      events.Any
-	payload []byte
+	frame   []byte // outbox.AppendFrame of the event
+	lane    int    // outbox.Lane of its user id
 	context *string
 }
 
@@ -161,11 +177,20 @@ func New(pool *pgxpool.Pool, cfg Config) *Writer {
 	if cfg.Name == "" {
 		cfg.Name = def.Name
 	}
+	if cfg.OutboxLanes <= 0 {
+		cfg.OutboxLanes = def.OutboxLanes
+	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Writer{pool: pool, cfg: cfg, log: log, m: newWriterMetrics(cfg.Metrics, cfg.Name), queue: make(chan *request, cfg.QueueSize)}
+	laneKeys := make([]string, cfg.OutboxLanes)
+	for i := range laneKeys {
+		laneKeys[i] = outbox.LaneKey(i)
+	}
+	w := &Writer{pool: pool, cfg: cfg, log: log, m: newWriterMetrics(cfg.Metrics, cfg.Name), queue: make(chan *request, cfg.QueueSize), laneKeys: laneKeys}
+	w.encoders.New = func() any { return new(copyEncoder) }
+	return w
 }
 
 // Start launches the workers. It is idempotent.
@@ -194,23 +219,32 @@ func (w *Writer) Close() {
 }
 
 // Write stores evs atomically (all or none) and returns one Result per event, in order.
-// correlationID is stored on the outbox rows ("" for none). An error means nothing of this
+// correlationID is stored in the events' outbox frames ("" for none). An error means nothing of this
 // call is known to be committed; errors.Is(err, ErrUnavailable) tells an outage or timeout
 // from a rejected statement. If ctx ends while the transaction is in flight, Write returns the
 // context error although the events may still commit: a retry then answers "duplicate".
+// Every event is checked with events.Validate first (a *events.ValidationError is returned
+// and nothing is written when one fails).
 func (w *Writer) Write(ctx context.Context, evs []events.Any, correlationID string) ([]Result, error) {
+	return w.write(ctx, evs, correlationID, true)
+}
+
+// WriteValidated is Write for events that come unchanged from the request decoders
+// (events.DecodeImpression, DecodeWatch, DecodeLegacy, DecodeBatch), which apply every rule of
+// events.Validate and more: checking them a second time was about a tenth of the API's CPU
+// per batched event. Events built or modified by the caller must go through Write.
+func (w *Writer) WriteValidated(ctx context.Context, evs []events.Any, correlationID string) ([]Result, error) {
+	return w.write(ctx, evs, correlationID, false)
+}
+
+func (w *Writer) write(ctx context.Context, evs []events.Any, correlationID string, validate bool) ([]Result, error) {
 	if len(evs) == 0 {
 		return nil, nil
 	}
 	start := time.Now()
 	req := &request{ctx: ctx, rows: make([]row, len(evs)), done: make(chan struct{})}
-	if correlationID != "" {
-		req.corr = &correlationID
-	}
-	for i, ev := range evs {
-		if err := prepare(&req.rows[i], ev); err != nil {
-			return nil, err
-		}
+	if err := prepare(req.rows, evs, correlationID, w.cfg.OutboxLanes, validate); err != nil {
+		return nil, err
 	}
 	if err := w.enqueue(ctx, req); err != nil {
 		return nil, err
@@ -238,30 +272,49 @@ func (w *Writer) enqueue(ctx context.Context, req *request) error {
 	}
 }
 
-func prepare(r *row, ev events.Any) error {
-	if err := events.Validate(ev); err != nil {
-		// Callers validate requests already; this catches programming errors (an autolog
-		// building an event by hand) before they reach the database.
-		return err
-	}
-	payload, err := events.Encode(ev)
-	if err != nil {
-		return err
-	}
-	r.ev, r.payload = ev, payload
-	var ctx *events.Context
-	switch e := ev.(type) {
-	case *events.Impression:
-		ctx = e.Context
-	case *events.Watch:
-		ctx = e.Context
-	}
-	if ctx != nil {
-		b, err := encodeContext(ctx)
-		if err != nil {
+// frameEstimate is the initial room per event of a request's frame buffer: a watch's frame
+// is ~300 bytes; the buffer grows (amortised) for larger events.
+const frameEstimate = 384
+
+// prepare fills rows from evs. The frames of one request share one buffer (each row's frame
+// is a full slice of it) and the payload is encoded into one scratch buffer reused for every
+// event: two allocations per request instead of two per event.
+func prepare(rows []row, evs []events.Any, correlationID string, lanes int, validate bool) error {
+	buf := make([]byte, 0, len(evs)*(frameEstimate+len(correlationID)))
+	var payload []byte
+	for i, ev := range evs {
+		r := &rows[i]
+		if validate {
+			if err := events.Validate(ev); err != nil {
+				return err
+			}
+		}
+		var err error
+		if payload, err = events.AppendEncode(payload[:0], ev); err != nil {
 			return err
 		}
-		r.context = &b
+		id, kind, user := ev.ID(), string(ev.Kind()), ev.User()
+		at := len(buf)
+		buf = outbox.AppendFrame(buf, outbox.Message{EventID: id, EventType: kind, Key: user,
+			CorrelationID: correlationID, SchemaVersion: int16(events.SchemaVersion), Payload: payload})
+		r.ev = ev
+		// Capped, so a later append to buf can never write into this frame.
+		r.frame = buf[at:len(buf):len(buf)]
+		r.lane = outbox.Lane(user, lanes)
+		var ctx *events.Context
+		switch e := ev.(type) {
+		case *events.Impression:
+			ctx = e.Context
+		case *events.Watch:
+			ctx = e.Context
+		}
+		if ctx != nil {
+			b, err := encodeContext(ctx)
+			if err != nil {
+				return err
+			}
+			r.context = &b
+		}
 	}
 	return nil
 }
@@ -380,22 +433,22 @@ func requestSpecific(err error) bool {
 
 func (w *Writer) commit(group []*request) error {
 	start := time.Now()
-	b := newBatch(w.cfg, group)
+	b := newBatch(w.cfg, w.laneKeys, group)
 	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.Timeout)
 	defer cancel()
-	var inserted, enqueued []string
+	var isNew, enqueued []bool
 	var err error
 	if len(b.dedupIDs) >= w.cfg.CopyMinEvents {
-		inserted, err = w.copyGroup(ctx, b)
-		enqueued = inserted
-		if errors.Is(err, errOutboxConflict) {
-			// An outbox row outlived its dedup key (it can only be an old dead row): the
-			// statement's ON CONFLICT skips it, as for any group.
+		isNew, err = w.copyGroup(ctx, b)
+		enqueued = isNew
+		if errors.Is(err, errCopyConflict) {
+			// A resend raced the group, or an outbox row outlived its first event's dedup
+			// key: the statement's ON CONFLICT clauses resolve both, as for any group.
 			w.m.copyConflicts.Inc()
-			inserted, enqueued, err = b.exec(ctx, w.pool)
+			isNew, enqueued, err = b.exec(ctx, w.pool)
 		}
 	} else {
-		inserted, enqueued, err = b.exec(ctx, w.pool)
+		isNew, enqueued, err = b.exec(ctx, w.pool)
 	}
 	if err != nil {
 		w.m.commitErrors.Inc()
@@ -407,14 +460,20 @@ func (w *Writer) commit(group []*request) error {
 	w.m.commitDuration.UpdateDuration(start)
 	w.m.groupEvents.Update(float64(len(b.dedupIDs)))
 	w.m.groupRequests.Update(float64(len(group)))
-	b.resolve(group, inserted, enqueued)
+	b.resolve(group, isNew, enqueued)
 	return nil
 }
 
 // batch holds the column arrays of one statement.
 type batch struct {
 	dedupIDs, dedupKinds []string
-	firstOf              map[string]*row // event_id -> the row that is written (first occurrence)
+	// Parallel to dedupIDs: the row written for each id (its first occurrence in the group).
+	// The per-event outcome is kept by this index, so resolving a group needs no sort and
+	// no search.
+	rows    []*row
+	firstOf map[string]int32 // event_id -> index into dedupIDs
+	// The dedup index of each raw row (parallel to impEventID, watEventID, legEventID).
+	impIdx, watIdx, legIdx []int32
 
 	impEventID, impItemID, impUser, impSession, impRequest []string
 	impFeed, impSlot, impCtx                               []*string
@@ -431,22 +490,28 @@ type batch struct {
 	legEventID, legUser, legItem, legType []string
 	legTs, legTsMs                        []int64
 
-	obEventID, obType, obTopic, obKey []string
-	obPayload                         [][]byte
-	obCorr                            []*string
+	// Per event, parallel to dedupIDs (arrival order): its outbox group (1-based index into
+	// the g* arrays) and its frame.
+	obGroup []int32
+	obFrame [][]byte
+	// Per outbox group (topic, lane), in order of first appearance.
+	gTopic, gType, gKey []string
+	slotGroup           []int32 // topic index * lanes + lane -> group (1-based), 0 for none
 
 	maxAttempts int
 }
 
-func newBatch(cfg Config, group []*request) *batch {
+// batchIDPrefix starts the event_id of a batch row: "batch:" + its first event's id.
+const batchIDPrefix = "batch:"
+
+func newBatch(cfg Config, laneKeys []string, group []*request) *batch {
 	n := 0
 	for _, r := range group {
 		n += len(r.rows)
 	}
-	b := &batch{firstOf: make(map[string]*row, n), maxAttempts: cfg.MaxAttempts,
-		dedupIDs: make([]string, 0, n), dedupKinds: make([]string, 0, n),
-		obEventID: make([]string, 0, n), obType: make([]string, 0, n), obTopic: make([]string, 0, n),
-		obKey: make([]string, 0, n), obPayload: make([][]byte, 0, n), obCorr: make([]*string, 0, n)}
+	b := &batch{firstOf: make(map[string]int32, n), maxAttempts: cfg.MaxAttempts,
+		dedupIDs: make([]string, 0, n), dedupKinds: make([]string, 0, n), rows: make([]*row, 0, n),
+		obGroup: make([]int32, 0, n), obFrame: make([][]byte, 0, n), slotGroup: make([]int32, 2*len(laneKeys))}
 	for _, r := range group {
 		for i := range r.rows {
 			rw := &r.rows[i]
@@ -456,24 +521,28 @@ func newBatch(cfg Config, group []*request) *batch {
 				// other is a duplicate of it.
 				continue
 			}
-			b.firstOf[id] = rw
-			b.add(cfg, rw, r.corr)
+			b.firstOf[id] = int32(len(b.dedupIDs))
+			b.add(cfg, laneKeys, rw)
 		}
 	}
 	return b
 }
 
-func (b *batch) add(cfg Config, rw *row, corr *string) {
+func (b *batch) add(cfg Config, laneKeys []string, rw *row) {
 	id := rw.ev.ID()
 	kind := rw.ev.Kind()
+	idx := int32(len(b.dedupIDs))
+	b.rows = append(b.rows, rw)
 	b.dedupIDs = append(b.dedupIDs, id)
 	b.dedupKinds = append(b.dedupKinds, string(kind))
-	topic := cfg.TopicWatches
+	// Legacy events ride in the watches topic's rows; their frames keep their own type.
+	topicIdx, topic, rowType := 1, cfg.TopicWatches, string(events.KindWatch)
 	switch e := rw.ev.(type) {
 	case *events.Impression:
-		topic = cfg.TopicImpressions
+		topicIdx, topic, rowType = 0, cfg.TopicImpressions, string(events.KindImpression)
 		for _, it := range e.Items {
 			b.impEventID = append(b.impEventID, id)
+			b.impIdx = append(b.impIdx, idx)
 			b.impPos = append(b.impPos, it.Position)
 			b.impItemID = append(b.impItemID, it.ItemID)
 			b.impFeed = append(b.impFeed, it.FeedID)
@@ -487,6 +556,7 @@ func (b *batch) add(cfg Config, rw *row, corr *string) {
 		}
 	case *events.Watch:
 		b.watEventID = append(b.watEventID, id)
+		b.watIdx = append(b.watIdx, idx)
 		b.watUser = append(b.watUser, e.UserID)
 		b.watSession = append(b.watSession, e.SessionID)
 		b.watRequest = append(b.watRequest, e.RequestID)
@@ -501,18 +571,84 @@ func (b *batch) add(cfg Config, rw *row, corr *string) {
 		b.watCtx = append(b.watCtx, rw.context)
 	case *events.Legacy:
 		b.legEventID = append(b.legEventID, id)
+		b.legIdx = append(b.legIdx, idx)
 		b.legUser = append(b.legUser, e.UserID)
 		b.legItem = append(b.legItem, e.ItemID)
 		b.legType = append(b.legType, e.EventType)
 		b.legTs = append(b.legTs, e.Ts)
 		b.legTsMs = append(b.legTsMs, e.TimeMs())
 	}
-	b.obEventID = append(b.obEventID, id)
-	b.obType = append(b.obType, string(kind))
-	b.obTopic = append(b.obTopic, topic)
-	b.obKey = append(b.obKey, rw.ev.User())
-	b.obPayload = append(b.obPayload, rw.payload)
-	b.obCorr = append(b.obCorr, corr)
+	slot := topicIdx*len(laneKeys) + rw.lane
+	g := b.slotGroup[slot]
+	if g == 0 {
+		b.gTopic = append(b.gTopic, topic)
+		b.gType = append(b.gType, rowType)
+		b.gKey = append(b.gKey, laneKeys[rw.lane])
+		g = int32(len(b.gTopic))
+		b.slotGroup[slot] = g
+	}
+	b.obGroup = append(b.obGroup, g)
+	b.obFrame = append(b.obFrame, rw.frame)
+}
+
+// outboxRow is one batch row of event_outbox; its payload is the concatenation of its
+// frames, which the COPY encoder writes straight from the batch (no intermediate copy).
+type outboxRow struct {
+	eventID, eventType, topic, key string
+	frames                         []int // indexes into batch.obFrame, arrival order
+	size                           int   // payload bytes
+}
+
+// outboxRows returns the group's outbox rows for the events that turned out new: one per
+// (topic, lane) with their frames in arrival order, rows in order of their first event.
+func (b *batch) outboxRows(isNew []bool) []outboxRow {
+	at := make([]int, len(b.gTopic)) // group -> 1-based index into rows
+	var rows []outboxRow
+	for i, id := range b.dedupIDs {
+		if !isNew[i] {
+			continue
+		}
+		g := b.obGroup[i] - 1
+		if at[g] == 0 {
+			rows = append(rows, outboxRow{eventID: batchIDPrefix + id, eventType: b.gType[g], topic: b.gTopic[g], key: b.gKey[g]})
+			at[g] = len(rows)
+		}
+		r := &rows[at[g]-1]
+		r.frames = append(r.frames, i)
+		r.size += len(b.obFrame[i])
+	}
+	return rows
+}
+
+// enqueued reports, per dedup index, whether the event is new and its frame is in one of the
+// outbox rows the statement wrote (rowIDs: their event_ids). A row is missing only when ON
+// CONFLICT skipped it, which happens when an old row with its event_id outlived the dedup
+// key of its first event.
+func (b *batch) enqueued(isNew []bool, rowIDs []string) []bool {
+	out := make([]bool, len(b.dedupIDs))
+	if len(rowIDs) == 0 {
+		return out
+	}
+	written := make(map[string]struct{}, len(rowIDs))
+	for _, id := range rowIDs {
+		written[id] = struct{}{}
+	}
+	// 0 unknown, 1 written, 2 skipped: decided by the group's first new event.
+	state := make([]int8, len(b.gTopic))
+	for i, id := range b.dedupIDs {
+		if !isNew[i] {
+			continue
+		}
+		g := b.obGroup[i] - 1
+		if state[g] == 0 {
+			state[g] = 2
+			if _, ok := written[batchIDPrefix+id]; ok {
+				state[g] = 1
+			}
+		}
+		out[i] = state[g] == 1
+	}
+	return out
 }
 
 // kinds returns the raw tables the group writes to.
@@ -543,36 +679,48 @@ func (b *batch) args(k kinds) []any {
 	if k&hasLegacy != 0 {
 		a = append(a, b.legEventID, b.legUser, b.legItem, b.legType, b.legTs, b.legTsMs)
 	}
-	return append(a, b.obEventID, b.obType, b.obTopic, b.obKey, b.obPayload, b.obCorr, int16(events.SchemaVersion), int32(b.maxAttempts))
+	return append(a, b.obGroup, b.obFrame, b.gTopic, b.gType, b.gKey, int16(events.SchemaVersion), int32(b.maxAttempts))
 }
 
-// exec writes the group with its single statement.
-func (b *batch) exec(ctx context.Context, pool *pgxpool.Pool) (inserted, enqueued []string, err error) {
+// exec writes the group with its single statement. It returns, per dedup index, whether the
+// event was new and whether its frame was enqueued.
+func (b *batch) exec(ctx context.Context, pool *pgxpool.Pool) (isNew, enqueued []bool, err error) {
 	k := b.kinds()
 	var notified int64
-	err = pool.QueryRow(ctx, insertSQL(k), b.args(k)...).Scan(&inserted, &enqueued, &notified)
-	return inserted, enqueued, err
+	var inserted, rowIDs []string
+	if err = pool.QueryRow(ctx, insertSQL(k), b.args(k)...).Scan(&inserted, &rowIDs, &notified); err != nil {
+		return nil, nil, err
+	}
+	isNew = make([]bool, len(b.dedupIDs))
+	for _, id := range inserted {
+		i, ok := b.firstOf[id]
+		if !ok {
+			return nil, nil, fmt.Errorf("statement returned event_id %q not in the group", id)
+		}
+		isNew[i] = true
+	}
+	return isNew, b.enqueued(isNew, rowIDs), nil
 }
 
-// resolve turns the ids the statement reported into per-event results.
-func (b *batch) resolve(group []*request, inserted, enqueued []string) {
-	slices.Sort(inserted)
-	slices.Sort(enqueued)
+// resolve turns the per-event outcomes (by dedup index) into per-request results. It walks
+// the requests in newBatch's order, so the n-th first occurrence is dedup index n.
+func (b *batch) resolve(group []*request, isNew, enqueued []bool) {
+	next := 0
 	for _, r := range group {
 		r.results = make([]Result, len(r.rows))
 		for i := range r.rows {
 			rw := &r.rows[i]
-			id := rw.ev.ID()
 			res := Result{Status: StatusDuplicate}
-			if b.firstOf[id] == rw {
-				if _, ok := slices.BinarySearch(inserted, id); ok {
+			if next < len(b.rows) && b.rows[next] == rw {
+				if isNew[next] {
 					res.Status = StatusOK
 					res.Rows = 1
 					if imp, isImp := rw.ev.(*events.Impression); isImp {
 						res.Rows = len(imp.Items)
 					}
-					_, res.OutboxEnqueued = slices.BinarySearch(enqueued, id)
+					res.OutboxEnqueued = enqueued[next]
 				}
+				next++
 			}
 			r.results[i] = res
 		}
@@ -582,8 +730,9 @@ func (b *batch) resolve(group []*request, inserted, enqueued []string) {
 // insertSQL returns the statement that writes a group with the given kinds in one round
 // trip. Every CTE sees the same snapshot; raw and outbox rows are inserted only for the ids
 // the dedup insert returned (the new ones). The dedup rows are inserted in id order so
-// concurrent groups lock index entries in the same order and cannot deadlock; outbox rows
-// keep arrival order (WITH ORDINALITY) so one user's events get increasing outbox ids.
+// concurrent groups lock index entries in the same order and cannot deadlock. The outbox
+// rows are built from the new ids: one per (topic, lane) group, frames concatenated in
+// arrival order (WITH ORDINALITY), rows inserted in order of their first event.
 //
 // A group only names the raw tables it writes to: each table in a statement is opened and
 // locked with all its indexes even when it gets no row, and a /log/watch group (watches
@@ -624,7 +773,7 @@ func buildInsertSQL(k kinds) string {
 WITH d AS (
 	INSERT INTO event_dedup (event_id, event_type)
 	SELECT u.id, u.kind FROM unnest(%s, %s) AS u(id, kind)
-	ORDER BY u.id
+	ORDER BY u.id COLLATE "C" -- bytewise, as the COPY path sorts (strings.Compare) and the key compares
 	ON CONFLICT (event_id) DO NOTHING
 	RETURNING event_id
 )`, p("text[]"), p("text[]"))
@@ -658,18 +807,19 @@ WITH d AS (
 )`, p("text[]"), p("text[]"), p("text[]"), p("text[]"), p("int8[]"), p("int8[]"))
 	}
 	fmt.Fprintf(&b, `, ob AS (
-	INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, correlation_id, schema_version, max_attempts)
-	SELECT u.event_id, u.event_type, u.topic, u.msg_key, u.payload, u.corr, %[7]s, %[8]s
-	FROM unnest(%[1]s, %[2]s, %[3]s, %[4]s, %[5]s, %[6]s) WITH ORDINALITY
-	     AS u(event_id, event_type, topic, msg_key, payload, corr, ord)
+	INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, schema_version, max_attempts, payload_format, event_count)
+	SELECT '`+batchIDPrefix+`' || (array_agg(u.event_id ORDER BY u.ord))[1], (%[4]s)[u.grp], (%[3]s)[u.grp], (%[5]s)[u.grp],
+	       string_agg(u.frame, ''::bytea ORDER BY u.ord), %[6]s, %[7]s, %[8]d, count(*)
+	FROM unnest($1::text[], %[1]s, %[2]s) WITH ORDINALITY AS u(event_id, grp, frame, ord)
 	WHERE u.event_id IN (SELECT event_id FROM d)
-	ORDER BY u.ord
+	GROUP BY u.grp
+	ORDER BY min(u.ord)
 	ON CONFLICT (event_id, event_type) DO NOTHING
 	RETURNING event_id
 ), n AS (
 	SELECT pg_notify('`+NotifyChannel+`', '') FROM (SELECT 1 FROM ob LIMIT 1) AS x
 )
 SELECT ARRAY(SELECT event_id FROM d), ARRAY(SELECT event_id FROM ob), (SELECT count(*) FROM n)`,
-		p("text[]"), p("text[]"), p("text[]"), p("text[]"), p("bytea[]"), p("text[]"), p("int2"), p("int4"))
+		p("int4[]"), p("bytea[]"), p("text[]"), p("text[]"), p("text[]"), p("int2"), p("int4"), outbox.FormatBatch)
 	return b.String()
 }

@@ -14,6 +14,7 @@ import (
 	"recsys/pkg/events"
 	"recsys/pkg/ingest"
 	"recsys/pkg/migrate"
+	"recsys/pkg/outbox"
 	"recsys/pkg/testutil"
 )
 
@@ -97,38 +98,32 @@ func testWriterStoresEventsAndOutbox(t *testing.T, path func(*ingest.Config)) {
 	if err := pool.QueryRow(ctx, "SELECT ts, ts_ms FROM legacy_events WHERE event_id = 'legacy-0001'").Scan(&legTs, &legTsMs); err != nil || legTs != leg.Ts || legTsMs != leg.Ts*1000 {
 		t.Errorf("legacy ts = %d/%d, %v", legTs, legTsMs, err)
 	}
-	rows, err := pool.Query(ctx, "SELECT event_id, event_type, topic, msg_key, payload, correlation_id, max_attempts, status FROM event_outbox ORDER BY id")
-	if err != nil {
-		t.Fatal(err)
+	// One user: the impression in the impressions topic's row of the user's lane, the watch and
+	// the legacy event in the watches topic's row of the same lane.
+	rows := readOutbox(t, pool)
+	if len(rows) != 2 {
+		t.Fatalf("outbox rows = %d, want 2", len(rows))
 	}
-	defer rows.Close()
-	type ob struct {
-		id, typ, topic, key string
-		payload             []byte
-		corr                string
-		maxAttempts         int
-		status              string
-	}
-	var got []ob
-	for rows.Next() {
-		var o ob
-		if err := rows.Scan(&o.id, &o.typ, &o.topic, &o.key, &o.payload, &o.corr, &o.maxAttempts, &o.status); err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, o)
-	}
-	if len(got) != 3 {
-		t.Fatalf("outbox rows = %d, want 3", len(got))
-	}
-	wantOb := []struct{ id, typ, topic string }{{"imp-00001", "impression", "recsys.impressions.v1"}, {"wat-00001", "watch", "recsys.watches.v1"}, {"legacy-0001", "legacy", "recsys.watches.v1"}}
-	for i, o := range got {
-		if o.id != wantOb[i].id || o.typ != wantOb[i].typ || o.topic != wantOb[i].topic || o.key != "u1" || o.corr != "corr-1234" || o.maxAttempts != 25 || o.status != "pending" {
+	lane := outbox.LaneKey(outbox.Lane("u1", ingest.DefaultConfig().OutboxLanes))
+	wantRows := []struct{ id, typ, topic string }{{"batch:imp-00001", "impression", "recsys.impressions.v1"}, {"batch:wat-00001", "watch", "recsys.watches.v1"}}
+	for i, o := range rows {
+		if o.eventID != wantRows[i].id || o.eventType != wantRows[i].typ || o.topic != wantRows[i].topic || o.key != lane || o.corr != nil || o.maxAttempts != 25 || o.status != "pending" {
 			t.Errorf("outbox row %d = %+v", i, o)
 		}
-		ev, err := events.DecodePayload(events.Kind(o.typ), o.payload)
+	}
+	frames := outboxFrames(t, pool)
+	wantFrames := []struct{ id, typ string }{{"imp-00001", "impression"}, {"wat-00001", "watch"}, {"legacy-0001", "legacy"}}
+	if len(frames) != len(wantFrames) {
+		t.Fatalf("frames = %d, want %d", len(frames), len(wantFrames))
+	}
+	for i, f := range frames {
+		if f.EventID != wantFrames[i].id || f.EventType != wantFrames[i].typ || f.Key != "u1" || f.CorrelationID != "corr-1234" || f.SchemaVersion != events.SchemaVersion {
+			t.Errorf("frame %d = %+v", i, f)
+		}
+		ev, err := events.DecodePayload(events.Kind(f.EventType), f.Payload)
 		if err != nil {
 			t.Errorf("payload %d: %v", i, err)
-		} else if ev.ID() != o.id {
+		} else if ev.ID() != f.EventID {
 			t.Errorf("payload %d id %q", i, ev.ID())
 		}
 	}
@@ -149,8 +144,8 @@ func testWriterStoresEventsAndOutbox(t *testing.T, path func(*ingest.Config)) {
 	if n := count(t, pool, "SELECT count(*) FROM impressions"); n != 3 {
 		t.Errorf("impression rows after resend = %d, want 3", n)
 	}
-	if n := count(t, pool, "SELECT count(*) FROM event_outbox"); n != 3 {
-		t.Errorf("outbox rows after resend = %d, want 3", n)
+	if n := len(outboxFrames(t, pool)); n != 3 {
+		t.Errorf("outbox frames after resend = %d, want 3", n)
 	}
 }
 
@@ -193,8 +188,8 @@ func testWriterConcurrentSameID(t *testing.T, path func(*ingest.Config)) {
 	if c := count(t, pool, "SELECT count(*) FROM watches"); c != 1 {
 		t.Errorf("watch rows = %d", c)
 	}
-	if c := count(t, pool, "SELECT count(*) FROM event_outbox"); c != 1 {
-		t.Errorf("outbox rows = %d", c)
+	if c := len(outboxFrames(t, pool)); c != 1 {
+		t.Errorf("outbox frames = %d", c)
 	}
 }
 
@@ -275,8 +270,8 @@ func testWriterGroupFallback(t *testing.T, path func(*ingest.Config)) {
 	if c := count(t, pool, "SELECT count(*) FROM impressions WHERE user_id = 'poison'"); c != 0 {
 		t.Errorf("the failed request left %d impression rows", c)
 	}
-	if c := count(t, pool, "SELECT count(*) FROM event_outbox"); c != 2*(n-1) {
-		t.Errorf("outbox rows = %d, want %d", c, 2*(n-1))
+	if c := len(outboxFrames(t, pool)); c != 2*(n-1) {
+		t.Errorf("outbox frames = %d, want %d", c, 2*(n-1))
 	}
 	// The poisoned request shared a transaction with others, which the fallback saved.
 	if f := set.GetOrCreateCounter(`recsys_ingest_group_fallbacks_total{writer="ingest"}`).Get(); f < 1 {
@@ -326,6 +321,54 @@ func TestWriterRejectsInvalidEvent(t *testing.T) {
 	if _, err := w.Write(context.Background(), []events.Any{bad}, ""); !errors.As(err, &ve) {
 		t.Fatalf("err = %v, want a validation error", err)
 	}
+}
+
+// TestWriterValidated: WriteValidated stores what the decoders accepted with the frames and
+// results Write gives, and Write still rejects an invalid event.
+func TestWriterValidated(t *testing.T) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	w := newWriter(t, pool, nil)
+	ctx := context.Background()
+	body := []byte(`{"events":[` + watchBody("validated-1") + `,` + watchBody("validated-2") + `]}`)
+	evs, verr := events.DecodeBatch(body, events.DefaultLimits(), time.Now())
+	if verr != nil {
+		t.Fatal(verr)
+	}
+	res, err := w.WriteValidated(ctx, evs, "corr-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res {
+		if r.Status != ingest.StatusOK || r.Rows != 1 || !r.OutboxEnqueued {
+			t.Errorf("result %d = %+v, want ok with 1 row, enqueued", i, r)
+		}
+	}
+	var payload []byte
+	var n int
+	if err := pool.QueryRow(ctx, "SELECT payload, event_count FROM event_outbox").Scan(&payload, &n); err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := outbox.DecodeBatch(payload, n)
+	if err != nil || len(msgs) != 2 {
+		t.Fatalf("frames = %d, %v, want 2", len(msgs), err)
+	}
+	for i, m := range msgs {
+		want, _ := events.Encode(evs[i])
+		if m.EventID != evs[i].ID() || m.CorrelationID != "corr-1" || string(m.Payload) != string(want) {
+			t.Errorf("frame %d = %+v, want event %s, corr-1, payload %s", i, m, evs[i].ID(), want)
+		}
+	}
+	// Write, used for events built by hand (the /reco autolog), still checks them.
+	bad := watch("short", "u1")
+	var ve *events.ValidationError
+	if _, err := w.Write(ctx, []events.Any{bad}, ""); !errors.As(err, &ve) {
+		t.Fatalf("Write err = %v, want a validation error", err)
+	}
+}
+
+func watchBody(id string) string {
+	return fmt.Sprintf(`{"event_id":%q,"user_id":"u1","session_id":"s1","request_id":"r1","ts_ms":%d,"item_id":"item-1","watch_time_sec":3.5}`,
+		id, time.Now().UnixMilli())
 }
 
 func TestWriterClose(t *testing.T) {
@@ -417,7 +460,7 @@ func testWriterKindCombinations(t *testing.T, path func(*ingest.Config)) {
 			evs = append(evs, &events.Legacy{EventID: id("leg"), UserID: "u1", ItemID: "i1", EventType: "view", Ts: time.Now().Unix()})
 			want["legacy_events"]++
 		}
-		want["event_outbox"] += len(evs)
+		want["frames"] += len(evs)
 		want["event_dedup"] += len(evs)
 		res, err := w.Write(context.Background(), evs, "")
 		if err != nil {
@@ -429,6 +472,10 @@ func testWriterKindCombinations(t *testing.T, path func(*ingest.Config)) {
 			}
 		}
 	}
+	if c := len(outboxFrames(t, pool)); c != want["frames"] {
+		t.Errorf("outbox frames = %d, want %d", c, want["frames"])
+	}
+	delete(want, "frames")
 	for table, n := range want {
 		if c := count(t, pool, "SELECT count(*) FROM "+table); c != n {
 			t.Errorf("%s rows = %d, want %d", table, c, n)

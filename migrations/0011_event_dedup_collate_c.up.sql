@@ -1,0 +1,14 @@
+-- event_dedup.event_id compares bytewise (COLLATE "C") instead of with the database's libc
+-- collation. Every accepted event probes and inserts this primary key, and a libc collation
+-- compares through strcoll: measured here (C.UTF-8, 400,000 random ids), the insert cost
+-- 7.4 µs per row with the default collation against 6.8 µs with "C", and the writer's probe
+-- (event_id = ANY(ids)) 5.1 µs against 3.7 µs per id; en_US and other ICU/glibc locales are
+-- slower still. Only equality is asked of this column (the writer's probe, ON CONFLICT and
+-- the COPY of new keys; retention selects by created_at), and equality is the same under
+-- every deterministic collation, so no reader changes meaning. The writer inserts keys in
+-- bytewise order on both its paths, which is now also the index's order.
+--
+-- The column keeps its type, so the heap is not rewritten, but the primary key is rebuilt
+-- under an ACCESS EXCLUSIVE lock: ingest waits for the rebuild (seconds per ten million
+-- rows). On a large deployed event_dedup, run it when ingest can pause.
+ALTER TABLE event_dedup ALTER COLUMN event_id TYPE text COLLATE "C";
