@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -172,7 +173,7 @@ func testWriterOutboxRowPerLane(t *testing.T, path func(*ingest.Config)) {
 			wantType = "impression"
 		}
 		ids := frameIDs(r.frames)
-		if r.topic != k.topic || r.key != outbox.LaneKey(k.lane) || r.eventType != wantType || r.eventID != "batch:"+want[k][0] ||
+		if r.topic != k.topic || r.key != outbox.LaneKey(k.lane) || r.eventType != wantType || !strings.HasPrefix(r.eventID, "batch:"+want[k][0]+"@") ||
 			r.count != len(want[k]) || !slices.Equal(ids, want[k]) || r.maxAttempts != 25 || r.status != "pending" || r.corr != nil {
 			t.Errorf("row %d = %s %s %s %s count %d frames %v, want %s %s %s batch:%s frames %v",
 				i, r.eventID, r.eventType, r.topic, r.key, r.count, ids, k.topic, outbox.LaneKey(k.lane), wantType, want[k][0], want[k])

@@ -39,6 +39,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -499,9 +500,14 @@ type batch struct {
 	slotGroup           []int32 // topic index * lanes + lane -> group (1-based), 0 for none
 
 	maxAttempts int
+	idSuffix    string // "@" + the group's creation time in ns, base 36: see batchIDPrefix
 }
 
-// batchIDPrefix starts the event_id of a batch row: "batch:" + its first event's id.
+// batchIDPrefix starts the event_id of a batch row: "batch:" + its first event's id + the
+// group's idSuffix. The suffix keeps the name unique even when the first event is a resend
+// whose dedup key was deleted by retention while an old row of that name (a dead one) was
+// kept: without it the new row would hit the unique key and the other new events of its lane
+// would be stored but never published.
 const batchIDPrefix = "batch:"
 
 func newBatch(cfg Config, laneKeys []string, group []*request) *batch {
@@ -509,7 +515,7 @@ func newBatch(cfg Config, laneKeys []string, group []*request) *batch {
 	for _, r := range group {
 		n += len(r.rows)
 	}
-	b := &batch{firstOf: make(map[string]int32, n), maxAttempts: cfg.MaxAttempts,
+	b := &batch{firstOf: make(map[string]int32, n), maxAttempts: cfg.MaxAttempts, idSuffix: "@" + strconv.FormatInt(time.Now().UnixNano(), 36),
 		dedupIDs: make([]string, 0, n), dedupKinds: make([]string, 0, n), rows: make([]*row, 0, n),
 		obGroup: make([]int32, 0, n), obFrame: make([][]byte, 0, n), slotGroup: make([]int32, 2*len(laneKeys))}
 	for _, r := range group {
@@ -610,7 +616,7 @@ func (b *batch) outboxRows(isNew []bool) []outboxRow {
 		}
 		g := b.obGroup[i] - 1
 		if at[g] == 0 {
-			rows = append(rows, outboxRow{eventID: batchIDPrefix + id, eventType: b.gType[g], topic: b.gTopic[g], key: b.gKey[g]})
+			rows = append(rows, outboxRow{eventID: batchIDPrefix + id + b.idSuffix, eventType: b.gType[g], topic: b.gTopic[g], key: b.gKey[g]})
 			at[g] = len(rows)
 		}
 		r := &rows[at[g]-1]
@@ -621,9 +627,8 @@ func (b *batch) outboxRows(isNew []bool) []outboxRow {
 }
 
 // enqueued reports, per dedup index, whether the event is new and its frame is in one of the
-// outbox rows the statement wrote (rowIDs: their event_ids). A row is missing only when ON
-// CONFLICT skipped it, which happens when an old row with its event_id outlived the dedup
-// key of its first event.
+// outbox rows the statement wrote (rowIDs: their event_ids). A row could be missing only if
+// ON CONFLICT skipped it, which the idSuffix of its name rules out in practice.
 func (b *batch) enqueued(isNew []bool, rowIDs []string) []bool {
 	out := make([]bool, len(b.dedupIDs))
 	if len(rowIDs) == 0 {
@@ -642,7 +647,7 @@ func (b *batch) enqueued(isNew []bool, rowIDs []string) []bool {
 		g := b.obGroup[i] - 1
 		if state[g] == 0 {
 			state[g] = 2
-			if _, ok := written[batchIDPrefix+id]; ok {
+			if _, ok := written[batchIDPrefix+id+b.idSuffix]; ok {
 				state[g] = 1
 			}
 		}
@@ -679,7 +684,7 @@ func (b *batch) args(k kinds) []any {
 	if k&hasLegacy != 0 {
 		a = append(a, b.legEventID, b.legUser, b.legItem, b.legType, b.legTs, b.legTsMs)
 	}
-	return append(a, b.obGroup, b.obFrame, b.gTopic, b.gType, b.gKey, int16(events.SchemaVersion), int32(b.maxAttempts))
+	return append(a, b.obGroup, b.obFrame, b.gTopic, b.gType, b.gKey, int16(events.SchemaVersion), int32(b.maxAttempts), b.idSuffix)
 }
 
 // exec writes the group with its single statement. It returns, per dedup index, whether the
@@ -808,7 +813,7 @@ WITH d AS (
 	}
 	fmt.Fprintf(&b, `, ob AS (
 	INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, schema_version, max_attempts, payload_format, event_count)
-	SELECT '`+batchIDPrefix+`' || (array_agg(u.event_id ORDER BY u.ord))[1], (%[4]s)[u.grp], (%[3]s)[u.grp], (%[5]s)[u.grp],
+	SELECT '`+batchIDPrefix+`' || (array_agg(u.event_id ORDER BY u.ord))[1] || %[9]s, (%[4]s)[u.grp], (%[3]s)[u.grp], (%[5]s)[u.grp],
 	       string_agg(u.frame, ''::bytea ORDER BY u.ord), %[6]s, %[7]s, %[8]d, count(*)
 	FROM unnest($1::text[], %[1]s, %[2]s) WITH ORDINALITY AS u(event_id, grp, frame, ord)
 	WHERE u.event_id IN (SELECT event_id FROM d)
@@ -820,6 +825,6 @@ WITH d AS (
 	SELECT pg_notify('`+NotifyChannel+`', '') FROM (SELECT 1 FROM ob LIMIT 1) AS x
 )
 SELECT ARRAY(SELECT event_id FROM d), ARRAY(SELECT event_id FROM ob), (SELECT count(*) FROM n)`,
-		p("int4[]"), p("bytea[]"), p("text[]"), p("text[]"), p("text[]"), p("int2"), p("int4"), outbox.FormatBatch)
+		p("int4[]"), p("bytea[]"), p("text[]"), p("text[]"), p("text[]"), p("int2"), p("int4"), outbox.FormatBatch, p("text"))
 	return b.String()
 }

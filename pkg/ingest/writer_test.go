@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -107,7 +108,7 @@ func testWriterStoresEventsAndOutbox(t *testing.T, path func(*ingest.Config)) {
 	lane := outbox.LaneKey(outbox.Lane("u1", ingest.DefaultConfig().OutboxLanes))
 	wantRows := []struct{ id, typ, topic string }{{"batch:imp-00001", "impression", "recsys.impressions.v1"}, {"batch:wat-00001", "watch", "recsys.watches.v1"}}
 	for i, o := range rows {
-		if o.eventID != wantRows[i].id || o.eventType != wantRows[i].typ || o.topic != wantRows[i].topic || o.key != lane || o.corr != nil || o.maxAttempts != 25 || o.status != "pending" {
+		if !strings.HasPrefix(o.eventID, wantRows[i].id+"@") || o.eventType != wantRows[i].typ || o.topic != wantRows[i].topic || o.key != lane || o.corr != nil || o.maxAttempts != 25 || o.status != "pending" {
 			t.Errorf("outbox row %d = %+v", i, o)
 		}
 	}
