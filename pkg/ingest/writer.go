@@ -476,9 +476,15 @@ type batch struct {
 	// The dedup index of each raw row (parallel to impEventID, watEventID, legEventID).
 	impIdx, watIdx, legIdx []int32
 
-	impEventID, impItemID, impUser, impSession, impRequest []string
-	impFeed, impSlot, impCtx                               []*string
-	impPos, impTs, impSrv                                  []int64
+	// One impression_events row per impression event; its items are [impLo, impHi) of the
+	// per-item arrays below.
+	impEventID, impUser, impSession, impRequest []string
+	impCtx                                      []*string
+	impTs, impSrv                               []int64
+	impLo, impHi                                []int32
+	impItemID                                   []string
+	impFeed, impSlot                            []*string
+	impPos                                      []int64
 
 	watEventID, watUser, watSession, watRequest, watItem []string
 	watTime                                              []float64
@@ -546,20 +552,22 @@ func (b *batch) add(cfg Config, laneKeys []string, rw *row) {
 	switch e := rw.ev.(type) {
 	case *events.Impression:
 		topicIdx, topic, rowType = 0, cfg.TopicImpressions, string(events.KindImpression)
+		b.impEventID = append(b.impEventID, id)
+		b.impIdx = append(b.impIdx, idx)
+		b.impUser = append(b.impUser, e.UserID)
+		b.impSession = append(b.impSession, e.SessionID)
+		b.impRequest = append(b.impRequest, e.RequestID)
+		b.impTs = append(b.impTs, e.TsMs)
+		b.impSrv = append(b.impSrv, e.ServerReceivedTsMs)
+		b.impCtx = append(b.impCtx, rw.context)
+		b.impLo = append(b.impLo, int32(len(b.impPos)))
 		for _, it := range e.Items {
-			b.impEventID = append(b.impEventID, id)
-			b.impIdx = append(b.impIdx, idx)
 			b.impPos = append(b.impPos, it.Position)
 			b.impItemID = append(b.impItemID, it.ItemID)
 			b.impFeed = append(b.impFeed, it.FeedID)
 			b.impSlot = append(b.impSlot, it.Slot)
-			b.impUser = append(b.impUser, e.UserID)
-			b.impSession = append(b.impSession, e.SessionID)
-			b.impRequest = append(b.impRequest, e.RequestID)
-			b.impTs = append(b.impTs, e.TsMs)
-			b.impSrv = append(b.impSrv, e.ServerReceivedTsMs)
-			b.impCtx = append(b.impCtx, rw.context)
 		}
+		b.impHi = append(b.impHi, int32(len(b.impPos)))
 	case *events.Watch:
 		b.watEventID = append(b.watEventID, id)
 		b.watIdx = append(b.watIdx, idx)
@@ -676,7 +684,8 @@ func (b *batch) args(k kinds) []any {
 	a := make([]any, 0, 40)
 	a = append(a, b.dedupIDs, b.dedupKinds)
 	if k&hasImpressions != 0 {
-		a = append(a, b.impEventID, b.impPos, b.impItemID, b.impFeed, b.impSlot, b.impUser, b.impSession, b.impRequest, b.impTs, b.impSrv, b.impCtx)
+		a = append(a, b.impEventID, b.impUser, b.impSession, b.impRequest, b.impTs, b.impSrv, b.impCtx, b.impLo, b.impHi,
+			b.impPos, b.impItemID, b.impFeed, b.impSlot)
 	}
 	if k&hasWatches != 0 {
 		a = append(a, b.watEventID, b.watUser, b.watSession, b.watRequest, b.watItem, b.watTime, b.watPct, b.watEnded, b.watSpeed, b.watRebuf, b.watTs, b.watSrv, b.watCtx)
@@ -783,14 +792,21 @@ WITH d AS (
 	RETURNING event_id
 )`, p("text[]"), p("text[]"))
 	if k&hasImpressions != 0 {
+		// One row per event; its items are the slice [lo, hi) of the per-item arrays
+		// (1-based, inclusive in SQL). feed_ids / slots stay NULL when no item has one, as
+		// the COPY path writes them.
 		fmt.Fprintf(&b, `, imp AS (
-	INSERT INTO impressions (event_id, position, item_id, feed_id, slot, user_id, session_id, request_id, ts_ms, ts, server_received_ts_ms, context)
-	SELECT u.event_id, u.position, u.item_id, u.feed_id, u.slot, u.user_id, u.session_id, u.request_id, u.ts_ms,
-	       to_timestamp(u.ts_ms / 1000.0), u.srv, u.ctx::jsonb
-	FROM unnest(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-	     AS u(event_id, position, item_id, feed_id, slot, user_id, session_id, request_id, ts_ms, srv, ctx)
+	INSERT INTO impression_events (event_id, user_id, session_id, request_id, ts_ms, ts, server_received_ts_ms, context, positions, item_ids, feed_ids, slots)
+	SELECT u.event_id, u.user_id, u.session_id, u.request_id, u.ts_ms, to_timestamp(u.ts_ms / 1000.0), u.srv, u.ctx::jsonb,
+	       (%[10]s)[u.lo + 1:u.hi], (%[11]s)[u.lo + 1:u.hi],
+	       CASE WHEN cardinality(array_remove(x.feeds, NULL)) > 0 THEN x.feeds END,
+	       CASE WHEN cardinality(array_remove(x.slots, NULL)) > 0 THEN x.slots END
+	FROM unnest(%[1]s, %[2]s, %[3]s, %[4]s, %[5]s, %[6]s, %[7]s, %[8]s, %[9]s)
+	     AS u(event_id, user_id, session_id, request_id, ts_ms, srv, ctx, lo, hi)
+	CROSS JOIN LATERAL (SELECT (%[12]s)[u.lo + 1:u.hi] AS feeds, (%[13]s)[u.lo + 1:u.hi] AS slots) AS x
 	WHERE u.event_id IN (SELECT event_id FROM d)
-)`, p("text[]"), p("int8[]"), p("text[]"), p("text[]"), p("text[]"), p("text[]"), p("text[]"), p("text[]"), p("int8[]"), p("int8[]"), p("text[]"))
+)`, p("text[]"), p("text[]"), p("text[]"), p("text[]"), p("int8[]"), p("int8[]"), p("text[]"), p("int4[]"), p("int4[]"),
+			p("int8[]"), p("text[]"), p("text[]"), p("text[]"))
 	}
 	if k&hasWatches != 0 {
 		fmt.Fprintf(&b, `, wat AS (
