@@ -43,8 +43,8 @@ func testImpressionEventRows(t *testing.T, path func(*ingest.Config)) {
 
 	type stored struct{ positions, items, feeds, slots, context string }
 	want := map[string]stored{
-		"imp-mixed": {"{7,2,5}", "{c,a,b}", "{NULL,home,NULL}", "{NULL,NULL,hero}", `{"device": "ios"}`},
-		"imp-feeds": {"{0,1}", "{x,y}", "{home,home}", "<null>", `{"device": "ios"}`},
+		"imp-mixed":   {"{7,2,5}", "{c,a,b}", "{NULL,home,NULL}", "{NULL,NULL,hero}", `{"device": "ios"}`},
+		"imp-feeds":   {"{0,1}", "{x,y}", "{home,home}", "<null>", `{"device": "ios"}`},
 		"imp-plain-1": {"{0}", "{p}", "<null>", "<null>", "<null>"},
 	}
 	for i := range 20 {
