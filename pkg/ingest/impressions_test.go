@@ -3,6 +3,7 @@ package ingest_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 
 	"recsys/pkg/events"
@@ -33,10 +34,35 @@ func testImpressionEventRows(t *testing.T, path func(*ingest.Config)) {
 	for i := range 20 { // a bigger group: the slices of later events start far into the arrays
 		evs = append(evs, impression(fmt.Sprintf("imp-bulk-%02d", i), "u4", fmt.Sprintf("b%02d-0", i), fmt.Sprintf("b%02d-1", i)))
 	}
+	// Ids with the characters of array literal syntax (the statement path sends the item
+	// arrays as literals) read back exactly as sent.
+	trickyIDs := []string{`a,b`, `{x}`, `"q"`, `back\slash`, ` sp `, `NULL`, `x  y`, `é🙂`}
+	tricky := impression("imp-tricky", "u5", trickyIDs...)
+	nullWord := "NULL"
+	tricky.Items[5].FeedID, tricky.Items[6].Slot = &nullWord, &trickyIDs[3]
+	evs = append(evs, tricky)
 	res, err := w.Write(ctx, evs, "")
 	if err != nil {
 		t.Fatal(err)
 	}
+	var gotIDs []string
+	var gotFeeds, gotSlots []*string
+	if err := pool.QueryRow(ctx, `SELECT item_ids, feed_ids, slots FROM impression_events WHERE event_id = 'imp-tricky'`).Scan(&gotIDs, &gotFeeds, &gotSlots); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(gotIDs, trickyIDs) {
+		t.Errorf("item_ids read back as %q, want %q", gotIDs, trickyIDs)
+	}
+	if len(gotFeeds) != len(trickyIDs) || gotFeeds[5] == nil || *gotFeeds[5] != "NULL" || gotFeeds[0] != nil ||
+		len(gotSlots) != len(trickyIDs) || gotSlots[6] == nil || *gotSlots[6] != trickyIDs[3] || gotSlots[5] != nil {
+		t.Errorf("feed_ids %v / slots %v of imp-tricky", gotFeeds, gotSlots)
+	}
+	drop := func(id string) {
+		if _, err := pool.Exec(ctx, `DELETE FROM impression_events WHERE event_id = $1`, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	drop("imp-tricky") // the checks below count the other events
 	if res[0].Rows != 3 || res[0].Status != ingest.StatusOK {
 		t.Errorf("result of the 3-item impression = %+v", res[0])
 	}
