@@ -100,8 +100,9 @@ const (
 // Result is the outcome of one event of a Write.
 type Result struct {
 	Status Status
-	// Rows is the number of raw rows written: the item count of an impression, 1 for a
-	// watch or legacy event, 0 for a duplicate.
+	// Rows is the number of raw rows written, as the readers see them: the item count of an
+	// impression (its rows in the impressions view; it is one impression_events row), 1 for
+	// a watch or legacy event, 0 for a duplicate.
 	Rows int
 	// OutboxEnqueued is true when an event_outbox row was really written for the event.
 	OutboxEnqueued bool
