@@ -84,7 +84,7 @@ func BenchmarkBaseline(b *testing.B) {
 func benchDatabase(b *testing.B, rows int) (string, int64) {
 	ctx := context.Background()
 	base := testutil.PGDSN(b)
-	name := fmt.Sprintf("recsys_bench_analytics_%d", rows)
+	name := fmt.Sprintf("recsys_bench_analytics_ev_%d", rows)
 	u, _ := url.Parse(base)
 	u.Path = "/" + name
 	dsn := u.String()
@@ -99,7 +99,7 @@ func benchDatabase(b *testing.B, rows int) (string, int64) {
 		c, err := pgx.Connect(ctx, dsn)
 		if err == nil {
 			var n, nowMs int64
-			err = c.QueryRow(ctx, `SELECT (SELECT count(*) FROM impressions), (SELECT max(server_received_ts_ms) + 1 FROM impressions)`).Scan(&n, &nowMs)
+			err = c.QueryRow(ctx, `SELECT (SELECT sum(cardinality(item_ids)) FROM impression_events), (SELECT max(server_received_ts_ms) + 1 FROM impression_events)`).Scan(&n, &nowMs)
 			c.Close(ctx)
 			if err == nil && n == int64(rows) {
 				b.Logf("reusing %s (%d impression rows)", name, n)
@@ -138,50 +138,49 @@ func benchDatabase(b *testing.B, rows int) (string, int64) {
 		srv       int64
 		items     []string
 	}
-	// Events in time order, so the rows are laid out as an append-only table would be.
+	// Events in time order, so the rows are laid out as an append-only table would be. One
+	// impression_events row per event (migration 0014), its items as arrays.
 	var watches [][]any
 	start := time.Now()
-	e, pos := -1, perEvent
-	var cur ev
+	positions := make([]int64, perEvent)
+	for i := range positions {
+		positions[i] = int64(i)
+	}
+	e := -1
 	src := pgx.CopyFromFunc(func() ([]any, error) {
-		if pos == perEvent {
-			e++
-			if e == events {
-				return nil, nil
-			}
-			cur = ev{user: "user-" + strconv.Itoa(rnd.IntN(users)), req: fmt.Sprintf("req-%d", e), srv: nowMs - span + int64(e)*span/int64(events)}
-			seen := map[string]bool{}
-			cur.items = cur.items[:0]
-			for len(cur.items) < perEvent {
-				if it := item(); !seen[it] {
-					seen[it] = true
-					cur.items = append(cur.items, it)
-				}
-			}
-			pos = 0
-			if rnd.IntN(10) == 0 { // a click on one of the shown items a few minutes later
-				w := cur.srv + int64(rnd.IntN(20))*minute
-				watches = append(watches, []any{fmt.Sprintf("w-%d", len(watches)), cur.user, "s", cur.req, cur.items[rnd.IntN(5)], 10 + rnd.Float64()*100, w, time.UnixMilli(w), w})
-			}
-			if rnd.IntN(20) == 0 { // organic watch
-				w := cur.srv + 1
-				watches = append(watches, []any{fmt.Sprintf("w-%d", len(watches)), cur.user, "s", "organic", item(), 10 + rnd.Float64()*100, w, time.UnixMilli(w), w})
+		e++
+		if e == events {
+			return nil, nil
+		}
+		cur := ev{user: "user-" + strconv.Itoa(rnd.IntN(users)), req: fmt.Sprintf("req-%d", e), srv: nowMs - span + int64(e)*span/int64(events)}
+		seen := map[string]bool{}
+		for len(cur.items) < perEvent {
+			if it := item(); !seen[it] {
+				seen[it] = true
+				cur.items = append(cur.items, it)
 			}
 		}
-		p := pos
-		pos++
-		return []any{fmt.Sprintf("e-%d", e), int64(p), cur.items[p], cur.user, "s", cur.req, cur.srv, time.UnixMilli(cur.srv), cur.srv}, nil
+		if rnd.IntN(10) == 0 { // a click on one of the shown items a few minutes later
+			w := cur.srv + int64(rnd.IntN(20))*minute
+			watches = append(watches, []any{fmt.Sprintf("w-%d", len(watches)), cur.user, "s", cur.req, cur.items[rnd.IntN(5)], 10 + rnd.Float64()*100, w, time.UnixMilli(w), w})
+		}
+		if rnd.IntN(20) == 0 { // organic watch
+			w := cur.srv + 1
+			watches = append(watches, []any{fmt.Sprintf("w-%d", len(watches)), cur.user, "s", "organic", item(), 10 + rnd.Float64()*100, w, time.UnixMilli(w), w})
+		}
+		return []any{fmt.Sprintf("e-%d", e), cur.user, "s", cur.req, cur.srv, time.UnixMilli(cur.srv), cur.srv, positions, cur.items}, nil
 	})
-	n, err := conn.CopyFrom(ctx, pgx.Identifier{"impressions"}, []string{"event_id", "position", "item_id", "user_id", "session_id", "request_id", "ts_ms", "ts", "server_received_ts_ms"}, src)
+	n, err := conn.CopyFrom(ctx, pgx.Identifier{"impression_events"}, []string{"event_id", "user_id", "session_id", "request_id", "ts_ms", "ts", "server_received_ts_ms", "positions", "item_ids"}, src)
 	if err != nil {
 		b.Fatal(err)
 	}
 	if _, err := conn.CopyFrom(ctx, pgx.Identifier{"watches"}, []string{"event_id", "user_id", "session_id", "request_id", "item_id", "watch_time_sec", "ts_ms", "ts", "server_received_ts_ms"}, pgx.CopyFromRows(watches)); err != nil {
 		b.Fatal(err)
 	}
-	if _, err := conn.Exec(ctx, "ANALYZE impressions; ANALYZE watches"); err != nil {
+	if _, err := conn.Exec(ctx, "ANALYZE impression_events; ANALYZE watches"); err != nil {
 		b.Fatal(err)
 	}
-	b.Logf("loaded %d impression rows and %d watches into %s with COPY in %s", n, len(watches), name, time.Since(start).Round(time.Second))
+	b.Logf("loaded %d impression events (%d rows of the impressions view) and %d watches into %s with COPY in %s",
+		n, n*perEvent, len(watches), name, time.Since(start).Round(time.Second))
 	return dsn, nowMs
 }

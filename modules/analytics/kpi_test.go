@@ -90,11 +90,15 @@ func load(t *testing.T, pool *pgxpool.Pool) {
 	ctx := context.Background()
 	imps, wats := dataset()
 	for _, i := range imps {
+		// One row per impression event (migration 0014); the queries read the impressions view.
+		var items []string
+		var positions []int64
 		for item, pos := range i.items {
-			if _, err := pool.Exec(ctx, `INSERT INTO impressions (event_id, position, item_id, user_id, session_id, request_id, ts_ms, ts, server_received_ts_ms)
-				VALUES ($1, $2, $3, $4, 's', $5, $6::bigint, to_timestamp($6::bigint / 1000.0), $6::bigint)`, i.event, pos, item, i.user, i.request, i.srv); err != nil {
-				t.Fatal(err)
-			}
+			items, positions = append(items, item), append(positions, pos)
+		}
+		if _, err := pool.Exec(ctx, `INSERT INTO impression_events (event_id, positions, item_ids, user_id, session_id, request_id, ts_ms, ts, server_received_ts_ms)
+			VALUES ($1, $2, $3, $4, 's', $5, $6::bigint, to_timestamp($6::bigint / 1000.0), $6::bigint)`, i.event, positions, items, i.user, i.request, i.srv); err != nil {
+			t.Fatal(err)
 		}
 	}
 	for n, w := range wats {

@@ -74,8 +74,11 @@ SELECT bucket, sum(n)::bigint FROM (
     SELECT (last_seen_ms / $3::bigint) * $3::bigint AS bucket, 1 AS n FROM up
     UNION ALL SELECT (last_seen_ms / $3::bigint) * $3::bigint, -1 FROM old
 ) d GROUP BY bucket`
+	// The impressions side reads impression_events, not the view: min() over the view is a
+	// join with unnest, which PostgreSQL aggregates over every row from $1 on (8 s on 10 million
+	// items) instead of reading the first index entry. Every event has at least one item.
 	nextRowSQL = `
-SELECT LEAST((SELECT min(server_received_ts_ms) FROM impressions WHERE server_received_ts_ms >= $1),
+SELECT LEAST((SELECT min(server_received_ts_ms) FROM impression_events WHERE server_received_ts_ms >= $1),
              (SELECT min(server_received_ts_ms) FROM watches WHERE server_received_ts_ms >= $1))`
 )
 

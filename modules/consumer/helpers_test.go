@@ -263,14 +263,13 @@ func (e *env) insertRaw(t testing.TB, evs []events.Any) {
 		var err error
 		switch x := ev.(type) {
 		case *events.Impression:
-			for _, it := range x.Items {
-				_, err = e.pool.Exec(ctx, `INSERT INTO impressions (event_id, position, item_id, user_id, session_id, request_id, ts_ms, ts,
-  server_received_ts_ms) VALUES ($1,$2,$3,$4,$5,$6,$7::bigint, to_timestamp($7::bigint/1000.0), $8)`,
-					x.EventID, it.Position, it.ItemID, x.UserID, x.SessionID, x.RequestID, x.TsMs, x.ServerReceivedTsMs)
-				if err != nil {
-					break
-				}
+			positions, items := make([]int64, len(x.Items)), make([]string, len(x.Items))
+			for i, it := range x.Items {
+				positions[i], items[i] = it.Position, it.ItemID
 			}
+			_, err = e.pool.Exec(ctx, `INSERT INTO impression_events (event_id, positions, item_ids, user_id, session_id, request_id, ts_ms, ts,
+  server_received_ts_ms) VALUES ($1,$2,$3,$4,$5,$6,$7::bigint, to_timestamp($7::bigint/1000.0), $8)`,
+				x.EventID, positions, items, x.UserID, x.SessionID, x.RequestID, x.TsMs, x.ServerReceivedTsMs)
 		case *events.Watch:
 			_, err = e.pool.Exec(ctx, `INSERT INTO watches (event_id, user_id, session_id, request_id, item_id, watch_time_sec,
   percent_watched, ended, ts_ms, ts, server_received_ts_ms) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9::bigint, to_timestamp($9::bigint/1000.0), $10)`,

@@ -470,7 +470,7 @@ func TestRetention(t *testing.T) {
 	ctx := context.Background()
 	// Age the first three of each kind: 40 days for raw rows and dedup keys.
 	for _, q := range []string{
-		`UPDATE impressions SET created_at = now() - interval '40 days' WHERE event_id < 'ret-imp-03'`,
+		`UPDATE impression_events SET created_at = now() - interval '40 days' WHERE event_id < 'ret-imp-03'`,
 		`UPDATE watches SET created_at = now() - interval '40 days' WHERE event_id < 'ret-wat-03'`,
 		`UPDATE event_dedup SET created_at = now() - interval '40 days' WHERE event_id IN ('ret-imp-00', 'ret-wat-00')`,
 		`UPDATE event_dedup SET created_at = now() - interval '30 days 12 hours' WHERE event_id IN ('ret-imp-01')`,
@@ -491,8 +491,8 @@ func TestRetention(t *testing.T) {
 			t.Errorf("%s = %d, want %d", q, n, want)
 		}
 	}
-	if got := v.metric(`recsys_ingest_retention_deleted_total{table="impressions"}`); got != 6 {
-		t.Errorf("retention metric = %v, want 6", got)
+	if got := v.metric(`recsys_ingest_retention_deleted_total{table="impression_events"}`); got != 3 { // one row per event
+		t.Errorf("retention metric = %v, want 3", got)
 	}
 
 	// Retention disabled: nothing is deleted.

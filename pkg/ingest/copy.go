@@ -35,7 +35,7 @@ SELECT ARRAY(SELECT event_id FROM e), (SELECT count(*) FROM n)`
 
 var (
 	dedupColumns      = []string{"event_id", "event_type"}
-	impressionColumns = []string{"event_id", "position", "item_id", "feed_id", "slot", "user_id", "session_id", "request_id", "ts_ms", "ts", "server_received_ts_ms", "context"}
+	impressionColumns = []string{"event_id", "user_id", "session_id", "request_id", "ts_ms", "ts", "server_received_ts_ms", "context", "positions", "item_ids", "feed_ids", "slots"}
 	watchColumns      = []string{"event_id", "user_id", "session_id", "request_id", "item_id", "watch_time_sec", "percent_watched", "ended", "playback_speed", "rebuffer_count", "ts_ms", "ts", "server_received_ts_ms", "context"}
 	legacyColumns     = []string{"event_id", "user_id", "item_id", "event_type", "ts", "ts_ms"}
 	outboxColumns     = []string{"event_id", "event_type", "topic", "msg_key", "payload", "schema_version", "max_attempts", "payload_format", "event_count"}
@@ -106,7 +106,7 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (isNew []bool, err err
 		row     func(e *copyEncoder, i int)
 	}{
 		{"event_dedup", dedupColumns, len(fresh), nil, dedupRow},
-		{"impressions", impressionColumns, len(b.impIdx), b.impIdx, b.impressionRow},
+		{"impression_events", impressionColumns, len(b.impIdx), b.impIdx, b.impressionRow},
 		{"watches", watchColumns, len(b.watIdx), b.watIdx, b.watchRow},
 		{"legacy_events", legacyColumns, len(b.legIdx), b.legIdx, b.legacyRow},
 		{"event_outbox", outboxColumns, len(obRows), nil, obRow},
@@ -200,6 +200,59 @@ func (e *copyEncoder) jsonb(s *string) {
 	e.buf = append(e.buf, *s...)
 }
 
+// Element type OIDs of the arrays written (array_recv checks them).
+const (
+	oidInt8 = 20
+	oidText = 25
+)
+
+// beginArray writes the header of a one-dimensional array of n elements (lower bound 1);
+// the caller writes the elements as fields, then endArray fills in the value's length.
+func (e *copyEncoder) beginArray(elemOID uint32, n int, hasNull bool) (at int) {
+	at = len(e.buf)
+	e.buf = binary.BigEndian.AppendUint32(e.buf, 0)
+	if n == 0 {
+		e.buf = binary.BigEndian.AppendUint32(e.buf, 0) // no dimensions
+		e.buf = binary.BigEndian.AppendUint32(e.buf, 0)
+		e.buf = binary.BigEndian.AppendUint32(e.buf, elemOID)
+		return at
+	}
+	e.buf = binary.BigEndian.AppendUint32(e.buf, 1)
+	var flags uint32
+	if hasNull {
+		flags = 1
+	}
+	e.buf = binary.BigEndian.AppendUint32(e.buf, flags)
+	e.buf = binary.BigEndian.AppendUint32(e.buf, elemOID)
+	e.buf = binary.BigEndian.AppendUint32(e.buf, uint32(n))
+	e.buf = binary.BigEndian.AppendUint32(e.buf, 1)
+	return at
+}
+
+func (e *copyEncoder) endArray(at int) {
+	binary.BigEndian.PutUint32(e.buf[at:], uint32(len(e.buf)-at-4))
+}
+
+// optTextArray writes a text[] with NULL elements for nil, or a NULL value when every
+// element is nil: an impression's feed ids and slots are usually all absent.
+func (e *copyEncoder) optTextArray(v []*string) {
+	present := 0
+	for _, s := range v {
+		if s != nil {
+			present++
+		}
+	}
+	if present == 0 {
+		e.null()
+		return
+	}
+	at := e.beginArray(oidText, len(v), present < len(v))
+	for _, s := range v {
+		e.optText(s)
+	}
+	e.endArray(at)
+}
+
 func (e *copyEncoder) int2(v int16) {
 	e.buf = binary.BigEndian.AppendUint32(e.buf, 2)
 	e.buf = binary.BigEndian.AppendUint16(e.buf, uint16(v))
@@ -258,11 +311,8 @@ func (e *copyEncoder) timestamptzMs(ms int64) {
 // The row writers follow the column lists above, in order.
 
 func (b *batch) impressionRow(e *copyEncoder, i int) {
+	lo, hi := b.impLo[i], b.impHi[i]
 	e.text(b.impEventID[i])
-	e.int8(b.impPos[i])
-	e.text(b.impItemID[i])
-	e.optText(b.impFeed[i])
-	e.optText(b.impSlot[i])
 	e.text(b.impUser[i])
 	e.text(b.impSession[i])
 	e.text(b.impRequest[i])
@@ -270,6 +320,18 @@ func (b *batch) impressionRow(e *copyEncoder, i int) {
 	e.timestamptzMs(b.impTs[i])
 	e.int8(b.impSrv[i])
 	e.jsonb(b.impCtx[i])
+	at := e.beginArray(oidInt8, int(hi-lo), false)
+	for _, p := range b.impPos[lo:hi] {
+		e.int8(p)
+	}
+	e.endArray(at)
+	at = e.beginArray(oidText, int(hi-lo), false)
+	for _, s := range b.impItemID[lo:hi] {
+		e.text(s)
+	}
+	e.endArray(at)
+	e.optTextArray(b.impFeed[lo:hi])
+	e.optTextArray(b.impSlot[lo:hi])
 }
 
 func (b *batch) watchRow(e *copyEncoder, i int) {
