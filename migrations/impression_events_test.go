@@ -12,9 +12,9 @@ import (
 	"recsys/pkg/testutil"
 )
 
-// TestImpressionEventsMigration runs 0014 over a per-item impressions table with data, checks
+// TestImpressionEventsMigration runs 0012 over a per-item impressions table with data, checks
 // the view gives back exactly the rows the table had (every column, created_at included) from
-// one impression_events row per event, that a writer from before 0014 can still insert into
+// one impression_events row per event, that a writer from before 0012 can still insert into
 // impressions, and that the down migration restores the table with every row.
 func TestImpressionEventsMigration(t *testing.T) {
 	dsn := testutil.NewDatabase(t)
@@ -28,9 +28,9 @@ func TestImpressionEventsMigration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	since := 0 // migrations from 0014 on: how far down to go to the schema before it
+	since := 0 // migrations from 0012 on: how far down to go to the schema before it
 	for _, f := range files {
-		if f.Version >= 14 {
+		if f.Version >= 12 {
 			since++
 		}
 	}
@@ -63,7 +63,7 @@ func TestImpressionEventsMigration(t *testing.T) {
 		t.Fatal(err)
 	}
 	if after := snapshot(t, pool); !slices.Equal(after, before) {
-		t.Fatalf("impressions view after 0014:\n%v\nwant\n%v", after, before)
+		t.Fatalf("impressions view after 0012:\n%v\nwant\n%v", after, before)
 	}
 	var rows []string
 	if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
@@ -82,7 +82,7 @@ func TestImpressionEventsMigration(t *testing.T) {
 		t.Errorf("impression_events = %q, want %q", rows, want)
 	}
 
-	// A binary from before 0014 (rolling deploy, image rollback) still inserts item rows.
+	// A binary from before 0012 (rolling deploy, image rollback) still inserts item rows.
 	exec(`INSERT INTO impressions (event_id, position, item_id, user_id, session_id, request_id, ts_ms, ts, server_received_ts_ms)
 		VALUES ('ev-c', 0, 'k0', 'u3', 's', 'r', 1, to_timestamp(0.001), 2), ('ev-c', 1, 'k1', 'u3', 's', 'r', 1, to_timestamp(0.001), 2)`)
 	var n, created int

@@ -139,7 +139,7 @@ func benchDatabase(b *testing.B, rows int) (string, int64) {
 		items     []string
 	}
 	// Events in time order, so the rows are laid out as an append-only table would be. One
-	// impression_events row per event (migration 0014), its items as arrays.
+	// impression_events row per event (migration 0012), its items as arrays.
 	var watches [][]any
 	start := time.Now()
 	positions := make([]int64, perEvent)

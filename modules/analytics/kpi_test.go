@@ -90,7 +90,7 @@ func load(t *testing.T, pool *pgxpool.Pool) {
 	ctx := context.Background()
 	imps, wats := dataset()
 	for _, i := range imps {
-		// One row per impression event (migration 0014); the queries read the impressions view.
+		// One row per impression event (migration 0012); the queries read the impressions view.
 		var items []string
 		var positions []int64
 		for item, pos := range i.items {

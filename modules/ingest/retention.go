@@ -8,7 +8,7 @@ import (
 
 // retentionTables are the tables the retention loop trims, each by created_at. event_outbox is
 // not here: the relay owns its rows. Impressions are trimmed in impression_events (one row per
-// event, migration 0014): the impressions view has no rows of its own, and a batch of event
+// event, migration 0012): the impressions view has no rows of its own, and a batch of event
 // rows removes all their items at once.
 var (
 	rawTables   = []string{"impression_events", "watches", "legacy_events"}
