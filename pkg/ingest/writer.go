@@ -6,8 +6,9 @@
 // takes the first waiting request, gathers more for at most MaxWait (or until MaxEvents), and
 // commits them all together. A small group is ONE statement (data-modifying CTEs over unnest
 // arrays: one round trip, atomic as an implicit transaction). A group of at least
-// CopyMinEvents events is one explicit transaction instead: a probe of the ids stored already,
-// then COPY of the new ids' dedup keys, raw rows and outbox rows. COPY
+// CopyMinEvents events is one explicit transaction instead: COPY of the new ids' dedup keys,
+// raw rows and outbox rows (after a probe of the stored ids only for a while after a
+// duplicate was met: otherwise every id is taken as new and the dedup COPY checks it). COPY
 // fills heap pages with multi-row inserts (one WAL record per page instead of one per row)
 // and skips the unnest/join/speculative-insert work, which costs far more than its extra
 // round trips once a group holds hundreds of events. Callers wait for the commit, so a 200 is only ever sent
@@ -25,8 +26,8 @@
 // The row's event_id is "batch:" + its first event's id, unique because event ids are.
 //
 // Idempotency: event_dedup(event_id) is inserted first (the statement: ON CONFLICT DO
-// NOTHING; COPY: the ids a probe did not find, and a unique violation sends the group to the
-// statement); raw rows and outbox frames are written only for ids that were new. Concurrent
+// NOTHING; COPY: every id, or the ids a probe did not find, and a unique violation sends the
+// group to the statement); raw rows and outbox frames are written only for ids that were new. Concurrent
 // transactions with the same id serialise on the unique index, so exactly one gets "ok". Ids
 // are inserted in sorted order so two groups never deadlock on each other.
 //
@@ -42,6 +43,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -123,6 +125,9 @@ type Writer struct {
 	// laneKeys[lane] is outbox.LaneKey(lane), the msg_key of the lane's rows.
 	laneKeys []string
 	encoders sync.Pool // *copyEncoder, buffers reused across COPY groups
+	// probeGroups > 0: that many more COPY groups probe the stored ids before their dedup
+	// COPY (set after a duplicate was met; see copyGroup).
+	probeGroups atomic.Int64
 
 	mu      sync.RWMutex
 	closed  bool
