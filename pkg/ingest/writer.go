@@ -516,13 +516,19 @@ type batch struct {
 const batchIDPrefix = "batch:"
 
 func newBatch(cfg Config, laneKeys []string, group []*request) *batch {
-	n := 0
+	n, nw := 0, 0
 	for _, r := range group {
 		n += len(r.rows)
+		for i := range r.rows {
+			if _, ok := r.rows[i].ev.(*events.Watch); ok {
+				nw++
+			}
+		}
 	}
 	b := &batch{firstOf: make(map[string]int32, n), maxAttempts: cfg.MaxAttempts, idSuffix: "@" + strconv.FormatInt(time.Now().UnixNano(), 36),
 		dedupIDs: make([]string, 0, n), dedupKinds: make([]string, 0, n), rows: make([]*row, 0, n),
 		obGroup: make([]int32, 0, n), obFrame: make([][]byte, 0, n), slotGroup: make([]int32, 2*len(laneKeys))}
+	b.growWatches(nw)
 	for _, r := range group {
 		for i := range r.rows {
 			rw := &r.rows[i]
@@ -537,6 +543,20 @@ func newBatch(cfg Config, laneKeys []string, group []*request) *batch {
 		}
 	}
 	return b
+}
+
+// growWatches sizes the watch columns for n watches up front: growing fourteen columns by
+// appends was about a twentieth of the Go CPU of a batch of 500 watches.
+func (b *batch) growWatches(n int) {
+	b.watEventID, b.watUser, b.watSession = make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
+	b.watRequest, b.watItem = make([]string, 0, n), make([]string, 0, n)
+	b.watIdx = make([]int32, 0, n)
+	b.watTime = make([]float64, 0, n)
+	b.watPct, b.watSpeed = make([]*float64, 0, n), make([]*float64, 0, n)
+	b.watEnded = make([]*bool, 0, n)
+	b.watRebuf = make([]*int64, 0, n)
+	b.watTs, b.watSrv = make([]int64, 0, n), make([]int64, 0, n)
+	b.watCtx = make([]*string, 0, n)
 }
 
 func (b *batch) add(cfg Config, laneKeys []string, rw *row) {
