@@ -45,6 +45,7 @@ func DecodeWatch(body []byte, lim Limits, now time.Time) (*Watch, *ValidationErr
 // (seconds or milliseconds), as the contract says; the window check uses its normalised value.
 func DecodeLegacy(body []byte, lim Limits, now time.Time) (*Legacy, *ValidationError) {
 	c, root := start(body, lim, now)
+	defer c.release()
 	if root == nil {
 		return nil, c.result()
 	}
@@ -60,6 +61,7 @@ func DecodeLegacy(body []byte, lim Limits, now time.Time) (*Legacy, *ValidationE
 func decodeOne[E interface{ finish(nowMs int64) }](body []byte, lim Limits, now time.Time, dec func(*checker, *node) E) (E, *ValidationError) {
 	var none E
 	c, root := start(body, lim, now)
+	defer c.release()
 	if root == nil {
 		return none, c.result()
 	}
@@ -77,6 +79,7 @@ func decodeOne[E interface{ finish(nowMs int64) }](body []byte, lim Limits, now 
 // ["body", "events", i, field...].
 func DecodeBatch(body []byte, lim Limits, now time.Time) ([]Any, *ValidationError) {
 	c, root := start(body, lim, now)
+	defer c.release()
 	if root == nil {
 		return nil, c.result()
 	}
@@ -214,7 +217,8 @@ func start(body []byte, lim Limits, now time.Time) (*checker, *node) {
 		c.add([]any{"body"}, "missing", "Field required", nil, nil)
 		return c, nil
 	}
-	root, err := parseJSON(string(body))
+	c.mem = parseMems.Get().(*parseMem)
+	root, err := parseJSON(string(body), c.mem)
 	if err != nil {
 		c.add([]any{"body", err.pos}, "json_invalid", "JSON decode error", map[string]any{}, map[string]any{"error": err.msg})
 		return c, nil
@@ -224,6 +228,14 @@ func start(body []byte, lim Limits, now time.Time) (*checker, *node) {
 		return c, nil
 	}
 	return c, &root
+}
+
+// release returns the parse memory of the request's tree; nothing may use the tree after.
+func (c *checker) release() {
+	if c.mem != nil {
+		c.mem.release()
+		c.mem = nil
+	}
 }
 
 func (c *checker) result() *ValidationError {

@@ -2,6 +2,7 @@ package events_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -149,5 +150,55 @@ func TestDecodeWatchOptionalFields(t *testing.T) {
 		if *w.PercentWatched != want.pct || *w.Context.Device != want.device {
 			t.Errorf("event %d: percent_watched %v, device %q, want %v, %q", i, *w.PercentWatched, *w.Context.Device, want.pct, want.device)
 		}
+	}
+}
+
+// TestDecodeReusesNoEventMemory: the parse memory of one body is reused by the next decode;
+// events decoded earlier (and their validation errors) must not change.
+func TestDecodeReusesNoEventMemory(t *testing.T) {
+	body := func(prefix string, n int, bad bool) []byte {
+		var sb strings.Builder
+		sb.WriteString(`{"events":[`)
+		for i := range n {
+			if i > 0 {
+				sb.WriteByte(',')
+			}
+			ts := "1800000000000"
+			if bad && i == n-1 {
+				ts = `"x"`
+			}
+			fmt.Fprintf(&sb, `{"event_id":"%s-%05d","user_id":"u%d","session_id":"s","request_id":"r","ts_ms":%s,"item_id":"i%d","watch_time_sec":%d.5,"ended":true,"context":{"device":"d%d"}}`,
+				prefix, i, i, ts, i, i, i)
+		}
+		sb.WriteString(`]}`)
+		return []byte(sb.String())
+	}
+	encodeAll := func(evs []events.Any) string {
+		b, err := json.Marshal(evs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	first, verr := events.DecodeBatch(body("first", 900, false), events.DefaultLimits(), fuzzNow)
+	if verr != nil {
+		t.Fatal(verr)
+	}
+	want := encodeAll(first)
+	_, badErr := events.DecodeBatch(body("bad", 3, true), events.DefaultLimits(), fuzzNow)
+	if badErr == nil {
+		t.Fatal("bad body accepted")
+	}
+	wantErr, _ := json.Marshal(badErr.Errors)
+	for range 3 {
+		if _, verr := events.DecodeBatch(body("other", 700, false), events.DefaultLimits(), fuzzNow); verr != nil {
+			t.Fatal(verr)
+		}
+	}
+	if got := encodeAll(first); got != want {
+		t.Error("events of an earlier decode changed after later decodes")
+	}
+	if got, _ := json.Marshal(badErr.Errors); string(got) != string(wantErr) {
+		t.Errorf("errors of an earlier decode changed: %s, want %s", got, wantErr)
 	}
 }
