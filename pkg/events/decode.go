@@ -411,6 +411,7 @@ func (c *checker) decContext(k string, v *node, dst **Context) {
 	}
 	a := &contextAlloc{}
 	ctx := &a.ctx
+	used := 0 // slots of a.values taken
 	if k == "context" {
 		c.push("context") // a constant boxes without allocating; push(k) allocated per event
 	} else {
@@ -418,28 +419,32 @@ func (c *checker) decContext(k string, v *node, dst **Context) {
 	}
 	c.fields(v, func(f string, fv *node) bool {
 		var p **string
-		var slot int
 		switch f {
 		case "device":
-			p, slot = &ctx.Device, 0
+			p = &ctx.Device
 		case "platform":
-			p, slot = &ctx.Platform, 1
+			p = &ctx.Platform
 		case "app_version":
-			p, slot = &ctx.AppVersion, 2
+			p = &ctx.AppVersion
 		case "locale":
-			p, slot = &ctx.Locale, 3
+			p = &ctx.Locale
 		case "country":
-			p, slot = &ctx.Country, 4
+			p = &ctx.Country
 		case "timezone":
-			p, slot = &ctx.Timezone, 5
+			p = &ctx.Timezone
 		case "referrer":
-			p, slot = &ctx.Referrer, 6
+			p = &ctx.Referrer
 		case "user_agent":
-			p, slot = &ctx.UserAgent, 7
+			p = &ctx.UserAgent
 		default:
 			return false
 		}
-		c.decOptString(f, fv, p, &a.values[slot])
+		var slot *string // nil: allocated by decOptString
+		if used < len(a.values) {
+			slot = &a.values[used]
+			used++
+		}
+		c.decOptString(f, fv, p, slot)
 		return true
 	})
 	c.pop()
@@ -566,10 +571,11 @@ type watchAlloc struct {
 	ended          bool
 }
 
-// contextAlloc is a decoded context with the values of its fields, allocated together.
+// contextAlloc is a decoded context with the values of its first fields, allocated
+// together (room for all eight would more than double the allocation of a usual context).
 type contextAlloc struct {
 	ctx    Context
-	values [8]string
+	values [3]string
 }
 
 func (c *checker) decWatch(obj *node) *Watch {

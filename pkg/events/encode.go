@@ -218,8 +218,15 @@ func appendFloat(b []byte, f float64) ([]byte, bool) {
 	if math.IsNaN(f) || math.IsInf(f, 0) {
 		return b, false
 	}
-	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+	abs := math.Abs(f)
+	if abs != 0 && (abs < 1e-6 || abs >= 1e21) {
 		return b, false
+	}
+	// Whole numbers (percent_watched 80, rebuffer-free speeds of 1) print their digits; the
+	// shortest-representation search of AppendFloat was a third of the payload encoding.
+	// -0 keeps AppendFloat's "-0".
+	if abs < 1<<53 && f == math.Trunc(f) && (f != 0 || !math.Signbit(f)) {
+		return strconv.AppendInt(b, int64(f), 10), true
 	}
 	return strconv.AppendFloat(b, f, 'f', -1, 64), true
 }
