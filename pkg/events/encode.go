@@ -54,14 +54,20 @@ func AppendEncode(b []byte, ev Any) ([]byte, error) {
 // EncodeContext returns the JSON of a client context (null fields omitted), as stored in the
 // raw tables' context column.
 func EncodeContext(c *Context) ([]byte, error) {
-	if b, ok := appendContext(make([]byte, 0, 96), c); ok {
-		return b, nil
+	return AppendContext(make([]byte, 0, 96), c)
+}
+
+// AppendContext appends what EncodeContext returns to b, so a caller encoding many contexts
+// can keep them in one buffer.
+func AppendContext(b []byte, c *Context) ([]byte, error) {
+	if out, ok := appendContext(b, c); ok {
+		return out, nil
 	}
-	b, err := json.Marshal(c)
+	j, err := json.Marshal(c)
 	if err != nil {
 		return nil, fmt.Errorf("encode context: %w", err)
 	}
-	return b, nil
+	return append(b, j...), nil
 }
 
 func appendImpression(b []byte, e *Impression) ([]byte, bool) {

@@ -313,7 +313,8 @@ func prepare(rows []row, evs []events.Any, correlationID string, lanes int, vali
 	if need := len(evs) * (frameEstimate + len(correlationID)); cap(buf) < need {
 		buf = make([]byte, 0, need)
 	}
-	var payload []byte
+	var payload, ctxBuf []byte
+	var ctxRows, ctxEnds []int32 // rows with a context, and the end of each in ctxBuf
 	for i, ev := range evs {
 		r := &rows[i]
 		if validate {
@@ -341,22 +342,26 @@ func prepare(rows []row, evs []events.Any, correlationID string, lanes int, vali
 			ctx = e.Context
 		}
 		if ctx != nil {
-			b, err := encodeContext(ctx)
-			if err != nil {
+			if ctxBuf, err = events.AppendContext(ctxBuf, ctx); err != nil {
 				return buf, err
 			}
-			r.context = &b
+			ctxRows = append(ctxRows, int32(i))
+			ctxEnds = append(ctxEnds, int32(len(ctxBuf)))
+		}
+	}
+	if len(ctxRows) > 0 {
+		// One string for the request's contexts and one slice of their views, instead of a
+		// buffer and a string per event.
+		all := string(ctxBuf)
+		views := make([]string, len(ctxRows))
+		at := int32(0)
+		for j, i := range ctxRows {
+			views[j] = all[at:ctxEnds[j]]
+			at = ctxEnds[j]
+			rows[i].context = &views[j]
 		}
 	}
 	return buf, nil
-}
-
-func encodeContext(c *events.Context) (string, error) {
-	b, err := events.EncodeContext(c)
-	if err != nil {
-		return "", err
-	}
-	return string(b), nil
 }
 
 // work gathers requests into groups and commits them until the queue is closed and empty.
