@@ -16,8 +16,9 @@ import (
 	"recsys/pkg/outbox"
 )
 
-// errCopyConflict means a COPY hit a unique key: an event_dedup key committed by a
-// concurrent transaction after the probe (a resend racing this group), or an event_outbox
+// errCopyConflict means a COPY hit a unique key: an event_dedup key stored already (a resend,
+// when the group skipped the probe) or committed by a concurrent transaction after it (a
+// resend racing this group), or an event_outbox
 // row that outlived its first event's dedup key. The transaction was rolled back and the
 // group must be written with insertSQL, whose ON CONFLICT clauses handle both.
 var errCopyConflict = errors.New("unique key met by COPY")
@@ -79,8 +80,8 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (isNew []bool, err err
 		}
 	}()
 	var existing []string
-	probe := w.probeGroups.Load() > 0
-	if probe {
+	// Concurrent workers may take the count below zero; a duplicate sets it again.
+	if w.probeGroups.Load() > 0 {
 		var notified int64
 		if err = tx.QueryRow(ctx, copyProbeSQL, b.dedupIDs).Scan(&existing, &notified); err != nil {
 			return nil, fmt.Errorf("probe dedup keys: %w", err)
