@@ -18,9 +18,9 @@ import (
 
 // errCopyConflict means a COPY hit a unique key: an event_dedup key stored already (a resend,
 // when the group skipped the probe) or committed by a concurrent transaction after it (a
-// resend racing this group), or an event_outbox
-// row that outlived its first event's dedup key. The transaction was rolled back and the
-// group must be written with insertSQL, whose ON CONFLICT clauses handle both.
+// resend racing this group), or an event_outbox row that outlived its first event's dedup
+// key. The transaction was rolled back and the group must be written with insertSQL, whose
+// ON CONFLICT clauses handle all of them.
 var errCopyConflict = errors.New("unique key met by COPY")
 
 // probeGroupsAfterDuplicate is how many COPY groups probe the stored ids first after a group
