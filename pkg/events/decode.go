@@ -45,6 +45,7 @@ func DecodeWatch(body []byte, lim Limits, now time.Time) (*Watch, *ValidationErr
 // (seconds or milliseconds), as the contract says; the window check uses its normalised value.
 func DecodeLegacy(body []byte, lim Limits, now time.Time) (*Legacy, *ValidationError) {
 	c, root := start(body, lim, now)
+	defer c.release()
 	if root == nil {
 		return nil, c.result()
 	}
@@ -60,6 +61,7 @@ func DecodeLegacy(body []byte, lim Limits, now time.Time) (*Legacy, *ValidationE
 func decodeOne[E interface{ finish(nowMs int64) }](body []byte, lim Limits, now time.Time, dec func(*checker, *node) E) (E, *ValidationError) {
 	var none E
 	c, root := start(body, lim, now)
+	defer c.release()
 	if root == nil {
 		return none, c.result()
 	}
@@ -77,6 +79,7 @@ func decodeOne[E interface{ finish(nowMs int64) }](body []byte, lim Limits, now 
 // ["body", "events", i, field...].
 func DecodeBatch(body []byte, lim Limits, now time.Time) ([]Any, *ValidationError) {
 	c, root := start(body, lim, now)
+	defer c.release()
 	if root == nil {
 		return nil, c.result()
 	}
@@ -214,7 +217,8 @@ func start(body []byte, lim Limits, now time.Time) (*checker, *node) {
 		c.add([]any{"body"}, "missing", "Field required", nil, nil)
 		return c, nil
 	}
-	root, err := parseJSON(string(body))
+	c.mem = parseMems.Get().(*parseMem)
+	root, err := parseJSON(string(body), c.mem)
 	if err != nil {
 		c.add([]any{"body", err.pos}, "json_invalid", "JSON decode error", map[string]any{}, map[string]any{"error": err.msg})
 		return c, nil
@@ -224,6 +228,14 @@ func start(body []byte, lim Limits, now time.Time) (*checker, *node) {
 		return c, nil
 	}
 	return c, &root
+}
+
+// release returns the parse memory of the request's tree; nothing may use the tree after.
+func (c *checker) release() {
+	if c.mem != nil {
+		c.mem.release()
+		c.mem = nil
+	}
 }
 
 func (c *checker) result() *ValidationError {
@@ -257,14 +269,19 @@ func (c *checker) decString(k string, v *node, dst *string) bool {
 	return true
 }
 
-func (c *checker) decOptString(k string, v *node, dst **string) {
+// decOptString decodes a nullable string into *slot and points *dst at it; a nil slot is
+// allocated. The decoders pass slots inside the event's own allocation (watchAlloc,
+// contextAlloc): one allocation per event instead of one per optional field.
+func (c *checker) decOptString(k string, v *node, dst **string, slot *string) {
 	if v.kind == jNull {
 		*dst = nil
 		return
 	}
-	var s string
-	if c.decString(k, v, &s) {
-		*dst = &s
+	if slot == nil {
+		slot = new(string)
+	}
+	if c.decString(k, v, slot) {
+		*dst = slot
 	}
 }
 
@@ -306,14 +323,17 @@ func (c *checker) decInt(k string, v *node, dst *int64) bool {
 	return false
 }
 
-func (c *checker) decOptInt(k string, v *node, dst **int64) {
+// decOptInt is decOptString for integers.
+func (c *checker) decOptInt(k string, v *node, dst **int64, slot *int64) {
 	if v.kind == jNull {
 		*dst = nil
 		return
 	}
-	var i int64
-	if c.decInt(k, v, &i) {
-		*dst = &i
+	if slot == nil {
+		slot = new(int64)
+	}
+	if c.decInt(k, v, slot) {
+		*dst = slot
 	}
 }
 
@@ -332,24 +352,31 @@ func (c *checker) decFloat(k string, v *node, dst *float64) bool {
 	return true
 }
 
-func (c *checker) decOptFloat(k string, v *node, dst **float64) {
+// decOptFloat is decOptString for numbers.
+func (c *checker) decOptFloat(k string, v *node, dst **float64, slot *float64) {
 	if v.kind == jNull {
 		*dst = nil
 		return
 	}
-	var f float64
-	if c.decFloat(k, v, &f) {
-		*dst = &f
+	if slot == nil {
+		slot = new(float64)
+	}
+	if c.decFloat(k, v, slot) {
+		*dst = slot
 	}
 }
 
-func (c *checker) decOptBool(k string, v *node, dst **bool) {
+// decOptBool is decOptString for booleans.
+func (c *checker) decOptBool(k string, v *node, dst **bool, slot *bool) {
 	switch v.kind {
 	case jNull:
 		*dst = nil
 	case jBool:
-		b := v.b
-		*dst = &b
+		if slot == nil {
+			slot = new(bool)
+		}
+		*slot = v.b
+		*dst = slot
 	default:
 		c.bad(k, "bool_type", "Input should be a valid boolean", rawInput(v), nil)
 	}
@@ -377,10 +404,14 @@ func (c *checker) decContext(k string, v *node, dst **Context) {
 		*dst = nil
 		return
 	}
-	if !c.decModel(k, v, "Context") {
+	if v.kind != jObject {
+		// Only here: k passed as decModel's any is boxed, an allocation per event.
+		c.decModel(k, v, "Context")
 		return
 	}
-	ctx := &Context{}
+	a := &contextAlloc{}
+	ctx := &a.ctx
+	used := 0 // slots of a.values taken
 	if k == "context" {
 		c.push("context") // a constant boxes without allocating; push(k) allocated per event
 	} else {
@@ -408,7 +439,12 @@ func (c *checker) decContext(k string, v *node, dst **Context) {
 		default:
 			return false
 		}
-		c.decOptString(f, fv, p)
+		var slot *string // nil: allocated by decOptString
+		if used < len(a.values) {
+			slot = &a.values[used]
+			used++
+		}
+		c.decOptString(f, fv, p, slot)
 		return true
 	})
 	c.pop()
@@ -442,7 +478,7 @@ func (c *checker) decCommon(e *Common, k string, v *node, seen *int) bool {
 	case "server_received_ts_ms":
 		// Optional and always overwritten, but a client value must still be valid.
 		var i *int64
-		c.decOptInt(k, v, &i)
+		c.decOptInt(k, v, &i, nil)
 		if i != nil && *i <= 0 {
 			c.bad(k, "greater_than", "Input should be greater than 0", rawInput(v), map[string]any{"gt": 0})
 		}
@@ -510,9 +546,9 @@ func (c *checker) decItems(k string, v *node) []ImpressionItem {
 				hasPos = true
 				c.decInt(f, fv, &it.Position)
 			case "feed_id":
-				c.decOptString(f, fv, &it.FeedID)
+				c.decOptString(f, fv, &it.FeedID, nil)
 			case "slot":
-				c.decOptString(f, fv, &it.Slot)
+				c.decOptString(f, fv, &it.Slot, nil)
 			default:
 				return false
 			}
@@ -526,8 +562,25 @@ func (c *checker) decItems(k string, v *node) []ImpressionItem {
 	return items
 }
 
+// watchAlloc is a decoded watch with the values its optional fields point to, allocated
+// together (a repeated key reuses its slot: the last value wins, as on lookup).
+type watchAlloc struct {
+	w              Watch
+	percent, speed float64
+	rebuffers      int64
+	ended          bool
+}
+
+// contextAlloc is a decoded context with the values of its first fields, allocated
+// together (room for all eight would more than double the allocation of a usual context).
+type contextAlloc struct {
+	ctx    Context
+	values [3]string
+}
+
 func (c *checker) decWatch(obj *node) *Watch {
-	e := &Watch{EventType: string(KindWatch)}
+	a := &watchAlloc{w: Watch{EventType: string(KindWatch)}}
+	e := &a.w
 	seen, hasItem, hasTime := 0, false, false
 	c.fields(obj, func(k string, v *node) bool {
 		switch k {
@@ -540,13 +593,13 @@ func (c *checker) decWatch(obj *node) *Watch {
 			hasTime = true
 			c.decFloat(k, v, &e.WatchTimeSec)
 		case "percent_watched":
-			c.decOptFloat(k, v, &e.PercentWatched)
+			c.decOptFloat(k, v, &e.PercentWatched, &a.percent)
 		case "ended":
-			c.decOptBool(k, v, &e.Ended)
+			c.decOptBool(k, v, &e.Ended, &a.ended)
 		case "playback_speed":
-			c.decOptFloat(k, v, &e.PlaybackSpeed)
+			c.decOptFloat(k, v, &e.PlaybackSpeed, &a.speed)
 		case "rebuffer_count":
-			c.decOptInt(k, v, &e.RebufferCount)
+			c.decOptInt(k, v, &e.RebufferCount, &a.rebuffers)
 		default:
 			return c.decCommon(&e.Common, k, v, &seen)
 		}

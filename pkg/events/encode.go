@@ -54,14 +54,20 @@ func AppendEncode(b []byte, ev Any) ([]byte, error) {
 // EncodeContext returns the JSON of a client context (null fields omitted), as stored in the
 // raw tables' context column.
 func EncodeContext(c *Context) ([]byte, error) {
-	if b, ok := appendContext(make([]byte, 0, 96), c); ok {
-		return b, nil
+	return AppendContext(make([]byte, 0, 96), c)
+}
+
+// AppendContext appends what EncodeContext returns to b, so a caller encoding many contexts
+// can keep them in one buffer.
+func AppendContext(b []byte, c *Context) ([]byte, error) {
+	if out, ok := appendContext(b, c); ok {
+		return out, nil
 	}
-	b, err := json.Marshal(c)
+	j, err := json.Marshal(c)
 	if err != nil {
 		return nil, fmt.Errorf("encode context: %w", err)
 	}
-	return b, nil
+	return append(b, j...), nil
 }
 
 func appendImpression(b []byte, e *Impression) ([]byte, bool) {
@@ -218,8 +224,15 @@ func appendFloat(b []byte, f float64) ([]byte, bool) {
 	if math.IsNaN(f) || math.IsInf(f, 0) {
 		return b, false
 	}
-	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+	abs := math.Abs(f)
+	if abs != 0 && (abs < 1e-6 || abs >= 1e21) {
 		return b, false
+	}
+	// Whole numbers (percent_watched 80, rebuffer-free speeds of 1) print their digits; the
+	// shortest-representation search of AppendFloat was a third of the payload encoding.
+	// -0 keeps AppendFloat's "-0".
+	if abs < 1<<53 && f == math.Trunc(f) && (f != 0 || !math.Signbit(f)) {
+		return strconv.AppendInt(b, int64(f), 10), true
 	}
 	return strconv.AppendFloat(b, f, 'f', -1, 64), true
 }

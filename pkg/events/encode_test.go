@@ -13,7 +13,7 @@ import (
 func TestEncodeMatchesJSON(t *testing.T) {
 	strs := []string{"", "plain", "with space", `quote"`, `back\slash`, "<b>&amp;</b>", "tab\tnl\ncr\r", "\x00\x1f\x7f",
 		"é ü 日本", "\u2028\u2029", "bad \xff utf8", "emoji 🎬"}
-	floats := []float64{0, math.Copysign(0, -1), 1, 42.5, 0.1, 1e-6, 9.99e-7, 1e-7, 123456789.125, 1e20, 1e21, 1.5e300, -3.25, 100}
+	floats := []float64{0, math.Copysign(0, -1), 1, 42.5, 0.1, 1e-6, 9.99e-7, 1e-7, 123456789.125, 1e20, 1e21, 1.5e300, -3.25, 100, 80, -7, 1<<53 - 1, 1 << 53, -(1<<53 - 1)}
 	r := rand.New(rand.NewPCG(1, 2))
 	str := func() string { return strs[r.IntN(len(strs))] }
 	optStr := func() *string {

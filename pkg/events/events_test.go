@@ -2,6 +2,7 @@ package events_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -106,3 +107,98 @@ func TestStringEscapesAndLengths(t *testing.T) {
 }
 
 func jsonInt(i int64) string { b, _ := json.Marshal(i); return string(b) }
+
+// TestDecodeWatchOptionalFields: the optional fields of a watch and of its context decode to
+// what encoding/json gives (the last of repeated keys wins, null clears), with every event
+// of a batch keeping its own values.
+func TestDecodeWatchOptionalFields(t *testing.T) {
+	const common = `"event_id":"watch-0001","user_id":"u","session_id":"s","request_id":"r","ts_ms":1800000000000,"item_id":"i","watch_time_sec":1.5`
+	for _, body := range []string{
+		`{` + common + `}`,
+		`{` + common + `,"percent_watched":80,"ended":true,"playback_speed":1.25,"rebuffer_count":3}`,
+		`{` + common + `,"percent_watched":null,"ended":null,"playback_speed":null,"rebuffer_count":null,"context":null}`,
+		`{` + common + `,"percent_watched":10,"percent_watched":20,"ended":true,"ended":false,"rebuffer_count":1,"rebuffer_count":null}`,
+		`{` + common + `,"context":{}}`,
+		`{` + common + `,"context":{"device":"tv","platform":"web","app_version":"1.2","locale":"fr-FR","country":"FR","timezone":"Europe/Paris","referrer":"home","user_agent":"ua"}}`,
+		`{` + common + `,"context":{"device":"tv","device":"phone","locale":"x","locale":null}}`,
+	} {
+		got, verr := events.DecodeWatch([]byte(body), events.DefaultLimits(), fuzzNow)
+		if verr != nil {
+			t.Fatalf("%s: %v", body, verr)
+		}
+		var want events.Watch
+		if err := json.Unmarshal([]byte(body), &want); err != nil {
+			t.Fatal(err)
+		}
+		want.ServerReceivedTsMs, want.EventType = fuzzNow.UnixMilli(), "watch" // set by the decoder
+		gb, _ := json.Marshal(got)
+		wb, _ := json.Marshal(&want)
+		if string(gb) != string(wb) {
+			t.Errorf("%s:\ngot  %s\nwant %s", body, gb, wb)
+		}
+	}
+	batch := `{"events":[{` + strings.Replace(common, "watch-0001", "watch-0002", 1) + `,"percent_watched":1,"context":{"device":"a"}},{` + common + `,"percent_watched":2,"context":{"device":"b"}}]}`
+	evs, verr := events.DecodeBatch([]byte(batch), events.DefaultLimits(), fuzzNow)
+	if verr != nil {
+		t.Fatal(verr)
+	}
+	for i, want := range []struct {
+		pct    float64
+		device string
+	}{{1, "a"}, {2, "b"}} {
+		w := evs[i].(*events.Watch)
+		if *w.PercentWatched != want.pct || *w.Context.Device != want.device {
+			t.Errorf("event %d: percent_watched %v, device %q, want %v, %q", i, *w.PercentWatched, *w.Context.Device, want.pct, want.device)
+		}
+	}
+}
+
+// TestDecodeReusesNoEventMemory: the parse memory of one body is reused by the next decode;
+// events decoded earlier (and their validation errors) must not change.
+func TestDecodeReusesNoEventMemory(t *testing.T) {
+	body := func(prefix string, n int, bad bool) []byte {
+		var sb strings.Builder
+		sb.WriteString(`{"events":[`)
+		for i := range n {
+			if i > 0 {
+				sb.WriteByte(',')
+			}
+			ts := "1800000000000"
+			if bad && i == n-1 {
+				ts = `"x"`
+			}
+			fmt.Fprintf(&sb, `{"event_id":"%s-%05d","user_id":"u%d","session_id":"s","request_id":"r","ts_ms":%s,"item_id":"i%d","watch_time_sec":%d.5,"ended":true,"context":{"device":"d%d"}}`,
+				prefix, i, i, ts, i, i, i)
+		}
+		sb.WriteString(`]}`)
+		return []byte(sb.String())
+	}
+	encodeAll := func(evs []events.Any) string {
+		b, err := json.Marshal(evs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	first, verr := events.DecodeBatch(body("first", 900, false), events.DefaultLimits(), fuzzNow)
+	if verr != nil {
+		t.Fatal(verr)
+	}
+	want := encodeAll(first)
+	_, badErr := events.DecodeBatch(body("bad", 3, true), events.DefaultLimits(), fuzzNow)
+	if badErr == nil {
+		t.Fatal("bad body accepted")
+	}
+	wantErr, _ := json.Marshal(badErr.Errors)
+	for range 3 {
+		if _, verr := events.DecodeBatch(body("other", 700, false), events.DefaultLimits(), fuzzNow); verr != nil {
+			t.Fatal(verr)
+		}
+	}
+	if got := encodeAll(first); got != want {
+		t.Error("events of an earlier decode changed after later decodes")
+	}
+	if got, _ := json.Marshal(badErr.Errors); string(got) != string(wantErr) {
+		t.Errorf("errors of an earlier decode changed: %s, want %s", got, wantErr)
+	}
+}

@@ -2,6 +2,7 @@ package events
 
 import (
 	"strconv"
+	"sync"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -49,6 +50,15 @@ type parser struct {
 	s     string
 	i     int
 	depth int
+	*parseMem
+}
+
+// parseMem is the memory a parse works in, reused from parse to parse (parseMems): the tree
+// of a 500-watch batch is ~7,000 nodes (~600 KB), and allocating it afresh for every body
+// was half of the bytes the API allocated on /log/batch, which the collector then had to
+// scan and free. A tree lives only while its body is decoded (decoded events hold strings
+// of the body, never nodes), so the decoders release its memory when they return.
+type parseMem struct {
 	// Stacks of the members being parsed: a container pushes its members here and, when it
 	// closes, copies them into slices of the exact size and pops them. One growing buffer
 	// per body instead of a 16-slot guess per object (1.6 KB for a one-field context) and
@@ -57,24 +67,88 @@ type parser struct {
 	keys []string
 	// Slabs the closed containers' slices are cut from: one allocation for many small
 	// objects (a batch of 500 watches has ~1,000 objects) instead of two each.
-	kidSlab  []node
-	keySlab  []string
-	slabSize int
+	kidSlabs slabs[node]
+	keySlabs slabs[string]
 }
 
-// Bytes of body per slab slot: a compact watch event is about 25 bytes per JSON value.
+// slabs hands out slices of fixed-size slabs, reused once released.
+type slabs[T any] struct {
+	cur  []T   // the current slab
+	at   int   // slots of cur handed out
+	used [][]T // the handed-out parts of the earlier slabs of this parse
+	free [][]T // whole slabs ready for reuse
+	hint int   // slots the body likely needs: a small body gets a small slab, not pooled
+}
+
 const (
-	bytesPerNode = 24
-	maxSlab      = 4096
+	slabSlots = 1024 // a seventh of the nodes of a 500-watch batch
+	// maxFreeSlabs bounds the slabs one pooled parseMem keeps (a 1,000-watch batch's
+	// worth); a larger body's extra slabs are left to the collector.
+	maxFreeSlabs = 16
 )
 
-// parseJSON parses one JSON document. Invalid UTF-8 is a syntax error, as in Python's
-// json.loads on bytes, rather than encoding/json's silent U+FFFD replacement.
-func parseJSON(s string) (node, *syntaxError) {
+var parseMems = sync.Pool{New: func() any { return new(parseMem) }}
+
+// cut returns a slice of n fresh slots. A container larger than a slab gets its own
+// allocation, which is not reused.
+func (s *slabs[T]) cut(n int) []T {
+	if n > slabSlots {
+		return make([]T, n)
+	}
+	if s.at+n > len(s.cur) {
+		if s.cur != nil {
+			s.used = append(s.used, s.cur[:s.at])
+		}
+		if k := len(s.free); k > 0 {
+			s.cur, s.free = s.free[k-1], s.free[:k-1]
+		} else {
+			// A single watch needs ~20 nodes: a whole slab for it would cost more than the
+			// pool saves whenever the collector has emptied the pool.
+			s.cur = make([]T, max(min(s.hint, slabSlots), n))
+		}
+		s.at = 0
+	}
+	out := s.cur[s.at : s.at+n : s.at+n] // capped: an append by a reader cannot reach the next slots
+	s.at += n
+	return out
+}
+
+// reset clears every handed-out slot (a pooled slab must not keep an old body alive) and
+// makes the slabs free again.
+func (s *slabs[T]) reset() {
+	if s.cur != nil {
+		s.used = append(s.used, s.cur[:s.at])
+		s.cur, s.at = nil, 0
+	}
+	for i, u := range s.used {
+		clear(u)
+		if cap(u) == slabSlots && len(s.free) < maxFreeSlabs {
+			s.free = append(s.free, u[:cap(u)])
+		}
+		s.used[i] = nil
+	}
+	s.used = s.used[:0]
+}
+
+// release returns m to the pool; the tree parsed with it must no longer be used.
+func (m *parseMem) release() {
+	m.kidSlabs.reset()
+	m.keySlabs.reset()
+	clear(m.kids[:cap(m.kids)])
+	clear(m.keys[:cap(m.keys)])
+	m.kids, m.keys = m.kids[:0], m.keys[:0]
+	parseMems.Put(m)
+}
+
+// parseJSON parses one JSON document into memory of m. Invalid UTF-8 is a syntax error, as
+// in Python's json.loads on bytes, rather than encoding/json's silent U+FFFD replacement.
+func parseJSON(s string, m *parseMem) (node, *syntaxError) {
 	if !utf8.ValidString(s) {
 		return node{}, &syntaxError{pos: firstInvalidUTF8(s), msg: "invalid UTF-8"}
 	}
-	p := parser{s: s, slabSize: min(len(s)/bytesPerNode+8, maxSlab)}
+	p := parser{s: s, parseMem: m}
+	// Bytes of body per node: a compact watch event is about 25 bytes per JSON value.
+	m.kidSlabs.hint, m.keySlabs.hint = len(s)/24+8, len(s)/24+8
 	p.ws()
 	if p.i >= len(p.s) {
 		return node{}, &syntaxError{pos: p.i, msg: "expecting value"}
@@ -261,12 +335,7 @@ func (p *parser) array() (node, *syntaxError) {
 
 // popKids moves the members pushed since base into their own slice.
 func (p *parser) popKids(base int) []node {
-	n := len(p.kids) - base
-	if n > len(p.kidSlab) {
-		p.kidSlab = make([]node, max(n, p.slabSize))
-	}
-	out := p.kidSlab[:n:n] // capped: an append by a reader cannot reach the next object's slots
-	p.kidSlab = p.kidSlab[n:]
+	out := p.kidSlabs.cut(len(p.kids) - base)
 	copy(out, p.kids[base:])
 	clear(p.kids[base:]) // drop references the stack would otherwise keep alive
 	p.kids = p.kids[:base]
@@ -274,12 +343,7 @@ func (p *parser) popKids(base int) []node {
 }
 
 func (p *parser) popKeys(base int) []string {
-	n := len(p.keys) - base
-	if n > len(p.keySlab) {
-		p.keySlab = make([]string, max(n, p.slabSize))
-	}
-	out := p.keySlab[:n:n]
-	p.keySlab = p.keySlab[n:]
+	out := p.keySlabs.cut(len(p.keys) - base)
 	copy(out, p.keys[base:])
 	p.keys = p.keys[:base]
 	return out

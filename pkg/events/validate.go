@@ -57,6 +57,7 @@ type checker struct {
 	window bool // apply the timestamp window (request decoding only)
 	lim    Limits
 	nowMs  int64
+	mem    *parseMem // the tree's memory (request decoding), released when decoding ends
 }
 
 func (c *checker) at(field any) []any {

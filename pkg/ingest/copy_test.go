@@ -258,3 +258,91 @@ func TestCopyDedupRace(t *testing.T) {
 		t.Errorf("frames = %v", ids)
 	}
 }
+
+// TestCopyProbesAfterDuplicate: a COPY group takes its ids as new without probing them (the
+// dedup COPY is the check); a stored id fails it once and the group is redone by the
+// statement, and the next groups probe first, so a burst of resends is not redone group by
+// group. Results and rows are the same either way.
+func TestCopyProbesAfterDuplicate(t *testing.T) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	set := metrics.NewSet()
+	w := newWriter(t, pool, func(c *ingest.Config) { c.CopyMinEvents = 1; c.Metrics = set })
+	conflicts := func() uint64 {
+		return set.GetOrCreateCounter(`recsys_ingest_copy_conflicts_total{writer="ingest"}`).Get()
+	}
+	ok := ingest.Result{Status: ingest.StatusOK, Rows: 1, OutboxEnqueued: true}
+	dup := ingest.Result{Status: ingest.StatusDuplicate}
+	for i, step := range []struct {
+		evs           []events.Any
+		want          []ingest.Result
+		wantConflicts uint64
+	}{
+		{[]events.Any{watch("probe-0001", "u1")}, []ingest.Result{ok}, 0},
+		{[]events.Any{watch("probe-0002", "u1"), watch("probe-0001", "u1")}, []ingest.Result{ok, dup}, 1},
+		{[]events.Any{watch("probe-0001", "u1"), watch("probe-0003", "u2")}, []ingest.Result{dup, ok}, 1},
+		{[]events.Any{watch("probe-0001", "u1"), watch("probe-0002", "u1")}, []ingest.Result{dup, dup}, 1},
+		{[]events.Any{watch("probe-0004", "u3")}, []ingest.Result{ok}, 1},
+	} {
+		res, err := w.Write(context.Background(), step.evs, "")
+		if err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		if !slices.Equal(res, step.want) {
+			t.Errorf("step %d: results = %+v, want %+v", i, res, step.want)
+		}
+		if n := conflicts(); n != step.wantConflicts {
+			t.Errorf("step %d: copy conflicts = %d, want %d", i, n, step.wantConflicts)
+		}
+	}
+	for table, n := range map[string]int{"event_dedup": 4, "watches": 4} {
+		if c := count(t, pool, "SELECT count(*) FROM "+table); c != n {
+			t.Errorf("%s rows = %d, want %d", table, c, n)
+		}
+	}
+	if ids := frameIDs(outboxFrames(t, pool)); !slices.Equal(ids, []string{"probe-0001", "probe-0002", "probe-0003", "probe-0004"}) {
+		t.Errorf("frames = %v", ids)
+	}
+}
+
+// TestWriterNotifiesRelay: a write that enqueued frames notifies the relay's channel on commit,
+// on both paths (the COPY path without its probe too); a write of duplicates only does not.
+func TestWriterNotifiesRelay(t *testing.T) { forEachPath(t, testWriterNotifiesRelay) }
+
+func testWriterNotifiesRelay(t *testing.T, path func(*ingest.Config)) {
+	dsn := testutil.MigratedDatabase(t)
+	pool := testutil.Pool(t, dsn)
+	w := newWriter(t, pool, path)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	listener, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listener.Release()
+	if _, err := listener.Exec(ctx, "LISTEN "+ingest.NotifyChannel); err != nil {
+		t.Fatal(err)
+	}
+	notified := func(wait time.Duration) bool {
+		wctx, wcancel := context.WithTimeout(ctx, wait)
+		defer wcancel()
+		_, err := listener.Conn().WaitForNotification(wctx)
+		return err == nil
+	}
+	evs := []events.Any{watch("notify-0001", "u1"), watch("notify-0002", "u2")}
+	if _, err := w.Write(ctx, evs, ""); err != nil {
+		t.Fatal(err)
+	}
+	if !notified(10 * time.Second) {
+		t.Fatal("no notification after new events")
+	}
+	res, err := w.Write(ctx, evs, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Status != ingest.StatusDuplicate || res[1].Status != ingest.StatusDuplicate {
+		t.Fatalf("resend results = %+v", res)
+	}
+	if notified(300 * time.Millisecond) {
+		t.Error("notification after a write of duplicates only")
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 	"testing"
@@ -481,5 +482,42 @@ func testWriterKindCombinations(t *testing.T, path func(*ingest.Config)) {
 		if c := count(t, pool, "SELECT count(*) FROM "+table); c != n {
 			t.Errorf("%s rows = %d, want %d", table, c, n)
 		}
+	}
+}
+
+// TestWriterStoresEachContext: the contexts of one request are encoded into one buffer; each
+// row must still get its own event's context (or NULL without one).
+func TestWriterStoresEachContext(t *testing.T) { forEachPath(t, testWriterStoresEachContext) }
+
+func testWriterStoresEachContext(t *testing.T, path func(*ingest.Config)) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	w := newWriter(t, pool, path)
+	str := func(s string) *string { return &s }
+	a, b, c, d := watch("ctx-00001", "u1"), watch("ctx-00002", "u2"), watch("ctx-00003", "u3"), watch("ctx-00004", "u4")
+	a.Context = &events.Context{Device: str("tv"), Locale: str("fr-FR")}
+	c.Context = &events.Context{}
+	d.Context = &events.Context{UserAgent: str("agent/1.0"), Country: str("DE")}
+	if _, err := w.Write(context.Background(), []events.Any{a, b, c, d}, ""); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"ctx-00001": `{"device": "tv", "locale": "fr-FR"}`, "ctx-00002": "NULL", "ctx-00003": "{}",
+		"ctx-00004": `{"country": "DE", "user_agent": "agent/1.0"}`}
+	rows, err := pool.Query(context.Background(), "SELECT event_id, coalesce(context::text, 'NULL') FROM watches")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for rows.Next() {
+		var id, ctx string
+		if err := rows.Scan(&id, &ctx); err != nil {
+			t.Fatal(err)
+		}
+		got[id] = ctx
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("contexts = %v, want %v", got, want)
 	}
 }
