@@ -129,6 +129,7 @@ func BenchmarkRelayCommitToAck(b *testing.B) {
 		time.Sleep(2 * time.Second)
 		cfg := relay.NewConfig()
 		cfg.Workers = benchEnvInt("RELAY_BENCH_WORKERS", cfg.Workers)
+		cfg.Linger = time.Duration(benchEnvInt("RELAY_BENCH_LINGER_US", int(cfg.Linger.Microseconds()))) * time.Microsecond
 		w := relay.NewPublisher(e.deps("").Kafka, cfg)
 		rec := &ackRecorder{inner: w, acked: map[string]time.Time{}, sent: map[string]time.Time{}}
 		run := e.start(cfg, "bench", relay.Options{Publisher: rec})

@@ -141,6 +141,9 @@ type Relay struct {
 	// recorded counts recorded batches, so a worker can tell that one was recorded while its
 	// claim ran.
 	recorded atomic.Uint64
+	// nextClaim (unix ns) is the earliest start of the next claim while there is no backlog
+	// (--relay.linger); 0 lets the next claim go at once.
+	nextClaim atomic.Int64
 }
 
 type snapState struct {
@@ -328,7 +331,7 @@ func (r *Relay) work(ctx context.Context, id int) {
 	var after int64
 	empty := 0
 	for ctx.Err() == nil {
-		if !r.awaitBroker(ctx) {
+		if !r.awaitBroker(ctx) || !r.pace(ctx) {
 			return
 		}
 		start := time.Now()
@@ -349,6 +352,9 @@ func (r *Relay) work(ctx context.Context, id int) {
 			r.blocked.Store(true)
 		}
 		after = c.NextAfter(r.cfg.BatchSize)
+		if c.Full || after != 0 {
+			r.nextClaim.Store(0) // a backlog: claim without lingering
+		}
 		if len(c.Rows) == 0 {
 			// A batch recorded while this claim ran may have freed the rows it found blocked,
 			// and its wake-up may have gone before the claim set r.blocked: claim again.
@@ -375,6 +381,30 @@ func (r *Relay) work(ctx context.Context, id int) {
 				r.wake()
 			}
 		})
+	}
+}
+
+// pace waits until the next claim may start and reserves that start: claims start at most
+// every --relay.linger across the process' workers while there is no backlog. At low volume
+// every NOTIFY would otherwise start a claim of one or two rows, and claims, not rows, are
+// what the relay's PostgreSQL and Kafka work grows with (a claim and its publish cost about
+// the same for 2 rows as for 20); the CPU they burn on a small machine is what delays
+// the pipeline's tail. It reports false when ctx is done.
+func (r *Relay) pace(ctx context.Context) bool {
+	if r.cfg.Linger <= 0 {
+		return true
+	}
+	for {
+		next, now := r.nextClaim.Load(), time.Now().UnixNano()
+		if now >= next {
+			if r.nextClaim.CompareAndSwap(next, now+int64(r.cfg.Linger)) {
+				return true
+			}
+			continue
+		}
+		if !sleep(ctx, time.Duration(next-now)) {
+			return false
+		}
 	}
 }
 

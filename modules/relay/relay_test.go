@@ -126,6 +126,33 @@ func TestRelayPublishesOnNotifyWithKeyAndHeaders(t *testing.T) {
 	}
 }
 
+// Commits arriving one at a time, each with its NOTIFY, while there is no backlog: with
+// --relay.linger the relay starts at most one claim per linger, so the commits of a window go
+// out in one claim instead of one claim each (without linger, each commit here starts its
+// own claim of a row or two).
+func TestRelayLingerCoalescesClaims(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testutil.KafkaBrokers(t), 3)
+	cfg := testConfig()
+	cfg.PollInterval = time.Minute
+	cfg.Linger = time.Second
+	run := e.start(cfg, "linger", relay.Options{})
+	waitReady(t, run.r)
+	time.Sleep(300 * time.Millisecond) // let the start-up claims go idle
+	for i := range 20 {
+		e.insertRow("watch", e.kcfg.TopicWatches, fmt.Sprint("u", i), []byte(`{}`), 5)
+		if _, err := e.pool.Exec(context.Background(), "SELECT pg_notify('recsys_outbox', '')"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.waitPublished(20, 20*time.Second)
+	// The first commit is claimed at once, the rest (committed well within the 1 s window)
+	// in the claims at the ends of the windows after it: two, three on a slow machine.
+	if claims := metric(run.deps.Metrics, "recsys_relay_batch_size_count"); claims < 1 || claims > 4 {
+		t.Fatalf("20 rows went out in %v claims, want 1..4", claims)
+	}
+}
+
 // Kafka stops mid-stream: rows stay pending (the batch in flight backs off; the relay stops
 // claiming while probing, so attempts are not spent), readiness reports it, and once Kafka is
 // back every row is published: the consumer sees exactly the rows written.
@@ -537,6 +564,8 @@ func TestConfigValidate(t *testing.T) {
 		{"lease", func(c *relay.Config) { c.Lease = 0 }, "--relay.lease"},
 		{"retry order", func(c *relay.Config) { c.RetryMax = c.RetryBase / 2 }, "--relay.retry-max"},
 		{"max batch bytes", func(c *relay.Config) { c.MaxBatchBytes = 10 }, "--relay.max-batch-bytes"},
+		{"negative linger", func(c *relay.Config) { c.Linger = -time.Millisecond }, "--relay.linger must be between 0 and 1s"},
+		{"long linger", func(c *relay.Config) { c.Linger = 2 * time.Second }, "--relay.linger must be between 0 and 1s"},
 		{"negative retention", func(c *relay.Config) { c.Retention = -time.Second }, "--relay.retention must be >= 0s"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
