@@ -233,6 +233,7 @@ func (c *Consumer) process(ctx context.Context, r *kafkago.Reader, batch []fetch
 	for i := range batch {
 		f := &batch[i]
 		c.m.eventLag(f.msg.Topic).Update(float64(now.Sub(f.msg.Time).Milliseconds()))
+		c.m.fetchDelay.Update(max(now.Sub(f.msg.Time).Seconds(), 0))
 		if f.err != nil {
 			status := "invalid_payload"
 			if errors.Is(f.err, featurestore.ErrInvalidEvent) {
