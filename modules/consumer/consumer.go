@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/jackc/pgx/v5/pgconn"
 	kafkago "github.com/segmentio/kafka-go"
 
@@ -231,9 +232,14 @@ func (c *Consumer) process(ctx context.Context, r *kafkago.Reader, batch []fetch
 	topics := make([]string, 0, len(batch))
 	msgs := make([]*kafkago.Message, 0, len(batch))
 	now := time.Now()
+	var lagTopic string
+	var lag *metrics.PrometheusHistogram // looked up (a formatted name) per topic run, not per message
 	for i := range batch {
 		f := &batch[i]
-		c.m.eventLag(f.msg.Topic).Update(float64(now.Sub(f.msg.Time).Milliseconds()))
+		if lag == nil || f.msg.Topic != lagTopic {
+			lagTopic, lag = f.msg.Topic, c.m.eventLag(f.msg.Topic)
+		}
+		lag.Update(float64(now.Sub(f.msg.Time).Milliseconds()))
 		c.m.fetchDelay.Update(max(now.Sub(f.msg.Time).Seconds(), 0))
 		c.m.queueDelay.Update(now.Sub(f.at).Seconds())
 		if f.err != nil {
