@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/jackc/pgx/v5/pgconn"
 	kafkago "github.com/segmentio/kafka-go"
 
@@ -64,6 +65,7 @@ func newConsumer(cfg *Config, d infra.Deps) *Consumer {
 type fetched struct {
 	msg kafkago.Message
 	ev  featurestore.Event
+	at  time.Time // when the reader returned it
 	err error
 }
 
@@ -171,7 +173,7 @@ func (c *Consumer) fetch(ctx context.Context, r *kafkago.Reader, out chan<- fetc
 		}
 		attempt = 0
 		c.joined.Store(true)
-		f := fetched{msg: m}
+		f := fetched{msg: m, at: time.Now()}
 		f.ev, f.err = featurestore.Decode(header(&m, events.HeaderEventType), header(&m, events.HeaderSchemaVersion), m.Value)
 		select {
 		case out <- f:
@@ -230,9 +232,16 @@ func (c *Consumer) process(ctx context.Context, r *kafkago.Reader, batch []fetch
 	topics := make([]string, 0, len(batch))
 	msgs := make([]*kafkago.Message, 0, len(batch))
 	now := time.Now()
+	var lagTopic string
+	var lag *metrics.PrometheusHistogram // looked up (a formatted name) per topic run, not per message
 	for i := range batch {
 		f := &batch[i]
-		c.m.eventLag(f.msg.Topic).Update(float64(now.Sub(f.msg.Time).Milliseconds()))
+		if lag == nil || f.msg.Topic != lagTopic {
+			lagTopic, lag = f.msg.Topic, c.m.eventLag(f.msg.Topic)
+		}
+		lag.Update(float64(now.Sub(f.msg.Time).Milliseconds()))
+		c.m.fetchDelay.Update(max(now.Sub(f.msg.Time).Seconds(), 0))
+		c.m.queueDelay.Update(now.Sub(f.at).Seconds())
 		if f.err != nil {
 			status := "invalid_payload"
 			if errors.Is(f.err, featurestore.ErrInvalidEvent) {

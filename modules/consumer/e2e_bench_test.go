@@ -151,6 +151,8 @@ func BenchmarkEndToEndFreshness(b *testing.B) {
 		// PostgreSQL transaction and Redis write.
 		for _, h := range []struct{ metric, unit string }{
 			{"recsys_relay_commit_to_ack_seconds", "relay_p99_ms"},
+			{"recsys_consumer_fetch_delay_seconds", "fetch_p99_ms"},
+			{"recsys_consumer_queue_delay_seconds", "queue_p99_ms"},
 			{"recsys_consumer_apply_seconds", "pg_tx_p99_ms"},
 			{"recsys_consumer_redis_write_seconds", "redis_p99_ms"},
 			{`recsys_consumer_apply_phase_seconds{phase="lock"}`, "lock_p99_ms"},

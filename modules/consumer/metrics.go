@@ -19,6 +19,8 @@ type consumerMetrics struct {
 	watchToFeature    *metrics.PrometheusHistogram
 	acceptedToVisible *metrics.PrometheusHistogram
 	applySeconds      *metrics.PrometheusHistogram
+	fetchDelay        *metrics.PrometheusHistogram
+	queueDelay        *metrics.PrometheusHistogram
 	redisSeconds      *metrics.PrometheusHistogram
 	batchSize         *metrics.PrometheusHistogram
 	dlqStored         *metrics.Counter
@@ -38,6 +40,8 @@ func newMetrics(set *metrics.Set) *consumerMetrics {
 		watchToFeature:    set.NewPrometheusHistogramExt("reco_watch_event_to_feature_latency_ms", contractBucketsMs),
 		acceptedToVisible: set.NewPrometheusHistogramExt("recsys_consumer_accepted_to_visible_seconds", secondsBuckets),
 		applySeconds:      set.NewPrometheusHistogramExt("recsys_consumer_apply_seconds", secondsBuckets),
+		fetchDelay:        set.NewPrometheusHistogramExt("recsys_consumer_fetch_delay_seconds", secondsBuckets),
+		queueDelay:        set.NewPrometheusHistogramExt("recsys_consumer_queue_delay_seconds", secondsBuckets),
 		redisSeconds:      set.NewPrometheusHistogramExt("recsys_consumer_redis_write_seconds", secondsBuckets),
 		batchSize:         set.NewPrometheusHistogramExt("recsys_consumer_batch_size", []float64{1, 10, 50, 100, 500, 1000, 2500, 5000, 10000, 50000}),
 		dlqStored:         set.NewCounter(`reco_feature_consumer_dlq_events_total{outcome="stored"}`),

@@ -54,7 +54,7 @@ func Decode(kind, schemaVersion string, payload []byte) (Event, error) {
 	default:
 		return Event{}, fmt.Errorf("%w: unknown event_type %q", ErrInvalidPayload, kind)
 	}
-	ev, err := events.DecodePayload(events.Kind(kind), payload)
+	ev, err := decodePayload(events.Kind(kind), payload)
 	if err != nil {
 		var ve *events.ValidationError
 		if errors.As(err, &ve) {
@@ -63,6 +63,19 @@ func Decode(kind, schemaVersion string, payload []byte) (Event, error) {
 		return Event{}, fmt.Errorf("%w: %v", ErrInvalidPayload, err)
 	}
 	return FromEvent(ev), nil
+}
+
+// decodePayload is events.DecodePayload (encoding/json, then events.Validate) with
+// decodeFast in front for the payloads the API writes.
+func decodePayload(kind events.Kind, payload []byte) (events.Any, error) {
+	ev, ok := decodeFast(kind, payload)
+	if !ok {
+		return events.DecodePayload(kind, payload)
+	}
+	if err := events.Validate(ev); err != nil {
+		return nil, fmt.Errorf("decode %s payload: %w", kind, err) // events.DecodePayload's wording
+	}
+	return ev, nil
 }
 
 // FromEvent converts a decoded events.Any to an Event.
