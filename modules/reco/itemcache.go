@@ -103,6 +103,10 @@ type itemCache struct {
 
 	statsMu sync.Mutex
 	stats   map[string]statEntry // statistics shared by the loads of different lists
+
+	// prepare is the ranker's ranking.Preparer, if it has one: a cached entry's statistics
+	// are prepared once per load instead of once per request.
+	prepare func(*ranking.ItemStats, int64)
 }
 
 const cacheShards = 32
@@ -249,10 +253,14 @@ func (c *itemCache) load(ctx context.Context, items []string, n int, nowMs int64
 	out := make(map[string]*listEntry, len(items))
 	for _, id := range items {
 		l := nbs[id]
+		ranking.PrepareList(l)
 		e := &listEntry{at: at, n: n, l: l, st: make([]ranking.ItemStats, len(l))}
 		for j := range l {
 			if st, ok := stats[l[j].ItemID]; ok {
 				e.st[j] = st
+				if c.prepare != nil {
+					c.prepare(&e.st[j], nowMs)
+				}
 				l[j].Stats = &e.st[j]
 			}
 		}
