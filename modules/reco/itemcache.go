@@ -136,6 +136,10 @@ type statEntry struct {
 	at    int64
 	known bool
 	s     ranking.ItemStats
+	// id is the item id as first read: every list loaded while the entry lives shares this
+	// string, so ranking's id comparisons of the same item in different lists compare equal
+	// pointers instead of bytes.
+	id string
 }
 
 func newItemCache(r itemReader, ttl time.Duration, maxEntries int) *itemCache {
@@ -253,17 +257,21 @@ func (c *itemCache) load(ctx context.Context, items []string, n int, nowMs int64
 	out := make(map[string]*listEntry, len(items))
 	for _, id := range items {
 		l := nbs[id]
-		ranking.PrepareList(l)
 		e := &listEntry{at: at, n: n, l: l, st: make([]ranking.ItemStats, len(l))}
 		for j := range l {
-			if st, ok := stats[l[j].ItemID]; ok {
-				e.st[j] = st
+			if se, ok := stats[l[j].ItemID]; ok {
+				l[j].ItemID = se.id
+				if !se.known {
+					continue
+				}
+				e.st[j] = se.s
 				if c.prepare != nil {
 					c.prepare(&e.st[j], nowMs)
 				}
 				l[j].Stats = &e.st[j]
 			}
 		}
+		ranking.PrepareList(l)
 		out[id] = e
 	}
 	return out, nil
@@ -271,8 +279,9 @@ func (c *itemCache) load(ctx context.Context, items []string, n int, nowMs int64
 
 // statsOf returns the statistics of every neighbour in nbs, reading from Redis only those not
 // read within ttl (lists share many items).
-func (c *itemCache) statsOf(ctx context.Context, nbs map[string][]ranking.Scored, nowMs int64) (map[string]ranking.ItemStats, error) {
-	out := map[string]ranking.ItemStats{}
+// Every neighbour gets an entry (known false: no statistics), with its shared id string.
+func (c *itemCache) statsOf(ctx context.Context, nbs map[string][]ranking.Scored, nowMs int64) (map[string]statEntry, error) {
+	out := map[string]statEntry{}
 	var miss []string
 	seen := map[string]bool{}
 	oldest := time.Now().UnixMilli() - c.ttl.Milliseconds()
@@ -284,9 +293,7 @@ func (c *itemCache) statsOf(ctx context.Context, nbs map[string][]ranking.Scored
 			}
 			seen[x.ItemID] = true
 			if e, ok := c.stats[x.ItemID]; ok && e.at >= oldest {
-				if e.known {
-					out[x.ItemID] = e.s
-				}
+				out[x.ItemID] = e
 				continue
 			}
 			miss = append(miss, x.ItemID)
@@ -304,13 +311,14 @@ func (c *itemCache) statsOf(ctx context.Context, nbs map[string][]ranking.Scored
 	c.statsMu.Lock()
 	for _, id := range miss {
 		s, known := got[id]
-		if known {
-			out[id] = s
-		}
-		if len(c.stats) >= c.max*cacheShards {
+		e := statEntry{at: at, known: known, s: s, id: id}
+		if old, ok := c.stats[id]; ok {
+			e.id = old.id // keep sharing the string the cached lists hold
+		} else if len(c.stats) >= c.max*cacheShards {
 			evict(c.stats)
 		}
-		c.stats[id] = statEntry{at: at, known: known, s: s}
+		c.stats[id] = e
+		out[id] = e
 	}
 	c.statsMu.Unlock()
 	return out, nil

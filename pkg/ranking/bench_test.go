@@ -101,7 +101,15 @@ func BenchmarkRankFewWatched(b *testing.B) {
 func servingSnapshot() *Snapshot {
 	s := &Snapshot{UserID: "user-7", NowMs: now, Watched: map[string]bool{}, Impressions: map[string]ImpressionStat{},
 		Neighbours: map[string][]Scored{}, SharedItems: map[string]ItemStats{}}
-	id := func(i int) string { return fmt.Sprintf("item-%04d", (i+2000)%2000) }
+	// One string per item, as the server's item cache shares them between lists.
+	ids := map[int]string{}
+	id := func(i int) string {
+		i = (i + 2000) % 2000
+		if _, ok := ids[i]; !ok {
+			ids[i] = fmt.Sprintf("item-%04d", i)
+		}
+		return ids[i]
+	}
 	stats := map[string]*ItemStats{}
 	st := func(it string) *ItemStats {
 		if p := stats[it]; p != nil {

@@ -117,6 +117,16 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 			}
 		}
 	}
+	// insert adds x at the slot a probe found free: as a candidate, or as excluded (nil).
+	insert := func(x *Scored, slot int) *cand {
+		if !preWatched && s.Watched[x.ItemID] {
+			idx.insertAt(slot, x.ItemID, -1)
+			return nil
+		}
+		idx.insertAt(slot, x.ItemID, int32(len(cands)))
+		cands = append(cands, cand{id: x.ItemID, st: x.Stats})
+		return &cands[len(cands)-1]
+	}
 	get := func(x *Scored) *cand {
 		h := x.hash
 		if h == 0 {
@@ -134,13 +144,7 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 			}
 			return c
 		}
-		if !preWatched && s.Watched[x.ItemID] {
-			idx.insertAt(slot, x.ItemID, -1)
-			return nil
-		}
-		idx.insertAt(slot, x.ItemID, int32(len(cands)))
-		cands = append(cands, cand{id: x.ItemID, st: x.Stats})
-		return &cands[len(cands)-1]
+		return insert(x, slot)
 	}
 	excluded := func(id string) bool {
 		if i, ok := idx.get(id); ok && i < 0 {
@@ -149,7 +153,7 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 		return !preWatched && s.Watched[id]
 	}
 	hasPersonal := false
-	addNeighbours := func(lists map[string][]Scored, set func(c *cand, v float64)) {
+	addNeighbours := func(lists map[string][]Scored, similar bool) {
 		if len(lists) == 0 {
 			return
 		}
@@ -171,26 +175,43 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 					continue
 				}
 			}
-			for j := range ns {
+			f := hw / top // one division per list, not per entry
+			for j := range ns[:min(len(ns), cfg.NeighboursPerItem)] {
 				n := &ns[j]
-				if j >= cfg.NeighboursPerItem {
-					break
-				}
 				// A list naming its own item needs no check: history items are excluded in idx.
 				if n.Score <= 0 {
 					continue
 				}
-				c := get(n)
-				if c == nil {
+				// get, inline: most entries are candidates already seen (the lists of a
+				// user's recent items overlap).
+				var c *cand
+				hash := n.hash
+				if hash == 0 {
+					hash = hashID(n.ItemID)
+				}
+				if slot, found := idx.probeHash(n.ItemID, hash); found {
+					i := idx.slots[slot].val
+					if i < 0 {
+						continue
+					}
+					c = &cands[i]
+					if c.st == nil {
+						c.st = n.Stats
+					}
+				} else if c = insert(n, slot); c == nil {
 					continue
 				}
-				set(c, hw*n.Score/top)
+				if similar {
+					c.sim += f * n.Score
+				} else {
+					c.covis += f * n.Score
+				}
 				hasPersonal = true
 			}
 		}
 	}
-	addNeighbours(s.Neighbours, func(c *cand, v float64) { c.covis += v })
-	addNeighbours(s.Similar, func(c *cand, v float64) { c.sim += v })
+	addNeighbours(s.Neighbours, false)
+	addNeighbours(s.Similar, true)
 	addList := func(l []Scored, n int) {
 		for i := range l {
 			if i >= n {
