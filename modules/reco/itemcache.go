@@ -107,6 +107,7 @@ type itemCache struct {
 	// prepare is the ranker's ranking.Preparer, if it has one: a cached entry's statistics
 	// are prepared once per load instead of once per request.
 	prepare func(*ranking.ItemStats, int64)
+	names   *names
 }
 
 const cacheShards = 32
@@ -136,15 +137,41 @@ type statEntry struct {
 	at    int64
 	known bool
 	s     ranking.ItemStats
-	// id is the item id as first read: every list loaded while the entry lives shares this
-	// string, so ranking's id comparisons of the same item in different lists compare equal
-	// pointers instead of bytes.
-	id string
+}
+
+// names gives each item id one string, shared by every cached list and by the decoded
+// histories of users (decodeCache): ranking's id table and the cache's own maps then find
+// an id equal to a stored one by comparing pointers (Go's string comparison checks them
+// first) instead of bytes. Interning happens when lists are loaded and histories decoded,
+// never per request. When full it starts over: strings interned before still work, they
+// only compare byte by byte again.
+type names struct {
+	mu  sync.Mutex
+	m   map[string]string
+	max int
+}
+
+func newNames(max int) *names { return &names{m: map[string]string{}, max: max} }
+
+// get returns the shared string equal to s.
+func (n *names) get(s string) string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if c, ok := n.m[s]; ok {
+		return c
+	}
+	if len(n.m) >= n.max {
+		clear(n.m)
+	}
+	n.m[s] = s
+	return s
 }
 
 func newItemCache(r itemReader, ttl time.Duration, maxEntries int) *itemCache {
 	c := &itemCache{r: r, ttl: ttl, maxStale: max(10*ttl, 5*time.Second), loadTimeout: 2 * time.Second,
-		max: max(maxEntries/cacheShards, 16), seed: maphash.MakeSeed(), stats: map[string]statEntry{}}
+		max: max(maxEntries/cacheShards, 16), seed: maphash.MakeSeed(), stats: map[string]statEntry{},
+		// As many ids as item statistics are kept (the neighbours of the cached lists).
+		names: newNames(max(maxEntries, 1024))}
 	for i := range c.shards {
 		c.shards[i].m = map[string]*listEntry{}
 		c.shards[i].inflight = map[string]*flight{}
@@ -259,12 +286,9 @@ func (c *itemCache) load(ctx context.Context, items []string, n int, nowMs int64
 		l := nbs[id]
 		e := &listEntry{at: at, n: n, l: l, st: make([]ranking.ItemStats, len(l))}
 		for j := range l {
-			if se, ok := stats[l[j].ItemID]; ok {
-				l[j].ItemID = se.id
-				if !se.known {
-					continue
-				}
-				e.st[j] = se.s
+			l[j].ItemID = c.names.get(l[j].ItemID)
+			if st, ok := stats[l[j].ItemID]; ok {
+				e.st[j] = st
 				if c.prepare != nil {
 					c.prepare(&e.st[j], nowMs)
 				}
@@ -279,9 +303,8 @@ func (c *itemCache) load(ctx context.Context, items []string, n int, nowMs int64
 
 // statsOf returns the statistics of every neighbour in nbs, reading from Redis only those not
 // read within ttl (lists share many items).
-// Every neighbour gets an entry (known false: no statistics), with its shared id string.
-func (c *itemCache) statsOf(ctx context.Context, nbs map[string][]ranking.Scored, nowMs int64) (map[string]statEntry, error) {
-	out := map[string]statEntry{}
+func (c *itemCache) statsOf(ctx context.Context, nbs map[string][]ranking.Scored, nowMs int64) (map[string]ranking.ItemStats, error) {
+	out := map[string]ranking.ItemStats{}
 	var miss []string
 	seen := map[string]bool{}
 	oldest := time.Now().UnixMilli() - c.ttl.Milliseconds()
@@ -293,7 +316,9 @@ func (c *itemCache) statsOf(ctx context.Context, nbs map[string][]ranking.Scored
 			}
 			seen[x.ItemID] = true
 			if e, ok := c.stats[x.ItemID]; ok && e.at >= oldest {
-				out[x.ItemID] = e
+				if e.known {
+					out[x.ItemID] = e.s
+				}
 				continue
 			}
 			miss = append(miss, x.ItemID)
@@ -311,14 +336,13 @@ func (c *itemCache) statsOf(ctx context.Context, nbs map[string][]ranking.Scored
 	c.statsMu.Lock()
 	for _, id := range miss {
 		s, known := got[id]
-		e := statEntry{at: at, known: known, s: s, id: id}
-		if old, ok := c.stats[id]; ok {
-			e.id = old.id // keep sharing the string the cached lists hold
-		} else if len(c.stats) >= c.max*cacheShards {
+		if known {
+			out[id] = s
+		}
+		if len(c.stats) >= c.max*cacheShards {
 			evict(c.stats)
 		}
-		c.stats[id] = e
-		out[id] = e
+		c.stats[id] = statEntry{at: at, known: known, s: s}
 	}
 	c.statsMu.Unlock()
 	return out, nil
