@@ -37,6 +37,9 @@ import (
 //	eval "$(bash scripts/services.sh env)"
 //	go test -run XXX -bench BenchmarkRecoHTTP -benchtime 40000x ./modules/reco/
 //
+// RECO_BENCH_ACCESS_LOG=1 gives the in-process server the production access log (JSON at
+// info, one line per request, into a drained pipe); without it the log is discarded.
+//
 // RECO_BENCH_FULL=1 runs the built binary `recsys all` instead of the in-process module: the
 // whole pipeline, where every auto-logged impression goes through the outbox, the relay,
 // Kafka and the consumer (which updates the features the requests read) during the run.

@@ -2,11 +2,14 @@ package reco
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"syscall"
 	"testing"
 	"time"
+
+	"recsys/pkg/features"
 )
 
 // BenchmarkRecoHandler is the CPU cost of one /reco in this process (validation, snapshot
@@ -42,4 +45,62 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkRecoHandlerWorld is BenchmarkRecoHandler on BenchmarkRecoHTTP's world (5000 users
+// with 12 watches over 2000 items, the same generator) held in memory, with every item's
+// neighbour list already cached: the process' CPU for one /reco without Redis and the
+// network, for users in turn. Deterministic enough to count instructions (callgrind), which
+// the shared 2-core machine's wall clock is not:
+//
+//	GODEBUG=asyncpreemptoff=1 valgrind --tool=callgrind reco.test -test.run XXX \
+//	  -test.bench RecoHandlerWorld -test.benchtime 600x -test.cpu 1   (and 200x: the difference / 400)
+func BenchmarkRecoHandlerWorld(b *testing.B) {
+	t := &testing.T{}
+	h := newHarness(t, func(c *Config) { c.ItemCacheTTL = time.Minute })
+	rng := rand.New(rand.NewPCG(7, 11))
+	now := time.Now().UnixMilli()
+	n := 0
+	for u := 1; u <= benchUsers; u++ {
+		ts := now - 6*3600_000 + int64(rng.IntN(3600_000))
+		item := rng.IntN(benchItems)
+		for w := 0; w < benchWatchesUser; w++ {
+			if rng.IntN(4) == 0 {
+				item = int(float64(benchItems) * rng.Float64() * rng.Float64())
+			} else {
+				item = (item + rng.IntN(20) + 1) % benchItems
+			}
+			ts += int64(rng.IntN(600_000))
+			pct := float64(rng.IntN(101))
+			n++
+			h.redis.apply(features.Interaction{Kind: features.KindWatch, EventID: fmt.Sprintf("b%07d", n),
+				UserID: fmt.Sprintf("load-user-%d", u), TsMs: ts, ItemID: fmt.Sprintf("item-%04d", item), PercentWatched: &pct})
+		}
+	}
+	if err := h.r.serving.refreshGlobal(b.Context()); err != nil {
+		b.Fatal(err)
+	}
+	all := make([]string, benchItems)
+	for i := range all {
+		all[i] = fmt.Sprintf("item-%04d", i)
+	}
+	cs := h.r.serving.redis.(*cachedSource)
+	if _, err := cs.items.lists(b.Context(), all, h.r.cfg.Ranking.NeighboursPerItem, now); err != nil {
+		b.Fatal(err)
+	}
+	reqs := make([]*http.Request, benchUsers)
+	for i := range reqs {
+		reqs[i] = httptest.NewRequest(http.MethodGet, fmt.Sprintf("/reco?user_id=load-user-%d&session_id=s&k=20&x_autolog_impressions=false", i+1), nil)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	for i := 0; i < b.N; i++ {
+		rec := httptest.NewRecorder()
+		h.e.ServeHTTP(rec, reqs[i%len(reqs)])
+		if rec.Code != 200 {
+			b.Fatal(rec.Code)
+		}
+	}
+	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
 }

@@ -21,6 +21,7 @@ import (
 	"recsys/pkg/httpx"
 	"recsys/pkg/infra"
 	"recsys/pkg/kafka"
+	"recsys/pkg/logging"
 	"recsys/pkg/outbox"
 	"recsys/pkg/postgres"
 	"recsys/pkg/ranking"
@@ -45,6 +46,27 @@ func testLogger() *slog.Logger {
 		return slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	return slog.New(slog.DiscardHandler)
+}
+
+// accessLogger is the HTTP server's logger: testLogger, or with RECO_BENCH_ACCESS_LOG set the
+// production one (JSON at info: one access log line per request) writing into a pipe that a
+// goroutine drains, as a container runtime's log pipe is: what the access log costs a
+// request.
+func accessLogger(t testing.TB) *slog.Logger {
+	if os.Getenv("RECO_BENCH_ACCESS_LOG") == "" {
+		return testLogger()
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _, _ = io.Copy(io.Discard, r) }()
+	t.Cleanup(func() { _ = w.Close() })
+	log, err := logging.New(w, "json", slog.LevelInfo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return log
 }
 
 // newStack opens the clients the way pkg/infra does (short timeouts so outages show fast),
@@ -90,7 +112,7 @@ func newStack(t testing.TB, pgURL, redisURL string, mut func(*Config)) *stack {
 		t.Fatal(err)
 	}
 	s.mod = mod.(*Reco)
-	e := httpx.New(httpx.DefaultConfig(), testLogger())
+	e := httpx.New(httpx.DefaultConfig(), accessLogger(t))
 	s.mod.RegisterRoutes(e)
 	s.srv = httptest.NewServer(e)
 	t.Cleanup(s.srv.Close)

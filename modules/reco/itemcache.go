@@ -103,6 +103,11 @@ type itemCache struct {
 
 	statsMu sync.Mutex
 	stats   map[string]statEntry // statistics shared by the loads of different lists
+
+	// prepare is the ranker's ranking.Preparer, if it has one: a cached entry's statistics
+	// are prepared once per load instead of once per request.
+	prepare func(*ranking.ItemStats, int64)
+	names   *names
 }
 
 const cacheShards = 32
@@ -134,9 +139,39 @@ type statEntry struct {
 	s     ranking.ItemStats
 }
 
+// names gives each item id one string, shared by every cached list and by the decoded
+// histories of users (decodeCache): ranking's id table and the cache's own maps then find
+// an id equal to a stored one by comparing pointers (Go's string comparison checks them
+// first) instead of bytes. Interning happens when lists are loaded and histories decoded,
+// never per request. When full it starts over: strings interned before still work, they
+// only compare byte by byte again.
+type names struct {
+	mu  sync.Mutex
+	m   map[string]string
+	max int
+}
+
+func newNames(max int) *names { return &names{m: map[string]string{}, max: max} }
+
+// get returns the shared string equal to s.
+func (n *names) get(s string) string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if c, ok := n.m[s]; ok {
+		return c
+	}
+	if len(n.m) >= n.max {
+		clear(n.m)
+	}
+	n.m[s] = s
+	return s
+}
+
 func newItemCache(r itemReader, ttl time.Duration, maxEntries int) *itemCache {
 	c := &itemCache{r: r, ttl: ttl, maxStale: max(10*ttl, 5*time.Second), loadTimeout: 2 * time.Second,
-		max: max(maxEntries/cacheShards, 16), seed: maphash.MakeSeed(), stats: map[string]statEntry{}}
+		max: max(maxEntries/cacheShards, 16), seed: maphash.MakeSeed(), stats: map[string]statEntry{},
+		// As many ids as item statistics are kept (the neighbours of the cached lists).
+		names: newNames(max(maxEntries, 1024))}
 	for i := range c.shards {
 		c.shards[i].m = map[string]*listEntry{}
 		c.shards[i].inflight = map[string]*flight{}
@@ -251,11 +286,16 @@ func (c *itemCache) load(ctx context.Context, items []string, n int, nowMs int64
 		l := nbs[id]
 		e := &listEntry{at: at, n: n, l: l, st: make([]ranking.ItemStats, len(l))}
 		for j := range l {
+			l[j].ItemID = c.names.get(l[j].ItemID)
 			if st, ok := stats[l[j].ItemID]; ok {
 				e.st[j] = st
+				if c.prepare != nil {
+					c.prepare(&e.st[j], nowMs)
+				}
 				l[j].Stats = &e.st[j]
 			}
 		}
+		ranking.PrepareList(l)
 		out[id] = e
 	}
 	return out, nil

@@ -169,6 +169,12 @@ func newReco(cfg *Config, log *slog.Logger, set *metrics.Set, p parts) *Reco {
 		r.ranker = ranking.NewWeighted(cfg.Ranking)
 	}
 	r.serving = newServing(cfg, p.redis, p.pg, m, log)
+	if pr, ok := r.ranker.(ranking.Preparer); ok {
+		r.serving.prepare = pr.Prepare
+		if cs, ok := p.redis.(*cachedSource); ok {
+			cs.items.prepare = pr.Prepare
+		}
+	}
 	r.serving.probeRedis, r.serving.probePG = p.probeRedis, p.probePG
 	r.autolog = newAutolog(cfg, p.writer, r.serving.pgBrk, m, log)
 	m.gauges(r)

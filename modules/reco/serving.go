@@ -59,6 +59,9 @@ type serving struct {
 	probeRedis func(context.Context) (bool, error)
 	probePG    func(context.Context) error
 	pgSlots    chan struct{}
+	// prepare is the ranker's ranking.Preparer, if it has one: the global lists' statistics
+	// are prepared once per refresh instead of once per request.
+	prepare func(*ranking.ItemStats, int64)
 }
 
 func newServing(cfg *Config, redis, pg snapshotSource, m *recoMetrics, log *slog.Logger) *serving {
@@ -209,6 +212,7 @@ func (s *serving) refreshGlobal(ctx context.Context) error {
 		brk.Success()
 		snap.UserID = ""
 		snap.History, snap.Watched, snap.Impressions, snap.Neighbours, snap.Similar = nil, nil, nil, nil, nil
+		attachStats(&snap, now.UnixMilli(), s.prepare)
 		s.global.Store(&globalSnap{snap: snap, loadedAt: now, source: name})
 		return true
 	}
@@ -223,6 +227,31 @@ func (s *serving) refreshGlobal(ctx context.Context) error {
 	}
 	s.m.globalErrors.Inc()
 	return errors.Join(errs...)
+}
+
+// attachStats points the global lists' entries at one copy of each item's statistics, shared
+// by every request until the next refresh (ranking then reads them without a map lookup per
+// candidate), and prepares lists and statistics for the ranker (prepare may be nil).
+// snap.Items keeps the same values (ranking.Scored.Stats' rule).
+func attachStats(snap *ranking.Snapshot, nowMs int64, prepare func(*ranking.ItemStats, int64)) {
+	ptr := make(map[string]*ranking.ItemStats, len(snap.Items))
+	for _, l := range [][]ranking.Scored{snap.Trending, snap.Popular, snap.Fresh} {
+		ranking.PrepareList(l)
+		for i := range l {
+			id := l[i].ItemID
+			p, seen := ptr[id]
+			if !seen {
+				if st, known := snap.Items[id]; known {
+					p = &st
+					if prepare != nil {
+						prepare(p, nowMs)
+					}
+				}
+				ptr[id] = p
+			}
+			l[i].Stats = p
+		}
+	}
 }
 
 // probeRedisOnce reads the ready marker: an answer closes the Redis breaker, no answer opens

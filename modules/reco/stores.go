@@ -26,13 +26,15 @@ func stores(cfg *Config, d infra.Deps) (parts, error) {
 	keys := featurestore.NewKeys(prefix)
 	var redisSrc snapshotSource = featurestore.NewRedisLoader(rd, prefix, fc)
 	if cfg.ItemCacheTTL > 0 {
+		items := newItemCache(&redisItems{rd: rd, keys: keys}, cfg.ItemCacheTTL, cfg.ItemCacheMax)
 		var decoded *decodeCache
 		if cfg.UserDecodeCacheMB > 0 {
 			decoded = newDecodeCache(cfg.UserDecodeCacheMB << 20)
+			decoded.intern = items.names.get
 		}
 		redisSrc = &cachedSource{full: redisSrc, user: &redisUser{rd: rd, keys: keys, cacheTTL: cfg.UserCacheTTL,
 			hits: d.Metrics.NewCounter("recsys_reco_user_cache_hits_total"), decoded: decoded},
-			items: newItemCache(&redisItems{rd: rd, keys: keys}, cfg.ItemCacheTTL, cfg.ItemCacheMax)}
+			items: items}
 	}
 	return parts{
 		redis: redisSrc,

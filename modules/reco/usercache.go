@@ -37,6 +37,9 @@ type decodeCache struct {
 	seed   maphash.Seed
 	max    int // estimated bytes per shard
 	shards [cacheShards]decodeShard
+	// intern, when set, replaces each decoded history item id by the item cache's shared
+	// string (see names): ranking compares history ids with every neighbour list.
+	intern func(string) string
 }
 
 type decodeShard struct {
@@ -80,6 +83,11 @@ func (c *decodeCache) decode(userID string, f userFields) (*decodedUser, error) 
 	default:
 		if d.history, err = featurestore.DecodeHistory(f[0]); err != nil {
 			return nil, fmt.Errorf("decode history of %q: %w", userID, err)
+		}
+		if c != nil && c.intern != nil {
+			for i := range d.history {
+				d.history[i].ItemID = c.intern(d.history[i].ItemID)
+			}
 		}
 	}
 	switch {

@@ -92,3 +92,108 @@ func BenchmarkRankFewWatched(b *testing.B) {
 		_ = r.Rank(s, 20)
 	}
 }
+
+// servingSnapshot is the shape /reco ranks in BenchmarkRecoHTTP: a user with 12 watches
+// along a walk over 2000 items, 10 neighbour lists of 50 that overlap (nearby items), each
+// entry carrying its statistics (the server's item cache), the global lists' statistics in
+// SharedItems and their entries' Stats (the server's global snapshot), no learned lists, no
+// impressions.
+func servingSnapshot() *Snapshot {
+	s := &Snapshot{UserID: "user-7", NowMs: now, Watched: map[string]bool{}, Impressions: map[string]ImpressionStat{},
+		Neighbours: map[string][]Scored{}, SharedItems: map[string]ItemStats{}}
+	// One string per item, as the server's item cache shares them between lists.
+	ids := map[int]string{}
+	id := func(i int) string {
+		i = (i + 2000) % 2000
+		if _, ok := ids[i]; !ok {
+			ids[i] = fmt.Sprintf("item-%04d", i)
+		}
+		return ids[i]
+	}
+	stats := map[string]*ItemStats{}
+	st := func(it string) *ItemStats {
+		if p := stats[it]; p != nil {
+			return p
+		}
+		n := 0
+		fmt.Sscanf(it, "item-%d", &n)
+		p := &ItemStats{Impressions: int64(50 + n%97), Watches: int64(5 + n%13), SumPercent: float64(300 + n%500), PercentCount: int64(5 + n%7),
+			Ended: int64(n % 4), FirstSeenMs: now - int64(n)*3_600_000, PopShort: 1 / float64(1+n), PopLong: 10 / float64(1+n%500)}
+		stats[it] = p
+		return p
+	}
+	item := 700
+	for w := 0; w < 12; w++ {
+		item += 1 + (w*7)%20
+		s.History = append([]HistoryEntry{{ItemID: id(item), TsMs: now - int64(12-w)*60_000, Quality: 0.3 + float64(w%5)/7}}, s.History...)
+		s.Watched[id(item)] = true
+	}
+	for h := 0; h < 10; h++ {
+		c := 0
+		fmt.Sscanf(s.History[h].ItemID, "item-%d", &c)
+		var l []Scored
+		for j := 0; j < 50; j++ {
+			var it string
+			if j%5 == 4 {
+				it = id(j * 3) // a popular jump
+			} else {
+				it = id(c + (j/2+1)*(1-2*(j%2)))
+			}
+			l = append(l, Scored{ItemID: it, Score: 40 / float64(1+j), Stats: st(it)})
+		}
+		s.Neighbours[s.History[h].ItemID] = l
+	}
+	for j := 0; j < 100; j++ {
+		t, p := id(j*3), id(j*5)
+		s.Trending = append(s.Trending, Scored{ItemID: t, Score: st(t).PopShort, Stats: st(t)})
+		s.Popular = append(s.Popular, Scored{ItemID: p, Score: float64(100 - j), Stats: st(p)})
+		s.SharedItems[t], s.SharedItems[p] = *st(t), *st(p)
+	}
+	for j := 0; j < 50; j++ {
+		f := id(1999 - j)
+		s.Fresh = append(s.Fresh, Scored{ItemID: f, Score: float64(now - int64(j)*1000), Stats: st(f)})
+		s.SharedItems[f] = *st(f)
+	}
+	return s
+}
+
+// BenchmarkRankServing ranks the BenchmarkRecoHTTP shape into a top 20, with the statistics
+// as loaded and as the server's item cache keeps them (prepared: Weighted.Prepare).
+func BenchmarkRankServing(b *testing.B) {
+	for _, prepared := range []bool{false, true} {
+		b.Run(fmt.Sprintf("prepared=%v", prepared), func(b *testing.B) {
+			s := servingSnapshot()
+			r := NewWeighted(DefaultConfig())
+			if prepared {
+				prepareLists(r, s)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				_ = r.Rank(s, 20)
+			}
+		})
+	}
+}
+
+// prepareLists prepares the snapshot's lists and the statistics their entries point to.
+func prepareLists(r *Weighted, s *Snapshot) {
+	done := map[*ItemStats]bool{}
+	each := func(l []Scored) {
+		PrepareList(l)
+		for i := range l {
+			if st := l[i].Stats; st != nil && !done[st] {
+				done[st] = true
+				r.Prepare(st, s.NowMs)
+			}
+		}
+	}
+	for _, l := range s.Neighbours {
+		each(l)
+	}
+	for _, l := range s.Similar {
+		each(l)
+	}
+	each(s.Trending)
+	each(s.Popular)
+	each(s.Fresh)
+}

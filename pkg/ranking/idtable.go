@@ -10,7 +10,6 @@ import "hash/maphash"
 // one cache line, not three arrays (the table is cold at every request: ranking is
 // memory-bound).
 type idTable struct {
-	seed  maphash.Seed
 	slots []idSlot
 	gen   uint32
 	n     int
@@ -43,17 +42,25 @@ func (t *idTable) reset(hint int) {
 }
 
 func (t *idTable) alloc(size int) {
-	if t.seed == (maphash.Seed{}) {
-		t.seed = maphash.MakeSeed()
-	}
 	t.slots = make([]idSlot, size)
 	t.gen, t.n = 1, 0
 }
 
+// idSeed seeds the hash of every table, so that a hash computed once when a list is loaded
+// (PrepareList) is valid in every Rank call of the process.
+var idSeed = maphash.MakeSeed()
+
+func hashID(id string) uint64 { return maphash.String(idSeed, id) }
+
 // probe returns the slot of id: where it is (found) or where it would be inserted.
 func (t *idTable) probe(id string) (slot int, found bool) {
+	return t.probeHash(id, hashID(id))
+}
+
+// probeHash is probe with the hash of id given (hashID(id)).
+func (t *idTable) probeHash(id string, h uint64) (slot int, found bool) {
 	mask := len(t.slots) - 1
-	for i := int(maphash.String(t.seed, id)) & mask; ; i = (i + 1) & mask {
+	for i := int(h) & mask; ; i = (i + 1) & mask {
 		sl := &t.slots[i]
 		if sl.gen != t.gen {
 			return i, false

@@ -40,6 +40,11 @@ type ItemStats struct {
 	// the short and the long half-life.
 	PopShort float64 `json:"pop_short"`
 	PopLong  float64 `json:"pop_long"`
+
+	// prior caches the user-independent terms of one Weighted ranker (priorBy, its id) for
+	// these statistics: see Weighted.Prepare.
+	prior   float64
+	priorBy uint64
 }
 
 // Scored is an item with a score. In a Snapshot the score is the CURRENT decayed value (the
@@ -54,6 +59,17 @@ type Scored struct {
 	// A loader that sets it for an item sets it on every list entry of that item, or also has
 	// the item in Items or SharedItems, so the statistics never depend on which list was read.
 	Stats *ItemStats `json:"-"`
+	// hash is hashID(ItemID) when set by PrepareList (0: compute it).
+	hash uint64
+}
+
+// PrepareList stores in each entry of l what Rank would otherwise compute from its ItemID on
+// every request (the hash Rank deduplicates candidates with). A server that keeps lists for
+// many requests calls it once when it loads them; ItemID must not change afterwards.
+func PrepareList(l []Scored) {
+	for i := range l {
+		l[i].hash = hashID(l[i].ItemID)
+	}
 }
 
 // Snapshot is everything ranking needs for one user at one instant. The serving side loads it
@@ -155,4 +171,15 @@ const (
 // at most k items (fewer only when there are not enough candidates).
 type Ranker interface {
 	Rank(s *Snapshot, k int) Result
+}
+
+// Preparer is implemented by rankers that can compute the user-independent part of an item's
+// score once per loaded ItemStats instead of once per request. A server that keeps item
+// statistics for many requests (an in-process cache) calls Prepare on its own copy before
+// sharing it; Rank then reads the stored value. Statistics prepared by another ranker, or not
+// at all, are scored from scratch, with the same result up to the time noted below.
+type Preparer interface {
+	// Prepare stores in st the terms that depend only on st and the time nowMs, the time st
+	// was loaded (decayed) at. st must not be in use by a concurrent Rank.
+	Prepare(st *ItemStats, nowMs int64)
 }

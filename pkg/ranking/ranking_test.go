@@ -2,6 +2,7 @@ package ranking
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"reflect"
 	"slices"
@@ -248,88 +249,9 @@ func TestConfigValidate(t *testing.T) {
 func TestRankPruningIsExact(t *testing.T) {
 	r := rand.New(rand.NewPCG(11, 12))
 	for trial := 0; trial < 300; trial++ {
-		s := &Snapshot{UserID: fmt.Sprintf("u%d", trial), NowMs: now, Watched: map[string]bool{},
-			Impressions: map[string]ImpressionStat{}, Neighbours: map[string][]Scored{}, Similar: map[string][]Scored{},
-			Items: map[string]ItemStats{}}
-		id := func() string { return fmt.Sprintf("i%d", r.IntN(400)) }
-		for h := 0; h < 1+r.IntN(12); h++ {
-			hid := fmt.Sprintf("h%d", h)
-			s.History = append(s.History, HistoryEntry{ItemID: hid, TsMs: now - int64(h)*1000, Quality: 0.2 + 0.8*r.Float64()})
-			var l, m []Scored
-			for j := 0; j < r.IntN(60); j++ {
-				l = append(l, Scored{ItemID: id(), Score: float64(r.IntN(20))}) // integer scores: many ties
-				m = append(m, Scored{ItemID: id(), Score: r.Float64()})
-			}
-			slices.SortFunc(l, func(a, b Scored) int { return cmpFloatDesc(a.Score, b.Score) })
-			slices.SortFunc(m, func(a, b Scored) int { return cmpFloatDesc(a.Score, b.Score) })
-			s.Neighbours[hid], s.Similar[hid] = l, m
-		}
-		all := map[string]bool{}
-		for j := 0; j < 6; j++ {
-			s.Fresh = append(s.Fresh, Scored{ItemID: id(), Score: float64(now - int64(j))})
-		}
-		for j := 0; j < 100; j++ {
-			s.Trending = append(s.Trending, Scored{ItemID: id(), Score: float64(100 - j)})
-			s.Popular = append(s.Popular, Scored{ItemID: id(), Score: float64(1000 - j)})
-		}
-		for _, l := range [][]Scored{s.Trending, s.Popular} {
-			for _, x := range l {
-				all[x.ItemID] = true
-			}
-		}
-		for _, l := range s.Neighbours {
-			for _, x := range l {
-				all[x.ItemID] = true
-			}
-		}
-		// Statistics spread over Items, SharedItems and the lists' own Stats pointers (set on
-		// every list entry of the item, as Scored.Stats requires).
-		s.SharedItems = map[string]ItemStats{}
-		carried := map[string]*ItemStats{}
-		for it := range all {
-			st := ItemStats{Impressions: int64(r.IntN(100)), Watches: int64(r.IntN(50)), PopShort: 100 * r.Float64(),
-				PopLong: 1000 * r.Float64(), FirstSeenMs: now - int64(r.IntN(1e9)), SumPercent: float64(r.IntN(1000)), PercentCount: int64(r.IntN(20))}
-			switch r.IntN(4) {
-			case 0:
-				s.Items[it] = st
-			case 1:
-				s.SharedItems[it] = st
-			case 2:
-				carried[it] = &st
-			default:
-				carried[it] = &st
-				s.SharedItems[it] = st
-			}
-			if r.IntN(10) == 0 {
-				s.Impressions[it] = ImpressionStat{Count: int64(r.IntN(8)), LastTsMs: now}
-			}
-			if r.IntN(20) == 0 {
-				s.Watched[it] = true
-			}
-		}
-		lists := [][]Scored{s.Trending, s.Popular}
-		for _, l := range s.Neighbours {
-			lists = append(lists, l)
-		}
-		for _, l := range s.Similar {
-			lists = append(lists, l)
-		}
-		for _, l := range lists {
-			for i := range l {
-				l[i].Stats = carried[l[i].ItemID]
-			}
-		}
+		s := randomSnapshot(r, trial)
 		for _, k := range []int{1, 5, 10, 20} {
-			cfg := DefaultConfig()
-			cfg.ExplorationShare = 0
-			if trial%3 == 2 {
-				// Exploration picks that are also ranked candidates leave slots for the
-				// fill from the remaining candidates.
-				cfg.ExplorationShare = 0.4
-			}
-			if trial%2 == 1 {
-				cfg.Weights.Trending, cfg.Weights.Popular = 0.8, 0.6 // weaker pruning
-			}
+			cfg := trialConfig(trial)
 			pruned := NewWeighted(cfg).Rank(s, k)
 			full := &Weighted{cfg: cfg, exhaustive: true}
 			want := full.Rank(s, k)
@@ -338,6 +260,140 @@ func TestRankPruningIsExact(t *testing.T) {
 			}
 		}
 	}
+}
+
+// trialConfig varies the configuration over the random trials.
+func trialConfig(trial int) Config {
+	cfg := DefaultConfig()
+	cfg.ExplorationShare = 0
+	if trial%3 == 2 {
+		// Exploration picks that are also ranked candidates leave slots for the
+		// fill from the remaining candidates.
+		cfg.ExplorationShare = 0.4
+	}
+	if trial%2 == 1 {
+		cfg.Weights.Trending, cfg.Weights.Popular = 0.8, 0.6 // weaker pruning
+	}
+	return cfg
+}
+
+// TestRankPreparedIsExact: lists and statistics prepared once (PrepareList, Prepare at the
+// snapshot's time, as a server's caches do) rank exactly like the same snapshot unprepared;
+// statistics prepared by another ranker are not used.
+func TestRankPreparedIsExact(t *testing.T) {
+	for trial := 0; trial < 200; trial++ {
+		cfg := trialConfig(trial)
+		plain := randomSnapshot(rand.New(rand.NewPCG(uint64(trial), 5)), trial)
+		prepared := randomSnapshot(rand.New(rand.NewPCG(uint64(trial), 5)), trial)
+		other := randomSnapshot(rand.New(rand.NewPCG(uint64(trial), 5)), trial)
+		r := NewWeighted(cfg)
+		otherCfg := cfg
+		otherCfg.Weights.WatchRate, otherCfg.Weights.Freshness = 0.9, 0.7
+		prepareLists(r, prepared)
+		prepareLists(NewWeighted(otherCfg), other)
+		for _, k := range []int{1, 5, 20} {
+			want := r.Rank(plain, k)
+			if got := r.Rank(prepared, k); !reflect.DeepEqual(got, want) {
+				t.Fatalf("trial %d k=%d: prepared %v %v\nplain %v %v", trial, k, got.Items, got.Scores, want.Items, want.Scores)
+			}
+			if got := r.Rank(other, k); !reflect.DeepEqual(got, want) {
+				t.Fatalf("trial %d k=%d: prepared by another ranker %v %v\nplain %v %v", trial, k, got.Items, got.Scores, want.Items, want.Scores)
+			}
+		}
+	}
+}
+
+// TestPrepareUsesLoadTime: a prepared statistic scores freshness at the time it was prepared.
+func TestPrepareUsesLoadTime(t *testing.T) {
+	cfg := noExplore()
+	cfg.Weights = Weights{Freshness: 1}
+	r := NewWeighted(cfg)
+	st := &ItemStats{FirstSeenMs: now - cfg.FreshnessHalfLife.Milliseconds()}
+	s := &Snapshot{UserID: "u", NowMs: now, Fresh: nil, Trending: []Scored{{ItemID: "a", Score: 1, Stats: st}}}
+	if got := r.Rank(s, 1).Scores[0]; got != 0.5 {
+		t.Fatalf("unprepared freshness %v, want 0.5", got)
+	}
+	r.Prepare(st, now+cfg.FreshnessHalfLife.Milliseconds())
+	if got := r.Rank(s, 1).Scores[0]; got != 0.25 {
+		t.Fatalf("prepared freshness %v, want 0.25 (evaluated at the preparation time)", got)
+	}
+}
+
+// randomSnapshot is a random warm user with overlapping lists, fatigue, ties, and statistics
+// spread over Items, SharedItems and the lists' own Stats pointers.
+func randomSnapshot(r *rand.Rand, trial int) *Snapshot {
+	s := &Snapshot{UserID: fmt.Sprintf("u%d", trial), NowMs: now, Watched: map[string]bool{},
+		Impressions: map[string]ImpressionStat{}, Neighbours: map[string][]Scored{}, Similar: map[string][]Scored{},
+		Items: map[string]ItemStats{}}
+	id := func() string { return fmt.Sprintf("i%d", r.IntN(400)) }
+	for h := 0; h < 1+r.IntN(12); h++ {
+		hid := fmt.Sprintf("h%d", h)
+		s.History = append(s.History, HistoryEntry{ItemID: hid, TsMs: now - int64(h)*1000, Quality: 0.2 + 0.8*r.Float64()})
+		var l, m []Scored
+		for j := 0; j < r.IntN(60); j++ {
+			l = append(l, Scored{ItemID: id(), Score: float64(r.IntN(20))}) // integer scores: many ties
+			m = append(m, Scored{ItemID: id(), Score: r.Float64()})
+		}
+		slices.SortFunc(l, func(a, b Scored) int { return cmpFloatDesc(a.Score, b.Score) })
+		slices.SortFunc(m, func(a, b Scored) int { return cmpFloatDesc(a.Score, b.Score) })
+		s.Neighbours[hid], s.Similar[hid] = l, m
+	}
+	all := map[string]bool{}
+	for j := 0; j < 6; j++ {
+		s.Fresh = append(s.Fresh, Scored{ItemID: id(), Score: float64(now - int64(j))})
+	}
+	for j := 0; j < 100; j++ {
+		s.Trending = append(s.Trending, Scored{ItemID: id(), Score: float64(100 - j)})
+		s.Popular = append(s.Popular, Scored{ItemID: id(), Score: float64(1000 - j)})
+	}
+	for _, l := range [][]Scored{s.Trending, s.Popular} {
+		for _, x := range l {
+			all[x.ItemID] = true
+		}
+	}
+	for _, l := range s.Neighbours {
+		for _, x := range l {
+			all[x.ItemID] = true
+		}
+	}
+	// Statistics spread over Items, SharedItems and the lists' own Stats pointers (set on
+	// every list entry of the item, as Scored.Stats requires).
+	s.SharedItems = map[string]ItemStats{}
+	carried := map[string]*ItemStats{}
+	for _, it := range slices.Sorted(maps.Keys(all)) { // sorted: the same seed builds the same snapshot
+		st := ItemStats{Impressions: int64(r.IntN(100)), Watches: int64(r.IntN(50)), PopShort: 100 * r.Float64(),
+			PopLong: 1000 * r.Float64(), FirstSeenMs: now - int64(r.IntN(1e9)), SumPercent: float64(r.IntN(1000)), PercentCount: int64(r.IntN(20))}
+		switch r.IntN(4) {
+		case 0:
+			s.Items[it] = st
+		case 1:
+			s.SharedItems[it] = st
+		case 2:
+			carried[it] = &st
+		default:
+			carried[it] = &st
+			s.SharedItems[it] = st
+		}
+		if r.IntN(10) == 0 {
+			s.Impressions[it] = ImpressionStat{Count: int64(r.IntN(8)), LastTsMs: now}
+		}
+		if r.IntN(20) == 0 {
+			s.Watched[it] = true
+		}
+	}
+	lists := [][]Scored{s.Trending, s.Popular}
+	for _, l := range s.Neighbours {
+		lists = append(lists, l)
+	}
+	for _, l := range s.Similar {
+		lists = append(lists, l)
+	}
+	for _, l := range lists {
+		for i := range l {
+			l[i].Stats = carried[l[i].ItemID]
+		}
+	}
+	return s
 }
 
 func cmpFloatDesc(a, b float64) int {

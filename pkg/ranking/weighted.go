@@ -4,6 +4,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 )
 
 // Weighted is the default Ranker: a linear score over normalised features, with weights from
@@ -31,10 +32,25 @@ type Weighted struct {
 	cfg Config
 	// exhaustive scores every candidate fully (tests compare it with the pruned path).
 	exhaustive bool
+	// id marks the ItemStats this ranker prepared (0: use no prepared value).
+	id uint64
 }
 
+var weightedIDs atomic.Uint64
+
 // NewWeighted returns a Weighted ranker; cfg must have passed Validate.
-func NewWeighted(cfg Config) *Weighted { return &Weighted{cfg: cfg} }
+func NewWeighted(cfg Config) *Weighted { return &Weighted{cfg: cfg, id: weightedIDs.Add(1)} }
+
+// Prepare implements Preparer: it stores the weighted watch rate, completion and freshness
+// terms of st, with freshness evaluated at nowMs. Rank then evaluates freshness at the time
+// the statistics were loaded instead of Snapshot.NowMs: with a freshness half-life of days
+// and statistics a server keeps for seconds, the difference is below 1e-6 of a score (and
+// the popularity in the same statistics is as old anyway). Why: these terms (a division, a
+// smoothed mean and an exp2) were recomputed for about a hundred candidates per request,
+// while an item's statistics change every few seconds at most.
+func (w *Weighted) Prepare(st *ItemStats, nowMs int64) {
+	st.prior, st.priorBy = w.prior(st, nowMs), w.id
+}
 
 // Config returns the ranker's configuration.
 func (w *Weighted) Config() Config { return w.cfg }
@@ -45,6 +61,7 @@ type cand struct {
 	personal   float64 // normalised covis and similar terms, weighted
 	score      float64
 	scored     bool       // score is the full score (else it is still personal)
+	top        bool       // among the best k (scoreCandidates' scratch mark)
 	st         *ItemStats // the statistics carried by a list entry (Scored.Stats), if any
 }
 
@@ -57,6 +74,7 @@ type scratch struct {
 	chosen  idTable // items already in the result
 	cands   []cand
 	explore []string
+	heap    []int32
 }
 
 var scratchPool = sync.Pool{New: func() any { return &scratch{cands: make([]cand, 0, 1024)} }}
@@ -99,8 +117,22 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 			}
 		}
 	}
+	// insert adds x at the slot a probe found free: as a candidate, or as excluded (nil).
+	insert := func(x *Scored, slot int) *cand {
+		if !preWatched && s.Watched[x.ItemID] {
+			idx.insertAt(slot, x.ItemID, -1)
+			return nil
+		}
+		idx.insertAt(slot, x.ItemID, int32(len(cands)))
+		cands = append(cands, cand{id: x.ItemID, st: x.Stats})
+		return &cands[len(cands)-1]
+	}
 	get := func(x *Scored) *cand {
-		slot, found := idx.probe(x.ItemID)
+		h := x.hash
+		if h == 0 {
+			h = hashID(x.ItemID)
+		}
+		slot, found := idx.probeHash(x.ItemID, h)
 		if found {
 			i := idx.slots[slot].val
 			if i < 0 {
@@ -112,22 +144,16 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 			}
 			return c
 		}
-		if !preWatched && s.Watched[x.ItemID] {
-			idx.insertAt(slot, x.ItemID, -1)
-			return nil
-		}
-		idx.insertAt(slot, x.ItemID, int32(len(cands)))
-		cands = append(cands, cand{id: x.ItemID, st: x.Stats})
-		return &cands[len(cands)-1]
+		return insert(x, slot)
 	}
 	excluded := func(id string) bool {
 		if i, ok := idx.get(id); ok && i < 0 {
 			return true
 		}
-		return s.Watched[id]
+		return !preWatched && s.Watched[id]
 	}
 	hasPersonal := false
-	addNeighbours := func(lists map[string][]Scored, set func(c *cand, v float64)) {
+	addNeighbours := func(lists map[string][]Scored, similar bool) {
 		if len(lists) == 0 {
 			return
 		}
@@ -149,26 +175,43 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 					continue
 				}
 			}
-			for j := range ns {
+			f := hw / top // one division per list, not per entry
+			for j := range ns[:min(len(ns), cfg.NeighboursPerItem)] {
 				n := &ns[j]
-				if j >= cfg.NeighboursPerItem {
-					break
-				}
 				// A list naming its own item needs no check: history items are excluded in idx.
 				if n.Score <= 0 {
 					continue
 				}
-				c := get(n)
-				if c == nil {
+				// get, inline: most entries are candidates already seen (the lists of a
+				// user's recent items overlap).
+				var c *cand
+				hash := n.hash
+				if hash == 0 {
+					hash = hashID(n.ItemID)
+				}
+				if slot, found := idx.probeHash(n.ItemID, hash); found {
+					i := idx.slots[slot].val
+					if i < 0 {
+						continue
+					}
+					c = &cands[i]
+					if c.st == nil {
+						c.st = n.Stats
+					}
+				} else if c = insert(n, slot); c == nil {
 					continue
 				}
-				set(c, hw*n.Score/top)
+				if similar {
+					c.sim += f * n.Score
+				} else {
+					c.covis += f * n.Score
+				}
 				hasPersonal = true
 			}
 		}
 	}
-	addNeighbours(s.Neighbours, func(c *cand, v float64) { c.covis += v })
-	addNeighbours(s.Similar, func(c *cand, v float64) { c.sim += v })
+	addNeighbours(s.Neighbours, false)
+	addNeighbours(s.Similar, true)
 	addList := func(l []Scored, n int) {
 		for i := range l {
 			if i >= n {
@@ -200,14 +243,14 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 	canSkip := !w.exhaustive && len(cands) >= k && len(s.Trending) > 0 && s.Trending[0].Score > 0 &&
 		len(s.Popular) > 0 && s.Popular[0].Score > 0
 	if canSkip {
-		nm = w.scoreCandidates(s, cands, k)
+		nm = w.scoreCandidates(s, sc, cands, k)
 		if cands[k-1].score <= w.bound() {
 			addGlobals()
-			nm = w.scoreCandidates(s, cands, k)
+			nm = w.scoreCandidates(s, sc, cands, k)
 		}
 	} else {
 		addGlobals()
-		nm = w.scoreCandidates(s, cands, k)
+		nm = w.scoreCandidates(s, sc, cands, k)
 	}
 	sc.cands = cands // keep the grown buffer for the next call
 
@@ -287,11 +330,13 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 //
 // Only the personal terms (co-visitation, learned similarity) are computed for every
 // candidate; the others (popularity, watch rate, completion, freshness) are each at most
-// their weight, and fatigue only subtracts. So a candidate whose personal part plus that
-// bound cannot beat the k-th best full score is never looked up: most trending and popular
-// candidates of a warm user are pruned without touching Snapshot.Items. Popularity is
-// normalised by the global maxima, Trending[0] and Popular[0], which need no scan.
-func (w *Weighted) scoreCandidates(s *Snapshot, cands []cand, k int) norms {
+// their weight, and fatigue only subtracts. So the candidates stream through a heap of the k
+// best full scores so far, and one whose personal part plus that bound cannot beat the
+// heap's worst is never scored: its statistics are not even read. Candidates come in list
+// order (the most recent history item's strongest neighbours first), so the heap holds good
+// scores early and most of the rest is skipped. Popularity is normalised by the global
+// maxima, Trending[0] and Popular[0], which need no scan.
+func (w *Weighted) scoreCandidates(s *Snapshot, sc *scratch, cands []cand, k int) norms {
 	wt := w.cfg.Weights
 	var nm norms
 	for i := range cands {
@@ -326,94 +371,78 @@ func (w *Weighted) scoreCandidates(s *Snapshot, cands []cand, k int) norms {
 		if nm.sim > 0 {
 			c.personal += wt.Similar * c.sim / nm.sim
 		}
-		c.score, c.scored = c.personal, false
+		c.score, c.scored, c.top = c.personal, false, false
 	}
-	head := max(4*k, 32)
-	if len(cands) <= head+head/2 || w.exhaustive {
+	if w.exhaustive {
 		for i := range cands {
 			w.fullScore(s, &cands[i], nm)
 		}
 		topK(cands, k)
 		return nm
 	}
-	bound := w.bound()
-	// The best head by personal score first, fully scored; its k-th best full score is the
-	// bar the others must be able to reach. (Which candidates form the head only changes how
-	// many get scored, never the result.)
-	head = selectHead(cands, head)
-	for i := range cands[:head] {
-		w.fullScore(s, &cands[i], nm)
-	}
-	topK(cands[:head], k)
-	bar := cands[k-1].score
-	n := head
-	for i := head; i < len(cands); i++ {
-		if cands[i].personal+bound < bar {
+	// The slack covers rounding: a sum of terms each at most its weight may round a hair
+	// above the rounded sum of the weights.
+	bound := w.bound() * (1 + 1e-9)
+	h := sc.heap[:0] // min-heap of candidate indices, root = worst of the best k so far
+	for i := range cands {
+		c := &cands[i]
+		if len(h) == k {
+			if c.personal+bound < cands[h[0]].score {
+				continue
+			}
+			w.fullScore(s, c, nm)
+			if candBefore(c, &cands[h[0]]) {
+				h[0] = int32(i)
+				siftDownIdx(cands, h, 0)
+			}
 			continue
 		}
-		w.fullScore(s, &cands[i], nm)
-		cands[n], cands[i] = cands[i], cands[n]
-		n++
+		w.fullScore(s, c, nm)
+		h = append(h, int32(i))
+		for j := len(h) - 1; j > 0; { // sift up
+			parent := (j - 1) / 2
+			if !candBefore(&cands[h[parent]], &cands[h[j]]) {
+				break
+			}
+			h[parent], h[j] = h[j], h[parent]
+			j = parent
+		}
 	}
-	topK(cands[:n], k)
+	sc.heap = h
+	// The best k to the front (moving each struct at most once), then in order.
+	for _, i := range h {
+		cands[i].top = true
+	}
+	n := 0
+	for i := range cands {
+		if cands[i].top {
+			if i != n {
+				cands[i], cands[n] = cands[n], cands[i]
+			}
+			n++
+		}
+	}
+	slices.SortFunc(cands[:n], cmpCand)
 	return nm
 }
 
-// selectHead moves n candidates whose personal scores are the n largest to the front and
-// returns n (or len(c) when it is smaller). It finds the n-th
-// largest score with a heap of floats and partitions once, instead of heap-ordering the
-// candidates themselves, which moved 72-byte structs a few thousand times per request.
-func selectHead(c []cand, n int) int {
-	h := make([]float64, 0, 128)[:0]
-	for i := range c {
-		p := c[i].personal
-		switch {
-		case len(h) < n:
-			h = append(h, p)
-			for j := len(h) - 1; j > 0; { // sift up: min-heap
-				parent := (j - 1) / 2
-				if h[parent] <= h[j] {
-					break
-				}
-				h[parent], h[j] = h[j], h[parent]
-				j = parent
-			}
-		case p > h[0]:
-			h[0] = p
-			for j := 0; ; { // sift down
-				l, m := 2*j+1, j
-				if l < n && h[l] < h[m] {
-					m = l
-				}
-				if r := l + 1; r < n && h[r] < h[m] {
-					m = r
-				}
-				if m == j {
-					break
-				}
-				h[j], h[m] = h[m], h[j]
-				j = m
-			}
+// siftDownIdx restores the min-heap h of indices into c (root = worst candidate) below i.
+func siftDownIdx(c []cand, h []int32, i int) {
+	for {
+		l := 2*i + 1
+		if l >= len(h) {
+			return
 		}
-	}
-	if len(h) < n {
-		return len(c)
-	}
-	threshold, moved := h[0], 0
-	for i := range c {
-		if c[i].personal > threshold {
-			c[moved], c[i] = c[i], c[moved]
-			moved++
+		m := l
+		if r := l + 1; r < len(h) && candBefore(&c[h[l]], &c[h[r]]) {
+			m = r
 		}
-	}
-	// Then ties at the threshold until there are n (a cold user's candidates all tie at 0).
-	for i := moved; i < len(c) && moved < n; i++ {
-		if c[i].personal == threshold {
-			c[moved], c[i] = c[i], c[moved]
-			moved++
+		if !candBefore(&c[h[i]], &c[h[m]]) {
+			return
 		}
+		h[i], h[m] = h[m], h[i]
+		i = m
 	}
-	return moved
 }
 
 // stats returns the candidate's statistics (zero when unknown).
@@ -425,6 +454,25 @@ func (c *cand) stats(s *Snapshot) ItemStats {
 	return st
 }
 
+// prior is the weighted sum of the terms that depend only on the item's statistics and the
+// time: watch rate, completion and freshness (see Prepare).
+func (w *Weighted) prior(st *ItemStats, nowMs int64) float64 {
+	cfg := &w.cfg
+	wt := &cfg.Weights
+	var f float64
+	if wt.WatchRate > 0 {
+		f += wt.WatchRate * min(1, (float64(st.Watches)+cfg.WatchRatePriorWatches)/(float64(st.Impressions)+cfg.WatchRatePriorImpressions))
+	}
+	if wt.Completion > 0 {
+		f += wt.Completion * completion(st, cfg)
+	}
+	if wt.Freshness > 0 && st.FirstSeenMs > 0 {
+		age := float64(max(nowMs-st.FirstSeenMs, 0))
+		f += wt.Freshness * math.Exp2(-age/float64(cfg.FreshnessHalfLife.Milliseconds()))
+	}
+	return f
+}
+
 // bound is the most the non-personal terms can add to a candidate's score.
 func (w *Weighted) bound() float64 {
 	wt := w.cfg.Weights
@@ -433,9 +481,12 @@ func (w *Weighted) bound() float64 {
 
 // fullScore sets c.score to the full linear score.
 func (w *Weighted) fullScore(s *Snapshot, c *cand, nm norms) {
-	cfg := w.cfg
-	wt := cfg.Weights
-	st := c.stats(s)
+	wt := &w.cfg.Weights
+	st := c.st
+	if st == nil {
+		v, _ := s.Stats(c.id)
+		st = &v
+	}
 	f := c.personal
 	if nm.short > 0 {
 		f += wt.Trending * min(1, st.PopShort/nm.short)
@@ -443,23 +494,18 @@ func (w *Weighted) fullScore(s *Snapshot, c *cand, nm norms) {
 	if nm.long > 0 {
 		f += wt.Popular * min(1, st.PopLong/nm.long)
 	}
-	if wt.WatchRate > 0 {
-		f += wt.WatchRate * min(1, (float64(st.Watches)+cfg.WatchRatePriorWatches)/(float64(st.Impressions)+cfg.WatchRatePriorImpressions))
+	if w.id != 0 && st.priorBy == w.id {
+		f += st.prior
+	} else {
+		f += w.prior(st, s.NowMs)
 	}
-	if wt.Completion > 0 {
-		f += wt.Completion * completion(&st, cfg)
-	}
-	if wt.Freshness > 0 && st.FirstSeenMs > 0 {
-		age := float64(max(s.NowMs-st.FirstSeenMs, 0))
-		f += wt.Freshness * math.Exp2(-age/float64(cfg.FreshnessHalfLife.Milliseconds()))
-	}
-	if wt.Fatigue > 0 {
-		f -= wt.Fatigue * fatigue(s, c.id, cfg)
+	if wt.Fatigue > 0 && len(s.Impressions) > 0 {
+		f -= wt.Fatigue * fatigue(s, c.id, &w.cfg)
 	}
 	c.score, c.scored = f, true
 }
 
-func completion(st *ItemStats, cfg Config) float64 {
+func completion(st *ItemStats, cfg *Config) float64 {
 	sum, n := st.SumPercent, float64(st.PercentCount)
 	// Watches without a percentage but with ended=true count as complete; without either they
 	// carry no completion evidence.
@@ -474,7 +520,7 @@ func completion(st *ItemStats, cfg Config) float64 {
 	return min(1, max(0, (sum+cfg.CompletionPrior*cfg.CompletionPriorMean)/den/100))
 }
 
-func fatigue(s *Snapshot, id string, cfg Config) float64 {
+func fatigue(s *Snapshot, id string, cfg *Config) float64 {
 	im, ok := s.Impressions[id]
 	if !ok || s.NowMs-im.LastTsMs > cfg.FatigueMemory.Milliseconds() {
 		return 0
@@ -489,7 +535,7 @@ func fatigue(s *Snapshot, id string, cfg Config) float64 {
 // explorationPool lists fresh, under-exposed items the user has not watched, newest first, in a
 // stable order (the seed then picks from it).
 func (w *Weighted) explorationPool(pool []string, s *Snapshot, excluded func(string) bool) []string {
-	cfg := w.cfg
+	cfg := &w.cfg
 	for i, f := range s.Fresh {
 		if i >= cfg.FreshN {
 			break
@@ -500,7 +546,7 @@ func (w *Weighted) explorationPool(pool []string, s *Snapshot, excluded func(str
 		if st, ok := s.stats(&s.Fresh[i]); ok && st.Impressions >= cfg.ExplorationMaxImpressions && cfg.ExplorationMaxImpressions > 0 {
 			continue
 		}
-		if fatigue(s, f.ItemID, cfg) > 0 {
+		if len(s.Impressions) > 0 && fatigue(s, f.ItemID, cfg) > 0 {
 			continue
 		}
 		pool = append(pool, f.ItemID)
