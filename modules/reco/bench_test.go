@@ -64,8 +64,6 @@ func benchSeed(s *stack, redisURL string) error {
 	}
 	defer rd.Close()
 	store := featurestore.New(s.pg, rd, s.prefix, features.DefaultConfig(), testLogger())
-	rng := rand.New(rand.NewPCG(7, 11))
-	now := time.Now().UnixMilli()
 	var batch []featurestore.Event
 	flush := func() error {
 		if len(batch) == 0 {
@@ -75,12 +73,32 @@ func benchSeed(s *stack, redisURL string) error {
 		batch = batch[:0]
 		return err
 	}
+	err = benchWatches(time.Now().UnixMilli(), s.prefix, func(in features.Interaction, lastOfUser bool) error {
+		batch = append(batch, featurestore.Event{Interaction: in})
+		if lastOfUser && len(batch) >= 2000 {
+			return flush()
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	return store.Repopulate(ctx, false)
+}
+
+// benchWatches generates the benchmark world's watches, user by user: for each of benchUsers
+// users, benchWatchesUser watches over the last 6 hours along a walk of mostly nearby items
+// (co-visitation structure) with sometimes a popular jump. Event ids carry idPrefix.
+func benchWatches(now int64, idPrefix string, emit func(in features.Interaction, lastOfUser bool) error) error {
+	rng := rand.New(rand.NewPCG(7, 11))
 	n := 0
 	for u := 1; u <= benchUsers; u++ {
 		ts := now - 6*3600_000 + int64(rng.IntN(3600_000))
 		item := rng.IntN(benchItems)
 		for w := 0; w < benchWatchesUser; w++ {
-			// A walk: mostly nearby items (co-visitation structure), sometimes a popular jump.
 			if rng.IntN(4) == 0 {
 				item = int(float64(benchItems) * rng.Float64() * rng.Float64())
 			} else {
@@ -89,20 +107,14 @@ func benchSeed(s *stack, redisURL string) error {
 			ts += int64(rng.IntN(600_000))
 			pct := float64(rng.IntN(101))
 			n++
-			batch = append(batch, featurestore.Event{Interaction: features.Interaction{Kind: features.KindWatch,
-				EventID: fmt.Sprintf("%sb%07d", s.prefix, n), UserID: fmt.Sprintf("load-user-%d", u), TsMs: ts,
-				ItemID: fmt.Sprintf("item-%04d", item), PercentWatched: &pct}})
-		}
-		if len(batch) >= 2000 {
-			if err := flush(); err != nil {
+			in := features.Interaction{Kind: features.KindWatch, EventID: fmt.Sprintf("%sb%07d", idPrefix, n),
+				UserID: fmt.Sprintf("load-user-%d", u), TsMs: ts, ItemID: fmt.Sprintf("item-%04d", item), PercentWatched: &pct}
+			if err := emit(in, w == benchWatchesUser-1); err != nil {
 				return err
 			}
 		}
 	}
-	if err := flush(); err != nil {
-		return err
-	}
-	return store.Repopulate(ctx, false)
+	return nil
 }
 
 func BenchmarkRecoHTTP(b *testing.B) {

@@ -2,7 +2,6 @@ package reco
 
 import (
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"syscall"
@@ -58,25 +57,11 @@ func cpuTime() time.Duration {
 func BenchmarkRecoHandlerWorld(b *testing.B) {
 	t := &testing.T{}
 	h := newHarness(t, func(c *Config) { c.ItemCacheTTL = time.Minute })
-	rng := rand.New(rand.NewPCG(7, 11))
 	now := time.Now().UnixMilli()
-	n := 0
-	for u := 1; u <= benchUsers; u++ {
-		ts := now - 6*3600_000 + int64(rng.IntN(3600_000))
-		item := rng.IntN(benchItems)
-		for w := 0; w < benchWatchesUser; w++ {
-			if rng.IntN(4) == 0 {
-				item = int(float64(benchItems) * rng.Float64() * rng.Float64())
-			} else {
-				item = (item + rng.IntN(20) + 1) % benchItems
-			}
-			ts += int64(rng.IntN(600_000))
-			pct := float64(rng.IntN(101))
-			n++
-			h.redis.apply(features.Interaction{Kind: features.KindWatch, EventID: fmt.Sprintf("b%07d", n),
-				UserID: fmt.Sprintf("load-user-%d", u), TsMs: ts, ItemID: fmt.Sprintf("item-%04d", item), PercentWatched: &pct})
-		}
-	}
+	_ = benchWatches(now, "", func(in features.Interaction, _ bool) error {
+		h.redis.apply(in)
+		return nil
+	})
 	if err := h.r.serving.refreshGlobal(b.Context()); err != nil {
 		b.Fatal(err)
 	}
