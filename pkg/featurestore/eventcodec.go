@@ -149,12 +149,8 @@ func (p *jsonScan) context() *events.Context {
 }
 
 func (p *jsonScan) items() []events.ImpressionItem {
-	p.expect('[')
 	out := []events.ImpressionItem{} // encoding/json: [] is an empty slice, not nil
-	if !p.ok || p.eat(']') {
-		return out
-	}
-	for p.ok {
+	p.array(func() {
 		var it events.ImpressionItem
 		var seen uint32
 		p.object(func(k string) {
@@ -178,12 +174,7 @@ func (p *jsonScan) items() []events.ImpressionItem {
 			}
 		})
 		out = append(out, it)
-		if p.eat(',') {
-			continue
-		}
-		p.expect(']')
-		break
-	}
+	})
 	return out
 }
 

@@ -262,38 +262,44 @@ func (p *jsonScan) object(field func(key string)) {
 	}
 }
 
+// array calls elem for each element of an array until the scan fails.
+func (p *jsonScan) array(elem func()) {
+	p.expect('[')
+	if !p.ok || p.eat(']') {
+		return
+	}
+	for p.ok {
+		elem()
+		if p.eat(',') {
+			continue
+		}
+		p.expect(']')
+		return
+	}
+}
+
 // DecodeHistory decodes a user's history document (field "h" of the Redis user hash, column
 // history of feature_users), most recent first.
 func DecodeHistory(s string) ([]features.HistoryEntry, error) {
 	p := jsonScan{s: s, ok: true}
-	var out []features.HistoryEntry
-	if p.expect('['); p.ok {
-		out = []features.HistoryEntry{}
-		if !p.eat(']') {
-			for p.ok {
-				var e features.HistoryEntry
-				p.object(func(k string) {
-					switch k {
-					case "item_id":
-						e.ItemID = p.str()
-					case "ts_ms":
-						e.TsMs = p.int()
-					case "quality":
-						e.Quality = p.float()
-					default:
-						p.ok = false
-					}
-				})
-				out = append(out, e)
-				if p.eat(',') {
-					continue
-				}
-				p.expect(']')
-				break
+	out := []features.HistoryEntry{}
+	p.array(func() {
+		var e features.HistoryEntry
+		p.object(func(k string) {
+			switch k {
+			case "item_id":
+				e.ItemID = p.str()
+			case "ts_ms":
+				e.TsMs = p.int()
+			case "quality":
+				e.Quality = p.float()
+			default:
+				p.ok = false
 			}
-		}
-		p.end()
-	}
+		})
+		out = append(out, e)
+	})
+	p.end()
 	if p.ok {
 		return out, nil
 	}
