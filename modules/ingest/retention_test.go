@@ -31,7 +31,7 @@ func TestRetentionKeepsBRINRangesNarrow(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	insert("old-", oldTs, "40 days")    // deleted by retention
+	insert("old-", oldTs, "40 days")     // deleted by retention
 	insert("kept-", oldTs+rows, "1 day") // keeps the heap from being truncated by vacuum
 	if err := v.mod.retentionPass(ctx, time.Now()); err != nil {
 		t.Fatal(err)
