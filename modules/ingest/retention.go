@@ -2,10 +2,12 @@ package ingest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // retentionTables are the tables the retention loop trims, each by created_at. event_outbox is
@@ -135,7 +137,18 @@ func (m *Ingest) summarizeBRIN(ctx context.Context, table string) error {
 	})
 }
 
+// brinMaintenance runs do for each BRIN index of table in one transaction. Meeting an
+// autovacuum of the table (lock_timeout) is normal and not an error: the work is skipped.
 func (m *Ingest) brinMaintenance(ctx context.Context, table string, do func(tx pgx.Tx, index string, pagesPerRange int64) error) error {
+	err := m.brinMaintenanceTx(ctx, table, do)
+	if pe := (*pgconn.PgError)(nil); errors.As(err, &pe) && pe.Code == "55P03" /* lock_not_available */ {
+		m.deps.Log.DebugContext(ctx, "brin maintenance skipped, table busy", "table", table)
+		return nil
+	}
+	return err
+}
+
+func (m *Ingest) brinMaintenanceTx(ctx context.Context, table string, do func(tx pgx.Tx, index string, pagesPerRange int64) error) error {
 	return pgx.BeginFunc(ctx, m.deps.PG, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '"+brinLockTimeout+"'"); err != nil {
 			return fmt.Errorf("set lock_timeout: %w", err)

@@ -80,3 +80,37 @@ func TestRetentionKeepsBRINRangesNarrow(t *testing.T) {
 		t.Fatalf("scan of the deleted receive times read %d heap blocks (want 0, through the BRIN index):\n%v", blocks, plan)
 	}
 }
+
+// TestRetentionSkipsBRINMaintenanceWhileVacuumHoldsTheTable: summarizing needs the lock an
+// (auto)vacuum holds; retention must neither wait for it (which would cancel an autovacuum)
+// nor count it as a failure, and must still delete.
+func TestRetentionSkipsBRINMaintenanceWhileVacuumHoldsTheTable(t *testing.T) {
+	v := newEnv(t, testutil.MigratedDatabase(t))
+	ctx := context.Background()
+	if _, err := v.pool.Exec(ctx, `INSERT INTO watches (event_id, user_id, session_id, request_id, item_id, watch_time_sec, ts_ms, ts, server_received_ts_ms, created_at)
+		SELECT 'old-' || g, 'u', 's', 'r', 'i', 1, 1, to_timestamp(0), g, now() - interval '40 days' FROM generate_series(1, 100) g`); err != nil {
+		t.Fatal(err)
+	}
+	// What VACUUM holds for its whole run.
+	tx, err := v.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // test cleanup
+	if _, err := tx.Exec(ctx, "LOCK TABLE watches IN SHARE UPDATE EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := v.mod.retentionPass(ctx, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("retention pass waited %s behind the lock", d)
+	}
+	if n := v.count("SELECT count(*) FROM watches"); n != 0 {
+		t.Errorf("%d old watches left, want 0", n)
+	}
+	if n := v.metric("recsys_ingest_retention_errors_total"); n != 0 {
+		t.Errorf("retention errors = %v, want 0 (a busy table is skipped, not a failure)", n)
+	}
+}
