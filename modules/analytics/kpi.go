@@ -60,7 +60,7 @@ func (c *counters) add(o counters) {
 const openEnd = math.MaxInt64 / 4
 
 // impressionCountsSQL counts the impressions received in [$1, $2) per bucket of $3 ms: a range
-// scan of impression_events_server_ts_idx (the view unnests each event's items), no sort.
+// scan of impression_events_server_ts_brin (the view unnests each event's items), no sort.
 const impressionCountsSQL = `
 SELECT (server_received_ts_ms / $3::bigint) * $3::bigint AS bucket, count(*), count(*) FILTER (WHERE position < $4::int)
 FROM impressions

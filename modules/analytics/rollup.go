@@ -74,13 +74,40 @@ SELECT bucket, sum(n)::bigint FROM (
     SELECT (last_seen_ms / $3::bigint) * $3::bigint AS bucket, 1 AS n FROM up
     UNION ALL SELECT (last_seen_ms / $3::bigint) * $3::bigint, -1 FROM old
 ) d GROUP BY bucket`
-	// The impressions side reads impression_events, not the view: min() over the view is a
-	// join with unnest, which PostgreSQL aggregates over every row from $1 on (8 s on 10 million
-	// items) instead of reading the first index entry. Every event has at least one item.
+	// anyRowSQL says whether a raw row was received in [$1, $2); nextRowSQL finds the first
+	// one. The receive-time indexes are BRIN (migration 0013): min() reads every block range
+	// that may hold a row of the range, so it is bounded (nextRow) instead of asking for the
+	// first row after W, which would read every row received since W, the whole table on a
+	// catch-up. The impressions side reads impression_events, not the view: over the view
+	// each event's items would be unnested first. Every event has at least one item.
+	anyRowSQL = `
+SELECT EXISTS (SELECT 1 FROM impression_events WHERE server_received_ts_ms >= $1 AND server_received_ts_ms < $2)
+    OR EXISTS (SELECT 1 FROM watches WHERE server_received_ts_ms >= $1 AND server_received_ts_ms < $2)`
 	nextRowSQL = `
-SELECT LEAST((SELECT min(server_received_ts_ms) FROM impression_events WHERE server_received_ts_ms >= $1),
-             (SELECT min(server_received_ts_ms) FROM watches WHERE server_received_ts_ms >= $1))`
+SELECT LEAST((SELECT min(server_received_ts_ms) FROM impression_events WHERE server_received_ts_ms >= $1 AND server_received_ts_ms < $2),
+             (SELECT min(server_received_ts_ms) FROM watches WHERE server_received_ts_ms >= $1 AND server_received_ts_ms < $2))`
 )
+
+// nextRow returns the receive time of the first raw row in [from, to), or nil. It probes
+// [from, from+step), then windows twice as long each time: an empty stretch costs a few
+// reads of the BRIN summaries, and the window that has the row reads at most about as much
+// as the stretch before it, never every row up to the clock.
+func nextRow(ctx context.Context, tx pgx.Tx, from, to, step int64) (*int64, error) {
+	for lo, width := from, max(step, 1); lo < to; lo, width = lo+width, width*2 {
+		hi := to
+		if width < to-lo {
+			hi = lo + width
+		}
+		var next *int64
+		if err := tx.QueryRow(ctx, nextRowSQL, lo, hi).Scan(&next); err != nil {
+			return nil, err
+		}
+		if next != nil {
+			return next, nil
+		}
+	}
+	return nil, nil
+}
 
 // stepResult says what one fold did.
 type stepResult struct {
@@ -126,8 +153,9 @@ func foldStep(ctx context.Context, pool *pgxpool.Pool, d Definitions, now, lag, 
 			w = *st.Watermark
 		} else {
 			// Start at the bucket of the oldest raw row, or at the limit when there is none.
+			// One unbounded scan per (re)build, which folds every row anyway.
 			var first *int64
-			if err := tx.QueryRow(ctx, nextRowSQL, int64(0)).Scan(&first); err != nil {
+			if err := tx.QueryRow(ctx, nextRowSQL, int64(0), int64(openEnd)).Scan(&first); err != nil {
 				return fmt.Errorf("find the oldest raw row: %w", err)
 			}
 			w = limit
@@ -138,22 +166,31 @@ func foldStep(ctx context.Context, pool *pgxpool.Pool, d Definitions, now, lag, 
 		res.From, res.To, res.Watermark = w, w, w
 		if w < limit {
 			b := min(w+maxStep, limit)
+			// Whether [w, b) has a row stops at the first one; only an empty step looks for
+			// the next row, to skip the empty stretch. A row at or after limit + bucket moves
+			// b to limit, like no row at all: the search stops there.
+			var found bool
+			if err := tx.QueryRow(ctx, anyRowSQL, w, b).Scan(&found); err != nil {
+				return fmt.Errorf("find a raw row to fold: %w", err)
+			}
 			var next *int64
-			if err := tx.QueryRow(ctx, nextRowSQL, w).Scan(&next); err != nil {
-				return fmt.Errorf("find the next raw row: %w", err)
+			if !found {
+				if next, err = nextRow(ctx, tx, b, limit+d.BucketMs, b-w); err != nil {
+					return fmt.Errorf("find the next raw row: %w", err)
+				}
 			}
 			switch {
-			case next == nil:
-				b = limit // nothing left to fold: jump to the limit
-			case *next >= b:
-				b = min(floorDiv(*next, d.BucketMs)*d.BucketMs, limit) // skip the empty stretch
-				b = max(b, w)
-			default:
+			case found:
 				n, err := fold(ctx, tx, w, b, d)
 				if err != nil {
 					return err
 				}
 				res.Rows = n
+			case next == nil:
+				b = limit // nothing left to fold: jump to the limit
+			default:
+				b = min(floorDiv(*next, d.BucketMs)*d.BucketMs, limit) // skip the empty stretch
+				b = max(b, w)
 			}
 			res.To, res.Watermark = b, b
 		}

@@ -7,7 +7,7 @@
 // view/click/purchase) takes the same path — stored raw, then a frame with event_type
 // "legacy" in a watches topic outbox row — so the consumer is the only writer of features. The
 // module also deletes old raw events and dedup keys in bounded batches (--ingest.raw-retention,
-// --ingest.dedup-retention).
+// --ingest.dedup-retention), and keeps those tables' BRIN summaries narrow (retention.go).
 //
 // Each group commit writes one outbox row per (topic, lane) carrying its new events as frames
 // (pkg/outbox batch rows); --ingest.outbox-lanes (shared with the /reco autolog's writer, so

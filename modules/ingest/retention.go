@@ -2,8 +2,12 @@ package ingest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // retentionTables are the tables the retention loop trims, each by created_at. event_outbox is
@@ -36,8 +40,16 @@ func (m *Ingest) retentionLoop(ctx context.Context) {
 	}
 }
 
-// retentionPass deletes rows created before now minus the configured ages.
+// retentionPass deletes rows created before now minus the configured ages. It first
+// summarizes the BRIN block ranges left unsummarized (by the previous pass, see deleteBefore,
+// or not yet reached by autosummarize).
 func (m *Ingest) retentionPass(ctx context.Context, now time.Time) error {
+	for _, table := range append(rawTables[:len(rawTables):len(rawTables)], dedupTables...) {
+		if err := m.summarizeBRIN(ctx, table); err != nil {
+			m.m.retentionErrors.Inc()
+			m.deps.Log.WarnContext(ctx, "brin summarize failed, retrying next pass", "table", table, "err", err)
+		}
+	}
 	for _, g := range []struct {
 		tables []string
 		age    time.Duration
@@ -62,17 +74,106 @@ func (m *Ingest) retentionPass(ctx context.Context, now time.Time) error {
 // deleteBefore deletes rows of table created before cutoff, --ingest.retention-batch-size
 // rows per statement (short transactions, short locks, bounded WAL bursts), until a statement
 // deletes fewer rows than that. The ctid sub-select uses the BRIN index on created_at.
+//
+// The block ranges of the deleted rows are then desummarized in every BRIN index of the table.
+// Vacuum hands the freed space to new rows, and a BRIN summary only ever widens: without
+// this, a range would keep the min of its deleted rows (a month old) and gain the max of the
+// new ones, and after one retention period every range would match every query, a full
+// scan for the receive-time and created_at range scans. The next pass (or vacuum) summarizes
+// the ranges again from the rows left, once the deleted ones are dead to every snapshot;
+// until then they are read by every range scan, like the unsummarized newest ranges.
 func (m *Ingest) deleteBefore(ctx context.Context, table string, cutoff time.Time) (int64, error) {
-	q := fmt.Sprintf(`DELETE FROM %[1]s WHERE ctid = ANY(ARRAY(SELECT ctid FROM %[1]s WHERE created_at < $1 LIMIT $2))`, table)
+	q := fmt.Sprintf(`
+WITH d AS (DELETE FROM %[1]s WHERE ctid = ANY(ARRAY(SELECT ctid FROM %[1]s WHERE created_at < $1 LIMIT $2)) RETURNING ctid)
+SELECT count(*), COALESCE(array_agg(DISTINCT (ctid::text::point)[0]::bigint), '{}') FROM d`, table)
 	var total int64
 	for {
-		tag, err := m.deps.PG.Exec(ctx, q, cutoff, m.cfg.RetentionBatchSize)
-		if err != nil {
+		var n int64
+		var blocks []int64
+		if err := m.deps.PG.QueryRow(ctx, q, cutoff, m.cfg.RetentionBatchSize).Scan(&n, &blocks); err != nil {
 			return total, fmt.Errorf("delete old rows of %s: %w", table, err)
 		}
-		total += tag.RowsAffected()
-		if tag.RowsAffected() < int64(m.cfg.RetentionBatchSize) || ctx.Err() != nil {
+		total += n
+		if err := m.desummarizeBRIN(ctx, table, blocks); err != nil {
+			m.m.retentionErrors.Inc()
+			m.deps.Log.WarnContext(ctx, "brin desummarize failed", "table", table, "err", err)
+		}
+		if n < int64(m.cfg.RetentionBatchSize) || ctx.Err() != nil {
 			return total, nil
 		}
 	}
+}
+
+// brinIndexesSQL lists a table's BRIN indexes with their pages per range (default 128).
+const brinIndexesSQL = `
+SELECT c.oid::regclass::text, COALESCE((SELECT option_value::int FROM pg_options_to_table(c.reloptions) WHERE option_name = 'pages_per_range'), 128)
+FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+WHERE i.indrelid = $1::regclass AND a.amname = 'brin'`
+
+// brinLockTimeout bounds the wait for the ShareUpdateExclusiveLock that BRIN summarizing
+// takes on the table. It is below deadlock_timeout (1 s by default) on purpose: a longer wait
+// behind an autovacuum of the table would cancel that vacuum. A range that could not be
+// desummarized only stays wider than it needs to be; one left unsummarized is summarized by
+// the next pass.
+const brinLockTimeout = "200ms"
+
+// desummarizeBRIN desummarizes the block ranges holding blocks in the table's BRIN indexes.
+func (m *Ingest) desummarizeBRIN(ctx context.Context, table string, blocks []int64) error {
+	if len(blocks) == 0 {
+		return nil
+	}
+	return m.brinMaintenance(ctx, table, func(tx pgx.Tx, index string, pagesPerRange int64) error {
+		_, err := tx.Exec(ctx, `SELECT brin_desummarize_range($1::regclass, r) FROM (SELECT DISTINCT b / $2::bigint * $2::bigint AS r FROM unnest($3::bigint[]) b) s`,
+			index, pagesPerRange, blocks)
+		return err
+	})
+}
+
+// summarizeBRIN summarizes every unsummarized block range of the table's BRIN indexes.
+func (m *Ingest) summarizeBRIN(ctx context.Context, table string) error {
+	return m.brinMaintenance(ctx, table, func(tx pgx.Tx, index string, _ int64) error {
+		_, err := tx.Exec(ctx, `SELECT brin_summarize_new_values($1::regclass)`, index)
+		return err
+	})
+}
+
+// brinMaintenance runs do for each BRIN index of table in one transaction. Meeting an
+// autovacuum of the table (lock_timeout) is normal and not an error: the work is skipped.
+func (m *Ingest) brinMaintenance(ctx context.Context, table string, do func(tx pgx.Tx, index string, pagesPerRange int64) error) error {
+	err := m.brinMaintenanceTx(ctx, table, do)
+	if pe := (*pgconn.PgError)(nil); errors.As(err, &pe) && pe.Code == "55P03" /* lock_not_available */ {
+		m.deps.Log.DebugContext(ctx, "brin maintenance skipped, table busy", "table", table)
+		return nil
+	}
+	return err
+}
+
+func (m *Ingest) brinMaintenanceTx(ctx context.Context, table string, do func(tx pgx.Tx, index string, pagesPerRange int64) error) error {
+	return pgx.BeginFunc(ctx, m.deps.PG, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '"+brinLockTimeout+"'"); err != nil {
+			return fmt.Errorf("set lock_timeout: %w", err)
+		}
+		rows, err := tx.Query(ctx, brinIndexesSQL, table)
+		if err != nil {
+			return fmt.Errorf("list brin indexes of %s: %w", table, err)
+		}
+		type index struct {
+			name          string
+			pagesPerRange int64
+		}
+		indexes, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (index, error) {
+			var i index
+			err := r.Scan(&i.name, &i.pagesPerRange)
+			return i, err
+		})
+		if err != nil {
+			return fmt.Errorf("list brin indexes of %s: %w", table, err)
+		}
+		for _, i := range indexes {
+			if err := do(tx, i.name, i.pagesPerRange); err != nil {
+				return fmt.Errorf("brin index %s: %w", i.name, err)
+			}
+		}
+		return nil
+	})
 }
