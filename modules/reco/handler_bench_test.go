@@ -1,14 +1,17 @@
 package reco
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
 
 	"recsys/pkg/features"
+	"recsys/pkg/ranking"
 )
 
 // BenchmarkRecoHandler is the CPU cost of one /reco in this process (validation, snapshot
@@ -48,8 +51,8 @@ func cpuTime() time.Duration {
 
 // BenchmarkRecoHandlerWorld is BenchmarkRecoHandler on BenchmarkRecoHTTP's world (5000 users
 // with 12 watches over 2000 items, the same generator) held in memory, with every item's
-// neighbour list already cached: the process' CPU for one /reco without Redis and the
-// network, for users in turn. Deterministic enough to count instructions (callgrind), which
+// neighbour list already cached and the users' states
+// decoded: the process' CPU for one /reco without Redis and the network, for users in turn. Deterministic enough to count instructions (callgrind), which
 // the shared 2-core machine's wall clock is not:
 //
 //	GODEBUG=asyncpreemptoff=1 valgrind --tool=callgrind reco.test -test.run XXX \
@@ -73,10 +76,22 @@ func BenchmarkRecoHandlerWorld(b *testing.B) {
 	if _, err := cs.items.lists(b.Context(), all, h.r.cfg.Ranking.NeighboursPerItem, now); err != nil {
 		b.Fatal(err)
 	}
+	// The users' states as the production decode cache holds them (decoded once, shared
+	// by requests; ids interned like the cached lists'), so the loop measures the serving
+	// path, not the in-memory store's copying.
+	users := decodedUsers{}
 	reqs := make([]*http.Request, benchUsers)
 	for i := range reqs {
-		reqs[i] = httptest.NewRequest(http.MethodGet, fmt.Sprintf("/reco?user_id=load-user-%d&session_id=s&k=20&x_autolog_impressions=false", i+1), nil)
+		id := fmt.Sprintf("load-user-%d", i+1)
+		snap := h.redis.st.Snapshot(id, now, ranking.SnapshotOptions{})
+		for j := range snap.History {
+			snap.History[j].ItemID = cs.items.names.get(snap.History[j].ItemID)
+		}
+		users[id] = snap
+		reqs[i] = httptest.NewRequest(http.MethodGet, "/reco?user_id="+id+"&session_id=s&k=20&x_autolog_impressions=false", nil)
 	}
+	cs.user = users
+	runtime.GC() // the world's garbage is not the loop's
 	b.ReportAllocs()
 	b.ResetTimer()
 	cpu0 := cpuTime()
@@ -88,4 +103,13 @@ func BenchmarkRecoHandlerWorld(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
+}
+
+// decodedUsers serves users' states decoded in advance, like redisUser with its decode cache
+// on an unchanged user.
+type decodedUsers map[string]ranking.Snapshot
+
+func (u decodedUsers) Snapshot(_ context.Context, userID string, nowMs int64, _ ranking.SnapshotOptions) (ranking.Snapshot, error) {
+	d := u[userID]
+	return ranking.Snapshot{UserID: userID, NowMs: nowMs, History: d.History, Watched: d.Watched, Impressions: d.Impressions}, nil
 }

@@ -128,15 +128,21 @@ type flight struct {
 type listEntry struct {
 	at         int64 // unix ms loaded
 	n          int
-	l          []ranking.Scored    // neighbours, strongest first, decayed at load time, Stats set when known
-	st         []ranking.ItemStats // backing store of l's Stats pointers
+	l          []ranking.Scored // neighbours, strongest first, decayed at load time, Stats set when known
 	refreshing atomic.Bool
 }
 
+// statEntry is one item's statistics as last read. s is shared by every list loaded while
+// the entry is current and is never written after it is stored (a newer read stores a new
+// one): ranking reads it from concurrent requests.
+//
+// Why one copy per item rather than per list: an item is the neighbour of many items, and a
+// request ranks ~500 list entries whose statistics it reads once each. With a copy per list
+// entry those reads were scattered over megabytes (the cached lists of every item) and missed
+// the CPU caches; one copy per item keeps them in a few hundred kilobytes that stay cached.
 type statEntry struct {
-	at    int64
-	known bool
-	s     ranking.ItemStats
+	at int64
+	s  *ranking.ItemStats // nil: the item is unknown
 }
 
 // names gives each item id one string, shared by every cached list and by the decoded
@@ -284,67 +290,69 @@ func (c *itemCache) load(ctx context.Context, items []string, n int, nowMs int64
 	out := make(map[string]*listEntry, len(items))
 	for _, id := range items {
 		l := nbs[id]
-		e := &listEntry{at: at, n: n, l: l, st: make([]ranking.ItemStats, len(l))}
 		for j := range l {
 			l[j].ItemID = c.names.get(l[j].ItemID)
-			if st, ok := stats[l[j].ItemID]; ok {
-				e.st[j] = st
-				if c.prepare != nil {
-					c.prepare(&e.st[j], nowMs)
-				}
-				l[j].Stats = &e.st[j]
-			}
+			l[j].Stats = stats[l[j].ItemID] // nil when unknown
 		}
 		ranking.PrepareList(l)
-		out[id] = e
+		out[id] = &listEntry{at: at, n: n, l: l}
 	}
 	return out, nil
 }
 
-// statsOf returns the statistics of every neighbour in nbs, reading from Redis only those not
-// read within ttl (lists share many items).
-func (c *itemCache) statsOf(ctx context.Context, nbs map[string][]ranking.Scored, nowMs int64) (map[string]ranking.ItemStats, error) {
-	out := map[string]ranking.ItemStats{}
+// statsOf returns the statistics of every neighbour in nbs (absent: unknown), reading from
+// Redis only those not read within ttl (lists share many items). The statistics read are
+// prepared for the ranker at nowMs, the time they were decayed to, and then shared.
+func (c *itemCache) statsOf(ctx context.Context, nbs map[string][]ranking.Scored, nowMs int64) (map[string]*ranking.ItemStats, error) {
+	n := 0
+	for _, l := range nbs {
+		n += len(l)
+	}
+	out := make(map[string]*ranking.ItemStats, n)
 	var miss []string
-	seen := map[string]bool{}
 	oldest := time.Now().UnixMilli() - c.ttl.Milliseconds()
 	c.statsMu.Lock()
 	for _, l := range nbs {
 		for _, x := range l {
-			if seen[x.ItemID] {
+			if _, seen := out[x.ItemID]; seen {
 				continue
 			}
-			seen[x.ItemID] = true
 			if e, ok := c.stats[x.ItemID]; ok && e.at >= oldest {
-				if e.known {
-					out[x.ItemID] = e.s
-				}
+				out[x.ItemID] = e.s
 				continue
 			}
+			out[x.ItemID] = nil // seen; filled in below
 			miss = append(miss, x.ItemID)
 		}
 	}
 	c.statsMu.Unlock()
-	if len(miss) == 0 {
-		return out, nil
-	}
-	got := make(map[string]ranking.ItemStats, len(miss))
-	if err := c.r.Stats(ctx, miss, nowMs, got); err != nil {
-		return nil, err
-	}
-	at := time.Now().UnixMilli()
-	c.statsMu.Lock()
-	for _, id := range miss {
-		s, known := got[id]
-		if known {
-			out[id] = s
+	if len(miss) > 0 {
+		got := make(map[string]ranking.ItemStats, len(miss))
+		if err := c.r.Stats(ctx, miss, nowMs, got); err != nil {
+			return nil, err
 		}
-		if len(c.stats) >= c.max*cacheShards {
-			evict(c.stats)
+		at := time.Now().UnixMilli()
+		fresh := make([]ranking.ItemStats, len(miss)) // one allocation for the batch
+		for i, id := range miss {
+			s, known := got[id]
+			if !known {
+				continue
+			}
+			fresh[i] = s
+			if c.prepare != nil {
+				c.prepare(&fresh[i], nowMs)
+			}
+			out[id] = &fresh[i]
 		}
-		c.stats[id] = statEntry{at: at, known: known, s: s}
+		c.statsMu.Lock()
+		for _, id := range miss {
+			if len(c.stats) >= c.max*cacheShards {
+				evict(c.stats)
+			}
+			c.stats[id] = statEntry{at: at, s: out[id]}
+		}
+		c.statsMu.Unlock()
 	}
-	c.statsMu.Unlock()
 	return out, nil
 }
 

@@ -25,7 +25,8 @@ func (r cloningReader) Neighbours(ctx context.Context, items []string, n int, no
 }
 
 // TestItemIDsAreShared: the same item in two cached lists and in a decoded history is one
-// string (ranking then compares pointers, not bytes), and the interning is bounded.
+// string (ranking then compares pointers, not bytes), the interning is bounded, and the
+// item's statistics are one copy shared by both lists.
 func TestItemIDsAreShared(t *testing.T) {
 	m := fixture(t)
 	now := time.Now().UnixMilli()
@@ -56,6 +57,23 @@ func TestItemIDsAreShared(t *testing.T) {
 	xa, xb := find(la, "x"), find(lb, "x")
 	if unsafe.StringData(xa) != unsafe.StringData(xb) {
 		t.Fatal("the same neighbour in two lists is two strings")
+	}
+	// Its statistics are one copy too, equal to what the reader returns.
+	stats := func(l []*listEntry, id string) *ranking.ItemStats {
+		for _, x := range l[0].l {
+			if x.ItemID == id {
+				return x.Stats
+			}
+		}
+		return nil
+	}
+	sa, sb := stats(la, "x"), stats(lb, "x")
+	if sa == nil || sa != sb {
+		t.Fatalf("statistics of the same neighbour in two lists: %p and %p, want one shared copy", sa, sb)
+	}
+	want, ok := m.st.ItemStats("x", now)
+	if !ok || sa.Impressions != want.Impressions || sa.Watches != want.Watches || sa.FirstSeenMs != want.FirstSeenMs || sa.PopLong != want.PopLong {
+		t.Fatalf("shared statistics %+v, reader has %+v", *sa, want)
 	}
 	d := newDecodeCache(1 << 20)
 	d.intern = c.names.get

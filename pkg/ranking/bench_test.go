@@ -197,3 +197,70 @@ func prepareLists(r *Weighted, s *Snapshot) {
 	each(s.Popular)
 	each(s.Fresh)
 }
+
+// BenchmarkRankServingWorld ranks users in turn over a world the size of BenchmarkRecoHTTP's
+// (2000 items, each with a cached list of 50 neighbours; 5000 users with 12 history items
+// along walks of nearby items), so that, as in the server, every request reads lists that
+// are not in the CPU caches (the lists take megabytes; BenchmarkRankServing ranks one
+// snapshot whose data stays cached). Statistics are one prepared copy per item, like the
+// server's item cache and global snapshot keep them. Deterministic, for callgrind or
+// cachegrind (simulate the 2 MB L2 as the last level: --cache-sim=yes --LL=2097152,16,64).
+func BenchmarkRankServingWorld(b *testing.B) {
+	const items, users, listLen = 2000, 5000, 50
+	r := NewWeighted(DefaultConfig())
+	ids := make([]string, items)
+	stats := make([]*ItemStats, items)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("item-%04d", i)
+		stats[i] = &ItemStats{Impressions: int64(50 + i%97), Watches: int64(5 + i%13), SumPercent: float64(300 + i%500), PercentCount: int64(5 + i%7),
+			Ended: int64(i % 4), FirstSeenMs: now - int64(i)*3_600_000, PopShort: 1 / float64(1+i), PopLong: 10 / float64(1+i%500)}
+		r.Prepare(stats[i], now)
+	}
+	entry := func(i int, score float64) Scored {
+		i = (i%items + items) % items
+		return Scored{ItemID: ids[i], Score: score, Stats: stats[i]}
+	}
+	lists := make(map[string][]Scored, items)
+	for i := range ids {
+		l := make([]Scored, 0, listLen)
+		for j := 0; j < listLen; j++ {
+			if j%5 == 4 {
+				l = append(l, entry((i*7+j*31)%items/3, 40/float64(1+j))) // a popular jump
+			} else {
+				l = append(l, entry(i+(j/2+1)*(1-2*(j%2)), 40/float64(1+j)))
+			}
+		}
+		PrepareList(l)
+		lists[ids[i]] = l
+	}
+	global := func(n int, f func(j int) (int, float64)) []Scored {
+		var l []Scored
+		for j := 0; j < n; j++ {
+			i, sc := f(j)
+			l = append(l, entry(i, sc))
+		}
+		PrepareList(l)
+		return l
+	}
+	trending := global(100, func(j int) (int, float64) { return j * 3, stats[j*3].PopShort })
+	popular := global(100, func(j int) (int, float64) { return j * 5, float64(100 - j) })
+	fresh := global(50, func(j int) (int, float64) { return items - 1 - j, float64(now - int64(j)*1000) })
+	snaps := make([]Snapshot, users)
+	for u := range snaps {
+		s := Snapshot{UserID: fmt.Sprintf("user-%d", u), NowMs: now, Watched: map[string]bool{}, Neighbours: map[string][]Scored{},
+			Trending: trending, Popular: popular, Fresh: fresh}
+		item := (u * 7919) % items
+		for w := 0; w < 12; w++ {
+			item = (item + 1 + (u*w)%20) % items
+			s.History = append([]HistoryEntry{{ItemID: ids[item], TsMs: now - int64(12-w)*60_000, Quality: 0.3 + float64(w%5)/7}}, s.History...)
+			s.Watched[ids[item]] = true
+			s.Neighbours[ids[item]] = lists[ids[item]]
+		}
+		snaps[u] = s
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		_ = r.Rank(&snaps[i%users], 20)
+	}
+}

@@ -36,9 +36,42 @@ func TestIDTableMatchesMap(t *testing.T) {
 	// A wrapped generation counter must not resurrect old entries.
 	tab.reset(10)
 	tab.put("old", 7)
-	tab.gen = ^uint32(0)
+	tab.gen = maxGen
 	tab.reset(10)
 	if _, ok := tab.get("old"); ok {
 		t.Fatal("stale entry visible after the generation wrapped")
+	}
+}
+
+// TestIDTableHashCollisions: ids whose hashes collide fully (same slot, same tag) or only in
+// the slot bits stay distinct; the tag only short-cuts the key comparison.
+func TestIDTableHashCollisions(t *testing.T) {
+	var tab idTable
+	tab.reset(8)
+	const same = uint64(0xbeef)<<48 | 5
+	cases := []struct {
+		id string
+		h  uint64
+		v  int32
+	}{
+		{"item-0001", same, 1},
+		{"item-0002", same, 2},                   // same slot and tag
+		{"item-0003", uint64(0xbeee)<<48 | 5, 3}, // same slot, other tag
+		{"item-0004", same + 1, 4},               // same tag, next slot (taken by a probe above)
+		{"x", same, 5},                           // another length
+	}
+	for _, c := range cases {
+		tab.putHash(c.id, c.h, c.v)
+	}
+	for _, c := range cases {
+		if v, ok := tab.getHash(c.id, c.h); !ok || v != c.v {
+			t.Fatalf("getHash(%s) = %d,%v want %d", c.id, v, ok, c.v)
+		}
+	}
+	if _, ok := tab.getHash("item-0005", same); ok {
+		t.Fatal("an absent id with a colliding hash was found")
+	}
+	if tab.n != len(cases) {
+		t.Fatalf("%d entries, want %d", tab.n, len(cases))
 	}
 }

@@ -122,12 +122,14 @@ func (s *Snapshot) Stats(id string) (ItemStats, bool) {
 	return st, ok
 }
 
-// stats returns the statistics of a list entry: its own pointer when set, else a lookup.
-func (s *Snapshot) stats(x *Scored) (ItemStats, bool) {
+// impressionsOf returns the impressions of a list entry's item (0 when unknown) without
+// copying its statistics.
+func (s *Snapshot) impressionsOf(x *Scored) int64 {
 	if x.Stats != nil {
-		return *x.Stats, true
+		return x.Stats.Impressions
 	}
-	return s.Stats(x.ItemID)
+	st, _ := s.Stats(x.ItemID)
+	return st.Impressions
 }
 
 // SnapshotOptions says how much a Snapshot loader fetches. Config.SnapshotOptions derives it

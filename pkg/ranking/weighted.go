@@ -57,6 +57,7 @@ func (w *Weighted) Config() Config { return w.cfg }
 
 type cand struct {
 	id         string
+	h          uint64 // hashID(id)
 	covis, sim float64
 	personal   float64 // normalised covis and similar terms, weighted
 	score      float64
@@ -75,6 +76,7 @@ type scratch struct {
 	cands   []cand
 	explore []string
 	heap    []int32
+	best    []cand // scoreCandidates' best k, in order
 }
 
 var scratchPool = sync.Pool{New: func() any { return &scratch{cands: make([]cand, 0, 1024)} }}
@@ -117,14 +119,15 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 			}
 		}
 	}
-	// insert adds x at the slot a probe found free: as a candidate, or as excluded (nil).
-	insert := func(x *Scored, slot int) *cand {
+	// insert adds x, whose hash is h, at the slot a probe found free: as a candidate, or as
+	// excluded (nil).
+	insert := func(x *Scored, h uint64, slot int) *cand {
 		if !preWatched && s.Watched[x.ItemID] {
-			idx.insertAt(slot, x.ItemID, -1)
+			idx.insertAt(slot, x.ItemID, h, -1)
 			return nil
 		}
-		idx.insertAt(slot, x.ItemID, int32(len(cands)))
-		cands = append(cands, cand{id: x.ItemID, st: x.Stats})
+		idx.insertAt(slot, x.ItemID, h, int32(len(cands)))
+		cands = append(cands, cand{id: x.ItemID, h: h, st: x.Stats})
 		return &cands[len(cands)-1]
 	}
 	get := func(x *Scored) *cand {
@@ -144,13 +147,17 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 			}
 			return c
 		}
-		return insert(x, slot)
+		return insert(x, h, slot)
 	}
-	excluded := func(id string) bool {
-		if i, ok := idx.get(id); ok && i < 0 {
+	excluded := func(x *Scored) bool {
+		h := x.hash
+		if h == 0 {
+			h = hashID(x.ItemID)
+		}
+		if i, ok := idx.getHash(x.ItemID, h); ok && i < 0 {
 			return true
 		}
-		return !preWatched && s.Watched[id]
+		return !preWatched && s.Watched[x.ItemID]
 	}
 	hasPersonal := false
 	addNeighbours := func(lists map[string][]Scored, similar bool) {
@@ -198,7 +205,7 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 					if c.st == nil {
 						c.st = n.Stats
 					}
-				} else if c = insert(n, slot); c == nil {
+				} else if c = insert(n, hash, slot); c == nil {
 					continue
 				}
 				if similar {
@@ -228,7 +235,7 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 		globalsIn = true
 		// Scoring reorders cands: point the index at the current positions first.
 		for i := range cands {
-			idx.put(cands[i].id, int32(i))
+			idx.putHash(cands[i].id, cands[i].h, int32(i))
 		}
 		addList(s.Trending, cfg.TrendingN)
 		addList(s.Popular, cfg.PopularN)
@@ -272,7 +279,7 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 	for _, c := range cands[:nMain] {
 		res.Items = append(res.Items, c.id)
 		res.Scores = append(res.Scores, c.score)
-		chosen.put(c.id, 1)
+		chosen.putHash(c.id, c.h, 1)
 	}
 	var picks []string
 	if nExplore > 0 {
@@ -311,8 +318,8 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 			if len(res.Items)+len(picks) >= k {
 				break
 			}
-			if _, dup := chosen.get(c.id); !dup {
-				chosen.put(c.id, 1)
+			if _, dup := chosen.getHash(c.id, c.h); !dup {
+				chosen.putHash(c.id, c.h, 1)
 				res.Items = append(res.Items, c.id)
 				res.Scores = append(res.Scores, c.score)
 			}
@@ -409,10 +416,20 @@ func (w *Weighted) scoreCandidates(s *Snapshot, sc *scratch, cands []cand, k int
 		}
 	}
 	sc.heap = h
-	// The best k to the front (moving each struct at most once), then in order.
+	// The best k in order: popping the heap yields them worst first, comparing through
+	// indices (sorting the structs themselves copied two of them per comparison).
+	best := sc.best[:0]
 	for _, i := range h {
 		cands[i].top = true
+		best = append(best, cand{})
 	}
+	for len(h) > 0 {
+		best[len(h)-1] = cands[h[0]]
+		h[0] = h[len(h)-1]
+		h = h[:len(h)-1]
+		siftDownIdx(cands, h, 0)
+	}
+	// The best k to the front (moving each struct at most once), then overwritten in order.
 	n := 0
 	for i := range cands {
 		if cands[i].top {
@@ -422,7 +439,9 @@ func (w *Weighted) scoreCandidates(s *Snapshot, sc *scratch, cands []cand, k int
 			n++
 		}
 	}
-	slices.SortFunc(cands[:n], cmpCand)
+	copy(cands, best)
+	clear(best) // the ids and statistics belong to the caller's snapshot
+	sc.best = best[:0]
 	return nm
 }
 
@@ -534,16 +553,17 @@ func fatigue(s *Snapshot, id string, cfg *Config) float64 {
 
 // explorationPool lists fresh, under-exposed items the user has not watched, newest first, in a
 // stable order (the seed then picks from it).
-func (w *Weighted) explorationPool(pool []string, s *Snapshot, excluded func(string) bool) []string {
+func (w *Weighted) explorationPool(pool []string, s *Snapshot, excluded func(*Scored) bool) []string {
 	cfg := &w.cfg
-	for i, f := range s.Fresh {
+	for i := range s.Fresh {
 		if i >= cfg.FreshN {
 			break
 		}
-		if excluded(f.ItemID) {
+		f := &s.Fresh[i]
+		if excluded(f) {
 			continue
 		}
-		if st, ok := s.stats(&s.Fresh[i]); ok && st.Impressions >= cfg.ExplorationMaxImpressions && cfg.ExplorationMaxImpressions > 0 {
+		if cfg.ExplorationMaxImpressions > 0 && s.impressionsOf(f) >= cfg.ExplorationMaxImpressions {
 			continue
 		}
 		if len(s.Impressions) > 0 && fatigue(s, f.ItemID, cfg) > 0 {
