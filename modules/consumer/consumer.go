@@ -39,6 +39,10 @@ type Consumer struct {
 	failures   atomic.Int64
 	lastErr    atomic.Pointer[string]
 	mirror     chan mirrorJob
+	// outstanding[l] counts the jobs lane l has queued or applying; laneFree is signalled
+	// when one drops to 0, so that the next batch grows while every lane is busy.
+	outstanding []atomic.Int32
+	laneFree    chan struct{}
 }
 
 type mirrorJob struct {
@@ -100,10 +104,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 	stopCommits, commitsDone := make(chan struct{}), make(chan struct{})
 	go func() { defer close(commitsDone); c.commitLoop(ctx, r, seq, stopCommits) }()
 	jobs := make([]chan laneJob, lanes)
+	c.outstanding = make([]atomic.Int32, lanes)
+	c.laneFree = make(chan struct{}, 1)
 	var lanesDone sync.WaitGroup
 	for i := range jobs {
 		jobs[i] = make(chan laneJob, lanes)
-		lanesDone.Go(func() { c.lane(ctx, jobs[i], seq) })
+		lanesDone.Go(func() { c.lane(ctx, i, jobs[i], seq) })
 	}
 	c.log.InfoContext(ctx, "feature consumer started", "group", c.cfg.GroupID, "topics", c.topics, "max_in_flight", lanes)
 	share := make([][]*fetched, lanes)
@@ -126,6 +132,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		seq.add(g)
 		for l, sh := range share {
 			if len(sh) > 0 {
+				c.outstanding[l].Add(1)
 				jobs[l] <- laneJob{g: g, items: sh}
 				share[l] = nil
 			}
@@ -224,9 +231,16 @@ func (c *Consumer) fetch(ctx context.Context, r *kafkago.Reader, out chan<- fetc
 }
 
 // collect takes what is available until one lane's share reaches MaxBatch, lingering
-// briefly for more.
+// briefly for more; while every lane is busy it keeps taking messages until one is free
+// (the batch grows instead of queueing small ones behind the lanes).
 func (c *Consumer) collect(ctx context.Context, in <-chan fetched) ([]fetched, bool) {
-	var b []fetched
+	select {
+	case <-c.laneFree: // stale: idleness is checked below
+	default:
+	}
+	// Sized for what is already waiting: a backlog is taken without regrowing (and copying)
+	// the slice, a trickle does not allocate a full batch.
+	b := make([]fetched, 0, min(len(in)+1, c.cfg.MaxBatch*c.cfg.MaxInFlight))
 	perLane := make([]int, c.cfg.MaxInFlight)
 	full := false
 	add := func(f fetched) {
@@ -253,6 +267,16 @@ func (c *Consumer) collect(ctx context.Context, in <-chan fetched) ([]fetched, b
 			continue
 		default:
 		}
+		if !c.laneIdle() {
+			select {
+			case f := <-in:
+				add(f)
+				continue
+			case <-c.laneFree:
+			case <-ctx.Done():
+				return b, true
+			}
+		}
 		if c.cfg.Linger <= 0 {
 			break
 		}
@@ -277,7 +301,7 @@ func (c *Consumer) collect(ctx context.Context, in <-chan fetched) ([]fetched, b
 // whoever owns the partitions next.
 func (c *Consumer) process(ctx context.Context, batch []*fetched) bool {
 	c.m.batchSize.Update(float64(len(batch)))
-	b := &featurestore.Batch{}
+	b := &featurestore.Batch{Events: make([]featurestore.Event, 0, len(batch))}
 	topics := make([]string, 0, len(batch))
 	msgs := make([]*kafkago.Message, 0, len(batch))
 	now := time.Now()

@@ -138,10 +138,26 @@ func (c *Consumer) commitLoop(ctx context.Context, r *kafkago.Reader, s *sequenc
 }
 
 // lane applies its jobs in order.
-func (c *Consumer) lane(ctx context.Context, jobs <-chan laneJob, s *sequencer) {
+func (c *Consumer) lane(ctx context.Context, l int, jobs <-chan laneJob, s *sequencer) {
 	for j := range jobs {
 		s.finish(j.g, c.process(ctx, j.items))
+		if c.outstanding[l].Add(-1) == 0 {
+			select {
+			case c.laneFree <- struct{}{}:
+			default:
+			}
+		}
 	}
+}
+
+// laneIdle reports whether a lane has nothing queued or applying.
+func (c *Consumer) laneIdle() bool {
+	for i := range c.outstanding {
+		if c.outstanding[i].Load() == 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // laneOf is the lane of a user: FNV-1a, stable for the process's life, which is all the
