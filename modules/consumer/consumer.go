@@ -83,7 +83,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 	r := c.kafka.NewReader(kafka.ReaderOptions{GroupID: c.cfg.GroupID, Topics: c.topics, MaxWait: c.cfg.FetchMaxWait})
 	c.reader.Store(r)
 	lanes := c.cfg.MaxInFlight
-	in := make(chan fetched, 2*c.cfg.MaxBatch*lanes)
+	// The collector drains this while the lanes are busy (the next batch grows), so it need
+	// not scale with the lanes.
+	in := make(chan fetched, 2*c.cfg.MaxBatch)
 	fetchCtx, stopFetch := context.WithCancel(ctx)
 	fetchDone := make(chan struct{})
 	go func() { defer close(fetchDone); c.fetch(fetchCtx, r, in) }()
