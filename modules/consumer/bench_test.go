@@ -13,15 +13,23 @@ import (
 
 // BenchmarkApplyFromPrefilledTopic measures the apply rate of one consumer draining a
 // pre-filled topic pair, from its start (group join included) to the last event durable in
-// PostgreSQL. Report, don't assert:
+// PostgreSQL, with one transaction at a time and with the default --consumer.max-in-flight.
+// Report, don't assert:
 //
 //	go test ./modules/consumer -run '^$' -bench ApplyFromPrefilledTopic -benchtime 1x -count 3
 func BenchmarkApplyFromPrefilledTopic(b *testing.B) {
+	for _, inFlight := range []int{1, consumer.NewConfig().MaxInFlight} {
+		b.Run(fmt.Sprintf("in-flight=%d", inFlight), func(b *testing.B) { benchApplyFromPrefilledTopic(b, inFlight) })
+	}
+}
+
+func benchApplyFromPrefilledTopic(b *testing.B, inFlight int) {
 	n := 100_000
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		e := newEnv(b)
 		e.MaxBatch = consumer.NewConfig().MaxBatch
+		e.MaxInFlight = inFlight
 		evs := benchEvents(e, n)
 		watches := 0
 		for _, ev := range evs {
@@ -43,6 +51,12 @@ func BenchmarkApplyFromPrefilledTopic(b *testing.B) {
 		b.ReportMetric(float64(watches)/float64(n), "watch_share")
 		b.ReportMetric(counter(c.set, "recsys_consumer_apply_seconds_sum")/counter(c.set, "recsys_consumer_apply_seconds_count")*1000, "ms/tx")
 		b.ReportMetric(counter(c.set, "recsys_consumer_batch_size_sum")/counter(c.set, "recsys_consumer_batch_size_count"), "events/tx")
+		// Where a transaction's wall time goes (featurestore.Hooks.Phase): with several in
+		// flight, "write" (the list locks) includes the wait for another lane's commit.
+		for _, ph := range []string{"lock", "compute", "write", "merge", "items"} {
+			sel := `phase="` + ph + `"`
+			b.ReportMetric(counter(c.set, "recsys_consumer_apply_phase_seconds_sum", sel)/counter(c.set, "recsys_consumer_apply_phase_seconds_count", sel)*1000, ph+"_ms/tx")
+		}
 		c.stop()
 	}
 }

@@ -37,14 +37,19 @@ type Config struct {
 	DedupRetention time.Duration
 	// DrainTimeout bounds the batch in flight at shutdown.
 	DrainTimeout time.Duration
-	Features     features.Config
+	// MaxInFlight is how many transactions apply at once. Each takes the events of a fixed
+	// share of the users (hashed), so one user's events stay in one lane, in order, while
+	// PostgreSQL works on one lane's transaction and Go on the other's. 1 applies one batch
+	// at a time.
+	MaxInFlight int
+	Features    features.Config
 }
 
 // NewConfig returns the defaults.
 func NewConfig() *Config {
 	return &Config{GroupID: "recsys-feature-consumer-v1", MaxBatch: 20000, Linger: 2 * time.Millisecond,
 		FetchMaxWait: 100 * time.Millisecond, RetryBackoff: 100 * time.Millisecond, RetryMaxBackoff: 30 * time.Second,
-		UnreadyAfter: 5, HealInterval: time.Second, DedupRetention: 14 * 24 * time.Hour, DrainTimeout: 15 * time.Second,
+		UnreadyAfter: 5, HealInterval: time.Second, DedupRetention: 14 * 24 * time.Hour, DrainTimeout: 15 * time.Second, MaxInFlight: 2,
 		Features: features.DefaultConfig()}
 }
 
@@ -61,6 +66,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.HealInterval, "consumer.heal-interval", c.HealInterval, "how often the Redis copy is checked (repopulated when empty) and failed Redis writes are redone")
 	fs.DurationVar(&c.DedupRetention, "consumer.dedup-retention", c.DedupRetention, "how long applied event ids are remembered (must exceed Kafka retention and replay horizons)")
 	fs.DurationVar(&c.DrainTimeout, "consumer.drain-timeout", c.DrainTimeout, "longest wait for the batch in flight at shutdown")
+	fs.IntVar(&c.MaxInFlight, "consumer.max-in-flight", c.MaxInFlight, "most transactions applying at once, each on its own share of the users (1: one batch at a time)")
 	c.Features.RegisterFlags(fs, "consumer.features.")
 	flagenv.Alias(fs, "consumer.group-id", "FEATURE_CONSUMER_GROUP_ID")
 	flagenv.Alias(fs, "consumer.client-id", "FEATURE_CONSUMER_CLIENT_ID")
@@ -101,6 +107,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DedupRetention < time.Hour {
 		errs = append(errs, fmt.Errorf("--consumer.dedup-retention must be >= 1h, got %s", c.DedupRetention))
+	}
+	if c.MaxInFlight < 1 || c.MaxInFlight > 16 {
+		errs = append(errs, fmt.Errorf("--consumer.max-in-flight must be between 1 and 16, got %d", c.MaxInFlight))
 	}
 	if c.DrainTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--consumer.drain-timeout must be > 0, got %s", c.DrainTimeout))

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -38,6 +39,10 @@ type Consumer struct {
 	failures   atomic.Int64
 	lastErr    atomic.Pointer[string]
 	mirror     chan mirrorJob
+	// outstanding[l] counts the jobs lane l has queued or applying; laneFree is signalled
+	// when one drops to 0, so that the next batch grows while every lane is busy.
+	outstanding []atomic.Int32
+	laneFree    chan struct{}
 }
 
 type mirrorJob struct {
@@ -63,10 +68,11 @@ func newConsumer(cfg *Config, d infra.Deps) *Consumer {
 
 // fetched is one message with its decoding outcome.
 type fetched struct {
-	msg kafkago.Message
-	ev  featurestore.Event
-	at  time.Time // when the reader returned it
-	err error
+	msg  kafkago.Message
+	ev   featurestore.Event
+	at   time.Time // when the reader returned it
+	err  error
+	lane int // laneOf the event's user (poison messages: 0)
 }
 
 // Run consumes until ctx is cancelled; the batch in flight is finished and committed.
@@ -76,6 +82,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 	r := c.kafka.NewReader(kafka.ReaderOptions{GroupID: c.cfg.GroupID, Topics: c.topics, MaxWait: c.cfg.FetchMaxWait})
 	c.reader.Store(r)
+	lanes := c.cfg.MaxInFlight
+	// The collector drains this while the lanes are busy (the next batch grows), so it need
+	// not scale with the lanes.
 	in := make(chan fetched, 2*c.cfg.MaxBatch)
 	fetchCtx, stopFetch := context.WithCancel(ctx)
 	fetchDone := make(chan struct{})
@@ -85,7 +94,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	// Redis is written by its own goroutine so the next PostgreSQL transaction overlaps the
 	// previous batch's Redis write (Redis merges are order-independent); the small buffer is
 	// the backpressure.
-	c.mirror = make(chan mirrorJob, 2)
+	c.mirror = make(chan mirrorJob, 2*lanes)
 	mirrorDone := make(chan struct{})
 	go func() {
 		defer close(mirrorDone)
@@ -93,16 +102,53 @@ func (c *Consumer) Run(ctx context.Context) error {
 			c.writeRedis(ctx, j.b, j.a)
 		}
 	}()
-	c.log.InfoContext(ctx, "feature consumer started", "group", c.cfg.GroupID, "topics", c.topics)
+	seq := newSequencer(lanes)
+	stopCommits, commitsDone := make(chan struct{}), make(chan struct{})
+	go func() { defer close(commitsDone); c.commitLoop(ctx, r, seq, stopCommits) }()
+	jobs := make([]chan laneJob, lanes)
+	c.outstanding = make([]atomic.Int32, lanes)
+	c.laneFree = make(chan struct{}, 1)
+	var lanesDone sync.WaitGroup
+	for i := range jobs {
+		jobs[i] = make(chan laneJob, lanes)
+		lanesDone.Go(func() { c.lane(ctx, i, jobs[i], seq) })
+	}
+	c.log.InfoContext(ctx, "feature consumer started", "group", c.cfg.GroupID, "topics", c.topics, "max_in_flight", lanes)
+	share := make([][]*fetched, lanes)
 	for {
+		seq.reserve()
 		batch, ok := c.collect(ctx, in)
 		if !ok {
+			seq.unreserve()
 			break
 		}
-		c.process(ctx, r, batch)
+		g := &group{batch: batch}
+		for i := range batch {
+			share[batch[i].lane] = append(share[batch[i].lane], &batch[i])
+		}
+		for _, sh := range share {
+			if len(sh) > 0 {
+				g.pending++
+			}
+		}
+		seq.add(g)
+		for l, sh := range share {
+			if len(sh) > 0 {
+				c.outstanding[l].Add(1)
+				jobs[l] <- laneJob{g: g, items: sh}
+				share[l] = nil
+			}
+		}
 	}
 	stopFetch()
 	<-fetchDone
+	for _, j := range jobs {
+		close(j)
+	}
+	lanesDone.Wait()
+	// Flush: whatever the lanes applied before stopping is committed.
+	close(stopCommits)
+	<-commitsDone
 	close(c.mirror)
 	<-mirrorDone
 	<-healDone
@@ -175,6 +221,9 @@ func (c *Consumer) fetch(ctx context.Context, r *kafkago.Reader, out chan<- fetc
 		c.joined.Store(true)
 		f := fetched{msg: m, at: time.Now()}
 		f.ev, f.err = featurestore.Decode(header(&m, events.HeaderEventType), header(&m, events.HeaderSchemaVersion), m.Value)
+		if f.err == nil {
+			f.lane = laneOf(f.ev.UserID, c.cfg.MaxInFlight)
+		}
 		select {
 		case out <- f:
 		case <-ctx.Done():
@@ -183,12 +232,27 @@ func (c *Consumer) fetch(ctx context.Context, r *kafkago.Reader, out chan<- fetc
 	}
 }
 
-// collect takes what is available up to MaxBatch, lingering briefly for more.
+// collect takes what is available until one lane's share reaches MaxBatch, lingering
+// briefly for more; while every lane is busy it keeps taking messages until one is free
+// (the batch grows instead of queueing small ones behind the lanes).
 func (c *Consumer) collect(ctx context.Context, in <-chan fetched) ([]fetched, bool) {
-	var b []fetched
+	select {
+	case <-c.laneFree: // stale: idleness is checked below
+	default:
+	}
+	// Sized for what is already waiting: a backlog is taken without regrowing (and copying)
+	// the slice, a trickle does not allocate a full batch.
+	b := make([]fetched, 0, min(len(in)+1, c.cfg.MaxBatch*c.cfg.MaxInFlight))
+	perLane := make([]int, c.cfg.MaxInFlight)
+	full := false
+	add := func(f fetched) {
+		b = append(b, f)
+		perLane[f.lane]++
+		full = perLane[f.lane] >= c.cfg.MaxBatch
+	}
 	select {
 	case f := <-in:
-		b = append(b, f)
+		add(f)
 	case <-ctx.Done():
 		return nil, false
 	}
@@ -198,12 +262,22 @@ func (c *Consumer) collect(ctx context.Context, in <-chan fetched) ([]fetched, b
 			timer.Stop()
 		}
 	}()
-	for len(b) < c.cfg.MaxBatch {
+	for !full {
 		select {
 		case f := <-in:
-			b = append(b, f)
+			add(f)
 			continue
 		default:
+		}
+		if !c.laneIdle() {
+			select {
+			case f := <-in:
+				add(f)
+				continue
+			case <-c.laneFree:
+			case <-ctx.Done():
+				return b, true
+			}
 		}
 		if c.cfg.Linger <= 0 {
 			break
@@ -213,7 +287,7 @@ func (c *Consumer) collect(ctx context.Context, in <-chan fetched) ([]fetched, b
 		}
 		select {
 		case f := <-in:
-			b = append(b, f)
+			add(f)
 		case <-timer.C:
 			return b, true
 		case <-ctx.Done():
@@ -223,19 +297,19 @@ func (c *Consumer) collect(ctx context.Context, in <-chan fetched) ([]fetched, b
 	return b, true
 }
 
-// process applies one batch (retrying transient errors), mirrors it into Redis and commits
-// the offsets. When ctx ends during retries it returns without committing: the messages are
-// redelivered to whoever owns the partitions next.
-func (c *Consumer) process(ctx context.Context, r *kafkago.Reader, batch []fetched) {
+// process applies one lane's share of a batch (retrying transient errors) and hands it to
+// the Redis mirror. It reports false when ctx ended before the share was applied: its
+// offsets (and every later one) must then not be committed, the messages are redelivered to
+// whoever owns the partitions next.
+func (c *Consumer) process(ctx context.Context, batch []*fetched) bool {
 	c.m.batchSize.Update(float64(len(batch)))
-	b := &featurestore.Batch{}
+	b := &featurestore.Batch{Events: make([]featurestore.Event, 0, len(batch))}
 	topics := make([]string, 0, len(batch))
 	msgs := make([]*kafkago.Message, 0, len(batch))
 	now := time.Now()
 	var lagTopic string
 	var lag *metrics.PrometheusHistogram // looked up (a formatted name) per topic run, not per message
-	for i := range batch {
-		f := &batch[i]
+	for _, f := range batch {
 		if lag == nil || f.msg.Topic != lagTopic {
 			lagTopic, lag = f.msg.Topic, c.m.eventLag(f.msg.Topic)
 		}
@@ -260,17 +334,15 @@ func (c *Consumer) process(ctx context.Context, r *kafkago.Reader, batch []fetch
 	}
 	a, ok := c.applyWithRetry(ctx, b, msgs)
 	if !ok {
-		return
+		// A data-error batch whose DLQ entries could not be stored also lands here; as
+		// before, only a shutdown keeps its offsets (and later ones) uncommitted.
+		return ctx.Err() == nil
 	}
 	if a != nil {
 		c.account(ctx, b, topics, a)
-	}
-	// The Redis write goes first: it only needs the PostgreSQL commit (the journal covers a
-	// crash before it lands), so the offset commit's round trip stays off the freshness path.
-	if a != nil {
 		c.mirror <- mirrorJob{b: b, a: a}
 	}
-	c.commit(ctx, r, batch)
+	return true
 }
 
 // attemptCtx detaches an attempt from shutdown (a batch in flight finishes) but bounds it.
@@ -434,26 +506,14 @@ func (c *Consumer) writeRedis(ctx context.Context, b *featurestore.Batch, a *fea
 	}
 }
 
-// commit commits the last offset of each partition of the batch and updates the lag gauges.
-// A failed commit only means redelivery, which the dedup record absorbs.
-func (c *Consumer) commit(ctx context.Context, r *kafkago.Reader, batch []fetched) {
-	last := map[string]map[int]kafkago.Message{}
-	for _, f := range batch {
-		p := last[f.msg.Topic]
-		if p == nil {
-			p = map[int]kafkago.Message{}
-			last[f.msg.Topic] = p
-		}
-		if m, ok := p[f.msg.Partition]; !ok || f.msg.Offset > m.Offset {
-			p[f.msg.Partition] = f.msg
-		}
+// commit commits the last applied offset of each partition (msgs) and updates the lag
+// gauges. A failed commit only means redelivery, which the dedup record absorbs.
+func (c *Consumer) commit(ctx context.Context, r *kafkago.Reader, msgs []kafkago.Message) {
+	if len(msgs) == 0 {
+		return
 	}
-	msgs := make([]kafkago.Message, 0, 8)
-	for topic, parts := range last {
-		for part, m := range parts {
-			msgs = append(msgs, m)
-			c.m.partitionLag(topic, part, max(m.HighWaterMark-m.Offset-1, 0))
-		}
+	for _, m := range msgs {
+		c.m.partitionLag(m.Topic, m.Partition, max(m.HighWaterMark-m.Offset-1, 0))
 	}
 	cctx, cancel := c.attemptCtx(ctx)
 	defer cancel()

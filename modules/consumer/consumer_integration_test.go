@@ -376,3 +376,86 @@ func TestOutagesRetryWithoutDLQ(t *testing.T) {
 		return pending <= 1
 	})
 }
+
+// Two lanes applying at once (--consumer.max-in-flight 2), small batches and few users, so
+// every user has events in many consecutive batches in flight: each user's history in
+// PostgreSQL and Redis is the one an in-order rebuild from the raw events gives.
+func TestInFlightBatchesKeepEachUsersOrder(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.MaxBatch, e.MaxInFlight = 40, 2
+	evs := e.generate(10, 4000)
+	e.insertRaw(t, evs)
+	e.produce(t, evs)
+	c := e.startConsumer(t)
+	e.waitApplied(t, len(evs), 120*time.Second)
+	if n := counter(c.set, "recsys_consumer_batch_size_count"); n < 2*float64(len(evs))/float64(2*e.MaxBatch) {
+		t.Errorf("%v transactions for %d events in batches of at most 2x%d: the lanes did not split the batches", n, len(evs), e.MaxBatch)
+	}
+	c.stop()
+	now := e.start
+	got := e.tables(t, now)
+	if !e.redisMatchesPG(t, usersOf(evs), now, true) {
+		t.Error("redis copy differs from postgres")
+	}
+	fstest.EqualTables(t, e.rebuilt(t, now), got)
+}
+
+// A transient failure of one transaction (PostgreSQL refuses one event's dedup row twice,
+// as a serialization failure) while later batches of the same users are in flight: the
+// failed batch is retried before any later event of its users applies, so the final state
+// is still the in-order rebuild, and nothing reaches the DLQ.
+func TestFailedBatchKeepsLaterBatchesOfItsUsersBack(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.MaxBatch, e.MaxInFlight = 30, 2
+	evs := e.generate(11, 3000)
+	// The victim: an event in the first third whose user has many events after it.
+	victim := evs[len(evs)/4]
+	later := 0
+	for _, ev := range evs[len(evs)/4+1:] {
+		if ev.User() == victim.User() {
+			later++
+		}
+	}
+	if later < 10 {
+		t.Fatalf("victim user %s has only %d later events", victim.User(), later)
+	}
+	ctx := context.Background()
+	// nextval is not rolled back with the failing transaction: the event fails exactly twice.
+	if _, err := e.pool.Exec(ctx, `CREATE SEQUENCE test_failures;
+CREATE FUNCTION test_fail_twice() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.event_id = '`+victim.ID()+`' AND nextval('test_failures') <= 2 THEN
+    RAISE EXCEPTION 'injected failure' USING ERRCODE = '40001';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER test_fail_twice BEFORE INSERT ON feature_applied FOR EACH ROW EXECUTE FUNCTION test_fail_twice();`); err != nil {
+		t.Fatal(err)
+	}
+	e.insertRaw(t, evs)
+	e.produce(t, evs)
+	c := e.startConsumer(t)
+	e.waitApplied(t, len(evs), 120*time.Second)
+	if n := counter(c.set, "recsys_consumer_batch_retries_total"); n < 2 {
+		t.Fatalf("%v retries: the injected failure did not happen", n)
+	}
+	c.stop()
+	var dlq int
+	if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM feature_dlq`).Scan(&dlq); err != nil {
+		t.Fatal(err)
+	}
+	if dlq != 0 {
+		t.Errorf("%d events sent to the dlq by a transient error", dlq)
+	}
+	if _, err := e.pool.Exec(ctx, `DROP TRIGGER test_fail_twice ON feature_applied`); err != nil {
+		t.Fatal(err)
+	}
+	now := e.start
+	got := e.tables(t, now)
+	if !e.redisMatchesPG(t, usersOf(evs), now, true) {
+		t.Error("redis copy differs from postgres")
+	}
+	fstest.EqualTables(t, e.rebuilt(t, now), got)
+}

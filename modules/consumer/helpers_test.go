@@ -41,6 +41,7 @@ type env struct {
 	Brokers                      []string
 	TopicImp, TopicWatch         string
 	MaxBatch                     int
+	MaxInFlight                  int // 0: the default
 
 	pool      *pgxpool.Pool
 	rd        rueidis.Client
@@ -132,6 +133,9 @@ func (e *env) config() *consumer.Config {
 	c := consumer.NewConfig()
 	c.GroupID = e.Group
 	c.MaxBatch = e.MaxBatch
+	if e.MaxInFlight > 0 {
+		c.MaxInFlight = e.MaxInFlight
+	}
 	c.HealInterval = 200 * time.Millisecond
 	c.RetryMaxBackoff = 2 * time.Second
 	c.Features = e.fcfg

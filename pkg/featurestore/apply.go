@@ -253,31 +253,7 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 	}
 
 	p := &pipeline{}
-	// The co-visitation lists the batch touches, locked in item order (after the users, as
-	// every consumer does, so two never deadlock). Missing rows are created empty first so
-	// that a concurrent consumer creating the same list serialises on the row.
 	listIDs := sortedKeys(lists)
-	if len(listIDs) > 0 {
-		p.exec("create co-visitation lists", `INSERT INTO feature_neighbours (item_id, neighbours) SELECT unnest($1::text[]), '' ON CONFLICT DO NOTHING`, listIDs)
-		p.query(func(rows pgx.Rows) error {
-			var id string
-			var blob pgtype.DriverBytes // valid until the next row: load copies it once
-			_, err := pgx.ForEachRow(rows, []any{&id, &blob}, func() error {
-				n := lists[id]
-				if n == nil {
-					return fmt.Errorf("unexpected neighbour list %q", id)
-				}
-				if err := n.load(blob); err != nil {
-					return fmt.Errorf("item %q: %w", id, err)
-				}
-				return nil
-			})
-			if err != nil {
-				return fmt.Errorf("lock co-visitation lists: %w", err)
-			}
-			return nil
-		}, `SELECT item_id, neighbours FROM feature_neighbours WHERE item_id = ANY($1) ORDER BY item_id FOR UPDATE`, listIDs)
-	}
 	userIDs := sortedKeys(changed)
 	if len(userIDs) > 0 {
 		hs, ws, is := make([]string, len(userIDs)), make([]string, len(userIDs)), make([]string, len(userIDs))
@@ -346,6 +322,32 @@ RETURNING u.user_id, u.version`, userIDs, hs, ws, is)
 	}()
 	if len(written) > 0 {
 		p.exec("clear redis journal", `DELETE FROM feature_redis_pending WHERE id = ANY($1)`, written)
+	}
+	// The co-visitation lists the batch touches, locked in item order (after the users, as
+	// every consumer does, so two never deadlock). Missing rows are created empty first so
+	// that a concurrent consumer creating the same list serialises on the row. They are
+	// locked last in this round trip so that the user writes before them run while another
+	// transaction (of another consumer or lane) still holds the lists they share.
+	if len(listIDs) > 0 {
+		p.exec("create co-visitation lists", `INSERT INTO feature_neighbours (item_id, neighbours) SELECT unnest($1::text[]), '' ON CONFLICT DO NOTHING`, listIDs)
+		p.query(func(rows pgx.Rows) error {
+			var id string
+			var blob pgtype.DriverBytes // valid until the next row: load copies it once
+			_, err := pgx.ForEachRow(rows, []any{&id, &blob}, func() error {
+				n := lists[id]
+				if n == nil {
+					return fmt.Errorf("unexpected neighbour list %q", id)
+				}
+				if err := n.load(blob); err != nil {
+					return fmt.Errorf("item %q: %w", id, err)
+				}
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("lock co-visitation lists: %w", err)
+			}
+			return nil
+		}, `SELECT item_id, neighbours FROM feature_neighbours WHERE item_id = ANY($1) ORDER BY item_id FOR UPDATE`, listIDs)
 	}
 	s.phase("compute", &t0)
 	if len(listIDs) > 0 {
