@@ -69,6 +69,20 @@ type parseMem struct {
 	// objects (a batch of 500 watches has ~1,000 objects) instead of two each.
 	kidSlabs slabs[node]
 	keySlabs slabs[string]
+	// Scratch of DecodeBatch: the kind of each element and the set of event_ids seen.
+	kinds []Kind
+	ids   map[string]struct{}
+}
+
+// maxPooledIDs bounds the id set a pooled parseMem keeps (a default-limit batch's worth).
+const maxPooledIDs = DefaultMaxBatchSize
+
+// batchIDs returns the empty id set of a batch, reused from parse to parse.
+func (m *parseMem) batchIDs() map[string]struct{} {
+	if m.ids == nil {
+		m.ids = make(map[string]struct{}, 512)
+	}
+	return m.ids
 }
 
 // slabs hands out slices of fixed-size slabs, reused once released.
@@ -137,6 +151,13 @@ func (m *parseMem) release() {
 	clear(m.kids[:cap(m.kids)])
 	clear(m.keys[:cap(m.keys)])
 	m.kids, m.keys = m.kids[:0], m.keys[:0]
+	clear(m.kinds[:cap(m.kinds)])
+	m.kinds = m.kinds[:0]
+	if len(m.ids) > maxPooledIDs {
+		m.ids = nil // a map keeps its size once grown
+	} else {
+		clear(m.ids) // drops the keys, strings of the finished body
+	}
 	parseMems.Put(m)
 }
 

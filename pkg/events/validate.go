@@ -58,6 +58,11 @@ type checker struct {
 	lim    Limits
 	nowMs  int64
 	mem    *parseMem // the tree's memory (request decoding), released when decoding ends
+	// Preallocated events and contexts of a batch (planBatch), taken from the front; the
+	// decoders allocate one by one when these run out or were never planned.
+	watches     []watchAlloc
+	impressions []Impression
+	contexts    []contextAlloc
 }
 
 func (c *checker) at(field any) []any {
