@@ -10,8 +10,13 @@ import (
 // The request decoders parse JSON with this small parser instead of encoding/json because
 // the contract wants pydantic's error list: every bad field at once, each with its location,
 // and unknown keys reported by name. encoding/json stops at the first problem and cannot say
-// where it was. The parser builds a light tree over the body (strings are substrings of the
-// body unless they hold escapes), so it costs one pass and few allocations.
+// where it was. The parser builds a light tree over the body in one pass.
+//
+// The tree holds no pointers: a node names its strings by offsets into the body (or into the
+// few unescaped strings) and its members by their place in one array. A tree of pointers
+// (strings and slices, 88 bytes a node) had to be copied and cleared under the collector's
+// write barriers, which on /log/batch cost as much as the parse itself; a pointer-free tree
+// (36 bytes a node) is moved with plain memmove, never scanned, and reused without clearing.
 
 type jsonKind uint8
 
@@ -24,15 +29,19 @@ const (
 	jObject
 )
 
-// node is one parsed JSON value. raw is its source text (used as the "input" of an error).
-// For strings str is the unescaped value; for numbers it is the token text.
+// node is one parsed JSON value, read through its tree (parseMem's str, key, raw and kids).
 type node struct {
 	kind jsonKind
 	b    bool
-	str  string
-	raw  string
-	keys []string // object keys, in order (duplicates kept; the last one wins on lookup)
-	kids []node   // object values or array elements
+	esc  bool // the string has escapes: its value is escs[s0]
+	kesc bool // the same for the member's key
+	// The member's key (objects' members only): src[k0:k1], or escs[k0] when kesc.
+	k0, k1 int32
+	// Strings: the unescaped value src[s0:s1] (or escs[s0]); numbers: the token.
+	s0, s1 int32
+	r0, r1 int32 // the value's source text (the "input" of an error)
+	// Containers: the members are tree[kid0 : kid0+nkid].
+	kid0, nkid int32
 }
 
 // maxDepth bounds nesting so a body of 4 MiB of '[' cannot exhaust the stack; the deepest
@@ -53,22 +62,17 @@ type parser struct {
 	*parseMem
 }
 
-// parseMem is the memory a parse works in, reused from parse to parse (parseMems): the tree
-// of a 500-watch batch is ~7,000 nodes (~600 KB), and allocating it afresh for every body
-// was half of the bytes the API allocated on /log/batch, which the collector then had to
-// scan and free. A tree lives only while its body is decoded (decoded events hold strings
-// of the body, never nodes), so the decoders release its memory when they return.
+// parseMem is the memory a parse works in, reused from parse to parse (parseMems), and the
+// tree it holds. A tree lives only while its body is decoded (decoded events hold strings of
+// the body, never nodes), so the decoders release its memory when they return.
 type parseMem struct {
-	// Stacks of the members being parsed: a container pushes its members here and, when it
-	// closes, copies them into slices of the exact size and pops them. One growing buffer
-	// per body instead of a 16-slot guess per object (1.6 KB for a one-field context) and
-	// repeated doubling for a 500-event array.
-	kids []node
-	keys []string
-	// Slabs the closed containers' slices are cut from: one allocation for many small
-	// objects (a batch of 500 watches has ~1,000 objects) instead of two each.
-	kidSlabs slabs[node]
-	keySlabs slabs[string]
+	src string // the body the tree's offsets refer to
+	// tree holds the members of every closed container, each container's contiguously.
+	tree []node
+	// stack holds the members of the containers being parsed; a container moves its
+	// members to tree when it closes.
+	stack []node
+	escs  []string // strings with escapes, unescaped
 	// Scratch of DecodeBatch: the kind of each element and the set of event_ids seen.
 	kinds []Kind
 	ids   map[string]struct{}
@@ -76,6 +80,9 @@ type parseMem struct {
 
 // maxPooledIDs bounds the id set a pooled parseMem keeps (a default-limit batch's worth).
 const maxPooledIDs = DefaultMaxBatchSize
+
+// maxPooledNodes bounds the tree a pooled parseMem keeps (~2.3 MB, a 4,000-watch body).
+const maxPooledNodes = 1 << 16
 
 // batchIDs returns the empty id set of a batch, reused from parse to parse.
 func (m *parseMem) batchIDs() map[string]struct{} {
@@ -85,72 +92,20 @@ func (m *parseMem) batchIDs() map[string]struct{} {
 	return m.ids
 }
 
-// slabs hands out slices of fixed-size slabs, reused once released.
-type slabs[T any] struct {
-	cur  []T   // the current slab
-	at   int   // slots of cur handed out
-	used [][]T // the handed-out parts of the earlier slabs of this parse
-	free [][]T // whole slabs ready for reuse
-	hint int   // slots the body likely needs: a small body gets a small slab, not pooled
-}
-
-const (
-	slabSlots = 1024 // a seventh of the nodes of a 500-watch batch
-	// maxFreeSlabs bounds the slabs one pooled parseMem keeps (a 1,000-watch batch's
-	// worth); a larger body's extra slabs are left to the collector.
-	maxFreeSlabs = 16
-)
-
 var parseMems = sync.Pool{New: func() any { return new(parseMem) }}
-
-// cut returns a slice of n fresh slots. A container larger than a slab gets its own
-// allocation, which is not reused.
-func (s *slabs[T]) cut(n int) []T {
-	if n > slabSlots {
-		return make([]T, n)
-	}
-	if s.at+n > len(s.cur) {
-		if s.cur != nil {
-			s.used = append(s.used, s.cur[:s.at])
-		}
-		if k := len(s.free); k > 0 {
-			s.cur, s.free = s.free[k-1], s.free[:k-1]
-		} else {
-			// A single watch needs ~20 nodes: a whole slab for it would cost more than the
-			// pool saves whenever the collector has emptied the pool.
-			s.cur = make([]T, max(min(s.hint, slabSlots), n))
-		}
-		s.at = 0
-	}
-	out := s.cur[s.at : s.at+n : s.at+n] // capped: an append by a reader cannot reach the next slots
-	s.at += n
-	return out
-}
-
-// reset clears every handed-out slot (a pooled slab must not keep an old body alive) and
-// makes the slabs free again.
-func (s *slabs[T]) reset() {
-	if s.cur != nil {
-		s.used = append(s.used, s.cur[:s.at])
-		s.cur, s.at = nil, 0
-	}
-	for i, u := range s.used {
-		clear(u)
-		if cap(u) == slabSlots && len(s.free) < maxFreeSlabs {
-			s.free = append(s.free, u[:cap(u)])
-		}
-		s.used[i] = nil
-	}
-	s.used = s.used[:0]
-}
 
 // release returns m to the pool; the tree parsed with it must no longer be used.
 func (m *parseMem) release() {
-	m.kidSlabs.reset()
-	m.keySlabs.reset()
-	clear(m.kids[:cap(m.kids)])
-	clear(m.keys[:cap(m.keys)])
-	m.kids, m.keys = m.kids[:0], m.keys[:0]
+	m.src = ""
+	if cap(m.tree) > maxPooledNodes {
+		m.tree = nil
+	}
+	if cap(m.stack) > maxPooledNodes {
+		m.stack = nil
+	}
+	m.tree, m.stack = m.tree[:0], m.stack[:0]
+	clear(m.escs) // strings of the finished body
+	m.escs = m.escs[:0]
 	clear(m.kinds[:cap(m.kinds)])
 	m.kinds = m.kinds[:0]
 	if len(m.ids) > maxPooledIDs {
@@ -161,15 +116,42 @@ func (m *parseMem) release() {
 	parseMems.Put(m)
 }
 
+// str returns the value of a string node or the token of a number.
+func (m *parseMem) str(n *node) string {
+	if n.esc {
+		return m.escs[n.s0]
+	}
+	return m.src[n.s0:n.s1]
+}
+
+// key returns the key of an object's member.
+func (m *parseMem) key(n *node) string {
+	if n.kesc {
+		return m.escs[n.k0]
+	}
+	return m.src[n.k0:n.k1]
+}
+
+// raw returns the source text of n.
+func (m *parseMem) raw(n *node) string { return m.src[n.r0:n.r1] }
+
+// kids returns the members of a container (capped: nothing may append to them).
+func (m *parseMem) kids(n *node) []node {
+	return m.tree[n.kid0 : n.kid0+n.nkid : n.kid0+n.nkid]
+}
+
 // parseJSON parses one JSON document into memory of m. Invalid UTF-8 is a syntax error, as
 // in Python's json.loads on bytes, rather than encoding/json's silent U+FFFD replacement.
+// Offsets are int32: the body limit is far below 2 GiB.
 func parseJSON(s string, m *parseMem) (node, *syntaxError) {
+	m.src = s
 	if !utf8.ValidString(s) {
 		return node{}, &syntaxError{pos: firstInvalidUTF8(s), msg: "invalid UTF-8"}
 	}
+	if len(s) > 1<<31-1 {
+		return node{}, &syntaxError{pos: 0, msg: "document too large"}
+	}
 	p := parser{s: s, parseMem: m}
-	// Bytes of body per node: a compact watch event is about 25 bytes per JSON value.
-	m.kidSlabs.hint, m.keySlabs.hint = len(s)/24+8, len(s)/24+8
 	p.ws()
 	if p.i >= len(p.s) {
 		return node{}, &syntaxError{pos: p.i, msg: "expecting value"}
@@ -211,19 +193,16 @@ func (p *parser) fail(msg string) *syntaxError { return &syntaxError{pos: p.i, m
 
 // value parses the document's root value.
 func (p *parser) value() (node, *syntaxError) {
-	p.kids = append(p.kids, node{})
-	at := len(p.kids) - 1
+	at := p.push()
 	err := p.valueAt(at)
-	n := p.kids[at]
-	p.kids[at] = node{}
-	p.kids = p.kids[:at]
+	n := p.stack[at]
+	p.stack = p.stack[:at]
 	return n, err
 }
 
-// valueAt parses the value at p.i into p.kids[at], the zeroed slot its container pushed for
-// it. Building the node in place, rather than returning it (88 bytes, through the stack) and
-// copying it onto p.kids, saves two copies per value. Only at is stable: a nested container
-// may grow p.kids, so the slot is looked up again after parsing one.
+// valueAt parses the value at p.i into p.stack[at], the zeroed slot its container pushed for
+// it (the slot may already hold its key). Only at is stable: a nested container may grow
+// p.stack, so the slot is looked up again after parsing one.
 func (p *parser) valueAt(at int) *syntaxError {
 	if p.i >= len(p.s) {
 		return p.fail("expecting value")
@@ -235,12 +214,12 @@ func (p *parser) valueAt(at int) *syntaxError {
 	case c == '[':
 		return p.array(at)
 	case c == '"':
-		str, err := p.string()
+		s0, s1, esc, err := p.string()
 		if err != nil {
 			return err
 		}
-		n := &p.kids[at]
-		n.kind, n.str, n.raw = jString, str, p.s[start:p.i]
+		n := &p.stack[at]
+		n.kind, n.s0, n.s1, n.esc, n.r0, n.r1 = jString, s0, s1, esc, int32(start), int32(p.i)
 		return nil
 	case c == 't':
 		return p.literal(at, "true", jBool, true)
@@ -252,9 +231,8 @@ func (p *parser) valueAt(at int) *syntaxError {
 		if err := p.number(); err != nil {
 			return err
 		}
-		tok := p.s[start:p.i]
-		n := &p.kids[at]
-		n.kind, n.str, n.raw = jNumber, tok, tok
+		n := &p.stack[at]
+		n.kind, n.s0, n.s1, n.r0, n.r1 = jNumber, int32(start), int32(p.i), int32(start), int32(p.i)
 		return nil
 	default:
 		return p.fail("expecting value")
@@ -265,9 +243,9 @@ func (p *parser) literal(at int, word string, kind jsonKind, b bool) *syntaxErro
 	if len(p.s)-p.i < len(word) || p.s[p.i:p.i+len(word)] != word {
 		return p.fail("expecting value")
 	}
+	n := &p.stack[at]
+	n.kind, n.b, n.r0, n.r1 = kind, b, int32(p.i), int32(p.i+len(word))
 	p.i += len(word)
-	n := &p.kids[at]
-	n.kind, n.b, n.raw = kind, b, word
 	return nil
 }
 
@@ -281,8 +259,19 @@ func (p *parser) enter() *syntaxError {
 
 // push adds a zeroed slot for the next member to the stack and returns its index.
 func (p *parser) push() int {
-	p.kids = append(p.kids, node{})
-	return len(p.kids) - 1
+	p.stack = append(p.stack, node{})
+	return len(p.stack) - 1
+}
+
+// close finishes the container at p.stack[at] whose members were pushed since base: they
+// move to the tree.
+func (p *parser) close(at, base int, kind jsonKind, start int) {
+	kid0 := len(p.tree)
+	p.tree = append(p.tree, p.stack[base:]...)
+	p.stack = p.stack[:base]
+	n := &p.stack[at]
+	n.kind, n.r0, n.r1 = kind, int32(start), int32(p.i)
+	n.kid0, n.nkid = int32(kid0), int32(len(p.tree)-kid0)
 }
 
 func (p *parser) object(at int) *syntaxError {
@@ -291,13 +280,12 @@ func (p *parser) object(at int) *syntaxError {
 	}
 	start := p.i
 	p.i++ // {
-	base, keyBase := len(p.kids), len(p.keys)
+	base := len(p.stack)
 	p.ws()
 	if p.i < len(p.s) && p.s[p.i] == '}' {
 		p.i++
 		p.depth--
-		n := &p.kids[at]
-		n.kind, n.raw = jObject, p.s[start:p.i]
+		p.close(at, base, jObject, start)
 		return nil
 	}
 	for {
@@ -305,7 +293,7 @@ func (p *parser) object(at int) *syntaxError {
 		if p.i >= len(p.s) || p.s[p.i] != '"' {
 			return p.fail("expecting property name enclosed in double quotes")
 		}
-		key, err := p.string()
+		k0, k1, kesc, err := p.string()
 		if err != nil {
 			return err
 		}
@@ -315,8 +303,10 @@ func (p *parser) object(at int) *syntaxError {
 		}
 		p.i++
 		p.ws()
-		p.keys = append(p.keys, key)
-		if err := p.valueAt(p.push()); err != nil {
+		slot := p.push()
+		m := &p.stack[slot]
+		m.k0, m.k1, m.kesc = k0, k1, kesc
+		if err := p.valueAt(slot); err != nil {
 			return err
 		}
 		p.ws()
@@ -330,9 +320,7 @@ func (p *parser) object(at int) *syntaxError {
 		if p.s[p.i] == '}' {
 			p.i++
 			p.depth--
-			kids, keys := p.popKids(base), p.popKeys(keyBase)
-			n := &p.kids[at]
-			n.kind, n.raw, n.kids, n.keys = jObject, p.s[start:p.i], kids, keys
+			p.close(at, base, jObject, start)
 			return nil
 		}
 		return p.fail("expecting ',' delimiter")
@@ -345,13 +333,12 @@ func (p *parser) array(at int) *syntaxError {
 	}
 	start := p.i
 	p.i++ // [
-	base := len(p.kids)
+	base := len(p.stack)
 	p.ws()
 	if p.i < len(p.s) && p.s[p.i] == ']' {
 		p.i++
 		p.depth--
-		n := &p.kids[at]
-		n.kind, n.raw = jArray, p.s[start:p.i]
+		p.close(at, base, jArray, start)
 		return nil
 	}
 	for {
@@ -370,29 +357,11 @@ func (p *parser) array(at int) *syntaxError {
 		if p.s[p.i] == ']' {
 			p.i++
 			p.depth--
-			kids := p.popKids(base)
-			n := &p.kids[at]
-			n.kind, n.raw, n.kids = jArray, p.s[start:p.i], kids
+			p.close(at, base, jArray, start)
 			return nil
 		}
 		return p.fail("expecting ',' delimiter")
 	}
-}
-
-// popKids moves the members pushed since base into their own slice.
-func (p *parser) popKids(base int) []node {
-	out := p.kidSlabs.cut(len(p.kids) - base)
-	copy(out, p.kids[base:])
-	clear(p.kids[base:]) // drop references the stack would otherwise keep alive
-	p.kids = p.kids[:base]
-	return out
-}
-
-func (p *parser) popKeys(base int) []string {
-	out := p.keySlabs.cut(len(p.keys) - base)
-	copy(out, p.keys[base:])
-	p.keys = p.keys[:base]
-	return out
 }
 
 // number checks the JSON number grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
@@ -439,10 +408,10 @@ func (p *parser) number() *syntaxError {
 
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 
-// string reads a quoted string at p.i and returns its value. Strings without escapes are
-// returned as substrings of the input (no allocation). The scan works on locals and one
-// table load per byte: it is the parser's innermost loop.
-func (p *parser) string() (string, *syntaxError) {
+// string reads a quoted string at p.i and returns where its value is: src[s0:s1] without
+// escapes (no allocation), escs[s0] with them. The scan works on locals and one table load
+// per byte: it is the parser's innermost loop.
+func (p *parser) string() (s0, s1 int32, esc bool, err *syntaxError) {
 	s := p.s
 	start := p.i + 1 // after the opening quote
 	for i := start; i < len(s); i++ {
@@ -453,17 +422,22 @@ func (p *parser) string() (string, *syntaxError) {
 		switch {
 		case c == '"':
 			p.i = i + 1
-			return s[start:i], nil
+			return int32(start), int32(i), false, nil
 		case c == '\\':
 			p.i = i
-			return p.escapedString(start)
+			v, err := p.escapedString(start)
+			if err != nil {
+				return 0, 0, false, err
+			}
+			p.escs = append(p.escs, v)
+			return int32(len(p.escs) - 1), 0, true, nil
 		default:
 			p.i = i
-			return "", p.fail("invalid control character in string")
+			return 0, 0, false, p.fail("invalid control character in string")
 		}
 	}
 	p.i = len(s)
-	return "", p.fail("unterminated string")
+	return 0, 0, false, p.fail("unterminated string")
 }
 
 // strStop marks the bytes that end the plain part of a string: the closing quote, a

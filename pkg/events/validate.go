@@ -355,9 +355,9 @@ func Validate(ev Any) error {
 }
 
 // rawInput makes an error's "input" the value exactly as the client sent it.
-func rawInput(n *node) any {
+func (c *checker) rawInput(n *node) any {
 	if n == nil {
 		return nil
 	}
-	return json.RawMessage(n.raw)
+	return json.RawMessage(c.mem.raw(n))
 }
