@@ -208,8 +208,7 @@ func appendOptString(b []byte, key string, v *string) ([]byte, bool) {
 // ASCII without '"', '\\' and the HTML-escaped '<', '>', '&'); otherwise it reports false.
 func appendString(b []byte, s string) ([]byte, bool) {
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+		if !plainByte[s[i]] {
 			return b, false
 		}
 	}
@@ -217,6 +216,15 @@ func appendString(b []byte, s string) ([]byte, bool) {
 	b = append(b, s...)
 	return append(b, '"'), true
 }
+
+// plainByte marks the bytes appendString copies as they are: one load per byte instead of
+// seven comparisons.
+var plainByte = func() (t [256]bool) {
+	for c := 0x20; c <= 0x7e; c++ {
+		t[c] = c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
+	}
+	return t
+}()
 
 // appendFloat writes f as encoding/json does when that is plain decimal notation; exponents,
 // NaN and Inf report false.

@@ -10,8 +10,13 @@ import (
 // The request decoders parse JSON with this small parser instead of encoding/json because
 // the contract wants pydantic's error list: every bad field at once, each with its location,
 // and unknown keys reported by name. encoding/json stops at the first problem and cannot say
-// where it was. The parser builds a light tree over the body (strings are substrings of the
-// body unless they hold escapes), so it costs one pass and few allocations.
+// where it was. The parser builds a light tree over the body in one pass.
+//
+// The tree holds no pointers: a node names its strings by offsets into the body (or into the
+// few unescaped strings) and its members by their place in one array. A tree of pointers
+// (strings and slices, 88 bytes a node) had to be copied and cleared under the collector's
+// write barriers, which on /log/batch cost as much as the parse itself; a pointer-free tree
+// (36 bytes a node) is moved with plain memmove, never scanned, and reused without clearing.
 
 type jsonKind uint8
 
@@ -24,15 +29,19 @@ const (
 	jObject
 )
 
-// node is one parsed JSON value. raw is its source text (used as the "input" of an error).
-// For strings str is the unescaped value; for numbers it is the token text.
+// node is one parsed JSON value, read through its tree (parseMem's str, key, raw and kids).
 type node struct {
 	kind jsonKind
 	b    bool
-	str  string
-	raw  string
-	keys []string // object keys, in order (duplicates kept; the last one wins on lookup)
-	kids []node   // object values or array elements
+	esc  bool // the string has escapes: its value is escs[s0]
+	kesc bool // the same for the member's key
+	// The member's key (objects' members only): src[k0:k1], or escs[k0] when kesc.
+	k0, k1 int32
+	// Strings: the unescaped value src[s0:s1] (or escs[s0]); numbers: the token.
+	s0, s1 int32
+	r0, r1 int32 // the value's source text (the "input" of an error)
+	// Containers: the members are tree[kid0 : kid0+nkid].
+	kid0, nkid int32
 }
 
 // maxDepth bounds nesting so a body of 4 MiB of '[' cannot exhaust the stack; the deepest
@@ -53,102 +62,96 @@ type parser struct {
 	*parseMem
 }
 
-// parseMem is the memory a parse works in, reused from parse to parse (parseMems): the tree
-// of a 500-watch batch is ~7,000 nodes (~600 KB), and allocating it afresh for every body
-// was half of the bytes the API allocated on /log/batch, which the collector then had to
-// scan and free. A tree lives only while its body is decoded (decoded events hold strings
-// of the body, never nodes), so the decoders release its memory when they return.
+// parseMem is the memory a parse works in, reused from parse to parse (parseMems), and the
+// tree it holds. A tree lives only while its body is decoded (decoded events hold strings of
+// the body, never nodes), so the decoders release its memory when they return.
 type parseMem struct {
-	// Stacks of the members being parsed: a container pushes its members here and, when it
-	// closes, copies them into slices of the exact size and pops them. One growing buffer
-	// per body instead of a 16-slot guess per object (1.6 KB for a one-field context) and
-	// repeated doubling for a 500-event array.
-	kids []node
-	keys []string
-	// Slabs the closed containers' slices are cut from: one allocation for many small
-	// objects (a batch of 500 watches has ~1,000 objects) instead of two each.
-	kidSlabs slabs[node]
-	keySlabs slabs[string]
+	src string // the body the tree's offsets refer to
+	// tree holds the members of every closed container, each container's contiguously.
+	tree []node
+	// stack holds the members of the containers being parsed; a container moves its
+	// members to tree when it closes.
+	stack []node
+	escs  []string // strings with escapes, unescaped
+	// Scratch of DecodeBatch: the kind of each element and the set of event_ids seen.
+	kinds []Kind
+	ids   map[string]struct{}
 }
 
-// slabs hands out slices of fixed-size slabs, reused once released.
-type slabs[T any] struct {
-	cur  []T   // the current slab
-	at   int   // slots of cur handed out
-	used [][]T // the handed-out parts of the earlier slabs of this parse
-	free [][]T // whole slabs ready for reuse
-	hint int   // slots the body likely needs: a small body gets a small slab, not pooled
-}
+// maxPooledIDs bounds the id set a pooled parseMem keeps (a default-limit batch's worth).
+const maxPooledIDs = DefaultMaxBatchSize
 
-const (
-	slabSlots = 1024 // a seventh of the nodes of a 500-watch batch
-	// maxFreeSlabs bounds the slabs one pooled parseMem keeps (a 1,000-watch batch's
-	// worth); a larger body's extra slabs are left to the collector.
-	maxFreeSlabs = 16
-)
+// maxPooledNodes bounds the tree a pooled parseMem keeps (~2.3 MB, a 4,000-watch body).
+const maxPooledNodes = 1 << 16
+
+// batchIDs returns the empty id set of a batch, reused from parse to parse.
+func (m *parseMem) batchIDs() map[string]struct{} {
+	if m.ids == nil {
+		m.ids = make(map[string]struct{}, 512)
+	}
+	return m.ids
+}
 
 var parseMems = sync.Pool{New: func() any { return new(parseMem) }}
 
-// cut returns a slice of n fresh slots. A container larger than a slab gets its own
-// allocation, which is not reused.
-func (s *slabs[T]) cut(n int) []T {
-	if n > slabSlots {
-		return make([]T, n)
-	}
-	if s.at+n > len(s.cur) {
-		if s.cur != nil {
-			s.used = append(s.used, s.cur[:s.at])
-		}
-		if k := len(s.free); k > 0 {
-			s.cur, s.free = s.free[k-1], s.free[:k-1]
-		} else {
-			// A single watch needs ~20 nodes: a whole slab for it would cost more than the
-			// pool saves whenever the collector has emptied the pool.
-			s.cur = make([]T, max(min(s.hint, slabSlots), n))
-		}
-		s.at = 0
-	}
-	out := s.cur[s.at : s.at+n : s.at+n] // capped: an append by a reader cannot reach the next slots
-	s.at += n
-	return out
-}
-
-// reset clears every handed-out slot (a pooled slab must not keep an old body alive) and
-// makes the slabs free again.
-func (s *slabs[T]) reset() {
-	if s.cur != nil {
-		s.used = append(s.used, s.cur[:s.at])
-		s.cur, s.at = nil, 0
-	}
-	for i, u := range s.used {
-		clear(u)
-		if cap(u) == slabSlots && len(s.free) < maxFreeSlabs {
-			s.free = append(s.free, u[:cap(u)])
-		}
-		s.used[i] = nil
-	}
-	s.used = s.used[:0]
-}
-
 // release returns m to the pool; the tree parsed with it must no longer be used.
 func (m *parseMem) release() {
-	m.kidSlabs.reset()
-	m.keySlabs.reset()
-	clear(m.kids[:cap(m.kids)])
-	clear(m.keys[:cap(m.keys)])
-	m.kids, m.keys = m.kids[:0], m.keys[:0]
+	m.src = ""
+	if cap(m.tree) > maxPooledNodes {
+		m.tree = nil
+	}
+	if cap(m.stack) > maxPooledNodes {
+		m.stack = nil
+	}
+	m.tree, m.stack = m.tree[:0], m.stack[:0]
+	clear(m.escs) // strings of the finished body
+	m.escs = m.escs[:0]
+	clear(m.kinds[:cap(m.kinds)])
+	m.kinds = m.kinds[:0]
+	if len(m.ids) > maxPooledIDs {
+		m.ids = nil // a map keeps its size once grown
+	} else {
+		clear(m.ids) // drops the keys, strings of the finished body
+	}
 	parseMems.Put(m)
+}
+
+// str returns the value of a string node or the token of a number.
+func (m *parseMem) str(n *node) string {
+	if n.esc {
+		return m.escs[n.s0]
+	}
+	return m.src[n.s0:n.s1]
+}
+
+// key returns the key of an object's member.
+func (m *parseMem) key(n *node) string {
+	if n.kesc {
+		return m.escs[n.k0]
+	}
+	return m.src[n.k0:n.k1]
+}
+
+// raw returns the source text of n.
+func (m *parseMem) raw(n *node) string { return m.src[n.r0:n.r1] }
+
+// kids returns the members of a container (capped: nothing may append to them).
+func (m *parseMem) kids(n *node) []node {
+	return m.tree[n.kid0 : n.kid0+n.nkid : n.kid0+n.nkid]
 }
 
 // parseJSON parses one JSON document into memory of m. Invalid UTF-8 is a syntax error, as
 // in Python's json.loads on bytes, rather than encoding/json's silent U+FFFD replacement.
+// Offsets are int32: the body limit is far below 2 GiB.
 func parseJSON(s string, m *parseMem) (node, *syntaxError) {
+	m.src = s
 	if !utf8.ValidString(s) {
 		return node{}, &syntaxError{pos: firstInvalidUTF8(s), msg: "invalid UTF-8"}
 	}
+	if len(s) > 1<<31-1 {
+		return node{}, &syntaxError{pos: 0, msg: "document too large"}
+	}
 	p := parser{s: s, parseMem: m}
-	// Bytes of body per node: a compact watch event is about 25 bytes per JSON value.
-	m.kidSlabs.hint, m.keySlabs.hint = len(s)/24+8, len(s)/24+8
 	p.ws()
 	if p.i >= len(p.s) {
 		return node{}, &syntaxError{pos: p.i, msg: "expecting value"}
@@ -188,45 +191,62 @@ func (p *parser) ws() {
 
 func (p *parser) fail(msg string) *syntaxError { return &syntaxError{pos: p.i, msg: msg} }
 
+// value parses the document's root value.
 func (p *parser) value() (node, *syntaxError) {
+	at := p.push()
+	err := p.valueAt(at)
+	n := p.stack[at]
+	p.stack = p.stack[:at]
+	return n, err
+}
+
+// valueAt parses the value at p.i into p.stack[at], the zeroed slot its container pushed for
+// it (the slot may already hold its key). Only at is stable: a nested container may grow
+// p.stack, so the slot is looked up again after parsing one.
+func (p *parser) valueAt(at int) *syntaxError {
 	if p.i >= len(p.s) {
-		return node{}, p.fail("expecting value")
+		return p.fail("expecting value")
 	}
 	start := p.i
 	switch c := p.s[p.i]; {
 	case c == '{':
-		return p.object()
+		return p.object(at)
 	case c == '[':
-		return p.array()
+		return p.array(at)
 	case c == '"':
-		str, err := p.string()
+		s0, s1, esc, err := p.string()
 		if err != nil {
-			return node{}, err
+			return err
 		}
-		return node{kind: jString, str: str, raw: p.s[start:p.i]}, nil
+		n := &p.stack[at]
+		n.kind, n.s0, n.s1, n.esc, n.r0, n.r1 = jString, s0, s1, esc, int32(start), int32(p.i)
+		return nil
 	case c == 't':
-		return p.literal("true", node{kind: jBool, b: true, raw: "true"})
+		return p.literal(at, "true", jBool, true)
 	case c == 'f':
-		return p.literal("false", node{kind: jBool, raw: "false"})
+		return p.literal(at, "false", jBool, false)
 	case c == 'n':
-		return p.literal("null", node{kind: jNull, raw: "null"})
+		return p.literal(at, "null", jNull, false)
 	case c == '-' || (c >= '0' && c <= '9'):
 		if err := p.number(); err != nil {
-			return node{}, err
+			return err
 		}
-		tok := p.s[start:p.i]
-		return node{kind: jNumber, str: tok, raw: tok}, nil
+		n := &p.stack[at]
+		n.kind, n.s0, n.s1, n.r0, n.r1 = jNumber, int32(start), int32(p.i), int32(start), int32(p.i)
+		return nil
 	default:
-		return node{}, p.fail("expecting value")
+		return p.fail("expecting value")
 	}
 }
 
-func (p *parser) literal(word string, n node) (node, *syntaxError) {
+func (p *parser) literal(at int, word string, kind jsonKind, b bool) *syntaxError {
 	if len(p.s)-p.i < len(word) || p.s[p.i:p.i+len(word)] != word {
-		return node{}, p.fail("expecting value")
+		return p.fail("expecting value")
 	}
+	n := &p.stack[at]
+	n.kind, n.b, n.r0, n.r1 = kind, b, int32(p.i), int32(p.i+len(word))
 	p.i += len(word)
-	return n, nil
+	return nil
 }
 
 func (p *parser) enter() *syntaxError {
@@ -237,45 +257,61 @@ func (p *parser) enter() *syntaxError {
 	return nil
 }
 
-func (p *parser) object() (node, *syntaxError) {
+// push adds a zeroed slot for the next member to the stack and returns its index.
+func (p *parser) push() int {
+	p.stack = append(p.stack, node{})
+	return len(p.stack) - 1
+}
+
+// close finishes the container at p.stack[at] whose members were pushed since base: they
+// move to the tree.
+func (p *parser) close(at, base int, kind jsonKind, start int) {
+	kid0 := len(p.tree)
+	p.tree = append(p.tree, p.stack[base:]...)
+	p.stack = p.stack[:base]
+	n := &p.stack[at]
+	n.kind, n.r0, n.r1 = kind, int32(start), int32(p.i)
+	n.kid0, n.nkid = int32(kid0), int32(len(p.tree)-kid0)
+}
+
+func (p *parser) object(at int) *syntaxError {
 	if err := p.enter(); err != nil {
-		return node{}, err
+		return err
 	}
 	start := p.i
 	p.i++ // {
-	n := node{kind: jObject}
-	base, keyBase := len(p.kids), len(p.keys)
+	base := len(p.stack)
 	p.ws()
 	if p.i < len(p.s) && p.s[p.i] == '}' {
 		p.i++
 		p.depth--
-		n.raw = p.s[start:p.i]
-		return n, nil
+		p.close(at, base, jObject, start)
+		return nil
 	}
 	for {
 		p.ws()
 		if p.i >= len(p.s) || p.s[p.i] != '"' {
-			return node{}, p.fail("expecting property name enclosed in double quotes")
+			return p.fail("expecting property name enclosed in double quotes")
 		}
-		key, err := p.string()
+		k0, k1, kesc, err := p.string()
 		if err != nil {
-			return node{}, err
+			return err
 		}
 		p.ws()
 		if p.i >= len(p.s) || p.s[p.i] != ':' {
-			return node{}, p.fail("expecting ':' delimiter")
+			return p.fail("expecting ':' delimiter")
 		}
 		p.i++
 		p.ws()
-		v, err := p.value()
-		if err != nil {
-			return node{}, err
+		slot := p.push()
+		m := &p.stack[slot]
+		m.k0, m.k1, m.kesc = k0, k1, kesc
+		if err := p.valueAt(slot); err != nil {
+			return err
 		}
-		p.keys = append(p.keys, key)
-		p.kids = append(p.kids, v)
 		p.ws()
 		if p.i >= len(p.s) {
-			return node{}, p.fail("expecting ',' delimiter")
+			return p.fail("expecting ',' delimiter")
 		}
 		if p.s[p.i] == ',' {
 			p.i++
@@ -284,39 +320,35 @@ func (p *parser) object() (node, *syntaxError) {
 		if p.s[p.i] == '}' {
 			p.i++
 			p.depth--
-			n.raw = p.s[start:p.i]
-			n.kids, n.keys = p.popKids(base), p.popKeys(keyBase)
-			return n, nil
+			p.close(at, base, jObject, start)
+			return nil
 		}
-		return node{}, p.fail("expecting ',' delimiter")
+		return p.fail("expecting ',' delimiter")
 	}
 }
 
-func (p *parser) array() (node, *syntaxError) {
+func (p *parser) array(at int) *syntaxError {
 	if err := p.enter(); err != nil {
-		return node{}, err
+		return err
 	}
 	start := p.i
 	p.i++ // [
-	n := node{kind: jArray}
-	base := len(p.kids)
+	base := len(p.stack)
 	p.ws()
 	if p.i < len(p.s) && p.s[p.i] == ']' {
 		p.i++
 		p.depth--
-		n.raw = p.s[start:p.i]
-		return n, nil
+		p.close(at, base, jArray, start)
+		return nil
 	}
 	for {
 		p.ws()
-		v, err := p.value()
-		if err != nil {
-			return node{}, err
+		if err := p.valueAt(p.push()); err != nil {
+			return err
 		}
-		p.kids = append(p.kids, v)
 		p.ws()
 		if p.i >= len(p.s) {
-			return node{}, p.fail("expecting ',' delimiter")
+			return p.fail("expecting ',' delimiter")
 		}
 		if p.s[p.i] == ',' {
 			p.i++
@@ -325,28 +357,11 @@ func (p *parser) array() (node, *syntaxError) {
 		if p.s[p.i] == ']' {
 			p.i++
 			p.depth--
-			n.raw = p.s[start:p.i]
-			n.kids = p.popKids(base)
-			return n, nil
+			p.close(at, base, jArray, start)
+			return nil
 		}
-		return node{}, p.fail("expecting ',' delimiter")
+		return p.fail("expecting ',' delimiter")
 	}
-}
-
-// popKids moves the members pushed since base into their own slice.
-func (p *parser) popKids(base int) []node {
-	out := p.kidSlabs.cut(len(p.kids) - base)
-	copy(out, p.kids[base:])
-	clear(p.kids[base:]) // drop references the stack would otherwise keep alive
-	p.kids = p.kids[:base]
-	return out
-}
-
-func (p *parser) popKeys(base int) []string {
-	out := p.keySlabs.cut(len(p.keys) - base)
-	copy(out, p.keys[base:])
-	p.keys = p.keys[:base]
-	return out
 }
 
 // number checks the JSON number grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
@@ -393,27 +408,47 @@ func (p *parser) number() *syntaxError {
 
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 
-// string reads a quoted string at p.i and returns its value. Strings without escapes are
-// returned as substrings of the input (no allocation).
-func (p *parser) string() (string, *syntaxError) {
-	p.i++ // opening quote
-	start := p.i
-	for p.i < len(p.s) {
-		c := p.s[p.i]
+// string reads a quoted string at p.i and returns where its value is: src[s0:s1] without
+// escapes (no allocation), escs[s0] with them. The scan works on locals and one table load
+// per byte: it is the parser's innermost loop.
+func (p *parser) string() (s0, s1 int32, esc bool, err *syntaxError) {
+	s := p.s
+	start := p.i + 1 // after the opening quote
+	for i := start; i < len(s); i++ {
+		c := s[i]
+		if !strStop[c] {
+			continue
+		}
 		switch {
 		case c == '"':
-			s := p.s[start:p.i]
-			p.i++
-			return s, nil
+			p.i = i + 1
+			return int32(start), int32(i), false, nil
 		case c == '\\':
-			return p.escapedString(start)
-		case c < 0x20:
-			return "", p.fail("invalid control character in string")
+			p.i = i
+			v, err := p.escapedString(start)
+			if err != nil {
+				return 0, 0, false, err
+			}
+			p.escs = append(p.escs, v)
+			return int32(len(p.escs) - 1), 0, true, nil
+		default:
+			p.i = i
+			return 0, 0, false, p.fail("invalid control character in string")
 		}
-		p.i++
 	}
-	return "", p.fail("unterminated string")
+	p.i = len(s)
+	return 0, 0, false, p.fail("unterminated string")
 }
+
+// strStop marks the bytes that end the plain part of a string: the closing quote, a
+// backslash and the control characters JSON forbids.
+var strStop = func() (t [256]bool) {
+	for c := range 0x20 {
+		t[c] = true
+	}
+	t['"'], t['\\'] = true, true
+	return t
+}()
 
 func (p *parser) escapedString(start int) (string, *syntaxError) {
 	buf := make([]byte, 0, p.i-start+16)

@@ -58,6 +58,11 @@ type checker struct {
 	lim    Limits
 	nowMs  int64
 	mem    *parseMem // the tree's memory (request decoding), released when decoding ends
+	// Preallocated events and contexts of a batch (planBatch), taken from the front; the
+	// decoders allocate one by one when these run out or were never planned.
+	watches     []watchAlloc
+	impressions []Impression
+	contexts    []contextAlloc
 }
 
 func (c *checker) at(field any) []any {
@@ -350,9 +355,9 @@ func Validate(ev Any) error {
 }
 
 // rawInput makes an error's "input" the value exactly as the client sent it.
-func rawInput(n *node) any {
+func (c *checker) rawInput(n *node) any {
 	if n == nil {
 		return nil
 	}
-	return json.RawMessage(n.raw)
+	return json.RawMessage(c.mem.raw(n))
 }
