@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // ClaimRequest says what to claim.
@@ -72,28 +75,101 @@ func (c *Claim) NextAfter(limit int) int64 {
 	return 0
 }
 
-// claimSQL runs the claim: one statement, one round trip. The function (migration 0015)
-// holds the claim's two steps (see the package doc for why the result is safe with any number
-// of claimers):
+// The claim is one transaction in two round trips (see the package doc for why the result
+// is safe with any number of claimers):
 //
-//  1. From a window of pending rows, up to Limit due rows (and MaxEvents events) that are
-//     their unit's head or whose head is itself pending and due, locked FOR UPDATE SKIP
+//  1. BEGIN and scanLockSQL: from a window of pending rows, up to Limit due rows (and
+//     MaxEvents events) that are their unit's head or whose head is itself pending and due,
+//     locked FOR UPDATE SKIP
 //     LOCKED (rows that stopped being pending and due meanwhile are re-checked on the locked
 //     version and left out).
-//  2. In a snapshot taken after the locks of step 1 (a VOLATILE PL/pgSQL function takes one
-//     per statement), per unit: nothing of the unit is in flight and no unpublished row below
-//     the end of our run is outside it (rows another claimer holds locked, or has in flight,
-//     are unpublished in that snapshot, so two claimers can never both keep rows of one
-//     unit); the kept rows are leased under one new fencing token.
+//  2. takeSQL, then COMMIT. Its snapshot is taken after the locks of step 1 were acquired;
+//     in it, per unit, it checks that nothing of the unit is in flight and that no
+//     unpublished row below the end of our run is outside it (rows another claimer holds
+//     locked, or has in flight, are unpublished in that snapshot, so two claimers can never
+//     both keep rows of one unit), and leases the kept rows under one new fencing token.
+//     Checking and leasing in one statement saves a round trip per claim, which is most of a
+//     small claim's cost.
 //
 // The per-unit decision is made from id arrays, so every statement keeps the same cheap plan
 // whatever the planner believes about row counts (a join between CTEs it misestimates can
-// turn into a million index probes on a table without statistics). Every row also carries the
-// window's size and end (for the cursor, computed only when the claim is not full) and whether
-// the claim is full; with no row leased, one row with id 0 carries them alone.
-const claimSQL = `SELECT id, event_id, event_type, topic, msg_key, payload, schema_version, correlation_id,
-    payload_format, event_count, attempts, max_attempts, created_at, age_us, lease_token, window_rows, window_end, claim_full
-FROM outbox_claim($1, $2, $3, $4, $5, $6)`
+// turn into a million index probes on a table without statistics).
+const scanLockSQL = `
+WITH cand AS (
+    SELECT w.id, w.event_count
+    FROM (
+        SELECT id, msg_key, topic, next_attempt_at, event_count
+        FROM event_outbox
+        WHERE status = 'pending' AND id > $1
+        ORDER BY id
+        LIMIT $2
+    ) w
+    CROSS JOIN LATERAL (
+        SELECT h.id, h.status, h.next_attempt_at
+        FROM event_outbox h
+        WHERE h.msg_key = w.msg_key AND h.topic = w.topic AND h.status IN ('pending', 'publishing')
+        ORDER BY h.id
+        LIMIT 1
+    ) head
+    WHERE w.next_attempt_at <= now()
+      AND (head.id = w.id OR (head.status = 'pending' AND head.next_attempt_at <= now()))
+    ORDER BY w.id
+    LIMIT $3
+), ok AS (
+    -- The events limit: candidates in id order while the events before them are below $4,
+    -- so a claim always gets its first row however many events that row carries.
+    SELECT id FROM (SELECT id, sum(event_count) OVER (ORDER BY id) - event_count AS before FROM cand) s
+    WHERE before < $4
+)
+SELECT o.id, o.msg_key, o.topic, o.event_count
+FROM event_outbox o
+WHERE o.id = ANY(ARRAY(SELECT id FROM ok)) AND o.status = 'pending' AND o.next_attempt_at <= now()
+ORDER BY o.id
+FOR UPDATE OF o SKIP LOCKED`
+
+// windowSQL gives the window's size and end, for the cursor. It is only needed when the claim
+// came out short of Limit (the scan stops as soon as it has Limit candidates), so it rides in
+// the same round trip as the next statement.
+const windowSQL = `
+SELECT count(*), coalesce(max(id), 0)
+FROM (SELECT id FROM event_outbox WHERE status = 'pending' AND id > $1 ORDER BY id LIMIT $2) w`
+
+// takeSQL keeps, per run ($1..$5: unit, first and last id, row count), the whole run when it
+// is its unit's entire unpublished prefix up to its last id and nothing of the unit is in
+// flight, or only its first row (the unit's head) when the run's tail is interrupted; then it
+// leases the kept rows of $6 (run number $7) under one token drawn in an InitPlan, evaluated
+// once for the statement.
+const takeSQL = `
+WITH ok AS (
+    SELECT u.i, u.f, c.upto = u.n AS whole
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) WITH ORDINALITY AS u(k, t, f, l, n, i)
+    CROSS JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE e.id < u.f) AS below, count(*) AS upto,
+            -- In the select list it stays one index probe per unit: as a NOT EXISTS in
+            -- WHERE the planner may turn it into an anti-join that compares every unit
+            -- with every row in flight.
+            EXISTS (SELECT 1 FROM event_outbox p WHERE p.msg_key = u.k AND p.topic = u.t AND p.status = 'publishing') AS busy
+        FROM event_outbox e
+        WHERE e.msg_key = u.k AND e.topic = u.t AND e.status IN ('pending', 'publishing') AND e.id <= u.l
+    ) c
+    WHERE c.below = 0 AND NOT c.busy
+)
+UPDATE event_outbox
+SET status = 'publishing', attempts = attempts + 1, lease_owner = $8,
+    lease_token = (SELECT nextval('event_outbox_lease_token_seq')),
+    lease_expires_at = now() + $9 * interval '1 millisecond'
+WHERE id = ANY(ARRAY(
+    SELECT x.id FROM unnest($6::bigint[], $7::bigint[]) AS x(id, run) JOIN ok ON ok.i = x.run
+    WHERE ok.whole OR x.id = ok.f
+))
+RETURNING id, event_id, event_type, topic, msg_key, payload, schema_version, correlation_id, payload_format, event_count, attempts,
+    max_attempts, created_at, greatest((extract(epoch FROM now() - created_at) * 1000000)::bigint, 0), lease_token`
+
+type unitRun struct {
+	unit        Unit
+	first, last int64
+	ids         []int64
+}
 
 // Claim leases up to req.Limit due rows under a new fencing token. It returns a claim with no
 // rows when nothing is claimable.
@@ -114,47 +190,184 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Claim, error) {
 		maxEvents = 1 << 62
 	}
 	c := &Claim{Owner: req.Owner, ClaimedAt: time.Now(), Lease: req.Lease}
-	rows, err := s.pool.Query(ctx, claimSQL, req.After, window, req.Limit, maxEvents, req.Owner, req.Lease.Milliseconds())
+	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("claim outbox batch: %w", err)
 	}
-	defer rows.Close()
+	defer conn.Release()
+	committed := false // or rolled back on purpose
+	defer func() {
+		if !committed {
+			// A failed or empty claim: release the locks. A connection broken meanwhile is
+			// discarded by the pool when it is released.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_, _ = conn.Exec(rctx, "ROLLBACK")
+			cancel()
+		}
+	}()
+	runs, locked, events, err := scanLock(ctx, conn.Conn(), req.After, window, req.Limit, maxEvents)
+	if err != nil {
+		return nil, fmt.Errorf("claim outbox batch: %w", err)
+	}
 	var winN int64
+	if len(runs) == 0 {
+		b := &pgx.Batch{}
+		b.Queue(windowSQL, req.After, window)
+		b.Queue("ROLLBACK")
+		br := conn.SendBatch(ctx, b)
+		err := br.QueryRow().Scan(&winN, &c.WindowEnd)
+		if err == nil {
+			_, err = br.Exec()
+		}
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return nil, fmt.Errorf("claim outbox batch: window: %w", err)
+		}
+		committed = true // rolled back: nothing was locked
+		c.WindowFull = winN >= int64(window)
+		c.Blocked = winN > 0
+		return c, nil
+	}
+	c.Full = locked >= req.Limit || events >= maxEvents
+	var stats *windowStats
+	if !c.Full {
+		stats = &windowStats{after: req.After, window: window}
+	}
+	c.Rows, c.Token, err = take(ctx, conn.Conn(), runs, stats, req)
+	if err != nil {
+		return nil, fmt.Errorf("claim outbox batch: %w", err)
+	}
+	if stats != nil {
+		c.WindowFull, c.WindowEnd = stats.n >= int64(window), stats.end
+		c.Blocked = stats.n > int64(len(c.Rows))
+	} else {
+		c.Blocked = true
+	}
+	committed = true
+	sort.Slice(c.Rows, func(i, j int) bool { return c.Rows[i].ID < c.Rows[j].ID })
+	return c, nil
+}
+
+// scanLock begins the transaction and locks the candidates in one round trip, grouping the
+// locked rows into per-unit runs.
+func scanLock(ctx context.Context, conn *pgx.Conn, after int64, window, limit int, maxEvents int64) ([]*unitRun, int, int64, error) {
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	// The claim's statements are index probes per row or unit, so their estimated cost grows
+	// with the batch size; past jit_above_cost PostgreSQL would JIT-compile them, which costs
+	// tens of milliseconds and saves nothing here.
+	b.Queue("SET LOCAL jit = off")
+	b.Queue(scanLockSQL, after, window, limit, maxEvents)
+	br := conn.SendBatch(ctx, b)
+	defer br.Close()
+	for range 2 {
+		if _, err := br.Exec(); err != nil {
+			return nil, 0, 0, fmt.Errorf("begin: %w", err)
+		}
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("lock: %w", err)
+	}
+	defer rows.Close()
+	byUnit := map[Unit]*unitRun{}
+	var runs []*unitRun
+	locked, events := 0, int64(0)
+	for rows.Next() {
+		var id int64
+		var u Unit
+		var n int32
+		if err := rows.Scan(&id, &u.Key, &u.Topic, &n); err != nil {
+			return nil, 0, 0, fmt.Errorf("lock: %w", err)
+		}
+		locked++
+		events += int64(n)
+		r := byUnit[u]
+		if r == nil {
+			r = &unitRun{unit: u, first: id}
+			byUnit[u] = r
+			runs = append(runs, r)
+		}
+		r.last = id // ascending: ORDER BY id
+		r.ids = append(r.ids, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, 0, 0, fmt.Errorf("lock: %w", err)
+	}
+	return runs, locked, events, nil
+}
+
+// windowStats asks take to also read the window's size and end.
+type windowStats struct {
+	after  int64
+	window int
+	n, end int64
+}
+
+// take checks the locked runs, leases the rows it keeps and commits, in one round trip.
+func take(ctx context.Context, conn *pgx.Conn, runs []*unitRun, stats *windowStats, req ClaimRequest) ([]Row, int64, error) {
+	keys, topics := make([]string, len(runs)), make([]string, len(runs))
+	firsts, lasts, counts := make([]int64, len(runs)), make([]int64, len(runs)), make([]int64, len(runs))
+	var ids, runOf []int64
+	for i, r := range runs {
+		keys[i], topics[i], firsts[i], lasts[i], counts[i] = r.unit.Key, r.unit.Topic, r.first, r.last, int64(len(r.ids))
+		for _, id := range r.ids {
+			ids = append(ids, id)
+			runOf = append(runOf, int64(i+1))
+		}
+	}
+	b := &pgx.Batch{}
+	if stats != nil {
+		// Before takeSQL, so the rows it leases still count in the window.
+		b.Queue(windowSQL, stats.after, stats.window)
+	}
+	b.Queue(takeSQL, keys, topics, firsts, lasts, counts, ids, runOf, req.Owner, req.Lease.Milliseconds())
+	b.Queue("COMMIT")
+	br := conn.SendBatch(ctx, b)
+	defer br.Close()
+	if stats != nil {
+		if err := br.QueryRow().Scan(&stats.n, &stats.end); err != nil {
+			return nil, 0, fmt.Errorf("window: %w", err)
+		}
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return nil, 0, fmt.Errorf("lease: %w", err)
+	}
+	out := make([]Row, 0, len(ids))
+	var token int64
 	for rows.Next() {
 		var r Row
 		var correlation *string
 		var attempts, mx, count int32
 		var ageUS, tok int64
 		if err := rows.Scan(&r.ID, &r.EventID, &r.EventType, &r.Topic, &r.Key, &r.Payload, &r.SchemaVersion,
-			&correlation, &r.PayloadFormat, &count, &attempts, &mx, &r.CreatedAt, &ageUS, &tok,
-			&winN, &c.WindowEnd, &c.Full); err != nil {
-			return nil, fmt.Errorf("claim outbox batch: %w", err)
+			&correlation, &r.PayloadFormat, &count, &attempts, &mx, &r.CreatedAt, &ageUS, &tok); err != nil {
+			rows.Close()
+			return nil, 0, fmt.Errorf("lease: %w", err)
 		}
-		if r.ID == 0 {
-			continue // the statistics row of a claim that leased nothing
+		if token != 0 && tok != token {
+			rows.Close()
+			return nil, 0, fmt.Errorf("lease: rows got different fencing tokens (%d, %d)", token, tok)
 		}
-		if c.Token != 0 && tok != c.Token {
-			return nil, fmt.Errorf("claim outbox batch: rows got different fencing tokens (%d, %d)", c.Token, tok)
-		}
-		c.Token = tok
+		token = tok
 		if correlation != nil {
 			r.CorrelationID = *correlation
 		}
 		r.EventCount = int(count)
 		r.Attempts, r.MaxAttempts, r.AgeAtClaim = int(attempts), int(mx), time.Duration(ageUS)*time.Microsecond
-		c.Rows = append(c.Rows, r)
+		out = append(out, r)
 	}
+	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("claim outbox batch: %w", err)
+		return nil, 0, fmt.Errorf("lease: %w", err)
 	}
-	if c.Full {
-		c.WindowEnd = 0
-		c.Blocked = true
-	} else {
-		c.WindowFull = winN >= int64(window)
-		c.Blocked = winN > int64(len(c.Rows))
+	if _, err := br.Exec(); err != nil {
+		return nil, 0, fmt.Errorf("commit: %w", err)
 	}
-	return c, nil
+	return out, token, nil
 }
 
 // Renew extends the lease of the claim's rows that still carry its token and returns how

@@ -1,1 +1,0 @@
-DROP FUNCTION IF EXISTS outbox_claim(bigint, integer, integer, bigint, text, bigint);
