@@ -19,6 +19,9 @@
 #   RECSYS_KAFKA_VERSION  Apache Kafka version from Maven Central (default below)
 #   RECSYS_KAFKA_HEAP     JVM heap flags (default "-Xms256m -Xmx1g")
 #   RECSYS_PG_BIN         PostgreSQL bin dir (default: newest /usr/lib/postgresql/*/bin)
+#   RECSYS_PG_DURABLE     1: PostgreSQL flushes every commit (fsync, synchronous_commit and
+#                         full_page_writes on), as a production server does; default 0 trades
+#                         crash safety of the test server for speed
 set -euo pipefail
 
 # Kafka 4.4.0 is verified against segmentio/kafka-go v0.4.51 (create topic, produce
@@ -232,8 +235,12 @@ pg_start() {
 			die "pg: port $PG_PORT is in use by another process (set RECSYS_PG_PORT)"
 		fi
 		log "pg: starting on $HOST:$PG_PORT"
-		local opts="-c listen_addresses=$HOST -p $PG_PORT -k $sock -c fsync=off -c synchronous_commit=off"
-		opts+=" -c full_page_writes=off -c max_connections=300 -c shared_buffers=256MB"
+		local opts="-c listen_addresses=$HOST -p $PG_PORT -k $sock -c max_connections=300 -c shared_buffers=256MB"
+		if [[ "${RECSYS_PG_DURABLE:-0}" == 1 ]]; then
+			opts+=" -c fsync=on -c synchronous_commit=on -c full_page_writes=on"
+		else
+			opts+=" -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+		fi
 		touch "$PG_LOG" && chown postgres:postgres "$PG_LOG"
 		as_postgres "$PGBIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -o "$opts" -w -t "$PG_TIMEOUT" start >/dev/null 2>&1 9>&- ||
 			fail_with_log "pg: pg_ctl start failed or timed out after ${PG_TIMEOUT}s" "$PG_LOG"
