@@ -24,12 +24,8 @@ import (
 var errCopyConflict = errors.New("unique key met by COPY")
 
 // probeGroupsAfterDuplicate is how many COPY groups probe the stored ids first after a group
-// met one (by its probe or by a failed dedup insert).
+// met one (by its probe or by a failed dedup COPY).
 const probeGroupsAfterDuplicate = 64
-
-// dedupInsertSQL stores the new ids' dedup keys (one statement with array parameters; see
-// copyGroup for why not COPY).
-const dedupInsertSQL = `INSERT INTO event_dedup (event_id, event_type) SELECT * FROM unnest($1::text[], $2::text[])`
 
 // notifySQL queues the relay's notification of a group that skips the probe: every id of it
 // is new (or the transaction fails), so every one gets its frame in an outbox row.
@@ -47,26 +43,21 @@ WITH e AS (
 SELECT ARRAY(SELECT event_id FROM e), (SELECT count(*) FROM n)`
 
 var (
+	dedupColumns      = []string{"event_id", "event_type"}
 	impressionColumns = []string{"event_id", "user_id", "session_id", "request_id", "ts_ms", "ts", "server_received_ts_ms", "context", "positions", "item_ids", "feed_ids", "slots"}
 	watchColumns      = []string{"event_id", "user_id", "session_id", "request_id", "item_id", "watch_time_sec", "percent_watched", "ended", "playback_speed", "rebuffer_count", "ts_ms", "ts", "server_received_ts_ms", "context"}
 	legacyColumns     = []string{"event_id", "user_id", "item_id", "event_type", "ts", "ts_ms"}
 	outboxColumns     = []string{"event_id", "event_type", "topic", "msg_key", "payload", "schema_version", "max_attempts", "payload_format", "event_count"}
 )
 
-// copyGroup writes a group in one transaction: a plain insert of the new ids' dedup keys (in
-// id order, so concurrent groups meet on their keys in the same order and cannot deadlock),
-// then COPY of their raw rows and of the outbox rows holding their frames (built here from
-// the new ids). It reports, per dedup index, whether the id was new (each new id got its frame
-// in an outbox row).
+// copyGroup writes a group in one transaction: COPY of the new ids' dedup keys (in id order,
+// so concurrent groups meet on their keys in the same order and cannot deadlock), of their raw
+// rows and of the outbox rows holding their frames (built here from the new ids). It reports,
+// per dedup index, whether the id was new (each new id got its frame in an outbox row).
 //
-// The keys go in with INSERT ... SELECT over unnest, not COPY: PostgreSQL up to 16 pins the
-// table's tuple descriptor once per COPY buffer slot (up to 1000, and the small key rows fill
-// them), and its resource owner hashes identical pointers into one probe chain, so a COPY of
-// n key rows cost O(n²) there (~4 % of the backend CPU of /log/batch; PostgreSQL 17 rewrote
-// the resource owner). The statement uses one slot: 2.3 µs less backend CPU per batched
-// event. A plain insert of the keys took a quarter to a third less backend CPU than INSERT
-// ... ON CONFLICT over unnest (no speculative insertion, no sort or join in the server). Which
-// ids are new is optimistic: normally every id of a group is, and the dedup insert is the check (a
+// A plain insert of the keys took a quarter to a third less backend CPU than INSERT ... ON
+// CONFLICT over unnest (no speculative insertion, no sort or join in the server). Which ids
+// are new is optimistic: normally every id of a group is, and the dedup COPY is the check (a
 // stored id fails it on the primary key, the transaction is rolled back and the group is
 // redone by the statement, errCopyConflict). Only for probeGroupsAfterDuplicate groups after
 // a duplicate was met does a probe of the stored ids come first, so a burst of resends costs
@@ -126,6 +117,10 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (isNew []bool, err err
 	slices.SortFunc(fresh, func(x, y int32) int { return strings.Compare(b.dedupIDs[x], b.dedupIDs[y]) })
 	obRows := b.outboxRows(isNew)
 	obRow := func(e *copyEncoder, i int) { e.outboxRow(b, &obRows[i]) }
+	dedupRow := func(e *copyEncoder, j int) {
+		e.text(b.dedupIDs[fresh[j]])
+		e.text(b.dedupKinds[fresh[j]])
+	}
 	copies := []struct {
 		table   string
 		columns []string
@@ -133,6 +128,7 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (isNew []bool, err err
 		idx     []int32 // dedup index of each row; nil when every row is for new ids
 		row     func(e *copyEncoder, i int)
 	}{
+		{"event_dedup", dedupColumns, len(fresh), nil, dedupRow},
 		{"impression_events", impressionColumns, len(b.impIdx), b.impIdx, b.impressionRow},
 		{"watches", watchColumns, len(b.watIdx), b.watIdx, b.watchRow},
 		{"legacy_events", legacyColumns, len(b.legIdx), b.legIdx, b.legacyRow},
@@ -140,20 +136,6 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (isNew []bool, err err
 	}
 	enc := w.encoders.Get().(*copyEncoder)
 	defer w.putEncoder(enc)
-	if len(fresh) > 0 {
-		ids, kinds := make([]string, len(fresh)), make([]string, len(fresh))
-		for j, i := range fresh {
-			ids[j], kinds[j] = b.dedupIDs[i], b.dedupKinds[i]
-		}
-		if _, err = tx.Exec(ctx, dedupInsertSQL, ids, kinds); err != nil {
-			var pe *pgconn.PgError
-			if errors.As(err, &pe) && pe.Code == "23505" {
-				w.probeGroups.Store(probeGroupsAfterDuplicate)
-				return nil, errCopyConflict
-			}
-			return nil, fmt.Errorf("insert event_dedup: %w", err)
-		}
-	}
 	for _, c := range copies {
 		enc.reset()
 		rows := 0

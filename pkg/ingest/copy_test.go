@@ -195,7 +195,7 @@ func TestCopyPartialResend(t *testing.T) {
 }
 
 // TestCopyDedupRace: an id of a COPY group is inserted by a concurrent transaction after the
-// group's probe; the group's dedup insert waits for it, fails on the unique key when it
+// group's probe; the group's dedup COPY waits for it, fails on the unique key when it
 // commits, and the group is redone by the statement: that id is a duplicate, the rest is
 // stored once.
 func TestCopyDedupRace(t *testing.T) {
@@ -260,7 +260,7 @@ func TestCopyDedupRace(t *testing.T) {
 }
 
 // TestCopyProbesAfterDuplicate: a COPY group takes its ids as new without probing them (the
-// dedup insert is the check); a stored id fails it once and the group is redone by the
+// dedup COPY is the check); a stored id fails it once and the group is redone by the
 // statement, and the next groups probe first, so a burst of resends is not redone group by
 // group. Results and rows are the same either way.
 func TestCopyProbesAfterDuplicate(t *testing.T) {

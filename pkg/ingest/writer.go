@@ -6,10 +6,9 @@
 // takes the first waiting request, gathers more for at most MaxWait (or until MaxEvents), and
 // commits them all together. A small group is ONE statement (data-modifying CTEs over unnest
 // arrays: one round trip, atomic as an implicit transaction). A group of at least
-// CopyMinEvents events is one explicit transaction instead: a plain insert of the new ids'
-// dedup keys, then COPY of the raw rows and outbox rows (after a probe of the stored ids only
-// for a while after a duplicate was met: otherwise every id is taken as new and the dedup
-// insert checks it). COPY
+// CopyMinEvents events is one explicit transaction instead: COPY of the new ids' dedup keys,
+// raw rows and outbox rows (after a probe of the stored ids only for a while after a
+// duplicate was met: otherwise every id is taken as new and the dedup COPY checks it). COPY
 // fills heap pages with multi-row inserts (one WAL record per page instead of one per row)
 // and skips the unnest/join/speculative-insert work, which costs far more than its extra
 // round trips once a group holds hundreds of events. Callers wait for the commit, so a 200 is only ever sent
