@@ -371,6 +371,17 @@ type quiet struct{}
 func (quiet) Helper()               {}
 func (quiet) Errorf(string, ...any) {}
 
+// checkConverged checks the end state of a run: the tables equal an in-order rebuild from the
+// raw events, and the Redis copy matches PostgreSQL.
+func (e *env) checkConverged(t testing.TB, evs []events.Any) {
+	t.Helper()
+	got := e.tables(t, e.start)
+	if !e.redisMatchesPG(t, usersOf(evs), e.start, true) {
+		t.Error("redis copy differs from postgres")
+	}
+	fstest.EqualTables(t, e.rebuilt(t, e.start), got)
+}
+
 func usersOf(evs []events.Any) []string {
 	seen := map[string]bool{}
 	var out []string
