@@ -469,12 +469,7 @@ func (c *checker) decContext(k string, v *node, dst **Context) {
 		c.decModel(k, v, "Context")
 		return
 	}
-	var a *contextAlloc
-	if len(c.contexts) > 0 {
-		a, c.contexts = &c.contexts[0], c.contexts[1:]
-	} else {
-		a = &contextAlloc{}
-	}
+	a := takeSlot(&c.contexts)
 	ctx := &a.ctx
 	used := 0 // slots of a.values taken
 	if k == "context" {
@@ -563,12 +558,7 @@ func (c *checker) requireCommon(obj *node, seen int) {
 }
 
 func (c *checker) decImpression(obj *node) *Impression {
-	var e *Impression
-	if len(c.impressions) > 0 {
-		e, c.impressions = &c.impressions[0], c.impressions[1:]
-	} else {
-		e = &Impression{}
-	}
+	e := takeSlot(&c.impressions)
 	e.EventType = string(KindImpression)
 	seen, hasItems := 0, false
 	c.fields(obj, func(k string, v *node) bool {
@@ -645,18 +635,24 @@ type watchAlloc struct {
 
 // contextAlloc is a decoded context with the values of its first fields, allocated
 // together (room for all eight would more than double the allocation of a usual context).
+// takeSlot hands out the next element of a batch's preallocated slice (DecodeBatch sizes it
+// per kind), or a new one when the count ran short.
+func takeSlot[T any](pool *[]T) *T {
+	if len(*pool) == 0 {
+		return new(T)
+	}
+	p := &(*pool)[0]
+	*pool = (*pool)[1:]
+	return p
+}
+
 type contextAlloc struct {
 	ctx    Context
 	values [3]string
 }
 
 func (c *checker) decWatch(obj *node) *Watch {
-	var a *watchAlloc
-	if len(c.watches) > 0 {
-		a, c.watches = &c.watches[0], c.watches[1:]
-	} else {
-		a = &watchAlloc{}
-	}
+	a := takeSlot(&c.watches)
 	e := &a.w
 	e.EventType = string(KindWatch)
 	seen, hasItem, hasTime := 0, false, false
