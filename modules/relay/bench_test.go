@@ -115,7 +115,8 @@ func benchDrain(b *testing.B, events int, fill func(*env)) {
 //
 // RELAY_BENCH_RATE (1000 events/s), RELAY_BENCH_SECONDS (10), RELAY_BENCH_WORKERS (the relay's
 // default), RELAY_BENCH_LANES (32) and RELAY_BENCH_FORMAT (2; 1 writes payload_format 1 rows
-// keyed by user, as before migration 0008) vary it.
+// keyed by user, as before migration 0008) vary it; RELAY_BENCH_DUMP=file writes every event's
+// latencies there.
 func BenchmarkRelayCommitToAck(b *testing.B) {
 	rate, secs := benchEnvInt("RELAY_BENCH_RATE", 1000), benchEnvInt("RELAY_BENCH_SECONDS", 10)
 	for b.Loop() {
@@ -195,6 +196,20 @@ SELECT pg_notify('recsys_outbox', '') FROM ins`, eventID, e.kcfg.TopicWatches, k
 				lat = append(lat, ms(at.Sub(committed[i])))
 				toSend = append(toSend, ms(rec.sent[id].Sub(committed[i])))
 				toAck = append(toAck, ms(at.Sub(rec.sent[id])))
+			}
+		}
+		if path := os.Getenv("RELAY_BENCH_DUMP"); path != "" {
+			// One line per acked event (commit time in Unix seconds, then total, send and ack
+			// ms), to line the slow events up with other traces of the same run.
+			var buf []byte
+			for i, id := range ids {
+				if at, ok := rec.acked[id]; ok {
+					buf = fmt.Appendf(buf, "%.4f %.2f %.2f %.2f\n", float64(committed[i].UnixMicro())/1e6,
+						ms(at.Sub(committed[i])), ms(rec.sent[id].Sub(committed[i])), ms(at.Sub(rec.sent[id])))
+				}
+			}
+			if err := os.WriteFile(path, buf, 0o644); err != nil {
+				b.Fatalf("RELAY_BENCH_DUMP: %v", err)
 			}
 		}
 		rec.mu.Unlock()
