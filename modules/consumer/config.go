@@ -1,8 +1,6 @@
 package consumer
 
 import (
-	"errors"
-	"fmt"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -80,40 +78,24 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 
 // Validate reports every invalid setting, naming the flag.
 func (c *Config) Validate() error {
-	var errs []error
+	var p flagenv.Problems
 	if c.GroupID == "" {
-		errs = append(errs, errors.New("--consumer.group-id must not be empty"))
+		p.Addf("--consumer.group-id must not be empty")
 	}
-	if c.MaxBatch < 1 || c.MaxBatch > 100000 {
-		errs = append(errs, fmt.Errorf("--consumer.max-batch must be between 1 and 100000, got %d", c.MaxBatch))
-	}
-	if c.Linger < 0 || c.Linger > 10*time.Second {
-		errs = append(errs, fmt.Errorf("--consumer.linger must be between 0 and 10s, got %s", c.Linger))
-	}
-	if c.FetchMaxWait < time.Millisecond {
-		errs = append(errs, fmt.Errorf("--consumer.fetch-max-wait must be >= 1ms, got %s", c.FetchMaxWait))
-	}
-	if c.RetryBackoff <= 0 {
-		errs = append(errs, fmt.Errorf("--consumer.retry-backoff must be > 0, got %s", c.RetryBackoff))
-	}
+	p.IntBetween("consumer.max-batch", c.MaxBatch, 1, 100000)
+	p.DurationBetween("consumer.linger", c.Linger, 0, 10*time.Second)
+	p.DurationAtLeast("consumer.fetch-max-wait", c.FetchMaxWait, time.Millisecond)
+	p.DurationPositive("consumer.retry-backoff", c.RetryBackoff)
 	if c.RetryMaxBackoff < c.RetryBackoff {
-		errs = append(errs, fmt.Errorf("--consumer.retry-max-backoff must be >= --consumer.retry-backoff (%s), got %s", c.RetryBackoff, c.RetryMaxBackoff))
+		p.Addf("--consumer.retry-max-backoff must be >= --consumer.retry-backoff (%s), got %s", c.RetryBackoff, c.RetryMaxBackoff)
 	}
 	if c.UnreadyAfter < 1 {
-		errs = append(errs, fmt.Errorf("--consumer.unready-after-failures must be >= 1, got %d", c.UnreadyAfter))
+		p.Addf("--consumer.unready-after-failures must be >= 1, got %d", c.UnreadyAfter)
 	}
-	if c.HealInterval < 10*time.Millisecond {
-		errs = append(errs, fmt.Errorf("--consumer.heal-interval must be >= 10ms, got %s", c.HealInterval))
-	}
-	if c.DedupRetention < time.Hour {
-		errs = append(errs, fmt.Errorf("--consumer.dedup-retention must be >= 1h, got %s", c.DedupRetention))
-	}
-	if c.MaxInFlight < 1 || c.MaxInFlight > 16 {
-		errs = append(errs, fmt.Errorf("--consumer.max-in-flight must be between 1 and 16, got %d", c.MaxInFlight))
-	}
-	if c.DrainTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("--consumer.drain-timeout must be > 0, got %s", c.DrainTimeout))
-	}
-	errs = append(errs, c.Features.Validate())
-	return errors.Join(errs...)
+	p.DurationAtLeast("consumer.heal-interval", c.HealInterval, 10*time.Millisecond)
+	p.DurationAtLeast("consumer.dedup-retention", c.DedupRetention, time.Hour)
+	p.IntBetween("consumer.max-in-flight", c.MaxInFlight, 1, 16)
+	p.DurationPositive("consumer.drain-timeout", c.DrainTimeout)
+	p.Add(c.Features.Validate())
+	return p.Err()
 }
