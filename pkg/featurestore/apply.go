@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"recsys/pkg/features"
+	"recsys/pkg/postgres"
 )
 
 // Batch is one unit of work applied in one PostgreSQL transaction.
@@ -461,17 +462,11 @@ func (s *Store) lockUsers(ctx context.Context, c dbConn, b *Batch, a *Applied) (
 	states = map[string]*features.UserState{}
 	p := &pipeline{}
 	p.exec("begin apply", "BEGIN")
-	// Every statement of the transaction reaches its rows by key. Sequential scans are off for
-	// it because a connection caches the plans it made while a table was empty or small (a
-	// fresh deployment, a rebuilt table) and keeps scanning the whole table with them as it
-	// grows, until autovacuum's next ANALYZE: in the first 15 s of EndToEndFreshness the
-	// consumer read feature_users whole 1,900 times (6 million rows). JIT is off with them: a
-	// disabled sequential scan (feature_meta has no other path) costs 10^10 in the planner's
-	// units, far past jit_above_cost, and compiling took 22 ms per statement. With every plan
-	// an index plan, one generic plan per connection serves all batches: PostgreSQL had
-	// planned the user statements anew for most transactions (custom plans).
-	p.exec("lock meta", `SELECT pg_advisory_xact_lock_shared($1), set_config('enable_seqscan', 'off', true),
-    set_config('jit', 'off', true), set_config('plan_cache_mode', 'force_generic_plan', true)`, metaLockKey)
+	// Every statement of the transaction reaches its rows by key (postgres.ByKeyPlans): in
+	// the first 15 s of a fresh EndToEndFreshness run, plans cached while the tables were
+	// empty read feature_users whole 1,900 times (6 million rows), and custom plans had the
+	// user statements planned anew in most transactions.
+	p.exec("lock meta", `SELECT pg_advisory_xact_lock_shared($1), `+postgres.ByKeyPlans, metaLockKey)
 	if len(b.Events) > 0 {
 		idSet := make(map[string]bool, len(b.Events))
 		userSet := map[string]bool{}

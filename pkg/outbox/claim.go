@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"recsys/pkg/postgres"
 )
 
 // ClaimRequest says what to claim.
@@ -127,21 +129,13 @@ WHERE o.id = ANY(ARRAY(SELECT id FROM ok)) AND o.status = 'pending' AND o.next_a
 ORDER BY o.id
 FOR UPDATE OF o SKIP LOCKED`
 
-// claimSettingsSQL sets, for the claim's transaction only:
-//   - jit off: the statements are index probes per row or unit, so their estimated cost grows
-//     with the batch size; past jit_above_cost PostgreSQL would JIT-compile them, which costs
-//     tens of milliseconds and saves nothing here.
-//   - generic plans: PostgreSQL judged takeSQL's custom plans cheaper than its generic one and
-//     so planned it on every claim, 0.6 ms of backend CPU per claim, more than running it
-//     (pg_stat_statements during BenchmarkRelayCommitToAck: 2,153 plans in 2,338 calls, 1.4 s
-//     planning against 0.9 s executing). Every claim statement's plan is the same index probes
-//     whatever the parameters, so one cached plan per connection serves all claims.
-//   - no sequential scans: a generic plan is made once, from the statistics of that moment; on
-//     an empty or freshly created outbox the planner would pick a sequential scan for
-//     "id = ANY($n)", which would stay cached while a backlog grows (until an ANALYZE
-//     invalidates it). With sequential scans off the plan is the index plan at any table size.
-const claimSettingsSQL = `SELECT set_config('jit', 'off', true), set_config('plan_cache_mode', 'force_generic_plan', true),
-    set_config('enable_seqscan', 'off', true)`
+// claimSettingsSQL plans the claim's statements as cached index probes (postgres.ByKeyPlans).
+// Measured here: PostgreSQL had planned takeSQL on every claim, 2,153 plans in 2,338 calls of
+// BenchmarkRelayCommitToAck, 1.4 s planning against 0.9 s executing; and on an empty outbox
+// the generic plan of "id = ANY($n)" is a sequential scan, which a growing backlog would keep
+// until an ANALYZE. JIT would also compile the claim's statements past jit_above_cost (their
+// estimated cost grows with the batch size), tens of milliseconds that save nothing here.
+const claimSettingsSQL = `SELECT ` + postgres.ByKeyPlans
 
 // windowSQL gives the window's size and end, for the cursor. It is only needed when the claim
 // came out short of Limit (the scan stops as soon as it has Limit candidates), so it rides in
