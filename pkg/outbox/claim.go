@@ -129,13 +129,34 @@ WHERE o.id = ANY(ARRAY(SELECT id FROM ok)) AND o.status = 'pending' AND o.next_a
 ORDER BY o.id
 FOR UPDATE OF o SKIP LOCKED`
 
-// claimSettingsSQL plans the claim's statements as cached index probes (postgres.ByKeyPlans).
-// Measured here: PostgreSQL had planned takeSQL on every claim, 2,153 plans in 2,338 calls of
-// BenchmarkRelayCommitToAck, 1.4 s planning against 0.9 s executing; and on an empty outbox
-// the generic plan of "id = ANY($n)" is a sequential scan, which a growing backlog would keep
-// until an ANALYZE. JIT would also compile the claim's statements past jit_above_cost (their
-// estimated cost grows with the batch size), tens of milliseconds that save nothing here.
-const claimSettingsSQL = `SELECT ` + postgres.ByKeyPlans
+// byKeySQL plans the claim's, the record's and the renewal's statements as cached index
+// probes (postgres.ByKeyPlans). Measured here: PostgreSQL had planned takeSQL on every claim,
+// 2,153 plans in 2,338 calls of BenchmarkRelayCommitToAck, 1.4 s planning against 0.9 s
+// executing; and on an empty outbox the generic plan of "id = ANY($n)" is a sequential scan,
+// which a growing backlog would keep until an ANALYZE. JIT would also compile the claim's
+// statements past jit_above_cost (their estimated cost grows with the batch size), tens of
+// milliseconds that save nothing here.
+const byKeySQL = `SELECT ` + postgres.ByKeyPlans
+
+// sendByKey sends the statements queue adds in one round trip and one transaction planned by
+// byKeySQL. The results begin with the first queued statement; Close reads the COMMIT and
+// reports its error. A failed statement leaves the connection inside the aborted transaction,
+// and the pool destroys such a connection when the results are closed.
+func (s *Store) sendByKey(ctx context.Context, queue func(*pgx.Batch)) (pgx.BatchResults, error) {
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(byKeySQL)
+	queue(b)
+	b.Queue("COMMIT")
+	br := s.pool.SendBatch(ctx, b)
+	for range 2 {
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			return nil, fmt.Errorf("begin: %w", err)
+		}
+	}
+	return br, nil
+}
 
 // windowSQL gives the window's size and end, for the cursor. It is only needed when the claim
 // came out short of Limit (the scan stops as soon as it has Limit candidates), so it rides in
@@ -266,7 +287,7 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Claim, error) {
 func scanLock(ctx context.Context, conn *pgx.Conn, after int64, window, limit int, maxEvents int64) ([]*unitRun, int, int64, error) {
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
-	b.Queue(claimSettingsSQL)
+	b.Queue(byKeySQL)
 	b.Queue(scanLockSQL, after, window, limit, maxEvents)
 	br := conn.SendBatch(ctx, b)
 	defer br.Close()
@@ -381,9 +402,18 @@ func take(ctx context.Context, conn *pgx.Conn, runs []*unitRun, stats *windowSta
 // Renew extends the lease of the claim's rows that still carry its token and returns how
 // many did; fewer than len(c.Rows) means part of the lease was lost (reaped after expiry).
 func (s *Store) Renew(ctx context.Context, c *Claim) (int, error) {
-	tag, err := s.pool.Exec(ctx, `
+	br, err := s.sendByKey(ctx, func(b *pgx.Batch) {
+		b.Queue(`
 UPDATE event_outbox SET lease_expires_at = now() + $3 * interval '1 millisecond'
 WHERE id = ANY($1) AND lease_token = $2 AND status = 'publishing'`, c.IDs(), c.Token, c.Lease.Milliseconds())
+	})
+	if err != nil {
+		return 0, fmt.Errorf("renew outbox lease: %w", err)
+	}
+	tag, err := br.Exec()
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
 		return 0, fmt.Errorf("renew outbox lease: %w", err)
 	}

@@ -8,11 +8,11 @@ import (
 	"recsys/pkg/testutil"
 )
 
-// TestClaimPlanIsCachedIndexProbes checks the plan the claim's settings give takeSQL on an
-// empty, never analysed outbox (the case a cached generic plan would be stuck with while a
-// backlog grows): a generic plan (parameters, not values), the per-unit checks materialized
-// once, and the rows reached through the primary key, never a sequential scan. It also checks
-// that the settings end with the claim's transaction.
+// TestClaimPlanIsCachedIndexProbes checks the plans byKeySQL gives takeSQL and the statements
+// that record a batch on an empty, never analysed outbox (the case a cached generic plan would
+// be stuck with while a backlog grows): generic plans (parameters, not values), the per-unit
+// checks materialized once, and the rows reached through the primary key, never a sequential
+// scan. It also checks that the settings end with the transaction.
 func TestClaimPlanIsCachedIndexProbes(t *testing.T) {
 	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
 	ctx := context.Background()
@@ -21,11 +21,13 @@ func TestClaimPlanIsCachedIndexProbes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Release()
-	if _, err := conn.Exec(ctx, "PREPARE take_plan AS "+takeSQL); err != nil {
-		t.Fatalf("prepare takeSQL: %v", err)
+	for name, sql := range map[string]string{"take_plan": takeSQL, "delete_plan": deletePublishedSQL, "mark_plan": markPublishedSQL} {
+		if _, err := conn.Exec(ctx, "PREPARE "+name+" AS "+sql); err != nil {
+			t.Fatalf("prepare %s: %v", name, err)
+		}
 	}
-	explain := func() string {
-		rows, err := conn.Query(ctx, `EXPLAIN (COSTS OFF, VERBOSE) EXECUTE take_plan('{u}', '{t}', '{1}', '{2}', '{2}', '{1,2}', '{1,1}', 'owner', 30000)`)
+	explain := func(execute string) string {
+		rows, err := conn.Query(ctx, `EXPLAIN (COSTS OFF, VERBOSE) EXECUTE `+execute)
 		if err != nil {
 			t.Fatalf("explain: %v", err)
 		}
@@ -46,10 +48,10 @@ func TestClaimPlanIsCachedIndexProbes(t *testing.T) {
 	if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := conn.Exec(ctx, claimSettingsSQL); err != nil {
+	if _, err := conn.Exec(ctx, byKeySQL); err != nil {
 		t.Fatalf("claim settings: %v", err)
 	}
-	plan := explain()
+	plan := explain(`take_plan('{u}', '{t}', '{1}', '{2}', '{2}', '{1,2}', '{1,1}', 'owner', 30000)`)
 	for _, want := range []string{"unnest($1)", "CTE ok", "event_outbox_pkey"} {
 		if !strings.Contains(plan, want) {
 			t.Errorf("claim plan lacks %q (want a generic plan, the checks materialized, rows by primary key):\n%s", want, plan)
@@ -57,6 +59,12 @@ func TestClaimPlanIsCachedIndexProbes(t *testing.T) {
 	}
 	if strings.Contains(plan, "Seq Scan on event_outbox") {
 		t.Errorf("claim plan scans the outbox sequentially:\n%s", plan)
+	}
+	// Recording a batch reaches its rows by id too.
+	for _, execute := range []string{`delete_plan('{1,2}', 7)`, `mark_plan('{1,2}', 7)`} {
+		if plan := explain(execute); strings.Contains(plan, "Seq Scan on event_outbox") || !strings.Contains(plan, "$1") {
+			t.Errorf("%s: want a generic plan by primary key:\n%s", execute, plan)
+		}
 	}
 	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
 		t.Fatal(err)

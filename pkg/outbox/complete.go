@@ -150,7 +150,14 @@ func (s *Store) completePublished(ctx context.Context, c *Claim, outcomes []Outc
 	if s.deleteOnAck {
 		sql = deletePublishedSQL
 	}
-	tag, err := s.pool.Exec(ctx, sql, ids, c.Token)
+	br, err := s.sendByKey(ctx, func(b *pgx.Batch) { b.Queue(sql, ids, c.Token) })
+	if err != nil {
+		return nil, err
+	}
+	tag, err := br.Exec()
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -179,7 +186,7 @@ WHERE o.id = ANY($1) AND o.id = u.id AND o.lease_token = $6 AND o.status = 'publ
 RETURNING o.status`
 
 // completeMixed records a batch with failures. With DeleteOnAck the acked rows are deleted
-// and the rest updated, in one round trip and one implicit transaction.
+// and the rest updated, in one round trip and one transaction.
 func (s *Store) completeMixed(ctx context.Context, c *Claim, outcomes []Outcome) (map[string]int, error) {
 	var acked []int64
 	if s.deleteOnAck {
@@ -201,12 +208,15 @@ func (s *Store) completeMixed(ctx context.Context, c *Claim, outcomes []Outcome)
 			refunds[i] = 1
 		}
 	}
-	b := &pgx.Batch{}
-	if len(acked) > 0 {
-		b.Queue(deletePublishedSQL, acked, c.Token)
+	br, err := s.sendByKey(ctx, func(b *pgx.Batch) {
+		if len(acked) > 0 {
+			b.Queue(deletePublishedSQL, acked, c.Token)
+		}
+		b.Queue(completeMixedSQL, ids, statuses, delays, errs, refunds, c.Token)
+	})
+	if err != nil {
+		return nil, err
 	}
-	b.Queue(completeMixedSQL, ids, statuses, delays, errs, refunds, c.Token)
-	br := s.pool.SendBatch(ctx, b)
 	defer br.Close()
 	applied := map[string]int{}
 	if len(acked) > 0 {
