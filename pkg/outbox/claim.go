@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"recsys/pkg/postgres"
 )
@@ -156,6 +157,19 @@ func (s *Store) sendByKey(ctx context.Context, queue func(*pgx.Batch)) (pgx.Batc
 		}
 	}
 	return br, nil
+}
+
+// execByKey runs one statement through sendByKey and returns its command tag.
+func (s *Store) execByKey(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	br, err := s.sendByKey(ctx, func(b *pgx.Batch) { b.Queue(sql, args...) })
+	if err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	tag, err := br.Exec()
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return tag, err
 }
 
 // windowSQL gives the window's size and end, for the cursor. It is only needed when the claim
@@ -402,18 +416,9 @@ func take(ctx context.Context, conn *pgx.Conn, runs []*unitRun, stats *windowSta
 // Renew extends the lease of the claim's rows that still carry its token and returns how
 // many did; fewer than len(c.Rows) means part of the lease was lost (reaped after expiry).
 func (s *Store) Renew(ctx context.Context, c *Claim) (int, error) {
-	br, err := s.sendByKey(ctx, func(b *pgx.Batch) {
-		b.Queue(`
+	tag, err := s.execByKey(ctx, `
 UPDATE event_outbox SET lease_expires_at = now() + $3 * interval '1 millisecond'
 WHERE id = ANY($1) AND lease_token = $2 AND status = 'publishing'`, c.IDs(), c.Token, c.Lease.Milliseconds())
-	})
-	if err != nil {
-		return 0, fmt.Errorf("renew outbox lease: %w", err)
-	}
-	tag, err := br.Exec()
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
 	if err != nil {
 		return 0, fmt.Errorf("renew outbox lease: %w", err)
 	}

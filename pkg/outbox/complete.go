@@ -150,14 +150,7 @@ func (s *Store) completePublished(ctx context.Context, c *Claim, outcomes []Outc
 	if s.deleteOnAck {
 		sql = deletePublishedSQL
 	}
-	br, err := s.sendByKey(ctx, func(b *pgx.Batch) { b.Queue(sql, ids, c.Token) })
-	if err != nil {
-		return nil, err
-	}
-	tag, err := br.Exec()
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
+	tag, err := s.execByKey(ctx, sql, ids, c.Token)
 	if err != nil {
 		return nil, err
 	}
