@@ -9,6 +9,7 @@ import (
 	"recsys/modules/consumer"
 	"recsys/pkg/events"
 	"recsys/pkg/featurestore/fstest"
+	"recsys/pkg/gctune"
 )
 
 // BenchmarkApplyFromPrefilledTopic measures the apply rate of one consumer draining a
@@ -18,6 +19,8 @@ import (
 //
 //	go test ./modules/consumer -run '^$' -bench ApplyFromPrefilledTopic -benchtime 1x -count 3
 func BenchmarkApplyFromPrefilledTopic(b *testing.B) {
+	// The collector settings `recsys consume` applies at start (pkg/gctune).
+	b.Logf("gc %v", gctune.DefaultConfig().Apply())
 	for _, inFlight := range []int{1, consumer.NewConfig().MaxInFlight} {
 		b.Run(fmt.Sprintf("in-flight=%d", inFlight), func(b *testing.B) { benchApplyFromPrefilledTopic(b, inFlight) })
 	}

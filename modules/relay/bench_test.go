@@ -16,6 +16,7 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 
 	"recsys/modules/relay"
+	"recsys/pkg/gctune"
 	"recsys/pkg/outbox"
 	"recsys/pkg/testutil"
 )
@@ -42,6 +43,8 @@ func benchEnvInt(name string, def int) int {
 // the default), RELAY_BENCH_WORKERS (the default), RELAY_BENCH_RELAYS (1) and
 // RELAY_BENCH_PAYLOAD (300 bytes) vary it.
 func BenchmarkRelayThroughput(b *testing.B) {
+	// The collector settings `recsys relay` applies at start (pkg/gctune).
+	b.Logf("gc %v", gctune.DefaultConfig().Apply())
 	keys, payload := benchEnvInt("RELAY_BENCH_KEYS", 10_000), benchEnvInt("RELAY_BENCH_PAYLOAD", 300)
 	b.Run("batch", func(b *testing.B) {
 		events, lanes := benchEnvInt("RELAY_BENCH_EVENTS", 200_000), benchEnvInt("RELAY_BENCH_LANES", 32)
@@ -118,6 +121,8 @@ func benchDrain(b *testing.B, events int, fill func(*env)) {
 // keyed by user, as before migration 0008) vary it; RELAY_BENCH_DUMP=file writes every event's
 // latencies there.
 func BenchmarkRelayCommitToAck(b *testing.B) {
+	// The collector settings `recsys relay` applies at start (pkg/gctune).
+	b.Logf("gc %v", gctune.DefaultConfig().Apply())
 	rate, secs := benchEnvInt("RELAY_BENCH_RATE", 1000), benchEnvInt("RELAY_BENCH_SECONDS", 10)
 	for b.Loop() {
 		b.StopTimer()
