@@ -476,7 +476,7 @@ func TestRelayDeadRowsAndReplay(t *testing.T) {
 	w.Transport.(*kafkago.Transport).MetadataTTL = 100 * time.Millisecond
 	run := e.start(cfg, "r1", relay.Options{Publisher: w})
 	waitReady(t, run.r)
-	missing := testutil.Unique("recsys.test.missing.")
+	missing := testutil.KafkaTopic(t, "recsys.test.missing.")
 	doomed := e.insertRow("impression", missing, "u-doomed", []byte(`{"x":1}`), 3)
 	huge := e.insertRow("watch", e.kcfg.TopicWatches, "u-huge", []byte(`"`+strings.Repeat("x", 2<<20)+`"`), 5)
 	afterHuge := e.insertRow("watch", e.kcfg.TopicWatches, "u-huge", []byte(`{"after":"huge"}`), 5)
