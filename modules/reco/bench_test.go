@@ -42,7 +42,8 @@ import (
 //
 // RECO_BENCH_FULL=1 runs the built binary `recsys all` instead of the in-process module: the
 // whole pipeline, where every auto-logged impression goes through the outbox, the relay,
-// Kafka and the consumer (which updates the features the requests read) during the run.
+// Kafka and the consumer (which updates the features the requests read) during the run;
+// RECO_BENCH_RECSYS_ENV="NAME=value ..." adds settings of that binary.
 
 const (
 	benchUsers       = 5000
@@ -235,9 +236,13 @@ func fullStack(b *testing.B) (string, *pgxpool.Pool) {
 	}
 	b.Logf("seeded in %s", time.Since(start).Round(time.Millisecond))
 	id := testutil.Unique("recobench")
-	p := startRecsys(b, []string{"all"}, "DATABASE_URL="+dsn, "ONLINE_CACHE_REDIS_URL="+redisURL, "RECSYS_REDIS_KEY_PREFIX="+prefix,
-		"KAFKA_BOOTSTRAP_SERVERS="+testutil.KafkaBrokers(b)[0], "KAFKA_TOPIC_IMPRESSIONS="+testutil.KafkaTopic(b, id+".impressions."),
-		"KAFKA_TOPIC_WATCHES="+testutil.KafkaTopic(b, id+".watches."), "FEATURE_CONSUMER_GROUP_ID="+id, "LOG_LEVEL=warn", "RECSYS_HTTP_PPROF=true")
+	env := []string{"DATABASE_URL=" + dsn, "ONLINE_CACHE_REDIS_URL=" + redisURL, "RECSYS_REDIS_KEY_PREFIX=" + prefix,
+		"KAFKA_BOOTSTRAP_SERVERS=" + testutil.KafkaBrokers(b)[0], "KAFKA_TOPIC_IMPRESSIONS=" + testutil.KafkaTopic(b, id+".impressions."),
+		"KAFKA_TOPIC_WATCHES=" + testutil.KafkaTopic(b, id+".watches."), "FEATURE_CONSUMER_GROUP_ID=" + id, "LOG_LEVEL=warn", "RECSYS_HTTP_PPROF=true"}
+	// RECO_BENCH_RECSYS_ENV adds settings of the binary (space-separated NAME=value), to compare
+	// them on the same pipeline.
+	env = append(env, strings.Fields(os.Getenv("RECO_BENCH_RECSYS_ENV"))...)
+	p := startRecsys(b, []string{"all"}, env...)
 	b.Logf("recsys all at %s; profile it while the benchmark runs: go tool pprof %s/debug/pprof/profile?seconds=10", p.base, p.base)
 	return p.base, pool
 }
