@@ -12,7 +12,8 @@
 # kept in ARTIFACTS_DIR. Prints one line per step and exits 1 if any step failed.
 #
 # Tunables (environment): STACK_LOAD_RATE (operations/s, default 100), STACK_LOAD_DURATION
-# (default 20s), STACK_READY_TIMEOUT (seconds, default 90), STACK_KEEP_DB=1 keeps the database.
+# (default 20s), STACK_READY_TIMEOUT (seconds, default 90), STACK_KEEP_DB=1 keeps the database and
+# the run's Kafka topics.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,8 @@ READY_TIMEOUT="${STACK_READY_TIMEOUT:-90}"
 BIN=bin/recsys
 ID="ci$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
 DB="recsys_${ID}"
+export KAFKA_TOPIC_IMPRESSIONS="recsys.${ID}.impressions.v1"
+export KAFKA_TOPIC_WATCHES="recsys.${ID}.watches.v1"
 ADMIN_URL="$DATABASE_URL"
 CI_DB_URL="$(printf '%s' "$DATABASE_URL" | sed -E "s#^(postgres(ql)?://[^/]*)/[^?]*#\1/${DB}#")"
 PSQL="$(command -v psql || true)"
@@ -91,6 +94,9 @@ cleanup() {
 	if [[ -n "$PID" ]]; then kill -KILL "$PID" 2>/dev/null; fi
 	if [[ "${STACK_KEEP_DB:-0}" != 1 ]]; then
 		"$PSQL" -X -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+		# The broker keeps its data between runs: without this every run left its topics behind.
+		go run ./test/tools/deletetopics -brokers "$KAFKA_BOOTSTRAP_SERVERS" "$KAFKA_TOPIC_IMPRESSIONS" "$KAFKA_TOPIC_WATCHES" ||
+			echo "could not delete this run's Kafka topics (see above)" >&2
 	fi
 }
 trap cleanup EXIT
@@ -122,8 +128,6 @@ step build go build -o "$BIN" . || { summary; exit 1; }
 step create-db "$PSQL" -X -q "$ADMIN_URL" -c "CREATE DATABASE $DB" || { summary; exit 1; }
 
 export DATABASE_URL="$CI_DB_URL"
-export KAFKA_TOPIC_IMPRESSIONS="recsys.${ID}.impressions.v1"
-export KAFKA_TOPIC_WATCHES="recsys.${ID}.watches.v1"
 export FEATURE_CONSUMER_GROUP_ID="recsys-${ID}"
 export RECSYS_REDIS_KEY_PREFIX="${ID}:"
 export LOG_FORMAT=json

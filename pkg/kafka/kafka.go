@@ -181,6 +181,25 @@ func (c *Client) EnsureTopics(ctx context.Context, topics ...string) error {
 	return errors.Join(errs...)
 }
 
+// DeleteTopics deletes the topics; one that does not exist is not an error, so cleaning up
+// twice, or after a run that never created its topics, succeeds.
+func (c *Client) DeleteTopics(ctx context.Context, topics ...string) error {
+	if len(topics) == 0 {
+		return nil
+	}
+	resp, err := c.admin.DeleteTopics(ctx, &kafkago.DeleteTopicsRequest{Topics: topics})
+	if err != nil {
+		return fmt.Errorf("delete topics %v: %w", topics, err)
+	}
+	var errs []error
+	for t, e := range resp.Errors {
+		if e != nil && !errors.Is(e, kafkago.UnknownTopicOrPartition) {
+			errs = append(errs, fmt.Errorf("delete topic %s: %w", t, e))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Ping opens a fresh connection to a broker and asks it for the broker list, with a bounded
 // wait. kafka-go's Client answers metadata from a cache once it has seen the cluster, so it
 // would keep reporting a dead cluster as healthy; a new connection cannot.

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	kafkago "github.com/segmentio/kafka-go"
+
 	"recsys/pkg/kafka"
 	"recsys/pkg/testutil"
 )
@@ -41,6 +43,40 @@ func TestEnsureTopicsIsIdempotent(t *testing.T) {
 		if err := c.EnsureTopics(ctx, topic); err != nil {
 			t.Fatalf("round %d: %v", i, err)
 		}
+	}
+}
+
+func TestDeleteTopicsRemovesThemAndToleratesMissingOnes(t *testing.T) {
+	cfg := kafka.DefaultConfig()
+	cfg.Brokers = testutil.KafkaBrokers(t)
+	c := kafka.New(cfg)
+	topic := testutil.KafkaTopic(t, "t.delete.")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.EnsureTopics(ctx, topic); err != nil {
+		t.Fatal(err)
+	}
+	exists := func() bool {
+		md, err := c.Admin().Metadata(ctx, &kafkago.MetadataRequest{Topics: []string{topic}})
+		if err != nil {
+			t.Fatalf("metadata: %v", err)
+		}
+		return len(md.Topics) == 1 && md.Topics[0].Error == nil
+	}
+	if !exists() {
+		t.Fatalf("topic %s missing after EnsureTopics", topic)
+	}
+	if err := c.DeleteTopics(ctx, topic); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	// The controller applies the deletion asynchronously: metadata follows within moments.
+	for deadline := time.Now().Add(15 * time.Second); exists(); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("topic %s still listed 15 s after its deletion", topic)
+		}
+	}
+	if err := c.DeleteTopics(ctx, topic, topic+".never-created"); err != nil {
+		t.Fatalf("deleting missing topics: %v", err)
 	}
 }
 

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	kafkago "github.com/segmentio/kafka-go"
+	"recsys/pkg/kafka"
 )
 
 // KafkaTopic returns a unique topic name starting with prefix and deletes the topic from the
@@ -28,15 +28,9 @@ func DeleteTopics(t testing.TB, brokers []string, topics ...string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c := &kafkago.Client{Addr: kafkago.TCP(brokers...), Timeout: 10 * time.Second}
-	res, err := c.DeleteTopics(ctx, &kafkago.DeleteTopicsRequest{Topics: topics})
-	if err != nil {
-		t.Logf("delete kafka topics %v: %v", topics, err)
-		return
-	}
-	for topic, err := range res.Errors {
-		if err != nil && err != kafkago.UnknownTopicOrPartition {
-			t.Logf("delete kafka topic %s: %v", topic, err)
-		}
+	cfg := kafka.DefaultConfig()
+	cfg.Brokers, cfg.RequestTimeout = brokers, 10*time.Second
+	if err := kafka.New(cfg).DeleteTopics(ctx, topics...); err != nil {
+		t.Logf("%v", err)
 	}
 }
