@@ -25,9 +25,10 @@ import (
 
 // BenchmarkEndToEndFreshness runs the whole path in one `recsys all` process (API ingest,
 // outbox, relay, Kafka, consumer) against the real servers, posts watches to /log/watch at
-// 1,000 events/s for 30 s and reports the consumer's histogram of API acceptance
-// (server_received_ts_ms) to visible in Redis (recsys_consumer_accepted_to_visible_seconds).
-// Report, don't assert:
+// 1,000 events/s for 30 s after a warm-up of E2E_BENCH_WARMUP_SECONDS (2) at the same rate,
+// and reports the consumer's histogram of API acceptance (server_received_ts_ms) to visible
+// in Redis (recsys_consumer_accepted_to_visible_seconds) over the 30 s. The other p99s
+// (relay_p99_ms and the rest) still include the warm-up. Report, don't assert:
 //
 //	go test ./modules/consumer -run '^$' -bench EndToEndFreshness -benchtime 1x
 func BenchmarkEndToEndFreshness(b *testing.B) {
@@ -87,8 +88,6 @@ func BenchmarkEndToEndFreshness(b *testing.B) {
 			r.Body.Close()
 			return n == 1 && r.StatusCode == 200
 		})
-		_, before := histogram(b, base+"/metrics/prometheus", "recsys_consumer_accepted_to_visible_seconds")
-
 		b.StartTimer()
 		var ok, bad atomic.Int64
 		jobs := make(chan int, rate)
@@ -116,37 +115,53 @@ func BenchmarkEndToEndFreshness(b *testing.B) {
 				}
 			}()
 		}
-		tick := time.NewTicker(10 * time.Millisecond)
-		start := time.Now()
 		sent := 0
-		for time.Since(start) < dur {
-			<-tick.C
-			due := int(time.Since(start).Seconds() * rate)
-			for ; sent < due; sent++ {
-				jobs <- sent
+		drive := func(d time.Duration) {
+			tick := time.NewTicker(10 * time.Millisecond)
+			defer tick.Stop()
+			start, first := time.Now(), sent
+			for time.Since(start) < d {
+				<-tick.C
+				due := first + int(time.Since(start).Seconds()*rate)
+				for ; sent < due; sent++ {
+					jobs <- sent
+				}
 			}
 		}
-		tick.Stop()
+		drained := func() {
+			// Every accepted watch durable (and the warm-up watch), then the histogram settles.
+			waitFor(b, "all accepted watches applied", 120*time.Second, func() bool {
+				var n int64
+				_ = pool.QueryRow(context.Background(), `SELECT count(*) FROM feature_applied`).Scan(&n)
+				return n >= ok.Load()+1
+			})
+			time.Sleep(time.Second)
+		}
+		// The first seconds at rate open the load's 32 connections, the API's and the relay's
+		// and consumer's PostgreSQL connections (a backend fork, a catalog cache load and the
+		// first plan of every statement each), which a running deployment did long before:
+		// they are published but left out of p99_ms (with_warmup_p99_ms keeps them).
+		drive(time.Duration(testutil.EnvInt("E2E_BENCH_WARMUP_SECONDS", 2)) * time.Second)
+		drained()
+		before, beforeCount := histogram(b, base+"/metrics/prometheus", "recsys_consumer_accepted_to_visible_seconds")
+		okWarm := ok.Load()
+		drive(dur)
 		close(jobs)
 		wg.Wait()
 		b.StopTimer()
-		// Let the tail drain (every accepted watch durable), then read the histogram.
-		waitFor(b, "all accepted watches applied", 120*time.Second, func() bool {
-			var n int64
-			_ = pool.QueryRow(context.Background(), `SELECT count(*) FROM feature_applied`).Scan(&n)
-			return n >= ok.Load()+1
-		})
-		time.Sleep(time.Second)
-		buckets, count := histogram(b, base+"/metrics/prometheus", "recsys_consumer_accepted_to_visible_seconds")
-		for le := range buckets {
-			buckets[le] -= min(before, buckets[le]) // only the warm-up watch can be in before
+		drained()
+		all, allCount := histogram(b, base+"/metrics/prometheus", "recsys_consumer_accepted_to_visible_seconds")
+		buckets, count := make(map[float64]float64, len(all)), allCount-beforeCount
+		for le, c := range all {
+			buckets[le] = c - before[le]
 		}
-		count -= before
+		ok.Add(-okWarm)
 		b.ReportMetric(count, "observed")
 		b.ReportMetric(float64(ok.Load())/dur.Seconds(), "accepted/s")
 		b.ReportMetric(float64(bad.Load()), "rejected")
 		b.ReportMetric(quantile(buckets, count, 0.50)*1000, "p50_ms")
 		b.ReportMetric(quantile(buckets, count, 0.99)*1000, "p99_ms")
+		b.ReportMetric(quantile(all, allCount, 0.99)*1000, "with_warmup_p99_ms")
 		// Where the time goes: outbox commit -> Kafka ack (relay), then the consumer's
 		// PostgreSQL transaction and Redis write.
 		for _, h := range []struct{ metric, unit string }{

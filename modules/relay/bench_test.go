@@ -21,13 +21,6 @@ import (
 	"recsys/pkg/testutil"
 )
 
-func benchEnvInt(name string, def int) int {
-	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
-		return v
-	}
-	return def
-}
-
 // BenchmarkRelayThroughput drains a pre-filled outbox to the local broker and reports
 // messages (events) per second (one drain per iteration, on a fresh database and topic).
 // "batch" fills what the ingest writer writes under load: per group commit one batch row
@@ -45,21 +38,21 @@ func benchEnvInt(name string, def int) int {
 func BenchmarkRelayThroughput(b *testing.B) {
 	// The collector settings `recsys relay` applies at start (pkg/gctune).
 	b.Logf("gc %v", gctune.DefaultConfig().Apply())
-	keys, payload := benchEnvInt("RELAY_BENCH_KEYS", 10_000), benchEnvInt("RELAY_BENCH_PAYLOAD", 300)
+	keys, payload := testutil.EnvInt("RELAY_BENCH_KEYS", 10_000), testutil.EnvInt("RELAY_BENCH_PAYLOAD", 300)
 	b.Run("batch", func(b *testing.B) {
-		events, lanes := benchEnvInt("RELAY_BENCH_EVENTS", 200_000), benchEnvInt("RELAY_BENCH_LANES", 32)
-		perRow := benchEnvInt("RELAY_BENCH_ROW_EVENTS", 500)
+		events, lanes := testutil.EnvInt("RELAY_BENCH_EVENTS", 200_000), testutil.EnvInt("RELAY_BENCH_LANES", 32)
+		perRow := testutil.EnvInt("RELAY_BENCH_ROW_EVENTS", 500)
 		benchDrain(b, events, func(e *env) { e.insertBatches(events, keys, lanes, perRow*lanes, payload, 25) })
 	})
 	b.Run("single", func(b *testing.B) {
-		rows := benchEnvInt("RELAY_BENCH_ROWS", 100_000)
+		rows := testutil.EnvInt("RELAY_BENCH_ROWS", 100_000)
 		benchDrain(b, rows, func(e *env) { e.fill(rows, keys, payload) })
 	})
 }
 
 // benchDrain measures relays draining events pre-filled by fill.
 func benchDrain(b *testing.B, events int, fill func(*env)) {
-	relays := benchEnvInt("RELAY_BENCH_RELAYS", 1)
+	relays := testutil.EnvInt("RELAY_BENCH_RELAYS", 1)
 	for b.Loop() {
 		b.StopTimer()
 		e := newBenchEnv(b, 6)
@@ -69,9 +62,9 @@ func benchDrain(b *testing.B, events int, fill func(*env)) {
 		}
 		time.Sleep(2 * time.Second)
 		cfg := relay.NewConfig()
-		cfg.BatchSize = benchEnvInt("RELAY_BENCH_BATCH", cfg.BatchSize)
-		cfg.BatchEvents = benchEnvInt("RELAY_BENCH_BATCH_EVENTS", cfg.BatchEvents)
-		cfg.Workers = benchEnvInt("RELAY_BENCH_WORKERS", cfg.Workers)
+		cfg.BatchSize = testutil.EnvInt("RELAY_BENCH_BATCH", cfg.BatchSize)
+		cfg.BatchEvents = testutil.EnvInt("RELAY_BENCH_BATCH_EVENTS", cfg.BatchEvents)
+		cfg.Workers = testutil.EnvInt("RELAY_BENCH_WORKERS", cfg.Workers)
 		var runs []*running
 		cpu0, db0 := processCPU(), e.backendCPU()
 		b.StartTimer()
@@ -129,7 +122,7 @@ func benchDrain(b *testing.B, events int, fill func(*env)) {
 func BenchmarkRelayCommitToAck(b *testing.B) {
 	// The collector settings `recsys relay` applies at start (pkg/gctune).
 	b.Logf("gc %v", gctune.DefaultConfig().Apply())
-	rate, secs := benchEnvInt("RELAY_BENCH_RATE", 1000), benchEnvInt("RELAY_BENCH_SECONDS", 10)
+	rate, secs := testutil.EnvInt("RELAY_BENCH_RATE", 1000), testutil.EnvInt("RELAY_BENCH_SECONDS", 10)
 	for b.Loop() {
 		b.StopTimer()
 		e := newBenchEnv(b, 6)
@@ -140,20 +133,20 @@ func BenchmarkRelayCommitToAck(b *testing.B) {
 		}
 		time.Sleep(2 * time.Second)
 		cfg := relay.NewConfig()
-		cfg.Workers = benchEnvInt("RELAY_BENCH_WORKERS", cfg.Workers)
-		cfg.Linger = time.Duration(benchEnvInt("RELAY_BENCH_LINGER_US", int(cfg.Linger.Microseconds()))) * time.Microsecond
+		cfg.Workers = testutil.EnvInt("RELAY_BENCH_WORKERS", cfg.Workers)
+		cfg.Linger = time.Duration(testutil.EnvInt("RELAY_BENCH_LINGER_US", int(cfg.Linger.Microseconds()))) * time.Microsecond
 		w := relay.NewPublisher(e.deps("").Kafka, cfg)
 		rec := &ackRecorder{inner: w, acked: map[string]time.Time{}, sent: map[string]time.Time{}}
 		run := e.start(cfg, "bench", relay.Options{Publisher: rec})
 		waitFor(e.t, 60*time.Second, "relay ready", func() bool { return run.r.Ready(context.Background()) == nil })
 		b.StartTimer()
 
-		warm := rate * benchEnvInt("RELAY_BENCH_WARMUP_SECONDS", 1)
+		warm := rate * testutil.EnvInt("RELAY_BENCH_WARMUP_SECONDS", 1)
 		n := warm + rate*secs
 		committed := make([]time.Time, n)
 		ids := make([]string, n)
 		prefix := testutil.Unique("lat")
-		format, lanes := benchEnvInt("RELAY_BENCH_FORMAT", 2), benchEnvInt("RELAY_BENCH_LANES", 32)
+		format, lanes := testutil.EnvInt("RELAY_BENCH_FORMAT", 2), testutil.EnvInt("RELAY_BENCH_LANES", 32)
 		jobs := make(chan int, n)
 		var wg sync.WaitGroup
 		for range 16 {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -49,6 +50,15 @@ func KafkaBrokers(t testing.TB) []string {
 // ServicesScript returns the path of scripts/services.sh, for tests that stop and start a
 // server to simulate an outage.
 func ServicesScript(t testing.TB) string { return need(t, "RECSYS_SERVICES_SCRIPT", "services script") }
+
+// EnvInt is a benchmark's positive integer setting from the environment, or def when the
+// variable is unset or not a positive integer.
+func EnvInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
 
 // Unique returns prefix plus random hex, for database, topic, group and key names that must
 // not collide between tests running in parallel.
