@@ -153,6 +153,107 @@ func TestRelayLingerCoalescesClaims(t *testing.T) {
 	}
 }
 
+// A claim covers every commit announced before it started: once its batch is out, the worker
+// waits for the next announcement instead of claiming again into an empty outbox (at moderate
+// volume that empty claim had followed almost every batch). The poll interval is a minute, so
+// any claim counted here was started by a commit or by the worker itself.
+func TestRelayIdlesAfterAClaimCoveredEveryCommit(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testutil.KafkaBrokers(t), 3)
+	cfg := testConfig()
+	cfg.PollInterval = time.Minute
+	run := e.start(cfg, "r1", relay.Options{})
+	waitReady(t, run.r)
+	claims := func() float64 { return metric(run.deps.Metrics, "recsys_relay_claim_duration_seconds_count") }
+	waitFor(t, 10*time.Second, "start-up claims done", func() bool {
+		n := claims()
+		time.Sleep(300 * time.Millisecond)
+		return n > 0 && claims() == n
+	})
+	before := claims()
+	const rounds = 3
+	for i := range rounds {
+		e.insert(1, 1, 5) // one commit, one NOTIFY
+		e.waitPublished(i+1, 20*time.Second)
+		time.Sleep(200 * time.Millisecond) // room for a claim that should not come
+	}
+	if got := claims() - before; got != rounds {
+		t.Fatalf("%d single-row commits took %v claims, want %d (one each, no empty claim after it)", rounds, got, rounds)
+	}
+	// Later commits still wake it at once (a lost wake-up would wait out the minute).
+	e.insert(40, 40, 5)
+	e.waitPublished(rounds+40, 20*time.Second)
+}
+
+// A commit announced while a batch is in flight leaves a kick in the channel; the claim after
+// the batch takes that commit's row, so the kick is stale by then and the worker keeps
+// waiting instead of claiming an empty outbox.
+func TestRelaySkipsAKickItsClaimCovered(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testutil.KafkaBrokers(t), 3)
+	cfg := testConfig()
+	cfg.PollInterval, cfg.Workers = time.Minute, 1
+	kafka := relay.NewPublisher(e.deps("").Kafka, cfg)
+	gate := &gatedPublisher{inner: kafka, sent: make(chan struct{}, 1), release: make(chan struct{})}
+	run := e.start(cfg, "r1", relay.Options{Publisher: gate})
+	waitReady(t, run.r)
+	claims := func() float64 { return metric(run.deps.Metrics, "recsys_relay_claim_duration_seconds_count") }
+	waitFor(t, 10*time.Second, "start-up claims done", func() bool {
+		n := claims()
+		time.Sleep(300 * time.Millisecond)
+		return n > 0 && claims() == n
+	})
+	// Rows of two users: the second is not held back behind the first's unit in flight.
+	commit := func(user string) {
+		id := testutil.Unique("ev")
+		err := pgx.BeginFunc(context.Background(), e.pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(context.Background(), `INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, max_attempts)
+VALUES ($1, 'watch', $2, $3, $4, 5)`, id, e.kcfg.TopicWatches, user, []byte(`{"event_id":"`+id+`"}`)); err != nil {
+				return err
+			}
+			_, err := tx.Exec(context.Background(), "SELECT pg_notify($1, '')", outbox.Channel)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := claims()
+	gate.hold.Store(true)
+	commit("u1")
+	<-gate.sent  // the first row's batch is in flight
+	commit("u2") // committed and announced meanwhile
+	time.Sleep(100 * time.Millisecond)
+	gate.hold.Store(false)
+	close(gate.release)
+	e.waitPublished(2, 20*time.Second)
+	time.Sleep(300 * time.Millisecond) // room for a claim that should not come
+	if got := claims() - before; got != 2 {
+		t.Fatalf("two commits, the second during the first's publish, took %v claims, want 2", got)
+	}
+}
+
+// gatedPublisher holds each batch while hold is set (until release is closed), telling sent.
+type gatedPublisher struct {
+	inner   relay.Publisher
+	hold    atomic.Bool
+	sent    chan struct{}
+	release chan struct{}
+}
+
+func (p *gatedPublisher) WriteMessages(ctx context.Context, msgs ...kafkago.Message) error {
+	if p.hold.Load() {
+		select {
+		case p.sent <- struct{}{}:
+		default:
+		}
+		<-p.release
+	}
+	return p.inner.WriteMessages(ctx, msgs...)
+}
+
+func (p *gatedPublisher) Close() error { return p.inner.Close() }
+
 // Kafka stops mid-stream: rows stay pending (the batch in flight backs off; the relay stops
 // claiming while probing, so attempts are not spent), readiness reports it, and once Kafka is
 // back every row is published: the consumer sees exactly the rows written.
