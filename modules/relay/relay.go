@@ -128,12 +128,11 @@ type Relay struct {
 
 	// kick wakes one idle worker: a NOTIFY, or a worker that found a backlog.
 	kick chan struct{}
-	// wakes counts wake-up requests; claimed is the count the latest claim (of any worker)
-	// read before it started. A claim started after a request covers it: what the request
-	// announced (a commit, a recorded batch, reaped leases) was visible to the claim, and a
-	// claim that could not take it all says so (Full, Blocked) and carries on. So while the
-	// two are equal no claim is owed, and a kick left in the channel is stale.
-	wakes, claimed atomic.Uint64
+	// wakes counts wake-up requests. A claim started after a request covers it: what the
+	// request announced (a commit, a recorded batch, reaped leases) was visible to the claim.
+	// A worker compares it with the count it saw before its claim to tell a new request from
+	// a kick left in the channel by one its claim already covered.
+	wakes atomic.Uint64
 	// startupErr is the last topic provisioning error; nil once topics are provisioned.
 	startupErr  atomic.Pointer[error]
 	provisioned atomic.Bool
@@ -342,7 +341,7 @@ func (r *Relay) work(ctx context.Context, id int) {
 		}
 		start := time.Now()
 		gen := r.recorded.Load()
-		r.claimStarts(r.wakes.Load())
+		wakes := r.wakes.Load()
 		c, err := r.store.Claim(ctx, outbox.ClaimRequest{Owner: r.owner, Limit: r.cfg.BatchSize,
 			MaxEvents: r.cfg.BatchEvents, Lease: r.cfg.Lease, After: after})
 		if err != nil {
@@ -370,7 +369,7 @@ func (r *Relay) work(ctx context.Context, id int) {
 				continue
 			}
 			empty = 0
-			r.idle(ctx)
+			r.idleSince(ctx, wakes)
 			continue
 		}
 		empty = 0
@@ -389,11 +388,12 @@ func (r *Relay) work(ctx context.Context, id int) {
 				r.wake()
 			}
 		})
-		// Nothing is known to wait: the claim was neither full nor blocked, and every commit
-		// announced so far came before a claim started. Claiming again at once would find
-		// nothing.
-		if !backlog && !c.Blocked && r.covered() {
-			r.idle(ctx)
+		// Nothing is known to wait: the claim was neither full nor blocked, and no commit was
+		// announced since it started. Claiming again at once would find nothing; at moderate
+		// volume that was almost every other claim (3,074 empty of 6,913 in an
+		// EndToEndFreshness run), each a round trip and a window scan.
+		if !backlog && !c.Blocked && r.wakes.Load() == wakes {
+			r.idleSince(ctx, wakes)
 		}
 	}
 }
@@ -422,9 +422,10 @@ func (r *Relay) pace(ctx context.Context) bool {
 	}
 }
 
-// idle waits for a wake-up that no claim covers yet, or the poll interval. A kick whose
-// request a claim started since has covered is skipped.
-func (r *Relay) idle(ctx context.Context) {
+// idleSince waits for a wake-up requested after the worker's last claim started (seen is
+// r.wakes then), or the poll interval. A kick that only repeats a request the claim covered
+// is skipped.
+func (r *Relay) idleSince(ctx context.Context, seen uint64) {
 	t := time.NewTimer(r.cfg.PollInterval)
 	defer t.Stop()
 	for {
@@ -432,7 +433,7 @@ func (r *Relay) idle(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-r.kick:
-			if !r.covered() {
+			if r.wakes.Load() != seen {
 				return
 			}
 		case <-t.C:
@@ -440,19 +441,6 @@ func (r *Relay) idle(ctx context.Context) {
 		}
 	}
 }
-
-// claimStarts notes that a claim starts having read wakes w (claimed only moves forward).
-func (r *Relay) claimStarts(w uint64) {
-	for {
-		c := r.claimed.Load()
-		if w <= c || r.claimed.CompareAndSwap(c, w) {
-			return
-		}
-	}
-}
-
-// covered reports that every wake-up requested so far came before a claim started.
-func (r *Relay) covered() bool { return r.wakes.Load() == r.claimed.Load() }
 
 func (r *Relay) wake() {
 	r.wakes.Add(1)

@@ -185,23 +185,14 @@ func TestRelayIdlesAfterAClaimCoveredEveryCommit(t *testing.T) {
 	e.waitPublished(rounds+40, 20*time.Second)
 }
 
-// A commit announced while a batch is in flight is claimed once, and the relay then waits. With
-// one worker the announcement leaves a kick in the channel that the claim after the batch
-// covers, so the kick is stale and skipped; with two, the idle worker claims the commit, and
-// the first, its batch out, finds every announcement covered and waits too.
-func TestRelayClaimsACommitDuringAPublishOnce(t *testing.T) {
-	for _, workers := range []int{1, 2} {
-		t.Run(fmt.Sprintf("workers=%d", workers), func(t *testing.T) {
-			t.Parallel()
-			claimDuringPublish(t, workers)
-		})
-	}
-}
-
-func claimDuringPublish(t *testing.T, workers int) {
+// A commit announced while a batch is in flight leaves a kick in the channel; the claim after
+// the batch takes that commit's row, so the kick is stale by then and the worker keeps
+// waiting instead of claiming an empty outbox.
+func TestRelaySkipsAKickItsClaimCovered(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, testutil.KafkaBrokers(t), 3)
 	cfg := testConfig()
-	cfg.PollInterval, cfg.Workers = time.Minute, workers
+	cfg.PollInterval, cfg.Workers = time.Minute, 1
 	kafka := relay.NewPublisher(e.deps("").Kafka, cfg)
 	gate := &gatedPublisher{inner: kafka, sent: make(chan struct{}, 1), release: make(chan struct{})}
 	run := e.start(cfg, "r1", relay.Options{Publisher: gate})
