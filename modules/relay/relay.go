@@ -128,11 +128,6 @@ type Relay struct {
 
 	// kick wakes one idle worker: a NOTIFY, or a worker that found a backlog.
 	kick chan struct{}
-	// wakes counts wake-up requests. A claim started after a request covers it: what the
-	// request announced (a commit, a recorded batch, reaped leases) was visible to the claim.
-	// A worker compares it with the count it saw before its claim to tell a new request from
-	// a kick left in the channel by one its claim already covered.
-	wakes atomic.Uint64
 	// startupErr is the last topic provisioning error; nil once topics are provisioned.
 	startupErr  atomic.Pointer[error]
 	provisioned atomic.Bool
@@ -341,7 +336,6 @@ func (r *Relay) work(ctx context.Context, id int) {
 		}
 		start := time.Now()
 		gen := r.recorded.Load()
-		wakes := r.wakes.Load()
 		c, err := r.store.Claim(ctx, outbox.ClaimRequest{Owner: r.owner, Limit: r.cfg.BatchSize,
 			MaxEvents: r.cfg.BatchEvents, Lease: r.cfg.Lease, After: after})
 		if err != nil {
@@ -369,12 +363,11 @@ func (r *Relay) work(ctx context.Context, id int) {
 				continue
 			}
 			empty = 0
-			r.idleSince(ctx, wakes)
+			r.idle(ctx)
 			continue
 		}
 		empty = 0
-		backlog := c.Full || after != 0
-		if backlog {
+		if c.Full || after != 0 {
 			r.wake() // there is a backlog: get another worker going
 		}
 		record := r.process(ctx, c)
@@ -388,13 +381,6 @@ func (r *Relay) work(ctx context.Context, id int) {
 				r.wake()
 			}
 		})
-		// Nothing is known to wait: the claim was neither full nor blocked, and no commit was
-		// announced since it started. Claiming again at once would find nothing; at moderate
-		// volume that was almost every other claim (3,074 empty of 6,913 in an
-		// EndToEndFreshness run), each a round trip and a window scan.
-		if !backlog && !c.Blocked && r.wakes.Load() == wakes {
-			r.idleSince(ctx, wakes)
-		}
 	}
 }
 
@@ -422,28 +408,18 @@ func (r *Relay) pace(ctx context.Context) bool {
 	}
 }
 
-// idleSince waits for a wake-up requested after the worker's last claim started (seen is
-// r.wakes then), or the poll interval. A kick that only repeats a request the claim covered
-// is skipped.
-func (r *Relay) idleSince(ctx context.Context, seen uint64) {
+// idle waits for a NOTIFY (or a busy worker's kick) or the poll interval.
+func (r *Relay) idle(ctx context.Context) {
 	t := time.NewTimer(r.cfg.PollInterval)
 	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-r.kick:
-			if r.wakes.Load() != seen {
-				return
-			}
-		case <-t.C:
-			return
-		}
+	select {
+	case <-ctx.Done():
+	case <-r.kick:
+	case <-t.C:
 	}
 }
 
 func (r *Relay) wake() {
-	r.wakes.Add(1)
 	select {
 	case r.kick <- struct{}{}:
 	default:
