@@ -40,6 +40,8 @@ import (
 // RECO_BENCH_ACCESS_LOG=1 gives the in-process server the production access log (JSON at
 // info, one line per request, into a drained pipe); without it the log is discarded.
 //
+// RECO_BENCH_DUMP=file writes each request's due time and latency there.
+//
 // RECO_BENCH_FULL=1 runs the built binary `recsys all` instead of the in-process module: the
 // whole pipeline, where every auto-logged impression goes through the outbox, the relay,
 // Kafka and the consumer (which updates the features the requests read) during the run;
@@ -358,6 +360,7 @@ func runLoad(b *testing.B, base string, k int, autolog bool, benchClients, rate 
 	wg.Wait()
 
 	lat := make([][]time.Duration, benchClients)
+	dueAt := make([][]time.Duration, benchClients) // for RECO_BENCH_DUMP: due time from start
 	var interval time.Duration
 	if rate > 0 {
 		interval = time.Second / time.Duration(rate)
@@ -393,6 +396,7 @@ func runLoad(b *testing.B, base string, k int, autolog bool, benchClients, rate 
 					continue
 				}
 				lat[c] = append(lat[c], time.Since(due))
+				dueAt[c] = append(dueAt[c], due.Sub(start))
 			}
 		}(c)
 	}
@@ -403,6 +407,19 @@ func runLoad(b *testing.B, base string, k int, autolog bool, benchClients, rate 
 	var all []time.Duration
 	for _, l := range lat {
 		all = append(all, l...)
+	}
+	if path := os.Getenv("RECO_BENCH_DUMP"); path != "" {
+		// One line per request: due time after the start and latency, in ms, to see when the
+		// slow ones happened.
+		var buf []byte
+		for c := range lat {
+			for i, l := range lat[c] {
+				buf = fmt.Appendf(buf, "%.3f %.3f\n", float64(dueAt[c][i].Microseconds())/1000, float64(l.Microseconds())/1000)
+			}
+		}
+		if err := os.WriteFile(path, buf, 0o644); err != nil {
+			b.Fatalf("RECO_BENCH_DUMP: %v", err)
+		}
 	}
 	slices.Sort(all)
 	if len(all) == 0 {
