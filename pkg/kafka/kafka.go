@@ -172,13 +172,7 @@ func (c *Client) EnsureTopics(ctx context.Context, topics ...string) error {
 	if err != nil {
 		return fmt.Errorf("create topics %v: %w", topics, err)
 	}
-	var errs []error
-	for t, e := range resp.Errors {
-		if e != nil && !errors.Is(e, kafkago.TopicAlreadyExists) {
-			errs = append(errs, fmt.Errorf("create topic %s: %w", t, e))
-		}
-	}
-	return errors.Join(errs...)
+	return topicErrors("create", resp.Errors, kafkago.TopicAlreadyExists)
 }
 
 // DeleteTopics deletes the topics; one that does not exist is not an error, so cleaning up
@@ -191,10 +185,16 @@ func (c *Client) DeleteTopics(ctx context.Context, topics ...string) error {
 	if err != nil {
 		return fmt.Errorf("delete topics %v: %w", topics, err)
 	}
+	return topicErrors("delete", resp.Errors, kafkago.UnknownTopicOrPartition)
+}
+
+// topicErrors joins the per-topic errors of an admin request but done, the answer meaning
+// the topic already is as asked.
+func topicErrors(verb string, perTopic map[string]error, done error) error {
 	var errs []error
-	for t, e := range resp.Errors {
-		if e != nil && !errors.Is(e, kafkago.UnknownTopicOrPartition) {
-			errs = append(errs, fmt.Errorf("delete topic %s: %w", t, e))
+	for t, e := range perTopic {
+		if e != nil && !errors.Is(e, done) {
+			errs = append(errs, fmt.Errorf("%s topic %s: %w", verb, t, e))
 		}
 	}
 	return errors.Join(errs...)
