@@ -1,7 +1,6 @@
 package featurestore
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -218,8 +217,13 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 			continue
 		}
 		ev := &b.Events[i].Interaction
-		st := states[ev.UserID]
-		*st = features.ApplyInto(s.cfg, *st, *ev, &d)
+		u := states[ev.UserID]
+		u.st = features.ApplyInto(s.cfg, u.st, *ev, &d)
+		if ev.Kind == features.KindImpression {
+			u.iAdd = append(u.iAdd, ev.Items...)
+		} else {
+			u.wAdd = append(u.wAdd, ev.ItemID)
+		}
 		changed[ev.UserID] = true
 		if ev.Kind != features.KindImpression {
 			watchChanged[ev.UserID] = true
@@ -260,16 +264,17 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 		hs, ws, is := make([]string, len(userIDs)), make([]string, len(userIDs)), make([]string, len(userIDs))
 		a.users = make([]userRow, len(userIDs))
 		for i, id := range userIDs {
-			st := states[id]
-			h, w, im, err := encodeUser(st)
-			if err != nil {
-				return nil, err
+			u := states[id]
+			h, w, im := u.h, u.w, encodeImpressions(u.st.ImpressionCounts, docKeys(u.st.ImpressionCounts, u.iKeys, u.iAdd))
+			if watchChanged[id] {
+				if h, err = encodeHistory(u.st.History); err != nil {
+					return nil, fmt.Errorf("encode history of %q: %w", id, err)
+				}
+				w = encodeWatched(u.st.Watched, docKeys(u.st.Watched, u.wKeys, u.wAdd))
+				hs[i], ws[i] = h, w
 			}
 			a.users[i] = userRow{id: id, h: h, w: w, i: im}
 			is[i] = im
-			if watchChanged[id] {
-				hs[i], ws[i] = h, w
-			}
 		}
 		// Unchanged documents ("" here) keep their stored (possibly TOASTed) value untouched.
 		p.query(func(rows pgx.Rows) error {
@@ -284,9 +289,9 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 			}
 			return nil
 		}, `UPDATE feature_users u SET
-  history = CASE WHEN v.h = '' THEN u.history ELSE v.h::json END,
-  watched = CASE WHEN v.w = '' THEN u.watched ELSE v.w::json END,
-  impressions = v.i::json,
+  history = CASE WHEN v.h = '' THEN u.history ELSE v.h END,
+  watched = CASE WHEN v.w = '' THEN u.watched ELSE v.w END,
+  impressions = v.i,
   version = u.version + 1
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS v(id, h, w, i)
 WHERE u.user_id = v.id
@@ -453,13 +458,42 @@ RETURNING item_id, impressions, watches, sum_percent, percent_count, ended, watc
 	return a, nil
 }
 
+// userDoc is a locked user's state. Only impressions are decoded for a user without a watch
+// in the batch (impressions change nothing else): history and watched stay as stored in h and
+// w and are written back as they are. A full user's watched set and history are most of its
+// ~30 kB, and most users of a batch only had impressions.
+type userDoc struct {
+	st   features.UserState
+	h, w string // as stored; st.History and st.Watched are decoded only when a watch needs them
+	// The stored documents' keys (see docKeys) and the keys the batch's events may have added.
+	wKeys, iKeys, wAdd, iAdd []string
+}
+
+// decode fills u.st from the stored documents; history and watched only when full.
+func (u *userDoc) decode(full bool, im string) error {
+	var err error
+	if u.st.ImpressionCounts, u.iKeys, err = decodeImpressionsKeys(im); err != nil {
+		return fmt.Errorf("decode impressions: %w", err)
+	}
+	if !full {
+		return nil
+	}
+	if u.st.History, err = DecodeHistory(u.h); err != nil {
+		return fmt.Errorf("decode history: %w", err)
+	}
+	if u.st.Watched, u.wKeys, err = decodeWatchedKeys(u.w); err != nil {
+		return fmt.Errorf("decode watched: %w", err)
+	}
+	return nil
+}
+
 // lockUsers opens the transaction, records the batch's event_ids (learning which are new)
 // and loads and locks the users' states, in one round trip. Missing users are inserted
 // first so that two consumers serialise on the row even for a brand-new user. The decay
 // meta is read in the same round trip, under the shared meta lock (m and merr are
 // loadMeta's results).
-func (s *Store) lockUsers(ctx context.Context, c dbConn, b *Batch, a *Applied) (states map[string]*features.UserState, m Meta, merr, err error) {
-	states = map[string]*features.UserState{}
+func (s *Store) lockUsers(ctx context.Context, c dbConn, b *Batch, a *Applied) (states map[string]*userDoc, m Meta, merr, err error) {
+	states = map[string]*userDoc{}
 	p := &pipeline{}
 	p.exec("begin apply", "BEGIN")
 	// Every statement of the transaction reaches its rows by key (postgres.ByKeyPlans): in
@@ -469,10 +503,10 @@ func (s *Store) lockUsers(ctx context.Context, c dbConn, b *Batch, a *Applied) (
 	p.exec("lock meta", `SELECT pg_advisory_xact_lock_shared($1), `+postgres.ByKeyPlans, metaLockKey)
 	if len(b.Events) > 0 {
 		idSet := make(map[string]bool, len(b.Events))
-		userSet := map[string]bool{}
+		userSet := map[string]bool{} // true: the user has a watch in the batch
 		for _, e := range b.Events {
 			idSet[e.EventID] = true
-			userSet[e.UserID] = true
+			userSet[e.UserID] = userSet[e.UserID] || e.Kind != features.KindImpression
 		}
 		ids, users := sortedKeys(idSet), sortedKeys(userSet)
 		p.query(func(rows pgx.Rows) error {
@@ -493,18 +527,18 @@ func (s *Store) lockUsers(ctx context.Context, c dbConn, b *Batch, a *Applied) (
 		p.query(func(rows pgx.Rows) error {
 			var id, h, w, im string
 			_, err := pgx.ForEachRow(rows, []any{&id, &h, &w, &im}, func() error {
-				st, err := decodeUser(h, w, im)
-				if err != nil {
+				u := &userDoc{h: h, w: w}
+				if err := u.decode(userSet[id], im); err != nil {
 					return fmt.Errorf("user %q: %w", id, err)
 				}
-				states[id] = &st
+				states[id] = u
 				return nil
 			})
 			if err != nil {
 				return fmt.Errorf("lock users: %w", err)
 			}
 			return nil
-		}, `SELECT user_id, history::text, watched::text, impressions::text FROM feature_users WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE`, users)
+		}, `SELECT user_id, history, watched, impressions FROM feature_users WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE`, users)
 	}
 	p.query(func(rows pgx.Rows) error {
 		var row pgx.Row = rowsRow{rows}
@@ -591,33 +625,11 @@ SELECT t, p, o, k, h::jsonb, b, e FROM unnest($1::text[], $2::int[], $3::bigint[
 ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING`, topic, part, off, key, hdr, payload, errs)
 }
 
-func encodeUser(st *features.UserState) (h, w, i string, err error) {
-	if h, err = encodeHistory(st.History); err != nil {
-		return "", "", "", fmt.Errorf("encode history: %w", err)
-	}
-	return h, encodeWatched(st.Watched), encodeImpressions(st.ImpressionCounts), nil
-}
-
-func decodeUser(h, w, i string) (features.UserState, error) {
-	var st features.UserState
-	var err error
-	if st.History, err = DecodeHistory(h); err != nil {
-		return st, fmt.Errorf("decode history: %w", err)
-	}
-	if st.Watched, err = decodeWatched(w); err != nil {
-		return st, fmt.Errorf("decode watched: %w", err)
-	}
-	if st.ImpressionCounts, err = DecodeImpressions(i); err != nil {
-		return st, fmt.Errorf("decode impressions: %w", err)
-	}
-	return st, nil
-}
-
 func sortedKeys[V any](m map[string]V) []string {
 	out := make([]string, 0, len(m))
 	for k := range m {
 		out = append(out, k)
 	}
-	slices.SortFunc(out, cmp.Compare[string])
+	slices.Sort(out)
 	return out
 }

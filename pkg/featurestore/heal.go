@@ -21,7 +21,7 @@ func (s *Store) RedisReady(ctx context.Context) (bool, error) {
 
 // readUsers, readItems and readNeighbours load absolute values for a rewrite.
 func readUsers(ctx context.Context, q pgx.Tx, ids []string) ([]userRow, error) {
-	rows, _ := q.Query(ctx, `SELECT user_id, version, history::text, watched::text, impressions::text
+	rows, _ := q.Query(ctx, `SELECT user_id, version, history, watched, impressions
 FROM feature_users WHERE user_id = ANY($1) ORDER BY user_id`, ids)
 	var out []userRow
 	var u userRow
@@ -285,7 +285,7 @@ func (s *Store) copyAll(ctx context.Context, tx pgx.Tx, epoch string) error {
 	}
 	after := ""
 	for {
-		rows, _ := tx.Query(ctx, `SELECT user_id, version, history::text, watched::text, impressions::text
+		rows, _ := tx.Query(ctx, `SELECT user_id, version, history, watched, impressions
 FROM feature_users WHERE user_id > $1 ORDER BY user_id LIMIT $2`, after, page)
 		var users []userRow
 		var u userRow

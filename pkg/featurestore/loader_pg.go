@@ -35,7 +35,7 @@ func (l *PGLoader) Snapshot(ctx context.Context, userID string, nowMs int64, opt
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
 	pb := &pgx.Batch{}
 	pb.Queue(metaSelect)
-	pb.Queue(`SELECT history::text, watched::text, impressions::text FROM feature_users WHERE user_id = $1`, userID)
+	pb.Queue(`SELECT history, watched, impressions FROM feature_users WHERE user_id = $1`, userID)
 	// No index serves the top lists (migration 0007: they made every item update non-HOT), so
 	// each is a scan with a bounded top-N sort; acceptable for the degraded mode this is.
 	pb.Queue(`SELECT item_id, pop_short FROM feature_items WHERE pop_short > 0 ORDER BY pop_short DESC, item_id LIMIT $1`, opts.TrendingN)

@@ -40,7 +40,7 @@ FROM generate_series(1, $2) u`, now, users); err != nil {
 		t.Fatalf("ready after repopulation: %v, %v", ready, err)
 	}
 	var want string
-	if err := pool.QueryRow(ctx, `SELECT watched::text FROM feature_users WHERE user_id = 'u04321'`).Scan(&want); err != nil {
+	if err := pool.QueryRow(ctx, `SELECT watched FROM feature_users WHERE user_id = 'u04321'`).Scan(&want); err != nil {
 		t.Fatal(err)
 	}
 	got, err := rd.Do(ctx, rd.B().Hget().Key(prefix+"u:u04321").Field("w").Build()).ToString()

@@ -3,7 +3,9 @@ package featurestore
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -54,6 +56,30 @@ func appendJSONFloat(b []byte, f float64) ([]byte, error) {
 	return b, nil
 }
 
+// encodeUser and decodeUser convert a whole state; the apply path encodes only the parts a
+// batch changed (see userDoc).
+func encodeUser(st *features.UserState) (h, w, i string, err error) {
+	if h, err = encodeHistory(st.History); err != nil {
+		return "", "", "", fmt.Errorf("encode history: %w", err)
+	}
+	return h, encodeWatched(st.Watched, sortedKeys(st.Watched)), encodeImpressions(st.ImpressionCounts, sortedKeys(st.ImpressionCounts)), nil
+}
+
+func decodeUser(h, w, i string) (features.UserState, error) {
+	var st features.UserState
+	var err error
+	if st.History, err = DecodeHistory(h); err != nil {
+		return st, fmt.Errorf("decode history: %w", err)
+	}
+	if st.Watched, err = decodeWatched(w); err != nil {
+		return st, fmt.Errorf("decode watched: %w", err)
+	}
+	if st.ImpressionCounts, err = DecodeImpressions(i); err != nil {
+		return st, fmt.Errorf("decode impressions: %w", err)
+	}
+	return st, nil
+}
+
 func encodeHistory(h []features.HistoryEntry) (string, error) {
 	b := make([]byte, 0, 16+len(h)*64)
 	b = append(b, '[')
@@ -75,8 +101,7 @@ func encodeHistory(h []features.HistoryEntry) (string, error) {
 	return string(append(b, ']')), nil
 }
 
-func encodeWatched(m map[string]int64) string {
-	keys := sortedKeys(m)
+func encodeWatched(m map[string]int64, keys []string) string {
 	b := make([]byte, 0, 2+len(m)*32)
 	b = append(b, '{')
 	for i, k := range keys {
@@ -90,8 +115,7 @@ func encodeWatched(m map[string]int64) string {
 	return string(append(b, '}'))
 }
 
-func encodeImpressions(m map[string]features.ImpressionStat) string {
-	keys := sortedKeys(m)
+func encodeImpressions(m map[string]features.ImpressionStat, keys []string) string {
 	b := make([]byte, 0, 2+len(m)*56)
 	b = append(b, '{')
 	for i, k := range keys {
@@ -168,7 +192,7 @@ func (p *jsonScan) str() string {
 func (p *jsonScan) number() string {
 	p.ws()
 	j := p.i
-	for j < len(p.s) && strings.IndexByte("+-.eE0123456789", p.s[j]) >= 0 {
+	for j < len(p.s) && numberByte(p.s[j]) {
 		j++
 	}
 	v := p.s[p.i:j]
@@ -218,12 +242,37 @@ func jsonNumber(v string) bool {
 	return i == len(v)
 }
 
+// int reads an integer. The encoder's plain digits (no leading zero, fewer than 18 digits, so
+// no overflow) are parsed in place: the general scan below was a third of the decode time
+// of a full user. Anything else goes through the JSON grammar and strconv.
 func (p *jsonScan) int() int64 {
+	p.ws()
+	i, neg := p.i, false
+	if i < len(p.s) && p.s[i] == '-' {
+		i, neg = i+1, true
+	}
+	start := i
+	var v int64
+	for ; i < len(p.s) && i-start < 18 && p.s[i] >= '0' && p.s[i] <= '9'; i++ {
+		v = v*10 + int64(p.s[i]-'0')
+	}
+	if n := i - start; n > 0 && n < 18 && (n == 1 || p.s[start] != '0') && (i == len(p.s) || !numberByte(p.s[i])) {
+		p.i = i
+		if neg {
+			return -v
+		}
+		return v
+	}
 	v, err := strconv.ParseInt(p.number(), 10, 64)
 	if err != nil {
 		p.ok = false
 	}
 	return v
+}
+
+// numberByte reports whether c can occur in a JSON number.
+func numberByte(c byte) bool {
+	return c >= '0' && c <= '9' || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E'
 }
 
 func (p *jsonScan) float() float64 {
@@ -329,21 +378,40 @@ func DecodeWatchedSet(s string) (map[string]bool, error) {
 }
 
 func decodeWatched(s string) (map[string]int64, error) {
+	m, _, err := decodeWatchedKeys(s)
+	return m, err
+}
+
+// decodeWatchedKeys also returns the document's keys in order when they are strictly
+// increasing, as encodeWatched writes them (nil otherwise): see docKeys.
+func decodeWatchedKeys(s string) (map[string]int64, []string, error) {
 	p := jsonScan{s: s, ok: true}
-	out := map[string]int64{}
-	p.object(func(k string) { out[k] = p.int() })
+	// Sized from a count of separators (a guess when ids hold commas): a full set grows
+	// through several rehashes otherwise.
+	n := strings.Count(s, ",") + 1
+	out := make(map[string]int64, n)
+	keys := make([]string, 0, n)
+	p.object(func(k string) { out[k] = p.int(); keys = append(keys, k) })
 	p.end()
 	if p.ok {
-		return out, nil
+		return out, increasing(keys), nil
 	}
 	out = nil
-	return out, json.Unmarshal([]byte(s), &out)
+	return out, nil, json.Unmarshal([]byte(s), &out)
 }
 
 // DecodeImpressions decodes a user's impression counters (field "i", column impressions).
 func DecodeImpressions(s string) (map[string]features.ImpressionStat, error) {
+	m, _, err := decodeImpressionsKeys(s)
+	return m, err
+}
+
+// decodeImpressionsKeys is decodeWatchedKeys for the impression counters.
+func decodeImpressionsKeys(s string) (map[string]features.ImpressionStat, []string, error) {
 	p := jsonScan{s: s, ok: true}
-	out := map[string]features.ImpressionStat{}
+	n := strings.Count(s, "{") // one brace per entry, and the outer one
+	out := make(map[string]features.ImpressionStat, n)
+	keys := make([]string, 0, n)
 	p.object(func(k string) {
 		var st features.ImpressionStat
 		p.object(func(f string) {
@@ -357,11 +425,60 @@ func DecodeImpressions(s string) (map[string]features.ImpressionStat, error) {
 			}
 		})
 		out[k] = st
+		keys = append(keys, k)
 	})
 	p.end()
 	if p.ok {
-		return out, nil
+		return out, increasing(keys), nil
 	}
 	out = nil
-	return out, json.Unmarshal([]byte(s), &out)
+	return out, nil, json.Unmarshal([]byte(s), &out)
+}
+
+// increasing returns keys if they are strictly increasing, else nil.
+func increasing(keys []string) []string {
+	for i := 1; i < len(keys); i++ {
+		if keys[i-1] >= keys[i] {
+			return nil
+		}
+	}
+	return keys
+}
+
+// docKeys returns m's keys in increasing order, given prev, the increasing keys of the
+// document m was decoded from, and added, every key the batch may have inserted since: a merge
+// and len(prev) lookups instead of a sort of the whole map (a full watched set or impression
+// memory has hundreds of keys, and sorting them was a third of the apply path's Go time for
+// such users). Keys removed since (trims, a watch clearing an impression count) are skipped.
+// A nil prev, or a key in m that neither covers, falls back to sorting.
+func docKeys[V any](m map[string]V, prev, added []string) []string {
+	if prev == nil && len(m) > 0 {
+		return sortedKeys(m)
+	}
+	var extra []string
+	for _, k := range added {
+		if _, in := m[k]; in {
+			if _, found := slices.BinarySearch(prev, k); !found {
+				extra = append(extra, k)
+			}
+		}
+	}
+	slices.Sort(extra)
+	extra = slices.Compact(extra)
+	out := make([]string, 0, len(m))
+	j := 0
+	for _, k := range prev {
+		for j < len(extra) && extra[j] < k {
+			out = append(out, extra[j])
+			j++
+		}
+		if _, in := m[k]; in {
+			out = append(out, k)
+		}
+	}
+	out = append(out, extra[j:]...)
+	if len(out) != len(m) {
+		return sortedKeys(m)
+	}
+	return out
 }

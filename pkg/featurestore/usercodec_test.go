@@ -2,8 +2,10 @@ package featurestore
 
 import (
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -132,6 +134,83 @@ func BenchmarkUserCodec(b *testing.B) {
 		h, w, i, _ := encodeUser(&st)
 		if _, err := decodeUser(h, w, i); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestDocKeys checks docKeys against sorting the map: after removals and additions, with
+// additions repeated or removed again, and with the fallbacks (no previous order, a key the
+// caller did not announce).
+func TestDocKeys(t *testing.T) {
+	set := func(keys ...string) map[string]int64 {
+		m := map[string]int64{}
+		for _, k := range keys {
+			m[k] = 1
+		}
+		return m
+	}
+	for _, c := range []struct {
+		name        string
+		m           map[string]int64
+		prev, added []string
+	}{
+		{"unchanged", set("a", "c", "e"), []string{"a", "c", "e"}, nil},
+		{"removed", set("c"), []string{"a", "c", "e"}, nil},
+		{"added before, between, after", set("0", "a", "b", "c", "d", "e", "z"), []string{"a", "c", "e"}, []string{"z", "b", "0", "d"}},
+		{"added twice, and a known key", set("a", "b", "c"), []string{"a", "c"}, []string{"b", "b", "c"}},
+		{"added then removed", set("a", "c"), []string{"a", "c"}, []string{"b"}},
+		{"empty document", set("x", "y"), []string{}, []string{"y", "x"}},
+		{"all removed", set(), []string{"a", "b"}, nil},
+		{"no previous order", set("b", "a", "c"), nil, nil},
+		{"unannounced key", set("a", "b", "c"), []string{"a", "c"}, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got, want := docKeys(c.m, c.prev, c.added), sortedKeys(c.m); !slices.Equal(got, want) {
+				t.Errorf("docKeys = %q, want %q", got, want)
+			}
+		})
+	}
+	// Random documents through random batches, keys sharing prefixes as item ids do.
+	rng := rand.New(rand.NewPCG(3, 4))
+	key := func() string { return fmt.Sprintf("item-%d", rng.IntN(300)) }
+	for range 300 {
+		m := map[string]int64{}
+		for range rng.IntN(200) {
+			m[key()] = 1
+		}
+		prev := sortedKeys(m)
+		var added []string
+		for range rng.IntN(20) {
+			switch k := key(); rng.IntN(3) {
+			case 0:
+				delete(m, k)
+			default:
+				m[k] = 2
+				added = append(added, k)
+			}
+		}
+		if got, want := docKeys(m, prev, added), sortedKeys(m); !slices.Equal(got, want) {
+			t.Fatalf("docKeys = %q, want %q", got, want)
+		}
+	}
+}
+
+// The decoders report a document's key order only when it is the order docKeys relies on.
+func TestDecodeKeysOnlyWhenIncreasing(t *testing.T) {
+	for _, c := range []struct {
+		w, i string
+		want bool
+	}{
+		{`{"a":1,"b":2}`, `{"a":{"count":1,"last_ts_ms":2},"b":{"count":1,"last_ts_ms":2}}`, true},
+		{`{}`, `{}`, true},
+		{`{"b":1,"a":2}`, `{"b":{"count":1,"last_ts_ms":2},"a":{"count":1,"last_ts_ms":2}}`, false},
+		{`{"a":1,"a":2}`, `{"a":{"count":1,"last_ts_ms":2},"a":{"count":3,"last_ts_ms":4}}`, false},
+		{`{"a":1, "b":"x"}`, `{"a":{"count":1,"last_ts_ms":2,"more":1}}`, false}, // decoded by encoding/json
+	} {
+		_, wk, werr := decodeWatchedKeys(c.w)
+		_, ik, ierr := decodeImpressionsKeys(c.i)
+		if (wk != nil) != c.want || (ik != nil) != c.want {
+			t.Errorf("%s / %s: keys %q / %q (errors %v / %v), want keys: %v", c.w, c.i, wk, ik, werr, ierr, c.want)
 		}
 	}
 }

@@ -227,7 +227,7 @@ func ReadTables(ctx context.Context, pool *pgxpool.Pool, nowMs int64) (Tables, e
 		return t, fmt.Errorf("read meta: %w", err)
 	}
 	at := func(v float64, lm int64, hl float64) float64 { return v * math.Exp2(-float64(nowMs-lm)/hl) }
-	rows, err := pool.Query(ctx, `SELECT user_id, history::text, watched::jsonb::text, impressions::jsonb::text FROM feature_users`)
+	rows, err := pool.Query(ctx, `SELECT user_id, history, watched::jsonb::text, impressions::jsonb::text FROM feature_users`)
 	if err != nil {
 		return t, err
 	}
