@@ -7,7 +7,10 @@
 --
 -- This rewrites feature_users once (ACCESS EXCLUSIVE for the copy: run it with the consumers
 -- stopped on a large table). A type change resets the column's compression, so lz4 (0007) is
--- set again, for the copy as well.
+-- set again, for the copy as well. Deploy order as always: migrate, then roll out. A consumer
+-- from before 0015 cannot update users afterwards (its statement mixes json and text: "CASE
+-- types json and text cannot be matched"); it retries the batch with backoff, commits no
+-- offset and loses nothing, until the new binary replaces it. Readers of every version work.
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals)) THEN

@@ -99,6 +99,7 @@ func TestSnapshotsMatchMemoryStore(t *testing.T) {
 	}
 
 	st := featurestore.New(pool, rd, prefix, cfg, nil)
+	st.SetUserChunk(2048) // several user statements per batch, as with full users
 	r := rand.New(rand.NewPCG(1, 2))
 	for i, first := 0, true; i < len(evs); {
 		n := 1 + r.IntN(150)

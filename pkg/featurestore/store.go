@@ -69,7 +69,9 @@ type Store struct {
 	keys  Keys
 	log   *slog.Logger
 	chunk int // keys per Redis script call
-	hooks Hooks
+	// userChunk bounds the documents one user UPDATE carries, in bytes (see applyOnce).
+	userChunk int
+	hooks     Hooks
 
 	mu      sync.Mutex
 	written []int64 // journal rows whose Redis writes completed, deleted by the next batch
@@ -158,7 +160,7 @@ func New(pg *pgxpool.Pool, rd rueidis.Client, keyPrefix string, cfg features.Con
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Store{pg: pg, rd: rd, cfg: cfg, keys: NewKeys(keyPrefix), log: log, chunk: 100}
+	return &Store{pg: pg, rd: rd, cfg: cfg, keys: NewKeys(keyPrefix), log: log, chunk: 100, userChunk: 1 << 20}
 }
 
 // SetHooks installs observation hooks; call before use.
