@@ -219,13 +219,11 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 		ev := &b.Events[i].Interaction
 		u := states[ev.UserID]
 		u.st = features.ApplyInto(s.cfg, u.st, *ev, &d)
+		changed[ev.UserID] = true
 		if ev.Kind == features.KindImpression {
 			u.iAdd = append(u.iAdd, ev.Items...)
 		} else {
 			u.wAdd = append(u.wAdd, ev.ItemID)
-		}
-		changed[ev.UserID] = true
-		if ev.Kind != features.KindImpression {
 			watchChanged[ev.UserID] = true
 		}
 		if d.Empty() {
