@@ -10,7 +10,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"recsys/pkg/migrate"
 	"recsys/pkg/testutil"
 )
 
@@ -19,29 +18,8 @@ import (
 // and lz4 (when the server has it), every document is kept byte for byte, and the down
 // migration gives back json columns with the same documents.
 func TestFeatureUserDocsMigration(t *testing.T) {
-	dsn := testutil.NewDatabase(t)
+	m, dsn, since := before(t, 15)
 	ctx := context.Background()
-	m, err := migrate.Open(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	files, _, err := migrate.Local()
-	if err != nil {
-		t.Fatal(err)
-	}
-	since := 0 // migrations from 0015 on
-	for _, f := range files {
-		if f.Version >= 15 {
-			since++
-		}
-	}
-	if err := m.Up(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Down(ctx, since); err != nil {
-		t.Fatal(err)
-	}
 	pool := testutil.Pool(t, dsn)
 	var watched strings.Builder
 	watched.WriteByte('{')
@@ -59,7 +37,7 @@ func TestFeatureUserDocsMigration(t *testing.T) {
 	if _, err := pool.Exec(ctx, `INSERT INTO feature_users (user_id) VALUES ('u-new')`); err != nil {
 		t.Fatal(err)
 	}
-	before := userDocs(t, pool)
+	stored := userDocs(t, pool)
 
 	if err := m.Up(ctx); err != nil {
 		t.Fatal(err)
@@ -72,17 +50,22 @@ func TestFeatureUserDocsMigration(t *testing.T) {
 	if lz4 {
 		wantCompression = "l"
 	}
-	wantCols := []string{
-		fmt.Sprintf("history text %q '[]'::text", wantCompression),
-		fmt.Sprintf("impressions text %q '{}'::text", wantCompression),
-		fmt.Sprintf("watched text %q '{}'::text", wantCompression),
+	// expect checks the document columns' type, compression and defaults, and the documents.
+	expect := func(stage, typ string, docs []string) {
+		t.Helper()
+		want := []string{
+			fmt.Sprintf("history %s %q '[]'::%[1]s", typ, wantCompression),
+			fmt.Sprintf("impressions %s %q '{}'::%[1]s", typ, wantCompression),
+			fmt.Sprintf("watched %s %q '{}'::%[1]s", typ, wantCompression),
+		}
+		if got := userDocColumns(t, pool); !slices.Equal(got, want) {
+			t.Errorf("columns %s:\n%q\nwant\n%q", stage, got, want)
+		}
+		if got := userDocs(t, pool); !slices.Equal(got, docs) {
+			t.Errorf("documents %s:\n%q\nwant\n%q", stage, got, docs)
+		}
 	}
-	if got := userDocColumns(t, pool); !slices.Equal(got, wantCols) {
-		t.Errorf("columns after 0015:\n%q\nwant\n%q", got, wantCols)
-	}
-	if got := userDocs(t, pool); !slices.Equal(got, before) {
-		t.Errorf("documents after 0015:\n%q\nwant\n%q", got, before)
-	}
+	expect("after 0015", "text", stored)
 	if _, err := pool.Exec(ctx, `INSERT INTO feature_users (user_id) VALUES ('u-after')`); err != nil {
 		t.Fatal(err)
 	}
@@ -94,17 +77,7 @@ func TestFeatureUserDocsMigration(t *testing.T) {
 	if err := m.Down(ctx, since); err != nil {
 		t.Fatal(err)
 	}
-	wantCols = []string{
-		fmt.Sprintf("history json %q '[]'::json", wantCompression),
-		fmt.Sprintf("impressions json %q '{}'::json", wantCompression),
-		fmt.Sprintf("watched json %q '{}'::json", wantCompression),
-	}
-	if got := userDocColumns(t, pool); !slices.Equal(got, wantCols) {
-		t.Errorf("columns after the down migration:\n%q\nwant\n%q", got, wantCols)
-	}
-	if got := userDocs(t, pool); !slices.Equal(got, withNew) {
-		t.Errorf("documents after the down migration:\n%q\nwant\n%q", got, withNew)
-	}
+	expect("after the down migration", "json", withNew)
 }
 
 // userDocColumns describes the document columns: name, type, compression, default.

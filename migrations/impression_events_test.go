@@ -8,7 +8,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"recsys/pkg/migrate"
 	"recsys/pkg/testutil"
 )
 
@@ -17,29 +16,8 @@ import (
 // one impression_events row per event, that a writer from before 0012 can still insert into
 // impressions, and that the down migration restores the table with every row.
 func TestImpressionEventsMigration(t *testing.T) {
-	dsn := testutil.NewDatabase(t)
+	m, dsn, since := before(t, 12)
 	ctx := context.Background()
-	m, err := migrate.Open(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	files, _, err := migrate.Local()
-	if err != nil {
-		t.Fatal(err)
-	}
-	since := 0 // migrations from 0012 on: how far down to go to the schema before it
-	for _, f := range files {
-		if f.Version >= 12 {
-			since++
-		}
-	}
-	if err := m.Up(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Down(ctx, since); err != nil {
-		t.Fatal(err)
-	}
 	pool := testutil.Pool(t, dsn)
 	exec := func(sql string, args ...any) {
 		t.Helper()
