@@ -83,25 +83,23 @@ func TestFeatureUserDocsMigration(t *testing.T) {
 // userDocColumns describes the document columns: name, type, compression, default.
 func userDocColumns(t *testing.T, pool *pgxpool.Pool) []string {
 	t.Helper()
-	r, err := pool.Query(context.Background(), `SELECT format('%s %s %s %s', a.attname, format_type(a.atttypid, a.atttypmod),
+	return queryStrings(t, pool, `SELECT format('%s %s %s %s', a.attname, format_type(a.atttypid, a.atttypmod),
 			'"' || a.attcompression::text || '"', pg_get_expr(d.adbin, d.adrelid))
 		FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 		WHERE a.attrelid = 'feature_users'::regclass AND a.attname IN ('history', 'watched', 'impressions') ORDER BY a.attname`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := pgx.CollectRows(r, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
 }
 
 // userDocs renders every user's documents as stored (text, no normalisation).
 func userDocs(t *testing.T, pool *pgxpool.Pool) []string {
 	t.Helper()
-	r, err := pool.Query(context.Background(), `SELECT concat_ws(' ', user_id, history::text, watched::text, impressions::text, version)
+	return queryStrings(t, pool, `SELECT concat_ws(' ', user_id, history::text, watched::text, impressions::text, version)
 		FROM feature_users ORDER BY user_id`)
+}
+
+// queryStrings runs a query of one text column.
+func queryStrings(t *testing.T, pool *pgxpool.Pool, sql string) []string {
+	t.Helper()
+	r, err := pool.Query(context.Background(), sql)
 	if err != nil {
 		t.Fatal(err)
 	}
