@@ -82,6 +82,9 @@ func TestMergePairsMatchesMemoryStore(t *testing.T) {
 			if len(n.l) > 2*m {
 				t.Fatalf("list %s of %d entries after a batch, cap 2M=%d", id, len(n.l), 2*m)
 			}
+			if !slices.IsSortedFunc(n.l, cmpEntry) { // readers take the first N as the top N
+				t.Fatalf("list %s not in reader order after a batch: %v", id, n.l)
+			}
 			stored[id] = n.appendTo(nil)
 		}
 		start = end
