@@ -178,14 +178,14 @@ func BenchmarkRecoHTTP(b *testing.B) {
 				pg0 := pgBackendCPU(b, pool)
 				if mod != nil {
 					before = servedBy(mod)
-					redis0 = redisCPU(b, rd)
+					redis0 = testutil.RedisCPU(b, rd)
 				}
 				runLoad(b, base, k, autolog, clients, rate)
 				// The database's share (autolog: dedup, impression and outbox rows; in full mode
 				// also the relay's and the consumer's statements).
 				b.ReportMetric(float64(pgCPUSince(b, pool, pg0).Microseconds())/float64(b.N), "pg_cpu_us/req")
 				if mod != nil {
-					b.ReportMetric(float64((redisCPU(b, rd)-redis0).Microseconds())/float64(b.N), "redis_cpu_us/req")
+					b.ReportMetric(float64((testutil.RedisCPU(b, rd)-redis0).Microseconds())/float64(b.N), "redis_cpu_us/req")
 					after, total := servedBy(mod), uint64(0)
 					for k := range after {
 						total += after[k] - before[k]
@@ -287,23 +287,6 @@ func pgCPUSince(b *testing.B, pool *pgxpool.Pool, before map[int]time.Duration) 
 		d += t - before[pid]
 	}
 	return d
-}
-
-// redisCPU is the CPU time the Redis server has used (INFO cpu).
-func redisCPU(b *testing.B, rd rueidis.Client) time.Duration {
-	info, err := rd.Do(context.Background(), rd.B().Info().Section("cpu").Build()).ToString()
-	if err != nil {
-		b.Fatal(err)
-	}
-	var total float64
-	for _, line := range strings.Split(info, "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
-			f, _ := strconv.ParseFloat(v, 64)
-			total += f
-		}
-	}
-	return time.Duration(total * float64(time.Second))
 }
 
 func servedBy(r *Reco) map[string]uint64 {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/rueidis"
 
 	"recsys/pkg/features"
 	"recsys/pkg/featurestore"
@@ -38,7 +39,9 @@ func BenchmarkApply(b *testing.B) {
 	phases := map[string]time.Duration{}
 	st.SetHooks(featurestore.Hooks{Phase: func(p string, d time.Duration) { phases[p] += d }})
 	for _, batch := range []int{5000, 20000} {
-		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) { benchApply(b, pool, cpu, st, evs, batch, pairs, phases, nil) })
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			benchApply(b, applyBench{pool: pool, cpu: cpu, st: st, evs: evs, batch: batch, pairs: pairs, phases: phases})
+		})
 	}
 }
 
@@ -58,16 +61,39 @@ func BenchmarkApplyFullUsers(b *testing.B) {
 	evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 5, Users: users, Items: 5000, Events: n,
 		StartMs: start, StepMs: 10, Prefix: "f"}))
 	rows := fullUsers(b, cfg, users, "fuser%03d", start-int64(cfg.WatchedCap+cfg.ImpressionMemory+1)*1000)
-	st := featurestore.New(pool, nil, "", cfg, nil)
 	phases := map[string]time.Duration{}
-	st.SetHooks(featurestore.Hooks{Phase: func(p string, d time.Duration) { phases[p] += d }})
-	prefill := func(b *testing.B) {
-		if _, err := pool.CopyFrom(context.Background(), pgx.Identifier{"feature_users"},
-			[]string{"user_id", "history", "watched", "impressions", "version"}, pgx.CopyFromRows(rows)); err != nil {
-			b.Fatal(err)
-		}
+	for _, withRedis := range []bool{false, true} {
+		b.Run(fmt.Sprintf("batch=%d/redis=%v", batch, withRedis), func(b *testing.B) {
+			var rd rueidis.Client
+			if withRedis {
+				rd = redisClient(b, testutil.StartPrivate(b, "redis").URL)
+			}
+			st := featurestore.New(pool, rd, "", cfg, nil)
+			st.SetHooks(featurestore.Hooks{Phase: func(p string, d time.Duration) { phases[p] += d }})
+			prefill := func(b *testing.B) {
+				ctx := context.Background()
+				if _, err := pool.CopyFrom(ctx, pgx.Identifier{"feature_users"},
+					[]string{"user_id", "history", "watched", "impressions", "version"}, pgx.CopyFromRows(rows)); err != nil {
+					b.Fatal(err)
+				}
+				if rd == nil {
+					return
+				}
+				// A live Redis copy of the full users: a first batch creates the decay meta, its
+				// write finds no copy, and the repopulation copies every user.
+				if _, err := st.Apply(ctx, &featurestore.Batch{Events: evs[:1]}); err != nil {
+					b.Fatal(err)
+				}
+				if err := rd.Do(ctx, rd.B().Flushall().Build()).Error(); err != nil {
+					b.Fatal(err)
+				}
+				if err := st.Repopulate(ctx, true); err != nil {
+					b.Fatal(err)
+				}
+			}
+			benchApply(b, applyBench{pool: pool, cpu: cpu, st: st, evs: evs[1:], batch: batch, phases: phases, prepare: prefill, rd: rd})
+		})
 	}
-	b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) { benchApply(b, pool, cpu, st, evs, batch, 0, phases, prefill) })
 }
 
 // fullUsers builds users whose documents are full: each watched WatchedCap items and was
@@ -103,37 +129,69 @@ func fullUsers(b *testing.B, cfg features.Config, users int, idFormat string, st
 	return rows
 }
 
-func benchApply(b *testing.B, pool *pgxpool.Pool, cpu *cpuMeter, st *featurestore.Store, evs []featurestore.Event, batch, pairs int, phases map[string]time.Duration, prepare func(*testing.B)) {
+// applyBench is one run of benchApply: the events applied in batches of batch, and what
+// else it measures and does.
+type applyBench struct {
+	pool    *pgxpool.Pool
+	cpu     *cpuMeter
+	st      *featurestore.Store
+	evs     []featurestore.Event
+	batch   int
+	pairs   int // co-visitation increments of evs (reported when known)
+	phases  map[string]time.Duration
+	prepare func(*testing.B) // before each run, untimed
+	rd      rueidis.Client   // the store's Redis: each batch is also written there
+}
+
+func benchApply(b *testing.B, r applyBench) {
 	ctx := context.Background()
-	n := len(evs)
+	n := len(r.evs)
+	txs := (n + r.batch - 1) / r.batch
 	for i := 0; i < b.N; i++ {
-		if prepare != nil {
+		if r.prepare != nil {
 			b.StopTimer()
-			prepare(b)
+			r.prepare(b)
 			b.StartTimer()
 		}
+		var rd0 time.Duration
+		if r.rd != nil {
+			rd0 = testutil.RedisCPU(b, r.rd)
+		}
+		var redisWall time.Duration
 		t0 := time.Now()
-		go0, pg0 := cpu.read()
-		for j := 0; j < n; j += batch {
-			if _, err := st.Apply(ctx, &featurestore.Batch{Events: evs[j : j+batch]}); err != nil {
+		go0, pg0 := r.cpu.read()
+		for j := 0; j < n; j += r.batch {
+			a, err := r.st.Apply(ctx, &featurestore.Batch{Events: r.evs[j:min(j+r.batch, n)]})
+			if err != nil {
 				b.Fatal(err)
+			}
+			if r.rd != nil {
+				t1 := time.Now()
+				if err := r.st.WriteRedis(ctx, a); err != nil {
+					b.Fatal(err)
+				}
+				redisWall += time.Since(t1)
 			}
 		}
 		b.ReportMetric(float64(n)/time.Since(t0).Seconds(), "events/s")
 		// CPU per event of both sides: the rate a quiet 2-core machine could reach is about
 		// 2 cores / max(pg, go) when the two overlap, 1 / (pg + go) when they alternate.
-		go1, pg1 := cpu.read()
+		go1, pg1 := r.cpu.read()
 		b.ReportMetric(float64((go1-go0).Microseconds())/float64(n), "go_cpu_us/event")
 		b.ReportMetric(float64((pg1-pg0).Microseconds())/float64(n), "pg_cpu_us/event")
-		if pairs > 0 {
-			b.ReportMetric(float64(pairs)/float64(n), "pair_incr/event")
+		if r.rd != nil {
+			b.ReportMetric(float64((testutil.RedisCPU(b, r.rd)-rd0).Microseconds())/float64(n), "redis_cpu_us/event")
+			b.ReportMetric(redisWall.Seconds()*1000/float64(txs), "redis_ms/tx")
 		}
-		for p, d := range phases {
-			b.ReportMetric(d.Seconds()*1000/float64(n/batch), p+"_ms/tx")
+		if r.pairs > 0 {
+			b.ReportMetric(float64(r.pairs)/float64(n), "pair_incr/event")
 		}
-		clear(phases)
+		for p, d := range r.phases {
+			b.ReportMetric(d.Seconds()*1000/float64(txs), p+"_ms/tx")
+		}
+		clear(r.phases)
 		b.StopTimer()
-		if _, err := pool.Exec(ctx, `TRUNCATE feature_users, feature_items, feature_neighbours, feature_applied, feature_meta`); err != nil {
+		if _, err := r.pool.Exec(ctx, `TRUNCATE feature_users, feature_items, feature_neighbours, feature_applied, feature_meta, feature_redis_pending`); err != nil {
 			b.Fatal(err)
 		}
 		b.StartTimer()

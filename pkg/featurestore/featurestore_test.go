@@ -38,7 +38,7 @@ func testOpts() ranking.SnapshotOptions {
 	return ranking.SnapshotOptions{HistoryItems: 10, NeighboursPerItem: 15, TrendingN: 25, PopularN: 25, FreshN: 1000}
 }
 
-func redisClient(t *testing.T, url string) rueidis.Client {
+func redisClient(t testing.TB, url string) rueidis.Client {
 	t.Helper()
 	cfg := redis.DefaultConfig()
 	cfg.URL = url
