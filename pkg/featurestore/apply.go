@@ -483,7 +483,7 @@ type userDoc struct {
 // decode fills u.st from the stored documents; history and watched only when full.
 func (u *userDoc) decode(full bool, im string) error {
 	var err error
-	if u.st.ImpressionCounts, u.iKeys, err = decodeImpressionsKeys(im); err != nil {
+	if u.st.ImpressionCounts, u.iKeys, err = decodeImpressionsKeys(im, true); err != nil {
 		return fmt.Errorf("decode impressions: %w", err)
 	}
 	if !full {
@@ -492,7 +492,7 @@ func (u *userDoc) decode(full bool, im string) error {
 	if u.st.History, err = DecodeHistory(u.h); err != nil {
 		return fmt.Errorf("decode history: %w", err)
 	}
-	if u.st.Watched, u.wKeys, err = decodeWatchedKeys(u.w); err != nil {
+	if u.st.Watched, u.wKeys, err = decodeWatchedKeys(u.w, true); err != nil {
 		return fmt.Errorf("decode watched: %w", err)
 	}
 	return nil

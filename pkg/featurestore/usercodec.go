@@ -378,20 +378,29 @@ func DecodeWatchedSet(s string) (map[string]bool, error) {
 }
 
 func decodeWatched(s string) (map[string]int64, error) {
-	m, _, err := decodeWatchedKeys(s)
+	m, _, err := decodeWatchedKeys(s, false)
 	return m, err
 }
 
-// decodeWatchedKeys also returns the document's keys in order when they are strictly
-// increasing, as encodeWatched writes them (nil otherwise): see docKeys.
-func decodeWatchedKeys(s string) (map[string]int64, []string, error) {
+// decodeWatchedKeys with withKeys also returns the document's keys in order when they are
+// strictly increasing, as encodeWatched writes them (nil otherwise): see docKeys. Serving
+// decodes without them.
+func decodeWatchedKeys(s string, withKeys bool) (map[string]int64, []string, error) {
 	p := jsonScan{s: s, ok: true}
 	// Sized from a count of separators (a guess when ids hold commas): a full set grows
 	// through several rehashes otherwise.
 	n := strings.Count(s, ",") + 1
 	out := make(map[string]int64, n)
-	keys := make([]string, 0, n)
-	p.object(func(k string) { out[k] = p.int(); keys = append(keys, k) })
+	var keys []string
+	if withKeys {
+		keys = make([]string, 0, n)
+	}
+	p.object(func(k string) {
+		out[k] = p.int()
+		if withKeys {
+			keys = append(keys, k)
+		}
+	})
 	p.end()
 	if p.ok {
 		return out, increasing(keys), nil
@@ -402,16 +411,19 @@ func decodeWatchedKeys(s string) (map[string]int64, []string, error) {
 
 // DecodeImpressions decodes a user's impression counters (field "i", column impressions).
 func DecodeImpressions(s string) (map[string]features.ImpressionStat, error) {
-	m, _, err := decodeImpressionsKeys(s)
+	m, _, err := decodeImpressionsKeys(s, false)
 	return m, err
 }
 
 // decodeImpressionsKeys is decodeWatchedKeys for the impression counters.
-func decodeImpressionsKeys(s string) (map[string]features.ImpressionStat, []string, error) {
+func decodeImpressionsKeys(s string, withKeys bool) (map[string]features.ImpressionStat, []string, error) {
 	p := jsonScan{s: s, ok: true}
 	n := strings.Count(s, "{") // one brace per entry, and the outer one
 	out := make(map[string]features.ImpressionStat, n)
-	keys := make([]string, 0, n)
+	var keys []string
+	if withKeys {
+		keys = make([]string, 0, n)
+	}
 	p.object(func(k string) {
 		var st features.ImpressionStat
 		p.object(func(f string) {
@@ -425,7 +437,9 @@ func decodeImpressionsKeys(s string) (map[string]features.ImpressionStat, []stri
 			}
 		})
 		out[k] = st
-		keys = append(keys, k)
+		if withKeys {
+			keys = append(keys, k)
+		}
 	})
 	p.end()
 	if p.ok {

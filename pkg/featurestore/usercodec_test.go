@@ -207,8 +207,8 @@ func TestDecodeKeysOnlyWhenIncreasing(t *testing.T) {
 		{`{"a":1,"a":2}`, `{"a":{"count":1,"last_ts_ms":2},"a":{"count":3,"last_ts_ms":4}}`, false},
 		{`{"a":1, "b":"x"}`, `{"a":{"count":1,"last_ts_ms":2,"more":1}}`, false}, // decoded by encoding/json
 	} {
-		_, wk, werr := decodeWatchedKeys(c.w)
-		_, ik, ierr := decodeImpressionsKeys(c.i)
+		_, wk, werr := decodeWatchedKeys(c.w, true)
+		_, ik, ierr := decodeImpressionsKeys(c.i, true)
 		if (wk != nil) != c.want || (ik != nil) != c.want {
 			t.Errorf("%s / %s: keys %q / %q (errors %v / %v), want keys: %v", c.w, c.i, wk, ik, werr, ierr, c.want)
 		}
