@@ -296,7 +296,10 @@ redis_start() {
 		fi
 		rm -f "$REDIS_PID"
 		log "redis: starting on $HOST:$REDIS_PORT"
+		# Small sorted sets only as listpacks: the co-visitation lists are cheaper to update as
+		# skip lists (featurestore.MaxZsetListpackEntries).
 		redis-server --port "$REDIS_PORT" --bind "$HOST" --save "" --appendonly no \
+			--zset-max-listpack-entries 16 \
 			--daemonize yes --pidfile "$REDIS_PID" --logfile "$REDIS_LOG" --dir "$REDIS_DIR" \
 			</dev/null >/dev/null 2>>"$REDIS_LOG" 9>&- || fail_with_log "redis: redis-server failed to start" "$REDIS_LOG"
 	fi

@@ -80,6 +80,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if err := c.ensureTopics(ctx); err != nil {
 		return nil //nolint:nilerr // only a cancelled context ends ensureTopics
 	}
+	c.checkRedisConfig(ctx)
 	r := c.kafka.NewReader(kafka.ReaderOptions{GroupID: c.cfg.GroupID, Topics: c.topics, MaxWait: c.cfg.FetchMaxWait})
 	c.reader.Store(r)
 	lanes := c.cfg.MaxInFlight
@@ -158,6 +159,20 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 	c.log.InfoContext(ctx, "feature consumer stopped")
 	return nil
+}
+
+// checkRedisConfig warns about Redis settings that make the mirror costlier; a Redis that is
+// down or refuses CONFIG only costs the warning.
+func (c *Consumer) checkRedisConfig(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	msg, err := c.store.CheckRedisConfig(ctx)
+	switch {
+	case err != nil:
+		c.log.InfoContext(ctx, "redis settings not checked", "err", err)
+	case msg != "":
+		c.log.WarnContext(ctx, msg)
+	}
 }
 
 func (c *Consumer) ensureTopics(ctx context.Context) error {
