@@ -2,6 +2,8 @@ package featurestore
 
 import (
 	"context"
+	"fmt"
+	"strconv"
 	"testing"
 	"time"
 
@@ -10,6 +12,7 @@ import (
 
 	"recsys/pkg/features"
 	"recsys/pkg/ranking"
+	"recsys/pkg/testutil"
 )
 
 // The scripts also run on miniredis (recsys dev); the real-Redis behaviour is covered by the
@@ -60,4 +63,81 @@ func TestScriptsOnMiniredis(t *testing.T) {
 	if len(snap.Fresh) != 2 || snap.Fresh[0].ItemID != "a" {
 		t.Errorf("fresh %+v", snap.Fresh)
 	}
+}
+
+// A neighbour update larger than one ZADD/ZREM chunk (1,000 arguments) is applied whole: on
+// miniredis, and on the real Redis when the integration services run.
+func TestNeighbourWriteChunks(t *testing.T) {
+	backends := map[string]func(t *testing.T) rueidis.Client{
+		"miniredis": func(t *testing.T) rueidis.Client {
+			return clientFor(t, rueidis.ClientOption{InitAddress: []string{miniredis.RunT(t).Addr()}})
+		},
+		"redis": func(t *testing.T) rueidis.Client {
+			opt, err := rueidis.ParseURL(testutil.RedisURL(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return clientFor(t, opt)
+		},
+	}
+	for name, open := range backends {
+		t.Run(name, func(t *testing.T) {
+			rd := open(t)
+			ctx := context.Background()
+			prefix := "chunks:" + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"
+			t.Cleanup(func() { rd.Do(ctx, rd.B().Del().Key(prefix+"meta", prefix+"nb:a").Build()) })
+			if err := rd.Do(ctx, rd.B().Hset().Key(prefix+"meta").FieldValue().FieldValue("ep", "1").Build()).Error(); err != nil {
+				t.Fatal(err)
+			}
+			cfg := features.DefaultConfig()
+			cfg.NeighboursPerItem = 1000 // lists up to 2,000 members
+			s := New(nil, rd, prefix, cfg, nil)
+			id := func(i int) string { return fmt.Sprintf("n%04d", i) }
+			var first []scoredRow
+			for i := range 1500 {
+				first = append(first, scoredRow{id: id(i), w: float64(i) + 0.5})
+			}
+			if err := s.exec(ctx, "1", &redisWrite{nb: []nbWrite{{item: "a", add: first}}}); err != nil {
+				t.Fatal(err)
+			}
+			if n, err := rd.Do(ctx, rd.B().Zcard().Key(prefix+"nb:a").Build()).AsInt64(); err != nil || n != 1500 {
+				t.Fatalf("after 1,500 adds: %d members (%v)", n, err)
+			}
+			// Raise the first 600, then remove 1,200 (300 of them just raised).
+			var raise []scoredRow
+			for i := range 600 {
+				raise = append(raise, scoredRow{id: id(i), w: 10000 + float64(i)})
+			}
+			var rem []string
+			for i := 300; i < 1500; i++ {
+				rem = append(rem, id(i))
+			}
+			if err := s.exec(ctx, "1", &redisWrite{nb: []nbWrite{{item: "a", add: raise, rem: rem}}}); err != nil {
+				t.Fatal(err)
+			}
+			got, err := rd.Do(ctx, rd.B().Zrange().Key(prefix+"nb:a").Min("0").Max("-1").Withscores().Build()).AsZScores()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != 300 {
+				t.Fatalf("%d members, want 300", len(got))
+			}
+			for i, z := range got {
+				if z.Member != id(i) || z.Score != 10000+float64(i) {
+					t.Fatalf("member %d: %s %v, want %s %v", i, z.Member, z.Score, id(i), 10000+float64(i))
+				}
+			}
+		})
+	}
+}
+
+func clientFor(t *testing.T, opt rueidis.ClientOption) rueidis.Client {
+	t.Helper()
+	opt.DisableCache, opt.ForceSingleClient = true, true
+	rd, err := rueidis.NewClient(opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rd.Close)
+	return rd
 }
