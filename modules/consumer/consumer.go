@@ -161,17 +161,17 @@ func (c *Consumer) Run(ctx context.Context) error {
 	return nil
 }
 
-// checkRedisConfig warns about Redis settings that make the mirror costlier; a Redis that is
-// down or refuses CONFIG only costs the warning.
+// checkRedisConfig warns about Redis settings that make the copy costlier or unsafe; a Redis
+// that is down or refuses CONFIG only costs the warning.
 func (c *Consumer) checkRedisConfig(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	msg, err := c.store.CheckRedisConfig(ctx)
-	switch {
-	case err != nil:
+	msgs, err := c.store.CheckRedisConfig(ctx)
+	if err != nil {
 		c.log.InfoContext(ctx, "redis settings not checked", "err", err)
-	case msg != "":
-		c.log.WarnContext(ctx, msg)
+	}
+	for _, m := range msgs {
+		c.log.WarnContext(ctx, m)
 	}
 }
 

@@ -32,19 +32,22 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// The consumer warns at start when Redis keeps neighbour lists as listpacks, and says nothing
-// with the setting the services script (and compose) start Redis with.
-func TestConsumerWarnsAboutRedisListpacks(t *testing.T) {
+// The consumer warns at start about Redis settings that make the copy costlier or unsafe
+// (featurestore.CheckRedisConfig), and says nothing with the settings the services script
+// and compose start Redis with.
+func TestConsumerWarnsAboutRedisSettings(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		value string
-		warn  bool
-	}{{"128", true}, {"16", false}} {
-		t.Run(tc.value, func(t *testing.T) {
+		listpack, policy string
+		warn             bool
+	}{{"128", "allkeys-lru", true}, {"16", "noeviction", false}} {
+		t.Run(tc.listpack+"/"+tc.policy, func(t *testing.T) {
 			e := newEnv(t)
 			ctx := context.Background()
-			if err := e.rd.Do(ctx, e.rd.B().ConfigSet().ParameterValue().ParameterValue("zset-max-listpack-entries", tc.value).Build()).Error(); err != nil {
-				t.Fatal(err)
+			for k, v := range map[string]string{"zset-max-listpack-entries": tc.listpack, "maxmemory-policy": tc.policy} {
+				if err := e.rd.Do(ctx, e.rd.B().ConfigSet().ParameterValue().ParameterValue(k, v).Build()).Error(); err != nil {
+					t.Fatal(err)
+				}
 			}
 			var logs lockedBuffer
 			d := e.deps(t, metrics.NewSet())
@@ -61,9 +64,10 @@ func TestConsumerWarnsAboutRedisListpacks(t *testing.T) {
 			if err := <-done; err != nil {
 				t.Fatal(err)
 			}
-			got := strings.Contains(logs.String(), `"level":"WARN","msg":"redis zset-max-listpack-entries is 128`)
-			if got != tc.warn {
-				t.Fatalf("warning logged: %v, want %v; logs:\n%s", got, tc.warn, logs.String())
+			for _, w := range []string{`"level":"WARN","msg":"redis zset-max-listpack-entries is 128`, `"level":"WARN","msg":"redis maxmemory-policy is allkeys-lru`} {
+				if got := strings.Contains(logs.String(), w); got != tc.warn {
+					t.Fatalf("%s logged: %v, want %v; logs:\n%s", w, got, tc.warn, logs.String())
+				}
 			}
 			if strings.Contains(logs.String(), "redis settings not checked") {
 				t.Fatalf("settings not read:\n%s", logs.String())

@@ -15,28 +15,38 @@ func TestCheckRedisConfig(t *testing.T) {
 	st := featurestore.New(nil, rd, "", features.DefaultConfig(), nil)
 	ctx := context.Background()
 	// As the services script (and compose) start Redis: nothing to report.
-	if msg, err := st.CheckRedisConfig(ctx); err != nil || msg != "" {
-		t.Fatalf("Redis as the services script starts it: %q, %v; want no report", msg, err)
+	if msgs, err := st.CheckRedisConfig(ctx); err != nil || len(msgs) != 0 {
+		t.Fatalf("Redis as the services script starts it: %q, %v; want no report", msgs, err)
 	}
 	for _, tc := range []struct {
-		value string
-		want  string // substring of the report; "" for none
+		name, listpack, policy string
+		want                   []string // a substring of each report, in order
 	}{
-		{"128", "zset-max-listpack-entries is 128"}, // Redis' default
-		{"17", "set it to 16"},
-		{"16", ""},
-		{"0", ""},
+		{"redis defaults", "128", "noeviction", []string{"zset-max-listpack-entries is 128"}},
+		{"one above", "17", "noeviction", []string{"set it to 16"}},
+		{"recommended", "16", "noeviction", nil},
+		{"no listpacks", "0", "noeviction", nil},
+		{"allkeys eviction", "16", "allkeys-lru", []string{"maxmemory-policy is allkeys-lru"}},
+		{"both", "64", "allkeys-lfu", []string{"zset-max-listpack-entries is 64", "set noeviction"}},
+		{"volatile eviction", "16", "volatile-lru", nil}, // the copy's keys carry no TTL
 	} {
-		t.Run(tc.value, func(t *testing.T) {
-			if err := rd.Do(ctx, rd.B().ConfigSet().ParameterValue().ParameterValue("zset-max-listpack-entries", tc.value).Build()).Error(); err != nil {
-				t.Fatal(err)
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range map[string]string{"zset-max-listpack-entries": tc.listpack, "maxmemory-policy": tc.policy} {
+				if err := rd.Do(ctx, rd.B().ConfigSet().ParameterValue().ParameterValue(k, v).Build()).Error(); err != nil {
+					t.Fatal(err)
+				}
 			}
-			msg, err := st.CheckRedisConfig(ctx)
+			msgs, err := st.CheckRedisConfig(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if tc.want == "" && msg != "" || !strings.Contains(msg, tc.want) {
-				t.Fatalf("report %q, want one containing %q", msg, tc.want)
+			if len(msgs) != len(tc.want) {
+				t.Fatalf("reports %q, want %d", msgs, len(tc.want))
+			}
+			for i, w := range tc.want {
+				if !strings.Contains(msgs[i], w) {
+					t.Errorf("report %q, want one containing %q", msgs[i], w)
+				}
 			}
 		})
 	}
@@ -44,7 +54,7 @@ func TestCheckRedisConfig(t *testing.T) {
 
 func TestCheckRedisConfigWithoutRedis(t *testing.T) {
 	st := featurestore.New(nil, nil, "", features.DefaultConfig(), nil)
-	if msg, err := st.CheckRedisConfig(context.Background()); err != nil || msg != "" {
-		t.Fatalf("no Redis: %q, %v", msg, err)
+	if msgs, err := st.CheckRedisConfig(context.Background()); err != nil || len(msgs) != 0 {
+		t.Fatalf("no Redis: %q, %v", msgs, err)
 	}
 }
