@@ -50,7 +50,9 @@ func (f *storeFlags) open(ctx context.Context, log *slog.Logger) (*featurestore.
 		in.Close()
 		return nil, nil, fmt.Errorf("schema check (run `recsys migrate up`): %w", err)
 	}
-	return featurestore.New(in.PG, in.Redis, f.infra.Redis.KeyPrefix, f.features, log), in.Close, nil
+	st := featurestore.New(in.PG, in.Redis, f.infra.Redis.KeyPrefix, f.features, log)
+	st.SetUserTTL(f.infra.Redis.UserTTL)
+	return st, in.Close, nil
 }
 
 func printJSON(cmd *cobra.Command, v any) error {

@@ -1,6 +1,7 @@
 package reco
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -31,14 +33,15 @@ import (
 
 // stack is the reco module on real PostgreSQL and Redis, served over real HTTP.
 type stack struct {
-	t      testing.TB
-	pg     *pgxpool.Pool
-	rd     rueidis.Client
-	prefix string
-	store  *featurestore.Store
-	mod    *Reco
-	srv    *httptest.Server
-	stop   func()
+	t       testing.TB
+	pg      *pgxpool.Pool
+	rd      rueidis.Client
+	prefix  string
+	store   *featurestore.Store
+	mod     *Reco
+	srv     *httptest.Server
+	stop    func()
+	metrics *metrics.Set // the module's
 }
 
 func testLogger() *slog.Logger {
@@ -74,6 +77,12 @@ func accessLogger(t testing.TB) *slog.Logger {
 // module.
 func newStack(t testing.TB, pgURL, redisURL string, mut func(*Config)) *stack {
 	t.Helper()
+	return newStackInfra(t, pgURL, redisURL, mut, nil)
+}
+
+// newStackInfra is newStack with process settings (infra.Config) changed by imut.
+func newStackInfra(t testing.TB, pgURL, redisURL string, mut func(*Config), imut func(*infra.Config)) *stack {
+	t.Helper()
 	ctx := context.Background()
 	pcfg := postgres.DefaultConfig()
 	pcfg.DSN, pcfg.MaxConns, pcfg.ConnectTimeout, pcfg.AcquireTimeout = pgURL, 16, 500*time.Millisecond, 500*time.Millisecond
@@ -107,7 +116,11 @@ func newStack(t testing.TB, pgURL, redisURL string, mut func(*Config)) *stack {
 	}
 	icfg := infra.DefaultConfig()
 	icfg.Redis, icfg.Kafka = rcfg, kafka.DefaultConfig()
-	mod, err := New(cfg, infra.Deps{Name: "reco", Log: testLogger(), Metrics: metrics.NewSet(), PG: pool, Redis: rd, Config: icfg})
+	if imut != nil {
+		imut(&icfg)
+	}
+	s.metrics = metrics.NewSet()
+	mod, err := New(cfg, infra.Deps{Name: "reco", Log: testLogger(), Metrics: s.metrics, PG: pool, Redis: rd, Config: icfg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -580,4 +593,64 @@ func testUserCacheInvalidatedByWatch(t *testing.T, ttl time.Duration) {
 		last = s.get(q)
 		return last.code == 200 && len(last.Items) > 0 && indexOf(last.Items, "b") < 0
 	})
+}
+
+// With --redis.user-ttl a user whose hash expired is read back from PostgreSQL: /reco ranks
+// them as before and puts them back into the copy; a user without events costs one lookup.
+func TestIntegrationExpiredUserReadThrough(t *testing.T) {
+	// Both Redis read paths: the user hash alone with cached item features, and the loader's
+	// one-script read (no item cache).
+	for _, itemCache := range []time.Duration{NewConfig().ItemCacheTTL, 0} {
+		t.Run(fmt.Sprintf("item-cache-ttl=%s", itemCache), func(t *testing.T) { testExpiredUserReadThrough(t, itemCache) })
+	}
+}
+
+func testExpiredUserReadThrough(t *testing.T, itemCache time.Duration) {
+	s := newStackInfra(t, testutil.MigratedDatabase(t), testutil.RedisURL(t), func(c *Config) {
+		c.UserCacheTTL = 0 // each request reads Redis
+		c.ItemCacheTTL = itemCache
+	}, func(c *infra.Config) { c.Redis.UserTTL = time.Hour })
+	s.seed(userWatchedA(s))
+	s.waitServing()
+	ctx := context.Background()
+	q := "user_id=me&session_id=s&k=5&x_autolog_impressions=false"
+	before := s.get(q)
+	if before.Strat != ranking.StrategyCovisHybrid {
+		t.Fatalf("before: %+v", before)
+	}
+	readThroughs := func(result string) string {
+		var b bytes.Buffer
+		s.metrics.WritePrometheus(&b)
+		for _, l := range strings.Split(b.String(), "\n") {
+			if strings.HasPrefix(l, `recsys_reco_user_read_through_total{result="`+result+`"} `) {
+				return strings.Fields(l)[1]
+			}
+		}
+		return "missing"
+	}
+	userKey := featurestore.NewKeys(s.prefix).User("me")
+	if err := s.rd.Do(ctx, s.rd.B().Del().Key(userKey).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	after := s.get(q)
+	if after.Strat != before.Strat || fmt.Sprint(after.Items) != fmt.Sprint(before.Items) {
+		t.Fatalf("after expiry: %s %v, before: %s %v", after.Strat, after.Items, before.Strat, before.Items)
+	}
+	if n := readThroughs("found"); n != "1" {
+		t.Fatalf("read-throughs found = %s, want 1", n)
+	}
+	if ms, err := s.rd.Do(ctx, s.rd.B().Pttl().Key(userKey).Build()).AsInt64(); err != nil || ms <= 0 || ms > time.Hour.Milliseconds() {
+		t.Fatalf("user back in redis with PTTL %d (%v), want an expiry of at most 1h", ms, err)
+	}
+	if again := s.get(q); fmt.Sprint(again.Items) != fmt.Sprint(before.Items) || readThroughs("found") != "1" {
+		t.Fatalf("second read: %v, read-throughs %s; want the same list and no new lookup", again.Items, readThroughs("found"))
+	}
+	for range 2 {
+		if c := s.get("user_id=stranger&session_id=s&k=5&x_autolog_impressions=false"); c.code != 200 || c.Strat != ranking.StrategyColdStart {
+			t.Fatalf("cold: %+v", c)
+		}
+	}
+	if n := readThroughs("absent"); n != "1" {
+		t.Fatalf("read-throughs absent = %s, want 1 (the second request finds the empty hash)", n)
+	}
 }

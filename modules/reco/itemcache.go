@@ -385,6 +385,9 @@ type redisUser struct {
 	cacheTTL time.Duration
 	hits     *metrics.Counter // recsys_reco_user_cache_hits_total
 	decoded  *decodeCache     // nil: decode every read
+	// readThrough, when set (--redis.user-ttl), fetches a user whose hash is absent from
+	// PostgreSQL and puts it back into the copy.
+	readThrough func(ctx context.Context, userID string) (userFields, error)
 }
 
 func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ ranking.SnapshotOptions) (ranking.Snapshot, error) {
@@ -406,6 +409,11 @@ func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ 
 	for i := range f {
 		if i < len(vals) && !vals[i].IsNil() {
 			f[i], _ = vals[i].ToString()
+		}
+	}
+	if f == (userFields{}) && u.readThrough != nil {
+		if f, err = u.readThrough(ctx, userID); err != nil {
+			return s, err
 		}
 	}
 	if f[0] == "" {

@@ -3,6 +3,10 @@ package reco
 import (
 	"context"
 	"fmt"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/redis/rueidis"
 
@@ -24,7 +28,16 @@ func stores(cfg *Config, d infra.Deps) (parts, error) {
 	// feature configuration only matters to the writer (the consumer).
 	fc := features.DefaultConfig()
 	keys := featurestore.NewKeys(prefix)
-	var redisSrc snapshotSource = featurestore.NewRedisLoader(rd, prefix, fc)
+	loader := featurestore.NewRedisLoader(rd, prefix, fc)
+	var readThrough func(ctx context.Context, userID string) (userFields, error)
+	if ttl := d.Config.Redis.UserTTL; ttl > 0 {
+		readThrough = userReadThrough(pg, rd, prefix, fc, ttl, d)
+		loader.SetReadThrough(func(ctx context.Context, userID string) error {
+			_, err := readThrough(ctx, userID)
+			return err
+		})
+	}
+	var redisSrc snapshotSource = loader
 	if cfg.ItemCacheTTL > 0 {
 		items := newItemCache(&redisItems{rd: rd, keys: keys}, cfg.ItemCacheTTL, cfg.ItemCacheMax)
 		var decoded *decodeCache
@@ -33,7 +46,7 @@ func stores(cfg *Config, d infra.Deps) (parts, error) {
 			decoded.intern = items.names.get
 		}
 		redisSrc = &cachedSource{full: redisSrc, user: &redisUser{rd: rd, keys: keys, cacheTTL: cfg.UserCacheTTL,
-			hits: d.Metrics.NewCounter("recsys_reco_user_cache_hits_total"), decoded: decoded},
+			hits: d.Metrics.NewCounter("recsys_reco_user_cache_hits_total"), decoded: decoded, readThrough: readThrough},
 			items: items}
 	}
 	return parts{
@@ -56,4 +69,34 @@ func stores(cfg *Config, d infra.Deps) (parts, error) {
 			return nil
 		},
 	}, nil
+}
+
+// userReadThrough returns the read-through of users whose Redis hash expired
+// (--redis.user-ttl): their documents come from PostgreSQL and go back into the copy with a
+// new expiry (featurestore.Store.ReadThroughUser). Counted in
+// recsys_reco_user_read_through_total{result="found|absent|error"}.
+func userReadThrough(pg *pgxpool.Pool, rd rueidis.Client, prefix string, fc features.Config, ttl time.Duration,
+	d infra.Deps) func(ctx context.Context, userID string) (userFields, error) {
+	st := featurestore.New(pg, rd, prefix, fc, d.Log)
+	st.SetUserTTL(ttl)
+	count := map[string]*metrics.Counter{}
+	for _, r := range []string{"found", "absent", "error"} {
+		count[r] = d.Metrics.NewCounter(fmt.Sprintf(`recsys_reco_user_read_through_total{result=%q}`, r))
+	}
+	return func(ctx context.Context, userID string) (userFields, error) {
+		if userID == globalUserID {
+			return userFields{}, nil // the global snapshot's reads name no user
+		}
+		h, w, i, found, err := st.ReadThroughUser(ctx, userID)
+		switch {
+		case err != nil:
+			count["error"].Inc()
+			return userFields{}, err
+		case found:
+			count["found"].Inc()
+		default:
+			count["absent"].Inc()
+		}
+		return userFields{h, w, i}, nil
+	}
 }

@@ -23,7 +23,8 @@ import (
 // the top M that Snapshots read.
 //
 // KEYS: meta, pop:s, pop:l, fresh, then one key per user, item and neighbour entry.
-// ARGV: epoch, topN, freshN, #users, #items, #neighbour entries, neighbour cap, then
+// ARGV: epoch, topN, freshN, #users, #items, #neighbour entries, neighbour cap, user TTL
+// (ms, 0: none), then
 //
 //	user:      version, h, w, i
 //	item:      id, imp, wat, sp, pn, end, wt, fs, ps, pl, fresh(0|1)
@@ -39,13 +40,15 @@ local ep = redis.call('HGET', KEYS[1], 'ep')
 if ep ~= ARGV[1] then return {0, ep or ''} end
 local topN, freshN = tonumber(ARGV[2]), tonumber(ARGV[3])
 local nu, ni, nn, nbcap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local a, k = 8, 5
+local uttl = tonumber(ARGV[8])
+local a, k = 9, 5
 for _ = 1, nu do
   local key = KEYS[k]; k = k + 1
   local cur = tonumber(redis.call('HGET', key, 'v') or '-1')
   if tonumber(ARGV[a]) > cur then
     redis.call('HSET', key, 'v', ARGV[a], 'h', ARGV[a+1], 'w', ARGV[a+2], 'i', ARGV[a+3])
   end
+  if uttl > 0 then redis.call('PEXPIRE', key, uttl) else redis.call('PERSIST', key) end
   a = a + 4
 end
 local names = {'imp', 'wat', 'sp', 'pn', 'end', 'wt', 'fs', 'ps', 'pl'}
@@ -155,7 +158,7 @@ func (s *Store) plan(epoch string, w *redisWrite) [][]rueidis.LuaExec {
 			return
 		}
 		hdr := []string{epoch, strconv.Itoa(s.cfg.TopListSize), strconv.Itoa(s.cfg.FreshSize), strconv.Itoa(nu), strconv.Itoa(ni),
-			strconv.Itoa(nn), strconv.Itoa(2 * s.cfg.NeighboursPerItem)}
+			strconv.Itoa(nn), strconv.Itoa(2 * s.cfg.NeighboursPerItem), fi(s.userTTL.Milliseconds())}
 		execs = append(execs, rueidis.LuaExec{Keys: append(slices.Clone(head), keys...), Args: append(hdr, args...)})
 		sizes = append(sizes, size)
 		keys, args = nil, nil

@@ -36,9 +36,10 @@ func (s *Store) CheckRedisConfig(ctx context.Context) ([]string, error) {
 			"set it to %d (redis.conf or CONFIG SET zset-max-listpack-entries %d; existing lists convert when they next gain a member)",
 			n, MaxZsetListpackEntries, MaxZsetListpackEntries))
 	}
-	// The copy's keys carry no TTL, so only an allkeys-* policy can evict them: a full Redis
-	// would then drop users, items or neighbour lists while the copy still reads as complete,
-	// and /reco would rank without them, silently, until the next repopulation.
+	// Only user hashes may carry a TTL (SetUserTTL), and /reco reads an absent user back, so
+	// volatile-* policies are safe; an allkeys-* policy would drop items or neighbour lists
+	// while the copy still reads as complete, and /reco would rank without them, silently,
+	// until the next repopulation.
 	policy, err := configValue(ctx, s.rd, "maxmemory-policy")
 	if err != nil {
 		return nil, err

@@ -21,6 +21,10 @@
 //     after a rebase) Repopulate rebuilds the copy from a PostgreSQL snapshot while writes go
 //     on.
 //
+// With a user TTL (SetUserTTL, --redis.user-ttl) user hashes expire after that long without a
+// write; readers find such a user absent while the copy is complete and put them back from
+// PostgreSQL (ReadThroughUser) under the same version merge.
+//
 // Writes carry the generation of feature_meta: a decay rebase (landmark move, every ~125 days
 // with a 6 h half-life) or a forced rebuild bumps it, Redis refuses writes of an older
 // generation, and Repopulate replaces the copy.
@@ -72,6 +76,9 @@ type Store struct {
 	// userChunk bounds the documents one user UPDATE carries, in bytes (see applyOnce).
 	userChunk int
 	hooks     Hooks
+	// userTTL is the expiry each user hash written to Redis gets (0: none, and a previous one
+	// is removed); see ReadThroughUser.
+	userTTL time.Duration
 
 	mu      sync.Mutex
 	written []int64 // journal rows whose Redis writes completed, deleted by the next batch
@@ -162,6 +169,10 @@ func New(pg *pgxpool.Pool, rd rueidis.Client, keyPrefix string, cfg features.Con
 	}
 	return &Store{pg: pg, rd: rd, cfg: cfg, keys: NewKeys(keyPrefix), log: log, chunk: 100, userChunk: 1 << 20}
 }
+
+// SetUserTTL makes every user hash written to Redis expire after d without a new write
+// (--redis.user-ttl; 0 keeps them). Call before use.
+func (s *Store) SetUserTTL(d time.Duration) { s.userTTL = d }
 
 // SetHooks installs observation hooks; call before use.
 func (s *Store) SetHooks(h Hooks) { s.hooks = h }

@@ -21,6 +21,10 @@ type Config struct {
 	KeyPrefix    string
 	DisableCache bool // miniredis has no CLIENT TRACKING; real Redis uses client-side caching
 	CacheSizeMB  int
+	// UserTTL lets users without events for that long leave the Redis copy (0: every user
+	// stays). Writers set it on each user they write; /reco reads an absent user through to
+	// PostgreSQL and puts them back. Set the same value on every role.
+	UserTTL time.Duration
 }
 
 // DefaultConfig returns the defaults.
@@ -35,6 +39,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.KeyPrefix, "redis.key-prefix", c.KeyPrefix, "prefix of every key recsys writes, so several deployments can share one Redis")
 	fs.BoolVar(&c.DisableCache, "redis.disable-client-cache", c.DisableCache, "turn off RESP3 client-side caching (needed for servers without CLIENT TRACKING)")
 	fs.IntVar(&c.CacheSizeMB, "redis.client-cache-mb", c.CacheSizeMB, "client-side cache size per connection, MiB")
+	fs.DurationVar(&c.UserTTL, "redis.user-ttl", c.UserTTL, "users without events for this long leave the Redis copy and are read back from PostgreSQL when next served (0: keep every user; same value on every role)")
 	flagenv.Alias(fs, "redis.url", "ONLINE_CACHE_REDIS_URL")
 	flagenv.Secret(fs, "redis.url")
 	flagenv.Alias(fs, "redis.timeout", "ONLINE_CACHE_REDIS_TIMEOUT_SEC:s")
@@ -48,6 +53,9 @@ func (c Config) Validate() error {
 	}
 	if c.Timeout <= 0 {
 		errs = append(errs, fmt.Errorf("--redis.timeout must be > 0, got %s", c.Timeout))
+	}
+	if c.UserTTL != 0 && c.UserTTL < time.Minute {
+		errs = append(errs, fmt.Errorf("--redis.user-ttl must be 0 (keep every user) or at least 1m, got %s", c.UserTTL))
 	}
 	if c.CacheSizeMB < 1 {
 		errs = append(errs, fmt.Errorf("--redis.client-cache-mb must be >= 1, got %d", c.CacheSizeMB))

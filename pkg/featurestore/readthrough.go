@@ -1,0 +1,54 @@
+package featurestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Empty documents: a user PostgreSQL does not know is written back with these.
+const (
+	emptyHistory     = "[]"
+	emptyWatched     = "{}"
+	emptyImpressions = "{}"
+)
+
+// ReadThroughUser puts userID's documents back into the Redis copy from PostgreSQL and
+// returns them. With a user TTL (SetUserTTL) users without events for that long leave Redis,
+// so a reader that finds a user's hash absent, while the copy is otherwise complete, calls
+// this. A user PostgreSQL does not know is written as an empty hash (version 0) with the same
+// expiry, so a user without events costs one lookup per TTL rather than one per request;
+// their first applied event (version 1 or more) replaces it. found reports whether
+// PostgreSQL has the user.
+//
+// The write is the consumer's merge (the higher version wins, under the copy's generation),
+// so a read racing a newer write of the consumer never replaces it.
+func (s *Store) ReadThroughUser(ctx context.Context, userID string) (h, w, i string, found bool, err error) {
+	var gen int64
+	var version *int64
+	var hh, ww, ii *string
+	err = s.pg.QueryRow(ctx, `SELECT m.generation, u.version, u.history, u.watched, u.impressions
+FROM feature_meta m LEFT JOIN feature_users u ON u.user_id = $1`, userID).Scan(&gen, &version, &hh, &ww, &ii)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", "", "", false, nil // nothing applied yet: there is no copy to complete
+	}
+	if err != nil {
+		return "", "", "", false, fmt.Errorf("read user %q through to postgresql: %w", userID, err)
+	}
+	u := userRow{id: userID, h: emptyHistory, w: emptyWatched, i: emptyImpressions}
+	if version != nil {
+		u = userRow{id: userID, version: *version, h: *hh, w: *ww, i: *ii}
+		found = true
+	}
+	if s.rd != nil {
+		var ee *epochError
+		if err := s.exec(ctx, strconv.FormatInt(gen, 10), &redisWrite{users: []userRow{u}}); err != nil && !errors.As(err, &ee) {
+			return "", "", "", false, fmt.Errorf("write user %q back to redis: %w", userID, err)
+		}
+		// Another generation: the copy is being replaced, and its repopulation writes the user.
+	}
+	return u.h, u.w, u.i, found, nil
+}

@@ -1,0 +1,151 @@
+package featurestore_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"recsys/pkg/features"
+	"recsys/pkg/featurestore"
+	"recsys/pkg/featurestore/fstest"
+	"recsys/pkg/testutil"
+)
+
+// With a user TTL every user hash written gets that expiry; an expired user is read back from
+// PostgreSQL (and put back into the copy) and ranks as before; a user PostgreSQL does not
+// know is remembered as empty until their first event.
+func TestUserTTLAndReadThrough(t *testing.T) {
+	ctx := context.Background()
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	rd := redisClient(t, testutil.StartPrivate(t, "redis").URL)
+	prefix := testutil.Unique("ttl") + ":"
+	cfg := testConfig()
+	const ttl = time.Hour
+	st := featurestore.New(pool, rd, prefix, cfg, nil)
+	st.SetUserTTL(ttl)
+	keys := featurestore.NewKeys(prefix)
+	pttl := func(user string) int64 {
+		t.Helper()
+		n, err := rd.Do(ctx, rd.B().Pttl().Key(keys.User(user)).Build()).AsInt64()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+	evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 3, Users: 5, Items: 40, Events: 400, StartMs: start, StepMs: 60_000, Prefix: "r", NoLegacy: true}))
+	apply := func(st *featurestore.Store, evs []featurestore.Event) {
+		t.Helper()
+		a, err := st.Apply(ctx, &featurestore.Batch{Events: evs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.WriteRedis(ctx, a); errors.Is(err, featurestore.ErrRedisBehind) {
+			err = st.Repopulate(ctx, false) // the first write finds no copy
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(st, evs[:300])
+	const user = "ruser001"
+	if ms := pttl(user); ms <= 0 || ms > ttl.Milliseconds() {
+		t.Fatalf("user hash expires in %d ms, want (0, %d]", ms, ttl.Milliseconds())
+	}
+
+	// Writers without a TTL remove it (the setting was turned off).
+	noTTL := featurestore.New(pool, rd, prefix, cfg, nil)
+	apply(noTTL, evs[300:350])
+	if ms := pttl(user); ms != -1 {
+		t.Fatalf("after a write without TTL: PTTL %d, want -1 (no expiry)", ms)
+	}
+	apply(st, evs[350:])
+
+	now := evs[len(evs)-1].TsMs + 60_000
+	opts := testOpts()
+	loader := featurestore.NewRedisLoader(rd, prefix, cfg)
+	before, err := loader.Snapshot(ctx, user, now, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(before.History) == 0 || len(before.Neighbours) == 0 {
+		t.Fatalf("degenerate test data: %+v", before)
+	}
+	var reads int
+	loader.SetReadThrough(func(ctx context.Context, id string) error {
+		reads++
+		_, _, _, _, err := st.ReadThroughUser(ctx, id)
+		return err
+	})
+
+	// The hash expires: the snapshot is read through and equals the one before.
+	if err := rd.Do(ctx, rd.B().Del().Key(keys.User(user)).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	after, err := loader.Snapshot(ctx, user, now, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fstest.EqualSnapshots(t, "read through", before, after)
+	if reads != 1 {
+		t.Fatalf("%d read-throughs, want 1", reads)
+	}
+	var version int64
+	if err := pool.QueryRow(ctx, `SELECT version FROM feature_users WHERE user_id = $1`, user).Scan(&version); err != nil {
+		t.Fatal(err)
+	}
+	if v := hget(t, rd, keys.User(user), "v"); v != version {
+		t.Fatalf("user hash back at version %d, PostgreSQL has %d", v, version)
+	}
+	if ms := pttl(user); ms <= 0 {
+		t.Fatalf("user hash back without expiry (PTTL %d)", ms)
+	}
+	if _, err := loader.Snapshot(ctx, user, now, opts); err != nil || reads != 1 {
+		t.Fatalf("second read: %v, %d read-throughs, want still 1", err, reads)
+	}
+
+	// A user without events: one lookup, then an empty hash until their first event.
+	const nobody = "rnobody"
+	s, err := loader.Snapshot(ctx, nobody, now, opts)
+	if err != nil || len(s.History) != 0 || reads != 2 {
+		t.Fatalf("unknown user: %+v, %v, %d read-throughs, want an empty snapshot after 2", s, err, reads)
+	}
+	if _, err := loader.Snapshot(ctx, nobody, now, opts); err != nil || reads != 2 {
+		t.Fatalf("unknown user again: %v, %d read-throughs, want still 2", err, reads)
+	}
+	if v, ms := hget(t, rd, keys.User(nobody), "v"), pttl(nobody); v != 0 || ms <= 0 {
+		t.Fatalf("unknown user's hash: version %d, PTTL %d; want 0 and an expiry", v, ms)
+	}
+	apply(st, []featurestore.Event{{Interaction: features.Interaction{Kind: features.KindWatch, EventID: "rnobody-first",
+		UserID: nobody, TsMs: now - 1000, ItemID: before.History[0].ItemID}}})
+	if s, err := loader.Snapshot(ctx, nobody, now, opts); err != nil || len(s.History) != 1 {
+		t.Fatalf("after the first event: %+v, %v; want one history entry", s.History, err)
+	}
+}
+
+func hget(t *testing.T, rd rueidis.Client, key, field string) int64 {
+	t.Helper()
+	n, err := rd.Do(context.Background(), rd.B().Hget().Key(key).Field(field).Build()).AsInt64()
+	if err != nil {
+		t.Fatalf("hget %s %s: %v", key, field, err)
+	}
+	return n
+}
+
+// Nothing applied yet: there is no copy to complete, and nothing is written.
+func TestReadThroughBeforeAnyEvent(t *testing.T) {
+	ctx := context.Background()
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	rd := redisClient(t, testutil.StartPrivate(t, "redis").URL)
+	st := featurestore.New(pool, rd, "rt0:", testConfig(), nil)
+	st.SetUserTTL(time.Hour)
+	h, w, i, found, err := st.ReadThroughUser(ctx, "u")
+	if err != nil || found || h != "" || w != "" || i != "" {
+		t.Fatalf("ReadThroughUser = %q %q %q %v %v, want nothing", h, w, i, found, err)
+	}
+	if n, err := rd.Do(ctx, rd.B().Exists().Key("rt0:u:u").Build()).AsInt64(); err != nil || n != 0 {
+		t.Fatalf("user key written before any event (%d, %v)", n, err)
+	}
+}
