@@ -28,7 +28,7 @@ func TestCheckRedisConfig(t *testing.T) {
 		{"no listpacks", "0", "noeviction", nil},
 		{"allkeys eviction", "16", "allkeys-lru", []string{"maxmemory-policy is allkeys-lru"}},
 		{"both", "64", "allkeys-lfu", []string{"zset-max-listpack-entries is 64", "set noeviction"}},
-		{"volatile eviction", "16", "volatile-lru", nil}, // the copy's keys carry no TTL
+		{"volatile eviction", "16", "volatile-lru", nil}, // only user hashes may expire, and /reco reads them back
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for k, v := range map[string]string{"zset-max-listpack-entries": tc.listpack, "maxmemory-policy": tc.policy} {
