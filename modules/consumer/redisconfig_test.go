@@ -1,36 +1,17 @@
 package consumer_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 
 	"recsys/modules/consumer"
+	"recsys/pkg/testutil"
 )
-
-// lockedBuffer is a log sink the consumer's goroutines and the test share.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // The consumer warns at start about Redis settings that make the copy costlier or unsafe
 // (featurestore.CheckRedisConfig), and says nothing with the settings the services script
@@ -49,7 +30,7 @@ func TestConsumerWarnsAboutRedisSettings(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			var logs lockedBuffer
+			var logs testutil.SyncBuffer
 			d := e.deps(t, metrics.NewSet())
 			d.Log = slog.New(slog.NewJSONHandler(&logs, nil))
 			m, err := consumer.New(e.config(), d)

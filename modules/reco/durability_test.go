@@ -1,7 +1,6 @@
 package reco
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -34,22 +33,9 @@ type served struct {
 
 // apiProcess is the real recsys binary running `serve --roles api`.
 type apiProcess struct {
-	cmd  *exec.Cmd
-	base string
-	mu   sync.Mutex
-	out  bytes.Buffer
-}
-
-func (p *apiProcess) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.Write(b)
-}
-
-func (p *apiProcess) output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
+	testutil.SyncBuffer // its output
+	cmd                 *exec.Cmd
+	base                string
 }
 
 var (
@@ -102,7 +88,7 @@ func startRecsys(t testing.TB, args []string, env ...string) *apiProcess {
 		_ = p.cmd.Process.Kill()
 		_ = p.cmd.Wait()
 		if t.Failed() {
-			out := p.output()
+			out := p.String()
 			if len(out) > 5000 {
 				out = out[len(out)-5000:]
 			}
@@ -258,7 +244,7 @@ func TestDurabilityAsyncAutolog(t *testing.T) {
 			t.Fatal("no exit after SIGTERM")
 		}
 		dropped := 0
-		if m := droppedLog.FindStringSubmatch(p.output()); m != nil {
+		if m := droppedLog.FindStringSubmatch(p.String()); m != nil {
 			dropped, _ = strconv.Atoi(m[1])
 		}
 		if m := missing(t, pool, list); len(m) > dropped {

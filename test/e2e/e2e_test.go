@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -43,23 +42,9 @@ func TestMain(m *testing.M) {
 
 // Process is a running recsys binary.
 type Process struct {
-	cmd  *exec.Cmd
-	Base string
-	mu   sync.Mutex
-	out  bytes.Buffer
-}
-
-func (p *Process) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.Write(b)
-}
-
-// Output returns what the process printed so far.
-func (p *Process) Output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
+	testutil.SyncBuffer // what the process printed
+	cmd                 *exec.Cmd
+	Base                string
 }
 
 func freePort(t *testing.T) int {
@@ -94,7 +79,7 @@ func Start(t *testing.T, env []string, args ...string) *Process {
 			t.Errorf("recsys did not stop within 30s after SIGTERM")
 		}
 		if t.Failed() {
-			out := p.Output()
+			out := p.String()
 			if len(out) > 6000 {
 				out = "..." + out[len(out)-6000:]
 			}
