@@ -1,27 +1,32 @@
 package featurestore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
 
-// Empty documents: a user PostgreSQL does not know is written back with these.
+// Empty documents: a user PostgreSQL does not know is written back with these, for at most
+// absentTTL: long enough that a visitor's requests cost one lookup, short enough that one-off
+// visitors (anonymous ids, bots) do not fill Redis for a whole user TTL.
 const (
 	emptyHistory     = "[]"
 	emptyWatched     = "{}"
 	emptyImpressions = "{}"
+	absentTTL        = time.Hour
 )
 
 // ReadThroughUser puts userID's documents back into the Redis copy from PostgreSQL and
 // returns them. With a user TTL (SetUserTTL) users without events for that long leave Redis,
 // so a reader that finds a user's hash absent, while the copy is otherwise complete, calls
-// this. A user PostgreSQL does not know is written as an empty hash (version 0) with the same
-// expiry, so a user without events costs one lookup per TTL rather than one per request;
-// their first applied event (version 1 or more) replaces it. found reports whether
+// this. A user PostgreSQL does not know is written as an empty hash (version 0) that expires
+// within absentTTL, so a user without events costs one lookup per hour rather than one per
+// request; their first applied event (version 1 or more) replaces it. found reports whether
 // PostgreSQL has the user.
 //
 // The write is the consumer's merge (the higher version wins, under the copy's generation),
@@ -38,17 +43,21 @@ FROM feature_meta m LEFT JOIN feature_users u ON u.user_id = $1`, userID).Scan(&
 	if err != nil {
 		return "", "", "", false, fmt.Errorf("read user %q through to postgresql: %w", userID, err)
 	}
-	u := userRow{id: userID, h: emptyHistory, w: emptyWatched, i: emptyImpressions}
+	// Absent from PostgreSQL: an empty hash for at most absentTTL; present: the store's TTL.
+	wr := &redisWrite{users: []userRow{{id: userID, h: emptyHistory, w: emptyWatched, i: emptyImpressions}},
+		userTTL: min(cmp.Or(s.userTTL, absentTTL), absentTTL)}
 	if version != nil {
-		u = userRow{id: userID, version: *version, h: *hh, w: *ww, i: *ii}
+		wr.users[0] = userRow{id: userID, version: *version, h: *hh, w: *ww, i: *ii}
+		wr.userTTL = 0
 		found = true
 	}
 	if s.rd != nil {
 		var ee *epochError
-		if err := s.exec(ctx, strconv.FormatInt(gen, 10), &redisWrite{users: []userRow{u}}); err != nil && !errors.As(err, &ee) {
+		if err := s.exec(ctx, strconv.FormatInt(gen, 10), wr); err != nil && !errors.As(err, &ee) {
 			return "", "", "", false, fmt.Errorf("write user %q back to redis: %w", userID, err)
 		}
 		// Another generation: the copy is being replaced, and its repopulation writes the user.
 	}
+	u := wr.users[0]
 	return u.h, u.w, u.i, found, nil
 }

@@ -23,7 +23,7 @@ func TestUserTTLAndReadThrough(t *testing.T) {
 	rd := redisClient(t, testutil.StartPrivate(t, "redis").URL)
 	prefix := testutil.Unique("ttl") + ":"
 	cfg := testConfig()
-	const ttl = time.Hour
+	const ttl = 24 * time.Hour
 	st := featurestore.New(pool, rd, prefix, cfg, nil)
 	st.SetUserTTL(ttl)
 	keys := featurestore.NewKeys(prefix)
@@ -99,8 +99,8 @@ func TestUserTTLAndReadThrough(t *testing.T) {
 	if v := hget(t, rd, keys.User(user), "v"); v != version {
 		t.Fatalf("user hash back at version %d, PostgreSQL has %d", v, version)
 	}
-	if ms := pttl(user); ms <= 0 {
-		t.Fatalf("user hash back without expiry (PTTL %d)", ms)
+	if ms := pttl(user); ms <= time.Hour.Milliseconds() || ms > ttl.Milliseconds() {
+		t.Fatalf("user hash back with PTTL %d, want the user TTL (%d)", ms, ttl.Milliseconds())
 	}
 	if _, err := loader.Snapshot(ctx, user, now, opts); err != nil || reads != 1 {
 		t.Fatalf("second read: %v, %d read-throughs, want still 1", err, reads)
@@ -115,8 +115,8 @@ func TestUserTTLAndReadThrough(t *testing.T) {
 	if _, err := loader.Snapshot(ctx, nobody, now, opts); err != nil || reads != 2 {
 		t.Fatalf("unknown user again: %v, %d read-throughs, want still 2", err, reads)
 	}
-	if v, ms := hget(t, rd, keys.User(nobody), "v"), pttl(nobody); v != 0 || ms <= 0 {
-		t.Fatalf("unknown user's hash: version %d, PTTL %d; want 0 and an expiry", v, ms)
+	if v, ms := hget(t, rd, keys.User(nobody), "v"), pttl(nobody); v != 0 || ms <= 0 || ms > time.Hour.Milliseconds() {
+		t.Fatalf("unknown user's hash: version %d, PTTL %d; want 0 and an expiry within the hour", v, ms)
 	}
 	apply(st, []featurestore.Event{{Interaction: features.Interaction{Kind: features.KindWatch, EventID: "rnobody-first",
 		UserID: nobody, TsMs: now - 1000, ItemID: before.History[0].ItemID}}})

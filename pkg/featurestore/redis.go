@@ -1,12 +1,14 @@
 package featurestore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/redis/rueidis"
 )
@@ -105,6 +107,8 @@ type redisWrite struct {
 	users []userRow
 	items []itemRow
 	nb    []nbWrite
+	// userTTL, when set, replaces the store's user TTL for this write.
+	userTTL time.Duration
 }
 
 func (w *redisWrite) empty() bool { return len(w.users) == 0 && len(w.items) == 0 && len(w.nb) == 0 }
@@ -158,7 +162,7 @@ func (s *Store) plan(epoch string, w *redisWrite) [][]rueidis.LuaExec {
 			return
 		}
 		hdr := []string{epoch, strconv.Itoa(s.cfg.TopListSize), strconv.Itoa(s.cfg.FreshSize), strconv.Itoa(nu), strconv.Itoa(ni),
-			strconv.Itoa(nn), strconv.Itoa(2 * s.cfg.NeighboursPerItem), fi(s.userTTL.Milliseconds())}
+			strconv.Itoa(nn), strconv.Itoa(2 * s.cfg.NeighboursPerItem), fi(cmp.Or(w.userTTL, s.userTTL).Milliseconds())}
 		execs = append(execs, rueidis.LuaExec{Keys: append(slices.Clone(head), keys...), Args: append(hdr, args...)})
 		sizes = append(sizes, size)
 		keys, args = nil, nil
