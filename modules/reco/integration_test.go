@@ -654,3 +654,35 @@ func testExpiredUserReadThrough(t *testing.T, itemCache time.Duration) {
 		t.Fatalf("read-throughs absent = %s, want 1 (the second request finds the empty hash)", n)
 	}
 }
+
+// PostgreSQL down: a user whose hash expired is served from Redis without their history (the
+// read-through fails and is counted), and Redis keeps serving everyone else.
+func TestIntegrationReadThroughFailureKeepsRedisServing(t *testing.T) {
+	pg := testutil.StartPrivate(t, "pg")
+	testutil.MigrateUp(t, pg.URL)
+	s := newStackInfra(t, pg.URL, testutil.RedisURL(t), func(c *Config) { c.UserCacheTTL = 0 },
+		func(c *infra.Config) { c.Redis.UserTTL = time.Hour })
+	s.seed(userWatchedA(s))
+	s.waitServing()
+	ctx := context.Background()
+	if err := s.rd.Do(ctx, s.rd.B().Del().Key(featurestore.NewKeys(s.prefix).User("me")).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	pg.Stop()
+	for i := range 20 {
+		if r := s.get(fmt.Sprintf("user_id=me&session_id=s%d&k=5&x_autolog_impressions=false", i)); r.code != 200 || r.Strat != ranking.StrategyColdStart {
+			t.Fatalf("expired user, postgres down, request %d: %+v", i, r)
+		}
+		if r := s.get(fmt.Sprintf("user_id=ab1&session_id=s%d&k=5&x_autolog_impressions=false", i)); r.code != 200 || r.Strat != ranking.StrategyCovisHybrid {
+			t.Fatalf("user in redis, postgres down, request %d: %+v", i, r)
+		}
+	}
+	if s.mod.serving.redisBrk.IsOpen() {
+		t.Fatal("redis breaker opened by read-through failures")
+	}
+	var b bytes.Buffer
+	s.metrics.WritePrometheus(&b)
+	if !strings.Contains(b.String(), `recsys_reco_user_read_through_total{result="error"} 20`) {
+		t.Fatalf("read-through errors not counted:\n%s", b.String())
+	}
+}

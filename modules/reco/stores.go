@@ -75,6 +75,10 @@ func stores(cfg *Config, d infra.Deps) (parts, error) {
 // (--redis.user-ttl): their documents come from PostgreSQL and go back into the copy with a
 // new expiry (featurestore.Store.ReadThroughUser). Counted in
 // recsys_reco_user_read_through_total{result="found|absent|error"}.
+//
+// A failed read-through (PostgreSQL down) serves that user without their history rather than
+// failing the Redis read: an error would count against Redis' breaker and move every user,
+// including the ones Redis holds, off Redis.
 func userReadThrough(pg *pgxpool.Pool, rd rueidis.Client, prefix string, fc features.Config, ttl time.Duration,
 	d infra.Deps) func(ctx context.Context, userID string) (userFields, error) {
 	st := featurestore.New(pg, rd, prefix, fc, d.Log)
@@ -91,7 +95,8 @@ func userReadThrough(pg *pgxpool.Pool, rd rueidis.Client, prefix string, fc feat
 		switch {
 		case err != nil:
 			count["error"].Inc()
-			return userFields{}, err
+			d.Log.DebugContext(ctx, "user read-through failed, serving without the user's history", "err", err)
+			return userFields{}, nil
 		case found:
 			count["found"].Inc()
 		default:
