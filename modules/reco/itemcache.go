@@ -387,7 +387,7 @@ type redisUser struct {
 	decoded  *decodeCache     // nil: decode every read
 	// readThrough, when set (--redis.user-ttl), fetches a user whose hash is absent from
 	// PostgreSQL and puts it back into the copy.
-	readThrough func(ctx context.Context, userID string) (userFields, error)
+	readThrough func(ctx context.Context, userID string) userFields
 }
 
 func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ ranking.SnapshotOptions) (ranking.Snapshot, error) {
@@ -412,9 +412,7 @@ func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ 
 		}
 	}
 	if f == (userFields{}) && u.readThrough != nil {
-		if f, err = u.readThrough(ctx, userID); err != nil {
-			return s, err
-		}
+		f = u.readThrough(ctx, userID)
 	}
 	if f[0] == "" {
 		return s, nil // a user without events

@@ -7,7 +7,6 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/redis/rueidis"
 
 	"recsys/pkg/features"
@@ -29,12 +28,12 @@ func stores(cfg *Config, d infra.Deps) (parts, error) {
 	fc := features.DefaultConfig()
 	keys := featurestore.NewKeys(prefix)
 	loader := featurestore.NewRedisLoader(rd, prefix, fc)
-	var readThrough func(ctx context.Context, userID string) (userFields, error)
+	var readThrough func(ctx context.Context, userID string) userFields
 	if ttl := d.Config.Redis.UserTTL; ttl > 0 {
 		readThrough = userReadThrough(pg, rd, prefix, fc, ttl, d)
 		loader.SetReadThrough(func(ctx context.Context, userID string) error {
-			_, err := readThrough(ctx, userID)
-			return err
+			readThrough(ctx, userID)
+			return nil
 		})
 	}
 	var redisSrc snapshotSource = loader
@@ -80,28 +79,28 @@ func stores(cfg *Config, d infra.Deps) (parts, error) {
 // failing the Redis read: an error would count against Redis' breaker and move every user,
 // including the ones Redis holds, off Redis.
 func userReadThrough(pg *pgxpool.Pool, rd rueidis.Client, prefix string, fc features.Config, ttl time.Duration,
-	d infra.Deps) func(ctx context.Context, userID string) (userFields, error) {
+	d infra.Deps) func(ctx context.Context, userID string) userFields {
 	st := featurestore.New(pg, rd, prefix, fc, d.Log)
 	st.SetUserTTL(ttl)
 	count := map[string]*metrics.Counter{}
 	for _, r := range []string{"found", "absent", "error"} {
 		count[r] = d.Metrics.NewCounter(fmt.Sprintf(`recsys_reco_user_read_through_total{result=%q}`, r))
 	}
-	return func(ctx context.Context, userID string) (userFields, error) {
+	return func(ctx context.Context, userID string) userFields {
 		if userID == globalUserID {
-			return userFields{}, nil // the global snapshot's reads name no user
+			return userFields{} // the global snapshot's reads name no user
 		}
 		h, w, i, found, err := st.ReadThroughUser(ctx, userID)
 		switch {
 		case err != nil:
 			count["error"].Inc()
 			d.Log.DebugContext(ctx, "user read-through failed, serving without the user's history", "err", err)
-			return userFields{}, nil
+			return userFields{}
 		case found:
 			count["found"].Inc()
 		default:
 			count["absent"].Inc()
 		}
-		return userFields{h, w, i}, nil
+		return userFields{h, w, i}
 	}
 }
