@@ -145,6 +145,9 @@ func healthy() world {
 	w.set(grows(100), "__name__", "recsys_reco_served_total", "namespace", ns, "source", "redis")
 	w.set(grows(0), "__name__", "recsys_reco_served_total", "namespace", ns, "source", "pg_fallback")
 	w.set(grows(0), "__name__", "recsys_reco_served_total", "namespace", ns, "source", "global_snapshot")
+	w.set(grows(2), "__name__", "recsys_reco_user_read_through_total", "namespace", ns, "result", "found")
+	w.set(grows(1), "__name__", "recsys_reco_user_read_through_total", "namespace", ns, "result", "absent")
+	w.set(grows(0), "__name__", "recsys_reco_user_read_through_total", "namespace", ns, "result", "error")
 	for _, route := range []string{"/log/watch", "/log/batch"} {
 		w.set(grows(50), "__name__", "recsys_http_requests_total", "namespace", ns, "route", route, "method", "POST", "code", "200")
 		w.set(grows(0), "__name__", "recsys_http_requests_total", "namespace", ns, "route", route, "method", "POST", "code", "503")
@@ -253,6 +256,13 @@ func TestAlertsFireOnTheirFaultOnly(t *testing.T) {
 			fault: func(w world) {
 				w.set(grows(20), "__name__", "recsys_reco_served_total", "namespace", ns, "source", "pg_fallback")
 			}},
+		{name: "expired users not read back", want: []string{"RecoUserReadThroughFailing"},
+			fault: func(w world) {
+				w.set(grows(3), "__name__", "recsys_reco_user_read_through_total", "namespace", ns, "result", "error")
+			}},
+		{name: "a rare failed read-through", fault: func(w world) {
+			w.set(grows(0.01), "__name__", "recsys_reco_user_read_through_total", "namespace", ns, "result", "error")
+		}},
 		{name: "ingest refuses events", want: []string{"IngestErrors"},
 			fault: func(w world) {
 				w.set(grows(5), "__name__", "recsys_http_requests_total", "namespace", ns, "route", "/log/watch", "method", "POST", "code", "503")

@@ -107,11 +107,12 @@ var recsysMetrics = map[string]metricKind{
 	"reco_api_latency_ms":     histogram,
 	"reco_stage_latency_ms":   histogram,
 	// reco (recsys).
-	"recsys_reco_served_total":          counter,
-	"recsys_reco_unavailable_total":     counter,
-	"recsys_reco_breaker_open":          gauge,
-	"recsys_reco_autolog_dropped_total": counter,
-	"recsys_reco_autolog_queue_depth":   gauge,
+	"recsys_reco_served_total":            counter,
+	"recsys_reco_unavailable_total":       counter,
+	"recsys_reco_breaker_open":            gauge,
+	"recsys_reco_autolog_dropped_total":   counter,
+	"recsys_reco_autolog_queue_depth":     gauge,
+	"recsys_reco_user_read_through_total": counter,
 	// ingest.
 	"recsys_ingest_commit_duration_seconds": histogram,
 	"recsys_ingest_commit_errors_total":     counter,
