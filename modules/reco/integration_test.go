@@ -119,6 +119,9 @@ func newStackInfra(t testing.TB, pgURL, redisURL string, mut func(*Config), imut
 	if imut != nil {
 		imut(&icfg)
 	}
+	// The stack's writer (the consumer's code) gets the process settings too: a user TTL is
+	// set where features are written, and /reco follows what the copy records.
+	s.store.SetUserTTL(icfg.Redis.UserTTL)
 	s.metrics = metrics.NewSet()
 	mod, err := New(cfg, infra.Deps{Name: "reco", Log: testLogger(), Metrics: s.metrics, PG: pool, Redis: rd, Config: icfg})
 	if err != nil {
@@ -595,8 +598,9 @@ func testUserCacheInvalidatedByWatch(t *testing.T, ttl time.Duration) {
 	})
 }
 
-// With --redis.user-ttl a user whose hash expired is read back from PostgreSQL: /reco ranks
-// them as before and puts them back into the copy; a user without events costs one lookup.
+// With --redis.user-ttl on the writers, a user whose hash expired is read back from
+// PostgreSQL: /reco ranks them as before and puts them back into the copy; a user without
+// events costs one lookup. Without it nothing is read through.
 func TestIntegrationExpiredUserReadThrough(t *testing.T) {
 	// Both Redis read paths: the user hash alone with cached item features, and the loader's
 	// one-script read (no item cache).
@@ -652,6 +656,27 @@ func testExpiredUserReadThrough(t *testing.T, itemCache time.Duration) {
 	}
 	if n := readThroughs("absent"); n != "1" {
 		t.Fatalf("read-throughs absent = %s, want 1 (the second request finds the empty hash)", n)
+	}
+}
+
+// Writers without a user TTL: users never expire, so an absent hash is a user without
+// events and /reco does not ask PostgreSQL.
+func TestIntegrationNoUserTTLNoReadThrough(t *testing.T) {
+	s := newStack(t, testutil.MigratedDatabase(t), testutil.RedisURL(t), func(c *Config) { c.UserCacheTTL = 0 })
+	s.seed(userWatchedA(s))
+	s.waitServing()
+	if err := s.rd.Do(context.Background(), s.rd.B().Del().Key(featurestore.NewKeys(s.prefix).User("me")).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if r := s.get("user_id=me&session_id=s&k=5&x_autolog_impressions=false"); r.code != 200 || r.Strat != ranking.StrategyColdStart {
+		t.Fatalf("deleted user without a TTL: %+v, want a cold start", r)
+	}
+	var b bytes.Buffer
+	s.metrics.WritePrometheus(&b)
+	for _, l := range strings.Split(b.String(), "\n") {
+		if strings.HasPrefix(l, "recsys_reco_user_read_through_total") && !strings.HasSuffix(l, " 0") {
+			t.Fatalf("read-through without a user TTL: %s", l)
+		}
 	}
 }
 

@@ -385,9 +385,10 @@ type redisUser struct {
 	cacheTTL time.Duration
 	hits     *metrics.Counter // recsys_reco_user_cache_hits_total
 	decoded  *decodeCache     // nil: decode every read
-	// readThrough, when set (--redis.user-ttl), fetches a user whose hash is absent from
-	// PostgreSQL and puts it back into the copy.
-	readThrough func(ctx context.Context, userID string) userFields
+	// readThrough, when set, fetches a user whose hash is absent from PostgreSQL and puts it
+	// back into the copy with the given expiry; it is called while the copy's writers record
+	// a user TTL (featurestore.RecordedUserTTL).
+	readThrough func(ctx context.Context, userID string, ttl time.Duration) userFields
 }
 
 func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ ranking.SnapshotOptions) (ranking.Snapshot, error) {
@@ -412,7 +413,15 @@ func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ 
 		}
 	}
 	if f == (userFields{}) && u.readThrough != nil {
-		f = u.readThrough(ctx, userID)
+		// Absent: a user without events, or one whose hash expired. Only the second needs
+		// PostgreSQL, and only while users expire at all.
+		ttl, err := featurestore.RecordedUserTTL(ctx, u.rd, u.keys)
+		if err != nil {
+			return s, err
+		}
+		if ttl > 0 {
+			f = u.readThrough(ctx, userID, ttl)
+		}
 	}
 	if f[0] == "" {
 		return s, nil // a user without events

@@ -28,14 +28,11 @@ func stores(cfg *Config, d infra.Deps) (parts, error) {
 	fc := features.DefaultConfig()
 	keys := featurestore.NewKeys(prefix)
 	loader := featurestore.NewRedisLoader(rd, prefix, fc)
-	var readThrough func(ctx context.Context, userID string) userFields
-	if ttl := d.Config.Redis.UserTTL; ttl > 0 {
-		readThrough = userReadThrough(pg, rd, prefix, fc, ttl, d)
-		loader.SetReadThrough(func(ctx context.Context, userID string) error {
-			readThrough(ctx, userID)
-			return nil
-		})
-	}
+	readThrough := userReadThrough(pg, rd, prefix, fc, d)
+	loader.SetReadThrough(func(ctx context.Context, userID string, ttl time.Duration) error {
+		readThrough(ctx, userID, ttl)
+		return nil
+	})
 	var redisSrc snapshotSource = loader
 	if cfg.ItemCacheTTL > 0 {
 		items := newItemCache(&redisItems{rd: rd, keys: keys}, cfg.ItemCacheTTL, cfg.ItemCacheMax)
@@ -70,27 +67,26 @@ func stores(cfg *Config, d infra.Deps) (parts, error) {
 	}, nil
 }
 
-// userReadThrough returns the read-through of users whose Redis hash expired
-// (--redis.user-ttl): their documents come from PostgreSQL and go back into the copy with a
-// new expiry (featurestore.Store.ReadThroughUser). Counted in
+// userReadThrough returns the read-through of users whose Redis hash expired (the writers'
+// --redis.user-ttl, which the copy records): their documents come from PostgreSQL and go back
+// into the copy with that expiry (featurestore.Store.ReadThroughUser). Counted in
 // recsys_reco_user_read_through_total{result="found|absent|error"}.
 //
 // A failed read-through (PostgreSQL down) serves that user without their history rather than
 // failing the Redis read: an error would count against Redis' breaker and move every user,
 // including the ones Redis holds, off Redis.
-func userReadThrough(pg *pgxpool.Pool, rd rueidis.Client, prefix string, fc features.Config, ttl time.Duration,
-	d infra.Deps) func(ctx context.Context, userID string) userFields {
+func userReadThrough(pg *pgxpool.Pool, rd rueidis.Client, prefix string, fc features.Config,
+	d infra.Deps) func(ctx context.Context, userID string, ttl time.Duration) userFields {
 	st := featurestore.New(pg, rd, prefix, fc, d.Log)
-	st.SetUserTTL(ttl)
 	count := map[string]*metrics.Counter{}
 	for _, r := range []string{"found", "absent", "error"} {
 		count[r] = d.Metrics.NewCounter(fmt.Sprintf(`recsys_reco_user_read_through_total{result=%q}`, r))
 	}
-	return func(ctx context.Context, userID string) userFields {
+	return func(ctx context.Context, userID string, ttl time.Duration) userFields {
 		if userID == globalUserID {
 			return userFields{} // the global snapshot's reads name no user
 		}
-		h, w, i, found, err := st.ReadThroughUser(ctx, userID)
+		h, w, i, found, err := st.ReadThroughUser(ctx, userID, ttl)
 		switch {
 		case err != nil:
 			count["error"].Inc()

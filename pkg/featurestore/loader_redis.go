@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/redis/rueidis"
 
@@ -42,7 +43,7 @@ local function top(key, n)
 end
 local ready = redis.call('EXISTS', KEYS[6])
 local user = redis.call('HMGET', KEYS[1], 'h', 'w', 'i')
-local meta = redis.call('HMGET', KEYS[2], 'lm:s', 'lm:l', 'lm:c', 'hl:s', 'hl:l', 'hl:c')
+local meta = redis.call('HMGET', KEYS[2], 'lm:s', 'lm:l', 'lm:c', 'hl:s', 'hl:l', 'hl:c', 'ut')
 local prefix = ARGV[1]
 local hn, nn = tonumber(ARGV[2]), tonumber(ARGV[3])
 local hist, nbs = {}, {}
@@ -80,13 +81,14 @@ type RedisLoader struct {
 	rd   rueidis.Client
 	keys Keys
 	cfg  features.Config
-	// readThrough, when set, puts a user whose hash is absent back into the copy (the user
-	// TTL, Store.ReadThroughUser); the Snapshot is then read again.
-	readThrough func(ctx context.Context, userID string) error
+	// readThrough, when set, puts a user whose hash is absent back into the copy with the
+	// writers' user TTL (Store.ReadThroughUser); the Snapshot is then read again.
+	readThrough func(ctx context.Context, userID string, ttl time.Duration) error
 }
 
-// SetReadThrough installs the read-through of absent users; call before use.
-func (l *RedisLoader) SetReadThrough(f func(ctx context.Context, userID string) error) {
+// SetReadThrough installs the read-through of absent users, used while the copy's writers
+// record a user TTL (RecordedUserTTL); call before use.
+func (l *RedisLoader) SetReadThrough(f func(ctx context.Context, userID string, ttl time.Duration) error) {
 	l.readThrough = f
 }
 
@@ -98,92 +100,101 @@ func NewRedisLoader(rd rueidis.Client, keyPrefix string, cfg features.Config) *R
 // Snapshot loads userID's ranking input at nowMs. It returns ErrNotReady while the copy is
 // incomplete.
 func (l *RedisLoader) Snapshot(ctx context.Context, userID string, nowMs int64, opts ranking.SnapshotOptions) (ranking.Snapshot, error) {
-	s, absent, err := l.snapshot(ctx, userID, nowMs, opts)
-	if err != nil || !absent || l.readThrough == nil {
+	s, ttl, err := l.snapshot(ctx, userID, nowMs, opts)
+	if err != nil || ttl == 0 || l.readThrough == nil {
 		return s, err
 	}
-	if err := l.readThrough(ctx, userID); err != nil {
+	if err := l.readThrough(ctx, userID, ttl); err != nil {
 		return ranking.Snapshot{}, err
 	}
 	s, _, err = l.snapshot(ctx, userID, nowMs, opts)
 	return s, err
 }
 
-// snapshot is one read; absent reports that the user's hash does not exist.
-func (l *RedisLoader) snapshot(ctx context.Context, userID string, nowMs int64, opts ranking.SnapshotOptions) (_ ranking.Snapshot, absent bool, err error) {
+// snapshot is one read. readThrough is the writers' user TTL when the user's hash is absent
+// while users expire (the user is to be read through), 0 otherwise.
+func (l *RedisLoader) snapshot(ctx context.Context, userID string, nowMs int64, opts ranking.SnapshotOptions) (_ ranking.Snapshot, readThrough time.Duration, err error) {
 	keys := []string{l.keys.User(userID), l.keys.Meta, l.keys.PopShort, l.keys.PopLong, l.keys.Fresh, l.keys.Ready}
 	args := []string{l.keys.Prefix, strconv.Itoa(opts.HistoryItems), strconv.Itoa(opts.NeighboursPerItem),
 		strconv.Itoa(opts.TrendingN), strconv.Itoa(opts.PopularN), strconv.Itoa(opts.FreshN)}
 	res, err := luaRead.Exec(ctx, l.rd, keys, args).ToArray()
 	if err != nil {
-		return ranking.Snapshot{}, false, fmt.Errorf("load snapshot from redis: %w", err)
+		return ranking.Snapshot{}, 0, fmt.Errorf("load snapshot from redis: %w", err)
 	}
 	if len(res) != 10 {
-		return ranking.Snapshot{}, false, fmt.Errorf("load snapshot from redis: %d replies, want 10", len(res))
+		return ranking.Snapshot{}, 0, fmt.Errorf("load snapshot from redis: %d replies, want 10", len(res))
 	}
 	if ready, _ := res[0].AsInt64(); ready != 1 {
-		return ranking.Snapshot{}, false, ErrNotReady
+		return ranking.Snapshot{}, 0, ErrNotReady
 	}
 	meta, err := strs(res[2])
 	if err != nil {
-		return ranking.Snapshot{}, false, err
+		return ranking.Snapshot{}, 0, err
 	}
-	dec, err := metaFromStrings(meta)
+	dec, err := metaFromStrings(meta[:min(len(meta), 6)])
 	if err != nil {
-		return ranking.Snapshot{}, false, err
+		return ranking.Snapshot{}, 0, err
+	}
+	var ut int64
+	if len(meta) > 6 && meta[6] != "" {
+		if ut, err = strconv.ParseInt(meta[6], 10, 64); err != nil {
+			return ranking.Snapshot{}, 0, fmt.Errorf("decode recorded user ttl: %w", err)
+		}
 	}
 	b := newBuilder(userID, nowMs, opts, dec)
 	user, err := strs(res[1])
 	if err != nil {
-		return ranking.Snapshot{}, false, err
+		return ranking.Snapshot{}, 0, err
 	}
-	absent = user[0] == "" && user[1] == "" && user[2] == ""
+	if user[0] == "" && user[1] == "" && user[2] == "" {
+		readThrough = time.Duration(ut) * time.Millisecond
+	}
 	if err := b.user(user[0], user[1], user[2]); err != nil {
-		return ranking.Snapshot{}, false, err
+		return ranking.Snapshot{}, 0, err
 	}
 	// Item stats first: list entries are only kept for known items.
 	ids, err := strs(res[8])
 	if err != nil {
-		return ranking.Snapshot{}, false, err
+		return ranking.Snapshot{}, 0, err
 	}
 	statRows, err := res[9].ToArray()
 	if err != nil {
-		return ranking.Snapshot{}, false, fmt.Errorf("decode item stats: %w", err)
+		return ranking.Snapshot{}, 0, fmt.Errorf("decode item stats: %w", err)
 	}
 	for i, id := range ids {
 		f, err := strs(statRows[i])
 		if err != nil {
-			return ranking.Snapshot{}, false, err
+			return ranking.Snapshot{}, 0, err
 		}
 		if st, ok, err := statsFromStrings(f); err != nil {
-			return ranking.Snapshot{}, false, fmt.Errorf("item %q: %w", id, err)
+			return ranking.Snapshot{}, 0, fmt.Errorf("item %q: %w", id, err)
 		} else if ok {
 			b.stats[id] = st
 		}
 	}
 	hist, err := strs(res[3])
 	if err != nil {
-		return ranking.Snapshot{}, false, err
+		return ranking.Snapshot{}, 0, err
 	}
 	nbs, err := res[4].ToArray()
 	if err != nil {
-		return ranking.Snapshot{}, false, fmt.Errorf("decode neighbours: %w", err)
+		return ranking.Snapshot{}, 0, fmt.Errorf("decode neighbours: %w", err)
 	}
 	for i, id := range hist {
 		l, err := topList(nbs[i])
 		if err != nil {
-			return ranking.Snapshot{}, false, err
+			return ranking.Snapshot{}, 0, err
 		}
 		b.neighbours(id, l)
 	}
 	var lists [3][]stored
 	for i := range lists {
 		if lists[i], err = topList(res[5+i]); err != nil {
-			return ranking.Snapshot{}, false, err
+			return ranking.Snapshot{}, 0, err
 		}
 	}
 	b.lists(lists[0], lists[1], lists[2])
-	return b.snapshot(), absent, nil
+	return b.snapshot(), readThrough, nil
 }
 
 // stored is a list member with its stored (not yet decayed) score.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/redis/rueidis"
 )
 
 // Empty documents: a user PostgreSQL does not know is written back with these, for at most
@@ -21,17 +22,17 @@ const (
 	absentTTL        = time.Hour
 )
 
-// ReadThroughUser puts userID's documents back into the Redis copy from PostgreSQL and
-// returns them. With a user TTL (SetUserTTL) users without events for that long leave Redis,
-// so a reader that finds a user's hash absent, while the copy is otherwise complete, calls
-// this. A user PostgreSQL does not know is written as an empty hash (version 0) that expires
-// within absentTTL, so a user without events costs one lookup per hour rather than one per
-// request; their first applied event (version 1 or more) replaces it. found reports whether
-// PostgreSQL has the user.
+// ReadThroughUser puts userID's documents back into the Redis copy from PostgreSQL, with
+// expiry ttl (the writers' user TTL, RecordedUserTTL), and returns them. With a user TTL
+// (SetUserTTL) users without events for that long leave Redis, so a reader that finds a
+// user's hash absent, while the copy is otherwise complete, calls this. A user PostgreSQL does
+// not know is written as an empty hash (version 0) that expires within absentTTL, so a user
+// without events costs one lookup per hour rather than one per request; their first applied
+// event (version 1 or more) replaces it. found reports whether PostgreSQL has the user.
 //
 // The write is the consumer's merge (the higher version wins, under the copy's generation),
 // so a read racing a newer write of the consumer never replaces it.
-func (s *Store) ReadThroughUser(ctx context.Context, userID string) (h, w, i string, found bool, err error) {
+func (s *Store) ReadThroughUser(ctx context.Context, userID string, ttl time.Duration) (h, w, i string, found bool, err error) {
 	var gen int64
 	var version *int64
 	var hh, ww, ii *string
@@ -43,12 +44,11 @@ FROM feature_meta m LEFT JOIN feature_users u ON u.user_id = $1`, userID).Scan(&
 	if err != nil {
 		return "", "", "", false, fmt.Errorf("read user %q through to postgresql: %w", userID, err)
 	}
-	// Absent from PostgreSQL: an empty hash for at most absentTTL; present: the store's TTL.
-	wr := &redisWrite{users: []userRow{{id: userID, h: emptyHistory, w: emptyWatched, i: emptyImpressions}},
-		userTTL: min(cmp.Or(s.userTTL, absentTTL), absentTTL)}
+	wr := &redisWrite{readThrough: true, users: []userRow{{id: userID, h: emptyHistory, w: emptyWatched, i: emptyImpressions}},
+		userTTL: min(cmp.Or(ttl, absentTTL), absentTTL)}
 	if version != nil {
 		wr.users[0] = userRow{id: userID, version: *version, h: *hh, w: *ww, i: *ii}
-		wr.userTTL = 0
+		wr.userTTL = ttl
 		found = true
 	}
 	if s.rd != nil {
@@ -60,4 +60,18 @@ FROM feature_meta m LEFT JOIN feature_users u ON u.user_id = $1`, userID).Scan(&
 	}
 	u := wr.users[0]
 	return u.h, u.w, u.i, found, nil
+}
+
+// RecordedUserTTL is the user TTL the copy's writers last recorded (0: users do not expire,
+// or no writer recorded one). Readers read an absent user through only when it is set, so
+// --redis.user-ttl needs setting only where features are written.
+func RecordedUserTTL(ctx context.Context, rd rueidis.Client, keys Keys) (time.Duration, error) {
+	v, err := rd.Do(ctx, rd.B().Hget().Key(keys.Meta).Field("ut").Build()).AsInt64()
+	if rueidis.IsRedisNil(err) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read recorded user ttl: %w", err)
+	}
+	return time.Duration(v) * time.Millisecond, nil
 }

@@ -74,11 +74,15 @@ func TestUserTTLAndReadThrough(t *testing.T) {
 		t.Fatalf("degenerate test data: %+v", before)
 	}
 	var reads int
-	loader.SetReadThrough(func(ctx context.Context, id string) error {
+	loader.SetReadThrough(func(ctx context.Context, id string, ttl time.Duration) error {
 		reads++
-		_, _, _, _, err := st.ReadThroughUser(ctx, id)
+		_, _, _, _, err := st.ReadThroughUser(ctx, id, ttl)
 		return err
 	})
+	// The writers' TTL is what readers follow.
+	if got, err := featurestore.RecordedUserTTL(ctx, rd, keys); err != nil || got != ttl {
+		t.Fatalf("recorded user TTL %s (%v), want %s", got, err, ttl)
+	}
 
 	// The hash expires: the snapshot is read through and equals the one before.
 	if err := rd.Do(ctx, rd.B().Del().Key(keys.User(user)).Build()).Error(); err != nil {
@@ -115,6 +119,9 @@ func TestUserTTLAndReadThrough(t *testing.T) {
 	if _, err := loader.Snapshot(ctx, nobody, now, opts); err != nil || reads != 2 {
 		t.Fatalf("unknown user again: %v, %d read-throughs, want still 2", err, reads)
 	}
+	if got, err := featurestore.RecordedUserTTL(ctx, rd, keys); err != nil || got != ttl {
+		t.Fatalf("after read-throughs the recorded user TTL is %s (%v), want the writers' %s", got, err, ttl)
+	}
 	if v, ms := hget(t, rd, keys.User(nobody), "v"), pttl(nobody); v != 0 || ms <= 0 || ms > time.Hour.Milliseconds() {
 		t.Fatalf("unknown user's hash: version %d, PTTL %d; want 0 and an expiry within the hour", v, ms)
 	}
@@ -122,6 +129,20 @@ func TestUserTTLAndReadThrough(t *testing.T) {
 		UserID: nobody, TsMs: now - 1000, ItemID: before.History[0].ItemID}}})
 	if s, err := loader.Snapshot(ctx, nobody, now, opts); err != nil || len(s.History) != 1 {
 		t.Fatalf("after the first event: %+v, %v; want one history entry", s.History, err)
+	}
+
+	// Writers without a TTL record none: an absent user is one without events, and nobody
+	// asks PostgreSQL.
+	apply(noTTL, []featurestore.Event{{Interaction: features.Interaction{Kind: features.KindWatch, EventID: "rnobody-second",
+		UserID: nobody, TsMs: now - 500, ItemID: before.History[1].ItemID}}})
+	if got, err := featurestore.RecordedUserTTL(ctx, rd, keys); err != nil || got != 0 {
+		t.Fatalf("recorded user TTL %s (%v) after a writer without one", got, err)
+	}
+	if err := rd.Do(ctx, rd.B().Del().Key(keys.User(user)).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := loader.Snapshot(ctx, user, now, opts); err != nil || len(s.History) != 0 || reads != 2 {
+		t.Fatalf("absent user without a TTL: %d history entries, %v, %d read-throughs; want none, still 2", len(s.History), err, reads)
 	}
 }
 
@@ -141,7 +162,7 @@ func TestReadThroughBeforeAnyEvent(t *testing.T) {
 	rd := redisClient(t, testutil.StartPrivate(t, "redis").URL)
 	st := featurestore.New(pool, rd, "rt0:", testConfig(), nil)
 	st.SetUserTTL(time.Hour)
-	h, w, i, found, err := st.ReadThroughUser(ctx, "u")
+	h, w, i, found, err := st.ReadThroughUser(ctx, "u", time.Hour)
 	if err != nil || found || h != "" || w != "" || i != "" {
 		t.Fatalf("ReadThroughUser = %q %q %q %v %v, want nothing", h, w, i, found, err)
 	}

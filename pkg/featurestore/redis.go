@@ -1,7 +1,6 @@
 package featurestore
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -25,8 +24,9 @@ import (
 // the top M that Snapshots read.
 //
 // KEYS: meta, pop:s, pop:l, fresh, then one key per user, item and neighbour entry.
-// ARGV: epoch, topN, freshN, #users, #items, #neighbour entries, neighbour cap, user TTL
-// (ms, 0: none), then
+// ARGV: epoch, topN, freshN, #users, #items, #neighbour entries, neighbour cap, user TTL of
+// this write (ms, 0: none), the writer's user TTL to record in meta "ut" for readers ("": a
+// read-through, which records nothing), then
 //
 //	user:      version, h, w, i
 //	item:      id, imp, wat, sp, pn, end, wt, fs, ps, pl, fresh(0|1)
@@ -43,7 +43,8 @@ if ep ~= ARGV[1] then return {0, ep or ''} end
 local topN, freshN = tonumber(ARGV[2]), tonumber(ARGV[3])
 local nu, ni, nn, nbcap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local uttl = tonumber(ARGV[8])
-local a, k = 9, 5
+if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'ut', ARGV[9]) end
+local a, k = 10, 5
 for _ = 1, nu do
   local key = KEYS[k]; k = k + 1
   local cur = tonumber(redis.call('HGET', key, 'v') or '-1')
@@ -107,8 +108,10 @@ type redisWrite struct {
 	users []userRow
 	items []itemRow
 	nb    []nbWrite
-	// userTTL, when set, replaces the store's user TTL for this write.
-	userTTL time.Duration
+	// readThrough marks a read-through's write: its user TTL is userTTL, and it records
+	// nothing in meta (the writers' setting is what readers follow).
+	readThrough bool
+	userTTL     time.Duration
 }
 
 func (w *redisWrite) empty() bool { return len(w.users) == 0 && len(w.items) == 0 && len(w.nb) == 0 }
@@ -162,7 +165,10 @@ func (s *Store) plan(epoch string, w *redisWrite) [][]rueidis.LuaExec {
 			return
 		}
 		hdr := []string{epoch, strconv.Itoa(s.cfg.TopListSize), strconv.Itoa(s.cfg.FreshSize), strconv.Itoa(nu), strconv.Itoa(ni),
-			strconv.Itoa(nn), strconv.Itoa(2 * s.cfg.NeighboursPerItem), fi(cmp.Or(w.userTTL, s.userTTL).Milliseconds())}
+			strconv.Itoa(nn), strconv.Itoa(2 * s.cfg.NeighboursPerItem), fi(s.userTTL.Milliseconds()), fi(s.userTTL.Milliseconds())}
+		if w.readThrough {
+			hdr[7], hdr[8] = fi(w.userTTL.Milliseconds()), ""
+		}
 		execs = append(execs, rueidis.LuaExec{Keys: append(slices.Clone(head), keys...), Args: append(hdr, args...)})
 		sizes = append(sizes, size)
 		keys, args = nil, nil

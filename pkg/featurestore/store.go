@@ -22,8 +22,9 @@
 //     on.
 //
 // With a user TTL (SetUserTTL, --redis.user-ttl) user hashes expire after that long without a
-// write; readers find such a user absent while the copy is complete and put them back from
-// PostgreSQL (ReadThroughUser) under the same version merge.
+// write, and every write records the writer's TTL in meta ("ut", RecordedUserTTL); while it
+// is set, readers that find a user absent in a complete copy put them back from PostgreSQL
+// (ReadThroughUser) under the same version merge.
 //
 // Writes carry the generation of feature_meta: a decay rebase (landmark move, every ~125 days
 // with a 6 h half-life) or a forced rebuild bumps it, Redis refuses writes of an older

@@ -22,8 +22,9 @@ type Config struct {
 	DisableCache bool // miniredis has no CLIENT TRACKING; real Redis uses client-side caching
 	CacheSizeMB  int
 	// UserTTL lets users without events for that long leave the Redis copy (0: every user
-	// stays). Writers set it on each user they write; /reco reads an absent user through to
-	// PostgreSQL and puts them back. Set the same value on every role.
+	// stays). The roles that write features (consumer, features rebuild) set it on each user
+	// they write and record it in the copy; /reco, following the record, reads an absent user
+	// back from PostgreSQL.
 	UserTTL time.Duration
 }
 
@@ -39,7 +40,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.KeyPrefix, "redis.key-prefix", c.KeyPrefix, "prefix of every key recsys writes, so several deployments can share one Redis")
 	fs.BoolVar(&c.DisableCache, "redis.disable-client-cache", c.DisableCache, "turn off RESP3 client-side caching (needed for servers without CLIENT TRACKING)")
 	fs.IntVar(&c.CacheSizeMB, "redis.client-cache-mb", c.CacheSizeMB, "client-side cache size per connection, MiB")
-	fs.DurationVar(&c.UserTTL, "redis.user-ttl", c.UserTTL, "users without events for this long leave the Redis copy and are read back from PostgreSQL when next served (0: keep every user; same value on every role)")
+	fs.DurationVar(&c.UserTTL, "redis.user-ttl", c.UserTTL, "users without events for this long leave the Redis copy and are read back from PostgreSQL when next served (0: keep every user); set it where features are written (consumer, features rebuild): /reco follows what the copy records")
 	flagenv.Alias(fs, "redis.url", "ONLINE_CACHE_REDIS_URL")
 	flagenv.Secret(fs, "redis.url")
 	flagenv.Alias(fs, "redis.timeout", "ONLINE_CACHE_REDIS_TIMEOUT_SEC:s")
