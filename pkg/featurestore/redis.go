@@ -43,7 +43,7 @@ if ep ~= ARGV[1] then return {0, ep or ''} end
 local topN, freshN = tonumber(ARGV[2]), tonumber(ARGV[3])
 local nu, ni, nn, nbcap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local uttl = tonumber(ARGV[8])
-if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'ut', ARGV[9]) end
+if ARGV[9] ~= '' and redis.call('HGET', KEYS[1], 'ut') ~= ARGV[9] then redis.call('HSET', KEYS[1], 'ut', ARGV[9]) end
 local a, k = 10, 5
 for _ = 1, nu do
   local key = KEYS[k]; k = k + 1
