@@ -622,16 +622,7 @@ func testExpiredUserReadThrough(t *testing.T, itemCache time.Duration) {
 	if before.Strat != ranking.StrategyCovisHybrid {
 		t.Fatalf("before: %+v", before)
 	}
-	readThroughs := func(result string) string {
-		var b bytes.Buffer
-		s.metrics.WritePrometheus(&b)
-		for _, l := range strings.Split(b.String(), "\n") {
-			if strings.HasPrefix(l, `recsys_reco_user_read_through_total{result="`+result+`"} `) {
-				return strings.Fields(l)[1]
-			}
-		}
-		return "missing"
-	}
+	readThroughs := s.readThroughs
 	userKey := featurestore.NewKeys(s.prefix).User("me")
 	if err := s.rd.Do(ctx, s.rd.B().Del().Key(userKey).Build()).Error(); err != nil {
 		t.Fatal(err)
@@ -671,11 +662,9 @@ func TestIntegrationNoUserTTLNoReadThrough(t *testing.T) {
 	if r := s.get("user_id=me&session_id=s&k=5&x_autolog_impressions=false"); r.code != 200 || r.Strat != ranking.StrategyColdStart {
 		t.Fatalf("deleted user without a TTL: %+v, want a cold start", r)
 	}
-	var b bytes.Buffer
-	s.metrics.WritePrometheus(&b)
-	for _, l := range strings.Split(b.String(), "\n") {
-		if strings.HasPrefix(l, "recsys_reco_user_read_through_total") && !strings.HasSuffix(l, " 0") {
-			t.Fatalf("read-through without a user TTL: %s", l)
+	for _, r := range []string{"found", "absent", "error"} {
+		if n := s.readThroughs(r); n != "0" {
+			t.Fatalf("read-throughs %s = %s without a user TTL, want 0", r, n)
 		}
 	}
 }
@@ -705,9 +694,19 @@ func TestIntegrationReadThroughFailureKeepsRedisServing(t *testing.T) {
 	if s.mod.serving.redisBrk.IsOpen() {
 		t.Fatal("redis breaker opened by read-through failures")
 	}
+	if n := s.readThroughs("error"); n != "20" {
+		t.Fatalf("read-through errors = %s, want 20", n)
+	}
+}
+
+// readThroughs is recsys_reco_user_read_through_total{result} of the module.
+func (s *stack) readThroughs(result string) string {
 	var b bytes.Buffer
 	s.metrics.WritePrometheus(&b)
-	if !strings.Contains(b.String(), `recsys_reco_user_read_through_total{result="error"} 20`) {
-		t.Fatalf("read-through errors not counted:\n%s", b.String())
+	for _, l := range strings.Split(b.String(), "\n") {
+		if strings.HasPrefix(l, `recsys_reco_user_read_through_total{result="`+result+`"} `) {
+			return strings.Fields(l)[1]
+		}
 	}
+	return "missing"
 }
