@@ -389,6 +389,31 @@ type redisUser struct {
 	// back into the copy with the given expiry; it is called while the copy's writers record
 	// a user TTL (featurestore.RecordedUserTTL).
 	readThrough func(ctx context.Context, userID string, ttl time.Duration) userFields
+	recorded    atomic.Pointer[recordedTTL] // the copy's recorded user TTL, re-read every recordedTTLAge
+}
+
+// recordedTTL is featurestore.RecordedUserTTL as read at a time.
+type recordedTTL struct {
+	ttl time.Duration
+	at  time.Time
+}
+
+// recordedTTLAge bounds how long a read of the recorded user TTL is reused: users without
+// events (cold starts) would otherwise cost a second round trip each, and writers change the
+// setting only when they are reconfigured.
+const recordedTTLAge = 5 * time.Second
+
+// userTTL returns the copy's recorded user TTL, reading it at most every recordedTTLAge.
+func (u *redisUser) userTTL(ctx context.Context) (time.Duration, error) {
+	if r := u.recorded.Load(); r != nil && time.Since(r.at) < recordedTTLAge {
+		return r.ttl, nil
+	}
+	ttl, err := featurestore.RecordedUserTTL(ctx, u.rd, u.keys)
+	if err != nil {
+		return 0, err
+	}
+	u.recorded.Store(&recordedTTL{ttl: ttl, at: time.Now()})
+	return ttl, nil
 }
 
 func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ ranking.SnapshotOptions) (ranking.Snapshot, error) {
@@ -415,7 +440,7 @@ func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ 
 	if f == (userFields{}) && u.readThrough != nil {
 		// Absent: a user without events, or one whose hash expired. Only the second needs
 		// PostgreSQL, and only while users expire at all.
-		ttl, err := featurestore.RecordedUserTTL(ctx, u.rd, u.keys)
+		ttl, err := u.userTTL(ctx)
 		if err != nil {
 			return s, err
 		}
