@@ -2,7 +2,6 @@ package consumer_test
 
 import (
 	"fmt"
-	"syscall"
 	"testing"
 	"time"
 
@@ -10,6 +9,7 @@ import (
 	"recsys/pkg/events"
 	"recsys/pkg/featurestore/fstest"
 	"recsys/pkg/gctune"
+	"recsys/pkg/testutil"
 )
 
 // BenchmarkApplyFromPrefilledTopic measures the apply rate of one consumer draining a
@@ -42,10 +42,10 @@ func benchApplyFromPrefilledTopic(b *testing.B, inFlight int) {
 		}
 		e.produce(b, evs)
 		b.StartTimer()
-		t0, cpu0 := time.Now(), processCPU()
+		t0, cpu0 := time.Now(), testutil.SelfCPU()
 		c := e.startConsumer(b)
 		e.waitApplied(b, n, 10*time.Minute)
-		el, cpu := time.Since(t0), processCPU()-cpu0
+		el, cpu := time.Since(t0), testutil.SelfCPU()-cpu0
 		b.StopTimer()
 		b.ReportMetric(float64(n)/el.Seconds(), "events/s")
 		// The consumer's Go CPU (fetch, decode, apply; the test's own polling is small): less
@@ -62,15 +62,6 @@ func benchApplyFromPrefilledTopic(b *testing.B, inFlight int) {
 		}
 		c.stop()
 	}
-}
-
-// processCPU is the user and system CPU time of this process so far.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func benchEvents(e *env, n int) []events.Any {

@@ -1,7 +1,6 @@
 package ingest
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"net/url"
@@ -11,11 +10,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"recsys/pkg/gctune"
 	"recsys/pkg/httpx"
@@ -56,9 +52,7 @@ func impressionJSON(id string, ts int64, items int) []byte {
 func drive(b *testing.B, v *env, url string, clients int, bodies [][]byte, eventsPer int) {
 	b.Logf("gc %v", gctune.DefaultConfig().Apply())
 	base, path := splitURL(b, url)
-	pgBefore := backendCPU(v)
-	var goBefore syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &goBefore)
+	pgBefore, goBefore := testutil.BackendCPU(b, v.pool), testutil.SelfCPU()
 	lat := make([]time.Duration, len(bodies))
 	var next atomic.Int64
 	var failures atomic.Int64
@@ -94,9 +88,8 @@ func drive(b *testing.B, v *env, url string, clients int, bodies [][]byte, event
 	wg.Wait()
 	elapsed := time.Since(start)
 	b.StopTimer()
-	var goAfter syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &goAfter)
-	pgAfter := backendCPU(v)
+	goCPU := testutil.SelfCPU() - goBefore
+	pgAfter := testutil.BackendCPU(b, v.pool)
 	slices.Sort(lat)
 	pct := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Microseconds()) / 1000 }
 	b.ReportMetric(float64(len(bodies))/elapsed.Seconds(), "req/s")
@@ -108,15 +101,9 @@ func drive(b *testing.B, v *env, url string, clients int, bodies [][]byte, event
 	// process (HTTP client included), PostgreSQL the backends of the benchmark's database
 	// (background writers and autovacuum excluded).
 	nev := float64(len(bodies) * eventsPer)
-	goCPU := time.Duration(syscall.TimevalToNsec(goAfter.Utime) + syscall.TimevalToNsec(goAfter.Stime) -
-		syscall.TimevalToNsec(goBefore.Utime) - syscall.TimevalToNsec(goBefore.Stime))
-	var pgCPU time.Duration
-	for pid, t := range pgAfter {
-		pgCPU += t - pgBefore[pid]
-	}
 	b.ReportMetric(float64(goCPU.Microseconds())/nev, "go_cpu_us/event")
-	if pgAfter != nil {
-		b.ReportMetric(float64(pgCPU.Microseconds())/nev, "pg_cpu_us/event")
+	if len(pgAfter) > 0 {
+		b.ReportMetric(float64(pgAfter.Since(pgBefore).Microseconds())/nev, "pg_cpu_us/event")
 	}
 	if n := v.metric(`recsys_ingest_group_commit_events_count{writer="ingest"}`); n > 0 {
 		b.ReportMetric(v.metric(`recsys_ingest_group_commit_events_sum{writer="ingest"}`)/n, "events/commit")
@@ -130,36 +117,6 @@ func splitURL(b *testing.B, raw string) (base, path string) {
 		b.Fatal(err)
 	}
 	return u.Scheme + "://" + u.Host, u.RequestURI()
-}
-
-// backendCPU returns the CPU time used so far by each PostgreSQL backend connected to the
-// env's database, read from /proc (nil when PostgreSQL runs elsewhere).
-func backendCPU(v *env) map[int]time.Duration {
-	rows, err := v.pool.Query(context.Background(), "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
-	if err != nil {
-		return nil
-	}
-	pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
-	if err != nil {
-		return nil
-	}
-	out := map[int]time.Duration{}
-	for _, pid := range pids {
-		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			return nil
-		}
-		// Fields after the parenthesised command: state is field 3, utime 14, stime 15 (ticks of 1/100 s).
-		_, rest, _ := strings.Cut(string(raw), ") ")
-		f := strings.Fields(rest)
-		if len(f) < 13 {
-			return nil
-		}
-		ut, _ := strconv.ParseInt(f[11], 10, 64)
-		st, _ := strconv.ParseInt(f[12], 10, 64)
-		out[int(pid)] = time.Duration(ut+st) * 10 * time.Millisecond
-	}
-	return out
 }
 
 // benchTuning applies BENCH_WORKERS, BENCH_MAX_WAIT and BENCH_COPY_MIN (group-commit

@@ -1,11 +1,11 @@
 package reco
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/rueidis"
 
@@ -128,8 +127,9 @@ func BenchmarkRecoHTTP(b *testing.B) {
 	var mod *Reco
 	var rd rueidis.Client
 	var pool *pgxpool.Pool
+	recsysPID := 0 // the `recsys all` process in full mode
 	if os.Getenv("RECO_BENCH_FULL") != "" {
-		base, pool = fullStack(b)
+		base, pool, rd, recsysPID = fullStack(b)
 	} else {
 		// Built once for the sub-benchmarks (the parent function runs once; its cleanups run
 		// after every sub-benchmark).
@@ -174,18 +174,13 @@ func BenchmarkRecoHTTP(b *testing.B) {
 			}
 			b.Run(name, func(b *testing.B) {
 				var before map[string]uint64
-				var redis0 time.Duration
-				pg0 := pgBackendCPU(b, pool)
 				if mod != nil {
 					before = servedBy(mod)
-					redis0 = testutil.RedisCPU(b, rd)
 				}
-				runLoad(b, base, k, autolog, clients, rate)
-				// The database's share (autolog: dedup, impression and outbox rows; in full mode
-				// also the relay's and the consumer's statements).
-				b.ReportMetric(float64(pgCPUSince(b, pool, pg0).Microseconds())/float64(b.N), "pg_cpu_us/req")
+				var cpu *cpuAccount
+				runLoad(b, base, k, autolog, clients, rate, func() { cpu = startCPUAccount(b, pool, rd, recsysPID) })
+				cpu.report(b)
 				if mod != nil {
-					b.ReportMetric(float64((testutil.RedisCPU(b, rd)-redis0).Microseconds())/float64(b.N), "redis_cpu_us/req")
 					after, total := servedBy(mod), uint64(0)
 					for k := range after {
 						total += after[k] - before[k]
@@ -224,19 +219,80 @@ func benchRates(b *testing.B, autolog bool) []int {
 	return []int{0, rate}
 }
 
+// cpuAccount splits the machine's CPU time over a load run by process, per request: where
+// the time goes without a profiler, and less sensitive to the other load on the shared
+// machine than requests per second.
+type cpuAccount struct {
+	pool             *pgxpool.Pool
+	rd               rueidis.Client
+	recsysPID        int
+	pg0, recsys0     testutil.CPUSample
+	kafka0           testutil.CPUSample
+	redis0           time.Duration
+	machine0, steal0 time.Duration
+	start            time.Time
+}
+
+func startCPUAccount(b *testing.B, pool *pgxpool.Pool, rd rueidis.Client, recsysPID int) *cpuAccount {
+	a := &cpuAccount{pool: pool, rd: rd, recsysPID: recsysPID, pg0: testutil.BackendCPU(b, pool),
+		redis0: testutil.RedisCPU(b, rd), start: time.Now()}
+	if recsysPID != 0 {
+		a.recsys0 = a.recsys()
+		a.kafka0 = testutil.ProcessesCPU("kafka.Kafka")
+	}
+	a.machine0, a.steal0, _ = testutil.MachineCPU()
+	return a
+}
+
+func (a *cpuAccount) recsys() testutil.CPUSample {
+	t, _ := testutil.ProcessCPU(a.recsysPID)
+	return testutil.CPUSample{a.recsysPID: t}
+}
+
+// report adds, in µs of CPU per request: pg_cpu_us/req, the backends of the benchmark's
+// database (autolog: dedup, impression and outbox rows; in full mode also the relay's and
+// the consumer's statements); redis_cpu_us/req; in full mode recsys_cpu_us/req (the `recsys
+// all` process: API, ingest, relay, consumer) and kafka_cpu_us/req (the broker); and
+// machine_cpu_us/req, every process of the machine (this one's clients, PostgreSQL's
+// background writers, the kernel and any other load included); steal_%, the share of the
+// machine's CPU time the hypervisor gave to others while this one wanted it.
+//
+// It counts from the first timed request to the last answer: the relay's and the consumer's
+// backlog at those two moments moves a little pipeline work out of or into the count.
+func (a *cpuAccount) report(b *testing.B) {
+	per := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(b.N) }
+	b.ReportMetric(per(testutil.BackendCPU(b, a.pool).Since(a.pg0)), "pg_cpu_us/req")
+	b.ReportMetric(per(testutil.RedisCPU(b, a.rd)-a.redis0), "redis_cpu_us/req")
+	if a.recsysPID != 0 {
+		b.ReportMetric(per(a.recsys().Since(a.recsys0)), "recsys_cpu_us/req")
+		b.ReportMetric(per(testutil.ProcessesCPU("kafka.Kafka").Since(a.kafka0)), "kafka_cpu_us/req")
+	}
+	if busy, steal, ok := testutil.MachineCPU(); ok {
+		b.ReportMetric(per(busy-a.machine0), "machine_cpu_us/req")
+		b.ReportMetric(100*(steal-a.steal0).Seconds()/(time.Since(a.start).Seconds()*float64(runtime.NumCPU())), "steal_%")
+	}
+}
+
 // fullStack seeds a private Redis and a fresh database and starts `recsys all` on them with
 // its own Kafka topics and consumer group.
-func fullStack(b *testing.B) (string, *pgxpool.Pool) {
+func fullStack(b *testing.B) (base string, pool *pgxpool.Pool, rd rueidis.Client, pid int) {
 	redisURL := testutil.StartPrivate(b, "redis").URL
 	dsn := testutil.MigratedDatabase(b)
 	prefix := testutil.Unique("recobench") + ":"
-	pool := testutil.Pool(b, dsn)
+	pool = testutil.Pool(b, dsn)
 	s := &stack{t: b, pg: pool, prefix: prefix}
 	start := time.Now()
 	if err := benchSeed(s, redisURL); err != nil {
 		b.Fatal(err)
 	}
 	b.Logf("seeded in %s", time.Since(start).Round(time.Millisecond))
+	rcfg := rds.DefaultConfig()
+	rcfg.URL = redisURL
+	rd, err := rds.Open(rcfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(rd.Close)
 	id := testutil.Unique("recobench")
 	env := []string{"DATABASE_URL=" + dsn, "ONLINE_CACHE_REDIS_URL=" + redisURL, "RECSYS_REDIS_KEY_PREFIX=" + prefix,
 		"KAFKA_BOOTSTRAP_SERVERS=" + testutil.KafkaBrokers(b)[0], "KAFKA_TOPIC_IMPRESSIONS=" + testutil.KafkaTopic(b, id+".impressions."),
@@ -246,47 +302,7 @@ func fullStack(b *testing.B) (string, *pgxpool.Pool) {
 	env = append(env, strings.Fields(os.Getenv("RECO_BENCH_RECSYS_ENV"))...)
 	p := startRecsys(b, []string{"all"}, env...)
 	b.Logf("recsys all at %s; profile it while the benchmark runs: go tool pprof %s/debug/pprof/profile?seconds=10", p.base, p.base)
-	return p.base, pool
-}
-
-// pgBackendCPU samples the CPU time used so far by each PostgreSQL backend connected to the
-// benchmark's database (the server runs on this machine: /proc/<pid>/stat).
-func pgBackendCPU(b *testing.B, pool *pgxpool.Pool) map[int]time.Duration {
-	rows, err := pool.Query(context.Background(), `SELECT pid FROM pg_stat_activity WHERE datname = current_database()`)
-	if err != nil {
-		b.Fatal(err)
-	}
-	pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
-	if err != nil {
-		b.Fatal(err)
-	}
-	out := make(map[int]time.Duration, len(pids))
-	for _, pid := range pids {
-		stat, err := os.ReadFile("/proc/" + strconv.Itoa(int(pid)) + "/stat")
-		if err != nil {
-			continue // exited, or the server is not local
-		}
-		// Fields after the command's closing parenthesis; utime and stime are the 12th and
-		// 13th of them, in clock ticks (USER_HZ, 100 on Linux).
-		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-		if len(f) < 13 {
-			continue
-		}
-		ut, _ := strconv.ParseInt(f[11], 10, 64)
-		st, _ := strconv.ParseInt(f[12], 10, 64)
-		out[int(pid)] = time.Duration(ut+st) * 10 * time.Millisecond
-	}
-	return out
-}
-
-// pgCPUSince is the backends' CPU time since the sample before (backends started since count
-// from zero).
-func pgCPUSince(b *testing.B, pool *pgxpool.Pool, before map[int]time.Duration) time.Duration {
-	var d time.Duration
-	for pid, t := range pgBackendCPU(b, pool) {
-		d += t - before[pid]
-	}
-	return d
+	return p.base, pool, rd, p.cmd.Process.Pid
 }
 
 func servedBy(r *Reco) map[string]uint64 {
@@ -306,7 +322,7 @@ func servedBy(r *Reco) map[string]uint64 {
 // connection behind a slow answer counts (no coordinated omission: a closed loop hides a
 // stall by sending less during it). The clients only bound the requests in flight; when all
 // are busy the backlog shows as latency and as a lower achieved rate.
-func runLoad(b *testing.B, base string, k int, autolog bool, benchClients, rate int) {
+func runLoad(b *testing.B, base string, k int, autolog bool, benchClients, rate int, begin func()) {
 	conns := make([]*testutil.RawClient, benchClients)
 	for i := range conns {
 		c, err := testutil.NewRawClient(base)
@@ -348,7 +364,8 @@ func runLoad(b *testing.B, base string, k int, autolog bool, benchClients, rate 
 	if rate > 0 {
 		interval = time.Second / time.Duration(rate)
 	}
-	cpu0 := cpuTime()
+	begin()
+	cpu0 := testutil.SelfCPU()
 	var next, failed, maxLag atomic.Int64
 	var firstErr atomic.Value
 	b.ResetTimer()
@@ -385,7 +402,7 @@ func runLoad(b *testing.B, base string, k int, autolog bool, benchClients, rate 
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	cpu := cpuTime() - cpu0
+	cpu := testutil.SelfCPU() - cpu0
 	b.StopTimer()
 	var all []time.Duration
 	for _, l := range lat {

@@ -6,12 +6,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
-	"syscall"
 	"testing"
 	"time"
 
 	"recsys/pkg/features"
 	"recsys/pkg/ranking"
+	"recsys/pkg/testutil"
 )
 
 // BenchmarkRecoHandler is the CPU cost of one /reco in this process (validation, snapshot
@@ -30,7 +30,7 @@ func BenchmarkRecoHandler(b *testing.B) {
 	req := httptest.NewRequest(http.MethodGet, "/reco?user_id=bench&session_id=s&k=20&x_autolog_impressions=false", nil)
 	b.ReportAllocs()
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := testutil.SelfCPU()
 	for i := 0; i < b.N; i++ {
 		rec := httptest.NewRecorder()
 		h.e.ServeHTTP(rec, req)
@@ -40,13 +40,7 @@ func BenchmarkRecoHandler(b *testing.B) {
 	}
 	// Process CPU time per request: unlike ns/op it does not grow when other processes
 	// compete for the cores.
-	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
-}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	b.ReportMetric(float64(testutil.SelfCPU()-cpu0)/float64(b.N), "cpu-ns/op")
 }
 
 // BenchmarkRecoHandlerWorld is BenchmarkRecoHandler on BenchmarkRecoHTTP's world (5000 users
@@ -94,7 +88,7 @@ func BenchmarkRecoHandlerWorld(b *testing.B) {
 	runtime.GC() // the world's garbage is not the loop's
 	b.ReportAllocs()
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := testutil.SelfCPU()
 	for i := 0; i < b.N; i++ {
 		rec := httptest.NewRecorder()
 		h.e.ServeHTTP(rec, reqs[i%len(reqs)])
@@ -102,7 +96,7 @@ func BenchmarkRecoHandlerWorld(b *testing.B) {
 			b.Fatal(rec.Code)
 		}
 	}
-	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
+	b.ReportMetric(float64(testutil.SelfCPU()-cpu0)/float64(b.N), "cpu-ns/op")
 }
 
 // decodedUsers serves users' states decoded in advance, like redisUser with its decode cache

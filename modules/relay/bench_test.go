@@ -7,9 +7,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -66,7 +64,7 @@ func benchDrain(b *testing.B, events int, fill func(*env)) {
 		cfg.BatchEvents = testutil.EnvInt("RELAY_BENCH_BATCH_EVENTS", cfg.BatchEvents)
 		cfg.Workers = testutil.EnvInt("RELAY_BENCH_WORKERS", cfg.Workers)
 		var runs []*running
-		cpu0, db0 := processCPU(), e.backendCPU()
+		cpu0, db0 := testutil.SelfCPU(), testutil.BackendCPU(b, e.pool)
 		b.StartTimer()
 		start := time.Now()
 		for i := range relays {
@@ -86,11 +84,8 @@ func benchDrain(b *testing.B, events int, fill func(*env)) {
 		b.StopTimer()
 		// CPU spent, much less sensitive to how busy the machine is than msg/s: the database
 		// backends serving this benchmark's database, and this process (relay plus harness).
-		relayCPU := processCPU() - cpu0
-		var dbCPU time.Duration
-		for pid, t := range e.backendCPU() {
-			dbCPU += t - db0[pid]
-		}
+		relayCPU := testutil.SelfCPU() - cpu0
+		dbCPU := testutil.BackendCPU(b, e.pool).Since(db0)
 		for _, r := range runs {
 			logTimings(e.t, r.r.Owner(), r.deps.Metrics)
 			r.stop()
@@ -276,42 +271,4 @@ func (a *ackRecorder) count() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return len(a.acked)
-}
-
-// processCPU is this process' user+system CPU time.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// backendCPU returns the CPU time of each PostgreSQL backend connected to this test's
-// database, by pid (Linux /proc; clock ticks of 10 ms).
-func (e *env) backendCPU() map[int]time.Duration {
-	out := map[int]time.Duration{}
-	rows, err := e.pool.Query(context.Background(), `SELECT pid FROM pg_stat_activity WHERE datname = current_database()`)
-	if err != nil {
-		return out
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var pid int
-		if rows.Scan(&pid) != nil {
-			continue
-		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
-		}
-		// Fields after the parenthesised command name: utime and stime are the 12th and 13th.
-		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-		if len(f) > 12 {
-			ut, _ := strconv.ParseInt(f[11], 10, 64)
-			st, _ := strconv.ParseInt(f[12], 10, 64)
-			out[pid] = time.Duration(ut+st) * 10 * time.Millisecond
-		}
-	}
-	return out
 }

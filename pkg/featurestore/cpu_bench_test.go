@@ -1,17 +1,13 @@
 package featurestore_test
 
 import (
-	"bytes"
 	"context"
-	"fmt"
-	"os"
-	"strconv"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"recsys/pkg/testutil"
 )
 
 // cpuMeter measures CPU time rather than wall time: on the shared 2-core machine wall time
@@ -41,19 +37,6 @@ func newCPUMeter(b *testing.B, dsn string) (*pgxpool.Pool, *cpuMeter) {
 }
 
 func (m *cpuMeter) read() (goCPU, pgCPU time.Duration) {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		goCPU = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	}
-	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", m.pgPid))
-	if err != nil {
-		return goCPU, 0
-	}
-	f := strings.Fields(string(st[bytes.LastIndexByte(st, ')')+1:]))
-	if len(f) > 12 {
-		u, _ := strconv.ParseInt(f[11], 10, 64) // utime, clock ticks (USER_HZ = 100)
-		s, _ := strconv.ParseInt(f[12], 10, 64) // stime
-		pgCPU = time.Duration(u+s) * 10 * time.Millisecond
-	}
-	return goCPU, pgCPU
+	pgCPU, _ = testutil.ProcessCPU(m.pgPid)
+	return testutil.SelfCPU(), pgCPU
 }
