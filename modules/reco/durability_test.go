@@ -44,8 +44,14 @@ var (
 	binErr  error
 )
 
+// recsysBinary builds the working tree's recsys once per test binary, or returns
+// RECSYS_TEST_BINARY: a recsys built beforehand, to compare two builds on the same benchmark
+// (BenchmarkRecoHTTP with RECO_BENCH_FULL).
 func recsysBinary(t testing.TB) string {
 	t.Helper()
+	if p := os.Getenv("RECSYS_TEST_BINARY"); p != "" {
+		return p
+	}
 	binOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "recsys-reco-")
 		if err != nil {

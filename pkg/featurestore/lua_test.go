@@ -3,6 +3,7 @@ package featurestore
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strconv"
 	"testing"
 	"time"
@@ -140,4 +141,86 @@ func clientFor(t *testing.T, opt rueidis.ClientOption) rueidis.Client {
 	}
 	t.Cleanup(rd.Close)
 	return rd
+}
+
+// The popularity lists follow the item hashes: an item joins them when its decayed
+// popularity rises, keeps its place while a write leaves the popularity unchanged (an
+// impression), and a write that cannot raise it (unchanged, or older) does not bring back an
+// item the lists' cap cut. On miniredis, and on the real Redis when the integration services
+// run.
+func TestPopularListsFollowItemHashes(t *testing.T) {
+	backends := map[string]func(t *testing.T) rueidis.Client{
+		"miniredis": func(t *testing.T) rueidis.Client {
+			return clientFor(t, rueidis.ClientOption{InitAddress: []string{miniredis.RunT(t).Addr()}})
+		},
+		"redis": func(t *testing.T) rueidis.Client {
+			opt, err := rueidis.ParseURL(testutil.RedisURL(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return clientFor(t, opt)
+		},
+	}
+	for name, open := range backends {
+		t.Run(name, func(t *testing.T) {
+			rd := open(t)
+			ctx := context.Background()
+			prefix := "poplists:" + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"
+			keys := NewKeys(prefix)
+			t.Cleanup(func() {
+				rd.Do(ctx, rd.B().Del().Key(keys.Meta, keys.PopShort, keys.PopLong, keys.Fresh, keys.Item("a"), keys.Item("b"), keys.Item("c")).Build())
+			})
+			if err := rd.Do(ctx, rd.B().Hset().Key(keys.Meta).FieldValue().FieldValue("ep", "1").Build()).Error(); err != nil {
+				t.Fatal(err)
+			}
+			cfg := features.DefaultConfig()
+			cfg.TopListSize = 2
+			s := New(nil, rd, prefix, cfg, nil)
+			write := func(items ...itemRow) {
+				t.Helper()
+				if err := s.exec(ctx, "1", &redisWrite{items: items}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			list := func(key string) map[string]float64 {
+				t.Helper()
+				got, err := rd.Do(ctx, rd.B().Zrange().Key(key).Min("0").Max("-1").Withscores().Build()).AsZScores()
+				if err != nil {
+					t.Fatal(err)
+				}
+				out := map[string]float64{}
+				for _, z := range got {
+					out[z.Member] = z.Score
+				}
+				return out
+			}
+			want := func(step string, short, long map[string]float64) {
+				t.Helper()
+				if got := list(keys.PopShort); !maps.Equal(got, short) {
+					t.Errorf("%s: pop:s %v, want %v", step, got, short)
+				}
+				if got := list(keys.PopLong); !maps.Equal(got, long) {
+					t.Errorf("%s: pop:l %v, want %v", step, got, long)
+				}
+			}
+			write(itemRow{id: "a", imp: 1, fs: 10, ps: 2, pl: 5}, itemRow{id: "b", imp: 1, fs: 10, ps: 3, pl: 4})
+			want("first write", map[string]float64{"a": 2, "b": 3}, map[string]float64{"a": 5, "b": 4})
+			// c pushes a out of pop:s (cap 2) and b out of pop:l.
+			write(itemRow{id: "c", imp: 1, fs: 10, ps: 4, pl: 6})
+			want("cap", map[string]float64{"b": 3, "c": 4}, map[string]float64{"a": 5, "c": 6})
+			// Impressions of a and b: their popularity is what the hashes hold, so the lists
+			// keep what they had (a was cut from pop:s, b from pop:l, and stay out).
+			write(itemRow{id: "a", imp: 7, fs: 10, ps: 2, pl: 5}, itemRow{id: "b", imp: 9, fs: 10, ps: 3, pl: 4})
+			want("unchanged popularity", map[string]float64{"b": 3, "c": 4}, map[string]float64{"a": 5, "c": 6})
+			if got, err := rd.Do(ctx, rd.B().Hget().Key(keys.Item("a")).Field("imp").Build()).ToString(); err != nil || got != "7" {
+				t.Errorf("impressions of a: %q (%v), want 7", got, err)
+			}
+			// An older write (lower values) changes nothing.
+			write(itemRow{id: "c", imp: 1, fs: 10, ps: 1, pl: 1})
+			want("older write", map[string]float64{"b": 3, "c": 4}, map[string]float64{"a": 5, "c": 6})
+			// A watch of a raises its short-term popularity above b's: a is back in pop:s.
+			write(itemRow{id: "a", imp: 7, wat: 1, fs: 10, ps: 3.5, pl: 5.5})
+			want("raised", map[string]float64{"a": 3.5, "c": 4}, map[string]float64{"a": 5.5, "c": 6})
+		})
+	}
 }

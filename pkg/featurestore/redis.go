@@ -32,6 +32,13 @@ import (
 //	item:      id, imp, wat, sp, pn, end, wt, fs, ps, pl, fresh(0|1)
 //	neighbour: #add, #rem, add pairs (score, member)..., rem members...
 //
+// An item joins the popularity lists only when the write raises its decayed popularity:
+// values only grow, so an unchanged one (an impression) is already where it belongs, in the
+// list or cut below it. That skips two sorted-set updates per item for impressions (/reco
+// autolog, full pipeline: Redis 139 / 159 / 116 → 123 / 114 / 112 µs of CPU per list,
+// alternated runs). The list updates come before the item's HSET: a script that fails half
+// way (out of memory) leaves the hash old, so the retry still sees the raise.
+//
 // Neighbour arguments are laid out as ZADD and ZREM take them, so the script passes ranges
 // of ARGV (in chunks of 1,000, within Lua's stack) instead of building a table pair by pair
 // and removing members one call each: 10 % less script time on a batch of full users.
@@ -60,18 +67,19 @@ for _ = 1, ni do
   local id = ARGV[a]
   local cur = redis.call('HMGET', key, 'imp', 'wat', 'sp', 'pn', 'end', 'wt', 'fs', 'ps', 'pl')
   local set = {}
+  local moved = {}
   for f = 1, 9 do
     local nv = ARGV[a + f]
     local better
     if not cur[f] then better = true
     elseif f == 7 then better = tonumber(nv) < tonumber(cur[f])
     else better = tonumber(nv) > tonumber(cur[f]) end
-    if better then set[#set + 1] = names[f]; set[#set + 1] = nv end
+    if better then set[#set + 1] = names[f]; set[#set + 1] = nv; moved[f] = true end
   end
-  if #set > 0 then redis.call('HSET', key, unpack(set)) end
-  if tonumber(ARGV[a + 8]) > 0 then redis.call('ZADD', KEYS[2], 'GT', ARGV[a + 8], id) end
-  if tonumber(ARGV[a + 9]) > 0 then redis.call('ZADD', KEYS[3], 'GT', ARGV[a + 9], id) end
+  if moved[8] and tonumber(ARGV[a + 8]) > 0 then redis.call('ZADD', KEYS[2], 'GT', ARGV[a + 8], id) end
+  if moved[9] and tonumber(ARGV[a + 9]) > 0 then redis.call('ZADD', KEYS[3], 'GT', ARGV[a + 9], id) end
   if ARGV[a + 10] == '1' then redis.call('ZADD', KEYS[4], 'LT', ARGV[a + 7], id) end
+  if #set > 0 then redis.call('HSET', key, unpack(set)) end
   a = a + 11
 end
 if ni > 0 then
