@@ -69,19 +69,7 @@ func TestScriptsOnMiniredis(t *testing.T) {
 // A neighbour update larger than one ZADD/ZREM chunk (1,000 arguments) is applied whole: on
 // miniredis, and on the real Redis when the integration services run.
 func TestNeighbourWriteChunks(t *testing.T) {
-	backends := map[string]func(t *testing.T) rueidis.Client{
-		"miniredis": func(t *testing.T) rueidis.Client {
-			return clientFor(t, rueidis.ClientOption{InitAddress: []string{miniredis.RunT(t).Addr()}})
-		},
-		"redis": func(t *testing.T) rueidis.Client {
-			opt, err := rueidis.ParseURL(testutil.RedisURL(t))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return clientFor(t, opt)
-		},
-	}
-	for name, open := range backends {
+	for name, open := range scriptBackends() {
 		t.Run(name, func(t *testing.T) {
 			rd := open(t)
 			ctx := context.Background()
@@ -132,6 +120,23 @@ func TestNeighbourWriteChunks(t *testing.T) {
 	}
 }
 
+// scriptBackends opens a client of each Redis the scripts run on: miniredis (recsys dev) and
+// the real Redis of the integration services.
+func scriptBackends() map[string]func(t *testing.T) rueidis.Client {
+	return map[string]func(t *testing.T) rueidis.Client{
+		"miniredis": func(t *testing.T) rueidis.Client {
+			return clientFor(t, rueidis.ClientOption{InitAddress: []string{miniredis.RunT(t).Addr()}})
+		},
+		"redis": func(t *testing.T) rueidis.Client {
+			opt, err := rueidis.ParseURL(testutil.RedisURL(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return clientFor(t, opt)
+		},
+	}
+}
+
 func clientFor(t *testing.T, opt rueidis.ClientOption) rueidis.Client {
 	t.Helper()
 	opt.DisableCache, opt.ForceSingleClient = true, true
@@ -149,19 +154,7 @@ func clientFor(t *testing.T, opt rueidis.ClientOption) rueidis.Client {
 // item the lists' cap cut. On miniredis, and on the real Redis when the integration services
 // run.
 func TestPopularListsFollowItemHashes(t *testing.T) {
-	backends := map[string]func(t *testing.T) rueidis.Client{
-		"miniredis": func(t *testing.T) rueidis.Client {
-			return clientFor(t, rueidis.ClientOption{InitAddress: []string{miniredis.RunT(t).Addr()}})
-		},
-		"redis": func(t *testing.T) rueidis.Client {
-			opt, err := rueidis.ParseURL(testutil.RedisURL(t))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return clientFor(t, opt)
-		},
-	}
-	for name, open := range backends {
+	for name, open := range scriptBackends() {
 		t.Run(name, func(t *testing.T) {
 			rd := open(t)
 			ctx := context.Background()
