@@ -27,8 +27,10 @@ import (
 // outbox, relay, Kafka, consumer) against the real servers, posts watches to /log/watch at
 // 1,000 events/s for 30 s after a warm-up of E2E_BENCH_WARMUP_SECONDS (2) at the same rate,
 // and reports the consumer's histogram of API acceptance (server_received_ts_ms) to visible
-// in Redis (recsys_consumer_accepted_to_visible_seconds) over the 30 s. The other p99s
-// (relay_p99_ms and the rest) still include the warm-up. Report, don't assert:
+// in Redis (recsys_consumer_accepted_to_visible_seconds) over the 30 s, the p99 of each
+// stage over the same 30 s (relay_p99_ms and the rest), and the CPU time per accepted
+// watch of each process (testutil.CPUAccount), from the drained pipeline after the warm-up
+// to the drained pipeline after the last watch. Report, don't assert:
 //
 //	go test ./modules/consumer -run '^$' -bench EndToEndFreshness -benchtime 1x
 func BenchmarkEndToEndFreshness(b *testing.B) {
@@ -144,6 +146,14 @@ func BenchmarkEndToEndFreshness(b *testing.B) {
 		drive(time.Duration(testutil.EnvInt("E2E_BENCH_WARMUP_SECONDS", 2)) * time.Second)
 		drained()
 		before, beforeCount := histogram(b, base+"/metrics/prometheus", "recsys_consumer_accepted_to_visible_seconds")
+		stagesBefore := make([]map[float64]float64, len(stages))
+		stageCountsBefore := make([]float64, len(stages))
+		for i, h := range stages {
+			stagesBefore[i], stageCountsBefore[i] = histogram(b, base+"/metrics/prometheus", h.metric)
+		}
+		rd := testutil.RedisClient(b, testutil.RedisURL(b))
+		cpu := testutil.StartCPUAccount(b, testutil.CPUAccountOptions{PG: pool, Redis: rd,
+			PIDs: map[string]int{"recsys": cmd.Process.Pid}, Matches: map[string][]string{"kafka": {"kafka.Kafka"}}})
 		okWarm := ok.Load()
 		drive(dur)
 		close(jobs)
@@ -156,36 +166,44 @@ func BenchmarkEndToEndFreshness(b *testing.B) {
 			buckets[le] = c - before[le]
 		}
 		ok.Add(-okWarm)
+		cpu.Report(b, int(ok.Load()), "event")
 		b.ReportMetric(count, "observed")
 		b.ReportMetric(float64(ok.Load())/dur.Seconds(), "accepted/s")
 		b.ReportMetric(float64(bad.Load()), "rejected")
 		b.ReportMetric(quantile(buckets, count, 0.50)*1000, "p50_ms")
 		b.ReportMetric(quantile(buckets, count, 0.99)*1000, "p99_ms")
 		b.ReportMetric(quantile(all, allCount, 0.99)*1000, "with_warmup_p99_ms")
-		// Where the time goes: outbox commit -> Kafka ack (relay), then the consumer's
-		// PostgreSQL transaction and Redis write.
-		for _, h := range []struct{ metric, unit string }{
-			{"recsys_relay_commit_to_ack_seconds", "relay_p99_ms"},
-			{"recsys_consumer_fetch_delay_seconds", "fetch_p99_ms"},
-			{"recsys_consumer_queue_delay_seconds", "queue_p99_ms"},
-			{"recsys_consumer_apply_seconds", "pg_tx_p99_ms"},
-			{"recsys_consumer_redis_write_seconds", "redis_p99_ms"},
-			{`recsys_consumer_apply_phase_seconds{phase="lock"}`, "lock_p99_ms"},
-			{`recsys_consumer_apply_phase_seconds{phase="write"}`, "write_p99_ms"},
-			{`recsys_consumer_apply_phase_seconds{phase="items"}`, "items_p99_ms"},
-			{`recsys_consumer_apply_phase_seconds{phase="merge"}`, "merge_p99_ms"},
-			{"recsys_consumer_batch_size", "batch_p50"},
-		} {
-			if bk, n := histogram(b, base+"/metrics/prometheus", h.metric); n > 0 {
-				if h.unit == "batch_p50" {
-					b.ReportMetric(quantile(bk, n, 0.5), h.unit)
-				} else {
-					b.ReportMetric(quantile(bk, n, 0.99)*1000, h.unit)
-				}
+		for i, h := range stages {
+			bk, n := histogram(b, base+"/metrics/prometheus", h.metric)
+			for le, c := range bk {
+				bk[le] = c - stagesBefore[i][le]
+			}
+			if n -= stageCountsBefore[i]; n <= 0 {
+				continue
+			}
+			if h.unit == "batch_p50" {
+				b.ReportMetric(quantile(bk, n, 0.5), h.unit)
+			} else {
+				b.ReportMetric(quantile(bk, n, 0.99)*1000, h.unit)
 			}
 		}
 		_ = cmd.Process.Signal(os.Interrupt)
 	}
+}
+
+// stages are where the time goes: outbox commit -> Kafka ack (relay), then the consumer's
+// wait for its fetch and queue, its PostgreSQL transaction (and phases) and its Redis write.
+var stages = []struct{ metric, unit string }{
+	{"recsys_relay_commit_to_ack_seconds", "relay_p99_ms"},
+	{"recsys_consumer_fetch_delay_seconds", "fetch_p99_ms"},
+	{"recsys_consumer_queue_delay_seconds", "queue_p99_ms"},
+	{"recsys_consumer_apply_seconds", "pg_tx_p99_ms"},
+	{"recsys_consumer_redis_write_seconds", "redis_p99_ms"},
+	{`recsys_consumer_apply_phase_seconds{phase="lock"}`, "lock_p99_ms"},
+	{`recsys_consumer_apply_phase_seconds{phase="write"}`, "write_p99_ms"},
+	{`recsys_consumer_apply_phase_seconds{phase="items"}`, "items_p99_ms"},
+	{`recsys_consumer_apply_phase_seconds{phase="merge"}`, "merge_p99_ms"},
+	{"recsys_consumer_batch_size", "batch_p50"},
 }
 
 // histogram scrapes a Prometheus histogram: cumulative count per upper bound, and the total.

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -177,9 +176,25 @@ func BenchmarkRecoHTTP(b *testing.B) {
 				if mod != nil {
 					before = servedBy(mod)
 				}
-				var cpu *cpuAccount
-				runLoad(b, base, k, autolog, clients, rate, func() { cpu = startCPUAccount(b, pool, rd, recsysPID) })
-				cpu.report(b)
+				// CPU per request by process. In full mode it counts from a drained pipeline
+				// before the first timed request to a drained pipeline after the last answer,
+				// so every list's relay and consumer work is in, however far they lagged.
+				opts := testutil.CPUAccountOptions{PG: pool, Redis: rd}
+				if recsysPID != 0 {
+					opts.PIDs = map[string]int{"recsys": recsysPID}
+					opts.Matches = map[string][]string{"kafka": {"kafka.Kafka"}}
+				}
+				var cpu *testutil.CPUAccount
+				runLoad(b, base, k, autolog, clients, rate, func() {
+					if recsysPID != 0 {
+						waitPipelineDrained(b, pool)
+					}
+					cpu = testutil.StartCPUAccount(b, opts)
+				})
+				if recsysPID != 0 {
+					waitPipelineDrained(b, pool)
+				}
+				cpu.Report(b, b.N, "req")
 				if mod != nil {
 					after, total := servedBy(mod), uint64(0)
 					for k := range after {
@@ -217,67 +232,6 @@ func benchRates(b *testing.B, autolog bool) []int {
 		return []int{0}
 	}
 	return []int{0, rate}
-}
-
-// cpuAccount splits the machine's CPU time over a load run by process, per request: where
-// the time goes without a profiler, and less sensitive to the other load on the shared
-// machine than requests per second.
-type cpuAccount struct {
-	pool             *pgxpool.Pool
-	rd               rueidis.Client
-	recsysPID        int
-	pg0, recsys0     testutil.CPUSample
-	kafka0           testutil.CPUSample
-	redis0           time.Duration
-	machine0, steal0 time.Duration
-	start            time.Time
-}
-
-func startCPUAccount(b *testing.B, pool *pgxpool.Pool, rd rueidis.Client, recsysPID int) *cpuAccount {
-	if recsysPID != 0 {
-		waitPipelineDrained(b, pool)
-	}
-	a := &cpuAccount{pool: pool, rd: rd, recsysPID: recsysPID, pg0: testutil.BackendCPU(b, pool),
-		redis0: testutil.RedisCPU(b, rd), start: time.Now()}
-	if recsysPID != 0 {
-		a.recsys0 = a.recsys()
-		a.kafka0 = testutil.ProcessesCPU("kafka.Kafka")
-	}
-	a.machine0, a.steal0, _ = testutil.MachineCPU()
-	return a
-}
-
-func (a *cpuAccount) recsys() testutil.CPUSample {
-	t, _ := testutil.ProcessCPU(a.recsysPID)
-	return testutil.CPUSample{a.recsysPID: t}
-}
-
-// report adds, in µs of CPU per request: pg_cpu_us/req, the backends of the benchmark's
-// database (autolog: dedup, impression and outbox rows; in full mode also the relay's and
-// the consumer's statements); redis_cpu_us/req; in full mode recsys_cpu_us/req (the `recsys
-// all` process: API, ingest, relay, consumer) and kafka_cpu_us/req (the broker); and
-// machine_cpu_us/req, every process of the machine (this one's clients, PostgreSQL's
-// background writers, the kernel and any other load included); steal_%, the share of the
-// machine's CPU time the hypervisor gave to others while this one wanted it.
-//
-// In full mode it counts from a drained pipeline before the first timed request to a drained
-// pipeline after the last answer, so every list's relay and consumer work is in, however far
-// they lagged behind the load.
-func (a *cpuAccount) report(b *testing.B) {
-	if a.recsysPID != 0 {
-		waitPipelineDrained(b, a.pool)
-	}
-	per := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(b.N) }
-	b.ReportMetric(per(testutil.BackendCPU(b, a.pool).Since(a.pg0)), "pg_cpu_us/req")
-	b.ReportMetric(per(testutil.RedisCPU(b, a.rd)-a.redis0), "redis_cpu_us/req")
-	if a.recsysPID != 0 {
-		b.ReportMetric(per(a.recsys().Since(a.recsys0)), "recsys_cpu_us/req")
-		b.ReportMetric(per(testutil.ProcessesCPU("kafka.Kafka").Since(a.kafka0)), "kafka_cpu_us/req")
-	}
-	if busy, steal, ok := testutil.MachineCPU(); ok {
-		b.ReportMetric(per(busy-a.machine0), "machine_cpu_us/req")
-		b.ReportMetric(100*(steal-a.steal0).Seconds()/(time.Since(a.start).Seconds()*float64(runtime.NumCPU())), "steal_%")
-	}
 }
 
 // waitPipelineDrained waits until every impression logged so far is published and applied:
@@ -321,13 +275,7 @@ func fullStack(b *testing.B) (base string, pool *pgxpool.Pool, rd rueidis.Client
 		b.Fatal(err)
 	}
 	b.Logf("seeded in %s", time.Since(start).Round(time.Millisecond))
-	rcfg := rds.DefaultConfig()
-	rcfg.URL = redisURL
-	rd, err := rds.Open(rcfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(rd.Close)
+	rd = testutil.RedisClient(b, redisURL)
 	id := testutil.Unique("recobench")
 	env := []string{"DATABASE_URL=" + dsn, "ONLINE_CACHE_REDIS_URL=" + redisURL, "RECSYS_REDIS_KEY_PREFIX=" + prefix,
 		"KAFKA_BOOTSTRAP_SERVERS=" + testutil.KafkaBrokers(b)[0], "KAFKA_TOPIC_IMPRESSIONS=" + testutil.KafkaTopic(b, id+".impressions."),

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/rueidis"
 )
 
 // Benchmarks report CPU time rather than wall time where they can: on the shared 2-core
@@ -142,4 +145,84 @@ func MachineCPU() (busy, steal time.Duration, ok bool) {
 	}
 	b := ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6]
 	return time.Duration(b) * clockTick, time.Duration(ticks[7]) * clockTick, true
+}
+
+// CPUAccount splits the machine's CPU time over a benchmark run by process: where the time
+// goes without a profiler, and less sensitive to the other load on the shared machine than
+// throughput or latency. Start it when the measured work starts and Report when it has
+// ended (callers with a pipeline behind them wait until it has drained, so that no unit's
+// work falls outside the count).
+type CPUAccount struct {
+	opts             CPUAccountOptions
+	pg0              CPUSample
+	procs0           map[string]CPUSample
+	redis0           time.Duration
+	machine0, steal0 time.Duration
+	start            time.Time
+}
+
+// CPUAccountOptions say which processes to count besides the machine as a whole.
+type CPUAccountOptions struct {
+	PG    *pgxpool.Pool  // its database's backends: pg_cpu_us
+	Redis rueidis.Client // the server's own count (INFO cpu): redis_cpu_us
+	// Processes by metric name (recsys: recsys_cpu_us), each a pid or, for servers the
+	// services script started, a command line to match (see ProcessesCPU).
+	PIDs    map[string]int
+	Matches map[string][]string
+}
+
+// StartCPUAccount takes the first sample.
+func StartCPUAccount(tb testing.TB, o CPUAccountOptions) *CPUAccount {
+	tb.Helper()
+	a := &CPUAccount{opts: o, procs0: sampleProcesses(o), start: time.Now()}
+	if o.PG != nil {
+		a.pg0 = BackendCPU(tb, o.PG)
+	}
+	if o.Redis != nil {
+		a.redis0 = RedisCPU(tb, o.Redis)
+	}
+	a.machine0, a.steal0, _ = MachineCPU()
+	return a
+}
+
+func sampleProcesses(o CPUAccountOptions) map[string]CPUSample {
+	out := map[string]CPUSample{}
+	for name, pid := range o.PIDs {
+		t, _ := ProcessCPU(pid)
+		out[name] = CPUSample{pid: t}
+	}
+	for name, match := range o.Matches {
+		out[name] = ProcessesCPU(match...)
+	}
+	return out
+}
+
+// Report adds, in µs of CPU per unit of work (n units, "req" or "event"): pg_cpu_us, redis_cpu_us,
+// one metric per named process, machine_cpu_us (every process of the machine: the
+// benchmark's own, PostgreSQL's background writers, the kernel and any other load), and
+// steal_%, the share of the machine's CPU time the hypervisor gave to others while this one
+// wanted it (how much a noisy run lost to the host).
+func (a *CPUAccount) Report(b *testing.B, n int, unit string) {
+	b.Helper()
+	per := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(n) }
+	suffix := "_cpu_us/" + unit
+	if a.opts.PG != nil {
+		b.ReportMetric(per(BackendCPU(b, a.opts.PG).Since(a.pg0)), "pg"+suffix)
+	}
+	if a.opts.Redis != nil {
+		b.ReportMetric(per(RedisCPU(b, a.opts.Redis)-a.redis0), "redis"+suffix)
+	}
+	now := sampleProcesses(a.opts)
+	names := make([]string, 0, len(now))
+	for name := range now {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		b.ReportMetric(per(now[name].Since(a.procs0[name])), name+suffix)
+	}
+	if busy, steal, ok := MachineCPU(); ok {
+		b.ReportMetric(per(busy-a.machine0), "machine"+suffix)
+		b.ReportMetric(100*(steal-a.steal0).Seconds()/(time.Since(a.start).Seconds()*float64(runtime.NumCPU())), "steal_%")
+	}
 }

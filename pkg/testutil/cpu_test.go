@@ -94,3 +94,38 @@ func must(t *testing.T, f func() (time.Duration, bool)) time.Duration {
 	}
 	return d
 }
+
+func TestCPUAccountReportsEachProcess(t *testing.T) {
+	if _, ok := ProcessCPU(os.Getpid()); !ok {
+		t.Skip("no /proc on this system")
+	}
+	const units, spin = 10, 60 * time.Millisecond
+	res := testing.Benchmark(func(b *testing.B) {
+		a := StartCPUAccount(b, CPUAccountOptions{PIDs: map[string]int{"self": os.Getpid()},
+			Matches: map[string][]string{"none": {"no process has this in its command line \x01"}}})
+		burn(spin)
+		a.Report(b, units, "op")
+	})
+	perUnit := float64(spin.Microseconds()) / units
+	for _, tc := range []struct {
+		metric   string
+		min, max float64
+	}{
+		{"self_cpu_us/op", perUnit / 2, perUnit * 3},
+		{"machine_cpu_us/op", perUnit / 2, -1},
+		{"none_cpu_us/op", 0, 0},
+		{"steal_%", 0, 100},
+	} {
+		got, ok := res.Extra[tc.metric]
+		if !ok {
+			t.Errorf("%s not reported: %v", tc.metric, res.Extra)
+			continue
+		}
+		if got < tc.min || (tc.max >= 0 && got > tc.max) {
+			t.Errorf("%s = %v, want in [%v, %v]", tc.metric, got, tc.min, tc.max)
+		}
+	}
+	if _, ok := res.Extra["pg_cpu_us/op"]; ok {
+		t.Error("pg_cpu_us reported without a pool")
+	}
+}

@@ -28,3 +28,20 @@ func RedisCPU(tb testing.TB, rd rueidis.Client) time.Duration {
 	}
 	return time.Duration(total * float64(time.Second))
 }
+
+// RedisClient opens a plain client of the Redis server at url (closed when the test ends),
+// for what a test reads from the server itself, such as RedisCPU.
+func RedisClient(tb testing.TB, url string) rueidis.Client {
+	tb.Helper()
+	opt, err := rueidis.ParseURL(url)
+	if err != nil {
+		tb.Fatalf("redis url: %v", err)
+	}
+	opt.DisableCache = true
+	rd, err := rueidis.NewClient(opt)
+	if err != nil {
+		tb.Fatalf("open redis %s: %v", opt.InitAddress, err)
+	}
+	tb.Cleanup(rd.Close)
+	return rd
+}
