@@ -134,6 +134,11 @@ func BenchmarkRelayCommitToAck(b *testing.B) {
 		rec := &ackRecorder{inner: w, acked: map[string]time.Time{}, sent: map[string]time.Time{}}
 		run := e.start(cfg, "bench", relay.Options{Publisher: rec})
 		waitFor(e.t, 60*time.Second, "relay ready", func() bool { return run.r.Ready(context.Background()) == nil })
+		// CPU per event (warm-up included) of the database (the writers' inserts and the
+		// relay's claims and acks), this process (writers and relay) and the broker: at this
+		// rate most of it is per claim, not per event, which --relay.linger trades for latency.
+		cpu := testutil.StartCPUAccount(b, testutil.CPUAccountOptions{PG: e.pool, PIDs: map[string]int{"process": os.Getpid()},
+			Matches: map[string][]string{"kafka": {"kafka.Kafka"}}})
 		b.StartTimer()
 
 		warm := rate * testutil.EnvInt("RELAY_BENCH_WARMUP_SECONDS", 1)
@@ -186,6 +191,7 @@ SELECT pg_notify('recsys_outbox', '') FROM ins`, eventID, e.kcfg.TopicWatches, k
 			time.Sleep(10 * time.Millisecond)
 		}
 		b.StopTimer()
+		cpu.Report(b, n, "event")
 		// lat splits into toSend (commit to the relay handing the event to the writer: wake-up,
 		// waiting for a free worker, claim) and toAck (the writer to Kafka's ack).
 		lat, toSend, toAck := make([]float64, 0, n), make([]float64, 0, n), make([]float64, 0, n)
