@@ -391,6 +391,31 @@ func TestInFlightBatchesKeepEachUsersOrder(t *testing.T) {
 	e.checkConverged(t, evs)
 }
 
+// At low volume a collected batch is a handful of events over users of both lanes: applied as
+// one transaction on one lane instead of one per lane (each costs about 1 ms of PostgreSQL
+// whatever it holds), and the state is still the in-order rebuild.
+func TestSmallBatchesApplyInOneTransaction(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	// A linger long enough that each round's events are collected as one batch.
+	e.MaxBatch, e.MaxInFlight, e.Linger = 500, 2, 300*time.Millisecond
+	const rounds, per = 8, 10
+	evs := e.generate(12, rounds*per)
+	e.insertRaw(t, evs)
+	c := e.startConsumer(t)
+	for r := range rounds {
+		e.produce(t, evs[r*per:(r+1)*per])
+		e.waitApplied(t, (r+1)*per, 60*time.Second)
+	}
+	// Split over the two lanes, each round would take two transactions (10 events of 40
+	// users all falling in one lane has odds of 1 in 512 per round).
+	if n := counter(c.set, "recsys_consumer_batch_size_count"); n > rounds+2 {
+		t.Errorf("%v transactions for %d rounds of %d events: small batches were split over the lanes", n, rounds, per)
+	}
+	c.stop()
+	e.checkConverged(t, evs)
+}
+
 // A transient failure of one transaction (PostgreSQL refuses one event's dedup row twice,
 // as a serialization failure) while later batches of the same users are in flight: the
 // failed batch is retried before any later event of its users applies, so the final state

@@ -41,7 +41,8 @@ type env struct {
 	Brokers                      []string
 	TopicImp, TopicWatch         string
 	MaxBatch                     int
-	MaxInFlight                  int // 0: the default
+	MaxInFlight                  int           // 0: the default
+	Linger                       time.Duration // 0: the default
 
 	pool      *pgxpool.Pool
 	rd        rueidis.Client
@@ -135,6 +136,9 @@ func (e *env) config() *consumer.Config {
 	c.MaxBatch = e.MaxBatch
 	if e.MaxInFlight > 0 {
 		c.MaxInFlight = e.MaxInFlight
+	}
+	if e.Linger > 0 {
+		c.Linger = e.Linger
 	}
 	c.HealInterval = 200 * time.Millisecond
 	c.RetryMaxBackoff = 2 * time.Second

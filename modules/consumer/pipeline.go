@@ -7,8 +7,9 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 )
 
-// A collected batch (a group) is split by user into MaxInFlight lanes; each lane applies its
-// share in its own transaction, one group after the other, so:
+// A collected batch (a group) is split by user into MaxInFlight lanes (a small group collected
+// while every lane is idle goes whole to one lane instead: see dispatch); each lane applies
+// its share in its own transaction, one group after the other, so:
 //   - one user's events always go to the same lane and apply in stream order: a failing
 //     transaction of a lane is retried before anything later of its users (the lane waits);
 //   - two lanes never lock the same user rows; the co-visitation lists and items they share
@@ -35,10 +36,11 @@ type group struct {
 	ok      bool // no lane gave up (sequencer.mu)
 }
 
-// laneJob is a lane's share of a group.
+// laneJob is a lane's share of a group, or the whole group (merged: see dispatch).
 type laneJob struct {
-	g     *group
-	items []*fetched
+	g      *group
+	items  []*fetched
+	merged bool
 }
 
 // sequencer releases groups in collection order and hands their offsets to the committer.
@@ -141,6 +143,12 @@ func (c *Consumer) commitLoop(ctx context.Context, r *kafkago.Reader, s *sequenc
 func (c *Consumer) lane(ctx context.Context, l int, jobs <-chan laneJob, s *sequencer) {
 	for j := range jobs {
 		s.finish(j.g, c.process(ctx, j.items))
+		if j.merged && c.merged.Add(-1) == 0 {
+			select {
+			case c.mergedDone <- struct{}{}:
+			default:
+			}
+		}
 		if c.outstanding[l].Add(-1) == 0 {
 			select {
 			case c.laneFree <- struct{}{}:
@@ -148,6 +156,16 @@ func (c *Consumer) lane(ctx context.Context, l int, jobs <-chan laneJob, s *sequ
 			}
 		}
 	}
+}
+
+// lanesIdle reports whether no lane has anything queued or applying.
+func (c *Consumer) lanesIdle() bool {
+	for i := range c.outstanding {
+		if c.outstanding[i].Load() != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // laneIdle reports whether a lane has nothing queued or applying.
