@@ -67,6 +67,19 @@ KAFKA_BROKERS="$HOST:$KAFKA_PORT"
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
 
+# trim_log FILE: a log past 64 MiB keeps its last 16 MiB as FILE.1 and starts over, so that
+# servers restarted for years of test runs (and the statements errors log with their
+# parameters) never fill the disk.
+trim_log() {
+	local f="$1" size
+	[[ -f "$f" ]] || return 0
+	size=$(stat -c %s "$f" 2>/dev/null || echo 0)
+	if ((size > 64 * 1024 * 1024)); then
+		log "$(basename "$f"): $((size / 1024 / 1024)) MiB, keeping the last 16 MiB in $f.1"
+		tail -c $((16 * 1024 * 1024)) "$f" >"$f.1" && : >"$f"
+	fi
+}
+
 # fail_with_log MSG LOGFILE: error out, showing the tail of the service's log.
 fail_with_log() {
 	local msg="$1" file="$2"
@@ -241,6 +254,7 @@ pg_start() {
 		else
 			opts+=" -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
 		fi
+		trim_log "$PG_LOG"
 		touch "$PG_LOG" && chown postgres:postgres "$PG_LOG"
 		as_postgres "$PGBIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -o "$opts" -w -t "$PG_TIMEOUT" start >/dev/null 2>&1 9>&- ||
 			fail_with_log "pg: pg_ctl start failed or timed out after ${PG_TIMEOUT}s" "$PG_LOG"
@@ -295,6 +309,7 @@ redis_start() {
 			die "redis: port $REDIS_PORT is in use by another process (set RECSYS_REDIS_PORT)"
 		fi
 		rm -f "$REDIS_PID"
+		trim_log "$REDIS_LOG"
 		log "redis: starting on $HOST:$REDIS_PORT"
 		# Small sorted sets only as listpacks: the co-visitation lists are cheaper to update as
 		# skip lists (featurestore.MaxZsetListpackEntries).
