@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -46,14 +45,7 @@ func BenchmarkEndToEndFreshness(b *testing.B) {
 			b.Fatal(err)
 		}
 		m.Close()
-		// RECSYS_TEST_BINARY: a recsys built beforehand, to compare two builds alternately.
-		bin := os.Getenv("RECSYS_TEST_BINARY")
-		if bin == "" {
-			bin = filepath.Join(b.TempDir(), "recsys")
-			if out, err := exec.Command("go", "build", "-o", bin, "recsys").CombinedOutput(); err != nil {
-				b.Fatalf("build: %v\n%s", err, out)
-			}
-		}
+		bin := testutil.RecsysBinary(b)
 		l, _ := net.Listen("tcp", "127.0.0.1:0")
 		addr := l.Addr().String()
 		l.Close()

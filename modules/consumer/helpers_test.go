@@ -406,7 +406,9 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv(childEnvVar); spec != "" {
 		os.Exit(runChild(spec))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	testutil.RemoveRecsysBinary()
+	os.Exit(code)
 }
 
 func runChild(spec string) int {

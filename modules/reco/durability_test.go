@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"sync"
@@ -38,37 +37,6 @@ type apiProcess struct {
 	base                string
 }
 
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
-
-// recsysBinary builds the working tree's recsys once per test binary, or returns
-// RECSYS_TEST_BINARY: a recsys built beforehand, to compare two builds on the same benchmark
-// (BenchmarkRecoHTTP with RECO_BENCH_FULL).
-func recsysBinary(t testing.TB) string {
-	t.Helper()
-	if p := os.Getenv("RECSYS_TEST_BINARY"); p != "" {
-		return p
-	}
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "recsys-reco-")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "recsys")
-		if out, err := exec.Command("go", "build", "-o", binPath, "recsys").CombinedOutput(); err != nil {
-			binErr = fmt.Errorf("build recsys: %v\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
-}
-
 func startAPI(t testing.TB, env ...string) *apiProcess {
 	t.Helper()
 	return startRecsys(t, []string{"serve", "--roles", "api"}, env...)
@@ -84,7 +52,7 @@ func startRecsys(t testing.TB, args []string, env ...string) *apiProcess {
 	addr := l.Addr().String()
 	l.Close()
 	p := &apiProcess{base: "http://" + addr}
-	p.cmd = exec.Command(recsysBinary(t), append(args, "--http.addr", addr)...)
+	p.cmd = exec.Command(testutil.RecsysBinary(t), append(args, "--http.addr", addr)...)
 	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "LOG_FORMAT=json"}, env...)
 	p.cmd.Stdout, p.cmd.Stderr = p, p
 	if err := p.cmd.Start(); err != nil {
@@ -275,4 +243,11 @@ func TestDurabilityAsyncAutolog(t *testing.T) {
 		}
 		t.Logf("%d served lists, %d lost by the crash (bound %d)", len(list), len(m), capacity)
 	})
+}
+
+// TestMain removes the recsys binary the process tests built.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testutil.RemoveRecsysBinary()
+	os.Exit(code)
 }

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"syscall"
 	"testing"
@@ -24,19 +23,13 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "recsys-e2e-")
-	if err != nil {
+	var err error
+	if binary, err = testutil.BuildRecsys(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(dir, "recsys")
-	out, err := exec.Command("go", "build", "-o", binary, "recsys").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "build recsys: %v\n%s", err, out)
-		os.Exit(1)
-	}
 	code := m.Run()
-	os.RemoveAll(dir)
+	testutil.RemoveRecsysBinary()
 	os.Exit(code)
 }
 
