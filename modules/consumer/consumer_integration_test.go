@@ -245,7 +245,17 @@ func TestRebalanceStateEqualsRebuild(t *testing.T) {
 	c1 := e.startConsumer(t)
 	waitFor(t, "first consumer progress", 60*time.Second, func() bool { return e.applied(t) > 200 })
 	c2 := e.startConsumer(t)
-	e.produce(t, evs[2000:])
+	// The rest goes out in small steps while c2 has processed nothing: c1 keeps consuming
+	// until the group has rebalanced, and could apply all of it at once before c2 gets a
+	// partition, leaving c2 nothing to process (seen on a quiet machine).
+	rest := evs[2000:]
+	for len(rest) > 0 && counter(c2.set, "reco_feature_consumer_processed_total") == 0 {
+		n := min(20, len(rest))
+		e.produce(t, rest[:n])
+		rest = rest[n:]
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.produce(t, rest)
 	waitFor(t, "second consumer takes partitions", 60*time.Second, func() bool {
 		return counter(c2.set, "reco_feature_consumer_processed_total") > 0
 	})

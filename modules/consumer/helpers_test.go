@@ -48,7 +48,7 @@ type env struct {
 	rd        rueidis.Client
 	redisPriv *testutil.Private
 	kc        *kafka.Client
-	w         *kafkago.Writer
+	w         *kafka.Producer
 	fcfg      features.Config
 	start     int64
 }
@@ -89,7 +89,7 @@ func newEnv(t testing.TB) *env {
 	if err := e.kc.EnsureTopics(ctx, e.TopicImp, e.TopicWatch); err != nil {
 		t.Fatal(err)
 	}
-	e.w = e.kc.NewWriter(kafka.WriterOptions{})
+	e.w = e.kc.NewProducer(kafka.ProducerOptions{})
 	t.Cleanup(func() {
 		_ = e.w.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -120,7 +120,7 @@ func BenchmarkRelayCommitToAck(b *testing.B) {
 	rate, secs := testutil.EnvInt("RELAY_BENCH_RATE", 1000), testutil.EnvInt("RELAY_BENCH_SECONDS", 10)
 	for b.Loop() {
 		b.StopTimer()
-		e := newBenchEnv(b, 6)
+		e := newBenchEnv(b, testutil.EnvInt("RELAY_BENCH_PARTITIONS", 6))
 		// Long-lived topics, as in production: created, leaders settled, before the relay's
 		// writer first fetches metadata.
 		if err := e.deps("").Kafka.EnsureTopics(context.Background(), e.kcfg.TopicWatches, e.kcfg.TopicImpressions); err != nil {

@@ -5,10 +5,10 @@
 //
 // Workers (--relay.workers per process) each loop: claim a batch (pkg/outbox: leased rows
 // under a fencing token, per-key order enforced by the claim; at most --relay.batch-size rows
-// and --relay.batch-events events), publish every event of it with the kafka-go Writer
+// and --relay.batch-events events), publish every event of it with kafka.Producer
 // (acks=all, one message per event, key = the event's user id, headers event_id, event_type,
-// schema_version, outbox_id, outbox_seq for batch rows, correlation_id; one WriteMessages call
-// per topic), then record the outcome for the rows whose lease the claim still holds. The
+// schema_version, outbox_id, outbox_seq for batch rows, correlation_id; one produce request
+// per broker for the whole batch), then record the outcome for the rows whose lease the claim still holds. The
 // lease is renewed every third of --relay.lease while the batch is in flight. An idle worker
 // sleeps until a NOTIFY on recsys_outbox (a dedicated LISTEN connection, reconnected with
 // backoff) or --relay.poll-interval; a worker that finds a full batch wakes another one, and a

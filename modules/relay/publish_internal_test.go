@@ -36,7 +36,7 @@ func (f *fakePublisher) WriteMessages(_ context.Context, msgs ...kafkago.Message
 
 func (f *fakePublisher) Close() error { return nil }
 
-func TestPublishTopicErrors(t *testing.T) {
+func TestPublishRowsErrors(t *testing.T) {
 	rows := []outbox.Row{
 		{ID: 1, Key: "a", Topic: "t"}, {ID: 2, Key: "b", Topic: "t"}, {ID: 3, Key: "a", Topic: "t"}, {ID: 4, Key: "c", Topic: "t"},
 	}
@@ -74,7 +74,7 @@ func TestPublishTopicErrors(t *testing.T) {
 			f := &fakePublisher{answers: tc.answers}
 			r := &Relay{cfg: NewConfig(), pub: f, m: newMetrics(metrics.NewSet()), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 			items, _ := r.decode(context.Background(), rows)
-			res := r.publishTopic(context.Background(), items)
+			res := r.publishRows(context.Background(), items)
 			if len(f.calls) != tc.calls {
 				t.Fatalf("%d WriteMessages calls, want %d: %v", len(f.calls), tc.calls, f.calls)
 			}
@@ -145,7 +145,7 @@ func TestPublishBatchRows(t *testing.T) {
 	var sent []kafkago.Message
 	inner := f.answers[0]
 	f.answers[0] = func(msgs []kafkago.Message) error { sent = msgs; return inner(msgs) }
-	for id, v := range r.publishTopic(context.Background(), items) {
+	for id, v := range r.publishRows(context.Background(), items) {
 		res[id] = v
 	}
 	if len(sent) != 6 {

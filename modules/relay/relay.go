@@ -23,7 +23,7 @@ import (
 	"recsys/pkg/outbox"
 )
 
-// Publisher is the part of the kafka-go Writer the relay uses.
+// Publisher sends a batch's messages to Kafka (kafka.Producer; tests wrap it).
 type Publisher interface {
 	WriteMessages(ctx context.Context, msgs ...kafkago.Message) error
 	Close() error
@@ -195,17 +195,6 @@ func NewRelay(cfg *Config, d infra.Deps, o Options) (*Relay, error) {
 		r.owner = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
 	}
 	return r, nil
-}
-
-// WriterOptions size a kafka-go Writer for the relay (NewPublisher sets BatchSize per tier).
-// One produce request per partition can hold a whole claim (--relay.batch-events), so a
-// unit's rows in one batch are normally appended together or not at all. The relay batches by
-// itself, so the writer need not linger: kafka-go appends a call's messages for a partition
-// under the partition's lock, and the batch timer can only flush once the whole call is in,
-// so a tiny BatchTimeout sends each call's messages at once instead of after kafka-go's wait.
-func WriterOptions(cfg *Config) kafka.WriterOptions {
-	return kafka.WriterOptions{BatchSize: cfg.BatchEvents, BatchBytes: cfg.MaxBatchBytes,
-		BatchTimeout: 100 * time.Microsecond}
 }
 
 // Owner is the lease owner name this relay writes into claimed rows.
@@ -633,18 +622,11 @@ func (r *Relay) renewWhileInFlight(ctx context.Context, c *outbox.Claim) (stop f
 	return func() { close(done); wg.Wait() }
 }
 
-// publish sends the batch's messages, one WriteMessages call per topic (a missing topic fails
-// only its own rows), and returns the rows that did not succeed: a row succeeds only when
-// every one of its messages was acked.
+// publish sends the batch's messages in one WriteMessages call (one produce request per
+// broker for all topics and partitions) and returns the rows that did not succeed: a row
+// succeeds only when every one of its messages was acked. A missing topic fails only its own
+// rows (per-message errors).
 func (r *Relay) publish(ctx context.Context, c *outbox.Claim, items []item) map[int64]outbox.Result {
-	byTopic := map[string][]item{}
-	var order []string
-	for _, it := range items {
-		if _, ok := byTopic[it.row.Topic]; !ok {
-			order = append(order, it.row.Topic)
-		}
-		byTopic[it.row.Topic] = append(byTopic[it.row.Topic], it)
-	}
 	sinceClaim := time.Since(c.ClaimedAt)
 	for _, it := range items {
 		lag := float64((it.row.AgeAtClaim + sinceClaim).Milliseconds())
@@ -654,24 +636,7 @@ func (r *Relay) publish(ctx context.Context, c *outbox.Claim, items []item) map[
 	}
 	start := time.Now()
 	defer r.m.publishDur.UpdateDuration(start)
-	if len(order) == 1 {
-		return r.publishTopic(ctx, byTopic[order[0]])
-	}
-	var mu sync.Mutex
-	results := map[int64]outbox.Result{}
-	var wg sync.WaitGroup
-	for _, t := range order {
-		wg.Go(func() {
-			res := r.publishTopic(ctx, byTopic[t])
-			mu.Lock()
-			defer mu.Unlock()
-			for id, v := range res {
-				results[id] = v
-			}
-		})
-	}
-	wg.Wait()
-	return results
+	return r.publishRows(ctx, items)
 }
 
 const (
@@ -737,11 +702,11 @@ func outboxID(m kafkago.Message) int64 {
 	return 0
 }
 
-// publishTopic writes the messages of one topic's rows. A message larger than the writer
+// publishRows writes the messages of the rows. A message larger than the writer
 // accepts fails the whole call before anything is sent: its row is taken out (dead: retrying
 // cannot fix it), the later rows of its unit are held back unsent, and the rest is sent
 // again. A row with any failed message fails as a whole (all of it is sent again later).
-func (r *Relay) publishTopic(ctx context.Context, items []item) map[int64]outbox.Result {
+func (r *Relay) publishRows(ctx context.Context, items []item) map[int64]outbox.Result {
 	results := map[int64]outbox.Result{}
 	send := items
 	for len(send) > 0 {

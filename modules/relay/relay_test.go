@@ -238,7 +238,7 @@ func runChild() int {
 	kcl := kafka.New(kc)
 	d := infra.Deps{Name: "relay", Log: slog.New(slog.NewTextHandler(os.Stderr, nil)), Metrics: metrics.NewSet(),
 		PG: pool, Kafka: kcl, Config: infra.Config{Kafka: kc}}
-	w := kcl.NewWriter(relay.WriterOptions(cfg))
+	w := relay.NewPublisher(kcl, cfg)
 	r, err := relay.NewRelay(cfg, d, relay.Options{Publisher: &hangingPublisher{inner: w, after: int32(hangAfter)}, Owner: "child"})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child:", err)
@@ -470,10 +470,9 @@ func TestRelayDeadRowsAndReplay(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, testutil.KafkaBrokers(t), 3)
 	cfg := testConfig()
-	// The writer serves topic metadata from a cache refreshed every MetadataTTL (10 s in
-	// pkg/kafka): shortened so the topic created below is seen without a 10 s wait.
-	w := e.deps("").Kafka.NewWriter(relay.WriterOptions(cfg))
-	w.Transport.(*kafkago.Transport).MetadataTTL = 100 * time.Millisecond
+	// The producer serves topic metadata from a cache refreshed every MetadataTTL (10 s by
+	// default): shortened so the topic created below is seen without a 10 s wait.
+	w := e.deps("").Kafka.NewProducer(kafka.ProducerOptions{MaxBytes: cfg.MaxBatchBytes, MetadataTTL: 100 * time.Millisecond})
 	run := e.start(cfg, "r1", relay.Options{Publisher: w})
 	waitReady(t, run.r)
 	missing := testutil.KafkaTopic(t, "recsys.test.missing.")
@@ -606,7 +605,7 @@ func TestRelayRenewsLeaseWhileBatchInFlight(t *testing.T) {
 	cfg := testConfig()
 	cfg.Lease = time.Second
 	cfg.PublishTimeout = 10 * time.Second
-	w := e.deps("").Kafka.NewWriter(relay.WriterOptions(cfg))
+	w := relay.NewPublisher(e.deps("").Kafka, cfg)
 	slow := e.start(cfg, "slow", relay.Options{Publisher: slowPublisher{inner: w, delay: 2500 * time.Millisecond}})
 	waitReady(t, slow.r)
 	e.insert(20, 4, 5)

@@ -93,38 +93,6 @@ func New(c Config) *Client {
 	return &Client{Config: c, admin: &kafkago.Client{Addr: kafkago.TCP(c.Brokers...), Timeout: c.RequestTimeout}}
 }
 
-// WriterOptions tune a writer for its workload.
-type WriterOptions struct {
-	BatchSize    int
-	BatchBytes   int64
-	BatchTimeout time.Duration // kafka-go's default of 1 s would throttle a synchronous writer to one batch a second
-}
-
-// NewWriter returns a synchronous writer with acks=all that hashes the message key to pick
-// the partition, so every event of one user lands in one partition in order. The caller
-// closes it.
-func (c *Client) NewWriter(o WriterOptions) *kafkago.Writer {
-	if o.BatchTimeout <= 0 {
-		o.BatchTimeout = 2 * time.Millisecond
-	}
-	if o.BatchSize <= 0 {
-		o.BatchSize = 1000
-	}
-	return &kafkago.Writer{
-		Addr:                   kafkago.TCP(c.Brokers...),
-		Balancer:               &kafkago.Hash{},
-		RequiredAcks:           kafkago.RequireAll,
-		BatchSize:              o.BatchSize,
-		BatchBytes:             o.BatchBytes,
-		BatchTimeout:           o.BatchTimeout,
-		WriteTimeout:           c.RequestTimeout,
-		ReadTimeout:            c.RequestTimeout,
-		MaxAttempts:            1, // the outbox owns retries, with backoff and a dead state
-		AllowAutoTopicCreation: false,
-		Transport:              &kafkago.Transport{ClientID: c.ClientID, DialTimeout: 3 * time.Second, MetadataTTL: 10 * time.Second},
-	}
-}
-
 // ReaderOptions tune a consumer group reader.
 type ReaderOptions struct {
 	GroupID  string
