@@ -23,6 +23,11 @@ type Config struct {
 	Linger time.Duration
 	// FetchMaxWait is the broker's long-poll wait of an idle fetch.
 	FetchMaxWait time.Duration
+	// CommitInterval spaces the Kafka offset commits. Committing after every batch (0) cost
+	// the broker a log append per batch, ~150 a second at 1,000 events/s; the dedup record,
+	// not the offsets, makes the effects exactly-once, so a crash only redelivers up to this
+	// much more (skipped as duplicates).
+	CommitInterval time.Duration
 	// RetryBackoff doubles up to RetryMaxBackoff between attempts of a failing batch.
 	RetryBackoff    time.Duration
 	RetryMaxBackoff time.Duration
@@ -46,7 +51,7 @@ type Config struct {
 // NewConfig returns the defaults.
 func NewConfig() *Config {
 	return &Config{GroupID: "recsys-feature-consumer-v1", MaxBatch: 20000, Linger: 2 * time.Millisecond,
-		FetchMaxWait: 100 * time.Millisecond, RetryBackoff: 100 * time.Millisecond, RetryMaxBackoff: 30 * time.Second,
+		FetchMaxWait: 100 * time.Millisecond, CommitInterval: 100 * time.Millisecond, RetryBackoff: 100 * time.Millisecond, RetryMaxBackoff: 30 * time.Second,
 		UnreadyAfter: 5, HealInterval: time.Second, DedupRetention: 14 * 24 * time.Hour, DrainTimeout: 15 * time.Second, MaxInFlight: 2,
 		Features: features.DefaultConfig()}
 }
@@ -58,6 +63,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.MaxBatch, "consumer.max-batch", c.MaxBatch, "most messages applied in one PostgreSQL transaction")
 	fs.DurationVar(&c.Linger, "consumer.linger", c.Linger, "wait for more messages before applying a batch that is not full")
 	fs.DurationVar(&c.FetchMaxWait, "consumer.fetch-max-wait", c.FetchMaxWait, "broker long-poll wait of an idle fetch")
+	fs.DurationVar(&c.CommitInterval, "consumer.commit-interval", c.CommitInterval, "least time between Kafka offset commits (0: after every batch); a crash redelivers up to this much more, skipped as duplicates")
 	fs.DurationVar(&c.RetryBackoff, "consumer.retry-backoff", c.RetryBackoff, "first wait before retrying a batch after a transient error (doubles each attempt)")
 	fs.DurationVar(&c.RetryMaxBackoff, "consumer.retry-max-backoff", c.RetryMaxBackoff, "longest wait between attempts of a failing batch")
 	fs.IntVar(&c.UnreadyAfter, "consumer.unready-after-failures", c.UnreadyAfter, "consecutive failed attempts of a batch before /readyz fails (retries go on; valid events never go to the DLQ)")
@@ -85,6 +91,7 @@ func (c *Config) Validate() error {
 	p.IntBetween("consumer.max-batch", c.MaxBatch, 1, 100000)
 	p.DurationBetween("consumer.linger", c.Linger, 0, 10*time.Second)
 	p.DurationAtLeast("consumer.fetch-max-wait", c.FetchMaxWait, time.Millisecond)
+	p.DurationBetween("consumer.commit-interval", c.CommitInterval, 0, time.Minute)
 	p.DurationPositive("consumer.retry-backoff", c.RetryBackoff)
 	if c.RetryMaxBackoff < c.RetryBackoff {
 		p.Addf("--consumer.retry-max-backoff must be >= --consumer.retry-backoff (%s), got %s", c.RetryBackoff, c.RetryMaxBackoff)

@@ -570,6 +570,7 @@ func (c *Consumer) commit(ctx context.Context, r *kafkago.Reader, msgs []kafkago
 	}
 	cctx, cancel := c.attemptCtx(ctx)
 	defer cancel()
+	c.m.commits.Inc()
 	if err := r.CommitMessages(cctx, msgs...); err != nil {
 		c.m.errors("commit")
 		c.log.WarnContext(ctx, "commit offsets failed; the batch will be redelivered and deduplicated", "err", err)

@@ -426,6 +426,72 @@ func TestSmallBatchesApplyInOneTransaction(t *testing.T) {
 	e.checkConverged(t, evs)
 }
 
+// Offset commits are spaced by --consumer.commit-interval whatever the batches do, and a
+// stop commits everything applied: the group's offsets then sit at the topics' ends. Committed
+// after every batch (interval 0), the same traffic takes about a commit per round (batches
+// released while a commit is in flight share the next one).
+func TestOffsetCommitsAreSpacedAndFlushedAtStop(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name     string
+		interval time.Duration
+		check    func(commits, batches float64, took time.Duration) bool
+	}{
+		{"every batch", -1, func(commits, _ float64, _ time.Duration) bool { return commits >= 12/2 }},
+		// One commit per interval at most, plus the one at the stop.
+		{"spaced", 500 * time.Millisecond, func(commits, batches float64, took time.Duration) bool {
+			return commits <= float64(took/(500*time.Millisecond))+2 && commits < batches
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			e.CommitInterval = tc.interval
+			const rounds, per = 12, 10
+			evs := e.generate(13, rounds*per)
+			e.insertRaw(t, evs)
+			c := e.startConsumer(t)
+			start := time.Now()
+			for r := range rounds {
+				e.produce(t, evs[r*per:(r+1)*per])
+				e.waitApplied(t, (r+1)*per, 60*time.Second)
+			}
+			c.stop()
+			took := time.Since(start)
+			commits, batches := counter(c.set, "recsys_consumer_offset_commits_total"), counter(c.set, "recsys_consumer_batch_size_count")
+			t.Logf("%v offset commits for %v batches over %v", commits, batches, took)
+			if !tc.check(commits, batches, took) {
+				t.Errorf("%v offset commits for %v batches in %d rounds over %v", commits, batches, rounds, took)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			for _, topic := range []string{e.TopicImp, e.TopicWatch} {
+				res, err := e.kc.Admin().OffsetFetch(ctx, &kafkago.OffsetFetchRequest{GroupID: e.Group, Topics: map[string][]int{topic: {0, 1, 2}}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				var committed, end int64
+				for _, p := range res.Topics[topic] {
+					committed += max(p.CommittedOffset, 0)
+					conn, err := kafkago.DialLeader(ctx, "tcp", e.Brokers[0], topic, p.Partition)
+					if err != nil {
+						t.Fatal(err)
+					}
+					last, err := conn.ReadLastOffset()
+					conn.Close()
+					if err != nil {
+						t.Fatal(err)
+					}
+					end += last
+				}
+				if committed != end || end == 0 {
+					t.Errorf("%s: committed offsets sum to %d after the stop, the partitions end at %d", topic, committed, end)
+				}
+			}
+		})
+	}
+}
+
 // A transient failure of one transaction (PostgreSQL refuses one event's dedup row twice,
 // as a serialization failure) while later batches of the same users are in flight: the
 // failed batch is retried before any later event of its users applies, so the final state

@@ -43,6 +43,7 @@ type env struct {
 	MaxBatch                     int
 	MaxInFlight                  int           // 0: the default
 	Linger                       time.Duration // 0: the default
+	CommitInterval               time.Duration // 0: the default; < 0: after every batch
 
 	pool      *pgxpool.Pool
 	rd        rueidis.Client
@@ -139,6 +140,9 @@ func (e *env) config() *consumer.Config {
 	}
 	if e.Linger > 0 {
 		c.Linger = e.Linger
+	}
+	if e.CommitInterval != 0 {
+		c.CommitInterval = max(e.CommitInterval, 0)
 	}
 	c.HealInterval = 200 * time.Millisecond
 	c.RetryMaxBackoff = 2 * time.Second

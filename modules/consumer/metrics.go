@@ -32,6 +32,7 @@ type consumerMetrics struct {
 	repopulations     *metrics.Counter
 	healed            *metrics.Counter
 	dedupPurged       *metrics.Counter
+	commits           *metrics.Counter
 }
 
 func newMetrics(set *metrics.Set) *consumerMetrics {
@@ -53,6 +54,7 @@ func newMetrics(set *metrics.Set) *consumerMetrics {
 		repopulations:     set.NewCounter("recsys_consumer_redis_repopulations_total"),
 		healed:            set.NewCounter("recsys_consumer_redis_journal_healed_total"),
 		dedupPurged:       set.NewCounter("recsys_consumer_dedup_purged_total"),
+		commits:           set.NewCounter("recsys_consumer_offset_commits_total"),
 	}
 }
 

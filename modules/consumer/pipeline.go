@@ -3,6 +3,7 @@ package consumer
 import (
 	"context"
 	"sync"
+	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
 )
@@ -128,10 +129,23 @@ func (s *sequencer) take() []kafkago.Message {
 
 // commitLoop commits released offsets until stop is closed, then commits what is left.
 func (c *Consumer) commitLoop(ctx context.Context, r *kafkago.Reader, s *sequencer, stop <-chan struct{}) {
+	var last time.Time
 	for {
 		select {
 		case <-s.wake:
+			// Batches released while waiting out the interval join this commit.
+			if wait := c.cfg.CommitInterval - time.Since(last); wait > 0 {
+				t := time.NewTimer(wait)
+				select {
+				case <-t.C:
+				case <-stop:
+					t.Stop()
+					c.commit(ctx, r, s.take())
+					return
+				}
+			}
 			c.commit(ctx, r, s.take())
+			last = time.Now()
 		case <-stop:
 			c.commit(ctx, r, s.take())
 			return

@@ -111,8 +111,8 @@ func benchDrain(b *testing.B, events int, fill func(*env)) {
 // with_warmup_p99_ms keeps them in.
 //
 // RELAY_BENCH_RATE (1000 events/s), RELAY_BENCH_SECONDS (10), RELAY_BENCH_WORKERS (the relay's
-// default), RELAY_BENCH_LANES (32) and RELAY_BENCH_FORMAT (2; 1 writes payload_format 1 rows
-// keyed by user, as before migration 0008) vary it; RELAY_BENCH_DUMP=file writes every event's
+// default), RELAY_BENCH_LANES (32), RELAY_BENCH_PARTITIONS (6 per topic) and RELAY_BENCH_FORMAT
+// (2; 1 writes payload_format 1 rows keyed by user, as before migration 0008) vary it; RELAY_BENCH_DUMP=file writes every event's
 // latencies there.
 func BenchmarkRelayCommitToAck(b *testing.B) {
 	// The collector settings `recsys relay` applies at start (pkg/gctune).
