@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -244,26 +243,7 @@ func (e *env) produceRaw(t testing.TB, msgs ...kafkago.Message) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for i := 0; i < len(msgs); i += 5000 {
-		chunk := msgs[i:min(i+5000, len(msgs))]
-		// A topic just created may not have its leaders yet: retry what failed.
-		for attempt := 0; len(chunk) > 0; attempt++ {
-			err := e.w.WriteMessages(ctx, chunk...)
-			if err == nil {
-				break
-			}
-			var we kafkago.WriteErrors
-			if !errors.As(err, &we) || attempt == 50 {
-				t.Fatalf("produce: %.300v", err)
-			}
-			var failed []kafkago.Message
-			for j, werr := range we {
-				if werr != nil {
-					failed = append(failed, chunk[j])
-				}
-			}
-			chunk = failed
-			time.Sleep(200 * time.Millisecond)
-		}
+		testutil.ProduceAll(t, ctx, e.w, msgs[i:min(i+5000, len(msgs))]...)
 	}
 }
 

@@ -85,28 +85,7 @@ func TestProducerWritesEveryPartitionInOrder(t *testing.T) {
 			Value:   bytes.Repeat([]byte{byte('a' + i%26)}, 500+i%50),
 			Headers: []kafkago.Header{{Key: "seq", Value: []byte(strconv.Itoa(i))}, {Key: "empty"}}})
 	}
-	// A topic's leaders may take a moment after its creation: resend what failed, as the relay
-	// does. A failed record batch fails its partition's later ones, so what is resent comes
-	// after everything acked of its partition and the order still holds.
-	pending := msgs
-	for attempt := 0; len(pending) > 0; attempt++ {
-		err := p.WriteMessages(ctx, pending...)
-		if err == nil {
-			break
-		}
-		var we kafkago.WriteErrors
-		if !errors.As(err, &we) || attempt == 30 {
-			t.Fatalf("write: %v", err)
-		}
-		var failed []kafkago.Message
-		for i, e := range we {
-			if e != nil {
-				failed = append(failed, pending[i])
-			}
-		}
-		pending = failed
-		time.Sleep(200 * time.Millisecond)
-	}
+	testutil.ProduceAll(t, ctx, p, msgs...)
 	want := map[string][][]kafkago.Message{}
 	for _, topic := range topics {
 		want[topic] = make([][]kafkago.Message, partitions)

@@ -2,8 +2,11 @@ package testutil
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
 
 	"recsys/pkg/kafka"
 )
@@ -32,5 +35,31 @@ func DeleteTopics(t testing.TB, brokers []string, topics ...string) {
 	cfg.Brokers, cfg.RequestTimeout = brokers, 10*time.Second
 	if err := kafka.New(cfg).DeleteTopics(ctx, topics...); err != nil {
 		t.Logf("%v", err)
+	}
+}
+
+// ProduceAll writes msgs through p, resending the messages that failed (a topic just created
+// may not have its leaders yet) until all are acked; it fails the test after 50 attempts or
+// on an error that is not per message. A failed record batch fails its partition's later
+// messages too (kafka.Producer), so what is resent still follows what was acked.
+func ProduceAll(tb testing.TB, ctx context.Context, p *kafka.Producer, msgs ...kafkago.Message) {
+	tb.Helper()
+	for attempt := 0; len(msgs) > 0; attempt++ {
+		err := p.WriteMessages(ctx, msgs...)
+		if err == nil {
+			return
+		}
+		var we kafkago.WriteErrors
+		if !errors.As(err, &we) || attempt == 50 {
+			tb.Fatalf("produce: %.300v", err)
+		}
+		var failed []kafkago.Message
+		for i, e := range we {
+			if e != nil {
+				failed = append(failed, msgs[i])
+			}
+		}
+		msgs = failed
+		time.Sleep(200 * time.Millisecond)
 	}
 }
