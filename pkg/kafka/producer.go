@@ -32,7 +32,7 @@ import (
 // message without the earlier ones.
 type Producer struct {
 	addr      net.Addr
-	transport *kafkago.Transport
+	transport kafkago.RoundTripper // a *kafkago.Transport; its metadata cache routes requests
 	maxBytes  int64
 	timeout   time.Duration
 	balancer  kafkago.Hash
@@ -67,7 +67,9 @@ func (c *Client) NewProducer(o ProducerOptions) *Producer {
 
 // Close releases the producer's idle connections.
 func (p *Producer) Close() error {
-	p.transport.CloseIdleConnections()
+	if t, ok := p.transport.(*kafkago.Transport); ok {
+		t.CloseIdleConnections()
+	}
 	return nil
 }
 

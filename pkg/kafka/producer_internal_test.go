@@ -1,0 +1,192 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
+	metadataAPI "github.com/segmentio/kafka-go/protocol/metadata"
+	produceAPI "github.com/segmentio/kafka-go/protocol/produce"
+)
+
+// cluster answers metadata from a fixed layout (the local broker is a single node, so it
+// cannot show leaders spread over brokers) and produce requests with programmed partition
+// errors, recording what each request held.
+type cluster struct {
+	leaders map[string][]int32 // topic -> leader per partition
+	fail    map[string]int16   // "topic/partition" -> error code for every batch
+	failNth map[string]int     // "topic/partition" -> fail only its n-th batch (0-based)
+
+	mu       sync.Mutex
+	requests []map[string][]string // per request: "topic/partition" -> values of its records
+	batches  map[string]int
+}
+
+func (c *cluster) RoundTrip(_ context.Context, _ net.Addr, req protocol.Message) (protocol.Message, error) {
+	switch r := req.(type) {
+	case *metadataAPI.Request:
+		res := &metadataAPI.Response{}
+		for _, name := range r.TopicNames {
+			ls, ok := c.leaders[name]
+			if !ok {
+				res.Topics = append(res.Topics, metadataAPI.ResponseTopic{Name: name, ErrorCode: int16(kafkago.UnknownTopicOrPartition)})
+				continue
+			}
+			t := metadataAPI.ResponseTopic{Name: name}
+			for i := len(ls) - 1; i >= 0; i-- { // any order: partitions are known by index
+				t.Partitions = append(t.Partitions, metadataAPI.ResponsePartition{PartitionIndex: int32(i), LeaderID: ls[i]})
+			}
+			res.Topics = append(res.Topics, t)
+		}
+		return res, nil
+	case *produceAPI.Request:
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.batches == nil {
+			c.batches = map[string]int{}
+		}
+		seen := map[string][]string{}
+		res := &produceAPI.Response{}
+		for _, t := range r.Topics {
+			rt := produceAPI.ResponseTopic{Topic: t.Topic}
+			for _, pt := range t.Partitions {
+				k := fmt.Sprintf("%s/%d", t.Topic, pt.Partition)
+				for {
+					rec, err := pt.RecordSet.Records.ReadRecord()
+					if errors.Is(err, io.EOF) {
+						break
+					}
+					if err != nil {
+						return nil, err
+					}
+					v, _ := protocol.ReadAll(rec.Value)
+					seen[k] = append(seen[k], string(v))
+				}
+				code := c.fail[k]
+				if n, ok := c.failNth[k]; ok && n == c.batches[k] {
+					code = int16(kafkago.NotLeaderForPartition)
+				}
+				c.batches[k]++
+				rt.Partitions = append(rt.Partitions, produceAPI.ResponsePartition{Partition: pt.Partition, ErrorCode: code})
+			}
+			res.Topics = append(res.Topics, rt)
+		}
+		c.requests = append(c.requests, seen)
+		return res, nil
+	}
+	return nil, fmt.Errorf("unexpected request %T", req)
+}
+
+// Requests are grouped by leader broker (never two leaders in one request), a partition's
+// record batches go out in order one request after another, and a failed batch fails its
+// partition's later batches unsent while the other partitions carry on.
+func TestProducerGroupsByLeaderAndStopsAFailedPartition(t *testing.T) {
+	hash := func(key string, n int) int32 {
+		parts := make([]int, n)
+		for i := range parts {
+			parts[i] = i
+		}
+		return int32((&kafkago.Hash{}).Balance(kafkago.Message{Key: []byte(key)}, parts...))
+	}
+	// Keys for chosen partitions of a 4-partition topic.
+	keyFor := map[int32]string{}
+	for i := 0; len(keyFor) < 4; i++ {
+		k := fmt.Sprintf("k%d", i)
+		if _, ok := keyFor[hash(k, 4)]; !ok {
+			keyFor[hash(k, 4)] = k
+		}
+	}
+	for _, tc := range []struct {
+		name        string
+		fail        map[string]int16
+		failNth     map[string]int
+		wantFailed  map[string]string   // value -> error fragment
+		sent        map[string][]string // partition -> the values it must have received
+		maxRequests int
+	}{
+		// 2 leaders, 3 rounds of one-message batches.
+		{name: "all acked", maxRequests: 2 * 3, sent: map[string][]string{"a/0": {"a0-0", "a0-1", "a0-2"}, "b/0": {"b0-0", "b0-1", "b0-2"}}},
+		{name: "a partition refuses every batch", fail: map[string]int16{"a/1": int16(kafkago.MessageSizeTooLarge)},
+			wantFailed: map[string]string{"a1-0": "Message Size Too Large", "a1-1": "Message Size Too Large", "a1-2": "Message Size Too Large"},
+			sent:       map[string][]string{"a/1": {"a1-0"}, "a/3": {"a3-0", "a3-1", "a3-2"}}},
+		{name: "a partition's second batch fails", failNth: map[string]int{"a/2": 1},
+			wantFailed: map[string]string{"a2-1": "Not Leader For Partition", "a2-2": "Not Leader For Partition"},
+			sent:       map[string][]string{"a/2": {"a2-0", "a2-1"}, "a/0": {"a0-0", "a0-1", "a0-2"}}},
+		{name: "unknown topic fails alone", wantFailed: map[string]string{"z0-0": "Unknown Topic Or Partition"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &cluster{leaders: map[string][]int32{"a": {1, 2, 1, 2}, "b": {2}}, fail: tc.fail, failNth: tc.failNth}
+			// ~65-byte messages and 120-byte batches: one message per record batch.
+			p := &Producer{transport: c, maxBytes: 120, timeout: time.Second}
+			var msgs []kafkago.Message
+			for i := range 3 {
+				for pt := range int32(4) {
+					msgs = append(msgs, kafkago.Message{Topic: "a", Key: []byte(keyFor[pt]), Value: []byte(fmt.Sprintf("a%d-%d", pt, i) + strings.Repeat(".", 36))})
+				}
+				msgs = append(msgs, kafkago.Message{Topic: "b", Key: []byte("x"), Value: []byte(fmt.Sprintf("b0-%d", i) + strings.Repeat(".", 36))})
+			}
+			if tc.name == "unknown topic fails alone" {
+				msgs = append(msgs, kafkago.Message{Topic: "z", Key: []byte("x"), Value: []byte("z0-0")})
+			}
+			err := p.WriteMessages(context.Background(), msgs...)
+			got := map[string]string{}
+			var we kafkago.WriteErrors
+			if errors.As(err, &we) {
+				for i, e := range we {
+					if e != nil {
+						got[strings.TrimRight(string(msgs[i].Value), ".")] = e.Error()
+					}
+				}
+			} else if err != nil {
+				t.Fatalf("error %v is not WriteErrors", err)
+			}
+			if len(got) != len(tc.wantFailed) {
+				t.Fatalf("failed %v, want %v", got, tc.wantFailed)
+			}
+			for v, frag := range tc.wantFailed {
+				if !strings.Contains(got[v], frag) {
+					t.Errorf("message %s: error %q, want one with %q", v, got[v], frag)
+				}
+			}
+			// Per partition, the values the cluster received, in request order.
+			received := map[string][]string{}
+			for ri, req := range c.requests {
+				leaders := map[int32]bool{}
+				for k, vals := range req {
+					var topic string
+					var pt int32
+					fmt.Sscanf(strings.Replace(k, "/", " ", 1), "%s %d", &topic, &pt)
+					leaders[c.leaders[topic][pt]] = true
+					for _, v := range vals {
+						received[k] = append(received[k], strings.TrimRight(v, "."))
+					}
+				}
+				if len(leaders) != 1 {
+					t.Errorf("request %d spans leaders %v", ri, leaders)
+				}
+			}
+			if tc.maxRequests > 0 && len(c.requests) > tc.maxRequests {
+				t.Errorf("%d requests, want at most %d", len(c.requests), tc.maxRequests)
+			}
+			for k, want := range tc.sent {
+				if fmt.Sprint(received[k]) != fmt.Sprint(want) {
+					t.Errorf("%s received %v, want %v", k, received[k], want)
+				}
+			}
+			for k, vals := range received {
+				if !sort.StringsAreSorted(vals) {
+					t.Errorf("%s received %v out of order", k, vals)
+				}
+			}
+		})
+	}
+}
