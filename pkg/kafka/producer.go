@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/bits"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -73,11 +74,16 @@ func (p *Producer) Close() error {
 	return nil
 }
 
-// chunk is one record batch: message indexes of one partition, in call order.
-type chunk struct {
+// topicPartition names a partition.
+type topicPartition struct {
 	topic     string
 	partition int32
-	idx       []int32
+}
+
+// chunk is one record batch: message indexes of one partition, in call order.
+type chunk struct {
+	topicPartition
+	idx []int32
 }
 
 // WriteMessages sends msgs (each naming its topic) and waits for the acks.
@@ -119,7 +125,7 @@ func (p *Producer) assign(ctx context.Context, msgs []kafkago.Message, errs kafk
 		if msgs[i].Topic == "" {
 			return nil, fmt.Errorf("produce: message %d has no topic", i)
 		}
-		if !containsString(topics, msgs[i].Topic) {
+		if !slices.Contains(topics, msgs[i].Topic) {
 			topics = append(topics, msgs[i].Topic)
 		}
 	}
@@ -149,13 +155,9 @@ func (p *Producer) assign(ctx context.Context, msgs []kafkago.Message, errs kafk
 			ti.leaders[pt.PartitionIndex] = pt.LeaderID
 		}
 	}
-	type tp struct {
-		topic     string
-		partition int32
-	}
-	batches := map[tp][]chunk{}
-	bytes := map[tp]int64{}
-	var order []tp
+	batches := map[topicPartition][]chunk{}
+	bytes := map[topicPartition]int64{}
+	var order []topicPartition
 	for i := range msgs {
 		m := &msgs[i]
 		ti := info[m.Topic]
@@ -170,14 +172,14 @@ func (p *Producer) assign(ctx context.Context, msgs []kafkago.Message, errs kafk
 			errs[i] = kafkago.LeaderNotAvailable
 			continue
 		}
-		k := tp{m.Topic, int32(p.balancer.Balance(*m, ti.parts...))}
+		k := topicPartition{m.Topic, int32(p.balancer.Balance(*m, ti.parts...))}
 		cs, seen := batches[k]
 		if !seen {
 			order = append(order, k)
 		}
 		n := MessageSize(m)
 		if len(cs) == 0 || bytes[k]+n > p.maxBytes {
-			cs = append(cs, chunk{topic: k.topic, partition: k.partition})
+			cs = append(cs, chunk{topicPartition: k})
 			bytes[k] = 0
 		}
 		cs[len(cs)-1].idx = append(cs[len(cs)-1].idx, int32(i))
@@ -228,7 +230,7 @@ func (p *Producer) sendRounds(ctx context.Context, msgs []kafkago.Message, parts
 			c := parts[pi][round]
 			e := err
 			if e == nil {
-				e = results[partitionKey(c.topic, c.partition)]
+				e = results[c.topicPartition]
 			}
 			if e != nil {
 				failed[pi] = e
@@ -240,9 +242,9 @@ func (p *Producer) sendRounds(ctx context.Context, msgs []kafkago.Message, parts
 	}
 }
 
-// roundTrip sends one produce request and returns the error of each partition that failed,
-// keyed by partitionKey; err fails every partition of the request.
-func (p *Producer) roundTrip(ctx context.Context, req *produceAPI.Request) (map[string]error, error) {
+// roundTrip sends one produce request and returns the error of each partition that failed;
+// err fails every partition of the request.
+func (p *Producer) roundTrip(ctx context.Context, req *produceAPI.Request) (map[topicPartition]error, error) {
 	rctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
 	r, err := p.transport.RoundTrip(rctx, p.addr, req)
@@ -253,7 +255,7 @@ func (p *Producer) roundTrip(ctx context.Context, req *produceAPI.Request) (map[
 	if !ok {
 		return nil, fmt.Errorf("produce: unexpected response %T", r)
 	}
-	answered := map[string]error{}
+	answered := map[topicPartition]error{}
 	for _, t := range res.Topics {
 		for _, pt := range t.Partitions {
 			var e error
@@ -263,13 +265,13 @@ func (p *Producer) roundTrip(ctx context.Context, req *produceAPI.Request) (map[
 					e = fmt.Errorf("%w: %s", e, pt.ErrorMessage)
 				}
 			}
-			answered[partitionKey(t.Topic, pt.Partition)] = e
+			answered[topicPartition{t.Topic, pt.Partition}] = e
 		}
 	}
-	out := map[string]error{}
+	out := map[topicPartition]error{}
 	for _, t := range req.Topics {
 		for _, pt := range t.Partitions {
-			k := partitionKey(t.Topic, pt.Partition)
+			k := topicPartition{t.Topic, pt.Partition}
 			e, ok := answered[k]
 			if !ok {
 				e = errors.New("produce: the broker did not answer for the partition")
@@ -280,10 +282,6 @@ func (p *Producer) roundTrip(ctx context.Context, req *produceAPI.Request) (map[
 		}
 	}
 	return out, nil
-}
-
-func partitionKey(topic string, partition int32) string {
-	return fmt.Sprintf("%s/%d", topic, partition)
 }
 
 func appendPartition(topics []produceAPI.RequestTopic, topic string, pt produceAPI.RequestPartition) []produceAPI.RequestTopic {
@@ -301,15 +299,6 @@ func bytesOrNil(b []byte) protocol.Bytes {
 		return nil
 	}
 	return protocol.NewBytes(b)
-}
-
-func containsString(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // MessageSize is the size kafka-go's Writer counts a message at against its BatchBytes (the
