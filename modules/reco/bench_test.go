@@ -40,6 +40,10 @@ import (
 //
 // RECO_BENCH_DUMP=file writes each request's due time and latency there.
 //
+// RECO_BENCH_USER_CACHE_TTL and RECO_BENCH_ITEM_CACHE_TTL set the in-process module's
+// --reco.user-cache-ttl and --reco.item-cache-ttl (a minute: no item entry turns stale
+// during a run, which isolates the cost of refreshing them).
+//
 // RECO_BENCH_FULL=1 runs the built binary `recsys all` instead of the in-process module: the
 // whole pipeline, where every auto-logged impression goes through the outbox, the relay,
 // Kafka and the consumer (which updates the features the requests read) during the run;
@@ -143,6 +147,13 @@ func BenchmarkRecoHTTP(b *testing.B) {
 					b.Fatalf("RECO_BENCH_USER_CACHE_TTL: %v", err)
 				}
 				c.UserCacheTTL = d
+			}
+			if v := os.Getenv("RECO_BENCH_ITEM_CACHE_TTL"); v != "" {
+				d, err := time.ParseDuration(v)
+				if err != nil {
+					b.Fatalf("RECO_BENCH_ITEM_CACHE_TTL: %v", err)
+				}
+				c.ItemCacheTTL = d
 			}
 		})
 		start := time.Now()

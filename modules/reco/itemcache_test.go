@@ -2,8 +2,11 @@ package reco
 
 import (
 	"context"
+	"fmt"
 	"math"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 	"unsafe"
@@ -99,5 +102,160 @@ func TestItemIDsAreShared(t *testing.T) {
 	}
 	if got := n.get("s"); got != "s" {
 		t.Fatalf("get(s) = %q", got)
+	}
+}
+
+// gatedReader wraps an itemReader: its Neighbours calls wait for the gate while it is closed,
+// and it records the ids and the concurrency of those calls.
+type gatedReader struct {
+	itemReader
+	gate     chan struct{} // a receive succeeds while the gate is open (closed channel)
+	mu       sync.Mutex
+	batches  [][]string
+	inFlight int
+	most     int
+}
+
+func (r *gatedReader) Neighbours(ctx context.Context, items []string, n int, nowMs int64) (map[string][]ranking.Scored, error) {
+	r.mu.Lock()
+	r.batches = append(r.batches, slices.Clone(items))
+	r.inFlight++
+	r.most = max(r.most, r.inFlight)
+	gate := r.gate
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.inFlight--
+		r.mu.Unlock()
+	}()
+	select {
+	case <-gate:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return r.itemReader.Neighbours(ctx, items, n, nowMs)
+}
+
+func (r *gatedReader) seen() ([][]string, int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.batches), r.most
+}
+
+// TestStaleEntriesRefreshInPacedBatches: stale entries are served at once while one
+// background refresher reloads each of them exactly once, in batches of at most
+// refreshBatch and never two batches at a time, however many requests find them stale; the
+// refresher stops when nothing is left. Firing a reload per request (the old behaviour)
+// fails the concurrency and the batch checks.
+func TestStaleEntriesRefreshInPacedBatches(t *testing.T) {
+	m := fixture(t)
+	open := make(chan struct{})
+	close(open)
+	r := &gatedReader{itemReader: m, gate: open}
+	c := newItemCache(r, time.Minute, 10_000)
+	const items = 3*refreshBatch + 7
+	ids := make([]string, items)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("i%03d", i)
+	}
+	now := time.Now().UnixMilli()
+	if _, err := c.lists(context.Background(), ids, 50, now); err != nil {
+		t.Fatal(err)
+	}
+	old := map[string]*listEntry{}
+	for _, id := range ids {
+		sh := c.shard(id)
+		e := sh.m[id]
+		if e == nil {
+			t.Fatalf("%s not cached after a load", id)
+		}
+		e.fresh = now - 1 // stale, not too old
+		old[id] = e
+	}
+	loadsBefore := len(r.batches)
+
+	closed := make(chan struct{})
+	r.mu.Lock()
+	r.gate = closed // the refresher's loads wait until the requests below are answered
+	r.mu.Unlock()
+	var wg sync.WaitGroup
+	for g := 0; g < 16; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := g; i < items; i += 5 {
+				req := ids[i:min(i+10, items)]
+				got, err := c.lists(context.Background(), req, 50, time.Now().UnixMilli())
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				for j, e := range got {
+					if e != old[req[j]] {
+						t.Errorf("stale %s: got a new entry before the refresh was let through", req[j])
+					}
+				}
+			}
+		}(g)
+	}
+	wg.Wait() // every request answered while the refresher's first load is held
+	close(closed)
+
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c.refreshMu.Lock()
+		draining := c.draining
+		c.refreshMu.Unlock()
+		if !draining {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the refresher still runs after 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	batches, most := r.seen()
+	batches = batches[loadsBefore:]
+	if most != 1 {
+		t.Errorf("%d refresh loads ran at once, want 1", most)
+	}
+	count := map[string]int{}
+	for _, b := range batches {
+		if len(b) > refreshBatch {
+			t.Errorf("a refresh loaded %d ids, bound %d", len(b), refreshBatch)
+		}
+		for _, id := range b {
+			count[id]++
+		}
+	}
+	for _, id := range ids {
+		if count[id] != 1 {
+			t.Errorf("%s reloaded %d times, want once", id, count[id])
+		}
+		e := c.shard(id).m[id]
+		if e == old[id] || e.fresh <= now {
+			t.Errorf("%s not refreshed", id)
+		}
+	}
+	if want := (items + refreshBatch - 1) / refreshBatch; len(batches) < want {
+		t.Errorf("%d refresh loads for %d ids, want at least %d", len(batches), items, want)
+	}
+}
+
+// TestFreshnessIsJittered: entries loaded in the same millisecond turn stale over the last
+// quarter of the TTL, not at once.
+func TestFreshnessIsJittered(t *testing.T) {
+	c := newItemCache(nil, 4*time.Second, 1000)
+	const at = 1_000_000
+	lo, hi := int64(math.MaxInt64), int64(0)
+	for range 2000 {
+		f := c.freshUntil(at)
+		if f < at+3000 || f > at+4000 {
+			t.Fatalf("fresh until %d ms after the load, want 3000–4000", f-at)
+		}
+		lo, hi = min(lo, f), max(hi, f)
+	}
+	if hi-lo < 800 {
+		t.Fatalf("2000 entries loaded together turn stale within %d ms of each other, want a spread of most of 1000", hi-lo)
 	}
 }
