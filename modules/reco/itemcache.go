@@ -102,7 +102,8 @@ func (c *cachedSource) Snapshot(ctx context.Context, userID string, nowMs int64,
 // reload: hundreds of concurrent pipelines of Redis reads queued ahead of the requests' own
 // user reads on the shared connections, plus their decoding, which stalled serving for
 // tens to hundreds of milliseconds every TTL (BenchmarkRecoHTTP open loop at 10,000 req/s:
-// p99 119–170 ms with a 5 s TTL against 46–58 ms with entries that never went stale).
+// p99 119–170 ms with a 5 s TTL against 46–58 ms with entries that never went stale; with
+// the paced refresher, 7 alternated pairs: median 163 → 72 ms).
 type itemCache struct {
 	r           itemReader
 	ttl         time.Duration
