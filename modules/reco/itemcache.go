@@ -103,7 +103,7 @@ func (c *cachedSource) Snapshot(ctx context.Context, userID string, nowMs int64,
 // user reads on the shared connections, plus their decoding, which stalled serving for
 // tens to hundreds of milliseconds every TTL (BenchmarkRecoHTTP open loop at 10,000 req/s:
 // p99 119–170 ms with a 5 s TTL against 46–58 ms with entries that never went stale; with
-// the paced refresher, 7 alternated pairs: median 163 → 72 ms).
+// the paced refresher, 7 alternated pairs: median 163 → 90 ms).
 type itemCache struct {
 	r           itemReader
 	ttl         time.Duration
