@@ -84,7 +84,7 @@ func (c *cachedSource) Snapshot(ctx context.Context, userID string, nowMs int64,
 
 // itemCache caches, per item, its neighbour list together with the statistics of those
 // neighbours. A request looks up one entry per history item:
-//   - fresh (younger than ttl): used;
+//   - fresh (younger than its share of ttl, see freshUntil): used;
 //   - stale (younger than maxStale): used, and queued for the background refresher, so hot
 //     items never make a request wait;
 //   - missing or too old: loaded, with concurrent requests for the same item sharing one load
