@@ -141,19 +141,15 @@ func BenchmarkRecoHTTP(b *testing.B) {
 		redisURL := testutil.StartPrivate(b, "redis").URL
 		s := newStack(b, testutil.MigratedDatabase(b), redisURL, func(c *Config) {
 			c.ProbeInterval, c.GlobalRefresh = time.Second, time.Second
-			if v := os.Getenv("RECO_BENCH_USER_CACHE_TTL"); v != "" {
-				d, err := time.ParseDuration(v)
-				if err != nil {
-					b.Fatalf("RECO_BENCH_USER_CACHE_TTL: %v", err)
+			for name, into := range map[string]*time.Duration{
+				"RECO_BENCH_USER_CACHE_TTL": &c.UserCacheTTL, "RECO_BENCH_ITEM_CACHE_TTL": &c.ItemCacheTTL} {
+				if v := os.Getenv(name); v != "" {
+					d, err := time.ParseDuration(v)
+					if err != nil {
+						b.Fatalf("%s: %v", name, err)
+					}
+					*into = d
 				}
-				c.UserCacheTTL = d
-			}
-			if v := os.Getenv("RECO_BENCH_ITEM_CACHE_TTL"); v != "" {
-				d, err := time.ParseDuration(v)
-				if err != nil {
-					b.Fatalf("RECO_BENCH_ITEM_CACHE_TTL: %v", err)
-				}
-				c.ItemCacheTTL = d
 			}
 		})
 		start := time.Now()
