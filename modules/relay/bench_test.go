@@ -14,7 +14,9 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 
 	"recsys/modules/relay"
+	"recsys/pkg/events"
 	"recsys/pkg/gctune"
+	"recsys/pkg/ingest"
 	"recsys/pkg/outbox"
 	"recsys/pkg/testutil"
 )
@@ -97,23 +99,30 @@ func benchDrain(b *testing.B, events int, fill func(*env)) {
 	}
 }
 
-// BenchmarkRelayCommitToAck writes what the ingest writer writes at 1,000 events/s (a group
-// commit of ~1 ms holds one event: one single-event batch row on the user's lane, INSERT +
-// NOTIFY, autocommit) while a relay runs with its default settings, and reports the time from
-// each commit returning to Kafka acking the event (same process, same clock).
+// BenchmarkRelayCommitToAck writes watches at 1,000 events/s while a relay runs with its
+// default settings, and reports the time from each commit returning to Kafka acking the event
+// (same process, same clock).
 //
 //	go test -run '^$' -bench BenchmarkRelayCommitToAck -benchtime 1x -count 3 ./modules/relay/
 //
+// By default the events go through the API's own ingest writer (pkg/ingest, its defaults: group
+// commits of what arrives within 1 ms, at most 2 transactions in flight), called by 16 client
+// goroutines, one event per call as POST /log/watch does; write_p99_ms is the time from an
+// event's turn to its Write returning. RELAY_BENCH_WRITER=raw instead inserts one
+// single-event outbox row per autocommit transaction (INSERT + NOTIFY) on 16 connections at
+// once: the commits of a fleet of API processes sharing one database, 16 backends contending
+// for the claim's CPU. Until session 13 that was the only mode.
+//
 // The first RELAY_BENCH_WARMUP_SECONDS (1) of writes are published but left out of the
-// percentiles: they open the writers' 16 connections and the relay's (a backend fork and a
+// percentiles: they open the writers' connections and the relay's (a backend fork and a
 // catalog cache load each, and every statement's first plan), which a running API and relay
 // did long before; in the runs of session 7 that start alone put ~150 events past 20 ms.
 // with_warmup_p99_ms keeps them in.
 //
 // RELAY_BENCH_RATE (1000 events/s), RELAY_BENCH_SECONDS (10), RELAY_BENCH_WORKERS (the relay's
-// default), RELAY_BENCH_LANES (32), RELAY_BENCH_PARTITIONS (6 per topic) and RELAY_BENCH_FORMAT
-// (2; 1 writes payload_format 1 rows keyed by user, as before migration 0008) vary it; RELAY_BENCH_DUMP=file writes every event's
-// latencies there.
+// default), RELAY_BENCH_LANES (32), RELAY_BENCH_PARTITIONS (6 per topic) and, for the raw
+// writer, RELAY_BENCH_FORMAT (2; 1 writes payload_format 1 rows keyed by user, as before
+// migration 0008) vary it; RELAY_BENCH_DUMP=file writes every event's latencies there.
 func BenchmarkRelayCommitToAck(b *testing.B) {
 	// The collector settings `recsys relay` applies at start (pkg/gctune).
 	b.Logf("gc %v", gctune.DefaultConfig().Apply())
@@ -147,27 +156,15 @@ func BenchmarkRelayCommitToAck(b *testing.B) {
 		ids := make([]string, n)
 		prefix := testutil.Unique("lat")
 		format, lanes := testutil.EnvInt("RELAY_BENCH_FORMAT", 2), testutil.EnvInt("RELAY_BENCH_LANES", 32)
+		write, closeWriter := benchWriter(b, e, prefix, lanes, format)
+		turn := make([]time.Time, n)
 		jobs := make(chan int, n)
 		var wg sync.WaitGroup
 		for range 16 {
 			wg.Go(func() {
 				for i := range jobs {
 					ids[i] = prefix + "-" + strconv.Itoa(i)
-					user := "u" + strconv.Itoa(i%5000)
-					body := []byte(`{"event_id":"` + ids[i] + `","watch_time_sec":12.5}`)
-					key, payload, eventID := user, body, ids[i]
-					if format == int(outbox.FormatBatch) {
-						key, eventID = outbox.LaneKey(outbox.Lane(user, lanes)), "batch:"+ids[i]
-						payload = outbox.AppendFrame(nil, outbox.Message{EventID: ids[i], EventType: "watch", Key: user,
-							SchemaVersion: 1, Payload: body})
-					}
-					_, err := e.pool.Exec(context.Background(), `
-WITH ins AS (
-    INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, max_attempts, payload_format, event_count)
-    VALUES ($1, 'watch', $2, $3, $4, 25, $5, 1) RETURNING 1
-)
-SELECT pg_notify('recsys_outbox', '') FROM ins`, eventID, e.kcfg.TopicWatches, key, payload, int16(format))
-					if err != nil {
+					if err := write(i); err != nil {
 						b.Error(err)
 						return
 					}
@@ -178,11 +175,13 @@ SELECT pg_notify('recsys_outbox', '') FROM ins`, eventID, e.kcfg.TopicWatches, k
 		tick := time.NewTicker(time.Second / time.Duration(rate))
 		for i := range n {
 			<-tick.C
+			turn[i] = time.Now()
 			jobs <- i
 		}
 		tick.Stop()
 		close(jobs)
 		wg.Wait()
+		closeWriter()
 		deadline := time.Now().Add(60 * time.Second)
 		for rec.count() < n {
 			if time.Now().After(deadline) {
@@ -195,6 +194,7 @@ SELECT pg_notify('recsys_outbox', '') FROM ins`, eventID, e.kcfg.TopicWatches, k
 		// lat splits into toSend (commit to the relay handing the event to the writer: wake-up,
 		// waiting for a free worker, claim) and toAck (the writer to Kafka's ack).
 		lat, toSend, toAck := make([]float64, 0, n), make([]float64, 0, n), make([]float64, 0, n)
+		toCommit := make([]float64, 0, n)
 		withWarmup := make([]float64, 0, n)
 		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 		rec.mu.Lock()
@@ -207,6 +207,7 @@ SELECT pg_notify('recsys_outbox', '') FROM ins`, eventID, e.kcfg.TopicWatches, k
 				lat = append(lat, ms(at.Sub(committed[i])))
 				toSend = append(toSend, ms(rec.sent[id].Sub(committed[i])))
 				toAck = append(toAck, ms(at.Sub(rec.sent[id])))
+				toCommit = append(toCommit, ms(committed[i].Sub(turn[i])))
 			}
 		}
 		if path := os.Getenv("RELAY_BENCH_DUMP"); path != "" {
@@ -233,10 +234,52 @@ SELECT pg_notify('recsys_outbox', '') FROM ins`, eventID, e.kcfg.TopicWatches, k
 		b.ReportMetric(lat[len(lat)-1], "max_ms")
 		b.ReportMetric(q(toSend, 0.99), "send_p99_ms")
 		b.ReportMetric(q(toAck, 0.99), "ack_p99_ms")
+		b.ReportMetric(q(toCommit, 0.99), "write_p99_ms")
 		b.ReportMetric(q(withWarmup, 0.99), "with_warmup_p99_ms")
 		logTimings(e.t, "bench", run.deps.Metrics)
 		run.stop()
 		b.StartTimer()
+	}
+}
+
+// benchWriter returns what BenchmarkRelayCommitToAck's clients call to write event i (id
+// prefix-i, user u<i%5000>) and what to call once they are done: the API's ingest writer, or
+// with RELAY_BENCH_WRITER=raw one autocommit INSERT + NOTIFY per event.
+func benchWriter(b *testing.B, e *env, prefix string, lanes, format int) (write func(i int) error, done func()) {
+	id := func(i int) string { return prefix + "-" + strconv.Itoa(i) }
+	user := func(i int) string { return "u" + strconv.Itoa(i%5000) }
+	switch mode := os.Getenv("RELAY_BENCH_WRITER"); mode {
+	case "", "ingest":
+		cfg := ingest.DefaultConfig()
+		cfg.TopicWatches, cfg.TopicImpressions, cfg.OutboxLanes = e.kcfg.TopicWatches, e.kcfg.TopicImpressions, lanes
+		w := ingest.New(e.pool, cfg)
+		w.Start()
+		return func(i int) error {
+			ev := &events.Watch{Common: events.Common{EventID: id(i), UserID: user(i), SessionID: "s", RequestID: "r",
+				TsMs: time.Now().UnixMilli()}, EventType: "watch", ItemID: "i" + strconv.Itoa(i%500), WatchTimeSec: 12.5}
+			_, err := w.Write(context.Background(), []events.Any{ev}, "")
+			return err
+		}, w.Close
+	case "raw":
+		return func(i int) error {
+			body := []byte(`{"event_id":"` + id(i) + `","watch_time_sec":12.5}`)
+			key, payload, eventID := user(i), body, id(i)
+			if format == int(outbox.FormatBatch) {
+				key, eventID = outbox.LaneKey(outbox.Lane(user(i), lanes)), "batch:"+id(i)
+				payload = outbox.AppendFrame(nil, outbox.Message{EventID: id(i), EventType: "watch", Key: user(i),
+					SchemaVersion: 1, Payload: body})
+			}
+			_, err := e.pool.Exec(context.Background(), `
+WITH ins AS (
+    INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, max_attempts, payload_format, event_count)
+    VALUES ($1, 'watch', $2, $3, $4, 25, $5, 1) RETURNING 1
+)
+SELECT pg_notify('recsys_outbox', '') FROM ins`, eventID, e.kcfg.TopicWatches, key, payload, int16(format))
+			return err
+		}, func() {}
+	default:
+		b.Fatalf("RELAY_BENCH_WRITER=%q: want ingest or raw", mode)
+		return nil, nil
 	}
 }
 
