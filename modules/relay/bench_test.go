@@ -156,7 +156,7 @@ func BenchmarkRelayCommitToAck(b *testing.B) {
 		ids := make([]string, n)
 		prefix := testutil.Unique("lat")
 		format, lanes := testutil.EnvInt("RELAY_BENCH_FORMAT", 2), testutil.EnvInt("RELAY_BENCH_LANES", 32)
-		write, closeWriter := benchWriter(b, e, prefix, lanes, format)
+		write, closeWriter := benchWriter(b, e, lanes, format)
 		turn := make([]time.Time, n)
 		jobs := make(chan int, n)
 		var wg sync.WaitGroup
@@ -164,7 +164,7 @@ func BenchmarkRelayCommitToAck(b *testing.B) {
 			wg.Go(func() {
 				for i := range jobs {
 					ids[i] = prefix + "-" + strconv.Itoa(i)
-					if err := write(i); err != nil {
+					if err := write(i, ids[i]); err != nil {
 						b.Error(err)
 						return
 					}
@@ -242,11 +242,10 @@ func BenchmarkRelayCommitToAck(b *testing.B) {
 	}
 }
 
-// benchWriter returns what BenchmarkRelayCommitToAck's clients call to write event i (id
-// prefix-i, user u<i%5000>) and what to call once they are done: the API's ingest writer, or
-// with RELAY_BENCH_WRITER=raw one autocommit INSERT + NOTIFY per event.
-func benchWriter(b *testing.B, e *env, prefix string, lanes, format int) (write func(i int) error, done func()) {
-	id := func(i int) string { return prefix + "-" + strconv.Itoa(i) }
+// benchWriter returns what BenchmarkRelayCommitToAck's clients call to write event i (user
+// u<i%5000>) and what to call once they are done: the API's ingest writer, or with
+// RELAY_BENCH_WRITER=raw one autocommit INSERT + NOTIFY per event.
+func benchWriter(b *testing.B, e *env, lanes, format int) (write func(i int, id string) error, done func()) {
 	user := func(i int) string { return "u" + strconv.Itoa(i%5000) }
 	switch mode := os.Getenv("RELAY_BENCH_WRITER"); mode {
 	case "", "ingest":
@@ -254,19 +253,19 @@ func benchWriter(b *testing.B, e *env, prefix string, lanes, format int) (write 
 		cfg.TopicWatches, cfg.TopicImpressions, cfg.OutboxLanes = e.kcfg.TopicWatches, e.kcfg.TopicImpressions, lanes
 		w := ingest.New(e.pool, cfg)
 		w.Start()
-		return func(i int) error {
-			ev := &events.Watch{Common: events.Common{EventID: id(i), UserID: user(i), SessionID: "s", RequestID: "r",
+		return func(i int, id string) error {
+			ev := &events.Watch{Common: events.Common{EventID: id, UserID: user(i), SessionID: "s", RequestID: "r",
 				TsMs: time.Now().UnixMilli()}, EventType: "watch", ItemID: "i" + strconv.Itoa(i%500), WatchTimeSec: 12.5}
 			_, err := w.Write(context.Background(), []events.Any{ev}, "")
 			return err
 		}, w.Close
 	case "raw":
-		return func(i int) error {
-			body := []byte(`{"event_id":"` + id(i) + `","watch_time_sec":12.5}`)
-			key, payload, eventID := user(i), body, id(i)
+		return func(i int, id string) error {
+			body := []byte(`{"event_id":"` + id + `","watch_time_sec":12.5}`)
+			key, payload, eventID := user(i), body, id
 			if format == int(outbox.FormatBatch) {
-				key, eventID = outbox.LaneKey(outbox.Lane(user(i), lanes)), "batch:"+id(i)
-				payload = outbox.AppendFrame(nil, outbox.Message{EventID: id(i), EventType: "watch", Key: user(i),
+				key, eventID = outbox.LaneKey(outbox.Lane(user(i), lanes)), "batch:"+id
+				payload = outbox.AppendFrame(nil, outbox.Message{EventID: id, EventType: "watch", Key: user(i),
 					SchemaVersion: 1, Payload: body})
 			}
 			_, err := e.pool.Exec(context.Background(), `
