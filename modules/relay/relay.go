@@ -41,67 +41,9 @@ type Broker interface {
 // kafkaBroker is the Broker of the process' Kafka client.
 type kafkaBroker struct{ c *kafka.Client }
 
-// EnsureTopics creates the missing topics and waits until every partition's leader serves
-// it: a producer that fetched metadata before the election would get NotLeaderForPartition
-// for its whole metadata TTL, and one that publishes right after it for a moment.
+// EnsureTopics creates the missing topics and waits until their partitions' leaders serve.
 func (b kafkaBroker) EnsureTopics(ctx context.Context, topics ...string) error {
-	if err := b.c.EnsureTopics(ctx, topics...); err != nil {
-		return err
-	}
-	d := &kafkago.Dialer{ClientID: b.c.ClientID, Timeout: time.Second}
-	for {
-		err := leadersElected(ctx, d, b.c.Brokers, topics)
-		if err == nil {
-			return nil
-		}
-		if !sleep(ctx, 100*time.Millisecond) {
-			return fmt.Errorf("wait for partition leaders: %w", err)
-		}
-	}
-}
-
-func leadersElected(ctx context.Context, d *kafkago.Dialer, brokers, topics []string) error {
-	var errs []error
-	for _, addr := range brokers {
-		conn, err := d.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
-		parts, err := conn.ReadPartitions(topics...)
-		conn.Close()
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		for _, p := range parts {
-			if p.Leader.Host == "" || p.Leader.ID < 0 {
-				return fmt.Errorf("topic %s partition %d has no leader yet", p.Topic, p.ID)
-			}
-		}
-		// The metadata names a new partition's leader a moment before that broker serves it
-		// (a produce then answers Not Leader For Partition: seen on the first publish after
-		// start). The leader answering an offset request for it is the broker serving it.
-		for _, p := range parts {
-			if err := leaderServes(ctx, d, p); err != nil {
-				return fmt.Errorf("topic %s partition %d: leader not serving yet: %w", p.Topic, p.ID, err)
-			}
-		}
-		return nil
-	}
-	return errors.Join(errs...)
-}
-
-func leaderServes(ctx context.Context, d *kafkago.Dialer, p kafkago.Partition) error {
-	conn, err := d.DialPartition(ctx, "tcp", "", p)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
-	_, err = conn.ReadLastOffset()
-	return err
+	return b.c.EnsureTopics(ctx, topics...)
 }
 
 // Probe opens a new connection to each broker in turn until one answers an ApiVersions

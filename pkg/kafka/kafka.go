@@ -130,7 +130,10 @@ func (c *Client) NewReader(o ReaderOptions) *kafkago.Reader {
 }
 
 // EnsureTopics creates the topics that are missing with the configured partitions and
-// replication factor; existing topics are left as they are.
+// replication factor (existing topics are left as they are), then waits until every
+// partition's leader serves it: a producer that fetched metadata before the election would
+// get NotLeaderForPartition for its whole metadata TTL, and one that publishes right after
+// it for a moment.
 func (c *Client) EnsureTopics(ctx context.Context, topics ...string) error {
 	req := &kafkago.CreateTopicsRequest{}
 	for _, t := range topics {
@@ -140,7 +143,69 @@ func (c *Client) EnsureTopics(ctx context.Context, topics ...string) error {
 	if err != nil {
 		return fmt.Errorf("create topics %v: %w", topics, err)
 	}
-	return topicErrors("create", resp.Errors, kafkago.TopicAlreadyExists)
+	if err := topicErrors("create", resp.Errors, kafkago.TopicAlreadyExists); err != nil {
+		return err
+	}
+	d := &kafkago.Dialer{ClientID: c.ClientID, Timeout: time.Second}
+	for {
+		err := leadersServe(ctx, d, c.Brokers, topics)
+		if err == nil {
+			return nil
+		}
+		t := time.NewTimer(100 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("wait for partition leaders of %v: %w", topics, err)
+		case <-t.C:
+		}
+	}
+}
+
+// leadersServe reports nil once the first broker that answers names a leader for every
+// partition of topics and each leader serves its partition.
+func leadersServe(ctx context.Context, d *kafkago.Dialer, brokers, topics []string) error {
+	var errs []error
+	for _, addr := range brokers {
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+		parts, err := conn.ReadPartitions(topics...)
+		conn.Close()
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, p := range parts {
+			if p.Leader.Host == "" || p.Leader.ID < 0 {
+				return fmt.Errorf("topic %s partition %d has no leader yet", p.Topic, p.ID)
+			}
+		}
+		// The metadata names a new partition's leader a moment before that broker serves it
+		// (a produce then answers Not Leader For Partition: seen on the first publish after
+		// start). The leader answering an offset request for it is the broker serving it.
+		for _, p := range parts {
+			if err := leaderServes(ctx, d, p); err != nil {
+				return fmt.Errorf("topic %s partition %d: leader not serving yet: %w", p.Topic, p.ID, err)
+			}
+		}
+		return nil
+	}
+	return errors.Join(errs...)
+}
+
+func leaderServes(ctx context.Context, d *kafkago.Dialer, p kafkago.Partition) error {
+	conn, err := d.DialPartition(ctx, "tcp", "", p)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+	_, err = conn.ReadLastOffset()
+	return err
 }
 
 // DeleteTopics deletes the topics; one that does not exist is not an error, so cleaning up
