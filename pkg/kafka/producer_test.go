@@ -16,13 +16,25 @@ import (
 	"recsys/pkg/testutil"
 )
 
-func producerClient(t *testing.T, partitions int) *kafka.Client {
+// producerTopics creates a fresh topic per prefix with that many partitions and returns the
+// client and a context bounding the test to a minute.
+func producerTopics(t *testing.T, partitions int, prefixes ...string) (*kafka.Client, context.Context, []string) {
 	t.Helper()
 	cfg := kafka.DefaultConfig()
 	cfg.Brokers = testutil.KafkaBrokers(t)
 	cfg.Partitions = partitions
 	cfg.RequestTimeout = 10 * time.Second
-	return kafka.New(cfg)
+	c := kafka.New(cfg)
+	topics := make([]string, len(prefixes))
+	for i, p := range prefixes {
+		topics[i] = testutil.KafkaTopic(t, p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	if err := c.EnsureTopics(ctx, topics...); err != nil {
+		t.Fatal(err)
+	}
+	return c, ctx, topics
 }
 
 // partitionEnd is a partition's next offset: its message count, on a fresh topic.
@@ -68,13 +80,7 @@ func readPartition(t *testing.T, brokers []string, topic string, partition, n in
 // its key, in call order within the partition, key, value and headers intact.
 func TestProducerWritesEveryPartitionInOrder(t *testing.T) {
 	const partitions = 3
-	c := producerClient(t, partitions)
-	topics := []string{testutil.KafkaTopic(t, "t.produce.a."), testutil.KafkaTopic(t, "t.produce.b.")}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := c.EnsureTopics(ctx, topics...); err != nil {
-		t.Fatal(err)
-	}
+	c, ctx, topics := producerTopics(t, partitions, "t.produce.a.", "t.produce.b.")
 	// ~600 B per message and 4 kB batches: a partition's ~65 messages need ~10 batches.
 	p := c.NewProducer(kafka.ProducerOptions{MaxBytes: 4096})
 	defer p.Close()
@@ -112,13 +118,8 @@ func TestProducerWritesEveryPartitionInOrder(t *testing.T) {
 // The producer puts every key in the partition kafka-go's Writer put it in, so switching from
 // the Writer keeps each user's events in one partition.
 func TestProducerPartitionsLikeTheWriter(t *testing.T) {
-	c := producerClient(t, 6)
-	topic := testutil.KafkaTopic(t, "t.produce.parity.")
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := c.EnsureTopics(ctx, topic); err != nil {
-		t.Fatal(err)
-	}
+	c, ctx, topics := producerTopics(t, 6, "t.produce.parity.")
+	topic := topics[0]
 	w := &kafkago.Writer{Addr: kafkago.TCP(c.Brokers...), Topic: topic, Balancer: &kafkago.Hash{}, RequiredAcks: kafkago.RequireAll,
 		BatchTimeout: time.Millisecond, MaxAttempts: 20}
 	defer w.Close()
@@ -161,13 +162,8 @@ func TestProducerPartitionsLikeTheWriter(t *testing.T) {
 
 // A message of a missing topic fails alone; the rest is acked.
 func TestProducerMissingTopicFailsOnlyItsMessages(t *testing.T) {
-	c := producerClient(t, 2)
-	topic := testutil.KafkaTopic(t, "t.produce.exists.")
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := c.EnsureTopics(ctx, topic); err != nil {
-		t.Fatal(err)
-	}
+	c, ctx, topics := producerTopics(t, 2, "t.produce.exists.")
+	topic := topics[0]
 	p := c.NewProducer(kafka.ProducerOptions{})
 	defer p.Close()
 	missing := topic + ".missing"
