@@ -8,7 +8,7 @@ import (
 	"recsys/pkg/testutil"
 )
 
-// TestClaimPlanIsCachedIndexProbes checks the plans byKeySQL gives takeSQL and the statements
+// TestClaimPlanIsCachedIndexProbes checks the plans byKeySQL gives the claim's statements and those
 // that record a batch on an empty, never analysed outbox (the case a cached generic plan would
 // be stuck with while a backlog grows): generic plans (parameters, not values), the per-unit
 // checks materialized once, and the rows reached through the primary key, never a sequential
@@ -21,7 +21,7 @@ func TestClaimPlanIsCachedIndexProbes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Release()
-	for name, sql := range map[string]string{"take_plan": takeSQL, "delete_plan": deletePublishedSQL, "mark_plan": markPublishedSQL} {
+	for name, sql := range map[string]string{"scan_plan": scanLockSQL, "take_plan": takeSQL, "delete_plan": deletePublishedSQL, "mark_plan": markPublishedSQL} {
 		if _, err := conn.Exec(ctx, "PREPARE "+name+" AS "+sql); err != nil {
 			t.Fatalf("prepare %s: %v", name, err)
 		}
@@ -51,7 +51,16 @@ func TestClaimPlanIsCachedIndexProbes(t *testing.T) {
 	if _, err := conn.Exec(ctx, byKeySQL); err != nil {
 		t.Fatalf("claim settings: %v", err)
 	}
-	plan := explain(`take_plan('{u}', '{t}', '{1}', '{2}', '{2}', '{1,2}', '{1,1}', 'owner', 30000)`)
+	// The lock step reaches the candidates by primary key: a full scan of a partial index
+	// filtered by id walks every dead entry until vacuum.
+	plan := explain(`scan_plan(0, 1024, 256, 100000)`)
+	if !strings.Contains(plan, "event_outbox_pkey") || !strings.Contains(plan, "Index Cond: (o.id = ANY") {
+		t.Errorf("claim scan does not lock its candidates by primary key:\n%s", plan)
+	}
+	if strings.Contains(plan, "Seq Scan on public.event_outbox") || strings.Contains(plan, "Seq Scan on event_outbox") {
+		t.Errorf("claim scan reads the outbox sequentially:\n%s", plan)
+	}
+	plan = explain(`take_plan('{u}', '{t}', '{1}', '{2}', '{2}', '{1,2}', '{1,1}', 'owner', 30000)`)
 	for _, want := range []string{"unnest($1)", "CTE ok", "event_outbox_pkey"} {
 		if !strings.Contains(plan, want) {
 			t.Errorf("claim plan lacks %q (want a generic plan, the checks materialized, rows by primary key):\n%s", want, plan)
