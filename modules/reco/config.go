@@ -33,6 +33,9 @@ type Config struct {
 	// AutologShutdownTimeout bounds the drain of the queue at shutdown.
 	AutologShutdownTimeout time.Duration
 	// AutologCommitWorkers is the number of transactions the autolog writer runs at once.
+	// Two, with AutologGroupCommitMaxWait, give fewer and larger transactions: the whole
+	// pipeline behind them (outbox rows, relay claims, consumer transactions) is paid per
+	// transaction (docs/scaling.md, session 14).
 	AutologCommitWorkers int
 	// AutologCommitMaxEvents caps the events merged into one transaction.
 	AutologCommitMaxEvents int
@@ -40,7 +43,9 @@ type Config struct {
 	AutologOutboxMaxAttempts int
 	// AutologWriteTimeout bounds an inline (synchronous) persist before the event is buffered.
 	AutologWriteTimeout time.Duration
-	// AutologGroupCommitMaxWait is the group-commit gather time of the autolog's writer.
+	// AutologGroupCommitMaxWait is the group-commit gather time of the autolog's writer, in
+	// async mode only: with AutologAsync false every /reco waits for its commit, so nothing
+	// lingers then.
 	AutologGroupCommitMaxWait time.Duration
 	// AutologRetryMax caps the back-off between retries of a batch while PostgreSQL is down.
 	AutologRetryMax time.Duration
@@ -93,11 +98,11 @@ func NewConfig() *Config {
 		AutologQueueSize:          1000,
 		AutologBackpressure:       BackpressureSync,
 		AutologShutdownTimeout:    5 * time.Second,
-		AutologCommitWorkers:      4,
+		AutologCommitWorkers:      2,
 		AutologCommitMaxEvents:    2000,
 		AutologOutboxMaxAttempts:  25,
 		AutologWriteTimeout:       time.Second,
-		AutologGroupCommitMaxWait: 0,
+		AutologGroupCommitMaxWait: 5 * time.Millisecond,
 		AutologRetryMax:           time.Second,
 		MetricsWindow:             time.Hour,
 		MetricsMaxSamples:         50_000,
@@ -130,7 +135,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.AutologCommitMaxEvents, "reco.autolog-commit-max-events", c.AutologCommitMaxEvents, "most impressions merged into one autolog transaction")
 	fs.IntVar(&c.AutologOutboxMaxAttempts, "reco.autolog-outbox-max-attempts", c.AutologOutboxMaxAttempts, "max_attempts stored on the event_outbox rows of auto-logged impressions")
 	fs.DurationVar(&c.AutologWriteTimeout, "reco.autolog-write-timeout", c.AutologWriteTimeout, "longest /reco waits for an inline impression commit before buffering it in the queue")
-	fs.DurationVar(&c.AutologGroupCommitMaxWait, "reco.autolog-group-commit-max-wait", c.AutologGroupCommitMaxWait, "longest the autolog writer waits to merge concurrent impressions into one transaction (0: merge only what is queued)")
+	fs.DurationVar(&c.AutologGroupCommitMaxWait, "reco.autolog-group-commit-max-wait", c.AutologGroupCommitMaxWait, "longest the autolog writer waits to merge concurrent impressions into one transaction, in async mode (0: merge only what is queued; with --reco.autolog-async=false /reco waits for its commit and nothing waits)")
 	fs.DurationVar(&c.AutologRetryMax, "reco.autolog-retry-max", c.AutologRetryMax, "longest pause between retries of queued impressions while PostgreSQL is unavailable")
 	fs.DurationVar(&c.MetricsWindow, "reco.metrics-window", c.MetricsWindow, "time window of /metrics/reco (1s to 24h)")
 	fs.IntVar(&c.MetricsMaxSamples, "reco.metrics-max-samples", c.MetricsMaxSamples, "/metrics/reco keeps only the newest whole seconds holding at most this many requests")

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"recsys/pkg/flagenv"
+	"recsys/pkg/infra"
 )
 
 func TestConfigLegacyEnvNamesAndValidation(t *testing.T) {
@@ -91,5 +92,20 @@ func TestContractMetricsAreExposed(t *testing.T) {
 	}
 	if strings.Contains(expo, "vmrange") {
 		t.Error("histograms must be Prometheus histograms (le buckets), not vmrange")
+	}
+}
+
+// The autolog writer lingers to merge impressions only when /reco does not wait for them.
+func TestAutologWriterLingersOnlyInAsyncMode(t *testing.T) {
+	for _, c := range []struct {
+		async bool
+		want  time.Duration
+	}{{true, 5 * time.Millisecond}, {false, 0}} {
+		cfg := NewConfig()
+		cfg.AutologAsync = c.async
+		w := autologWriterConfig(cfg, infra.Deps{Config: infra.DefaultConfig()})
+		if w.MaxWait != c.want || w.Workers != cfg.AutologCommitWorkers || w.Name != "reco" {
+			t.Errorf("async=%v: writer max wait %v, workers %d, name %q; want %v, %d, reco", c.async, w.MaxWait, w.Workers, w.Name, c.want, cfg.AutologCommitWorkers)
+		}
 	}
 }

@@ -141,12 +141,25 @@ func New(cfg *Config, d infra.Deps) (module.Module, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.writer = ingest.New(d.PG, ingest.Config{
+	p.writer = ingest.New(d.PG, autologWriterConfig(cfg, d))
+	return newReco(cfg, d.Log, d.Metrics, p), nil
+}
+
+// autologWriterConfig configures the group-commit writer of auto-logged impressions (the
+// module's own, beside the API's). It gathers impressions for a few milliseconds in async
+// mode only: in sync mode every /reco waits for its commit ("autolog adds ≤ 1 ms to p50"),
+// so nothing lingers.
+func autologWriterConfig(cfg *Config, d infra.Deps) ingest.Config {
+	maxWait := cfg.AutologGroupCommitMaxWait
+	if !cfg.AutologAsync {
+		maxWait = 0
+	}
+	return ingest.Config{
 		TopicImpressions: d.Config.Kafka.TopicImpressions,
 		TopicWatches:     d.Config.Kafka.TopicWatches,
 		MaxAttempts:      cfg.AutologOutboxMaxAttempts,
 		OutboxLanes:      d.Config.OutboxLanes,
-		MaxWait:          cfg.AutologGroupCommitMaxWait,
+		MaxWait:          maxWait,
 		MaxEvents:        cfg.AutologCommitMaxEvents,
 		Workers:          cfg.AutologCommitWorkers,
 		QueueSize:        cfg.AutologQueueSize + 1024,
@@ -154,8 +167,7 @@ func New(cfg *Config, d infra.Deps) (module.Module, error) {
 		Name:             "reco",
 		Metrics:          d.Metrics,
 		Log:              d.Log,
-	})
-	return newReco(cfg, d.Log, d.Metrics, p), nil
+	}
 }
 
 func newReco(cfg *Config, log *slog.Logger, set *metrics.Set, p parts) *Reco {
