@@ -426,12 +426,16 @@ func take(ctx context.Context, conn *pgx.Conn, runs []*unitRun, stats *windowSta
 	return out, token, nil
 }
 
+// renewSQL, like the statements that record a batch, finds its rows by id and fencing token
+// alone (see leaseHeld).
+const renewSQL = `
+UPDATE event_outbox SET lease_expires_at = now() + $3 * interval '1 millisecond'
+WHERE id = ANY($1) AND lease_token = $2`
+
 // Renew extends the lease of the claim's rows that still carry its token and returns how
 // many did; fewer than len(c.Rows) means part of the lease was lost (reaped after expiry).
 func (s *Store) Renew(ctx context.Context, c *Claim) (int, error) {
-	tag, err := s.execByKey(ctx, `
-UPDATE event_outbox SET lease_expires_at = now() + $3 * interval '1 millisecond'
-WHERE id = ANY($1) AND lease_token = $2 AND status = 'publishing'`, c.IDs(), c.Token, c.Lease.Milliseconds())
+	tag, err := s.execByKey(ctx, renewSQL, c.IDs(), c.Token, c.Lease.Milliseconds())
 	if err != nil {
 		return 0, fmt.Errorf("renew outbox lease: %w", err)
 	}

@@ -21,7 +21,8 @@ func TestClaimPlanIsCachedIndexProbes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Release()
-	for name, sql := range map[string]string{"scan_plan": scanLockSQL, "take_plan": takeSQL, "delete_plan": deletePublishedSQL, "mark_plan": markPublishedSQL} {
+	for name, sql := range map[string]string{"scan_plan": scanLockSQL, "take_plan": takeSQL, "delete_plan": deletePublishedSQL,
+		"mark_plan": markPublishedSQL, "renew_plan": renewSQL, "mixed_plan": completeMixedSQL} {
 		if _, err := conn.Exec(ctx, "PREPARE "+name+" AS "+sql); err != nil {
 			t.Fatalf("prepare %s: %v", name, err)
 		}
@@ -69,9 +70,12 @@ func TestClaimPlanIsCachedIndexProbes(t *testing.T) {
 	if strings.Contains(plan, "Seq Scan on event_outbox") {
 		t.Errorf("claim plan scans the outbox sequentially:\n%s", plan)
 	}
-	// Recording a batch reaches its rows by id too.
-	for _, execute := range []string{`delete_plan('{1,2}', 7)`, `mark_plan('{1,2}', 7)`} {
-		if plan := explain(execute); strings.Contains(plan, "Seq Scan on event_outbox") || !strings.Contains(plan, "$1") {
+	// Recording or renewing a batch reaches its rows by primary key too, not by a full scan
+	// of a partial index filtered by id (see leaseHeld).
+	for _, execute := range []string{`delete_plan('{1,2}', 7)`, `mark_plan('{1,2}', 7)`, `renew_plan('{1,2}', 7, 30000)`,
+		`mixed_plan('{1,2}', '{published,pending}', '{0,100}', '{"",""}', '{0,0}', 7)`} {
+		plan := explain(execute)
+		if !strings.Contains(plan, "event_outbox_pkey") || !strings.Contains(plan, "$1") || strings.Contains(plan, "Seq Scan on") {
 			t.Errorf("%s: want a generic plan by primary key:\n%s", execute, plan)
 		}
 	}
