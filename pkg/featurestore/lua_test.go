@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -214,6 +215,30 @@ func TestPopularListsFollowItemHashes(t *testing.T) {
 			// A watch of a raises its short-term popularity above b's: a is back in pop:s.
 			write(itemRow{id: "a", imp: 7, wat: 1, fs: 10, ps: 3.5, pl: 5.5})
 			want("raised", map[string]float64{"a": 3.5, "c": 4}, map[string]float64{"a": 5.5, "c": 6})
+			// A batch's write carries only the fields it changed (itemRow.only); the others
+			// keep what the hash holds, and the lists follow the fields that came.
+			hash := func(id string) string {
+				t.Helper()
+				vals, err := rd.Do(ctx, rd.B().Hmget().Key(keys.Item(id)).Field(itemFields[:]...).Build()).ToArray()
+				if err != nil {
+					t.Fatal(err)
+				}
+				out := make([]string, len(vals))
+				for i, v := range vals {
+					out[i], _ = v.ToString()
+				}
+				return strings.Join(out, " ")
+			}
+			write(itemRow{id: "a", imp: 9, only: 1 << 0}) // zeros elsewhere must not be sent
+			if got, want := hash("a"), "9 1 0 0 0 0 10 3.5 5.5"; got != want {
+				t.Errorf("partial impressions of a: hash %q, want %q", got, want)
+			}
+			want("partial impressions", map[string]float64{"a": 3.5, "c": 4}, map[string]float64{"a": 5.5, "c": 6})
+			write(itemRow{id: "b", wat: 2, ps: 5, pl: 4.5, only: 1<<1 | 1<<7 | 1<<8})
+			if got, want := hash("b"), "9 2 0 0 0 0 10 5 4.5"; got != want {
+				t.Errorf("partial watch of b: hash %q, want %q", got, want)
+			}
+			want("partial watch", map[string]float64{"b": 5, "c": 4}, map[string]float64{"a": 5.5, "c": 6})
 		})
 	}
 }

@@ -81,3 +81,37 @@ func TestPlanBoundsRoundTrips(t *testing.T) {
 		})
 	}
 }
+
+// A batch's item write carries the fields it changed; a row read whole (only 0) carries all
+// nine. First seen never goes alone: a row whose first seen moved is written whole.
+func TestPlanSendsChangedItemFields(t *testing.T) {
+	s := New(nil, nil, "p:", features.DefaultConfig(), nil)
+	cases := []struct {
+		name string
+		acc  itemAcc
+		row  itemRow
+		want []string
+	}{
+		{"impressions", itemAcc{imp: 3}, itemRow{id: "a", imp: 40, fs: 7}, []string{"a", "0", "1", "imp", "40"}},
+		{"watch", itemAcc{imp: 1, wat: 1, sp: 0.5, pn: 1, wt: 12, ps: 1, pl: 1, fs: 9},
+			itemRow{id: "b", imp: 5, wat: 2, sp: 1.5, pn: 2, wt: 30, fs: 7, ps: 2, pl: 3},
+			[]string{"b", "0", "7", "imp", "5", "wat", "2", "sp", "1.5", "pn", "2", "wt", "30", "ps", "2", "pl", "3"}},
+		{"whole", itemAcc{}, itemRow{id: "c", imp: 1, fs: 7, fresh: true},
+			[]string{"c", "1", "9", "imp", "1", "wat", "0", "sp", "0", "pn", "0", "end", "0", "wt", "0", "fs", "7", "ps", "0", "pl", "0"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if !c.row.fresh {
+				c.row.only = c.acc.changed()
+			}
+			trips := s.plan("1", &redisWrite{items: []itemRow{c.row}})
+			if len(trips) != 1 || len(trips[0]) != 1 {
+				t.Fatalf("%d trips", len(trips))
+			}
+			got := trips[0][0].Args[9:] // after the header
+			if strings.Join(got, " ") != strings.Join(c.want, " ") {
+				t.Errorf("item args %q, want %q", got, c.want)
+			}
+		})
+	}
+}

@@ -29,8 +29,15 @@ import (
 // read-through, which records nothing), then
 //
 //	user:      version, h, w, i
-//	item:      id, imp, wat, sp, pn, end, wt, fs, ps, pl, fresh(0|1)
+//	item:      id, fresh(0|1), #fields, pairs (field, value)... of imp, wat, sp, pn, end, wt,
+//	           fs, ps, pl: all of them, or the ones a batch changed (never fs alone: a row
+//	           whose first seen moved goes whole, so a hash never has fs without the rest)
 //	neighbour: #add, #rem, add pairs (score, member)..., rem members...
+//
+// An item's fields merge independently, so a write may carry any subset. A batch of
+// impressions moves one counter per item; sending only that cut the script's per-item work
+// (an HMGET of nine fields and nine comparisons per item were most of Redis's CPU with
+// autolog, docs/scaling.md session 14). Readers treat an item hash without fs as unknown.
 //
 // An item joins the popularity lists only when the write raises its decayed popularity:
 // values only grow, so an unchanged one (an impression) is already where it belongs, in the
@@ -61,26 +68,31 @@ for _ = 1, nu do
   if uttl > 0 then redis.call('PEXPIRE', key, uttl) else redis.call('PERSIST', key) end
   a = a + 4
 end
-local names = {'imp', 'wat', 'sp', 'pn', 'end', 'wt', 'fs', 'ps', 'pl'}
 for _ = 1, ni do
   local key = KEYS[k]; k = k + 1
-  local id = ARGV[a]
-  local cur = redis.call('HMGET', key, 'imp', 'wat', 'sp', 'pn', 'end', 'wt', 'fs', 'ps', 'pl')
+  local id, fresh, nf = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  a = a + 3
+  local fields = {}
+  for j = 1, nf do fields[j] = ARGV[a + 2 * j - 2] end
+  local cur = redis.call('HMGET', key, unpack(fields))
   local set = {}
-  local moved = {}
-  for f = 1, 9 do
-    local nv = ARGV[a + f]
+  local fs
+  for j = 1, nf do
+    local f, nv = fields[j], ARGV[a + 2 * j - 1]
     local better
-    if not cur[f] then better = true
-    elseif f == 7 then better = tonumber(nv) < tonumber(cur[f])
-    else better = tonumber(nv) > tonumber(cur[f]) end
-    if better then set[#set + 1] = names[f]; set[#set + 1] = nv; moved[f] = true end
+    if not cur[j] then better = true
+    elseif f == 'fs' then better = tonumber(nv) < tonumber(cur[j])
+    else better = tonumber(nv) > tonumber(cur[j]) end
+    if f == 'fs' then fs = nv end
+    if better then
+      set[#set + 1] = f; set[#set + 1] = nv
+      if f == 'ps' and tonumber(nv) > 0 then redis.call('ZADD', KEYS[2], 'GT', nv, id) end
+      if f == 'pl' and tonumber(nv) > 0 then redis.call('ZADD', KEYS[3], 'GT', nv, id) end
+    end
   end
-  if moved[8] and tonumber(ARGV[a + 8]) > 0 then redis.call('ZADD', KEYS[2], 'GT', ARGV[a + 8], id) end
-  if moved[9] and tonumber(ARGV[a + 9]) > 0 then redis.call('ZADD', KEYS[3], 'GT', ARGV[a + 9], id) end
-  if ARGV[a + 10] == '1' then redis.call('ZADD', KEYS[4], 'LT', ARGV[a + 7], id) end
+  if fresh == '1' and fs then redis.call('ZADD', KEYS[4], 'LT', fs, id) end
   if #set > 0 then redis.call('HSET', key, unpack(set)) end
-  a = a + 11
+  a = a + 2 * nf
 end
 if ni > 0 then
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(topN + 1))
@@ -196,7 +208,16 @@ func (s *Store) plan(epoch string, w *redisWrite) [][]rueidis.LuaExec {
 		if it.fresh {
 			fresh = "1"
 		}
-		add(s.keys.Item(it.id), it.id, fi(it.imp), fi(it.wat), ff(it.sp), fi(it.pn), fi(it.ended), ff(it.wt), fi(it.fs), ff(it.ps), ff(it.pl), fresh)
+		vals := [len(itemFields)]string{fi(it.imp), fi(it.wat), ff(it.sp), fi(it.pn), fi(it.ended), ff(it.wt), fi(it.fs), ff(it.ps), ff(it.pl)}
+		a := make([]string, 0, 3+2*len(vals))
+		a = append(a, it.id, fresh, "")
+		for f, v := range vals {
+			if it.only == 0 || it.only&(1<<f) != 0 {
+				a = append(a, itemFields[f], v)
+			}
+		}
+		a[2] = strconv.Itoa((len(a) - 3) / 2)
+		add(s.keys.Item(it.id), a...)
 		ni++
 		if weight++; full() {
 			flush()
