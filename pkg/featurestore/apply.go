@@ -85,6 +85,30 @@ type itemRow struct {
 // itemFields are the item hash's statistics in the write script's order.
 var itemFields = [...]string{"imp", "wat", "sp", "pn", "end", "wt", "fs", "ps", "pl"}
 
+// field formats statistic f (itemFields[f]) for the Redis copy.
+func (it *itemRow) field(f int) string {
+	switch f {
+	case 0:
+		return fi(it.imp)
+	case 1:
+		return fi(it.wat)
+	case 2:
+		return ff(it.sp)
+	case 3:
+		return fi(it.pn)
+	case 4:
+		return fi(it.ended)
+	case 5:
+		return ff(it.wt)
+	case 6:
+		return fi(it.fs)
+	case 7:
+		return ff(it.ps)
+	default:
+		return ff(it.pl)
+	}
+}
+
 // changed is the mask of statistics the batch's sums move (first seen excluded: a row whose
 // first seen moved is written whole).
 func (it *itemAcc) changed() uint16 {

@@ -208,12 +208,11 @@ func (s *Store) plan(epoch string, w *redisWrite) [][]rueidis.LuaExec {
 		if it.fresh {
 			fresh = "1"
 		}
-		vals := [len(itemFields)]string{fi(it.imp), fi(it.wat), ff(it.sp), fi(it.pn), fi(it.ended), ff(it.wt), fi(it.fs), ff(it.ps), ff(it.pl)}
-		a := make([]string, 0, 3+2*len(vals))
+		a := make([]string, 0, 3+2*len(itemFields))
 		a = append(a, it.id, fresh, "")
-		for f, v := range vals {
+		for f, name := range itemFields {
 			if it.only == 0 || it.only&(1<<f) != 0 {
-				a = append(a, itemFields[f], v)
+				a = append(a, name, it.field(f))
 			}
 		}
 		a[2] = strconv.Itoa((len(a) - 3) / 2)
