@@ -87,26 +87,12 @@ var itemFields = [...]string{"imp", "wat", "sp", "pn", "end", "wt", "fs", "ps", 
 
 // field formats statistic f (itemFields[f]) for the Redis copy.
 func (it *itemRow) field(f int) string {
-	switch f {
-	case 0:
-		return fi(it.imp)
-	case 1:
-		return fi(it.wat)
-	case 2:
-		return ff(it.sp)
-	case 3:
-		return fi(it.pn)
-	case 4:
-		return fi(it.ended)
-	case 5:
-		return ff(it.wt)
-	case 6:
-		return fi(it.fs)
-	case 7:
-		return ff(it.ps)
-	default:
-		return ff(it.pl)
+	ints := [...]*int64{&it.imp, &it.wat, nil, &it.pn, &it.ended, nil, &it.fs, nil, nil}
+	if p := ints[f]; p != nil {
+		return fi(*p)
 	}
+	floats := [...]*float64{2: &it.sp, 5: &it.wt, 7: &it.ps, 8: &it.pl}
+	return ff(*floats[f])
 }
 
 // changed is the mask of statistics the batch's sums move (first seen excluded: a row whose
