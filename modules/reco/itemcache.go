@@ -538,10 +538,7 @@ type redisItems struct {
 	keys featurestore.Keys
 }
 
-var (
-	metaFields  = []string{"lm:s", "lm:l", "lm:c", "hl:s", "hl:l", "hl:c"}
-	statsFields = []string{"imp", "wat", "sp", "pn", "end", "wt", "fs", "ps", "pl"}
-)
+var metaFields = []string{"lm:s", "lm:l", "lm:c", "hl:s", "hl:l", "hl:c"}
 
 type storeDecays struct{ short, long, covis features.Decay }
 
@@ -620,7 +617,7 @@ func (r *redisItems) Stats(ctx context.Context, items []string, nowMs int64, out
 	cmds := make(rueidis.Commands, 0, len(items)+1)
 	cmds = append(cmds, r.metaCmd())
 	for _, id := range items {
-		cmds = append(cmds, r.rd.B().Hmget().Key(r.keys.Item(id)).Field(statsFields...).Build())
+		cmds = append(cmds, r.rd.B().Hmget().Key(r.keys.Item(id)).Field(featurestore.ItemStatFields[:]...).Build())
 	}
 	res := r.rd.DoMulti(ctx, cmds...)
 	d, err := decodeMeta(res[0])

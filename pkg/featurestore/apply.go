@@ -77,15 +77,16 @@ type itemRow struct {
 	fs                  int64
 	nb                  int32
 	fresh               bool // first seen set by this write: (re)insert into the fresh list
-	// only, when non-zero, names the statistics a batch changed (bit i: itemFields[i]); the
+	// only, when non-zero, names the statistics a batch changed (bit i: ItemStatFields[i]); the
 	// Redis write sends just those. Zero sends every field (new items, rows read whole).
 	only uint16
 }
 
-// itemFields are the item hash's statistics in the write script's order.
-var itemFields = [...]string{"imp", "wat", "sp", "pn", "end", "wt", "fs", "ps", "pl"}
+// ItemStatFields are the statistics of an item's Redis hash, in the order the write script
+// and the readers use.
+var ItemStatFields = [...]string{"imp", "wat", "sp", "pn", "end", "wt", "fs", "ps", "pl"}
 
-// field formats statistic f (itemFields[f]) for the Redis copy.
+// field formats statistic f (ItemStatFields[f]) for the Redis copy.
 func (it *itemRow) field(f int) string {
 	ints := [...]*int64{&it.imp, &it.wat, nil, &it.pn, &it.ended, nil, &it.fs, nil, nil}
 	if p := ints[f]; p != nil {

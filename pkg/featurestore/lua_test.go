@@ -219,7 +219,7 @@ func TestPopularListsFollowItemHashes(t *testing.T) {
 			// keep what the hash holds, and the lists follow the fields that came.
 			hash := func(id string) string {
 				t.Helper()
-				vals, err := rd.Do(ctx, rd.B().Hmget().Key(keys.Item(id)).Field(itemFields[:]...).Build()).ToArray()
+				vals, err := rd.Do(ctx, rd.B().Hmget().Key(keys.Item(id)).Field(ItemStatFields[:]...).Build()).ToArray()
 				if err != nil {
 					t.Fatal(err)
 				}

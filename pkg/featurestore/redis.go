@@ -208,9 +208,9 @@ func (s *Store) plan(epoch string, w *redisWrite) [][]rueidis.LuaExec {
 		if it.fresh {
 			fresh = "1"
 		}
-		a := make([]string, 0, 3+2*len(itemFields))
+		a := make([]string, 0, 3+2*len(ItemStatFields))
 		a = append(a, it.id, fresh, "")
-		for f, name := range itemFields {
+		for f, name := range ItemStatFields {
 			if it.only == 0 || it.only&(1<<f) != 0 {
 				a = append(a, name, it.field(f))
 			}
