@@ -16,6 +16,7 @@ import (
 	"recsys/modules/relay"
 	"recsys/pkg/events"
 	"recsys/pkg/gctune"
+	"recsys/pkg/infra"
 	"recsys/pkg/ingest"
 	"recsys/pkg/outbox"
 	"recsys/pkg/testutil"
@@ -24,14 +25,15 @@ import (
 // BenchmarkRelayThroughput drains a pre-filled outbox to the local broker and reports
 // messages (events) per second (one drain per iteration, on a fresh database and topic).
 // "batch" fills what the ingest writer writes under load: per group commit one batch row
-// (payload_format 2) per lane, about 500 events of ~300 bytes per row over 32 lanes. "single"
+// (payload_format 2) per lane, about 500 events of ~300 bytes per row over the default lanes
+// (--ingest.outbox-lanes). "single"
 // fills one row per event (payload_format 1, the rows written before migration 0008), for
 // comparison.
 //
 //	go test -run '^$' -bench BenchmarkRelayThroughput -benchtime 1x -count 3 ./modules/relay/
 //
 // RELAY_BENCH_EVENTS (batch: 200000), RELAY_BENCH_ROWS (single: 100000), RELAY_BENCH_KEYS
-// (users, 10000), RELAY_BENCH_LANES (32), RELAY_BENCH_ROW_EVENTS (events per batch row, 500),
+// (users, 10000), RELAY_BENCH_LANES (the default lanes), RELAY_BENCH_ROW_EVENTS (events per batch row, 500),
 // RELAY_BENCH_BATCH (rows per claim, the default), RELAY_BENCH_BATCH_EVENTS (events per claim,
 // the default), RELAY_BENCH_WORKERS (the default), RELAY_BENCH_RELAYS (1) and
 // RELAY_BENCH_PAYLOAD (300 bytes) vary it.
@@ -40,7 +42,7 @@ func BenchmarkRelayThroughput(b *testing.B) {
 	b.Logf("gc %v", gctune.DefaultConfig().Apply())
 	keys, payload := testutil.EnvInt("RELAY_BENCH_KEYS", 10_000), testutil.EnvInt("RELAY_BENCH_PAYLOAD", 300)
 	b.Run("batch", func(b *testing.B) {
-		events, lanes := testutil.EnvInt("RELAY_BENCH_EVENTS", 200_000), testutil.EnvInt("RELAY_BENCH_LANES", 32)
+		events, lanes := testutil.EnvInt("RELAY_BENCH_EVENTS", 200_000), testutil.EnvInt("RELAY_BENCH_LANES", infra.DefaultConfig().OutboxLanes)
 		perRow := testutil.EnvInt("RELAY_BENCH_ROW_EVENTS", 500)
 		benchDrain(b, events, func(e *env) { e.insertBatches(events, keys, lanes, perRow*lanes, payload, 25) })
 	})
@@ -120,7 +122,7 @@ func benchDrain(b *testing.B, events int, fill func(*env)) {
 // with_warmup_p99_ms keeps them in.
 //
 // RELAY_BENCH_RATE (1000 events/s), RELAY_BENCH_SECONDS (10), RELAY_BENCH_WORKERS (the relay's
-// default), RELAY_BENCH_LANES (32), RELAY_BENCH_PARTITIONS (6 per topic) and, for the raw
+// default), RELAY_BENCH_LANES (the default lanes), RELAY_BENCH_PARTITIONS (6 per topic) and, for the raw
 // writer, RELAY_BENCH_FORMAT (2; 1 writes payload_format 1 rows keyed by user, as before
 // migration 0008) vary it; RELAY_BENCH_DUMP=file writes every event's latencies there.
 func BenchmarkRelayCommitToAck(b *testing.B) {
@@ -155,7 +157,7 @@ func BenchmarkRelayCommitToAck(b *testing.B) {
 		committed := make([]time.Time, n)
 		ids := make([]string, n)
 		prefix := testutil.Unique("lat")
-		format, lanes := testutil.EnvInt("RELAY_BENCH_FORMAT", 2), testutil.EnvInt("RELAY_BENCH_LANES", 32)
+		format, lanes := testutil.EnvInt("RELAY_BENCH_FORMAT", 2), testutil.EnvInt("RELAY_BENCH_LANES", infra.DefaultConfig().OutboxLanes)
 		write, closeWriter := benchWriter(b, e, lanes, format)
 		turn := make([]time.Time, n)
 		jobs := make(chan int, n)

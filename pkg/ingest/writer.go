@@ -86,7 +86,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults (topics from pkg/kafka's defaults).
 func DefaultConfig() Config {
-	return Config{TopicImpressions: "recsys.impressions.v1", TopicWatches: "recsys.watches.v1", MaxAttempts: 25, OutboxLanes: 32,
+	return Config{TopicImpressions: "recsys.impressions.v1", TopicWatches: "recsys.watches.v1", MaxAttempts: 25, OutboxLanes: 8,
 		MaxWait: time.Millisecond, MaxEvents: 2000, CopyMinEvents: 256, Workers: 2, QueueSize: 4096, Timeout: time.Second, Name: "ingest"}
 }
 
