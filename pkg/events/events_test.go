@@ -2,6 +2,7 @@ package events_test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -200,5 +201,54 @@ func TestDecodeReusesNoEventMemory(t *testing.T) {
 	}
 	if got, _ := json.Marshal(badErr.Errors); string(got) != string(wantErr) {
 		t.Errorf("errors of an earlier decode changed: %s, want %s", got, wantErr)
+	}
+}
+
+// Duplicate positions and item ids are found the same way in short lists (compared pairwise)
+// and long ones (through maps).
+func TestValidateImpressionDuplicates(t *testing.T) {
+	list := func(n int, edit func([]events.ImpressionItem)) *events.Impression {
+		ev := &events.Impression{Common: events.Common{EventID: "ev-00000001", UserID: "u", SessionID: "s", RequestID: "r", TsMs: 1_790_000_000_000},
+			EventType: "impression"}
+		for i := range n {
+			ev.Items = append(ev.Items, events.ImpressionItem{ItemID: fmt.Sprintf("i%d", i), Position: int64(i)})
+		}
+		if edit != nil {
+			edit(ev.Items)
+		}
+		return ev
+	}
+	samePos := func(it []events.ImpressionItem) { it[len(it)-1].Position = it[0].Position }
+	sameID := func(it []events.ImpressionItem) { it[0].ItemID = it[len(it)-1].ItemID }
+	for _, n := range []int{2, 20, 32, 33, 200} {
+		for _, tc := range []struct {
+			name string
+			edit func([]events.ImpressionItem)
+			want []string
+		}{
+			{"distinct", nil, nil},
+			{"same position", samePos, []string{"unique positions"}},
+			{"same item", sameID, []string{"duplicate item_id"}},
+			{"both", func(it []events.ImpressionItem) { samePos(it); sameID(it) }, []string{"unique positions", "duplicate item_id"}},
+		} {
+			t.Run(fmt.Sprintf("n=%d/%s", n, tc.name), func(t *testing.T) {
+				err := events.Validate(list(n, tc.edit))
+				if len(tc.want) == 0 {
+					if err != nil {
+						t.Fatalf("Validate = %v, want nil", err)
+					}
+					return
+				}
+				var verr *events.ValidationError
+				if !errors.As(err, &verr) || len(verr.Errors) != len(tc.want) {
+					t.Fatalf("Validate = %v, want %d errors %q", err, len(tc.want), tc.want)
+				}
+				for _, w := range tc.want {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q does not mention %q", err, w)
+					}
+				}
+			})
+		}
 	}
 }

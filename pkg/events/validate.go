@@ -266,11 +266,17 @@ func (c *checker) impression(e *Impression, maxItems int) {
 	}
 	c.push("items")
 	dupPos, dupItem := false, false
+	// Short lists (a /reco page) compare pairwise: at 20 items that is 190 comparisons and no
+	// allocation, a third of the time the two maps took (the autolog validates every served
+	// list twice, at ingest and in the consumer).
 	var positions map[int64]struct{}
 	var ids map[string]struct{}
-	if len(e.Items) > 1 {
-		positions = make(map[int64]struct{}, len(e.Items))
-		ids = make(map[string]struct{}, len(e.Items))
+	switch n := len(e.Items); {
+	case n > 1 && n <= maxPairwiseItems && c.skip == nil:
+		dupPos, dupItem = pairwiseDuplicates(e.Items)
+	case n > 1:
+		positions = make(map[int64]struct{}, n)
+		ids = make(map[string]struct{}, n)
 	}
 	for i := range e.Items {
 		it := &e.Items[i]
@@ -307,6 +313,22 @@ func (c *checker) impression(e *Impression, maxItems int) {
 	if dupItem {
 		c.valueError("items", nil, "impression items must not contain duplicate item_id")
 	}
+}
+
+// maxPairwiseItems is the longest list whose duplicates are found by comparing every pair.
+const maxPairwiseItems = 32
+
+// pairwiseDuplicates reports whether two items share a position, and whether two share an
+// item id. Only for lists whose every item decoded (checker.skip empty): the map path
+// leaves out the fields that did not.
+func pairwiseDuplicates(items []ImpressionItem) (dupPos, dupItem bool) {
+	for i := 1; i < len(items); i++ {
+		for j := range i {
+			dupPos = dupPos || items[i].Position == items[j].Position
+			dupItem = dupItem || items[i].ItemID == items[j].ItemID
+		}
+	}
+	return dupPos, dupItem
 }
 
 func (c *checker) watch(e *Watch) {
