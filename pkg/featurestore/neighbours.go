@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"math"
 	"slices"
 	"strings"
@@ -105,14 +106,20 @@ type nbList struct {
 // nbEntry is a neighbour and whether the batch incremented it (it goes to Redis).
 type nbEntry struct {
 	scoredRow
+	h       uint64 // idHash(id): add's scan compares it before the id
 	touched bool
 }
+
+// idSeed seeds idHash; any seed works, the hashes live only during one batch's merge.
+var idSeed = maphash.MakeSeed()
+
+func idHash(id string) uint64 { return maphash.String(idSeed, id) }
 
 // load sets the list from its stored blob.
 func (n *nbList) load(b []byte) error {
 	n.l = n.l[:0]
 	if err := walkNeighbours(b, func(id string, w float64) {
-		n.l = append(n.l, nbEntry{scoredRow: scoredRow{id: id, w: w}})
+		n.l = append(n.l, nbEntry{scoredRow: scoredRow{id: id, w: w}, h: idHash(id)})
 	}); err != nil {
 		return err
 	}
@@ -137,10 +144,14 @@ func (n *nbList) appendTo(dst []byte) []byte {
 
 // add increments neighbour id by v and keeps the list in reader order, as
 // features.MemoryStore does: strengths only grow, so the entry bubbles up.
+//
+// The scan compares hashes first: a watch-heavy batch merges every pair into lists of up to
+// twice the kept neighbours, and comparing ids of equal length was most of the merge.
 func (n *nbList) add(id string, v float64) {
+	h := idHash(id)
 	i := -1
 	for j := range n.l {
-		if n.l[j].id == id {
+		if n.l[j].h == h && n.l[j].id == id {
 			i = j
 			break
 		}
@@ -148,7 +159,7 @@ func (n *nbList) add(id string, v float64) {
 	if i >= 0 {
 		n.l[i].w += v
 	} else {
-		n.l = append(n.l, nbEntry{scoredRow: scoredRow{id: id, w: v}})
+		n.l = append(n.l, nbEntry{scoredRow: scoredRow{id: id, w: v}, h: h})
 		i = len(n.l) - 1
 	}
 	n.l[i].touched = true
