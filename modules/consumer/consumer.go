@@ -122,13 +122,15 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 	c.log.InfoContext(ctx, "feature consumer started", "group", c.cfg.GroupID, "topics", c.topics, "max_in_flight", lanes)
 	share := make([][]*fetched, lanes)
+	last := 0
 	for {
 		seq.reserve()
-		batch, ok := c.collect(ctx, in)
+		batch, ok := c.collect(ctx, in, last)
 		if !ok {
 			seq.unreserve()
 			break
 		}
+		last = len(batch)
 		c.dispatch(&group{batch: batch}, share, jobs, seq)
 	}
 	stopFetch()
@@ -287,15 +289,18 @@ func (c *Consumer) fetch(ctx context.Context, r *kafkago.Reader, out chan<- fetc
 
 // collect takes what is available until one lane's share reaches MaxBatch, lingering
 // briefly for more; while every lane is busy it keeps taking messages until one is free
-// (the batch grows instead of queueing small ones behind the lanes).
-func (c *Consumer) collect(ctx context.Context, in <-chan fetched) ([]fetched, bool) {
+// (the batch grows instead of queueing small ones behind the lanes). last is the length of
+// the batch before.
+func (c *Consumer) collect(ctx context.Context, in <-chan fetched, last int) ([]fetched, bool) {
 	select {
 	case <-c.laneFree: // stale: idleness is checked below
 	default:
 	}
-	// Sized for what is already waiting: a backlog is taken without regrowing (and copying)
-	// the slice, a trickle does not allocate a full batch.
-	b := make([]fetched, 0, min(len(in)+1, c.cfg.MaxBatch*c.cfg.MaxInFlight))
+	// Sized for what is already waiting or, when more, for the batch before (under steady
+	// load batches are alike, and most of a large one arrives while it is collected): a
+	// backlog is taken without regrowing (and copying) the slice, a trickle does not
+	// allocate a full batch.
+	b := make([]fetched, 0, min(max(len(in)+1, last), c.cfg.MaxBatch*c.cfg.MaxInFlight))
 	perLane := make([]int, c.cfg.MaxInFlight)
 	full := false
 	add := func(f fetched) {
