@@ -267,8 +267,8 @@ func (c *checker) impression(e *Impression, maxItems int) {
 	c.push("items")
 	dupPos, dupItem := false, false
 	// Short lists (a /reco page) compare pairwise: at 20 items that is 190 comparisons and no
-	// allocation, a third of the time the two maps took (the autolog validates every served
-	// list twice, at ingest and in the consumer).
+	// allocation, and validating the list took 0.95 instead of 1.5 µs with the two maps (the
+	// autolog validates every served list twice, at ingest and in the consumer).
 	var positions map[int64]struct{}
 	var ids map[string]struct{}
 	switch n := len(e.Items); {
