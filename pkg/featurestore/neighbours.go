@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"math"
 	"slices"
 	"strings"
@@ -106,20 +105,15 @@ type nbList struct {
 // nbEntry is a neighbour and whether the batch incremented it (it goes to Redis).
 type nbEntry struct {
 	scoredRow
-	h       uint64 // idHash(id): add's scan compares it before the id
+	h       uint64 // ranking.HashID(id): add's scan compares it before the id
 	touched bool
 }
-
-// idSeed seeds idHash; any seed works, the hashes live only during one batch's merge.
-var idSeed = maphash.MakeSeed()
-
-func idHash(id string) uint64 { return maphash.String(idSeed, id) }
 
 // load sets the list from its stored blob.
 func (n *nbList) load(b []byte) error {
 	n.l = n.l[:0]
 	if err := walkNeighbours(b, func(id string, w float64) {
-		n.l = append(n.l, nbEntry{scoredRow: scoredRow{id: id, w: w}, h: idHash(id)})
+		n.l = append(n.l, nbEntry{scoredRow: scoredRow{id: id, w: w}, h: ranking.HashID(id)})
 	}); err != nil {
 		return err
 	}
@@ -148,7 +142,7 @@ func (n *nbList) appendTo(dst []byte) []byte {
 // The scan compares hashes first: a watch-heavy batch merges every pair into lists of up to
 // twice the kept neighbours, and comparing ids of equal length was most of the merge.
 func (n *nbList) add(id string, v float64) {
-	h := idHash(id)
+	h := ranking.HashID(id)
 	i := -1
 	for j := range n.l {
 		if n.l[j].h == h && n.l[j].id == id {

@@ -59,14 +59,16 @@ func (t *idTable) alloc(size int) {
 // (PrepareList) is valid in every Rank call of the process.
 var idSeed = maphash.MakeSeed()
 
-func hashID(id string) uint64 { return maphash.String(idSeed, id) }
+// HashID is an item id's hash for this process: the id tables' and, outside ranking, any
+// scan that compares hashes before ids.
+func HashID(id string) uint64 { return maphash.String(idSeed, id) }
 
 // probe returns the slot of id: where it is (found) or where it would be inserted.
 func (t *idTable) probe(id string) (slot int, found bool) {
-	return t.probeHash(id, hashID(id))
+	return t.probeHash(id, HashID(id))
 }
 
-// probeHash is probe with the hash of id given (hashID(id)).
+// probeHash is probe with the hash of id given (HashID(id)).
 func (t *idTable) probeHash(id string, h uint64) (slot int, found bool) {
 	mask := len(t.slots) - 1
 	want := slotMeta(t.gen, h)
@@ -93,7 +95,7 @@ func (t *idTable) insertAt(slot int, id string, h uint64, v int32) {
 }
 
 // put sets id to v.
-func (t *idTable) put(id string, v int32) { t.putHash(id, hashID(id), v) }
+func (t *idTable) put(id string, v int32) { t.putHash(id, HashID(id), v) }
 
 // putHash is put with the hash of id given.
 func (t *idTable) putHash(id string, h uint64, v int32) {
@@ -105,7 +107,7 @@ func (t *idTable) putHash(id string, h uint64, v int32) {
 }
 
 // get returns the value of id.
-func (t *idTable) get(id string) (int32, bool) { return t.getHash(id, hashID(id)) }
+func (t *idTable) get(id string) (int32, bool) { return t.getHash(id, HashID(id)) }
 
 // getHash is get with the hash of id given.
 func (t *idTable) getHash(id string, h uint64) (int32, bool) {
@@ -120,7 +122,7 @@ func (t *idTable) grow() {
 	t.alloc(2 * len(old))
 	for i := range old {
 		if old[i].meta>>16 == gen {
-			h := hashID(old[i].key)
+			h := HashID(old[i].key)
 			slot, _ := t.probeHash(old[i].key, h)
 			t.slots[slot] = idSlot{key: old[i].key, val: old[i].val, meta: slotMeta(t.gen, h)}
 			t.n++

@@ -59,7 +59,7 @@ type Scored struct {
 	// A loader that sets it for an item sets it on every list entry of that item, or also has
 	// the item in Items or SharedItems, so the statistics never depend on which list was read.
 	Stats *ItemStats `json:"-"`
-	// hash is hashID(ItemID) when set by PrepareList (0: compute it).
+	// hash is HashID(ItemID) when set by PrepareList (0: compute it).
 	hash uint64
 }
 
@@ -68,7 +68,7 @@ type Scored struct {
 // many requests calls it once when it loads them; ItemID must not change afterwards.
 func PrepareList(l []Scored) {
 	for i := range l {
-		l[i].hash = hashID(l[i].ItemID)
+		l[i].hash = HashID(l[i].ItemID)
 	}
 }
 

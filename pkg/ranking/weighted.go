@@ -57,7 +57,7 @@ func (w *Weighted) Config() Config { return w.cfg }
 
 type cand struct {
 	id         string
-	h          uint64 // hashID(id)
+	h          uint64 // HashID(id)
 	covis, sim float64
 	personal   float64 // normalised covis and similar terms, weighted
 	score      float64
@@ -133,7 +133,7 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 	get := func(x *Scored) *cand {
 		h := x.hash
 		if h == 0 {
-			h = hashID(x.ItemID)
+			h = HashID(x.ItemID)
 		}
 		slot, found := idx.probeHash(x.ItemID, h)
 		if found {
@@ -152,7 +152,7 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 	excluded := func(x *Scored) bool {
 		h := x.hash
 		if h == 0 {
-			h = hashID(x.ItemID)
+			h = HashID(x.ItemID)
 		}
 		if i, ok := idx.getHash(x.ItemID, h); ok && i < 0 {
 			return true
@@ -194,7 +194,7 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 				var c *cand
 				hash := n.hash
 				if hash == 0 {
-					hash = hashID(n.ItemID)
+					hash = HashID(n.ItemID)
 				}
 				if slot, found := idx.probeHash(n.ItemID, hash); found {
 					i := idx.slots[slot].val
