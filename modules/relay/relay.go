@@ -792,7 +792,6 @@ func (r *Relay) reap(ctx context.Context) {
 			return
 		}
 	}
-	return
 }
 
 func (r *Relay) retain(ctx context.Context) {
@@ -812,7 +811,6 @@ func (r *Relay) retain(ctx context.Context) {
 			return
 		}
 	}
-	return
 }
 
 // listen turns NOTIFY recsys_outbox into wake-ups on a dedicated connection, reconnecting

@@ -43,9 +43,11 @@ func TestUserTTLAndReadThrough(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := st.WriteRedis(ctx, a); errors.Is(err, featurestore.ErrRedisBehind) {
+		err = st.WriteRedis(ctx, a)
+		if errors.Is(err, featurestore.ErrRedisBehind) {
 			err = st.Repopulate(ctx, false) // the first write finds no copy
-		} else if err != nil {
+		}
+		if err != nil {
 			t.Fatal(err)
 		}
 	}

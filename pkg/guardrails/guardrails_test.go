@@ -228,7 +228,7 @@ func TestFetchSavesInputs(t *testing.T) {
 		switch r.URL.Path {
 		case "/analytics/baseline":
 			if r.URL.Query().Get("days") != "2" {
-				http.Error(w, "bad days", 422)
+				http.Error(w, "bad days", http.StatusUnprocessableEntity)
 				return
 			}
 			_, _ = w.Write([]byte(`{"metrics": {"ctr_at_20_pct": 1}}`))

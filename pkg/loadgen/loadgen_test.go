@@ -94,7 +94,7 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if r.URL.Query().Get("user_id") == "" || r.URL.Query().Get("k") != "3" {
-			http.Error(w, "bad query", 422)
+			http.Error(w, "bad query", http.StatusUnprocessableEntity)
 			return
 		}
 		_, _ = w.Write([]byte(`{"request_id":"req-` + r.URL.Query().Get("session_id") + `","items":["a","b","c"],"model_version":"m","strategy":"s"}`))
@@ -114,7 +114,7 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			Events []map[string]any `json:"events"`
 		}
 		if err := json.NewDecoder(r.Body).Decode(&m); err != nil || len(m.Events) != 7 {
-			http.Error(w, "bad batch", 422)
+			http.Error(w, "bad batch", http.StatusUnprocessableEntity)
 			return
 		}
 		f.mu.Lock()

@@ -63,12 +63,8 @@ var idSeed = maphash.MakeSeed()
 // scan that compares hashes before ids.
 func HashID(id string) uint64 { return maphash.String(idSeed, id) }
 
-// probe returns the slot of id: where it is (found) or where it would be inserted.
-func (t *idTable) probe(id string) (slot int, found bool) {
-	return t.probeHash(id, HashID(id))
-}
-
-// probeHash is probe with the hash of id given (HashID(id)).
+// probeHash returns the slot of id, whose hash is h (HashID(id)): where it is (found) or
+// where it would be inserted.
 func (t *idTable) probeHash(id string, h uint64) (slot int, found bool) {
 	mask := len(t.slots) - 1
 	want := slotMeta(t.gen, h)
