@@ -13,6 +13,8 @@ export RECSYS_INTEGRATION=1
 
 echo "== go vet" >&2
 go vet ./...
+echo "== staticcheck" >&2
+go tool staticcheck ./...
 
 if [ -x scripts/stack-check.sh ]; then
   echo "== stack check (recsys all + smoke + load + guardrails)" >&2
