@@ -140,8 +140,19 @@ func (s *Store) Apply(ctx context.Context, b *Batch) (*Applied, error) {
 			}
 			continue
 		}
+		if appliedConcurrently(err) && attempt < 3 {
+			continue // the other transaction committed: its events now read as applied
+		}
 		return a, err
 	}
+}
+
+// appliedConcurrently reports the dedup insert's unique violation: another transaction (a
+// consumer that held the partition before a rebalance) recorded one of the batch's events
+// between this one's probe and its insert. It is a conflict, not bad data.
+func appliedConcurrently(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505" && pe.ConstraintName == "feature_applied_pkey"
 }
 
 // dbConn is what a transaction's statements run on (*pgxpool.Conn, pgx.Tx).
@@ -560,6 +571,11 @@ func (s *Store) lockUsers(ctx context.Context, c dbConn, b *Batch, a *Applied) (
 			userSet[e.UserID] = userSet[e.UserID] || e.Kind != features.KindImpression
 		}
 		ids, users := sortedKeys(idSet), sortedKeys(userSet)
+		// A probe and a plain INSERT of the distinct ids instead of ON CONFLICT DO NOTHING:
+		// speculative insertion cost PostgreSQL 47 against 39 ms per 10,000 new ids (a
+		// million recorded, 10 alternated runs), ApplyFromPrefilledTopic 16.5 against 15.2
+		// µs of PostgreSQL per event (medians of 6 alternated runs). A concurrent insert of
+		// the same id fails the statement (appliedConcurrently) and Apply retries.
 		p.query(func(rows pgx.Rows) error {
 			fresh := make(map[string]bool, len(ids))
 			var id string
@@ -573,7 +589,8 @@ func (s *Store) lockUsers(ctx context.Context, c dbConn, b *Batch, a *Applied) (
 				}
 			}
 			return nil
-		}, `INSERT INTO feature_applied (event_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING RETURNING event_id`, ids)
+		}, `INSERT INTO feature_applied (event_id) SELECT id FROM unnest($1::text[]) AS id
+WHERE NOT EXISTS (SELECT 1 FROM feature_applied a WHERE a.event_id = id) RETURNING event_id`, ids)
 		p.exec("insert users", `INSERT INTO feature_users (user_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`, users)
 		p.query(func(rows pgx.Rows) error {
 			var id, h, w, im string

@@ -1,0 +1,104 @@
+package featurestore_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"recsys/pkg/featurestore"
+	"recsys/pkg/featurestore/fstest"
+	"recsys/pkg/testutil"
+)
+
+// TestApplyWaitsForAConcurrentDedupRecord: the dedup record is a probe and a plain INSERT, so a
+// batch whose event another transaction is recording (a consumer that held the partition
+// before a rebalance) blocks on that id, and fails once the other commits. Apply must retry
+// and count the event as a duplicate, or apply it when the other rolls back: never an error,
+// never twice.
+func TestApplyWaitsForAConcurrentDedupRecord(t *testing.T) {
+	ctx := context.Background()
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+	evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 5, Users: 3, Items: 20, Events: 40, StartMs: start, StepMs: 60_000, Prefix: "c", NoLegacy: true}))
+	for i, tc := range []struct {
+		name    string
+		commit  bool
+		wantNew int
+	}{
+		{"other commits", true, 9},
+		{"other rolls back", false, 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			batch := evs[i*20 : i*20+10]
+			held := batch[4].EventID
+			tx, err := pool.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = tx.Rollback(ctx) }()
+			if _, err := tx.Exec(ctx, `INSERT INTO feature_applied (event_id) VALUES ($1)`, held); err != nil {
+				t.Fatal(err)
+			}
+			st := featurestore.New(pool, nil, testutil.Unique("dd")+":", testConfig(), nil)
+			type result struct {
+				a   *featurestore.Applied
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				a, err := st.Apply(ctx, &featurestore.Batch{Events: batch})
+				done <- result{a, err}
+			}()
+			// Release the other transaction only once Apply waits on the held id.
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				var waiting int
+				if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE NOT granted`).Scan(&waiting); err != nil {
+					t.Fatal(err)
+				}
+				if waiting > 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("Apply never waited on the id another transaction holds")
+				}
+			}
+			if tc.commit {
+				err = tx.Commit(ctx)
+			} else {
+				err = tx.Rollback(ctx)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := <-done
+			if r.err != nil {
+				t.Fatalf("apply: %v", r.err)
+			}
+			if got := r.a.NewCount(); got != tc.wantNew {
+				t.Fatalf("%d new events, want %d", got, tc.wantNew)
+			}
+			if r.a.New[4] != !tc.commit {
+				t.Fatalf("held event new = %v, want %v", r.a.New[4], !tc.commit)
+			}
+			// Every event is recorded once, whoever recorded it.
+			ids := make([]string, len(batch))
+			for j, e := range batch {
+				ids[j] = e.EventID
+			}
+			var n int
+			if err := pool.QueryRow(ctx, `SELECT count(*) FROM feature_applied WHERE event_id = ANY($1)`, ids).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			if n != len(batch) {
+				t.Fatalf("%d of %d events recorded", n, len(batch))
+			}
+			again, err := st.Apply(ctx, &featurestore.Batch{Events: batch})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if again.NewCount() != 0 {
+				t.Fatalf("a redelivery applied %d events again", again.NewCount())
+			}
+		})
+	}
+}
