@@ -494,10 +494,11 @@ func (c *Consumer) failed(ctx context.Context, stage string, err error, events i
 }
 
 // permanent reports errors that retrying cannot fix: PostgreSQL data exceptions, integrity
-// violations and program limits (a value PostgreSQL will never accept).
+// violations and program limits (a value PostgreSQL will never accept). A dedup record
+// that another transaction wrote first is a conflict that a retry resolves.
 func permanent(err error) bool {
 	var pe *pgconn.PgError
-	if !errors.As(err, &pe) {
+	if !errors.As(err, &pe) || featurestore.AppliedConcurrently(err) {
 		return false
 	}
 	return strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "23") || strings.HasPrefix(pe.Code, "54")
