@@ -52,7 +52,7 @@ func TestApplyWaitsForAConcurrentDedupRecord(t *testing.T) {
 			// Release the other transaction only once Apply waits on the held id.
 			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 				var waiting int
-				if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE NOT granted`).Scan(&waiting); err != nil {
+				if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
 					t.Fatal(err)
 				}
 				if waiting > 0 {
