@@ -21,6 +21,13 @@ type Config struct {
 	// Linger is how long a batch waits for more messages once nothing is immediately
 	// available; the batch also grows by itself while the previous one is being applied.
 	Linger time.Duration
+	// ImpressionLinger replaces Linger while the batch holds impressions only. Impressions
+	// are most of the stream (one per served list with autolog) and feed only fatigue and
+	// impression counts, which nobody reads within milliseconds; every transaction costs
+	// the machine the same fixed work whatever its size, and a transaction per few lists was
+	// most of the pipeline's CPU below saturation (docs/scaling.md, session 17). A watch
+	// joining the batch brings its wait back to Linger, so watch freshness is unchanged.
+	ImpressionLinger time.Duration
 	// FetchMaxWait is the broker's long-poll wait of an idle fetch.
 	FetchMaxWait time.Duration
 	// CommitInterval spaces the Kafka offset commits. Committing after every batch (0) cost
@@ -50,7 +57,7 @@ type Config struct {
 
 // NewConfig returns the defaults.
 func NewConfig() *Config {
-	return &Config{GroupID: "recsys-feature-consumer-v1", MaxBatch: 20000, Linger: 2 * time.Millisecond,
+	return &Config{GroupID: "recsys-feature-consumer-v1", MaxBatch: 20000, Linger: 2 * time.Millisecond, ImpressionLinger: 100 * time.Millisecond,
 		FetchMaxWait: 100 * time.Millisecond, CommitInterval: 100 * time.Millisecond, RetryBackoff: 100 * time.Millisecond, RetryMaxBackoff: 30 * time.Second,
 		UnreadyAfter: 5, HealInterval: time.Second, DedupRetention: 14 * 24 * time.Hour, DrainTimeout: 15 * time.Second, MaxInFlight: 2,
 		Features: features.DefaultConfig()}
@@ -62,6 +69,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.ClientID, "consumer.client-id", c.ClientID, "Kafka client id of the consumer (empty: --kafka.client-id)")
 	fs.IntVar(&c.MaxBatch, "consumer.max-batch", c.MaxBatch, "most messages applied in one PostgreSQL transaction")
 	fs.DurationVar(&c.Linger, "consumer.linger", c.Linger, "wait for more messages before applying a batch that is not full")
+	fs.DurationVar(&c.ImpressionLinger, "consumer.impression-linger", c.ImpressionLinger, "wait for more messages before applying a batch of impressions only (a watch in the batch brings the wait back to --consumer.linger): fewer, larger transactions for the autolog's stream, at most this much later in the impression counts and fatigue")
 	fs.DurationVar(&c.FetchMaxWait, "consumer.fetch-max-wait", c.FetchMaxWait, "broker long-poll wait of an idle fetch")
 	fs.DurationVar(&c.CommitInterval, "consumer.commit-interval", c.CommitInterval, "least time between Kafka offset commits (0: after every batch); a crash redelivers up to this much more, skipped as duplicates")
 	fs.DurationVar(&c.RetryBackoff, "consumer.retry-backoff", c.RetryBackoff, "first wait before retrying a batch after a transient error (doubles each attempt)")
@@ -90,6 +98,7 @@ func (c *Config) Validate() error {
 	}
 	p.IntBetween("consumer.max-batch", c.MaxBatch, 1, 100000)
 	p.DurationBetween("consumer.linger", c.Linger, 0, 10*time.Second)
+	p.DurationBetween("consumer.impression-linger", c.ImpressionLinger, 0, 10*time.Second)
 	p.DurationAtLeast("consumer.fetch-max-wait", c.FetchMaxWait, time.Millisecond)
 	p.DurationBetween("consumer.commit-interval", c.CommitInterval, 0, time.Minute)
 	p.DurationPositive("consumer.retry-backoff", c.RetryBackoff)

@@ -288,9 +288,10 @@ func (c *Consumer) fetch(ctx context.Context, r *kafkago.Reader, out chan<- fetc
 }
 
 // collect takes what is available until one lane's share reaches MaxBatch, lingering
-// briefly for more; while every lane is busy it keeps taking messages until one is free
-// (the batch grows instead of queueing small ones behind the lanes). last is the length of
-// the batch before.
+// briefly for more (--consumer.impression-linger while the batch holds impressions only,
+// --consumer.linger once it holds anything else); while every lane is busy it keeps taking
+// messages until one is free (the batch grows instead of queueing small ones behind the
+// lanes). last is the length of the batch before.
 func (c *Consumer) collect(ctx context.Context, in <-chan fetched, last int) ([]fetched, bool) {
 	select {
 	case <-c.laneFree: // stale: idleness is checked below
@@ -302,11 +303,13 @@ func (c *Consumer) collect(ctx context.Context, in <-chan fetched, last int) ([]
 	// allocate a full batch.
 	b := make([]fetched, 0, min(max(len(in)+1, last), c.cfg.MaxBatch*c.cfg.MaxInFlight))
 	perLane := make([]int, c.cfg.MaxInFlight)
-	full := false
+	full, urgent := false, false
 	add := func(f fetched) {
 		b = append(b, f)
 		perLane[f.lane]++
 		full = perLane[f.lane] >= c.cfg.MaxBatch
+		// Poison goes to the DLQ with whatever batch carries it: it does not hurry one.
+		urgent = urgent || f.err == nil && f.ev.Kind != features.KindImpression
 	}
 	select {
 	case f := <-in:
@@ -315,6 +318,7 @@ func (c *Consumer) collect(ctx context.Context, in <-chan fetched, last int) ([]
 		return nil, false
 	}
 	var timer *time.Timer
+	var deadline time.Time
 	defer func() {
 		if timer != nil {
 			timer.Stop()
@@ -337,15 +341,29 @@ func (c *Consumer) collect(ctx context.Context, in <-chan fetched, last int) ([]
 				return b, true
 			}
 		}
-		if c.cfg.Linger <= 0 {
-			break
-		}
 		if timer == nil {
-			timer = time.NewTimer(c.cfg.Linger)
+			d := c.cfg.Linger
+			if !urgent {
+				d = max(d, c.cfg.ImpressionLinger)
+			}
+			if d <= 0 {
+				break
+			}
+			deadline = time.Now().Add(d)
+			timer = time.NewTimer(d)
 		}
 		select {
 		case f := <-in:
 			add(f)
+			// A watch joined a batch lingering for impressions: it waits --consumer.linger
+			// at most, like a watch in any batch.
+			if urgent && time.Until(deadline) > c.cfg.Linger {
+				if c.cfg.Linger <= 0 {
+					return b, true
+				}
+				deadline = time.Now().Add(c.cfg.Linger)
+				timer.Reset(c.cfg.Linger)
+			}
 		case <-timer.C:
 			return b, true
 		case <-ctx.Done():

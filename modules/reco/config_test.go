@@ -100,7 +100,7 @@ func TestAutologWriterLingersOnlyInAsyncMode(t *testing.T) {
 	for _, c := range []struct {
 		async bool
 		want  time.Duration
-	}{{true, 5 * time.Millisecond}, {false, 0}} {
+	}{{true, 20 * time.Millisecond}, {false, 0}} {
 		cfg := NewConfig()
 		cfg.AutologAsync = c.async
 		w := autologWriterConfig(cfg, infra.Deps{Config: infra.DefaultConfig()})
