@@ -47,7 +47,10 @@ import (
 // RECO_BENCH_FULL=1 runs the built binary `recsys all` instead of the in-process module: the
 // whole pipeline, where every auto-logged impression goes through the outbox, the relay,
 // Kafka and the consumer (which updates the features the requests read) during the run;
-// RECO_BENCH_RECSYS_ENV="NAME=value ..." adds settings of that binary.
+// RECO_BENCH_RECSYS_ENV="NAME=value ..." adds settings of that binary. RECO_BENCH_SPLIT=1
+// runs the roles as the k8s base deploys them, each in its own process (`recsys serve
+// --roles api`, `recsys relay`, `recsys consume`), and RECO_BENCH_BACKGROUND_NICE=N runs the
+// relay and the consumer at that nice level, as a node that favours serving would.
 
 const (
 	benchUsers       = 5000
@@ -130,9 +133,9 @@ func BenchmarkRecoHTTP(b *testing.B) {
 	var mod *Reco
 	var rd rueidis.Client
 	var pool *pgxpool.Pool
-	recsysPID := 0 // the `recsys all` process in full mode
+	var recsysPIDs map[string]int // full mode: the recsys processes by CPU metric name
 	if os.Getenv("RECO_BENCH_FULL") != "" {
-		base, pool, rd, recsysPID = fullStack(b)
+		base, pool, rd, recsysPIDs = fullStack(b)
 	} else {
 		// Built once for the sub-benchmarks (the parent function runs once; its cleanups run
 		// after every sub-benchmark).
@@ -187,18 +190,18 @@ func BenchmarkRecoHTTP(b *testing.B) {
 				// before the first timed request to a drained pipeline after the last answer,
 				// so every list's relay and consumer work is in, however far they lagged.
 				opts := testutil.CPUAccountOptions{PG: pool, Redis: rd}
-				if recsysPID != 0 {
-					opts.PIDs = map[string]int{"recsys": recsysPID}
+				if recsysPIDs != nil {
+					opts.PIDs = recsysPIDs
 					opts.Matches = map[string][]string{"kafka": {"kafka.Kafka"}}
 				}
 				var cpu *testutil.CPUAccount
 				runLoad(b, base, k, autolog, clients, rate, func() {
-					if recsysPID != 0 {
+					if recsysPIDs != nil {
 						waitPipelineDrained(b, pool)
 					}
 					cpu = testutil.StartCPUAccount(b, opts)
 				})
-				if recsysPID != 0 {
+				if recsysPIDs != nil {
 					waitPipelineDrained(b, pool)
 				}
 				cpu.Report(b, b.N, "req")
@@ -270,8 +273,10 @@ WHERE NOT EXISTS (SELECT 1 FROM feature_applied a WHERE a.event_id = e.event_id)
 }
 
 // fullStack seeds a private Redis and a fresh database and starts `recsys all` on them with
-// its own Kafka topics and consumer group.
-func fullStack(b *testing.B) (base string, pool *pgxpool.Pool, rd rueidis.Client, pid int) {
+// its own Kafka topics and consumer group (or the roles in three processes, RECO_BENCH_SPLIT).
+// pids name the processes for the CPU accounting: recsys (the one serving /reco), and in
+// split mode relay and consumer.
+func fullStack(b *testing.B) (base string, pool *pgxpool.Pool, rd rueidis.Client, pids map[string]int) {
 	redisURL := testutil.StartPrivate(b, "redis").URL
 	dsn := testutil.MigratedDatabase(b)
 	prefix := testutil.Unique("recobench") + ":"
@@ -290,9 +295,24 @@ func fullStack(b *testing.B) (base string, pool *pgxpool.Pool, rd rueidis.Client
 	// RECO_BENCH_RECSYS_ENV adds settings of the binary (space-separated NAME=value), to compare
 	// them on the same pipeline.
 	env = append(env, strings.Fields(os.Getenv("RECO_BENCH_RECSYS_ENV"))...)
-	p := startRecsys(b, []string{"all"}, env...)
-	b.Logf("recsys all at %s; profile it while the benchmark runs: go tool pprof %s/debug/pprof/profile?seconds=10", p.base, p.base)
-	return p.base, pool, rd, p.cmd.Process.Pid
+	if os.Getenv("RECO_BENCH_SPLIT") == "" {
+		p := startRecsys(b, []string{"all"}, env...)
+		b.Logf("recsys all at %s; profile it while the benchmark runs: go tool pprof %s/debug/pprof/profile?seconds=10", p.base, p.base)
+		return p.base, pool, rd, map[string]int{"recsys": p.cmd.Process.Pid}
+	}
+	nice := 0
+	if v := os.Getenv("RECO_BENCH_BACKGROUND_NICE"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > 19 {
+			b.Fatalf("RECO_BENCH_BACKGROUND_NICE must be a nice level from 0 to 19, got %q", v)
+		}
+		nice = n
+	}
+	relay := startRecsysNice(b, nice, []string{"relay"}, env...)
+	consumer := startRecsysNice(b, nice, []string{"consume"}, env...)
+	api := startRecsys(b, []string{"serve", "--roles", "api"}, env...)
+	b.Logf("recsys roles in three processes (relay and consumer at nice %d); the api at %s", nice, api.base)
+	return api.base, pool, rd, map[string]int{"recsys": api.cmd.Process.Pid, "relay": relay.cmd.Process.Pid, "consumer": consumer.cmd.Process.Pid}
 }
 
 func servedBy(r *Reco) map[string]uint64 {

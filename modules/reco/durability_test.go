@@ -45,6 +45,12 @@ func startAPI(t testing.TB, env ...string) *apiProcess {
 // startRecsys runs the binary with args on a free port and waits for /readyz.
 func startRecsys(t testing.TB, args []string, env ...string) *apiProcess {
 	t.Helper()
+	return startRecsysNice(t, 0, args, env...)
+}
+
+// startRecsysNice is startRecsys at a nice level (0: the default priority).
+func startRecsysNice(t testing.TB, nice int, args []string, env ...string) *apiProcess {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +58,12 @@ func startRecsys(t testing.TB, args []string, env ...string) *apiProcess {
 	addr := l.Addr().String()
 	l.Close()
 	p := &apiProcess{base: "http://" + addr}
-	p.cmd = exec.Command(testutil.RecsysBinary(t), append(args, "--http.addr", addr)...)
+	argv := append([]string{testutil.RecsysBinary(t)}, append(args, "--http.addr", addr)...)
+	if nice != 0 {
+		// nice execs the binary: the process keeps its pid, which the CPU accounting reads.
+		argv = append([]string{"nice", "-n", strconv.Itoa(nice)}, argv...)
+	}
+	p.cmd = exec.Command(argv[0], argv[1:]...)
 	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "LOG_FORMAT=json"}, env...)
 	p.cmd.Stdout, p.cmd.Stderr = p, p
 	if err := p.cmd.Start(); err != nil {
