@@ -1,13 +1,13 @@
 // Package consumer is the "consumer" role: it applies the impression and watch events of
-// Kafka to the feature store (pkg/featurestore), exactly once, within milliseconds.
+// Kafka to the feature store (pkg/featurestore), exactly once, watches within milliseconds.
 //
 // # How it works
 //
 // One consumer group (--consumer.group-id) reads both topics. A fetch goroutine decodes each
 // message (structural validation only: old events from backfills and replays apply) and hands
-// it to the apply loop, which takes everything available (waiting --consumer.linger for more)
-// and splits it by user (hashed) into --consumer.max-in-flight lanes, each share at most
-// --consumer.max-batch events. Each lane applies its share in ONE PostgreSQL transaction, its
+// it to the apply loop, which takes everything available (waiting --consumer.linger for more,
+// --consumer.impression-linger while it has impressions only) and splits it by user (hashed)
+// into --consumer.max-in-flight lanes, each share at most --consumer.max-batch events. Each lane applies its share in ONE PostgreSQL transaction, its
 // shares one after the other, while the other lanes' transactions run: PostgreSQL works on
 // one while Go works on another. The event_ids are recorded in feature_applied in that
 // transaction, so a redelivery, a rebalance or a crash between the commit and the Kafka
