@@ -9,17 +9,17 @@
 // --consumer.impression-linger while it has impressions only) and splits it by user (hashed)
 // into --consumer.max-in-flight lanes, each share at most --consumer.max-batch events. Each
 // lane applies its share in ONE PostgreSQL transaction, its shares one after the other, while
-// the other lanes' transactions run: PostgreSQL works on one while Go works on another. The event_ids are recorded in feature_applied in that
-// transaction, so a redelivery, a rebalance or a crash between the commit and the Kafka
-// offset commit changes nothing; one user's events stay in one lane, so they keep their
-// partition order even when a transaction fails and is retried; hot items get one UPSERT per
-// transaction, keys sorted (users, then lists, then items) so lanes and consumers never
-// deadlock, and their effects are sums (any commit order gives the same state). Poison
-// messages (undecodable, invalid, unsupported schema) are stored in feature_dlq in the same
-// transaction, with their raw bytes and Kafka coordinates, and the partition moves on.
-// Offsets are committed by their own goroutine, off the apply path, and only for batches
-// whose every share AND every earlier batch committed in PostgreSQL (highest offset per
-// partition, coalesced while a commit is in flight; what was applied is committed at
+// the other lanes' transactions run: PostgreSQL works on one while Go works on another. The
+// event_ids are recorded in feature_applied in that transaction, so a redelivery, a rebalance
+// or a crash between the commit and the Kafka offset commit changes nothing; one user's events
+// stay in one lane, so they keep their partition order even when a transaction fails and is
+// retried; hot items get one UPSERT per transaction, keys sorted (users, then lists, then
+// items) so lanes and consumers never deadlock, and their effects are sums (any commit order
+// gives the same state). Poison messages (undecodable, invalid, unsupported schema) are stored
+// in feature_dlq in the same transaction, with their raw bytes and Kafka coordinates, and the
+// partition moves on. Offsets are committed by their own goroutine, off the apply path, and
+// only for batches whose every share AND every earlier batch committed in PostgreSQL (highest
+// offset per partition, coalesced while a commit is in flight; what was applied is committed at
 // shutdown). Redis is written after the commit with the absolute values the commit returned.
 //
 // Failures: a transient error (PostgreSQL or Kafka blip, lock timeout) retries the whole batch
