@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -34,6 +35,7 @@ type served struct {
 type apiProcess struct {
 	testutil.SyncBuffer // its output
 	cmd                 *exec.Cmd
+	exited              chan struct{} // closed once the process has exited
 	base                string
 }
 
@@ -51,13 +53,27 @@ func startRecsys(t testing.TB, args []string, env ...string) *apiProcess {
 // startRecsysNice is startRecsys at a nice level (0: the default priority).
 func startRecsysNice(t testing.TB, nice int, args []string, env ...string) *apiProcess {
 	t.Helper()
+	// A port picked here and released can be taken before recsys binds it (by another
+	// package's test process): start again on another port when that is why it exited.
+	for attempt := 1; ; attempt++ {
+		p, err := tryStartRecsys(t, nice, args, env...)
+		if err == nil {
+			return p
+		}
+		if attempt == 5 || !strings.Contains(p.String(), "address already in use") {
+			t.Fatal(err)
+		}
+	}
+}
+
+func tryStartRecsys(t testing.TB, nice int, args []string, env ...string) (*apiProcess, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := l.Addr().String()
 	l.Close()
-	p := &apiProcess{base: "http://" + addr}
+	p := &apiProcess{base: "http://" + addr, exited: make(chan struct{})}
 	argv := append([]string{testutil.RecsysBinary(t)}, append(args, "--http.addr", addr)...)
 	if nice != 0 {
 		// nice execs the binary: the process keeps its pid, which the CPU accounting reads.
@@ -69,9 +85,10 @@ func startRecsysNice(t testing.TB, nice int, args []string, env ...string) *apiP
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	go func() { _ = p.cmd.Wait(); close(p.exited) }()
 	t.Cleanup(func() {
 		_ = p.cmd.Process.Kill()
-		_ = p.cmd.Wait()
+		<-p.exited
 		if t.Failed() {
 			out := p.String()
 			if len(out) > 5000 {
@@ -80,19 +97,22 @@ func startRecsysNice(t testing.TB, nice int, args []string, env ...string) *apiP
 			t.Logf("recsys output (tail):\n%s", out)
 		}
 	})
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	for deadline := time.Now().Add(60 * time.Second); ; {
 		resp, err := http.Get(p.base + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				return p
+				return p, nil
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("api not ready within 60s")
+		select {
+		case <-p.exited:
+			return p, fmt.Errorf("recsys %v exited before it was ready", args)
+		case <-time.After(100 * time.Millisecond):
 		}
-		time.Sleep(100 * time.Millisecond)
+		if time.Now().After(deadline) {
+			return p, fmt.Errorf("recsys %v not ready within 60s", args)
+		}
 	}
 }
 
@@ -221,10 +241,8 @@ func TestDurabilityAsyncAutolog(t *testing.T) {
 		go func() { time.Sleep(1500 * time.Millisecond); close(stop) }()
 		list := hammer(t, p.base, stop)
 		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- p.cmd.Wait() }()
 		select {
-		case <-done:
+		case <-p.exited:
 		case <-time.After(30 * time.Second):
 			t.Fatal("no exit after SIGTERM")
 		}

@@ -7,11 +7,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -37,49 +36,75 @@ func TestMain(m *testing.M) {
 type Process struct {
 	testutil.SyncBuffer // what the process printed
 	cmd                 *exec.Cmd
+	exited              chan struct{} // closed once the process has exited
 	Base                string
 }
 
-func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// Start runs `recsys args...` with env added to a clean environment and stops it (SIGTERM)
-// when the test ends.
+// Start runs `recsys args...` with env added to a clean environment, returns once it listens,
+// and stops it (SIGTERM) when the test ends. recsys binds a port of its own choosing
+// (--http.addr 127.0.0.1:0) and Start reads it from the "started" log line (info level): a port
+// picked here and released can be taken before recsys binds it (by another package's process,
+// or by dev mode's own embedded services, which bind first); TestDevMode... once failed so.
 func Start(t *testing.T, env []string, args ...string) *Process {
 	t.Helper()
-	port := freePort(t)
-	p := &Process{Base: "http://127.0.0.1:" + strconv.Itoa(port)}
-	p.cmd = exec.Command(binary, append(args, "--http.addr", "127.0.0.1:"+strconv.Itoa(port))...)
+	p := &Process{exited: make(chan struct{})}
+	p.cmd = exec.Command(binary, append(args, "--http.addr", "127.0.0.1:0")...)
 	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "LOG_FORMAT=json"}, env...)
 	p.cmd.Stdout, p.cmd.Stderr = p, p
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	go func() { _ = p.cmd.Wait(); close(p.exited) }()
 	t.Cleanup(func() {
 		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = p.cmd.Wait(); close(done) }()
 		select {
-		case <-done:
+		case <-p.exited:
 		case <-time.After(30 * time.Second):
 			_ = p.cmd.Process.Kill()
 			t.Errorf("recsys did not stop within 30s after SIGTERM")
 		}
 		if t.Failed() {
-			out := p.String()
-			if len(out) > 6000 {
-				out = "..." + out[len(out)-6000:]
-			}
-			t.Logf("recsys output (tail):\n%s", out)
+			t.Logf("recsys output (tail):\n%s", p.tail())
 		}
 	})
-	return p
+	for deadline := time.Now().Add(2 * time.Minute); ; {
+		if addr := startedAddr(p.String()); addr != "" {
+			p.Base = "http://" + addr
+			return p
+		}
+		select {
+		case <-p.exited:
+			t.Fatalf("recsys exited before listening")
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("recsys logged no \"started\" line within 2 minutes (a log level above info hides it)")
+		}
+	}
+}
+
+// startedAddr is the address of the app's "started" log line in out ("" until there is one).
+func startedAddr(out string) string {
+	for _, line := range strings.Split(out, "\n") {
+		if !strings.Contains(line, `"msg":"started"`) {
+			continue
+		}
+		var l struct {
+			Addr string `json:"addr"`
+		}
+		if json.Unmarshal([]byte(line), &l) == nil && l.Addr != "" {
+			return l.Addr
+		}
+	}
+	return ""
+}
+
+func (p *Process) tail() string {
+	out := p.String()
+	if len(out) > 6000 {
+		out = "..." + out[len(out)-6000:]
+	}
+	return out
 }
 
 // Ready polls /readyz until it answers want or the timeout passes; it returns the last body.
