@@ -6,6 +6,7 @@
 package devstack
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -115,17 +116,27 @@ func StartPostgres(ctx context.Context) (*Postgres, error) {
 		}
 		p.asUser = "postgres"
 	}
-	if p.port, err = freePort(); err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
 	data := filepath.Join(dir, "data")
 	if out, err := p.run(ctx, "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"); err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("initdb: %w: %s", err, out)
 	}
-	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=200", p.port, dir)
-	if out, err := p.run(ctx, "pg_ctl", "-D", data, "-l", filepath.Join(dir, "server.log"), "-o", opts, "-w", "-t", "60", "start"); err != nil {
+	// The free port is released before PostgreSQL binds it, so another process can take it
+	// meanwhile: start again on another port when that is why the start failed.
+	logFile := filepath.Join(dir, "server.log")
+	for attempt := 1; ; attempt++ {
+		if p.port, err = pickPort(); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=200", p.port, dir)
+		out, err := p.run(ctx, "pg_ctl", "-D", data, "-l", logFile, "-o", opts, "-w", "-t", "60", "start")
+		if err == nil {
+			break
+		}
+		if log, _ := os.ReadFile(logFile); attempt < 3 && bytes.Contains(log, []byte("already in use")) {
+			continue
+		}
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("pg_ctl start: %w: %s", err, out)
 	}
@@ -168,6 +179,9 @@ func (p *Postgres) Close() {
 	_, _ = p.run(ctx, "pg_ctl", "-D", filepath.Join(p.dir, "data"), "-m", "fast", "-w", "stop")
 	os.RemoveAll(p.dir)
 }
+
+// pickPort is freePort; a test replaces it with one that hands out a taken port first.
+var pickPort = freePort
 
 func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
