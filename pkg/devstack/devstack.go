@@ -130,6 +130,7 @@ func StartPostgres(ctx context.Context) (*Postgres, error) {
 			return nil, err
 		}
 		opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=200", p.port, dir)
+		_ = os.Remove(logFile) // what it says is about this attempt only
 		out, err := p.run(ctx, "pg_ctl", "-D", data, "-l", logFile, "-o", opts, "-w", "-t", "60", "start")
 		if err == nil {
 			break
