@@ -30,7 +30,10 @@ func TestDecodeCacheReusesUnchangedFields(t *testing.T) {
 		{"first read", userFields{rawHist, rawWatched, rawImps}, [3]bool{false, false, false}},
 		{"unchanged", userFields{rawHist, rawWatched, rawImps}, [3]bool{true, true, true}},
 		{"impression logged", userFields{rawHist, rawWatched, rawImps2}, [3]bool{true, true, false}},
-		{"watch", userFields{rawHist2, `{"a":1000,"b":900,"c":1100}`, rawImps2}, [3]bool{false, false, true}},
+		// The counters changed, so only their hash was kept: decoded again, and kept again
+		// because they were found unchanged.
+		{"watch", userFields{rawHist2, `{"a":1000,"b":900,"c":1100}`, rawImps2}, [3]bool{false, false, false}},
+		{"unchanged again", userFields{rawHist2, `{"a":1000,"b":900,"c":1100}`, rawImps2}, [3]bool{true, true, true}},
 		{"impressions reset", userFields{rawHist2, `{"a":1000,"b":900,"c":1100}`, ""}, [3]bool{true, true, false}},
 	}
 	var prev *decodedUser
@@ -60,6 +63,53 @@ func TestDecodeCacheReusesUnchangedFields(t *testing.T) {
 }
 
 // A field that does not decode is an error naming the user, and the previous good entry stays.
+// TestDecodeCacheKeepsOnlyStableImpressions: a user whose impression counters change from
+// one request to the next (every served list is logged) is stored with their hash instead of
+// the decoded counters and their raw value; once a request finds them unchanged they are kept
+// again. The history and watched set are kept throughout.
+func TestDecodeCacheKeepsOnlyStableImpressions(t *testing.T) {
+	c := newDecodeCache(1 << 20)
+	stored := func() *decodedUser {
+		sh := &c.shards[maphash.String(c.seed, "u1")%cacheShards]
+		return sh.m["u1"]
+	}
+	imps := func(n int) string { return fmt.Sprintf(`{"c":{"count":%d,"last_ts_ms":1200}}`, n) }
+	steps := []struct {
+		name string
+		imps string
+		kept bool // the stored entry holds the decoded counters
+	}{
+		{"first read", imps(1), true},
+		{"changed", imps(2), false},
+		{"changed again", imps(3), false},
+		{"unchanged", imps(3), true},
+		{"unchanged again", imps(3), true},
+		{"changed after being stable", imps(4), false},
+	}
+	for _, st := range steps {
+		got, err := c.decode("u1", userFields{rawHist, rawWatched, st.imps})
+		if err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		if got.imps["c"].Count == 0 || got.raw[2] != st.imps {
+			t.Fatalf("%s: answer %+v lacks its counters", st.name, got)
+		}
+		s := stored()
+		if kept := s.imps != nil && s.raw[2] == st.imps; kept != st.kept {
+			t.Fatalf("%s: stored entry keeps counters %v, want %v (%+v)", st.name, kept, st.kept, s)
+		}
+		if !st.kept && (s.impsSum != maphash.String(c.seed, st.imps) || s.raw[2] != "") {
+			t.Fatalf("%s: stored entry %+v, want the hash of %s only", st.name, s, st.imps)
+		}
+		if s.history == nil || s.watched == nil {
+			t.Fatalf("%s: stored entry lost the history or watched set: %+v", st.name, s)
+		}
+		if sh := &c.shards[maphash.String(c.seed, "u1")%cacheShards]; sh.bytes != s.size {
+			t.Fatalf("%s: shard accounts %d bytes, entry %d", st.name, sh.bytes, s.size)
+		}
+	}
+}
+
 func TestDecodeCacheErrorKeepsPrevious(t *testing.T) {
 	c := newDecodeCache(1 << 20)
 	good, err := c.decode("u1", userFields{rawHist, rawWatched, rawImps})

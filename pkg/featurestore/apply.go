@@ -194,6 +194,9 @@ func (p *pipeline) run(ctx context.Context, c dbConn) error {
 	if p.b.Len() == 0 {
 		return nil
 	}
+	if pc, ok := c.(interface{ Conn() *pgx.Conn }); ok {
+		postgres.PresizeBatch(pc.Conn(), &p.b)
+	}
 	br := c.SendBatch(ctx, &p.b)
 	for _, r := range p.read {
 		if err := r(br); err != nil {

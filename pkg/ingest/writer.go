@@ -52,6 +52,7 @@ import (
 
 	"recsys/pkg/events"
 	"recsys/pkg/outbox"
+	"recsys/pkg/postgres"
 )
 
 // NotifyChannel is the LISTEN/NOTIFY channel the writer notifies after writing outbox rows.
@@ -842,7 +843,13 @@ func (b *batch) exec(ctx context.Context, pool *pgxpool.Pool) (isNew, enqueued [
 	k := b.kinds()
 	var notified int64
 	var inserted, rowIDs []string
-	if err = pool.QueryRow(ctx, insertSQL(k), b.args(k)...).Scan(&inserted, &rowIDs, &notified); err != nil {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer conn.Release()
+	args, _ := postgres.PresizeArgs(conn.Conn(), b.args(k))
+	if err = conn.QueryRow(ctx, insertSQL(k), args...).Scan(&inserted, &rowIDs, &notified); err != nil {
 		return nil, nil, err
 	}
 	isNew = make([]bool, len(b.dedupIDs))
