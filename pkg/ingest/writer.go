@@ -250,28 +250,61 @@ func (w *Writer) write(ctx context.Context, evs []events.Any, correlationID stri
 		return nil, nil
 	}
 	start := time.Now()
-	req := &request{ctx: ctx, rows: make([]row, len(evs)), done: make(chan struct{})}
+	rows := make([]row, len(evs))
 	frames := frameBufs.Get().(*[]byte)
 	var err error
-	if *frames, err = prepare(req.rows, evs, correlationID, w.cfg.OutboxLanes, validate, (*frames)[:0]); err != nil {
+	if *frames, err = prepare(rows, evs, correlationID, w.cfg.OutboxLanes, validate, (*frames)[:0]); err != nil {
 		putFrameBuf(frames)
 		return nil, err
 	}
-	if err := w.enqueue(ctx, req); err != nil {
-		putFrameBuf(frames) // not queued: no worker will read it
+	res, finished, err := w.submit(ctx, rows, start)
+	if finished {
+		// No worker holds the request: its frames were copied into COPY buffers or statement
+		// parameters. Otherwise the buffer is left to the collector.
+		putFrameBuf(frames)
+	}
+	return res, err
+}
+
+// Prepared is a request's events validated and encoded by Prepare, for WritePrepared.
+type Prepared struct{ rows []row }
+
+// Prepare does the part of Write that needs no database (validation, the outbox frames) on
+// the caller's goroutine. A caller that persists on a goroutine of its own, as /reco's
+// autolog does per served list, spares that fresh goroutine growing its stack inside the
+// encoder. The result is only read by WritePrepared, so it can be written again after a
+// failure.
+func (w *Writer) Prepare(evs []events.Any, correlationID string) (*Prepared, error) {
+	rows := make([]row, len(evs))
+	if _, err := prepare(rows, evs, correlationID, w.cfg.OutboxLanes, true, nil); err != nil {
 		return nil, err
+	}
+	return &Prepared{rows: rows}, nil
+}
+
+// WritePrepared is Write for events Prepare returned.
+func (w *Writer) WritePrepared(ctx context.Context, p *Prepared) ([]Result, error) {
+	if len(p.rows) == 0 {
+		return nil, nil
+	}
+	res, _, err := w.submit(ctx, p.rows, time.Now())
+	return res, err
+}
+
+// submit queues rows as one request and waits for its commit, timed from start. finished
+// reports that no worker holds the rows any more (false when ctx ended first).
+func (w *Writer) submit(ctx context.Context, rows []row, start time.Time) (res []Result, finished bool, err error) {
+	req := &request{ctx: ctx, rows: rows, done: make(chan struct{})}
+	if err := w.enqueue(ctx, req); err != nil {
+		return nil, true, err
 	}
 	select {
 	case <-req.done:
-		// The worker is done with the request: its frames were copied into COPY buffers
-		// or statement parameters, and nothing else holds them.
-		putFrameBuf(frames)
+		w.m.writeDuration.UpdateDuration(start)
+		return req.results, true, req.err
 	case <-ctx.Done():
-		// The buffer is left to the collector: the worker may still be reading the frames.
-		return nil, fmt.Errorf("wait for commit: %w: %w", ErrUnavailable, ctx.Err())
+		return nil, false, fmt.Errorf("wait for commit: %w: %w", ErrUnavailable, ctx.Err())
 	}
-	w.m.writeDuration.UpdateDuration(start)
-	return req.results, req.err
 }
 
 func (w *Writer) enqueue(ctx context.Context, req *request) error {

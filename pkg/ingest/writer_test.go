@@ -368,6 +368,52 @@ func TestWriterValidated(t *testing.T) {
 	}
 }
 
+// TestWriterPrepared: Prepare validates (an invalid event is refused before any write), and
+// WritePrepared stores the prepared events with the frame Write would have written; writing
+// the same prepared events again, as a retry does, answers duplicate and adds nothing.
+func TestWriterPrepared(t *testing.T) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	w := newWriter(t, pool, nil)
+	ctx := context.Background()
+	var ve *events.ValidationError
+	if _, err := w.Prepare([]events.Any{watch("short", "u1")}, ""); !errors.As(err, &ve) {
+		t.Fatalf("Prepare err = %v, want a validation error", err)
+	}
+	ev := impression("prepared-1", "u1", "item-1", "item-2")
+	p, err := w.Prepare([]events.Any{ev}, "corr-p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []ingest.Result{
+		{Status: ingest.StatusOK, Rows: 2, OutboxEnqueued: true},
+		{Status: ingest.StatusDuplicate},
+	} {
+		res, err := w.WritePrepared(ctx, p)
+		if err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+		if len(res) != 1 || res[0] != want {
+			t.Fatalf("write %d: results %+v, want [%+v]", i, res, want)
+		}
+	}
+	if n := count(t, pool, "SELECT count(*) FROM impressions WHERE event_id = 'prepared-1'"); n != 2 {
+		t.Fatalf("%d impression rows, want 2", n)
+	}
+	var payload []byte
+	var n int
+	if err := pool.QueryRow(ctx, "SELECT payload, event_count FROM event_outbox").Scan(&payload, &n); err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := outbox.DecodeBatch(payload, n)
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("frames = %d, %v, want 1", len(msgs), err)
+	}
+	want, _ := events.Encode(ev)
+	if m := msgs[0]; m.EventID != "prepared-1" || m.CorrelationID != "corr-p" || string(m.Payload) != string(want) {
+		t.Fatalf("frame %+v, want prepared-1, corr-p, payload %s", m, want)
+	}
+}
+
 func watchBody(id string) string {
 	return fmt.Sprintf(`{"event_id":%q,"user_id":"u1","session_id":"s1","request_id":"r1","ts_ms":%d,"item_id":"item-1","watch_time_sec":3.5}`,
 		id, time.Now().UnixMilli())

@@ -3,7 +3,6 @@ package postgres
 import (
 	"errors"
 	"reflect"
-	"slices"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
@@ -27,6 +26,11 @@ import (
 // presizeMin is the size under which pgx's retained buffers already fit the statement.
 const presizeMin = 1024
 
+// stmtOverhead bounds what a statement adds to its parameters in the send buffer: the Bind
+// message's header, statement name (~50 bytes in pgx's cache) and format codes, and the
+// Describe and Execute messages after it. Short by a byte, the buffer would be regrown.
+const stmtOverhead = 512
+
 // sizeHint carries a statement argument and the bytes the whole statement's parameters take.
 type sizeHint[T any] struct {
 	value T
@@ -44,7 +48,7 @@ func (p *hintPlan) SetNext(next pgtype.EncodePlan) { p.next = next }
 
 func (p *hintPlan) Encode(value any, buf []byte) ([]byte, error) {
 	v, n := value.(hinted).hint()
-	return p.next.Encode(v, slices.Grow(buf, n))
+	return p.next.Encode(v, grow(buf, n))
 }
 
 var tryWrapHintPC = reflect.ValueOf(tryWrapHint).Pointer()
@@ -74,7 +78,18 @@ func (reserveMsg) Frontend() {}
 
 func (reserveMsg) Decode([]byte) error { return errors.New("postgres: reserveMsg is never received") }
 
-func (n reserveMsg) Encode(dst []byte) ([]byte, error) { return slices.Grow(dst, int(n)), nil }
+func (n reserveMsg) Encode(dst []byte) ([]byte, error) { return grow(dst, int(n)), nil }
+
+// grow is slices.Grow in one allocation: built with -race, slices.Grow allocates the room
+// twice (its append of a make is not optimised away there).
+func grow(b []byte, n int) []byte {
+	if cap(b)-len(b) >= n {
+		return b
+	}
+	nb := make([]byte, len(b), len(b)+n)
+	copy(nb, b)
+	return nb
+}
 
 // PresizeArgs prepares one statement's arguments for conn: when they are large, the first
 // argument of a bulk type is wrapped so pgx encodes all of them into one allocation, and the send
@@ -82,7 +97,7 @@ func (n reserveMsg) Encode(dst []byte) ([]byte, error) { return slices.Grow(dst,
 func PresizeArgs(conn *pgx.Conn, args []any) ([]any, int) {
 	n := hintArgs(conn, args)
 	if n >= presizeMin {
-		conn.PgConn().Frontend().Send(reserveMsg(n + 256))
+		conn.PgConn().Frontend().Send(reserveMsg(n + stmtOverhead))
 	}
 	return args, n
 }
@@ -92,7 +107,7 @@ func PresizeArgs(conn *pgx.Conn, args []any) ([]any, int) {
 func PresizeBatch(conn *pgx.Conn, b *pgx.Batch) {
 	total := 0
 	for _, q := range b.QueuedQueries {
-		total += hintArgs(conn, q.Arguments) + 64
+		total += hintArgs(conn, q.Arguments) + stmtOverhead
 	}
 	if total >= presizeMin {
 		conn.PgConn().Frontend().Send(reserveMsg(total))
