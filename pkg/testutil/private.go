@@ -1,9 +1,11 @@
 package testutil
 
 import (
+	"bytes"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"testing"
 )
@@ -20,6 +22,10 @@ type Private struct {
 }
 
 // StartPrivate starts service ("pg", "redis" or "kafka") and stops it when the test ends.
+//
+// Its ports are picked free and released before the script binds them, so another process
+// can take one meanwhile: the first start then tries again on other ports. Later starts
+// (after an outage) keep the ports, which stay reserved for the test by the service's data.
 func StartPrivate(t testing.TB, service string) *Private {
 	t.Helper()
 	ServicesScript(t) // skip or fail early when the script is unknown
@@ -28,12 +34,34 @@ func StartPrivate(t testing.TB, service string) *Private {
 		t.Fatal(err)
 	}
 	p := &Private{t: t, service: service}
-	port := freePort(t)
+	t.Cleanup(func() {
+		p.run("stop")
+		os.RemoveAll(dir)
+	})
+	for attempt := 1; ; attempt++ {
+		p.listenOn(dir, pickPort(t), pickPort(t))
+		out, err := p.run("start")
+		if err == nil {
+			return p
+		}
+		if attempt == 3 || !portTaken(out) {
+			t.Fatalf("services.sh start %s: %v\n%s", service, err, out)
+		}
+		t.Logf("services.sh start %s: a port was taken meanwhile, trying others:\n%s", service, out)
+		p.run("stop")
+		if err := resetDir(dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// listenOn points the instance at port (and Kafka's controller at controller) in dir.
+func (p *Private) listenOn(dir string, port, controller int) {
 	p.env = append(os.Environ(), "RECSYS_SERVICES_DIR="+dir,
 		"RECSYS_PG_PORT="+strconv.Itoa(port), "RECSYS_REDIS_PORT="+strconv.Itoa(port),
-		"RECSYS_KAFKA_PORT="+strconv.Itoa(port), "RECSYS_KAFKA_CONTROLLER_PORT="+strconv.Itoa(freePort(t)))
+		"RECSYS_KAFKA_PORT="+strconv.Itoa(port), "RECSYS_KAFKA_CONTROLLER_PORT="+strconv.Itoa(controller))
 	p.Addr = "127.0.0.1:" + strconv.Itoa(port)
-	switch service {
+	switch p.service {
 	case "pg":
 		p.URL = "postgres://postgres@" + p.Addr + "/recsys?sslmode=disable"
 	case "redis":
@@ -41,12 +69,27 @@ func StartPrivate(t testing.TB, service string) *Private {
 	default:
 		p.URL = p.Addr
 	}
-	t.Cleanup(func() {
-		p.run("stop")
-		os.RemoveAll(dir)
-	})
-	p.Start()
-	return p
+}
+
+// portTaken reports whether a failed start's output blames a port in use (the script's own
+// check, or the server's bind error in the log it prints).
+func portTaken(out []byte) bool {
+	return bytes.Contains(bytes.ToLower(out), []byte("in use"))
+}
+
+// resetDir empties dir, so the next attempt starts from nothing (a server that failed to
+// start may have written data or a pid file there).
+func resetDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Stop stops the service (data is kept).
@@ -67,6 +110,9 @@ func (p *Private) run(verb string) ([]byte, error) {
 	cmd.Env = p.env
 	return cmd.CombinedOutput()
 }
+
+// pickPort is freePort; a test replaces it to hand out a taken port.
+var pickPort = freePort
 
 func freePort(t testing.TB) int {
 	t.Helper()
