@@ -78,3 +78,107 @@ func TestCollectLingersLongerForImpressionsOnly(t *testing.T) {
 		})
 	}
 }
+
+// With two lanes, one of them busy: a batch of impressions only keeps collecting until every
+// lane is idle (it is to apply whole, in one transaction), a batch with a watch only needs
+// the free lane.
+func TestCollectImpressionsWaitForEveryLane(t *testing.T) {
+	of := func(k features.Kind) fetched {
+		return fetched{ev: featurestore.Event{Interaction: features.Interaction{Kind: k}}}
+	}
+	imp, watch := of(features.KindImpression), of(features.KindWatch)
+	tests := []struct {
+		name      string
+		sends     []fetched
+		waitsLane bool // collect returns only once the busy lane is free
+		want      int
+	}{
+		{"impressions wait for the busy lane", []fetched{imp, imp, imp}, true, 3},
+		{"a watch takes the free lane", []fetched{watch}, false, 1},
+		{"a watch joining impressions stops the wait", []fetched{imp, imp, watch}, false, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := NewConfig()
+			cfg.MaxInFlight, cfg.Linger, cfg.ImpressionLinger = 2, time.Millisecond, time.Millisecond
+			c := &Consumer{cfg: cfg, outstanding: make([]atomic.Int32, 2), laneFree: make(chan struct{}, 1)}
+			c.outstanding[1].Store(1) // lane 1 is applying a group
+			in := make(chan fetched, len(tt.sends))
+			for _, f := range tt.sends {
+				in <- f
+			}
+			done := make(chan []fetched, 1)
+			go func() {
+				b, _ := c.collect(context.Background(), in, 0)
+				done <- b
+			}()
+			var b []fetched
+			select {
+			case b = <-done:
+				if tt.waitsLane {
+					t.Fatalf("collect returned %d messages while a lane was busy", len(b))
+				}
+			case <-time.After(100 * time.Millisecond): // 100 lingers
+				if !tt.waitsLane {
+					t.Fatal("collect waited for the busy lane")
+				}
+				c.outstanding[1].Store(0)
+				c.laneFree <- struct{}{}
+				select {
+				case b = <-done:
+				case <-time.After(30 * time.Second):
+					t.Fatal("collect did not return once every lane was free")
+				}
+			}
+			if len(b) != tt.want {
+				t.Fatalf("collect returned %d messages, want %d", len(b), tt.want)
+			}
+		})
+	}
+}
+
+// dispatch applies a group whole on lane 0 while every lane is idle when it is small or
+// holds impressions only (up to --consumer.max-batch); otherwise it splits it by user.
+func TestDispatchMergesImpressionOnlyGroups(t *testing.T) {
+	groupOf := func(n int, kinds ...features.Kind) *group {
+		g := &group{batch: make([]fetched, n)}
+		for i := range g.batch {
+			g.batch[i].ev.Kind = kinds[i%len(kinds)]
+			g.batch[i].lane = i % 2
+		}
+		return g
+	}
+	tests := []struct {
+		name   string
+		g      *group
+		merged bool
+	}{
+		{"small group with watches", groupOf(mergeBelow, features.KindWatch, features.KindImpression), true},
+		{"larger group with watches", groupOf(mergeBelow+1, features.KindImpression, features.KindWatch), false},
+		{"larger group of impressions", groupOf(1000, features.KindImpression), true},
+		{"impressions over max-batch", groupOf(1001, features.KindImpression), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := NewConfig()
+			cfg.MaxInFlight, cfg.MaxBatch = 2, 1000
+			c := &Consumer{cfg: cfg, outstanding: make([]atomic.Int32, 2), mergedDone: make(chan struct{}, 1)}
+			jobs := []chan laneJob{make(chan laneJob, 2), make(chan laneJob, 2)}
+			seq := newSequencer(2)
+			seq.reserve()
+			c.dispatch(tt.g, make([][]*fetched, 2), jobs, seq)
+			if tt.merged {
+				if j := <-jobs[0]; !j.merged || len(j.items) != len(tt.g.batch) || len(jobs[1]) != 0 {
+					t.Fatalf("lane 0 got %d events (merged %v), lane 1 %d jobs: want the whole group merged on lane 0", len(j.items), j.merged, len(jobs[1]))
+				}
+				return
+			}
+			if len(jobs[0]) != 1 || len(jobs[1]) != 1 {
+				t.Fatalf("lanes got %d and %d jobs, want the group split over both", len(jobs[0]), len(jobs[1]))
+			}
+			if j := <-jobs[0]; j.merged {
+				t.Fatal("a split share is marked merged")
+			}
+		})
+	}
+}
