@@ -345,14 +345,9 @@ func TestWriterValidated(t *testing.T) {
 			t.Errorf("result %d = %+v, want ok with 1 row, enqueued", i, r)
 		}
 	}
-	var payload []byte
-	var n int
-	if err := pool.QueryRow(ctx, "SELECT payload, event_count FROM event_outbox").Scan(&payload, &n); err != nil {
-		t.Fatal(err)
-	}
-	msgs, err := outbox.DecodeBatch(payload, n)
-	if err != nil || len(msgs) != 2 {
-		t.Fatalf("frames = %d, %v, want 2", len(msgs), err)
+	msgs := outboxFrames(t, pool)
+	if len(msgs) != 2 {
+		t.Fatalf("frames = %d, want 2", len(msgs))
 	}
 	for i, m := range msgs {
 		want, _ := events.Encode(evs[i])
@@ -399,14 +394,9 @@ func TestWriterPrepared(t *testing.T) {
 	if n := count(t, pool, "SELECT count(*) FROM impressions WHERE event_id = 'prepared-1'"); n != 2 {
 		t.Fatalf("%d impression rows, want 2", n)
 	}
-	var payload []byte
-	var n int
-	if err := pool.QueryRow(ctx, "SELECT payload, event_count FROM event_outbox").Scan(&payload, &n); err != nil {
-		t.Fatal(err)
-	}
-	msgs, err := outbox.DecodeBatch(payload, n)
-	if err != nil || len(msgs) != 1 {
-		t.Fatalf("frames = %d, %v, want 1", len(msgs), err)
+	msgs := outboxFrames(t, pool)
+	if len(msgs) != 1 {
+		t.Fatalf("frames = %d, want 1", len(msgs))
 	}
 	want, _ := events.Encode(ev)
 	if m := msgs[0]; m.EventID != "prepared-1" || m.CorrelationID != "corr-p" || string(m.Payload) != string(want) {
