@@ -113,22 +113,21 @@ func TestCollectImpressionsWaitForEveryLane(t *testing.T) {
 				done <- b
 			}()
 			var b []fetched
-			select {
-			case b = <-done:
-				if tt.waitsLane {
+			if tt.waitsLane {
+				// Any return while the lane is busy is the defect; a slow machine only delays
+				// returns, so the window cannot fail a correct collect.
+				select {
+				case b = <-done:
 					t.Fatalf("collect returned %d messages while a lane was busy", len(b))
-				}
-			case <-time.After(100 * time.Millisecond): // 100 lingers
-				if !tt.waitsLane {
-					t.Fatal("collect waited for the busy lane")
+				case <-time.After(200 * time.Millisecond): // 200 lingers
 				}
 				c.outstanding[1].Store(0)
 				c.laneFree <- struct{}{}
-				select {
-				case b = <-done:
-				case <-time.After(30 * time.Second):
-					t.Fatal("collect did not return once every lane was free")
-				}
+			}
+			select {
+			case b = <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatal("collect did not return (it waits for a lane it does not need, or for good)")
 			}
 			if len(b) != tt.want {
 				t.Fatalf("collect returned %d messages, want %d", len(b), tt.want)
