@@ -881,7 +881,7 @@ func (b *batch) exec(ctx context.Context, pool *pgxpool.Pool) (isNew, enqueued [
 		return nil, nil, err
 	}
 	defer conn.Release()
-	args, _ := postgres.PresizeArgs(conn.Conn(), b.args(k))
+	args := postgres.PresizeArgs(conn.Conn(), b.args(k))
 	if err = conn.QueryRow(ctx, insertSQL(k), args...).Scan(&inserted, &rowIDs, &notified); err != nil {
 		return nil, nil, err
 	}

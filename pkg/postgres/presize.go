@@ -92,14 +92,13 @@ func grow(b []byte, n int) []byte {
 }
 
 // PresizeArgs prepares one statement's arguments for conn: when they are large, the first
-// argument of a bulk type is wrapped so pgx encodes all of them into one allocation, and the send
-// buffer is reserved for them. It returns args (changed in place) and their estimated size.
-func PresizeArgs(conn *pgx.Conn, args []any) ([]any, int) {
-	n := hintArgs(conn, args)
-	if n >= presizeMin {
+// argument of a bulk type is wrapped so pgx encodes all of them into one allocation, and the
+// send buffer is reserved for them. It returns args, changed in place.
+func PresizeArgs(conn *pgx.Conn, args []any) []any {
+	if n := hintArgs(conn.TypeMap(), args); n >= presizeMin {
 		conn.PgConn().Frontend().Send(reserveMsg(n + stmtOverhead))
 	}
-	return args, n
+	return args
 }
 
 // PresizeBatch does what PresizeArgs does for every statement of b, and reserves the send
@@ -107,15 +106,16 @@ func PresizeArgs(conn *pgx.Conn, args []any) ([]any, int) {
 func PresizeBatch(conn *pgx.Conn, b *pgx.Batch) {
 	total := 0
 	for _, q := range b.QueuedQueries {
-		total += hintArgs(conn, q.Arguments) + stmtOverhead
+		total += hintArgs(conn.TypeMap(), q.Arguments) + stmtOverhead
 	}
 	if total >= presizeMin {
 		conn.PgConn().Frontend().Send(reserveMsg(total))
 	}
 }
 
-// hintArgs wraps the first argument of a large statement that wrapHint knows and returns the estimate.
-func hintArgs(conn *pgx.Conn, args []any) int {
+// hintArgs wraps the first argument of a large statement that wrapHint knows; it returns the
+// statement's estimated size.
+func hintArgs(m *pgtype.Map, args []any) int {
 	n := 0
 	for _, a := range args {
 		n += 4 + argBytes(a)
@@ -123,9 +123,14 @@ func hintArgs(conn *pgx.Conn, args []any) int {
 	if n < presizeMin {
 		return n
 	}
+	for _, a := range args {
+		if _, ok := a.(hinted); ok {
+			return n // presized before (a batch sent again)
+		}
+	}
 	for i, a := range args {
 		if w, ok := wrapHint(a, n); ok {
-			enableHints(conn.TypeMap())
+			enableHints(m)
 			args[i] = w
 			break
 		}
@@ -176,6 +181,9 @@ func argBytes(a any) int {
 	switch v := a.(type) {
 	case nil:
 		return 0
+	case hinted:
+		inner, _ := v.hint()
+		return argBytes(inner)
 	case string:
 		return len(v)
 	case []byte:

@@ -58,7 +58,7 @@ func TestPresizedStatementsRoundTripWithFewerBytes(t *testing.T) {
 	single := func(presize bool) presizeResult {
 		args := presizeArgs(docs)
 		if presize {
-			args, _ = postgres.PresizeArgs(conn, args)
+			args = postgres.PresizeArgs(conn, args)
 		}
 		return scan(conn.QueryRow(ctx, presizeStatement, args...))
 	}

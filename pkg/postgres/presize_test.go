@@ -79,6 +79,16 @@ func TestHintedArgumentsEncodeAsTheirValue(t *testing.T) {
 			t.Fatalf("%T: buffer capacity %d, want the hinted 64 KiB", tc.v, cap(got))
 		}
 	}
+	// Presizing arguments again (a batch sent twice) wraps nothing more and estimates the same.
+	args := []any{[]string{strings.Repeat("g", 3000)}, []int64{1}}
+	n1 := hintArgs(m, args)
+	n2 := hintArgs(m, args)
+	if _, ok := args[0].(sizeHint[[]string]); !ok || n2 != n1 {
+		t.Fatalf("presized twice: estimates %d then %d, first argument %T", n1, n2, args[0])
+	}
+	if _, ok := args[1].(hinted); ok {
+		t.Fatal("a second argument was wrapped on the second pass")
+	}
 	for _, v := range []any{nil, []string(nil), []string{}, "", 42, struct{}{}} {
 		if _, ok := wrapHint(v, 4096); ok {
 			t.Fatalf("%#v wrapped", v)
