@@ -69,7 +69,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.ClientID, "consumer.client-id", c.ClientID, "Kafka client id of the consumer (empty: --kafka.client-id)")
 	fs.IntVar(&c.MaxBatch, "consumer.max-batch", c.MaxBatch, "most messages applied in one PostgreSQL transaction")
 	fs.DurationVar(&c.Linger, "consumer.linger", c.Linger, "wait for more messages before applying a batch that is not full")
-	fs.DurationVar(&c.ImpressionLinger, "consumer.impression-linger", c.ImpressionLinger, "wait for more messages before applying a batch of impressions only (a watch in the batch brings the wait back to --consumer.linger): fewer, larger transactions for the autolog's stream, at most this much later in the impression counts and fatigue")
+	fs.DurationVar(&c.ImpressionLinger, "consumer.impression-linger", c.ImpressionLinger, "wait for more messages before applying a batch of impressions only (a watch in the batch brings the wait back to --consumer.linger); such a batch also waits for every lane and applies as one transaction: fewer, larger transactions for the autolog's stream, at most this much later (plus a transaction) in the impression counts and fatigue")
 	fs.DurationVar(&c.FetchMaxWait, "consumer.fetch-max-wait", c.FetchMaxWait, "broker long-poll wait of an idle fetch")
 	fs.DurationVar(&c.CommitInterval, "consumer.commit-interval", c.CommitInterval, "least time between Kafka offset commits (0: after every batch); a crash redelivers up to this much more, skipped as duplicates")
 	fs.DurationVar(&c.RetryBackoff, "consumer.retry-backoff", c.RetryBackoff, "first wait before retrying a batch after a transient error (doubles each attempt)")
