@@ -177,10 +177,10 @@ func mergeLimit(g *group, maxBatch int) int {
 
 // dispatch hands a collected group to the lanes: split by user, one job per lane with
 // events, or, when the group is small (or impressions only) and every lane is idle, whole to
-// lane 0 as one merged job. A merged job holds users of every lane, so the next split group waits until it is
-// applied; no other group can be dispatched beside it (lane 0 is busy, so no second merge),
-// and each user's events still apply in stream order, a failed transaction retried before
-// anything later of its users.
+// lane 0 as one merged job. A merged job holds users of every lane, so the next split group
+// waits until it is applied; no other group can be dispatched beside it (lane 0 is busy, so
+// no second merge), and each user's events still apply in stream order, a failed
+// transaction retried before anything later of its users.
 func (c *Consumer) dispatch(g *group, share [][]*fetched, jobs []chan laneJob, seq *sequencer) {
 	if len(jobs) > 1 && len(g.batch) <= mergeLimit(g, c.cfg.MaxBatch) && c.lanesIdle() {
 		items := make([]*fetched, len(g.batch))

@@ -25,7 +25,7 @@ type Private struct {
 //
 // Its ports are picked free and released before the script binds them, so another process
 // can take one meanwhile: the first start then tries again on other ports. Later starts
-// (after an outage) keep the ports, which stay reserved for the test by the service's data.
+// (after an outage) must keep them, since the test's clients hold the address.
 func StartPrivate(t testing.TB, service string) *Private {
 	t.Helper()
 	ServicesScript(t) // skip or fail early when the script is unknown
