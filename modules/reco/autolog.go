@@ -19,13 +19,15 @@ type impressionWriter interface {
 	Write(ctx context.Context, evs []events.Any, correlationID string) ([]ingest.Result, error)
 }
 
-// preparingWriter is implemented by pkg/ingest's Writer: the event is validated and encoded
-// on the request's goroutine, and the background persist only queues it and waits. A fresh
-// persist goroutine grew its stack inside the encoder, ~2.8 % of the API's CPU at 5,000
-// lists/s (session 17).
-type preparingWriter interface {
+// submitter is implemented by pkg/ingest's Writer: the event is validated and encoded on the
+// request's goroutine (a fresh persist goroutine grew its stack inside the encoder, ~2.8 % of
+// the API's CPU at 5,000 lists/s in session 17), then queued with Submit, whose callback
+// reports the commit: no goroutine waits on each served list. Only a failed write gets a
+// persist goroutine, to retry with back-off.
+type submitter interface {
 	Prepare(evs []events.Any, correlationID string) (*ingest.Prepared, error)
 	WritePrepared(ctx context.Context, p *ingest.Prepared) ([]ingest.Result, error)
+	Submit(p *ingest.Prepared, done func([]ingest.Result, error)) error
 }
 
 // autolog persists the impressions /reco serves through the ingest writer.
@@ -57,12 +59,14 @@ type autolog struct {
 	log      *slog.Logger
 	warn     logLimiter
 
-	inflight atomic.Int64
-	mu       sync.RWMutex
-	closed   bool
-	wg       sync.WaitGroup
-	abortCtx context.Context
-	abort    context.CancelFunc
+	inflight  atomic.Int64 // accepted, not yet persisted or dropped
+	submitted atomic.Int64 // of which queued with Submit, awaiting its callback
+	mu        sync.RWMutex
+	closed    bool           // no new events (Shutdown started)
+	aborted   bool           // Shutdown gave up: callbacks still to come were counted as dropped
+	wg        sync.WaitGroup // persist goroutines
+	abortCtx  context.Context
+	abort     context.CancelFunc
 }
 
 func newAutolog(cfg *Config, w impressionWriter, pg *breaker, m *recoMetrics, log *slog.Logger) *autolog {
@@ -176,30 +180,68 @@ func (a *autolog) background(ev *events.Impression, correlationID string) startR
 		_, err := a.w.Write(ctx, []events.Any{ev}, correlationID)
 		return err
 	}
-	if pw, ok := a.w.(preparingWriter); ok {
-		p, err := pw.Prepare([]events.Any{ev}, correlationID)
+	if sw, ok := a.w.(submitter); ok {
+		p, err := sw.Prepare([]events.Any{ev}, correlationID)
 		if err != nil {
 			a.inflight.Add(-1)
 			a.rejected(context.Background(), ev, err)
 			return started
 		}
 		write = func(ctx context.Context) error {
-			_, err := pw.WritePrepared(ctx, p)
+			_, err := sw.WritePrepared(ctx, p)
 			return err
+		}
+		if !a.pg.IsOpen() {
+			start := time.Now()
+			a.submitted.Add(1)
+			if sw.Submit(p, func(_ []ingest.Result, err error) { a.committed(ev, write, start, err) }) == nil {
+				return started
+			}
+			// The writer's queue is full (or it closed): a persist goroutine waits for room.
+			a.submitted.Add(-1)
 		}
 	}
 	a.wg.Add(1)
-	go a.persist(ev, write)
+	go a.persist(ev, write, false)
 	return started
 }
 
-// persist writes until the event is stored, rejected, or the shutdown gives up on it.
-func (a *autolog) persist(ev *events.Impression, write func(context.Context) error) {
+// committed is the Submit callback of an event: it counts the outcome, or hands a failed write
+// to a persist goroutine. It runs on the writer's goroutine and must not block.
+func (a *autolog) committed(ev *events.Impression, write func(context.Context) error, start time.Time, err error) {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	if a.aborted {
+		return // Shutdown counted it as dropped
+	}
+	a.submitted.Add(-1)
+	a.m.stage(stageImpressionLog, time.Since(start))
+	switch {
+	case err == nil:
+		a.m.autologPersisted.Inc()
+		a.pg.Success()
+	case errors.Is(err, ingest.ErrClosed):
+		a.m.dropped(dropShutdown, 1)
+	case !transient(err):
+		a.rejected(context.Background(), ev, err)
+	default:
+		a.pg.Failure()
+		a.m.autologRetries.Inc()
+		a.wg.Add(1)
+		go a.persist(ev, write, true)
+		return
+	}
+	a.inflight.Add(-1)
+}
+
+// persist writes until the event is stored, rejected, or the shutdown gives up on it; retry
+// means a first write failed already, so it backs off before writing.
+func (a *autolog) persist(ev *events.Impression, write func(context.Context) error, retry bool) {
 	defer a.wg.Done()
 	defer a.inflight.Add(-1)
 	backoff := 20 * time.Millisecond
 	for {
-		if !a.pg.IsOpen() {
+		if !retry && !a.pg.IsOpen() {
 			start := time.Now()
 			ctx, cancel := context.WithTimeout(a.abortCtx, a.timeout)
 			err := write(ctx)
@@ -220,6 +262,7 @@ func (a *autolog) persist(ev *events.Impression, write func(context.Context) err
 			a.pg.Failure()
 			a.m.autologRetries.Inc()
 		}
+		retry = false
 		// Full jitter keeps a thousand waiting events from retrying in lock step.
 		wait := time.Duration(rand.Int64N(int64(backoff))) + time.Millisecond
 		t := time.NewTimer(wait)
@@ -240,22 +283,21 @@ func (a *autolog) Shutdown(timeout time.Duration) int64 {
 	a.mu.Lock()
 	a.closed = true
 	a.mu.Unlock()
-	done := make(chan struct{})
-	go func() {
-		a.wg.Wait()
-		close(done)
-	}()
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case <-done:
-		a.abort()
-		return 0
-	case <-t.C:
+	// A callback may still start a retry goroutine, so the wait watches the count of pending
+	// events rather than the WaitGroup (which must not grow while waited on).
+	for deadline := time.Now().Add(timeout); a.inflight.Load() > 0 && time.Now().Before(deadline); {
+		time.Sleep(2 * time.Millisecond)
 	}
+	a.mu.Lock()
+	a.aborted = true
 	left := a.inflight.Load()
-	a.abort()
-	<-done
+	if n := a.submitted.Swap(0); n > 0 {
+		a.m.dropped(dropShutdown, int(n))
+		a.inflight.Add(-n)
+	}
+	a.mu.Unlock()
+	a.abort() // the persist goroutines count their events as dropped
+	a.wg.Wait()
 	return left
 }
 

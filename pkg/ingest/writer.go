@@ -141,9 +141,19 @@ type Writer struct {
 type request struct {
 	ctx     context.Context
 	rows    []row
-	done    chan struct{}
+	done    chan struct{}         // closed when answered (Write, WritePrepared)
+	then    func([]Result, error) // called instead when answered (Submit)
 	results []Result
 	err     error
+}
+
+// answer hands the outcome to the caller.
+func (r *request) answer() {
+	if r.then != nil {
+		r.then(r.results, r.err)
+		return
+	}
+	close(r.done)
 }
 
 // row is one prepared event; its outbox frame, lane and context JSON are built by the
@@ -291,11 +301,33 @@ func (w *Writer) WritePrepared(ctx context.Context, p *Prepared) ([]Result, erro
 	return res, err
 }
 
+// ErrQueueFull is returned by Submit when the queue has no room (see Config.QueueSize).
+var ErrQueueFull = fmt.Errorf("%w: ingest queue full", ErrUnavailable)
+
+// Submit is WritePrepared without the wait: the request is queued and done is called once, on
+// a writer goroutine, with what WritePrepared would have returned. A caller that persists in
+// the background, as /reco's autolog does per served list, needs no goroutine parked on each
+// commit. done must not block: it runs between two group commits. Submit does not wait for
+// room either: it returns ErrQueueFull when the queue is full and ErrClosed after Close, and
+// done is then never called.
+func (w *Writer) Submit(p *Prepared, done func([]Result, error)) error {
+	if len(p.rows) == 0 {
+		go done(nil, nil) // never on the caller's goroutine, as for any request
+		return nil
+	}
+	start := time.Now()
+	req := &request{ctx: context.Background(), rows: p.rows, then: func(res []Result, err error) {
+		w.m.writeDuration.UpdateDuration(start)
+		done(res, err)
+	}}
+	return w.enqueue(req.ctx, req, false)
+}
+
 // submit queues rows as one request and waits for its commit, timed from start. finished
 // reports that no worker holds the rows any more (false when ctx ended first).
 func (w *Writer) submit(ctx context.Context, rows []row, start time.Time) (res []Result, finished bool, err error) {
 	req := &request{ctx: ctx, rows: rows, done: make(chan struct{})}
-	if err := w.enqueue(ctx, req); err != nil {
+	if err := w.enqueue(ctx, req, true); err != nil {
 		return nil, true, err
 	}
 	select {
@@ -307,11 +339,20 @@ func (w *Writer) submit(ctx context.Context, rows []row, start time.Time) (res [
 	}
 }
 
-func (w *Writer) enqueue(ctx context.Context, req *request) error {
+// enqueue queues req, waiting for room until ctx ends if wait.
+func (w *Writer) enqueue(ctx context.Context, req *request, wait bool) error {
 	w.mu.RLock()
 	defer w.mu.RUnlock()
 	if w.closed {
 		return ErrClosed
+	}
+	if !wait {
+		select {
+		case w.queue <- req:
+			return nil
+		default:
+			return ErrQueueFull
+		}
 	}
 	select {
 	case w.queue <- req:
@@ -460,7 +501,7 @@ func (w *Writer) commitGroup(group []*request) {
 		if err := r.ctx.Err(); err != nil {
 			// The caller gave up before its events were sent: nothing was written.
 			r.err = fmt.Errorf("%w: %w", ErrUnavailable, err)
-			close(r.done)
+			r.answer()
 			continue
 		}
 		live = append(live, r)
@@ -476,7 +517,7 @@ func (w *Writer) commitGroup(group []*request) {
 			if err := w.commit([]*request{r}); err != nil {
 				r.err = err
 			}
-			close(r.done)
+			r.answer()
 		}
 		return
 	}
@@ -484,7 +525,7 @@ func (w *Writer) commitGroup(group []*request) {
 		if err != nil {
 			r.err = err
 		}
-		close(r.done)
+		r.answer()
 	}
 }
 

@@ -404,6 +404,65 @@ func TestWriterPrepared(t *testing.T) {
 	}
 }
 
+// TestWriterSubmit: Submit queues without waiting and reports the commit to its callback, as
+// WritePrepared would answer; it refuses, without calling back, when the queue is full or the
+// writer closed.
+func TestWriterSubmit(t *testing.T) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	cfg := ingest.DefaultConfig()
+	cfg.QueueSize = 1
+	w := ingest.New(pool, cfg) // not started yet: the queue fills
+	t.Cleanup(w.Close)
+	type answer struct {
+		res []ingest.Result
+		err error
+	}
+	answers := make(chan answer, 4)
+	done := func(res []ingest.Result, err error) { answers <- answer{res, err} }
+	p, err := w.Prepare([]events.Any{impression("submitted-1", "u1", "item-1", "item-2", "item-3")}, "corr-s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Submit(p, done); err != nil {
+		t.Fatalf("first submit: %v", err)
+	}
+	if err := w.Submit(p, done); !errors.Is(err, ingest.ErrQueueFull) || !errors.Is(err, ingest.ErrUnavailable) {
+		t.Fatalf("submit to a full queue: %v, want ErrQueueFull (an ErrUnavailable)", err)
+	}
+	w.Start()
+	for i, want := range []ingest.Result{
+		{Status: ingest.StatusOK, Rows: 3, OutboxEnqueued: true},
+		{Status: ingest.StatusDuplicate},
+	} {
+		if i > 0 {
+			if err := w.Submit(p, done); err != nil {
+				t.Fatalf("submit %d: %v", i, err)
+			}
+		}
+		select {
+		case a := <-answers:
+			if a.err != nil || len(a.res) != 1 || a.res[0] != want {
+				t.Fatalf("answer %d: %+v %v, want [%+v]", i, a.res, a.err, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no answer %d", i)
+		}
+	}
+	if n := count(t, pool, "SELECT count(*) FROM impressions WHERE event_id = 'submitted-1'"); n != 3 {
+		t.Fatalf("%d impression rows, want 3", n)
+	}
+	if msgs := outboxFrames(t, pool); len(msgs) != 1 || msgs[0].EventID != "submitted-1" || msgs[0].CorrelationID != "corr-s" {
+		t.Fatalf("frames %+v, want one of submitted-1 with corr-s", msgs)
+	}
+	w.Close()
+	if err := w.Submit(p, done); !errors.Is(err, ingest.ErrClosed) {
+		t.Fatalf("submit after close: %v, want ErrClosed", err)
+	}
+	if len(answers) != 0 {
+		t.Fatalf("%d answers for refused submissions", len(answers))
+	}
+}
+
 func watchBody(id string) string {
 	return fmt.Sprintf(`{"event_id":%q,"user_id":"u1","session_id":"s1","request_id":"r1","ts_ms":%d,"item_id":"item-1","watch_time_sec":3.5}`,
 		id, time.Now().UnixMilli())

@@ -1,0 +1,110 @@
+package reco
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"recsys/pkg/events"
+	"recsys/pkg/ingest"
+	"recsys/pkg/testutil"
+)
+
+func servedImpression(id string) *events.Impression {
+	now := time.Now().UnixMilli()
+	return &events.Impression{Common: events.Common{EventID: "autolog-" + id, UserID: "u-" + id, SessionID: "s1", RequestID: "r-" + id,
+		TsMs: now, ServerReceivedTsMs: now}, EventType: "impression",
+		Items: []events.ImpressionItem{{ItemID: "item-1", Position: 0}, {ItemID: "item-2", Position: 1}}}
+}
+
+// TestAutologSubmitsToTheIngestWriter: with pkg/ingest's Writer (real PostgreSQL) the autolog
+// queues each served list with Submit, no goroutine waiting on it, and counts the commit. A
+// write that times out is retried by a persist goroutine until it commits. At a shutdown whose
+// timeout passes with lists still queued, those are counted as dropped once, and their commit
+// after that changes no count: every list is persisted or counted, never both.
+func TestAutologSubmitsToTheIngestWriter(t *testing.T) {
+	ctx := context.Background()
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	newAutologOn := func(w *ingest.Writer) (*autolog, *recoMetrics) {
+		cfg := NewConfig()
+		cfg.AutologRetryMax = 20 * time.Millisecond
+		m := newRecoMetrics(metrics.NewSet())
+		return newAutolog(cfg, w, newBreaker(100, nil), m, slog.New(slog.DiscardHandler)), m
+	}
+	stored := func(ids ...string) int {
+		var n int
+		for i := range ids {
+			ids[i] = "autolog-" + ids[i]
+		}
+		if err := pool.QueryRow(ctx, `SELECT count(DISTINCT event_id) FROM impressions WHERE event_id = ANY($1)`, ids).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	// Queued while the writer has not started: Submit holds them, no goroutine does.
+	wcfg := ingest.DefaultConfig()
+	wcfg.Timeout = 200 * time.Millisecond
+	w := ingest.New(pool, wcfg)
+	t.Cleanup(w.Close)
+	a, m := newAutologOn(w)
+	for i := range 3 {
+		a.Log(ctx, servedImpression(fmt.Sprintf("sub-%d", i)), "")
+	}
+	if a.Pending() != 3 || a.submitted.Load() != 3 {
+		t.Fatalf("pending %d, submitted %d, want 3 and 3", a.Pending(), a.submitted.Load())
+	}
+	// The next commit waits on a lock beyond the writer's timeout: the callback hands the
+	// events to persist goroutines, which retry until the lock is gone.
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `LOCK TABLE impression_events IN EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	w.Start()
+	eventually(t, 10*time.Second, "a failed commit retried", func() bool { return m.autologRetries.Get() > 0 })
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the lists persisted", func() bool { return a.Pending() == 0 })
+	if got := m.autologPersisted.Get(); got != 3 || m.droppedTotal() != 0 || a.submitted.Load() != 0 {
+		t.Fatalf("persisted %d dropped %d submitted %d, want 3, 0, 0", got, m.droppedTotal(), a.submitted.Load())
+	}
+	if n := stored("sub-0", "sub-1", "sub-2"); n != 3 {
+		t.Fatalf("%d of 3 lists stored", n)
+	}
+	if left := a.Shutdown(time.Second); left != 0 {
+		t.Fatalf("shutdown of a drained autolog left %d", left)
+	}
+
+	// A shutdown that gives up on queued lists counts them; their later commit counts nothing.
+	w2 := ingest.New(pool, ingest.DefaultConfig())
+	t.Cleanup(w2.Close)
+	a2, m2 := newAutologOn(w2)
+	a2.Log(ctx, servedImpression("late-0"), "")
+	a2.Log(ctx, servedImpression("late-1"), "")
+	if left := a2.Shutdown(50 * time.Millisecond); left != 2 {
+		t.Fatalf("shutdown left %d, want 2", left)
+	}
+	if n := m2.autologDropped[dropShutdown].Get(); n != 2 || a2.Pending() != 0 {
+		t.Fatalf("dropped(shutdown) %d pending %d, want 2 and 0", n, a2.Pending())
+	}
+	w2.Close() // commits the queue: the callbacks come after the shutdown
+	if n := stored("late-0", "late-1"); n != 2 {
+		t.Fatalf("%d of 2 queued lists stored by Close", n)
+	}
+	if p, d := m2.autologPersisted.Get(), m2.droppedTotal(); p != 0 || d != 2 {
+		t.Fatalf("after the late commit: persisted %d dropped %d, want 0 and 2", p, d)
+	}
+	// After the shutdown a list is counted, not queued.
+	a2.Log(ctx, servedImpression("after"), "")
+	if n := m2.autologDropped[dropShutdown].Get(); n != 3 {
+		t.Fatalf("dropped(shutdown) %d after a late list, want 3", n)
+	}
+}
