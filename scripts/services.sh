@@ -417,6 +417,10 @@ num.network.threads=2
 num.io.threads=4
 log.retention.hours=24
 log.segment.bytes=134217728
+# The controller appends a no-op record to the metadata log every 500 ms by default, so that
+# observers of a multi-node quorum see it advance; with one node it only cost the idle broker
+# ~70 ms of CPU per second here (2 alternated restarts: 245 / 134 against 179 / 64 ms).
+metadata.max.idle.interval.ms=5000
 EOF
 }
 

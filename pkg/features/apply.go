@@ -123,22 +123,43 @@ func applyImpression(cfg Config, u *UserState, ev Interaction, d *Delta) {
 	if u.ImpressionCounts == nil && cfg.ImpressionMemory > 0 {
 		u.ImpressionCounts = make(map[string]ImpressionStat, len(ev.Items))
 	}
+	impressionDelta(cfg, ev, d)
+	for _, it := range d.UserImpressions {
+		st := u.ImpressionCounts[it]
+		st.Count++
+		st.LastTsMs = max(st.LastTsMs, ev.TsMs)
+		u.ImpressionCounts[it] = st
+	}
+	if cfg.ImpressionMemory > 0 && len(u.ImpressionCounts) > cfg.ImpressionTrimAt() {
+		trimOldest(u.ImpressionCounts, cfg.ImpressionMemory, func(s ImpressionStat) int64 { return s.LastTsMs })
+	}
+}
+
+// impressionDelta appends an impression's global increments to d: +1 impression for each
+// distinct item, which is also each item whose per-user counter goes up.
+func impressionDelta(cfg Config, ev Interaction, d *Delta) {
 	for i, it := range ev.Items {
 		if it == "" || containsBefore(ev.Items, i, it) {
 			continue
 		}
 		d.Items = append(d.Items, ItemDelta{ItemID: it, Impressions: 1})
 		if cfg.ImpressionMemory > 0 {
-			st := u.ImpressionCounts[it]
-			st.Count++
-			st.LastTsMs = max(st.LastTsMs, ev.TsMs)
-			u.ImpressionCounts[it] = st
 			d.UserImpressions = append(d.UserImpressions, it)
 		}
 	}
-	if cfg.ImpressionMemory > 0 && len(u.ImpressionCounts) > cfg.ImpressionMemory+trimSlack(cfg.ImpressionMemory) {
-		trimOldest(u.ImpressionCounts, cfg.ImpressionMemory, func(s ImpressionStat) int64 { return s.LastTsMs })
+}
+
+// ImpressionDeltaInto is ApplyInto for an impression event of a user whose counters the
+// caller keeps itself (a store that merges them into the stored document): d gets the event's
+// Delta, and d.UserImpressions names the counters ApplyInto would raise by one, to ev.TsMs at
+// least. ApplyInto also trims the counters once they pass Config.ImpressionTrimAt entries;
+// such a caller must not let them get there.
+func ImpressionDeltaInto(cfg Config, ev Interaction, d *Delta) {
+	*d = Delta{UserID: ev.UserID, TsMs: ev.TsMs, Items: d.Items[:0], Pop: d.Pop[:0], Pairs: d.Pairs[:0], UserImpressions: d.UserImpressions[:0]}
+	if ev.UserID == "" || ev.Kind != KindImpression {
+		return
 	}
+	impressionDelta(cfg, ev, d)
 }
 
 // containsBefore reports whether s[:i] contains v; impression lists are short (k ≤ 100), so a
@@ -272,6 +293,10 @@ func insertAt(h []HistoryEntry, i int, e HistoryEntry) []HistoryEntry {
 	h[i] = e
 	return h
 }
+
+// ImpressionTrimAt is the number of impression counters past which Apply trims a user's back
+// to ImpressionMemory.
+func (c Config) ImpressionTrimAt() int { return c.ImpressionMemory + trimSlack(c.ImpressionMemory) }
 
 // trimSlack is how far a bounded per-user map may grow past its cap before it is trimmed back:
 // a trim then runs once per max(cap/4, 16) new entries instead of on every event.

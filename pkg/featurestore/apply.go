@@ -261,11 +261,16 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 		}
 		ev := &b.Events[i].Interaction
 		u := states[ev.UserID]
-		u.st = features.ApplyInto(s.cfg, u.st, *ev, &d)
 		changed[ev.UserID] = true
-		if ev.Kind == features.KindImpression {
+		switch {
+		case u.lazy != nil: // impressions only
+			features.ImpressionDeltaInto(s.cfg, *ev, &d)
+			u.lazy.add(i, ev.TsMs, d.UserImpressions)
+		case ev.Kind == features.KindImpression:
+			u.st = features.ApplyInto(s.cfg, u.st, *ev, &d)
 			u.iAdd = append(u.iAdd, ev.Items...)
-		} else {
+		default:
+			u.st = features.ApplyInto(s.cfg, u.st, *ev, &d)
 			u.wAdd = append(u.wAdd, ev.ItemID)
 			watchChanged[ev.UserID] = true
 		}
@@ -306,7 +311,15 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 		a.users = make([]userRow, len(userIDs))
 		for i, id := range userIDs {
 			u := states[id]
-			h, w, im := u.h, u.w, encodeImpressions(u.st.ImpressionCounts, docKeys(u.st.ImpressionCounts, u.iKeys, u.iAdd))
+			h, w := u.h, u.w
+			var im string
+			if u.lazy != nil {
+				if im, err = u.lazy.document(s.cfg, b); err != nil {
+					return nil, fmt.Errorf("impressions of %q: %w", id, err)
+				}
+			} else {
+				im = encodeImpressions(u.st.ImpressionCounts, docKeys(u.st.ImpressionCounts, u.iKeys, u.iAdd))
+			}
 			if watchChanged[id] {
 				if h, err = encodeHistory(u.st.History); err != nil {
 					return nil, fmt.Errorf("encode history of %q: %w", id, err)
@@ -523,25 +536,25 @@ RETURNING item_id, impressions, watches, sum_percent, percent_count, ended, watc
 	return a, nil
 }
 
-// userDoc is a locked user's state. Only impressions are decoded for a user without a watch
-// in the batch (impressions change nothing else): history and watched stay as stored in h and
-// w and are written back as they are. A full user's watched set and history are most of its
-// ~30 kB, and most users of a batch only had impressions.
+// userDoc is a locked user's state. Nothing is decoded for a user without a watch in the batch
+// (impressions change nothing else): history and watched stay as stored in h and w and are
+// written back as they are, and the impression counters are merged into their stored document
+// (lazyImpressions). A full user's watched set and history are most of its ~30 kB, and most
+// users of a batch only had impressions.
 type userDoc struct {
 	st   features.UserState
 	h, w string // as stored; st.History and st.Watched are decoded only when a watch needs them
 	// The stored documents' keys (see docKeys) and the keys the batch's events may have added.
 	wKeys, iKeys, wAdd, iAdd []string
+	// lazy, for a user with impressions only in the batch, replaces st.ImpressionCounts.
+	lazy *lazyImpressions
 }
 
-// decode fills u.st from the stored documents; history and watched only when full.
-func (u *userDoc) decode(full bool, im string) error {
+// decode fills u.st from the stored documents.
+func (u *userDoc) decode(im string) error {
 	var err error
 	if u.st.ImpressionCounts, u.iKeys, err = decodeImpressionsKeys(im, true); err != nil {
 		return fmt.Errorf("decode impressions: %w", err)
-	}
-	if !full {
-		return nil
 	}
 	if u.st.History, err = DecodeHistory(u.h); err != nil {
 		return fmt.Errorf("decode history: %w", err)
@@ -599,7 +612,9 @@ WHERE NOT EXISTS (SELECT 1 FROM feature_applied a WHERE a.event_id = id) RETURNI
 			var id, h, w, im string
 			_, err := pgx.ForEachRow(rows, []any{&id, &h, &w, &im}, func() error {
 				u := &userDoc{h: h, w: w}
-				if err := u.decode(userSet[id], im); err != nil {
+				if !userSet[id] {
+					u.lazy = &lazyImpressions{stored: im}
+				} else if err := u.decode(im); err != nil {
 					return fmt.Errorf("user %q: %w", id, err)
 				}
 				states[id] = u

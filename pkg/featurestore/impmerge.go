@@ -1,0 +1,193 @@
+package featurestore
+
+import (
+	"math"
+	"strconv"
+	"strings"
+
+	"recsys/pkg/features"
+)
+
+// A user with only impressions in a batch (every served list's autolog) does not have its
+// impression counters decoded into a map, raised, sorted and encoded again: that was three
+// quarters of the consumer's apply time with the autolog running, for a document that keeps
+// growing to features.Config.ImpressionMemory entries (~15 kB at 300). The batch's raises are
+// summed per item (lazyImpressions) and merged into the stored document in one pass, copying
+// the entries they do not touch (mergeImpressions). The result is byte for byte what Apply and
+// encodeImpressions give; where the merge cannot promise that (a document not in
+// encodeImpressions' form, or counters that reach the trim), the user's events are replayed
+// through Apply instead.
+
+// lazyImpressions are one user's impression counters as the batch raises them, not yet merged
+// into the stored document.
+type lazyImpressions struct {
+	stored string                             // the document as stored
+	inc    map[string]features.ImpressionStat // per item: raises, and the latest event time
+	evs    []int                              // the user's events in the batch (Batch.Events indices)
+}
+
+// add records event i, whose counter raises features.ImpressionDeltaInto listed in items.
+func (l *lazyImpressions) add(i int, tsMs int64, items []string) {
+	l.evs = append(l.evs, i)
+	if len(items) == 0 {
+		return
+	}
+	if l.inc == nil {
+		l.inc = make(map[string]features.ImpressionStat, len(items))
+	}
+	for _, it := range items {
+		st, ok := l.inc[it]
+		if !ok {
+			st.LastTsMs = math.MinInt64
+		}
+		st.Count++
+		st.LastTsMs = max(st.LastTsMs, tsMs)
+		l.inc[it] = st
+	}
+}
+
+// document returns the counters after the batch, encoded as encodeImpressions does.
+func (l *lazyImpressions) document(cfg features.Config, b *Batch) (string, error) {
+	trimAt := -1
+	if cfg.ImpressionMemory > 0 {
+		trimAt = cfg.ImpressionTrimAt()
+	}
+	if doc, ok := mergeImpressions(l.stored, l.inc, sortedKeys(l.inc), trimAt); ok {
+		return doc, nil
+	}
+	m, err := DecodeImpressions(l.stored)
+	if err != nil {
+		return "", err
+	}
+	st := features.UserState{ImpressionCounts: m}
+	var d features.Delta
+	for _, i := range l.evs {
+		st = features.ApplyInto(cfg, st, b.Events[i].Interaction, &d)
+	}
+	return encodeImpressions(st.ImpressionCounts, sortedKeys(st.ImpressionCounts)), nil
+}
+
+// mergeImpressions adds inc (keys: its keys, increasing) to the counters document stored, in
+// one pass. ok is false, and nothing is promised, unless stored is exactly what
+// encodeImpressions writes and the result keeps at most trimAt entries (-1: no bound), so
+// that no trim would have happened on the way.
+func mergeImpressions(stored string, inc map[string]features.ImpressionStat, keys []string, trimAt int) (doc string, ok bool) {
+	if len(stored) < 2 || stored[0] != '{' || stored[len(stored)-1] != '}' {
+		return "", false
+	}
+	b := make([]byte, 0, len(stored)+len(keys)*56)
+	b = append(b, '{')
+	n, j := 0, 0
+	entry := func(k string, st features.ImpressionStat) {
+		if n > 0 {
+			b = append(b, ',')
+		}
+		n++
+		b = appendJSONString(b, k)
+		b = append(b, `:{"count":`...)
+		b = strconv.AppendInt(b, st.Count, 10)
+		b = append(b, `,"last_ts_ms":`...)
+		b = strconv.AppendInt(b, st.LastTsMs, 10)
+		b = append(b, '}')
+	}
+	fresh := func(k string) {
+		st := inc[k]
+		entry(k, features.ImpressionStat{Count: st.Count, LastTsMs: max(0, st.LastTsMs)})
+	}
+	s, prev, read := stored[1:len(stored)-1], "", false
+	for len(s) > 0 {
+		if read {
+			if s[0] != ',' {
+				return "", false
+			}
+			s = s[1:]
+		}
+		key, count, ts, rest, ok := canonicalImpression(s)
+		if !ok || (read && key <= prev) {
+			return "", false
+		}
+		raw := s[:len(s)-len(rest)]
+		s, prev, read = rest, key, true
+		for j < len(keys) && keys[j] < key {
+			fresh(keys[j])
+			j++
+		}
+		if j < len(keys) && keys[j] == key {
+			st := inc[key]
+			entry(key, features.ImpressionStat{Count: count + st.Count, LastTsMs: max(ts, st.LastTsMs)})
+			j++
+			continue
+		}
+		if n > 0 {
+			b = append(b, ',')
+		}
+		n++
+		b = append(b, raw...)
+	}
+	for ; j < len(keys); j++ {
+		fresh(keys[j])
+	}
+	if trimAt >= 0 && n > trimAt {
+		return "", false
+	}
+	return string(append(b, '}')), true
+}
+
+// canonicalImpression reads one entry `"key":{"count":N,"last_ts_ms":T}` at the start of s,
+// as encodeImpressions writes it (a key it writes unescaped, integers as strconv formats them).
+func canonicalImpression(s string) (key string, count, ts int64, rest string, ok bool) {
+	if len(s) == 0 || s[0] != '"' {
+		return
+	}
+	end := strings.IndexByte(s[1:], '"')
+	if end < 0 {
+		return
+	}
+	key, s = s[1:1+end], s[2+end:]
+	for i := 0; i < len(key); i++ {
+		if c := key[i]; c < 0x20 || c > 0x7e || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return
+		}
+	}
+	var cut bool
+	if s, cut = strings.CutPrefix(s, `:{"count":`); !cut {
+		return
+	}
+	if count, s, ok = canonicalInt(s); !ok {
+		return
+	}
+	if s, cut = strings.CutPrefix(s, `,"last_ts_ms":`); !cut {
+		return "", 0, 0, "", false
+	}
+	if ts, s, ok = canonicalInt(s); !ok {
+		return
+	}
+	if s, cut = strings.CutPrefix(s, "}"); !cut {
+		return "", 0, 0, "", false
+	}
+	return key, count, ts, s, true
+}
+
+// canonicalInt reads an integer at the start of s as strconv.AppendInt writes it.
+func canonicalInt(s string) (v int64, rest string, ok bool) {
+	i := 0
+	if i < len(s) && s[i] == '-' {
+		i++
+	}
+	d := i
+	var u uint64
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		u = u*10 + uint64(s[i]-'0')
+		i++
+	}
+	switch {
+	case i == d, s[d] == '0' && (i-d > 1 || d > 0): // no digits, a leading zero, "-0"
+		return 0, "", false
+	case i-d > 18: // may have overflowed: let strconv decide
+		x, err := strconv.ParseInt(s[:i], 10, 64)
+		return x, s[i:], err == nil
+	case d > 0:
+		return -int64(u), s[i:], true
+	}
+	return int64(u), s[i:], true
+}

@@ -1,0 +1,128 @@
+package featurestore
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+
+	"recsys/pkg/features"
+)
+
+// TestLazyImpressionsMatchApply: for stored documents in and out of encodeImpressions' form,
+// and batches that stay below the trim or pass it, the merged document is byte for byte what
+// applying the events one by one with features.ApplyInto and encoding gives, and the fast
+// merge is what serves the common case.
+func TestLazyImpressionsMatchApply(t *testing.T) {
+	cfg := features.DefaultConfig()
+	cfg.ImpressionMemory = 40 // trims past 56 entries
+	r := rand.New(rand.NewPCG(7, 8))
+	item := func() string {
+		if r.IntN(500) == 0 {
+			return `odd"<id>` // a key encodeImpressions escapes
+		}
+		return fmt.Sprintf("item%03d", r.IntN(90))
+	}
+	merged := 0
+	for n := range 3000 {
+		// A stored document: encodeImpressions' form, or one of the forms only the decoder
+		// accepts.
+		m := map[string]features.ImpressionStat{}
+		for range r.IntN(50) {
+			m[item()] = features.ImpressionStat{Count: 1 + r.Int64N(5), LastTsMs: r.Int64N(1_000_000)}
+		}
+		stored := encodeImpressions(m, sortedKeys(m))
+		switch n % 10 {
+		case 7:
+			stored = strings.ReplaceAll(stored, `,"last_ts_ms"`, ` , "last_ts_ms"`)
+		case 8:
+			stored = strings.Replace(stored, `{"count":`, `{"last_ts_ms":0,"count":`, 1)
+		case 9:
+			if n%20 == 9 {
+				stored = "{}"
+			}
+		}
+		var b Batch
+		l := &lazyImpressions{stored: stored}
+		var d features.Delta
+		for i := range 1 + r.IntN(4) {
+			ev := features.Interaction{Kind: features.KindImpression, UserID: "u", EventID: fmt.Sprint(i), TsMs: r.Int64N(2_000_000) - 500_000}
+			for range r.IntN(12) {
+				ev.Items = append(ev.Items, item())
+			}
+			if i == 1 {
+				ev.Items = append(append(ev.Items, ""), ev.Items...) // repeats and an empty id count once
+			}
+			b.Events = append(b.Events, Event{Interaction: ev})
+			features.ImpressionDeltaInto(cfg, ev, &d)
+			l.add(i, ev.TsMs, d.UserImpressions)
+		}
+
+		want, err := DecodeImpressions(stored)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := features.UserState{ImpressionCounts: want}
+		for _, e := range b.Events {
+			st = features.ApplyInto(cfg, st, e.Interaction, &d)
+		}
+		wantDoc := encodeImpressions(st.ImpressionCounts, sortedKeys(st.ImpressionCounts))
+		got, err := l.document(cfg, &b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != wantDoc {
+			t.Fatalf("case %d: stored %s\ngot  %s\nwant %s", n, stored, got, wantDoc)
+		}
+		if _, ok := mergeImpressions(stored, l.inc, sortedKeys(l.inc), cfg.ImpressionTrimAt()); ok {
+			merged++
+		}
+	}
+	if merged < 1500 {
+		t.Fatalf("the fast merge served %d of 3000 cases", merged)
+	}
+	t.Logf("fast merge in %d of 3000 cases", merged)
+}
+
+func TestMergeImpressionsRefusesWhatItCannotCopy(t *testing.T) {
+	inc := map[string]features.ImpressionStat{"b": {Count: 1, LastTsMs: 5}}
+	for _, stored := range []string{
+		``, `{`, `[]`, `{,}`,
+		`{"a":{"count":1,"last_ts_ms":2},}`,                                      // trailing comma
+		`{"b":{"count":1,"last_ts_ms":2},"a":{"count":1,"last_ts_ms":2}}`,        // keys out of order
+		`{"a":{"count":1,"last_ts_ms":2},"a":{"count":1,"last_ts_ms":2}}`,        // repeated key
+		`{"a":{"count":01,"last_ts_ms":2}}`, `{"a":{"count":-0,"last_ts_ms":2}}`, // not strconv's
+		`{"a":{"count":1,"last_ts_ms":2} }`, `{"a\u0041":{"count":1,"last_ts_ms":2}}`,
+		`{"a":{"count":99999999999999999999,"last_ts_ms":2}}`,
+	} {
+		if doc, ok := mergeImpressions(stored, inc, []string{"b"}, -1); ok {
+			t.Errorf("%s merged into %s", stored, doc)
+		}
+	}
+	// Within the bound, and one entry past it.
+	stored := `{"a":{"count":1,"last_ts_ms":9},"c":{"count":2,"last_ts_ms":-3}}`
+	want := `{"a":{"count":1,"last_ts_ms":9},"b":{"count":1,"last_ts_ms":5},"c":{"count":2,"last_ts_ms":-3}}`
+	if doc, ok := mergeImpressions(stored, inc, []string{"b"}, 3); !ok || doc != want {
+		t.Errorf("merge: %s %v, want %s", doc, ok, want)
+	}
+	if _, ok := mergeImpressions(stored, inc, []string{"b"}, 2); ok {
+		t.Error("a merge past the trim bound was accepted")
+	}
+}
+
+func TestCanonicalInt(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"0,", 0, true}, {"7}", 7, true}, {"-12,", -12, true}, {"1764489600000}", 1764489600000, true},
+		{"9223372036854775807}", 9223372036854775807, true}, {"-9223372036854775808}", -9223372036854775808, true},
+		{"9223372036854775808}", 0, false}, {"00", 0, false}, {"-0", 0, false}, {"012", 0, false}, {"-", 0, false}, {"", 0, false}, {"x", 0, false},
+	} {
+		v, _, ok := canonicalInt(tc.in)
+		if ok != tc.ok || (ok && v != tc.want) {
+			t.Errorf("canonicalInt(%q) = %d, %v; want %d, %v", tc.in, v, ok, tc.want, tc.ok)
+		}
+	}
+}
