@@ -280,10 +280,10 @@ func (w *Writer) write(ctx context.Context, evs []events.Any, correlationID stri
 type Prepared struct{ rows []row }
 
 // Prepare does the part of Write that needs no database (validation, the outbox frames) on
-// the caller's goroutine. A caller that persists on a goroutine of its own, as /reco's
-// autolog does per served list, spares that fresh goroutine growing its stack inside the
-// encoder. The result is only read by WritePrepared, so it can be written again after a
-// failure.
+// the caller's goroutine, for Submit or WritePrepared: a caller that retries on a goroutine of
+// its own, as /reco's autolog does after a failed commit, spares that fresh goroutine growing
+// its stack inside the encoder. The result is only read by the writes, so it can be written
+// again after a failure.
 func (w *Writer) Prepare(evs []events.Any, correlationID string) (*Prepared, error) {
 	rows := make([]row, len(evs))
 	if _, err := prepare(rows, evs, correlationID, w.cfg.OutboxLanes, true, nil); err != nil {
