@@ -51,6 +51,11 @@ import (
 // runs the roles as the k8s base deploys them, each in its own process (`recsys serve
 // --roles api`, `recsys relay`, `recsys consume`), and RECO_BENCH_BACKGROUND_NICE=N runs the
 // relay and the consumer at that nice level, as a node that favours serving would.
+//
+// RECO_BENCH_SEED_IMPRESSIONS=N also seeds each user with N served lists of 20 items before
+// the run. A user shown 15 lists or more has the 300 impression counters of a feed's steady
+// state (features.Config.ImpressionMemory, ~15 kB), which every list then reads, merges and
+// writes; without it users start with none and the run measures young documents.
 
 const (
 	benchUsers       = 5000
@@ -81,14 +86,27 @@ func benchSeed(s *stack, redisURL string) error {
 		batch = batch[:0]
 		return err
 	}
-	err = benchWatches(time.Now().UnixMilli(), s.prefix, func(in features.Interaction, lastOfUser bool) error {
+	now := time.Now().UnixMilli()
+	add := func(in features.Interaction, lastOfUser bool) error {
 		batch = append(batch, featurestore.Event{Interaction: in})
 		if lastOfUser && len(batch) >= 2000 {
 			return flush()
 		}
 		return nil
-	})
-	if err != nil {
+	}
+	if err := benchWatches(now, s.prefix, add); err != nil {
+		return err
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	lists := 0
+	if v := os.Getenv("RECO_BENCH_SEED_IMPRESSIONS"); v != "" {
+		if lists, err = strconv.Atoi(v); err != nil || lists < 0 {
+			return fmt.Errorf("RECO_BENCH_SEED_IMPRESSIONS must be a number of lists per user, got %q", v)
+		}
+	}
+	if err := benchImpressions(now, s.prefix, lists, add); err != nil {
 		return err
 	}
 	if err := flush(); err != nil {
@@ -118,6 +136,34 @@ func benchWatches(now int64, idPrefix string, emit func(in features.Interaction,
 			in := features.Interaction{Kind: features.KindWatch, EventID: fmt.Sprintf("%sb%07d", idPrefix, n),
 				UserID: fmt.Sprintf("load-user-%d", u), TsMs: ts, ItemID: fmt.Sprintf("item-%04d", item), PercentWatched: &pct}
 			if err := emit(in, w == benchWatchesUser-1); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// benchImpressions generates lists served lists of 20 items per user, over the hour before
+// now, drawn like the watches (nearby items, sometimes a popular one).
+func benchImpressions(now int64, idPrefix string, lists int, emit func(in features.Interaction, lastOfUser bool) error) error {
+	rng := rand.New(rand.NewPCG(13, 17))
+	n := 0
+	for u := 1; u <= benchUsers && lists > 0; u++ {
+		item := rng.IntN(benchItems)
+		for l := 0; l < lists; l++ {
+			in := features.Interaction{Kind: features.KindImpression, UserID: fmt.Sprintf("load-user-%d", u),
+				TsMs: now - 3600_000 + int64(l)*3600_000/int64(lists) + int64(rng.IntN(60_000))}
+			for range 20 {
+				if rng.IntN(4) == 0 {
+					item = int(float64(benchItems) * rng.Float64() * rng.Float64())
+				} else {
+					item = (item + rng.IntN(20) + 1) % benchItems
+				}
+				in.Items = append(in.Items, fmt.Sprintf("item-%04d", item))
+			}
+			n++
+			in.EventID = fmt.Sprintf("%si%07d", idPrefix, n)
+			if err := emit(in, l == lists-1); err != nil {
 				return err
 			}
 		}
