@@ -1,8 +1,11 @@
 package featurestore
 
 import (
+	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 
@@ -123,6 +126,35 @@ func TestCanonicalInt(t *testing.T) {
 		v, _, ok := canonicalInt(tc.in)
 		if ok != tc.ok || (ok && v != tc.want) {
 			t.Errorf("canonicalInt(%q) = %d, %v; want %d, %v", tc.in, v, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+// TestDecodeCanonicalImpressions: the fast decoder reads what encodeImpressions writes as
+// encoding/json does, keys in order, and leaves every other form to the general decoder.
+func TestDecodeCanonicalImpressions(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 10))
+	for n := range 500 {
+		m := map[string]features.ImpressionStat{}
+		for range r.IntN(40) {
+			m[fmt.Sprintf("item%03d", r.IntN(500))] = features.ImpressionStat{Count: r.Int64N(9) - 1, LastTsMs: r.Int64N(1<<42) - 1<<20}
+		}
+		doc := encodeImpressions(m, sortedKeys(m))
+		got, keys, ok := decodeCanonicalImpressions(doc, true)
+		var want map[string]features.ImpressionStat
+		if err := json.Unmarshal([]byte(doc), &want); err != nil {
+			t.Fatal(err)
+		}
+		if !ok || !maps.Equal(got, want) || !slices.Equal(keys, sortedKeys(m)) {
+			t.Fatalf("case %d: %s decoded %v %v %v", n, doc, ok, got, keys)
+		}
+	}
+	for _, doc := range []string{
+		`{"a":{"count":1, "last_ts_ms":2}}`, `{"a":{"last_ts_ms":2,"count":1}}`, `{"b":{"count":1,"last_ts_ms":2},"a":{"count":1,"last_ts_ms":2}}`,
+		`{"a\u00e9":{"count":1,"last_ts_ms":2}}`, `{"a":{"count":1,"last_ts_ms":2},}`, `null`, ``,
+	} {
+		if _, _, ok := decodeCanonicalImpressions(doc, false); ok {
+			t.Errorf("%s read by the fast decoder", doc)
 		}
 	}
 }

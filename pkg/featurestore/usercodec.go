@@ -417,6 +417,9 @@ func DecodeImpressions(s string) (map[string]features.ImpressionStat, error) {
 
 // decodeImpressionsKeys is decodeWatchedKeys for the impression counters.
 func decodeImpressionsKeys(s string, withKeys bool) (map[string]features.ImpressionStat, []string, error) {
+	if m, keys, ok := decodeCanonicalImpressions(s, withKeys); ok {
+		return m, keys, nil
+	}
 	p := jsonScan{s: s, ok: true}
 	n := strings.Count(s, "{") // one brace per entry, and the outer one
 	out := make(map[string]features.ImpressionStat, n)
