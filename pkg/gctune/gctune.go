@@ -35,7 +35,9 @@ type Config struct {
 }
 
 // DefaultConfig returns the defaults.
-func DefaultConfig() Config { return Config{GCPercent: 1600, MemoryLimitRatio: 0.9, HostMemoryRatio: 0.25} }
+func DefaultConfig() Config {
+	return Config{GCPercent: 1600, MemoryLimitRatio: 0.9, HostMemoryRatio: 0.25}
+}
 
 // RegisterFlags adds the go.* flags.
 func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
