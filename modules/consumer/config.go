@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"recsys/pkg/features"
+	"recsys/pkg/featurestore"
 	"recsys/pkg/flagenv"
 )
 
@@ -52,7 +53,10 @@ type Config struct {
 	// PostgreSQL works on one lane's transaction and Go on the other's. 1 applies one batch
 	// at a time.
 	MaxInFlight int
-	Features    features.Config
+	// ImpressionsFormat is how the users' impression counters are written
+	// (featurestore.ImpressionsFormat); every reader takes both.
+	ImpressionsFormat string
+	Features          features.Config
 }
 
 // NewConfig returns the defaults.
@@ -60,7 +64,7 @@ func NewConfig() *Config {
 	return &Config{GroupID: "recsys-feature-consumer-v1", MaxBatch: 20000, Linger: 2 * time.Millisecond, ImpressionLinger: 100 * time.Millisecond,
 		FetchMaxWait: 100 * time.Millisecond, CommitInterval: 100 * time.Millisecond, RetryBackoff: 100 * time.Millisecond, RetryMaxBackoff: 30 * time.Second,
 		UnreadyAfter: 5, HealInterval: time.Second, DedupRetention: 14 * 24 * time.Hour, DrainTimeout: 15 * time.Second, MaxInFlight: 2,
-		Features: features.DefaultConfig()}
+		ImpressionsFormat: string(featurestore.ImpressionsObject), Features: features.DefaultConfig()}
 }
 
 // RegisterFlags adds the consumer.* flags (feature parameters under consumer.features.*).
@@ -79,6 +83,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.DedupRetention, "consumer.dedup-retention", c.DedupRetention, "how long applied event ids are remembered (must exceed Kafka retention and replay horizons)")
 	fs.DurationVar(&c.DrainTimeout, "consumer.drain-timeout", c.DrainTimeout, "longest wait for the batch in flight at shutdown")
 	fs.IntVar(&c.MaxInFlight, "consumer.max-in-flight", c.MaxInFlight, "most transactions applying at once, each on its own share of the users (1: one batch at a time)")
+	fs.StringVar(&c.ImpressionsFormat, "consumer.impressions-format", c.ImpressionsFormat, "how the users' impression counters are written: object ({\"item\":{\"count\":N,\"last_ts_ms\":T}}) or array ([\"item\",N,T,...], ~60 % of the bytes); every reader takes both, so switch to array once every recsys reading the features runs a release that has this flag")
 	c.Features.RegisterFlags(fs, "consumer.features.")
 	flagenv.Alias(fs, "consumer.group-id", "FEATURE_CONSUMER_GROUP_ID")
 	flagenv.Alias(fs, "consumer.client-id", "FEATURE_CONSUMER_CLIENT_ID")
@@ -112,6 +117,9 @@ func (c *Config) Validate() error {
 	p.DurationAtLeast("consumer.dedup-retention", c.DedupRetention, time.Hour)
 	p.IntBetween("consumer.max-in-flight", c.MaxInFlight, 1, 16)
 	p.DurationPositive("consumer.drain-timeout", c.DrainTimeout)
+	if _, err := featurestore.ParseImpressionsFormat(c.ImpressionsFormat); err != nil {
+		p.Addf("--consumer.impressions-format: %v", err)
+	}
 	p.Add(c.Features.Validate())
 	return p.Err()
 }

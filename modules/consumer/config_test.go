@@ -19,6 +19,7 @@ func TestConfigValidate(t *testing.T) {
 		{name: "defaults", mutate: func(*Config) {}},
 		{name: "batch", mutate: func(c *Config) { c.MaxBatch = 0 }, want: "--consumer.max-batch must be between 1 and 100000, got 0"},
 		{name: "in flight", mutate: func(c *Config) { c.MaxInFlight = 0 }, want: "--consumer.max-in-flight must be between 1 and 16, got 0"},
+		{name: "impressions format", mutate: func(c *Config) { c.ImpressionsFormat = "binary" }, want: `--consumer.impressions-format: unknown impressions format "binary"`},
 		{name: "group", mutate: func(c *Config) { c.GroupID = "" }, want: "--consumer.group-id"},
 		{name: "backoff order", mutate: func(c *Config) { c.RetryMaxBackoff = time.Millisecond }, want: "--consumer.retry-max-backoff"},
 		{name: "retention", mutate: func(c *Config) { c.DedupRetention = time.Minute }, want: "--consumer.dedup-retention"},

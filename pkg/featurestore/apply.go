@@ -314,11 +314,11 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 			h, w := u.h, u.w
 			var im string
 			if u.lazy != nil {
-				if im, err = u.lazy.document(s.cfg, b); err != nil {
+				if im, err = u.lazy.document(s.cfg, b, s.imps); err != nil {
 					return nil, fmt.Errorf("impressions of %q: %w", id, err)
 				}
 			} else {
-				im = encodeImpressions(u.st.ImpressionCounts, docKeys(u.st.ImpressionCounts, u.iKeys, u.iAdd))
+				im = s.imps.encode(u.st.ImpressionCounts, docKeys(u.st.ImpressionCounts, u.iKeys, u.iAdd))
 			}
 			if watchChanged[id] {
 				if h, err = encodeHistory(u.st.History); err != nil {

@@ -82,11 +82,17 @@ func toEvents(evs []events.Any) []featurestore.Event {
 // TestSnapshotsMatchMemoryStore applies one stream (with duplicates, in random batch sizes) to
 // MemoryStore and to PostgreSQL + Redis, and checks that RedisLoader and PGLoader return the
 // same Snapshot as MemoryStore for every user, after incremental Redis writes and after a
-// forced rebuild of the copy.
+// forced rebuild of the copy. It runs with each format of the impression counters.
 func TestSnapshotsMatchMemoryStore(t *testing.T) {
+	rd := redisClient(t, testutil.StartPrivate(t, "redis").URL) // the shared one carries other packages' load tests
+	for _, f := range []featurestore.ImpressionsFormat{featurestore.ImpressionsObject, featurestore.ImpressionsArray} {
+		t.Run(string(f), func(t *testing.T) { snapshotsMatchMemoryStore(t, rd, f) })
+	}
+}
+
+func snapshotsMatchMemoryStore(t *testing.T, rd rueidis.Client, format featurestore.ImpressionsFormat) {
 	ctx := context.Background()
 	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
-	rd := redisClient(t, testutil.StartPrivate(t, "redis").URL) // the shared one carries other packages' load tests
 	prefix := testutil.Unique("fst") + ":"
 	t.Cleanup(func() { deleteKeys(t, rd, prefix) })
 	cfg := testConfig()
@@ -100,6 +106,7 @@ func TestSnapshotsMatchMemoryStore(t *testing.T) {
 
 	st := featurestore.New(pool, rd, prefix, cfg, nil)
 	st.SetUserChunk(2048) // several user statements per batch, as with full users
+	st.SetImpressionsFormat(format)
 	r := rand.New(rand.NewPCG(1, 2))
 	for i, first := 0, true; i < len(evs); {
 		n := 1 + r.IntN(150)
@@ -129,6 +136,11 @@ func TestSnapshotsMatchMemoryStore(t *testing.T) {
 			t.Fatalf("write redis: %v", err)
 		}
 		i += n
+	}
+	var inFormat int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM feature_users WHERE left(impressions, 1) = $1`, map[featurestore.ImpressionsFormat]string{
+		featurestore.ImpressionsObject: "{", featurestore.ImpressionsArray: "["}[format]).Scan(&inFormat); err != nil || inFormat < 20 {
+		t.Fatalf("%d users with counters in the %s form (%v)", inFormat, format, err)
 	}
 	var pending int
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM feature_redis_pending`).Scan(&pending); err != nil {

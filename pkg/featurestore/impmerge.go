@@ -46,13 +46,13 @@ func (l *lazyImpressions) add(i int, tsMs int64, items []string) {
 	}
 }
 
-// document returns the counters after the batch, encoded as encodeImpressions does.
-func (l *lazyImpressions) document(cfg features.Config, b *Batch) (string, error) {
+// document returns the counters after the batch, encoded in format f.
+func (l *lazyImpressions) document(cfg features.Config, b *Batch, f ImpressionsFormat) (string, error) {
 	trimAt := -1
 	if cfg.ImpressionMemory > 0 {
 		trimAt = cfg.ImpressionTrimAt()
 	}
-	if doc, ok := mergeImpressions(l.stored, l.inc, sortedKeys(l.inc), trimAt); ok {
+	if doc, ok := mergeImpressions(l.stored, l.inc, sortedKeys(l.inc), trimAt, f); ok {
 		return doc, nil
 	}
 	m, err := DecodeImpressions(l.stored)
@@ -64,25 +64,33 @@ func (l *lazyImpressions) document(cfg features.Config, b *Batch) (string, error
 	for _, i := range l.evs {
 		st = features.ApplyInto(cfg, st, b.Events[i].Interaction, &d)
 	}
-	return encodeImpressions(st.ImpressionCounts, sortedKeys(st.ImpressionCounts)), nil
+	return f.encode(st.ImpressionCounts, sortedKeys(st.ImpressionCounts)), nil
 }
 
 // mergeImpressions adds inc (keys: its keys, increasing) to the counters document stored, in
-// one pass. ok is false, and nothing is promised, unless stored is exactly what
-// encodeImpressions writes and the result keeps at most trimAt entries (-1: no bound), so
-// that no trim would have happened on the way.
-func mergeImpressions(stored string, inc map[string]features.ImpressionStat, keys []string, trimAt int) (doc string, ok bool) {
-	if len(stored) < 2 || stored[0] != '{' || stored[len(stored)-1] != '}' {
+// one pass, in format f. ok is false, and nothing is promised, unless stored is exactly what
+// f's encoder writes and the result keeps at most trimAt entries (-1: no bound), so that no
+// trim would have happened on the way.
+func mergeImpressions(stored string, inc map[string]features.ImpressionStat, keys []string, trimAt int, f ImpressionsFormat) (doc string, ok bool) {
+	open, closing, parse := byte('{'), byte('}'), canonicalImpression
+	if f == ImpressionsArray {
+		open, closing, parse = '[', ']', canonicalArrayEntry
+	}
+	if len(stored) < 2 || stored[0] != open || stored[len(stored)-1] != closing {
 		return "", false
 	}
 	b := make([]byte, 0, len(stored)+len(keys)*56)
-	b = append(b, '{')
+	b = append(b, open)
 	n, j := 0, 0
 	entry := func(k string, st features.ImpressionStat) {
 		if n > 0 {
 			b = append(b, ',')
 		}
 		n++
+		if f == ImpressionsArray {
+			b = appendArrayEntry(b, k, st)
+			return
+		}
 		b = appendJSONString(b, k)
 		b = append(b, `:{"count":`...)
 		b = strconv.AppendInt(b, st.Count, 10)
@@ -102,7 +110,7 @@ func mergeImpressions(stored string, inc map[string]features.ImpressionStat, key
 			}
 			s = s[1:]
 		}
-		key, count, ts, rest, ok := canonicalImpression(s)
+		key, count, ts, rest, ok := parse(s)
 		if !ok || (read && key <= prev) {
 			return "", false
 		}
@@ -130,7 +138,7 @@ func mergeImpressions(stored string, inc map[string]features.ImpressionStat, key
 	if trimAt >= 0 && n > trimAt {
 		return "", false
 	}
-	return string(append(b, '}')), true
+	return string(append(b, closing)), true
 }
 
 // decodeCanonicalImpressions decodes a counters document in encodeImpressions' exact form
@@ -170,22 +178,12 @@ func decodeCanonicalImpressions(s string, withKeys bool) (m map[string]features.
 // canonicalImpression reads one entry `"key":{"count":N,"last_ts_ms":T}` at the start of s,
 // as encodeImpressions writes it (a key it writes unescaped, integers as strconv formats them).
 func canonicalImpression(s string) (key string, count, ts int64, rest string, ok bool) {
-	if len(s) == 0 || s[0] != '"' {
+	if key, s, ok = canonicalKey(s); !ok {
 		return
-	}
-	end := strings.IndexByte(s[1:], '"')
-	if end < 0 {
-		return
-	}
-	key, s = s[1:1+end], s[2+end:]
-	for i := 0; i < len(key); i++ {
-		if c := key[i]; c < 0x20 || c > 0x7e || c == '\\' || c == '<' || c == '>' || c == '&' {
-			return
-		}
 	}
 	var cut bool
 	if s, cut = strings.CutPrefix(s, `:{"count":`); !cut {
-		return
+		return "", 0, 0, "", false
 	}
 	if count, s, ok = canonicalInt(s); !ok {
 		return

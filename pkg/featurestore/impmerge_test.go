@@ -12,11 +12,19 @@ import (
 	"recsys/pkg/features"
 )
 
-// TestLazyImpressionsMatchApply: for stored documents in and out of encodeImpressions' form,
-// and batches that stay below the trim or pass it, the merged document is byte for byte what
-// applying the events one by one with features.ApplyInto and encoding gives, and the fast
-// merge is what serves the common case.
+// TestLazyImpressionsMatchApply: for stored documents in either format, in and out of the
+// encoders' form, written in either format, and batches that stay below the trim or pass it,
+// the merged document is byte for byte what applying the events one by one with
+// features.ApplyInto and encoding gives, and the fast merge serves the common case.
 func TestLazyImpressionsMatchApply(t *testing.T) {
+	for _, stored := range []ImpressionsFormat{ImpressionsObject, ImpressionsArray} {
+		for _, written := range []ImpressionsFormat{ImpressionsObject, ImpressionsArray} {
+			t.Run(fmt.Sprintf("%s-to-%s", stored, written), func(t *testing.T) { lazyMatchesApply(t, stored, written) })
+		}
+	}
+}
+
+func lazyMatchesApply(t *testing.T, storedIn, writtenIn ImpressionsFormat) {
 	cfg := features.DefaultConfig()
 	cfg.ImpressionMemory = 40 // trims past 56 entries
 	r := rand.New(rand.NewPCG(7, 8))
@@ -34,16 +42,16 @@ func TestLazyImpressionsMatchApply(t *testing.T) {
 		for range r.IntN(50) {
 			m[item()] = features.ImpressionStat{Count: 1 + r.Int64N(5), LastTsMs: r.Int64N(1_000_000)}
 		}
-		stored := encodeImpressions(m, sortedKeys(m))
-		switch n % 10 {
-		case 7:
-			stored = strings.ReplaceAll(stored, `,"last_ts_ms"`, ` , "last_ts_ms"`)
-		case 8:
+		stored := storedIn.encode(m, sortedKeys(m))
+		switch {
+		case n%10 == 7:
+			stored = strings.ReplaceAll(stored, `,`, ` , `)
+		case n%10 == 8 && storedIn == ImpressionsObject:
 			stored = strings.Replace(stored, `{"count":`, `{"last_ts_ms":0,"count":`, 1)
-		case 9:
-			if n%20 == 9 {
-				stored = "{}"
-			}
+		case n%20 == 9 && storedIn == ImpressionsObject:
+			stored = "{}"
+		case n%20 == 9:
+			stored = "[]"
 		}
 		var b Batch
 		l := &lazyImpressions{stored: stored}
@@ -69,20 +77,26 @@ func TestLazyImpressionsMatchApply(t *testing.T) {
 		for _, e := range b.Events {
 			st = features.ApplyInto(cfg, st, e.Interaction, &d)
 		}
-		wantDoc := encodeImpressions(st.ImpressionCounts, sortedKeys(st.ImpressionCounts))
-		got, err := l.document(cfg, &b)
+		wantDoc := writtenIn.encode(st.ImpressionCounts, sortedKeys(st.ImpressionCounts))
+		got, err := l.document(cfg, &b, writtenIn)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if got != wantDoc {
 			t.Fatalf("case %d: stored %s\ngot  %s\nwant %s", n, stored, got, wantDoc)
 		}
-		if _, ok := mergeImpressions(stored, l.inc, sortedKeys(l.inc), cfg.ImpressionTrimAt()); ok {
+		if back, err := DecodeImpressions(got); err != nil || !maps.Equal(back, st.ImpressionCounts) {
+			t.Fatalf("case %d: %s decodes to %v (%v), want %v", n, got, back, err, st.ImpressionCounts)
+		}
+		if _, ok := mergeImpressions(stored, l.inc, sortedKeys(l.inc), cfg.ImpressionTrimAt(), writtenIn); ok {
 			merged++
 		}
 	}
-	if merged < 1500 {
+	// Between formats every case is a replay; within one, most merge.
+	if want := 1500; storedIn == writtenIn && merged < want {
 		t.Fatalf("the fast merge served %d of 3000 cases", merged)
+	} else if storedIn != writtenIn && merged > 0 {
+		t.Fatalf("the fast merge served %d cases across formats", merged)
 	}
 	t.Logf("fast merge in %d of 3000 cases", merged)
 }
@@ -98,17 +112,17 @@ func TestMergeImpressionsRefusesWhatItCannotCopy(t *testing.T) {
 		`{"a":{"count":1,"last_ts_ms":2} }`, `{"a\u0041":{"count":1,"last_ts_ms":2}}`,
 		`{"a":{"count":99999999999999999999,"last_ts_ms":2}}`,
 	} {
-		if doc, ok := mergeImpressions(stored, inc, []string{"b"}, -1); ok {
+		if doc, ok := mergeImpressions(stored, inc, []string{"b"}, -1, ImpressionsObject); ok {
 			t.Errorf("%s merged into %s", stored, doc)
 		}
 	}
 	// Within the bound, and one entry past it.
 	stored := `{"a":{"count":1,"last_ts_ms":9},"c":{"count":2,"last_ts_ms":-3}}`
 	want := `{"a":{"count":1,"last_ts_ms":9},"b":{"count":1,"last_ts_ms":5},"c":{"count":2,"last_ts_ms":-3}}`
-	if doc, ok := mergeImpressions(stored, inc, []string{"b"}, 3); !ok || doc != want {
+	if doc, ok := mergeImpressions(stored, inc, []string{"b"}, 3, ImpressionsObject); !ok || doc != want {
 		t.Errorf("merge: %s %v, want %s", doc, ok, want)
 	}
-	if _, ok := mergeImpressions(stored, inc, []string{"b"}, 2); ok {
+	if _, ok := mergeImpressions(stored, inc, []string{"b"}, 2, ImpressionsObject); ok {
 		t.Error("a merge past the trim bound was accepted")
 	}
 }
@@ -155,6 +169,30 @@ func TestDecodeCanonicalImpressions(t *testing.T) {
 	} {
 		if _, _, ok := decodeCanonicalImpressions(doc, false); ok {
 			t.Errorf("%s read by the fast decoder", doc)
+		}
+	}
+}
+
+// TestArrayImpressions: the array form decodes to what the object form does, in the encoder's
+// form and in any other JSON spelling of it, and what is not triples is an error.
+func TestArrayImpressions(t *testing.T) {
+	m := map[string]features.ImpressionStat{"a": {Count: 2, LastTsMs: 5}, `odd"<id>`: {Count: 1, LastTsMs: -3}, "b": {Count: 7, LastTsMs: 1764489600000}}
+	doc := ImpressionsArray.encode(m, sortedKeys(m))
+	if want := `["a",2,5,"b",7,1764489600000,"odd\"\u003cid\u003e",1,-3]`; doc != want {
+		t.Fatalf("encoded %s, want %s", doc, want)
+	}
+	for _, s := range []string{doc, strings.ReplaceAll(doc, ",", " , "), ` ["b",7,1764489600000,"a",2,5,"odd\"<id>",1,-3]`} {
+		got, err := DecodeImpressions(s)
+		if err != nil || !maps.Equal(got, m) {
+			t.Errorf("%s decoded to %v, %v", s, got, err)
+		}
+	}
+	if got, err := DecodeImpressions("[]"); err != nil || len(got) != 0 {
+		t.Errorf("[] decoded to %v, %v", got, err)
+	}
+	for _, bad := range []string{`["a",1]`, `["a",1,"x"]`, `[1,2,3]`, `["a",1,2`} {
+		if got, err := DecodeImpressions(bad); err == nil {
+			t.Errorf("%s decoded to %v", bad, got)
 		}
 	}
 }

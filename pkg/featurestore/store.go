@@ -40,7 +40,7 @@
 //
 // Redis keys (P = key prefix):
 //
-//	P+"u:"+user   HASH  h (JSON history), w (JSON {item: ts_ms}), i (JSON {item: {count,last_ts_ms}}), v (version)
+//	P+"u:"+user   HASH  h (JSON history), w (JSON {item: ts_ms}), i (JSON {item: {count,last_ts_ms}} or [item,count,last_ts_ms,...], see ImpressionsFormat), v (version)
 //	P+"i:"+item   HASH  imp, wat, sp, pn, end, wt, fs (first seen ms), ps, pl (stored popularity)
 //	P+"pop:s"     ZSET  item -> stored short popularity, top TopListSize
 //	P+"pop:l"     ZSET  item -> stored long popularity, top TopListSize
@@ -80,6 +80,7 @@ type Store struct {
 	// userTTL is the expiry each user hash written to Redis gets (0: none, and a previous one
 	// is removed); see ReadThroughUser.
 	userTTL time.Duration
+	imps    ImpressionsFormat // how impression counters are written
 
 	mu      sync.Mutex
 	written []int64 // journal rows whose Redis writes completed, deleted by the next batch
@@ -168,12 +169,16 @@ func New(pg *pgxpool.Pool, rd rueidis.Client, keyPrefix string, cfg features.Con
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Store{pg: pg, rd: rd, cfg: cfg, keys: NewKeys(keyPrefix), log: log, chunk: 100, userChunk: 1 << 20}
+	return &Store{pg: pg, rd: rd, cfg: cfg, keys: NewKeys(keyPrefix), log: log, chunk: 100, userChunk: 1 << 20, imps: ImpressionsObject}
 }
 
 // SetUserTTL makes every user hash written to Redis expire after d without a new write
 // (--redis.user-ttl; 0 keeps them). Call before use.
 func (s *Store) SetUserTTL(d time.Duration) { s.userTTL = d }
+
+// SetImpressionsFormat sets how the users' impression counters are written (the object form
+// by default); every reader takes both. Call before use.
+func (s *Store) SetImpressionsFormat(f ImpressionsFormat) { s.imps = f }
 
 // SetHooks installs observation hooks; call before use.
 func (s *Store) SetHooks(h Hooks) { s.hooks = h }

@@ -417,6 +417,9 @@ func DecodeImpressions(s string) (map[string]features.ImpressionStat, error) {
 
 // decodeImpressionsKeys is decodeWatchedKeys for the impression counters.
 func decodeImpressionsKeys(s string, withKeys bool) (map[string]features.ImpressionStat, []string, error) {
+	if formatOf(s) == ImpressionsArray {
+		return decodeArrayImpressions(s, withKeys)
+	}
 	if m, keys, ok := decodeCanonicalImpressions(s, withKeys); ok {
 		return m, keys, nil
 	}

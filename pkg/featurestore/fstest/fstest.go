@@ -5,6 +5,7 @@ package fstest
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -227,7 +228,7 @@ func ReadTables(ctx context.Context, pool *pgxpool.Pool, nowMs int64) (Tables, e
 		return t, fmt.Errorf("read meta: %w", err)
 	}
 	at := func(v float64, lm int64, hl float64) float64 { return v * math.Exp2(-float64(nowMs-lm)/hl) }
-	rows, err := pool.Query(ctx, `SELECT user_id, history, watched::jsonb::text, impressions::jsonb::text FROM feature_users`)
+	rows, err := pool.Query(ctx, `SELECT user_id, history, watched::jsonb::text, impressions FROM feature_users`)
 	if err != nil {
 		return t, err
 	}
@@ -236,7 +237,16 @@ func ReadTables(ctx context.Context, pool *pgxpool.Pool, nowMs int64) (Tables, e
 		if err := rows.Scan(&id, &h, &w, &i); err != nil {
 			return t, err
 		}
-		t.Users[id] = h + "|" + w + "|" + i
+		// The counters compare by value: one database may hold them in the other format.
+		m, err := featurestore.DecodeImpressions(i)
+		if err != nil {
+			return t, fmt.Errorf("user %s: %w", id, err)
+		}
+		ib, err := json.Marshal(m)
+		if err != nil {
+			return t, err
+		}
+		t.Users[id] = h + "|" + w + "|" + string(ib)
 	}
 	if err := rows.Err(); err != nil {
 		return t, err

@@ -1,0 +1,168 @@
+package featurestore
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"recsys/pkg/features"
+)
+
+// ImpressionsFormat is how a user's impression counters are written (column impressions,
+// Redis field "i"). Every reader takes both.
+//
+// At a feed's steady state a user keeps ImpressionMemory (300) counters, and the document is
+// read, merged and written on every served list, by the API, the consumer, PostgreSQL and
+// Redis: ~120 µs of the machine per list at the cap (docs/scaling.md, session 19). The object
+// form spends most of its bytes on field names; the array form is the same JSON data in
+// about 60 % of the bytes.
+type ImpressionsFormat string
+
+const (
+	// ImpressionsObject is {"item":{"count":N,"last_ts_ms":T},...}, keys increasing.
+	ImpressionsObject ImpressionsFormat = "object"
+	// ImpressionsArray is ["item",N,T,...], items increasing.
+	ImpressionsArray ImpressionsFormat = "array"
+)
+
+// ParseImpressionsFormat checks a configured format.
+func ParseImpressionsFormat(s string) (ImpressionsFormat, error) {
+	switch f := ImpressionsFormat(s); f {
+	case ImpressionsObject, ImpressionsArray:
+		return f, nil
+	}
+	return "", fmt.Errorf("unknown impressions format %q (want %q or %q)", s, ImpressionsObject, ImpressionsArray)
+}
+
+// encode writes counters m, keys being its keys increasing.
+func (f ImpressionsFormat) encode(m map[string]features.ImpressionStat, keys []string) string {
+	if f != ImpressionsArray {
+		return encodeImpressions(m, keys)
+	}
+	b := make([]byte, 0, 2+len(m)*36)
+	b = append(b, '[')
+	for i, k := range keys {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendArrayEntry(b, k, m[k])
+	}
+	return string(append(b, ']'))
+}
+
+func appendArrayEntry(b []byte, k string, st features.ImpressionStat) []byte {
+	b = appendJSONString(b, k)
+	b = append(b, ',')
+	b = strconv.AppendInt(b, st.Count, 10)
+	b = append(b, ',')
+	return strconv.AppendInt(b, st.LastTsMs, 10)
+}
+
+// of reports the format a stored document is in.
+func formatOf(doc string) ImpressionsFormat {
+	if strings.HasPrefix(strings.TrimLeft(doc, " \t\r\n"), "[") {
+		return ImpressionsArray
+	}
+	return ImpressionsObject
+}
+
+// decodeArrayImpressions decodes the array form. The form ImpressionsArray.encode writes is
+// read entry by entry; any other (escaped items, white space) goes through encoding/json.
+func decodeArrayImpressions(s string, withKeys bool) (map[string]features.ImpressionStat, []string, error) {
+	if m, keys, ok := decodeCanonicalArray(s, withKeys); ok {
+		return m, keys, nil
+	}
+	var raw []json.RawMessage
+	if err := json.Unmarshal([]byte(s), &raw); err != nil {
+		return nil, nil, err
+	}
+	if len(raw)%3 != 0 {
+		return nil, nil, fmt.Errorf("impression counters: %d values, not triples", len(raw))
+	}
+	m := make(map[string]features.ImpressionStat, len(raw)/3)
+	for i := 0; i < len(raw); i += 3 {
+		var k string
+		var st features.ImpressionStat
+		if err := json.Unmarshal(raw[i], &k); err != nil {
+			return nil, nil, fmt.Errorf("impression counters: item %d: %w", i/3, err)
+		}
+		if err := json.Unmarshal(raw[i+1], &st.Count); err != nil {
+			return nil, nil, fmt.Errorf("impression counters: count of %q: %w", k, err)
+		}
+		if err := json.Unmarshal(raw[i+2], &st.LastTsMs); err != nil {
+			return nil, nil, fmt.Errorf("impression counters: time of %q: %w", k, err)
+		}
+		m[k] = st
+	}
+	return m, nil, nil
+}
+
+// decodeCanonicalArray is decodeCanonicalImpressions for the array form.
+func decodeCanonicalArray(s string, withKeys bool) (m map[string]features.ImpressionStat, keys []string, ok bool) {
+	if len(s) < 2 || s[0] != '[' || s[len(s)-1] != ']' {
+		return nil, nil, false
+	}
+	n := strings.Count(s, `"`) / 2 // two quotes per item
+	m = make(map[string]features.ImpressionStat, n)
+	if withKeys {
+		keys = make([]string, 0, n)
+	}
+	s, prev := s[1:len(s)-1], ""
+	for i := 0; len(s) > 0; i++ {
+		if i > 0 {
+			if s[0] != ',' {
+				return nil, nil, false
+			}
+			s = s[1:]
+		}
+		key, count, ts, rest, ok := canonicalArrayEntry(s)
+		if !ok || (i > 0 && key <= prev) {
+			return nil, nil, false
+		}
+		m[key] = features.ImpressionStat{Count: count, LastTsMs: ts}
+		if withKeys {
+			keys = append(keys, key)
+		}
+		s, prev = rest, key
+	}
+	return m, keys, true
+}
+
+// canonicalArrayEntry reads `"item",N,T` at the start of s as appendArrayEntry writes it.
+func canonicalArrayEntry(s string) (key string, count, ts int64, rest string, ok bool) {
+	if key, s, ok = canonicalKey(s); !ok {
+		return
+	}
+	if len(s) == 0 || s[0] != ',' {
+		return "", 0, 0, "", false
+	}
+	if count, s, ok = canonicalInt(s[1:]); !ok {
+		return
+	}
+	if len(s) == 0 || s[0] != ',' {
+		return "", 0, 0, "", false
+	}
+	if ts, s, ok = canonicalInt(s[1:]); !ok {
+		return
+	}
+	return key, count, ts, s, true
+}
+
+// canonicalKey reads a string at the start of s that appendJSONString writes unescaped.
+func canonicalKey(s string) (key, rest string, ok bool) {
+	if len(s) == 0 || s[0] != '"' {
+		return "", "", false
+	}
+	end := strings.IndexByte(s[1:], '"')
+	if end < 0 {
+		return "", "", false
+	}
+	key = s[1 : 1+end]
+	for i := 0; i < len(key); i++ {
+		if c := key[i]; c < 0x20 || c > 0x7e || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return "", "", false
+		}
+	}
+	return key, s[2+end:], true
+}
