@@ -70,7 +70,7 @@ func formatOf(doc string) ImpressionsFormat {
 // decodeArrayImpressions decodes the array form. The form ImpressionsArray.encode writes is
 // read entry by entry; any other (escaped items, white space) goes through encoding/json.
 func decodeArrayImpressions(s string, withKeys bool) (map[string]features.ImpressionStat, []string, error) {
-	if m, keys, ok := decodeCanonicalArray(s, withKeys); ok {
+	if m, keys, ok := decodeCanonical(s, withKeys, ImpressionsArray); ok {
 		return m, keys, nil
 	}
 	var raw []json.RawMessage
@@ -98,35 +98,13 @@ func decodeArrayImpressions(s string, withKeys bool) (map[string]features.Impres
 	return m, nil, nil
 }
 
-// decodeCanonicalArray is decodeCanonicalImpressions for the array form.
-func decodeCanonicalArray(s string, withKeys bool) (m map[string]features.ImpressionStat, keys []string, ok bool) {
-	if len(s) < 2 || s[0] != '[' || s[len(s)-1] != ']' {
-		return nil, nil, false
+// syntax returns f's brackets, its entry parser (as f's encoder writes an entry) and an
+// upper bound of the entries of document s.
+func (f ImpressionsFormat) syntax(s string) (open, closing byte, parse func(string) (string, int64, int64, string, bool), entries int) {
+	if f == ImpressionsArray {
+		return '[', ']', canonicalArrayEntry, strings.Count(s, `"`) / 2 // two quotes per item
 	}
-	n := strings.Count(s, `"`) / 2 // two quotes per item
-	m = make(map[string]features.ImpressionStat, n)
-	if withKeys {
-		keys = make([]string, 0, n)
-	}
-	s, prev := s[1:len(s)-1], ""
-	for i := 0; len(s) > 0; i++ {
-		if i > 0 {
-			if s[0] != ',' {
-				return nil, nil, false
-			}
-			s = s[1:]
-		}
-		key, count, ts, rest, ok := canonicalArrayEntry(s)
-		if !ok || (i > 0 && key <= prev) {
-			return nil, nil, false
-		}
-		m[key] = features.ImpressionStat{Count: count, LastTsMs: ts}
-		if withKeys {
-			keys = append(keys, key)
-		}
-		s, prev = rest, key
-	}
-	return m, keys, true
+	return '{', '}', canonicalImpression, max(strings.Count(s, "{")-1, 0) // one brace per entry
 }
 
 // canonicalArrayEntry reads `"item",N,T` at the start of s as appendArrayEntry writes it.

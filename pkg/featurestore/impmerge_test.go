@@ -154,7 +154,7 @@ func TestDecodeCanonicalImpressions(t *testing.T) {
 			m[fmt.Sprintf("item%03d", r.IntN(500))] = features.ImpressionStat{Count: r.Int64N(9) - 1, LastTsMs: r.Int64N(1<<42) - 1<<20}
 		}
 		doc := encodeImpressions(m, sortedKeys(m))
-		got, keys, ok := decodeCanonicalImpressions(doc, true)
+		got, keys, ok := decodeCanonical(doc, true, ImpressionsObject)
 		var want map[string]features.ImpressionStat
 		if err := json.Unmarshal([]byte(doc), &want); err != nil {
 			t.Fatal(err)
@@ -167,7 +167,7 @@ func TestDecodeCanonicalImpressions(t *testing.T) {
 		`{"a":{"count":1, "last_ts_ms":2}}`, `{"a":{"last_ts_ms":2,"count":1}}`, `{"b":{"count":1,"last_ts_ms":2},"a":{"count":1,"last_ts_ms":2}}`,
 		`{"a\u00e9":{"count":1,"last_ts_ms":2}}`, `{"a":{"count":1,"last_ts_ms":2},}`, `null`, ``,
 	} {
-		if _, _, ok := decodeCanonicalImpressions(doc, false); ok {
+		if _, _, ok := decodeCanonical(doc, false, ImpressionsObject); ok {
 			t.Errorf("%s read by the fast decoder", doc)
 		}
 	}

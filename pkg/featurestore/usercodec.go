@@ -420,7 +420,7 @@ func decodeImpressionsKeys(s string, withKeys bool) (map[string]features.Impress
 	if formatOf(s) == ImpressionsArray {
 		return decodeArrayImpressions(s, withKeys)
 	}
-	if m, keys, ok := decodeCanonicalImpressions(s, withKeys); ok {
+	if m, keys, ok := decodeCanonical(s, withKeys, ImpressionsObject); ok {
 		return m, keys, nil
 	}
 	p := jsonScan{s: s, ok: true}
