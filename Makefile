@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` (everything in one process on embedded
-# defaults) and `make test` (real PostgreSQL, Kafka and Redis, vet, staticcheck, race tests, stack checks).
+# defaults) and `make test` (real PostgreSQL, Kafka and Redis, gofmt, vet, staticcheck, race tests, stack checks).
 SHELL := /bin/bash
 GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -20,7 +20,7 @@ deps-run:
 run: deps-run build
 	$(BIN) dev
 
-# Starts the real services (installing them when missing), then vet, staticcheck, race tests with
+# Starts the real services (installing them when missing), then gofmt, vet, staticcheck, race tests with
 # integration tests enabled, and the operator tools against a running stack.
 test:
 	@bash scripts/test.sh

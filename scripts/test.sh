@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make test`: start the real services (installing them when missing), vet, then every test
+# `make test`: start the real services (installing them when missing), gofmt, vet, then every test
 # with the race detector and integration tests enabled. The test runner's summary is the last
 # thing printed.
 set -euo pipefail
@@ -11,6 +11,13 @@ start=$(date +%s)
 eval "$(bash scripts/services.sh up)"
 export RECSYS_INTEGRATION=1
 
+echo "== gofmt" >&2
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.git/*'))
+if [ -n "$unformatted" ]; then
+  echo "gofmt would change these files (run gofmt -w):" >&2
+  echo "$unformatted" >&2
+  exit 1
+fi
 echo "== go vet" >&2
 go vet ./...
 echo "== staticcheck" >&2
