@@ -51,6 +51,7 @@ func (f ImpressionsFormat) encode(m map[string]features.ImpressionStat, keys []s
 	return string(append(b, ']'))
 }
 
+// appendArrayEntry and appendObjectEntry write one counter in each form.
 func appendArrayEntry(b []byte, k string, st features.ImpressionStat) []byte {
 	b = appendJSONString(b, k)
 	b = append(b, ',')
@@ -59,7 +60,16 @@ func appendArrayEntry(b []byte, k string, st features.ImpressionStat) []byte {
 	return strconv.AppendInt(b, st.LastTsMs, 10)
 }
 
-// of reports the format a stored document is in.
+func appendObjectEntry(b []byte, k string, st features.ImpressionStat) []byte {
+	b = appendJSONString(b, k)
+	b = append(b, `:{"count":`...)
+	b = strconv.AppendInt(b, st.Count, 10)
+	b = append(b, `,"last_ts_ms":`...)
+	b = strconv.AppendInt(b, st.LastTsMs, 10)
+	return append(b, '}')
+}
+
+// formatOf reports the format a stored document is in.
 func formatOf(doc string) ImpressionsFormat {
 	if strings.HasPrefix(strings.TrimLeft(doc, " \t\r\n"), "[") {
 		return ImpressionsArray

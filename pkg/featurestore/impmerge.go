@@ -86,14 +86,9 @@ func mergeImpressions(stored string, inc map[string]features.ImpressionStat, key
 		n++
 		if f == ImpressionsArray {
 			b = appendArrayEntry(b, k, st)
-			return
+		} else {
+			b = appendObjectEntry(b, k, st)
 		}
-		b = appendJSONString(b, k)
-		b = append(b, `:{"count":`...)
-		b = strconv.AppendInt(b, st.Count, 10)
-		b = append(b, `,"last_ts_ms":`...)
-		b = strconv.AppendInt(b, st.LastTsMs, 10)
-		b = append(b, '}')
 	}
 	fresh := func(k string) {
 		st := inc[k]

@@ -122,12 +122,7 @@ func encodeImpressions(m map[string]features.ImpressionStat, keys []string) stri
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendJSONString(b, k)
-		b = append(b, `:{"count":`...)
-		b = strconv.AppendInt(b, m[k].Count, 10)
-		b = append(b, `,"last_ts_ms":`...)
-		b = strconv.AppendInt(b, m[k].LastTsMs, 10)
-		b = append(b, '}')
+		b = appendObjectEntry(b, k, m[k])
 	}
 	return string(append(b, '}'))
 }
