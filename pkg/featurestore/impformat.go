@@ -37,18 +37,20 @@ func ParseImpressionsFormat(s string) (ImpressionsFormat, error) {
 
 // encode writes counters m, keys being its keys increasing.
 func (f ImpressionsFormat) encode(m map[string]features.ImpressionStat, keys []string) string {
-	if f != ImpressionsArray {
-		return encodeImpressions(m, keys)
+	open, closing, _, _ := f.syntax("")
+	entry, size := appendObjectEntry, 56
+	if f == ImpressionsArray {
+		entry, size = appendArrayEntry, 36
 	}
-	b := make([]byte, 0, 2+len(m)*36)
-	b = append(b, '[')
+	b := make([]byte, 0, 2+len(m)*size)
+	b = append(b, open)
 	for i, k := range keys {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendArrayEntry(b, k, m[k])
+		b = entry(b, k, m[k])
 	}
-	return string(append(b, ']'))
+	return string(append(b, closing))
 }
 
 // appendArrayEntry and appendObjectEntry write one counter in each form.

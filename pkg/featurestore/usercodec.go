@@ -115,16 +115,9 @@ func encodeWatched(m map[string]int64, keys []string) string {
 	return string(append(b, '}'))
 }
 
+// encodeImpressions writes the object form, what every release reads.
 func encodeImpressions(m map[string]features.ImpressionStat, keys []string) string {
-	b := make([]byte, 0, 2+len(m)*56)
-	b = append(b, '{')
-	for i, k := range keys {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = appendObjectEntry(b, k, m[k])
-	}
-	return string(append(b, '}'))
+	return ImpressionsObject.encode(m, keys)
 }
 
 // jsonScan is a minimal scanner for the documents encodeUser writes. ok turns false at the
