@@ -54,7 +54,9 @@ type Config struct {
 	// at a time.
 	MaxInFlight int
 	// ImpressionsFormat is how the users' impression counters are written
-	// (featurestore.ImpressionsFormat); every reader takes both.
+	// (featurestore.ImpressionsFormat); every reader takes both. The array form is the
+	// default from the release after the one that taught every reader to take it
+	// (docs/rollback.md: an upgrade from an older release pins object for its rollout).
 	ImpressionsFormat string
 	Features          features.Config
 }
@@ -64,7 +66,7 @@ func NewConfig() *Config {
 	return &Config{GroupID: "recsys-feature-consumer-v1", MaxBatch: 20000, Linger: 2 * time.Millisecond, ImpressionLinger: 100 * time.Millisecond,
 		FetchMaxWait: 100 * time.Millisecond, CommitInterval: 100 * time.Millisecond, RetryBackoff: 100 * time.Millisecond, RetryMaxBackoff: 30 * time.Second,
 		UnreadyAfter: 5, HealInterval: time.Second, DedupRetention: 14 * 24 * time.Hour, DrainTimeout: 15 * time.Second, MaxInFlight: 2,
-		ImpressionsFormat: string(featurestore.ImpressionsObject), Features: features.DefaultConfig()}
+		ImpressionsFormat: string(featurestore.ImpressionsArray), Features: features.DefaultConfig()}
 }
 
 // RegisterFlags adds the consumer.* flags (feature parameters under consumer.features.*).
@@ -83,7 +85,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.DedupRetention, "consumer.dedup-retention", c.DedupRetention, "how long applied event ids are remembered (must exceed Kafka retention and replay horizons)")
 	fs.DurationVar(&c.DrainTimeout, "consumer.drain-timeout", c.DrainTimeout, "longest wait for the batch in flight at shutdown")
 	fs.IntVar(&c.MaxInFlight, "consumer.max-in-flight", c.MaxInFlight, "most transactions applying at once, each on its own share of the users (1: one batch at a time)")
-	fs.StringVar(&c.ImpressionsFormat, "consumer.impressions-format", c.ImpressionsFormat, "how the users' impression counters are written: object ({\"item\":{\"count\":N,\"last_ts_ms\":T}}) or array ([\"item\",N,T,...], ~60 % of the bytes); every reader takes both, so switch to array once every recsys reading the features runs a release that has this flag")
+	fs.StringVar(&c.ImpressionsFormat, "consumer.impressions-format", c.ImpressionsFormat, "how the users' impression counters are written: object ({\"item\":{\"count\":N,\"last_ts_ms\":T}}) or array ([\"item\",N,T,...], ~60 % of the bytes); every reader takes both; object only while a release older than this flag still reads the features (docs/rollback.md)")
 	c.Features.RegisterFlags(fs, "consumer.features.")
 	flagenv.Alias(fs, "consumer.group-id", "FEATURE_CONSUMER_GROUP_ID")
 	flagenv.Alias(fs, "consumer.client-id", "FEATURE_CONSUMER_CLIENT_ID")
