@@ -68,6 +68,7 @@ func newConsumer(cfg *Config, d infra.Deps) *Consumer {
 		store:  featurestore.New(d.PG, d.Redis, d.Config.Redis.KeyPrefix, cfg.Features, d.Log)}
 	c.store.SetUserTTL(d.Config.Redis.UserTTL)
 	c.store.SetImpressionsFormat(featurestore.ImpressionsFormat(cfg.ImpressionsFormat)) // checked by Validate
+	c.store.SetImpressionsOverlay(cfg.ImpressionsOverlay)
 	c.store.SetHooks(featurestore.Hooks{RedisWriteFailed: func(error) { c.m.redisFailures.Inc() }, Phase: c.m.phase})
 	return c
 }

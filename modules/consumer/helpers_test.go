@@ -43,6 +43,7 @@ type env struct {
 	MaxInFlight                  int           // 0: the default
 	Linger                       time.Duration // 0: the default
 	CommitInterval               time.Duration // 0: the default; < 0: after every batch
+	ImpressionsOverlay           bool
 
 	pool      *pgxpool.Pool
 	rd        rueidis.Client
@@ -146,6 +147,7 @@ func (e *env) config() *consumer.Config {
 	c.HealInterval = 200 * time.Millisecond
 	c.RetryMaxBackoff = 2 * time.Second
 	c.Features = e.fcfg
+	c.ImpressionsOverlay = e.ImpressionsOverlay
 	return c
 }
 

@@ -492,12 +492,12 @@ func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ 
 	s := ranking.Snapshot{UserID: userID, NowMs: nowMs}
 	var res rueidis.RedisResult
 	if u.cacheTTL > 0 {
-		res = u.rd.DoCache(ctx, u.rd.B().Hmget().Key(u.keys.User(userID)).Field("h", "w", "i").Cache(), u.cacheTTL)
+		res = u.rd.DoCache(ctx, u.rd.B().Hmget().Key(u.keys.User(userID)).Field(featurestore.UserFieldNames[:]...).Cache(), u.cacheTTL)
 		if res.IsCacheHit() && u.hits != nil {
 			u.hits.Inc()
 		}
 	} else {
-		res = u.rd.Do(ctx, u.rd.B().Hmget().Key(u.keys.User(userID)).Field("h", "w", "i").Build())
+		res = u.rd.Do(ctx, u.rd.B().Hmget().Key(u.keys.User(userID)).Field(featurestore.UserFieldNames[:]...).Build())
 	}
 	vals, err := res.ToArray()
 	if err != nil {

@@ -86,7 +86,7 @@ func userReadThrough(pg *pgxpool.Pool, rd rueidis.Client, prefix string, fc feat
 		if userID == globalUserID {
 			return userFields{} // the global snapshot's reads name no user
 		}
-		h, w, i, found, err := st.ReadThroughUser(ctx, userID, ttl)
+		f, found, err := st.ReadThroughUser(ctx, userID, ttl)
 		switch {
 		case err != nil:
 			count["error"].Inc()
@@ -97,6 +97,6 @@ func userReadThrough(pg *pgxpool.Pool, rd rueidis.Client, prefix string, fc feat
 		default:
 			count["absent"].Inc()
 		}
-		return userFields{h, w, i}
+		return f
 	}
 }

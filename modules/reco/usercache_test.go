@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"testing"
 
+	"recsys/pkg/featurestore"
 	"recsys/pkg/ranking"
 )
 
@@ -170,4 +171,53 @@ func sameSlice[T any](a, b []T) bool {
 func sameMap(a, b any) bool {
 	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
 	return !va.IsNil() && !vb.IsNil() && va.UnsafePointer() == vb.UnsafePointer()
+}
+
+// TestDecodeCacheAddsOverlayToKeptBase: with the impression counters kept as a base and an
+// overlay that changes with every list, the decoded base is kept and shared between requests,
+// and every answer's counters are the base with the current overlay added (a stale overlay,
+// written against another base, adds nothing), as a fresh decode gives.
+func TestDecodeCacheAddsOverlayToKeptBase(t *testing.T) {
+	c := newDecodeCache(1 << 20)
+	base := `["c",3,1200,"d",1,1100]`
+	overlay := func(onBase, deltas string) string {
+		return fmt.Sprintf("%08x%d:%s", featurestore.ImpressionsBaseSum(onBase), 2, deltas)
+	}
+	steps := []struct {
+		name    string
+		overlay string
+		want    map[string]ranking.ImpressionStat
+	}{
+		{"no overlay", "", map[string]ranking.ImpressionStat{"c": {Count: 3, LastTsMs: 1200}, "d": {Count: 1, LastTsMs: 1100}}},
+		{"a list", overlay(base, `["c",1,1300,"e",1,1300]`),
+			map[string]ranking.ImpressionStat{"c": {Count: 4, LastTsMs: 1300}, "d": {Count: 1, LastTsMs: 1100}, "e": {Count: 1, LastTsMs: 1300}}},
+		{"another list", overlay(base, `["c",2,1400,"e",1,1300,"f",1,1400]`),
+			map[string]ranking.ImpressionStat{"c": {Count: 5, LastTsMs: 1400}, "d": {Count: 1, LastTsMs: 1100}, "e": {Count: 1, LastTsMs: 1300}, "f": {Count: 1, LastTsMs: 1400}}},
+		{"same again", overlay(base, `["c",2,1400,"e",1,1300,"f",1,1400]`),
+			map[string]ranking.ImpressionStat{"c": {Count: 5, LastTsMs: 1400}, "d": {Count: 1, LastTsMs: 1100}, "e": {Count: 1, LastTsMs: 1300}, "f": {Count: 1, LastTsMs: 1400}}},
+		{"stale overlay", overlay(`["c",1,1000]`, `["x",9,9]`), map[string]ranking.ImpressionStat{"c": {Count: 3, LastTsMs: 1200}, "d": {Count: 1, LastTsMs: 1100}}},
+	}
+	var firstBase map[string]ranking.ImpressionStat
+	for _, st := range steps {
+		f := userFields{rawHist, rawWatched, base, st.overlay}
+		got, err := c.decode("u1", f)
+		if err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		fresh, err := (*decodeCache)(nil).decode("u1", f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got.imps, st.want) || !reflect.DeepEqual(fresh.imps, st.want) {
+			t.Fatalf("%s: counters %v (fresh decode %v), want %v", st.name, got.imps, fresh.imps, st.want)
+		}
+		if firstBase == nil {
+			firstBase = got.base
+		} else if !sameMap(got.base, firstBase) {
+			t.Fatalf("%s: the base was decoded again", st.name)
+		}
+	}
+	if firstBase["e"].Count != 0 || len(firstBase) != 2 {
+		t.Fatalf("an overlay was added into the shared base: %v", firstBase)
+	}
 }

@@ -65,9 +65,35 @@ func (a *Applied) NewCount() int {
 }
 
 type userRow struct {
-	id      string
-	version int64
-	h, w, i string
+	id         string
+	version    int64
+	h, w, i, r string
+	// keep, in a batch's write, names the documents the batch left as they were (keepH,
+	// keepW, keepI): PostgreSQL keeps them, and Redis is sent the others only unless the
+	// hash turns out to be behind (see writeScript).
+	keep uint8
+}
+
+// userRow.keep bits.
+const (
+	keepH uint8 = 1 << iota
+	keepW
+	keepI
+)
+
+// sent is what a batch's write sends of the user's documents: "" for those it keeps.
+func (u *userRow) sent() (h, w, i, r string) {
+	h, w, i, r = u.h, u.w, u.i, u.r
+	if u.keep&keepH != 0 {
+		h = ""
+	}
+	if u.keep&keepW != 0 {
+		w = ""
+	}
+	if u.keep&keepI != 0 {
+		i = ""
+	}
+	return h, w, i, r
 }
 
 type itemRow struct {
@@ -307,28 +333,34 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 	listIDs := sortedKeys(lists)
 	userIDs := sortedKeys(changed)
 	if len(userIDs) > 0 {
-		hs, ws, is := make([]string, len(userIDs)), make([]string, len(userIDs)), make([]string, len(userIDs))
+		hs, ws, is, rs := make([]string, len(userIDs)), make([]string, len(userIDs)), make([]string, len(userIDs)), make([]string, len(userIDs))
 		a.users = make([]userRow, len(userIDs))
 		for i, id := range userIDs {
 			u := states[id]
-			h, w := u.h, u.w
-			var im string
+			row := userRow{id: id, h: u.h, w: u.w, keep: keepH | keepW}
 			if u.lazy != nil {
-				if im, err = u.lazy.document(s.cfg, b, s.imps); err != nil {
+				if row.i, row.r, err = u.lazy.documents(s.cfg, b, s.imps, s.overlay); err != nil {
 					return nil, fmt.Errorf("impressions of %q: %w", id, err)
 				}
+				if row.i == "" {
+					row.i, row.keep = u.i, row.keep|keepI
+				}
 			} else {
-				im = s.imps.encode(u.st.ImpressionCounts, docKeys(u.st.ImpressionCounts, u.iKeys, u.iAdd))
+				// The overlay, if any, was added in decode: the base takes it all.
+				row.i = s.imps.encode(u.st.ImpressionCounts, docKeys(u.st.ImpressionCounts, u.iKeys, u.iAdd))
+				if s.overlay {
+					row.r = encodeOverlay(row.i, len(u.st.ImpressionCounts), "")
+				}
 			}
 			if watchChanged[id] {
-				if h, err = encodeHistory(u.st.History); err != nil {
+				if row.h, err = encodeHistory(u.st.History); err != nil {
 					return nil, fmt.Errorf("encode history of %q: %w", id, err)
 				}
-				w = encodeWatched(u.st.Watched, docKeys(u.st.Watched, u.wKeys, u.wAdd))
-				hs[i], ws[i] = h, w
+				row.w = encodeWatched(u.st.Watched, docKeys(u.st.Watched, u.wKeys, u.wAdd))
+				row.keep &^= keepH | keepW
 			}
-			a.users[i] = userRow{id: id, h: h, w: w, i: im}
-			is[i] = im
+			a.users[i] = row
+			hs[i], ws[i], is[i], rs[i] = row.sent()
 		}
 		// Unchanged documents ("" here) keep their stored (possibly TOASTed) value untouched.
 		// Users go in statements of about s.userChunk bytes of documents: with full users one
@@ -338,7 +370,7 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 		for lo := 0; lo < len(userIDs); {
 			hi, size := lo, 0
 			for hi < len(userIDs) && (hi == lo || size < s.userChunk) {
-				size += len(hs[hi]) + len(ws[hi]) + len(is[hi])
+				size += len(hs[hi]) + len(ws[hi]) + len(is[hi]) + len(rs[hi])
 				hi++
 			}
 			users := a.users[lo:hi]
@@ -351,16 +383,20 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 				}
 				for j := range users {
 					users[j].version = byID[users[j].id]
+					if users[j].version == 1 {
+						users[j].keep = 0 // created by this batch: no older hash to complete
+					}
 				}
 				return nil
 			}, `UPDATE feature_users u SET
   history = CASE WHEN v.h = '' THEN u.history ELSE v.h END,
   watched = CASE WHEN v.w = '' THEN u.watched ELSE v.w END,
-  impressions = v.i,
+  impressions = CASE WHEN v.i = '' THEN u.impressions ELSE v.i END,
+  impressions_recent = v.r,
   version = u.version + 1
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS v(id, h, w, i)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS v(id, h, w, i, r)
 WHERE u.user_id = v.id
-RETURNING u.user_id, u.version`, userIDs[lo:hi], hs[lo:hi], ws[lo:hi], is[lo:hi])
+RETURNING u.user_id, u.version`, userIDs[lo:hi], hs[lo:hi], ws[lo:hi], is[lo:hi], rs[lo:hi])
 			lo = hi
 		}
 	}
@@ -544,6 +580,7 @@ RETURNING item_id, impressions, watches, sum_percent, percent_count, ended, watc
 type userDoc struct {
 	st   features.UserState
 	h, w string // as stored; st.History and st.Watched are decoded only when a watch needs them
+	i, r string // the impression counters' base and overlay as stored
 	// The stored documents' keys (see docKeys) and the keys the batch's events may have added.
 	wKeys, iKeys, wAdd, iAdd []string
 	// lazy, for a user with impressions only in the batch, replaces st.ImpressionCounts.
@@ -551,9 +588,9 @@ type userDoc struct {
 }
 
 // decode fills u.st from the stored documents.
-func (u *userDoc) decode(im string) error {
+func (u *userDoc) decode() error {
 	var err error
-	if u.st.ImpressionCounts, u.iKeys, err = decodeImpressionsKeys(im, true); err != nil {
+	if u.st.ImpressionCounts, u.iKeys, u.iAdd, err = decodeEffectiveImpressions(u.i, u.r, true); err != nil {
 		return fmt.Errorf("decode impressions: %w", err)
 	}
 	if u.st.History, err = DecodeHistory(u.h); err != nil {
@@ -609,12 +646,12 @@ func (s *Store) lockUsers(ctx context.Context, c dbConn, b *Batch, a *Applied) (
 WHERE NOT EXISTS (SELECT 1 FROM feature_applied a WHERE a.event_id = id) RETURNING event_id`, ids)
 		p.exec("insert users", `INSERT INTO feature_users (user_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`, users)
 		p.query(func(rows pgx.Rows) error {
-			var id, h, w, im string
-			_, err := pgx.ForEachRow(rows, []any{&id, &h, &w, &im}, func() error {
-				u := &userDoc{h: h, w: w}
+			var id, h, w, im, ir string
+			_, err := pgx.ForEachRow(rows, []any{&id, &h, &w, &im, &ir}, func() error {
+				u := &userDoc{h: h, w: w, i: im, r: ir}
 				if !userSet[id] {
-					u.lazy = &lazyImpressions{stored: im}
-				} else if err := u.decode(im); err != nil {
+					u.lazy = &lazyImpressions{stored: im, recent: ir}
+				} else if err := u.decode(); err != nil {
 					return fmt.Errorf("user %q: %w", id, err)
 				}
 				states[id] = u
@@ -624,7 +661,7 @@ WHERE NOT EXISTS (SELECT 1 FROM feature_applied a WHERE a.event_id = id) RETURNI
 				return fmt.Errorf("lock users: %w", err)
 			}
 			return nil
-		}, `SELECT user_id, history, watched, impressions FROM feature_users WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE`, users)
+		}, `SELECT user_id, history, watched, impressions, impressions_recent FROM feature_users WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE`, users)
 	}
 	p.query(func(rows pgx.Rows) error {
 		var row pgx.Row = rowsRow{rows}

@@ -82,15 +82,29 @@ func toEvents(evs []events.Any) []featurestore.Event {
 // TestSnapshotsMatchMemoryStore applies one stream (with duplicates, in random batch sizes) to
 // MemoryStore and to PostgreSQL + Redis, and checks that RedisLoader and PGLoader return the
 // same Snapshot as MemoryStore for every user, after incremental Redis writes and after a
-// forced rebuild of the copy. It runs with each format of the impression counters.
+// forced rebuild of the copy. It runs with each format of the impression counters, and with
+// their overlay on a stream of mostly impressions (a feed's) and on the standard one.
 func TestSnapshotsMatchMemoryStore(t *testing.T) {
 	rd := redisClient(t, testutil.StartPrivate(t, "redis").URL) // the shared one carries other packages' load tests
-	for _, f := range []featurestore.ImpressionsFormat{featurestore.ImpressionsObject, featurestore.ImpressionsArray} {
-		t.Run(string(f), func(t *testing.T) { snapshotsMatchMemoryStore(t, rd, f) })
+	for _, c := range []struct {
+		format   featurestore.ImpressionsFormat
+		overlay  bool
+		impShare float64
+	}{
+		{format: featurestore.ImpressionsObject},
+		{format: featurestore.ImpressionsArray},
+		{format: featurestore.ImpressionsArray, overlay: true},
+		{format: featurestore.ImpressionsArray, overlay: true, impShare: 0.9},
+	} {
+		name := string(c.format)
+		if c.overlay {
+			name += fmt.Sprintf("-overlay-impressions-%.0f%%", 100*cmp.Or(c.impShare, 0.3))
+		}
+		t.Run(name, func(t *testing.T) { snapshotsMatchMemoryStore(t, rd, c.format, c.overlay, c.impShare) })
 	}
 }
 
-func snapshotsMatchMemoryStore(t *testing.T, rd rueidis.Client, format featurestore.ImpressionsFormat) {
+func snapshotsMatchMemoryStore(t *testing.T, rd rueidis.Client, format featurestore.ImpressionsFormat, overlay bool, impShare float64) {
 	ctx := context.Background()
 	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
 	prefix := testutil.Unique("fst") + ":"
@@ -98,7 +112,7 @@ func snapshotsMatchMemoryStore(t *testing.T, rd rueidis.Client, format featurest
 	cfg := testConfig()
 
 	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
-	evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 7, Users: 25, Items: 80, Events: 2500, StartMs: start, StepMs: 60_000, Prefix: "p"}))
+	evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 7, Users: 25, Items: 80, Events: 2500, StartMs: start, StepMs: 60_000, Prefix: "p", ImpressionShare: impShare}))
 	mem := features.NewMemoryStore(cfg)
 	for _, e := range evs {
 		mem.Apply(e.Interaction)
@@ -107,7 +121,9 @@ func snapshotsMatchMemoryStore(t *testing.T, rd rueidis.Client, format featurest
 	st := featurestore.New(pool, rd, prefix, cfg, nil)
 	st.SetUserChunk(2048) // several user statements per batch, as with full users
 	st.SetImpressionsFormat(format)
+	st.SetImpressionsOverlay(overlay)
 	r := rand.New(rand.NewPCG(1, 2))
+	overlaid := 0 // users whose counters' raises were left in their overlay by some batch
 	for i, first := 0, true; i < len(evs); {
 		n := 1 + r.IntN(150)
 		b := &featurestore.Batch{Events: append([]featurestore.Event(nil), evs[i:min(i+n, len(evs))]...)}
@@ -135,7 +151,18 @@ func snapshotsMatchMemoryStore(t *testing.T, rd rueidis.Client, format featurest
 		} else if err != nil {
 			t.Fatalf("write redis: %v", err)
 		}
+		var n0 int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM feature_users WHERE impressions_recent NOT IN ('') AND impressions_recent NOT LIKE '%:'`).Scan(&n0); err != nil {
+			t.Fatal(err)
+		}
+		overlaid = max(overlaid, n0)
 		i += n
+	}
+	if overlay != (overlaid > 0) {
+		t.Fatalf("overlay %v: %d users with raises in their overlay", overlay, overlaid)
+	}
+	if overlay && impShare > 0 && overlaid < 10 {
+		t.Fatalf("overlays carried raises for at most %d users at once", overlaid)
 	}
 	var inFormat int
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM feature_users WHERE left(impressions, 1) = $1`, map[featurestore.ImpressionsFormat]string{

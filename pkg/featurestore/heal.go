@@ -21,11 +21,11 @@ func (s *Store) RedisReady(ctx context.Context) (bool, error) {
 
 // readUsers, readItems and readNeighbours load absolute values for a rewrite.
 func readUsers(ctx context.Context, q pgx.Tx, ids []string) ([]userRow, error) {
-	rows, _ := q.Query(ctx, `SELECT user_id, version, history, watched, impressions
+	rows, _ := q.Query(ctx, `SELECT user_id, version, history, watched, impressions, impressions_recent
 FROM feature_users WHERE user_id = ANY($1) ORDER BY user_id`, ids)
 	var out []userRow
 	var u userRow
-	_, err := pgx.ForEachRow(rows, []any{&u.id, &u.version, &u.h, &u.w, &u.i}, func() error {
+	_, err := pgx.ForEachRow(rows, []any{&u.id, &u.version, &u.h, &u.w, &u.i, &u.r}, func() error {
 		out = append(out, u)
 		return nil
 	})
@@ -285,11 +285,11 @@ func (s *Store) copyAll(ctx context.Context, tx pgx.Tx, epoch string) error {
 	}
 	after := ""
 	for {
-		rows, _ := tx.Query(ctx, `SELECT user_id, version, history, watched, impressions
+		rows, _ := tx.Query(ctx, `SELECT user_id, version, history, watched, impressions, impressions_recent
 FROM feature_users WHERE user_id > $1 ORDER BY user_id LIMIT $2`, after, page)
 		var users []userRow
 		var u userRow
-		if _, err := pgx.ForEachRow(rows, []any{&u.id, &u.version, &u.h, &u.w, &u.i}, func() error { users = append(users, u); return nil }); err != nil {
+		if _, err := pgx.ForEachRow(rows, []any{&u.id, &u.version, &u.h, &u.w, &u.i, &u.r}, func() error { users = append(users, u); return nil }); err != nil {
 			return fmt.Errorf("read users: %w", err)
 		}
 		if len(users) == 0 {

@@ -21,7 +21,8 @@ import (
 // lazyImpressions are one user's impression counters as the batch raises them, not yet merged
 // into the stored document.
 type lazyImpressions struct {
-	stored string                             // the document as stored
+	stored string                             // the base document as stored
+	recent string                             // the overlay as stored (see overlay.go)
 	inc    map[string]features.ImpressionStat // per item: raises, and the latest event time
 	evs    []int                              // the user's events in the batch (Batch.Events indices)
 }
@@ -46,35 +47,71 @@ func (l *lazyImpressions) add(i int, tsMs int64, items []string) {
 	}
 }
 
-// document returns the counters after the batch, encoded in format f.
-func (l *lazyImpressions) document(cfg features.Config, b *Batch, f ImpressionsFormat) (string, error) {
+// documents returns the counters after the batch, in format f, as a base and an overlay
+// (overlay.go): base is "" when the stored base stays. With useOverlay false the overlay is
+// folded into the base and cleared ("").
+func (l *lazyImpressions) documents(cfg features.Config, b *Batch, f ImpressionsFormat, useOverlay bool) (base, recent string, err error) {
+	o, has, err := overlayOf(l.recent, func() uint32 { return baseSum(l.stored) })
+	if err != nil {
+		return "", "", err
+	}
+	if useOverlay && has {
+		deltas, n, err := addRaises(o.deltas, l.inc, sortedKeys(l.inc), f)
+		if err != nil {
+			return "", "", err
+		}
+		// The counters hold at most the base's entries and the overlay's: below the trim,
+		// applying the events one by one trims nothing, so adding them later is exact.
+		trimAt := cfg.ImpressionTrimAt()
+		if n <= overlayLimit(o.n) && (cfg.ImpressionMemory <= 0 || o.n+n <= trimAt) {
+			return "", encodeOverlay(l.stored, o.n, deltas), nil
+		}
+	}
+	stored := l.stored
+	if has && o.deltas != "" { // fold the overlay in first
+		m, _, _, err := decodeEffectiveImpressions(l.stored, l.recent, false)
+		if err != nil {
+			return "", "", err
+		}
+		stored = f.encode(m, sortedKeys(m))
+	}
+	doc, n, err := l.document(cfg, b, f, stored)
+	if err != nil || !useOverlay {
+		return doc, "", err
+	}
+	return doc, encodeOverlay(doc, n, ""), nil
+}
+
+// document returns the counters stored (a whole document) after the batch, encoded in
+// format f, and their number.
+func (l *lazyImpressions) document(cfg features.Config, b *Batch, f ImpressionsFormat, stored string) (string, int, error) {
 	trimAt := -1
 	if cfg.ImpressionMemory > 0 {
 		trimAt = cfg.ImpressionTrimAt()
 	}
-	if doc, ok := mergeImpressions(l.stored, l.inc, sortedKeys(l.inc), trimAt, f); ok {
-		return doc, nil
+	if doc, n, ok := mergeImpressions(stored, l.inc, sortedKeys(l.inc), trimAt, f); ok {
+		return doc, n, nil
 	}
-	m, err := DecodeImpressions(l.stored)
+	m, err := DecodeImpressions(stored)
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
 	st := features.UserState{ImpressionCounts: m}
 	var d features.Delta
 	for _, i := range l.evs {
 		st = features.ApplyInto(cfg, st, b.Events[i].Interaction, &d)
 	}
-	return f.encode(st.ImpressionCounts, sortedKeys(st.ImpressionCounts)), nil
+	return f.encode(st.ImpressionCounts, sortedKeys(st.ImpressionCounts)), len(st.ImpressionCounts), nil
 }
 
 // mergeImpressions adds inc (keys: its keys, increasing) to the counters document stored, in
-// one pass, in format f. ok is false, and nothing is promised, unless stored is exactly what
-// f's encoder writes and the result keeps at most trimAt entries (-1: no bound), so that no
-// trim would have happened on the way.
-func mergeImpressions(stored string, inc map[string]features.ImpressionStat, keys []string, trimAt int, f ImpressionsFormat) (doc string, ok bool) {
+// one pass, in format f, and returns the result's entry count. ok is false, and nothing is
+// promised, unless stored is exactly what f's encoder writes and the result keeps at most
+// trimAt entries (-1: no bound), so that no trim would have happened on the way.
+func mergeImpressions(stored string, inc map[string]features.ImpressionStat, keys []string, trimAt int, f ImpressionsFormat) (doc string, entries int, ok bool) {
 	open, closing, parse, _ := f.syntax(stored)
 	if len(stored) < 2 || stored[0] != open || stored[len(stored)-1] != closing {
-		return "", false
+		return "", 0, false
 	}
 	b := make([]byte, 0, len(stored)+len(keys)*56)
 	b = append(b, open)
@@ -98,13 +135,13 @@ func mergeImpressions(stored string, inc map[string]features.ImpressionStat, key
 	for len(s) > 0 {
 		if read {
 			if s[0] != ',' {
-				return "", false
+				return "", 0, false
 			}
 			s = s[1:]
 		}
 		key, count, ts, rest, ok := parse(s)
 		if !ok || (read && key <= prev) {
-			return "", false
+			return "", 0, false
 		}
 		raw := s[:len(s)-len(rest)]
 		s, prev, read = rest, key, true
@@ -128,9 +165,9 @@ func mergeImpressions(stored string, inc map[string]features.ImpressionStat, key
 		fresh(keys[j])
 	}
 	if trimAt >= 0 && n > trimAt {
-		return "", false
+		return "", 0, false
 	}
-	return string(append(b, closing)), true
+	return string(append(b, closing)), n, true
 }
 
 // decodeCanonical decodes a counters document in the exact form f's encoder writes (keys

@@ -78,17 +78,17 @@ func lazyMatchesApply(t *testing.T, storedIn, writtenIn ImpressionsFormat) {
 			st = features.ApplyInto(cfg, st, e.Interaction, &d)
 		}
 		wantDoc := writtenIn.encode(st.ImpressionCounts, sortedKeys(st.ImpressionCounts))
-		got, err := l.document(cfg, &b, writtenIn)
+		got, entries, err := l.document(cfg, &b, writtenIn, stored)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got != wantDoc {
-			t.Fatalf("case %d: stored %s\ngot  %s\nwant %s", n, stored, got, wantDoc)
+		if got != wantDoc || entries != len(st.ImpressionCounts) {
+			t.Fatalf("case %d: stored %s\ngot  %s (%d entries)\nwant %s", n, stored, got, entries, wantDoc)
 		}
 		if back, err := DecodeImpressions(got); err != nil || !maps.Equal(back, st.ImpressionCounts) {
 			t.Fatalf("case %d: %s decodes to %v (%v), want %v", n, got, back, err, st.ImpressionCounts)
 		}
-		if _, ok := mergeImpressions(stored, l.inc, sortedKeys(l.inc), cfg.ImpressionTrimAt(), writtenIn); ok {
+		if _, _, ok := mergeImpressions(stored, l.inc, sortedKeys(l.inc), cfg.ImpressionTrimAt(), writtenIn); ok {
 			merged++
 		}
 	}
@@ -112,17 +112,17 @@ func TestMergeImpressionsRefusesWhatItCannotCopy(t *testing.T) {
 		`{"a":{"count":1,"last_ts_ms":2} }`, `{"a\u0041":{"count":1,"last_ts_ms":2}}`,
 		`{"a":{"count":99999999999999999999,"last_ts_ms":2}}`,
 	} {
-		if doc, ok := mergeImpressions(stored, inc, []string{"b"}, -1, ImpressionsObject); ok {
+		if doc, _, ok := mergeImpressions(stored, inc, []string{"b"}, -1, ImpressionsObject); ok {
 			t.Errorf("%s merged into %s", stored, doc)
 		}
 	}
 	// Within the bound, and one entry past it.
 	stored := `{"a":{"count":1,"last_ts_ms":9},"c":{"count":2,"last_ts_ms":-3}}`
 	want := `{"a":{"count":1,"last_ts_ms":9},"b":{"count":1,"last_ts_ms":5},"c":{"count":2,"last_ts_ms":-3}}`
-	if doc, ok := mergeImpressions(stored, inc, []string{"b"}, 3, ImpressionsObject); !ok || doc != want {
-		t.Errorf("merge: %s %v, want %s", doc, ok, want)
+	if doc, n, ok := mergeImpressions(stored, inc, []string{"b"}, 3, ImpressionsObject); !ok || doc != want || n != 3 {
+		t.Errorf("merge: %s (%d entries) %v, want %s", doc, n, ok, want)
 	}
-	if _, ok := mergeImpressions(stored, inc, []string{"b"}, 2, ImpressionsObject); ok {
+	if _, _, ok := mergeImpressions(stored, inc, []string{"b"}, 2, ImpressionsObject); ok {
 		t.Error("a merge past the trim bound was accepted")
 	}
 }

@@ -35,7 +35,7 @@ func (l *PGLoader) Snapshot(ctx context.Context, userID string, nowMs int64, opt
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
 	pb := &pgx.Batch{}
 	pb.Queue(metaSelect)
-	pb.Queue(`SELECT history, watched, impressions FROM feature_users WHERE user_id = $1`, userID)
+	pb.Queue(`SELECT history, watched, impressions, impressions_recent FROM feature_users WHERE user_id = $1`, userID)
 	// No index serves the top lists (migration 0007: they made every item update non-HOT), so
 	// each is a scan with a bounded top-N sort; acceptable for the degraded mode this is.
 	pb.Queue(`SELECT item_id, pop_short FROM feature_items WHERE pop_short > 0 ORDER BY pop_short DESC, item_id LIMIT $1`, opts.TrendingN)
@@ -52,14 +52,14 @@ func (l *PGLoader) Snapshot(ctx context.Context, userID string, nowMs int64, opt
 		return ranking.Snapshot{}, err
 	}
 	b := newBuilder(userID, nowMs, opts, decays{short: m.Short, long: m.Long, covis: m.Covis})
-	var h, w, im string
-	switch err := br.QueryRow().Scan(&h, &w, &im); {
+	var f UserFields
+	switch err := br.QueryRow().Scan(&f[0], &f[1], &f[2], &f[3]); {
 	case errors.Is(err, pgx.ErrNoRows):
 	case err != nil:
 		br.Close()
 		return ranking.Snapshot{}, fmt.Errorf("load user: %w", err)
 	default:
-		if err := b.user(h, w, im); err != nil {
+		if err := b.user(f); err != nil {
 			br.Close()
 			return ranking.Snapshot{}, err
 		}

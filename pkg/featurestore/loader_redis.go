@@ -42,7 +42,7 @@ local function top(key, n)
   return {r, ties}
 end
 local ready = redis.call('EXISTS', KEYS[6])
-local user = redis.call('HMGET', KEYS[1], 'h', 'w', 'i')
+local user = redis.call('HMGET', KEYS[1], 'h', 'w', 'i', 'r')
 local meta = redis.call('HMGET', KEYS[2], 'lm:s', 'lm:l', 'lm:c', 'hl:s', 'hl:l', 'hl:c', 'ut')
 local prefix = ARGV[1]
 local hn, nn = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -149,7 +149,10 @@ func (l *RedisLoader) snapshot(ctx context.Context, userID string, nowMs int64, 
 	if user[0] == "" && user[1] == "" && user[2] == "" {
 		readThrough = time.Duration(ut) * time.Millisecond
 	}
-	if err := b.user(user[0], user[1], user[2]); err != nil {
+	if len(user) != len(UserFields{}) {
+		return ranking.Snapshot{}, 0, fmt.Errorf("load snapshot from redis: %d user fields", len(user))
+	}
+	if err := b.user(UserFields(user)); err != nil {
 		return ranking.Snapshot{}, 0, err
 	}
 	// Item stats first: list entries are only kept for known items.
@@ -322,13 +325,13 @@ func newBuilder(userID string, nowMs int64, opts ranking.SnapshotOptions, d deca
 	}
 }
 
-func (b *builder) user(h, w, i string) error {
-	if h == "" {
+func (b *builder) user(f UserFields) error {
+	if f[0] == "" {
 		return nil
 	}
 	var st features.UserState
 	var err error
-	if st, err = decodeUser(h, w, i); err != nil {
+	if st, err = decodeUser(f); err != nil {
 		return err
 	}
 	b.s.History = st.History

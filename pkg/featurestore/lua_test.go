@@ -242,3 +242,67 @@ func TestPopularListsFollowItemHashes(t *testing.T) {
 		})
 	}
 }
+
+// A batch's user write sends only the documents it changed (keep) and the overlay. It lands as
+// such only on the hash's previous version; a hash that is behind (a write missed) or gone
+// (expired) gets the documents whole, and an older write changes nothing.
+func TestUserWriteSendsChangedDocuments(t *testing.T) {
+	for name, open := range scriptBackends() {
+		t.Run(name, func(t *testing.T) {
+			rd := open(t)
+			ctx := context.Background()
+			prefix := "keep:" + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"
+			t.Cleanup(func() { rd.Do(ctx, rd.B().Del().Key(prefix+"meta", prefix+"u:u", prefix+"u:n").Build()) })
+			if err := rd.Do(ctx, rd.B().Hset().Key(prefix+"meta").FieldValue().FieldValue("ep", "1").Build()).Error(); err != nil {
+				t.Fatal(err)
+			}
+			s := New(nil, rd, prefix, features.DefaultConfig(), nil)
+			hash := func(user string) map[string]string {
+				m, err := rd.Do(ctx, rd.B().Hgetall().Key(prefix+"u:"+user).Build()).AsStrMap()
+				if err != nil {
+					t.Fatal(err)
+				}
+				return m
+			}
+			row := func(v int64, keep uint8) userRow {
+				x := strconv.FormatInt(v, 10)
+				return userRow{id: "u", version: v, h: "H" + x, w: "W" + x, i: "I" + x, r: "R" + x, keep: keep}
+			}
+			full := func(v string) map[string]string {
+				return map[string]string{"v": v, "h": "H" + v, "w": "W" + v, "i": "I" + v, "r": "R" + v}
+			}
+			steps := []struct {
+				name string
+				row  userRow
+				want map[string]string
+			}{
+				{"whole", row(4, 0), full("4")},
+				{"overlay only", row(5, keepH|keepW|keepI), map[string]string{"v": "5", "h": "H4", "w": "W4", "i": "I4", "r": "R5"}},
+				{"base and overlay", row(6, keepH|keepW), map[string]string{"v": "6", "h": "H4", "w": "W4", "i": "I6", "r": "R6"}},
+				{"hash behind: sent whole", row(9, keepH|keepW|keepI), full("9")},
+				{"older: nothing", row(8, keepI), full("9")},
+				{"same version: nothing", row(9, 0), full("9")},
+			}
+			for _, st := range steps {
+				if err := s.exec(ctx, "1", &redisWrite{users: []userRow{st.row}}); err != nil {
+					t.Fatalf("%s: %v", st.name, err)
+				}
+				if got := hash("u"); !maps.Equal(got, st.want) {
+					t.Fatalf("%s: hash %v, want %v", st.name, got, st.want)
+				}
+			}
+			// A user whose hash is gone (expired) comes back whole, beside one written in place.
+			gone := row(3, keepH|keepW|keepI)
+			gone.id = "n"
+			if err := s.exec(ctx, "1", &redisWrite{users: []userRow{gone, row(10, keepH|keepW|keepI)}}); err != nil {
+				t.Fatal(err)
+			}
+			if got := hash("n"); !maps.Equal(got, full("3")) {
+				t.Fatalf("expired user: hash %v, want %v", got, full("3"))
+			}
+			if got := hash("u"); got["v"] != "10" || got["i"] != "I9" || got["r"] != "R10" {
+				t.Fatalf("user beside it: hash %v", got)
+			}
+		})
+	}
+}

@@ -32,34 +32,34 @@ const (
 //
 // The write is the consumer's merge (the higher version wins, under the copy's generation),
 // so a read racing a newer write of the consumer never replaces it.
-func (s *Store) ReadThroughUser(ctx context.Context, userID string, ttl time.Duration) (h, w, i string, found bool, err error) {
+func (s *Store) ReadThroughUser(ctx context.Context, userID string, ttl time.Duration) (f UserFields, found bool, err error) {
 	var gen int64
 	var version *int64
-	var hh, ww, ii *string
-	err = s.pg.QueryRow(ctx, `SELECT m.generation, u.version, u.history, u.watched, u.impressions
-FROM feature_meta m LEFT JOIN feature_users u ON u.user_id = $1`, userID).Scan(&gen, &version, &hh, &ww, &ii)
+	var hh, ww, ii, rr *string
+	err = s.pg.QueryRow(ctx, `SELECT m.generation, u.version, u.history, u.watched, u.impressions, u.impressions_recent
+FROM feature_meta m LEFT JOIN feature_users u ON u.user_id = $1`, userID).Scan(&gen, &version, &hh, &ww, &ii, &rr)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return "", "", "", false, nil // nothing applied yet: there is no copy to complete
+		return f, false, nil // nothing applied yet: there is no copy to complete
 	}
 	if err != nil {
-		return "", "", "", false, fmt.Errorf("read user %q through to postgresql: %w", userID, err)
+		return f, false, fmt.Errorf("read user %q through to postgresql: %w", userID, err)
 	}
 	wr := &redisWrite{readThrough: true, users: []userRow{{id: userID, h: emptyHistory, w: emptyWatched, i: emptyImpressions}},
 		userTTL: min(cmp.Or(ttl, absentTTL), absentTTL)}
 	if version != nil {
-		wr.users[0] = userRow{id: userID, version: *version, h: *hh, w: *ww, i: *ii}
+		wr.users[0] = userRow{id: userID, version: *version, h: *hh, w: *ww, i: *ii, r: *rr}
 		wr.userTTL = ttl
 		found = true
 	}
 	if s.rd != nil {
 		var ee *epochError
 		if err := s.exec(ctx, strconv.FormatInt(gen, 10), wr); err != nil && !errors.As(err, &ee) {
-			return "", "", "", false, fmt.Errorf("write user %q back to redis: %w", userID, err)
+			return UserFields{}, false, fmt.Errorf("write user %q back to redis: %w", userID, err)
 		}
 		// Another generation: the copy is being replaced, and its repopulation writes the user.
 	}
 	u := wr.users[0]
-	return u.h, u.w, u.i, found, nil
+	return UserFields{u.h, u.w, u.i, u.r}, found, nil
 }
 
 // RecordedUserTTL is the user TTL the copy's writers last recorded (0: users do not expire,

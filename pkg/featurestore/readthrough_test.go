@@ -78,7 +78,7 @@ func TestUserTTLAndReadThrough(t *testing.T) {
 	var reads int
 	loader.SetReadThrough(func(ctx context.Context, id string, ttl time.Duration) error {
 		reads++
-		_, _, _, _, err := st.ReadThroughUser(ctx, id, ttl)
+		_, _, err := st.ReadThroughUser(ctx, id, ttl)
 		return err
 	})
 	// The writers' TTL is what readers follow.
@@ -164,9 +164,9 @@ func TestReadThroughBeforeAnyEvent(t *testing.T) {
 	rd := redisClient(t, testutil.StartPrivate(t, "redis").URL)
 	st := featurestore.New(pool, rd, "rt0:", testConfig(), nil)
 	st.SetUserTTL(time.Hour)
-	h, w, i, found, err := st.ReadThroughUser(ctx, "u", time.Hour)
-	if err != nil || found || h != "" || w != "" || i != "" {
-		t.Fatalf("ReadThroughUser = %q %q %q %v %v, want nothing", h, w, i, found, err)
+	f, found, err := st.ReadThroughUser(ctx, "u", time.Hour)
+	if err != nil || found || f != (featurestore.UserFields{}) {
+		t.Fatalf("ReadThroughUser = %q %v %v, want nothing", f, found, err)
 	}
 	if n, err := rd.Do(ctx, rd.B().Exists().Key("rt0:u:u").Build()).AsInt64(); err != nil || n != 0 {
 		t.Fatalf("user key written before any event (%d, %v)", n, err)

@@ -17,6 +17,10 @@ import (
 // order. The whole call is refused when the copy's generation (meta ep) is not the writer's:
 // after a rebase or a forced rebuild values of two generations must never mix.
 //
+// A batch of impressions changes a user's overlay (overlay.go) and nothing else: sending
+// the history, watched set and base unchanged with every list was most of the bytes of a
+// user's write.
+//
 // Neighbour lists are only merged (ZADD GT) and cut by the trims PostgreSQL reports, never
 // replaced: a rewrite from an older snapshot must not drop a member a newer batch added. A
 // list is capped at 2M members (PostgreSQL never keeps more), which only drops members below
@@ -27,7 +31,10 @@ import (
 // this write (ms, 0: none), the writer's user TTL to record in meta "ut" for readers ("": a
 // read-through, which records nothing), then
 //
-//	user:      version, h, w, i
+//	user:      version, keep, h, w, i, r: keep (bits 1 h, 2 w, 4 i) names the documents a
+//	           batch left as they were, sent empty. Such a write completes the hash only when
+//	           it holds the version just before; otherwise (a write missed, expired or
+//	           racing) the script returns the user's key and the writer sends it whole.
 //	item:      id, fresh(0|1), #fields, pairs (field, value)... of imp, wat, sp, pn, end, wt,
 //	           fs, ps, pl: all of them, or the ones a batch changed (never fs alone: a row
 //	           whose first seen moved goes whole, so a hash never has fs without the rest)
@@ -49,7 +56,7 @@ import (
 // of ARGV (in chunks of 1,000, within Lua's stack) instead of building a table pair by pair
 // and removing members one call each: 10 % less script time on a batch of full users.
 //
-// Returns {1} or {0, current epoch}.
+// Returns {1, keys of users to send whole...} or {0, current epoch}.
 const writeScript = `
 local ep = redis.call('HGET', KEYS[1], 'ep')
 if ep ~= ARGV[1] then return {0, ep or ''} end
@@ -58,14 +65,26 @@ local nu, ni, nn, nbcap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]
 local uttl = tonumber(ARGV[8])
 if ARGV[9] ~= '' and redis.call('HGET', KEYS[1], 'ut') ~= ARGV[9] then redis.call('HSET', KEYS[1], 'ut', ARGV[9]) end
 local a, k = 10, 5
+local whole = {1}
 for _ = 1, nu do
   local key = KEYS[k]; k = k + 1
   local cur = tonumber(redis.call('HGET', key, 'v') or '-1')
-  if tonumber(ARGV[a]) > cur then
-    redis.call('HSET', key, 'v', ARGV[a], 'h', ARGV[a+1], 'w', ARGV[a+2], 'i', ARGV[a+3])
+  local v, keep = tonumber(ARGV[a]), tonumber(ARGV[a+1])
+  if v > cur then
+    if keep == 0 then
+      redis.call('HSET', key, 'v', ARGV[a], 'h', ARGV[a+2], 'w', ARGV[a+3], 'i', ARGV[a+4], 'r', ARGV[a+5])
+    elseif cur == v - 1 then
+      local set = {'v', ARGV[a], 'r', ARGV[a+5]}
+      for j, f in ipairs({'h', 'w', 'i'}) do
+        if math.floor(keep / 2 ^ (j - 1)) % 2 == 0 then set[#set+1] = f; set[#set+1] = ARGV[a+1+j] end
+      end
+      redis.call('HSET', key, unpack(set))
+    else
+      whole[#whole+1] = key
+    end
   end
   if uttl > 0 then redis.call('PEXPIRE', key, uttl) else redis.call('PERSIST', key) end
-  a = a + 4
+  a = a + 6
 end
 for _ = 1, ni do
   local key = KEYS[k]; k = k + 1
@@ -110,7 +129,7 @@ for _ = 1, nn do
   a = last + 1
   if nadd > 0 then redis.call('ZREMRANGEBYRANK', key, 0, -(nbcap + 1)) end
 end
-return {1}
+return whole
 `
 
 var luaWrite = rueidis.NewLuaScript(writeScript)
@@ -178,7 +197,7 @@ func (s *Store) plan(epoch string, w *redisWrite) [][]rueidis.LuaExec {
 	var keys, args []string
 	var nu, ni, nn, weight, size int
 	// perEntry is the most arguments an entry of the current section has.
-	perEntry := 4
+	perEntry := 6
 	// begin starts an entry: its key, and where its arguments start in args.
 	begin := func(key string) int {
 		if keys == nil {
@@ -214,7 +233,7 @@ func (s *Store) plan(epoch string, w *redisWrite) [][]rueidis.LuaExec {
 	full := func() bool { return weight >= s.chunk || size >= callBytes }
 	// Sections must stay in order (users, items, neighbours) inside one call.
 	for _, u := range w.users {
-		add(s.keys.User(u.id), fi(u.version), u.h, u.w, u.i)
+		add(s.keys.User(u.id), fi(u.version), strconv.Itoa(int(u.keep)), u.h, u.w, u.i, u.r)
 		nu++
 		if weight++; full() {
 			flush()
@@ -275,6 +294,7 @@ func (s *Store) exec(ctx context.Context, epoch string, w *redisWrite) error {
 	if w.empty() {
 		return nil
 	}
+	var whole []string
 	for _, trip := range s.plan(epoch, w) {
 		for _, r := range luaWrite.ExecMulti(ctx, s.rd, trip...) {
 			arr, err := r.ToArray()
@@ -285,9 +305,35 @@ func (s *Store) exec(ctx context.Context, epoch string, w *redisWrite) error {
 				cur, _ := arr[1].ToString()
 				return &epochError{redis: cur, ours: epoch}
 			}
+			for _, k := range arr[1:] {
+				key, err := k.ToString()
+				if err != nil {
+					return fmt.Errorf("write redis: %w", err)
+				}
+				whole = append(whole, key)
+			}
 		}
 	}
-	return nil
+	if len(whole) == 0 {
+		return nil
+	}
+	// Users whose hash was behind the version before this write: their documents, whole.
+	again := &redisWrite{readThrough: w.readThrough, userTTL: w.userTTL}
+	byKey := make(map[string]int, len(w.users))
+	for i := range w.users {
+		byKey[s.keys.User(w.users[i].id)] = i
+	}
+	for _, key := range whole {
+		if i, ok := byKey[key]; ok {
+			u := w.users[i]
+			u.keep = 0
+			again.users = append(again.users, u)
+		}
+	}
+	if len(again.users) != len(whole) {
+		return fmt.Errorf("write redis: the script named %d users to send whole, %d of them unknown", len(whole), len(whole)-len(again.users))
+	}
+	return s.exec(ctx, epoch, again)
 }
 
 // ErrRedisBehind means the Redis copy was flushed or is of an older generation: the write

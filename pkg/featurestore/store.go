@@ -40,7 +40,7 @@
 //
 // Redis keys (P = key prefix):
 //
-//	P+"u:"+user   HASH  h (JSON history), w (JSON {item: ts_ms}), i (JSON {item: {count,last_ts_ms}} or [item,count,last_ts_ms,...], see ImpressionsFormat), v (version)
+//	P+"u:"+user   HASH  h (JSON history), w (JSON {item: ts_ms}), i (JSON {item: {count,last_ts_ms}} or [item,count,last_ts_ms,...], see ImpressionsFormat), r (their overlay, see overlay.go), v (version)
 //	P+"i:"+item   HASH  imp, wat, sp, pn, end, wt, fs (first seen ms), ps, pl (stored popularity)
 //	P+"pop:s"     ZSET  item -> stored short popularity, top TopListSize
 //	P+"pop:l"     ZSET  item -> stored long popularity, top TopListSize
@@ -81,6 +81,7 @@ type Store struct {
 	// is removed); see ReadThroughUser.
 	userTTL time.Duration
 	imps    ImpressionsFormat // how impression counters are written
+	overlay bool              // impression raises go to the overlay (overlay.go)
 
 	mu      sync.Mutex
 	written []int64 // journal rows whose Redis writes completed, deleted by the next batch
@@ -179,6 +180,11 @@ func (s *Store) SetUserTTL(d time.Duration) { s.userTTL = d }
 // SetImpressionsFormat sets how the users' impression counters are written (the object form
 // by default); every reader takes both. Call before use.
 func (s *Store) SetImpressionsFormat(f ImpressionsFormat) { s.imps = f }
+
+// SetImpressionsOverlay sets whether impression raises are written to the counters' overlay
+// (overlay.go) instead of into their base document. Off, the batches fold any overlay they
+// find into the base. Every reader of this release takes both.
+func (s *Store) SetImpressionsOverlay(on bool) { s.overlay = on }
 
 // SetHooks installs observation hooks; call before use.
 func (s *Store) SetHooks(h Hooks) { s.hooks = h }

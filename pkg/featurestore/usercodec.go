@@ -65,16 +65,23 @@ func encodeUser(st *features.UserState) (h, w, i string, err error) {
 	return h, encodeWatched(st.Watched, sortedKeys(st.Watched)), encodeImpressions(st.ImpressionCounts, sortedKeys(st.ImpressionCounts)), nil
 }
 
-func decodeUser(h, w, i string) (features.UserState, error) {
+// UserFields are a user's stored documents: history, watched set, impression counters and
+// their overlay (overlay.go), as UserFieldNames name them in the Redis hash.
+type UserFields [4]string
+
+// UserFieldNames are the Redis hash fields of UserFields.
+var UserFieldNames = [...]string{"h", "w", "i", "r"}
+
+func decodeUser(f UserFields) (features.UserState, error) {
 	var st features.UserState
 	var err error
-	if st.History, err = DecodeHistory(h); err != nil {
+	if st.History, err = DecodeHistory(f[0]); err != nil {
 		return st, fmt.Errorf("decode history: %w", err)
 	}
-	if st.Watched, err = decodeWatched(w); err != nil {
+	if st.Watched, err = decodeWatched(f[1]); err != nil {
 		return st, fmt.Errorf("decode watched: %w", err)
 	}
-	if st.ImpressionCounts, err = DecodeImpressions(i); err != nil {
+	if st.ImpressionCounts, _, _, err = decodeEffectiveImpressions(f[2], f[3], false); err != nil {
 		return st, fmt.Errorf("decode impressions: %w", err)
 	}
 	return st, nil

@@ -55,7 +55,7 @@ func TestUserCodecMatchesEncodingJSON(t *testing.T) {
 				t.Fatalf("%s: got %s, encoding/json %s", c.name, c.got, want)
 			}
 		}
-		got, err := decodeUser(h, w, i)
+		got, err := decodeUser(UserFields{h, w, i})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -82,7 +82,7 @@ func TestUserCodecDecodeFallback(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got, err := decodeUser(c.h, c.w, c.i)
+			got, err := decodeUser(UserFields{c.h, c.w, c.i})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -106,7 +106,7 @@ func TestUserCodecDecodeFallback(t *testing.T) {
 		{`[]`, `{}`, `{"a":{"count":1.5}}`},
 		{`[] x`, `{}`, `{}`},
 	} {
-		if _, err := decodeUser(bad.h, bad.w, bad.i); err == nil {
+		if _, err := decodeUser(UserFields{bad.h, bad.w, bad.i}); err == nil {
 			t.Errorf("decodeUser(%q, %q, %q): no error", bad.h, bad.w, bad.i)
 		} else if !strings.Contains(err.Error(), "decode") {
 			t.Errorf("error %q does not name the document", err)
@@ -132,7 +132,7 @@ func BenchmarkUserCodec(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		h, w, i, _ := encodeUser(&st)
-		if _, err := decodeUser(h, w, i); err != nil {
+		if _, err := decodeUser(UserFields{h, w, i}); err != nil {
 			b.Fatal(err)
 		}
 	}

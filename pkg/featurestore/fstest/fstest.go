@@ -39,6 +39,9 @@ type GenConfig struct {
 	DisjointImpressions bool
 	// NoLegacy leaves legacy events out.
 	NoLegacy bool
+	// ImpressionShare, when set, is the share of impressions in the stream (a feed's served
+	// lists far outnumber its watches); otherwise 30 %.
+	ImpressionShare float64
 }
 
 // Generate returns a stream of valid events, in time order.
@@ -71,7 +74,14 @@ func Generate(c GenConfig) []events.Any {
 		}
 		common := events.Common{EventID: id, UserID: user, SessionID: "s-" + user, RequestID: fmt.Sprintf("r%d", e/5),
 			TsMs: ts, ServerReceivedTsMs: ts + 5}
-		switch k := r.IntN(10); {
+		k := r.IntN(10)
+		if c.ImpressionShare > 0 {
+			k = 4 // a watch, or:
+			if r.Float64() < c.ImpressionShare {
+				k = 0
+			}
+		}
+		switch {
 		case k < 3 && c.Items-impStart >= 2:
 			n := 2 + r.IntN(min(8, c.Items-impStart-1))
 			seen := map[int]bool{}
@@ -228,17 +238,21 @@ func ReadTables(ctx context.Context, pool *pgxpool.Pool, nowMs int64) (Tables, e
 		return t, fmt.Errorf("read meta: %w", err)
 	}
 	at := func(v float64, lm int64, hl float64) float64 { return v * math.Exp2(-float64(nowMs-lm)/hl) }
-	rows, err := pool.Query(ctx, `SELECT user_id, history, watched::jsonb::text, impressions FROM feature_users`)
+	rows, err := pool.Query(ctx, `SELECT user_id, history, watched::jsonb::text, impressions, impressions_recent FROM feature_users`)
 	if err != nil {
 		return t, err
 	}
 	for rows.Next() {
-		var id, h, w, i string
-		if err := rows.Scan(&id, &h, &w, &i); err != nil {
+		var id, h, w, i, r string
+		if err := rows.Scan(&id, &h, &w, &i, &r); err != nil {
 			return t, err
 		}
-		// The counters compare by value: one database may hold them in the other format.
+		// The counters compare by value: one database may hold them in the other format, or
+		// partly in their overlay.
 		m, err := featurestore.DecodeImpressions(i)
+		if err == nil {
+			m, err = featurestore.ApplyImpressionsOverlay(m, featurestore.ImpressionsBaseSum(i), r)
+		}
 		if err != nil {
 			return t, fmt.Errorf("user %s: %w", id, err)
 		}
