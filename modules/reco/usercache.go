@@ -23,7 +23,8 @@ type decodedUser struct {
 	watched map[string]bool
 	// base is the decoded impression counters' base (raw[2]), baseSum its checksum (set with
 	// an overlay), and imps the counters with the overlay (raw[3]) added. A stored entry
-	// keeps imps only when it is base: an overlay changes with nearly every list.
+	// keeps imps only when it is base: an overlay changes with nearly every list, its base
+	// once every few.
 	base    map[string]ranking.ImpressionStat
 	baseSum uint32
 	imps    map[string]ranking.ImpressionStat
@@ -37,7 +38,7 @@ type decodedUser struct {
 // the raw value, so an unchanged field (compared byte for byte, far cheaper than parsing it)
 // reuses the previous result, and a changed one is decoded again. The user's state is still
 // read from Redis on every request; only the parsing is saved. Fields are reused one by one:
-// an impression changes only "i", a watch "h" and "w" (and "i").
+// an impression changes only "i" (or only "r"), a watch "h" and "w" (and "i").
 //
 // The impression counters change after nearly every list a user is served (the list's
 // impression, auto-logged or logged by the client, reaches Redis before the user's next
@@ -47,7 +48,9 @@ type decodedUser struct {
 // request finds them unchanged (users whose impressions are not logged, or who are served
 // faster than the consumer applies them). With the whole pipeline at 5,000 lists/s, turning
 // the cache off entirely saved ~4 % of recsys' CPU (179-183 against 187-191 µs per list);
-// this keeps what does pay, the history and watched set.
+// this keeps what does pay, the history and watched set. With the counters' overlay
+// (featurestore overlay.go) the base changes once every few lists and is kept; the overlay,
+// small, is decoded and added per request.
 //
 // Decoding the JSON documents (and collecting what it allocated) was about a tenth of a
 // request's CPU. The cache is bounded in bytes, estimated from the raw values (random
@@ -133,7 +136,8 @@ func (c *decodeCache) decode(userID string, f userFields) (*decodedUser, error) 
 		if f[3] != "" {
 			d.baseSum = featurestore.ImpressionsBaseSum(f[2])
 		}
-		if prev != nil {
+		// With an overlay the base changes once every few lists: keep it at once.
+		if prev != nil && f[3] == "" {
 			sum := maphash.String(c.seed, f[2])
 			if prev.raw[2] != "" || prev.impsSum != sum {
 				s := *d

@@ -332,18 +332,23 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 	p := &pipeline{}
 	listIDs := sortedKeys(lists)
 	userIDs := sortedKeys(changed)
+	raised, err := s.raiseOverlays(ctx, conn, userIDs, states)
+	if err != nil {
+		return nil, err
+	}
 	if len(userIDs) > 0 {
 		hs, ws, is, rs := make([]string, len(userIDs)), make([]string, len(userIDs)), make([]string, len(userIDs)), make([]string, len(userIDs))
 		a.users = make([]userRow, len(userIDs))
 		for i, id := range userIDs {
 			u := states[id]
 			row := userRow{id: id, h: u.h, w: u.w, keep: keepH | keepW}
-			if u.lazy != nil {
-				if row.i, row.r, err = u.lazy.documents(s.cfg, b, s.imps, s.overlay); err != nil {
+			if r, ok := raised[id]; ok {
+				// u.i is "" when the base was not read: the Redis copy can only be
+				// completed in place then (exec).
+				row.i, row.r, row.keep = u.i, r, row.keep|keepI
+			} else if u.lazy != nil {
+				if row.i, row.r, err = u.lazy.fold(s.cfg, b, s.imps, s.overlay); err != nil {
 					return nil, fmt.Errorf("impressions of %q: %w", id, err)
-				}
-				if row.i == "" {
-					row.i, row.keep = u.i, row.keep|keepI
 				}
 			} else {
 				// The overlay, if any, was added in decode: the base takes it all.
@@ -580,7 +585,7 @@ RETURNING item_id, impressions, watches, sum_percent, percent_count, ended, watc
 type userDoc struct {
 	st   features.UserState
 	h, w string // as stored; st.History and st.Watched are decoded only when a watch needs them
-	i, r string // the impression counters' base and overlay as stored
+	i, r string // the impression counters' base ("" until read) and overlay as stored
 	// The stored documents' keys (see docKeys) and the keys the batch's events may have added.
 	wKeys, iKeys, wAdd, iAdd []string
 	// lazy, for a user with impressions only in the batch, replaces st.ImpressionCounts.
@@ -600,6 +605,48 @@ func (u *userDoc) decode() error {
 		return fmt.Errorf("decode watched: %w", err)
 	}
 	return nil
+}
+
+// raiseOverlays puts the raises of users with impressions only into their counters' overlay
+// where it can take them (lazyImpressions.raise) and returns those overlays by user. The
+// others' bases, which lockUsers does not read with an overlay on (a served list needs only
+// the overlay, and reading the ~10 kB base of every user was half of the lock statement),
+// are read here, in one round trip, for fold.
+func (s *Store) raiseOverlays(ctx context.Context, c dbConn, userIDs []string, states map[string]*userDoc) (map[string]string, error) {
+	if !s.overlay {
+		return nil, nil
+	}
+	raised := map[string]string{}
+	var bases []string
+	for _, id := range userIDs {
+		u := states[id]
+		if u.lazy == nil {
+			continue
+		}
+		r, ok, err := u.lazy.raise(s.cfg, s.imps)
+		if err != nil {
+			return nil, fmt.Errorf("impressions of %q: %w", id, err)
+		}
+		if ok {
+			raised[id] = r
+		} else if u.i == "" {
+			bases = append(bases, id)
+		}
+	}
+	if len(bases) == 0 {
+		return raised, nil
+	}
+	rows, _ := c.Query(ctx, `SELECT user_id, impressions FROM feature_users WHERE user_id = ANY($1)`, bases)
+	var id, im string
+	if _, err := pgx.ForEachRow(rows, []any{&id, &im}, func() error {
+		if u := states[id]; u != nil && u.lazy != nil {
+			u.i, u.lazy.stored = im, im
+		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("read impression bases: %w", err)
+	}
+	return raised, nil
 }
 
 // lockUsers opens the transaction, records the batch's event_ids (learning which are new)
@@ -645,12 +692,22 @@ func (s *Store) lockUsers(ctx context.Context, c dbConn, b *Batch, a *Applied) (
 		}, `INSERT INTO feature_applied (event_id) SELECT id FROM unnest($1::text[]) AS id
 WHERE NOT EXISTS (SELECT 1 FROM feature_applied a WHERE a.event_id = id) RETURNING event_id`, ids)
 		p.exec("insert users", `INSERT INTO feature_users (user_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`, users)
+		watchers := make([]string, 0, len(users))
+		for _, id := range users {
+			if userSet[id] {
+				watchers = append(watchers, id)
+			}
+		}
 		p.query(func(rows pgx.Rows) error {
-			var id, h, w, im, ir string
+			var id, h, w, ir string
+			var im *string
 			_, err := pgx.ForEachRow(rows, []any{&id, &h, &w, &im, &ir}, func() error {
-				u := &userDoc{h: h, w: w, i: im, r: ir}
+				u := &userDoc{h: h, w: w, r: ir}
+				if im != nil {
+					u.i = *im
+				}
 				if !userSet[id] {
-					u.lazy = &lazyImpressions{stored: im, recent: ir}
+					u.lazy = &lazyImpressions{stored: u.i, recent: ir}
 				} else if err := u.decode(); err != nil {
 					return fmt.Errorf("user %q: %w", id, err)
 				}
@@ -661,7 +718,9 @@ WHERE NOT EXISTS (SELECT 1 FROM feature_applied a WHERE a.event_id = id) RETURNI
 				return fmt.Errorf("lock users: %w", err)
 			}
 			return nil
-		}, `SELECT user_id, history, watched, impressions, impressions_recent FROM feature_users WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE`, users)
+		}, `SELECT user_id, history, watched,
+  CASE WHEN NOT $2 OR impressions_recent = '' OR user_id = ANY($3) THEN impressions END, impressions_recent
+FROM feature_users WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE`, users, s.overlay, watchers)
 	}
 	p.query(func(rows pgx.Rows) error {
 		var row pgx.Row = rowsRow{rows}

@@ -21,7 +21,7 @@ import (
 // lazyImpressions are one user's impression counters as the batch raises them, not yet merged
 // into the stored document.
 type lazyImpressions struct {
-	stored string                             // the base document as stored
+	stored string                             // the base document as stored ("": not read)
 	recent string                             // the overlay as stored (see overlay.go)
 	inc    map[string]features.ImpressionStat // per item: raises, and the latest event time
 	evs    []int                              // the user's events in the batch (Batch.Events indices)
@@ -47,28 +47,38 @@ func (l *lazyImpressions) add(i int, tsMs int64, items []string) {
 	}
 }
 
-// documents returns the counters after the batch, in format f, as a base and an overlay
-// (overlay.go): base is "" when the stored base stays. With useOverlay false the overlay is
-// folded into the base and cleared ("").
-func (l *lazyImpressions) documents(cfg features.Config, b *Batch, f ImpressionsFormat, useOverlay bool) (base, recent string, err error) {
+// raise adds the batch's raises to the overlay alone (overlay.go), without reading or
+// rewriting the base. ok is false when the user has no overlay yet, or when the counters may
+// reach the trim or the overlay its limit: fold then rewrites the base. The overlay is not
+// checked against the base, which is not read: a stale one (which every reader ignores) only
+// grows until the next fold drops it.
+func (l *lazyImpressions) raise(cfg features.Config, f ImpressionsFormat) (recent string, ok bool, err error) {
+	o, has, err := parseOverlay(l.recent)
+	if !has || err != nil {
+		return "", false, err
+	}
+	deltas, n, err := addRaises(o.deltas, l.inc, sortedKeys(l.inc), f)
+	if err != nil {
+		return "", false, err
+	}
+	// The counters hold at most the base's entries and the overlay's: below the trim,
+	// applying the events one by one trims nothing, so adding them later is exact.
+	if n > overlayLimit(o.n) || (cfg.ImpressionMemory > 0 && o.n+n > cfg.ImpressionTrimAt()) {
+		return "", false, nil
+	}
+	return l.recent[:len(l.recent)-len(o.deltas)] + deltas, true, nil
+}
+
+// fold returns the counters after the batch, in format f, as a new base (the stored one,
+// l.stored, with the overlay and the batch added) and, with useOverlay, an empty overlay on
+// it; without, the overlay is cleared ("").
+func (l *lazyImpressions) fold(cfg features.Config, b *Batch, f ImpressionsFormat, useOverlay bool) (base, recent string, err error) {
 	o, has, err := overlayOf(l.recent, func() uint32 { return baseSum(l.stored) })
 	if err != nil {
 		return "", "", err
 	}
-	if useOverlay && has {
-		deltas, n, err := addRaises(o.deltas, l.inc, sortedKeys(l.inc), f)
-		if err != nil {
-			return "", "", err
-		}
-		// The counters hold at most the base's entries and the overlay's: below the trim,
-		// applying the events one by one trims nothing, so adding them later is exact.
-		trimAt := cfg.ImpressionTrimAt()
-		if n <= overlayLimit(o.n) && (cfg.ImpressionMemory <= 0 || o.n+n <= trimAt) {
-			return "", encodeOverlay(l.stored, o.n, deltas), nil
-		}
-	}
 	stored := l.stored
-	if has && o.deltas != "" { // fold the overlay in first
+	if has && o.deltas != "" {
 		m, _, _, err := decodeEffectiveImpressions(l.stored, l.recent, false)
 		if err != nil {
 			return "", "", err

@@ -44,7 +44,7 @@ func TestOverlayMatchesApply(t *testing.T) {
 				ts := int64(1_000_000)
 				for range 40 {
 					var b Batch
-					l := &lazyImpressions{stored: base, recent: recent}
+					l := &lazyImpressions{recent: recent} // raise must not need the base
 					var d features.Delta
 					for i := range 1 + r.IntN(3) {
 						ts += r.Int64N(5000) - 1000 // out of order now and then
@@ -57,17 +57,18 @@ func TestOverlayMatchesApply(t *testing.T) {
 						l.add(i, ev.TsMs, d.UserImpressions)
 						st = features.ApplyInto(cfg, st, ev, &d)
 					}
-					newBase, newRecent, err := l.documents(cfg, &b, f, true)
-					if err != nil {
-						t.Fatal(err)
-					}
 					batches++
-					if newBase == "" {
+					if r, ok, err := l.raise(cfg, f); err != nil {
+						t.Fatal(err)
+					} else if ok {
 						overlaid++
+						recent = r
 					} else {
-						base = newBase
+						l.stored = base
+						if base, recent, err = l.fold(cfg, &b, f, true); err != nil {
+							t.Fatal(err)
+						}
 					}
-					recent = newRecent
 					got, _, _, err := decodeEffectiveImpressions(base, recent, false)
 					if err != nil {
 						t.Fatal(err)
@@ -98,7 +99,8 @@ func TestOverlayMatchesApply(t *testing.T) {
 }
 
 // An overlay written against another base (a consumer of an older release rewrote the base
-// alone) is ignored by every reader, and the next batch writes a base and an overlay anew.
+// alone) is ignored by every reader; raises may still go to it (without the base, which is
+// not read, nothing tells), and the next fold drops it, giving the base and the batch.
 func TestStaleOverlayIsIgnored(t *testing.T) {
 	cfg := features.DefaultConfig()
 	base := ImpressionsArray.encode(map[string]features.ImpressionStat{"a": {Count: 2, LastTsMs: 5}}, []string{"a"})
@@ -120,9 +122,17 @@ func TestStaleOverlayIsIgnored(t *testing.T) {
 	ev := features.Interaction{Kind: features.KindImpression, UserID: "u", EventID: "e", TsMs: 9, Items: []string{"c"}}
 	var d features.Delta
 	features.ImpressionDeltaInto(cfg, ev, &d)
-	l := &lazyImpressions{stored: base, recent: stale}
+	l := &lazyImpressions{recent: stale}
 	l.add(0, ev.TsMs, d.UserImpressions)
-	newBase, newRecent, err := l.documents(cfg, &Batch{Events: []Event{{Interaction: ev}}}, ImpressionsArray, true)
+	raised, ok, err := l.raise(cfg, ImpressionsArray)
+	if err != nil || !ok {
+		t.Fatalf("raise: %v %v", ok, err)
+	}
+	if got, _, _, err := decodeEffectiveImpressions(base, raised, false); err != nil || len(got) != 1 || got["a"].Count != 2 {
+		t.Fatalf("with a raised stale overlay: %v (%v), want the base alone", got, err)
+	}
+	l.stored = base
+	newBase, newRecent, err := l.fold(cfg, &Batch{Events: []Event{{Interaction: ev}}}, ImpressionsArray, true)
 	if err != nil {
 		t.Fatal(err)
 	}

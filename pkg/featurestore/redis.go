@@ -326,6 +326,11 @@ func (s *Store) exec(ctx context.Context, epoch string, w *redisWrite) error {
 	for _, key := range whole {
 		if i, ok := byKey[key]; ok {
 			u := w.users[i]
+			if u.i == "" {
+				// A batch that did not read the user's base (it raised the overlay alone):
+				// the batch's journal row stays, and the heal loop writes the user whole.
+				return fmt.Errorf("write redis: the copy of user %q is behind and its impression counters were not read", u.id)
+			}
 			u.keep = 0
 			again.users = append(again.users, u)
 		}
