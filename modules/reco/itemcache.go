@@ -527,7 +527,7 @@ func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ 
 	if err != nil {
 		return s, err
 	}
-	s.History, s.Watched, s.Impressions = d.history, d.watched, d.imps
+	s.History, s.Watched, s.Impressions, s.ImpressionsAdded = d.history, d.watched, d.imps, d.added
 	return s, nil
 }
 

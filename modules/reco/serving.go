@@ -211,7 +211,7 @@ func (s *serving) refreshGlobal(ctx context.Context) error {
 		}
 		brk.Success()
 		snap.UserID = ""
-		snap.History, snap.Watched, snap.Impressions, snap.Neighbours, snap.Similar = nil, nil, nil, nil, nil
+		snap.History, snap.Watched, snap.Impressions, snap.ImpressionsAdded, snap.Neighbours, snap.Similar = nil, nil, nil, nil, nil, nil
 		attachStats(&snap, now.UnixMilli(), s.prepare)
 		s.global.Store(&globalSnap{snap: snap, loadedAt: now, source: name})
 		return true

@@ -21,15 +21,15 @@ type decodedUser struct {
 	raw     userFields
 	history []ranking.HistoryEntry
 	watched map[string]bool
-	// base is the decoded impression counters' base (raw[2]), baseSum its checksum (set with
-	// an overlay), and imps the counters with the overlay (raw[3]) added. A stored entry
-	// keeps imps only when it is base: an overlay changes with nearly every list, its base
-	// once every few.
-	base    map[string]ranking.ImpressionStat
-	baseSum uint32
+	// imps are the decoded impression counters' base (raw[2]), baseSum its checksum (set
+	// with an overlay), and added the raises of the overlay (raw[3]), which ranking adds
+	// (Snapshot.ImpressionsAdded). A stored entry does not keep added: an overlay changes
+	// with nearly every list, its base once every few.
 	imps    map[string]ranking.ImpressionStat
+	baseSum uint32
+	added   map[string]ranking.ImpressionStat
 	// impsSum, in a stored entry whose base changed since the request before, is the hash of
-	// the raw base not kept (raw[2] is then empty, base and imps nil).
+	// the raw base not kept (raw[2] is then empty, imps nil).
 	impsSum uint64
 }
 
@@ -92,7 +92,7 @@ func (c *decodeCache) decode(userID string, f userFields) (*decodedUser, error) 
 		sh.mu.Lock()
 		prev = sh.m[userID]
 		sh.mu.Unlock()
-		if prev != nil && prev.raw == f && (f[2] == "" || prev.imps != nil) {
+		if prev != nil && prev.raw == f && f[3] == "" {
 			return prev, nil
 		}
 	}
@@ -124,13 +124,13 @@ func (c *decodeCache) decode(userID string, f userFields) (*decodedUser, error) 
 	stored := d
 	switch {
 	case f[2] == "":
-	case prev != nil && prev.raw[2] == f[2] && prev.base != nil:
-		d.base, d.baseSum = prev.base, prev.baseSum
+	case prev != nil && prev.raw[2] == f[2]:
+		d.imps, d.baseSum = prev.imps, prev.baseSum
 		if f[3] != "" && prev.raw[3] == "" {
 			d.baseSum = featurestore.ImpressionsBaseSum(f[2])
 		}
 	default:
-		if d.base, err = featurestore.DecodeImpressions(f[2]); err != nil {
+		if d.imps, err = featurestore.DecodeImpressions(f[2]); err != nil {
 			return nil, fmt.Errorf("decode impressions of %q: %w", userID, err)
 		}
 		if f[3] != "" {
@@ -141,22 +141,21 @@ func (c *decodeCache) decode(userID string, f userFields) (*decodedUser, error) 
 			sum := maphash.String(c.seed, f[2])
 			if prev.raw[2] != "" || prev.impsSum != sum {
 				s := *d
-				s.raw[2], s.base, s.impsSum = "", nil, sum
+				s.raw[2], s.imps, s.impsSum = "", nil, sum
 				s.size -= decodedOverhead * len(f[2])
 				stored = &s
 			}
 		}
 	}
-	d.imps = d.base
 	if f[3] != "" {
-		if d.imps, err = featurestore.ApplyImpressionsOverlay(d.base, d.baseSum, f[3]); err != nil {
+		if d.added, err = featurestore.ImpressionsOverlay(d.baseSum, f[3]); err != nil {
 			return nil, fmt.Errorf("decode impressions of %q: %w", userID, err)
 		}
-	}
-	if stored == d && f[3] != "" {
-		s := *d
-		s.imps = nil // the overlay's counters are not kept (see decodedUser)
-		stored = &s
+		if stored == d {
+			s := *d
+			s.added = nil // not kept (see decodedUser)
+			stored = &s
+		}
 	}
 	if sh != nil && stored.size <= c.max {
 		sh.mu.Lock()

@@ -97,20 +97,28 @@ func overlayOf(r string, sum func() uint32) (overlay, bool, error) {
 	return o, true, nil
 }
 
-// ApplyImpressionsOverlay returns the counters of base (decoded as m, with checksum sum,
-// see ImpressionsBaseSum) with overlay r added. m itself is returned when r adds nothing,
-// otherwise a copy: m may be shared (a cache of decoded bases).
-func ApplyImpressionsOverlay(m map[string]features.ImpressionStat, sum uint32, r string) (map[string]features.ImpressionStat, error) {
+// ImpressionsOverlay decodes the raises held in overlay r of a base whose checksum is sum
+// (ImpressionsBaseSum): nil when there are none, or when r was written against another base.
+// A counter is the base's with the overlay's added (counts summed, the latest time).
+func ImpressionsOverlay(sum uint32, r string) (map[string]features.ImpressionStat, error) {
 	o, ok, err := overlayOf(r, func() uint32 { return sum })
 	if !ok || err != nil || o.deltas == "" {
-		return m, err
+		return nil, err
 	}
 	d, err := DecodeImpressions(o.deltas)
 	if err != nil {
 		return nil, fmt.Errorf("impression overlay: %w", err)
 	}
-	if len(d) == 0 {
-		return m, nil
+	return d, nil
+}
+
+// ApplyImpressionsOverlay returns the counters of base (decoded as m, with checksum sum,
+// see ImpressionsBaseSum) with overlay r added. m itself is returned when r adds nothing,
+// otherwise a copy: m may be shared.
+func ApplyImpressionsOverlay(m map[string]features.ImpressionStat, sum uint32, r string) (map[string]features.ImpressionStat, error) {
+	d, err := ImpressionsOverlay(sum, r)
+	if len(d) == 0 || err != nil {
+		return m, err
 	}
 	out := maps.Clone(m)
 	if out == nil {

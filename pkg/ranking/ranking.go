@@ -87,7 +87,11 @@ type Snapshot struct {
 	// Watched is the bounded set of items the user watched; they are never recommended.
 	Watched map[string]bool `json:"watched"`
 	// Impressions are the per-item impression counts of this user since the last watch.
-	Impressions map[string]ImpressionStat `json:"impressions"`
+	// ImpressionsAdded, when set, holds raises not included in Impressions (the stored
+	// counters' overlay, which /reco does not copy into a map it shares): read a counter with
+	// Impression.
+	Impressions      map[string]ImpressionStat `json:"impressions"`
+	ImpressionsAdded map[string]ImpressionStat `json:"impressions_added,omitempty"`
 
 	// Neighbours maps each of the first SnapshotOptions.HistoryItems history items to its
 	// co-visitation neighbours (current decayed strength), strongest first.
@@ -111,6 +115,23 @@ type Snapshot struct {
 	// server shares one between requests (the global lists' statistics) instead of copying
 	// hundreds of entries into Items per request.
 	SharedItems map[string]ItemStats `json:"-"`
+}
+
+// Impression returns the user's impression counter of item id: Impressions[id] with
+// ImpressionsAdded[id] added (counts summed, the latest time).
+func (s *Snapshot) Impression(id string) (ImpressionStat, bool) {
+	im, ok := s.Impressions[id]
+	if add, ok2 := s.ImpressionsAdded[id]; ok2 {
+		im.Count += add.Count
+		im.LastTsMs = max(im.LastTsMs, add.LastTsMs)
+		ok = true
+	}
+	return im, ok
+}
+
+// hasImpressions reports whether the user has any impression counter.
+func (s *Snapshot) hasImpressions() bool {
+	return len(s.Impressions) > 0 || len(s.ImpressionsAdded) > 0
 }
 
 // Stats returns the statistics of item id from Items, else from SharedItems.

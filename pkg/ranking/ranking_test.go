@@ -109,6 +109,35 @@ func TestRankFatigue(t *testing.T) {
 	}
 }
 
+// Counters split between Impressions and ImpressionsAdded (the stored counters' overlay, as
+// /reco passes them) rank exactly as the same counters in one map.
+func TestRankReadsAddedImpressions(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	cfg := DefaultConfig()
+	cfg.Weights.Fatigue = 2
+	for trial := range 200 {
+		whole := randomSnapshot(r, trial)
+		split := *whole
+		split.Impressions, split.ImpressionsAdded = map[string]ImpressionStat{}, map[string]ImpressionStat{}
+		for k, v := range whole.Impressions {
+			switch r.IntN(3) {
+			case 0:
+				split.Impressions[k] = v
+			case 1:
+				split.ImpressionsAdded[k] = v
+			default: // part in each, the latest time in either
+				c := r.Int64N(v.Count + 1)
+				split.Impressions[k] = ImpressionStat{Count: c, LastTsMs: v.LastTsMs - r.Int64N(1000)}
+				split.ImpressionsAdded[k] = ImpressionStat{Count: v.Count - c, LastTsMs: v.LastTsMs}
+			}
+		}
+		want, got := NewWeighted(cfg).Rank(whole, 20), NewWeighted(cfg).Rank(&split, 20)
+		if !slices.Equal(want.Items, got.Items) || !slices.Equal(want.Scores, got.Scores) {
+			t.Fatalf("trial %d: split counters rank %v, one map %v", trial, got.Items, want.Items)
+		}
+	}
+}
+
 func TestRankColdStart(t *testing.T) {
 	s := snapshot()
 	s.History, s.Watched, s.Neighbours = nil, nil, nil

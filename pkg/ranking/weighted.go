@@ -518,7 +518,7 @@ func (w *Weighted) fullScore(s *Snapshot, c *cand, nm norms) {
 	} else {
 		f += w.prior(st, s.NowMs)
 	}
-	if wt.Fatigue > 0 && len(s.Impressions) > 0 {
+	if wt.Fatigue > 0 && s.hasImpressions() {
 		f -= wt.Fatigue * fatigue(s, c.id, &w.cfg)
 	}
 	c.score, c.scored = f, true
@@ -540,7 +540,7 @@ func completion(st *ItemStats, cfg *Config) float64 {
 }
 
 func fatigue(s *Snapshot, id string, cfg *Config) float64 {
-	im, ok := s.Impressions[id]
+	im, ok := s.Impression(id)
 	if !ok || s.NowMs-im.LastTsMs > cfg.FatigueMemory.Milliseconds() {
 		return 0
 	}
@@ -566,7 +566,7 @@ func (w *Weighted) explorationPool(pool []string, s *Snapshot, excluded func(*Sc
 		if cfg.ExplorationMaxImpressions > 0 && s.impressionsOf(f) >= cfg.ExplorationMaxImpressions {
 			continue
 		}
-		if len(s.Impressions) > 0 && fatigue(s, f.ItemID, cfg) > 0 {
+		if s.hasImpressions() && fatigue(s, f.ItemID, cfg) > 0 {
 			continue
 		}
 		pool = append(pool, f.ItemID)
