@@ -74,11 +74,7 @@ func TestNeighbourWriteChunks(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			rd := open(t)
 			ctx := context.Background()
-			prefix := "chunks:" + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"
-			t.Cleanup(func() { rd.Do(ctx, rd.B().Del().Key(prefix+"meta", prefix+"nb:a").Build()) })
-			if err := rd.Do(ctx, rd.B().Hset().Key(prefix+"meta").FieldValue().FieldValue("ep", "1").Build()).Error(); err != nil {
-				t.Fatal(err)
-			}
+			prefix := scriptCopy(t, rd, "chunks", "nb:a")
 			cfg := features.DefaultConfig()
 			cfg.NeighboursPerItem = 1000 // lists up to 2,000 members
 			s := New(nil, rd, prefix, cfg, nil)
@@ -138,6 +134,25 @@ func scriptBackends() map[string]func(t *testing.T) rueidis.Client {
 	}
 }
 
+// scriptCopy returns a fresh key prefix (named after the test) for a copy of generation 1 on
+// rd; the prefix's keys listed (suffixes) are deleted at the end.
+func scriptCopy(t *testing.T, rd rueidis.Client, name string, keys ...string) string {
+	t.Helper()
+	ctx := context.Background()
+	prefix := name + ":" + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"
+	t.Cleanup(func() {
+		del := []string{prefix + "meta"}
+		for _, k := range keys {
+			del = append(del, prefix+k)
+		}
+		rd.Do(ctx, rd.B().Del().Key(del...).Build())
+	})
+	if err := rd.Do(ctx, rd.B().Hset().Key(prefix+"meta").FieldValue().FieldValue("ep", "1").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	return prefix
+}
+
 func clientFor(t *testing.T, opt rueidis.ClientOption) rueidis.Client {
 	t.Helper()
 	opt.DisableCache, opt.ForceSingleClient = true, true
@@ -159,14 +174,8 @@ func TestPopularListsFollowItemHashes(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			rd := open(t)
 			ctx := context.Background()
-			prefix := "poplists:" + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"
+			prefix := scriptCopy(t, rd, "poplists", "pop:s", "pop:l", "fresh", "i:a", "i:b", "i:c")
 			keys := NewKeys(prefix)
-			t.Cleanup(func() {
-				rd.Do(ctx, rd.B().Del().Key(keys.Meta, keys.PopShort, keys.PopLong, keys.Fresh, keys.Item("a"), keys.Item("b"), keys.Item("c")).Build())
-			})
-			if err := rd.Do(ctx, rd.B().Hset().Key(keys.Meta).FieldValue().FieldValue("ep", "1").Build()).Error(); err != nil {
-				t.Fatal(err)
-			}
 			cfg := features.DefaultConfig()
 			cfg.TopListSize = 2
 			s := New(nil, rd, prefix, cfg, nil)
@@ -251,11 +260,7 @@ func TestUserWriteSendsChangedDocuments(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			rd := open(t)
 			ctx := context.Background()
-			prefix := "keep:" + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"
-			t.Cleanup(func() { rd.Do(ctx, rd.B().Del().Key(prefix+"meta", prefix+"u:u", prefix+"u:n").Build()) })
-			if err := rd.Do(ctx, rd.B().Hset().Key(prefix+"meta").FieldValue().FieldValue("ep", "1").Build()).Error(); err != nil {
-				t.Fatal(err)
-			}
+			prefix := scriptCopy(t, rd, "keep", "u:u", "u:n")
 			s := New(nil, rd, prefix, features.DefaultConfig(), nil)
 			hash := func(user string) map[string]string {
 				m, err := rd.Do(ctx, rd.B().Hgetall().Key(prefix+"u:"+user).Build()).AsStrMap()
