@@ -213,6 +213,67 @@ func snapshotsMatchMemoryStore(t *testing.T, rd rueidis.Client, format featurest
 	compare("rebuilt")
 }
 
+// A served list that only raises a user's overlay does not read the base; when the user's
+// Redis hash turns out to be behind (expired, a write missed), the write reads the user from
+// PostgreSQL and sends it whole, and the copy reads as PostgreSQL does.
+func TestBehindCopyOfRaisedUserIsRead(t *testing.T) {
+	ctx := context.Background()
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	rd := redisClient(t, testutil.StartPrivate(t, "redis").URL)
+	prefix := testutil.Unique("behind") + ":"
+	cfg := testConfig()
+	st := featurestore.New(pool, rd, prefix, cfg, nil)
+	st.SetImpressionsOverlay(true)
+	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+	list := func(n int, items ...string) featurestore.Event {
+		return featurestore.Event{Interaction: features.Interaction{Kind: features.KindImpression, EventID: fmt.Sprintf("e%d", n),
+			UserID: "u", TsMs: start + int64(n)*1000, Items: items}}
+	}
+	apply := func(evs ...featurestore.Event) error {
+		a, err := st.Apply(ctx, &featurestore.Batch{Events: evs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.WriteRedis(ctx, a)
+	}
+	if err := apply(list(1, "a", "b")); !errors.Is(err, featurestore.ErrRedisBehind) {
+		t.Fatalf("first write: %v, want ErrRedisBehind (no copy yet)", err)
+	}
+	if err := st.Repopulate(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := apply(list(2, "b", "c")); err != nil { // the overlay alone
+		t.Fatal(err)
+	}
+	keys := featurestore.NewKeys(prefix)
+	if err := rd.Do(ctx, rd.B().Del().Key(keys.User("u")).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if err := apply(list(3, "c", "d")); err != nil {
+		t.Fatalf("write to a behind copy: %v", err)
+	}
+	var base, overlay string
+	if err := pool.QueryRow(ctx, `SELECT impressions, impressions_recent FROM feature_users WHERE user_id = 'u'`).Scan(&base, &overlay); err != nil {
+		t.Fatal(err)
+	}
+	if strings.HasSuffix(overlay, ":") || base == "" {
+		t.Fatalf("the last lists did not go to the overlay alone: base %q overlay %q", base, overlay)
+	}
+	now := start + 3_600_000
+	want, err := featurestore.NewPGLoader(pool, prefix, cfg).Snapshot(ctx, "u", now, testOpts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := featurestore.NewRedisLoader(rd, prefix, cfg).Snapshot(ctx, "u", now, testOpts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fstest.EqualSnapshots(t, "redis vs postgres", want, got)
+	if c := got.Impressions["c"].Count; c != 2 || len(got.Impressions) != 4 {
+		t.Fatalf("counters %v, want a..d with c shown twice", got.Impressions)
+	}
+}
+
 // Neighbour lists past 2M rows are cut back to their top M in PostgreSQL and in Redis.
 func TestNeighbourTrim(t *testing.T) {
 	ctx := context.Background()

@@ -20,7 +20,7 @@ func (s *Store) RedisReady(ctx context.Context) (bool, error) {
 }
 
 // readUsers, readItems and readNeighbours load absolute values for a rewrite.
-func readUsers(ctx context.Context, q pgx.Tx, ids []string) ([]userRow, error) {
+func readUsers(ctx context.Context, q dbConn, ids []string) ([]userRow, error) {
 	rows, _ := q.Query(ctx, `SELECT user_id, version, history, watched, impressions, impressions_recent
 FROM feature_users WHERE user_id = ANY($1) ORDER BY user_id`, ids)
 	var out []userRow

@@ -308,8 +308,9 @@ func TestUserWriteSendsChangedDocuments(t *testing.T) {
 			if got := hash("u"); got["v"] != "10" || got["i"] != "I9" || got["r"] != "R10" {
 				t.Fatalf("user beside it: hash %v", got)
 			}
-			// A batch that raised the overlay without reading the base cannot send it whole:
-			// an error, so that the batch's journal row stays for the heal loop.
+			// A batch that raised the overlay without reading the base cannot send it whole
+			// without PostgreSQL (which this store lacks; TestBehindCopyOfRaisedUserIsRead
+			// has it): an error, so that the batch's journal row stays for the heal loop.
 			unread := row(12, keepH|keepW|keepI)
 			unread.i = ""
 			if err := s.exec(ctx, "1", &redisWrite{users: []userRow{unread}}); err == nil {

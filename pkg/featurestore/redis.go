@@ -34,7 +34,8 @@ import (
 //	user:      version, keep, h, w, i, r: keep (bits 1 h, 2 w, 4 i) names the documents a
 //	           batch left as they were, sent empty. Such a write completes the hash only when
 //	           it holds the version just before; otherwise (a write missed, expired or
-//	           racing) the script returns the user's key and the writer sends it whole.
+//	           racing) the script returns the user's key and the writer sends it whole
+//	           (read from PostgreSQL if the batch did not read it all).
 //	item:      id, fresh(0|1), #fields, pairs (field, value)... of imp, wat, sp, pn, end, wt,
 //	           fs, ps, pl: all of them, or the ones a batch changed (never fs alone: a row
 //	           whose first seen moved goes whole, so a hash never has fs without the rest)
@@ -318,25 +319,36 @@ func (s *Store) exec(ctx context.Context, epoch string, w *redisWrite) error {
 		return nil
 	}
 	// Users whose hash was behind the version before this write: their documents, whole.
+	// A batch that raised a user's overlay alone did not read the base: those users are read
+	// from PostgreSQL (committed, at their version or a later one, which the merge takes).
 	again := &redisWrite{readThrough: w.readThrough, userTTL: w.userTTL}
 	byKey := make(map[string]int, len(w.users))
 	for i := range w.users {
 		byKey[s.keys.User(w.users[i].id)] = i
 	}
+	var unread []string
 	for _, key := range whole {
-		if i, ok := byKey[key]; ok {
-			u := w.users[i]
-			if u.i == "" {
-				// A batch that did not read the user's base (it raised the overlay alone):
-				// the batch's journal row stays, and the heal loop writes the user whole.
-				return fmt.Errorf("write redis: the copy of user %q is behind and its impression counters were not read", u.id)
-			}
-			u.keep = 0
-			again.users = append(again.users, u)
+		i, ok := byKey[key]
+		if !ok {
+			return fmt.Errorf("write redis: the script named user key %q, not in the write", key)
 		}
+		u := w.users[i]
+		if u.i == "" {
+			unread = append(unread, u.id)
+			continue
+		}
+		u.keep = 0
+		again.users = append(again.users, u)
 	}
-	if len(again.users) != len(whole) {
-		return fmt.Errorf("write redis: the script named %d users to send whole, %d of them unknown", len(whole), len(whole)-len(again.users))
+	if len(unread) > 0 {
+		if s.pg == nil {
+			return fmt.Errorf("write redis: the copies of %d users are behind and their impression counters were not read", len(unread))
+		}
+		rows, err := readUsers(ctx, s.pg, unread)
+		if err != nil {
+			return fmt.Errorf("write redis: %w", err)
+		}
+		again.users = append(again.users, rows...)
 	}
 	return s.exec(ctx, epoch, again)
 }
