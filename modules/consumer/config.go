@@ -59,9 +59,10 @@ type Config struct {
 	// (docs/rollback.md: an upgrade from an older release pins object for its rollout).
 	ImpressionsFormat string
 	// ImpressionsOverlay writes impression raises to the counters' overlay instead of
-	// rewriting their whole document (featurestore.Store.SetImpressionsOverlay). Off by
-	// default for one release, like the array form was: a consumer of an older release
-	// would drop the overlays it meets (docs/rollback.md).
+	// rewriting their whole document (featurestore.Store.SetImpressionsOverlay). On by
+	// default from the release after the one that taught every role to read overlays, like
+	// the array form: a consumer of an older release would drop the overlays it meets, so an
+	// upgrade from one pins it off for its rollout (docs/rollback.md).
 	ImpressionsOverlay bool
 	Features           features.Config
 }
@@ -71,7 +72,7 @@ func NewConfig() *Config {
 	return &Config{GroupID: "recsys-feature-consumer-v1", MaxBatch: 20000, Linger: 2 * time.Millisecond, ImpressionLinger: 100 * time.Millisecond,
 		FetchMaxWait: 100 * time.Millisecond, CommitInterval: 100 * time.Millisecond, RetryBackoff: 100 * time.Millisecond, RetryMaxBackoff: 30 * time.Second,
 		UnreadyAfter: 5, HealInterval: time.Second, DedupRetention: 14 * 24 * time.Hour, DrainTimeout: 15 * time.Second, MaxInFlight: 2,
-		ImpressionsFormat: string(featurestore.ImpressionsArray), Features: features.DefaultConfig()}
+		ImpressionsFormat: string(featurestore.ImpressionsArray), ImpressionsOverlay: true, Features: features.DefaultConfig()}
 }
 
 // RegisterFlags adds the consumer.* flags (feature parameters under consumer.features.*).
@@ -90,7 +91,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.DedupRetention, "consumer.dedup-retention", c.DedupRetention, "how long applied event ids are remembered (must exceed Kafka retention and replay horizons)")
 	fs.DurationVar(&c.DrainTimeout, "consumer.drain-timeout", c.DrainTimeout, "longest wait for the batch in flight at shutdown")
 	fs.IntVar(&c.MaxInFlight, "consumer.max-in-flight", c.MaxInFlight, "most transactions applying at once, each on its own share of the users (1: one batch at a time)")
-	fs.BoolVar(&c.ImpressionsOverlay, "consumer.impressions-overlay", c.ImpressionsOverlay, "write each served list's impression counters to a small overlay of the user's counters, folded into them every few lists, instead of rewriting all of them (~300 at a feed's steady state); every reader of this release takes both; turn on once no consumer of an older release runs (docs/rollback.md)")
+	fs.BoolVar(&c.ImpressionsOverlay, "consumer.impressions-overlay", c.ImpressionsOverlay, "write each served list's impression counters to a small overlay of the user's counters, folded into them every few lists, instead of rewriting all of them (~300 at a feed's steady state); every reader takes both; off only while a consumer of a release older than the overlay still runs (docs/rollback.md)")
 	fs.StringVar(&c.ImpressionsFormat, "consumer.impressions-format", c.ImpressionsFormat, "how the users' impression counters are written: object ({\"item\":{\"count\":N,\"last_ts_ms\":T}}) or array ([\"item\",N,T,...], ~60 % of the bytes); every reader takes both; object only while a release older than this flag still reads the features (docs/rollback.md)")
 	c.Features.RegisterFlags(fs, "consumer.features.")
 	flagenv.Alias(fs, "consumer.group-id", "FEATURE_CONSUMER_GROUP_ID")

@@ -43,7 +43,7 @@ type env struct {
 	MaxInFlight                  int           // 0: the default
 	Linger                       time.Duration // 0: the default
 	CommitInterval               time.Duration // 0: the default; < 0: after every batch
-	ImpressionsOverlay           bool
+	NoImpressionsOverlay         bool          // the write path of a rollout from a release without overlays
 
 	pool      *pgxpool.Pool
 	rd        rueidis.Client
@@ -147,7 +147,7 @@ func (e *env) config() *consumer.Config {
 	c.HealInterval = 200 * time.Millisecond
 	c.RetryMaxBackoff = 2 * time.Second
 	c.Features = e.fcfg
-	c.ImpressionsOverlay = e.ImpressionsOverlay
+	c.ImpressionsOverlay = !e.NoImpressionsOverlay
 	return c
 }
 
