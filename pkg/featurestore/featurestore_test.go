@@ -213,8 +213,8 @@ func snapshotsMatchMemoryStore(t *testing.T, rd rueidis.Client, format featurest
 	compare("rebuilt")
 }
 
-// A served list that only raises a user's overlay does not read the base; when the user's
-// Redis hash turns out to be behind (expired, a write missed), the write reads the user from
+// A served list that only raises a user's overlay reads neither the base nor the history and
+// watched set; when the user's Redis hash turns out to be behind (expired, a write missed), the write reads the user from
 // PostgreSQL and sends it whole, and the copy reads as PostgreSQL does.
 func TestBehindCopyOfRaisedUserIsRead(t *testing.T) {
 	ctx := context.Background()
@@ -236,7 +236,8 @@ func TestBehindCopyOfRaisedUserIsRead(t *testing.T) {
 		}
 		return st.WriteRedis(ctx, a)
 	}
-	if err := apply(list(1, "a", "b")); !errors.Is(err, featurestore.ErrRedisBehind) {
+	watch := featurestore.Event{Interaction: features.Interaction{Kind: features.KindWatch, EventID: "w", UserID: "u", TsMs: start, ItemID: "z", WatchTimeSec: 30}}
+	if err := apply(watch, list(1, "a", "b")); !errors.Is(err, featurestore.ErrRedisBehind) {
 		t.Fatalf("first write: %v, want ErrRedisBehind (no copy yet)", err)
 	}
 	if err := st.Repopulate(ctx, false); err != nil {
@@ -271,6 +272,10 @@ func TestBehindCopyOfRaisedUserIsRead(t *testing.T) {
 	fstest.EqualSnapshots(t, "redis vs postgres", want, got)
 	if c := got.Impressions["c"].Count; c != 2 || len(got.Impressions) != 4 {
 		t.Fatalf("counters %v, want a..d with c shown twice", got.Impressions)
+	}
+	// Neither was the history nor the watched set, which the copy got back too.
+	if len(got.History) != 1 || got.History[0].ItemID != "z" || !got.Watched["z"] {
+		t.Fatalf("history %v, watched %v: want the watch of z", got.History, got.Watched)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -308,11 +309,17 @@ func TestUserWriteSendsChangedDocuments(t *testing.T) {
 			if got := hash("u"); got["v"] != "10" || got["i"] != "I9" || got["r"] != "R10" {
 				t.Fatalf("user beside it: hash %v", got)
 			}
-			// A batch that raised the overlay without reading the base cannot send it whole
-			// without PostgreSQL (which this store lacks; TestBehindCopyOfRaisedUserIsRead
-			// has it): an error, so that the batch's journal row stays for the heal loop.
+			// The kept documents are not sent at all.
+			trips := s.plan("1", &redisWrite{users: []userRow{row(5, keepH|keepW|keepI)}})
+			if args := trips[0][0].Args; !slices.Equal(args[len(args)-4:], []string{"", "", "", "R5"}) {
+				t.Fatalf("a write keeping h, w and i sends %q", args[len(args)-4:])
+			}
+			// A batch that did not read every document (impressions only) cannot send the
+			// user whole without PostgreSQL (which this store lacks;
+			// TestBehindCopyOfRaisedUserIsRead has it): an error, so that the batch's journal
+			// row stays for the heal loop.
 			unread := row(12, keepH|keepW|keepI)
-			unread.i = ""
+			unread.h, unread.w, unread.i, unread.unread = "", "", "", true
 			if err := s.exec(ctx, "1", &redisWrite{users: []userRow{unread}}); err == nil {
 				t.Fatal("a behind hash without the base to complete it: no error")
 			}

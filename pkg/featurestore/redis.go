@@ -234,7 +234,8 @@ func (s *Store) plan(epoch string, w *redisWrite) [][]rueidis.LuaExec {
 	full := func() bool { return weight >= s.chunk || size >= callBytes }
 	// Sections must stay in order (users, items, neighbours) inside one call.
 	for _, u := range w.users {
-		add(s.keys.User(u.id), fi(u.version), strconv.Itoa(int(u.keep)), u.h, u.w, u.i, u.r)
+		h, uw, i, r := u.sent()
+		add(s.keys.User(u.id), fi(u.version), strconv.Itoa(int(u.keep)), h, uw, i, r)
 		nu++
 		if weight++; full() {
 			flush()
@@ -319,8 +320,8 @@ func (s *Store) exec(ctx context.Context, epoch string, w *redisWrite) error {
 		return nil
 	}
 	// Users whose hash was behind the version before this write: their documents, whole.
-	// A batch that raised a user's overlay alone did not read the base: those users are read
-	// from PostgreSQL (committed, at their version or a later one, which the merge takes).
+	// Those whose batch did not read every document (impressions only) are read from
+	// PostgreSQL (committed, at their version or a later one, which the merge takes).
 	again := &redisWrite{readThrough: w.readThrough, userTTL: w.userTTL}
 	byKey := make(map[string]int, len(w.users))
 	for i := range w.users {
@@ -333,7 +334,7 @@ func (s *Store) exec(ctx context.Context, epoch string, w *redisWrite) error {
 			return fmt.Errorf("write redis: the script named user key %q, not in the write", key)
 		}
 		u := w.users[i]
-		if u.i == "" {
+		if u.unread {
 			unread = append(unread, u.id)
 			continue
 		}
@@ -342,7 +343,7 @@ func (s *Store) exec(ctx context.Context, epoch string, w *redisWrite) error {
 	}
 	if len(unread) > 0 {
 		if s.pg == nil {
-			return fmt.Errorf("write redis: the copies of %d users are behind and their impression counters were not read", len(unread))
+			return fmt.Errorf("write redis: the copies of %d users are behind and not all their documents were read", len(unread))
 		}
 		rows, err := readUsers(ctx, s.pg, unread)
 		if err != nil {
