@@ -102,3 +102,70 @@ func TestApplyWaitsForAConcurrentDedupRecord(t *testing.T) {
 		})
 	}
 }
+
+// TestApplyWaitsForAConcurrentNewUser: while another transaction is creating a user of the
+// batch (a consumer that held the partition before a rebalance), Apply waits on it, then locks
+// the row the other committed, or creates the user itself when the other rolls back: either
+// way the rows equal those of the same batch applied alone.
+func TestApplyWaitsForAConcurrentNewUser(t *testing.T) {
+	ctx := context.Background()
+	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+	batch := toEvents(fstest.Generate(fstest.GenConfig{Seed: 9, Users: 4, Items: 30, Events: 30, StartMs: start, StepMs: 60_000, Prefix: "n", NoLegacy: true}))
+	user := batch[len(batch)/2].UserID
+	wantDB := testutil.Pool(t, testutil.MigratedDatabase(t))
+	if _, err := featurestore.New(wantDB, nil, testutil.Unique("nu")+":", testConfig(), nil).Apply(ctx, &featurestore.Batch{Events: batch}); err != nil {
+		t.Fatal(err)
+	}
+	now := start + 3_600_000
+	want, err := fstest.ReadTables(ctx, wantDB, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, commit := range []bool{true, false} {
+		t.Run(map[bool]string{true: "other commits", false: "other rolls back"}[commit], func(t *testing.T) {
+			pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+			tx, err := pool.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = tx.Rollback(ctx) }()
+			if _, err := tx.Exec(ctx, `INSERT INTO feature_users (user_id) VALUES ($1)`, user); err != nil {
+				t.Fatal(err)
+			}
+			st := featurestore.New(pool, nil, testutil.Unique("nu")+":", testConfig(), nil)
+			done := make(chan error, 1)
+			go func() {
+				_, err := st.Apply(ctx, &featurestore.Batch{Events: batch})
+				done <- err
+			}()
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				var waiting int
+				if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
+					t.Fatal(err)
+				}
+				if waiting > 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("Apply never waited on the user another transaction is creating")
+				}
+			}
+			if commit {
+				err = tx.Commit(ctx)
+			} else {
+				err = tx.Rollback(ctx)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; err != nil {
+				t.Fatalf("apply: %v", err)
+			}
+			got, err := fstest.ReadTables(ctx, pool, now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fstest.EqualTables(t, want, got)
+		})
+	}
+}
