@@ -55,7 +55,9 @@ func BenchmarkApply(b *testing.B) {
 // users whose documents are full before the run (HistorySize history entries, WatchedCap
 // watched items, ImpressionMemory impression counts: ~30 kB of JSON per user) receive 20,000
 // events. Rewriting those documents is then most of PostgreSQL's work, which BenchmarkApply's
-// fresh users (5 events each, documents of a few hundred bytes) do not show.
+// fresh users (5 events each, documents of a few hundred bytes) do not show. mix=stream is
+// fstest's stream (70 % watches); mix=feed is a feed with the autolog on (90 % impressions,
+// one per served list), applied with the impression counters' overlay as the consumer does.
 //
 //	go test ./pkg/featurestore -run '^$' -bench ApplyFullUsers -benchtime 1x -count 3
 func BenchmarkApplyFullUsers(b *testing.B) {
@@ -64,41 +66,48 @@ func BenchmarkApplyFullUsers(b *testing.B) {
 	cfg := features.DefaultConfig()
 	const users, n, batch = 2000, 20_000, 5000
 	start := time.Now().UnixMilli()
-	evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 5, Users: users, Items: 5000, Events: n,
-		StartMs: start, StepMs: 10, Prefix: "f"}))
 	rows := fullUsers(b, cfg, users, "fuser%03d", start-int64(cfg.WatchedCap+cfg.ImpressionMemory+1)*1000)
 	phases := map[string]time.Duration{}
-	for _, withRedis := range []bool{false, true} {
-		b.Run(fmt.Sprintf("batch=%d/redis=%v", batch, withRedis), func(b *testing.B) {
-			var rd rueidis.Client
-			if withRedis {
-				rd = redisClient(b, testutil.StartPrivate(b, "redis").URL)
-			}
-			st := featurestore.New(pool, rd, "", cfg, nil)
-			st.SetHooks(featurestore.Hooks{Phase: func(p string, d time.Duration) { phases[p] += d }})
-			prefill := func(b *testing.B) {
-				ctx := context.Background()
-				if _, err := pool.CopyFrom(ctx, pgx.Identifier{"feature_users"},
-					[]string{"user_id", "history", "watched", "impressions", "version"}, pgx.CopyFromRows(rows)); err != nil {
-					b.Fatal(err)
+	for _, mix := range []struct {
+		name    string
+		share   float64
+		overlay bool
+	}{{"stream", 0, false}, {"feed", 0.9, true}} {
+		evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 5, Users: users, Items: 5000, Events: n,
+			StartMs: start, StepMs: 10, Prefix: "f", ImpressionShare: mix.share}))
+		for _, withRedis := range []bool{false, true} {
+			b.Run(fmt.Sprintf("mix=%s/batch=%d/redis=%v", mix.name, batch, withRedis), func(b *testing.B) {
+				var rd rueidis.Client
+				if withRedis {
+					rd = redisClient(b, testutil.StartPrivate(b, "redis").URL)
 				}
-				if rd == nil {
-					return
+				st := featurestore.New(pool, rd, "", cfg, nil)
+				st.SetImpressionsOverlay(mix.overlay)
+				st.SetHooks(featurestore.Hooks{Phase: func(p string, d time.Duration) { phases[p] += d }})
+				prefill := func(b *testing.B) {
+					ctx := context.Background()
+					if _, err := pool.CopyFrom(ctx, pgx.Identifier{"feature_users"},
+						[]string{"user_id", "history", "watched", "impressions", "version"}, pgx.CopyFromRows(rows)); err != nil {
+						b.Fatal(err)
+					}
+					if rd == nil {
+						return
+					}
+					// A live Redis copy of the full users: a first batch creates the decay meta, its
+					// write finds no copy, and the repopulation copies every user.
+					if _, err := st.Apply(ctx, &featurestore.Batch{Events: evs[:1]}); err != nil {
+						b.Fatal(err)
+					}
+					if err := rd.Do(ctx, rd.B().Flushall().Build()).Error(); err != nil {
+						b.Fatal(err)
+					}
+					if err := st.Repopulate(ctx, true); err != nil {
+						b.Fatal(err)
+					}
 				}
-				// A live Redis copy of the full users: a first batch creates the decay meta, its
-				// write finds no copy, and the repopulation copies every user.
-				if _, err := st.Apply(ctx, &featurestore.Batch{Events: evs[:1]}); err != nil {
-					b.Fatal(err)
-				}
-				if err := rd.Do(ctx, rd.B().Flushall().Build()).Error(); err != nil {
-					b.Fatal(err)
-				}
-				if err := st.Repopulate(ctx, true); err != nil {
-					b.Fatal(err)
-				}
-			}
-			benchApply(b, applyBench{pool: pool, cpu: cpu, st: st, evs: evs[1:], batch: batch, phases: phases, prepare: prefill, rd: rd})
-		})
+				benchApply(b, applyBench{pool: pool, cpu: cpu, st: st, evs: evs[1:], batch: batch, phases: phases, prepare: prefill, rd: rd})
+			})
+		}
 	}
 }
 
