@@ -5,6 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"recsys/pkg/featurestore"
 	"recsys/pkg/featurestore/fstest"
 	"recsys/pkg/testutil"
@@ -31,14 +34,7 @@ func TestApplyWaitsForAConcurrentDedupRecord(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			batch := evs[i*20 : i*20+10]
 			held := batch[4].EventID
-			tx, err := pool.Begin(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer func() { _ = tx.Rollback(ctx) }()
-			if _, err := tx.Exec(ctx, `INSERT INTO feature_applied (event_id) VALUES ($1)`, held); err != nil {
-				t.Fatal(err)
-			}
+			tx := otherTx(t, pool, `INSERT INTO feature_applied (event_id) VALUES ($1)`, held)
 			st := featurestore.New(pool, nil, testutil.Unique("dd")+":", testConfig(), nil)
 			type result struct {
 				a   *featurestore.Applied
@@ -50,18 +46,8 @@ func TestApplyWaitsForAConcurrentDedupRecord(t *testing.T) {
 				done <- result{a, err}
 			}()
 			// Release the other transaction only once Apply waits on the held id.
-			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-				var waiting int
-				if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
-					t.Fatal(err)
-				}
-				if waiting > 0 {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatal("Apply never waited on the id another transaction holds")
-				}
-			}
+			waitForLockWait(t, pool, "the id another transaction holds")
+			var err error
 			if tc.commit {
 				err = tx.Commit(ctx)
 			} else {
@@ -124,32 +110,14 @@ func TestApplyWaitsForAConcurrentNewUser(t *testing.T) {
 	for _, commit := range []bool{true, false} {
 		t.Run(map[bool]string{true: "other commits", false: "other rolls back"}[commit], func(t *testing.T) {
 			pool := testutil.Pool(t, testutil.MigratedDatabase(t))
-			tx, err := pool.Begin(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer func() { _ = tx.Rollback(ctx) }()
-			if _, err := tx.Exec(ctx, `INSERT INTO feature_users (user_id) VALUES ($1)`, user); err != nil {
-				t.Fatal(err)
-			}
+			tx := otherTx(t, pool, `INSERT INTO feature_users (user_id) VALUES ($1)`, user)
 			st := featurestore.New(pool, nil, testutil.Unique("nu")+":", testConfig(), nil)
 			done := make(chan error, 1)
 			go func() {
 				_, err := st.Apply(ctx, &featurestore.Batch{Events: batch})
 				done <- err
 			}()
-			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-				var waiting int
-				if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
-					t.Fatal(err)
-				}
-				if waiting > 0 {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatal("Apply never waited on the user another transaction is creating")
-				}
-			}
+			waitForLockWait(t, pool, "the user another transaction is creating")
 			if commit {
 				err = tx.Commit(ctx)
 			} else {
@@ -168,4 +136,38 @@ func TestApplyWaitsForAConcurrentNewUser(t *testing.T) {
 			fstest.EqualTables(t, want, got)
 		})
 	}
+}
+
+// waitForLockWait waits until a backend of the test's database waits on a lock (Apply, on
+// what another transaction holds).
+func waitForLockWait(t *testing.T, pool *pgxpool.Pool, what string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var waiting int
+		if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Apply never waited on %s", what)
+		}
+	}
+}
+
+// otherTx is another consumer's transaction, left open after statement sql (rolled back at
+// the end of the test unless committed).
+func otherTx(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) pgx.Tx {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(ctx) })
+	if _, err := tx.Exec(ctx, sql, args...); err != nil {
+		t.Fatal(err)
+	}
+	return tx
 }
