@@ -452,6 +452,7 @@ func (c *Consumer) applyWithRetry(ctx context.Context, b *featurestore.Batch, ms
 		cancel()
 		if err == nil {
 			c.m.applySeconds.Update(time.Since(t0).Seconds())
+			c.m.applied(a)
 			c.failures.Store(0)
 			return a, true
 		}
@@ -482,6 +483,7 @@ func (c *Consumer) applyIsolated(ctx context.Context, b *featurestore.Batch, msg
 			cancel()
 			if err == nil {
 				c.failures.Store(0)
+				c.m.applied(a)
 				c.account(ctx, one, topics, a)
 				c.writeRedis(ctx, one, a)
 				return true, nil

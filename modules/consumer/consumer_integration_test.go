@@ -33,6 +33,12 @@ func TestRedeliveryChangesNothing(t *testing.T) {
 	e.waitApplied(t, len(evs), 90*time.Second)
 	waitFor(t, "consumer ready", 30*time.Second, func() bool { return c1.mod.Ready(context.Background()) == nil })
 	c1.stop()
+	if n := counter(c1.set, "recsys_consumer_user_writes_total", `kind="overlay"`); n != 0 {
+		t.Errorf("%v users written through the overlay with it off", n)
+	}
+	if n := counter(c1.set, "recsys_consumer_user_writes_total"); n == 0 {
+		t.Error("no user write counted")
+	}
 	now := e.start
 	before := e.tables(t, now)
 	var versions int64
@@ -47,6 +53,9 @@ func TestRedeliveryChangesNothing(t *testing.T) {
 	})
 	if n := counter(c2.set, "reco_feature_consumer_processed_total", `status="processed"`); n != 0 {
 		t.Errorf("%v events applied again on redelivery", n)
+	}
+	if n := counter(c2.set, "recsys_consumer_user_writes_total"); n != 0 {
+		t.Errorf("%v users written again on redelivery", n)
 	}
 	c2.stop()
 	after := e.tables(t, now)
@@ -266,6 +275,13 @@ func TestRebalanceStateEqualsRebuild(t *testing.T) {
 	e.waitApplied(t, len(evs), 120*time.Second)
 	c2.stop()
 	e.checkConverged(t, evs)
+	// The counters' overlay (the default) took the raises of users with impressions only.
+	writes := func(kind string) float64 {
+		return counter(c1.set, "recsys_consumer_user_writes_total", kind) + counter(c2.set, "recsys_consumer_user_writes_total", kind)
+	}
+	if writes(`kind="overlay"`) == 0 || writes(`kind="documents"`) == 0 {
+		t.Errorf("user writes: overlay %v, fold %v, documents %v; want overlay and documents", writes(`kind="overlay"`), writes(`kind="fold"`), writes(`kind="documents"`))
+	}
 }
 
 // kill -9 of a consumer process in the middle of its work, then a restart: the durable state

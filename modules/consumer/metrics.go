@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+
+	"recsys/pkg/featurestore"
 )
 
 // contractBucketsMs are the histogram buckets of api-contract §9.1.
@@ -35,10 +37,11 @@ type consumerMetrics struct {
 	healed            *metrics.Counter
 	dedupPurged       *metrics.Counter
 	commits           *metrics.Counter
+	userWrites        [len(featurestore.UserWriteKinds)]*metrics.Counter
 }
 
 func newMetrics(set *metrics.Set) *consumerMetrics {
-	return &consumerMetrics{
+	m := &consumerMetrics{
 		set:               set,
 		watchToFeature:    set.NewPrometheusHistogramExt("reco_watch_event_to_feature_latency_ms", contractBucketsMs),
 		acceptedToVisible: set.NewPrometheusHistogramExt("recsys_consumer_accepted_to_visible_seconds", secondsBuckets),
@@ -57,6 +60,17 @@ func newMetrics(set *metrics.Set) *consumerMetrics {
 		healed:            set.NewCounter("recsys_consumer_redis_journal_healed_total"),
 		dedupPurged:       set.NewCounter("recsys_consumer_dedup_purged_total"),
 		commits:           set.NewCounter("recsys_consumer_offset_commits_total"),
+	}
+	for i, kind := range featurestore.UserWriteKinds {
+		m.userWrites[i] = set.NewCounter(fmt.Sprintf(`recsys_consumer_user_writes_total{kind=%q}`, kind))
+	}
+	return m
+}
+
+// applied counts what a committed transaction wrote.
+func (m *consumerMetrics) applied(a *featurestore.Applied) {
+	for i, n := range a.UserWrites {
+		m.userWrites[i].Add(n)
 	}
 }
 

@@ -65,7 +65,11 @@
 // recsys_consumer_fetch_delay_seconds (Kafka message time, i.e. the relay's produce, to the
 // start of its apply: the relay's produce, the broker, the fetch and the wait behind the
 // batch in flight), recsys_consumer_queue_delay_seconds (the reader handing the message over
-// to the start of its apply: the consumer's own wait, mostly behind the batch in flight).
+// to the start of its apply: the consumer's own wait, mostly behind the batch in flight),
+// recsys_consumer_user_writes_total{kind} (users written: overlay, the impression counters'
+// overlay alone; fold, the counters rewritten; documents, a user with a watch; at a feed's
+// steady state with the overlay on, folds were 11 % of the impression-only writes in
+// BenchmarkRecoHTTP at the counter cap).
 //
 // # Readiness
 //

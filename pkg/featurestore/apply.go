@@ -46,6 +46,12 @@ type Applied struct {
 	// applied before, or repeated within the batch).
 	New  []bool
 	Meta Meta
+	// UserWrites counts the users the transaction wrote by how: UserOverlay (impressions
+	// only, their raises added to the counters' overlay alone), UserFold (impressions only,
+	// the counters rewritten: the overlay off, or folded into its base) and UserDocuments (a
+	// watch in the batch: the user decoded whole, the counters rewritten with the history
+	// and watched set).
+	UserWrites [3]int
 
 	journalID int64
 	users     []userRow
@@ -53,6 +59,16 @@ type Applied struct {
 	nbAdd     map[string][]scoredRow // item -> neighbours with their new absolute strengths
 	nbRem     map[string][]string    // item -> neighbours trimmed away
 }
+
+// Applied.UserWrites indexes, and their names for metrics.
+const (
+	UserOverlay = iota
+	UserFold
+	UserDocuments
+)
+
+// UserWriteKinds names the Applied.UserWrites kinds.
+var UserWriteKinds = [...]string{"overlay", "fold", "documents"}
 
 // NewCount is the number of events applied now.
 func (a *Applied) NewCount() int {
@@ -350,11 +366,14 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 			row := userRow{id: id, h: u.h, w: u.w, keep: keepH | keepW, unread: u.lazy != nil}
 			if r, ok := raised[id]; ok {
 				row.i, row.r, row.keep = u.i, r, row.keep|keepI
+				a.UserWrites[UserOverlay]++
 			} else if u.lazy != nil {
 				if row.i, row.r, err = u.lazy.fold(s.cfg, b, s.imps, s.overlay); err != nil {
 					return nil, fmt.Errorf("impressions of %q: %w", id, err)
 				}
+				a.UserWrites[UserFold]++
 			} else {
+				a.UserWrites[UserDocuments]++
 				// The overlay, if any, was added in decode: the base takes it all.
 				row.i = s.imps.encode(u.st.ImpressionCounts, docKeys(u.st.ImpressionCounts, u.iKeys, u.iAdd))
 				if s.overlay {
