@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/rueidis"
 
 	"recsys/pkg/events"
@@ -36,6 +37,13 @@ func testConfig() features.Config {
 
 func testOpts() ranking.SnapshotOptions {
 	return ranking.SnapshotOptions{HistoryItems: 10, NeighboursPerItem: 15, TrendingN: 25, PopularN: 25, FreshN: 1000}
+}
+
+// servers is a test's own migrated database and private Redis (the shared Redis carries
+// other packages' load tests).
+func servers(t testing.TB) (*pgxpool.Pool, rueidis.Client) {
+	t.Helper()
+	return testutil.Pool(t, testutil.MigratedDatabase(t)), redisClient(t, testutil.StartPrivate(t, "redis").URL)
 }
 
 func redisClient(t testing.TB, url string) rueidis.Client {
@@ -218,8 +226,7 @@ func snapshotsMatchMemoryStore(t *testing.T, rd rueidis.Client, format featurest
 // PostgreSQL and sends it whole, and the copy reads as PostgreSQL does.
 func TestBehindCopyOfRaisedUserIsRead(t *testing.T) {
 	ctx := context.Background()
-	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
-	rd := redisClient(t, testutil.StartPrivate(t, "redis").URL)
+	pool, rd := servers(t)
 	prefix := testutil.Unique("behind") + ":"
 	cfg := testConfig()
 	st := featurestore.New(pool, rd, prefix, cfg, nil)
@@ -282,8 +289,7 @@ func TestBehindCopyOfRaisedUserIsRead(t *testing.T) {
 // Neighbour lists past 2M rows are cut back to their top M in PostgreSQL and in Redis.
 func TestNeighbourTrim(t *testing.T) {
 	ctx := context.Background()
-	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
-	rd := redisClient(t, testutil.StartPrivate(t, "redis").URL)
+	pool, rd := servers(t)
 	prefix := "trim:"
 	cfg := testConfig()
 	cfg.NeighboursPerItem = 3

@@ -15,8 +15,7 @@ import (
 // when no further batch comes to do it, and must still heal rows another process left.
 func TestHealPendingSkipsOwnWrites(t *testing.T) {
 	ctx := context.Background()
-	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
-	rd := redisClient(t, testutil.StartPrivate(t, "redis").URL)
+	pool, rd := servers(t)
 	prefix := testutil.Unique("hp") + ":"
 	t.Cleanup(func() { deleteKeys(t, rd, prefix) })
 	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()

@@ -19,8 +19,7 @@ import (
 // know is remembered as empty until their first event.
 func TestUserTTLAndReadThrough(t *testing.T) {
 	ctx := context.Background()
-	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
-	rd := redisClient(t, testutil.StartPrivate(t, "redis").URL)
+	pool, rd := servers(t)
 	prefix := testutil.Unique("ttl") + ":"
 	cfg := testConfig()
 	const ttl = 24 * time.Hour
@@ -160,8 +159,7 @@ func hget(t *testing.T, rd rueidis.Client, key, field string) int64 {
 // Nothing applied yet: there is no copy to complete, and nothing is written.
 func TestReadThroughBeforeAnyEvent(t *testing.T) {
 	ctx := context.Background()
-	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
-	rd := redisClient(t, testutil.StartPrivate(t, "redis").URL)
+	pool, rd := servers(t)
 	st := featurestore.New(pool, rd, "rt0:", testConfig(), nil)
 	st.SetUserTTL(time.Hour)
 	f, found, err := st.ReadThroughUser(ctx, "u", time.Hour)

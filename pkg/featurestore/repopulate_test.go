@@ -14,8 +14,7 @@ import (
 // every user.
 func TestRepopulateLargeUsers(t *testing.T) {
 	ctx := context.Background()
-	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
-	rd := redisClient(t, testutil.StartPrivate(t, "redis").URL)
+	pool, rd := servers(t)
 	prefix := testutil.Unique("rp") + ":"
 	t.Cleanup(func() { deleteKeys(t, rd, prefix) })
 	const users = 5000
