@@ -93,6 +93,12 @@ func New(c Config) *Client {
 	return &Client{Config: c, admin: &kafkago.Client{Addr: kafkago.TCP(c.Brokers...), Timeout: c.RequestTimeout}}
 }
 
+// DefaultFetchMaxWait is the broker's long-poll wait of an idle fetch, the contract's
+// FEATURE_CONSUMER_POLL_TIMEOUT_MS. kafka-go uses it as the read deadline too and asks the
+// broker for a quarter less; much shorter, a busy machine misses that margin and the
+// partition's reader redials (TestIdleReaderLongPolls).
+const DefaultFetchMaxWait = time.Second
+
 // ReaderOptions tune a consumer group reader.
 type ReaderOptions struct {
 	GroupID  string
@@ -106,7 +112,7 @@ type ReaderOptions struct {
 // (CommitInterval 0): offsets move only when the caller commits after its effects are durable.
 func (c *Client) NewReader(o ReaderOptions) *kafkago.Reader {
 	if o.MaxWait <= 0 {
-		o.MaxWait = 100 * time.Millisecond
+		o.MaxWait = DefaultFetchMaxWait
 	}
 	if o.MaxBytes <= 0 {
 		o.MaxBytes = 16 << 20
