@@ -111,7 +111,14 @@ type nbEntry struct {
 
 // load sets the list from its stored blob.
 func (n *nbList) load(b []byte) error {
-	n.l = n.l[:0]
+	// Sized from a first pass over the lengths, with room for the batch's new neighbours:
+	// appending from empty was most of the allocation and copying of the merge (profile of
+	// ApplyFromPrefilledTopic over 400,000 events, where the lists are full).
+	count := 0
+	for off := 0; off+4 <= len(b); count++ {
+		off += 12 + int(binary.BigEndian.Uint32(b[off:]))
+	}
+	n.l = slices.Grow(n.l[:0], count+count/2+8)
 	if err := walkNeighbours(b, func(id string, w float64) {
 		n.l = append(n.l, nbEntry{scoredRow: scoredRow{id: id, w: w}, h: ranking.HashID(id)})
 	}); err != nil {
