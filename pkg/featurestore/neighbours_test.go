@@ -123,3 +123,42 @@ func TestNeighbourBlobMatchesSQL(t *testing.T) {
 		t.Errorf("SQL blob %x, Go %x", blob, want)
 	}
 }
+
+// BenchmarkMergeFullLists merges increments into lists that are full (M=100 kept, up to
+// 2M while merging), as a long-running stream's are: the cost per increment of finding the
+// neighbour and keeping reader order.
+func BenchmarkMergeFullLists(b *testing.B) {
+	const m, lists, items = 100, 50, 5000
+	r := rand.New(rand.NewPCG(1, 2))
+	zipf := func() string { return fmt.Sprintf("item-%06d", int(float64(items)*math.Pow(r.Float64(), 1.5))) }
+	full := map[string][]byte{}
+	for i := range lists {
+		n := &nbList{}
+		for range 4 * m {
+			n.add(zipf(), r.Float64())
+			if len(n.l) > 2*m {
+				n.trim(m)
+			}
+		}
+		full[fmt.Sprintf("from-%d", i)] = n.appendTo(nil)
+	}
+	incs := make([]pairInc, 20000)
+	for i := range incs {
+		incs[i] = pairInc{from: fmt.Sprintf("from-%d", r.IntN(lists)), to: zipf(), w: r.Float64() / 10}
+	}
+	b.ResetTimer()
+	for range b.N {
+		ls := make(map[string]*nbList, lists)
+		for id, blob := range full {
+			n := &nbList{}
+			if err := n.load(blob); err != nil {
+				b.Fatal(err)
+			}
+			ls[id] = n
+		}
+		if err := mergePairs(ls, incs, m); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(incs)), "ns/increment")
+}
