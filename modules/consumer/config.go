@@ -31,9 +31,10 @@ type Config struct {
 	// joining the batch brings its wait back to Linger, so watch freshness is unchanged.
 	ImpressionLinger time.Duration
 	// FetchMaxWait is the broker's long-poll wait of an idle fetch. A message arriving ends
-	// the wait, so it does not delay features. At 100 ms (the default before session 23)
-	// each idle partition cost ~25 fetches a second and redialled now and then
-	// (kafka.DefaultFetchMaxWait).
+	// the wait, so it does not delay features; a rebalance or a shutdown waits for the
+	// partitions' current polls (kafka-go does not interrupt them), so at most this much
+	// longer. At 100 ms (the default before session 23) each idle partition cost ~25
+	// fetches a second and redialled now and then (kafka.DefaultFetchMaxWait).
 	FetchMaxWait time.Duration
 	// CommitInterval spaces the Kafka offset commits. Committing after every batch (0) cost
 	// the broker a log append per batch, ~150 a second at 1,000 events/s; the dedup record,
