@@ -88,7 +88,8 @@ func (c *Consumer) Run(ctx context.Context) error {
 		return nil //nolint:nilerr // only a cancelled context ends ensureTopics
 	}
 	c.checkRedisConfig(ctx)
-	r := c.kafka.NewReader(kafka.ReaderOptions{GroupID: c.cfg.GroupID, Topics: c.topics, MaxWait: c.cfg.FetchMaxWait})
+	r := c.kafka.NewReader(kafka.ReaderOptions{GroupID: c.cfg.GroupID, Topics: c.topics, MaxWait: c.cfg.FetchMaxWait,
+		ErrorLog: c.log.With("source", "kafka-go")})
 	c.reader.Store(r)
 	lanes := c.cfg.MaxInFlight
 	// The collector drains this while the lanes are busy (the next batch grows), so it need
@@ -627,8 +628,10 @@ func (c *Consumer) heal(ctx context.Context) {
 	defer t.Stop()
 	var lastSlow time.Time
 	for {
-		if !c.joined.Load() {
-			if r := c.reader.Load(); r != nil && r.Stats().Rebalances > 0 {
+		if r := c.reader.Load(); r != nil {
+			s := r.Stats() // kafka-go restarts its counters at every call: this is the only one
+			c.m.reader(s)
+			if s.Rebalances > 0 {
 				c.joined.Store(true)
 			}
 		}

@@ -32,6 +32,12 @@ func TestRedeliveryChangesNothing(t *testing.T) {
 	c1 := e.startConsumer(t)
 	e.waitApplied(t, len(evs), 90*time.Second)
 	waitFor(t, "consumer ready", 30*time.Second, func() bool { return c1.mod.Ready(context.Background()) == nil })
+	// kafka-go's reader statistics are exported as they accumulate (its own counters restart
+	// at every read of them).
+	waitFor(t, "reader statistics exported", 10*time.Second, func() bool {
+		return counter(c1.set, "recsys_consumer_kafka_rebalances_total") >= 1 && counter(c1.set, "recsys_consumer_kafka_dials_total") >= 1 &&
+			counter(c1.set, "recsys_consumer_kafka_fetches_total") >= 1
+	})
 	c1.stop()
 	if n := counter(c1.set, "recsys_consumer_user_writes_total", `kind="overlay"`); n != 0 {
 		t.Errorf("%v users written through the overlay with it off", n)

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	kafkago "github.com/segmentio/kafka-go"
 
 	"recsys/pkg/featurestore"
 )
@@ -37,6 +38,10 @@ type consumerMetrics struct {
 	healed            *metrics.Counter
 	dedupPurged       *metrics.Counter
 	commits           *metrics.Counter
+	kafkaDials        *metrics.Counter
+	kafkaFetches      *metrics.Counter
+	kafkaErrors       *metrics.Counter
+	kafkaRebalances   *metrics.Counter
 	userWrites        [len(featurestore.UserWriteKinds)]*metrics.Counter
 }
 
@@ -60,11 +65,25 @@ func newMetrics(set *metrics.Set) *consumerMetrics {
 		healed:            set.NewCounter("recsys_consumer_redis_journal_healed_total"),
 		dedupPurged:       set.NewCounter("recsys_consumer_dedup_purged_total"),
 		commits:           set.NewCounter("recsys_consumer_offset_commits_total"),
+		kafkaDials:        set.NewCounter("recsys_consumer_kafka_dials_total"),
+		kafkaFetches:      set.NewCounter("recsys_consumer_kafka_fetches_total"),
+		kafkaErrors:       set.NewCounter("recsys_consumer_kafka_errors_total"),
+		kafkaRebalances:   set.NewCounter("recsys_consumer_kafka_rebalances_total"),
 	}
 	for i, kind := range featurestore.UserWriteKinds {
 		m.userWrites[i] = set.NewCounter(fmt.Sprintf(`recsys_consumer_user_writes_total{kind=%q}`, kind))
 	}
 	return m
+}
+
+// reader adds a kafka-go stats snapshot, whose counters are those since the previous one.
+// Dials beyond one per assigned partition and rebalance mean readers lose their
+// connections (session 23: idle partitions redialling under a 100 ms fetch wait).
+func (m *consumerMetrics) reader(s kafkago.ReaderStats) {
+	m.kafkaDials.AddInt64(s.Dials)
+	m.kafkaFetches.AddInt64(s.Fetches)
+	m.kafkaErrors.AddInt64(s.Errors)
+	m.kafkaRebalances.AddInt64(s.Rebalances)
 }
 
 // applied counts what a committed transaction wrote.

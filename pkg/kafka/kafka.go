@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"time"
@@ -106,6 +107,9 @@ type ReaderOptions struct {
 	MaxWait  time.Duration
 	MinBytes int
 	MaxBytes int
+	// ErrorLog receives kafka-go's reader and group errors as warnings (it retries them with
+	// backoff itself); nil drops them.
+	ErrorLog *slog.Logger
 }
 
 // NewReader returns a consumer-group reader with explicit, synchronous commits
@@ -116,6 +120,10 @@ func (c *Client) NewReader(o ReaderOptions) *kafkago.Reader {
 	}
 	if o.MaxBytes <= 0 {
 		o.MaxBytes = 16 << 20
+	}
+	var errLog kafkago.Logger
+	if o.ErrorLog != nil {
+		errLog = kafkago.LoggerFunc(func(msg string, args ...any) { o.ErrorLog.Warn(fmt.Sprintf(msg, args...)) })
 	}
 	return kafkago.NewReader(kafkago.ReaderConfig{
 		Brokers:               c.Brokers,
@@ -132,6 +140,7 @@ func (c *Client) NewReader(o ReaderOptions) *kafkago.Reader {
 		RebalanceTimeout:      10 * time.Second,
 		WatchPartitionChanges: true,
 		Dialer:                &kafkago.Dialer{ClientID: c.ClientID, Timeout: 5 * time.Second},
+		ErrorLogger:           errLog,
 	})
 }
 
