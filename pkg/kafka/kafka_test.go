@@ -46,16 +46,23 @@ func TestEnsureTopicsIsIdempotent(t *testing.T) {
 	}
 }
 
-func TestDeleteTopicsRemovesThemAndToleratesMissingOnes(t *testing.T) {
+// newTopic creates a topic with the default settings; ctx bounds the test's Kafka calls.
+func newTopic(t *testing.T, prefix string) (c *kafka.Client, topic string, ctx context.Context) {
+	t.Helper()
 	cfg := kafka.DefaultConfig()
 	cfg.Brokers = testutil.KafkaBrokers(t)
-	c := kafka.New(cfg)
-	topic := testutil.KafkaTopic(t, "t.delete.")
+	c = kafka.New(cfg)
+	topic = testutil.KafkaTopic(t, prefix)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	t.Cleanup(cancel)
 	if err := c.EnsureTopics(ctx, topic); err != nil {
 		t.Fatal(err)
 	}
+	return c, topic, ctx
+}
+
+func TestDeleteTopicsRemovesThemAndToleratesMissingOnes(t *testing.T) {
+	c, topic, ctx := newTopic(t, "t.delete.")
 	exists := func() bool {
 		md, err := c.Admin().Metadata(ctx, &kafkago.MetadataRequest{Topics: []string{topic}})
 		if err != nil {
@@ -103,15 +110,7 @@ func TestValidateNamesFlags(t *testing.T) {
 // are logged, not asserted: a margin of 250 ms can still be missed on a machine stalled
 // that long.
 func TestIdleReaderLongPolls(t *testing.T) {
-	cfg := kafka.DefaultConfig()
-	cfg.Brokers = testutil.KafkaBrokers(t)
-	c := kafka.New(cfg)
-	topic := testutil.KafkaTopic(t, "t.idle.")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := c.EnsureTopics(ctx, topic); err != nil {
-		t.Fatal(err)
-	}
+	c, topic, ctx := newTopic(t, "t.idle.")
 	r := c.NewReader(kafka.ReaderOptions{GroupID: testutil.Unique("idle"), Topics: []string{topic}})
 	defer r.Close()
 	rctx, rcancel := context.WithCancel(ctx)
@@ -130,7 +129,7 @@ func TestIdleReaderLongPolls(t *testing.T) {
 	time.Sleep(watch)
 	s := r.Stats()
 	t.Logf("idle for %s: %d fetches, %d dials, %d errors", watch, s.Fetches, s.Dials, s.Errors)
-	if perSec := float64(s.Fetches) / watch.Seconds() / float64(cfg.Partitions); perSec > 3 {
+	if perSec := float64(s.Fetches) / watch.Seconds() / float64(c.Partitions); perSec > 3 {
 		t.Errorf("%.1f fetches per idle partition per second, want about 1 (the default wait %s)", perSec, kafka.DefaultFetchMaxWait)
 	}
 }
