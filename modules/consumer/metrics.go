@@ -77,8 +77,8 @@ func newMetrics(set *metrics.Set) *consumerMetrics {
 }
 
 // reader adds a kafka-go stats snapshot, whose counters are those since the previous one.
-// Dials beyond one per assigned partition and rebalance mean readers lose their
-// connections (session 23: idle partitions redialling under a 100 ms fetch wait).
+// Dials that go on between rebalances mean readers lose their connections (session 23:
+// idle partitions redialling under a 100 ms fetch wait).
 func (m *consumerMetrics) reader(s kafkago.ReaderStats) {
 	m.kafkaDials.AddInt64(s.Dials)
 	m.kafkaFetches.AddInt64(s.Fetches)

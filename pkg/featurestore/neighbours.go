@@ -115,8 +115,8 @@ type nbEntry struct {
 // load sets the list from its stored blob.
 func (n *nbList) load(b []byte) error {
 	// Sized from a first pass over the lengths, with room for the batch's new neighbours:
-	// appending from empty was most of the allocation and copying of the merge (profile of
-	// ApplyFromPrefilledTopic over 400,000 events, where the lists are full).
+	// appending from empty was the merge's largest share of allocation and copying (profile
+	// of ApplyFromPrefilledTopic over 400,000 events, where the lists are full).
 	count := 0
 	for off := 0; off+4 <= len(b); count++ {
 		off += 12 + int(binary.BigEndian.Uint32(b[off:]))
