@@ -8,7 +8,7 @@ LDFLAGS := -s -w -X recsys/cmd.version=$(VERSION) -X recsys/cmd.commit=$(COMMIT)
 BIN := bin/recsys
 ARTIFACTS ?= ci-artifacts
 
-.PHONY: run test build deps-run docs unit vet
+.PHONY: run test build deps-run docs unit vet bench-targets
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) .
@@ -28,6 +28,11 @@ test:
 # Unit tests only (integration tests skip without the services).
 unit:
 	$(GO) test -race ./...
+
+# Every issue's benchmark target, RUNS rounds (not part of `make test`: ~4 minutes a round).
+RUNS ?= 5
+bench-targets:
+	@bash scripts/bench-targets.sh $(RUNS)
 
 vet:
 	$(GO) vet ./...
