@@ -48,8 +48,8 @@ func TestCollectLingersLongerForImpressionsOnly(t *testing.T) {
 			c := &Consumer{cfg: cfg, outstanding: make([]atomic.Int32, 1), laneFree: make(chan struct{}, 1)}
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			in := make(chan fetched, len(tt.sends))
-			in <- tt.sends[0]
+			in := make(chan *fetched, len(tt.sends))
+			in <- &tt.sends[0]
 			type result struct {
 				b  []fetched
 				ok bool
@@ -59,9 +59,9 @@ func TestCollectLingersLongerForImpressionsOnly(t *testing.T) {
 				b, ok := c.collect(ctx, in, 0)
 				done <- result{b, ok}
 			}()
-			for _, f := range tt.sends[1:] {
+			for i := range tt.sends[1:] {
 				time.Sleep(gap)
-				in <- f
+				in <- &tt.sends[1+i]
 			}
 			if tt.cancel {
 				time.Sleep(gap)
@@ -103,9 +103,9 @@ func TestCollectImpressionsWaitForEveryLane(t *testing.T) {
 			cfg.MaxInFlight, cfg.Linger, cfg.ImpressionLinger = 2, time.Millisecond, time.Millisecond
 			c := &Consumer{cfg: cfg, outstanding: make([]atomic.Int32, 2), laneFree: make(chan struct{}, 1)}
 			c.outstanding[1].Store(1) // lane 1 is applying a group
-			in := make(chan fetched, len(tt.sends))
-			for _, f := range tt.sends {
-				in <- f
+			in := make(chan *fetched, len(tt.sends))
+			for i := range tt.sends {
+				in <- &tt.sends[i]
 			}
 			done := make(chan []fetched, 1)
 			go func() {
