@@ -3,6 +3,7 @@ package reco
 import (
 	"encoding/json"
 	"net/http"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/labstack/echo/v4"
@@ -20,7 +21,11 @@ func writeReco(c echo.Context, resp *recoResponse) error {
 	for _, it := range resp.Items {
 		n += len(it) + 3
 	}
-	b := make([]byte, 0, n)
+	bp := bodyBufs.Get().(*[]byte)
+	b := (*bp)[:0]
+	if cap(b) < n {
+		b = make([]byte, 0, n)
+	}
 	b = append(b, `{"request_id":`...)
 	b = appendJSONString(b, resp.RequestID)
 	b = append(b, `,"items":[`...)
@@ -35,8 +40,21 @@ func writeReco(c echo.Context, resp *recoResponse) error {
 	b = append(b, `,"strategy":`...)
 	b = appendJSONString(b, resp.Strategy)
 	b = append(b, "}\n"...)
-	return c.JSONBlob(http.StatusOK, b)
+	err := c.JSONBlob(http.StatusOK, b) // the writer copies b (io.Writer does not keep it)
+	if cap(b) <= maxPooledBody {
+		*bp = b
+		bodyBufs.Put(bp)
+	}
+	return err
 }
+
+// bodyBufs holds /reco's answer buffers between requests: the answer was ~5 % of the bytes
+// `recsys all` allocated per request (heap profile at 10,000 req/s), and every allocated
+// byte brings the next collection nearer.
+var bodyBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// maxPooledBody keeps a rare huge answer (k=500 of long ids) from staying in the pool.
+const maxPooledBody = 16 << 10
 
 // appendJSONString appends s as a JSON string exactly as encoding/json writes it with HTML
 // escaping. Ids are almost always plain ASCII: anything else takes encoding/json's own path.

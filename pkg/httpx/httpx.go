@@ -110,9 +110,10 @@ func NewID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// IDs returns the request's IDs set by the middleware.
+// IDs returns the request's IDs set by the middleware. They are read from the request's
+// context, not echo's per-request store, which would allocate a map for every request.
 func IDs(c echo.Context) logging.IDs {
-	ids, _ := c.Get("recsys.ids").(logging.IDs)
+	ids, _ := logging.IDsFrom(c.Request().Context())
 	return ids
 }
 
@@ -150,7 +151,6 @@ func requestContext(log *slog.Logger) echo.MiddlewareFunc {
 				cid = rid
 			}
 			ids := logging.IDs{RequestID: rid, CorrelationID: cid}
-			c.Set("recsys.ids", ids)
 			c.SetRequest(req.WithContext(logging.WithIDs(req.Context(), ids)))
 			h := c.Response().Header()
 			h.Set(HeaderRequestID, rid)
