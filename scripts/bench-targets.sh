@@ -23,10 +23,8 @@ bash scripts/services.sh up >/dev/null
 eval "$(bash scripts/services.sh env)"
 export RECSYS_INTEGRATION=1
 
-# A freshly started broker costs more per event until its JIT has compiled the hot paths
-# (docs/scaling.md, session 26: 2-5x the CPU per auto-logged list). A deployment's broker is
-# warm, so the figures are taken with a warm one: a young broker first gets discarded runs of
-# the autolog load.
+# A freshly started broker costs 2-5x the CPU per auto-logged list until its JIT has compiled
+# the hot paths (docs/scaling.md, session 26); a deployment's broker is warm.
 kafka_age() {
 	local port=${RECSYS_TEST_KAFKA_BROKERS##*:} pid
 	pid=$(ss -ltnpH "sport = :$port" 2>/dev/null | grep -oE 'pid=[0-9]+' | head -n 1 | cut -d= -f2 || true)
@@ -59,9 +57,8 @@ for ((w = 1; w <= 5; w++)); do
 	age=$(kafka_age)
 	[[ $age =~ ^[0-9]+$ ]] && ((age < warm)) || break
 	echo "warming the broker (up ${age} s): discarded autolog run $w" >&2
-	(cd "$root/modules/reco" && RECO_BENCH_FULL=1 RECO_BENCH_RATE=0 RECO_BENCH_SEED_IMPRESSIONS=16 RECO_BENCH_CLIENTS=24 \
-		"$out/reco.test" -test.run '^$' -test.bench 'BenchmarkRecoHTTP/k=20/clients=24/autolog=true' -test.benchtime 40000x) \
-		>"$out/warm.log" 2>&1 || { echo "bench-targets: warm-up run failed:" >&2; tail -20 "$out/warm.log" >&2; exit 1; }
+	bench warm-up reco 'BenchmarkRecoHTTP/k=20/clients=24/autolog=true' 40000x RECO_BENCH_FULL=1 RECO_BENCH_RATE=0 \
+		RECO_BENCH_SEED_IMPRESSIONS=16 RECO_BENCH_CLIENTS=24
 done
 
 : >"$out/lines"
