@@ -3,6 +3,7 @@
 # on the real services, reported as median and range against the target.
 #
 #   scripts/bench-targets.sh [runs]      # default 5; `make bench-targets RUNS=3`
+#   scripts/bench-targets.sh --summary DIR...   # the verdicts over earlier runs (BENCH_OUT dirs) together
 #
 # The machine is shared and noisy (docs/scaling.md), so one run proves nothing: run i of
 # every benchmark comes before run i+1 of any, and a host that drifts moves them all alike.
@@ -14,6 +15,55 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+# target <label> <sub-benchmark pattern> <unit> <ge|le> <bound> <what>
+targets=(
+	"reco-off|clients=|req/s|ge|10000|/reco autolog off, closed loop: req/s"
+	"reco-off|clients=|p99_ms|le|10|/reco autolog off, closed loop: p99 ms"
+	"reco-off|rate=10000|p99_ms|le|10|/reco autolog off, open loop at 10,000/s: p99 ms"
+	"reco-on|clients=|req/s|ge|5000|/reco autolog on at the cap, closed loop: lists/s"
+	"reco-on|clients=|p99_ms|le|20|/reco autolog on at the cap, closed loop: p99 ms"
+	"reco-on|rate=5000|req/s|ge|4950|/reco autolog on at the cap, open loop at 5,000/s: achieved"
+	"reco-on|rate=5000|p99_ms|le|20|/reco autolog on at the cap, open loop at 5,000/s: p99 ms"
+	"apply-young|Prefilled|events/s|ge|100000|consumer apply, young stream: events/s"
+	"apply-mature|Prefilled|events/s|ge|100000|consumer apply, mature stream: events/s"
+	"freshness|Freshness|p99_ms|le|100|watch accepted -> Redis at 1,000/s: p99 ms"
+	"ingest|LogWatch|req/s|ge|10000|POST /log/watch: req/s"
+	"ingest|LogWatch|p99_ms|le|20|POST /log/watch: p99 ms"
+	"ingest|LogBatch|events/s|ge|100000|POST /log/batch: events/s"
+)
+# summarize <lines file> <runs>: each target's median, range and verdict.
+summarize() {
+	printf '%-62s %10s %21s  %s\n' "target ($2 runs each)" median range verdict
+	for t in "${targets[@]}"; do
+		IFS='|' read -r label sub unit op bound what <<<"$t"
+		awk -v label="$label" -v sub_="$sub" -v unit="$unit" -v op="$op" -v bound="$bound" -v what="$what" '
+			$1 == label && index($2, sub_) { for (i = 3; i < NF; i++) if ($(i+1) == unit) v[n++] = $i + 0 }
+			END {
+				if (n == 0) { printf "%-62s %10s %21s  %s\n", what, "-", "-", "not measured"; exit }
+				for (i = 1; i < n; i++) for (j = i; j > 0 && v[j-1] > v[j]; j--) { x = v[j]; v[j] = v[j-1]; v[j-1] = x }
+				m = n % 2 ? v[(n-1)/2] : (v[n/2-1] + v[n/2]) / 2
+				ok = op == "ge" ? m >= bound : m <= bound
+				printf "%-62s %10s %10s–%-10s  %s (%s %s)\n", what, num(m), num(v[0]), num(v[n-1]), ok ? "met" : "NOT MET", op == "ge" ? ">=" : "<=", bound
+			}
+			function num(x) { return x >= 1000 ? sprintf("%.0f", x) : sprintf("%.3g", x) }' "$1"
+	done
+}
+
+# --summary DIR...: the verdicts over the runs of earlier invocations together (their
+# BENCH_OUT directories), e.g. rounds measured in two hours of a drifting host.
+if [[ ${1:-} == --summary ]]; then
+	shift
+	(($#)) || { echo "usage: scripts/bench-targets.sh --summary BENCH_OUT_DIR..." >&2; exit 2; }
+	for d; do
+		[[ -s $d/lines ]] || { echo "bench-targets: no benchmark lines in $d" >&2; exit 2; }
+	done
+	all=$(mktemp)
+	trap 'rm -f "$all"' EXIT
+	cat "${@/%//lines}" >"$all"
+	summarize "$all" "$(grep -c '^ingest BenchmarkLogBatch' "$all")"
+	exit
+fi
+
 runs=${1:-${RUNS:-5}}
 [[ $runs =~ ^[1-9][0-9]*$ ]] || { echo "bench-targets: runs must be a positive integer, got '$runs'" >&2; exit 2; }
 out=${BENCH_OUT:-$(mktemp -d /tmp/recsys-bench.XXXXXX)}
@@ -24,7 +74,7 @@ eval "$(bash scripts/services.sh env)"
 export RECSYS_INTEGRATION=1
 
 # A freshly started broker costs 2-5x the CPU per auto-logged list until its JIT has compiled
-# the hot paths (docs/scaling.md, session 26); a deployment's broker is warm.
+# the hot paths (docs/performance-log.md, session 26); a deployment's broker is warm.
 kafka_age() {
 	local port=${RECSYS_TEST_KAFKA_BROKERS##*:} pid
 	pid=$(ss -ltnpH "sport = :$port" 2>/dev/null | grep -oE 'pid=[0-9]+' | head -n 1 | cut -d= -f2 || true)
@@ -80,36 +130,5 @@ for i in $(seq 1 "$runs"); do
 	bench ingest ingest 'BenchmarkLogWatch$|BenchmarkLogBatch$' 20000x
 done
 
-# target <label> <sub-benchmark pattern> <unit> <ge|le> <bound> <what>
-targets=(
-	"reco-off|clients=|req/s|ge|10000|/reco autolog off, closed loop: req/s"
-	"reco-off|clients=|p99_ms|le|10|/reco autolog off, closed loop: p99 ms"
-	"reco-off|rate=10000|p99_ms|le|10|/reco autolog off, open loop at 10,000/s: p99 ms"
-	"reco-on|clients=|req/s|ge|5000|/reco autolog on at the cap, closed loop: lists/s"
-	"reco-on|clients=|p99_ms|le|20|/reco autolog on at the cap, closed loop: p99 ms"
-	"reco-on|rate=5000|req/s|ge|4950|/reco autolog on at the cap, open loop at 5,000/s: achieved"
-	"reco-on|rate=5000|p99_ms|le|20|/reco autolog on at the cap, open loop at 5,000/s: p99 ms"
-	"apply-young|Prefilled|events/s|ge|100000|consumer apply, young stream: events/s"
-	"apply-mature|Prefilled|events/s|ge|100000|consumer apply, mature stream: events/s"
-	"freshness|Freshness|p99_ms|le|100|watch accepted -> Redis at 1,000/s: p99 ms"
-	"ingest|LogWatch|req/s|ge|10000|POST /log/watch: req/s"
-	"ingest|LogWatch|p99_ms|le|20|POST /log/watch: p99 ms"
-	"ingest|LogBatch|events/s|ge|100000|POST /log/batch: events/s"
-)
-{
-	printf '%-62s %10s %21s  %s\n' "target ($runs runs each)" median range verdict
-	for t in "${targets[@]}"; do
-		IFS='|' read -r label sub unit op bound what <<<"$t"
-		awk -v label="$label" -v sub_="$sub" -v unit="$unit" -v op="$op" -v bound="$bound" -v what="$what" '
-			$1 == label && index($2, sub_) { for (i = 3; i < NF; i++) if ($(i+1) == unit) v[n++] = $i + 0 }
-			END {
-				if (n == 0) { printf "%-62s %10s %21s  %s\n", what, "-", "-", "not measured"; exit }
-				for (i = 1; i < n; i++) for (j = i; j > 0 && v[j-1] > v[j]; j--) { x = v[j]; v[j] = v[j-1]; v[j-1] = x }
-				m = n % 2 ? v[(n-1)/2] : (v[n/2-1] + v[n/2]) / 2
-				ok = op == "ge" ? m >= bound : m <= bound
-				printf "%-62s %10s %10s–%-10s  %s (%s %s)\n", what, num(m), num(v[0]), num(v[n-1]), ok ? "met" : "NOT MET", op == "ge" ? ">=" : "<=", bound
-			}
-			function num(x) { return x >= 1000 ? sprintf("%.0f", x) : sprintf("%.3g", x) }' "$out/lines"
-	done
-} | tee "$out/summary.txt"
+summarize "$out/lines" "$runs" | tee "$out/summary.txt"
 echo "benchmark lines: $out/lines; full output: $out/raw.log" >&2

@@ -457,7 +457,7 @@ kafka_start() {
 		# CompileThresholdScaling: a broker at the JIT's default thresholds takes ~20 minutes of
 		# intermittent benchmark load to compile its hot paths, and until then costs 2-5x the
 		# CPU per event (169 -> 35 us per auto-logged list here); at 0.05 it is warm after two
-		# runs of a minute (docs/scaling.md, session 26), with the same idle cost.
+		# runs of a minute (docs/performance-log.md, session 26), with the same idle cost.
 		# shellcheck disable=SC2086 # KAFKA_HEAP is a list of flags
 		setsid nohup java $KAFKA_HEAP -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:CompileThresholdScaling=0.05 \
 			-Djava.awt.headless=true \

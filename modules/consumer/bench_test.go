@@ -31,7 +31,7 @@ func BenchmarkApplyFromPrefilledTopic(b *testing.B) {
 func benchApplyFromPrefilledTopic(b *testing.B, inFlight int) {
 	// CONSUMER_BENCH_EVENTS: 100,000 events leave the 20,000 users and their items young
 	// (5 events per user); 400,000 show a stream whose histories and co-visitation lists
-	// have filled, about half the rate (docs/scaling.md, session 23).
+	// have filled, about half the rate (docs/performance-log.md, session 23).
 	n := testutil.EnvInt("CONSUMER_BENCH_EVENTS", 100_000)
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()

@@ -27,7 +27,7 @@ type Config struct {
 	// are most of the stream (one per served list with autolog) and feed only fatigue and
 	// impression counts, which nobody reads within milliseconds; every transaction costs
 	// the machine the same fixed work whatever its size, and a transaction per few lists was
-	// most of the pipeline's CPU below saturation (docs/scaling.md, session 17). A watch
+	// most of the pipeline's CPU below saturation (docs/performance-log.md, session 17). A watch
 	// joining the batch brings its wait back to Linger, so watch freshness is unchanged.
 	ImpressionLinger time.Duration
 	// FetchMaxWait is the broker's long-poll wait of an idle fetch. A message arriving ends

@@ -35,7 +35,7 @@ type Config struct {
 	// AutologCommitWorkers is the number of transactions the autolog writer runs at once.
 	// Two, with AutologGroupCommitMaxWait, give fewer and larger transactions: the whole
 	// pipeline behind them (outbox rows, relay claims, consumer transactions) is paid per
-	// transaction (docs/scaling.md, session 14).
+	// transaction (docs/performance-log.md, session 14).
 	AutologCommitWorkers int
 	// AutologCommitMaxEvents caps the events merged into one transaction.
 	AutologCommitMaxEvents int
@@ -48,7 +48,7 @@ type Config struct {
 	// lingers then. Each transaction costs the whole pipeline a fixed amount (an outbox row
 	// per lane, a relay claim, a produce, a consumer fetch) whatever its size. 20 ms instead
 	// of 5, with the consumer's impression linger, took the machine from 905 to 624 µs of
-	// CPU per list at 2,000 lists/s (docs/scaling.md, session 17). A crash (kill -9) loses
+	// CPU per list at 2,000 lists/s (docs/performance-log.md, session 17). A crash (kill -9) loses
 	// what is queued in async mode: up to this much more.
 	AutologGroupCommitMaxWait time.Duration
 	// AutologRetryMax caps the back-off between retries of a batch while PostgreSQL is down.

@@ -14,7 +14,7 @@ import (
 //
 // At a feed's steady state a user keeps ImpressionMemory (300) counters, and the document is
 // read, merged and written on every served list, by the API, the consumer, PostgreSQL and
-// Redis: ~120 µs of the machine per list at the cap (docs/scaling.md, session 19). The object
+// Redis: ~120 µs of the machine per list at the cap (docs/performance-log.md, session 19). The object
 // form spends most of its bytes on field names; the array form is the same JSON data in
 // about 60 % of the bytes.
 type ImpressionsFormat string

@@ -16,7 +16,7 @@ import (
 // impressions_recent, field "r"; Store.SetImpressionsOverlay). At a feed's steady state the
 // counters hold ImpressionMemory (300) entries and every served list raises about 20 of them:
 // rewriting the whole document after every list was most of what a list cost PostgreSQL
-// (TOAST and WAL), Redis and the API's decode (docs/scaling.md, sessions 19 and 20). With the
+// (TOAST and WAL), Redis and the API's decode (docs/performance-log.md, sessions 19 and 20). With the
 // overlay a list rewrites the overlay only, and the base is rewritten when the overlay is
 // folded into it: when the counters may reach the trim (ImpressionTrimAt, where applying the
 // events one by one would drop the oldest entries) or the overlay grows past a share of the

@@ -44,7 +44,7 @@ import (
 // An item's fields merge independently, so a write may carry any subset. A batch of
 // impressions moves one counter per item; sending only that cut the script's per-item work
 // (an HMGET of nine fields and nine comparisons per item were most of Redis's CPU with
-// autolog, docs/scaling.md session 14). Readers treat an item hash without fs as unknown.
+// autolog, docs/performance-log.md session 14). Readers treat an item hash without fs as unknown.
 //
 // An item joins the popularity lists only when the write raises its decayed popularity:
 // values only grow, so an unchanged one (an impression) is already where it belongs, in the

@@ -65,7 +65,7 @@ type Config struct {
 	// the broker's produce requests are paid per row. The /reco autolog (a group commit of
 	// ~40 lists, one user each) wrote ~28 rows per commit over 32 lanes and ~8 over 8:
 	// PostgreSQL 97-108 → 83-88 µs and the machine 340-364 → 310-320 µs per list, 5,490-
-	// 5,953 → 6,187-6,389 lists/s (docs/scaling.md, session 15). Lanes bound the relay's
+	// 5,953 → 6,187-6,389 lists/s (docs/performance-log.md, session 15). Lanes bound the relay's
 	// parallelism (one claim in flight per lane): 8 still drain 294,000-317,000 messages/s
 	// (32: 361,000-423,000), and 4 or 2 saved nothing more.
 	OutboxLanes int
