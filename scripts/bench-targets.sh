@@ -54,12 +54,12 @@ summarize() {
 if [[ ${1:-} == --summary ]]; then
 	shift
 	(($#)) || { echo "usage: scripts/bench-targets.sh --summary BENCH_OUT_DIR..." >&2; exit 2; }
-	for d; do
-		[[ -s $d/lines ]] || { echo "bench-targets: no benchmark lines in $d" >&2; exit 2; }
-	done
 	all=$(mktemp)
 	trap 'rm -f "$all"' EXIT
-	cat "${@/%//lines}" >"$all"
+	for d; do
+		[[ -s $d/lines ]] || { echo "bench-targets: no benchmark lines in $d" >&2; exit 2; }
+		cat "$d/lines"
+	done >"$all"
 	summarize "$all" "$(grep -c '^ingest BenchmarkLogBatch' "$all")"
 	exit
 fi
