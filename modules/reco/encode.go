@@ -14,7 +14,7 @@ import (
 // the encoder's allocations were several percent of a request's CPU. ?pretty keeps echo's
 // indented output.
 func writeReco(c echo.Context, resp *recoResponse) error {
-	if _, pretty := c.QueryParams()["pretty"]; pretty || c.Echo().Debug {
+	if rawQuery(c.Request().URL.RawQuery).has("pretty") || c.Echo().Debug {
 		return c.JSON(http.StatusOK, resp)
 	}
 	n := 64 + len(resp.RequestID) + len(resp.ModelVersion) + len(resp.Strategy)

@@ -56,7 +56,7 @@ type recoResponse struct {
 }
 
 func (r *Reco) reco(c echo.Context) error {
-	q, err := parseReco(c.QueryParams())
+	q, err := parseReco(rawQuery(c.Request().URL.RawQuery))
 	if err != nil {
 		return err
 	}
@@ -87,7 +87,7 @@ type recommendReason struct {
 // recommend is the legacy endpoint: the same ranking, no impression logging, the original
 // response shape. reason.sources lists the candidate sources that contributed.
 func (r *Reco) recommend(c echo.Context) error {
-	q, err := parseRecommend(c.QueryParams())
+	q, err := parseRecommend(rawQuery(c.Request().URL.RawQuery))
 	if err != nil {
 		return err
 	}

@@ -59,6 +59,8 @@ type serving struct {
 	probeRedis func(context.Context) (bool, error)
 	probePG    func(context.Context) error
 	pgSlots    chan struct{}
+	// redisDeadline bounds the per-request Redis reads (cfg.RedisTimeout).
+	redisDeadline *sharedDeadline
 	// prepare is the ranker's ranking.Preparer, if it has one: the global lists' statistics
 	// are prepared once per refresh instead of once per request.
 	prepare func(*ranking.ItemStats, int64)
@@ -66,7 +68,8 @@ type serving struct {
 
 func newServing(cfg *Config, redis, pg snapshotSource, m *recoMetrics, log *slog.Logger) *serving {
 	s := &serving{cfg: cfg, redis: redis, pg: pg, m: m, log: log,
-		fullOpts: cfg.snapshotOptions(true), personalOpts: cfg.snapshotOptions(false), pgSlots: make(chan struct{}, cfg.PGMaxConcurrent)}
+		fullOpts: cfg.snapshotOptions(true), personalOpts: cfg.snapshotOptions(false), pgSlots: make(chan struct{}, cfg.PGMaxConcurrent),
+		redisDeadline: newSharedDeadline(cfg.RedisTimeout)}
 	s.globalOpts = s.fullOpts
 	s.globalOpts.HistoryItems = 0
 	s.redisBrk = newBreaker(cfg.BreakerFailures, func(open bool) {
@@ -100,7 +103,7 @@ func (s *serving) load(ctx context.Context, userID string, now time.Time) (ranki
 		opts = s.personalOpts
 	}
 	if s.redis != nil && s.redisUsable() {
-		snap, err := read(ctx, s.redis, s.cfg.RedisTimeout, userID, nowMs, opts)
+		snap, err := s.redis.Snapshot(s.redisDeadline.context(now), userID, nowMs, opts)
 		if err == nil {
 			s.redisBrk.Success()
 			complete(&snap, g)
@@ -211,7 +214,8 @@ func (s *serving) refreshGlobal(ctx context.Context) error {
 		}
 		brk.Success()
 		snap.UserID = ""
-		snap.History, snap.Watched, snap.Impressions, snap.ImpressionsAdded, snap.Neighbours, snap.Similar = nil, nil, nil, nil, nil, nil
+		snap.History, snap.Watched, snap.Impressions, snap.ImpressionsAdded = nil, nil, nil, nil
+		snap.Neighbours, snap.HistoryNeighbours, snap.Similar = nil, nil, nil
 		attachStats(&snap, now.UnixMilli(), s.prepare)
 		s.global.Store(&globalSnap{snap: snap, loadedAt: now, source: name})
 		return true

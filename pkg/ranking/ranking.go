@@ -96,6 +96,10 @@ type Snapshot struct {
 	// Neighbours maps each of the first SnapshotOptions.HistoryItems history items to its
 	// co-visitation neighbours (current decayed strength), strongest first.
 	Neighbours map[string][]Scored `json:"neighbours"`
+	// HistoryNeighbours, when not nil, holds the same lists by position: HistoryNeighbours[i]
+	// is History[i]'s (nil when it has none), and Neighbours is not read. A server that has
+	// the lists in its own cache fills it instead of building a map for every request.
+	HistoryNeighbours [][]Scored `json:"-"`
 	// Similar maps history items to learned item-item neighbours (e.g. an EASE model), strongest
 	// first. Optional: nil when no learned model is loaded.
 	Similar map[string][]Scored `json:"similar,omitempty"`

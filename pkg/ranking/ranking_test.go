@@ -291,6 +291,35 @@ func TestRankPruningIsExact(t *testing.T) {
 	}
 }
 
+// TestRankHistoryNeighboursIsExact: the neighbour lists given by history position rank
+// exactly like the same lists in the Neighbours map.
+func TestRankHistoryNeighboursIsExact(t *testing.T) {
+	r := rand.New(rand.NewPCG(13, 14))
+	for trial := 0; trial < 300; trial++ {
+		s := randomSnapshot(r, trial)
+		byPos := *s
+		byPos.Neighbours = map[string][]Scored{"unread": {{ItemID: "i1", Score: 9}}} // ignored
+		byPos.HistoryNeighbours = make([][]Scored, len(s.History))
+		for i, h := range s.History {
+			byPos.HistoryNeighbours[i] = s.Neighbours[h.ItemID]
+		}
+		if trial%4 == 3 && len(byPos.HistoryNeighbours) > 1 {
+			// Shorter than the history: the rest have no lists, as in the map.
+			byPos.HistoryNeighbours = byPos.HistoryNeighbours[:1]
+			for _, h := range s.History[1:] {
+				delete(s.Neighbours, h.ItemID)
+			}
+		}
+		cfg := trialConfig(trial)
+		for _, k := range []int{1, 5, 20} {
+			want := NewWeighted(cfg).Rank(s, k)
+			if got := NewWeighted(cfg).Rank(&byPos, k); !reflect.DeepEqual(got, want) {
+				t.Fatalf("trial %d k=%d: by position %v %v\nby map %v %v", trial, k, got.Items, got.Scores, want.Items, want.Scores)
+			}
+		}
+	}
+}
+
 // trialConfig varies the configuration over the random trials.
 func trialConfig(trial int) Config {
 	cfg := DefaultConfig()

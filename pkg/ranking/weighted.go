@@ -160,8 +160,8 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 		return !preWatched && s.Watched[x.ItemID]
 	}
 	hasPersonal := false
-	addNeighbours := func(lists map[string][]Scored, similar bool) {
-		if len(lists) == 0 {
+	addNeighbours := func(lists map[string][]Scored, byPos [][]Scored, similar bool) {
+		if len(lists) == 0 && byPos == nil {
 			return
 		}
 		pw := 1.0
@@ -171,7 +171,14 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 			}
 			hw := h.Quality * pw
 			pw *= cfg.HistoryDecay
-			ns := lists[h.ItemID]
+			var ns []Scored
+			if byPos != nil {
+				if i < len(byPos) {
+					ns = byPos[i]
+				}
+			} else {
+				ns = lists[h.ItemID]
+			}
 			if len(ns) == 0 || hw <= 0 {
 				continue
 			}
@@ -217,8 +224,8 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 			}
 		}
 	}
-	addNeighbours(s.Neighbours, false)
-	addNeighbours(s.Similar, true)
+	addNeighbours(s.Neighbours, s.HistoryNeighbours, false)
+	addNeighbours(s.Similar, nil, true)
 	addList := func(l []Scored, n int) {
 		for i := range l {
 			if i >= n {
