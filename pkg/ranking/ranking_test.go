@@ -320,6 +320,28 @@ func TestRankHistoryNeighboursIsExact(t *testing.T) {
 	}
 }
 
+// TestRankIntoReusesMemory: ranking into a Result that held another list (longer, shorter,
+// none) gives what Rank gives, in the Result's own memory when it is large enough.
+func TestRankIntoReusesMemory(t *testing.T) {
+	r := rand.New(rand.NewPCG(15, 16))
+	var reused Result
+	for trial := 0; trial < 200; trial++ {
+		s := randomSnapshot(r, trial)
+		w := NewWeighted(trialConfig(trial))
+		for _, k := range []int{20, 1, 0, 5, 30} {
+			want := w.Rank(s, k)
+			before := cap(reused.Items)
+			w.RankInto(&reused, s, k)
+			if !reflect.DeepEqual(reused, want) {
+				t.Fatalf("trial %d k=%d: into a reused Result %+v\nRank %+v", trial, k, reused, want)
+			}
+			if k > 0 && before >= k && cap(reused.Items) != before {
+				t.Fatalf("trial %d k=%d: capacity %d was enough, got a new slice", trial, k, before)
+			}
+		}
+	}
+}
+
 // trialConfig varies the configuration over the random trials.
 func trialConfig(trial int) Config {
 	cfg := DefaultConfig()

@@ -83,10 +83,20 @@ var scratchPool = sync.Pool{New: func() any { return &scratch{cands: make([]cand
 
 // Rank implements Ranker.
 func (w *Weighted) Rank(s *Snapshot, k int) Result {
+	var res Result
+	w.RankInto(&res, s, k)
+	return res
+}
+
+// RankInto is Rank into res, reusing the memory of its Items and Scores: a server that pools
+// its Results saves the list's two allocations (a tenth of the bytes a /reco without autolog
+// leaves to the collector). Every field of res is overwritten.
+func (w *Weighted) RankInto(res *Result, s *Snapshot, k int) {
 	cfg := w.cfg
-	res := Result{ModelVersion: ModelVersionWeighted, Strategy: StrategyColdStart}
+	items, scores := res.Items[:0], res.Scores[:0]
+	*res = Result{ModelVersion: ModelVersionWeighted, Strategy: StrategyColdStart}
 	if k <= 0 {
-		return res
+		return
 	}
 	sc := scratchPool.Get().(*scratch)
 	defer func() {
@@ -279,8 +289,13 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 	nMain := min(k-nExplore, len(cands))
 	// Exploration also fills the slots the ranked candidates cannot.
 	nExplore = min(k-nMain, len(explore))
-	res.Items = make([]string, 0, k)
-	res.Scores = make([]float64, 0, k)
+	if cap(items) < k {
+		items = make([]string, 0, k)
+	}
+	if cap(scores) < k {
+		scores = make([]float64, 0, k)
+	}
+	res.Items, res.Scores = items, scores
 	chosen := &sc.chosen
 	chosen.reset(k)
 	for _, c := range cands[:nMain] {
@@ -336,7 +351,6 @@ func (w *Weighted) Rank(s *Snapshot, k int) Result {
 		res.Items = append(res.Items, id)
 		res.Scores = append(res.Scores, 0)
 	}
-	return res
 }
 
 // scoreCandidates computes the full scores needed to rank the best k candidates and leaves
