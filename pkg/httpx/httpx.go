@@ -232,7 +232,9 @@ func bodyLimit(limit int64) echo.MiddlewareFunc {
 			if req.ContentLength > limit {
 				return TooLarge(limit)
 			}
-			req.Body = http.MaxBytesReader(c.Response(), req.Body, limit)
+			if req.Body != http.NoBody { // a GET has nothing to limit: no reader to allocate
+				req.Body = http.MaxBytesReader(c.Response(), req.Body, limit)
+			}
 			return next(c)
 		}
 	}
