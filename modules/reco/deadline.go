@@ -9,7 +9,7 @@ import (
 // sharedDeadline hands out a context that expires between timeout and timeout+grain from
 // now, one shared by every request of the same grain. A context.WithTimeout per request
 // under the request's context (a cancel context, a timer, the parent's children map, a done
-// channel) was ~900 bytes of each /reco's ~6.9 KB for the collector, and /reco's tail at
+// channel) was ~900 bytes of each /reco's ~8 KB for the collector, and /reco's tail at
 // 10,000 req/s is the collector's cycles (docs/performance-log.md, sessions 27 and 28).
 //
 // The context does not derive from the request's: a client that goes away no longer cuts
