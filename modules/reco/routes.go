@@ -156,7 +156,7 @@ type rankerInto interface {
 }
 
 // results pools the lists' memory between requests: with autolog off a list's Items and
-// Scores were ~0.5 KB of the ~6 KB a /reco left to the collector.
+// Scores were ~0.5 KB of the ~8 KB a /reco left to the collector.
 var results = sync.Pool{New: func() any { return new(ranking.Result) }}
 
 // release returns the list's memory to results once the answer is written; the autolog's
