@@ -341,10 +341,12 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 		}
 		for _, p := range d.Pairs {
 			if p.From != p.To {
-				pairs = append(pairs, pairInc{from: p.From, to: p.To, w: a.Meta.Covis.Forward(p.Weight, d.TsMs)})
-				if lists[p.From] == nil {
-					lists[p.From] = &nbList{}
+				l := lists[p.From]
+				if l == nil {
+					l = &nbList{}
+					lists[p.From] = l
 				}
+				pairs = append(pairs, pairInc{from: p.From, to: p.To, w: a.Meta.Covis.Forward(p.Weight, d.TsMs), list: l})
 			}
 		}
 	}

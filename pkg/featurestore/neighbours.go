@@ -173,16 +173,26 @@ func (n *nbList) add(id string, v float64) {
 	}
 	n.l[i].touched = true
 	e := n.l[i]
-	j := i
-	for j > 0 && cmpEntry(e, n.l[j-1]) < 0 {
-		j--
+	if i == 0 || cmpEntry(e, n.l[i-1]) >= 0 {
+		return // it keeps its place
 	}
-	if j < i {
-		copy(n.l[j+1:i+1], n.l[j:i])
-		n.l[j] = e
-		copy(n.hs[j+1:i+1], n.hs[j:i])
-		n.hs[j] = h
+	// n.l[:i] is in reader order and the ids are distinct: the entry goes before the first
+	// one it precedes, found by bisection (cmpEntry's order, written out: through the generic
+	// search's comparator it cost twice as much). A walk from i compared it with every entry
+	// it passed, and a popular neighbour of a full list passes dozens.
+	j, hi := 0, i-1
+	for j < hi {
+		mid := int(uint(j+hi) >> 1)
+		if x := &n.l[mid]; e.w > x.w || (e.w == x.w && e.id < x.id) {
+			hi = mid
+		} else {
+			j = mid + 1
+		}
 	}
+	copy(n.l[j+1:i+1], n.l[j:i])
+	n.l[j] = e
+	copy(n.hs[j+1:i+1], n.hs[j:i])
+	n.hs[j] = h
 }
 
 // trim keeps the top keep neighbours.
@@ -225,6 +235,7 @@ func (n *nbList) redis() (add []scoredRow, rem []string) {
 type pairInc struct {
 	from, to string
 	w        float64
+	list     *nbList // from's list when the batch knew it (else looked up in mergePairs' lists)
 }
 
 // mergePairs applies the increments to the lists in order, trimming a list back to the top
@@ -232,7 +243,10 @@ type pairInc struct {
 // features.MemoryStore).
 func mergePairs(lists map[string]*nbList, incs []pairInc, m int) error {
 	for _, p := range incs {
-		n := lists[p.from]
+		n := p.list
+		if n == nil {
+			n = lists[p.from]
+		}
 		if n == nil {
 			return fmt.Errorf("neighbour list of %q not loaded", p.from)
 		}

@@ -50,21 +50,29 @@ func TestNeighbourBlobRoundTrip(t *testing.T) {
 // mergePairs must give features.MemoryStore's lists, trims included, whatever the batch
 // boundaries.
 func TestMergePairsMatchesMemoryStore(t *testing.T) {
-	const m = 3
+	// Short lists trim often; long ones move entries far (the bisection in add).
+	for _, tc := range []struct{ m, tos, incs int }{{3, 25, 3000}, {40, 300, 30000}} {
+		t.Run(fmt.Sprintf("m=%d", tc.m), func(t *testing.T) { testMergePairsMatchesMemoryStore(t, tc.m, tc.tos, tc.incs) })
+	}
+}
+
+func testMergePairsMatchesMemoryStore(t *testing.T, m, tos, n int) {
 	cfg := features.DefaultConfig()
 	cfg.NeighboursPerItem = m
 	mem := features.NewMemoryStore(cfg)
 	r := rand.New(rand.NewPCG(7, 9))
 	var incs []pairInc
 	const ts = 1_700_000_000_000 // every increment at the landmark: Forward(w) == w
-	for range 3000 {
-		p := pairInc{from: fmt.Sprintf("i%d", r.IntN(5)), to: fmt.Sprintf("n%02d", r.IntN(25)), w: float64(1+r.IntN(4)) / 4}
+	for range n {
+		// Skewed towards the first neighbours, so that some climb past many others.
+		to := int(float64(tos) * math.Pow(r.Float64(), 2))
+		p := pairInc{from: fmt.Sprintf("i%d", r.IntN(5)), to: fmt.Sprintf("n%03d", to), w: float64(1+r.IntN(4)) / 4}
 		incs = append(incs, p)
 		mem.ApplyDelta(features.Delta{TsMs: ts, Pairs: []features.PairIncrement{{From: p.from, To: p.to, Weight: p.w}}})
 	}
 	stored := map[string][]byte{}
 	for start := 0; start < len(incs); {
-		end := min(start+1+r.IntN(200), len(incs))
+		end := min(start+1+r.IntN(200*m/3), len(incs))
 		lists := map[string]*nbList{}
 		for _, p := range incs[start:end] {
 			if lists[p.from] == nil {
