@@ -505,7 +505,14 @@ RETURNING u.user_id, u.version`, userIDs[lo:hi], hs[lo:hi], ws[lo:hi], is[lo:hi]
 		}
 		a.nbAdd, a.nbRem = make(map[string][]scoredRow, len(listIDs)), map[string][]string{}
 		blobs := make([][]byte, len(listIDs))
-		var buf []byte
+		// One buffer for every blob, sized first: a batch of a long-running stream encodes
+		// thousands of full lists (megabytes), and growing it by appending copied them over
+		// and over.
+		size := 0
+		for _, n := range lists {
+			size += n.encodedLen()
+		}
+		buf := make([]byte, 0, size)
 		for i, id := range listIDs {
 			n := lists[id]
 			if !n.exists {

@@ -140,6 +140,15 @@ func (n *nbList) load(b []byte) error {
 
 func cmpEntry(a, b nbEntry) int { return cmpScored(a.scoredRow, b.scoredRow) }
 
+// encodedLen is the length of the list's encoding.
+func (n *nbList) encodedLen() int {
+	size := 12 * len(n.l)
+	for i := range n.l {
+		size += len(n.l[i].id)
+	}
+	return size
+}
+
 // appendTo appends the list's encoding to dst.
 func (n *nbList) appendTo(dst []byte) []byte {
 	for _, x := range n.l {

@@ -94,6 +94,9 @@ func testMergePairsMatchesMemoryStore(t *testing.T, m, tos, n int) {
 				t.Fatalf("list %s not in reader order after a batch: %v", id, n.l)
 			}
 			stored[id] = n.appendTo(nil)
+			if len(stored[id]) != n.encodedLen() {
+				t.Fatalf("list %s: encodedLen %d, encoding %d bytes", id, n.encodedLen(), len(stored[id]))
+			}
 		}
 		start = end
 	}
