@@ -20,6 +20,13 @@ func TestConfigValidate(t *testing.T) {
 		{"bad url", func(c *Config) { c.URL = "http://x" }, "--redis.url"},
 		{"no timeout", func(c *Config) { c.Timeout = 0 }, "--redis.timeout"},
 		{"no client cache", func(c *Config) { c.CacheSizeMB = 0 }, "--redis.client-cache-mb"},
+		{"one connection", func(c *Config) { c.Connections = 1 }, ""},
+		{"eight connections", func(c *Config) { c.Connections = 8 }, ""},
+		{"three connections", func(c *Config) { c.Connections = 3 }, "--redis.connections must be 0 or a power of two"},
+		{"too many connections", func(c *Config) { c.Connections = 512 }, "--redis.connections"},
+		{"negative connections", func(c *Config) { c.Connections = -1 }, "--redis.connections"},
+		{"flush delay", func(c *Config) { c.MaxFlushDelay = 20 * time.Microsecond }, ""},
+		{"flush delay too long", func(c *Config) { c.MaxFlushDelay = 2 * time.Millisecond }, "--redis.max-flush-delay"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultConfig()
