@@ -37,9 +37,6 @@ type Config struct {
 	// whatever the connections, so one only limits a client whose single TCP stream is the
 	// bottleneck: raise it on large pods talking to a remote Redis.
 	Connections int
-	// MaxFlushDelay lets a connection's writer wait up to this long after a flush to gather
-	// more commands into the next one (rueidis' MaxFlushDelay; 0 flushes at once).
-	MaxFlushDelay time.Duration
 }
 
 // DefaultConfig returns the defaults.
@@ -56,7 +53,6 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.CacheSizeMB, "redis.client-cache-mb", c.CacheSizeMB, "client-side cache size per connection, MiB")
 	fs.DurationVar(&c.UserTTL, "redis.user-ttl", c.UserTTL, "users without events for this long leave the Redis copy and are read back from PostgreSQL when next served (0: keep every user); set it where features are written (consumer, features rebuild): /reco follows what the copy records")
 	fs.IntVar(&c.Connections, "redis.connections", c.Connections, "pipelined connections of the Redis client, a power of two up to 256 (0: one per core, at most 4); concurrent commands share them, so fewer connections send more commands per write")
-	fs.DurationVar(&c.MaxFlushDelay, "redis.max-flush-delay", c.MaxFlushDelay, "how long a connection may wait after a write to gather more commands into the next one (0: write at once)")
 	flagenv.Alias(fs, "redis.url", "ONLINE_CACHE_REDIS_URL")
 	flagenv.Secret(fs, "redis.url")
 	flagenv.Alias(fs, "redis.timeout", "ONLINE_CACHE_REDIS_TIMEOUT_SEC:s")
@@ -76,9 +72,6 @@ func (c Config) Validate() error {
 	}
 	if c.Connections < 0 || c.Connections > 256 || c.Connections&(c.Connections-1) != 0 {
 		errs = append(errs, fmt.Errorf("--redis.connections must be 0 or a power of two up to 256, got %d", c.Connections))
-	}
-	if c.MaxFlushDelay < 0 || c.MaxFlushDelay > time.Millisecond {
-		errs = append(errs, fmt.Errorf("--redis.max-flush-delay must be between 0 and 1ms, got %s", c.MaxFlushDelay))
 	}
 	if c.CacheSizeMB < 1 {
 		errs = append(errs, fmt.Errorf("--redis.client-cache-mb must be >= 1, got %d", c.CacheSizeMB))
@@ -106,7 +99,6 @@ func Open(c Config) (rueidis.Client, error) {
 	default:
 		opt.PipelineMultiplex = bits.Len(uint(c.Connections)) - 1
 	}
-	opt.MaxFlushDelay = c.MaxFlushDelay
 	// With ForceSingleClient rueidis hands back a client even when the first dial fails; it
 	// dials again on use, so a Redis that comes up after us is picked up without a restart.
 	cl, err := rueidis.NewClient(opt)

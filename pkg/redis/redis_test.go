@@ -25,8 +25,6 @@ func TestConfigValidate(t *testing.T) {
 		{"three connections", func(c *Config) { c.Connections = 3 }, "--redis.connections must be 0 or a power of two"},
 		{"too many connections", func(c *Config) { c.Connections = 512 }, "--redis.connections"},
 		{"negative connections", func(c *Config) { c.Connections = -1 }, "--redis.connections"},
-		{"flush delay", func(c *Config) { c.MaxFlushDelay = 20 * time.Microsecond }, ""},
-		{"flush delay too long", func(c *Config) { c.MaxFlushDelay = 2 * time.Millisecond }, "--redis.max-flush-delay"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultConfig()
