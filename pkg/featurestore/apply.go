@@ -500,7 +500,7 @@ RETURNING u.user_id, u.version`, userIDs[lo:hi], hs[lo:hi], ws[lo:hi], is[lo:hi]
 		}
 		s.phase("write", &t0)
 		p = &pipeline{}
-		if err := mergePairs(lists, pairs, s.cfg.NeighboursPerItem); err != nil {
+		if err := mergePairs(pairs, s.cfg.NeighboursPerItem); err != nil {
 			return nil, err
 		}
 		a.nbAdd, a.nbRem = make(map[string][]scoredRow, len(listIDs)), map[string][]string{}

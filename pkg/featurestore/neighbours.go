@@ -244,18 +244,15 @@ func (n *nbList) redis() (add []scoredRow, rem []string) {
 type pairInc struct {
 	from, to string
 	w        float64
-	list     *nbList // from's list when the batch knew it (else looked up in mergePairs' lists)
+	list     *nbList // from's list
 }
 
 // mergePairs applies the increments to the lists in order, trimming a list back to the top
 // m whenever it passes 2m (the result is independent of batch boundaries, like
 // features.MemoryStore).
-func mergePairs(lists map[string]*nbList, incs []pairInc, m int) error {
+func mergePairs(incs []pairInc, m int) error {
 	for _, p := range incs {
 		n := p.list
-		if n == nil {
-			n = lists[p.from]
-		}
 		if n == nil {
 			return fmt.Errorf("neighbour list of %q not loaded", p.from)
 		}

@@ -74,16 +74,18 @@ func testMergePairsMatchesMemoryStore(t *testing.T, m, tos, n int) {
 	for start := 0; start < len(incs); {
 		end := min(start+1+r.IntN(200*m/3), len(incs))
 		lists := map[string]*nbList{}
-		for _, p := range incs[start:end] {
-			if lists[p.from] == nil {
+		for j := start; j < end; j++ {
+			from := incs[j].from
+			if lists[from] == nil {
 				n := &nbList{}
-				if err := n.load(stored[p.from]); err != nil {
+				if err := n.load(stored[from]); err != nil {
 					t.Fatal(err)
 				}
-				lists[p.from] = n
+				lists[from] = n
 			}
+			incs[j].list = lists[from]
 		}
-		if err := mergePairs(lists, incs[start:end], m); err != nil {
+		if err := mergePairs(incs[start:end], m); err != nil {
 			t.Fatal(err)
 		}
 		for id, n := range lists {
@@ -167,7 +169,10 @@ func BenchmarkMergeFullLists(b *testing.B) {
 			}
 			ls[id] = n
 		}
-		if err := mergePairs(ls, incs, m); err != nil {
+		for i := range incs {
+			incs[i].list = ls[incs[i].from]
+		}
+		if err := mergePairs(incs, m); err != nil {
 			b.Fatal(err)
 		}
 	}
