@@ -445,42 +445,84 @@ func TestIntegrationCachedReadEqualsLoaderSnapshot(t *testing.T) {
 		extra = append(extra, featurestore.Event{Interaction: features.Interaction{Kind: features.KindWatch, EventID: fmt.Sprintf("%sx%d", s.prefix, i),
 			UserID: "multi", TsMs: time.Now().UnixMilli() - int64(60_000-i*1000), ItemID: fmt.Sprintf("pop%02d", i), PercentWatched: &pct}})
 	}
-	extra = append(extra, featurestore.Event{Interaction: features.Interaction{Kind: features.KindImpression, EventID: s.prefix + "imp1",
-		UserID: "multi", TsMs: time.Now().UnixMilli() - 1000, Items: []string{"pop15", "b"}}})
+	impression := func(n int, items ...string) featurestore.Event {
+		return featurestore.Event{Interaction: features.Interaction{Kind: features.KindImpression, EventID: fmt.Sprintf("%simp%d", s.prefix, n),
+			UserID: "multi", TsMs: time.Now().UnixMilli() - 1000 + int64(n), Items: items}}
+	}
+	extra = append(extra, impression(1, "pop15", "b"))
 	if _, err := s.store.Apply(context.Background(), &featurestore.Batch{Events: extra}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.store.Repopulate(context.Background(), false); err != nil {
 		t.Fatal(err)
 	}
+	// multi's next lists go to an overlay, as the consumer writes them: the cached read adds
+	// it to the decoded base it keeps (Snapshot.ImpressionsAdded).
+	s.store.SetImpressionsOverlay(true)
+	raise := func(ev featurestore.Event) {
+		t.Helper()
+		a, err := s.store.Apply(context.Background(), &featurestore.Batch{Events: []featurestore.Event{ev}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.store.WriteRedis(context.Background(), a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	raise(impression(2, "pop14", "pop15"))
 	cfg := NewConfig()
 	loader := featurestore.NewRedisLoader(s.rd, s.prefix, features.DefaultConfig())
 	keys := featurestore.NewKeys(s.prefix)
-	cached := &cachedSource{full: loader, user: &redisUser{rd: s.rd, keys: keys, decoded: newDecodeCache(1 << 20)},
-		items: newItemCache(&redisItems{rd: s.rd, keys: keys}, time.Minute, 10000)}
+	user := &redisUser{rd: s.rd, keys: keys, decoded: newDecodeCache(1 << 20)}
 	now := time.Now().UnixMilli()
 	ctx := context.Background()
-	global, err := loader.Snapshot(ctx, globalUserID, now, func() ranking.SnapshotOptions { o := cfg.snapshotOptions(true); o.HistoryItems = 0; return o }())
-	if err != nil {
-		t.Fatal(err)
+	var cached *cachedSource
+	var g *globalSnap
+	// reload starts the item cache and the global lists afresh, the user cache kept: the
+	// raises below change items' statistics too, which those serve for a while.
+	reload := func() {
+		t.Helper()
+		cached = &cachedSource{full: loader, user: user, items: newItemCache(&redisItems{rd: s.rd, keys: keys}, time.Minute, 10000)}
+		global, err := loader.Snapshot(ctx, globalUserID, now, func() ranking.SnapshotOptions { o := cfg.snapshotOptions(true); o.HistoryItems = 0; return o }())
+		if err != nil {
+			t.Fatal(err)
+		}
+		g = &globalSnap{snap: global, loadedAt: time.Now()}
 	}
-	g := &globalSnap{snap: global, loadedAt: time.Now()}
-	for _, user := range []string{"me", "multi", "ab3", "nobody"} {
-		for round := 0; round < 2; round++ { // the second round is served from the cache
-			want, err := loader.Snapshot(ctx, user, now, cfg.snapshotOptions(true))
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, err := cached.Snapshot(ctx, user, now, cfg.snapshotOptions(false))
-			if err != nil {
-				t.Fatal(err)
-			}
-			complete(&got, g)
-			if err := sameSnapshot(want, got); err != nil {
-				t.Fatalf("user %s round %d: %v", user, round, err)
-			}
+	reload()
+	same := func(user string, round int) {
+		t.Helper()
+		want, err := loader.Snapshot(ctx, user, now, cfg.snapshotOptions(true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := cached.Snapshot(ctx, user, now, cfg.snapshotOptions(false))
+		if err != nil {
+			t.Fatal(err)
+		}
+		complete(&got, g)
+		if err := sameSnapshot(want, got); err != nil {
+			t.Fatalf("user %s round %d: %v", user, round, err)
 		}
 	}
+	for _, user := range []string{"me", "multi", "ab3", "nobody"} {
+		for round := 0; round < 2; round++ { // the second round is served from the cache
+			same(user, round)
+		}
+	}
+	// A raise of the overlay alone keeps the decoded base; a fold (more new items than an
+	// overlay holds) brings a new one.
+	raise(impression(3, "a", "pop15"))
+	reload()
+	same("multi", 2)
+	var many []string
+	for i := range 100 {
+		many = append(many, fmt.Sprintf("new%03d", i))
+	}
+	raise(impression(4, many...))
+	reload()
+	same("multi", 3)
+	same("multi", 4)
 }
 
 // neighbourMap returns a snapshot's neighbour lists by history item, whichever of the two
@@ -502,8 +544,19 @@ func sameSnapshot(a, b ranking.Snapshot) error {
 	// Cached item features are decayed when loaded, not at the request's instant: within a
 	// TTL of seconds against half-lives of hours the difference is below 1e-4 relative.
 	close := func(x, y float64) bool { return x == y || (x-y)*(x-y) <= 1e-10*(x*x+y*y) }
-	if fmt.Sprint(a.History) != fmt.Sprint(b.History) || fmt.Sprint(a.Watched) != fmt.Sprint(b.Watched) || fmt.Sprint(a.Impressions) != fmt.Sprint(b.Impressions) {
-		return fmt.Errorf("user state differs:\n%v %v %v\n%v %v %v", a.History, a.Watched, a.Impressions, b.History, b.Watched, b.Impressions)
+	// The counters as ranking sees them: a source may keep an overlay's raises apart.
+	counters := func(s *ranking.Snapshot) map[string]ranking.ImpressionStat {
+		m := map[string]ranking.ImpressionStat{}
+		for _, l := range []map[string]ranking.ImpressionStat{s.Impressions, s.ImpressionsAdded} {
+			for id := range l {
+				m[id], _ = s.Impression(id)
+			}
+		}
+		return m
+	}
+	ac, bc := counters(&a), counters(&b)
+	if fmt.Sprint(a.History) != fmt.Sprint(b.History) || fmt.Sprint(a.Watched) != fmt.Sprint(b.Watched) || fmt.Sprint(ac) != fmt.Sprint(bc) {
+		return fmt.Errorf("user state differs:\n%v %v %v\n%v %v %v", a.History, a.Watched, ac, b.History, b.Watched, bc)
 	}
 	lists := func(name string, x, y []ranking.Scored) error {
 		if len(x) != len(y) {
