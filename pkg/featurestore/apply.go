@@ -193,12 +193,13 @@ func (s *Store) Apply(ctx context.Context, b *Batch) (*Applied, error) {
 	}
 }
 
-// AppliedConcurrently reports the dedup insert's unique violation: another transaction (a
-// consumer that held the partition before a rebalance) recorded one of the batch's events
-// between this one's probe and its insert. It is a conflict to retry, not bad data.
+// AppliedConcurrently reports the unique violation of the dedup insert or of the new users'
+// insert: another transaction (a consumer that held the partition before a rebalance)
+// recorded one of the batch's events, or created one of its users, between this one's probe
+// and its insert. It is a conflict to retry, not bad data.
 func AppliedConcurrently(err error) bool {
 	var pe *pgconn.PgError
-	return errors.As(err, &pe) && pe.Code == "23505" && pe.ConstraintName == "feature_applied_pkey"
+	return errors.As(err, &pe) && pe.Code == "23505" && (pe.ConstraintName == "feature_applied_pkey" || pe.ConstraintName == "feature_users_pkey")
 }
 
 // dbConn is what a transaction's statements run on (*pgxpool.Conn, pgx.Tx).
@@ -686,10 +687,11 @@ func (s *Store) raiseOverlays(ctx context.Context, c dbConn, userIDs []string, s
 }
 
 // lockUsers opens the transaction, records the batch's event_ids (learning which are new)
-// and loads and locks the users' states, in one round trip. Missing users are inserted
-// first so that two consumers serialise on the row even for a brand-new user. The decay
-// meta is read in the same round trip, under the shared meta lock (m and merr are
-// loadMeta's results).
+// and loads and locks the users' states, in one round trip. The decay meta is read in the
+// same round trip, under the shared meta lock (m and merr are loadMeta's results). Users
+// without a row yet are inserted and locked in a second round trip: the insert's unique index
+// serialises two consumers on a brand-new user (the second fails, AppliedConcurrently, and
+// Apply retries).
 //
 // The users come with a flag each (a watch in the batch) joined to the table, not as a
 // second array tested with = ANY per row: a generic plan scans such an array whole for every
@@ -704,39 +706,14 @@ func (s *Store) lockUsers(ctx context.Context, c dbConn, b *Batch, a *Applied) (
 	// empty read feature_users whole 1,900 times (6 million rows), and custom plans had the
 	// user statements planned anew in most transactions.
 	p.exec("lock meta", `SELECT pg_advisory_xact_lock_shared($1), `+postgres.ByKeyPlans, metaLockKey)
-	if len(b.Events) > 0 {
-		idSet := make(map[string]bool, len(b.Events))
-		userSet := map[string]bool{} // true: the user has a watch in the batch
-		for _, e := range b.Events {
-			idSet[e.EventID] = true
-			userSet[e.UserID] = userSet[e.UserID] || e.Kind != features.KindImpression
-		}
-		ids, users := sortedKeys(idSet), sortedKeys(userSet)
+	var users []string
+	userSet := map[string]bool{} // true: the user has a watch in the batch
+	// lock queues the read and lock of users' rows (those that exist).
+	lock := func(p *pipeline, users []string) {
 		watches := make([]bool, len(users))
 		for i, id := range users {
 			watches[i] = userSet[id]
 		}
-		// A probe and a plain INSERT of the distinct ids instead of ON CONFLICT DO NOTHING:
-		// speculative insertion cost PostgreSQL 47 against 39 ms per 10,000 new ids (a
-		// million recorded, 10 alternated runs), ApplyFromPrefilledTopic 16.5 against 15.2
-		// µs of PostgreSQL per event (medians of 6 alternated runs). A concurrent insert of
-		// the same id fails the statement (AppliedConcurrently) and Apply retries.
-		p.query(func(rows pgx.Rows) error {
-			fresh := make(map[string]bool, len(ids))
-			var id string
-			if _, err := pgx.ForEachRow(rows, []any{&id}, func() error { fresh[id] = true; return nil }); err != nil {
-				return fmt.Errorf("record applied events: %w", err)
-			}
-			for i, e := range b.Events {
-				if fresh[e.EventID] {
-					a.New[i] = true
-					delete(fresh, e.EventID) // a repeat within the batch is a duplicate
-				}
-			}
-			return nil
-		}, `INSERT INTO feature_applied (event_id) SELECT id FROM unnest($1::text[]) AS id
-WHERE NOT EXISTS (SELECT 1 FROM feature_applied a WHERE a.event_id = id) RETURNING event_id`, ids)
-		p.exec("insert users", `INSERT INTO feature_users (user_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`, users)
 		p.query(func(rows pgx.Rows) error {
 			var id, ir string
 			var h, w, im *string
@@ -765,11 +742,59 @@ WHERE NOT EXISTS (SELECT 1 FROM feature_applied a WHERE a.event_id = id) RETURNI
 FROM unnest($1::text[], $2::bool[]) AS v(id, watch) JOIN feature_users u ON u.user_id = v.id
 ORDER BY u.user_id FOR UPDATE OF u`, users, watches, s.overlay)
 	}
+	if len(b.Events) > 0 {
+		idSet := make(map[string]bool, len(b.Events))
+		for _, e := range b.Events {
+			idSet[e.EventID] = true
+			userSet[e.UserID] = userSet[e.UserID] || e.Kind != features.KindImpression
+		}
+		var ids []string
+		ids, users = sortedKeys(idSet), sortedKeys(userSet)
+		// A probe and a plain INSERT of the distinct ids instead of ON CONFLICT DO NOTHING:
+		// speculative insertion cost PostgreSQL 47 against 39 ms per 10,000 new ids (a
+		// million recorded, 10 alternated runs), ApplyFromPrefilledTopic 16.5 against 15.2
+		// µs of PostgreSQL per event (medians of 6 alternated runs). A concurrent insert of
+		// the same id fails the statement (AppliedConcurrently) and Apply retries.
+		p.query(func(rows pgx.Rows) error {
+			fresh := make(map[string]bool, len(ids))
+			var id string
+			if _, err := pgx.ForEachRow(rows, []any{&id}, func() error { fresh[id] = true; return nil }); err != nil {
+				return fmt.Errorf("record applied events: %w", err)
+			}
+			for i, e := range b.Events {
+				if fresh[e.EventID] {
+					a.New[i] = true
+					delete(fresh, e.EventID) // a repeat within the batch is a duplicate
+				}
+			}
+			return nil
+		}, `INSERT INTO feature_applied (event_id) SELECT id FROM unnest($1::text[]) AS id
+WHERE NOT EXISTS (SELECT 1 FROM feature_applied a WHERE a.event_id = id) RETURNING event_id`, ids)
+		lock(p, users)
+	}
 	p.query(func(rows pgx.Rows) error {
 		var row pgx.Row = rowsRow{rows}
 		m, merr = scanMeta(row)
 		return nil
 	}, metaSelect)
+	if err := p.run(ctx, c); err != nil {
+		return nil, m, nil, err
+	}
+	// Inserting every user of the batch first (ON CONFLICT DO NOTHING, or a NOT EXISTS probe)
+	// cost PostgreSQL ~7 µs per user that exists, nearly all of them: a quarter of the
+	// users' statement time with autolog at the cap (pg_stat_statements).
+	var missing []string
+	for _, id := range users {
+		if states[id] == nil {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) == 0 {
+		return states, m, merr, nil
+	}
+	p = &pipeline{}
+	p.exec("insert users", `INSERT INTO feature_users (user_id) SELECT unnest($1::text[])`, missing)
+	lock(p, missing)
 	if err := p.run(ctx, c); err != nil {
 		return nil, m, nil, err
 	}
