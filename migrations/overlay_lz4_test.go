@@ -32,11 +32,7 @@ func TestOverlayCompressionMigration(t *testing.T) {
 	if err := m.Up(ctx); err != nil {
 		t.Fatal(err)
 	}
-	lz4 := false
-	if err := pool.QueryRow(ctx, `SELECT 'lz4' = ANY (enumvals) FROM pg_settings WHERE name = 'default_toast_compression'`).Scan(&lz4); err != nil {
-		t.Fatal(err)
-	}
-	if lz4 {
+	if serverHasLZ4(t, pool) {
 		expect("after 0017", "l")
 	} else {
 		expect("after 0017 (no lz4 in this server)", "")
