@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-# target <label> <sub-benchmark pattern> <unit> <ge|le> <bound> <what>
+# target <label> <sub-benchmark pattern> <unit> <ge|le|info> <bound> <what>
 targets=(
 	"reco-off|clients=|req/s|ge|10000|/reco autolog off, closed loop: req/s"
 	"reco-off|clients=|p99_ms|le|10|/reco autolog off, closed loop: p99 ms"
@@ -30,6 +30,9 @@ targets=(
 	"ingest|LogWatch|req/s|ge|10000|POST /log/watch: req/s"
 	"ingest|LogWatch|p99_ms|le|20|POST /log/watch: p99 ms"
 	"ingest|LogBatch|events/s|ge|100000|POST /log/batch: events/s"
+	# No target: the machine's CPU per request on a path that rarely changes says how fast the
+	# host ran, to compare invocations of different hours (the host drifts by up to 2x).
+	"reco-off|clients=|machine_cpu_us/req|info|0|host speed: machine CPU us per /reco, autolog off, closed"
 )
 # summarize <lines file> <runs>: each target's median, range and verdict.
 summarize() {
@@ -42,6 +45,7 @@ summarize() {
 				if (n == 0) { printf "%-62s %10s %21s  %s\n", what, "-", "-", "not measured"; exit }
 				for (i = 1; i < n; i++) for (j = i; j > 0 && v[j-1] > v[j]; j--) { x = v[j]; v[j] = v[j-1]; v[j-1] = x }
 				m = n % 2 ? v[(n-1)/2] : (v[n/2-1] + v[n/2]) / 2
+				if (op == "info") { printf "%-62s %10s %10s–%-10s  (no target)\n", what, num(m), num(v[0]), num(v[n-1]); exit }
 				ok = op == "ge" ? m >= bound : m <= bound
 				printf "%-62s %10s %10s–%-10s  %s (%s %s)\n", what, num(m), num(v[0]), num(v[n-1]), ok ? "met" : "NOT MET", op == "ge" ? ">=" : "<=", bound
 			}

@@ -12,7 +12,8 @@ import (
 
 // TestBenchTargetsSummary runs `scripts/bench-targets.sh --summary` over two earlier output
 // directories and checks the verdicts it prints: the median over every run of both, the
-// range, the direction of each bound, and the targets no run measured.
+// range, the direction of each bound, the targets no run measured, and the host-speed line
+// (no verdict).
 func TestBenchTargetsSummary(t *testing.T) {
 	root := repoRoot(t)
 	write := func(lines ...string) string {
@@ -23,13 +24,13 @@ func TestBenchTargetsSummary(t *testing.T) {
 		return dir
 	}
 	first := write(
-		"reco-off BenchmarkRecoHTTP/k=20/clients=64/autolog=false 61011 ns/op 9000 req/s 12.5 p99_ms",
+		"reco-off BenchmarkRecoHTTP/k=20/clients=64/autolog=false 61011 ns/op 9000 req/s 12.5 p99_ms 104.4 machine_cpu_us/req",
 		"reco-off BenchmarkRecoHTTP/k=20/rate=10000/autolog=false 100000 ns/op 9990 req/s 30 p99_ms",
 		"ingest BenchmarkLogBatch 100 ns/op 100000 events/s",
 	)
 	second := write(
-		"reco-off BenchmarkRecoHTTP/k=20/clients=64/autolog=false 61011 ns/op 15000 req/s 9.5 p99_ms",
-		"reco-off BenchmarkRecoHTTP/k=20/clients=64/autolog=false 61011 ns/op 12000 req/s 8.0 p99_ms",
+		"reco-off BenchmarkRecoHTTP/k=20/clients=64/autolog=false 61011 ns/op 15000 req/s 9.5 p99_ms 96.3 machine_cpu_us/req",
+		"reco-off BenchmarkRecoHTTP/k=20/clients=64/autolog=false 61011 ns/op 12000 req/s 8.0 p99_ms 99.7 machine_cpu_us/req",
 		"reco-off BenchmarkRecoHTTP/k=20/rate=10000/autolog=false 100000 ns/op 10000 req/s 9 p99_ms",
 		"ingest BenchmarkLogBatch 100 ns/op 90000 events/s",
 	)
@@ -47,6 +48,7 @@ func TestBenchTargetsSummary(t *testing.T) {
 		`open loop at 10,000/s: p99 ms +19\.5 +9–30 +NOT MET \(<= 10\)`, // even count: mean of the middle two
 		`POST /log/batch: events/s +95000 +90000–100000 +NOT MET \(>= 100000\)`,
 		`consumer apply, young stream: events/s +- +- +not measured`,
+		`host speed: machine CPU us per /reco, autolog off, closed +99\.7 +96\.3–104 +\(no target\)`,
 	} {
 		if !regexp.MustCompile(want).MatchString(got) {
 			t.Errorf("summary has no line matching %q:\n%s", want, got)
