@@ -708,13 +708,13 @@ func (s *Store) lockUsers(ctx context.Context, c dbConn, b *Batch, a *Applied) (
 	p.exec("lock meta", `SELECT pg_advisory_xact_lock_shared($1), `+postgres.ByKeyPlans, metaLockKey)
 	var users []string
 	userSet := map[string]bool{} // true: the user has a watch in the batch
-	// lock queues the read and lock of users' rows (those that exist).
-	lock := func(p *pipeline, users []string) {
-		watches := make([]bool, len(users))
-		for i, id := range users {
+	// lock queues on q the read and lock of the rows of those users that exist.
+	lock := func(q *pipeline, who []string) {
+		watches := make([]bool, len(who))
+		for i, id := range who {
 			watches[i] = userSet[id]
 		}
-		p.query(func(rows pgx.Rows) error {
+		q.query(func(rows pgx.Rows) error {
 			var id, ir string
 			var h, w, im *string
 			_, err := pgx.ForEachRow(rows, []any{&id, &h, &w, &im, &ir}, func() error {
@@ -740,7 +740,7 @@ func (s *Store) lockUsers(ctx context.Context, c dbConn, b *Batch, a *Applied) (
 		}, `SELECT u.user_id, CASE WHEN v.watch THEN u.history END, CASE WHEN v.watch THEN u.watched END,
   CASE WHEN v.watch OR NOT $3 OR u.impressions_recent = '' THEN u.impressions END, u.impressions_recent
 FROM unnest($1::text[], $2::bool[]) AS v(id, watch) JOIN feature_users u ON u.user_id = v.id
-ORDER BY u.user_id FOR UPDATE OF u`, users, watches, s.overlay)
+ORDER BY u.user_id FOR UPDATE OF u`, who, watches, s.overlay)
 	}
 	if len(b.Events) > 0 {
 		idSet := make(map[string]bool, len(b.Events))
