@@ -1,32 +1,14 @@
--- Every column back to default_statistics_target; the next ANALYZE rebuilds them all.
-ALTER TABLE impression_events
-    ALTER COLUMN session_id SET STATISTICS -1,
-    ALTER COLUMN ts_ms SET STATISTICS -1,
-    ALTER COLUMN ts SET STATISTICS -1,
-    ALTER COLUMN context SET STATISTICS -1,
-    ALTER COLUMN positions SET STATISTICS -1,
-    ALTER COLUMN item_ids SET STATISTICS -1,
-    ALTER COLUMN feed_ids SET STATISTICS -1,
-    ALTER COLUMN slots SET STATISTICS -1,
-    ALTER COLUMN event_id SET STATISTICS -1,
-    ALTER COLUMN user_id SET STATISTICS -1,
-    ALTER COLUMN request_id SET STATISTICS -1,
-    ALTER COLUMN server_received_ts_ms SET STATISTICS -1,
-    ALTER COLUMN created_at SET STATISTICS -1;
-
-ALTER TABLE feature_users
-    ALTER COLUMN history SET STATISTICS -1,
-    ALTER COLUMN watched SET STATISTICS -1,
-    ALTER COLUMN impressions SET STATISTICS -1,
-    ALTER COLUMN impressions_recent SET STATISTICS -1,
-    ALTER COLUMN version SET STATISTICS -1,
-    ALTER COLUMN user_id SET STATISTICS -1;
-
-ALTER TABLE feature_applied
-    ALTER COLUMN event_id SET STATISTICS -1,
-    ALTER COLUMN applied_at SET STATISTICS -1;
-
-ALTER TABLE event_dedup
-    ALTER COLUMN event_type SET STATISTICS -1,
-    ALTER COLUMN event_id SET STATISTICS -1,
-    ALTER COLUMN created_at SET STATISTICS -1;
+-- Every column of the four tables back to default_statistics_target (all of them were before
+-- 0018); the next ANALYZE rebuilds their statistics.
+DO $$
+DECLARE
+    c record;
+BEGIN
+    FOR c IN SELECT attrelid::regclass AS tbl, attname FROM pg_attribute
+             WHERE attrelid IN ('impression_events'::regclass, 'feature_users'::regclass,
+                                'feature_applied'::regclass, 'event_dedup'::regclass)
+               AND attnum > 0 AND NOT attisdropped
+    LOOP
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET STATISTICS -1', c.tbl, c.attname);
+    END LOOP;
+END $$;
