@@ -91,6 +91,11 @@ type Config struct {
 	// PGMaxConcurrent bounds concurrent PostgreSQL snapshot reads (the degraded path); beyond
 	// it requests are served from the global snapshot instead of queueing on PostgreSQL.
 	PGMaxConcurrent int
+
+	// MaxInFlight bounds the /reco and /recommend requests served at once (0: no bound);
+	// beyond it they queue for at most QueueTimeout, then get 503 (httpx.Limiter).
+	MaxInFlight  int
+	QueueTimeout time.Duration
 }
 
 // NewConfig returns the defaults: the contract's autolog and window settings, the ranking
@@ -124,6 +129,8 @@ func NewConfig() *Config {
 		UserCacheTTL:              0,
 		UserDecodeCacheMB:         64,
 		PGMaxConcurrent:           8,
+		MaxInFlight:               256,
+		QueueTimeout:              100 * time.Millisecond,
 	}
 }
 
@@ -157,6 +164,8 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.UserDecodeCacheMB, "reco.user-decode-cache-mb", c.UserDecodeCacheMB, "memory (estimated, MiB) for users' decoded state (history, watched set, impression counters), reused while the values read from Redis on every request are unchanged; 0 decodes every read")
 	fs.DurationVar(&c.UserCacheTTL, "reco.user-cache-ttl", c.UserCacheTTL, "keep a user's state read from Redis in the client-side cache (RESP3 CLIENT TRACKING: Redis invalidates it the moment the user's hash changes) for at most this long; 0 reads it on every request; ignored with --redis.disable-client-cache")
 	fs.IntVar(&c.PGMaxConcurrent, "reco.pg-max-concurrent", c.PGMaxConcurrent, "concurrent PostgreSQL snapshot reads while Redis is unusable; requests beyond it get the global snapshot instead of queueing")
+	fs.IntVar(&c.MaxInFlight, "reco.max-in-flight", c.MaxInFlight, "most /reco and /recommend requests served at once by this process; beyond it they wait for a turn (first come first served, newest first once the queue has not emptied for --reco.queue-timeout) and get 503 with Retry-After after --reco.queue-timeout; 0 serves every request at once")
+	fs.DurationVar(&c.QueueTimeout, "reco.queue-timeout", c.QueueTimeout, "longest a /reco or /recommend request waits for a turn under --reco.max-in-flight before it is answered 503 (overloaded)")
 	flagenv.Alias(fs, "reco.autolog-async", "RECO_ASYNC_IMPRESSION_LOGGING")
 	flagenv.Alias(fs, "reco.autolog-queue-size", "RECO_MAX_BACKGROUND_TASKS")
 	flagenv.Alias(fs, "reco.autolog-backpressure", "RECO_BACKGROUND_BACKPRESSURE_MODE")
@@ -202,6 +211,8 @@ func (c *Config) Validate() error {
 	p.DurationBetween("reco.user-cache-ttl", c.UserCacheTTL, 0, time.Hour)
 	p.IntBetween("reco.user-decode-cache-mb", c.UserDecodeCacheMB, 0, 1<<20)
 	p.IntBetween("reco.pg-max-concurrent", c.PGMaxConcurrent, 1, 1024)
+	p.IntBetween("reco.max-in-flight", c.MaxInFlight, 0, 1_000_000)
+	p.DurationBetween("reco.queue-timeout", c.QueueTimeout, time.Millisecond, time.Minute)
 	if c.GlobalMaxAge < c.GlobalRefresh {
 		p.Addf("--reco.global-max-age must be >= --reco.global-refresh (%s), got %s", c.GlobalRefresh, c.GlobalMaxAge)
 	}

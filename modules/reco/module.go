@@ -89,6 +89,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"recsys/pkg/httpx"
 	"recsys/pkg/infra"
 	"recsys/pkg/ingest"
 	"recsys/pkg/module"
@@ -117,6 +118,7 @@ type Reco struct {
 	autolog *autolog
 	window  *window
 	writer  impressionWriter
+	limit   *httpx.Limiter
 }
 
 var (
@@ -189,6 +191,7 @@ func newReco(cfg *Config, log *slog.Logger, set *metrics.Set, p parts) *Reco {
 	}
 	r.serving.probeRedis, r.serving.probePG = p.probeRedis, p.probePG
 	r.autolog = newAutolog(cfg, p.writer, r.serving.pgBrk, m, log)
+	r.limit = httpx.NewLimiter("reco", cfg.MaxInFlight, cfg.QueueTimeout, set)
 	m.gauges(r)
 	return r
 }

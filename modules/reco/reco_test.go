@@ -216,3 +216,48 @@ func TestPanicIsA500InTheWindow(t *testing.T) {
 		t.Fatalf("window %v", w)
 	}
 }
+
+// blockingRanker holds every Rank until release is closed, to keep requests in flight.
+type blockingRanker struct {
+	ranking.Ranker
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (b blockingRanker) Rank(s *ranking.Snapshot, k int) ranking.Result {
+	b.entered <- struct{}{}
+	<-b.release
+	return b.Ranker.Rank(s, k)
+}
+
+func TestOverloadIsA503WithRetryAfterInTheWindow(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.MaxInFlight, c.QueueTimeout = 1, 20*time.Millisecond })
+	br := blockingRanker{Ranker: h.r.ranker, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	h.r.ranker = br
+	first := make(chan response, 1)
+	go func() { first <- h.get("/reco?user_id=u1&session_id=s") }()
+	<-br.entered // the one slot is taken
+
+	for _, path := range []string{"/reco?user_id=u2&session_id=s", "/recommend?user_id=u2"} {
+		r := h.get(path)
+		if d, _ := r.body["detail"].(string); r.code != 503 || r.header.Get("Retry-After") != "1" || !strings.Contains(d, "overloaded") {
+			t.Errorf("GET %s while the slot is taken: %d %v %v, want 503 overloaded with Retry-After", path, r.code, r.body, r.header)
+		}
+	}
+	close(br.release)
+	if r := <-first; r.code != 200 || len(r.items()) == 0 {
+		t.Fatalf("the admitted request: %d %v", r.code, r.body)
+	}
+	if r := h.get("/reco?user_id=u3&session_id=s"); r.code != 200 {
+		t.Errorf("after the overload: %d %v", r.code, r.body)
+	}
+	w := h.get("/metrics/reco").body
+	if sc := w["status_counts"].(map[string]any); sc["5xx"].(float64) != 1 || sc["2xx"].(float64) != 2 {
+		t.Errorf("window %v, want the shed /reco as its one 5xx", w)
+	}
+	var exposition strings.Builder
+	h.set.WritePrometheus(&exposition)
+	if !strings.Contains(exposition.String(), `recsys_http_shed_total{limiter="reco"} 2`) {
+		t.Errorf("metrics lack the 2 shed requests:\n%s", exposition.String())
+	}
+}

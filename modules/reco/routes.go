@@ -18,10 +18,11 @@ import (
 // maxUserAgent is the contract's cut of the User-Agent stored with an auto-logged impression.
 const maxUserAgent = 512
 
-// RegisterRoutes mounts /reco, /recommend and /metrics/reco.
+// RegisterRoutes mounts /reco, /recommend and /metrics/reco. The two list routes share one
+// admission limit; /reco's is inside observe, so /metrics/reco counts what it sheds.
 func (r *Reco) RegisterRoutes(e *echo.Echo) {
-	e.GET("/reco", r.reco, r.observe)
-	e.GET("/recommend", r.recommend)
+	e.GET("/reco", r.reco, r.observe, r.limit.Middleware)
+	e.GET("/recommend", r.recommend, r.limit.Middleware)
 	e.GET("/metrics/reco", r.metricsWindow)
 }
 

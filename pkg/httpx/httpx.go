@@ -177,7 +177,7 @@ func requestContext(log *slog.Logger) echo.MiddlewareFunc {
 				if isProbe(route) {
 					lvl = slog.LevelDebug // probes and scrapes every few seconds would drown the log
 				}
-				if status >= 500 {
+				if status >= 500 && c.Get(shedKey) == nil {
 					lvl = slog.LevelError
 				}
 				if log.Enabled(c.Request().Context(), lvl) {

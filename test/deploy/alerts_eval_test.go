@@ -153,6 +153,7 @@ func healthy() world {
 		w.set(grows(0), "__name__", "recsys_http_requests_total", "namespace", ns, "route", route, "method", "POST", "code", "503")
 	}
 	w.set(grows(100), "__name__", "recsys_http_requests_total", "namespace", ns, "route", "/reco", "method", "GET", "code", "200")
+	w.set(grows(0), "__name__", "recsys_http_shed_total", "namespace", ns, "limiter", "reco")
 	w.set(constant(15), "__name__", "reco_outbox_backlog_oldest_lag_ms", "namespace", ns, "pod", "recsys-relay-1")
 	for status, v := range map[string]float64{"pending": 3, "publishing": 2, "dead": 0} {
 		w.set(constant(v), "__name__", "reco_outbox_backlog_events", "namespace", ns, "pod", "recsys-relay-1", "status", status)
@@ -252,6 +253,13 @@ func TestAlertsFireOnTheirFaultOnly(t *testing.T) {
 		}},
 		{name: "reco slow", want: []string{"RecoLatencyP95High", "RecoLatencyP99High"},
 			fault: func(w world) { w.histogramSeries("reco_api_latency_ms", msBuckets, 100, 250, "namespace", ns) }},
+		{name: "reco sheds 5% as overloaded", want: []string{"RecoShedding"},
+			fault: func(w world) {
+				w.set(grows(5), "__name__", "recsys_http_shed_total", "namespace", ns, "limiter", "reco")
+			}},
+		{name: "a rare shed in a burst", fault: func(w world) {
+			w.set(grows(0.1), "__name__", "recsys_http_shed_total", "namespace", ns, "limiter", "reco")
+		}},
 		{name: "reco served from fallbacks", want: []string{"RecoServingDegraded"},
 			fault: func(w world) {
 				w.set(grows(20), "__name__", "recsys_reco_served_total", "namespace", ns, "source", "pg_fallback")

@@ -102,6 +102,12 @@ var recsysMetrics = map[string]metricKind{
 	// pkg/httpx: every route of every process.
 	"recsys_http_requests_total":           counter,
 	"recsys_http_request_duration_seconds": histogram,
+	// pkg/httpx's admission limit (label limiter).
+	"recsys_http_shed_total":                counter,
+	"recsys_http_admitted_after_wait_total": counter,
+	"recsys_http_in_flight":                 gauge,
+	"recsys_http_queued":                    gauge,
+	"recsys_http_max_in_flight":             gauge,
 	// reco (contract).
 	"reco_api_requests_total": counter,
 	"reco_api_latency_ms":     histogram,
