@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"slices"
 	"strconv"
@@ -382,6 +383,11 @@ func servedBy(r *Reco) map[string]uint64 {
 // connection behind a slow answer counts (no coordinated omission: a closed loop hides a
 // stall by sending less during it). The clients only bound the requests in flight; when all
 // are busy the backlog shows as latency and as a lower achieved rate.
+// statusError is a request answered with a status other than 200.
+type statusError int
+
+func (e statusError) Error() string { return fmt.Sprintf("status %d", int(e)) }
+
 func runLoad(b *testing.B, base string, k int, autolog bool, benchClients, rate int, begin func()) {
 	conns := make([]*testutil.RawClient, benchClients)
 	for i := range conns {
@@ -400,7 +406,7 @@ func runLoad(b *testing.B, base string, k int, autolog bool, benchClients, rate 
 			return err
 		}
 		if status != 200 {
-			return fmt.Errorf("status %d", status)
+			return statusError(status)
 		}
 		return nil
 	}
@@ -422,7 +428,8 @@ func runLoad(b *testing.B, base string, k int, autolog bool, benchClients, rate 
 	wg.Wait()
 
 	lat := make([][]time.Duration, benchClients)
-	dueAt := make([][]time.Duration, benchClients) // for RECO_BENCH_DUMP: due time from start
+	refused := make([][]time.Duration, benchClients) // 503 answers (the admission limit)
+	dueAt := make([][]time.Duration, benchClients)   // for RECO_BENCH_DUMP: due time from start
 	var interval time.Duration
 	if rate > 0 {
 		interval = time.Second / time.Duration(rate)
@@ -456,6 +463,9 @@ func runLoad(b *testing.B, base string, k int, autolog bool, benchClients, rate 
 				if err := do(c, rng); err != nil {
 					failed.Add(1)
 					firstErr.CompareAndSwap(nil, err.Error())
+					if err == statusError(http.StatusServiceUnavailable) {
+						refused[c] = append(refused[c], time.Since(due))
+					}
 					continue
 				}
 				lat[c] = append(lat[c], time.Since(due))
@@ -493,6 +503,12 @@ func runLoad(b *testing.B, base string, k int, autolog bool, benchClients, rate 
 	b.ReportMetric(q(0.50), "p50_ms")
 	b.ReportMetric(q(0.99), "p99_ms")
 	b.ReportMetric(float64(failed.Load()), "failed")
+	if r := slices.Concat(refused...); len(r) > 0 {
+		// How soon a refused client heard so (from its due time, like the latencies).
+		slices.Sort(r)
+		b.ReportMetric(float64(r[(len(r)-1)/2].Microseconds())/1000, "refused_p50_ms")
+		b.ReportMetric(float64(r[(len(r)-1)*99/100].Microseconds())/1000, "refused_p99_ms")
+	}
 	// CPU of this process (server, load generator, and in-process mode the autolog writer) per
 	// request: with the wall-clock figures on a shared machine, what the code costs.
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu_us/req")
