@@ -1,7 +1,6 @@
 package httpx
 
 import (
-	"bytes"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -14,6 +13,8 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/labstack/echo/v4"
+
+	"recsys/pkg/testutil"
 )
 
 // limitedServer serves GET /x through l; each request blocks until release is closed or
@@ -47,24 +48,6 @@ func (s *limitedServer) get() *httptest.ResponseRecorder {
 	rec := httptest.NewRecorder()
 	s.e.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/x", nil))
 	return rec
-}
-
-// syncBuffer is a bytes.Buffer safe for the handler's concurrent writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -115,7 +98,7 @@ func TestLimiterQueuesBeyondMaxAndAdmitsOnRelease(t *testing.T) {
 func TestLimiterShedsWith503AfterTimeout(t *testing.T) {
 	set := metrics.NewSet()
 	l := NewLimiter("reco", 1, 30*time.Millisecond, set)
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	s := newLimitedServer(l, slog.New(slog.NewJSONHandler(&logs, nil)))
 	first := make(chan int, 1)
 	go func() { first <- s.get().Code }()
