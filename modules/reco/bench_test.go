@@ -410,9 +410,9 @@ func runLoad(b *testing.B, base string, k int, autolog bool, benchClients, rate 
 		}
 		return nil
 	}
-	// Warm-up: connections, Lua script cache, pools. At most ~3,200 requests in all: with
-	// autolog, a longer warm-up of many connections leaves a backlog that the pipeline is
-	// still applying during the measured requests.
+	// Warm-up: connections, Lua script cache, pools. At most ~3,200 requests in all: 50 per
+	// connection over 1,000 connections would auto-log 50,000 lists first, a different
+	// database and pipeline state from the other runs' (and minutes of draining).
 	warm := min(50, max(2, 3200/benchClients))
 	var wg sync.WaitGroup
 	for c := 0; c < benchClients; c++ {
