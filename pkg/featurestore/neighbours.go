@@ -215,8 +215,9 @@ func (n *nbList) trim(keep int) {
 	n.l, n.hs = n.l[:keep], n.hs[:keep]
 }
 
-// redis returns the list's changes for the Redis mirror: the incremented neighbours still
-// kept, with their absolute strengths, and the neighbours no longer kept.
+// redis returns the list's changes for the Redis mirror: the incremented neighbours, with
+// their absolute strengths, and the neighbours the batch cut, including any incremented again
+// after the cut: their strength started over, lower than the mirror's.
 func (n *nbList) redis() (add []scoredRow, rem []string) {
 	for _, x := range n.l {
 		if x.touched {
@@ -226,18 +227,8 @@ func (n *nbList) redis() (add []scoredRow, rem []string) {
 	if len(n.removed) == 0 {
 		return add, nil
 	}
-	kept := make(map[string]bool, len(n.l))
-	for _, x := range n.l {
-		kept[x.id] = true
-	}
-	for _, id := range n.removed {
-		if !kept[id] {
-			rem = append(rem, id)
-			kept[id] = true // once
-		}
-	}
-	slices.Sort(rem)
-	return add, rem
+	slices.Sort(n.removed)
+	return add, slices.Compact(n.removed)
 }
 
 // pairInc is one forward-decayed co-visitation increment, in event order.

@@ -24,7 +24,10 @@ import (
 // Neighbour lists are only merged (ZADD GT) and cut by the trims PostgreSQL reports, never
 // replaced: a rewrite from an older snapshot must not drop a member a newer batch added. A
 // list is capped at 2M members (PostgreSQL never keeps more), which only drops members below
-// the top M that Snapshots read.
+// the top M that Snapshots read. The cuts go first: a neighbour cut and incremented again in
+// one batch starts over at a lower strength, which ZADD GT alone would never take. That one
+// case depends on order: should an older batch's write of the same list land after it, the
+// older, stronger value comes back until the neighbour is next cut or the copy repopulated.
 //
 // KEYS: meta, pop:s, pop:l, fresh, then one key per user, item and neighbour entry.
 // ARGV: epoch, topN, freshN, #users, #items, #neighbour entries, neighbour cap, user TTL of
@@ -122,12 +125,11 @@ for _ = 1, nn do
   local key = KEYS[k]; k = k + 1
   local nadd, nrem = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   a = a + 2
-  local last = a + 2 * nadd - 1
-  for s = a, last, 1000 do redis.call('ZADD', key, 'GT', unpack(ARGV, s, math.min(s + 999, last))) end
-  a = last + 1
-  last = a + nrem - 1
-  for s = a, last, 1000 do redis.call('ZREM', key, unpack(ARGV, s, math.min(s + 999, last))) end
-  a = last + 1
+  local alast = a + 2 * nadd - 1
+  local r, rlast = alast + 1, alast + nrem
+  for s = r, rlast, 1000 do redis.call('ZREM', key, unpack(ARGV, s, math.min(s + 999, rlast))) end
+  for s = a, alast, 1000 do redis.call('ZADD', key, 'GT', unpack(ARGV, s, math.min(s + 999, alast))) end
+  a = rlast + 1
   if nadd > 0 then redis.call('ZREMRANGEBYRANK', key, 0, -(nbcap + 1)) end
 end
 return whole
