@@ -1,0 +1,135 @@
+package featurestore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"recsys/pkg/featurestore"
+	"recsys/pkg/featurestore/fstest"
+)
+
+// The Redis copy that batch after batch of writes built holds what a repopulation from
+// PostgreSQL writes: every user, item, neighbour list and top list, field for field. The
+// stream is small with small bounds, so every cut happens many times (histories, watched sets,
+// impression counters, neighbour lists, top lists), with redeliveries in random batches.
+func TestStreamedCopyEqualsRepopulation(t *testing.T) {
+	ctx := context.Background()
+	cfg := testConfig()
+	cfg.HistorySize, cfg.WatchedCap, cfg.ImpressionMemory = 5, 8, 6
+	cfg.CovisWindow, cfg.NeighboursPerItem = 6, 3
+	cfg.TopListSize, cfg.FreshSize = 10, 10
+	for _, overlay := range []bool{false, true} {
+		t.Run(fmt.Sprintf("overlay=%v", overlay), func(t *testing.T) {
+			pool, rd := servers(t)
+			prefix := fmt.Sprintf("strm%v:", overlay)
+			st := featurestore.New(pool, rd, prefix, cfg, nil)
+			st.SetImpressionsFormat(featurestore.ImpressionsArray)
+			st.SetImpressionsOverlay(overlay)
+			start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+			evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 5, Users: 12, Items: 40, Events: 3000, StartMs: start,
+				StepMs: 20_000, Prefix: fmt.Sprintf("m%v", overlay), ImpressionShare: 0.6}))
+			r := rand.New(rand.NewPCG(3, 4))
+			for i := 0; i < len(evs); {
+				n := 1 + r.IntN(80)
+				b := &featurestore.Batch{Events: slices.Clone(evs[i:min(i+n, len(evs))])}
+				for j := 0; j < 2 && i > 0; j++ {
+					b.Events = append(b.Events, evs[r.IntN(i)])
+				}
+				i += n
+				a, err := st.Apply(ctx, b)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := st.WriteRedis(ctx, a); errors.Is(err, featurestore.ErrRedisBehind) {
+					if err := st.Repopulate(ctx, false); err != nil {
+						t.Fatal(err)
+					}
+				} else if err != nil {
+					t.Fatal(err)
+				}
+			}
+			streamed := dumpCopy(t, rd, prefix)
+
+			other := "re" + prefix
+			if err := featurestore.New(pool, rd, other, cfg, nil).Repopulate(ctx, false); err != nil {
+				t.Fatal(err)
+			}
+			repopulated := dumpCopy(t, rd, other)
+			kinds := map[string]int{}
+			for k := range repopulated {
+				kinds[strings.SplitN(k, ":", 2)[0]]++
+			}
+			t.Logf("%d keys repopulated, by kind %v", len(repopulated), kinds)
+			for _, k := range slices.Sorted(maps.Keys(repopulated)) {
+				if got, want := streamed[k], repopulated[k]; got != want {
+					t.Errorf("%s:\n streamed    %s\n repopulated %s", k, got, want)
+				}
+			}
+			for _, k := range slices.Sorted(maps.Keys(streamed)) {
+				if _, ok := repopulated[k]; !ok {
+					t.Errorf("%s: streamed %s, not in the repopulated copy", k, streamed[k])
+				}
+			}
+		})
+	}
+}
+
+// dumpCopy reads every data key under prefix (not the copy's bookkeeping: meta, ready
+// marker, lock) as text, sorted: a hash's fields, a sorted set's members with their scores.
+func dumpCopy(t *testing.T, rd rueidis.Client, prefix string) map[string]string {
+	t.Helper()
+	ctx := context.Background()
+	out := map[string]string{}
+	var cursor uint64
+	for {
+		e, err := rd.Do(ctx, rd.B().Scan().Cursor(cursor).Match(prefix+"*").Count(1000).Build()).AsScanEntry()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, key := range e.Elements {
+			name := strings.TrimPrefix(key, prefix)
+			if name == "meta" || name == "ready" || name == "repopulating" {
+				continue
+			}
+			typ, err := rd.Do(ctx, rd.B().Type().Key(key).Build()).ToString()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var parts []string
+			switch typ {
+			case "hash":
+				h, err := rd.Do(ctx, rd.B().Hgetall().Key(key).Build()).AsStrMap()
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, f := range slices.Sorted(maps.Keys(h)) {
+					parts = append(parts, f+"="+h[f])
+				}
+			case "zset":
+				zs, err := rd.Do(ctx, rd.B().Zrange().Key(key).Min("0").Max("-1").Withscores().Build()).AsZScores()
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, z := range zs {
+					parts = append(parts, fmt.Sprintf("%s=%v", z.Member, z.Score))
+				}
+				slices.Sort(parts)
+			default:
+				t.Fatalf("%s: unexpected type %s", key, typ)
+			}
+			out[name] = strings.Join(parts, " ")
+		}
+		if cursor = e.Cursor; cursor == 0 {
+			return out
+		}
+	}
+}
