@@ -438,8 +438,11 @@ func (c *Consumer) process(ctx context.Context, batch []*fetched) bool {
 		return ctx.Err() == nil
 	}
 	if a != nil {
-		c.account(ctx, b, topics, a)
+		// To the mirror first: a lane whose batch shares co-visitation lists with this one
+		// commits after it, and its Redis write should follow this one's (a neighbour cut and
+		// incremented again is the one merge that depends on order, see featurestore).
 		c.mirror <- mirrorJob{b: b, a: a}
+		c.account(ctx, b, topics, a)
 	}
 	return true
 }
