@@ -26,8 +26,10 @@ import (
 // list is capped at 2M members (PostgreSQL never keeps more), which only drops members below
 // the top M that Snapshots read. The cuts go first: a neighbour cut and incremented again in
 // one batch starts over at a lower strength, which ZADD GT alone would never take. That one
-// case depends on order: should an older batch's write of the same list land after it, the
-// older, stronger value comes back until the neighbour is next cut or the copy repopulated.
+// case depends on order: should an older batch's write of the same list land after it (two
+// consumers write the same lists), the older, stronger value comes back until the neighbour
+// is next cut or the copy repopulated. It stays below the M-th, as it was when cut: only a
+// reader taking more than M neighbours sees it.
 //
 // KEYS: meta, pop:s, pop:l, fresh, then one key per user, item and neighbour entry.
 // ARGV: epoch, topN, freshN, #users, #items, #neighbour entries, neighbour cap, user TTL of
