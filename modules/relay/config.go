@@ -10,18 +10,22 @@ import (
 
 // Config of the relay role (flags relay.*).
 type Config struct {
-	BatchSize      int
-	BatchEvents    int
-	Workers        int
-	PollInterval   time.Duration
-	Linger         time.Duration
-	Listen         bool
-	Lease          time.Duration
-	RetryBase      time.Duration
-	RetryMax       time.Duration
-	PublishTimeout time.Duration
-	MaxBatchBytes  int64
-	ProbeInterval  time.Duration
+	BatchSize    int
+	BatchEvents  int
+	Workers      int
+	PollInterval time.Duration
+	Linger       time.Duration
+	// ImpressionLinger is the pace of claims while the commits announced carry impressions
+	// only (outbox.NotifyImpressionsOnly); a commit with anything else hurries the next claim
+	// to --relay.linger.
+	ImpressionLinger time.Duration
+	Listen           bool
+	Lease            time.Duration
+	RetryBase        time.Duration
+	RetryMax         time.Duration
+	PublishTimeout   time.Duration
+	MaxBatchBytes    int64
+	ProbeInterval    time.Duration
 
 	StartupBackoff    time.Duration
 	StartupMaxRetries int
@@ -44,6 +48,7 @@ func NewConfig() *Config {
 		Workers:            2,
 		PollInterval:       500 * time.Millisecond,
 		Linger:             4 * time.Millisecond,
+		ImpressionLinger:   20 * time.Millisecond,
 		Listen:             true,
 		Lease:              30 * time.Second,
 		RetryBase:          time.Second,
@@ -70,6 +75,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.Workers, "relay.workers", c.Workers, "batches published at once per relay process (each worker claims and publishes its own batch, and records the previous one's outcome meanwhile)")
 	fs.DurationVar(&c.PollInterval, "relay.poll-interval", c.PollInterval, "idle wait between claims when no NOTIFY arrives; a lost notification costs at most this")
 	fs.DurationVar(&c.Linger, "relay.linger", c.Linger, "least time between the starts of two claims while there is no backlog, so one claim carries the commits of that window: at low volume each claim costs PostgreSQL about 0.5 ms of CPU and each publish a produce request, whatever the rows in it; adds at most this to commit-to-ack latency; 0 claims at every wake-up")
+	fs.DurationVar(&c.ImpressionLinger, "relay.impression-linger", c.ImpressionLinger, "least time between the starts of two claims while the commits announced carry impressions only (a feed's auto-logged lists): fewer, larger claims, publishes and consumer fetches; adds at most this to an impression's commit-to-ack latency, while a commit with a watch hurries the next claim to --relay.linger; below --relay.linger it is --relay.linger")
 	fs.BoolVar(&c.Listen, "relay.listen", c.Listen, "LISTEN on the recsys_outbox channel so a commit wakes the relay at once (polling stays as the fallback)")
 	fs.DurationVar(&c.Lease, "relay.lease", c.Lease, "lease on claimed rows; renewed every third of it while a batch is in flight, taken over by another relay after it expires")
 	fs.DurationVar(&c.RetryBase, "relay.retry-base", c.RetryBase, "backoff after a row's first failed attempt; doubles per attempt, with jitter")
@@ -109,6 +115,9 @@ func (c *Config) Validate() error {
 	p.DurationAtLeast("relay.poll-interval", c.PollInterval, 10*time.Millisecond)
 	if c.Linger < 0 || c.Linger > time.Second {
 		p.Addf("--relay.linger must be between 0 and 1s, got %s", c.Linger)
+	}
+	if c.ImpressionLinger < 0 || c.ImpressionLinger > time.Second {
+		p.Addf("--relay.impression-linger must be between 0 and 1s, got %s", c.ImpressionLinger)
 	}
 	p.DurationAtLeast("relay.lease", c.Lease, time.Second)
 	p.DurationAtLeast("relay.retry-base", c.RetryBase, time.Millisecond)

@@ -103,8 +103,11 @@ type Relay struct {
 	// claim ran.
 	recorded atomic.Uint64
 	// nextClaim (unix ns) is the earliest start of the next claim while there is no backlog
-	// (--relay.linger); 0 lets the next claim go at once.
-	nextClaim atomic.Int64
+	// (--relay.linger, or --relay.impression-linger until a commit with anything else is
+	// announced); 0 lets the next claim go at once. lastClaim is the start of the last one.
+	nextClaim, lastClaim atomic.Int64
+	// paced wakes a worker waiting in pace when hurry brought the next claim forward.
+	paced chan struct{}
 }
 
 type snapState struct {
@@ -136,6 +139,7 @@ func NewRelay(cfg *Config, d infra.Deps, o Options) (*Relay, error) {
 		backoff: outbox.Backoff{Base: cfg.RetryBase, Max: cfg.RetryMax},
 		m:       newMetrics(d.Metrics),
 		kick:    make(chan struct{}, 1),
+		paced:   make(chan struct{}, 1),
 	}
 	if r.log == nil {
 		r.log = slog.Default()
@@ -342,26 +346,62 @@ func (r *Relay) work(ctx context.Context, id int) {
 }
 
 // pace waits until the next claim may start and reserves that start: claims start at most
-// every --relay.linger across the process' workers while there is no backlog. At low volume
-// every NOTIFY would otherwise start a claim of one or two rows, and claims, not rows, are
-// what the relay's PostgreSQL and Kafka work grows with (a claim and its publish cost about
-// the same for 2 rows as for 20); the CPU they burn on a small machine is what delays
-// the pipeline's tail. It reports false when ctx is done.
+// every --relay.impression-linger across the process' workers while there is no backlog, and
+// every --relay.linger once a commit with anything but impressions was announced (hurry). At
+// low volume every NOTIFY would otherwise start a claim of one or two rows, and claims, not
+// rows, are what the relay's PostgreSQL and Kafka work grows with (a claim and its publish
+// cost about the same for 2 rows as for 20), and each publish wakes the consumer's fetches;
+// the CPU they burn on a small machine is what delays the pipeline's tail. It reports false
+// when ctx is done.
 func (r *Relay) pace(ctx context.Context) bool {
-	if r.cfg.Linger <= 0 {
+	lazy := r.lazyLinger()
+	if lazy <= 0 {
 		return true
 	}
 	for {
 		next, now := r.nextClaim.Load(), time.Now().UnixNano()
 		if now >= next {
-			if r.nextClaim.CompareAndSwap(next, now+int64(r.cfg.Linger)) {
+			if r.nextClaim.CompareAndSwap(next, now+int64(lazy)) {
+				r.lastClaim.Store(now)
 				return true
 			}
 			continue
 		}
-		if !sleep(ctx, time.Duration(next-now)) {
+		t := time.NewTimer(time.Duration(next - now))
+		select {
+		case <-ctx.Done():
+			t.Stop()
 			return false
+		case <-t.C:
+		case <-r.paced:
+			t.Stop()
 		}
+	}
+}
+
+// lazyLinger is the pace of claims while only impressions were announced: the longer of the
+// two lingers, and --relay.linger when the relay does not listen (nothing says what a commit
+// carries then).
+func (r *Relay) lazyLinger() time.Duration {
+	if !r.cfg.Listen {
+		return r.cfg.Linger
+	}
+	return max(r.cfg.Linger, r.cfg.ImpressionLinger)
+}
+
+// hurry brings the next claim forward to --relay.linger after the last one: a commit that is
+// not impressions only was announced (a watch, whose freshness is the product's promise).
+func (r *Relay) hurry() {
+	for {
+		next := r.nextClaim.Load()
+		soon := r.lastClaim.Load() + int64(r.cfg.Linger)
+		if next <= soon || r.nextClaim.CompareAndSwap(next, soon) {
+			break
+		}
+	}
+	select {
+	case r.paced <- struct{}{}:
+	default:
 	}
 }
 
@@ -845,10 +885,15 @@ func (r *Relay) listenOnce(ctx context.Context) error {
 	if _, err := conn.Exec(ctx, "LISTEN "+outbox.Channel); err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	r.wake() // rows committed while nobody listened
+	r.hurry() // rows committed while nobody listened, of any kind
+	r.wake()
 	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
 			return fmt.Errorf("wait for notification: %w", err)
+		}
+		if n.Payload != outbox.NotifyImpressionsOnly {
+			r.hurry()
 		}
 		r.wake()
 	}

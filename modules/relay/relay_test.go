@@ -153,6 +153,45 @@ func TestRelayLingerCoalescesClaims(t *testing.T) {
 	}
 }
 
+// Commits announced as impressions only are claimed at most every --relay.impression-linger,
+// while a commit with anything else (a watch) hurries the next claim to --relay.linger: the
+// watch goes out at once, though the last claim was moments ago.
+func TestRelayImpressionLingerYieldsToWatches(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testutil.KafkaBrokers(t), 3)
+	cfg := testConfig()
+	cfg.PollInterval = time.Minute
+	cfg.Linger = time.Millisecond
+	cfg.ImpressionLinger = time.Second
+	run := e.start(cfg, "imp-linger", relay.Options{})
+	waitReady(t, run.r)
+	time.Sleep(300 * time.Millisecond) // let the start-up claims go idle
+	notify := func(payload string) {
+		t.Helper()
+		if _, err := e.pool.Exec(context.Background(), "SELECT pg_notify('recsys_outbox', $1)", payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 20 {
+		e.insertRow("impression", e.kcfg.TopicImpressions, fmt.Sprint("u", i), []byte(`{}`), 5)
+		notify(outbox.NotifyImpressionsOnly)
+	}
+	e.waitPublished(20, 20*time.Second)
+	claims := metric(run.deps.Metrics, "recsys_relay_batch_size_count")
+	if claims < 1 || claims > 4 {
+		t.Fatalf("20 impressions went out in %v claims, want 1..4", claims)
+	}
+	// The claim that published the last impressions started moments ago: an impression now
+	// waits for the rest of its linger, a watch does not.
+	e.insertRow("watch", e.kcfg.TopicWatches, "w", []byte(`{}`), 5)
+	start := time.Now()
+	notify("")
+	e.waitPublished(21, 20*time.Second)
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Errorf("the watch went out %v after its commit, want well within the 1 s impression linger", d)
+	}
+}
+
 // Kafka stops mid-stream: rows stay pending (the batch in flight backs off; the relay stops
 // claiming while probing, so attempts are not spent), readiness reports it, and once Kafka is
 // back every row is published: the consumer sees exactly the rows written.

@@ -28,8 +28,9 @@ var errCopyConflict = errors.New("unique key met by COPY")
 const probeGroupsAfterDuplicate = 64
 
 // notifySQL queues the relay's notification of a group that skips the probe: every id of it
-// is new (or the transaction fails), so every one gets its frame in an outbox row.
-const notifySQL = `SELECT pg_notify('` + NotifyChannel + `', '')`
+// is new (or the transaction fails), so every one gets its frame in an outbox row. $1 is the
+// payload (kinds.notifyPayload).
+const notifySQL = `SELECT pg_notify('` + NotifyChannel + `', $1)`
 
 // copyProbeSQL returns the group's ids that are stored already. It also queues the relay's
 // notification when some id is new (the group's ids are distinct), which PostgreSQL delivers
@@ -38,7 +39,7 @@ const copyProbeSQL = `
 WITH e AS (
 	SELECT event_id FROM event_dedup WHERE event_id = ANY($1::text[])
 ), n AS (
-	SELECT pg_notify('` + NotifyChannel + `', '') WHERE (SELECT count(*) FROM e) < cardinality($1::text[])
+	SELECT pg_notify('` + NotifyChannel + `', $2) WHERE (SELECT count(*) FROM e) < cardinality($1::text[])
 )
 SELECT ARRAY(SELECT event_id FROM e), (SELECT count(*) FROM n)`
 
@@ -83,7 +84,7 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (isNew []bool, err err
 	// Concurrent workers may take the count below zero; a duplicate sets it again.
 	if w.probeGroups.Load() > 0 {
 		var notified int64
-		if err = tx.QueryRow(ctx, copyProbeSQL, b.dedupIDs).Scan(&existing, &notified); err != nil {
+		if err = tx.QueryRow(ctx, copyProbeSQL, b.dedupIDs, b.kinds().notifyPayload()).Scan(&existing, &notified); err != nil {
 			return nil, fmt.Errorf("probe dedup keys: %w", err)
 		}
 		if len(existing) > 0 {
@@ -91,7 +92,7 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (isNew []bool, err err
 		} else {
 			w.probeGroups.Add(-1)
 		}
-	} else if _, err = tx.Exec(ctx, notifySQL); err != nil {
+	} else if _, err = tx.Exec(ctx, notifySQL, b.kinds().notifyPayload()); err != nil {
 		return nil, fmt.Errorf("notify relay: %w", err)
 	}
 	isNew = make([]bool, len(b.dedupIDs))

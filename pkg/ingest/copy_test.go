@@ -305,7 +305,9 @@ func TestCopyProbesAfterDuplicate(t *testing.T) {
 }
 
 // TestWriterNotifiesRelay: a write that enqueued frames notifies the relay's channel on commit,
-// on both paths (the COPY path without its probe too); a write of duplicates only does not.
+// on both paths (the COPY path without its probe too); a write of duplicates only does not. The
+// payload marks a write of impressions only, which the relay may claim lazily; a write with a
+// watch among impressions is not one.
 func TestWriterNotifiesRelay(t *testing.T) { forEachPath(t, testWriterNotifiesRelay) }
 
 func testWriterNotifiesRelay(t *testing.T, path func(*ingest.Config)) {
@@ -322,11 +324,33 @@ func testWriterNotifiesRelay(t *testing.T, path func(*ingest.Config)) {
 	if _, err := listener.Exec(ctx, "LISTEN "+ingest.NotifyChannel); err != nil {
 		t.Fatal(err)
 	}
+	var payload string
 	notified := func(wait time.Duration) bool {
 		wctx, wcancel := context.WithTimeout(ctx, wait)
 		defer wcancel()
-		_, err := listener.Conn().WaitForNotification(wctx)
+		n, err := listener.Conn().WaitForNotification(wctx)
+		if err == nil {
+			payload = n.Payload
+		}
 		return err == nil
+	}
+	for _, c := range []struct {
+		name string
+		evs  []events.Any
+		want string
+	}{
+		{"impressions", []events.Any{impression("notify-i1", "u1", "a", "b"), impression("notify-i2", "u2", "c")}, outbox.NotifyImpressionsOnly},
+		{"mixed", []events.Any{impression("notify-m1", "u1", "a"), watch("notify-m2", "u1")}, ""},
+	} {
+		if _, err := w.Write(ctx, c.evs, ""); err != nil {
+			t.Fatal(err)
+		}
+		if !notified(10 * time.Second) {
+			t.Fatalf("%s: no notification after new events", c.name)
+		}
+		if payload != c.want {
+			t.Errorf("%s: notification payload %q, want %q", c.name, payload, c.want)
+		}
 	}
 	evs := []events.Any{watch("notify-0001", "u1"), watch("notify-0002", "u2")}
 	if _, err := w.Write(ctx, evs, ""); err != nil {
@@ -334,6 +358,9 @@ func testWriterNotifiesRelay(t *testing.T, path func(*ingest.Config)) {
 	}
 	if !notified(10 * time.Second) {
 		t.Fatal("no notification after new events")
+	}
+	if payload != "" {
+		t.Errorf("watches: notification payload %q, want none", payload)
 	}
 	res, err := w.Write(ctx, evs, "")
 	if err != nil {

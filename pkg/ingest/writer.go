@@ -811,6 +811,15 @@ func (b *batch) kinds() kinds {
 	return k
 }
 
+// notifyPayload is the relay's notification payload for a group writing to k: impressions
+// alone may wait for the relay's longer linger (outbox.NotifyImpressionsOnly).
+func (k kinds) notifyPayload() string {
+	if k == hasImpressions {
+		return outbox.NotifyImpressionsOnly
+	}
+	return ""
+}
+
 // args returns the parameters of insertSQL(k), in its numbering order.
 func (b *batch) args(k kinds) []any {
 	a := make([]any, 0, 40)
@@ -1056,7 +1065,7 @@ WITH d AS (
 	ON CONFLICT (event_id, event_type) DO NOTHING
 	RETURNING event_id
 ), n AS (
-	SELECT pg_notify('`+NotifyChannel+`', '') FROM (SELECT 1 FROM ob LIMIT 1) AS x
+	SELECT pg_notify('`+NotifyChannel+`', '`+k.notifyPayload()+`') FROM (SELECT 1 FROM ob LIMIT 1) AS x
 )
 SELECT ARRAY(SELECT event_id FROM d), ARRAY(SELECT event_id FROM ob), (SELECT count(*) FROM n)`,
 		p("int4[]"), p("bytea[]"), p("text[]"), p("text[]"), p("text[]"), p("int2"), p("int4"), outbox.FormatBatch, p("text"))

@@ -80,6 +80,12 @@ import (
 // Channel is the PostgreSQL NOTIFY channel writers signal after committing outbox rows.
 const Channel = "recsys_outbox"
 
+// NotifyImpressionsOnly is the payload of a notification whose commit wrote impressions and
+// nothing else: the relay may wait up to --relay.impression-linger to claim them together with
+// later commits. Any other payload, the empty one of replays and of earlier writers included,
+// asks for a claim within --relay.linger.
+const NotifyImpressionsOnly = "i"
+
 // Statuses of event_outbox rows.
 const (
 	StatusPending    = "pending"
