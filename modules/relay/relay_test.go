@@ -63,17 +63,32 @@ func waitReady(t testing.TB, r *relay.Relay) {
 	waitFor(t, 60*time.Second, "relay ready", func() bool { return r.Ready(context.Background()) == nil })
 }
 
+// startQuiet starts a relay that only notifications wake (the poll interval is a minute) and
+// returns once its start-up claims have gone idle.
+func (e *env) startQuiet(cfg *relay.Config, name string) *running {
+	e.t.Helper()
+	cfg.PollInterval = time.Minute
+	run := e.start(cfg, name, relay.Options{})
+	waitReady(e.t, run.r)
+	time.Sleep(300 * time.Millisecond)
+	return run
+}
+
+// notify announces a commit to the relays with payload, as the ingest writer does.
+func (e *env) notify(payload string) {
+	e.t.Helper()
+	if _, err := e.pool.Exec(context.Background(), "SELECT pg_notify('recsys_outbox', $1)", payload); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
 // A commit wakes the relay through LISTEN/NOTIFY (the poll interval is a minute here, so only
 // the notification can explain a prompt publish), and every message carries the key and the
 // headers of the contract.
 func TestRelayPublishesOnNotifyWithKeyAndHeaders(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, testutil.KafkaBrokers(t), 3)
-	cfg := testConfig()
-	cfg.PollInterval = time.Minute
-	run := e.start(cfg, "r1", relay.Options{})
-	waitReady(t, run.r)
-	time.Sleep(300 * time.Millisecond) // let the start-up claims go idle
+	run := e.startQuiet(testConfig(), "r1")
 	ids := e.insert(50, 7, 5)
 	e.waitPublished(50, 20*time.Second)
 
@@ -134,16 +149,11 @@ func TestRelayLingerCoalescesClaims(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, testutil.KafkaBrokers(t), 3)
 	cfg := testConfig()
-	cfg.PollInterval = time.Minute
 	cfg.Linger = time.Second
-	run := e.start(cfg, "linger", relay.Options{})
-	waitReady(t, run.r)
-	time.Sleep(300 * time.Millisecond) // let the start-up claims go idle
+	run := e.startQuiet(cfg, "linger")
 	for i := range 20 {
 		e.insertRow("watch", e.kcfg.TopicWatches, fmt.Sprint("u", i), []byte(`{}`), 5)
-		if _, err := e.pool.Exec(context.Background(), "SELECT pg_notify('recsys_outbox', '')"); err != nil {
-			t.Fatal(err)
-		}
+		e.notify("")
 	}
 	e.waitPublished(20, 20*time.Second)
 	// The first commit is claimed at once, the rest (committed well within the 1 s window)
@@ -160,21 +170,12 @@ func TestRelayImpressionLingerYieldsToWatches(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, testutil.KafkaBrokers(t), 3)
 	cfg := testConfig()
-	cfg.PollInterval = time.Minute
 	cfg.Linger = time.Millisecond
 	cfg.ImpressionLinger = time.Second
-	run := e.start(cfg, "imp-linger", relay.Options{})
-	waitReady(t, run.r)
-	time.Sleep(300 * time.Millisecond) // let the start-up claims go idle
-	notify := func(payload string) {
-		t.Helper()
-		if _, err := e.pool.Exec(context.Background(), "SELECT pg_notify('recsys_outbox', $1)", payload); err != nil {
-			t.Fatal(err)
-		}
-	}
+	run := e.startQuiet(cfg, "imp-linger")
 	for i := range 20 {
 		e.insertRow("impression", e.kcfg.TopicImpressions, fmt.Sprint("u", i), []byte(`{}`), 5)
-		notify(outbox.NotifyImpressionsOnly)
+		e.notify(outbox.NotifyImpressionsOnly)
 	}
 	e.waitPublished(20, 20*time.Second)
 	claims := metric(run.deps.Metrics, "recsys_relay_batch_size_count")
@@ -185,7 +186,7 @@ func TestRelayImpressionLingerYieldsToWatches(t *testing.T) {
 	// waits for the rest of its linger, a watch does not.
 	e.insertRow("watch", e.kcfg.TopicWatches, "w", []byte(`{}`), 5)
 	start := time.Now()
-	notify("")
+	e.notify("")
 	e.waitPublished(21, 20*time.Second)
 	if d := time.Since(start); d > 500*time.Millisecond {
 		t.Errorf("the watch went out %v after its commit, want well within the 1 s impression linger", d)
