@@ -90,6 +90,10 @@ func benchApplyFromPrefilledTopic(b *testing.B, inFlight int) {
 		b.ReportMetric(float64(watches)/float64(n), "watch_share")
 		b.ReportMetric(counter(c.set, "recsys_consumer_apply_seconds_sum")/counter(c.set, "recsys_consumer_apply_seconds_count")*1000, "ms/tx")
 		b.ReportMetric(counter(c.set, "recsys_consumer_batch_size_sum")/counter(c.set, "recsys_consumer_batch_size_count"), "events/tx")
+		// Lists and users whose Redis copy a write found behind and sent whole (the lanes'
+		// writes crossing): each costs a read from PostgreSQL and a full rewrite.
+		b.ReportMetric(counter(c.set, "recsys_consumer_redis_resent_total", `kind="neighbours"`), "resent_lists")
+		b.ReportMetric(counter(c.set, "recsys_consumer_redis_resent_total", `kind="user"`), "resent_users")
 		// Where a transaction's wall time goes (featurestore.Hooks.Phase): with several in
 		// flight, "write" (the list locks) includes the wait for another lane's commit.
 		for _, ph := range []string{"lock", "compute", "write", "merge", "items"} {

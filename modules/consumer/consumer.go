@@ -69,7 +69,8 @@ func newConsumer(cfg *Config, d infra.Deps) *Consumer {
 	c.store.SetUserTTL(d.Config.Redis.UserTTL)
 	c.store.SetImpressionsFormat(featurestore.ImpressionsFormat(cfg.ImpressionsFormat)) // checked by Validate
 	c.store.SetImpressionsOverlay(cfg.ImpressionsOverlay)
-	c.store.SetHooks(featurestore.Hooks{RedisWriteFailed: func(error) { c.m.redisFailures.Inc() }, Phase: c.m.phase})
+	c.store.SetHooks(featurestore.Hooks{RedisWriteFailed: func(error) { c.m.redisFailures.Inc() }, Phase: c.m.phase,
+		Resent: func(users, lists int) { c.m.resentUsers.Add(users); c.m.resentLists.Add(lists) }})
 	return c
 }
 

@@ -35,6 +35,8 @@ type consumerMetrics struct {
 	retries           *metrics.Counter
 	redisFailures     *metrics.Counter
 	repopulations     *metrics.Counter
+	resentUsers       *metrics.Counter
+	resentLists       *metrics.Counter
 	healed            *metrics.Counter
 	dedupPurged       *metrics.Counter
 	commits           *metrics.Counter
@@ -62,6 +64,8 @@ func newMetrics(set *metrics.Set) *consumerMetrics {
 		retries:           set.NewCounter("recsys_consumer_batch_retries_total"),
 		redisFailures:     set.NewCounter("recsys_consumer_redis_write_failures_total"),
 		repopulations:     set.NewCounter("recsys_consumer_redis_repopulations_total"),
+		resentUsers:       set.NewCounter(`recsys_consumer_redis_resent_total{kind="user"}`),
+		resentLists:       set.NewCounter(`recsys_consumer_redis_resent_total{kind="neighbours"}`),
 		healed:            set.NewCounter("recsys_consumer_redis_journal_healed_total"),
 		dedupPurged:       set.NewCounter("recsys_consumer_dedup_purged_total"),
 		commits:           set.NewCounter("recsys_consumer_offset_commits_total"),

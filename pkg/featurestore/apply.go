@@ -56,8 +56,7 @@ type Applied struct {
 	journalID int64
 	users     []userRow
 	items     []itemRow
-	nbAdd     map[string][]scoredRow // item -> neighbours with their new absolute strengths
-	nbRem     map[string][]string    // item -> neighbours trimmed away
+	nb        []nbWrite // each list's changes at its new version, in item order
 }
 
 // Applied.UserWrites indexes, and their names for metrics.
@@ -477,7 +476,8 @@ RETURNING u.user_id, u.version`, userIDs[lo:hi], hs[lo:hi], ws[lo:hi], is[lo:hi]
 		p.query(func(rows pgx.Rows) error {
 			var id string
 			var blob pgtype.DriverBytes // valid until the next row: load copies it once
-			_, err := pgx.ForEachRow(rows, []any{&id, &blob}, func() error {
+			var version int64
+			_, err := pgx.ForEachRow(rows, []any{&id, &blob, &version}, func() error {
 				n := lists[id]
 				if n == nil {
 					return fmt.Errorf("unexpected neighbour list %q", id)
@@ -485,13 +485,14 @@ RETURNING u.user_id, u.version`, userIDs[lo:hi], hs[lo:hi], ws[lo:hi], is[lo:hi]
 				if err := n.load(blob); err != nil {
 					return fmt.Errorf("item %q: %w", id, err)
 				}
+				n.version = version
 				return nil
 			})
 			if err != nil {
 				return fmt.Errorf("lock co-visitation lists: %w", err)
 			}
 			return nil
-		}, `SELECT item_id, neighbours FROM feature_neighbours WHERE item_id = ANY($1) ORDER BY item_id FOR UPDATE`, listIDs)
+		}, `SELECT item_id, neighbours, version FROM feature_neighbours WHERE item_id = ANY($1) ORDER BY item_id FOR UPDATE`, listIDs)
 	}
 	s.phase("compute", &t0)
 	if len(listIDs) > 0 {
@@ -504,7 +505,7 @@ RETURNING u.user_id, u.version`, userIDs[lo:hi], hs[lo:hi], ws[lo:hi], is[lo:hi]
 		if err := mergePairs(pairs, s.cfg.NeighboursPerItem); err != nil {
 			return nil, err
 		}
-		a.nbAdd, a.nbRem = make(map[string][]scoredRow, len(listIDs)), map[string][]string{}
+		a.nb = make([]nbWrite, len(listIDs))
 		blobs := make([][]byte, len(listIDs))
 		// One buffer for every blob, sized first: a batch of a long-running stream encodes
 		// thousands of full lists (megabytes), and growing it by appending copied them over
@@ -525,15 +526,12 @@ RETURNING u.user_id, u.version`, userIDs[lo:hi], hs[lo:hi], ws[lo:hi], is[lo:hi]
 			if d := len(n.l) - n.origLen; d != 0 {
 				item(id).nb += int32(d)
 			}
+			// Every list goes to the mirror, changed or not: its version moves with each
+			// rewrite, and the copy takes a change only onto the version just before.
 			add, rem := n.redis()
-			if len(add) > 0 {
-				a.nbAdd[id] = add
-			}
-			if len(rem) > 0 {
-				a.nbRem[id] = rem
-			}
+			a.nb[i] = nbWrite{item: id, version: n.version + 1, add: add, rem: rem}
 		}
-		p.exec("write co-visitation lists", `UPDATE feature_neighbours n SET neighbours = v.b
+		p.exec("write co-visitation lists", `UPDATE feature_neighbours n SET neighbours = v.b, version = n.version + 1
 FROM unnest($1::text[], $2::bytea[]) AS v(id, b) WHERE n.item_id = v.id`, listIDs, blobs)
 		s.phase("merge", &t0)
 	}

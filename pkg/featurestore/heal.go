@@ -51,19 +51,18 @@ func scanItems(rows pgx.Rows) ([]itemRow, error) {
 	return out, nil
 }
 
-func readNeighbours(ctx context.Context, q pgx.Tx, items []string) ([]nbWrite, error) {
-	rows, _ := q.Query(ctx, `SELECT item_id, neighbours FROM feature_neighbours WHERE item_id = ANY($1) ORDER BY item_id`, items)
+func readNeighbours(ctx context.Context, q dbConn, items []string) ([]nbWrite, error) {
+	rows, _ := q.Query(ctx, `SELECT item_id, neighbours, version FROM feature_neighbours WHERE item_id = ANY($1) ORDER BY item_id`, items)
 	var out []nbWrite
 	var it string
 	var blob []byte
-	_, err := pgx.ForEachRow(rows, []any{&it, &blob}, func() error {
+	var version int64
+	_, err := pgx.ForEachRow(rows, []any{&it, &blob, &version}, func() error {
 		l, err := decodeNeighbours(nil, blob)
 		if err != nil {
 			return fmt.Errorf("item %q: %w", it, err)
 		}
-		if len(l) > 0 {
-			out = append(out, nbWrite{item: it, add: l})
-		}
+		out = append(out, nbWrite{item: it, version: version, whole: true, add: l})
 		return nil
 	})
 	if err != nil {
@@ -452,7 +451,7 @@ func rebaseNeighbours(ctx context.Context, tx pgx.Tx, f float64) error {
 		if len(ids) == 0 {
 			return nil
 		}
-		if _, err := tx.Exec(ctx, `UPDATE feature_neighbours n SET neighbours = v.b
+		if _, err := tx.Exec(ctx, `UPDATE feature_neighbours n SET neighbours = v.b, version = n.version + 1
 FROM unnest($1::text[], $2::bytea[]) AS v(id, b) WHERE n.item_id = v.id`, ids, blobs); err != nil {
 			return fmt.Errorf("rebase co-visitation: %w", err)
 		}

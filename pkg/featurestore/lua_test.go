@@ -37,7 +37,7 @@ func TestScriptsOnMiniredis(t *testing.T) {
 	w := &redisWrite{
 		users: []userRow{{id: "u", version: 2, h: `[{"item_id":"a","ts_ms":10,"quality":1}]`, w: `{"a":10}`, i: `{}`}},
 		items: []itemRow{{id: "a", wat: 1, fs: 10, ps: 2, pl: 2, fresh: true}, {id: "b", wat: 3, fs: 5, ps: 1, pl: 1, fresh: true}},
-		nb:    []nbWrite{{item: "a", add: []scoredRow{{id: "b", w: 0.5}}}},
+		nb:    []nbWrite{{item: "a", version: 1, add: []scoredRow{{id: "b", w: 0.5}}}},
 	}
 	if err := s.exec(ctx, "1", w); err != nil {
 		t.Fatal(err)
@@ -75,7 +75,7 @@ func TestNeighbourWriteChunks(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			rd := open(t)
 			ctx := context.Background()
-			prefix := scriptCopy(t, rd, "chunks", "nb:a")
+			prefix := scriptCopy(t, rd, "chunks", "nb:a", "i:a")
 			cfg := features.DefaultConfig()
 			cfg.NeighboursPerItem = 1000 // lists up to 2,000 members
 			s := New(nil, rd, prefix, cfg, nil)
@@ -84,7 +84,7 @@ func TestNeighbourWriteChunks(t *testing.T) {
 			for i := range 1500 {
 				first = append(first, scoredRow{id: id(i), w: float64(i) + 0.5})
 			}
-			if err := s.exec(ctx, "1", &redisWrite{nb: []nbWrite{{item: "a", add: first}}}); err != nil {
+			if err := s.exec(ctx, "1", &redisWrite{nb: []nbWrite{{item: "a", version: 1, add: first}}}); err != nil {
 				t.Fatal(err)
 			}
 			if n, err := rd.Do(ctx, rd.B().Zcard().Key(prefix+"nb:a").Build()).AsInt64(); err != nil || n != 1500 {
@@ -100,7 +100,7 @@ func TestNeighbourWriteChunks(t *testing.T) {
 			for i := 300; i < 1500; i++ {
 				rem = append(rem, id(i))
 			}
-			if err := s.exec(ctx, "1", &redisWrite{nb: []nbWrite{{item: "a", add: raise, rem: rem}}}); err != nil {
+			if err := s.exec(ctx, "1", &redisWrite{nb: []nbWrite{{item: "a", version: 2, add: raise, rem: rem}}}); err != nil {
 				t.Fatal(err)
 			}
 			got, err := rd.Do(ctx, rd.B().Zrange().Key(prefix+"nb:a").Min("0").Max("-1").Withscores().Build()).AsZScores()
@@ -115,6 +115,64 @@ func TestNeighbourWriteChunks(t *testing.T) {
 					t.Fatalf("member %d: %s %v, want %s %v", i, z.Member, z.Score, id(i), 10000+float64(i))
 				}
 			}
+		})
+	}
+}
+
+// A list's changes apply only onto the version just before; a list sent whole replaces any
+// older copy; an older write changes nothing. A change that finds an older version asks for
+// the list whole (from PostgreSQL, absent here: an error). On miniredis, and on the real Redis
+// when the integration services run.
+func TestNeighbourVersions(t *testing.T) {
+	for name, open := range scriptBackends() {
+		t.Run(name, func(t *testing.T) {
+			rd := open(t)
+			ctx := context.Background()
+			prefix := scriptCopy(t, rd, "nbver", "nb:a", "i:a")
+			s := New(nil, rd, prefix, features.DefaultConfig(), nil)
+			write := func(n nbWrite) error { return s.exec(ctx, "1", &redisWrite{nb: []nbWrite{n}}) }
+			check := func(step, want, wantVersion string) {
+				t.Helper()
+				zs, err := rd.Do(ctx, rd.B().Zrange().Key(prefix+"nb:a").Min("0").Max("-1").Withscores().Build()).AsZScores()
+				if err != nil {
+					t.Fatal(err)
+				}
+				var got []string
+				for _, z := range zs {
+					got = append(got, fmt.Sprintf("%s=%v", z.Member, z.Score))
+				}
+				v, _ := rd.Do(ctx, rd.B().Hget().Key(prefix+"i:a").Field("nv").Build()).ToString()
+				if strings.Join(got, " ") != want || v != wantVersion {
+					t.Fatalf("%s: list %v at version %q, want %s at %s", step, got, v, want, wantVersion)
+				}
+			}
+			if err := write(nbWrite{item: "a", version: 1, add: []scoredRow{{id: "b", w: 2}, {id: "c", w: 1}}}); err != nil {
+				t.Fatal(err)
+			}
+			check("a new list", "c=1 b=2", "1")
+			// Version 3 before 2: refused, the list named to be sent whole.
+			err := write(nbWrite{item: "a", version: 3, add: []scoredRow{{id: "d", w: 5}}, rem: []string{"c"}})
+			if err == nil || !strings.Contains(err.Error(), "1 neighbour lists are behind") {
+				t.Fatalf("a change onto version 2 when the copy holds 1: %v", err)
+			}
+			check("a change ahead", "c=1 b=2", "1")
+			if err := write(nbWrite{item: "a", version: 3, whole: true, add: []scoredRow{{id: "d", w: 5}, {id: "b", w: 0.5}}}); err != nil {
+				t.Fatal(err)
+			}
+			check("the list whole", "b=0.5 d=5", "3")
+			// Version 2 lands last: older, ignored, whole or not.
+			if err := write(nbWrite{item: "a", version: 2, add: []scoredRow{{id: "c", w: 9}}, rem: []string{"d"}}); err != nil {
+				t.Fatal(err)
+			}
+			if err := write(nbWrite{item: "a", version: 2, whole: true, add: []scoredRow{{id: "c", w: 9}}}); err != nil {
+				t.Fatal(err)
+			}
+			check("older writes", "b=0.5 d=5", "3")
+			// The next change: absolute strengths, lower ones included (cut, then raised again).
+			if err := write(nbWrite{item: "a", version: 4, add: []scoredRow{{id: "d", w: 0.25}, {id: "e", w: 1}}, rem: []string{"b", "d"}}); err != nil {
+				t.Fatal(err)
+			}
+			check("the next change", "d=0.25 e=1", "4")
 		})
 	}
 }

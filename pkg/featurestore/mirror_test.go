@@ -21,23 +21,39 @@ import (
 // PostgreSQL writes: every user, item, neighbour list and top list, field for field. The
 // stream is small with small bounds, so every cut happens many times (histories, watched sets,
 // impression counters, neighbour lists, top lists), with redeliveries in random batches.
+//
+// With crossed=true the batches' writes reach Redis out of commit order (up to four of them
+// shuffled), as those of several consumers, or of one consumer's lanes, can: the copy must not
+// depend on it. Without the neighbour lists' versions, a neighbour a later batch cut came back
+// when an earlier batch's write landed after it.
 func TestStreamedCopyEqualsRepopulation(t *testing.T) {
 	ctx := context.Background()
 	cfg := testConfig()
 	cfg.HistorySize, cfg.WatchedCap, cfg.ImpressionMemory = 5, 8, 6
 	cfg.CovisWindow, cfg.NeighboursPerItem = 6, 3
 	cfg.TopListSize, cfg.FreshSize = 10, 10
-	for _, overlay := range []bool{false, true} {
-		t.Run(fmt.Sprintf("overlay=%v", overlay), func(t *testing.T) {
+	for _, c := range []struct{ overlay, crossed bool }{{false, false}, {true, false}, {true, true}} {
+		overlay := c.overlay
+		t.Run(fmt.Sprintf("overlay=%v/crossed=%v", overlay, c.crossed), func(t *testing.T) {
 			pool, rd := servers(t)
-			prefix := fmt.Sprintf("strm%v:", overlay)
+			prefix := fmt.Sprintf("strm%v%v:", overlay, c.crossed)
 			st := featurestore.New(pool, rd, prefix, cfg, nil)
 			st.SetImpressionsFormat(featurestore.ImpressionsArray)
 			st.SetImpressionsOverlay(overlay)
 			start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
 			evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 5, Users: 12, Items: 40, Events: 3000, StartMs: start,
-				StepMs: 20_000, Prefix: fmt.Sprintf("m%v", overlay), ImpressionShare: 0.6}))
+				StepMs: 20_000, Prefix: fmt.Sprintf("m%v%v", overlay, c.crossed), ImpressionShare: 0.6}))
 			r := rand.New(rand.NewPCG(3, 4))
+			write := func(a *featurestore.Applied) {
+				if err := st.WriteRedis(ctx, a); errors.Is(err, featurestore.ErrRedisBehind) {
+					if err := st.Repopulate(ctx, false); err != nil {
+						t.Fatal(err)
+					}
+				} else if err != nil {
+					t.Fatal(err)
+				}
+			}
+			var held []*featurestore.Applied
 			for i := 0; i < len(evs); {
 				n := 1 + r.IntN(80)
 				b := &featurestore.Batch{Events: slices.Clone(evs[i:min(i+n, len(evs))])}
@@ -49,12 +65,16 @@ func TestStreamedCopyEqualsRepopulation(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if err := st.WriteRedis(ctx, a); errors.Is(err, featurestore.ErrRedisBehind) {
-					if err := st.Repopulate(ctx, false); err != nil {
-						t.Fatal(err)
+				if !c.crossed {
+					write(a)
+					continue
+				}
+				if held = append(held, a); len(held) == 4 || i >= len(evs) || r.IntN(3) == 0 {
+					r.Shuffle(len(held), func(x, y int) { held[x], held[y] = held[y], held[x] })
+					for _, a := range held {
+						write(a)
 					}
-				} else if err != nil {
-					t.Fatal(err)
+					held = held[:0]
 				}
 			}
 			streamed := dumpCopy(t, rd, prefix)

@@ -102,6 +102,7 @@ type nbList struct {
 	// (BenchmarkMergeFullLists).
 	hs      []uint64
 	origLen int
+	version int64    // as read (and locked); the batch writes version+1
 	exists  bool     // the row was read (and locked)
 	removed []string // neighbours trimmed away by the batch (maybe re-added later)
 }

@@ -31,7 +31,7 @@ func TestPlanBoundsRoundTrips(t *testing.T) {
 				w.users = append(w.users, userRow{id: fmt.Sprintf("u%05d", i), version: int64(i), h: "[]", w: big[:min(c.docB, len(big))] + strings.Repeat("x", max(0, c.docB-len(big))), i: "{}"})
 			}
 			for i := range c.nb {
-				w.nb = append(w.nb, nbWrite{item: fmt.Sprintf("i%05d", i), add: []scoredRow{{id: "n1", w: 1}, {id: "n2", w: 2}}})
+				w.nb = append(w.nb, nbWrite{item: fmt.Sprintf("i%05d", i), version: 1, add: []scoredRow{{id: "n1", w: 1}, {id: "n2", w: 2}}})
 			}
 			trips := s.plan("1", w)
 			var users, nbs []string
@@ -48,7 +48,7 @@ func TestPlanBoundsRoundTrips(t *testing.T) {
 					nu, _ := strconv.Atoi(e.Args[3])
 					ni, _ := strconv.Atoi(e.Args[4])
 					nn, _ := strconv.Atoi(e.Args[5])
-					if ni != 0 || len(e.Keys) != 4+nu+nn {
+					if ni != 0 || len(e.Keys) != 4+nu+2*nn {
 						t.Fatalf("call with %d keys for %d users, %d items, %d neighbour lists", len(e.Keys), nu, ni, nn)
 					}
 					// A call passes callBytes by at most its last entry; one entry alone may be larger.
@@ -58,8 +58,12 @@ func TestPlanBoundsRoundTrips(t *testing.T) {
 					for _, k := range e.Keys[4 : 4+nu] {
 						users = append(users, strings.TrimPrefix(k, "p:u:"))
 					}
-					for _, k := range e.Keys[4+nu:] {
-						nbs = append(nbs, strings.TrimPrefix(k, "p:nb:"))
+					for j := 4 + nu; j < len(e.Keys); j += 2 { // a list, then its item's hash
+						item := strings.TrimPrefix(e.Keys[j], "p:nb:")
+						if e.Keys[j+1] != "p:i:"+item {
+							t.Fatalf("list %s with item key %s", e.Keys[j], e.Keys[j+1])
+						}
+						nbs = append(nbs, item)
 					}
 					tb += cb
 				}

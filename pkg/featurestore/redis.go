@@ -21,17 +21,20 @@ import (
 // the history, watched set and base unchanged with every list was most of the bytes of a
 // user's write.
 //
-// Neighbour lists are only merged (ZADD GT) and cut by the trims PostgreSQL reports, never
-// replaced: a rewrite from an older snapshot must not drop a member a newer batch added. A
-// list is capped at 2M members (PostgreSQL never keeps more), which only drops members below
-// the top M that Snapshots read. The cuts go first: a neighbour cut and incremented again in
-// one batch starts over at a lower strength, which ZADD GT alone would never take. That one
-// case depends on order: should an older batch's write of the same list land after it (two
-// consumers write the same lists), the older, stronger value comes back until the neighbour
-// is next cut or the copy repopulated. It stays below the M-th, as it was when cut: only a
-// reader taking more than M neighbours sees it.
+// A neighbour list carries its version (feature_neighbours.version, migration 0019; kept in
+// the item's hash as "nv", absent: 0, the empty list). A batch sends its changes (the
+// neighbours it raised, at their absolute strengths, and those it cut: the cuts go first, as
+// a neighbour cut and raised again in one batch starts over lower) and the copy takes them
+// only onto the version just before, which makes it equal to PostgreSQL's list. A change
+// that finds an older version (an earlier write not applied yet: two consumers write the
+// same lists, as lists are per item and partitions per user) is refused and its key
+// returned, and the writer sends the list whole from PostgreSQL; a whole list replaces any
+// older copy; an older change or list than the copy's changes nothing. So the copy never
+// goes back, whatever order the writes of concurrent consumers, the healer and a
+// repopulation land in. A list is capped at 2M members (PostgreSQL never keeps more).
 //
-// KEYS: meta, pop:s, pop:l, fresh, then one key per user, item and neighbour entry.
+// KEYS: meta, pop:s, pop:l, fresh, then one key per user and item entry, and two per
+// neighbour entry (the list and its item's hash).
 // ARGV: epoch, topN, freshN, #users, #items, #neighbour entries, neighbour cap, user TTL of
 // this write (ms, 0: none), the writer's user TTL to record in meta "ut" for readers ("": a
 // read-through, which records nothing), then
@@ -44,7 +47,8 @@ import (
 //	item:      id, fresh(0|1), #fields, pairs (field, value)... of imp, wat, sp, pn, end, wt,
 //	           fs, ps, pl: all of them, or the ones a batch changed (never fs alone: a row
 //	           whose first seen moved goes whole, so a hash never has fs without the rest)
-//	neighbour: #add, #rem, add pairs (score, member)..., rem members...
+//	neighbour: version, whole(0|1), #add, #rem, add pairs (score, member)..., rem members...
+//	           (whole: the list's members, no cuts)
 //
 // An item's fields merge independently, so a write may carry any subset. A batch of
 // impressions moves one counter per item; sending only that cut the script's per-item work
@@ -62,7 +66,7 @@ import (
 // of ARGV (in chunks of 1,000, within Lua's stack) instead of building a table pair by pair
 // and removing members one call each: 10 % less script time on a batch of full users.
 //
-// Returns {1, keys of users to send whole...} or {0, current epoch}.
+// Returns {1, keys of users and neighbour lists to send whole...} or {0, current epoch}.
 const writeScript = `
 local ep = redis.call('HGET', KEYS[1], 'ep')
 if ep ~= ARGV[1] then return {0, ep or ''} end
@@ -124,26 +128,38 @@ if ni > 0 then
   redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(freshN + 1))
 end
 for _ = 1, nn do
-  local key = KEYS[k]; k = k + 1
-  local nadd, nrem = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  a = a + 2
-  local alast = a + 2 * nadd - 1
+  local key, ikey = KEYS[k], KEYS[k + 1]; k = k + 2
+  local v, all = tonumber(ARGV[a]), ARGV[a + 1] == '1'
+  local nadd, nrem = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local cur = tonumber(redis.call('HGET', ikey, 'nv') or '0')
+  local alast = a + 4 + 2 * nadd - 1
   local r, rlast = alast + 1, alast + nrem
-  for s = r, rlast, 1000 do redis.call('ZREM', key, unpack(ARGV, s, math.min(s + 999, rlast))) end
-  for s = a, alast, 1000 do redis.call('ZADD', key, 'GT', unpack(ARGV, s, math.min(s + 999, alast))) end
+  if v > cur then
+    if all or cur == v - 1 then
+      if all then redis.call('DEL', key) end
+      for s = r, rlast, 1000 do redis.call('ZREM', key, unpack(ARGV, s, math.min(s + 999, rlast))) end
+      for s = a + 4, alast, 1000 do redis.call('ZADD', key, unpack(ARGV, s, math.min(s + 999, alast))) end
+      if nadd > 0 then redis.call('ZREMRANGEBYRANK', key, 0, -(nbcap + 1)) end
+      redis.call('HSET', ikey, 'nv', ARGV[a])
+    else
+      whole[#whole+1] = key
+    end
+  end
   a = rlast + 1
-  if nadd > 0 then redis.call('ZREMRANGEBYRANK', key, 0, -(nbcap + 1)) end
 end
 return whole
 `
 
 var luaWrite = rueidis.NewLuaScript(writeScript)
 
-// nbWrite is one item's neighbour update.
+// nbWrite is one item's neighbour list at a version: a batch's changes onto the version
+// before (add: the raised neighbours, rem: the cut ones), or the list whole.
 type nbWrite struct {
-	item string
-	add  []scoredRow
-	rem  []string
+	item    string
+	version int64
+	whole   bool
+	add     []scoredRow
+	rem     []string
 }
 
 // redisWrite is a set of absolute values to merge into Redis.
@@ -268,14 +284,21 @@ func (s *Store) plan(epoch string, w *redisWrite) [][]rueidis.LuaExec {
 		}
 	}
 	// A neighbour entry's length varies (its weight grows with it): its calls grow by append.
-	perEntry = 4
+	perEntry = 6
 	for _, n := range w.nb {
-		a := make([]string, 0, 2+2*len(n.add)+len(n.rem))
-		a = append(a, strconv.Itoa(len(n.add)), strconv.Itoa(len(n.rem)))
+		all := "0"
+		if n.whole {
+			all = "1"
+		}
+		a := make([]string, 0, 4+2*len(n.add)+len(n.rem))
+		a = append(a, fi(n.version), all, strconv.Itoa(len(n.add)), strconv.Itoa(len(n.rem)))
 		for _, x := range n.add {
 			a = append(a, ff(x.w), x.id)
 		}
 		add(s.keys.Neighbours(n.item), append(a, n.rem...)...)
+		ikey := s.keys.Item(n.item)
+		keys = append(keys, ikey)
+		size += len(ikey)
 		nn++
 		if weight += 1 + (len(n.add)+len(n.rem))/20; full() {
 			flush()
@@ -325,17 +348,26 @@ func (s *Store) exec(ctx context.Context, epoch string, w *redisWrite) error {
 	}
 	// Users whose hash was behind the version before this write: their documents, whole.
 	// Those whose batch did not read every document (impressions only) are read from
-	// PostgreSQL (committed, at their version or a later one, which the merge takes).
+	// PostgreSQL (committed, at their version or a later one, which the merge takes), as
+	// are the neighbour lists behind.
 	again := &redisWrite{readThrough: w.readThrough, userTTL: w.userTTL}
 	byKey := make(map[string]int, len(w.users))
 	for i := range w.users {
 		byKey[s.keys.User(w.users[i].id)] = i
 	}
-	var unread []string
+	nbByKey := make(map[string]string, len(w.nb))
+	for _, n := range w.nb {
+		nbByKey[s.keys.Neighbours(n.item)] = n.item
+	}
+	var unread, lists []string
 	for _, key := range whole {
+		if item, ok := nbByKey[key]; ok {
+			lists = append(lists, item)
+			continue
+		}
 		i, ok := byKey[key]
 		if !ok {
-			return fmt.Errorf("write redis: the script named user key %q, not in the write", key)
+			return fmt.Errorf("write redis: the script named key %q, not in the write", key)
 		}
 		u := w.users[i]
 		if u.unread {
@@ -345,15 +377,25 @@ func (s *Store) exec(ctx context.Context, epoch string, w *redisWrite) error {
 		u.keep = 0
 		again.users = append(again.users, u)
 	}
+	if s.hooks.Resent != nil {
+		s.hooks.Resent(len(whole)-len(lists), len(lists))
+	}
+	if len(unread)+len(lists) > 0 && s.pg == nil {
+		return fmt.Errorf("write redis: the copies of %d users and %d neighbour lists are behind, and there is no PostgreSQL to read them from", len(unread), len(lists))
+	}
 	if len(unread) > 0 {
-		if s.pg == nil {
-			return fmt.Errorf("write redis: the copies of %d users are behind and not all their documents were read", len(unread))
-		}
 		rows, err := readUsers(ctx, s.pg, unread)
 		if err != nil {
 			return fmt.Errorf("write redis: %w", err)
 		}
 		again.users = append(again.users, rows...)
+	}
+	if len(lists) > 0 {
+		nb, err := readNeighbours(ctx, s.pg, lists)
+		if err != nil {
+			return fmt.Errorf("write redis: %w", err)
+		}
+		again.nb = nb
 	}
 	return s.exec(ctx, epoch, again)
 }
@@ -369,19 +411,7 @@ func (s *Store) WriteRedis(ctx context.Context, a *Applied) error {
 	if s.rd == nil || a == nil {
 		return nil
 	}
-	w := &redisWrite{users: a.users, items: a.items}
-	if len(a.nbAdd) > 0 || len(a.nbRem) > 0 {
-		set := make(map[string]bool, len(a.nbAdd)+len(a.nbRem))
-		for k := range a.nbAdd {
-			set[k] = true
-		}
-		for k := range a.nbRem {
-			set[k] = true
-		}
-		for _, id := range sortedKeys(set) {
-			w.nb = append(w.nb, nbWrite{item: id, add: a.nbAdd[id], rem: a.nbRem[id]})
-		}
-	}
+	w := &redisWrite{users: a.users, items: a.items, nb: a.nb}
 	err := s.exec(ctx, a.Meta.Epoch(), w)
 	var ee *epochError
 	switch {

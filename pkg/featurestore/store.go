@@ -12,8 +12,9 @@
 // Redis is the serving copy, written after the commit with ABSOLUTE values returned by the
 // commit (UPSERT ... RETURNING). Every Redis value only moves one way between rebuilds —
 // counters and forward-decayed sums grow (max merge, ZADD GT), first-seen times shrink
-// (ZADD LT), user hashes carry a version — so writes may land in any order and rewriting is
-// idempotent; a lost write is repaired by rewriting from PostgreSQL:
+// (ZADD LT), user hashes and neighbour lists carry a version (a change applies only onto the
+// version before it; a copy found behind is sent whole) — so writes may land in any order and
+// rewriting is idempotent; a lost write is repaired by rewriting from PostgreSQL:
 //   - each batch journals the users and items it changed (feature_redis_pending) in its
 //     transaction; the journal row is deleted once Redis has the values, and rows left behind
 //     (Redis down, crash after commit) are rewritten by HealPending;
@@ -33,8 +34,6 @@
 // Limits, on purpose:
 //   - the scripts touch keys they compute (neighbour lists, item hashes): standalone Redis
 //     (or one shard), not Redis Cluster;
-//   - a neighbour trimmed in PostgreSQL whose Redis ZREM was lost stays in Redis below the
-//     top M until the list is rebuilt (`recsys features rebuild`); Snapshots read at most M;
 //   - impressions and watches travel on two topics, so their relative order for one user is
 //     arrival order; a rebuild from events applies event-time order.
 //
@@ -155,6 +154,10 @@ type Hooks struct {
 	// lists; users, DLQ, journal), merge (co-visitation increments into the lists, in Go),
 	// items (lists and item statistics), commit.
 	Phase func(phase string, d time.Duration)
+	// Resent is called when a Redis write found copies behind the version before its changes
+	// (a write missed, expired, or not landed yet) and sent them whole: n users' hashes and
+	// lists neighbour lists.
+	Resent func(users, lists int)
 }
 
 func (s *Store) phase(name string, t0 *time.Time) {

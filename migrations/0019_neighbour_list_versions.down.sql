@@ -1,0 +1,1 @@
+ALTER TABLE feature_neighbours DROP COLUMN version;
