@@ -59,6 +59,8 @@
 // transaction), recsys_consumer_redis_write_seconds, recsys_consumer_batch_size,
 // recsys_consumer_batch_retries_total, recsys_consumer_redis_write_failures_total,
 // recsys_consumer_redis_repopulations_total, recsys_consumer_redis_journal_healed_total,
+// recsys_consumer_redis_resent_total{kind} (users' hashes and neighbour lists a write found
+// behind the version before its changes and sent whole: a write lost, or writes crossing),
 // recsys_consumer_dedup_purged_total, recsys_consumer_offset_commits_total (Kafka offset
 // commits, spaced by --consumer.commit-interval), recsys_consumer_apply_phase_seconds{phase} (lock,
 // compute, write, merge, items: where a transaction spends its time; see featurestore.Hooks),
