@@ -290,6 +290,50 @@ func TestRebalanceStateEqualsRebuild(t *testing.T) {
 	}
 }
 
+// Two consumers apply one stream side by side while the co-visitation lists are cut back to
+// their top M again and again (M = 3 over 120 items). Lists are per item and partitions per
+// user, so both consumers write the same lists and their Redis writes cross: every list in
+// Redis still equals PostgreSQL's, member for member and strength for strength (the lists'
+// versions; without them a neighbour one batch cut came back when an earlier batch's write
+// landed after it). The tables are not compared with a rebuild: with cuts they depend on the
+// order in which the two consumers' batches reached each list.
+func TestTwoConsumersKeepListsExact(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.MaxBatch = 40
+	e.fcfg.NeighboursPerItem = 3
+	evs := e.generate(8, 5000)
+	c1 := e.startConsumer(t)
+	c2 := e.startConsumer(t)
+	// Small steps until both have applied something (the group has settled on two members).
+	rest := evs
+	processed := func(c *running) float64 { return counter(c.set, "reco_feature_consumer_processed_total") }
+	for len(rest) > 0 && (processed(c1) == 0 || processed(c2) == 0) {
+		n := min(20, len(rest))
+		e.produce(t, rest[:n])
+		rest = rest[n:]
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.produce(t, rest)
+	e.waitApplied(t, len(evs), 120*time.Second)
+	if processed(c1) == 0 || processed(c2) == 0 {
+		t.Fatalf("processed %v and %v events: the consumers did not share the stream", processed(c1), processed(c2))
+	}
+	// The last batches' Redis writes follow their commits.
+	for deadline := time.Now().Add(30 * time.Second); !e.listsMatch(t, false) && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !e.listsMatch(t, true) {
+		t.Error("redis lists differ from postgres")
+	}
+	var cut int
+	if err := e.pool.QueryRow(context.Background(), `SELECT count(*) FROM feature_neighbours WHERE length(neighbours) > 0`).Scan(&cut); err != nil || cut < 50 {
+		t.Fatalf("%d lists (%v): the stream should make most of the 120 items' lists", cut, err)
+	}
+	t.Logf("processed %v + %v events; lists resent whole: %v + %v", processed(c1), processed(c2),
+		counter(c1.set, "recsys_consumer_redis_resent_total", `kind="neighbours"`), counter(c2.set, "recsys_consumer_redis_resent_total", `kind="neighbours"`))
+}
+
 // kill -9 of a consumer process in the middle of its work, then a restart: the durable state
 // equals a rebuild from the raw events, and the Redis copy matches PostgreSQL. The consumer
 // keeps impression counters' overlays, as every test but TestRedeliveryChangesNothing does.

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/rueidis"
 	kafkago "github.com/segmentio/kafka-go"
@@ -354,6 +356,60 @@ func (e *env) redisMatchesPG(t testing.TB, users []string, nowMs int64, report b
 		}
 	}
 	return true
+}
+
+// listsMatch compares every co-visitation list in PostgreSQL with its Redis copy, whole
+// (every member and its strength, not only the top N a Snapshot reads); the copy must hold no
+// other list.
+func (e *env) listsMatch(t testing.TB, report bool) bool {
+	t.Helper()
+	ctx := context.Background()
+	rows, _ := e.pool.Query(ctx, `SELECT item_id, neighbours FROM feature_neighbours WHERE length(neighbours) > 0`)
+	want := map[string]string{}
+	var id string
+	var blob []byte
+	if _, err := pgx.ForEachRow(rows, []any{&id, &blob}, func() error {
+		l, err := featurestore.DecodeNeighbours(blob)
+		if err != nil {
+			return err
+		}
+		parts := make([]string, len(l))
+		for i, x := range l {
+			parts[i] = fmt.Sprintf("%s=%v", x.ItemID, x.Score)
+		}
+		slices.Sort(parts)
+		want[id] = strings.Join(parts, " ")
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := e.rd.Do(ctx, e.rd.B().Keys().Pattern(e.Prefix+"nb:*").Build()).AsStrSlice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok := len(keys) == len(want)
+	if !ok && report {
+		t.Errorf("%d lists in redis, %d in postgres", len(keys), len(want))
+	}
+	for _, key := range keys {
+		zs, err := e.rd.Do(ctx, e.rd.B().Zrange().Key(key).Min("0").Max("-1").Withscores().Build()).AsZScores()
+		if err != nil {
+			t.Fatal(err)
+		}
+		parts := make([]string, len(zs))
+		for i, z := range zs {
+			parts[i] = fmt.Sprintf("%s=%v", z.Member, z.Score)
+		}
+		slices.Sort(parts)
+		item := strings.TrimPrefix(key, e.Prefix+"nb:")
+		if got := strings.Join(parts, " "); got != want[item] {
+			ok = false
+			if report {
+				t.Errorf("list of %s:\n redis    %s\n postgres %s", item, got, want[item])
+			}
+		}
+	}
+	return ok
 }
 
 type quiet struct{}
