@@ -526,8 +526,8 @@ RETURNING u.user_id, u.version`, userIDs[lo:hi], hs[lo:hi], ws[lo:hi], is[lo:hi]
 			if d := len(n.l) - n.origLen; d != 0 {
 				item(id).nb += int32(d)
 			}
-			// Every list goes to the mirror, changed or not: its version moves with each
-			// rewrite, and the copy takes a change only onto the version just before.
+			// Every rewritten list goes to the mirror with the version it now has: the
+			// copy takes a change only onto the version just before.
 			add, rem := n.redis()
 			a.nb[i] = nbWrite{item: id, version: n.version + 1, add: add, rem: rem}
 		}

@@ -155,8 +155,8 @@ type Hooks struct {
 	// items (lists and item statistics), commit.
 	Phase func(phase string, d time.Duration)
 	// Resent is called when a Redis write found copies behind the version before its changes
-	// (a write missed, expired, or not landed yet) and sent them whole: n users' hashes and
-	// lists neighbour lists.
+	// (a write missed, expired, or not landed yet) and sent them whole, with how many users'
+	// hashes and neighbour lists that took.
 	Resent func(users, lists int)
 }
 
