@@ -1,0 +1,140 @@
+package featurestore_test
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"recsys/pkg/featurestore"
+	"recsys/pkg/featurestore/fstest"
+)
+
+// Verify finds a copy built by the stream equal to PostgreSQL, then every kind of damage done
+// to it behind the writers' back: a neighbour added to a list, a list's version moved, an item
+// statistic changed, an item hash gone, a user document changed, a user hash gone. A copy
+// being repopulated is reported as such.
+func TestVerify(t *testing.T) {
+	ctx := context.Background()
+	cfg := testConfig()
+	cfg.CovisWindow, cfg.NeighboursPerItem = 6, 3
+	pool, rd := servers(t)
+	st := featurestore.New(pool, rd, "ver:", cfg, nil)
+	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+	evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 9, Users: 10, Items: 30, Events: 1500, StartMs: start, StepMs: 20_000,
+		Prefix: "v", ImpressionShare: 0.5}))
+	for i := 0; i < len(evs); i += 50 {
+		a, err := st.Apply(ctx, &featurestore.Batch{Events: evs[i:min(i+50, len(evs))]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.WriteRedis(ctx, a); errors.Is(err, featurestore.ErrRedisBehind) { // the first batch
+			if err := st.Repopulate(ctx, false); err != nil {
+				t.Fatal(err)
+			}
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	opts := featurestore.VerifyOptions{Sample: 1000, Grace: 10 * time.Millisecond}
+	rep, err := st.Verify(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.OK() || rep.Users != 10 || rep.Items != 30 || rep.Lists < 20 {
+		t.Fatalf("the streamed copy: %+v", rep)
+	}
+
+	var user, item, other string
+	if err := pool.QueryRow(ctx, `SELECT min(user_id) FROM feature_users`).Scan(&user); err != nil {
+		t.Fatal(err)
+	}
+	if err := pool.QueryRow(ctx, `SELECT min(item_id), max(item_id) FROM feature_neighbours WHERE length(neighbours) > 0`).Scan(&item, &other); err != nil {
+		t.Fatal(err)
+	}
+	var gone string
+	if err := pool.QueryRow(ctx, `SELECT max(user_id) FROM feature_users`).Scan(&gone); err != nil {
+		t.Fatal(err)
+	}
+	keys := featurestore.NewKeys("ver:")
+	for _, c := range rd.DoMulti(ctx,
+		rd.B().Zadd().Key(keys.Neighbours(item)).ScoreMember().ScoreMember(0.001, "intruder").Build(),
+		rd.B().Hincrby().Key(keys.Item(other)).Field("nv").Increment(1).Build(),
+		rd.B().Hset().Key(keys.User(user)).FieldValue().FieldValue("h", "[]").Build(),
+		rd.B().Del().Key(keys.User(gone)).Build(),
+	) {
+		if err := c.Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep, err = st.Verify(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, m := range rep.Mismatches {
+		got[m.Key] = m.Detail
+	}
+	want := map[string]string{
+		keys.Neighbours(item): "only in redis: intruder",
+		keys.Neighbours(other): "version: redis",
+		keys.User(user):       "h: redis \"[]\"",
+		keys.User(gone):       "absent",
+	}
+	for k, frag := range want {
+		if !strings.Contains(got[k], frag) {
+			t.Errorf("%s: %q, want it to say %q", k, got[k], frag)
+		}
+	}
+	if rep.OK() || rep.MismatchCount != len(want) {
+		t.Errorf("%d mismatches %v, want %d", rep.MismatchCount, slices.Sorted(maps.Keys(got)), len(want))
+	}
+
+	// An item statistic lowered (a value the max merge would never write) and an item hash gone.
+	var a, b string
+	if err := pool.QueryRow(ctx, `SELECT min(item_id), max(item_id) FROM feature_items i
+WHERE impressions > 0 AND EXISTS (SELECT FROM feature_neighbours n WHERE n.item_id = i.item_id AND length(n.neighbours) > 0)`).Scan(&a, &b); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Repopulate(ctx, true); err != nil { // repairs the damage above
+		t.Fatal(err)
+	}
+	for _, c := range rd.DoMulti(ctx,
+		rd.B().Hset().Key(keys.Item(a)).FieldValue().FieldValue("imp", "0").Build(),
+		rd.B().Del().Key(keys.Item(b)).Build(),
+	) {
+		if err := c.Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rep, err = st.Verify(ctx, opts); err != nil {
+		t.Fatal(err)
+	}
+	// The gone hash held its list's version too.
+	got = map[string]string{}
+	for _, m := range rep.Mismatches {
+		got[m.Key] = m.Detail
+	}
+	want = map[string]string{keys.Item(a): `imp: redis "0", postgres`, keys.Item(b): `fs: redis "", postgres`, keys.Neighbours(b): "version: redis 0"}
+	for k, frag := range want {
+		if !strings.Contains(got[k], frag) {
+			t.Errorf("%s: %q, want it to say %q", k, got[k], frag)
+		}
+	}
+	if rep.MismatchCount != len(want) {
+		t.Errorf("%d mismatches %v, want %d", rep.MismatchCount, slices.Sorted(maps.Keys(got)), len(want))
+	}
+
+	if err := rd.Do(ctx, rd.B().Del().Key(keys.Ready).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err = st.Verify(ctx, opts); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Ready || rep.OK() || rep.Users != 0 {
+		t.Errorf("a copy being repopulated: %+v", rep)
+	}
+}
