@@ -79,10 +79,10 @@ func TestVerify(t *testing.T) {
 		got[m.Key] = m.Detail
 	}
 	want := map[string]string{
-		keys.Neighbours(item): "only in redis: intruder",
+		keys.Neighbours(item):  "only in redis: intruder",
 		keys.Neighbours(other): "version: redis",
-		keys.User(user):       "h: redis \"[]\"",
-		keys.User(gone):       "absent",
+		keys.User(user):        "h: redis \"[]\"",
+		keys.User(gone):        "absent",
 	}
 	for k, frag := range want {
 		if !strings.Contains(got[k], frag) {
