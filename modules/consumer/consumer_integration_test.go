@@ -326,6 +326,11 @@ func TestTwoConsumersKeepListsExact(t *testing.T) {
 	if !e.listsMatch(t, true) {
 		t.Error("redis lists differ from postgres")
 	}
+	// What `recsys features verify` checks: users, items and lists, value for value.
+	rep, err := featurestore.New(e.pool, e.rd, e.Prefix, e.fcfg, nil).Verify(context.Background(), featurestore.VerifyOptions{Sample: 1000, Grace: time.Second})
+	if err != nil || !rep.OK() || rep.Users == 0 || rep.Lists == 0 {
+		t.Errorf("verify: %+v (%v)", rep, err)
+	}
 	var cut int
 	if err := e.pool.QueryRow(context.Background(), `SELECT count(*) FROM feature_neighbours WHERE length(neighbours) > 0`).Scan(&cut); err != nil || cut < 50 {
 		t.Fatalf("%d lists (%v): the stream should make most of the 120 items' lists", cut, err)
