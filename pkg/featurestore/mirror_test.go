@@ -44,15 +44,7 @@ func TestStreamedCopyEqualsRepopulation(t *testing.T) {
 			evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 5, Users: 12, Items: 40, Events: 3000, StartMs: start,
 				StepMs: 20_000, Prefix: fmt.Sprintf("m%v%v", overlay, c.crossed), ImpressionShare: 0.6}))
 			r := rand.New(rand.NewPCG(3, 4))
-			write := func(a *featurestore.Applied) {
-				if err := st.WriteRedis(ctx, a); errors.Is(err, featurestore.ErrRedisBehind) {
-					if err := st.Repopulate(ctx, false); err != nil {
-						t.Fatal(err)
-					}
-				} else if err != nil {
-					t.Fatal(err)
-				}
-			}
+			write := func(a *featurestore.Applied) { writeCopy(t, st, a) }
 			var held []*featurestore.Applied
 			for i := 0; i < len(evs); {
 				n := 1 + r.IntN(80)
@@ -100,6 +92,20 @@ func TestStreamedCopyEqualsRepopulation(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// writeCopy mirrors an applied batch into Redis; a copy that is behind (the first batch
+// creates the generation) is repopulated, as the consumer does.
+func writeCopy(t *testing.T, st *featurestore.Store, a *featurestore.Applied) {
+	t.Helper()
+	ctx := context.Background()
+	if err := st.WriteRedis(ctx, a); errors.Is(err, featurestore.ErrRedisBehind) {
+		if err := st.Repopulate(ctx, false); err != nil {
+			t.Fatal(err)
+		}
+	} else if err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -2,7 +2,6 @@ package featurestore_test
 
 import (
 	"context"
-	"errors"
 	"maps"
 	"slices"
 	"strings"
@@ -31,13 +30,7 @@ func TestVerify(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := st.WriteRedis(ctx, a); errors.Is(err, featurestore.ErrRedisBehind) { // the first batch
-			if err := st.Repopulate(ctx, false); err != nil {
-				t.Fatal(err)
-			}
-		} else if err != nil {
-			t.Fatal(err)
-		}
+		writeCopy(t, st, a)
 	}
 	opts := featurestore.VerifyOptions{Sample: 1000, Grace: 10 * time.Millisecond}
 	rep, err := st.Verify(ctx, opts)
