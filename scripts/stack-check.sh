@@ -8,7 +8,7 @@
 # migrate check; start `recsys all` on a free loopback port with its own Kafka topics,
 # consumer group and Redis key prefix; wait for /readyz; recsys smoke; recsys load (mixed
 # traffic, autolog on, open loop, ~20 s); recsys guardrails against config/guardrails.ci.json;
-# stop recsys with SIGTERM. Every JSON report, the load HTML report and the recsys log are
+# recsys features verify (the Redis copy against PostgreSQL); stop recsys with SIGTERM. Every JSON report, the load HTML report and the recsys log are
 # kept in ARTIFACTS_DIR. Prints one line per step and exits 1 if any step failed.
 #
 # Tunables (environment): STACK_LOAD_RATE (operations/s, default 100), STACK_LOAD_DURATION
@@ -146,6 +146,8 @@ if step readyz wait_ready; then
 		--output-json "$ART/load.json" --output-html "$ART/load.html" >/dev/null
 	step guardrails "$BIN" guardrails --base-url "$BASE" --days 1 --targets config/guardrails.ci.json \
 		--save-dir "$ART" --output-json "$ART/guardrails.json"
+	# The serving copy the load's stream built, against PostgreSQL, while recsys still runs.
+	step features-verify "$BIN" features verify --sample 5000 --grace 5s >"$ART/features-verify.json"
 fi
 step stop-recsys stop_recsys
 summary

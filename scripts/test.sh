@@ -24,7 +24,7 @@ echo "== staticcheck" >&2
 go tool staticcheck ./...
 
 if [ -x scripts/stack-check.sh ]; then
-  echo "== stack check (recsys all + smoke + load + guardrails)" >&2
+  echo "== stack check (recsys all + smoke + load + guardrails + features verify)" >&2
   bash scripts/stack-check.sh "$ARTIFACTS"
 fi
 
