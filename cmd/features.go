@@ -79,8 +79,9 @@ func newFeaturesVerifyCmd(lc *logConfig) *cobra.Command {
 		Long: `Compare a random sample of users and items of the Redis serving copy with the durable state
 in PostgreSQL, value for value: users' hashes (version and documents), items' statistics, and
 items' co-visitation lists whole (every neighbour, its strength, and the list's version).
-Safe while the consumers run: a key that differs is compared again after --grace, so a
-batch whose Redis write was in flight does not count. A copy being repopulated, or of another
+Safe while the consumers run: a key that differs is read again after --grace and counts
+only if the copy is older than PostgreSQL was at the first read, or newer than the second,
+so writes in flight do not count. A copy being repopulated, or of another
 generation, is reported without comparing values. Prints a JSON report and exits 1 unless the
 copy is complete and every key compared is equal; the fix for a copy that differs is
 ` + "`recsys features rebuild`" + `.`,

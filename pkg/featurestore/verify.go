@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -58,8 +59,12 @@ const maxReported = 50
 // repopulated, is reported as such without comparing values. A user hash that is absent
 // counts only when the writers set no user TTL (meta "ut"): with one, users expire.
 //
-// Keys that differ are compared again after opts.Grace, PostgreSQL first, so a batch whose
-// Redis write was in flight does not count.
+// The consumers keep writing while it runs, and a key's Redis write follows its commit by
+// milliseconds, so a key that differs is read again after opts.Grace: Redis, then
+// PostgreSQL. It counts only if the copy is not between the two PostgreSQL reads, that is
+// not at least as new as the first (it did not catch up) or newer than the second (no
+// commit wrote it). Versions place users' hashes and lists; the items' statistics each move
+// one way (counts and decayed sums grow, first seen shrinks).
 func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, error) {
 	if s.pg == nil || s.rd == nil {
 		return nil, errors.New("verify needs both PostgreSQL and Redis")
@@ -90,19 +95,24 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, 
 	}
 	userTTL := ut != "" && ut != "0"
 
-	users, err := sampleIDs(ctx, s.pg, "feature_users", "user_id", opts.Sample)
+	userIDs, err := sampleIDs(ctx, s.pg, "feature_users", "user_id", opts.Sample)
 	if err != nil {
 		return nil, err
 	}
-	items, err := sampleIDs(ctx, s.pg, "feature_items", "item_id", opts.Sample)
+	itemIDs, err := sampleIDs(ctx, s.pg, "feature_items", "item_id", opts.Sample)
 	if err != nil {
 		return nil, err
 	}
-	diff, lists, err := s.compare(ctx, users, items, userTTL)
+	before, err := s.readDurable(ctx, userIDs, itemIDs)
 	if err != nil {
 		return nil, err
 	}
-	rep.Users, rep.Items, rep.Lists = len(users), len(items), lists
+	cp, err := s.readCopy(ctx, userIDs, itemIDs)
+	if err != nil {
+		return nil, err
+	}
+	rep.Users, rep.Items, rep.Lists = len(before.users), len(before.items), len(before.lists)
+	diff := compareCopy(s.keys, before, cp, before, userTTL)
 	if len(diff) > 0 {
 		select {
 		case <-ctx.Done():
@@ -113,13 +123,18 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, 
 		for _, d := range diff {
 			if d.user != "" {
 				us = append(us, d.user)
-			} else {
+			} else if len(is) == 0 || is[len(is)-1] != d.item {
 				is = append(is, d.item)
 			}
 		}
-		if diff, _, err = s.compare(ctx, us, slices.Compact(is), userTTL); err != nil {
+		if cp, err = s.readCopy(ctx, us, is); err != nil {
 			return nil, err
 		}
+		after, err := s.readDurable(ctx, us, is)
+		if err != nil {
+			return nil, err
+		}
+		diff = compareCopy(s.keys, before, cp, after, userTTL)
 	}
 	rep.MismatchCount = len(diff)
 	for _, d := range diff[:min(len(diff), maxReported)] {
@@ -128,8 +143,8 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, 
 	return rep, nil
 }
 
-// sampleIDs draws up to n keys of table at random. ORDER BY random() reads the whole key
-// column once: seconds for tens of millions of rows, fine for an operator's check.
+// sampleIDs draws up to n keys of table at random, in key order. ORDER BY random() reads the
+// whole key column once: seconds for tens of millions of rows, fine for an operator's check.
 func sampleIDs(ctx context.Context, pg dbConn, table, col string, n int) ([]string, error) {
 	rows, _ := pg.Query(ctx, `SELECT `+col+` FROM `+table+` ORDER BY random() LIMIT $1`, n)
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
@@ -140,90 +155,184 @@ func sampleIDs(ctx context.Context, pg dbConn, table, col string, n int) ([]stri
 	return ids, nil
 }
 
+// durable is what PostgreSQL holds for some users and items, keyed by id.
+type durable struct {
+	users map[string]userRow
+	items map[string]itemRow
+	lists map[string]nbWrite // items without a list have none
+}
+
+func (s *Store) readDurable(ctx context.Context, userIDs, itemIDs []string) (*durable, error) {
+	d := &durable{users: map[string]userRow{}, items: map[string]itemRow{}, lists: map[string]nbWrite{}}
+	users, err := readUsers(ctx, s.pg, userIDs)
+	if err != nil {
+		return nil, err
+	}
+	for _, u := range users {
+		d.users[u.id] = u
+	}
+	rows, _ := s.pg.Query(ctx, `SELECT `+itemCols+` FROM feature_items WHERE item_id = ANY($1) ORDER BY item_id`, itemIDs)
+	items, err := scanItems(rows)
+	if err != nil {
+		return nil, err
+	}
+	for _, it := range items {
+		d.items[it.id] = it
+	}
+	lists, err := readNeighbours(ctx, s.pg, itemIDs)
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range lists {
+		d.lists[l.item] = l
+	}
+	return d, nil
+}
+
+// copied is what the Redis copy holds for the same users and items.
+type copied struct {
+	users   map[string][]string // v, h, w, i, r; nil: no hash
+	items   map[string][]string // ItemStatFields, then the list's version nv ("" where absent)
+	members map[string][]rueidis.ZScore
+}
+
+var userHashFields = []string{"v", "h", "w", "i", "r"}
+
+func (s *Store) readCopy(ctx context.Context, userIDs, itemIDs []string) (*copied, error) {
+	b := s.rd.B()
+	cmds := make(rueidis.Commands, 0, len(userIDs)+2*len(itemIDs))
+	for _, id := range userIDs {
+		cmds = append(cmds, b.Hmget().Key(s.keys.User(id)).Field(userHashFields...).Build())
+	}
+	for _, id := range itemIDs {
+		cmds = append(cmds, b.Hmget().Key(s.keys.Item(id)).Field(append(ItemStatFields[:], "nv")...).Build(),
+			b.Zrange().Key(s.keys.Neighbours(id)).Min("0").Max("-1").Withscores().Build())
+	}
+	res := s.rd.DoMulti(ctx, cmds...)
+	c := &copied{users: map[string][]string{}, items: map[string][]string{}, members: map[string][]rueidis.ZScore{}}
+	strs := func(r rueidis.RedisResult) ([]string, bool, error) {
+		vals, err := r.ToArray()
+		if err != nil {
+			return nil, false, err
+		}
+		out, present := make([]string, len(vals)), false
+		for i, v := range vals {
+			if out[i], err = v.ToString(); err == nil {
+				present = true
+			}
+		}
+		return out, present, nil
+	}
+	for i, id := range userIDs {
+		vals, present, err := strs(res[i])
+		if err != nil {
+			return nil, fmt.Errorf("read user %q: %w", id, err)
+		}
+		if present {
+			c.users[id] = vals
+		}
+	}
+	res = res[len(userIDs):]
+	for i, id := range itemIDs {
+		vals, _, err := strs(res[2*i])
+		if err != nil {
+			return nil, fmt.Errorf("read item %q: %w", id, err)
+		}
+		c.items[id] = vals
+		if c.members[id], err = res[2*i+1].AsZScores(); err != nil {
+			return nil, fmt.Errorf("read neighbours of %q: %w", id, err)
+		}
+	}
+	return c, nil
+}
+
 // difference is a mismatch with the user or item it belongs to.
 type difference struct {
 	Mismatch
 	user, item string
 }
 
-// compare reads users and items (with their lists) from PostgreSQL, then from Redis, and
-// returns what differs and how many lists it compared.
-func (s *Store) compare(ctx context.Context, userIDs, itemIDs []string, userTTL bool) ([]difference, int, error) {
-	users, err := readUsers(ctx, s.pg, userIDs)
-	if err != nil {
-		return nil, 0, err
-	}
-	rows, _ := s.pg.Query(ctx, `SELECT `+itemCols+` FROM feature_items WHERE item_id = ANY($1) ORDER BY item_id`, itemIDs)
-	items, err := scanItems(rows)
-	if err != nil {
-		return nil, 0, err
-	}
-	lists, err := readNeighbours(ctx, s.pg, itemIDs)
-	if err != nil {
-		return nil, 0, err
-	}
-	listOf := make(map[string]nbWrite, len(lists))
-	for _, l := range lists {
-		listOf[l.item] = l
-	}
-	b := s.rd.B()
-	cmds := make(rueidis.Commands, 0, len(users)+3*len(items))
-	for _, u := range users {
-		cmds = append(cmds, b.Hmget().Key(s.keys.User(u.id)).Field("v", "h", "w", "i", "r").Build())
-	}
-	for _, it := range items {
-		cmds = append(cmds, b.Hmget().Key(s.keys.Item(it.id)).Field(append(ItemStatFields[:], "nv")...).Build(),
-			b.Zrange().Key(s.keys.Neighbours(it.id)).Min("0").Max("-1").Withscores().Build())
-	}
-	res := s.rd.DoMulti(ctx, cmds...)
+// compareCopy returns the keys of c that hold neither before's values nor after's, nor (for
+// values that move one way) anything between them. With before == after it is equality.
+func compareCopy(keys Keys, before *durable, c *copied, after *durable, userTTL bool) []difference {
 	var out []difference
-	for i, u := range users {
-		vals, err := res[i].ToArray()
-		if err != nil {
-			return nil, 0, fmt.Errorf("read user %q: %w", u.id, err)
-		}
-		got := make([]string, len(vals))
-		present := false
-		for j, v := range vals {
-			if got[j], err = v.ToString(); err == nil {
-				present = true
-			}
-		}
-		key := s.keys.User(u.id)
-		switch want := []string{fi(u.version), u.h, u.w, u.i, u.r}; {
+	for _, id := range slices.Sorted(maps.Keys(after.users)) {
+		lo, hi := before.users[id], after.users[id]
+		got, present := c.users[id]
+		key := keys.User(id)
+		switch {
 		case !present && userTTL: // expired; readers put it back from PostgreSQL
 		case !present:
-			out = append(out, difference{Mismatch{key, "absent"}, u.id, ""})
-		case !slices.Equal(got, want):
-			out = append(out, difference{Mismatch{key, fieldDiff([]string{"v", "h", "w", "i", "r"}, got, want)}, u.id, ""})
+			out = append(out, difference{Mismatch{key, "absent"}, id, ""})
+		default:
+			v, _ := strconv.ParseInt(got[0], 10, 64)
+			if d := versioned(v, lo.version, hi.version, got, userHash(lo), userHash(hi), userHashFields); d != "" {
+				out = append(out, difference{Mismatch{key, d}, id, ""})
+			}
 		}
 	}
-	res = res[len(users):]
-	for i, it := range items {
-		vals, err := res[2*i].ToArray()
-		if err != nil {
-			return nil, 0, fmt.Errorf("read item %q: %w", it.id, err)
+	for _, id := range slices.Sorted(maps.Keys(after.items)) {
+		lo, hi := before.items[id], after.items[id]
+		got := c.items[id]
+		var parts []string
+		for f, name := range ItemStatFields {
+			if got[f] == lo.field(f) || got[f] == hi.field(f) {
+				continue
+			}
+			g, err := strconv.ParseFloat(got[f], 64)
+			a, _ := strconv.ParseFloat(lo.field(f), 64)
+			b, _ := strconv.ParseFloat(hi.field(f), 64)
+			if name == "fs" { // first seen only moves down
+				a, b = -a, -b
+				g = -g
+			}
+			if err != nil || g < a || g > b {
+				parts = append(parts, fmt.Sprintf("%s: redis %.60q, postgres %.60q", name, got[f], hi.field(f)))
+			}
 		}
-		names := ItemStatFields[:]
-		got, want := make([]string, len(names)), make([]string, len(names))
-		for f := range names {
-			got[f], _ = vals[f].ToString()
-			want[f] = it.field(f)
+		if len(parts) > 0 {
+			out = append(out, difference{Mismatch{keys.Item(id), strings.Join(parts, "; ")}, "", id})
 		}
-		if !slices.Equal(got, want) {
-			out = append(out, difference{Mismatch{s.keys.Item(it.id), fieldDiff(names, got, want)}, "", it.id})
+		nv := int64(0)
+		if s := got[len(ItemStatFields)]; s != "" {
+			nv, _ = strconv.ParseInt(s, 10, 64)
 		}
-		nv, _ := vals[len(names)].ToString()
-		zs, err := res[2*i+1].AsZScores()
-		if err != nil {
-			return nil, 0, fmt.Errorf("read neighbours of %q: %w", it.id, err)
-		}
-		l := listOf[it.id]
-		if d := listDiff(l, nv, zs); d != "" {
-			out = append(out, difference{Mismatch{s.keys.Neighbours(it.id), d}, "", it.id})
+		ll, hl := before.lists[id], after.lists[id]
+		if d := versionedList(nv, ll, hl, c.members[id]); d != "" {
+			out = append(out, difference{Mismatch{keys.Neighbours(id), d}, "", id})
 		}
 	}
-	return out, len(lists), nil
+	return out
+}
+
+func userHash(u userRow) []string { return []string{fi(u.version), u.h, u.w, u.i, u.r} }
+
+// versioned checks a copy at version v against the durable state at versions lo and hi (lo
+// <= hi): v outside them is a difference; at either, the values must equal that state's; in
+// between there is no state to compare with.
+func versioned(v, lo, hi int64, got, loVals, hiVals, names []string) string {
+	switch {
+	case v < lo || v > hi:
+		return fmt.Sprintf("version: redis %d, postgres %d", v, hi)
+	case v == hi:
+		return fieldDiff(names, got, hiVals)
+	case v == lo:
+		return fieldDiff(names, got, loVals)
+	}
+	return ""
+}
+
+// versionedList is versioned for a neighbour list (version nv, absent: 0).
+func versionedList(nv int64, lo, hi nbWrite, zs []rueidis.ZScore) string {
+	switch {
+	case nv < lo.version || nv > hi.version:
+		return fmt.Sprintf("version: redis %d, postgres %d", nv, hi.version)
+	case nv == hi.version:
+		return listDiff(hi, zs)
+	case nv == lo.version:
+		return listDiff(lo, zs)
+	}
+	return ""
 }
 
 // fieldDiff names the fields of a hash that differ, with both values (shortened).
@@ -237,15 +346,8 @@ func fieldDiff(names, got, want []string) string {
 	return strings.Join(parts, "; ")
 }
 
-// listDiff compares a neighbour list with its copy: version (nv, absent: 0) and members.
-func listDiff(l nbWrite, nv string, zs []rueidis.ZScore) string {
-	if nv == "" {
-		nv = "0"
-	}
-	var parts []string
-	if want := strconv.FormatInt(l.version, 10); nv != want {
-		parts = append(parts, fmt.Sprintf("version: redis %s, postgres %s", nv, want))
-	}
+// listDiff compares a neighbour list's members and strengths with its copy.
+func listDiff(l nbWrite, zs []rueidis.ZScore) string {
 	want := make(map[string]float64, len(l.add))
 	for _, x := range l.add {
 		want[x.id] = x.w
@@ -265,6 +367,7 @@ func listDiff(l nbWrite, nv string, zs []rueidis.ZScore) string {
 		missing = append(missing, id)
 	}
 	slices.Sort(missing)
+	var parts []string
 	for _, p := range []struct {
 		what string
 		ids  []string

@@ -131,3 +131,66 @@ WHERE impressions > 0 AND EXISTS (SELECT FROM feature_neighbours n WHERE n.item_
 		t.Errorf("a copy being repopulated: %+v", rep)
 	}
 }
+
+// While batches keep committing, and each batch's Redis write lags its commit, Verify finds no
+// difference: a key read before its write landed is read again after the grace period and
+// only has to be at least as new as PostgreSQL was at the first read.
+func TestVerifyWhileWriting(t *testing.T) {
+	ctx := context.Background()
+	cfg := testConfig()
+	pool, rd := servers(t)
+	st := featurestore.New(pool, rd, "verw:", cfg, nil)
+	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+	evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 11, Users: 5, Items: 10, Events: 6000, StartMs: start, StepMs: 1_000,
+		Prefix: "w", ImpressionShare: 0.5}))
+	apply := func(b []featurestore.Event) *featurestore.Applied {
+		a, err := st.Apply(ctx, &featurestore.Batch{Events: b})
+		if err != nil {
+			t.Error(err)
+		}
+		return a
+	}
+	writeCopy(t, st, apply(evs[:100]))
+	done, stop := make(chan struct{}), make(chan struct{})
+	t.Cleanup(func() { close(stop); <-done }) // before the servers' cleanups
+	go func() {
+		defer close(done)
+		for i := 100; i < len(evs); i += 20 {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			a := apply(evs[i:min(i+20, len(evs))])
+			time.Sleep(15 * time.Millisecond) // the write lags the commit
+			if err := st.WriteRedis(ctx, a); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	checks, retried := 0, 0
+	for {
+		select {
+		case <-done:
+			if checks < 3 || retried == 0 {
+				t.Fatalf("%d checks while writing, %d of them with a second read: the test did not race the writes", checks, retried)
+			}
+			t.Logf("%d checks while writing, %d of them with a second read", checks, retried)
+			return
+		default:
+		}
+		t0 := time.Now()
+		rep, err := st.Verify(ctx, featurestore.VerifyOptions{Sample: 100, Grace: 50 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !rep.OK() {
+			t.Fatalf("check %d while writing: %+v", checks, rep)
+		}
+		if time.Since(t0) > 50*time.Millisecond {
+			retried++ // some key was read before its write landed
+		}
+		checks++
+	}
+}
