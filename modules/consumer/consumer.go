@@ -33,8 +33,7 @@ type Consumer struct {
 	store  *featurestore.Store
 	m      *consumerMetrics
 
-	reader     atomic.Pointer[kafkago.Reader]
-	joined     atomic.Bool
+	reader     atomic.Pointer[kafka.GroupReader]
 	redisReady atomic.Bool
 	failures   atomic.Int64
 	lastErr    atomic.Pointer[string]
@@ -89,8 +88,11 @@ func (c *Consumer) Run(ctx context.Context) error {
 		return nil //nolint:nilerr // only a cancelled context ends ensureTopics
 	}
 	c.checkRedisConfig(ctx)
-	r := c.kafka.NewReader(kafka.ReaderOptions{GroupID: c.cfg.GroupID, Topics: c.topics, MaxWait: c.cfg.FetchMaxWait,
+	r, err := c.kafka.NewGroupReader(kafka.ReaderOptions{GroupID: c.cfg.GroupID, Topics: c.topics, MaxWait: c.cfg.FetchMaxWait,
 		ErrorLog: c.log.With("source", "kafka-go")})
+	if err != nil {
+		return fmt.Errorf("feature consumer: %w", err)
+	}
 	c.reader.Store(r)
 	lanes := c.cfg.MaxInFlight
 	// The collector drains this while the lanes are busy (the next batch grows), so it need
@@ -279,15 +281,15 @@ func header(m *kafkago.Message, key string) string {
 
 // fetch reads and decodes messages; decoding here overlaps with the apply of the previous
 // batch.
-func (c *Consumer) fetch(ctx context.Context, r *kafkago.Reader, out chan<- *fetched) {
+func (c *Consumer) fetch(ctx context.Context, r *kafka.GroupReader, out chan<- *fetched) {
 	for attempt := 0; ; {
-		m, err := r.FetchMessage(ctx)
+		msgs, err := r.FetchBatch(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
 			c.m.errors("poll")
-			c.log.WarnContext(ctx, "fetch message", "err", err)
+			c.log.WarnContext(ctx, "fetch messages", "err", err)
 			if !c.sleep(ctx, attempt) {
 				return
 			}
@@ -295,16 +297,19 @@ func (c *Consumer) fetch(ctx context.Context, r *kafkago.Reader, out chan<- *fet
 			continue
 		}
 		attempt = 0
-		c.joined.Store(true)
-		f := &fetched{msg: m, at: time.Now()}
-		f.ev, f.err = featurestore.Decode(header(&m, events.HeaderEventType), header(&m, events.HeaderSchemaVersion), m.Value)
-		if f.err == nil {
-			f.lane = laneOf(f.ev.UserID, c.cfg.MaxInFlight)
-		}
-		select {
-		case out <- f:
-		case <-ctx.Done():
-			return
+		at := time.Now()
+		for i := range msgs {
+			m := &msgs[i]
+			f := &fetched{msg: *m, at: at}
+			f.ev, f.err = featurestore.Decode(header(m, events.HeaderEventType), header(m, events.HeaderSchemaVersion), m.Value)
+			if f.err == nil {
+				f.lane = laneOf(f.ev.UserID, c.cfg.MaxInFlight)
+			}
+			select {
+			case out <- f:
+			case <-ctx.Done():
+				return
+			}
 		}
 	}
 }
@@ -614,7 +619,7 @@ func (c *Consumer) writeRedis(ctx context.Context, b *featurestore.Batch, a *fea
 
 // commit commits the last applied offset of each partition (msgs) and updates the lag
 // gauges. A failed commit only means redelivery, which the dedup record absorbs.
-func (c *Consumer) commit(ctx context.Context, r *kafkago.Reader, msgs []kafkago.Message) {
+func (c *Consumer) commit(ctx context.Context, r *kafka.GroupReader, msgs []kafkago.Message) {
 	if len(msgs) == 0 {
 		return
 	}
@@ -637,11 +642,7 @@ func (c *Consumer) heal(ctx context.Context) {
 	var lastSlow time.Time
 	for {
 		if r := c.reader.Load(); r != nil {
-			s := r.Stats() // kafka-go restarts its counters at every call: this is the only one
-			c.m.reader(s)
-			if s.Rebalances > 0 {
-				c.joined.Store(true)
-			}
+			c.m.reader(r.Stats()) // the counters restart at every call: this is the only one
 		}
 		c.healRedis(ctx)
 		if time.Since(lastSlow) >= 30*time.Second {
@@ -735,7 +736,7 @@ func (c *Consumer) housekeeping(ctx context.Context) {
 // Ready implements module.Readier.
 func (c *Consumer) Ready(context.Context) error {
 	var errs []error
-	if !c.joined.Load() {
+	if r := c.reader.Load(); r == nil || !r.Joined() {
 		errs = append(errs, errors.New("not joined the consumer group yet"))
 	}
 	if !c.redisReady.Load() {

@@ -5,9 +5,9 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
-	kafkago "github.com/segmentio/kafka-go"
 
 	"recsys/pkg/featurestore"
+	"recsys/pkg/kafka"
 )
 
 // contractBucketsMs are the histogram buckets of api-contract §9.1.
@@ -83,7 +83,7 @@ func newMetrics(set *metrics.Set) *consumerMetrics {
 // reader adds a kafka-go stats snapshot, whose counters are those since the previous one.
 // Dials that go on between rebalances mean readers lose their connections (session 23:
 // idle partitions redialling under a 100 ms fetch wait).
-func (m *consumerMetrics) reader(s kafkago.ReaderStats) {
+func (m *consumerMetrics) reader(s kafka.ReaderStats) {
 	m.kafkaDials.AddInt64(s.Dials)
 	m.kafkaFetches.AddInt64(s.Fetches)
 	m.kafkaErrors.AddInt64(s.Errors)

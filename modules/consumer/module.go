@@ -3,7 +3,9 @@
 //
 // # How it works
 //
-// One consumer group (--consumer.group-id) reads both topics. A fetch goroutine decodes each
+// One consumer group (--consumer.group-id) reads both topics; each member fetches all its
+// partitions in one request per leader broker (kafka.GroupReader), so the broker's fetch
+// requests grow with members and brokers, not partitions. A fetch goroutine decodes each
 // message (structural validation only: old events from backfills and replays apply) and hands
 // it to the apply loop, which takes everything available (waiting --consumer.linger for more,
 // --consumer.impression-linger while it has impressions only) and splits it by user (hashed)

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
+
+	"recsys/pkg/kafka"
 )
 
 // A collected batch (a group) is split by user into MaxInFlight lanes (a small group collected
@@ -128,7 +130,7 @@ func (s *sequencer) take() []kafkago.Message {
 }
 
 // commitLoop commits released offsets until stop is closed, then commits what is left.
-func (c *Consumer) commitLoop(ctx context.Context, r *kafkago.Reader, s *sequencer, stop <-chan struct{}) {
+func (c *Consumer) commitLoop(ctx context.Context, r *kafka.GroupReader, s *sequencer, stop <-chan struct{}) {
 	var last time.Time
 	for {
 		select {

@@ -1,6 +1,7 @@
-// Package kafka holds the process' Kafka settings and the kafka-go factories built from them:
-// one Writer per process (acks=all, explicit topic per message), readers per consumer group
-// with explicit commits, and topic provisioning.
+// Package kafka holds the process' Kafka settings and the clients built on kafka-go from them:
+// a Producer (one produce request per leader broker, acks=all), a GroupReader (a consumer
+// group member fetching all its partitions in one request per leader broker, explicit
+// commits), and topic provisioning.
 package kafka
 
 import (
@@ -95,53 +96,20 @@ func New(c Config) *Client {
 }
 
 // DefaultFetchMaxWait is the broker's long-poll wait of an idle fetch, the contract's
-// FEATURE_CONSUMER_POLL_TIMEOUT_MS. kafka-go uses it as the read deadline too and asks the
-// broker for a quarter less; much shorter, a busy machine misses that margin and the
-// partition's reader redials (TestIdleReaderLongPolls).
+// FEATURE_CONSUMER_POLL_TIMEOUT_MS: an idle member asks each broker about once per wait.
 const DefaultFetchMaxWait = time.Second
 
-// ReaderOptions tune a consumer group reader.
+// ReaderOptions tune a GroupReader.
 type ReaderOptions struct {
 	GroupID  string
 	Topics   []string
 	MaxWait  time.Duration
 	MinBytes int
+	// MaxBytes bounds one fetch answer (all partitions); 0 means 16 MiB.
 	MaxBytes int
-	// ErrorLog receives kafka-go's reader and group errors as warnings (it retries them with
-	// backoff itself); nil drops them.
+	// ErrorLog receives kafka-go's group errors and the reader's fetch errors as warnings
+	// (both are retried with backoff); nil drops them.
 	ErrorLog *slog.Logger
-}
-
-// NewReader returns a consumer-group reader with explicit, synchronous commits
-// (CommitInterval 0): offsets move only when the caller commits after its effects are durable.
-func (c *Client) NewReader(o ReaderOptions) *kafkago.Reader {
-	if o.MaxWait <= 0 {
-		o.MaxWait = DefaultFetchMaxWait
-	}
-	if o.MaxBytes <= 0 {
-		o.MaxBytes = 16 << 20
-	}
-	var errLog kafkago.Logger
-	if o.ErrorLog != nil {
-		errLog = kafkago.LoggerFunc(func(msg string, args ...any) { o.ErrorLog.Warn(fmt.Sprintf(msg, args...)) })
-	}
-	return kafkago.NewReader(kafkago.ReaderConfig{
-		Brokers:               c.Brokers,
-		GroupID:               o.GroupID,
-		GroupTopics:           o.Topics,
-		MinBytes:              max(o.MinBytes, 1),
-		MaxBytes:              o.MaxBytes,
-		MaxWait:               o.MaxWait,
-		ReadBatchTimeout:      o.MaxWait,
-		CommitInterval:        0,
-		StartOffset:           kafkago.FirstOffset,
-		HeartbeatInterval:     time.Second,
-		SessionTimeout:        10 * time.Second,
-		RebalanceTimeout:      10 * time.Second,
-		WatchPartitionChanges: true,
-		Dialer:                &kafkago.Dialer{ClientID: c.ClientID, Timeout: 5 * time.Second},
-		ErrorLogger:           errLog,
-	})
 }
 
 // EnsureTopics creates the topics that are missing with the configured partitions and

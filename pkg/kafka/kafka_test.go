@@ -101,35 +101,3 @@ func TestValidateNamesFlags(t *testing.T) {
 		}
 	}
 }
-
-// An idle partition's reader long-polls the broker. kafka-go reads the answer with the wait
-// as its deadline and asks the broker for three quarters of it. With 100 ms each idle
-// partition fetched ~25 times a second, and the 25 ms margin was missed about once a second
-// on this machine, each miss closing the connection and dialling the leader again (10 errors
-// and 16 dials for 3 partitions in 10 s, against none and 6 with the default). The dials
-// are logged, not asserted: a margin of 250 ms can still be missed on a machine stalled
-// that long.
-func TestIdleReaderLongPolls(t *testing.T) {
-	c, topic, ctx := newTopic(t, "t.idle.")
-	r := c.NewReader(kafka.ReaderOptions{GroupID: testutil.Unique("idle"), Topics: []string{topic}})
-	defer r.Close()
-	rctx, rcancel := context.WithCancel(ctx)
-	defer rcancel()
-	go func() { _, _ = r.FetchMessage(rctx) }()
-	// Joined: every partition's reader has dialled its leader and fetched.
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if r.Stats().Fetches > 0 { // kafka-go's counters restart at every Stats
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no fetch 20 s after start")
-		}
-	}
-	const watch = 4 * time.Second
-	time.Sleep(watch)
-	s := r.Stats()
-	t.Logf("idle for %s: %d fetches, %d dials, %d errors", watch, s.Fetches, s.Dials, s.Errors)
-	if perSec := float64(s.Fetches) / watch.Seconds() / float64(c.Partitions); perSec > 3 {
-		t.Errorf("%.1f fetches per idle partition per second, want about 1 (the default wait %s)", perSec, kafka.DefaultFetchMaxWait)
-	}
-}

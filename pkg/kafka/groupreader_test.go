@@ -1,0 +1,302 @@
+package kafka_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+
+	"recsys/pkg/kafka"
+	"recsys/pkg/testutil"
+)
+
+// produceKeyed writes n messages keyed k<from>..k<from+n-1> (spread over the partitions) to
+// each topic, with the value equal to the key.
+func produceKeyed(t *testing.T, ctx context.Context, c *kafka.Client, from, n int, topics ...string) {
+	t.Helper()
+	p := c.NewProducer(kafka.ProducerOptions{})
+	defer p.Close()
+	var msgs []kafkago.Message
+	for _, topic := range topics {
+		for i := from; i < from+n; i++ {
+			k := []byte(fmt.Sprintf("k%d", i))
+			msgs = append(msgs, kafkago.Message{Topic: topic, Key: k, Value: k,
+				Headers: []kafkago.Header{{Key: "h", Value: []byte(topic)}}})
+		}
+	}
+	if err := p.WriteMessages(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// collected is what a reader handed over, checked for per-partition order as it comes.
+type collected struct {
+	mu    sync.Mutex
+	msgs  []kafkago.Message
+	next  map[string]int64 // topic/partition -> offset expected at least next
+	// order lists offsets that went back (a partition started over: within a generation a
+	// fault, across one the redelivery of what was not committed); fault the content faults.
+	order, fault []string
+}
+
+func (c *collected) add(b []kafkago.Message) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.next == nil {
+		c.next = map[string]int64{}
+	}
+	for _, m := range b {
+		k := fmt.Sprintf("%s/%d", m.Topic, m.Partition)
+		if m.Offset < c.next[k] {
+			c.order = append(c.order, fmt.Sprintf("%s: offset %d after %d", k, m.Offset, c.next[k]-1))
+		}
+		c.next[k] = m.Offset + 1
+		if len(m.Headers) != 1 || string(m.Headers[0].Value) != m.Topic || string(m.Key) != string(m.Value) {
+			c.fault = append(c.fault, fmt.Sprintf("%s@%d: key %q value %q headers %v", k, m.Offset, m.Key, m.Value, m.Headers))
+		}
+		c.msgs = append(c.msgs, m)
+	}
+}
+
+func (c *collected) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.msgs)
+}
+
+// drain hands everything r fetches to into until ctx ends.
+func drain(ctx context.Context, r *kafka.GroupReader, into *collected) {
+	for {
+		b, err := r.FetchBatch(ctx)
+		if err != nil {
+			return
+		}
+		into.add(b)
+	}
+}
+
+func waitFor(t *testing.T, what string, d time.Duration, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(d); !ok(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after %s", what, d)
+		}
+	}
+}
+
+func newGroupReader(t *testing.T, c *kafka.Client, group string, topics ...string) *kafka.GroupReader {
+	t.Helper()
+	r, err := c.NewGroupReader(kafka.ReaderOptions{GroupID: group, Topics: topics, MaxWait: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	return r
+}
+
+// Every message of every partition of both topics arrives once, in offset order per
+// partition, in far fewer fetches than messages; committed offsets are where a new member of
+// the group starts.
+func TestGroupReaderReadsEveryPartitionAndResumesFromCommits(t *testing.T) {
+	c, ctx, topics := producerTopics(t, 6, "t.gr.a.", "t.gr.b.")
+	const n = 600
+	produceKeyed(t, ctx, c, 0, n, topics...)
+	group := testutil.Unique("gr")
+	r := newGroupReader(t, c, group, topics...)
+	var got collected
+	dctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); drain(dctx, r, &got) }()
+	waitFor(t, "every message read", 30*time.Second, func() bool { return got.len() >= 2*n })
+	stop()
+	<-done
+	if f := append(got.order, got.fault...); len(f) > 0 {
+		t.Fatalf("%d faults, first %s", len(f), f[0])
+	}
+	seen := map[string]int{}
+	for _, m := range got.msgs {
+		seen[m.Topic+"|"+string(m.Value)]++
+	}
+	for _, topic := range topics {
+		for i := 0; i < n; i++ {
+			if k := fmt.Sprintf("%s|k%d", topic, i); seen[k] != 1 {
+				t.Fatalf("%s read %d times", k, seen[k])
+			}
+		}
+	}
+	partitions := map[string]bool{}
+	for _, m := range got.msgs {
+		partitions[fmt.Sprintf("%s/%d", m.Topic, m.Partition)] = true
+	}
+	if len(partitions) != 12 {
+		t.Fatalf("messages from %d partitions, want 12", len(partitions))
+	}
+	s := r.Stats()
+	t.Logf("%d messages in %d fetches, %d dials, %d errors, %d rebalances", len(got.msgs), s.Fetches, s.Dials, s.Errors, s.Rebalances)
+	if s.Rebalances < 1 || s.Fetches < 1 || s.Fetches > int64(len(got.msgs))/10 {
+		t.Fatalf("stats %+v for %d messages: want a generation, and batched fetches", s, len(got.msgs))
+	}
+	if err := r.CommitMessages(ctx, got.msgs...); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	produceKeyed(t, ctx, c, n, 10, topics...)
+	r2 := newGroupReader(t, c, group, topics...)
+	var again collected
+	dctx, stop = context.WithCancel(ctx)
+	done = make(chan struct{})
+	go func() { defer close(done); drain(dctx, r2, &again) }()
+	waitFor(t, "the new messages read", 30*time.Second, func() bool { return again.len() >= 20 })
+	time.Sleep(300 * time.Millisecond) // anything redelivered would come with them
+	stop()
+	<-done
+	if again.len() != 20 {
+		t.Fatalf("after the commit a new member read %d messages, want the 20 new ones", again.len())
+	}
+	for _, m := range again.msgs {
+		var i int
+		if _, err := fmt.Sscanf(string(m.Value), "k%d", &i); err != nil || i < n {
+			t.Fatalf("redelivered %q of %s/%d@%d", m.Value, m.Topic, m.Partition, m.Offset)
+		}
+	}
+}
+
+// An idle member long-polls each broker once per wait, whatever its partition count: a
+// reader per partition polled each of them (12 here).
+func TestGroupReaderIdleLongPolls(t *testing.T) {
+	c, ctx, topics := producerTopics(t, 6, "t.gr.idle.a.", "t.gr.idle.b.")
+	r, err := c.NewGroupReader(kafka.ReaderOptions{GroupID: testutil.Unique("gr-idle"), Topics: topics})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	go func() { _, _ = r.FetchBatch(ctx) }()
+	waitFor(t, "joined", 20*time.Second, r.Joined)
+	_ = r.Stats()
+	const watch = 4 * time.Second
+	time.Sleep(watch)
+	s := r.Stats()
+	t.Logf("idle for %s: %d fetches, %d dials, %d errors", watch, s.Fetches, s.Dials, s.Errors)
+	if perSec := float64(s.Fetches) / watch.Seconds(); perSec > 2 || s.Fetches < 2 {
+		t.Errorf("%.1f fetches a second for 12 idle partitions, want about 1 (the wait %s)", perSec, kafka.DefaultFetchMaxWait)
+	}
+	if s.Errors > 0 {
+		t.Errorf("%d fetch errors while idle", s.Errors)
+	}
+}
+
+// Two members share the partitions; each message produced once both hold their share
+// reaches exactly one of them. A member's commit of a partition it no longer owns is left
+// out: the owner's commit stands.
+func TestGroupReaderTwoMembersSplitThePartitions(t *testing.T) {
+	c, ctx, topics := producerTopics(t, 6, "t.gr.two.")
+	group := testutil.Unique("gr-two")
+	a := newGroupReader(t, c, group, topics...)
+	var gotA, gotB collected
+	dctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var wg sync.WaitGroup
+	wg.Go(func() { drain(dctx, a, &gotA) })
+	waitFor(t, "first member joined", 20*time.Second, a.Joined)
+	produceKeyed(t, ctx, c, 0, 60, topics...)
+	waitFor(t, "first member read everything", 20*time.Second, func() bool { return gotA.len() >= 60 })
+	old := append([]kafkago.Message(nil), gotA.msgs...)
+
+	b := newGroupReader(t, c, group, topics...)
+	wg.Go(func() { drain(dctx, b, &gotB) })
+	waitFor(t, "partitions split", 30*time.Second, func() bool {
+		return b.Joined() && kafka.Assigned(a) == 3 && kafka.Assigned(b) == 3
+	})
+	// The first member commits every partition it read before the split, three of which
+	// are now the second member's: only its own three are committed.
+	if err := a.CommitMessages(ctx, old...); err != nil {
+		t.Fatal(err)
+	}
+	committed, err := c.Admin().OffsetFetch(ctx, &kafkago.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topics[0]: {0, 1, 2, 3, 4, 5}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ownedByA := 0
+	for _, p := range committed.Topics[topics[0]] {
+		if p.CommittedOffset >= 0 {
+			ownedByA++
+		}
+	}
+	if ownedByA != 3 {
+		t.Fatalf("%d partitions committed by the first member, want its 3", ownedByA)
+	}
+	before := gotA.len() + gotB.len()
+	produceKeyed(t, ctx, c, 1000, 60, topics...)
+	// The second member starts its partitions at the group's offsets (none committed: the
+	// first offset), so it reads the first 60 of them again, then the new ones.
+	waitFor(t, "new messages read", 30*time.Second, func() bool {
+		return countFrom(&gotA, 1000)+countFrom(&gotB, 1000) >= 60
+	})
+	time.Sleep(300 * time.Millisecond)
+	stop()
+	wg.Wait()
+	if n := countFrom(&gotA, 1000) + countFrom(&gotB, 1000); n != 60 || countFrom(&gotA, 1000) == 0 || countFrom(&gotB, 1000) == 0 {
+		t.Fatalf("new messages: %d to the first member, %d to the second, want 60 split", countFrom(&gotA, 1000), countFrom(&gotB, 1000))
+	}
+	if len(gotA.fault)+len(gotB.fault)+len(gotB.order) > 0 {
+		t.Fatalf("faults: %v %v %v", gotA.fault, gotB.fault, gotB.order)
+	}
+	// The first member's partitions that stayed its own started over at offset 0 in the
+	// new generation (nothing was committed yet): once each, no other going back.
+	if len(gotA.order) > 3 {
+		t.Fatalf("the first member went back %d times: %v", len(gotA.order), gotA.order)
+	}
+	t.Logf("%d messages before the new ones; the first member started over %v", before, gotA.order)
+}
+
+func countFrom(c *collected, from int) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, m := range c.msgs {
+		var i int
+		if _, err := fmt.Sscanf(string(m.Value), "k%d", &i); err == nil && i >= from {
+			n++
+		}
+	}
+	return n
+}
+
+// A committed offset past the partition's end (a topic recreated, a hand-set offset) starts
+// the partition over at its first offset: redelivery is deduplicated downstream, a skip
+// would lose events.
+func TestGroupReaderOffsetOutOfRangeStartsOver(t *testing.T) {
+	c, ctx, topics := producerTopics(t, 1, "t.gr.oor.")
+	produceKeyed(t, ctx, c, 0, 20, topics...)
+	group := testutil.Unique("gr-oor")
+	res, err := c.Admin().OffsetCommit(ctx, &kafkago.OffsetCommitRequest{GroupID: group, GenerationID: -1,
+		Topics: map[string][]kafkago.OffsetCommit{topics[0]: {{Partition: 0, Offset: 1_000_000}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range res.Topics[topics[0]] {
+		if p.Error != nil {
+			t.Fatal(p.Error)
+		}
+	}
+	r := newGroupReader(t, c, group, topics...)
+	var got collected
+	dctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); drain(dctx, r, &got) }()
+	waitFor(t, "the partition read from its start", 30*time.Second, func() bool { return got.len() >= 20 })
+	stop()
+	<-done
+	if got.msgs[0].Offset != 0 || got.len() != 20 {
+		t.Fatalf("read %d messages from offset %d, want 20 from 0", got.len(), got.msgs[0].Offset)
+	}
+	if s := r.Stats(); s.Errors < 1 {
+		t.Fatalf("stats %+v: the out-of-range fetch was not counted", s)
+	}
+}
