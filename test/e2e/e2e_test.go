@@ -190,9 +190,27 @@ func TestServeRefusesReadinessWhileSchemaIsBehind(t *testing.T) {
 	p.WaitReadyz(t, 200, 30*time.Second)
 }
 
+// Dev mode runs every role on embedded services (kfake for Kafka): a watch goes the whole
+// path, and the user's next list shows it (the item is excluded from it, its history
+// counted: the strategy is no longer a cold start's).
 func TestDevModeWithEmbeddedServicesBecomesReady(t *testing.T) {
 	p := Start(t, nil, "dev")
 	p.WaitReadyz(t, 200, 90*time.Second)
+	now := time.Now().UnixMilli()
+	for u := 0; u < 3; u++ {
+		postWatch(t, p.Base, fmt.Sprintf("dev-seed%d", u), "dev-x", now-2000)
+		postWatch(t, p.Base, fmt.Sprintf("dev-seed%d", u), "dev-y", now-1000)
+	}
+	postWatch(t, p.Base, "dev-user", "dev-x", now)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		r := getReco(t, p.Base, "dev-user")
+		if r.Strategy != "cold_start_trending" && indexIn(r.Items, "dev-x") < 0 && indexIn(r.Items, "dev-y") == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the watch did not reach dev-user's list within 30 s: %+v\n%s", r, p.tail())
+		}
+	}
 }
 
 func TestPostgresOutageMakesUnreadyAndRecovers(t *testing.T) {
