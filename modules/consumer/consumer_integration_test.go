@@ -457,6 +457,40 @@ func TestOutagesRetryWithoutDLQ(t *testing.T) {
 	})
 }
 
+// The broker stops mid-stream and comes back (a restart): the consumer's fetches and its
+// group's heartbeats fail and back off; once the broker is back it rejoins, resumes from the
+// committed offsets and applies the rest. Every event is applied once, and the durable state
+// equals the rebuild from the raw events.
+func TestKafkaOutageResumesExactlyOnce(t *testing.T) {
+	t.Parallel()
+	pk := testutil.StartPrivate(t, "kafka")
+	e := newEnvOn(t, []string{pk.Addr})
+	e.MaxBatch = 200
+	evs := e.generate(10, 3000)
+	e.insertRaw(t, evs)
+	e.produce(t, evs[:1500])
+	c := e.startConsumer(t)
+	e.waitApplied(t, 1500, 90*time.Second)
+
+	pk.Stop()
+	waitFor(t, "fetch errors during the outage", 30*time.Second, func() bool {
+		return counter(c.set, "recsys_consumer_kafka_errors_total") >= 1
+	})
+	pk.Start()
+	e.produce(t, evs[1500:])
+	e.waitApplied(t, len(evs), 120*time.Second)
+	waitFor(t, "the consumer counted every event", 30*time.Second, func() bool {
+		return counter(c.set, "reco_feature_consumer_processed_total", `status="processed"`) >= float64(len(evs))
+	})
+	c.stop()
+	if n := counter(c.set, "reco_feature_consumer_processed_total", `status="processed"`); n != float64(len(evs)) {
+		t.Errorf("%v events applied for %d produced", n, len(evs))
+	}
+	t.Logf("rebalances %v, fetch errors %v, duplicates redelivered %v", counter(c.set, "recsys_consumer_kafka_rebalances_total"),
+		counter(c.set, "recsys_consumer_kafka_errors_total"), counter(c.set, "reco_feature_consumer_processed_total", `status="duplicate"`))
+	e.checkConverged(t, evs)
+}
+
 // Two lanes applying at once (--consumer.max-in-flight 2), small batches and few users, so
 // every user has events in many consecutive batches in flight: each user's history in
 // PostgreSQL and Redis is the one an in-order rebuild from the raw events gives.

@@ -68,10 +68,16 @@ func testFeatures() features.Config {
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
+	return newEnvOn(t, testutil.KafkaBrokers(t))
+}
+
+// newEnvOn is newEnv on the given Kafka brokers.
+func newEnvOn(t testing.TB, brokers []string) *env {
+	t.Helper()
 	// A private Redis: other packages run load tests against the shared one, and a
 	// blocked server would only test our 1 s client timeout.
 	redisPriv := testutil.StartPrivate(t, "redis")
-	e := &env{DSN: testutil.MigratedDatabase(t), RedisURL: redisPriv.URL, redisPriv: redisPriv, Brokers: testutil.KafkaBrokers(t),
+	e := &env{DSN: testutil.MigratedDatabase(t), RedisURL: redisPriv.URL, redisPriv: redisPriv, Brokers: brokers,
 		Prefix: testutil.Unique("cons") + ":", Group: testutil.Unique("g-"), TopicImp: testutil.KafkaTopic(t, "imp-"),
 		TopicWatch: testutil.KafkaTopic(t, "wat-"), MaxBatch: 500, fcfg: testFeatures(),
 		start: time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC).UnixMilli()}
