@@ -212,6 +212,7 @@ func (r *GroupReader) fetchAll(ctx context.Context, parts []*fetchState) {
 		return
 	}
 	for attempt := 0; ; attempt++ {
+		began := time.Now()
 		err := r.resolveOffsets(ctx, parts)
 		if err == nil {
 			var byLeader [][]*fetchState
@@ -224,6 +225,9 @@ func (r *GroupReader) fetchAll(ctx context.Context, parts []*fetchState) {
 		}
 		r.errs.Add(1)
 		r.warn("fetch", err)
+		if time.Since(began) > time.Minute {
+			attempt = 0 // the fetches ran a while: this failure starts the backoff over
+		}
 		d := min(50*time.Millisecond<<min(attempt, 6), 2*time.Second)
 		t := time.NewTimer(d/2 + rand.N(d/2+1))
 		select {

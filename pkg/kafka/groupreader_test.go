@@ -34,9 +34,9 @@ func produceKeyed(t *testing.T, ctx context.Context, c *kafka.Client, from, n in
 
 // collected is what a reader handed over, checked for per-partition order as it comes.
 type collected struct {
-	mu    sync.Mutex
-	msgs  []kafkago.Message
-	next  map[string]int64 // topic/partition -> offset expected at least next
+	mu   sync.Mutex
+	msgs []kafkago.Message
+	next map[string]int64 // topic/partition -> offset expected at least next
 	// order lists offsets that went back (a partition started over: within a generation a
 	// fault, across one the redelivery of what was not committed); fault the content faults.
 	order, fault []string
