@@ -155,6 +155,10 @@ WHERE created_at < now() - $1::interval AND id <> ALL($3) ORDER BY id LIMIT $2`,
 // one refreshes the lock after every page.
 const lockTTL = 15 * time.Second
 
+// clearingEpoch is the copy's generation while a repopulation deletes the keys of another
+// one: no writer's (a number), and not a number, so writers take the copy as behind.
+const clearingEpoch = "clearing"
+
 // ErrRepopulating means another process holds the repopulation lock.
 var ErrRepopulating = errors.New("another repopulation is running")
 
@@ -163,10 +167,12 @@ var ErrRepopulating = errors.New("another repopulation is running")
 // rather than merged (members PostgreSQL no longer has are dropped).
 //
 // Order matters: the generation is bumped under the exclusive meta lock, so every batch of
-// the old generation has committed; the copy's meta is set before its data is deleted, so a
-// late write of the old generation is either deleted or refused; the snapshot is read after
-// that, so it holds every batch whose Redis write could have been lost; and writes of the
-// current generation landing meanwhile merge with the snapshot's values.
+// the old generation has committed; while the old data is deleted the copy's meta refuses
+// every write (clearingEpoch), and it takes the new generation only after, so neither a late
+// write of the old generation nor a write of the new one lands on a half-deleted copy; the
+// snapshot is read after that, so it holds every batch whose Redis write could have been
+// refused or lost; and writes of the current generation landing meanwhile merge with the
+// snapshot's values.
 func (s *Store) Repopulate(ctx context.Context, force bool) error {
 	ok, err := s.rd.Do(ctx, s.rd.B().Set().Key(s.keys.Lock).Value(fmt.Sprint(time.Now().UnixMilli())).Nx().Px(lockTTL).Build()).AsBool()
 	if err != nil && !rueidis.IsRedisNil(err) {
@@ -200,6 +206,19 @@ func (s *Store) Repopulate(ctx context.Context, force bool) error {
 	if err := s.rd.Do(ctx, s.rd.B().Del().Key(s.keys.Ready).Build()).Error(); err != nil {
 		return fmt.Errorf("clear ready marker: %w", err)
 	}
+	if cur != "" && cur != epoch {
+		// No write lands while the old copy's keys go. A neighbour list and its version ("nv"
+		// in the item's hash) are two keys: a change applied after the deletion took the list
+		// and before it took the version went onto a list that had lost its members, and the
+		// copy kept it short at PostgreSQL's version. The refused writes stay in the journal;
+		// their batches committed before the snapshot below, which holds them.
+		if err := s.rd.Do(ctx, s.rd.B().Hset().Key(s.keys.Meta).FieldValue().FieldValue("ep", clearingEpoch).Build()).Error(); err != nil {
+			return fmt.Errorf("write redis meta: %w", err)
+		}
+		if err := s.deleteData(ctx); err != nil {
+			return err
+		}
+	}
 	set := s.rd.B().Hset().Key(s.keys.Meta).FieldValue().FieldValue("ep", epoch)
 	if hasMeta {
 		set = set.FieldValue("lm:s", fi(m.Short.LandmarkMs)).FieldValue("lm:l", fi(m.Long.LandmarkMs)).FieldValue("lm:c", fi(m.Covis.LandmarkMs)).
@@ -207,11 +226,6 @@ func (s *Store) Repopulate(ctx context.Context, force bool) error {
 	}
 	if err := s.rd.Do(ctx, set.Build()).Error(); err != nil {
 		return fmt.Errorf("write redis meta: %w", err)
-	}
-	if cur != "" && cur != epoch {
-		if err := s.deleteData(ctx); err != nil {
-			return err
-		}
 	}
 	// The snapshot starts only now: every write the copy accepted before (and that the
 	// deletion above may have removed) belongs to a batch committed before this point.
