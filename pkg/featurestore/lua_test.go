@@ -173,6 +173,16 @@ func TestNeighbourVersions(t *testing.T) {
 				t.Fatal(err)
 			}
 			check("the next change", "d=0.25 e=1", "4")
+			// The list deleted, its version kept: a change would land on an empty list. It is
+			// refused, and the list sent whole.
+			if err := rd.Do(ctx, rd.B().Del().Key(prefix+"nb:a").Build()).Error(); err != nil {
+				t.Fatal(err)
+			}
+			err = write(nbWrite{item: "a", version: 5, add: []scoredRow{{id: "f", w: 2}}})
+			if err == nil || !strings.Contains(err.Error(), "1 neighbour lists are behind") {
+				t.Fatalf("a change onto a deleted list: %v", err)
+			}
+			check("a change onto a deleted list", "", "4")
 		})
 	}
 }

@@ -31,7 +31,11 @@ import (
 // returned, and the writer sends the list whole from PostgreSQL; a whole list replaces any
 // older copy; an older change or list than the copy's changes nothing. So the copy never
 // goes back, whatever order the writes of concurrent consumers, the healer and a
-// repopulation land in. A list is capped at 2M members (PostgreSQL never keeps more).
+// repopulation land in. A list is capped at 2M members (PostgreSQL never keeps more). The
+// list and its version are two keys: a list gone while its version stays (an operator's
+// DEL, an eviction the consumer warns about at start) takes no change, it is sent whole,
+// so a change never lands on a list that lost its members. (A list PostgreSQL keeps empty
+// is sent whole each time it is rewritten; lists only grow between cuts to the top M.)
 //
 // KEYS: meta, pop:s, pop:l, fresh, then one key per user and item entry, and two per
 // neighbour entry (the list and its item's hash).
@@ -135,7 +139,7 @@ for _ = 1, nn do
   local alast = a + 4 + 2 * nadd - 1
   local r, rlast = alast + 1, alast + nrem
   if v > cur then
-    if all or cur == v - 1 then
+    if all or (cur == v - 1 and (cur == 0 or redis.call('EXISTS', key) == 1)) then
       if all then redis.call('DEL', key) end
       for s = r, rlast, 1000 do redis.call('ZREM', key, unpack(ARGV, s, math.min(s + 999, rlast))) end
       for s = a + 4, alast, 1000 do redis.call('ZADD', key, unpack(ARGV, s, math.min(s + 999, alast))) end
