@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -137,26 +136,23 @@ func asciiIDChar(c byte) bool {
 	return false
 }
 
-// intParam parses pydantic's lax integer: optional surrounding whitespace and sign, digits.
+// intParam parses pydantic's lax integer (events.LaxInt) within [lo, hi].
 func (q *queryErrors) intParam(v rawQuery, name string, def, lo, hi int) int {
 	s, ok := v.last(name)
 	if !ok {
 		return def
 	}
-	t := strings.TrimSpace(s)
-	digits := strings.TrimLeft(t, "+-")
-	if len(t)-len(digits) > 1 || digits == "" || strings.TrimLeft(digits, "0123456789") != "" {
-		q.add(name, "int_parsing", "Input should be a valid integer, unable to parse string as an integer", s, nil)
-		return def
-	}
-	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil { // out of int64 range: its sign says which bound it breaks
-		n = int64(hi) + 1
-		if strings.HasPrefix(t, "-") {
+	n, typ := events.LaxInt(s)
+	if typ == "int_parsing_size" { // out of int64 range: its sign says which bound it breaks
+		typ, n = "", int64(hi)+1
+		if strings.HasPrefix(strings.TrimSpace(s), "-") {
 			n = int64(lo) - 1
 		}
 	}
 	switch {
+	case typ != "":
+		q.add(name, typ, events.LaxMessage(typ), s, nil)
+		return def
 	case n < int64(lo):
 		q.add(name, "greater_than_equal", fmt.Sprintf("Input should be greater than or equal to %d", lo), s, map[string]any{"ge": lo})
 		return def
@@ -173,13 +169,10 @@ func (q *queryErrors) boolParam(v rawQuery, name string, def bool) bool {
 	if !ok {
 		return def
 	}
-	switch strings.ToLower(strings.TrimSpace(s)) {
-	case "1", "on", "t", "true", "y", "yes":
-		return true
-	case "0", "off", "f", "false", "n", "no":
-		return false
+	if b, ok := events.LaxBool(s); ok {
+		return b
 	}
-	q.add(name, "bool_parsing", "Input should be a valid boolean, unable to interpret input", s, nil)
+	q.add(name, "bool_parsing", events.LaxMessage("bool_parsing"), s, nil)
 	return def
 }
 

@@ -367,20 +367,36 @@ func parseInt(tok string) (int64, string) {
 var intMsgs = map[string]string{
 	"int_type":         "Input should be a valid integer",
 	"int_from_float":   "Input should be a valid integer, got a number with a fractional part",
-	"int_parsing_size": "Unable to parse input string as an integer, exceeded maximum size",
+	"int_parsing":      LaxMessage("int_parsing"),
+	"int_parsing_size": LaxMessage("int_parsing_size"),
 }
 
+// decInt takes a JSON integer, an integral number, a numeric string or a boolean (pydantic's
+// lax integer).
 func (c *checker) decInt(k string, v *node, dst *int64) bool {
 	typ := "int_type"
-	if v.kind == jNumber {
-		var i int64
-		if i, typ = parseInt(c.mem.str(v)); typ == "" {
-			*dst = i
-			return true
-		}
+	var i int64
+	switch v.kind {
+	case jNumber:
+		i, typ = parseInt(c.mem.str(v))
+	case jString:
+		i, typ = LaxInt(c.mem.str(v))
+	case jBool:
+		i, typ = b2i(v.b), ""
+	}
+	if typ == "" {
+		*dst = i
+		return true
 	}
 	c.bad(k, typ, intMsgs[typ], c.rawInput(v), nil)
 	return false
+}
+
+func b2i(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // decOptInt is decOptString for integers.
@@ -397,12 +413,24 @@ func (c *checker) decOptInt(k string, v *node, dst **int64, slot *int64) {
 	}
 }
 
+// decFloat takes a JSON number, a numeric string or a boolean (pydantic's lax number), finite.
 func (c *checker) decFloat(k string, v *node, dst *float64) bool {
-	if v.kind != jNumber {
+	var f float64
+	switch v.kind {
+	case jNumber:
+		f, _ = strconv.ParseFloat(c.mem.str(v), 64)
+	case jString:
+		var typ string
+		if f, typ = LaxFloat(c.mem.str(v)); typ != "" {
+			c.bad(k, typ, LaxMessage(typ), c.rawInput(v), nil)
+			return false
+		}
+	case jBool:
+		f = float64(b2i(v.b))
+	default:
 		c.bad(k, "float_type", "Input should be a valid number", c.rawInput(v), nil)
 		return false
 	}
-	f, _ := strconv.ParseFloat(c.mem.str(v), 64)
 	if math.IsInf(f, 0) || math.IsNaN(f) {
 		// JSON cannot carry infinity back out, so the event could never be encoded.
 		c.bad(k, "finite_number", "Input should be a finite number", c.rawInput(v), nil)
@@ -426,20 +454,37 @@ func (c *checker) decOptFloat(k string, v *node, dst **float64, slot *float64) {
 	}
 }
 
-// decOptBool is decOptString for booleans.
+// decOptBool is decOptString for booleans: true/false, 0/1, or pydantic's boolean words.
 func (c *checker) decOptBool(k string, v *node, dst **bool, slot *bool) {
+	var b, ok bool
+	typ := "bool_parsing"
 	switch v.kind {
 	case jNull:
 		*dst = nil
+		return
 	case jBool:
-		if slot == nil {
-			slot = new(bool)
-		}
-		*slot = v.b
-		*dst = slot
+		b, ok = v.b, true
+	case jNumber:
+		f, _ := strconv.ParseFloat(c.mem.str(v), 64)
+		b, ok = f == 1, f == 0 || f == 1
+	case jString:
+		b, ok = LaxBool(c.mem.str(v))
 	default:
-		c.bad(k, "bool_type", "Input should be a valid boolean", c.rawInput(v), nil)
+		typ = "bool_type"
 	}
+	if !ok {
+		msg := "Input should be a valid boolean"
+		if typ == "bool_parsing" {
+			msg = LaxMessage(typ)
+		}
+		c.bad(k, typ, msg, c.rawInput(v), nil)
+		return
+	}
+	if slot == nil {
+		slot = new(bool)
+	}
+	*slot = b
+	*dst = slot
 }
 
 // decLiteral reads a literal-typed field; a non-string is a literal_error like pydantic's.
