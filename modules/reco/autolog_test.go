@@ -198,6 +198,50 @@ func TestAutologShutdownDrainsAndCountsWhatIsLeft(t *testing.T) {
 	}
 }
 
+// An outage buffered impressions and PostgreSQL is back (before SIGTERM, or during the drain)
+// while the next regular probe is far off: the drain keeps probing PostgreSQL, so the buffer is
+// written instead of being dropped behind a breaker that nothing would close.
+func TestAutologShutdownDrainWritesBufferOncePostgresIsBack(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		backIn time.Duration // after SIGTERM; 0: before it
+	}{
+		{"back before shutdown", 0},
+		{"back during the drain", 300 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, func(c *Config) {
+				c.BreakerFailures = 2
+				c.ProbeInterval = time.Hour // the next regular probe is not due
+				c.AutologShutdownTimeout = 3 * time.Second
+			})
+			stop := h.run()
+			h.writer.fail.Store(true)
+			h.pgUp.Store(false)
+			for i := 0; i < 10; i++ {
+				if r := h.get(fmt.Sprintf("/reco?user_id=sd%d&session_id=s&k=4", i)); r.code != 200 {
+					t.Fatalf("%d %v", r.code, r.body)
+				}
+			}
+			eventually(t, 5*time.Second, "postgres breaker open", h.r.serving.pgBrk.IsOpen)
+			back := func() { h.writer.fail.Store(false); h.pgUp.Store(true) }
+			if tc.backIn == 0 {
+				back()
+			} else {
+				time.AfterFunc(tc.backIn, back)
+			}
+			start := time.Now()
+			stop()
+			if h.writer.count() != 10 || h.r.m.droppedTotal() != 0 {
+				t.Fatalf("persisted %d dropped %d, want 10 and 0", h.writer.count(), h.r.m.droppedTotal())
+			}
+			if d := time.Since(start); d > 2*time.Second {
+				t.Fatalf("drain took %s: it should end once the buffer is written", d)
+			}
+		})
+	}
+}
+
 func exposition(h *harness) string {
 	var b bytes.Buffer
 	h.set.WritePrometheus(&b)

@@ -23,7 +23,8 @@
 // back-pressure beyond; --reco.autolog-async=false answers after the group commit, so even a
 // kill -9 loses no served list. In both modes an impression whose write fails because
 // PostgreSQL is unavailable waits in the bounded queue and is written when PostgreSQL is back;
-// the queue is drained at shutdown; everything not persisted is counted in
+// the queue is drained at shutdown (PostgreSQL is probed during the drain, so a database back
+// since the last probe still gets the buffer); everything not persisted is counted in
 // recsys_reco_autolog_dropped_total{reason}.
 //
 // Degraded serving (strategy gets a suffix naming the source):
@@ -240,7 +241,19 @@ func (r *Reco) Run(ctx context.Context) error {
 	wg.Wait()
 	start := time.Now()
 	pending := r.autolog.Pending()
-	if left := r.autolog.Shutdown(r.cfg.AutologShutdownTimeout); left > 0 {
+	// Only a probe closes the PostgreSQL breaker and the buffered impressions are not written
+	// while it is open, so the drain keeps probing: PostgreSQL back since the last regular
+	// probe (or during the drain) gets the buffer instead of a count of drops.
+	drainCtx, endDrain := context.WithCancel(context.Background())
+	probing := make(chan struct{})
+	go func() {
+		defer close(probing)
+		r.serving.probePGWhileOpen(drainCtx, min(r.cfg.ProbeInterval, drainProbeInterval))
+	}()
+	left := r.autolog.Shutdown(r.cfg.AutologShutdownTimeout)
+	endDrain()
+	<-probing
+	if left > 0 {
 		r.log.Warn("autolog shutdown timeout, impressions dropped", "dropped", left, "timeout_s", r.cfg.AutologShutdownTimeout.Seconds())
 	} else if pending > 0 {
 		r.log.Info("autolog drained", "impressions", pending, "duration_s", time.Since(start).Seconds())
@@ -250,6 +263,10 @@ func (r *Reco) Run(ctx context.Context) error {
 	}
 	return nil
 }
+
+// drainProbeInterval bounds the PostgreSQL probe interval during the shutdown drain, which
+// lasts seconds (--reco.autolog-shutdown-timeout) where the regular interval may not.
+const drainProbeInterval = 100 * time.Millisecond
 
 // Ready fails only when no list at all can be made.
 func (r *Reco) Ready(context.Context) error {

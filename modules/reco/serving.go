@@ -302,6 +302,22 @@ func (s *serving) probePGOnce(parent context.Context) {
 	s.pgBrk.Reset()
 }
 
+// probePGWhileOpen probes PostgreSQL every interval while its breaker is open, until ctx ends.
+func (s *serving) probePGWhileOpen(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if s.pgBrk.IsOpen() {
+			s.probePGOnce(ctx)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // canServe reports whether some list can be made.
 func (s *serving) canServe() bool {
 	return (s.redis != nil && s.redisUsable()) || (s.pg != nil && s.pgBrk.Allow()) || s.global.Load() != nil
