@@ -3,6 +3,7 @@ package reco
 import (
 	"math"
 	"math/bits"
+	"slices"
 	"sync"
 	"time"
 )
@@ -20,9 +21,16 @@ import (
 //     max-samples; the newest bucket is always taken. So the cap is applied in whole buckets
 //     (whole seconds by default), never by dropping part of a second.
 //   - Percentiles use the contract's rule (rank (N−1)·q, linear interpolation between the two
-//     neighbouring samples), where a sample's value is estimated by spreading the samples of
-//     its histogram bucket evenly across the bucket: the error is below the bucket's relative
-//     width, 1/8 (12.5 %) at worst and ~6 % typically.
+//     neighbouring samples). They are exact while the window holds at most exactSamples
+//     samples (the newest ones are also kept raw, in a ring). Beyond that a sample's value is
+//     estimated by spreading the samples of its histogram bucket evenly across the bucket:
+//     the error is below the bucket's relative width, 1/8 (12.5 %) at worst and ~6 %
+//     typically.
+//   - The SLA verdicts (p95_met, p99_met) are exact either way: each bucket also counts the
+//     samples within each target and keeps the largest of them and the smallest sample above
+//     it, which are the only two values the verdict can hinge on. The estimates are split at
+//     the targets too, so a reported percentile is never on the other side of its target
+//     than the verdict says.
 //   - status_counts adds "3xx" (the original counted 3xx nowhere), and error_rate_pct counts
 //     5xx only: a client's bad request is not a server error (api-contract §16.20).
 type window struct {
@@ -33,8 +41,21 @@ type window struct {
 	buckets    []wbucket
 	slaP95     float64
 	slaP99     float64
+	targetsNs  [2]int64 // the SLA targets, a sample is within one when its ns ≤ it
 	windowSec  int64
+	ring       []rawSample // the newest samples, for exact percentiles of small windows
+	ringNext   uint64
 }
+
+// rawSample is one request kept raw: its bucket slot and latency.
+type rawSample struct {
+	slot int64
+	ns   int64
+}
+
+// exactSamples bounds the raw samples kept (16 B each): windows holding at most this many get
+// exact percentiles.
+const exactSamples = 4096
 
 const (
 	maxBuckets = 3600
@@ -60,6 +81,14 @@ type wbucket struct {
 	count  uint32
 	status [famCount]uint32
 	lat    [latBuckets]uint32
+	within [2]targetCount // per SLA target
+}
+
+// targetCount is what the exact SLA verdict needs of one bucket for one target.
+type targetCount struct {
+	n       uint32 // samples within the target
+	maxIn   int64  // ns, the largest of them
+	minOver int64  // ns, the smallest sample above the target; math.MaxInt64 when none
 }
 
 func newWindow(length time.Duration, maxSamples int, slaP95, slaP99 float64) *window {
@@ -70,11 +99,22 @@ func newWindow(length time.Duration, maxSamples int, slaP95, slaP99 float64) *wi
 	width := max(int64(1000), (ms+maxBuckets-1)/maxBuckets)
 	span := (ms + width - 1) / width
 	w := &window{widthMs: width, span: span, maxSamples: maxSamples, buckets: make([]wbucket, span+1),
-		slaP95: slaP95, slaP99: slaP99, windowSec: ms / 1000}
+		slaP95: slaP95, slaP99: slaP99, windowSec: ms / 1000, ring: make([]rawSample, exactSamples)}
+	w.targetsNs = [2]int64{int64(math.Floor(slaP95 * 1e6)), int64(math.Floor(slaP99 * 1e6))}
 	for i := range w.buckets {
-		w.buckets[i].slot = -1
+		w.buckets[i].reset(-1)
+	}
+	for i := range w.ring {
+		w.ring[i].slot = -1
 	}
 	return w
+}
+
+func (b *wbucket) reset(slot int64) {
+	*b = wbucket{slot: slot}
+	for i := range b.within {
+		b.within[i].minOver = math.MaxInt64
+	}
 }
 
 func family(status int) int {
@@ -119,20 +159,36 @@ func latBounds(i int) (float64, float64) {
 	return float64(low), float64(high)
 }
 
-// Record adds one request. Cost: a lock, a few increments, and a bucket reset once per bucket
-// width.
-func (w *window) Record(now time.Time, latency time.Duration, status int) {
-	slot := now.UnixMilli() / w.widthMs
+// Record adds one request that started at start and took latency. It is filed under its
+// completion time, as the contract records it: filed under its start, a request slower than
+// the window would land in (and reset) the slot of the current bucket. Cost: a lock, a few
+// increments, and a bucket reset once per bucket width.
+func (w *window) Record(start time.Time, latency time.Duration, status int) {
+	slot := start.Add(latency).UnixMilli() / w.widthMs
+	ns := max(latency.Nanoseconds(), 0)
 	li := latIndex(latency.Microseconds())
 	f := family(status)
 	w.mu.Lock()
 	b := &w.buckets[slot%int64(len(w.buckets))]
 	if b.slot != slot {
-		*b = wbucket{slot: slot}
+		b.reset(slot)
 	}
 	b.count++
 	b.status[f]++
 	b.lat[li]++
+	for i, t := range w.targetsNs {
+		tc := &b.within[i]
+		if ns <= t {
+			tc.n++
+			tc.maxIn = max(tc.maxIn, ns)
+		} else {
+			tc.minOver = min(tc.minOver, ns)
+		}
+	}
+	if len(w.ring) > 0 {
+		w.ring[w.ringNext%uint64(len(w.ring))] = rawSample{slot: slot, ns: ns}
+		w.ringNext++
+	}
 	w.mu.Unlock()
 }
 
@@ -159,6 +215,9 @@ func (w *window) Snapshot(now time.Time) windowSnapshot {
 	var status [famCount]int64
 	var lat [latBuckets]int64
 	var n int64
+	within := [2]targetCount{{minOver: math.MaxInt64}, {minOver: math.MaxInt64}}
+	var withinN [2]int64
+	oldest := cur + 1
 	w.mu.Lock()
 	for s := cur; s >= cur-w.span && s >= 0; s-- {
 		b := &w.buckets[s%int64(len(w.buckets))]
@@ -168,6 +227,7 @@ func (w *window) Snapshot(now time.Time) windowSnapshot {
 		if n > 0 && n+int64(b.count) > int64(w.maxSamples) {
 			break
 		}
+		oldest = s
 		n += int64(b.count)
 		for i, c := range b.status {
 			status[i] += int64(c)
@@ -177,7 +237,13 @@ func (w *window) Snapshot(now time.Time) windowSnapshot {
 				lat[i] += int64(c)
 			}
 		}
+		for i, tc := range b.within {
+			withinN[i] += int64(tc.n)
+			within[i].maxIn = max(within[i].maxIn, tc.maxIn)
+			within[i].minOver = min(within[i].minOver, tc.minOver)
+		}
 	}
+	raw := w.rawSamples(oldest, cur, n)
 	w.mu.Unlock()
 
 	out := windowSnapshot{
@@ -192,45 +258,149 @@ func (w *window) Snapshot(now time.Time) windowSnapshot {
 		return out
 	}
 	out.ErrorRatePct = round3(float64(status[fam5xx]) / float64(n) * 100)
+	var valueAt func(i int64) float64 // the i-th smallest sample in ms
+	if raw != nil {
+		slices.Sort(raw)
+		valueAt = func(i int64) float64 { return float64(raw[i]) / 1e6 }
+	} else {
+		est := newEstimate(&lat, w.targetsNs, withinN, within)
+		valueAt = est.valueAt
+	}
 	for _, q := range []struct {
 		name string
 		q    float64
 	}{{"p50", 0.50}, {"p95", 0.95}, {"p99", 0.99}} {
-		v := round3(percentile(&lat, n, q.q) / 1000)
+		v := round3(percentile(valueAt, n, q.q))
 		out.LatencyMs[q.name] = &v
 	}
-	out.SLA.P95Met = *out.LatencyMs["p95"] <= w.slaP95
-	out.SLA.P99Met = *out.LatencyMs["p99"] <= w.slaP99
+	out.SLA.P95Met = met(withinN[0], within[0], n, 0.95, w.targetsNs[0])
+	out.SLA.P99Met = met(withinN[1], within[1], n, 0.99, w.targetsNs[1])
 	return out
 }
 
-// percentile returns the q-quantile in microseconds by the contract's rule over the estimated
-// sample values (see window).
-func percentile(lat *[latBuckets]int64, n int64, q float64) float64 {
+// rawSamples returns the latencies (ns) of the n samples of the slots oldest..cur when the
+// ring still holds all of them, else nil. The caller holds w.mu.
+func (w *window) rawSamples(oldest, cur, n int64) []int64 {
+	if n == 0 || n > int64(len(w.ring)) || w.ringNext < uint64(n) {
+		return nil
+	}
+	out := make([]int64, 0, n)
+	for _, r := range w.ring {
+		// A slot whose bucket was reused is not in the merge, nor are its raw samples.
+		if r.slot >= oldest && r.slot <= cur && w.buckets[r.slot%int64(len(w.buckets))].slot == r.slot {
+			if int64(len(out)) == n {
+				return nil
+			}
+			out = append(out, r.ns)
+		}
+	}
+	if int64(len(out)) != n {
+		return nil // some were overwritten
+	}
+	return out
+}
+
+// met decides exactly whether the contract's q-quantile of the n samples is within the target:
+// within samples are ≤ target. The quantile interpolates between the samples of rank lo and
+// lo+1; when the target falls between them, they are the largest sample within and the
+// smallest above, both known.
+func met(within int64, tc targetCount, n int64, q float64, targetNs int64) bool {
 	r := float64(n-1) * q
 	lo := int64(math.Floor(r))
 	frac := r - float64(lo)
-	v := valueAt(lat, lo)
+	switch {
+	case within >= lo+2 || (within == lo+1 && (frac == 0 || lo+1 >= n)):
+		return true
+	case within <= lo:
+		return false
+	}
+	v := float64(tc.maxIn) + float64(tc.minOver-tc.maxIn)*frac
+	return v <= float64(targetNs)
+}
+
+// percentile returns the q-quantile by the contract's rule over the sorted sample values.
+func percentile(valueAt func(int64) float64, n int64, q float64) float64 {
+	r := float64(n-1) * q
+	lo := int64(math.Floor(r))
+	frac := r - float64(lo)
+	v := valueAt(lo)
 	if frac == 0 || lo+1 >= n {
 		return v
 	}
-	return v + (valueAt(lat, lo+1)-v)*frac
+	return v + (valueAt(lo+1)-v)*frac
 }
 
-// valueAt estimates the i-th smallest sample (0-based): the samples of a bucket are spread
-// evenly across its range.
-func valueAt(lat *[latBuckets]int64, i int64) float64 {
+// estimate gives the i-th smallest sample of a histogram: the samples of a bucket are spread
+// evenly across its range. A bucket holding an SLA target is split there, with the counts on
+// either side known, and the samples just below and above a target are the exact ones, so no
+// estimate crosses a target.
+type estimate struct {
+	pieces []piece
+	exact  map[int64]float64 // rank → ms
+}
+
+type piece struct {
+	low, high float64 // ms
+	n         int64
+}
+
+func newEstimate(lat *[latBuckets]int64, targetsNs [2]int64, withinN [2]int64, within [2]targetCount) *estimate {
+	e := &estimate{exact: map[int64]float64{}}
+	var n int64
+	for _, c := range lat {
+		n += c
+	}
+	for i, w := range withinN {
+		if w > 0 {
+			e.exact[w-1] = float64(within[i].maxIn) / 1e6
+		}
+		if w < n {
+			e.exact[w] = float64(within[i].minOver) / 1e6
+		}
+	}
 	var seen int64
 	for b, c := range lat {
 		if c == 0 {
 			continue
 		}
-		if i < seen+c {
-			low, high := latBounds(b)
-			pos := (float64(i-seen) + 0.5) / float64(c)
-			return low + (high-low)*pos
+		lowUs, highUs := latBounds(b)
+		low, high := lowUs/1000, highUs/1000
+		// Split points inside this bucket, in order, with the samples up to each.
+		for _, i := range splitOrder(targetsNs) {
+			t := float64(targetsNs[i]) / 1e6
+			if t < low || t >= high {
+				continue
+			}
+			k := min(max(withinN[i]-seen, 0), c)
+			e.pieces = append(e.pieces, piece{low, t, k})
+			c -= k
+			seen += k
+			low = t
 		}
+		e.pieces = append(e.pieces, piece{low, high, c})
 		seen += c
+	}
+	return e
+}
+
+func splitOrder(t [2]int64) []int {
+	if t[1] < t[0] {
+		return []int{1, 0}
+	}
+	return []int{0, 1}
+}
+
+func (e *estimate) valueAt(i int64) float64 {
+	if v, ok := e.exact[i]; ok {
+		return v
+	}
+	var seen int64
+	for _, p := range e.pieces {
+		if i < seen+p.n {
+			pos := (float64(i-seen) + 0.5) / float64(p.n)
+			return p.low + (p.high-p.low)*pos
+		}
+		seen += p.n
 	}
 	return 0
 }

@@ -1,6 +1,7 @@
 package reco
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -110,6 +111,105 @@ func TestWindowExpiresOldSamplesAndCapsSamples(t *testing.T) {
 	e := newWindow(time.Minute, 10, 120, 200).Snapshot(base)
 	if e.SampleSize != 0 || e.ErrorRatePct != 0 || e.LatencyMs["p95"] != nil || !e.SLA.P95Met || !e.SLA.P99Met {
 		t.Fatalf("empty: %+v", e)
+	}
+}
+
+// The SLA verdicts are the contract's, exact, whether the percentiles are exact (few samples)
+// or estimated from the histogram (many), and a reported percentile agrees with its verdict.
+func TestWindowSLAVerdictIsExact(t *testing.T) {
+	type group struct {
+		n  int
+		ms float64
+	}
+	cases := []struct {
+		name   string
+		groups []group
+		p95Met bool
+		p99Met bool
+	}{
+		{"p95 of 121 ms hidden in a wide bucket", []group{{94, 50}, {6, 121}}, false, true},
+		{"every request at 118 ms", []group{{100, 118}}, true, true},
+		{"interpolation crosses the target", []group{{95, 119.9}, {5, 122}}, false, true},
+		{"interpolation stays below the target", []group{{95, 119}, {5, 121}}, true, true},
+		{"exactly on the target", []group{{100, 120}}, true, true},
+		{"p99 over by a microsecond", []group{{98, 10}, {2, 200.001}}, true, false},
+		{"p99 straddle within", []group{{99, 199}, {1, 250}}, false, true},
+	}
+	for _, tc := range cases {
+		for _, exact := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/exact=%v", tc.name, exact), func(t *testing.T) {
+				w := newWindow(time.Hour, 50_000, 120, 200)
+				if !exact {
+					w.ring = nil // the histogram estimate of a busy window
+				}
+				now := time.Unix(1_700_000_000, 0)
+				var lat []float64
+				for _, g := range tc.groups {
+					for i := 0; i < g.n; i++ {
+						w.Record(now, time.Duration(g.ms*float64(time.Millisecond)), 200)
+						lat = append(lat, g.ms)
+					}
+				}
+				s := w.Snapshot(now.Add(time.Second))
+				p95, p99 := *s.LatencyMs["p95"], *s.LatencyMs["p99"]
+				if s.SLA.P95Met != tc.p95Met || s.SLA.P99Met != tc.p99Met {
+					t.Fatalf("p95 %.3f met %v, p99 %.3f met %v; want met %v and %v (exact p95 %.4f p99 %.4f)",
+						p95, s.SLA.P95Met, p99, s.SLA.P99Met, tc.p95Met, tc.p99Met,
+						exactPercentile(lat, 0.95), exactPercentile(lat, 0.99))
+				}
+				if (p95 <= 120) != s.SLA.P95Met && math.Abs(p95-120) > 0.001 || (p99 <= 200) != s.SLA.P99Met && math.Abs(p99-200) > 0.001 {
+					t.Fatalf("reported p95 %.3f / p99 %.3f contradict the verdicts %+v", p95, p99, s.SLA)
+				}
+				if exact {
+					for name, q := range map[string]float64{"p50": 0.5, "p95": 0.95, "p99": 0.99} {
+						if got, want := *s.LatencyMs[name], exactPercentile(lat, q); math.Abs(got-want) > 0.0015 {
+							t.Errorf("%s = %.4f, exact %.4f", name, got, want)
+						}
+					}
+				}
+			})
+		}
+	}
+}
+
+// Random windows around the targets: the estimated verdict always equals the exact one.
+func TestWindowEstimatedVerdictMatchesExact(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	now := time.Unix(1_700_000_000, 0)
+	for round := 0; round < 300; round++ {
+		w := newWindow(time.Hour, 50_000, 120, 200)
+		w.ring = nil
+		var lat []float64
+		n := 20 + rng.IntN(400)
+		for i := 0; i < n; i++ {
+			us := 100_000 + rng.Int64N(120_000) // 100..220 ms: both targets in play
+			if rng.IntN(3) > 0 {
+				us = 1_000 + rng.Int64N(50_000)
+			}
+			w.Record(now, time.Duration(us)*time.Microsecond, 200)
+			lat = append(lat, float64(us)/1000)
+		}
+		s := w.Snapshot(now.Add(time.Second))
+		if want := exactPercentile(lat, 0.95) <= 120; s.SLA.P95Met != want {
+			t.Fatalf("round %d: p95_met %v, exact p95 %.4f", round, s.SLA.P95Met, exactPercentile(lat, 0.95))
+		}
+		if want := exactPercentile(lat, 0.99) <= 200; s.SLA.P99Met != want {
+			t.Fatalf("round %d: p99_met %v, exact p99 %.4f", round, s.SLA.P99Met, exactPercentile(lat, 0.99))
+		}
+	}
+}
+
+// A sample is filed under its completion time: a request slower than the window lands in the
+// current second beside the others instead of resetting it.
+func TestWindowFilesSlowRequestAtCompletion(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	w := newWindow(10*time.Second, 50_000, 120, 200)
+	for i := 0; i < 100; i++ {
+		w.Record(now, 5*time.Millisecond, 200)
+	}
+	w.Record(now.Add(-11*time.Second), 11*time.Second, 200)
+	if s := w.Snapshot(now); s.SampleSize != 101 {
+		t.Fatalf("sample_size %d, want 101", s.SampleSize)
 	}
 }
 
