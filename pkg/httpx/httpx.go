@@ -14,9 +14,11 @@ import (
 	"net/http/pprof"
 	"regexp"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -138,6 +140,7 @@ func New(cfg Config, log *slog.Logger) *echo.Echo {
 // requestContext sets the IDs, recovers panics, writes the access log and request metrics.
 // It is one middleware so a panic still gets its ID headers, its log line and its metric.
 func requestContext(log *slog.Logger) echo.MiddlewareFunc {
+	probes := newProbeStates()
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) (err error) {
 			start := time.Now()
@@ -170,14 +173,20 @@ func requestContext(log *slog.Logger) echo.MiddlewareFunc {
 					route = "unmatched"
 				}
 				dur := time.Since(start)
-				hm := handlesFor(route, req.Method, status)
+				hm := handlesFor(route, methodLabel(req.Method), status)
 				hm.requests.Inc()
 				hm.duration.Update(dur.Seconds())
 				lvl := slog.LevelInfo
-				if isProbe(route) {
-					lvl = slog.LevelDebug // probes and scrapes every few seconds would drown the log
-				}
-				if status >= 500 && c.Get(shedKey) == nil {
+				switch {
+				case isProbe(route):
+					// Probes and scrapes every few seconds would drown the log, and an unready
+					// /readyz answers 503 on every probe for as long as it lasts: only a change
+					// of a probe's status is worth a line.
+					lvl = slog.LevelDebug
+					if probes.changed(route, status) {
+						lvl = slog.LevelInfo
+					}
+				case status >= 500 && c.Get(shedKey) == nil:
 					lvl = slog.LevelError
 				}
 				if log.Enabled(c.Request().Context(), lvl) {
@@ -217,12 +226,40 @@ func handlesFor(route, method string, code int) *handles {
 	return v.(*handles)
 }
 
-func isProbe(route string) bool {
-	switch route {
-	case "/healthz", "/livez", "/readyz", "/metrics", "/metrics/prometheus":
-		return true
+// methodLabel bounds the method label of the request metrics: the method is the client's
+// choice, and each distinct one would otherwise add metric series (and a handleCache entry)
+// for the life of the process.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions:
+		return m
 	}
-	return false
+	return "other"
+}
+
+var probeRoutes = []string{"/healthz", "/livez", "/readyz", "/metrics", "/metrics/prometheus"}
+
+func isProbe(route string) bool {
+	return slices.Contains(probeRoutes, route)
+}
+
+// probeStates holds the last status answered on each probe route.
+type probeStates map[string]*atomic.Int32
+
+func newProbeStates() probeStates {
+	p := probeStates{}
+	for _, r := range probeRoutes {
+		p[r] = new(atomic.Int32)
+	}
+	return p
+}
+
+// changed records status as the route's last and reports whether it differs from the one
+// before (the first answer counts as a change).
+func (p probeStates) changed(route string, status int) bool {
+	last, ok := p[route]
+	return ok && last.Swap(int32(status)) != int32(status)
 }
 
 func bodyLimit(limit int64) echo.MiddlewareFunc {
