@@ -91,6 +91,10 @@ type Config struct {
 	// PGMaxConcurrent bounds concurrent PostgreSQL snapshot reads (the degraded path); beyond
 	// it requests are served from the global snapshot instead of queueing on PostgreSQL.
 	PGMaxConcurrent int
+	// PGSlotWait is how long a request waits for a busy PostgreSQL read slot (never past its
+	// own deadline) before it is served from the global snapshot, whose lists exclude nothing
+	// the user watched: a moment of PostgreSQL congestion is not worth a less personal list.
+	PGSlotWait time.Duration
 
 	// MaxInFlight bounds the /reco and /recommend requests served at once (0: no bound);
 	// beyond it they queue for at most QueueTimeout, then get 503 (httpx.Limiter).
@@ -129,6 +133,7 @@ func NewConfig() *Config {
 		UserCacheTTL:              0,
 		UserDecodeCacheMB:         64,
 		PGMaxConcurrent:           8,
+		PGSlotWait:                25 * time.Millisecond,
 		MaxInFlight:               256,
 		QueueTimeout:              100 * time.Millisecond,
 	}
@@ -164,6 +169,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.UserDecodeCacheMB, "reco.user-decode-cache-mb", c.UserDecodeCacheMB, "memory (estimated, MiB) for users' decoded state (history, watched set, impression counters), reused while the values read from Redis on every request are unchanged; 0 decodes every read")
 	fs.DurationVar(&c.UserCacheTTL, "reco.user-cache-ttl", c.UserCacheTTL, "keep a user's state read from Redis in the client-side cache (RESP3 CLIENT TRACKING: Redis invalidates it the moment the user's hash changes) for at most this long; 0 reads it on every request; ignored with --redis.disable-client-cache")
 	fs.IntVar(&c.PGMaxConcurrent, "reco.pg-max-concurrent", c.PGMaxConcurrent, "concurrent PostgreSQL snapshot reads while Redis is unusable; requests beyond it get the global snapshot instead of queueing")
+	fs.DurationVar(&c.PGSlotWait, "reco.pg-slot-wait", c.PGSlotWait, "longest a request waits for one of the busy --reco.pg-max-concurrent PostgreSQL reads before it gets the global snapshot (which does not exclude the items the user watched); 0 does not wait")
 	fs.IntVar(&c.MaxInFlight, "reco.max-in-flight", c.MaxInFlight, "most /reco and /recommend requests served at once by this process; beyond it they wait for a turn (first come first served, newest first once the queue has not emptied for --reco.queue-timeout) and get 503 with Retry-After after --reco.queue-timeout; 0 serves every request at once")
 	fs.DurationVar(&c.QueueTimeout, "reco.queue-timeout", c.QueueTimeout, "longest a /reco or /recommend request waits for a turn under --reco.max-in-flight before it is answered 503 (overloaded)")
 	flagenv.Alias(fs, "reco.autolog-async", "RECO_ASYNC_IMPRESSION_LOGGING")
@@ -211,6 +217,7 @@ func (c *Config) Validate() error {
 	p.DurationBetween("reco.user-cache-ttl", c.UserCacheTTL, 0, time.Hour)
 	p.IntBetween("reco.user-decode-cache-mb", c.UserDecodeCacheMB, 0, 1<<20)
 	p.IntBetween("reco.pg-max-concurrent", c.PGMaxConcurrent, 1, 1024)
+	p.DurationBetween("reco.pg-slot-wait", c.PGSlotWait, 0, time.Second)
 	p.IntBetween("reco.max-in-flight", c.MaxInFlight, 0, 1_000_000)
 	p.DurationBetween("reco.queue-timeout", c.QueueTimeout, time.Millisecond, time.Minute)
 	if c.GlobalMaxAge < c.GlobalRefresh {

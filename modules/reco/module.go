@@ -30,8 +30,10 @@
 // Degraded serving (strategy gets a suffix naming the source):
 //   - Redis down, or its ready marker missing (Redis lost its data): the Snapshot is built
 //     from PostgreSQL ("<strategy>_pg_fallback");
-//   - PostgreSQL down too, or all --reco.pg-max-concurrent PostgreSQL reads busy: the
-//     in-process global snapshot, no personalisation ("<strategy>_global_snapshot");
+//   - PostgreSQL down too, or all --reco.pg-max-concurrent PostgreSQL reads busy for longer
+//     than --reco.pg-slot-wait: the in-process global snapshot, no personalisation
+//     ("<strategy>_global_snapshot"). Such a list does not exclude the items the user
+//     watched: nothing of the user was read;
 //   - PostgreSQL down: reads are served from Redis; auto-logged impressions are buffered in
 //     the bounded autolog queue and persisted once PostgreSQL answers again;
 //   - 503 {"detail": ...} only when no store was ever reachable, i.e. no list can be made.

@@ -148,22 +148,36 @@ func (s *serving) load(ctx context.Context, userID string, now time.Time) (ranki
 }
 
 // pgSlot takes one of the bounded PostgreSQL read slots. With a global snapshot to fall back
-// on it does not wait: shedding load to the global lists beats queueing every request of an
-// API whose Redis is down on PostgreSQL. Without one it waits (bounded by the request).
+// on it waits at most --reco.pg-slot-wait: shedding load to the global lists beats queueing
+// every request of an API whose Redis is down on PostgreSQL, but the global lists exclude
+// nothing the user watched, so a slot freed within moments is worth the wait. Without a
+// global snapshot it waits as long as the request.
 func (s *serving) pgSlot(ctx context.Context) bool {
 	select {
 	case s.pgSlots <- struct{}{}:
 		return true
 	default:
 	}
+	var expired <-chan time.Time
 	if s.global.Load() != nil {
-		s.m.pgShed.Inc()
-		return false
+		if s.cfg.PGSlotWait <= 0 {
+			s.m.pgShed.Inc()
+			return false
+		}
+		t := time.NewTimer(s.cfg.PGSlotWait)
+		defer t.Stop()
+		expired = t.C
 	}
 	select {
 	case s.pgSlots <- struct{}{}:
 		return true
+	case <-expired:
+		s.m.pgShed.Inc()
+		return false
 	case <-ctx.Done():
+		if expired != nil {
+			s.m.pgShed.Inc()
+		}
 		return false
 	}
 }

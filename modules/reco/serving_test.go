@@ -2,6 +2,7 @@ package reco
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -173,5 +174,83 @@ func TestCachedGlobalListsMatchFullSnapshot(t *testing.T) {
 	}
 	if cached.redis.calls.Load() == 0 {
 		t.Fatal("no reads")
+	}
+}
+
+// heldSource holds the PostgreSQL read of user "blocker" until release is closed.
+type heldSource struct {
+	snapshotSource
+	release chan struct{}
+}
+
+func (g *heldSource) Snapshot(ctx context.Context, u string, n int64, o ranking.SnapshotOptions) (ranking.Snapshot, error) {
+	if u == "blocker" {
+		<-g.release
+	}
+	return g.snapshotSource.Snapshot(ctx, u, n, o)
+}
+
+// Redis unusable and every PostgreSQL read slot busy: a request waits briefly for a slot, so
+// a moment of congestion still gets a list without the items the user watched; only a longer
+// one sheds it to the global lists (which exclude nothing), within the wait.
+func TestPGSlotsBusyWaitBrieflyBeforeGlobalSnapshot(t *testing.T) {
+	watched := map[string]bool{} // pop-user-0 watched p00..p04 and every third p
+	for i := 0; i < 30; i++ {
+		if i%3 == 0 || i < 5 {
+			watched[fmt.Sprintf("p%02d", i)] = true
+		}
+	}
+	for _, tc := range []struct {
+		name     string
+		hold     time.Duration // how long the blocker keeps the only slot
+		strategy string
+		shed     uint64
+	}{
+		{"slot freed within the wait", 30 * time.Millisecond, "_pg_fallback", 0},
+		{"slot busy past the wait", time.Second, "_global_snapshot", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, func(c *Config) { c.BreakerFailures = 1; c.PGMaxConcurrent = 1; c.PGSlotWait = 200 * time.Millisecond })
+			release := make(chan struct{})
+			h.r.serving.pg = &heldSource{snapshotSource: h.pg, release: release}
+			h.run()
+			eventually(t, 2*time.Second, "global snapshot", func() bool { return h.r.serving.global.Load() != nil })
+			h.redis.fail.Store(true)
+			h.redisUp.Store(false)
+			eventually(t, 2*time.Second, "redis breaker open", h.r.serving.redisBrk.IsOpen)
+			blocked := make(chan struct{})
+			go func() {
+				defer close(blocked)
+				h.get("/reco?user_id=blocker&session_id=s&k=5&x_autolog_impressions=false")
+			}()
+			defer func() { <-blocked }()
+			eventually(t, 2*time.Second, "blocker holds the slot", func() bool { return len(h.r.serving.pgSlots) == 1 })
+			timer := time.AfterFunc(tc.hold, func() { close(release) })
+			defer func() {
+				if timer.Stop() {
+					close(release)
+				}
+			}()
+			start := time.Now()
+			r := h.get("/reco?user_id=pop-user-0&session_id=s&k=20&x_autolog_impressions=false")
+			took := time.Since(start)
+			strategy, _ := r.body["strategy"].(string)
+			if r.code != 200 || !strings.HasSuffix(strategy, tc.strategy) {
+				t.Fatalf("%d strategy %q, want suffix %q", r.code, strategy, tc.strategy)
+			}
+			if took > 150*time.Millisecond+tc.hold && took > 400*time.Millisecond {
+				t.Fatalf("took %s: the wait is bounded by --reco.pg-slot-wait", took)
+			}
+			if got := h.r.m.pgShed.Get(); got != tc.shed {
+				t.Fatalf("pg_shed %d, want %d", got, tc.shed)
+			}
+			if tc.strategy == "_pg_fallback" {
+				for _, it := range r.items() {
+					if watched[it] {
+						t.Fatalf("served watched item %s: %v", it, r.items())
+					}
+				}
+			}
+		})
 	}
 }
