@@ -667,6 +667,36 @@ func testUserCacheInvalidatedByWatch(t *testing.T, ttl time.Duration) {
 	})
 }
 
+// Redis loses its data (restart without persistence, flush) between two probes: the per-user
+// read sees the ready marker gone in the same round trip and serves from PostgreSQL, with the
+// user's watched items excluded, instead of a cold-start list until the next probe.
+func TestIntegrationRedisDataLossFallsBackBeforeTheProbe(t *testing.T) {
+	for _, ttl := range []time.Duration{0, time.Minute} {
+		t.Run("user-cache-ttl="+ttl.String(), func(t *testing.T) {
+			s := newStack(t, testutil.MigratedDatabase(t), testutil.RedisURL(t), func(c *Config) {
+				c.UserCacheTTL = ttl
+				c.ProbeInterval = time.Hour // the next probe is far off
+			})
+			s.seed(userWatchedA(s))
+			s.mod.serving.readyMarker.Store(true) // what the probe saw before the loss
+			s.waitServing()
+			const q = "user_id=me&session_id=s&k=5&x_autolog_impressions=false"
+			if r := s.get(q); r.Strat != ranking.StrategyCovisHybrid || r.Items[0] != "b" {
+				t.Fatalf("healthy: %+v", r)
+			}
+			s.deleteKeys() // this test's keys only: the server is shared
+			var r recoReply
+			s.waitFor("postgres fallback", time.Second, func() bool {
+				r = s.get(q)
+				return r.Strat != ranking.StrategyCovisHybrid
+			})
+			if r.code != 200 || r.Strat != ranking.StrategyCovisHybrid+"_pg_fallback" || r.Items[0] != "b" || indexOf(r.Items, "a") >= 0 {
+				t.Fatalf("redis lost its data: %+v, want b first from the postgres fallback, a excluded", r)
+			}
+		})
+	}
+}
+
 // With --redis.user-ttl on the writers, a user whose hash expired is read back from
 // PostgreSQL: /reco ranks them as before and puts them back into the copy; a user without
 // events costs one lookup. Without it nothing is read through.

@@ -450,7 +450,9 @@ func evict[V any](m map[string]V) {
 // redisUser reads a user's state from the feature store's Redis copy with one HMGET (the
 // fields h, w, i of pkg/featurestore's user hash, JSON). A plain command instead of the
 // loader's script: the script's fixed cost per call was most of the Redis CPU per request.
-// The ready marker is watched by the module's probe instead.
+// The ready marker is read in the same round trip: a Redis that lost its data answers the
+// HMGET with nothing, which must read as "not ready" (the PostgreSQL fallback), not as a user
+// without events (a cold-start list excluding nothing) until the next probe notices.
 //
 // With cacheTTL > 0 the read goes through rueidis' client-side cache: Redis tracks the key
 // for this connection and pushes an invalidation the moment the consumer changes the user's
@@ -496,18 +498,29 @@ func (u *redisUser) userTTL(ctx context.Context) (time.Duration, error) {
 
 func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ ranking.SnapshotOptions) (ranking.Snapshot, error) {
 	s := ranking.Snapshot{UserID: userID, NowMs: nowMs}
-	var res rueidis.RedisResult
+	var res []rueidis.RedisResult
 	if u.cacheTTL > 0 {
-		res = u.rd.DoCache(ctx, u.rd.B().Hmget().Key(u.keys.User(userID)).Field(featurestore.UserFieldNames[:]...).Cache(), u.cacheTTL)
-		if res.IsCacheHit() && u.hits != nil {
+		// GET rather than EXISTS: it is cacheable, and Redis invalidates it like the user's
+		// hash when the marker goes.
+		res = u.rd.DoMultiCache(ctx,
+			rueidis.CT(u.rd.B().Hmget().Key(u.keys.User(userID)).Field(featurestore.UserFieldNames[:]...).Cache(), u.cacheTTL),
+			rueidis.CT(u.rd.B().Get().Key(u.keys.Ready).Cache(), u.cacheTTL))
+		if res[0].IsCacheHit() && u.hits != nil {
 			u.hits.Inc()
 		}
 	} else {
-		res = u.rd.Do(ctx, u.rd.B().Hmget().Key(u.keys.User(userID)).Field(featurestore.UserFieldNames[:]...).Build())
+		res = u.rd.DoMulti(ctx,
+			u.rd.B().Hmget().Key(u.keys.User(userID)).Field(featurestore.UserFieldNames[:]...).Build(),
+			u.rd.B().Exists().Key(u.keys.Ready).Build())
 	}
-	vals, err := res.ToArray()
+	vals, err := res[0].ToArray()
 	if err != nil {
 		return s, fmt.Errorf("read user from redis: %w", err)
+	}
+	if ready, err := readyMarker(res[1]); err != nil {
+		return s, err
+	} else if !ready {
+		return s, featurestore.ErrNotReady
 	}
 	var f userFields
 	for i := range f {
@@ -535,6 +548,21 @@ func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ 
 	}
 	s.History, s.Watched, s.Impressions, s.ImpressionsAdded = d.history, d.watched, d.imps, d.added
 	return s, nil
+}
+
+// readyMarker reads the answer of EXISTS or GET of the ready marker.
+func readyMarker(res rueidis.RedisResult) (bool, error) {
+	if n, err := res.AsInt64(); err == nil {
+		return n > 0, nil // EXISTS
+	}
+	v, err := res.ToString()
+	switch {
+	case rueidis.IsRedisNil(err):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("read redis ready marker: %w", err)
+	}
+	return v == "1", nil
 }
 
 // redisItems reads per-item features from the feature store's Redis copy with pipelined
