@@ -42,8 +42,11 @@ type submitter interface {
 // stays in the bounded set of background persists, which retry with back-off (not at all
 // while the PostgreSQL breaker is open) until the write succeeds. Retrying is safe because the
 // writer is idempotent by event_id: a write that timed out but committed answers "duplicate".
-// At shutdown the module waits up to the shutdown timeout for every background persist; what
-// is left then is counted as dropped with reason "shutdown". Nothing is dropped silently:
+// At shutdown the module waits up to the shutdown timeout for every background persist; the
+// retries still waiting then are counted as dropped with reason "shutdown", and the events
+// queued in the writer are committed by its close and counted by their outcome. A retry cut
+// short in the middle of its write may still commit although counted dropped (the counts can
+// under-report what was stored, never over-report it). Nothing is dropped silently:
 // every event is persisted or counted in recsys_reco_autolog_dropped_total. A crash (kill -9)
 // loses the background persists in flight: that is the price of async mode, and why
 // --reco.autolog-async=false exists.
@@ -63,6 +66,7 @@ type autolog struct {
 	submitted atomic.Int64 // of which queued with Submit, awaiting its callback
 	mu        sync.RWMutex
 	closed    bool           // no new events (Shutdown started)
+	noRetry   bool           // Shutdown's wait is over: a failed commit is dropped, not retried
 	aborted   bool           // Shutdown gave up: callbacks still to come were counted as dropped
 	wg        sync.WaitGroup // persist goroutines
 	abortCtx  context.Context
@@ -129,6 +133,8 @@ func (a *autolog) inline(ctx context.Context, ev *events.Impression, correlation
 	case err == nil:
 		a.m.autologPersisted.Inc()
 		a.pg.Success()
+	case errors.Is(err, ingest.ErrClosed):
+		a.m.dropped(dropShutdown, 1) // the write raced the shutdown
 	case transient(err):
 		a.pg.Failure()
 		a.buffer(ctx, ev, correlationID)
@@ -224,6 +230,8 @@ func (a *autolog) committed(ev *events.Impression, write func(context.Context) e
 		a.m.dropped(dropShutdown, 1)
 	case !transient(err):
 		a.rejected(context.Background(), ev, err)
+	case a.noRetry:
+		a.m.dropped(dropShutdown, 1) // the shutdown's writer close failed to commit it
 	default:
 		a.pg.Failure()
 		a.m.autologRetries.Inc()
@@ -278,8 +286,13 @@ func (a *autolog) persist(ev *events.Impression, write func(context.Context) err
 }
 
 // Shutdown stops accepting events and waits up to timeout for the background persists; the
-// ones still pending then are abandoned and counted as dropped. It returns how many.
-func (a *autolog) Shutdown(timeout time.Duration) int64 {
+// persist goroutines still retrying then are abandoned and count their events as dropped.
+// closeWriter (nil for a writer without one) then closes the writer, which commits the events
+// still queued in it: their callbacks count each as persisted, or as dropped when the commit
+// fails, so no event is counted dropped and then committed. It returns how many events were
+// dropped.
+func (a *autolog) Shutdown(timeout time.Duration, closeWriter func()) int64 {
+	before := a.m.autologDropped[dropShutdown].Get()
 	a.mu.Lock()
 	a.closed = true
 	a.mu.Unlock()
@@ -289,16 +302,23 @@ func (a *autolog) Shutdown(timeout time.Duration) int64 {
 		time.Sleep(2 * time.Millisecond)
 	}
 	a.mu.Lock()
+	a.noRetry = true // from here on the WaitGroup does not grow
+	a.mu.Unlock()
+	a.abort() // the persist goroutines count their events as dropped
+	a.wg.Wait()
+	if closeWriter != nil {
+		closeWriter()
+	}
+	a.mu.Lock()
 	a.aborted = true
-	left := a.inflight.Load()
 	if n := a.submitted.Swap(0); n > 0 {
+		// A writer without a close (or one whose callbacks never came): what it still holds
+		// is counted here, and a callback that comes after changes no count.
 		a.m.dropped(dropShutdown, int(n))
 		a.inflight.Add(-n)
 	}
 	a.mu.Unlock()
-	a.abort() // the persist goroutines count their events as dropped
-	a.wg.Wait()
-	return left
+	return int64(a.m.autologDropped[dropShutdown].Get() - before)
 }
 
 // transient reports whether a write error may succeed on retry: the database was unreachable

@@ -24,8 +24,10 @@ func servedImpression(id string) *events.Impression {
 // TestAutologSubmitsToTheIngestWriter: with pkg/ingest's Writer (real PostgreSQL) the autolog
 // queues each served list with Submit, no goroutine waiting on it, and counts the commit. A
 // write that times out is retried by a persist goroutine until it commits. At a shutdown whose
-// timeout passes with lists still queued, those are counted as dropped once, and their commit
-// after that changes no count: every list is persisted or counted, never both.
+// timeout passes with lists still queued in the writer, closing the writer commits them and
+// they are counted persisted; a writer the shutdown cannot close has them counted dropped
+// once, and their commit after that changes no count: every list is persisted or counted
+// dropped, never both.
 func TestAutologSubmitsToTheIngestWriter(t *testing.T) {
 	ctx := context.Background()
 	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
@@ -79,17 +81,34 @@ func TestAutologSubmitsToTheIngestWriter(t *testing.T) {
 	if n := stored("sub-0", "sub-1", "sub-2"); n != 3 {
 		t.Fatalf("%d of 3 lists stored", n)
 	}
-	if left := a.Shutdown(time.Second); left != 0 {
+	if left := a.Shutdown(time.Second, nil); left != 0 {
 		t.Fatalf("shutdown of a drained autolog left %d", left)
 	}
 
-	// A shutdown that gives up on queued lists counts them; their later commit counts nothing.
+	// A shutdown whose wait ends with lists queued in the writer closes it: they commit and
+	// are counted persisted, not dropped.
+	w3 := ingest.New(pool, ingest.DefaultConfig())
+	a3, m3 := newAutologOn(w3)
+	a3.Log(ctx, servedImpression("closed-0"), "")
+	a3.Log(ctx, servedImpression("closed-1"), "")
+	if dropped := a3.Shutdown(50*time.Millisecond, w3.Close); dropped != 0 {
+		t.Fatalf("shutdown dropped %d, want 0: closing the writer commits its queue", dropped)
+	}
+	if p, d := m3.autologPersisted.Get(), m3.droppedTotal(); p != 2 || d != 0 || a3.Pending() != 0 {
+		t.Fatalf("persisted %d dropped %d pending %d, want 2, 0, 0", p, d, a3.Pending())
+	}
+	if n := stored("closed-0", "closed-1"); n != 2 {
+		t.Fatalf("%d of 2 queued lists stored by Close", n)
+	}
+
+	// A writer the shutdown cannot close: its queued lists are counted dropped once, and their
+	// later commit counts nothing.
 	w2 := ingest.New(pool, ingest.DefaultConfig())
 	t.Cleanup(w2.Close)
 	a2, m2 := newAutologOn(w2)
 	a2.Log(ctx, servedImpression("late-0"), "")
 	a2.Log(ctx, servedImpression("late-1"), "")
-	if left := a2.Shutdown(50 * time.Millisecond); left != 2 {
+	if left := a2.Shutdown(50*time.Millisecond, nil); left != 2 {
 		t.Fatalf("shutdown left %d, want 2", left)
 	}
 	if n := m2.autologDropped[dropShutdown].Get(); n != 2 || a2.Pending() != 0 {

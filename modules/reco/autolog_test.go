@@ -2,11 +2,15 @@ package reco
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"recsys/pkg/events"
+	"recsys/pkg/ingest"
 )
 
 func TestAutologEventMatchesServedList(t *testing.T) {
@@ -108,7 +112,7 @@ func TestAutologBackpressureDropAndSync(t *testing.T) {
 				want = 3
 			}
 			eventually(t, 5*time.Second, "persisted", func() bool { return h.writer.count() == want })
-			if left := h.r.autolog.Shutdown(time.Second); left != 0 {
+			if left := h.r.autolog.Shutdown(time.Second, nil); left != 0 {
 				t.Fatalf("left %d", left)
 			}
 			expo := exposition(h)
@@ -239,6 +243,26 @@ func TestAutologShutdownDrainWritesBufferOncePostgresIsBack(t *testing.T) {
 				t.Fatalf("drain took %s: it should end once the buffer is written", d)
 			}
 		})
+	}
+}
+
+// closedWriter is a writer already closed by the shutdown.
+type closedWriter struct{}
+
+func (closedWriter) Write(context.Context, []events.Any, string) ([]ingest.Result, error) {
+	return nil, fmt.Errorf("write impression: %w", ingest.ErrClosed)
+}
+
+// A synchronous write that races the shutdown (the writer already closed) is a shutdown drop,
+// not a list the database refused.
+func TestAutologSyncWriteAfterWriterClosedIsShutdownDrop(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.AutologAsync = false })
+	h.r.autolog.w = closedWriter{}
+	if r := h.get("/reco?user_id=late&session_id=s&k=2"); r.code != 200 {
+		t.Fatalf("%d %v", r.code, r.body)
+	}
+	if s, rj := h.r.m.autologDropped[dropShutdown].Get(), h.r.m.autologDropped[dropRejected].Get(); s != 1 || rj != 0 {
+		t.Fatalf("dropped shutdown %d rejected %d, want 1 and 0", s, rj)
 	}
 }
 

@@ -252,16 +252,17 @@ func (r *Reco) Run(ctx context.Context) error {
 		defer close(probing)
 		r.serving.probePGWhileOpen(drainCtx, min(r.cfg.ProbeInterval, drainProbeInterval))
 	}()
-	left := r.autolog.Shutdown(r.cfg.AutologShutdownTimeout)
+	var closeWriter func()
+	if lc != nil {
+		closeWriter = lc.Close
+	}
+	dropped := r.autolog.Shutdown(r.cfg.AutologShutdownTimeout, closeWriter)
 	endDrain()
 	<-probing
-	if left > 0 {
-		r.log.Warn("autolog shutdown timeout, impressions dropped", "dropped", left, "timeout_s", r.cfg.AutologShutdownTimeout.Seconds())
+	if dropped > 0 {
+		r.log.Warn("autolog shutdown timeout, impressions dropped", "dropped", dropped, "timeout_s", r.cfg.AutologShutdownTimeout.Seconds())
 	} else if pending > 0 {
 		r.log.Info("autolog drained", "impressions", pending, "duration_s", time.Since(start).Seconds())
-	}
-	if lc != nil {
-		lc.Close()
 	}
 	return nil
 }
