@@ -21,7 +21,8 @@
 // Autolog modes (the contract's RECO_* names): async (default) answers before the commit,
 // with at most --reco.autolog-queue-size impressions pending and the contract's sync/drop
 // back-pressure beyond; --reco.autolog-async=false answers after the group commit, so even a
-// kill -9 loses no served list. In both modes an impression whose write fails because
+// kill -9 loses no served list, except while the PostgreSQL breaker is open (the list then
+// waits in the in-memory queue). In both modes an impression whose write fails because
 // PostgreSQL is unavailable waits in the bounded queue and is written when PostgreSQL is back;
 // the queue is drained at shutdown (PostgreSQL is probed during the drain, so a database back
 // since the last probe still gets the buffer); everything not persisted is counted in
@@ -43,9 +44,10 @@
 // --reco.probe-interval closes it when the store answers (Redis: GET of the ready marker).
 //
 // Validation: user_id and session_id are 1–128 characters of letters, digits and
-// - _ . : @ / + = ~ ! $ * , ; | # % &; k is 1–200; x_autolog_impressions takes pydantic's
-// boolean strings. Violations are 422 with a pydantic-style detail list naming the field,
-// never 500.
+// - _ . : @ / + = ~ ! $ * , ; | # % &, stricter than /log/*, which takes any characters but
+// NUL (docs/architecture.md); k is 1–200; x_autolog_impressions takes pydantic's boolean
+// strings. A value with a raw ';' or a bad %-escape is a value_error naming the field.
+// Violations are 422 with a pydantic-style detail list naming the field, never 500.
 //
 // Metrics (contract names kept verbatim; histograms in ms with the contract's buckets):
 //
@@ -61,7 +63,8 @@
 //	recsys_reco_redis_ready_marker           gauge: 1 while Redis' ready marker is present
 //	recsys_reco_unavailable_total            counter: 503 answers (no list could be made)
 //	recsys_reco_pg_shed_total                counter: requests given the global snapshot because every
-//	                                         PostgreSQL read slot (--reco.pg-max-concurrent) was busy
+//	                                         PostgreSQL read slot (--reco.pg-max-concurrent) stayed
+//	                                         busy for --reco.pg-slot-wait
 //	recsys_reco_global_snapshot_age_seconds  gauge: age of the in-process global snapshot (-1 before the first)
 //	recsys_reco_global_snapshot_items        gauge: items with statistics in it
 //	recsys_reco_global_refresh_errors_total  counter: failed refreshes (the previous snapshot is kept)

@@ -55,12 +55,13 @@ type rawQuery string
 
 // last returns the last value of a repeated parameter, as Starlette does. Like
 // url.ParseQuery it skips empty pairs, pairs with a semicolon and pairs whose key or value is
-// badly escaped; unescaping a value without escapes does not copy it.
-func (q rawQuery) last(name string) (v string, found bool) {
+// badly escaped; unescaping a value without escapes does not copy it. bad reports a pair
+// naming the parameter that was skipped because its value has a raw ';' or a bad escape.
+func (q rawQuery) last(name string) (v string, found, bad bool) {
 	for rest := string(q); rest != ""; {
 		var pair string
 		pair, rest, _ = strings.Cut(rest, "&")
-		if pair == "" || strings.Contains(pair, ";") {
+		if pair == "" {
 			continue
 		}
 		key, val, _ := strings.Cut(pair, "=")
@@ -72,23 +73,61 @@ func (q rawQuery) last(name string) (v string, found bool) {
 				continue
 			}
 		}
+		if strings.Contains(pair, ";") {
+			bad = true
+			continue
+		}
 		val, err := url.QueryUnescape(val)
 		if err != nil {
+			bad = true
 			continue
 		}
 		v, found = val, true
 	}
-	return v, found
+	return v, found, bad
 }
 
 // has reports whether the query names the parameter at all (?pretty, ?pretty=).
 func (q rawQuery) has(name string) bool {
-	_, ok := q.last(name)
+	_, ok, _ := q.last(name)
 	return ok
 }
 
+// undecodableMsg explains the 422 of a value the query parser cannot decode. url.ParseQuery
+// (echo's reading) skips such a pair silently, which answered user_id=%zz "Field required".
+const undecodableMsg = "Value error, the query value cannot be decoded: it has a raw ';' or a '%' not followed by two hex digits (send them as %3B and %25)"
+
+// value returns the parameter's last value. A pair naming it that cannot be decoded is a 422
+// of its own, reported here (bad): the caller then adds nothing.
+func (q *queryErrors) value(v rawQuery, name string) (s string, ok, bad bool) {
+	s, ok, bad = v.last(name)
+	if bad {
+		q.add(name, "value_error", undecodableMsg, strings.ToValidUTF8(rawValue(v, name), "\uFFFD"), nil)
+	}
+	return s, ok, bad
+}
+
+// rawValue is the raw text of the last pair naming the parameter with an undecodable value,
+// for the 422's input.
+func rawValue(v rawQuery, name string) string {
+	var out string
+	for _, pair := range strings.Split(string(v), "&") {
+		key, val, _ := strings.Cut(pair, "=")
+		if k, err := url.QueryUnescape(key); key != name && (err != nil || k != name) {
+			continue
+		}
+		if _, err := url.QueryUnescape(val); err != nil || strings.Contains(pair, ";") {
+			out = val
+		}
+	}
+	return out
+}
+
 func (q *queryErrors) id(v rawQuery, name string) string {
-	s, ok := v.last(name)
+	s, ok, bad := q.value(v, name)
+	if bad {
+		return ""
+	}
 	if !ok {
 		q.add(name, "missing", "Field required", nil, nil)
 		return ""
@@ -138,8 +177,8 @@ func asciiIDChar(c byte) bool {
 
 // intParam parses pydantic's lax integer (events.LaxInt) within [lo, hi].
 func (q *queryErrors) intParam(v rawQuery, name string, def, lo, hi int) int {
-	s, ok := v.last(name)
-	if !ok {
+	s, ok, bad := q.value(v, name)
+	if bad || !ok {
 		return def
 	}
 	n, typ := events.LaxInt(s)
@@ -165,8 +204,8 @@ func (q *queryErrors) intParam(v rawQuery, name string, def, lo, hi int) int {
 
 // boolParam accepts pydantic's boolean strings.
 func (q *queryErrors) boolParam(v rawQuery, name string, def bool) bool {
-	s, ok := v.last(name)
-	if !ok {
+	s, ok, bad := q.value(v, name)
+	if bad || !ok {
 		return def
 	}
 	if b, ok := events.LaxBool(s); ok {

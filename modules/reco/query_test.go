@@ -49,7 +49,7 @@ func checkRawQuery(t *testing.T, raw string) {
 		if name == "" {
 			continue // no parameter is named "", and rawQuery is never asked for one
 		}
-		got, ok := rawQuery(raw).last(name)
+		got, ok, _ := rawQuery(raw).last(name)
 		vs, wantOK := want[name]
 		if ok != wantOK {
 			t.Fatalf("%q: %q present %v, url.ParseQuery %v", raw, name, ok, wantOK)

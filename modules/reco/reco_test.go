@@ -138,6 +138,14 @@ func TestValidationIs422NamingTheField(t *testing.T) {
 		{"user_id=u&session_id=s&k=abc", "k", "int_parsing"},
 		{"user_id=u&session_id=s&k=1.5", "k", "int_parsing"},
 		{"user_id=u&session_id=s&x_autolog_impressions=maybe", "x_autolog_impressions", "bool_parsing"},
+		// A value that cannot be decoded names its field, never "Field required" or a default.
+		{"user_id=%zz&session_id=s", "user_id", "value_error"},
+		{"user_id=a;b&session_id=s", "user_id", "value_error"},
+		{"user_id=u&user_id=%&session_id=s", "user_id", "value_error"},
+		{"user%5Fid=%zz&session_id=s", "user_id", "value_error"},
+		{"user_id=u&session_id=s%2", "session_id", "value_error"},
+		{"user_id=u&session_id=s&k=1;2", "k", "value_error"},
+		{"user_id=u&session_id=s&x_autolog_impressions=%zz", "x_autolog_impressions", "value_error"},
 	}
 	for _, c := range cases {
 		r := h.get("/reco?" + c.query)
