@@ -31,7 +31,16 @@ Roles never migrate implicitly; they stay unready while the schema is behind the
 		if dsn == "" {
 			return nil, errors.New("--pg.dsn (RECSYS_PG_DSN or DATABASE_URL) is required")
 		}
-		return migrate.Open(dsn)
+		log, err := lc.logger(os.Stderr)
+		if err != nil {
+			return nil, err
+		}
+		m, err := migrate.Open(dsn)
+		if err != nil {
+			return nil, err
+		}
+		m.Log = log
+		return m, nil
 	}
 	withMigrator := func(fn func(cmd *cobra.Command, m *migrate.Migrator, args []string) error) func(*cobra.Command, []string) error {
 		return func(cmd *cobra.Command, args []string) error {

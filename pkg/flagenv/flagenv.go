@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -110,7 +111,8 @@ func find(f *pflag.Flag, lookup func(string) (string, bool)) (string, string, bo
 	return "", "", false
 }
 
-// Effective returns flag name -> value for logging at start, with secrets redacted.
+// Effective returns flag name -> value for logging at start, with secrets redacted. Any URL
+// is redacted too, secret or not: a credential can sit in any of them.
 func Effective(fs *pflag.FlagSet) map[string]string {
 	out := map[string]string{}
 	fs.VisitAll(func(f *pflag.Flag) {
@@ -118,7 +120,7 @@ func Effective(fs *pflag.FlagSet) map[string]string {
 			return
 		}
 		v := f.Value.String()
-		if IsSecret(f) {
+		if IsSecret(f) || strings.Contains(v, "://") {
 			v = Redact(v)
 		}
 		out[f.Name] = v
@@ -126,22 +128,49 @@ func Effective(fs *pflag.FlagSet) map[string]string {
 	return out
 }
 
-// Redact hides a secret; for URLs it keeps everything but the password so operators can still
-// see which host and database a process uses.
+// secretParam matches password-like keys in a URL query or a key=value connection string
+// (libpq and pgx take password and sslpassword in both; Redis URLs take password).
+var secretParam = regexp.MustCompile(`(?i)(^|[\s&?;,])((?:ssl)?password|passwd|pass|pwd|secret|token|access_token|api_key|apikey)(\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&;,]*)`)
+
+// userinfo matches the password of a URL's user:password@ part.
+var userinfo = regexp.MustCompile(`(://[^:/@?#\s]*):[^\s]*@`)
+
+// keyValue recognises a key=value connection string ("host=db user=recsys ...").
+var keyValue = regexp.MustCompile(`^\s*[A-Za-z_]+\s*=`)
+
+// Redact hides a secret. For a URL it keeps everything but the password (in the user info or
+// a query parameter), and for a key=value connection string everything but password=, so
+// operators can still see which host and database a process uses. Anything else is hidden
+// whole.
 func Redact(v string) string {
 	if v == "" {
 		return ""
 	}
 	if scheme, rest, ok := strings.Cut(v, "://"); ok {
-		if at := strings.LastIndex(rest, "@"); at >= 0 {
-			cred := rest[:at]
-			if user, _, hasPw := strings.Cut(cred, ":"); hasPw {
-				return scheme + "://" + user + ":REDACTED" + rest[at:]
+		// The user info ends at the last "@" of the authority (Go's url.Parse rule); an "@"
+		// in the path or query is not one.
+		end := len(rest)
+		if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+			end = i
+		}
+		if at := strings.LastIndex(rest[:end], "@"); at >= 0 {
+			if user, _, hasPw := strings.Cut(rest[:at], ":"); hasPw {
+				rest = user + ":REDACTED" + rest[at:]
 			}
 		}
-		return v
+		return scheme + "://" + RedactText(rest)
+	}
+	if keyValue.MatchString(v) {
+		return RedactText(v)
 	}
 	return "REDACTED"
+}
+
+// RedactText hides password-like key=value pairs and URL passwords inside free text, such as
+// an error message from a client library.
+func RedactText(s string) string {
+	s = userinfo.ReplaceAllString(s, "$1:REDACTED@")
+	return secretParam.ReplaceAllString(s, "$1$2${3}REDACTED")
 }
 
 // Row is one line of the configuration reference.

@@ -79,6 +79,12 @@ func TestRedact(t *testing.T) {
 		"redis://:pw@cache:6379/0":             "redis://:REDACTED@cache:6379/0",
 		"plain-secret":                         "REDACTED",
 		"":                                     "",
+		"postgres://db:5432/recsys?user=recsys&password=s3cret&sslmode=require": "postgres://db:5432/recsys?user=recsys&password=REDACTED&sslmode=require",
+		"postgres://app:s3cret@db/recsys?sslpassword=k3y":                       "postgres://app:REDACTED@db/recsys?sslpassword=REDACTED",
+		"postgres://app:p@ss@db/recsys?note=a@b":                                "postgres://app:REDACTED@db/recsys?note=a@b",
+		"redis://cache:6379/0?password=s3cret":                                  "redis://cache:6379/0?password=REDACTED",
+		"host=db user=recsys password=s3cret dbname=recsys":                     "host=db user=recsys password=REDACTED dbname=recsys",
+		"host=db password = 's3 cret' dbname=recsys":                            "host=db password = REDACTED dbname=recsys",
 	}
 	for in, want := range tests {
 		if got := flagenv.Redact(in); got != want {
@@ -88,11 +94,33 @@ func TestRedact(t *testing.T) {
 }
 
 func TestEffectiveRedactsSecrets(t *testing.T) {
-	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
-	fs.String("pg.dsn", "postgres://u:pw@h/db", "")
-	flagenv.Secret(fs, "pg.dsn")
-	if got := flagenv.Effective(fs)["pg.dsn"]; strings.Contains(got, "pw") {
-		t.Fatalf("secret leaked: %s", got)
+	tests := []struct{ name, flag, value string }{
+		{"user info", "pg.dsn", "postgres://u:S3cretPW@h/db"},
+		{"query parameter", "pg.dsn", "postgres://db.internal:5432/recsys?user=recsys&password=S3cretPW&sslmode=require"},
+		{"key=value", "pg.dsn", "host=db user=recsys password=S3cretPW"},
+		{"URL of a flag not marked secret", "smoke.base-url", "http://admin:S3cretPW@api:8080"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+			fs.String(tc.flag, "", "")
+			if tc.flag == "pg.dsn" {
+				flagenv.Secret(fs, tc.flag)
+			}
+			if err := fs.Set(tc.flag, tc.value); err != nil {
+				t.Fatal(err)
+			}
+			if got := flagenv.Effective(fs)[tc.flag]; strings.Contains(got, "S3cretPW") {
+				t.Fatalf("the startup configuration line shows the password: %s", got)
+			}
+		})
+	}
+}
+
+func TestRedactText(t *testing.T) {
+	in := "cannot parse `postgres://u:S3cretPW@h:54x2/db`: invalid port; password=S3cretPW host=h"
+	if got := flagenv.RedactText(in); strings.Contains(got, "S3cretPW") || !strings.Contains(got, "invalid port") {
+		t.Fatalf("RedactText = %q", got)
 	}
 }
 

@@ -10,7 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/url"
+	"log/slog"
 	"regexp"
 	"sort"
 	"strconv"
@@ -18,11 +18,13 @@ import (
 	"time"
 
 	gomigrate "github.com/golang-migrate/migrate/v4"
-	_ "github.com/golang-migrate/migrate/v4/database/pgx/v5" // registers the pgx5:// scheme
+	pgxmigrate "github.com/golang-migrate/migrate/v4/database/pgx/v5"
 	"github.com/golang-migrate/migrate/v4/source/iofs"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
 
 	"recsys/migrations"
+	"recsys/pkg/postgres"
 )
 
 // advisoryKey serialises recsys' own migration runs (golang-migrate takes its own lock too;
@@ -118,24 +120,41 @@ func Latest() uint {
 type Migrator struct {
 	dsn string
 	m   *gomigrate.Migrate
+	// Log receives notices such as "schema ahead of this binary"; nil means slog.Default().
+	Log *slog.Logger
 }
 
-// Open prepares a migrator; dsn is a postgres:// URL.
+// Open prepares a migrator; dsn is a postgres:// URL or a key=value connection string. The
+// string is parsed by pgx first: a parse error must not quote it, as url.Parse's errors do
+// (with the password).
 func Open(dsn string) (*Migrator, error) {
+	pc, err := postgres.ParseDSN(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("database url: %w", err)
+	}
 	src, err := iofs.New(migrations.FS, ".")
 	if err != nil {
 		return nil, fmt.Errorf("open embedded migrations: %w", err)
 	}
-	u, err := url.Parse(dsn)
+	db := stdlib.OpenDB(*pc.ConnConfig)
+	drv, err := pgxmigrate.WithInstance(db, &pgxmigrate.Config{})
 	if err != nil {
-		return nil, fmt.Errorf("parse database url: %w", err)
+		db.Close()
+		return nil, fmt.Errorf("open migrator: %w", err)
 	}
-	u.Scheme = "pgx5"
-	m, err := gomigrate.NewWithSourceInstance("iofs", src, u.String())
+	m, err := gomigrate.NewWithInstance("iofs", src, "pgx5", drv)
 	if err != nil {
+		drv.Close()
 		return nil, fmt.Errorf("open migrator: %w", err)
 	}
 	return &Migrator{dsn: dsn, m: m}, nil
+}
+
+func (mg *Migrator) log() *slog.Logger {
+	if mg.Log != nil {
+		return mg.Log
+	}
+	return slog.Default()
 }
 
 // Close releases the migrator's connections.
@@ -144,9 +163,20 @@ func (mg *Migrator) Close() error {
 	return errors.Join(se, de)
 }
 
-// Up applies every pending migration under the advisory lock and records checksums.
+// Up applies every pending migration under the advisory lock and records checksums. A clean
+// schema newer than this binary is not an error: it is what a rollback to the previous image
+// finds (docs/rollback.md), and every service waits for `migrate up` to succeed.
 func (mg *Migrator) Up(ctx context.Context) error {
 	return mg.locked(ctx, func() error {
+		v, dirty, err := mg.Version()
+		if err != nil {
+			return err
+		}
+		if latest := Latest(); v > latest && !dirty {
+			mg.log().Info(fmt.Sprintf("schema at %d is ahead of this binary (%d); nothing to apply", v, latest),
+				"version", v, "binary_latest", latest)
+			return nil
+		}
 		if err := mg.m.Up(); err != nil && !errors.Is(err, gomigrate.ErrNoChange) {
 			return fmt.Errorf("migrate up: %w", err)
 		}
@@ -160,6 +190,14 @@ func (mg *Migrator) Down(ctx context.Context, n int) error {
 		return fmt.Errorf("down needs a positive number of steps, got %d", n)
 	}
 	return mg.locked(ctx, func() error {
+		// This binary has no down files for versions it does not know.
+		v, _, err := mg.Version()
+		if err != nil {
+			return err
+		}
+		if latest := Latest(); v > latest {
+			return fmt.Errorf("database is at %d, newer than this binary (%d): run down with the newer image", v, latest)
+		}
 		if err := mg.m.Steps(-n); err != nil {
 			return fmt.Errorf("migrate down %d: %w", n, err)
 		}
@@ -266,16 +304,21 @@ func Status(ctx context.Context, q Querier) (version uint, dirty bool, err error
 	return uint(v), dirty, nil
 }
 
-// CheckSchema returns an error unless the schema is at least the binary's version and clean.
+// CheckSchema returns an error unless the schema is at least the binary's version and, up to
+// that version, clean.
 func CheckSchema(ctx context.Context, q Querier) error {
 	v, dirty, err := Status(ctx, q)
 	if err != nil {
 		return err
 	}
-	if dirty {
+	want := Latest()
+	// A dirty version above this binary's is the next release's failed migration: this
+	// binary's schema is intact, so the fleet still serving must stay ready (the infra
+	// health report shows it as SchemaAhead).
+	if dirty && v <= want {
 		return fmt.Errorf("schema version %d is dirty: fix it, then `recsys migrate force`", v)
 	}
-	if want := Latest(); v < want {
+	if v < want {
 		return fmt.Errorf("schema version %d is behind this binary (%d): run `recsys migrate up`", v, want)
 	}
 	return nil

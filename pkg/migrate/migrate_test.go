@@ -2,10 +2,13 @@ package migrate_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
 	"testing/fstest"
+
+	"github.com/jackc/pgx/v5"
 
 	"recsys/migrations"
 	"recsys/pkg/migrate"
@@ -222,5 +225,116 @@ func TestSchemaBehindBinaryIsReported(t *testing.T) {
 	pool := testutil.Pool(t, dsn)
 	if err := migrate.CheckSchema(context.Background(), pool); err == nil {
 		t.Fatal("empty database passed the schema check")
+	}
+}
+
+// docs/rollback.md: the previous image's `migrate up` finds the schema ahead of it and exits
+// 0, since every compose service waits for the migration to succeed. Its `down` cannot revert
+// versions it has no files for and says which image can.
+func TestPreviousBinaryOnNewerSchema(t *testing.T) {
+	dsn := testutil.MigratedDatabase(t)
+	pool := testutil.Pool(t, dsn)
+	ctx := context.Background()
+	ahead := migrate.Latest() + 1
+	if _, err := pool.Exec(ctx, "UPDATE schema_migrations SET version = $1", int64(ahead)); err != nil {
+		t.Fatal(err)
+	}
+	if err := migrate.CheckSchema(ctx, pool); err != nil {
+		t.Fatalf("readiness refuses a newer schema: %v", err)
+	}
+	m, err := migrate.Open(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Up(ctx); err != nil {
+		t.Fatalf("up: %v", err)
+	}
+	if v, dirty, err := m.Version(); err != nil || dirty || v != ahead {
+		t.Fatalf("after up: version %d dirty %t err %v, want %d untouched", v, dirty, err, ahead)
+	}
+	err = m.Down(ctx, 1)
+	if err == nil || !strings.Contains(err.Error(), "newer than this binary") || !strings.Contains(err.Error(), "newer image") {
+		t.Fatalf("down = %v, want a pointer to the newer image", err)
+	}
+}
+
+// A dirty version is this binary's problem only when it is one of its own: the next
+// release's failed migration (version above Latest, dirty) leaves this release's schema
+// intact, and the fleet still serving must stay ready.
+func TestDirtyVersionReadiness(t *testing.T) {
+	dsn := testutil.MigratedDatabase(t)
+	pool := testutil.Pool(t, dsn)
+	ctx := context.Background()
+	tests := []struct {
+		name    string
+		version uint
+		ready   bool
+	}{
+		{"next release's failed migration", migrate.Latest() + 1, true},
+		{"own latest migration failed", migrate.Latest(), false},
+		{"older migration dirty", migrate.Latest() - 1, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := pool.Exec(ctx, "UPDATE schema_migrations SET version = $1, dirty = true", int64(tc.version)); err != nil {
+				t.Fatal(err)
+			}
+			err := migrate.CheckSchema(ctx, pool)
+			if (err == nil) != tc.ready {
+				t.Fatalf("CheckSchema = %v, want ready=%t", err, tc.ready)
+			}
+		})
+	}
+	m, err := migrate.Open(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if _, err := pool.Exec(ctx, "UPDATE schema_migrations SET version = $1, dirty = true", int64(migrate.Latest()+1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Up(ctx); err == nil {
+		t.Fatal("up on a dirty schema ahead of the binary succeeded; it must stop for `migrate force`")
+	}
+}
+
+// `recsys migrate` prints its error on stderr: it must not carry the password of a malformed
+// connection string.
+func TestOpenErrorHidesPassword(t *testing.T) {
+	for _, dsn := range []string{
+		"postgres://recsys:S3cretPW@localhost:54x2/recsys",
+		"postgres://recsys:S3cret%zzPW@localhost/recsys",
+		"host=localhost user=recsys password='S3cretPW dbname=recsys",
+	} {
+		_, err := migrate.Open(dsn)
+		if err == nil {
+			t.Errorf("Open accepted a malformed string")
+			continue
+		}
+		if strings.Contains(err.Error(), "S3cret") {
+			t.Errorf("migrate.Open error leaks the password: %v", err)
+		}
+	}
+}
+
+// Key=value connection strings work as URLs do (pgx takes both).
+func TestOpenTakesKeyValueDSN(t *testing.T) {
+	dsn := testutil.MigratedDatabase(t)
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv := fmt.Sprintf("host=%s port=%d user=%s password='%s' dbname=%s sslmode=disable", cfg.Host, cfg.Port, cfg.User, cfg.Password, cfg.Database)
+	m, err := migrate.Open(kv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Up(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if v, _, err := m.Version(); err != nil || v != migrate.Latest() {
+		t.Fatalf("version %d err %v", v, err)
 	}
 }

@@ -6,8 +6,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/pflag"
 
@@ -55,8 +58,8 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.DSN == "" {
 		errs = append(errs, errors.New("--pg.dsn (RECSYS_PG_DSN or DATABASE_URL) is required"))
-	} else if _, err := pgxpool.ParseConfig(c.DSN); err != nil {
-		errs = append(errs, fmt.Errorf("--pg.dsn is not a valid PostgreSQL URL: %s", flagenv.Redact(err.Error())))
+	} else if _, err := ParseDSN(c.DSN); err != nil {
+		errs = append(errs, fmt.Errorf("--pg.dsn: %w", err))
 	}
 	if c.MaxConns < 1 {
 		errs = append(errs, fmt.Errorf("--pg.max-conns must be >= 1, got %d", c.MaxConns))
@@ -67,20 +70,59 @@ func (c Config) Validate() error {
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"pg.connect-timeout", c.ConnectTimeout}, {"pg.acquire-timeout", c.AcquireTimeout}, {"pg.statement-timeout", c.StatementTimeout}, {"pg.lock-timeout", c.LockTimeout}} {
+	}{{"pg.connect-timeout", c.ConnectTimeout}, {"pg.acquire-timeout", c.AcquireTimeout}} {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("--%s must be > 0, got %s", d.name, d.v))
+		}
+	}
+	// Both are sent to the server in whole milliseconds, where 0 means "no timeout" and the
+	// server refuses values above INT_MAX (every session would then fail, not the start).
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"pg.statement-timeout", c.StatementTimeout}, {"pg.lock-timeout", c.LockTimeout}} {
+		if d.v < time.Millisecond || d.v > maxServerTimeout {
+			errs = append(errs, fmt.Errorf("--%s must be between 1ms and %s (PostgreSQL takes whole milliseconds up to 2147483647), got %s", d.name, maxServerTimeout, d.v))
 		}
 	}
 	return errors.Join(errs...)
 }
 
+// maxServerTimeout is the largest statement_timeout / lock_timeout PostgreSQL accepts.
+const maxServerTimeout = math.MaxInt32 * time.Millisecond
+
+// ParseDSN parses a PostgreSQL URL or key=value connection string. Its error never quotes the
+// string: a malformed one can hide its password where no redaction finds it.
+func ParseDSN(dsn string) (*pgxpool.Config, error) {
+	pc, err := pgxpool.ParseConfig(dsn)
+	if err == nil {
+		return pc, nil
+	}
+	const want = "want postgres://user:password@host:5432/db?sslmode=... or host=... user=... password=... dbname=..."
+	var pe *pgconn.ParseConfigError
+	if !errors.As(err, &pe) {
+		return nil, fmt.Errorf("not a valid PostgreSQL connection string (%s)", want)
+	}
+	// pgconn's text is "cannot parse `<redacted string>`: <reason> (<cause>)"; keep the reason
+	// and the cause (pgconn strips url.Parse's quoting of the string from it).
+	reason := pe.Error()
+	if inner := pe.Unwrap(); inner != nil {
+		reason = strings.TrimSuffix(reason, " ("+inner.Error()+")") + ": " + inner.Error()
+	}
+	if i := strings.LastIndex(reason, "`: "); i >= 0 {
+		reason = reason[i+3:]
+	} else {
+		reason = "malformed"
+	}
+	return nil, fmt.Errorf("not a valid PostgreSQL connection string: %s (%s)", flagenv.RedactText(reason), want)
+}
+
 // Open creates the pool. It does not wait for the server: readiness reports when it is down,
 // and the pool reconnects by itself when it is back.
 func Open(ctx context.Context, c Config) (*pgxpool.Pool, error) {
-	pc, err := pgxpool.ParseConfig(c.DSN)
+	pc, err := ParseDSN(c.DSN)
 	if err != nil {
-		return nil, fmt.Errorf("parse pg dsn: %s", flagenv.Redact(err.Error()))
+		return nil, fmt.Errorf("--pg.dsn: %w", err)
 	}
 	pc.MaxConns = int32(c.MaxConns)
 	pc.MinConns = int32(c.MinConns)
