@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/labstack/echo/v4"
 	"github.com/spf13/pflag"
 
@@ -122,7 +123,10 @@ func Run(ctx context.Context, o Options) error {
 	}
 
 	var draining atomic.Bool
-	h := &health{mods: mods, in: in, optional: optional, draining: &draining}
+	checkMetrics := metrics.NewSet()
+	metrics.RegisterSet(checkMetrics)
+	defer metrics.UnregisterSet(checkMetrics, true)
+	h := &health{mods: mods, in: in, optional: optional, draining: &draining, metrics: checkMetrics}
 	e.GET("/healthz", h.healthz)
 	e.GET("/livez", h.healthz)
 	e.GET("/readyz", h.readyz)
@@ -239,10 +243,12 @@ type health struct {
 	in       *infra.Infra
 	optional infra.Need
 	draining *atomic.Bool
+	metrics  *metrics.Set // reco_api_check_status
 }
 
-// report builds the body shared by /healthz and /readyz.
-func (h *health) report(ctx context.Context) (map[string]any, bool) {
+// report builds the body shared by /healthz and /readyz; scope is "healthz" or "readyz", the
+// label of the contract's reco_api_check_status gauge (§9.1).
+func (h *health) report(ctx context.Context, scope string) (map[string]any, bool) {
 	ready := !h.draining.Load()
 	checks := map[string]any{}
 	clients := map[string]string{}
@@ -270,6 +276,13 @@ func (h *health) report(ctx context.Context) (map[string]any, bool) {
 			checks[name] = ok
 		}
 	}
+	for name, ok := range checks {
+		v := 0.0
+		if ok.(bool) {
+			v = 1
+		}
+		h.metrics.GetOrCreateGauge(fmt.Sprintf(`reco_api_check_status{scope=%q,check=%q}`, scope, name), nil).Set(v)
+	}
 	modules := map[string]string{}
 	body := map[string]any{}
 	for _, r := range h.mods {
@@ -292,18 +305,21 @@ func (h *health) report(ctx context.Context) (map[string]any, bool) {
 	if h.draining.Load() {
 		body["draining"] = true
 	}
+	if s := h.in.Schema(); s.Ahead() {
+		body["schema"] = s
+	}
 	body["checks"], body["clients"], body["modules"] = checks, clients, modules
 	return body, ready
 }
 
 func (h *health) healthz(c echo.Context) error {
-	body, _ := h.report(c.Request().Context())
+	body, _ := h.report(c.Request().Context(), "healthz")
 	body["status"] = "ok"
 	return c.JSON(http.StatusOK, body)
 }
 
 func (h *health) readyz(c echo.Context) error {
-	body, ready := h.report(c.Request().Context())
+	body, ready := h.report(c.Request().Context(), "readyz")
 	body["ready"] = ready
 	if !ready {
 		return c.JSON(http.StatusServiceUnavailable, map[string]any{"detail": body})

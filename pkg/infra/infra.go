@@ -140,7 +140,20 @@ type Infra struct {
 
 	mu     sync.Mutex
 	cached map[string]checkResult
+	schema Schema
 }
+
+// Schema is the applied schema version as the last readiness check saw it.
+type Schema struct {
+	Version uint `json:"version"`
+	Dirty   bool `json:"dirty"`
+	Binary  uint `json:"binary_expects"`
+}
+
+// Ahead reports whether the schema is newer than this binary: normal during a rollout or
+// after a rollback, and, when dirty, the next release's failed migration. Neither fails
+// readiness; both are shown in /healthz.
+func (s Schema) Ahead() bool { return s.Version > s.Binary }
 
 type checkResult struct {
 	err error
@@ -219,7 +232,7 @@ func (in *Infra) Checks(ctx context.Context) map[string]error {
 			return nil
 		})
 		if out["postgres"] == nil {
-			out["schema"] = in.cachedCheck(ctx, "schema", func(ctx context.Context) error { return migrate.CheckSchema(ctx, in.PG) })
+			out["schema"] = in.cachedCheck(ctx, "schema", in.checkSchema)
 		}
 	}
 	if in.Redis != nil {
@@ -233,6 +246,34 @@ func (in *Infra) Checks(ctx context.Context) map[string]error {
 		})
 	}
 	return out
+}
+
+func (in *Infra) checkSchema(ctx context.Context) error {
+	v, dirty, err := migrate.Status(ctx, in.PG)
+	if err != nil {
+		return err
+	}
+	now := Schema{Version: v, Dirty: dirty, Binary: migrate.Latest()}
+	in.mu.Lock()
+	changed := now != in.schema
+	in.schema = now
+	in.mu.Unlock()
+	if changed && now.Ahead() {
+		if dirty {
+			in.log.Warn("schema is ahead of this binary and dirty: a newer release's migration failed; this binary's schema is intact and it stays ready",
+				"version", v, "dirty", dirty, "binary_expects", now.Binary)
+		} else {
+			in.log.Info("schema is ahead of this binary", "version", v, "binary_expects", now.Binary)
+		}
+	}
+	return migrate.Judge(v, dirty)
+}
+
+// Schema returns the schema version the last check saw (zero before the first one).
+func (in *Infra) Schema() Schema {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.schema
 }
 
 func (in *Infra) cachedCheck(ctx context.Context, name string, fn func(context.Context) error) error {

@@ -311,10 +311,14 @@ func CheckSchema(ctx context.Context, q Querier) error {
 	if err != nil {
 		return err
 	}
+	return Judge(v, dirty)
+}
+
+// Judge is CheckSchema's verdict on a version read with Status.
+func Judge(v uint, dirty bool) error {
 	want := Latest()
 	// A dirty version above this binary's is the next release's failed migration: this
-	// binary's schema is intact, so the fleet still serving must stay ready (the infra
-	// health report shows it as SchemaAhead).
+	// binary's schema is intact, so the fleet still serving must stay ready.
 	if dirty && v <= want {
 		return fmt.Errorf("schema version %d is dirty: fix it, then `recsys migrate force`", v)
 	}
