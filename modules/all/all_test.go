@@ -51,3 +51,31 @@ func TestRealRegistryResolves(t *testing.T) {
 		}
 	}
 }
+
+// In `all` the producers (ingest, reco) stop before the relay and the consumer: reco's
+// autolog flush and ingest's last commits land in the outbox while the relay still runs, and
+// the relay's drain does not spend the shared shutdown deadline first.
+func TestDrainersStopAfterProducers(t *testing.T) {
+	infos, err := module.Default().Resolve([]string{"all"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopAt := map[string]int{}
+	var order []string
+	for k := len(infos) - 1; k >= 0; k-- {
+		stopAt[infos[k].Name] = len(order)
+		order = append(order, infos[k].Name)
+	}
+	for _, c := range []struct{ first, then string }{
+		{"reco", "relay"}, {"ingest", "relay"}, {"reco", "consumer"}, {"ingest", "consumer"}, {"relay", "consumer"},
+	} {
+		if stopAt[c.first] > stopAt[c.then] {
+			t.Errorf("stop order %v: %s must stop before %s", order, c.first, c.then)
+		}
+	}
+	for _, role := range []string{"relay", "consumer"} {
+		if got, err := module.Default().Resolve([]string{role}); err != nil || len(got) != 1 {
+			t.Errorf("role %s alone resolves to %d modules (%v): ordering must not pull the producers in", role, len(got), err)
+		}
+	}
+}

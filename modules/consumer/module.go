@@ -93,6 +93,7 @@ func init() {
 		Name:      "consumer",
 		Summary:   "applies Kafka events to the feature store (PostgreSQL durable, Redis serving), exactly once",
 		Role:      true,
+		Before:    []string{"ingest", "reco", "relay"}, // stop after the producers and the relay feeding it
 		Needs:     infra.Postgres | infra.Redis | infra.Kafka,
 		NewConfig: newCfg,
 		New:       build,

@@ -92,6 +92,7 @@ func init() {
 		Name:      "relay",
 		Summary:   "moves event_outbox rows to Kafka (leases with fencing, per-key order, retries, dead rows)",
 		Role:      true,
+		Before:    []string{"ingest", "reco"}, // stop after the producers: what they flush at shutdown is relayed in the deadline
 		Needs:     infra.Postgres | infra.Kafka,
 		NewConfig: newCfg,
 		New:       build,

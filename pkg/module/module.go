@@ -52,7 +52,11 @@ type Info struct {
 	Summary   string   // one line, shown by `recsys modules`
 	Role      bool     // selectable with --roles and part of "all"
 	DependsOn []string // started before and stopped after this module
-	Needs     infra.Need
+	// Before orders without pulling in: when these modules run in the same process, this
+	// one starts before and stops after them (a drainer outliving the producers that flush
+	// into it at shutdown). Selecting this module does not select them.
+	Before []string
+	Needs  infra.Need
 	// Optional lists needs the module can serve without (degraded mode): their outage shows
 	// in /readyz as "degraded" instead of making the process unready.
 	Optional  infra.Need
@@ -178,6 +182,15 @@ func (r *Registry) Resolve(names []string) ([]Info, error) {
 		for _, d := range r.mods[n].DependsOn {
 			indeg[n]++
 			users[d] = append(users[d], n)
+		}
+		for _, b := range r.mods[n].Before {
+			if _, ok := r.mods[b]; !ok {
+				return nil, fmt.Errorf("module %q: unknown module %q in Before", n, b)
+			}
+			if want[b] {
+				indeg[b]++
+				users[n] = append(users[n], b)
+			}
 		}
 	}
 	var ready, order []string

@@ -126,3 +126,26 @@ func TestTyped(t *testing.T) {
 		t.Fatal("wrong config type accepted")
 	}
 }
+
+// Before orders modules that run together without selecting the others: a drainer listed
+// Before its producers starts first and stops last.
+func TestResolveBeforeOrdersWithoutPullingIn(t *testing.T) {
+	r := module.NewRegistry()
+	r.Register(info("api", true, "ingest"))
+	r.Register(info("ingest", false))
+	relay := info("relay", true)
+	relay.Before = []string{"ingest"}
+	r.Register(relay)
+	typo := info("typo", true)
+	typo.Before = []string{"ingset"}
+	r.Register(typo)
+	for roles, want := range map[string]string{"api,relay": "relay,ingest,api", "relay": "relay", "api": "ingest,api"} {
+		got, err := r.Resolve(strings.Split(roles, ","))
+		if err != nil || names(got) != want {
+			t.Errorf("Resolve(%s) = %s, %v; want %s", roles, names(got), err, want)
+		}
+	}
+	if _, err := r.Resolve([]string{"typo"}); err == nil || !strings.Contains(err.Error(), `unknown module "ingset"`) {
+		t.Fatalf("err = %v, want the unknown name", err)
+	}
+}
