@@ -25,7 +25,8 @@ PostgreSQL binaries in a temporary folder (removed on exit). The schema is migra
 base URL and a working curl example are printed. Pass --pg.dsn, --kafka.brokers or
 --redis.url (or their environment variables) to use real servers instead.
 For development only: data is gone when the process stops.`,
-		Args: cobra.NoArgs,
+		Args:        cobra.NoArgs,
+		Annotations: map[string]string{warnUnreadAnnotation: "all"},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := lc.logger(os.Stderr)
 			if err != nil {

@@ -61,9 +61,10 @@ Roles never migrate implicitly; they stay unready while the schema is behind the
 		}
 	}
 	cmd.AddCommand(&cobra.Command{
-		Use:   "up",
-		Short: "Apply every pending migration",
-		Args:  cobra.NoArgs,
+		Use:         "up",
+		Short:       "Apply every pending migration",
+		Args:        cobra.NoArgs,
+		Annotations: map[string]string{warnUnreadAnnotation: "typos"},
 		RunE: withMigrator(func(cmd *cobra.Command, m *migrate.Migrator, _ []string) error {
 			return m.Up(cmd.Context())
 		}),

@@ -52,6 +52,41 @@ func (c *logConfig) logger(w io.Writer) (*slog.Logger, error) {
 	return l, nil
 }
 
+// warnUnreadAnnotation marks the commands that run services ("all") or deploy jobs
+// ("typos"): they warn about set variables that configure nothing, since a typo or an
+// original-service name recsys dropped would otherwise be ignored silently. A job reads the
+// services' shared configuration, so it does not list the services' settings. Probes and
+// tools stay quiet.
+const warnUnreadAnnotation = "recsys.warn-unread-env"
+
+func warnUnread(cmd *cobra.Command, lc *logConfig) error {
+	mode := cmd.Annotations[warnUnreadAnnotation]
+	if mode == "" {
+		return nil
+	}
+	elsewhere := map[string]bool{}
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, fs := range []*pflag.FlagSet{c.LocalFlags(), c.PersistentFlags()} {
+			fs.VisitAll(func(f *pflag.Flag) { elsewhere[flagenv.EnvName(f.Name)] = true })
+		}
+		for _, s := range c.Commands() {
+			walk(s)
+		}
+	}
+	walk(cmd.Root())
+	unread := flagenv.Unread(cmd.Flags(), elsewhere, mode == "all", os.Environ())
+	if len(unread) == 0 {
+		return nil
+	}
+	log, err := lc.logger(os.Stderr)
+	if err != nil {
+		return err
+	}
+	log.Warn("environment variables that configure nothing in `"+cmd.CommandPath()+"`", "unread", unread)
+	return nil
+}
+
 // exitError carries a specific exit code (e.g. 2 for load's error threshold).
 type exitError struct {
 	code int
@@ -84,7 +119,7 @@ Precedence: flag, then RECSYS_ variable, then legacy variable, then default.`,
 			if err := flagenv.Bind(cmd.Flags(), nil); err != nil {
 				return fmt.Errorf("invalid environment:\n%w", err)
 			}
-			return nil
+			return warnUnread(cmd, &lc)
 		},
 	}
 	lc.registerFlags(root.PersistentFlags())

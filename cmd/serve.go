@@ -74,8 +74,9 @@ func newServeCmd(lc *logConfig) *cobra.Command {
 Each role can run alone (one pod per role) or colocated; the code path is the same.
 /healthz, /readyz, /metrics and /metrics/prometheus are served on --http.addr by every process.`,
 			strings.Join(module.Default().Roles(), ", ")),
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return rf.run(cmd, lc, nil) },
+		Args:        cobra.NoArgs,
+		Annotations: map[string]string{warnUnreadAnnotation: "all"},
+		RunE:        func(cmd *cobra.Command, _ []string) error { return rf.run(cmd, lc, nil) },
 	}
 	cmd.Flags().StringSliceVar(&rf.roles, "roles", []string{"api"}, "roles to run: comma list of "+strings.Join(module.Default().Roles(), ", ")+", or all")
 	rf.register(cmd.Flags(), module.Default().All())
@@ -90,11 +91,12 @@ func newRolePresetCmd(lc *logConfig, use, short string, roles []string) *cobra.C
 		panic(fmt.Sprintf("preset %s: %v", use, err)) // a registry bug; the registry test catches it
 	}
 	cmd := &cobra.Command{
-		Use:   use,
-		Short: short,
-		Long:  short + ".\nSame as `recsys serve --roles " + strings.Join(roles, ",") + "`.",
-		Args:  cobra.NoArgs,
-		RunE:  func(cmd *cobra.Command, _ []string) error { return rf.run(cmd, lc, nil) },
+		Use:         use,
+		Short:       short,
+		Long:        short + ".\nSame as `recsys serve --roles " + strings.Join(roles, ",") + "`.",
+		Args:        cobra.NoArgs,
+		Annotations: map[string]string{warnUnreadAnnotation: "all"},
+		RunE:        func(cmd *cobra.Command, _ []string) error { return rf.run(cmd, lc, nil) },
 	}
 	rf.register(cmd.Flags(), infos)
 	return cmd

@@ -180,7 +180,12 @@ type Row struct {
 
 // Markdown renders rows as the generated docs/configuration.md table.
 func Markdown(rows []Row) string {
-	sort.Slice(rows, func(i, j int) bool { return rows[i].Flag < rows[j].Flag })
+	sort.Slice(rows, func(i, j int) bool {
+		if rows[i].Flag != rows[j].Flag {
+			return rows[i].Flag < rows[j].Flag
+		}
+		return rows[i].Commands < rows[j].Commands
+	})
 	var b strings.Builder
 	b.WriteString("| flag | environment | legacy aliases | default | commands | description |\n|---|---|---|---|---|---|\n")
 	esc := strings.NewReplacer("|", `\|`, "\n", " ")
