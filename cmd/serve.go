@@ -9,6 +9,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"recsys/modules/analytics"
+	"recsys/modules/ingest"
 	"recsys/pkg/app"
 	"recsys/pkg/flagenv"
 	"recsys/pkg/gctune"
@@ -62,7 +64,29 @@ func (r *runFlags) run(cmd *cobra.Command, lc *logConfig, log *slog.Logger) erro
 	}
 	log.Info("configuration", "roles", r.roles, "flags", flagenv.Effective(cmd.Flags()), "gc", r.gc.Apply())
 	return app.Run(cmd.Context(), app.Options{Registry: module.Default(), Roles: r.roles, HTTP: r.http,
-		Shutdown: r.shutdown, Infra: r.infra, Configs: r.configs, Log: log})
+		Shutdown: r.shutdown, Infra: r.infra, Configs: r.configs, Log: log, CrossCheck: crossCheck})
+}
+
+// crossCheck holds the rules between two modules' settings, checked where both run in one
+// process (split roles cannot see each other's flags; docs/configuration.md states them).
+func crossCheck(cfgs map[string]module.Config) error {
+	an, okA := cfgs["analytics"].(*analytics.Config)
+	in, okI := cfgs["ingest"].(*ingest.Config)
+	if !okA || !okI {
+		return nil
+	}
+	var p flagenv.Problems
+	// A row received before the roll-up's horizon must be committed by then: a write may
+	// take up to the ingest write timeout.
+	if an.CommitMargin <= in.WriteTimeout {
+		p.Addf("--analytics.commit-margin (%s) must exceed --ingest.write-timeout (%s)", an.CommitMargin, in.WriteTimeout)
+	}
+	// The roll-up folds raw rows attribution window + commit margin behind the clock; rows
+	// deleted before that are never counted.
+	if lag := an.AttributionWindow + an.CommitMargin; in.RawRetention != 0 && in.RawRetention < lag {
+		p.Addf("--ingest.raw-retention (%s) must be 0 or at least --analytics.attribution-window + --analytics.commit-margin (%s)", in.RawRetention, lag)
+	}
+	return p.Err()
 }
 
 func newServeCmd(lc *logConfig) *cobra.Command {

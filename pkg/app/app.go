@@ -58,6 +58,9 @@ type Options struct {
 	Listener net.Listener       // optional; tests pass one bound to port 0
 	OnReady  func(addr string)  // optional; called once the server listens
 	Extra    func(e *echo.Echo) // optional extra routes (dev mode banner etc.)
+	// CrossCheck, optional, validates settings that span modules; it sees the configs of the
+	// modules this process runs only (by name), so a rule applies where both modules run.
+	CrossCheck func(cfgs map[string]module.Config) error
 }
 
 type running struct {
@@ -96,6 +99,9 @@ func Run(ctx context.Context, o Options) error {
 		if err := c.Validate(); err != nil {
 			errs = append(errs, fmt.Errorf("module %s: %w", i.Name, err))
 		}
+	}
+	if o.CrossCheck != nil {
+		errs = append(errs, o.CrossCheck(cfgs))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)

@@ -216,13 +216,23 @@ func TestReadinessAggregatesModulesAndDraining(t *testing.T) {
 
 func TestInvalidConfigListsEveryProblem(t *testing.T) {
 	s := newSetup("", errors.New("--b.size must be > 0"))
+	var crossChecked []string
 	err := app.Run(context.Background(), app.Options{Registry: s.reg, Roles: []string{"all"},
 		HTTP: httpx.Config{}, Shutdown: app.ShutdownConfig{Timeout: time.Second}, Infra: infra.DefaultConfig(),
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		CrossCheck: func(cfgs map[string]module.Config) error {
+			for name := range cfgs {
+				crossChecked = append(crossChecked, name)
+			}
+			return errors.New("--a.x must exceed --c.y")
+		}})
 	if err == nil {
 		t.Fatal("invalid config accepted")
 	}
-	for _, want := range []string{"module b: --b.size must be > 0", "--http.addr", "--http.read-timeout"} {
+	if len(crossChecked) != 3 {
+		t.Errorf("CrossCheck saw %v, want the configs of a, b and c", crossChecked)
+	}
+	for _, want := range []string{"module b: --b.size must be > 0", "--http.addr", "--http.read-timeout", "--a.x must exceed --c.y"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %q:\n%v", want, err)
 		}
