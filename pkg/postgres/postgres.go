@@ -82,7 +82,7 @@ func (c Config) Validate() error {
 		v    time.Duration
 	}{{"pg.statement-timeout", c.StatementTimeout}, {"pg.lock-timeout", c.LockTimeout}} {
 		if d.v < time.Millisecond || d.v > maxServerTimeout {
-			errs = append(errs, fmt.Errorf("--%s must be between 1ms and %s (PostgreSQL takes whole milliseconds up to 2147483647), got %s", d.name, maxServerTimeout, d.v))
+			errs = append(errs, fmt.Errorf("--%s must be between 1ms and 2147483647ms (%s): PostgreSQL takes whole milliseconds, 0 meaning no timeout; got %s", d.name, maxServerTimeout, d.v))
 		}
 	}
 	return errors.Join(errs...)
