@@ -8,6 +8,7 @@ import (
 
 	"recsys/pkg/events"
 	"recsys/pkg/flagenv"
+	writer "recsys/pkg/ingest"
 )
 
 // Config of the ingest module (flags ingest.*).
@@ -16,6 +17,8 @@ type Config struct {
 	MaxEventAge        time.Duration
 	MaxBatchSize       int
 	MaxImpressionItems int
+	// MaxEventBytes bounds one event's encoded outbox frame (see pkg/ingest.Config).
+	MaxEventBytes int
 
 	WatchFeatureUpdateMode string
 	OutboxMaxAttempts      int
@@ -43,6 +46,7 @@ func NewConfig() *Config {
 		MaxEventAge:              events.DefaultMaxAgeMs * time.Millisecond,
 		MaxBatchSize:             events.DefaultMaxBatchSize,
 		MaxImpressionItems:       events.DefaultMaxItems,
+		MaxEventBytes:            writer.DefaultMaxEventBytes,
 		WatchFeatureUpdateMode:   "async_consumer",
 		OutboxMaxAttempts:        25,
 		WriteTimeout:             time.Second,
@@ -65,9 +69,10 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.MaxEventAge, "ingest.max-event-age", c.MaxEventAge, "oldest event timestamp accepted, relative to the server clock")
 	fs.IntVar(&c.MaxBatchSize, "ingest.max-batch-size", c.MaxBatchSize, "most events in one POST /log/batch")
 	fs.IntVar(&c.MaxImpressionItems, "ingest.max-impression-items", c.MaxImpressionItems, "most items in one impression")
+	fs.IntVar(&c.MaxEventBytes, "ingest.max-event-bytes", c.MaxEventBytes, "largest encoded event accepted (its Kafka message but for the headers); a larger one is refused with 422. Keep it well below --relay.max-batch-bytes, the largest message the relay can publish, or an accepted event is never published")
 	fs.StringVar(&c.WatchFeatureUpdateMode, "ingest.watch-feature-update-mode", c.WatchFeatureUpdateMode, "feature_update_mode echoed in /log/watch and /log/batch responses")
 	fs.IntVar(&c.OutboxMaxAttempts, "ingest.outbox-max-attempts", c.OutboxMaxAttempts, "max_attempts stored on each new event_outbox row (one per topic and lane of a group commit)")
-	fs.DurationVar(&c.WriteTimeout, "ingest.write-timeout", c.WriteTimeout, "longest an event write may take (pool wait included) before the request answers 503")
+	fs.DurationVar(&c.WriteTimeout, "ingest.write-timeout", c.WriteTimeout, "longest a request waits for a writer to take its events, and longest their transaction may take (pool wait included): a request not taken in time answers 503 with nothing written; one taken waits for its transaction's outcome, so a request takes at most about twice this")
 	fs.DurationVar(&c.GroupCommitMaxWait, "ingest.group-commit-max-wait", c.GroupCommitMaxWait, "longest a writer waits to merge concurrent requests into one transaction (0: merge only what is already queued)")
 	fs.IntVar(&c.GroupCommitMaxEvents, "ingest.group-commit-max-events", c.GroupCommitMaxEvents, "most events merged into one transaction (a larger request is never split)")
 	fs.IntVar(&c.GroupCommitCopyMinEvents, "ingest.group-commit-copy-min-events", c.GroupCommitCopyMinEvents, "events in a transaction from which the raw and outbox rows are written with COPY instead of one INSERT statement (fewer round trips below, cheaper rows above)")
@@ -91,6 +96,7 @@ func (c *Config) Validate() error {
 	p.DurationPositive("ingest.max-event-age", c.MaxEventAge)
 	p.IntBetween("ingest.max-batch-size", c.MaxBatchSize, 1, 100_000)
 	p.IntBetween("ingest.max-impression-items", c.MaxImpressionItems, 1, 100_000)
+	p.IntBetween("ingest.max-event-bytes", c.MaxEventBytes, 1024, 1<<30)
 	if c.WatchFeatureUpdateMode == "" {
 		p.Add(errors.New("--ingest.watch-feature-update-mode must not be empty (default async_consumer)"))
 	}

@@ -564,3 +564,109 @@ func TestWatchResponseBytes(t *testing.T) {
 		t.Errorf("pretty: %d %q", rec.Code, rec.Body.String())
 	}
 }
+
+// TestOversizedEventIsRefused: an event encoding to more than --ingest.max-event-bytes is a
+// 422 naming the field that makes it so (or the event when no single field does; in a batch,
+// the event's index), and nothing of the request is stored: the relay could never publish it,
+// and it would take the other events of its outbox row down with it.
+func TestOversizedEventIsRefused(t *testing.T) {
+	v := newEnv(t, testutil.MigratedDatabase(t), func(c *Config, h *httpx.Config) { c.MaxEventBytes = 8192 })
+	withUA := func(b map[string]any, n int) map[string]any {
+		b["context"] = map[string]any{"user_agent": strings.Repeat("A", n)}
+		return b
+	}
+	bigFeed := impressionBody("big-feed-0001", 3)
+	bigFeed["items"].([]any)[1].(map[string]any)["feed_id"] = strings.Repeat("f", 9000)
+	manyItems := impressionBody("many-items-01", 300)
+	cases := []struct {
+		name, path, body string
+		loc              []any
+	}{
+		{"watch context", "/log/watch", mustJSON(t, withUA(watchBody("big-ua-00001"), 9000)), []any{"body", "context", "user_agent"}},
+		{"impression item feed_id", "/log/impression", mustJSON(t, bigFeed), []any{"body", "items", 1, "feed_id"}},
+		{"impression of many items", "/log/impression", mustJSON(t, manyItems), []any{"body"}},
+		{"second event of a batch", "/log/batch", mustJSON(t, map[string]any{"events": []any{watchBody("fits-000001"), withUA(watchBody("big-ua-00002"), 9000)}}),
+			[]any{"body", "events", 1, "context", "user_agent"}},
+	}
+	for _, tc := range cases {
+		code, resp := v.post(tc.path, tc.body)
+		var out struct{ Detail []events.FieldError }
+		_ = json.Unmarshal([]byte(resp), &out)
+		if code != http.StatusUnprocessableEntity || len(out.Detail) != 1 || out.Detail[0].Type != "event_too_large" ||
+			fmt.Sprint(out.Detail[0].Loc) != fmt.Sprint(tc.loc) {
+			t.Errorf("%s: %d %.300s\nwant 422 event_too_large at %v", tc.name, code, resp, tc.loc)
+		}
+	}
+	if n := v.count("SELECT count(*) FROM event_dedup"); n != 0 {
+		t.Errorf("refused requests stored %d events", n)
+	}
+	if got := v.metric(`recsys_ingest_rejected_total{endpoint="batch",reason="event_too_large"}`); got != 1 {
+		t.Errorf("event_too_large metric = %v", got)
+	}
+
+	// With the defaults, an event larger than the relay's default message limit (1 MiB) is
+	// refused too.
+	def := newEnv(t, testutil.MigratedDatabase(t))
+	if code, resp := def.post("/log/watch", mustJSON(t, withUA(watchBody("big-ua-00003"), 3<<20))); code != http.StatusUnprocessableEntity {
+		t.Errorf("3 MiB context with the defaults: %d %.300s", code, resp)
+	}
+}
+
+// TestQueuedWriteAnswersItsOutcome: a request that waited in the writer's queue until shortly
+// before its deadline and was then taken for a commit is answered with that commit's outcome
+// (the commit is bounded by the writer's own timeout), never a 503 for events that are then
+// stored: a client retry without event_id would store them twice.
+func TestQueuedWriteAnswersItsOutcome(t *testing.T) {
+	v := newEnv(t, testutil.MigratedDatabase(t), func(c *Config, h *httpx.Config) {
+		c.WriteTimeout = time.Second
+		c.GroupCommitWorkers = 1
+	})
+	ctx := context.Background()
+	// Uncommitted dedup keys make the writes of X and B wait: X holds the only worker while B
+	// waits in the queue.
+	hold := func(id string) func() {
+		tx, err := v.pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "INSERT INTO event_dedup (event_id, event_type) VALUES ($1, 'watch')", id); err != nil {
+			t.Fatal(err)
+		}
+		return func() { _ = tx.Rollback(ctx) }
+	}
+	releaseX, releaseB := hold("late-x-0001"), hold("late-b-0001")
+	var wg sync.WaitGroup
+	var codeB int
+	var respB string
+	wg.Go(func() { v.post("/log/watch", mustJSON(t, watchBody("late-x-0001"))) })
+	time.Sleep(100 * time.Millisecond)
+	wg.Go(func() { codeB, respB = v.post("/log/watch", mustJSON(t, watchBody("late-b-0001"))) })
+	time.Sleep(700 * time.Millisecond)
+	releaseX() // B is taken at ~0.8 s, with ~0.3 s left of its deadline
+	time.Sleep(700 * time.Millisecond)
+	releaseB() // B's statement completes at ~1.5 s, within the writer's timeout
+	wg.Wait()
+	n := v.count("SELECT count(*) FROM watches WHERE event_id = 'late-b-0001'")
+	switch {
+	case codeB == http.StatusServiceUnavailable && n != 0:
+		t.Errorf("B answered 503 but its event was stored: %s", respB)
+	case codeB == http.StatusOK && n != 1:
+		t.Errorf("B answered 200 but %d rows are stored", n)
+	case codeB != http.StatusOK:
+		t.Errorf("B: %d %s, want 200 (its commit finished within the writer's timeout)", codeB, respB)
+	}
+}
+
+// TestWriteDuringShutdown: a write reaching a closed writer is a 503 saying the service is
+// shutting down (nothing was written), counted apart from database failures.
+func TestWriteDuringShutdown(t *testing.T) {
+	v := newEnv(t, testutil.MigratedDatabase(t))
+	v.mod.w.Close()
+	code, resp := v.post("/log/watch", mustJSON(t, watchBody("after-close-1")))
+	if code != http.StatusServiceUnavailable || strings.TrimSpace(resp) != `{"detail":"failed to persist watch event: service is shutting down"}` {
+		t.Errorf("write after close: %d %s", code, resp)
+	}
+	if got := v.metric(`recsys_ingest_rejected_total{endpoint="watch",reason="shutdown"}`); got != 1 {
+		t.Errorf("shutdown metric = %v", got)
+	}
+}

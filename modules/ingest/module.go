@@ -15,16 +15,21 @@
 //
 // Responses keep the contract's fields; outbox_enqueued is true (or counts) only when the
 // event's outbox frame was really written, and inserted_events counts events that were new. Errors:
-// 422 with a pydantic-style detail list (every bad field, with its loc), 413 over the body
+// 422 with a pydantic-style detail list (every bad field, with its loc; an event encoding to
+// more than --ingest.max-event-bytes is one "event_too_large" entry located at the field that
+// makes it so, or at the event), 413 over the body
 // limit, 415 for a non-JSON content type, 503 "failed to persist ... event: database
-// unavailable" when PostgreSQL is down or slower than --ingest.write-timeout.
+// unavailable" when PostgreSQL is down or slower than --ingest.write-timeout (a 503 means nothing
+// of the request was stored: a request a writer has taken waits for its transaction's outcome),
+// 503 "... service is shutting down" after the writer closed.
 //
 // Metrics:
 //
 //	recsys_ingest_events_total{endpoint,kind,outcome}   counter: events answered, outcome accepted | duplicate
 //	recsys_ingest_rejected_total{endpoint,reason}       counter: requests refused; reason validation |
-//	                                                     malformed_json | body_too_large | unsupported_media_type |
-//	                                                     unavailable | error (body_too_large counts bodies sent
+//	                                                     malformed_json | body_too_large | event_too_large |
+//	                                                     unsupported_media_type | unavailable | shutdown |
+//	                                                     error (body_too_large counts bodies sent
 //	                                                     without Content-Length; a larger declared length is
 //	                                                     refused before routing, in recsys_http_requests_total)
 //	recsys_ingest_batch_events                          histogram: events per /log/batch request
@@ -105,6 +110,7 @@ func New(cfg *Config, d infra.Deps) (module.Module, error) {
 		TopicWatches:     d.Config.Kafka.TopicWatches,
 		MaxAttempts:      cfg.OutboxMaxAttempts,
 		OutboxLanes:      d.Config.OutboxLanes,
+		MaxEventBytes:    cfg.MaxEventBytes,
 		MaxWait:          cfg.GroupCommitMaxWait,
 		MaxEvents:        cfg.GroupCommitMaxEvents,
 		CopyMinEvents:    cfg.GroupCommitCopyMinEvents,

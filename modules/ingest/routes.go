@@ -160,6 +160,15 @@ func (m *Ingest) persist(c echo.Context, endpoint, what string, evs ...events.An
 	// The decoders applied every rule of events.Validate (and the time window) already.
 	res, err := m.w.WriteValidated(ctx, evs, httpx.IDs(c).CorrelationID)
 	if err != nil {
+		var big *writer.EventTooLargeError
+		if errors.As(err, &big) {
+			m.m.rejected(endpoint, "event_too_large")
+			loc := []any{"body"}
+			if endpoint == epBatch {
+				loc = append(loc, "events", big.Index)
+			}
+			return nil, echo.NewHTTPError(http.StatusUnprocessableEntity, []events.FieldError{big.FieldError(loc...)}).SetInternal(err)
+		}
 		var ve *events.ValidationError
 		if errors.As(err, &ve) {
 			// The decoders and the writer disagree on a rule: a bug, but the client still
@@ -168,7 +177,11 @@ func (m *Ingest) persist(c echo.Context, endpoint, what string, evs ...events.An
 			return nil, echo.NewHTTPError(http.StatusUnprocessableEntity, ve.Errors).SetInternal(err)
 		}
 		reason, detail := "unavailable", "failed to persist "+what+": database unavailable"
-		if !errors.Is(err, writer.ErrUnavailable) {
+		switch {
+		case errors.Is(err, writer.ErrClosed):
+			// Nothing was written; another pod takes the retry.
+			reason, detail = "shutdown", "failed to persist "+what+": service is shutting down"
+		case !errors.Is(err, writer.ErrUnavailable):
 			reason, detail = "error", "failed to persist "+what+": database error"
 		}
 		m.m.rejected(endpoint, reason)

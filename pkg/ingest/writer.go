@@ -68,6 +68,11 @@ type Config struct {
 	// the same count, or a user's events could sit in two order units; change it only with a
 	// drained outbox.
 	OutboxLanes int
+	// MaxEventBytes bounds one event's outbox frame (its Kafka message but for the
+	// headers); a larger event is refused with *EventTooLargeError. The relay's
+	// --relay.max-batch-bytes must stay above it, or an accepted event could never be
+	// published. 0 means DefaultMaxEventBytes.
+	MaxEventBytes int
 
 	MaxWait   time.Duration // longest a worker waits to gather more requests into a transaction
 	MaxEvents int           // events per merged transaction (a larger single request still goes alone)
@@ -87,7 +92,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults (topics from pkg/kafka's defaults).
 func DefaultConfig() Config {
-	return Config{TopicImpressions: "recsys.impressions.v1", TopicWatches: "recsys.watches.v1", MaxAttempts: 25, OutboxLanes: 8,
+	return Config{TopicImpressions: "recsys.impressions.v1", TopicWatches: "recsys.watches.v1", MaxAttempts: 25, OutboxLanes: 8, MaxEventBytes: DefaultMaxEventBytes,
 		MaxWait: time.Millisecond, MaxEvents: 2000, CopyMinEvents: 256, Workers: 2, QueueSize: 4096, Timeout: time.Second, Name: "ingest"}
 }
 
@@ -139,13 +144,24 @@ type Writer struct {
 }
 
 type request struct {
-	ctx     context.Context
+	ctx context.Context
+	// state is reqQueued until a worker takes the request for a commit (reqStarted) or its
+	// caller gives up waiting first (reqAbandoned); whichever moves it first decides, so a
+	// caller answered "unavailable" knows nothing of its request was written.
+	state   atomic.Int32
 	rows    []row
 	done    chan struct{}         // closed when answered (Write, WritePrepared)
 	then    func([]Result, error) // called instead when answered (Submit)
 	results []Result
 	err     error
 }
+
+// Request states (request.state).
+const (
+	reqQueued int32 = iota
+	reqStarted
+	reqAbandoned
+)
 
 // answer hands the outcome to the caller.
 func (r *request) answer() {
@@ -198,6 +214,9 @@ func New(pool *pgxpool.Pool, cfg Config) *Writer {
 	if cfg.OutboxLanes <= 0 {
 		cfg.OutboxLanes = def.OutboxLanes
 	}
+	if cfg.MaxEventBytes <= 0 {
+		cfg.MaxEventBytes = def.MaxEventBytes
+	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -238,11 +257,13 @@ func (w *Writer) Close() {
 
 // Write stores evs atomically (all or none) and returns one Result per event, in order.
 // correlationID is stored in the events' outbox frames ("" for none). An error means nothing of this
-// call is known to be committed; errors.Is(err, ErrUnavailable) tells an outage or timeout
-// from a rejected statement. If ctx ends while the transaction is in flight, Write returns the
-// context error although the events may still commit: a retry then answers "duplicate".
+// call was committed; errors.Is(err, ErrUnavailable) tells an outage or timeout from a
+// rejected statement. ctx bounds the wait in the queue only: once a worker has taken the
+// request, Write waits for its transaction (bounded by Config.Timeout) even past ctx's end,
+// so an error never hides a commit.
 // Every event is checked with events.Validate first (a *events.ValidationError is returned
-// and nothing is written when one fails).
+// and nothing is written when one fails), and an event whose outbox frame is larger than
+// Config.MaxEventBytes fails the call with *EventTooLargeError.
 func (w *Writer) Write(ctx context.Context, evs []events.Any, correlationID string) ([]Result, error) {
 	return w.write(ctx, evs, correlationID, true)
 }
@@ -263,7 +284,7 @@ func (w *Writer) write(ctx context.Context, evs []events.Any, correlationID stri
 	rows := make([]row, len(evs))
 	frames := frameBufs.Get().(*[]byte)
 	var err error
-	if *frames, err = prepare(rows, evs, correlationID, w.cfg.OutboxLanes, validate, (*frames)[:0]); err != nil {
+	if *frames, err = prepare(rows, evs, correlationID, w.cfg.OutboxLanes, w.cfg.MaxEventBytes, validate, (*frames)[:0]); err != nil {
 		putFrameBuf(frames)
 		return nil, err
 	}
@@ -286,7 +307,7 @@ type Prepared struct{ rows []row }
 // again after a failure.
 func (w *Writer) Prepare(evs []events.Any, correlationID string) (*Prepared, error) {
 	rows := make([]row, len(evs))
-	if _, err := prepare(rows, evs, correlationID, w.cfg.OutboxLanes, true, nil); err != nil {
+	if _, err := prepare(rows, evs, correlationID, w.cfg.OutboxLanes, w.cfg.MaxEventBytes, true, nil); err != nil {
 		return nil, err
 	}
 	return &Prepared{rows: rows}, nil
@@ -332,11 +353,17 @@ func (w *Writer) submit(ctx context.Context, rows []row, start time.Time) (res [
 	}
 	select {
 	case <-req.done:
-		w.m.writeDuration.UpdateDuration(start)
-		return req.results, true, req.err
 	case <-ctx.Done():
-		return nil, false, fmt.Errorf("wait for commit: %w: %w", ErrUnavailable, ctx.Err())
+		if req.state.CompareAndSwap(reqQueued, reqAbandoned) {
+			return nil, false, fmt.Errorf("wait for commit: %w: %w", ErrUnavailable, ctx.Err())
+		}
+		// A worker is committing it: its outcome, known within Config.Timeout, is the only
+		// true answer. Giving up now would answer 503 for events that may still commit, and
+		// a client's retry without event_id would store them twice.
+		<-req.done
 	}
+	w.m.writeDuration.UpdateDuration(start)
+	return req.results, true, req.err
 }
 
 // enqueue queues req, waiting for room until ctx ends if wait.
@@ -385,7 +412,7 @@ func putFrameBuf(b *[]byte) {
 // grown; each row's frame is a full slice of it) and the payload is encoded into one scratch
 // buffer reused for every event: two allocations per request instead of two per event, none
 // for the frames when buf is reused.
-func prepare(rows []row, evs []events.Any, correlationID string, lanes int, validate bool, buf []byte) ([]byte, error) {
+func prepare(rows []row, evs []events.Any, correlationID string, lanes, maxBytes int, validate bool, buf []byte) ([]byte, error) {
 	if need := len(evs) * (frameEstimate + len(correlationID)); cap(buf) < need {
 		buf = make([]byte, 0, need)
 	}
@@ -406,6 +433,9 @@ func prepare(rows []row, evs []events.Any, correlationID string, lanes int, vali
 		at := len(buf)
 		buf = outbox.AppendFrame(buf, outbox.Message{EventID: id, EventType: kind, Key: user,
 			CorrelationID: correlationID, SchemaVersion: int16(events.SchemaVersion), Payload: payload})
+		if n := len(buf) - at; n > maxBytes {
+			return buf, tooLarge(ev, i, n, maxBytes)
+		}
 		r.ev = ev
 		// Capped, so a later append to buf can never write into this frame.
 		r.frame = buf[at:len(buf):len(buf)]
@@ -498,9 +528,9 @@ func (w *Writer) work() {
 func (w *Writer) commitGroup(group []*request) {
 	live := group[:0]
 	for _, r := range group {
-		if err := r.ctx.Err(); err != nil {
+		if err := r.ctx.Err(); err != nil || !r.state.CompareAndSwap(reqQueued, reqStarted) {
 			// The caller gave up before its events were sent: nothing was written.
-			r.err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+			r.err = fmt.Errorf("%w: %w", ErrUnavailable, context.Cause(r.ctx))
 			r.answer()
 			continue
 		}
@@ -531,14 +561,16 @@ func (w *Writer) commitGroup(group []*request) {
 
 // requestSpecific reports whether err may be caused by the data of one request, so retrying
 // requests separately can save the others: any error the server returned for the statement,
-// except those about the server or the connection themselves.
+// except those about the server, the connection or the transaction's circumstances. A
+// read-only transaction (25006: a failover left us on a standby) or a serialization failure
+// or deadlock (class 40) says nothing about the data and passes: the database is unavailable.
 func requestSpecific(err error) bool {
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) || len(pe.Code) < 2 {
 		return false
 	}
 	switch pe.Code[:2] {
-	case "08", "53", "57", "58", "XX": // connection, resources, operator intervention, system, internal
+	case "08", "25", "40", "53", "57", "58", "XX": // connection, transaction state, rollback, resources, operator intervention, system, internal
 		return false
 	}
 	return true

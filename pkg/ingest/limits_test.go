@@ -1,0 +1,133 @@
+package ingest_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"recsys/pkg/events"
+	"recsys/pkg/ingest"
+	"recsys/pkg/testutil"
+)
+
+// TestWriterRefusesOversizedEvent: an event whose outbox frame is larger than MaxEventBytes
+// fails the whole call before anything is written, naming the event and the field that
+// alone makes it too large (none when no single field does).
+func TestWriterRefusesOversizedEvent(t *testing.T) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	const limit = 4096
+	w := newWriter(t, pool, func(c *ingest.Config) { c.MaxEventBytes = limit })
+	bigUA := func(id string) events.Any {
+		e := watch(id, "u1")
+		ua := strings.Repeat("A", limit)
+		e.Context = &events.Context{UserAgent: &ua}
+		return e
+	}
+	bigFeed := func(id string) events.Any {
+		e := impression(id, "u1", "a", "b", "c")
+		feed := strings.Repeat("f", limit)
+		e.Items[2].FeedID = &feed
+		return e
+	}
+	manyItems := func(id string) events.Any {
+		items := make([]string, 200)
+		for i := range items {
+			items[i] = fmt.Sprintf("item-with-a-longish-id-%05d", i)
+		}
+		return impression(id, "u1", items...)
+	}
+	cases := []struct {
+		name  string
+		evs   []events.Any
+		index int
+		field []any
+	}{
+		{"context field", []events.Any{bigUA("big-ua-00001")}, 0, []any{"context", "user_agent"}},
+		{"item feed_id", []events.Any{bigFeed("big-feed-0001")}, 0, []any{"items", 2, "feed_id"}},
+		{"no single field", []events.Any{manyItems("many-items-01")}, 0, nil},
+		{"second event of a batch", []events.Any{watch("fits-000001", "u2"), bigUA("big-ua-00002")}, 1, []any{"context", "user_agent"}},
+	}
+	for _, tc := range cases {
+		_, err := w.Write(context.Background(), tc.evs, "")
+		var big *ingest.EventTooLargeError
+		if !errors.As(err, &big) {
+			t.Errorf("%s: err = %v, want EventTooLargeError", tc.name, err)
+			continue
+		}
+		if big.Index != tc.index || !slices.Equal(big.Field, tc.field) || big.Max != limit || big.Bytes <= limit {
+			t.Errorf("%s: %+v, want index %d field %v", tc.name, big, tc.index, tc.field)
+		}
+	}
+	if n := count(t, pool, "SELECT count(*) FROM event_dedup"); n != 0 {
+		t.Errorf("refused events left %d dedup rows", n)
+	}
+	if n := count(t, pool, "SELECT count(*) FROM event_outbox"); n != 0 {
+		t.Errorf("refused events left %d outbox rows", n)
+	}
+	// Within the limit, and with the default one, the same kinds of event are stored.
+	if _, err := w.Write(context.Background(), []events.Any{watch("fits-000002", "u1")}, ""); err != nil {
+		t.Errorf("event within the limit: %v", err)
+	}
+	def := newWriter(t, pool, nil)
+	if _, err := def.Write(context.Background(), []events.Any{bigUA("big-ua-00003"), manyItems("many-items-02")}, ""); err != nil {
+		t.Errorf("events within the default limit: %v", err)
+	}
+}
+
+// TestWriterTransientErrorsAreUnavailable: errors about the transaction's circumstances (a
+// read-only standby after a failover, a serialization failure, a deadlock) are outages, not a
+// request's bad data: the whole group fails as ErrUnavailable without retrying request by
+// request. A data error (a check violation) still fails only its request.
+func TestWriterTransientErrorsAreUnavailable(t *testing.T) {
+	for _, tc := range []struct {
+		code        string
+		unavailable bool
+	}{
+		{"25006", true}, // read_only_sql_transaction
+		{"40001", true}, // serialization_failure
+		{"40P01", true}, // deadlock_detected
+		{"23514", false},
+	} {
+		t.Run(tc.code, func(t *testing.T) {
+			pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+			_, err := pool.Exec(context.Background(), fmt.Sprintf(`
+CREATE FUNCTION fail_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.user_id = 'poison' THEN RAISE EXCEPTION 'injected' USING ERRCODE = '%s'; END IF;
+	RETURN NEW;
+END $$;
+CREATE TRIGGER fail_poison BEFORE INSERT ON watches FOR EACH ROW EXECUTE FUNCTION fail_poison();`, tc.code))
+			if err != nil {
+				t.Fatal(err)
+			}
+			set := metrics.NewSet()
+			w := newWriter(t, pool, func(c *ingest.Config) { c.Workers = 1; c.MaxWait = 200 * time.Millisecond; c.Metrics = set })
+			var wg sync.WaitGroup
+			errs := make([]error, 2)
+			for i, user := range []string{"poison", "u1"} {
+				wg.Go(func() {
+					_, errs[i] = w.Write(context.Background(), []events.Any{watch(fmt.Sprintf("wat-%05d", i), user)}, "")
+				})
+			}
+			wg.Wait()
+			if got := errors.Is(errs[0], ingest.ErrUnavailable); errs[0] == nil || got != tc.unavailable {
+				t.Errorf("failing request: err = %v, want unavailable %v", errs[0], tc.unavailable)
+			}
+			fallbacks := set.GetOrCreateCounter(`recsys_ingest_group_fallbacks_total{writer="ingest"}`).Get()
+			if tc.unavailable {
+				if !errors.Is(errs[1], ingest.ErrUnavailable) || fallbacks != 0 {
+					t.Errorf("other request: err = %v, fallbacks %d; want the group failed as unavailable", errs[1], fallbacks)
+				}
+			} else if errs[1] != nil || fallbacks != 1 {
+				t.Errorf("other request: err = %v, fallbacks %d; want it saved by the fallback", errs[1], fallbacks)
+			}
+		})
+	}
+}
