@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"errors"
+	"strconv"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -9,6 +10,7 @@ import (
 	"recsys/pkg/events"
 	"recsys/pkg/flagenv"
 	writer "recsys/pkg/ingest"
+	"recsys/pkg/kpi"
 )
 
 // Config of the ingest module (flags ingest.*).
@@ -36,6 +38,10 @@ type Config struct {
 	DedupRetention     time.Duration
 	RetentionInterval  time.Duration
 	RetentionBatchSize int
+
+	// flags is the process' flag set, where the reco module's SLA targets live when the
+	// binary has that module: /contract serves the targets /metrics/reco judges against.
+	flags *pflag.FlagSet
 }
 
 // NewConfig returns the defaults: the contract's limits, 1 s write timeout, 30 days of raw
@@ -65,6 +71,7 @@ func NewConfig() *Config {
 // RegisterFlags adds the ingest.* flags with the original service's environment names as
 // aliases.
 func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
+	c.flags = fs
 	fs.DurationVar(&c.MaxEventFuture, "ingest.max-event-future", c.MaxEventFuture, "how far ahead of the server clock an event timestamp may be")
 	fs.DurationVar(&c.MaxEventAge, "ingest.max-event-age", c.MaxEventAge, "oldest event timestamp accepted, relative to the server clock")
 	fs.IntVar(&c.MaxBatchSize, "ingest.max-batch-size", c.MaxBatchSize, "most events in one POST /log/batch")
@@ -125,4 +132,30 @@ func (c *Config) Validate() error {
 func (c *Config) limits() events.Limits {
 	return events.Limits{MaxFutureMs: c.MaxEventFuture.Milliseconds(), MaxAgeMs: c.MaxEventAge.Milliseconds(),
 		MaxBatchSize: c.MaxBatchSize, MaxItems: c.MaxImpressionItems}
+}
+
+// The reco module's flags of the latency targets /metrics/reco reports against.
+const (
+	recoP95Flag = "reco.sla-target-p95-ms"
+	recoP99Flag = "reco.sla-target-p99-ms"
+)
+
+// slaTargets returns the p95 and p99 latency targets (ms) of /metrics/reco: the reco module's
+// settings when its flags are in this process' flag set, else the contract's values.
+func (c *Config) slaTargets() (p95, p99 float64) {
+	p95, p99 = float64(kpi.ContractSLA.RecoP95Ms), float64(kpi.ContractSLA.RecoP99Ms)
+	if c.flags == nil {
+		return p95, p99
+	}
+	for _, f := range []struct {
+		name string
+		dst  *float64
+	}{{recoP95Flag, &p95}, {recoP99Flag, &p99}} {
+		if fl := c.flags.Lookup(f.name); fl != nil {
+			if v, err := strconv.ParseFloat(fl.Value.String(), 64); err == nil {
+				*f.dst = v
+			}
+		}
+	}
+	return p95, p99
 }

@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"github.com/spf13/pflag"
 
+	"recsys/modules/reco"
 	"recsys/pkg/events"
 	"recsys/pkg/httpx"
 	"recsys/pkg/infra"
@@ -157,14 +159,39 @@ func TestEventIDDefaultAndStoredValues(t *testing.T) {
 	}
 }
 
+// TestContract: /contract serves the contract's KPI targets, the latency targets
+// /metrics/reco is configured with (the contract's when the process has no reco module) and
+// this process' event limits.
 func TestContract(t *testing.T) {
-	v := newEnv(t, testutil.MigratedDatabase(t), func(c *Config, h *httpx.Config) { c.MaxBatchSize = 250 })
-	code, resp := v.do(http.MethodGet, "/contract", "", "")
-	want := `{"kpi_targets":{"ctr_at_20":">= 8%","avg_watch_time_sec":">= 35","catalog_coverage_at_20":">= 60%"},` +
-		`"sla_targets":{"reco_p95_ms":120,"reco_p99_ms":200,"api_error_rate_pct":1.0},` +
-		`"event_contract":{"max_event_future_ms":300000,"max_event_age_ms":2592000000,"max_batch_size":250}}`
-	if code != 200 || strings.TrimSpace(resp) != want {
-		t.Errorf("GET /contract: %d %s\nwant %s", code, resp, want)
+	for _, tc := range []struct {
+		name     string
+		recoArgs []string // nil: no reco flags in the process
+		sla      string
+	}{
+		{"without reco", nil, `"sla_targets":{"reco_p95_ms":120,"reco_p99_ms":200,"api_error_rate_pct":1.0}`},
+		{"reco defaults", []string{}, `"sla_targets":{"reco_p95_ms":120,"reco_p99_ms":200,"api_error_rate_pct":1.0}`},
+		{"reco configured", []string{"--reco.sla-target-p95-ms=90", "--reco.sla-target-p99-ms=150.5"},
+			`"sla_targets":{"reco_p95_ms":90,"reco_p99_ms":150.5,"api_error_rate_pct":1.0}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := newEnv(t, testutil.MigratedDatabase(t), func(c *Config, h *httpx.Config) {
+				c.MaxBatchSize = 250
+				if tc.recoArgs != nil {
+					fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+					reco.NewConfig().RegisterFlags(fs)
+					c.RegisterFlags(fs)
+					if err := fs.Parse(tc.recoArgs); err != nil {
+						t.Fatal(err)
+					}
+				}
+			})
+			code, resp := v.do(http.MethodGet, "/contract", "", "")
+			want := `{"kpi_targets":{"ctr_at_20":">= 8%","avg_watch_time_sec":">= 35","catalog_coverage_at_20":">= 60%"},` +
+				tc.sla + `,"event_contract":{"max_event_future_ms":300000,"max_event_age_ms":2592000000,"max_batch_size":250}}`
+			if code != 200 || strings.TrimSpace(resp) != want {
+				t.Errorf("GET /contract: %d %s\nwant %s", code, resp, want)
+			}
+		})
 	}
 }
 

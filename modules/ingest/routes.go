@@ -7,6 +7,7 @@ import (
 	"errors"
 	"mime"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -256,8 +257,14 @@ func quote(s string) string {
 }
 
 type contractResponse struct {
-	KPITargets    kpi.Targets `json:"kpi_targets"`
-	SLATargets    kpi.SLA     `json:"sla_targets"`
+	KPITargets kpi.Targets `json:"kpi_targets"`
+	// The latency targets are numbers as configured (120, or 120.5); kpi.SLA's ints would
+	// round a fractional --reco.sla-target-*-ms.
+	SLATargets struct {
+		RecoP95Ms       json.Number `json:"reco_p95_ms"`
+		RecoP99Ms       json.Number `json:"reco_p99_ms"`
+		APIErrorRatePct json.Number `json:"api_error_rate_pct"`
+	} `json:"sla_targets"`
 	EventContract struct {
 		MaxEventFutureMs int64 `json:"max_event_future_ms"`
 		MaxEventAgeMs    int64 `json:"max_event_age_ms"`
@@ -265,11 +272,16 @@ type contractResponse struct {
 	} `json:"event_contract"`
 }
 
-// contract serves GET /contract: the KPI and SLA targets (constants of the contract) and the
-// event limits this process enforces.
+// contract serves GET /contract: the KPI targets (constants of the contract), the SLA targets
+// (the latency ones as /metrics/reco is configured to judge them, so a guardrail reading them
+// checks what the service promises) and the event limits this process enforces.
 func (m *Ingest) contract(c echo.Context) error {
 	var out contractResponse
-	out.KPITargets, out.SLATargets = kpi.ContractTargets, kpi.ContractSLA
+	out.KPITargets = kpi.ContractTargets
+	p95, p99 := m.cfg.slaTargets()
+	out.SLATargets.RecoP95Ms = json.Number(strconv.FormatFloat(p95, 'f', -1, 64))
+	out.SLATargets.RecoP99Ms = json.Number(strconv.FormatFloat(p99, 'f', -1, 64))
+	out.SLATargets.APIErrorRatePct = kpi.ContractSLA.APIErrorRatePct
 	lim := m.cfg.limits()
 	out.EventContract.MaxEventFutureMs = lim.MaxFutureMs
 	out.EventContract.MaxEventAgeMs = lim.MaxAgeMs
