@@ -299,3 +299,64 @@ func TestTwoRelaysKeepPerUserOrderOnBatchRows(t *testing.T) {
 		}
 	}
 }
+
+// TestOversizedEventGoesDeadAlone: a batch row holding one event larger than the relay can
+// publish (an API with a larger --ingest.max-event-bytes, say) publishes its other events,
+// other clients' ones, and moves only that event to a dead row of its own; a replay of the
+// dead rows acts on it alone and publishes nothing twice.
+func TestOversizedEventGoesDeadAlone(t *testing.T) {
+	e := newEnv(t, testutil.KafkaBrokers(t), 1)
+	prefix := testutil.Unique("big")
+	ev := func(n, user, payload string) outbox.Message {
+		return outbox.Message{EventID: prefix + "-" + n, EventType: "watch", Key: user, CorrelationID: "corr-" + n, SchemaVersion: 1,
+			Payload: []byte(payload)}
+	}
+	big := ev("big", "attacker", `{"user_agent":"`+strings.Repeat("A", 1<<20+100)+`"}`)
+	row := e.insertBatchRow(outbox.LaneKey(3), []outbox.Message{ev("v1", "victim", `{"n":1}`), big, ev("v2", "victim", `{"n":2}`)})
+	later := e.insertBatchRow(outbox.LaneKey(3), []outbox.Message{ev("v3", "victim", `{"n":3}`)})
+	run := e.start(testConfig(), "r1", relay.Options{})
+	waitReady(t, run.r)
+	settled := func() bool {
+		var n int
+		_ = e.pool.QueryRow(context.Background(), "SELECT count(*) FROM event_outbox WHERE status IN ('pending','publishing')").Scan(&n)
+		return n == 0
+	}
+	waitFor(t, 20*time.Second, "the outbox to settle", settled)
+	status := func(id int64) string {
+		var st string
+		_ = e.pool.QueryRow(context.Background(), "SELECT status FROM event_outbox WHERE id = $1", id).Scan(&st)
+		return st
+	}
+	if s, l := status(row), status(later); s != outbox.StatusPublished || l != outbox.StatusPublished {
+		t.Errorf("batch rows: %s, %s; want both published", s, l)
+	}
+	var st, key, lastErr string
+	var format int16
+	var count int
+	err := e.pool.QueryRow(context.Background(), `SELECT status, msg_key, payload_format, event_count, coalesce(last_error, '')
+FROM event_outbox WHERE event_id = $1 AND event_type = 'watch'`, big.EventID).Scan(&st, &key, &format, &count, &lastErr)
+	if err != nil || st != outbox.StatusDead || key != "attacker" || format != outbox.FormatSingle || count != 1 || !strings.Contains(lastErr, "max-batch-bytes") {
+		t.Errorf("dead letter row: %v %s %s %d %d %q", err, st, key, format, count, lastErr)
+	}
+	if got := metric(run.deps.Metrics, `recsys_relay_dead_total`); got != 1 {
+		t.Errorf("recsys_relay_dead_total = %v, want 1", got)
+	}
+
+	res, err := outbox.NewStore(e.pool).Replay(context.Background(), outbox.ReplayFilter{Status: outbox.StatusDead, Limit: 10})
+	if err != nil || res.Requeued != 1 {
+		t.Fatalf("replay: %v %+v, want the dead letter alone requeued", err, res)
+	}
+	waitFor(t, 20*time.Second, "the replay to settle", settled)
+	published := map[string]int{}
+	for _, m := range readTopic(t, e.brokers, e.kcfg.TopicWatches).all() {
+		published[header(m, "event_id")]++
+	}
+	for _, n := range []string{"v1", "v2", "v3"} {
+		if published[prefix+"-"+n] != 1 {
+			t.Errorf("%s published %d times, want once", n, published[prefix+"-"+n])
+		}
+	}
+	if published[big.EventID] != 0 {
+		t.Errorf("the oversized event was published")
+	}
+}

@@ -29,7 +29,11 @@
 //
 // Failures: a failed row retries after an exponential backoff with jitter
 // (--relay.retry-base doubling up to --relay.retry-max) and ends dead with its last error
-// after its max_attempts claims; a message larger than the broker accepts goes dead at once.
+// after its max_attempts claims; a message larger than the broker accepts goes dead at once:
+// within a batch row only that event, stored as a dead single-event row of its own (msg_key
+// its user id, so a replay acts on it alone) in the transaction that records the row, whose
+// other events (other clients' among them) are published. The API refuses such events first
+// (--ingest.max-event-bytes, which must stay well below --relay.max-batch-bytes).
 // Later rows of the failed row's key wait (see pkg/outbox for the per-key order mechanism).
 // When a whole batch fails the relay treats Kafka as unreachable: it stops claiming and
 // probes Kafka every --relay.probe-interval, so an outage spends no attempts beyond the batch
@@ -69,7 +73,8 @@
 // recsys_relay_publish_duration_seconds, recsys_relay_claim_duration_seconds,
 // recsys_relay_complete_duration_seconds, recsys_relay_fenced_total (outcomes dropped because
 // the lease was lost), recsys_relay_lease_lost_total (seen while renewing),
-// recsys_relay_dead_total, recsys_relay_held_back_total (rows put back behind an earlier
+// recsys_relay_dead_total (rows gone dead, plus events dead-lettered out of a batch row),
+// recsys_relay_held_back_total (rows put back behind an earlier
 // failure of their key), recsys_relay_reaped_total{outcome=requeued|dead},
 // recsys_relay_retention_deleted_total.
 //

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -192,5 +193,91 @@ func TestBrokerAnswered(t *testing.T) {
 		if got := brokerAnswered(tc.err); got != tc.want {
 			t.Errorf("brokerAnswered(%v) = %t, want %t", tc.err, got, tc.want)
 		}
+	}
+}
+
+// An event no retry can publish (larger than the writer or the broker accepts) is taken out
+// of its batch row as a dead letter and the row's other events are published; a row with
+// nothing else, or with another failure to retry, keeps its whole-row outcome.
+func TestPublishBatchRowsDeadLetters(t *testing.T) {
+	byEvent := func(msgs []kafkago.Message, fail map[string]error) error {
+		errs := make(kafkago.WriteErrors, len(msgs))
+		for i, m := range msgs {
+			for _, h := range m.Headers {
+				if h.Key == "event_id" {
+					errs[i] = fail[string(h.Value)]
+				}
+			}
+		}
+		return errs
+	}
+	tooLargeEvent := func(ev string) func([]kafkago.Message) error {
+		return func(msgs []kafkago.Message) error {
+			for i, m := range msgs {
+				for _, h := range m.Headers {
+					if h.Key == "event_id" && string(h.Value) == ev {
+						rest := append(append([]kafkago.Message{}, msgs[:i]...), msgs[i+1:]...)
+						return kafkago.MessageTooLargeError{Message: m, Remaining: rest}
+					}
+				}
+			}
+			return nil
+		}
+	}
+	rows := []outbox.Row{batchRow(1, 0, "a1", "a2", "a3"), batchRow(2, 1, "b1"), batchRow(3, 0, "c1")}
+	for _, tc := range []struct {
+		name    string
+		answers []func([]kafkago.Message) error
+		sends   []int              // messages per WriteMessages call
+		want    map[int64]string   // id -> "err", "permanent", "notsent"; absent = acked
+		dead    map[int64][]string // dead letters of acked rows
+	}{
+		{name: "larger than the writer accepts", answers: []func([]kafkago.Message) error{tooLargeEvent("a2")},
+			sends: []int{5, 4}, want: map[int64]string{}, dead: map[int64][]string{1: {"a2"}}},
+		{name: "refused by the broker", answers: []func([]kafkago.Message) error{func(msgs []kafkago.Message) error {
+			return byEvent(msgs, map[string]error{"a2": kafkago.MessageSizeTooLarge})
+		}}, sends: []int{5}, want: map[int64]string{}, dead: map[int64][]string{1: {"a2"}}},
+		{name: "alone in its row", answers: []func([]kafkago.Message) error{tooLargeEvent("b1")},
+			sends: []int{5, 4}, want: map[int64]string{2: "permanent"}},
+		{name: "alone in its row, refused by the broker", answers: []func([]kafkago.Message) error{func(msgs []kafkago.Message) error {
+			return byEvent(msgs, map[string]error{"b1": kafkago.MessageSizeTooLarge})
+		}}, sends: []int{5}, want: map[int64]string{2: "permanent"}},
+		{name: "with another failure of its row", answers: []func([]kafkago.Message) error{func(msgs []kafkago.Message) error {
+			return byEvent(msgs, map[string]error{"a2": kafkago.MessageSizeTooLarge, "a3": kafkago.NotLeaderForPartition})
+		}}, sends: []int{5}, want: map[int64]string{1: "err"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := &fakePublisher{answers: tc.answers}
+			r := &Relay{cfg: NewConfig(), pub: f, m: newMetrics(metrics.NewSet()), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+			items, _ := r.decode(context.Background(), rows)
+			res := r.publishRows(context.Background(), items)
+			var sends []int
+			for _, c := range f.calls {
+				sends = append(sends, len(c))
+			}
+			if fmt.Sprint(sends) != fmt.Sprint(tc.sends) {
+				t.Errorf("messages per call %v, want %v", sends, tc.sends)
+			}
+			got, dead := map[int64]string{}, map[int64][]string{}
+			for id, r := range res {
+				switch {
+				case r.NotSent:
+					got[id] = "notsent"
+				case r.Permanent:
+					got[id] = "permanent"
+				case r.Err != nil:
+					got[id] = "err"
+				}
+				for _, d := range r.DeadLetters {
+					if d.Err == "" || d.Key != "user-"+d.EventID || string(d.Payload) != `{"event_id":"`+d.EventID+`"}` {
+						t.Errorf("dead letter %+v", d)
+					}
+					dead[id] = append(dead[id], d.EventID)
+				}
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) || fmt.Sprint(dead) != fmt.Sprint(tc.dead) {
+				t.Errorf("results %v, dead letters %v; want %v, %v", got, dead, tc.want, tc.dead)
+			}
+		})
 	}
 }

@@ -480,10 +480,18 @@ func (r *Relay) process(ctx context.Context, c *outbox.Claim) (record func()) {
 			}
 		} else if !res.NotSent {
 			allFailed = false
-			ackedByTopic[row.Topic] += row.Events()
+			acked := row.Events() - len(res.DeadLetters)
+			ackedByTopic[row.Topic] += acked
 			lat := (row.AgeAtClaim + ackAt).Seconds()
-			for range row.Events() {
+			for range acked {
 				r.m.commitToAck.Update(lat)
+			}
+			if n := len(res.DeadLetters); n > 0 {
+				failedByTopic[row.Topic] += n
+				r.m.dead.Add(n)
+				r.log.ErrorContext(ctx, "outbox events no retry can publish, moving them to dead rows of their own", "outbox_id", row.ID,
+					"events", n, "first_event_id", res.DeadLetters[0].EventID, "err", res.DeadLetters[0].Err,
+					"mitigation", "the row's other events were published; see the runbook on dead outbox rows")
 			}
 		}
 		switch {
@@ -516,6 +524,26 @@ func (r *Relay) process(ctx context.Context, c *outbox.Claim) (record func()) {
 type item struct {
 	row  *outbox.Row
 	msgs []outbox.Message
+	// dead marks messages (by index) taken out of the row's publish: no retry can publish
+	// them, and they go dead on their own (outbox.DeadLetter) instead of with the row.
+	dead []bool
+	live int // messages not marked dead
+}
+
+// deadLetter takes message seq out of the row's publish. It reports false when seq is the
+// row's only message left: the row itself then goes dead, as it holds nothing else.
+func (it *item) deadLetter(seq int) bool {
+	if it.row.PayloadFormat != outbox.FormatBatch || seq < 0 || seq >= len(it.msgs) || it.live <= 1 {
+		return false
+	}
+	if it.dead == nil {
+		it.dead = make([]bool, len(it.msgs))
+	}
+	if !it.dead[seq] {
+		it.dead[seq] = true
+		it.live--
+	}
+	return true
 }
 
 // decode splits the claimed rows into their messages. A row that does not decode is poison:
@@ -534,7 +562,7 @@ func (r *Relay) decode(ctx context.Context, rows []outbox.Row) ([]item, map[int6
 			results[row.ID] = outbox.Result{Err: err, Permanent: true}
 			continue
 		}
-		items = append(items, item{row: row, msgs: msgs})
+		items = append(items, item{row: row, msgs: msgs, live: len(msgs)})
 	}
 	return items, results
 }
@@ -662,14 +690,17 @@ func schemaVersion(v int16) []byte {
 	return []byte(strconv.Itoa(int(v)))
 }
 
-// appendMessages appends the Kafka messages of one row. Every message carries the row's id
-// (outbox_id, shared by a batch row's messages) and, for a batch row, its index in the row
-// (outbox_seq).
+// appendMessages appends the Kafka messages of one row, less those marked dead. Every message
+// carries the row's id (outbox_id, shared by a batch row's messages) and, for a batch row,
+// its index in the row (outbox_seq).
 func appendMessages(dst []kafkago.Message, it item) []kafkago.Message {
 	row := it.row
 	oid := []byte(strconv.FormatInt(row.ID, 10))
 	batch := row.PayloadFormat == outbox.FormatBatch
 	for seq, m := range it.msgs {
+		if it.dead != nil && it.dead[seq] {
+			continue
+		}
 		n := 4
 		if batch {
 			n++
@@ -703,45 +734,107 @@ func outboxID(m kafkago.Message) int64 {
 	return 0
 }
 
-// publishRows writes the messages of the rows. A message larger than the writer
-// accepts fails the whole call before anything is sent: its row is taken out (dead: retrying
-// cannot fix it), the later rows of its unit are held back unsent, and the rest is sent
-// again. A row with any failed message fails as a whole (all of it is sent again later).
+// outboxSeq is the message's index in its batch row, -1 for a single row.
+func outboxSeq(m kafkago.Message) int {
+	for _, h := range m.Headers {
+		if h.Key == headerOutboxSeq {
+			if seq, err := strconv.Atoi(string(h.Value)); err == nil {
+				return seq
+			}
+		}
+	}
+	return -1
+}
+
+// withDeadLetters adds to the results of the rows Kafka acked the messages they left out.
+func withDeadLetters(items []*item, results map[int64]outbox.Result, errs map[int64][]error) map[int64]outbox.Result {
+	for _, it := range items {
+		if it.dead == nil {
+			continue
+		}
+		if res, ok := results[it.row.ID]; ok && (res.Err != nil || res.NotSent) {
+			continue // the row is retried, held back or dead whole: its messages go with it
+		}
+		var dls []outbox.DeadLetter
+		for seq, d := range it.dead {
+			if d {
+				dls = append(dls, outbox.DeadLetter{Message: it.msgs[seq], Err: errs[it.row.ID][seq].Error()})
+			}
+		}
+		results[it.row.ID] = outbox.Result{DeadLetters: dls}
+	}
+	return results
+}
+
+// publishRows writes the messages of the rows. A message larger than the writer accepts
+// fails the whole call before anything is sent. In a batch row it is taken out of the row
+// (dead-lettered: it goes dead as a row of its own, see outbox.DeadLetter) so the row's other
+// events, other clients' among them, are still published; a row with nothing else is taken
+// out whole (dead: retrying cannot fix it) and the later rows of its unit are held back
+// unsent. The rest is sent again. A message the broker refuses as too large is dead-lettered
+// the same way when it is the row's only kind of failure. A row with any other failed message
+// fails as a whole (all of it is sent again later).
 func (r *Relay) publishRows(ctx context.Context, items []item) map[int64]outbox.Result {
 	results := map[int64]outbox.Result{}
-	send := items
+	// dlErrs[row id][seq] is why a dead-lettered message was taken out.
+	dlErrs := map[int64][]error{}
+	markDead := func(it *item, seq int, err error) bool {
+		if !it.deadLetter(seq) {
+			return false
+		}
+		if dlErrs[it.row.ID] == nil {
+			dlErrs[it.row.ID] = make([]error, len(it.msgs))
+		}
+		dlErrs[it.row.ID][seq] = err
+		return true
+	}
+	all := make([]*item, len(items))
+	for i := range items {
+		it := items[i] // the marks stay on the copies
+		all[i] = &it
+	}
+	send := all
 	for len(send) > 0 {
 		n := 0
 		for _, it := range send {
-			n += len(it.msgs)
+			n += it.live
 		}
 		msgs := make([]kafkago.Message, 0, n)
 		owner := make([]int32, 0, n) // msgs[i] belongs to send[owner[i]]
+		seqs := make([]int32, 0, n)  // and is its message seqs[i]
 		for i, it := range send {
-			msgs = appendMessages(msgs, it)
-			for range it.msgs {
-				owner = append(owner, int32(i))
+			msgs = appendMessages(msgs, *it)
+			for seq := range it.msgs {
+				if it.dead == nil || !it.dead[seq] {
+					owner = append(owner, int32(i))
+					seqs = append(seqs, int32(seq))
+				}
 			}
 		}
 		cctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
 		err := r.pub.WriteMessages(cctx, msgs...)
 		cancel()
 		if err == nil {
-			return results
+			return withDeadLetters(all, results, dlErrs)
 		}
 		var tooLarge kafkago.MessageTooLargeError
 		var werrs kafkago.WriteErrors
 		switch {
 		case errors.As(err, &tooLarge):
 			bad := outboxID(tooLarge.Message)
-			var next []item
+			sizeErr := fmt.Errorf("message of %d bytes is larger than --relay.max-batch-bytes (%d): %w", len(tooLarge.Message.Value), r.cfg.MaxBatchBytes, err)
+			var next []*item
 			var held *outbox.Unit
+			found := false
 			for _, it := range send {
 				row := it.row
 				switch {
+				case row.ID == bad && markDead(it, outboxSeq(tooLarge.Message), sizeErr):
+					found = true
+					next = append(next, it)
 				case row.ID == bad:
-					results[row.ID] = outbox.Result{Permanent: true,
-						Err: fmt.Errorf("message of %d bytes is larger than --relay.max-batch-bytes (%d): %w", len(tooLarge.Message.Value), r.cfg.MaxBatchBytes, err)}
+					found = true
+					results[row.ID] = outbox.Result{Permanent: true, Err: sizeErr}
 					u := row.Unit()
 					held = &u
 				case held != nil && row.Unit() == *held:
@@ -750,7 +843,7 @@ func (r *Relay) publishRows(ctx context.Context, items []item) map[int64]outbox.
 					next = append(next, it)
 				}
 			}
-			if held == nil { // cannot tell which message: fail the call's rows
+			if !found { // cannot tell which message: fail the call's rows
 				for _, it := range send {
 					results[it.row.ID] = outbox.Result{Err: err}
 				}
@@ -758,17 +851,36 @@ func (r *Relay) publishRows(ctx context.Context, items []item) map[int64]outbox.
 			}
 			send = next
 		case errors.As(err, &werrs):
+			// Per row: the messages the broker refused as too large, and any other failure.
+			tooBig := map[int][]int{}
 			for i, e := range werrs {
 				if e == nil || i >= len(owner) {
 					continue
 				}
-				id := send[owner[i]].row.ID
-				// A message retrying cannot fix makes its row permanent whatever else failed.
-				if prev, ok := results[id]; !ok || (!prev.Permanent && errors.Is(e, kafkago.MessageSizeTooLarge)) {
-					results[id] = outbox.Result{Err: e, Permanent: errors.Is(e, kafkago.MessageSizeTooLarge)}
+				o := int(owner[i])
+				id := send[o].row.ID
+				if errors.Is(e, kafkago.MessageSizeTooLarge) {
+					tooBig[o] = append(tooBig[o], i)
+					continue
+				}
+				if _, ok := results[id]; !ok {
+					results[id] = outbox.Result{Err: e}
 				}
 			}
-			return results
+			for o, idx := range tooBig {
+				it := send[o]
+				if _, failed := results[it.row.ID]; failed {
+					continue // retried whole: the refused messages are judged again then
+				}
+				if len(idx) < it.live {
+					for _, i := range idx {
+						markDead(it, int(seqs[i]), werrs[i])
+					}
+					continue
+				}
+				results[it.row.ID] = outbox.Result{Err: werrs[idx[0]], Permanent: true}
+			}
+			return withDeadLetters(all, results, dlErrs)
 		default:
 			for _, it := range send {
 				results[it.row.ID] = outbox.Result{Err: err}
@@ -776,7 +888,7 @@ func (r *Relay) publishRows(ctx context.Context, items []item) map[int64]outbox.
 			return results
 		}
 	}
-	return results
+	return withDeadLetters(all, results, dlErrs)
 }
 
 // every runs fn now and then every interval until ctx is done.

@@ -48,6 +48,17 @@ type Result struct {
 	// NotSent marks a row that was held back before sending because an earlier row of its
 	// unit failed.
 	NotSent bool
+	// DeadLetters are events of an acked batch row that were left out of its publish because
+	// no retry can publish them (larger than the broker accepts): each is stored as a dead
+	// single-event row of its own, so the row's other events are not lost with it and a
+	// replay acts on the bad event alone.
+	DeadLetters []DeadLetter
+}
+
+// DeadLetter is one event of a batch row that goes dead on its own.
+type DeadLetter struct {
+	Message
+	Err string
 }
 
 // Outcome is the new state of one claimed row.
@@ -59,6 +70,9 @@ type Outcome struct {
 	// Refund un-counts the claim's attempt: the row was held back behind an earlier failure
 	// of its unit, which is not its own failure.
 	Refund bool
+	// DeadLetters (StatusPublished only) become dead single-event rows when the outcome is
+	// recorded, in the same transaction.
+	DeadLetters []DeadLetter
 }
 
 // maxErrLen bounds last_error.
@@ -86,7 +100,7 @@ func Settle(rows []Row, results map[int64]Result, b Backoff) []Outcome {
 			held[r.Unit()] = true
 			out = append(out, Outcome{ID: r.ID, Status: StatusPending, Delay: b.Delay(r.Attempts), Err: msg})
 		default:
-			out = append(out, Outcome{ID: r.ID, Status: StatusPublished})
+			out = append(out, Outcome{ID: r.ID, Status: StatusPublished, DeadLetters: res.DeadLetters})
 		}
 	}
 	return out
@@ -106,6 +120,8 @@ func truncate(s string) string {
 // Completed counts what Complete applied.
 type Completed struct {
 	Published, Retried, Dead int
+	// DeadLettered counts the dead single-event rows stored for Outcome.DeadLetters.
+	DeadLettered int
 	// Fenced counts outcomes dropped because the row no longer carried the claim's token: the
 	// lease expired and the row was reaped (and maybe claimed by another relay) meanwhile.
 	Fenced int
@@ -120,7 +136,7 @@ func (s *Store) Complete(ctx context.Context, c *Claim, outcomes []Outcome) (Com
 	}
 	allPublished := true
 	for _, o := range outcomes {
-		if o.Status != StatusPublished {
+		if o.Status != StatusPublished || len(o.DeadLetters) > 0 {
 			allPublished = false
 			break
 		}
@@ -136,6 +152,7 @@ func (s *Store) Complete(ctx context.Context, c *Claim, outcomes []Outcome) (Com
 		return done, fmt.Errorf("complete outbox batch: %w", err)
 	}
 	done.Published, done.Retried, done.Dead = applied[StatusPublished], applied[StatusPending], applied[StatusDead]
+	done.DeadLettered = applied[deadLettered]
 	done.Fenced = len(outcomes) - done.Published - done.Retried - done.Dead
 	return done, nil
 }
@@ -186,9 +203,41 @@ FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::int[]) AS u(
 WHERE o.id = ANY($1) AND o.id = u.id AND o.lease_token = $6 -- see leaseHeld
 RETURNING o.status`
 
-// completeMixed records a batch with failures. With DeleteOnAck the acked rows are deleted
-// and the rest updated, in one round trip and one transaction.
+// deadLetterSQL stores dead letters as dead single-event rows (payload_format 1, msg_key the
+// user id: their own order unit, so a replay publishes each alone) for the rows that still
+// carry the claim's token: a fenced row's new owner splits it again. It runs before the acked
+// rows are deleted, in the same transaction. ON CONFLICT: a row of that event already exists
+// (an earlier split whose batch row was then published again).
+const deadLetterSQL = `
+INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, schema_version, correlation_id,
+                          status, attempts, max_attempts, last_error, payload_format, event_count)
+SELECT u.event_id, u.event_type, o.topic, u.msg_key, u.payload, u.sv, nullif(u.cid, ''),
+       'dead', o.attempts, o.max_attempts, u.err, 1, 1
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::int2[], $7::text[], $8::text[])
+     WITH ORDINALITY AS u(row_id, event_id, event_type, msg_key, payload, sv, cid, err, ord)
+JOIN event_outbox o ON o.id = u.row_id AND o.lease_token = $9 -- see leaseHeld
+ORDER BY u.ord
+ON CONFLICT (event_id, event_type) DO NOTHING`
+
+// deadLettered is the key of applied counting the rows deadLetterSQL stored.
+const deadLettered = "dead_lettered"
+
+// completeMixed records a batch with failures or dead letters. With DeleteOnAck the acked
+// rows are deleted and the rest updated, in one round trip and one transaction.
 func (s *Store) completeMixed(ctx context.Context, c *Claim, outcomes []Outcome) (map[string]int, error) {
+	var dl struct {
+		rows                   []int64
+		ids, types, keys, cids []string
+		payloads               [][]byte
+		versions               []int16
+		errs                   []string
+	}
+	for _, o := range outcomes {
+		for _, d := range o.DeadLetters {
+			dl.rows, dl.ids, dl.types, dl.keys = append(dl.rows, o.ID), append(dl.ids, d.EventID), append(dl.types, d.EventType), append(dl.keys, d.Key)
+			dl.payloads, dl.versions, dl.cids, dl.errs = append(dl.payloads, d.Payload), append(dl.versions, d.SchemaVersion), append(dl.cids, d.CorrelationID), append(dl.errs, truncate(d.Err))
+		}
+	}
 	var acked []int64
 	if s.deleteOnAck {
 		rest := make([]Outcome, 0, len(outcomes))
@@ -210,6 +259,9 @@ func (s *Store) completeMixed(ctx context.Context, c *Claim, outcomes []Outcome)
 		}
 	}
 	br, err := s.sendByKey(ctx, func(b *pgx.Batch) {
+		if len(dl.rows) > 0 {
+			b.Queue(deadLetterSQL, dl.rows, dl.ids, dl.types, dl.keys, dl.payloads, dl.versions, dl.cids, dl.errs, c.Token)
+		}
 		if len(acked) > 0 {
 			b.Queue(deletePublishedSQL, acked, c.Token)
 		}
@@ -220,6 +272,13 @@ func (s *Store) completeMixed(ctx context.Context, c *Claim, outcomes []Outcome)
 	}
 	defer br.Close()
 	applied := map[string]int{}
+	if len(dl.rows) > 0 {
+		tag, err := br.Exec()
+		if err != nil {
+			return nil, err
+		}
+		applied[deadLettered] = int(tag.RowsAffected())
+	}
 	if len(acked) > 0 {
 		tag, err := br.Exec()
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"recsys/pkg/outbox"
@@ -653,5 +654,65 @@ func TestSnapshot(t *testing.T) {
 	capped, err := outbox.SnapshotLimit(ctx, pool, 2)
 	if err != nil || capped.Pending != 2 || !capped.Capped {
 		t.Fatalf("limited snapshot = %+v, %v; want pending capped at 2", capped, err)
+	}
+}
+
+// TestCompleteStoresDeadLetters: an acked row's dead letters become dead single-event rows
+// (their own unit, replayable alone) in the transaction that records the row, with delete on
+// ack too; a fenced outcome stores none (the row's new owner splits it again).
+func TestCompleteStoresDeadLetters(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		opts   []outbox.StoreOption
+		fenced bool
+	}{{"mark published", nil, false}, {"delete on ack", []outbox.StoreOption{outbox.DeleteOnAck()}, false}, {"fenced", nil, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+			s := outbox.NewStore(pool, tc.opts...)
+			ctx := context.Background()
+			insert(t, pool, row{key: "~lane/1"}, row{key: "~lane/2"})
+			c := claim(t, s, "r", 10)
+			if tc.fenced {
+				if _, err := pool.Exec(ctx, `UPDATE event_outbox SET lease_token = lease_token + 1000`); err != nil {
+					t.Fatal(err)
+				}
+			}
+			dl := outbox.DeadLetter{Message: outbox.Message{EventID: "big-event-1", EventType: "legacy", Key: "user-9", CorrelationID: "corr-9",
+				SchemaVersion: 1, Payload: []byte(`{"big":true}`)}, Err: "too large"}
+			res := map[int64]outbox.Result{c.Rows[0].ID: {DeadLetters: []outbox.DeadLetter{dl}}}
+			done, err := s.Complete(ctx, c, outbox.Settle(c.Rows, res, backoff))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := outbox.Completed{Published: 2, DeadLettered: 1}
+			if tc.fenced {
+				want = outbox.Completed{Fenced: 2}
+			}
+			if done != want {
+				t.Errorf("complete = %+v, want %+v", done, want)
+			}
+			var n int
+			var st, topic, key, cid, lastErr string
+			var payload []byte
+			var format int16
+			var attempts int
+			err = pool.QueryRow(ctx, `SELECT count(*) OVER (), status, topic, msg_key, payload, correlation_id, last_error, payload_format, attempts
+FROM event_outbox WHERE event_id = 'big-event-1' AND event_type = 'legacy'`).Scan(&n, &st, &topic, &key, &payload, &cid, &lastErr, &format, &attempts)
+			if tc.fenced {
+				if !errors.Is(err, pgx.ErrNoRows) {
+					t.Errorf("fenced outcome stored a dead letter (%v)", err)
+				}
+				return
+			}
+			if err != nil || n != 1 || st != outbox.StatusDead || topic != "t" || key != "user-9" || string(payload) != `{"big":true}` ||
+				cid != "corr-9" || lastErr != "too large" || format != outbox.FormatSingle || attempts != 1 {
+				t.Errorf("dead letter row: %v %d %s %s %s %s %s %q %d %d", err, n, st, topic, key, payload, cid, lastErr, format, attempts)
+			}
+			res2, err := s.Replay(ctx, outbox.ReplayFilter{Status: outbox.StatusDead, Limit: 10})
+			if err != nil || res2.Requeued != 1 || res2.Events != 1 {
+				t.Errorf("replay = %+v, %v; want the dead letter alone", res2, err)
+			}
+		})
 	}
 }
