@@ -1,16 +1,19 @@
 package ingest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/labstack/echo/v4"
 	"github.com/spf13/pflag"
 
@@ -695,5 +698,43 @@ func TestWriteDuringShutdown(t *testing.T) {
 	}
 	if got := v.metric(`recsys_ingest_rejected_total{endpoint="watch",reason="shutdown"}`); got != 1 {
 		t.Errorf("shutdown metric = %v", got)
+	}
+}
+
+// TestHealthExportsOutboxBacklog: the health details carry the outbox snapshot and set the
+// contract's backlog gauges, so an api pod without a relay exports them; the query runs at
+// most once a second however often health is asked.
+func TestHealthExportsOutboxBacklog(t *testing.T) {
+	v := newEnv(t, testutil.MigratedDatabase(t))
+	pending := func() (outbox.Backlog, float64) {
+		eb := v.mod.HealthDetails(context.Background())["event_backbone"].(map[string]any)
+		b, _ := eb["outbox"].(outbox.Backlog)
+		var buf bytes.Buffer
+		metrics.WritePrometheus(&buf, false)
+		for _, line := range strings.Split(buf.String(), "\n") {
+			if rest, ok := strings.CutPrefix(line, `reco_outbox_backlog_events{status="pending"} `); ok {
+				f, _ := strconv.ParseFloat(rest, 64)
+				return b, f
+			}
+		}
+		return b, -1
+	}
+	for i := range 2 {
+		if code, resp := v.post("/log/watch", mustJSON(t, watchBody(fmt.Sprintf("backlog-%05d", i)))); code != 200 {
+			t.Fatalf("%d %s", code, resp)
+		}
+	}
+	if b, g := pending(); b.Pending != 2 || g != 2 {
+		t.Fatalf("snapshot pending %d, gauge %v; want 2", b.Pending, g)
+	}
+	if code, resp := v.post("/log/watch", mustJSON(t, watchBody("backlog-00003"))); code != 200 {
+		t.Fatalf("%d %s", code, resp)
+	}
+	if b, g := pending(); b.Pending != 2 || g != 2 {
+		t.Errorf("within a second: snapshot pending %d, gauge %v; want the cached 2", b.Pending, g)
+	}
+	time.Sleep(snapshotEvery)
+	if b, g := pending(); b.Pending != 3 || g != 3 {
+		t.Errorf("after a second: snapshot pending %d, gauge %v; want 3", b.Pending, g)
 	}
 }

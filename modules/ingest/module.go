@@ -36,6 +36,10 @@
 //	recsys_ingest_persist_duration_seconds{endpoint}    histogram: time to durably store a request's events
 //	recsys_ingest_retention_deleted_total{table}        counter: rows removed by retention
 //	recsys_ingest_retention_errors_total                counter: failed retention passes
+//	reco_outbox_backlog_events{status}, reco_outbox_backlog_oldest_lag_ms
+//	                                                    gauges (contract): the outbox snapshot of the health
+//	                                                    endpoints, at most once a second (shared with a
+//	                                                    relay of the same process)
 //	recsys_ingest_group_commit_events{writer}, recsys_ingest_group_commit_requests{writer},
 //	recsys_ingest_commit_duration_seconds{writer}, recsys_ingest_write_duration_seconds{writer},
 //	recsys_ingest_commit_errors_total{writer}, recsys_ingest_group_fallbacks_total{writer},
@@ -51,6 +55,7 @@ package ingest
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"recsys/pkg/infra"
@@ -80,6 +85,11 @@ type Ingest struct {
 	// watchBodies are the four possible /log/watch answers (status × outbox_enqueued),
 	// encoded once as c.JSON would encode them.
 	watchBodies map[watchResponse][]byte
+
+	// The last outbox snapshot of the health endpoints (see backlog).
+	snapMu  sync.Mutex
+	snapAt  time.Time
+	snapOut any
 }
 
 var (
@@ -88,19 +98,35 @@ var (
 	_ module.HealthReporter = (*Ingest)(nil)
 )
 
-// HealthDetails adds the outbox snapshot the contract's /healthz carries, so an api pod
-// deployed without a relay still reports the backlog. The relay owns the backlog gauges; this
-// only reads (bounded by the partial indexes, never a full scan).
+// HealthDetails adds the outbox snapshot the contract's /healthz carries and sets the
+// contract's reco_outbox_backlog_* gauges from it (shared with a relay of the same process,
+// see outbox.ExportBacklog), so an api pod deployed without a relay still reports the
+// backlog; its probes keep them fresh. The query is bounded by the partial indexes (never a
+// full scan) and runs at most once per snapshotEvery, however often health is asked.
 func (m *Ingest) HealthDetails(ctx context.Context) map[string]any {
+	return map[string]any{"event_backbone": map[string]any{"mode": "transactional_outbox", "outbox": m.backlog(ctx)}}
+}
+
+// snapshotEvery bounds how often the health endpoints query the outbox backlog.
+const snapshotEvery = time.Second
+
+func (m *Ingest) backlog(ctx context.Context) any {
+	m.snapMu.Lock()
+	defer m.snapMu.Unlock()
+	if m.snapOut != nil && time.Since(m.snapAt) < snapshotEvery {
+		return m.snapOut
+	}
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	var ob any
-	if b, err := outbox.Snapshot(ctx, m.deps.PG); err != nil {
-		ob = map[string]string{"error": err.Error()}
+	b, err := outbox.Snapshot(ctx, m.deps.PG)
+	if err != nil {
+		m.snapOut = map[string]string{"error": err.Error()}
 	} else {
-		ob = b
+		outbox.ExportBacklog(b)
+		m.snapOut = b
 	}
-	return map[string]any{"event_backbone": map[string]any{"mode": "transactional_outbox", "outbox": ob}}
+	m.snapAt = time.Now()
+	return m.snapOut
 }
 
 // New wires the module: no goroutines, no I/O.

@@ -35,8 +35,6 @@ type relayMetrics struct {
 	reqd      *metrics.Counter
 	reapDead  *metrics.Counter
 	retention *metrics.Counter
-
-	pending, publishing, deadRows, oldestLag *metrics.Gauge
 }
 
 func newMetrics(set *metrics.Set) *relayMetrics {
@@ -55,10 +53,6 @@ func newMetrics(set *metrics.Set) *relayMetrics {
 	m.reqd = set.NewCounter(`recsys_relay_reaped_total{outcome="requeued"}`)
 	m.reapDead = set.NewCounter(`recsys_relay_reaped_total{outcome="dead"}`)
 	m.retention = set.NewCounter("recsys_relay_retention_deleted_total")
-	m.pending = set.NewGauge(`reco_outbox_backlog_events{status="pending"}`, nil)
-	m.publishing = set.NewGauge(`reco_outbox_backlog_events{status="publishing"}`, nil)
-	m.deadRows = set.NewGauge(`reco_outbox_backlog_events{status="dead"}`, nil)
-	m.oldestLag = set.NewGauge("reco_outbox_backlog_oldest_lag_ms", nil)
 	for _, stage := range []string{"startup", "claim", "publish", "mark_failed", "process", "metrics", "stop", "stop_timeout", "renew", "reap", "retention", "listen"} {
 		m.errors(stage) // exported at 0 from the start, so rate() works from the first failure
 	}
@@ -82,9 +76,6 @@ func (m *relayMetrics) errors(stage string) *metrics.Counter {
 	return m.set.GetOrCreateCounter(`reco_outbox_relay_errors_total{stage="` + stage + `"}`)
 }
 
-func (m *relayMetrics) backlog(b outbox.Backlog) {
-	m.pending.Set(float64(b.Pending))
-	m.publishing.Set(float64(b.Publishing))
-	m.deadRows.Set(float64(b.Dead))
-	m.oldestLag.Set(float64(b.OldestLagMS))
-}
+// backlog exports the snapshot as the contract's reco_outbox_backlog_* gauges, shared with an
+// API module of the same process (see outbox.ExportBacklog).
+func (m *relayMetrics) backlog(b outbox.Backlog) { outbox.ExportBacklog(b) }

@@ -62,7 +62,8 @@
 //     (histogram, ms)
 //   - reco_outbox_backlog_events{status=pending|publishing|dead}, reco_outbox_backlog_oldest_lag_ms:
 //     the snapshot in events (sum of event_count, bounded), refreshed every
-//     --relay.snapshot-interval
+//     --relay.snapshot-interval; one series per process, which an api module also sets from
+//     its health snapshot (outbox.ExportBacklog)
 //   - reco_outbox_relay_errors_total{stage}: startup, claim, publish, mark_failed, process,
 //     metrics, stop, stop_timeout, plus renew, reap, retention and listen
 //

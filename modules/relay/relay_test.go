@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -136,8 +137,13 @@ func TestRelayPublishesOnNotifyWithKeyAndHeaders(t *testing.T) {
 		b, ok := eb["outbox"].(outbox.Backlog)
 		return eb["mode"] == "transactional_outbox" && ok && b.Published == 50 && b.Pending == 0
 	})
-	if v := metric(set, `reco_outbox_backlog_events{status="pending"}`); v != 0 {
-		t.Errorf("pending gauge = %v", v)
+	// The backlog gauges are the process' (shared with an api module, see
+	// outbox.ExportBacklog), not the relay's set: other tests of this binary set them too, so
+	// only their presence is checked.
+	var all bytes.Buffer
+	metrics.WritePrometheus(&all, false)
+	if !strings.Contains(all.String(), `reco_outbox_backlog_events{status="pending"} `) {
+		t.Errorf("the process exports no pending backlog gauge")
 	}
 }
 
