@@ -104,6 +104,10 @@ func (c *Config) Validate() error {
 	p.IntBetween("ingest.max-batch-size", c.MaxBatchSize, 1, 100_000)
 	p.IntBetween("ingest.max-impression-items", c.MaxImpressionItems, 1, 100_000)
 	p.IntBetween("ingest.max-event-bytes", c.MaxEventBytes, 1024, 1<<30)
+	if relayMax, ok := c.relayMaxBatchBytes(); ok && int64(c.MaxEventBytes)+messageOverhead > relayMax {
+		// The relay could never publish the largest event the API accepts.
+		p.Addf("--ingest.max-event-bytes (%d) must stay at least %d bytes below --relay.max-batch-bytes (%d)", c.MaxEventBytes, messageOverhead, relayMax)
+	}
 	if c.WatchFeatureUpdateMode == "" {
 		p.Add(errors.New("--ingest.watch-feature-update-mode must not be empty (default async_consumer)"))
 	}
@@ -158,4 +162,23 @@ func (c *Config) slaTargets() (p95, p99 float64) {
 		}
 	}
 	return p95, p99
+}
+
+// messageOverhead is room for the Kafka headers and record framing a relay adds to an
+// event's frame.
+const messageOverhead = 1024
+
+// relayMaxBatchBytes is the relay's --relay.max-batch-bytes when the process has the relay's
+// flags (every module's flags are registered by serve, so this also checks an api pod's
+// setting against the relay value it was given, or the relay's default).
+func (c *Config) relayMaxBatchBytes() (int64, bool) {
+	if c.flags == nil {
+		return 0, false
+	}
+	fl := c.flags.Lookup("relay.max-batch-bytes")
+	if fl == nil {
+		return 0, false
+	}
+	v, err := strconv.ParseInt(fl.Value.String(), 10, 64)
+	return v, err == nil
 }
