@@ -7,37 +7,52 @@ import (
 
 	"recsys/modules/analytics"
 	"recsys/modules/ingest"
+	"recsys/modules/reco"
+	"recsys/modules/relay"
 	"recsys/pkg/module"
 )
 
 func TestCrossModuleSettings(t *testing.T) {
 	tests := []struct {
 		name string
-		edit func(a *analytics.Config, i *ingest.Config)
+		edit func(a *analytics.Config, i *ingest.Config, r *relay.Config)
 		only string // run one module only
 		want string // "" = valid
 	}{
-		{"defaults", func(*analytics.Config, *ingest.Config) {}, "", ""},
-		{"commit margin not above the write timeout", func(a *analytics.Config, i *ingest.Config) {
+		{"defaults", func(*analytics.Config, *ingest.Config, *relay.Config) {}, "", ""},
+		{"commit margin not above the write timeout", func(a *analytics.Config, i *ingest.Config, _ *relay.Config) {
 			a.CommitMargin, i.WriteTimeout = 2*time.Second, 2*time.Second
 		}, "", "--analytics.commit-margin (2s) must exceed --ingest.write-timeout (2s)"},
-		{"raw rows deleted before the roll-up folds them", func(_ *analytics.Config, i *ingest.Config) {
+		{"raw rows deleted before the roll-up folds them", func(_ *analytics.Config, i *ingest.Config, _ *relay.Config) {
 			i.RawRetention = 10 * time.Minute
 		}, "", "--ingest.raw-retention (10m0s) must be 0 or at least"},
-		{"raw rows kept forever", func(_ *analytics.Config, i *ingest.Config) { i.RawRetention = 0 }, "", ""},
-		{"ingest alone: the analytics settings are another process'", func(_ *analytics.Config, i *ingest.Config) {
+		{"raw rows kept forever", func(_ *analytics.Config, i *ingest.Config, _ *relay.Config) { i.RawRetention = 0 }, "", ""},
+		{"ingest alone: the analytics settings are another process'", func(_ *analytics.Config, i *ingest.Config, _ *relay.Config) {
 			i.WriteTimeout = time.Hour
 		}, "ingest", ""},
+		{"an event the relay could not publish", func(_ *analytics.Config, i *ingest.Config, _ *relay.Config) {
+			i.MaxEventBytes = 1 << 20
+		}, "", "--ingest.max-event-bytes (1048576) must stay at least 1024 bytes below --relay.max-batch-bytes (1048576)"},
+		{"the same, ingest alone: the relay's settings are checked all the same", func(_ *analytics.Config, i *ingest.Config, _ *relay.Config) {
+			i.MaxEventBytes = 1 << 20
+		}, "ingest", "--relay.max-batch-bytes"},
+		{"a smaller relay limit", func(_ *analytics.Config, _ *ingest.Config, r *relay.Config) {
+			r.MaxBatchBytes = 128 << 10
+		}, "", "--relay.max-batch-bytes (131072)"},
+		{"a larger relay limit takes a larger event", func(_ *analytics.Config, i *ingest.Config, r *relay.Config) {
+			i.MaxEventBytes, r.MaxBatchBytes = 2<<20, 8<<20
+		}, "", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			a, i := analytics.NewConfig(), ingest.NewConfig()
-			tc.edit(a, i)
-			cfgs := map[string]module.Config{"analytics": a, "ingest": i}
+			a, i, r := analytics.NewConfig(), ingest.NewConfig(), relay.NewConfig()
+			tc.edit(a, i, r)
+			all := map[string]module.Config{"analytics": a, "ingest": i, "relay": r}
+			selected := all
 			if tc.only != "" {
-				cfgs = map[string]module.Config{tc.only: cfgs[tc.only]}
+				selected = map[string]module.Config{tc.only: all[tc.only]}
 			}
-			err := crossCheck(cfgs)
+			err := crossCheck(selected, all)
 			switch {
 			case tc.want == "" && err != nil:
 				t.Fatalf("rejected: %v", err)
@@ -45,5 +60,21 @@ func TestCrossModuleSettings(t *testing.T) {
 				t.Fatalf("crossCheck = %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestContractStatesRecoTargets: /contract (ingest) states the latency targets /metrics/reco
+// (reco) is configured with.
+func TestContractStatesRecoTargets(t *testing.T) {
+	in, rc := ingest.NewConfig(), reco.NewConfig()
+	rc.SLATargetP95Ms, rc.SLATargetP99Ms = 90, 150.5
+	linkConfigs(map[string]module.Config{"ingest": in, "reco": rc})
+	if in.SLATargetP95Ms != 90 || in.SLATargetP99Ms != 150.5 {
+		t.Errorf("ingest states %v / %v, reco judges against 90 / 150.5", in.SLATargetP95Ms, in.SLATargetP99Ms)
+	}
+	alone := ingest.NewConfig()
+	linkConfigs(map[string]module.Config{"ingest": alone})
+	if alone.SLATargetP95Ms != 120 || alone.SLATargetP99Ms != 200 {
+		t.Errorf("without reco: %v / %v, want the contract's 120 / 200", alone.SLATargetP95Ms, alone.SLATargetP99Ms)
 	}
 }

@@ -11,11 +11,14 @@ import (
 
 	"recsys/modules/analytics"
 	"recsys/modules/ingest"
+	"recsys/modules/reco"
+	"recsys/modules/relay"
 	"recsys/pkg/app"
 	"recsys/pkg/flagenv"
 	"recsys/pkg/gctune"
 	"recsys/pkg/httpx"
 	"recsys/pkg/infra"
+	writer "recsys/pkg/ingest"
 	"recsys/pkg/module"
 )
 
@@ -63,19 +66,28 @@ func (r *runFlags) run(cmd *cobra.Command, lc *logConfig, log *slog.Logger) erro
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	log.Info("configuration", "roles", r.roles, "flags", flagenv.Effective(cmd.Flags()), "gc", r.gc.Apply())
+	linkConfigs(r.configs)
 	return app.Run(cmd.Context(), app.Options{Registry: module.Default(), Roles: r.roles, HTTP: r.http,
-		Shutdown: r.shutdown, Infra: r.infra, Configs: r.configs, Log: log, CrossCheck: crossCheck})
+		Shutdown: r.shutdown, Infra: r.infra, Configs: r.configs, Log: log,
+		CrossCheck: func(selected map[string]module.Config) error { return crossCheck(selected, r.configs) }})
 }
 
-// crossCheck holds the rules between two modules' settings, checked where both run in one
+// crossCheck holds the rules between two modules' settings. selected are the configs of the
+// modules this process runs, all those whose flags it registered: serve registers every
+// module's, so an api pod given the relay's settings (a ConfigMap shared by the roles) checks
+// its event limit against them. Rules between selected modules hold where both run in one
 // process (split roles cannot see each other's flags; docs/configuration.md states them).
-func crossCheck(cfgs map[string]module.Config) error {
-	an, okA := cfgs["analytics"].(*analytics.Config)
-	in, okI := cfgs["ingest"].(*ingest.Config)
-	if !okA || !okI {
-		return nil
-	}
+func crossCheck(selected, all map[string]module.Config) error {
 	var p flagenv.Problems
+	in, okI := selected["ingest"].(*ingest.Config)
+	if rl, ok := all["relay"].(*relay.Config); okI && ok && int64(in.MaxEventBytes)+writer.MessageOverhead > rl.MaxBatchBytes {
+		// The relay could never publish the largest event the API accepts.
+		p.Addf("--ingest.max-event-bytes (%d) must stay at least %d bytes below --relay.max-batch-bytes (%d)", in.MaxEventBytes, writer.MessageOverhead, rl.MaxBatchBytes)
+	}
+	an, okA := selected["analytics"].(*analytics.Config)
+	if !okA || !okI {
+		return p.Err()
+	}
 	// A row received before the roll-up's horizon must be committed by then: a write may
 	// take up to the ingest write timeout.
 	if an.CommitMargin <= in.WriteTimeout {
@@ -87,6 +99,16 @@ func crossCheck(cfgs map[string]module.Config) error {
 		p.Addf("--ingest.raw-retention (%s) must be 0 or at least --analytics.attribution-window + --analytics.commit-margin (%s)", in.RawRetention, lag)
 	}
 	return p.Err()
+}
+
+// linkConfigs hands a module the settings of another that it serves: /contract (ingest)
+// states the latency targets /metrics/reco (reco) judges against.
+func linkConfigs(all map[string]module.Config) {
+	in, okI := all["ingest"].(*ingest.Config)
+	rc, okR := all["reco"].(*reco.Config)
+	if okI && okR {
+		in.SLATargetP95Ms, in.SLATargetP99Ms = rc.SLATargetP95Ms, rc.SLATargetP99Ms
+	}
 }
 
 func newServeCmd(lc *logConfig) *cobra.Command {

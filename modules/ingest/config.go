@@ -2,7 +2,6 @@ package ingest
 
 import (
 	"errors"
-	"strconv"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -39,9 +38,10 @@ type Config struct {
 	RetentionInterval  time.Duration
 	RetentionBatchSize int
 
-	// flags is the process' flag set, where the reco module's SLA targets live when the
-	// binary has that module: /contract serves the targets /metrics/reco judges against.
-	flags *pflag.FlagSet
+	// SLATargetP95Ms and SLATargetP99Ms are what /contract serves as the latency targets: the
+	// binary sets them from the reco module's settings (the targets /metrics/reco judges
+	// against), so they are not flags of their own. Default: the contract's.
+	SLATargetP95Ms, SLATargetP99Ms float64
 }
 
 // NewConfig returns the defaults: the contract's limits, 1 s write timeout, 30 days of raw
@@ -53,6 +53,8 @@ func NewConfig() *Config {
 		MaxBatchSize:             events.DefaultMaxBatchSize,
 		MaxImpressionItems:       events.DefaultMaxItems,
 		MaxEventBytes:            writer.DefaultMaxEventBytes,
+		SLATargetP95Ms:           float64(kpi.ContractSLA.RecoP95Ms),
+		SLATargetP99Ms:           float64(kpi.ContractSLA.RecoP99Ms),
 		WatchFeatureUpdateMode:   "async_consumer",
 		OutboxMaxAttempts:        25,
 		WriteTimeout:             time.Second,
@@ -71,7 +73,6 @@ func NewConfig() *Config {
 // RegisterFlags adds the ingest.* flags with the original service's environment names as
 // aliases.
 func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
-	c.flags = fs
 	fs.DurationVar(&c.MaxEventFuture, "ingest.max-event-future", c.MaxEventFuture, "how far ahead of the server clock an event timestamp may be")
 	fs.DurationVar(&c.MaxEventAge, "ingest.max-event-age", c.MaxEventAge, "oldest event timestamp accepted, relative to the server clock")
 	fs.IntVar(&c.MaxBatchSize, "ingest.max-batch-size", c.MaxBatchSize, "most events in one POST /log/batch")
@@ -104,10 +105,6 @@ func (c *Config) Validate() error {
 	p.IntBetween("ingest.max-batch-size", c.MaxBatchSize, 1, 100_000)
 	p.IntBetween("ingest.max-impression-items", c.MaxImpressionItems, 1, 100_000)
 	p.IntBetween("ingest.max-event-bytes", c.MaxEventBytes, 1024, 1<<30)
-	if relayMax, ok := c.relayMaxBatchBytes(); ok && int64(c.MaxEventBytes)+messageOverhead > relayMax {
-		// The relay could never publish the largest event the API accepts.
-		p.Addf("--ingest.max-event-bytes (%d) must stay at least %d bytes below --relay.max-batch-bytes (%d)", c.MaxEventBytes, messageOverhead, relayMax)
-	}
 	if c.WatchFeatureUpdateMode == "" {
 		p.Add(errors.New("--ingest.watch-feature-update-mode must not be empty (default async_consumer)"))
 	}
@@ -136,49 +133,4 @@ func (c *Config) Validate() error {
 func (c *Config) limits() events.Limits {
 	return events.Limits{MaxFutureMs: c.MaxEventFuture.Milliseconds(), MaxAgeMs: c.MaxEventAge.Milliseconds(),
 		MaxBatchSize: c.MaxBatchSize, MaxItems: c.MaxImpressionItems}
-}
-
-// The reco module's flags of the latency targets /metrics/reco reports against.
-const (
-	recoP95Flag = "reco.sla-target-p95-ms"
-	recoP99Flag = "reco.sla-target-p99-ms"
-)
-
-// slaTargets returns the p95 and p99 latency targets (ms) of /metrics/reco: the reco module's
-// settings when its flags are in this process' flag set, else the contract's values.
-func (c *Config) slaTargets() (p95, p99 float64) {
-	p95, p99 = float64(kpi.ContractSLA.RecoP95Ms), float64(kpi.ContractSLA.RecoP99Ms)
-	if c.flags == nil {
-		return p95, p99
-	}
-	for _, f := range []struct {
-		name string
-		dst  *float64
-	}{{recoP95Flag, &p95}, {recoP99Flag, &p99}} {
-		if fl := c.flags.Lookup(f.name); fl != nil {
-			if v, err := strconv.ParseFloat(fl.Value.String(), 64); err == nil {
-				*f.dst = v
-			}
-		}
-	}
-	return p95, p99
-}
-
-// messageOverhead is room for the Kafka headers and record framing a relay adds to an
-// event's frame.
-const messageOverhead = 1024
-
-// relayMaxBatchBytes is the relay's --relay.max-batch-bytes when the process has the relay's
-// flags (every module's flags are registered by serve, so this also checks an api pod's
-// setting against the relay value it was given, or the relay's default).
-func (c *Config) relayMaxBatchBytes() (int64, bool) {
-	if c.flags == nil {
-		return 0, false
-	}
-	fl := c.flags.Lookup("relay.max-batch-bytes")
-	if fl == nil {
-		return 0, false
-	}
-	v, err := strconv.ParseInt(fl.Value.String(), 10, 64)
-	return v, err == nil
 }

@@ -15,9 +15,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/labstack/echo/v4"
-	"github.com/spf13/pflag"
 
-	"recsys/modules/reco"
 	"recsys/pkg/events"
 	"recsys/pkg/httpx"
 	"recsys/pkg/infra"
@@ -162,30 +160,23 @@ func TestEventIDDefaultAndStoredValues(t *testing.T) {
 	}
 }
 
-// TestContract: /contract serves the contract's KPI targets, the latency targets
-// /metrics/reco is configured with (the contract's when the process has no reco module) and
-// this process' event limits.
+// TestContract: /contract serves the contract's KPI targets, the latency targets it is given
+// (cmd sets them from the reco module's, those /metrics/reco judges against; the contract's
+// by default) and this process' event limits.
 func TestContract(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
-		recoArgs []string // nil: no reco flags in the process
+		p95, p99 float64 // 0: the default
 		sla      string
 	}{
-		{"without reco", nil, `"sla_targets":{"reco_p95_ms":120,"reco_p99_ms":200,"api_error_rate_pct":1.0}`},
-		{"reco defaults", []string{}, `"sla_targets":{"reco_p95_ms":120,"reco_p99_ms":200,"api_error_rate_pct":1.0}`},
-		{"reco configured", []string{"--reco.sla-target-p95-ms=90", "--reco.sla-target-p99-ms=150.5"},
-			`"sla_targets":{"reco_p95_ms":90,"reco_p99_ms":150.5,"api_error_rate_pct":1.0}`},
+		{"defaults", 0, 0, `"sla_targets":{"reco_p95_ms":120,"reco_p99_ms":200,"api_error_rate_pct":1.0}`},
+		{"configured", 90, 150.5, `"sla_targets":{"reco_p95_ms":90,"reco_p99_ms":150.5,"api_error_rate_pct":1.0}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v := newEnv(t, testutil.MigratedDatabase(t), func(c *Config, h *httpx.Config) {
 				c.MaxBatchSize = 250
-				if tc.recoArgs != nil {
-					fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
-					reco.NewConfig().RegisterFlags(fs)
-					c.RegisterFlags(fs)
-					if err := fs.Parse(tc.recoArgs); err != nil {
-						t.Fatal(err)
-					}
+				if tc.p95 != 0 {
+					c.SLATargetP95Ms, c.SLATargetP99Ms = tc.p95, tc.p99
 				}
 			})
 			code, resp := v.do(http.MethodGet, "/contract", "", "")

@@ -278,9 +278,8 @@ type contractResponse struct {
 func (m *Ingest) contract(c echo.Context) error {
 	var out contractResponse
 	out.KPITargets = kpi.ContractTargets
-	p95, p99 := m.cfg.slaTargets()
-	out.SLATargets.RecoP95Ms = json.Number(strconv.FormatFloat(p95, 'f', -1, 64))
-	out.SLATargets.RecoP99Ms = json.Number(strconv.FormatFloat(p99, 'f', -1, 64))
+	out.SLATargets.RecoP95Ms = json.Number(strconv.FormatFloat(m.cfg.SLATargetP95Ms, 'f', -1, 64))
+	out.SLATargets.RecoP99Ms = json.Number(strconv.FormatFloat(m.cfg.SLATargetP99Ms, 'f', -1, 64))
 	out.SLATargets.APIErrorRatePct = kpi.ContractSLA.APIErrorRatePct
 	lim := m.cfg.limits()
 	out.EventContract.MaxEventFutureMs = lim.MaxFutureMs

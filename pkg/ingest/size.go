@@ -12,6 +12,10 @@ import (
 // any real event (a 500-item impression is ~40 KB).
 const DefaultMaxEventBytes = 256 << 10
 
+// MessageOverhead is room for the Kafka headers and record framing a relay adds to an
+// event's frame: --relay.max-batch-bytes must exceed the largest accepted event by this much.
+const MessageOverhead = 1024
+
 // EventTooLargeError is returned by Write (and Prepare) when an event's outbox frame is
 // larger than Config.MaxEventBytes. Such an event must be refused before it is stored: it
 // would share its outbox row with other clients' events, and a message the relay cannot
