@@ -439,9 +439,7 @@ func (c *Consumer) process(ctx context.Context, batch []*fetched) bool {
 	}
 	a, ok := c.applyWithRetry(ctx, b, msgs)
 	if !ok {
-		// A data-error batch whose DLQ entries could not be stored also lands here; as
-		// before, only a shutdown keeps its offsets (and later ones) uncommitted.
-		return ctx.Err() == nil
+		return false // only a shutdown ends the retries
 	}
 	if a != nil {
 		// To the mirror first: a lane whose batch shares co-visitation lists with this one
@@ -529,12 +527,34 @@ func (c *Consumer) applyIsolated(ctx context.Context, b *featurestore.Batch, msg
 		return true
 	}
 	ok, perr := apply(&featurestore.Batch{DLQ: dlq}, nil)
-	if perr != nil {
-		c.m.errors("dlq_store")
-		c.log.ErrorContext(ctx, "store dlq entries", "err", perr)
-		return false
+	if !ok || perr == nil {
+		return ok
 	}
-	return ok
+	// The offsets of these messages are committed only once they are stored: an entry
+	// refused whole goes in again as its coordinates, payload and error alone, and that is
+	// retried until it is stored or the consumer stops.
+	c.m.errors("dlq_store")
+	c.log.ErrorContext(ctx, "store dlq entries; storing them without their headers and key", "err", perr, "entries", len(dlq))
+	minimal := make([]featurestore.DLQEntry, len(dlq))
+	for i, d := range dlq {
+		minimal[i] = featurestore.DLQEntry{Topic: d.Topic, Partition: d.Partition, Offset: d.Offset, Payload: d.Payload,
+			Headers: map[string]string{}, Error: d.Error + " (headers and key dropped: " + perr.Error() + ")"}
+		for _, k := range []string{events.HeaderEventType, events.HeaderSchemaVersion} { // what replay-dlq decodes with
+			if v, ok := d.Headers[k]; ok {
+				minimal[i].Headers[k] = v
+			}
+		}
+	}
+	for attempt := 0; ; attempt++ {
+		ok, perr := apply(&featurestore.Batch{DLQ: minimal}, nil)
+		if !ok || perr == nil {
+			return ok
+		}
+		c.failed(ctx, "dlq_store", perr, len(minimal))
+		if !c.sleep(ctx, attempt) {
+			return false
+		}
+	}
 }
 
 func (c *Consumer) failed(ctx context.Context, stage string, err error, events int) {
@@ -559,7 +579,7 @@ func permanent(err error) bool {
 func dlqEntry(m *kafkago.Message, err error) featurestore.DLQEntry {
 	h := make(map[string]string, len(m.Headers))
 	for _, x := range m.Headers {
-		h[x.Key] = strings.ToValidUTF8(string(x.Value), "\uFFFD")
+		h[x.Key] = string(x.Value) // made storable by featurestore
 	}
 	return featurestore.DLQEntry{Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Key: m.Key, Headers: h,
 		Payload: m.Value, Error: err.Error()}

@@ -28,7 +28,9 @@ type Batch struct {
 	DLQ []DLQEntry
 }
 
-// DLQEntry is one dead-lettered message.
+// DLQEntry is one dead-lettered message. Headers and Error may hold any bytes: they are
+// stored as text with invalid UTF-8 and NUL replaced (PostgreSQL's text and jsonb refuse
+// both, and a refused entry would lose the message); Key and Payload are stored exactly.
 type DLQEntry struct {
 	Topic     string
 	Partition int
@@ -859,18 +861,28 @@ func queueDLQ(p *pipeline, entries []DLQEntry) {
 	part, off := make([]int32, n), make([]int64, n)
 	for i, e := range entries {
 		topic[i], part[i], off[i], key[i] = e.Topic, int32(e.Partition), e.Offset, e.Key
-		h, _ := json.Marshal(e.Headers)
+		hs := make(map[string]string, len(e.Headers))
+		for k, v := range e.Headers {
+			hs[dlqText(k)] = dlqText(v)
+		}
+		h, _ := json.Marshal(hs)
 		hdr[i] = string(h)
 		payload[i] = e.Payload
 		if payload[i] == nil {
 			payload[i] = []byte{}
 		}
-		errs[i] = strings.ToValidUTF8(e.Error, "?")
+		errs[i] = dlqText(e.Error)
 	}
 	p.exec("store dlq entries", `INSERT INTO feature_dlq (topic, kafka_partition, kafka_offset, msg_key, headers, payload, error)
 SELECT t, p, o, k, h::jsonb, b, e FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bytea[], $5::text[], $6::bytea[], $7::text[])
   AS v(t, p, o, k, h, b, e)
 ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING`, topic, part, off, key, hdr, payload, errs)
+}
+
+// dlqText makes s storable as PostgreSQL text and inside jsonb, which refuse invalid UTF-8
+// and NUL (binary Kafka headers carry both).
+func dlqText(s string) string {
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
 }
 
 func sortedKeys[V any](m map[string]V) []string {
