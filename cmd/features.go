@@ -180,8 +180,9 @@ func newReplayDLQCmd(lc *logConfig) *cobra.Command {
 		Long: `Re-decode the pending entries of feature_dlq, oldest first, and apply those that decode now
 (after a fix of the payload or of the code) through the same feature update as the stream.
 Applying is idempotent: an event whose event_id was applied before counts as a duplicate.
-Applied entries are marked replayed and written to Redis; entries that still fail stay
-pending with their new error. Prints a JSON report.`,
+Applied entries are marked replayed and written to Redis; entries that still fail (do not
+decode, or PostgreSQL refuses their update) stay pending with their new error. Prints a JSON
+report; its last_id, passed as --after, goes on past entries that keep failing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := lc.logger(os.Stderr)
@@ -205,6 +206,7 @@ pending with their new error. Prints a JSON report.`,
 	}
 	cmd.Flags().BoolVar(&o.DryRun, "dry-run", false, "decode and report only; change nothing")
 	cmd.Flags().IntVar(&o.Limit, "limit", 1000, "most entries to replay, oldest first")
+	cmd.Flags().Int64Var(&o.After, "after", 0, "replay only entries with a larger id (the last_id of a previous report)")
 	sf.register(cmd.Flags())
 	return cmd
 }

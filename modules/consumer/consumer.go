@@ -7,13 +7,11 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
-	"github.com/jackc/pgx/v5/pgconn"
 	kafkago "github.com/segmentio/kafka-go"
 
 	"recsys/pkg/events"
@@ -565,16 +563,8 @@ func (c *Consumer) failed(ctx context.Context, stage string, err error, events i
 	c.log.WarnContext(ctx, "apply batch failed, retrying with backoff", "err", err, "attempt", n, "batch_size", events)
 }
 
-// permanent reports errors that retrying cannot fix: PostgreSQL data exceptions, integrity
-// violations and program limits (a value PostgreSQL will never accept). A dedup record
-// that another transaction wrote first is a conflict that a retry resolves.
-func permanent(err error) bool {
-	var pe *pgconn.PgError
-	if !errors.As(err, &pe) || featurestore.AppliedConcurrently(err) {
-		return false
-	}
-	return strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "23") || strings.HasPrefix(pe.Code, "54")
-}
+// permanent reports errors that send events to the DLQ instead of retrying them.
+func permanent(err error) bool { return featurestore.Refused(err) }
 
 func dlqEntry(m *kafkago.Message, err error) featurestore.DLQEntry {
 	h := make(map[string]string, len(m.Headers))

@@ -79,7 +79,8 @@ func (d *Delta) Empty() bool {
 // Rules:
 //   - Impression: every distinct item in ev.Items gets +1 global impression and +1 on the
 //     user's counter (fatigue).
-//   - Watch / legacy: +1 watch (with percent, ended, watch time) and popularity weight
+//   - Watch / legacy: +1 watch (with percent, ended, watch time clamped to
+//     [0, MaxWatchTimeSec]) and popularity weight
 //     Quality(ev); the item moves to the front of the history (distinct) and into the watched
 //     set; its impression counter is cleared (the user did watch it).
 //   - Re-watch of an item already in the history: counted again in popularity and item stats,
@@ -176,7 +177,7 @@ func containsBefore(s []string, i int, v string) bool {
 func applyWatch(cfg Config, u *UserState, ev Interaction, d *Delta) {
 	item := ev.ItemID
 	q := Quality(ev)
-	id := ItemDelta{ItemID: item, Watches: 1, WatchTimeSec: max(ev.WatchTimeSec, 0)}
+	id := ItemDelta{ItemID: item, Watches: 1, WatchTimeSec: clampWatchTime(ev.WatchTimeSec)}
 	if ev.PercentWatched != nil {
 		id.SumPercent = clamp01(*ev.PercentWatched/100) * 100
 		id.PercentCount = 1

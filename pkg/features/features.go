@@ -241,6 +241,19 @@ func Quality(i Interaction) float64 {
 // missing.
 const ReferenceWatchSec = 120.0
 
+// MaxWatchTimeSec caps one watch's watch_time_sec in the item statistics (about 116 days;
+// the contract sets no upper bound). Item sums stay finite and inside float8, which
+// PostgreSQL refuses to overflow: without the cap two watches of 1e308 s would make every
+// transaction holding the second one fail, in the stream and in a rebuild alike.
+const MaxWatchTimeSec = 1e7
+
+func clampWatchTime(t float64) float64 {
+	if !(t > 0) { // also NaN
+		return 0
+	}
+	return min(t, MaxWatchTimeSec)
+}
+
 func clamp01(x float64) float64 {
 	if !(x > 0) { // also NaN
 		return 0

@@ -208,6 +208,32 @@ func TestApplyWatchDelta(t *testing.T) {
 	}
 }
 
+// Any watch time the contract accepts (≥ 0, no upper bound) adds a finite amount to the item
+// statistics, so that their sums stay storable.
+func TestApplyWatchTimeIsClamped(t *testing.T) {
+	cfg := testConfig()
+	for _, tc := range []struct {
+		name    string
+		sec     float64
+		wantSec float64
+	}{
+		{"ordinary", 42, 42},
+		{"zero", 0, 0},
+		{"negative", -5, 0},
+		{"at the cap", MaxWatchTimeSec, MaxWatchTimeSec},
+		{"huge", 1e308, MaxWatchTimeSec},
+		{"infinite", math.Inf(1), MaxWatchTimeSec},
+		{"nan", math.NaN(), 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, d := Apply(cfg, UserState{}, Interaction{Kind: KindWatch, UserID: "u", ItemID: "a", TsMs: 5, WatchTimeSec: tc.sec})
+			if len(d.Items) != 1 || d.Items[0].WatchTimeSec != tc.wantSec {
+				t.Fatalf("item deltas %+v, want watch time %v", d.Items, tc.wantSec)
+			}
+		})
+	}
+}
+
 func TestApplyImpressionsAndFatigueReset(t *testing.T) {
 	cfg := testConfig()
 	var u UserState

@@ -203,6 +203,17 @@ func AppliedConcurrently(err error) bool {
 	return errors.As(err, &pe) && pe.Code == "23505" && (pe.ConstraintName == "feature_applied_pkey" || pe.ConstraintName == "feature_users_pkey")
 }
 
+// Refused reports errors that retrying cannot fix: PostgreSQL data exceptions, integrity
+// violations and program limits (a value PostgreSQL will never accept). A dedup record
+// that another transaction wrote first is a conflict that a retry resolves.
+func Refused(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || AppliedConcurrently(err) {
+		return false
+	}
+	return strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "23") || strings.HasPrefix(pe.Code, "54")
+}
+
 // dbConn is what a transaction's statements run on (*pgxpool.Conn, pgx.Tx).
 type dbConn interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)

@@ -66,7 +66,10 @@ func (s *Store) PurgeReplayedDLQ(ctx context.Context, retention time.Duration) (
 
 // ReplayOptions select what ReplayDLQ does.
 type ReplayOptions struct {
-	Limit  int  // most entries to look at, oldest first
+	Limit int // most entries to look at, oldest first
+	// After skips the entries up to this id: a caller passes ReplayReport.LastID to go on
+	// past entries that keep failing.
+	After  int64
 	DryRun bool // decode and report, change nothing
 }
 
@@ -75,32 +78,39 @@ type ReplayEntry struct {
 	ID      int64  `json:"id"`
 	EventID string `json:"event_id,omitempty"`
 	// Outcome: applied (new now), duplicate (its event_id was applied before), invalid
-	// (still cannot be decoded; stays pending), or would_apply (dry run).
+	// (still cannot be decoded; stays pending), refused (decodes, but PostgreSQL refuses
+	// its update; stays pending), or would_apply (dry run).
 	Outcome string `json:"outcome"`
 	Error   string `json:"error,omitempty"`
 }
 
 // ReplayReport summarises a replay.
 type ReplayReport struct {
-	DryRun     bool          `json:"dry_run"`
-	Examined   int           `json:"examined"`
-	Applied    int           `json:"applied"`
-	Duplicates int           `json:"duplicates"`
-	Invalid    int           `json:"invalid"`
-	WouldApply int           `json:"would_apply"`
-	Entries    []ReplayEntry `json:"entries"`
+	DryRun     bool `json:"dry_run"`
+	Examined   int  `json:"examined"`
+	Applied    int  `json:"applied"`
+	Duplicates int  `json:"duplicates"`
+	Invalid    int  `json:"invalid"`
+	Refused    int  `json:"refused"`
+	WouldApply int  `json:"would_apply"`
+	// LastID is the highest id examined (0 when none): the After of the next page.
+	LastID  int64         `json:"last_id"`
+	Entries []ReplayEntry `json:"entries"`
 }
 
-// ReplayDLQ re-decodes pending DLQ entries (oldest first) and applies those that now decode
-// through the same Apply as the stream (idempotent: an event_id applied before is a
-// duplicate), writes Redis, and marks them replayed. Entries that still fail stay pending with
-// their new error and a higher replay_attempts.
+// ReplayDLQ re-decodes pending DLQ entries (oldest first, after o.After) and applies those
+// that now decode through the same Apply as the stream (idempotent: an event_id applied
+// before is a duplicate), writes Redis, and marks them replayed. Entries that still fail
+// stay pending with their new error and a higher replay_attempts: those that do not decode,
+// and those PostgreSQL refuses (when the batch is refused, its events are applied one by
+// one, so one such entry holds back no other).
 func (s *Store) ReplayDLQ(ctx context.Context, o ReplayOptions) (ReplayReport, error) {
 	rep := ReplayReport{DryRun: o.DryRun}
 	if o.Limit <= 0 {
 		o.Limit = 1000
 	}
-	rows, _ := s.pg.Query(ctx, `SELECT id, headers::text, payload FROM feature_dlq WHERE status = 'pending' ORDER BY id LIMIT $1`, o.Limit)
+	rows, _ := s.pg.Query(ctx, `SELECT id, headers::text, payload FROM feature_dlq WHERE status = 'pending' AND id > $2
+ORDER BY id LIMIT $1`, o.Limit, o.After)
 	type entry struct {
 		id      int64
 		headers string
@@ -112,11 +122,12 @@ func (s *Store) ReplayDLQ(ctx context.Context, o ReplayOptions) (ReplayReport, e
 		return rep, fmt.Errorf("read dlq: %w", err)
 	}
 	b := &Batch{}
-	var okIDs, badIDs []int64
+	var ids, badIDs []int64
 	var badErrs []string
 	idx := map[int]int{} // batch event -> report entry
 	for _, x := range list {
 		rep.Examined++
+		rep.LastID = x.id
 		var h map[string]string
 		if err := json.Unmarshal([]byte(x.headers), &h); err != nil {
 			h = map[string]string{}
@@ -125,7 +136,7 @@ func (s *Store) ReplayDLQ(ctx context.Context, o ReplayOptions) (ReplayReport, e
 		if err != nil {
 			rep.Invalid++
 			rep.Entries = append(rep.Entries, ReplayEntry{ID: x.id, Outcome: "invalid", Error: err.Error()})
-			badIDs, badErrs = append(badIDs, x.id), append(badErrs, err.Error())
+			badIDs, badErrs = append(badIDs, x.id), append(badErrs, dlqText(err.Error()))
 			continue
 		}
 		if o.DryRun {
@@ -136,30 +147,53 @@ func (s *Store) ReplayDLQ(ctx context.Context, o ReplayOptions) (ReplayReport, e
 		idx[len(b.Events)] = len(rep.Entries)
 		rep.Entries = append(rep.Entries, ReplayEntry{ID: x.id, EventID: ev.EventID})
 		b.Events = append(b.Events, ev)
-		okIDs = append(okIDs, x.id)
+		ids = append(ids, x.id)
 	}
 	if o.DryRun {
 		return rep, nil
 	}
+	var okIDs []int64
+	var applyErr error
+	done := func(i int, isNew bool) {
+		if isNew {
+			rep.Applied++
+			rep.Entries[idx[i]].Outcome = "applied"
+		} else {
+			rep.Duplicates++
+			rep.Entries[idx[i]].Outcome = "duplicate"
+		}
+		okIDs = append(okIDs, ids[i])
+	}
 	if len(b.Events) > 0 {
-		a, err := s.Apply(ctx, b)
-		if err != nil {
+		a, err := s.applyReplayed(ctx, b)
+		switch {
+		case err == nil:
+			for i, isNew := range a.New {
+				done(i, isNew)
+			}
+		case Refused(err):
+			for i := range b.Events {
+				a, err := s.applyReplayed(ctx, &Batch{Events: b.Events[i : i+1]})
+				if err != nil && !Refused(err) {
+					applyErr = fmt.Errorf("apply replayed event %s: %w", b.Events[i].EventID, err)
+					break
+				}
+				if err != nil {
+					rep.Refused++
+					rep.Entries[idx[i]].Outcome, rep.Entries[idx[i]].Error = "refused", err.Error()
+					badIDs, badErrs = append(badIDs, ids[i]), append(badErrs, dlqText(err.Error()))
+					continue
+				}
+				done(i, a.New[0])
+			}
+		default:
 			return rep, fmt.Errorf("apply replayed events: %w", err)
 		}
-		for i, isNew := range a.New {
-			if isNew {
-				rep.Applied++
-				rep.Entries[idx[i]].Outcome = "applied"
-			} else {
-				rep.Duplicates++
-				rep.Entries[idx[i]].Outcome = "duplicate"
-			}
-		}
-		if err := s.WriteRedis(ctx, a); err != nil {
-			s.log.WarnContext(ctx, "write redis after dlq replay; the journal keeps it for the consumer's heal loop", "err", err)
-		} else if err := s.FlushWritten(ctx); err != nil {
+		if err := s.FlushWritten(ctx); err != nil {
 			s.log.WarnContext(ctx, "clear redis journal after dlq replay", "err", err)
 		}
+	}
+	if len(okIDs) > 0 {
 		if _, err := s.pg.Exec(ctx, `UPDATE feature_dlq SET status = 'replayed', replayed_at = now(), replay_attempts = replay_attempts + 1
 WHERE id = ANY($1)`, okIDs); err != nil {
 			return rep, fmt.Errorf("mark dlq replayed: %w", err)
@@ -171,5 +205,18 @@ FROM unnest($1::bigint[], $2::text[]) AS v(id, e) WHERE d.id = v.id`, badIDs, ba
 			return rep, fmt.Errorf("record dlq replay errors: %w", err)
 		}
 	}
-	return rep, nil
+	return rep, applyErr
+}
+
+// applyReplayed applies replayed events and writes them to Redis (a failed Redis write is
+// left to the journal).
+func (s *Store) applyReplayed(ctx context.Context, b *Batch) (*Applied, error) {
+	a, err := s.Apply(ctx, b)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.WriteRedis(ctx, a); err != nil {
+		s.log.WarnContext(ctx, "write redis after dlq replay; the journal keeps it for the consumer's heal loop", "err", err)
+	}
+	return a, nil
 }

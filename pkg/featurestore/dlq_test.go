@@ -3,8 +3,13 @@ package featurestore_test
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"strings"
 	"testing"
+	"time"
 
+	"recsys/pkg/events"
+	"recsys/pkg/features"
 	"recsys/pkg/featurestore"
 	"recsys/pkg/testutil"
 )
@@ -47,5 +52,84 @@ func TestDLQEntryWithAnyBytesIsStored(t *testing.T) {
 					key, payload, want, tc.wantErr)
 			}
 		})
+	}
+}
+
+// An entry that decodes but whose update PostgreSQL refuses (here a watch count at the
+// bigint limit) stays pending with the error, holds back no other entry of its batch, and,
+// however many of them lead the queue, the next page (After) reaches the entries behind.
+func TestReplayDLQGoesPastRefusedEntries(t *testing.T) {
+	ctx := context.Background()
+	pool, rd := servers(t)
+	prefix := testutil.Unique("rq") + ":"
+	st := featurestore.New(pool, rd, prefix, testConfig(), nil)
+	ts := time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+	pct := 50.0
+	watch := func(id, user, item string) *events.Watch {
+		return &events.Watch{Common: events.Common{EventID: id, UserID: user, SessionID: "s", RequestID: "r", TsMs: ts},
+			EventType: "watch", ItemID: item, WatchTimeSec: 30, PercentWatched: &pct}
+	}
+	if _, err := st.Apply(ctx, &featurestore.Batch{Events: []featurestore.Event{{Interaction: features.Interaction{
+		Kind: features.KindWatch, EventID: "event-seed", UserID: "u0", TsMs: ts, ItemID: "full"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE feature_items SET watches = 9223372036854775807 WHERE item_id = 'full'`); err != nil {
+		t.Fatal(err)
+	}
+	dead := []*events.Watch{watch("event-full-1", "u1", "full"), watch("event-full-2", "u2", "full"),
+		watch("event-full-3", "u3", "full"), watch("event-good-4", "u4", "good")}
+	for i, w := range dead {
+		p, _ := events.Encode(w)
+		if _, err := pool.Exec(ctx, `INSERT INTO feature_dlq (topic, kafka_partition, kafka_offset, headers, payload, error)
+VALUES ('t', 0, $1, '{"event_type":"watch"}', $2, 'earlier error')`, i, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type want struct{ examined, applied, refused int }
+	after := int64(0)
+	for _, step := range []struct {
+		name  string
+		limit int
+		page  bool // continue after the previous page
+		want  want
+	}{
+		{"head of refused entries", 2, false, want{2, 0, 2}},
+		{"next page: one refused, one applied", 2, true, want{2, 1, 1}},
+		{"from the start: the refused ones stay pending", 100, false, want{3, 0, 3}},
+	} {
+		o := featurestore.ReplayOptions{Limit: step.limit}
+		if step.page {
+			o.After = after
+		}
+		rep, err := st.ReplayDLQ(ctx, o)
+		if err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		after = rep.LastID
+		if got := (want{rep.Examined, rep.Applied, rep.Refused}); got != step.want {
+			t.Fatalf("%s: %+v, want %+v", step.name, rep, step.want)
+		}
+	}
+	rows, _ := pool.Query(ctx, `SELECT kafka_offset, status, error, replay_attempts FROM feature_dlq ORDER BY id`)
+	var got []string
+	for rows.Next() {
+		var off int64
+		var status, msg string
+		var attempts int
+		if err := rows.Scan(&off, &status, &msg, &attempts); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprintf("%d %s %d %v", off, status, attempts, strings.Contains(msg, "out of range")))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	wantRows := []string{"0 pending 2 true", "1 pending 2 true", "2 pending 2 true", "3 replayed 1 false"}
+	if fmt.Sprint(got) != fmt.Sprint(wantRows) {
+		t.Errorf("dlq rows %q, want %q", got, wantRows)
+	}
+	var watches int64
+	if err := pool.QueryRow(ctx, `SELECT watches FROM feature_items WHERE item_id = 'good'`).Scan(&watches); err != nil || watches != 1 {
+		t.Errorf("good item watches %d (%v), want 1", watches, err)
 	}
 }

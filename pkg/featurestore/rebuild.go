@@ -46,7 +46,7 @@ const rawEvents = `SELECT kind, event_id, user_id, ts_ms, item_id, items, watch_
 // first (the DLQ is kept); run it with the consumers stopped, or their events interleave with
 // the rebuild's order (they are still applied exactly once). progress, when set, is called
 // after each batch with the number of events read so far.
-func (s *Store) RebuildFromEvents(ctx context.Context, batchSize int, progress func(int)) (int, error) {
+func (s *Store) RebuildFromEvents(ctx context.Context, batchSize int, progress func(int)) (n int, err error) {
 	if batchSize <= 0 {
 		batchSize = 5000
 	}
@@ -67,6 +67,14 @@ func (s *Store) RebuildFromEvents(ctx context.Context, batchSize int, progress f
 		return 0, fmt.Errorf("empty feature tables: %w", err)
 	}
 	s.takeWritten()
+	// The rebuild applies its batches in transactions of their own, so the emptied tables
+	// cannot come back on an error: say so.
+	rebuilt := false
+	defer func() {
+		if err != nil && !rebuilt {
+			err = fmt.Errorf("%w (the feature tables were emptied and are partly rebuilt: fix the cause and rerun the rebuild from events)", err)
+		}
+	}()
 
 	conn, err := s.pg.Acquire(ctx)
 	if err != nil {
@@ -86,7 +94,6 @@ func (s *Store) RebuildFromEvents(ctx context.Context, batchSize int, progress f
 		return 0, fmt.Errorf("scan raw events: %w", err)
 	}
 	defer rows.Close()
-	n := 0
 	b := &Batch{}
 	flush := func() error {
 		if len(b.Events) == 0 {
@@ -141,6 +148,7 @@ func (s *Store) RebuildFromEvents(ctx context.Context, batchSize int, progress f
 	if _, err := s.pg.Exec(ctx, `UPDATE feature_meta SET generation = $1 + 1`, oldGen); err != nil {
 		return n, fmt.Errorf("set generation: %w", err)
 	}
+	rebuilt = true
 	if s.rd != nil {
 		if err := s.Repopulate(ctx, true); err != nil {
 			if errors.Is(err, ErrRepopulating) {
