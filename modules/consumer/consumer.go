@@ -628,10 +628,11 @@ func (c *Consumer) writeRedis(ctx context.Context, b *featurestore.Batch, a *fea
 }
 
 // commit commits the last applied offset of each partition (msgs) and updates the lag
-// gauges. A failed commit only means redelivery, which the dedup record absorbs.
-func (c *Consumer) commit(ctx context.Context, r *kafka.GroupReader, msgs []kafkago.Message) {
+// gauges; false when the commit failed. A failed commit only means redelivery, which the
+// dedup record absorbs.
+func (c *Consumer) commit(ctx context.Context, r *kafka.GroupReader, msgs []kafkago.Message) bool {
 	if len(msgs) == 0 {
-		return
+		return true
 	}
 	for _, m := range msgs {
 		c.m.partitionLag(m.Topic, m.Partition, max(m.HighWaterMark-m.Offset-1, 0))
@@ -641,8 +642,10 @@ func (c *Consumer) commit(ctx context.Context, r *kafka.GroupReader, msgs []kafk
 	c.m.commits.Inc()
 	if err := r.CommitMessages(cctx, msgs...); err != nil {
 		c.m.errors("commit")
-		c.log.WarnContext(ctx, "commit offsets failed; the batch will be redelivered and deduplicated", "err", err)
+		c.log.WarnContext(ctx, "commit offsets failed; retried with the next commit, or redelivered and deduplicated", "err", err)
+		return false
 	}
+	return true
 }
 
 // heal keeps the Redis copy complete and the housekeeping going.

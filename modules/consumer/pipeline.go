@@ -129,7 +129,27 @@ func (s *sequencer) take() []kafkago.Message {
 	return out
 }
 
+// giveBack returns offsets whose commit failed, to go with the next commit (which the wake
+// schedules: an idle stream brings none), unless a later offset of their partition was
+// released meanwhile.
+func (s *sequencer) giveBack(msgs []kafkago.Message) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range msgs {
+		k := partKey{m.Topic, m.Partition}
+		if cur, ok := s.offsets[k]; !ok || m.Offset > cur.Offset {
+			s.offsets[k] = m
+		}
+	}
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
 // commitLoop commits released offsets until stop is closed, then commits what is left.
+// Offsets whose commit failed are retried with the next commit, one interval later at the
+// earliest (a partition lost meanwhile is skipped by the reader).
 func (c *Consumer) commitLoop(ctx context.Context, r *kafka.GroupReader, s *sequencer, stop <-chan struct{}) {
 	var last time.Time
 	for {
@@ -146,7 +166,9 @@ func (c *Consumer) commitLoop(ctx context.Context, r *kafka.GroupReader, s *sequ
 					return
 				}
 			}
-			c.commit(ctx, r, s.take())
+			if msgs := s.take(); !c.commit(ctx, r, msgs) {
+				s.giveBack(msgs)
+			}
 			last = time.Now()
 		case <-stop:
 			c.commit(ctx, r, s.take())

@@ -89,6 +89,31 @@ func TestSequencerReleasesInOrder(t *testing.T) {
 	}
 }
 
+// Offsets whose commit failed go with the next commit, unless a later offset of their
+// partition was released meanwhile.
+func TestSequencerRetriesOffsetsOfAFailedCommit(t *testing.T) {
+	s := newSequencer(2)
+	release := func(b []fetched) {
+		g := &group{batch: b, pending: 1}
+		s.reserve()
+		s.add(g)
+		s.finish(g, true)
+	}
+	release(append(msgs(0, 1, 2), msgs(1, 7)...))
+	failed := s.take()
+	<-s.wake
+	release(msgs(0, 3))
+	s.giveBack(failed)
+	select {
+	case <-s.wake:
+	default:
+		t.Fatal("no commit scheduled for the offsets given back")
+	}
+	if got, want := committed(s), map[int]int64{0: 3, 1: 7}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("next commit %v, want %v", got, want)
+	}
+}
+
 // A user always maps to the same lane, and users spread over every lane.
 func TestLaneOf(t *testing.T) {
 	for _, lanes := range []int{1, 2, 3} {

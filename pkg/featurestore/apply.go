@@ -884,6 +884,15 @@ func queueDLQ(p *pipeline, entries []DLQEntry) {
 		}
 		errs[i] = dlqText(e.Error)
 	}
+	// A redelivered message finds its entry and adds none. A different payload at the same
+	// coordinates is a message of a topic deleted and recreated since (it starts again at
+	// offset 0): that entry's coordinates address nothing any more, so it is renamed out of
+	// the way (its topic gets a suffix naming it) rather than the new message dropped. The
+	// unique key stays (topic, partition, offset): the previous release's insert names it.
+	p.exec("set aside dlq entries of a recreated topic", `UPDATE feature_dlq d
+SET topic = d.topic || ' (recreated since; entry ' || d.id || ')'
+FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bytea[]) AS v(t, p, o, b)
+WHERE d.topic = v.t AND d.kafka_partition = v.p AND d.kafka_offset = v.o AND d.payload <> v.b`, topic, part, off, payload)
 	p.exec("store dlq entries", `INSERT INTO feature_dlq (topic, kafka_partition, kafka_offset, msg_key, headers, payload, error)
 SELECT t, p, o, k, h::jsonb, b, e FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bytea[], $5::text[], $6::bytea[], $7::text[])
   AS v(t, p, o, k, h, b, e)

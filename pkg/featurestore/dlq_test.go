@@ -133,3 +133,42 @@ VALUES ('t', 0, $1, '{"event_type":"watch"}', $2, 'earlier error')`, i, p); err 
 		t.Errorf("good item watches %d (%v), want 1", watches, err)
 	}
 }
+
+// A redelivered poison message adds no DLQ entry; a different message at the same
+// coordinates (the topic was deleted and recreated, offsets start again at 0) is stored, and
+// the earlier entry is kept under a topic naming it.
+func TestDLQEntryOfARecreatedTopicIsKept(t *testing.T) {
+	ctx := context.Background()
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	st := featurestore.New(pool, nil, testutil.Unique("dlq")+":", testConfig(), nil)
+	store := func(payload string) {
+		t.Helper()
+		e := featurestore.DLQEntry{Topic: "watches", Partition: 2, Offset: 5, Payload: []byte(payload), Error: "bad"}
+		if _, err := st.Apply(ctx, &featurestore.Batch{DLQ: []featurestore.DLQEntry{e}}); err != nil {
+			t.Fatalf("store dlq entry: %v", err)
+		}
+	}
+	store("first")
+	store("first") // redelivered
+	store("second")
+	store("second")
+	rows, _ := pool.Query(ctx, `SELECT id, topic, kafka_partition, kafka_offset, payload FROM feature_dlq ORDER BY id`)
+	var got []string
+	for rows.Next() {
+		var id, off int64
+		var topic string
+		var part int
+		var payload []byte
+		if err := rows.Scan(&id, &topic, &part, &off, &payload); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprintf("%s/%d/%d %s", topic, part, off, payload))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"watches (recreated since; entry 1)/2/5 first", "watches/2/5 second"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("dlq entries %q, want %q", got, want)
+	}
+}
