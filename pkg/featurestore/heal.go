@@ -4,19 +4,60 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/rueidis"
 )
 
-// RedisReady reports whether the Redis copy is complete (P+"ready" exists).
+// RedisReady reports whether the Redis copy is complete: P+"ready" exists and holds the
+// run_id of the Redis process it was written on. A Redis that restarted or failed over has
+// another run_id: it may have lost acknowledged writes (an AOF fsync'd every second, a
+// replica promoted before it received them) while keeping the marker, and the writes that
+// come after cannot tell (an item's next write sends only the fields it changes), so the
+// copy is not ready until repopulated. A marker of an earlier release ("1") is taken over
+// as it stands.
 func (s *Store) RedisReady(ctx context.Context) (bool, error) {
-	n, err := s.rd.Do(ctx, s.rd.B().Exists().Key(s.keys.Ready).Build()).AsInt64()
+	marker, err := s.rd.Do(ctx, s.rd.B().Get().Key(s.keys.Ready).Build()).ToString()
+	if rueidis.IsRedisNil(err) {
+		return false, nil
+	}
 	if err != nil {
 		return false, fmt.Errorf("check redis ready marker: %w", err)
 	}
-	return n == 1, nil
+	id := s.redisRunID(ctx)
+	switch {
+	case id == "" || marker == id:
+		return true, nil
+	case marker == "1":
+		err := s.rd.Do(ctx, s.rd.B().Set().Key(s.keys.Ready).Value(id).Xx().Build()).Error()
+		if rueidis.IsRedisNil(err) {
+			return false, nil // removed meanwhile: a repopulation started
+		}
+		if err != nil {
+			return false, fmt.Errorf("update redis ready marker: %w", err)
+		}
+		return true, nil
+	}
+	s.log.WarnContext(ctx, "redis restarted or failed over since the copy was complete (run_id changed); it may have lost writes, repopulating",
+		"marker_run_id", marker, "run_id", id)
+	return false, nil
+}
+
+// redisRunID is the run_id of the Redis process (INFO server), "" when it cannot be read
+// (INFO refused by a managed service): the ready marker then only has to exist.
+func (s *Store) redisRunID(ctx context.Context) string {
+	info, err := s.rd.Do(ctx, s.rd.B().Info().Section("server").Build()).ToString()
+	if err != nil {
+		return ""
+	}
+	for line := range strings.Lines(info) {
+		if v, ok := strings.CutPrefix(line, "run_id:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }
 
 // readUsers, readItems and readNeighbours load absolute values for a rewrite.
@@ -185,6 +226,12 @@ func (s *Store) Repopulate(ctx context.Context, force bool) error {
 		ctx := context.WithoutCancel(ctx)
 		_ = s.rd.Do(ctx, s.rd.B().Del().Key(s.keys.Lock).Build()).Error()
 	}()
+	// Read before the snapshot: a restart during the copy leaves a marker that names the
+	// process before, and the copy is taken again.
+	marker := s.redisRunID(ctx)
+	if marker == "" {
+		marker = "1"
+	}
 	if force {
 		if err := s.bumpGeneration(ctx); err != nil {
 			return err
@@ -257,7 +304,7 @@ func (s *Store) Repopulate(ctx context.Context, force bool) error {
 			return fmt.Errorf("clear redis journal: %w", err)
 		}
 	}
-	if err := s.rd.Do(ctx, s.rd.B().Set().Key(s.keys.Ready).Value("1").Build()).Error(); err != nil {
+	if err := s.rd.Do(ctx, s.rd.B().Set().Key(s.keys.Ready).Value(marker).Build()).Error(); err != nil {
 		return fmt.Errorf("set ready marker: %w", err)
 	}
 	s.log.InfoContext(ctx, "redis copy repopulated", "generation", epoch, "forced", force)

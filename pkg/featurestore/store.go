@@ -19,8 +19,9 @@
 //     transaction; the journal row is deleted once Redis has the values, and rows left behind
 //     (Redis down, crash after commit) are rewritten by HealPending;
 //   - P+"ready" marks a complete copy; when it is missing (Redis restarted empty, flushed, or
-//     after a rebase) Repopulate rebuilds the copy from a PostgreSQL snapshot while writes go
-//     on.
+//     after a rebase), or names another Redis process (restarted or failed over: it may have
+//     lost acknowledged writes, see RedisReady), Repopulate rebuilds the copy from a
+//     PostgreSQL snapshot while writes go on.
 //
 // With a user TTL (SetUserTTL, --redis.user-ttl) user hashes expire after that long without a
 // write, and every write records the writer's TTL in meta ("ut", RecordedUserTTL); while it
@@ -46,7 +47,7 @@
 //	P+"nb:"+item  ZSET  neighbour -> stored co-visitation strength (up to 2M)
 //	P+"fresh"     ZSET  item -> first seen ms, newest FreshSize
 //	P+"meta"      HASH  lm:s lm:l lm:c (landmarks ms), hl:s hl:l hl:c (half-lives ms), ep (generation)
-//	P+"ready"     STRING "1" once a population has completed
+//	P+"ready"     STRING the Redis run_id once a population has completed on it ("1": INFO refused, or an earlier release)
 package featurestore
 
 import (
