@@ -550,19 +550,20 @@ func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ 
 	return s, nil
 }
 
-// readyMarker reads the answer of EXISTS or GET of the ready marker.
+// readyMarker reads the answer of EXISTS or GET of the ready marker: its presence, which a
+// Redis that lost its data has not.
 func readyMarker(res rueidis.RedisResult) (bool, error) {
 	if n, err := res.AsInt64(); err == nil {
 		return n > 0, nil // EXISTS
 	}
-	v, err := res.ToString()
+	_, err := res.ToString()
 	switch {
 	case rueidis.IsRedisNil(err):
 		return false, nil
 	case err != nil:
 		return false, fmt.Errorf("read redis ready marker: %w", err)
 	}
-	return v == "1", nil
+	return true, nil
 }
 
 // redisItems reads per-item features from the feature store's Redis copy with pipelined

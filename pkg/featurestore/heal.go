@@ -11,37 +11,39 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// RedisReady reports whether the Redis copy is complete: P+"ready" exists and holds the
-// run_id of the Redis process it was written on. A Redis that restarted or failed over has
+// RedisReady reports whether the Redis copy is complete: P+"ready" exists, and P+"run_id"
+// names the Redis process it was completed on. A Redis that restarted or failed over has
 // another run_id: it may have lost acknowledged writes (an AOF fsync'd every second, a
 // replica promoted before it received them) while keeping the marker, and the writes that
 // come after cannot tell (an item's next write sends only the fields it changes), so the
-// copy is not ready until repopulated. A marker of an earlier release ("1") is taken over
-// as it stands.
+// copy is not ready until repopulated. The run_id has a key of its own, not the marker's
+// value, so that the API and a previous release, which read only the marker, are unchanged;
+// a copy completed by a previous release (no run_id yet) is taken over as it stands.
 func (s *Store) RedisReady(ctx context.Context) (bool, error) {
-	marker, err := s.rd.Do(ctx, s.rd.B().Get().Key(s.keys.Ready).Build()).ToString()
-	if rueidis.IsRedisNil(err) {
-		return false, nil
-	}
+	res := s.rd.DoMulti(ctx, s.rd.B().Exists().Key(s.keys.Ready).Build(), s.rd.B().Get().Key(s.keys.RunID).Build())
+	n, err := res[0].AsInt64()
 	if err != nil {
 		return false, fmt.Errorf("check redis ready marker: %w", err)
 	}
+	if n == 0 {
+		return false, nil
+	}
+	stored, err := res[1].ToString()
+	if err != nil && !rueidis.IsRedisNil(err) {
+		return false, fmt.Errorf("check redis run_id: %w", err)
+	}
 	id := s.redisRunID(ctx)
 	switch {
-	case id == "" || marker == id:
+	case id == "" || stored == id:
 		return true, nil
-	case marker == "1":
-		err := s.rd.Do(ctx, s.rd.B().Set().Key(s.keys.Ready).Value(id).Xx().Build()).Error()
-		if rueidis.IsRedisNil(err) {
-			return false, nil // removed meanwhile: a repopulation started
-		}
-		if err != nil {
-			return false, fmt.Errorf("update redis ready marker: %w", err)
+	case stored == "":
+		if err := s.rd.Do(ctx, s.rd.B().Set().Key(s.keys.RunID).Value(id).Nx().Build()).Error(); err != nil && !rueidis.IsRedisNil(err) {
+			return false, fmt.Errorf("record redis run_id: %w", err)
 		}
 		return true, nil
 	}
 	s.log.WarnContext(ctx, "redis restarted or failed over since the copy was complete (run_id changed); it may have lost writes, repopulating",
-		"marker_run_id", marker, "run_id", id)
+		"copy_run_id", stored, "run_id", id)
 	return false, nil
 }
 
@@ -226,12 +228,9 @@ func (s *Store) Repopulate(ctx context.Context, force bool) error {
 		ctx := context.WithoutCancel(ctx)
 		_ = s.rd.Do(ctx, s.rd.B().Del().Key(s.keys.Lock).Build()).Error()
 	}()
-	// Read before the snapshot: a restart during the copy leaves a marker that names the
+	// Read before the snapshot: a restart during the copy leaves a run_id that names the
 	// process before, and the copy is taken again.
-	marker := s.redisRunID(ctx)
-	if marker == "" {
-		marker = "1"
-	}
+	runID := s.redisRunID(ctx)
 	if force {
 		if err := s.bumpGeneration(ctx); err != nil {
 			return err
@@ -304,7 +303,11 @@ func (s *Store) Repopulate(ctx context.Context, force bool) error {
 			return fmt.Errorf("clear redis journal: %w", err)
 		}
 	}
-	if err := s.rd.Do(ctx, s.rd.B().Set().Key(s.keys.Ready).Value(marker).Build()).Error(); err != nil {
+	mset := s.rd.B().Mset().KeyValue().KeyValue(s.keys.Ready, "1")
+	if runID != "" {
+		mset = mset.KeyValue(s.keys.RunID, runID)
+	}
+	if err := s.rd.Do(ctx, mset.Build()).Error(); err != nil {
 		return fmt.Errorf("set ready marker: %w", err)
 	}
 	s.log.InfoContext(ctx, "redis copy repopulated", "generation", epoch, "forced", force)

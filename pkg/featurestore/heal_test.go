@@ -103,13 +103,20 @@ func TestLostWritesOfARestartedRedisAreHealed(t *testing.T) {
 		t.Fatal(err)
 	}
 	ready(true)
-	// A marker written by an earlier release is taken over, not repopulated.
+	// A copy completed by an earlier release (a marker without a run_id) is taken over, not
+	// repopulated; the marker itself stays "1", which the API and earlier releases read.
 	key := featurestore.NewKeys(prefix)
-	if err := rd.Do(ctx, rd.B().Set().Key(key.Ready).Value("1").Build()).Error(); err != nil {
+	if err := rd.Do(ctx, rd.B().Del().Key(key.RunID).Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
 	ready(true)
 	ready(true)
+	if v, err := rd.Do(ctx, rd.B().Get().Key(key.Ready).Build()).ToString(); err != nil || v != "1" {
+		t.Fatalf("ready marker %q (%v), want \"1\"", v, err)
+	}
+	if n, err := rd.Do(ctx, rd.B().Exists().Key(key.RunID).Build()).AsInt64(); err != nil || n != 1 {
+		t.Fatalf("run_id recorded: %d (%v), want 1", n, err)
+	}
 
 	persisted := map[string]string{} // key -> DUMP
 	keys, err := rd.Do(ctx, rd.B().Keys().Pattern(prefix+"*").Build()).AsStrSlice()

@@ -47,7 +47,8 @@
 //	P+"nb:"+item  ZSET  neighbour -> stored co-visitation strength (up to 2M)
 //	P+"fresh"     ZSET  item -> first seen ms, newest FreshSize
 //	P+"meta"      HASH  lm:s lm:l lm:c (landmarks ms), hl:s hl:l hl:c (half-lives ms), ep (generation)
-//	P+"ready"     STRING the Redis run_id once a population has completed on it ("1": INFO refused, or an earlier release)
+//	P+"ready"     STRING "1" once a population has completed
+//	P+"run_id"    STRING the run_id of the Redis process the population completed on (absent: INFO refused, or an earlier release)
 package featurestore
 
 import (
@@ -200,13 +201,13 @@ func (s *Store) Config() features.Config { return s.cfg }
 type Keys struct {
 	Prefix                                string
 	Meta, Ready, PopShort, PopLong, Fresh string
-	Lock                                  string
+	RunID, Lock                           string
 }
 
 // NewKeys returns the key names for prefix.
 func NewKeys(prefix string) Keys {
 	return Keys{Prefix: prefix, Meta: prefix + "meta", Ready: prefix + "ready", PopShort: prefix + "pop:s",
-		PopLong: prefix + "pop:l", Fresh: prefix + "fresh", Lock: prefix + "repopulating"}
+		PopLong: prefix + "pop:l", Fresh: prefix + "fresh", RunID: prefix + "run_id", Lock: prefix + "repopulating"}
 }
 
 // User is the hash of a user.
