@@ -123,7 +123,7 @@ func dumpCopy(t *testing.T, rd rueidis.Client, prefix string) map[string]string 
 		}
 		for _, key := range e.Elements {
 			name := strings.TrimPrefix(key, prefix)
-			if name == "meta" || name == "ready" || name == "repopulating" {
+			if name == "meta" || name == "ready" || name == "run_id" || name == "repopulating" {
 				continue
 			}
 			typ, err := rd.Do(ctx, rd.B().Type().Key(key).Build()).ToString()
