@@ -86,13 +86,8 @@ func TestPublishRowsErrors(t *testing.T) {
 			}
 			got := map[int64]string{}
 			for id, r := range res {
-				switch {
-				case r.NotSent:
-					got[id] = "notsent"
-				case r.Permanent:
-					got[id] = "permanent"
-				case r.Err != nil:
-					got[id] = "err"
+				if o := outcome(r); o != "" {
+					got[id] = o
 				}
 			}
 			if len(got) != len(tc.want) {
@@ -260,13 +255,8 @@ func TestPublishBatchRowsDeadLetters(t *testing.T) {
 			}
 			got, dead := map[int64]string{}, map[int64][]string{}
 			for id, r := range res {
-				switch {
-				case r.NotSent:
-					got[id] = "notsent"
-				case r.Permanent:
-					got[id] = "permanent"
-				case r.Err != nil:
-					got[id] = "err"
+				if o := outcome(r); o != "" {
+					got[id] = o
 				}
 				for _, d := range r.DeadLetters {
 					if d.Err == "" || d.Key != "user-"+d.EventID || string(d.Payload) != `{"event_id":"`+d.EventID+`"}` {
@@ -280,4 +270,17 @@ func TestPublishBatchRowsDeadLetters(t *testing.T) {
 			}
 		})
 	}
+}
+
+// outcome names a row's publish result as the tables above do ("" when it was published).
+func outcome(r outbox.Result) string {
+	switch {
+	case r.NotSent:
+		return "notsent"
+	case r.Permanent:
+		return "permanent"
+	case r.Err != nil:
+		return "err"
+	}
+	return ""
 }
