@@ -147,13 +147,11 @@ func Redact(v string) string {
 		return ""
 	}
 	if scheme, rest, ok := strings.Cut(v, "://"); ok {
-		// The user info ends at the last "@" of the authority (Go's url.Parse rule); an "@"
-		// in the path or query is not one.
-		end := len(rest)
-		if i := strings.IndexAny(rest, "/?#"); i >= 0 {
-			end = i
-		}
-		if at := strings.LastIndex(rest[:end], "@"); at >= 0 {
+		// The user info ends at the last "@" of the whole string, not of the authority as
+		// url.Parse reads it: pgx and Redis clients take a password with a raw "#" or "?"
+		// ("s3cr3t#tail"), which would end the authority early. An "@" in a query then hides
+		// more than the password, never less.
+		if at := strings.LastIndex(rest, "@"); at >= 0 {
 			if user, _, hasPw := strings.Cut(rest[:at], ":"); hasPw {
 				rest = user + ":REDACTED" + rest[at:]
 			}

@@ -81,10 +81,15 @@ func TestRedact(t *testing.T) {
 		"":                                     "",
 		"postgres://db:5432/recsys?user=recsys&password=s3cret&sslmode=require": "postgres://db:5432/recsys?user=recsys&password=REDACTED&sslmode=require",
 		"postgres://app:s3cret@db/recsys?sslpassword=k3y":                       "postgres://app:REDACTED@db/recsys?sslpassword=REDACTED",
-		"postgres://app:p@ss@db/recsys?note=a@b":                                "postgres://app:REDACTED@db/recsys?note=a@b",
-		"redis://cache:6379/0?password=s3cret":                                  "redis://cache:6379/0?password=REDACTED",
-		"host=db user=recsys password=s3cret dbname=recsys":                     "host=db user=recsys password=REDACTED dbname=recsys",
-		"host=db password = 's3 cret' dbname=recsys":                            "host=db password = REDACTED dbname=recsys",
+		"postgres://app:p@ss@db/recsys":                                         "postgres://app:REDACTED@db/recsys",
+		// A raw "#" or "?" in a password (pgx and Redis clients take them) must not end the
+		// user info early, and an "@" in the query then hides more than the password.
+		"postgres://recsys:s3cr3t#tail@db:5432/recsys":      "postgres://recsys:REDACTED@db:5432/recsys",
+		"redis://:s3cr3t?x@cache:6379/0":                    "redis://:REDACTED@cache:6379/0",
+		"postgres://app:pw@db/recsys?note=a@b":              "postgres://app:REDACTED@b",
+		"redis://cache:6379/0?password=s3cret":              "redis://cache:6379/0?password=REDACTED",
+		"host=db user=recsys password=s3cret dbname=recsys": "host=db user=recsys password=REDACTED dbname=recsys",
+		"host=db password = 's3 cret' dbname=recsys":        "host=db password = REDACTED dbname=recsys",
 	}
 	for in, want := range tests {
 		if got := flagenv.Redact(in); got != want {
