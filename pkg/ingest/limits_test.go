@@ -93,6 +93,7 @@ func TestWriterTransientErrorsAreUnavailable(t *testing.T) {
 		{"25006", true}, // read_only_sql_transaction
 		{"40001", true}, // serialization_failure
 		{"40P01", true}, // deadlock_detected
+		{"55P03", true}, // lock_not_available: a lock timeout behind a migration
 		{"23514", false},
 	} {
 		t.Run(tc.code, func(t *testing.T) {
@@ -129,5 +130,77 @@ CREATE TRIGGER fail_poison BEFORE INSERT ON watches FOR EACH ROW EXECUTE FUNCTIO
 				t.Errorf("other request: err = %v, fallbacks %d; want it saved by the fallback", errs[1], fallbacks)
 			}
 		})
+	}
+}
+
+// TestFallbackKeepsTheWriteTimeout: a group that fails for one request's data is retried
+// request by request, and the callers of a taken request wait for its outcome past their
+// own deadline; so the retries share the group's write timeout, and a request not retried in
+// it is answered unavailable with nothing of it written.
+func TestFallbackKeepsTheWriteTimeout(t *testing.T) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	// One request's data fails the group at once; every single-event statement (the
+	// one-by-one retries) takes 200 ms.
+	_, err := pool.Exec(context.Background(), `
+CREATE FUNCTION fail_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.user_id = 'poison' THEN RAISE EXCEPTION 'injected' USING ERRCODE = '23514'; END IF;
+	RETURN NEW;
+END $$;
+CREATE TRIGGER fail_poison BEFORE INSERT ON watches FOR EACH ROW EXECUTE FUNCTION fail_poison();
+CREATE FUNCTION slow_single() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF (SELECT count(*) FROM added) = 1 THEN PERFORM pg_sleep(0.2); END IF;
+	RETURN NULL;
+END $$;
+CREATE TRIGGER slow_single AFTER INSERT ON watches REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION slow_single();`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const timeout = time.Second
+	w := newWriter(t, pool, func(c *ingest.Config) { c.Workers = 1; c.MaxWait = 300 * time.Millisecond; c.Timeout = timeout })
+	const n = 20 // 20 retries of 200 ms: four times the write timeout
+	var wg sync.WaitGroup
+	errs, took := make([]error, n), make([]time.Duration, n)
+	for i := range n {
+		user := fmt.Sprintf("u%d", i)
+		if i == 0 {
+			user = "poison"
+		}
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			defer cancel()
+			t0 := time.Now()
+			_, errs[i] = w.Write(ctx, []events.Any{watch(fmt.Sprintf("wat-%05d", i), user)}, "")
+			took[i] = time.Since(t0)
+		})
+	}
+	wg.Wait()
+	stored, unavailable := 0, 0
+	for i, err := range errs {
+		var rows int
+		if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM watches WHERE event_id = $1`, fmt.Sprintf("wat-%05d", i)).Scan(&rows); err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case i == 0:
+			if err == nil || rows != 0 {
+				t.Errorf("poison: err %v, %d rows", err, rows)
+			}
+		case err == nil && rows == 1:
+			stored++
+		case errors.Is(err, ingest.ErrUnavailable) && rows == 0:
+			unavailable++
+		default:
+			t.Errorf("request %d: err %v, %d rows: an answer must say what was written", i, err, rows)
+		}
+	}
+	// The bound is the write timeout plus the queue wait and the first attempt, with room
+	// for a slow machine; without the shared budget the last caller waited ~4 s.
+	if slowest := slices.Max(took); slowest > 3*timeout {
+		t.Errorf("slowest caller waited %s, the write timeout is %s", slowest, timeout)
+	}
+	if stored == 0 || unavailable == 0 {
+		t.Errorf("%d stored, %d unavailable: want the retries cut by the write timeout", stored, unavailable)
 	}
 }

@@ -539,13 +539,20 @@ func (w *Writer) commitGroup(group []*request) {
 	if len(live) == 0 {
 		return
 	}
-	err := w.commit(live)
+	// One budget for the group, its one-by-one fallback included: a caller whose request was
+	// taken waits for its outcome past its own deadline, so that outcome must come within
+	// Config.Timeout of the start.
+	deadline := time.Now().Add(w.cfg.Timeout)
+	err := w.commit(live, deadline)
 	if err != nil && len(live) > 1 && requestSpecific(err) {
 		w.m.fallbacks.Inc()
 		w.log.Warn("group commit failed, retrying requests one by one", "err", err, "requests", len(live))
 		for _, r := range live {
-			if err := w.commit([]*request{r}); err != nil {
-				r.err = err
+			if time.Now().Before(deadline) {
+				r.err = w.commit([]*request{r}, deadline)
+			} else {
+				// The group rolled back: nothing of this request was written.
+				r.err = fmt.Errorf("insert events: %w: the group failed (%w) and the write timeout ran out before this request's retry", ErrUnavailable, err)
 			}
 			r.answer()
 		}
@@ -562,24 +569,26 @@ func (w *Writer) commitGroup(group []*request) {
 // requestSpecific reports whether err may be caused by the data of one request, so retrying
 // requests separately can save the others: any error the server returned for the statement,
 // except those about the server, the connection or the transaction's circumstances. A
-// read-only transaction (25006: a failover left us on a standby) or a serialization failure
-// or deadlock (class 40) says nothing about the data and passes: the database is unavailable.
+// read-only transaction (25006: a failover left us on a standby), a serialization failure
+// or deadlock (class 40) or a lock timeout (55P03: a migration or VACUUM FULL holds the
+// table) says nothing about the data and passes: the database is unavailable.
 func requestSpecific(err error) bool {
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) || len(pe.Code) < 2 {
 		return false
 	}
 	switch pe.Code[:2] {
-	case "08", "25", "40", "53", "57", "58", "XX": // connection, transaction state, rollback, resources, operator intervention, system, internal
+	case "08", "25", "40", "53", "55", "57", "58", "XX": // connection, transaction state, rollback, resources, object state (a lock timeout), operator intervention, system, internal
 		return false
 	}
 	return true
 }
 
-func (w *Writer) commit(group []*request) error {
+// commit writes group in one transaction that must end by deadline.
+func (w *Writer) commit(group []*request, deadline time.Time) error {
 	start := time.Now()
 	b := newBatch(w.cfg, w.laneKeys, group)
-	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.Timeout)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	var isNew, enqueued []bool
 	var err error
