@@ -41,11 +41,19 @@ func LaxInt(s string) (int64, string) {
 }
 
 // LaxFloat parses pydantic's number string (Rust's float syntax: decimal, exponent, inf,
-// nan); "" or float_parsing.
+// nan; single underscores between digits, which pydantic strips); "" or float_parsing.
 func LaxFloat(s string) (float64, string) {
 	t := strings.TrimSpace(s)
-	// strconv also reads hexadecimal floats and underscores after a base prefix; Rust does not.
-	if t == "" || strings.ContainsAny(t, "_xXpP") {
+	if strings.Contains(t, "_") {
+		for i := strings.IndexByte(t, '_'); i >= 0; i = strings.IndexByte(t, '_') {
+			if i == 0 || i == len(t)-1 || !isDigit(t[i-1]) || !isDigit(t[i+1]) {
+				return 0, "float_parsing"
+			}
+			t = t[:i] + t[i+1:]
+		}
+	}
+	// strconv also reads hexadecimal floats; Rust does not.
+	if t == "" || strings.ContainsAny(t, "xXpP") {
 		return 0, "float_parsing"
 	}
 	f, err := strconv.ParseFloat(t, 64)

@@ -31,7 +31,8 @@ func TestLaxParsers(t *testing.T) {
 		typ  string
 	}{
 		{"1.5", 1.5, ""}, {" 2 ", 2, ""}, {"1e3", 1000, ""}, {"-.5", -0.5, ""}, {"inf", math.Inf(1), ""}, {"1e999", math.Inf(1), ""},
-		{"", 0, "float_parsing"}, {"1.5s", 0, "float_parsing"}, {"0x1p-2", 0, "float_parsing"}, {"1_0", 0, "float_parsing"},
+		{"1_0", 10, ""}, {"1_000.2_5", 1000.25, ""},
+		{"", 0, "float_parsing"}, {"1.5s", 0, "float_parsing"}, {"0x1p-2", 0, "float_parsing"}, {"_1", 0, "float_parsing"}, {"1__0", 0, "float_parsing"}, {"1_.5", 0, "float_parsing"},
 	}
 	for _, c := range floats {
 		if got, typ := events.LaxFloat(c.in); got != c.want || typ != c.typ {
