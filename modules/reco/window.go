@@ -266,15 +266,21 @@ func (w *window) Snapshot(now time.Time) windowSnapshot {
 		est := newEstimate(&lat, w.targetsNs, withinN, within)
 		valueAt = est.valueAt
 	}
-	for _, q := range []struct {
-		name string
-		q    float64
-	}{{"p50", 0.50}, {"p95", 0.95}, {"p99", 0.99}} {
-		v := round3(percentile(valueAt, n, q.q))
-		out.LatencyMs[q.name] = &v
-	}
 	out.SLA.P95Met = met(withinN[0], within[0], n, 0.95, w.targetsNs[0])
 	out.SLA.P99Met = met(withinN[1], within[1], n, 0.99, w.targetsNs[1])
+	for _, q := range []struct {
+		name   string
+		q      float64
+		missed bool // the verdict says the percentile is above its target
+	}{{"p50", 0.50, false}, {"p95", 0.95, !out.SLA.P95Met}, {"p99", 0.99, !out.SLA.P99Met}} {
+		v := round3(percentile(valueAt, n, q.q))
+		if q.missed {
+			// Rounding must not put a missed percentile at its target (120.0004 shown as
+			// 120.0 beside p95_met false): round it up.
+			v = math.Ceil(percentile(valueAt, n, q.q)*1000) / 1000
+		}
+		out.LatencyMs[q.name] = &v
+	}
 	return out
 }
 
