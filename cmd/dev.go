@@ -26,7 +26,7 @@ base URL and a working curl example are printed. Pass --pg.dsn, --kafka.brokers 
 --redis.url (or their environment variables) to use real servers instead.
 For development only: data is gone when the process stops.`,
 		Args:        cobra.NoArgs,
-		Annotations: map[string]string{warnUnreadAnnotation: "all"},
+		Annotations: map[string]string{warnUnreadAnnotation: "true"},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := lc.logger(os.Stderr)
 			if err != nil {

@@ -64,7 +64,7 @@ Roles never migrate implicitly; they stay unready while the schema is behind the
 		Use:         "up",
 		Short:       "Apply every pending migration",
 		Args:        cobra.NoArgs,
-		Annotations: map[string]string{warnUnreadAnnotation: "typos"},
+		Annotations: map[string]string{warnUnreadAnnotation: "true"},
 		RunE: withMigrator(func(cmd *cobra.Command, m *migrate.Migrator, _ []string) error {
 			return m.Up(cmd.Context())
 		}),

@@ -52,16 +52,13 @@ func (c *logConfig) logger(w io.Writer) (*slog.Logger, error) {
 	return l, nil
 }
 
-// warnUnreadAnnotation marks the commands that run services ("all") or deploy jobs
-// ("typos"): they warn about set variables that configure nothing, since a typo or an
-// original-service name recsys dropped would otherwise be ignored silently. A job reads the
-// services' shared configuration, so it does not list the services' settings. Probes and
-// tools stay quiet.
+// warnUnreadAnnotation marks the commands that run services or deploy jobs: they warn about
+// set variables that configure nothing, since a typo or an original-service name recsys
+// dropped would otherwise be ignored silently. Probes and tools stay quiet.
 const warnUnreadAnnotation = "recsys.warn-unread-env"
 
 func warnUnread(cmd *cobra.Command, lc *logConfig) error {
-	mode := cmd.Annotations[warnUnreadAnnotation]
-	if mode == "" {
+	if cmd.Annotations[warnUnreadAnnotation] == "" {
 		return nil
 	}
 	elsewhere := map[string]bool{}
@@ -75,7 +72,7 @@ func warnUnread(cmd *cobra.Command, lc *logConfig) error {
 		}
 	}
 	walk(cmd.Root())
-	unread := flagenv.Unread(cmd.Flags(), elsewhere, mode == "all", os.Environ())
+	unread := flagenv.Unread(cmd.Flags(), elsewhere, os.Environ())
 	if len(unread) == 0 {
 		return nil
 	}

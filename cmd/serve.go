@@ -121,7 +121,7 @@ Each role can run alone (one pod per role) or colocated; the code path is the sa
 /healthz, /readyz, /metrics and /metrics/prometheus are served on --http.addr by every process.`,
 			strings.Join(module.Default().Roles(), ", ")),
 		Args:        cobra.NoArgs,
-		Annotations: map[string]string{warnUnreadAnnotation: "all"},
+		Annotations: map[string]string{warnUnreadAnnotation: "true"},
 		RunE:        func(cmd *cobra.Command, _ []string) error { return rf.run(cmd, lc, nil) },
 	}
 	cmd.Flags().StringSliceVar(&rf.roles, "roles", []string{"api"}, "roles to run: comma list of "+strings.Join(module.Default().Roles(), ", ")+", or all")
@@ -141,7 +141,7 @@ func newRolePresetCmd(lc *logConfig, use, short string, roles []string) *cobra.C
 		Short:       short,
 		Long:        short + ".\nSame as `recsys serve --roles " + strings.Join(roles, ",") + "`.",
 		Args:        cobra.NoArgs,
-		Annotations: map[string]string{warnUnreadAnnotation: "all"},
+		Annotations: map[string]string{warnUnreadAnnotation: "true"},
 		RunE:        func(cmd *cobra.Command, _ []string) error { return rf.run(cmd, lc, nil) },
 	}
 	rf.register(cmd.Flags(), infos)

@@ -18,6 +18,8 @@
 #   RECSYS_KAFKA_PORT (59092) RECSYS_KAFKA_CONTROLLER_PORT (59093)
 #   RECSYS_KAFKA_VERSION  Apache Kafka version from Maven Central (default below)
 #   RECSYS_KAFKA_HEAP     JVM heap flags (default "-Xms256m -Xmx1g")
+#   RECSYS_{PG,REDIS,KAFKA}_START_TIMEOUT  seconds to wait for each to answer (60, 20, 90;
+#                         not RECSYS_REDIS_TIMEOUT, which is recsys' --redis.timeout)
 #   RECSYS_PG_BIN         PostgreSQL bin dir (default: newest /usr/lib/postgresql/*/bin)
 #   RECSYS_PG_DURABLE     1: PostgreSQL flushes every commit (fsync, synchronous_commit and
 #                         full_page_writes on), as a production server does; default 0 trades
@@ -41,9 +43,9 @@ KAFKA_CONTROLLER_PORT="${RECSYS_KAFKA_CONTROLLER_PORT:-59093}"
 KAFKA_HEAP="${RECSYS_KAFKA_HEAP:--Xms256m -Xmx1g}"
 PG_DB=recsys
 
-PG_TIMEOUT="${RECSYS_PG_TIMEOUT:-60}"
-REDIS_TIMEOUT="${RECSYS_REDIS_TIMEOUT:-20}"
-KAFKA_TIMEOUT="${RECSYS_KAFKA_TIMEOUT:-90}"
+PG_TIMEOUT="${RECSYS_PG_START_TIMEOUT:-60}"
+REDIS_TIMEOUT="${RECSYS_REDIS_START_TIMEOUT:-20}"
+KAFKA_TIMEOUT="${RECSYS_KAFKA_START_TIMEOUT:-90}"
 
 PG_DIR="$SERVICES_DIR/pg"
 PG_DATA="$PG_DIR/data"

@@ -49,10 +49,10 @@ var toolingNames = map[string]bool{
 	"RECSYS_IMAGE": true, "RECSYS_VERSION": true, "RECSYS_COMMIT": true,
 	"RECSYS_PUBLISH_ADDR": true, "RECSYS_PUBLISH_PORT": true,
 	// scripts/services.sh
-	"RECSYS_PG_BIN": true, "RECSYS_PG_DURABLE": true, "RECSYS_PG_PORT": true, "RECSYS_PG_TIMEOUT": true,
+	"RECSYS_PG_BIN": true, "RECSYS_PG_DURABLE": true, "RECSYS_PG_PORT": true, "RECSYS_PG_START_TIMEOUT": true,
 	"RECSYS_KAFKA_PORT": true, "RECSYS_KAFKA_CONTROLLER_PORT": true, "RECSYS_KAFKA_HEAP": true,
-	"RECSYS_KAFKA_TIMEOUT": true, "RECSYS_KAFKA_VERSION": true, "RECSYS_REDIS_PORT": true,
-	"RECSYS_REDIS_TIMEOUT": true,
+	"RECSYS_KAFKA_START_TIMEOUT": true, "RECSYS_KAFKA_VERSION": true, "RECSYS_REDIS_PORT": true,
+	"RECSYS_REDIS_START_TIMEOUT": true,
 }
 
 func tooling(name string) bool {
@@ -68,11 +68,11 @@ func tooling(name string) bool {
 }
 
 // Unread lists the set environment variables that configure nothing in the running command,
-// as "NAME: why" lines: RECSYS_ variables that are no flag of fs, and set DroppedNames.
-// elsewhere holds the variables of every command's flags, so a typo can be told from a
-// setting meant for another role; those are listed only with others, since a deploy job
-// sharing the services' configuration would list them all. environ is os.Environ()'s format.
-func Unread(fs *pflag.FlagSet, elsewhere map[string]bool, others bool, environ []string) []string {
+// as "NAME: why" lines: RECSYS_ variables that are no flag of any command (elsewhere holds the
+// variables of every command's flags), and set DroppedNames. A setting of another command is
+// not listed: the roles of a deployment share one configuration (a ConfigMap), so each
+// role's pod holds the others' settings. environ is os.Environ()'s format.
+func Unread(fs *pflag.FlagSet, elsewhere map[string]bool, environ []string) []string {
 	own := map[string]bool{}
 	fs.VisitAll(func(f *pflag.Flag) { own[EnvName(f.Name)] = true })
 	set := map[string]bool{}
@@ -82,14 +82,7 @@ func Unread(fs *pflag.FlagSet, elsewhere map[string]bool, others bool, environ [
 	}
 	var out []string
 	for name := range set {
-		if !strings.HasPrefix(name, Prefix) || own[name] || tooling(name) {
-			continue
-		}
-		switch {
-		case elsewhere[name] && others:
-			out = append(out, name+": not a setting of this command")
-		case elsewhere[name]:
-		default:
+		if strings.HasPrefix(name, Prefix) && !own[name] && !elsewhere[name] && !tooling(name) {
 			out = append(out, name+": no such setting (see docs/configuration.md)")
 		}
 	}

@@ -9,7 +9,7 @@ import (
 	"recsys/pkg/flagenv"
 )
 
-func TestUnreadNamesTyposOtherCommandsAndDroppedNames(t *testing.T) {
+func TestUnreadNamesTyposAndDroppedNames(t *testing.T) {
 	fs := pflag.NewFlagSet("relay", pflag.ContinueOnError)
 	fs.String("pg.dsn", "", "")
 	fs.Int("relay.batch-size", 1, "")
@@ -17,19 +17,18 @@ func TestUnreadNamesTyposOtherCommandsAndDroppedNames(t *testing.T) {
 	tests := []struct {
 		name    string
 		environ []string
-		others  bool
 		want    []string
 	}{
-		{"own settings and unrelated variables", []string{"RECSYS_PG_DSN=x", "RECSYS_RELAY_BATCH_SIZE=5", "HOME=/root", "DATABASE_URL=x"}, true, nil},
-		{"typo", []string{"RECSYS_RELAY_BACTH_SIZE=5"}, true, []string{"RECSYS_RELAY_BACTH_SIZE: no such setting"}},
-		{"another command's setting", []string{"RECSYS_REDIS_URL=redis://r"}, true, []string{"RECSYS_REDIS_URL: not a setting of this command"}},
-		{"another command's setting in a job sharing the configuration", []string{"RECSYS_REDIS_URL=redis://r"}, false, nil},
-		{"dropped legacy names", []string{"METRICS_PORT=9108", "ONLINE_CACHE_BACKEND=redis"}, true, []string{"METRICS_PORT: not read by recsys; instead: --http.addr", "ONLINE_CACHE_BACKEND: not read by recsys"}},
-		{"test and script variables", []string{"RECSYS_INTEGRATION=1", "RECSYS_TEST_PG_DSN=x", "RECSYS_PG_PORT=5432", "RECSYS_RELAY_TEST_CHILD=1"}, true, nil},
+		{"own settings and unrelated variables", []string{"RECSYS_PG_DSN=x", "RECSYS_RELAY_BATCH_SIZE=5", "HOME=/root", "DATABASE_URL=x"}, nil},
+		{"typo", []string{"RECSYS_RELAY_BACTH_SIZE=5"}, []string{"RECSYS_RELAY_BACTH_SIZE: no such setting"}},
+		// The roles share one configuration (a ConfigMap): a relay pod holds the API's settings.
+		{"another command's setting", []string{"RECSYS_REDIS_URL=redis://r"}, nil},
+		{"dropped legacy names", []string{"METRICS_PORT=9108", "ONLINE_CACHE_BACKEND=redis"}, []string{"METRICS_PORT: not read by recsys; instead: --http.addr", "ONLINE_CACHE_BACKEND: not read by recsys"}},
+		{"test and script variables", []string{"RECSYS_INTEGRATION=1", "RECSYS_TEST_PG_DSN=x", "RECSYS_PG_PORT=5432", "RECSYS_REDIS_START_TIMEOUT=20", "RECSYS_RELAY_TEST_CHILD=1"}, nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := flagenv.Unread(fs, elsewhere, tc.others, tc.environ)
+			got := flagenv.Unread(fs, elsewhere, tc.environ)
 			if len(got) != len(tc.want) {
 				t.Fatalf("Unread = %q, want %d entries like %q", got, len(tc.want), tc.want)
 			}
