@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -189,6 +190,47 @@ func leaderServes(ctx context.Context, d *kafkago.Dialer, p kafkago.Partition) e
 	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
 	_, err = conn.ReadLastOffset()
 	return err
+}
+
+// MaxMessageBytes returns each topic's max.message.bytes: the largest record batch its brokers
+// accept (the broker's message.max.bytes unless the topic overrides it). Describing a topic's
+// configuration needs the DescribeConfigs ACL; without it the error wraps
+// kafkago.TopicAuthorizationFailed or kafkago.ClusterAuthorizationFailed.
+func (c *Client) MaxMessageBytes(ctx context.Context, topics ...string) (map[string]int64, error) {
+	req := &kafkago.DescribeConfigsRequest{}
+	for _, t := range topics {
+		req.Resources = append(req.Resources, kafkago.DescribeConfigRequestResource{
+			ResourceType: kafkago.ResourceTypeTopic, ResourceName: t, ConfigNames: []string{"max.message.bytes"}})
+	}
+	resp, err := c.admin.DescribeConfigs(ctx, req)
+	if err != nil {
+		return nil, fmt.Errorf("describe configs of topics %v: %w", topics, err)
+	}
+	out := make(map[string]int64, len(topics))
+	var errs []error
+	for _, r := range resp.Resources {
+		if r.Error != nil {
+			errs = append(errs, fmt.Errorf("describe configs of topic %s: %w", r.ResourceName, r.Error))
+			continue
+		}
+		for _, e := range r.ConfigEntries {
+			if e.ConfigName != "max.message.bytes" {
+				continue
+			}
+			n, err := strconv.ParseInt(e.ConfigValue, 10, 64)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("topic %s: max.message.bytes %q: %w", r.ResourceName, e.ConfigValue, err))
+				continue
+			}
+			out[r.ResourceName] = n
+		}
+	}
+	for _, t := range topics {
+		if _, ok := out[t]; !ok && len(errs) == 0 {
+			errs = append(errs, fmt.Errorf("topic %s: the broker did not describe max.message.bytes", t))
+		}
+	}
+	return out, errors.Join(errs...)
 }
 
 // DeleteTopics deletes the topics; one that does not exist is not an error, so cleaning up

@@ -101,3 +101,21 @@ func TestValidateNamesFlags(t *testing.T) {
 		}
 	}
 }
+
+// MaxMessageBytes reads a topic's own max.message.bytes and, for a topic without one, the
+// broker's default; a missing topic is an error naming it.
+func TestMaxMessageBytesReadsEachTopicsLimit(t *testing.T) {
+	c, ctx, limited := limitedTopic(t, "t.limit.small.", 2000)
+	_, plain, _ := newTopic(t, "t.limit.default.")
+	got, err := c.MaxMessageBytes(ctx, limited, plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got[limited] != 2000 || got[plain] < 1<<20 {
+		t.Fatalf("max.message.bytes %v; want %s 2000 and %s the broker's default (about 1 MiB)", got, limited, plain)
+	}
+	missing := limited + ".missing"
+	if _, err := c.MaxMessageBytes(ctx, missing); err == nil || !strings.Contains(err.Error(), missing) {
+		t.Fatalf("missing topic: %v, want an error naming it", err)
+	}
+}

@@ -27,10 +27,15 @@ import (
 // Writer's (kafka-go's Hash balancer over the partition count), so keys stay where they were;
 // a message larger than MaxBytes fails the call with kafkago.MessageTooLargeError before
 // anything is sent; otherwise the result is nil or kafkago.WriteErrors, one per message. Nothing
-// is retried here (the outbox owns retries). A partition's messages over MaxBytes go out in
-// several record batches, each sent only after the one before it was acked, and a failed
-// batch fails its partition's later ones unsent, so a partition never receives a later
-// message without the earlier ones.
+// is retried here (the outbox owns retries), with one exception: a record batch of several
+// messages the broker refuses as too large (MessageSizeTooLarge, RecordListTooLarge: the
+// topic's max.message.bytes is below MaxBytes) is split and sent again, down to single
+// messages. The broker's error is about the batch and appends nothing of it, so the split
+// sends nothing twice, and a message carries MessageSizeTooLarge only when the broker refused
+// it alone. A partition's messages over MaxBytes go out in several record batches, each sent
+// only after the one before it was acked, and a failed batch fails its partition's later ones
+// unsent (NotSentError), so a partition never receives a later message without the earlier
+// ones.
 type Producer struct {
 	addr      net.Addr
 	transport kafkago.RoundTripper // a *kafkago.Transport; its metadata cache routes requests
@@ -84,6 +89,18 @@ type topicPartition struct {
 type chunk struct {
 	topicPartition
 	idx []int32
+}
+
+// NotSentError is the error of a message that was not sent because an earlier record batch of
+// its partition failed; the broker never saw it, so sending it again publishes it once.
+type NotSentError struct {
+	// Cause is the earlier batch's error. It is not unwrapped: errors.Is(err,
+	// kafkago.MessageSizeTooLarge) must stay about the message itself.
+	Cause error
+}
+
+func (e NotSentError) Error() string {
+	return fmt.Sprintf("not sent: an earlier record batch of its partition failed: %v", e.Cause)
 }
 
 // WriteMessages sends msgs (each naming its topic) and waits for the acks.
@@ -194,24 +211,18 @@ func (p *Producer) assign(ctx context.Context, msgs []kafkago.Message, errs kafk
 	return leaders, nil
 }
 
-// sendRounds sends one leader's partitions: round r holds the r-th record batch of every
+// sendRounds sends one leader's partitions: each round holds the next record batch of every
 // partition whose batches so far were acked.
 func (p *Producer) sendRounds(ctx context.Context, msgs []kafkago.Message, parts [][]chunk, errs kafkago.WriteErrors) {
-	failed := make([]error, len(parts))
-	for round := 0; ; round++ {
+	next := make([]int, len(parts)) // per partition, its batch to send next
+	for {
 		req := &produceAPI.Request{Acks: int16(kafkago.RequireAll), Timeout: int32(p.timeout.Milliseconds())}
 		var sent []int // indexes into parts
 		for pi, cs := range parts {
-			if round >= len(cs) {
+			if next[pi] >= len(cs) {
 				continue
 			}
-			c := cs[round]
-			if failed[pi] != nil {
-				for _, i := range c.idx {
-					errs[i] = failed[pi]
-				}
-				continue
-			}
+			c := cs[next[pi]]
 			records := make([]protocol.Record, len(c.idx))
 			for j, i := range c.idx {
 				m := &msgs[i]
@@ -227,19 +238,60 @@ func (p *Producer) sendRounds(ctx context.Context, msgs []kafkago.Message, parts
 		}
 		results, err := p.roundTrip(ctx, req)
 		for _, pi := range sent {
-			c := parts[pi][round]
+			cs := parts[pi]
+			c := cs[next[pi]]
 			e := err
 			if e == nil {
 				e = results[c.topicPartition]
 			}
-			if e != nil {
-				failed[pi] = e
+			switch {
+			case e == nil:
+				next[pi]++
+			case len(c.idx) > 1 && batchTooLarge(e):
+				parts[pi] = split(msgs, cs, next[pi])
+			default:
 				for _, i := range c.idx {
 					errs[i] = e
 				}
+				for _, later := range cs[next[pi]+1:] {
+					for _, i := range later.idx {
+						errs[i] = NotSentError{Cause: e}
+					}
+				}
+				next[pi] = len(cs)
 			}
 		}
 	}
+}
+
+// batchTooLarge reports the broker refusing a record batch for its size.
+func batchTooLarge(err error) bool {
+	return errors.Is(err, kafkago.MessageSizeTooLarge) || errors.Is(err, kafkago.RecordListTooLarge)
+}
+
+// split re-packs a partition's batches from the refused one (at) on into batches of at most
+// half its size (one message at least). The broker's limit is below the refused batch, so the
+// later batches, packed the same way, would be refused too.
+func split(msgs []kafkago.Message, cs []chunk, at int) []chunk {
+	var refused int64
+	for _, i := range cs[at].idx {
+		refused += MessageSize(&msgs[i])
+	}
+	limit := refused / 2
+	out := append(make([]chunk, 0, len(cs)+1), cs[:at]...)
+	var size int64
+	for _, c := range cs[at:] {
+		for _, i := range c.idx {
+			n := MessageSize(&msgs[i])
+			if len(out) == at || size+n > limit {
+				out = append(out, chunk{topicPartition: c.topicPartition})
+				size = 0
+			}
+			out[len(out)-1].idx = append(out[len(out)-1].idx, i)
+			size += n
+		}
+	}
+	return out
 }
 
 // roundTrip sends one produce request and returns the error of each partition that failed;

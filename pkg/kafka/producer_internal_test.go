@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -25,9 +26,13 @@ type cluster struct {
 	leaders map[string][]int32 // topic -> leader per partition
 	fail    map[string]int16   // "topic/partition" -> error code for every batch
 	failNth map[string]int     // "topic/partition" -> fail only its n-th batch (0-based)
+	// limit refuses a batch of the partition whose record values exceed that many bytes in
+	// all with MessageSizeTooLarge (a topic's max.message.bytes).
+	limit map[string]int
 
 	mu       sync.Mutex
 	requests []map[string][]string // per request: "topic/partition" -> values of its records
+	appended map[string][]string   // "topic/partition" -> values of the batches it accepted
 	batches  map[string]int
 }
 
@@ -60,6 +65,8 @@ func (c *cluster) RoundTrip(_ context.Context, _ net.Addr, req protocol.Message)
 			rt := produceAPI.ResponseTopic{Topic: t.Topic}
 			for _, pt := range t.Partitions {
 				k := fmt.Sprintf("%s/%d", t.Topic, pt.Partition)
+				var vals []string
+				size := 0
 				for {
 					rec, err := pt.RecordSet.Records.ReadRecord()
 					if errors.Is(err, io.EOF) {
@@ -69,11 +76,22 @@ func (c *cluster) RoundTrip(_ context.Context, _ net.Addr, req protocol.Message)
 						return nil, err
 					}
 					v, _ := protocol.ReadAll(rec.Value)
-					seen[k] = append(seen[k], string(v))
+					vals = append(vals, string(v))
+					size += len(v)
 				}
+				seen[k] = append(seen[k], vals...)
 				code := c.fail[k]
 				if n, ok := c.failNth[k]; ok && n == c.batches[k] {
 					code = int16(kafkago.NotLeaderForPartition)
+				}
+				if l, ok := c.limit[k]; ok && size > l {
+					code = int16(kafkago.MessageSizeTooLarge)
+				}
+				if code == 0 {
+					if c.appended == nil {
+						c.appended = map[string][]string{}
+					}
+					c.appended[k] = append(c.appended[k], vals...)
 				}
 				c.batches[k]++
 				rt.Partitions = append(rt.Partitions, produceAPI.ResponsePartition{Partition: pt.Partition, ErrorCode: code})
@@ -88,7 +106,9 @@ func (c *cluster) RoundTrip(_ context.Context, _ net.Addr, req protocol.Message)
 
 // Requests are grouped by leader broker (never two leaders in one request), a partition's
 // record batches go out in order one request after another, and a failed batch fails its
-// partition's later batches unsent while the other partitions carry on.
+// partition's later batches unsent (NotSentError) while the other partitions carry on. A batch
+// of several messages refused as too large is split until the broker takes the pieces, so
+// only a message refused alone carries MessageSizeTooLarge.
 func TestProducerGroupsByLeaderAndStopsAFailedPartition(t *testing.T) {
 	hash := func(key string, n int) int32 {
 		parts := make([]int, n)
@@ -112,27 +132,43 @@ func TestProducerGroupsByLeaderAndStopsAFailedPartition(t *testing.T) {
 		wantFailed  map[string]string   // value -> error fragment
 		sent        map[string][]string // partition -> the values it must have received
 		maxRequests int
+		maxBytes    int64               // the producer's; 0: 120, one message per batch
+		limit       map[string]int      // the cluster's
+		big         string              // the value made 300 bytes long
+		appended    map[string][]string // partition -> the values it must have accepted
 	}{
 		// 2 leaders, 3 rounds of one-message batches.
 		{name: "all acked", maxRequests: 2 * 3, sent: map[string][]string{"a/0": {"a0-0", "a0-1", "a0-2"}, "b/0": {"b0-0", "b0-1", "b0-2"}}},
 		{name: "a partition refuses every batch", fail: map[string]int16{"a/1": int16(kafkago.MessageSizeTooLarge)},
-			wantFailed: map[string]string{"a1-0": "Message Size Too Large", "a1-1": "Message Size Too Large", "a1-2": "Message Size Too Large"},
+			wantFailed: map[string]string{"a1-0": "Message Size Too Large", "a1-1": "not sent", "a1-2": "not sent"},
 			sent:       map[string][]string{"a/1": {"a1-0"}, "a/3": {"a3-0", "a3-1", "a3-2"}}},
 		{name: "a partition's second batch fails", failNth: map[string]int{"a/2": 1},
-			wantFailed: map[string]string{"a2-1": "Not Leader For Partition", "a2-2": "Not Leader For Partition"},
+			wantFailed: map[string]string{"a2-1": "Not Leader For Partition", "a2-2": "not sent"},
 			sent:       map[string][]string{"a/2": {"a2-0", "a2-1"}, "a/0": {"a0-0", "a0-1", "a0-2"}}},
 		{name: "unknown topic fails alone", wantFailed: map[string]string{"z0-0": "Unknown Topic Or Partition"}},
+		// One batch per partition; a/1 takes 100 bytes of values (two messages) per batch.
+		{name: "a batch over the topic's limit is split", maxBytes: 1000, limit: map[string]int{"a/1": 100},
+			appended: map[string][]string{"a/1": {"a1-0", "a1-1", "a1-2"}, "a/2": {"a2-0", "a2-1", "a2-2"}}},
+		{name: "a split finds the one message over the limit", maxBytes: 1000, limit: map[string]int{"a/1": 100}, big: "a1-1",
+			wantFailed: map[string]string{"a1-1": "Message Size Too Large", "a1-2": "not sent"},
+			appended:   map[string][]string{"a/1": {"a1-0"}, "a/2": {"a2-0", "a2-1", "a2-2"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := &cluster{leaders: map[string][]int32{"a": {1, 2, 1, 2}, "b": {2}}, fail: tc.fail, failNth: tc.failNth}
 			// ~65-byte messages and 120-byte batches: one message per record batch.
-			p := &Producer{transport: c, maxBytes: 120, timeout: time.Second}
+			c.limit = tc.limit
+			p := &Producer{transport: c, maxBytes: cmp.Or(tc.maxBytes, 120), timeout: time.Second}
 			var msgs []kafkago.Message
 			for i := range 3 {
 				for pt := range int32(4) {
 					msgs = append(msgs, kafkago.Message{Topic: "a", Key: []byte(keyFor[pt]), Value: []byte(fmt.Sprintf("a%d-%d", pt, i) + strings.Repeat(".", 36))})
 				}
 				msgs = append(msgs, kafkago.Message{Topic: "b", Key: []byte("x"), Value: []byte(fmt.Sprintf("b0-%d", i) + strings.Repeat(".", 36))})
+			}
+			for i := range msgs {
+				if v := string(msgs[i].Value[:4]); v == tc.big {
+					msgs[i].Value = []byte(v + strings.Repeat(".", 296))
+				}
 			}
 			if tc.name == "unknown topic fails alone" {
 				msgs = append(msgs, kafkago.Message{Topic: "z", Key: []byte("x"), Value: []byte("z0-0")})
@@ -182,8 +218,22 @@ func TestProducerGroupsByLeaderAndStopsAFailedPartition(t *testing.T) {
 					t.Errorf("%s received %v, want %v", k, received[k], want)
 				}
 			}
-			for k, vals := range received {
+			for k, want := range tc.appended {
+				var got []string
+				for _, v := range c.appended[k] {
+					got = append(got, strings.TrimRight(v, "."))
+				}
+				if fmt.Sprint(got) != fmt.Sprint(want) {
+					t.Errorf("%s accepted %v, want %v", k, got, want)
+				}
+			}
+			for k, vals := range c.appended {
 				if !sort.StringsAreSorted(vals) {
+					t.Errorf("%s accepted %v out of order", k, vals)
+				}
+			}
+			for k, vals := range received {
+				if tc.limit == nil && !sort.StringsAreSorted(vals) { // a split sends refused values again
 					t.Errorf("%s received %v out of order", k, vals)
 				}
 			}

@@ -230,3 +230,87 @@ func TestProducerMessageSizeMatchesTheWriter(t *testing.T) {
 		})
 	}
 }
+
+// limitedTopic creates a one-partition topic whose max.message.bytes is limit (a topic created
+// by ops, or a managed Kafka's lower default) and waits for its leader.
+func limitedTopic(t *testing.T, prefix string, limit int) (*kafka.Client, context.Context, string) {
+	t.Helper()
+	cfg := kafka.DefaultConfig()
+	cfg.Brokers = testutil.KafkaBrokers(t)
+	cfg.Partitions = 1
+	cfg.RequestTimeout = 10 * time.Second
+	c := kafka.New(cfg)
+	topic := testutil.KafkaTopic(t, prefix)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	_, err := c.Admin().CreateTopics(ctx, &kafkago.CreateTopicsRequest{Topics: []kafkago.TopicConfig{{
+		Topic: topic, NumPartitions: 1, ReplicationFactor: 1,
+		ConfigEntries: []kafkago.ConfigEntry{{ConfigName: "max.message.bytes", ConfigValue: strconv.Itoa(limit)}},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.EnsureTopics(ctx, topic); err != nil {
+		t.Fatal(err)
+	}
+	return c, ctx, topic
+}
+
+// The broker's MessageSizeTooLarge is about a record batch: with a topic's max.message.bytes
+// below the producer's MaxBytes, a batch of small messages is refused whole. The producer
+// splits it until the broker takes the pieces, so small messages are published exactly once
+// and in order, and only a message the broker refuses alone carries MessageSizeTooLarge; the
+// partition's later messages are reported not sent, never too large.
+func TestProducerSplitsABatchTheTopicRefuses(t *testing.T) {
+	small := func(i int) kafkago.Message {
+		return kafkago.Message{Key: []byte("same-user"), Value: append([]byte(strconv.Itoa(i)+":"), bytes.Repeat([]byte("v"), 400)...)}
+	}
+	for _, tc := range []struct {
+		name      string
+		big       int // index of a 3000-byte message; -1 for none
+		published int // messages the partition must hold: the first ones of the call
+	}{
+		{name: "small messages over the limit together", big: -1, published: 10},
+		{name: "one message over the limit alone", big: 5, published: 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, ctx, topic := limitedTopic(t, "t.produce.limited.", 2000)
+			p := c.NewProducer(kafka.ProducerOptions{MaxBytes: 1 << 20})
+			defer p.Close()
+			var msgs []kafkago.Message
+			for i := range 10 {
+				if i == tc.big {
+					msgs = append(msgs, kafkago.Message{Key: []byte("same-user"), Value: bytes.Repeat([]byte("B"), 3000)})
+				}
+				msgs = append(msgs, small(i))
+			}
+			for i := range msgs {
+				msgs[i].Topic = topic
+			}
+			err := p.WriteMessages(ctx, msgs...)
+			var we kafkago.WriteErrors
+			switch {
+			case tc.big < 0 && err != nil:
+				t.Fatalf("small messages failed: %v", err)
+			case tc.big >= 0 && !errors.As(err, &we):
+				t.Fatalf("got %v, want WriteErrors", err)
+			}
+			for i, e := range we {
+				var ns kafka.NotSentError
+				switch {
+				case i < tc.big && e != nil:
+					t.Errorf("message %d before the big one: %v", i, e)
+				case i == tc.big && !errors.Is(e, kafkago.MessageSizeTooLarge):
+					t.Errorf("the big message: %v, want MessageSizeTooLarge", e)
+				case i > tc.big && (!errors.As(e, &ns) || errors.Is(e, kafkago.MessageSizeTooLarge)):
+					t.Errorf("message %d after the big one: %v, want NotSentError", i, e)
+				}
+			}
+			for i, m := range readPartition(t, c.Brokers, topic, 0, tc.published) {
+				if !bytes.Equal(m.Value, msgs[i].Value) {
+					t.Fatalf("message %d is %.10q, want %.10q", i, m.Value, msgs[i].Value)
+				}
+			}
+		})
+	}
+}
