@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -11,6 +12,7 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 
 	"recsys/modules/relay"
+	"recsys/pkg/kafka"
 	"recsys/pkg/outbox"
 	"recsys/pkg/testutil"
 )
@@ -358,5 +360,79 @@ FROM event_outbox WHERE event_id = $1 AND event_type = 'watch'`, big.EventID).Sc
 	}
 	if published[big.EventID] != 0 {
 		t.Errorf("the oversized event was published")
+	}
+}
+
+// TestSmallerTopicLimitDeadLettersOnlyTheOversizedEvent: with a topic's max.message.bytes
+// below --relay.max-batch-bytes (a relay that may not describe the topic, so the start-up
+// check could not stop it), the broker refuses the relay's record batches whole. The small
+// events of the batch rows are published exactly once all the same, and only the event the
+// broker refuses alone goes dead, as a row of its own.
+func TestSmallerTopicLimitDeadLettersOnlyTheOversizedEvent(t *testing.T) {
+	e := newEnv(t, testutil.KafkaBrokers(t), 2)
+	e.createLimitedTopic(e.kcfg.TopicWatches, 2000)
+	prefix := testutil.Unique("limit")
+	ev := func(n, user string, size int) outbox.Message {
+		return outbox.Message{EventID: prefix + "-" + n, EventType: "watch", Key: user, CorrelationID: "corr-" + n, SchemaVersion: 1,
+			Payload: []byte(`{"pad":"` + strings.Repeat("p", size) + `"}`)}
+	}
+	var small []string
+	var first, second []outbox.Message
+	for i := range 12 {
+		m := ev(fmt.Sprintf("s%d", i), fmt.Sprintf("user-%d", i%5), 300)
+		small = append(small, m.EventID)
+		if i < 8 {
+			first = append(first, m)
+		} else {
+			second = append(second, m)
+		}
+	}
+	big := ev("big", "user-1", 3000)
+	first = append(first[:4], append([]outbox.Message{big}, first[4:]...)...)
+	rows := []int64{e.insertBatchRow(outbox.LaneKey(1), first), e.insertBatchRow(outbox.LaneKey(1), second)}
+	cfg := testConfig()
+	cfg.BatchSize = 10 // both rows in one claim
+	run := e.start(cfg, "r1", relay.Options{Broker: describeDenied{c: kafka.New(e.kcfg)}})
+	waitReady(t, run.r)
+	waitFor(t, 20*time.Second, "the outbox to settle", func() bool {
+		var n int
+		_ = e.pool.QueryRow(context.Background(), "SELECT count(*) FROM event_outbox WHERE status IN ('pending','publishing')").Scan(&n)
+		return n == 0
+	})
+	for _, id := range rows {
+		var st string
+		var attempts int
+		_ = e.pool.QueryRow(context.Background(), "SELECT status, attempts FROM event_outbox WHERE id = $1", id).Scan(&st, &attempts)
+		if st != outbox.StatusPublished || attempts != 1 {
+			t.Errorf("batch row %d: %s after %d attempts, want published after 1", id, st, attempts)
+		}
+	}
+	var dead []string
+	var lastErr string
+	r, err := e.pool.Query(context.Background(), "SELECT event_id, coalesce(last_error, '') FROM event_outbox WHERE status = 'dead'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for r.Next() {
+		var id string
+		if err := r.Scan(&id, &lastErr); err != nil {
+			t.Fatal(err)
+		}
+		dead = append(dead, id)
+	}
+	if len(dead) != 1 || dead[0] != big.EventID || !strings.Contains(lastErr, "Message Size Too Large") {
+		t.Errorf("dead rows %v (last error %q), want the oversized event alone, refused by the broker", dead, lastErr)
+	}
+	published := map[string]int{}
+	for _, m := range readTopic(t, e.brokers, e.kcfg.TopicWatches).all() {
+		published[header(m, "event_id")]++
+	}
+	for _, id := range small {
+		if published[id] != 1 {
+			t.Errorf("%s published %d times, want once", id, published[id])
+		}
+	}
+	if published[big.EventID] != 0 || len(published) != len(small) {
+		t.Errorf("published %v, want the %d small events alone", published, len(small))
 	}
 }

@@ -81,7 +81,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.RetryBase, "relay.retry-base", c.RetryBase, "backoff after a row's first failed attempt; doubles per attempt, with jitter")
 	fs.DurationVar(&c.RetryMax, "relay.retry-max", c.RetryMax, "longest backoff between two attempts of a row")
 	fs.DurationVar(&c.PublishTimeout, "relay.publish-timeout", c.PublishTimeout, "longest wait for Kafka to ack one batch; the batch is retried later when it passes")
-	fs.Int64Var(&c.MaxBatchBytes, "relay.max-batch-bytes", c.MaxBatchBytes, "largest produce request per partition, and so the largest message; keep it at or below the broker's message.max.bytes, and well above the API's --ingest.max-event-bytes (a larger event goes dead on its own)")
+	fs.Int64Var(&c.MaxBatchBytes, "relay.max-batch-bytes", c.MaxBatchBytes, "largest record batch per partition, and so the largest message; at most the topics' max.message.bytes (the relay checks at start and refuses to run above it), and well above the API's --ingest.max-event-bytes (a larger event goes dead on its own)")
 	fs.DurationVar(&c.ProbeInterval, "relay.probe-interval", c.ProbeInterval, "while Kafka is unreachable, how often the relay probes it before claiming again (no attempts are spent meanwhile)")
 	fs.DurationVar(&c.StartupBackoff, "relay.startup-backoff", c.StartupBackoff, "wait before retrying topic provisioning at start, times the attempt number (at most 30s)")
 	fs.IntVar(&c.StartupMaxRetries, "relay.startup-max-retries", c.StartupMaxRetries, "topic provisioning attempts before the relay gives up and the process exits; 0 retries forever")

@@ -493,3 +493,34 @@ func genIndex(t testing.TB, eventID string) int {
 	}
 	return i
 }
+
+// createLimitedTopic creates topic with max.message.bytes limit before a relay provisions it
+// (a topic created by ops, or a managed Kafka's lower default).
+func (e *env) createLimitedTopic(topic string, limit int) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := kafka.New(e.kcfg).Admin().CreateTopics(ctx, &kafkago.CreateTopicsRequest{Topics: []kafkago.TopicConfig{{
+		Topic: topic, NumPartitions: e.kcfg.Partitions, ReplicationFactor: 1,
+		ConfigEntries: []kafkago.ConfigEntry{{ConfigName: "max.message.bytes", ConfigValue: strconv.Itoa(limit)}},
+	}}})
+	if err == nil {
+		err = resp.Errors[topic]
+	}
+	if err != nil {
+		e.t.Fatalf("create topic %s: %v", topic, err)
+	}
+}
+
+// describeDenied is the real broker for a relay without the DescribeConfigs ACL.
+type describeDenied struct{ c *kafka.Client }
+
+func (b describeDenied) EnsureTopics(ctx context.Context, topics ...string) error {
+	return b.c.EnsureTopics(ctx, topics...)
+}
+
+func (b describeDenied) Probe(ctx context.Context) error { return b.c.Ping(ctx, time.Second) }
+
+func (b describeDenied) MaxMessageBytes(_ context.Context, topics ...string) (map[string]int64, error) {
+	return nil, fmt.Errorf("describe configs of topic %s: %w", topics[0], kafkago.TopicAuthorizationFailed)
+}

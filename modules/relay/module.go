@@ -32,8 +32,13 @@
 // after its max_attempts claims; a message larger than the broker accepts goes dead at once:
 // within a batch row only that event, stored as a dead single-event row of its own (msg_key
 // its user id, so a replay acts on it alone) in the transaction that records the row, whose
-// other events (other clients' among them) are published. The API refuses such events first
-// (--ingest.max-event-bytes, which must stay well below --relay.max-batch-bytes).
+// other events (other clients' among them) are published. The broker's refusal is about a
+// record batch, so kafka.Producer splits a refused batch of several messages until the broker
+// takes the pieces; only an event refused alone goes dead, and what its partition did not send
+// behind it is sent again in the same publish. The API refuses such events first
+// (--ingest.max-event-bytes, which must stay well below --relay.max-batch-bytes), and the relay
+// refuses to start with --relay.max-batch-bytes above a topic's max.message.bytes (a warning
+// only when it may not describe the topics).
 // Later rows of the failed row's key wait (see pkg/outbox for the per-key order mechanism).
 // When a whole batch fails the relay treats Kafka as unreachable: it stops claiming and
 // probes Kafka every --relay.probe-interval, so an outage spends no attempts beyond the batch

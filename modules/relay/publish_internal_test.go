@@ -12,6 +12,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 	kafkago "github.com/segmentio/kafka-go"
 
+	"recsys/pkg/kafka"
 	"recsys/pkg/outbox"
 )
 
@@ -240,6 +241,20 @@ func TestPublishBatchRowsDeadLetters(t *testing.T) {
 		{name: "with another failure of its row", answers: []func([]kafkago.Message) error{func(msgs []kafkago.Message) error {
 			return byEvent(msgs, map[string]error{"a2": kafkago.MessageSizeTooLarge, "a3": kafkago.NotLeaderForPartition})
 		}}, sends: []int{5}, want: map[int64]string{1: "err"}},
+		// The producer sends nothing of a partition after a failed batch: what waited behind a
+		// message refused alone is sent again at once, and nothing Kafka acked is.
+		{name: "refused by the broker, what waited behind it sent again", answers: []func([]kafkago.Message) error{func(msgs []kafkago.Message) error {
+			behind := kafka.NotSentError{Cause: kafkago.MessageSizeTooLarge}
+			return byEvent(msgs, map[string]error{"a2": kafkago.MessageSizeTooLarge, "a3": behind, "c1": behind})
+		}}, sends: []int{5, 2}, want: map[int64]string{}, dead: map[int64][]string{1: {"a2"}}},
+		{name: "not sent behind another failure", answers: []func([]kafkago.Message) error{func(msgs []kafkago.Message) error {
+			behind := kafka.NotSentError{Cause: kafkago.NotLeaderForPartition}
+			return byEvent(msgs, map[string]error{"a2": kafkago.NotLeaderForPartition, "a3": behind, "c1": behind})
+		}}, sends: []int{5}, want: map[int64]string{1: "err", 3: "err"}},
+		{name: "not sent behind a refused message of a row retried whole", answers: []func([]kafkago.Message) error{func(msgs []kafkago.Message) error {
+			behind := kafka.NotSentError{Cause: kafkago.MessageSizeTooLarge}
+			return byEvent(msgs, map[string]error{"a2": kafkago.MessageSizeTooLarge, "a3": kafkago.NotLeaderForPartition, "c1": behind})
+		}}, sends: []int{5}, want: map[int64]string{1: "err", 3: "err"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := &fakePublisher{answers: tc.answers}

@@ -36,6 +36,8 @@ type Broker interface {
 	// transport's cache once the cluster was seen, so a metadata "ping" keeps succeeding
 	// while every broker is down.)
 	Probe(ctx context.Context) error
+	// MaxMessageBytes returns the topics' max.message.bytes (kafka.Client.MaxMessageBytes).
+	MaxMessageBytes(ctx context.Context, topics ...string) (map[string]int64, error)
 }
 
 // kafkaBroker is the Broker of the process' Kafka client.
@@ -44,6 +46,11 @@ type kafkaBroker struct{ c *kafka.Client }
 // EnsureTopics creates the missing topics and waits until their partitions' leaders serve.
 func (b kafkaBroker) EnsureTopics(ctx context.Context, topics ...string) error {
 	return b.c.EnsureTopics(ctx, topics...)
+}
+
+// MaxMessageBytes reads the topics' max.message.bytes.
+func (b kafkaBroker) MaxMessageBytes(ctx context.Context, topics ...string) (map[string]int64, error) {
+	return b.c.MaxMessageBytes(ctx, topics...)
 }
 
 // Probe opens a new connection to each broker in turn until one answers an ApiVersions
@@ -242,12 +249,22 @@ func (r *Relay) HealthDetails(ctx context.Context) map[string]any {
 	return map[string]any{"event_backbone": map[string]any{"mode": "transactional_outbox", "outbox": ob}}
 }
 
-// provision creates the topics, retrying until Kafka answers (or the retries are used up).
+// provision creates the topics and checks their size limit, retrying until Kafka answers (or
+// the retries are used up); a limit below --relay.max-batch-bytes fails at once.
 func (r *Relay) provision(ctx context.Context) error {
 	for attempt := 1; ; attempt++ {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := r.broker.EnsureTopics(cctx, r.topics...)
+		var mismatch error
+		if err == nil {
+			mismatch, err = r.checkMessageLimits(cctx)
+		}
 		cancel()
+		if mismatch != nil {
+			r.startupErr.Store(&mismatch)
+			r.m.errors("startup").Inc()
+			return mismatch
+		}
 		if err == nil {
 			r.provisioned.Store(true)
 			r.startupErr.Store(nil)
@@ -268,6 +285,32 @@ func (r *Relay) provision(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// checkMessageLimits compares --relay.max-batch-bytes with the topics' max.message.bytes and
+// returns mismatch when it is larger than one of them: the broker would refuse the relay's
+// full record batches, each then split and sent again down to sizes it takes (many produce
+// requests per claim, the publish timeout spent on them), so the limits must agree. Without
+// the permission to describe topic configurations it warns and lets the relay start.
+func (r *Relay) checkMessageLimits(ctx context.Context) (mismatch, err error) {
+	limits, err := r.broker.MaxMessageBytes(ctx, r.topics...)
+	if errors.Is(err, kafkago.TopicAuthorizationFailed) || errors.Is(err, kafkago.ClusterAuthorizationFailed) {
+		r.log.WarnContext(ctx, "cannot read the topics' max.message.bytes, not checking --relay.max-batch-bytes against it",
+			"err", err, "topics", r.topics, "max_batch_bytes", r.cfg.MaxBatchBytes,
+			"mitigation", "grant the relay DescribeConfigs on its topics, or make sure their max.message.bytes is at least --relay.max-batch-bytes")
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("check topics' max.message.bytes: %w", err)
+	}
+	var errs []error
+	for _, t := range r.topics {
+		if l, ok := limits[t]; ok && r.cfg.MaxBatchBytes > l {
+			errs = append(errs, fmt.Errorf("--relay.max-batch-bytes (%d) is larger than topic %s's max.message.bytes (%d): lower --relay.max-batch-bytes to at most %d or raise the topic's max.message.bytes",
+				r.cfg.MaxBatchBytes, t, l, l))
+		}
+	}
+	return errors.Join(errs...), nil
 }
 
 // maxEmptyWindows bounds how many windows a worker looks through, while the front of the
@@ -528,6 +571,21 @@ type item struct {
 	// them, and they go dead on their own (outbox.DeadLetter) instead of with the row.
 	dead []bool
 	live int // messages not marked dead
+	// sent marks messages (by index) Kafka acked in an earlier round of the publish: a round
+	// that sends the rest again leaves them out.
+	sent []bool
+}
+
+// pending reports whether message seq is still to be sent.
+func (it *item) pending(seq int) bool {
+	return (it.dead == nil || !it.dead[seq]) && (it.sent == nil || !it.sent[seq])
+}
+
+func (it *item) markSent(seq int) {
+	if it.sent == nil {
+		it.sent = make([]bool, len(it.msgs))
+	}
+	it.sent[seq] = true
 }
 
 // deadLetter takes message seq out of the row's publish. It reports false when seq is the
@@ -690,7 +748,7 @@ func schemaVersion(v int16) []byte {
 	return []byte(strconv.Itoa(int(v)))
 }
 
-// appendMessages appends the Kafka messages of one row, less those marked dead. Every message
+// appendMessages appends the Kafka messages of one row still to be sent. Every message
 // carries the row's id (outbox_id, shared by a batch row's messages) and, for a batch row,
 // its index in the row (outbox_seq).
 func appendMessages(dst []kafkago.Message, it item) []kafkago.Message {
@@ -698,7 +756,7 @@ func appendMessages(dst []kafkago.Message, it item) []kafkago.Message {
 	oid := []byte(strconv.FormatInt(row.ID, 10))
 	batch := row.PayloadFormat == outbox.FormatBatch
 	for seq, m := range it.msgs {
-		if it.dead != nil && it.dead[seq] {
+		if !it.pending(seq) {
 			continue
 		}
 		n := 4
@@ -771,9 +829,11 @@ func withDeadLetters(items []*item, results map[int64]outbox.Result, errs map[in
 // (dead-lettered: it goes dead as a row of its own, see outbox.DeadLetter) so the row's other
 // events, other clients' among them, are still published; a row with nothing else is taken
 // out whole (dead: retrying cannot fix it) and the later rows of its unit are held back
-// unsent. The rest is sent again. A message the broker refuses as too large is dead-lettered
-// the same way when it is the row's only kind of failure. A row with any other failed message
-// fails as a whole (all of it is sent again later).
+// unsent. The rest is sent again. A message the broker refuses as too large (the producer
+// reports that only for a message refused alone) is dead-lettered the same way, and the
+// messages its partition did not send behind it are sent again in the same call (only those:
+// what Kafka acked is not sent twice). A row with any other failed message fails as a whole
+// (all of it is sent again later).
 func (r *Relay) publishRows(ctx context.Context, items []item) map[int64]outbox.Result {
 	results := map[int64]outbox.Result{}
 	// dlErrs[row id][seq] is why a dead-lettered message was taken out.
@@ -805,7 +865,7 @@ func (r *Relay) publishRows(ctx context.Context, items []item) map[int64]outbox.
 		for i, it := range send {
 			msgs = appendMessages(msgs, *it)
 			for seq := range it.msgs {
-				if it.dead == nil || !it.dead[seq] {
+				if it.pending(seq) {
 					owner = append(owner, int32(i))
 					seqs = append(seqs, int32(seq))
 				}
@@ -847,31 +907,43 @@ func (r *Relay) publishRows(ctx context.Context, items []item) map[int64]outbox.
 				for _, it := range send {
 					results[it.row.ID] = outbox.Result{Err: err}
 				}
-				return results
+				return withDeadLetters(all, results, dlErrs)
 			}
 			send = next
 		case errors.As(err, &werrs):
-			// Per row: the messages the broker refused as too large, and any other failure.
+			// Per row: the messages the broker refused as too large, whether messages were
+			// left unsent behind such a refusal, and any other failure.
 			tooBig := map[int][]int{}
+			behind := map[int]error{}
 			for i, e := range werrs {
-				if e == nil || i >= len(owner) {
+				if i >= len(owner) {
 					continue
 				}
 				o := int(owner[i])
-				id := send[o].row.ID
-				if errors.Is(e, kafkago.MessageSizeTooLarge) {
+				it := send[o]
+				var ns kafka.NotSentError
+				switch {
+				case e == nil:
+					it.markSent(int(seqs[i]))
+				case errors.Is(e, kafkago.MessageSizeTooLarge):
 					tooBig[o] = append(tooBig[o], i)
-					continue
-				}
-				if _, ok := results[id]; !ok {
-					results[id] = outbox.Result{Err: e}
+				case errors.As(e, &ns) && errors.Is(ns.Cause, kafkago.MessageSizeTooLarge):
+					if behind[o] == nil {
+						behind[o] = e
+					}
+				default:
+					if _, ok := results[it.row.ID]; !ok {
+						results[it.row.ID] = outbox.Result{Err: e}
+					}
 				}
 			}
+			taken := false // a refused message left the publish: what waited behind it can go
 			for o, idx := range tooBig {
 				it := send[o]
 				if _, failed := results[it.row.ID]; failed {
 					continue // retried whole: the refused messages are judged again then
 				}
+				taken = true
 				if len(idx) < it.live {
 					for _, i := range idx {
 						markDead(it, int(seqs[i]), werrs[i])
@@ -880,12 +952,27 @@ func (r *Relay) publishRows(ctx context.Context, items []item) map[int64]outbox.
 				}
 				results[it.row.ID] = outbox.Result{Err: werrs[idx[0]], Permanent: true}
 			}
-			return withDeadLetters(all, results, dlErrs)
+			var next []*item
+			for o, it := range send {
+				e := behind[o]
+				if _, done := results[it.row.ID]; done || e == nil {
+					continue
+				}
+				if !taken {
+					results[it.row.ID] = outbox.Result{Err: e}
+					continue
+				}
+				next = append(next, it)
+			}
+			if len(next) == 0 {
+				return withDeadLetters(all, results, dlErrs)
+			}
+			send = next
 		default:
 			for _, it := range send {
 				results[it.row.ID] = outbox.Result{Err: err}
 			}
-			return results
+			return withDeadLetters(all, results, dlErrs)
 		}
 	}
 	return withDeadLetters(all, results, dlErrs)

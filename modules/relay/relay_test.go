@@ -740,3 +740,52 @@ func TestRelayDeletesAckedRowsByDefault(t *testing.T) {
 		return ok && b == (outbox.Backlog{})
 	})
 }
+
+// At start the relay reads its topics' max.message.bytes and refuses to run with a larger
+// --relay.max-batch-bytes, naming both settings: the broker would refuse its full record
+// batches. Without the permission to describe the topics it warns and runs.
+func TestRelayChecksTopicsMessageLimitAtStart(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		maxBatch int64
+		denied   bool
+		refused  bool
+	}{
+		{name: "max-batch-bytes above the topic's limit", maxBatch: 1 << 20, refused: true},
+		{name: "max-batch-bytes at the topic's limit", maxBatch: 4096},
+		{name: "not permitted to describe the topic", maxBatch: 1 << 20, denied: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, testutil.KafkaBrokers(t), 1)
+			e.createLimitedTopic(e.kcfg.TopicWatches, 4096)
+			cfg := testConfig()
+			cfg.MaxBatchBytes = tc.maxBatch
+			var o relay.Options
+			if tc.denied {
+				o.Broker = describeDenied{c: kafka.New(e.kcfg)}
+			}
+			if !tc.refused {
+				waitReady(t, e.start(cfg, "r1", o).r)
+				return
+			}
+			r, err := relay.NewRelay(cfg, e.deps("r1: "), o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			err = r.Run(ctx)
+			if ctx.Err() != nil {
+				t.Fatal("the relay started")
+			}
+			for _, want := range []string{"--relay.max-batch-bytes (1048576)", e.kcfg.TopicWatches, "max.message.bytes (4096)"} {
+				if err == nil || !strings.Contains(err.Error(), want) {
+					t.Fatalf("Run: %v, want an error with %q", err, want)
+				}
+			}
+			if strings.Contains(err.Error(), e.kcfg.TopicImpressions) {
+				t.Errorf("Run: %v names the impressions topic, whose limit is the broker's default", err)
+			}
+		})
+	}
+}
