@@ -19,6 +19,7 @@ import (
 
 	"recsys/pkg/httpx"
 	"recsys/pkg/infra"
+	"recsys/pkg/migrate"
 	"recsys/pkg/module"
 )
 
@@ -132,7 +133,8 @@ func Run(ctx context.Context, o Options) error {
 	checkMetrics := metrics.NewSet()
 	metrics.RegisterSet(checkMetrics)
 	defer metrics.UnregisterSet(checkMetrics, true)
-	h := &health{mods: mods, in: in, optional: optional, draining: &draining, metrics: checkMetrics}
+	h := &health{mods: mods, in: in, optional: optional, draining: &draining, metrics: checkMetrics,
+		details: make([]atomic.Pointer[map[string]any], len(mods))}
 	e.GET("/healthz", h.healthz)
 	e.GET("/livez", h.healthz)
 	e.GET("/readyz", h.readyz)
@@ -151,12 +153,42 @@ func Run(ctx context.Context, o Options) error {
 		}
 	}
 
+	// Modules that cannot work without PostgreSQL (relay, consumer) start only once the schema
+	// is at least this binary's: on an older schema they would publish or fold events against
+	// tables they do not match. The others start at once and serve degraded meanwhile.
+	var schemaOK chan struct{}
+	for _, r := range mods {
+		if gated(r.info) {
+			// Checked once here so a current schema starts everything at once, without a
+			// moment of "waiting".
+			if err := schemaErr(ctx, in); err != nil {
+				schemaOK = make(chan struct{})
+				go waitForSchema(ctx, in, o.Log, schemaOK, err)
+			}
+			break
+		}
+	}
 	for _, r := range mods {
 		mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		r.cancel = cancel
-		r.state.Store("running")
+		var wait chan struct{}
+		if gated(r.info) && schemaOK != nil {
+			wait = schemaOK
+			r.state.Store(fmt.Sprintf("waiting for schema version %d", migrate.Latest()))
+		} else {
+			r.state.Store("running")
+		}
 		go func() {
 			defer close(r.done)
+			if wait != nil {
+				select {
+				case <-wait:
+				case <-mctx.Done():
+					r.state.Store("stopped")
+					return
+				}
+				r.state.Store("running")
+			}
 			err := r.mod.Run(mctx)
 			if mctx.Err() == nil {
 				if err == nil {
@@ -206,6 +238,51 @@ func Run(ctx context.Context, o Options) error {
 	return shutdown(o, mods, srv, &draining, cause)
 }
 
+// gated reports whether a module must wait for the schema: it needs PostgreSQL and has no
+// mode without it.
+func gated(i module.Info) bool {
+	return i.Needs.Has(infra.Postgres) && !i.Optional.Has(infra.Postgres)
+}
+
+// schemaPoll is how often a process waiting for the schema reads its version.
+var schemaPoll = time.Second
+
+// schemaErr reads the schema version and judges it (a schema ahead of the binary passes).
+func schemaErr(ctx context.Context, in *infra.Infra) error {
+	ctx, cancel := context.WithTimeout(ctx, infra.CheckBudget)
+	defer cancel()
+	v, dirty, err := migrate.Status(ctx, in.PG)
+	if err != nil {
+		return err
+	}
+	return migrate.Judge(v, dirty)
+}
+
+// waitForSchema closes ok once schemaErr passes, polling until ctx ends; err is the first
+// verdict. It logs when the reason for waiting changes, not on every poll.
+func waitForSchema(ctx context.Context, in *infra.Infra, log *slog.Logger, ok chan<- struct{}, err error) {
+	msg := fmt.Sprintf("waiting for schema version %d", migrate.Latest())
+	log.Warn(msg, "reason", err.Error())
+	last := err.Error()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(schemaPoll):
+		}
+		err := schemaErr(ctx, in)
+		if err == nil {
+			log.Info("schema ready, starting the modules that waited for it")
+			close(ok)
+			return
+		}
+		if ctx.Err() == nil && err.Error() != last {
+			last = err.Error()
+			log.Warn(msg, "reason", last)
+		}
+	}
+}
+
 // shutdown: readiness 503, optional delay, HTTP drain, modules in reverse order, then the
 // deferred infra close. The whole of it is bounded by the shutdown timeout.
 func shutdown(o Options, mods []*running, srv *http.Server, draining *atomic.Bool, cause error) error {
@@ -249,7 +326,62 @@ type health struct {
 	in       *infra.Infra
 	optional infra.Need
 	draining *atomic.Bool
-	metrics  *metrics.Set // reco_api_check_status
+	metrics  *metrics.Set                     // reco_api_check_status
+	details  []atomic.Pointer[map[string]any] // last HealthDetails per module, for a slow answer
+}
+
+// moduleAnswer is what one module said within the budget.
+type moduleAnswer struct {
+	state     string // the state the module was asked in
+	readyDone bool
+	readyErr  error
+	details   map[string]any // nil when the module has none or did not answer in time
+}
+
+// askModules asks every running module for its readiness and details concurrently and
+// returns what arrived before ctx's deadline; later answers only refresh the details cache.
+func (h *health) askModules(ctx context.Context) []moduleAnswer {
+	type reply struct {
+		i       int
+		ready   bool // a readiness answer (else details)
+		err     error
+		details map[string]any
+	}
+	replies := make(chan reply, 2*len(h.mods))
+	pending := 0
+	answers := make([]moduleAnswer, len(h.mods))
+	for i, r := range h.mods {
+		answers[i].state = r.state.Load().(string)
+		if answers[i].state != "running" {
+			answers[i].readyDone = true
+		} else if rd, ok := r.mod.(module.Readier); ok {
+			pending++
+			go func() { replies <- reply{i: i, ready: true, err: rd.Ready(ctx)} }()
+		} else {
+			answers[i].readyDone = true
+		}
+		if hr, ok := r.mod.(module.HealthReporter); ok {
+			pending++
+			go func() {
+				d := hr.HealthDetails(ctx)
+				h.details[i].Store(&d)
+				replies <- reply{i: i, details: d}
+			}()
+		}
+	}
+	for ; pending > 0; pending-- {
+		select {
+		case rp := <-replies:
+			if rp.ready {
+				answers[rp.i].readyDone, answers[rp.i].readyErr = true, rp.err
+			} else {
+				answers[rp.i].details = rp.details
+			}
+		case <-ctx.Done():
+			return answers
+		}
+	}
+	return answers
 }
 
 // report builds the body shared by /healthz and /readyz; scope is "healthz" or "readyz", the
@@ -261,7 +393,15 @@ func (h *health) report(ctx context.Context, scope string) (map[string]any, bool
 	// A schema at another version than this binary's is never soft: it is only reported when
 	// PostgreSQL answers, and such a process must not take traffic.
 	soft := map[string]infra.Need{"postgres": infra.Postgres, "redis": infra.Redis, "kafka": infra.Kafka}
-	for name, err := range h.in.Checks(ctx) {
+	// Every dependency check and every module's readiness and details run concurrently under
+	// one budget: a hung dependency costs a probe CheckBudget, not a sum of timeouts that
+	// outgrows the probes' timeoutSeconds.
+	ctx, cancel := context.WithTimeout(ctx, infra.CheckBudget)
+	defer cancel()
+	checked := make(chan map[string]error, 1)
+	go func() { checked <- h.in.Checks(ctx) }()
+	answers := h.askModules(ctx)
+	for name, err := range <-checked {
 		ok := err == nil
 		switch {
 		case ok:
@@ -291,21 +431,28 @@ func (h *health) report(ctx context.Context, scope string) (map[string]any, bool
 	}
 	modules := map[string]string{}
 	body := map[string]any{}
-	for _, r := range h.mods {
-		st := r.state.Load().(string)
+	for i, r := range h.mods {
+		a := answers[i]
+		st := a.state
 		if st != "running" {
 			ready = false
-		} else if rd, ok := r.mod.(module.Readier); ok {
-			if err := rd.Ready(ctx); err != nil {
-				st = "not ready: " + err.Error()
-				ready = false
-			}
+		} else if a.readyDone && a.readyErr != nil {
+			st = "not ready: " + a.readyErr.Error()
+			ready = false
+		} else if !a.readyDone {
+			st = fmt.Sprintf("not ready: no answer within %s", infra.CheckBudget)
+			ready = false
 		}
 		modules[r.info.Name] = st
-		if hr, ok := r.mod.(module.HealthReporter); ok {
-			for k, v := range hr.HealthDetails(ctx) {
-				body[k] = v
+		details := a.details
+		if details == nil {
+			// Not answered within the budget: the last details are better than none.
+			if p := h.details[i].Load(); p != nil {
+				details = *p
 			}
+		}
+		for k, v := range details {
+			body[k] = v
 		}
 	}
 	if h.draining.Load() {

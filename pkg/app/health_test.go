@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -9,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"recsys/pkg/app"
 	"recsys/pkg/httpx"
@@ -21,15 +24,23 @@ import (
 // runWithPostgres serves one module that needs PostgreSQL at dsn and returns the base URL.
 func runWithPostgres(t *testing.T, dsn string) string {
 	t.Helper()
-	reg := module.NewRegistry()
-	reg.Register(module.Info{Name: "db", Role: true, Needs: infra.Postgres,
+	ic := infra.DefaultConfig()
+	ic.PG.DSN = dsn
+	ic.PG.ConnectTimeout = 200 * time.Millisecond
+	return runModules(t, ic, module.Info{Name: "db", Role: true, Needs: infra.Postgres,
 		NewConfig: func() module.Config { return cfg{} },
 		New: func(module.Config, infra.Deps) (module.Module, error) {
 			return &fake{name: "db", journal: &journal{}}, nil
 		}})
-	ic := infra.DefaultConfig()
-	ic.PG.DSN = dsn
-	ic.PG.ConnectTimeout = 200 * time.Millisecond
+}
+
+// runModules serves the given modules with the shared clients of ic and returns the base URL.
+func runModules(t *testing.T, ic infra.Config, infos ...module.Info) string {
+	t.Helper()
+	reg := module.NewRegistry()
+	for _, i := range infos {
+		reg.Register(i)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -109,4 +120,170 @@ func TestCheckStatusGauge(t *testing.T) {
 			}
 		})
 	}
+}
+
+// hangingServer accepts connections and never answers: a dependency that is up at the TCP
+// level but hung, which no connect error reveals.
+func hangingServer(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return ln.Addr().String()
+}
+
+// detailer is a module whose health details query PostgreSQL with their own timeout, as the
+// ingest module's outbox snapshot does.
+type detailer struct {
+	fake
+	pg *pgxpool.Pool
+}
+
+func (d *detailer) HealthDetails(ctx context.Context) map[string]any {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := d.pg.Ping(ctx); err != nil {
+		return map[string]any{"outbox": map[string]string{"error": err.Error()}}
+	}
+	return map[string]any{"outbox": "ok"}
+}
+
+// A hung PostgreSQL costs a probe at most infra.CheckBudget: the client checks and the
+// modules' details are asked concurrently under one budget, so /healthz and /readyz answer
+// within the probes' timeouts while the degraded mode still serves.
+func TestHealthAnswersWithinBudgetWhenPostgresHangs(t *testing.T) {
+	ic := infra.DefaultConfig()
+	ic.PG.DSN = "postgres://u:p@" + hangingServer(t) + "/db?sslmode=disable"
+	ic.PG.ConnectTimeout = 5 * time.Second
+	base := runModules(t, ic, module.Info{Name: "api", Role: true, Needs: infra.Postgres, Optional: infra.Postgres,
+		NewConfig: func() module.Config { return cfg{} },
+		New: func(_ module.Config, d infra.Deps) (module.Module, error) {
+			return &detailer{fake: fake{name: "api", journal: &journal{}}, pg: d.PG}, nil
+		}})
+	for _, path := range []string{"/readyz", "/healthz", "/readyz"} {
+		start := time.Now()
+		code, body := get(t, base+path)
+		if took, limit := time.Since(start), infra.CheckBudget+300*time.Millisecond; took > limit {
+			t.Errorf("%s took %s with PostgreSQL hung, want at most %s", path, took, limit)
+		}
+		if code != 200 {
+			t.Errorf("%s = %d %v, want 200: PostgreSQL is optional here", path, code, body)
+		}
+	}
+}
+
+// A module that cannot work without PostgreSQL does not start while the schema is behind
+// the binary: the process serves probes, reports the wait as unready, and starts the module
+// once `migrate up` has run. A cancel while waiting is a clean stop.
+func TestPostgresModulesWaitForTheSchema(t *testing.T) {
+	dsn := testutil.MigratedDatabase(t)
+	pool := testutil.Pool(t, dsn)
+	setVersion := func(v uint) {
+		t.Helper()
+		if _, err := pool.Exec(context.Background(), "UPDATE schema_migrations SET version = $1, dirty = false", int64(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setVersion(migrate.Latest() - 1)
+	j := &journal{}
+	ic := infra.DefaultConfig()
+	ic.PG.DSN = dsn
+	base := runModules(t, ic,
+		module.Info{Name: "relay", Role: true, Needs: infra.Postgres,
+			NewConfig: func() module.Config { return cfg{} },
+			New: func(module.Config, infra.Deps) (module.Module, error) {
+				return &fake{name: "relay", journal: j}, nil
+			}},
+		module.Info{Name: "reco", Role: true, Needs: infra.Postgres, Optional: infra.Postgres,
+			NewConfig: func() module.Config { return cfg{} },
+			New: func(module.Config, infra.Deps) (module.Module, error) {
+				return &fake{name: "reco", journal: j}, nil
+			}})
+
+	time.Sleep(1500 * time.Millisecond)
+	if got := j.String(); got != "start:reco" {
+		t.Fatalf("modules started on a schema behind the binary: %q, want only the one that runs without PostgreSQL", got)
+	}
+	code, body := get(t, base+"/readyz")
+	detail, _ := body["detail"].(map[string]any)
+	mods, _ := detail["modules"].(map[string]any)
+	if want := "waiting for schema version"; code != 503 || !strings.HasPrefix(fmt.Sprint(mods["relay"]), want) {
+		t.Fatalf("readyz = %d %v, want 503 with relay %q", code, body, want)
+	}
+
+	setVersion(migrate.Latest())
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(j.String(), "start:relay") {
+		if time.Now().After(deadline) {
+			t.Fatalf("relay did not start once the schema was current: %q", j)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		code, body := get(t, base+"/readyz")
+		if code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("readyz = %d %v after the schema caught up, want 200", code, body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Cancelling a process that still waits for the schema stops it cleanly, without starting
+// the waiting module.
+func TestWaitingForSchemaStopsCleanly(t *testing.T) {
+	dsn := testutil.MigratedDatabase(t)
+	pool := testutil.Pool(t, dsn)
+	if _, err := pool.Exec(context.Background(), "UPDATE schema_migrations SET version = $1", int64(migrate.Latest()-1)); err != nil {
+		t.Fatal(err)
+	}
+	j := &journal{}
+	reg := module.NewRegistry()
+	reg.Register(module.Info{Name: "consumer", Role: true, Needs: infra.Postgres,
+		NewConfig: func() module.Config { return cfg{} },
+		New: func(module.Config, infra.Deps) (module.Module, error) {
+			return &fake{name: "consumer", journal: j}, nil
+		}})
+	ic := infra.DefaultConfig()
+	ic.PG.DSN = dsn
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	err := app.Run(ctx, app.Options{Registry: reg, Roles: []string{"all"}, HTTP: httpx.DefaultConfig(),
+		Shutdown: app.ShutdownConfig{Timeout: 2 * time.Second}, Infra: ic,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Listener: listen(t)})
+	if err != nil || j.String() != "" {
+		t.Fatalf("Run = %v, journal %q; want a clean stop without starting the consumer", err, j)
+	}
+}
+
+func listen(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
 }

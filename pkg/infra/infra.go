@@ -220,30 +220,96 @@ func (in *Infra) Close() {
 // checkTTL caches check results so a probe storm does not become a query storm.
 const checkTTL = 2 * time.Second
 
+// CheckBudget bounds how long Checks, and so a health probe, waits on the dependencies all
+// together: a hung PostgreSQL (accepting, never answering) must not hold /readyz past the
+// probes' timeouts, or every pod leaves the Service while its degraded mode still serves.
+// The probes' timeoutSeconds in deploy/k8s keep a margin above it (test/deploy checks it).
+const CheckBudget = time.Second
+
 // Checks pings each opened client (at most once per checkTTL) and reports "ok" or the error.
-// With PostgreSQL up, "schema" requires the schema to be at the binary's version.
+// With PostgreSQL up, "schema" requires the schema to be at the binary's version. The clients
+// are checked concurrently and the whole call returns within CheckBudget: a check that has not
+// answered by then is reported as such.
 func (in *Infra) Checks(ctx context.Context) map[string]error {
-	out := map[string]error{}
+	ctx, cancel := context.WithTimeout(ctx, CheckBudget)
+	defer cancel()
+	type result struct {
+		name string
+		err  error
+	}
+	var checks []func(chan<- result)
 	if in.PG != nil {
-		out["postgres"] = in.cachedCheck(ctx, "postgres", func(ctx context.Context) error {
-			if err := in.PG.Ping(ctx); err != nil {
-				return fmt.Errorf("postgres ping: %w", err)
+		checks = append(checks, func(out chan<- result) {
+			err := in.cachedCheck(ctx, "postgres", func(ctx context.Context) error {
+				if err := in.PG.Ping(ctx); err != nil {
+					return fmt.Errorf("postgres ping: %w", err)
+				}
+				return nil
+			})
+			out <- result{"postgres", err}
+			if err == nil {
+				out <- result{"schema", in.cachedCheck(ctx, "schema", in.checkSchema)}
 			}
-			return nil
 		})
-		if out["postgres"] == nil {
-			out["schema"] = in.cachedCheck(ctx, "schema", in.checkSchema)
-		}
 	}
 	if in.Redis != nil {
-		out["redis"] = in.cachedCheck(ctx, "redis", func(ctx context.Context) error {
-			return redis.Ping(ctx, in.Redis, time.Second)
+		checks = append(checks, func(out chan<- result) {
+			out <- result{"redis", in.cachedCheck(ctx, "redis", func(ctx context.Context) error {
+				return redis.Ping(ctx, in.Redis, CheckBudget)
+			})}
 		})
 	}
 	if in.Kafka != nil {
-		out["kafka"] = in.cachedCheck(ctx, "kafka", func(ctx context.Context) error {
-			return in.Kafka.Ping(ctx, time.Second)
+		checks = append(checks, func(out chan<- result) {
+			out <- result{"kafka", in.cachedCheck(ctx, "kafka", func(ctx context.Context) error {
+				return in.Kafka.Ping(ctx, CheckBudget)
+			})}
 		})
+	}
+	// Buffered for every result, so a check finishing after the budget never blocks.
+	results := make(chan result, 2*len(checks))
+	finished := make(chan struct{}, len(checks))
+	for _, c := range checks {
+		go func() {
+			c(results)
+			finished <- struct{}{}
+		}()
+	}
+	out := map[string]error{}
+	for pending := len(checks); pending > 0; {
+		select {
+		case r := <-results:
+			out[r.name] = r.err
+		case <-finished:
+			pending--
+		case <-ctx.Done():
+			pending = 0
+		}
+	}
+	// Drain what arrived together with the last completion or the deadline.
+drain:
+	for {
+		select {
+		case r := <-results:
+			out[r.name] = r.err
+		default:
+			break drain
+		}
+	}
+	timeout := fmt.Errorf("no answer within %s", CheckBudget)
+	if in.PG != nil {
+		if _, ok := out["postgres"]; !ok {
+			out["postgres"] = timeout
+		}
+	}
+	if _, ok := out["redis"]; !ok && in.Redis != nil {
+		out["redis"] = timeout
+	}
+	if _, ok := out["kafka"]; !ok && in.Kafka != nil {
+		out["kafka"] = timeout
+	}
+	if _, ok := out["schema"]; !ok && out["postgres"] == nil {
+		out["schema"] = timeout
 	}
 	return out
 }
@@ -283,9 +349,7 @@ func (in *Infra) cachedCheck(ctx context.Context, name string, fn func(context.C
 	if ok && time.Since(c.at) < checkTTL {
 		return c.err
 	}
-	cctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	err := fn(cctx)
+	err := fn(ctx)
 	in.mu.Lock()
 	in.cached[name] = checkResult{err: err, at: time.Now()}
 	in.mu.Unlock()

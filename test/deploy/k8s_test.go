@@ -20,6 +20,8 @@ import (
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
+
+	"recsys/pkg/infra"
 )
 
 // manifests is one kustomize build, every object strictly decoded into its API type.
@@ -325,6 +327,14 @@ func httpGet(t *testing.T, where, probe string, p *corev1.Probe, c corev1.Contai
 	}
 	if port != 8080 {
 		t.Errorf("%s: %s probe does not reach container port 8080 (--http.addr)", where, probe)
+	}
+	// /healthz and /readyz answer within infra.CheckBudget whatever hangs; the margin covers
+	// a CPU-throttled container and the kubelet's own scheduling, so a hung dependency never
+	// fails a probe by its timeout.
+	const margin = 2 * time.Second
+	if timeout := time.Duration(p.TimeoutSeconds) * time.Second; timeout < infra.CheckBudget+margin {
+		t.Errorf("%s: %s probe timeoutSeconds %d; want at least %s (check budget %s + %s margin)",
+			where, probe, p.TimeoutSeconds, infra.CheckBudget+margin, infra.CheckBudget, margin)
 	}
 }
 
