@@ -21,19 +21,23 @@ COPY go.mod go.sum ./
 RUN --mount=type=cache,target=/go/pkg/mod \
     go mod download
 COPY . .
-ARG TARGETOS=linux
-ARG TARGETARCH=amd64
+# No defaults: BuildKit fills these per --platform, but only when the ARG has no default of
+# its own (a default would build an amd64 binary into the arm64 image). The legacy builder
+# leaves them empty; the RUN below falls back to the build machine's platform then.
+ARG TARGETOS
+ARG TARGETARCH
 ARG VERSION=dev
 ARG COMMIT=unknown
 # CGO off: a static binary that needs no libc in the runtime image. -trimpath drops local paths
 # from the binary; -s -w drop the symbol tables (stack traces keep function names and lines).
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
-    CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH \
+    goos=${TARGETOS:-$(go env GOHOSTOS)} && goarch=${TARGETARCH:-$(go env GOHOSTARCH)} \
+ && CGO_ENABLED=0 GOOS=$goos GOARCH=$goarch \
     go build -trimpath \
       -ldflags "-s -w -X recsys/cmd.version=${VERSION} -X recsys/cmd.commit=${COMMIT}" \
       -o /out/recsys . \
- && if [ "$TARGETOS/$TARGETARCH" = "$(go env GOHOSTOS)/$(go env GOHOSTARCH)" ]; then /out/recsys version; fi
+ && if [ "$goos/$goarch" = "$(go env GOHOSTOS)/$(go env GOHOSTARCH)" ]; then /out/recsys version; fi
 
 FROM ${RUNTIME_IMAGE}
 ARG VERSION=dev

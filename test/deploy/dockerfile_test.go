@@ -90,6 +90,21 @@ func TestDockerfile(t *testing.T) {
 			t.Errorf("build stage lacks ARG %s", a)
 		}
 	}
+	// BuildKit sets the platform ARGs only where they have no default: with one, a
+	// multi-platform build compiles every image for the default's platform.
+	for _, stage := range stages {
+		for _, a := range find(stage, "ARG") {
+			name, _, hasDefault := strings.Cut(a, "=")
+			if hasDefault && (strings.HasPrefix(name, "TARGET") || strings.HasPrefix(name, "BUILD")) {
+				t.Errorf("ARG %s: a platform ARG must have no default, or BuildKit does not set it per --platform", a)
+			}
+		}
+	}
+	for _, want := range []string{"GOOS=$goos", "GOARCH=$goarch", "${TARGETOS:-", "${TARGETARCH:-"} {
+		if !strings.Contains(run, want) {
+			t.Errorf("build stage RUN lacks %q: the binary must be built for the target platform", want)
+		}
+	}
 	want := map[string][]string{
 		"COPY":        {"--from=build /out/recsys /usr/local/bin/recsys"},
 		"USER":        {"65532:65532"},
