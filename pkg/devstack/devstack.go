@@ -131,14 +131,22 @@ func StartPostgres(ctx context.Context) (*Postgres, error) {
 		}
 		opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=200", p.port, dir)
 		_ = os.Remove(logFile) // what it says is about this attempt only
-		out, err := p.run(ctx, "pg_ctl", "-D", data, "-l", logFile, "-o", opts, "-w", "-t", "60", "start")
+		// pg_ctl forks the postmaster and then waits for it: killed half-way (Ctrl-C), it
+		// would leave a server behind that nothing knows of. It is bounded by -t instead, and
+		// a cancel is honoured once it has returned.
+		out, err := p.run(context.WithoutCancel(ctx), "pg_ctl", "-D", data, "-l", logFile, "-o", opts, "-w", "-t", "60", "start")
 		if err == nil {
+			if ctx.Err() != nil {
+				p.Close()
+				return nil, fmt.Errorf("start dev postgres: %w", ctx.Err())
+			}
 			break
 		}
 		if log, _ := os.ReadFile(logFile); attempt < 3 && bytes.Contains(log, []byte("already in use")) {
 			continue
 		}
-		os.RemoveAll(dir)
+		// A start that timed out may still bring the server up: stop it before removing its folder.
+		p.Close()
 		return nil, fmt.Errorf("pg_ctl start: %w: %s", err, out)
 	}
 	conn, err := pgx.Connect(ctx, p.url("postgres"))
@@ -173,7 +181,8 @@ func (p *Postgres) url(db string) string {
 // URL returns the connection URL of the dev database.
 func (p *Postgres) URL() string { return p.url("recsys") }
 
-// Close stops the cluster and removes its folder.
+// Close stops the cluster (if it runs) and removes its folder. It ignores any caller's
+// context on purpose: it is also the clean-up after a cancelled start.
 func (p *Postgres) Close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

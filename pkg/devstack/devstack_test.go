@@ -4,6 +4,11 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -39,4 +44,66 @@ func TestStartPostgresMovesOffAPortTakenMeanwhile(t *testing.T) {
 	if picks != 2 || p.port == takenPort {
 		t.Fatalf("picked %d ports, runs on %d (taken: %d); want a second port", picks, p.port, takenPort)
 	}
+}
+
+// Ctrl-C (context cancelled) while `pg_ctl start` runs: StartPostgres returns an error and
+// leaves no server behind (the postmaster pg_ctl forked must not outlive its removed folder).
+func TestStartPostgresCancelledDuringStartLeavesNoServer(t *testing.T) {
+	if _, err := FindPGBin(); errors.Is(err, ErrNoPostgres) {
+		t.Skip("no PostgreSQL server binaries")
+	}
+	tmp, err := os.MkdirTemp("/tmp", "devstack")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(tmp)
+	_ = os.Chmod(tmp, 0o755) // the postgres user must traverse it when running as root
+	t.Setenv("TMPDIR", tmp)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pidc := make(chan int, 1)
+	go func() { // cancel as soon as the postmaster exists, i.e. while pg_ctl -w waits for it
+		for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			files, _ := filepath.Glob(filepath.Join(tmp, "recsys-dev-pg-*", "data", "postmaster.pid"))
+			if len(files) == 0 {
+				continue
+			}
+			b, _ := os.ReadFile(files[0])
+			if pid, err := strconv.Atoi(strings.SplitN(string(b), "\n", 2)[0]); err == nil && pid > 0 {
+				cancel()
+				pidc <- pid
+				return
+			}
+		}
+		pidc <- 0
+	}()
+	p, err := StartPostgres(ctx)
+	if err == nil {
+		p.Close()
+		t.Skip("StartPostgres finished before the cancel; rerun")
+	}
+	pid := <-pidc
+	if pid == 0 {
+		t.Fatalf("postmaster never seen; StartPostgres: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for running(pid) {
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(pid, syscall.SIGINT) // stop the orphan this test made
+			t.Fatalf("StartPostgres returned %q, but postmaster pid %d is still running (orphaned; its folder is removed)", err, pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// running reports whether pid is a live process; an exited one that its parent has not yet
+// reaped (state Z) does not count.
+func running(pid int) bool {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return false
+	}
+	_, rest, _ := strings.Cut(string(b), ") ")
+	return !strings.HasPrefix(rest, "Z")
 }
