@@ -1,19 +1,25 @@
 package cmd
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"recsys/migrations"
 	"recsys/pkg/flagenv"
 	"recsys/pkg/migrate"
+	"recsys/pkg/postgres"
 )
+
+// How long `recsys migrate` waits for the database to accept connections, and how often it tries.
+var migrateConnectWait, migrateConnectRetry = 30 * time.Second, time.Second
 
 func newMigrateCmd(lc *logConfig) *cobra.Command {
 	var dsn string
@@ -22,12 +28,14 @@ func newMigrateCmd(lc *logConfig) *cobra.Command {
 		Short: "Apply, revert and check the embedded schema migrations",
 		Long: `Apply, revert and check the embedded PostgreSQL schema migrations (golang-migrate).
 Concurrent "migrate up" runs from several pods are serialised by an advisory lock.
-Roles never migrate implicitly; they stay unready while the schema is behind the binary.`,
+A database that does not accept connections yet is retried for up to 30 s.
+Roles never migrate implicitly; they stay unready while the schema is behind the binary,
+and the relay and consumer start their work only once it has caught up.`,
 	}
 	cmd.PersistentFlags().StringVar(&dsn, "pg.dsn", "", "PostgreSQL URL (secret)")
 	flagenv.Alias(cmd.PersistentFlags(), "pg.dsn", "DATABASE_URL")
 	flagenv.Secret(cmd.PersistentFlags(), "pg.dsn")
-	open := func() (*migrate.Migrator, error) {
+	open := func(ctx context.Context) (*migrate.Migrator, error) {
 		if dsn == "" {
 			return nil, errors.New("--pg.dsn (RECSYS_PG_DSN or DATABASE_URL) is required")
 		}
@@ -35,16 +43,32 @@ Roles never migrate implicitly; they stay unready while the schema is behind the
 		if err != nil {
 			return nil, err
 		}
-		m, err := migrate.Open(dsn)
-		if err != nil {
-			return nil, err
+		if _, err := postgres.ParseDSN(dsn); err != nil {
+			return nil, fmt.Errorf("database url: %w", err)
 		}
-		m.Log = log
-		return m, nil
+		// A database that is still starting (compose's first start, a restarted pod) is
+		// waited for, within bounds, rather than failing a one-shot Job or service.
+		deadline := time.Now().Add(migrateConnectWait)
+		for {
+			m, err := migrate.Open(dsn)
+			if err == nil {
+				m.Log = log
+				return m, nil
+			}
+			if time.Now().After(deadline) {
+				return nil, fmt.Errorf("connect for %s: %w", migrateConnectWait, err)
+			}
+			log.Warn("database not reachable yet, retrying", "err", flagenv.RedactText(err.Error()), "retry_in_s", migrateConnectRetry.Seconds())
+			select {
+			case <-ctx.Done():
+				return nil, fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
+			case <-time.After(migrateConnectRetry):
+			}
+		}
 	}
 	withMigrator := func(fn func(cmd *cobra.Command, m *migrate.Migrator, args []string) error) func(*cobra.Command, []string) error {
 		return func(cmd *cobra.Command, args []string) error {
-			m, err := open()
+			m, err := open(cmd.Context())
 			if err != nil {
 				return err
 			}

@@ -185,6 +185,15 @@ func TestComposeServiceHygiene(t *testing.T) {
 				t.Errorf("%s: no healthcheck", name)
 			}
 			if slices.Contains(infraServices, name) {
+				// The postgres image's init server listens on the Unix socket only: only a TCP
+				// check tells the real server is up.
+				if name == "postgres" && !strings.Contains(strings.Join(s.HealthCheck.Test, " "), "pg_isready -h 127.0.0.1") {
+					t.Errorf("postgres: healthcheck %q; want pg_isready over TCP (-h 127.0.0.1)", s.HealthCheck.Test)
+				}
+				// A command through a shell skips the image's entrypoint, which drops root.
+				if len(s.Command) > 0 && s.Command[0] == "sh" && (s.User == "" || s.User == "root" || s.User == "0") {
+					t.Errorf("%s: command %q runs as root; set user", name, s.Command[0])
+				}
 				if len(s.Ports) > 0 {
 					t.Errorf("%s publishes ports %v; infrastructure must stay on the compose network", name, s.Ports)
 				}
