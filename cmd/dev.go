@@ -23,7 +23,8 @@ func newDevCmd(lc *logConfig) *cobra.Command {
 Redis in-process (miniredis) and a private PostgreSQL cluster started from the local
 PostgreSQL binaries in a temporary folder (removed on exit). The schema is migrated, then the
 base URL and a working curl example are printed. Pass --pg.dsn, --kafka.brokers or
---redis.url (or their environment variables) to use real servers instead.
+--redis.url (or their environment variables, DATABASE_URL and the like) to use real servers
+instead; the start-up banner says which services are embedded and which are external.
 For development only: data is gone when the process stops.`,
 		Args:        cobra.NoArgs,
 		Annotations: map[string]string{warnUnreadAnnotation: "true"},
@@ -33,8 +34,11 @@ For development only: data is gone when the process stops.`,
 				return err
 			}
 			ctx := cmd.Context()
-			set := func(flag string) bool { return flagenv.Source(cmd.Flags().Lookup(flag)) != "default" }
-			if !set("pg.dsn") {
+			source := func(flag string) string { return flagenv.Source(cmd.Flags().Lookup(flag)) }
+			var services []devService
+			if src := source("pg.dsn"); src != "default" {
+				services = append(services, devService{name: "PostgreSQL", where: flagenv.Redact(rf.infra.PG.DSN), source: src})
+			} else {
 				pg, err := devstack.StartPostgres(ctx)
 				if err != nil {
 					return err
@@ -42,8 +46,11 @@ For development only: data is gone when the process stops.`,
 				defer pg.Close()
 				rf.infra.PG.DSN = pg.URL()
 				log.Info("dev postgres started", "dsn", pg.URL())
+				services = append(services, devService{name: "PostgreSQL", where: pg.URL()})
 			}
-			if !set("kafka.brokers") {
+			if src := source("kafka.brokers"); src != "default" {
+				services = append(services, devService{name: "Kafka", where: strings.Join(rf.infra.Kafka.Brokers, ","), source: src})
+			} else {
 				k, err := devstack.StartKafka()
 				if err != nil {
 					return err
@@ -51,8 +58,11 @@ For development only: data is gone when the process stops.`,
 				defer k.Close()
 				rf.infra.Kafka.Brokers = k.Addrs()
 				log.Info("dev kafka (kfake) started", "brokers", k.Addrs())
+				services = append(services, devService{name: "Kafka (kfake)", where: strings.Join(k.Addrs(), ",")})
 			}
-			if !set("redis.url") {
+			if src := source("redis.url"); src != "default" {
+				services = append(services, devService{name: "Redis", where: flagenv.Redact(rf.infra.Redis.URL), source: src})
+			} else {
 				r, err := devstack.StartRedis()
 				if err != nil {
 					return err
@@ -61,6 +71,7 @@ For development only: data is gone when the process stops.`,
 				rf.infra.Redis.URL = "redis://" + r.Addr() + "/0"
 				rf.infra.Redis.DisableCache = true
 				log.Info("dev redis (miniredis) started", "addr", r.Addr())
+				services = append(services, devService{name: "Redis (miniredis)", where: r.Addr()})
 			}
 			m, err := migrate.Open(rf.infra.PG.DSN)
 			if err != nil {
@@ -71,21 +82,40 @@ For development only: data is gone when the process stops.`,
 			if err != nil {
 				return err
 			}
-			base := devBaseURL(rf.http.Addr)
-			fmt.Fprintf(cmd.ErrOrStderr(), `
-recsys dev is starting on %[1]s (all roles, embedded services; Ctrl-C stops and removes them)
-  curl -s '%[1]s/readyz'
-  curl -s -XPOST '%[1]s/log/watch' -H 'Content-Type: application/json' \
-    -d '{"user_id":"u1","session_id":"s1","request_id":"r1","item_id":"i1","watch_time_sec":42,"ts_ms":'$(date +%%s000)'}'
-  curl -s '%[1]s/reco?user_id=u1&session_id=s1&k=10'
-
-`, base)
+			fmt.Fprint(cmd.ErrOrStderr(), devBanner(devBaseURL(rf.http.Addr), services))
 			return rf.run(cmd, lc, log)
 		},
 	}
 	infos, _ := module.Default().Resolve(rf.roles)
 	rf.register(cmd.Flags(), infos)
 	return cmd
+}
+
+// devService is one backing service of `recsys dev`: embedded (started here, removed on exit)
+// unless source names the flag or environment variable that pointed it at a real server.
+type devService struct {
+	name, where, source string
+}
+
+// devBanner tells which services are embedded and which are real ones taken from the
+// environment (an exported DATABASE_URL, say), whose data outlives the process.
+func devBanner(base string, services []devService) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nrecsys dev is starting on %s (all roles; Ctrl-C stops it)\n", base)
+	for _, s := range services {
+		if s.source == "" {
+			fmt.Fprintf(&b, "  embedded  %-18s %s (removed on exit)\n", s.name, s.where)
+		} else {
+			fmt.Fprintf(&b, "  EXTERNAL  %-18s %s (from %s; its data is kept)\n", s.name, s.where, s.source)
+		}
+	}
+	fmt.Fprintf(&b, `  curl -s '%[1]s/readyz'
+  curl -s -XPOST '%[1]s/log/watch' -H 'Content-Type: application/json' \
+    -d '{"user_id":"u1","session_id":"s1","request_id":"r1","item_id":"i1","watch_time_sec":42,"ts_ms":'$(date +%%s000)'}'
+  curl -s '%[1]s/reco?user_id=u1&session_id=s1&k=10'
+
+`, base)
+	return b.String()
 }
 
 func devBaseURL(addr string) string {
