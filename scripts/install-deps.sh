@@ -6,7 +6,14 @@ set -euo pipefail
 have_pg() { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; }
 
 as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    echo "installing needs root: run this as root, or install sudo (missing: $*)" >&2
+    exit 1
+  fi
 }
 
 for dep in "$@"; do
@@ -15,7 +22,8 @@ for dep in "$@"; do
       if ! have_pg; then
         echo "installing PostgreSQL from Debian packages..." >&2
         as_root apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq postgresql >/dev/null
+        # Through env: sudo drops variables set in front of it.
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
       fi
       ;;
     *) echo "unknown dependency $dep" >&2; exit 2 ;;

@@ -68,6 +68,12 @@ KAFKA_BROKERS="$HOST:$KAFKA_PORT"
 
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
+# Installing packages (apt-get) and running PostgreSQL as the postgres user (runuser, chown)
+# need root; say so up front rather than failing half-way with a half-started stack.
+need_root() {
+	[[ "$(id -u)" -eq 0 ]] ||
+		die "'$1' must run as root: it installs packages with apt-get and runs PostgreSQL as the postgres user (try: sudo -E bash $SCRIPT_PATH $1)"
+}
 
 # trim_log FILE: a log past 64 MiB keeps its last 16 MiB as FILE.1 and starts over, so that
 # servers restarted for years of test runs (and the statements errors log with their
@@ -588,6 +594,9 @@ usage() {
 main() {
 	local cmd="${1:-}"
 	[[ $# -gt 0 ]] && shift
+	case "$cmd" in
+	up | down | start | stop | restart) need_root "$cmd" ;;
+	esac
 	case "$cmd" in
 	up) cmd_up ;;
 	down) cmd_down "$@" ;;

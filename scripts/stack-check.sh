@@ -114,12 +114,13 @@ wait_ready() {
 			tail -n 30 "$ART/recsys.log" >&2
 			return 1
 		fi
-		if [[ "$(curl -s -o "$ART/readyz.json" -w '%{http_code}' "$BASE/readyz")" == 200 ]]; then
+		# The binary probes itself: no curl needed on the machine.
+		if "$BIN" healthcheck --url "$BASE/readyz" >"$ART/readyz.txt" 2>&1; then
 			return 0
 		fi
 		sleep 0.5
 	done
-	echo "/readyz not 200 within ${READY_TIMEOUT}s; last body: $(cat "$ART/readyz.json" 2>/dev/null)" >&2
+	echo "/readyz not 200 within ${READY_TIMEOUT}s; last answer: $(cat "$ART/readyz.txt" 2>/dev/null)" >&2
 	return 1
 }
 

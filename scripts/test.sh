@@ -8,7 +8,9 @@ ARTIFACTS="${ARTIFACTS:-ci-artifacts}"
 mkdir -p "$ARTIFACTS"
 start=$(date +%s)
 
-eval "$(bash scripts/services.sh up)"
+# Not eval "$(...)": eval of an empty string succeeds, which would hide a failed `up`.
+env_lines=$(bash scripts/services.sh up)
+eval "$env_lines"
 export RECSYS_INTEGRATION=1
 
 echo "== gofmt" >&2
