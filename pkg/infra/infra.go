@@ -297,18 +297,16 @@ drain:
 		}
 	}
 	timeout := fmt.Errorf("no answer within %s", CheckBudget)
-	if in.PG != nil {
-		if _, ok := out["postgres"]; !ok {
-			out["postgres"] = timeout
+	for _, c := range []struct {
+		name   string
+		opened bool
+	}{{"postgres", in.PG != nil}, {"redis", in.Redis != nil}, {"kafka", in.Kafka != nil}} {
+		if _, ok := out[c.name]; c.opened && !ok {
+			out[c.name] = timeout
 		}
 	}
-	if _, ok := out["redis"]; !ok && in.Redis != nil {
-		out["redis"] = timeout
-	}
-	if _, ok := out["kafka"]; !ok && in.Kafka != nil {
-		out["kafka"] = timeout
-	}
-	if _, ok := out["schema"]; !ok && out["postgres"] == nil {
+	// The schema is checked only once PostgreSQL answered.
+	if _, ok := out["schema"]; in.PG != nil && !ok && out["postgres"] == nil {
 		out["schema"] = timeout
 	}
 	return out

@@ -52,6 +52,7 @@ func TestChecksAnswerWithinBudgetWhenDependenciesHang(t *testing.T) {
 		{"redis", infra.Redis, []string{"redis"}},
 		{"kafka", infra.Kafka, []string{"kafka"}},
 		{"all", infra.Postgres | infra.Redis | infra.Kafka, []string{"postgres", "redis", "kafka"}},
+		{"none opened", 0, nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -69,6 +70,9 @@ func TestChecksAnswerWithinBudgetWhenDependenciesHang(t *testing.T) {
 			took := time.Since(start)
 			if limit := infra.CheckBudget + 200*time.Millisecond; took > limit {
 				t.Errorf("Checks took %s, want at most %s", took, limit)
+			}
+			if len(got) != len(tc.wants) {
+				t.Errorf("checks %v, want exactly %v", got, tc.wants)
 			}
 			for _, name := range tc.wants {
 				if got[name] == nil {
