@@ -34,7 +34,7 @@ func NewConfig() *Config {
 
 // RegisterFlags adds the analytics.* flags.
 func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
-	fs.DurationVar(&c.AttributionWindow, "analytics.attribution-window", c.AttributionWindow, "a watch of the same user and item within this long after an impression makes it watched (changing it rebuilds the roll-ups)")
+	fs.DurationVar(&c.AttributionWindow, "analytics.attribution-window", c.AttributionWindow, "a watch of the same user and item within this long after an impression makes it watched (changing it rebuilds the roll-ups once no process has folded them with the old value for 10 roll-up intervals)")
 	fs.DurationVar(&c.CommitMargin, "analytics.commit-margin", c.CommitMargin, "time after which a received event is surely committed (must exceed --ingest.write-timeout); the roll-up stays attribution window + this behind the clock")
 	fs.DurationVar(&c.RollupInterval, "analytics.rollup-interval", c.RollupInterval, "pause between roll-up folds once caught up")
 	fs.DurationVar(&c.RollupStep, "analytics.rollup-step", c.RollupStep, "most receive time folded in one roll-up transaction")
@@ -67,3 +67,8 @@ func (c *Config) definitions() Definitions {
 }
 
 func (c *Config) lag() time.Duration { return c.AttributionWindow + c.CommitMargin }
+
+// rebuildGrace is how long roll-ups with other definitions must have gone unfolded before this
+// process rebuilds them: longer than any live process with those definitions pauses between
+// folds (were its interval as long as ours), so a rolling deploy does not rebuild back and forth.
+func (c *Config) rebuildGrace() time.Duration { return 10 * c.RollupInterval }

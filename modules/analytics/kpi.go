@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -301,16 +302,19 @@ func customPlans(ctx context.Context, q querier) error {
 type state struct {
 	Watermark *int64
 	Defs      Definitions
+	Age       time.Duration // since the last fold, by the database's clock
 }
 
 func readState(ctx context.Context, q querier, forUpdate bool) (state, bool, error) {
-	sql := `SELECT watermark_ms, attribution_window_ms, bucket_ms, top_n FROM analytics_rollup_state WHERE id = 1`
+	sql := `SELECT watermark_ms, attribution_window_ms, bucket_ms, top_n, extract(epoch FROM now() - updated_at)::float8 FROM analytics_rollup_state WHERE id = 1`
 	if forUpdate {
 		// SKIP LOCKED: another process is folding right now; it will do the work.
 		sql += ` FOR UPDATE SKIP LOCKED`
 	}
 	var s state
-	err := q.QueryRow(ctx, sql).Scan(&s.Watermark, &s.Defs.AttributionWindowMs, &s.Defs.BucketMs, &s.Defs.TopN)
+	var age float64
+	err := q.QueryRow(ctx, sql).Scan(&s.Watermark, &s.Defs.AttributionWindowMs, &s.Defs.BucketMs, &s.Defs.TopN, &age)
+	s.Age = time.Duration(age * float64(time.Second))
 	if err == pgx.ErrNoRows {
 		return state{}, false, nil
 	}

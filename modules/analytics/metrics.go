@@ -9,6 +9,7 @@ type analyticsMetrics struct {
 	foldedRows       *metrics.Counter
 	foldErrors       *metrics.Counter
 	rebuilds         *metrics.Counter
+	otherDefs        *metrics.Counter
 }
 
 func newMetrics(set *metrics.Set) *analyticsMetrics {
@@ -19,5 +20,6 @@ func newMetrics(set *metrics.Set) *analyticsMetrics {
 		foldedRows:       set.NewCounter("recsys_analytics_rollup_rows_total"),
 		foldErrors:       set.NewCounter("recsys_analytics_rollup_errors_total"),
 		rebuilds:         set.NewCounter("recsys_analytics_rollup_rebuilds_total"),
+		otherDefs:        set.NewCounter("recsys_analytics_rollup_other_definitions_total"),
 	}
 }

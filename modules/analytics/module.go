@@ -18,8 +18,10 @@
 // committed; several API processes share the work through a row lock (SKIP LOCKED). A request
 // reads the buckets, counts last-seen rows with index range scans, and reads raw rows only
 // for the first partial bucket of the window and the unfolded tail, so its cost does not grow
-// with days. The roll-ups are rebuilt from the raw rows when a definition changes; rows older
-// than --analytics.retention are pruned.
+// with days. The roll-ups are rebuilt from the raw rows when a definition changes, once no
+// process has folded them with the old definitions for 10 roll-up intervals (a rolling deploy
+// runs both; meanwhile the processes with the new ones read raw rows); rows older than
+// --analytics.retention are pruned.
 //
 // Metrics:
 //
@@ -29,6 +31,7 @@
 //	recsys_analytics_rollup_rows_total             counter: raw rows folded
 //	recsys_analytics_rollup_errors_total           counter: failed folds (retried next interval)
 //	recsys_analytics_rollup_rebuilds_total         counter: roll-ups cleared after a definition change
+//	recsys_analytics_rollup_other_definitions_total counter: folds skipped, another process folds with other definitions
 //	recsys_analytics_rollup_lag_seconds            gauge: now - watermark (the raw tail a request reads)
 //
 // Readiness: ready once Run has started; a failing roll-up only makes requests read more raw
@@ -77,6 +80,7 @@ type Analytics struct {
 	m         *analyticsMetrics
 	now       func() time.Time
 	watermark atomic.Int64 // last known, for the lag gauge; 0 before the first fold
+	otherLog  time.Time    // last warning about other definitions (Run's goroutine only)
 }
 
 var (
@@ -111,7 +115,7 @@ func (a *Analytics) Run(ctx context.Context) error {
 	lastPrune := time.Time{}
 	for {
 		start := time.Now()
-		res, err := foldStep(ctx, a.pool, d, a.now().UnixMilli(), a.cfg.lag().Milliseconds(), a.cfg.RollupStep.Milliseconds())
+		res, err := foldStep(ctx, a.pool, d, a.now().UnixMilli(), a.cfg.lag().Milliseconds(), a.cfg.RollupStep.Milliseconds(), a.cfg.rebuildGrace())
 		a.m.foldDuration.UpdateDuration(start)
 		wait := a.cfg.RollupInterval
 		switch {
@@ -125,11 +129,21 @@ func (a *Analytics) Run(ctx context.Context) error {
 				a.m.rebuilds.Inc()
 				a.log.InfoContext(ctx, "analytics definitions changed, rebuilding roll-ups from raw rows")
 			}
+			if res.OtherDefs {
+				a.m.otherDefs.Inc()
+				if time.Since(a.otherLog) > 10*time.Minute {
+					a.otherLog = time.Now()
+					a.log.WarnContext(ctx, "another process folds the analytics roll-ups with other definitions; requests read raw rows until it stops",
+						"definitions", d.String(), "rebuild_after_idle_s", a.cfg.rebuildGrace().Seconds())
+				}
+			}
 			a.m.foldedRows.Add(int(res.Rows))
 			if !res.Busy {
 				a.watermark.Store(res.Watermark)
 			}
-			if !res.Busy && !res.CaughtUp {
+			// Only a step that moved the watermark may be followed at once: one that did not
+			// would repeat itself in a loop against PostgreSQL.
+			if !res.Busy && !res.CaughtUp && res.To > res.From {
 				wait = 0 // catching up: fold the next step at once
 			}
 		}

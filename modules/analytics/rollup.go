@@ -111,7 +111,8 @@ func nextRow(ctx context.Context, tx pgx.Tx, from, to, step int64) (*int64, erro
 
 // stepResult says what one fold did.
 type stepResult struct {
-	Busy      bool  // another process holds the state row
+	Busy      bool  // another process holds the state row, or folds with other definitions
+	OtherDefs bool  // the roll-ups have other definitions, folded by another process within the grace
 	Rebuilt   bool  // the definitions changed and the roll-ups were cleared (not on a first start)
 	From, To  int64 // folded range [From, To)
 	Rows      int64 // raw impression and watch rows folded
@@ -120,8 +121,11 @@ type stepResult struct {
 }
 
 // foldStep folds at most maxStep ms of raw rows, never past now - lag (lag = attribution
-// window + commit margin; see the package doc).
-func foldStep(ctx context.Context, pool *pgxpool.Pool, d Definitions, now, lag, maxStep int64) (stepResult, error) {
+// window + commit margin; see the package doc). Roll-ups with other definitions are rebuilt
+// only once no one has folded them for grace: during a rolling deploy that changes a
+// definition, old and new processes run side by side, and rebuilding on sight would make each
+// clear the other's roll-ups on every step. Until then the step is busy (OtherDefs).
+func foldStep(ctx context.Context, pool *pgxpool.Pool, d Definitions, now, lag, maxStep int64, grace time.Duration) (stepResult, error) {
 	var res stepResult
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		if err := customPlans(ctx, tx); err != nil {
@@ -133,6 +137,10 @@ func foldStep(ctx context.Context, pool *pgxpool.Pool, d Definitions, now, lag, 
 		}
 		if !ok {
 			res.Busy = true
+			return nil
+		}
+		if st.Defs != d && st.Defs.BucketMs != 0 && st.Age < grace {
+			res.Busy, res.OtherDefs = true, true
 			return nil
 		}
 		if st.Defs != d {
@@ -189,8 +197,10 @@ func foldStep(ctx context.Context, pool *pgxpool.Pool, d Definitions, now, lag, 
 			case next == nil:
 				b = limit // nothing left to fold: jump to the limit
 			default:
-				b = min(floorDiv(*next, d.BucketMs)*d.BucketMs, limit) // skip the empty stretch
-				b = max(b, w)
+				// Skip the empty stretch, to the bucket of the next row if that lies beyond b:
+				// [w, b) is known empty, and next >= b, so the watermark never passes it, and
+				// it always moves (a watermark stuck mid-bucket made Run fold again at once).
+				b = max(min(floorDiv(*next, d.BucketMs)*d.BucketMs, limit), b)
 			}
 			res.To, res.Watermark = b, b
 		}
@@ -276,11 +286,11 @@ func moves(ctx context.Context, tx pgx.Tx, sql string, args []any, add func(buck
 	return rows.Err()
 }
 
-// CatchUp folds until the watermark reaches now - lag (or ctx ends). Used by the worker, the
-// tests and the benchmark.
+// CatchUp folds until the watermark reaches now - lag (or ctx ends), rebuilding at once roll-ups
+// with other definitions. Used by the tests and the benchmark.
 func CatchUp(ctx context.Context, pool *pgxpool.Pool, d Definitions, now time.Time, lag, maxStep time.Duration) (steps int, rows int64, err error) {
 	for ctx.Err() == nil {
-		res, err := foldStep(ctx, pool, d, now.UnixMilli(), lag.Milliseconds(), maxStep.Milliseconds())
+		res, err := foldStep(ctx, pool, d, now.UnixMilli(), lag.Milliseconds(), maxStep.Milliseconds(), 0)
 		if err != nil {
 			return steps, rows, err
 		}
