@@ -15,39 +15,45 @@ import (
 func TestCrossModuleSettings(t *testing.T) {
 	tests := []struct {
 		name string
-		edit func(a *analytics.Config, i *ingest.Config, r *relay.Config)
+		edit func(a *analytics.Config, i *ingest.Config, r *relay.Config, c *reco.Config)
 		only string // run one module only
 		want string // "" = valid
 	}{
-		{"defaults", func(*analytics.Config, *ingest.Config, *relay.Config) {}, "", ""},
-		{"commit margin not above the write timeout", func(a *analytics.Config, i *ingest.Config, _ *relay.Config) {
+		{"defaults", func(*analytics.Config, *ingest.Config, *relay.Config, *reco.Config) {}, "", ""},
+		{"commit margin not above the write timeout", func(a *analytics.Config, i *ingest.Config, _ *relay.Config, _ *reco.Config) {
 			a.CommitMargin, i.WriteTimeout = 2*time.Second, 2*time.Second
 		}, "", "--analytics.commit-margin (2s) must exceed --ingest.write-timeout (2s)"},
-		{"raw rows deleted before the roll-up folds them", func(_ *analytics.Config, i *ingest.Config, _ *relay.Config) {
+		{"commit margin not above the autolog write timeout", func(a *analytics.Config, _ *ingest.Config, _ *relay.Config, c *reco.Config) {
+			a.CommitMargin, c.AutologWriteTimeout = 5*time.Second, 5*time.Second
+		}, "", "--analytics.commit-margin (5s) must exceed --reco.autolog-write-timeout (5s)"},
+		{"reco alone: the analytics settings are another process'", func(a *analytics.Config, _ *ingest.Config, _ *relay.Config, c *reco.Config) {
+			a.CommitMargin, c.AutologWriteTimeout = 5*time.Second, 5*time.Second
+		}, "reco", ""},
+		{"raw rows deleted before the roll-up folds them", func(_ *analytics.Config, i *ingest.Config, _ *relay.Config, _ *reco.Config) {
 			i.RawRetention = 10 * time.Minute
 		}, "", "--ingest.raw-retention (10m0s) must be 0 or at least"},
-		{"raw rows kept forever", func(_ *analytics.Config, i *ingest.Config, _ *relay.Config) { i.RawRetention = 0 }, "", ""},
-		{"ingest alone: the analytics settings are another process'", func(_ *analytics.Config, i *ingest.Config, _ *relay.Config) {
+		{"raw rows kept forever", func(_ *analytics.Config, i *ingest.Config, _ *relay.Config, _ *reco.Config) { i.RawRetention = 0 }, "", ""},
+		{"ingest alone: the analytics settings are another process'", func(_ *analytics.Config, i *ingest.Config, _ *relay.Config, _ *reco.Config) {
 			i.WriteTimeout = time.Hour
 		}, "ingest", ""},
-		{"an event the relay could not publish", func(_ *analytics.Config, i *ingest.Config, _ *relay.Config) {
+		{"an event the relay could not publish", func(_ *analytics.Config, i *ingest.Config, _ *relay.Config, _ *reco.Config) {
 			i.MaxEventBytes = 1 << 20
 		}, "", "--ingest.max-event-bytes (1048576) must stay at least 1024 bytes below --relay.max-batch-bytes (1048576)"},
-		{"the same, ingest alone: the relay's settings are checked all the same", func(_ *analytics.Config, i *ingest.Config, _ *relay.Config) {
+		{"the same, ingest alone: the relay's settings are checked all the same", func(_ *analytics.Config, i *ingest.Config, _ *relay.Config, _ *reco.Config) {
 			i.MaxEventBytes = 1 << 20
 		}, "ingest", "--relay.max-batch-bytes"},
-		{"a smaller relay limit", func(_ *analytics.Config, _ *ingest.Config, r *relay.Config) {
+		{"a smaller relay limit", func(_ *analytics.Config, _ *ingest.Config, r *relay.Config, _ *reco.Config) {
 			r.MaxBatchBytes = 128 << 10
 		}, "", "--relay.max-batch-bytes (131072)"},
-		{"a larger relay limit takes a larger event", func(_ *analytics.Config, i *ingest.Config, r *relay.Config) {
+		{"a larger relay limit takes a larger event", func(_ *analytics.Config, i *ingest.Config, r *relay.Config, _ *reco.Config) {
 			i.MaxEventBytes, r.MaxBatchBytes = 2<<20, 8<<20
 		}, "", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			a, i, r := analytics.NewConfig(), ingest.NewConfig(), relay.NewConfig()
-			tc.edit(a, i, r)
-			all := map[string]module.Config{"analytics": a, "ingest": i, "relay": r}
+			a, i, r, c := analytics.NewConfig(), ingest.NewConfig(), relay.NewConfig(), reco.NewConfig()
+			tc.edit(a, i, r, c)
+			all := map[string]module.Config{"analytics": a, "ingest": i, "relay": r, "reco": c}
 			selected := all
 			if tc.only != "" {
 				selected = map[string]module.Config{tc.only: all[tc.only]}

@@ -85,11 +85,16 @@ func crossCheck(selected, all map[string]module.Config) error {
 		p.Addf("--ingest.max-event-bytes (%d) must stay at least %d bytes below --relay.max-batch-bytes (%d)", in.MaxEventBytes, writer.MessageOverhead, rl.MaxBatchBytes)
 	}
 	an, okA := selected["analytics"].(*analytics.Config)
+	// A row received before the roll-up's horizon must be committed by then: /reco's autolog
+	// stamps an impression when it writes it (restamped on a retry), and the write may take up
+	// to its timeout.
+	if rc, ok := selected["reco"].(*reco.Config); okA && ok && an.CommitMargin <= rc.AutologWriteTimeout {
+		p.Addf("--analytics.commit-margin (%s) must exceed --reco.autolog-write-timeout (%s)", an.CommitMargin, rc.AutologWriteTimeout)
+	}
 	if !okA || !okI {
 		return p.Err()
 	}
-	// A row received before the roll-up's horizon must be committed by then: a write may
-	// take up to the ingest write timeout.
+	// The same for a write of the ingest module: up to the ingest write timeout.
 	if an.CommitMargin <= in.WriteTimeout {
 		p.Addf("--analytics.commit-margin (%s) must exceed --ingest.write-timeout (%s)", an.CommitMargin, in.WriteTimeout)
 	}

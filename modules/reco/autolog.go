@@ -46,7 +46,11 @@ type submitter interface {
 // retries still waiting then are counted as dropped with reason "shutdown", and the events
 // queued in the writer are committed by its close and counted by their outcome. A retry cut
 // short in the middle of its write may still commit although counted dropped (the counts can
-// under-report what was stored, never over-report it). Nothing is dropped silently:
+// under-report what was stored, never over-report it). An event written after a failed attempt
+// is restamped: its server_received_ts_ms becomes the time of that write, when the server could
+// take it durably (its ts_ms stays the serve time). The KPI roll-ups (modules/analytics) fold
+// rows by receive time, --analytics.commit-margin behind the clock, and never look back: a row
+// committed after an outage under its serve time would never be counted. Nothing is dropped silently:
 // every event is persisted or counted in recsys_reco_autolog_dropped_total. A crash (kill -9)
 // loses the background persists in flight: that is the price of async mode, and why
 // --reco.autolog-async=false exists.
@@ -137,10 +141,17 @@ func (a *autolog) inline(ctx context.Context, ev *events.Impression, correlation
 		a.m.dropped(dropShutdown, 1) // the write raced the shutdown
 	case transient(err):
 		a.pg.Failure()
-		a.buffer(ctx, ev, correlationID)
+		a.buffer(ctx, restamped(ev), correlationID)
 	default:
 		a.rejected(ctx, ev, err)
 	}
+}
+
+// restamped is ev received now (see autolog): for a write after a failed one.
+func restamped(ev *events.Impression) *events.Impression {
+	cp := *ev // the items are shared, never written
+	cp.ServerReceivedTsMs = time.Now().UnixMilli()
+	return &cp
 }
 
 func (a *autolog) buffer(ctx context.Context, ev *events.Impression, correlationID string) {
@@ -200,7 +211,7 @@ func (a *autolog) background(ev *events.Impression, correlationID string) startR
 		if !a.pg.IsOpen() {
 			start := time.Now()
 			a.submitted.Add(1)
-			if sw.Submit(p, func(_ []ingest.Result, err error) { a.committed(ev, write, start, err) }) == nil {
+			if sw.Submit(p, func(_ []ingest.Result, err error) { a.committed(ev, correlationID, start, err) }) == nil {
 				return started
 			}
 			// The writer's queue is full (or it closed): a persist goroutine waits for room.
@@ -208,13 +219,13 @@ func (a *autolog) background(ev *events.Impression, correlationID string) startR
 		}
 	}
 	a.wg.Add(1)
-	go a.persist(ev, write, false)
+	go a.persist(ev, correlationID, write)
 	return started
 }
 
 // committed is the Submit callback of an event: it counts the outcome, or hands a failed write
 // to a persist goroutine. It runs on the writer's goroutine and must not block.
-func (a *autolog) committed(ev *events.Impression, write func(context.Context) error, start time.Time, err error) {
+func (a *autolog) committed(ev *events.Impression, correlationID string, start time.Time, err error) {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
 	if a.aborted {
@@ -236,20 +247,26 @@ func (a *autolog) committed(ev *events.Impression, write func(context.Context) e
 		a.pg.Failure()
 		a.m.autologRetries.Inc()
 		a.wg.Add(1)
-		go a.persist(ev, write, true)
+		go a.persist(ev, correlationID, nil)
 		return
 	}
 	a.inflight.Add(-1)
 }
 
-// persist writes until the event is stored, rejected, or the shutdown gives up on it; retry
-// means a first write failed already, so it backs off before writing.
-func (a *autolog) persist(ev *events.Impression, write func(context.Context) error, retry bool) {
+// persist writes until the event is stored, rejected, or the shutdown gives up on it. first is
+// the first write (the event as prepared when served); nil means a first write failed already,
+// so it backs off before writing. Every later write restamps the event.
+func (a *autolog) persist(ev *events.Impression, correlationID string, first func(context.Context) error) {
 	defer a.wg.Done()
 	defer a.inflight.Add(-1)
 	backoff := 20 * time.Millisecond
+	again := func(ctx context.Context) error {
+		_, err := a.w.Write(ctx, []events.Any{restamped(ev)}, correlationID)
+		return err
+	}
+	write, skip := first, first == nil
 	for {
-		if !retry && !a.pg.IsOpen() {
+		if !skip && !a.pg.IsOpen() {
 			start := time.Now()
 			ctx, cancel := context.WithTimeout(a.abortCtx, a.timeout)
 			err := write(ctx)
@@ -270,7 +287,8 @@ func (a *autolog) persist(ev *events.Impression, write func(context.Context) err
 			a.pg.Failure()
 			a.m.autologRetries.Inc()
 		}
-		retry = false
+		// From here on the event has waited (a write failed, or the breaker was open).
+		skip, write = false, again
 		// Full jitter keeps a thousand waiting events from retrying in lock step.
 		wait := time.Duration(rand.Int64N(int64(backoff))) + time.Millisecond
 		t := time.NewTimer(wait)

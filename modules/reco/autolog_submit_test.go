@@ -127,3 +127,46 @@ func TestAutologSubmitsToTheIngestWriter(t *testing.T) {
 		t.Fatalf("dropped(shutdown) %d after a late list, want 3", n)
 	}
 }
+
+// TestAutologRetryRestampsThePreparedEvent: a list queued with Submit was encoded when served;
+// when its commit fails, the retry writes it again stamped with the retry's time (see autolog),
+// so the stored row (and its outbox frame, encoded from the same event) carries the time the server could take it durably.
+func TestAutologRetryRestampsThePreparedEvent(t *testing.T) {
+	ctx := context.Background()
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	wcfg := ingest.DefaultConfig()
+	wcfg.Timeout = 100 * time.Millisecond
+	w := ingest.New(pool, wcfg)
+	t.Cleanup(w.Close)
+	cfg := NewConfig()
+	cfg.AutologRetryMax = 20 * time.Millisecond
+	m := newRecoMetrics(metrics.NewSet())
+	a := newAutolog(cfg, w, newBreaker(100, nil), m, slog.New(slog.DiscardHandler))
+	t.Cleanup(func() { a.Shutdown(time.Second, nil) })
+
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `LOCK TABLE impression_events IN EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	w.Start()
+	ev := servedImpression("restamp")
+	a.Log(ctx, ev, "")
+	eventually(t, 10*time.Second, "a failed commit retried", func() bool { return m.autologRetries.Get() > 0 })
+	time.Sleep(300 * time.Millisecond)
+	unlocked := time.Now().UnixMilli()
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the list persisted", func() bool { return a.Pending() == 0 })
+	var tsMs, srvMs int64
+	if err := pool.QueryRow(ctx, `SELECT ts_ms, server_received_ts_ms FROM impression_events WHERE event_id = $1`, ev.EventID).Scan(&tsMs, &srvMs); err != nil {
+		t.Fatal(err)
+	}
+	// A retry that began before the unlock waited at most the writer's timeout for the lock.
+	if tsMs != ev.TsMs || srvMs < unlocked-wcfg.Timeout.Milliseconds()-50 {
+		t.Fatalf("stored ts_ms %d (served %d), server_received_ts_ms %d ms before the unlock", tsMs, ev.TsMs, unlocked-srvMs)
+	}
+}

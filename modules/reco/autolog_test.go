@@ -281,3 +281,30 @@ func grep(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// An impression persisted only after failed writes is stamped received when it was written:
+// the KPI roll-ups fold rows by receive time and never look back, so a row committed after an
+// outage under its serve time would never be counted. Its ts_ms stays the serve time.
+func TestAutologRetryStampsTheWriteTime(t *testing.T) {
+	for _, async := range []bool{true, false} {
+		t.Run(fmt.Sprintf("async=%v", async), func(t *testing.T) {
+			h := newHarness(t, func(c *Config) { c.AutologAsync = async })
+			h.run()
+			h.writer.fail.Store(true)
+			r := h.get("/reco?user_id=late&session_id=s&k=4")
+			if r.code != 200 {
+				t.Fatalf("/reco %d %v", r.code, r.body)
+			}
+			time.Sleep(300 * time.Millisecond)
+			back := time.Now().UnixMilli()
+			h.writer.fail.Store(false)
+			rid := r.body["request_id"].(string)
+			eventually(t, 5*time.Second, "the impression persisted", func() bool { return h.writer.byRequest(rid) != nil })
+			ev := h.writer.byRequest(rid)
+			if ev.ServerReceivedTsMs < back-50 || back-ev.TsMs < 300 {
+				t.Fatalf("served at %d, stored with server_received_ts_ms %d ms after the serve time; PostgreSQL back %d ms after it",
+					ev.TsMs, ev.ServerReceivedTsMs-ev.TsMs, back-ev.TsMs)
+			}
+		})
+	}
+}
