@@ -4,12 +4,14 @@
 package httpx
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/http/pprof"
 	"regexp"
@@ -321,13 +323,119 @@ func errorHandler(log *slog.Logger) echo.HTTPErrorHandler {
 	}
 }
 
+// Every process serves its metrics through MetricsHandler: they carry # HELP and # TYPE lines
+// (api-contract §9.1 types them; without the lines Prometheus sees them untyped).
+func init() { metrics.ExposeMetadata(true) }
+
 // MetricsHandler serves the Prometheus exposition of the process (Go and process metrics
 // included).
 func MetricsHandler(c echo.Context) error {
+	var b bytes.Buffer
+	metrics.WritePrometheus(&b, true)
 	c.Response().Header().Set(echo.HeaderContentType, "text/plain; version=0.0.4; charset=utf-8")
 	c.Response().WriteHeader(http.StatusOK)
-	metrics.WritePrometheus(c.Response(), true)
-	return nil
+	_, err := c.Response().Write(exposition(b.Bytes()))
+	return err
+}
+
+// exposition makes the library's output one well-formed text exposition. Each module writes
+// its own metrics set, with its own # HELP and # TYPE lines, and a family may be in two sets
+// (the pkg/ingest writer's, labelled writer="ingest" and writer="reco"): a second # TYPE line
+// for a name fails a strict parser, so each family is written once, its samples together, in
+// the order of first appearance. The contract's reco_* histograms get their le values as the
+// original's Python client wrote them (le="10.0", not le="10"): a renamed label value would be a
+// new series to every dashboard and recording rule.
+func exposition(in []byte) []byte {
+	type family struct {
+		head    []string // # HELP and # TYPE, once each
+		samples []string
+	}
+	var order []string
+	fams := map[string]*family{}
+	get := func(name string) *family {
+		f := fams[name]
+		if f == nil {
+			f = &family{}
+			fams[name] = f
+			order = append(order, name)
+		}
+		return f
+	}
+	cur := ""
+	for line := range strings.SplitSeq(string(in), "\n") {
+		if line == "" {
+			continue
+		}
+		if rest, ok := strings.CutPrefix(line, "# "); ok {
+			kind, rest, _ := strings.Cut(rest, " ")
+			name, _, _ := strings.Cut(rest, " ")
+			if kind == "HELP" || kind == "TYPE" {
+				cur = name
+				f := get(name)
+				if !slices.ContainsFunc(f.head, func(h string) bool { return strings.HasPrefix(h, "# "+kind+" ") }) {
+					f.head = append(f.head, line)
+				}
+				continue
+			}
+		}
+		name := line[:strings.IndexAny(line+" ", "{ ")]
+		fam := name
+		if cur != "" && (name == cur || name == cur+"_bucket" || name == cur+"_sum" || name == cur+"_count") {
+			fam = cur
+		}
+		if strings.HasPrefix(name, "reco_") && strings.HasSuffix(name, "_bucket") {
+			line = pythonLe(line)
+		}
+		get(fam).samples = append(get(fam).samples, line)
+	}
+	out := make([]byte, 0, len(in))
+	for _, name := range order {
+		f := fams[name]
+		for _, l := range f.head {
+			out = append(append(out, l...), '\n')
+		}
+		for _, l := range f.samples {
+			out = append(append(out, l...), '\n')
+		}
+	}
+	return out
+}
+
+// pythonLe rewrites the le label of a bucket line the way prometheus_client's floatToGoString
+// formats it: 10 -> 10.0, 2.5 -> 2.5, 1000000 -> 1e+06, +Inf unchanged.
+func pythonLe(line string) string {
+	i := strings.Index(line, `le="`)
+	if i < 0 {
+		return line
+	}
+	i += len(`le="`)
+	j := strings.IndexByte(line[i:], '"')
+	if j < 0 {
+		return line
+	}
+	v, err := strconv.ParseFloat(line[i:i+j], 64)
+	if err != nil || math.IsInf(v, 0) || math.IsNaN(v) {
+		return line
+	}
+	return line[:i] + pythonFloat(v) + line[i+j:]
+}
+
+// pythonFloat is Python's repr of v, with prometheus_client's switch to an exponent beyond six
+// integer digits, for the finite non-negative values of bucket bounds.
+func pythonFloat(v float64) string {
+	if v != 0 && (v < 1e-4 || v >= 1e16) {
+		return strconv.FormatFloat(v, 'g', -1, 64) // Python's repr: 1e-05, 1e+16
+	}
+	s := strconv.FormatFloat(v, 'f', -1, 64)
+	dot := strings.IndexByte(s, '.')
+	if dot < 0 {
+		dot = len(s)
+		s += ".0"
+	}
+	if v > 0 && dot > 6 {
+		return strings.TrimRight(s[:1]+"."+s[1:dot], "0.") + "e+0" + strconv.Itoa(dot-1)
+	}
+	return s
 }
 
 // Shutdown drains the server within ctx.
