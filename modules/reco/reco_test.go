@@ -2,6 +2,8 @@ package reco
 
 import (
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -267,5 +269,50 @@ func TestOverloadIsA503WithRetryAfterInTheWindow(t *testing.T) {
 	h.set.WritePrometheus(&exposition)
 	if !strings.Contains(exposition.String(), `recsys_http_shed_total{limiter="reco"} 2`) {
 		t.Errorf("metrics lack the 2 shed requests:\n%s", exposition.String())
+	}
+}
+
+// Every /reco request is recorded, whatever its method (api-contract §2.1: the middleware acts
+// on the path /reco with any method, a 405 counted as 4xx), in the Prometheus counter and
+// histogram and in the /metrics/reco window (§9.2: one sample per /reco request); the answers
+// stay the router's. /recommend and other paths are not recorded.
+func TestEveryMethodOnRecoIsRecorded(t *testing.T) {
+	h := newHarness(t, nil)
+	tests := []struct {
+		method, path string
+		code         int
+		allow        string
+		recorded     bool
+	}{
+		{http.MethodGet, "/reco?user_id=m1&session_id=s&k=2", 200, "", true},
+		{http.MethodPost, "/reco", 405, "OPTIONS, GET", true},
+		{http.MethodHead, "/reco", 405, "OPTIONS, GET", true},
+		{http.MethodPut, "/reco?user_id=m1", 405, "OPTIONS, GET", true},
+		{http.MethodOptions, "/reco", 204, "OPTIONS, GET", true},
+		{"PURGE", "/reco", 405, "OPTIONS, GET", true},
+		{http.MethodPost, "/recommend", 405, "OPTIONS, GET", false},
+		{http.MethodGet, "/reco/", 404, "", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
+			before := h.r.window.Snapshot(time.Now()).SampleSize
+			rec := httptest.NewRecorder()
+			h.e.ServeHTTP(rec, httptest.NewRequest(tc.method, tc.path, nil))
+			if rec.Code != tc.code || rec.Header().Get("Allow") != tc.allow {
+				t.Fatalf("%d Allow %q, want %d %q (body %q)", rec.Code, rec.Header().Get("Allow"), tc.code, tc.allow, rec.Body.String())
+			}
+			if tc.code == 405 && tc.method != http.MethodHead && rec.Body.String() != `{"detail":"Method Not Allowed"}`+"\n" {
+				t.Fatalf("405 body %q", rec.Body.String())
+			}
+			if got := h.r.window.Snapshot(time.Now()).SampleSize - before; got != map[bool]int64{true: 1, false: 0}[tc.recorded] {
+				t.Fatalf("window grew by %d, recorded=%v", got, tc.recorded)
+			}
+		})
+	}
+	expo := exposition(h)
+	for _, want := range []string{`reco_api_requests_total{status_family="2xx"} 2`, `reco_api_requests_total{status_family="4xx"} 4`, "reco_api_latency_ms_count 6"} {
+		if !strings.Contains(expo, want) {
+			t.Errorf("exposition lacks %s:\n%s", want, grep(expo, "reco_api_"))
+		}
 	}
 }

@@ -21,15 +21,21 @@ const maxUserAgent = 512
 // RegisterRoutes mounts /reco, /recommend and /metrics/reco. The two list routes share one
 // admission limit; /reco's is inside observe, so /metrics/reco counts what it sheds.
 func (r *Reco) RegisterRoutes(e *echo.Echo) {
-	e.GET("/reco", r.reco, r.observe, r.limit.Middleware)
+	// observe wraps the router's answer too: a 405 or OPTIONS on /reco is recorded.
+	e.Use(r.observe)
+	e.GET("/reco", r.reco, r.limit.Middleware)
 	e.GET("/recommend", r.recommend, r.limit.Middleware)
 	e.GET("/metrics/reco", r.metricsWindow)
 }
 
-// observe records every /reco request in the window and the contract's Prometheus metrics.
+// observe records every request on the path /reco, whatever its method (api-contract §2.1:
+// a POST answered 405 counts as 4xx), in the window and the contract's Prometheus metrics.
 // It writes error responses itself so the status it records is the one sent.
 func (r *Reco) observe(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
+		if c.Request().URL.Path != "/reco" {
+			return next(c)
+		}
 		start := time.Now()
 		defer func() {
 			// A panic is answered 500 by pkg/httpx further out; record it as such here.
