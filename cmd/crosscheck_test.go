@@ -84,3 +84,33 @@ func TestContractStatesRecoTargets(t *testing.T) {
 		t.Errorf("without reco: %v / %v, want the contract's 120 / 200", alone.SLATargetP95Ms, alone.SLATargetP99Ms)
 	}
 }
+
+// Raw rows kept less than the longest KPI window work, but a roll-up rebuild then covers less:
+// a start-up warning says how much, where ingest and analytics run together.
+func TestShortRawRetentionWarns(t *testing.T) {
+	tests := []struct {
+		name      string
+		retention time.Duration
+		only      string
+		want      string // "" = no warning
+	}{
+		{"default: 30 days", 30 * 24 * time.Hour, "", ""},
+		{"kept forever", 0, "", ""},
+		{"7 days", 7 * 24 * time.Hour, "", "covers only the last 168h0m0s"},
+		{"7 days, ingest alone", 7 * 24 * time.Hour, "ingest", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			in := ingest.NewConfig()
+			in.RawRetention = tc.retention
+			selected := map[string]module.Config{"analytics": analytics.NewConfig(), "ingest": in}
+			if tc.only != "" {
+				selected = map[string]module.Config{tc.only: selected[tc.only]}
+			}
+			got := strings.Join(crossWarnings(selected), "\n")
+			if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
+				t.Fatalf("warnings %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -69,7 +70,25 @@ func (r *runFlags) run(cmd *cobra.Command, lc *logConfig, log *slog.Logger) erro
 	linkConfigs(r.configs)
 	return app.Run(cmd.Context(), app.Options{Registry: module.Default(), Roles: r.roles, HTTP: r.http,
 		Shutdown: r.shutdown, Infra: r.infra, Configs: r.configs, Log: log,
-		CrossCheck: func(selected map[string]module.Config) error { return crossCheck(selected, r.configs) }})
+		CrossCheck: func(selected map[string]module.Config) error {
+			for _, w := range crossWarnings(selected) {
+				log.Warn(w)
+			}
+			return crossCheck(selected, r.configs)
+		}})
+}
+
+// crossWarnings are the settings of two modules run together that work but deserve a word.
+func crossWarnings(selected map[string]module.Config) []string {
+	var out []string
+	in, okI := selected["ingest"].(*ingest.Config)
+	_, okA := selected["analytics"].(*analytics.Config)
+	// A roll-up rebuild (a definition change) starts from the oldest raw row: until the
+	// window refills, a 30-day baseline counts only what the raw tables still hold.
+	if longest := 30 * 24 * time.Hour; okI && okA && in.RawRetention != 0 && in.RawRetention < longest {
+		out = append(out, fmt.Sprintf("--ingest.raw-retention (%s) is shorter than the longest KPI window (30 days): after a roll-up rebuild, GET /analytics/baseline covers only the last %s until the window refills", in.RawRetention, in.RawRetention))
+	}
+	return out
 }
 
 // crossCheck holds the rules between two modules' settings. selected are the configs of the
