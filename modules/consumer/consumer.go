@@ -295,6 +295,7 @@ func (c *Consumer) fetch(ctx context.Context, r *kafka.GroupReader, out chan<- *
 			continue
 		}
 		attempt = 0
+		c.m.lagFetched(msgs)
 		at := time.Now()
 		for i := range msgs {
 			m := &msgs[i]
@@ -634,9 +635,7 @@ func (c *Consumer) commit(ctx context.Context, r *kafka.GroupReader, msgs []kafk
 	if len(msgs) == 0 {
 		return true
 	}
-	for _, m := range msgs {
-		c.m.partitionLag(m.Topic, m.Partition, max(m.HighWaterMark-m.Offset-1, 0))
-	}
+	c.m.lagCommitted(msgs)
 	cctx, cancel := c.attemptCtx(ctx)
 	defer cancel()
 	c.m.commits.Inc()
@@ -656,6 +655,7 @@ func (c *Consumer) heal(ctx context.Context) {
 	for {
 		if r := c.reader.Load(); r != nil {
 			c.m.reader(r.Stats()) // the counters restart at every call: this is the only one
+			c.refreshLag(ctx, r)
 		}
 		c.healRedis(ctx)
 		if time.Since(lastSlow) >= 30*time.Second {
@@ -668,6 +668,41 @@ func (c *Consumer) heal(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// refreshLag reads the high-water marks of the partitions this member owns, so their lag
+// grows while nothing is fetched or applied, and drops the lag of those it no longer owns.
+func (c *Consumer) refreshLag(ctx context.Context, r *kafka.GroupReader) {
+	owned := r.Assigned()
+	if owned == nil {
+		return // not a member yet
+	}
+	req := &kafkago.ListOffsetsRequest{Topics: map[string][]kafkago.OffsetRequest{}}
+	for topic, ps := range owned {
+		for _, p := range ps {
+			req.Topics[topic] = append(req.Topics[topic], kafkago.LastOffsetOf(p))
+		}
+	}
+	hwm := map[partitionKey]int64{}
+	if len(req.Topics) > 0 {
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		res, err := c.kafka.Admin().ListOffsets(lctx, req)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				c.m.errors("lag_metrics")
+			}
+		} else {
+			for topic, pos := range res.Topics {
+				for _, po := range pos {
+					if po.Error == nil {
+						hwm[partitionKey{topic, po.Partition}] = po.LastOffset
+					}
+				}
+			}
+		}
+	}
+	c.m.lagRefresh(owned, hwm)
 }
 
 func (c *Consumer) healRedis(ctx context.Context) {

@@ -6,10 +6,13 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	kafkago "github.com/segmentio/kafka-go"
 
 	"recsys/pkg/events"
@@ -653,4 +656,81 @@ CREATE TRIGGER test_fail_twice BEFORE INSERT ON feature_applied FOR EACH ROW EXE
 		t.Fatal(err)
 	}
 	e.checkConverged(t, evs)
+}
+
+// lagSeries maps each reco_feature_consumer_partition_lag series of set to its value.
+func lagSeries(set *metrics.Set) map[string]float64 {
+	var b bytes.Buffer
+	set.WritePrometheus(&b)
+	out := map[string]float64{}
+	for _, l := range strings.Split(b.String(), "\n") {
+		if rest, ok := strings.CutPrefix(l, "reco_feature_consumer_partition_lag{"); ok {
+			labels, v, _ := strings.Cut(rest, "} ")
+			out[labels], _ = strconv.ParseFloat(v, 64)
+		}
+	}
+	return out
+}
+
+func sum(m map[string]float64) (s float64) {
+	for _, v := range m {
+		s += v
+	}
+	return s
+}
+
+// reco_feature_consumer_partition_lag grows while nothing can be applied (the transactions
+// wait on a lock), falls to 0 once the backlog is applied, and a member that loses partitions
+// to a rebalance stops reporting them: each partition is reported by its owner only.
+func TestPartitionLagGrowsWhileBlockedAndFollowsTheAssignment(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	evs := e.generate(7, 600)
+	c1 := e.startConsumer(t)
+	e.produce(t, evs[:200])
+	e.waitApplied(t, 200, 90*time.Second)
+	waitFor(t, "no lag once applied", 30*time.Second, func() bool { l := lagSeries(c1.set); return len(l) > 0 && sum(l) == 0 })
+
+	tx, err := e.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(ctx) }) // before the consumer stops, should the test fail
+	if _, err := tx.Exec(ctx, `LOCK TABLE feature_applied IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	e.produce(t, evs[200:400])
+	waitFor(t, "the lag of the blocked backlog", 30*time.Second, func() bool { return sum(lagSeries(c1.set)) >= 200 })
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.waitApplied(t, 400, 90*time.Second)
+	waitFor(t, "no lag once the backlog is applied", 30*time.Second, func() bool { return sum(lagSeries(c1.set)) == 0 })
+	before := lagSeries(c1.set)
+
+	c2 := e.startConsumer(t)
+	// A partition gets a series once its owner fetched from it: feed the topics in small steps
+	// until the second member has (c1 would otherwise take everything before the rebalance).
+	rest := evs[400:]
+	for len(rest) > 0 && len(lagSeries(c2.set)) == 0 {
+		n := min(10, len(rest))
+		e.produce(t, rest[:n])
+		rest = rest[n:]
+		time.Sleep(200 * time.Millisecond)
+	}
+	e.produce(t, rest)
+	e.waitApplied(t, len(evs), 90*time.Second)
+	waitFor(t, "each partition reported by its owner only", 60*time.Second, func() bool {
+		l1, l2 := lagSeries(c1.set), lagSeries(c2.set)
+		if len(l2) == 0 {
+			return false
+		}
+		for k := range l2 {
+			if _, both := l1[k]; both {
+				return false
+			}
+		}
+		return len(l1) < len(before)
+	})
 }

@@ -2,9 +2,11 @@ package consumer
 
 import (
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	kafkago "github.com/segmentio/kafka-go"
 
 	"recsys/pkg/featurestore"
 	"recsys/pkg/kafka"
@@ -45,6 +47,7 @@ type consumerMetrics struct {
 	kafkaErrors       *metrics.Counter
 	kafkaRebalances   *metrics.Counter
 	userWrites        [len(featurestore.UserWriteKinds)]*metrics.Counter
+	lags              partitionLags
 }
 
 func newMetrics(set *metrics.Set) *consumerMetrics {
@@ -73,6 +76,7 @@ func newMetrics(set *metrics.Set) *consumerMetrics {
 		kafkaFetches:      set.NewCounter("recsys_consumer_kafka_fetches_total"),
 		kafkaErrors:       set.NewCounter("recsys_consumer_kafka_errors_total"),
 		kafkaRebalances:   set.NewCounter("recsys_consumer_kafka_rebalances_total"),
+		lags:              partitionLags{hwm: map[partitionKey]int64{}, pos: map[partitionKey]int64{}},
 	}
 	for i, kind := range featurestore.UserWriteKinds {
 		m.userWrites[i] = set.NewCounter(fmt.Sprintf(`recsys_consumer_user_writes_total{kind=%q}`, kind))
@@ -107,8 +111,96 @@ func (m *consumerMetrics) eventLag(topic string) *metrics.PrometheusHistogram {
 	return m.set.GetOrCreatePrometheusHistogramExt(fmt.Sprintf(`reco_feature_consumer_event_lag_ms{topic=%q}`, topic), contractBucketsMs)
 }
 
-func (m *consumerMetrics) partitionLag(topic string, partition int, lag int64) {
-	m.set.GetOrCreateGauge(fmt.Sprintf(`reco_feature_consumer_partition_lag{topic=%q,partition="%d"}`, topic, partition), nil).Set(float64(lag))
+// partitionLags keep reco_feature_consumer_partition_lag (high-water mark - position) of the
+// partitions this member owns. The position is the next offset to apply: the first fetched
+// offset of a partition, then the last committed one + 1. The high-water mark comes from the
+// fetched messages and from a periodic ListOffsets (refresh), so the lag grows while nothing
+// is applied (PostgreSQL down, the fetches held back) instead of freezing at the last commit.
+// refresh also drops the series of the partitions a rebalance took away: their new owner
+// reports them.
+type partitionLags struct {
+	mu  sync.Mutex
+	hwm map[partitionKey]int64
+	pos map[partitionKey]int64
+}
+
+type partitionKey struct {
+	topic     string
+	partition int
+}
+
+func (k partitionKey) series() string {
+	return fmt.Sprintf(`reco_feature_consumer_partition_lag{topic=%q,partition="%d"}`, k.topic, k.partition)
+}
+
+// setLag updates k's gauge; the caller holds lags.mu.
+func (m *consumerMetrics) setLag(k partitionKey) {
+	pos, ok := m.lags.pos[k]
+	if !ok {
+		return // nothing fetched yet: the position is unknown
+	}
+	m.set.GetOrCreateGauge(k.series(), nil).Set(float64(max(m.lags.hwm[k]-pos, 0)))
+}
+
+// lagFetched takes the high-water marks of fetched messages (and a partition's first position).
+func (m *consumerMetrics) lagFetched(msgs []kafkago.Message) {
+	m.lags.mu.Lock()
+	defer m.lags.mu.Unlock()
+	var last partitionKey
+	for i := range msgs {
+		msg := &msgs[i]
+		k := partitionKey{msg.Topic, msg.Partition}
+		if _, ok := m.lags.pos[k]; !ok {
+			m.lags.pos[k] = msg.Offset
+		}
+		m.lags.hwm[k] = max(m.lags.hwm[k], msg.HighWaterMark)
+		if i > 0 && k != last {
+			m.setLag(last)
+		}
+		last = k
+	}
+	if len(msgs) > 0 {
+		m.setLag(last)
+	}
+}
+
+// lagCommitted moves the positions past the committed messages (the last of each partition).
+func (m *consumerMetrics) lagCommitted(msgs []kafkago.Message) {
+	m.lags.mu.Lock()
+	defer m.lags.mu.Unlock()
+	for i := range msgs {
+		msg := &msgs[i]
+		k := partitionKey{msg.Topic, msg.Partition}
+		m.lags.pos[k] = max(m.lags.pos[k], msg.Offset+1)
+		m.lags.hwm[k] = max(m.lags.hwm[k], msg.HighWaterMark)
+		m.setLag(k)
+	}
+}
+
+// lagRefresh forgets the partitions not in owned (topic -> partitions) and raises the
+// high-water marks to hwm.
+func (m *consumerMetrics) lagRefresh(owned map[string][]int, hwm map[partitionKey]int64) {
+	m.lags.mu.Lock()
+	defer m.lags.mu.Unlock()
+	keep := map[partitionKey]bool{}
+	for topic, ps := range owned {
+		for _, p := range ps {
+			keep[partitionKey{topic, p}] = true
+		}
+	}
+	for k := range m.lags.pos {
+		if !keep[k] {
+			delete(m.lags.pos, k)
+			delete(m.lags.hwm, k)
+			m.set.UnregisterMetric(k.series())
+		}
+	}
+	for k, v := range hwm {
+		if keep[k] {
+			m.lags.hwm[k] = max(m.lags.hwm[k], v)
+			m.setLag(k)
+		}
+	}
 }
 
 func (m *consumerMetrics) phase(name string, d time.Duration) {

@@ -42,10 +42,11 @@
 //   - reco_feature_consumer_processed_total{topic,status}: status processed, duplicate,
 //     invalid_payload, invalid_event, dlq (stored in the DLQ), error (events of a failed attempt)
 //   - reco_feature_consumer_event_lag_ms{topic}: now - Kafka message time (histogram, ms)
-//   - reco_feature_consumer_partition_lag{topic,partition}: high watermark - next offset, set
-//     from each fetched batch (partitions owned by another member keep their last value)
+//   - reco_feature_consumer_partition_lag{topic,partition}: high watermark - next offset to
+//     apply, from the fetched messages, the commits and a ListOffsets every heal interval (it
+//     grows while nothing is applied); a member reports the partitions it owns only
 //   - reco_feature_consumer_errors_total{stage}: startup, poll, process, poison_message,
-//     dlq_store, commit, dlq_metrics, stop, plus redis (a failed Redis write), heal
+//     dlq_store, commit, lag_metrics, dlq_metrics, stop, plus redis (a failed Redis write), heal
 //     (repopulation or journal healing) and retention
 //   - reco_feature_consumer_dlq_events_total{outcome="stored"}
 //   - reco_feature_consumer_dlq_backlog{status=pending|replayed},

@@ -148,6 +148,20 @@ func (r *GroupReader) CommitMessages(_ context.Context, msgs ...kafkago.Message)
 	return nil
 }
 
+// Assigned returns the partitions the current generation assigns to this member, by topic;
+// nil before the first assignment.
+func (r *GroupReader) Assigned() map[string][]int {
+	g := r.gen.Load()
+	if g == nil {
+		return nil
+	}
+	out := map[string][]int{}
+	for tp := range g.owned {
+		out[tp.topic] = append(out[tp.topic], int(tp.partition))
+	}
+	return out
+}
+
 // Joined reports whether the group has assigned this member its partitions once.
 func (r *GroupReader) Joined() bool { return r.gen.Load() != nil }
 

@@ -1,0 +1,58 @@
+package consumer
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/VictoriaMetrics/metrics"
+	kafkago "github.com/segmentio/kafka-go"
+)
+
+func lagSeries(set *metrics.Set) string {
+	var b bytes.Buffer
+	set.WritePrometheus(&b)
+	var out []string
+	for _, l := range strings.Split(b.String(), "\n") {
+		if strings.HasPrefix(l, "reco_feature_consumer_partition_lag{") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// The partition lag follows the high-water mark while nothing is committed (fetched messages,
+// then the periodic ListOffsets), falls with the commits, and is dropped for a partition the
+// member no longer owns.
+func TestPartitionLagGrowsWithoutCommitsAndFollowsTheAssignment(t *testing.T) {
+	set := metrics.NewSet()
+	m := newMetrics(set)
+	msg := func(p int, off, hwm int64) kafkago.Message {
+		return kafkago.Message{Topic: "t", Partition: p, Offset: off, HighWaterMark: hwm}
+	}
+	p0, p1 := partitionKey{"t", 0}, partitionKey{"t", 1}
+	steps := []struct {
+		name string
+		do   func()
+		want string
+	}{
+		{"fetched from the committed position 10", func() { m.lagFetched([]kafkago.Message{msg(0, 10, 20), msg(0, 11, 20), msg(1, 5, 6)}) },
+			"reco_feature_consumer_partition_lag{topic=\"t\",partition=\"0\"} 10\nreco_feature_consumer_partition_lag{topic=\"t\",partition=\"1\"} 1"},
+		{"applied and committed up to 11", func() { m.lagCommitted([]kafkago.Message{msg(0, 11, 25), msg(1, 5, 6)}) },
+			"reco_feature_consumer_partition_lag{topic=\"t\",partition=\"0\"} 13\nreco_feature_consumer_partition_lag{topic=\"t\",partition=\"1\"} 0"},
+		{"nothing fetched or applied, the topic grows", func() { m.lagRefresh(map[string][]int{"t": {0, 1}}, map[partitionKey]int64{p0: 40, p1: 9}) },
+			"reco_feature_consumer_partition_lag{topic=\"t\",partition=\"0\"} 28\nreco_feature_consumer_partition_lag{topic=\"t\",partition=\"1\"} 3"},
+		{"a rebalance takes partition 1", func() { m.lagRefresh(map[string][]int{"t": {0}}, map[partitionKey]int64{p0: 41}) },
+			"reco_feature_consumer_partition_lag{topic=\"t\",partition=\"0\"} 29"},
+		{"high-water marks unknown (ListOffsets failed)", func() { m.lagRefresh(map[string][]int{"t": {0}}, nil) },
+			"reco_feature_consumer_partition_lag{topic=\"t\",partition=\"0\"} 29"},
+		{"the backlog applied", func() { m.lagCommitted([]kafkago.Message{msg(0, 40, 41)}) },
+			"reco_feature_consumer_partition_lag{topic=\"t\",partition=\"0\"} 0"},
+	}
+	for _, s := range steps {
+		s.do()
+		if got := lagSeries(set); got != s.want {
+			t.Fatalf("%s:\n%s\nwant\n%s", s.name, got, s.want)
+		}
+	}
+}
