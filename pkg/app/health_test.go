@@ -122,36 +122,6 @@ func TestCheckStatusGauge(t *testing.T) {
 	}
 }
 
-// hangingServer accepts connections and never answers: a dependency that is up at the TCP
-// level but hung, which no connect error reveals.
-func hangingServer(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conns []net.Conn
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns = append(conns, c)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return ln.Addr().String()
-}
-
 // detailer is a module whose health details query PostgreSQL with their own timeout, as the
 // ingest module's outbox snapshot does.
 type detailer struct {
@@ -173,7 +143,7 @@ func (d *detailer) HealthDetails(ctx context.Context) map[string]any {
 // within the probes' timeouts while the degraded mode still serves.
 func TestHealthAnswersWithinBudgetWhenPostgresHangs(t *testing.T) {
 	ic := infra.DefaultConfig()
-	ic.PG.DSN = "postgres://u:p@" + hangingServer(t) + "/db?sslmode=disable"
+	ic.PG.DSN = "postgres://u:p@" + testutil.HangingServer(t) + "/db?sslmode=disable"
 	ic.PG.ConnectTimeout = 5 * time.Second
 	base := runModules(t, ic, module.Info{Name: "api", Role: true, Needs: infra.Postgres, Optional: infra.Postgres,
 		NewConfig: func() module.Config { return cfg{} },

@@ -4,42 +4,12 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"testing"
 	"time"
 
 	"recsys/pkg/infra"
+	"recsys/pkg/testutil"
 )
-
-// hangingServer accepts connections and never answers: a dependency that is up at the TCP
-// level but hung, which no connect error reveals.
-func hangingServer(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conns []net.Conn
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns = append(conns, c)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return ln.Addr().String()
-}
 
 // Checks answers within CheckBudget whichever dependencies hang, and names each as failing.
 func TestChecksAnswerWithinBudgetWhenDependenciesHang(t *testing.T) {
@@ -57,9 +27,9 @@ func TestChecksAnswerWithinBudgetWhenDependenciesHang(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := infra.DefaultConfig()
-			cfg.PG.DSN = "postgres://u:p@" + hangingServer(t) + "/db?sslmode=disable"
-			cfg.Redis.URL = "redis://" + hangingServer(t) + "/0"
-			cfg.Kafka.Brokers = []string{hangingServer(t)}
+			cfg.PG.DSN = "postgres://u:p@" + testutil.HangingServer(t) + "/db?sslmode=disable"
+			cfg.Redis.URL = "redis://" + testutil.HangingServer(t) + "/0"
+			cfg.Kafka.Brokers = []string{testutil.HangingServer(t)}
 			in, err := infra.Open(context.Background(), cfg, tc.need, slog.New(slog.NewTextHandler(io.Discard, nil)))
 			if err != nil {
 				t.Fatal(err)
