@@ -6,10 +6,12 @@ import (
 	"time"
 
 	"recsys/modules/analytics"
+	"recsys/modules/consumer"
 	"recsys/modules/ingest"
 	"recsys/modules/reco"
 	"recsys/modules/relay"
 	"recsys/pkg/module"
+	"recsys/pkg/postgres"
 )
 
 func TestCrossModuleSettings(t *testing.T) {
@@ -20,12 +22,15 @@ func TestCrossModuleSettings(t *testing.T) {
 		want string // "" = valid
 	}{
 		{"defaults", func(*analytics.Config, *ingest.Config, *relay.Config, *reco.Config) {}, "", ""},
-		{"commit margin not above the write timeout", func(a *analytics.Config, i *ingest.Config, _ *relay.Config, _ *reco.Config) {
-			a.CommitMargin, i.WriteTimeout = 2*time.Second, 2*time.Second
-		}, "", "--analytics.commit-margin (2s) must exceed --ingest.write-timeout (2s)"},
-		{"commit margin not above the autolog write timeout", func(a *analytics.Config, _ *ingest.Config, _ *relay.Config, c *reco.Config) {
-			a.CommitMargin, c.AutologWriteTimeout = 5*time.Second, 5*time.Second
-		}, "", "--analytics.commit-margin (5s) must exceed --reco.autolog-write-timeout (5s)"},
+		{"commit margin not above twice the write timeout", func(a *analytics.Config, i *ingest.Config, _ *relay.Config, _ *reco.Config) {
+			a.CommitMargin, i.WriteTimeout = 4*time.Second, 2*time.Second
+		}, "", "--analytics.commit-margin (4s) must exceed twice --ingest.write-timeout (2s)"},
+		{"commit margin above twice the write timeout", func(a *analytics.Config, i *ingest.Config, _ *relay.Config, _ *reco.Config) {
+			a.CommitMargin, i.WriteTimeout = 4001*time.Millisecond, 2*time.Second
+		}, "", ""},
+		{"commit margin not above twice the autolog write timeout", func(a *analytics.Config, _ *ingest.Config, _ *relay.Config, c *reco.Config) {
+			a.CommitMargin, c.AutologWriteTimeout = 9*time.Second, 5*time.Second
+		}, "", "--analytics.commit-margin (9s) must exceed twice --reco.autolog-write-timeout (5s)"},
 		{"reco alone: the analytics settings are another process'", func(a *analytics.Config, _ *ingest.Config, _ *relay.Config, c *reco.Config) {
 			a.CommitMargin, c.AutologWriteTimeout = 5*time.Second, 5*time.Second
 		}, "reco", ""},
@@ -107,7 +112,36 @@ func TestShortRawRetentionWarns(t *testing.T) {
 			if tc.only != "" {
 				selected = map[string]module.Config{tc.only: selected[tc.only]}
 			}
-			got := strings.Join(crossWarnings(selected), "\n")
+			got := strings.Join(crossWarnings(selected, postgres.DefaultConfig().MaxConns), "\n")
+			if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
+				t.Fatalf("warnings %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestPoolSizeWarning: a pool smaller than what the modules of the process may hold at once
+// is warned about, naming the settings that add up; the defaults of `recsys all` fit.
+func TestPoolSizeWarning(t *testing.T) {
+	all := func() map[string]module.Config {
+		return map[string]module.Config{"ingest": ingest.NewConfig(), "reco": reco.NewConfig(), "analytics": analytics.NewConfig(),
+			"relay": relay.NewConfig(), "consumer": consumer.NewConfig()}
+	}
+	tests := []struct {
+		name     string
+		selected map[string]module.Config
+		maxConns int
+		want     string // "" = no warning
+	}{
+		{"all, default pool", all(), postgres.DefaultConfig().MaxConns, ""},
+		{"api role, a pool of 8", map[string]module.Config{"ingest": ingest.NewConfig(), "reco": reco.NewConfig(), "analytics": analytics.NewConfig()}, 8,
+			"--pg.max-conns (8) is below the PostgreSQL connections this process's modules may hold at once (13: 2 --ingest.group-commit-workers, 2 --reco.autolog-commit-workers, 8 --reco.pg-max-concurrent, 1 analytics roll-up)"},
+		{"consumer role, a pool of 3", map[string]module.Config{"consumer": consumer.NewConfig()}, 3, ""},
+		{"consumer role, a pool of 2", map[string]module.Config{"consumer": consumer.NewConfig()}, 2, "(3: 3 --consumer.max-in-flight + its heal loop)"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := strings.Join(crossWarnings(tc.selected, tc.maxConns), "\n")
 			if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
 				t.Fatalf("warnings %q, want %q", got, tc.want)
 			}

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"recsys/modules/analytics"
+	"recsys/modules/consumer"
 	"recsys/modules/ingest"
 	"recsys/modules/reco"
 	"recsys/modules/relay"
@@ -71,7 +72,7 @@ func (r *runFlags) run(cmd *cobra.Command, lc *logConfig, log *slog.Logger) erro
 	return app.Run(cmd.Context(), app.Options{Registry: module.Default(), Roles: r.roles, HTTP: r.http,
 		Shutdown: r.shutdown, Infra: r.infra, Configs: r.configs, Log: log,
 		CrossCheck: func(selected map[string]module.Config) error {
-			for _, w := range crossWarnings(selected) {
+			for _, w := range crossWarnings(selected, r.infra.PG.MaxConns) {
 				log.Warn(w)
 			}
 			return crossCheck(selected, r.configs)
@@ -79,8 +80,11 @@ func (r *runFlags) run(cmd *cobra.Command, lc *logConfig, log *slog.Logger) erro
 }
 
 // crossWarnings are the settings of two modules run together that work but deserve a word.
-func crossWarnings(selected map[string]module.Config) []string {
+func crossWarnings(selected map[string]module.Config, pgMaxConns int) []string {
 	var out []string
+	if need, parts := pgDemand(selected); need > pgMaxConns {
+		out = append(out, fmt.Sprintf("--pg.max-conns (%d) is below the PostgreSQL connections this process's modules may hold at once (%d: %s): the rest wait for a connection (up to --pg.acquire-timeout) when all are busy", pgMaxConns, need, strings.Join(parts, ", ")))
+	}
 	in, okI := selected["ingest"].(*ingest.Config)
 	_, okA := selected["analytics"].(*analytics.Config)
 	// A roll-up rebuild (a definition change) starts from the oldest raw row: until the
@@ -89,6 +93,34 @@ func crossWarnings(selected map[string]module.Config) []string {
 		out = append(out, fmt.Sprintf("--ingest.raw-retention (%s) is shorter than the longest KPI window (30 days): after a roll-up rebuild, GET /analytics/baseline covers only the last %s until the window refills", in.RawRetention, in.RawRetention))
 	}
 	return out
+}
+
+// pgDemand is how many pool connections the selected modules may hold at once: their
+// concurrent transactions (the relay's LISTEN connection is its own, outside the pool).
+func pgDemand(selected map[string]module.Config) (int, []string) {
+	var need int
+	var parts []string
+	add := func(n int, what string) {
+		need += n
+		parts = append(parts, fmt.Sprintf("%d %s", n, what))
+	}
+	if c, ok := selected["ingest"].(*ingest.Config); ok {
+		add(c.GroupCommitWorkers, "--ingest.group-commit-workers")
+	}
+	if c, ok := selected["reco"].(*reco.Config); ok {
+		add(c.AutologCommitWorkers, "--reco.autolog-commit-workers")
+		add(c.PGMaxConcurrent, "--reco.pg-max-concurrent")
+	}
+	if _, ok := selected["analytics"]; ok {
+		add(1, "analytics roll-up")
+	}
+	if c, ok := selected["relay"].(*relay.Config); ok {
+		add(c.Workers, "--relay.workers")
+	}
+	if c, ok := selected["consumer"].(*consumer.Config); ok {
+		add(c.MaxInFlight+1, "--consumer.max-in-flight + its heal loop")
+	}
+	return need, parts
 }
 
 // crossCheck holds the rules between two modules' settings. selected are the configs of the
@@ -105,17 +137,17 @@ func crossCheck(selected, all map[string]module.Config) error {
 	}
 	an, okA := selected["analytics"].(*analytics.Config)
 	// A row received before the roll-up's horizon must be committed by then: /reco's autolog
-	// stamps an impression when it writes it (restamped on a retry), and the write may take up
-	// to its timeout.
-	if rc, ok := selected["reco"].(*reco.Config); okA && ok && an.CommitMargin <= rc.AutologWriteTimeout {
-		p.Addf("--analytics.commit-margin (%s) must exceed --reco.autolog-write-timeout (%s)", an.CommitMargin, rc.AutologWriteTimeout)
+	// stamps an impression when it writes it (restamped on a retry), and the write may wait
+	// up to its timeout in the writer's queue and take up to its timeout once taken.
+	if rc, ok := selected["reco"].(*reco.Config); okA && ok && an.CommitMargin <= 2*rc.AutologWriteTimeout {
+		p.Addf("--analytics.commit-margin (%s) must exceed twice --reco.autolog-write-timeout (%s): an impression may wait that long in the queue and again in its transaction", an.CommitMargin, rc.AutologWriteTimeout)
 	}
 	if !okA || !okI {
 		return p.Err()
 	}
-	// The same for a write of the ingest module: up to the ingest write timeout.
-	if an.CommitMargin <= in.WriteTimeout {
-		p.Addf("--analytics.commit-margin (%s) must exceed --ingest.write-timeout (%s)", an.CommitMargin, in.WriteTimeout)
+	// The same for a write of the ingest module: up to twice the ingest write timeout.
+	if an.CommitMargin <= 2*in.WriteTimeout {
+		p.Addf("--analytics.commit-margin (%s) must exceed twice --ingest.write-timeout (%s): a request may wait that long for a writer and again in its transaction", an.CommitMargin, in.WriteTimeout)
 	}
 	// The roll-up folds raw rows attribution window + commit margin behind the clock; rows
 	// deleted before that are never counted.

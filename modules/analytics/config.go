@@ -14,8 +14,9 @@ type Config struct {
 	// impression makes it "watched".
 	AttributionWindow time.Duration
 	// CommitMargin is how long after its receive time a raw row is surely committed; it must
-	// exceed the ingest write timeout (--ingest.write-timeout, 1 s by default) and /reco's
-	// (--reco.autolog-write-timeout, 1 s).
+	// exceed twice the ingest write timeout (--ingest.write-timeout, 1 s by default) and twice
+	// /reco's (--reco.autolog-write-timeout, 1 s): a write waits up to its timeout for a
+	// writer to take it, then up to its timeout for its transaction.
 	CommitMargin time.Duration
 	// RollupInterval is the pause between folds once the roll-ups are caught up.
 	RollupInterval time.Duration
@@ -36,7 +37,7 @@ func NewConfig() *Config {
 // RegisterFlags adds the analytics.* flags.
 func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.AttributionWindow, "analytics.attribution-window", c.AttributionWindow, "a watch of the same user and item within this long after an impression makes it watched (changing it rebuilds the roll-ups once no process has folded them with the old value for 10 roll-up intervals)")
-	fs.DurationVar(&c.CommitMargin, "analytics.commit-margin", c.CommitMargin, "time after which a received event is surely committed (must exceed --ingest.write-timeout and --reco.autolog-write-timeout); the roll-up stays attribution window + this behind the clock")
+	fs.DurationVar(&c.CommitMargin, "analytics.commit-margin", c.CommitMargin, "time after which a received event is surely committed (must exceed twice --ingest.write-timeout and twice --reco.autolog-write-timeout: a write may wait that long for a writer and again in its transaction); the roll-up stays attribution window + this behind the clock")
 	fs.DurationVar(&c.RollupInterval, "analytics.rollup-interval", c.RollupInterval, "pause between roll-up folds once caught up")
 	fs.DurationVar(&c.RollupStep, "analytics.rollup-step", c.RollupStep, "most receive time folded in one roll-up transaction")
 	fs.DurationVar(&c.Retention, "analytics.retention", c.Retention, "age after which roll-up rows are deleted (at least 30 days plus a bucket: the longest window)")

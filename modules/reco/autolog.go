@@ -27,7 +27,7 @@ type impressionWriter interface {
 type submitter interface {
 	Prepare(evs []events.Any, correlationID string) (*ingest.Prepared, error)
 	WritePrepared(ctx context.Context, p *ingest.Prepared) ([]ingest.Result, error)
-	Submit(p *ingest.Prepared, done func([]ingest.Result, error)) error
+	Submit(p *ingest.Prepared, maxWait time.Duration, done func([]ingest.Result, error)) error
 }
 
 // autolog persists the impressions /reco serves through the ingest writer.
@@ -211,7 +211,10 @@ func (a *autolog) background(ev *events.Impression, correlationID string) startR
 		if !a.pg.IsOpen() {
 			start := time.Now()
 			a.submitted.Add(1)
-			if sw.Submit(p, func(_ []ingest.Result, err error) { a.committed(ev, correlationID, start, err) }) == nil {
+			// Bounded by the write timeout, as an inline write's queue wait is: the event
+			// carries its serve time as its receive time, and a list that waited longer is
+			// retried restamped (see autolog).
+			if sw.Submit(p, a.timeout, func(_ []ingest.Result, err error) { a.committed(ev, correlationID, start, err) }) == nil {
 				return started
 			}
 			// The writer's queue is full (or it closed): a persist goroutine waits for room.

@@ -170,3 +170,37 @@ func TestAutologRetryRestampsThePreparedEvent(t *testing.T) {
 		t.Fatalf("stored ts_ms %d (served %d), server_received_ts_ms %d ms before the unlock", tsMs, ev.TsMs, unlocked-srvMs)
 	}
 }
+
+// TestAutologListQueuedPastTheTimeoutIsRestamped: a served list that waits in the writer's
+// queue past --reco.autolog-write-timeout (PostgreSQL slow, not down) is not written under its
+// serve time: the writer answers it unavailable, and the retry stores it stamped with the
+// time it was written. The KPI roll-ups trust receive times up to their commit margin.
+func TestAutologListQueuedPastTheTimeoutIsRestamped(t *testing.T) {
+	ctx := context.Background()
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	w := ingest.New(pool, ingest.DefaultConfig()) // not started yet: the list waits
+	t.Cleanup(w.Close)
+	cfg := NewConfig()
+	cfg.AutologWriteTimeout = 100 * time.Millisecond
+	cfg.AutologRetryMax = 20 * time.Millisecond
+	m := newRecoMetrics(metrics.NewSet())
+	a := newAutolog(cfg, w, newBreaker(100, nil), m, slog.New(slog.DiscardHandler))
+	t.Cleanup(func() { a.Shutdown(time.Second, nil) })
+
+	ev := servedImpression("queued")
+	a.Log(ctx, ev, "")
+	time.Sleep(300 * time.Millisecond)
+	started := time.Now().UnixMilli()
+	w.Start()
+	eventually(t, 10*time.Second, "the list persisted", func() bool { return a.Pending() == 0 })
+	if r, p, d := m.autologRetries.Get(), m.autologPersisted.Get(), m.droppedTotal(); r == 0 || p != 1 || d != 0 {
+		t.Fatalf("retries %d persisted %d dropped %d, want >0, 1, 0", r, p, d)
+	}
+	var tsMs, srvMs int64
+	if err := pool.QueryRow(ctx, `SELECT ts_ms, server_received_ts_ms FROM impression_events WHERE event_id = $1`, ev.EventID).Scan(&tsMs, &srvMs); err != nil {
+		t.Fatal(err)
+	}
+	if tsMs != ev.TsMs || srvMs < started {
+		t.Fatalf("stored ts_ms %d (served %d), server_received_ts_ms %d ms before the writer started", tsMs, ev.TsMs, started-srvMs)
+	}
+}

@@ -41,7 +41,8 @@ type Config struct {
 	AutologCommitMaxEvents int
 	// AutologOutboxMaxAttempts is event_outbox.max_attempts of auto-logged impressions.
 	AutologOutboxMaxAttempts int
-	// AutologWriteTimeout bounds an inline (synchronous) persist before the event is buffered.
+	// AutologWriteTimeout bounds an impression's wait for the autolog writer to take it (past
+	// it the write is retried, restamped) and its transaction once taken.
 	AutologWriteTimeout time.Duration
 	// AutologGroupCommitMaxWait is the group-commit gather time of the autolog's writer, in
 	// async mode only: with AutologAsync false every /reco waits for its commit, so nothing
@@ -150,7 +151,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.AutologCommitWorkers, "reco.autolog-commit-workers", c.AutologCommitWorkers, "impression transactions the autolog's group-commit writer runs at once")
 	fs.IntVar(&c.AutologCommitMaxEvents, "reco.autolog-commit-max-events", c.AutologCommitMaxEvents, "most impressions merged into one autolog transaction")
 	fs.IntVar(&c.AutologOutboxMaxAttempts, "reco.autolog-outbox-max-attempts", c.AutologOutboxMaxAttempts, "max_attempts stored on the event_outbox rows of auto-logged impressions")
-	fs.DurationVar(&c.AutologWriteTimeout, "reco.autolog-write-timeout", c.AutologWriteTimeout, "longest /reco waits for an inline impression commit before buffering it in the queue")
+	fs.DurationVar(&c.AutologWriteTimeout, "reco.autolog-write-timeout", c.AutologWriteTimeout, "longest an auto-logged impression waits for the writer to take it (then it is retried, restamped) and longest its transaction may take; an inline /reco waits at most about twice this before buffering it")
 	fs.DurationVar(&c.AutologGroupCommitMaxWait, "reco.autolog-group-commit-max-wait", c.AutologGroupCommitMaxWait, "longest the autolog writer waits to merge concurrent impressions into one transaction, in async mode (0: merge only what is queued; with --reco.autolog-async=false /reco waits for its commit and nothing waits)")
 	fs.DurationVar(&c.AutologRetryMax, "reco.autolog-retry-max", c.AutologRetryMax, "longest pause between retries of queued impressions while PostgreSQL is unavailable")
 	fs.DurationVar(&c.MetricsWindow, "reco.metrics-window", c.MetricsWindow, "time window of /metrics/reco (1s to 24h)")

@@ -79,7 +79,7 @@ func tryStartRecsys(t testing.TB, nice int, args []string, env ...string) (*apiP
 		// nice execs the binary: the process keeps its pid, which the CPU accounting reads.
 		argv = append([]string{"nice", "-n", strconv.Itoa(nice)}, argv...)
 	}
-	p.cmd = exec.Command(argv[0], argv[1:]...)
+	p.cmd = testutil.Command(argv[0], argv[1:]...)
 	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "LOG_FORMAT=json"}, env...)
 	p.cmd.Stdout, p.cmd.Stderr = p, p
 	if err := p.cmd.Start(); err != nil {

@@ -15,12 +15,13 @@ import (
 //	recsys_ingest_write_duration_seconds{writer}     histogram: Write from call to answer (queue wait included)
 //	recsys_ingest_commit_errors_total{writer}        counter:   failed transactions
 //	recsys_ingest_group_fallbacks_total{writer}      counter:   merged transactions retried request by request
+//	recsys_ingest_queue_expired_total{writer}        counter:   submitted requests answered unavailable, unwritten, after waiting past their bound in the queue
 //	recsys_ingest_copy_conflicts_total{writer}       counter:   COPY groups redone as a statement (a unique key met: a resend racing the group, or an outbox row that outlived its dedup key)
 type writerMetrics struct {
 	groupEvents, groupRequests    *metrics.PrometheusHistogram
 	commitDuration, writeDuration *metrics.PrometheusHistogram
 	commitErrors, fallbacks       *metrics.Counter
-	copyConflicts                 *metrics.Counter
+	copyConflicts, expired        *metrics.Counter
 }
 
 var (
@@ -41,5 +42,6 @@ func newWriterMetrics(set *metrics.Set, name string) writerMetrics {
 		commitErrors:   set.NewCounter("recsys_ingest_commit_errors_total" + l),
 		fallbacks:      set.NewCounter("recsys_ingest_group_fallbacks_total" + l),
 		copyConflicts:  set.NewCounter("recsys_ingest_copy_conflicts_total" + l),
+		expired:        set.NewCounter("recsys_ingest_queue_expired_total" + l),
 	}
 }

@@ -148,7 +148,10 @@ type request struct {
 	// state is reqQueued until a worker takes the request for a commit (reqStarted) or its
 	// caller gives up waiting first (reqAbandoned); whichever moves it first decides, so a
 	// caller answered "unavailable" knows nothing of its request was written.
-	state   atomic.Int32
+	state atomic.Int32
+	// expires, when set, is when a request still queued is answered ErrUnavailable
+	// instead of written (Submit's maxWait): the caller stamped its events before queueing.
+	expires time.Time
 	rows    []row
 	done    chan struct{}         // closed when answered (Write, WritePrepared)
 	then    func([]Result, error) // called instead when answered (Submit)
@@ -331,7 +334,14 @@ var ErrQueueFull = fmt.Errorf("%w: ingest queue full", ErrUnavailable)
 // commit. done must not block: it runs between two group commits. Submit does not wait for
 // room either: it returns ErrQueueFull when the queue is full and ErrClosed after Close, and
 // done is then never called.
-func (w *Writer) Submit(p *Prepared, done func([]Result, error)) error {
+//
+// maxWait > 0 bounds the time the request may wait in the queue: a request no worker took
+// by then is answered ErrUnavailable with nothing written, as WritePrepared answers when its
+// context ends first. Once taken, the commit's outcome comes within Config.Timeout. The
+// caller's events carry a receive time from before the queue, and readers that trust it
+// (the KPI roll-ups' commit margin) need that time bounded; the caller can write them again
+// stamped anew.
+func (w *Writer) Submit(p *Prepared, maxWait time.Duration, done func([]Result, error)) error {
 	if len(p.rows) == 0 {
 		go done(nil, nil) // never on the caller's goroutine, as for any request
 		return nil
@@ -341,6 +351,9 @@ func (w *Writer) Submit(p *Prepared, done func([]Result, error)) error {
 		w.m.writeDuration.UpdateDuration(start)
 		done(res, err)
 	}}
+	if maxWait > 0 {
+		req.expires = start.Add(maxWait)
+	}
 	return w.enqueue(req.ctx, req, false)
 }
 
@@ -527,7 +540,20 @@ func (w *Writer) work() {
 // commitGroup commits a group and answers every request in it.
 func (w *Writer) commitGroup(group []*request) {
 	live := group[:0]
+	var now time.Time
 	for _, r := range group {
+		if !r.expires.IsZero() {
+			if now.IsZero() {
+				now = time.Now()
+			}
+			if now.After(r.expires) {
+				// Only Submit sets expires, and no caller waits to abandon such a request.
+				r.err = fmt.Errorf("%w: queued past its wait bound (%s)", ErrUnavailable, now.Sub(r.expires))
+				w.m.expired.Inc()
+				r.answer()
+				continue
+			}
+		}
 		if err := r.ctx.Err(); err != nil || !r.state.CompareAndSwap(reqQueued, reqStarted) {
 			// The caller gave up before its events were sent: nothing was written.
 			r.err = fmt.Errorf("%w: %w", ErrUnavailable, context.Cause(r.ctx))

@@ -423,10 +423,10 @@ func TestWriterSubmit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Submit(p, done); err != nil {
+	if err := w.Submit(p, 0, done); err != nil {
 		t.Fatalf("first submit: %v", err)
 	}
-	if err := w.Submit(p, done); !errors.Is(err, ingest.ErrQueueFull) || !errors.Is(err, ingest.ErrUnavailable) {
+	if err := w.Submit(p, 0, done); !errors.Is(err, ingest.ErrQueueFull) || !errors.Is(err, ingest.ErrUnavailable) {
 		t.Fatalf("submit to a full queue: %v, want ErrQueueFull (an ErrUnavailable)", err)
 	}
 	w.Start()
@@ -435,7 +435,7 @@ func TestWriterSubmit(t *testing.T) {
 		{Status: ingest.StatusDuplicate},
 	} {
 		if i > 0 {
-			if err := w.Submit(p, done); err != nil {
+			if err := w.Submit(p, 0, done); err != nil {
 				t.Fatalf("submit %d: %v", i, err)
 			}
 		}
@@ -455,11 +455,50 @@ func TestWriterSubmit(t *testing.T) {
 		t.Fatalf("frames %+v, want one of submitted-1 with corr-s", msgs)
 	}
 	w.Close()
-	if err := w.Submit(p, done); !errors.Is(err, ingest.ErrClosed) {
+	if err := w.Submit(p, 0, done); !errors.Is(err, ingest.ErrClosed) {
 		t.Fatalf("submit after close: %v, want ErrClosed", err)
 	}
 	if len(answers) != 0 {
 		t.Fatalf("%d answers for refused submissions", len(answers))
+	}
+}
+
+// TestWriterSubmitQueueWaitIsBounded: a submitted request no worker took within its maxWait
+// is answered ErrUnavailable with nothing written (its caller writes it again, stamped anew);
+// one taken in time commits.
+func TestWriterSubmitQueueWaitIsBounded(t *testing.T) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	w := ingest.New(pool, ingest.DefaultConfig()) // not started yet: the requests wait
+	t.Cleanup(w.Close)
+	errs := make(chan error, 2)
+	submit := func(id string, maxWait time.Duration) {
+		p, err := w.Prepare([]events.Any{impression(id, "u1", "item-1")}, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Submit(p, maxWait, func(_ []ingest.Result, err error) { errs <- err }); err != nil {
+			t.Fatalf("submit %s: %v", id, err)
+		}
+	}
+	submit("expires-1", 50*time.Millisecond)
+	submit("in-time-1", time.Minute)
+	time.Sleep(100 * time.Millisecond)
+	w.Start()
+	for i, want := range []string{"expired", "committed"} {
+		select {
+		case err := <-errs:
+			if want == "expired" && !errors.Is(err, ingest.ErrUnavailable) || want == "committed" && err != nil {
+				t.Fatalf("answer %d: %v, want %s", i, err, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no answer %d", i)
+		}
+	}
+	if n := count(t, pool, "SELECT count(*) FROM impressions WHERE event_id = 'expires-1'"); n != 0 {
+		t.Fatalf("%d rows of the expired request, want none", n)
+	}
+	if n := count(t, pool, "SELECT count(*) FROM impressions WHERE event_id = 'in-time-1'"); n != 1 {
+		t.Fatalf("%d rows of the request taken in time, want 1", n)
 	}
 }
 
