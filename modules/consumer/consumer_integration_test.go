@@ -354,7 +354,7 @@ func TestKill9MidBatchThenRestart(t *testing.T) {
 	e.produce(t, evs)
 	spec, _ := json.Marshal(e)
 	start := func() *exec.Cmd {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd := testutil.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), childEnvVar+"="+string(spec))
 		cmd.Stderr = os.Stderr
 		if err := cmd.Start(); err != nil {

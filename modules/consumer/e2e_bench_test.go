@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
@@ -49,7 +48,7 @@ func BenchmarkEndToEndFreshness(b *testing.B) {
 		l, _ := net.Listen("tcp", "127.0.0.1:0")
 		addr := l.Addr().String()
 		l.Close()
-		cmd := exec.Command(bin, "all", "--http.addr", addr, "--log.level", "warn")
+		cmd := testutil.Command(bin, "all", "--http.addr", addr, "--log.level", "warn")
 		cmd.Env = append(os.Environ(), "RECSYS_PG_DSN="+dsn, "RECSYS_REDIS_URL="+testutil.RedisURL(b),
 			"RECSYS_KAFKA_BROKERS="+strings.Join(testutil.KafkaBrokers(b), ","),
 			"RECSYS_KAFKA_TOPIC_IMPRESSIONS="+testutil.KafkaTopic(b, "e2e-imp-"), "RECSYS_KAFKA_TOPIC_WATCHES="+testutil.KafkaTopic(b, "e2e-wat-"),

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -328,7 +327,7 @@ func TestRelayKill9MidBatch(t *testing.T) {
 	const rows, batch = 1000, 100
 	e.insert(rows, 37, 5)
 
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd := testutil.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"=1", childEnv+"_DSN="+e.dsn, childEnv+"_BROKERS="+strings.Join(e.brokers, ","),
 		childEnv+"_WATCHES="+e.kcfg.TopicWatches, childEnv+"_IMPRESSIONS="+e.kcfg.TopicImpressions, childEnv+"_HANG_AFTER=3")
 	cmd.Stderr = &testWriter{t: t, prefix: "child: "}

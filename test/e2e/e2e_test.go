@@ -48,7 +48,7 @@ type Process struct {
 func Start(t *testing.T, env []string, args ...string) *Process {
 	t.Helper()
 	p := &Process{exited: make(chan struct{})}
-	p.cmd = exec.Command(binary, append(args, "--http.addr", "127.0.0.1:0")...)
+	p.cmd = testutil.Command(binary, append(args, "--http.addr", "127.0.0.1:0")...)
 	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "LOG_FORMAT=json"}, env...)
 	p.cmd.Stdout, p.cmd.Stderr = p, p
 	if err := p.cmd.Start(); err != nil {
@@ -231,7 +231,7 @@ func TestPostgresOutageMakesUnreadyAndRecovers(t *testing.T) {
 }
 
 func TestInvalidConfigurationFailsFastNamingTheFlag(t *testing.T) {
-	cmd := exec.Command(binary, "relay", "--kafka.partitions", "0")
+	cmd := testutil.Command(binary, "relay", "--kafka.partitions", "0")
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "DATABASE_URL=", "RECSYS_PG_MAX_CONNS=0"}
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError

@@ -18,7 +18,7 @@ import (
 // tool runs `recsys args...` to completion and returns its stdout and exit code.
 func tool(t *testing.T, timeout time.Duration, args ...string) (string, int) {
 	t.Helper()
-	cmd := exec.Command(binary, args...)
+	cmd := testutil.Command(binary, args...)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
