@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
@@ -597,18 +598,58 @@ func TestOverlayDifferences(t *testing.T) {
 	}
 }
 
-// TestPostgresConnectionBudget keeps the prod overlay's worst case (every api replica the
-// HPA may start, plus relays and consumers, each with a full pool) within the budget
-// docs/scaling.md states: 300 connections on the primary, 20 kept for maintenance.
+// TestPostgresConnectionBudget keeps the prod overlay's worst case within the budget
+// docs/scaling.md states (300 connections on the primary, 20 kept for maintenance): every
+// api replica the HPA may start, the relays and consumers, each with a full pool, plus the
+// pods a rolling update adds on top (maxSurge: old and new pods hold pools together), each
+// relay's LISTEN connection (outside its pool) and the migration job's one.
 func TestPostgresConnectionBudget(t *testing.T) {
 	const maxConnections, reserved = 300, 20
 	m := kustomizeBuild(t, "deploy/k8s/overlays/prod")
-	var perPod int32
-	if _, err := fmt.Sscan(m.configMap(t).Data["RECSYS_PG_MAX_CONNS"], &perPod); err != nil || perPod <= 0 {
-		t.Fatalf("prod: RECSYS_PG_MAX_CONNS not set (the default pool of 20 per pod is too large at 20 api pods): %v", err)
+	pool := func(d *appsv1.Deployment) int {
+		v := m.configMap(t).Data["RECSYS_PG_MAX_CONNS"]
+		for _, e := range d.Spec.Template.Spec.Containers[0].Env {
+			if e.Name == "RECSYS_PG_MAX_CONNS" {
+				v = e.Value // a role's own pool size
+			}
+		}
+		var n int
+		if _, err := fmt.Sscan(v, &n); err != nil || n <= 0 {
+			t.Fatalf("prod: RECSYS_PG_MAX_CONNS of %s not set (the default pool of 20 per pod is too large at 20 api pods): %q", d.Name, v)
+		}
+		return n
 	}
-	pods := m.hpas["recsys-api"].Spec.MaxReplicas + *m.deployments["recsys-relay"].Spec.Replicas + *m.deployments["recsys-consumer"].Spec.Replicas
-	if worst := pods * perPod; worst > maxConnections-reserved {
-		t.Errorf("prod: up to %d pods x %d connections = %d > %d", pods, perPod, worst, maxConnections-reserved)
+	var total int
+	var parts []string
+	for _, name := range []string{"recsys-api", "recsys-relay", "recsys-consumer"} {
+		d := m.deployments[name]
+		var replicas int
+		if h, ok := m.hpas[name]; ok {
+			replicas = int(h.Spec.MaxReplicas)
+		} else if d.Spec.Replicas != nil {
+			replicas = int(*d.Spec.Replicas)
+		} else {
+			t.Fatalf("%s: neither replicas nor an autoscaler", name)
+		}
+		surge := 0
+		if ru := d.Spec.Strategy.RollingUpdate; ru != nil && ru.MaxSurge != nil {
+			var err error
+			if surge, err = intstr.GetScaledValueFromIntOrPercent(ru.MaxSurge, replicas, true); err != nil {
+				t.Fatalf("%s: maxSurge: %v", name, err)
+			}
+		} else {
+			surge = (replicas + 3) / 4 // Kubernetes' default maxSurge, 25 %
+		}
+		perPod := pool(d)
+		if name == "recsys-relay" {
+			perPod++ // LISTEN recsys_outbox on a connection of its own
+		}
+		n := (replicas + surge) * perPod
+		total += n
+		parts = append(parts, fmt.Sprintf("%s (%d+%d surge) x %d = %d", name, replicas, surge, perPod, n))
+	}
+	total += len(m.jobs) // migrate: one connection
+	if total > maxConnections-reserved {
+		t.Errorf("prod: %s, + %d job(s) = %d connections > %d", strings.Join(parts, ", "), len(m.jobs), total, maxConnections-reserved)
 	}
 }
