@@ -67,6 +67,9 @@ func TestValidationRules(t *testing.T) {
 	future := nowMs() + 10*60*1000
 	old := nowMs() - 31*24*3600*1000
 	w := func(kv ...any) map[string]any { return set(watchBody("watch-event-1"), kv...) }
+	rawEnded := func(lit string) string {
+		return `{"user_id":"u","session_id":"s","request_id":"r","ts_ms":` + fmt.Sprint(nowMs()) + `,"item_id":"i","watch_time_sec":1,"ended":` + lit + `}`
+	}
 	imp := func(kv ...any) map[string]any { return set(impressionBody("impression-1", 3), kv...) }
 	leg := func(kv ...any) map[string]any { return set(legacyBody("legacy-event-1"), kv...) }
 	batch := func(evs ...any) map[string]any { return map[string]any{"events": append([]any{}, evs...)} }
@@ -121,6 +124,12 @@ func TestValidationRules(t *testing.T) {
 		{"watch ended not a boolean word", "/log/watch", w("ended", "maybe"), "bool_parsing", loc("body", "ended")},
 		{"watch ended 2", "/log/watch", w("ended", 2), "bool_parsing", loc("body", "ended")},
 		{"watch ended an object", "/log/watch", w("ended", map[string]any{}), "bool_type", loc("body", "ended")},
+		// pydantic-core's JSON lax bool: an integral float not 0/1 cannot be interpreted, a
+		// fractional or out-of-i64 number is no boolean input at all.
+		{"watch ended 2.0", "/log/watch", rawEnded("2.0"), "bool_parsing", loc("body", "ended")},
+		{"watch ended 0.5", "/log/watch", rawEnded("0.5"), "bool_type", loc("body", "ended")},
+		{"watch ended 1e30", "/log/watch", rawEnded("1e30"), "bool_type", loc("body", "ended")},
+		{"watch ended beyond i64", "/log/watch", rawEnded("99999999999999999999"), "bool_type", loc("body", "ended")},
 		{"watch watch_time_sec not a numeric string", "/log/watch", w("watch_time_sec", "1.5s"), "float_parsing", loc("body", "watch_time_sec")},
 		{"watch percent a numeric string over 100", "/log/watch", w("percent_watched", "100.5"), "less_than_equal", loc("body", "percent_watched")},
 		{"watch rebuffer_count a fractional string", "/log/watch", w("rebuffer_count", "1.5"), "int_parsing", loc("body", "rebuffer_count")},

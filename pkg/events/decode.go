@@ -4,6 +4,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -465,8 +466,22 @@ func (c *checker) decOptBool(k string, v *node, dst **bool, slot *bool) {
 	case jBool:
 		b, ok = v.b, true
 	case jNumber:
-		f, _ := strconv.ParseFloat(c.mem.str(v), 64)
-		b, ok = f == 1, f == 0 || f == 1
+		// As pydantic-core's JSON lax_bool: an integer (an i64) or an integral float is
+		// bool_parsing unless 0 or 1; a fractional, non-finite or out-of-i64 number is not
+		// a boolean's input at all (bool_type).
+		lit := c.mem.str(v)
+		if strings.ContainsAny(lit, ".eE") {
+			f, err := strconv.ParseFloat(lit, 64)
+			if err != nil || f != math.Trunc(f) || f < math.MinInt64 || f >= math.MaxInt64 {
+				typ = "bool_type"
+				break
+			}
+			b, ok = f == 1, f == 0 || f == 1
+		} else if i, err := strconv.ParseInt(lit, 10, 64); err != nil {
+			typ = "bool_type"
+		} else {
+			b, ok = i == 1, i == 0 || i == 1
+		}
 	case jString:
 		b, ok = LaxBool(c.mem.str(v))
 	default:

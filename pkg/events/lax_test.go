@@ -74,7 +74,7 @@ func TestDecodeCoercesLikePydantic(t *testing.T) {
 	for _, c := range []struct {
 		ended string
 		want  bool
-	}{{`1`, true}, {`0`, false}, {`1.0`, true}, {`"off"`, false}} {
+	}{{`1`, true}, {`0`, false}, {`1.0`, true}, {`0.0`, false}, {`1e0`, true}, {`"off"`, false}} {
 		w, verr := events.DecodeWatch([]byte(strings.Replace(body, `"yes"`, c.ended, 1)), events.DefaultLimits(), fuzzNow)
 		if verr != nil || *w.Ended != c.want {
 			t.Errorf("ended %s: %v, %v; want %v", c.ended, w, verr, c.want)
