@@ -48,7 +48,9 @@ type submitter interface {
 // short in the middle of its write may still commit although counted dropped (the counts can
 // under-report what was stored, never over-report it). An event written after a failed attempt
 // is restamped: its server_received_ts_ms becomes the time of that write, when the server could
-// take it durably (its ts_ms stays the serve time). The KPI roll-ups (modules/analytics) fold
+// take it durably (its ts_ms stays the serve time). A list the writer did not take within the
+// write timeout (PostgreSQL slow rather than down) counts as such a failed write: the writer
+// answers it unavailable, unwritten, and it is retried restamped. The KPI roll-ups (modules/analytics) fold
 // rows by receive time, --analytics.commit-margin behind the clock, and never look back: a row
 // committed after an outage under its serve time would never be counted. Nothing is dropped silently:
 // every event is persisted or counted in recsys_reco_autolog_dropped_total. A crash (kill -9)
