@@ -8,6 +8,7 @@
 #   scripts/services.sh status              print up/down per service; non-zero if any down
 #   scripts/services.sh env                 print `export` lines (eval "$(scripts/services.sh env)")
 #   scripts/services.sh start|stop|restart pg|redis|kafka
+#   scripts/services.sh sweep               stop the private servers of tests whose process is gone
 #
 # Progress goes to stderr, env lines to stdout, so `eval "$(scripts/services.sh up)"` works.
 #
@@ -586,8 +587,24 @@ cmd_status() {
 	return $rc
 }
 
+# cmd_sweep stops the servers of private instances (pkg/testutil.StartPrivate: a
+# ${TMPDIR:-/tmp}/recsys-private-* dir naming its test process in owner.pid) whose test process
+# is gone, and deletes their dirs. A test stops its own in its cleanup, which a test binary
+# killed by `go test -timeout` never runs; a live owner's instance is left alone.
+cmd_sweep() {
+	local d owner
+	for d in "${TMPDIR:-/tmp}"/recsys-private-*; do
+		[[ -f $d/owner.pid ]] || continue
+		owner=$(cat "$d/owner.pid" 2>/dev/null || true)
+		[[ $owner =~ ^[0-9]+$ ]] && kill -0 "$owner" 2>/dev/null && continue
+		log "sweep: stopping the servers a test left in $d"
+		RECSYS_SERVICES_DIR=$d bash "$SCRIPT_PATH" down >/dev/null 2>&1 || true
+		rm -rf "$d"
+	done
+}
+
 usage() {
-	sed -n '2,21p' "$SCRIPT_PATH" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,22p' "$SCRIPT_PATH" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 
@@ -595,12 +612,13 @@ main() {
 	local cmd="${1:-}"
 	[[ $# -gt 0 ]] && shift
 	case "$cmd" in
-	up | down | start | stop | restart) need_root "$cmd" ;;
+	up | down | start | stop | restart | sweep) need_root "$cmd" ;;
 	esac
 	case "$cmd" in
 	up) cmd_up ;;
 	down) cmd_down "$@" ;;
 	status) cmd_status ;;
+	sweep) cmd_sweep ;;
 	env) print_env ;;
 	start | stop | restart)
 		[[ $# -eq 1 ]] || usage

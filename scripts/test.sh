@@ -31,7 +31,12 @@ if [ -x scripts/stack-check.sh ]; then
 fi
 
 echo "== go test -race (integration enabled; services up $(( $(date +%s) - start ))s)" >&2
+# A test binary killed by -timeout runs no cleanup: stop the private servers of tests (their
+# process gone) before and after the run, so none holds ports or memory into the next one.
+# recsys children of tests die with their test process (testutil.Command). Quiet in the exit
+# trap: the runner's summary stays the last thing printed.
+bash scripts/services.sh sweep
 # A run that executed no test must not pass.
-trap 'if ! grep -q "\"Action\":\"pass\",\"Package\":\"[^\"]*\",\"Test\"" "$ARTIFACTS/go-test.json" 2>/dev/null; then echo "no test was executed" >&2; exit 1; fi' EXIT
+trap 'bash scripts/services.sh sweep 2>/dev/null; if ! grep -q "\"Action\":\"pass\",\"Package\":\"[^\"]*\",\"Test\"" "$ARTIFACTS/go-test.json" 2>/dev/null; then echo "no test was executed" >&2; exit 1; fi' EXIT
 go tool gotestsum --format pkgname-and-test-fails --jsonfile "$ARTIFACTS/go-test.json" -- \
   -race -count=1 -timeout 25m ./...
