@@ -768,13 +768,27 @@ func TestIntegrationNoUserTTLNoReadThrough(t *testing.T) {
 	}
 }
 
-// PostgreSQL down: a user whose hash expired is served from Redis without their history (the
-// read-through fails and is counted), and Redis keeps serving everyone else.
-func TestIntegrationReadThroughFailureKeepsRedisServing(t *testing.T) {
+// PostgreSQL down: a user whose hash expired cannot be read through, so they are served the
+// global snapshot, labelled as such ("_global_snapshot", served_total{source=global_snapshot})
+// rather than passed off as a plain cold start whose list may hold what they watched; the
+// failures never count against Redis, which keeps serving everyone it holds.
+func TestIntegrationReadThroughFailureServesLabelledGlobalSnapshot(t *testing.T) {
+	// Both Redis read paths: the user hash alone with cached item features, and the loader's
+	// one-script read (no item cache).
+	for _, itemCache := range []time.Duration{NewConfig().ItemCacheTTL, 0} {
+		t.Run(fmt.Sprintf("item-cache-ttl=%s", itemCache), func(t *testing.T) {
+			testReadThroughFailureServesLabelledGlobalSnapshot(t, itemCache)
+		})
+	}
+}
+
+func testReadThroughFailureServesLabelledGlobalSnapshot(t *testing.T, itemCache time.Duration) {
 	pg := testutil.StartPrivate(t, "pg")
 	testutil.MigrateUp(t, pg.URL)
-	s := newStackInfra(t, pg.URL, testutil.RedisURL(t), func(c *Config) { c.UserCacheTTL = 0 },
-		func(c *infra.Config) { c.Redis.UserTTL = time.Hour })
+	s := newStackInfra(t, pg.URL, testutil.RedisURL(t), func(c *Config) {
+		c.UserCacheTTL = 0
+		c.ItemCacheTTL = itemCache
+	}, func(c *infra.Config) { c.Redis.UserTTL = time.Hour })
 	s.seed(userWatchedA(s))
 	s.waitServing()
 	ctx := context.Background()
@@ -783,8 +797,9 @@ func TestIntegrationReadThroughFailureKeepsRedisServing(t *testing.T) {
 	}
 	pg.Stop()
 	for i := range 20 {
-		if r := s.get(fmt.Sprintf("user_id=me&session_id=s%d&k=5&x_autolog_impressions=false", i)); r.code != 200 || r.Strat != ranking.StrategyColdStart {
-			t.Fatalf("expired user, postgres down, request %d: %+v", i, r)
+		if r := s.get(fmt.Sprintf("user_id=me&session_id=s%d&k=40&x_autolog_impressions=false", i)); r.code != 200 ||
+			r.Strat != ranking.StrategyColdStart+"_global_snapshot" || len(r.Items) == 0 {
+			t.Fatalf("expired user, postgres down, request %d: %+v, want the labelled global snapshot", i, r)
 		}
 		if r := s.get(fmt.Sprintf("user_id=ab1&session_id=s%d&k=5&x_autolog_impressions=false", i)); r.code != 200 || r.Strat != ranking.StrategyCovisHybrid {
 			t.Fatalf("user in redis, postgres down, request %d: %+v", i, r)
@@ -795,6 +810,14 @@ func TestIntegrationReadThroughFailureKeepsRedisServing(t *testing.T) {
 	}
 	if n := s.readThroughs("error"); n != "20" {
 		t.Fatalf("read-through errors = %s, want 20", n)
+	}
+	var b bytes.Buffer
+	s.metrics.WritePrometheus(&b)
+	for _, want := range []string{`recsys_reco_served_total{source="global_snapshot"} 20`, `recsys_reco_served_total{source="redis"} 20`,
+		`recsys_reco_source_errors_total{store="redis"} 0`} {
+		if !strings.Contains(b.String(), want+"\n") {
+			t.Errorf("exposition lacks %s:\n%s", want, grep(b.String(), "recsys_reco_"))
+		}
 	}
 }
 

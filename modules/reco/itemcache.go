@@ -467,8 +467,9 @@ type redisUser struct {
 	decoded  *decodeCache     // nil: decode every read
 	// readThrough, when set, fetches a user whose hash is absent from PostgreSQL and puts it
 	// back into the copy with the given expiry; it is called while the copy's writers record
-	// a user TTL (featurestore.RecordedUserTTL).
-	readThrough func(ctx context.Context, userID string, ttl time.Duration) userFields
+	// a user TTL (featurestore.RecordedUserTTL). Its failure (errUserUnread) fails the read:
+	// an empty user would be ranked as a cold start with their watched items.
+	readThrough func(ctx context.Context, userID string, ttl time.Duration) (userFields, error)
 	recorded    atomic.Pointer[recordedTTL] // the copy's recorded user TTL, re-read every recordedTTLAge
 }
 
@@ -536,7 +537,9 @@ func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ 
 			return s, err
 		}
 		if ttl > 0 {
-			f = u.readThrough(ctx, userID, ttl)
+			if f, err = u.readThrough(ctx, userID, ttl); err != nil {
+				return s, err
+			}
 		}
 	}
 	if f[0] == "" {

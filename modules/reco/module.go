@@ -36,7 +36,11 @@
 //     ("<strategy>_global_snapshot"). Such a list does not exclude the items the user
 //     watched: nothing of the user was read;
 //   - PostgreSQL down: reads are served from Redis; auto-logged impressions are buffered in
-//     the bounded autolog queue and persisted once PostgreSQL answers again;
+//     the bounded autolog queue and persisted once PostgreSQL answers again. A user whose
+//     Redis hash expired (--redis.user-ttl) cannot be read back then: that request takes the
+//     path of a Redis failure above (PostgreSQL, then the global snapshot, labelled as such),
+//     without counting against Redis' breaker, so it is never passed off as a plain cold
+//     start with the user's watched items in it;
 //   - 503 {"detail": ...} only when no store was ever reachable, i.e. no list can be made.
 //
 // Circuit breakers keep an outage from costing a timeout per request: a few consecutive

@@ -26,6 +26,12 @@ const globalUserID = ""
 // errNoSource means no list at all can be made: the only case /reco answers 503.
 var errNoSource = errors.New("no recommendations available: redis and postgresql are unreachable and no global snapshot was loaded yet")
 
+// errUserUnread means Redis answered but the user's features could not be read: their hash
+// expired and reading it back from PostgreSQL failed (userReadThrough). The request goes on
+// to the next source, but Redis' breaker does not count it: Redis still serves every user it
+// holds.
+var errUserUnread = errors.New("read expired user through to postgresql")
+
 // globalSnap is an in-process copy of the global lists (trending, popular, fresh and their
 // item statistics). It is immutable once stored.
 type globalSnap struct {
@@ -114,7 +120,8 @@ func (s *serving) load(ctx context.Context, userID string, now time.Time) (ranki
 		}
 		// ErrNotReady: Redis answered but its copy is incomplete (or nothing was applied yet):
 		// not an outage, and the probe owns the marker state, so just fall back this time.
-		if !errors.Is(err, featurestore.ErrNotReady) {
+		// errUserUnread: Redis answered, PostgreSQL did not (counted by the read-through).
+		if !errors.Is(err, featurestore.ErrNotReady) && !errors.Is(err, errUserUnread) {
 			s.redisBrk.Failure()
 			s.m.sourceErrors["redis"].Inc()
 			s.warnRedis.Do(func(n int64) {

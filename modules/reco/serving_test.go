@@ -254,3 +254,66 @@ func TestPGSlotsBusyWaitBrieflyBeforeGlobalSnapshot(t *testing.T) {
 		})
 	}
 }
+
+// unreadUser is a Redis source whose read-through of one expired user fails (PostgreSQL
+// down): Redis answered, the user's features are unknown.
+type unreadUser struct {
+	snapshotSource
+	user string
+}
+
+func (u unreadUser) Snapshot(ctx context.Context, userID string, nowMs int64, opts ranking.SnapshotOptions) (ranking.Snapshot, error) {
+	if userID == u.user {
+		return ranking.Snapshot{}, fmt.Errorf("%w: %w", errUserUnread, errDown)
+	}
+	return u.snapshotSource.Snapshot(ctx, userID, nowMs, opts)
+}
+
+// A user whose read-through failed is never ranked as a plain cold start (their watched items
+// would come back unlabelled): the next source serves them and the strategy names it, while
+// Redis' breaker counts nothing and keeps serving everyone else.
+func TestReadThroughFailureServesNextSourceLabelled(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		pgDown    bool
+		strategy  string
+		source    string
+		excludesA bool
+	}{
+		{name: "postgres answers", strategy: ranking.StrategyCovisHybrid + "_pg_fallback", source: sourcePG, excludesA: true},
+		{name: "postgres down", pgDown: true, strategy: ranking.StrategyColdStart + "_global_snapshot", source: sourceGlobal},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, func(c *Config) { c.BreakerFailures = 2 })
+			now := time.Now().UnixMilli()
+			h.pg.apply(watchEv("gone", "a", now, "gone-a")) // expired from Redis, still in PostgreSQL
+			h.r.serving.redis = unreadUser{snapshotSource: h.r.serving.redis, user: "gone"}
+			h.pg.fail.Store(tc.pgDown)
+			h.pgUp.Store(!tc.pgDown)
+			h.run()
+			eventually(t, 2*time.Second, "global snapshot", func() bool { return h.r.serving.global.Load() != nil })
+			for i := range 10 {
+				r := h.get("/reco?user_id=gone&session_id=s&k=10&x_autolog_impressions=false")
+				if r.code != 200 || r.body["strategy"] != tc.strategy {
+					t.Fatalf("request %d: %d %v, want strategy %s", i, r.code, r.body, tc.strategy)
+				}
+				if tc.excludesA && indexOf(r.items(), "a") >= 0 {
+					t.Fatalf("request %d: watched a served: %v", i, r.items())
+				}
+				if r := h.get("/reco?user_id=other&session_id=s&k=10&x_autolog_impressions=false"); r.body["strategy"] != ranking.StrategyColdStart {
+					t.Fatalf("request %d, user read from redis: %v", i, r.body)
+				}
+			}
+			if h.r.serving.redisBrk.IsOpen() {
+				t.Fatal("redis breaker opened by read-through failures")
+			}
+			expo := exposition(h)
+			for _, want := range []string{`recsys_reco_served_total{source="` + tc.source + `"} 10`,
+				`recsys_reco_served_total{source="redis"} 10`, `recsys_reco_source_errors_total{store="redis"} 0`} {
+				if !strings.Contains(expo, want+"\n") {
+					t.Errorf("exposition lacks %s:\n%s", want, grep(expo, "recsys_reco_"))
+				}
+			}
+		})
+	}
+}

@@ -30,8 +30,8 @@ func stores(cfg *Config, d infra.Deps) (parts, error) {
 	loader := featurestore.NewRedisLoader(rd, prefix, fc)
 	readThrough := userReadThrough(pg, rd, prefix, fc, d)
 	loader.SetReadThrough(func(ctx context.Context, userID string, ttl time.Duration) error {
-		readThrough(ctx, userID, ttl)
-		return nil
+		_, err := readThrough(ctx, userID, ttl)
+		return err
 	})
 	var redisSrc snapshotSource = loader
 	if cfg.ItemCacheTTL > 0 {
@@ -72,31 +72,32 @@ func stores(cfg *Config, d infra.Deps) (parts, error) {
 // into the copy with that expiry (featurestore.Store.ReadThroughUser). Counted in
 // recsys_reco_user_read_through_total{result="found|absent|error"}.
 //
-// A failed read-through (PostgreSQL down) serves that user without their history rather than
-// failing the Redis read: an error would count against Redis' breaker and move every user,
-// including the ones Redis holds, off Redis.
+// A failed read-through (PostgreSQL down) returns an error wrapping errUserUnread: ranking
+// the user without their history would pass their watched items off as a plain cold start.
+// serving.load then serves them from the next source without counting a Redis failure (that
+// would move every user, including the ones Redis holds, off Redis).
 func userReadThrough(pg *pgxpool.Pool, rd rueidis.Client, prefix string, fc features.Config,
-	d infra.Deps) func(ctx context.Context, userID string, ttl time.Duration) userFields {
+	d infra.Deps) func(ctx context.Context, userID string, ttl time.Duration) (userFields, error) {
 	st := featurestore.New(pg, rd, prefix, fc, d.Log)
 	count := map[string]*metrics.Counter{}
 	for _, r := range []string{"found", "absent", "error"} {
 		count[r] = d.Metrics.NewCounter(fmt.Sprintf(`recsys_reco_user_read_through_total{result=%q}`, r))
 	}
-	return func(ctx context.Context, userID string, ttl time.Duration) userFields {
+	return func(ctx context.Context, userID string, ttl time.Duration) (userFields, error) {
 		if userID == globalUserID {
-			return userFields{} // the global snapshot's reads name no user
+			return userFields{}, nil // the global snapshot's reads name no user
 		}
 		f, found, err := st.ReadThroughUser(ctx, userID, ttl)
 		switch {
 		case err != nil:
 			count["error"].Inc()
-			d.Log.DebugContext(ctx, "user read-through failed, serving without the user's history", "err", err)
-			return userFields{}
+			d.Log.DebugContext(ctx, "user read-through failed, serving the user from the next source", "err", err)
+			return userFields{}, fmt.Errorf("%w: %w", errUserUnread, err)
 		case found:
 			count["found"].Inc()
 		default:
 			count["absent"].Inc()
 		}
-		return f
+		return f, nil
 	}
 }
