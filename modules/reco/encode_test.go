@@ -18,7 +18,7 @@ func TestWriteRecoMatchesEncodingJSON(t *testing.T) {
 		name string
 		resp recoResponse
 	}{
-		{"plain", recoResponse{RequestID: "req-1", Items: []string{"item-0001", "item-0002"}, ModelVersion: "recsys-weighted-v1", Strategy: "covis_hybrid"}},
+		{"plain", recoResponse{RequestID: "req-1", Items: []string{"item-0001", "item-0002"}, ModelVersion: "recsys-weighted-v1", Strategy: "co_vis_popularity_hybrid"}},
 		{"empty list", recoResponse{RequestID: "r", Items: []string{}, ModelVersion: "m", Strategy: "cold_start_trending_global_snapshot"}},
 		{"quotes and backslash", recoResponse{RequestID: `a"b\c`, Items: []string{`x"y`, `\`}, ModelVersion: "m", Strategy: "s"}},
 		{"html", recoResponse{RequestID: "<script>&", Items: []string{"a>b", "a&b", "a<b"}, ModelVersion: "m", Strategy: "s"}},

@@ -185,8 +185,9 @@ type Result struct {
 // Strategy and model names reported in Result.
 const (
 	// StrategyCovisHybrid: the user has history; co-visitation neighbours mixed with trending,
-	// popular and exploration.
-	StrategyCovisHybrid = "covis_hybrid"
+	// popular and exploration. The contract's value (api-contract §2.4), so clients and
+	// dashboards filtering on the original's strategy match the normal path.
+	StrategyCovisHybrid = "co_vis_popularity_hybrid"
 	// StrategyColdStart: no usable history; trending and popular with exploration.
 	StrategyColdStart = "cold_start_trending"
 	// ModelVersionWeighted is the Weighted ranker's version.

@@ -103,7 +103,7 @@ func TestRealtimeWatchChangesNextRecommendation(t *testing.T) {
 	deadline := time.Now().Add(60 * time.Second)
 	for _, u := range []string{"rt-seed-y7", "rt-seed-z3", "rt-pop11"} {
 		for {
-			if r := getReco(t, p.Base, u); r.Strategy == "covis_hybrid" {
+			if r := getReco(t, p.Base, u); r.Strategy == "co_vis_popularity_hybrid" {
 				break
 			}
 			if time.Now().After(deadline) {
