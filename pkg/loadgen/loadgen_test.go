@@ -329,3 +329,76 @@ func TestValidationAndLoopbackGuard(t *testing.T) {
 		t.Error("Run accepted a non-loopback base URL")
 	}
 }
+
+// stallingAPI answers /reco at once until stallAfter has passed since it started, then holds
+// every /reco until the client gives up.
+func stallingAPI(stallAfter time.Duration) *httptest.Server {
+	start := time.Now()
+	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/reco":
+			if time.Since(start) > stallAfter {
+				<-r.Context().Done()
+				return
+			}
+			_, _ = w.Write([]byte(`{"request_id":"r","items":["a"]}`))
+		default:
+			_, _ = w.Write([]byte(`{}`))
+		}
+	}))
+}
+
+// When the server stalls at the end of an open-loop run, the operations that fell due during
+// the stall but found no free worker before the run ended are failures with their wait as
+// latency: they count in the error rate and the verdict, never vanish from the report.
+func TestOpenLoopCountsOperationsDueButNeverSent(t *testing.T) {
+	srv := stallingAPI(600 * time.Millisecond) // the last 0.4 s of a 1 s run
+	defer srv.Close()
+	cfg := baseCfg(srv.URL)
+	cfg.Requests, cfg.Rate, cfg.Duration, cfg.Concurrency, cfg.Warmup = 1_000_000, 100, time.Second, 2, 0
+	cfg.Timeout = 200 * time.Millisecond
+	r, err := loadgen.Run(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const due = 100 // 100/s for 1 s
+	s := r.Summary
+	if s.RequestsTotal != due || r.Operations+r.OperationsNotSent != due {
+		t.Fatalf("requests_total %d, operations %d + not sent %d, want %d due operations in all",
+			s.RequestsTotal, r.Operations, r.OperationsNotSent, due)
+	}
+	// ~40 fell due during the stall; 2 workers each spend 0.2 s per stalled request, so at most
+	// a handful of those were sent.
+	if r.OperationsNotSent < 20 || s.Errors["NotSent: fell due but no worker was free before the run ended"] != r.OperationsNotSent {
+		t.Fatalf("operations_not_sent %d, errors %v", r.OperationsNotSent, s.Errors)
+	}
+	if s.StatusCodes["0"] != s.RequestsFailed || s.ErrorRatePct < 30 || !r.Failed() {
+		t.Fatalf("status codes %v, error rate %v %%, verdict %s", s.StatusCodes, s.ErrorRatePct, r.Verdict)
+	}
+	// The last operation was due ~10 ms before the end of --duration and waited until the run
+	// gave up at duration + timeout.
+	if *s.LatencyMs.Max < float64(cfg.Timeout/time.Millisecond) {
+		t.Errorf("max latency %v ms: the unsent operations must carry their wait", *s.LatencyMs.Max)
+	}
+	if r.StoppedBy != "duration" {
+		t.Errorf("stopped by %s", r.StoppedBy)
+	}
+}
+
+// The closed loop has no schedule: a stall slows it down but leaves nothing "due".
+func TestClosedLoopHasNoUnsentOperations(t *testing.T) {
+	srv := stallingAPI(300 * time.Millisecond)
+	defer srv.Close()
+	cfg := baseCfg(srv.URL)
+	cfg.Requests, cfg.Duration, cfg.Concurrency, cfg.Warmup = 1_000_000, 600*time.Millisecond, 2, 0
+	cfg.Timeout = 200 * time.Millisecond
+	r, err := loadgen.Run(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.OperationsNotSent != 0 || r.Summary.Errors["NotSent: fell due but no worker was free before the run ended"] != 0 ||
+		r.Summary.RequestsTotal != r.Operations || r.StoppedBy != "duration" {
+		t.Fatalf("closed loop: not sent %d, requests %d, operations %d, stopped by %s, errors %v",
+			r.OperationsNotSent, r.Summary.RequestsTotal, r.Operations, r.StoppedBy, r.Summary.Errors)
+	}
+}

@@ -59,8 +59,13 @@ type Report struct {
 	Contract            any          `json:"contract"`
 	RecoMetricsSnapshot any          `json:"reco_metrics_snapshot"`
 
-	// Operations counts scheduled operations (a mixed operation is a /reco and its watches).
+	// Operations counts the operations sent (a mixed operation is a /reco and its watches).
 	Operations int64 `json:"operations"`
+	// OperationsNotSent counts, in open-loop mode, the operations that fell due before the run
+	// ended but never found a free worker (the server was stalled or slower than --rate /
+	// --concurrency). Each is in the summary as a failed request with status 0, error
+	// "NotSent: ...", and its wait until the run gave up as latency.
+	OperationsNotSent int64 `json:"operations_not_sent"`
 	// StoppedBy is requests, duration or interrupted.
 	StoppedBy string `json:"stopped_by"`
 	// MaxSendDelayMs is, in open-loop mode, the largest delay between a request's due time and
@@ -116,7 +121,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	r := &Report{
 		TimestampMs: time.Now().UnixMilli(), BenchmarkElapsedSec: round3(elapsed.Seconds()),
 		Summary: snap.Summary, Endpoints: snap.Endpoints, Percentiles: snap.Percentiles, Timeline: snap.Timeline,
-		Operations: st.ops, StoppedBy: st.stoppedBy, MaxSendDelayMs: round3(float64(st.maxDelay.Load()) / 1e6),
+		Operations: st.ops, OperationsNotSent: st.notSent, StoppedBy: st.stoppedBy, MaxSendDelayMs: round3(float64(st.maxDelay.Load()) / 1e6),
 		Config: ReportConfig{BaseURL: cfg.BaseURL, Requests: cfg.Requests, Concurrency: cfg.Concurrency, K: cfg.K,
 			TimeoutSec: cfg.Timeout.Seconds(), Warmup: cfg.Warmup, Autolog: cfg.Autolog, Mode: "closed_loop", Rate: cfg.Rate,
 			DurationSec: cfg.Duration.Seconds(), Scenario: cfg.Scenario, Description: cfg.describe(), Users: cfg.Users,
@@ -143,6 +148,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 
 type loopStats struct {
 	ops       int64
+	notSent   int64
 	stoppedBy string
 	maxDelay  atomic.Int64 // ns
 }
@@ -205,6 +211,9 @@ func runLoop(ctx context.Context, cfg *Config, c *client, rec func(Result), bar 
 		}()
 	}
 	wg.Wait()
+	if interval > 0 {
+		st.notSent = recordNotSent(cfg, rec, start, deadline, interval, next.Load())
+	}
 	switch {
 	case durationHit.Load():
 		st.stoppedBy = "duration"
@@ -215,6 +224,32 @@ func runLoop(ctx context.Context, cfg *Config, c *client, rec func(Result), bar 
 		}
 	}
 	return st
+}
+
+// errNotSent is the error of an open-loop operation that fell due but was never sent.
+const errNotSent = "NotSent: fell due but no worker was free before the run ended"
+
+// recordNotSent records as failed every operation from first on that fell due before the run
+// ended (the end of --duration, or an interrupt) but was never taken by a worker: every worker
+// was still waiting on the server. Left out, they would vanish from the report exactly when
+// the server is at its worst. Their latency is the wait from due until now, when the run gave
+// up on them. It returns how many it recorded.
+func recordNotSent(cfg *Config, rec func(Result), start, deadline time.Time, interval time.Duration, first int64) int64 {
+	end := time.Now()
+	// Operation n is due at start + n·interval; those due before the cutoff number ceil(span/interval).
+	span := min(end.Sub(start), deadline.Sub(start))
+	if span <= 0 {
+		return 0
+	}
+	last := min(int64(cfg.Requests), int64((span+interval-1)/interval))
+	ep := cfg.firstEndpoint()
+	var n int64
+	for i := first; i < last; i++ {
+		due := start.Add(time.Duration(i) * interval)
+		rec(Result{Endpoint: ep, At: due, Latency: end.Sub(due), Err: errNotSent})
+		n++
+	}
+	return n
 }
 
 func fetchJSON(ctx context.Context, c *client, path string) any {
@@ -282,7 +317,11 @@ func (r *Report) Headline() string {
 		}
 		return fmt.Sprintf("%.1f", *v)
 	}
-	return fmt.Sprintf("%s %s: %d requests in %.1fs (%.0f/s), errors %.3f%% (max %.1f%%), latency ms p50=%s p95=%s p99=%s max=%s, stopped by %s: %s",
-		r.Config.Mode, r.Config.Scenario, s.RequestsTotal, r.BenchmarkElapsedSec, s.RPS, s.ErrorRatePct, r.Config.MaxErrorRatePct,
+	notSent := ""
+	if r.OperationsNotSent > 0 {
+		notSent = fmt.Sprintf(" (%d due but never sent)", r.OperationsNotSent)
+	}
+	return fmt.Sprintf("%s %s: %d requests%s in %.1fs (%.0f/s), errors %.3f%% (max %.1f%%), latency ms p50=%s p95=%s p99=%s max=%s, stopped by %s: %s",
+		r.Config.Mode, r.Config.Scenario, s.RequestsTotal, notSent, r.BenchmarkElapsedSec, s.RPS, s.ErrorRatePct, r.Config.MaxErrorRatePct,
 		p(s.LatencyMs.P50), p(s.LatencyMs.P95), p(s.LatencyMs.P99), p(s.LatencyMs.Max), r.StoppedBy, strings.ToUpper(r.Verdict))
 }

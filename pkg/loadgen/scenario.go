@@ -230,6 +230,17 @@ func (w *worker) batch(ctx context.Context, due time.Time) {
 	w.rec(w.c.do(ctx, EndpointBatch, http.MethodPost, "/log/batch", w.marshal(map[string]any{"events": events}), due, nil))
 }
 
+// firstEndpoint is the endpoint of an operation's first request.
+func (c *Config) firstEndpoint() string {
+	if c.Scenario == ScenarioIngest {
+		if c.IngestMode == "batch" {
+			return EndpointBatch
+		}
+		return EndpointWatch
+	}
+	return EndpointReco
+}
+
 // describe is the scenario line of the report.
 func (c *Config) describe() string {
 	switch c.Scenario {
