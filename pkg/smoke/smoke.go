@@ -4,7 +4,9 @@
 //   - it proves the consumer applied what was ingested (consumer_applied): helper users watch
 //     item A then item B (a co-visitation pattern), control users watch item C, then a fresh
 //     user watches A; the check passes once that user's /reco no longer contains A (exclusion
-//     of watched items) and contains B (A's co-visitation neighbour). Items and users are
+//     of watched items) and ranks B (A's co-visitation neighbour) higher than both its own
+//     list before the watch and the list of a user without history, polled alongside (so B
+//     cannot pass through the global lists or an exploration slot). Items and users are
 //     unique per run, so reruns on the same database prove the same thing again;
 //   - a connection error, a timeout or a malformed answer is a failed check with its reason in
 //     the report, never a crash without a report. When /readyz never answers, the later steps
@@ -116,14 +118,22 @@ type ConsumerProbe struct {
 	ControlItem     string   `json:"control_item"`
 	ListBeforeWatch []string `json:"list_before_watch"`
 	ListAfter       []string `json:"list_after"`
-	Polls           int      `json:"polls"`
+	// BaselineUser has no history; BaselineList is its /reco from the last poll. What the
+	// probe user's list shares with it comes from the global lists, not from the watch.
+	BaselineUser string   `json:"baseline_user"`
+	BaselineList []string `json:"baseline_list"`
+	Polls        int      `json:"polls"`
 	// VisibleAfterMs is the time from the probe user's watch being accepted to the first
 	// /reco that showed its effect (an upper bound of the pipeline's freshness, at --poll-sec
 	// resolution).
 	VisibleAfterMs  *int64 `json:"visible_after_ms"`
 	WatchedExcluded bool   `json:"watched_excluded"`
 	NeighbourRank   *int   `json:"neighbour_rank"` // 0-based position in the list, null if absent
-	ControlRank     *int   `json:"control_rank"`
+	// NeighbourRankBefore and NeighbourRankBaseline are B's positions in the probe user's list
+	// before the watch and in the baseline user's list; NeighbourRank must beat both.
+	NeighbourRankBefore   *int `json:"neighbour_rank_before"`
+	NeighbourRankBaseline *int `json:"neighbour_rank_baseline"`
+	ControlRank           *int `json:"control_rank"`
 	// NeighbourAboveControl says the co-visitation neighbour outranks an item of the same
 	// popularity that is not a neighbour: informational, since the ranker may legitimately
 	// mix in exploration.
@@ -363,7 +373,7 @@ func (s *runner) idempotency(ctx context.Context) {
 // consumer runs the consumer_applied probe described in the package doc.
 func (s *runner) consumer(ctx context.Context) {
 	p := &ConsumerProbe{User: "smoke-" + s.run + "-user", WatchedItem: "smoke-" + s.run + "-a", NeighbourItem: "smoke-" + s.run + "-b",
-		ControlItem: "smoke-" + s.run + "-c"}
+		ControlItem: "smoke-" + s.run + "-c", BaselineUser: "smoke-" + s.run + "-no-history"}
 	s.r.Consumer = p
 	fail := func(msg string) { s.set(CheckConsumerApplied, false, msg) }
 	post := func(user, item string, tsMs int64) bool {
@@ -384,9 +394,13 @@ func (s *runner) consumer(ctx context.Context) {
 			return
 		}
 	}
-	if before, st, err := s.c.reco(ctx, p.User, "smoke-"+s.run+"-session", 20, false); err == nil && st == 200 {
-		p.ListBeforeWatch = before.Items
+	before, st, err := s.c.reco(ctx, p.User, "smoke-"+s.run+"-session", 20, false)
+	if err != nil || st != 200 {
+		fail("/reco of the probe user before the watch: " + describe(st, err, nil))
+		return
 	}
+	p.ListBeforeWatch = before.Items
+	p.NeighbourRankBefore = rank(before.Items, p.NeighbourItem)
 	b := watchBody("smoke-"+randomHex(12), p.User, "smoke-"+s.run+"-session", "smoke-"+s.run+"-probe", p.WatchedItem, 120, 100)
 	if ok, d := s.c.watch(ctx, b); !ok {
 		fail("probe watch rejected: " + d)
@@ -400,19 +414,31 @@ func (s *runner) consumer(ctx context.Context) {
 	for {
 		p.Polls++
 		reco, st, err := s.c.reco(ctx, p.User, "smoke-"+s.run+"-session", 20, false)
+		var base recoResponse
 		if err == nil && st == 200 {
-			p.ListAfter = reco.Items
+			// The baseline is read right after the probe, so both see the same global lists.
+			base, st, err = s.c.reco(ctx, p.BaselineUser, "smoke-"+s.run+"-baseline-session", 20, false)
+		}
+		if err == nil && st == 200 {
+			p.ListAfter, p.BaselineList = reco.Items, base.Items
 			p.WatchedExcluded = !slices.Contains(reco.Items, p.WatchedItem)
 			p.NeighbourRank, p.ControlRank = rank(reco.Items, p.NeighbourItem), rank(reco.Items, p.ControlItem)
+			p.NeighbourRankBaseline = rank(base.Items, p.NeighbourItem)
 			p.NeighbourAboveControl = p.NeighbourRank != nil && (p.ControlRank == nil || *p.NeighbourRank < *p.ControlRank)
-			if p.WatchedExcluded && p.NeighbourRank != nil {
+			// B must be in the list because of the watch: a list that ignores the watch (B
+			// there through the global lists, or an exploration slot seeded per user, and A
+			// never listed) ranks B no higher than before the watch or than for the baseline.
+			raised := p.NeighbourRank != nil && above(*p.NeighbourRank, p.NeighbourRankBefore) && above(*p.NeighbourRank, p.NeighbourRankBaseline)
+			if p.WatchedExcluded && raised {
 				ms := time.Since(watched).Milliseconds()
 				p.VisibleAfterMs = &ms
-				s.set(CheckConsumerApplied, true, fmt.Sprintf("after the watch of %s, /reco excluded it and ranked its neighbour %s at position %d (within %d ms, %d polls)",
-					p.WatchedItem, p.NeighbourItem, *p.NeighbourRank, ms, p.Polls))
+				s.set(CheckConsumerApplied, true, fmt.Sprintf("after the watch of %s, /reco excluded it and ranked its neighbour %s at position %d, "+
+					"against %s before the watch and %s for a user without history (within %d ms, %d polls)",
+					p.WatchedItem, p.NeighbourItem, *p.NeighbourRank, rankText(p.NeighbourRankBefore), rankText(p.NeighbourRankBaseline), ms, p.Polls))
 				return
 			}
-			last = fmt.Sprintf("watched item excluded=%t, neighbour in list=%t; list %v", p.WatchedExcluded, p.NeighbourRank != nil, reco.Items)
+			last = fmt.Sprintf("watched item excluded=%t; neighbour at %s, before the watch %s, without history %s; list %v; list without history %v",
+				p.WatchedExcluded, rankText(p.NeighbourRank), rankText(p.NeighbourRankBefore), rankText(p.NeighbourRankBaseline), reco.Items, base.Items)
 		} else {
 			last = describe(st, err, nil)
 		}
@@ -422,6 +448,16 @@ func (s *runner) consumer(ctx context.Context) {
 		}
 		wait = min(wait*2, secs(s.cfg.PollSec))
 	}
+}
+
+// above reports whether position r is higher in a list than other (nil: absent).
+func above(r int, other *int) bool { return other == nil || r < *other }
+
+func rankText(r *int) string {
+	if r == nil {
+		return "absent"
+	}
+	return "position " + strconv.Itoa(*r)
 }
 
 func rank(items []string, item string) *int {

@@ -156,6 +156,14 @@ func TestSmokePassesAgainstAHealthyStack(t *testing.T) {
 	if !p.NeighbourAboveControl {
 		t.Errorf("neighbour rank %v, control rank %v", p.NeighbourRank, p.ControlRank)
 	}
+	// The fake's lists carry every watched item, B included, for a user without history too:
+	// the check must pass on B being raised, not on B being absent elsewhere.
+	if p.BaselineUser == "" || p.NeighbourRankBaseline == nil || *p.NeighbourRank >= *p.NeighbourRankBaseline {
+		t.Errorf("baseline %s: neighbour at %v, for the baseline at %v (list %v)", p.BaselineUser, p.NeighbourRank, p.NeighbourRankBaseline, p.BaselineList)
+	}
+	if d := r.Details[smoke.CheckConsumerApplied]; !strings.Contains(d, "before the watch") || !strings.Contains(d, "without history") {
+		t.Errorf("consumer_applied detail %q does not say what was compared", d)
+	}
 	b, _ := json.Marshal(r)
 	for _, k := range []string{`"timestamp_ms"`, `"checks"`, `"traffic"`, `"reco_ok"`, `"watch_ok"`, `"empty_reco"`, `"seeded_events"`, `"outbox_snapshot"`, `"reco_metrics_sample_size"`} {
 		if !strings.Contains(string(b), k) {
@@ -182,6 +190,85 @@ func TestSmokeFailsWhenTheConsumerAppliesNothing(t *testing.T) {
 	// popular fallback item, which every list carries.
 	if r.Checks[smoke.CheckRecoTraffic] != "pass" || r.Checks[smoke.CheckOutboxSettled] != "pass" {
 		t.Errorf("unrelated checks failed: %v", r.Checks)
+	}
+}
+
+// lostWatchAPI is a busy catalogue whose consumer has lost every watch: /reco has no per-user
+// state, only 19 popular items, plus, once the probe's neighbour B (the item ending in "-b")
+// has been watched, B as a fresh item in the exploration slot of the users explore picks.
+type lostWatchAPI struct {
+	mu      sync.Mutex
+	explore func(user string) bool
+	fresh   string
+	seen    map[string]bool
+}
+
+func (f *lostWatchAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	write := func(v any) { w.Header().Set("Content-Type", "application/json"); _ = json.NewEncoder(w).Encode(v) }
+	switch r.URL.Path {
+	case "/readyz":
+		write(map[string]any{"ready": true})
+	case "/event":
+		write(map[string]any{"status": "ok"})
+	case "/log/watch":
+		var ev map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&ev)
+		if it, _ := ev["item_id"].(string); strings.HasSuffix(it, "-b") {
+			f.fresh = it
+		}
+		id, _ := ev["event_id"].(string)
+		st := map[bool]string{false: "ok", true: "duplicate"}[f.seen[id]]
+		f.seen[id] = true
+		write(map[string]any{"status": st})
+	case "/reco":
+		var items []string
+		for i := 0; i < 19; i++ {
+			items = append(items, fmt.Sprintf("popular-%d", i))
+		}
+		if f.fresh != "" && f.explore(r.URL.Query().Get("user_id")) {
+			items = append(items, f.fresh)
+		}
+		write(map[string]any{"request_id": "r", "items": items})
+	case "/healthz":
+		write(map[string]any{"event_backbone": map[string]any{"outbox": map[string]any{"pending": 0, "publishing": 0, "dead": 0}}})
+	case "/metrics/reco":
+		write(map[string]any{"sample_size": 40})
+	}
+}
+
+// consumer_applied must see an effect of the probe's watch. A list that ignores it can still
+// lack the watched item A (never listed in a busy catalogue) and show the neighbour B through
+// an exploration slot, for everyone or, seeded per user, for the probe user before and after
+// the watch alike.
+func TestConsumerAppliedFailsWhenTheWatchChangedNothing(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		explore func(user string) bool
+	}{
+		{"neighbour explored for every user", func(string) bool { return true }},
+		// The probe user is smoke-<run>-user; the baseline user has another suffix.
+		{"neighbour explored for the probe user only", func(u string) bool { return strings.HasSuffix(u, "-user") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(&lostWatchAPI{explore: tc.explore, seen: map[string]bool{}})
+			defer srv.Close()
+			cfg := fastCfg(srv.URL)
+			cfg.ConsumerTimeoutSec = 1
+			r := smoke.Run(context.Background(), cfg)
+			p := r.Consumer
+			if r.Checks[smoke.CheckConsumerApplied] != "fail" {
+				t.Fatalf("consumer_applied %s (%s): before %v, after %v, baseline %v", r.Checks[smoke.CheckConsumerApplied],
+					r.Details[smoke.CheckConsumerApplied], p.ListBeforeWatch, p.ListAfter, p.BaselineList)
+			}
+			if p.NeighbourRank == nil || !p.WatchedExcluded {
+				t.Errorf("the fake must list B and not A for the probe user: %v", p.ListAfter)
+			}
+			if d := r.Details[smoke.CheckConsumerApplied]; !strings.Contains(d, "before the watch position 19") {
+				t.Errorf("detail %q does not give B's positions", d)
+			}
+		})
 	}
 }
 
