@@ -173,7 +173,8 @@ func NewRelay(cfg *Config, d infra.Deps, o Options) (*Relay, error) {
 func (r *Relay) Owner() string { return r.owner }
 
 // Run provisions the topics, then claims and publishes until ctx is cancelled; batches in
-// flight at that moment are finished (acked and recorded) within --relay.shutdown-timeout.
+// flight at that moment, claims in flight included, are finished (acked and recorded) within
+// --relay.shutdown-timeout.
 func (r *Relay) Run(ctx context.Context) error {
 	r.log.InfoContext(ctx, "relay starting", "owner", r.owner, "workers", r.cfg.Workers, "batch_size", r.cfg.BatchSize, "batch_events", r.cfg.BatchEvents,
 		"topics", r.topics, "listen", r.cfg.Listen)
@@ -333,8 +334,15 @@ func (r *Relay) work(ctx context.Context, id int) {
 		}
 		start := time.Now()
 		gen := r.recorded.Load()
-		c, err := r.store.Claim(ctx, outbox.ClaimRequest{Owner: r.owner, Limit: r.cfg.BatchSize,
+		// Not cancelled by a stop: the lease and its COMMIT go in one round trip, so a claim
+		// cut off mid-way may have leased rows this worker never sees, left 'publishing' until
+		// the lease expires (the reap then counts an attempt, and their units stay blocked).
+		// A claim that returns is processed like any batch in flight at a stop. The timeout
+		// keeps a dead database from holding the stop up.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.claimTimeout())
+		c, err := r.store.Claim(cctx, outbox.ClaimRequest{Owner: r.owner, Limit: r.cfg.BatchSize,
 			MaxEvents: r.cfg.BatchEvents, Lease: r.cfg.Lease, After: after})
+		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -387,6 +395,14 @@ func (r *Relay) work(ctx context.Context, id int) {
 		// alternated runs).
 	}
 }
+
+// maxClaimTimeout bounds a claim: one takes milliseconds, so a claim still running after it
+// waits on a database that does not answer.
+const maxClaimTimeout = 10 * time.Second
+
+// claimTimeout is half the lease (a claim that outlasts its lease leases nothing usable), at
+// most maxClaimTimeout.
+func (r *Relay) claimTimeout() time.Duration { return min(r.cfg.Lease/2, maxClaimTimeout) }
 
 // pace waits until the next claim may start and reserves that start: claims start at most
 // every --relay.impression-linger across the process' workers while there is no backlog, and
