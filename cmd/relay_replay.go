@@ -21,28 +21,33 @@ func newRelayReplayCmd() *cobra.Command {
 		f          = outbox.ReplayFilter{Status: outbox.StatusDead, Limit: 1000}
 	)
 	cmd := &cobra.Command{
-		Use:   "replay --status dead [--event-type T] [--since D] [--limit N] [--dry-run]",
+		Use:   "replay --status dead [--event-type T] [--since D] [--after-id ID] [--limit N] [--dry-run]",
 		Short: "Requeue dead (or published) outbox rows for the relays to publish again; prints JSON",
 		Long: `Requeue event_outbox rows in one status so the running relays publish them again: they
 become pending with attempts 0, due now, and the relays are notified. Rows are taken oldest
-first (by id), at most --limit per run; run it again for more. Rows held by another
-transaction at that moment are skipped.
+first (by id), at most --limit per run. For more, run it again with --after-id set to the
+"last_id" it printed, until "requeued" is 0: rows that go dead again at once (an event no
+retry can publish) are then not picked again ahead of the rows behind them. Rows held by
+another transaction at that moment are skipped (a later run without --after-id finds them).
 
 --status dead is the runbook case (rows that used up their attempts, e.g. while a topic was
 missing); --status published publishes retained rows again (e.g. after a topic was lost), and
 consumers see duplicates they deduplicate on event_id. The two are never mixed.
 --since takes a duration back from now (24h, 90m) or an RFC 3339 time / date
-(2026-01-02T15:04:05Z, 2026-01-02) and matches rows created at or after it.
+(2026-01-02T15:04:05Z, 2026-01-02) and matches rows created at or after it; an event
+dead-lettered out of a batch row (its own dead row) was created when it was split out.
 --dry-run prints what would be requeued and changes nothing.
 
 Replay works on rows: a batch row (one per topic and lane per group commit) is requeued with
 all its events. --event-type matches the row's event_type: batch rows are "impression" or
-"watch", and legacy events ride in "watch" rows (only rows written before migration 0008 are
-"legacy"). --limit counts rows.
+"watch", and legacy events ride in "watch" rows; single-event rows carry their event's type, so
+"legacy" matches rows written before migration 0008 and legacy events dead-lettered out of a
+batch row. --limit counts rows.
 
-Prints {"status", "event_type", "since", "limit", "dry_run", "matched", "requeued",
-"events", "by_event_type", "ids"}: matched, requeued, by_event_type and ids are rows, events is
-the number of events those rows carry.`,
+Prints {"status", "event_type", "since", "after_id", "limit", "dry_run", "matched",
+"requeued", "events", "by_event_type", "ids", "last_id"}: matched, requeued, by_event_type and
+ids are rows, events is the number of events those rows carry, last_id is the largest id
+handled (the next run's --after-id; --after-id itself when nothing matched).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if since != "" {
@@ -86,8 +91,9 @@ the number of events those rows carry.`,
 	flagenv.Alias(fs, "pg.dsn", "DATABASE_URL")
 	flagenv.Secret(fs, "pg.dsn")
 	fs.StringVar(&f.Status, "status", f.Status, "status of the rows to requeue: dead or published")
-	fs.StringVar(&f.EventType, "event-type", "", "only rows of this event_type (impression, watch; legacy events ride in watch batch rows)")
-	fs.StringVar(&since, "since", "", "only rows created at or after this: a duration back from now (24h) or an RFC 3339 time or date")
+	fs.StringVar(&f.EventType, "event-type", "", "only rows of this event_type (impression, watch; legacy events ride in watch batch rows, legacy matches single legacy rows: pre-0008 or dead-lettered)")
+	fs.StringVar(&since, "since", "", "only rows created at or after this: a duration back from now (24h) or an RFC 3339 time or date (a dead-lettered event's row is created when it is split out)")
+	fs.Int64Var(&f.AfterID, "after-id", 0, "only rows with a larger id: the last_id of the previous run, so repeated runs move past rows that go dead again")
 	fs.IntVar(&f.Limit, "limit", f.Limit, fmt.Sprintf("most rows to requeue (1-%d)", outbox.MaxReplayLimit))
 	fs.BoolVar(&f.DryRun, "dry-run", false, "print what would be requeued without changing anything")
 	return cmd

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -97,8 +98,23 @@ VALUES ('d1', 'watch', 't', 'u1', '{}', 3, 'dead', 3, 'boom', 1, 1),
 	if statusOf("d2") != "dead" || statusOf("p1") != "published" {
 		t.Fatal("replay touched rows outside its filter")
 	}
+	if res.LastID != res.IDs[0] {
+		t.Fatalf("last_id = %d, want the requeued row's id %d", res.LastID, res.IDs[0])
+	}
 
-	for _, bad := range [][]string{{"--status", "pending"}, {"--limit", "0"}, {"--since", "soon"}} {
+	// The cursor: the next run starts past the last row handled.
+	_, out, err := runRelayReplay(t, "--status", "dead", "--after-id", strconv.FormatInt(res.LastID, 10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, `"after_id": `+strconv.FormatInt(res.LastID, 10)) || !strings.Contains(out, `"last_id"`) {
+		t.Fatalf("report %s lacks after_id %d or last_id", out, res.LastID)
+	}
+	if statusOf("d2") != "pending" || statusOf("d3") != "pending" {
+		t.Fatalf("replay --after-id %d left d2 %s, d3 %s; want both (past the cursor) requeued", res.LastID, statusOf("d2"), statusOf("d3"))
+	}
+
+	for _, bad := range [][]string{{"--status", "pending"}, {"--limit", "0"}, {"--since", "soon"}, {"--after-id", "-1"}} {
 		if _, _, err := runRelayReplay(t, bad...); err == nil || !strings.Contains(err.Error(), bad[0]) {
 			t.Errorf("replay %v: err %v, want an error naming %s", bad, err, bad[0])
 		}

@@ -828,3 +828,61 @@ func TestRelayStopDuringClaimLeavesNoRowLeased(t *testing.T) {
 		t.Errorf("%d rows left leased by 20 clean stops, want 0", stuck)
 	}
 }
+
+// Replaying dead rows with the cursor (--after-id from the previous run's last_id) reaches a
+// recoverable dead row behind more rows that go dead again at once than one run takes, and
+// the loop ends: without it every run picks the same poison rows again.
+func TestReplayCursorReachesRowsBehindPoisonRows(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testutil.KafkaBrokers(t), 1)
+	run := e.start(testConfig(), "r", relay.Options{})
+	waitReady(t, run.r)
+	var poison []int64
+	for range 3 {
+		poison = append(poison, e.insertRawBatchRow(outbox.LaneKey(1), []byte("not frames"), 1, testutil.Unique("batch:poison")))
+	}
+	good := e.insertRow("watch", e.kcfg.TopicWatches, "u-good", []byte(`{"ok":1}`), 5)
+	// The good row died earlier (its topic was missing then, say; the cause is fixed now).
+	if _, err := e.pool.Exec(context.Background(), `UPDATE event_outbox SET status = 'dead', attempts = 5 WHERE id = $1`, good); err != nil {
+		t.Fatal(err)
+	}
+	dead := func(ids ...int64) func() bool {
+		return func() bool {
+			for _, id := range ids {
+				if st, _, _ := e.row(id); st != outbox.StatusDead {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	waitFor(t, 10*time.Second, "the poison rows to die", dead(poison...))
+	st := outbox.NewStore(e.pool)
+	var after int64
+	runs := 0
+	for ; runs < 5; runs++ {
+		res, err := st.Replay(context.Background(), outbox.ReplayFilter{Status: outbox.StatusDead, Limit: 3, AfterID: after})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("run %d after %d: requeued %v, last_id %d", runs+1, after, res.IDs, res.LastID)
+		if res.Requeued == 0 {
+			if res.LastID != after {
+				t.Errorf("an empty run's last_id = %d, want its after_id %d", res.LastID, after)
+			}
+			break
+		}
+		if res.LastID != res.IDs[len(res.IDs)-1] || res.IDs[0] <= after {
+			t.Fatalf("run %d after %d: ids %v, last_id %d; want ids past the cursor and the largest as last_id", runs+1, after, res.IDs, res.LastID)
+		}
+		after = res.LastID
+	}
+	if runs != 2 {
+		t.Errorf("the loop ended after %d runs, want 2 (the poison rows, then the good row) and an empty third", runs)
+	}
+	waitFor(t, 10*time.Second, "the replayed good row to be published", func() bool {
+		s, _, _ := e.row(good)
+		return s == outbox.StatusPublished
+	})
+	waitFor(t, 10*time.Second, "the replayed poison rows to die again", dead(poison...))
+}

@@ -16,11 +16,17 @@ type ReplayFilter struct {
 	// topic was lost); nothing else, so a replay never mixes the two by accident.
 	Status string
 	// EventType matches the row's event_type ("" for any). Batch rows are typed by topic:
-	// "impression" or "watch"; legacy events ride in "watch" rows.
+	// "impression" or "watch"; legacy events ride in "watch" rows. A single-event row has its
+	// event's type: "legacy" for one written before migration 0008 or dead-lettered out of a
+	// batch row.
 	EventType string
 	Since     time.Time // zero for any; otherwise rows created at or after it
-	Limit     int
-	DryRun    bool
+	// AfterID is the cursor: only rows with a larger id (0 for all). Passing the previous
+	// run's LastID walks the matching rows once, so rows that go dead again at once (poison
+	// rows) are not picked again by every run ahead of the rows behind them.
+	AfterID int64
+	Limit   int
+	DryRun  bool
 }
 
 // ReplayResult is what Replay did (or, in a dry run, would do). It is printed as JSON by
@@ -29,6 +35,7 @@ type ReplayResult struct {
 	Status    string     `json:"status"`
 	EventType string     `json:"event_type,omitempty"`
 	Since     *time.Time `json:"since,omitempty"`
+	AfterID   int64      `json:"after_id"`
 	Limit     int        `json:"limit"`
 	DryRun    bool       `json:"dry_run"`
 	// Matched and Requeued count rows, ByEventType rows per row event_type (legacy events ride
@@ -38,6 +45,9 @@ type ReplayResult struct {
 	Events      int            `json:"events"`
 	ByEventType map[string]int `json:"by_event_type"`
 	IDs         []int64        `json:"ids"`
+	// LastID is the largest id handled, the next run's AfterID; AfterID itself when no row
+	// matched.
+	LastID int64 `json:"last_id"`
 }
 
 // MaxReplayLimit bounds one replay, so one command cannot requeue an unbounded set in a single
@@ -53,22 +63,25 @@ func (f ReplayFilter) Validate() error {
 	if f.Limit < 1 || f.Limit > MaxReplayLimit {
 		errs = append(errs, fmt.Sprintf("--limit must be between 1 and %d, got %d", MaxReplayLimit, f.Limit))
 	}
+	if f.AfterID < 0 {
+		errs = append(errs, fmt.Sprintf("--after-id must be >= 0, got %d", f.AfterID))
+	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%s", strings.Join(errs, "; "))
 	}
 	return nil
 }
 
-// Replay requeues the oldest rows matching f (pending, attempts 0, due now) and wakes the
-// relays. Rows are taken in id order so a key's replayed rows keep their relative order; each
+// Replay requeues the oldest rows matching f past f.AfterID (pending, attempts 0, due now)
+// and wakes the relays. Rows are taken in id order so a key's replayed rows keep their relative order; each
 // goes out behind nothing (it becomes its key's head if it is the oldest unpublished row).
 // Rows another transaction holds are skipped rather than waited for.
 func (s *Store) Replay(ctx context.Context, f ReplayFilter) (ReplayResult, error) {
 	if err := f.Validate(); err != nil {
 		return ReplayResult{}, err
 	}
-	res := ReplayResult{Status: f.Status, EventType: f.EventType, Limit: f.Limit, DryRun: f.DryRun,
-		ByEventType: map[string]int{}, IDs: []int64{}}
+	res := ReplayResult{Status: f.Status, EventType: f.EventType, AfterID: f.AfterID, Limit: f.Limit, DryRun: f.DryRun,
+		ByEventType: map[string]int{}, IDs: []int64{}, LastID: f.AfterID}
 	if !f.Since.IsZero() {
 		since := f.Since.UTC()
 		res.Since = &since
@@ -76,6 +89,10 @@ func (s *Store) Replay(ctx context.Context, f ReplayFilter) (ReplayResult, error
 	// The status is a literal (validated above) so the planner uses the status' partial index.
 	where := []string{"status = '" + f.Status + "'"}
 	args := []any{f.Limit}
+	if f.AfterID > 0 {
+		args = append(args, f.AfterID)
+		where = append(where, fmt.Sprintf("id > $%d", len(args)))
+	}
 	if f.EventType != "" {
 		args = append(args, f.EventType)
 		where = append(where, fmt.Sprintf("event_type = $%d", len(args)))
@@ -96,6 +113,7 @@ func (s *Store) Replay(ctx context.Context, f ReplayFilter) (ReplayResult, error
 				return err
 			}
 			res.IDs = append(res.IDs, id)
+			res.LastID = max(res.LastID, id)
 			res.ByEventType[et]++
 			res.Events += int(n)
 		}
