@@ -340,9 +340,8 @@ FROM event_outbox WHERE event_id = $1 AND event_type = 'watch'`, big.EventID).Sc
 	if err != nil || st != outbox.StatusDead || key != "attacker" || format != outbox.FormatSingle || count != 1 || !strings.Contains(lastErr, "max-batch-bytes") {
 		t.Errorf("dead letter row: %v %s %s %d %d %q", err, st, key, format, count, lastErr)
 	}
-	if got := metric(run.deps.Metrics, `recsys_relay_dead_total`); got != 1 {
-		t.Errorf("recsys_relay_dead_total = %v, want 1", got)
-	}
+	// Counted when the outcome's Complete returns, just after the rows read settled.
+	waitFor(t, 5*time.Second, "dead_total 1", func() bool { return metric(run.deps.Metrics, `recsys_relay_dead_total`) == 1 })
 
 	res, err := outbox.NewStore(e.pool).Replay(context.Background(), outbox.ReplayFilter{Status: outbox.StatusDead, Limit: 10})
 	if err != nil || res.Requeued != 1 {

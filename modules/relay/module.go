@@ -78,8 +78,11 @@
 // dead),
 // recsys_relay_publish_duration_seconds, recsys_relay_claim_duration_seconds,
 // recsys_relay_complete_duration_seconds, recsys_relay_fenced_total (outcomes dropped because
-// the lease was lost), recsys_relay_lease_lost_total (seen while renewing),
-// recsys_relay_dead_total (rows gone dead, plus events dead-lettered out of a batch row),
+// the lease was lost; a retry that finds its rows already recorded by an attempt whose answer
+// was lost counts only once the lease could have expired, when the two cannot be told apart),
+// recsys_relay_lease_lost_total (rows seen lost while renewing, each once),
+// recsys_relay_dead_total (rows this relay recorded as dead, plus events dead-lettered out of
+// a batch row; a fenced outcome counts nothing),
 // recsys_relay_held_back_total (rows put back behind an earlier
 // failure of their key), recsys_relay_reaped_total{outcome=requeued|dead},
 // recsys_relay_retention_deleted_total.

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 	kafkago "github.com/segmentio/kafka-go"
@@ -298,4 +299,39 @@ func outcome(r outbox.Result) string {
 		return "err"
 	}
 	return ""
+}
+
+// A retried Complete that matches none of its rows while the lease cannot have expired means
+// an earlier attempt committed (its answer was lost), not that the lease was lost: the
+// outcomes count as recorded, nothing as fenced.
+func TestRecordedEarlier(t *testing.T) {
+	lease := 30 * time.Second
+	for _, tt := range []struct {
+		name       string
+		attempt    int
+		done       outbox.Completed
+		sinceLease time.Duration
+		want       bool
+	}{
+		{"first attempt fenced: the lease was lost", 1, outbox.Completed{Fenced: 3}, time.Second, false},
+		{"retry matched nothing within the lease", 2, outbox.Completed{Fenced: 3}, 12 * time.Second, true},
+		{"retry matched nothing after the lease could expire", 3, outbox.Completed{Fenced: 3}, lease, false},
+		{"retry matched some rows: the first attempt did not commit", 2, outbox.Completed{Published: 2, Fenced: 1}, time.Second, false},
+		{"retry recorded everything", 2, outbox.Completed{Published: 3}, time.Second, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := recordedEarlier(tt.attempt, tt.done, 3, tt.sinceLease, lease); got != tt.want {
+				t.Errorf("recordedEarlier = %t, want %t", got, tt.want)
+			}
+		})
+	}
+	outcomes := []outbox.Outcome{
+		{ID: 1, Status: outbox.StatusPublished, DeadLetters: make([]outbox.DeadLetter, 2)},
+		{ID: 2, Status: outbox.StatusPending},
+		{ID: 3, Status: outbox.StatusDead},
+		{ID: 4, Status: outbox.StatusPending, Refund: true},
+	}
+	if got, want := intended(outcomes), (outbox.Completed{Published: 1, Retried: 2, Dead: 1, DeadLettered: 2}); got != want {
+		t.Errorf("intended = %+v, want %+v", got, want)
+	}
 }

@@ -517,7 +517,7 @@ func (r *Relay) process(ctx context.Context, c *outbox.Claim) (record func()) {
 	for id, res := range r.publish(bctx, c, items) {
 		results[id] = res
 	}
-	stopRenew()
+	leaseFrom := stopRenew()
 	ackAt := time.Since(c.ClaimedAt)
 
 	outcomes := outbox.Settle(c.Rows, results, r.backoff)
@@ -547,16 +547,12 @@ func (r *Relay) process(ctx context.Context, c *outbox.Claim) (record func()) {
 			}
 			if n := len(res.DeadLetters); n > 0 {
 				failedByTopic[row.Topic] += n
-				r.m.dead.Add(n)
 				r.log.ErrorContext(ctx, "outbox events no retry can publish, moving them to dead rows of their own", "outbox_id", row.ID,
 					"events", n, "first_event_id", res.DeadLetters[0].EventID, "err", res.DeadLetters[0].Err,
 					"mitigation", "the row's other events were published; see the runbook on dead outbox rows")
 			}
 		}
-		switch {
-		case o.Status == outbox.StatusDead:
-			r.m.dead.Inc()
-		case o.Refund:
+		if o.Refund {
 			r.m.heldBack.Inc()
 		}
 	}
@@ -576,7 +572,7 @@ func (r *Relay) process(ctx context.Context, c *outbox.Claim) (record func()) {
 	} else {
 		r.down.Store(nil)
 	}
-	return func() { r.complete(bctx, c, outcomes, anyFailed) }
+	return func() { r.complete(bctx, c, leaseFrom, outcomes, anyFailed) }
 }
 
 // item is a claimed row with the messages it carries.
@@ -664,8 +660,9 @@ func (r *Relay) markDown(ctx context.Context, err error) {
 
 // complete records the outcomes, retrying a few times on a database error. Rows whose outcome
 // cannot be recorded stay leased and are retried after the lease expires (acked ones are then
-// published twice: at-least-once).
-func (r *Relay) complete(ctx context.Context, c *outbox.Claim, outcomes []outbox.Outcome, anyFailed bool) {
+// published twice: at-least-once). leaseFrom is when the claim's lease was last extended for
+// all its rows (see renewWhileInFlight).
+func (r *Relay) complete(ctx context.Context, c *outbox.Claim, leaseFrom time.Time, outcomes []outbox.Outcome, anyFailed bool) {
 	for attempt := 1; ; attempt++ {
 		start := time.Now()
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -673,6 +670,11 @@ func (r *Relay) complete(ctx context.Context, c *outbox.Claim, outcomes []outbox
 		cancel()
 		if err == nil {
 			r.m.completeDur.UpdateDuration(start)
+			if recordedEarlier(attempt, done, len(outcomes), time.Since(leaseFrom), c.Lease) {
+				done = intended(outcomes)
+			}
+			// Counted from what was recorded: a fenced row did not go dead here.
+			r.m.dead.Add(done.Dead + done.DeadLettered)
 			if done.Fenced > 0 {
 				r.m.fenced.Add(done.Fenced)
 				r.log.WarnContext(ctx, "outbox lease lost before recording the outcome", "rows", done.Fenced,
@@ -694,18 +696,49 @@ func (r *Relay) complete(ctx context.Context, c *outbox.Claim, outcomes []outbox
 	}
 }
 
-// renewWhileInFlight extends the lease every third of its length until stop is called.
-func (r *Relay) renewWhileInFlight(ctx context.Context, c *outbox.Claim) (stop func()) {
+// recordedEarlier reports that a retried Complete matched none of its rows because an
+// earlier attempt committed and only its answer was lost (a client-side timeout), not because
+// the lease was lost: sinceLease, taken after the answer came, is shorter than the lease, so
+// no reap can have cleared the rows' token, and only Complete clears it otherwise.
+func recordedEarlier(attempt int, done outbox.Completed, outcomes int, sinceLease, lease time.Duration) bool {
+	return attempt > 1 && outcomes > 0 && done.Fenced == outcomes && sinceLease < lease
+}
+
+// intended is what Complete applies when it records outcomes whole (dead letters of an
+// event already stored are counted though not stored again).
+func intended(outcomes []outbox.Outcome) outbox.Completed {
+	var d outbox.Completed
+	for _, o := range outcomes {
+		switch o.Status {
+		case outbox.StatusPublished:
+			d.Published++
+		case outbox.StatusPending:
+			d.Retried++
+		case outbox.StatusDead:
+			d.Dead++
+		}
+		d.DeadLettered += len(o.DeadLetters)
+	}
+	return d
+}
+
+// renewWhileInFlight extends the lease every third of its length until stop is called. stop
+// returns when the lease of all the claim's rows was last extended: the time the claim (or
+// the last renewal that found every row) was sent, so the lease runs at least Lease from it.
+func (r *Relay) renewWhileInFlight(ctx context.Context, c *outbox.Claim) (stop func() (leaseFrom time.Time)) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
+	leaseFrom := c.ClaimedAt
 	wg.Go(func() {
 		t := time.NewTicker(c.Lease / 3)
 		defer t.Stop()
+		lostBefore := 0
 		for {
 			select {
 			case <-done:
 				return
 			case <-t.C:
+				sent := time.Now()
 				cctx, cancel := context.WithTimeout(ctx, c.Lease/3)
 				n, err := r.store.Renew(cctx, c)
 				cancel()
@@ -714,15 +747,20 @@ func (r *Relay) renewWhileInFlight(ctx context.Context, c *outbox.Claim) (stop f
 					r.log.WarnContext(ctx, "renew outbox lease", "err", err, "rows", len(c.Rows))
 					continue
 				}
-				if lost := len(c.Rows) - n; lost > 0 {
-					r.m.leaseLost.Add(lost)
-					r.log.WarnContext(ctx, "outbox lease lost while publishing", "rows", lost,
+				if n == len(c.Rows) {
+					leaseFrom = sent
+				}
+				// Rows lost once stay lost: each tick counts only the newly lost ones.
+				if lost := len(c.Rows) - n; lost > lostBefore {
+					r.m.leaseLost.Add(lost - lostBefore)
+					r.log.WarnContext(ctx, "outbox lease lost while publishing", "rows", lost-lostBefore,
 						"mitigation", "their outcome will be fenced off; the new owner publishes them")
+					lostBefore = lost
 				}
 			}
 		}
 	})
-	return func() { close(done); wg.Wait() }
+	return func() time.Time { close(done); wg.Wait(); return leaseFrom }
 }
 
 // publish sends the batch's messages in one WriteMessages call (one produce request per

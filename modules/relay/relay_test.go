@@ -541,9 +541,8 @@ func TestRelayDeadRowsAndReplay(t *testing.T) {
 	if st, _, _ := e.row(afterHuge); st != "published" {
 		t.Fatalf("row after the huge one on its key is %s, want published (dead rows free their key)", st)
 	}
-	if v := metric(run.deps.Metrics, "recsys_relay_dead_total"); v != 2 {
-		t.Errorf("dead_total = %v, want 2", v)
-	}
+	// Counted when the outcome's Complete returns, just after the rows read dead.
+	waitFor(t, 5*time.Second, "dead_total 2", func() bool { return metric(run.deps.Metrics, "recsys_relay_dead_total") == 2 })
 	if v := metric(run.deps.Metrics, `reco_outbox_relay_failed_total{topic="`+missing+`"}`); v != 3 {
 		t.Errorf("failed_total for the missing topic = %v, want 3", v)
 	}
@@ -668,6 +667,41 @@ func TestRelayRenewsLeaseWhileBatchInFlight(t *testing.T) {
 	}
 	if d, dups := readTopic(t, e.brokers, e.kcfg.TopicWatches).distinct(); d != 20 || dups != 0 {
 		t.Fatalf("consumer saw %d distinct events and %d duplicates, want 20 and 0", d, dups)
+	}
+}
+
+// A batch whose lease is taken over while it is in flight counts each lost row once however
+// many renewals see it lost, and a row it would have moved to dead is not counted dead: the
+// outcome is fenced off, the row is its new owner's.
+func TestRelayLostLeaseCountsRowsOnceAndNoDeadOutcome(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testutil.KafkaBrokers(t), 1)
+	ctx := context.Background()
+	e.insert(5, 5, 5)
+	e.insertRawBatchRow(outbox.LaneKey(1), []byte("not frames"), 1, testutil.Unique("batch:poison"))
+	const rows = 6
+	cfg := testConfig()
+	cfg.Workers = 1
+	cfg.Lease = time.Second // renewed every 333 ms
+	cfg.PublishTimeout = 10 * time.Second
+	w := relay.NewPublisher(e.deps("").Kafka, cfg)
+	run := e.start(cfg, "slow", relay.Options{Publisher: slowPublisher{inner: w, delay: 2500 * time.Millisecond}})
+	waitFor(t, 10*time.Second, "the batch in flight", func() bool { return e.counts()["publishing"] == rows })
+	// What a reap does once the lease expired; due in an hour, so nobody claims them again.
+	if _, err := e.pool.Exec(ctx, `UPDATE event_outbox SET status = 'pending', lease_owner = NULL, lease_token = NULL,
+    lease_expires_at = NULL, next_attempt_at = now() + interval '1 hour' WHERE status = 'publishing'`); err != nil {
+		t.Fatal(err)
+	}
+	set := run.deps.Metrics
+	waitFor(t, 10*time.Second, "the outcomes fenced off", func() bool { return metric(set, "recsys_relay_fenced_total") == rows })
+	if v := metric(set, "recsys_relay_lease_lost_total"); v != rows {
+		t.Errorf("lease_lost_total = %v, want %d (each row once)", v, rows)
+	}
+	if v := metric(set, "recsys_relay_dead_total"); v != 0 {
+		t.Errorf("dead_total = %v, want 0: the poison row's outcome was fenced off", v)
+	}
+	if c := e.counts(); c["pending"] != rows {
+		t.Errorf("rows %v, want all %d pending (their new owner's)", c, rows)
 	}
 }
 
