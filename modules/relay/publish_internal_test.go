@@ -335,3 +335,46 @@ func TestRecordedEarlier(t *testing.T) {
 		t.Errorf("intended = %+v, want %+v", got, want)
 	}
 }
+
+// The failed-publish warning promises a retry only for rows that get one: rows that go dead
+// (undecodable, too large, out of attempts) are named as such.
+func TestPublishFailureWarningMitigation(t *testing.T) {
+	row := func(id int64, key string, attempts int) outbox.Row {
+		return outbox.Row{ID: id, Key: key, Topic: "t", EventID: fmt.Sprint("e", id), EventType: "watch",
+			PayloadFormat: outbox.FormatSingle, EventCount: 1, Payload: []byte(`{}`), Attempts: attempts, MaxAttempts: 3}
+	}
+	poison := batchRow(9, 1, "p1")
+	poison.Payload = poison.Payload[:len(poison.Payload)-3]
+	unreachable := func([]kafkago.Message) error { return io.ErrUnexpectedEOF }
+	for _, tc := range []struct {
+		name      string
+		rows      []outbox.Row
+		answers   []func([]kafkago.Message) error
+		want, not string
+	}{
+		{name: "attempts left", rows: []outbox.Row{row(1, "a", 1)}, answers: []func([]kafkago.Message) error{unreachable},
+			want: "retry with backoff", not: "go dead"},
+		{name: "last attempt", rows: []outbox.Row{row(1, "a", 3)}, answers: []func([]kafkago.Message) error{unreachable},
+			want: "go dead", not: "retry with backoff"},
+		{name: "undecodable only", rows: []outbox.Row{row(1, "a", 1), poison},
+			want: "go dead", not: "retry with backoff"},
+		{name: "both", rows: []outbox.Row{row(1, "a", 1), poison}, answers: []func([]kafkago.Message) error{unreachable},
+			want: "later rows of their keys wait; rows no retry can publish"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs strings.Builder
+			r := &Relay{cfg: NewConfig(), pub: &fakePublisher{answers: tc.answers}, m: newMetrics(metrics.NewSet()),
+				log: slog.New(slog.NewTextHandler(&logs, nil)), backoff: outbox.Backoff{Base: time.Second, Max: time.Minute}}
+			r.process(context.Background(), &outbox.Claim{Rows: tc.rows, Lease: time.Hour})
+			var warning string
+			for _, l := range strings.Split(logs.String(), "\n") {
+				if strings.Contains(l, `msg="publish outbox batch"`) {
+					warning = l
+				}
+			}
+			if !strings.Contains(warning, tc.want) || (tc.not != "" && strings.Contains(warning, tc.not)) {
+				t.Errorf("warning %q; want it to say %q and not %q", warning, tc.want, tc.not)
+			}
+		})
+	}
+}

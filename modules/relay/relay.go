@@ -563,9 +563,18 @@ func (r *Relay) process(ctx context.Context, c *outbox.Claim) (record func()) {
 		r.m.failed(t, n)
 	}
 	if anyFailed {
+		retrying, dead := 0, 0
+		for _, o := range outcomes {
+			switch {
+			case o.Status == outbox.StatusDead:
+				dead++
+			case o.Status == outbox.StatusPending && !o.Refund:
+				retrying++
+			}
+		}
 		r.m.errors("publish").Inc()
 		r.log.WarnContext(ctx, "publish outbox batch", "err", firstErr, "batch_rows", len(c.Rows),
-			"failed_events", sum(failedByTopic), "mitigation", "failed rows retry with backoff, later rows of their keys wait")
+			"failed_events", sum(failedByTopic), "retry_rows", retrying, "dead_rows", dead, "mitigation", publishMitigation(retrying, dead))
 		if allFailed {
 			r.markDown(ctx, firstErr)
 		}
@@ -573,6 +582,21 @@ func (r *Relay) process(ctx context.Context, c *outbox.Claim) (record func()) {
 		r.down.Store(nil)
 	}
 	return func() { r.complete(bctx, c, leaseFrom, outcomes, anyFailed) }
+}
+
+// publishMitigation is the advice of a failed publish with retrying rows that will be tried
+// again and dead rows that no retry can publish (or that used up their attempts).
+func publishMitigation(retrying, dead int) string {
+	const retry = "failed rows retry with backoff, later rows of their keys wait"
+	const gone = "rows no retry can publish (or out of attempts) go dead and later rows of their keys go on; see the runbook on dead outbox rows"
+	switch {
+	case dead == 0:
+		return retry
+	case retrying == 0:
+		return gone
+	default:
+		return retry + "; " + gone
+	}
 }
 
 // item is a claimed row with the messages it carries.
