@@ -73,9 +73,9 @@ func (f ReplayFilter) Validate() error {
 }
 
 // Replay requeues the oldest rows matching f past f.AfterID (pending, attempts 0, due now)
-// and wakes the relays. Rows are taken in id order so a key's replayed rows keep their relative order; each
-// goes out behind nothing (it becomes its key's head if it is the oldest unpublished row).
-// Rows another transaction holds are skipped rather than waited for.
+// and wakes the relays. Rows are taken in id order so a key's replayed rows keep their
+// relative order; each goes out behind nothing (it becomes its key's head if it is the oldest
+// unpublished row). Rows another transaction holds are skipped rather than waited for.
 func (s *Store) Replay(ctx context.Context, f ReplayFilter) (ReplayResult, error) {
 	if err := f.Validate(); err != nil {
 		return ReplayResult{}, err
