@@ -310,12 +310,16 @@ func (s *runner) waitSeedVisible(ctx context.Context) {
 	}
 }
 
-// traffic sends /reco requests and watches the first item of each non-empty answer.
+// traffic sends /reco requests and watches the first item of each non-empty answer. The
+// original's users (smoke-user-<idx mod 5>) are named per run here: the original served
+// watched items again, recsys excludes them, and on a small stack (recsys dev) the same five
+// users had watched every item by the third run, so every answer was empty and the check
+// failed with nothing wrong.
 func (s *runner) traffic(ctx context.Context) {
 	var recoErrs, watchErrs []string
 	for idx := 0; idx < s.cfg.RecoRequests; idx++ {
-		user := "smoke-user-" + strconv.Itoa(idx%5)
-		session := "smoke-session-" + strconv.Itoa(idx)
+		user := "smoke-user-" + s.run + "-" + strconv.Itoa(idx%5)
+		session := "smoke-session-" + s.run + "-" + strconv.Itoa(idx)
 		reco, st, err := s.c.reco(ctx, user, session, 5, true)
 		if err != nil || st != http.StatusOK {
 			if len(recoErrs) < 3 {

@@ -22,6 +22,9 @@ type fakeStack struct {
 	mu        sync.Mutex
 	delay     time.Duration
 	broken    bool // the consumer never applies anything
+	// seedsOnly: the catalogue is the seeded items alone (a small stack whose probes'
+	// items never reach the users' lists).
+	seedsOnly bool
 	seen      map[string]bool
 	watches   []watch
 	recos     int
@@ -90,6 +93,9 @@ func (f *fakeStack) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		// Neighbours: items other users watched together with one of mine.
 		for _, x := range ws {
+			if f.seedsOnly {
+				break
+			}
 			if !mine[x.item] || x.user == user {
 				continue
 			}
@@ -100,7 +106,9 @@ func (f *fakeStack) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		for _, x := range ws {
-			add(x.item)
+			if !f.seedsOnly {
+				add(x.item)
+			}
 		}
 		// A popular fallback catalogue, so a user who watched some items still gets a list
 		// however slow the machine makes the test.
@@ -329,5 +337,25 @@ func TestSmokeUnreadyStack(t *testing.T) {
 	r := smoke.Run(context.Background(), fastCfg(srv.URL))
 	if r.Checks[smoke.CheckReadyz] != "fail" || !strings.Contains(r.Details[smoke.CheckReadyz], `status 503`) || !strings.Contains(r.Details[smoke.CheckReadyz], `"db":false`) {
 		t.Fatalf("readyz %s: %s", r.Checks[smoke.CheckReadyz], r.Details[smoke.CheckReadyz])
+	}
+}
+
+// TestSmokeRerunsAgainstASmallStack: smoke run again and again against one small stack (five
+// seeded items, watched items excluded) still finds lists to watch: its traffic users are new
+// each run, where the original's five fixed users had watched the whole catalogue by the
+// third run and every answer came back empty.
+func TestSmokeRerunsAgainstASmallStack(t *testing.T) {
+	f := newFake()
+	f.seedsOnly, f.delay = true, 0 // a watch is excluded from the next answer
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	cfg := fastCfg(srv.URL)
+	cfg.RecoRequests = 10 // two watches per traffic user and run
+	for run := 1; run <= 3; run++ {
+		r := smoke.Run(context.Background(), cfg)
+		if r.Checks[smoke.CheckWatchTraffic] != "pass" || r.Traffic.EmptyReco != 0 {
+			t.Fatalf("run %d: watch_traffic %s, %d empty answers of %d: %s", run, r.Checks[smoke.CheckWatchTraffic],
+				r.Traffic.EmptyReco, r.Traffic.RecoOK, r.Details[smoke.CheckWatchTraffic])
+		}
 	}
 }
