@@ -1,5 +1,12 @@
 // Package logging builds the process logger: log/slog, JSON by default, text for terminals,
 // and every record made with a context carries that context's request and correlation IDs.
+//
+// A JSON line has the keys of the original service's lines (api-contract §2.1), so log
+// queries and pipelines written for it keep working: ts (UTC ISO-8601 with milliseconds and
+// Z), level (Python's names: DEBUG, INFO, WARNING, ERROR), logger, message, component (api,
+// outbox-relay, feature-consumer), request_id and correlation_id ("-" when there is none),
+// beside the record's own attributes (a module's logger also carries "module"; recsys opens
+// no groups, inside which these would land).
 package logging
 
 import (
@@ -54,24 +61,106 @@ func New(w io.Writer, format string, level slog.Level) (*slog.Logger, error) {
 	var h slog.Handler
 	switch strings.ToLower(format) {
 	case "json", "":
-		h = slog.NewJSONHandler(w, opts)
+		opts.ReplaceAttr = contractKeys
+		return slog.New(idHandler{Handler: slog.NewJSONHandler(w, opts), contract: true, logger: "recsys", component: "-"}), nil
 	case "text":
 		h = slog.NewTextHandler(w, opts)
 	default:
 		return nil, fmt.Errorf("unknown log format %q (want json or text)", format)
 	}
-	return slog.New(idHandler{h}), nil
+	return slog.New(idHandler{Handler: h}), nil
 }
 
-// idHandler adds the context's IDs to each record, so call sites only pass ctx.
-type idHandler struct{ slog.Handler }
+// contractKeys renames slog's built-in keys to the contract's (see the package doc).
+func contractKeys(groups []string, a slog.Attr) slog.Attr {
+	if len(groups) > 0 {
+		return a
+	}
+	switch a.Key {
+	case slog.TimeKey:
+		if a.Value.Kind() == slog.KindTime {
+			return slog.String("ts", a.Value.Time().UTC().Format("2006-01-02T15:04:05.000Z"))
+		}
+	case slog.MessageKey:
+		a.Key = "message"
+	case slog.LevelKey:
+		if l, ok := a.Value.Any().(slog.Level); ok {
+			a.Value = slog.StringValue(levelName(l))
+		}
+	}
+	return a
+}
+
+// levelName is Python's name of a level, as the original's lines carry.
+func levelName(l slog.Level) string {
+	switch {
+	case l < slog.LevelInfo:
+		return "DEBUG"
+	case l < slog.LevelWarn:
+		return "INFO"
+	case l < slog.LevelError:
+		return "WARNING"
+	}
+	return "ERROR"
+}
+
+// componentOf is the contract's component of a module's lines: the original ran the API, the
+// outbox relay and the feature consumer as three programs.
+func componentOf(module string) string {
+	switch module {
+	case "relay":
+		return "outbox-relay"
+	case "consumer":
+		return "feature-consumer"
+	case "ingest", "reco", "analytics", "api", "http":
+		return "api"
+	}
+	return module
+}
+
+// idHandler adds the context's IDs to each record, so call sites only pass ctx. In the
+// contract's JSON form (contract) every record also names its logger and component, from the
+// "module" attribute a module's logger carries, and the IDs default to "-".
+type idHandler struct {
+	slog.Handler
+	contract          bool
+	logger, component string
+}
 
 func (h idHandler) Handle(ctx context.Context, r slog.Record) error {
-	if ids, ok := IDsFrom(ctx); ok {
+	ids, ok := IDsFrom(ctx)
+	if h.contract {
+		if !ok {
+			ids = IDs{RequestID: "-", CorrelationID: "-"}
+		}
+		r.AddAttrs(slog.String("logger", h.logger), slog.String("component", h.component),
+			slog.String("request_id", cmpOr(ids.RequestID)), slog.String("correlation_id", cmpOr(ids.CorrelationID)))
+		return h.Handler.Handle(ctx, r)
+	}
+	if ok {
 		r.AddAttrs(slog.String("request_id", ids.RequestID), slog.String("correlation_id", ids.CorrelationID))
 	}
 	return h.Handler.Handle(ctx, r)
 }
 
-func (h idHandler) WithAttrs(as []slog.Attr) slog.Handler { return idHandler{h.Handler.WithAttrs(as)} }
-func (h idHandler) WithGroup(n string) slog.Handler       { return idHandler{h.Handler.WithGroup(n)} }
+func cmpOr(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func (h idHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	for _, a := range as {
+		if a.Key == "module" {
+			h.logger, h.component = "recsys."+a.Value.String(), componentOf(a.Value.String())
+		}
+	}
+	h.Handler = h.Handler.WithAttrs(as)
+	return h
+}
+
+func (h idHandler) WithGroup(n string) slog.Handler {
+	h.Handler = h.Handler.WithGroup(n)
+	return h
+}

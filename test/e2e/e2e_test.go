@@ -86,7 +86,7 @@ func Start(t *testing.T, env []string, args ...string) *Process {
 // startedAddr is the address of the app's "started" log line in out ("" until there is one).
 func startedAddr(out string) string {
 	for _, line := range strings.Split(out, "\n") {
-		if !strings.Contains(line, `"msg":"started"`) {
+		if !strings.Contains(line, `"message":"started"`) {
 			continue
 		}
 		var l struct {
