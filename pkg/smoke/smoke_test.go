@@ -19,9 +19,9 @@ import (
 // excludes a user's applied watches and puts the co-visitation neighbours of those items
 // first, then popular items.
 type fakeStack struct {
-	mu        sync.Mutex
-	delay     time.Duration
-	broken    bool // the consumer never applies anything
+	mu     sync.Mutex
+	delay  time.Duration
+	broken bool // the consumer never applies anything
 	// seedsOnly: the catalogue is the seeded items alone (a small stack whose probes'
 	// items never reach the users' lists).
 	seedsOnly bool
