@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,14 +20,22 @@ import (
 // copy is not ready until repopulated. The run_id has a key of its own, not the marker's
 // value, so that the API and a previous release, which read only the marker, are unchanged;
 // a copy completed by a previous release (no run_id yet) is taken over as it stands.
+//
+// A copy of a newer generation than PostgreSQL's (a database restored from a backup, or a
+// generation that went down) is not ready either: it refuses every write as older, and the
+// writers take that for a repopulation to come, so without one it would stay frozen.
 func (s *Store) RedisReady(ctx context.Context) (bool, error) {
-	res := s.rd.DoMulti(ctx, s.rd.B().Exists().Key(s.keys.Ready).Build(), s.rd.B().Get().Key(s.keys.RunID).Build())
+	res := s.rd.DoMulti(ctx, s.rd.B().Exists().Key(s.keys.Ready).Build(), s.rd.B().Get().Key(s.keys.RunID).Build(),
+		s.rd.B().Hget().Key(s.keys.Meta).Field("ep").Build())
 	n, err := res[0].AsInt64()
 	if err != nil {
 		return false, fmt.Errorf("check redis ready marker: %w", err)
 	}
 	if n == 0 {
 		return false, nil
+	}
+	if ahead, err := s.copyAhead(ctx, res[2]); err != nil || ahead {
+		return false, err
 	}
 	stored, err := res[1].ToString()
 	if err != nil && !rueidis.IsRedisNil(err) {
@@ -45,6 +54,32 @@ func (s *Store) RedisReady(ctx context.Context) (bool, error) {
 	s.log.WarnContext(ctx, "redis restarted or failed over since the copy was complete (run_id changed); it may have lost writes, repopulating",
 		"copy_run_id", stored, "run_id", id)
 	return false, nil
+}
+
+// copyAhead reports whether the copy's generation (ep, the HGET's result) is above
+// PostgreSQL's.
+func (s *Store) copyAhead(ctx context.Context, ep rueidis.RedisResult) (bool, error) {
+	if s.pg == nil {
+		return false, nil
+	}
+	v, err := ep.ToString()
+	if err != nil && !rueidis.IsRedisNil(err) {
+		return false, fmt.Errorf("read redis copy generation: %w", err)
+	}
+	copyGen, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return false, nil // none yet, or being cleared: not a newer generation
+	}
+	var gen int64
+	if err := s.pg.QueryRow(ctx, `SELECT coalesce(max(generation), 0) FROM feature_meta`).Scan(&gen); err != nil {
+		return false, fmt.Errorf("read feature generation: %w", err)
+	}
+	if copyGen <= gen {
+		return false, nil
+	}
+	s.log.WarnContext(ctx, "the redis copy is of a newer generation than postgres (generation went down); repopulating",
+		"copy_generation", copyGen, "generation", gen)
+	return true, nil
 }
 
 // redisRunID is the run_id of the Redis process (INFO server), "" when it cannot be read
