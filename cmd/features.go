@@ -134,13 +134,18 @@ fall back to PostgreSQL until it is complete.
 
 With --from-events the durable state itself is recomputed from the raw event tables
 (impressions, watches, legacy_events) through the same feature update code as the stream,
-in event-time order: the feature tables are emptied first (the DLQ is kept). Stop the
-consumers during such a rebuild; raw events older than the ingest retention are gone.`,
+in event-time order: the feature tables are emptied first (the DLQ is kept). Every feature
+of events older than the ingest retention (--ingest.raw-retention, 30 days by default) is
+lost, since their raw rows are gone. Stop the consumers during such a rebuild. Only one runs
+at a time: a second fails before changing anything.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := lc.logger(os.Stderr)
 			if err != nil {
 				return err
+			}
+			if fromEvents && batch < 1 {
+				return fmt.Errorf("--batch-size %d: want at least 1", batch)
 			}
 			st, closeFn, err := sf.open(cmd.Context(), log)
 			if err != nil {

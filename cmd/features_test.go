@@ -56,3 +56,14 @@ func TestFeaturesVerifyCommand(t *testing.T) {
 		t.Fatalf("--sample 0: %v", err)
 	}
 }
+
+// --batch-size below 1 is refused naming the flag, before anything is opened (it used to
+// become 5000 silently).
+func TestFeaturesRebuildRefusesBatchSize(t *testing.T) {
+	for _, size := range []string{"0", "-5"} {
+		_, err := runFeatures(t, "rebuild", "--from-events", "--batch-size", size, "--pg.dsn", "postgres://nowhere.invalid/x")
+		if err == nil || !strings.Contains(err.Error(), "--batch-size") {
+			t.Fatalf("--batch-size %s: %v", size, err)
+		}
+	}
+}
