@@ -2,6 +2,8 @@ package featurestore
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -230,8 +232,11 @@ WHERE created_at < now() - $1::interval AND id <> ALL($3) ORDER BY id LIMIT $2`,
 }
 
 // lockTTL bounds how long a repopulation that died (kill -9) blocks the next one; a live
-// one refreshes the lock after every page.
+// one renews the lock at every step (a page of the deletion or of the copy), and every
+// lockRenewEvery while it waits for the meta lock.
 const lockTTL = 15 * time.Second
+
+const lockRenewEvery = time.Second
 
 // clearingEpoch is the copy's generation while a repopulation deletes the keys of another
 // one: no writer's (a number), and not a number, so writers take the copy as behind.
@@ -239,6 +244,118 @@ const clearingEpoch = "clearing"
 
 // ErrRepopulating means another process holds the repopulation lock.
 var ErrRepopulating = errors.New("another repopulation is running")
+
+// ErrRepopulationLockLost means the repopulation lock expired or was taken over while a
+// repopulation ran (Redis unreachable, or a step stalled past lockTTL); that repopulation
+// stopped before its next change to the copy, and the one holding the lock now, or the next
+// heal pass, completes the copy.
+var ErrRepopulationLockLost = errors.New("repopulation lock lost")
+
+// lockScript changes the copy on behalf of a repopulation only while it holds the lock: the
+// check and the change are one step, so a repopulation whose lock expired cannot delete keys
+// of, or mark ready, a copy another one is building. Every call renews the lock.
+//
+// KEYS: the lock, then the keys of the action. ARGV: token, TTL (ms), action, its arguments:
+//
+//	keep:    nothing else
+//	release: delete the lock
+//	unlink:  unlink the keys
+//	hset:    HSET the first key with the field-value pairs
+//	set:     SET each key to its value (ARGV in key order)
+//
+// Returns 1, or 0 when the lock is not (or no longer) the caller's.
+const lockScript = `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local act = ARGV[3]
+if act == 'release' then redis.call('DEL', KEYS[1]); return 1 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if act == 'unlink' then
+  for s = 2, #KEYS, 1000 do redis.call('UNLINK', unpack(KEYS, s, math.min(s + 999, #KEYS))) end
+elseif act == 'hset' then
+  redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+elseif act == 'set' then
+  for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 2]) end
+end
+return 1
+`
+
+var luaLock = rueidis.NewLuaScript(lockScript)
+
+// repopLock is a held repopulation lock: its value is a random token, so that renewing and
+// releasing it never touch another process's lock.
+type repopLock struct {
+	s     *Store
+	token string
+}
+
+// takeLock takes the repopulation lock, or returns ErrRepopulating.
+func (s *Store) takeLock(ctx context.Context) (*repopLock, error) {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b) // never fails (crypto/rand)
+	l := &repopLock{s: s, token: hex.EncodeToString(b)}
+	ok, err := s.rd.Do(ctx, s.rd.B().Set().Key(s.keys.Lock).Value(l.token).Nx().Px(lockTTL).Build()).AsBool()
+	if err != nil && !rueidis.IsRedisNil(err) {
+		return nil, fmt.Errorf("take repopulation lock: %w", err)
+	}
+	if !ok {
+		return nil, ErrRepopulating
+	}
+	return l, nil
+}
+
+// do runs action on keys (with args) if the lock is still held, renewing it.
+func (l *repopLock) do(ctx context.Context, action string, keys []string, args ...string) error {
+	n, err := luaLock.Exec(ctx, l.s.rd, append([]string{l.s.keys.Lock}, keys...),
+		append([]string{l.token, fi(lockTTL.Milliseconds()), action}, args...)).AsInt64()
+	if err != nil {
+		return fmt.Errorf("repopulation lock (%s): %w", action, err)
+	}
+	if n != 1 {
+		return ErrRepopulationLockLost
+	}
+	return nil
+}
+
+func (l *repopLock) keep(ctx context.Context) error { return l.do(ctx, "keep", nil) }
+
+func (l *repopLock) release(ctx context.Context) {
+	_ = l.do(context.WithoutCancel(ctx), "release", nil)
+}
+
+// while runs f, renewing the lock every lockRenewEvery, for a step that may wait longer than
+// lockTTL (the generation bump waits up to 30 s for the meta lock). It returns
+// ErrRepopulationLockLost if a renewal found the lock gone, whatever f returned.
+func (l *repopLock) while(ctx context.Context, f func() error) error {
+	if err := l.keep(ctx); err != nil {
+		return err
+	}
+	stop, lost := make(chan struct{}), make(chan error, 1)
+	go func() {
+		t := time.NewTicker(lockRenewEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				lost <- nil
+				return
+			case <-t.C:
+				if err := l.keep(ctx); errors.Is(err, ErrRepopulationLockLost) {
+					lost <- err
+					return
+				}
+			}
+		}
+	}()
+	err := f()
+	close(stop)
+	if lerr := <-lost; lerr != nil {
+		return lerr
+	}
+	if err != nil {
+		return err
+	}
+	return l.keep(ctx)
+}
 
 // Repopulate rebuilds the Redis copy from PostgreSQL while the consumers keep writing.
 // force (the `features rebuild` command) first bumps the generation, so the copy is replaced
@@ -252,22 +369,16 @@ var ErrRepopulating = errors.New("another repopulation is running")
 // refused or lost; and writes of the current generation landing meanwhile merge with the
 // snapshot's values.
 func (s *Store) Repopulate(ctx context.Context, force bool) error {
-	ok, err := s.rd.Do(ctx, s.rd.B().Set().Key(s.keys.Lock).Value(fmt.Sprint(time.Now().UnixMilli())).Nx().Px(lockTTL).Build()).AsBool()
-	if err != nil && !rueidis.IsRedisNil(err) {
-		return fmt.Errorf("take repopulation lock: %w", err)
+	lk, err := s.takeLock(ctx)
+	if err != nil {
+		return err
 	}
-	if !ok {
-		return ErrRepopulating
-	}
-	defer func() {
-		ctx := context.WithoutCancel(ctx)
-		_ = s.rd.Do(ctx, s.rd.B().Del().Key(s.keys.Lock).Build()).Error()
-	}()
+	defer lk.release(ctx)
 	// Read before the snapshot: a restart during the copy leaves a run_id that names the
 	// process before, and the copy is taken again.
 	runID := s.redisRunID(ctx)
 	if force {
-		if err := s.bumpGeneration(ctx); err != nil {
+		if err := lk.while(ctx, func() error { return s.bumpGeneration(ctx) }); err != nil {
 			return err
 		}
 	}
@@ -284,7 +395,7 @@ func (s *Store) Repopulate(ctx context.Context, force bool) error {
 	if hasMeta {
 		epoch = m.Epoch()
 	}
-	if err := s.rd.Do(ctx, s.rd.B().Del().Key(s.keys.Ready).Build()).Error(); err != nil {
+	if err := lk.do(ctx, "unlink", []string{s.keys.Ready}); err != nil {
 		return fmt.Errorf("clear ready marker: %w", err)
 	}
 	if cur != "" && cur != epoch {
@@ -293,19 +404,18 @@ func (s *Store) Repopulate(ctx context.Context, force bool) error {
 		// and before it took the version went onto a list that had lost its members, and the
 		// copy kept it short at PostgreSQL's version. The refused writes stay in the journal;
 		// their batches committed before the snapshot below, which holds them.
-		if err := s.rd.Do(ctx, s.rd.B().Hset().Key(s.keys.Meta).FieldValue().FieldValue("ep", clearingEpoch).Build()).Error(); err != nil {
+		if err := lk.do(ctx, "hset", []string{s.keys.Meta}, "ep", clearingEpoch); err != nil {
 			return fmt.Errorf("write redis meta: %w", err)
 		}
-		if err := s.deleteData(ctx); err != nil {
+		if err := s.deleteData(ctx, lk); err != nil {
 			return err
 		}
 	}
-	set := s.rd.B().Hset().Key(s.keys.Meta).FieldValue().FieldValue("ep", epoch)
+	set := []string{"ep", epoch}
 	if hasMeta {
-		set = set.FieldValue("lm:s", fi(m.Short.LandmarkMs)).FieldValue("lm:l", fi(m.Long.LandmarkMs)).FieldValue("lm:c", fi(m.Covis.LandmarkMs)).
-			FieldValue("hl:s", ff(m.Short.HalfLifeMs)).FieldValue("hl:l", ff(m.Long.HalfLifeMs)).FieldValue("hl:c", ff(m.Covis.HalfLifeMs))
+		set = append(set, metaFields(m)...)
 	}
-	if err := s.rd.Do(ctx, set.Build()).Error(); err != nil {
+	if err := lk.do(ctx, "hset", []string{s.keys.Meta}, set...); err != nil {
 		return fmt.Errorf("write redis meta: %w", err)
 	}
 	// The snapshot starts only now: every write the copy accepted before (and that the
@@ -328,7 +438,7 @@ func (s *Store) Repopulate(ctx context.Context, force bool) error {
 		return fmt.Errorf("read redis journal: %w", err)
 	}
 	if hasMeta {
-		if err := s.copyAll(ctx, tx, epoch); err != nil {
+		if err := s.copyAll(ctx, tx, epoch, lk); err != nil {
 			return err
 		}
 	}
@@ -338,19 +448,27 @@ func (s *Store) Repopulate(ctx context.Context, force bool) error {
 			return fmt.Errorf("clear redis journal: %w", err)
 		}
 	}
-	mset := s.rd.B().Mset().KeyValue().KeyValue(s.keys.Ready, "1")
+	mk, mv := []string{s.keys.Ready}, []string{"1"}
 	if runID != "" {
-		mset = mset.KeyValue(s.keys.RunID, runID)
+		mk, mv = append(mk, s.keys.RunID), append(mv, runID)
 	}
-	if err := s.rd.Do(ctx, mset.Build()).Error(); err != nil {
+	if err := lk.do(ctx, "set", mk, mv...); err != nil {
 		return fmt.Errorf("set ready marker: %w", err)
 	}
 	s.log.InfoContext(ctx, "redis copy repopulated", "generation", epoch, "forced", force)
 	return nil
 }
 
-// deleteData unlinks every key under the prefix except meta and the lock.
-func (s *Store) deleteData(ctx context.Context) error {
+// metaFields are the decay fields of the copy's meta for m, as HSET takes them.
+func metaFields(m Meta) []string {
+	return []string{"lm:s", fi(m.Short.LandmarkMs), "lm:l", fi(m.Long.LandmarkMs), "lm:c", fi(m.Covis.LandmarkMs),
+		"hl:s", ff(m.Short.HalfLifeMs), "hl:l", ff(m.Long.HalfLifeMs), "hl:c", ff(m.Covis.HalfLifeMs)}
+}
+
+// deleteData unlinks every key under the prefix except meta and the lock. Each page is
+// unlinked under the lock (renewing it): a SCAN of a large database outlasts lockTTL, and a
+// deletion whose lock expired must not go on into the copy of the repopulation that took it.
+func (s *Store) deleteData(ctx context.Context, lk *repopLock) error {
 	var cursor uint64
 	match := escapeGlob(s.keys.Prefix) + "*"
 	for {
@@ -364,10 +482,8 @@ func (s *Store) deleteData(ctx context.Context) error {
 				del = append(del, k)
 			}
 		}
-		if len(del) > 0 {
-			if err := s.rd.Do(ctx, s.rd.B().Unlink().Key(del...).Build()).Error(); err != nil {
-				return fmt.Errorf("unlink redis keys: %w", err)
-			}
+		if err := lk.do(ctx, "unlink", del); err != nil {
+			return fmt.Errorf("unlink redis keys: %w", err)
 		}
 		if cursor = e.Cursor; cursor == 0 {
 			return nil
@@ -375,12 +491,13 @@ func (s *Store) deleteData(ctx context.Context) error {
 	}
 }
 
-// copyAll streams the snapshot into Redis in keyset-paginated chunks.
-func (s *Store) copyAll(ctx context.Context, tx pgx.Tx, epoch string) error {
+// copyAll streams the snapshot into Redis in keyset-paginated chunks. Its item writes put
+// every item into the top and fresh lists (redisWrite.lists): the copy may keep item hashes
+// whose lists lost them (a deletion that ran on), and a write of an unchanged value would
+// not add them back.
+func (s *Store) copyAll(ctx context.Context, tx pgx.Tx, epoch string, lk *repopLock) error {
 	const page = 2000
-	keep := func() error {
-		return s.rd.Do(ctx, s.rd.B().Pexpire().Key(s.keys.Lock).Milliseconds(lockTTL.Milliseconds()).Build()).Error()
-	}
+	keep := func() error { return lk.keep(ctx) }
 	after := ""
 	for {
 		rows, _ := tx.Query(ctx, `SELECT user_id, version, history, watched, impressions, impressions_recent
@@ -417,7 +534,7 @@ FROM feature_users WHERE user_id > $1 ORDER BY user_id LIMIT $2`, after, page)
 				ids = append(ids, it.id)
 			}
 		}
-		w := &redisWrite{items: items}
+		w := &redisWrite{items: items, lists: true}
 		if len(ids) > 0 {
 			if w.nb, err = readNeighbours(ctx, tx, ids); err != nil {
 				return err

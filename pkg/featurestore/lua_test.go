@@ -120,9 +120,9 @@ func TestNeighbourWriteChunks(t *testing.T) {
 }
 
 // A list's changes apply only onto the version just before; a list sent whole replaces any
-// older copy; an older write changes nothing. A change that finds an older version asks for
-// the list whole (from PostgreSQL, absent here: an error). On miniredis, and on the real Redis
-// when the integration services run.
+// older copy, or one at its version whose list is gone; an older write changes nothing. A
+// change that finds an older version asks for the list whole (from PostgreSQL, absent here:
+// an error). On miniredis, and on the real Redis when the integration services run.
 func TestNeighbourVersions(t *testing.T) {
 	for name, open := range scriptBackends() {
 		t.Run(name, func(t *testing.T) {
@@ -183,6 +183,17 @@ func TestNeighbourVersions(t *testing.T) {
 				t.Fatalf("a change onto a deleted list: %v", err)
 			}
 			check("a change onto a deleted list", "", "4")
+			// The list whole at the version the hash kept (a repopulation's copy after keys
+			// were deleted behind it): it comes back. At that version onto a list that is
+			// there, a whole list changes nothing (the copy already has it).
+			if err := write(nbWrite{item: "a", version: 4, whole: true, add: []scoredRow{{id: "d", w: 0.25}, {id: "e", w: 1}}}); err != nil {
+				t.Fatal(err)
+			}
+			check("the list whole onto a deleted list at its version", "d=0.25 e=1", "4")
+			if err := write(nbWrite{item: "a", version: 4, whole: true, add: []scoredRow{{id: "z", w: 7}}}); err != nil {
+				t.Fatal(err)
+			}
+			check("the list whole at its version", "d=0.25 e=1", "4")
 		})
 	}
 }

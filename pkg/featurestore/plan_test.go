@@ -112,7 +112,7 @@ func TestPlanSendsChangedItemFields(t *testing.T) {
 			if len(trips) != 1 || len(trips[0]) != 1 {
 				t.Fatalf("%d trips", len(trips))
 			}
-			got := trips[0][0].Args[9:] // after the header
+			got := trips[0][0].Args[10:] // after the header
 			if strings.Join(got, " ") != strings.Join(c.want, " ") {
 				t.Errorf("item args %q, want %q", got, c.want)
 			}

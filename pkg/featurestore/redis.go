@@ -29,7 +29,9 @@ import (
 // that finds an older version (an earlier write not applied yet: two consumers write the
 // same lists, as lists are per item and partitions per user) is refused and its key
 // returned, and the writer sends the list whole from PostgreSQL; a whole list replaces any
-// older copy; an older change or list than the copy's changes nothing. So the copy never
+// older copy, and a copy at its version whose list is gone (a repopulation's copy after keys
+// were deleted behind the version, which the item's hash kept); an older change or list than
+// the copy's changes nothing. So the copy never
 // goes back, whatever order the writes of concurrent consumers, the healer and a
 // repopulation land in. A list is capped at 2M members (PostgreSQL never keeps more). The
 // list and its version are two keys: a list gone while its version stays (an operator's
@@ -41,7 +43,8 @@ import (
 // neighbour entry (the list and its item's hash).
 // ARGV: epoch, topN, freshN, #users, #items, #neighbour entries, neighbour cap, user TTL of
 // this write (ms, 0: none), the writer's user TTL to record in meta "ut" for readers ("": a
-// read-through, which records nothing), then
+// read-through, which records nothing), lists (1: every item enters the top lists at its
+// merged popularity, raised or not: a repopulation's copy, see redisWrite.lists), then
 //
 //	user:      version, keep, h, w, i, r: keep (bits 1 h, 2 w, 4 i) names the documents a
 //	           batch left as they were, sent empty. Such a write completes the hash only when
@@ -78,7 +81,8 @@ local topN, freshN = tonumber(ARGV[2]), tonumber(ARGV[3])
 local nu, ni, nn, nbcap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local uttl = tonumber(ARGV[8])
 if ARGV[9] ~= '' and redis.call('HGET', KEYS[1], 'ut') ~= ARGV[9] then redis.call('HSET', KEYS[1], 'ut', ARGV[9]) end
-local a, k = 10, 5
+local lists = ARGV[10] == '1'
+local a, k = 11, 5
 local whole = {1}
 for _ = 1, nu do
   local key = KEYS[k]; k = k + 1
@@ -115,11 +119,13 @@ for _ = 1, ni do
     if not cur[j] then better = true
     elseif f == 'fs' then better = tonumber(nv) < tonumber(cur[j])
     else better = tonumber(nv) > tonumber(cur[j]) end
-    if f == 'fs' then fs = nv end
-    if better then
-      set[#set + 1] = f; set[#set + 1] = nv
-      if f == 'ps' and tonumber(nv) > 0 then redis.call('ZADD', KEYS[2], 'GT', nv, id) end
-      if f == 'pl' and tonumber(nv) > 0 then redis.call('ZADD', KEYS[3], 'GT', nv, id) end
+    local val = nv
+    if not better then val = cur[j] end
+    if f == 'fs' then fs = val end
+    if better or lists then
+      if better then set[#set + 1] = f; set[#set + 1] = nv end
+      if f == 'ps' and tonumber(val) > 0 then redis.call('ZADD', KEYS[2], 'GT', val, id) end
+      if f == 'pl' and tonumber(val) > 0 then redis.call('ZADD', KEYS[3], 'GT', val, id) end
     end
   end
   if fresh == '1' and fs then redis.call('ZADD', KEYS[4], 'LT', fs, id) end
@@ -138,7 +144,7 @@ for _ = 1, nn do
   local cur = tonumber(redis.call('HGET', ikey, 'nv') or '0')
   local alast = a + 4 + 2 * nadd - 1
   local r, rlast = alast + 1, alast + nrem
-  if v > cur then
+  if v > cur or (all and v == cur and redis.call('EXISTS', key) == 0) then
     if all or (cur == v - 1 and (cur == 0 or redis.call('EXISTS', key) == 1)) then
       if all then redis.call('DEL', key) end
       for s = r, rlast, 1000 do redis.call('ZREM', key, unpack(ARGV, s, math.min(s + 999, rlast))) end
@@ -175,6 +181,10 @@ type redisWrite struct {
 	// nothing in meta (the writers' setting is what readers follow).
 	readThrough bool
 	userTTL     time.Duration
+	// lists puts every item of the write into the top lists at its merged popularity, not
+	// only those it raises: a repopulation's copy, which must restore lists that lost members
+	// their item hashes kept (see Repopulate).
+	lists bool
 }
 
 func (w *redisWrite) empty() bool { return len(w.users) == 0 && len(w.items) == 0 && len(w.nb) == 0 }
@@ -216,7 +226,7 @@ const (
 // batches.
 func (s *Store) plan(epoch string, w *redisWrite) [][]rueidis.LuaExec {
 	head := []string{s.keys.Meta, s.keys.PopShort, s.keys.PopLong, s.keys.Fresh}
-	const hdrLen = 9
+	const hdrLen = 10
 	var execs []rueidis.LuaExec
 	var sizes []int
 	var keys, args []string
@@ -249,6 +259,10 @@ func (s *Store) plan(epoch string, w *redisWrite) [][]rueidis.LuaExec {
 		hdr[5], hdr[6], hdr[7], hdr[8] = strconv.Itoa(nn), strconv.Itoa(2*s.cfg.NeighboursPerItem), fi(s.userTTL.Milliseconds()), fi(s.userTTL.Milliseconds())
 		if w.readThrough {
 			hdr[7], hdr[8] = fi(w.userTTL.Milliseconds()), ""
+		}
+		hdr[9] = "0"
+		if w.lists {
+			hdr[9] = "1"
 		}
 		execs = append(execs, rueidis.LuaExec{Keys: keys, Args: args})
 		sizes = append(sizes, size)

@@ -4,8 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/rueidis"
 
 	"recsys/pkg/featurestore"
 	"recsys/pkg/featurestore/fstest"
@@ -150,5 +156,193 @@ func TestRepopulationWhileWritingKeepsListsExact(t *testing.T) {
 		if !rep.OK() {
 			t.Fatalf("round %d: the copy differs from postgres: %+v", round, rep.Mismatches)
 		}
+	}
+}
+
+// repopulatedCopy is a store over a private Redis holding a complete copy (a forced rebuild)
+// of a generated stream, with filler keys that make the next deletion of the copy slow.
+func repopulatedCopy(t *testing.T, name string, filler int) (*featurestore.Store, *pgxpool.Pool, rueidis.Client, featurestore.Keys) {
+	t.Helper()
+	ctx := context.Background()
+	pool, rd := servers(t)
+	prefix := testutil.Unique(name) + ":"
+	st := featurestore.New(pool, rd, prefix, testConfig(), nil)
+	evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 5, Users: 20, Items: 30, Events: 600,
+		StartMs: time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC).UnixMilli(), StepMs: 10_000, Prefix: name, ImpressionShare: 0.3}))
+	if _, err := st.Apply(ctx, &featurestore.Batch{Events: evs}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Repopulate(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	for f := 0; f < filler; f += 2000 {
+		cmd := rd.B().Mset().KeyValue()
+		for i := f; i < min(f+2000, filler); i++ {
+			cmd = cmd.KeyValue(fmt.Sprintf("%sfiller:%d", prefix, i), "x")
+		}
+		if err := rd.Do(ctx, cmd.Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return st, pool, rd, featurestore.NewKeys(prefix)
+}
+
+// waitClearing waits until a repopulation deletes the copy (meta ep "clearing").
+func waitClearing(t *testing.T, rd rueidis.Client, keys featurestore.Keys) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !clearing(t, rd, keys); {
+		if time.Now().After(deadline) {
+			t.Fatal("the copy was never being deleted")
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+func clearing(t *testing.T, rd rueidis.Client, keys featurestore.Keys) bool {
+	t.Helper()
+	ep, err := rd.Do(context.Background(), rd.B().Hget().Key(keys.Meta).Field("ep").Build()).ToString()
+	if err != nil && !rueidis.IsRedisNil(err) {
+		t.Fatal(err)
+	}
+	return ep == "clearing"
+}
+
+func pttl(t *testing.T, rd rueidis.Client, key string) time.Duration {
+	t.Helper()
+	ms, err := rd.Do(context.Background(), rd.B().Pttl().Key(key).Build()).AsInt64()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ms) * time.Millisecond
+}
+
+// The deletion of the old copy (a SCAN of the whole database: over 15 s with millions of
+// keys) renews the repopulation lock at every page. It used not to: the lock expired, and a
+// consumer's heal loop started a second repopulation whose copy the first one's deletion
+// then ate into. Here the lock must stay near its full TTL while the deletion runs, and a
+// second repopulation is refused.
+func TestRepopulationLockIsRenewedWhileDeleting(t *testing.T) {
+	ctx := context.Background()
+	st, _, rd, keys := repopulatedCopy(t, "rplk", 300_000)
+	done := make(chan error, 1)
+	go func() { done <- st.Repopulate(ctx, true) }()
+	waitClearing(t, rd, keys)
+	start := time.Now()
+	var lowest time.Duration = time.Hour
+	for clearing(t, rd, keys) {
+		if d := pttl(t, rd, keys.Lock); d < lowest && time.Since(start) > 100*time.Millisecond {
+			lowest = d
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	deleting := time.Since(start)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("deletion took %v; lowest lock TTL after 100 ms: %v", deleting, lowest)
+	if deleting < 300*time.Millisecond {
+		t.Fatalf("the deletion took %v: too fast to tell (more filler keys)", deleting)
+	}
+	if lowest < 15*time.Second-150*time.Millisecond {
+		t.Errorf("the lock's TTL fell to %v during the deletion: it is not renewed", lowest)
+	}
+}
+
+// A repopulation whose lock is no longer its own (it expired and another process took it)
+// stops before its next change to the copy: its deletion goes no further, it does not mark
+// the copy ready, and it does not release the other's lock.
+func TestRepopulationStopsWhenItsLockIsTaken(t *testing.T) {
+	ctx := context.Background()
+	st, _, rd, keys := repopulatedCopy(t, "rpll", 200_000)
+	done := make(chan error, 1)
+	go func() { done <- st.Repopulate(ctx, true) }()
+	waitClearing(t, rd, keys)
+	if err := rd.Do(ctx, rd.B().Set().Key(keys.Lock).Value("process-B").Px(15*time.Second).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	err := <-done
+	if !errors.Is(err, featurestore.ErrRepopulationLockLost) {
+		t.Fatalf("repopulation whose lock was taken: %v, want ErrRepopulationLockLost", err)
+	}
+	holder, herr := rd.Do(ctx, rd.B().Get().Key(keys.Lock).Build()).ToString()
+	left, ferr := rd.Do(ctx, rd.B().Keys().Pattern(keys.Prefix+"filler:*").Build()).AsStrSlice()
+	ready, rerr := rd.Do(ctx, rd.B().Exists().Key(keys.Ready).Build()).AsInt64()
+	if herr != nil || ferr != nil || rerr != nil {
+		t.Fatal(herr, ferr, rerr)
+	}
+	t.Logf("%v; lock %q, %d filler keys left, ready %d", err, holder, len(left), ready)
+	if holder != "process-B" {
+		t.Errorf("the lock of the other process became %q", holder)
+	}
+	if len(left) == 0 {
+		t.Errorf("the deletion went on after the lock was taken")
+	}
+	if ready != 0 {
+		t.Errorf("the copy was marked ready")
+	}
+}
+
+// A forced rebuild waits for the exclusive meta lock (up to 30 s, behind long batches) while
+// holding the repopulation lock: it renews it meanwhile, so no second repopulation starts.
+func TestRepopulationLockIsRenewedWhileWaitingForMeta(t *testing.T) {
+	ctx := context.Background()
+	st, pool, rd, keys := repopulatedCopy(t, "rplm", 0)
+	tx := otherTx(t, pool, `SELECT pg_advisory_xact_lock($1)`, featurestore.MetaLockKey)
+	done := make(chan error, 1)
+	go func() { done <- st.Repopulate(ctx, true) }()
+	waitForLockWait(t, pool, "the meta lock")
+	time.Sleep(2500 * time.Millisecond)
+	left := pttl(t, rd, keys.Lock)
+	second := st.Repopulate(ctx, false)
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("lock TTL after 2.5 s of waiting: %v; a second repopulation: %v", left, second)
+	if left < 13*time.Second {
+		t.Errorf("the lock's TTL fell to %v while waiting for the meta lock: it is not renewed", left)
+	}
+	if !errors.Is(second, featurestore.ErrRepopulating) {
+		t.Errorf("a second repopulation while the first waits: %v, want ErrRepopulating", second)
+	}
+}
+
+// Two repopulations at once (a lock lost, or an operator's DEL) leave a copy that a deletion
+// ran on after it was complete: lists and hashes gone while the item hashes keep their
+// neighbour lists' versions and their popularity. The next repopulation at the same
+// generation (it merges, it does not delete) must bring the copy back whole: neighbour lists
+// whose version the item hash kept, and the top and fresh lists whose items kept their
+// values.
+func TestSameGenerationRepopulationRestoresDeletedLists(t *testing.T) {
+	ctx := context.Background()
+	st, _, rd, keys := repopulatedCopy(t, "rpsg", 0)
+	want := dumpCopy(t, rd, keys.Prefix)
+	var del []string
+	for k := range want {
+		if strings.HasPrefix(k, "nb:") || k == "pop:s" || k == "pop:l" || k == "fresh" {
+			del = append(del, keys.Prefix+k)
+		}
+	}
+	if len(del) < 10 {
+		t.Fatalf("only %d lists in the copy", len(del))
+	}
+	del = append(del, keys.Ready)
+	if err := rd.Do(ctx, rd.B().Unlink().Key(del...).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Repopulate(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	got := dumpCopy(t, rd, keys.Prefix)
+	for _, k := range slices.Sorted(maps.Keys(want)) {
+		if got[k] != want[k] {
+			t.Errorf("%s after the repopulation: %.80q, want %.80q", k, got[k], want[k])
+		}
+	}
+	rep, err := st.Verify(ctx, featurestore.VerifyOptions{Sample: 1000, Grace: 10 * time.Millisecond})
+	if err != nil || !rep.OK() {
+		t.Errorf("verify: %+v %v", rep, err)
 	}
 }

@@ -49,6 +49,7 @@
 //	P+"meta"      HASH  lm:s lm:l lm:c (landmarks ms), hl:s hl:l hl:c (half-lives ms), ep (generation)
 //	P+"ready"     STRING "1" once a population has completed
 //	P+"run_id"    STRING the run_id of the Redis process the population completed on (absent: INFO refused, or an earlier release)
+//	P+"repopulating" STRING a random token: the lock of the repopulation running (see Repopulate)
 package featurestore
 
 import (
