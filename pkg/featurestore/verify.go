@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -54,10 +55,12 @@ const maxReported = 50
 
 // Verify compares a random sample of the Redis copy with PostgreSQL, value for value: the
 // users' hashes (version and documents), the items' statistics, and the items' neighbour
-// lists whole (every member and strength, and the list's version). The top lists are
-// derived from the items and not compared. A copy of another generation, or one being
-// repopulated, is reported as such without comparing values. A user hash that is absent
-// counts only when the writers set no user TTL (meta "ut"): with one, users expire.
+// lists whole (every member and strength, and the list's version); and, whole, what every
+// /reco reads besides: the decay landmarks and half-lives of meta, and the global lists
+// (pop:s, pop:l, fresh) against PostgreSQL's top of each (compareTop). A copy of another
+// generation, or one being repopulated, is reported as such without comparing values. A
+// user hash that is absent counts only when the writers set no user TTL (meta "ut"): with
+// one, users expire.
 //
 // The consumers keep writing while it runs, and a key's Redis write follows its commit by
 // milliseconds, so a key that differs is read again after opts.Grace: Redis, then
@@ -79,7 +82,7 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, 
 	default:
 		rep.Generation = m.Epoch()
 	}
-	meta, err := s.rd.Do(ctx, s.rd.B().Hmget().Key(s.keys.Meta).Field("ep", "ut").Build()).ToArray()
+	meta, err := s.rd.Do(ctx, s.rd.B().Hmget().Key(s.keys.Meta).Field("ep", "ut", "lm:s", "lm:l", "lm:c", "hl:s", "hl:l", "hl:c").Build()).ToArray()
 	if err != nil {
 		return nil, fmt.Errorf("read redis meta: %w", err)
 	}
@@ -94,6 +97,36 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, 
 		return rep, nil
 	}
 	userTTL := ut != "" && ut != "0"
+	var metaDiff []difference
+	if rep.Generation != "0" {
+		// The landmarks move only with the generation, which is the copy's: no write in flight.
+		want := metaFields(m)
+		var parts []string
+		for i := 0; i < len(want); i += 2 {
+			if got, _ := meta[2+i/2].ToString(); got != want[i+1] {
+				parts = append(parts, fmt.Sprintf("%s: redis %q, postgres %q", want[i], got, want[i+1]))
+			}
+		}
+		if len(parts) > 0 {
+			metaDiff = append(metaDiff, difference{Mismatch: Mismatch{s.keys.Meta, strings.Join(parts, "; ")}})
+		}
+	}
+	tops := []globalList{{s.keys.PopShort, "pop_short", s.cfg.TopListSize, true}, {s.keys.PopLong, "pop_long", s.cfg.TopListSize, true},
+		{s.keys.Fresh, "first_seen_ms", s.cfg.FreshSize, false}}
+	topBefore := make([]*topState, len(tops))
+	topDiff := map[int]string{}
+	for i, l := range tops {
+		zs, err := s.readTop(ctx, l)
+		if err != nil {
+			return nil, err
+		}
+		if topBefore[i], err = s.durableTop(ctx, l, zs); err != nil {
+			return nil, err
+		}
+		if d := compareTop(topBefore[i], zs, topBefore[i]); d != "" {
+			topDiff[i] = d
+		}
+	}
 
 	userIDs, err := sampleIDs(ctx, s.pg, "feature_users", "user_id", opts.Sample)
 	if err != nil {
@@ -113,11 +146,26 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, 
 	}
 	rep.Users, rep.Items, rep.Lists = len(before.users), len(before.items), len(before.lists)
 	diff := compareCopy(s.keys, before, cp, before, userTTL)
-	if len(diff) > 0 {
+	if len(diff)+len(topDiff) > 0 {
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-time.After(opts.Grace):
+		}
+		for i := range topDiff {
+			zs, err := s.readTop(ctx, tops[i])
+			if err != nil {
+				return nil, err
+			}
+			after, err := s.durableTop(ctx, tops[i], zs)
+			if err != nil {
+				return nil, err
+			}
+			if d := compareTop(topBefore[i], zs, after); d != "" {
+				topDiff[i] = d
+			} else {
+				delete(topDiff, i)
+			}
 		}
 		var us, is []string
 		for _, d := range diff {
@@ -127,15 +175,23 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, 
 				is = append(is, d.item)
 			}
 		}
-		if cp, err = s.readCopy(ctx, us, is); err != nil {
-			return nil, err
+		if len(diff) > 0 {
+			if cp, err = s.readCopy(ctx, us, is); err != nil {
+				return nil, err
+			}
+			after, err := s.readDurable(ctx, us, is)
+			if err != nil {
+				return nil, err
+			}
+			diff = compareCopy(s.keys, before, cp, after, userTTL)
 		}
-		after, err := s.readDurable(ctx, us, is)
-		if err != nil {
-			return nil, err
-		}
-		diff = compareCopy(s.keys, before, cp, after, userTTL)
 	}
+	for i, l := range tops {
+		if d, ok := topDiff[i]; ok {
+			diff = append(diff, difference{Mismatch: Mismatch{l.key, d}})
+		}
+	}
+	diff = append(metaDiff, diff...)
 	rep.MismatchCount = len(diff)
 	for _, d := range diff[:min(len(diff), maxReported)] {
 		rep.Mismatches = append(rep.Mismatches, d.Mismatch)
@@ -374,6 +430,108 @@ func listDiff(l nbWrite, zs []rueidis.ZScore) string {
 	}{{"only in redis", extra}, {"only in postgres", missing}, {"strength", other}} {
 		if len(p.ids) > 0 {
 			parts = append(parts, fmt.Sprintf("%s: %s", p.what, strings.Join(p.ids[:min(len(p.ids), 5)], ", ")))
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+// globalList is a global list of the copy: the top n items by a column of feature_items
+// (positive: only items where it is above 0), highest first.
+type globalList struct {
+	key, col string
+	n        int
+	positive bool
+}
+
+// topState is PostgreSQL's side of a global list: its top n (item -> value), the value of
+// its n-th member (-Inf when it has fewer: every item belongs), and the values of the items
+// the copy's list holds.
+type topState struct {
+	top  map[string]float64
+	thr  float64
+	vals map[string]float64
+}
+
+func (s *Store) readTop(ctx context.Context, l globalList) ([]rueidis.ZScore, error) {
+	zs, err := s.rd.Do(ctx, s.rd.B().Zrange().Key(l.key).Min("0").Max("-1").Withscores().Build()).AsZScores()
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", l.key, err)
+	}
+	return zs, nil
+}
+
+func (s *Store) durableTop(ctx context.Context, l globalList, zs []rueidis.ZScore) (*topState, error) {
+	where := ""
+	if l.positive {
+		where = ` WHERE ` + l.col + ` > 0`
+	}
+	st := &topState{top: map[string]float64{}, thr: math.Inf(-1), vals: map[string]float64{}}
+	var id string
+	var v float64
+	rows, _ := s.pg.Query(ctx, `SELECT item_id, `+l.col+`::float8 FROM feature_items`+where+` ORDER BY `+l.col+` DESC, item_id LIMIT $1`, l.n)
+	n := 0
+	if _, err := pgx.ForEachRow(rows, []any{&id, &v}, func() error {
+		st.top[id] = v
+		if n++; n == l.n {
+			st.thr = v
+		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("read top %s: %w", l.col, err)
+	}
+	ids := make([]string, len(zs))
+	for i, z := range zs {
+		ids[i] = z.Member
+	}
+	rows, _ = s.pg.Query(ctx, `SELECT item_id, `+l.col+`::float8 FROM feature_items WHERE item_id = ANY($1)`, ids)
+	if _, err := pgx.ForEachRow(rows, []any{&id, &v}, func() error { st.vals[id] = v; return nil }); err != nil {
+		return nil, fmt.Errorf("read %s of listed items: %w", l.col, err)
+	}
+	return st, nil
+}
+
+// compareTop checks a global list of the copy (zs) against PostgreSQL's, read before and
+// after it (lo, hi; the same state when there is nothing in flight). Every member must hold
+// its item's value, or one between the two reads; a member outside both tops must be tied
+// with their last one (ties at the cut may keep either item); and every item in both tops
+// above their last value must be in the list.
+func compareTop(lo *topState, zs []rueidis.ZScore, hi *topState) string {
+	in := make(map[string]bool, len(zs))
+	var extra, missing, other []string
+	for _, z := range zs {
+		in[z.Member] = true
+		hv, ok := hi.vals[z.Member]
+		if !ok {
+			extra = append(extra, z.Member+" (no such item)")
+			continue
+		}
+		lv, ok := lo.vals[z.Member]
+		if !ok {
+			lv = hv
+		}
+		if z.Score < min(lv, hv) || z.Score > max(lv, hv) {
+			other = append(other, fmt.Sprintf("%s %v != %v", z.Member, z.Score, hv))
+			continue
+		}
+		_, inLo := lo.top[z.Member]
+		_, inHi := hi.top[z.Member]
+		if !inLo && !inHi && lv < lo.thr && hv < hi.thr {
+			extra = append(extra, z.Member)
+		}
+	}
+	for id, hv := range hi.top {
+		if lv, ok := lo.top[id]; ok && !in[id] && lv > lo.thr && hv > hi.thr {
+			missing = append(missing, id)
+		}
+	}
+	slices.Sort(missing)
+	var parts []string
+	for _, p := range []struct {
+		what string
+		ids  []string
+	}{{"only in redis", extra}, {"only in postgres", missing}, {"value", other}} {
+		if len(p.ids) > 0 {
+			parts = append(parts, fmt.Sprintf("%s (%d): %s", p.what, len(p.ids), strings.Join(p.ids[:min(len(p.ids), 5)], ", ")))
 		}
 	}
 	return strings.Join(parts, "; ")

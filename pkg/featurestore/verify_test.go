@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/rueidis"
+
 	"recsys/pkg/featurestore"
 	"recsys/pkg/featurestore/fstest"
 )
@@ -192,5 +194,106 @@ func TestVerifyWhileWriting(t *testing.T) {
 			retried++ // some key was read before its write landed
 		}
 		checks++
+	}
+}
+
+// Verify compares what every /reco reads besides users, items and neighbour lists: the decay
+// landmarks and half-lives in meta, and the global lists (trending, popular, fresh) against
+// PostgreSQL's top of each (all but the last of the top, which ties may replace). A list
+// emptied, a member's value changed, a member cut that
+// belongs, an intruder, and a landmark moved are each reported; the copy a repopulation
+// makes is equal again.
+func TestVerifyComparesGlobalListsAndMeta(t *testing.T) {
+	ctx := context.Background()
+	cfg := testConfig()
+	cfg.TopListSize, cfg.FreshSize = 10, 8 // fewer than the items: the lists are cut
+	pool, rd := servers(t)
+	st := featurestore.New(pool, rd, "vgl:", cfg, nil)
+	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+	evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 13, Users: 10, Items: 30, Events: 800, StartMs: start, StepMs: 20_000,
+		Prefix: "g", ImpressionShare: 0.3}))
+	for i := 0; i < len(evs); i += 50 {
+		a, err := st.Apply(ctx, &featurestore.Batch{Events: evs[i:min(i+50, len(evs))]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeCopy(t, st, a)
+	}
+	opts := featurestore.VerifyOptions{Sample: 1000, Grace: 10 * time.Millisecond}
+	if rep, err := st.Verify(ctx, opts); err != nil || !rep.OK() {
+		t.Fatalf("the streamed copy: %+v %v", rep, err)
+	}
+	keys := featurestore.NewKeys("vgl:")
+	top := func(key string) []string {
+		t.Helper()
+		ids, err := rd.Do(ctx, rd.B().Zrange().Key(key).Min("+inf").Max("-inf").Byscore().Rev().Build()).AsStrSlice()
+		if err != nil || len(ids) < 3 {
+			t.Fatalf("%s: %v %v", key, ids, err)
+		}
+		return ids
+	}
+	long := top(keys.PopLong)
+	damage := []struct {
+		name string
+		cmd  rueidis.Completed
+		key  string
+		says string
+	}{
+		{"trending emptied", rd.B().Del().Key(keys.PopShort).Build(), keys.PopShort, "only in postgres (9)"},
+		{"fresh emptied", rd.B().Del().Key(keys.Fresh).Build(), keys.Fresh, "only in postgres (7)"},
+		{"popular member changed", rd.B().Zadd().Key(keys.PopLong).ScoreMember().ScoreMember(1e9, long[2]).Build(), keys.PopLong, "value (1): " + long[2]},
+		{"landmark moved", rd.B().Hset().Key(keys.Meta).FieldValue().FieldValue("lm:l", "1").Build(), keys.Meta, `lm:l: redis "1"`},
+	}
+	for _, d := range damage {
+		if err := rd.Do(ctx, d.cmd).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep, err := st.Verify(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, m := range rep.Mismatches {
+		got[m.Key] = m.Detail
+	}
+	for _, d := range damage {
+		if !strings.Contains(got[d.key], d.says) {
+			t.Errorf("%s: %s reported as %q, want it to say %q", d.name, d.key, got[d.key], d.says)
+		}
+	}
+	if rep.OK() || rep.MismatchCount != len(damage) {
+		t.Errorf("%d mismatches %v, want %d", rep.MismatchCount, slices.Sorted(maps.Keys(got)), len(damage))
+	}
+
+	// A member cut that belongs, and an intruder below the cut.
+	if err := st.Repopulate(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := st.Verify(ctx, opts); err != nil || !rep.OK() {
+		t.Fatalf("after a rebuild: %+v %v", rep, err)
+	}
+	long = top(keys.PopLong)
+	var outside string
+	if err := pool.QueryRow(ctx, `SELECT item_id FROM feature_items WHERE pop_long > 0 ORDER BY pop_long, item_id LIMIT 1`).Scan(&outside); err != nil {
+		t.Fatal(err)
+	}
+	var v float64
+	if err := pool.QueryRow(ctx, `SELECT pop_long FROM feature_items WHERE item_id = $1`, outside).Scan(&v); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range rd.DoMulti(ctx,
+		rd.B().Zrem().Key(keys.PopLong).Member(long[0]).Build(),
+		rd.B().Zadd().Key(keys.PopLong).ScoreMember().ScoreMember(v, outside).Build()) {
+		if err := c.Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rep, err = st.Verify(ctx, opts); err != nil {
+		t.Fatal(err)
+	}
+	if rep.MismatchCount != 1 || !strings.Contains(rep.Mismatches[0].Detail, "only in redis (1): "+outside) ||
+		!strings.Contains(rep.Mismatches[0].Detail, "only in postgres (1): "+long[0]) {
+		t.Errorf("a member cut and an intruder: %+v", rep.Mismatches)
 	}
 }
