@@ -2,6 +2,7 @@ package featurestore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -405,6 +406,81 @@ func TestUserWriteSendsChangedDocuments(t *testing.T) {
 			}
 			if got := hash("u"); got["v"] != "10" {
 				t.Fatalf("after the refused write: hash %v", got)
+			}
+		})
+	}
+}
+
+// The repopulation lock's script acts only for the lock's holder: it renews, unlinks, writes
+// meta and the ready marker, and releases with the holder's token, and does nothing with
+// another's. On miniredis (recsys dev repopulates there), and on the real Redis when the
+// integration services run.
+func TestRepopulationLockScript(t *testing.T) {
+	for name, open := range scriptBackends() {
+		t.Run(name, func(t *testing.T) {
+			rd := open(t)
+			ctx := context.Background()
+			prefix := scriptCopy(t, rd, "lock", "repopulating", "ready", "run_id", "x", "y")
+			s := New(nil, rd, prefix, features.DefaultConfig(), nil)
+			lk, err := s.takeLock(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.takeLock(ctx); !errors.Is(err, ErrRepopulating) {
+				t.Fatalf("a second lock: %v", err)
+			}
+			if err := rd.Do(ctx, rd.B().Mset().KeyValue().KeyValue(prefix+"x", "1").KeyValue(prefix+"y", "1").Build()).Error(); err != nil {
+				t.Fatal(err)
+			}
+			other := &repopLock{s: s, token: "another"}
+			for _, step := range []struct {
+				name string
+				err  error
+			}{
+				{"foreign unlink", other.do(ctx, "unlink", []string{prefix + "x"})},
+				{"foreign keep", other.keep(ctx)},
+				{"foreign set", other.do(ctx, "set", []string{s.keys.Ready}, "1")},
+			} {
+				if !errors.Is(step.err, ErrRepopulationLockLost) {
+					t.Errorf("%s: %v, want ErrRepopulationLockLost", step.name, step.err)
+				}
+			}
+			other.release(ctx)
+			for _, step := range []error{
+				lk.do(ctx, "unlink", []string{prefix + "x", prefix + "y"}),
+				lk.do(ctx, "hset", []string{s.keys.Meta}, "ep", "clearing", "lm:s", "5"),
+				lk.do(ctx, "set", []string{s.keys.Ready, s.keys.RunID}, "1", "r"),
+				lk.keep(ctx),
+			} {
+				if step != nil {
+					t.Fatal(step)
+				}
+			}
+			got := func(cmd rueidis.Completed) string {
+				t.Helper()
+				v, err := rd.Do(ctx, cmd).ToString()
+				if err != nil && !rueidis.IsRedisNil(err) {
+					t.Fatal(err)
+				}
+				return v
+			}
+			n, err := rd.Do(ctx, rd.B().Exists().Key(prefix+"x", prefix+"y").Build()).AsInt64()
+			if err != nil || n != 0 {
+				t.Errorf("keys left after unlink: %d %v", n, err)
+			}
+			if ep, lm, ready, run := got(rd.B().Hget().Key(s.keys.Meta).Field("ep").Build()), got(rd.B().Hget().Key(s.keys.Meta).Field("lm:s").Build()),
+				got(rd.B().Get().Key(s.keys.Ready).Build()), got(rd.B().Get().Key(s.keys.RunID).Build()); ep != "clearing" || lm != "5" || ready != "1" || run != "r" {
+				t.Errorf("meta ep %q lm:s %q, ready %q, run_id %q", ep, lm, ready, run)
+			}
+			if ttl, err := rd.Do(ctx, rd.B().Pttl().Key(s.keys.Lock).Build()).AsInt64(); err != nil || ttl <= 0 {
+				t.Errorf("lock TTL %d %v", ttl, err)
+			}
+			if got(rd.B().Get().Key(s.keys.Lock).Build()) != lk.token {
+				t.Errorf("a foreign release removed the lock")
+			}
+			lk.release(ctx)
+			if v := got(rd.B().Get().Key(s.keys.Lock).Build()); v != "" {
+				t.Errorf("the lock after its release: %q", v)
 			}
 		})
 	}

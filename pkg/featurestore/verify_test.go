@@ -200,9 +200,8 @@ func TestVerifyWhileWriting(t *testing.T) {
 // Verify compares what every /reco reads besides users, items and neighbour lists: the decay
 // landmarks and half-lives in meta, and the global lists (trending, popular, fresh) against
 // PostgreSQL's top of each (all but the last of the top, which ties may replace). A list
-// emptied, a member's value changed, a member cut that
-// belongs, an intruder, and a landmark moved are each reported; the copy a repopulation
-// makes is equal again.
+// emptied, a member's value changed, a landmark moved, then a member cut that belongs and an
+// intruder below the cut are each reported.
 func TestVerifyComparesGlobalListsAndMeta(t *testing.T) {
 	ctx := context.Background()
 	cfg := testConfig()
