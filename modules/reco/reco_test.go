@@ -275,7 +275,8 @@ func TestOverloadIsA503WithRetryAfterInTheWindow(t *testing.T) {
 // Every /reco request is recorded, whatever its method (api-contract §2.1: the middleware acts
 // on the path /reco with any method, a 405 counted as 4xx), in the Prometheus counter and
 // histogram and in the /metrics/reco window (§9.2: one sample per /reco request); the answers
-// stay the router's. /recommend and other paths are not recorded.
+// stay the router's. /recommend and other paths are not recorded; /reco/ is redirected to /reco
+// before it reaches the route.
 func TestEveryMethodOnRecoIsRecorded(t *testing.T) {
 	h := newHarness(t, nil)
 	tests := []struct {
@@ -288,10 +289,10 @@ func TestEveryMethodOnRecoIsRecorded(t *testing.T) {
 		{http.MethodPost, "/reco", 405, "OPTIONS, GET", true},
 		{http.MethodHead, "/reco", 405, "OPTIONS, GET", true},
 		{http.MethodPut, "/reco?user_id=m1", 405, "OPTIONS, GET", true},
-		{http.MethodOptions, "/reco", 204, "OPTIONS, GET", true},
+		{http.MethodOptions, "/reco", 405, "OPTIONS, GET", true},
 		{"PURGE", "/reco", 405, "OPTIONS, GET", true},
 		{http.MethodPost, "/recommend", 405, "OPTIONS, GET", false},
-		{http.MethodGet, "/reco/", 404, "", false},
+		{http.MethodGet, "/reco/", 307, "", false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
@@ -310,9 +311,24 @@ func TestEveryMethodOnRecoIsRecorded(t *testing.T) {
 		})
 	}
 	expo := exposition(h)
-	for _, want := range []string{`reco_api_requests_total{status_family="2xx"} 2`, `reco_api_requests_total{status_family="4xx"} 4`, "reco_api_latency_ms_count 6"} {
+	for _, want := range []string{`reco_api_requests_total{status_family="2xx"} 1`, `reco_api_requests_total{status_family="4xx"} 5`, "reco_api_latency_ms_count 6"} {
 		if !strings.Contains(expo, want) {
 			t.Errorf("exposition lacks %s:\n%s", want, grep(expo, "reco_api_"))
 		}
+	}
+}
+
+// OPTIONS /reco is a method /reco does not serve: 405, a 4xx in /metrics/reco's window, not a
+// 2xx that would dilute its latency and error rates.
+func TestOptionsOnRecoCountsAs4xx(t *testing.T) {
+	h := newHarness(t, nil)
+	rec := httptest.NewRecorder()
+	h.e.ServeHTTP(rec, httptest.NewRequest(http.MethodOptions, "/reco", nil))
+	if rec.Code != http.StatusMethodNotAllowed {
+		t.Fatalf("OPTIONS /reco = %d %q, want 405", rec.Code, rec.Body.String())
+	}
+	w := h.get("/metrics/reco").body
+	if sc := w["status_counts"].(map[string]any); sc["4xx"].(float64) != 1 || sc["2xx"].(float64) != 0 {
+		t.Errorf("window %v, want OPTIONS /reco as its one 4xx", w)
 	}
 }

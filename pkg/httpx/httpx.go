@@ -126,7 +126,10 @@ func New(cfg Config, log *slog.Logger) *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = errorHandler(log)
-	e.Use(requestContext(log), bodyLimit(cfg.BodyLimitBytes))
+	rc := requestContext(log)
+	e.Pre(redirectSlash(e, rc))
+	e.Use(rc, bodyLimit(cfg.BodyLimitBytes))
+	e.OnAddRouteHandler = optionsNotAllowed(e)
 	if cfg.Pprof {
 		// Where a running process spends its CPU is the first question of every performance
 		// report; the handlers are the standard library's.
@@ -137,6 +140,80 @@ func New(cfg Config, log *slog.Logger) *echo.Echo {
 		e.GET("/debug/pprof/trace", echo.WrapHandler(http.HandlerFunc(pprof.Trace)))
 	}
 	return e
+}
+
+// redirectSlash answers a path that no route matches but that does without its trailing
+// slashes with 307 to that path, query kept, as the original service did (Starlette's
+// redirect_slashes): its clients call /reco/ or /event/ and follow the redirect, a 307 keeping
+// a POST's body. rc is the server's requestContext, so the redirect gets its IDs, log line and
+// metric like any other answer.
+func redirectSlash(e *echo.Echo, rc echo.MiddlewareFunc) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			req := c.Request()
+			p := echo.GetPath(req)
+			if len(p) < 2 || p[len(p)-1] != '/' {
+				return next(c)
+			}
+			to := strings.TrimRight(p, "/")
+			if to == "" || routed(e, req, p) || !routed(e, req, to) {
+				return next(c)
+			}
+			loc := strings.TrimRight(req.URL.EscapedPath(), "/")
+			if req.URL.RawQuery != "" {
+				loc += "?" + req.URL.RawQuery
+			}
+			return rc(func(c echo.Context) error { return c.Redirect(http.StatusTemporaryRedirect, loc) })(c)
+		}
+	}
+}
+
+// routed reports whether the router has a route for path, with any method. It runs only for
+// the rare paths redirectSlash or a refused OPTIONS looks at, so its context is not pooled.
+func routed(e *echo.Echo, req *http.Request, path string) bool {
+	return lookup(e, req, req.Method, path).Path() != ""
+}
+
+func lookup(e *echo.Echo, req *http.Request, method, path string) echo.Context {
+	c := e.NewContext(req, nil)
+	e.Router().Find(method, path, c)
+	return c
+}
+
+// optionsNotAllowed returns the OnAddRouteHandler that gives every routed path an OPTIONS
+// route answering 405, unless the caller registers one. The original service (FastAPI without
+// CORS) answered OPTIONS with 405 like any other method a path does not serve, where echo's
+// router answers 204; and an OPTIONS route, unlike the router's own answer, is inside the
+// middleware, so /reco's metrics count it as the 4xx it is. Routes are registered before the
+// server starts, from one goroutine, so seen needs no lock. recsys registers no host routes
+// (e.Host): their paths keep echo's answer.
+func optionsNotAllowed(e *echo.Echo) func(host string, r echo.Route, _ echo.HandlerFunc, _ []echo.MiddlewareFunc) {
+	seen := map[string]bool{}
+	return func(host string, r echo.Route, _ echo.HandlerFunc, _ []echo.MiddlewareFunc) {
+		if host != "" || r.Method == echo.RouteNotFound || seen[r.Path] {
+			return
+		}
+		// Marked before the Add below, which calls back here; a path whose first route is
+		// the caller's OPTIONS keeps it.
+		seen[r.Path] = true
+		if r.Method != http.MethodOptions {
+			e.OPTIONS(r.Path, methodNotAllowed(e))
+		}
+	}
+}
+
+// noSuchMethod is a method no route has: looking it up gets the router's 405 for the path,
+// with the Allow header of every other 405.
+const noSuchMethod = "\x00"
+
+func methodNotAllowed(e *echo.Echo) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		req := c.Request()
+		if allow, _ := lookup(e, req, noSuchMethod, echo.GetPath(req)).Get(echo.ContextKeyHeaderAllow).(string); allow != "" {
+			c.Response().Header().Set(echo.HeaderAllow, allow)
+		}
+		return echo.ErrMethodNotAllowed
+	}
 }
 
 // requestContext sets the IDs, recovers panics, writes the access log and request metrics.

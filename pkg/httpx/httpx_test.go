@@ -119,3 +119,80 @@ func TestProbeStatusLoggedOnChangeOnly(t *testing.T) {
 		t.Fatalf("log lines %q, want %q", lines, want)
 	}
 }
+
+// A path with a trailing slash that no route matches, but that does without it, is answered
+// 307 to the path without it, query kept, as the original service (Starlette's
+// redirect_slashes) did; "/" and unknown paths stay 404, and a path a route matches as it is
+// is served, not redirected.
+func TestTrailingSlashRedirectsToTheRoute(t *testing.T) {
+	e := New(DefaultConfig(), slog.New(slog.DiscardHandler))
+	ok := func(c echo.Context) error { return c.String(http.StatusOK, c.Path()) }
+	e.GET("/reco", ok)
+	e.POST("/event", ok)
+	e.GET("/files/*", ok)
+	e.GET("/files/readme", ok)
+	for _, tc := range []struct {
+		method, target string
+		code           int
+		location, body string
+	}{
+		{http.MethodGet, "/reco/?user_id=u1&session_id=s1", 307, "/reco?user_id=u1&session_id=s1", ""},
+		{http.MethodGet, "/reco/", 307, "/reco", ""},
+		{http.MethodGet, "/reco//", 307, "/reco", ""},
+		{http.MethodPost, "/event/", 307, "/event", ""},
+		{http.MethodPost, "/reco/", 307, "/reco", ""}, // any method: the redirect target answers 405
+		{http.MethodGet, "/reco", 200, "", "/reco"},
+		{http.MethodGet, "/files/readme/", 200, "", "/files/*"},
+		{http.MethodGet, "/", 404, "", `{"detail":"Not Found"}`},
+		{http.MethodGet, "//", 404, "", `{"detail":"Not Found"}`},
+		{http.MethodGet, "/nope/", 404, "", `{"detail":"Not Found"}`},
+		{http.MethodGet, "/reco/x/", 404, "", `{"detail":"Not Found"}`},
+	} {
+		rec := httptest.NewRecorder()
+		e.ServeHTTP(rec, httptest.NewRequest(tc.method, tc.target, strings.NewReader("{}")))
+		if rec.Code != tc.code || rec.Header().Get("Location") != tc.location || strings.TrimSpace(rec.Body.String()) != tc.body {
+			t.Errorf("%s %s = %d Location %q %q, want %d %q %q", tc.method, tc.target, rec.Code, rec.Header().Get("Location"),
+				rec.Body.String(), tc.code, tc.location, tc.body)
+		}
+		if rec.Header().Get(HeaderRequestID) == "" {
+			t.Errorf("%s %s: no %s", tc.method, tc.target, HeaderRequestID)
+		}
+	}
+}
+
+// OPTIONS on a routed path is a method the path does not serve: 405 with the body and Allow
+// header of every other 405, as the original service (FastAPI without CORS) answered, not
+// echo's 204. A route registered for OPTIONS keeps its handler.
+func TestOptionsIsMethodNotAllowed(t *testing.T) {
+	e := New(DefaultConfig(), slog.New(slog.DiscardHandler))
+	ok := func(c echo.Context) error { return c.NoContent(http.StatusNoContent) }
+	e.GET("/reco", ok)
+	e.POST("/event", ok)
+	e.GET("/items/:id", ok)
+	e.OPTIONS("/own", ok)
+	e.GET("/own", ok)
+	e.Any("/any", ok)
+	for _, tc := range []struct {
+		method, path string
+		code         int
+		allow        string
+	}{
+		{http.MethodOptions, "/reco", 405, "OPTIONS, GET"},
+		{http.MethodPost, "/reco", 405, "OPTIONS, GET"},
+		{http.MethodOptions, "/event", 405, "OPTIONS, POST"},
+		{http.MethodGet, "/event", 405, "OPTIONS, POST"},
+		{http.MethodOptions, "/items/42", 405, "OPTIONS, GET"},
+		{http.MethodOptions, "/own", 204, ""},
+		{http.MethodOptions, "/any", 204, ""},
+		{http.MethodOptions, "/nope", 404, ""},
+	} {
+		rec := httptest.NewRecorder()
+		e.ServeHTTP(rec, httptest.NewRequest(tc.method, tc.path, nil))
+		if rec.Code != tc.code || rec.Header().Get("Allow") != tc.allow {
+			t.Errorf("%s %s = %d Allow %q, want %d %q", tc.method, tc.path, rec.Code, rec.Header().Get("Allow"), tc.code, tc.allow)
+		}
+		if tc.code == 405 && rec.Body.String() != `{"detail":"Method Not Allowed"}`+"\n" {
+			t.Errorf("%s %s: body %q", tc.method, tc.path, rec.Body.String())
+		}
+	}
+}
