@@ -1,6 +1,7 @@
 package events
 
 import (
+	"bytes"
 	"math"
 	"slices"
 	"strconv"
@@ -263,7 +264,12 @@ func (e *Common) finish(nowMs int64) {
 	e.ServerReceivedTsMs = nowMs
 }
 
+// utf8BOM is the byte order mark some clients (Windows tools, .NET's UTF8Encoding) put before
+// a body. The original service parsed bodies with json.loads on bytes, which skips it.
+var utf8BOM = []byte{0xEF, 0xBB, 0xBF}
+
 func start(body []byte, lim Limits, now time.Time) (*checker, *node) {
+	body = bytes.TrimPrefix(body, utf8BOM)
 	c := &checker{window: true, lim: lim, nowMs: now.UnixMilli(), loc: make([]any, 1, 8)}
 	c.loc[0] = "body"
 	empty := true

@@ -252,3 +252,52 @@ func TestValidateImpressionDuplicates(t *testing.T) {
 		}
 	}
 }
+
+// A body may start with a UTF-8 byte order mark, which the original service's json.loads on
+// bytes skipped; error positions count from after it. A mark anywhere else is invalid JSON.
+func TestDecodeSkipsLeadingBOM(t *testing.T) {
+	now := time.Now()
+	const bom = "\xef\xbb\xbf"
+	watch := `{"user_id":"u","session_id":"s","request_id":"r","ts_ms":` + jsonInt(now.UnixMilli()) + `,"item_id":"i","watch_time_sec":1}`
+	legacy := `{"user_id":"u","item_id":"i","event_type":"view","ts":` + jsonInt(now.Unix()) + `}`
+	decoders := map[string]struct {
+		body   string
+		decode func([]byte) *events.ValidationError
+	}{
+		"watch": {watch, func(b []byte) *events.ValidationError {
+			_, err := events.DecodeWatch(b, events.DefaultLimits(), now)
+			return err
+		}},
+		"legacy": {legacy, func(b []byte) *events.ValidationError {
+			_, err := events.DecodeLegacy(b, events.DefaultLimits(), now)
+			return err
+		}},
+		"batch": {`{"events":[` + watch + `]}`, func(b []byte) *events.ValidationError {
+			_, err := events.DecodeBatch(b, events.DefaultLimits(), now)
+			return err
+		}},
+		"impression": {`{"user_id":"u","session_id":"s","request_id":"r","ts_ms":` + jsonInt(now.UnixMilli()) + `,"items":[{"item_id":"i","position":0}]}`,
+			func(b []byte) *events.ValidationError {
+				_, err := events.DecodeImpression(b, events.DefaultLimits(), now)
+				return err
+			}},
+	}
+	for name, d := range decoders {
+		if err := d.decode([]byte(d.body)); err != nil {
+			t.Fatalf("%s without a BOM: %v", name, err)
+		}
+		if err := d.decode([]byte(bom + d.body)); err != nil {
+			t.Errorf("%s with a leading BOM: %v", name, err)
+		}
+		for _, bad := range []string{bom + bom + d.body, " " + bom + d.body, d.body[:1] + bom + d.body[1:]} {
+			if err := d.decode([]byte(bad)); err == nil || err.Errors[0].Type != "json_invalid" {
+				t.Errorf("%s %q...: %v, want json_invalid", name, bad[:8], err)
+			}
+		}
+	}
+	_, plain := events.DecodeWatch([]byte(`{"user_id":x}`), events.DefaultLimits(), now)
+	_, marked := events.DecodeWatch([]byte(bom+`{"user_id":x}`), events.DefaultLimits(), now)
+	if plain == nil || marked == nil || fmt.Sprint(plain.Errors[0].Loc) != fmt.Sprint(marked.Errors[0].Loc) {
+		t.Errorf("error location with a BOM %v, without %v", marked, plain)
+	}
+}
