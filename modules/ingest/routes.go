@@ -241,8 +241,10 @@ func isJSON(ct string) bool {
 	if ct == echo.MIMEApplicationJSON {
 		return true // the usual header, without ParseMediaType's allocations
 	}
+	// A malformed parameter ("application/json; charset") still yields the media type, with
+	// ErrInvalidMediaParameter: the original service (email.message) ignored such parameters.
 	mt, _, err := mime.ParseMediaType(ct)
-	if err != nil {
+	if err != nil && !errors.Is(err, mime.ErrInvalidMediaParameter) {
 		return false
 	}
 	return mt == "application/json" || (strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"))
