@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -194,5 +195,28 @@ func TestOptionsIsMethodNotAllowed(t *testing.T) {
 		if tc.code == 405 && rec.Body.String() != `{"detail":"Method Not Allowed"}`+"\n" {
 			t.Errorf("%s %s: body %q", tc.method, tc.path, rec.Body.String())
 		}
+	}
+}
+
+// A client following the redirect of POST /event/ reaches /event with its body and query.
+func TestTrailingSlashRedirectKeepsPostBody(t *testing.T) {
+	e := New(DefaultConfig(), slog.New(slog.DiscardHandler))
+	e.POST("/event", func(c echo.Context) error {
+		b, err := io.ReadAll(c.Request().Body)
+		if err != nil {
+			return err
+		}
+		return c.String(http.StatusOK, c.Request().URL.RequestURI()+" "+string(b))
+	})
+	srv := httptest.NewServer(e)
+	defer srv.Close()
+	resp, err := srv.Client().Post(srv.URL+"/event/?a=1", "application/json", strings.NewReader(`{"k":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || string(b) != `/event?a=1 {"k":1}` {
+		t.Fatalf("POST /event/?a=1 followed: %d %q", resp.StatusCode, b)
 	}
 }
