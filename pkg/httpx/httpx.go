@@ -126,9 +126,7 @@ func New(cfg Config, log *slog.Logger) *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = errorHandler(log)
-	rc := requestContext(log)
-	e.Pre(redirectSlash(e, rc))
-	e.Use(rc, bodyLimit(cfg.BodyLimitBytes))
+	e.Use(requestContext(log, e), bodyLimit(cfg.BodyLimitBytes))
 	e.OnAddRouteHandler = optionsNotAllowed(e)
 	if cfg.Pprof {
 		// Where a running process spends its CPU is the first question of every performance
@@ -142,34 +140,29 @@ func New(cfg Config, log *slog.Logger) *echo.Echo {
 	return e
 }
 
-// redirectSlash answers a path that no route matches but that does without its trailing
-// slashes with 307 to that path, query kept, as the original service did (Starlette's
-// redirect_slashes): its clients call /reco/ or /event/ and follow the redirect, a 307 keeping
-// a POST's body. rc is the server's requestContext, so the redirect gets its IDs, log line and
-// metric like any other answer.
-func redirectSlash(e *echo.Echo, rc echo.MiddlewareFunc) echo.MiddlewareFunc {
-	return func(next echo.HandlerFunc) echo.HandlerFunc {
-		return func(c echo.Context) error {
-			req := c.Request()
-			p := echo.GetPath(req)
-			if len(p) < 2 || p[len(p)-1] != '/' {
-				return next(c)
-			}
-			to := strings.TrimRight(p, "/")
-			if to == "" || routed(e, req, p) || !routed(e, req, to) {
-				return next(c)
-			}
-			loc := strings.TrimRight(req.URL.EscapedPath(), "/")
-			if req.URL.RawQuery != "" {
-				loc += "?" + req.URL.RawQuery
-			}
-			return rc(func(c echo.Context) error { return c.Redirect(http.StatusTemporaryRedirect, loc) })(c)
-		}
+// slashRedirect returns where a request the router matched nothing for is redirected: the
+// path without its trailing slashes, query kept, when a route matches that. The original
+// service (Starlette's redirect_slashes) answered /reco/ or /event/ so, with 307, and its
+// clients follow it (a 307 keeps a POST's body). It runs in requestContext on unmatched
+// requests only, not as an echo Pre middleware, which would cost every request two
+// allocations.
+func slashRedirect(e *echo.Echo, req *http.Request) (string, bool) {
+	p := echo.GetPath(req)
+	if len(p) < 2 || p[len(p)-1] != '/' {
+		return "", false
 	}
+	if to := strings.TrimRight(p, "/"); to == "" || !routed(e, req, to) {
+		return "", false
+	}
+	loc := strings.TrimRight(req.URL.EscapedPath(), "/")
+	if req.URL.RawQuery != "" {
+		loc += "?" + req.URL.RawQuery
+	}
+	return loc, true
 }
 
 // routed reports whether the router has a route for path, with any method. It runs only for
-// the rare paths redirectSlash or a refused OPTIONS looks at, so its context is not pooled.
+// the rare requests slashRedirect or a refused OPTIONS looks at, so its context is not pooled.
 func routed(e *echo.Echo, req *http.Request, path string) bool {
 	return lookup(e, req, req.Method, path).Path() != ""
 }
@@ -216,9 +209,10 @@ func methodNotAllowed(e *echo.Echo) echo.HandlerFunc {
 	}
 }
 
-// requestContext sets the IDs, recovers panics, writes the access log and request metrics.
-// It is one middleware so a panic still gets its ID headers, its log line and its metric.
-func requestContext(log *slog.Logger) echo.MiddlewareFunc {
+// requestContext sets the IDs, recovers panics, writes the access log and request metrics,
+// and redirects a trailing slash (slashRedirect). It is one middleware so a panic still gets
+// its ID headers, its log line and its metric.
+func requestContext(log *slog.Logger, e *echo.Echo) echo.MiddlewareFunc {
 	probes := newProbeStates()
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) (err error) {
@@ -273,6 +267,11 @@ func requestContext(log *slog.Logger) echo.MiddlewareFunc {
 						slog.String("route", route), slog.Int("status_code", status), slog.Float64("latency_ms", float64(dur.Microseconds())/1000))
 				}
 			}()
+			if c.Path() == "" { // the router matched nothing
+				if loc, ok := slashRedirect(e, req); ok {
+					return c.Redirect(http.StatusTemporaryRedirect, loc)
+				}
+			}
 			return next(c)
 		}
 	}
