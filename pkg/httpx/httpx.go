@@ -391,12 +391,33 @@ func errorHandler(log *slog.Logger) echo.HTTPErrorHandler {
 		default:
 			log.ErrorContext(c.Request().Context(), "request failed", "err", err, "path", c.Request().URL.Path)
 		}
+		if code == http.StatusMethodNotAllowed {
+			// echo's router lists OPTIONS among a path's methods, but OPTIONS answers 405
+			// here too (optionsNotAllowed): Allow names what the path serves, as the
+			// original's did ("GET").
+			h := c.Response().Header()
+			if allow := h.Get(echo.HeaderAllow); allow != "" {
+				h.Set(echo.HeaderAllow, withoutOptions(allow))
+			}
+		}
 		if c.Request().Method == http.MethodHead {
 			_ = c.NoContent(code)
 			return
 		}
 		_ = c.JSON(code, map[string]any{"detail": detail})
 	}
+}
+
+// withoutOptions is an Allow header's method list without OPTIONS.
+func withoutOptions(allow string) string {
+	methods := strings.Split(allow, ",")
+	out := methods[:0]
+	for _, m := range methods {
+		if m = strings.TrimSpace(m); m != "" && m != http.MethodOptions {
+			out = append(out, m)
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 // Every process serves its metrics through MetricsHandler: they carry # HELP and # TYPE lines
