@@ -869,17 +869,19 @@ func TestRelayStopDuringClaimLeavesNoRowLeased(t *testing.T) {
 func TestReplayCursorReachesRowsBehindPoisonRows(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, testutil.KafkaBrokers(t), 1)
-	run := e.start(testConfig(), "r", relay.Options{})
-	waitReady(t, run.r)
 	var poison []int64
 	for range 3 {
 		poison = append(poison, e.insertRawBatchRow(outbox.LaneKey(1), []byte("not frames"), 1, testutil.Unique("batch:poison")))
 	}
 	good := e.insertRow("watch", e.kcfg.TopicWatches, "u-good", []byte(`{"ok":1}`), 5)
 	// The good row died earlier (its topic was missing then, say; the cause is fixed now).
+	// Dead before the relay starts: a running relay could claim it between the insert and
+	// this update, and then publish it.
 	if _, err := e.pool.Exec(context.Background(), `UPDATE event_outbox SET status = 'dead', attempts = 5 WHERE id = $1`, good); err != nil {
 		t.Fatal(err)
 	}
+	run := e.start(testConfig(), "r", relay.Options{})
+	waitReady(t, run.r)
 	dead := func(ids ...int64) func() bool {
 		return func() bool {
 			for _, id := range ids {
