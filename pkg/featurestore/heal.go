@@ -36,8 +36,13 @@ func (s *Store) RedisReady(ctx context.Context) (bool, error) {
 	if n == 0 {
 		return false, nil
 	}
-	if ahead, err := s.copyAhead(ctx, res[2]); err != nil || ahead {
-		return false, err
+	// The copy-ahead check needs PostgreSQL. Without it (an outage) the copy is judged by
+	// Redis alone, as before the check existed: a PostgreSQL outage must not make a complete
+	// copy look incomplete (the consumer unready, a repopulation that cannot run).
+	if ahead, err := s.copyAhead(ctx, res[2]); err == nil && ahead {
+		return false, nil
+	} else if err != nil {
+		s.log.DebugContext(ctx, "copy generation not compared with postgres", "err", err)
 	}
 	stored, err := res[1].ToString()
 	if err != nil && !rueidis.IsRedisNil(err) {

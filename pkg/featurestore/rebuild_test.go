@@ -165,6 +165,16 @@ func TestCopyAheadOfPostgresIsNotReady(t *testing.T) {
 	if ready, err := st.RedisReady(ctx); err != nil || !ready {
 		t.Fatalf("ready after the rebuild: %v (%v)", ready, err)
 	}
+	// PostgreSQL unreachable (a closed pool): the copy is judged by Redis alone, so an outage
+	// does not make it look incomplete.
+	down, err := pgxpool.New(ctx, pool.Config().ConnString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	down.Close()
+	if ready, err := featurestore.New(down, rd, prefix, testConfig(), nil).RedisReady(ctx); err != nil || !ready {
+		t.Fatalf("ready with postgres unreachable: %v (%v), want true", ready, err)
+	}
 	if _, err := pool.Exec(ctx, `UPDATE feature_meta SET generation = 1`); err != nil {
 		t.Fatal(err)
 	}
