@@ -423,14 +423,25 @@ func listDiff(l nbWrite, zs []rueidis.ZScore) string {
 		missing = append(missing, id)
 	}
 	slices.Sort(missing)
+	return diffText(extra, missing, "strength", other, false)
+}
+
+// diffText describes a list's differences: members only in Redis, only in PostgreSQL, and
+// with another value (named valueName), the first five of each; counts adds their numbers.
+func diffText(extra, missing []string, valueName string, other []string, counts bool) string {
 	var parts []string
 	for _, p := range []struct {
 		what string
 		ids  []string
-	}{{"only in redis", extra}, {"only in postgres", missing}, {"strength", other}} {
-		if len(p.ids) > 0 {
-			parts = append(parts, fmt.Sprintf("%s: %s", p.what, strings.Join(p.ids[:min(len(p.ids), 5)], ", ")))
+	}{{"only in redis", extra}, {"only in postgres", missing}, {valueName, other}} {
+		if len(p.ids) == 0 {
+			continue
 		}
+		what := p.what
+		if counts {
+			what = fmt.Sprintf("%s (%d)", what, len(p.ids))
+		}
+		parts = append(parts, fmt.Sprintf("%s: %s", what, strings.Join(p.ids[:min(len(p.ids), 5)], ", ")))
 	}
 	return strings.Join(parts, "; ")
 }
@@ -525,14 +536,5 @@ func compareTop(lo *topState, zs []rueidis.ZScore, hi *topState) string {
 		}
 	}
 	slices.Sort(missing)
-	var parts []string
-	for _, p := range []struct {
-		what string
-		ids  []string
-	}{{"only in redis", extra}, {"only in postgres", missing}, {"value", other}} {
-		if len(p.ids) > 0 {
-			parts = append(parts, fmt.Sprintf("%s (%d): %s", p.what, len(p.ids), strings.Join(p.ids[:min(len(p.ids), 5)], ", ")))
-		}
-	}
-	return strings.Join(parts, "; ")
+	return diffText(extra, missing, "value", other, true)
 }
