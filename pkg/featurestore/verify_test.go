@@ -25,15 +25,8 @@ func TestVerify(t *testing.T) {
 	pool, rd := servers(t)
 	st := featurestore.New(pool, rd, "ver:", cfg, nil)
 	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
-	evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 9, Users: 10, Items: 30, Events: 1500, StartMs: start, StepMs: 20_000,
-		Prefix: "v", ImpressionShare: 0.5}))
-	for i := 0; i < len(evs); i += 50 {
-		a, err := st.Apply(ctx, &featurestore.Batch{Events: evs[i:min(i+50, len(evs))]})
-		if err != nil {
-			t.Fatal(err)
-		}
-		writeCopy(t, st, a)
-	}
+	streamGenerated(t, st, fstest.GenConfig{Seed: 9, Users: 10, Items: 30, Events: 1500, StartMs: start, StepMs: 20_000,
+		Prefix: "v", ImpressionShare: 0.5})
 	opts := featurestore.VerifyOptions{Sample: 1000, Grace: 10 * time.Millisecond}
 	rep, err := st.Verify(ctx, opts)
 	if err != nil {
@@ -209,15 +202,8 @@ func TestVerifyComparesGlobalListsAndMeta(t *testing.T) {
 	pool, rd := servers(t)
 	st := featurestore.New(pool, rd, "vgl:", cfg, nil)
 	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
-	evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 13, Users: 10, Items: 30, Events: 800, StartMs: start, StepMs: 20_000,
-		Prefix: "g", ImpressionShare: 0.3}))
-	for i := 0; i < len(evs); i += 50 {
-		a, err := st.Apply(ctx, &featurestore.Batch{Events: evs[i:min(i+50, len(evs))]})
-		if err != nil {
-			t.Fatal(err)
-		}
-		writeCopy(t, st, a)
-	}
+	streamGenerated(t, st, fstest.GenConfig{Seed: 13, Users: 10, Items: 30, Events: 800, StartMs: start, StepMs: 20_000,
+		Prefix: "g", ImpressionShare: 0.3})
 	opts := featurestore.VerifyOptions{Sample: 1000, Grace: 10 * time.Millisecond}
 	if rep, err := st.Verify(ctx, opts); err != nil || !rep.OK() {
 		t.Fatalf("the streamed copy: %+v %v", rep, err)
@@ -294,5 +280,19 @@ func TestVerifyComparesGlobalListsAndMeta(t *testing.T) {
 	if rep.MismatchCount != 1 || !strings.Contains(rep.Mismatches[0].Detail, "only in redis (1): "+outside) ||
 		!strings.Contains(rep.Mismatches[0].Detail, "only in postgres (1): "+long[0]) {
 		t.Errorf("a member cut and an intruder: %+v", rep.Mismatches)
+	}
+}
+
+// streamGenerated applies the generated events in batches of 50, writing each batch's Redis
+// copy as the consumer does.
+func streamGenerated(t *testing.T, st *featurestore.Store, g fstest.GenConfig) {
+	t.Helper()
+	evs := toEvents(fstest.Generate(g))
+	for i := 0; i < len(evs); i += 50 {
+		a, err := st.Apply(context.Background(), &featurestore.Batch{Events: evs[i:min(i+50, len(evs))]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeCopy(t, st, a)
 	}
 }
