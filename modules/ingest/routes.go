@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"mime"
 	"net/http"
 	"strconv"
 	"strings"
@@ -237,17 +236,22 @@ func decode[T any](m *Ingest, c echo.Context, endpoint string, now time.Time, de
 	return v, nil
 }
 
+// isJSON judges a Content-Type as the original service did (FastAPI reads it with Python's
+// email.message): only the type/subtype before the first ';' counts, trimmed and
+// case-insensitive, and any parameters, repeated or malformed, are ignored. JSON is
+// application/json or application/<anything>+json.
 func isJSON(ct string) bool {
 	if ct == echo.MIMEApplicationJSON {
-		return true // the usual header, without ParseMediaType's allocations
+		return true // the usual header, without the work below
 	}
-	// A malformed parameter ("application/json; charset") still yields the media type, with
-	// ErrInvalidMediaParameter: the original service (email.message) ignored such parameters.
-	mt, _, err := mime.ParseMediaType(ct)
-	if err != nil && !errors.Is(err, mime.ErrInvalidMediaParameter) {
+	mt, _, _ := strings.Cut(ct, ";")
+	// email.message falls back to text/plain unless there is exactly one '/'.
+	typ, sub, ok := strings.Cut(strings.TrimSpace(mt), "/")
+	if !ok || strings.Contains(sub, "/") || !strings.EqualFold(typ, "application") {
 		return false
 	}
-	return mt == "application/json" || (strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"))
+	sub = strings.ToLower(sub)
+	return sub == "json" || strings.HasSuffix(sub, "+json")
 }
 
 func quote(s string) string {
