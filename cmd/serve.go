@@ -69,7 +69,8 @@ func (r *runFlags) run(cmd *cobra.Command, lc *logConfig, log *slog.Logger) erro
 	}
 	log.Info("configuration", "roles", r.roles, "flags", flagenv.Effective(cmd.Flags()), "gc", r.gc.Apply())
 	linkConfigs(r.configs)
-	return app.Run(cmd.Context(), app.Options{Registry: module.Default(), Roles: r.roles, HTTP: r.http,
+	version, _ := Version()
+	return app.Run(cmd.Context(), app.Options{Registry: module.Default(), Roles: r.roles, HTTP: r.http, Version: version,
 		Shutdown: r.shutdown, Infra: r.infra, Configs: r.configs, Log: log,
 		CrossCheck: func(selected map[string]module.Config) error {
 			for _, w := range crossWarnings(selected, r.infra.PG.MaxConns) {

@@ -58,6 +58,7 @@ import (
 	"recsys/pkg/infra"
 	"recsys/pkg/kpi"
 	"recsys/pkg/module"
+	"recsys/pkg/openapi"
 )
 
 func init() {
@@ -86,6 +87,7 @@ type Analytics struct {
 var (
 	_ module.Module         = (*Analytics)(nil)
 	_ module.RouteRegistrar = (*Analytics)(nil)
+	_ module.APIDescriber   = (*Analytics)(nil)
 )
 
 // New wires the module.
@@ -107,6 +109,25 @@ func New(cfg *Config, d infra.Deps) (module.Module, error) {
 // RegisterRoutes mounts GET /analytics/baseline.
 func (a *Analytics) RegisterRoutes(e *echo.Echo) {
 	e.GET("/analytics/baseline", a.baseline)
+}
+
+// DescribeAPI adds GET /analytics/baseline to the OpenAPI document.
+func (a *Analytics) DescribeAPI(d *openapi.Document) {
+	d.Add(http.MethodGet, "/analytics/baseline", openapi.Operation{Tags: []string{"analytics"}, Summary: "KPI snapshot",
+		Description: "metrics.definitions states each KPI's definition.",
+		Parameters: []openapi.Parameter{openapi.QueryParam("days", false, "Window length, ending now",
+			&openapi.Schema{Type: "integer", Default: daysDefault, Minimum: openapi.Float(daysMin), Maximum: openapi.Float(daysMax)})},
+		Responses: map[string]openapi.Response{
+			"200": openapi.JSONResponse("Successful Response", openapi.Of(baselineResponse{})),
+			"422": openapi.ValidationErrorResponse(),
+			"503": openapi.ErrorResponse("The KPI baseline could not be computed (database unavailable or too slow)"),
+		}})
+}
+
+// baselineResponse is GET /analytics/baseline's body.
+type baselineResponse struct {
+	KPITargets kpi.Targets `json:"kpi_targets"`
+	Metrics    Metrics     `json:"metrics"`
 }
 
 // Run folds the raw rows into the roll-ups until ctx ends.
@@ -194,13 +215,20 @@ func (a *Analytics) baseline(c echo.Context) error {
 	}
 	m.WindowDays = days
 	m.ComputedInMs = round3(float64(time.Since(start).Microseconds()) / 1000)
-	return c.JSON(http.StatusOK, map[string]any{"kpi_targets": kpi.ContractTargets, "metrics": m})
+	return c.JSON(http.StatusOK, baselineResponse{KPITargets: kpi.ContractTargets, Metrics: m})
 }
+
+// The contract's rule for days.
+const (
+	daysDefault = 7
+	daysMin     = 1
+	daysMax     = 30
+)
 
 // parseDays applies the contract's rule (int, default 7, 1..30) with pydantic's messages.
 func parseDays(vals []string) (int, *events.FieldError) {
 	if len(vals) == 0 {
-		return 7, nil
+		return daysDefault, nil
 	}
 	raw := vals[len(vals)-1] // the last of a repeated parameter, as Starlette does
 	n, err := strconv.Atoi(strings.TrimSpace(raw))
@@ -208,10 +236,10 @@ func parseDays(vals []string) (int, *events.FieldError) {
 	switch {
 	case err != nil:
 		return 0, &events.FieldError{Type: "int_parsing", Loc: loc, Msg: "Input should be a valid integer, unable to parse string as an integer", Input: raw}
-	case n < 1:
-		return 0, &events.FieldError{Type: "greater_than_equal", Loc: loc, Msg: "Input should be greater than or equal to 1", Input: raw, Ctx: map[string]any{"ge": 1}}
-	case n > 30:
-		return 0, &events.FieldError{Type: "less_than_equal", Loc: loc, Msg: "Input should be less than or equal to 30", Input: raw, Ctx: map[string]any{"le": 30}}
+	case n < daysMin:
+		return 0, &events.FieldError{Type: "greater_than_equal", Loc: loc, Msg: fmt.Sprintf("Input should be greater than or equal to %d", daysMin), Input: raw, Ctx: map[string]any{"ge": daysMin}}
+	case n > daysMax:
+		return 0, &events.FieldError{Type: "less_than_equal", Loc: loc, Msg: fmt.Sprintf("Input should be less than or equal to %d", daysMax), Input: raw, Ctx: map[string]any{"le": daysMax}}
 	}
 	return n, nil
 }

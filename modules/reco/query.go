@@ -23,6 +23,9 @@ const (
 	maxIDLen = 128
 	kMin     = 1
 	kMax     = 200
+	// The default k of /reco and of the legacy /recommend.
+	kDefaultReco      = 20
+	kDefaultRecommend = 10
 )
 
 // recoQuery is a validated /reco or /recommend query.
@@ -221,7 +224,7 @@ func parseReco(v rawQuery) (recoQuery, error) {
 	r := recoQuery{}
 	r.userID = q.id(v, "user_id")
 	r.sessionID = q.id(v, "session_id")
-	r.k = q.intParam(v, "k", 20, kMin, kMax)
+	r.k = q.intParam(v, "k", kDefaultReco, kMin, kMax)
 	r.autolog = q.boolParam(v, "x_autolog_impressions", true)
 	return r, q.err()
 }
@@ -231,6 +234,6 @@ func parseRecommend(v rawQuery) (recoQuery, error) {
 	var q queryErrors
 	r := recoQuery{}
 	r.userID = q.id(v, "user_id")
-	r.k = q.intParam(v, "k", 10, kMin, kMax)
+	r.k = q.intParam(v, "k", kDefaultRecommend, kMin, kMax)
 	return r, q.err()
 }

@@ -21,6 +21,7 @@ import (
 	"recsys/pkg/infra"
 	"recsys/pkg/migrate"
 	"recsys/pkg/module"
+	"recsys/pkg/openapi"
 )
 
 // ShutdownConfig bounds the drain (flags shutdown.*).
@@ -58,7 +59,8 @@ type Options struct {
 	Log      *slog.Logger
 	Listener net.Listener       // optional; tests pass one bound to port 0
 	OnReady  func(addr string)  // optional; called once the server listens
-	Extra    func(e *echo.Echo) // optional extra routes (dev mode banner etc.)
+	Extra    func(e *echo.Echo) // optional extra routes (dev mode banner etc.), not in /openapi.json
+	Version  string             // the build's version, for /openapi.json's info.version ("dev" if empty)
 	// CrossCheck, optional, validates settings that span modules; it sees the configs of the
 	// modules this process runs only (by name), so a rule applies where both modules run.
 	CrossCheck func(cfgs map[string]module.Config) error
@@ -140,6 +142,9 @@ func Run(ctx context.Context, o Options) error {
 	e.GET("/readyz", h.readyz)
 	e.GET("/metrics", httpx.MetricsHandler)
 	e.GET("/metrics/prometheus", httpx.MetricsHandler)
+	if err := openapi.Serve(e, describe(o, mods)); err != nil {
+		return err
+	}
 	if o.Extra != nil {
 		o.Extra(e)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"recsys/pkg/infra"
+	"recsys/pkg/openapi"
 )
 
 // Module is a running part of the process. Run blocks until ctx is cancelled, then drains and
@@ -32,6 +33,13 @@ type Readier interface {
 // RouteRegistrar is implemented by modules that serve HTTP routes on the process' server.
 type RouteRegistrar interface {
 	RegisterRoutes(e *echo.Echo)
+}
+
+// APIDescriber is implemented by route registrars that describe their routes in the
+// process' OpenAPI document (GET /openapi.json), with the limits they were configured with.
+// modules/all's TestOpenAPIDescribesEveryRoute fails on a route registered and not described.
+type APIDescriber interface {
+	DescribeAPI(d *openapi.Document)
 }
 
 // HealthReporter is implemented by modules that add top-level fields to /healthz and /readyz

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -169,6 +170,25 @@ func TestAllRolesAgainstRealServicesBecomeReady(t *testing.T) {
 	checks, _ := health["checks"].(map[string]any)
 	if checks["db"] != true || checks["online_cache"] != true {
 		t.Fatalf("healthz checks = %v, want db and online_cache true", checks)
+	}
+	// FastAPI's schema endpoints (api-contract §2.3); modules/all's TestOpenAPIDescribesEveryRoute
+	// checks the document against the routes.
+	code, doc, err := getJSON(p.Base + "/openapi.json")
+	paths, _ := doc["paths"].(map[string]any)
+	if err != nil || code != 200 || doc["openapi"] != "3.1.0" || paths["/reco"] == nil || paths["/log/batch"] == nil {
+		t.Fatalf("openapi.json = %d %v (openapi %v, %d paths)", code, err, doc["openapi"], len(paths))
+	}
+	for page, want := range map[string]string{"/docs": "swagger-ui-bundle.js", "/redoc": "redoc.standalone.js"} {
+		resp, err := http.Get(p.Base + page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") ||
+			!strings.Contains(string(body), want) || !strings.Contains(string(body), "/openapi.json") {
+			t.Errorf("%s = %d %s:\n%s", page, resp.StatusCode, resp.Header.Get("Content-Type"), body)
+		}
 	}
 }
 

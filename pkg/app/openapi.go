@@ -1,0 +1,72 @@
+package app
+
+import (
+	"net/http"
+
+	"recsys/pkg/module"
+	"recsys/pkg/openapi"
+)
+
+// describe builds the process' OpenAPI document: the routes of the modules it runs, each
+// described by its module with its configured limits, and the operational endpoints every
+// process serves. A relay or consumer process so documents its probes and metrics only.
+func describe(o Options, mods []*running) *openapi.Document {
+	version := o.Version
+	if version == "" {
+		version = "dev"
+	}
+	d := openapi.New("recsys", version, "Real-time recommendations and event ingestion, wire-compatible with the "+
+		"original service's API (docs/architecture.md lists the deliberate differences). This document "+
+		"describes the routes of the modules this process runs, with the limits it was configured with.")
+	for _, r := range mods {
+		if a, ok := r.mod.(module.APIDescriber); ok {
+			a.DescribeAPI(d)
+		}
+	}
+	describeOps(d)
+	return d
+}
+
+// healthBody is /healthz's and /readyz's body: the contract's fields, then recsys' own.
+func healthBody(extra map[string]*openapi.Schema, required ...string) *openapi.Schema {
+	s := &openapi.Schema{Type: "object", Required: append([]string{"checks", "clients", "modules"}, required...),
+		Description: "checks keeps the contract's names (db, online_cache, kafka); clients says ok, " +
+			"\"degraded: ...\" or the error per client; modules gives each module's state. Modules add " +
+			"top-level fields (event_backbone, online_cache, ...).",
+		Properties: map[string]*openapi.Schema{
+			"checks":   {Type: "object", AdditionalProperties: &openapi.Schema{Type: "boolean"}},
+			"clients":  {Type: "object", AdditionalProperties: &openapi.Schema{Type: "string"}},
+			"modules":  {Type: "object", AdditionalProperties: &openapi.Schema{Type: "string"}},
+			"draining": {Type: "boolean", Description: "present (true) while the process shuts down"},
+			"schema":   {Type: "object", Description: "present when the database schema is ahead of this binary"},
+		}}
+	for k, v := range extra {
+		s.Properties[k] = v
+	}
+	return s
+}
+
+func describeOps(d *openapi.Document) {
+	health := d.Component("Health", healthBody(map[string]*openapi.Schema{"status": {Const: "ok"}}, "status"))
+	ready := d.Component("Readiness", healthBody(map[string]*openapi.Schema{"ready": {Type: "boolean"}}, "ready"))
+	notReady := d.Component("NotReady", &openapi.Schema{Type: "object", Required: []string{"detail"},
+		Properties: map[string]*openapi.Schema{"detail": ready}})
+	for _, p := range []struct{ path, summary string }{
+		{"/healthz", "Liveness and dependency snapshot (always 200)"},
+		{"/livez", "Liveness and dependency snapshot (always 200; the same answer as /healthz)"},
+	} {
+		d.Add(http.MethodGet, p.path, openapi.Operation{Tags: []string{"ops"}, Summary: p.summary,
+			Responses: map[string]openapi.Response{"200": openapi.JSONResponse("Successful Response", health)}})
+	}
+	d.Add(http.MethodGet, "/readyz", openapi.Operation{Tags: []string{"ops"}, Summary: "Readiness",
+		Responses: map[string]openapi.Response{
+			"200": openapi.JSONResponse("Ready", ready),
+			"503": openapi.JSONResponse("Not ready (also while draining at shutdown)", notReady),
+		}})
+	text := openapi.Response{Description: "Prometheus text exposition of this process",
+		Content: map[string]openapi.MediaType{"text/plain": {Schema: &openapi.Schema{Type: "string"}}}}
+	for _, p := range []string{"/metrics", "/metrics/prometheus"} {
+		d.Add(http.MethodGet, p, openapi.Operation{Tags: []string{"ops"}, Summary: "Prometheus metrics",
+			Responses: map[string]openapi.Response{"200": text}})
+	}
+}
