@@ -229,8 +229,13 @@ func (c *Config) Validate() error {
 
 // snapshotOptions is what a per-user load fetches: everything the ranker needs, minus the
 // global lists when they come from the in-process snapshot.
+//
+// Decayed values are read as stored (ranking.Snapshot.Stored): the global lists and the item
+// cache keep them for many requests, and decayed to the time each was loaded they would make
+// scores depend on when this server loaded what.
 func (c *Config) snapshotOptions(withGlobal bool) ranking.SnapshotOptions {
 	o := c.Ranking.SnapshotOptions()
+	o.Stored = true
 	if !withGlobal {
 		o.TrendingN, o.PopularN, o.FreshN = 0, 0, 0
 	}

@@ -67,7 +67,7 @@ func BenchmarkRecoHandlerWorld(b *testing.B) {
 		all[i] = fmt.Sprintf("item-%04d", i)
 	}
 	cs := h.r.serving.redis.(*cachedSource)
-	if _, err := cs.items.lists(b.Context(), all, h.r.cfg.Ranking.NeighboursPerItem, now); err != nil {
+	if _, err := cs.items.lists(b.Context(), all, h.r.cfg.Ranking.NeighboursPerItem); err != nil {
 		b.Fatal(err)
 	}
 	// The users' states as the production decode cache holds them (decoded once, shared

@@ -48,35 +48,35 @@ func (m *memSource) Snapshot(ctx context.Context, userID string, nowMs int64, op
 }
 
 // Neighbours and Stats make memSource an itemReader for the per-item cache.
-func (m *memSource) Neighbours(ctx context.Context, items []string, n int, nowMs int64) (map[string][]ranking.Scored, error) {
+func (m *memSource) Neighbours(ctx context.Context, items []string, n int) (map[string][]ranking.Scored, ranking.Landmarks, error) {
 	m.calls.Add(1)
 	if m.fail.Load() {
-		return nil, errDown
+		return nil, ranking.Landmarks{}, errDown
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := map[string][]ranking.Scored{}
 	for _, id := range items {
-		if l := m.st.Neighbours(id, nowMs, n); len(l) > 0 {
+		if l := m.st.StoredNeighbours(id, n); len(l) > 0 {
 			out[id] = l
 		}
 	}
-	return out, nil
+	return out, m.st.Landmarks(), nil
 }
 
-func (m *memSource) Stats(ctx context.Context, items []string, nowMs int64, out map[string]ranking.ItemStats) error {
+func (m *memSource) Stats(ctx context.Context, items []string, out map[string]ranking.ItemStats) (ranking.Landmarks, error) {
 	m.calls.Add(1)
 	if m.fail.Load() {
-		return errDown
+		return ranking.Landmarks{}, errDown
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, id := range items {
-		if st, ok := m.st.ItemStats(id, nowMs); ok {
+		if st, ok := m.st.StoredItemStats(id); ok {
 			out[id] = st
 		}
 	}
-	return nil
+	return m.st.Landmarks(), nil
 }
 
 func (m *memSource) apply(ev features.Interaction) {

@@ -3,6 +3,7 @@ package reco
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"math/rand/v2"
@@ -21,12 +22,13 @@ import (
 	"recsys/pkg/ranking"
 )
 
-// itemReader loads per-item features: co-visitation neighbours (current decayed strength,
-// strongest first, ties by item id) and item statistics (popularity decayed to nowMs).
+// itemReader loads per-item features as stored: co-visitation neighbours (strongest first,
+// ties by item id) and item statistics, their forward-decayed values (strengths, popularity)
+// relative to the landmarks returned (ranking.Snapshot.Stored).
 type itemReader interface {
-	Neighbours(ctx context.Context, items []string, n int, nowMs int64) (map[string][]ranking.Scored, error)
+	Neighbours(ctx context.Context, items []string, n int) (map[string][]ranking.Scored, ranking.Landmarks, error)
 	// Stats adds the statistics of the known items among items to into.
-	Stats(ctx context.Context, items []string, nowMs int64, into map[string]ranking.ItemStats) error
+	Stats(ctx context.Context, items []string, into map[string]ranking.ItemStats) (ranking.Landmarks, error)
 }
 
 // cachedSource is the per-request Redis read used by /reco: the user's own state (history,
@@ -66,9 +68,22 @@ func (c *cachedSource) Snapshot(ctx context.Context, userID string, nowMs int64,
 	for i := 0; i < n; i++ {
 		hist = append(hist, s.History[i].ItemID)
 	}
-	lists, err := c.items.lists(ctx, hist, opts.NeighboursPerItem, nowMs)
+	lists, err := c.items.lists(ctx, hist, opts.NeighboursPerItem)
 	if err != nil {
 		return s, err
+	}
+	// The cached values are as stored (so they do not depend on when they were loaded), all
+	// relative to the same landmarks unless the store rebased between two of these loads.
+	s.Stored = false
+	for _, e := range lists {
+		if len(e.l) == 0 {
+			continue
+		}
+		if s.Stored && e.lm != s.Landmarks {
+			// Rare (a rebase every few months): read this user's features in one go instead.
+			return c.full.Snapshot(ctx, userID, nowMs, opts)
+		}
+		s.Stored, s.Landmarks = true, e.lm
 	}
 	// Each cached neighbour carries its statistics (Scored.Stats): nothing is copied per request.
 	if s.Neighbours != nil { // the user's source returned lists of its own: add to them
@@ -89,7 +104,11 @@ func (c *cachedSource) Snapshot(ctx context.Context, userID string, nowMs int64,
 }
 
 // itemCache caches, per item, its neighbour list together with the statistics of those
-// neighbours. A request looks up one entry per history item:
+// neighbours, with the forward-decayed values as stored: decayed to the load time, the
+// values, hence scores, depended on when a server had loaded each item, and items with equal
+// statistics loaded at different moments were ordered by that instead of by id (differently
+// on each server). Entries relative to landmarks older than the newest a load has seen
+// (the store rebased since) are loaded again. A request looks up one entry per history item:
 //   - fresh (younger than its share of ttl, see freshUntil): used;
 //   - stale (younger than maxStale): used, and queued for the background refresher, so hot
 //     items never make a request wait;
@@ -128,8 +147,11 @@ type itemCache struct {
 
 	// prepare is the ranker's ranking.Preparer, if it has one: a cached entry's statistics
 	// are prepared once per load instead of once per request.
-	prepare func(*ranking.ItemStats, int64)
+	prepare func(*ranking.ItemStats)
 	names   *names
+	// landmarks are the newest landmarks a load saw (nil before the first load).
+	landmarks atomic.Pointer[ranking.Landmarks]
+	clock     func() time.Time // time.Now, or a test's clock
 }
 
 const cacheShards = 32
@@ -156,7 +178,8 @@ type listEntry struct {
 	at         int64 // unix ms loaded
 	fresh      int64 // unix ms until which it is used without a refresh
 	n          int
-	l          []ranking.Scored // neighbours, strongest first, decayed at load time, Stats set when known
+	l          []ranking.Scored  // neighbours, strongest first, as stored, Stats set when known
+	lm         ranking.Landmarks // what l's strengths and statistics are relative to
 	refreshing atomic.Bool
 }
 
@@ -171,6 +194,7 @@ type listEntry struct {
 type statEntry struct {
 	fresh int64              // unix ms until which it is used without reading it again
 	s     *ranking.ItemStats // nil: the item is unknown
+	lm    ranking.Landmarks  // what s's popularity is relative to
 }
 
 // names gives each item id one string, shared by every cached list and by the decoded
@@ -205,7 +229,7 @@ func newItemCache(r itemReader, ttl time.Duration, maxEntries int) *itemCache {
 	c := &itemCache{r: r, ttl: ttl, maxStale: max(10*ttl, 5*time.Second), loadTimeout: 2 * time.Second,
 		max: max(maxEntries/cacheShards, 16), seed: maphash.MakeSeed(), stats: map[string]statEntry{},
 		// As many ids as item statistics are kept (the neighbours of the cached lists).
-		names: newNames(max(maxEntries, 1024))}
+		names: newNames(max(maxEntries, 1024)), clock: time.Now}
 	for i := range c.shards {
 		c.shards[i].m = map[string]*listEntry{}
 		c.shards[i].inflight = map[string]*flight{}
@@ -217,10 +241,30 @@ func (c *itemCache) shard(id string) *cacheShard {
 	return &c.shards[maphash.String(c.seed, id)%cacheShards]
 }
 
+// noteLandmarks records landmarks a load saw, if newer than the newest seen so far (a store
+// only moves its landmarks forward).
+func (c *itemCache) noteLandmarks(lm ranking.Landmarks) {
+	for {
+		cur := c.landmarks.Load()
+		if cur != nil && lm.ShortMs <= cur.ShortMs && lm.LongMs <= cur.LongMs && lm.CovisMs <= cur.CovisMs {
+			return
+		}
+		if c.landmarks.CompareAndSwap(cur, &lm) {
+			return
+		}
+	}
+}
+
+// current reports whether values relative to lm are relative to the newest landmarks seen.
+func (c *itemCache) current(lm ranking.Landmarks) bool {
+	cur := c.landmarks.Load()
+	return cur == nil || *cur == lm
+}
+
 // lists returns the entries of items, in order.
-func (c *itemCache) lists(ctx context.Context, items []string, n int, nowMs int64) ([]*listEntry, error) {
+func (c *itemCache) lists(ctx context.Context, items []string, n int) ([]*listEntry, error) {
 	out := make([]*listEntry, len(items))
-	now := time.Now().UnixMilli()
+	now := c.clock().UnixMilli()
 	var refresh, mine []string
 	var mineFlights map[string]*flight
 	var waiting []int
@@ -230,7 +274,7 @@ func (c *itemCache) lists(ctx context.Context, items []string, n int, nowMs int6
 		sh.mu.RLock()
 		e := sh.m[id]
 		sh.mu.RUnlock()
-		if e != nil && e.n == n {
+		if e != nil && e.n == n && c.current(e.lm) {
 			if now <= e.fresh {
 				out[i] = e
 				continue
@@ -334,7 +378,10 @@ func (c *itemCache) freshUntil(atMs int64) int64 {
 func (c *itemCache) loadAndStore(items []string, n int, flights map[string]*flight) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.loadTimeout)
 	defer cancel()
-	entries, err := c.load(ctx, items, n, time.Now().UnixMilli())
+	entries, err := c.load(ctx, items, n)
+	if errors.Is(err, errRebased) {
+		entries, err = c.load(ctx, items, n) // once: rebases are months apart
+	}
 	for _, id := range items {
 		sh := c.shard(id)
 		sh.mu.Lock()
@@ -355,16 +402,20 @@ func (c *itemCache) loadAndStore(items []string, n int, flights map[string]*flig
 	}
 }
 
-func (c *itemCache) load(ctx context.Context, items []string, n int, nowMs int64) (map[string]*listEntry, error) {
-	nbs, err := c.r.Neighbours(ctx, items, n, nowMs)
+// errRebased means the store moved its landmarks between the reads of one load.
+var errRebased = errors.New("feature landmarks moved during the load (the store rebased)")
+
+func (c *itemCache) load(ctx context.Context, items []string, n int) (map[string]*listEntry, error) {
+	nbs, lm, err := c.r.Neighbours(ctx, items, n)
 	if err != nil {
 		return nil, err
 	}
-	stats, err := c.statsOf(ctx, nbs, nowMs)
+	stats, err := c.statsOf(ctx, nbs, lm)
 	if err != nil {
 		return nil, err
 	}
-	at := time.Now().UnixMilli()
+	c.noteLandmarks(lm)
+	at := c.clock().UnixMilli()
 	out := make(map[string]*listEntry, len(items))
 	for _, id := range items {
 		l := nbs[id]
@@ -373,29 +424,29 @@ func (c *itemCache) load(ctx context.Context, items []string, n int, nowMs int64
 			l[j].Stats = stats[l[j].ItemID] // nil when unknown
 		}
 		ranking.PrepareList(l)
-		out[id] = &listEntry{at: at, fresh: c.freshUntil(at), n: n, l: l}
+		out[id] = &listEntry{at: at, fresh: c.freshUntil(at), n: n, l: l, lm: lm}
 	}
 	return out, nil
 }
 
-// statsOf returns the statistics of every neighbour in nbs (absent: unknown), reading from
-// Redis only those not read within ttl (lists share many items). The statistics read are
-// prepared for the ranker at nowMs, the time they were decayed to, and then shared.
-func (c *itemCache) statsOf(ctx context.Context, nbs map[string][]ranking.Scored, nowMs int64) (map[string]*ranking.ItemStats, error) {
+// statsOf returns the statistics of every neighbour in nbs (absent: unknown), relative to
+// lm, reading from Redis only those not read within ttl (lists share many items). The
+// statistics read are prepared for the ranker and then shared.
+func (c *itemCache) statsOf(ctx context.Context, nbs map[string][]ranking.Scored, lm ranking.Landmarks) (map[string]*ranking.ItemStats, error) {
 	n := 0
 	for _, l := range nbs {
 		n += len(l)
 	}
 	out := make(map[string]*ranking.ItemStats, n)
 	var miss []string
-	now := time.Now().UnixMilli()
+	now := c.clock().UnixMilli()
 	c.statsMu.Lock()
 	for _, l := range nbs {
 		for _, x := range l {
 			if _, seen := out[x.ItemID]; seen {
 				continue
 			}
-			if e, ok := c.stats[x.ItemID]; ok && now <= e.fresh {
+			if e, ok := c.stats[x.ItemID]; ok && now <= e.fresh && e.lm == lm {
 				out[x.ItemID] = e.s
 				continue
 			}
@@ -406,10 +457,14 @@ func (c *itemCache) statsOf(ctx context.Context, nbs map[string][]ranking.Scored
 	c.statsMu.Unlock()
 	if len(miss) > 0 {
 		got := make(map[string]ranking.ItemStats, len(miss))
-		if err := c.r.Stats(ctx, miss, nowMs, got); err != nil {
+		slm, err := c.r.Stats(ctx, miss, got)
+		if err != nil {
 			return nil, err
 		}
-		at := time.Now().UnixMilli()
+		if slm != lm {
+			return nil, errRebased
+		}
+		at := c.clock().UnixMilli()
 		fresh := make([]ranking.ItemStats, len(miss)) // one allocation for the batch
 		for i, id := range miss {
 			s, known := got[id]
@@ -418,7 +473,7 @@ func (c *itemCache) statsOf(ctx context.Context, nbs map[string][]ranking.Scored
 			}
 			fresh[i] = s
 			if c.prepare != nil {
-				c.prepare(&fresh[i], nowMs)
+				c.prepare(&fresh[i])
 			}
 			out[id] = &fresh[i]
 		}
@@ -427,7 +482,7 @@ func (c *itemCache) statsOf(ctx context.Context, nbs map[string][]ranking.Scored
 			if len(c.stats) >= c.max*cacheShards {
 				evict(c.stats)
 			}
-			c.stats[id] = statEntry{fresh: c.freshUntil(at), s: out[id]}
+			c.stats[id] = statEntry{fresh: c.freshUntil(at), s: out[id], lm: lm}
 		}
 		c.statsMu.Unlock()
 	}
@@ -580,6 +635,10 @@ var metaFields = []string{"lm:s", "lm:l", "lm:c", "hl:s", "hl:l", "hl:c"}
 
 type storeDecays struct{ short, long, covis features.Decay }
 
+func (d storeDecays) landmarks() ranking.Landmarks {
+	return ranking.Landmarks{ShortMs: d.short.LandmarkMs, LongMs: d.long.LandmarkMs, CovisMs: d.covis.LandmarkMs}
+}
+
 func (r *redisItems) metaCmd() rueidis.Completed {
 	return r.rd.B().Hmget().Key(r.keys.Meta).Field(metaFields...).Build()
 }
@@ -608,7 +667,7 @@ func decodeMeta(res rueidis.RedisResult) (storeDecays, error) {
 
 // Neighbours reads 2n members of each list, then orders by strength and item id and keeps n:
 // the order of features.MemoryStore (a ZSET orders ties by member, descending).
-func (r *redisItems) Neighbours(ctx context.Context, items []string, n int, nowMs int64) (map[string][]ranking.Scored, error) {
+func (r *redisItems) Neighbours(ctx context.Context, items []string, n int) (map[string][]ranking.Scored, ranking.Landmarks, error) {
 	cmds := make(rueidis.Commands, 0, len(items)+1)
 	cmds = append(cmds, r.metaCmd())
 	for _, id := range items {
@@ -617,13 +676,13 @@ func (r *redisItems) Neighbours(ctx context.Context, items []string, n int, nowM
 	res := r.rd.DoMulti(ctx, cmds...)
 	d, err := decodeMeta(res[0])
 	if err != nil {
-		return nil, err
+		return nil, ranking.Landmarks{}, err
 	}
 	out := make(map[string][]ranking.Scored, len(items))
 	for i, id := range items {
 		zs, err := res[i+1].AsZScores()
 		if err != nil {
-			return nil, fmt.Errorf("read neighbours of %q: %w", id, err)
+			return nil, ranking.Landmarks{}, fmt.Errorf("read neighbours of %q: %w", id, err)
 		}
 		if len(zs) == 0 {
 			continue
@@ -638,19 +697,15 @@ func (r *redisItems) Neighbours(ctx context.Context, items []string, n int, nowM
 			}
 			return strings.Compare(a.ItemID, b.ItemID)
 		})
-		l = l[:min(n, len(l))]
-		for j := range l {
-			l[j].Score = d.covis.At(l[j].Score, nowMs)
-		}
-		out[id] = l
+		out[id] = l[:min(n, len(l))]
 	}
-	return out, nil
+	return out, d.landmarks(), nil
 }
 
 // Stats reads the statistics hash of each item; an item without first-seen time is unknown.
-func (r *redisItems) Stats(ctx context.Context, items []string, nowMs int64, out map[string]ranking.ItemStats) error {
+func (r *redisItems) Stats(ctx context.Context, items []string, out map[string]ranking.ItemStats) (ranking.Landmarks, error) {
 	if len(items) == 0 {
-		return nil
+		return ranking.Landmarks{}, nil
 	}
 	cmds := make(rueidis.Commands, 0, len(items)+1)
 	cmds = append(cmds, r.metaCmd())
@@ -660,12 +715,12 @@ func (r *redisItems) Stats(ctx context.Context, items []string, nowMs int64, out
 	res := r.rd.DoMulti(ctx, cmds...)
 	d, err := decodeMeta(res[0])
 	if err != nil {
-		return err
+		return ranking.Landmarks{}, err
 	}
 	for i, id := range items {
 		vals, err := res[i+1].ToArray()
 		if err != nil {
-			return fmt.Errorf("read stats of %q: %w", id, err)
+			return ranking.Landmarks{}, fmt.Errorf("read stats of %q: %w", id, err)
 		}
 		var f [9]string
 		for j := range f {
@@ -676,16 +731,17 @@ func (r *redisItems) Stats(ctx context.Context, items []string, nowMs int64, out
 		if f[6] == "" {
 			continue
 		}
-		st, err := decodeStats(f, d, nowMs)
+		st, err := decodeStats(f)
 		if err != nil {
-			return fmt.Errorf("decode stats of %q: %w", id, err)
+			return ranking.Landmarks{}, fmt.Errorf("decode stats of %q: %w", id, err)
 		}
 		out[id] = st
 	}
-	return nil
+	return d.landmarks(), nil
 }
 
-func decodeStats(f [9]string, d storeDecays, nowMs int64) (ranking.ItemStats, error) {
+// decodeStats decodes an item's statistics hash, popularity as stored.
+func decodeStats(f [9]string) (ranking.ItemStats, error) {
 	var n [9]float64
 	for i, s := range f {
 		if s == "" {
@@ -699,5 +755,5 @@ func decodeStats(f [9]string, d storeDecays, nowMs int64) (ranking.ItemStats, er
 	}
 	return ranking.ItemStats{Impressions: int64(n[0]), Watches: int64(n[1]), SumPercent: n[2], PercentCount: int64(n[3]),
 		Ended: int64(n[4]), WatchTimeSec: n[5], FirstSeenMs: int64(n[6]),
-		PopShort: d.short.At(n[7], nowMs), PopLong: d.long.At(n[8], nowMs)}, nil
+		PopShort: n[7], PopLong: n[8]}, nil
 }

@@ -11,6 +11,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/VictoriaMetrics/metrics"
+
 	"recsys/pkg/features"
 	"recsys/pkg/ranking"
 )
@@ -18,14 +20,14 @@ import (
 // cloningReader returns every id as a new string, as decoding a Redis reply does.
 type cloningReader struct{ itemReader }
 
-func (r cloningReader) Neighbours(ctx context.Context, items []string, n int, nowMs int64) (map[string][]ranking.Scored, error) {
-	m, err := r.itemReader.Neighbours(ctx, items, n, nowMs)
+func (r cloningReader) Neighbours(ctx context.Context, items []string, n int) (map[string][]ranking.Scored, ranking.Landmarks, error) {
+	m, lm, err := r.itemReader.Neighbours(ctx, items, n)
 	for _, l := range m {
 		for i := range l {
 			l[i].ItemID = strings.Clone(l[i].ItemID)
 		}
 	}
-	return m, err
+	return m, lm, err
 }
 
 // TestItemIDsAreShared: the same item in two cached lists and in a decoded history is one
@@ -41,11 +43,11 @@ func TestItemIDsAreShared(t *testing.T) {
 	}
 	c := newItemCache(cloningReader{m}, time.Minute, 1000)
 	// Separate loads, as two requests' cache misses would be.
-	la, err := c.lists(context.Background(), []string{strings.Clone("a")}, 50, now)
+	la, err := c.lists(context.Background(), []string{strings.Clone("a")}, 50)
 	if err != nil {
 		t.Fatal(err)
 	}
-	lb, err := c.lists(context.Background(), []string{strings.Clone("b")}, 50, now)
+	lb, err := c.lists(context.Background(), []string{strings.Clone("b")}, 50)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,11 +77,10 @@ func TestItemIDsAreShared(t *testing.T) {
 	if sa == nil || sa != sb {
 		t.Fatalf("statistics of the same neighbour in two lists: %p and %p, want one shared copy", sa, sb)
 	}
-	want, ok := m.st.ItemStats("x", now)
-	// Popularity decays with the clock: the cache decays it to its own load time, which can be
-	// a millisecond past now, so it matches to a relative 1e-6, not bit for bit.
+	want, ok := m.st.StoredItemStats("x")
+	// Popularity as stored: the cache keeps it relative to the landmark, bit for bit.
 	if !ok || sa.Impressions != want.Impressions || sa.Watches != want.Watches || sa.FirstSeenMs != want.FirstSeenMs ||
-		math.Abs(sa.PopLong-want.PopLong) > 1e-6*math.Abs(want.PopLong) {
+		sa.PopLong != want.PopLong || sa.PopShort != want.PopShort {
 		t.Fatalf("shared statistics %+v, reader has %+v", *sa, want)
 	}
 	d := newDecodeCache(1 << 20)
@@ -116,7 +117,7 @@ type gatedReader struct {
 	most     int
 }
 
-func (r *gatedReader) Neighbours(ctx context.Context, items []string, n int, nowMs int64) (map[string][]ranking.Scored, error) {
+func (r *gatedReader) Neighbours(ctx context.Context, items []string, n int) (map[string][]ranking.Scored, ranking.Landmarks, error) {
 	r.mu.Lock()
 	r.batches = append(r.batches, slices.Clone(items))
 	r.inFlight++
@@ -131,9 +132,9 @@ func (r *gatedReader) Neighbours(ctx context.Context, items []string, n int, now
 	select {
 	case <-gate:
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, ranking.Landmarks{}, ctx.Err()
 	}
-	return r.itemReader.Neighbours(ctx, items, n, nowMs)
+	return r.itemReader.Neighbours(ctx, items, n)
 }
 
 func (r *gatedReader) seen() ([][]string, int) {
@@ -159,7 +160,7 @@ func TestStaleEntriesRefreshInPacedBatches(t *testing.T) {
 		ids[i] = fmt.Sprintf("i%03d", i)
 	}
 	now := time.Now().UnixMilli()
-	if _, err := c.lists(context.Background(), ids, 50, now); err != nil {
+	if _, err := c.lists(context.Background(), ids, 50); err != nil {
 		t.Fatal(err)
 	}
 	old := map[string]*listEntry{}
@@ -185,7 +186,7 @@ func TestStaleEntriesRefreshInPacedBatches(t *testing.T) {
 			defer wg.Done()
 			for i := g; i < items; i += 5 {
 				req := ids[i:min(i+10, items)]
-				got, err := c.lists(context.Background(), req, 50, time.Now().UnixMilli())
+				got, err := c.lists(context.Background(), req, 50)
 				if err != nil {
 					t.Error(err)
 					return
@@ -258,4 +259,116 @@ func TestFreshnessIsJittered(t *testing.T) {
 	if hi-lo < 800 {
 		t.Fatalf("2000 entries loaded together turn stale within %d ms of each other, want a spread of most of 1000", hi-lo)
 	}
+}
+
+// tieWorld is a store where items "x" and "y" have exactly equal statistics and are both
+// neighbours of "h1", equally strong; "x" is also a neighbour of "h2", and "y" of "h3". User
+// "ranked" watched "h1": x and y tie for them, and must come out in id order.
+func tieWorld(now int64) *memSource {
+	st := features.NewMemoryStore(features.DefaultConfig())
+	t0 := now - 3*3600_000
+	for _, ev := range []features.Interaction{
+		watchEv("u1", "h1", t0, "e1"), watchEv("u1", "x", t0+1000, "e2"),
+		watchEv("u2", "h1", t0, "e3"), watchEv("u2", "y", t0+1000, "e4"),
+		watchEv("u3", "h2", t0+5000, "e5"), watchEv("u3", "x", t0+6000, "e6"),
+		watchEv("u4", "h3", t0+5000, "e7"), watchEv("u4", "y", t0+6000, "e8"),
+		watchEv("ranked", "h1", t0+9000, "e9"),
+	} {
+		st.Apply(ev)
+	}
+	return &memSource{st: st}
+}
+
+// pod is one API replica over a shared store: its own item cache (on its own clock) and
+// global snapshot.
+type pod struct {
+	r     *Reco
+	items *itemCache
+	clock time.Time
+}
+
+func newPod(t *testing.T, src *memSource) *pod {
+	t.Helper()
+	cfg := NewConfig()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	p := &pod{clock: time.Now()}
+	// A long TTL: the test moves the cache's clock by hours between loads.
+	p.items = newItemCache(src, 24*time.Hour, 1000)
+	p.items.clock = func() time.Time { return p.clock }
+	p.r = newReco(cfg, nil, metrics.NewSet(), parts{redis: &cachedSource{full: src, user: src, items: p.items},
+		pg: src, writer: newFakeWriter()})
+	p.r.serving.readyMarker.Store(true)
+	if err := p.r.serving.refreshGlobal(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// load has the pod's cache load the lists of items at its clock's time, then moves the
+// clock by after.
+func (p *pod) load(t *testing.T, after time.Duration, items ...string) {
+	t.Helper()
+	if _, err := p.items.lists(context.Background(), items, p.r.cfg.Ranking.NeighboursPerItem); err != nil {
+		t.Fatal(err)
+	}
+	p.clock = p.clock.Add(after)
+}
+
+func (p *pod) rank(t *testing.T, user string, now time.Time) ranking.Result {
+	t.Helper()
+	snap, src, err := p.r.serving.load(context.Background(), user, now)
+	if err != nil || src != sourceRedis {
+		t.Fatalf("load %s: source %q, %v", user, src, err)
+	}
+	return p.r.ranker.Rank(&snap, 10)
+}
+
+// TestPodsRankAlikeWhateverTheirCacheLoadTimes: two replicas over the same store that loaded
+// the same items at different moments, and in a different order, answer the same list with
+// the same scores, and two items with equal statistics tie exactly and come out in id order,
+// even in a cache that loaded one of them hours after the other. The cache used to decay
+// popularity (and the ranker to evaluate freshness) at each item's load time, so scores
+// depended on when each replica had loaded what: x and y differed by ~1e-7, the one loaded
+// first ahead, and the two replicas disagreed.
+func TestPodsRankAlikeWhateverTheirCacheLoadTimes(t *testing.T) {
+	now := time.Now()
+	src := tieWorld(now.UnixMilli())
+	a, b := newPod(t, src), newPod(t, src)
+	// a: x's statistics come with h2's list, y's three hours later with h1's.
+	a.load(t, 3*time.Hour, "h2")
+	a.load(t, 0, "h1")
+	// b: the other way round, y first, and its global lists are loaded later.
+	b.load(t, 5*time.Hour, "h3")
+	b.load(t, 0, "h1")
+	time.Sleep(20 * time.Millisecond)
+	if err := b.r.serving.refreshGlobal(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	at := now.Add(10 * time.Millisecond)
+	ra, rb := a.rank(t, "ranked", at), b.rank(t, "ranked", at)
+	if !slices.Equal(ra.Items, rb.Items) || !slices.Equal(ra.Scores, rb.Scores) {
+		t.Fatalf("the same request on two replicas:\n a %v %v\n b %v %v", ra.Items, ra.Scores, rb.Items, rb.Scores)
+	}
+	// a again, after reloading x's statistics (and h1's list) two hours later than y's.
+	a.clock = a.clock.Add(2 * time.Hour)
+	oldX, oldY := a.items.stats["x"].s, a.items.stats["y"].s
+	delete(a.items.shard("h1").m, "h1")
+	delete(a.items.stats, "x")
+	a.load(t, 0, "h1")
+	if a.items.stats["x"].s == oldX || a.items.stats["y"].s != oldY {
+		t.Fatal("x's statistics were not reloaded alone")
+	}
+	reloaded := a.rank(t, "ranked", at)
+	if !slices.Equal(reloaded.Items, ra.Items) || !slices.Equal(reloaded.Scores, ra.Scores) {
+		t.Fatalf("after reloading x:\n %v %v\nbefore:\n %v %v", reloaded.Items, reloaded.Scores, ra.Items, ra.Scores)
+	}
+	for name, r := range map[string]ranking.Result{"a": ra, "b": rb, "a reloaded": reloaded} {
+		ix, iy := slices.Index(r.Items, "x"), slices.Index(r.Items, "y")
+		if ix < 0 || iy != ix+1 || r.Scores[ix] != r.Scores[iy] {
+			t.Fatalf("replica %s: %v %v, want x and y adjacent, x first, with equal scores", name, r.Items, r.Scores)
+		}
+	}
+	t.Logf("%v %v", ra.Items, ra.Scores)
 }

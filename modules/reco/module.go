@@ -199,6 +199,9 @@ func newReco(cfg *Config, log *slog.Logger, set *metrics.Set, p parts) *Reco {
 			cs.items.prepare = pr.Prepare
 		}
 	}
+	if cs, ok := p.redis.(*cachedSource); ok {
+		r.serving.onLandmarks = cs.items.noteLandmarks
+	}
 	r.serving.probeRedis, r.serving.probePG = p.probeRedis, p.probePG
 	r.autolog = newAutolog(cfg, p.writer, r.serving.pgBrk, m, log)
 	r.limit = httpx.NewLimiter("reco", cfg.MaxInFlight, cfg.QueueTimeout, set)

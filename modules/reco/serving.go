@@ -69,7 +69,10 @@ type serving struct {
 	redisDeadline *sharedDeadline
 	// prepare is the ranker's ranking.Preparer, if it has one: the global lists' statistics
 	// are prepared once per refresh instead of once per request.
-	prepare func(*ranking.ItemStats, int64)
+	prepare func(*ranking.ItemStats)
+	// onLandmarks, if set, is told the landmarks of each global snapshot loaded (the item
+	// cache then reloads entries relative to older ones: the store rebased).
+	onLandmarks func(ranking.Landmarks)
 }
 
 func newServing(cfg *Config, redis, pg snapshotSource, m *recoMetrics, log *slog.Logger) *serving {
@@ -109,10 +112,15 @@ func (s *serving) load(ctx context.Context, userID string, now time.Time) (ranki
 		opts = s.personalOpts
 	}
 	if s.redis != nil && s.redisUsable() {
+		gs := g
 		snap, err := s.redis.Snapshot(s.redisDeadline.context(now), userID, nowMs, opts)
+		if err == nil && !sameLandmarks(&snap, gs) {
+			gs = nil // the store rebased between the two reads: read the global lists too
+			snap, err = s.redis.Snapshot(s.redisDeadline.context(now), userID, nowMs, s.fullOpts)
+		}
 		if err == nil {
 			s.redisBrk.Success()
-			complete(&snap, g)
+			complete(&snap, gs)
 			return snap, sourceRedis, nil
 		}
 		if ctx.Err() != nil {
@@ -130,11 +138,16 @@ func (s *serving) load(ctx context.Context, userID string, now time.Time) (ranki
 		}
 	}
 	if s.pg != nil && s.pgBrk.Allow() && s.pgSlot(ctx) {
+		gs := g
 		snap, err := read(ctx, s.pg, s.cfg.PGTimeout, userID, nowMs, opts)
+		if err == nil && !sameLandmarks(&snap, gs) {
+			gs = nil
+			snap, err = read(ctx, s.pg, s.cfg.PGTimeout, userID, nowMs, s.fullOpts)
+		}
 		<-s.pgSlots
 		if err == nil {
 			s.pgBrk.Success()
-			complete(&snap, g)
+			complete(&snap, gs)
 			return snap, sourcePG, nil
 		}
 		if ctx.Err() != nil {
@@ -208,6 +221,13 @@ func (s *serving) cachedGlobal(now time.Time) *globalSnap {
 	return g
 }
 
+// sameLandmarks reports whether snap's stored values can be ranked with g's (nil: no global
+// snapshot): values relative to other landmarks (the store rebased between the two reads)
+// would differ by the rebase factor.
+func sameLandmarks(snap *ranking.Snapshot, g *globalSnap) bool {
+	return g == nil || !snap.Stored || !g.snap.Stored || snap.Landmarks == g.snap.Landmarks
+}
+
 // complete adds the global lists and their item statistics to a per-user snapshot, sharing
 // the global snapshot's statistics map as the last layer: the statistics read for this user
 // win over the global copy.
@@ -237,8 +257,11 @@ func (s *serving) refreshGlobal(ctx context.Context) error {
 		snap.UserID = ""
 		snap.History, snap.Watched, snap.Impressions, snap.ImpressionsAdded = nil, nil, nil, nil
 		snap.Neighbours, snap.HistoryNeighbours, snap.Similar = nil, nil, nil
-		attachStats(&snap, now.UnixMilli(), s.prepare)
+		attachStats(&snap, s.prepare)
 		s.global.Store(&globalSnap{snap: snap, loadedAt: now, source: name})
+		if snap.Stored && s.onLandmarks != nil {
+			s.onLandmarks(snap.Landmarks)
+		}
 		return true
 	}
 	if s.redis != nil && s.redisUsable() && try("redis", s.redis, s.cfg.RedisTimeout, s.redisBrk) {
@@ -258,7 +281,7 @@ func (s *serving) refreshGlobal(ctx context.Context) error {
 // by every request until the next refresh (ranking then reads them without a map lookup per
 // candidate), and prepares lists and statistics for the ranker (prepare may be nil).
 // snap.Items keeps the same values (ranking.Scored.Stats' rule).
-func attachStats(snap *ranking.Snapshot, nowMs int64, prepare func(*ranking.ItemStats, int64)) {
+func attachStats(snap *ranking.Snapshot, prepare func(*ranking.ItemStats)) {
 	ptr := make(map[string]*ranking.ItemStats, len(snap.Items))
 	for _, l := range [][]ranking.Scored{snap.Trending, snap.Popular, snap.Fresh} {
 		ranking.PrepareList(l)
@@ -269,7 +292,7 @@ func attachStats(snap *ranking.Snapshot, nowMs int64, prepare func(*ranking.Item
 				if st, known := snap.Items[id]; known {
 					p = &st
 					if prepare != nil {
-						prepare(p, nowMs)
+						prepare(p)
 					}
 				}
 				ptr[id] = p

@@ -225,12 +225,26 @@ func (m *MemoryStore) ensureLandmarks(ts int64) {
 
 // Neighbours returns the top n co-visitation neighbours of item with current strengths at now.
 func (m *MemoryStore) Neighbours(item string, nowMs int64, n int) []ranking.Scored {
+	return m.neighbours(item, m.covis.At(1, nowMs), n)
+}
+
+// StoredNeighbours is Neighbours with the strengths as stored, relative to Landmarks().
+func (m *MemoryStore) StoredNeighbours(item string, n int) []ranking.Scored {
+	return m.neighbours(item, 1, n)
+}
+
+// Landmarks returns the landmarks of the stored values (ranking.Snapshot.Stored).
+func (m *MemoryStore) Landmarks() ranking.Landmarks {
+	return ranking.Landmarks{ShortMs: m.short.LandmarkMs, LongMs: m.long.LandmarkMs, CovisMs: m.covis.LandmarkMs}
+}
+
+// neighbours returns the top n neighbours of item with the stored strengths times f.
+func (m *MemoryStore) neighbours(item string, f float64, n int) []ranking.Scored {
 	l := m.nbrs[item]
 	if l == nil {
 		return nil
 	}
 	n = min(n, len(l.items))
-	f := m.covis.At(1, nowMs)
 	out := make([]ranking.Scored, n)
 	for i := range out {
 		out[i] = ranking.Scored{ItemID: l.items[i].ItemID, Score: l.items[i].Score * f}
@@ -241,6 +255,11 @@ func (m *MemoryStore) Neighbours(item string, nowMs int64, n int) []ranking.Scor
 // ItemStats returns an item's statistics with popularity decayed to now.
 func (m *MemoryStore) ItemStats(item string, nowMs int64) (ranking.ItemStats, bool) {
 	return m.itemStats(item, m.short.At(1, nowMs), m.long.At(1, nowMs))
+}
+
+// StoredItemStats is ItemStats with popularity as stored, relative to Landmarks().
+func (m *MemoryStore) StoredItemStats(item string) (ranking.ItemStats, bool) {
+	return m.itemStats(item, 1, 1)
 }
 
 func (m *MemoryStore) itemStats(item string, fShort, fLong float64) (ranking.ItemStats, bool) {
@@ -260,7 +279,7 @@ func (m *MemoryStore) NumItems() int { return len(m.items) }
 // Snapshot builds the ranking input for one user at now, loading what opts asks for: the
 // history, watched set and impression counters, neighbour lists of the first
 // opts.HistoryItems history items, trending/popular/fresh lists, and ItemStats for the union
-// of every candidate.
+// of every candidate. With opts.Stored the decayed values are as stored (ranking.Snapshot.Stored).
 func (m *MemoryStore) Snapshot(userID string, nowMs int64, opts SnapshotOptions) ranking.Snapshot {
 	s := ranking.Snapshot{
 		UserID:     userID,
@@ -273,7 +292,14 @@ func (m *MemoryStore) Snapshot(userID string, nowMs int64, opts SnapshotOptions)
 		s.Watched = u.watched
 		s.Impressions = u.st.ImpressionCounts
 	}
-	fShort, fLong := m.short.At(1, nowMs), m.long.At(1, nowMs)
+	fShort, fLong, fCovis := m.short.At(1, nowMs), m.long.At(1, nowMs), m.covis.At(1, nowMs)
+	short, long := func(v float64) float64 { return m.short.At(v, nowMs) }, func(v float64) float64 { return m.long.At(v, nowMs) }
+	if opts.Stored {
+		s.Stored, s.Landmarks = true, m.Landmarks()
+		fShort, fLong, fCovis = 1, 1, 1
+		short = func(v float64) float64 { return v }
+		long = short
+	}
 	addStats := func(id string) {
 		if _, ok := s.Items[id]; ok {
 			return
@@ -286,7 +312,7 @@ func (m *MemoryStore) Snapshot(userID string, nowMs int64, opts SnapshotOptions)
 		if i >= opts.HistoryItems {
 			break
 		}
-		ns := m.Neighbours(h.ItemID, nowMs, opts.NeighboursPerItem)
+		ns := m.neighbours(h.ItemID, fCovis, opts.NeighboursPerItem)
 		if len(ns) == 0 {
 			continue
 		}
@@ -303,8 +329,8 @@ func (m *MemoryStore) Snapshot(userID string, nowMs int64, opts SnapshotOptions)
 			}
 		}
 	}
-	s.Trending = m.trending.top(opts.TrendingN, func(v float64) float64 { return m.short.At(v, nowMs) })
-	s.Popular = m.popular.top(opts.PopularN, func(v float64) float64 { return m.long.At(v, nowMs) })
+	s.Trending = m.trending.top(opts.TrendingN, short)
+	s.Popular = m.popular.top(opts.PopularN, long)
 	for _, l := range [][]ranking.Scored{s.Trending, s.Popular} {
 		for _, x := range l {
 			addStats(x.ItemID)

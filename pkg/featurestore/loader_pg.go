@@ -137,5 +137,6 @@ func (l *PGLoader) Snapshot(ctx context.Context, userID string, nowMs int64, opt
 func emptySnapshot(userID string, nowMs int64, opts ranking.SnapshotOptions) ranking.Snapshot {
 	b := newBuilder(userID, nowMs, opts, decays{})
 	b.lists(nil, nil, nil)
+	b.s.Stored = false // no decayed value, so none relative to a landmark
 	return b.snapshot()
 }

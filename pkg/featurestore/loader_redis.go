@@ -318,11 +318,24 @@ type builder struct {
 }
 
 func newBuilder(userID string, nowMs int64, opts ranking.SnapshotOptions, d decays) *builder {
-	return &builder{
+	b := &builder{
 		s: ranking.Snapshot{UserID: userID, NowMs: nowMs, Neighbours: make(map[string][]ranking.Scored, opts.HistoryItems),
 			Items: make(map[string]ranking.ItemStats, 256)},
 		opts: opts, d: d, stats: map[string]itemStats{},
 	}
+	if opts.Stored {
+		b.s.Stored = true
+		b.s.Landmarks = ranking.Landmarks{ShortMs: d.short.LandmarkMs, LongMs: d.long.LandmarkMs, CovisMs: d.covis.LandmarkMs}
+	}
+	return b
+}
+
+// at is a stored value as the Snapshot holds it: decayed to now, or as stored (opts.Stored).
+func (b *builder) at(d features.Decay, stored float64) float64 {
+	if b.opts.Stored {
+		return stored
+	}
+	return d.At(stored, b.s.NowMs)
 }
 
 func (b *builder) user(f UserFields) error {
@@ -352,8 +365,8 @@ func (b *builder) addStats(id string) {
 		return
 	}
 	x := st.s
-	x.PopShort = b.d.short.At(st.ps, b.s.NowMs)
-	x.PopLong = b.d.long.At(st.pl, b.s.NowMs)
+	x.PopShort = b.at(b.d.short, st.ps)
+	x.PopLong = b.at(b.d.long, st.pl)
 	b.s.Items[id] = x
 }
 
@@ -376,7 +389,7 @@ func (b *builder) neighbours(item string, l []stored) {
 	}
 	out := make([]ranking.Scored, len(l))
 	for i, x := range l {
-		out[i] = ranking.Scored{ItemID: x.id, Score: b.d.covis.At(x.v, b.s.NowMs)}
+		out[i] = ranking.Scored{ItemID: x.id, Score: b.at(b.d.covis, x.v)}
 		b.addStats(x.id)
 	}
 	b.s.Neighbours[item] = out
@@ -387,7 +400,7 @@ func (b *builder) lists(trending, popular, fresh []stored) {
 		l = cut(l, n)
 		out := make([]ranking.Scored, len(l))
 		for i, x := range l {
-			out[i] = ranking.Scored{ItemID: x.id, Score: d.At(x.v, b.s.NowMs)}
+			out[i] = ranking.Scored{ItemID: x.id, Score: b.at(d, x.v)}
 		}
 		return out
 	}

@@ -183,7 +183,7 @@ func prepareLists(r *Weighted, s *Snapshot) {
 		for i := range l {
 			if st := l[i].Stats; st != nil && !done[st] {
 				done[st] = true
-				r.Prepare(st, s.NowMs)
+				r.Prepare(st)
 			}
 		}
 	}
@@ -214,7 +214,7 @@ func BenchmarkRankServingWorld(b *testing.B) {
 		ids[i] = fmt.Sprintf("item-%04d", i)
 		stats[i] = &ItemStats{Impressions: int64(50 + i%97), Watches: int64(5 + i%13), SumPercent: float64(300 + i%500), PercentCount: int64(5 + i%7),
 			Ended: int64(i % 4), FirstSeenMs: now - int64(i)*3_600_000, PopShort: 1 / float64(1+i), PopLong: 10 / float64(1+i%500)}
-		r.Prepare(stats[i], now)
+		r.Prepare(stats[i])
 	}
 	entry := func(i int, score float64) Scored {
 		i = (i%items + items) % items

@@ -36,20 +36,24 @@ type ItemStats struct {
 	WatchTimeSec float64 `json:"watch_time_sec"`
 	// FirstSeenMs is the earliest event time of any impression or watch of the item.
 	FirstSeenMs int64 `json:"first_seen_ms"`
-	// PopShort and PopLong are the CURRENT (decayed to Snapshot.NowMs) popularity values with
-	// the short and the long half-life.
+	// PopShort and PopLong are the popularity values with the short and the long half-life:
+	// CURRENT (decayed to Snapshot.NowMs), or as stored when Snapshot.Stored (see there).
 	PopShort float64 `json:"pop_short"`
 	PopLong  float64 `json:"pop_long"`
 
 	// prior caches the user-independent terms of one Weighted ranker (priorBy, its id) for
-	// these statistics: see Weighted.Prepare.
+	// these statistics, and freshM and freshQ the item's part of its freshness term: see
+	// Weighted.Prepare.
 	prior   float64
+	freshM  float64
+	freshQ  int64
 	priorBy uint64
 }
 
 // Scored is an item with a score. In a Snapshot the score is the CURRENT decayed value (the
-// loader multiplies the stored forward-decayed value by 2^(-(now-landmark)/halfLife)), except
-// Snapshot.Fresh whose score is the item's first-seen time in milliseconds.
+// loader multiplies the stored forward-decayed value by 2^(-(now-landmark)/halfLife)), or the
+// stored value itself when Snapshot.Stored, except Snapshot.Fresh whose score is the item's
+// first-seen time in milliseconds.
 type Scored struct {
 	ItemID string  `json:"item_id"`
 	Score  float64 `json:"score"`
@@ -78,6 +82,15 @@ func PrepareList(l []Scored) {
 type Snapshot struct {
 	UserID string `json:"user_id"`
 	NowMs  int64  `json:"now_ms"`
+	// Stored says the decayed values (ItemStats.PopShort and PopLong, neighbour strengths,
+	// Trending and Popular scores) are the store's forward-decayed sums relative to Landmarks,
+	// as stored, instead of their values at NowMs (SnapshotOptions.Stored). Ranking uses these
+	// values only through ratios of values with the same half-life (each is normalised by a
+	// maximum), so both give the same ranking; stored values are what a server caching item
+	// features for many requests must use, because their decayed values depend on when they
+	// were loaded. All values of one half-life in a Snapshot must be relative to one time.
+	Stored    bool      `json:"stored,omitempty"`
+	Landmarks Landmarks `json:"landmarks,omitzero"`
 	// Seed makes the exploration slots deterministic. When 0, Rank derives it from UserID and
 	// the NowMs time bucket (Config.ExplorationBucket); /reco may set it from the request id.
 	Seed uint64 `json:"seed,omitempty"`
@@ -157,6 +170,15 @@ func (s *Snapshot) impressionsOf(x *Scored) int64 {
 	return st.Impressions
 }
 
+// Landmarks are the forward-decay landmarks (Unix ms) of a store's stored values, by
+// half-life: two Snapshots with Stored values can be combined only when they are equal (the
+// store moves a landmark when it rebases, multiplying every stored value of that half-life).
+type Landmarks struct {
+	ShortMs int64 `json:"short_ms"`
+	LongMs  int64 `json:"long_ms"`
+	CovisMs int64 `json:"covis_ms"`
+}
+
 // SnapshotOptions says how much a Snapshot loader fetches. Config.SnapshotOptions derives it
 // from the ranking configuration, so the loader and the ranker agree.
 type SnapshotOptions struct {
@@ -168,6 +190,8 @@ type SnapshotOptions struct {
 	TrendingN int
 	PopularN  int
 	FreshN    int
+	// Stored asks for the decayed values as stored (Snapshot.Stored), with the landmarks.
+	Stored bool
 }
 
 // Result is a ranked list.
@@ -205,9 +229,10 @@ type Ranker interface {
 // score once per loaded ItemStats instead of once per request. A server that keeps item
 // statistics for many requests (an in-process cache) calls Prepare on its own copy before
 // sharing it; Rank then reads the stored value. Statistics prepared by another ranker, or not
-// at all, are scored from scratch, with the same result up to the time noted below.
+// at all, are scored from scratch, with exactly the same result.
 type Preparer interface {
-	// Prepare stores in st the terms that depend only on st and the time nowMs, the time st
-	// was loaded (decayed) at. st must not be in use by a concurrent Rank.
-	Prepare(st *ItemStats, nowMs int64)
+	// Prepare stores in st the terms that depend only on st (none depends on the time: a
+	// score must not depend on when a server loaded the statistics). st must not be in use
+	// by a concurrent Rank.
+	Prepare(st *ItemStats)
 }

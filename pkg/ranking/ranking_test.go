@@ -3,6 +3,7 @@ package ranking
 import (
 	"fmt"
 	"maps"
+	"math"
 	"math/rand/v2"
 	"reflect"
 	"slices"
@@ -282,7 +283,8 @@ func TestRankPruningIsExact(t *testing.T) {
 		for _, k := range []int{1, 5, 10, 20} {
 			cfg := trialConfig(trial)
 			pruned := NewWeighted(cfg).Rank(s, k)
-			full := &Weighted{cfg: cfg, exhaustive: true}
+			full := NewWeighted(cfg)
+			full.exhaustive = true
 			want := full.Rank(s, k)
 			if !reflect.DeepEqual(pruned, want) {
 				t.Fatalf("trial %d k=%d: pruned %v %v\nexhaustive %v %v", trial, k, pruned.Items, pruned.Scores, want.Items, want.Scores)
@@ -383,19 +385,70 @@ func TestRankPreparedIsExact(t *testing.T) {
 	}
 }
 
-// TestPrepareUsesLoadTime: a prepared statistic scores freshness at the time it was prepared.
-func TestPrepareUsesLoadTime(t *testing.T) {
+// TestFreshnessIsEvaluatedAtNow: freshness is 2^(-age/half-life) at Snapshot.NowMs (age
+// clamped at 0) whether or not the statistics were prepared, and the value does not depend
+// on when they were prepared: a server that prepared them at load time used to score them
+// at that time, so two servers, or two items loaded at different moments, disagreed.
+func TestFreshnessIsEvaluatedAtNow(t *testing.T) {
 	cfg := noExplore()
 	cfg.Weights = Weights{Freshness: 1}
-	r := NewWeighted(cfg)
-	st := &ItemStats{FirstSeenMs: now - cfg.FreshnessHalfLife.Milliseconds()}
-	s := &Snapshot{UserID: "u", NowMs: now, Fresh: nil, Trending: []Scored{{ItemID: "a", Score: 1, Stats: st}}}
-	if got := r.Rank(s, 1).Scores[0]; got != 0.5 {
-		t.Fatalf("unprepared freshness %v, want 0.5", got)
+	hl := cfg.FreshnessHalfLife.Milliseconds()
+	for _, tc := range []struct {
+		name string
+		age  int64
+		want float64
+	}{
+		{"one half-life", hl, 0.5},
+		{"two half-lives", 2 * hl, 0.25},
+		{"new", 0, 1},
+		{"first seen after now", -5000, 1},
+		{"a third of a half-life", hl / 3, math.Exp2(-1.0 / 3)},
+		{"ten and a bit half-lives", 10*hl + 12345, math.Exp2(-float64(10*hl+12345) / float64(hl))},
+		{"ancient", 5000 * hl, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := NewWeighted(cfg)
+			st := &ItemStats{FirstSeenMs: now - tc.age}
+			s := &Snapshot{UserID: "u", NowMs: now, Trending: []Scored{{ItemID: "a", Score: 1, Stats: st}}}
+			plain := r.Rank(s, 1).Scores[0]
+			if math.Abs(plain-tc.want) > 1e-15 {
+				t.Fatalf("freshness %v, want %v", plain, tc.want)
+			}
+			r.Prepare(st)
+			if got := r.Rank(s, 1).Scores[0]; got != plain {
+				t.Fatalf("prepared freshness %v, unprepared %v: want the same bits", got, plain)
+			}
+		})
 	}
-	r.Prepare(st, now+cfg.FreshnessHalfLife.Milliseconds())
-	if got := r.Rank(s, 1).Scores[0]; got != 0.25 {
-		t.Fatalf("prepared freshness %v, want 0.25 (evaluated at the preparation time)", got)
+}
+
+// TestEqualStatisticsTieByIDAtAnyTime: items with equal statistics score exactly alike at
+// any request time and whichever of them was prepared (a server prepares statistics when it
+// loads them), so they come out in id order; their popularity given as stored or decayed to
+// NowMs ranks alike.
+func TestEqualStatisticsTieByIDAtAnyTime(t *testing.T) {
+	r := NewWeighted(noExplore())
+	hl := DefaultConfig().FreshnessHalfLife.Milliseconds()
+	for _, at := range []int64{now, now + 1, now + 999, now + hl/2 + 7, now + 3*hl - 1} {
+		for _, prepared := range []string{"", "a", "b", "ab"} {
+			stats := map[string]*ItemStats{}
+			for _, id := range []string{"a", "b", "c"} {
+				stats[id] = &ItemStats{Impressions: 40, Watches: 9, SumPercent: 700, PercentCount: 9,
+					FirstSeenMs: now - 3*86_400_000 + 17, PopShort: 3.25e40, PopLong: 7.5e40}
+				if strings.Contains(prepared, id) {
+					r.Prepare(stats[id])
+				}
+			}
+			stats["c"].PopShort = 3.5e40
+			s := &Snapshot{UserID: "u", NowMs: at, Stored: true,
+				Trending: []Scored{{ItemID: "c", Score: 3.5e40, Stats: stats["c"]}, {ItemID: "b", Score: 3.25e40, Stats: stats["b"]},
+					{ItemID: "a", Score: 3.25e40, Stats: stats["a"]}},
+				Popular: []Scored{{ItemID: "b", Score: 7.5e40, Stats: stats["b"]}, {ItemID: "a", Score: 7.5e40, Stats: stats["a"]}}}
+			res := r.Rank(s, 3)
+			if !slices.Equal(res.Items, []string{"c", "a", "b"}) || res.Scores[1] != res.Scores[2] {
+				t.Fatalf("at %d, prepared %q: %v %v, want c then the tie a, b", at-now, prepared, res.Items, res.Scores)
+			}
+		}
 	}
 }
 

@@ -22,11 +22,15 @@ import (
 //	popular    PopLong(c) / max PopLong over candidates
 //	watchRate  min(1, (watches+a)/(impressions+b))
 //	completion smoothed mean percent watched / 100 (ended counts as 100 when percent is absent)
-//	freshness  2^(-(now-firstSeen)/FreshnessHalfLife)
+//	freshness  2^(-(now-firstSeen)/FreshnessHalfLife), age clamped at 0 (see freshClock)
 //	fatigue    clamp((shown-FatigueFree)/FatigueSaturation, 0, 1) over impressions of this user
 //	           in the last FatigueMemory since the last watch (subtracted)
 //
 // Per-history-item normalisation keeps one very popular history item from drowning the others.
+// Every decayed input (covis, trending, popular) enters only as a ratio to a maximum of values
+// with the same half-life, so a Snapshot may hold them decayed to NowMs or as stored
+// (Snapshot.Stored): the score depends only on the stored features, NowMs and the
+// configuration, never on when a server loaded them, and equal scores are ordered by item id.
 // Weighted is immutable and safe for concurrent use.
 type Weighted struct {
 	cfg Config
@@ -34,22 +38,28 @@ type Weighted struct {
 	exhaustive bool
 	// id marks the ItemStats this ranker prepared (0: use no prepared value).
 	id uint64
+	// freshHL is FreshnessHalfLife in milliseconds.
+	freshHL int64
 }
 
 var weightedIDs atomic.Uint64
 
 // NewWeighted returns a Weighted ranker; cfg must have passed Validate.
-func NewWeighted(cfg Config) *Weighted { return &Weighted{cfg: cfg, id: weightedIDs.Add(1)} }
+func NewWeighted(cfg Config) *Weighted {
+	return &Weighted{cfg: cfg, id: weightedIDs.Add(1), freshHL: max(cfg.FreshnessHalfLife.Milliseconds(), 1)}
+}
 
-// Prepare implements Preparer: it stores the weighted watch rate, completion and freshness
-// terms of st, with freshness evaluated at nowMs. Rank then evaluates freshness at the time
-// the statistics were loaded instead of Snapshot.NowMs: with a freshness half-life of days
-// and statistics a server keeps for seconds, the difference is below 1e-6 of a score (and
-// the popularity in the same statistics is as old anyway). Why: these terms (a division, a
-// smoothed mean and an exp2) were recomputed for about a hundred candidates per request,
-// while an item's statistics change every few seconds at most.
-func (w *Weighted) Prepare(st *ItemStats, nowMs int64) {
-	st.prior, st.priorBy = w.prior(st, nowMs), w.id
+// Prepare implements Preparer: it stores the weighted watch rate and completion terms of st
+// and the item's part of its freshness (freshClock), the same values Rank computes for
+// unprepared statistics. Why: these terms (a division, a smoothed mean and an exp2) were
+// recomputed for about a hundred candidates per request, while an item's statistics change
+// every few seconds at most. Freshness itself is evaluated at Snapshot.NowMs: evaluated at
+// the load time, two servers (or one, for two items loaded at different moments) gave items
+// with equal statistics scores a hair apart, and ordered them by load time, not by id.
+func (w *Weighted) Prepare(st *ItemStats) {
+	st.prior = w.prior(st)
+	st.freshM, st.freshQ = w.freshItem(st.FirstSeenMs)
+	st.priorBy = w.id
 }
 
 // Config returns the ranker's configuration.
@@ -66,8 +76,11 @@ type cand struct {
 	st         *ItemStats // the statistics carried by a list entry (Scored.Stats), if any
 }
 
-// norms are the per-request normalisers of the features.
-type norms struct{ covis, sim, short, long float64 }
+// norms are the per-request normalisers of the features, and the request's part of freshness.
+type norms struct {
+	covis, sim, short, long float64
+	fresh                   freshClock
+}
 
 // scratch is per-call working memory, pooled because Rank runs on every request.
 type scratch struct {
@@ -367,6 +380,9 @@ func (w *Weighted) RankInto(res *Result, s *Snapshot, k int) {
 func (w *Weighted) scoreCandidates(s *Snapshot, sc *scratch, cands []cand, k int) norms {
 	wt := w.cfg.Weights
 	var nm norms
+	if wt.Freshness > 0 {
+		nm.fresh = w.freshClock(s.NowMs)
+	}
 	for i := range cands {
 		nm.covis = max(nm.covis, cands[i].covis)
 		nm.sim = max(nm.sim, cands[i].sim)
@@ -494,9 +510,9 @@ func (c *cand) stats(s *Snapshot) ItemStats {
 	return st
 }
 
-// prior is the weighted sum of the terms that depend only on the item's statistics and the
-// time: watch rate, completion and freshness (see Prepare).
-func (w *Weighted) prior(st *ItemStats, nowMs int64) float64 {
+// prior is the weighted sum of the terms that depend only on the item's statistics: watch
+// rate and completion (see Prepare).
+func (w *Weighted) prior(st *ItemStats) float64 {
 	cfg := &w.cfg
 	wt := &cfg.Weights
 	var f float64
@@ -506,11 +522,51 @@ func (w *Weighted) prior(st *ItemStats, nowMs int64) float64 {
 	if wt.Completion > 0 {
 		f += wt.Completion * completion(st, cfg)
 	}
-	if wt.Freshness > 0 && st.FirstSeenMs > 0 {
-		age := float64(max(nowMs-st.FirstSeenMs, 0))
-		f += wt.Freshness * math.Exp2(-age/float64(cfg.FreshnessHalfLife.Milliseconds()))
-	}
 	return f
+}
+
+// freshClock is the request's part of the freshness term. Freshness 2^(-(now-firstSeen)/h)
+// is a product of a part of the item and a part of the request, so it costs one exp2 per
+// request rather than per candidate, and its value, bit for bit, depends only on firstSeen,
+// now and h (not on when the item's part was computed): with firstSeen = qi·h + ri and
+// now = qn·h + rn (0 <= r < h, in ms),
+//
+//	2^(-(now-firstSeen)/h) = 2^(ri/h) · 2^(-rn/h) · 2^(qi-qn)
+//
+// where the last factor, a power of two, scales exactly.
+type freshClock struct {
+	q int64
+	m float64 // 2^(-rn/h)
+}
+
+// periods splits ms into whole freshness half-lives and the rest: ms = q·h + r, 0 <= r < h.
+func (w *Weighted) periods(ms int64) (q, r int64) {
+	q, r = ms/w.freshHL, ms%w.freshHL
+	if r < 0 {
+		q, r = q-1, r+w.freshHL
+	}
+	return q, r
+}
+
+func (w *Weighted) freshClock(nowMs int64) freshClock {
+	q, r := w.periods(nowMs)
+	return freshClock{q: q, m: math.Exp2(-float64(r) / float64(w.freshHL))}
+}
+
+// freshItem returns the item's part of the freshness term: 2^(ri/h) and qi.
+func (w *Weighted) freshItem(firstSeenMs int64) (float64, int64) {
+	q, r := w.periods(firstSeenMs)
+	return math.Exp2(float64(r) / float64(w.freshHL)), q
+}
+
+// at is the freshness of an item whose part is (m, q).
+func (c freshClock) at(m float64, q int64) float64 {
+	k := q - c.q
+	if k > 0 {
+		return 1 // first seen after now: age 0
+	}
+	// m·c.m is in (1/2, 2): below 2^-1100 the result is 0 in float64 anyway.
+	return min(1, math.Ldexp(m*c.m, int(max(k, -1100))))
 }
 
 // bound is the most the non-personal terms can add to a candidate's score.
@@ -534,10 +590,19 @@ func (w *Weighted) fullScore(s *Snapshot, c *cand, nm norms) {
 	if nm.long > 0 {
 		f += wt.Popular * min(1, st.PopLong/nm.long)
 	}
+	var fm float64
+	var fq int64
 	if w.id != 0 && st.priorBy == w.id {
 		f += st.prior
+		fm, fq = st.freshM, st.freshQ
 	} else {
-		f += w.prior(st, s.NowMs)
+		f += w.prior(st)
+		if wt.Freshness > 0 && st.FirstSeenMs > 0 {
+			fm, fq = w.freshItem(st.FirstSeenMs)
+		}
+	}
+	if wt.Freshness > 0 && st.FirstSeenMs > 0 {
+		f += wt.Freshness * nm.fresh.at(fm, fq)
 	}
 	if wt.Fatigue > 0 && s.hasImpressions() {
 		f -= wt.Fatigue * fatigue(s, c.id, &w.cfg)
