@@ -370,5 +370,64 @@ func TestPodsRankAlikeWhateverTheirCacheLoadTimes(t *testing.T) {
 			t.Fatalf("replica %s: %v %v, want x and y adjacent, x first, with equal scores", name, r.Items, r.Scores)
 		}
 	}
-	t.Logf("%v %v", ra.Items, ra.Scores)
+}
+
+// rebasedReader reports the landmarks in lm instead of the store's, as a store that rebased.
+type rebasedReader struct {
+	itemReader
+	lm *ranking.Landmarks
+}
+
+func (r rebasedReader) Neighbours(ctx context.Context, items []string, n int) (map[string][]ranking.Scored, ranking.Landmarks, error) {
+	m, _, err := r.itemReader.Neighbours(ctx, items, n)
+	return m, *r.lm, err
+}
+
+func (r rebasedReader) Stats(ctx context.Context, items []string, into map[string]ranking.ItemStats) (ranking.Landmarks, error) {
+	_, err := r.itemReader.Stats(ctx, items, into)
+	return *r.lm, err
+}
+
+// TestRebaseReloadsCachedEntries: once a load sees newer landmarks (the store rebased, so its
+// stored values were all rescaled), entries and statistics cached relative to the old ones are
+// loaded again instead of being ranked with the new ones, and a global snapshot relative to
+// other landmarks than a user's read is not combined with it.
+func TestRebaseReloadsCachedEntries(t *testing.T) {
+	now := time.Now()
+	lm := ranking.Landmarks{ShortMs: 1, LongMs: 1, CovisMs: 1}
+	c := newItemCache(rebasedReader{tieWorld(now.UnixMilli()), &lm}, time.Hour, 1000)
+	ctx := context.Background()
+	old, err := c.lists(ctx, []string{"h1"}, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := c.lists(ctx, []string{"h1"}, 10); again[0] != old[0] {
+		t.Fatal("a fresh entry was reloaded")
+	}
+	lm.ShortMs = 2 // the short half-life's landmark moved
+	if _, err := c.lists(ctx, []string{"h2"}, 10); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.lists(ctx, []string{"h1"}, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got[0] == old[0] || got[0].lm != lm {
+		t.Fatalf("after a rebase h1's entry is relative to %+v, want a reload relative to %+v", got[0].lm, lm)
+	}
+	for _, x := range got[0].l {
+		if x.Stats == c.stats[x.ItemID].s && c.stats[x.ItemID].lm != lm {
+			t.Fatalf("%s's statistics are relative to old landmarks", x.ItemID)
+		}
+	}
+
+	snap := ranking.Snapshot{Stored: true, Landmarks: lm}
+	g := &globalSnap{snap: ranking.Snapshot{Stored: true, Landmarks: ranking.Landmarks{ShortMs: 1, LongMs: 1, CovisMs: 1}}}
+	if sameLandmarks(&snap, g) {
+		t.Fatal("a global snapshot from before the rebase is combined with a user's read after it")
+	}
+	g.snap.Landmarks = lm
+	if !sameLandmarks(&snap, g) || !sameLandmarks(&ranking.Snapshot{}, g) || !sameLandmarks(&snap, nil) {
+		t.Fatal("snapshots relative to the same landmarks (or without stored values) are not combined")
+	}
 }

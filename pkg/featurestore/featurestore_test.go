@@ -194,18 +194,31 @@ func snapshotsMatchMemoryStore(t *testing.T, rd rueidis.Client, format featurest
 		for i := range 25 {
 			users = append(users, fmt.Sprintf("puser%03d", i))
 		}
+		// Decayed to now, and as stored (relative to the landmarks, as servers cache them).
+		stored := testOpts()
+		stored.Stored = true
 		for _, u := range users {
-			want := mem.Snapshot(u, now, testOpts())
-			got, err := rl.Snapshot(ctx, u, now, testOpts())
-			if err != nil {
-				t.Fatalf("%s: redis snapshot %s: %v", stage, u, err)
+			for _, opts := range []ranking.SnapshotOptions{testOpts(), stored} {
+				want := mem.Snapshot(u, now, opts)
+				got, err := rl.Snapshot(ctx, u, now, opts)
+				if err != nil {
+					t.Fatalf("%s: redis snapshot %s: %v", stage, u, err)
+				}
+				what := fmt.Sprintf("%s redis %s stored=%v", stage, u, opts.Stored)
+				fstest.EqualSnapshots(t, what, want, got)
+				if got.Stored != opts.Stored || got.Landmarks != want.Landmarks {
+					t.Fatalf("%s: stored %v landmarks %+v, want %v %+v", what, got.Stored, got.Landmarks, opts.Stored, want.Landmarks)
+				}
+				got, err = pl.Snapshot(ctx, u, now, opts)
+				if err != nil {
+					t.Fatalf("%s: postgres snapshot %s: %v", stage, u, err)
+				}
+				what = fmt.Sprintf("%s postgres %s stored=%v", stage, u, opts.Stored)
+				fstest.EqualSnapshots(t, what, want, got)
+				if got.Stored != opts.Stored || got.Landmarks != want.Landmarks {
+					t.Fatalf("%s: stored %v landmarks %+v, want %v %+v", what, got.Stored, got.Landmarks, opts.Stored, want.Landmarks)
+				}
 			}
-			fstest.EqualSnapshots(t, stage+" redis "+u, want, got)
-			got, err = pl.Snapshot(ctx, u, now, testOpts())
-			if err != nil {
-				t.Fatalf("%s: postgres snapshot %s: %v", stage, u, err)
-			}
-			fstest.EqualSnapshots(t, stage+" postgres "+u, want, got)
 		}
 		if want := mem.Snapshot("puser001", now, testOpts()); len(want.Neighbours) == 0 || len(want.Trending) == 0 || len(want.History) == 0 {
 			t.Fatalf("%s: degenerate test data: %+v", stage, want)

@@ -42,11 +42,10 @@ type ItemStats struct {
 	PopLong  float64 `json:"pop_long"`
 
 	// prior caches the user-independent terms of one Weighted ranker (priorBy, its id) for
-	// these statistics, and freshM and freshQ the item's part of its freshness term: see
+	// these statistics, and freshM the item's part of its freshness term: see
 	// Weighted.Prepare.
 	prior   float64
 	freshM  float64
-	freshQ  int64
 	priorBy uint64
 }
 

@@ -38,15 +38,17 @@ type Weighted struct {
 	exhaustive bool
 	// id marks the ItemStats this ranker prepared (0: use no prepared value).
 	id uint64
-	// freshHL is FreshnessHalfLife in milliseconds.
-	freshHL int64
+	// freshHL is FreshnessHalfLife in milliseconds, freshInv its inverse.
+	freshHL  int64
+	freshInv float64
 }
 
 var weightedIDs atomic.Uint64
 
 // NewWeighted returns a Weighted ranker; cfg must have passed Validate.
 func NewWeighted(cfg Config) *Weighted {
-	return &Weighted{cfg: cfg, id: weightedIDs.Add(1), freshHL: max(cfg.FreshnessHalfLife.Milliseconds(), 1)}
+	hl := max(cfg.FreshnessHalfLife.Milliseconds(), 1)
+	return &Weighted{cfg: cfg, id: weightedIDs.Add(1), freshHL: hl, freshInv: 1 / float64(hl)}
 }
 
 // Prepare implements Preparer: it stores the weighted watch rate and completion terms of st
@@ -58,7 +60,7 @@ func NewWeighted(cfg Config) *Weighted {
 // with equal statistics scores a hair apart, and ordered them by load time, not by id.
 func (w *Weighted) Prepare(st *ItemStats) {
 	st.prior = w.prior(st)
-	st.freshM, st.freshQ = w.freshItem(st.FirstSeenMs)
+	st.freshM = w.freshItem(st.FirstSeenMs)
 	st.priorBy = w.id
 }
 
@@ -529,7 +531,7 @@ func (w *Weighted) prior(st *ItemStats) float64 {
 // is a product of a part of the item and a part of the request, so it costs one exp2 per
 // request rather than per candidate, and its value, bit for bit, depends only on firstSeen,
 // now and h (not on when the item's part was computed): with firstSeen = qi·h + ri and
-// now = qn·h + rn (0 <= r < h, in ms),
+// now = qn·h + rn (q = periods(t), r = t - q·h),
 //
 //	2^(-(now-firstSeen)/h) = 2^(ri/h) · 2^(-rn/h) · 2^(qi-qn)
 //
@@ -537,36 +539,43 @@ func (w *Weighted) prior(st *ItemStats) float64 {
 type freshClock struct {
 	q int64
 	m float64 // 2^(-rn/h)
+	w float64 // Weights.Freshness
 }
 
-// periods splits ms into whole freshness half-lives and the rest: ms = q·h + r, 0 <= r < h.
-func (w *Weighted) periods(ms int64) (q, r int64) {
-	q, r = ms/w.freshHL, ms%w.freshHL
-	if r < 0 {
-		q, r = q-1, r+w.freshHL
-	}
-	return q, r
-}
+// periods is about ms/h, whole half-lives: a cheap deterministic function of ms (ranking
+// computes it per candidate) whose rest ms - q·h is within [-h, 2h) (the product above holds
+// for any q; the rest only has to keep the parts far from overflow).
+func (w *Weighted) periods(ms int64) int64 { return int64(float64(ms) * w.freshInv) }
 
 func (w *Weighted) freshClock(nowMs int64) freshClock {
-	q, r := w.periods(nowMs)
-	return freshClock{q: q, m: math.Exp2(-float64(r) / float64(w.freshHL))}
+	q := w.periods(nowMs)
+	return freshClock{q: q, m: math.Exp2(-float64(nowMs-q*w.freshHL) * w.freshInv), w: w.cfg.Weights.Freshness}
 }
 
-// freshItem returns the item's part of the freshness term: 2^(ri/h) and qi.
-func (w *Weighted) freshItem(firstSeenMs int64) (float64, int64) {
-	q, r := w.periods(firstSeenMs)
-	return math.Exp2(float64(r) / float64(w.freshHL)), q
-}
-
-// at is the freshness of an item whose part is (m, q).
-func (c freshClock) at(m float64, q int64) float64 {
-	k := q - c.q
-	if k > 0 {
-		return 1 // first seen after now: age 0
+// freshItem returns the item's part of the weighted freshness term,
+// Weights.Freshness·2^(ri/h), or 0 when the item has no freshness term.
+func (w *Weighted) freshItem(firstSeenMs int64) float64 {
+	if w.cfg.Weights.Freshness <= 0 || firstSeenMs <= 0 {
+		return 0
 	}
-	// m·c.m is in (1/2, 2): below 2^-1100 the result is 0 in float64 anyway.
-	return min(1, math.Ldexp(m*c.m, int(max(k, -1100))))
+	r := firstSeenMs - w.periods(firstSeenMs)*w.freshHL
+	return w.cfg.Weights.Freshness * math.Exp2(float64(r)*w.freshInv)
+}
+
+// fresh is the weighted freshness term of an item first seen at firstSeenMs, whose part is
+// m (freshItem, not 0), with the age clamped at 0.
+func (w *Weighted) fresh(c *freshClock, m float64, firstSeenMs int64) float64 {
+	k := w.periods(firstSeenMs) - c.q
+	if k < -1020 {
+		return 0 // older than a thousand half-lives
+	}
+	// The parts' product (without the weight) is in (1/8, 8): k capped at 3 still makes
+	// anything first seen after now at least 1, clamped to the weight below.
+	f := m * c.m * math.Float64frombits(uint64(1023+min(k, 3))<<52)
+	if f > c.w {
+		return c.w
+	}
+	return f
 }
 
 // bound is the most the non-personal terms can add to a candidate's score.
@@ -590,19 +599,16 @@ func (w *Weighted) fullScore(s *Snapshot, c *cand, nm norms) {
 	if nm.long > 0 {
 		f += wt.Popular * min(1, st.PopLong/nm.long)
 	}
-	var fm float64
-	var fq int64
 	if w.id != 0 && st.priorBy == w.id {
 		f += st.prior
-		fm, fq = st.freshM, st.freshQ
+		if st.freshM != 0 {
+			f += w.fresh(&nm.fresh, st.freshM, st.FirstSeenMs)
+		}
 	} else {
 		f += w.prior(st)
-		if wt.Freshness > 0 && st.FirstSeenMs > 0 {
-			fm, fq = w.freshItem(st.FirstSeenMs)
+		if fm := w.freshItem(st.FirstSeenMs); fm != 0 {
+			f += w.fresh(&nm.fresh, fm, st.FirstSeenMs)
 		}
-	}
-	if wt.Freshness > 0 && st.FirstSeenMs > 0 {
-		f += wt.Freshness * nm.fresh.at(fm, fq)
 	}
 	if wt.Fatigue > 0 && s.hasImpressions() {
 		f -= wt.Fatigue * fatigue(s, c.id, &w.cfg)
