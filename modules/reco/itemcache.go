@@ -69,6 +69,11 @@ func (c *cachedSource) Snapshot(ctx context.Context, userID string, nowMs int64,
 		hist = append(hist, s.History[i].ItemID)
 	}
 	lists, err := c.items.lists(ctx, hist, opts.NeighboursPerItem)
+	if errors.Is(err, errRebased) {
+		// The store rebased during the load and again during its retry: not a Redis failure
+		// (which would count against the breaker); read this user's features in one go.
+		return c.full.Snapshot(ctx, userID, nowMs, opts)
+	}
 	if err != nil {
 		return s, err
 	}
@@ -241,12 +246,17 @@ func (c *itemCache) shard(id string) *cacheShard {
 	return &c.shards[maphash.String(c.seed, id)%cacheShards]
 }
 
-// noteLandmarks records landmarks a load saw, if newer than the newest seen so far (a store
-// only moves its landmarks forward).
+// noteLandmarks records the landmarks a load or a global refresh saw, when they differ from
+// the latest recorded: the latest observation wins. Landmarks are not ordered in time: a
+// rebase moves them forward, but `features rebuild --from-events` recreates the meta at the
+// first raw event's time, usually earlier; keeping the "newest" would leave every entry
+// loaded after such a rebuild never current, and the cache off until a restart. A load that
+// read the store just before a rebase and finishes after it may flip them back for a
+// moment; the next load or refresh (at most a second away) flips them again.
 func (c *itemCache) noteLandmarks(lm ranking.Landmarks) {
 	for {
 		cur := c.landmarks.Load()
-		if cur != nil && lm.ShortMs <= cur.ShortMs && lm.LongMs <= cur.LongMs && lm.CovisMs <= cur.CovisMs {
+		if cur != nil && *cur == lm {
 			return
 		}
 		if c.landmarks.CompareAndSwap(cur, &lm) {
@@ -255,7 +265,7 @@ func (c *itemCache) noteLandmarks(lm ranking.Landmarks) {
 	}
 }
 
-// current reports whether values relative to lm are relative to the newest landmarks seen.
+// current reports whether values relative to lm are relative to the latest landmarks seen.
 func (c *itemCache) current(lm ranking.Landmarks) bool {
 	cur := c.landmarks.Load()
 	return cur == nil || *cur == lm

@@ -2,11 +2,13 @@ package reco
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -429,5 +431,76 @@ func TestRebaseReloadsCachedEntries(t *testing.T) {
 	g.snap.Landmarks = lm
 	if !sameLandmarks(&snap, g) || !sameLandmarks(&ranking.Snapshot{}, g) || !sameLandmarks(&snap, nil) {
 		t.Fatal("snapshots relative to the same landmarks (or without stored values) are not combined")
+	}
+}
+
+// TestLandmarksMovingBackKeepTheCache: `features rebuild --from-events` recreates the meta at
+// the first raw event's time, usually before the landmarks the store had. Entries loaded
+// after it must be current again (served within their TTL without a reload), not reloaded
+// on every request until the process restarts.
+func TestLandmarksMovingBackKeepTheCache(t *testing.T) {
+	clock := time.Now()
+	src := tieWorld(clock.UnixMilli())
+	lm := ranking.Landmarks{ShortMs: 5_000, LongMs: 5_000, CovisMs: 5_000}
+	c := newItemCache(rebasedReader{src, &lm}, time.Second, 1000)
+	c.clock = func() time.Time { return clock }
+	ctx := context.Background()
+	if _, err := c.lists(ctx, []string{"h1"}, 10); err != nil {
+		t.Fatal(err)
+	}
+	lm = ranking.Landmarks{ShortMs: 1_000, LongMs: 1_000, CovisMs: 1_000} // the rebuild
+	c.noteLandmarks(lm)                                                   // as a global refresh reports it
+	got, err := c.lists(ctx, []string{"h1"}, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got[0].lm != lm {
+		t.Fatalf("after the rebuild h1's entry is relative to %+v, want a reload relative to %+v", got[0].lm, lm)
+	}
+	before := src.calls.Load()
+	for i := 0; i < 5; i++ {
+		if got, err = c.lists(ctx, []string{"h1"}, 10); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := src.calls.Load() - before; n > 0 {
+		t.Fatalf("%d reader calls for 5 lookups of an entry loaded within its TTL: the cache is off", n)
+	}
+}
+
+// straddlingReader reports different landmarks for every read, as a store rebasing between
+// each of them.
+type straddlingReader struct {
+	itemReader
+	n atomic.Int64
+}
+
+func (r *straddlingReader) Neighbours(ctx context.Context, items []string, n int) (map[string][]ranking.Scored, ranking.Landmarks, error) {
+	m, _, err := r.itemReader.Neighbours(ctx, items, n)
+	return m, ranking.Landmarks{ShortMs: r.n.Add(1)}, err
+}
+
+func (r *straddlingReader) Stats(ctx context.Context, items []string, into map[string]ranking.ItemStats) (ranking.Landmarks, error) {
+	_, err := r.itemReader.Stats(ctx, items, into)
+	return ranking.Landmarks{ShortMs: r.n.Add(1)}, err
+}
+
+// TestRebaseDuringLoadAndRetryReadsInOneGo: a load whose reads straddle a rebase, twice, is
+// not a Redis failure (an error here would count against the breaker): the user's features
+// are read in one go.
+func TestRebaseDuringLoadAndRetryReadsInOneGo(t *testing.T) {
+	now := time.Now()
+	src := tieWorld(now.UnixMilli())
+	items := newItemCache(&straddlingReader{itemReader: src}, time.Hour, 1000)
+	cs := &cachedSource{full: src, user: src, items: items}
+	if _, err := items.lists(context.Background(), []string{"h1"}, 10); !errors.Is(err, errRebased) {
+		t.Fatalf("a load straddling rebases twice: err %v, want errRebased", err)
+	}
+	snap, err := cs.Snapshot(context.Background(), "ranked", now.UnixMilli(), ranking.SnapshotOptions{NeighboursPerItem: 10, HistoryItems: 10})
+	if err != nil {
+		t.Fatalf("snapshot: %v, want the user's features read in one go", err)
+	}
+	if len(snap.Neighbours["h1"]) == 0 {
+		t.Fatalf("snapshot without h1's neighbours: %+v", snap.Neighbours)
 	}
 }
