@@ -459,8 +459,8 @@ func TestLandmarksMovingBackKeepTheCache(t *testing.T) {
 	}
 	before := src.calls.Load()
 	for i := 0; i < 5; i++ {
-		if got, err = c.lists(ctx, []string{"h1"}, 10); err != nil {
-			t.Fatal(err)
+		if again, err := c.lists(ctx, []string{"h1"}, 10); err != nil || again[0] != got[0] {
+			t.Fatalf("lookup %d: entry %p (err %v), want the entry loaded after the rebuild %p", i, again[0], err, got[0])
 		}
 	}
 	if n := src.calls.Load() - before; n > 0 {
