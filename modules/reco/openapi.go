@@ -32,11 +32,15 @@ func (r *Reco) DescribeAPI(d *openapi.Document) {
 		Responses: map[string]openapi.Response{"200": openapi.JSONResponse("Successful Response", openapi.Of(windowSnapshot{}))}})
 }
 
-// idParam documents the id rule in words and as Go's regexp: \p{L} is not an ECMA-262
-// pattern without the u flag, so a "pattern" keyword would make the document invalid.
+// idParam states the id rule as a pattern, so clients and fuzzers generate ids /reco takes,
+// and in words. \p{L}, \p{M} and \p{N} need a Unicode-aware ECMA-262 engine (the u flag),
+// which JSON Schema 2020-12 expects of "pattern"; an engine without \p (Python's re) cannot
+// compile it, which is why the words stay.
 func idParam(name string) openapi.Parameter {
+	s := openapi.String(1, maxIDLen)
+	s.Pattern = idPattern
 	return openapi.QueryParam(name, true, "Letters and digits of any script, combining marks, and - _ . : @ / + = ~ ! $ * , ; | # % & "+
-		"(the regular expression "+idPattern+")", openapi.String(1, maxIDLen))
+		"(the regular expression "+idPattern+")", s)
 }
 
 func kParam(def int) openapi.Parameter {

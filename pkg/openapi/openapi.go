@@ -98,6 +98,7 @@ type Schema struct {
 	Default              any                `json:"default,omitempty"`
 	MinLength            *int               `json:"minLength,omitempty"`
 	MaxLength            *int               `json:"maxLength,omitempty"`
+	Pattern              string             `json:"pattern,omitempty"`
 	MinItems             *int               `json:"minItems,omitempty"`
 	MaxItems             *int               `json:"maxItems,omitempty"`
 	Minimum              *float64           `json:"minimum,omitempty"`
