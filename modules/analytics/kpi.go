@@ -8,6 +8,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"recsys/pkg/features"
 )
 
 // querier is what the KPI SQL needs: a pool, a connection or a transaction.
@@ -83,8 +85,11 @@ WHERE w.server_received_ts_ms >= $1::bigint AND w.server_received_ts_ms < $2::bi
   AND i.server_received_ts_ms <= w.server_received_ts_ms
   AND w.server_received_ts_ms < i.server_received_ts_ms + $3::bigint`
 
+// Each watch counts at most $4 seconds (features.MaxWatchTimeSec): watch_time_sec has no upper
+// bound on the wire, and a float8 sum that overflows is an error, which would fail every
+// baseline and every fold over the watch.
 const watchStatsSQL = `
-SELECT (server_received_ts_ms / $3::bigint) * $3::bigint AS bucket, count(*), COALESCE(sum(watch_time_sec), 0)
+SELECT (server_received_ts_ms / $3::bigint) * $3::bigint AS bucket, count(*), COALESCE(sum(LEAST(watch_time_sec, $4::float8)), 0)
 FROM watches
 WHERE server_received_ts_ms >= $1::bigint AND server_received_ts_ms < $2::bigint
 GROUP BY 1`
@@ -173,7 +178,7 @@ func rawStats(ctx context.Context, q querier, a, b int64, d Definitions) (map[in
 		}
 	}
 
-	rows, err = q.Query(ctx, watchStatsSQL, a, b, d.BucketMs)
+	rows, err = q.Query(ctx, watchStatsSQL, a, b, d.BucketMs, features.MaxWatchTimeSec)
 	if err != nil {
 		return nil, fmt.Errorf("query watch stats: %w", err)
 	}

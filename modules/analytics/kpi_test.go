@@ -3,6 +3,7 @@ package analytics
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"recsys/pkg/features"
 	"recsys/pkg/httpx"
 	"recsys/pkg/infra"
 	"recsys/pkg/testutil"
@@ -310,6 +312,34 @@ func TestConfigValidation(t *testing.T) {
 	for _, want := range []string{"--analytics.attribution-window must be between", "--analytics.retention must be at least", "--analytics.rollup-step must be between"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v does not contain %q", err, want)
+		}
+	}
+}
+
+// watch_time_sec has no upper bound on the wire, and float8 sums refuse to overflow: two
+// watches of 1e308 s made every GET /analytics/baseline over them a 503, and the roll-up fold
+// over them fail forever. Each watch counts at most features.MaxWatchTimeSec, as in the item
+// statistics.
+func TestHugeWatchTimesCountCapped(t *testing.T) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	ctx := context.Background()
+	for i, sec := range []float64{1e308, 1e308, 1.7976931348623157e308} {
+		srv := now - 2*hour + int64(i)
+		if _, err := pool.Exec(ctx, `INSERT INTO watches (event_id, user_id, session_id, request_id, item_id, watch_time_sec, ts_ms, ts, server_received_ts_ms)
+			VALUES ($1, 'u', 's', 'r', 'i', $2, $3::bigint, to_timestamp($3::bigint / 1000.0), $3::bigint)`, fmt.Sprintf("huge-%d", i), sec, srv); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := defs(30 * time.Minute)
+	for _, step := range []string{"raw rows", "roll-ups"} {
+		if step == "roll-ups" {
+			if _, _, err := CatchUp(ctx, pool, d, time.UnixMilli(now), 31*time.Minute, time.Hour); err != nil {
+				t.Fatalf("fold: %v", err)
+			}
+		}
+		m := compute(t, pool, win, now, d)
+		if m.Watches != 3 || m.AvgWatchTimeSec != features.MaxWatchTimeSec {
+			t.Fatalf("%s: watches %d, avg_watch_time_sec %v; want 3, %v", step, m.Watches, m.AvgWatchTimeSec, features.MaxWatchTimeSec)
 		}
 	}
 }

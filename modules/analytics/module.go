@@ -9,7 +9,8 @@
 // again (last-touch: a watch makes at most one impression watched). CTR@20 = watched
 // impressions at positions < 20 / impressions at positions < 20. Coverage@20 = items shown at a
 // position < 20 / items active in the window (shown at any position or watched), so at most
-// 100 %. avg_watch_time_sec is the mean over every watch received in the window.
+// 100 %. avg_watch_time_sec is the mean over every watch received in the window, each counted at
+// most features.MaxWatchTimeSec.
 //
 // Speed: a worker (Run) folds raw rows into roll-ups (migrations/0005): additive counters per
 // 5-minute bucket, and last-seen times per item and per request, which give exact distinct
