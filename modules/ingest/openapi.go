@@ -50,7 +50,13 @@ func (m *Ingest) DescribeAPI(d *openapi.Document) {
 // requestSchemas are the bodies of api-contract §2.2 under lim. Every model rejects unknown
 // fields; pydantic's lax mode also takes numeric strings for numbers and booleans' words.
 func requestSchemas(lim events.Limits) map[string]*openapi.Schema {
-	str := openapi.String
+	// Every string of a body refuses NUL (PostgreSQL text cannot store it); \x00 means the same
+	// in ECMA-262, Go and Python regular expressions.
+	str := func(minLen, maxLen int) *openapi.Schema {
+		s := openapi.String(minLen, maxLen)
+		s.Pattern = `^[^\x00]*$`
+		return s
+	}
 	nullable := openapi.Nullable
 	object := func(description string, props map[string]*openapi.Schema, required ...string) *openapi.Schema {
 		return &openapi.Schema{Type: "object", Description: description, Properties: props, Required: required, AdditionalProperties: false}

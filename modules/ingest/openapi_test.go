@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -177,6 +178,20 @@ func checkBounds(t *testing.T, c schemaCase, lim events.Limits, f string, s *ope
 		try(strings.Repeat("x", *s.MinLength), false)
 		try(strings.Repeat("x", *s.MinLength-1), true)
 	}
+	// A character the decoder refuses must be one the schema refuses: a string the schema
+	// calls valid and the server answers 422 is what fuzzers and generated clients trip on.
+	if s.Type == "string" && s.Enum == nil && s.Const == nil {
+		v := strings.Repeat("x", max(1, ptrOr(s.MinLength, 0)-1)) + "\x00"
+		body := c.body()
+		object(t, body, c.at)[f] = v
+		refused := len(c.errorsAt(t, body, lim, loc)) > 0
+		if schemaRefuses := s.Pattern != "" && !regexp.MustCompile(s.Pattern).MatchString(v); refused != schemaRefuses {
+			t.Errorf("%s with a NUL: decoder refuses %v, schema (pattern %q) refuses %v", f, refused, s.Pattern, schemaRefuses)
+		}
+		if s.Pattern != "" && !regexp.MustCompile(s.Pattern).MatchString(strings.Repeat("é", max(1, ptrOr(s.MinLength, 0)))) {
+			t.Errorf("%s: pattern %q refuses plain text", f, s.Pattern)
+		}
+	}
 	step := 0.5
 	if s.Type == "integer" {
 		step = 1
@@ -258,4 +273,11 @@ func TestListBoundsFollowTheConfiguredLimits(t *testing.T) {
 	if errs := sc.errorsAt(t, imp(maxItems+1), lim, []any{"body", "items"}); !slices.Equal(errs, []string{"too_long"}) {
 		t.Errorf("items over the documented maximum: %v, want too_long", errs)
 	}
+}
+
+func ptrOr(p *int, def int) int {
+	if p == nil {
+		return def
+	}
+	return *p
 }
