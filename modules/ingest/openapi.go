@@ -62,7 +62,7 @@ func requestSchemas(lim events.Limits) map[string]*openapi.Schema {
 		return &openapi.Schema{Type: "object", Description: description, Properties: props, Required: required, AdditionalProperties: false}
 	}
 	intGT0 := func(description string) *openapi.Schema {
-		return &openapi.Schema{Type: "integer", ExclusiveMinimum: openapi.Float(0), Description: description}
+		return &openapi.Schema{Type: "integer", Format: "int64", ExclusiveMinimum: openapi.Float(0), Description: description}
 	}
 	number := func(lo, hi *float64) *openapi.Schema {
 		return &openapi.Schema{Type: "number", Minimum: lo, Maximum: hi}
@@ -98,13 +98,13 @@ func requestSchemas(lim events.Limits) map[string]*openapi.Schema {
 	watch["percent_watched"] = nullable(number(openapi.Float(0), openapi.Float(100)))
 	watch["ended"] = nullable(&openapi.Schema{Type: "boolean"})
 	watch["playback_speed"] = nullable(number(openapi.Float(0.25), openapi.Float(4)))
-	watch["rebuffer_count"] = nullable(&openapi.Schema{Type: "integer", Minimum: openapi.Float(0)})
+	watch["rebuffer_count"] = nullable(&openapi.Schema{Type: "integer", Format: "int64", Minimum: openapi.Float(0)})
 
 	return map[string]*openapi.Schema{
 		"Context": object("Optional client context.", ctxProps),
 		"ImpressionItem": object("", map[string]*openapi.Schema{
 			"item_id":  str(1, 128),
-			"position": {Type: "integer", Minimum: openapi.Float(0)},
+			"position": {Type: "integer", Format: "int64", Minimum: openapi.Float(0)},
 			"feed_id":  nullable(str(0, 0)),
 			"slot":     nullable(str(0, 0)),
 		}, "item_id", "position"),
