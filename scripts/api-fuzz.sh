@@ -32,31 +32,13 @@ VENV="${FUZZ_VENV:-$HOME/.cache/recsys/schemathesis-venv}"
 EXAMPLES="${FUZZ_EXAMPLES:-200}"
 READY_TIMEOUT="${STACK_READY_TIMEOUT:-90}"
 
-BIN=bin/recsys
-ID="fuzz$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
-DB="recsys_${ID}"
-export KAFKA_TOPIC_IMPRESSIONS="recsys.${ID}.impressions.v1"
-export KAFKA_TOPIC_WATCHES="recsys.${ID}.watches.v1"
-ADMIN_URL="$DATABASE_URL"
-FUZZ_DB_URL="$(printf '%s' "$DATABASE_URL" | sed -E "s#^(postgres(ql)?://[^/]*)/[^?]*#\1/${DB}#")"
-PSQL="$(command -v psql || true)"
-if [[ -z "$PSQL" ]]; then
-	PSQL="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)/psql"
-fi
-PID=""
+# shellcheck source=scripts/private-stack.sh
+source scripts/private-stack.sh
+private_stack_init fuzz
 
 cleanup() {
-	if [[ -n "$PID" ]]; then
-		kill -TERM "$PID" 2>/dev/null
-		for _ in $(seq 1 300); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$PID" 2>/dev/null
-		wait "$PID" 2>/dev/null
-	fi
-	if [[ "${STACK_KEEP_DB:-0}" != 1 ]]; then
-		"$PSQL" -X -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
-		go run ./test/tools/deletetopics -brokers "$KAFKA_BOOTSTRAP_SERVERS" "$KAFKA_TOPIC_IMPRESSIONS" "$KAFKA_TOPIC_WATCHES" ||
-			echo "could not delete this run's Kafka topics (see above)" >&2
-	fi
+	stop_recsys
+	drop_private_stack
 }
 trap cleanup EXIT
 
@@ -68,25 +50,14 @@ fi
 echo "== build, database $DB" >&2
 go build -o "$BIN" . || exit 1
 "$PSQL" -X -q "$ADMIN_URL" -c "CREATE DATABASE $DB" || exit 1
-export DATABASE_URL="$FUZZ_DB_URL"
-export FEATURE_CONSUMER_GROUP_ID="recsys-${ID}"
-export RECSYS_REDIS_KEY_PREFIX="${ID}:"
-export LOG_FORMAT=json
+private_stack_env
 "$BIN" migrate up >"$ART/migrate.log" 2>&1 || { cat "$ART/migrate.log" >&2; exit 1; }
 
-PORT="${FUZZ_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
+PORT="${FUZZ_PORT:-$(free_port)}"
 BASE="http://127.0.0.1:$PORT"
 "$BIN" all --http.addr "127.0.0.1:$PORT" >"$ART/recsys.log" 2>&1 &
 PID=$!
-deadline=$(($(date +%s) + READY_TIMEOUT))
-until "$BIN" healthcheck --url "$BASE/readyz" >/dev/null 2>&1; do
-	if ! kill -0 "$PID" 2>/dev/null || [[ $(date +%s) -ge $deadline ]]; then
-		echo "recsys not ready; log tail:" >&2
-		tail -n 30 "$ART/recsys.log" >&2
-		exit 1
-	fi
-	sleep 0.5
-done
+wait_ready || exit 1
 
 echo "== schemathesis against $BASE/openapi.json ($EXAMPLES examples per operation)" >&2
 # shellcheck disable=SC2086 # FUZZ_ST_ARGS is a list of arguments

@@ -27,21 +27,12 @@ LOAD_RATE="${STACK_LOAD_RATE:-100}"
 LOAD_DURATION="${STACK_LOAD_DURATION:-20s}"
 READY_TIMEOUT="${STACK_READY_TIMEOUT:-90}"
 
-BIN=bin/recsys
-ID="ci$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
-DB="recsys_${ID}"
-export KAFKA_TOPIC_IMPRESSIONS="recsys.${ID}.impressions.v1"
-export KAFKA_TOPIC_WATCHES="recsys.${ID}.watches.v1"
-ADMIN_URL="$DATABASE_URL"
-CI_DB_URL="$(printf '%s' "$DATABASE_URL" | sed -E "s#^(postgres(ql)?://[^/]*)/[^?]*#\1/${DB}#")"
-PSQL="$(command -v psql || true)"
-if [[ -z "$PSQL" ]]; then
-	PSQL="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)/psql"
-fi
+# shellcheck source=scripts/private-stack.sh
+source scripts/private-stack.sh
+private_stack_init ci
 
 declare -a STEPS=()
 FAILED=0
-PID=""
 start_all=$(date +%s)
 
 # step NAME CMD...: runs CMD, records its status and duration, never exits.
@@ -70,68 +61,17 @@ summary() {
 	echo "   total $(($(date +%s) - start_all))s: $([[ $FAILED -eq 0 ]] && echo PASS || echo FAIL)" >&2
 }
 
-stop_recsys() {
-	[[ -z "$PID" ]] && return 0
-	kill -TERM "$PID" 2>/dev/null || return 0
-	for _ in $(seq 1 300); do
-		kill -0 "$PID" 2>/dev/null || break
-		sleep 0.1
-	done
-	if kill -0 "$PID" 2>/dev/null; then
-		echo "recsys did not stop within 30s of SIGTERM; killing it" >&2
-		kill -KILL "$PID" 2>/dev/null
-		wait "$PID" 2>/dev/null
-		PID=""
-		return 1
-	fi
-	wait "$PID"
-	local rc=$?
-	PID=""
-	return $rc
-}
-
 cleanup() {
 	if [[ -n "$PID" ]]; then kill -KILL "$PID" 2>/dev/null; fi
-	if [[ "${STACK_KEEP_DB:-0}" != 1 ]]; then
-		"$PSQL" -X -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
-		# The broker keeps its data between runs: without this every run left its topics behind.
-		go run ./test/tools/deletetopics -brokers "$KAFKA_BOOTSTRAP_SERVERS" "$KAFKA_TOPIC_IMPRESSIONS" "$KAFKA_TOPIC_WATCHES" ||
-			echo "could not delete this run's Kafka topics (see above)" >&2
-	fi
+	drop_private_stack
 }
 trap cleanup EXIT
-
-free_port() {
-	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null ||
-		echo $((20000 + RANDOM % 20000))
-}
-
-wait_ready() {
-	local deadline=$(($(date +%s) + READY_TIMEOUT))
-	while [[ $(date +%s) -lt $deadline ]]; do
-		if ! kill -0 "$PID" 2>/dev/null; then
-			echo "recsys exited before it was ready; log tail:" >&2
-			tail -n 30 "$ART/recsys.log" >&2
-			return 1
-		fi
-		# The binary probes itself: no curl needed on the machine.
-		if "$BIN" healthcheck --url "$BASE/readyz" >"$ART/readyz.txt" 2>&1; then
-			return 0
-		fi
-		sleep 0.5
-	done
-	echo "/readyz not 200 within ${READY_TIMEOUT}s; last answer: $(cat "$ART/readyz.txt" 2>/dev/null)" >&2
-	return 1
-}
 
 # Default build flags, so the build cache is shared with go vet, go test and test/e2e.
 step build go build -o "$BIN" . || { summary; exit 1; }
 step create-db "$PSQL" -X -q "$ADMIN_URL" -c "CREATE DATABASE $DB" || { summary; exit 1; }
 
-export DATABASE_URL="$CI_DB_URL"
-export FEATURE_CONSUMER_GROUP_ID="recsys-${ID}"
-export RECSYS_REDIS_KEY_PREFIX="${ID}:"
-export LOG_FORMAT=json
+private_stack_env
 
 step migrate-up "$BIN" migrate up || { summary; exit 1; }
 step migrate-check "$BIN" migrate check --output-json "$ART/migrate-check.json" >/dev/null
