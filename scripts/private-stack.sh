@@ -2,7 +2,7 @@
 # `recsys all` of their own on the running services (the environment of scripts/services.sh
 # env), with its own database recsys_<id>, Kafka topics, consumer group and Redis key prefix.
 #
-#   private_stack_init PREFIX   sets ID, DB, BIN, PSQL, ADMIN_URL and STACK_DB_URL, and exports
+#   private_stack_init PREFIX   checks the services' environment; sets ID, DB, BIN, PSQL, ADMIN_URL and STACK_DB_URL, and exports
 #                               the run's topic names
 #   private_stack_env           points the process' environment at the run's database, consumer
 #                               group and key prefix (after the database exists)
@@ -12,6 +12,10 @@
 #                               STACK_KEEP_DB=1)
 
 private_stack_init() {
+	# In a script, a failed ${X:?} exits it.
+	: "${DATABASE_URL:?DATABASE_URL is not set: eval \"\$(scripts/services.sh env)\" first}"
+	: "${KAFKA_BOOTSTRAP_SERVERS:?KAFKA_BOOTSTRAP_SERVERS is not set}"
+	: "${ONLINE_CACHE_REDIS_URL:?ONLINE_CACHE_REDIS_URL is not set}"
 	ID="$1$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
 	DB="recsys_${ID}"
 	BIN=bin/recsys
