@@ -20,6 +20,9 @@ type Config struct {
 	MaxImpressionItems int
 	// MaxEventBytes bounds one event's encoded outbox frame (see pkg/ingest.Config).
 	MaxEventBytes int
+	// MissingEventID says which id an event sent without one gets: MissingIDContent or
+	// MissingIDRandom (see events.Limits.RandomMissingIDs).
+	MissingEventID string
 
 	WatchFeatureUpdateMode string
 	OutboxMaxAttempts      int
@@ -53,6 +56,7 @@ func NewConfig() *Config {
 		MaxBatchSize:             events.DefaultMaxBatchSize,
 		MaxImpressionItems:       events.DefaultMaxItems,
 		MaxEventBytes:            writer.DefaultMaxEventBytes,
+		MissingEventID:           MissingIDContent,
 		SLATargetP95Ms:           float64(kpi.ContractSLA.RecoP95Ms),
 		SLATargetP99Ms:           float64(kpi.ContractSLA.RecoP99Ms),
 		WatchFeatureUpdateMode:   "async_consumer",
@@ -78,6 +82,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.MaxBatchSize, "ingest.max-batch-size", c.MaxBatchSize, "most events in one POST /log/batch")
 	fs.IntVar(&c.MaxImpressionItems, "ingest.max-impression-items", c.MaxImpressionItems, "most items in one impression")
 	fs.IntVar(&c.MaxEventBytes, "ingest.max-event-bytes", c.MaxEventBytes, "largest encoded event accepted (its Kafka message but for the headers); a larger one is refused with 422. Keep it well below --relay.max-batch-bytes, the largest message the relay can publish, or an accepted event is never published")
+	fs.StringVar(&c.MissingEventID, "ingest.missing-event-id", c.MissingEventID, "the event_id of an event sent without one: \"content\" derives it from the event's fields (user, session, request, time, items or watch fields, context), so a client's resend is answered \"duplicate\" and stored once; \"random\" generates a fresh id each time, as the original service did (a resend is stored again)")
 	fs.StringVar(&c.WatchFeatureUpdateMode, "ingest.watch-feature-update-mode", c.WatchFeatureUpdateMode, "feature_update_mode echoed in /log/watch and /log/batch responses")
 	fs.IntVar(&c.OutboxMaxAttempts, "ingest.outbox-max-attempts", c.OutboxMaxAttempts, "max_attempts stored on each new event_outbox row (one per topic and lane of a group commit)")
 	fs.DurationVar(&c.WriteTimeout, "ingest.write-timeout", c.WriteTimeout, "longest a request waits for a writer to take its events, and longest their transaction may take (pool wait included): a request not taken in time answers 503 with nothing written; one taken waits for its transaction's outcome, so a request takes at most about twice this")
@@ -105,6 +110,9 @@ func (c *Config) Validate() error {
 	p.IntBetween("ingest.max-batch-size", c.MaxBatchSize, 1, 100_000)
 	p.IntBetween("ingest.max-impression-items", c.MaxImpressionItems, 1, 100_000)
 	p.IntBetween("ingest.max-event-bytes", c.MaxEventBytes, 1024, 1<<30)
+	if c.MissingEventID != MissingIDContent && c.MissingEventID != MissingIDRandom {
+		p.Addf("--ingest.missing-event-id must be %q or %q, got %q", MissingIDContent, MissingIDRandom, c.MissingEventID)
+	}
 	if c.WatchFeatureUpdateMode == "" {
 		p.Add(errors.New("--ingest.watch-feature-update-mode must not be empty (default async_consumer)"))
 	}
@@ -132,5 +140,11 @@ func (c *Config) Validate() error {
 
 func (c *Config) limits() events.Limits {
 	return events.Limits{MaxFutureMs: c.MaxEventFuture.Milliseconds(), MaxAgeMs: c.MaxEventAge.Milliseconds(),
-		MaxBatchSize: c.MaxBatchSize, MaxItems: c.MaxImpressionItems}
+		MaxBatchSize: c.MaxBatchSize, MaxItems: c.MaxImpressionItems, RandomMissingIDs: c.MissingEventID == MissingIDRandom}
 }
+
+// The values of --ingest.missing-event-id.
+const (
+	MissingIDContent = "content"
+	MissingIDRandom  = "random"
+)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"strconv"
 	"strings"
@@ -70,18 +71,18 @@ func TestEndpointResponses(t *testing.T) {
 	}
 }
 
-// TestEventIDDefaultAndStoredValues: a missing event_id is generated (32 hex), ts in seconds
-// is stored in milliseconds, the server stamps its receive time, and the outbox frame carries
-// the request's correlation ID.
+// TestEventIDDefaultAndStoredValues: a missing event_id is derived from the event (32 hex),
+// so a resend is a duplicate; ts in seconds is stored in milliseconds, the server stamps its
+// receive time, and the outbox frame carries the request's correlation ID.
 func TestEventIDDefaultAndStoredValues(t *testing.T) {
 	v := newEnv(t, testutil.MigratedDatabase(t))
 	sec := time.Now().Unix()
 	body := set(watchBody(""), "event_id", del, "ts_ms", sec, "server_received_ts_ms", 5)
 	req := mustJSON(t, body)
 	before := nowMs()
-	for range 2 { // without an id a retry is a new event, as the contract says
-		if code, resp := v.post("/log/watch", req); code != 200 || !strings.Contains(resp, `"status":"ok"`) {
-			t.Fatalf("%d %s", code, resp)
+	for i, want := range []string{"ok", "duplicate"} { // a client's resend without an id
+		if code, resp := v.post("/log/watch", req); code != 200 || !strings.Contains(resp, `"status":"`+want+`"`) {
+			t.Fatalf("post %d: %d %s, want status %s", i, code, resp, want)
 		}
 	}
 	rows, err := v.pool.Query(context.Background(), "SELECT event_id, ts_ms, server_received_ts_ms FROM watches")
@@ -107,14 +108,23 @@ func TestEventIDDefaultAndStoredValues(t *testing.T) {
 			t.Errorf("server_received_ts_ms = %d, not the receive time", srv)
 		}
 	}
-	if n != 2 {
-		t.Errorf("%d watch rows, want 2", n)
+	if n != 1 {
+		t.Errorf("%d watch rows, want 1", n)
 	}
 
-	code, resp := v.post("/event", mustJSON(t, set(legacyBody(""), "event_id", del)))
-	var lr legacyResponse
-	if code != 200 || json.Unmarshal([]byte(resp), &lr) != nil || len(lr.EventID) != 32 || lr.Status != "ok" {
-		t.Errorf("legacy without id: %d %s", code, resp)
+	legacy := mustJSON(t, set(legacyBody(""), "event_id", del))
+	var first string
+	for i, want := range []string{"ok", "duplicate"} {
+		code, resp := v.post("/event", legacy)
+		var lr legacyResponse
+		if code != 200 || json.Unmarshal([]byte(resp), &lr) != nil || len(lr.EventID) != 32 || lr.Status != want {
+			t.Errorf("legacy without id, post %d: %d %s, want status %s", i, code, resp, want)
+		}
+		if i == 0 {
+			first = lr.EventID
+		} else if lr.EventID != first {
+			t.Errorf("the resend's event_id %q differs from the first's %q", lr.EventID, first)
+		}
 	}
 
 	// Correlation ID from the header, and the payload the consumer will decode.
@@ -157,6 +167,62 @@ func TestEventIDDefaultAndStoredValues(t *testing.T) {
 	// Legacy events ride in the watches topic's rows.
 	if leg.topic != "recsys.watches.v1" || leg.rowType != "watch" || !strings.Contains(string(leg.Payload), `"event_type":"click"`) {
 		t.Errorf("legacy outbox frame: %s %s %s", leg.topic, leg.rowType, leg.Payload)
+	}
+}
+
+// TestResendsWithoutEventID: a client that resends an event without an event_id (a lost
+// answer, a retried queue) stores it once with --ingest.missing-event-id=content, the
+// default, on every endpoint and inside one batch; "random" stores every send, as the
+// original service did (api-contract §16.10).
+func TestResendsWithoutEventID(t *testing.T) {
+	noID := func(b map[string]any) map[string]any { return set(b, "event_id", del) }
+	watch, imp, legacy := noID(watchBody("")), noID(impressionBody("", 3)), noID(legacyBody(""))
+	otherWatch := set(noID(watchBody("")), "watch_time_sec", 31)
+	batch := func(evs ...any) map[string]any { return map[string]any{"events": evs} }
+	for _, mode := range []string{MissingIDContent, MissingIDRandom} {
+		t.Run(mode, func(t *testing.T) {
+			v := newEnv(t, testutil.MigratedDatabase(t), func(c *Config, _ *httpx.Config) { c.MissingEventID = mode })
+			content := mode == MissingIDContent
+			pick := func(ifContent, ifRandom string) string {
+				if content {
+					return ifContent
+				}
+				return ifRandom
+			}
+			cases := []struct {
+				name, path string
+				body       map[string]any
+				want       string // a substring of the answer
+			}{
+				{"watch", "/log/watch", watch, `"status":"ok"`},
+				{"watch resent", "/log/watch", watch, pick(`"status":"duplicate"`, `"status":"ok"`)},
+				{"another watch time is another watch", "/log/watch", otherWatch, `"status":"ok"`},
+				{"impression", "/log/impression", imp, `"status":"ok","inserted_rows":3`},
+				{"impression resent", "/log/impression", imp, pick(`"status":"duplicate","inserted_rows":0`, `"status":"ok","inserted_rows":3`)},
+				{"batch of both, resent", "/log/batch", batch(watch, imp), pick(`"count":2,"inserted_events":0`, `"count":2,"inserted_events":2`)},
+				{"one event twice in a batch", "/log/batch", batch(set(maps.Clone(watch), "request_id", "req-2"), set(maps.Clone(watch), "request_id", "req-2")),
+					pick(`"count":2,"inserted_events":1`, `"count":2,"inserted_events":2`)},
+				{"legacy", "/event", legacy, `"status":"ok"`},
+				{"legacy resent", "/event", legacy, pick(`"status":"duplicate"`, `"status":"ok"`)},
+			}
+			for _, tc := range cases {
+				if code, resp := v.post(tc.path, mustJSON(t, tc.body)); code != 200 || !strings.Contains(resp, tc.want) {
+					t.Errorf("%s: %d %s, want %s", tc.name, code, resp, tc.want)
+				}
+			}
+			want := map[string]int{"watches": 3, "impressions": 3, "legacy_events": 1}
+			if !content {
+				want = map[string]int{"watches": 6, "impressions": 9, "legacy_events": 2}
+			}
+			for table, n := range want {
+				if got := v.count("SELECT count(*) FROM " + table); got != n {
+					t.Errorf("%s rows = %d, want %d", table, got, n)
+				}
+			}
+			if got, n := v.count("SELECT count(*) FROM event_dedup"), want["watches"]+1+want["legacy_events"]; content && got != n {
+				t.Errorf("event_dedup rows = %d, want %d", got, n)
+			}
+		})
 	}
 }
 

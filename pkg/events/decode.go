@@ -16,6 +16,10 @@ type Limits struct {
 	MaxAgeMs     int64 // ts may be at most this old
 	MaxBatchSize int   // events per /log/batch request
 	MaxItems     int   // items per impression
+	// RandomMissingIDs gives an event sent without an event_id a fresh random id, as the
+	// original service did (a resend is then stored again); by default the id is derived
+	// from the event's content (ContentID).
+	RandomMissingIDs bool
 }
 
 // The contract's defaults (CONTRACT_MAX_EVENT_FUTURE_MS, CONTRACT_MAX_EVENT_AGE_MS,
@@ -33,8 +37,8 @@ func DefaultLimits() Limits {
 }
 
 // DecodeImpression decodes and validates the body of POST /log/impression. On success ts_ms
-// is normalised to milliseconds, a missing event_id is generated and server_received_ts_ms
-// is set to now.
+// is normalised to milliseconds, a missing event_id is filled in (see Limits.RandomMissingIDs)
+// and server_received_ts_ms is set to now.
 func DecodeImpression(body []byte, lim Limits, now time.Time) (*Impression, *ValidationError) {
 	return decodeOne(body, lim, now, (*checker).decImpression)
 }
@@ -56,12 +60,17 @@ func DecodeLegacy(body []byte, lim Limits, now time.Time) (*Legacy, *ValidationE
 	if err := c.result(); err != nil {
 		return nil, err
 	}
+	c.fillID(e)
 	return e, nil
 }
 
 // decodeOne decodes and validates one event's body with dec and finishes it (milliseconds,
 // server receive time).
-func decodeOne[E interface{ finish(nowMs int64) }](body []byte, lim Limits, now time.Time, dec func(*checker, *node) E) (E, *ValidationError) {
+func decodeOne[E interface {
+	finish(nowMs int64)
+	ContentID() string
+	idField() *string
+}](body []byte, lim Limits, now time.Time, dec func(*checker, *node) E) (E, *ValidationError) {
 	var none E
 	c, root := start(body, lim, now)
 	defer c.release()
@@ -73,6 +82,7 @@ func decodeOne[E interface{ finish(nowMs int64) }](body []byte, lim Limits, now 
 		return none, err
 	}
 	e.finish(c.nowMs)
+	c.fillID(e)
 	return e, nil
 }
 
@@ -159,8 +169,10 @@ func DecodeBatch(body []byte, lim Limits, now time.Time) ([]Any, *ValidationErro
 		switch e := ev.(type) {
 		case *Impression:
 			e.finish(c.nowMs)
+			c.fillID(e)
 		case *Watch:
 			e.finish(c.nowMs)
+			c.fillID(e)
 		}
 	}
 	return out, nil
@@ -251,11 +263,22 @@ func (m *parseMem) get(n *node, key string) *node {
 	return nil
 }
 
-// defaultID generates the contract's default event_id when the field is absent (an explicit
-// "" or null stays an error).
-func (c *checker) defaultID(obj *node, id *string) {
-	if c.mem.get(obj, "event_id") == nil {
+// fillID gives an event sent without an event_id its id, once the event is valid (an
+// explicit "" or null is an error, so an empty id here was absent): derived from the event's
+// content (ContentID, so a resend is a duplicate), or with Limits.RandomMissingIDs a fresh
+// random one, as the original service did.
+func (c *checker) fillID(ev interface {
+	ContentID() string
+	idField() *string
+}) {
+	id := ev.idField()
+	if *id != "" {
+		return
+	}
+	if c.lim.RandomMissingIDs {
 		*id = NewEventID()
+	} else {
+		*id = ev.ContentID()
 	}
 }
 
@@ -641,8 +664,9 @@ func (c *checker) decImpression(obj *node) *Impression {
 	})
 	c.requireCommon(obj, seen)
 	c.require(obj, hasItems, "items")
-	c.defaultID(obj, &e.EventID)
+	c.noID = c.mem.get(obj, "event_id") == nil
 	c.impression(e, c.lim.MaxItems)
+	c.noID = false
 	return e
 }
 
@@ -748,8 +772,9 @@ func (c *checker) decWatch(obj *node) *Watch {
 	c.requireCommon(obj, seen)
 	c.require(obj, hasItem, "item_id")
 	c.require(obj, hasTime, "watch_time_sec")
-	c.defaultID(obj, &e.EventID)
+	c.noID = c.mem.get(obj, "event_id") == nil
 	c.watch(e)
+	c.noID = false
 	return e
 }
 
@@ -781,7 +806,8 @@ func (c *checker) decLegacy(obj *node) *Legacy {
 	c.require(obj, hasItem, "item_id")
 	c.require(obj, hasType, "event_type")
 	c.require(obj, hasTs, "ts")
-	c.defaultID(obj, &e.EventID)
+	c.noID = c.mem.get(obj, "event_id") == nil
 	c.legacy(e)
+	c.noID = false
 	return e
 }

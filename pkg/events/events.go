@@ -143,6 +143,11 @@ func (e *Common) User() string { return e.UserID }
 // ID implements Any.
 func (e *Legacy) ID() string { return e.EventID }
 
+// idField is where the decoders fill in a missing event_id.
+func (e *Common) idField() *string { return &e.EventID }
+
+func (e *Legacy) idField() *string { return &e.EventID }
+
 // User implements Any.
 func (e *Legacy) User() string { return e.UserID }
 
@@ -177,12 +182,13 @@ func NormalizeTs(ts int64) int64 {
 }
 
 // NewEventID returns 32 lowercase hex characters (a UUID without dashes), the contract's
-// default event_id. It is a version 7 UUID (RFC 9562): the first 48 bits are the Unix time in
-// milliseconds, the rest random, so ids sort by creation time. Every generated id is a key of
-// three B-trees (event_dedup, event_outbox's unique key, feature_applied); random (version 4)
-// keys put each insert on a random leaf page, so every leaf of those indexes was dirtied, and
-// written whole to the WAL after each checkpoint, while time-ordered keys append to the
-// right edge.
+// format of a generated event_id: the id of an auto-logged impression, and of an event sent
+// without one with Limits.RandomMissingIDs (see ContentID). It is a version 7 UUID (RFC
+// 9562): the first 48 bits are the Unix time in milliseconds, the rest random, so ids sort by
+// creation time. Every generated id is a key of three B-trees (event_dedup, event_outbox's
+// unique key, feature_applied); random (version 4) keys put each insert on a random leaf
+// page, so every leaf of those indexes was dirtied, and written whole to the WAL after each
+// checkpoint, while time-ordered keys append to the right edge.
 func NewEventID() string {
 	return newEventID(time.Now())
 }

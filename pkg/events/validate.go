@@ -58,6 +58,9 @@ type checker struct {
 	lim    Limits
 	nowMs  int64
 	mem    *parseMem // the tree's memory (request decoding), released when decoding ends
+	// noID: the event being checked was sent without an event_id, which the decoders fill
+	// in once it is valid (fillID), so the id's rule does not apply.
+	noID bool
 	// Preallocated events and contexts of a batch (planBatch), taken from the front; the
 	// decoders allocate one by one when these run out or were never planned.
 	watches     []watchAlloc
@@ -237,7 +240,9 @@ func (c *checker) context(ctx *Context) {
 }
 
 func (c *checker) common(e *Common) {
-	c.str("event_id", e.EventID, 8, 64)
+	if !c.noID {
+		c.str("event_id", e.EventID, 8, 64)
+	}
 	c.str("user_id", e.UserID, 1, 128)
 	c.str("session_id", e.SessionID, 1, 128)
 	c.str("request_id", e.RequestID, 1, 128)
@@ -348,7 +353,9 @@ func (c *checker) watch(e *Watch) {
 }
 
 func (c *checker) legacy(e *Legacy) {
-	c.str("event_id", e.EventID, 8, 64)
+	if !c.noID {
+		c.str("event_id", e.EventID, 8, 64)
+	}
 	c.str("user_id", e.UserID, 1, 128)
 	c.str("item_id", e.ItemID, 1, 128)
 	c.literal("event_type", e.EventType, LegacyView, LegacyClick, LegacyPurchase)
