@@ -148,6 +148,15 @@ func Run(ctx context.Context, o Options) error {
 	if o.Extra != nil {
 		o.Extra(e)
 	}
+	if o.HTTP.APIKeysFile != "" {
+		// Installed after every module's middleware (echo runs them in order of Use), so
+		// /reco's window records the 401s and 403s on its path like its other 4xx.
+		auth, err := httpx.NewAuth(o.HTTP.APIKeysFile, o.Log)
+		if err != nil {
+			return err
+		}
+		e.Use(auth.Middleware)
+	}
 
 	ctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)

@@ -2,7 +2,9 @@ package app
 
 import (
 	"net/http"
+	"strings"
 
+	"recsys/pkg/httpx"
 	"recsys/pkg/module"
 	"recsys/pkg/openapi"
 )
@@ -24,7 +26,35 @@ func describe(o Options, mods []*running) *openapi.Document {
 		}
 	}
 	describeOps(d)
+	if o.HTTP.APIKeysFile != "" {
+		requireKeys(d)
+	}
 	return d
+}
+
+// requireKeys marks every operation that needs an API key (httpx.ScopeOf) with the two ways
+// to present one and the 401 and 403 answers, so /docs offers to enter a key and clients
+// generated from the document send it.
+func requireKeys(d *openapi.Document) {
+	d.Components.SecuritySchemes = map[string]*openapi.SecurityScheme{
+		"bearer": {Type: "http", Scheme: "bearer", Description: "An API key of --http.api-keys-file, as Authorization: Bearer <key>."},
+		"apiKey": {Type: "apiKey", In: "header", Name: httpx.HeaderAPIKey, Description: "The same key, as " + httpx.HeaderAPIKey + ": <key>."},
+	}
+	for path, item := range d.Paths {
+		need := httpx.ScopeOf(path)
+		if need == "" {
+			continue
+		}
+		for _, op := range *item {
+			if op.Responses == nil {
+				op.Responses = map[string]openapi.Response{}
+			}
+			op.Security = []map[string][]string{{"bearer": {}}, {"apiKey": {}}}
+			op.Description = strings.TrimSpace(op.Description + " Needs an API key with the " + need + " scope.")
+			op.Responses["401"] = openapi.ErrorResponse(`No API key, or an unknown one ("Not authenticated", "Invalid API key")`)
+			op.Responses["403"] = openapi.ErrorResponse("The API key lacks the " + need + " scope")
+		}
+	}
 }
 
 // healthBody is /healthz's and /readyz's body: the contract's fields, then recsys' own.

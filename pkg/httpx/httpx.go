@@ -39,6 +39,9 @@ type Config struct {
 	IdleTimeout       time.Duration
 	BodyLimitBytes    int64
 	Pprof             bool
+	// APIKeysFile, when set, makes every request but the probes and the API's documentation
+	// carry a key of the scope its path needs (see Auth).
+	APIKeysFile string
 }
 
 // DefaultConfig returns the defaults.
@@ -55,6 +58,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.WriteTimeout, "http.write-timeout", c.WriteTimeout, "time allowed to write a response")
 	fs.DurationVar(&c.IdleTimeout, "http.idle-timeout", c.IdleTimeout, "keep-alive idle time")
 	fs.Int64Var(&c.BodyLimitBytes, "http.body-limit-bytes", c.BodyLimitBytes, "largest accepted request body; larger bodies get 413")
+	fs.StringVar(&c.APIKeysFile, "http.api-keys-file", c.APIKeysFile, "file of API keys, one \"<name> <scopes> <secret>\" per line (scopes: client, ops or client,ops; secret: the token, 16 characters or more, or sha256:<64 hex> of it); when set, every request but /healthz, /livez, /readyz, /openapi.json, /docs and /redoc needs a key, as Authorization: Bearer <token> or X-API-Key: client opens /reco, /recommend, /log/* and /event, ops the metrics, /analytics/*, /contract and /debug/pprof; the file is re-read within 5 s of a change. Empty: no authentication, as the original service")
 	fs.BoolVar(&c.Pprof, "http.pprof", c.Pprof, "serve Go's profiles under /debug/pprof/ (CPU profiles longer than --http.write-timeout are cut); expose inside the cluster only")
 }
 
@@ -74,6 +78,11 @@ func (c Config) Validate() error {
 	}
 	if c.BodyLimitBytes < 1024 {
 		errs = append(errs, fmt.Errorf("--http.body-limit-bytes must be >= 1024, got %d", c.BodyLimitBytes))
+	}
+	if c.APIKeysFile != "" {
+		if _, err := LoadAPIKeys(c.APIKeysFile); err != nil {
+			errs = append(errs, fmt.Errorf("--http.api-keys-file: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -37,7 +37,17 @@ type Info struct {
 
 // Components holds the named schemas operations refer to.
 type Components struct {
-	Schemas map[string]*Schema `json:"schemas"`
+	Schemas         map[string]*Schema         `json:"schemas"`
+	SecuritySchemes map[string]*SecurityScheme `json:"securitySchemes,omitempty"`
+}
+
+// SecurityScheme is one way an operation can be authenticated.
+type SecurityScheme struct {
+	Type        string `json:"type"`             // http or apiKey
+	Scheme      string `json:"scheme,omitempty"` // bearer, for http
+	In          string `json:"in,omitempty"`     // header, for apiKey
+	Name        string `json:"name,omitempty"`   // the header, for apiKey
+	Description string `json:"description,omitempty"`
 }
 
 // PathItem maps a lower-case HTTP method to its operation.
@@ -52,6 +62,8 @@ type Operation struct {
 	Parameters  []Parameter         `json:"parameters,omitempty"`
 	RequestBody *RequestBody        `json:"requestBody,omitempty"`
 	Responses   map[string]Response `json:"responses"`
+	// Security lists the alternatives that authenticate the operation (any one suffices).
+	Security []map[string][]string `json:"security,omitempty"`
 }
 
 // Parameter is a query (or other) parameter.

@@ -1,0 +1,237 @@
+package httpx
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/labstack/echo/v4"
+)
+
+const (
+	clientSecret = "client-secret-0123456789"
+	opsSecret    = "ops-secret-0123456789abcd"
+	bothSecret   = "both-secret-0123456789abc"
+)
+
+func sha256Hex(s string) string { sum := sha256.Sum256([]byte(s)); return hex.EncodeToString(sum[:]) }
+
+func writeKeys(t *testing.T, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "keys")
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// authServer is the process' echo setup with routes of every class and the keys of path.
+func authServer(t *testing.T, path string) (*echo.Echo, *Auth) {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Pprof = true
+	cfg.APIKeysFile = path
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	e := New(cfg, slog.New(slog.DiscardHandler))
+	ok := func(c echo.Context) error { return c.String(http.StatusOK, "ok") }
+	for _, p := range []string{"/reco", "/recommend", "/healthz", "/livez", "/readyz", "/openapi.json", "/docs", "/redoc", "/metrics", "/metrics/prometheus", "/metrics/reco", "/analytics/baseline", "/contract"} {
+		e.GET(p, ok)
+	}
+	for _, p := range []string{"/log/watch", "/log/impression", "/log/batch", "/event"} {
+		e.POST(p, ok)
+	}
+	a, err := NewAuth(path, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Use(a.Middleware)
+	return e, a
+}
+
+// TestAPIKeysGuardEveryPathByScope: with a keys file, the probes and the API's documentation
+// stay open, the product API needs a client key and the operational endpoints an ops key,
+// as Authorization: Bearer or X-API-Key; a refusal keeps the request id and FastAPI's
+// {"detail": ...} shape, and a 401 says how to authenticate.
+func TestAPIKeysGuardEveryPathByScope(t *testing.T) {
+	e, _ := authServer(t, writeKeys(t, "# name scopes secret\n"+
+		"app client "+clientSecret+"\n"+
+		"\n"+
+		"grafana ops sha256:"+sha256Hex(opsSecret)+"\n"+
+		"admin client,ops "+bothSecret+"\n"))
+	bearer := func(s string) map[string]string { return map[string]string{"Authorization": "Bearer " + s} }
+	cases := []struct {
+		method, path string
+		headers      map[string]string
+		want         int
+		detail       string // a substring of the body
+	}{
+		{"GET", "/healthz", nil, 200, "ok"},
+		{"GET", "/livez", nil, 200, "ok"},
+		{"GET", "/readyz", nil, 200, "ok"},
+		{"GET", "/openapi.json", nil, 200, "ok"},
+		{"GET", "/docs", nil, 200, "ok"},
+		{"GET", "/redoc", nil, 200, "ok"},
+		{"GET", "/healthz", bearer("wrong-secret-0123456789"), 200, "ok"}, // an open path ignores keys
+		{"GET", "/reco", nil, 401, `"detail":"Not authenticated"`},
+		{"GET", "/reco", bearer("wrong-secret-0123456789"), 401, `"detail":"Invalid API key"`},
+		{"GET", "/reco", map[string]string{"Authorization": "Basic " + clientSecret}, 401, "Not authenticated"},
+		{"GET", "/reco", bearer(clientSecret), 200, "ok"},
+		{"GET", "/reco", map[string]string{"Authorization": "bearer  " + clientSecret}, 200, "ok"},
+		{"GET", "/reco", map[string]string{HeaderAPIKey: clientSecret}, 200, "ok"},
+		{"GET", "/recommend", bearer(bothSecret), 200, "ok"},
+		{"GET", "/reco", bearer(opsSecret), 403, `API key \"grafana\" lacks the client scope`},
+		{"POST", "/log/watch", nil, 401, "Not authenticated"},
+		{"POST", "/log/watch", bearer(clientSecret), 200, "ok"},
+		{"POST", "/log/impression", bearer(clientSecret), 200, "ok"},
+		{"POST", "/log/batch", bearer(opsSecret), 403, "lacks the client scope"},
+		{"POST", "/event", bearer(clientSecret), 200, "ok"},
+		{"GET", "/metrics/prometheus", nil, 401, "Not authenticated"},
+		{"GET", "/metrics/prometheus", bearer(clientSecret), 403, `API key \"app\" lacks the ops scope`},
+		{"GET", "/metrics/prometheus", bearer(opsSecret), 200, "ok"},
+		{"GET", "/metrics", bearer(opsSecret), 200, "ok"},
+		{"GET", "/metrics/reco", bearer(clientSecret), 403, "lacks the ops scope"},
+		{"GET", "/metrics/reco", bearer(bothSecret), 200, "ok"},
+		{"GET", "/analytics/baseline", bearer(clientSecret), 403, "lacks the ops scope"},
+		{"GET", "/analytics/baseline", map[string]string{HeaderAPIKey: opsSecret}, 200, "ok"},
+		{"GET", "/contract", bearer(clientSecret), 403, "lacks the ops scope"},
+		{"GET", "/debug/pprof/cmdline", nil, 401, "Not authenticated"},
+		{"GET", "/debug/pprof/cmdline", bearer(clientSecret), 403, "lacks the ops scope"},
+		{"GET", "/debug/pprof/cmdline", bearer(opsSecret), 200, ""},
+		// A path no route serves needs a key before it is told so: nothing is disclosed.
+		{"GET", "/no-such-path", nil, 401, "Not authenticated"},
+		{"GET", "/no-such-path", bearer(clientSecret), 404, "Not Found"},
+		// The secret's hash is the key, not the hash itself.
+		{"GET", "/metrics", bearer(sha256Hex(opsSecret)), 401, "Invalid API key"},
+	}
+	for _, tc := range cases {
+		req := httptest.NewRequest(tc.method, tc.path, nil)
+		for k, v := range tc.headers {
+			req.Header.Set(k, v)
+		}
+		rec := httptest.NewRecorder()
+		e.ServeHTTP(rec, req)
+		name := tc.method + " " + tc.path + " " + strings.Join(keysOf(tc.headers), ",")
+		if rec.Code != tc.want || !strings.Contains(rec.Body.String(), tc.detail) {
+			t.Errorf("%s = %d %.100q, want %d containing %q", name, rec.Code, rec.Body.String(), tc.want, tc.detail)
+		}
+		if rec.Header().Get(HeaderRequestID) == "" {
+			t.Errorf("%s: no %s", name, HeaderRequestID)
+		}
+		if got := rec.Header().Get(echo.HeaderWWWAuthenticate); (tc.want == 401) != strings.HasPrefix(got, "Bearer") {
+			t.Errorf("%s: WWW-Authenticate %q", name, got)
+		}
+		for _, s := range []string{clientSecret, opsSecret, bothSecret} {
+			if strings.Contains(rec.Body.String(), s) {
+				t.Errorf("%s: the answer shows a secret", name)
+			}
+		}
+	}
+	for reason, min := range map[string]float64{"missing": 6, "invalid": 2, "scope": 7} {
+		if got := metrics.GetOrCreateCounter(`recsys_http_auth_refused_total{reason="` + reason + `"}`).Get(); float64(got) < min {
+			t.Errorf("refused{reason=%q} = %d, want at least %v", reason, got, min)
+		}
+	}
+}
+
+func keysOf(m map[string]string) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// TestAPIKeysFileProblems: a keys file that cannot serve is refused at start, each problem
+// with its line; secrets never appear in the errors.
+func TestAPIKeysFileProblems(t *testing.T) {
+	cases := []struct {
+		name, content, want string
+	}{
+		{"empty", "# nothing\n\n", "holds no key"},
+		{"two fields", "app " + clientSecret + "\n", `line 1: want three fields "<name> <scopes> <secret>", got 2`},
+		{"unknown scope", "app admin " + clientSecret + "\n", `line 1: key "app": unknown scope "admin"`},
+		{"empty scope", "app client, " + clientSecret + "\n", `unknown scope ""`},
+		{"short secret", "app client short\n", `key "app": the secret is 5 characters, want at least 16`},
+		{"bad hash", "app client sha256:abcd\n", `key "app": a hashed secret is "sha256:" and 64 hex digits`},
+		{"bad name", "app/1 client " + clientSecret + "\n", `key name "app/1" must be`},
+		{"duplicate name", "app client " + clientSecret + "\napp ops " + opsSecret + "\n", `line 2: key name "app" already used on line 1`},
+		{"shared secret", "app client " + clientSecret + "\nother ops sha256:" + sha256Hex(clientSecret) + "\n", `line 2: key "other" has the same secret as key "app"`},
+	}
+	for _, tc := range cases {
+		cfg := DefaultConfig()
+		cfg.APIKeysFile = writeKeys(t, tc.content)
+		err := cfg.Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "--http.api-keys-file") {
+			t.Errorf("%s: %v, want an error containing %q", tc.name, err, tc.want)
+			continue
+		}
+		for _, s := range []string{clientSecret, opsSecret, "short"} {
+			if strings.Contains(err.Error(), s) {
+				t.Errorf("%s: the error shows a secret: %v", tc.name, err)
+			}
+		}
+	}
+	cfg := DefaultConfig()
+	cfg.APIKeysFile = filepath.Join(t.TempDir(), "missing")
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+// TestAPIKeysReloadWhenTheFileChanges: a key added to the file works and a key removed stops
+// working once the file is read again, without a restart; a file changed into one that does
+// not load keeps the keys in force.
+func TestAPIKeysReloadWhenTheFileChanges(t *testing.T) {
+	path := writeKeys(t, "app client "+clientSecret+"\n")
+	e, a := authServer(t, path)
+	get := func(secret string) int {
+		req := httptest.NewRequest(http.MethodGet, "/reco", nil)
+		req.Header.Set("Authorization", "Bearer "+secret)
+		rec := httptest.NewRecorder()
+		e.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	// Forces the next request to look at the file, as reloadEvery passing would.
+	recheck := func() { a.next.Store(time.Now().Add(-time.Second).UnixNano()) }
+	rewrite := func(content string, mod time.Time) {
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(path, mod, mod); err != nil { // a new mtime even within the clock's granularity
+			t.Fatal(err)
+		}
+	}
+	if got := get(clientSecret); got != 200 {
+		t.Fatalf("first key: %d", got)
+	}
+	rewrite("app2 client "+bothSecret+"\n", time.Now().Add(time.Minute))
+	if got := get(bothSecret); got != 401 {
+		t.Errorf("a new key worked before the file was looked at again: %d", got)
+	}
+	recheck()
+	if got := get(bothSecret); got != 200 {
+		t.Errorf("added key after the reload: %d", got)
+	}
+	if got := get(clientSecret); got != 401 {
+		t.Errorf("removed key after the reload: %d", got)
+	}
+	errs := a.reloadErrors.Get()
+	rewrite("app2 nonsense "+bothSecret+"\n", time.Now().Add(2*time.Minute))
+	recheck()
+	if got := get(bothSecret); got != 200 {
+		t.Errorf("a broken file locked out the keys in force: %d", got)
+	}
+	if a.reloadErrors.Get() != errs+1 {
+		t.Errorf("reload errors %d, want %d", a.reloadErrors.Get(), errs+1)
+	}
+}
