@@ -30,6 +30,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"recsys/pkg/flagenv"
 )
 
 // Check names, in the order they run.
@@ -63,6 +65,8 @@ type Config struct {
 	ConsumerTimeoutSec float64
 	ConsumerHelpers    int
 	OutputJSON         string
+	// APIKey is sent as a bearer token on every request; never written to the report.
+	APIKey string
 }
 
 // DefaultConfig returns the contract's defaults.
@@ -86,6 +90,10 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.Float64Var(&c.ConsumerTimeoutSec, "consumer-timeout-sec", c.ConsumerTimeoutSec, "how long to wait for the consumer to apply the probe's watches (visible in /reco)")
 	fs.IntVar(&c.ConsumerHelpers, "consumer-helpers", c.ConsumerHelpers, "users who build the co-visitation pattern of the consumer check")
 	fs.StringVar(&c.OutputJSON, "output-json", c.OutputJSON, "also write the report to this file")
+	fs.StringVar(&c.APIKey, "api-key", c.APIKey, "API key sent as Authorization: Bearer on every request, needed when the server runs with --http.api-keys-file; "+
+		"smoke needs a key with both the client scope (/event, /reco, /log/watch) and the ops scope (/metrics/reco). "+
+		"Prefer the environment variable to the flag: flags show in process listings")
+	flagenv.Secret(fs, "api-key")
 }
 
 // Clamp raises numeric settings to sensible minimums, as the original tool does.
@@ -173,7 +181,7 @@ func Run(ctx context.Context, cfg Config) *Report {
 		r.Checks[c] = "fail"
 	}
 	s := &runner{cfg: cfg, r: r, run: runID, c: &client{base: strings.TrimRight(cfg.BaseURL, "/"), timeout: secs(cfg.TimeoutSec),
-		http: &http.Client{}}}
+		http: &http.Client{}, apiKey: cfg.APIKey}}
 	defer s.c.http.CloseIdleConnections()
 	if _, err := url.ParseRequestURI(s.c.base); err != nil || !strings.HasPrefix(s.c.base, "http") {
 		r.Details[CheckReadyz] = fmt.Sprintf("--base-url %q is not an http(s) URL", cfg.BaseURL)
@@ -542,6 +550,7 @@ type client struct {
 	http    *http.Client
 	base    string
 	timeout time.Duration
+	apiKey  string
 }
 
 type recoResponse struct {
@@ -567,6 +576,9 @@ func (c *client) do(ctx context.Context, method, path string, in, out any) (int,
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	if c.apiKey != "" {
+		req.Header.Set("Authorization", "Bearer "+c.apiKey)
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return 0, fmt.Errorf("%s %s: %w", method, path, unwrapURL(err))
@@ -576,12 +588,30 @@ func (c *client) do(ctx context.Context, method, path string, in, out any) (int,
 	if err != nil {
 		return resp.StatusCode, fmt.Errorf("%s %s: read body: %w", method, path, err)
 	}
+	if hint := c.authHint(resp.StatusCode); hint != "" {
+		// An error, not a status: every check then reports the cause instead of an
+		// unexplained 401 in the middle of its own message.
+		return resp.StatusCode, fmt.Errorf("%s %s: status %d %s: %s", method, path, resp.StatusCode, truncate(string(b), 100), hint)
+	}
 	if out != nil && len(b) > 0 {
 		if err := json.Unmarshal(b, out); err != nil {
 			return resp.StatusCode, fmt.Errorf("%s %s: status %d, body is not the expected JSON: %s", method, path, resp.StatusCode, truncate(string(b), 200))
 		}
 	}
 	return resp.StatusCode, nil
+}
+
+// authHint explains a 401 or 403 of a server started with --http.api-keys-file.
+func (c *client) authHint(status int) string {
+	switch {
+	case status == http.StatusUnauthorized && c.apiKey == "":
+		return "the server requires an API key (--api-key / RECSYS_API_KEY)"
+	case status == http.StatusUnauthorized:
+		return "the server did not accept the API key (--api-key / RECSYS_API_KEY)"
+	case status == http.StatusForbidden:
+		return "the API key lacks a scope (smoke needs both client and ops)"
+	}
+	return ""
 }
 
 func unwrapURL(err error) error {

@@ -359,3 +359,97 @@ func TestSmokeRerunsAgainstASmallStack(t *testing.T) {
 		}
 	}
 }
+
+// keyGate stands in front of an API as a server started with --http.api-keys-file does:
+// the probes stay open, /metrics/* needs the ops scope, the rest the client scope. It
+// records the Authorization header of every request.
+type keyGate struct {
+	next http.Handler
+	keys map[string][]string // key -> scopes; nil: no authentication
+	mu   sync.Mutex
+	auth []string
+}
+
+func (g *keyGate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	g.mu.Lock()
+	g.auth = append(g.auth, r.Header.Get("Authorization"))
+	g.mu.Unlock()
+	if g.keys != nil && r.URL.Path != "/readyz" && r.URL.Path != "/healthz" {
+		key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		scopes, known := g.keys[key]
+		if !ok || !known {
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = w.Write([]byte(`{"detail":"Not authenticated"}`))
+			return
+		}
+		need := "client"
+		if strings.HasPrefix(r.URL.Path, "/metrics") {
+			need = "ops"
+		}
+		if !slices.Contains(scopes, need) {
+			w.WriteHeader(http.StatusForbidden)
+			_, _ = w.Write([]byte(`{"detail":"Not enough permissions"}`))
+			return
+		}
+	}
+	g.next.ServeHTTP(w, r)
+}
+
+func TestSmokeSendsTheAPIKey(t *testing.T) {
+	const key = "sk-smoke-7f3a9c"
+	both := map[string][]string{key: {"client", "ops"}}
+	for _, tc := range []struct {
+		name    string
+		keys    map[string][]string
+		apiKey  string
+		pass    bool
+		failing map[string]string // check -> text its detail must contain
+	}{
+		{name: "no authentication, no key", pass: true},
+		{name: "key with both scopes", keys: both, apiKey: key, pass: true},
+		{name: "key required but not given", keys: both, failing: map[string]string{
+			smoke.CheckSeedEvents: "the server requires an API key (--api-key / RECSYS_API_KEY)",
+			smoke.CheckRecoTraffic: "requires an API key", smoke.CheckRecoMetricsSamples: "requires an API key"}},
+		{name: "wrong key", keys: both, apiKey: "sk-wrong-1", failing: map[string]string{smoke.CheckSeedEvents: "did not accept the API key"}},
+		{name: "key without the ops scope", keys: map[string][]string{key: {"client"}}, apiKey: key, failing: map[string]string{
+			smoke.CheckRecoMetricsSamples: "status 403 {\"detail\":\"Not enough permissions\"}: the API key lacks a scope"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := &keyGate{next: newFake(), keys: tc.keys}
+			srv := httptest.NewServer(g)
+			defer srv.Close()
+			cfg := fastCfg(srv.URL)
+			cfg.APIKey, cfg.ReadyTimeoutSec, cfg.ConsumerTimeoutSec, cfg.RecoRequests = tc.apiKey, 1, 1, 5
+			r := smoke.Run(context.Background(), cfg)
+			var buf strings.Builder
+			if err := r.WriteJSON(&buf); err != nil {
+				t.Fatal(err)
+			}
+			if r.OK() != tc.pass {
+				t.Fatalf("status %s, want pass=%t: %s", r.Status, tc.pass, buf.String())
+			}
+			for check, want := range tc.failing {
+				if r.Checks[check] != "fail" || !strings.Contains(r.Details[check], want) {
+					t.Errorf("%s %s: %q, want a failure naming %q", check, r.Checks[check], r.Details[check], want)
+				}
+			}
+			if tc.apiKey != "" && strings.Contains(buf.String(), tc.apiKey) {
+				t.Errorf("the report contains the API key: %s", buf.String())
+			}
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			want := ""
+			if tc.apiKey != "" {
+				want = "Bearer " + tc.apiKey
+			}
+			for i, a := range g.auth {
+				if a != want {
+					t.Fatalf("request %d of %d had Authorization %q, want %q", i+1, len(g.auth), a, want)
+				}
+			}
+			if len(g.auth) < 10 {
+				t.Fatalf("only %d requests seen", len(g.auth))
+			}
+		})
+	}
+}
