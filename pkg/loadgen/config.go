@@ -58,6 +58,8 @@ type Config struct {
 	OutputJSON       string
 	OutputHTML       string
 	Progress         string
+	// APIKey is sent as a bearer token on every request; the report never echoes it.
+	APIKey string
 }
 
 // DefaultConfig returns the defaults: the contract's (except the base URL, which is the API's
@@ -97,6 +99,10 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.OutputJSON, "output-json", c.OutputJSON, "write the JSON report to this file")
 	fs.StringVar(&c.OutputHTML, "output-html", c.OutputHTML, "write a self-contained HTML report (latency over time, percentile plot) to this file")
 	fs.StringVar(&c.Progress, "progress", c.Progress, "progress bar on stderr: auto (when stderr is a terminal), always or never")
+	fs.StringVar(&c.APIKey, "api-key", c.APIKey, "API key sent as Authorization: Bearer on every request, needed when the server runs with --http.api-keys-file; "+
+		"load needs the client scope for its traffic, plus the ops scope for the report's /contract and /metrics/reco (without it the SLA targets are unknown). "+
+		"Prefer the environment variable to the flag: flags show in process listings")
+	flagenv.Secret(fs, "api-key")
 }
 
 // ApplyLegacyFlags applies --timeout-sec when it was set.

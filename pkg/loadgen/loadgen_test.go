@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -400,5 +401,121 @@ func TestClosedLoopHasNoUnsentOperations(t *testing.T) {
 		r.Summary.RequestsTotal != r.Operations || r.StoppedBy != "duration" {
 		t.Fatalf("closed loop: not sent %d, requests %d, operations %d, stopped by %s, errors %v",
 			r.OperationsNotSent, r.Summary.RequestsTotal, r.Operations, r.StoppedBy, r.Summary.Errors)
+	}
+}
+
+// keyGate stands in front of an API as a server started with --http.api-keys-file does:
+// /contract and /metrics/* need the ops scope, the traffic the client scope. It counts the
+// requests by the Authorization header they carried.
+type keyGate struct {
+	next http.Handler
+	keys map[string][]string // key -> scopes; nil: no authentication
+	mu   sync.Mutex
+	auth map[[2]string]int // {method and path, Authorization} -> requests
+}
+
+func (g *keyGate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	g.mu.Lock()
+	if g.auth == nil {
+		g.auth = map[[2]string]int{}
+	}
+	g.auth[[2]string{r.Method + " " + r.URL.Path, r.Header.Get("Authorization")}]++
+	g.mu.Unlock()
+	if g.keys != nil {
+		key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		scopes, known := g.keys[key]
+		if !ok || !known {
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = w.Write([]byte(`{"detail":"Not authenticated"}`))
+			return
+		}
+		need := "client"
+		if r.URL.Path == "/contract" || strings.HasPrefix(r.URL.Path, "/metrics") {
+			need = "ops"
+		}
+		if !slices.Contains(scopes, need) {
+			w.WriteHeader(http.StatusForbidden)
+			_, _ = w.Write([]byte(`{"detail":"Not enough permissions"}`))
+			return
+		}
+	}
+	g.next.ServeHTTP(w, r)
+}
+
+func TestRunSendsTheAPIKey(t *testing.T) {
+	const key = "sk-load-5e1d2b"
+	both := map[string][]string{key: {"client", "ops"}}
+	for _, tc := range []struct {
+		name              string
+		keys              map[string][]string
+		apiKey            string
+		scenario, ingest  string
+		wantErr           string // the error of every traffic request ("" : none)
+		wantContractError string
+	}{
+		{name: "mixed, no authentication, no key", scenario: loadgen.ScenarioMixed},
+		{name: "mixed with a key", keys: both, apiKey: key, scenario: loadgen.ScenarioMixed},
+		{name: "ingest watch with a key", keys: both, apiKey: key, scenario: loadgen.ScenarioIngest, ingest: "watch"},
+		{name: "ingest batch with a key", keys: both, apiKey: key, scenario: loadgen.ScenarioIngest, ingest: "batch"},
+		{name: "key required but not given", keys: both, scenario: loadgen.ScenarioReco,
+			wantErr:           "HTTPError: 401 (the server requires an API key: --api-key / RECSYS_API_KEY)",
+			wantContractError: "HTTPError: 401 (the server requires an API key: --api-key / RECSYS_API_KEY)"},
+		{name: "wrong key", keys: both, apiKey: "sk-wrong-2", scenario: loadgen.ScenarioReco,
+			wantErr:           "HTTPError: 401 (the server did not accept the API key: --api-key / RECSYS_API_KEY)",
+			wantContractError: "HTTPError: 401 (the server did not accept the API key: --api-key / RECSYS_API_KEY)"},
+		{name: "key without the ops scope", keys: map[string][]string{key: {"client"}}, apiKey: key, scenario: loadgen.ScenarioReco,
+			wantContractError: "HTTPError: 403 (the API key lacks a scope: the traffic needs client, /contract and /metrics/reco need ops)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := &keyGate{next: &fakeAPI{}, keys: tc.keys}
+			srv := httptest.NewServer(g)
+			defer srv.Close()
+			cfg := baseCfg(srv.URL)
+			cfg.Requests, cfg.APIKey, cfg.Scenario, cfg.WatchProb, cfg.OrganicWatchProb = 40, tc.apiKey, tc.scenario, 1, 1
+			if tc.ingest != "" {
+				cfg.IngestMode, cfg.BatchSize = tc.ingest, 7
+			}
+			r, err := loadgen.Run(context.Background(), cfg, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.wantErr == "" && r.Summary.RequestsFailed != 0 || tc.wantErr != "" && r.Summary.Errors[tc.wantErr] != r.Summary.RequestsTotal {
+				t.Fatalf("errors %v of %d requests, want %q on all or none", r.Summary.Errors, r.Summary.RequestsTotal, tc.wantErr)
+			}
+			if m, _ := r.Contract.(map[string]any); tc.wantContractError != "" && m["error"] != tc.wantContractError {
+				t.Errorf("contract %v, want the error %q", r.Contract, tc.wantContractError)
+			} else if tc.wantContractError == "" && (m == nil || m["sla_targets"] == nil) {
+				t.Errorf("contract %v not read", r.Contract)
+			}
+			var out bytes.Buffer
+			if err := r.WriteJSON(&out); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.WriteHTML(&out); err != nil {
+				t.Fatal(err)
+			}
+			out.WriteString(r.Headline())
+			if tc.apiKey != "" && strings.Contains(out.String(), tc.apiKey) {
+				t.Errorf("the report contains the API key")
+			}
+			want := ""
+			if tc.apiKey != "" {
+				want = "Bearer " + tc.apiKey
+			}
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			seen := map[string]bool{}
+			for req, n := range g.auth {
+				if req[1] != want {
+					t.Errorf("%d requests %s had Authorization %q, want %q", n, req[0], req[1], want)
+				}
+				seen[req[0]] = true
+			}
+			for _, req := range []string{"GET /contract", "GET /metrics/reco"} {
+				if !seen[req] {
+					t.Errorf("no %s seen: %v", req, g.auth)
+				}
+			}
+		})
 	}
 }

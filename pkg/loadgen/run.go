@@ -96,7 +96,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	tr := &http.Transport{MaxIdleConns: cfg.Concurrency * 2, MaxIdleConnsPerHost: cfg.Concurrency * 2, IdleConnTimeout: 30 * time.Second,
 		DisableCompression: true}
 	defer tr.CloseIdleConnections()
-	c := &client{http: &http.Client{Transport: tr}, base: strings.TrimRight(cfg.BaseURL, "/"), timeout: cfg.Timeout}
+	c := &client{http: &http.Client{Transport: tr}, base: strings.TrimRight(cfg.BaseURL, "/"), timeout: cfg.Timeout, apiKey: cfg.APIKey}
 
 	if cfg.Warmup > 0 {
 		warm := cfg
@@ -254,7 +254,7 @@ func recordNotSent(cfg *Config, rec func(Result), start, deadline time.Time, int
 
 func fetchJSON(ctx context.Context, c *client, path string) any {
 	var out any
-	r := (&client{http: c.http, base: c.base, timeout: 5 * time.Second}).do(ctx, "", http.MethodGet, path, nil, time.Now(), &out)
+	r := (&client{http: c.http, base: c.base, timeout: 5 * time.Second, apiKey: c.apiKey}).do(ctx, "", http.MethodGet, path, nil, time.Now(), &out)
 	if !r.OK() {
 		return map[string]any{"error": r.Err}
 	}

@@ -30,6 +30,7 @@ type client struct {
 	http    *http.Client
 	base    string
 	timeout time.Duration
+	apiKey  string
 }
 
 type recoResponse struct {
@@ -53,6 +54,9 @@ func (c *client) do(ctx context.Context, endpoint, method, path string, body []b
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	if c.apiKey != "" {
+		req.Header.Set("Authorization", "Bearer "+c.apiKey)
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return Result{Endpoint: endpoint, At: due, Latency: time.Since(due), Err: classify(err)}
@@ -64,7 +68,7 @@ func (c *client) do(ctx context.Context, endpoint, method, path string, body []b
 	case rerr != nil:
 		r.Status, r.Err = 0, classify(rerr)
 	case !r.OK():
-		r.Err = "HTTPError: " + strconv.Itoa(resp.StatusCode)
+		r.Err = "HTTPError: " + strconv.Itoa(resp.StatusCode) + c.authHint(resp.StatusCode)
 	case out != nil:
 		if err := json.Unmarshal(b, out); err != nil {
 			// A 200 the client cannot use is a failure of the API, not of the network.
@@ -73,6 +77,20 @@ func (c *client) do(ctx context.Context, endpoint, method, path string, body []b
 		}
 	}
 	return r
+}
+
+// authHint explains a 401 or 403 of a server started with --http.api-keys-file in the
+// report's error table, where a bare "HTTPError: 401" would leave the operator guessing.
+func (c *client) authHint(status int) string {
+	switch {
+	case status == http.StatusUnauthorized && c.apiKey == "":
+		return " (the server requires an API key: --api-key / RECSYS_API_KEY)"
+	case status == http.StatusUnauthorized:
+		return " (the server did not accept the API key: --api-key / RECSYS_API_KEY)"
+	case status == http.StatusForbidden:
+		return " (the API key lacks a scope: the traffic needs client, /contract and /metrics/reco need ops)"
+	}
+	return ""
 }
 
 // classify turns a transport error into a short, stable message so the report's error table
