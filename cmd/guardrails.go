@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"recsys/pkg/flagenv"
 	"recsys/pkg/guardrails"
 )
 
@@ -17,6 +18,7 @@ func newGuardrailsCmd() *cobra.Command {
 	var (
 		baselineJSON, contractJSON, recoJSON string
 		baseURL, targetsFile, out, saveDir   string
+		apiKey                               string
 		days, minSamples                     int
 	)
 	cmd := &cobra.Command{
@@ -67,7 +69,7 @@ Exit 0 when every check passes or is skipped, 1 otherwise (an unknown value fail
 						return fmt.Errorf("--save-dir: %w", err)
 					}
 				}
-				in, src, err = guardrails.Fetch(cmd.Context(), http.DefaultClient, baseURL, days, saveDir)
+				in, src, err = guardrails.Fetch(cmd.Context(), http.DefaultClient, baseURL, apiKey, days, saveDir)
 			} else {
 				in, src, err = guardrails.ReadFiles(baselineJSON, contractJSON, recoJSON)
 			}
@@ -108,5 +110,9 @@ Exit 0 when every check passes or is skipped, 1 otherwise (an unknown value fail
 	f.StringVar(&targetsFile, "targets", "", "JSON file of targets that replace the contract's, by check name (e.g. config/guardrails.ci.json)")
 	f.IntVar(&minSamples, "min-sla-samples", guardrails.DefaultMinSLASamples, "fewest /metrics/reco samples for the latency checks (negative counts as 0; default from --targets when it sets one)")
 	f.StringVar(&out, "output-json", "", "also write the report to this file")
+	f.StringVar(&apiKey, "api-key", "", "with --base-url, API key sent as Authorization: Bearer on every request, needed when the server runs with --http.api-keys-file; "+
+		"guardrails needs the ops scope (/analytics/baseline, /contract, /metrics/reco). "+
+		"Prefer the environment variable to the flag: flags show in process listings")
+	flagenv.Secret(f, "api-key")
 	return cmd
 }

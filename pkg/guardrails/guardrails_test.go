@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"recsys/pkg/guardrails"
@@ -242,7 +244,7 @@ func TestFetchSavesInputs(t *testing.T) {
 	}))
 	defer srv.Close()
 	dir := t.TempDir()
-	in, src, err := guardrails.Fetch(context.Background(), srv.Client(), srv.URL+"/", 2, dir)
+	in, src, err := guardrails.Fetch(context.Background(), srv.Client(), srv.URL+"/", "", 2, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +267,75 @@ func TestFetchSavesInputs(t *testing.T) {
 		t.Fatalf("fetched %s != files %s", a, b)
 	}
 	// A server error is an error naming the URL, not a crash.
-	if _, _, err := guardrails.Fetch(context.Background(), srv.Client(), srv.URL, 31, ""); err == nil || !strings.Contains(err.Error(), "/analytics/baseline?days=31") {
+	if _, _, err := guardrails.Fetch(context.Background(), srv.Client(), srv.URL, "", 31, ""); err == nil || !strings.Contains(err.Error(), "/analytics/baseline?days=31") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestFetchSendsTheAPIKey(t *testing.T) {
+	const key = "sk-gate-4c8e0a"
+	var (
+		mu   sync.Mutex
+		auth []string
+	)
+	// Like a server started with --http.api-keys-file: the three inputs need an ops key.
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		auth = append(auth, r.URL.Path+" "+r.Header.Get("Authorization"))
+		mu.Unlock()
+		switch r.Header.Get("Authorization") {
+		case "Bearer " + key:
+		case "Bearer sk-client-only":
+			w.WriteHeader(http.StatusForbidden)
+			_, _ = w.Write([]byte(`{"detail":"Not enough permissions"}`))
+			return
+		default:
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = w.Write([]byte(`{"detail":"Not authenticated"}`))
+			return
+		}
+		switch r.URL.Path {
+		case "/contract":
+			_, _ = w.Write([]byte(contractJSON))
+		default:
+			_, _ = w.Write([]byte(`{"sample_size": 1}`))
+		}
+	}))
+	defer srv.Close()
+	for _, tc := range []struct {
+		name, apiKey, wantAuth, wantErr string
+	}{
+		{name: "key", apiKey: key, wantAuth: "Bearer " + key},
+		{name: "no key", wantErr: "status 401: {\"detail\":\"Not authenticated\"} (the server requires an API key: --api-key / RECSYS_API_KEY)"},
+		{name: "wrong key", apiKey: "sk-wrong-3", wantAuth: "Bearer sk-wrong-3", wantErr: "(the server did not accept the API key: --api-key / RECSYS_API_KEY)"},
+		{name: "key without the ops scope", apiKey: "sk-client-only", wantAuth: "Bearer sk-client-only", wantErr: "status 403: {\"detail\":\"Not enough permissions\"} (the API key lacks the ops scope)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mu.Lock()
+			auth = nil
+			mu.Unlock()
+			in, src, err := guardrails.Fetch(context.Background(), srv.Client(), srv.URL, tc.apiKey, 1, "")
+			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || strings.Count(err.Error(), tc.wantErr) != 3) {
+				t.Fatalf("err = %v, want %q for each of the three inputs", err, tc.wantErr)
+			}
+			r := guardrails.Evaluate(in, nil, 1)
+			r.Sources = src
+			report, _ := json.Marshal(r)
+			var console bytes.Buffer
+			r.Print(&console)
+			if tc.apiKey != "" && strings.Contains(fmt.Sprint(err, string(report), console.String()), tc.apiKey) {
+				t.Errorf("the API key shows in the error, report or console output")
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(auth) != 3 {
+				t.Fatalf("requests %v, want the three inputs", auth)
+			}
+			for _, a := range auth {
+				if _, got, _ := strings.Cut(a, " "); got != tc.wantAuth {
+					t.Errorf("request %q, want Authorization %q", a, tc.wantAuth)
+				}
+			}
+		})
 	}
 }

@@ -74,8 +74,9 @@ func ReadFiles(baseline, contract, recoMetrics string) (Inputs, map[string]strin
 
 // Fetch gets the three inputs from a running API: /analytics/baseline?days=N, /contract and
 // /metrics/reco. With saveDir set, each body is also written there under the file names the
-// flags default to, so a CI run keeps what the gate saw.
-func Fetch(ctx context.Context, client *http.Client, baseURL string, days int, saveDir string) (Inputs, map[string]string, error) {
+// flags default to, so a CI run keeps what the gate saw. A non-empty apiKey is sent as
+// Authorization: Bearer on every request (all three need the ops scope).
+func Fetch(ctx context.Context, client *http.Client, baseURL, apiKey string, days int, saveDir string) (Inputs, map[string]string, error) {
 	base := strings.TrimRight(baseURL, "/")
 	if _, err := url.ParseRequestURI(base); err != nil {
 		return Inputs{}, nil, fmt.Errorf("--base-url %q: %w", baseURL, err)
@@ -93,7 +94,7 @@ func Fetch(ctx context.Context, client *http.Client, baseURL string, days int, s
 	} {
 		u := base + f.path
 		src[f.key] = u
-		b, err := get(ctx, client, u)
+		b, err := get(ctx, client, u, apiKey)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -113,12 +114,15 @@ func Fetch(ctx context.Context, client *http.Client, baseURL string, days int, s
 	return in, src, errors.Join(errs...)
 }
 
-func get(ctx context.Context, client *http.Client, u string) ([]byte, error) {
+func get(ctx context.Context, client *http.Client, u, apiKey string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: %w", u, err)
+	}
+	if apiKey != "" {
+		req.Header.Set("Authorization", "Bearer "+apiKey)
 	}
 	resp, err := client.Do(req)
 	if err != nil {
@@ -130,9 +134,22 @@ func get(ctx context.Context, client *http.Client, u string) ([]byte, error) {
 		return nil, fmt.Errorf("GET %s: read body: %w", u, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: status %d: %s", u, resp.StatusCode, truncate(string(b), 300))
+		return nil, fmt.Errorf("GET %s: status %d: %s%s", u, resp.StatusCode, truncate(string(b), 300), authHint(resp.StatusCode, apiKey))
 	}
 	return b, nil
+}
+
+// authHint explains a 401 or 403 of a server started with --http.api-keys-file.
+func authHint(status int, apiKey string) string {
+	switch {
+	case status == http.StatusUnauthorized && apiKey == "":
+		return " (the server requires an API key: --api-key / RECSYS_API_KEY)"
+	case status == http.StatusUnauthorized:
+		return " (the server did not accept the API key: --api-key / RECSYS_API_KEY)"
+	case status == http.StatusForbidden:
+		return " (the API key lacks the ops scope)"
+	}
+	return ""
 }
 
 func truncate(s string, n int) string {
