@@ -112,7 +112,7 @@ Exit 0 when every check passes or is skipped, 1 otherwise (an unknown value fail
 	f.StringVar(&out, "output-json", "", "also write the report to this file")
 	f.StringVar(&apiKey, "api-key", "", "with --base-url, API key sent as Authorization: Bearer on every request, needed when the server runs with --http.api-keys-file; "+
 		"guardrails needs the ops scope (/analytics/baseline, /contract, /metrics/reco). "+
-		"Prefer the environment variable to the flag: flags show in process listings")
+		"Prefer the environment variable RECSYS_API_KEY to the flag: flags show in process listings")
 	flagenv.Secret(f, "api-key")
 	return cmd
 }

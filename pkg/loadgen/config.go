@@ -101,7 +101,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Progress, "progress", c.Progress, "progress bar on stderr: auto (when stderr is a terminal), always or never")
 	fs.StringVar(&c.APIKey, "api-key", c.APIKey, "API key sent as Authorization: Bearer on every request, needed when the server runs with --http.api-keys-file; "+
 		"load needs the client scope for its traffic, plus the ops scope for the report's /contract and /metrics/reco (without it the SLA targets are unknown). "+
-		"Prefer the environment variable to the flag: flags show in process listings")
+		"Prefer the environment variable RECSYS_API_KEY to the flag: flags show in process listings")
 	flagenv.Secret(fs, "api-key")
 }
 

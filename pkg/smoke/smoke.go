@@ -92,7 +92,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.OutputJSON, "output-json", c.OutputJSON, "also write the report to this file")
 	fs.StringVar(&c.APIKey, "api-key", c.APIKey, "API key sent as Authorization: Bearer on every request, needed when the server runs with --http.api-keys-file; "+
 		"smoke needs a key with both the client scope (/event, /reco, /log/watch) and the ops scope (/metrics/reco). "+
-		"Prefer the environment variable to the flag: flags show in process listings")
+		"Prefer the environment variable RECSYS_API_KEY to the flag: flags show in process listings")
 	flagenv.Secret(fs, "api-key")
 }
 
