@@ -18,8 +18,15 @@ import (
 // tool runs `recsys args...` to completion and returns its stdout and exit code.
 func tool(t *testing.T, timeout time.Duration, args ...string) (string, int) {
 	t.Helper()
+	out, _, code := toolEnv(t, timeout, nil, args...)
+	return out, code
+}
+
+// toolEnv is tool with env added to the clean environment; it returns stderr too.
+func toolEnv(t *testing.T, timeout time.Duration, env []string, args ...string) (string, string, int) {
+	t.Helper()
 	cmd := testutil.Command(binary, args...)
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, env...)
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {
@@ -44,7 +51,7 @@ func tool(t *testing.T, timeout time.Duration, args ...string) (string, int) {
 	if code != 0 {
 		t.Logf("recsys %s exited %d; stderr:\n%s", args[0], code, stderr.String())
 	}
-	return stdout.String(), code
+	return stdout.String(), stderr.String(), code
 }
 
 func readJSON(t *testing.T, path string, v any) {
@@ -224,5 +231,52 @@ func TestToolsReportAnUnreachableStack(t *testing.T) {
 	}
 	if _, code := tool(t, time.Minute, "guardrails", "--base-url", base); code != 1 {
 		t.Fatalf("guardrails against a dead stack: exit %d, want 1", code)
+	}
+}
+
+// TestToolsWithAPIKeys: `recsys all` with --http.api-keys-file (RECSYS_HTTP_API_KEYS_FILE)
+// keeps its probes open and refuses the API without a key; smoke passes every check with a
+// key of both scopes from RECSYS_API_KEY, and says what is missing without one; guardrails
+// with a client key is told it lacks the ops scope.
+func TestToolsWithAPIKeys(t *testing.T) {
+	const toolsKey, appKey = "tools-key-0123456789abcdef", "app-key-0123456789abcdef"
+	keys := filepath.Join(t.TempDir(), "api-keys")
+	content := "# name scopes secret\ntools client,ops " + toolsKey + "\napp client " + appKey + "\n"
+	if err := os.WriteFile(keys, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := Start(t, append(StackEnv(t, testutil.MigratedDatabase(t)), "RECSYS_HTTP_API_KEYS_FILE="+keys), "all")
+	p.WaitReadyz(t, 200, 90*time.Second)
+	if code, body, err := getJSON(p.Base + "/reco?user_id=u1&session_id=s1"); err != nil || code != 401 || body["detail"] != "Not authenticated" {
+		t.Fatalf("GET /reco without a key: %d %v %v", code, body, err)
+	}
+
+	dir := t.TempDir()
+	out, _, code := toolEnv(t, 5*time.Minute, []string{"RECSYS_API_KEY=" + toolsKey}, "smoke", "--base-url", p.Base,
+		"--output-json", filepath.Join(dir, "smoke.json"))
+	var sm struct {
+		Checks  map[string]string `json:"checks"`
+		Details map[string]string `json:"details"`
+	}
+	readJSON(t, filepath.Join(dir, "smoke.json"), &sm)
+	if code != 0 || len(sm.Checks) != 8 {
+		t.Fatalf("smoke with a key: exit %d, report:\n%s", code, out)
+	}
+	for name, st := range sm.Checks {
+		if st != "pass" {
+			t.Errorf("smoke %s = %s: %s", name, st, sm.Details[name])
+		}
+	}
+	if strings.Contains(out, toolsKey) {
+		t.Error("smoke's report shows the key")
+	}
+
+	out, code = tool(t, 2*time.Minute, "smoke", "--base-url", p.Base, "--ready-timeout-sec", "5")
+	if code != 1 || !strings.Contains(out, "requires an API key") {
+		t.Errorf("smoke without a key: exit %d, want 1 naming the missing key:\n%s", code, out)
+	}
+	_, errOut, code := toolEnv(t, time.Minute, []string{"RECSYS_API_KEY=" + appKey}, "guardrails", "--base-url", p.Base, "--days", "1")
+	if code != 1 || !strings.Contains(errOut, "lacks the ops scope") || strings.Contains(errOut, appKey) {
+		t.Errorf("guardrails with a client key: exit %d, want 1 naming the scope, not the key:\n%s", code, errOut)
 	}
 }
