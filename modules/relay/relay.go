@@ -56,7 +56,7 @@ func (b kafkaBroker) MaxMessageBytes(ctx context.Context, topics ...string) (map
 // Probe opens a new connection to each broker in turn until one answers an ApiVersions
 // request.
 func (b kafkaBroker) Probe(ctx context.Context) error {
-	d := &kafkago.Dialer{ClientID: b.c.ClientID, Timeout: time.Second}
+	d := b.c.Dialer(time.Second)
 	var errs []error
 	for _, addr := range b.c.Brokers {
 		conn, err := d.DialContext(ctx, "tcp", addr)

@@ -84,7 +84,7 @@ func (c *Client) NewGroupReader(o ReaderOptions) (*GroupReader, error) {
 		ID:                    o.GroupID,
 		Brokers:               c.Brokers,
 		Topics:                o.Topics,
-		Dialer:                &kafkago.Dialer{ClientID: c.ClientID, Timeout: 5 * time.Second},
+		Dialer:                c.Dialer(5 * time.Second),
 		HeartbeatInterval:     time.Second,
 		SessionTimeout:        10 * time.Second,
 		RebalanceTimeout:      10 * time.Second,
@@ -96,11 +96,11 @@ func (c *Client) NewGroupReader(o ReaderOptions) (*GroupReader, error) {
 		return nil, fmt.Errorf("consumer group %s: %w", o.GroupID, err)
 	}
 	r.cg = cg
-	r.tr = &kafkago.Transport{ClientID: c.ClientID, DialTimeout: 5 * time.Second, MetadataTTL: 10 * time.Second,
-		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			r.dials.Add(1)
-			return (&net.Dialer{}).DialContext(ctx, network, addr)
-		}}
+	r.tr = c.Transport(5*time.Second, 10*time.Second)
+	r.tr.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		r.dials.Add(1) // the raw connection; kafka-go adds TLS and SASL on top
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
 	r.offsets = &kafkago.Client{Addr: r.addr, Transport: r.tr, Timeout: c.RequestTimeout}
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel

@@ -30,6 +30,7 @@ type Config struct {
 	TopicWatches      string
 	Partitions        int
 	ReplicationFactor int
+	Security          Security
 }
 
 // DefaultConfig returns the defaults.
@@ -45,6 +46,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.RequestTimeout, "kafka.request-timeout", c.RequestTimeout, "timeout of one broker request (produce ack wait, metadata)")
 	fs.IntVar(&c.Partitions, "kafka.partitions", c.Partitions, "partitions of each topic when recsys creates it")
 	fs.IntVar(&c.ReplicationFactor, "kafka.replication-factor", c.ReplicationFactor, "replication factor of each topic when recsys creates it")
+	c.Security.registerFlags(fs)
 	flagenv.Alias(fs, "kafka.brokers", "KAFKA_BOOTSTRAP_SERVERS")
 	flagenv.Alias(fs, "kafka.client-id", "KAFKA_CLIENT_ID")
 	flagenv.Alias(fs, "kafka.request-timeout", "KAFKA_REQUEST_TIMEOUT_MS:ms")
@@ -82,6 +84,7 @@ func (c Config) Validate() error {
 	if c.ReplicationFactor < 1 {
 		errs = append(errs, fmt.Errorf("--kafka.replication-factor must be >= 1, got %d", c.ReplicationFactor))
 	}
+	errs = append(errs, c.Security.validate())
 	return errors.Join(errs...)
 }
 
@@ -93,7 +96,8 @@ type Client struct {
 
 // New returns a client; it opens no connection.
 func New(c Config) *Client {
-	return &Client{Config: c, admin: &kafkago.Client{Addr: kafkago.TCP(c.Brokers...), Timeout: c.RequestTimeout}}
+	return &Client{Config: c, admin: &kafkago.Client{Addr: kafkago.TCP(c.Brokers...), Timeout: c.RequestTimeout,
+		Transport: c.Transport(5*time.Second, 6*time.Second)}}
 }
 
 // DefaultFetchMaxWait is the broker's long-poll wait of an idle fetch, the contract's
@@ -130,7 +134,7 @@ func (c *Client) EnsureTopics(ctx context.Context, topics ...string) error {
 	if err := topicErrors("create", resp.Errors, kafkago.TopicAlreadyExists); err != nil {
 		return err
 	}
-	d := &kafkago.Dialer{ClientID: c.ClientID, Timeout: time.Second}
+	d := c.Dialer(time.Second)
 	for {
 		err := leadersServe(ctx, d, c.Brokers, topics)
 		if err == nil {
@@ -264,7 +268,7 @@ func topicErrors(verb string, perTopic map[string]error, done error) error {
 func (c *Client) Ping(ctx context.Context, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	d := &kafkago.Dialer{ClientID: c.ClientID, Timeout: timeout}
+	d := c.Dialer(timeout)
 	var errs []error
 	for _, b := range c.Brokers {
 		conn, err := d.DialContext(ctx, "tcp", strings.TrimSpace(b))

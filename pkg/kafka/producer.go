@@ -65,7 +65,7 @@ func (c *Client) NewProducer(o ProducerOptions) *Producer {
 	}
 	return &Producer{
 		addr:      kafkago.TCP(c.Brokers...),
-		transport: &kafkago.Transport{ClientID: c.ClientID, DialTimeout: 3 * time.Second, MetadataTTL: o.MetadataTTL},
+		transport: c.Transport(3*time.Second, o.MetadataTTL),
 		maxBytes:  o.MaxBytes,
 		timeout:   c.RequestTimeout,
 	}

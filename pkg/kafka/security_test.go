@@ -1,0 +1,146 @@
+package kafka
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go/sasl/plain"
+	"github.com/spf13/pflag"
+)
+
+// writePEMPair writes a self-signed certificate and its key to dir and returns their paths.
+func writePEMPair(t *testing.T, dir, name string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+".key")
+	for path, block := range map[string]*pem.Block{certFile: {Type: "CERTIFICATE", Bytes: der}, keyFile: {Type: "PRIVATE KEY", Bytes: kder}} {
+		if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return certFile, keyFile
+}
+
+// TestSecuritySettings: TLS and SASL settings are checked at start with errors naming the
+// flags, and what they configure reaches every dialer and transport the clients use.
+func TestSecuritySettings(t *testing.T) {
+	dir := t.TempDir()
+	ca, _ := writePEMPair(t, dir, "ca")
+	cert, key := writePEMPair(t, dir, "client")
+	notPEM := filepath.Join(dir, "not.pem")
+	if err := os.WriteFile(notPEM, []byte("hello"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name    string
+		args    []string
+		wantErr string // "" when valid
+		tls     bool
+		certs   int
+		sasl    string // the mechanism's name
+	}{
+		{"none", nil, "", false, 0, ""},
+		{"tls with the system roots", []string{"--kafka.tls"}, "", true, 0, ""},
+		{"tls with a CA", []string{"--kafka.tls", "--kafka.tls-ca-file", ca}, "", true, 0, ""},
+		{"mutual tls", []string{"--kafka.tls", "--kafka.tls-ca-file", ca, "--kafka.tls-cert-file", cert, "--kafka.tls-key-file", key}, "", true, 1, ""},
+		{"sasl plain over tls", []string{"--kafka.tls", "--kafka.sasl-mechanism", "plain", "--kafka.sasl-username", "u", "--kafka.sasl-password", "p"}, "", true, 0, "PLAIN"},
+		{"scram-sha-256", []string{"--kafka.sasl-mechanism", "scram-sha-256", "--kafka.sasl-username", "u", "--kafka.sasl-password", "p"}, "", false, 0, "SCRAM-SHA-256"},
+		{"scram-sha-512", []string{"--kafka.tls", "--kafka.sasl-mechanism", "scram-sha-512", "--kafka.sasl-username", "u", "--kafka.sasl-password", "p"}, "", true, 0, "SCRAM-SHA-512"},
+		{"CA without tls", []string{"--kafka.tls-ca-file", ca}, "need --kafka.tls (RECSYS_KAFKA_TLS=true)", false, 0, ""},
+		{"cert without key", []string{"--kafka.tls", "--kafka.tls-cert-file", cert}, "--kafka.tls-cert-file and --kafka.tls-key-file go together", false, 0, ""},
+		{"missing CA file", []string{"--kafka.tls", "--kafka.tls-ca-file", filepath.Join(dir, "missing")}, "--kafka.tls-ca-file: open", false, 0, ""},
+		{"CA file without PEM", []string{"--kafka.tls", "--kafka.tls-ca-file", notPEM}, "no PEM certificate in it", false, 0, ""},
+		{"key of another certificate", []string{"--kafka.tls", "--kafka.tls-cert-file", cert, "--kafka.tls-key-file", notPEM}, "--kafka.tls-cert-file/--kafka.tls-key-file", false, 0, ""},
+		{"unknown mechanism", []string{"--kafka.sasl-mechanism", "gssapi", "--kafka.sasl-username", "u", "--kafka.sasl-password", "p"}, `--kafka.sasl-mechanism must be plain, scram-sha-256 or scram-sha-512, got "gssapi"`, false, 0, ""},
+		{"mechanism without password", []string{"--kafka.sasl-mechanism", "plain", "--kafka.sasl-username", "u"}, "needs --kafka.sasl-username and --kafka.sasl-password", false, 0, ""},
+		{"credentials without mechanism", []string{"--kafka.sasl-username", "u", "--kafka.sasl-password", "p"}, "need --kafka.sasl-mechanism", false, 0, ""},
+	}
+	for _, tc := range cases {
+		c := DefaultConfig()
+		fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+		c.RegisterFlags(fs)
+		if err := fs.Parse(tc.args); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		err := c.Validate()
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("%s: %v, want an error containing %q", tc.name, err, tc.wantErr)
+			}
+			if err != nil && strings.Contains(err.Error(), "=p") {
+				t.Errorf("%s: the error shows the password: %v", tc.name, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		d, tr := c.Dialer(time.Second), c.Transport(time.Second, time.Second)
+		if (d.TLS != nil) != tc.tls || (tr.TLS != nil) != tc.tls {
+			t.Errorf("%s: TLS on the dialer %v, on the transport %v, want %v", tc.name, d.TLS != nil, tr.TLS != nil, tc.tls)
+		}
+		if tc.tls && (len(d.TLS.Certificates) != tc.certs || d.TLS.ServerName != "") {
+			t.Errorf("%s: %d client certificates (want %d), server name %q (kafka-go sets it per broker)", tc.name, len(d.TLS.Certificates), tc.certs, d.TLS.ServerName)
+		}
+		name := ""
+		if d.SASLMechanism != nil {
+			name = d.SASLMechanism.Name()
+			if tr.SASL == nil || tr.SASL.Name() != name {
+				t.Errorf("%s: the transport's SASL differs from the dialer's", tc.name)
+			}
+		}
+		if name != tc.sasl {
+			t.Errorf("%s: SASL %q, want %q", tc.name, name, tc.sasl)
+		}
+		if m, ok := d.SASLMechanism.(plain.Mechanism); ok && (m.Username != "u" || m.Password != "p") {
+			t.Errorf("%s: PLAIN credentials %q", tc.name, m.Username)
+		}
+	}
+}
+
+// A CA file that becomes unreadable after the start makes connections fail their handshake,
+// never fall back to no TLS.
+func TestUnreadableCAFailsClosed(t *testing.T) {
+	ca, _ := writePEMPair(t, t.TempDir(), "ca")
+	c := DefaultConfig()
+	c.Security = Security{TLS: true, TLSCAFile: ca}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(ca); err != nil {
+		t.Fatal(err)
+	}
+	d := c.Dialer(time.Second)
+	if d.TLS == nil || d.TLS.VerifyConnection == nil {
+		t.Fatal("no TLS configuration that fails, after the CA file went away")
+	}
+	if err := d.TLS.VerifyConnection(tls.ConnectionState{}); err == nil || !strings.Contains(err.Error(), "--kafka.tls-ca-file") {
+		t.Errorf("handshake verdict %v", err)
+	}
+}
