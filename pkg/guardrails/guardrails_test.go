@@ -308,7 +308,7 @@ func TestFetchSendsTheAPIKey(t *testing.T) {
 		{name: "key", apiKey: key, wantAuth: "Bearer " + key},
 		{name: "no key", wantErr: "status 401: {\"detail\":\"Not authenticated\"} (the server requires an API key: --api-key / RECSYS_API_KEY)"},
 		{name: "wrong key", apiKey: "sk-wrong-3", wantAuth: "Bearer sk-wrong-3", wantErr: "(the server did not accept the API key: --api-key / RECSYS_API_KEY)"},
-		{name: "key without the ops scope", apiKey: "sk-client-only", wantAuth: "Bearer sk-client-only", wantErr: "status 403: {\"detail\":\"Not enough permissions\"} (the API key lacks the ops scope)"},
+		{name: "key without the ops scope", apiKey: "sk-client-only", wantAuth: "Bearer sk-client-only", wantErr: "status 403: {\"detail\":\"Not enough permissions\"} (the API key lacks a scope: guardrails needs ops)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			mu.Lock()

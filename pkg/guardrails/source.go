@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"recsys/pkg/apikey"
 )
 
 // DecodeObject decodes one input document, which must be a JSON object (the original tool
@@ -121,9 +123,7 @@ func get(ctx context.Context, client *http.Client, u, apiKey string) ([]byte, er
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: %w", u, err)
 	}
-	if apiKey != "" {
-		req.Header.Set("Authorization", "Bearer "+apiKey)
-	}
+	apikey.Set(req, apiKey)
 	resp, err := client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: %w", u, err)
@@ -139,15 +139,10 @@ func get(ctx context.Context, client *http.Client, u, apiKey string) ([]byte, er
 	return b, nil
 }
 
-// authHint explains a 401 or 403 of a server started with --http.api-keys-file.
+// authHint explains a 401 or 403 (pkg/apikey).
 func authHint(status int, apiKey string) string {
-	switch {
-	case status == http.StatusUnauthorized && apiKey == "":
-		return " (the server requires an API key: --api-key / RECSYS_API_KEY)"
-	case status == http.StatusUnauthorized:
-		return " (the server did not accept the API key: --api-key / RECSYS_API_KEY)"
-	case status == http.StatusForbidden:
-		return " (the API key lacks the ops scope)"
+	if h := apikey.Hint(status, apiKey, "guardrails needs ops"); h != "" {
+		return " (" + h + ")"
 	}
 	return ""
 }

@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"recsys/pkg/apikey"
 )
 
 // Endpoint names used in the report.
@@ -54,9 +56,7 @@ func (c *client) do(ctx context.Context, endpoint, method, path string, body []b
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	if c.apiKey != "" {
-		req.Header.Set("Authorization", "Bearer "+c.apiKey)
-	}
+	apikey.Set(req, c.apiKey)
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return Result{Endpoint: endpoint, At: due, Latency: time.Since(due), Err: classify(err)}
@@ -79,16 +79,10 @@ func (c *client) do(ctx context.Context, endpoint, method, path string, body []b
 	return r
 }
 
-// authHint explains a 401 or 403 of a server started with --http.api-keys-file in the
-// report's error table, where a bare "HTTPError: 401" would leave the operator guessing.
+// authHint explains a 401 or 403 in the report's error table (pkg/apikey).
 func (c *client) authHint(status int) string {
-	switch {
-	case status == http.StatusUnauthorized && c.apiKey == "":
-		return " (the server requires an API key: --api-key / RECSYS_API_KEY)"
-	case status == http.StatusUnauthorized:
-		return " (the server did not accept the API key: --api-key / RECSYS_API_KEY)"
-	case status == http.StatusForbidden:
-		return " (the API key lacks a scope: the traffic needs client, /contract and /metrics/reco need ops)"
+	if h := apikey.Hint(status, c.apiKey, "the traffic needs client, /contract and /metrics/reco need ops"); h != "" {
+		return " (" + h + ")"
 	}
 	return ""
 }

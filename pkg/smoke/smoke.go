@@ -31,6 +31,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"recsys/pkg/apikey"
 	"recsys/pkg/flagenv"
 )
 
@@ -576,9 +577,7 @@ func (c *client) do(ctx context.Context, method, path string, in, out any) (int,
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	if c.apiKey != "" {
-		req.Header.Set("Authorization", "Bearer "+c.apiKey)
-	}
+	apikey.Set(req, c.apiKey)
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return 0, fmt.Errorf("%s %s: %w", method, path, unwrapURL(err))
@@ -601,17 +600,9 @@ func (c *client) do(ctx context.Context, method, path string, in, out any) (int,
 	return resp.StatusCode, nil
 }
 
-// authHint explains a 401 or 403 of a server started with --http.api-keys-file.
+// authHint explains a 401 or 403 (pkg/apikey).
 func (c *client) authHint(status int) string {
-	switch {
-	case status == http.StatusUnauthorized && c.apiKey == "":
-		return "the server requires an API key (--api-key / RECSYS_API_KEY)"
-	case status == http.StatusUnauthorized:
-		return "the server did not accept the API key (--api-key / RECSYS_API_KEY)"
-	case status == http.StatusForbidden:
-		return "the API key lacks a scope (smoke needs both client and ops)"
-	}
-	return ""
+	return apikey.Hint(status, c.apiKey, "smoke needs both client and ops")
 }
 
 func unwrapURL(err error) error {

@@ -408,7 +408,7 @@ func TestSmokeSendsTheAPIKey(t *testing.T) {
 		{name: "no authentication, no key", pass: true},
 		{name: "key with both scopes", keys: both, apiKey: key, pass: true},
 		{name: "key required but not given", keys: both, failing: map[string]string{
-			smoke.CheckSeedEvents:  "the server requires an API key (--api-key / RECSYS_API_KEY)",
+			smoke.CheckSeedEvents:  "the server requires an API key: --api-key / RECSYS_API_KEY",
 			smoke.CheckRecoTraffic: "requires an API key", smoke.CheckRecoMetricsSamples: "requires an API key"}},
 		{name: "wrong key", keys: both, apiKey: "sk-wrong-1", failing: map[string]string{smoke.CheckSeedEvents: "did not accept the API key"}},
 		{name: "key without the ops scope", keys: map[string][]string{key: {"client"}}, apiKey: key, failing: map[string]string{

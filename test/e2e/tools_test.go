@@ -237,7 +237,7 @@ func TestToolsReportAnUnreachableStack(t *testing.T) {
 // TestToolsWithAPIKeys: `recsys all` with --http.api-keys-file (RECSYS_HTTP_API_KEYS_FILE)
 // keeps its probes open and refuses the API without a key; smoke passes every check with a
 // key of both scopes from RECSYS_API_KEY, and says what is missing without one; guardrails
-// with a client key is told it lacks the ops scope.
+// with a client key is told it lacks a scope.
 func TestToolsWithAPIKeys(t *testing.T) {
 	const toolsKey, appKey = "tools-key-0123456789abcdef", "app-key-0123456789abcdef"
 	keys := filepath.Join(t.TempDir(), "api-keys")
@@ -276,7 +276,7 @@ func TestToolsWithAPIKeys(t *testing.T) {
 		t.Errorf("smoke without a key: exit %d, want 1 naming the missing key:\n%s", code, out)
 	}
 	_, errOut, code := toolEnv(t, time.Minute, []string{"RECSYS_API_KEY=" + appKey}, "guardrails", "--base-url", p.Base, "--days", "1")
-	if code != 1 || !strings.Contains(errOut, "lacks the ops scope") || strings.Contains(errOut, appKey) {
+	if code != 1 || !strings.Contains(errOut, "lacks a scope: guardrails needs ops") || strings.Contains(errOut, appKey) {
 		t.Errorf("guardrails with a client key: exit %d, want 1 naming the scope, not the key:\n%s", code, errOut)
 	}
 }
