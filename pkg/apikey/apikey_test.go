@@ -17,7 +17,7 @@ func TestSetAndHint(t *testing.T) {
 		}
 	}
 	for _, tc := range []struct {
-		status   int
+		status    int
 		key, want string
 	}{
 		{200, "", ""},
