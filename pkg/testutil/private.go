@@ -17,6 +17,10 @@ type Private struct {
 	t       testing.TB
 	service string // pg | redis | kafka
 	env     []string
+	dir     string
+	// saslSSL: Kafka also listens with SASL_SSL on saslSSLAddr (StartPrivateKafkaSASLSSL).
+	saslSSL     bool
+	saslSSLAddr string
 	// Addr is host:port of the service; URL is its connection URL (pg, redis) or Addr (kafka).
 	Addr, URL string
 }
@@ -28,23 +32,33 @@ type Private struct {
 // (after an outage) must keep them, since the test's clients hold the address.
 func StartPrivate(t testing.TB, service string) *Private {
 	t.Helper()
+	return startPrivate(t, &Private{t: t, service: service})
+}
+
+// startPrivate is StartPrivate for a p its caller has set up (service and options).
+func startPrivate(t testing.TB, p *Private) *Private {
+	t.Helper()
+	service := p.service
 	ServicesScript(t) // skip or fail early when the script is unknown
 	dir, err := os.MkdirTemp("", "recsys-private-")
 	if err != nil {
 		t.Fatal(err)
 	}
+	p.dir = dir
 	// scripts/test.sh stops the servers of a dir whose owner is gone (a test binary killed by
 	// -timeout runs no cleanup).
 	if err := os.WriteFile(filepath.Join(dir, "owner.pid"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := &Private{t: t, service: service}
 	t.Cleanup(func() {
 		p.run("stop")
 		os.RemoveAll(dir)
 	})
 	for attempt := 1; ; attempt++ {
 		p.listenOn(dir, pickPort(t), pickPort(t))
+		if p.saslSSL {
+			p.listenSASLSSLOn(pickPort(t))
+		}
 		out, err := p.run("start")
 		if err == nil {
 			return p
@@ -64,7 +78,10 @@ func StartPrivate(t testing.TB, service string) *Private {
 func (p *Private) listenOn(dir string, port, controller int) {
 	p.env = append(os.Environ(), "RECSYS_SERVICES_DIR="+dir,
 		"RECSYS_PG_PORT="+strconv.Itoa(port), "RECSYS_REDIS_PORT="+strconv.Itoa(port),
-		"RECSYS_KAFKA_PORT="+strconv.Itoa(port), "RECSYS_KAFKA_CONTROLLER_PORT="+strconv.Itoa(controller))
+		"RECSYS_KAFKA_PORT="+strconv.Itoa(port), "RECSYS_KAFKA_CONTROLLER_PORT="+strconv.Itoa(controller),
+		// Empty unless listenSASLSSLOn: a value inherited from the test's environment would
+		// make every private broker open that one port.
+		"RECSYS_KAFKA_SASL_SSL_PORT=")
 	p.Addr = "127.0.0.1:" + strconv.Itoa(port)
 	switch p.service {
 	case "pg":
