@@ -26,9 +26,11 @@ func newRelayReplayCmd() *cobra.Command {
 		Long: `Requeue event_outbox rows in one status so the running relays publish them again: they
 become pending with attempts 0, due now, and the relays are notified. Rows are taken oldest
 first (by id), at most --limit per run. For more, run it again with --after-id set to the
-"last_id" it printed, until "requeued" is 0: rows that go dead again at once (an event no
-retry can publish) are then not picked again ahead of the rows behind them. Rows held by
-another transaction at that moment are skipped (a later run without --after-id finds them).
+"last_id" it printed, until "requeued" and "skipped" are 0: rows that go dead again at once
+(an event no retry can publish) are then not picked again ahead of the rows behind them. Rows
+held by another transaction at that moment (a relay's claim scanning their lane) are skipped
+and counted in "skipped", and last_id stays before the first of them, so the next run takes
+them.
 
 --status dead is the runbook case (rows that used up their attempts, e.g. while a topic was
 missing); --status published publishes retained rows again (e.g. after a topic was lost), and
@@ -45,9 +47,10 @@ all its events. --event-type matches the row's event_type: batch rows are "impre
 batch row. --limit counts rows.
 
 Prints {"status", "event_type", "since", "after_id", "limit", "dry_run", "matched",
-"requeued", "events", "by_event_type", "ids", "last_id"}: matched, requeued, by_event_type and
-ids are rows, events is the number of events those rows carry, last_id is the largest id
-handled (the next run's --after-id; --after-id itself when nothing matched).`,
+"requeued", "events", "by_event_type", "ids", "skipped", "last_id"}: matched, requeued,
+skipped, by_event_type and ids are rows, events is the number of events those rows carry,
+last_id is the next run's --after-id (the largest id up to which every matching row was
+requeued; --after-id itself when nothing matched or the first row was skipped).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if since != "" {

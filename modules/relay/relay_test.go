@@ -896,25 +896,31 @@ func TestReplayCursorReachesRowsBehindPoisonRows(t *testing.T) {
 	st := outbox.NewStore(e.pool)
 	var after int64
 	runs := 0
-	for ; runs < 5; runs++ {
+	requeued := map[int64]bool{}
+	for ; runs < 8; runs++ {
 		res, err := st.Replay(context.Background(), outbox.ReplayFilter{Status: outbox.StatusDead, Limit: 3, AfterID: after})
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("run %d after %d: requeued %v, last_id %d", runs+1, after, res.IDs, res.LastID)
-		if res.Requeued == 0 {
+		t.Logf("run %d after %d: requeued %v, skipped %d, last_id %d", runs+1, after, res.IDs, res.Skipped, res.LastID)
+		if res.Requeued == 0 && res.Skipped == 0 {
 			if res.LastID != after {
 				t.Errorf("an empty run's last_id = %d, want its after_id %d", res.LastID, after)
 			}
 			break
 		}
-		if res.LastID != res.IDs[len(res.IDs)-1] || res.IDs[0] <= after {
-			t.Fatalf("run %d after %d: ids %v, last_id %d; want ids past the cursor and the largest as last_id", runs+1, after, res.IDs, res.LastID)
+		if res.Requeued > 0 && res.IDs[0] <= after || res.LastID < after {
+			t.Fatalf("run %d after %d: ids %v, last_id %d; want ids past the cursor, and the cursor not back", runs+1, after, res.IDs, res.LastID)
+		}
+		for _, id := range res.IDs {
+			requeued[id] = true
 		}
 		after = res.LastID
 	}
-	if runs != 2 {
-		t.Errorf("the loop ended after %d runs, want 2 (the poison rows, then the good row) and an empty third", runs)
+	// Two runs when nothing holds the rows (the poison rows, then the good row); a run more
+	// for each time the relay's claim held a poison row (skipped, the cursor before it).
+	if runs < 2 || runs > 6 || !requeued[good] || !requeued[poison[0]] || !requeued[poison[2]] {
+		t.Errorf("the loop ended after %d runs having requeued %v; want the good row and the poison rows, in 2 runs or a few more", runs, requeued)
 	}
 	waitFor(t, 10*time.Second, "the replayed good row to be published", func() bool {
 		s, _, _ := e.row(good)

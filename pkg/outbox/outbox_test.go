@@ -619,6 +619,44 @@ func TestReplay(t *testing.T) {
 	}
 }
 
+// TestReplayCursorStopsBeforeAHeldRow: a dead row another transaction holds (a relay's
+// claim scanning its lane) is skipped and counted, and the cursor stays before it, so the
+// next run with --after-id takes it; before, the cursor moved past it for good.
+func TestReplayCursorStopsBeforeAHeldRow(t *testing.T) {
+	t.Parallel()
+	s, pool := newStore(t)
+	ctx := context.Background()
+	id := insert(t, pool, row{key: "a"}, row{key: "b"}, row{key: "c"})
+	if _, err := pool.Exec(ctx, `UPDATE event_outbox SET status = 'dead', attempts = 5 WHERE id = ANY($1)`, id); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT id FROM event_outbox WHERE id = $1 FOR UPDATE`, id[1]); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.Replay(ctx, outbox.ReplayFilter{Status: "dead", Limit: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []int64{id[0], id[2]}; !equal(res.IDs, want) || res.Skipped != 1 || res.Matched != 3 || res.LastID != id[0] {
+		t.Fatalf("with row %d held: ids %v skipped %d matched %d last_id %d; want %v, 1 skipped, 3 matched, last_id %d",
+			id[1], res.IDs, res.Skipped, res.Matched, res.LastID, want, id[0])
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	res, err = s.Replay(ctx, outbox.ReplayFilter{Status: "dead", Limit: 10, AfterID: res.LastID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equal(res.IDs, id[1:2]) || res.Skipped != 0 || res.LastID != id[1] {
+		t.Fatalf("next run: ids %v skipped %d last_id %d; want the held row %d", res.IDs, res.Skipped, res.LastID, id[1])
+	}
+}
+
 func TestSnapshot(t *testing.T) {
 	t.Parallel()
 	s, pool := newStore(t)

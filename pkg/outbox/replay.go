@@ -45,8 +45,12 @@ type ReplayResult struct {
 	Events      int            `json:"events"`
 	ByEventType map[string]int `json:"by_event_type"`
 	IDs         []int64        `json:"ids"`
-	// LastID is the largest id handled, the next run's AfterID; AfterID itself when no row
-	// matched.
+	// Skipped counts matching rows another transaction held (a relay's claim scanning their
+	// lane), left as they were; the cursor stops before the first of them, so the next run
+	// takes them.
+	Skipped int `json:"skipped"`
+	// LastID is the next run's AfterID: the largest id up to which every matching row was
+	// requeued; AfterID itself when no row matched or the first was skipped.
 	LastID int64 `json:"last_id"`
 }
 
@@ -75,7 +79,8 @@ func (f ReplayFilter) Validate() error {
 // Replay requeues the oldest rows matching f past f.AfterID (pending, attempts 0, due now)
 // and wakes the relays. Rows are taken in id order so a key's replayed rows keep their
 // relative order; each goes out behind nothing (it becomes its key's head if it is the oldest
-// unpublished row). Rows another transaction holds are skipped rather than waited for.
+// unpublished row). Rows another transaction holds are skipped rather than waited for, and
+// counted in Skipped; the cursor (LastID) stays before the first of them.
 func (s *Store) Replay(ctx context.Context, f ReplayFilter) (ReplayResult, error) {
 	if err := f.Validate(); err != nil {
 		return ReplayResult{}, err
@@ -130,8 +135,19 @@ func (s *Store) Replay(ctx context.Context, f ReplayFilter) (ReplayResult, error
 		res.Matched = len(res.IDs)
 		return res, nil
 	}
+	var candidates []int64
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `
+		// The rows matching now, unlocked: those the update below skips as held elsewhere
+		// keep the cursor behind them (a cursor past a skipped dead row would leave it
+		// behind every later run).
+		rows, err := tx.Query(ctx, pickIDs, args...)
+		if err != nil {
+			return err
+		}
+		if candidates, err = pgx.CollectRows(rows, pgx.RowTo[int64]); err != nil {
+			return err
+		}
+		rows, err = tx.Query(ctx, `
 UPDATE event_outbox
 SET status = 'pending', attempts = 0, next_attempt_at = now(), published_at = NULL,
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
@@ -149,8 +165,20 @@ RETURNING id, event_type, event_count`, args...)
 	if err != nil {
 		return res, fmt.Errorf("requeue outbox rows: %w", err)
 	}
-	res.Matched, res.Requeued = len(res.IDs), len(res.IDs)
 	// RETURNING order is unspecified.
 	slices.Sort(res.IDs)
+	// With rows skipped, the update may have taken rows past the candidates instead; they
+	// are requeued, but the cursor does not pass a skipped row for them.
+	res.Requeued, res.LastID = len(res.IDs), f.AfterID
+	cursor := true
+	for _, id := range candidates {
+		if _, done := slices.BinarySearch(res.IDs, id); !done {
+			res.Skipped++
+			cursor = false
+		} else if cursor {
+			res.LastID = id
+		}
+	}
+	res.Matched = res.Requeued + res.Skipped
 	return res, nil
 }
