@@ -1,6 +1,7 @@
 package consumer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -44,6 +45,8 @@ type Consumer struct {
 	// signalled when it drops to 0.
 	merged     atomic.Int32
 	mergedDone chan struct{}
+	// forgotten are the erased users whose older events are skipped (refreshed by heal).
+	forgotten featurestore.Forgotten
 }
 
 type mirrorJob struct {
@@ -92,6 +95,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 		return fmt.Errorf("feature consumer: %w", err)
 	}
 	c.reader.Store(r)
+	// Read before the first batch, so an erased user's events already in the topics are
+	// skipped from the start; heal refreshes it.
+	c.refreshForgotten(ctx)
 	lanes := c.cfg.MaxInFlight
 	// The collector drains this while the lanes are busy (the next batch grows), so it need
 	// not scale with the lanes. It carries pointers: a buffer of 40,000 fetched values (~330
@@ -432,6 +438,12 @@ func (c *Consumer) process(ctx context.Context, batch []*fetched) bool {
 			b.DLQ = append(b.DLQ, dlqEntry(&f.msg, f.err))
 			continue
 		}
+		if received := f.ev.ServerReceivedTsMs; c.forgotten.Skip(f.ev.UserID, cmp.Or(received, f.msg.Time.UnixMilli())) {
+			// Received before the user's data was erased (a legacy event, which carries no
+			// receive time, by its publish time): applying it would bring the data back.
+			c.m.processed(f.msg.Topic, "ignored", 1)
+			continue
+		}
 		b.Events = append(b.Events, f.ev)
 		topics = append(topics, f.msg.Topic)
 		msgs = append(msgs, &f.msg)
@@ -651,13 +663,17 @@ func (c *Consumer) commit(ctx context.Context, r *kafka.GroupReader, msgs []kafk
 func (c *Consumer) heal(ctx context.Context) {
 	t := time.NewTicker(c.cfg.HealInterval)
 	defer t.Stop()
-	var lastSlow time.Time
+	var lastSlow, lastForgotten time.Time
 	for {
 		if r := c.reader.Load(); r != nil {
 			c.m.reader(r.Stats()) // the counters restart at every call: this is the only one
 			c.refreshLag(ctx, r)
 		}
 		c.healRedis(ctx)
+		if time.Since(lastForgotten) >= featurestore.ForgottenRefresh {
+			lastForgotten = time.Now()
+			c.refreshForgotten(ctx)
+		}
 		if time.Since(lastSlow) >= 30*time.Second {
 			lastSlow = time.Now()
 			c.housekeeping(ctx)
@@ -667,6 +683,15 @@ func (c *Consumer) heal(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+	}
+}
+
+func (c *Consumer) refreshForgotten(ctx context.Context) {
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := c.store.RefreshForgotten(rctx, &c.forgotten); err != nil {
+		c.m.errors("forgotten_users")
+		c.log.WarnContext(ctx, "read erased users failed; the last list read stays in force", "err", err)
 	}
 }
 

@@ -1,0 +1,117 @@
+package cmd
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"recsys/pkg/featurestore"
+)
+
+func newUsersCmd(lc *logConfig) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "users",
+		Short: "Manage users' data (erasure)",
+	}
+	cmd.AddCommand(newUsersForgetCmd(lc))
+	return cmd
+}
+
+// maxForgetUsers bounds one run: the ids travel as one array parameter per statement.
+const maxForgetUsers = 100_000
+
+func newUsersForgetCmd(lc *logConfig) *cobra.Command {
+	var sf storeFlags
+	var fromFile string
+	var settle time.Duration
+	cmd := &cobra.Command{
+		Use:   "forget [--from-file F] USER_ID...",
+		Short: "Erase users' data (right to erasure): raw events, features, Redis copy, DLQ entries; prints JSON",
+		Long: `Erase everything recsys keeps about the users: their raw impressions, watches and legacy
+events, their feature rows in PostgreSQL and hashes in the Redis copy, and their DLQ entries.
+The users are first recorded in forgotten_users with an erasure time --settle from now; every
+consumer rereads that table every 5 s and skips the users' events received up to that time,
+wherever they still are (the outbox, Kafka, the DLQ), so nothing brings the data back. At the
+erasure time the rows are deleted. Events received after it (the user came back) apply as
+usual. Safe while everything runs.
+
+Kept: aggregates over all users (item statistics, co-visitation lists, trending and popular
+lists, KPI roll-ups), which hold no user id, and the event ids used for deduplication. Kafka
+keeps the users' events until the topics' retention; outbox rows are deleted once published
+(after --relay.retention) and may hold events of several users.
+
+The raw tables are scanned once per run, whatever the number of users: erase users in lists
+(up to 100,000 per run), e.g. once a day. Prints {"users", "forgotten_at_ms", "deleted":
+{table: rows}}; feature_users counts the users that had features.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			users, err := forgetList(args, fromFile)
+			if err != nil {
+				return err
+			}
+			if settle < 2*featurestore.ForgottenRefresh {
+				return fmt.Errorf("--settle %s: want at least %s (twice the consumers' reread interval, so a batch in flight cannot bring a user back)", settle, 2*featurestore.ForgottenRefresh)
+			}
+			log, err := lc.logger(os.Stderr)
+			if err != nil {
+				return err
+			}
+			st, closeFn, err := sf.open(cmd.Context(), log)
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			rep, err := st.Forget(cmd.Context(), users, settle)
+			if perr := printJSON(cmd, rep); perr != nil && err == nil {
+				err = perr
+			}
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&fromFile, "from-file", "", "file of user ids to erase, one per line (besides those given as arguments)")
+	cmd.Flags().DurationVar(&settle, "settle", 20*time.Second, "erasure time from now: how long the consumers get to read the erasure before the rows go (at least 10s)")
+	sf.register(cmd.Flags())
+	return cmd
+}
+
+// forgetList is the users of the arguments and of the file, each once, in order.
+func forgetList(args []string, file string) ([]string, error) {
+	users := append([]string(nil), args...)
+	if file != "" {
+		f, err := os.Open(file)
+		if err != nil {
+			return nil, fmt.Errorf("--from-file: %w", err)
+		}
+		defer f.Close()
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if u := strings.TrimSpace(sc.Text()); u != "" {
+				users = append(users, u)
+			}
+		}
+		if err := sc.Err(); err != nil {
+			return nil, fmt.Errorf("--from-file: %w", err)
+		}
+	}
+	seen := make(map[string]bool, len(users))
+	out := users[:0]
+	for _, u := range users {
+		if len(u) > 128 {
+			return nil, fmt.Errorf("user id %.20q... is longer than 128 characters: no event of it was ever accepted", u)
+		}
+		if !seen[u] {
+			seen[u] = true
+			out = append(out, u)
+		}
+	}
+	switch {
+	case len(out) == 0:
+		return nil, fmt.Errorf("no user to erase: give user ids as arguments or --from-file")
+	case len(out) > maxForgetUsers:
+		return nil, fmt.Errorf("%d users: at most %d per run", len(out), maxForgetUsers)
+	}
+	return out, nil
+}

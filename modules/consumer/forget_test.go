@@ -1,0 +1,117 @@
+package consumer_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"testing"
+	"time"
+
+	"recsys/pkg/events"
+	"recsys/pkg/featurestore"
+)
+
+// TestForgetErasesAUserForGood: `recsys users forget` (featurestore.Forget) with a consumer
+// running, on the real Kafka, PostgreSQL and Redis. The erased user's raw events, feature
+// row, Redis hash and DLQ entries go; another user's stay. Events of the erased user received
+// before the erasure that reach the consumer afterwards (still in Kafka, the outbox or the
+// DLQ then) are skipped and counted as ignored; an event received after it applies: the user
+// comes back with that event only.
+func TestForgetErasesAUserForGood(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	const gone, kept = "user-erased", "user-kept"
+	seq := 0
+	watch := func(user, item string, receivedMs int64) events.Any {
+		seq++
+		return &events.Watch{Common: events.Common{EventID: fmt.Sprintf("forget-%s-%04d", user, seq), UserID: user, SessionID: "s",
+			RequestID: "r", TsMs: e.start + int64(seq)*1000, ServerReceivedTsMs: receivedMs}, EventType: "watch", ItemID: item, WatchTimeSec: 30}
+	}
+	impression := func(user string, receivedMs int64, items ...string) events.Any {
+		seq++
+		im := &events.Impression{Common: events.Common{EventID: fmt.Sprintf("forget-%s-%04d", user, seq), UserID: user, SessionID: "s",
+			RequestID: "r", TsMs: e.start + int64(seq)*1000, ServerReceivedTsMs: receivedMs}, EventType: "impression"}
+		for i, it := range items {
+			im.Items = append(im.Items, events.ImpressionItem{ItemID: it, Position: int64(i)})
+		}
+		return im
+	}
+	now := time.Now().UnixMilli()
+	var before []events.Any
+	for _, u := range []string{gone, kept} {
+		before = append(before, impression(u, now, "a", "b", "c"), watch(u, "a", now), watch(u, "b", now), watch(u, "c", now))
+	}
+	e.insertRaw(t, before)
+	e.produce(t, before)
+	for _, u := range []string{gone, kept} {
+		if _, err := e.pool.Exec(ctx, `INSERT INTO feature_dlq (topic, kafka_partition, kafka_offset, msg_key, payload, error)
+VALUES ($1, 0, $2, $3, 'not json', 'invalid payload')`, e.TopicWatch, 1_000_000+len(u), []byte(u)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := e.startConsumer(t)
+	e.waitApplied(t, len(before), time.Minute)
+	userKey := func(u string) string { return e.Prefix + "u:" + u }
+	exists := func(u string) bool {
+		n, err := e.rd.Do(ctx, e.rd.B().Exists().Key(userKey(u)).Build()).AsInt64()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
+	}
+	waitFor(t, "both users in the redis copy", 30*time.Second, func() bool { return exists(gone) && exists(kept) })
+
+	st := featurestore.New(e.pool, e.rd, e.Prefix, e.fcfg, slog.New(slog.DiscardHandler))
+	rep, err := st.Forget(ctx, []string{gone}, 7*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int64{"watches": 3, "impression_events": 1, "legacy_events": 0, "feature_dlq": 1, "feature_users": 1}
+	for table, n := range want {
+		if rep.Deleted[table] != n {
+			t.Errorf("deleted %d rows of %s, want %d (report %+v)", rep.Deleted[table], table, n, rep)
+		}
+	}
+	count := func(sql string, args ...any) int {
+		var n int
+		if err := e.pool.QueryRow(ctx, sql, args...).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for _, tc := range []struct {
+		sql        string
+		gone, kept int
+	}{
+		{`SELECT count(*) FROM watches WHERE user_id = $1`, 0, 3},
+		{`SELECT count(*) FROM impression_events WHERE user_id = $1`, 0, 1},
+		{`SELECT count(*) FROM feature_users WHERE user_id = $1`, 0, 1},
+		{`SELECT count(*) FROM feature_dlq WHERE msg_key = convert_to($1, 'UTF8')`, 0, 1},
+	} {
+		if g, k := count(tc.sql, gone), count(tc.sql, kept); g != tc.gone || k != tc.kept {
+			t.Errorf("%s: erased user %d, kept user %d; want %d and %d", tc.sql, g, k, tc.gone, tc.kept)
+		}
+	}
+	if exists(gone) || !exists(kept) {
+		t.Errorf("redis copy after the erasure: erased user present %v, kept user present %v", exists(gone), exists(kept))
+	}
+
+	// Events received before the erasure that were still on their way, then one received after.
+	late := []events.Any{watch(gone, "d", rep.ForgottenAtMs-1), impression(gone, rep.ForgottenAtMs-5000, "d", "e")}
+	e.produce(t, late)
+	ignored := func() float64 { return counter(c.set, "reco_feature_consumer_processed_total", `status="ignored"`) }
+	waitFor(t, "the late events skipped", 30*time.Second, func() bool { return ignored() >= float64(len(late)) })
+	back := watch(gone, "f", rep.ForgottenAtMs+1000)
+	e.produce(t, []events.Any{back})
+	e.waitApplied(t, len(before)+1, time.Minute)
+	var history string
+	if err := e.pool.QueryRow(ctx, `SELECT history FROM feature_users WHERE user_id = $1`, gone).Scan(&history); err != nil {
+		t.Fatalf("the user's event after the erasure was not applied: %v", err)
+	}
+	if u, err := featurestore.DecodeHistory(history); err != nil || len(u) != 1 || u[0].ItemID != "f" {
+		t.Errorf("history after coming back = %v (%v), want only the new watch of f", u, err)
+	}
+	if got := ignored(); got != float64(len(late)) {
+		t.Errorf("%v events ignored, want the %d late ones", got, len(late))
+	}
+}

@@ -1,0 +1,154 @@
+package featurestore
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/rueidis"
+)
+
+// Forgotten is the set of users whose data was erased (table forgotten_users, written by
+// `recsys users forget`), as a consumer last read it. An event of such a user that the API
+// received at or before the erasure is skipped: it was still in the outbox, in Kafka or in the
+// DLQ when the data went, and applying it would bring the user's features back. The zero
+// value is an empty set.
+type Forgotten struct {
+	m atomic.Pointer[map[string]int64] // user_id -> forgotten_at_ms
+}
+
+// ForgottenRefresh is how often a consumer rereads the erased users: `recsys users forget`
+// waits longer than this (plus a transaction) before it deletes, so no batch applied after
+// the deletion still missed the erasure.
+const ForgottenRefresh = 5 * time.Second
+
+// RefreshForgotten reads the erased users into f (the whole table: one short row per user).
+func (s *Store) RefreshForgotten(ctx context.Context, f *Forgotten) error {
+	return f.refresh(ctx, s.pg)
+}
+
+func (f *Forgotten) refresh(ctx context.Context, pg *pgxpool.Pool) error {
+	rows, err := pg.Query(ctx, `SELECT user_id, forgotten_at_ms FROM forgotten_users`)
+	if err != nil {
+		return fmt.Errorf("read forgotten users: %w", err)
+	}
+	m := map[string]int64{}
+	var id string
+	var at int64
+	if _, err := pgx.ForEachRow(rows, []any{&id, &at}, func() error { m[id] = at; return nil }); err != nil {
+		return fmt.Errorf("read forgotten users: %w", err)
+	}
+	f.m.Store(&m)
+	return nil
+}
+
+// Skip reports whether an event of userID received at receivedMs (0 when unknown: the
+// caller passes the best time it has) predates the user's erasure.
+func (f *Forgotten) Skip(userID string, receivedMs int64) bool {
+	m := f.m.Load()
+	if m == nil || len(*m) == 0 {
+		return false
+	}
+	at, ok := (*m)[userID]
+	return ok && receivedMs <= at
+}
+
+// ForgetUsers deletes the users' feature rows in PostgreSQL and their hashes in the Redis
+// copy, and returns how many rows went. Item statistics, co-visitation lists and the global
+// lists are aggregates over every user and stay.
+func (s *Store) ForgetUsers(ctx context.Context, users []string) (int64, error) {
+	tag, err := s.pg.Exec(ctx, `DELETE FROM feature_users WHERE user_id = ANY($1)`, users)
+	if err != nil {
+		return 0, fmt.Errorf("delete feature users: %w", err)
+	}
+	if s.rd != nil && len(users) > 0 {
+		keys := make([]string, len(users))
+		for i, u := range users {
+			keys[i] = s.keys.User(u)
+		}
+		// One key per command: in a Redis Cluster the users' hashes live in different slots.
+		cmds := make(rueidis.Commands, len(keys))
+		for i, k := range keys {
+			cmds[i] = s.rd.B().Del().Key(k).Build()
+		}
+		for _, r := range s.rd.DoMulti(ctx, cmds...) {
+			if err := r.Error(); err != nil {
+				return tag.RowsAffected(), fmt.Errorf("delete users from the redis copy: %w", err)
+			}
+		}
+	}
+	return tag.RowsAffected(), nil
+}
+
+// ForgetReport is what Forget erased, printed as JSON by `recsys users forget`.
+type ForgetReport struct {
+	Users int `json:"users"`
+	// ForgottenAtMs is the erasure time: every event of the users the API received up to it
+	// is gone (raw rows and their effect on the users' features) or will be skipped.
+	ForgottenAtMs int64 `json:"forgotten_at_ms"`
+	// Deleted counts rows per table (feature_users also counts the Redis hashes deleted).
+	Deleted map[string]int64 `json:"deleted"`
+}
+
+// Forget erases users' data: their raw events, their feature rows and Redis hashes, and
+// their DLQ entries. It first records the users in forgotten_users with an erasure time
+// settle from now, so every consumer (which rereads the table every ForgottenRefresh) skips
+// their events received up to then, wherever those still are (the outbox, Kafka, the DLQ);
+// it then waits until that time and deletes. settle must exceed ForgottenRefresh plus the
+// longest consumer transaction, or a batch a consumer applied after the deletion from a list
+// read before the erasure would bring the user back. Aggregates over all users (item
+// statistics, co-visitation lists, global lists, KPI roll-ups) keep their contribution; the
+// dedup keys (event ids) stay.
+func (s *Store) Forget(ctx context.Context, users []string, settle time.Duration) (ForgetReport, error) {
+	at := time.Now().Add(settle).UnixMilli()
+	rep := ForgetReport{Users: len(users), ForgottenAtMs: at, Deleted: map[string]int64{}}
+	if len(users) == 0 {
+		return rep, nil
+	}
+	if _, err := s.pg.Exec(ctx, `INSERT INTO forgotten_users (user_id, forgotten_at_ms) SELECT unnest($1::text[]), $2
+ON CONFLICT (user_id) DO UPDATE SET forgotten_at_ms = greatest(forgotten_users.forgotten_at_ms, EXCLUDED.forgotten_at_ms), forgotten_at = now()`,
+		users, at); err != nil {
+		return rep, fmt.Errorf("record forgotten users: %w", err)
+	}
+	// Until a moment past the erasure time: a raw row the API stores for an event received
+	// just before it is in its table by then.
+	t := time.NewTimer(time.Until(time.UnixMilli(at).Add(time.Second)))
+	select {
+	case <-ctx.Done():
+		t.Stop()
+		return rep, fmt.Errorf("wait for the consumers to read the erasure (nothing deleted yet; run it again): %w", ctx.Err())
+	case <-t.C:
+	}
+	keys := make([][]byte, len(users))
+	for i, u := range users {
+		keys[i] = []byte(u)
+	}
+	// Raw tables have no index on user_id alone (nothing else reads by user): each statement
+	// scans its table once for the whole list, so erase users in large lists.
+	for _, d := range []struct {
+		table, sql string
+		who        any
+	}{
+		{"watches", `DELETE FROM watches WHERE user_id = ANY($1) AND server_received_ts_ms <= $2`, users},
+		{"impression_events", `DELETE FROM impression_events WHERE user_id = ANY($1) AND server_received_ts_ms <= $2`, users},
+		{"legacy_events", `DELETE FROM legacy_events WHERE user_id = ANY($1) AND created_at <= to_timestamp($2::bigint / 1000.0)`, users},
+		// The Kafka key is the user id, compared as bytes: a poison message's key may not be
+		// text.
+		{"feature_dlq", `DELETE FROM feature_dlq WHERE msg_key = ANY($1) AND created_at <= to_timestamp($2::bigint / 1000.0)`, keys},
+	} {
+		tag, err := s.pg.Exec(ctx, d.sql, d.who, at)
+		if err != nil {
+			return rep, fmt.Errorf("erase users from %s: %w", d.table, err)
+		}
+		rep.Deleted[d.table] = tag.RowsAffected()
+	}
+	n, err := s.ForgetUsers(ctx, users)
+	rep.Deleted["feature_users"] = n
+	if err != nil {
+		return rep, err
+	}
+	return rep, nil
+}
