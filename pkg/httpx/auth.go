@@ -12,12 +12,14 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/labstack/echo/v4"
+	"golang.org/x/time/rate"
 )
 
 // API keys (--http.api-keys-file). The original service had no authentication at all
@@ -42,6 +44,10 @@ const HeaderAPIKey = "X-API-Key"
 type apiKey struct {
 	name   string
 	scopes []string
+	// rate is the key's request rate limit per second on this process (0: none); limiter
+	// enforces it, kept across reloads while the rate stays (Auth.maybeReload).
+	rate    float64
+	limiter *rate.Limiter
 }
 
 // keySet maps the SHA-256 of each secret to its key: a presented token is hashed and looked
@@ -54,10 +60,11 @@ var keyNamePattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 // beyond guessing; shorter ones are likely passwords.
 const minSecretLen = 16
 
-// LoadAPIKeys reads a keys file: one key per line, "<name> <scopes> <secret>", where scopes
-// is a comma-separated subset of client and ops, and secret is either the token itself (16
-// characters or more) or "sha256:" and the 64 hex digits of its SHA-256, so that the file
-// need not hold the token. Blank lines and lines starting with # are ignored. Every problem
+// LoadAPIKeys reads a keys file: one key per line, "<name> <scopes> <secret> [rate=<N>]",
+// where scopes is a comma-separated subset of client and ops, secret is either the token
+// itself (16 characters or more) or "sha256:" and the 64 hex digits of its SHA-256, so that
+// the file need not hold the token, and N limits the key to N requests per second on each
+// server process (a burst of a second's worth; beyond it 429). Blank lines and lines starting with # are ignored. Every problem
 // is reported with its line number; secrets never appear in the errors.
 func LoadAPIKeys(path string) (keySet, error) {
 	data, err := os.ReadFile(path)
@@ -77,11 +84,21 @@ func LoadAPIKeys(path string) (keySet, error) {
 			errs = append(errs, fmt.Errorf("%s line %d: %s", path, line, fmt.Sprintf(format, args...)))
 		}
 		f := strings.Fields(text)
-		if len(f) != 3 {
-			bad("want three fields \"<name> <scopes> <secret>\", got %d", len(f))
+		if len(f) != 3 && len(f) != 4 {
+			bad("want three fields \"<name> <scopes> <secret>\" and an optional \"rate=<requests per second>\", got %d", len(f))
 			continue
 		}
 		name, scopeList, secret := f[0], f[1], f[2]
+		var perSecond float64
+		if len(f) == 4 {
+			v, ok := strings.CutPrefix(f[3], "rate=")
+			n, err := strconv.ParseFloat(v, 64)
+			if !ok || err != nil || !(n > 0 && n <= 1e6) {
+				bad("key %q: the fourth field is \"rate=<requests per second>\", above 0 and at most 1000000, got %q", name, f[3])
+				continue
+			}
+			perSecond = n
+		}
 		if !keyNamePattern.MatchString(name) {
 			bad("key name %q must be 1-64 letters, digits, '.', '_' or '-'", name)
 			continue
@@ -119,7 +136,7 @@ func LoadAPIKeys(path string) (keySet, error) {
 			bad("key %q has the same secret as key %q", name, other.name)
 			continue
 		}
-		keys[sum] = apiKey{name: name, scopes: scopes}
+		keys[sum] = apiKey{name: name, scopes: scopes, rate: perSecond}
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read API keys file: %w", err)
@@ -176,7 +193,7 @@ type fileStamp struct {
 const reloadEvery = 5 * time.Second
 
 // NewAuth loads the keys file and returns the checker, its metrics in the process' default
-// set: recsys_http_auth_refused_total{reason}, recsys_http_auth_keys,
+// set: recsys_http_auth_refused_total{reason: missing, invalid, scope, rate}, recsys_http_auth_keys,
 // recsys_http_auth_reloads_total and recsys_http_auth_reload_errors_total.
 func NewAuth(path string, log *slog.Logger) (*Auth, error) {
 	a := &Auth{path: path, log: log,
@@ -194,6 +211,7 @@ func NewAuth(path string, log *slog.Logger) (*Auth, error) {
 	if err != nil {
 		return nil, err
 	}
+	withLimiters(keys, nil)
 	a.keys.Store(&keys)
 	a.stamp.Store(&st)
 	a.next.Store(time.Now().Add(reloadEvery).UnixNano())
@@ -230,10 +248,32 @@ func (a *Auth) maybeReload(now time.Time) {
 			"mitigation", "fix the file; it is read again within "+reloadEvery.String())
 		return
 	}
+	withLimiters(keys, *a.keys.Load())
 	a.keys.Store(&keys)
 	a.stamp.Store(&st)
 	a.reloads.Inc()
 	a.log.Info("API keys reloaded", "keys", len(keys))
+}
+
+// withLimiters gives every key with a rate its limiter: the one it had in prev when its name
+// and rate are unchanged (a reload does not refill buckets), else a new one whose burst is a
+// second's worth of requests.
+func withLimiters(keys, prev keySet) {
+	old := map[string]apiKey{}
+	for _, k := range prev {
+		old[k.name] = k
+	}
+	for sum, k := range keys {
+		if k.rate == 0 {
+			continue
+		}
+		if o, ok := old[k.name]; ok && o.rate == k.rate {
+			k.limiter = o.limiter
+		} else {
+			k.limiter = rate.NewLimiter(rate.Limit(k.rate), max(int(k.rate), 1))
+		}
+		keys[sum] = k
+	}
 }
 
 // token returns the key a request presents: Authorization: Bearer <token>, else X-API-Key.
@@ -276,6 +316,11 @@ func (a *Auth) Middleware(next echo.HandlerFunc) echo.HandlerFunc {
 		if !slices.Contains(k.scopes, need) {
 			a.refused("scope").Inc()
 			return echo.NewHTTPError(http.StatusForbidden, fmt.Sprintf("API key %q lacks the %s scope this path needs", k.name, need))
+		}
+		if k.limiter != nil && !k.limiter.Allow() {
+			a.refused("rate").Inc()
+			c.Response().Header().Set("Retry-After", "1")
+			return echo.NewHTTPError(http.StatusTooManyRequests, fmt.Sprintf("API key %q is over its rate of %g requests/s on this server", k.name, k.rate))
 		}
 		return next(c)
 	}

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -158,12 +159,15 @@ func TestAPIKeysFileProblems(t *testing.T) {
 		name, content, want string
 	}{
 		{"empty", "# nothing\n\n", "holds no key"},
-		{"two fields", "app " + clientSecret + "\n", `line 1: want three fields "<name> <scopes> <secret>", got 2`},
+		{"two fields", "app " + clientSecret + "\n", `line 1: want three fields "<name> <scopes> <secret>" and an optional "rate=<requests per second>", got 2`},
 		{"unknown scope", "app admin " + clientSecret + "\n", `line 1: key "app": unknown scope "admin"`},
 		{"empty scope", "app client, " + clientSecret + "\n", `unknown scope ""`},
 		{"short secret", "app client short\n", `key "app": the secret is 5 characters, want at least 16`},
 		{"bad hash", "app client sha256:abcd\n", `key "app": a hashed secret is "sha256:" and 64 hex digits`},
 		{"bad name", "app/1 client " + clientSecret + "\n", `key name "app/1" must be`},
+		{"bad rate", "app client " + clientSecret + " rate=0\n", `key "app": the fourth field is "rate=<requests per second>"`},
+		{"not a rate", "app client " + clientSecret + " 5\n", `got "5"`},
+		{"five fields", "app client " + clientSecret + " rate=5 x\n", `got 5`},
 		{"duplicate name", "app client " + clientSecret + "\napp ops " + opsSecret + "\n", `line 2: key name "app" already used on line 1`},
 		{"shared secret", "app client " + clientSecret + "\nother ops sha256:" + sha256Hex(clientSecret) + "\n", `line 2: key "other" has the same secret as key "app"`},
 	}
@@ -233,5 +237,59 @@ func TestAPIKeysReloadWhenTheFileChanges(t *testing.T) {
 	}
 	if a.reloadErrors.Get() != errs+1 {
 		t.Errorf("reload errors %d, want %d", a.reloadErrors.Get(), errs+1)
+	}
+}
+
+// TestAPIKeyRateLimit: a key with rate=N gets a second's worth of requests (at least one) at once, then
+// 429 with Retry-After until its bucket refills; other keys are not affected; a reload that
+// keeps the key's rate keeps its bucket, and one that changes the rate takes effect.
+func TestAPIKeyRateLimit(t *testing.T) {
+	// Half a request per second: a burst of one, refilled every 2 s, so the test's requests,
+	// however slow the machine, fall within one refill.
+	path := writeKeys(t, "limited client "+clientSecret+" rate=0.5\nfree client "+bothSecret+"\n")
+	e, a := authServer(t, path)
+	get := func(secret string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(http.MethodGet, "/reco", nil)
+		req.Header.Set("Authorization", "Bearer "+secret)
+		rec := httptest.NewRecorder()
+		e.ServeHTTP(rec, req)
+		return rec
+	}
+	codes := func(secret string, n int) []int {
+		var out []int
+		for range n {
+			out = append(out, get(secret).Code)
+		}
+		return out
+	}
+	if got := codes(clientSecret, 3); !slices.Equal(got, []int{200, 429, 429}) {
+		t.Errorf("limited key, 3 requests at once: %v, want 1 served then 429", got)
+	}
+	rec := get(clientSecret)
+	if rec.Code != 429 || rec.Header().Get("Retry-After") != "1" || !strings.Contains(rec.Body.String(), `API key \"limited\" is over its rate of 0.5 requests/s`) {
+		t.Errorf("over the rate: %d %q %s", rec.Code, rec.Header().Get("Retry-After"), rec.Body)
+	}
+	if got := codes(bothSecret, 10); slices.Contains(got, 429) {
+		t.Errorf("a key without a rate was limited: %v", got)
+	}
+	// A reload with the same rate keeps the (empty) bucket; a higher rate is a new one.
+	if err := os.WriteFile(path, []byte("limited client "+clientSecret+" rate=0.5\nfree client "+bothSecret+"\n# touched\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.Chtimes(path, time.Now().Add(time.Minute), time.Now().Add(time.Minute))
+	a.next.Store(0)
+	if got := get(clientSecret).Code; got != 429 {
+		t.Errorf("after a reload keeping the rate: %d, want the bucket still empty (429)", got)
+	}
+	if err := os.WriteFile(path, []byte("limited client "+clientSecret+" rate=1000\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.Chtimes(path, time.Now().Add(2*time.Minute), time.Now().Add(2*time.Minute))
+	a.next.Store(0)
+	if got := codes(clientSecret, 5); slices.Contains(got, 429) {
+		t.Errorf("after raising the rate: %v", got)
+	}
+	if got := metrics.GetOrCreateCounter(`recsys_http_auth_refused_total{reason="rate"}`).Get(); got < 4 {
+		t.Errorf("refused{reason=rate} = %d, want at least 4", got)
 	}
 }
