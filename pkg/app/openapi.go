@@ -33,7 +33,7 @@ func describe(o Options, mods []*running) *openapi.Document {
 }
 
 // requireKeys marks every operation that needs an API key (httpx.ScopeOf) with the two ways
-// to present one and the 401 and 403 answers, so /docs offers to enter a key and clients
+// to present one and the 401, 403 and 429 answers, so /docs offers to enter a key and clients
 // generated from the document send it.
 func requireKeys(d *openapi.Document) {
 	d.Components.SecuritySchemes = map[string]*openapi.SecurityScheme{
@@ -53,6 +53,7 @@ func requireKeys(d *openapi.Document) {
 			op.Description = strings.TrimSpace(op.Description + " Needs an API key with the " + need + " scope.")
 			op.Responses["401"] = openapi.ErrorResponse(`No API key, or an unknown one ("Not authenticated", "Invalid API key")`)
 			op.Responses["403"] = openapi.ErrorResponse("The API key lacks the " + need + " scope")
+			op.Responses["429"] = openapi.ErrorResponse("The API key is over its rate (rate= in the keys file); Retry-After says when to retry")
 		}
 	}
 }
