@@ -1,7 +1,6 @@
 package cmd
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -9,10 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"recsys/pkg/flagenv"
-	"recsys/pkg/migrate"
 	"recsys/pkg/outbox"
-	"recsys/pkg/postgres"
 )
 
 func newRelayReplayCmd() *cobra.Command {
@@ -70,29 +66,20 @@ requeued; --after-id itself when nothing matched or the first row was skipped).`
 			if err := errors.Join(errs...); err != nil {
 				return err
 			}
-			pc := postgres.DefaultConfig()
-			pc.DSN, pc.MaxConns, pc.MinConns = dsn, 2, 0
-			pool, err := postgres.Open(cmd.Context(), pc)
+			pool, err := pgCommand(cmd.Context(), dsn)
 			if err != nil {
 				return err
 			}
 			defer pool.Close()
-			if err := migrate.CheckSchema(cmd.Context(), pool); err != nil {
-				return fmt.Errorf("schema check (run `recsys migrate up`): %w", err)
-			}
 			res, err := outbox.NewStore(pool).Replay(cmd.Context(), f)
 			if err != nil {
 				return err
 			}
-			enc := json.NewEncoder(cmd.OutOrStdout())
-			enc.SetIndent("", "  ")
-			return enc.Encode(res)
+			return printJSON(cmd, res)
 		},
 	}
+	dsnFlag(cmd, &dsn)
 	fs := cmd.Flags()
-	fs.StringVar(&dsn, "pg.dsn", "", "PostgreSQL URL (secret)")
-	flagenv.Alias(fs, "pg.dsn", "DATABASE_URL")
-	flagenv.Secret(fs, "pg.dsn")
 	fs.StringVar(&f.Status, "status", f.Status, "status of the rows to requeue: dead or published")
 	fs.StringVar(&f.EventType, "event-type", "", "only rows of this event_type (impression, watch; legacy events ride in watch batch rows, legacy matches single legacy rows: pre-0008 or dead-lettered)")
 	fs.StringVar(&since, "since", "", "only rows created at or after this: a duration back from now (24h) or an RFC 3339 time or date (a dead-lettered event's row is created when it is split out)")

@@ -72,6 +72,8 @@ type Config struct {
 	ProbeInterval time.Duration
 	// GlobalRefresh is how often the in-process snapshot of the global lists is reloaded.
 	GlobalRefresh time.Duration
+	// BlockedRefresh is how often the blocked items are reread (blocklist).
+	BlockedRefresh time.Duration
 	// GlobalMaxAge: an in-process global snapshot older than this is not used to complete
 	// per-user snapshots (it still serves as the last-resort fallback).
 	GlobalMaxAge time.Duration
@@ -127,6 +129,7 @@ func NewConfig() *Config {
 		BreakerFailures:           5,
 		ProbeInterval:             time.Second,
 		GlobalRefresh:             time.Second,
+		BlockedRefresh:            2 * time.Second,
 		GlobalMaxAge:              30 * time.Second,
 		CacheGlobalLists:          true,
 		ItemCacheTTL:              5 * time.Second,
@@ -163,6 +166,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.BreakerFailures, "reco.breaker-failures", c.BreakerFailures, "consecutive failures of Redis or PostgreSQL that open its circuit breaker (reads skip it until a probe succeeds)")
 	fs.DurationVar(&c.ProbeInterval, "reco.probe-interval", c.ProbeInterval, "how often Redis (with its ready marker) and PostgreSQL are probed to close an open breaker")
 	fs.DurationVar(&c.GlobalRefresh, "reco.global-refresh", c.GlobalRefresh, "how often the in-process snapshot of the trending, popular and fresh lists is reloaded")
+	fs.DurationVar(&c.BlockedRefresh, "reco.blocked-refresh", c.BlockedRefresh, "how often the blocked items (`recsys items block`) are reread from PostgreSQL: a newly blocked item leaves every list within this")
 	fs.DurationVar(&c.GlobalMaxAge, "reco.global-max-age", c.GlobalMaxAge, "an in-process global snapshot older than this no longer completes per-user snapshots (it remains the last-resort fallback)")
 	fs.BoolVar(&c.CacheGlobalLists, "reco.cache-global-lists", c.CacheGlobalLists, "serve the global lists from the in-process snapshot (refreshed every --reco.global-refresh) so each request reads only the user's features from Redis")
 	fs.DurationVar(&c.ItemCacheTTL, "reco.item-cache-ttl", c.ItemCacheTTL, "how long per-item features (co-visitation neighbours, item statistics) read from Redis are reused across requests (each entry for 75–100 % of it, at random, so entries loaded together are not refreshed together; stale ones are served while one background loader refreshes them); the user's own state is always read live; 0 reads everything per request")
@@ -213,6 +217,7 @@ func (c *Config) Validate() error {
 	p.IntBetween("reco.breaker-failures", c.BreakerFailures, 1, 1000)
 	p.DurationBetween("reco.probe-interval", c.ProbeInterval, 10*time.Millisecond, time.Hour)
 	p.DurationBetween("reco.global-refresh", c.GlobalRefresh, 10*time.Millisecond, time.Hour)
+	p.DurationBetween("reco.blocked-refresh", c.BlockedRefresh, 100*time.Millisecond, time.Hour)
 	p.DurationBetween("reco.item-cache-ttl", c.ItemCacheTTL, 0, time.Minute)
 	p.IntBetween("reco.item-cache-max", c.ItemCacheMax, 1000, 100_000_000)
 	p.DurationBetween("reco.user-cache-ttl", c.UserCacheTTL, 0, time.Hour)

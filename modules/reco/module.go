@@ -129,6 +129,7 @@ type Reco struct {
 	window  *window
 	writer  impressionWriter
 	limit   *httpx.Limiter
+	blocked *blocklist // nil: no block list (unit tests without PostgreSQL)
 }
 
 var (
@@ -145,6 +146,7 @@ type parts struct {
 	probeRedis func(context.Context) (ready bool, err error)
 	probePG    func(context.Context) error
 	ranker     ranking.Ranker // nil: ranking.NewWeighted(cfg.Ranking)
+	blocked    func(context.Context) ([]string, error)
 }
 
 // New wires the module: no goroutines, no I/O.
@@ -205,6 +207,16 @@ func newReco(cfg *Config, log *slog.Logger, set *metrics.Set, p parts) *Reco {
 	r.serving.probeRedis, r.serving.probePG = p.probeRedis, p.probePG
 	r.autolog = newAutolog(cfg, p.writer, r.serving.pgBrk, m, log)
 	r.limit = httpx.NewLimiter("reco", cfg.MaxInFlight, cfg.QueueTimeout, set)
+	if p.blocked != nil {
+		r.blocked = &blocklist{load: p.blocked}
+		m.set.NewGauge("recsys_reco_blocked_items", func() float64 { return float64(len(r.blocked.current())) })
+		m.set.NewGauge("recsys_reco_blocklist_age_seconds", func() float64 {
+			if at := r.blocked.at.Load(); at > 0 {
+				return float64(time.Now().UnixMilli()-at) / 1000
+			}
+			return -1 // never read
+		})
+	}
 	m.gauges(r)
 	return r
 }
@@ -241,6 +253,16 @@ func (r *Reco) Run(ctx context.Context) error {
 	}
 	every(r.cfg.ProbeInterval, r.serving.probeRedisOnce)
 	every(r.cfg.ProbeInterval, r.serving.probePGOnce)
+	if r.blocked != nil {
+		var blockedWarn logLimiter
+		every(r.cfg.BlockedRefresh, func(ctx context.Context) {
+			if err := r.blocked.refresh(ctx); err != nil && ctx.Err() == nil {
+				blockedWarn.Do(func(n int64) {
+					r.log.WarnContext(ctx, "blocked items refresh failed, keeping the previous list", "err", err, "failures", n)
+				})
+			}
+		})
+	}
 	var refreshWarn logLimiter
 	every(r.cfg.GlobalRefresh, func(ctx context.Context) {
 		if err := r.serving.refreshGlobal(ctx); err != nil && ctx.Err() == nil {
@@ -312,10 +334,18 @@ func (r *Reco) HealthDetails(context.Context) map[string]any {
 	if r.cfg.AutologAsync {
 		mode = "async"
 	}
-	return map[string]any{
+	out := map[string]any{
 		"online_cache": cache,
 		"reco_autolog": map[string]any{"mode": mode, "backpressure": r.cfg.AutologBackpressure,
 			"queue_depth": r.autolog.Pending(), "queue_capacity": r.autolog.Capacity(),
 			"persisted_total": r.m.autologPersisted.Get(), "dropped_total": r.m.droppedTotal()},
 	}
+	if b := r.blocked; b != nil {
+		bl := map[string]any{"items": len(b.current()), "age_sec": nil}
+		if at := b.at.Load(); at > 0 {
+			bl["age_sec"] = round3(float64(time.Now().UnixMilli()-at) / 1000)
+		}
+		out["blocked_items"] = bl
+	}
+	return out
 }

@@ -131,6 +131,9 @@ func (r *Reco) rank(ctx context.Context, userID string, k int, now time.Time, wi
 		}
 		return ranked{}, echo.NewHTTPError(http.StatusServiceUnavailable, "request cancelled before a list was made").SetInternal(err)
 	}
+	if r.blocked != nil {
+		snap.Blocked = r.blocked.current()
+	}
 	t := time.Now()
 	var res ranking.Result
 	var buf *ranking.Result

@@ -64,6 +64,7 @@ func stores(cfg *Config, d infra.Deps) (parts, error) {
 			}
 			return nil
 		},
+		blocked: pgBlocklist(pg),
 	}, nil
 }
 

@@ -98,6 +98,9 @@ type Snapshot struct {
 	History []HistoryEntry `json:"history"`
 	// Watched is the bounded set of items the user watched; they are never recommended.
 	Watched map[string]bool `json:"watched"`
+	// Blocked are items nobody is recommended (taken down), whatever list they come from.
+	// Read-only: a server shares one slice between requests.
+	Blocked []string `json:"blocked,omitempty"`
 	// Impressions are the per-item impression counts of this user since the last watch.
 	// ImpressionsAdded, when set, holds raises not included in Impressions (the stored
 	// counters' overlay, which /reco does not copy into a map it shares): read a counter with

@@ -139,6 +139,47 @@ func TestRankReadsAddedImpressions(t *testing.T) {
 	}
 }
 
+// TestRankLeavesBlockedItemsOut: a blocked item is never returned, whichever list names it
+// (co-visitation, trending, popular, fresh for exploration), for a user with history and a
+// cold one, with exploration on; the rest of the list is what it would be without the item.
+func TestRankLeavesBlockedItemsOut(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.ExplorationShare = 0.5
+	r := NewWeighted(cfg)
+	for _, cold := range []bool{false, true} {
+		for _, blocked := range [][]string{{"n2"}, {"t1"}, {"p1"}, {"f1", "f2"}, {"n1", "n2", "n3", "t1", "p1", "f1", "f2", "f3"}, {"no-such-item"}} {
+			s := snapshot()
+			if cold {
+				s.History, s.Watched, s.Neighbours = nil, nil, nil
+			}
+			s.Blocked = blocked
+			res := r.Rank(s, 12)
+			for _, id := range res.Items {
+				if slices.Contains(blocked, id) {
+					t.Fatalf("cold=%v blocked %v: %s returned in %v", cold, blocked, id, res.Items)
+				}
+			}
+			// Without the blocked items, the same candidates remain.
+			all := snapshot()
+			if cold {
+				all.History, all.Watched, all.Neighbours = nil, nil, nil
+			}
+			var want []string
+			for _, id := range r.Rank(all, 12).Items {
+				if !slices.Contains(blocked, id) {
+					want = append(want, id)
+				}
+			}
+			got := slices.Clone(res.Items)
+			slices.Sort(got)
+			slices.Sort(want)
+			if !slices.Equal(got, want) {
+				t.Fatalf("cold=%v blocked %v: items %v, want the unblocked ones %v", cold, blocked, res.Items, want)
+			}
+		}
+	}
+}
+
 func TestRankColdStart(t *testing.T) {
 	s := snapshot()
 	s.History, s.Watched, s.Neighbours = nil, nil, nil

@@ -126,16 +126,19 @@ func (w *Weighted) RankInto(res *Result, s *Snapshot, k int) {
 	// lists, entering it in the index up front is cheaper (a typical user has watched tens of
 	// items, and the lists hold hundreds; iterating a map costs about two lookups per entry).
 	preWatched := 4*len(s.Watched) <= listed
-	hint := len(s.History) + listed
+	hint := len(s.History) + len(s.Blocked) + listed
 	if preWatched {
 		hint += len(s.Watched)
 	}
 	idx.reset(hint)
 	cands := sc.cands
 	// Items already in the user's history are excluded even if the bounded watched set has
-	// forgotten them: they enter the index as excluded (-1).
+	// forgotten them: they enter the index as excluded (-1), as blocked items do.
 	for _, h := range s.History {
 		idx.put(h.ItemID, -1)
+	}
+	for _, id := range s.Blocked {
+		idx.put(id, -1)
 	}
 	if preWatched {
 		for id, w := range s.Watched {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -137,4 +138,61 @@ func TestRealtimeWatchChangesNextRecommendation(t *testing.T) {
 	if lag > time.Second {
 		t.Fatalf("the watch took %s to change the list, want within 1s", lag)
 	}
+}
+
+// TestBlockedItemsLeaveEveryList: `recsys items block` takes an item out of every list within
+// --reco.blocked-refresh, for a cold user (trending) and for a user whose co-visitation
+// neighbours name it; `recsys items blocked` lists it with its reason, and `unblock` brings
+// it back.
+func TestBlockedItemsLeaveEveryList(t *testing.T) {
+	dsn := testutil.MigratedDatabase(t)
+	p := Start(t, append(StackEnv(t, dsn), "RECSYS_RECO_BLOCKED_REFRESH=200ms"), "all")
+	p.WaitReadyz(t, 200, 90*time.Second)
+	now := time.Now().UnixMilli()
+	// Watchers of a then b make b a's neighbour and both trending.
+	for i := range 4 {
+		u := fmt.Sprintf("blk-watcher-%d", i)
+		postWatch(t, p.Base, u, "blk-a", now-int64(2000-i))
+		postWatch(t, p.Base, u, "blk-b", now-int64(1000-i))
+	}
+	postWatch(t, p.Base, "blk-fan", "blk-a", now)
+	has := func(user, item string) bool { return indexIn(getReco(t, p.Base, user).Items, item) >= 0 }
+	deadline := time.Now().Add(20 * time.Second)
+	for !(has("blk-cold", "blk-b") && has("blk-fan", "blk-b")) {
+		if time.Now().After(deadline) {
+			t.Fatalf("blk-b never in the lists: cold %v, fan %v", getReco(t, p.Base, "blk-cold").Items, getReco(t, p.Base, "blk-fan").Items)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	env := []string{"DATABASE_URL=" + dsn}
+	if out, _, code := toolEnv(t, time.Minute, env, "items", "block", "blk-b", "--reason", "takedown 42"); code != 0 || !strings.Contains(out, `"blocked": 1`) {
+		t.Fatalf("items block: exit %d %s", code, out)
+	}
+	blocked := time.Now()
+	for has("blk-cold", "blk-b") || has("blk-fan", "blk-b") {
+		if time.Since(blocked) > 5*time.Second {
+			t.Fatalf("blk-b still served 5 s after the block: cold %v, fan %v", getReco(t, p.Base, "blk-cold").Items, getReco(t, p.Base, "blk-fan").Items)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("blk-b left the lists %s after the block", time.Since(blocked).Round(time.Millisecond))
+	out, _, code := toolEnv(t, time.Minute, env, "items", "blocked")
+	var list []blockedRow
+	if code != 0 || json.Unmarshal([]byte(out), &list) != nil || len(list) != 1 || list[0].ItemID != "blk-b" || list[0].Reason != "takedown 42" {
+		t.Fatalf("items blocked: exit %d %s", code, out)
+	}
+	if out, _, code := toolEnv(t, time.Minute, env, "items", "unblock", "blk-b"); code != 0 || !strings.Contains(out, `"unblocked": 1`) {
+		t.Fatalf("items unblock: exit %d %s", code, out)
+	}
+	for !(has("blk-cold", "blk-b") && has("blk-fan", "blk-b")) {
+		if time.Since(blocked) > 15*time.Second {
+			t.Fatalf("blk-b not back after the unblock")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+type blockedRow struct {
+	ItemID string `json:"item_id"`
+	Reason string `json:"reason"`
 }
