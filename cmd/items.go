@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -78,6 +79,10 @@ func newItemsBlockCmd(block bool) *cobra.Command {
 					return fmt.Errorf("item id %.20q: want 1-128 characters, as the API accepts", id)
 				}
 			}
+			// Each once: one statement cannot upsert a row twice (a list through xargs may
+			// repeat an id).
+			slices.Sort(ids)
+			ids = slices.Compact(ids)
 			pool, err := pgCommand(cmd.Context(), dsn)
 			if err != nil {
 				return err

@@ -35,9 +35,11 @@ func newUsersForgetCmd(lc *logConfig) *cobra.Command {
 events, their feature rows in PostgreSQL and hashes in the Redis copy, and their DLQ entries.
 The users are first recorded in forgotten_users with an erasure time --settle from now; every
 consumer rereads that table every 5 s and skips the users' events received up to that time,
-wherever they still are (the outbox, Kafka, the DLQ), so nothing brings the data back. At the
-erasure time the rows are deleted. Events received after it (the user came back) apply as
-usual. Safe while everything runs.
+wherever they still are (the outbox, Kafka; replay-dlq skips such DLQ entries), so they do
+not bring the data back. At the erasure time the rows are deleted, and the Redis hashes once
+more 2 s later. Events received after it (the user came back) apply as usual. Safe while
+everything runs; a repopulation of the Redis copy running at the same time can copy a hash
+back, so run the erasure again after one.
 
 Kept: aggregates over all users (item statistics, co-visitation lists, trending and popular
 lists, KPI roll-ups), which hold no user id, and the event ids used for deduplication. Kafka

@@ -111,6 +111,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 	go func() { defer close(fetchDone); c.fetch(fetchCtx, r, in) }()
 	healDone := make(chan struct{})
 	go func() { defer close(healDone); c.heal(ctx) }()
+	// Its own loop, not heal's: `users forget` counts on a reread every ForgottenRefresh,
+	// whatever --consumer.heal-interval is and however long a repopulation keeps heal busy.
+	forgottenDone := make(chan struct{})
+	go func() { defer close(forgottenDone); c.forgottenLoop(ctx) }()
 	// Redis is written by its own goroutine so the next PostgreSQL transaction overlaps the
 	// previous batch's Redis write (Redis merges are order-independent); the small buffer is
 	// the backpressure.
@@ -159,6 +163,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	close(c.mirror)
 	<-mirrorDone
 	<-healDone
+	<-forgottenDone
 	if err := r.Close(); err != nil {
 		c.m.errors("stop")
 		c.log.WarnContext(ctx, "close kafka reader", "err", err)
@@ -663,17 +668,13 @@ func (c *Consumer) commit(ctx context.Context, r *kafka.GroupReader, msgs []kafk
 func (c *Consumer) heal(ctx context.Context) {
 	t := time.NewTicker(c.cfg.HealInterval)
 	defer t.Stop()
-	var lastSlow, lastForgotten time.Time
+	var lastSlow time.Time
 	for {
 		if r := c.reader.Load(); r != nil {
 			c.m.reader(r.Stats()) // the counters restart at every call: this is the only one
 			c.refreshLag(ctx, r)
 		}
 		c.healRedis(ctx)
-		if time.Since(lastForgotten) >= featurestore.ForgottenRefresh {
-			lastForgotten = time.Now()
-			c.refreshForgotten(ctx)
-		}
 		if time.Since(lastSlow) >= 30*time.Second {
 			lastSlow = time.Now()
 			c.housekeeping(ctx)
@@ -682,6 +683,19 @@ func (c *Consumer) heal(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+	}
+}
+
+func (c *Consumer) forgottenLoop(ctx context.Context) {
+	t := time.NewTicker(featurestore.ForgottenRefresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			c.refreshForgotten(ctx)
 		}
 	}
 }

@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
+
+	"recsys/modules/consumer"
 	"recsys/pkg/events"
 	"recsys/pkg/featurestore"
 )
@@ -113,5 +116,100 @@ VALUES ($1, 0, $2, $3, 'not json', 'invalid payload')`, e.TopicWatch, 1_000_000+
 	}
 	if got := ignored(); got != float64(len(late)) {
 		t.Errorf("%v events ignored, want the %d late ones", got, len(late))
+	}
+}
+
+// The consumer rereads the erased users every featurestore.ForgottenRefresh on its own, not
+// as often as --consumer.heal-interval (which may be 30 s) or when a repopulation lets heal
+// go on: with the CLI's shortest --settle, an event received before the erasure and consumed
+// after it is skipped.
+func TestForgottenUsersRereadWhateverTheHealInterval(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	const gone = "user-erased-heal"
+	cfg := e.config()
+	cfg.HealInterval = 30 * time.Second
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	set := metrics.NewSet()
+	m, err := consumer.New(cfg, e.deps(t, set))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(rctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if err := waitReady(m); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // the heal loop's first pass (and its forgotten_users read) is done
+
+	st := featurestore.New(e.pool, e.rd, e.Prefix, e.fcfg, slog.New(slog.DiscardHandler))
+	rep, err := st.Forget(ctx, []string{gone}, 10*time.Second) // the CLI's minimum
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &events.Watch{Common: events.Common{EventID: fmt.Sprintf("forget-heal-%d", rep.ForgottenAtMs), UserID: gone, SessionID: "s",
+		RequestID: "r", TsMs: rep.ForgottenAtMs - 60_000, ServerReceivedTsMs: rep.ForgottenAtMs - 5_000}, EventType: "watch", ItemID: "i", WatchTimeSec: 30}
+	e.produce(t, []events.Any{w})
+	waitFor(t, "the late watch processed", 30*time.Second, func() bool {
+		return counter(set, "reco_feature_consumer_processed_total", `status="ignored"`) >= 1 || e.applied(t) >= 1
+	})
+	var n int
+	if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM feature_users WHERE user_id = $1`, gone).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Errorf("a watch received %d ms before the erasure was applied after it (heal interval %s)", rep.ForgottenAtMs-w.ServerReceivedTsMs, cfg.HealInterval)
+	}
+}
+
+func waitReady(m any) error {
+	r := m.(interface{ Ready(context.Context) error })
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := r.Ready(context.Background())
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// A legacy event (POST /event) of an erased user that the API received before the erasure
+// but the relay publishes after it (the relay down or lagging past --settle) is skipped: its
+// payload carries the API's receive time, as the other kinds do, not only the Kafka time of
+// its publication.
+func TestLegacyEventRelayedAfterErasureIsSkipped(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	const gone = "user-erased-legacy"
+	ts := time.Now().Add(-time.Minute).UnixMilli()
+	// Received (raw row written, outbox row pending) before the erasure; the relay is down.
+	late := &events.Legacy{EventID: "forget-legacy-0001", UserID: gone, ItemID: "item-x", EventType: events.LegacyView, Ts: ts,
+		ServerReceivedTsMs: time.Now().UnixMilli()}
+	e.insertRaw(t, []events.Any{late})
+	c := e.startConsumer(t)
+	st := featurestore.New(e.pool, e.rd, e.Prefix, e.fcfg, slog.New(slog.DiscardHandler))
+	rep, err := st.Forget(ctx, []string{gone}, 7*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Deleted["legacy_events"] != 1 {
+		t.Fatalf("report %+v, want the legacy raw row erased", rep)
+	}
+	// The relay comes back and publishes the pending outbox row.
+	e.produce(t, []events.Any{late})
+	waitFor(t, "the late legacy event processed", 30*time.Second, func() bool {
+		return counter(c.set, "reco_feature_consumer_processed_total", `status="ignored"`) >= 1 || e.applied(t) >= 1
+	})
+	var n int
+	if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM feature_users WHERE user_id = $1`, gone).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Errorf("the erased user's feature row is back: a legacy event received before the erasure was applied after it")
 	}
 }

@@ -60,6 +60,7 @@ func DecodeLegacy(body []byte, lim Limits, now time.Time) (*Legacy, *ValidationE
 	if err := c.result(); err != nil {
 		return nil, err
 	}
+	e.ServerReceivedTsMs = c.nowMs
 	c.fillID(e)
 	return e, nil
 }

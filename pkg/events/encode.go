@@ -143,6 +143,10 @@ func appendLegacy(b []byte, e *Legacy) ([]byte, bool) {
 	}
 	b = append(b, `,"ts":`...)
 	b = strconv.AppendInt(b, e.Ts, 10)
+	if e.ServerReceivedTsMs != 0 {
+		b = append(b, `,"server_received_ts_ms":`...)
+		b = strconv.AppendInt(b, e.ServerReceivedTsMs, 10)
+	}
 	return append(b, '}'), ok
 }
 

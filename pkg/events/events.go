@@ -123,6 +123,9 @@ type Legacy struct {
 	// Ts is the client timestamp exactly as sent (seconds or milliseconds); TimeMs
 	// normalises it.
 	Ts int64 `json:"ts"`
+	// ServerReceivedTsMs is stamped by the API when it receives the event, as for the other
+	// kinds (0 in payloads written before it was: the consumer then goes by the Kafka time).
+	ServerReceivedTsMs int64 `json:"server_received_ts_ms,omitempty"`
 }
 
 // Kind implements Any.

@@ -87,6 +87,16 @@ func TestDecodeLegacyKeepsTs(t *testing.T) {
 	if events.LegacyWeight(e.EventType) != 10 || events.LegacyWeight("nope") != 0 {
 		t.Error("LegacyWeight")
 	}
+	// The receive time travels in the payload, as for the other kinds: the consumer judges an
+	// erased user's late events by it (featurestore.Forgotten).
+	payload, err2 := events.Encode(e)
+	if err2 != nil {
+		t.Fatal(err2)
+	}
+	back, err2 := events.DecodePayload(events.KindLegacy, payload)
+	if err2 != nil || e.ServerReceivedTsMs != now.UnixMilli() || back.(*events.Legacy).ServerReceivedTsMs != now.UnixMilli() {
+		t.Errorf("receive time %d, after the payload %v (%v), want %d", e.ServerReceivedTsMs, back, err2, now.UnixMilli())
+	}
 }
 
 func TestStringEscapesAndLengths(t *testing.T) {

@@ -77,9 +77,10 @@ type ReplayOptions struct {
 type ReplayEntry struct {
 	ID      int64  `json:"id"`
 	EventID string `json:"event_id,omitempty"`
-	// Outcome: applied (new now), duplicate (its event_id was applied before), invalid
-	// (still cannot be decoded; stays pending), refused (decodes, but PostgreSQL refuses
-	// its update; stays pending), or would_apply (dry run).
+	// Outcome: applied (new now), duplicate (its event_id was applied before), ignored (an
+	// event of a user erased since, received before the erasure: marked replayed without
+	// applying it), invalid (still cannot be decoded; stays pending), refused (decodes, but
+	// PostgreSQL refuses its update; stays pending), or would_apply (dry run).
 	Outcome string `json:"outcome"`
 	Error   string `json:"error,omitempty"`
 }
@@ -90,6 +91,7 @@ type ReplayReport struct {
 	Examined   int  `json:"examined"`
 	Applied    int  `json:"applied"`
 	Duplicates int  `json:"duplicates"`
+	Ignored    int  `json:"ignored"`
 	Invalid    int  `json:"invalid"`
 	Refused    int  `json:"refused"`
 	WouldApply int  `json:"would_apply"`
@@ -121,8 +123,14 @@ ORDER BY id LIMIT $1`, o.Limit, o.After)
 	if _, err := pgx.ForEachRow(rows, []any{&e.id, &e.headers, &e.payload}, func() error { list = append(list, e); return nil }); err != nil {
 		return rep, fmt.Errorf("read dlq: %w", err)
 	}
+	// Read now, not cached: an erasure is recorded before its rows go, so an entry the
+	// consumer dead-lettered after the erasure is still skipped here (featurestore.Forgotten).
+	var forgotten Forgotten
+	if err := s.RefreshForgotten(ctx, &forgotten); err != nil {
+		return rep, err
+	}
 	b := &Batch{}
-	var ids, badIDs []int64
+	var ids, badIDs, okIDs []int64
 	var badErrs []string
 	idx := map[int]int{} // batch event -> report entry
 	for _, x := range list {
@@ -139,6 +147,16 @@ ORDER BY id LIMIT $1`, o.Limit, o.After)
 			badIDs, badErrs = append(badIDs, x.id), append(badErrs, dlqText(err.Error()))
 			continue
 		}
+		// A legacy payload written before the API stamped receive times has 0: it is
+		// skipped for an erased user whenever it was received.
+		if forgotten.Skip(ev.UserID, ev.ServerReceivedTsMs) {
+			rep.Ignored++
+			rep.Entries = append(rep.Entries, ReplayEntry{ID: x.id, EventID: ev.EventID, Outcome: "ignored"})
+			if !o.DryRun {
+				okIDs = append(okIDs, x.id)
+			}
+			continue
+		}
 		if o.DryRun {
 			rep.WouldApply++
 			rep.Entries = append(rep.Entries, ReplayEntry{ID: x.id, EventID: ev.EventID, Outcome: "would_apply"})
@@ -152,7 +170,6 @@ ORDER BY id LIMIT $1`, o.Limit, o.After)
 	if o.DryRun {
 		return rep, nil
 	}
-	var okIDs []int64
 	var applyErr error
 	done := func(i int, isNew bool) {
 		if isNew {

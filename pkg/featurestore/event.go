@@ -13,7 +13,8 @@ import (
 // Event is one decoded event ready to apply.
 type Event struct {
 	features.Interaction
-	// ServerReceivedTsMs is when the API accepted the event (0 when unknown, e.g. legacy).
+	// ServerReceivedTsMs is when the API accepted the event (0 when unknown: a legacy event
+	// written before the API stamped legacy payloads).
 	ServerReceivedTsMs int64
 }
 
@@ -96,7 +97,7 @@ func FromEvent(ev events.Any) Event {
 			Ended: e.Ended}, ServerReceivedTsMs: e.ServerReceivedTsMs}
 	case *events.Legacy:
 		return Event{Interaction: features.Interaction{Kind: features.KindLegacy, EventID: e.EventID, UserID: e.UserID,
-			TsMs: e.TimeMs(), ItemID: e.ItemID, LegacyType: e.EventType}}
+			TsMs: e.TimeMs(), ItemID: e.ItemID, LegacyType: e.EventType}, ServerReceivedTsMs: e.ServerReceivedTsMs}
 	}
 	return Event{}
 }

@@ -64,8 +64,9 @@ const minSecretLen = 16
 // where scopes is a comma-separated subset of client and ops, secret is either the token
 // itself (16 characters or more) or "sha256:" and the 64 hex digits of its SHA-256, so that
 // the file need not hold the token, and N limits the key to N requests per second on each
-// server process (a burst of a second's worth; beyond it 429). Blank lines and lines starting with # are ignored. Every problem
-// is reported with its line number; secrets never appear in the errors.
+// server process (a burst of a second's worth; beyond it 429). Blank lines and lines starting
+// with # are ignored. Every problem is reported with its line number and never with a field's
+// value: a line whose fields were swapped by hand could put the secret anywhere.
 func LoadAPIKeys(path string) (keySet, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -94,46 +95,51 @@ func LoadAPIKeys(path string) (keySet, error) {
 			v, ok := strings.CutPrefix(f[3], "rate=")
 			n, err := strconv.ParseFloat(v, 64)
 			if !ok || err != nil || !(n > 0 && n <= 1e6) {
-				bad("key %q: the fourth field is \"rate=<requests per second>\", above 0 and at most 1000000, got %q", name, f[3])
+				bad("the fourth field must be \"rate=<requests per second>\", above 0 and at most 1000000")
 				continue
 			}
 			perSecond = n
 		}
 		if !keyNamePattern.MatchString(name) {
-			bad("key name %q must be 1-64 letters, digits, '.', '_' or '-'", name)
+			bad("the key name (the first field) must be 1-64 letters, digits, '.', '_' or '-'")
 			continue
 		}
 		if prev, dup := names[name]; dup {
-			bad("key name %q already used on line %d", name, prev)
+			bad("the key name is already used on line %d", prev)
 			continue
 		}
 		names[name] = line
 		var scopes []string
+		valid := true
 		for _, s := range strings.Split(scopeList, ",") {
 			switch {
 			case s != ScopeClient && s != ScopeOps:
-				bad("key %q: unknown scope %q (want %q, %q or both, comma-separated)", name, s, ScopeClient, ScopeOps)
+				valid = false
 			case !slices.Contains(scopes, s):
 				scopes = append(scopes, s)
 			}
+		}
+		if !valid {
+			bad("the second field must be the scopes: %s, %s or %s,%s", ScopeClient, ScopeOps, ScopeClient, ScopeOps)
+			continue
 		}
 		var sum [sha256.Size]byte
 		if hexSum, hashed := strings.CutPrefix(secret, "sha256:"); hashed {
 			b, err := hex.DecodeString(hexSum)
 			if err != nil || len(b) != sha256.Size {
-				bad("key %q: a hashed secret is \"sha256:\" and 64 hex digits", name)
+				bad("a hashed secret (the third field) is \"sha256:\" and 64 hex digits")
 				continue
 			}
 			copy(sum[:], b)
 		} else {
 			if len(secret) < minSecretLen {
-				bad("key %q: the secret is %d characters, want at least %d (or give its SHA-256 as sha256:<hex>)", name, len(secret), minSecretLen)
+				bad("the secret (the third field) is %d characters, want at least %d (or give its SHA-256 as sha256:<hex>)", len(secret), minSecretLen)
 				continue
 			}
 			sum = sha256.Sum256([]byte(secret))
 		}
 		if other, dup := keys[sum]; dup {
-			bad("key %q has the same secret as key %q", name, other.name)
+			bad("the secret is the same as on line %d", names[other.name])
 			continue
 		}
 		keys[sum] = apiKey{name: name, scopes: scopes, rate: perSecond}

@@ -160,16 +160,16 @@ func TestAPIKeysFileProblems(t *testing.T) {
 	}{
 		{"empty", "# nothing\n\n", "holds no key"},
 		{"two fields", "app " + clientSecret + "\n", `line 1: want three fields "<name> <scopes> <secret>" and an optional "rate=<requests per second>", got 2`},
-		{"unknown scope", "app admin " + clientSecret + "\n", `line 1: key "app": unknown scope "admin"`},
-		{"empty scope", "app client, " + clientSecret + "\n", `unknown scope ""`},
-		{"short secret", "app client short\n", `key "app": the secret is 5 characters, want at least 16`},
-		{"bad hash", "app client sha256:abcd\n", `key "app": a hashed secret is "sha256:" and 64 hex digits`},
-		{"bad name", "app/1 client " + clientSecret + "\n", `key name "app/1" must be`},
-		{"bad rate", "app client " + clientSecret + " rate=0\n", `key "app": the fourth field is "rate=<requests per second>"`},
-		{"not a rate", "app client " + clientSecret + " 5\n", `got "5"`},
+		{"unknown scope", "app admin " + clientSecret + "\n", `line 1: the second field must be the scopes: client, ops or client,ops`},
+		{"empty scope", "app client, " + clientSecret + "\n", `the second field must be the scopes`},
+		{"short secret", "app client short\n", `line 1: the secret (the third field) is 5 characters, want at least 16`},
+		{"bad hash", "app client sha256:abcd\n", `line 1: a hashed secret (the third field) is "sha256:" and 64 hex digits`},
+		{"bad name", "app/1 client " + clientSecret + "\n", `line 1: the key name (the first field) must be`},
+		{"bad rate", "app client " + clientSecret + " rate=0\n", `line 1: the fourth field must be "rate=<requests per second>"`},
+		{"not a rate", "app client " + clientSecret + " 5\n", `the fourth field must be`},
 		{"five fields", "app client " + clientSecret + " rate=5 x\n", `got 5`},
-		{"duplicate name", "app client " + clientSecret + "\napp ops " + opsSecret + "\n", `line 2: key name "app" already used on line 1`},
-		{"shared secret", "app client " + clientSecret + "\nother ops sha256:" + sha256Hex(clientSecret) + "\n", `line 2: key "other" has the same secret as key "app"`},
+		{"duplicate name", "app client " + clientSecret + "\napp ops " + opsSecret + "\n", `line 2: the key name is already used on line 1`},
+		{"shared secret", "app client " + clientSecret + "\nother ops sha256:" + sha256Hex(clientSecret) + "\n", `line 2: the secret is the same as on line 1`},
 	}
 	for _, tc := range cases {
 		cfg := DefaultConfig()
@@ -291,5 +291,26 @@ func TestAPIKeyRateLimit(t *testing.T) {
 	}
 	if got := metrics.GetOrCreateCounter(`recsys_http_auth_refused_total{reason="rate"}`).Get(); got < 4 {
 		t.Errorf("refused{reason=rate} = %d, want at least 4", got)
+	}
+}
+
+// A line whose fields were swapped by hand (a common slip) is refused without its secret in
+// the error, which is printed at start and logged by every reload that fails.
+func TestAPIKeysFileErrorsNeverQuoteTheSecret(t *testing.T) {
+	const secret = "tok_9f8e7d6c5b4a39281706"
+	const b64 = "Zm9vYmFyYmF6cXV4+/secret0123"
+	for _, tc := range []struct{ name, line, secret string }{
+		{"scopes and secret swapped", "app " + secret + " client", secret},
+		{"name and secret swapped, base64 secret", b64 + " client app-name-too-long-is-fine", b64},
+		{"name and secret swapped", secret + " client app", secret},
+	} {
+		_, err := LoadAPIKeys(writeKeys(t, tc.line+"\n"))
+		if err == nil {
+			t.Errorf("%s: loaded", tc.name)
+			continue
+		}
+		if strings.Contains(err.Error(), tc.secret) {
+			t.Errorf("%s: the error shows the secret: %v", tc.name, err)
+		}
 	}
 }
