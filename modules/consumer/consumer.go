@@ -45,7 +45,7 @@ type Consumer struct {
 	// signalled when it drops to 0.
 	merged     atomic.Int32
 	mergedDone chan struct{}
-	// forgotten are the erased users whose older events are skipped (refreshed by heal).
+	// forgotten are the erased users whose older events are skipped (forgottenLoop).
 	forgotten featurestore.Forgotten
 }
 
@@ -96,7 +96,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 	c.reader.Store(r)
 	// Read before the first batch, so an erased user's events already in the topics are
-	// skipped from the start; heal refreshes it.
+	// skipped from the start; forgottenLoop rereads it.
 	c.refreshForgotten(ctx)
 	lanes := c.cfg.MaxInFlight
 	// The collector drains this while the lanes are busy (the next batch grows), so it need
@@ -444,8 +444,8 @@ func (c *Consumer) process(ctx context.Context, batch []*fetched) bool {
 			continue
 		}
 		if received := f.ev.ServerReceivedTsMs; c.forgotten.Skip(f.ev.UserID, cmp.Or(received, f.msg.Time.UnixMilli())) {
-			// Received before the user's data was erased (a legacy event, which carries no
-			// receive time, by its publish time): applying it would bring the data back.
+			// Received before the user's data was erased (a legacy payload from before the
+			// API stamped one, by its publish time): applying it would bring the data back.
 			c.m.processed(f.msg.Topic, "ignored", 1)
 			continue
 		}

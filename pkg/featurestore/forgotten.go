@@ -56,10 +56,10 @@ func (f *Forgotten) Skip(userID string, receivedMs int64) bool {
 	return ok && receivedMs <= at
 }
 
-// ForgetUsers deletes the users' feature rows in PostgreSQL and their hashes in the Redis
+// forgetUsers deletes the users' feature rows in PostgreSQL and their hashes in the Redis
 // copy, and returns how many rows went. Item statistics, co-visitation lists and the global
 // lists are aggregates over every user and stay.
-func (s *Store) ForgetUsers(ctx context.Context, users []string) (int64, error) {
+func (s *Store) forgetUsers(ctx context.Context, users []string) (int64, error) {
 	tag, err := s.pg.Exec(ctx, `DELETE FROM feature_users WHERE user_id = ANY($1)`, users)
 	if err != nil {
 		return 0, fmt.Errorf("delete feature users: %w", err)
@@ -91,7 +91,7 @@ type ForgetReport struct {
 	// ForgottenAtMs is the erasure time: every event of the users the API received up to it
 	// is gone (raw rows and their effect on the users' features) or will be skipped.
 	ForgottenAtMs int64 `json:"forgotten_at_ms"`
-	// Deleted counts rows per table (feature_users also counts the Redis hashes deleted).
+	// Deleted counts rows per table (feature_users: the users that had features).
 	Deleted map[string]int64 `json:"deleted"`
 }
 
@@ -147,7 +147,7 @@ ON CONFLICT (user_id) DO UPDATE SET forgotten_at_ms = greatest(forgotten_users.f
 		}
 		rep.Deleted[d.table] = tag.RowsAffected()
 	}
-	n, err := s.ForgetUsers(ctx, users)
+	n, err := s.forgetUsers(ctx, users)
 	rep.Deleted["feature_users"] = n
 	if err != nil {
 		return rep, err

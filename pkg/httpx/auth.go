@@ -199,8 +199,9 @@ type fileStamp struct {
 const reloadEvery = 5 * time.Second
 
 // NewAuth loads the keys file and returns the checker, its metrics in the process' default
-// set: recsys_http_auth_refused_total{reason: missing, invalid, scope, rate}, recsys_http_auth_keys,
-// recsys_http_auth_reloads_total and recsys_http_auth_reload_errors_total.
+// set: recsys_http_auth_refused_total{reason: missing, invalid, scope, rate},
+// recsys_http_auth_keys, recsys_http_auth_reloads_total and
+// recsys_http_auth_reload_errors_total.
 func NewAuth(path string, log *slog.Logger) (*Auth, error) {
 	a := &Auth{path: path, log: log,
 		refused: func(reason string) *metrics.Counter {
@@ -293,8 +294,9 @@ func token(req *http.Request) string {
 }
 
 // Middleware refuses a request without a key of the scope its path needs: 401 (with
-// WWW-Authenticate) without a known key, 403 with a key lacking the scope. The answers keep
-// FastAPI's shape and texts ({"detail": "Not authenticated"}).
+// WWW-Authenticate) without a known key, 403 with a key lacking the scope, 429 (with
+// Retry-After) for a key over its rate. The answers keep FastAPI's shape and texts
+// ({"detail": "Not authenticated"}).
 func (a *Auth) Middleware(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		req := c.Request()
