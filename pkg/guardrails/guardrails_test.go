@@ -10,9 +10,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
+	"recsys/pkg/apikey/apikeytest"
 	"recsys/pkg/guardrails"
 )
 
@@ -274,46 +274,31 @@ func TestFetchSavesInputs(t *testing.T) {
 
 func TestFetchSendsTheAPIKey(t *testing.T) {
 	const key = "sk-gate-4c8e0a"
-	var (
-		mu   sync.Mutex
-		auth []string
-	)
-	// Like a server started with --http.api-keys-file: the three inputs need an ops key.
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		auth = append(auth, r.URL.Path+" "+r.Header.Get("Authorization"))
-		mu.Unlock()
-		switch r.Header.Get("Authorization") {
-		case "Bearer " + key:
-		case "Bearer sk-client-only":
-			w.WriteHeader(http.StatusForbidden)
-			_, _ = w.Write([]byte(`{"detail":"Not enough permissions"}`))
-			return
-		default:
-			w.WriteHeader(http.StatusUnauthorized)
-			_, _ = w.Write([]byte(`{"detail":"Not authenticated"}`))
-			return
-		}
-		switch r.URL.Path {
-		case "/contract":
-			_, _ = w.Write([]byte(contractJSON))
-		default:
-			_, _ = w.Write([]byte(`{"sample_size": 1}`))
-		}
-	}))
-	defer srv.Close()
+	// A server started with --http.api-keys-file: the three inputs need an ops key.
+	var g *apikeytest.Gate
+	newServer := func() *httptest.Server {
+		g = &apikeytest.Gate{Keys: map[string][]string{key: {"ops"}, "sk-client-only": {"client"}},
+			Next: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				switch r.URL.Path {
+				case "/contract":
+					_, _ = w.Write([]byte(contractJSON))
+				default:
+					_, _ = w.Write([]byte(`{"sample_size": 1}`))
+				}
+			})}
+		return httptest.NewServer(g)
+	}
 	for _, tc := range []struct {
 		name, apiKey, wantAuth, wantErr string
 	}{
 		{name: "key", apiKey: key, wantAuth: "Bearer " + key},
 		{name: "no key", wantErr: "status 401: {\"detail\":\"Not authenticated\"} (the server requires an API key: --api-key / RECSYS_API_KEY)"},
 		{name: "wrong key", apiKey: "sk-wrong-3", wantAuth: "Bearer sk-wrong-3", wantErr: "(the server did not accept the API key: --api-key / RECSYS_API_KEY)"},
-		{name: "key without the ops scope", apiKey: "sk-client-only", wantAuth: "Bearer sk-client-only", wantErr: "status 403: {\"detail\":\"Not enough permissions\"} (the API key lacks a scope: guardrails needs ops)"},
+		{name: "key without the ops scope", apiKey: "sk-client-only", wantAuth: "Bearer sk-client-only", wantErr: "lacks the ops scope this path needs\"} (the API key lacks a scope: guardrails needs ops)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			mu.Lock()
-			auth = nil
-			mu.Unlock()
+			srv := newServer()
+			defer srv.Close()
 			in, src, err := guardrails.Fetch(context.Background(), srv.Client(), srv.URL, tc.apiKey, 1, "")
 			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || strings.Count(err.Error(), tc.wantErr) != 3) {
 				t.Fatalf("err = %v, want %q for each of the three inputs", err, tc.wantErr)
@@ -326,14 +311,13 @@ func TestFetchSendsTheAPIKey(t *testing.T) {
 			if tc.apiKey != "" && strings.Contains(fmt.Sprint(err, string(report), console.String()), tc.apiKey) {
 				t.Errorf("the API key shows in the error, report or console output")
 			}
-			mu.Lock()
-			defer mu.Unlock()
-			if len(auth) != 3 {
-				t.Fatalf("requests %v, want the three inputs", auth)
+			seen := g.Requests()
+			if len(seen) != 3 {
+				t.Fatalf("requests %v, want the three inputs", seen)
 			}
-			for _, a := range auth {
-				if _, got, _ := strings.Cut(a, " "); got != tc.wantAuth {
-					t.Errorf("request %q, want Authorization %q", a, tc.wantAuth)
+			for _, req := range seen {
+				if req.Authorization != tc.wantAuth {
+					t.Errorf("%s %s had Authorization %q, want %q", req.Method, req.Path, req.Authorization, tc.wantAuth)
 				}
 			}
 		})

@@ -8,13 +8,13 @@ import (
 	"math"
 	"net/http"
 	"net/http/httptest"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"recsys/pkg/apikey/apikeytest"
 	"recsys/pkg/loadgen"
 )
 
@@ -404,44 +404,6 @@ func TestClosedLoopHasNoUnsentOperations(t *testing.T) {
 	}
 }
 
-// keyGate stands in front of an API as a server started with --http.api-keys-file does:
-// /contract and /metrics/* need the ops scope, the traffic the client scope. It counts the
-// requests by the Authorization header they carried.
-type keyGate struct {
-	next http.Handler
-	keys map[string][]string // key -> scopes; nil: no authentication
-	mu   sync.Mutex
-	auth map[[2]string]int // {method and path, Authorization} -> requests
-}
-
-func (g *keyGate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	g.mu.Lock()
-	if g.auth == nil {
-		g.auth = map[[2]string]int{}
-	}
-	g.auth[[2]string{r.Method + " " + r.URL.Path, r.Header.Get("Authorization")}]++
-	g.mu.Unlock()
-	if g.keys != nil {
-		key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		scopes, known := g.keys[key]
-		if !ok || !known {
-			w.WriteHeader(http.StatusUnauthorized)
-			_, _ = w.Write([]byte(`{"detail":"Not authenticated"}`))
-			return
-		}
-		need := "client"
-		if r.URL.Path == "/contract" || strings.HasPrefix(r.URL.Path, "/metrics") {
-			need = "ops"
-		}
-		if !slices.Contains(scopes, need) {
-			w.WriteHeader(http.StatusForbidden)
-			_, _ = w.Write([]byte(`{"detail":"Not enough permissions"}`))
-			return
-		}
-	}
-	g.next.ServeHTTP(w, r)
-}
-
 func TestRunSendsTheAPIKey(t *testing.T) {
 	const key = "sk-load-5e1d2b"
 	both := map[string][]string{key: {"client", "ops"}}
@@ -467,7 +429,7 @@ func TestRunSendsTheAPIKey(t *testing.T) {
 			wantContractError: "HTTPError: 403 (the API key lacks a scope: the traffic needs client, /contract and /metrics/reco need ops)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			g := &keyGate{next: &fakeAPI{}, keys: tc.keys}
+			g := &apikeytest.Gate{Next: &fakeAPI{}, Keys: tc.keys}
 			srv := httptest.NewServer(g)
 			defer srv.Close()
 			cfg := baseCfg(srv.URL)
@@ -502,18 +464,16 @@ func TestRunSendsTheAPIKey(t *testing.T) {
 			if tc.apiKey != "" {
 				want = "Bearer " + tc.apiKey
 			}
-			g.mu.Lock()
-			defer g.mu.Unlock()
 			seen := map[string]bool{}
-			for req, n := range g.auth {
-				if req[1] != want {
-					t.Errorf("%d requests %s had Authorization %q, want %q", n, req[0], req[1], want)
+			for _, req := range g.Requests() {
+				if req.Authorization != want {
+					t.Errorf("%s %s had Authorization %q, want %q", req.Method, req.Path, req.Authorization, want)
 				}
-				seen[req[0]] = true
+				seen[req.Method+" "+req.Path] = true
 			}
 			for _, req := range []string{"GET /contract", "GET /metrics/reco"} {
 				if !seen[req] {
-					t.Errorf("no %s seen: %v", req, g.auth)
+					t.Errorf("no %s seen: %v", req, seen)
 				}
 			}
 		})

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"recsys/pkg/apikey/apikeytest"
 	"recsys/pkg/smoke"
 )
 
@@ -360,41 +361,6 @@ func TestSmokeRerunsAgainstASmallStack(t *testing.T) {
 	}
 }
 
-// keyGate stands in front of an API as a server started with --http.api-keys-file does:
-// the probes stay open, /metrics/* needs the ops scope, the rest the client scope. It
-// records the Authorization header of every request.
-type keyGate struct {
-	next http.Handler
-	keys map[string][]string // key -> scopes; nil: no authentication
-	mu   sync.Mutex
-	auth []string
-}
-
-func (g *keyGate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	g.mu.Lock()
-	g.auth = append(g.auth, r.Header.Get("Authorization"))
-	g.mu.Unlock()
-	if g.keys != nil && r.URL.Path != "/readyz" && r.URL.Path != "/healthz" {
-		key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		scopes, known := g.keys[key]
-		if !ok || !known {
-			w.WriteHeader(http.StatusUnauthorized)
-			_, _ = w.Write([]byte(`{"detail":"Not authenticated"}`))
-			return
-		}
-		need := "client"
-		if strings.HasPrefix(r.URL.Path, "/metrics") {
-			need = "ops"
-		}
-		if !slices.Contains(scopes, need) {
-			w.WriteHeader(http.StatusForbidden)
-			_, _ = w.Write([]byte(`{"detail":"Not enough permissions"}`))
-			return
-		}
-	}
-	g.next.ServeHTTP(w, r)
-}
-
 func TestSmokeSendsTheAPIKey(t *testing.T) {
 	const key = "sk-smoke-7f3a9c"
 	both := map[string][]string{key: {"client", "ops"}}
@@ -412,10 +378,10 @@ func TestSmokeSendsTheAPIKey(t *testing.T) {
 			smoke.CheckRecoTraffic: "requires an API key", smoke.CheckRecoMetricsSamples: "requires an API key"}},
 		{name: "wrong key", keys: both, apiKey: "sk-wrong-1", failing: map[string]string{smoke.CheckSeedEvents: "did not accept the API key"}},
 		{name: "key without the ops scope", keys: map[string][]string{key: {"client"}}, apiKey: key, failing: map[string]string{
-			smoke.CheckRecoMetricsSamples: "status 403 {\"detail\":\"Not enough permissions\"}: the API key lacks a scope"}},
+			smoke.CheckRecoMetricsSamples: "lacks the ops scope this path needs\"}: the API key lacks a scope"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			g := &keyGate{next: newFake(), keys: tc.keys}
+			g := &apikeytest.Gate{Next: newFake(), Keys: tc.keys}
 			srv := httptest.NewServer(g)
 			defer srv.Close()
 			cfg := fastCfg(srv.URL)
@@ -436,19 +402,18 @@ func TestSmokeSendsTheAPIKey(t *testing.T) {
 			if tc.apiKey != "" && strings.Contains(buf.String(), tc.apiKey) {
 				t.Errorf("the report contains the API key: %s", buf.String())
 			}
-			g.mu.Lock()
-			defer g.mu.Unlock()
 			want := ""
 			if tc.apiKey != "" {
 				want = "Bearer " + tc.apiKey
 			}
-			for i, a := range g.auth {
-				if a != want {
-					t.Fatalf("request %d of %d had Authorization %q, want %q", i+1, len(g.auth), a, want)
+			seen := g.Requests()
+			for i, req := range seen {
+				if req.Authorization != want {
+					t.Fatalf("request %d of %d (%s %s) had Authorization %q, want %q", i+1, len(seen), req.Method, req.Path, req.Authorization, want)
 				}
 			}
-			if len(g.auth) < 10 {
-				t.Fatalf("only %d requests seen", len(g.auth))
+			if len(seen) < 10 {
+				t.Fatalf("only %d requests seen", len(seen))
 			}
 		})
 	}
