@@ -73,34 +73,14 @@ func TestOperatorToolsAgainstRunningStack(t *testing.T) {
 	dir := t.TempDir()
 
 	// smoke: every check passes, including the consumer's effect on /reco.
-	out, code := tool(t, 5*time.Minute, "smoke", "--base-url", p.Base, "--output-json", filepath.Join(dir, "smoke.json"))
-	var sm struct {
-		Checks   map[string]string `json:"checks"`
-		Details  map[string]string `json:"details"`
-		Traffic  map[string]int    `json:"traffic"`
-		Seeded   int               `json:"seeded_events"`
-		Consumer struct {
-			WatchedExcluded bool   `json:"watched_excluded"`
-			NeighbourRank   *int   `json:"neighbour_rank"`
-			VisibleAfterMs  *int64 `json:"visible_after_ms"`
-		} `json:"consumer"`
-	}
-	readJSON(t, filepath.Join(dir, "smoke.json"), &sm)
-	if code != 0 || len(sm.Checks) != 8 {
-		t.Fatalf("smoke exit %d, report:\n%s", code, out)
-	}
-	for name, st := range sm.Checks {
-		if st != "pass" {
-			t.Errorf("smoke %s = %s: %s", name, st, sm.Details[name])
-		}
-	}
+	sm, _ := smokePasses(t, p.Base, nil)
 	if !sm.Consumer.WatchedExcluded || sm.Consumer.NeighbourRank == nil || sm.Consumer.VisibleAfterMs == nil || sm.Seeded != 50 || sm.Traffic["reco_ok"] != 30 {
 		t.Errorf("smoke report: consumer %+v seeded %d traffic %v", sm.Consumer, sm.Seeded, sm.Traffic)
 	}
 	t.Logf("smoke: consumer effect visible in /reco after %d ms", *sm.Consumer.VisibleAfterMs)
 
 	// load: mixed traffic with autolog, open loop; no errors on a healthy stack.
-	_, code = tool(t, 3*time.Minute, "load", "--base-url", p.Base, "--scenario", "mixed", "--autolog-impressions", "--rate", "50",
+	out, code := tool(t, 3*time.Minute, "load", "--base-url", p.Base, "--scenario", "mixed", "--autolog-impressions", "--rate", "50",
 		"--duration", "6s", "--requests", "100000", "--concurrency", "16", "--warmup", "20", "--progress", "never",
 		"--output-json", filepath.Join(dir, "load.json"), "--output-html", filepath.Join(dir, "load.html"))
 	var ld struct {
@@ -251,27 +231,11 @@ func TestToolsWithAPIKeys(t *testing.T) {
 		t.Fatalf("GET /reco without a key: %d %v %v", code, body, err)
 	}
 
-	dir := t.TempDir()
-	out, _, code := toolEnv(t, 5*time.Minute, []string{"RECSYS_API_KEY=" + toolsKey}, "smoke", "--base-url", p.Base,
-		"--output-json", filepath.Join(dir, "smoke.json"))
-	var sm struct {
-		Checks  map[string]string `json:"checks"`
-		Details map[string]string `json:"details"`
-	}
-	readJSON(t, filepath.Join(dir, "smoke.json"), &sm)
-	if code != 0 || len(sm.Checks) != 8 {
-		t.Fatalf("smoke with a key: exit %d, report:\n%s", code, out)
-	}
-	for name, st := range sm.Checks {
-		if st != "pass" {
-			t.Errorf("smoke %s = %s: %s", name, st, sm.Details[name])
-		}
-	}
-	if strings.Contains(out, toolsKey) {
+	if _, out := smokePasses(t, p.Base, []string{"RECSYS_API_KEY=" + toolsKey}); strings.Contains(out, toolsKey) {
 		t.Error("smoke's report shows the key")
 	}
 
-	out, code = tool(t, 2*time.Minute, "smoke", "--base-url", p.Base, "--ready-timeout-sec", "5")
+	out, code := tool(t, 2*time.Minute, "smoke", "--base-url", p.Base, "--ready-timeout-sec", "5")
 	if code != 1 || !strings.Contains(out, "requires an API key") {
 		t.Errorf("smoke without a key: exit %d, want 1 naming the missing key:\n%s", code, out)
 	}
@@ -297,25 +261,43 @@ func TestAllRolesOverSASLSSL(t *testing.T) {
 		"RECSYS_KAFKA_SASL_USERNAME="+b.User, "RECSYS_KAFKA_SASL_PASSWORD="+b.Password)
 	p := Start(t, env, "all")
 	p.WaitReadyz(t, 200, 90*time.Second)
-	dir := t.TempDir()
-	out, code := tool(t, 5*time.Minute, "smoke", "--base-url", p.Base, "--output-json", filepath.Join(dir, "smoke.json"))
-	var sm struct {
-		Checks   map[string]string `json:"checks"`
-		Details  map[string]string `json:"details"`
-		Consumer struct {
-			WatchedExcluded bool `json:"watched_excluded"`
-		} `json:"consumer"`
+	if sm, _ := smokePasses(t, p.Base, nil); !sm.Consumer.WatchedExcluded {
+		t.Errorf("smoke over SASL_SSL: the consumer's effect not seen: %+v", sm.Consumer)
 	}
-	readJSON(t, filepath.Join(dir, "smoke.json"), &sm)
-	if code != 0 || len(sm.Checks) != 8 || !sm.Consumer.WatchedExcluded {
-		t.Fatalf("smoke over SASL_SSL: exit %d, report:\n%s", code, out)
+	if strings.Contains(p.String(), b.Password) {
+		t.Error("recsys logged the SASL password")
+	}
+}
+
+// smokeReport is what the tests read of smoke's JSON report.
+type smokeReport struct {
+	Checks   map[string]string `json:"checks"`
+	Details  map[string]string `json:"details"`
+	Traffic  map[string]int    `json:"traffic"`
+	Seeded   int               `json:"seeded_events"`
+	Consumer struct {
+		WatchedExcluded bool   `json:"watched_excluded"`
+		NeighbourRank   *int   `json:"neighbour_rank"`
+		VisibleAfterMs  *int64 `json:"visible_after_ms"`
+	} `json:"consumer"`
+}
+
+// smokePasses runs `recsys smoke` against base (env added to its environment) and fails the
+// test unless it exits 0 with every one of its 8 checks passed; it returns the report and the
+// tool's stdout.
+func smokePasses(t *testing.T, base string, env []string) (smokeReport, string) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "smoke.json")
+	out, _, code := toolEnv(t, 5*time.Minute, env, "smoke", "--base-url", base, "--output-json", file)
+	var sm smokeReport
+	readJSON(t, file, &sm)
+	if code != 0 || len(sm.Checks) != 8 {
+		t.Fatalf("smoke exit %d, report:\n%s", code, out)
 	}
 	for name, st := range sm.Checks {
 		if st != "pass" {
 			t.Errorf("smoke %s = %s: %s", name, st, sm.Details[name])
 		}
 	}
-	if strings.Contains(p.String(), b.Password) {
-		t.Error("recsys logged the SASL password")
-	}
+	return sm, out
 }
