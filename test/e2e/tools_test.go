@@ -80,7 +80,7 @@ func TestOperatorToolsAgainstRunningStack(t *testing.T) {
 	t.Logf("smoke: consumer effect visible in /reco after %d ms", *sm.Consumer.VisibleAfterMs)
 
 	// load: mixed traffic with autolog, open loop; no errors on a healthy stack.
-	out, code := tool(t, 3*time.Minute, "load", "--base-url", p.Base, "--scenario", "mixed", "--autolog-impressions", "--rate", "50",
+	_, code := tool(t, 3*time.Minute, "load", "--base-url", p.Base, "--scenario", "mixed", "--autolog-impressions", "--rate", "50",
 		"--duration", "6s", "--requests", "100000", "--concurrency", "16", "--warmup", "20", "--progress", "never",
 		"--output-json", filepath.Join(dir, "load.json"), "--output-html", filepath.Join(dir, "load.html"))
 	var ld struct {
@@ -129,7 +129,7 @@ func TestOperatorToolsAgainstRunningStack(t *testing.T) {
 	}
 
 	// guardrails with the CI targets, fetched and saved; then the same from the saved files.
-	out, code = tool(t, time.Minute, "guardrails", "--base-url", p.Base, "--days", "1", "--targets", "../../config/guardrails.ci.json",
+	out, code := tool(t, time.Minute, "guardrails", "--base-url", p.Base, "--days", "1", "--targets", "../../config/guardrails.ci.json",
 		"--save-dir", dir, "--output-json", filepath.Join(dir, "guardrails.json"))
 	var gr struct {
 		Checks []struct {
