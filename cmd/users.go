@@ -37,9 +37,10 @@ The users are first recorded in forgotten_users with an erasure time --settle fr
 consumer rereads that table every 5 s and skips the users' events received up to that time,
 wherever they still are (the outbox, Kafka; replay-dlq skips such DLQ entries), so they do
 not bring the data back. At the erasure time the rows are deleted, and the Redis hashes once
-more 2 s later. Events received after it (the user came back) apply as usual. Safe while
-everything runs; a repopulation of the Redis copy running at the same time can copy a hash
-back, so run the erasure again after one.
+more 2 s later, after any repopulation of the Redis copy that is running ends (it copies a
+snapshot that may still hold the users; the command waits up to 15 minutes for it, then
+fails asking for a rerun). Events received after it (the user came back) apply as usual.
+Safe while everything runs.
 
 Kept: aggregates over all users (item statistics, co-visitation lists, trending and popular
 lists, KPI roll-ups), which hold no user id, and the event ids used for deduplication. Kafka

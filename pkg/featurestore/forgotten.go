@@ -154,13 +154,19 @@ ON CONFLICT (user_id) DO UPDATE SET forgotten_at_ms = greatest(forgotten_users.f
 	}
 	// A writer of the Redis copy that read the user's row before the deletion and writes it
 	// after (the API's read-through of an expired hash, the consumer's journal heal) would
-	// put the hash back: delete it once more when such a write has landed.
+	// put the hash back: delete it once more when such a write has landed. A repopulation
+	// of the copy is such a writer for as long as it runs (it copies a snapshot page by
+	// page, minutes for a large store), so the second pass also waits for every running
+	// one to end.
 	t = time.NewTimer(redisSecondPass)
 	select {
 	case <-ctx.Done():
 		t.Stop()
 		return rep, fmt.Errorf("second pass over the redis copy (run it again): %w", ctx.Err())
 	case <-t.C:
+	}
+	if err := s.awaitRepopulation(ctx, repopulationWaitMax); err != nil {
+		return rep, err
 	}
 	if err := s.forgetRedis(ctx, users); err != nil {
 		return rep, err
@@ -172,3 +178,38 @@ ON CONFLICT (user_id) DO UPDATE SET forgotten_at_ms = greatest(forgotten_users.f
 // again: longer than a read-through or a journal heal takes from its PostgreSQL read to its
 // Redis write.
 const redisSecondPass = 2 * time.Second
+
+// repopulationWaitMax bounds how long Forget waits for a running repopulation (a large
+// store's takes minutes) before it gives up and asks for a rerun.
+const repopulationWaitMax = 15 * time.Minute
+
+// awaitRepopulation returns once no repopulation of the Redis copy holds its lock, polling
+// every repopulationPoll. A lock that outlives its holder expires (lockTTL), so a crashed
+// repopulation delays the return by that much at most.
+func (s *Store) awaitRepopulation(ctx context.Context, limit time.Duration) error {
+	if s.rd == nil {
+		return nil
+	}
+	deadline := time.Now().Add(limit)
+	for {
+		n, err := s.rd.Do(ctx, s.rd.B().Exists().Key(s.keys.Lock).Build()).AsInt64()
+		if err != nil {
+			return fmt.Errorf("check for a repopulation of the redis copy (the data is erased; run it again to clear the copy): %w", err)
+		}
+		if n == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("a repopulation of the redis copy has run for over %s and may copy the users back: run the erasure again once it ends (PostgreSQL is erased)", limit)
+		}
+		t := time.NewTimer(repopulationPoll)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("wait for a repopulation of the redis copy (the data is erased; run it again to clear the copy): %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+const repopulationPoll = 250 * time.Millisecond

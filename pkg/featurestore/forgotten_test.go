@@ -2,6 +2,7 @@ package featurestore_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,5 +53,80 @@ VALUES ('t', 0, 1, $1, '{"event_type":"watch","schema_version":"1"}', $2, 'unkno
 	}
 	if n != 0 {
 		t.Errorf("replay-dlq brought the erased user's features back (event received %d ms before the erasure)", rep.ForgottenAtMs-w.ServerReceivedTsMs)
+	}
+}
+
+// A repopulation of the Redis copy copies a snapshot page by page for as long as it runs: one
+// whose snapshot still held an erased user writes the user's hash after both of Forget's
+// deletions. Forget's second pass waits until no repopulation holds the lock, then deletes
+// the hash once more.
+func TestForgetOutlastsARunningRepopulation(t *testing.T) {
+	ctx := context.Background()
+	pool, rd := servers(t)
+	prefix := testutil.Unique("fr") + ":"
+	st := featurestore.New(pool, rd, prefix, testConfig(), nil)
+	const gone = "user-gone-during-repopulation"
+	lock := prefix + "repopulating" // held by a repopulation in another process
+	if err := rd.Do(ctx, rd.B().Set().Key(lock).Value("another-process").Px(time.Minute).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rd.Do(context.Background(), rd.B().Del().Key(lock).Build()) })
+	const settle = 100 * time.Millisecond
+	done := make(chan error, 1)
+	go func() {
+		_, err := st.Forget(ctx, []string{gone}, settle)
+		done <- err
+	}()
+	// Past both of Forget's usual passes (the erasure time plus 1 s, then 2 s more), the
+	// repopulation writes the user's hash from its snapshot.
+	time.Sleep(settle + 3*time.Second + 500*time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("Forget returned (error %v) while a repopulation held its lock", err)
+	default:
+	}
+	key := st.UserKey(gone)
+	if err := rd.Do(ctx, rd.B().Hset().Key(key).FieldValue().FieldValue("v", "7").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	// The repopulation ends.
+	if err := rd.Do(ctx, rd.B().Del().Key(lock).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Forget did not return 10 s after the repopulation ended")
+	}
+	n, err := rd.Do(ctx, rd.B().Exists().Key(key).Build()).AsInt64()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Error("the hash a repopulation wrote back during the erasure is still in the Redis copy")
+	}
+}
+
+// A repopulation that outlasts the wait's bound fails the erasure with a request to rerun it,
+// rather than returning as if the copy were clear.
+func TestForgetGivesUpOnALongRepopulation(t *testing.T) {
+	ctx := context.Background()
+	pool, rd := servers(t)
+	prefix := testutil.Unique("fl") + ":"
+	st := featurestore.New(pool, rd, prefix, testConfig(), nil)
+	if err := st.AwaitRepopulation(ctx, time.Second); err != nil {
+		t.Fatalf("no repopulation running: %v", err)
+	}
+	lock := prefix + "repopulating"
+	if err := rd.Do(ctx, rd.B().Set().Key(lock).Value("another-process").Px(time.Minute).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rd.Do(context.Background(), rd.B().Del().Key(lock).Build()) })
+	err := st.AwaitRepopulation(ctx, 600*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "run the erasure again") {
+		t.Errorf("waiting past the bound: %v, want an error asking for a rerun", err)
 	}
 }
