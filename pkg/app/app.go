@@ -151,7 +151,8 @@ func Run(ctx context.Context, o Options) error {
 	if o.HTTP.APIKeysFile != "" {
 		// Installed after every module's middleware (echo runs them in order of Use), so
 		// /reco's window records the 401s and 403s on its path like its other 4xx.
-		auth, err := httpx.NewAuth(o.HTTP.APIKeysFile, o.Log)
+		auth, err := httpx.NewAuth(o.HTTP.APIKeysFile, o.Log, httpx.RateLimits{Scope: o.HTTP.RateLimitScope,
+			Redis: in.Redis, KeyPrefix: o.Infra.Redis.KeyPrefix})
 		if err != nil {
 			return err
 		}

@@ -44,8 +44,9 @@ const HeaderAPIKey = "X-API-Key"
 type apiKey struct {
 	name   string
 	scopes []string
-	// rate is the key's request rate limit per second on this process (0: none); limiter
-	// enforces it, kept across reloads while the rate stays (Auth.maybeReload).
+	// rate is the key's request rate limit per second (0: none). limiter enforces it in this
+	// process: always with --http.rate-limit-scope=process, and while Redis fails with
+	// cluster. It is kept across reloads while the rate stays (Auth.maybeReload).
 	rate    float64
 	limiter *rate.Limiter
 }
@@ -63,10 +64,11 @@ const minSecretLen = 16
 // LoadAPIKeys reads a keys file: one key per line, "<name> <scopes> <secret> [rate=<N>]",
 // where scopes is a comma-separated subset of client and ops, secret is either the token
 // itself (16 characters or more) or "sha256:" and the 64 hex digits of its SHA-256, so that
-// the file need not hold the token, and N limits the key to N requests per second on each
-// server process (a burst of a second's worth; beyond it 429). Blank lines and lines starting
-// with # are ignored. Every problem is reported with its line number and never with a field's
-// value: a line whose fields were swapped by hand could put the secret anywhere.
+// the file need not hold the token, and N limits the key to N requests per second (a burst of
+// a second's worth; beyond it 429), in each process or across them (RateLimits). Blank lines
+// and lines starting with # are ignored. Every problem is reported with its line number and
+// never with a field's value: a line whose fields were swapped by hand could put the secret
+// anywhere.
 func LoadAPIKeys(path string) (keySet, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -186,6 +188,9 @@ type Auth struct {
 	stamp atomic.Pointer[fileStamp]
 	next  atomic.Int64
 
+	// cluster, when set, decides the requests of keys with a rate (--http.rate-limit-scope).
+	cluster *clusterLimits
+
 	refused      func(reason string) *metrics.Counter
 	reloadErrors *metrics.Counter
 	reloads      *metrics.Counter
@@ -198,17 +203,29 @@ type fileStamp struct {
 
 const reloadEvery = 5 * time.Second
 
-// NewAuth loads the keys file and returns the checker, its metrics in the process' default
-// set: recsys_http_auth_refused_total{reason: missing, invalid, scope, rate},
-// recsys_http_auth_keys, recsys_http_auth_reloads_total and
-// recsys_http_auth_reload_errors_total.
-func NewAuth(path string, log *slog.Logger) (*Auth, error) {
+// NewAuth loads the keys file and returns the checker, counting the keys' rates as limits
+// says. Its metrics are in the process' default set: recsys_http_auth_refused_total{reason:
+// missing, invalid, scope, rate}, recsys_http_auth_keys, recsys_http_auth_reloads_total,
+// recsys_http_auth_reload_errors_total and, with RateLimitCluster,
+// recsys_http_rate_limit_fallback_total (requests the process decided because Redis failed).
+func NewAuth(path string, log *slog.Logger, limits RateLimits) (*Auth, error) {
 	a := &Auth{path: path, log: log,
 		refused: func(reason string) *metrics.Counter {
 			return metrics.GetOrCreateCounter(`recsys_http_auth_refused_total{reason="` + reason + `"}`)
 		},
 		reloadErrors: metrics.GetOrCreateCounter("recsys_http_auth_reload_errors_total"),
 		reloads:      metrics.GetOrCreateCounter("recsys_http_auth_reloads_total"),
+	}
+	switch limits.Scope {
+	case "", RateLimitProcess:
+	case RateLimitCluster:
+		c, err := newClusterLimits(limits, log)
+		if err != nil {
+			return nil, err
+		}
+		a.cluster = c
+	default:
+		return nil, fmt.Errorf("--http.rate-limit-scope must be %q or %q, got %q", RateLimitProcess, RateLimitCluster, limits.Scope)
 	}
 	st, err := stampOf(path)
 	if err != nil {
@@ -264,7 +281,8 @@ func (a *Auth) maybeReload(now time.Time) {
 
 // withLimiters gives every key with a rate its limiter: the one it had in prev when its name
 // and rate are unchanged (a reload does not refill buckets), else a new one whose burst is a
-// second's worth of requests.
+// second's worth of requests. With RateLimitCluster the limiter decides only while Redis
+// fails, at the key's full rate: a bound per process, never none.
 func withLimiters(keys, prev keySet) {
 	old := map[string]apiKey{}
 	for _, k := range prev {
@@ -277,7 +295,7 @@ func withLimiters(keys, prev keySet) {
 		if o, ok := old[k.name]; ok && o.rate == k.rate {
 			k.limiter = o.limiter
 		} else {
-			k.limiter = rate.NewLimiter(rate.Limit(k.rate), max(int(k.rate), 1))
+			k.limiter = rate.NewLimiter(rate.Limit(k.rate), burst(k.rate))
 		}
 		keys[sum] = k
 	}
@@ -325,10 +343,23 @@ func (a *Auth) Middleware(next echo.HandlerFunc) echo.HandlerFunc {
 			a.refused("scope").Inc()
 			return echo.NewHTTPError(http.StatusForbidden, fmt.Sprintf("API key %q lacks the %s scope this path needs", k.name, need))
 		}
-		if k.limiter != nil && !k.limiter.Allow() {
+		if k.limiter == nil {
+			return next(c)
+		}
+		var allowed, shared bool
+		if a.cluster != nil {
+			allowed, shared = a.cluster.allow(k)
+		} else {
+			allowed = k.limiter.Allow()
+		}
+		if !allowed {
 			a.refused("rate").Inc()
 			c.Response().Header().Set("Retry-After", "1")
-			return echo.NewHTTPError(http.StatusTooManyRequests, fmt.Sprintf("API key %q is over its rate of %g requests/s on this server", k.name, k.rate))
+			where := "on this server"
+			if shared {
+				where = "across all servers"
+			}
+			return echo.NewHTTPError(http.StatusTooManyRequests, fmt.Sprintf("API key %q is over its rate of %g requests/s %s", k.name, k.rate, where))
 		}
 		return next(c)
 	}

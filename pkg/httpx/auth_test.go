@@ -37,6 +37,12 @@ func writeKeys(t *testing.T, content string) string {
 // authServer is the process' echo setup with routes of every class and the keys of path.
 func authServer(t *testing.T, path string) (*echo.Echo, *Auth) {
 	t.Helper()
+	return authServerWith(t, path, RateLimits{}, slog.New(slog.DiscardHandler))
+}
+
+// authServerWith is authServer counting the keys' rates as limits says, logging to log.
+func authServerWith(t *testing.T, path string, limits RateLimits, log *slog.Logger) (*echo.Echo, *Auth) {
+	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Pprof = true
 	cfg.APIKeysFile = path
@@ -51,7 +57,7 @@ func authServer(t *testing.T, path string) (*echo.Echo, *Auth) {
 	for _, p := range []string{"/log/watch", "/log/impression", "/log/batch", "/event"} {
 		e.POST(p, ok)
 	}
-	a, err := NewAuth(path, slog.New(slog.DiscardHandler))
+	a, err := NewAuth(path, log, limits)
 	if err != nil {
 		t.Fatal(err)
 	}

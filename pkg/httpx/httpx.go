@@ -42,12 +42,24 @@ type Config struct {
 	// APIKeysFile, when set, makes every request but the probes and the API's documentation
 	// carry a key of the scope its path needs (see Auth).
 	APIKeysFile string
+	// RateLimitScope is where a key's rate= is counted: RateLimitProcess or RateLimitCluster.
+	RateLimitScope string
 }
+
+// Where a key's rate is counted (--http.rate-limit-scope).
+const (
+	// RateLimitProcess counts each key in every process on its own: with P API pods a key
+	// gets up to P times its rate.
+	RateLimitProcess = "process"
+	// RateLimitCluster counts each key once for the whole deployment, in Redis.
+	RateLimitCluster = "cluster"
+)
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{Addr: ":8080", ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
-		WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, BodyLimitBytes: 4 << 20}
+		WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, BodyLimitBytes: 4 << 20,
+		RateLimitScope: RateLimitProcess}
 }
 
 // RegisterFlags adds the http.* flags.
@@ -58,7 +70,8 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.WriteTimeout, "http.write-timeout", c.WriteTimeout, "time allowed to write a response")
 	fs.DurationVar(&c.IdleTimeout, "http.idle-timeout", c.IdleTimeout, "keep-alive idle time")
 	fs.Int64Var(&c.BodyLimitBytes, "http.body-limit-bytes", c.BodyLimitBytes, "largest accepted request body; larger bodies get 413")
-	fs.StringVar(&c.APIKeysFile, "http.api-keys-file", c.APIKeysFile, "file of API keys, one \"<name> <scopes> <secret> [rate=<N>]\" per line (scopes: client, ops or client,ops; secret: the token, 16 characters or more, or sha256:<64 hex> of it; N: the key's limit in requests per second on each process, 429 beyond); when set, every request but /healthz, /livez, /readyz, /openapi.json, /docs and /redoc needs a key, as Authorization: Bearer <token> or X-API-Key: client opens /reco, /recommend, /log/* and /event, ops the metrics, /analytics/*, /contract and /debug/pprof; the file is re-read within 5 s of a change. Empty: no authentication, as the original service")
+	fs.StringVar(&c.APIKeysFile, "http.api-keys-file", c.APIKeysFile, "file of API keys, one \"<name> <scopes> <secret> [rate=<N>]\" per line (scopes: client, ops or client,ops; secret: the token, 16 characters or more, or sha256:<64 hex> of it; N: the key's limit in requests per second, 429 beyond, counted as --http.rate-limit-scope says); when set, every request but /healthz, /livez, /readyz, /openapi.json, /docs and /redoc needs a key, as Authorization: Bearer <token> or X-API-Key: client opens /reco, /recommend, /log/* and /event, ops the metrics, /analytics/*, /contract and /debug/pprof; the file is re-read within 5 s of a change. Empty: no authentication, as the original service")
+	fs.StringVar(&c.RateLimitScope, "http.rate-limit-scope", c.RateLimitScope, "where the rate=N of an API key is counted: process (each process on its own, so with P API pods a key gets up to P×N requests/s) or cluster (once for the whole deployment, in the Redis of --redis.url, one script call per request of a key with a rate; while Redis fails, each process counts on its own at N again); with API keys, cluster needs a role that uses Redis (api does)")
 	fs.BoolVar(&c.Pprof, "http.pprof", c.Pprof, "serve Go's profiles under /debug/pprof/ (CPU profiles longer than --http.write-timeout are cut); expose inside the cluster only")
 }
 
@@ -78,6 +91,9 @@ func (c Config) Validate() error {
 	}
 	if c.BodyLimitBytes < 1024 {
 		errs = append(errs, fmt.Errorf("--http.body-limit-bytes must be >= 1024, got %d", c.BodyLimitBytes))
+	}
+	if c.RateLimitScope != RateLimitProcess && c.RateLimitScope != RateLimitCluster {
+		errs = append(errs, fmt.Errorf("--http.rate-limit-scope must be %q or %q, got %q", RateLimitProcess, RateLimitCluster, c.RateLimitScope))
 	}
 	if c.APIKeysFile != "" {
 		if _, err := LoadAPIKeys(c.APIKeysFile); err != nil {
