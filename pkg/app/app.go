@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -102,6 +103,12 @@ func Run(ctx context.Context, o Options) error {
 		if err := c.Validate(); err != nil {
 			errs = append(errs, fmt.Errorf("module %s: %w", i.Name, err))
 		}
+	}
+	if o.HTTP.APIKeysFile != "" && o.HTTP.RateLimitScope == httpx.RateLimitCluster && !need.Has(infra.Redis) {
+		// Opening Redis for the limits alone would give a role that never needed it a
+		// dependency to fail on; the keys' budgets matter where the product API runs.
+		errs = append(errs, fmt.Errorf("--http.rate-limit-scope=%s counts the API keys' rates in Redis, which the roles of this process (%s) do not use: set it to %s here, or run the keys on a process with the api role",
+			httpx.RateLimitCluster, strings.Join(o.Roles, ","), httpx.RateLimitProcess))
 	}
 	if o.CrossCheck != nil {
 		errs = append(errs, o.CrossCheck(cfgs))
