@@ -15,6 +15,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/redis/rueidis"
+	"golang.org/x/time/rate"
 
 	recsysredis "recsys/pkg/redis"
 	"recsys/pkg/testutil"
@@ -22,7 +23,7 @@ import (
 
 // openRedis opens a client of url as the process does (pkg/redis: no retries, one
 // connection), closed when the test ends: each is one "pod".
-func openRedis(t *testing.T, url string) rueidis.Client {
+func openRedis(t testing.TB, url string) rueidis.Client {
 	t.Helper()
 	cfg := recsysredis.DefaultConfig()
 	cfg.URL = url
@@ -266,14 +267,14 @@ func TestClusterRateLimitDegradedMode(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			url, stop, start := tc.redis(t)
 			var logs testutil.SyncBuffer
-			const rate = 10
+			const perSecond = 10
 			p := newPod(t, writeKeys(t, "limited client "+clientSecret+" rate=10\n"), url, "recsys:", slog.New(slog.NewJSONHandler(&logs, nil)))
 			fallbacks := func() uint64 { return p.a.cluster.fallbacks.Get() }
 			if start != nil {
 				// Up: the key is counted in Redis, no fallback.
 				before := fallbacks()
-				if served, _, others := burstOf([]pod{p}, clientSecret, 3*rate); served < rate || served > rate+1 || len(others) > 0 {
-					t.Fatalf("Redis up: served %d of %d (others %v), want %d", served, 3*rate, others, rate)
+				if served, _, others := burstOf([]pod{p}, clientSecret, 3*perSecond); served < perSecond || served > perSecond+1 || len(others) > 0 {
+					t.Fatalf("Redis up: served %d of %d (others %v), want %d", served, 3*perSecond, others, perSecond)
 				}
 				if fallbacks() != before {
 					t.Fatalf("Redis up: %d fallbacks", fallbacks()-before)
@@ -290,8 +291,8 @@ func TestClusterRateLimitDegradedMode(t *testing.T) {
 			// The process' bucket: a second's worth, plus at most what refilled meanwhile (a
 			// token bucket is exact: no tolerance, so the request that met the failure is
 			// limited too).
-			if most := rate + int(rate*took.Seconds()); served < rate || served > most {
-				t.Errorf("Redis down: served %d of %d in %s, want %d to %d (limited by the process)", served, n, took, rate, most)
+			if most := perSecond + int(perSecond*took.Seconds()); served < perSecond || served > most {
+				t.Errorf("Redis down: served %d of %d in %s, want %d to %d (limited by the process)", served, n, took, perSecond, most)
 			}
 			if got := fallbacks() - before; got != n {
 				t.Errorf("Redis down: %d fallbacks counted, want %d", got, n)
@@ -321,8 +322,8 @@ func TestClusterRateLimitDegradedMode(t *testing.T) {
 				p.get(clientSecret)
 			}
 			before = fallbacks()
-			if served, _, others := burstOf([]pod{p}, clientSecret, 3*rate); served > rate+1 || len(others) > 0 {
-				t.Errorf("Redis back: served %d of %d (others %v), want at most %d", served, 3*rate, others, rate+1)
+			if served, _, others := burstOf([]pod{p}, clientSecret, 3*perSecond); served > perSecond+1 || len(others) > 0 {
+				t.Errorf("Redis back: served %d of %d (others %v), want at most %d", served, 3*perSecond, others, perSecond+1)
 			}
 			if got := fallbacks() - before; got != 0 {
 				t.Errorf("Redis back: %d fallbacks", got)
@@ -375,5 +376,42 @@ func TestRateLimitScopeSetting(t *testing.T) {
 		if (err == nil) != (tc.want == "") || (err != nil && !strings.Contains(err.Error(), tc.want)) {
 			t.Errorf("NewAuth with %+v: %v, want %q", tc.limits, err, tc.want)
 		}
+	}
+}
+
+// BenchmarkClusterRateLimit is what one decision of a key with a rate costs: the process'
+// own limiter, and a --http.rate-limit-scope=cluster call to the real Redis, one at a time
+// (its latency) and from every core at once (the pipelined client's throughput):
+//
+//	go test -run '^$' -bench ClusterRateLimit -count 5 ./pkg/httpx/
+func BenchmarkClusterRateLimit(b *testing.B) {
+	k := apiKey{name: testutil.Unique("bench-"), rate: 1e6}
+	k.limiter = rate.NewLimiter(rate.Limit(k.rate), burst(k.rate))
+	b.Run("process", func(b *testing.B) {
+		for b.Loop() {
+			k.limiter.Allow()
+		}
+	})
+	c, err := newClusterLimits(RateLimits{Scope: RateLimitCluster, Redis: openRedis(b, testutil.RedisURL(b)),
+		KeyPrefix: testutil.Unique("bench-rl-") + ":"}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	c.allow(k) // loads the script
+	before := c.fallbacks.Get()
+	b.Run("cluster/serial", func(b *testing.B) {
+		for b.Loop() {
+			c.allow(k)
+		}
+	})
+	b.Run("cluster/parallel", func(b *testing.B) {
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				c.allow(k)
+			}
+		})
+	})
+	if n := c.fallbacks.Get() - before; n > 0 {
+		b.Fatalf("%d decisions fell back: the figures are not Redis'", n)
 	}
 }
