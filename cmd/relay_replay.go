@@ -30,7 +30,7 @@ them.
 
 --status dead is the runbook case (rows that used up their attempts, e.g. while a topic was
 missing); --status published publishes retained rows again (e.g. after a topic was lost), and
-consumers see duplicates they deduplicate on event_id. The two are never mixed.
+consumers see duplicates they deduplicate on (event_id, user_id). The two are never mixed.
 --since takes a duration back from now (24h, 90m) or an RFC 3339 time / date
 (2026-01-02T15:04:05Z, 2026-01-02) and matches rows created at or after it; an event
 dead-lettered out of a batch row (its own dead row) was created when it was split out.

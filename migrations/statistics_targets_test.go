@@ -12,7 +12,8 @@ import (
 
 // TestStatisticsTargetsMigration: after 0018 ANALYZE builds statistics only for the columns
 // queries filter, join or group on, and the down migration gives every column the server's
-// default target back.
+// default target back. Up runs to the latest version: columns later migrations add (later)
+// keep statistics by 0018's rule.
 func TestStatisticsTargetsMigration(t *testing.T) {
 	m, dsn, since := before(t, 18)
 	ctx := context.Background()
@@ -32,21 +33,23 @@ INSERT INTO event_dedup (event_id, event_type) SELECT 'e' || g, 'watch' FROM gen
 		name string
 		all  []string // every column, in name order
 		kept []string // those with statistics after 0018, in name order
+		// later are columns added by later migrations with statistics, after kept in name order
+		later []string
 	}{
 		{"impression_events",
 			[]string{"context", "created_at", "event_id", "feed_ids", "item_ids", "positions", "request_id",
 				"server_received_ts_ms", "session_id", "slots", "ts", "ts_ms", "user_id"},
-			[]string{"created_at", "event_id", "request_id", "server_received_ts_ms", "user_id"}},
+			[]string{"created_at", "event_id", "request_id", "server_received_ts_ms", "user_id"}, nil},
 		{"feature_users",
 			[]string{"history", "impressions", "impressions_recent", "user_id", "version", "watched"},
-			[]string{"user_id"}},
-		{"feature_applied", []string{"applied_at", "event_id"}, []string{"applied_at", "event_id"}},
-		{"event_dedup", []string{"created_at", "event_id", "event_type"}, []string{"created_at", "event_id"}},
+			[]string{"user_id"}, nil},
+		{"feature_applied", []string{"applied_at", "event_id"}, []string{"applied_at", "event_id"}, []string{"user_id"}},           // 0022
+		{"event_dedup", []string{"created_at", "event_id", "event_type"}, []string{"created_at", "event_id"}, []string{"user_id"}}, // 0022
 	}
 	// check analyzes each table (unless analyze is false: before 0018, where a column whose
 	// target becomes 0 would keep, unused, the statistics it had, and autovacuum may have
 	// analyzed already) and compares the columns with statistics and each column's target.
-	check := func(stage string, analyze bool, want func(all, kept []string) []string, target func(kept []string, col string) int) {
+	check := func(stage string, analyze bool, want func(all, kept, later []string) []string, target func(kept, later []string, col string) int) {
 		t.Helper()
 		for _, tb := range tables {
 			if analyze {
@@ -56,7 +59,7 @@ INSERT INTO event_dedup (event_id, event_type) SELECT 'e' || g, 'watch' FROM gen
 				// Columns that are NULL in every row get a pg_stats row too.
 				got := queryStrings(t, pool, `SELECT attname::text FROM pg_stats
 WHERE schemaname = current_schema() AND tablename = '`+tb.name+`' ORDER BY 1`)
-				if w := want(tb.all, tb.kept); !slices.Equal(got, w) {
+				if w := want(tb.all, tb.kept, tb.later); !slices.Equal(got, w) {
 					t.Errorf("%s: %s has statistics for %v, want %v", stage, tb.name, got, w)
 				}
 			}
@@ -68,20 +71,20 @@ FROM pg_attribute WHERE attrelid = '`+tb.name+`'::regclass AND attnum > 0 AND NO
 				if err != nil {
 					t.Fatalf("target %q: %v", kv, err)
 				}
-				if w := target(tb.kept, col); n != w {
+				if w := target(tb.kept, tb.later, col); n != w {
 					t.Errorf("%s: %s.%s has target %d, want %d", stage, tb.name, col, n, w)
 				}
 			}
 		}
 	}
-	every := func(all, _ []string) []string { return all }
-	dflt := func([]string, string) int { return -1 }
+	every := func(all, _, _ []string) []string { return all }
+	dflt := func([]string, []string, string) int { return -1 }
 	check("before 0018", false, every, dflt)
 	if err := m.Up(ctx); err != nil {
 		t.Fatal(err)
 	}
-	check("after 0018", true, func(_, kept []string) []string { return kept }, func(kept []string, col string) int {
-		if slices.Contains(kept, col) {
+	check("after 0018", true, func(_, kept, later []string) []string { return append(slices.Clone(kept), later...) }, func(kept, later []string, col string) int {
+		if slices.Contains(kept, col) || slices.Contains(later, col) {
 			return 10
 		}
 		return 0

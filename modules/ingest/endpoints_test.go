@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -716,7 +717,7 @@ func TestQueuedWriteAnswersItsOutcome(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := tx.Exec(ctx, "INSERT INTO event_dedup (event_id, event_type) VALUES ($1, 'watch')", id); err != nil {
+		if _, err := tx.Exec(ctx, "INSERT INTO event_dedup (event_id, user_id, event_type) VALUES ($1, 'user-1', 'watch')", id); err != nil {
 			t.Fatal(err)
 		}
 		return func() { _ = tx.Rollback(ctx) }
@@ -793,5 +794,72 @@ func TestHealthExportsOutboxBacklog(t *testing.T) {
 	time.Sleep(snapshotEvery)
 	if b, g := pending(); b.Pending != 3 || g != 3 {
 		t.Errorf("after a second: snapshot pending %d, gauge %v; want 3", b.Pending, g)
+	}
+}
+
+// TestEventIDsArePerUser: clients that number their events per user or per device send ids
+// that other users' clients send too (api-contract §16.10). On every endpoint another user's
+// event with a stored id is stored and enqueued, while a resend by the same user, of any kind,
+// is a duplicate; /log/batch still refuses one id twice in a request, whatever the users
+// (the contract's rule).
+func TestEventIDsArePerUser(t *testing.T) {
+	v := newEnv(t, testutil.MigratedDatabase(t))
+	as := func(body map[string]any, user string) map[string]any { return set(body, "user_id", user) }
+	batch := func(evs ...map[string]any) map[string]any { return map[string]any{"events": evs} }
+	const ok, dup = `"status":"ok"`, `"status":"duplicate"`
+	cases := []struct {
+		name, path string
+		body       map[string]any
+		code       int
+		want       string // a substring of the answer
+	}{
+		{"impression", "/log/impression", as(impressionBody("evt-00000001", 2), "user-a"), 200, `"status":"ok","inserted_rows":2,"event_backbone_mode":"transactional_outbox","outbox_enqueued":true`},
+		{"impression, same id, another user", "/log/impression", as(impressionBody("evt-00000001", 2), "user-b"), 200, `"status":"ok","inserted_rows":2,"event_backbone_mode":"transactional_outbox","outbox_enqueued":true`},
+		{"impression resent", "/log/impression", as(impressionBody("evt-00000001", 2), "user-a"), 200, `"status":"duplicate","inserted_rows":0`},
+		{"watch with that id, a third user", "/log/watch", as(watchBody("evt-00000001"), "user-c"), 200, ok},
+		{"watch with that id, same user", "/log/watch", as(watchBody("evt-00000001"), "user-b"), 200, dup},
+		{"watch", "/log/watch", as(watchBody("evt-00000002"), "user-a"), 200, `"status":"ok","feature_update_mode":"async_consumer","feature_updated":false,"event_backbone_mode":"transactional_outbox","outbox_enqueued":true`},
+		{"watch, same id, another user", "/log/watch", as(watchBody("evt-00000002"), "user-b"), 200, `"outbox_enqueued":true`},
+		{"watch resent", "/log/watch", as(watchBody("evt-00000002"), "user-b"), 200, dup},
+		{"event", "/event", as(legacyBody("evt-00000003"), "user-a"), 200, `{"status":"ok","event_id":"evt-00000003"}`},
+		{"event, same id, another user", "/event", as(legacyBody("evt-00000003"), "user-b"), 200, `{"status":"ok","event_id":"evt-00000003"}`},
+		{"event resent", "/event", as(legacyBody("evt-00000003"), "user-b"), 200, `{"status":"duplicate","event_id":"evt-00000003"}`},
+		{"batch", "/log/batch", batch(as(watchBody("evt-00000004"), "user-a"), as(impressionBody("evt-00000005", 1), "user-b")), 200, `"count":2,"inserted_events":2`},
+		{"batch, same ids, other users", "/log/batch", batch(as(watchBody("evt-00000005"), "user-a"), as(impressionBody("evt-00000004", 1), "user-b")), 200, `"count":2,"inserted_events":2`},
+		{"batch resent", "/log/batch", batch(as(watchBody("evt-00000004"), "user-a"), as(impressionBody("evt-00000005", 1), "user-b")), 200, `"count":2,"inserted_events":0`},
+		{"batch, one id from two users", "/log/batch", batch(as(watchBody("evt-00000006"), "user-a"), as(watchBody("evt-00000006"), "user-b")), 422, "batch events must have unique event_id"},
+	}
+	for _, tc := range cases {
+		if code, resp := v.post(tc.path, mustJSON(t, tc.body)); code != tc.code || !strings.Contains(resp, tc.want) {
+			t.Errorf("%s: %d %s, want %d %s", tc.name, code, resp, tc.code, tc.want)
+		}
+	}
+	want := []string{"evt-00000001/user-a", "evt-00000001/user-b", "evt-00000001/user-c", "evt-00000002/user-a", "evt-00000002/user-b",
+		"evt-00000003/user-a", "evt-00000003/user-b", "evt-00000004/user-a", "evt-00000004/user-b", "evt-00000005/user-a", "evt-00000005/user-b"}
+	var stored []string
+	rows, err := v.pool.Query(context.Background(), `SELECT event_id || '/' || user_id FROM impression_events UNION ALL
+		SELECT event_id || '/' || user_id FROM watches UNION ALL SELECT event_id || '/' || user_id FROM legacy_events ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		stored = append(stored, s)
+	}
+	if rows.Close(); !slices.Equal(stored, want) {
+		t.Errorf("stored events = %q, want %q", stored, want)
+	}
+	var enqueued []string
+	for _, ev := range v.outboxEvents() {
+		enqueued = append(enqueued, ev.EventID+"/"+ev.Key)
+	}
+	if slices.Sort(enqueued); !slices.Equal(enqueued, want) {
+		t.Errorf("outbox events = %q, want %q", enqueued, want)
+	}
+	if n := v.count("SELECT count(*) FROM event_dedup"); n != len(want) {
+		t.Errorf("dedup keys = %d, want %d", n, len(want))
 	}
 }

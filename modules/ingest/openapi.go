@@ -70,10 +70,10 @@ func requestSchemas(lim events.Limits) map[string]*openapi.Schema {
 	window := fmt.Sprintf("Values below 10^12 are seconds, others milliseconds; the time must lie within %d ms before "+
 		"and %d ms after the server clock (--ingest.max-event-age, --ingest.max-event-future).", lim.MaxAgeMs, lim.MaxFutureMs)
 	eventID := str(8, 64)
-	eventID.Description = "Idempotency key across every kind of event. When absent, a 32-hex id derived from the event's fields, " +
+	eventID.Description = "Idempotency key of the user's events, across every kind (another user's event may carry the same id). When absent, a 32-hex id derived from the event's fields, " +
 		"so a resend is answered \"duplicate\" (--ingest.missing-event-id=content)."
 	if lim.RandomMissingIDs {
-		eventID.Description = "Idempotency key across every kind of event. When absent, a fresh random 32-hex id: a resend is stored again " +
+		eventID.Description = "Idempotency key of the user's events, across every kind (another user's event may carry the same id). When absent, a fresh random 32-hex id: a resend is stored again " +
 			"(--ingest.missing-event-id=random)."
 	}
 	ctxProps := map[string]*openapi.Schema{}

@@ -23,7 +23,7 @@
 // keyed by its user id. A user's events always ride in one lane, and the lane is the order
 // unit, so per-user order holds. A row is acked only when all its messages are; otherwise the
 // whole row is retried (its acked messages are sent again: at-least-once, consumers
-// deduplicate on event_id) and the later rows of its lane wait. A batch row that does not
+// deduplicate on (event_id, user_id)) and the later rows of its lane wait. A batch row that does not
 // decode is poison: it goes dead at once with the decode error (it would fail forever) and
 // its lane goes on.
 //

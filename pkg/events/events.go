@@ -55,7 +55,8 @@ const (
 // Any is one of *Impression, *Watch or *Legacy.
 type Any interface {
 	Kind() Kind
-	// ID returns the event_id, the global idempotency key across all kinds.
+	// ID returns the event_id: with User, the idempotency key across all kinds (two users'
+	// events may share an id).
 	ID() string
 	// User returns the user_id, the Kafka message key (per-user order).
 	User() string

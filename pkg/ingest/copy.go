@@ -32,26 +32,29 @@ const probeGroupsAfterDuplicate = 64
 // payload (kinds.notifyPayload).
 const notifySQL = `SELECT pg_notify('` + NotifyChannel + `', $1)`
 
-// copyProbeSQL returns the group's ids that are stored already. It also queues the relay's
-// notification when some id is new (the group's ids are distinct), which PostgreSQL delivers
-// only if the transaction commits; every new id gets its frame in an outbox row below.
+// copyProbeSQL returns the dedup indexes (0-based) of the group's keys that are stored
+// already: $1 and $2 are the keys' event_ids and users. It also queues the relay's
+// notification when some key is new (the group's keys are distinct), which PostgreSQL
+// delivers only if the transaction commits; every new key gets its frame in an outbox row
+// below. Each key is one descent of the primary key, as the probe by id alone was.
 const copyProbeSQL = `
 WITH e AS (
-	SELECT event_id FROM event_dedup WHERE event_id = ANY($1::text[])
+	SELECT u.ord FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(id, usr, ord)
+	WHERE EXISTS (SELECT 1 FROM event_dedup d WHERE d.event_id = u.id AND d.user_id = u.usr)
 ), n AS (
-	SELECT pg_notify('` + NotifyChannel + `', $2) WHERE (SELECT count(*) FROM e) < cardinality($1::text[])
+	SELECT pg_notify('` + NotifyChannel + `', $3) WHERE (SELECT count(*) FROM e) < cardinality($1::text[])
 )
-SELECT ARRAY(SELECT event_id FROM e), (SELECT count(*) FROM n)`
+SELECT ARRAY(SELECT ord - 1 FROM e), (SELECT count(*) FROM n)`
 
 var (
-	dedupColumns      = []string{"event_id", "event_type"}
+	dedupColumns      = []string{"event_id", "user_id", "event_type"}
 	impressionColumns = []string{"event_id", "user_id", "session_id", "request_id", "ts_ms", "ts", "server_received_ts_ms", "context", "positions", "item_ids", "feed_ids", "slots"}
 	watchColumns      = []string{"event_id", "user_id", "session_id", "request_id", "item_id", "watch_time_sec", "percent_watched", "ended", "playback_speed", "rebuffer_count", "ts_ms", "ts", "server_received_ts_ms", "context"}
 	legacyColumns     = []string{"event_id", "user_id", "item_id", "event_type", "ts", "ts_ms"}
 	outboxColumns     = []string{"event_id", "event_type", "topic", "msg_key", "payload", "schema_version", "max_attempts", "payload_format", "event_count"}
 )
 
-// copyGroup writes a group in one transaction: COPY of the new ids' dedup keys (in id order,
+// copyGroup writes a group in one transaction: COPY of the new dedup keys (in key order,
 // so concurrent groups meet on their keys in the same order and cannot deadlock), of their raw
 // rows and of the outbox rows holding their frames (built here from the new ids). It reports,
 // per dedup index, whether the id was new (each new id got its frame in an outbox row).
@@ -80,11 +83,11 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (isNew []bool, err err
 			_ = tx.Rollback(rctx)
 		}
 	}()
-	var existing []string
+	var existing []int64 // dedup indexes
 	// Concurrent workers may take the count below zero; a duplicate sets it again.
 	if w.probeGroups.Load() > 0 {
 		var notified int64
-		if err = tx.QueryRow(ctx, copyProbeSQL, b.dedupIDs, b.kinds().notifyPayload()).Scan(&existing, &notified); err != nil {
+		if err = tx.QueryRow(ctx, copyProbeSQL, b.dedupIDs, b.dedupUsers, b.kinds().notifyPayload()).Scan(&existing, &notified); err != nil {
 			return nil, fmt.Errorf("probe dedup keys: %w", err)
 		}
 		if len(existing) > 0 {
@@ -102,24 +105,29 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (isNew []bool, err err
 	for i := range isNew {
 		isNew[i] = true
 	}
-	for _, id := range existing {
-		i, ok := b.firstOf[id]
-		if !ok {
-			return nil, fmt.Errorf("probe returned event_id %q not in the group", id)
+	for _, i := range existing {
+		if i < 0 || i >= int64(len(isNew)) {
+			return nil, fmt.Errorf("probe returned dedup index %d of a group of %d", i, len(isNew))
 		}
 		isNew[i] = false
 	}
-	fresh := make([]int32, 0, len(b.dedupIDs)-len(existing)) // dedup indexes of the new ids
+	fresh := make([]int32, 0, len(b.dedupIDs)-len(existing)) // dedup indexes of the new keys
 	for i, n := range isNew {
 		if n {
 			fresh = append(fresh, int32(i))
 		}
 	}
-	slices.SortFunc(fresh, func(x, y int32) int { return strings.Compare(b.dedupIDs[x], b.dedupIDs[y]) })
+	slices.SortFunc(fresh, func(x, y int32) int {
+		if c := strings.Compare(b.dedupIDs[x], b.dedupIDs[y]); c != 0 {
+			return c
+		}
+		return strings.Compare(b.dedupUsers[x], b.dedupUsers[y])
+	})
 	obRows := b.outboxRows(isNew)
 	obRow := func(e *copyEncoder, i int) { e.outboxRow(b, &obRows[i]) }
 	dedupRow := func(e *copyEncoder, j int) {
 		e.text(b.dedupIDs[fresh[j]])
+		e.text(b.dedupUsers[fresh[j]])
 		e.text(b.dedupKinds[fresh[j]])
 	}
 	copies := []struct {

@@ -44,7 +44,7 @@ func tableText(t *testing.T, pool *pgxpool.Pool, prefix string) []string {
 		`SELECT replace(row_to_json(x)::text, $1, '') FROM (SELECT event_id, user_id, session_id, request_id, item_id, watch_time_sec, percent_watched, ended, playback_speed, rebuffer_count, ts_ms, ts, server_received_ts_ms, context FROM watches) x`,
 		`SELECT replace(row_to_json(x)::text, $1, '') FROM (SELECT event_id, user_id, item_id, event_type, ts, ts_ms FROM legacy_events) x`,
 		`SELECT replace(row_to_json(x)::text, $1, '') FROM (SELECT split_part(event_id, '@', 1) AS event_id, event_type, topic, msg_key, payload_format, event_count, schema_version, correlation_id, status, attempts, max_attempts FROM event_outbox ORDER BY id) x`,
-		`SELECT replace(row_to_json(x)::text, $1, '') FROM (SELECT event_id, event_type FROM event_dedup) x`,
+		`SELECT replace(row_to_json(x)::text, $1, '') FROM (SELECT event_id, user_id, event_type FROM event_dedup) x`,
 	}
 	var out []string
 	for _, q := range queries {
@@ -208,7 +208,7 @@ func TestCopyDedupRace(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
-	if _, err := tx.Exec(ctx, `INSERT INTO event_dedup (event_id, event_type) VALUES ('race-0003', 'watch')`); err != nil {
+	if _, err := tx.Exec(ctx, `INSERT INTO event_dedup (event_id, user_id, event_type) VALUES ('race-0003', 'u1', 'watch')`); err != nil {
 		t.Fatal(err)
 	}
 	var evs []events.Any

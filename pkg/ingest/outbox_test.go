@@ -141,6 +141,7 @@ func testWriterOutboxRowPerLane(t *testing.T, path func(*ingest.Config)) {
 	}
 	var order []key
 	want := map[key][]string{}
+	firstUser := map[key]string{} // the user of each row's first event, in the row's name
 	seen := map[string]bool{"stored-0001": true, "stored-0002": true}
 	for r, evs := range reqs {
 		for i, ev := range evs {
@@ -158,6 +159,7 @@ func testWriterOutboxRowPerLane(t *testing.T, path func(*ingest.Config)) {
 			}
 			if _, ok := want[k]; !ok {
 				order = append(order, k)
+				firstUser[k] = ev.User()
 			}
 			want[k] = append(want[k], ev.ID())
 		}
@@ -173,7 +175,7 @@ func testWriterOutboxRowPerLane(t *testing.T, path func(*ingest.Config)) {
 			wantType = "impression"
 		}
 		ids := frameIDs(r.frames)
-		if r.topic != k.topic || r.key != outbox.LaneKey(k.lane) || r.eventType != wantType || !strings.HasPrefix(r.eventID, "batch:"+want[k][0]+"@") ||
+		if r.topic != k.topic || r.key != outbox.LaneKey(k.lane) || r.eventType != wantType || !strings.HasPrefix(r.eventID, "batch:"+want[k][0]+"/"+firstUser[k]+"@") ||
 			r.count != len(want[k]) || !slices.Equal(ids, want[k]) || r.maxAttempts != 25 || r.status != "pending" || r.corr != nil {
 			t.Errorf("row %d = %s %s %s %s count %d frames %v, want %s %s %s batch:%s frames %v",
 				i, r.eventID, r.eventType, r.topic, r.key, r.count, ids, k.topic, outbox.LaneKey(k.lane), wantType, want[k][0], want[k])

@@ -1,6 +1,6 @@
 // Package ingest is the durable write path of events: a group-commit Writer that stores
 // impressions, watches and legacy events with their event_outbox rows in one PostgreSQL
-// transaction, idempotently by event_id.
+// transaction, idempotently by (user_id, event_id).
 //
 // Group commit: Write hands the caller's events to a queue; each of a few worker goroutines
 // takes the first waiting request, gathers more for at most MaxWait (or until MaxEvents), and
@@ -23,13 +23,17 @@
 // (payload_format 2). The lane is a hash of the user id, so a user's events always share a
 // lane's order unit; the outbox's per-row cost (a heap row and four index entries, most of
 // ingestion's database work when it was per event) is paid per lane instead of per event.
-// The row's event_id is "batch:" + its first event's id, unique because event ids are.
+// The row's event_id is "batch:" + its first event's id and user, unique because those pairs
+// are.
 //
-// Idempotency: event_dedup(event_id) is inserted first (the statement: ON CONFLICT DO
-// NOTHING; COPY: every id, or the ids a probe did not find, and a unique violation sends the
-// group to the statement); raw rows and outbox frames are written only for ids that were new. Concurrent
-// transactions with the same id serialise on the unique index, so exactly one gets "ok". Ids
-// are inserted in sorted order so two groups never deadlock on each other.
+// Idempotency: an event is its user's event_id. Clients may number events per user or per
+// device, so two users' events can share an id and are two events; a resend by the same user
+// is a duplicate (api-contract §16.10). event_dedup(event_id, user_id) is inserted first (the
+// statement: ON CONFLICT DO NOTHING; COPY: every key, or the keys a probe did not find, and a
+// unique violation sends the group to the statement); raw rows and outbox frames are written
+// only for keys that were new. Concurrent transactions with the same key serialise on the
+// unique index, so exactly one gets "ok". Keys are inserted in sorted order so two groups
+// never deadlock on each other.
 //
 // When a transaction wrote outbox rows it also notifies channel recsys_outbox (delivered
 // on commit), so the relay wakes without polling.
@@ -102,7 +106,7 @@ type Status string
 // The outcomes.
 const (
 	StatusOK        Status = "ok"        // stored now
-	StatusDuplicate Status = "duplicate" // its event_id was stored before; nothing changed
+	StatusDuplicate Status = "duplicate" // its user's event_id was stored before; nothing changed
 )
 
 // Result is the outcome of one event of a Write.
@@ -644,14 +648,17 @@ func (w *Writer) commit(group []*request, deadline time.Time) error {
 	return nil
 }
 
+// dedupKey is an event's idempotency key.
+type dedupKey struct{ id, user string }
+
 // batch holds the column arrays of one statement.
 type batch struct {
-	dedupIDs, dedupKinds []string
-	// Parallel to dedupIDs: the row written for each id (its first occurrence in the group).
+	dedupIDs, dedupUsers, dedupKinds []string
+	// Parallel to dedupIDs: the row written for each key (its first occurrence in the group).
 	// The per-event outcome is kept by this index, so resolving a group needs no sort and
 	// no search.
 	rows    []*row
-	firstOf map[string]int32 // event_id -> index into dedupIDs
+	firstOf map[dedupKey]int32 // key -> index into dedupIDs
 	// The dedup index of each raw row (parallel to impEventID, watEventID, legEventID).
 	impIdx, watIdx, legIdx []int32
 
@@ -688,12 +695,19 @@ type batch struct {
 	idSuffix    string // "@" + the group's creation time in ns, base 36: see batchIDPrefix
 }
 
-// batchIDPrefix starts the event_id of a batch row: "batch:" + its first event's id + the
-// group's idSuffix. The suffix keeps the name unique even when the first event is a resend
-// whose dedup key was deleted by retention while an old row of that name (a dead one) was
-// kept: without it the new row would hit the unique key and the other new events of its lane
-// would be stored but never published.
+// batchIDPrefix starts the event_id of a batch row: "batch:" + its first event's id + "/" +
+// that event's user + the group's idSuffix. The user keeps two groups whose first events are
+// two users' events of one id (on two API pods, in the same nanosecond) apart. The suffix keeps
+// the name unique even when the first event is a resend whose dedup key was deleted by
+// retention while an old row of that name (a dead one) was kept. A clash would hit the unique
+// key, and the other new events of its lane would be stored but never published.
 const batchIDPrefix = "batch:"
+
+// batchRowName is the event_id of the batch row whose first event is (id, user); insertSQL
+// builds the same string.
+func (b *batch) batchRowName(i int) string {
+	return batchIDPrefix + b.dedupIDs[i] + "/" + b.dedupUsers[i] + b.idSuffix
+}
 
 func newBatch(cfg Config, laneKeys []string, group []*request) *batch {
 	n, nw := 0, 0
@@ -705,20 +719,20 @@ func newBatch(cfg Config, laneKeys []string, group []*request) *batch {
 			}
 		}
 	}
-	b := &batch{firstOf: make(map[string]int32, n), maxAttempts: cfg.MaxAttempts, idSuffix: "@" + strconv.FormatInt(time.Now().UnixNano(), 36),
-		dedupIDs: make([]string, 0, n), dedupKinds: make([]string, 0, n), rows: make([]*row, 0, n),
+	b := &batch{firstOf: make(map[dedupKey]int32, n), maxAttempts: cfg.MaxAttempts, idSuffix: "@" + strconv.FormatInt(time.Now().UnixNano(), 36),
+		dedupIDs: make([]string, 0, n), dedupUsers: make([]string, 0, n), dedupKinds: make([]string, 0, n), rows: make([]*row, 0, n),
 		obGroup: make([]int32, 0, n), obFrame: make([][]byte, 0, n), slotGroup: make([]int32, 2*len(laneKeys))}
 	b.growWatches(nw)
 	for _, r := range group {
 		for i := range r.rows {
 			rw := &r.rows[i]
-			id := rw.ev.ID()
-			if _, dup := b.firstOf[id]; dup {
-				// Two requests of this group carry one id: only the first is written, the
-				// other is a duplicate of it.
+			k := dedupKey{rw.ev.ID(), rw.ev.User()}
+			if _, dup := b.firstOf[k]; dup {
+				// The group carries one user's event_id twice: only the first is written,
+				// the other is a duplicate of it.
 				continue
 			}
-			b.firstOf[id] = int32(len(b.dedupIDs))
+			b.firstOf[k] = int32(len(b.dedupIDs))
 			b.add(cfg, laneKeys, rw)
 		}
 	}
@@ -745,6 +759,7 @@ func (b *batch) add(cfg Config, laneKeys []string, rw *row) {
 	idx := int32(len(b.dedupIDs))
 	b.rows = append(b.rows, rw)
 	b.dedupIDs = append(b.dedupIDs, id)
+	b.dedupUsers = append(b.dedupUsers, rw.ev.User())
 	b.dedupKinds = append(b.dedupKinds, string(kind))
 	// Legacy events ride in the watches topic's rows; their frames keep their own type.
 	topicIdx, topic, rowType := 1, cfg.TopicWatches, string(events.KindWatch)
@@ -817,13 +832,13 @@ type outboxRow struct {
 func (b *batch) outboxRows(isNew []bool) []outboxRow {
 	at := make([]int, len(b.gTopic)) // group -> 1-based index into rows
 	var rows []outboxRow
-	for i, id := range b.dedupIDs {
+	for i := range b.dedupIDs {
 		if !isNew[i] {
 			continue
 		}
 		g := b.obGroup[i] - 1
 		if at[g] == 0 {
-			rows = append(rows, outboxRow{eventID: batchIDPrefix + id + b.idSuffix, eventType: b.gType[g], topic: b.gTopic[g], key: b.gKey[g]})
+			rows = append(rows, outboxRow{eventID: b.batchRowName(i), eventType: b.gType[g], topic: b.gTopic[g], key: b.gKey[g]})
 			at[g] = len(rows)
 		}
 		r := &rows[at[g]-1]
@@ -847,14 +862,14 @@ func (b *batch) enqueued(isNew []bool, rowIDs []string) []bool {
 	}
 	// 0 unknown, 1 written, 2 skipped: decided by the group's first new event.
 	state := make([]int8, len(b.gTopic))
-	for i, id := range b.dedupIDs {
+	for i := range b.dedupIDs {
 		if !isNew[i] {
 			continue
 		}
 		g := b.obGroup[i] - 1
 		if state[g] == 0 {
 			state[g] = 2
-			if _, ok := written[batchIDPrefix+id+b.idSuffix]; ok {
+			if _, ok := written[b.batchRowName(i)]; ok {
 				state[g] = 1
 			}
 		}
@@ -890,7 +905,7 @@ func (k kinds) notifyPayload() string {
 // args returns the parameters of insertSQL(k), in its numbering order.
 func (b *batch) args(k kinds) []any {
 	a := make([]any, 0, 40)
-	a = append(a, b.dedupIDs, b.dedupKinds)
+	a = append(a, b.dedupIDs, b.dedupUsers, b.dedupKinds)
 	if k&hasImpressions != 0 {
 		pos, items, feeds, slots := b.impressionLiterals()
 		a = append(a, b.impEventID, b.impUser, b.impSession, b.impRequest, b.impTs, b.impSrv, b.impCtx, pos, items, feeds, slots)
@@ -992,21 +1007,24 @@ func (b *batch) impressionLiterals() (pos, items []string, feeds, slots []*strin
 func (b *batch) exec(ctx context.Context, pool *pgxpool.Pool) (isNew, enqueued []bool, err error) {
 	k := b.kinds()
 	var notified int64
-	var inserted, rowIDs []string
+	var inserted, insertedUsers, rowIDs []string
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer conn.Release()
 	args := postgres.PresizeArgs(conn.Conn(), b.args(k))
-	if err = conn.QueryRow(ctx, insertSQL(k), args...).Scan(&inserted, &rowIDs, &notified); err != nil {
+	if err = conn.QueryRow(ctx, insertSQL(k), args...).Scan(&inserted, &insertedUsers, &rowIDs, &notified); err != nil {
 		return nil, nil, err
 	}
+	if len(insertedUsers) != len(inserted) {
+		return nil, nil, fmt.Errorf("statement returned %d event_ids and %d users", len(inserted), len(insertedUsers))
+	}
 	isNew = make([]bool, len(b.dedupIDs))
-	for _, id := range inserted {
-		i, ok := b.firstOf[id]
+	for j, id := range inserted {
+		i, ok := b.firstOf[dedupKey{id, insertedUsers[j]}]
 		if !ok {
-			return nil, nil, fmt.Errorf("statement returned event_id %q not in the group", id)
+			return nil, nil, fmt.Errorf("statement returned event_id %q of user %q, not in the group", id, insertedUsers[j])
 		}
 		isNew[i] = true
 	}
@@ -1039,10 +1057,10 @@ func (b *batch) resolve(group []*request, isNew, enqueued []bool) {
 }
 
 // insertSQL returns the statement that writes a group with the given kinds in one round
-// trip. Every CTE sees the same snapshot; raw and outbox rows are inserted only for the ids
-// the dedup insert returned (the new ones). The dedup rows are inserted in id order so
-// concurrent groups lock index entries in the same order and cannot deadlock. The outbox
-// rows are built from the new ids: one per (topic, lane) group, frames concatenated in
+// trip. Every CTE sees the same snapshot; raw and outbox rows are inserted only for the keys
+// (event_id, user_id) the dedup insert returned (the new ones). The dedup rows are inserted in
+// key order so concurrent groups lock index entries in the same order and cannot deadlock.
+// The outbox rows are built from the new keys: one per (topic, lane) group, frames concatenated in
 // arrival order (WITH ORDINALITY), rows inserted in order of their first event.
 //
 // A group only names the raw tables it writes to: each table in a statement is opened and
@@ -1082,12 +1100,12 @@ func buildInsertSQL(k kinds) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `
 WITH d AS (
-	INSERT INTO event_dedup (event_id, event_type)
-	SELECT u.id, u.kind FROM unnest(%s, %s) AS u(id, kind)
-	ORDER BY u.id COLLATE "C" -- bytewise, as the COPY path sorts (strings.Compare) and the key compares
-	ON CONFLICT (event_id) DO NOTHING
-	RETURNING event_id
-)`, p("text[]"), p("text[]"))
+	INSERT INTO event_dedup (event_id, user_id, event_type)
+	SELECT u.id, u.usr, u.kind FROM unnest(%s, %s, %s) AS u(id, usr, kind)
+	ORDER BY u.id COLLATE "C", u.usr COLLATE "C" -- bytewise, as the COPY path sorts (strings.Compare) and the key compares
+	ON CONFLICT (event_id, user_id) DO NOTHING
+	RETURNING event_id, user_id
+)`, p("text[]"), p("text[]"), p("text[]"))
 	if k&hasImpressions != 0 {
 		// One row per event; its item arrays arrive as array literals, one per event
 		// (impressionLiterals), since unnest cannot return an array per row. Slicing flat
@@ -1099,7 +1117,7 @@ WITH d AS (
 	       u.positions::int8[], u.items::text[], u.feeds::text[], u.slots::text[]
 	FROM unnest(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 	     AS u(event_id, user_id, session_id, request_id, ts_ms, srv, ctx, positions, items, feeds, slots)
-	WHERE u.event_id IN (SELECT event_id FROM d)
+	WHERE (u.event_id, u.user_id) IN (SELECT event_id, user_id FROM d)
 )`, p("text[]"), p("text[]"), p("text[]"), p("text[]"), p("int8[]"), p("int8[]"), p("text[]"), p("text[]"), p("text[]"), p("text[]"), p("text[]"))
 	}
 	if k&hasWatches != 0 {
@@ -1109,7 +1127,7 @@ WITH d AS (
 	       to_timestamp(u.ts_ms / 1000.0), u.srv, u.ctx::jsonb
 	FROM unnest(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 	     AS u(event_id, user_id, session_id, request_id, item_id, wt, pct, ended, speed, rebuf, ts_ms, srv, ctx)
-	WHERE u.event_id IN (SELECT event_id FROM d)
+	WHERE (u.event_id, u.user_id) IN (SELECT event_id, user_id FROM d)
 )`, p("text[]"), p("text[]"), p("text[]"), p("text[]"), p("text[]"), p("float8[]"), p("float8[]"), p("bool[]"), p("float8[]"), p("int8[]"), p("int8[]"), p("int8[]"), p("text[]"))
 	}
 	if k&hasLegacy != 0 {
@@ -1118,23 +1136,24 @@ WITH d AS (
 	SELECT u.event_id, u.user_id, u.item_id, u.event_type, u.ts, u.ts_ms
 	FROM unnest(%s, %s, %s, %s, %s, %s)
 	     AS u(event_id, user_id, item_id, event_type, ts, ts_ms)
-	WHERE u.event_id IN (SELECT event_id FROM d)
+	WHERE (u.event_id, u.user_id) IN (SELECT event_id, user_id FROM d)
 )`, p("text[]"), p("text[]"), p("text[]"), p("text[]"), p("int8[]"), p("int8[]"))
 	}
 	fmt.Fprintf(&b, `, ob AS (
 	INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, schema_version, max_attempts, payload_format, event_count)
-	SELECT '`+batchIDPrefix+`' || (array_agg(u.event_id ORDER BY u.ord))[1] || %[9]s, (%[4]s)[u.grp], (%[3]s)[u.grp], (%[5]s)[u.grp],
+	SELECT '`+batchIDPrefix+`' || (array_agg(u.event_id || '/' || u.user_id ORDER BY u.ord))[1] || %[9]s, (%[4]s)[u.grp], (%[3]s)[u.grp], (%[5]s)[u.grp],
 	       string_agg(u.frame, ''::bytea ORDER BY u.ord), %[6]s, %[7]s, %[8]d, count(*)
-	FROM unnest($1::text[], %[1]s, %[2]s) WITH ORDINALITY AS u(event_id, grp, frame, ord)
-	WHERE u.event_id IN (SELECT event_id FROM d)
+	FROM unnest($1::text[], $2::text[], %[1]s, %[2]s) WITH ORDINALITY AS u(event_id, user_id, grp, frame, ord)
+	WHERE (u.event_id, u.user_id) IN (SELECT event_id, user_id FROM d)
 	GROUP BY u.grp
 	ORDER BY min(u.ord)
-	ON CONFLICT (event_id, event_type) DO NOTHING
+	ON CONFLICT (event_id, event_type, msg_key) DO NOTHING
 	RETURNING event_id
 ), n AS (
 	SELECT pg_notify('`+NotifyChannel+`', '`+k.notifyPayload()+`') FROM (SELECT 1 FROM ob LIMIT 1) AS x
 )
-SELECT ARRAY(SELECT event_id FROM d), ARRAY(SELECT event_id FROM ob), (SELECT count(*) FROM n)`,
+SELECT x.ids, x.users, ARRAY(SELECT event_id FROM ob), (SELECT count(*) FROM n)
+FROM (SELECT COALESCE(array_agg(event_id), '{}') AS ids, COALESCE(array_agg(user_id), '{}') AS users FROM d) AS x`,
 		p("int4[]"), p("bytea[]"), p("text[]"), p("text[]"), p("text[]"), p("int2"), p("int4"), outbox.FormatBatch, p("text"))
 	return b.String()
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -107,7 +108,7 @@ func testWriterStoresEventsAndOutbox(t *testing.T, path func(*ingest.Config)) {
 		t.Fatalf("outbox rows = %d, want 2", len(rows))
 	}
 	lane := outbox.LaneKey(outbox.Lane("u1", ingest.DefaultConfig().OutboxLanes))
-	wantRows := []struct{ id, typ, topic string }{{"batch:imp-00001", "impression", "recsys.impressions.v1"}, {"batch:wat-00001", "watch", "recsys.watches.v1"}}
+	wantRows := []struct{ id, typ, topic string }{{"batch:imp-00001/u1", "impression", "recsys.impressions.v1"}, {"batch:wat-00001/u1", "watch", "recsys.watches.v1"}}
 	for i, o := range rows {
 		if !strings.HasPrefix(o.eventID, wantRows[i].id+"@") || o.eventType != wantRows[i].typ || o.topic != wantRows[i].topic || o.key != lane || o.corr != nil || o.maxAttempts != 25 || o.status != "pending" {
 			t.Errorf("outbox row %d = %+v", i, o)
@@ -653,5 +654,81 @@ func testWriterStoresEachContext(t *testing.T, path func(*ingest.Config)) {
 	}
 	if !maps.Equal(got, want) {
 		t.Errorf("contexts = %v, want %v", got, want)
+	}
+}
+
+// TestWriterEventIDsPerUser: an event is its user's event_id (api-contract §16.10: clients
+// that number events per user or per device send other users' ids). On both write paths,
+// another user's event with a stored id is stored with its frame, and the same user's is a
+// duplicate, whether it was stored before, repeats within a request, shares a group with the
+// other user's, or comes after a duplicate (the COPY path then probes the stored keys).
+func TestWriterEventIDsPerUser(t *testing.T) { forEachPath(t, testWriterEventIDsPerUser) }
+
+func testWriterEventIDsPerUser(t *testing.T, path func(*ingest.Config)) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	w := newWriter(t, pool, func(c *ingest.Config) { path(c); c.Workers = 1; c.MaxWait = 100 * time.Millisecond })
+	ok := ingest.Result{Status: ingest.StatusOK, Rows: 1, OutboxEnqueued: true}
+	ok2 := ingest.Result{Status: ingest.StatusOK, Rows: 2, OutboxEnqueued: true}
+	dup := ingest.Result{Status: ingest.StatusDuplicate}
+	// The requests of a step are written at once, so they share a group; steps run in order.
+	for _, step := range []struct {
+		name string
+		reqs [][]events.Any
+		want [][]ingest.Result
+	}{
+		{"first user", [][]events.Any{{watch("evt-00000001", "u1")}}, [][]ingest.Result{{ok}}},
+		{"same id, another user", [][]events.Any{{watch("evt-00000001", "u2")}}, [][]ingest.Result{{ok}}},
+		{"resent by the first user", [][]events.Any{{watch("evt-00000001", "u1")}}, [][]ingest.Result{{dup}}},
+		{"same id, another kind, a third user", [][]events.Any{{impression("evt-00000001", "u3", "a", "b")}}, [][]ingest.Result{{ok2}}},
+		{"another kind, same user", [][]events.Any{{impression("evt-00000001", "u2", "a")}}, [][]ingest.Result{{dup}}},
+		{"one request, two users and a repeat", [][]events.Any{{watch("evt-00000002", "u1"), watch("evt-00000002", "u2"), watch("evt-00000002", "u1")}},
+			[][]ingest.Result{{ok, ok, dup}}},
+		{"one group, two users", [][]events.Any{{watch("evt-00000003", "u1")}, {watch("evt-00000003", "u2")}}, [][]ingest.Result{{ok}, {ok}}},
+		{"one group, resends and a new user", [][]events.Any{{watch("evt-00000003", "u1"), watch("evt-00000003", "u3")}, {watch("evt-00000003", "u2")}},
+			[][]ingest.Result{{dup, ok}, {dup}}},
+	} {
+		got := make([][]ingest.Result, len(step.reqs))
+		var wg sync.WaitGroup
+		for i, evs := range step.reqs {
+			wg.Go(func() {
+				var err error
+				if got[i], err = w.Write(context.Background(), evs, ""); err != nil {
+					t.Errorf("%s: %v", step.name, err)
+				}
+			})
+		}
+		wg.Wait()
+		for i := range step.want {
+			if !slices.Equal(got[i], step.want[i]) {
+				t.Errorf("%s: request %d = %+v, want %+v", step.name, i, got[i], step.want[i])
+			}
+		}
+	}
+	want := []string{"evt-00000001/u1", "evt-00000001/u2", "evt-00000001/u3", "evt-00000002/u1", "evt-00000002/u2",
+		"evt-00000003/u1", "evt-00000003/u2", "evt-00000003/u3"}
+	var keys []string
+	rows, err := pool.Query(context.Background(), `SELECT event_id || '/' || user_id FROM event_dedup ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var k string
+		if err := rows.Scan(&k); err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, k)
+	}
+	if rows.Close(); !slices.Equal(keys, want) {
+		t.Errorf("dedup keys = %q, want %q", keys, want)
+	}
+	var frames []string
+	for _, f := range outboxFrames(t, pool) {
+		frames = append(frames, f.EventID+"/"+f.Key)
+	}
+	if slices.Sort(frames); !slices.Equal(frames, want) {
+		t.Errorf("outbox frames = %q, want one per key %q", frames, want)
+	}
+	if n := count(t, pool, "SELECT count(*) FROM watches") + count(t, pool, "SELECT count(*) FROM impression_events"); n != len(want) {
+		t.Errorf("raw events = %d, want %d", n, len(want))
 	}
 }

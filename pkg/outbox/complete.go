@@ -207,7 +207,9 @@ RETURNING o.status`
 // user id: their own order unit, so a replay publishes each alone) for the rows that still
 // carry the claim's token: a fenced row's new owner splits it again. It runs before the acked
 // rows are deleted, in the same transaction. ON CONFLICT: a row of that event already exists
-// (an earlier split whose batch row was then published again).
+// (an earlier split whose batch row was then published again). The key holds msg_key, the
+// user: two users' events may share an event_id (migration 0022), and each is its own dead
+// letter.
 const deadLetterSQL = `
 INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, schema_version, correlation_id,
                           status, attempts, max_attempts, last_error, payload_format, event_count)
@@ -217,7 +219,7 @@ FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::i
      WITH ORDINALITY AS u(row_id, event_id, event_type, msg_key, payload, sv, cid, err, ord)
 JOIN event_outbox o ON o.id = u.row_id AND o.lease_token = $9 -- see leaseHeld
 ORDER BY u.ord
-ON CONFLICT (event_id, event_type) DO NOTHING`
+ON CONFLICT (event_id, event_type, msg_key) DO NOTHING`
 
 // deadLettered is the key of applied counting the rows deadLetterSQL stored.
 const deadLettered = "dead_lettered"

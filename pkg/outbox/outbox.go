@@ -48,7 +48,7 @@
 // reaches Kafka twice and its first copy precedes that row: possible only when one unit's
 // messages were split over two produce requests and the earlier request failed (the relay
 // sizes its writer so that a batch's messages for one partition normally fit one request).
-// Consumers deduplicate on event_id.
+// Consumers deduplicate on (event_id, user_id).
 // Dead rows stop blocking their unit (the rest of it goes on); replay publishes them again
 // after the rows that overtook them.
 //
