@@ -184,7 +184,7 @@ func newReplayDLQCmd(lc *logConfig) *cobra.Command {
 		Short: "Re-apply pending feature consumer dead letters (idempotently)",
 		Long: `Re-decode the pending entries of feature_dlq, oldest first, and apply those that decode now
 (after a fix of the payload or of the code) through the same feature update as the stream.
-Applying is idempotent: an event whose event_id was applied before counts as a duplicate.
+Applying is idempotent: an event whose user's event_id was applied before counts as a duplicate.
 Applied entries are marked replayed and written to Redis; entries that still fail (do not
 decode, or PostgreSQL refuses their update) stay pending with their new error. Prints a JSON
 report; its last_id, passed as --after, goes on past entries that keep failing.`,

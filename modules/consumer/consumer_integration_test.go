@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -733,4 +734,37 @@ func TestPartitionLagGrowsWhileBlockedAndFollowsTheAssignment(t *testing.T) {
 		}
 		return len(l1) < len(before)
 	})
+}
+
+// TestSharedEventIDsApplyPerUser: clients that number events per user send ids other users
+// send too (api-contract §16.10). Every user's event is applied once, a resend by the same
+// user (delivered again after the others) is a duplicate, and the state equals the rebuild
+// from the raw events (`features rebuild --from-events` keeps the users apart as well).
+func TestSharedEventIDsApplyPerUser(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	evs := fstest.Generate(fstest.GenConfig{Seed: 22, Users: 8, Items: 60, Events: 400, StartMs: e.start, StepMs: 1000,
+		Prefix: "pu", DisjointImpressions: true, PerUserIDs: true})
+	e.start += int64(len(evs)) * 2000
+	ids := map[string]bool{}
+	for _, ev := range evs {
+		ids[ev.ID()] = true
+	}
+	if len(ids) > len(evs)/4 {
+		t.Fatalf("%d distinct ids among %d events: users do not share ids", len(ids), len(evs))
+	}
+	e.insertRaw(t, evs)
+	resent := evs[:100]
+	e.produce(t, append(slices.Clone(evs), resent...))
+	c := e.startConsumer(t)
+	e.waitApplied(t, len(evs), 90*time.Second)
+	waitFor(t, "the resends counted as duplicates", 30*time.Second, func() bool {
+		return counter(c.set, "reco_feature_consumer_processed_total", `status="duplicate"`) >= float64(len(resent))
+	})
+	if n := counter(c.set, "reco_feature_consumer_processed_total", `status="processed"`); n != float64(len(evs)) {
+		t.Errorf("%v events applied, want %d", n, len(evs))
+	}
+	waitFor(t, "consumer ready", 30*time.Second, func() bool { return c.mod.Ready(context.Background()) == nil })
+	c.stop()
+	e.checkConverged(t, evs)
 }

@@ -12,7 +12,7 @@
 // into --consumer.max-in-flight lanes, each share at most --consumer.max-batch events. Each
 // lane applies its share in ONE PostgreSQL transaction, its shares one after the other, while
 // the other lanes' transactions run: PostgreSQL works on one while Go works on another. The
-// event_ids are recorded in feature_applied in that transaction, so a redelivery, a rebalance
+// (event_id, user_id) keys are recorded in feature_applied in that transaction, so a redelivery, a rebalance
 // or a crash between the commit and the Kafka offset commit changes nothing; one user's events
 // stay in one lane, so they keep their partition order even when a transaction fails and is
 // retried; hot items get one UPSERT per transaction, keys sorted (users, then lists, then

@@ -308,7 +308,7 @@ func waitPipelineDrained(b *testing.B, pool *pgxpool.Pool) {
 		err := pool.QueryRow(ctx, `SELECT count(*) FROM event_outbox WHERE status IN ('pending', 'publishing')`).Scan(&left)
 		if err == nil && left == 0 {
 			err = pool.QueryRow(ctx, `SELECT count(*) FROM impression_events e
-WHERE NOT EXISTS (SELECT 1 FROM feature_applied a WHERE a.event_id = e.event_id)`).Scan(&left)
+WHERE NOT EXISTS (SELECT 1 FROM feature_applied a WHERE a.event_id = e.event_id AND a.user_id = e.user_id)`).Scan(&left)
 		}
 		if err != nil {
 			b.Fatalf("wait for the pipeline to drain: %v", err)

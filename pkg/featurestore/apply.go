@@ -172,11 +172,12 @@ type errRebase struct{ tsMs int64 }
 
 func (e errRebase) Error() string { return fmt.Sprintf("decay rebase needed at %d", e.tsMs) }
 
-// Apply applies a batch in one transaction: events whose event_id was applied before are
-// skipped (exactly-once), the others go through features.Apply in order, their Deltas are
-// summed per item and per pair and written with one UPSERT per table (sorted keys, so
-// concurrent consumers never deadlock), and the DLQ entries are stored. On error nothing is
-// written and the batch can be retried as a whole.
+// Apply applies a batch in one transaction: events whose (event_id, user_id) was applied
+// before are skipped (exactly-once; two users' events may share an id), the others go
+// through features.Apply in order, their Deltas are summed per item and per pair and written
+// with one UPSERT per table (sorted keys, so concurrent consumers never deadlock), and the
+// DLQ entries are stored. On error nothing is written and the batch can be retried as a
+// whole.
 func (s *Store) Apply(ctx context.Context, b *Batch) (*Applied, error) {
 	for attempt := 0; ; attempt++ {
 		a, err := s.applyOnce(ctx, b)
@@ -697,12 +698,12 @@ func (s *Store) raiseOverlays(ctx context.Context, c dbConn, userIDs []string, s
 	return raised, nil
 }
 
-// lockUsers opens the transaction, records the batch's event_ids (learning which are new)
-// and loads and locks the users' states, in one round trip. The decay meta is read in the
-// same round trip, under the shared meta lock (m and merr are loadMeta's results). Users
-// without a row yet are inserted and locked in a second round trip: the insert's unique index
-// serialises two consumers on a brand-new user (the second fails, AppliedConcurrently, and
-// Apply retries).
+// lockUsers opens the transaction, records the batch's (event_id, user_id) keys (learning
+// which are new) and loads and locks the users' states, in one round trip. The decay meta is
+// read in the same round trip, under the shared meta lock (m and merr are loadMeta's
+// results). Users without a row yet are inserted and locked in a second round trip: the
+// insert's unique index serialises two consumers on a brand-new user (the second fails,
+// AppliedConcurrently, and Apply retries).
 //
 // The users come with a flag each (a watch in the batch) joined to the table, not as a
 // second array tested with = ANY per row: a generic plan scans such an array whole for every
@@ -754,33 +755,42 @@ FROM unnest($1::text[], $2::bool[]) AS v(id, watch) JOIN feature_users u ON u.us
 ORDER BY u.user_id FOR UPDATE OF u`, who, watches, s.overlay)
 	}
 	if len(b.Events) > 0 {
-		idSet := make(map[string]bool, len(b.Events))
+		keys := make([]appliedKey, 0, len(b.Events))
 		for _, e := range b.Events {
-			idSet[e.EventID] = true
+			keys = append(keys, appliedKey{e.EventID, e.UserID})
 			userSet[e.UserID] = userSet[e.UserID] || e.Kind != features.KindImpression
 		}
-		var ids []string
-		ids, users = sortedKeys(idSet), sortedKeys(userSet)
-		// A probe and a plain INSERT of the distinct ids instead of ON CONFLICT DO NOTHING:
+		// Sorted (bytewise, the key's COLLATE "C" order) so concurrent consumers insert keys
+		// in the same order and cannot deadlock.
+		slices.SortFunc(keys, func(x, y appliedKey) int {
+			return cmp.Or(strings.Compare(x.id, y.id), strings.Compare(x.user, y.user))
+		})
+		keys = slices.Compact(keys)
+		ids, idUsers := make([]string, len(keys)), make([]string, len(keys))
+		for i, k := range keys {
+			ids[i], idUsers[i] = k.id, k.user
+		}
+		users = sortedKeys(userSet)
+		// A probe and a plain INSERT of the distinct keys instead of ON CONFLICT DO NOTHING:
 		// speculative insertion cost PostgreSQL 47 against 39 ms per 10,000 new ids (a
 		// million recorded, 10 alternated runs), ApplyFromPrefilledTopic 16.5 against 15.2
 		// µs of PostgreSQL per event (medians of 6 alternated runs). A concurrent insert of
-		// the same id fails the statement (AppliedConcurrently) and Apply retries.
+		// the same key fails the statement (AppliedConcurrently) and Apply retries.
 		p.query(func(rows pgx.Rows) error {
-			fresh := make(map[string]bool, len(ids))
-			var id string
-			if _, err := pgx.ForEachRow(rows, []any{&id}, func() error { fresh[id] = true; return nil }); err != nil {
+			fresh := make(map[appliedKey]bool, len(keys))
+			var k appliedKey
+			if _, err := pgx.ForEachRow(rows, []any{&k.id, &k.user}, func() error { fresh[k] = true; return nil }); err != nil {
 				return fmt.Errorf("record applied events: %w", err)
 			}
 			for i, e := range b.Events {
-				if fresh[e.EventID] {
+				if key := (appliedKey{e.EventID, e.UserID}); fresh[key] {
 					a.New[i] = true
-					delete(fresh, e.EventID) // a repeat within the batch is a duplicate
+					delete(fresh, key) // the same user's repeat within the batch is a duplicate
 				}
 			}
 			return nil
-		}, `INSERT INTO feature_applied (event_id) SELECT id FROM unnest($1::text[]) AS id
-WHERE NOT EXISTS (SELECT 1 FROM feature_applied a WHERE a.event_id = id) RETURNING event_id`, ids)
+		}, `INSERT INTO feature_applied (event_id, user_id) SELECT u.id, u.usr FROM unnest($1::text[], $2::text[]) AS u(id, usr)
+WHERE NOT EXISTS (SELECT 1 FROM feature_applied a WHERE a.event_id = u.id AND a.user_id = u.usr) RETURNING event_id, user_id`, ids, idUsers)
 		lock(p, users)
 	}
 	p.query(func(rows pgx.Rows) error {
@@ -811,6 +821,10 @@ WHERE NOT EXISTS (SELECT 1 FROM feature_applied a WHERE a.event_id = id) RETURNI
 	}
 	return states, m, merr, nil
 }
+
+// appliedKey is an event's key in feature_applied: clients may number events per user, so
+// two users' events can share an event_id (api-contract §16.10).
+type appliedKey struct{ id, user string }
 
 // rowsRow reads the first row of rows as a pgx.Row (pgx.ErrNoRows when there is none).
 type rowsRow struct{ rows pgx.Rows }

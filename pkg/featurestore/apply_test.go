@@ -33,8 +33,8 @@ func TestApplyWaitsForAConcurrentDedupRecord(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			batch := evs[i*20 : i*20+10]
-			held := batch[4].EventID
-			tx := otherTx(t, pool, `INSERT INTO feature_applied (event_id) VALUES ($1)`, held)
+			held := batch[4]
+			tx := otherTx(t, pool, `INSERT INTO feature_applied (event_id, user_id) VALUES ($1, $2)`, held.EventID, held.UserID)
 			st := featurestore.New(pool, nil, testutil.Unique("dd")+":", testConfig(), nil)
 			type result struct {
 				a   *featurestore.Applied

@@ -77,7 +77,9 @@ type ReplayOptions struct {
 type ReplayEntry struct {
 	ID      int64  `json:"id"`
 	EventID string `json:"event_id,omitempty"`
-	// Outcome: applied (new now), duplicate (its event_id was applied before), ignored (an
+	// UserID tells apart two users' events with one event_id.
+	UserID string `json:"user_id,omitempty"`
+	// Outcome: applied (new now), duplicate (its user's event_id was applied before), ignored (an
 	// event of a user erased since, received before the erasure: marked replayed without
 	// applying it), invalid (still cannot be decoded; stays pending), refused (decodes, but
 	// PostgreSQL refuses its update; stays pending), or would_apply (dry run).
@@ -101,8 +103,8 @@ type ReplayReport struct {
 }
 
 // ReplayDLQ re-decodes pending DLQ entries (oldest first, after o.After) and applies those
-// that now decode through the same Apply as the stream (idempotent: an event_id applied
-// before is a duplicate), writes Redis, and marks them replayed. Entries that still fail
+// that now decode through the same Apply as the stream (idempotent: a user's event_id
+// applied before is a duplicate), writes Redis, and marks them replayed. Entries that still fail
 // stay pending with their new error and a higher replay_attempts: those that do not decode,
 // and those PostgreSQL refuses (when the batch is refused, its events are applied one by
 // one, so one such entry holds back no other).
@@ -151,7 +153,7 @@ ORDER BY id LIMIT $1`, o.Limit, o.After)
 		// skipped for an erased user whenever it was received.
 		if forgotten.Skip(ev.UserID, ev.ServerReceivedTsMs) {
 			rep.Ignored++
-			rep.Entries = append(rep.Entries, ReplayEntry{ID: x.id, EventID: ev.EventID, Outcome: "ignored"})
+			rep.Entries = append(rep.Entries, ReplayEntry{ID: x.id, EventID: ev.EventID, UserID: ev.UserID, Outcome: "ignored"})
 			if !o.DryRun {
 				okIDs = append(okIDs, x.id)
 			}
@@ -159,11 +161,11 @@ ORDER BY id LIMIT $1`, o.Limit, o.After)
 		}
 		if o.DryRun {
 			rep.WouldApply++
-			rep.Entries = append(rep.Entries, ReplayEntry{ID: x.id, EventID: ev.EventID, Outcome: "would_apply"})
+			rep.Entries = append(rep.Entries, ReplayEntry{ID: x.id, EventID: ev.EventID, UserID: ev.UserID, Outcome: "would_apply"})
 			continue
 		}
 		idx[len(b.Events)] = len(rep.Entries)
-		rep.Entries = append(rep.Entries, ReplayEntry{ID: x.id, EventID: ev.EventID})
+		rep.Entries = append(rep.Entries, ReplayEntry{ID: x.id, EventID: ev.EventID, UserID: ev.UserID})
 		b.Events = append(b.Events, ev)
 		ids = append(ids, x.id)
 	}

@@ -26,21 +26,22 @@ func (s *Store) FlushWritten(ctx context.Context) error {
 }
 
 // rawEvents reads every raw event of the ingest tables (migration 0002) in the rebuild's
-// apply order: event time, then event_id. The stream applies events of one user in their
-// partition (arrival) order, so a rebuild reproduces it whenever each user's events arrived
-// in time order.
+// apply order: event time, then event_id and user. The stream applies events of one user in
+// their partition (arrival) order, so a rebuild reproduces it whenever each user's events
+// arrived in time order. The impressions view has a row per shown item: an event is its
+// user's event_id, since two users' events may share an id (migration 0022).
 const rawEvents = `SELECT kind, event_id, user_id, ts_ms, item_id, items, watch_time_sec, percent_watched, ended, legacy_type, srv FROM (
-  SELECT 'impression' AS kind, event_id, min(user_id) AS user_id, min(ts_ms) AS ts_ms, NULL::text AS item_id,
+  SELECT 'impression' AS kind, event_id, user_id, min(ts_ms) AS ts_ms, NULL::text AS item_id,
          array_agg(item_id ORDER BY position) AS items, 0::float8 AS watch_time_sec, NULL::float8 AS percent_watched,
          NULL::bool AS ended, NULL::text AS legacy_type, min(server_received_ts_ms) AS srv
-  FROM impressions GROUP BY event_id
+  FROM impressions GROUP BY event_id, user_id
   UNION ALL
   SELECT 'watch', event_id, user_id, ts_ms, item_id, NULL, watch_time_sec, percent_watched, ended, NULL, server_received_ts_ms
   FROM watches
   UNION ALL
   SELECT 'legacy', event_id, user_id, ts_ms, item_id, NULL, 0, NULL, NULL, event_type, 0
   FROM legacy_events
-) e ORDER BY ts_ms, event_id`
+) e ORDER BY ts_ms, event_id, user_id`
 
 // ErrRebuildRunning means another rebuild from events holds its lock.
 var ErrRebuildRunning = errors.New("another rebuild from events is running")

@@ -5,8 +5,8 @@
 // 0009_feature_neighbour_lists): per-user state, per-item statistics with forward-decayed
 // popularity, co-visitation as one list per item (feature_neighbours: a blob merged in Go
 // and rewritten once per batch that touches it, pruned to the top M), the decay landmarks
-// (feature_meta), the dedup record of applied event_ids and the DLQ. A batch of
-// events is applied in ONE transaction that records the event_ids it applies, so a redelivery,
+// (feature_meta), the dedup record of applied events (event_id, user_id) and the DLQ. A batch of
+// events is applied in ONE transaction that records the events it applies, so a redelivery,
 // a rebalance or a crash before the Kafka commit changes nothing (exactly-once effects).
 //
 // Redis is the serving copy, written after the commit with ABSOLUTE values returned by the

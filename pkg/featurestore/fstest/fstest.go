@@ -42,6 +42,9 @@ type GenConfig struct {
 	// ImpressionShare, when set, is the share of impressions in the stream (a feed's served
 	// lists far outnumber its watches); otherwise 30 %.
 	ImpressionShare float64
+	// PerUserIDs numbers each user's events on its own, as clients that number events per
+	// user or per device do: users' events share ids (api-contract §16.10).
+	PerUserIDs bool
 }
 
 // Generate returns a stream of valid events, in time order.
@@ -65,10 +68,15 @@ func Generate(c GenConfig) []events.Any {
 	}
 	out := make([]events.Any, 0, c.Events)
 	ts := c.StartMs
+	perUser := map[string]int{}
 	for e := 0; e < c.Events; e++ {
 		ts += 1 + r.Int64N(2*c.StepMs)
 		user := fmt.Sprintf("%suser%03d", c.Prefix, r.IntN(c.Users))
 		id := fmt.Sprintf("%sev%07d", c.Prefix, e)
+		if c.PerUserIDs {
+			perUser[user]++
+			id = fmt.Sprintf("%sev%07d", c.Prefix, perUser[user])
+		}
 		if len(id) < 8 {
 			id += "________"[:8-len(id)]
 		}
