@@ -73,11 +73,13 @@ GROUP BY 1`
 // attributionPairsSQL lists, for every watch received in [$1, $2 + window), the impressions
 // of the same user and item it could be attributed to: shown at most one window earlier,
 // received in [$1, $2 + window). The last of them (by receive time, then event_id) is the
-// watch's last touch; rawStats picks it (see migrations/0005 for the definition). A hash join
+// watch's last touch; rawStats picks it (see migrations/0005 for the definition). An event is
+// its user's event_id (two users' events may share an id, migration 0022): the watch and the
+// impressions are told apart by user and id, and the join makes their users equal. A hash join
 // of two receive-time ranges: the watches side is small, the impressions side is scanned once,
 // whatever the planner believes about table sizes.
 const attributionPairsSQL = `
-SELECT w.event_id, i.event_id, i.position, i.server_received_ts_ms
+SELECT w.user_id, w.event_id, i.event_id, i.position, i.server_received_ts_ms
 FROM watches w
 JOIN impressions i ON i.user_id = w.user_id AND i.item_id = w.item_id
 WHERE w.server_received_ts_ms >= $1::bigint AND w.server_received_ts_ms < $2::bigint + $3::bigint
@@ -94,10 +96,14 @@ FROM watches
 WHERE server_received_ts_ms >= $1::bigint AND server_received_ts_ms < $2::bigint
 GROUP BY 1`
 
+// impressionKey is one shown item: the event's user and id, and the item's position.
 type impressionKey struct {
-	eventID  string
-	position int64
+	user, eventID string
+	position      int64
 }
+
+// watchKey is one watch: its user and id.
+type watchKey struct{ user, eventID string }
 
 type touch struct {
 	key impressionKey
@@ -148,16 +154,17 @@ func rawStats(ctx context.Context, q querier, a, b int64, d Definitions) (map[in
 	if err != nil {
 		return nil, fmt.Errorf("query attribution pairs: %w", err)
 	}
-	last := map[string]touch{}
+	last := map[watchKey]touch{}
 	for rows.Next() {
-		var watchID string
+		var w watchKey
 		var t touch
-		if err := rows.Scan(&watchID, &t.key.eventID, &t.key.position, &t.srv); err != nil {
+		if err := rows.Scan(&w.user, &w.eventID, &t.key.eventID, &t.key.position, &t.srv); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("scan attribution pairs: %w", err)
 		}
-		if cur, ok := last[watchID]; !ok || t.later(cur) {
-			last[watchID] = t
+		t.key.user = w.user // the join's: the impression's user is the watch's
+		if cur, ok := last[w]; !ok || t.later(cur) {
+			last[w] = t
 		}
 	}
 	rows.Close()

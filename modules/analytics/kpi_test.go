@@ -343,3 +343,38 @@ func TestHugeWatchTimesCountCapped(t *testing.T) {
 		}
 	}
 }
+
+// TestSharedEventIDsCountPerUser: two users whose clients number events alike send the same
+// impression and watch ids (api-contract §16.10). Each user's impression and watch count, and
+// each watch is attributed to its own user's impression, whether read raw or from roll-ups.
+func TestSharedEventIDsCountPerUser(t *testing.T) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	ctx := context.Background()
+	at := now - 2*hour
+	for _, u := range []string{"u1", "u2"} {
+		if _, err := pool.Exec(ctx, `INSERT INTO impression_events (event_id, positions, item_ids, user_id, session_id, request_id, ts_ms, ts, server_received_ts_ms)
+			VALUES ('evt-00000001', '{0}', '{A}', $1, 's', 'r-' || $1, $2::bigint, to_timestamp($2::bigint / 1000.0), $2::bigint)`, u, at); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pool.Exec(ctx, `INSERT INTO watches (event_id, user_id, session_id, request_id, item_id, watch_time_sec, ts_ms, ts, server_received_ts_ms)
+			VALUES ('evt-00000002', $1, 's', 'r-' || $1, 'A', 10, $2::bigint, to_timestamp($2::bigint / 1000.0), $2::bigint)`, u, at+minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := defs(30 * time.Minute)
+	check := func(stage string, m Metrics) {
+		t.Helper()
+		if m.Impressions != 2 || m.Watches != 2 || m.WatchedImpressions != 2 || m.WatchedImpressionsAt20 != 2 || m.CTRAt20Pct != 100 {
+			t.Errorf("%s: %+v, want 2 impressions, 2 watches, both impressions watched", stage, kpis(m))
+		}
+	}
+	check("raw", compute(t, pool, win, now, d))
+	if _, _, err := CatchUp(ctx, pool, d, time.UnixMilli(now), 31*time.Minute, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	rolled := compute(t, pool, win, now, d)
+	if rolled.RollupWatermarkMs == nil {
+		t.Fatal("roll-up not used")
+	}
+	check("rolled up", rolled)
+}
