@@ -99,3 +99,45 @@ func strs(t *testing.T, pool interface {
 	}
 	return out
 }
+
+// TestApplySkipsEventsRecordedWithoutUser: a feature_applied row with an empty user_id is an
+// event applied under global ids: written by the previous release's consumer, which keeps
+// running after migration 0022 until the rollout replaces it (its inserts name event_id alone
+// and take the column's default, the empty user), or backfilled by 0022 without a user. A redelivery of
+// that event to this release's consumer (the rebalance of the rollout itself hands it the
+// partitions whose offsets the old pod had not committed) must be a duplicate, not applied a
+// second time.
+func TestApplySkipsEventsRecordedWithoutUser(t *testing.T) {
+	ctx := context.Background()
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	st := featurestore.New(pool, nil, testutil.Unique("nu")+":", testConfig(), nil)
+	ts := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+	watch := func(id, user string) featurestore.Event {
+		return featurestore.Event{Interaction: features.Interaction{Kind: features.KindWatch, EventID: id, UserID: user, TsMs: ts,
+			ItemID: "a", WatchTimeSec: 30}, ServerReceivedTsMs: ts}
+	}
+	// The previous release's consumer applied evt-00000001 (its dedup insert, verbatim).
+	if _, err := pool.Exec(ctx, `INSERT INTO feature_applied (event_id) SELECT id FROM unnest($1::text[]) AS id
+WHERE NOT EXISTS (SELECT 1 FROM feature_applied a WHERE a.event_id = id) RETURNING event_id`, []string{"evt-00000001"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		name string
+		evs  []featurestore.Event
+		want []bool
+	}{
+		{"redelivered after the rollout", []featurestore.Event{watch("evt-00000001", "u1"), watch("evt-00000002", "u1")}, []bool{false, true}},
+		{"redelivered again", []featurestore.Event{watch("evt-00000001", "u1"), watch("evt-00000002", "u1")}, []bool{false, false}},
+	} {
+		a, err := st.Apply(ctx, &featurestore.Batch{Events: step.evs})
+		if err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		if !slices.Equal(a.New, step.want) {
+			t.Errorf("%s: new = %v, want %v", step.name, a.New, step.want)
+		}
+	}
+	if got, want := strs(t, pool, `SELECT item_id || '=' || watches FROM feature_items ORDER BY 1`), []string{"a=1"}; !slices.Equal(got, want) {
+		t.Errorf("item watch counts: %q, want %q (evt-00000002 only)", got, want)
+	}
+}
