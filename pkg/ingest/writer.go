@@ -23,8 +23,10 @@
 // (payload_format 2). The lane is a hash of the user id, so a user's events always share a
 // lane's order unit; the outbox's per-row cost (a heap row and four index entries, most of
 // ingestion's database work when it was per event) is paid per lane instead of per event.
-// The row's event_id is "batch:" + its first event's id and user, unique because those pairs
-// are.
+// The row's event_id is "batch:" + its first event's id and user + the group's creation time
+// in nanoseconds (batchIDPrefix): unique in practice, since two groups would need first
+// events whose id and user join to the same string ("a/b"+"c" and "a"+"b/c") in the same
+// nanosecond.
 //
 // Idempotency: an event is its user's event_id. Clients may number events per user or per
 // device, so two users' events can share an id and are two events; a resend by the same user
