@@ -346,15 +346,16 @@ func (a *Auth) Middleware(next echo.HandlerFunc) echo.HandlerFunc {
 		if k.limiter == nil {
 			return next(c)
 		}
-		var allowed, shared bool
+		var wait time.Duration
+		shared := false
 		if a.cluster != nil {
-			allowed, shared = a.cluster.allow(k)
+			wait, shared = a.cluster.allow(k)
 		} else {
-			allowed = k.limiter.Allow()
+			wait = allowLocal(k)
 		}
-		if !allowed {
+		if wait > 0 {
 			a.refused("rate").Inc()
-			c.Response().Header().Set("Retry-After", "1")
+			c.Response().Header().Set("Retry-After", retryAfter(wait))
 			where := "on this server"
 			if shared {
 				where = "across all servers"

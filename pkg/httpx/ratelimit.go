@@ -30,7 +30,8 @@ type RateLimits struct {
 // KEYS[1]: the key's TAT, in microseconds of the Redis server's clock.
 // ARGV[1]: the emission interval, microseconds between two requests at the rate (fractional).
 // ARGV[2]: the burst, in requests.
-// Returns 1 when the request is allowed (and counted), 0 when it is over the rate.
+// Returns 0 when the request is allowed (and counted); when it is over the rate, the
+// microseconds until it would be allowed (at least 1), which the 429's Retry-After reports.
 //
 // Redis >= 5 replicates a script's effects rather than the script, so a write after TIME is
 // allowed. The TAT is fractional (an interval need not be a whole microsecond); Redis writes
@@ -43,11 +44,12 @@ local interval = tonumber(ARGV[1])
 local tat = tonumber(redis.call('GET', KEYS[1]) or 0) or 0
 if tat < now then tat = now end
 local after = tat + interval
-if after - now > interval * tonumber(ARGV[2]) then
-  return 0
+local wait = after - now - interval * tonumber(ARGV[2])
+if wait > 0 then
+  return math.ceil(wait)
 end
 redis.call('SET', KEYS[1], after, 'PX', math.ceil((after - now) / 1000))
-return 1
+return 0
 `
 
 var gcra = rueidis.NewLuaScript(gcraScript)
@@ -96,14 +98,15 @@ func (c *clusterLimits) redisKey(k apiKey) string {
 	return c.prefix + "ratelimit:" + k.name + ":" + strconv.FormatFloat(k.rate, 'g', -1, 64)
 }
 
-// allow decides one request of k, a key with a rate. shared is false when the process'
-// limiter decided because Redis is failing.
-func (c *clusterLimits) allow(k apiKey) (ok, shared bool) {
+// allow decides one request of k, a key with a rate: wait is 0 when it is allowed, else how
+// long until it would be. shared is false when the process' limiter decided because Redis is
+// failing.
+func (c *clusterLimits) allow(k apiKey) (wait time.Duration, shared bool) {
 	now := time.Now().UnixNano()
 	if until := c.openUntil.Load(); until != 0 &&
 		(now < until || !c.openUntil.CompareAndSwap(until, now+int64(clusterRetryAfter))) {
 		c.fallbacks.Inc()
-		return k.limiter.Allow(), false
+		return allowLocal(k), false
 	}
 	// Not the client's context: a client that hangs up must not count as a Redis failure.
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
@@ -118,7 +121,7 @@ func (c *clusterLimits) allow(k apiKey) (ok, shared bool) {
 				"mitigation", "each API process now allows every key its full rate (P pods: up to P times it) until Redis answers again")
 		}
 		c.fallbacks.Inc()
-		return k.limiter.Allow(), false
+		return allowLocal(k), false
 	}
 	if c.degraded.Load() {
 		c.openUntil.Store(0)
@@ -126,7 +129,26 @@ func (c *clusterLimits) allow(k apiKey) (ok, shared bool) {
 			c.log.Info("API key rate limits are shared through Redis again")
 		}
 	}
-	return n == 1, true
+	return time.Duration(n) * time.Microsecond, true
+}
+
+// allowLocal decides one request of k, a key with a rate, on the process' own bucket: 0 when
+// it is allowed (and counted), else how long until the bucket holds a request again.
+func allowLocal(k apiKey) time.Duration {
+	now := time.Now()
+	if k.limiter.AllowN(now, 1) {
+		return 0
+	}
+	// Read after the refusal, so concurrent requests may have moved it: a hint for the
+	// client's Retry-After, never the decision.
+	missing := 1 - k.limiter.TokensAt(now)
+	return max(time.Duration(missing/k.rate*float64(time.Second)), time.Nanosecond)
+}
+
+// retryAfter is the Retry-After of a request refused for wait: whole seconds (RFC 9110),
+// rounded up so a client that waits that long is served, at least 1.
+func retryAfter(wait time.Duration) string {
+	return strconv.FormatInt(max(int64((wait+time.Second-1)/time.Second), 1), 10)
 }
 
 // burst is how many requests a key with rate r may send at once: a second's worth, at least one.

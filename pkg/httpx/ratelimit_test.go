@@ -141,8 +141,15 @@ func TestClusterRateLimitReloadChangesRate(t *testing.T) {
 		q.a.next.Store(0)
 	}
 	// Half a request a second: one served, then nothing for 2 s on either pod.
+	start := time.Now()
 	if served, _, others := burstOf([]pod{p, q}, clientSecret, 4); served != 1 || len(others) > 0 {
 		t.Fatalf("rate=0.5: served %d of 4 (others %v), want 1", served, others)
+	}
+	// The refusal says when the shared count has room again: 2 s after the served request,
+	// not the 1 s a whole-rate key would wait (and be refused again at).
+	rec := q.get(clientSecret)
+	if left := 2*time.Second - time.Since(start); rec.Code != 429 || !retryAfterFits(rec.Header().Get("Retry-After"), left) {
+		t.Errorf("over a rate of 0.5/s: %d Retry-After %q, want 429 with the %s left rounded up", rec.Code, rec.Header().Get("Retry-After"), left)
 	}
 	reload("limited client "+clientSecret+" rate=0.5\n# touched\n", time.Minute)
 	if served, _, _ := burstOf([]pod{q, p}, clientSecret, 2); served != 0 {
@@ -151,6 +158,32 @@ func TestClusterRateLimitReloadChangesRate(t *testing.T) {
 	reload("limited client "+clientSecret+" rate=1000\n", 2*time.Minute)
 	if served, _, others := burstOf([]pod{p, q}, clientSecret, 10); served != 10 || len(others) > 0 {
 		t.Errorf("after raising the rate to 1000: served %d of 10 (others %v), want all", served, others)
+	}
+}
+
+// retryAfterFits says whether got is the Retry-After of a refusal whose bucket refills in
+// about left, measured by the test after the request: the server saw a little more of left
+// than the test, so it may round up to one second more.
+func retryAfterFits(got string, left time.Duration) bool {
+	low := int64((left + time.Second - 1) / time.Second)
+	n, err := strconv.ParseInt(got, 10, 64)
+	return err == nil && n >= max(low, 1) && n <= max(low, 1)+1
+}
+
+func TestRetryAfter(t *testing.T) {
+	for _, tc := range []struct {
+		wait time.Duration
+		want string
+	}{
+		{time.Nanosecond, "1"},
+		{time.Second, "1"},
+		{time.Second + time.Microsecond, "2"},
+		{1999 * time.Millisecond, "2"},
+		{10 * time.Second, "10"},
+	} {
+		if got := retryAfter(tc.wait); got != tc.want {
+			t.Errorf("retryAfter(%s) = %q, want %q", tc.wait, got, tc.want)
+		}
 	}
 }
 

@@ -167,6 +167,7 @@ func healthy() world {
 	}
 	w.histogramSeries("recsys_consumer_accepted_to_visible_seconds", secondsBuckets, 100, 0.025, "namespace", ns)
 	w.set(grows(0), "__name__", "reco_feature_consumer_dlq_events_total", "namespace", ns, "outcome", "stored")
+	w.set(grows(0), "__name__", "recsys_http_rate_limit_fallback_total", "namespace", ns, "pod", "recsys-api-7d9f-a")
 	w.set(constant(0), "__name__", "reco_feature_consumer_dlq_oldest_pending_ms", "namespace", ns)
 	for _, pod := range []string{"recsys-api-7d9f-a", "recsys-api-7d9f-b", "recsys-relay-5c4b-a", "recsys-consumer-6f8d-a"} {
 		w.set(constant(1), "__name__", "kube_pod_status_ready", "namespace", ns, "pod", pod, "condition", "true")
@@ -270,6 +271,14 @@ func TestAlertsFireOnTheirFaultOnly(t *testing.T) {
 			}},
 		{name: "a rare failed read-through", fault: func(w world) {
 			w.set(grows(0.01), "__name__", "recsys_reco_user_read_through_total", "namespace", ns, "result", "error")
+		}},
+		{name: "shared rate limits fall back to per-pod counts", want: []string{"RateLimitSharingDegraded"},
+			fault: func(w world) {
+				w.set(grows(40), "__name__", "recsys_http_rate_limit_fallback_total", "namespace", ns, "pod", "recsys-api-7d9f-a")
+			}},
+		{name: "a rate limit fallback shorter than for", fault: func(w world) {
+			w.set(after(lastMinutes(4), constant(0), func(t float64) float64 { return 40 * (t - lastMinutes(4)) }),
+				"__name__", "recsys_http_rate_limit_fallback_total", "namespace", ns, "pod", "recsys-api-7d9f-a")
 		}},
 		{name: "ingest refuses events", want: []string{"IngestErrors"},
 			fault: func(w world) {

@@ -108,6 +108,8 @@ var recsysMetrics = map[string]metricKind{
 	"recsys_http_in_flight":                 gauge,
 	"recsys_http_queued":                    gauge,
 	"recsys_http_max_in_flight":             gauge,
+	// pkg/httpx's API keys with --http.rate-limit-scope=cluster.
+	"recsys_http_rate_limit_fallback_total": counter,
 	// reco (contract).
 	"reco_api_requests_total": counter,
 	"reco_api_latency_ms":     histogram,
