@@ -13,22 +13,27 @@
 -- old one: there is no second unique index to maintain.
 --
 -- Backfill. Before this migration an id was accepted once, whatever the user and kind, so each
--- stored id names exactly one raw event, and its user is that event's: event_dedup takes it
--- from the raw table its event_type names (impression_events, one row per event; watches;
--- legacy_events). feature_applied takes it from event_dedup once that is filled: the consumer
+-- stored id names one raw event, and its user is that event's: event_dedup takes it from the
+-- raw table its event_type names (impression_events, one row per event; watches;
+-- legacy_events). The raw row is the one with the dedup row's created_at: the API wrote both
+-- in one transaction (now() is its start), while the id alone may also match an older event
+-- of another user, stored before the id's first key expired (--ingest.raw-retention longer
+-- than --ingest.dedup-retention, or 0), which UPDATE ... FROM would pick as likely as the
+-- right one. feature_applied takes it from event_dedup once that is filled: the consumer
 -- applies only events the API accepted, and keeps their ids --consumer.dedup-retention (14
 -- days by default), within the raw tables' 30 days and the dedup keys' 31.
 --
 -- Rows whose raw event is gone get user_id '' (no user has an empty id: ids are 1-128
--- characters), which matches no user. They are events past raw retention, which the API
--- already refuses as too old (--ingest.max-event-age equals --ingest.raw-retention by default)
--- unless the client clock ran ahead of the server by up to --ingest.max-event-future, and the
--- events of users erased by `recsys users forget` (their raw rows deleted, their dedup keys
--- kept). A resend of such an event is stored again instead of being answered "duplicate";
--- having them match every user instead would cost every accepted event a second probe on the
--- hot path, for rows that retention removes within 31 days (event_dedup) and 14 days
--- (feature_applied). (The consumer skips an erased user's events received before the erasure
--- anyway, dedup record or not.)
+-- characters). In event_dedup it matches no user; the consumer takes a feature_applied row
+-- with it as applied for every user (pkg/featurestore, lockUsers). They are events past raw
+-- retention, which the API already refuses as too old (--ingest.max-event-age equals
+-- --ingest.raw-retention by default) unless the client clock ran ahead of the server by up to
+-- --ingest.max-event-future, and the events of users erased by `recsys users forget` (their
+-- raw rows deleted, their dedup keys kept). A resend of such an event is stored again instead
+-- of being answered "duplicate"; having them match every user in event_dedup instead would
+-- cost every accepted event a second probe on the hot path, for rows that retention removes
+-- within 31 days (event_dedup) and 14 days (feature_applied). (The consumer skips an erased
+-- user's events received before the erasure anyway, dedup record or not.)
 --
 -- Outbox. A dead letter is a single-event row named by its event_id with the user id as
 -- msg_key (pkg/outbox); two users' dead events with one id are two rows, so the unique key
@@ -52,11 +57,11 @@ LOCK TABLE event_dedup, feature_applied, event_outbox IN ACCESS EXCLUSIVE MODE;
 -- Dropping the old keys first spares the backfill an index entry per rewritten row.
 ALTER TABLE event_dedup DROP CONSTRAINT event_dedup_pkey, ADD COLUMN user_id text COLLATE "C";
 UPDATE event_dedup d SET user_id = e.user_id FROM impression_events e
-WHERE d.event_type = 'impression' AND e.event_id = d.event_id;
+WHERE d.event_type = 'impression' AND e.event_id = d.event_id AND e.created_at = d.created_at;
 UPDATE event_dedup d SET user_id = w.user_id FROM watches w
-WHERE d.event_type = 'watch' AND w.event_id = d.event_id;
+WHERE d.event_type = 'watch' AND w.event_id = d.event_id AND w.created_at = d.created_at;
 UPDATE event_dedup d SET user_id = l.user_id FROM legacy_events l
-WHERE d.event_type = 'legacy' AND l.event_id = d.event_id;
+WHERE d.event_type = 'legacy' AND l.event_id = d.event_id AND l.created_at = d.created_at;
 UPDATE event_dedup SET user_id = '' WHERE user_id IS NULL;
 ALTER TABLE event_dedup ALTER COLUMN user_id SET NOT NULL, ADD PRIMARY KEY (event_id, user_id);
 

@@ -2,6 +2,7 @@ package migrations_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -32,14 +33,29 @@ func TestEventIDsPerUserMigration(t *testing.T) {
 	}
 	// One event of each kind, each id accepted once (global keys); "ev-watch" is also the id
 	// of a legacy event of another table, to check the kind picks the table. "ev-gone" lost
-	// its raw row to retention; "ev-ext" was applied but never accepted by this API.
-	must(`INSERT INTO impression_events (event_id, user_id, session_id, request_id, ts_ms, ts, server_received_ts_ms, positions, item_ids)
+	// its raw row to retention; "ev-ext" was applied but never accepted by this API. The raw
+	// and dedup rows are written in one transaction, as the API writes them (the backfill
+	// matches them by created_at).
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inTx := func(sql string) {
+		t.Helper()
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	inTx(`INSERT INTO impression_events (event_id, user_id, session_id, request_id, ts_ms, ts, server_received_ts_ms, positions, item_ids)
 		VALUES ('ev-imp', 'u-imp', 's', 'r', 1, now(), 1, '{0}', '{a}')`)
-	must(`INSERT INTO watches (event_id, user_id, session_id, request_id, item_id, watch_time_sec, ts_ms, ts, server_received_ts_ms)
+	inTx(`INSERT INTO watches (event_id, user_id, session_id, request_id, item_id, watch_time_sec, ts_ms, ts, server_received_ts_ms)
 		VALUES ('ev-watch', 'u-watch', 's', 'r', 'a', 1, 1, now(), 1)`)
-	must(`INSERT INTO legacy_events (event_id, user_id, item_id, event_type, ts, ts_ms) VALUES ('ev-leg', 'u-leg', 'a', 'view', 1, 1000),
+	inTx(`INSERT INTO legacy_events (event_id, user_id, item_id, event_type, ts, ts_ms) VALUES ('ev-leg', 'u-leg', 'a', 'view', 1, 1000),
 		('ev-watch', 'u-other', 'a', 'view', 1, 1000)`)
-	must(`INSERT INTO event_dedup (event_id, event_type) VALUES ('ev-imp', 'impression'), ('ev-watch', 'watch'), ('ev-leg', 'legacy'), ('ev-gone', 'watch')`)
+	inTx(`INSERT INTO event_dedup (event_id, event_type) VALUES ('ev-imp', 'impression'), ('ev-watch', 'watch'), ('ev-leg', 'legacy'), ('ev-gone', 'watch')`)
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
 	must(`INSERT INTO feature_applied (event_id) VALUES ('ev-imp'), ('ev-watch'), ('ev-leg'), ('ev-gone'), ('ev-ext')`)
 	must(`INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, max_attempts, status)
 		VALUES ('ev-dead', 'watch', 't', 'u1', '\x00', 25, 'dead')`)
@@ -126,6 +142,83 @@ func TestEventIDsPerUserMigration(t *testing.T) {
 	} {
 		if got := keys(table); got != want {
 			t.Errorf("unique indexes of %s after the down migration:\n%s\nwant\n%s", table, got, want)
+		}
+	}
+}
+
+// TestEventIDsPerUserMigrationTakesTheDedupRowsEvent: a raw table may hold an older event
+// with the id of a dedup row, of another user: with --ingest.raw-retention longer than
+// --ingest.dedup-retention (or 0, keep), the id's first key expired, and the global key then
+// accepted another user's event with it. Each dedup row must take the user of the event it
+// was written with (in the same transaction), never the older event's: the dedup and the
+// exactly-once records of the newer event would otherwise carry the wrong user, and its
+// user's resend (or redelivery) would be stored and applied again. With several ids, an
+// arbitrary pick among the raw rows of an id gets some of them wrong whichever way it leans.
+func TestEventIDsPerUserMigrationTakesTheDedupRowsEvent(t *testing.T) {
+	m, dsn, _ := before(t, 22)
+	ctx := context.Background()
+	pool := testutil.Pool(t, dsn)
+	must := func(sql string, args ...any) {
+		t.Helper()
+		if _, err := pool.Exec(ctx, sql, args...); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	var want []string
+	for i := range 8 {
+		id := fmt.Sprintf("ev-%d", i)
+		// The first event's dedup key is gone (retention); its raw row stays. Half the ids
+		// store the older event first, half the newer one, so no physical order favours the
+		// right row.
+		old := func() {
+			must(`INSERT INTO watches (event_id, user_id, session_id, request_id, item_id, watch_time_sec, ts_ms, ts, server_received_ts_ms, created_at)
+				VALUES ($1, 'u-old', 's', 'r', 'a', 1, 1, now(), 1, now() - interval '40 days')`, id)
+			must(`INSERT INTO impression_events (event_id, user_id, session_id, request_id, ts_ms, ts, server_received_ts_ms, positions, item_ids, created_at)
+				VALUES ($1, 'u-old', 's', 'r', 1, now(), 1, '{0}', '{a}', now() - interval '40 days')`, id+"-imp")
+			must(`INSERT INTO legacy_events (event_id, user_id, item_id, event_type, ts, ts_ms, created_at)
+				VALUES ($1, 'u-old', 'a', 'view', 1, 1000, now() - interval '40 days')`, id+"-leg")
+		}
+		// The newer event: its raw row and its dedup row in one transaction, as the API writes.
+		newer := func() {
+			tx, err := pool.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback(ctx) //nolint:errcheck // committed below
+			for _, sql := range []string{
+				`INSERT INTO watches (event_id, user_id, session_id, request_id, item_id, watch_time_sec, ts_ms, ts, server_received_ts_ms)
+					VALUES ($1, 'u-new', 's', 'r', 'a', 1, 1, now(), 1)`,
+				`INSERT INTO impression_events (event_id, user_id, session_id, request_id, ts_ms, ts, server_received_ts_ms, positions, item_ids)
+					VALUES ($1 || '-imp', 'u-new', 's', 'r', 1, now(), 1, '{0}', '{a}')`,
+				`INSERT INTO legacy_events (event_id, user_id, item_id, event_type, ts, ts_ms) VALUES ($1 || '-leg', 'u-new', 'a', 'view', 1, 1000)`,
+				`INSERT INTO event_dedup (event_id, event_type) VALUES ($1, 'watch'), ($1 || '-imp', 'impression'), ($1 || '-leg', 'legacy')`,
+				`INSERT INTO feature_applied (event_id) VALUES ($1), ($1 || '-imp'), ($1 || '-leg')`,
+			} {
+				if _, err := tx.Exec(ctx, sql, id); err != nil {
+					t.Fatalf("%s: %v", sql, err)
+				}
+			}
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if i%2 == 0 {
+			old()
+			newer()
+		} else {
+			newer()
+			old()
+		}
+		want = append(want, id+"=u-new", id+"-imp=u-new", id+"-leg=u-new")
+	}
+	slices.Sort(want)
+	if err := m.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range []string{"event_dedup", "feature_applied"} {
+		got := queryStrings(t, pool, `SELECT event_id || '=' || user_id FROM `+table)
+		if slices.Sort(got); !slices.Equal(got, want) {
+			t.Errorf("%s after 0022: %q, want %q", table, got, want)
 		}
 	}
 }
