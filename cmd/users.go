@@ -43,7 +43,9 @@ fails asking for a rerun). Events received after it (the user came back) apply a
 Safe while everything runs.
 
 Kept: aggregates over all users (item statistics, co-visitation lists, trending and popular
-lists, KPI roll-ups), which hold no user id, and the event ids used for deduplication. Kafka
+lists, KPI roll-ups), which hold no user id; the dedup keys, each an event id with its user
+id (migration 0022), until --ingest.dedup-retention and --consumer.dedup-retention, so a
+resend of an erased event is still a duplicate; and the users' forgotten_users rows. Kafka
 keeps the users' events until the topics' retention; outbox rows are deleted once published
 (after --relay.retention) and may hold events of several users.
 

@@ -103,7 +103,8 @@ type ForgetReport struct {
 // longest consumer transaction, or a batch a consumer applied after the deletion from a list
 // read before the erasure would bring the user back. Aggregates over all users (item
 // statistics, co-visitation lists, global lists, KPI roll-ups) keep their contribution; the
-// dedup keys (event ids) stay.
+// dedup keys stay until their retention, and hold the user id (event_id, user_id: migration
+// 0022), so that a resend of an erased event is still a duplicate.
 func (s *Store) Forget(ctx context.Context, users []string, settle time.Duration) (ForgetReport, error) {
 	at := time.Now().Add(settle).UnixMilli()
 	rep := ForgetReport{Users: len(users), ForgottenAtMs: at, Deleted: map[string]int64{}}
