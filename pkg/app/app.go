@@ -23,6 +23,7 @@ import (
 	"recsys/pkg/migrate"
 	"recsys/pkg/module"
 	"recsys/pkg/openapi"
+	"recsys/pkg/redis"
 )
 
 // ShutdownConfig bounds the drain (flags shutdown.*).
@@ -75,6 +76,10 @@ type running struct {
 	err    error
 	state  atomic.Value // string
 }
+
+// RateLimitClientName is the CLIENT LIST name of the Redis connection that counts the API
+// keys' rates with --http.rate-limit-scope=cluster, apart from the process' feature client.
+const RateLimitClientName = "recsys-rate-limits"
 
 // Run runs the selected roles until ctx is cancelled or a module fails. It returns nil after a
 // clean stop and an error naming the module after a failure.
@@ -158,8 +163,21 @@ func Run(ctx context.Context, o Options) error {
 	if o.HTTP.APIKeysFile != "" {
 		// Installed after every module's middleware (echo runs them in order of Use), so
 		// /reco's window records the 401s and 403s on its path like its other 4xx.
-		auth, err := httpx.NewAuth(o.HTTP.APIKeysFile, o.Log, httpx.RateLimits{Scope: o.HTTP.RateLimitScope,
-			Redis: in.Redis, KeyPrefix: o.Infra.Redis.KeyPrefix})
+		limits := httpx.RateLimits{Scope: o.HTTP.RateLimitScope, KeyPrefix: o.Infra.Redis.KeyPrefix}
+		if limits.Scope == httpx.RateLimitCluster {
+			// A connection of its own: the limiter's 50 ms timeout closes the connection it
+			// expires on (rueidis, one request in flight), which must not be the one that
+			// carries /reco's feature reads and their longer budget.
+			rc := o.Infra.Redis
+			rc.ClientName, rc.DisableCache, rc.Connections = RateLimitClientName, true, 1
+			rd, err := redis.Open(rc)
+			if err != nil {
+				return fmt.Errorf("open redis client for --http.rate-limit-scope=%s: %w", httpx.RateLimitCluster, err)
+			}
+			defer rd.Close()
+			limits.Redis = rd
+		}
+		auth, err := httpx.NewAuth(o.HTTP.APIKeysFile, o.Log, limits)
 		if err != nil {
 			return err
 		}

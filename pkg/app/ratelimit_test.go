@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/rueidis"
+
 	"recsys/pkg/app"
 	"recsys/pkg/httpx"
 	"recsys/pkg/infra"
@@ -104,16 +106,36 @@ func TestClusterRateLimitScopeNeedsRedis(t *testing.T) {
 			if tc.scope == httpx.RateLimitProcess && !strings.Contains(last, "on this server") {
 				t.Errorf("the 429 of a process limit says %s", last)
 			}
+			clientNamed := func(rd rueidis.Client) bool {
+				list, err := rd.Do(context.Background(), rd.B().ClientList().Build()).ToString()
+				if err != nil {
+					t.Fatal(err)
+				}
+				return strings.Contains(list, " name="+app.RateLimitClientName+" ")
+			}
 			if tc.needs.Has(infra.Redis) {
 				rd := testutil.RedisClient(t, url)
 				key := ic.Redis.KeyPrefix + "ratelimit:app:1"
 				if n, err := rd.Do(context.Background(), rd.B().Exists().Key(key).Build()).AsInt64(); err != nil || n != 1 {
 					t.Errorf("the shared count %s: exists %d, %v", key, n, err)
 				}
+				// The counts go over a connection of their own: a timeout of the limiter's
+				// 50 ms budget closes that one, not the feature client's.
+				if tc.scope == httpx.RateLimitCluster && !clientNamed(rd) {
+					t.Errorf("no Redis connection named %s while serving with cluster limits", app.RateLimitClientName)
+				}
 			}
 			cancel()
 			if err := <-done; err != nil {
 				t.Errorf("Run: %v", err)
+			}
+			if tc.needs.Has(infra.Redis) && tc.scope == httpx.RateLimitCluster {
+				rd := testutil.RedisClient(t, url)
+				for deadline := time.Now().Add(5 * time.Second); clientNamed(rd); time.Sleep(20 * time.Millisecond) {
+					if time.Now().After(deadline) {
+						t.Fatalf("the %s connection is still open 5 s after Run returned", app.RateLimitClientName)
+					}
+				}
 			}
 		})
 	}

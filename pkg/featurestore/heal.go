@@ -12,6 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/rueidis"
+
+	"recsys/pkg/redis"
 )
 
 // RedisReady reports whether the Redis copy is complete: P+"ready" exists, and P+"run_id"
@@ -470,12 +472,15 @@ func metaFields(m Meta) []string {
 		"hl:s", ff(m.Short.HalfLifeMs), "hl:l", ff(m.Long.HalfLifeMs), "hl:c", ff(m.Covis.HalfLifeMs)}
 }
 
-// deleteData unlinks every key under the prefix except meta and the lock. Each page is
+// deleteData unlinks every key under the prefix except meta, the lock and the API keys' shared
+// rate counts (not features: a rebuild must not hand every rate-limited key a fresh burst).
+// Each page is
 // unlinked under the lock (renewing it): a SCAN of a large database outlasts lockTTL, and a
 // deletion whose lock expired must not go on into the copy of the repopulation that took it.
 func (s *Store) deleteData(ctx context.Context, lk *repopLock) error {
 	var cursor uint64
 	match := escapeGlob(s.keys.Prefix) + "*"
+	rateLimits := s.keys.Prefix + redis.RateLimitKeys
 	for {
 		e, err := s.rd.Do(ctx, s.rd.B().Scan().Cursor(cursor).Match(match).Count(1000).Build()).AsScanEntry()
 		if err != nil {
@@ -483,7 +488,7 @@ func (s *Store) deleteData(ctx context.Context, lk *repopLock) error {
 		}
 		var del []string
 		for _, k := range e.Elements {
-			if k != s.keys.Meta && k != s.keys.Lock {
+			if k != s.keys.Meta && k != s.keys.Lock && !strings.HasPrefix(k, rateLimits) {
 				del = append(del, k)
 			}
 		}

@@ -15,6 +15,7 @@ import (
 
 	"recsys/pkg/featurestore"
 	"recsys/pkg/featurestore/fstest"
+	"recsys/pkg/redis"
 	"recsys/pkg/testutil"
 )
 
@@ -185,6 +186,28 @@ func repopulatedCopy(t *testing.T, name string, filler int) (*featurestore.Store
 		}
 	}
 	return st, pool, rd, featurestore.NewKeys(prefix)
+}
+
+// TestRepopulationKeepsRateLimitCounts: a forced repopulation clears every feature key under
+// the prefix, but not the API keys' shared rate counts kept there (pkg/httpx,
+// --http.rate-limit-scope=cluster): a rebuild must not give every limited key a fresh burst.
+func TestRepopulationKeepsRateLimitCounts(t *testing.T) {
+	ctx := context.Background()
+	st, _, rd, keys := repopulatedCopy(t, "rprl", 10)
+	count := keys.Prefix + redis.RateLimitKeys + "app:5"
+	if err := rd.Do(ctx, rd.B().Set().Key(count).Value("1733000000000000").Px(time.Minute).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Repopulate(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := rd.Do(ctx, rd.B().Get().Key(count).Build()).ToString(); err != nil || v != "1733000000000000" {
+		t.Errorf("the rate count after a forced repopulation: %q, %v; want it kept", v, err)
+	}
+	// The deletion did run: the copy's stray keys are gone.
+	if n, err := rd.Do(ctx, rd.B().Exists().Key(keys.Prefix+"filler:0").Build()).AsInt64(); err != nil || n != 0 {
+		t.Errorf("a stray key under the prefix survived the repopulation: exists %d, %v", n, err)
+	}
 }
 
 // waitClearing waits until a repopulation deletes the copy (meta ep "clearing").

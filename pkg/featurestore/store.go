@@ -50,6 +50,7 @@
 //	P+"ready"     STRING "1" once a population has completed
 //	P+"run_id"    STRING the run_id of the Redis process the population completed on (absent: INFO refused, or an earlier release)
 //	P+"repopulating" STRING a random token: the lock of the repopulation running (see Repopulate)
+//	P+"ratelimit:"+key+":"+rate STRING pkg/httpx's shared rate count of an API key (not a feature: a repopulation keeps it)
 package featurestore
 
 import (

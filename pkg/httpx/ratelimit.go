@@ -10,6 +10,8 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/redis/rueidis"
+
+	"recsys/pkg/redis"
 )
 
 // RateLimits says where the keys' rates are counted. The zero value counts them in the process.
@@ -95,7 +97,7 @@ func newClusterLimits(l RateLimits, log *slog.Logger) (*clusterLimits, error) {
 // changes it starts from a full burst at the new rate, never waits out a TAT the old rate
 // left (the old name expires within its burst's drain time).
 func (c *clusterLimits) redisKey(k apiKey) string {
-	return c.prefix + "ratelimit:" + k.name + ":" + strconv.FormatFloat(k.rate, 'g', -1, 64)
+	return c.prefix + redis.RateLimitKeys + k.name + ":" + strconv.FormatFloat(k.rate, 'g', -1, 64)
 }
 
 // allow decides one request of k, a key with a rate: wait is 0 when it is allowed, else how
@@ -123,11 +125,14 @@ func (c *clusterLimits) allow(k apiKey) (wait time.Duration, shared bool) {
 		c.fallbacks.Inc()
 		return allowLocal(k), false
 	}
-	if c.degraded.Load() {
+	// The breaker and the log flag are cleared apart, each by itself: a failure racing this
+	// success may leave degraded set with the breaker open (the next attempt settles it), but
+	// never the breaker open for good behind a degraded already cleared.
+	if c.openUntil.Load() != 0 {
 		c.openUntil.Store(0)
-		if c.degraded.CompareAndSwap(true, false) {
-			c.log.Info("API key rate limits are shared through Redis again")
-		}
+	}
+	if c.degraded.Load() && c.degraded.CompareAndSwap(true, false) {
+		c.log.Info("API key rate limits are shared through Redis again")
 	}
 	return time.Duration(n) * time.Microsecond, true
 }

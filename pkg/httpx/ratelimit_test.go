@@ -412,6 +412,35 @@ func TestRateLimitScopeSetting(t *testing.T) {
 	}
 }
 
+// TestClusterRateLimitBreakerClosesOnSuccess: a success closes the breaker whatever the
+// degraded flag says. A failure racing a success (the failure opening the breaker while the
+// success clears the flag) used to leave the breaker open with the flag clear: every success
+// then re-armed it instead of closing it, and all but one request a second fell back to the
+// process' count with Redis healthy, silently (the flag clear, nothing logged).
+func TestClusterRateLimitBreakerClosesOnSuccess(t *testing.T) {
+	c, err := newClusterLimits(RateLimits{Scope: RateLimitCluster, Redis: openRedis(t, testutil.RedisURL(t)),
+		KeyPrefix: testutil.Unique("test-rl-") + ":"}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := apiKey{name: "racer", rate: 1000}
+	k.limiter = rate.NewLimiter(rate.Limit(k.rate), burst(k.rate))
+	for _, degraded := range []bool{false, true} {
+		// The state that interleaving leaves: the breaker's second just over, so the next
+		// request is the one that tries Redis.
+		c.openUntil.Store(time.Now().Add(-time.Millisecond).UnixNano())
+		c.degraded.Store(degraded)
+		for i := range 3 {
+			if wait, shared := c.allow(k); wait != 0 || !shared {
+				t.Fatalf("degraded=%v, request %d with Redis up: wait %s shared %v, want allowed through Redis", degraded, i, wait, shared)
+			}
+		}
+		if c.openUntil.Load() != 0 || c.degraded.Load() {
+			t.Errorf("degraded=%v: after successes the breaker is %d and degraded %v, want both clear", degraded, c.openUntil.Load(), c.degraded.Load())
+		}
+	}
+}
+
 // BenchmarkClusterRateLimit is what one decision of a key with a rate costs: the process'
 // own limiter, and a --http.rate-limit-scope=cluster call to the real Redis, one at a time
 // (its latency) and from every core at once (the pipelined client's throughput):

@@ -37,7 +37,16 @@ type Config struct {
 	// whatever the connections, so one only limits a client whose single TCP stream is the
 	// bottleneck: raise it on large pods talking to a remote Redis.
 	Connections int
+	// ClientName names the client's connections (CLIENT SETNAME), so that CLIENT LIST tells a
+	// process' clients apart; "" leaves them unnamed. Not a flag: the code that opens a client
+	// for one purpose names it.
+	ClientName string
 }
+
+// RateLimitKeys is where, under --redis.key-prefix, pkg/httpx keeps the API keys' shared
+// rate counts (--http.rate-limit-scope=cluster). They are not features: a repopulation of
+// the feature copy, which clears everything else under the prefix, leaves them alone.
+const RateLimitKeys = "ratelimit:"
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
@@ -92,6 +101,7 @@ func Open(c Config) (rueidis.Client, error) {
 	opt.CacheSizeEachConn = c.CacheSizeMB << 20
 	opt.DisableRetry = true // callers decide; a retry loop here would hide an outage behind latency
 	opt.ForceSingleClient = true
+	opt.ClientName = c.ClientName
 	switch c.Connections {
 	case 0: // rueidis' choice
 	case 1:
