@@ -520,13 +520,16 @@ FROM feature_users WHERE user_id > $1 ORDER BY user_id LIMIT $2`, after, page)
 		if len(users) == 0 {
 			break
 		}
+		// Renewed between the read and the write: a page read while the lock expired (a
+		// stall past lockTTL) would otherwise still be written, over what happened since,
+		// such as `users forget` deleting a user this snapshot still holds.
+		if err := keep(); err != nil {
+			return err
+		}
 		if err := s.exec(ctx, epoch, &redisWrite{users: users}); err != nil {
 			return err
 		}
 		after = users[len(users)-1].id
-		if err := keep(); err != nil {
-			return err
-		}
 	}
 	after = ""
 	for {
@@ -550,13 +553,13 @@ FROM feature_users WHERE user_id > $1 ORDER BY user_id LIMIT $2`, after, page)
 				return err
 			}
 		}
+		if err := keep(); err != nil { // as for users
+			return err
+		}
 		if err := s.exec(ctx, epoch, w); err != nil {
 			return err
 		}
 		after = items[len(items)-1].id
-		if err := keep(); err != nil {
-			return err
-		}
 	}
 	return nil
 }

@@ -305,6 +305,35 @@ func TestRepopulationStopsWhenItsLockIsTaken(t *testing.T) {
 	}
 }
 
+// A repopulation that stalls while reading a page, long enough to lose its lock, must not
+// write that page: what changed since its snapshot (a user erased by `users forget`, whose
+// second pass waits only while the lock is held) would come back into the copy. The stall is
+// a table lock held by the test while it takes the Redis lock away.
+func TestRepopulationDoesNotWriteAPageReadAfterItsLockWasLost(t *testing.T) {
+	ctx := context.Background()
+	st, pool, rd, keys := repopulatedCopy(t, "rplp", 0)
+	tx := otherTx(t, pool, `LOCK TABLE feature_users IN ACCESS EXCLUSIVE MODE`)
+	done := make(chan error, 1)
+	go func() { done <- st.Repopulate(ctx, true) }()
+	waitForLockWait(t, pool, "feature_users")
+	if err := rd.Do(ctx, rd.B().Set().Key(keys.Lock).Value("process-B").Px(15*time.Second).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, featurestore.ErrRepopulationLockLost) {
+		t.Fatalf("repopulation whose lock was taken during a page read: %v, want ErrRepopulationLockLost", err)
+	}
+	users, err := rd.Do(ctx, rd.B().Keys().Pattern(keys.Prefix+"u:*").Build()).AsStrSlice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(users) > 0 {
+		t.Errorf("the page read after the lock was lost was written: %d user hashes in the copy", len(users))
+	}
+}
+
 // A forced rebuild waits for the exclusive meta lock (up to 30 s, behind long batches) while
 // holding the repopulation lock: it renews it meanwhile, so no second repopulation starts.
 func TestRepopulationLockIsRenewedWhileWaitingForMeta(t *testing.T) {
