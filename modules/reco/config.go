@@ -147,7 +147,7 @@ func NewConfig() *Config {
 // names as aliases.
 func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	c.Ranking.RegisterFlags(fs)
-	fs.BoolVar(&c.AutologAsync, "reco.autolog-async", c.AutologAsync, "answer /reco before the auto-logged impression is committed (bounded queue, drained on shutdown; a crash loses what is queued); false waits for the group commit, so a crash (kill -9) loses no served list except while PostgreSQL is unavailable (its breaker open), when lists wait in the same in-memory queue")
+	fs.BoolVar(&c.AutologAsync, "reco.autolog-async", c.AutologAsync, "answer /reco before the auto-logged impression is committed (bounded queue, drained on shutdown; a crash loses what is queued); false waits for the group commit, so a crash (kill -9) loses no served list except those whose write failed (PostgreSQL unavailable or slow), which wait in the same in-memory queue")
 	fs.IntVar(&c.AutologQueueSize, "reco.autolog-queue-size", c.AutologQueueSize, "impression events waiting to be persisted; beyond it --reco.autolog-backpressure applies")
 	fs.StringVar(&c.AutologBackpressure, "reco.autolog-backpressure", c.AutologBackpressure, "when the autolog queue is full: sync (persist inline) or drop (counted in recsys_reco_autolog_dropped_total)")
 	fs.DurationVar(&c.AutologShutdownTimeout, "reco.autolog-shutdown-timeout", c.AutologShutdownTimeout, "longest the shutdown waits for queued impressions to be persisted (the rest is counted as dropped)")
