@@ -358,7 +358,11 @@ func (r *GroupReader) fetchLoop(ctx context.Context, parts []*fetchState) error 
 	// A sessionless fetch fills partitions in request order up to MaxBytes: the first one
 	// listed is rotated so that no partition's backlog starves the others.
 	partMax := max(int32(1<<20), int32(r.o.MaxBytes/len(parts)))
+	from := make([]int64, len(parts))
 	for first := 0; ; first = (first + 1) % len(parts) {
+		for i, p := range parts {
+			from[i] = p.offset
+		}
 		req := &fetchAPI.Request{ReplicaID: -1, MaxWaitTime: int32(r.o.MaxWait.Milliseconds()),
 			MinBytes: int32(r.o.MinBytes), MaxBytes: int32(r.o.MaxBytes), SessionID: 0, SessionEpoch: -1}
 		for i := range parts {
@@ -385,6 +389,14 @@ func (r *GroupReader) fetchLoop(ctx context.Context, parts []*fetchState) error 
 			select {
 			case r.out <- msgs:
 			case <-ctx.Done():
+				// Not handed over: the partitions go back to where this answer started.
+				// fetchAll starts over from parts when another leader's loop failed (a
+				// leader moved, a broker restarted) while this one waited on a busy
+				// consumer; past this answer, its messages would never reach the consumer,
+				// and its later commits would skip them.
+				for i, p := range parts {
+					p.offset = from[i]
+				}
 				return ctx.Err()
 			}
 		}

@@ -300,3 +300,48 @@ func TestGroupReaderOffsetOutOfRangeStartsOver(t *testing.T) {
 		t.Fatalf("stats %+v: the out-of-range fetch was not counted", s)
 	}
 }
+
+// A fetch loop stopped while it waits to hand over an answer (another leader's loop failed:
+// a leader moved, a broker restarted) leaves its partitions where the caller's messages end,
+// so the loops that start over fetch that answer again. Had its offsets moved past the
+// answer, the messages would never reach the consumer, whose later commits would go past
+// them: events lost.
+func TestGroupReaderLoopStoppedByAnotherLeaderLosesNothing(t *testing.T) {
+	c, ctx, topics := producerTopics(t, 1, "t.gr.split.data.", "t.gr.split.gone.")
+	data, gone := topics[0], topics[1]
+	produceKeyed(t, ctx, c, 0, 20, data)
+	r := kafka.NewFetcher(c, 200*time.Millisecond)
+	type result struct {
+		next [][]int64
+		err  error
+	}
+	res := make(chan result, 1)
+	go func() {
+		next, err := kafka.FetchLeaders(ctx, r, []kafka.FetchPart{{Topic: data}}, []kafka.FetchPart{{Topic: gone}})
+		res <- result{next, err}
+	}()
+	// The first answer waits in the reader's buffer, unread; the second cannot be handed over.
+	waitFor(t, "the first answer fetched", 20*time.Second, func() bool { return r.Stats().Fetches > 0 })
+	time.Sleep(500 * time.Millisecond)
+	produceKeyed(t, ctx, c, 20, 20, data)
+	time.Sleep(time.Second)
+	// The other leader's partition fails its loop, which stops this one.
+	if err := c.DeleteTopics(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	var got result
+	select {
+	case got = <-res:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the fetch loops did not stop after a partition's topic was deleted")
+	}
+	t.Logf("loops ended: %v", got.err)
+	first, err := r.FetchBatch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	handed := first[len(first)-1].Offset + 1
+	if next := got.next[0][0]; next != handed {
+		t.Fatalf("the consumer got offsets up to %d, the fetch starts again at %d: offsets %d..%d lost", handed-1, next, handed, next-1)
+	}
+}
