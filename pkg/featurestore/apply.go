@@ -167,6 +167,14 @@ type itemAcc struct {
 	nb                  int32
 }
 
+// rebaseError is a failed rebase of the landmarks that a batch needed. The rebase rewrites
+// every item, not the batch's rows, so what PostgreSQL refuses there (a popularity the factor
+// takes below the smallest float8) says nothing about the batch's events: see Refused.
+type rebaseError struct{ err error }
+
+func (e *rebaseError) Error() string { return "rebase decay landmarks: " + e.err.Error() }
+func (e *rebaseError) Unwrap() error { return e.err }
+
 // errRebase asks Apply to move the landmarks before applying the batch.
 type errRebase struct{ tsMs int64 }
 
@@ -184,7 +192,7 @@ func (s *Store) Apply(ctx context.Context, b *Batch) (*Applied, error) {
 		var rb errRebase
 		if errors.As(err, &rb) && attempt < 3 {
 			if err := s.Rebase(ctx, rb.tsMs); err != nil {
-				return nil, err
+				return nil, &rebaseError{err}
 			}
 			continue
 		}
@@ -206,10 +214,13 @@ func AppliedConcurrently(err error) bool {
 
 // Refused reports errors that retrying cannot fix: PostgreSQL data exceptions, integrity
 // violations and program limits (a value PostgreSQL will never accept). A dedup record
-// that another transaction wrote first is a conflict that a retry resolves.
+// that another transaction wrote first is a conflict that a retry resolves. A failed rebase
+// is not the batch's: every event after the landmark's range needs it, so taking it for bad
+// data would dead-letter every valid event from then on.
 func Refused(err error) bool {
 	var pe *pgconn.PgError
-	if !errors.As(err, &pe) || AppliedConcurrently(err) {
+	var re *rebaseError
+	if !errors.As(err, &pe) || AppliedConcurrently(err) || errors.As(err, &re) {
 		return false
 	}
 	return strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "23") || strings.HasPrefix(pe.Code, "54")

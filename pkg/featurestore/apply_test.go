@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"recsys/pkg/features"
 	"recsys/pkg/featurestore"
 	"recsys/pkg/featurestore/fstest"
 	"recsys/pkg/testutil"
@@ -170,4 +171,37 @@ func otherTx(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) pgx.Tx {
 		t.Fatal(err)
 	}
 	return tx
+}
+
+// TestRebaseFailureIsNotRefused: a batch that needs a decay rebase fails when the rebase
+// does, but a rebase rewrites every item, not the batch's rows: PostgreSQL refusing it (here
+// a popularity stored by a backfilled event 700 half-lives before the landmark, which the
+// rebase factor takes below the smallest float8: "value out of range: underflow") says
+// nothing about the batch's events. Were it Refused, the consumer would dead-letter every
+// valid event from then on (each needs the rebase); it must retry, unready, until the store
+// is fixed.
+func TestRebaseFailureIsNotRefused(t *testing.T) {
+	ctx := context.Background()
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	cfg := testConfig()
+	st := featurestore.New(pool, nil, testutil.Unique("rb")+":", cfg, nil)
+	halfLife := cfg.PopShortHalfLife.Milliseconds()
+	landmark := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+	watch := func(id, item string, ts int64) *featurestore.Batch {
+		return &featurestore.Batch{Events: []featurestore.Event{{Interaction: features.Interaction{Kind: features.KindWatch,
+			EventID: "rebase-" + id, UserID: "user-" + id, TsMs: ts, ItemID: item}}}}
+	}
+	for _, b := range []*featurestore.Batch{watch("first", "a", landmark), watch("backfilled", "b", landmark-700*halfLife)} {
+		if _, err := st.Apply(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := st.Apply(ctx, watch("later", "c", landmark+501*halfLife))
+	if err == nil {
+		t.Fatal("the rebase of a popularity of 2^-700 by 2^-501 did not fail: the test no longer shows a failing rebase")
+	}
+	if featurestore.Refused(err) {
+		t.Fatalf("a failed rebase is Refused (the event would go to the DLQ): %v", err)
+	}
+	t.Logf("apply: %v", err)
 }
