@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -619,7 +620,15 @@ func (s *Store) Rebase(ctx context.Context, tsMs int64) error {
 		if !m.Long.NeedsRebase(tsMs) {
 			fl, nl = 1, m.Long
 		}
-		if _, err := tx.Exec(ctx, `UPDATE feature_items SET pop_short = pop_short * $1, pop_long = pop_long * $2 WHERE pop_short > 0 OR pop_long > 0`, fs, fl); err != nil {
+		// A product PostgreSQL would round to zero is an error there ("value out of range:
+		// underflow"), not a zero: an item last raised hundreds of half-lives before the
+		// landmark (a backfill, a late replay) would fail every rebase, and with it every
+		// batch after the landmark's range. Such values are set to 0 instead: what they are
+		// worth at any time after the new landmark is below 1e-300.
+		if _, err := tx.Exec(ctx, `UPDATE feature_items
+SET pop_short = CASE WHEN abs(pop_short) < $3 THEN 0 ELSE pop_short * $1 END,
+    pop_long = CASE WHEN abs(pop_long) < $4 THEN 0 ELSE pop_long * $2 END
+WHERE pop_short > 0 OR pop_long > 0`, fs, fl, underflowBelow(fs), underflowBelow(fl)); err != nil {
 			return fmt.Errorf("rebase popularity: %w", err)
 		}
 		m.Short, m.Long, moved = ns, nl, true
@@ -648,6 +657,15 @@ func (s *Store) Rebase(ctx context.Context, tsMs int64) error {
 		}
 	}
 	return nil
+}
+
+// underflowBelow is the magnitude under which a stored value times f falls below 1e-300,
+// where a rebase sets it to 0 (+Inf for a factor that is itself 0: every value goes).
+func underflowBelow(f float64) float64 {
+	if f <= 0 {
+		return math.Inf(1)
+	}
+	return 1e-300 / f
 }
 
 // rebaseNeighbours multiplies every stored co-visitation strength by f (a positive factor
