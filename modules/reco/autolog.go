@@ -107,6 +107,8 @@ func (a *autolog) Log(ctx context.Context, ev *events.Impression, correlationID 
 	case stopped:
 		a.m.dropped(dropShutdown, 1)
 		return
+	case refused:
+		return
 	}
 	if a.drop {
 		a.m.stage(stageImpressionDrop, 0)
@@ -164,6 +166,8 @@ func (a *autolog) buffer(ctx context.Context, ev *events.Impression, correlation
 	case stopped:
 		a.m.dropped(dropShutdown, 1)
 		return
+	case refused:
+		return
 	}
 	a.m.dropped(dropDBDown, 1)
 	a.warn.Do(func(n int64) {
@@ -182,6 +186,7 @@ const (
 	started startResult = iota
 	full
 	stopped
+	refused // the writer refused the event (counted dropped as rejected): neither queued nor buffered
 )
 
 // background starts a background persist unless the bound is reached or the module stopped.
@@ -204,7 +209,7 @@ func (a *autolog) background(ev *events.Impression, correlationID string) startR
 		if err != nil {
 			a.inflight.Add(-1)
 			a.rejected(context.Background(), ev, err)
-			return started
+			return refused
 		}
 		write = func(ctx context.Context) error {
 			_, err := sw.WritePrepared(ctx, p)

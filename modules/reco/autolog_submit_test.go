@@ -204,3 +204,19 @@ func TestAutologListQueuedPastTheTimeoutIsRestamped(t *testing.T) {
 		t.Fatalf("stored ts_ms %d (served %d), server_received_ts_ms %d ms before the writer started", tsMs, ev.TsMs, started-srvMs)
 	}
 }
+
+// TestAutologRefusedListIsCountedOnce: a list the writer refuses (larger than
+// --ingest.max-event-bytes) is counted dropped as rejected, and not also as enqueued.
+func TestAutologRefusedListIsCountedOnce(t *testing.T) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	wcfg := ingest.DefaultConfig()
+	wcfg.MaxEventBytes = 64
+	w := ingest.New(pool, wcfg)
+	t.Cleanup(w.Close)
+	m := newRecoMetrics(metrics.NewSet())
+	a := newAutolog(NewConfig(), w, newBreaker(100, nil), m, slog.New(slog.DiscardHandler))
+	a.Log(context.Background(), servedImpression("too-large"), "")
+	if r, e, p := m.autologDropped[dropRejected].Get(), m.autologEnqueued.Get(), a.Pending(); r != 1 || e != 0 || p != 0 {
+		t.Errorf("a refused list: dropped(rejected) %d, enqueued %d, pending %d; want 1, 0, 0", r, e, p)
+	}
+}
