@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Reaped counts what Reap did.
@@ -16,7 +18,38 @@ type Reaped struct {
 // their last allowed attempt. The attempt was counted when the row was claimed, so a row that
 // crashes every relay still ends dead after max_attempts claims.
 func (s *Store) Reap(ctx context.Context, limit int, b Backoff) (Reaped, error) {
-	rows, err := s.pool.Query(ctx, `
+	br, err := s.sendByKey(ctx, func(q *pgx.Batch) {
+		q.Queue(reapSQL, limit, float64(b.Base.Milliseconds()), float64(b.Max.Milliseconds()))
+	})
+	if err != nil {
+		return Reaped{}, fmt.Errorf("reap expired outbox leases: %w", err)
+	}
+	var r Reaped
+	rows, err := br.Query()
+	if err == nil {
+		var st string
+		_, err = pgx.ForEachRow(rows, []any{&st}, func() error {
+			if st == StatusDead {
+				r.Dead++
+			} else {
+				r.Requeued++
+			}
+			return nil
+		})
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return Reaped{}, fmt.Errorf("reap expired outbox leases: %w", err)
+	}
+	return r, nil
+}
+
+// reapSQL is Reap's statement, planned by byKeySQL (as every statement that names rows by
+// id): on an outbox empty when a relay started, a cached generic plan of "id = ANY(...)" is
+// a sequential scan, which a growing backlog would keep until an ANALYZE.
+const reapSQL = `
 UPDATE event_outbox o
 SET status = CASE WHEN o.attempts >= o.max_attempts THEN 'dead' ELSE 'pending' END,
     next_attempt_at = now() + least($3::float8, $2::float8 * power(2, least(greatest(o.attempts, 1) - 1, 40)))
@@ -30,44 +63,29 @@ WHERE o.id = ANY(ARRAY(
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 ))
-RETURNING o.status`, limit, float64(b.Base.Milliseconds()), float64(b.Max.Milliseconds()))
-	if err != nil {
-		return Reaped{}, fmt.Errorf("reap expired outbox leases: %w", err)
-	}
-	defer rows.Close()
-	var r Reaped
-	for rows.Next() {
-		var st string
-		if err := rows.Scan(&st); err != nil {
-			return Reaped{}, fmt.Errorf("reap expired outbox leases: %w", err)
-		}
-		if st == StatusDead {
-			r.Dead++
-		} else {
-			r.Requeued++
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return Reaped{}, fmt.Errorf("reap expired outbox leases: %w", err)
-	}
-	return r, nil
-}
+RETURNING o.status`
 
 // DeletePublished deletes up to limit rows published more than olderThan ago, oldest first,
 // and returns how many it deleted. Callers loop while it returns limit, so each statement
 // stays short and never holds many row locks. The outer status test is re-checked on the
 // locked row, so a row replay requeued meanwhile is not deleted.
 func (s *Store) DeletePublished(ctx context.Context, olderThan time.Duration, limit int) (int, error) {
-	tag, err := s.pool.Exec(ctx, `
-DELETE FROM event_outbox
-WHERE status = 'published' AND id = ANY(ARRAY(
-    SELECT id FROM event_outbox
-    WHERE status = 'published' AND published_at < now() - $1 * interval '1 millisecond'
-    ORDER BY published_at
-    LIMIT $2
-))`, olderThan.Milliseconds(), limit)
+	tag, err := s.execByKey(ctx, deleteOldPublishedSQL, olderThan.Milliseconds(), limit)
 	if err != nil {
 		return 0, fmt.Errorf("delete published outbox rows: %w", err)
 	}
 	return int(tag.RowsAffected()), nil
 }
+
+// deleteOldPublishedSQL is DeletePublished's statement, planned by byKeySQL as reapSQL is.
+// The status re-check is written so that it does not match event_outbox_published_idx's
+// predicate: PostgreSQL would otherwise read the rows by a full scan of that partial index
+// filtered by id (see leaseHeld) instead of by primary key.
+const deleteOldPublishedSQL = `
+DELETE FROM event_outbox
+WHERE status || '' = 'published' AND id = ANY(ARRAY(
+    SELECT id FROM event_outbox
+    WHERE status = 'published' AND published_at < now() - $1 * interval '1 millisecond'
+    ORDER BY published_at
+    LIMIT $2
+))`
