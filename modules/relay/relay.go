@@ -545,10 +545,12 @@ func (r *Relay) process(ctx context.Context, c *outbox.Claim) (record func()) {
 			for range acked {
 				r.m.commitToAck.Update(lat)
 			}
-			if n := len(res.DeadLetters); n > 0 {
-				failedByTopic[row.Topic] += n
+			failedByTopic[row.Topic] += len(res.DeadLetters)
+			// Logged when the dead rows are stored: a row held back behind an earlier failure
+			// of its unit stores none on this attempt (Settle), but on the one that publishes it.
+			if n := len(o.DeadLetters); n > 0 {
 				r.log.ErrorContext(ctx, "outbox events no retry can publish, moving them to dead rows of their own", "outbox_id", row.ID,
-					"events", n, "first_event_id", res.DeadLetters[0].EventID, "err", res.DeadLetters[0].Err,
+					"events", n, "first_event_id", o.DeadLetters[0].EventID, "err", o.DeadLetters[0].Err,
 					"mitigation", "the row's other events were published; see the runbook on dead outbox rows")
 			}
 		}
