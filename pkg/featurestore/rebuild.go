@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -29,7 +30,9 @@ func (s *Store) FlushWritten(ctx context.Context) error {
 // apply order: event time, then event_id and user. The stream applies events of one user in
 // their partition (arrival) order, so a rebuild reproduces it whenever each user's events
 // arrived in time order. The impressions view has a row per shown item: an event is its
-// user's event_id, since two users' events may share an id (migration 0022).
+// user's event_id, since two users' events may share an id (migration 0022). A legacy row has
+// no receive time: its insert time stands for it, as it does for `users forget`, which
+// deletes legacy rows by it.
 const rawEvents = `SELECT kind, event_id, user_id, ts_ms, item_id, items, watch_time_sec, percent_watched, ended, legacy_type, srv FROM (
   SELECT 'impression' AS kind, event_id, user_id, min(ts_ms) AS ts_ms, NULL::text AS item_id,
          array_agg(item_id ORDER BY position) AS items, 0::float8 AS watch_time_sec, NULL::float8 AS percent_watched,
@@ -39,7 +42,8 @@ const rawEvents = `SELECT kind, event_id, user_id, ts_ms, item_id, items, watch_
   SELECT 'watch', event_id, user_id, ts_ms, item_id, NULL, watch_time_sec, percent_watched, ended, NULL, server_received_ts_ms
   FROM watches
   UNION ALL
-  SELECT 'legacy', event_id, user_id, ts_ms, item_id, NULL, 0, NULL, NULL, event_type, 0
+  SELECT 'legacy', event_id, user_id, ts_ms, item_id, NULL, 0, NULL, NULL, event_type,
+         (extract(epoch FROM created_at) * 1000)::bigint
   FROM legacy_events
 ) e ORDER BY ts_ms, event_id, user_id`
 
@@ -53,9 +57,12 @@ const rebuildLockKey = 7_254_391_002
 // RebuildFromEvents recomputes the durable feature state from the raw event tables through
 // the same Apply as the stream, then rebuilds the Redis copy. It empties the feature tables
 // first (the DLQ is kept); run it with the consumers stopped, or their events interleave with
-// the rebuild's order (they are still applied exactly once). progress, when set, is called
-// after each batch with the number of events read so far. A second run while one is going
-// fails with ErrRebuildRunning before it changes anything.
+// the rebuild's order (they are still applied exactly once). Like the consumers, it skips the
+// events of erased users received up to their erasure (Forgotten, reread every
+// ForgottenRefresh): an erasure waiting out its settle time has not deleted the raw rows the
+// scan reads, and applying them after the deletion would bring the users back. progress,
+// when set, is called after each batch with the number of events read so far. A second run
+// while one is going fails with ErrRebuildRunning before it changes anything.
 func (s *Store) RebuildFromEvents(ctx context.Context, batchSize int, progress func(int)) (n int, err error) {
 	if batchSize <= 0 {
 		return 0, fmt.Errorf("rebuild from events: batch size %d, want at least 1", batchSize)
@@ -118,12 +125,26 @@ func (s *Store) RebuildFromEvents(ctx context.Context, batchSize int, progress f
 		}
 	}()
 	b := &Batch{}
+	var forgotten Forgotten
+	var forgottenAt time.Time
 	flush := func() error {
 		if len(b.Events) == 0 {
 			return nil
 		}
-		if _, err := s.Apply(ctx, b); err != nil {
-			return err
+		// Reread as often as a consumer does, and checked just before the batch's
+		// transaction, so `users forget` (which waits longer than that before deleting) never
+		// deletes a user that a later batch then writes back.
+		if time.Since(forgottenAt) >= ForgottenRefresh {
+			if err := s.RefreshForgotten(ctx, &forgotten); err != nil {
+				return err
+			}
+			forgottenAt = time.Now()
+		}
+		b.Events = slices.DeleteFunc(b.Events, func(ev Event) bool { return forgotten.Skip(ev.UserID, ev.ServerReceivedTsMs) })
+		if len(b.Events) > 0 {
+			if _, err := s.Apply(ctx, b); err != nil {
+				return err
+			}
 		}
 		b = &Batch{}
 		if progress != nil {

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"reflect"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/rueidis"
 
@@ -282,4 +284,63 @@ func TestRebuildFromEventsRefusesBatchSize(t *testing.T) {
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM feature_applied`).Scan(&n); err != nil || n != 3 {
 		t.Fatalf("%d applied events after the refused rebuilds (%v), want 3", n, err)
 	}
+}
+
+// A rebuild from events applies what the stream would have: an erased user's events received
+// up to the erasure time are skipped, as the consumers skip them. Without it, a rebuild that
+// ran while `users forget` waited out its settle time read the user's raw rows before they
+// were deleted and wrote the user's features back after the erasure, in PostgreSQL and in the
+// copy, for good; a user who came back after an erasure keeps the events received since (a
+// legacy row by its insert time, the time the erasure deletes it by).
+func TestRebuildFromEventsSkipsErasedUsers(t *testing.T) {
+	ctx := context.Background()
+	pool, rd := servers(t)
+	const prefix = "rf:"
+	st := featurestore.New(pool, rd, prefix, testConfig(), nil)
+	streamed(t, pool, st, 4)
+	now := time.Now().UnixMilli()
+	// "settling" is being erased: recorded, its rows not deleted yet. "back" was erased an
+	// hour ago; its watch was received before that (a row the erasure missed), its legacy
+	// event after.
+	insertRawWatch(t, pool, "g1", "settling", "i1", rawTs+10_000)
+	insertRawWatch(t, pool, "b1", "back", "i1", rawTs+11_000)
+	if _, err := pool.Exec(ctx, `INSERT INTO legacy_events (event_id, user_id, item_id, event_type, ts, ts_ms)
+VALUES ('b2', 'back', 'i2', 'click', $1::bigint, $1::bigint)`, rawTs+12_000); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO forgotten_users (user_id, forgotten_at_ms) VALUES ('settling', $1), ('back', $2)`,
+		now+time.Hour.Milliseconds(), now-time.Hour.Milliseconds()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.RebuildFromEvents(ctx, 2, nil); err != nil {
+		t.Fatal(err)
+	}
+	var settling int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM feature_users WHERE user_id = 'settling'`).Scan(&settling); err != nil {
+		t.Fatal(err)
+	}
+	if settling != 0 {
+		t.Error("the rebuild wrote the features of a user being erased")
+	}
+	var history string
+	if err := pool.QueryRow(ctx, `SELECT history::text FROM feature_users WHERE user_id = 'back'`).Scan(&history); err != nil {
+		t.Fatalf("the features of the user who came back: %v", err)
+	}
+	if !strings.Contains(history, `"i2"`) || strings.Contains(history, `"i1"`) {
+		t.Errorf("history of the user who came back %s: want only i2 (received after the erasure)", history)
+	}
+	var applied []string
+	rows, _ := pool.Query(ctx, `SELECT event_id FROM feature_applied WHERE user_id IN ('settling', 'back') ORDER BY event_id`)
+	applied, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(applied, []string{"b2"}) {
+		t.Errorf("applied events of the erased users %v, want [b2]", applied)
+	}
+	n, err := rd.Do(ctx, rd.B().Exists().Key(st.UserKey("settling")).Build()).AsInt64()
+	if err != nil || n != 0 {
+		t.Errorf("the user being erased is in the copy: %d (%v)", n, err)
+	}
+	verifyCopy(t, st)
 }
