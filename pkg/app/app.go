@@ -126,7 +126,14 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	defer in.Close()
+	// Once the modules run, shutdown closes the clients within its deadline instead: closing
+	// the pool waits for every connection a module or a request still holds.
+	var started bool
+	defer func() {
+		if !started {
+			in.Close()
+		}
+	}()
 
 	e := httpx.New(o.HTTP, o.Log)
 	var mods []*running
@@ -208,6 +215,7 @@ func Run(ctx context.Context, o Options) error {
 			break
 		}
 	}
+	started = true
 	for _, r := range mods {
 		mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		r.cancel = cancel
@@ -252,7 +260,7 @@ func Run(ctx context.Context, o Options) error {
 	ln := o.Listener
 	if ln == nil {
 		if ln, err = net.Listen("tcp", o.HTTP.Addr); err != nil {
-			return shutdown(o, mods, nil, &draining, fmt.Errorf("listen on %s: %w", o.HTTP.Addr, err))
+			return shutdown(o, mods, in, nil, &draining, fmt.Errorf("listen on %s: %w", o.HTTP.Addr, err))
 		}
 	}
 	srv := o.HTTP.Server(e)
@@ -275,7 +283,7 @@ func Run(ctx context.Context, o Options) error {
 	if p := failed.Load(); p != nil {
 		cause = *p
 	}
-	return shutdown(o, mods, srv, &draining, cause)
+	return shutdown(o, mods, in, srv, &draining, cause)
 }
 
 // gated reports whether a module must wait for the schema: it needs PostgreSQL and has no
@@ -324,8 +332,8 @@ func waitForSchema(ctx context.Context, in *infra.Infra, log *slog.Logger, ok ch
 }
 
 // shutdown: readiness 503, optional delay, HTTP drain, modules in reverse order, then the
-// deferred infra close. The whole of it is bounded by the shutdown timeout.
-func shutdown(o Options, mods []*running, srv *http.Server, draining *atomic.Bool, cause error) error {
+// shared clients. The whole of it is bounded by the shutdown timeout.
+func shutdown(o Options, mods []*running, in *infra.Infra, srv *http.Server, draining *atomic.Bool, cause error) error {
 	start := time.Now()
 	draining.Store(true)
 	if cause != nil {
@@ -355,6 +363,24 @@ func shutdown(o Options, mods []*running, srv *http.Server, draining *atomic.Boo
 		case <-r.done:
 		case <-deadline.Done():
 			errs = append(errs, fmt.Errorf("module %s did not stop within --shutdown.timeout", r.info.Name))
+		}
+	}
+	// The pool's Close returns only once every connection is back: a module that did not
+	// stop, or a request still running after the drain, would hold the process past the
+	// timeout until the orchestrator kills it. Past the deadline the clients are left to the
+	// process' exit.
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		in.Close()
+	}()
+	select {
+	case <-closed:
+	case <-deadline.Done():
+		select {
+		case <-closed: // a deadline already past when the close began
+		case <-time.After(10 * time.Millisecond):
+			errs = append(errs, errors.New("shared clients not closed within --shutdown.timeout: a connection is still in use"))
 		}
 	}
 	o.Log.Info("stopped", "duration_s", time.Since(start).Seconds())

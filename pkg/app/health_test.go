@@ -257,3 +257,59 @@ func listen(t *testing.T) net.Listener {
 	}
 	return ln
 }
+
+// holder takes a pooled connection and keeps it past its cancel until released: a module
+// whose drain outlives --shutdown.timeout.
+type holder struct {
+	pg      *pgxpool.Pool
+	release chan struct{}
+}
+
+func (h *holder) Run(ctx context.Context) error {
+	c, err := h.pg.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Release()
+	<-ctx.Done()
+	<-h.release
+	return nil
+}
+
+// --shutdown.timeout bounds the whole shutdown, the clients' close included: closing the pool
+// waits for every connection, so a module that has not stopped and holds one must not keep
+// the process alive until the orchestrator kills it.
+func TestShutdownTimeoutBoundsClientClose(t *testing.T) {
+	dsn := testutil.MigratedDatabase(t)
+	release := make(chan struct{})
+	defer close(release)
+	reg := module.NewRegistry()
+	reg.Register(module.Info{Name: "stuck", Role: true, Needs: infra.Postgres, Optional: infra.Postgres,
+		NewConfig: func() module.Config { return cfg{} },
+		New: func(_ module.Config, d infra.Deps) (module.Module, error) {
+			return &holder{pg: d.PG, release: release}, nil
+		}})
+	ic := infra.DefaultConfig()
+	ic.PG.DSN = dsn
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- app.Run(ctx, app.Options{Registry: reg, Roles: []string{"all"}, HTTP: httpx.DefaultConfig(),
+			Shutdown: app.ShutdownConfig{Timeout: 300 * time.Millisecond}, Infra: ic,
+			Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Listener: listen(t)})
+	}()
+	time.Sleep(300 * time.Millisecond) // the module takes its connection
+	cancel()
+	start := time.Now()
+	select {
+	case err := <-done:
+		if took := time.Since(start); took > time.Second {
+			t.Errorf("Run returned %s after the cancel, want about --shutdown.timeout (300ms)", took)
+		}
+		if err == nil || !strings.Contains(err.Error(), "module stuck did not stop") {
+			t.Errorf("Run = %v, want an error naming the module that did not stop", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run still waits 5s after the cancel with --shutdown.timeout=300ms: the pool close waits for the module's connection")
+	}
+}
