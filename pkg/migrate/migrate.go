@@ -178,10 +178,28 @@ func (mg *Migrator) Up(ctx context.Context) error {
 			return nil
 		}
 		if err := mg.m.Up(); err != nil && !errors.Is(err, gomigrate.ErrNoChange) {
-			return fmt.Errorf("migrate up: %w", err)
+			return mg.leftDirty("migrate up", -1, err)
 		}
 		return nil
 	})
+}
+
+// leftDirty wraps the error of a failed run. A migration that fails leaves the version it was
+// moving to marked dirty, which keeps every role unready and every later run refused until an
+// operator forces a version; golang-migrate's error names the failed statement only (with the
+// whole file), so the state it left and the way out come first. back is the direction the
+// version moves back to its value before the failed migration: -1 for up, +1 for down.
+func (mg *Migrator) leftDirty(what string, back int, err error) error {
+	var de gomigrate.ErrDirty
+	if errors.As(err, &de) {
+		return fmt.Errorf("%s: %w", what, err) // dirty before this run; the error says so
+	}
+	v, dirty, verr := mg.Version()
+	if verr != nil || !dirty {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return fmt.Errorf("%s: failed and left the schema dirty at version %d; roles stay unready until it is repaired by hand and forced: `recsys migrate force %d` once the schema is as version %d leaves it, or `recsys migrate force %d` once it is as before the failed migration (then run it again): %w",
+		what, v, v, v, int(v)+back, err)
 }
 
 // Down reverts n migrations.
@@ -199,7 +217,7 @@ func (mg *Migrator) Down(ctx context.Context, n int) error {
 			return fmt.Errorf("database is at %d, newer than this binary (%d): run down with the newer image", v, latest)
 		}
 		if err := mg.m.Steps(-n); err != nil {
-			return fmt.Errorf("migrate down %d: %w", n, err)
+			return mg.leftDirty(fmt.Sprintf("migrate down %d", n), 1, err)
 		}
 		return nil
 	})

@@ -338,3 +338,64 @@ func TestOpenTakesKeyValueDSN(t *testing.T) {
 		t.Fatalf("version %d err %v", v, err)
 	}
 }
+
+// A migration that fails leaves its version dirty, which keeps every role unready: the error
+// of `migrate up` and `migrate down` says so, with the versions to force, before
+// golang-migrate's statement and file text.
+func TestFailedMigrationSaysItLeftTheSchemaDirty(t *testing.T) {
+	latest := migrate.Latest()
+	tests := []struct {
+		name      string
+		at        uint // version before the failing run
+		run       func(context.Context, *migrate.Migrator) error
+		dirtyAt   uint
+		forceHint []string
+	}{
+		{"up", latest - 1, func(ctx context.Context, m *migrate.Migrator) error { return m.Up(ctx) }, latest,
+			[]string{fmt.Sprintf("recsys migrate force %d` once", latest), fmt.Sprintf("recsys migrate force %d` once it is as before", latest-1)}},
+		{"down", latest, func(ctx context.Context, m *migrate.Migrator) error { return m.Down(ctx, 1) }, latest - 1,
+			[]string{fmt.Sprintf("recsys migrate force %d` once", latest-1), fmt.Sprintf("recsys migrate force %d` once it is as before", latest)}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			dsn := testutil.MigratedDatabase(t)
+			m, err := migrate.Open(dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			if tc.at < latest {
+				if err := m.Down(ctx, int(latest-tc.at)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Every migration runs DDL: refusing it fails the migration after golang-migrate
+			// marked its version dirty, whatever the migration's content.
+			pool := testutil.Pool(t, dsn)
+			if _, err := pool.Exec(ctx, `CREATE FUNCTION refuse_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$
+				BEGIN RAISE EXCEPTION 'ddl refused by the test'; END $$;
+				CREATE EVENT TRIGGER refuse_ddl ON ddl_command_start EXECUTE FUNCTION refuse_ddl();`); err != nil {
+				t.Fatal(err)
+			}
+			err = tc.run(ctx, m)
+			if err == nil {
+				t.Fatal("the migration succeeded despite the refused DDL")
+			}
+			if v, dirty, verr := m.Version(); verr != nil || !dirty || v != tc.dirtyAt {
+				t.Fatalf("version %d dirty %t err %v, want %d dirty", v, dirty, verr, tc.dirtyAt)
+			}
+			if want := fmt.Sprintf("left the schema dirty at version %d", tc.dirtyAt); !strings.Contains(err.Error(), want) {
+				t.Errorf("error does not say %q:\n%v", want, err)
+			}
+			for _, h := range tc.forceHint {
+				if !strings.Contains(err.Error(), h) {
+					t.Errorf("error does not say %q:\n%v", h, err)
+				}
+			}
+			if !strings.Contains(err.Error(), "ddl refused by the test") {
+				t.Errorf("error lost the cause:\n%v", err)
+			}
+		})
+	}
+}
