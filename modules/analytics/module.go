@@ -46,7 +46,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -226,23 +225,32 @@ const (
 	daysMax     = 30
 )
 
-// parseDays applies the contract's rule (int, default 7, 1..30) with pydantic's messages.
+// parseDays applies the contract's rule (int, default 7, 1..30) with pydantic's lax integer
+// syntax and messages: the original answered days=7.0 or days=1_0 (dashboards and scripts may
+// send either), so they are not a 422 here.
 func parseDays(vals []string) (int, *events.FieldError) {
 	if len(vals) == 0 {
 		return daysDefault, nil
 	}
 	raw := vals[len(vals)-1] // the last of a repeated parameter, as Starlette does
-	n, err := strconv.Atoi(strings.TrimSpace(raw))
+	n, typ := events.LaxInt(raw)
+	if typ == "int_parsing_size" {
+		// Python's ints have no size limit: pydantic parses it and reports the bound it breaks.
+		typ, n = "", daysMax+1
+		if strings.HasPrefix(strings.TrimSpace(raw), "-") {
+			n = daysMin - 1
+		}
+	}
 	loc := []any{"query", "days"}
 	switch {
-	case err != nil:
-		return 0, &events.FieldError{Type: "int_parsing", Loc: loc, Msg: "Input should be a valid integer, unable to parse string as an integer", Input: raw}
+	case typ != "":
+		return 0, &events.FieldError{Type: typ, Loc: loc, Msg: events.LaxMessage(typ), Input: raw}
 	case n < daysMin:
 		return 0, &events.FieldError{Type: "greater_than_equal", Loc: loc, Msg: fmt.Sprintf("Input should be greater than or equal to %d", daysMin), Input: raw, Ctx: map[string]any{"ge": daysMin}}
 	case n > daysMax:
 		return 0, &events.FieldError{Type: "less_than_equal", Loc: loc, Msg: fmt.Sprintf("Input should be less than or equal to %d", daysMax), Input: raw, Ctx: map[string]any{"le": daysMax}}
 	}
-	return n, nil
+	return int(n), nil
 }
 
 // String is for logs.

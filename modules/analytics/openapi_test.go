@@ -29,3 +29,43 @@ func TestDaysParameterMatchesTheParser(t *testing.T) {
 		}
 	}
 }
+
+// days takes what pydantic's lax int took in the original (whitespace, a sign, underscores
+// between digits, a fraction of zeros), with pydantic's error types for the rest.
+func TestDaysTakesPydanticsIntegerSyntax(t *testing.T) {
+	for _, c := range []struct {
+		raw     string
+		want    int
+		errType string
+	}{
+		{"7", 7, ""},
+		{" 7 ", 7, ""},
+		{"+7", 7, ""},
+		{"7.0", 7, ""},
+		{"7.000", 7, ""},
+		{"1_0", 10, ""},
+		{"030", 30, ""},
+		{"1.5", 0, "int_parsing"},
+		{"abc", 0, "int_parsing"},
+		{"", 0, "int_parsing"},
+		{"1__0", 0, "int_parsing"},
+		{"_7", 0, "int_parsing"},
+		{"0", 0, "greater_than_equal"},
+		{"-0.0", 0, "greater_than_equal"},
+		{"31", 0, "less_than_equal"},
+		{"99999999999999999999", 0, "less_than_equal"},
+		{"-99999999999999999999", 0, "greater_than_equal"},
+	} {
+		n, err := parseDays([]string{c.raw})
+		got := ""
+		if err != nil {
+			got = err.Type
+			if err.Msg == "" || fmt.Sprint(err.Loc) != "[query days]" {
+				t.Errorf("days=%q: error %+v lacks its message or location", c.raw, *err)
+			}
+		}
+		if got != c.errType || n != c.want {
+			t.Errorf("days=%q: %d, error type %q; want %d, %q", c.raw, n, got, c.want, c.errType)
+		}
+	}
+}
