@@ -384,6 +384,15 @@ func TestOpenLoopCountsOperationsDueButNeverSent(t *testing.T) {
 	if r.StoppedBy != "duration" {
 		t.Errorf("stopped by %s", r.StoppedBy)
 	}
+	// rps is what was sent: the unsent operations are failures, not throughput (it was the
+	// full 100/s the server could not take before).
+	sent := float64(s.RequestsTotal - r.OperationsNotSent)
+	if got := s.RPS * r.BenchmarkElapsedSec; got < sent-1 || got > sent+1 {
+		t.Errorf("rps %v over %v s = %.1f requests, want the %v sent", s.RPS, r.BenchmarkElapsedSec, got, sent)
+	}
+	if ep := r.Endpoints["reco"]; ep.RPS != s.RPS {
+		t.Errorf("reco endpoint rps %v, summary rps %v", ep.RPS, s.RPS)
+	}
 }
 
 // The closed loop has no schedule: a stall slows it down but leaves nothing "due".

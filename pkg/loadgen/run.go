@@ -64,7 +64,7 @@ type Report struct {
 	// OperationsNotSent counts, in open-loop mode, the operations that fell due before the run
 	// ended but never found a free worker (the server was stalled or slower than --rate /
 	// --concurrency). Each is in the summary as a failed request with status 0, error
-	// "NotSent: ...", and its wait until the run gave up as latency.
+	// "NotSent: ...", and its wait until the run gave up as latency; rps leaves them out.
 	OperationsNotSent int64 `json:"operations_not_sent"`
 	// StoppedBy is requests, duration or interrupted.
 	StoppedBy string `json:"stopped_by"`

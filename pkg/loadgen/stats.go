@@ -41,6 +41,7 @@ type series struct {
 	hist     *hdrhistogram.Histogram
 	count    int64
 	ok       int64
+	notSent  int64 // open-loop operations recorded as failed but never sent (errNotSent)
 	sumUs    float64
 	maxUs    int64
 	statuses map[int]int64
@@ -70,6 +71,9 @@ func (s *series) add(r Result) {
 		s.ok++
 	} else {
 		s.errors[r.Err]++
+	}
+	if r.Err == errNotSent {
+		s.notSent++
 	}
 }
 
@@ -169,8 +173,11 @@ func (s *series) summary(elapsed time.Duration) Summary {
 	if s.count > 0 {
 		out.ErrorRatePct = round3(float64(out.RequestsFailed) / float64(s.count) * 100)
 	}
+	// rps is the throughput the server saw: an operation that fell due but was never sent is a
+	// failure (it counts in requests_total and the error rate), not a request per second, or a
+	// stalled server would show the --rate it could not keep.
 	if elapsed > 0 {
-		out.RPS = round3(float64(s.count) / elapsed.Seconds())
+		out.RPS = round3(float64(s.count-s.notSent) / elapsed.Seconds())
 	}
 	for code, n := range s.statuses {
 		out.StatusCodes[strconv.Itoa(code)] = n
