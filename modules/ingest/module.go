@@ -143,6 +143,7 @@ func New(cfg *Config, d infra.Deps) (module.Module, error) {
 		Workers:          cfg.GroupCommitWorkers,
 		QueueSize:        cfg.QueueSize,
 		Timeout:          cfg.WriteTimeout,
+		AcquireTimeout:   d.Config.PG.AcquireTimeout,
 		Name:             "ingest",
 		Metrics:          d.Metrics,
 		Log:              d.Log,

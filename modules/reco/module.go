@@ -178,6 +178,7 @@ func autologWriterConfig(cfg *Config, d infra.Deps) ingest.Config {
 		Workers:          cfg.AutologCommitWorkers,
 		QueueSize:        cfg.AutologQueueSize + 1024,
 		Timeout:          cfg.AutologWriteTimeout,
+		AcquireTimeout:   d.Config.PG.AcquireTimeout,
 		Name:             "reco",
 		Metrics:          d.Metrics,
 		Log:              d.Log,

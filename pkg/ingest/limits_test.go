@@ -204,3 +204,36 @@ CREATE TRIGGER slow_single AFTER INSERT ON watches REFERENCING NEW TABLE AS adde
 		t.Errorf("%d stored, %d unavailable: want the retries cut by the write timeout", stored, unavailable)
 	}
 }
+
+// TestWriterPoolWaitIsBoundedByAcquireTimeout: with every pooled connection held elsewhere, a
+// group gives up after AcquireTimeout (--pg.acquire-timeout) and its requests are answered
+// unavailable, naming the setting, instead of after the whole transaction Timeout; once a
+// connection is free the same event is written.
+func TestWriterPoolWaitIsBoundedByAcquireTimeout(t *testing.T) {
+	forEachPath(t, func(t *testing.T, path func(*ingest.Config)) {
+		ctx := context.Background()
+		dsn := testutil.MigratedDatabase(t)
+		sep := "?"
+		if strings.Contains(dsn, "?") {
+			sep = "&"
+		}
+		pool := testutil.Pool(t, dsn+sep+"pool_max_conns=1")
+		w := newWriter(t, pool, func(c *ingest.Config) {
+			path(c)
+			c.Timeout, c.AcquireTimeout = time.Minute, 100*time.Millisecond
+		})
+		held, err := pool.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = w.Write(ctx, []events.Any{watch("pool-wait-0001", "u1")}, "")
+		held.Release()
+		if !errors.Is(err, ingest.ErrUnavailable) || !strings.Contains(err.Error(), "--pg.acquire-timeout") {
+			t.Fatalf("write with the pool held: %v, want unavailable naming --pg.acquire-timeout", err)
+		}
+		res, err := w.Write(ctx, []events.Any{watch("pool-wait-0001", "u1")}, "")
+		if err != nil || res[0].Status != ingest.StatusOK {
+			t.Fatalf("write once the connection is free: %v %+v, want it stored", err, res)
+		}
+	})
+}

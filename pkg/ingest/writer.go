@@ -90,6 +90,10 @@ type Config struct {
 	// Timeout bounds one transaction, pool wait included, so an outage fails fast instead of
 	// hanging; callers bound their own wait with their context as well.
 	Timeout time.Duration
+	// AcquireTimeout bounds the wait for a pooled connection within Timeout
+	// (--pg.acquire-timeout): a pool that every other path holds answers the group's
+	// requests unavailable then, instead of after the whole Timeout. 0: Timeout alone.
+	AcquireTimeout time.Duration
 
 	Name    string       // value of the "writer" metric label
 	Metrics *metrics.Set // optional
@@ -631,10 +635,10 @@ func (w *Writer) commit(group []*request, deadline time.Time) error {
 			// A resend raced the group, or an outbox row outlived its first event's dedup
 			// key: the statement's ON CONFLICT clauses resolve both, as for any group.
 			w.m.copyConflicts.Inc()
-			isNew, enqueued, err = b.exec(ctx, w.pool)
+			isNew, enqueued, err = b.exec(ctx, w.acquire)
 		}
 	} else {
-		isNew, enqueued, err = b.exec(ctx, w.pool)
+		isNew, enqueued, err = b.exec(ctx, w.acquire)
 	}
 	if err != nil {
 		w.m.commitErrors.Inc()
@@ -1004,13 +1008,28 @@ func (b *batch) impressionLiterals() (pos, items []string, feeds, slots []*strin
 	return pos, items, feeds, slots
 }
 
+// acquire takes a pooled connection within AcquireTimeout (and ctx).
+func (w *Writer) acquire(ctx context.Context) (*pgxpool.Conn, error) {
+	if w.cfg.AcquireTimeout <= 0 {
+		return w.pool.Acquire(ctx)
+	}
+	actx, cancel := context.WithTimeout(ctx, w.cfg.AcquireTimeout)
+	defer cancel()
+	conn, err := w.pool.Acquire(actx)
+	if err != nil && ctx.Err() == nil && actx.Err() != nil {
+		return nil, fmt.Errorf("no pooled connection within --pg.acquire-timeout (%s; %d of --pg.max-conns %d in use): %w",
+			w.cfg.AcquireTimeout, w.pool.Stat().AcquiredConns(), w.pool.Stat().MaxConns(), err)
+	}
+	return conn, err
+}
+
 // exec writes the group with its single statement. It returns, per dedup index, whether the
 // event was new and whether its frame was enqueued.
-func (b *batch) exec(ctx context.Context, pool *pgxpool.Pool) (isNew, enqueued []bool, err error) {
+func (b *batch) exec(ctx context.Context, acquire func(context.Context) (*pgxpool.Conn, error)) (isNew, enqueued []bool, err error) {
 	k := b.kinds()
 	var notified int64
 	var inserted, insertedUsers, rowIDs []string
-	conn, err := pool.Acquire(ctx)
+	conn, err := acquire(ctx)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -40,7 +40,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.MaxConns, "pg.max-conns", c.MaxConns, "maximum connections in the pool")
 	fs.IntVar(&c.MinConns, "pg.min-conns", c.MinConns, "connections kept open when idle")
 	fs.DurationVar(&c.ConnectTimeout, "pg.connect-timeout", c.ConnectTimeout, "timeout to open one connection")
-	fs.DurationVar(&c.AcquireTimeout, "pg.acquire-timeout", c.AcquireTimeout, "longest wait for a pooled connection before a request answers 503")
+	fs.DurationVar(&c.AcquireTimeout, "pg.acquire-timeout", c.AcquireTimeout, "longest wait of the API's event writers (/log/*, /event, /reco's autolog) for a pooled connection, within their --ingest.write-timeout / --reco.autolog-write-timeout: past it the events' requests answer 503 (autolog lists are retried); /reco's reads and the background roles are bounded by their own timeouts")
 	fs.DurationVar(&c.StatementTimeout, "pg.statement-timeout", c.StatementTimeout, "server-side statement_timeout of every session")
 	fs.DurationVar(&c.LockTimeout, "pg.lock-timeout", c.LockTimeout, "server-side lock_timeout of every session")
 	flagenv.Alias(fs, "pg.dsn", "DATABASE_URL")
