@@ -151,6 +151,13 @@ func Execute() int {
 	root := NewRootCmd()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The first signal starts the graceful shutdown (bounded by --shutdown.timeout); a second
+	// one, as an operator's second Ctrl-C, takes the default action and ends the process at
+	// once instead of being swallowed by a shutdown that is waiting out its delay or drain.
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return 0

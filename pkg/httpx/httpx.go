@@ -560,9 +560,12 @@ func pythonFloat(v float64) string {
 	return s
 }
 
-// Shutdown drains the server within ctx.
+// Shutdown drains the server within ctx, then closes the connections still open.
 func Shutdown(ctx context.Context, srv *http.Server) error {
 	if err := srv.Shutdown(ctx); err != nil {
+		// The requests still running past the drain's deadline lose their connections (and
+		// with them their contexts), so they stop before the modules they use are stopped.
+		_ = srv.Close()
 		return fmt.Errorf("drain http server: %w", err)
 	}
 	return nil

@@ -2,10 +2,12 @@ package httpx
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -13,6 +15,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/labstack/echo/v4"
@@ -218,5 +221,38 @@ func TestTrailingSlashRedirectKeepsPostBody(t *testing.T) {
 	b, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK || string(b) != `/event?a=1 {"k":1}` {
 		t.Fatalf("POST /event/?a=1 followed: %d %q", resp.StatusCode, b)
+	}
+}
+
+// TestShutdownClosesWhatTheDrainLeft: a request still running when the drain's deadline
+// passes loses its connection, so its context ends and it stops before the modules it uses
+// are stopped, instead of running on unbounded.
+func TestShutdownClosesWhatTheDrainLeft(t *testing.T) {
+	started, ended := make(chan struct{}), make(chan struct{})
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		<-r.Context().Done()
+		close(ended)
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	go func() {
+		if resp, err := http.Get("http://" + ln.Addr().String()); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := Shutdown(ctx, srv); err == nil {
+		t.Fatal("Shutdown with a request running past its deadline: nil error")
+	}
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request left by the drain still runs 10 s after Shutdown returned")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -62,5 +63,28 @@ func TestAPIPodStaysReadyWithPostgresDown(t *testing.T) {
 			t.Fatal("/log/watch did not recover after postgres came back")
 		}
 		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// TestSecondSignalEndsTheProcess: the first SIGTERM starts the graceful shutdown (readiness
+// 503, then --shutdown.delay); a second one, as an operator's second Ctrl-C, ends the process
+// at once by the signal's default action instead of being swallowed by the shutdown's wait.
+func TestSecondSignalEndsTheProcess(t *testing.T) {
+	p := Start(t, StackEnv(t, testutil.MigratedDatabase(t)), "all", "--shutdown.delay", "40s", "--shutdown.timeout", "50s")
+	p.WaitReadyz(t, 200, 60*time.Second)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	p.WaitReadyz(t, 503, 10*time.Second) // draining: the delay has begun
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.exited:
+	case <-time.After(35 * time.Second):
+		t.Fatal("recsys still runs 35 s after a second SIGTERM (its shutdown delay is 40 s)")
+	}
+	if ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+		t.Errorf("recsys ended with %v, want killed by the second SIGTERM", p.cmd.ProcessState)
 	}
 }
