@@ -27,7 +27,7 @@ type logConfig struct {
 }
 
 func (c *logConfig) registerFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&c.Level, "log.level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&c.Level, "log.level", "info", "log level: debug, info, warn or error (also the Python names LOG_LEVEL took in the original service: WARNING, CRITICAL, FATAL, NOTSET)")
 	fs.StringVar(&c.Format, "log.format", "auto", "log format: json, text, or auto (text on a terminal, json otherwise)")
 	flagenv.Alias(fs, "log.level", "LOG_LEVEL")
 	flagenv.Alias(fs, "log.format", "LOG_FORMAT")

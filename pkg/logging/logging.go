@@ -39,17 +39,18 @@ func IDsFrom(ctx context.Context) (IDs, bool) {
 	return ids, ok
 }
 
-// ParseLevel accepts slog level names in any case, plus the Python names the original
-// service's operators use (WARNING, CRITICAL).
+// ParseLevel accepts slog level names in any case, plus every name Python's logging takes
+// for LOG_LEVEL in the original service: WARNING, CRITICAL and FATAL (error here, the
+// highest level recsys logs at) and NOTSET (on the root logger: everything, so debug).
 func ParseLevel(s string) (slog.Level, error) {
 	switch strings.ToUpper(strings.TrimSpace(s)) {
-	case "DEBUG":
+	case "DEBUG", "NOTSET":
 		return slog.LevelDebug, nil
 	case "INFO", "":
 		return slog.LevelInfo, nil
 	case "WARN", "WARNING":
 		return slog.LevelWarn, nil
-	case "ERROR", "CRITICAL":
+	case "ERROR", "CRITICAL", "FATAL":
 		return slog.LevelError, nil
 	}
 	return 0, fmt.Errorf("unknown log level %q (want debug, info, warn or error)", s)

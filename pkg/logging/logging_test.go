@@ -86,7 +86,8 @@ func TestTextLinesCarryIDsOnlyWhenKnown(t *testing.T) {
 }
 
 func TestParseLevel(t *testing.T) {
-	for in, want := range map[string]slog.Level{"debug": slog.LevelDebug, "": slog.LevelInfo, "WARNING": slog.LevelWarn, "warn": slog.LevelWarn, "CRITICAL": slog.LevelError} {
+	for in, want := range map[string]slog.Level{"debug": slog.LevelDebug, "": slog.LevelInfo, "WARNING": slog.LevelWarn, "warn": slog.LevelWarn, "CRITICAL": slog.LevelError,
+		"FATAL": slog.LevelError, "NOTSET": slog.LevelDebug} {
 		if got, err := ParseLevel(in); err != nil || got != want {
 			t.Errorf("ParseLevel(%q) = %v, %v; want %v", in, got, err, want)
 		}

@@ -72,6 +72,11 @@ func (c Config) Validate() error {
 	var errs []error
 	if u, err := url.Parse(c.URL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
 		errs = append(errs, fmt.Errorf("--redis.url (RECSYS_REDIS_URL or ONLINE_CACHE_REDIS_URL) must be a redis:// URL, got %q", flagenv.Redact(c.URL)))
+	} else if _, err := rueidis.ParseURL(c.URL); err != nil {
+		// What Open would refuse (a database number that is not one, an unknown option) is
+		// refused here, naming the setting, rather than when the client opens. The parser's
+		// messages name the part at fault, never the password.
+		errs = append(errs, fmt.Errorf("--redis.url (RECSYS_REDIS_URL or ONLINE_CACHE_REDIS_URL) %q: %w", flagenv.Redact(c.URL), err))
 	}
 	if c.Timeout <= 0 {
 		errs = append(errs, fmt.Errorf("--redis.timeout must be > 0, got %s", c.Timeout))
