@@ -42,8 +42,10 @@ func (m *Ingest) retentionLoop(ctx context.Context) {
 
 // retentionPass deletes rows created before now minus the configured ages. It first
 // summarizes the BRIN block ranges left unsummarized (by the previous pass, see deleteBefore,
-// or not yet reached by autosummarize).
+// or not yet reached by autosummarize). A table whose delete fails does not stop the others:
+// one table failing every pass must not leave the rest untrimmed.
 func (m *Ingest) retentionPass(ctx context.Context, now time.Time) error {
+	var errs []error
 	for _, table := range append(rawTables[:len(rawTables):len(rawTables)], dedupTables...) {
 		if err := m.summarizeBRIN(ctx, table); err != nil {
 			m.m.retentionErrors.Inc()
@@ -64,11 +66,11 @@ func (m *Ingest) retentionPass(ctx context.Context, now time.Time) error {
 				m.deps.Log.InfoContext(ctx, "retention deleted rows", "table", table, "rows", n)
 			}
 			if err != nil {
-				return err
+				errs = append(errs, err)
 			}
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // deleteBefore deletes rows of table created before cutoff, --ingest.retention-batch-size

@@ -4,6 +4,7 @@ import (
 	"context"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -112,5 +113,33 @@ func TestRetentionSkipsBRINMaintenanceWhileVacuumHoldsTheTable(t *testing.T) {
 	}
 	if n := v.metric("recsys_ingest_retention_errors_total"); n != 0 {
 		t.Errorf("retention errors = %v, want 0 (a busy table is skipped, not a failure)", n)
+	}
+}
+
+// TestRetentionGoesOnPastAFailingTable: a table whose delete fails (here one that is gone)
+// is reported, and the tables after it are still trimmed: one table failing every pass used
+// to leave every table after it unbounded.
+func TestRetentionGoesOnPastAFailingTable(t *testing.T) {
+	v := newEnv(t, testutil.MigratedDatabase(t))
+	ctx := context.Background()
+	for _, sql := range []string{
+		`INSERT INTO watches (event_id, user_id, session_id, request_id, item_id, watch_time_sec, ts_ms, ts, server_received_ts_ms, created_at)
+		 VALUES ('old-watch', 'u', 's', 'r', 'i', 1, 1600000000000, to_timestamp(1600000000), 1600000000000, now() - interval '40 days')`,
+		`INSERT INTO event_dedup (event_id, user_id, event_type, created_at) VALUES ('old-watch', 'u', 'watch', now() - interval '40 days')`,
+		`ALTER TABLE impression_events RENAME TO impression_events_moved`, // the first table the pass trims
+	} {
+		if _, err := v.pool.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := v.mod.retentionPass(ctx, time.Now())
+	if err == nil || !strings.Contains(err.Error(), "impression_events") {
+		t.Errorf("retention pass with impression_events gone: %v, want an error naming it", err)
+	}
+	if n := v.count(`SELECT count(*) FROM watches`); n != 0 {
+		t.Errorf("%d old watches left after the failing table", n)
+	}
+	if n := v.count(`SELECT count(*) FROM event_dedup`); n != 0 {
+		t.Errorf("%d old dedup keys left after the failing table", n)
 	}
 }
