@@ -131,8 +131,11 @@ func (c *Config) Validate() error {
 	if c.Timeout <= 0 {
 		p.Addf("--timeout must be > 0, got %s", c.Timeout)
 	}
-	if c.Rate < 0 {
-		p.Addf("--rate must be >= 0 (0: closed loop), got %g", c.Rate)
+	// Written so that NaN fails too (every comparison with it is false): it would pass a
+	// range test and only break the report's JSON after the whole run. Past 10 million/s the
+	// interval between operations rounds to 0 ns and the "open loop" would be a closed one.
+	if !(c.Rate >= 0 && c.Rate <= 10_000_000) {
+		p.Addf("--rate must be between 0 (closed loop) and 10000000 operations/s, got %g", c.Rate)
 	}
 	if c.Duration <= 0 || c.Duration > 24*time.Hour {
 		p.Addf("--duration must be between 1ns and 24h, got %s", c.Duration)
@@ -149,11 +152,11 @@ func (c *Config) Validate() error {
 		flag string
 		v    float64
 	}{{"watch-prob", c.WatchProb}, {"organic-watch-prob", c.OrganicWatchProb}} {
-		if pr.v < 0 || pr.v > 1 {
+		if !(pr.v >= 0 && pr.v <= 1) {
 			p.Addf("--%s must be between 0 and 1, got %g", pr.flag, pr.v)
 		}
 	}
-	if c.MaxErrorRatePct < 0 || c.MaxErrorRatePct > 100 {
+	if !(c.MaxErrorRatePct >= 0 && c.MaxErrorRatePct <= 100) {
 		p.Addf("--max-error-rate-pct must be between 0 and 100, got %g", c.MaxErrorRatePct)
 	}
 	switch c.Progress {

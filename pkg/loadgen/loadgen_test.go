@@ -313,6 +313,27 @@ func TestValidationAndLoopbackGuard(t *testing.T) {
 			t.Errorf("validation error %v does not contain %q", err, want)
 		}
 	}
+	// NaN passes a range test written with < and >, and only broke the report's JSON after
+	// the whole run; an infinite or huge rate made the open loop a closed one.
+	for _, tc := range []struct {
+		set  func(*loadgen.Config)
+		want string
+	}{
+		{func(c *loadgen.Config) { c.Rate = math.NaN() }, "--rate must be between 0"},
+		{func(c *loadgen.Config) { c.Rate = math.Inf(1) }, "--rate must be between 0"},
+		{func(c *loadgen.Config) { c.Rate = 2e9 }, "--rate must be between 0"},
+		{func(c *loadgen.Config) { c.WatchProb = math.NaN() }, "--watch-prob must be between 0 and 1"},
+		{func(c *loadgen.Config) { c.OrganicWatchProb = math.NaN() }, "--organic-watch-prob must be between 0 and 1"},
+		{func(c *loadgen.Config) { c.MaxErrorRatePct = math.NaN() }, "--max-error-rate-pct must be between 0 and 100"},
+		{func(c *loadgen.Config) { c.Rate = 10_000 }, ""},
+	} {
+		c := loadgen.DefaultConfig()
+		tc.set(&c)
+		err := c.Validate()
+		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("validation error %v, want one containing %q", err, tc.want)
+		}
+	}
 	ctx := context.Background()
 	for _, ok := range []string{"http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:80", "http://127.3.4.5"} {
 		if err := loadgen.CheckLoopback(ctx, ok); err != nil {

@@ -99,15 +99,24 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 
 // Clamp raises numeric settings to sensible minimums, as the original tool does.
 func (c *Config) Clamp() {
-	c.TimeoutSec = max(c.TimeoutSec, 0.1)
-	c.ReadyTimeoutSec = max(c.ReadyTimeoutSec, 1)
-	c.PollSec = max(c.PollSec, 0.05)
+	c.TimeoutSec = clampSec(c.TimeoutSec, 0.1)
+	c.ReadyTimeoutSec = clampSec(c.ReadyTimeoutSec, 1)
+	c.PollSec = clampSec(c.PollSec, 0.05)
 	c.SeedUsers, c.SeedItems, c.SeedRounds = max(c.SeedUsers, 1), max(c.SeedItems, 1), max(c.SeedRounds, 1)
 	c.RecoRequests = max(c.RecoRequests, 1)
-	c.OutboxTimeoutSec = max(c.OutboxTimeoutSec, 1)
+	c.OutboxTimeoutSec = clampSec(c.OutboxTimeoutSec, 1)
 	c.MaxOutboxPending = max(c.MaxOutboxPending, 0)
-	c.ConsumerTimeoutSec = max(c.ConsumerTimeoutSec, 1)
+	c.ConsumerTimeoutSec = clampSec(c.ConsumerTimeoutSec, 1)
 	c.ConsumerHelpers = max(c.ConsumerHelpers, 1)
+}
+
+// clampSec keeps a seconds setting between lo and a day: max alone lets NaN through (Go's
+// max of NaN is NaN), and NaN or an infinity has no time.Duration.
+func clampSec(v, lo float64) float64 {
+	if !(v >= lo) {
+		return lo
+	}
+	return min(v, 86400)
 }
 
 func secs(v float64) time.Duration { return time.Duration(v * float64(time.Second)) }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -416,5 +417,21 @@ func TestSmokeSendsTheAPIKey(t *testing.T) {
 				t.Fatalf("only %d requests seen", len(seen))
 			}
 		})
+	}
+}
+
+// TestClampSeconds: a seconds setting below its minimum, NaN or infinite (which Go's max lets
+// through, and which has no duration) is clamped to a usable value, as the original tool
+// clamps the values below its minimums.
+func TestClampSeconds(t *testing.T) {
+	for _, tc := range []struct {
+		in, want float64
+	}{{0, 1}, {-5, 1}, {math.NaN(), 1}, {math.Inf(1), 86400}, {math.Inf(-1), 1}, {30, 30}} {
+		c := smoke.DefaultConfig()
+		c.ConsumerTimeoutSec, c.ReadyTimeoutSec = tc.in, tc.in
+		c.Clamp()
+		if c.ConsumerTimeoutSec != tc.want || c.ReadyTimeoutSec != tc.want {
+			t.Errorf("clamp of %v: consumer %v ready %v, want %v", tc.in, c.ConsumerTimeoutSec, c.ReadyTimeoutSec, tc.want)
+		}
 	}
 }
