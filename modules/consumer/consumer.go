@@ -45,8 +45,10 @@ type Consumer struct {
 	// signalled when it drops to 0.
 	merged     atomic.Int32
 	mergedDone chan struct{}
-	// forgotten are the erased users whose older events are skipped (forgottenLoop).
-	forgotten featurestore.Forgotten
+	// forgotten are the erased users whose older events are skipped (forgottenLoop);
+	// forgottenAt is when they were last read (Unix ns, 0: never).
+	forgotten   featurestore.Forgotten
+	forgottenAt atomic.Int64
 }
 
 type mirrorJob struct {
@@ -97,7 +99,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	c.reader.Store(r)
 	// Read before the first batch, so an erased user's events already in the topics are
 	// skipped from the start; forgottenLoop rereads it.
-	c.refreshForgotten(ctx)
+	_ = c.refreshForgotten(ctx) // a failure holds the first batch (awaitForgotten)
 	lanes := c.cfg.MaxInFlight
 	// The collector drains this while the lanes are busy (the next batch grows), so it need
 	// not scale with the lanes. It carries pointers: a buffer of 40,000 fetched values (~330
@@ -417,6 +419,9 @@ func (c *Consumer) collect(ctx context.Context, in <-chan *fetched, last int) ([
 // offsets (and every later one) must then not be committed, the messages are redelivered to
 // whoever owns the partitions next.
 func (c *Consumer) process(ctx context.Context, batch []*fetched) bool {
+	if !c.awaitForgotten(ctx) {
+		return false
+	}
 	c.m.batchSize.Update(float64(len(batch)))
 	b := &featurestore.Batch{Events: make([]featurestore.Event, 0, len(batch))}
 	topics := make([]string, 0, len(batch))
@@ -431,6 +436,13 @@ func (c *Consumer) process(ctx context.Context, batch []*fetched) bool {
 		lag.Update(float64(now.Sub(f.msg.Time).Milliseconds()))
 		c.m.fetchDelay.Update(max(now.Sub(f.msg.Time).Seconds(), 0))
 		c.m.queueDelay.Update(now.Sub(f.at).Seconds())
+		if f.err != nil && c.forgotten.Skip(string(f.msg.Key), f.msg.Time.UnixMilli()) {
+			// An erased user's message (the relay keys every message by its user) published
+			// before the erasure, so received before it: its raw bytes must not outlive the
+			// erasure in the DLQ, which `users forget` cleared up to the erasure time.
+			c.m.processed(f.msg.Topic, "ignored", 1)
+			continue
+		}
 		if f.err != nil {
 			status := "invalid_payload"
 			if errors.Is(f.err, featurestore.ErrInvalidEvent) {
@@ -695,18 +707,49 @@ func (c *Consumer) forgottenLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			c.refreshForgotten(ctx)
+			_ = c.refreshForgotten(ctx) // logged and counted; awaitForgotten holds the batches
 		}
 	}
 }
 
-func (c *Consumer) refreshForgotten(ctx context.Context) {
+func (c *Consumer) refreshForgotten(ctx context.Context) error {
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	start := time.Now()
 	if err := c.store.RefreshForgotten(rctx, &c.forgotten); err != nil {
 		c.m.errors("forgotten_users")
-		c.log.WarnContext(ctx, "read erased users failed; the last list read stays in force", "err", err)
+		c.log.WarnContext(ctx, "read erased users failed; no batch is applied with a list older than "+forgottenMaxAge.String(), "err", err)
+		return fmt.Errorf("read erased users: %w", err)
 	}
+	c.forgottenAt.Store(start.UnixNano())
+	return nil
+}
+
+// forgottenMaxAge is the oldest list of erased users a batch is applied with. `users forget`
+// deletes a user --settle (at least 2 × ForgottenRefresh) after recording the erasure,
+// counting on every consumer to have read it by then: forgottenLoop rereads it every
+// ForgottenRefresh, and when those reads fail (PostgreSQL unreachable for that query, or at
+// start) the batches wait rather than apply what the erasure will not find to delete.
+const forgottenMaxAge = featurestore.ForgottenRefresh + time.Second
+
+// awaitForgotten returns once the list of erased users is at most forgottenMaxAge old,
+// reading it itself (with backoff, counted as failures: the consumer turns unready) when
+// the loop's reads have not kept it so; false when ctx ended first.
+func (c *Consumer) awaitForgotten(ctx context.Context) bool {
+	for attempt := 0; time.Since(time.Unix(0, c.forgottenAt.Load())) > forgottenMaxAge; attempt++ {
+		err := c.refreshForgotten(ctx)
+		if err == nil {
+			return true
+		}
+		// Counted and logged by refreshForgotten; a failure for readiness, as a failed apply.
+		c.failures.Add(1)
+		msg := err.Error()
+		c.lastErr.Store(&msg)
+		if ctx.Err() != nil || !c.sleep(ctx, attempt) {
+			return false
+		}
+	}
+	return true
 }
 
 // refreshLag reads the high-water marks of the partitions this member owns, so their lag

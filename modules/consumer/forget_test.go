@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/jackc/pgx/v5"
+	kafkago "github.com/segmentio/kafka-go"
 
 	"recsys/modules/consumer"
 	"recsys/pkg/events"
@@ -211,5 +213,81 @@ func TestLegacyEventRelayedAfterErasureIsSkipped(t *testing.T) {
 	}
 	if n != 0 {
 		t.Errorf("the erased user's feature row is back: a legacy event received before the erasure was applied after it")
+	}
+}
+
+// While the erased users cannot be read (the table unreachable here; PostgreSQL failing that
+// query, or at start), the consumer applies no batch: with the list it has (none at start) it
+// would apply an erased user's event that `users forget` then does not find to delete. Once
+// the list is read, the user's event is skipped and the others are applied.
+func TestBatchesWaitForTheErasedUsersList(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	const gone, kept = "user-erased-unread", "user-kept-unread"
+	now := time.Now().UnixMilli()
+	for _, sql := range []string{
+		fmt.Sprintf(`INSERT INTO forgotten_users (user_id, forgotten_at_ms) VALUES ('%s', %d)`, gone, now+60_000),
+		`ALTER TABLE forgotten_users RENAME TO forgotten_users_away`,
+	} {
+		if _, err := e.pool.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var evs []events.Any
+	for i, u := range []string{gone, kept} {
+		evs = append(evs, &events.Watch{Common: events.Common{EventID: fmt.Sprintf("unread-%d", i), UserID: u, SessionID: "s", RequestID: "r",
+			TsMs: now, ServerReceivedTsMs: now}, EventType: "watch", ItemID: "item", WatchTimeSec: 30})
+	}
+	e.produce(t, evs)
+	c := e.startConsumer(t)
+	failedReads := func() float64 { return counter(c.set, "reco_feature_consumer_errors_total", `stage="forgotten_users"`) }
+	waitFor(t, "reads of the erased users failing while a batch waits", 60*time.Second, func() bool { return failedReads() >= 3 })
+	if n := e.applied(t); n != 0 {
+		t.Errorf("%d events applied without a list of the erased users", n)
+	}
+	if _, err := e.pool.Exec(ctx, `ALTER TABLE forgotten_users_away RENAME TO forgotten_users`); err != nil {
+		t.Fatal(err)
+	}
+	e.waitApplied(t, 1, time.Minute)
+	var users []string
+	rows, _ := e.pool.Query(ctx, `SELECT user_id FROM feature_users ORDER BY user_id`)
+	users, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(users) != 1 || users[0] != kept {
+		t.Errorf("feature users %v, want only %s (%s erased)", users, kept, gone)
+	}
+}
+
+// A poison message of an erased user published before the erasure is not dead-lettered: its
+// raw bytes would outlive the erasure, which cleared the DLQ up to its time. Another user's
+// poison still is.
+func TestErasedUsersPoisonIsNotDeadLettered(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	const gone, kept = "user-erased-poison", "user-kept-poison"
+	if _, err := e.pool.Exec(ctx, `INSERT INTO forgotten_users (user_id, forgotten_at_ms) VALUES ($1, $2)`, gone, time.Now().UnixMilli()+60_000); err != nil {
+		t.Fatal(err)
+	}
+	var poison []kafkago.Message
+	for _, u := range []string{gone, kept} {
+		poison = append(poison, kafkago.Message{Topic: e.TopicWatch, Key: []byte(u), Value: []byte("not json: " + u),
+			Headers: []kafkago.Header{{Key: events.HeaderEventType, Value: []byte("watch")}}})
+	}
+	e.produceRaw(t, poison...)
+	c := e.startConsumer(t)
+	waitFor(t, "both poison messages handled", time.Minute, func() bool {
+		return counter(c.set, `reco_feature_consumer_dlq_events_total{outcome="stored"}`) >= 1 &&
+			counter(c.set, "reco_feature_consumer_processed_total", `status="ignored"`) >= 1
+	})
+	var keys []string
+	rows, _ := e.pool.Query(ctx, `SELECT convert_from(msg_key, 'UTF8') FROM feature_dlq ORDER BY id`)
+	keys, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 1 || keys[0] != kept {
+		t.Errorf("dead letters of %v, want only %s's (%s erased)", keys, kept, gone)
 	}
 }
