@@ -135,9 +135,9 @@ ON CONFLICT (user_id) DO UPDATE SET forgotten_at_ms = greatest(forgotten_users.f
 		table, sql string
 		who        any
 	}{
-		{"watches", `DELETE FROM watches WHERE user_id = ANY($1) AND server_received_ts_ms <= $2`, users},
-		{"impression_events", `DELETE FROM impression_events WHERE user_id = ANY($1) AND server_received_ts_ms <= $2`, users},
-		{"legacy_events", `DELETE FROM legacy_events WHERE user_id = ANY($1) AND created_at <= to_timestamp($2::bigint / 1000.0)`, users},
+		{"watches", eraseRawSQL("watches", ""), users},
+		{"impression_events", eraseRawSQL("impression_events", ""), users},
+		{"legacy_events", eraseRawSQL("legacy_events", ""), users},
 		// The Kafka key is the user id, compared as bytes: a poison message's key may not be
 		// text.
 		{"feature_dlq", `DELETE FROM feature_dlq WHERE msg_key = ANY($1) AND created_at <= to_timestamp($2::bigint / 1000.0)`, keys},
@@ -172,8 +172,40 @@ ON CONFLICT (user_id) DO UPDATE SET forgotten_at_ms = greatest(forgotten_users.f
 	if err := s.forgetRedis(ctx, users); err != nil {
 		return rep, err
 	}
+	// The raw rows of events received before the erasure whose transaction committed after
+	// the first pass: the API takes a request's events up to --ingest.write-timeout after
+	// receiving them and commits them within as long again (up to 2 s with the default 1 s),
+	// past the first pass's 1 s margin. Only recent rows can be such (created_at is their
+	// transaction's start, after the receive), so the BRIN index on created_at keeps this
+	// pass to the newest blocks.
+	for _, table := range []string{"watches", "impression_events", "legacy_events"} {
+		tag, err := s.pg.Exec(ctx, eraseRawSQL(table, "created_at >= to_timestamp(($2::bigint - $3) / 1000.0)"), users, at,
+			lateCommitWindow.Milliseconds())
+		if err != nil {
+			return rep, fmt.Errorf("erase users' late rows from %s: %w", table, err)
+		}
+		rep.Deleted[table] += tag.RowsAffected()
+	}
 	return rep, nil
 }
+
+// eraseRawSQL deletes a raw table's rows of the users $1 received up to the erasure ($2, ms;
+// later events are the user's return), and matching extra when it is not "".
+func eraseRawSQL(table, extra string) string {
+	q := "DELETE FROM " + table + " WHERE user_id = ANY($1) AND server_received_ts_ms <= $2"
+	if table == "legacy_events" { // no receive time: its insert time stands for it
+		q = "DELETE FROM " + table + " WHERE user_id = ANY($1) AND created_at <= to_timestamp($2::bigint / 1000.0)"
+	}
+	if extra != "" {
+		q += " AND " + extra
+	}
+	return q
+}
+
+// lateCommitWindow is how far before the erasure time the second pass over the raw tables
+// looks for rows committed late: a request waits at most --ingest.write-timeout for a writer
+// and its transaction as long again (1 s each by default).
+const lateCommitWindow = time.Minute
 
 // redisSecondPass is how long after the deletion Forget deletes the users' Redis hashes
 // again: longer than a read-through or a journal heal takes from its PostgreSQL read to its

@@ -130,3 +130,57 @@ func TestForgetGivesUpOnALongRepopulation(t *testing.T) {
 		t.Errorf("waiting past the bound: %v, want an error asking for a rerun", err)
 	}
 }
+
+// A raw row of an event received before the erasure whose transaction commits after Forget's
+// first pass (the API may take a request up to --ingest.write-timeout after receiving it and
+// commit it as long after) is deleted by the second pass; an event received after the
+// erasure (the user came back) is kept.
+func TestForgetDeletesRawRowsCommittedLate(t *testing.T) {
+	ctx := context.Background()
+	pool, rd := servers(t)
+	st := featurestore.New(pool, rd, testutil.Unique("fl")+":", testConfig(), nil)
+	const gone, settle = "user-gone-late-row", 300 * time.Millisecond
+	start := time.Now().UnixMilli()
+	insert := func(id string, receivedMs int64) {
+		t.Helper()
+		if _, err := pool.Exec(ctx, `INSERT INTO watches (event_id, user_id, session_id, request_id, item_id, watch_time_sec, ts_ms, ts, server_received_ts_ms)
+VALUES ($1, $2, 's', 'r', 'i', 1, $3::bigint, to_timestamp($3::bigint / 1000.0), $3::bigint)`, id, gone, receivedMs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	count := func(id string) int {
+		t.Helper()
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM watches WHERE event_id = $1`, id).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	insert("on-time", start)
+	done := make(chan featurestore.ForgetReport, 1)
+	go func() {
+		rep, err := st.Forget(ctx, []string{gone}, settle)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- rep
+	}()
+	for deadline := time.Now().Add(10 * time.Second); count("on-time") != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Forget's first pass did not delete the user's watch within 10 s")
+		}
+	}
+	// Committed now, after the first pass: received before the erasure, and after it.
+	insert("committed-late", start)
+	insert("came-back", start+settle.Milliseconds()+60_000)
+	rep := <-done
+	if n := count("committed-late"); n != 0 {
+		t.Errorf("the row committed after the first pass survived the erasure")
+	}
+	if n := count("came-back"); n != 1 {
+		t.Errorf("the event received after the erasure was deleted")
+	}
+	if rep.Deleted["watches"] != 2 {
+		t.Errorf("report counts %d watches deleted, want 2", rep.Deleted["watches"])
+	}
+}
