@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -831,4 +832,40 @@ func (s *stack) readThroughs(result string) string {
 		}
 	}
 	return "missing"
+}
+
+// A user whose Redis hash does not decode (written by a newer release, edited by hand) is
+// served from PostgreSQL, labelled so; Redis' breaker does not count it, so one such user
+// requested again and again never sends everyone else to PostgreSQL.
+func TestIntegrationUndecodableUserIsServedFromPostgres(t *testing.T) {
+	s := newStack(t, testutil.MigratedDatabase(t), testutil.RedisURL(t), func(c *Config) {
+		c.UserCacheTTL = 0 // each request reads Redis
+		c.BreakerFailures = 2
+	})
+	s.seed(userWatchedA(s))
+	s.waitServing()
+	ctx := context.Background()
+	if err := s.rd.Do(ctx, s.rd.B().Hset().Key(featurestore.NewKeys(s.prefix).User("me")).FieldValue().FieldValue("h", "not a history").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	// In a row, as in a quiet moment: nothing in between resets the breaker's count.
+	for i := range 10 {
+		r := s.get(fmt.Sprintf("user_id=me&session_id=s%d&k=10&x_autolog_impressions=false", i))
+		if r.code != 200 || !strings.HasSuffix(r.Strat, "_pg_fallback") || slices.Contains(r.Items, "a") {
+			t.Fatalf("undecodable user, request %d: %+v, want a postgresql list without the watched a", i, r)
+		}
+	}
+	if s.mod.serving.redisBrk.IsOpen() {
+		t.Fatal("redis breaker opened by one user's undecodable hash")
+	}
+	if c := s.get("user_id=stranger&session_id=s&k=5&x_autolog_impressions=false"); c.code != 200 || c.Strat != ranking.StrategyColdStart {
+		t.Fatalf("another user: %+v, want served from redis", c)
+	}
+	var b bytes.Buffer
+	s.metrics.WritePrometheus(&b)
+	for _, want := range []string{`recsys_reco_user_undecodable_total 10`, `recsys_reco_source_errors_total{store="redis"} 0`} {
+		if !strings.Contains(b.String(), want+"\n") {
+			t.Errorf("exposition lacks %s:\n%s", want, grep(b.String(), "recsys_reco_"))
+		}
+	}
 }

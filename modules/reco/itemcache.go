@@ -612,7 +612,7 @@ func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ 
 	}
 	d, err := u.decoded.decode(userID, f)
 	if err != nil {
-		return s, err
+		return s, fmt.Errorf("%w: %w", errUserUndecodable, err)
 	}
 	s.History, s.Watched, s.Impressions, s.ImpressionsAdded = d.history, d.watched, d.imps, d.added
 	return s, nil

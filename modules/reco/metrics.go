@@ -41,12 +41,14 @@ type recoMetrics struct {
 	latency  *metrics.PrometheusHistogram
 	stages   map[string]*metrics.PrometheusHistogram
 
-	served        map[string]*metrics.Counter
-	sourceErrors  map[string]*metrics.Counter
-	unavailable   *metrics.Counter
-	pgShed        *metrics.Counter
-	globalErrors  *metrics.Counter
-	breakerOpened map[string]*metrics.Counter
+	served       map[string]*metrics.Counter
+	sourceErrors map[string]*metrics.Counter
+	unavailable  *metrics.Counter
+	pgShed       *metrics.Counter
+	// userUndecodable counts users whose Redis hash did not decode (errUserUndecodable).
+	userUndecodable *metrics.Counter
+	globalErrors    *metrics.Counter
+	breakerOpened   map[string]*metrics.Counter
 
 	autologEnqueued  *metrics.Counter
 	autologPersisted *metrics.Counter
@@ -78,6 +80,7 @@ func newRecoMetrics(set *metrics.Set) *recoMetrics {
 	}
 	m.unavailable = set.NewCounter("recsys_reco_unavailable_total")
 	m.pgShed = set.NewCounter("recsys_reco_pg_shed_total")
+	m.userUndecodable = set.NewCounter("recsys_reco_user_undecodable_total")
 	m.globalErrors = set.NewCounter("recsys_reco_global_refresh_errors_total")
 	m.autologEnqueued = set.NewCounter("recsys_reco_autolog_enqueued_total")
 	m.autologPersisted = set.NewCounter("recsys_reco_autolog_persisted_total")

@@ -32,6 +32,12 @@ var errNoSource = errors.New("no recommendations available: redis and postgresql
 // holds.
 var errUserUnread = errors.New("read expired user through to postgresql")
 
+// errUserUndecodable means Redis answered but one user's hash does not decode (written by a
+// newer release, or edited by hand): that user is served from the next source, and Redis'
+// breaker does not count it, since Redis still serves everyone else. The consumer's next
+// write of the user replaces the hash.
+var errUserUndecodable = errors.New("user's features in redis do not decode")
+
 // globalSnap is an in-process copy of the global lists (trending, popular, fresh and their
 // item statistics). It is immutable once stored.
 type globalSnap struct {
@@ -61,6 +67,7 @@ type serving struct {
 	log             *slog.Logger
 	warnRedis       logLimiter
 	warnPG          logLimiter
+	warnUndecodable logLimiter
 
 	probeRedis func(context.Context) (bool, error)
 	probePG    func(context.Context) error
@@ -129,7 +136,13 @@ func (s *serving) load(ctx context.Context, userID string, now time.Time) (ranki
 		// ErrNotReady: Redis answered but its copy is incomplete (or nothing was applied yet):
 		// not an outage, and the probe owns the marker state, so just fall back this time.
 		// errUserUnread: Redis answered, PostgreSQL did not (counted by the read-through).
-		if !errors.Is(err, featurestore.ErrNotReady) && !errors.Is(err, errUserUnread) {
+		// errUserUndecodable: Redis answered, one user's hash is unusable.
+		if errors.Is(err, errUserUndecodable) {
+			s.m.userUndecodable.Inc()
+			s.warnUndecodable.Do(func(n int64) {
+				s.log.WarnContext(ctx, "a user's features in redis do not decode, serving them from postgresql", "err", err, "failures", n)
+			})
+		} else if !errors.Is(err, featurestore.ErrNotReady) && !errors.Is(err, errUserUnread) {
 			s.redisBrk.Failure()
 			s.m.sourceErrors["redis"].Inc()
 			s.warnRedis.Do(func(n int64) {
