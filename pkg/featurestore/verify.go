@@ -60,7 +60,8 @@ const maxReported = 50
 // (pop:s, pop:l, fresh) against PostgreSQL's top of each (compareTop). A copy of another
 // generation, or one being repopulated, is reported as such without comparing values. A
 // user hash that is absent counts only when the writers set no user TTL (meta "ut"): with
-// one, users expire.
+// one, users expire. The other way round, up to opts.Sample user hashes of the copy are
+// checked for users PostgreSQL does not hold (strayUsers).
 //
 // The consumers keep writing while it runs, and a key's Redis write follows its commit by
 // milliseconds, so a key that differs is read again after opts.Grace: Redis, then
@@ -191,12 +192,88 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyReport, 
 			diff = append(diff, difference{Mismatch: Mismatch{l.key, d}})
 		}
 	}
+	strays, err := s.strayUsers(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	diff = append(diff, strays...)
 	diff = append(metaDiff, diff...)
 	rep.MismatchCount = len(diff)
 	for _, d := range diff[:min(len(diff), maxReported)] {
 		rep.Mismatches = append(rep.Mismatches, d.Mismatch)
 	}
 	return rep, nil
+}
+
+// strayUsers looks at up to opts.Sample user hashes of the copy, as a scan meets them, for
+// users PostgreSQL does not hold: the sample drawn from PostgreSQL cannot see those, such as
+// an erased user's hash that a Redis failover brought back after both of the erasure's
+// deletions (a repopulation of the same generation merges, it deletes nothing). One still
+// there and still absent from PostgreSQL after opts.Grace (the erasure's second pass deletes
+// the hash 2 s after the row) is a mismatch.
+func (s *Store) strayUsers(ctx context.Context, opts VerifyOptions) ([]difference, error) {
+	prefix := s.keys.User("")
+	var keys []string
+	for cursor, calls := uint64(0), 0; len(keys) < opts.Sample && calls < 100; calls++ {
+		e, err := s.rd.Do(ctx, s.rd.B().Scan().Cursor(cursor).Match(escapeGlob(prefix)+"*").Count(1000).Build()).AsScanEntry()
+		if err != nil {
+			return nil, fmt.Errorf("scan redis user hashes: %w", err)
+		}
+		keys = append(keys, e.Elements...)
+		if cursor = e.Cursor; cursor == 0 {
+			break
+		}
+	}
+	keys = keys[:min(len(keys), opts.Sample)]
+	absent := func(keys []string) ([]string, error) {
+		if len(keys) == 0 {
+			return nil, nil
+		}
+		ids := make([]string, len(keys))
+		for i, k := range keys {
+			ids[i] = strings.TrimPrefix(k, prefix)
+		}
+		rows, _ := s.pg.Query(ctx, `SELECT user_id FROM feature_users WHERE user_id = ANY($1)`, ids)
+		held := map[string]bool{}
+		var id string
+		if _, err := pgx.ForEachRow(rows, []any{&id}, func() error { held[id] = true; return nil }); err != nil {
+			return nil, fmt.Errorf("read users of the copy's hashes: %w", err)
+		}
+		var out []string
+		for i, id := range ids {
+			if !held[id] {
+				out = append(out, keys[i])
+			}
+		}
+		return out, nil
+	}
+	stray, err := absent(keys)
+	if err != nil || len(stray) == 0 {
+		return nil, err
+	}
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(opts.Grace):
+	}
+	var still []string
+	for _, k := range stray {
+		n, err := s.rd.Do(ctx, s.rd.B().Exists().Key(k).Build()).AsInt64()
+		if err != nil {
+			return nil, fmt.Errorf("read redis user hash: %w", err)
+		}
+		if n == 1 {
+			still = append(still, k)
+		}
+	}
+	if stray, err = absent(still); err != nil {
+		return nil, err
+	}
+	out := make([]difference, len(stray))
+	for i, k := range stray {
+		out[i] = difference{Mismatch: Mismatch{k, "the copy holds a user PostgreSQL does not (erased, or lost from PostgreSQL)"}}
+	}
+	return out, nil
 }
 
 // sampleIDs draws up to n keys of table at random, in key order. ORDER BY random() reads the

@@ -296,3 +296,29 @@ func streamGenerated(t *testing.T, st *featurestore.Store, g fstest.GenConfig) {
 		writeCopy(t, st, a)
 	}
 }
+
+// A user hash in the copy whose user PostgreSQL does not hold (an erased user's hash that a
+// Redis failover brought back after both of the erasure's deletions) is a mismatch: the
+// sample drawn from PostgreSQL cannot see it, so the copy's own user hashes are looked at.
+func TestVerifyFindsUsersOnlyTheCopyHolds(t *testing.T) {
+	ctx := context.Background()
+	pool, rd := servers(t)
+	st := featurestore.New(pool, rd, "vs:", testConfig(), nil)
+	streamGenerated(t, st, fstest.GenConfig{Seed: 3, Users: 5, Items: 10, Events: 200,
+		StartMs: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli(), StepMs: 20_000, Prefix: "s"})
+	opts := featurestore.VerifyOptions{Sample: 1000, Grace: 10 * time.Millisecond}
+	if rep, err := st.Verify(ctx, opts); err != nil || !rep.OK() {
+		t.Fatalf("the streamed copy: %+v, %v", rep, err)
+	}
+	ghost := featurestore.NewKeys("vs:").User("erased-user")
+	if err := rd.Do(ctx, rd.B().Hset().Key(ghost).FieldValue().FieldValue("v", "3").FieldValue("h", "[]").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := st.Verify(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.OK() || rep.MismatchCount != 1 || rep.Mismatches[0].Key != ghost || !strings.Contains(rep.Mismatches[0].Detail, "PostgreSQL does not") {
+		t.Errorf("verify with a user only the copy holds: %+v, want that one mismatch", rep)
+	}
+}
