@@ -36,7 +36,9 @@ var errUserUnread = errors.New("read expired user through to postgresql")
 // newer release, or edited by hand): that user is served from the next source, and Redis'
 // breaker does not count it, since Redis still serves everyone else. The consumer's next
 // write of the user replaces the hash.
-var errUserUndecodable = errors.New("user's features in redis do not decode")
+// It is the loader's own error, so both read paths (the item cache's and the single script
+// of --reco.item-cache-ttl=0) report it alike.
+var errUserUndecodable = featurestore.ErrUserUndecodable
 
 // globalSnap is an in-process copy of the global lists (trending, popular, fresh and their
 // item statistics). It is immutable once stored.

@@ -21,6 +21,11 @@ import (
 // copy by itself.
 var ErrNotReady = errors.New("redis feature copy not ready")
 
+// ErrUserUndecodable means Redis answered but one user's hash does not decode (written by a
+// newer release, or edited by hand). It is that user's problem, not Redis': serve them from
+// PostgreSQL and keep Redis for everyone else.
+var ErrUserUndecodable = errors.New("user's features in redis do not decode")
+
 // readScript loads everything a Snapshot needs in one round trip.
 //
 // KEYS: user, meta, pop:s, pop:l, fresh, ready. ARGV: prefix, history items, neighbours per
@@ -48,11 +53,19 @@ local prefix = ARGV[1]
 local hn, nn = tonumber(ARGV[2]), tonumber(ARGV[3])
 local hist, nbs = {}, {}
 if user[1] then
-  local h = cjson.decode(user[1])
-  for i = 1, math.min(hn, #h) do
-    local id = h[i]['item_id']
-    hist[#hist + 1] = id
-    nbs[#nbs + 1] = top(prefix .. 'nb:' .. id, nn)
+  -- A history that does not decode must not fail the whole read (a script error, which the
+  -- API counts against Redis for everyone): skip it, and Go's decoder names the user.
+  local ok, h = pcall(cjson.decode, user[1])
+  if ok and type(h) == 'table' then
+    for i = 1, math.min(hn, #h) do
+      local id = type(h[i]) == 'table' and h[i]['item_id']
+      if type(id) ~= 'string' then
+        hist, nbs = {}, {}
+        break
+      end
+      hist[#hist + 1] = id
+      nbs[#nbs + 1] = top(prefix .. 'nb:' .. id, nn)
+    end
   end
 end
 local tr = top(KEYS[3], tonumber(ARGV[4]))
@@ -345,7 +358,7 @@ func (b *builder) user(f UserFields) error {
 	var st features.UserState
 	var err error
 	if st, err = decodeUser(f); err != nil {
-		return err
+		return fmt.Errorf("%w: %w", ErrUserUndecodable, err)
 	}
 	b.s.History = st.History
 	b.s.Watched = make(map[string]bool, len(st.Watched))
