@@ -451,6 +451,13 @@ func (s *Store) Repopulate(ctx context.Context, force bool) error {
 		}
 	}
 	_ = tx.Rollback(ctx)
+	if cur == epoch {
+		// A merge keeps every key it found. After a failover to a replica that missed
+		// `users forget`'s deletions, those would include erased users' hashes.
+		if err := s.unlinkErased(ctx, lk); err != nil {
+			return err
+		}
+	}
 	if len(journal) > 0 {
 		if _, err := s.pg.Exec(ctx, `DELETE FROM feature_redis_pending WHERE id = ANY($1)`, journal); err != nil {
 			return fmt.Errorf("clear redis journal: %w", err)
@@ -465,6 +472,37 @@ func (s *Store) Repopulate(ctx context.Context, force bool) error {
 	}
 	s.log.InfoContext(ctx, "redis copy repopulated", "generation", epoch, "forced", force)
 	return nil
+}
+
+// unlinkErased deletes the hashes of erased users that PostgreSQL does not hold (again), page
+// by page under the lock. Checked against the current rows, not the snapshot's: a user who
+// came back after the erasure (events received later) keeps the hash the consumer wrote.
+func (s *Store) unlinkErased(ctx context.Context, lk *repopLock) error {
+	const page = 1000
+	after := ""
+	for {
+		rows, _ := s.pg.Query(ctx, `SELECT f.user_id FROM forgotten_users f
+WHERE f.user_id > $1 AND NOT EXISTS (SELECT 1 FROM feature_users u WHERE u.user_id = f.user_id)
+ORDER BY f.user_id LIMIT $2`, after, page)
+		users, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return fmt.Errorf("read erased users: %w", err)
+		}
+		if len(users) == 0 {
+			return nil
+		}
+		keys := make([]string, len(users))
+		for i, u := range users {
+			keys[i] = s.keys.User(u)
+		}
+		if err := lk.do(ctx, "unlink", keys); err != nil {
+			return fmt.Errorf("unlink erased users' hashes: %w", err)
+		}
+		if len(users) < page {
+			return nil
+		}
+		after = users[len(users)-1]
+	}
 }
 
 // metaFields are the decay fields of the copy's meta for m, as HSET takes them.

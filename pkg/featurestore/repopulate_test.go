@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/rueidis"
 
@@ -391,6 +392,57 @@ func TestSameGenerationRepopulationRestoresDeletedLists(t *testing.T) {
 	for _, k := range slices.Sorted(maps.Keys(want)) {
 		if got[k] != want[k] {
 			t.Errorf("%s after the repopulation: %.80q, want %.80q", k, got[k], want[k])
+		}
+	}
+	rep, err := st.Verify(ctx, featurestore.VerifyOptions{Sample: 1000, Grace: 10 * time.Millisecond})
+	if err != nil || !rep.OK() {
+		t.Errorf("verify: %+v %v", rep, err)
+	}
+}
+
+// A failover to a replica that missed `users forget`'s deletions brings erased users' hashes
+// back, and a repopulation of the same generation merges into what it finds: it must delete
+// them again, but keep the hash of an erased user who came back (a row in PostgreSQL again).
+func TestSameGenerationRepopulationDropsErasedUsers(t *testing.T) {
+	ctx := context.Background()
+	st, pool, rd, keys := repopulatedCopy(t, "rper", 0)
+	rows, _ := pool.Query(ctx, `SELECT user_id FROM feature_users ORDER BY user_id LIMIT 3`)
+	users, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || len(users) != 3 {
+		t.Fatalf("users %v, %v", users, err)
+	}
+	gone, back, kept := users[0], users[1], users[2]
+	saved, err := rd.Do(ctx, rd.B().Hgetall().Key(keys.User(gone)).Build()).AsStrMap()
+	if err != nil || len(saved) == 0 {
+		t.Fatalf("hash of %s: %v %v", gone, saved, err)
+	}
+	if _, err := st.Forget(ctx, []string{gone}, 100*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	// back was erased long ago and has watched since: its row is there again.
+	if _, err := pool.Exec(ctx, `INSERT INTO forgotten_users (user_id, forgotten_at_ms) VALUES ($1, 1)`, back); err != nil {
+		t.Fatal(err)
+	}
+	// The failover: the replica never saw the deletion, and Redis lost its ready marker.
+	cmd := rd.B().Hset().Key(keys.User(gone)).FieldValue()
+	for f, v := range saved {
+		cmd = cmd.FieldValue(f, v)
+	}
+	if err := rd.Do(ctx, cmd.Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rd.Do(ctx, rd.B().Unlink().Key(keys.Ready).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Repopulate(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		user string
+		want int64
+	}{{gone, 0}, {back, 1}, {kept, 1}} {
+		if n, err := rd.Do(ctx, rd.B().Exists().Key(keys.User(c.user)).Build()).AsInt64(); err != nil || n != c.want {
+			t.Errorf("hash of %s after the repopulation: exists %d (%v), want %d", c.user, n, err, c.want)
 		}
 	}
 	rep, err := st.Verify(ctx, featurestore.VerifyOptions{Sample: 1000, Grace: 10 * time.Millisecond})
