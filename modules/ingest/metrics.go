@@ -47,7 +47,7 @@ func newModuleMetrics(set *metrics.Set) *moduleMetrics {
 				m.events[eventSeries{ep, k, dup}] = m.eventCounter(ep, k, dup)
 			}
 		}
-		for _, r := range []string{"validation", "malformed_json", "body_too_large", "unsupported_media_type", "unavailable"} {
+		for _, r := range []string{"validation", "malformed_json", "body_too_large", "read_timeout", "unsupported_media_type", "unavailable"} {
 			m.rejectedCounter(ep, r)
 		}
 	}

@@ -18,7 +18,8 @@
 // 422 with a pydantic-style detail list (every bad field, with its loc; an event encoding to
 // more than --ingest.max-event-bytes is one "event_too_large" entry located at the field that
 // makes it so, or at the event), 413 over the body
-// limit, 415 for a non-JSON content type, 503 "failed to persist ... event: database
+// limit, 415 for a non-JSON content type or a compressed body (Content-Encoding other than
+// identity), 408 for a body not received within --http.read-timeout (retry it), 503 "failed to persist ... event: database
 // unavailable" when PostgreSQL is down or slower than --ingest.write-timeout (a 503 means nothing
 // of the request was stored: a request a writer has taken waits for its transaction's outcome),
 // 503 "... service is shutting down" after the writer closed.
@@ -28,7 +29,7 @@
 //	recsys_ingest_events_total{endpoint,kind,outcome}   counter: events answered, outcome accepted | duplicate
 //	recsys_ingest_rejected_total{endpoint,reason}       counter: requests refused; reason validation |
 //	                                                     malformed_json | body_too_large | event_too_large |
-//	                                                     unsupported_media_type | unavailable | shutdown |
+//	                                                     read_timeout | unsupported_media_type | unavailable | shutdown |
 //	                                                     error (body_too_large counts bodies sent
 //	                                                     without Content-Length; a larger declared length is
 //	                                                     refused before routing, in recsys_http_requests_total)

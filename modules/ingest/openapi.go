@@ -33,8 +33,9 @@ func (m *Ingest) DescribeAPI(d *openapi.Document) {
 			RequestBody: openapi.JSONBody(body),
 			Responses: map[string]openapi.Response{
 				"200": openapi.JSONResponse("Successful Response", out),
+				"408": openapi.ErrorResponse("Body not received within --http.read-timeout: nothing was stored, retry"),
 				"413": openapi.ErrorResponse("Body over --http.body-limit-bytes"),
-				"415": openapi.ErrorResponse("Content type not JSON (application/json or application/*+json; parameters are ignored)"),
+				"415": openapi.ErrorResponse("Content type not JSON (application/json or application/*+json; parameters are ignored), or a compressed body (Content-Encoding other than identity)"),
 				"422": openapi.ValidationErrorResponse(),
 				"503": openapi.ErrorResponse("Nothing was stored: the database is unavailable or the service is shutting down"),
 			}})

@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -207,6 +209,13 @@ func decode[T any](m *Ingest, c echo.Context, endpoint string, now time.Time, de
 		m.m.rejected(endpoint, "unsupported_media_type")
 		return zero, echo.NewHTTPError(http.StatusUnsupportedMediaType, "unsupported content type "+quote(ct)+": send application/json")
 	}
+	if ce, ok := encoded(req.Header); ok {
+		// Read as it came, a gzip body was a 422 "JSON decode error: invalid UTF-8" at byte
+		// 1, which names neither the header at fault nor what to send instead.
+		m.m.rejected(endpoint, "unsupported_media_type")
+		c.Response().Header().Set(echo.HeaderAcceptEncoding, "identity")
+		return zero, echo.NewHTTPError(http.StatusUnsupportedMediaType, "unsupported content encoding "+quote(ce)+": send the body uncompressed (no Content-Encoding, or identity)")
+	}
 	buf := bufPool.Get().(*bytes.Buffer)
 	defer func() {
 		if buf.Cap() <= 1<<20 { // do not pin the occasional huge body
@@ -220,7 +229,18 @@ func decode[T any](m *Ingest, c echo.Context, endpoint string, now time.Time, de
 			m.m.rejected(endpoint, "body_too_large")
 			return zero, err
 		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// The client was too slow, not wrong: a 400 would tell it not to retry the
+			// events, and the error's text names the server's socket addresses.
+			m.m.rejected(endpoint, "read_timeout")
+			c.Response().Header().Set(echo.HeaderConnection, "close")
+			return zero, echo.NewHTTPError(http.StatusRequestTimeout, "request body not received within the server's read timeout: retry").SetInternal(err)
+		}
 		m.m.rejected(endpoint, "malformed_json")
+		var op *net.OpError
+		if errors.As(err, &op) {
+			err = op.Err // without the socket addresses
+		}
 		return zero, echo.NewHTTPError(http.StatusBadRequest, "read request body: "+err.Error())
 	}
 	// The decoders copy what they keep, so the buffer can be reused once they return.
@@ -252,6 +272,19 @@ func isJSON(ct string) bool {
 	}
 	sub = strings.ToLower(sub)
 	return sub == "json" || strings.HasSuffix(sub, "+json")
+}
+
+// encoded returns the request's Content-Encoding when it names a coding other than identity.
+func encoded(h http.Header) (string, bool) {
+	vals := h.Values(echo.HeaderContentEncoding)
+	for _, v := range vals {
+		for c := range strings.SplitSeq(v, ",") {
+			if c = strings.TrimSpace(c); c != "" && !strings.EqualFold(c, "identity") {
+				return strings.Join(vals, ", "), true
+			}
+		}
+	}
+	return "", false
 }
 
 func quote(s string) string {

@@ -1,14 +1,23 @@
 package ingest
 
 import (
+	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
+	"testing/iotest"
 	"time"
+
+	"github.com/labstack/echo/v4"
 
 	"recsys/pkg/httpx"
 	"recsys/pkg/testutil"
@@ -371,5 +380,59 @@ func TestLimitsAreConfigurable(t *testing.T) {
 	code, resp = v.post("/log/watch", mustJSON(t, set(watchBody("watch-old-1"), "ts_ms", nowMs()-2*60*1000)))
 	if code != 422 || !strings.Contains(resp, "max_event_age_ms=60000") {
 		t.Errorf("2 min old with 1 min allowed: %d %s", code, resp)
+	}
+}
+
+// TestBodyTransportErrors: how a body arrives is the client's problem to fix, and the answer
+// says which: a compressed body is a 415 naming its Content-Encoding (read as JSON it was a
+// 422 "invalid UTF-8" at byte 1), a body the read timeout cut is a 408 to retry (not a 400
+// that tells the client its events are bad) and no answer names the server's addresses.
+func TestBodyTransportErrors(t *testing.T) {
+	v := newEnv(t, testutil.MigratedDatabase(t))
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	_, _ = zw.Write([]byte(mustJSON(t, watchBody("gzip-abcdefgh"))))
+	_ = zw.Close()
+	timeout := &net.OpError{Op: "read", Net: "tcp", Source: &net.TCPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 8080},
+		Addr: &net.TCPAddr{IP: net.IPv4(10, 9, 8, 7), Port: 41160}, Err: os.ErrDeadlineExceeded}
+	reset := &net.OpError{Op: "read", Net: "tcp", Source: &net.TCPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 8080},
+		Addr: &net.TCPAddr{IP: net.IPv4(10, 9, 8, 7), Port: 41160}, Err: syscall.ECONNRESET}
+	cases := []struct {
+		name     string
+		encoding []string
+		body     io.Reader
+		want     int
+		detail   string // in the answer
+		header   [2]string
+	}{
+		{"gzip", []string{"gzip"}, bytes.NewReader(gz.Bytes()), http.StatusUnsupportedMediaType, `unsupported content encoding \"gzip\"`, [2]string{"Accept-Encoding", "identity"}},
+		{"deflate", []string{"deflate"}, strings.NewReader("x"), http.StatusUnsupportedMediaType, `\"deflate\"`, [2]string{"Accept-Encoding", "identity"}},
+		{"identity then gzip", []string{"identity, GZIP"}, strings.NewReader("x"), http.StatusUnsupportedMediaType, `\"identity, GZIP\"`, [2]string{}},
+		{"two headers", []string{"identity", "br"}, strings.NewReader("x"), http.StatusUnsupportedMediaType, `\"identity, br\"`, [2]string{}},
+		{"identity", []string{"Identity"}, strings.NewReader(mustJSON(t, watchBody("identity-abcdefgh"))), http.StatusOK, `"status":"ok"`, [2]string{}},
+		{"empty encoding", []string{""}, strings.NewReader(mustJSON(t, watchBody("empty-ce-abcdefgh"))), http.StatusOK, `"status":"ok"`, [2]string{}},
+		{"read timeout", nil, io.MultiReader(strings.NewReader(`{"user_id":`), iotest.ErrReader(timeout)), http.StatusRequestTimeout, "read timeout", [2]string{"Connection", "close"}},
+		{"connection reset", nil, io.MultiReader(strings.NewReader(`{"user_id":`), iotest.ErrReader(reset)), http.StatusBadRequest, "connection reset", [2]string{}},
+	}
+	for _, c := range cases {
+		req := httptest.NewRequest(http.MethodPost, "/log/watch", c.body)
+		req.Header.Set(echo.HeaderContentType, echo.MIMEApplicationJSON)
+		for _, e := range c.encoding {
+			req.Header.Add(echo.HeaderContentEncoding, e)
+		}
+		rec := serveRecorder(v, req)
+		body := rec.Body.String()
+		if rec.Code != c.want || !strings.Contains(body, c.detail) || strings.Contains(body, "10.9.8.7") || strings.Contains(body, "10.1.2.3") {
+			t.Errorf("%s: %d %s, want %d with %s and no address", c.name, rec.Code, body, c.want, c.detail)
+		}
+		if h := c.header; h[0] != "" && rec.Header().Get(h[0]) != h[1] {
+			t.Errorf("%s: %s = %q, want %q", c.name, h[0], rec.Header().Get(h[0]), h[1])
+		}
+	}
+	if got := v.metric(`recsys_ingest_rejected_total{endpoint="watch",reason="read_timeout"}`); got != 1 {
+		t.Errorf("read_timeout metric = %v, want 1", got)
+	}
+	if got := v.metric(`recsys_ingest_rejected_total{endpoint="watch",reason="unsupported_media_type"}`); got != 4 {
+		t.Errorf("unsupported_media_type metric = %v, want 4", got)
 	}
 }
