@@ -55,6 +55,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"recsys/pkg/events"
+	"recsys/pkg/httpx"
 	"recsys/pkg/infra"
 	"recsys/pkg/kpi"
 	"recsys/pkg/module"
@@ -194,7 +195,16 @@ func (a *Analytics) Run(ctx context.Context) error {
 }
 
 func (a *Analytics) baseline(c echo.Context) error {
-	days, verr := parseDays(c.QueryParams()["days"])
+	q := httpx.LastQueryParam(c.Request().URL.RawQuery, "days")
+	if q.Undecodable {
+		return echo.NewHTTPError(http.StatusUnprocessableEntity, []events.FieldError{{Type: "value_error", Loc: []any{"query", "days"},
+			Msg: httpx.UndecodableQueryMsg, Input: strings.ToValidUTF8(q.Raw, "\uFFFD")}})
+	}
+	var vals []string
+	if q.Found {
+		vals = []string{q.Value}
+	}
+	days, verr := parseDays(vals)
 	if verr != nil {
 		return echo.NewHTTPError(http.StatusUnprocessableEntity, []events.FieldError{*verr})
 	}

@@ -1,9 +1,17 @@
 package analytics
 
 import (
+	"encoding/json"
 	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"testing"
+	"time"
 
+	"github.com/VictoriaMetrics/metrics"
+
+	"recsys/pkg/httpx"
 	"recsys/pkg/openapi"
 )
 
@@ -66,6 +74,42 @@ func TestDaysTakesPydanticsIntegerSyntax(t *testing.T) {
 		}
 		if got != c.errType || n != c.want {
 			t.Errorf("days=%q: %d, error type %q; want %d, %q", c.raw, n, got, c.want, c.errType)
+		}
+	}
+}
+
+// A days value the query parser cannot decode was skipped by url.ParseQuery, so the request
+// silently got the 7-day default (the original refused it: Starlette kept the text, pydantic
+// failed it); now it is a 422 naming days. The last pair naming days decides, as the last
+// value did in the original.
+func TestUndecodableDaysIsRefused(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	a := &Analytics{cfg: NewConfig(), log: log, m: newMetrics(metrics.NewSet()), now: time.Now}
+	e := httpx.New(httpx.DefaultConfig(), log)
+	a.RegisterRoutes(e)
+	for _, c := range []struct {
+		query, input string
+	}{
+		{"days=%zz", "%zz"},
+		{"days=3%", "3%"},
+		{"days=3;x", "3;x"},
+		{"days=3&days=1%2", "1%2"},
+		{"d%61ys=%g0", "%g0"},
+		{"days=%ff%zz", "%ff%zz"},
+	} {
+		rec := httptest.NewRecorder()
+		e.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/analytics/baseline?"+c.query, nil))
+		var body struct {
+			Detail []struct {
+				Type  string `json:"type"`
+				Loc   []any  `json:"loc"`
+				Input string `json:"input"`
+			} `json:"detail"`
+		}
+		_ = json.Unmarshal(rec.Body.Bytes(), &body)
+		if rec.Code != http.StatusUnprocessableEntity || len(body.Detail) != 1 || body.Detail[0].Type != "value_error" ||
+			fmt.Sprint(body.Detail[0].Loc) != "[query days]" || body.Detail[0].Input != c.input {
+			t.Errorf("?%s: %d %s, want a 422 value_error at [query days] with input %q", c.query, rec.Code, rec.Body, c.input)
 		}
 	}
 }
