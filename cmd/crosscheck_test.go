@@ -10,6 +10,7 @@ import (
 	"recsys/modules/ingest"
 	"recsys/modules/reco"
 	"recsys/modules/relay"
+	"recsys/pkg/httpx"
 	"recsys/pkg/module"
 	"recsys/pkg/postgres"
 )
@@ -63,7 +64,56 @@ func TestCrossModuleSettings(t *testing.T) {
 			if tc.only != "" {
 				selected = map[string]module.Config{tc.only: all[tc.only]}
 			}
-			err := crossCheck(selected, all)
+			hc := httpx.DefaultConfig()
+			hc.WriteTimeout = 24 * time.Hour // its rules are TestWriteTimeoutBoundsRequests'
+			err := crossCheck(selected, all, hc)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("rejected: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("crossCheck = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestWriteTimeoutBoundsRequests: the server closes a connection whose answer is not written
+// within --http.write-timeout, so a request allowed to take longer gets no answer at all,
+// not even its own 503: the start refuses such settings.
+func TestWriteTimeoutBoundsRequests(t *testing.T) {
+	tests := []struct {
+		name  string
+		query time.Duration // --analytics.query-timeout
+		write time.Duration // --ingest.write-timeout
+		http  time.Duration // --http.write-timeout
+		only  string
+		want  string // "" = valid
+	}{
+		{"defaults", 10 * time.Second, time.Second, 30 * time.Second, "", ""},
+		{"baseline query as long as the write timeout", 30 * time.Second, time.Second, 30 * time.Second, "",
+			"--analytics.query-timeout (30s) must be below --http.write-timeout (30s)"},
+		{"the same, analytics alone", time.Minute, time.Second, 30 * time.Second, "analytics",
+			"--analytics.query-timeout (1m0s) must be below --http.write-timeout (30s)"},
+		{"a shorter write timeout", 10 * time.Second, time.Second, 5 * time.Second, "",
+			"--analytics.query-timeout (10s) must be below --http.write-timeout (5s)"},
+		{"a longer write timeout takes a longer query", time.Minute, time.Second, 61 * time.Second, "", ""},
+		{"ingest write timeout at half the write timeout", time.Second, 15 * time.Second, 30 * time.Second, "ingest",
+			"--ingest.write-timeout (15s) must be below half --http.write-timeout (30s)"},
+		{"ingest write timeout below half", time.Second, 14 * time.Second, 30 * time.Second, "ingest", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			a, i := analytics.NewConfig(), ingest.NewConfig()
+			a.QueryTimeout, i.WriteTimeout = tc.query, tc.write
+			a.CommitMargin = time.Hour // the commit margin's own rule aside
+			all := map[string]module.Config{"analytics": a, "ingest": i, "relay": relay.NewConfig()}
+			selected := all
+			if tc.only != "" {
+				selected = map[string]module.Config{tc.only: all[tc.only]}
+			}
+			hc := httpx.DefaultConfig()
+			hc.WriteTimeout = tc.http
+			err := crossCheck(selected, all, hc)
 			switch {
 			case tc.want == "" && err != nil:
 				t.Fatalf("rejected: %v", err)

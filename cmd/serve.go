@@ -76,7 +76,7 @@ func (r *runFlags) run(cmd *cobra.Command, lc *logConfig, log *slog.Logger) erro
 			for _, w := range crossWarnings(selected, r.infra.PG.MaxConns) {
 				log.Warn(w)
 			}
-			return crossCheck(selected, r.configs)
+			return crossCheck(selected, r.configs, r.http)
 		}})
 }
 
@@ -129,14 +129,22 @@ func pgDemand(selected map[string]module.Config) (int, []string) {
 // module's, so an api pod given the relay's settings (a ConfigMap shared by the roles) checks
 // its event limit against them. Rules between selected modules hold where both run in one
 // process (split roles cannot see each other's flags; docs/configuration.md states them).
-func crossCheck(selected, all map[string]module.Config) error {
+func crossCheck(selected, all map[string]module.Config, hc httpx.Config) error {
 	var p flagenv.Problems
 	in, okI := selected["ingest"].(*ingest.Config)
+	an, okA := selected["analytics"].(*analytics.Config)
+	// The server closes a connection whose answer is not written within --http.write-timeout:
+	// a request allowed to take longer gets no answer at all, not even its own 503.
+	if okA && an.QueryTimeout >= hc.WriteTimeout {
+		p.Addf("--analytics.query-timeout (%s) must be below --http.write-timeout (%s): a baseline answered later never reaches its client", an.QueryTimeout, hc.WriteTimeout)
+	}
+	if okI && 2*in.WriteTimeout >= hc.WriteTimeout {
+		p.Addf("--ingest.write-timeout (%s) must be below half --http.write-timeout (%s): a request may wait that long for a writer and again in its transaction, and an answer written later never reaches its client", in.WriteTimeout, hc.WriteTimeout)
+	}
 	if rl, ok := all["relay"].(*relay.Config); okI && ok && int64(in.MaxEventBytes)+writer.MessageOverhead > rl.MaxBatchBytes {
 		// The relay could never publish the largest event the API accepts.
 		p.Addf("--ingest.max-event-bytes (%d) must stay at least %d bytes below --relay.max-batch-bytes (%d)", in.MaxEventBytes, writer.MessageOverhead, rl.MaxBatchBytes)
 	}
-	an, okA := selected["analytics"].(*analytics.Config)
 	// A row received before the roll-up's horizon must be committed by then: /reco's autolog
 	// stamps an impression when it writes it (restamped on a retry), and the write may wait
 	// up to its timeout in the writer's queue and take up to its timeout once taken.

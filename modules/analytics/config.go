@@ -41,7 +41,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.RollupInterval, "analytics.rollup-interval", c.RollupInterval, "pause between roll-up folds once caught up")
 	fs.DurationVar(&c.RollupStep, "analytics.rollup-step", c.RollupStep, "most receive time folded in one roll-up transaction")
 	fs.DurationVar(&c.Retention, "analytics.retention", c.Retention, "age after which roll-up rows are deleted (at least 30 days plus a bucket: the longest window)")
-	fs.DurationVar(&c.QueryTimeout, "analytics.query-timeout", c.QueryTimeout, "longest GET /analytics/baseline may take before it answers 503")
+	fs.DurationVar(&c.QueryTimeout, "analytics.query-timeout", c.QueryTimeout, "longest GET /analytics/baseline may take before it answers 503 (must be below --http.write-timeout: a later answer never reaches its client)")
 }
 
 // Validate reports every invalid setting.
