@@ -72,7 +72,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.Int64Var(&c.BodyLimitBytes, "http.body-limit-bytes", c.BodyLimitBytes, "largest accepted request body; larger bodies get 413")
 	fs.StringVar(&c.APIKeysFile, "http.api-keys-file", c.APIKeysFile, "file of API keys, one \"<name> <scopes> <secret> [rate=<N>]\" per line (scopes: client, ops or client,ops; secret: the token, 16 characters or more, or sha256:<64 hex> of it; N: the key's limit in requests per second, 429 beyond, counted as --http.rate-limit-scope says); when set, every request but /healthz, /livez, /readyz, /openapi.json, /docs and /redoc needs a key, as Authorization: Bearer <token> or X-API-Key: client opens /reco, /recommend, /log/* and /event, ops the metrics, /analytics/*, /contract and /debug/pprof; the file is re-read within 5 s of a change. Empty: no authentication, as the original service")
 	fs.StringVar(&c.RateLimitScope, "http.rate-limit-scope", c.RateLimitScope, "where the rate=N of an API key is counted: process (each process on its own, so with P API pods a key gets up to P×N requests/s) or cluster (once for the whole deployment, in the Redis of --redis.url, one script call per request of a key with a rate; while Redis fails, each process counts on its own at N again); with API keys, cluster needs a role that uses Redis (api does)")
-	fs.BoolVar(&c.Pprof, "http.pprof", c.Pprof, "serve Go's profiles under /debug/pprof/ (CPU profiles longer than --http.write-timeout are cut); expose inside the cluster only")
+	fs.BoolVar(&c.Pprof, "http.pprof", c.Pprof, "serve Go's profiles under /debug/pprof/ (CPU profiles longer than --http.write-timeout are cut; not the command line, which may hold secrets given as flags); expose inside the cluster only")
 }
 
 // Validate reports every invalid setting.
@@ -155,9 +155,10 @@ func New(cfg Config, log *slog.Logger) *echo.Echo {
 	e.OnAddRouteHandler = optionsNotAllowed(e)
 	if cfg.Pprof {
 		// Where a running process spends its CPU is the first question of every performance
-		// report; the handlers are the standard library's.
+		// report; the handlers are the standard library's. Not /debug/pprof/cmdline: it
+		// serves the command line unredacted, a --pg.dsn or --kafka.sasl-password given as a
+		// flag included (Index answers it 404, as an unknown profile).
 		e.GET("/debug/pprof/*", echo.WrapHandler(http.HandlerFunc(pprof.Index)))
-		e.GET("/debug/pprof/cmdline", echo.WrapHandler(http.HandlerFunc(pprof.Cmdline)))
 		e.GET("/debug/pprof/profile", echo.WrapHandler(http.HandlerFunc(pprof.Profile)))
 		e.GET("/debug/pprof/symbol", echo.WrapHandler(http.HandlerFunc(pprof.Symbol)))
 		e.GET("/debug/pprof/trace", echo.WrapHandler(http.HandlerFunc(pprof.Trace)))

@@ -32,7 +32,10 @@ func TestPprofOnlyWhenEnabled(t *testing.T) {
 		{false, "/debug/pprof/heap", http.StatusNotFound, ""},
 		{true, "/debug/pprof/", http.StatusOK, "goroutine"},
 		{true, "/debug/pprof/heap?debug=1", http.StatusOK, "heap profile"},
-		{true, "/debug/pprof/cmdline", http.StatusOK, ""},
+		{true, "/debug/pprof/symbol", http.StatusOK, "num_symbols"},
+		// The command line may carry secrets given as flags (--pg.dsn, --kafka.sasl-password).
+		{true, "/debug/pprof/cmdline", http.StatusNotFound, "Unknown profile"},
+		{true, "/debug/pprof/cmdline?debug=1", http.StatusNotFound, "Unknown profile"},
 	} {
 		cfg := DefaultConfig()
 		cfg.Pprof = tc.pprof
