@@ -320,7 +320,7 @@ func (p *pod) load(t *testing.T, after time.Duration, items ...string) {
 
 func (p *pod) rank(t *testing.T, user string, now time.Time) ranking.Result {
 	t.Helper()
-	snap, src, err := p.r.serving.load(context.Background(), user, now)
+	snap, src, err := p.r.serving.load(context.Background(), user, 20, now)
 	if err != nil || src != sourceRedis {
 		t.Fatalf("load %s: source %q, %v", user, src, err)
 	}

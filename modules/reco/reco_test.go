@@ -1,6 +1,7 @@
 package reco
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -330,5 +331,60 @@ func TestOptionsOnRecoCountsAs4xx(t *testing.T) {
 	w := h.get("/metrics/reco").body
 	if sc := w["status_counts"].(map[string]any); sc["4xx"].(float64) != 1 || sc["2xx"].(float64) != 0 {
 		t.Errorf("window %v, want OPTIONS /reco as its one 4xx", w)
+	}
+}
+
+// TestLargeKIsFilledFromTheStoresLists: a catalog of hundreds of items, a cold user asking
+// for k=200. The top-100 trending and popular lists overlap (the same items are popular over
+// both half-lives), so their union held ~140 items and the list came back short whatever the
+// store held; the stores' lists are read long enough for k, on every serving path.
+func TestLargeKIsFilledFromTheStoresLists(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		mut      func(*Config)
+		degrade  func(*harness)
+		strategy string
+	}{
+		{"redis with the cached global lists", nil, nil, ranking.StrategyColdStart},
+		{"redis full read", func(c *Config) { c.CacheGlobalLists = false }, nil, ranking.StrategyColdStart},
+		{"postgresql", nil, func(h *harness) { h.r.serving.readyMarker.Store(false) }, ranking.StrategyColdStart + "_pg_fallback"},
+		{"postgresql full read", func(c *Config) { c.CacheGlobalLists = false }, func(h *harness) { h.r.serving.readyMarker.Store(false) },
+			ranking.StrategyColdStart + "_pg_fallback"},
+		{"global snapshot", nil, func(h *harness) { h.redis.fail.Store(true); h.pg.fail.Store(true) }, ranking.StrategyColdStart + "_global_snapshot"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, tc.mut)
+			now := time.Now().UnixMilli()
+			for i := 0; i < 400; i++ {
+				for u := 0; u <= i%7; u++ {
+					ev := watchEv(fmt.Sprintf("cat-%d", u), fmt.Sprintf("x%03d", i), now-int64(400-i)*1000, fmt.Sprintf("c%d-%d", i, u))
+					h.redis.apply(ev)
+					h.pg.apply(ev)
+				}
+			}
+			if err := h.r.serving.refreshGlobal(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if tc.degrade != nil {
+				tc.degrade(h)
+			}
+			for _, k := range []int{20, 150, 200} {
+				r := h.get(fmt.Sprintf("/reco?user_id=newbie&session_id=s&k=%d&x_autolog_impressions=false", k))
+				items := r.items()
+				if r.code != 200 || r.body["strategy"] != tc.strategy {
+					t.Fatalf("k=%d: code %d strategy %v", k, r.code, r.body["strategy"])
+				}
+				if len(items) != k {
+					t.Fatalf("k=%d: %d items for a catalog of 438: %v", k, len(items), items)
+				}
+				seen := map[string]bool{}
+				for _, it := range items {
+					if seen[it] {
+						t.Fatalf("k=%d: duplicate %s", k, it)
+					}
+					seen[it] = true
+				}
+			}
+		})
 	}
 }

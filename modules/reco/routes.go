@@ -121,7 +121,7 @@ type ranked struct {
 // rank loads the user's snapshot from the best available store and ranks it. The strategy
 // gets a suffix naming a degraded source. withSources fills ranked.sources (/recommend).
 func (r *Reco) rank(ctx context.Context, userID string, k int, now time.Time, withSources bool) (ranked, error) {
-	snap, source, err := r.serving.load(ctx, userID, now)
+	snap, source, err := r.serving.load(ctx, userID, k, now)
 	retrieval := time.Since(now)
 	r.m.stage(stageRetrieval, retrieval)
 	if err != nil {

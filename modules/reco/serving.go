@@ -88,7 +88,8 @@ func newServing(cfg *Config, redis, pg snapshotSource, m *recoMetrics, log *slog
 	s := &serving{cfg: cfg, redis: redis, pg: pg, m: m, log: log,
 		fullOpts: cfg.snapshotOptions(true), personalOpts: cfg.snapshotOptions(false), pgSlots: make(chan struct{}, cfg.PGMaxConcurrent),
 		redisDeadline: newSharedDeadline(cfg.RedisTimeout)}
-	s.globalOpts = s.fullOpts
+	// The global snapshot serves every k: its lists are as long as the largest k needs.
+	s.globalOpts = s.fullFor(kMax)
 	s.globalOpts.HistoryItems = 0
 	s.redisBrk = newBreaker(cfg.BreakerFailures, func(open bool) {
 		if open {
@@ -112,11 +113,28 @@ func newServing(cfg *Config, redis, pg snapshotSource, m *recoMetrics, log *slog
 // redisUsable reports whether per-user reads go to Redis.
 func (s *serving) redisUsable() bool { return s.redisBrk.Allow() && s.readyMarker.Load() }
 
-// load returns the user's Snapshot and the source that served it.
-func (s *serving) load(ctx context.Context, userID string, now time.Time) (ranking.Snapshot, string, error) {
+// fullFor is fullOpts for a list of k items: the trending and popular lists are read at
+// least 2k long. Ranking scores only their first --ranking.trending-candidates and
+// --ranking.popular-candidates entries; the entries beyond fill a list those heads cannot
+// (ranking.Weighted), as for a cold user asking for 200 items when the two top-100 lists
+// overlap. Twice k leaves room for the items of the lists the user watched.
+func (s *serving) fullFor(k int) ranking.SnapshotOptions {
+	o := s.fullOpts
+	if o.TrendingN > 0 {
+		o.TrendingN = max(o.TrendingN, 2*k)
+	}
+	if o.PopularN > 0 {
+		o.PopularN = max(o.PopularN, 2*k)
+	}
+	return o
+}
+
+// load returns the user's Snapshot for a list of k items and the source that served it.
+func (s *serving) load(ctx context.Context, userID string, k int, now time.Time) (ranking.Snapshot, string, error) {
 	nowMs := now.UnixMilli()
 	g := s.cachedGlobal(now)
-	opts := s.fullOpts
+	full := s.fullFor(k)
+	opts := full
 	if g != nil {
 		opts = s.personalOpts
 	}
@@ -125,7 +143,7 @@ func (s *serving) load(ctx context.Context, userID string, now time.Time) (ranki
 		snap, err := s.redis.Snapshot(s.redisDeadline.context(now), userID, nowMs, opts)
 		if err == nil && !sameLandmarks(&snap, gs) {
 			gs = nil // the store rebased between the two reads: read the global lists too
-			snap, err = s.redis.Snapshot(s.redisDeadline.context(now), userID, nowMs, s.fullOpts)
+			snap, err = s.redis.Snapshot(s.redisDeadline.context(now), userID, nowMs, full)
 		}
 		if err == nil {
 			s.redisBrk.Success()
@@ -157,7 +175,7 @@ func (s *serving) load(ctx context.Context, userID string, now time.Time) (ranki
 		snap, err := read(ctx, s.pg, s.cfg.PGTimeout, userID, nowMs, opts)
 		if err == nil && !sameLandmarks(&snap, gs) {
 			gs = nil
-			snap, err = read(ctx, s.pg, s.cfg.PGTimeout, userID, nowMs, s.fullOpts)
+			snap, err = read(ctx, s.pg, s.cfg.PGTimeout, userID, nowMs, full)
 		}
 		<-s.pgSlots
 		if err == nil {

@@ -41,7 +41,9 @@ type Config struct {
 	NormaliseNeighbours bool
 	// NeighboursPerItem caps each loaded neighbour list.
 	NeighboursPerItem int
-	// TrendingN, PopularN, FreshN cap the global candidate lists loaded.
+	// TrendingN, PopularN, FreshN cap the global candidate lists ranked. A Snapshot may carry
+	// longer trending and popular lists: their further entries only fill a list the ranked
+	// candidates cannot (Weighted).
 	TrendingN int
 	PopularN  int
 	FreshN    int
@@ -121,8 +123,8 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.Float64Var(&c.HistoryDecay, "ranking.history-decay", c.HistoryDecay, "weight multiplier per older history position (0-1]")
 	fs.BoolVar(&c.NormaliseNeighbours, "ranking.normalise-neighbours", c.NormaliseNeighbours, "divide each history item's neighbour strengths by its strongest neighbour")
 	fs.IntVar(&c.NeighboursPerItem, "ranking.neighbours-per-item", c.NeighboursPerItem, "neighbours loaded per history item")
-	fs.IntVar(&c.TrendingN, "ranking.trending-candidates", c.TrendingN, "trending (short half-life) candidates loaded")
-	fs.IntVar(&c.PopularN, "ranking.popular-candidates", c.PopularN, "popular (long half-life) candidates loaded")
+	fs.IntVar(&c.TrendingN, "ranking.trending-candidates", c.TrendingN, "trending (short half-life) candidates ranked (/reco reads the list at least 2k long: the entries beyond fill a list these cannot)")
+	fs.IntVar(&c.PopularN, "ranking.popular-candidates", c.PopularN, "popular (long half-life) candidates ranked (/reco reads the list at least 2k long: the entries beyond fill a list these cannot)")
 	fs.IntVar(&c.FreshN, "ranking.fresh-candidates", c.FreshN, "fresh items loaded for exploration")
 	fs.Float64Var(&c.ExplorationShare, "ranking.exploration-share", c.ExplorationShare, "fraction of slots given to fresh or under-exposed items [0,0.5], rounded down (0.05: 1 of 20)")
 	fs.Int64Var(&c.ExplorationMaxImpressions, "ranking.exploration-max-impressions", c.ExplorationMaxImpressions, "a fresh item is under-exposed below this many impressions")

@@ -579,3 +579,79 @@ func cmpFloatDesc(a, b float64) int {
 	}
 	return 0
 }
+
+// TestRankFillsFromListsBeyondTheirHeads: when the first TrendingN and PopularN entries of the
+// global lists hold fewer eligible items than k (the lists overlap, the user watched some),
+// the further entries the Snapshot carries fill the list: ranked behind the heads'
+// candidates, ahead of the exploration slots, whose share stays what it is.
+func TestRankFillsFromListsBeyondTheirHeads(t *testing.T) {
+	// Trending and popular name the same 300 items in the same order; fresh items f0..f9.
+	lists := func(watched int) *Snapshot {
+		s := &Snapshot{UserID: "u", NowMs: now, Watched: map[string]bool{}, Items: map[string]ItemStats{}}
+		for i := 0; i < 300; i++ {
+			id := fmt.Sprintf("x%03d", i)
+			s.Trending = append(s.Trending, Scored{ItemID: id, Score: float64(300 - i)})
+			s.Popular = append(s.Popular, Scored{ItemID: id, Score: float64(3000 - i)})
+			s.Items[id] = ItemStats{PopShort: float64(300 - i), PopLong: float64(3000 - i), FirstSeenMs: now - 1e9}
+			if i < watched {
+				s.Watched[id] = true
+			}
+		}
+		for i := 0; i < 10; i++ {
+			s.Fresh = append(s.Fresh, Scored{ItemID: fmt.Sprintf("f%d", i), Score: float64(now - int64(i))})
+		}
+		return s
+	}
+	for _, tc := range []struct {
+		name     string
+		watched  int
+		k        int
+		share    float64
+		want     int // items
+		explored int // of which fresh items
+	}{
+		{"heads suffice", 0, 100, 0, 100, 0},
+		{"cold k=200", 0, 200, 0, 200, 0},
+		{"cold k=200 with exploration", 0, 200, 0.05, 200, 10},
+		{"watched most of the heads", 90, 50, 0, 50, 0},
+		{"watched most of the heads, exploration", 90, 40, 0.05, 40, 2},
+		{"lists run out: exploration fills the rest", 150, 200, 0, 160, 10},
+		{"lists and fresh run out", 150, 200, 0.5, 160, 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.ExplorationShare, cfg.ExplorationMaxImpressions = tc.share, 0
+			cfg.FreshN = 10
+			s := lists(tc.watched)
+			res := NewWeighted(cfg).Rank(s, tc.k)
+			if len(res.Items) != tc.want || len(res.Scores) != tc.want {
+				t.Fatalf("%d items, %d scores, want %d: %v", len(res.Items), len(res.Scores), tc.want, res.Items)
+			}
+			seen := map[string]bool{}
+			explored, lastRanked := 0, -1
+			for i, id := range res.Items {
+				if seen[id] || s.Watched[id] {
+					t.Fatalf("duplicate or watched %s in %v", id, res.Items)
+				}
+				seen[id] = true
+				if strings.HasPrefix(id, "f") {
+					explored++
+					continue
+				}
+				if explored > 0 {
+					t.Fatalf("ranked item %s after an exploration item: %v", id, res.Items)
+				}
+				// The lists' order is the score order here: the heads' items come first.
+				var n int
+				fmt.Sscanf(id, "x%d", &n)
+				if n <= lastRanked {
+					t.Fatalf("%s at %d after x%03d: %v", id, i, lastRanked, res.Items)
+				}
+				lastRanked = n
+			}
+			if explored != tc.explored {
+				t.Fatalf("%d exploration items, want %d: %v", explored, tc.explored, res.Items)
+			}
+		})
+	}
+}

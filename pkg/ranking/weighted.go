@@ -296,6 +296,31 @@ func (w *Weighted) RankInto(res *Result, s *Snapshot, k int) {
 	}
 	sc.cands = cands // keep the grown buffer for the next call
 
+	if len(cands) < k && (len(s.Trending) > cfg.TrendingN || len(s.Popular) > cfg.PopularN) {
+		// The heads of the global lists hold fewer eligible items than k (a large k, or a user
+		// who watched much of them): the entries a Snapshot carries beyond them fill the list,
+		// ranked behind the candidates, ahead of exploration. Without this a cold user asking
+		// for 200 items got the ~130 distinct items of two overlapping top-100 lists although
+		// the store holds hundreds more. With fewer than k candidates, scoreCandidates has
+		// scored them all and put them in order; it moved them, so point the index at them
+		// first.
+		for i := range cands {
+			idx.putHash(cands[i].id, cands[i].h, int32(i))
+		}
+		from := len(cands)
+		if len(s.Trending) > cfg.TrendingN {
+			addList(s.Trending[cfg.TrendingN:], len(s.Trending))
+		}
+		if len(s.Popular) > cfg.PopularN {
+			addList(s.Popular[cfg.PopularN:], len(s.Popular))
+		}
+		fill := cands[from:]
+		for i := range fill {
+			w.fullScore(s, &fill[i], nm)
+		}
+		slices.SortFunc(fill, cmpCand)
+		sc.cands = cands
+	}
 	if hasPersonal {
 		res.Strategy = StrategyCovisHybrid
 	}
