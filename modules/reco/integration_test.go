@@ -878,3 +878,46 @@ func TestIntegrationUndecodableUserIsServedFromPostgres(t *testing.T) {
 		})
 	}
 }
+
+// TestIntegrationLargeKIsFilled: a catalog of hundreds of items whose trending and popular
+// lists overlap; a cold user asking for k=200 gets 200 items from the real stores, served from
+// Redis and from PostgreSQL (Redis lost its data). Only the first 100 entries of each list
+// were read before, ~130 distinct items.
+func TestIntegrationLargeKIsFilled(t *testing.T) {
+	s := newStack(t, testutil.MigratedDatabase(t), testutil.RedisURL(t), func(c *Config) { c.ProbeInterval = time.Hour })
+	ts := time.Now().UnixMilli() - 7200_000
+	var extra []features.Interaction
+	for i := 0; i < 300; i++ {
+		for u := 0; u <= i%5; u++ {
+			ts += 10
+			pct := 80.0
+			extra = append(extra, features.Interaction{Kind: features.KindWatch, EventID: fmt.Sprintf("%scat%d-%d", s.prefix, i, u),
+				UserID: fmt.Sprintf("cat-user-%d", u), TsMs: ts, ItemID: fmt.Sprintf("cat%03d", i), PercentWatched: &pct})
+		}
+	}
+	s.seed(extra...)
+	s.mod.serving.readyMarker.Store(true)
+	s.waitServing()
+	const q = "user_id=stranger&session_id=s&k=200&x_autolog_impressions=false"
+	check := func(r recoReply, strategy string) {
+		t.Helper()
+		if r.code != 200 || r.Strat != strategy || len(r.Items) != 200 {
+			t.Fatalf("%s: code %d strategy %s, %d items, want 200 of a catalog of 323", strategy, r.code, r.Strat, len(r.Items))
+		}
+		seen := map[string]bool{}
+		for _, it := range r.Items {
+			if seen[it] {
+				t.Fatalf("%s: duplicate %s", strategy, it)
+			}
+			seen[it] = true
+		}
+	}
+	check(s.get(q), ranking.StrategyColdStart)
+	s.deleteKeys() // this test's keys only: the server is shared
+	var r recoReply
+	s.waitFor("postgres fallback", 2*time.Second, func() bool {
+		r = s.get(q)
+		return r.Strat != ranking.StrategyColdStart
+	})
+	check(r, ranking.StrategyColdStart+"_pg_fallback")
+}
