@@ -655,3 +655,77 @@ func TestRankFillsFromListsBeyondTheirHeads(t *testing.T) {
 		})
 	}
 }
+
+// TestRankListLengthAndExclusions: over random snapshots and configurations (list heads
+// shorter than the lists, zero weights, exploration shares, blocked and watched items), a
+// list has min(k, eligible items) items, each eligible once, with a finite score. Eligible:
+// an entry of the neighbour lists ranked (positive strength), of the trending and popular
+// lists (all their entries), or of the exploration pool, that is not watched, in the
+// history or blocked.
+func TestRankListLengthAndExclusions(t *testing.T) {
+	r := rand.New(rand.NewPCG(21, 22))
+	for trial := 0; trial < 600; trial++ {
+		s := randomSnapshot(r, trial)
+		s.Trending = s.Trending[:r.IntN(len(s.Trending)+1)]
+		s.Popular = s.Popular[:r.IntN(len(s.Popular)+1)]
+		s.Blocked = []string{"i1", "i2", "i3", s.History[0].ItemID}
+		cfg := DefaultConfig()
+		cfg.ExplorationShare = []float64{0, 0.05, 0.2, 0.5}[trial%4]
+		cfg.TrendingN = []int{0, 5, 100}[trial%3]
+		cfg.PopularN = []int{0, 7, 100}[(trial/3)%3]
+		cfg.HistoryItems = []int{0, 3, 10}[(trial/9)%3]
+		cfg.NeighboursPerItem = []int{1, 5, 50}[(trial/27)%3]
+		switch trial % 5 {
+		case 0:
+			cfg.Weights = Weights{}
+		case 1:
+			cfg.Weights.Covis = 0
+		}
+		excluded := map[string]bool{}
+		for _, h := range s.History {
+			excluded[h.ItemID] = true
+		}
+		for _, id := range s.Blocked {
+			excluded[id] = true
+		}
+		for id, w := range s.Watched {
+			excluded[id] = excluded[id] || w
+		}
+		eligible := map[string]bool{}
+		add := func(l []Scored, n int, positive bool) {
+			for _, x := range l[:min(n, len(l))] {
+				if !excluded[x.ItemID] && (!positive || x.Score > 0) {
+					eligible[x.ItemID] = true
+				}
+			}
+		}
+		for _, h := range s.History[:min(cfg.HistoryItems, len(s.History))] {
+			for _, l := range [][]Scored{s.Neighbours[h.ItemID], s.Similar[h.ItemID]} {
+				if len(l) > 0 && l[0].Score > 0 {
+					add(l, cfg.NeighboursPerItem, true)
+				}
+			}
+		}
+		add(s.Trending, len(s.Trending), false)
+		add(s.Popular, len(s.Popular), false)
+		for _, id := range NewWeighted(cfg).explorationPool(nil, s, func(x *Scored) bool { return excluded[x.ItemID] }) {
+			eligible[id] = true
+		}
+		for _, k := range []int{1, 5, 20, 200, 1000} {
+			res := NewWeighted(cfg).Rank(s, k)
+			if want := min(k, len(eligible)); len(res.Items) != want || len(res.Scores) != want {
+				t.Fatalf("trial %d k=%d: %d items, %d scores, want %d", trial, k, len(res.Items), len(res.Scores), want)
+			}
+			seen := map[string]bool{}
+			for i, id := range res.Items {
+				if seen[id] || !eligible[id] {
+					t.Fatalf("trial %d k=%d: %s duplicate or not eligible: %v", trial, k, id, res.Items)
+				}
+				seen[id] = true
+				if math.IsNaN(res.Scores[i]) || math.IsInf(res.Scores[i], 0) {
+					t.Fatalf("trial %d k=%d: score %v of %s", trial, k, res.Scores[i], id)
+				}
+			}
+		}
+	}
+}
