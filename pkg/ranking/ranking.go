@@ -199,8 +199,10 @@ type SnapshotOptions struct {
 // Result is a ranked list.
 type Result struct {
 	Items []string `json:"items"`
-	// Scores[i] is the final score of Items[i]. Ranked items come first, best first;
-	// exploration items follow with score 0 (they were not chosen for their score).
+	// Scores[i] is the final score of Items[i]. Ranked items come first, best first; then,
+	// best first, the entries beyond the global lists' heads that fill a list the ranked
+	// candidates cannot (Weighted); exploration items follow with score 0 (they were not
+	// chosen for their score).
 	Scores []float64 `json:"scores"`
 	// Strategy names what produced the list, e.g. StrategyCovisHybrid.
 	Strategy string `json:"strategy"`
