@@ -836,41 +836,63 @@ func (s *stack) readThroughs(result string) string {
 
 // A user whose Redis hash does not decode (written by a newer release, edited by hand) is
 // served from PostgreSQL, labelled so; Redis' breaker does not count it, so one such user
-// requested again and again never sends everyone else to PostgreSQL.
+// requested again and again never sends everyone else to PostgreSQL. On every read path: the
+// item cache's (the default), the loader's script that also reads the global lists
+// (--reco.cache-global-lists=false, or no global snapshot yet) and the script alone
+// (--reco.item-cache-ttl=0), where a history the script could not parse was a script error.
+// A document PostgreSQL cannot decode either (both written by a newer release) gets the
+// global lists, labelled so, and opens neither breaker (PostgreSQL's also holds back every
+// auto-logged impression).
 func TestIntegrationUndecodableUserIsServedFromPostgres(t *testing.T) {
-	// Both read paths: the item cache's, and the one script of --reco.item-cache-ttl=0, in
-	// which a history that does not decode used to fail the script itself.
-	for _, ttl := range []time.Duration{5 * time.Second, 0} {
-		t.Run(fmt.Sprintf("item-cache-ttl=%s", ttl), func(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		mut    func(*Config)
+		pgBad  bool
+		suffix string
+	}{
+		{"item cache", nil, false, "_pg_fallback"},
+		{"loader with global lists", func(c *Config) { c.CacheGlobalLists = false }, false, "_pg_fallback"},
+		{"loader alone", func(c *Config) { c.ItemCacheTTL = 0 }, false, "_pg_fallback"},
+		{"item cache, postgresql too", nil, true, "_global_snapshot"},
+		{"loader with global lists, postgresql too", func(c *Config) { c.CacheGlobalLists = false }, true, "_global_snapshot"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			s := newStack(t, testutil.MigratedDatabase(t), testutil.RedisURL(t), func(c *Config) {
 				c.UserCacheTTL = 0 // each request reads Redis
-				c.ItemCacheTTL = ttl
 				c.BreakerFailures = 2
+				if tc.mut != nil {
+					tc.mut(c)
+				}
 			})
 			s.seed(userWatchedA(s))
 			s.waitServing()
 			ctx := context.Background()
-			for _, h := range []string{"not a history", `[{"item_id":7}]`, `{"a":1}`} {
-				if err := s.rd.Do(ctx, s.rd.B().Hset().Key(featurestore.NewKeys(s.prefix).User("me")).FieldValue().FieldValue("h", h).Build()).Error(); err != nil {
+			if err := s.rd.Do(ctx, s.rd.B().Hset().Key(featurestore.NewKeys(s.prefix).User("me")).FieldValue().FieldValue("h", "not a history").Build()).Error(); err != nil {
+				t.Fatal(err)
+			}
+			if tc.pgBad {
+				if _, err := s.pg.Exec(ctx, `UPDATE feature_users SET history = 'not a history' WHERE user_id = 'me'`); err != nil {
 					t.Fatal(err)
 				}
-				// In a row, as in a quiet moment: nothing in between resets the breaker's count.
-				for i := range 4 {
-					r := s.get(fmt.Sprintf("user_id=me&session_id=s%d&k=10&x_autolog_impressions=false", i))
-					if r.code != 200 || !strings.HasSuffix(r.Strat, "_pg_fallback") || slices.Contains(r.Items, "a") {
-						t.Fatalf("history %q, request %d: %+v, want a postgresql list without the watched a", h, i, r)
-					}
+			}
+			// In a row, as in a quiet moment: nothing in between resets the breakers' count.
+			for i := range 10 {
+				r := s.get(fmt.Sprintf("user_id=me&session_id=s%d&k=10&x_autolog_impressions=false", i))
+				if r.code != 200 || !strings.HasSuffix(r.Strat, tc.suffix) || (!tc.pgBad && slices.Contains(r.Items, "a")) {
+					t.Fatalf("undecodable user, request %d: %+v, want a %s list (without the watched a from postgresql)", i, r, tc.suffix)
 				}
 			}
-			if s.mod.serving.redisBrk.IsOpen() {
-				t.Fatal("redis breaker opened by one user's undecodable hash")
+			if s.mod.serving.redisBrk.IsOpen() || s.mod.serving.pgBrk.IsOpen() {
+				t.Fatalf("breakers opened by one user's undecodable features: redis %v, postgres %v",
+					s.mod.serving.redisBrk.State(), s.mod.serving.pgBrk.State())
 			}
 			if c := s.get("user_id=stranger&session_id=s&k=5&x_autolog_impressions=false"); c.code != 200 || c.Strat != ranking.StrategyColdStart {
 				t.Fatalf("another user: %+v, want served from redis", c)
 			}
 			var b bytes.Buffer
 			s.metrics.WritePrometheus(&b)
-			for _, want := range []string{`recsys_reco_user_undecodable_total 12`, `recsys_reco_source_errors_total{store="redis"} 0`} {
+			for _, want := range []string{`recsys_reco_user_undecodable_total 10`, `recsys_reco_source_errors_total{store="redis"} 0`,
+				`recsys_reco_source_errors_total{store="postgres"} 0`} {
 				if !strings.Contains(b.String(), want+"\n") {
 					t.Errorf("exposition lacks %s:\n%s", want, grep(b.String(), "recsys_reco_"))
 				}

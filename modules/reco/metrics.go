@@ -45,7 +45,8 @@ type recoMetrics struct {
 	sourceErrors map[string]*metrics.Counter
 	unavailable  *metrics.Counter
 	pgShed       *metrics.Counter
-	// userUndecodable counts users whose Redis hash did not decode (errUserUndecodable).
+	// userUndecodable counts requests of users whose features did not decode in Redis or
+	// PostgreSQL (errUserUndecodable), once per request.
 	userUndecodable *metrics.Counter
 	globalErrors    *metrics.Counter
 	breakerOpened   map[string]*metrics.Counter

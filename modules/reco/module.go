@@ -62,8 +62,9 @@
 //	                                         impression_backpressure_sync
 //	recsys_reco_served_total{source}         counter: lists served from redis, pg_fallback, global_snapshot
 //	recsys_reco_source_errors_total{store}   counter: failed snapshot reads from redis or postgres
-//	recsys_reco_user_undecodable_total       counter: users whose Redis hash did not decode (served
-//	                                         from postgresql; not a Redis failure for the breaker)
+//	recsys_reco_user_undecodable_total       counter: users whose features did not decode in Redis
+//	                                         (served from postgresql) or in PostgreSQL too (the global
+//	                                         snapshot); not a store failure for the breakers
 //	recsys_reco_breaker_opened_total{store}  counter: breaker openings
 //	recsys_reco_breaker_open{store}          gauge: 1 while the breaker is open
 //	recsys_reco_redis_ready_marker           gauge: 1 while Redis' ready marker is present

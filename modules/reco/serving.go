@@ -32,12 +32,10 @@ var errNoSource = errors.New("no recommendations available: redis and postgresql
 // holds.
 var errUserUnread = errors.New("read expired user through to postgresql")
 
-// errUserUndecodable means Redis answered but one user's hash does not decode (written by a
-// newer release, or edited by hand): that user is served from the next source, and Redis'
-// breaker does not count it, since Redis still serves everyone else. The consumer's next
-// write of the user replaces the hash.
-// It is the loader's own error, so both read paths (the item cache's and the single script
-// of --reco.item-cache-ttl=0) report it alike.
+// errUserUndecodable means a store answered but one user's documents do not decode (written
+// by a newer release, or edited by hand): that user is served from the next source, and the
+// store's breaker does not count it, since the store still serves everyone else. The
+// consumer's next write of the user replaces them.
 var errUserUndecodable = featurestore.ErrUserUndecodable
 
 // globalSnap is an in-process copy of the global lists (trending, popular, fresh and their
@@ -138,6 +136,7 @@ func (s *serving) load(ctx context.Context, userID string, k int, now time.Time)
 	if g != nil {
 		opts = s.personalOpts
 	}
+	undecodable := false // counted once per request
 	if s.redis != nil && s.redisUsable() {
 		gs := g
 		snap, err := s.redis.Snapshot(s.redisDeadline.context(now), userID, nowMs, opts)
@@ -158,6 +157,7 @@ func (s *serving) load(ctx context.Context, userID string, k int, now time.Time)
 		// errUserUnread: Redis answered, PostgreSQL did not (counted by the read-through).
 		// errUserUndecodable: Redis answered, one user's hash is unusable.
 		if errors.Is(err, errUserUndecodable) {
+			undecodable = true
 			s.m.userUndecodable.Inc()
 			s.warnUndecodable.Do(func(n int64) {
 				s.log.WarnContext(ctx, "a user's features in redis do not decode, serving them from postgresql", "err", err, "failures", n)
@@ -186,11 +186,22 @@ func (s *serving) load(ctx context.Context, userID string, k int, now time.Time)
 		if ctx.Err() != nil {
 			return ranking.Snapshot{}, "", ctx.Err()
 		}
-		s.pgBrk.Failure()
-		s.m.sourceErrors["postgres"].Inc()
-		s.warnPG.Do(func(n int64) {
-			s.log.WarnContext(ctx, "postgresql snapshot read failed, falling back to the global snapshot", "err", err, "failures", n)
-		})
+		if errors.Is(err, errUserUndecodable) {
+			// PostgreSQL answered: not a failure of it (its breaker also holds back every
+			// auto-logged impression).
+			if !undecodable {
+				s.m.userUndecodable.Inc()
+			}
+			s.warnUndecodable.Do(func(n int64) {
+				s.log.WarnContext(ctx, "a user's features in postgresql do not decode, serving them the global snapshot", "err", err, "failures", n)
+			})
+		} else {
+			s.pgBrk.Failure()
+			s.m.sourceErrors["postgres"].Inc()
+			s.warnPG.Do(func(n int64) {
+				s.log.WarnContext(ctx, "postgresql snapshot read failed, falling back to the global snapshot", "err", err, "failures", n)
+			})
+		}
 	}
 	if g := s.global.Load(); g != nil {
 		snap := g.snap

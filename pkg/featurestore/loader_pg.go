@@ -61,7 +61,7 @@ func (l *PGLoader) Snapshot(ctx context.Context, userID string, nowMs int64, opt
 	default:
 		if err := b.user(f); err != nil {
 			br.Close()
-			return ranking.Snapshot{}, err
+			return ranking.Snapshot{}, fmt.Errorf("%w: user %q: %w", ErrUserUndecodable, userID, err)
 		}
 	}
 	var lists [3][]stored

@@ -21,10 +21,10 @@ import (
 // copy by itself.
 var ErrNotReady = errors.New("redis feature copy not ready")
 
-// ErrUserUndecodable means Redis answered but one user's hash does not decode (written by a
-// newer release, or edited by hand). It is that user's problem, not Redis': serve them from
-// PostgreSQL and keep Redis for everyone else.
-var ErrUserUndecodable = errors.New("user's features in redis do not decode")
+// ErrUserUndecodable means the store answered but one user's documents do not decode
+// (written by a newer release, edited by hand): that user cannot be read from this store, but
+// the store serves everyone else, so it is not a store failure.
+var ErrUserUndecodable = errors.New("user's features do not decode")
 
 // readScript loads everything a Snapshot needs in one round trip.
 //
@@ -52,17 +52,21 @@ local meta = redis.call('HMGET', KEYS[2], 'lm:s', 'lm:l', 'lm:c', 'hl:s', 'hl:l'
 local prefix = ARGV[1]
 local hn, nn = tonumber(ARGV[2]), tonumber(ARGV[3])
 local hist, nbs = {}, {}
+-- A history that does not parse is left to the caller's decoder, which names the user: an
+-- error raised here would fail the script, a Redis error for everyone's breaker.
+local function recent(doc)
+  local h, ids = cjson.decode(doc), {}
+  for i = 1, math.min(hn, #h) do
+    local id = h[i]['item_id']
+    if type(id) ~= 'string' then return {} end
+    ids[#ids + 1] = id
+  end
+  return ids
+end
 if user[1] then
-  -- A history that does not decode must not fail the whole read (a script error, which the
-  -- API counts against Redis for everyone): skip it, and Go's decoder names the user.
-  local ok, h = pcall(cjson.decode, user[1])
-  if ok and type(h) == 'table' then
-    for i = 1, math.min(hn, #h) do
-      local id = type(h[i]) == 'table' and h[i]['item_id']
-      if type(id) ~= 'string' then
-        hist, nbs = {}, {}
-        break
-      end
+  local ok, ids = pcall(recent, user[1])
+  if ok then
+    for _, id in ipairs(ids) do
       hist[#hist + 1] = id
       nbs[#nbs + 1] = top(prefix .. 'nb:' .. id, nn)
     end
@@ -166,7 +170,7 @@ func (l *RedisLoader) snapshot(ctx context.Context, userID string, nowMs int64, 
 		return ranking.Snapshot{}, 0, fmt.Errorf("load snapshot from redis: %d user fields", len(user))
 	}
 	if err := b.user(UserFields(user)); err != nil {
-		return ranking.Snapshot{}, 0, err
+		return ranking.Snapshot{}, 0, fmt.Errorf("%w: user %q: %w", ErrUserUndecodable, userID, err)
 	}
 	// Item stats first: list entries are only kept for known items.
 	ids, err := strs(res[8])
@@ -358,7 +362,7 @@ func (b *builder) user(f UserFields) error {
 	var st features.UserState
 	var err error
 	if st, err = decodeUser(f); err != nil {
-		return fmt.Errorf("%w: %w", ErrUserUndecodable, err)
+		return err
 	}
 	b.s.History = st.History
 	b.s.Watched = make(map[string]bool, len(st.Watched))

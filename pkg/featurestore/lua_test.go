@@ -69,6 +69,46 @@ func TestScriptsOnMiniredis(t *testing.T) {
 	}
 }
 
+// TestLoaderUndecodableUserIsNotAScriptError: a user hash whose history does not decode is
+// ErrUserUndecodable (the caller serves that user from another store and counts no Redis
+// failure), not a script error: the read script used to raise it from cjson.decode.
+func TestLoaderUndecodableUserIsNotAScriptError(t *testing.T) {
+	mr := miniredis.RunT(t)
+	rd, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{mr.Addr()}, DisableCache: true, ForceSingleClient: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	ctx := context.Background()
+	for _, kv := range [][]string{{"lm:s", "0"}, {"lm:l", "0"}, {"lm:c", "0"}, {"hl:s", "3600000"}, {"hl:l", "3600000"}, {"hl:c", "3600000"}} {
+		mr.HSet("p:meta", kv[0], kv[1])
+	}
+	mr.Set("p:ready", "1")
+	for _, tc := range []struct {
+		name, h     string
+		undecodable bool
+	}{
+		{"valid", `[{"item_id":"a","ts_ms":10,"quality":1}]`, false},
+		{"not json", `not a history`, true},
+		{"truncated", `[{"item_id":"a","ts_ms":10,"qua`, true},
+		{"an object", `{"item_id":"a"}`, true},
+		{"entries not objects", `[1,2]`, true},
+		{"id not a string", `[{"item_id":5,"ts_ms":10,"quality":1}]`, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mr.HSet("p:u:"+tc.name, "v", "1", "h", tc.h, "w", `{"a":10}`, "i", `{}`)
+			snap, err := NewRedisLoader(rd, "p:", features.DefaultConfig()).Snapshot(ctx, tc.name, time.Hour.Milliseconds(),
+				ranking.SnapshotOptions{HistoryItems: 5, NeighboursPerItem: 5, TrendingN: 5, PopularN: 5, FreshN: 5})
+			if got := errors.Is(err, ErrUserUndecodable); got != tc.undecodable {
+				t.Fatalf("err %v: undecodable %v, want %v", err, got, tc.undecodable)
+			}
+			if !tc.undecodable && (err != nil || len(snap.History) != 1) {
+				t.Fatalf("valid user: %v %+v", err, snap)
+			}
+		})
+	}
+}
+
 // A neighbour update larger than one ZADD/ZREM chunk (1,000 arguments) is applied whole: on
 // miniredis, and on the real Redis when the integration services run.
 func TestNeighbourWriteChunks(t *testing.T) {
