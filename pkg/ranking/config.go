@@ -48,9 +48,10 @@ type Config struct {
 	PopularN  int
 	FreshN    int
 
-	// ExplorationShare is the fraction of slots given to fresh/under-exposed items.
+	// ExplorationShare is the fraction of slots given to fresh, under-exposed items.
 	ExplorationShare float64
-	// ExplorationMaxImpressions: a fresh item is under-exposed below this many impressions.
+	// ExplorationMaxImpressions: a fresh item is under-exposed below this many impressions (0:
+	// every fresh item is).
 	ExplorationMaxImpressions int64
 	// ExplorationBucket is the time bucket of the default exploration seed: the same user gets
 	// the same exploration items within one bucket.
@@ -126,8 +127,8 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.TrendingN, "ranking.trending-candidates", c.TrendingN, "trending (short half-life) candidates ranked (/reco reads the list at least 2k long: the entries beyond fill a list these cannot)")
 	fs.IntVar(&c.PopularN, "ranking.popular-candidates", c.PopularN, "popular (long half-life) candidates ranked (/reco reads the list at least 2k long: the entries beyond fill a list these cannot)")
 	fs.IntVar(&c.FreshN, "ranking.fresh-candidates", c.FreshN, "fresh items loaded for exploration")
-	fs.Float64Var(&c.ExplorationShare, "ranking.exploration-share", c.ExplorationShare, "fraction of slots given to fresh or under-exposed items [0,0.5], rounded down (0.05: 1 of 20)")
-	fs.Int64Var(&c.ExplorationMaxImpressions, "ranking.exploration-max-impressions", c.ExplorationMaxImpressions, "a fresh item is under-exposed below this many impressions")
+	fs.Float64Var(&c.ExplorationShare, "ranking.exploration-share", c.ExplorationShare, "fraction of slots given to fresh, under-exposed items the user is not tired of [0,0.5], rounded down (0.05: 1 of 20); they also fill slots no ranked item is left for")
+	fs.Int64Var(&c.ExplorationMaxImpressions, "ranking.exploration-max-impressions", c.ExplorationMaxImpressions, "a fresh item is under-exposed below this many impressions (0: whatever its impressions)")
 	fs.DurationVar(&c.ExplorationBucket, "ranking.exploration-bucket", c.ExplorationBucket, "time bucket of the exploration seed (same user, same bucket: same exploration items)")
 	fs.Float64Var(&c.WatchRatePriorWatches, "ranking.watch-rate-prior-watches", c.WatchRatePriorWatches, "prior watches a in (watches+a)/(impressions+b)")
 	fs.Float64Var(&c.WatchRatePriorImpressions, "ranking.watch-rate-prior-impressions", c.WatchRatePriorImpressions, "prior impressions b in (watches+a)/(impressions+b)")

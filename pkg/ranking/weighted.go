@@ -10,7 +10,7 @@ import (
 // Weighted is the default Ranker: a linear score over normalised features, with weights from
 // Config. Candidates come from the co-visitation neighbours of the user's recent history (each
 // history item weighted by its watch quality and HistoryDecay^position), learned similar items
-// when loaded, trending and popular lists; a share of the slots goes to fresh or under-exposed
+// when loaded, trending and popular lists; a share of the slots goes to fresh, under-exposed
 // items chosen pseudo-randomly from a deterministic seed.
 //
 // Features of a candidate c (each in [0,1]):
