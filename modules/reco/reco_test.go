@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"recsys/pkg/features"
+	"recsys/pkg/httpx"
 	"recsys/pkg/ranking"
 )
 
@@ -225,6 +226,26 @@ func TestPanicIsA500InTheWindow(t *testing.T) {
 	w := h.get("/metrics/reco").body
 	if sc := w["status_counts"].(map[string]any); sc["5xx"].(float64) != 1 || w["error_rate_pct"].(float64) != 100 {
 		t.Fatalf("window %v", w)
+	}
+}
+
+// A client that closes its connection before a list is made is answered 499 and counted as
+// 4xx: a 503 put it in the 5xx share that error rates and the release guardrail read,
+// although nothing failed on the server.
+func TestClientGoneIsNotAServerError(t *testing.T) {
+	// Redis is down, so the request waits on PostgreSQL, whose read sees the client go.
+	h := newHarness(t, func(c *Config) { c.ItemCacheTTL, c.CacheGlobalLists = 0, false })
+	h.redis.fail.Store(true)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	rec := httptest.NewRecorder()
+	h.e.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/reco?user_id=u&session_id=s", nil).WithContext(ctx))
+	if rec.Code != httpx.StatusClientClosedRequest {
+		t.Fatalf("status %d (%s), want %d", rec.Code, rec.Body, httpx.StatusClientClosedRequest)
+	}
+	w := h.get("/metrics/reco").body
+	if sc := w["status_counts"].(map[string]any); sc["5xx"].(float64) != 0 || sc["4xx"].(float64) != 1 {
+		t.Errorf("window %v, want the abandoned request as a 4xx", w)
 	}
 }
 

@@ -129,6 +129,10 @@ func (r *Reco) rank(ctx context.Context, userID string, k int, now time.Time, wi
 			r.m.unavailable.Inc()
 			return ranked{}, echo.NewHTTPError(http.StatusServiceUnavailable, err.Error())
 		}
+		if errors.Is(err, context.Canceled) {
+			// The client went away: not a server error (see httpx.StatusClientClosedRequest).
+			return ranked{}, echo.NewHTTPError(httpx.StatusClientClosedRequest, "client closed the request before a list was made")
+		}
 		return ranked{}, echo.NewHTTPError(http.StatusServiceUnavailable, "request cancelled before a list was made").SetInternal(err)
 	}
 	if r.blocked != nil {

@@ -72,6 +72,11 @@ func NewLimiter(name string, max int, timeout time.Duration, set *metrics.Set) *
 	return l
 }
 
+// StatusClientClosedRequest (nginx's 499) answers a request whose client closed its
+// connection before an answer was made. Nobody reads it; it keeps such requests out of the
+// server-error (5xx) counts that error rates and release guardrails read.
+const StatusClientClosedRequest = 499
+
 // Middleware admits each request through the limiter.
 func (l *Limiter) Middleware(next echo.HandlerFunc) echo.HandlerFunc {
 	if l.max <= 0 {
@@ -79,6 +84,11 @@ func (l *Limiter) Middleware(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 	return func(c echo.Context) error {
 		if !l.acquire(c.Request().Context().Done(), time.Now()) {
+			if c.Request().Context().Err() != nil {
+				// The client went away while queued: nobody reads the answer, and a 503 would
+				// count a refusal the server never made in every error rate.
+				return echo.NewHTTPError(StatusClientClosedRequest, "client closed the request while it waited for a turn")
+			}
 			l.shed.Inc()
 			c.Set(shedKey, true)
 			c.Response().Header().Set("Retry-After", "1")

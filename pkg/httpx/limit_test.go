@@ -1,6 +1,7 @@
 package httpx
 
 import (
+	"context"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -207,6 +208,37 @@ func TestLimiterGivesUpWhenTheClientGoes(t *testing.T) {
 	l.release()
 	if !l.acquire(nil, time.Now()) {
 		t.Error("the slot leaked")
+	}
+}
+
+// A client that goes away while queued is answered 499, not shed: the 503 it used to get
+// counted in every server-error rate although the server refused nothing.
+func TestLimiterClientGoneIsNotShed(t *testing.T) {
+	set := metrics.NewSet()
+	l := NewLimiter("reco", 1, time.Minute, set)
+	s := newLimitedServer(l, nil)
+	first := make(chan int, 1)
+	go func() { first <- s.get().Code }()
+	waitFor(t, "the first request to run", func() bool { return s.started.Load() == 1 })
+	ctx, cancel := context.WithCancel(context.Background())
+	rec := httptest.NewRecorder()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.e.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/x", nil).WithContext(ctx))
+	}()
+	waitFor(t, "the second to queue", func() bool { return l.queued() == 1 })
+	cancel()
+	<-done
+	if rec.Code != StatusClientClosedRequest {
+		t.Errorf("status %d, want %d", rec.Code, StatusClientClosedRequest)
+	}
+	if got := l.shed.Get(); got != 0 {
+		t.Errorf("recsys_http_shed_total %d, want 0", got)
+	}
+	close(s.release)
+	if c := <-first; c != http.StatusOK {
+		t.Errorf("the admitted request: status %d, want 200", c)
 	}
 }
 
