@@ -4,10 +4,13 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // stub writes an executable shell script named name into dir.
@@ -107,4 +110,132 @@ func TestServicesSweepStopsOrphanedPrivateServers(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(live, "owner.pid")); err != nil {
 		t.Errorf("the sweep touched a live test's instance: %v", err)
 	}
+}
+
+// freeLoopbackPort returns a port nothing listens on (at the time of asking).
+func freeLoopbackPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// servicesScript runs scripts/services.sh with args against a services dir and PostgreSQL
+// port of the test's own (never the shared servers).
+func servicesScript(t *testing.T, dir string, pgPort int, args ...string) (string, error) {
+	t.Helper()
+	c := exec.Command("bash", append([]string{filepath.Join(repoRoot(t), "scripts", "services.sh")}, args...)...)
+	c.Env = append(os.Environ(), "RECSYS_SERVICES_DIR="+dir, "RECSYS_PG_PORT="+strconv.Itoa(pgPort), "RECSYS_PG_START_TIMEOUT=15")
+	out, err := c.CombinedOutput()
+	return string(out), err
+}
+
+// TestServicesPostgresStaleLockWithReusedPid: a killed PostgreSQL leaves postmaster.pid behind,
+// and on a host with pid_max 32768 and every test's PostgreSQL running as postgres, its pid is
+// soon another postgres process. `services.sh start pg` must then start the server (PostgreSQL
+// alone refuses: "lock file already exists") and `stop pg` must not signal that process.
+func TestServicesPostgresStaleLockWithReusedPid(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("services.sh runs PostgreSQL as the postgres user")
+	}
+	pgUser, err := user.Lookup("postgres")
+	if err != nil {
+		t.Skip("no postgres user")
+	}
+	if m, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb"); len(m) == 0 {
+		t.Skip("no PostgreSQL binaries")
+	}
+	dir, port := t.TempDir(), freeLoopbackPort(t)
+	t.Cleanup(func() {
+		if out, err := servicesScript(t, dir, port, "stop", "pg"); err != nil {
+			t.Logf("stop pg: %v\n%s", err, out)
+		}
+	})
+	if out, err := servicesScript(t, dir, port, "start", "pg"); err != nil {
+		t.Fatalf("start pg: %v\n%s", err, out)
+	}
+	lockFile := filepath.Join(dir, "pg", "data", "postmaster.pid")
+	uid, _ := strconv.Atoi(pgUser.Uid)
+	gid, _ := strconv.Atoi(pgUser.Gid)
+	// Another process of the postgres user, standing in for one that got the killed
+	// server's pid.
+	other := exec.Command("sleep", "300")
+	other.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	otherDone := make(chan struct{})
+	go func() { _ = other.Wait(); close(otherDone) }()
+	t.Cleanup(func() { _ = other.Process.Kill(); <-otherDone })
+
+	// killServer SIGKILLs the postmaster, waits for it to go, and points its lock file at other
+	// as though other had got the pid an hour after the server started.
+	killServer := func() {
+		t.Helper()
+		b, err := os.ReadFile(lockFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(string(b), "\n")
+		pid, err := strconv.Atoi(strings.TrimSpace(lines[0]))
+		if err != nil {
+			t.Fatalf("postmaster.pid: %v", err)
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; syscall.Kill(pid, 0) == nil; i++ {
+			if i > 100 {
+				t.Fatalf("postmaster %d still alive", pid)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		// Its backends leave the port with it.
+		for i := 0; ; i++ {
+			c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))
+			if err != nil {
+				break
+			}
+			c.Close()
+			if i > 100 {
+				t.Fatal("the killed server's port still answers")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		// The pid is reused some time after the server started, as it would be (the file
+		// records the server's start time, in epoch seconds).
+		started, err := strconv.ParseInt(strings.TrimSpace(lines[2]), 10, 64)
+		if err != nil {
+			t.Fatalf("postmaster.pid start time: %v", err)
+		}
+		lines[0], lines[2] = strconv.Itoa(other.Process.Pid), strconv.FormatInt(started-3600, 10)
+		if err := os.WriteFile(lockFile, []byte(strings.Join(lines, "\n")), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	otherAlive := func(after string) {
+		t.Helper()
+		select {
+		case <-otherDone:
+			t.Errorf("services.sh %s signalled the process that reused the killed server's pid", after)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+
+	killServer()
+	if out, err := servicesScript(t, dir, port, "start", "pg"); err != nil {
+		t.Errorf("start pg after a kill, with the lock's pid reused: %v\n%s", err, out)
+	}
+	otherAlive("start pg")
+	if t.Failed() {
+		return
+	}
+	killServer()
+	if out, err := servicesScript(t, dir, port, "stop", "pg"); err != nil {
+		t.Errorf("stop pg after a kill, with the lock's pid reused: %v\n%s", err, out)
+	}
+	otherAlive("stop pg")
 }
