@@ -342,11 +342,20 @@ redis_install() {
 	fi
 }
 
+# The pid file outlives a killed server and its pid may then be another redis-server (every
+# test's private Redis is one): ours runs in our --dir. Not the port: `sweep` stops private
+# instances without knowing theirs. A user who may not see the server's directory (`status`
+# without root) goes by the port in its title ("redis-server 127.0.0.1:56379").
 redis_pid() {
-	local pid
+	local pid cwd
 	pid="$(read_pid "$REDIS_PID")"
-	pid_matches "$pid" "redis-server" && echo "$pid"
-	return 0
+	pid_matches "$pid" "redis-server" || return 0
+	if cwd="$(readlink "/proc/$pid/cwd" 2>/dev/null)" && [[ -n $cwd ]]; then
+		[[ $cwd == "$(cd "$REDIS_DIR" 2>/dev/null && pwd -P)" ]] || return 0
+	elif ! pid_matches "$pid" "$HOST:$REDIS_PORT "; then
+		return 0
+	fi
+	echo "$pid"
 }
 
 redis_ping() { [[ "$(redis-cli -h "$HOST" -p "$REDIS_PORT" ping 2>/dev/null)" == "PONG" ]]; }

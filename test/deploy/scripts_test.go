@@ -239,3 +239,65 @@ func TestServicesPostgresStaleLockWithReusedPid(t *testing.T) {
 	}
 	otherAlive("stop pg")
 }
+
+// TestServicesRedisPidFileOfAnotherRedis: a killed Redis leaves its pid file behind, and its
+// pid may then be another redis-server (every test's private Redis is one). `stop redis` must
+// not kill that one and `start redis` must start a server of its own.
+func TestServicesRedisPidFileOfAnotherRedis(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("services.sh runs as root")
+	}
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Skip("no redis-server")
+	}
+	script := filepath.Join(repoRoot(t), "scripts", "services.sh")
+	run := func(dir string, port int, args ...string) (string, error) {
+		c := exec.Command("bash", append([]string{script}, args...)...)
+		c.Env = append(os.Environ(), "RECSYS_SERVICES_DIR="+dir, "RECSYS_REDIS_PORT="+strconv.Itoa(port), "RECSYS_REDIS_START_TIMEOUT=5")
+		out, err := c.CombinedOutput()
+		return string(out), err
+	}
+	answers := func(port int) bool {
+		c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}
+	otherDir, otherPort := t.TempDir(), freeLoopbackPort(t)
+	if out, err := run(otherDir, otherPort, "start", "redis"); err != nil {
+		t.Fatalf("start the other redis: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { _, _ = run(otherDir, otherPort, "stop", "redis") })
+	dir, port := t.TempDir(), freeLoopbackPort(t)
+	t.Cleanup(func() { _, _ = run(dir, port, "stop", "redis") })
+	// This services dir's Redis was killed and its pid now is the other redis-server's.
+	stalePid := func() {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Join(dir, "redis"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		pid, err := os.ReadFile(filepath.Join(otherDir, "redis", "redis.pid"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "redis", "redis.pid"), pid, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	stalePid()
+	if out, err := run(dir, port, "stop", "redis"); err != nil {
+		t.Errorf("stop redis: %v\n%s", err, out)
+	}
+	if !answers(otherPort) {
+		t.Fatal("stop redis killed another services dir's redis-server that had the stale pid")
+	}
+	stalePid()
+	if out, err := run(dir, port, "start", "redis"); err != nil {
+		t.Errorf("start redis with a stale pid file: %v\n%s", err, out)
+	}
+	if !answers(port) {
+		t.Error("no redis on this services dir's port after start")
+	}
+}
