@@ -288,9 +288,13 @@ pg_start() {
 	pg_fix_traverse
 	if [[ ! -f "$PG_DATA/PG_VERSION" ]]; then
 		log "pg: initdb $PG_DATA"
-		rm -rf "$PG_DATA"
-		as_postgres "$PGBIN/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 --no-instructions \
+		# Into a side dir, renamed when complete: initdb writes PG_VERSION before the catalogs,
+		# so a run killed meanwhile (SIGKILL: no clean-up of its own) would leave a data dir
+		# that every later run takes for a made one and fails to start.
+		rm -rf "$PG_DATA" "$PG_DATA.initdb"
+		as_postgres "$PGBIN/initdb" -D "$PG_DATA.initdb" -U postgres --auth=trust -E UTF8 --no-instructions \
 			>"$PG_DIR/initdb.log" 2>&1 || fail_with_log "initdb failed" "$PG_DIR/initdb.log"
+		mv "$PG_DATA.initdb" "$PG_DATA"
 	fi
 	chown -R postgres:postgres "$PG_DATA"
 	if pg_running; then

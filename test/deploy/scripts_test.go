@@ -301,3 +301,48 @@ func TestServicesRedisPidFileOfAnotherRedis(t *testing.T) {
 		t.Error("no redis on this services dir's port after start")
 	}
 }
+
+// TestServicesPostgresAfterKilledInitdb: initdb writes PG_VERSION before the catalogs, so one
+// SIGKILLed half-way (a CI job's kill, the OOM killer) left a data dir that `services.sh`
+// took for a made one on every later run, and PostgreSQL did not start from it. The next
+// `start pg` must make a whole data dir and start.
+func TestServicesPostgresAfterKilledInitdb(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("services.sh runs PostgreSQL as the postgres user")
+	}
+	if _, err := user.Lookup("postgres"); err != nil {
+		t.Skip("no postgres user")
+	}
+	bins, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
+	if len(bins) == 0 {
+		t.Skip("no PostgreSQL binaries")
+	}
+	version := filepath.Base(filepath.Dir(filepath.Dir(bins[len(bins)-1])))
+	// An initdb that gets as far as PG_VERSION and is killed; it runs as postgres, so its
+	// dir must be one that user can reach.
+	stubs, err := os.MkdirTemp("", "recsys-initdb-stub-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(stubs) })
+	if err := os.Chmod(stubs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	stub(t, stubs, "initdb", `mkdir -p "$2" && echo `+version+` >"$2/PG_VERSION" && kill -9 $$`)
+	stub(t, stubs, "pg_ctl", `exit 3`)
+
+	dir, port := t.TempDir(), freeLoopbackPort(t)
+	t.Cleanup(func() {
+		if out, err := servicesScript(t, dir, port, "stop", "pg"); err != nil {
+			t.Logf("stop pg: %v\n%s", err, out)
+		}
+	})
+	t.Setenv("RECSYS_PG_BIN", stubs)
+	if out, err := servicesScript(t, dir, port, "start", "pg"); err == nil {
+		t.Fatalf("start pg succeeded with an initdb that was killed:\n%s", out)
+	}
+	os.Unsetenv("RECSYS_PG_BIN")
+	if out, err := servicesScript(t, dir, port, "start", "pg"); err != nil {
+		t.Fatalf("start pg after a killed initdb: %v\n%s", err, out)
+	}
+}
