@@ -1,7 +1,11 @@
 package cmd
 
 import (
+	"os"
+	"os/signal"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -27,5 +31,20 @@ func TestDevBannerNamesEmbeddedAndExternalServices(t *testing.T) {
 	}
 	if strings.Contains(got, "embedded  PostgreSQL") {
 		t.Errorf("banner calls an external PostgreSQL embedded:\n%s", got)
+	}
+}
+
+// SIGHUP (a closed terminal) stops recsys gracefully, so `recsys dev` removes its throwaway
+// PostgreSQL; under nohup, which ignores SIGHUP, it must stay ignored (test/e2e checks the
+// process).
+func TestShutdownSignalsHandleHangupUnlessIgnored(t *testing.T) {
+	has := func() bool { return slices.Contains(shutdownSignals(), os.Signal(syscall.SIGHUP)) }
+	if !signal.Ignored(syscall.SIGHUP) && !has() {
+		t.Error("SIGHUP does not start the graceful shutdown: its default action ends the process at once")
+	}
+	signal.Ignore(syscall.SIGHUP)
+	defer signal.Reset(syscall.SIGHUP)
+	if has() {
+		t.Error("SIGHUP is handled although the process ignores it (nohup)")
 	}
 }

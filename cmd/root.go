@@ -146,10 +146,23 @@ Precedence: flag, then RECSYS_ variable, then legacy variable, then default.`,
 	return root
 }
 
+// shutdownSignals start the graceful shutdown. SIGHUP is one of them: its default action ends
+// the process on the spot, and a closed terminal or dropped SSH session sends it to `recsys
+// dev` (`make run`), whose throwaway PostgreSQL (a server of its own session, which the signal
+// does not reach) and folder would then stay behind. Not when SIGHUP is ignored (nohup):
+// handling it would undo that.
+func shutdownSignals() []os.Signal {
+	sigs := []os.Signal{os.Interrupt, syscall.SIGTERM}
+	if !signal.Ignored(syscall.SIGHUP) {
+		sigs = append(sigs, syscall.SIGHUP)
+	}
+	return sigs
+}
+
 // Execute runs the root command and returns the process exit code.
 func Execute() int {
 	root := NewRootCmd()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), shutdownSignals()...)
 	defer stop()
 	// The first signal starts the graceful shutdown (bounded by --shutdown.timeout); a second
 	// one, as an operator's second Ctrl-C, takes the default action and ends the process at

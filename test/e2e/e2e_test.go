@@ -8,9 +8,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -229,6 +233,73 @@ func TestDevModeWithEmbeddedServicesBecomesReady(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("the watch did not reach dev-user's list within 30 s: %+v\n%s", r, p.tail())
+		}
+	}
+}
+
+// A closed terminal or dropped SSH session sends SIGHUP to `recsys dev` (`make run`): it stops
+// as on Ctrl-C, and its throwaway PostgreSQL stops with it. SIGHUP's default action ended the
+// process on the spot, and the server (in a session of its own, which the signal does not
+// reach) kept running with its folder, one more per closed terminal.
+func TestDevModeStopsItsPostgresOnHangup(t *testing.T) {
+	p := Start(t, nil, "dev")
+	p.WaitReadyz(t, 200, 90*time.Second)
+	var pgAddr string
+	for _, line := range strings.Split(p.String(), "\n") {
+		var l struct {
+			Message, DSN string
+		}
+		if json.Unmarshal([]byte(line), &l) == nil && l.Message == "dev postgres started" {
+			u, err := url.Parse(l.DSN)
+			if err != nil {
+				t.Fatalf("dev postgres dsn %q: %v", l.DSN, err)
+			}
+			pgAddr = u.Host
+		}
+	}
+	if pgAddr == "" {
+		t.Fatalf("no \"dev postgres started\" line with its dsn:\n%s", p.tail())
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.exited:
+	case <-time.After(30 * time.Second):
+		t.Fatal("recsys dev still runs 30 s after SIGHUP")
+	}
+	if !p.cmd.ProcessState.Success() {
+		t.Errorf("recsys dev ended with %v after SIGHUP, want a graceful stop (exit 0)", p.cmd.ProcessState)
+	}
+	if c, err := net.DialTimeout("tcp", pgAddr, time.Second); err == nil {
+		c.Close()
+		t.Errorf("the dev PostgreSQL still listens on %s after recsys dev stopped", pgAddr)
+		stopLeftDevPostgres(t, pgAddr)
+	}
+}
+
+// stopLeftDevPostgres stops a dev PostgreSQL that recsys dev left running on addr and removes
+// its folder, so a failed run leaves nothing behind.
+func stopLeftDevPostgres(t *testing.T, addr string) {
+	_, port, _ := strings.Cut(addr, ":")
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, f := range procs {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if len(args) < 5 || filepath.Base(args[0]) != "postgres" || args[1] != "-D" || args[3] != "-p" || args[4] != port ||
+			!strings.Contains(args[2], "recsys-dev-pg-") {
+			continue
+		}
+		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(f)))
+		_ = syscall.Kill(pid, syscall.SIGINT) // fast shutdown
+		for i := 0; i < 100 && syscall.Kill(pid, 0) == nil; i++ {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err := os.RemoveAll(filepath.Dir(args[2])); err != nil {
+			t.Log(err)
 		}
 	}
 }
