@@ -254,19 +254,21 @@ proc_start_time() {
 # postgres process: `pg_ctl status` then says running, the server refuses to start ("lock file
 # already exists") and `pg_ctl stop` signals that other process. This data dir's postmaster is
 # recognised by its -D argument or by the start time the file records; the file stays while
-# anything listens on the port.
+# anything listens on the port it records (not $PG_PORT: `sweep` stops private instances
+# without knowing theirs).
 pg_clear_stale_lock() {
-	local lock="$PG_DATA/postmaster.pid" pid recorded started
+	local lock="$PG_DATA/postmaster.pid" pid recorded started port
 	[[ -f $lock ]] || return 0
 	pid="$(sed -n 1p "$lock" | tr -dc '0-9')"
 	recorded="$(sed -n 3p "$lock" | tr -dc '0-9')"
+	port="$(sed -n 4p "$lock" | tr -dc '0-9')"
 	pid_alive "$pid" || return 0 # a dead pid: PostgreSQL takes the file over by itself
 	pid_matches "$pid" "-D $PG_DATA " && return 0
 	if started="$(proc_start_time "$pid")" && [[ -n $recorded ]] &&
 		((started - recorded <= 5 && recorded - started <= 5)); then
 		return 0
 	fi
-	port_open "$PG_PORT" && return 0
+	port_open "${port:-$PG_PORT}" && return 0
 	log "pg: $lock names pid $pid, which is not this server's postmaster (left by a killed server, pid reused): removing it"
 	rm -f "$lock"
 }

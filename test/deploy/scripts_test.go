@@ -234,7 +234,14 @@ func TestServicesPostgresStaleLockWithReusedPid(t *testing.T) {
 		return
 	}
 	killServer()
-	if out, err := servicesScript(t, dir, port, "stop", "pg"); err != nil {
+	// As `sweep` stops a private instance: without its port, so with the default one, which
+	// another server (the shared one) listens on.
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	if out, err := servicesScript(t, dir, busy.Addr().(*net.TCPAddr).Port, "stop", "pg"); err != nil {
 		t.Errorf("stop pg after a kill, with the lock's pid reused: %v\n%s", err, out)
 	}
 	otherAlive("stop pg")
