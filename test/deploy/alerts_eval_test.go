@@ -67,6 +67,8 @@ func (w world) set(f func(t float64) float64, kv ...string) {
 	}{l, f}
 }
 
+func (w world) del(kv ...string) { delete(w, labels.FromStrings(kv...).String()) }
+
 func (w world) queryable() storage.Queryable {
 	var all []storage.Series
 	for _, s := range w {
@@ -300,6 +302,15 @@ func TestAlertsFireOnTheirFaultOnly(t *testing.T) {
 				for _, topic := range []string{"recsys.impressions.v1", "recsys.watches.v1"} {
 					w.set(after(lastMinutes(30), grows(100), constant(100*lastMinutes(30))), "__name__", "reco_outbox_relay_published_total", "namespace", ns, "topic", topic)
 					w.set(after(lastMinutes(30), constant(0), func(t float64) float64 { return 10 * (t - lastMinutes(30)) }), "__name__", "reco_outbox_relay_failed_total", "namespace", ns, "topic", topic)
+				}
+			}},
+		// Counters start at a process' start and the published ones at its first publish: relays
+		// (re)started while Kafka or a topic is unusable export no published series at all.
+		{name: "relays started while every publish fails", want: []string{"RelayPublishFailing"},
+			fault: func(w world) {
+				for _, topic := range []string{"recsys.impressions.v1", "recsys.watches.v1"} {
+					w.del("__name__", "reco_outbox_relay_published_total", "namespace", ns, "topic", topic)
+					w.set(grows(10), "__name__", "reco_outbox_relay_failed_total", "namespace", ns, "topic", topic)
 				}
 			}},
 		{name: "some publishes fail, most succeed", fault: func(w world) {
