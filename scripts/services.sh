@@ -249,10 +249,11 @@ proc_start_time() {
 }
 
 # pg_clear_stale_lock removes a postmaster.pid that a killed server left behind once its pid
-# belongs to another process. pg_ctl and the server only ask whether that pid is alive, and
-# with a pid_max of 32768 and every test's PostgreSQL running as postgres it soon is another
-# postgres process: `pg_ctl status` then says running, the server refuses to start ("lock file
-# already exists") and `pg_ctl stop` signals that other process. This data dir's postmaster is
+# belongs to another process or to the server's own zombie. pg_ctl and the server only ask
+# whether that pid is alive, and with a pid_max of 32768 and every test's PostgreSQL running as
+# postgres it soon is another postgres process: `pg_ctl status` then says running, the server
+# refuses to start ("lock file already exists") and `pg_ctl stop` signals that other process
+# (and a zombie answers as alive until reaped). This data dir's postmaster is
 # recognised by its -D argument or by the start time the file records; the file stays while
 # anything listens on the port it records (not $PG_PORT: `sweep` stops private instances
 # without knowing theirs).
@@ -262,14 +263,19 @@ pg_clear_stale_lock() {
 	pid="$(sed -n 1p "$lock" | tr -dc '0-9')"
 	recorded="$(sed -n 3p "$lock" | tr -dc '0-9')"
 	port="$(sed -n 4p "$lock" | tr -dc '0-9')"
-	pid_alive "$pid" || return 0 # a dead pid: PostgreSQL takes the file over by itself
-	pid_matches "$pid" "-D $PG_DATA " && return 0
-	if started="$(proc_start_time "$pid")" && [[ -n $recorded ]] &&
-		((started - recorded <= 5 && recorded - started <= 5)); then
-		return 0
+	if ! pid_alive "$pid"; then
+		# Gone: PostgreSQL takes the file over by itself. Not a zombie (the killed server, not
+		# yet reaped by a pid 1 that reaps late or never): it still answers kill -0.
+		kill -0 "$pid" 2>/dev/null || return 0
+	else
+		pid_matches "$pid" "-D $PG_DATA " && return 0
+		if started="$(proc_start_time "$pid")" && [[ -n $recorded ]] &&
+			((started - recorded <= 5 && recorded - started <= 5)); then
+			return 0
+		fi
 	fi
 	port_open "${port:-$PG_PORT}" && return 0
-	log "pg: $lock names pid $pid, which is not this server's postmaster (left by a killed server, pid reused): removing it"
+	log "pg: $lock names pid $pid, which is not this server's running postmaster (left by a killed server): removing it"
 	rm -f "$lock"
 }
 

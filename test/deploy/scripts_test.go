@@ -1,6 +1,7 @@
 package deploy_test
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -171,25 +172,25 @@ func TestServicesPostgresStaleLockWithReusedPid(t *testing.T) {
 	go func() { _ = other.Wait(); close(otherDone) }()
 	t.Cleanup(func() { _ = other.Process.Kill(); <-otherDone })
 
-	// killServer SIGKILLs the postmaster, waits for it to go, and points its lock file at other
-	// as though other had got the pid an hour after the server started.
-	killServer := func() {
+	// killServer SIGKILLs the postmaster, waits for it to go, and points its lock file at pid
+	// as though that process had got the pid an hour after the server started.
+	killServer := func(pid int) {
 		t.Helper()
 		b, err := os.ReadFile(lockFile)
 		if err != nil {
 			t.Fatal(err)
 		}
 		lines := strings.Split(string(b), "\n")
-		pid, err := strconv.Atoi(strings.TrimSpace(lines[0]))
+		postmaster, err := strconv.Atoi(strings.TrimSpace(lines[0]))
 		if err != nil {
 			t.Fatalf("postmaster.pid: %v", err)
 		}
-		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		if err := syscall.Kill(postmaster, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
-		for i := 0; syscall.Kill(pid, 0) == nil; i++ {
+		for i := 0; syscall.Kill(postmaster, 0) == nil; i++ {
 			if i > 100 {
-				t.Fatalf("postmaster %d still alive", pid)
+				t.Fatalf("postmaster %d still alive", postmaster)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -211,7 +212,7 @@ func TestServicesPostgresStaleLockWithReusedPid(t *testing.T) {
 		if err != nil {
 			t.Fatalf("postmaster.pid start time: %v", err)
 		}
-		lines[0], lines[2] = strconv.Itoa(other.Process.Pid), strconv.FormatInt(started-3600, 10)
+		lines[0], lines[2] = strconv.Itoa(pid), strconv.FormatInt(started-3600, 10)
 		if err := os.WriteFile(lockFile, []byte(strings.Join(lines, "\n")), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -225,7 +226,7 @@ func TestServicesPostgresStaleLockWithReusedPid(t *testing.T) {
 		}
 	}
 
-	killServer()
+	killServer(other.Process.Pid)
 	if out, err := servicesScript(t, dir, port, "start", "pg"); err != nil {
 		t.Errorf("start pg after a kill, with the lock's pid reused: %v\n%s", err, out)
 	}
@@ -233,7 +234,32 @@ func TestServicesPostgresStaleLockWithReusedPid(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	killServer()
+	// The killed server not reaped yet (a container's pid 1 may never reap): a zombie of the
+	// postgres user, which answers kill -0 as though alive.
+	zombie := exec.Command("true")
+	zombie.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	if err := zombie.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = zombie.Wait() }()
+	for i := 0; ; i++ {
+		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", zombie.Process.Pid))
+		if _, state, _ := strings.Cut(string(stat), ") "); strings.HasPrefix(state, "Z") {
+			break
+		}
+		if i > 100 {
+			t.Fatalf("pid %d is no zombie: %s", zombie.Process.Pid, stat)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	killServer(zombie.Process.Pid)
+	if out, err := servicesScript(t, dir, port, "start", "pg"); err != nil {
+		t.Errorf("start pg after a kill, the lock's pid a zombie: %v\n%s", err, out)
+	}
+	if t.Failed() {
+		return
+	}
+	killServer(other.Process.Pid)
 	// As `sweep` stops a private instance: without its port, so with the default one, which
 	// another server (the shared one) listens on.
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
