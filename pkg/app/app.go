@@ -215,6 +215,15 @@ func Run(ctx context.Context, o Options) error {
 			break
 		}
 	}
+	// Bound before any module runs: on a taken address (a second instance by mistake) a
+	// relay or consumer started for nothing would claim outbox rows and join the consumer
+	// group, pausing the instances that do run for a lease and two rebalances.
+	ln := o.Listener
+	if ln == nil {
+		if ln, err = net.Listen("tcp", o.HTTP.Addr); err != nil {
+			return fmt.Errorf("listen on %s: %w", o.HTTP.Addr, err)
+		}
+	}
 	started = true
 	for _, r := range mods {
 		mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -257,12 +266,6 @@ func Run(ctx context.Context, o Options) error {
 		}()
 	}
 
-	ln := o.Listener
-	if ln == nil {
-		if ln, err = net.Listen("tcp", o.HTTP.Addr); err != nil {
-			return shutdown(o, mods, in, nil, &draining, fmt.Errorf("listen on %s: %w", o.HTTP.Addr, err))
-		}
-	}
 	srv := o.HTTP.Server(e)
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

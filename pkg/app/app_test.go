@@ -179,6 +179,29 @@ func TestFailingModuleStopsAllWithError(t *testing.T) {
 	}
 }
 
+// A taken --http.addr (a second instance started by mistake on the same host) must fail
+// before any module runs: a relay or consumer started for nothing claims outbox rows and
+// joins the consumer group, pausing the real instances for a rebalance and a lease.
+func TestTakenAddressFailsBeforeAnyModuleStarts(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	s := newSetup("", nil)
+	h := httpx.DefaultConfig()
+	h.Addr = taken.Addr().String()
+	err = app.Run(context.Background(), app.Options{Registry: s.reg, Roles: []string{"all"}, HTTP: h,
+		Shutdown: app.ShutdownConfig{Timeout: 5 * time.Second}, Infra: infra.DefaultConfig(),
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err == nil || !strings.Contains(err.Error(), "listen on "+h.Addr) {
+		t.Fatalf("err = %v, want listen on %s", err, h.Addr)
+	}
+	if got := s.journal.String(); got != "" {
+		t.Fatalf("modules ran although the address was taken: %s", got)
+	}
+}
+
 func TestReadinessAggregatesModulesAndDraining(t *testing.T) {
 	s := newSetup("", nil)
 	base, cancel, done := start(t, s, 500*time.Millisecond)
