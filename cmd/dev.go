@@ -21,7 +21,9 @@ func newDevCmd(lc *logConfig) *cobra.Command {
 		Short: "Run every role with zero setup: in-process Kafka and Redis, a throwaway PostgreSQL",
 		Long: `Run every role in one process with embedded defaults: Kafka in-process (kfake),
 Redis in-process (miniredis) and a private PostgreSQL cluster started from the local
-PostgreSQL binaries in a temporary folder (removed on exit). The schema is migrated, then the
+PostgreSQL binaries in a temporary folder (removed on exit, or at the next start when the
+process was killed: a second Ctrl-C, kill -9). Ctrl-C, SIGTERM and SIGHUP (the terminal
+closed) stop it cleanly. The schema is migrated, then the
 base URL and a working curl example are printed. Pass --pg.dsn, --kafka.brokers or
 --redis.url (or their environment variables, DATABASE_URL and the like) to use real servers
 instead; the start-up banner says which services are embedded and which are external.
@@ -39,6 +41,13 @@ For development only: data is gone when the process stops.`,
 			if src := source("pg.dsn"); src != "default" {
 				services = append(services, devService{name: "PostgreSQL", where: flagenv.Redact(rf.infra.PG.DSN), source: src})
 			} else {
+				reaped, err := devstack.ReapStale()
+				for _, dir := range reaped {
+					log.Info("stopped and removed the dev postgres of an earlier run that ended without its clean-up", "dir", dir)
+				}
+				if err != nil {
+					log.Warn("leftover dev postgres not removed", "err", err)
+				}
 				pg, err := devstack.StartPostgres(ctx)
 				if err != nil {
 					return err

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -97,13 +99,19 @@ func StartPostgres(ctx context.Context) (*Postgres, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "recsys-dev-pg-")
+	dir, err := os.MkdirTemp("", strings.TrimSuffix(dirPattern, "*"))
 	if err != nil {
 		return nil, fmt.Errorf("create temp folder: %w", err)
 	}
-	p := &Postgres{dir: dir, bin: bin}
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
+	// Named first, so that a process killed at any later point leaves a folder ReapStale
+	// recognises.
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("write dev postgres owner: %w", err)
+	}
+	p := &Postgres{dir: dir, bin: bin, asUser: runAs()}
+	if p.asUser != "" {
+		u, err := user.Lookup(p.asUser)
 		if err != nil {
 			os.RemoveAll(dir)
 			return nil, errors.New("running as root needs the \"postgres\" system user (it comes with the postgresql package)")
@@ -114,7 +122,6 @@ func StartPostgres(ctx context.Context) (*Postgres, error) {
 			os.RemoveAll(dir)
 			return nil, fmt.Errorf("chown temp folder: %w", err)
 		}
-		p.asUser = "postgres"
 	}
 	data := filepath.Join(dir, "data")
 	if out, err := p.run(ctx, "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"); err != nil {
@@ -160,6 +167,56 @@ func StartPostgres(ctx context.Context) (*Postgres, error) {
 		return nil, fmt.Errorf("create dev database: %w", err)
 	}
 	return p, nil
+}
+
+// runAs is the user the cluster runs as: PostgreSQL refuses to run as root.
+func runAs() string {
+	if os.Geteuid() == 0 {
+		return "postgres"
+	}
+	return ""
+}
+
+// ownerFile, in a cluster's temporary folder, holds the pid of the process that started it.
+const ownerFile = "owner.pid"
+
+// dirPattern names the temporary folders of the clusters, in os.TempDir().
+const dirPattern = "recsys-dev-pg-*"
+
+// ReapStale stops and removes the clusters of earlier processes that ended without their
+// clean-up (a second Ctrl-C during the shutdown, kill -9, a crash): pg_ctl detaches the
+// postmaster, so it outlived them and would run, holding its port, memory and folder, until
+// the machine restarts. A folder is stale when the process its owner file names is gone;
+// folders without one (a start in progress, an older release) are left alone, as are those
+// of other live processes (another `recsys dev`). It returns the folders removed.
+func ReapStale() ([]string, error) {
+	dirs, err := filepath.Glob(filepath.Join(os.TempDir(), dirPattern))
+	if err != nil {
+		return nil, fmt.Errorf("list dev postgres folders: %w", err)
+	}
+	var reaped []string
+	var errs []error
+	for _, dir := range dirs {
+		b, err := os.ReadFile(filepath.Join(dir, ownerFile))
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 0 || alive(pid) {
+			continue
+		}
+		bin, err := FindPGBin()
+		if err != nil {
+			return reaped, err
+		}
+		(&Postgres{dir: dir, bin: bin, asUser: runAs()}).Close()
+		if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove leftover dev postgres folder %s: still there", dir))
+			continue
+		}
+		reaped = append(reaped, dir)
+	}
+	return reaped, errors.Join(errs...)
 }
 
 func (p *Postgres) run(ctx context.Context, tool string, args ...string) ([]byte, error) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -106,4 +107,74 @@ func running(pid int) bool {
 	}
 	_, rest, _ := strings.Cut(string(b), ") ")
 	return !strings.HasPrefix(rest, "Z")
+}
+
+// A `recsys dev` that ended without its clean-up (kill -9, a second Ctrl-C, a crash) left
+// its postmaster running, detached by pg_ctl, until the machine restarted: the next start
+// stops it and removes its folder, and leaves alone the cluster of a process still running.
+func TestReapStaleStopsClustersOfDeadProcessesOnly(t *testing.T) {
+	if _, err := FindPGBin(); errors.Is(err, ErrNoPostgres) {
+		t.Skip("no PostgreSQL server binaries")
+	}
+	tmp, err := os.MkdirTemp("/tmp", "devstack")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(tmp)
+	_ = os.Chmod(tmp, 0o755) // the postgres user must traverse it when running as root
+	t.Setenv("TMPDIR", tmp)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	orphan, err := StartPostgres(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orphan.Close() // only if the test fails
+	live, err := StartPostgres(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	// The orphan's owner is a process that has exited.
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(orphan.dir, ownerFile), []byte(strconv.Itoa(dead.Process.Pid)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	postmaster := postmasterPid(t, orphan.dir)
+
+	reaped, err := ReapStale()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(reaped) != 1 || reaped[0] != orphan.dir {
+		t.Fatalf("reaped %v, want only the orphan %s", reaped, orphan.dir)
+	}
+	for deadline := time.Now().Add(5 * time.Second); running(postmaster); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the orphan's postmaster (pid %d) still runs after ReapStale", postmaster)
+		}
+	}
+	if _, err := os.Stat(orphan.dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the orphan's folder is still there: %v", err)
+	}
+	if !running(postmasterPid(t, live.dir)) {
+		t.Fatal("ReapStale stopped the cluster of a live process")
+	}
+}
+
+func postmasterPid(t *testing.T, dir string) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "data", "postmaster.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.SplitN(string(b), "\n", 2)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
 }
