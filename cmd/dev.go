@@ -26,7 +26,9 @@ process was killed: a second Ctrl-C, kill -9). Ctrl-C, SIGTERM and SIGHUP (the t
 closed) stop it cleanly. The schema is migrated, then the
 base URL and a working curl example are printed. Pass --pg.dsn, --kafka.brokers or
 --redis.url (or their environment variables, DATABASE_URL and the like) to use real servers
-instead; the start-up banner says which services are embedded and which are external.
+instead; the start-up banner says which services are embedded and which are external. A real
+Kafka or Redis needs a real PostgreSQL too (their data belongs to it): with an embedded one,
+dev mode refuses to start.
 For development only: data is gone when the process stops.`,
 		Args:        cobra.NoArgs,
 		Annotations: map[string]string{warnUnreadAnnotation: "true"},
@@ -37,6 +39,9 @@ For development only: data is gone when the process stops.`,
 			}
 			ctx := cmd.Context()
 			source := func(flag string) string { return flagenv.Source(cmd.Flags().Lookup(flag)) }
+			if err := devMixErr(source("pg.dsn"), source("kafka.brokers"), source("redis.url")); err != nil {
+				return err
+			}
 			var services []devService
 			if src := source("pg.dsn"); src != "default" {
 				services = append(services, devService{name: "PostgreSQL", where: flagenv.Redact(rf.infra.PG.DSN), source: src})
@@ -98,6 +103,48 @@ For development only: data is gone when the process stops.`,
 	infos, _ := module.Default().Resolve(rf.roles)
 	rf.register(cmd.Flags(), infos)
 	return cmd
+}
+
+// devMixErr refuses an embedded PostgreSQL next to a real Kafka or Redis (src: where each
+// setting came from, "default" when embedded). Their data belongs to another database, and
+// the throwaway one is empty: the consumer repopulated the real Redis copy from it (deleting
+// every feature under the key prefix) and, in the real Kafka's consumer group, took
+// partitions from the real consumers and committed offsets for events it applied to the
+// throwaway database only, lost to the deployment they belonged to.
+func devMixErr(pgSrc, kafkaSrc, redisSrc string) error {
+	if pgSrc != "default" {
+		return nil
+	}
+	var real, drop, harm []string
+	for _, s := range []struct{ name, flag, src, harm string }{
+		{"Kafka", "--kafka.brokers", kafkaSrc, "take the real topics' events from the consumers they belong to into the throwaway database"},
+		{"Redis", "--redis.url", redisSrc, "overwrite the real Redis copy from the empty database"},
+	} {
+		switch s.src {
+		case "default":
+			continue
+		case "flag":
+			drop = append(drop, "drop "+s.flag)
+		default:
+			drop = append(drop, "unset "+s.src)
+		}
+		from := s.src
+		if from == "flag" {
+			from = s.flag
+		}
+		real = append(real, s.name+" (from "+from+")")
+		harm = append(harm, s.harm)
+	}
+	if len(real) == 0 {
+		return nil
+	}
+	verb := "is a real server"
+	if len(real) > 1 {
+		verb = "are real servers"
+	}
+	return fmt.Errorf("PostgreSQL would be embedded (empty), but %s %s, whose data belongs to another database: "+
+		"the consumer would %s. To run everything embedded, %s; to use real servers, also pass --pg.dsn (DATABASE_URL) of their database",
+		strings.Join(real, " and "), verb, strings.Join(harm, " and "), strings.Join(drop, " and "))
 }
 
 // devService is one backing service of `recsys dev`: embedded (started here, removed on exit)

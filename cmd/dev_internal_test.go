@@ -48,3 +48,45 @@ func TestShutdownSignalsHandleHangupUnlessIgnored(t *testing.T) {
 		t.Error("SIGHUP is handled although the process ignores it (nohup)")
 	}
 }
+
+// An embedded (empty) PostgreSQL next to a real Kafka or Redis, say with one variable of
+// scripts/services.sh's left exported: the consumer repopulated the real Redis copy from the
+// empty database, deleting its features, and consumed the real topics into the throwaway
+// database, committing offsets the real consumers then skipped. Dev mode refuses to start.
+func TestDevRefusesEmbeddedPostgresWithRealKafkaOrRedis(t *testing.T) {
+	tests := []struct {
+		name             string
+		pg, kafka, redis string
+		wantErr          []string
+	}{
+		{name: "all embedded", pg: "default", kafka: "default", redis: "default"},
+		{name: "all real", pg: "DATABASE_URL", kafka: "KAFKA_BOOTSTRAP_SERVERS", redis: "ONLINE_CACHE_REDIS_URL"},
+		{name: "real postgres only", pg: "flag", kafka: "default", redis: "default"},
+		{name: "real redis", pg: "default", kafka: "default", redis: "ONLINE_CACHE_REDIS_URL",
+			wantErr: []string{"Redis (from ONLINE_CACHE_REDIS_URL) is a real server", "unset ONLINE_CACHE_REDIS_URL", "--pg.dsn"}},
+		{name: "real kafka by flag", pg: "default", kafka: "flag", redis: "default",
+			wantErr: []string{"Kafka (from --kafka.brokers) is a real server", "drop --kafka.brokers"}},
+		{name: "both", pg: "default", kafka: "RECSYS_KAFKA_BROKERS", redis: "RECSYS_REDIS_URL",
+			wantErr: []string{"Kafka (from RECSYS_KAFKA_BROKERS) and Redis (from RECSYS_REDIS_URL) are real servers",
+				"unset RECSYS_KAFKA_BROKERS and unset RECSYS_REDIS_URL"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := devMixErr(tt.pg, tt.kafka, tt.redis)
+			if len(tt.wantErr) == 0 {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("accepted an embedded PostgreSQL next to a real server")
+			}
+			for _, want := range tt.wantErr {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error lacks %q: %v", want, err)
+				}
+			}
+		})
+	}
+}
