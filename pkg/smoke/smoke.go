@@ -5,8 +5,9 @@
 //     item A then item B (a co-visitation pattern), control users watch item C, then a fresh
 //     user watches A; the check passes once that user's /reco no longer contains A (exclusion
 //     of watched items) and ranks B (A's co-visitation neighbour) higher than both its own
-//     list before the watch and the list of a user without history, polled alongside (so B
-//     cannot pass through the global lists or an exploration slot). Items and users are
+//     list before the watch and the list of a user without history, polled alongside, both
+//     with A left out (so B cannot pass through the global lists, an exploration slot, or
+//     the place A's exclusion frees above it). Items and users are
 //     unique per run, so reruns on the same database prove the same thing again;
 //   - a connection error, a timeout or a malformed answer is a failed check with its reason in
 //     the report, never a crash without a report. When /readyz never answers, the later steps
@@ -148,7 +149,8 @@ type ConsumerProbe struct {
 	WatchedExcluded bool   `json:"watched_excluded"`
 	NeighbourRank   *int   `json:"neighbour_rank"` // 0-based position in the list, null if absent
 	// NeighbourRankBefore and NeighbourRankBaseline are B's positions in the probe user's list
-	// before the watch and in the baseline user's list; NeighbourRank must beat both.
+	// before the watch and in the baseline user's list, both without A (which the watch
+	// excludes); NeighbourRank must beat both.
 	NeighbourRankBefore   *int `json:"neighbour_rank_before"`
 	NeighbourRankBaseline *int `json:"neighbour_rank_baseline"`
 	ControlRank           *int `json:"control_rank"`
@@ -422,7 +424,7 @@ func (s *runner) consumer(ctx context.Context) {
 		return
 	}
 	p.ListBeforeWatch = before.Items
-	p.NeighbourRankBefore = rank(before.Items, p.NeighbourItem)
+	p.NeighbourRankBefore = rank(without(before.Items, p.WatchedItem), p.NeighbourItem)
 	b := watchBody("smoke-"+randomHex(12), p.User, "smoke-"+s.run+"-session", "smoke-"+s.run+"-probe", p.WatchedItem, 120, 100)
 	if ok, d := s.c.watch(ctx, b); !ok {
 		fail("probe watch rejected: " + d)
@@ -445,11 +447,13 @@ func (s *runner) consumer(ctx context.Context) {
 			p.ListAfter, p.BaselineList = reco.Items, base.Items
 			p.WatchedExcluded = !slices.Contains(reco.Items, p.WatchedItem)
 			p.NeighbourRank, p.ControlRank = rank(reco.Items, p.NeighbourItem), rank(reco.Items, p.ControlItem)
-			p.NeighbourRankBaseline = rank(base.Items, p.NeighbourItem)
+			p.NeighbourRankBaseline = rank(without(base.Items, p.WatchedItem), p.NeighbourItem)
 			p.NeighbourAboveControl = p.NeighbourRank != nil && (p.ControlRank == nil || *p.NeighbourRank < *p.ControlRank)
 			// B must be in the list because of the watch: a list that ignores the watch (B
 			// there through the global lists, or an exploration slot seeded per user, and A
 			// never listed) ranks B no higher than before the watch or than for the baseline.
+			// Those ranks leave A out: excluding A alone moves every item below it up one
+			// place, which a stack without co-visitation also does.
 			raised := p.NeighbourRank != nil && above(*p.NeighbourRank, p.NeighbourRankBefore) && above(*p.NeighbourRank, p.NeighbourRankBaseline)
 			if p.WatchedExcluded && raised {
 				ms := time.Since(watched).Milliseconds()
@@ -470,6 +474,11 @@ func (s *runner) consumer(ctx context.Context) {
 		}
 		wait = min(wait*2, secs(s.cfg.PollSec))
 	}
+}
+
+// without returns items less item.
+func without(items []string, item string) []string {
+	return slices.DeleteFunc(slices.Clone(items), func(it string) bool { return it == item })
 }
 
 // above reports whether position r is higher in a list than other (nil: absent).

@@ -435,3 +435,82 @@ func TestClampSeconds(t *testing.T) {
 		}
 	}
 }
+
+// popularityOnlyAPI applies every watch at once but has lost co-visitation: /reco lists the
+// items by watch count (ties by id) without the user's own, under a few more popular ones.
+type popularityOnlyAPI struct {
+	mu      sync.Mutex
+	watches map[string][]string // user -> items
+	seen    map[string]bool
+}
+
+func (f *popularityOnlyAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	write := func(v any) { w.Header().Set("Content-Type", "application/json"); _ = json.NewEncoder(w).Encode(v) }
+	switch r.URL.Path {
+	case "/readyz":
+		write(map[string]any{"ready": true})
+	case "/event":
+		write(map[string]any{"status": "ok"})
+	case "/log/watch":
+		var ev map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&ev)
+		id, _ := ev["event_id"].(string)
+		st := map[bool]string{false: "ok", true: "duplicate"}[f.seen[id]]
+		if !f.seen[id] {
+			u, it := ev["user_id"].(string), ev["item_id"].(string)
+			f.watches[u] = append(f.watches[u], it)
+		}
+		f.seen[id] = true
+		write(map[string]any{"status": st})
+	case "/reco":
+		count := map[string]int{}
+		for i := 0; i < 5; i++ {
+			count[fmt.Sprintf("popular-%d", i)] = 1000
+		}
+		for _, items := range f.watches {
+			for _, it := range items {
+				count[it]++
+			}
+		}
+		mine := f.watches[r.URL.Query().Get("user_id")]
+		var items []string
+		for it := range count {
+			if !slices.Contains(mine, it) {
+				items = append(items, it)
+			}
+		}
+		slices.SortFunc(items, func(a, b string) int {
+			if count[a] != count[b] {
+				return count[b] - count[a]
+			}
+			return strings.Compare(a, b)
+		})
+		write(map[string]any{"request_id": "r", "items": items[:min(20, len(items))]})
+	case "/healthz":
+		write(map[string]any{"event_backbone": map[string]any{"outbox": map[string]any{"pending": 0, "publishing": 0, "dead": 0}}})
+	case "/metrics/reco":
+		write(map[string]any{"sample_size": 40})
+	}
+}
+
+// Excluding the watched item A moves every item ranked below it up one place: a stack that
+// applies watches but lost co-visitation had B (ranked just below A, which has one watch
+// more) one place higher than before the watch and than for a user without history, and
+// passed consumer_applied. B must beat its positions in those lists with A left out.
+func TestConsumerAppliedFailsWithoutCoVisitation(t *testing.T) {
+	srv := httptest.NewServer(&popularityOnlyAPI{watches: map[string][]string{}, seen: map[string]bool{}})
+	defer srv.Close()
+	cfg := fastCfg(srv.URL)
+	cfg.ConsumerTimeoutSec = 1
+	r := smoke.Run(context.Background(), cfg)
+	p := r.Consumer
+	if r.Checks[smoke.CheckConsumerApplied] != "fail" {
+		t.Fatalf("consumer_applied %s (%s): before %v, after %v, baseline %v", r.Checks[smoke.CheckConsumerApplied],
+			r.Details[smoke.CheckConsumerApplied], p.ListBeforeWatch, p.ListAfter, p.BaselineList)
+	}
+	if !p.WatchedExcluded || p.NeighbourRank == nil {
+		t.Errorf("the fake must list B and not A for the probe user: %v", p.ListAfter)
+	}
+}
