@@ -59,7 +59,8 @@ For development only: data is gone when the process stops.`,
 				}
 				defer pg.Close()
 				rf.infra.PG.DSN = pg.URL()
-				log.Info("dev postgres started", "dsn", pg.URL())
+				log.Info("dev postgres started", "dsn", flagenv.Redact(pg.URL()))
+				// The banner, on the developer's terminal, has the password, for psql.
 				services = append(services, devService{name: "PostgreSQL", where: pg.URL()})
 			}
 			if src := source("kafka.brokers"); src != "default" {

@@ -8,6 +8,8 @@ package devstack
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -64,6 +66,7 @@ type Postgres struct {
 	dir, bin string
 	port     int
 	asUser   string
+	password string // of the superuser postgres
 }
 
 // FindPGBin returns the folder holding initdb and pg_ctl: $PG_BIN, the newest
@@ -109,7 +112,16 @@ func StartPostgres(ctx context.Context) (*Postgres, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("write dev postgres owner: %w", err)
 	}
-	p := &Postgres{dir: dir, bin: bin, asUser: runAs()}
+	// 127.0.0.1 is open to every user of the machine, and the superuser runs programs as the
+	// server's OS user (COPY ... TO PROGRAM): a password only this process knows, not trust.
+	pw := make([]byte, 16)
+	_, _ = rand.Read(pw)
+	p := &Postgres{dir: dir, bin: bin, asUser: runAs(), password: hex.EncodeToString(pw)}
+	pwFile := filepath.Join(dir, "pwfile")
+	if err := os.WriteFile(pwFile, []byte(p.password+"\n"), 0o600); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("write dev postgres password file: %w", err)
+	}
 	if p.asUser != "" {
 		u, err := user.Lookup(p.asUser)
 		if err != nil {
@@ -118,13 +130,17 @@ func StartPostgres(ctx context.Context) (*Postgres, error) {
 		}
 		uid, _ := strconv.Atoi(u.Uid)
 		gid, _ := strconv.Atoi(u.Gid)
-		if err := os.Chown(dir, uid, gid); err != nil {
-			os.RemoveAll(dir)
-			return nil, fmt.Errorf("chown temp folder: %w", err)
+		for _, f := range []string{dir, pwFile} {
+			if err := os.Chown(f, uid, gid); err != nil {
+				os.RemoveAll(dir)
+				return nil, fmt.Errorf("chown %s: %w", f, err)
+			}
 		}
 	}
 	data := filepath.Join(dir, "data")
-	if out, err := p.run(ctx, "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"); err != nil {
+	out, err := p.run(ctx, "initdb", "-D", data, "-U", "postgres", "--auth=scram-sha-256", "--pwfile="+pwFile, "-E", "UTF8", "--no-sync")
+	_ = os.Remove(pwFile)
+	if err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("initdb: %w: %s", err, out)
 	}
@@ -232,10 +248,10 @@ func (p *Postgres) run(ctx context.Context, tool string, args ...string) ([]byte
 }
 
 func (p *Postgres) url(db string) string {
-	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", p.port, db)
+	return fmt.Sprintf("postgres://postgres:%s@127.0.0.1:%d/%s?sslmode=disable", p.password, p.port, db)
 }
 
-// URL returns the connection URL of the dev database.
+// URL returns the connection URL of the dev database, with the superuser's password.
 func (p *Postgres) URL() string { return p.url("recsys") }
 
 // Close stops the cluster (if it runs) and removes its folder. It ignores any caller's

@@ -3,6 +3,7 @@ package devstack
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -12,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // The port picked for the embedded PostgreSQL is free when picked and may be taken before
@@ -177,4 +180,46 @@ func postmasterPid(t *testing.T, dir string) int {
 		t.Fatal(err)
 	}
 	return pid
+}
+
+// The cluster listens on 127.0.0.1, which every user of the machine reaches: with trust
+// authentication any of them connected as its superuser, and a superuser runs programs as
+// the server's OS user (COPY ... TO PROGRAM), the developer's own account when not root. Only
+// the URL StartPostgres returns gets in.
+func TestStartPostgresNeedsItsPassword(t *testing.T) {
+	if _, err := FindPGBin(); errors.Is(err, ErrNoPostgres) {
+		t.Skip("no PostgreSQL server binaries")
+	}
+	tmp, err := os.MkdirTemp("/tmp", "devstack")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(tmp)
+	_ = os.Chmod(tmp, 0o755) // the postgres user must traverse it when running as root
+	t.Setenv("TMPDIR", tmp)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p, err := StartPostgres(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+
+	conn, err := pgx.Connect(ctx, p.URL())
+	if err != nil {
+		t.Fatalf("connect with the URL it returned: %v", err)
+	}
+	conn.Close(ctx)
+	for _, u := range []string{
+		fmt.Sprintf("postgres://postgres@127.0.0.1:%d/recsys?sslmode=disable", p.port),
+		fmt.Sprintf("postgres://postgres:wrong@127.0.0.1:%d/postgres?sslmode=disable", p.port),
+	} {
+		if conn, err := pgx.Connect(ctx, u); err == nil {
+			conn.Close(ctx)
+			t.Errorf("connected to the dev cluster as its superuser without its password: %s", u)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(p.dir, "pwfile")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the password file outlives initdb: %v", err)
+	}
 }
