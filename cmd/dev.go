@@ -2,6 +2,7 @@ package cmd
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"strings"
 
@@ -97,7 +98,9 @@ For development only: data is gone when the process stops.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprint(cmd.ErrOrStderr(), devBanner(devBaseURL(rf.http.Addr), services))
+			// Printed once the server listens, with the address it got: --http.addr with port
+			// 0 has no port to print before.
+			rf.onReady = func(addr string) { fmt.Fprint(cmd.ErrOrStderr(), devBanner(devBaseURL(addr), services)) }
 			return rf.run(cmd, lc, log)
 		},
 	}
@@ -158,7 +161,7 @@ type devService struct {
 // environment (an exported DATABASE_URL, say), whose data outlives the process.
 func devBanner(base string, services []devService) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "\nrecsys dev is starting on %s (all roles; Ctrl-C stops it)\n", base)
+	fmt.Fprintf(&b, "\nrecsys dev is listening on %s (all roles; Ctrl-C stops it)\n", base)
 	for _, s := range services {
 		if s.source == "" {
 			fmt.Fprintf(&b, "  embedded  %-18s %s (removed on exit)\n", s.name, s.where)
@@ -175,13 +178,15 @@ func devBanner(base string, services []devService) string {
 	return b.String()
 }
 
+// devBaseURL is the URL of listen address addr; an unspecified host (all interfaces) is
+// reached on 127.0.0.1.
 func devBaseURL(addr string) string {
-	host, port := "127.0.0.1", strings.TrimPrefix(addr, ":")
-	if i := strings.LastIndex(addr, ":"); i > 0 {
-		if h := addr[:i]; h != "0.0.0.0" && h != "" {
-			host = h
-		}
-		port = addr[i+1:]
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "http://" + addr
 	}
-	return "http://" + host + ":" + port
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, port)
 }

@@ -90,3 +90,20 @@ func TestDevRefusesEmbeddedPostgresWithRealKafkaOrRedis(t *testing.T) {
 		})
 	}
 }
+
+// The banner's URL is built from the address the server got (Go reports all interfaces as
+// [::]), and must be one curl reaches.
+func TestDevBaseURL(t *testing.T) {
+	for addr, want := range map[string]string{
+		":8080":           "http://127.0.0.1:8080",
+		"0.0.0.0:8080":    "http://127.0.0.1:8080",
+		"[::]:43213":      "http://127.0.0.1:43213",
+		"127.0.0.1:18080": "http://127.0.0.1:18080",
+		"[::1]:8080":      "http://[::1]:8080",
+		"localhost:8080":  "http://localhost:8080",
+	} {
+		if got := devBaseURL(addr); got != want {
+			t.Errorf("devBaseURL(%q) = %q, want %q", addr, got, want)
+		}
+	}
+}

@@ -32,6 +32,8 @@ type runFlags struct {
 	shutdown app.ShutdownConfig
 	infra    infra.Config
 	configs  map[string]module.Config
+	// onReady, optional, gets the address the server listens on (dev mode's banner).
+	onReady func(addr string)
 }
 
 // register adds the flags of the given modules and of the clients they need. serve registers
@@ -71,7 +73,7 @@ func (r *runFlags) run(cmd *cobra.Command, lc *logConfig, log *slog.Logger) erro
 	linkConfigs(r.configs)
 	version, _ := Version()
 	return app.Run(cmd.Context(), app.Options{Registry: module.Default(), Roles: r.roles, HTTP: r.http, Version: version,
-		Shutdown: r.shutdown, Infra: r.infra, Configs: r.configs, Log: log,
+		Shutdown: r.shutdown, Infra: r.infra, Configs: r.configs, Log: log, OnReady: r.onReady,
 		CrossCheck: func(selected map[string]module.Config) error {
 			for _, w := range crossWarnings(selected, r.infra.PG.MaxConns) {
 				log.Warn(w)

@@ -220,6 +220,11 @@ func TestServeRefusesReadinessWhileSchemaIsBehind(t *testing.T) {
 func TestDevModeWithEmbeddedServicesBecomesReady(t *testing.T) {
 	p := Start(t, nil, "dev")
 	p.WaitReadyz(t, 200, 90*time.Second)
+	// The banner's curl lines must reach the server: with --http.addr 127.0.0.1:0 (a free
+	// port, as here) they named port 0.
+	if want := "curl -s '" + p.Base + "/readyz'"; !strings.Contains(p.String(), want) {
+		t.Errorf("the dev banner lacks %q:\n%s", want, p.tail())
+	}
 	now := time.Now().UnixMilli()
 	for u := 0; u < 3; u++ {
 		postWatch(t, p.Base, fmt.Sprintf("dev-seed%d", u), "dev-x", now-2000)
