@@ -113,6 +113,8 @@ func (c *Consumer) Run(ctx context.Context) error {
 	go func() { defer close(fetchDone); c.fetch(fetchCtx, r, in) }()
 	healDone := make(chan struct{})
 	go func() { defer close(healDone); c.heal(ctx) }()
+	lagDone := make(chan struct{})
+	go func() { defer close(lagDone); c.lagLoop(ctx, r) }()
 	// Its own loop, not heal's: `users forget` counts on a reread every ForgottenRefresh,
 	// whatever --consumer.heal-interval is and however long a repopulation keeps heal busy.
 	forgottenDone := make(chan struct{})
@@ -165,6 +167,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	close(c.mirror)
 	<-mirrorDone
 	<-healDone
+	<-lagDone
 	<-forgottenDone
 	if err := r.Close(); err != nil {
 		c.m.errors("stop")
@@ -682,15 +685,28 @@ func (c *Consumer) heal(ctx context.Context) {
 	defer t.Stop()
 	var lastSlow time.Time
 	for {
-		if r := c.reader.Load(); r != nil {
-			c.m.reader(r.Stats()) // the counters restart at every call: this is the only one
-			c.refreshLag(ctx, r)
-		}
 		c.healRedis(ctx)
 		if time.Since(lastSlow) >= 30*time.Second {
 			lastSlow = time.Now()
 			c.housekeeping(ctx)
 		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// lagLoop reads the high-water marks and the reader's counters every --consumer.heal-interval.
+// Not on heal's loop: a repopulation, or a purge waiting on PostgreSQL, holds a heal pass for
+// as long as it lasts, and the lag must grow (and follow the assignment) meanwhile.
+func (c *Consumer) lagLoop(ctx context.Context, r *kafka.GroupReader) {
+	t := time.NewTicker(c.cfg.HealInterval)
+	defer t.Stop()
+	for {
+		c.m.reader(r.Stats()) // the counters restart at every call: this is the only one
+		c.refreshLag(ctx, r)
 		select {
 		case <-ctx.Done():
 			return

@@ -736,6 +736,31 @@ func TestPartitionLagGrowsWhileBlockedAndFollowsTheAssignment(t *testing.T) {
 	})
 }
 
+// The high-water marks are read on their own schedule: a heal pass that cannot finish (its
+// purge of applied event ids waits on the same lock as the transactions, as it would on a
+// PostgreSQL that hangs, or a long repopulation of Redis) does not freeze the lag at what the
+// reader last handed over, which the full pipeline stopped taking.
+func TestPartitionLagGrowsWhileHealIsStuck(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	e.MaxBatch = 5 // a pipeline of a few dozen messages
+	evs := e.generate(11, 600)
+	tx, err := e.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `LOCK TABLE feature_applied IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	c := e.startConsumer(t)
+	t.Cleanup(func() { _ = tx.Rollback(ctx) }) // before the consumer stops
+	e.produce(t, evs[:200])
+	waitFor(t, "the lag of what was fetched", 60*time.Second, func() bool { return sum(lagSeries(c.set)) >= 200 })
+	e.produce(t, evs[200:])
+	waitFor(t, "the lag of everything produced", 30*time.Second, func() bool { return sum(lagSeries(c.set)) == float64(len(evs)) })
+}
+
 // TestSharedEventIDsApplyPerUser: clients that number events per user send ids other users
 // send too (api-contract §16.10). Every user's event is applied once, a resend by the same
 // user (delivered again after the others) is a duplicate, and the state equals the rebuild
