@@ -22,6 +22,9 @@
 #                         recsys-test-secret; CA in $RECSYS_SERVICES_DIR/kafka/tls/ca.pem).
 #                         SCRAM's user is added when the storage is formatted, so set it
 #                         before the first start of a services dir.
+#   RECSYS_KAFKA_ACLS     1 (with RECSYS_KAFKA_SASL_SSL_PORT): the broker authorizes requests
+#                         (StandardAuthorizer); PLAINTEXT clients are super users, the
+#                         SASL_SSL user may do only what ACLs granted over PLAINTEXT allow.
 #   RECSYS_KAFKA_VERSION  Apache Kafka version from Maven Central (default below)
 #   RECSYS_KAFKA_HEAP     JVM heap flags (default "-Xms256m -Xmx1g")
 #   RECSYS_{PG,REDIS,KAFKA}_START_TIMEOUT  seconds to wait for each to answer (60, 20, 90;
@@ -47,6 +50,7 @@ REDIS_PORT="${RECSYS_REDIS_PORT:-56379}"
 KAFKA_PORT="${RECSYS_KAFKA_PORT:-59092}"
 KAFKA_CONTROLLER_PORT="${RECSYS_KAFKA_CONTROLLER_PORT:-59093}"
 KAFKA_SASL_SSL_PORT="${RECSYS_KAFKA_SASL_SSL_PORT:-}"
+KAFKA_ACLS="${RECSYS_KAFKA_ACLS:-}"
 KAFKA_HEAP="${RECSYS_KAFKA_HEAP:--Xms256m -Xmx1g}"
 PG_DB=recsys
 
@@ -512,6 +516,14 @@ listener.name.sasl_ssl.ssl.keystore.location=$KAFKA_TLS/server-keystore.pem
 listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-512
 listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_SASL_USER="$KAFKA_SASL_PASSWORD";
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+EOF
+	[[ $KAFKA_ACLS == 1 ]] || return 0
+	# The broker's own traffic and the PLAINTEXT test clients are ANONYMOUS: super users.
+	cat >>"$KAFKA_PROPS" <<EOF
+# ACLs for the SASL_SSL user only (RECSYS_KAFKA_ACLS).
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS
+allow.everyone.if.no.acl.found=false
 EOF
 }
 

@@ -122,6 +122,11 @@ type ReaderOptions struct {
 // partition's leader serves it: a producer that fetched metadata before the election would
 // get NotLeaderForPartition for its whole metadata TTL, and one that publishes right after
 // it for a moment.
+//
+// A client without the permission to create topics (topics made by whoever runs the
+// cluster) is refused even those that exist: the broker checks the permission before
+// looking. Such a topic is fine when the broker describes it; the error is the refusal when
+// it does not (missing, or not even described to this client).
 func (c *Client) EnsureTopics(ctx context.Context, topics ...string) error {
 	req := &kafkago.CreateTopicsRequest{}
 	for _, t := range topics {
@@ -131,10 +136,19 @@ func (c *Client) EnsureTopics(ctx context.Context, topics ...string) error {
 	if err != nil {
 		return fmt.Errorf("create topics %v: %w", topics, err)
 	}
-	if err := topicErrors("create", resp.Errors, kafkago.TopicAlreadyExists); err != nil {
+	refused := map[string]error{}
+	for t, e := range resp.Errors {
+		if errors.Is(e, kafkago.TopicAuthorizationFailed) || errors.Is(e, kafkago.ClusterAuthorizationFailed) {
+			refused[t] = e
+		}
+	}
+	if err := topicErrors("create", resp.Errors, kafkago.TopicAlreadyExists, kafkago.TopicAuthorizationFailed, kafkago.ClusterAuthorizationFailed); err != nil {
 		return err
 	}
 	d := c.Dialer(time.Second)
+	if err := topicsDescribed(ctx, d, c.Brokers, refused); err != nil {
+		return err
+	}
 	for {
 		err := leadersServe(ctx, d, c.Brokers, topics)
 		if err == nil {
@@ -183,6 +197,44 @@ func leadersServe(ctx context.Context, d *kafkago.Dialer, brokers, topics []stri
 		return nil
 	}
 	return errors.Join(errs...)
+}
+
+// topicsDescribed reports nil once the first broker that answers describes every topic of
+// refused (its creation refused with the error there), and else the refusals of those it
+// does not describe.
+func topicsDescribed(ctx context.Context, d *kafkago.Dialer, brokers []string, refused map[string]error) error {
+	if len(refused) == 0 {
+		return nil
+	}
+	var errs []error
+	for _, addr := range brokers {
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		var missing []error
+		for t, cause := range refused {
+			_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+			_, err = conn.ReadPartitions(t)
+			var ke kafkago.Error
+			if errors.As(err, &ke) {
+				missing = append(missing, fmt.Errorf("create topic %s: %w; the broker does not describe it either: %w", t, cause, err))
+				err = nil
+				continue
+			}
+			if err != nil {
+				break
+			}
+		}
+		conn.Close()
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		return errors.Join(missing...)
+	}
+	return fmt.Errorf("describe the topics this client may not create: %w", errors.Join(errs...))
 }
 
 func leaderServes(ctx context.Context, d *kafkago.Dialer, p kafkago.Partition) error {
@@ -250,14 +302,21 @@ func (c *Client) DeleteTopics(ctx context.Context, topics ...string) error {
 	return topicErrors("delete", resp.Errors, kafkago.UnknownTopicOrPartition)
 }
 
-// topicErrors joins the per-topic errors of an admin request but done, the answer meaning
-// the topic already is as asked.
-func topicErrors(verb string, perTopic map[string]error, done error) error {
+// topicErrors joins the per-topic errors of an admin request but those of skip (the answer
+// meaning the topic already is as asked, or a case the caller handles).
+func topicErrors(verb string, perTopic map[string]error, skip ...error) error {
 	var errs []error
+next:
 	for t, e := range perTopic {
-		if e != nil && !errors.Is(e, done) {
-			errs = append(errs, fmt.Errorf("%s topic %s: %w", verb, t, e))
+		if e == nil {
+			continue
 		}
+		for _, s := range skip {
+			if errors.Is(e, s) {
+				continue next
+			}
+		}
+		errs = append(errs, fmt.Errorf("%s topic %s: %w", verb, t, e))
 	}
 	return errors.Join(errs...)
 }

@@ -19,7 +19,9 @@ type Private struct {
 	env     []string
 	dir     string
 	// saslSSL: Kafka also listens with SASL_SSL on saslSSLAddr (StartPrivateKafkaSASLSSL).
-	saslSSL     bool
+	saslSSL bool
+	// acls: the SASL_SSL user may do only what ACLs allow (StartPrivateKafkaACLs).
+	acls        bool
 	saslSSLAddr string
 	// Addr is host:port of the service; URL is its connection URL (pg, redis) or Addr (kafka).
 	Addr, URL string
@@ -81,7 +83,7 @@ func (p *Private) listenOn(dir string, port, controller int) {
 		"RECSYS_KAFKA_PORT="+strconv.Itoa(port), "RECSYS_KAFKA_CONTROLLER_PORT="+strconv.Itoa(controller),
 		// Empty unless listenSASLSSLOn: a value inherited from the test's environment would
 		// make every private broker open that one port.
-		"RECSYS_KAFKA_SASL_SSL_PORT=")
+		"RECSYS_KAFKA_SASL_SSL_PORT=", "RECSYS_KAFKA_ACLS=")
 	p.Addr = "127.0.0.1:" + strconv.Itoa(port)
 	switch p.service {
 	case "pg":

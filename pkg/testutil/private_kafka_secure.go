@@ -39,8 +39,26 @@ func StartPrivateKafkaSASLSSL(t testing.TB) *PrivateKafkaSecure {
 	}
 }
 
+// StartPrivateKafkaACLs is StartPrivateKafkaSASLSSL on a broker that authorizes requests:
+// clients of the PLAINTEXT listener (Addr) may do anything, granting ACLs among it; the
+// SASL_SSL user may do only what those grant, as a least-privileged production client.
+func StartPrivateKafkaACLs(t testing.TB) *PrivateKafkaSecure {
+	t.Helper()
+	p := startPrivate(t, &Private{t: t, service: "kafka", saslSSL: true, acls: true})
+	return &PrivateKafkaSecure{
+		Private:     p,
+		SASLSSLAddr: p.saslSSLAddr,
+		CAFile:      filepath.Join(p.dir, "kafka", "tls", "ca.pem"),
+		User:        KafkaSASLUser,
+		Password:    KafkaSASLPassword,
+	}
+}
+
 // listenSASLSSLOn adds Kafka's SASL_SSL listener on port to what listenOn set.
 func (p *Private) listenSASLSSLOn(port int) {
 	p.env = append(p.env, "RECSYS_KAFKA_SASL_SSL_PORT="+strconv.Itoa(port))
+	if p.acls {
+		p.env = append(p.env, "RECSYS_KAFKA_ACLS=1")
+	}
 	p.saslSSLAddr = "127.0.0.1:" + strconv.Itoa(port)
 }
