@@ -26,8 +26,8 @@ type FetchPart struct {
 // NewFetcher is a reader outside any group, for FetchLeaders to drive.
 func NewFetcher(c *Client, maxWait time.Duration) *GroupReader {
 	return &GroupReader{o: ReaderOptions{MaxWait: maxWait, MaxBytes: 16 << 20, MinBytes: 1}, addr: kafkago.TCP(c.Brokers...),
-		timeout: c.RequestTimeout, tr: c.Transport(5*time.Second, 10*time.Second), out: make(chan []kafkago.Message, 1),
-		done: make(chan struct{})}
+		timeout: c.RequestTimeout, trs: newTransports(func() kafkago.RoundTripper { return c.Transport(5*time.Second, 10*time.Second) }),
+		out: make(chan []kafkago.Message, 1), done: make(chan struct{})}
 }
 
 // FetchLeaders runs r's fetch loops over groups as if each group had its own leader broker
@@ -40,7 +40,9 @@ func FetchLeaders(ctx context.Context, r *GroupReader, groups ...[]FetchPart) ([
 			byLeader[i] = append(byLeader[i], &fetchState{topicPartition: topicPartition{p.Topic, int32(p.Partition)}, offset: p.Offset})
 		}
 	}
-	err := r.fetchLeaders(ctx, byLeader)
+	tr := r.trs.acquire()
+	err := r.fetchLeaders(ctx, tr.rt, byLeader)
+	tr.release()
 	next := make([][]int64, len(byLeader))
 	for i, g := range byLeader {
 		for _, p := range g {

@@ -35,8 +35,7 @@ type GroupReader struct {
 	addr    net.Addr
 	timeout time.Duration
 	cg      *kafkago.ConsumerGroup
-	tr      *kafkago.Transport
-	offsets *kafkago.Client // ListOffsets over tr
+	trs     *transports
 
 	out    chan []kafkago.Message
 	gen    atomic.Pointer[generation]
@@ -96,12 +95,14 @@ func (c *Client) NewGroupReader(o ReaderOptions) (*GroupReader, error) {
 		return nil, fmt.Errorf("consumer group %s: %w", o.GroupID, err)
 	}
 	r.cg = cg
-	r.tr = c.Transport(5*time.Second, 10*time.Second)
-	r.tr.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		r.dials.Add(1) // the raw connection; kafka-go adds TLS and SASL on top
-		return (&net.Dialer{}).DialContext(ctx, network, addr)
-	}
-	r.offsets = &kafkago.Client{Addr: r.addr, Transport: r.tr, Timeout: c.RequestTimeout}
+	r.trs = newTransports(func() kafkago.RoundTripper {
+		tr := c.Transport(5*time.Second, 10*time.Second)
+		tr.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			r.dials.Add(1) // the raw connection; kafka-go adds TLS and SASL on top
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		}
+		return tr
+	})
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	go r.run(ctx)
@@ -177,7 +178,7 @@ func (r *GroupReader) Close() error {
 		r.cancel()
 		err = r.cg.Close()
 		<-r.done
-		r.tr.CloseIdleConnections()
+		r.trs.close()
 	})
 	return err
 }
@@ -219,7 +220,8 @@ func (r *GroupReader) run(ctx context.Context) {
 }
 
 // fetchAll fetches parts until ctx ends, starting over (offsets resolved, leaders looked up)
-// after an error, with backoff.
+// after an error, with backoff; after a partition's leader moved, on a new transport (see
+// transports), which looks the leaders up again.
 func (r *GroupReader) fetchAll(ctx context.Context, parts []*fetchState) {
 	if len(parts) == 0 {
 		<-ctx.Done()
@@ -227,15 +229,20 @@ func (r *GroupReader) fetchAll(ctx context.Context, parts []*fetchState) {
 	}
 	for attempt := 0; ; attempt++ {
 		began := time.Now()
-		err := r.resolveOffsets(ctx, parts)
+		tr := r.trs.acquire()
+		err := r.resolveOffsets(ctx, tr.rt, parts)
 		if err == nil {
 			var byLeader [][]*fetchState
-			if byLeader, err = r.leaders(ctx, parts); err == nil {
-				err = r.fetchLeaders(ctx, byLeader)
+			if byLeader, err = r.leaders(ctx, tr.rt, parts); err == nil {
+				err = r.fetchLeaders(ctx, tr.rt, byLeader)
 			}
 		}
+		tr.release()
 		if ctx.Err() != nil {
 			return
+		}
+		if leaderMoved(err) {
+			r.trs.renew(tr)
 		}
 		r.errs.Add(1)
 		r.warn("fetch", err)
@@ -255,7 +262,7 @@ func (r *GroupReader) fetchAll(ctx context.Context, parts []*fetchState) {
 
 // resolveOffsets turns the partitions' symbolic offsets (no committed offset, or a reset)
 // into their first offsets.
-func (r *GroupReader) resolveOffsets(ctx context.Context, parts []*fetchState) error {
+func (r *GroupReader) resolveOffsets(ctx context.Context, rt kafkago.RoundTripper, parts []*fetchState) error {
 	req := &kafkago.ListOffsetsRequest{Topics: map[string][]kafkago.OffsetRequest{}}
 	for _, p := range parts {
 		if p.offset < 0 {
@@ -265,7 +272,7 @@ func (r *GroupReader) resolveOffsets(ctx context.Context, parts []*fetchState) e
 	if len(req.Topics) == 0 {
 		return nil
 	}
-	res, err := r.offsets.ListOffsets(ctx, req)
+	res, err := (&kafkago.Client{Addr: r.addr, Transport: rt, Timeout: r.timeout}).ListOffsets(ctx, req)
 	if err != nil {
 		return fmt.Errorf("list offsets: %w", err)
 	}
@@ -290,7 +297,7 @@ func (r *GroupReader) resolveOffsets(ctx context.Context, parts []*fetchState) e
 }
 
 // leaders groups parts by their leader broker.
-func (r *GroupReader) leaders(ctx context.Context, parts []*fetchState) ([][]*fetchState, error) {
+func (r *GroupReader) leaders(ctx context.Context, rt kafkago.RoundTripper, parts []*fetchState) ([][]*fetchState, error) {
 	var topics []string
 	for _, p := range parts {
 		if !slices.Contains(topics, p.topic) {
@@ -299,7 +306,7 @@ func (r *GroupReader) leaders(ctx context.Context, parts []*fetchState) ([][]*fe
 	}
 	tctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	m, err := r.tr.RoundTrip(tctx, r.addr, &metadataAPI.Request{TopicNames: topics})
+	m, err := rt.RoundTrip(tctx, r.addr, &metadataAPI.Request{TopicNames: topics})
 	if err != nil {
 		return nil, fmt.Errorf("metadata: %w", err)
 	}
@@ -331,9 +338,9 @@ func (r *GroupReader) leaders(ctx context.Context, parts []*fetchState) ([][]*fe
 }
 
 // fetchLeaders runs one fetch loop per leader until one fails or ctx ends.
-func (r *GroupReader) fetchLeaders(ctx context.Context, byLeader [][]*fetchState) error {
+func (r *GroupReader) fetchLeaders(ctx context.Context, rt kafkago.RoundTripper, byLeader [][]*fetchState) error {
 	if len(byLeader) == 1 {
-		return r.fetchLoop(ctx, byLeader[0])
+		return r.fetchLoop(ctx, rt, byLeader[0])
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -341,7 +348,7 @@ func (r *GroupReader) fetchLeaders(ctx context.Context, byLeader [][]*fetchState
 	var wg sync.WaitGroup
 	for _, parts := range byLeader {
 		wg.Go(func() {
-			errc <- r.fetchLoop(ctx, parts)
+			errc <- r.fetchLoop(ctx, rt, parts)
 			cancel()
 		})
 	}
@@ -350,7 +357,7 @@ func (r *GroupReader) fetchLeaders(ctx context.Context, byLeader [][]*fetchState
 }
 
 // fetchLoop asks one leader for all of parts, again and again, and hands over what comes.
-func (r *GroupReader) fetchLoop(ctx context.Context, parts []*fetchState) error {
+func (r *GroupReader) fetchLoop(ctx context.Context, rt kafkago.RoundTripper, parts []*fetchState) error {
 	byKey := make(map[topicPartition]*fetchState, len(parts))
 	for _, p := range parts {
 		byKey[p.topicPartition] = p
@@ -371,7 +378,7 @@ func (r *GroupReader) fetchLoop(ctx context.Context, parts []*fetchState) error 
 				CurrentLeaderEpoch: -1, FetchOffset: p.offset, LogStartOffset: -1, PartitionMaxBytes: partMax})
 		}
 		rctx, cancel := context.WithTimeout(ctx, r.o.MaxWait+r.timeout)
-		m, err := r.tr.RoundTrip(rctx, r.addr, req)
+		m, err := rt.RoundTrip(rctx, r.addr, req)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("fetch: %w", err)

@@ -35,13 +35,14 @@ import (
 // it alone. A partition's messages over MaxBytes go out in several record batches, each sent
 // only after the one before it was acked, and a failed batch fails its partition's later ones
 // unsent (NotSentError), so a partition never receives a later message without the earlier
-// ones.
+// ones. A call that finds a partition's leader moved replaces the transport (see transports),
+// so that the next one reaches the new leader.
 type Producer struct {
-	addr      net.Addr
-	transport kafkago.RoundTripper // a *kafkago.Transport; its metadata cache routes requests
-	maxBytes  int64
-	timeout   time.Duration
-	balancer  kafkago.Hash
+	addr     net.Addr
+	trs      *transports // *kafkago.Transport; its metadata cache routes requests
+	maxBytes int64
+	timeout  time.Duration
+	balancer kafkago.Hash
 }
 
 // ProducerOptions tune a Producer.
@@ -64,18 +65,16 @@ func (c *Client) NewProducer(o ProducerOptions) *Producer {
 		o.MetadataTTL = 10 * time.Second
 	}
 	return &Producer{
-		addr:      kafkago.TCP(c.Brokers...),
-		transport: c.Transport(3*time.Second, o.MetadataTTL),
-		maxBytes:  o.MaxBytes,
-		timeout:   c.RequestTimeout,
+		addr:     kafkago.TCP(c.Brokers...),
+		trs:      newTransports(func() kafkago.RoundTripper { return c.Transport(3*time.Second, o.MetadataTTL) }),
+		maxBytes: o.MaxBytes,
+		timeout:  c.RequestTimeout,
 	}
 }
 
 // Close releases the producer's idle connections.
 func (p *Producer) Close() error {
-	if t, ok := p.transport.(*kafkago.Transport); ok {
-		t.CloseIdleConnections()
-	}
+	p.trs.close()
 	return nil
 }
 
@@ -116,19 +115,30 @@ func (p *Producer) WriteMessages(ctx context.Context, msgs ...kafkago.Message) e
 		}
 	}
 	errs := make(kafkago.WriteErrors, len(msgs))
-	leaders, err := p.assign(ctx, msgs, errs)
+	tr := p.trs.acquire()
+	defer tr.release()
+	leaders, err := p.assign(ctx, tr.rt, msgs, errs)
 	if err != nil {
 		return err
 	}
 	var wg sync.WaitGroup
 	for _, parts := range leaders {
-		wg.Go(func() { p.sendRounds(ctx, msgs, parts, errs) })
+		wg.Go(func() { p.sendRounds(ctx, tr.rt, msgs, parts, errs) })
 	}
 	wg.Wait()
+	failed := false
 	for _, e := range errs {
 		if e != nil {
-			return errs
+			failed = true
+			if leaderMoved(e) {
+				// The outbox sends the message again after its backoff: to the new leader.
+				p.trs.renew(tr)
+				break
+			}
 		}
+	}
+	if failed {
+		return errs
 	}
 	return nil
 }
@@ -136,7 +146,7 @@ func (p *Producer) WriteMessages(ctx context.Context, msgs ...kafkago.Message) e
 // assign picks every message's partition and groups the partitions' record batches by leader
 // broker: per leader, per partition (in order of first message), the batches in order. A
 // message of a topic the metadata does not know gets its error in errs.
-func (p *Producer) assign(ctx context.Context, msgs []kafkago.Message, errs kafkago.WriteErrors) (map[int32][][]chunk, error) {
+func (p *Producer) assign(ctx context.Context, rt kafkago.RoundTripper, msgs []kafkago.Message, errs kafkago.WriteErrors) (map[int32][][]chunk, error) {
 	var topics []string
 	for i := range msgs {
 		if msgs[i].Topic == "" {
@@ -147,7 +157,7 @@ func (p *Producer) assign(ctx context.Context, msgs []kafkago.Message, errs kafk
 		}
 	}
 	tctx, cancel := context.WithTimeout(ctx, p.timeout)
-	r, err := p.transport.RoundTrip(tctx, p.addr, &metadataAPI.Request{TopicNames: topics})
+	r, err := rt.RoundTrip(tctx, p.addr, &metadataAPI.Request{TopicNames: topics})
 	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("produce: metadata: %w", err)
@@ -213,7 +223,7 @@ func (p *Producer) assign(ctx context.Context, msgs []kafkago.Message, errs kafk
 
 // sendRounds sends one leader's partitions: each round holds the next record batch of every
 // partition whose batches so far were acked.
-func (p *Producer) sendRounds(ctx context.Context, msgs []kafkago.Message, parts [][]chunk, errs kafkago.WriteErrors) {
+func (p *Producer) sendRounds(ctx context.Context, rt kafkago.RoundTripper, msgs []kafkago.Message, parts [][]chunk, errs kafkago.WriteErrors) {
 	next := make([]int, len(parts)) // per partition, its batch to send next
 	for {
 		req := &produceAPI.Request{Acks: int16(kafkago.RequireAll), Timeout: int32(p.timeout.Milliseconds())}
@@ -236,7 +246,7 @@ func (p *Producer) sendRounds(ctx context.Context, msgs []kafkago.Message, parts
 		if len(sent) == 0 {
 			return
 		}
-		results, err := p.roundTrip(ctx, req)
+		results, err := p.roundTrip(ctx, rt, req)
 		for _, pi := range sent {
 			cs := parts[pi]
 			c := cs[next[pi]]
@@ -296,10 +306,10 @@ func split(msgs []kafkago.Message, cs []chunk, at int) []chunk {
 
 // roundTrip sends one produce request and returns the error of each partition that failed;
 // err fails every partition of the request.
-func (p *Producer) roundTrip(ctx context.Context, req *produceAPI.Request) (map[topicPartition]error, error) {
+func (p *Producer) roundTrip(ctx context.Context, rt kafkago.RoundTripper, req *produceAPI.Request) (map[topicPartition]error, error) {
 	rctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
-	r, err := p.transport.RoundTrip(rctx, p.addr, req)
+	r, err := rt.RoundTrip(rctx, p.addr, req)
 	if err != nil {
 		return nil, fmt.Errorf("produce: %w", err)
 	}

@@ -157,7 +157,7 @@ func TestProducerGroupsByLeaderAndStopsAFailedPartition(t *testing.T) {
 			c := &cluster{leaders: map[string][]int32{"a": {1, 2, 1, 2}, "b": {2}}, fail: tc.fail, failNth: tc.failNth}
 			// ~65-byte messages and 120-byte batches: one message per record batch.
 			c.limit = tc.limit
-			p := &Producer{transport: c, maxBytes: cmp.Or(tc.maxBytes, 120), timeout: time.Second}
+			p := &Producer{trs: newTransports(func() kafkago.RoundTripper { return c }), maxBytes: cmp.Or(tc.maxBytes, 120), timeout: time.Second}
 			var msgs []kafkago.Message
 			for i := range 3 {
 				for pt := range int32(4) {
@@ -238,5 +238,43 @@ func TestProducerGroupsByLeaderAndStopsAFailedPartition(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// kafka-go's Transport keeps routing a partition to the broker its cached metadata names
+// for up to its metadata TTL: after a leader moved, every call would be refused with Not
+// Leader For Partition until then. The call that is refused so replaces the transport, and
+// the next call goes by fresh metadata (here: a cluster that answers).
+func TestProducerRenewsItsTransportWhenALeaderMoved(t *testing.T) {
+	stale := &cluster{leaders: map[string][]int32{"a": {1}}, fail: map[string]int16{"a/0": int16(kafkago.NotLeaderForPartition)}}
+	fresh := &cluster{leaders: map[string][]int32{"a": {2}}}
+	var made []*cluster
+	p := &Producer{maxBytes: 1 << 20, timeout: time.Second, trs: newTransports(func() kafkago.RoundTripper {
+		c := stale
+		if len(made) > 0 {
+			c = fresh
+		}
+		made = append(made, c)
+		return c
+	})}
+	msg := kafkago.Message{Topic: "a", Key: []byte("k"), Value: []byte("v")}
+	var we kafkago.WriteErrors
+	if err := p.WriteMessages(context.Background(), msg); !errors.As(err, &we) || !errors.Is(we[0], kafkago.NotLeaderForPartition) {
+		t.Fatalf("first call: %v, want Not Leader For Partition", err)
+	}
+	if err := p.WriteMessages(context.Background(), msg); err != nil {
+		t.Fatalf("the call after the refusal: %v (transports made: %d)", err, len(made))
+	}
+	if got := fresh.appended["a/0"]; len(got) != 1 {
+		t.Fatalf("the new leader accepted %v", got)
+	}
+	// A refusal right after a renewal does not replace the transport again: an election that
+	// lasts is not a new transport per call.
+	fresh.fail = map[string]int16{"a/0": int16(kafkago.LeaderNotAvailable)}
+	for range 3 {
+		_ = p.WriteMessages(context.Background(), msg)
+	}
+	if len(made) != 2 {
+		t.Fatalf("%d transports made, want 2", len(made))
 	}
 }

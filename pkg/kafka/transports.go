@@ -1,0 +1,86 @@
+package kafka
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+)
+
+// leaderMoved reports a partition error meaning the broker asked no longer leads the
+// partition, or that its leader is being elected.
+func leaderMoved(err error) bool {
+	return errors.Is(err, kafkago.NotLeaderForPartition) || errors.Is(err, kafkago.LeaderNotAvailable) ||
+		errors.Is(err, kafkago.FencedLeaderEpoch) || errors.Is(err, kafkago.UnknownLeaderEpoch)
+}
+
+// renewEvery bounds how often a client replaces its transport: a partition whose election
+// lasts a few seconds fails every attempt meanwhile, and each new transport costs a
+// connection (TLS and SASL included) per broker.
+const renewEvery = time.Second
+
+// transports holds a client's kafka-go transport and replaces it when a leader moved.
+//
+// A kafka-go Transport routes each request by its cached topic metadata, which it refreshes
+// only on a timer (a random moment within its metadata TTL; topic creation aside): after a
+// leader moved (a broker restarted, a preferred leader elected again), it sends the
+// partition's requests to the old leader, refused with NotLeaderForPartition, for up to the
+// TTL (10 s here). A new transport reads the metadata first. The old one is closed once its
+// last request is done.
+type transports struct {
+	newRT func() kafkago.RoundTripper
+
+	mu      sync.Mutex
+	cur     *transportRef
+	renewed time.Time
+}
+
+// transportRef is one transport and the requests in flight on it.
+type transportRef struct {
+	rt    kafkago.RoundTripper
+	users sync.WaitGroup
+}
+
+func newTransports(newRT func() kafkago.RoundTripper) *transports {
+	return &transports{newRT: newRT, cur: &transportRef{rt: newRT()}}
+}
+
+// acquire returns the current transport; the caller releases it when its requests are done.
+func (t *transports) acquire() *transportRef {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.cur.users.Add(1)
+	return t.cur
+}
+
+func (r *transportRef) release() { r.users.Done() }
+
+// renew replaces used, whose requests found a leader moved, unless it was replaced already
+// or the last replacement is too recent.
+func (t *transports) renew(used *transportRef) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.cur != used || time.Since(t.renewed) < renewEvery {
+		return
+	}
+	t.cur = &transportRef{rt: t.newRT()}
+	t.renewed = time.Now()
+	go func() {
+		used.users.Wait()
+		closeIdle(used.rt)
+	}()
+}
+
+// close closes the current transport's idle connections.
+func (t *transports) close() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	closeIdle(t.cur.rt)
+}
+
+func closeIdle(rt kafkago.RoundTripper) {
+	if tr, ok := rt.(*kafkago.Transport); ok {
+		tr.CloseIdleConnections()
+	}
+}
