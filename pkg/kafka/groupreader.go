@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"slices"
@@ -79,22 +80,6 @@ func (c *Client) NewGroupReader(o ReaderOptions) (*GroupReader, error) {
 	if o.ErrorLog != nil {
 		errLog = kafkago.LoggerFunc(func(msg string, args ...any) { o.ErrorLog.Warn(fmt.Sprintf(msg, args...)) })
 	}
-	cg, err := kafkago.NewConsumerGroup(kafkago.ConsumerGroupConfig{
-		ID:                    o.GroupID,
-		Brokers:               c.Brokers,
-		Topics:                o.Topics,
-		Dialer:                c.Dialer(5 * time.Second),
-		HeartbeatInterval:     time.Second,
-		SessionTimeout:        10 * time.Second,
-		RebalanceTimeout:      10 * time.Second,
-		WatchPartitionChanges: true,
-		StartOffset:           kafkago.FirstOffset,
-		ErrorLogger:           errLog,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("consumer group %s: %w", o.GroupID, err)
-	}
-	r.cg = cg
 	r.trs = newTransports(func() kafkago.RoundTripper {
 		tr := c.Transport(5*time.Second, 10*time.Second)
 		tr.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -103,6 +88,27 @@ func (c *Client) NewGroupReader(o ReaderOptions) (*GroupReader, error) {
 		}
 		return tr
 	})
+	cg, err := kafkago.NewConsumerGroup(kafkago.ConsumerGroupConfig{
+		ID:                o.GroupID,
+		Brokers:           c.Brokers,
+		Topics:            o.Topics,
+		Dialer:            c.Dialer(5 * time.Second),
+		HeartbeatInterval: time.Second,
+		SessionTimeout:    10 * time.Second,
+		RebalanceTimeout:  10 * time.Second,
+		// kafka-go's defaults (range, then round robin) but for a topic that does not exist:
+		// see presentTopics. Its partition watcher is watchPartitions.
+		GroupBalancers: []kafkago.GroupBalancer{
+			presentTopics{kafkago.RangeGroupBalancer{}, r.partitionsOf},
+			presentTopics{kafkago.RoundRobinGroupBalancer{}, r.partitionsOf},
+		},
+		StartOffset: kafkago.FirstOffset,
+		ErrorLogger: errLog,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("consumer group %s: %w", o.GroupID, err)
+	}
+	r.cg = cg
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	go r.run(ctx)
@@ -209,14 +215,125 @@ func (r *GroupReader) run(ctx context.Context) {
 		}
 		r.gen.Store(g)
 		// A function started on the generation that returns ends it: fetchAll returns only
-		// when the generation or the reader ends.
+		// when the generation or the reader ends, watchPartitions also when the topics'
+		// partitions change.
 		gen.Start(func(gctx context.Context) {
 			fctx, cancel := context.WithCancel(ctx)
 			defer cancel()
 			defer context.AfterFunc(gctx, cancel)()
 			r.fetchAll(fctx, parts)
 		})
+		gen.Start(func(gctx context.Context) {
+			wctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			defer context.AfterFunc(gctx, cancel)()
+			r.watchPartitions(wctx)
+		})
 	}
+}
+
+// partitionWatchInterval is how often a member looks for partitions added to its topics,
+// and for a topic deleted or created (kafka-go's default).
+const partitionWatchInterval = 5 * time.Second
+
+// watchPartitions returns when the partitions of the reader's topics differ from those at
+// its start (a topic that does not exist has none), so that the group assigns them again,
+// or when ctx ends. It replaces kafka-go's watcher, which ends the generation at once when
+// a topic does not exist: once one of the topics was deleted, the group rebalanced in a
+// loop (15,000 generations in 40 s, nothing fetched from the topic left).
+func (r *GroupReader) watchPartitions(ctx context.Context) {
+	var start map[string][]int
+	t := time.NewTicker(partitionWatchInterval)
+	defer t.Stop()
+	for {
+		ps, err := r.topicPartitions(ctx, r.o.Topics)
+		switch {
+		case err != nil:
+			// Looked at again on the next tick; fetch errors tell the story meanwhile.
+		case start == nil:
+			start = ps
+		case !maps.EqualFunc(start, ps, slices.Equal):
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// topicPartitions returns the partition ids of each topic, sorted; a topic that does not
+// exist is left out.
+func (r *GroupReader) topicPartitions(ctx context.Context, topics []string) (map[string][]int, error) {
+	tr := r.trs.acquire()
+	defer tr.release()
+	tctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	m, err := tr.rt.RoundTrip(tctx, r.addr, &metadataAPI.Request{TopicNames: topics})
+	if err != nil {
+		return nil, fmt.Errorf("metadata: %w", err)
+	}
+	out := map[string][]int{}
+	for _, t := range m.(*metadataAPI.Response).Topics {
+		switch t.ErrorCode {
+		case 0:
+		case int16(kafkago.UnknownTopicOrPartition):
+			continue
+		default:
+			return nil, fmt.Errorf("metadata of %s: %w", t.Name, kafkago.Error(t.ErrorCode))
+		}
+		ids := make([]int, 0, len(t.Partitions))
+		for _, p := range t.Partitions {
+			ids = append(ids, int(p.PartitionIndex))
+		}
+		slices.Sort(ids)
+		out[t.Name] = ids
+	}
+	return out, nil
+}
+
+// partitionsOf lists the partitions of the topics that exist, for presentTopics.
+func (r *GroupReader) partitionsOf(topics []string) ([]kafkago.Partition, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+	defer cancel()
+	ps, err := r.topicPartitions(ctx, topics)
+	if err != nil {
+		return nil, err
+	}
+	var out []kafkago.Partition
+	for topic, ids := range ps {
+		for _, id := range ids {
+			out = append(out, kafkago.Partition{Topic: topic, ID: id})
+		}
+	}
+	return out, nil
+}
+
+// presentTopics is a kafka-go balancer given the partitions of the members' topics that
+// exist. The group leader lists the partitions of all the topics in one metadata request,
+// and kafka-go assigns none at all when one topic does not exist: a deleted topic stopped
+// the group's consumption of every other topic too.
+type presentTopics struct {
+	kafkago.GroupBalancer
+	partitions func(topics []string) ([]kafkago.Partition, error)
+}
+
+func (b presentTopics) AssignGroups(members []kafkago.GroupMember, partitions []kafkago.Partition) kafkago.GroupMemberAssignments {
+	if len(partitions) == 0 { // every topic has partitions: the listing failed
+		var topics []string
+		for _, m := range members {
+			for _, t := range m.Topics {
+				if !slices.Contains(topics, t) {
+					topics = append(topics, t)
+				}
+			}
+		}
+		if ps, err := b.partitions(topics); err == nil {
+			partitions = ps
+		}
+	}
+	return b.GroupBalancer.AssignGroups(members, partitions)
 }
 
 // fetchAll fetches parts until ctx ends, starting over (offsets resolved, leaders looked up)

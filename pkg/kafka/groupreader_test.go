@@ -2,7 +2,10 @@ package kafka_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -343,5 +346,90 @@ func TestGroupReaderLoopStoppedByAnotherLeaderLosesNothing(t *testing.T) {
 	handed := first[len(first)-1].Offset + 1
 	if next := got.next[0][0]; next != handed {
 		t.Fatalf("the consumer got offsets up to %d, the fetch starts again at %d: offsets %d..%d lost", handed-1, next, handed, next-1)
+	}
+}
+
+// A member goes on reading its other topic while one of its topics is deleted, and takes
+// the topic back once it is created again. kafka-go's group assigned nothing at all while a
+// topic was missing, and its partition watcher ended every generation at its start: the
+// group rebalanced in a loop (~400 generations a second) and read nothing.
+func TestGroupReaderGoesOnWhileATopicIsDeleted(t *testing.T) {
+	c, _, topics := producerTopics(t, 2, "t.gr.kept.", "t.gr.gone.")
+	kept, gone := topics[0], topics[1]
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	r := newGroupReader(t, c, testutil.Unique("gr-gone"), topics...)
+	var got collected
+	dctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); drain(dctx, r, &got) }()
+	defer func() { stop(); <-done }()
+	of := func(topic string) int {
+		got.mu.Lock()
+		defer got.mu.Unlock()
+		n := 0
+		for _, m := range got.msgs {
+			if m.Topic == topic {
+				n++
+			}
+		}
+		return n
+	}
+	produceKeyed(t, ctx, c, 0, 10, kept, gone)
+	waitFor(t, "both topics read", 30*time.Second, func() bool { return got.len() >= 20 })
+	r.Stats() // the counters from here on
+	if err := c.DeleteTopics(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	// Once the group noticed (a rebalance), what it assigns goes on being read.
+	rebalances := int64(0)
+	waitFor(t, "a rebalance after the deletion", 30*time.Second, func() bool {
+		rebalances += r.Stats().Rebalances
+		return rebalances > 0
+	})
+	time.Sleep(2 * time.Second)
+	produceKeyed(t, ctx, c, 10, 10, kept)
+	waitFor(t, "the kept topic read after the other was deleted", 60*time.Second, func() bool { return of(kept) >= 20 })
+	if err := c.EnsureTopics(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	produceKeyed(t, ctx, c, 10, 10, gone)
+	waitFor(t, "the topic created again read", 60*time.Second, func() bool { return of(gone) >= 20 })
+	if n := rebalances + r.Stats().Rebalances; n > 10 {
+		t.Errorf("%d generations", n)
+	}
+	if len(got.fault) > 0 {
+		t.Fatalf("faults: %v", got.fault)
+	}
+}
+
+// Partitions added to a topic are assigned (the group's partition watcher) and read from
+// their first offset: what the producers wrote to them before the rebalance is not skipped.
+func TestGroupReaderTakesAddedPartitions(t *testing.T) {
+	c, ctx, topics := producerTopics(t, 1, "t.gr.grow.")
+	r := newGroupReader(t, c, testutil.Unique("gr-grow"), topics...)
+	var got collected
+	dctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); drain(dctx, r, &got) }()
+	defer func() { stop(); <-done }()
+	produceKeyed(t, ctx, c, 0, 10, topics...)
+	waitFor(t, "the first partition read", 20*time.Second, func() bool { return got.len() >= 10 })
+	res, err := c.Admin().CreatePartitions(ctx, &kafkago.CreatePartitionsRequest{Topics: []kafkago.TopicPartitionsConfig{{Name: topics[0], Count: 3}}})
+	if err == nil {
+		err = errors.Join(slices.Collect(maps.Values(res.Errors))...)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A new producer: the metadata of the first would know one partition for a while.
+	produceKeyed(t, ctx, c, 10, 30, topics...)
+	waitFor(t, "every partition read", 40*time.Second, func() bool { return got.len() >= 40 })
+	parts := map[int]bool{}
+	for _, m := range got.msgs {
+		parts[m.Partition] = true
+	}
+	if len(parts) != 3 || kafka.Assigned(r) != 3 {
+		t.Fatalf("read partitions %v, %d assigned", parts, kafka.Assigned(r))
 	}
 }
