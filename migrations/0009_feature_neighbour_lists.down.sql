@@ -7,7 +7,7 @@ CREATE TABLE feature_covis (
     PRIMARY KEY (item_id, neighbour_id)
 ) WITH (fillfactor = 80);
 
-CREATE FUNCTION pg_temp.float8_from_bits(b bytea) RETURNS double precision
+CREATE OR REPLACE FUNCTION pg_temp.float8_from_bits(b bytea) RETURNS double precision
 LANGUAGE plpgsql IMMUTABLE STRICT AS $$
 DECLARE
     bits bigint := ('x' || encode(b, 'hex'))::bit(64)::bigint;
@@ -28,7 +28,7 @@ BEGIN
     RETURN v;
 END $$;
 
-CREATE FUNCTION pg_temp.neighbour_entries(b bytea)
+CREATE OR REPLACE FUNCTION pg_temp.neighbour_entries(b bytea)
 RETURNS TABLE (neighbour_id text, weight double precision)
 LANGUAGE plpgsql IMMUTABLE STRICT AS $$
 DECLARE
