@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"strconv"
 	"time"
@@ -23,21 +24,34 @@ var migrateConnectWait, migrateConnectRetry = 30 * time.Second, time.Second
 
 func newMigrateCmd(lc *logConfig) *cobra.Command {
 	var dsn string
+	lockTimeout, lockRetryFor := migrate.DefaultLockTimeout, migrate.DefaultLockRetryFor
 	cmd := &cobra.Command{
 		Use:   "migrate",
 		Short: "Apply, revert and check the embedded schema migrations",
 		Long: `Apply, revert and check the embedded PostgreSQL schema migrations (golang-migrate).
 Concurrent "migrate up" runs from several pods are serialised by an advisory lock.
 A database that does not accept connections yet is retried for up to 30 s.
+A migration waits at most --migrate.lock-timeout for each table lock (writers of the table
+queue behind it meanwhile); one that gives up is rolled back whole and run again, for up to
+--migrate.lock-retry-for, leaving the schema clean if it never gets its locks.
 Roles never migrate implicitly; they stay unready while the schema is behind the binary,
 and the relay and consumer start their work only once it has caught up.`,
 	}
 	cmd.PersistentFlags().StringVar(&dsn, "pg.dsn", "", "PostgreSQL URL (secret)")
 	flagenv.Alias(cmd.PersistentFlags(), "pg.dsn", "DATABASE_URL")
 	flagenv.Secret(cmd.PersistentFlags(), "pg.dsn")
+	cmd.PersistentFlags().DurationVar(&lockTimeout, "migrate.lock-timeout", lockTimeout, "longest wait of a migration for each lock it takes (its lock_timeout; 0: unbounded); every later query of that table waits behind it meanwhile")
+	cmd.PersistentFlags().DurationVar(&lockRetryFor, "migrate.lock-retry-for", lockRetryFor, "how long up and down retry a migration that gave up waiting for a lock (nothing of it applied) before failing with the schema clean")
 	open := func(ctx context.Context) (*migrate.Migrator, error) {
 		if dsn == "" {
 			return nil, errors.New("--pg.dsn (RECSYS_PG_DSN or DATABASE_URL) is required")
+		}
+		// PostgreSQL takes whole milliseconds up to INT_MAX.
+		if lockTimeout < 0 || lockTimeout > math.MaxInt32*time.Millisecond {
+			return nil, fmt.Errorf("--migrate.lock-timeout must be between 0 and %s, got %s", math.MaxInt32*time.Millisecond, lockTimeout)
+		}
+		if lockRetryFor < 0 {
+			return nil, fmt.Errorf("--migrate.lock-retry-for must be >= 0, got %s", lockRetryFor)
 		}
 		log, err := lc.logger(os.Stderr)
 		if err != nil {
@@ -52,7 +66,7 @@ and the relay and consumer start their work only once it has caught up.`,
 		for {
 			m, err := migrate.Open(dsn)
 			if err == nil {
-				m.Log = log
+				m.Log, m.LockTimeout, m.LockRetryFor = log, lockTimeout, lockRetryFor
 				return m, nil
 			}
 			if time.Now().After(deadline) {

@@ -4,11 +4,13 @@
 package migrate
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"regexp"
@@ -18,9 +20,12 @@ import (
 	"time"
 
 	gomigrate "github.com/golang-migrate/migrate/v4"
+	"github.com/golang-migrate/migrate/v4/database"
 	pgxmigrate "github.com/golang-migrate/migrate/v4/database/pgx/v5"
+	"github.com/golang-migrate/migrate/v4/source"
 	"github.com/golang-migrate/migrate/v4/source/iofs"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 
 	"recsys/migrations"
@@ -116,12 +121,139 @@ func Latest() uint {
 	return files[len(files)-1].Version
 }
 
+// Defaults of Migrator.LockTimeout and Migrator.LockRetryFor.
+const (
+	DefaultLockTimeout  = 2 * time.Second
+	DefaultLockRetryFor = 10 * time.Minute
+)
+
 // Migrator runs golang-migrate over the embedded files against one database.
 type Migrator struct {
 	dsn string
 	m   *gomigrate.Migrate
 	// Log receives notices such as "schema ahead of this binary"; nil means slog.Default().
 	Log *slog.Logger
+	// LockTimeout bounds how long a migration file waits for each lock it takes (its
+	// lock_timeout; 0: no bound). While a migration waits for a table's lock, every later
+	// query of that table queues behind it: without a bound, one long transaction (a backup,
+	// a report) holding the table would stall all of its writers for as long as it lasts.
+	LockTimeout time.Duration
+	// LockRetryFor is how long Up and Down go on retrying a file that gave up waiting for a
+	// lock (nothing of it was applied) before they fail, with the schema left clean.
+	LockRetryFor time.Duration
+}
+
+// lockTimeoutPrefix starts every transactional migration file as it is run, on the file's
+// first line so that golang-migrate's line numbers stay those of the file. SET LOCAL lasts
+// until the end of the file's transaction: golang-migrate's own statements (its advisory lock,
+// the version row) keep the session's settings.
+const lockTimeoutPrefix = "SET LOCAL lock_timeout = "
+
+// boundedSource gives every migration file its Migrator's lock timeout.
+type boundedSource struct {
+	source.Driver
+	mg *Migrator
+}
+
+func (s boundedSource) ReadUp(version uint) (io.ReadCloser, string, error) {
+	r, id, err := s.Driver.ReadUp(version)
+	if err != nil {
+		return r, id, err
+	}
+	return s.mg.bounded(r, id)
+}
+
+func (s boundedSource) ReadDown(version uint) (io.ReadCloser, string, error) {
+	r, id, err := s.Driver.ReadDown(version)
+	if err != nil {
+		return r, id, err
+	}
+	return s.mg.bounded(r, id)
+}
+
+// concurrently marks a file that cannot run in a transaction (CREATE/DROP INDEX CONCURRENTLY,
+// shipped alone in its file): it gets no prefix, which would put it in one, and is not retried,
+// since a failed concurrent build leaves an invalid index behind. Comments (which may well
+// mention CONCURRENTLY, as 0013's does) are left out of the match.
+var concurrently, sqlComment = regexp.MustCompile(`(?i)\bconcurrently\b`), regexp.MustCompile(`(?s)--[^\n]*|/\*.*?\*/`)
+
+func (mg *Migrator) bounded(r io.ReadCloser, id string) (io.ReadCloser, string, error) {
+	if mg.LockTimeout <= 0 {
+		return r, id, nil
+	}
+	defer r.Close()
+	body, err := io.ReadAll(r)
+	if err != nil {
+		return nil, id, fmt.Errorf("read migration %s: %w", id, err)
+	}
+	if concurrently.Match(sqlComment.ReplaceAll(body, nil)) {
+		return io.NopCloser(bytes.NewReader(body)), id, nil
+	}
+	prefix := fmt.Sprintf("%s%d; ", lockTimeoutPrefix, max(mg.LockTimeout.Milliseconds(), 1))
+	return io.NopCloser(io.MultiReader(strings.NewReader(prefix), bytes.NewReader(body))), id, nil
+}
+
+// gaveUpOnLock reports whether err is a migration file that failed for want of a lock: its
+// lock timeout expired or it was chosen as a deadlock's victim. The file ran as one
+// transaction (it carries the prefix), so nothing of it was applied.
+func gaveUpOnLock(err error) (*pgconn.PgError, bool) {
+	var de database.Error
+	if !errors.As(err, &de) || !bytes.HasPrefix(de.Query, []byte(lockTimeoutPrefix)) {
+		return nil, false
+	}
+	var pe *pgconn.PgError
+	if errors.As(de.OrigErr, &pe) && (pe.Code == "55P03" || pe.Code == "40P01") {
+		return pe, true
+	}
+	return nil, false
+}
+
+// lockRetryWait is the first pause before a file that gave up on a lock runs again; it
+// doubles up to lockRetryMaxWait.
+var lockRetryWait, lockRetryMaxWait = time.Second, 30 * time.Second
+
+// retryLocks runs run (golang-migrate's Up or Steps) until it succeeds, fails for another
+// reason, or LockRetryFor has passed. golang-migrate marks a version dirty before running its
+// file, so after a file that gave up on a lock the version is set back to the one before it,
+// clean, as the rolled-back transaction left the schema. back is as for leftDirty.
+func (mg *Migrator) retryLocks(ctx context.Context, what string, back int, run func() error) error {
+	deadline := time.Now().Add(mg.LockRetryFor)
+	wait := lockRetryWait
+	for {
+		err := run()
+		cause, ok := gaveUpOnLock(err)
+		if !ok {
+			return mg.leftDirty(what, back, err)
+		}
+		v, dirty, verr := mg.Version()
+		if verr != nil || !dirty {
+			return mg.leftDirty(what, back, err)
+		}
+		before := int(v) + back
+		if before == 0 {
+			before = database.NilVersion
+		}
+		if ferr := mg.m.Force(before); ferr != nil {
+			return mg.leftDirty(what, back, errors.Join(err, ferr))
+		}
+		file := v // up: the dirty version is the file's; down: the one below it
+		if back > 0 {
+			file = uint(before)
+		}
+		if !time.Now().Add(wait).Before(deadline) {
+			// The file's text, which golang-migrate's error quotes whole, says nothing here.
+			return fmt.Errorf("%s: migration %d gave up waiting for a lock another transaction holds (lock timeout %s) and was retried for %s; nothing of it was applied and the schema is clean at version %d: find the blocking session (pg_stat_activity, pg_locks) or run again with a longer --migrate.lock-timeout: %w",
+				what, file, mg.LockTimeout, mg.LockRetryFor, max(before, 0), cause)
+		}
+		mg.log().Warn("a migration gave up waiting for a lock another transaction holds; nothing of it was applied, retrying",
+			"migration", file, "lock_timeout", mg.LockTimeout.String(), "retry_in", wait.String(), "err", cause.Error())
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: stopped while waiting to retry; the schema is clean at version %d: %w", what, max(before, 0), ctx.Err())
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, lockRetryMaxWait)
+	}
 }
 
 // Open prepares a migrator; dsn is a postgres:// URL or a key=value connection string. The
@@ -142,12 +274,14 @@ func Open(dsn string) (*Migrator, error) {
 		db.Close()
 		return nil, fmt.Errorf("open migrator: %w", err)
 	}
-	m, err := gomigrate.NewWithInstance("iofs", src, "pgx5", drv)
+	mg := &Migrator{dsn: dsn, LockTimeout: DefaultLockTimeout, LockRetryFor: DefaultLockRetryFor}
+	m, err := gomigrate.NewWithInstance("iofs", boundedSource{Driver: src, mg: mg}, "pgx5", drv)
 	if err != nil {
 		drv.Close()
 		return nil, fmt.Errorf("open migrator: %w", err)
 	}
-	return &Migrator{dsn: dsn, m: m}, nil
+	mg.m = m
+	return mg, nil
 }
 
 func (mg *Migrator) log() *slog.Logger {
@@ -177,10 +311,12 @@ func (mg *Migrator) Up(ctx context.Context) error {
 				"version", v, "binary_latest", latest)
 			return nil
 		}
-		if err := mg.m.Up(); err != nil && !errors.Is(err, gomigrate.ErrNoChange) {
-			return mg.leftDirty("migrate up", -1, err)
-		}
-		return nil
+		return mg.retryLocks(ctx, "migrate up", -1, func() error {
+			if err := mg.m.Up(); err != nil && !errors.Is(err, gomigrate.ErrNoChange) {
+				return err
+			}
+			return nil
+		})
 	})
 }
 
@@ -190,6 +326,9 @@ func (mg *Migrator) Up(ctx context.Context) error {
 // whole file), so the state it left and the way out come first. back is the direction the
 // version moves back to its value before the failed migration: -1 for up, +1 for down.
 func (mg *Migrator) leftDirty(what string, back int, err error) error {
+	if err == nil {
+		return nil
+	}
 	var de gomigrate.ErrDirty
 	if errors.As(err, &de) {
 		return fmt.Errorf("%s: %w", what, err) // dirty before this run; the error says so
@@ -216,10 +355,16 @@ func (mg *Migrator) Down(ctx context.Context, n int) error {
 		if latest := Latest(); v > latest {
 			return fmt.Errorf("database is at %d, newer than this binary (%d): run down with the newer image", v, latest)
 		}
-		if err := mg.m.Steps(-n); err != nil {
-			return mg.leftDirty(fmt.Sprintf("migrate down %d", n), 1, err)
-		}
-		return nil
+		// Versions are consecutive (LocalFS), so the steps left are the distance to target,
+		// also after a retry that reverted some of them.
+		target := int(v) - n
+		return mg.retryLocks(ctx, fmt.Sprintf("migrate down %d", n), 1, func() error {
+			cur, _, err := mg.Version()
+			if err != nil {
+				return err
+			}
+			return mg.m.Steps(-(int(cur) - target))
+		})
 	})
 }
 

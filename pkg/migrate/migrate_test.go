@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 	"testing/fstest"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -395,6 +396,120 @@ func TestFailedMigrationSaysItLeftTheSchemaDirty(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), "ddl refused by the test") {
 				t.Errorf("error lost the cause:\n%v", err)
+			}
+		})
+	}
+}
+
+// A migration whose table lock is held by a long transaction (a backup's pg_dump, a report)
+// must not queue every writer of that table behind its own request for as long as that
+// transaction lasts: it gives up its request after LockTimeout, leaves the schema clean and
+// tries again, so writers wait at most LockTimeout. Migration 0022 locks event_dedup, which
+// every ingest writes.
+func TestMigrationWaitingForALockDoesNotStallWriters(t *testing.T) {
+	latest := migrate.Latest()
+	up := func(ctx context.Context, m *migrate.Migrator) error { return m.Up(ctx) }
+	down := func(ctx context.Context, m *migrate.Migrator) error { return m.Down(ctx, 1) }
+	tests := []struct {
+		name     string
+		from     uint // version before the run; 0022 and its down lock event_dedup first
+		run      func(context.Context, *migrate.Migrator) error
+		hold     time.Duration // how long the blocking transaction lasts
+		retryFor time.Duration
+		after    uint // version after the run, clean
+	}{
+		{"up, blocker ends within the retries", latest - 1, up, 2500 * time.Millisecond, time.Minute, latest},
+		{"up, blocker outlasts the retries", latest - 1, up, 6 * time.Second, 1500 * time.Millisecond, latest - 1},
+		{"down, blocker ends within the retries", latest, down, 2500 * time.Millisecond, time.Minute, latest - 1},
+		{"down, blocker outlasts the retries", latest, down, 6 * time.Second, 1500 * time.Millisecond, latest},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			dsn := testutil.MigratedDatabase(t)
+			m, err := migrate.Open(dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			if tc.from < latest {
+				if err := m.Down(ctx, int(latest-tc.from)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			m.LockTimeout, m.LockRetryFor = 200*time.Millisecond, tc.retryFor
+
+			blocker, err := pgx.Connect(ctx, dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer blocker.Close(ctx)
+			if _, err := blocker.Exec(ctx, "BEGIN; SELECT count(*) FROM event_dedup"); err != nil {
+				t.Fatal(err)
+			}
+			released := make(chan struct{})
+			go func() {
+				defer close(released)
+				time.Sleep(tc.hold)
+				blocker.Exec(context.Background(), "COMMIT") //nolint:errcheck // the test fails on the schema if it did not end
+			}()
+			defer func() { <-released }()
+
+			done := make(chan error, 1)
+			go func() { done <- tc.run(ctx, m) }()
+
+			// The writer arrives while the migration waits for its lock, with the API's
+			// lock_timeout (--pg.lock-timeout, 1s).
+			pool := testutil.Pool(t, dsn)
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				var waiting bool
+				if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'event_dedup'::regclass
+					AND mode = 'AccessExclusiveLock' AND NOT granted)`).Scan(&waiting); err != nil {
+					t.Fatal(err)
+				}
+				if waiting {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the migration never waited for event_dedup's lock")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			writer, err := pgx.Connect(ctx, dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer writer.Close(ctx)
+			if _, err := writer.Exec(ctx, "SET lock_timeout = '1s'"); err != nil {
+				t.Fatal(err)
+			}
+			insert := "INSERT INTO event_dedup (event_id, event_type) VALUES ('w1', 'watch')"
+			if tc.from == latest {
+				insert = "INSERT INTO event_dedup (event_id, event_type, user_id) VALUES ('w1', 'watch', 'u1')"
+			}
+			if _, err := writer.Exec(ctx, insert); err != nil {
+				t.Errorf("a writer queued behind the waiting migration failed: %v", err)
+			}
+
+			var runErr error
+			select {
+			case runErr = <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the migration did not return")
+			}
+			// Given up or not, nothing is left dirty: the next run (the Job's retry) starts
+			// again without `migrate force`.
+			v, dirty, err := m.Version()
+			if err != nil || v != tc.after || dirty {
+				t.Fatalf("after the run (%v): version %d dirty %t err %v, want %d clean", runErr, v, dirty, err, tc.after)
+			}
+			if gotThrough := tc.after != tc.from; gotThrough {
+				if runErr != nil {
+					t.Fatal(runErr)
+				}
+			} else if runErr == nil || !strings.Contains(runErr.Error(), "gave up waiting for a lock") || !strings.Contains(runErr.Error(), "lock timeout (SQLSTATE 55P03)") {
+				t.Fatalf("run = %v, want the lock wait named", runErr)
 			}
 		})
 	}
