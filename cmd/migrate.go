@@ -34,6 +34,8 @@ A database that does not accept connections yet is retried for up to 30 s.
 A migration waits at most --migrate.lock-timeout for each table lock (writers of the table
 queue behind it meanwhile); one that gives up is rolled back whole and run again, for up to
 --migrate.lock-retry-for, leaving the schema clean if it never gets its locks.
+Stopped (SIGTERM, Ctrl-C) while a migration runs, it cancels it: the migration rolls back and
+the version is left clean at the one before.
 Roles never migrate implicitly; they stay unready while the schema is behind the binary,
 and the relay and consumer start their work only once it has caught up.`,
 	}

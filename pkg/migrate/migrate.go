@@ -6,6 +6,7 @@ package migrate
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -129,8 +131,9 @@ const (
 
 // Migrator runs golang-migrate over the embedded files against one database.
 type Migrator struct {
-	dsn string
-	m   *gomigrate.Migrate
+	dsn     string
+	appName string
+	m       *gomigrate.Migrate
 	// Log receives notices such as "schema ahead of this binary"; nil means slog.Default().
 	Log *slog.Logger
 	// LockTimeout bounds how long a migration file waits for each lock it takes (its
@@ -178,9 +181,6 @@ func (s boundedSource) ReadDown(version uint) (io.ReadCloser, string, error) {
 var concurrently, sqlComment = regexp.MustCompile(`(?i)\bconcurrently\b`), regexp.MustCompile(`(?s)--[^\n]*|/\*.*?\*/`)
 
 func (mg *Migrator) bounded(r io.ReadCloser, id string) (io.ReadCloser, string, error) {
-	if mg.LockTimeout <= 0 {
-		return r, id, nil
-	}
 	defer r.Close()
 	body, err := io.ReadAll(r)
 	if err != nil {
@@ -189,23 +189,96 @@ func (mg *Migrator) bounded(r io.ReadCloser, id string) (io.ReadCloser, string, 
 	if concurrently.Match(sqlComment.ReplaceAll(body, nil)) {
 		return io.NopCloser(bytes.NewReader(body)), id, nil
 	}
-	prefix := fmt.Sprintf("%s%d; ", lockTimeoutPrefix, max(mg.LockTimeout.Milliseconds(), 1))
+	// Also with no bound (0), so that gaveUpOnLock and stopped recognise a transactional file.
+	ms := int64(0)
+	if mg.LockTimeout > 0 {
+		ms = max(mg.LockTimeout.Milliseconds(), 1)
+	}
+	prefix := fmt.Sprintf("%s%d; ", lockTimeoutPrefix, ms)
 	return io.NopCloser(io.MultiReader(strings.NewReader(prefix), bytes.NewReader(body))), id, nil
 }
 
-// gaveUpOnLock reports whether err is a migration file that failed for want of a lock: its
-// lock timeout expired or it was chosen as a deadlock's victim. The file ran as one
-// transaction (it carries the prefix), so nothing of it was applied.
-func gaveUpOnLock(err error) (*pgconn.PgError, bool) {
+// fileFailed returns the PostgreSQL error of a migration file that ran as one transaction (it
+// carries the prefix) and failed with one of codes: nothing of it was applied.
+func fileFailed(err error, codes ...string) (*pgconn.PgError, bool) {
 	var de database.Error
 	if !errors.As(err, &de) || !bytes.HasPrefix(de.Query, []byte(lockTimeoutPrefix)) {
 		return nil, false
 	}
 	var pe *pgconn.PgError
-	if errors.As(de.OrigErr, &pe) && (pe.Code == "55P03" || pe.Code == "40P01") {
+	if errors.As(de.OrigErr, &pe) && slices.Contains(codes, pe.Code) {
 		return pe, true
 	}
 	return nil, false
+}
+
+// gaveUpOnLock reports whether err is a migration file that failed for want of a lock: its
+// lock timeout expired or it was chosen as a deadlock's victim.
+func gaveUpOnLock(err error) (*pgconn.PgError, bool) { return fileFailed(err, "55P03", "40P01") }
+
+// setBack records the version before the file that failed (at dirty version v), clean: its
+// transaction rolled back. back is as for leftDirty. It returns that version (-1: none) and
+// the failed file's.
+func (mg *Migrator) setBack(v uint, back int) (before int, file uint, err error) {
+	before = int(v) + back
+	if before == 0 {
+		before = database.NilVersion
+	}
+	file = v // up: the dirty version is the file's; down: the one below it
+	if back > 0 {
+		file = uint(before)
+	}
+	return before, file, mg.m.Force(before)
+}
+
+// cancelRunning stops a run whose context ended (SIGTERM: the Job's deadline, an evicted pod;
+// Ctrl-C): golang-migrate starts no further file, and the statement running now is cancelled,
+// so its file's transaction rolls back. Without it the process would be killed mid-file while
+// PostgreSQL, unaware, went on with the file and committed it, leaving the version dirty
+// although applied.
+func (mg *Migrator) cancelRunning() {
+	select {
+	case mg.m.GracefulStop <- true:
+	default:
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, mg.dsn)
+	if err != nil {
+		mg.log().Warn("could not cancel the running migration", "err", err.Error())
+		return
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = $1", mg.appName); err != nil {
+		mg.log().Warn("could not cancel the running migration", "err", err.Error())
+	}
+}
+
+// stopped is the outcome of a run that ended after ctx did. A file cancelled by
+// cancelRunning is set back like one that gave up on a lock.
+func (mg *Migrator) stopped(ctx context.Context, what string, back int, err error) error {
+	if err != nil {
+		if _, ok := fileFailed(err, "57014"); !ok {
+			return mg.leftDirty(what, back, err)
+		}
+		v, dirty, verr := mg.Version()
+		if verr != nil || !dirty {
+			return mg.leftDirty(what, back, err)
+		}
+		before, file, ferr := mg.setBack(v, back)
+		if ferr != nil {
+			return mg.leftDirty(what, back, errors.Join(err, ferr))
+		}
+		return fmt.Errorf("%s: stopped (%w): migration %d was cancelled and rolled back; the schema is clean at version %d", what, ctx.Err(), file, max(before, 0))
+	}
+	v, dirty, verr := mg.Version()
+	if verr != nil {
+		return fmt.Errorf("%s: stopped (%w): %w", what, ctx.Err(), verr)
+	}
+	if back < 0 && v >= Latest() && !dirty {
+		return nil // every file ran before the stop
+	}
+	return fmt.Errorf("%s: stopped (%w) between migrations; the schema is clean at version %d", what, ctx.Err(), v)
 }
 
 // lockRetryWait is the first pause before a file that gave up on a lock runs again; it
@@ -219,8 +292,12 @@ var lockRetryWait, lockRetryMaxWait = time.Second, 30 * time.Second
 func (mg *Migrator) retryLocks(ctx context.Context, what string, back int, run func() error) error {
 	deadline := time.Now().Add(mg.LockRetryFor)
 	wait := lockRetryWait
+	defer context.AfterFunc(ctx, mg.cancelRunning)()
 	for {
 		err := run()
+		if ctx.Err() != nil {
+			return mg.stopped(ctx, what, back, err)
+		}
 		cause, ok := gaveUpOnLock(err)
 		if !ok {
 			return mg.leftDirty(what, back, err)
@@ -229,16 +306,9 @@ func (mg *Migrator) retryLocks(ctx context.Context, what string, back int, run f
 		if verr != nil || !dirty {
 			return mg.leftDirty(what, back, err)
 		}
-		before := int(v) + back
-		if before == 0 {
-			before = database.NilVersion
-		}
-		if ferr := mg.m.Force(before); ferr != nil {
+		before, file, ferr := mg.setBack(v, back)
+		if ferr != nil {
 			return mg.leftDirty(what, back, errors.Join(err, ferr))
-		}
-		file := v // up: the dirty version is the file's; down: the one below it
-		if back > 0 {
-			file = uint(before)
 		}
 		if !time.Now().Add(wait).Before(deadline) {
 			// The file's text, which golang-migrate's error quotes whole, says nothing here.
@@ -268,13 +338,23 @@ func Open(dsn string) (*Migrator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open embedded migrations: %w", err)
 	}
+	// A name of its own, by which cancelRunning finds the session that runs the files.
+	var token [8]byte
+	if _, err := rand.Read(token[:]); err != nil {
+		return nil, fmt.Errorf("open migrator: %w", err)
+	}
+	appName := "recsys migrate " + hex.EncodeToString(token[:])
+	if pc.ConnConfig.RuntimeParams == nil {
+		pc.ConnConfig.RuntimeParams = map[string]string{}
+	}
+	pc.ConnConfig.RuntimeParams["application_name"] = appName
 	db := stdlib.OpenDB(*pc.ConnConfig)
 	drv, err := pgxmigrate.WithInstance(db, &pgxmigrate.Config{})
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open migrator: %w", err)
 	}
-	mg := &Migrator{dsn: dsn, LockTimeout: DefaultLockTimeout, LockRetryFor: DefaultLockRetryFor}
+	mg := &Migrator{dsn: dsn, appName: appName, LockTimeout: DefaultLockTimeout, LockRetryFor: DefaultLockRetryFor}
 	m, err := gomigrate.NewWithInstance("iofs", boundedSource{Driver: src, mg: mg}, "pgx5", drv)
 	if err != nil {
 		drv.Close()
@@ -401,7 +481,8 @@ func (mg *Migrator) locked(ctx context.Context, fn func() error) error {
 	if err := fn(); err != nil {
 		return err
 	}
-	return recordChecksums(ctx, conn)
+	// A run that completed although it was told to stop still records what it applied.
+	return recordChecksums(context.WithoutCancel(ctx), conn)
 }
 
 // recordChecksums stores the checksum of every applied version that has none yet and removes

@@ -514,3 +514,98 @@ func TestMigrationWaitingForALockDoesNotStallWriters(t *testing.T) {
 		})
 	}
 }
+
+// A `migrate up` told to stop (SIGTERM from the Job's deadline or an evicted pod) while a file
+// runs cancels it: the file rolls back and the version is left clean at the one before, not
+// dirty, and not applied behind the back of a process that is gone. LockTimeout 0 keeps the
+// file waiting inside its transaction, as a long rewrite would be.
+func TestStoppedMigrationLeavesTheSchemaClean(t *testing.T) {
+	latest := migrate.Latest()
+	ctx := context.Background()
+	dsn := testutil.MigratedDatabase(t)
+	m, err := migrate.Open(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Down(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	m.LockTimeout = 0
+
+	blocker, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Close(ctx)
+	if _, err := blocker.Exec(ctx, "BEGIN; SELECT count(*) FROM event_dedup"); err != nil {
+		t.Fatal(err)
+	}
+	const hold = 8 * time.Second
+	released := make(chan struct{})
+	go func() {
+		defer close(released)
+		time.Sleep(hold)
+		blocker.Exec(context.Background(), "COMMIT") //nolint:errcheck // the test fails on the schema if it did not end
+	}()
+	defer func() { <-released }()
+
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- m.Up(runCtx) }()
+	pool := testutil.Pool(t, dsn)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var waiting bool
+		if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'event_dedup'::regclass
+			AND mode = 'AccessExclusiveLock' AND NOT granted)`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the migration never waited for event_dedup's lock")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	stopped := time.Now()
+	stop()
+	var upErr error
+	select {
+	case upErr = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("migrate up did not return")
+	}
+	if took := time.Since(stopped); took > 3*time.Second {
+		t.Errorf("up returned %s after the stop, want it at once", took)
+	}
+	if upErr == nil || !strings.Contains(upErr.Error(), "cancelled and rolled back") {
+		t.Errorf("up = %v, want it to say the migration was cancelled", upErr)
+	}
+	<-released
+	// Whatever a session still running the file might do, it is over once the blocker ended.
+	time.Sleep(200 * time.Millisecond)
+	var v int64
+	var dirty bool
+	if err := pool.QueryRow(ctx, "SELECT version, dirty FROM schema_migrations").Scan(&v, &dirty); err != nil {
+		t.Fatal(err)
+	}
+	if v != int64(latest-1) || dirty {
+		t.Fatalf("after the stop: version %d dirty %t, want %d clean", v, dirty, latest-1)
+	}
+	var hasUser bool
+	if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM information_schema.columns
+		WHERE table_name = 'event_dedup' AND column_name = 'user_id')`).Scan(&hasUser); err != nil || hasUser {
+		t.Fatalf("migration %d applied after the stop (err %v)", latest, err)
+	}
+	m2, err := migrate.Open(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m2.Close()
+	if err := m2.Up(ctx); err != nil {
+		t.Fatalf("up after the stop: %v", err)
+	}
+}
