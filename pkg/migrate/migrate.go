@@ -254,6 +254,24 @@ func (mg *Migrator) cancelRunning() {
 	}
 }
 
+// cancelled is the outcome of a file cancelled by the server, not by this process: a
+// statement_timeout of the role or database (the roles' --pg.statement-timeout is per
+// session and does not apply here), or pg_cancel_backend. The file rolled back, so the version
+// is set back clean rather than left dirty for `migrate force`.
+func (mg *Migrator) cancelled(what string, back int, err error) error {
+	v, dirty, verr := mg.Version()
+	if verr != nil || !dirty {
+		return mg.leftDirty(what, back, err)
+	}
+	before, file, ferr := mg.setBack(v, back)
+	if ferr != nil {
+		return mg.leftDirty(what, back, errors.Join(err, ferr))
+	}
+	pe, _ := fileFailed(err, "57014")
+	return fmt.Errorf("%s: migration %d was cancelled by the server (a statement_timeout set for the role or database, or pg_cancel_backend) and rolled back; the schema is clean at version %d: run it again without a statement timeout (add statement_timeout=0 to the connection string): %w",
+		what, file, max(before, 0), pe)
+}
+
 // stopped is the outcome of a run that ended after ctx did. A file cancelled by
 // cancelRunning is set back like one that gave up on a lock.
 func (mg *Migrator) stopped(ctx context.Context, what string, back int, err error) error {
@@ -300,6 +318,9 @@ func (mg *Migrator) retryLocks(ctx context.Context, what string, back int, run f
 		}
 		cause, ok := gaveUpOnLock(err)
 		if !ok {
+			if _, cancelled := fileFailed(err, "57014"); cancelled {
+				return mg.cancelled(what, back, err)
+			}
 			return mg.leftDirty(what, back, err)
 		}
 		v, dirty, verr := mg.Version()

@@ -609,3 +609,49 @@ func TestStoppedMigrationLeavesTheSchemaClean(t *testing.T) {
 		t.Fatalf("up after the stop: %v", err)
 	}
 }
+
+// A statement_timeout set on the database or role (a common safety net for applications; the
+// roles set their own per session) cancels a long migration: the file rolls back, so the
+// version is left clean at the one before, with the way out, not dirty.
+func TestMigrationCancelledByTheServerLeavesTheSchemaClean(t *testing.T) {
+	latest := migrate.Latest()
+	ctx := context.Background()
+	dsn := testutil.MigratedDatabase(t)
+	pool := testutil.Pool(t, dsn)
+	m, err := migrate.Open(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Down(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	if _, err := pool.Exec(ctx, "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET statement_timeout = 300', current_database()); END $$"); err != nil {
+		t.Fatal(err)
+	}
+	m, err = migrate.Open(dsn) // a new session, with the database's setting
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	m.LockTimeout = 0
+	// A blocker makes 0022 outlast the timeout, as a rewrite of a large table would.
+	blocker, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Close(ctx)
+	if _, err := blocker.Exec(ctx, "SET statement_timeout = 0; BEGIN; SELECT count(*) FROM event_dedup"); err != nil {
+		t.Fatal(err)
+	}
+	err = m.Up(ctx)
+	if _, cerr := blocker.Exec(ctx, "COMMIT"); cerr != nil {
+		t.Fatal(cerr)
+	}
+	if err == nil || !strings.Contains(err.Error(), "statement_timeout=0") || !strings.Contains(err.Error(), fmt.Sprintf("clean at version %d", latest-1)) {
+		t.Fatalf("up = %v, want the cancellation explained", err)
+	}
+	if v, dirty, err := m.Version(); err != nil || v != latest-1 || dirty {
+		t.Fatalf("after the cancellation: version %d dirty %t err %v, want %d clean", v, dirty, err, latest-1)
+	}
+}
