@@ -96,7 +96,16 @@ and the relay and consumer start their work only once it has caught up.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "version %d dirty=%t (binary expects %d)\n", v, dirty, migrate.Latest())
+			note := ""
+			if dirty {
+				// Dirty is also the state of a version whose migration is still running.
+				if running, err := m.Running(cmd.Context()); err == nil && running {
+					note = "; a migration is running now (dirty until it ends)"
+				} else if err == nil {
+					note = "; no migration is running: the last one failed or was killed"
+				}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "version %d dirty=%t (binary expects %d%s)\n", v, dirty, migrate.Latest(), note)
 			return nil
 		}
 	}
@@ -133,7 +142,7 @@ and the relay and consumer start their work only once it has caught up.`,
 			if err != nil || v < -1 {
 				return fmt.Errorf("force V: V must be an integer >= -1, got %q", args[0])
 			}
-			return m.Force(v)
+			return m.Force(cmd.Context(), v)
 		}),
 	}, newMigrateCheckCmd(&dsn))
 	return cmd

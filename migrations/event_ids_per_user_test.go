@@ -122,7 +122,7 @@ func TestEventIDsPerUserMigration(t *testing.T) {
 	if v, dirty, err := m.Version(); err != nil || !dirty || v != 21 {
 		t.Fatalf("after the refused down: version %d dirty %t (%v), want 21 dirty", v, dirty, err)
 	}
-	if err := m.Force(22); err != nil {
+	if err := m.Force(ctx, 22); err != nil {
 		t.Fatal(err)
 	}
 	must(`DELETE FROM event_outbox WHERE msg_key = 'u2'`)

@@ -103,7 +103,7 @@ func checkDB(ctx context.Context, dsn string) DBSection {
 	s := DBSection{Status: "ok", Version: &v, Dirty: dirty, Applied: []Applied{}}
 	if dirty {
 		s.Status = "failed"
-		s.Issues = append(s.Issues, fmt.Sprintf("database version %d is dirty (a migration failed halfway): fix it, then `recsys migrate force`", v))
+		s.Issues = append(s.Issues, fmt.Sprintf("database version %d is dirty (its migration is running, or failed halfway: `recsys migrate version` tells which): a failed one is fixed, then `recsys migrate force`", v))
 	}
 	rows, err := conn.Query(ctx, "SELECT version, name, checksum FROM schema_migration_checksums ORDER BY version")
 	if err != nil {

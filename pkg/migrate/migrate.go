@@ -469,12 +469,47 @@ func (mg *Migrator) Down(ctx context.Context, n int) error {
 	})
 }
 
-// Force sets the version without running anything, clearing the dirty flag.
-func (mg *Migrator) Force(v int) error {
+// errRunning is Force's refusal while another run holds the migration lock.
+var errRunning = errors.New("a migration is running (another `recsys migrate` holds the migration lock): its version shows dirty until it ends; wait for it, then look again with `recsys migrate version`")
+
+// Force sets the version without running anything, clearing the dirty flag. It refuses while
+// another run holds the migration lock: a version is dirty for as long as its migration runs,
+// and a version forced meanwhile would be overwritten by the run's end or, forced below a file
+// the run then completes, have the next `up` apply that file a second time.
+func (mg *Migrator) Force(ctx context.Context, v int) error {
+	conn, err := pgx.Connect(ctx, mg.dsn)
+	if err != nil {
+		return fmt.Errorf("connect for migration lock: %w", err)
+	}
+	defer conn.Close(context.Background())
+	var got bool
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", int64(advisoryKey)).Scan(&got); err != nil {
+		return fmt.Errorf("take migration lock: %w", err)
+	}
+	if !got {
+		return fmt.Errorf("force version %d: %w", v, errRunning)
+	}
 	if err := mg.m.Force(v); err != nil {
 		return fmt.Errorf("force version %d: %w", v, err)
 	}
 	return nil
+}
+
+// Running reports whether a run (of any process) holds the migration lock now.
+func (mg *Migrator) Running(ctx context.Context) (bool, error) {
+	conn, err := pgx.Connect(ctx, mg.dsn)
+	if err != nil {
+		return false, fmt.Errorf("look for a running migration: %w", err)
+	}
+	defer conn.Close(context.Background())
+	var held bool
+	err = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+		AND objsubid = 1 AND (classid::bigint << 32 | objid::bigint) = $1)`, int64(advisoryKey)).Scan(&held)
+	if err != nil {
+		return false, fmt.Errorf("look for a running migration: %w", err)
+	}
+	return held, nil
 }
 
 // Version returns the applied version; 0 when nothing is applied.
@@ -585,7 +620,7 @@ func Judge(v uint, dirty bool) error {
 	// A dirty version above this binary's is the next release's failed migration: this
 	// binary's schema is intact, so the fleet still serving must stay ready.
 	if dirty && v <= want {
-		return fmt.Errorf("schema version %d is dirty: fix it, then `recsys migrate force`", v)
+		return fmt.Errorf("schema version %d is dirty: its migration is running, or failed (`recsys migrate version` tells which; a failed one is fixed, then `recsys migrate force`)", v)
 	}
 	if v < want {
 		return fmt.Errorf("schema version %d is behind this binary (%d): run `recsys migrate up`", v, want)

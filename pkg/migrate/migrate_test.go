@@ -655,3 +655,52 @@ func TestMigrationCancelledByTheServerLeavesTheSchemaClean(t *testing.T) {
 		t.Fatalf("after the cancellation: version %d dirty %t err %v, want %d clean", v, dirty, err, latest-1)
 	}
 }
+
+// A version is dirty for as long as its migration runs, which is also what a failed one
+// looks like. `migrate force` must not act on it then: the run's end would overwrite it, or,
+// forced below the running file, the next up would apply that file a second time.
+func TestForceRefusesWhileAMigrationRuns(t *testing.T) {
+	ctx := context.Background()
+	dsn := testutil.MigratedDatabase(t)
+	m, err := migrate.Open(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	// Another process's run: it holds the migration lock and marked its version dirty.
+	other, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(ctx)
+	latest := int64(migrate.Latest())
+	if _, err := other.Exec(ctx, "SELECT pg_advisory_lock(7311500001)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Exec(ctx, "UPDATE schema_migrations SET dirty = true"); err != nil {
+		t.Fatal(err)
+	}
+	if running, err := m.Running(ctx); err != nil || !running {
+		t.Fatalf("Running = %t, %v while another session holds the lock", running, err)
+	}
+	err = m.Force(ctx, int(latest)-1)
+	if err == nil || !strings.Contains(err.Error(), "a migration is running") {
+		t.Fatalf("force during a run = %v, want a refusal", err)
+	}
+	if v, dirty, err := m.Version(); err != nil || int64(v) != latest || !dirty {
+		t.Fatalf("force changed the version: %d dirty %t err %v", v, dirty, err)
+	}
+	// The run ended (or its process died): force does its job.
+	if _, err := other.Exec(ctx, "SELECT pg_advisory_unlock(7311500001)"); err != nil {
+		t.Fatal(err)
+	}
+	if running, err := m.Running(ctx); err != nil || running {
+		t.Fatalf("Running = %t, %v after the lock was released", running, err)
+	}
+	if err := m.Force(ctx, int(latest)); err != nil {
+		t.Fatal(err)
+	}
+	if v, dirty, err := m.Version(); err != nil || int64(v) != latest || dirty {
+		t.Fatalf("after force: %d dirty %t err %v, want %d clean", v, dirty, err, latest)
+	}
+}
