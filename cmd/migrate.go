@@ -117,18 +117,7 @@ and the relay and consumer start their work only once it has caught up.`,
 		RunE: withMigrator(func(cmd *cobra.Command, m *migrate.Migrator, _ []string) error {
 			return m.Up(cmd.Context())
 		}),
-	}, &cobra.Command{
-		Use:   "down N",
-		Short: "Revert the last N migrations",
-		Args:  cobra.ExactArgs(1),
-		RunE: withMigrator(func(cmd *cobra.Command, m *migrate.Migrator, args []string) error {
-			n, err := strconv.Atoi(args[0])
-			if err != nil || n < 1 {
-				return fmt.Errorf("down N: N must be a positive integer, got %q", args[0])
-			}
-			return m.Down(cmd.Context(), n)
-		}),
-	}, &cobra.Command{
+	}, newMigrateDownCmd(withMigrator), &cobra.Command{
 		Use:   "version",
 		Short: "Print the applied version and whether it is dirty",
 		Args:  cobra.NoArgs,
@@ -146,6 +135,37 @@ and the relay and consumer start their work only once it has caught up.`,
 		}),
 	}, newMigrateCheckCmd(&dsn))
 	return cmd
+}
+
+func newMigrateDownCmd(withMigrator func(func(*cobra.Command, *migrate.Migrator, []string) error) func(*cobra.Command, []string) error) *cobra.Command {
+	to := -1
+	c := &cobra.Command{
+		Use:   "down N | down --to-version V",
+		Short: "Revert the last N migrations, or those above version V (safe to repeat)",
+		Long: `Revert the last N migrations, or every migration above version V. Prefer --to-version:
+run twice (a repeated step, a retried Job), "down 1" reverts one more migration and drops
+what it holds, while "down --to-version V" does nothing once the schema is at V.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: withMigrator(func(cmd *cobra.Command, m *migrate.Migrator, args []string) error {
+			switch {
+			case cmd.Flags().Changed("to-version") && to < 0:
+				return fmt.Errorf("down --to-version V: V must be >= 0, got %d", to)
+			case len(args) == 1 && to >= 0:
+				return errors.New("down: give N or --to-version V, not both")
+			case to >= 0:
+				return m.DownTo(cmd.Context(), uint(to))
+			case len(args) == 0:
+				return errors.New("down: give N (migrations to revert) or --to-version V (version to return to)")
+			}
+			n, err := strconv.Atoi(args[0])
+			if err != nil || n < 1 {
+				return fmt.Errorf("down N: N must be a positive integer, got %q", args[0])
+			}
+			return m.Down(cmd.Context(), n)
+		}),
+	}
+	c.Flags().IntVar(&to, "to-version", -1, "revert every migration above this version (0: all); a schema at or below it is left alone")
+	return c
 }
 
 func newMigrateCheckCmd(dsn *string) *cobra.Command {

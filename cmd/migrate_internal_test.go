@@ -86,3 +86,42 @@ func proxy(ln net.Listener, target string) {
 		}()
 	}
 }
+
+// docs/rollback.md promises that every command it gives is safe to run twice. Its schema
+// rollback step, repeated (unsure whether the one-off Job ran, a retried Job), must not revert
+// one more release's migration and drop what that one holds (0021's blocked items, say).
+func TestMigrateDownToVersionIsSafeToRepeat(t *testing.T) {
+	dsn := testutil.MigratedDatabase(t)
+	latest := migrate.Latest()
+	target := latest - 1
+	run := func(args ...string) (string, error) {
+		root := NewRootCmd()
+		var out bytes.Buffer
+		root.SetOut(&out)
+		root.SetErr(io.Discard)
+		root.SetArgs(append([]string{"migrate", "--pg.dsn", dsn}, args...))
+		err := root.ExecuteContext(context.Background())
+		return out.String(), err
+	}
+	for i := range 2 {
+		out, err := run("down", "--to-version", fmt.Sprint(target))
+		if err != nil {
+			t.Fatalf("run %d: %v", i+1, err)
+		}
+		if want := fmt.Sprintf("version %d dirty=false", target); !strings.HasPrefix(out, want) {
+			t.Fatalf("run %d: output %q, want %q", i+1, out, want)
+		}
+	}
+	for _, args := range [][]string{
+		{"down"},
+		{"down", "1", "--to-version", "3"},
+		{"down", "--to-version", "-2"},
+	} {
+		if _, err := run(args...); err == nil {
+			t.Errorf("migrate %v succeeded", args)
+		}
+	}
+	if out, err := run("version"); err != nil || !strings.HasPrefix(out, fmt.Sprintf("version %d dirty=false", target)) {
+		t.Fatalf("after the refused runs: %q %v, want version %d", out, err, target)
+	}
+}

@@ -448,24 +448,58 @@ func (mg *Migrator) Down(ctx context.Context, n int) error {
 		return fmt.Errorf("down needs a positive number of steps, got %d", n)
 	}
 	return mg.locked(ctx, func() error {
-		// This binary has no down files for versions it does not know.
-		v, _, err := mg.Version()
+		v, err := mg.downFrom()
 		if err != nil {
 			return err
 		}
-		if latest := Latest(); v > latest {
-			return fmt.Errorf("database is at %d, newer than this binary (%d): run down with the newer image", v, latest)
+		return mg.down(ctx, fmt.Sprintf("migrate down %d", n), int(v)-n)
+	})
+}
+
+// DownTo reverts the migrations above version target; at or below it, it does nothing. Unlike
+// Down it is safe to run twice (a rollback step repeated, a Job retried): the second run does
+// not revert one more release's migration, and with it that release's data.
+func (mg *Migrator) DownTo(ctx context.Context, target uint) error {
+	return mg.locked(ctx, func() error {
+		v, err := mg.downFrom()
+		if err != nil {
+			return err
 		}
-		// Versions are consecutive (LocalFS), so the steps left are the distance to target,
-		// also after a retry that reverted some of them.
-		target := int(v) - n
-		return mg.retryLocks(ctx, fmt.Sprintf("migrate down %d", n), 1, func() error {
-			cur, _, err := mg.Version()
-			if err != nil {
-				return err
-			}
-			return mg.m.Steps(-(int(cur) - target))
-		})
+		what := fmt.Sprintf("migrate down --to-version %d", target)
+		if _, dirty, err := mg.Version(); err != nil {
+			return err
+		} else if dirty {
+			return fmt.Errorf("%s: %w", what, gomigrate.ErrDirty{Version: int(v)})
+		}
+		if v <= target {
+			mg.log().Info(fmt.Sprintf("schema at %d is not above %d; nothing to revert", v, target), "version", v, "target", target)
+			return nil
+		}
+		return mg.down(ctx, what, int(target))
+	})
+}
+
+// downFrom is the version a down run starts from: one this binary has down files for.
+func (mg *Migrator) downFrom() (uint, error) {
+	v, _, err := mg.Version()
+	if err != nil {
+		return 0, err
+	}
+	if latest := Latest(); v > latest {
+		return 0, fmt.Errorf("database is at %d, newer than this binary (%d): run down with the newer image", v, latest)
+	}
+	return v, nil
+}
+
+// down reverts to version target. Versions are consecutive (LocalFS), so the steps left are
+// the distance to target, also after a retry that reverted some of them.
+func (mg *Migrator) down(ctx context.Context, what string, target int) error {
+	return mg.retryLocks(ctx, what, 1, func() error {
+		cur, _, err := mg.Version()
+		if err != nil {
+			return err
+		}
+		return mg.m.Steps(-(int(cur) - target))
 	})
 }
 
