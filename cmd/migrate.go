@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"log/slog"
 	"math"
 	"os"
 	"strconv"
@@ -62,25 +64,33 @@ and the relay and consumer start their work only once it has caught up.`,
 		if _, err := postgres.ParseDSN(dsn); err != nil {
 			return nil, fmt.Errorf("database url: %w", err)
 		}
-		// A database that is still starting (compose's first start, a restarted pod) is
-		// waited for, within bounds, rather than failing a one-shot Job or service.
-		deadline := time.Now().Add(migrateConnectWait)
-		for {
-			m, err := migrate.Open(dsn)
-			if err == nil {
-				m.Log, m.LockTimeout, m.LockRetryFor = log, lockTimeout, lockRetryFor
-				return m, nil
-			}
-			if time.Now().After(deadline) {
-				return nil, fmt.Errorf("connect for %s: %w", migrateConnectWait, err)
-			}
-			log.Warn("database not reachable yet, retrying", "err", flagenv.RedactText(err.Error()), "retry_in_s", migrateConnectRetry.Seconds())
-			select {
-			case <-ctx.Done():
-				return nil, fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
-			case <-time.After(migrateConnectRetry):
-			}
+		var m *migrate.Migrator
+		err = waitForDatabase(ctx, log, func() (err error) {
+			m, err = migrate.Open(dsn)
+			return err
+		})
+		if err != nil {
+			return nil, err
 		}
+		m.Log, m.LockTimeout, m.LockRetryFor = log, lockTimeout, lockRetryFor
+		return m, nil
+	}
+	inspect := func(ctx context.Context) (st migrate.State, err error) {
+		if dsn == "" {
+			return st, errors.New("--pg.dsn (RECSYS_PG_DSN or DATABASE_URL) is required")
+		}
+		log, err := lc.logger(os.Stderr)
+		if err != nil {
+			return st, err
+		}
+		if _, err := postgres.ParseDSN(dsn); err != nil {
+			return st, fmt.Errorf("database url: %w", err)
+		}
+		err = waitForDatabase(ctx, log, func() (err error) {
+			st, err = migrate.Inspect(ctx, dsn)
+			return err
+		})
+		return st, err
 	}
 	withMigrator := func(fn func(cmd *cobra.Command, m *migrate.Migrator, args []string) error) func(*cobra.Command, []string) error {
 		return func(cmd *cobra.Command, args []string) error {
@@ -96,16 +106,7 @@ and the relay and consumer start their work only once it has caught up.`,
 			if err != nil {
 				return err
 			}
-			note := ""
-			if dirty {
-				// Dirty is also the state of a version whose migration is still running.
-				if running, err := m.Running(cmd.Context()); err == nil && running {
-					note = "; a migration is running now (dirty until it ends)"
-				} else if err == nil {
-					note = "; no migration is running: the last one failed or was killed"
-				}
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "version %d dirty=%t (binary expects %d%s)\n", v, dirty, migrate.Latest(), note)
+			printState(cmd.OutOrStdout(), migrate.State{Version: v, Dirty: dirty})
 			return nil
 		}
 	}
@@ -119,22 +120,76 @@ and the relay and consumer start their work only once it has caught up.`,
 		}),
 	}, newMigrateDownCmd(withMigrator), &cobra.Command{
 		Use:   "version",
-		Short: "Print the applied version and whether it is dirty",
+		Short: "Print the applied version, whether it is dirty and whether a migration is running",
 		Args:  cobra.NoArgs,
-		RunE:  withMigrator(func(*cobra.Command, *migrate.Migrator, []string) error { return nil }),
+		// Read directly: a Migrator would wait for a running migration to end.
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := inspect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			printState(cmd.OutOrStdout(), st)
+			return nil
+		},
 	}, &cobra.Command{
 		Use:   "force V",
 		Short: "Set the version to V without running migrations (after fixing a failed one by hand)",
 		Args:  cobra.ExactArgs(1),
-		RunE: withMigrator(func(_ *cobra.Command, m *migrate.Migrator, args []string) error {
+		RunE: func(cmd *cobra.Command, args []string) error {
 			v, err := strconv.Atoi(args[0])
 			if err != nil || v < -1 {
 				return fmt.Errorf("force V: V must be an integer >= -1, got %q", args[0])
 			}
-			return m.Force(cmd.Context(), v)
-		}),
+			// Refused before opening a Migrator, which would wait for the run to end and
+			// then force over the version it recorded.
+			st, err := inspect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if st.Running {
+				return fmt.Errorf("force version %d: %w", v, migrate.ErrRunning)
+			}
+			return withMigrator(func(cmd *cobra.Command, m *migrate.Migrator, _ []string) error {
+				return m.Force(cmd.Context(), v)
+			})(cmd, args)
+		},
 	}, newMigrateCheckCmd(&dsn))
 	return cmd
+}
+
+// waitForDatabase runs connect until it succeeds: a database that is still starting
+// (compose's first start, a restarted pod) is waited for, within bounds, rather than failing
+// a one-shot Job or service.
+func waitForDatabase(ctx context.Context, log *slog.Logger, connect func() error) error {
+	deadline := time.Now().Add(migrateConnectWait)
+	for {
+		err := connect()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("connect for %s: %w", migrateConnectWait, err)
+		}
+		log.Warn("database not reachable yet, retrying", "err", flagenv.RedactText(err.Error()), "retry_in_s", migrateConnectRetry.Seconds())
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
+		case <-time.After(migrateConnectRetry):
+		}
+	}
+}
+
+// printState prints the line every migrate command ends with. Dirty is also the state of a
+// version whose migration is still running, so it says which.
+func printState(w io.Writer, st migrate.State) {
+	note := ""
+	switch {
+	case st.Dirty && st.Running:
+		note = "; a migration is running now (dirty until it ends)"
+	case st.Dirty:
+		note = "; no migration is running: the last one failed or was killed"
+	}
+	fmt.Fprintf(w, "version %d dirty=%t (binary expects %d%s)\n", st.Version, st.Dirty, migrate.Latest(), note)
 }
 
 func newMigrateDownCmd(withMigrator func(func(*cobra.Command, *migrate.Migrator, []string) error) func(*cobra.Command, []string) error) *cobra.Command {

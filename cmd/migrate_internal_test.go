@@ -125,3 +125,74 @@ func TestMigrateDownToVersionIsSafeToRepeat(t *testing.T) {
 		t.Fatalf("after the refused runs: %q %v, want version %d", out, err, target)
 	}
 }
+
+// While a migration runs its version is dirty, as a failed one's is. `migrate version` must
+// answer at once and say a migration is running, and `migrate force` must refuse rather than
+// wait for the run to end and then overwrite the version it recorded.
+func TestMigrateVersionAndForceDuringARun(t *testing.T) {
+	ctx := context.Background()
+	dsn := testutil.MigratedDatabase(t)
+	latest := migrate.Latest()
+	m, err := migrate.Open(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Down(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	m.LockTimeout = 0
+	// 0022 waits for event_dedup, held by another transaction: a long migration.
+	pool := testutil.Pool(t, dsn)
+	blocker, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Rollback(ctx) //nolint:errcheck
+	if _, err := blocker.Exec(ctx, "SELECT count(*) FROM event_dedup"); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- m.Up(ctx) }()
+	defer func() {
+		blocker.Rollback(ctx) //nolint:errcheck
+		if err := <-done; err != nil {
+			t.Errorf("the migration: %v", err)
+		}
+	}()
+	for start := time.Now(); ; time.Sleep(10 * time.Millisecond) {
+		var dirty bool
+		if err := pool.QueryRow(ctx, "SELECT dirty FROM schema_migrations").Scan(&dirty); err != nil {
+			t.Fatal(err)
+		}
+		if dirty {
+			break
+		}
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("the migration never started")
+		}
+	}
+	run := func(args ...string) (string, error) {
+		root := NewRootCmd()
+		var out bytes.Buffer
+		root.SetOut(&out)
+		root.SetErr(io.Discard)
+		root.SetArgs(append([]string{"migrate", "--pg.dsn", dsn}, args...))
+		res := make(chan error, 1)
+		go func() { res <- root.ExecuteContext(ctx) }()
+		select {
+		case err := <-res:
+			return out.String(), err
+		case <-time.After(5 * time.Second):
+			t.Fatalf("migrate %v waited for the running migration", args)
+			return "", nil
+		}
+	}
+	out, err := run("version")
+	if want := fmt.Sprintf("version %d dirty=true (binary expects %d; a migration is running now", latest, latest); err != nil || !strings.HasPrefix(out, want) {
+		t.Errorf("version: %q %v, want %q", out, err, want)
+	}
+	if _, err := run("force", fmt.Sprint(latest-1)); err == nil || !strings.Contains(err.Error(), "a migration is running") {
+		t.Errorf("force during the run = %v, want a refusal", err)
+	}
+}

@@ -503,8 +503,8 @@ func (mg *Migrator) down(ctx context.Context, what string, target int) error {
 	})
 }
 
-// errRunning is Force's refusal while another run holds the migration lock.
-var errRunning = errors.New("a migration is running (another `recsys migrate` holds the migration lock): its version shows dirty until it ends; wait for it, then look again with `recsys migrate version`")
+// ErrRunning is Force's refusal while another run holds the migration lock.
+var ErrRunning = errors.New("a migration is running (another `recsys migrate` holds the migration lock): its version shows dirty until it ends; wait for it, then look again with `recsys migrate version`")
 
 // Force sets the version without running anything, clearing the dirty flag. It refuses while
 // another run holds the migration lock: a version is dirty for as long as its migration runs,
@@ -521,7 +521,7 @@ func (mg *Migrator) Force(ctx context.Context, v int) error {
 		return fmt.Errorf("take migration lock: %w", err)
 	}
 	if !got {
-		return fmt.Errorf("force version %d: %w", v, errRunning)
+		return fmt.Errorf("force version %d: %w", v, ErrRunning)
 	}
 	if err := mg.m.Force(v); err != nil {
 		return fmt.Errorf("force version %d: %w", v, err)
@@ -530,20 +530,39 @@ func (mg *Migrator) Force(ctx context.Context, v int) error {
 }
 
 // Running reports whether a run (of any process) holds the migration lock now.
-func (mg *Migrator) Running(ctx context.Context) (bool, error) {
-	conn, err := pgx.Connect(ctx, mg.dsn)
-	if err != nil {
-		return false, fmt.Errorf("look for a running migration: %w", err)
-	}
-	defer conn.Close(context.Background())
+func Running(ctx context.Context, q Querier) (bool, error) {
 	var held bool
-	err = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+	err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
 		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 		AND objsubid = 1 AND (classid::bigint << 32 | objid::bigint) = $1)`, int64(advisoryKey)).Scan(&held)
 	if err != nil {
 		return false, fmt.Errorf("look for a running migration: %w", err)
 	}
 	return held, nil
+}
+
+// State is the schema's version and whether a migration is running now.
+type State struct {
+	Version        uint
+	Dirty, Running bool
+}
+
+// Inspect reads the State over a plain connection. Open cannot answer while a migration
+// runs: golang-migrate takes its lock there, and waits for the run to end.
+func Inspect(ctx context.Context, dsn string) (State, error) {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return State{}, fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.Background())
+	var st State
+	if st.Version, st.Dirty, err = Status(ctx, conn); err != nil {
+		return State{}, err
+	}
+	if st.Running, err = Running(ctx, conn); err != nil {
+		return State{}, err
+	}
+	return st, nil
 }
 
 // Version returns the applied version; 0 when nothing is applied.

@@ -680,7 +680,8 @@ func TestForceRefusesWhileAMigrationRuns(t *testing.T) {
 	if _, err := other.Exec(ctx, "UPDATE schema_migrations SET dirty = true"); err != nil {
 		t.Fatal(err)
 	}
-	if running, err := m.Running(ctx); err != nil || !running {
+	pool := testutil.Pool(t, dsn)
+	if running, err := migrate.Running(ctx, pool); err != nil || !running {
 		t.Fatalf("Running = %t, %v while another session holds the lock", running, err)
 	}
 	err = m.Force(ctx, int(latest)-1)
@@ -694,7 +695,7 @@ func TestForceRefusesWhileAMigrationRuns(t *testing.T) {
 	if _, err := other.Exec(ctx, "SELECT pg_advisory_unlock(7311500001)"); err != nil {
 		t.Fatal(err)
 	}
-	if running, err := m.Running(ctx); err != nil || running {
+	if running, err := migrate.Running(ctx, pool); err != nil || running {
 		t.Fatalf("Running = %t, %v after the lock was released", running, err)
 	}
 	if err := m.Force(ctx, int(latest)); err != nil {
