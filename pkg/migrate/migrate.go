@@ -216,10 +216,9 @@ func fileFailed(err error, codes ...string) (*pgconn.PgError, bool) {
 // lock timeout expired or it was chosen as a deadlock's victim.
 func gaveUpOnLock(err error) (*pgconn.PgError, bool) { return fileFailed(err, "55P03", "40P01") }
 
-// setBack records the version before the file that failed (at dirty version v), clean: its
-// transaction rolled back. back is as for leftDirty. It returns that version (-1: none) and
-// the failed file's.
-func (mg *Migrator) setBack(v uint, back int) (before int, file uint, err error) {
+// before is the version before the file that failed at dirty version v (-1: none), and that
+// file's version. back is as for leftDirty.
+func (mg *Migrator) before(v uint, back int) (before int, file uint) {
 	before = int(v) + back
 	if before == 0 {
 		before = database.NilVersion
@@ -228,6 +227,13 @@ func (mg *Migrator) setBack(v uint, back int) (before int, file uint, err error)
 	if back > 0 {
 		file = uint(before)
 	}
+	return before, file
+}
+
+// setBack records the version before the file that failed at dirty version v, clean: its
+// transaction rolled back.
+func (mg *Migrator) setBack(v uint, back int) (before int, file uint, err error) {
+	before, file = mg.before(v, back)
 	return before, file, mg.m.Force(before)
 }
 
@@ -303,47 +309,96 @@ func (mg *Migrator) stopped(ctx context.Context, what string, back int, err erro
 // doubles up to lockRetryMaxWait.
 var lockRetryWait, lockRetryMaxWait = time.Second, 30 * time.Second
 
+// bookkeepingLockTimeout bounds golang-migrate's own lock waits on its session: its advisory
+// lock, and the TRUNCATE of schema_migrations that records each version (ACCESS EXCLUSIVE).
+// Every role's readiness reads schema_migrations with a 1 s lock_timeout and check budget; a
+// TRUNCATE queued behind a long holder of the table (a pg_dump backup holds every table) would
+// queue those reads in turn and turn every pod of every release unready for as long.
+const bookkeepingLockTimeout = 500 * time.Millisecond
+
+// bookkeepingLock reports whether err is one of golang-migrate's own statements (not a file)
+// giving up on a lock.
+func bookkeepingLock(err error) bool {
+	var de *database.Error
+	var pe *pgconn.PgError
+	return errors.As(err, &de) && errors.As(de.OrigErr, &pe) && pe.Code == "55P03"
+}
+
 // retryLocks runs run (golang-migrate's Up or Steps) until it succeeds, fails for another
 // reason, or LockRetryFor has passed. golang-migrate marks a version dirty before running its
 // file, so after a file that gave up on a lock the version is set back to the one before it,
-// clean, as the rolled-back transaction left the schema. back is as for leftDirty.
+// clean, as the rolled-back transaction left the schema. A version write that gave up leaves
+// the version as it was, or, after the file completed, dirty: it is then recorded clean. back
+// is as for leftDirty.
 func (mg *Migrator) retryLocks(ctx context.Context, what string, back int, run func() error) error {
 	deadline := time.Now().Add(mg.LockRetryFor)
 	wait := lockRetryWait
+	pause := func() error {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, lockRetryMaxWait)
+		return nil
+	}
 	defer context.AfterFunc(ctx, mg.cancelRunning)()
 	for {
 		err := run()
 		if ctx.Err() != nil {
 			return mg.stopped(ctx, what, back, err)
 		}
-		cause, ok := gaveUpOnLock(err)
-		if !ok {
+		cause, gaveUp := gaveUpOnLock(err)
+		if !gaveUp && !bookkeepingLock(err) {
 			if _, cancelled := fileFailed(err, "57014"); cancelled {
 				return mg.cancelled(what, back, err)
 			}
 			return mg.leftDirty(what, back, err)
 		}
 		v, dirty, verr := mg.Version()
-		if verr != nil || !dirty {
-			return mg.leftDirty(what, back, err)
+		if verr != nil {
+			return mg.leftDirty(what, back, errors.Join(err, verr))
 		}
-		before, file, ferr := mg.setBack(v, back)
-		if ferr != nil {
-			return mg.leftDirty(what, back, errors.Join(err, ferr))
+		// The version to record, clean: before the file that gave up; the one the file
+		// reached when only its version write gave up.
+		record, file := int(v), v
+		if gaveUp {
+			if !dirty {
+				return mg.leftDirty(what, back, err)
+			}
+			record, file = mg.before(v, back)
+		}
+		for dirty {
+			ferr := mg.m.Force(record)
+			if ferr == nil {
+				break
+			}
+			if !bookkeepingLock(ferr) || !time.Now().Add(wait).Before(deadline) {
+				return mg.leftDirty(what, back, errors.Join(err, ferr))
+			}
+			if perr := pause(); perr != nil {
+				return mg.leftDirty(what, back, errors.Join(err, perr))
+			}
 		}
 		if !time.Now().Add(wait).Before(deadline) {
+			if !gaveUp {
+				return fmt.Errorf("%s: recording the schema version waited longer than %s for a lock on schema_migrations, retried for %s; the schema is clean at version %d: find the session holding schema_migrations (pg_locks; a pg_dump?) and run again: %w",
+					what, bookkeepingLockTimeout, mg.LockRetryFor, max(record, 0), err)
+			}
 			// The file's text, which golang-migrate's error quotes whole, says nothing here.
 			return fmt.Errorf("%s: migration %d gave up waiting for a lock another transaction holds (lock timeout %s) and was retried for %s; nothing of it was applied and the schema is clean at version %d: find the blocking session (pg_stat_activity, pg_locks) or run again with a longer --migrate.lock-timeout: %w",
-				what, file, mg.LockTimeout, mg.LockRetryFor, max(before, 0), cause)
+				what, file, mg.LockTimeout, mg.LockRetryFor, max(record, 0), cause)
 		}
-		mg.log().Warn("a migration gave up waiting for a lock another transaction holds; nothing of it was applied, retrying",
-			"migration", file, "lock_timeout", mg.LockTimeout.String(), "retry_in", wait.String(), "err", cause.Error())
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s: stopped while waiting to retry; the schema is clean at version %d: %w", what, max(before, 0), ctx.Err())
-		case <-time.After(wait):
+		if gaveUp {
+			mg.log().Warn("a migration gave up waiting for a lock another transaction holds; nothing of it was applied, retrying",
+				"migration", file, "lock_timeout", mg.LockTimeout.String(), "retry_in", wait.String(), "err", cause.Error())
+		} else {
+			mg.log().Warn("recording the schema version gave up waiting for a lock on schema_migrations, retrying",
+				"version", max(record, 0), "retry_in", wait.String(), "err", err.Error())
 		}
-		wait = min(2*wait, lockRetryMaxWait)
+		if perr := pause(); perr != nil {
+			return fmt.Errorf("%s: stopped while waiting to retry; the schema is clean at version %d: %w", what, max(record, 0), perr)
+		}
 	}
 }
 
@@ -373,6 +428,11 @@ func Open(dsn string) (*Migrator, error) {
 	drv, err := pgxmigrate.WithInstance(db, &pgxmigrate.Config{})
 	if err != nil {
 		db.Close()
+		return nil, fmt.Errorf("open migrator: %w", err)
+	}
+	// After the driver's set-up, which waits for a run of another process to end.
+	if err := drv.Run(strings.NewReader(fmt.Sprintf("SET lock_timeout = %d", bookkeepingLockTimeout.Milliseconds()))); err != nil {
+		drv.Close()
 		return nil, fmt.Errorf("open migrator: %w", err)
 	}
 	mg := &Migrator{dsn: dsn, appName: appName, LockTimeout: DefaultLockTimeout, LockRetryFor: DefaultLockRetryFor}

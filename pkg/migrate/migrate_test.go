@@ -705,3 +705,146 @@ func TestForceRefusesWhileAMigrationRuns(t *testing.T) {
 		t.Fatalf("after force: %d dirty %t err %v, want %d clean", v, dirty, err, latest)
 	}
 }
+
+// Every pod's readiness reads schema_migrations (lock_timeout 1 s, CheckBudget 1 s), and
+// golang-migrate rewrites it around each file (TRUNCATE: ACCESS EXCLUSIVE). Behind a long
+// holder of schema_migrations (pg_dump holds every table for the whole backup), a pending
+// TRUNCATE queued every readiness read: all pods, of every release, turned unready for as
+// long as the holder lasted. The version writes must give up quickly and try again.
+func TestVersionWritesDoNotStallReadiness(t *testing.T) {
+	ctx := context.Background()
+	latest := migrate.Latest()
+	dsn := testutil.MigratedDatabase(t)
+	m, err := migrate.Open(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Down(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	blocker, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Close(ctx)
+	if _, err := blocker.Exec(ctx, "BEGIN; SELECT count(*) FROM schema_migrations"); err != nil {
+		t.Fatal(err)
+	}
+	released := make(chan struct{})
+	go func() {
+		defer close(released)
+		time.Sleep(3 * time.Second)
+		blocker.Exec(context.Background(), "COMMIT") //nolint:errcheck // the test fails on the version if it did not end
+	}()
+	defer func() { <-released }()
+	done := make(chan error, 1)
+	go func() { done <- m.Up(ctx) }()
+
+	pool := testutil.Pool(t, dsn)
+	for start := time.Now(); ; time.Sleep(5 * time.Millisecond) {
+		var waiting bool
+		if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'schema_migrations'::regclass
+			AND mode = 'AccessExclusiveLock' AND NOT granted)`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			break
+		}
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("the migration never waited for schema_migrations")
+		}
+	}
+	// A readiness check as the roles run it: their session's lock_timeout, the check budget.
+	probe, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close(ctx)
+	if _, err := probe.Exec(ctx, "SET lock_timeout = '1s'"); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := migrate.CheckSchema(cctx, probe); err != nil && !strings.Contains(err.Error(), "behind") && !strings.Contains(err.Error(), "dirty") {
+		t.Errorf("readiness read behind the migration's version write failed: %v", err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("migrate up did not return")
+	}
+	if v, dirty, err := m.Version(); err != nil || v != latest || dirty {
+		t.Fatalf("after up: version %d dirty %t err %v, want %d clean", v, dirty, err, latest)
+	}
+}
+
+// The same holder arriving while a file runs: the file completes, and recording it clean
+// gives up on the lock; the version, dirty although the file is applied, is recorded clean
+// once the holder is gone, not left for `migrate force`.
+func TestVersionWriteAfterACompletedFileIsRetried(t *testing.T) {
+	ctx := context.Background()
+	latest := migrate.Latest()
+	dsn := testutil.MigratedDatabase(t)
+	m, err := migrate.Open(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Down(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	m.LockTimeout = 0
+	pool := testutil.Pool(t, dsn)
+	holdFile, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holdFile.Rollback(ctx) //nolint:errcheck
+	if _, err := holdFile.Exec(ctx, "SELECT count(*) FROM event_dedup"); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- m.Up(ctx) }()
+	for start := time.Now(); ; time.Sleep(5 * time.Millisecond) {
+		var dirty bool
+		if err := pool.QueryRow(ctx, "SELECT dirty FROM schema_migrations").Scan(&dirty); err != nil {
+			t.Fatal(err)
+		}
+		if dirty {
+			break
+		}
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("the migration never started")
+		}
+	}
+	holdVersion, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holdVersion.Rollback(ctx) //nolint:errcheck
+	if _, err := holdVersion.Exec(ctx, "SELECT count(*) FROM schema_migrations"); err != nil {
+		t.Fatal(err)
+	}
+	if err := holdFile.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second) // the file completes; its version write gives up, maybe twice
+	if err := holdVersion.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("migrate up did not return")
+	}
+	if v, dirty, err := m.Version(); err != nil || v != latest || dirty {
+		t.Fatalf("after up: version %d dirty %t err %v, want %d clean", v, dirty, err, latest)
+	}
+}
