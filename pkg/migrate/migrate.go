@@ -1,6 +1,9 @@
 // Package migrate applies and checks the embedded schema migrations with golang-migrate (pgx v5
 // driver). Several pods may run `migrate up` at once: a PostgreSQL advisory lock serialises
 // them, and each applied file's checksum is recorded so edits after the fact are detected.
+// Each file runs as one transaction with a lock timeout; one that gives up on a lock, is
+// stopped or is cancelled by the server rolls back whole, and its version is set back clean
+// (and, for a lock, the file retried) instead of being left dirty for `migrate force`.
 package migrate
 
 import (
