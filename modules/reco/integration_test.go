@@ -943,3 +943,24 @@ func TestIntegrationLargeKIsFilled(t *testing.T) {
 	})
 	check(r, ranking.StrategyColdStart+"_pg_fallback")
 }
+
+// Every refresh of the blocked items mirrors them into Redis, for a process that starts
+// while PostgreSQL is unreachable (TestBlockedItemsFromTheMirrorWhilePostgresIsDown).
+func TestIntegrationBlockedItemsAreMirroredToRedis(t *testing.T) {
+	s := newStack(t, testutil.MigratedDatabase(t), testutil.RedisURL(t), func(c *Config) { c.BlockedRefresh = 100 * time.Millisecond })
+	if _, err := s.pg.Exec(context.Background(), `INSERT INTO blocked_items (item_id, reason) VALUES ('gone-1', 'test'), ('gone-2', 'test')`); err != nil {
+		t.Fatal(err)
+	}
+	m := redisMirror{rd: s.rd, key: featurestore.NewKeys(s.prefix).Blocked}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ids, found, err := m.read(context.Background())
+		if err == nil && found && slices.Equal(ids, []string{"gone-1", "gone-2"}) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the mirror holds %v (found %v, %v), want [gone-1 gone-2]", ids, found, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

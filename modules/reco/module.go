@@ -150,6 +150,7 @@ type parts struct {
 	probePG    func(context.Context) error
 	ranker     ranking.Ranker // nil: ranking.NewWeighted(cfg.Ranking)
 	blocked    func(context.Context) ([]string, error)
+	mirror     mirror // the blocked items' copy in Redis; nil: none
 }
 
 // New wires the module: no goroutines, no I/O.
@@ -212,7 +213,7 @@ func newReco(cfg *Config, log *slog.Logger, set *metrics.Set, p parts) *Reco {
 	r.autolog = newAutolog(cfg, p.writer, r.serving.pgBrk, m, log)
 	r.limit = httpx.NewLimiter("reco", cfg.MaxInFlight, cfg.QueueTimeout, set)
 	if p.blocked != nil {
-		r.blocked = &blocklist{load: p.blocked}
+		r.blocked = &blocklist{load: p.blocked, store: p.mirror}
 		m.set.NewGauge("recsys_reco_blocked_items", func() float64 { return float64(len(r.blocked.current())) })
 		m.set.NewGauge("recsys_reco_blocklist_age_seconds", func() float64 {
 			if at := r.blocked.at.Load(); at > 0 {
@@ -260,9 +261,10 @@ func (r *Reco) Run(ctx context.Context) error {
 	if r.blocked != nil {
 		var blockedWarn logLimiter
 		every(r.cfg.BlockedRefresh, func(ctx context.Context) {
-			if err := r.blocked.refresh(ctx); err != nil && ctx.Err() == nil {
+			if err := r.blocked.refresh(ctx, blockedTimeout(r.cfg)); err != nil && ctx.Err() == nil {
 				blockedWarn.Do(func(n int64) {
-					r.log.WarnContext(ctx, "blocked items refresh failed, keeping the previous list", "err", err, "failures", n)
+					r.log.WarnContext(ctx, "blocked items refresh failed, keeping the previous list (or the redis mirror's, before a first read)",
+						"err", err, "failures", n, "from_redis_mirror", r.blocked.mirrored.Load())
 				})
 			}
 		})
@@ -345,7 +347,7 @@ func (r *Reco) HealthDetails(context.Context) map[string]any {
 			"persisted_total": r.m.autologPersisted.Get(), "dropped_total": r.m.droppedTotal()},
 	}
 	if b := r.blocked; b != nil {
-		bl := map[string]any{"items": len(b.current()), "age_sec": nil}
+		bl := map[string]any{"items": len(b.current()), "age_sec": nil, "from_redis_mirror": b.mirrored.Load()}
 		if at := b.at.Load(); at > 0 {
 			bl["age_sec"] = round3(float64(time.Now().UnixMilli()-at) / 1000)
 		}

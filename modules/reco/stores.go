@@ -65,6 +65,7 @@ func stores(cfg *Config, d infra.Deps) (parts, error) {
 			return nil
 		},
 		blocked: pgBlocklist(pg),
+		mirror:  redisMirror{rd: rd, key: keys.Blocked},
 	}, nil
 }
 

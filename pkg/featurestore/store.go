@@ -204,12 +204,16 @@ type Keys struct {
 	Prefix                                string
 	Meta, Ready, PopShort, PopLong, Fresh string
 	RunID, Lock                           string
+	// Blocked is the API processes' copy of the blocked items (modules/reco), read by a
+	// process that starts while PostgreSQL is unreachable.
+	Blocked string
 }
 
 // NewKeys returns the key names for prefix.
 func NewKeys(prefix string) Keys {
 	return Keys{Prefix: prefix, Meta: prefix + "meta", Ready: prefix + "ready", PopShort: prefix + "pop:s",
-		PopLong: prefix + "pop:l", Fresh: prefix + "fresh", RunID: prefix + "run_id", Lock: prefix + "repopulating"}
+		PopLong: prefix + "pop:l", Fresh: prefix + "fresh", RunID: prefix + "run_id", Lock: prefix + "repopulating",
+		Blocked: prefix + "blocked"}
 }
 
 // User is the hash of a user.
