@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -174,7 +175,9 @@ func healthy() world {
 	for _, pod := range []string{"recsys-api-7d9f-a", "recsys-api-7d9f-b", "recsys-relay-5c4b-a", "recsys-consumer-6f8d-a"} {
 		w.set(constant(1), "__name__", "kube_pod_status_ready", "namespace", ns, "pod", pod, "condition", "true")
 		w.set(constant(0), "__name__", "kube_pod_status_ready", "namespace", ns, "pod", pod, "condition", "false")
-		w.set(constant(1), "__name__", "up", "namespace", ns, "pod", pod, "app_kubernetes_io_name", "recsys")
+		component := strings.Split(pod, "-")[1]
+		w.set(constant(1), "__name__", "up", "namespace", ns, "pod", pod, "app_kubernetes_io_name", "recsys", "app_kubernetes_io_component", component)
+		w.set(constant(1), "__name__", "kube_pod_status_phase", "namespace", ns, "pod", pod, "phase", "Running")
 	}
 	return w
 }
@@ -349,8 +352,23 @@ func TestAlertsFireOnTheirFaultOnly(t *testing.T) {
 			}},
 		{name: "consumer pod not scraped", want: []string{"RecsysTargetDown"},
 			fault: func(w world) {
-				w.set(constant(0), "__name__", "up", "namespace", ns, "pod", "recsys-consumer-6f8d-a", "app_kubernetes_io_name", "recsys")
+				w.set(constant(0), "__name__", "up", "namespace", ns, "pod", "recsys-consumer-6f8d-a", "app_kubernetes_io_name", "recsys", "app_kubernetes_io_component", "consumer")
 			}},
+		{name: "no api pod at all", want: []string{"RecsysAPIAbsent"},
+			fault: func(w world) {
+				for _, pod := range []string{"recsys-api-7d9f-a", "recsys-api-7d9f-b"} {
+					w.del("__name__", "kube_pod_status_ready", "namespace", ns, "pod", pod, "condition", "true")
+					w.del("__name__", "kube_pod_status_ready", "namespace", ns, "pod", pod, "condition", "false")
+					w.del("__name__", "up", "namespace", ns, "pod", pod, "app_kubernetes_io_name", "recsys", "app_kubernetes_io_component", "api")
+					w.del("__name__", "kube_pod_status_phase", "namespace", ns, "pod", pod, "phase", "Running")
+				}
+			}},
+		{name: "an evicted api pod beside a serving one", fault: func(w world) {
+			pod := "recsys-api-7d9f-c"
+			w.set(constant(0), "__name__", "kube_pod_status_ready", "namespace", ns, "pod", pod, "condition", "true")
+			w.set(constant(1), "__name__", "kube_pod_status_ready", "namespace", ns, "pod", pod, "condition", "false")
+			w.set(constant(1), "__name__", "kube_pod_status_phase", "namespace", ns, "pod", pod, "phase", "Failed")
+		}},
 	}
 	fired := map[string]bool{}
 	for _, tt := range tests {

@@ -149,7 +149,7 @@ var recsysMetrics = map[string]metricKind{
 
 // externalMetrics may appear in alert rules only: Prometheus' own scrape health and
 // kube-state-metrics' pod readiness, which see a process that cannot report on itself.
-var externalMetrics = map[string]bool{"up": true, "kube_pod_status_ready": true}
+var externalMetrics = map[string]bool{"up": true, "kube_pod_status_ready": true, "kube_pod_status_phase": true}
 
 // metricSeries resolves an exported series name to its metric: a histogram's _bucket, _sum
 // and _count belong to it; a histogram's bare name is no series.
