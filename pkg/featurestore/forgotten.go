@@ -9,6 +9,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/rueidis"
+
+	"recsys/pkg/outbox"
 )
 
 // Forgotten is the set of users whose data was erased (table forgotten_users, written by
@@ -91,12 +93,13 @@ type ForgetReport struct {
 	// ForgottenAtMs is the erasure time: every event of the users the API received up to it
 	// is gone (raw rows and their effect on the users' features) or will be skipped.
 	ForgottenAtMs int64 `json:"forgotten_at_ms"`
-	// Deleted counts rows per table (feature_users: the users that had features).
+	// Deleted counts rows per table (feature_users: the users that had features; event_outbox:
+	// the users' events removed from dead rows, which may carry other users' events too).
 	Deleted map[string]int64 `json:"deleted"`
 }
 
-// Forget erases users' data: their raw events, their feature rows and Redis hashes, and
-// their DLQ entries. It first records the users in forgotten_users with an erasure time
+// Forget erases users' data: their raw events, their feature rows and Redis hashes, their
+// DLQ entries and their events in dead outbox rows. It first records the users in forgotten_users with an erasure time
 // settle from now, so every consumer (which rereads the table every ForgottenRefresh) skips
 // their events received up to then, wherever those still are (the outbox, Kafka, the DLQ);
 // it then waits until that time and deletes. settle must exceed ForgottenRefresh plus the
@@ -148,7 +151,13 @@ ON CONFLICT (user_id) DO UPDATE SET forgotten_at_ms = greatest(forgotten_users.f
 		}
 		rep.Deleted[d.table] = tag.RowsAffected()
 	}
-	n, err := s.forgetUsers(ctx, users)
+	// Dead outbox rows are never published, so the relay's retention never deletes them.
+	n, err := outbox.NewStore(s.pg).EraseDead(ctx, users, time.UnixMilli(at))
+	rep.Deleted["event_outbox"] = n
+	if err != nil {
+		return rep, err
+	}
+	n, err = s.forgetUsers(ctx, users)
 	rep.Deleted["feature_users"] = n
 	if err != nil {
 		return rep, err

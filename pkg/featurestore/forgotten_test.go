@@ -2,12 +2,16 @@ package featurestore_test
 
 import (
 	"context"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"recsys/pkg/events"
 	"recsys/pkg/featurestore"
+	"recsys/pkg/outbox"
 	"recsys/pkg/testutil"
 )
 
@@ -182,5 +186,86 @@ VALUES ($1, $2, 's', 'r', 'i', 1, $3::bigint, to_timestamp($3::bigint / 1000.0),
 	}
 	if rep.Deleted["watches"] != 2 {
 		t.Errorf("report counts %d watches deleted, want 2", rep.Deleted["watches"])
+	}
+}
+
+// Dead outbox rows are never published, so the relay's retention never deletes them: an erased
+// user's events in them (ids, sessions, client context) outlived the erasure until someone
+// replayed them. Forget deletes the user's dead single-event rows and takes the user's frames
+// out of dead batch rows, keeping the other users' events and the rows of a user who came back.
+func TestForgetErasesDeadOutboxRows(t *testing.T) {
+	ctx := context.Background()
+	pool, rd := servers(t)
+	st := featurestore.New(pool, rd, testutil.Unique("fo")+":", testConfig(), nil)
+	const gone, other = "user-gone-dead", "user-stays"
+	msg := func(id, user string) outbox.Message {
+		return outbox.Message{EventID: id, EventType: "watch", Key: user, SchemaVersion: 1, Payload: []byte(`{"user_id":"` + user + `"}`)}
+	}
+	batch := func(msgs ...outbox.Message) []byte {
+		var b []byte
+		for _, m := range msgs {
+			b = outbox.AppendFrame(b, m)
+		}
+		return b
+	}
+	insert := func(eventID, key string, format int16, payload []byte, count int, createdAt string) {
+		t.Helper()
+		if _, err := pool.Exec(ctx, `INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, status, attempts, max_attempts,
+payload_format, event_count, created_at) VALUES ($1, 'watch', 't', $2, $3, 'dead', 5, 5, $4, $5, `+createdAt+`)`,
+			eventID, key, payload, format, count); err != nil {
+			t.Fatal(err)
+		}
+	}
+	insert("single-gone", gone, outbox.FormatSingle, []byte(`{"user_id":"`+gone+`"}`), 1, "now()")
+	insert("single-other", other, outbox.FormatSingle, []byte(`{"user_id":"`+other+`"}`), 1, "now()")
+	insert("single-back", gone, outbox.FormatSingle, []byte(`{"user_id":"`+gone+`"}`), 1, "now() + interval '1 hour'")
+	insert("batch:e1/"+gone+"@g1", "~lane/1", outbox.FormatBatch, batch(msg("e1", gone), msg("e2", other), msg("e3", gone), msg("e4", other)), 4, "now()")
+	insert("batch:e5/"+gone+"@g2", "~lane/2", outbox.FormatBatch, batch(msg("e5", gone)), 1, "now()")
+	insert("batch:e6/"+other+"@g3", "~lane/3", outbox.FormatBatch, batch(msg("e6", other), msg("e7", gone)), 2, "now()")
+
+	rep, err := st.Forget(ctx, []string{gone}, 100*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Deleted["event_outbox"] != 5 {
+		t.Errorf("report counts %d outbox events erased, want 5", rep.Deleted["event_outbox"])
+	}
+	got := map[string][]string{}
+	rows, _ := pool.Query(ctx, `SELECT event_id, payload_format, payload, event_count FROM event_outbox`)
+	var id string
+	var format int16
+	var payload []byte
+	var count int
+	if _, err := pgx.ForEachRow(rows, []any{&id, &format, &payload, &count}, func() error {
+		if format == outbox.FormatSingle {
+			got[id] = []string{string(payload)}
+			return nil
+		}
+		msgs, err := outbox.DecodeBatch(payload, count)
+		if err != nil {
+			return err
+		}
+		for _, m := range msgs {
+			got[id] = append(got[id], m.EventID+"/"+m.Key)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]string{
+		"single-other":              {`{"user_id":"` + other + `"}`},
+		"single-back":               {`{"user_id":"` + gone + `"}`},
+		"batch:e2/" + other + "@g1": {"e2/" + other, "e4/" + other},
+		"batch:e6/" + other + "@g3": {"e6/" + other},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("outbox after the erasure:\n got %v\nwant %v", got, want)
+	}
+	for id, evs := range got {
+		for _, e := range append(evs, id) {
+			if strings.Contains(e, gone) && id != "single-back" {
+				t.Errorf("row %s still holds the erased user: %s", id, e)
+			}
+		}
 	}
 }

@@ -1,0 +1,130 @@
+package outbox
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// batchIDPrefix starts a batch row's event_id: "batch:" + its first event's id + "/" + that
+// event's user + "@" + the writer's group suffix (pkg/ingest names them).
+const batchIDPrefix = "batch:"
+
+// erasePage is how many dead batch rows EraseDead reads and locks at once.
+const erasePage = 500
+
+// EraseDead removes the events of users from the dead rows created up to at, for `recsys
+// users forget`. Dead rows are never published, so the relay's retention never deletes them:
+// without this an erased user's events (ids, sessions, client context) would stay in the
+// outbox until someone replays them. A single-event row of the users goes whole; a batch row
+// loses the users' frames (and goes when none is left), and one named after an erased user's
+// event is renamed after its new first event. created_at bounds both: a dead row is created
+// after its events were received, so rows of a user who came back after the erasure stay. A
+// batch row that does not decode (a poison row) is left as it is. It returns the events
+// removed.
+func (s *Store) EraseDead(ctx context.Context, users []string, at time.Time) (int64, error) {
+	if len(users) == 0 {
+		return 0, nil
+	}
+	tag, err := s.pool.Exec(ctx, `DELETE FROM event_outbox
+WHERE status = 'dead' AND payload_format = 1 AND msg_key = ANY($1) AND created_at <= $2`, users, at)
+	if err != nil {
+		return 0, fmt.Errorf("delete erased users' dead outbox rows: %w", err)
+	}
+	erased := tag.RowsAffected()
+	gone := make(map[string]bool, len(users))
+	for _, u := range users {
+		gone[u] = true
+	}
+	var after int64
+	for {
+		var n int64
+		var last int64
+		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			var err error
+			n, last, err = eraseDeadPage(ctx, tx, gone, at, after)
+			return err
+		})
+		if err != nil {
+			return erased, fmt.Errorf("erase users from dead outbox batch rows: %w", err)
+		}
+		erased += n
+		if last == 0 {
+			return erased, nil
+		}
+		after = last
+	}
+}
+
+// eraseDeadPage scrubs the dead batch rows after id after, up to erasePage of them, under
+// their row locks (a replay requeuing one meanwhile waits, then finds it changed). last is
+// the page's last id, 0 when there was none.
+func eraseDeadPage(ctx context.Context, tx pgx.Tx, gone map[string]bool, at time.Time, after int64) (erased, last int64, err error) {
+	rows, _ := tx.Query(ctx, `SELECT id, event_id, payload, event_count FROM event_outbox
+WHERE status = 'dead' AND payload_format = 2 AND created_at <= $1 AND id > $2
+ORDER BY id LIMIT $3 FOR UPDATE`, at, after, erasePage)
+	type batchRow struct {
+		id      int64
+		eventID string
+		payload []byte
+		count   int
+	}
+	var page []batchRow
+	var r batchRow
+	if _, err := pgx.ForEachRow(rows, []any{&r.id, &r.eventID, &r.payload, &r.count}, func() error {
+		page = append(page, batchRow{r.id, r.eventID, append([]byte(nil), r.payload...), r.count})
+		return nil
+	}); err != nil {
+		return 0, 0, fmt.Errorf("read dead batch rows: %w", err)
+	}
+	if len(page) == 0 {
+		return 0, 0, nil
+	}
+	for _, r := range page {
+		msgs, err := DecodeBatch(r.payload, r.count)
+		if err != nil {
+			continue
+		}
+		var kept []byte
+		n := 0
+		var first *Message
+		for i := range msgs {
+			if gone[msgs[i].Key] {
+				continue
+			}
+			if first == nil {
+				first = &msgs[i]
+			}
+			kept = AppendFrame(kept, msgs[i])
+			n++
+		}
+		if n == len(msgs) {
+			continue
+		}
+		erased += int64(len(msgs) - n)
+		if n == 0 {
+			if _, err := tx.Exec(ctx, `DELETE FROM event_outbox WHERE id = $1`, r.id); err != nil {
+				return 0, 0, fmt.Errorf("delete dead batch row %d: %w", r.id, err)
+			}
+			continue
+		}
+		if _, err := tx.Exec(ctx, `UPDATE event_outbox SET payload = $2, event_count = $3, event_id = $4 WHERE id = $1`,
+			r.id, kept, n, renamedBatch(r.eventID, msgs[0], *first)); err != nil {
+			return 0, 0, fmt.Errorf("rewrite dead batch row %d: %w", r.id, err)
+		}
+	}
+	return erased, page[len(page)-1].id, nil
+}
+
+// renamedBatch is the event_id of a batch row named id whose first event was was and is now
+// first: unchanged unless the name held was's event id and user, which the erasure removes.
+func renamedBatch(id string, was, first Message) string {
+	old := batchIDPrefix + was.EventID + "/" + was.Key
+	if was.EventID == first.EventID && was.Key == first.Key || !strings.HasPrefix(id, old) {
+		return id
+	}
+	return batchIDPrefix + first.EventID + "/" + first.Key + id[len(old):]
+}
