@@ -323,3 +323,30 @@ func TestFetchSendsTheAPIKey(t *testing.T) {
 		})
 	}
 }
+
+// A base URL may carry a gateway's credentials (https://user:password@host); the report's
+// sources and the errors, which CI archives, named it with its password.
+func TestFetchHidesTheBaseURLPassword(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/contract" {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte(`[]`))
+	}))
+	defer srv.Close()
+	base := strings.Replace(srv.URL, "http://", "http://ci:s3cret-pw@", 1)
+	_, src, err := guardrails.Fetch(context.Background(), srv.Client(), base, "", 1, "")
+	if err == nil {
+		t.Fatal("want the errors of the failed fetches")
+	}
+	b, _ := json.Marshal(src)
+	for what, s := range map[string]string{"sources": string(b), "error": err.Error()} {
+		if strings.Contains(s, "s3cret-pw") {
+			t.Errorf("%s name the password: %s", what, s)
+		}
+		if !strings.Contains(s, "ci:REDACTED@") {
+			t.Errorf("%s do not name the base URL: %s", what, s)
+		}
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"recsys/pkg/apikey"
+	"recsys/pkg/flagenv"
 )
 
 // DecodeObject decodes one input document, which must be a JSON object (the original tool
@@ -81,7 +82,7 @@ func ReadFiles(baseline, contract, recoMetrics string) (Inputs, map[string]strin
 func Fetch(ctx context.Context, client *http.Client, baseURL, apiKey string, days int, saveDir string) (Inputs, map[string]string, error) {
 	base := strings.TrimRight(baseURL, "/")
 	if _, err := url.ParseRequestURI(base); err != nil {
-		return Inputs{}, nil, fmt.Errorf("--base-url %q: %w", baseURL, err)
+		return Inputs{}, nil, fmt.Errorf("--base-url %q: %w", flagenv.Redact(baseURL), err)
 	}
 	var in Inputs
 	src := map[string]string{}
@@ -95,7 +96,9 @@ func Fetch(ctx context.Context, client *http.Client, baseURL, apiKey string, day
 		{"reco_metrics", "/metrics/reco", "reco-metrics.json", &in.RecoMetrics},
 	} {
 		u := base + f.path
-		src[f.key] = u
+		// The base URL may carry a gateway's credentials: the report and the errors, which
+		// CI archives, name it without its password.
+		src[f.key] = flagenv.Redact(u)
 		b, err := get(ctx, client, u, apiKey)
 		if err != nil {
 			errs = append(errs, err)
@@ -106,7 +109,7 @@ func Fetch(ctx context.Context, client *http.Client, baseURL, apiKey string, day
 				errs = append(errs, fmt.Errorf("save %s: %w", f.file, err))
 			}
 		}
-		m, err := DecodeObject(u, b)
+		m, err := DecodeObject(src[f.key], b)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -119,22 +122,23 @@ func Fetch(ctx context.Context, client *http.Client, baseURL, apiKey string, day
 func get(ctx context.Context, client *http.Client, u, apiKey string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	name := flagenv.Redact(u)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return nil, fmt.Errorf("GET %s: %w", u, err)
+		return nil, fmt.Errorf("GET %s: %w", name, err)
 	}
 	apikey.Set(req, apiKey)
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("GET %s: %w", u, err)
+		return nil, fmt.Errorf("GET %s: %w", name, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
-		return nil, fmt.Errorf("GET %s: read body: %w", u, err)
+		return nil, fmt.Errorf("GET %s: read body: %w", name, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: status %d: %s%s", u, resp.StatusCode, truncate(string(b), 300), authHint(resp.StatusCode, apiKey))
+		return nil, fmt.Errorf("GET %s: status %d: %s%s", name, resp.StatusCode, truncate(string(b), 300), authHint(resp.StatusCode, apiKey))
 	}
 	return b, nil
 }

@@ -509,3 +509,23 @@ func TestRunSendsTheAPIKey(t *testing.T) {
 		})
 	}
 }
+
+// A base URL may carry a gateway's credentials (https://user:password@host); the report,
+// which CI archives, echoed it with its password.
+func TestReportHidesTheBaseURLPassword(t *testing.T) {
+	srv := httptest.NewServer(&fakeAPI{})
+	defer srv.Close()
+	cfg := baseCfg(strings.Replace(srv.URL, "http://", "http://ci:s3cret-pw@", 1))
+	cfg.Requests, cfg.Warmup = 5, 0
+	r, err := loadgen.Run(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), "s3cret-pw") || r.Config.BaseURL != strings.Replace(srv.URL, "http://", "http://ci:REDACTED@", 1) {
+		t.Errorf("report's base_url %q", r.Config.BaseURL)
+	}
+}

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/schollz/progressbar/v3"
+
+	"recsys/pkg/flagenv"
 )
 
 // ReportConfig echoes the run's configuration (the contract's fields first).
@@ -122,7 +124,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 		TimestampMs: time.Now().UnixMilli(), BenchmarkElapsedSec: round3(elapsed.Seconds()),
 		Summary: snap.Summary, Endpoints: snap.Endpoints, Percentiles: snap.Percentiles, Timeline: snap.Timeline,
 		Operations: st.ops, OperationsNotSent: st.notSent, StoppedBy: st.stoppedBy, MaxSendDelayMs: round3(float64(st.maxDelay.Load()) / 1e6),
-		Config: ReportConfig{BaseURL: cfg.BaseURL, Requests: cfg.Requests, Concurrency: cfg.Concurrency, K: cfg.K,
+		Config: ReportConfig{BaseURL: flagenv.Redact(cfg.BaseURL), Requests: cfg.Requests, Concurrency: cfg.Concurrency, K: cfg.K,
 			TimeoutSec: cfg.Timeout.Seconds(), Warmup: cfg.Warmup, Autolog: cfg.Autolog, Mode: "closed_loop", Rate: cfg.Rate,
 			DurationSec: cfg.Duration.Seconds(), Scenario: cfg.Scenario, Description: cfg.describe(), Users: cfg.Users,
 			Sessions: cfg.Sessions, Items: cfg.Items, WatchProb: cfg.WatchProb, OrganicWatchProb: cfg.OrganicWatchProb,

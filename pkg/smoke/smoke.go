@@ -188,7 +188,9 @@ func Run(ctx context.Context, cfg Config) *Report {
 	cfg.Clamp()
 	start := time.Now()
 	runID := randomHex(6)
-	r := &Report{Checks: map[string]string{}, Details: map[string]string{}, BaseURL: cfg.BaseURL, RunID: runID}
+	// A base URL may carry a gateway's credentials (https://user:password@host): reports are
+	// archived, so they name it without its password.
+	r := &Report{Checks: map[string]string{}, Details: map[string]string{}, BaseURL: flagenv.Redact(cfg.BaseURL), RunID: runID}
 	for _, c := range AllChecks {
 		r.Checks[c] = "fail"
 	}
@@ -196,7 +198,7 @@ func Run(ctx context.Context, cfg Config) *Report {
 		http: &http.Client{}, apiKey: cfg.APIKey}}
 	defer s.c.http.CloseIdleConnections()
 	if _, err := url.ParseRequestURI(s.c.base); err != nil || !strings.HasPrefix(s.c.base, "http") {
-		r.Details[CheckReadyz] = fmt.Sprintf("--base-url %q is not an http(s) URL", cfg.BaseURL)
+		r.Details[CheckReadyz] = fmt.Sprintf("--base-url %q is not an http(s) URL", r.BaseURL)
 		s.notRun(CheckReadyz)
 	} else if s.readyz(ctx) {
 		s.seed(ctx)

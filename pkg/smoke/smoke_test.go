@@ -514,3 +514,22 @@ func TestConsumerAppliedFailsWithoutCoVisitation(t *testing.T) {
 		t.Errorf("the fake must list B and not A for the probe user: %v", p.ListAfter)
 	}
 }
+
+// A base URL may carry a gateway's credentials (https://user:password@host); the report,
+// which CI archives, named it with its password.
+func TestReportHidesTheBaseURLPassword(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, `{"detail":"down"}`, http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	cfg := smoke.DefaultConfig()
+	cfg.BaseURL = strings.Replace(srv.URL, "http://", "http://ci:s3cret-pw@", 1)
+	cfg.ReadyTimeoutSec, cfg.PollSec = 0.1, 0.05
+	b, err := json.Marshal(smoke.Run(context.Background(), cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), "s3cret-pw") || !strings.Contains(string(b), "ci:REDACTED@") {
+		t.Errorf("report: %s", b)
+	}
+}
