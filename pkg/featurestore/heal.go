@@ -13,8 +13,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/rueidis"
-
-	"recsys/pkg/redis"
 )
 
 // RedisReady reports whether the Redis copy is complete: P+"ready" exists, and P+"run_id"
@@ -511,15 +509,15 @@ func metaFields(m Meta) []string {
 		"hl:s", ff(m.Short.HalfLifeMs), "hl:l", ff(m.Long.HalfLifeMs), "hl:c", ff(m.Covis.HalfLifeMs)}
 }
 
-// deleteData unlinks every key under the prefix except meta, the lock and the API keys' shared
-// rate counts (not features: a rebuild must not hand every rate-limited key a fresh burst).
-// Each page is
-// unlinked under the lock (renewing it): a SCAN of a large database outlasts lockTTL, and a
-// deletion whose lock expired must not go on into the copy of the repopulation that took it.
+// deleteData unlinks the copy's keys (ownsKey): every feature key under the prefix, but not
+// meta, the lock or the API keys' shared rate counts (not features: a rebuild must not hand
+// every rate-limited key a fresh burst), nor keys of another layout that share the prefix.
+// Each page is unlinked under the lock (renewing it): a SCAN of a large database outlasts
+// lockTTL, and a deletion whose lock expired must not go on into the copy of the
+// repopulation that took it.
 func (s *Store) deleteData(ctx context.Context, lk *repopLock) error {
 	var cursor uint64
 	match := escapeGlob(s.keys.Prefix) + "*"
-	rateLimits := s.keys.Prefix + redis.RateLimitKeys
 	for {
 		e, err := s.rd.Do(ctx, s.rd.B().Scan().Cursor(cursor).Match(match).Count(1000).Build()).AsScanEntry()
 		if err != nil {
@@ -527,7 +525,7 @@ func (s *Store) deleteData(ctx context.Context, lk *repopLock) error {
 		}
 		var del []string
 		for _, k := range e.Elements {
-			if k != s.keys.Meta && k != s.keys.Lock && !strings.HasPrefix(k, rateLimits) {
+			if s.keys.ownsKey(k) {
 				del = append(del, k)
 			}
 		}
@@ -538,6 +536,23 @@ func (s *Store) deleteData(ctx context.Context, lk *repopLock) error {
 			return nil
 		}
 	}
+}
+
+// ownsKey reports whether key is one of the copy's data keys, which a repopulation of a new
+// generation deletes. Other keys under the prefix stay: a Redis shared by several deployments
+// (--redis.key-prefix) may hold one whose prefix extends this one ("recsys:" and
+// "recsys:staging:"), or, with an empty prefix, any other application's keys, and deleting
+// everything under the prefix wiped them on every forced rebuild.
+func (k Keys) ownsKey(key string) bool {
+	rest, ok := strings.CutPrefix(key, k.Prefix)
+	if !ok {
+		return false
+	}
+	switch {
+	case strings.HasPrefix(rest, "u:"), strings.HasPrefix(rest, "i:"), strings.HasPrefix(rest, "nb:"):
+		return true
+	}
+	return key == k.PopShort || key == k.PopLong || key == k.Fresh || key == k.Ready || key == k.RunID
 }
 
 // copyAll streams the snapshot into Redis in keyset-paginated chunks. Its item writes put

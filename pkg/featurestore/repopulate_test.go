@@ -115,7 +115,7 @@ func TestRepopulationWhileWritingKeepsListsExact(t *testing.T) {
 	for round := 0; round < 4 && next < len(evs); round++ {
 		filler := make([]string, 0, 2*20000)
 		for i := range 20000 {
-			filler = append(filler, fmt.Sprintf("%sfiller:%d", prefix, i), "x")
+			filler = append(filler, fmt.Sprintf("%snb:filler:%d", prefix, i), "x")
 		}
 		for i := 0; i < len(filler); i += 2000 {
 			cmd := rd.B().Mset().KeyValue().KeyValue(filler[i], filler[i+1])
@@ -162,7 +162,8 @@ func TestRepopulationWhileWritingKeepsListsExact(t *testing.T) {
 }
 
 // repopulatedCopy is a store over a private Redis holding a complete copy (a forced rebuild)
-// of a generated stream, with filler keys that make the next deletion of the copy slow.
+// of a generated stream, with filler keys (neighbour lists of no item) that make the next
+// deletion of the copy slow.
 func repopulatedCopy(t *testing.T, name string, filler int) (*featurestore.Store, *pgxpool.Pool, rueidis.Client, featurestore.Keys) {
 	t.Helper()
 	ctx := context.Background()
@@ -180,7 +181,7 @@ func repopulatedCopy(t *testing.T, name string, filler int) (*featurestore.Store
 	for f := 0; f < filler; f += 2000 {
 		cmd := rd.B().Mset().KeyValue()
 		for i := f; i < min(f+2000, filler); i++ {
-			cmd = cmd.KeyValue(fmt.Sprintf("%sfiller:%d", prefix, i), "x")
+			cmd = cmd.KeyValue(fmt.Sprintf("%snb:filler:%d", prefix, i), "x")
 		}
 		if err := rd.Do(ctx, cmd.Build()).Error(); err != nil {
 			t.Fatal(err)
@@ -206,7 +207,7 @@ func TestRepopulationKeepsRateLimitCounts(t *testing.T) {
 		t.Errorf("the rate count after a forced repopulation: %q, %v; want it kept", v, err)
 	}
 	// The deletion did run: the copy's stray keys are gone.
-	if n, err := rd.Do(ctx, rd.B().Exists().Key(keys.Prefix+"filler:0").Build()).AsInt64(); err != nil || n != 0 {
+	if n, err := rd.Do(ctx, rd.B().Exists().Key(keys.Prefix+"nb:filler:0").Build()).AsInt64(); err != nil || n != 0 {
 		t.Errorf("a stray key under the prefix survived the repopulation: exists %d, %v", n, err)
 	}
 }
@@ -289,7 +290,7 @@ func TestRepopulationStopsWhenItsLockIsTaken(t *testing.T) {
 		t.Fatalf("repopulation whose lock was taken: %v, want ErrRepopulationLockLost", err)
 	}
 	holder, herr := rd.Do(ctx, rd.B().Get().Key(keys.Lock).Build()).ToString()
-	left, ferr := rd.Do(ctx, rd.B().Keys().Pattern(keys.Prefix+"filler:*").Build()).AsStrSlice()
+	left, ferr := rd.Do(ctx, rd.B().Keys().Pattern(keys.Prefix+"nb:filler:*").Build()).AsStrSlice()
 	ready, rerr := rd.Do(ctx, rd.B().Exists().Key(keys.Ready).Build()).AsInt64()
 	if herr != nil || ferr != nil || rerr != nil {
 		t.Fatal(herr, ferr, rerr)
@@ -448,5 +449,40 @@ func TestSameGenerationRepopulationDropsErasedUsers(t *testing.T) {
 	rep, err := st.Verify(ctx, featurestore.VerifyOptions{Sample: 1000, Grace: 10 * time.Millisecond})
 	if err != nil || !rep.OK() {
 		t.Errorf("verify: %+v %v", rep, err)
+	}
+}
+
+// A Redis may be shared by deployments whose prefixes nest ("recsys:" and "recsys:staging:")
+// or by other applications (an empty --redis.key-prefix). A forced repopulation deleted every
+// key under its prefix, the other deployment's copy and the other applications' keys
+// included; it now deletes its own layout's keys only.
+func TestRepopulationDeletesOnlyTheCopysKeys(t *testing.T) {
+	ctx := context.Background()
+	st, _, rd, keys := repopulatedCopy(t, "rpown", 0)
+	own := []string{keys.User("filler"), keys.Item("filler"), keys.Neighbours("filler")}
+	others := []string{keys.Prefix + "staging:u:someone", keys.Prefix + "staging:meta", keys.Prefix + "sessions:abc", keys.Prefix + "uploads"}
+	for _, k := range append(own, others...) {
+		if err := rd.Do(ctx, rd.B().Set().Key(k).Value("x").Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.Repopulate(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range own {
+		if n, err := rd.Do(ctx, rd.B().Exists().Key(k).Build()).AsInt64(); err != nil || n != 0 {
+			t.Errorf("the copy's stray key %s survived the repopulation (exists %d, %v)", k, n, err)
+		}
+	}
+	for _, k := range others {
+		if n, err := rd.Do(ctx, rd.B().Exists().Key(k).Build()).AsInt64(); err != nil || n != 1 {
+			t.Errorf("the repopulation deleted %s, a key of another layout under its prefix (exists %d, %v)", k, n, err)
+		}
+	}
+	// The copy itself is whole again.
+	for _, k := range []string{keys.Ready, keys.PopShort, keys.Meta} {
+		if n, err := rd.Do(ctx, rd.B().Exists().Key(k).Build()).AsInt64(); err != nil || n != 1 {
+			t.Errorf("%s missing after the repopulation (exists %d, %v)", k, n, err)
+		}
 	}
 }

@@ -45,7 +45,7 @@ type Config struct {
 
 // RateLimitKeys is where, under --redis.key-prefix, pkg/httpx keeps the API keys' shared
 // rate counts (--http.rate-limit-scope=cluster). They are not features: a repopulation of
-// the feature copy, which clears everything else under the prefix, leaves them alone.
+// the feature copy, which clears the copy's keys under the prefix, leaves them alone.
 const RateLimitKeys = "ratelimit:"
 
 // DefaultConfig returns the defaults.
