@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
@@ -31,8 +32,9 @@ func NewFetcher(c *Client, maxWait time.Duration) *GroupReader {
 }
 
 // FetchLeaders runs r's fetch loops over groups as if each group had its own leader broker
-// (the local broker is a single node), until one of them ends; it returns that error and
-// each partition's next offset to fetch, which is where fetchAll starts again.
+// (the local broker is a single node), until one of them ends, and stops the others, as
+// fetchGrouped stops every loop to start them over; it returns the first loop's error and
+// each partition's next offset to fetch, which is where the loops start again.
 func FetchLeaders(ctx context.Context, r *GroupReader, groups ...[]FetchPart) ([][]int64, error) {
 	byLeader := make([][]*fetchState, len(groups))
 	for i, g := range groups {
@@ -41,7 +43,17 @@ func FetchLeaders(ctx context.Context, r *GroupReader, groups ...[]FetchPart) ([
 		}
 	}
 	tr := r.trs.acquire()
-	err := r.fetchLeaders(ctx, tr.rt, byLeader)
+	ctx, cancel := context.WithCancel(ctx)
+	errc := make(chan error, len(byLeader))
+	var wg sync.WaitGroup
+	for _, parts := range byLeader {
+		wg.Go(func() {
+			errc <- r.fetchLoop(ctx, tr.rt, parts)
+			cancel()
+		})
+	}
+	wg.Wait()
+	cancel()
 	tr.release()
 	next := make([][]int64, len(byLeader))
 	for i, g := range byLeader {
@@ -49,5 +61,5 @@ func FetchLeaders(ctx context.Context, r *GroupReader, groups ...[]FetchPart) ([
 			next[i] = append(next[i], p.offset)
 		}
 	}
-	return next, err
+	return next, <-errc
 }

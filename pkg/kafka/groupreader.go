@@ -336,49 +336,135 @@ func (b presentTopics) AssignGroups(members []kafkago.GroupMember, partitions []
 	return b.GroupBalancer.AssignGroups(members, partitions)
 }
 
-// fetchAll fetches parts until ctx ends, starting over (offsets resolved, leaders looked up)
-// after an error, with backoff; after a partition's leader moved, on a new transport (see
-// transports), which looks the leaders up again.
+// fetchAll fetches parts until ctx ends.
 func (r *GroupReader) fetchAll(ctx context.Context, parts []*fetchState) {
 	if len(parts) == 0 {
 		<-ctx.Done()
 		return
 	}
-	for attempt := 0; ; attempt++ {
-		began := time.Now()
-		tr := r.trs.acquire()
-		err := r.resolveOffsets(ctx, tr.rt, parts)
-		if err == nil {
-			var byLeader [][]*fetchState
-			if byLeader, err = r.leaders(ctx, tr.rt, parts); err == nil {
-				err = r.fetchLeaders(ctx, tr.rt, byLeader)
-			}
+	attempt := 0 // failures in a row: the backoff goes on across a start over
+	for ctx.Err() == nil {
+		r.fetchGrouped(ctx, parts, &attempt)
+	}
+}
+
+// loopEnd is a fetch loop that returned.
+type loopEnd struct {
+	leader int32
+	parts  []*fetchState
+	err    error
+	tr     *transportRef
+	ran    time.Duration
+}
+
+// fetchGrouped runs one fetch loop per leader broker over the partitions of parts it can
+// fetch. A partition it cannot (no leader: the brokers of its replicas are down; its first
+// offset not found) or whose loop failed (a leader moved, a broker unreachable) waits and
+// is looked up again with backoff while the other loops go on: one such partition used to
+// stop every partition of the member for as long as it lasted (for good with a topic of
+// one replica and its broker down). After a leader moved, the lookup is on a new transport
+// (see transports), which looks the leaders up again. fetchGrouped returns when ctx ends,
+// or when a waiting partition is found on a broker that has a loop already: the caller
+// starts every loop over, with the partitions grouped again.
+func (r *GroupReader) fetchGrouped(ctx context.Context, parts []*fetchState, attempt *int) {
+	ctx, cancel := context.WithCancel(ctx)
+	ends := make(chan loopEnd)
+	running := map[int32]bool{}
+	defer func() {
+		cancel()
+		for range running {
+			<-ends
 		}
-		tr.release()
-		if ctx.Err() != nil {
-			return
-		}
-		if leaderMoved(err) {
-			r.trs.renew(tr)
-		}
-		r.errs.Add(1)
-		r.warn("fetch", err)
-		if time.Since(began) > time.Minute {
-			attempt = 0 // the fetches ran a while: this failure starts the backoff over
-		}
-		d := min(50*time.Millisecond<<min(attempt, 6), 2*time.Second)
-		t := time.NewTimer(d/2 + rand.N(d/2+1))
+	}()
+	waiting := parts
+	retry := time.NewTimer(0)
+	defer retry.Stop()
+	backoff := func() {
+		d := min(50*time.Millisecond<<min(*attempt, 6), 2*time.Second)
+		retry.Reset(d/2 + rand.N(d/2+1))
+		*attempt++
+	}
+	for {
 		select {
 		case <-ctx.Done():
-			t.Stop()
 			return
-		case <-t.C:
+		case e := <-ends:
+			delete(running, e.leader)
+			if ctx.Err() != nil {
+				return
+			}
+			if leaderMoved(e.err) {
+				r.trs.renew(e.tr)
+			}
+			r.errs.Add(1)
+			r.warn("fetch", e.err)
+			if e.ran > time.Minute {
+				*attempt = 0 // the fetches ran a while: this failure starts the backoff over
+			}
+			if len(waiting) == 0 {
+				backoff()
+			}
+			waiting = append(waiting, e.parts...)
+		case <-retry.C:
+			tr := r.trs.acquire()
+			byLeader, unfit, err := r.plan(ctx, tr.rt, waiting)
+			for l := range byLeader {
+				if running[l] {
+					tr.release()
+					return
+				}
+			}
+			for l, ps := range byLeader {
+				running[l] = true
+				tr.users.Add(1)
+				go func() {
+					began := time.Now()
+					err := r.fetchLoop(ctx, tr.rt, ps)
+					tr.release()
+					ends <- loopEnd{leader: l, parts: ps, err: err, tr: tr, ran: time.Since(began)}
+				}()
+			}
+			tr.release()
+			waiting = unfit
+			if len(waiting) > 0 {
+				if ctx.Err() != nil {
+					return
+				}
+				r.errs.Add(1)
+				r.warn("fetch", err)
+				backoff()
+			}
 		}
 	}
 }
 
+// plan groups the partitions of parts it can fetch by leader broker, their symbolic offsets
+// resolved; it returns the others (no leader, no offset), and why.
+func (r *GroupReader) plan(ctx context.Context, rt kafkago.RoundTripper, parts []*fetchState) (map[int32][]*fetchState, []*fetchState, error) {
+	leader, lerr := r.leaders(ctx, rt, parts)
+	var led, unfit []*fetchState
+	for _, p := range parts {
+		if _, ok := leader[p.topicPartition]; ok {
+			led = append(led, p)
+		} else {
+			unfit = append(unfit, p)
+		}
+	}
+	oerr := r.resolveOffsets(ctx, rt, led)
+	byLeader := map[int32][]*fetchState{}
+	for _, p := range led {
+		if p.offset < 0 {
+			unfit = append(unfit, p)
+			continue
+		}
+		l := leader[p.topicPartition]
+		byLeader[l] = append(byLeader[l], p)
+	}
+	return byLeader, unfit, errors.Join(lerr, oerr)
+}
+
 // resolveOffsets turns the partitions' symbolic offsets (no committed offset, or a reset)
-// into their first offsets.
+// into their first offsets. Those it could not resolve keep theirs, and it says why.
 func (r *GroupReader) resolveOffsets(ctx context.Context, rt kafkago.RoundTripper, parts []*fetchState) error {
 	req := &kafkago.ListOffsetsRequest{Topics: map[string][]kafkago.OffsetRequest{}}
 	for _, p := range parts {
@@ -393,33 +479,43 @@ func (r *GroupReader) resolveOffsets(ctx context.Context, rt kafkago.RoundTrippe
 	if err != nil {
 		return fmt.Errorf("list offsets: %w", err)
 	}
+	var errs []error
 	for _, p := range parts {
 		if p.offset >= 0 {
 			continue
 		}
+		var perr error
 		for _, po := range res.Topics[p.topic] {
 			if po.Partition != int(p.partition) {
 				continue
 			}
 			if po.Error != nil {
-				return fmt.Errorf("list offsets of %s/%d: %w", p.topic, p.partition, po.Error)
+				perr = po.Error
+			} else if po.FirstOffset >= 0 {
+				p.offset = po.FirstOffset
 			}
-			p.offset = po.FirstOffset
 		}
-		if p.offset < 0 {
-			return fmt.Errorf("list offsets: no answer for %s/%d", p.topic, p.partition)
+		switch {
+		case perr != nil:
+			errs = append(errs, fmt.Errorf("list offsets of %s/%d: %w", p.topic, p.partition, perr))
+		case p.offset < 0:
+			errs = append(errs, fmt.Errorf("list offsets: no answer for %s/%d", p.topic, p.partition))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
-// leaders groups parts by their leader broker.
-func (r *GroupReader) leaders(ctx context.Context, rt kafkago.RoundTripper, parts []*fetchState) ([][]*fetchState, error) {
+// leaders returns the leader broker of each partition of parts that has one, and why the
+// others have none.
+func (r *GroupReader) leaders(ctx context.Context, rt kafkago.RoundTripper, parts []*fetchState) (map[topicPartition]int32, error) {
 	var topics []string
 	for _, p := range parts {
 		if !slices.Contains(topics, p.topic) {
 			topics = append(topics, p.topic)
 		}
+	}
+	if len(topics) == 0 {
+		return nil, nil
 	}
 	tctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
@@ -427,50 +523,27 @@ func (r *GroupReader) leaders(ctx context.Context, rt kafkago.RoundTripper, part
 	if err != nil {
 		return nil, fmt.Errorf("metadata: %w", err)
 	}
+	var errs []error
+	failed := map[string]bool{}
 	leader := map[topicPartition]int32{}
 	for _, t := range m.(*metadataAPI.Response).Topics {
 		if t.ErrorCode != 0 {
-			return nil, fmt.Errorf("metadata of %s: %w", t.Name, kafkago.Error(t.ErrorCode))
+			failed[t.Name] = true
+			errs = append(errs, fmt.Errorf("metadata of %s: %w", t.Name, kafkago.Error(t.ErrorCode)))
+			continue
 		}
 		for _, pt := range t.Partitions {
-			leader[topicPartition{t.Name, pt.PartitionIndex}] = pt.LeaderID
+			if pt.LeaderID >= 0 {
+				leader[topicPartition{t.Name, pt.PartitionIndex}] = pt.LeaderID
+			}
 		}
 	}
-	idx := map[int32]int{}
-	var out [][]*fetchState
 	for _, p := range parts {
-		l, ok := leader[p.topicPartition]
-		if !ok || l < 0 {
-			return nil, fmt.Errorf("no leader for %s/%d", p.topic, p.partition)
+		if _, ok := leader[p.topicPartition]; !ok && !failed[p.topic] {
+			errs = append(errs, fmt.Errorf("no leader for %s/%d", p.topic, p.partition))
 		}
-		i, seen := idx[l]
-		if !seen {
-			i = len(out)
-			idx[l] = i
-			out = append(out, nil)
-		}
-		out[i] = append(out[i], p)
 	}
-	return out, nil
-}
-
-// fetchLeaders runs one fetch loop per leader until one fails or ctx ends.
-func (r *GroupReader) fetchLeaders(ctx context.Context, rt kafkago.RoundTripper, byLeader [][]*fetchState) error {
-	if len(byLeader) == 1 {
-		return r.fetchLoop(ctx, rt, byLeader[0])
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	errc := make(chan error, len(byLeader))
-	var wg sync.WaitGroup
-	for _, parts := range byLeader {
-		wg.Go(func() {
-			errc <- r.fetchLoop(ctx, rt, parts)
-			cancel()
-		})
-	}
-	wg.Wait()
-	return <-errc
+	return leader, errors.Join(errs...)
 }
 
 // fetchLoop asks one leader for all of parts, again and again, and hands over what comes.
@@ -514,10 +587,11 @@ func (r *GroupReader) fetchLoop(ctx context.Context, rt kafkago.RoundTripper, pa
 			case r.out <- msgs:
 			case <-ctx.Done():
 				// Not handed over: the partitions go back to where this answer started.
-				// fetchAll starts over from parts when another leader's loop failed (a
-				// leader moved, a broker restarted) while this one waited on a busy
-				// consumer; past this answer, its messages would never reach the consumer,
-				// and its later commits would skip them.
+				// fetchGrouped starts every loop over from parts when a partition of
+				// another leader's failed loop (a leader moved) is found on this one's
+				// broker while this one waited on a busy consumer; past this answer, its
+				// messages would never reach the consumer, and its later commits would
+				// skip them.
 				for i, p := range parts {
 					p.offset = from[i]
 				}

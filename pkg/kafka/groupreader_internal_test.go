@@ -3,7 +3,10 @@ package kafka
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -11,6 +14,7 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol"
 	fetchAPI "github.com/segmentio/kafka-go/protocol/fetch"
+	"github.com/segmentio/kafka-go/protocol/listoffsets"
 	metadataAPI "github.com/segmentio/kafka-go/protocol/metadata"
 )
 
@@ -65,5 +69,120 @@ func TestGroupReaderRenewsItsTransportWhenALeaderMoved(t *testing.T) {
 	}
 	if len(msgs) != 1 || msgs[0].Offset != 0 || string(msgs[0].Value) != "v" {
 		t.Fatalf("got %+v", msgs)
+	}
+}
+
+// partsCluster is topic a, each partition holding one record at offset 0, as seen through a
+// transport: leaders[p] leads partition p (-1: none), a fetch from a broker in down fails at
+// once, as its dial does, the others answer after a few milliseconds, and ListOffsets finds
+// no first offset of the partitions in noFirst.
+type partsCluster struct {
+	mu      sync.Mutex
+	leaders []int32
+	down    map[int32]bool
+	noFirst map[int32]bool
+}
+
+func (c *partsCluster) RoundTrip(ctx context.Context, _ net.Addr, req protocol.Message) (protocol.Message, error) {
+	c.mu.Lock()
+	leaders, down, noFirst := slices.Clone(c.leaders), maps.Clone(c.down), maps.Clone(c.noFirst)
+	c.mu.Unlock()
+	switch r := req.(type) {
+	case *metadataAPI.Request:
+		t := metadataAPI.ResponseTopic{Name: "a"}
+		for p, l := range leaders {
+			pt := metadataAPI.ResponsePartition{PartitionIndex: int32(p), LeaderID: l}
+			if l < 0 {
+				pt.ErrorCode = int16(kafkago.LeaderNotAvailable)
+			}
+			t.Partitions = append(t.Partitions, pt)
+		}
+		return &metadataAPI.Response{Topics: []metadataAPI.ResponseTopic{t}}, nil
+	case *listoffsets.Request:
+		t := listoffsets.ResponseTopic{Topic: "a"}
+		for _, p := range r.Topics[0].Partitions {
+			pt := listoffsets.ResponsePartition{Partition: p.Partition, Timestamp: p.Timestamp}
+			if noFirst[p.Partition] {
+				pt.ErrorCode = int16(kafkago.KafkaStorageError)
+			}
+			t.Partitions = append(t.Partitions, pt)
+		}
+		return &listoffsets.Response{Topics: []listoffsets.ResponseTopic{t}}, nil
+	case *fetchAPI.Request:
+		if l := leaders[r.Topics[0].Partitions[0].Partition]; down[l] {
+			return nil, fmt.Errorf("dial broker %d: connection refused", l)
+		}
+		select { // the network
+		case <-time.After(5 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		t := fetchAPI.ResponseTopic{Topic: "a"}
+		for _, p := range r.Topics[0].Partitions {
+			pt := fetchAPI.ResponsePartition{Partition: p.Partition, HighWatermark: 1}
+			if p.FetchOffset == 0 {
+				pt.RecordSet = protocol.RecordSet{Version: 2, Records: protocol.NewRecordReader(
+					protocol.Record{Offset: 0, Time: time.Now(), Value: protocol.NewBytes([]byte("v"))})}
+			}
+			t.Partitions = append(t.Partitions, pt)
+		}
+		if slices.ContainsFunc(t.Partitions, func(pt fetchAPI.ResponsePartition) bool { return pt.RecordSet.Records != nil }) {
+			return &fetchAPI.Response{Topics: []fetchAPI.ResponseTopic{t}}, nil
+		}
+		select { // nothing new: the broker's long poll
+		case <-time.After(20 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		return &fetchAPI.Response{Topics: []fetchAPI.ResponseTopic{t}}, nil
+	}
+	return nil, fmt.Errorf("unexpected request %T", req)
+}
+
+// A partition the reader cannot fetch (no leader, its leader's broker down, its first
+// offset not found) waits without holding back the member's other partitions, and is read
+// once it can be. Any one of them stopped every partition of the member, for good with a
+// topic of one replica whose broker is down.
+func TestGroupReaderFetchesAroundAPartitionItCannotFetch(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		c     *partsCluster
+		from1 int64 // a/1's offset: symbolic when no offset is committed
+		heal  func(c *partsCluster)
+	}{
+		{"no leader, then the leader of the other partition", &partsCluster{leaders: []int32{1, -1}}, 0,
+			func(c *partsCluster) { c.leaders[1] = 1 }},
+		{"its leader's broker down, then up", &partsCluster{leaders: []int32{1, 2}, down: map[int32]bool{2: true}}, 0,
+			func(c *partsCluster) { c.down = nil }},
+		{"no first offset, then found", &partsCluster{leaders: []int32{1, 1}, noFirst: map[int32]bool{1: true}}, kafkago.FirstOffset,
+			func(c *partsCluster) { c.noFirst = nil }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &GroupReader{o: ReaderOptions{MaxWait: 50 * time.Millisecond, MaxBytes: 1 << 20, MinBytes: 1}, addr: kafkago.TCP("127.0.0.1:1"),
+				timeout: time.Second, out: make(chan []kafkago.Message, 1), done: make(chan struct{}),
+				trs: newTransports(func() kafkago.RoundTripper { return tc.c })}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			parts := []*fetchState{{topicPartition: topicPartition{"a", 0}}, {topicPartition: topicPartition{"a", 1}, offset: tc.from1}}
+			go func() { defer close(done); r.fetchAll(ctx, parts) }()
+			defer func() { cancel(); <-done }()
+			read := func(want int) {
+				t.Helper()
+				fctx, fcancel := context.WithTimeout(ctx, 5*time.Second)
+				defer fcancel()
+				msgs, err := r.FetchBatch(fctx)
+				if err != nil {
+					t.Fatalf("partition %d not read: %v (errors: %d)", want, err, r.errs.Load())
+				}
+				if len(msgs) != 1 || msgs[0].Partition != want || msgs[0].Offset != 0 {
+					t.Fatalf("got %+v, want a/%d@0", msgs, want)
+				}
+			}
+			read(0)
+			tc.c.mu.Lock()
+			tc.heal(tc.c)
+			tc.c.mu.Unlock()
+			read(1)
+		})
 	}
 }

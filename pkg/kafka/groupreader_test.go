@@ -304,8 +304,9 @@ func TestGroupReaderOffsetOutOfRangeStartsOver(t *testing.T) {
 	}
 }
 
-// A fetch loop stopped while it waits to hand over an answer (another leader's loop failed:
-// a leader moved, a broker restarted) leaves its partitions where the caller's messages end,
+// A fetch loop stopped while it waits to hand over an answer (every loop starts over: a
+// partition of another leader's failed loop moved to this one's broker) leaves its
+// partitions where the caller's messages end,
 // so the loops that start over fetch that answer again. Had its offsets moved past the
 // answer, the messages would never reach the consumer, whose later commits would go past
 // them: events lost.
