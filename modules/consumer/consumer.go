@@ -667,7 +667,6 @@ func (c *Consumer) commit(ctx context.Context, r *kafka.GroupReader, msgs []kafk
 	if len(msgs) == 0 {
 		return true
 	}
-	c.m.lagCommitted(msgs)
 	cctx, cancel := c.attemptCtx(ctx)
 	defer cancel()
 	c.m.commits.Inc()
@@ -676,6 +675,7 @@ func (c *Consumer) commit(ctx context.Context, r *kafka.GroupReader, msgs []kafk
 		c.log.WarnContext(ctx, "commit offsets failed; retried with the next commit, or redelivered and deduplicated", "err", err)
 		return false
 	}
+	c.m.lagCommitted(msgs)
 	return true
 }
 
@@ -800,7 +800,7 @@ func (c *Consumer) refreshLag(ctx context.Context, r *kafka.GroupReader) {
 			}
 		}
 	}
-	c.m.lagRefresh(owned, hwm)
+	c.m.lagRefresh(owned, hwm, r.Committed)
 }
 
 func (c *Consumer) healRedis(ctx context.Context) {

@@ -711,8 +711,9 @@ func TestPartitionLagGrowsWhileBlockedAndFollowsTheAssignment(t *testing.T) {
 	before := lagSeries(c1.set)
 
 	c2 := e.startConsumer(t)
-	// A partition gets a series once its owner fetched from it: feed the topics in small steps
-	// until the second member has (c1 would otherwise take everything before the rebalance).
+	// A partition gets a series once its owner fetched from it or read its high-water mark:
+	// feed the topics in small steps until the second member has (c1 would otherwise take
+	// everything before the rebalance).
 	rest := evs[400:]
 	for len(rest) > 0 && len(lagSeries(c2.set)) == 0 {
 		n := min(10, len(rest))

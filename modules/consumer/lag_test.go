@@ -22,15 +22,20 @@ func lagSeries(set *metrics.Set) string {
 }
 
 // The partition lag follows the high-water mark while nothing is committed (fetched messages,
-// then the periodic ListOffsets), falls with the commits, and is dropped for a partition the
-// member no longer owns.
+// then the periodic ListOffsets), falls with the commits, is dropped for a partition the
+// member no longer owns, and follows the group's committed offset: a partition that went to
+// another member and came back between two refreshes kept the lag of this member's last
+// commit until it committed on the partition again, which on an idle one it never did.
 func TestPartitionLagGrowsWithoutCommitsAndFollowsTheAssignment(t *testing.T) {
 	set := metrics.NewSet()
 	m := newMetrics(set)
 	msg := func(p int, off, hwm int64) kafkago.Message {
 		return kafkago.Message{Topic: "t", Partition: p, Offset: off, HighWaterMark: hwm}
 	}
-	p0, p1 := partitionKey{"t", 0}, partitionKey{"t", 1}
+	committed := func(offs map[int]int64) func() map[string]map[int]int64 {
+		return func() map[string]map[int]int64 { return map[string]map[int]int64{"t": offs} }
+	}
+	p0, p1, p2 := partitionKey{"t", 0}, partitionKey{"t", 1}, partitionKey{"t", 2}
 	steps := []struct {
 		name string
 		do   func()
@@ -40,14 +45,22 @@ func TestPartitionLagGrowsWithoutCommitsAndFollowsTheAssignment(t *testing.T) {
 			"reco_feature_consumer_partition_lag{topic=\"t\",partition=\"0\"} 10\nreco_feature_consumer_partition_lag{topic=\"t\",partition=\"1\"} 1"},
 		{"applied and committed up to 11", func() { m.lagCommitted([]kafkago.Message{msg(0, 11, 25), msg(1, 5, 6)}) },
 			"reco_feature_consumer_partition_lag{topic=\"t\",partition=\"0\"} 13\nreco_feature_consumer_partition_lag{topic=\"t\",partition=\"1\"} 0"},
-		{"nothing fetched or applied, the topic grows", func() { m.lagRefresh(map[string][]int{"t": {0, 1}}, map[partitionKey]int64{p0: 40, p1: 9}) },
-			"reco_feature_consumer_partition_lag{topic=\"t\",partition=\"0\"} 28\nreco_feature_consumer_partition_lag{topic=\"t\",partition=\"1\"} 3"},
-		{"a rebalance takes partition 1", func() { m.lagRefresh(map[string][]int{"t": {0}}, map[partitionKey]int64{p0: 41}) },
-			"reco_feature_consumer_partition_lag{topic=\"t\",partition=\"0\"} 29"},
-		{"high-water marks unknown (ListOffsets failed)", func() { m.lagRefresh(map[string][]int{"t": {0}}, nil) },
+		{"nothing fetched or applied, the topic grows", func() {
+			m.lagRefresh(map[string][]int{"t": {0, 1}}, map[partitionKey]int64{p0: 40, p1: 9}, committed(map[int]int64{0: 12, 1: 6}))
+		}, "reco_feature_consumer_partition_lag{topic=\"t\",partition=\"0\"} 28\nreco_feature_consumer_partition_lag{topic=\"t\",partition=\"1\"} 3"},
+		{"a rebalance takes partition 1", func() {
+			m.lagRefresh(map[string][]int{"t": {0}}, map[partitionKey]int64{p0: 41}, committed(map[int]int64{0: 12}))
+		}, "reco_feature_consumer_partition_lag{topic=\"t\",partition=\"0\"} 29"},
+		{"high-water marks unknown (ListOffsets failed)", func() { m.lagRefresh(map[string][]int{"t": {0}}, nil, committed(map[int]int64{0: 12})) },
 			"reco_feature_consumer_partition_lag{topic=\"t\",partition=\"0\"} 29"},
 		{"the backlog applied", func() { m.lagCommitted([]kafkago.Message{msg(0, 40, 41)}) },
 			"reco_feature_consumer_partition_lag{topic=\"t\",partition=\"0\"} 0"},
+		{"partition 0 went to another member, which read it up to 90, and came back, idle", func() {
+			m.lagRefresh(map[string][]int{"t": {0}}, map[partitionKey]int64{p0: 90}, committed(map[int]int64{0: 90}))
+		}, "reco_feature_consumer_partition_lag{topic=\"t\",partition=\"0\"} 0"},
+		{"an idle partition assigned, nothing fetched", func() {
+			m.lagRefresh(map[string][]int{"t": {0, 2}}, map[partitionKey]int64{p0: 90, p2: 7}, committed(map[int]int64{0: 90, 2: 7}))
+		}, "reco_feature_consumer_partition_lag{topic=\"t\",partition=\"0\"} 0\nreco_feature_consumer_partition_lag{topic=\"t\",partition=\"2\"} 0"},
 	}
 	for _, s := range steps {
 		s.do()

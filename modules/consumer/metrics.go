@@ -113,11 +113,12 @@ func (m *consumerMetrics) eventLag(topic string) *metrics.PrometheusHistogram {
 
 // partitionLags keep reco_feature_consumer_partition_lag (high-water mark - position) of the
 // partitions this member owns. The position is the next offset to apply: the first fetched
-// offset of a partition, then the last committed one + 1. The high-water mark comes from the
-// fetched messages and from a periodic ListOffsets (refresh), so the lag grows while nothing
-// is applied (PostgreSQL down, the fetches held back) instead of freezing at the last commit.
-// refresh also drops the series of the partitions a rebalance took away: their new owner
-// reports them.
+// offset of a partition, then the last committed one + 1, and at each refresh the group's
+// committed offset as the reader knows it (what the generation started from, then this
+// member's commits). The high-water mark comes from the fetched messages and from a periodic
+// ListOffsets (refresh), so the lag grows while nothing is applied (PostgreSQL down, the
+// fetches held back) instead of freezing at the last commit. refresh also drops the series
+// of the partitions a rebalance took away: their new owner reports them.
 type partitionLags struct {
 	mu  sync.Mutex
 	hwm map[partitionKey]int64
@@ -136,10 +137,11 @@ func (k partitionKey) series() string {
 // setLag updates k's gauge; the caller holds lags.mu.
 func (m *consumerMetrics) setLag(k partitionKey) {
 	pos, ok := m.lags.pos[k]
-	if !ok {
-		return // nothing fetched yet: the position is unknown
+	hwm, known := m.lags.hwm[k]
+	if !ok || !known {
+		return // nothing fetched or committed yet, or no high-water mark read: unknown
 	}
-	m.set.GetOrCreateGauge(k.series(), nil).Set(float64(max(m.lags.hwm[k]-pos, 0)))
+	m.set.GetOrCreateGauge(k.series(), nil).Set(float64(max(hwm-pos, 0)))
 }
 
 // lagFetched takes the high-water marks of fetched messages (and a partition's first position).
@@ -177,9 +179,15 @@ func (m *consumerMetrics) lagCommitted(msgs []kafkago.Message) {
 	}
 }
 
-// lagRefresh forgets the partitions not in owned (topic -> partitions) and raises the
-// high-water marks to hwm.
-func (m *consumerMetrics) lagRefresh(owned map[string][]int, hwm map[partitionKey]int64) {
+// lagRefresh forgets the partitions not in owned (topic -> partitions), raises the
+// high-water marks to hwm and sets the positions to the committed offsets (topic ->
+// partition -> offset, read under the lock: a commit's lagCommitted comes after it).
+//
+// The committed offsets matter after a rebalance: a partition that went to another member
+// and came back (within one refresh, so never forgotten) kept the position of this member's
+// last commit, and its lag stayed as high as the other member had read past it until this
+// one committed on it again; an idle partition never did.
+func (m *consumerMetrics) lagRefresh(owned map[string][]int, hwm map[partitionKey]int64, committed func() map[string]map[int]int64) {
 	m.lags.mu.Lock()
 	defer m.lags.mu.Unlock()
 	keep := map[partitionKey]bool{}
@@ -195,11 +203,20 @@ func (m *consumerMetrics) lagRefresh(owned map[string][]int, hwm map[partitionKe
 			m.set.UnregisterMetric(k.series())
 		}
 	}
+	for topic, ps := range committed() {
+		for p, off := range ps {
+			if k := (partitionKey{topic, p}); keep[k] {
+				m.lags.pos[k] = off
+			}
+		}
+	}
 	for k, v := range hwm {
 		if keep[k] {
 			m.lags.hwm[k] = max(m.lags.hwm[k], v)
-			m.setLag(k)
 		}
+	}
+	for k := range keep {
+		m.setLag(k)
 	}
 }
 

@@ -51,6 +51,9 @@ type GroupReader struct {
 type generation struct {
 	g     *kafkago.Generation
 	owned map[topicPartition]bool
+
+	mu        sync.Mutex
+	committed map[topicPartition]int64 // the group's offset of owned partitions that have one
 }
 
 // fetchState is one assigned partition and the next offset to fetch.
@@ -152,7 +155,35 @@ func (r *GroupReader) CommitMessages(_ context.Context, msgs ...kafkago.Message)
 	if err := g.g.CommitOffsets(offsets); err != nil {
 		return fmt.Errorf("commit offsets (generation %d): %w", g.g.ID, err)
 	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for topic, ps := range offsets {
+		for p, off := range ps {
+			g.committed[topicPartition{topic, int32(p)}] = off
+		}
+	}
 	return nil
+}
+
+// Committed returns the group's committed offset (the next one to read) of each partition
+// the current generation assigns to this member, by topic: the one the generation started
+// from, then this member's commits. A partition without one is left out; nil before the
+// first assignment.
+func (r *GroupReader) Committed() map[string]map[int]int64 {
+	g := r.gen.Load()
+	if g == nil {
+		return nil
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := map[string]map[int]int64{}
+	for tp, off := range g.committed {
+		if out[tp.topic] == nil {
+			out[tp.topic] = map[int]int64{}
+		}
+		out[tp.topic][int(tp.partition)] = off
+	}
+	return out
 }
 
 // Assigned returns the partitions the current generation assigns to this member, by topic;
@@ -204,12 +235,15 @@ func (r *GroupReader) run(ctx context.Context) {
 			continue
 		}
 		r.rebalances.Add(1)
-		g := &generation{g: gen, owned: map[topicPartition]bool{}}
+		g := &generation{g: gen, owned: map[topicPartition]bool{}, committed: map[topicPartition]int64{}}
 		var parts []*fetchState
 		for topic, as := range gen.Assignments {
 			for _, a := range as {
 				tp := topicPartition{topic, int32(a.ID)}
 				g.owned[tp] = true
+				if a.Offset >= 0 {
+					g.committed[tp] = a.Offset
+				}
 				parts = append(parts, &fetchState{topicPartition: tp, offset: a.Offset})
 			}
 		}

@@ -145,12 +145,28 @@ func TestGroupReaderReadsEveryPartitionAndResumesFromCommits(t *testing.T) {
 	if err := r.CommitMessages(ctx, got.msgs...); err != nil {
 		t.Fatal(err)
 	}
+	want := map[string]map[int]int64{}
+	for _, m := range got.msgs {
+		if want[m.Topic] == nil {
+			want[m.Topic] = map[int]int64{}
+		}
+		want[m.Topic][m.Partition] = max(want[m.Topic][m.Partition], m.Offset+1)
+	}
+	if c := r.Committed(); !maps.EqualFunc(c, want, maps.Equal) {
+		t.Fatalf("committed %v after the commit of %v", c, want)
+	}
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
 	}
 
 	produceKeyed(t, ctx, c, n, 10, topics...)
 	r2 := newGroupReader(t, c, group, topics...)
+	// What the generation starts from, before this member commits anything (the lag of an
+	// idle partition that came back from another member).
+	waitFor(t, "the new member's assignment", 30*time.Second, r2.Joined)
+	if c := r2.Committed(); !maps.EqualFunc(c, want, maps.Equal) {
+		t.Fatalf("a new member's committed offsets %v, want %v", c, want)
+	}
 	var again collected
 	dctx, stop = context.WithCancel(ctx)
 	done = make(chan struct{})
