@@ -134,6 +134,15 @@ func (r *GroupReader) FetchBatch(ctx context.Context) ([]kafkago.Message, error)
 // CommitMessages commits, per partition, the offset after the last of msgs. Partitions the
 // current generation does not assign to this member are left alone: their owner commits
 // them, and what this member applied of them is redelivered to it and deduplicated.
+//
+// A partition's commits may go back. A member that keeps a partition across a rebalance
+// fetches it again from the committed offset while its pipeline still holds, and commits,
+// later messages of it; one that gets a partition back from another member may commit what
+// its pipeline held of it from before, below what the other member committed. Each commit
+// still covers only durable effects: the caller commits a partition's offsets in the order
+// it read them, each once everything read before is applied, and everything it read again
+// was applied the first time. So the cost of a commit that went back is a replay after a
+// crash of at most what the pipeline held, which the dedup absorbs; nothing is skipped.
 func (r *GroupReader) CommitMessages(_ context.Context, msgs ...kafkago.Message) error {
 	g := r.gen.Load()
 	if g == nil {
