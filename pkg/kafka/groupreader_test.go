@@ -152,8 +152,8 @@ func TestGroupReaderReadsEveryPartitionAndResumesFromCommits(t *testing.T) {
 		}
 		want[m.Topic][m.Partition] = max(want[m.Topic][m.Partition], m.Offset+1)
 	}
-	if c := r.Committed(); !maps.EqualFunc(c, want, maps.Equal) {
-		t.Fatalf("committed %v after the commit of %v", c, want)
+	if cm := r.Committed(); !maps.EqualFunc(cm, want, maps.Equal) {
+		t.Fatalf("committed %v after the commit of %v", cm, want)
 	}
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
@@ -164,8 +164,8 @@ func TestGroupReaderReadsEveryPartitionAndResumesFromCommits(t *testing.T) {
 	// What the generation starts from, before this member commits anything (the lag of an
 	// idle partition that came back from another member).
 	waitFor(t, "the new member's assignment", 30*time.Second, r2.Joined)
-	if c := r2.Committed(); !maps.EqualFunc(c, want, maps.Equal) {
-		t.Fatalf("a new member's committed offsets %v, want %v", c, want)
+	if cm := r2.Committed(); !maps.EqualFunc(cm, want, maps.Equal) {
+		t.Fatalf("a new member's committed offsets %v, want %v", cm, want)
 	}
 	var again collected
 	dctx, stop = context.WithCancel(ctx)
