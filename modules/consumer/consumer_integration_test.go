@@ -255,6 +255,32 @@ func TestRedisFlushRepopulates(t *testing.T) {
 	waitFor(t, "consumer ready", 10*time.Second, func() bool { return c.mod.Ready(context.Background()) == nil })
 }
 
+// A fresh database: the consumer's first heal pass completes the copy of the empty store, and
+// the first events then create the generation. Their write used to be refused as another
+// generation's, which deleted the ready marker (/reco fell back to PostgreSQL and warned that
+// Redis had lost its data) and repopulated the copy, on every `recsys dev` start and new
+// deployment. The copy must take the first events and stay ready.
+func TestFreshDatabaseKeepsTheFirstCopy(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	c := e.startConsumer(t)
+	waitFor(t, "consumer ready", 60*time.Second, func() bool { return c.mod.Ready(context.Background()) == nil })
+	if n := counter(c.set, "recsys_consumer_redis_repopulations_total"); n != 1 {
+		t.Fatalf("repopulations at start = %v, want 1", n)
+	}
+	evs := e.generate(6, 300)
+	e.produce(t, evs)
+	e.waitApplied(t, len(evs), 90*time.Second)
+	users := usersOf(evs)
+	waitFor(t, "redis copy", 60*time.Second, func() bool { return e.redisMatchesPG(t, users, e.start, false) })
+	if n := counter(c.set, "recsys_consumer_redis_repopulations_total"); n != 1 {
+		t.Errorf("repopulations = %v, want 1 (the start's only)", n)
+	}
+	if err := c.mod.Ready(context.Background()); err != nil {
+		t.Errorf("not ready after the first events: %v", err)
+	}
+}
+
 // Two consumers in one group with rebalances in the middle (the second joins, then the
 // first leaves): the durable state equals a rebuild from the raw events.
 func TestRebalanceStateEqualsRebuild(t *testing.T) {

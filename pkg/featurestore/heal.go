@@ -219,7 +219,7 @@ WHERE created_at < now() - $1::interval AND id <> ALL($3) ORDER BY id LIMIT $2`,
 		return 0, err
 	}
 	_ = tx.Rollback(ctx)
-	err = s.exec(ctx, m.Epoch(), w)
+	err = s.write(ctx, m, w)
 	var ee *epochError
 	if errors.As(err, &ee) {
 		if ee.behind() {
@@ -247,6 +247,12 @@ const lockRenewEvery = time.Second
 // clearingEpoch is the copy's generation while a repopulation deletes the keys of another
 // one: no writer's (a number), and not a number, so writers take the copy as behind.
 const clearingEpoch = "clearing"
+
+// emptyEpoch is the generation of a copy repopulated while PostgreSQL had no feature_meta
+// (no event applied yet: a fresh database), below every generation PostgreSQL creates. Such
+// a copy holds no feature values and no landmarks, and the first writer of a generation
+// takes it over (adoptScript) rather than have it repopulated.
+const emptyEpoch = "0"
 
 // ErrRepopulating means another process holds the repopulation lock.
 var ErrRepopulating = errors.New("another repopulation is running")
@@ -397,7 +403,7 @@ func (s *Store) Repopulate(ctx context.Context, force bool) error {
 	if err != nil && !rueidis.IsRedisNil(err) {
 		return fmt.Errorf("read redis meta: %w", err)
 	}
-	epoch := "0"
+	epoch := emptyEpoch
 	if hasMeta {
 		epoch = m.Epoch()
 	}

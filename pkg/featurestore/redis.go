@@ -418,6 +418,46 @@ func (s *Store) exec(ctx context.Context, epoch string, w *redisWrite) error {
 	return s.exec(ctx, epoch, again)
 }
 
+// adoptScript tags a copy of the empty store (emptyEpoch) with a writer's generation and its
+// landmarks, which readers need to decay the values it is about to receive. Only while no
+// repopulation holds the lock: one reads the copy's generation first and writes its own over
+// it later, so a copy adopted in between would keep another generation's values under the
+// tag of the empty store (and a rebase after would hand it on). Every other change of the
+// generation is a repopulation's, under the lock.
+//
+// KEYS: meta, the repopulation lock. ARGV: the field-value pairs of meta (ep first).
+// Returns 1 when the copy is (now) the writer's generation, 0 otherwise.
+const adoptScript = `
+local ep = redis.call('HGET', KEYS[1], 'ep')
+if ep == ARGV[2] then return 1 end
+if ep ~= '` + emptyEpoch + `' or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+`
+
+var luaAdopt = rueidis.NewLuaScript(adoptScript)
+
+// write merges w into the copy at m's generation. A copy of the empty store refuses it as
+// another generation's; it holds nothing to replace, so it is adopted and the write sent
+// again, rather than the copy marked for a repopulation (with /reco falling back to
+// PostgreSQL meanwhile) after the first batch of every fresh database.
+func (s *Store) write(ctx context.Context, m Meta, w *redisWrite) error {
+	err := s.exec(ctx, m.Epoch(), w)
+	var ee *epochError
+	if !errors.As(err, &ee) || ee.redis != emptyEpoch || m.Epoch() == emptyEpoch {
+		return err
+	}
+	ok, aerr := luaAdopt.Exec(ctx, s.rd, []string{s.keys.Meta, s.keys.Lock}, append([]string{"ep", m.Epoch()}, metaFields(m)...)).AsBool()
+	if aerr != nil {
+		return fmt.Errorf("adopt the copy of the empty store: %w", aerr)
+	}
+	if !ok {
+		return err
+	}
+	s.log.InfoContext(ctx, "redis copy of the empty store takes the first generation", "generation", m.Epoch())
+	return s.exec(ctx, m.Epoch(), w)
+}
+
 // ErrRedisBehind means the Redis copy was flushed or is of an older generation: the write
 // was refused, the copy is being repopulated from PostgreSQL (P+"ready" was removed), and
 // the batch's journal row keeps its keys until then.
@@ -430,7 +470,7 @@ func (s *Store) WriteRedis(ctx context.Context, a *Applied) error {
 		return nil
 	}
 	w := &redisWrite{users: a.users, items: a.items, nb: a.nb}
-	err := s.exec(ctx, a.Meta.Epoch(), w)
+	err := s.write(ctx, a.Meta, w)
 	var ee *epochError
 	switch {
 	case err == nil:

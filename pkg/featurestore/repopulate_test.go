@@ -486,3 +486,86 @@ func TestRepopulationDeletesOnlyTheCopysKeys(t *testing.T) {
 		}
 	}
 }
+
+// A fresh deployment: the consumer's first heal pass repopulates the copy of an empty store
+// (no generation yet), and the first batch then creates the generation. Its write was refused
+// as another generation's, the ready marker deleted and the copy repopulated: on every fresh
+// database /reco fell back to PostgreSQL and warned that Redis had lost its data. The first
+// batch's values must land in the copy (from the batch's own write, or from the journal when
+// that write was lost) and the copy stay ready, with the landmarks readers decay by; while a
+// repopulation runs, the copy is left to it.
+func TestFirstBatchKeepsTheCopyOfAnEmptyStore(t *testing.T) {
+	rd := redisClient(t, testutil.StartPrivate(t, "redis").URL)
+	for _, c := range []struct {
+		name               string
+		heal, repopulating bool
+	}{
+		{name: "own write"},
+		{name: "healed from the journal", heal: true},
+		{name: "repopulation running", repopulating: true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := context.Background()
+			pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+			prefix := testutil.Unique("fb") + ":"
+			t.Cleanup(func() { deleteKeys(t, rd, prefix) })
+			keys := featurestore.NewKeys(prefix)
+			st := featurestore.New(pool, rd, prefix, testConfig(), nil)
+			if err := st.Repopulate(ctx, false); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+			evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 3, Users: 8, Items: 20, Events: 200, StartMs: start, StepMs: 1000, Prefix: "f"}))
+			a, err := st.Apply(ctx, &featurestore.Batch{Events: evs})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.repopulating {
+				if err := rd.Do(ctx, rd.B().Set().Key(keys.Lock).Value("process-B").Px(15*time.Second).Build()).Error(); err != nil {
+					t.Fatal(err)
+				}
+				if err := st.WriteRedis(ctx, a); !errors.Is(err, featurestore.ErrRedisBehind) {
+					t.Fatalf("write during a repopulation: %v, want ErrRedisBehind", err)
+				}
+				if ep, err := rd.Do(ctx, rd.B().Hget().Key(keys.Meta).Field("ep").Build()).ToString(); err != nil || ep != "0" {
+					t.Fatalf("copy generation %q (%v), want the repopulation's to stay", ep, err)
+				}
+				return
+			}
+			if c.heal {
+				// The batch's writer crashed: another process heals its journal row.
+				other := featurestore.New(pool, rd, prefix, testConfig(), nil)
+				if n, err := other.HealPending(ctx, 0, 10); err != nil || n != 1 {
+					t.Fatalf("healed %d journal rows (%v), want 1", n, err)
+				}
+			} else if err := st.WriteRedis(ctx, a); err != nil {
+				t.Fatalf("first batch's write: %v", err)
+			}
+			if ready, err := st.RedisReady(ctx); err != nil || !ready {
+				t.Fatalf("copy ready after the first batch: %v (%v)", ready, err)
+			}
+			now := evs[len(evs)-1].TsMs + 60_000
+			rl := featurestore.NewRedisLoader(rd, prefix, testConfig())
+			pl := featurestore.NewPGLoader(pool, prefix, testConfig())
+			for i := range 8 {
+				u := fmt.Sprintf("fuser%03d", i)
+				want, err := pl.Snapshot(ctx, u, now, testOpts())
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := rl.Snapshot(ctx, u, now, testOpts())
+				if err != nil {
+					t.Fatalf("redis snapshot of %s: %v", u, err)
+				}
+				fstest.EqualSnapshots(t, "redis "+u, want, got)
+				if i == 0 && (len(got.History) == 0 || len(got.Popular) == 0) {
+					t.Fatalf("degenerate test data: %+v", got)
+				}
+			}
+			rep, err := st.Verify(ctx, featurestore.VerifyOptions{Sample: 1000, Grace: 10 * time.Millisecond})
+			if err != nil || !rep.OK() {
+				t.Errorf("verify: %+v %v", rep, err)
+			}
+		})
+	}
+}

@@ -30,7 +30,8 @@
 //
 // Writes carry the generation of feature_meta: a decay rebase (landmark move, every ~125 days
 // with a 6 h half-life) or a forced rebuild bumps it, Redis refuses writes of an older
-// generation, and Repopulate replaces the copy.
+// generation, and Repopulate replaces the copy. A copy repopulated before any event (a fresh
+// database: generation "0", no landmarks) is taken over by the first write of a generation.
 //
 // Limits, on purpose:
 //   - the scripts touch keys they compute (neighbour lists, item hashes): standalone Redis
