@@ -861,8 +861,8 @@ func (r rowsRow) Scan(dest ...any) error {
 }
 
 // ensureMeta reads the landmarks (creating them at the first new event's time on the very
-// first batch) and reports errRebase when a new event would overflow a forward-decay
-// exponent.
+// first batch, or at the newest's where the first's would be out of its range) and reports
+// errRebase when a new event would overflow a forward-decay exponent.
 func (s *Store) ensureMeta(ctx context.Context, tx dbConn, b *Batch, a *Applied, m Meta, err error) error {
 	first, maxTs, any := int64(0), int64(math.MinInt64), false
 	for i, e := range b.Events {
@@ -878,9 +878,22 @@ func (s *Store) ensureMeta(ctx context.Context, tx dbConn, b *Batch, a *Applied,
 		if !any {
 			return nil
 		}
+		// A landmark the batch's newest event would overflow is put there at once, where a
+		// rebase would move it: a rebase needs landmarks to move, and these are not committed
+		// until the batch is (it rolls back to let the rebase run), so the first batch of a
+		// backlog spanning more than the range failed at every retry.
+		hls := [3]time.Duration{s.cfg.PopShortHalfLife, s.cfg.PopLongHalfLife, s.cfg.CovisHalfLife}
+		var lm [3]int64
+		var hl [3]float64
+		for i, h := range hls {
+			d := features.NewDecay(h, first)
+			lm[i], hl[i] = first, d.HalfLifeMs
+			if d.NeedsRebase(maxTs) {
+				lm[i] = maxTs
+			}
+		}
 		_, err = tx.Exec(ctx, `INSERT INTO feature_meta (lm_short_ms, lm_long_ms, lm_covis_ms, hl_short_ms, hl_long_ms, hl_covis_ms)
-VALUES ($1, $1, $1, $2, $3, $4) ON CONFLICT (id) DO NOTHING`, first,
-			float64(s.cfg.PopShortHalfLife.Milliseconds()), float64(s.cfg.PopLongHalfLife.Milliseconds()), float64(s.cfg.CovisHalfLife.Milliseconds()))
+VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING`, lm[0], lm[1], lm[2], hl[0], hl[1], hl[2])
 		if err != nil {
 			return fmt.Errorf("create feature meta: %w", err)
 		}

@@ -205,3 +205,46 @@ func TestRebaseOfAnAncientPopularitySetsItToZero(t *testing.T) {
 		t.Errorf("stored short popularity after the rebase: %v, want b (2^-700 times 2^-501) 0 and a, c kept", pops)
 	}
 }
+
+// The very first batch of a store whose events span more than the decay range (500 short
+// half-lives: a fresh database consuming a backlog, with a short trending half-life) created
+// the landmarks in its transaction, asked for a rebase, and rolled back: the rebase found no
+// landmarks to move ("feature meta not initialised"), and the batch failed the same way at
+// every retry, so the consumer never got past it. The batch must apply, with the landmarks
+// where MemoryStore puts them (the first event's, moved to the newest where it is out of
+// range).
+func TestFirstBatchBeyondTheDecayRange(t *testing.T) {
+	ctx := context.Background()
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	cfg := testConfig()
+	st := featurestore.New(pool, nil, testutil.Unique("fr")+":", cfg, nil)
+	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+	last := start + 501*cfg.PopShortHalfLife.Milliseconds()
+	var evs []featurestore.Event
+	for i, ts := range []int64{start, start + 1000, last} {
+		evs = append(evs, featurestore.Event{Interaction: features.Interaction{Kind: features.KindWatch,
+			EventID: "range-" + string(rune('a'+i)), UserID: "user", TsMs: ts, ItemID: "item-" + string(rune('a'+i))}})
+	}
+	a, err := st.Apply(ctx, &featurestore.Batch{Events: evs})
+	if err != nil {
+		t.Fatalf("first batch: %v", err)
+	}
+	if a.NewCount() != len(evs) {
+		t.Fatalf("%d new events, want %d", a.NewCount(), len(evs))
+	}
+	mem := features.NewMemoryStore(cfg)
+	for _, e := range evs {
+		mem.Apply(e.Interaction)
+	}
+	opts := testOpts()
+	opts.Stored = true
+	want := mem.Snapshot("user", last, opts)
+	got, err := featurestore.NewPGLoader(pool, "", cfg).Snapshot(ctx, "user", last, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Landmarks != want.Landmarks {
+		t.Errorf("landmarks %+v, want %+v", got.Landmarks, want.Landmarks)
+	}
+	fstest.EqualSnapshots(t, "first batch", want, got)
+}
