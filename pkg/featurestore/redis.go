@@ -426,13 +426,14 @@ func (s *Store) exec(ctx context.Context, epoch string, w *redisWrite) error {
 // generation is a repopulation's, under the lock.
 //
 // KEYS: meta, the repopulation lock. ARGV: the field-value pairs of meta (ep first).
-// Returns 1 when the copy is (now) the writer's generation, 0 otherwise.
+// Returns 2 when it adopted the copy, 1 when the copy was the writer's generation already
+// (another writer adopted it), 0 otherwise.
 const adoptScript = `
 local ep = redis.call('HGET', KEYS[1], 'ep')
 if ep == ARGV[2] then return 1 end
 if ep ~= '` + emptyEpoch + `' or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
-return 1
+return 2
 `
 
 var luaAdopt = rueidis.NewLuaScript(adoptScript)
@@ -447,14 +448,16 @@ func (s *Store) write(ctx context.Context, m Meta, w *redisWrite) error {
 	if !errors.As(err, &ee) || ee.redis != emptyEpoch || m.Epoch() == emptyEpoch {
 		return err
 	}
-	ok, aerr := luaAdopt.Exec(ctx, s.rd, []string{s.keys.Meta, s.keys.Lock}, append([]string{"ep", m.Epoch()}, metaFields(m)...)).AsBool()
+	n, aerr := luaAdopt.Exec(ctx, s.rd, []string{s.keys.Meta, s.keys.Lock}, append([]string{"ep", m.Epoch()}, metaFields(m)...)).AsInt64()
 	if aerr != nil {
 		return fmt.Errorf("adopt the copy of the empty store: %w", aerr)
 	}
-	if !ok {
+	if n == 0 {
 		return err
 	}
-	s.log.InfoContext(ctx, "redis copy of the empty store takes the first generation", "generation", m.Epoch())
+	if n == 2 {
+		s.log.InfoContext(ctx, "redis copy of the empty store takes the first generation", "generation", m.Epoch())
+	}
 	return s.exec(ctx, m.Epoch(), w)
 }
 
