@@ -53,6 +53,9 @@ type Config struct {
 	DedupRetention time.Duration
 	// DrainTimeout bounds the batch in flight at shutdown.
 	DrainTimeout time.Duration
+	// MaxEventFuture sends events timed further ahead of the clock to the DLQ
+	// (featurestore.CheckNotFuture).
+	MaxEventFuture time.Duration
 	// MaxInFlight is how many transactions apply at once. Each takes the events of a fixed
 	// share of the users (hashed), so one user's events stay in one lane, in order, while
 	// PostgreSQL works on one lane's transaction and Go on the other's. 1 applies one batch
@@ -77,6 +80,7 @@ func NewConfig() *Config {
 	return &Config{GroupID: "recsys-feature-consumer-v1", MaxBatch: 20000, Linger: 2 * time.Millisecond, ImpressionLinger: 100 * time.Millisecond,
 		FetchMaxWait: kafka.DefaultFetchMaxWait, CommitInterval: 100 * time.Millisecond, RetryBackoff: 100 * time.Millisecond, RetryMaxBackoff: 30 * time.Second,
 		UnreadyAfter: 5, HealInterval: time.Second, DedupRetention: 14 * 24 * time.Hour, DrainTimeout: 15 * time.Second, MaxInFlight: 2,
+		MaxEventFuture:    featurestore.DefaultMaxEventFuture,
 		ImpressionsFormat: string(featurestore.ImpressionsArray), ImpressionsOverlay: true, Features: features.DefaultConfig()}
 }
 
@@ -85,6 +89,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.GroupID, "consumer.group-id", c.GroupID, "Kafka consumer group of the feature consumers")
 	fs.StringVar(&c.ClientID, "consumer.client-id", c.ClientID, "Kafka client id of the consumer (empty: --kafka.client-id)")
 	fs.IntVar(&c.MaxBatch, "consumer.max-batch", c.MaxBatch, "most messages applied in one PostgreSQL transaction")
+	fs.DurationVar(&c.MaxEventFuture, "consumer.max-event-future", c.MaxEventFuture, "an event whose ts_ms is further ahead of the consumer's clock goes to the DLQ as invalid instead of moving the decay landmarks to its time (which would zero every popularity and co-visitation value); the API already refuses more than --ingest.max-event-future, so this catches other producers on the topics")
 	fs.DurationVar(&c.Linger, "consumer.linger", c.Linger, "wait for more messages before applying a batch that is not full")
 	fs.DurationVar(&c.ImpressionLinger, "consumer.impression-linger", c.ImpressionLinger, "wait for more messages before applying a batch of impressions only (a watch in the batch brings the wait back to --consumer.linger); such a batch also waits for every lane and applies as one transaction: fewer, larger transactions for the autolog's stream, at most this much later (plus a transaction) in the impression counts and fatigue")
 	fs.DurationVar(&c.FetchMaxWait, "consumer.fetch-max-wait", c.FetchMaxWait, "broker long-poll wait of an idle fetch")
@@ -116,6 +121,7 @@ func (c *Config) Validate() error {
 		p.Addf("--consumer.group-id must not be empty")
 	}
 	p.IntBetween("consumer.max-batch", c.MaxBatch, 1, 100000)
+	p.DurationBetween("consumer.max-event-future", c.MaxEventFuture, time.Minute, 365*24*time.Hour)
 	p.DurationBetween("consumer.linger", c.Linger, 0, 10*time.Second)
 	p.DurationBetween("consumer.impression-linger", c.ImpressionLinger, 0, 10*time.Second)
 	p.DurationAtLeast("consumer.fetch-max-wait", c.FetchMaxWait, time.Millisecond)

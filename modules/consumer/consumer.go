@@ -318,6 +318,9 @@ func (c *Consumer) fetch(ctx context.Context, r *kafka.GroupReader, out chan<- *
 			f := &fetched{msg: *m, at: at}
 			f.ev, f.err = featurestore.Decode(header(m, events.HeaderEventType), header(m, events.HeaderSchemaVersion), m.Value)
 			if f.err == nil {
+				f.err = featurestore.CheckNotFuture(f.ev, at, c.cfg.MaxEventFuture)
+			}
+			if f.err == nil {
 				f.lane = laneOf(f.ev.UserID, c.cfg.MaxInFlight)
 			}
 			select {

@@ -3,12 +3,14 @@ package consumer_test
 import (
 	"bytes"
 	"context"
+	"strings"
 	"testing"
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
 
 	"recsys/pkg/events"
+	"recsys/pkg/featurestore"
 )
 
 // A poison message whose header carries a NUL byte (binary headers are common: tracing,
@@ -43,5 +45,49 @@ func TestPoisonWithBinaryHeaderReachesDLQ(t *testing.T) {
 	if !bytes.Equal(stored, payload) || eventType != "watch" || trace != "\uFFFD\x01\uFFFD" {
 		t.Errorf("dlq row: payload %q, event_type %q, trace-bin %q; want the payload exact, the headers with NUL and invalid bytes replaced",
 			stored, eventType, trace)
+	}
+}
+
+// A watch timed years ahead (another producer on the topics: the API refuses more than
+// --ingest.max-event-future) would move the decay landmarks to its time and zero every
+// popularity and co-visitation value. It goes to the DLQ as invalid, the stream flows past
+// it, and replay-dlq keeps refusing it while it is still in the future.
+func TestFutureEventGoesToDLQ(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	before := e.generate(4, 50)
+	user := before[0].User()
+	future := time.Now().Add(3 * 365 * 24 * time.Hour).UnixMilli()
+	payload, err := events.Encode(&events.Watch{Common: events.Common{EventID: "future-1", UserID: user, SessionID: "s", RequestID: "r",
+		TsMs: future, ServerReceivedTsMs: time.Now().UnixMilli()}, EventType: "watch", ItemID: "far-item", WatchTimeSec: 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.produce(t, before)
+	e.produceRaw(t, kafkago.Message{Topic: e.TopicWatch, Key: []byte(user), Value: payload,
+		Headers: []kafkago.Header{{Key: events.HeaderEventType, Value: []byte("watch")}}})
+	after := e.generate(5, 50)
+	e.produce(t, after)
+	c := e.startConsumer(t)
+	e.waitApplied(t, len(before)+len(after), 90*time.Second)
+	var dlqErr string
+	waitFor(t, "the future event in the dlq", 20*time.Second, func() bool {
+		return e.pool.QueryRow(context.Background(), `SELECT error FROM feature_dlq`).Scan(&dlqErr) == nil
+	})
+	c.stop()
+	if !strings.Contains(dlqErr, "max-event-future") {
+		t.Errorf("dlq error %q, want it to name --consumer.max-event-future", dlqErr)
+	}
+	var lm int64
+	if err := e.pool.QueryRow(context.Background(), `SELECT greatest(lm_short_ms, lm_long_ms, lm_covis_ms) FROM feature_meta`).Scan(&lm); err != nil {
+		t.Fatal(err)
+	}
+	if lm >= future {
+		t.Errorf("a decay landmark moved to the future event's time (%d >= %d)", lm, future)
+	}
+	st := featurestore.New(e.pool, e.rd, e.Prefix, e.fcfg, nil)
+	rep, err := st.ReplayDLQ(context.Background(), featurestore.ReplayOptions{Limit: 10})
+	if err != nil || rep.Invalid != 1 || rep.Applied != 0 {
+		t.Errorf("replay of the future event: %+v, %v; want it still invalid", rep, err)
 	}
 }

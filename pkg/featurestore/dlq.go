@@ -1,6 +1,7 @@
 package featurestore
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -71,6 +72,9 @@ type ReplayOptions struct {
 	// past entries that keep failing.
 	After  int64
 	DryRun bool // decode and report, change nothing
+	// MaxEventFuture refuses entries whose time is this far past now (CheckNotFuture); 0:
+	// DefaultMaxEventFuture.
+	MaxEventFuture time.Duration
 }
 
 // ReplayEntry is the outcome for one DLQ entry.
@@ -143,6 +147,9 @@ ORDER BY id LIMIT $1`, o.Limit, o.After)
 			h = map[string]string{}
 		}
 		ev, err := Decode(h["event_type"], h["schema_version"], x.payload)
+		if err == nil {
+			err = CheckNotFuture(ev, time.Now(), cmp.Or(o.MaxEventFuture, DefaultMaxEventFuture))
+		}
 		if err != nil {
 			rep.Invalid++
 			rep.Entries = append(rep.Entries, ReplayEntry{ID: x.id, Outcome: "invalid", Error: err.Error()})

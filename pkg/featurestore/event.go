@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"recsys/pkg/events"
 	"recsys/pkg/features"
@@ -64,6 +65,23 @@ func Decode(kind, schemaVersion string, payload []byte) (Event, error) {
 		return Event{}, fmt.Errorf("%w: %v", ErrInvalidPayload, err)
 	}
 	return FromEvent(ev), nil
+}
+
+// DefaultMaxEventFuture is how far past the clock of whoever applies it an event's time may
+// be (--consumer.max-event-future): far more than the API's own window
+// (--ingest.max-event-future, 5 minutes) and any sane clock skew between hosts.
+const DefaultMaxEventFuture = time.Hour
+
+// CheckNotFuture refuses an event whose time is more than maxFuture past now. Such an event
+// cannot come through the API; on the topics (another producer, a bug) one alone would move
+// the decay landmarks to its time and zero every popularity and co-visitation value, and
+// later events would add nothing until that date. Old events stay welcome (backfills).
+func CheckNotFuture(ev Event, now time.Time, maxFuture time.Duration) error {
+	if limit := now.Add(maxFuture).UnixMilli(); ev.TsMs > limit {
+		return fmt.Errorf("%w: ts_ms %d is %s past the clock (more than %s: --consumer.max-event-future)", ErrInvalidEvent,
+			ev.TsMs, time.Duration(ev.TsMs-now.UnixMilli())*time.Millisecond, maxFuture)
+	}
+	return nil
 }
 
 // decodePayload is events.DecodePayload (encoding/json, then events.Validate) with

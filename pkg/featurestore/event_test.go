@@ -3,6 +3,7 @@ package featurestore
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"recsys/pkg/features"
 )
@@ -80,5 +81,30 @@ func TestEpochBehind(t *testing.T) {
 func TestEscapeGlob(t *testing.T) {
 	if got := escapeGlob(`a*b?[c]\`); got != `a\*b\?\[c\]\\` {
 		t.Errorf("got %q", got)
+	}
+}
+
+func TestCheckNotFuture(t *testing.T) {
+	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name string
+		ts   time.Time
+		ok   bool
+	}{
+		{"now", now, true},
+		{"years ago: backfills apply", now.AddDate(-5, 0, 0), true},
+		{"within the bound", now.Add(59 * time.Minute), true},
+		{"at the bound", now.Add(time.Hour), true},
+		{"past the bound", now.Add(time.Hour + time.Millisecond), false},
+		{"years ahead", now.AddDate(3, 0, 0), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ev := Event{}
+			ev.TsMs = tc.ts.UnixMilli()
+			err := CheckNotFuture(ev, now, time.Hour)
+			if (err == nil) != tc.ok || (err != nil && !errors.Is(err, ErrInvalidEvent)) {
+				t.Errorf("CheckNotFuture: %v, want ok=%v (an ErrInvalidEvent when refused)", err, tc.ok)
+			}
+		})
 	}
 }
