@@ -135,7 +135,7 @@ func Run(ctx context.Context, o Options) error {
 		}
 	}()
 
-	e := httpx.New(o.HTTP, o.Log)
+	e := httpx.New(o.HTTP, httpLogger(o.Log, infos))
 	var mods []*running
 	for _, i := range infos {
 		m, err := i.New(cfgs[i.Name], in.Deps(i.Name, i.Needs))
@@ -388,6 +388,17 @@ func shutdown(o Options, mods []*running, in *infra.Infra, srv *http.Server, dra
 	}
 	o.Log.Info("stopped", "duration_s", time.Since(start).Seconds())
 	return errors.Join(errs...)
+}
+
+// httpLogger is the logger of the server's own lines (access log, failed requests, panics).
+// Their component is the process' (contract §2.1): log queries for component "api" must
+// find the API's access and error lines, and a relay or consumer pod's lines name it.
+func httpLogger(log *slog.Logger, infos []module.Info) *slog.Logger {
+	name := "http" // component "api"
+	if len(infos) == 1 && (infos[0].Name == "relay" || infos[0].Name == "consumer") {
+		name = infos[0].Name
+	}
+	return log.With("module", name)
 }
 
 type health struct {

@@ -1,0 +1,121 @@
+package app_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"recsys/pkg/app"
+	"recsys/pkg/httpx"
+	"recsys/pkg/infra"
+	"recsys/pkg/logging"
+	"recsys/pkg/module"
+)
+
+// lockedBuffer is a log sink the server's goroutines write to while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) lines(t *testing.T) []map[string]any {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []map[string]any
+	sc := bufio.NewScanner(bytes.NewReader(l.b.Bytes()))
+	for sc.Scan() {
+		var m map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			t.Fatalf("log line %q: %v", sc.Text(), err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// The server's own lines (access log, failed requests, panics) carry the process' component,
+// as every line of the original's API carried "api": log queries select the API's access and
+// error lines by it.
+func TestServerLinesCarryTheProcessComponent(t *testing.T) {
+	for _, tc := range []struct {
+		roles []string
+		want  string
+	}{
+		{[]string{"api"}, "api"},
+		{[]string{"relay"}, "outbox-relay"},
+		{[]string{"consumer"}, "feature-consumer"},
+		{[]string{"all"}, "api"},
+	} {
+		t.Run(tc.roles[0], func(t *testing.T) {
+			reg := module.NewRegistry()
+			add := func(name string, role bool, deps ...string) {
+				reg.Register(module.Info{Name: name, Role: role, DependsOn: deps,
+					NewConfig: func() module.Config { return cfg{} },
+					New: func(module.Config, infra.Deps) (module.Module, error) {
+						return &fake{name: name, journal: &journal{}}, nil
+					}})
+			}
+			add("reco", false)
+			add("api", true, "reco")
+			add("relay", true)
+			add("consumer", true)
+			var logs lockedBuffer
+			log, err := logging.New(&logs, "json", slog.LevelInfo)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			addr := make(chan string, 1)
+			go func() {
+				done <- app.Run(ctx, app.Options{Registry: reg, Roles: tc.roles, HTTP: httpx.DefaultConfig(),
+					Shutdown: app.ShutdownConfig{Timeout: 5 * time.Second}, Infra: infra.DefaultConfig(),
+					Log: log, Listener: ln, OnReady: func(a string) { addr <- a }})
+			}()
+			defer func() { cancel(); <-done }()
+			var base string
+			select {
+			case a := <-addr:
+				base = "http://" + a
+			case err := <-done:
+				t.Fatalf("Run returned before serving: %v", err)
+			}
+			req, _ := http.NewRequest(http.MethodGet, base+"/no-such-route", nil)
+			req.Header.Set(httpx.HeaderRequestID, "req-component-1")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			var access map[string]any
+			for _, l := range logs.lines(t) {
+				if l["message"] == "http_request" && l["request_id"] == "req-component-1" {
+					access = l
+				}
+			}
+			if access == nil {
+				t.Fatal("no access log line for the request")
+			}
+			if access["component"] != tc.want {
+				t.Errorf("access log component %v, want %q: %v", access["component"], tc.want, access)
+			}
+		})
+	}
+}
