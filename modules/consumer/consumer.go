@@ -20,6 +20,7 @@ import (
 	"recsys/pkg/featurestore"
 	"recsys/pkg/infra"
 	"recsys/pkg/kafka"
+	"recsys/pkg/logging"
 	"recsys/pkg/module"
 )
 
@@ -293,6 +294,24 @@ func header(m *kafkago.Message, key string) string {
 	return ""
 }
 
+// maxCorrelationID bounds the correlation id a message's header brings into a log line: the
+// API accepts 128 characters, other producers may send anything.
+const maxCorrelationID = 128
+
+// withEvent returns ctx whose log lines carry the message's correlation id (the relay's
+// header, the X-Correlation-ID of the request that sent the event), so a line about one event
+// leads back to that request (contract §16.12).
+func withEvent(ctx context.Context, m *kafkago.Message) context.Context {
+	cid := header(m, events.HeaderCorrelationID)
+	if cid == "" {
+		return ctx
+	}
+	if len(cid) > maxCorrelationID {
+		cid = cid[:maxCorrelationID]
+	}
+	return logging.WithIDs(ctx, logging.IDs{CorrelationID: cid})
+}
+
 // fetch reads and decodes messages; decoding here overlaps with the apply of the previous
 // batch.
 func (c *Consumer) fetch(ctx context.Context, r *kafka.GroupReader, out chan<- *fetched) {
@@ -456,8 +475,8 @@ func (c *Consumer) process(ctx context.Context, batch []*fetched) bool {
 			}
 			c.m.processed(f.msg.Topic, status, 1)
 			c.m.errors("poison_message")
-			c.log.WarnContext(ctx, "poison message to dlq", "topic", f.msg.Topic, "partition", f.msg.Partition,
-				"offset", f.msg.Offset, "err", f.err)
+			c.log.WarnContext(withEvent(ctx, &f.msg), "poison message to dlq", "topic", f.msg.Topic, "partition", f.msg.Partition,
+				"offset", f.msg.Offset, "event_id", header(&f.msg, events.HeaderEventID), "err", f.err)
 			b.DLQ = append(b.DLQ, dlqEntry(&f.msg, f.err))
 			continue
 		}
@@ -552,7 +571,7 @@ func (c *Consumer) applyIsolated(ctx context.Context, b *featurestore.Batch, msg
 		}
 		if perr != nil {
 			c.m.errors("poison_message")
-			c.log.WarnContext(ctx, "event refused by postgres, to dlq", "topic", msgs[i].Topic, "partition", msgs[i].Partition,
+			c.log.WarnContext(withEvent(ctx, msgs[i]), "event refused by postgres, to dlq", "topic", msgs[i].Topic, "partition", msgs[i].Partition,
 				"offset", msgs[i].Offset, "event_id", b.Events[i].EventID, "err", perr)
 			dlq = append(dlq, dlqEntry(msgs[i], perr))
 		}

@@ -19,7 +19,8 @@
 // items) so lanes and consumers never deadlock, and their effects are sums (any commit order
 // gives the same state). Poison messages (undecodable, invalid, unsupported schema) are stored
 // in feature_dlq in the same transaction, with their raw bytes and Kafka coordinates, and the
-// partition moves on. Offsets are committed by their own goroutine, off the apply path, and
+// partition moves on; the line logged for each carries its event_id and the correlation_id of
+// its Kafka header (the X-Correlation-ID of the request that sent it). Offsets are committed by their own goroutine, off the apply path, and
 // only for batches whose every share AND every earlier batch committed in PostgreSQL (highest
 // offset per partition, coalesced while a commit is in flight; what was applied is committed at
 // shutdown). Redis is written after the commit with the absolute values the commit returned.
