@@ -1,7 +1,9 @@
 package relay
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +16,7 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 
 	"recsys/pkg/kafka"
+	"recsys/pkg/logging"
 	"recsys/pkg/outbox"
 )
 
@@ -374,6 +377,65 @@ func TestPublishFailureWarningMitigation(t *testing.T) {
 			}
 			if !strings.Contains(warning, tc.want) || (tc.not != "" && strings.Contains(warning, tc.not)) {
 				t.Errorf("warning %q; want it to say %q and not %q", warning, tc.want, tc.not)
+			}
+		})
+	}
+}
+
+// The lines about one event (moved to a dead row of its own, or a row that does not decode)
+// carry its correlation id, the X-Correlation-ID of the request that sent it, so an operator
+// can follow that request from the API's access log to the dead row.
+func TestEventLinesCarryTheCorrelationID(t *testing.T) {
+	tooLarge := func(ev string) func([]kafkago.Message) error {
+		return func(msgs []kafkago.Message) error {
+			for i, m := range msgs {
+				for _, h := range m.Headers {
+					if h.Key == "event_id" && string(h.Value) == ev {
+						rest := append(append([]kafkago.Message{}, msgs[:i]...), msgs[i+1:]...)
+						return kafkago.MessageTooLargeError{Message: m, Remaining: rest}
+					}
+				}
+			}
+			return nil
+		}
+	}
+	unknownFormat := outbox.Row{ID: 7, Key: "u", Topic: "t", EventID: "e7", EventType: "watch", CorrelationID: "corr-e7",
+		PayloadFormat: 9, EventCount: 1, Payload: []byte(`{}`)}
+	for _, tc := range []struct {
+		name, line, want string
+		rows             []outbox.Row
+		answers          []func([]kafkago.Message) error
+	}{
+		{name: "dead letter", line: "outbox events no retry can publish, moving them to dead rows of their own", want: "corr-a2",
+			rows: []outbox.Row{batchRow(1, 0, "a1", "a2", "a3")}, answers: []func([]kafkago.Message) error{tooLarge("a2")}},
+		{name: "undecodable row", line: "undecodable outbox row, moving it to dead", want: "corr-e7",
+			rows: []outbox.Row{unknownFormat}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			log, err := logging.New(&logs, "json", slog.LevelInfo)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := &Relay{cfg: NewConfig(), pub: &fakePublisher{answers: tc.answers}, m: newMetrics(metrics.NewSet()),
+				log: log.With("module", "relay"), backoff: outbox.Backoff{Base: time.Second, Max: time.Minute}}
+			r.process(context.Background(), &outbox.Claim{Rows: tc.rows, Lease: time.Hour})
+			var found bool
+			for _, l := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+				var m map[string]any
+				if err := json.Unmarshal([]byte(l), &m); err != nil {
+					t.Fatalf("log line %q: %v", l, err)
+				}
+				if m["message"] != tc.line {
+					continue
+				}
+				found = true
+				if m["correlation_id"] != tc.want {
+					t.Errorf("correlation_id %v, want %q: %s", m["correlation_id"], tc.want, l)
+				}
+			}
+			if !found {
+				t.Fatalf("no line %q in %s", tc.line, logs.String())
 			}
 		})
 	}

@@ -19,6 +19,7 @@ import (
 
 	"recsys/pkg/infra"
 	"recsys/pkg/kafka"
+	"recsys/pkg/logging"
 	"recsys/pkg/module"
 	"recsys/pkg/outbox"
 )
@@ -549,7 +550,7 @@ func (r *Relay) process(ctx context.Context, c *outbox.Claim) (record func()) {
 			// Logged when the dead rows are stored: a row held back behind an earlier failure
 			// of its unit stores none on this attempt (Settle), but on the one that publishes it.
 			if n := len(o.DeadLetters); n > 0 {
-				r.log.ErrorContext(ctx, "outbox events no retry can publish, moving them to dead rows of their own", "outbox_id", row.ID,
+				r.log.ErrorContext(withCorrelation(ctx, o.DeadLetters[0].CorrelationID), "outbox events no retry can publish, moving them to dead rows of their own", "outbox_id", row.ID,
 					"events", n, "first_event_id", o.DeadLetters[0].EventID, "err", o.DeadLetters[0].Err,
 					"mitigation", "the row's other events were published; see the runbook on dead outbox rows")
 			}
@@ -653,7 +654,7 @@ func (r *Relay) decode(ctx context.Context, rows []outbox.Row) ([]item, map[int6
 		msgs, err := row.Messages()
 		if err != nil {
 			r.m.poison.Inc()
-			r.log.ErrorContext(ctx, "undecodable outbox row, moving it to dead", "err", err, "outbox_id", row.ID,
+			r.log.ErrorContext(withCorrelation(ctx, row.CorrelationID), "undecodable outbox row, moving it to dead", "err", err, "outbox_id", row.ID,
 				"event_id", row.EventID, "mitigation", "fix the writer; the row's lane continues without it")
 			results[row.ID] = outbox.Result{Err: err, Permanent: true}
 			continue
@@ -661,6 +662,16 @@ func (r *Relay) decode(ctx context.Context, rows []outbox.Row) ([]item, map[int6
 		items = append(items, item{row: row, msgs: msgs, live: len(msgs)})
 	}
 	return items, results
+}
+
+// withCorrelation returns ctx whose log lines carry an event's correlation id (the
+// X-Correlation-ID of the request that sent it, "" for none), so a line about one event leads
+// back to that request.
+func withCorrelation(ctx context.Context, id string) context.Context {
+	if id == "" {
+		return ctx
+	}
+	return logging.WithIDs(ctx, logging.IDs{CorrelationID: id})
 }
 
 func sum(m map[string]int) int {
