@@ -11,6 +11,7 @@ import (
 
 	"recsys/pkg/events"
 	"recsys/pkg/ingest"
+	"recsys/pkg/logging"
 )
 
 // impressionWriter is the durable write path of /log/impression (pkg/ingest's group-commit
@@ -147,7 +148,7 @@ func (a *autolog) inline(ctx context.Context, ev *events.Impression, correlation
 		a.pg.Failure()
 		a.buffer(ctx, restamped(ev), correlationID)
 	default:
-		a.rejected(ctx, ev, err)
+		a.rejected(ctx, ev, correlationID, err)
 	}
 }
 
@@ -175,8 +176,13 @@ func (a *autolog) buffer(ctx context.Context, ev *events.Impression, correlation
 	})
 }
 
-func (a *autolog) rejected(ctx context.Context, ev *events.Impression, err error) {
+// rejected counts and logs an impression the database refused. The line carries the IDs of the
+// /reco request that served the list: a background write has no request context of its own.
+func (a *autolog) rejected(ctx context.Context, ev *events.Impression, correlationID string, err error) {
 	a.m.dropped(dropRejected, 1)
+	if _, ok := logging.IDsFrom(ctx); !ok {
+		ctx = logging.WithIDs(ctx, logging.IDs{RequestID: ev.RequestID, CorrelationID: correlationID})
+	}
 	a.log.ErrorContext(ctx, "autolog impression rejected by the database", "err", err, "event_id", ev.EventID)
 }
 
@@ -208,7 +214,7 @@ func (a *autolog) background(ev *events.Impression, correlationID string) startR
 		p, err := sw.Prepare([]events.Any{ev}, correlationID)
 		if err != nil {
 			a.inflight.Add(-1)
-			a.rejected(context.Background(), ev, err)
+			a.rejected(context.Background(), ev, correlationID, err)
 			return refused
 		}
 		write = func(ctx context.Context) error {
@@ -250,7 +256,7 @@ func (a *autolog) committed(ev *events.Impression, correlationID string, start t
 	case errors.Is(err, ingest.ErrClosed):
 		a.m.dropped(dropShutdown, 1)
 	case !transient(err):
-		a.rejected(context.Background(), ev, err)
+		a.rejected(context.Background(), ev, correlationID, err)
 	case a.noRetry:
 		a.m.dropped(dropShutdown, 1) // the shutdown's writer close failed to commit it
 	default:
@@ -291,7 +297,7 @@ func (a *autolog) persist(ev *events.Impression, correlationID string, first fun
 				a.m.dropped(dropShutdown, 1)
 				return
 			case !transient(err):
-				a.rejected(context.Background(), ev, err)
+				a.rejected(context.Background(), ev, correlationID, err)
 				return
 			}
 			a.pg.Failure()
