@@ -259,7 +259,8 @@ func requestContext(log *slog.Logger, e *echo.Echo) echo.MiddlewareFunc {
 			h.Set(HeaderCorrelationID, cid)
 			defer func() {
 				if p := recover(); p != nil {
-					log.ErrorContext(c.Request().Context(), "panic serving request", "err", fmt.Sprint(p), "path", req.URL.Path, "stack", string(debug.Stack()))
+					// exc_info: where the original's lines carry a traceback (api-contract §2.1).
+					log.ErrorContext(c.Request().Context(), "panic serving request", "err", fmt.Sprint(p), "path", req.URL.Path, "exc_info", string(debug.Stack()))
 					err = echo.NewHTTPError(http.StatusInternalServerError, "internal server error")
 				}
 				if err != nil {

@@ -5,7 +5,8 @@
 // queries and pipelines written for it keep working: ts (UTC ISO-8601 with milliseconds and
 // Z), level (Python's names: DEBUG, INFO, WARNING, ERROR), logger, message, component (api,
 // outbox-relay, feature-consumer), request_id and correlation_id ("-" when there is none),
-// beside the record's own attributes (a module's logger also carries "module"; recsys opens
+// exc_info (a recovered panic's stack, where the original put a traceback), beside the
+// record's own attributes (a module's logger also carries "module"; recsys opens
 // no groups, inside which these would land).
 package logging
 
