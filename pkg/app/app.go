@@ -20,6 +20,7 @@ import (
 
 	"recsys/pkg/httpx"
 	"recsys/pkg/infra"
+	"recsys/pkg/logging"
 	"recsys/pkg/migrate"
 	"recsys/pkg/module"
 	"recsys/pkg/openapi"
@@ -122,6 +123,7 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
 
+	o.Log = logging.WithComponent(o.Log, processModule(infos))
 	in, err := infra.Open(ctx, o.Infra, need, o.Log)
 	if err != nil {
 		return err
@@ -390,13 +392,22 @@ func shutdown(o Options, mods []*running, in *infra.Infra, srv *http.Server, dra
 	return errors.Join(errs...)
 }
 
+// processModule names the process for its log lines' component (contract §2.1): the relay or
+// the consumer when it runs that role alone, else the API.
+func processModule(infos []module.Info) string {
+	if len(infos) == 1 && (infos[0].Name == "relay" || infos[0].Name == "consumer") {
+		return infos[0].Name
+	}
+	return "api"
+}
+
 // httpLogger is the logger of the server's own lines (access log, failed requests, panics).
 // Their component is the process' (contract §2.1): log queries for component "api" must
 // find the API's access and error lines, and a relay or consumer pod's lines name it.
 func httpLogger(log *slog.Logger, infos []module.Info) *slog.Logger {
 	name := "http" // component "api"
-	if len(infos) == 1 && (infos[0].Name == "relay" || infos[0].Name == "consumer") {
-		name = infos[0].Name
+	if m := processModule(infos); m != "api" {
+		name = m
 	}
 	return log.With("module", name)
 }

@@ -46,9 +46,9 @@ func (l *lockedBuffer) lines(t *testing.T) []map[string]any {
 	return out
 }
 
-// The server's own lines (access log, failed requests, panics) carry the process' component,
-// as every line of the original's API carried "api": log queries select the API's access and
-// error lines by it.
+// The server's own lines (access log, failed requests, panics) and the process' own (started,
+// a module failed, stopped) carry the process' component, as every line of the original's
+// three programs did: log queries select a program's lines by it.
 func TestServerLinesCarryTheProcessComponent(t *testing.T) {
 	for _, tc := range []struct {
 		roles []string
@@ -104,17 +104,23 @@ func TestServerLinesCarryTheProcessComponent(t *testing.T) {
 				t.Fatal(err)
 			}
 			resp.Body.Close()
-			var access map[string]any
+			var access, started map[string]any
 			for _, l := range logs.lines(t) {
-				if l["message"] == "http_request" && l["request_id"] == "req-component-1" {
+				switch {
+				case l["message"] == "http_request" && l["request_id"] == "req-component-1":
 					access = l
+				case l["message"] == "started":
+					started = l
 				}
 			}
-			if access == nil {
-				t.Fatal("no access log line for the request")
+			if access == nil || started == nil {
+				t.Fatalf("no access log line for the request or no started line: %v, %v", access, started)
 			}
 			if access["component"] != tc.want {
 				t.Errorf("access log component %v, want %q: %v", access["component"], tc.want, access)
+			}
+			if started["component"] != tc.want {
+				t.Errorf("started line component %v, want %q: %v", started["component"], tc.want, started)
 			}
 		})
 	}

@@ -152,6 +152,19 @@ func cmpOr(s string) string {
 	return s
 }
 
+// WithComponent returns l with the component of a module or role name (see componentOf) on
+// the records of no module: a process' own lines (started, a module failed, stopped) name
+// the process' component, as every line of the original's three programs did. Module loggers
+// keep their own.
+func WithComponent(l *slog.Logger, module string) *slog.Logger {
+	h, ok := l.Handler().(idHandler)
+	if !ok || !h.contract {
+		return l
+	}
+	h.component = componentOf(module)
+	return slog.New(h)
+}
+
 func (h idHandler) WithAttrs(as []slog.Attr) slog.Handler {
 	for _, a := range as {
 		if a.Key == "module" {

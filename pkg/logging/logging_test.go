@@ -32,6 +32,10 @@ func TestJSONLinesHaveTheContractKeys(t *testing.T) {
 			map[string]any{"level": "ERROR", "component": "feature-consumer"}, nil},
 		{"a debug line", func(l *slog.Logger) { l.With("module", "ingest").Debug("probe", "k", "v") },
 			map[string]any{"level": "DEBUG", "component": "api", "k": "v"}, nil},
+		{"a relay process line", func(l *slog.Logger) { WithComponent(l, "relay").Error("module failed, stopping") },
+			map[string]any{"level": "ERROR", "logger": "recsys", "component": "outbox-relay"}, []string{"module"}},
+		{"a module line of a process with a component", func(l *slog.Logger) { WithComponent(l, "api").With("module", "consumer").Warn("x") },
+			map[string]any{"component": "feature-consumer", "logger": "recsys.consumer"}, nil},
 	}
 	ts := regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$`)
 	for _, tc := range tests {
