@@ -62,7 +62,8 @@
 // Contract names (api-contract §9.1):
 //   - reco_outbox_relay_published_total{topic}: events (messages) acked by Kafka
 //   - reco_outbox_relay_failed_total{topic}: events of failed publish attempts (every event of
-//     a failed row, since all are sent again)
+//     a failed row, since all are sent again); both exported at 0 for the relay's topics
+//     from its start
 //   - reco_outbox_relay_event_lag_ms: now - created_at at each publish attempt, per event
 //     (histogram, ms)
 //   - reco_outbox_backlog_events{status=pending|publishing|dead}, reco_outbox_backlog_oldest_lag_ms:

@@ -154,6 +154,13 @@ func NewRelay(cfg *Config, d infra.Deps, o Options) (*Relay, error) {
 	}
 	if d.Kafka != nil {
 		r.topics = []string{d.Kafka.TopicImpressions, d.Kafka.TopicWatches}
+		for _, t := range r.topics {
+			// Exported at 0 from the start: rate() and increase() see an increment only
+			// against an earlier sample, so a counter born at its first failure hides that
+			// failure, and an outage's one failed batch before the relay pauses on Kafka.
+			r.m.published(t, 0)
+			r.m.failed(t, 0)
+		}
 		if r.pub == nil {
 			r.pub = NewPublisher(d.Kafka, cfg)
 		}
