@@ -168,6 +168,14 @@ func NewRelay(cfg *Config, d infra.Deps, o Options) (*Relay, error) {
 			r.broker = kafkaBroker{c: d.Kafka}
 		}
 	}
+	// After one failed batch the relay stops publishing until Kafka answers, so the failed
+	// counter stops growing: this gauge is what shows the outage while it lasts.
+	r.m.set.NewGauge("recsys_relay_kafka_unreachable", func() float64 {
+		if r.kafkaUnreachable() {
+			return 1
+		}
+		return 0
+	})
 	if r.owner == "" {
 		host, _ := os.Hostname()
 		var b [3]byte
@@ -229,6 +237,13 @@ func (r *Relay) closePublisher(ctx context.Context) {
 		r.m.errors("stop").Inc()
 		r.log.WarnContext(ctx, "close kafka writer", "err", err)
 	}
+}
+
+// kafkaUnreachable reports that the relay publishes nothing because Kafka does not answer: a
+// whole batch failed and no probe has succeeded since, or the topics could not be provisioned
+// yet.
+func (r *Relay) kafkaUnreachable() bool {
+	return r.down.Load() != nil || (!r.provisioned.Load() && r.startupErr.Load() != nil)
 }
 
 // Ready fails until the topics are provisioned and while Kafka looks unreachable.

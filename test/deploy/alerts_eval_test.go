@@ -168,6 +168,7 @@ func healthy() world {
 			w.set(constant(5), "__name__", "reco_feature_consumer_partition_lag", "namespace", ns, "pod", "recsys-consumer-1", "topic", topic, "partition", fmt.Sprint(p))
 		}
 	}
+	w.set(constant(0), "__name__", "recsys_relay_kafka_unreachable", "namespace", ns, "pod", "recsys-relay-5c4b-a")
 	w.histogramSeries("recsys_consumer_accepted_to_visible_seconds", secondsBuckets, 100, 0.025, "namespace", ns)
 	w.set(grows(0), "__name__", "reco_feature_consumer_dlq_events_total", "namespace", ns, "outcome", "stored")
 	w.set(grows(0), "__name__", "recsys_http_rate_limit_fallback_total", "namespace", ns, "pod", "recsys-api-7d9f-a")
@@ -316,6 +317,19 @@ func TestAlertsFireOnTheirFaultOnly(t *testing.T) {
 					w.set(grows(10), "__name__", "reco_outbox_relay_failed_total", "namespace", ns, "topic", topic)
 				}
 			}},
+		// Kafka stops answering: each relay fails the batch in flight, then pauses and probes
+		// Kafka; nothing is published or fails after that one batch.
+		{name: "kafka unreachable from every relay", want: []string{"RelayPublishFailing"},
+			fault: func(w world) {
+				for _, topic := range []string{"recsys.impressions.v1", "recsys.watches.v1"} {
+					w.set(after(lastMinutes(30), grows(100), constant(100*lastMinutes(30))), "__name__", "reco_outbox_relay_published_total", "namespace", ns, "topic", topic)
+					w.set(after(lastMinutes(30), constant(0), constant(40)), "__name__", "reco_outbox_relay_failed_total", "namespace", ns, "topic", topic)
+				}
+				w.set(after(lastMinutes(30), constant(0), constant(1)), "__name__", "recsys_relay_kafka_unreachable", "namespace", ns, "pod", "recsys-relay-5c4b-a")
+			}},
+		{name: "one relay cut off from kafka, another publishes", fault: func(w world) {
+			w.set(constant(1), "__name__", "recsys_relay_kafka_unreachable", "namespace", ns, "pod", "recsys-relay-5c4b-b")
+		}},
 		{name: "some publishes fail, most succeed", fault: func(w world) {
 			w.set(grows(1), "__name__", "reco_outbox_relay_failed_total", "namespace", ns, "topic", "recsys.watches.v1")
 		}},

@@ -134,6 +134,7 @@ var recsysMetrics = map[string]metricKind{
 	// relay (recsys).
 	"recsys_relay_commit_to_ack_seconds": histogram,
 	"recsys_relay_dead_total":            counter,
+	"recsys_relay_kafka_unreachable":     gauge,
 	// consumer (contract).
 	"reco_feature_consumer_processed_total":       counter,
 	"reco_feature_consumer_errors_total":          counter,
