@@ -1,11 +1,18 @@
 package deploy_test
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"maps"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
 	"recsys/cmd"
+	"recsys/pkg/logging"
 )
 
 // operatorDocs are the documents whose `recsys ...` commands operators copy and run.
@@ -156,5 +163,41 @@ func TestDocMetricCheckCatchesMistakes(t *testing.T) {
 		if exportedByCode(src, name) != ok {
 			t.Errorf("exportedByCode(%q) = %t, want %t", name, !ok, ok)
 		}
+	}
+}
+
+// docLevel is a jq filter on a log line's level in an operator document.
+var docLevel = regexp.MustCompile(`\.level\s*[!=]=\s*"([^"]*)"`)
+
+// The level names the documents filter log lines by are the ones recsys writes (Python's, as
+// the original's lines, see pkg/logging): a filter on "WARN" matches no line at all, and the
+// query looks like a clean bill of health.
+func TestDocumentedLogLevelsExist(t *testing.T) {
+	written := map[string]bool{}
+	var b bytes.Buffer
+	log, err := logging.New(&b, "json", slog.LevelDebug)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []slog.Level{slog.LevelDebug, slog.LevelInfo, slog.LevelWarn, slog.LevelError} {
+		b.Reset()
+		log.Log(context.Background(), l, "x")
+		var line struct{ Level string }
+		if err := json.Unmarshal(b.Bytes(), &line); err != nil {
+			t.Fatal(err)
+		}
+		written[line.Level] = true
+	}
+	total := 0
+	for _, doc := range operatorDocs {
+		for _, m := range docLevel.FindAllStringSubmatch(string(readFile(t, doc)), -1) {
+			total++
+			if !written[m[1]] {
+				t.Errorf("%s: %s: recsys writes no level %q (it writes %v)", doc, m[0], m[1], slices.Sorted(maps.Keys(written)))
+			}
+		}
+	}
+	if total == 0 {
+		t.Error("no level filter found in the operator documents; the extraction is broken")
 	}
 }
