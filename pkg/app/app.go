@@ -123,7 +123,9 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
 
-	o.Log = logging.WithComponent(o.Log, processModule(infos))
+	if pm := processModule(infos); pm != "" {
+		o.Log = logging.WithComponent(o.Log, pm)
+	}
 	in, err := infra.Open(ctx, o.Infra, need, o.Log)
 	if err != nil {
 		return err
@@ -392,24 +394,37 @@ func shutdown(o Options, mods []*running, in *infra.Infra, srv *http.Server, dra
 	return errors.Join(errs...)
 }
 
-// processModule names the process for its log lines' component (contract §2.1): the relay or
-// the consumer when it runs that role alone, else the API.
+// processModule names the process for its log lines' component (contract §2.1): the API when
+// it serves the API, else the relay or the consumer it runs alone; "" for a relay and a
+// consumer together, which no one component names.
 func processModule(infos []module.Info) string {
-	if len(infos) == 1 && (infos[0].Name == "relay" || infos[0].Name == "consumer") {
-		return infos[0].Name
+	var workers []string
+	for _, i := range infos {
+		switch i.Name {
+		case "relay", "consumer":
+			workers = append(workers, i.Name)
+		default:
+			return "api"
+		}
 	}
-	return "api"
+	if len(workers) == 1 {
+		return workers[0]
+	}
+	return ""
 }
 
 // httpLogger is the logger of the server's own lines (access log, failed requests, panics).
 // Their component is the process' (contract §2.1): log queries for component "api" must
 // find the API's access and error lines, and a relay or consumer pod's lines name it.
 func httpLogger(log *slog.Logger, infos []module.Info) *slog.Logger {
-	name := "http" // component "api"
-	if m := processModule(infos); m != "api" {
-		name = m
+	switch m := processModule(infos); m {
+	case "":
+		return log
+	case "api":
+		return log.With("module", "http")
+	default:
+		return log.With("module", m)
 	}
-	return log.With("module", name)
 }
 
 type health struct {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -58,8 +59,9 @@ func TestServerLinesCarryTheProcessComponent(t *testing.T) {
 		{[]string{"relay"}, "outbox-relay"},
 		{[]string{"consumer"}, "feature-consumer"},
 		{[]string{"all"}, "api"},
+		{[]string{"relay", "consumer"}, "-"},
 	} {
-		t.Run(tc.roles[0], func(t *testing.T) {
+		t.Run(strings.Join(tc.roles, ","), func(t *testing.T) {
 			reg := module.NewRegistry()
 			add := func(name string, role bool, deps ...string) {
 				reg.Register(module.Info{Name: name, Role: role, DependsOn: deps,
