@@ -69,6 +69,7 @@ func newConsumer(cfg *Config, d infra.Deps) *Consumer {
 	c := &Consumer{cfg: cfg, log: d.Log, kafka: kc, m: newMetrics(d.Metrics),
 		topics: []string{d.Config.Kafka.TopicImpressions, d.Config.Kafka.TopicWatches},
 		store:  featurestore.New(d.PG, d.Redis, d.Config.Redis.KeyPrefix, cfg.Features, d.Log)}
+	c.m.exportZeros(c.topics)
 	c.store.SetUserTTL(d.Config.Redis.UserTTL)
 	c.store.SetImpressionsFormat(featurestore.ImpressionsFormat(cfg.ImpressionsFormat)) // checked by Validate
 	c.store.SetImpressionsOverlay(cfg.ImpressionsOverlay)

@@ -101,6 +101,29 @@ func (m *consumerMetrics) applied(a *featurestore.Applied) {
 	}
 }
 
+// Statuses of reco_feature_consumer_processed_total and stages of
+// reco_feature_consumer_errors_total (contract names, plus recsys' redis, heal, retention and
+// forgotten_users stages).
+var (
+	processedStatuses = []string{"processed", "duplicate", "ignored", "invalid_payload", "invalid_event", "error", "dlq"}
+	errorStages       = []string{"startup", "poll", "process", "poison_message", "dlq_store", "commit", "lag_metrics", "dlq_metrics",
+		"stop", "redis", "heal", "retention", "forgotten_users"}
+)
+
+// exportZeros creates the per-topic processed counters and the error counters at 0: rate()
+// and increase() see an increment only against an earlier sample, so a series born at its
+// first DLQ entry or first failure would hide it.
+func (m *consumerMetrics) exportZeros(topics []string) {
+	for _, t := range topics {
+		for _, st := range processedStatuses {
+			m.set.GetOrCreateCounter(fmt.Sprintf(`reco_feature_consumer_processed_total{topic=%q,status=%q}`, t, st))
+		}
+	}
+	for _, st := range errorStages {
+		m.set.GetOrCreateCounter(fmt.Sprintf(`reco_feature_consumer_errors_total{stage=%q}`, st))
+	}
+}
+
 func (m *consumerMetrics) processed(topic, status string, n int) {
 	if n > 0 {
 		m.set.GetOrCreateCounter(fmt.Sprintf(`reco_feature_consumer_processed_total{topic=%q,status=%q}`, topic, status)).Add(n)

@@ -48,7 +48,8 @@
 //     grows while nothing is applied); a member reports the partitions it owns only
 //   - reco_feature_consumer_errors_total{stage}: startup, poll, process, poison_message,
 //     dlq_store, commit, lag_metrics, dlq_metrics, stop, plus redis (a failed Redis write), heal
-//     (repopulation or journal healing) and retention
+//     (repopulation or journal healing), retention and forgotten_users; these and the processed
+//     counters of the consumer's topics are exported at 0 from the start
 //   - reco_feature_consumer_dlq_events_total{outcome="stored"}
 //   - reco_feature_consumer_dlq_backlog{status=pending|replayed},
 //     reco_feature_consumer_dlq_oldest_pending_ms (refreshed every 30 s)
