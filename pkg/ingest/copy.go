@@ -73,9 +73,14 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (isNew []bool, err err
 		return nil, err
 	}
 	defer conn.Release()
+	start, end := w.boundOnServer(ctx, conn)
+	defer end()
+	if start.Err() != nil {
+		return nil, errNoTimeLeft
+	}
 	tx, err := conn.Begin(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("begin: %w", err)
+		return nil, fmt.Errorf("begin: %w", serverCancelled(start, err))
 	}
 	defer func() {
 		if err != nil {
@@ -93,7 +98,7 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (isNew []bool, err err
 	if w.probeGroups.Load() > 0 {
 		var notified int64
 		if err = tx.QueryRow(ctx, copyProbeSQL, b.dedupIDs, b.dedupUsers, b.kinds().notifyPayload()).Scan(&existing, &notified); err != nil {
-			return nil, fmt.Errorf("probe dedup keys: %w", err)
+			return nil, fmt.Errorf("probe dedup keys: %w", serverCancelled(start, err))
 		}
 		if len(existing) > 0 {
 			w.probeGroups.Store(probeGroupsAfterDuplicate)
@@ -101,11 +106,17 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (isNew []bool, err err
 			w.probeGroups.Add(-1)
 		}
 	} else if _, err = tx.Exec(ctx, notifySQL, b.kinds().notifyPayload()); err != nil {
-		return nil, fmt.Errorf("notify relay: %w", err)
+		return nil, fmt.Errorf("notify relay: %w", serverCancelled(start, err))
 	}
 	isNew = make([]bool, len(b.dedupIDs))
 	if len(existing) == len(b.dedupIDs) {
-		return isNew, tx.Commit(ctx)
+		if start.Err() != nil {
+			return nil, errNoTimeLeft
+		}
+		if err = tx.Commit(ctx); err != nil {
+			return nil, fmt.Errorf("commit: %w", serverCancelled(start, err))
+		}
+		return isNew, nil
 	}
 	for i := range isNew {
 		isNew[i] = true
@@ -163,6 +174,9 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (isNew []bool, err err
 		if rows == 0 {
 			continue
 		}
+		if start.Err() != nil {
+			return nil, errNoTimeLeft
+		}
 		enc.finish()
 		sql := "COPY " + c.table + " (" + strings.Join(c.columns, ", ") + ") FROM STDIN (FORMAT binary)"
 		if _, err = tx.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(enc.buf), sql); err != nil {
@@ -173,11 +187,14 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (isNew []bool, err err
 				w.probeGroups.Store(probeGroupsAfterDuplicate)
 				return nil, errCopyConflict
 			}
-			return nil, fmt.Errorf("copy %s: %w", c.table, err)
+			return nil, fmt.Errorf("copy %s: %w", c.table, serverCancelled(start, err))
 		}
 	}
+	if start.Err() != nil {
+		return nil, errNoTimeLeft
+	}
 	if err = tx.Commit(ctx); err != nil {
-		return nil, fmt.Errorf("commit: %w", err)
+		return nil, fmt.Errorf("commit: %w", serverCancelled(start, err))
 	}
 	return isNew, nil
 }

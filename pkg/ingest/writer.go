@@ -12,7 +12,9 @@
 // fills heap pages with multi-row inserts (one WAL record per page instead of one per row)
 // and skips the unnest/join/speculative-insert work, which costs far more than its extra
 // round trips once a group holds hundreds of events. Callers wait for the commit, so a 200 is only ever sent
-// for committed data. A request's events are never split across transactions, which keeps
+// for committed data; and an error only once the server has stopped: a statement still
+// running near the timeout is cancelled on the server and its answer awaited
+// (boundOnServer), so an error never hides a commit that happens afterwards. A request's events are never split across transactions, which keeps
 // /log/batch all-or-nothing; if a merged transaction fails with an error that may belong to
 // one request (a data or constraint error), the worker retries each request in its own
 // transaction so one bad request cannot fail the others. Connection errors and timeouts fail
@@ -635,10 +637,10 @@ func (w *Writer) commit(group []*request, deadline time.Time) error {
 			// A resend raced the group, or an outbox row outlived its first event's dedup
 			// key: the statement's ON CONFLICT clauses resolve both, as for any group.
 			w.m.copyConflicts.Inc()
-			isNew, enqueued, err = b.exec(ctx, w.acquire)
+			isNew, enqueued, err = w.exec(ctx, b)
 		}
 	} else {
-		isNew, enqueued, err = b.exec(ctx, w.acquire)
+		isNew, enqueued, err = w.exec(ctx, b)
 	}
 	if err != nil {
 		w.m.commitErrors.Inc()
@@ -1023,20 +1025,79 @@ func (w *Writer) acquire(ctx context.Context) (*pgxpool.Conn, error) {
 	return conn, err
 }
 
+// maxCancelGrace bounds the time a statement cancelled at the write timeout is given to
+// answer (see boundOnServer).
+const maxCancelGrace = 250 * time.Millisecond
+
+// boundOnServer makes the server end conn's statements by ctx's deadline, so that a write
+// answered unavailable never commits afterwards. pgx alone ends a statement whose context
+// ends by closing the connection at once and sending the server a cancel request on the way
+// out: the caller is answered before the server has stopped, and the statement can still
+// commit in between (an implicit transaction commits with its statement, e.g. once a dedup
+// key it waits on is released; a COMMIT runs to its end). So a grace period before the
+// deadline (a quarter of the write timeout, at most maxCancelGrace) the server is asked to
+// cancel the running statement, and its own answer, cancelled and rolled back or done, is
+// waited for until the deadline. No statement may start once that time has come: start
+// ends then, and callers check it before each statement. end must be called once the
+// connection's statements are over, before it is released: a connection that was sent a
+// cancel request is closed instead of pooled, since a request arriving late would cancel
+// another caller's statement.
+func (w *Writer) boundOnServer(ctx context.Context, conn *pgxpool.Conn) (start context.Context, end func()) {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		return ctx, func() {}
+	}
+	start, cancelStart := context.WithDeadline(ctx, deadline.Add(-min(maxCancelGrace, w.cfg.Timeout/4)))
+	sent := make(chan struct{})
+	stop := context.AfterFunc(start, func() {
+		defer close(sent)
+		if ctx.Err() == nil {
+			_ = conn.Conn().PgConn().CancelRequest(ctx)
+		}
+	})
+	return start, func() {
+		if !stop() {
+			<-sent
+			cctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_ = conn.Conn().Close(cctx)
+			cancel()
+		}
+		cancelStart()
+	}
+}
+
+// errNoTimeLeft is returned for a statement not started because the write timeout was too
+// close (see boundOnServer).
+var errNoTimeLeft = fmt.Errorf("write timeout reached before the statement could start: %w", context.DeadlineExceeded)
+
+// serverCancelled adds to err that the server cancelled the statement at the write timeout
+// (a bare "canceling statement due to user request" names no cause).
+func serverCancelled(start context.Context, err error) error {
+	if err != nil && start.Err() != nil {
+		return fmt.Errorf("cancelled at the write timeout: %w", err)
+	}
+	return err
+}
+
 // exec writes the group with its single statement. It returns, per dedup index, whether the
 // event was new and whether its frame was enqueued.
-func (b *batch) exec(ctx context.Context, acquire func(context.Context) (*pgxpool.Conn, error)) (isNew, enqueued []bool, err error) {
+func (w *Writer) exec(ctx context.Context, b *batch) (isNew, enqueued []bool, err error) {
 	k := b.kinds()
 	var notified int64
 	var inserted, insertedUsers, rowIDs []string
-	conn, err := acquire(ctx)
+	conn, err := w.acquire(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer conn.Release()
+	start, end := w.boundOnServer(ctx, conn)
+	defer end()
+	if start.Err() != nil {
+		return nil, nil, errNoTimeLeft
+	}
 	args := postgres.PresizeArgs(conn.Conn(), b.args(k))
 	if err = conn.QueryRow(ctx, insertSQL(k), args...).Scan(&inserted, &insertedUsers, &rowIDs, &notified); err != nil {
-		return nil, nil, err
+		return nil, nil, serverCancelled(start, err)
 	}
 	if len(insertedUsers) != len(inserted) {
 		return nil, nil, fmt.Errorf("statement returned %d event_ids and %d users", len(inserted), len(insertedUsers))
