@@ -731,8 +731,10 @@ func TestQueuedWriteAnswersItsOutcome(t *testing.T) {
 	wg.Go(func() { codeB, respB = v.post("/log/watch", mustJSON(t, watchBody("late-b-0001"))) })
 	time.Sleep(700 * time.Millisecond)
 	releaseX() // B is taken at ~0.8 s, with ~0.3 s left of its deadline
-	time.Sleep(700 * time.Millisecond)
-	releaseB() // B's statement completes at ~1.5 s, within the writer's timeout
+	time.Sleep(400 * time.Millisecond)
+	// B's statement completes at ~1.2 s, within the writer's timeout and before the server is
+	// asked to cancel it (1.55 s: its 1 s less the grace of pkg/ingest's boundOnServer).
+	releaseB()
 	wg.Wait()
 	n := v.count("SELECT count(*) FROM watches WHERE event_id = 'late-b-0001'")
 	switch {
