@@ -439,6 +439,22 @@ func TestGroupReaderTakesAddedPartitions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The broker lists the new partitions, and names their leader, a moment before that
+	// leader serves them: a produce then fails with Not Leader For Partition (1 run in 3
+	// under -race). EnsureTopics on the existing topic returns once the leader of every
+	// partition listed serves it.
+	waitFor(t, "the added partitions listed", 20*time.Second, func() bool {
+		conn, err := kafkago.DialContext(ctx, "tcp", testutil.KafkaBrokers(t)[0])
+		if err != nil {
+			return false
+		}
+		defer conn.Close()
+		parts, err := conn.ReadPartitions(topics[0])
+		return err == nil && len(parts) == 3
+	})
+	if err := c.EnsureTopics(ctx, topics...); err != nil {
+		t.Fatal(err)
+	}
 	// A new producer: the metadata of the first would know one partition for a while.
 	produceKeyed(t, ctx, c, 10, 30, topics...)
 	waitFor(t, "every partition read", 40*time.Second, func() bool { return got.len() >= 40 })
