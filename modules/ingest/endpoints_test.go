@@ -784,14 +784,21 @@ func TestHealthExportsOutboxBacklog(t *testing.T) {
 			t.Fatalf("%d %s", code, resp)
 		}
 	}
+	asked := time.Now() // the snapshot below is taken, and its age counted, after this
 	if b, g := pending(); b.Pending != 2 || g != 2 {
 		t.Fatalf("snapshot pending %d, gauge %v; want 2", b.Pending, g)
 	}
 	if code, resp := v.post("/log/watch", mustJSON(t, watchBody("backlog-00003"))); code != 200 {
 		t.Fatalf("%d %s", code, resp)
 	}
-	if b, g := pending(); b.Pending != 2 || g != 2 {
-		t.Errorf("within a second: snapshot pending %d, gauge %v; want the cached 2", b.Pending, g)
+	// On a loaded machine (-race, packages in parallel) the write may outlast the cache: the
+	// snapshot is then rightly taken again, and the cache cannot be checked.
+	if took := time.Since(asked); took < snapshotEvery/2 {
+		if b, g := pending(); b.Pending != 2 || g != 2 {
+			t.Errorf("within a second: snapshot pending %d, gauge %v; want the cached 2", b.Pending, g)
+		}
+	} else {
+		t.Logf("the write took %s of the snapshot's %s: the cached snapshot is not checked", took, snapshotEvery)
 	}
 	time.Sleep(snapshotEvery)
 	if b, g := pending(); b.Pending != 3 || g != 3 {
