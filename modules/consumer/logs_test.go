@@ -1,12 +1,8 @@
 package consumer_test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,30 +12,13 @@ import (
 	"recsys/modules/consumer"
 	"recsys/pkg/events"
 	"recsys/pkg/logging"
+	"recsys/pkg/testutil"
 )
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-// lines returns the JSON log lines whose message is msg.
-func (l *lockedBuffer) lines(t *testing.T, msg string) []map[string]any {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+// withMessage returns the log lines whose message is msg.
+func withMessage(lines []map[string]any, msg string) []map[string]any {
 	var out []map[string]any
-	sc := bufio.NewScanner(bytes.NewReader(l.b.Bytes()))
-	for sc.Scan() {
-		var m map[string]any
-		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
-			t.Fatalf("log line %q: %v", sc.Text(), err)
-		}
+	for _, m := range lines {
 		if m["message"] == msg {
 			out = append(out, m)
 		}
@@ -78,7 +57,7 @@ func TestPoisonLogCarriesTheEventsCorrelationID(t *testing.T) {
 	for _, tc := range cases {
 		e.produceRaw(t, tc.msg)
 	}
-	var logs lockedBuffer
+	var logs testutil.SyncBuffer
 	log, err := logging.New(&logs, "json", slog.LevelInfo)
 	if err != nil {
 		t.Fatal(err)
@@ -94,10 +73,10 @@ func TestPoisonLogCarriesTheEventsCorrelationID(t *testing.T) {
 	go func() { done <- m.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 	waitFor(t, "the poison lines", 60*time.Second, func() bool {
-		return len(logs.lines(t, "poison message to dlq")) == len(cases)
+		return len(withMessage(logs.JSONLines(t), "poison message to dlq")) == len(cases)
 	})
 	byEvent := map[string]map[string]any{}
-	for _, l := range logs.lines(t, "poison message to dlq") {
+	for _, l := range withMessage(logs.JSONLines(t), "poison message to dlq") {
 		id, _ := l["event_id"].(string)
 		byEvent[id] = l
 	}

@@ -1,13 +1,11 @@
 package reco
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +14,7 @@ import (
 	"recsys/pkg/events"
 	"recsys/pkg/ingest"
 	"recsys/pkg/logging"
+	"recsys/pkg/testutil"
 )
 
 // refusingWriter refuses every event as the database refuses a bad row: not transient.
@@ -25,30 +24,13 @@ func (refusingWriter) Write(context.Context, []events.Any, string) ([]ingest.Res
 	return nil, errors.New("insert impressions: violates check constraint")
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // A served list the database refuses is logged with the IDs of the /reco request that served
 // it, whether the write ran in the request (sync) or after the answer (async), so the error
 // line leads to the request's access log line.
 func TestAutologRejectionLineCarriesTheRequestIDs(t *testing.T) {
 	for _, async := range []bool{false, true} {
 		t.Run(map[bool]string{false: "sync", true: "async"}[async], func(t *testing.T) {
-			var logs syncBuffer
+			var logs testutil.SyncBuffer
 			log, err := logging.New(&logs, "json", slog.LevelInfo)
 			if err != nil {
 				t.Fatal(err)

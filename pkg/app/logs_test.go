@@ -1,15 +1,11 @@
 package app_test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"log/slog"
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,34 +14,8 @@ import (
 	"recsys/pkg/infra"
 	"recsys/pkg/logging"
 	"recsys/pkg/module"
+	"recsys/pkg/testutil"
 )
-
-// lockedBuffer is a log sink the server's goroutines write to while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) lines(t *testing.T) []map[string]any {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []map[string]any
-	sc := bufio.NewScanner(bytes.NewReader(l.b.Bytes()))
-	for sc.Scan() {
-		var m map[string]any
-		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
-			t.Fatalf("log line %q: %v", sc.Text(), err)
-		}
-		out = append(out, m)
-	}
-	return out
-}
 
 // The server's own lines (access log, failed requests, panics) and the process' own (started,
 // a module failed, stopped) carry the process' component, as every line of the original's
@@ -74,7 +44,7 @@ func TestServerLinesCarryTheProcessComponent(t *testing.T) {
 			add("api", true, "reco")
 			add("relay", true)
 			add("consumer", true)
-			var logs lockedBuffer
+			var logs testutil.SyncBuffer
 			log, err := logging.New(&logs, "json", slog.LevelInfo)
 			if err != nil {
 				t.Fatal(err)
@@ -107,7 +77,7 @@ func TestServerLinesCarryTheProcessComponent(t *testing.T) {
 			}
 			resp.Body.Close()
 			var access, started map[string]any
-			for _, l := range logs.lines(t) {
+			for _, l := range logs.JSONLines(t) {
 				switch {
 				case l["message"] == "http_request" && l["request_id"] == "req-component-1":
 					access = l
