@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"recsys/migrations"
 	"recsys/pkg/migrate"
@@ -439,21 +440,7 @@ func TestMigrationWaitingForALockDoesNotStallWriters(t *testing.T) {
 			}
 			m.LockTimeout, m.LockRetryFor = 200*time.Millisecond, tc.retryFor
 
-			blocker, err := pgx.Connect(ctx, dsn)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer blocker.Close(ctx)
-			if _, err := blocker.Exec(ctx, "BEGIN; SELECT count(*) FROM event_dedup"); err != nil {
-				t.Fatal(err)
-			}
-			released := make(chan struct{})
-			go func() {
-				defer close(released)
-				time.Sleep(tc.hold)
-				blocker.Exec(context.Background(), "COMMIT") //nolint:errcheck // the test fails on the schema if it did not end
-			}()
-			defer func() { <-released }()
+			holdTable(t, dsn, "event_dedup", tc.hold)
 
 			done := make(chan error, 1)
 			go func() { done <- tc.run(ctx, m) }()
@@ -461,21 +448,7 @@ func TestMigrationWaitingForALockDoesNotStallWriters(t *testing.T) {
 			// The writer arrives while the migration waits for its lock, with the API's
 			// lock_timeout (--pg.lock-timeout, 1s).
 			pool := testutil.Pool(t, dsn)
-			deadline := time.Now().Add(5 * time.Second)
-			for {
-				var waiting bool
-				if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'event_dedup'::regclass
-					AND mode = 'AccessExclusiveLock' AND NOT granted)`).Scan(&waiting); err != nil {
-					t.Fatal(err)
-				}
-				if waiting {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatal("the migration never waited for event_dedup's lock")
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
+			awaitLockWait(t, pool, "event_dedup")
 			writer, err := pgx.Connect(ctx, dsn)
 			if err != nil {
 				t.Fatal(err)
@@ -533,43 +506,15 @@ func TestStoppedMigrationLeavesTheSchemaClean(t *testing.T) {
 	}
 	m.LockTimeout = 0
 
-	blocker, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer blocker.Close(ctx)
-	if _, err := blocker.Exec(ctx, "BEGIN; SELECT count(*) FROM event_dedup"); err != nil {
-		t.Fatal(err)
-	}
 	const hold = 8 * time.Second
-	released := make(chan struct{})
-	go func() {
-		defer close(released)
-		time.Sleep(hold)
-		blocker.Exec(context.Background(), "COMMIT") //nolint:errcheck // the test fails on the schema if it did not end
-	}()
-	defer func() { <-released }()
+	released := holdTable(t, dsn, "event_dedup", hold)
 
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	done := make(chan error, 1)
 	go func() { done <- m.Up(runCtx) }()
 	pool := testutil.Pool(t, dsn)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		var waiting bool
-		if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'event_dedup'::regclass
-			AND mode = 'AccessExclusiveLock' AND NOT granted)`).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		if waiting {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the migration never waited for event_dedup's lock")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	awaitLockWait(t, pool, "event_dedup")
 	stopped := time.Now()
 	stop()
 	var upErr error
@@ -723,38 +668,12 @@ func TestVersionWritesDoNotStallReadiness(t *testing.T) {
 	if err := m.Down(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
-	blocker, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer blocker.Close(ctx)
-	if _, err := blocker.Exec(ctx, "BEGIN; SELECT count(*) FROM schema_migrations"); err != nil {
-		t.Fatal(err)
-	}
-	released := make(chan struct{})
-	go func() {
-		defer close(released)
-		time.Sleep(3 * time.Second)
-		blocker.Exec(context.Background(), "COMMIT") //nolint:errcheck // the test fails on the version if it did not end
-	}()
-	defer func() { <-released }()
+	holdTable(t, dsn, "schema_migrations", 3*time.Second)
 	done := make(chan error, 1)
 	go func() { done <- m.Up(ctx) }()
 
 	pool := testutil.Pool(t, dsn)
-	for start := time.Now(); ; time.Sleep(5 * time.Millisecond) {
-		var waiting bool
-		if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'schema_migrations'::regclass
-			AND mode = 'AccessExclusiveLock' AND NOT granted)`).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		if waiting {
-			break
-		}
-		if time.Since(start) > 5*time.Second {
-			t.Fatal("the migration never waited for schema_migrations")
-		}
-	}
+	awaitLockWait(t, pool, "schema_migrations")
 	// A readiness check as the roles run it: their session's lock_timeout, the check budget.
 	probe, err := pgx.Connect(ctx, dsn)
 	if err != nil {
@@ -846,5 +765,50 @@ func TestVersionWriteAfterACompletedFileIsRetried(t *testing.T) {
 	}
 	if v, dirty, err := m.Version(); err != nil || v != latest || dirty {
 		t.Fatalf("after up: version %d dirty %t err %v, want %d clean", v, dirty, err, latest)
+	}
+}
+
+// holdTable holds a lock on table (a transaction that read it, as a backup or a report does)
+// for d, then commits; the returned channel closes then, and the test waits for it when it
+// ends.
+func holdTable(t *testing.T, dsn, table string, d time.Duration) <-chan struct{} {
+	t.Helper()
+	ctx := context.Background()
+	blocker, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := blocker.Exec(ctx, "BEGIN; SELECT count(*) FROM "+table); err != nil {
+		t.Fatal(err)
+	}
+	released := make(chan struct{})
+	go func() {
+		defer close(released)
+		time.Sleep(d)
+		blocker.Exec(context.Background(), "COMMIT") //nolint:errcheck // the test fails on the schema if it did not end
+	}()
+	t.Cleanup(func() {
+		<-released
+		blocker.Close(context.Background()) //nolint:errcheck // a test connection
+	})
+	return released
+}
+
+// awaitLockWait waits until a session waits for an exclusive lock on table (the migration
+// queued behind holdTable's transaction).
+func awaitLockWait(t *testing.T, pool *pgxpool.Pool, table string) {
+	t.Helper()
+	for start := time.Now(); ; time.Sleep(5 * time.Millisecond) {
+		var waiting bool
+		if err := pool.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = $1::regclass
+			AND mode = 'AccessExclusiveLock' AND NOT granted)`, table).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			return
+		}
+		if time.Since(start) > 5*time.Second {
+			t.Fatalf("the migration never waited for %s's lock", table)
+		}
 	}
 }
