@@ -495,15 +495,7 @@ func TestMigrationWaitingForALockDoesNotStallWriters(t *testing.T) {
 func TestStoppedMigrationLeavesTheSchemaClean(t *testing.T) {
 	latest := migrate.Latest()
 	ctx := context.Background()
-	dsn := testutil.MigratedDatabase(t)
-	m, err := migrate.Open(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	if err := m.Down(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
+	m, dsn := oneBelowLatest(t)
 	m.LockTimeout = 0
 
 	const hold = 8 * time.Second
@@ -659,15 +651,7 @@ func TestForceRefusesWhileAMigrationRuns(t *testing.T) {
 func TestVersionWritesDoNotStallReadiness(t *testing.T) {
 	ctx := context.Background()
 	latest := migrate.Latest()
-	dsn := testutil.MigratedDatabase(t)
-	m, err := migrate.Open(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	if err := m.Down(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
+	m, dsn := oneBelowLatest(t)
 	holdTable(t, dsn, "schema_migrations", 3*time.Second)
 	done := make(chan error, 1)
 	go func() { done <- m.Up(ctx) }()
@@ -707,15 +691,7 @@ func TestVersionWritesDoNotStallReadiness(t *testing.T) {
 func TestVersionWriteAfterACompletedFileIsRetried(t *testing.T) {
 	ctx := context.Background()
 	latest := migrate.Latest()
-	dsn := testutil.MigratedDatabase(t)
-	m, err := migrate.Open(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	if err := m.Down(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
+	m, dsn := oneBelowLatest(t)
 	m.LockTimeout = 0
 	pool := testutil.Pool(t, dsn)
 	holdFile, err := pool.Begin(ctx)
@@ -811,4 +787,20 @@ func awaitLockWait(t *testing.T, pool *pgxpool.Pool, table string) {
 			t.Fatalf("the migration never waited for %s's lock", table)
 		}
 	}
+}
+
+// oneBelowLatest migrates a new database to the latest version and back down one, closing the
+// migrator when the test ends.
+func oneBelowLatest(t *testing.T) (*migrate.Migrator, string) {
+	t.Helper()
+	dsn := testutil.MigratedDatabase(t)
+	m, err := migrate.Open(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	if err := m.Down(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	return m, dsn
 }
