@@ -58,8 +58,9 @@ type rawQuery string
 
 // last returns the last value of a repeated parameter, as Starlette does. Like
 // url.ParseQuery it skips empty pairs, pairs with a semicolon and pairs whose key or value is
-// badly escaped; unescaping a value without escapes does not copy it. bad reports a pair
-// naming the parameter that was skipped because its value has a raw ';' or a bad escape.
+// badly escaped; unescaping a value without escapes does not copy it. bad reports that the
+// last pair naming the parameter was skipped because its value has a raw ';' or a bad
+// escape: Starlette kept such a value as text, so only as the last one did it matter.
 func (q rawQuery) last(name string) (v string, found, bad bool) {
 	for rest := string(q); rest != ""; {
 		var pair string
@@ -85,7 +86,7 @@ func (q rawQuery) last(name string) (v string, found, bad bool) {
 			bad = true
 			continue
 		}
-		v, found = val, true
+		v, found, bad = val, true, false
 	}
 	return v, found, bad
 }

@@ -195,6 +195,52 @@ func TestValidationIs422NamingTheField(t *testing.T) {
 	}
 }
 
+// The original (Starlette) kept a badly escaped value as text and the last value of a
+// repeated parameter won, so an undecodable pair followed by a good one served the good one;
+// ours refused the whole request because the undecodable pair made its parameter "bad" for
+// good. Only the last pair naming a parameter decides, and other parameters are untouched.
+func TestUndecodablePairOverriddenByALaterOne(t *testing.T) {
+	h := newHarness(t, nil)
+	const base = "user_id=u&session_id=s&x_autolog_impressions=false"
+	for _, c := range []struct {
+		path  string
+		code  int
+		items int    // the list length when code is 200
+		field string // the 422's field otherwise
+	}{
+		{"/reco?" + base + "&k=%zz&k=5", 200, 5, ""},
+		{"/reco?" + base + "&k=1;2&k=4", 200, 4, ""},
+		{"/reco?" + base + "&k=%&k=%zz&k=3", 200, 3, ""},
+		{"/reco?user_id=%zz&user_id=u&session_id=s&x_autolog_impressions=false&k=2", 200, 2, ""},
+		{"/reco?user_id=u&session_id=a;b&session_id=s&x_autolog_impressions=false&k=2", 200, 2, ""},
+		{"/reco?user_id=u&session_id=s&x_autolog_impressions=%zz&x_autolog_impressions=false&k=2", 200, 2, ""},
+		{"/reco?x=%zz&" + base + "&k=3", 200, 3, ""},
+		{"/reco?%zz=1&" + base + "&k=3&y=a;b", 200, 3, ""},
+		{"/recommend?user_id=u&k=%zz&k=4", 200, 4, ""},
+		{"/recommend?user_id=%2&user_id=u&k=2", 200, 2, ""},
+		// The last pair decides the other way too: a bad last value is a 422 naming it.
+		{"/reco?" + base + "&k=5&k=%zz", 422, 0, "k"},
+		{"/recommend?user_id=u&k=4&k=%zz", 422, 0, "k"},
+		{"/reco?user_id=u&user_id=%zz&session_id=s", 422, 0, "user_id"},
+	} {
+		r := h.get(c.path)
+		if r.code != c.code {
+			t.Errorf("%s: code %d, want %d (%v)", c.path, r.code, c.code, r.body)
+			continue
+		}
+		if c.code == 200 {
+			if n := len(r.items()); n != c.items {
+				t.Errorf("%s: %d items, want %d", c.path, n, c.items)
+			}
+			continue
+		}
+		detail, _ := r.body["detail"].([]any)
+		if len(detail) != 1 || fmt.Sprint(detail[0].(map[string]any)["loc"]) != "[query "+c.field+"]" {
+			t.Errorf("%s: detail %v, want one entry naming %s", c.path, detail, c.field)
+		}
+	}
+}
+
 func TestRecommendLegacyShape(t *testing.T) {
 	h := newHarness(t, nil)
 	h.redis.apply(watchEv("u3", "a", time.Now().UnixMilli(), "u3-a"))
