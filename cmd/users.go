@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -78,7 +79,7 @@ events taken out of dead rows.`,
 			return err
 		},
 	}
-	cmd.Flags().StringVar(&fromFile, "from-file", "", "file of user ids to erase, one per line (besides those given as arguments)")
+	cmd.Flags().StringVar(&fromFile, "from-file", "", "file of user ids to erase, one per line taken as it stands (spaces are part of the id; empty lines are skipped) besides those given as arguments")
 	cmd.Flags().DurationVar(&settle, "settle", 20*time.Second, "erasure time from now: how long the consumers get to read the erasure before the rows go (at least 10s)")
 	sf.register(cmd.Flags())
 	return cmd
@@ -93,9 +94,16 @@ func forgetList(args []string, file string) ([]string, error) {
 			return nil, fmt.Errorf("--from-file: %w", err)
 		}
 		defer f.Close()
+		// A line is an id as it stands: /log/* accepts spaces in ids, so trimming made such a
+		// user impossible to erase from a file. The scanner drops the line end (\n or \r\n);
+		// a byte order mark (files saved as "UTF-8 with BOM") is not part of the first id.
 		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			if u := strings.TrimSpace(sc.Text()); u != "" {
+		for first := true; sc.Scan(); first = false {
+			u := sc.Text()
+			if first {
+				u = strings.TrimPrefix(u, "\uFEFF")
+			}
+			if u != "" {
 				users = append(users, u)
 			}
 		}
@@ -106,7 +114,11 @@ func forgetList(args []string, file string) ([]string, error) {
 	seen := make(map[string]bool, len(users))
 	out := users[:0]
 	for _, u := range users {
-		if len(u) > 128 {
+		// The API counts characters, not bytes (pkg/events).
+		switch {
+		case u == "":
+			return nil, fmt.Errorf("empty user id: no event of it was ever accepted")
+		case utf8.RuneCountInString(u) > 128:
 			return nil, fmt.Errorf("user id %.20q... is longer than 128 characters: no event of it was ever accepted", u)
 		}
 		if !seen[u] {
