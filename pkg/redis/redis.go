@@ -3,10 +3,13 @@ package redis
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"math/bits"
 	"net/url"
+	"os"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -41,6 +44,14 @@ type Config struct {
 	// process' clients apart; "" leaves them unnamed. Not a flag: the code that opens a client
 	// for one purpose names it.
 	ClientName string
+	// TLSCAFile, TLSCertFile and TLSKeyFile complete a rediss:// URL: the CA that signs the
+	// server's certificate when it is not one of the system's roots (managed Redis such as
+	// ElastiCache or Memorystore with a private CA, a self-run Redis), and a client
+	// certificate for servers that ask for one (tls-auth-clients). The URL alone could only
+	// trust the system's roots or, with skip_verify, anybody.
+	TLSCAFile   string
+	TLSCertFile string
+	TLSKeyFile  string
 }
 
 // RateLimitKeys is where, under --redis.key-prefix, pkg/httpx keeps the API keys' shared
@@ -61,6 +72,9 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.DisableCache, "redis.disable-client-cache", c.DisableCache, "turn off RESP3 client-side caching (needed for servers without CLIENT TRACKING)")
 	fs.IntVar(&c.CacheSizeMB, "redis.client-cache-mb", c.CacheSizeMB, "client-side cache size per connection, MiB")
 	fs.DurationVar(&c.UserTTL, "redis.user-ttl", c.UserTTL, "users without events for this long leave the Redis copy and are read back from PostgreSQL when next served (0: keep every user); set it where features are written (consumer, features rebuild): /reco follows what the copy records")
+	fs.StringVar(&c.TLSCAFile, "redis.tls-ca-file", c.TLSCAFile, "PEM file of the CA certificates that sign the Redis server's certificate (empty: the system's roots); needs a rediss:// --redis.url")
+	fs.StringVar(&c.TLSCertFile, "redis.tls-cert-file", c.TLSCertFile, "PEM file of the client certificate, for servers that authenticate clients by certificate (with --redis.tls-key-file); needs a rediss:// --redis.url")
+	fs.StringVar(&c.TLSKeyFile, "redis.tls-key-file", c.TLSKeyFile, "PEM file of the client certificate's private key (with --redis.tls-cert-file)")
 	fs.IntVar(&c.Connections, "redis.connections", c.Connections, "pipelined connections of the Redis client, a power of two up to 256 (0: one per core, at most 4); concurrent commands share them, so fewer connections send more commands per write")
 	flagenv.Alias(fs, "redis.url", "ONLINE_CACHE_REDIS_URL")
 	flagenv.Secret(fs, "redis.url")
@@ -70,13 +84,22 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 // Validate reports every invalid setting.
 func (c Config) Validate() error {
 	var errs []error
-	if u, err := url.Parse(c.URL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
+	u, err := url.Parse(c.URL)
+	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
 		errs = append(errs, fmt.Errorf("--redis.url (RECSYS_REDIS_URL or ONLINE_CACHE_REDIS_URL) must be a redis:// URL, got %q", flagenv.Redact(c.URL)))
 	} else if _, err := rueidis.ParseURL(c.URL); err != nil {
 		// What Open would refuse (a database number that is not one, an unknown option) is
 		// refused here, naming the setting, rather than when the client opens. The parser's
 		// messages name the part at fault, never the password.
 		errs = append(errs, fmt.Errorf("--redis.url (RECSYS_REDIS_URL or ONLINE_CACHE_REDIS_URL) %q: %w", flagenv.Redact(c.URL), err))
+	} else if u.Scheme != "rediss" && (c.TLSCAFile != "" || c.TLSCertFile != "" || c.TLSKeyFile != "") {
+		// Files given for a plain connection would be ignored: the operator meant TLS.
+		errs = append(errs, fmt.Errorf("--redis.tls-ca-file, --redis.tls-cert-file and --redis.tls-key-file need a rediss:// --redis.url, got %q", flagenv.Redact(c.URL)))
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		errs = append(errs, errors.New("--redis.tls-cert-file and --redis.tls-key-file go together: give both or neither"))
+	} else if err := c.loadTLS(&tls.Config{}); err != nil {
+		errs = append(errs, err)
 	}
 	if c.Timeout <= 0 {
 		errs = append(errs, fmt.Errorf("--redis.timeout must be > 0, got %s", c.Timeout))
@@ -107,6 +130,12 @@ func Open(c Config) (rueidis.Client, error) {
 	opt.DisableRetry = true // callers decide; a retry loop here would hide an outage behind latency
 	opt.ForceSingleClient = true
 	opt.ClientName = c.ClientName
+	if opt.TLSConfig != nil {
+		// Added to what the URL set (the server name, skip_verify).
+		if err := c.loadTLS(opt.TLSConfig); err != nil {
+			return nil, err
+		}
+	}
 	switch c.Connections {
 	case 0: // rueidis' choice
 	case 1:
@@ -121,6 +150,28 @@ func Open(c Config) (rueidis.Client, error) {
 		return nil, fmt.Errorf("open redis client: %w", err)
 	}
 	return cl, nil
+}
+
+// loadTLS reads the TLS files into t.
+func (c Config) loadTLS(t *tls.Config) error {
+	if c.TLSCAFile != "" {
+		pem, err := os.ReadFile(c.TLSCAFile)
+		if err != nil {
+			return fmt.Errorf("--redis.tls-ca-file: %w", err)
+		}
+		t.RootCAs = x509.NewCertPool()
+		if !t.RootCAs.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("--redis.tls-ca-file %s: no PEM certificate in it", c.TLSCAFile)
+		}
+	}
+	if c.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.TLSCertFile, c.TLSKeyFile)
+		if err != nil {
+			return fmt.Errorf("--redis.tls-cert-file/--redis.tls-key-file: %w", err)
+		}
+		t.Certificates = []tls.Certificate{cert}
+	}
+	return nil
 }
 
 // Ping checks the server with a bounded wait.
