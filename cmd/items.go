@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -73,16 +74,11 @@ func newItemsBlockCmd(block bool) *cobra.Command {
 		Use:   use,
 		Short: short,
 		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, ids []string) error {
-			for _, id := range ids {
-				if id == "" || len(id) > 128 {
-					return fmt.Errorf("item id %.20q: want 1-128 characters, as the API accepts", id)
-				}
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ids, err := itemIDs(args)
+			if err != nil {
+				return err
 			}
-			// Each once: one statement cannot upsert a row twice (a list through xargs may
-			// repeat an id).
-			slices.Sort(ids)
-			ids = slices.Compact(ids)
 			pool, err := pgCommand(cmd.Context(), dsn)
 			if err != nil {
 				return err
@@ -108,6 +104,20 @@ ON CONFLICT (item_id) DO UPDATE SET reason = EXCLUDED.reason`, ids, reason)
 		cmd.Flags().StringVar(&reason, "reason", "", "why (kept with the block, shown by `recsys items blocked`)")
 	}
 	return cmd
+}
+
+// itemIDs checks the ids as the API does (1-128 characters, counted as characters: an id of
+// multi-byte letters the API accepted must be blockable) and returns each once: one statement
+// cannot upsert a row twice (a list through xargs may repeat an id).
+func itemIDs(ids []string) ([]string, error) {
+	for _, id := range ids {
+		if id == "" || utf8.RuneCountInString(id) > 128 {
+			return nil, fmt.Errorf("item id %.20q: want 1-128 characters, as the API accepts", id)
+		}
+	}
+	ids = slices.Clone(ids)
+	slices.Sort(ids)
+	return slices.Compact(ids), nil
 }
 
 func newItemsBlockedCmd() *cobra.Command {
