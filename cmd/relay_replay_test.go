@@ -114,7 +114,9 @@ VALUES ('d1', 'watch', 't', 'u1', '{}', 3, 'dead', 3, 'boom', 1, 1),
 		t.Fatalf("replay --after-id %d left d2 %s, d3 %s; want both (past the cursor) requeued", res.LastID, statusOf("d2"), statusOf("d3"))
 	}
 
-	for _, bad := range [][]string{{"--status", "pending"}, {"--limit", "0"}, {"--since", "soon"}, {"--after-id", "-1"}} {
+	for _, bad := range [][]string{{"--status", "pending"}, {"--limit", "0"}, {"--since", "soon"}, {"--after-id", "-1"},
+		// Types no row has: the run matched nothing and looked done.
+		{"--event-type", "watches"}, {"--event-type", "view"}, {"--event-type", "Impression"}} {
 		if _, _, err := runRelayReplay(t, bad...); err == nil || !strings.Contains(err.Error(), bad[0]) {
 			t.Errorf("replay %v: err %v, want an error naming %s", bad, err, bad[0])
 		}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"recsys/pkg/events"
 )
 
 // ReplayFilter selects rows to requeue.
@@ -69,6 +71,14 @@ func (f ReplayFilter) Validate() error {
 	}
 	if f.AfterID < 0 {
 		errs = append(errs, fmt.Sprintf("--after-id must be >= 0, got %d", f.AfterID))
+	}
+	// A type no row has (a plural, a legacy event's own view/click/purchase) matched nothing:
+	// the run reported 0 requeued, which the runbook reads as done, and the dead rows stayed.
+	switch events.Kind(f.EventType) {
+	case "", events.KindImpression, events.KindWatch, events.KindLegacy:
+	default:
+		errs = append(errs, fmt.Sprintf("--event-type must be %q, %q or %q (legacy events ride in watch batch rows), got %q",
+			events.KindImpression, events.KindWatch, events.KindLegacy, f.EventType))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%s", strings.Join(errs, "; "))
