@@ -9,7 +9,10 @@
 // (acks=all, one message per event, key = the event's user id, headers event_id, event_type,
 // schema_version, outbox_id, outbox_seq for batch rows, correlation_id; one produce request
 // per broker for the whole batch), then record the outcome for the rows whose lease the claim still holds. The
-// lease is renewed every third of --relay.lease while the batch is in flight. An idle worker
+// lease is renewed every third of --relay.lease from the claim until the outcome is recorded
+// (a renewal skips the rows the recording already holds locked, which no reap can take), so a
+// recording slowed down past the lease by a degraded database does not let another relay
+// publish the batch again, nor a reap send a row acked on its last attempt to dead. An idle worker
 // sleeps until a NOTIFY on recsys_outbox (a dedicated LISTEN connection, reconnected with
 // backoff) or --relay.poll-interval; a worker that finds a full batch wakes another one, and a
 // recorded batch wakes one when a claim left rows behind its units, so parallelism follows the
@@ -81,7 +84,8 @@
 // recsys_relay_complete_duration_seconds, recsys_relay_fenced_total (outcomes dropped because
 // the lease was lost; a retry that finds its rows already recorded by an attempt whose answer
 // was lost counts only once the lease could have expired, when the two cannot be told apart),
-// recsys_relay_lease_lost_total (rows seen lost while renewing, each once),
+// recsys_relay_lease_lost_total (rows seen lost while renewing during the publish, each once;
+// a row lost while its outcome is being recorded counts as fenced),
 // recsys_relay_dead_total (rows this relay recorded as dead, plus events dead-lettered out of
 // a batch row; a fenced outcome counts nothing),
 // recsys_relay_held_back_total (rows put back behind an earlier

@@ -536,11 +536,10 @@ func (r *Relay) process(ctx context.Context, c *outbox.Claim) (record func()) {
 	bctx := context.WithoutCancel(ctx)
 	items, results := r.decode(ctx, c.Rows)
 	r.m.batchSize.Update(float64(c.Events()))
-	stopRenew := r.renewWhileInFlight(bctx, c)
+	lease := r.keepLease(bctx, c)
 	for id, res := range r.publish(bctx, c, items) {
 		results[id] = res
 	}
-	leaseFrom := stopRenew()
 	ackAt := time.Since(c.ClaimedAt)
 
 	outcomes := outbox.Settle(c.Rows, results, r.backoff)
@@ -606,7 +605,11 @@ func (r *Relay) process(ctx context.Context, c *outbox.Claim) (record func()) {
 	} else {
 		r.down.Store(nil)
 	}
-	return func() { r.complete(bctx, c, leaseFrom, outcomes, anyFailed) }
+	return func() {
+		lease.recording.Store(true)
+		r.complete(bctx, c, lease.from, outcomes, anyFailed)
+		lease.stop()
+	}
 }
 
 // publishMitigation is the advice of a failed publish with retrying rows that will be tried
@@ -719,9 +722,9 @@ func (r *Relay) markDown(ctx context.Context, err error) {
 
 // complete records the outcomes, retrying a few times on a database error. Rows whose outcome
 // cannot be recorded stay leased and are retried after the lease expires (acked ones are then
-// published twice: at-least-once). leaseFrom is when the claim's lease was last extended for
-// all its rows (see renewWhileInFlight).
-func (r *Relay) complete(ctx context.Context, c *outbox.Claim, leaseFrom time.Time, outcomes []outbox.Outcome, anyFailed bool) {
+// published twice: at-least-once). leaseFrom tells when the claim's lease was last extended
+// for all its rows (see leaseKeeper); the lease is renewed while complete runs.
+func (r *Relay) complete(ctx context.Context, c *outbox.Claim, leaseFrom func() time.Time, outcomes []outbox.Outcome, anyFailed bool) {
 	for attempt := 1; ; attempt++ {
 		start := time.Now()
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -729,7 +732,7 @@ func (r *Relay) complete(ctx context.Context, c *outbox.Claim, leaseFrom time.Ti
 		cancel()
 		if err == nil {
 			r.m.completeDur.UpdateDuration(start)
-			if recordedEarlier(attempt, done, len(outcomes), time.Since(leaseFrom), c.Lease) {
+			if recordedEarlier(attempt, done, len(outcomes), time.Since(leaseFrom()), c.Lease) {
 				done = intended(outcomes)
 			}
 			// Counted from what was recorded: a fenced row did not go dead here.
@@ -781,20 +784,40 @@ func intended(outcomes []outbox.Outcome) outbox.Completed {
 	return d
 }
 
-// renewWhileInFlight extends the lease every third of its length until stop is called. stop
-// returns when the lease of all the claim's rows was last extended: the time the claim (or
-// the last renewal that found every row) was sent, so the lease runs at least Lease from it.
-func (r *Relay) renewWhileInFlight(ctx context.Context, c *outbox.Claim) (stop func() (leaseFrom time.Time)) {
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	leaseFrom := c.ClaimedAt
-	wg.Go(func() {
+// leaseKeeper renews a claim's lease every third of its length from the claim until its
+// outcome is recorded (or recording gives up), so no relay takes over a batch while its holder
+// still works on it: publishing it, or recording its outcome on a database slow enough that
+// the recording outlasts the lease. Stopped only then, it is bounded by complete's retries.
+type leaseKeeper struct {
+	done chan struct{}
+	wg   sync.WaitGroup
+	// recording is set when the outcome starts being recorded: from then on a renewal that
+	// finds rows without the claim's token cannot tell rows reaped from rows just recorded,
+	// so losses are left to Complete, which counts them as fenced.
+	recording atomic.Bool
+	// leaseFrom is when the lease of all the claim's rows was last extended: the
+	// time the claim (or the last renewal that extended every row) was sent, so the lease runs
+	// at least Lease from it.
+	leaseFrom atomic.Pointer[time.Time]
+}
+
+// from returns when the lease of all the claim's rows was last extended.
+func (k *leaseKeeper) from() time.Time { return *k.leaseFrom.Load() }
+
+// stop ends the renewals and waits for the one in progress.
+func (k *leaseKeeper) stop() { close(k.done); k.wg.Wait() }
+
+// keepLease starts renewing the claim's lease.
+func (r *Relay) keepLease(ctx context.Context, c *outbox.Claim) *leaseKeeper {
+	k := &leaseKeeper{done: make(chan struct{})}
+	k.leaseFrom.Store(&c.ClaimedAt)
+	k.wg.Go(func() {
 		t := time.NewTicker(c.Lease / 3)
 		defer t.Stop()
 		lostBefore := 0
 		for {
 			select {
-			case <-done:
+			case <-k.done:
 				return
 			case <-t.C:
 				sent := time.Now()
@@ -806,11 +829,14 @@ func (r *Relay) renewWhileInFlight(ctx context.Context, c *outbox.Claim) (stop f
 					r.log.WarnContext(ctx, "renew outbox lease", "err", err, "rows", len(c.Rows))
 					continue
 				}
-				if n == len(c.Rows) {
-					leaseFrom = sent
+				if n.Renewed == len(c.Rows) {
+					k.leaseFrom.Store(&sent)
+				}
+				if k.recording.Load() {
+					continue
 				}
 				// Rows lost once stay lost: each tick counts only the newly lost ones.
-				if lost := len(c.Rows) - n; lost > lostBefore {
+				if lost := len(c.Rows) - n.Held; lost > lostBefore {
 					r.m.leaseLost.Add(lost - lostBefore)
 					r.log.WarnContext(ctx, "outbox lease lost while publishing", "rows", lost-lostBefore,
 						"mitigation", "their outcome will be fenced off; the new owner publishes them")
@@ -819,7 +845,7 @@ func (r *Relay) renewWhileInFlight(ctx context.Context, c *outbox.Claim) (stop f
 			}
 		}
 	})
-	return func() time.Time { close(done); wg.Wait(); return leaseFrom }
+	return k
 }
 
 // publish sends the batch's messages in one WriteMessages call (one produce request per

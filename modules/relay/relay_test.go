@@ -928,3 +928,60 @@ func TestReplayCursorReachesRowsBehindPoisonRows(t *testing.T) {
 	})
 	waitFor(t, 10*time.Second, "the replayed poison rows to die again", dead(poison...))
 }
+
+// A batch whose outcome takes longer to record than the lease (a degraded database: here a
+// trigger that sleeps on every row the recording deletes) keeps its lease by renewal until it
+// is recorded: no relay reaps it, so a second relay does not publish it again, and a row
+// acked on its last attempt is not sent to dead by the reap.
+func TestRelayKeepsLeaseWhileRecording(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name        string
+		maxAttempts int
+	}{
+		{"rows with attempts left are not published twice", 5},
+		{"rows acked on their last attempt do not go dead", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, testutil.KafkaBrokers(t), 1)
+			ctx := context.Background()
+			const rows = 8
+			// 8 × 400 ms: over three leases, within one recording attempt's 5 s.
+			if _, err := e.pool.Exec(ctx, `
+CREATE FUNCTION slow_record() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(0.4); RETURN OLD; END $$;
+CREATE TRIGGER slow_record BEFORE DELETE ON event_outbox FOR EACH ROW EXECUTE FUNCTION slow_record()`); err != nil {
+				t.Fatal(err)
+			}
+			cfg := testConfig()
+			cfg.Retention = 0 // delete on ack: the trigger slows the recording
+			cfg.Workers = 1
+			cfg.Lease = time.Second
+			first := e.start(cfg, "first", relay.Options{})
+			waitReady(t, first.r)
+			e.insert(rows, rows, tc.maxAttempts)
+			waitFor(t, 10*time.Second, "the batch recording", func() bool { return e.counts()["publishing"] == rows })
+			// A second relay, whose reaper and claims would take over any expired lease.
+			second := e.start(cfg, "second", relay.Options{})
+			waitFor(t, 30*time.Second, "every row recorded", func() bool {
+				c := e.counts()
+				return c["publishing"]+c["pending"] == 0
+			})
+			if c := e.counts(); len(c) != 0 {
+				t.Errorf("rows left %v, want none (all acked and deleted)", c)
+			}
+			for _, r := range []*running{first, second} {
+				for _, s := range []string{`recsys_relay_reaped_total{outcome="requeued"}`, `recsys_relay_reaped_total{outcome="dead"}`,
+					"recsys_relay_fenced_total", "recsys_relay_lease_lost_total"} {
+					if v := metric(r.deps.Metrics, s); v != 0 {
+						t.Errorf("%s = %v, want 0: the lease was not kept while recording", s, v)
+					}
+				}
+			}
+			if d, dups := readTopic(t, e.brokers, e.kcfg.TopicWatches).distinct(); d != rows || dups != 0 {
+				t.Errorf("consumer saw %d distinct events and %d duplicates, want %d and 0", d, dups, rows)
+			}
+		})
+	}
+}

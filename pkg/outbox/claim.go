@@ -20,7 +20,7 @@ type ClaimRequest struct {
 	// MaxEvents bounds the events (sum of event_count) in the claim; 0 means no bound beyond
 	// Limit. The first row is always claimable, so a row larger than MaxEvents still goes out.
 	MaxEvents int
-	Lease     time.Duration // lease length; renew it while the batch is in flight
+	Lease     time.Duration // lease length; renew it until the batch's outcome is recorded
 	// After is the scan cursor: only pending rows with a larger id are considered. 0 scans from
 	// the front of the queue. See Claim.NextAfter.
 	After int64
@@ -427,17 +427,47 @@ func take(ctx context.Context, conn *pgx.Conn, runs []*unitRun, stats *windowSta
 }
 
 // renewSQL, like the statements that record a batch, finds its rows by id and fencing token
-// alone (see leaseHeld).
+// alone (see leaseHeld). It skips the rows another transaction holds locked instead of waiting
+// for it: that is the claim's own recording most of the time (a statement slowed down on a
+// degraded database holds the rows it already wrote until it commits), and a renewal stuck
+// behind it would leave the rows it has not reached yet to expire and be reaped. A locked row
+// cannot be reaped either (the reap skips locked rows too). The second count, read in the
+// statement's snapshot, tells such rows from lost ones.
 const renewSQL = `
-UPDATE event_outbox SET lease_expires_at = now() + $3 * interval '1 millisecond'
-WHERE id = ANY($1) AND lease_token = $2`
+WITH renewed AS (
+    UPDATE event_outbox SET lease_expires_at = now() + $3 * interval '1 millisecond'
+    WHERE id = ANY(ARRAY(
+        SELECT id FROM event_outbox WHERE id = ANY($1) AND lease_token = $2
+        FOR UPDATE SKIP LOCKED
+    )) AND lease_token = $2
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM renewed), count(*) FROM event_outbox WHERE id = ANY($1) AND lease_token = $2`
 
-// Renew extends the lease of the claim's rows that still carry its token and returns how
-// many did; fewer than len(c.Rows) means part of the lease was lost (reaped after expiry).
-func (s *Store) Renew(ctx context.Context, c *Claim) (int, error) {
-	tag, err := s.execByKey(ctx, renewSQL, c.IDs(), c.Token, c.Lease.Milliseconds())
+// Renewal is what Renew found.
+type Renewal struct {
+	// Renewed counts the rows whose lease was extended.
+	Renewed int
+	// Held counts the rows that still carried the claim's token, Renewed included; the others
+	// were locked by another transaction and kept the expiry they had. len(c.Rows) - Held
+	// rows were lost (reaped after their lease expired).
+	Held int
+}
+
+// Renew extends the lease of the claim's rows that still carry its token and are not locked
+// by another transaction.
+func (s *Store) Renew(ctx context.Context, c *Claim) (Renewal, error) {
+	br, err := s.sendByKey(ctx, func(b *pgx.Batch) { b.Queue(renewSQL, c.IDs(), c.Token, c.Lease.Milliseconds()) })
 	if err != nil {
-		return 0, fmt.Errorf("renew outbox lease: %w", err)
+		return Renewal{}, fmt.Errorf("renew outbox lease: %w", err)
 	}
-	return int(tag.RowsAffected()), nil
+	var r Renewal
+	err = br.QueryRow().Scan(&r.Renewed, &r.Held)
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return Renewal{}, fmt.Errorf("renew outbox lease: %w", err)
+	}
+	return r, nil
 }

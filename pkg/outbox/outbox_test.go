@@ -394,8 +394,8 @@ func TestFencingAfterLeaseExpiry(t *testing.T) {
 	ctx := context.Background()
 	id := insert(t, pool, row{key: "u1"}, row{key: "u2"})
 	old := claim(t, s, "old", 10)
-	if n, err := s.Renew(ctx, old); err != nil || n != 2 {
-		t.Fatalf("renew = %d, %v; want 2", n, err)
+	if n, err := s.Renew(ctx, old); err != nil || n != (outbox.Renewal{Renewed: 2, Held: 2}) {
+		t.Fatalf("renew = %+v, %v; want 2 renewed", n, err)
 	}
 	if _, err := pool.Exec(ctx, `UPDATE event_outbox SET lease_expires_at = now() - interval '1 second'`); err != nil {
 		t.Fatal(err)
@@ -409,8 +409,8 @@ func TestFencingAfterLeaseExpiry(t *testing.T) {
 	if !equal(ids(cur), id) || cur.Token == old.Token {
 		t.Fatalf("new claim = %v token %d, want %v with a new token", ids(cur), cur.Token, id)
 	}
-	if n, err := s.Renew(ctx, old); err != nil || n != 0 {
-		t.Fatalf("renew by the old owner = %d, %v; want 0", n, err)
+	if n, err := s.Renew(ctx, old); err != nil || n != (outbox.Renewal{}) {
+		t.Fatalf("renew by the old owner = %+v, %v; want none renewed or held", n, err)
 	}
 	// The old owner "fails" the rows: fenced, nothing changes.
 	done, err := s.Complete(ctx, old, outbox.Settle(old.Rows, map[int64]outbox.Result{id[0]: {Err: errors.New("late")}}, backoff))
@@ -424,6 +424,47 @@ func TestFencingAfterLeaseExpiry(t *testing.T) {
 		t.Fatalf("row after fenced complete = %+v, want still publishing by the new owner, 2 attempts", got)
 	}
 	publishAll(t, s, cur)
+}
+
+// A renewal does not wait for a row another transaction holds locked (the claim's own
+// recording, slowed down): it extends the others, whose lease would otherwise run out behind
+// it, and counts the locked row as still held, not lost. Once the lock is gone it is renewed.
+func TestRenewSkipsLockedRows(t *testing.T) {
+	t.Parallel()
+	s, pool := newStore(t)
+	ctx := context.Background()
+	id := insert(t, pool, row{key: "u1"}, row{key: "u2"}, row{key: "u3"})
+	c := claim(t, s, "owner", 10)
+	if _, err := pool.Exec(ctx, `UPDATE event_outbox SET lease_expires_at = now()`); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM event_outbox WHERE id = $1 FOR UPDATE`, id[0]); err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	n, err := s.Renew(rctx, c)
+	if err != nil || n != (outbox.Renewal{Renewed: 2, Held: 3}) {
+		t.Fatalf("renew with a row locked = %+v, %v; want 2 renewed, 3 held", n, err)
+	}
+	var extended int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM event_outbox WHERE lease_expires_at > now() + interval '10 seconds'`).Scan(&extended); err != nil {
+		t.Fatal(err)
+	}
+	if extended != 2 {
+		t.Fatalf("%d leases extended, want the 2 unlocked rows'", extended)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Renew(ctx, c); err != nil || n != (outbox.Renewal{Renewed: 3, Held: 3}) {
+		t.Fatalf("renew after the lock = %+v, %v; want 3 renewed", n, err)
+	}
 }
 
 // Each claim counts an attempt, so a row whose relay dies every time ends dead.
