@@ -12,7 +12,9 @@
 // lease is renewed every third of --relay.lease from the claim until the outcome is recorded
 // (a renewal skips the rows the recording already holds locked, which no reap can take), so a
 // recording slowed down past the lease by a degraded database does not let another relay
-// publish the batch again, nor a reap send a row acked on its last attempt to dead. An idle worker
+// publish the batch again, nor a reap send a row acked on its last attempt to dead; a recording
+// that fails is retried for as long as one lease, so a database that refuses writes for less
+// than that (a failover) costs no republished batch. An idle worker
 // sleeps until a NOTIFY on recsys_outbox (a dedicated LISTEN connection, reconnected with
 // backoff) or --relay.poll-interval; a worker that finds a full batch wakes another one, and a
 // recorded batch wakes one when a claim left rows behind its units, so parallelism follows the

@@ -720,11 +720,15 @@ func (r *Relay) markDown(ctx context.Context, err error) {
 	}
 }
 
-// complete records the outcomes, retrying a few times on a database error. Rows whose outcome
-// cannot be recorded stay leased and are retried after the lease expires (acked ones are then
-// published twice: at-least-once). leaseFrom tells when the claim's lease was last extended
-// for all its rows (see leaseKeeper); the lease is renewed while complete runs.
+// complete records the outcomes, retrying on a database error for as long as one lease (at
+// least three attempts): the lease is renewed meanwhile, so a database that refuses writes for
+// a few seconds (a failover, a restart) costs no republished batch, where giving up after
+// three quick failures left every batch in flight to be reaped and published again. Rows
+// whose outcome still cannot be recorded stay leased and are retried after the lease expires
+// (acked ones are then published twice: at-least-once). leaseFrom tells when the claim's
+// lease was last extended for all its rows (see leaseKeeper).
 func (r *Relay) complete(ctx context.Context, c *outbox.Claim, leaseFrom func() time.Time, outcomes []outbox.Outcome, anyFailed bool) {
+	first := time.Now()
 	for attempt := 1; ; attempt++ {
 		start := time.Now()
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -749,12 +753,16 @@ func (r *Relay) complete(ctx context.Context, c *outbox.Claim, leaseFrom func() 
 			stage = "mark_failed"
 		}
 		r.m.errors(stage).Inc()
-		if attempt == 3 {
-			r.log.ErrorContext(ctx, "record outbox batch outcome", "err", err, "rows", len(outcomes),
+		if attempt >= 3 && time.Since(first) >= c.Lease {
+			r.log.ErrorContext(ctx, "record outbox batch outcome", "err", err, "rows", len(outcomes), "attempts", attempt,
 				"mitigation", "rows are retried after their lease expires")
 			return
 		}
-		time.Sleep(time.Duration(attempt) * 200 * time.Millisecond)
+		if attempt == 3 {
+			r.log.WarnContext(ctx, "record outbox batch outcome, retrying while the lease lasts", "err", err, "rows", len(outcomes),
+				"retry_for_s", (c.Lease - time.Since(first)).Seconds())
+		}
+		time.Sleep(min(time.Duration(attempt)*200*time.Millisecond, 2*time.Second))
 	}
 }
 

@@ -985,3 +985,55 @@ CREATE TRIGGER slow_record BEFORE DELETE ON event_outbox FOR EACH ROW EXECUTE FU
 		})
 	}
 }
+
+// A database that refuses to record for a moment (a failover, a restart) does not make the
+// relay give up recording a batch Kafka acked while it still holds the lease: it keeps trying,
+// so the batch is recorded once the database is back, instead of being reaped and published
+// again by a second relay after the lease.
+func TestRelayRetriesRecordingThroughDatabaseBlip(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testutil.KafkaBrokers(t), 1)
+	ctx := context.Background()
+	const rows = 4
+	// Recording fails while refuse_record has a row: in a test's database only the relay
+	// deletes outbox rows.
+	if _, err := e.pool.Exec(ctx, `
+CREATE TABLE refuse_record (x int);
+INSERT INTO refuse_record VALUES (1);
+CREATE FUNCTION refuse_record() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM refuse_record) THEN RAISE EXCEPTION 'database unavailable (test)'; END IF;
+    RETURN OLD;
+END $$;
+CREATE TRIGGER refuse_record BEFORE DELETE ON event_outbox FOR EACH ROW EXECUTE FUNCTION refuse_record()`); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	cfg.Retention = 0 // delete on ack: the trigger refuses the recording
+	cfg.Workers = 1
+	cfg.Lease = 4 * time.Second
+	first := e.start(cfg, "first", relay.Options{})
+	waitReady(t, first.r)
+	second := e.start(cfg, "second", relay.Options{})
+	waitReady(t, second.r)
+	e.insert(rows, rows, 5)
+	waitFor(t, 10*time.Second, "a failed recording", func() bool {
+		return metric(first.deps.Metrics, `reco_outbox_relay_errors_total{stage="process"}`)+
+			metric(second.deps.Metrics, `reco_outbox_relay_errors_total{stage="process"}`) > 0
+	})
+	time.Sleep(1500 * time.Millisecond) // the blip: well within the lease
+	if _, err := e.pool.Exec(ctx, `DELETE FROM refuse_record`); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "every row recorded", func() bool { return len(e.counts()) == 0 })
+	for _, r := range []*running{first, second} {
+		for _, s := range []string{`recsys_relay_reaped_total{outcome="requeued"}`, "recsys_relay_fenced_total"} {
+			if v := metric(r.deps.Metrics, s); v != 0 {
+				t.Errorf("%s = %v, want 0: the recording gave up within the lease", s, v)
+			}
+		}
+	}
+	if d, dups := readTopic(t, e.brokers, e.kcfg.TopicWatches).distinct(); d != rows || dups != 0 {
+		t.Errorf("consumer saw %d distinct events and %d duplicates, want %d and 0", d, dups, rows)
+	}
+}
