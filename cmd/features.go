@@ -204,6 +204,11 @@ report; its last_id, passed as --after, goes on past entries that keep failing.`
 			defer closeFn()
 			rep, err := st.ReplayDLQ(cmd.Context(), o)
 			if err != nil {
+				// What was applied before the failure is applied (and marked replayed
+				// unless marking failed): the report says so, as users forget's does.
+				if rep.Examined > 0 {
+					_ = printJSON(cmd, rep)
+				}
 				return fmt.Errorf("replay dlq: %w", err)
 			}
 			return printJSON(cmd, rep)

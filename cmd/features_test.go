@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
+	"recsys/pkg/events"
 	"recsys/pkg/featurestore"
 	"recsys/pkg/testutil"
 )
@@ -65,5 +67,51 @@ func TestFeaturesRebuildRefusesBatchSize(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "--batch-size") {
 			t.Fatalf("--batch-size %s: %v", size, err)
 		}
+	}
+}
+
+// A replay that fails after applying entries prints its report before the error: the entries
+// it applied are applied, and an operator deciding whether to run it again needs to know
+// which (it printed nothing, as if nothing had happened).
+func TestReplayDLQReportsWhatItAppliedBeforeFailing(t *testing.T) {
+	dsn := testutil.MigratedDatabase(t)
+	pool := testutil.Pool(t, dsn)
+	ctx := context.Background()
+	pct := 50.0
+	w := &events.Watch{Common: events.Common{EventID: "event-replay-1", UserID: "u1", SessionID: "s", RequestID: "r",
+		TsMs: time.Now().Add(-time.Hour).UnixMilli()}, EventType: "watch", ItemID: "i1", WatchTimeSec: 30, PercentWatched: &pct}
+	payload, err := events.Encode(w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Marking the entry replayed fails (as on a database that went away after the apply).
+	for _, q := range []string{
+		`INSERT INTO feature_dlq (topic, kafka_partition, kafka_offset, headers, payload, error) VALUES ('t', 0, 1, '{"event_type":"watch"}', $1, 'earlier error')`,
+		`CREATE FUNCTION refuse_dlq_update() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'dlq update refused by the test'; END $$`,
+		`CREATE TRIGGER refuse_dlq_update BEFORE UPDATE ON feature_dlq FOR EACH ROW EXECUTE FUNCTION refuse_dlq_update()`,
+	} {
+		var args []any
+		if strings.HasPrefix(q, "INSERT") {
+			args = append(args, payload)
+		}
+		if _, err := pool.Exec(ctx, q, args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	root := NewRootCmd()
+	var out, errOut bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&errOut)
+	root.SetArgs([]string{"consume", "replay-dlq", "--pg.dsn", dsn, "--redis.url", testutil.StartPrivate(t, "redis").URL, "--redis.key-prefix", "rd:"})
+	err = root.ExecuteContext(ctx)
+	if err == nil || !strings.Contains(err.Error(), "mark dlq replayed") {
+		t.Fatalf("replay with the marking refused: %v", err)
+	}
+	var rep featurestore.ReplayReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("no report before the error: %v\n%q", err, out.String())
+	}
+	if rep.Examined != 1 || rep.Applied != 1 || len(rep.Entries) != 1 || rep.Entries[0].Outcome != "applied" {
+		t.Fatalf("report %+v: want the entry reported applied", rep)
 	}
 }

@@ -86,7 +86,8 @@ type ReplayEntry struct {
 	// Outcome: applied (new now), duplicate (its user's event_id was applied before), ignored (an
 	// event of a user erased since, received before the erasure: marked replayed without
 	// applying it), invalid (still cannot be decoded; stays pending), refused (decodes, but
-	// PostgreSQL refuses its update; stays pending), or would_apply (dry run).
+	// PostgreSQL refuses its update; stays pending), pending (not tried: a transient error stopped
+	// the replay first; run it again) or would_apply (dry run).
 	Outcome string `json:"outcome"`
 	Error   string `json:"error,omitempty"`
 }
@@ -180,6 +181,13 @@ ORDER BY id LIMIT $1`, o.Limit, o.After)
 		return rep, nil
 	}
 	var applyErr error
+	// untried marks the entries from batch event i on as left pending, not tried, when a
+	// transient error stops the replay: the report then says which are still to do.
+	untried := func(i int) {
+		for ; i < len(b.Events); i++ {
+			rep.Entries[idx[i]].Outcome = "pending"
+		}
+	}
 	done := func(i int, isNew bool) {
 		if isNew {
 			rep.Applied++
@@ -202,6 +210,7 @@ ORDER BY id LIMIT $1`, o.Limit, o.After)
 				a, err := s.applyReplayed(ctx, &Batch{Events: b.Events[i : i+1]})
 				if err != nil && !Refused(err) {
 					applyErr = fmt.Errorf("apply replayed event %s: %w", b.Events[i].EventID, err)
+					untried(i)
 					break
 				}
 				if err != nil {
@@ -213,6 +222,7 @@ ORDER BY id LIMIT $1`, o.Limit, o.After)
 				done(i, a.New[0])
 			}
 		default:
+			untried(0)
 			return rep, fmt.Errorf("apply replayed events: %w", err)
 		}
 		if err := s.FlushWritten(ctx); err != nil {

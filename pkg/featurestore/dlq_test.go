@@ -172,3 +172,41 @@ func TestDLQEntryOfARecreatedTopicIsKept(t *testing.T) {
 		t.Errorf("dlq entries %q, want %q", got, want)
 	}
 }
+
+// A replay stopped by a transient error reports the entries it did not try as pending, not
+// with an empty outcome: they are still to do.
+func TestReplayDLQStoppedByATransientErrorReportsPending(t *testing.T) {
+	ctx := context.Background()
+	pool, rd := servers(t)
+	st := featurestore.New(pool, rd, testutil.Unique("rt")+":", testConfig(), nil)
+	pct := 50.0
+	for i, item := range []string{"boom", "fine"} {
+		p, _ := events.Encode(&events.Watch{Common: events.Common{EventID: fmt.Sprintf("event-transient-%d", i), UserID: fmt.Sprintf("u%d", i),
+			SessionID: "s", RequestID: "r", TsMs: time.Now().Add(-time.Hour).UnixMilli()}, EventType: "watch", ItemID: item, WatchTimeSec: 30, PercentWatched: &pct})
+		if _, err := pool.Exec(ctx, `INSERT INTO feature_dlq (topic, kafka_partition, kafka_offset, headers, payload, error)
+VALUES ('t', 0, $1, '{"event_type":"watch"}', $2, 'earlier error')`, i, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, q := range []string{
+		`CREATE FUNCTION fail_boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+IF NEW.item_id = 'boom' THEN RAISE EXCEPTION 'test: serialization failure' USING ERRCODE = '40001'; END IF; RETURN NEW; END $$`,
+		`CREATE TRIGGER fail_boom BEFORE INSERT OR UPDATE ON feature_items FOR EACH ROW EXECUTE FUNCTION fail_boom()`,
+	} {
+		if _, err := pool.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep, err := st.ReplayDLQ(ctx, featurestore.ReplayOptions{})
+	if err == nil {
+		t.Fatalf("replay through a serialization failure succeeded: %+v", rep)
+	}
+	if rep.Examined != 2 || len(rep.Entries) != 2 {
+		t.Fatalf("report %+v: want both entries examined", rep)
+	}
+	for _, e := range rep.Entries {
+		if e.Outcome != "pending" {
+			t.Errorf("entry %d: outcome %q, want pending (not tried)", e.ID, e.Outcome)
+		}
+	}
+}
