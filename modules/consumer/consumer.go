@@ -558,6 +558,11 @@ func (c *Consumer) applyIsolated(ctx context.Context, b *featurestore.Batch, msg
 				return true, err
 			}
 			c.failed(ctx, "process", err, len(one.Events))
+			// As applyWithRetry counts a failed attempt's events; a DLQ-only apply has none
+			// (its entries were counted as poison or are counted as dlq once stored).
+			for _, t := range topics {
+				c.m.processed(t, "error", 1)
+			}
 			if ctx.Err() != nil || !c.sleep(ctx, attempt) {
 				return false, nil
 			}

@@ -820,3 +820,62 @@ func TestSharedEventIDsApplyPerUser(t *testing.T) {
 	c.stop()
 	e.checkConverged(t, evs)
 }
+
+// An event whose batch hit a data error is applied alone; when that apply then fails
+// transiently (here twice, as a serialization failure) it is retried, and each failed attempt
+// counts its event under processed_total{status="error"} as the batch path does: dashboards
+// and alerts on that series must not miss the retries of an isolated batch.
+func TestIsolatedRetriesCountAsProcessedErrors(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	evs := e.generate(13, 60)
+	victim := evs[len(evs)/2]
+	ctx := context.Background()
+	// The first insert of the victim's dedup row is refused as bad data (the batch is split),
+	// the next two as serialization failures (the victim's own apply retries); nextval is not
+	// rolled back with the failing transaction.
+	if _, err := e.pool.Exec(ctx, `CREATE SEQUENCE test_failures;
+CREATE FUNCTION test_fail() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE n bigint;
+BEGIN
+  IF NEW.event_id = '`+victim.ID()+`' THEN
+    n := nextval('test_failures');
+    IF n = 1 THEN RAISE EXCEPTION 'injected data error' USING ERRCODE = '22P02'; END IF;
+    IF n <= 3 THEN RAISE EXCEPTION 'injected failure' USING ERRCODE = '40001'; END IF;
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER test_fail BEFORE INSERT ON feature_applied FOR EACH ROW EXECUTE FUNCTION test_fail();`); err != nil {
+		t.Fatal(err)
+	}
+	e.produce(t, evs)
+	c := e.startConsumer(t)
+	e.waitApplied(t, len(evs), 90*time.Second)
+	waitFor(t, "every event counted", 30*time.Second, func() bool {
+		return counter(c.set, "reco_feature_consumer_processed_total", `status="processed"`) >= float64(len(evs))
+	})
+	c.stop()
+	var n int64
+	if err := e.pool.QueryRow(ctx, `SELECT last_value FROM test_failures`).Scan(&n); err != nil || n != 4 {
+		t.Fatalf("the victim's dedup row was inserted %d times (%v), want 4: the injected failures did not happen as planned", n, err)
+	}
+	topic := `topic="` + e.TopicWatch + `"`
+	if victim.Kind() == events.KindImpression {
+		topic = `topic="` + e.TopicImp + `"`
+	}
+	for _, tc := range []struct {
+		series []string
+		want   float64
+	}{
+		{[]string{"reco_feature_consumer_processed_total", `status="error"`}, 2},
+		{[]string{"reco_feature_consumer_processed_total", `status="error"`, topic}, 2},
+		{[]string{"reco_feature_consumer_errors_total", `stage="process"`}, 2},
+		{[]string{"recsys_consumer_batch_retries_total"}, 2},
+		{[]string{"reco_feature_consumer_processed_total", `status="processed"`}, float64(len(evs))},
+		{[]string{"reco_feature_consumer_processed_total", `status="dlq"`}, 0},
+	} {
+		if got := counter(c.set, tc.series...); got != tc.want {
+			t.Errorf("%v = %v, want %v", tc.series, got, tc.want)
+		}
+	}
+}
