@@ -848,6 +848,11 @@ func (c *Consumer) healRedis(ctx context.Context) {
 			c.m.repopulations.Inc()
 			ready = true
 		case errors.Is(err, featurestore.ErrRepopulating):
+		case errors.Is(err, featurestore.ErrGenerationMoved):
+			// A rebase (or a forced rebuild) committed meanwhile: not a failure, the next
+			// pass copies the new generation.
+			c.log.InfoContext(ctx, "redis copy repopulation overtaken by a new feature generation, starting over", "err", err)
+			return
 		default:
 			if ctx.Err() == nil {
 				c.m.errors("heal")

@@ -257,6 +257,10 @@ const emptyEpoch = "0"
 // ErrRepopulating means another process holds the repopulation lock.
 var ErrRepopulating = errors.New("another repopulation is running")
 
+// ErrGenerationMoved means a rebase or a forced rebuild changed the feature generation while
+// a repopulation copied the old one; the copy is not marked ready.
+var ErrGenerationMoved = errors.New("feature generation moved during repopulation")
+
 // ErrRepopulationLockLost means the repopulation lock expired or was taken over while a
 // repopulation ran (Redis unreachable, or a step stalled past lockTTL); that repopulation
 // stopped before its next change to the copy, and the one holding the lock now, or the next
@@ -378,8 +382,9 @@ func (l *repopLock) while(ctx context.Context, f func() error) error {
 // every write (clearingEpoch), and it takes the new generation only after, so neither a late
 // write of the old generation nor a write of the new one lands on a half-deleted copy; the
 // snapshot is read after that, so it holds every batch whose Redis write could have been
-// refused or lost; and writes of the current generation landing meanwhile merge with the
-// snapshot's values.
+// refused or lost; writes of the current generation landing meanwhile merge with the
+// snapshot's values; and a generation that moves on before the copy is marked ready leaves
+// it unready (ErrGenerationMoved, see checkGeneration).
 func (s *Store) Repopulate(ctx context.Context, force bool) error {
 	lk, err := s.takeLock(ctx)
 	if err != nil {
@@ -442,7 +447,7 @@ func (s *Store) Repopulate(ctx context.Context, force bool) error {
 		return err
 	}
 	if (err == nil) != hasMeta || m2.Generation != m.Generation {
-		return errors.New("feature generation moved during repopulation; the next attempt starts over")
+		return fmt.Errorf("%w; the next attempt starts over", ErrGenerationMoved)
 	}
 	var journal []int64
 	jrows, _ := tx.Query(ctx, `SELECT id FROM feature_redis_pending`)
@@ -474,8 +479,35 @@ func (s *Store) Repopulate(ctx context.Context, force bool) error {
 	if err := lk.do(ctx, "set", mk, mv...); err != nil {
 		return fmt.Errorf("set ready marker: %w", err)
 	}
+	if hasMeta {
+		if err := s.checkGeneration(ctx, lk, m.Generation); err != nil {
+			return err
+		}
+	}
 	s.log.InfoContext(ctx, "redis copy repopulated", "generation", epoch, "forced", force)
 	return nil
+}
+
+// checkGeneration takes the ready marker back when PostgreSQL's generation is no longer the
+// copy's (gen). A rebase or a generation bump that commits after the snapshot deletes the
+// marker after its commit, which may come before the repopulation sets it: the copy would be
+// marked ready at the old generation, refusing the new one's writes (the batch that needed
+// the rebase among them) until a write or the journal found it behind. Read after the marker
+// is set, either this sees the new generation or the bump's deletion comes after the marker.
+// A failed read leaves the marker: the copy stays usable through a PostgreSQL outage.
+func (s *Store) checkGeneration(ctx context.Context, lk *repopLock, gen int64) error {
+	var now int64
+	if err := s.pg.QueryRow(ctx, `SELECT coalesce(max(generation), 0) FROM feature_meta`).Scan(&now); err != nil {
+		s.log.WarnContext(ctx, "feature generation not checked after the repopulation", "err", err)
+		return nil
+	}
+	if now == gen {
+		return nil
+	}
+	if err := lk.do(ctx, "unlink", []string{s.keys.Ready}); err != nil {
+		return fmt.Errorf("clear ready marker: %w", err)
+	}
+	return fmt.Errorf("%w (generation %d, copied %d); the next attempt starts over", ErrGenerationMoved, now, gen)
 }
 
 // unlinkErased deletes the hashes of erased users that PostgreSQL does not hold (again), page
@@ -644,6 +676,13 @@ func (s *Store) bumpGeneration(ctx context.Context) error {
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("commit generation bump: %w", err)
+	}
+	// As after a rebase: a repopulation of the old generation that set the marker before
+	// this commit (see checkGeneration) must not leave it, nor may the copy found ready.
+	if s.rd != nil {
+		if err := s.rd.Do(ctx, s.rd.B().Del().Key(s.keys.Ready).Build()).Error(); err != nil {
+			s.log.WarnContext(ctx, "mark redis copy for repopulation after the generation bump", "err", err)
+		}
 	}
 	return nil
 }

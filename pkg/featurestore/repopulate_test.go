@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/rueidis"
 
+	"recsys/pkg/features"
 	"recsys/pkg/featurestore"
 	"recsys/pkg/featurestore/fstest"
 	"recsys/pkg/redis"
@@ -567,5 +568,85 @@ func TestFirstBatchKeepsTheCopyOfAnEmptyStore(t *testing.T) {
 				t.Errorf("verify: %+v %v", rep, err)
 			}
 		})
+	}
+}
+
+// A rebase of the decay landmarks that commits while a repopulation of the same generation
+// copies its snapshot (here: the copy waits for a table lock the test holds; in production,
+// a large copy) deletes the ready marker before the repopulation sets it. The copy used to
+// end up marked ready at the old generation: the writes of the new one, among them the
+// batch that needed the rebase, were refused as newer, and the copy served without them
+// until a refused write's journal row was healed (2 heal intervals + 1 s later) or the next
+// write came. A copy marked ready must be of PostgreSQL's generation; the next repopulation
+// brings it there.
+func TestRebaseDuringRepopulationLeavesTheCopyUnready(t *testing.T) {
+	ctx := context.Background()
+	st, pool, rd, keys := repopulatedCopy(t, "rprb", 0)
+	if err := rd.Do(ctx, rd.B().Del().Key(keys.Ready).Build()).Error(); err != nil { // as a write found it behind
+		t.Fatal(err)
+	}
+	before := pgGeneration(t, pool)
+	tx := otherTx(t, pool, `LOCK TABLE feature_users IN ACCESS EXCLUSIVE MODE`)
+	done := make(chan error, 1)
+	go func() { done <- st.Repopulate(ctx, false) }()
+	waitForLockWait(t, pool, "feature_users") // its snapshot is taken: it reads the users
+	var lm int64
+	var hl float64
+	if err := pool.QueryRow(ctx, `SELECT lm_short_ms, hl_short_ms FROM feature_meta`).Scan(&lm, &hl); err != nil {
+		t.Fatal(err)
+	}
+	// Rebase takes neither feature_users nor the repopulation lock.
+	if err := st.Rebase(ctx, lm+int64((features.RebaseExponent+1)*hl)); err != nil {
+		t.Fatal(err)
+	}
+	if g := pgGeneration(t, pool); g != before+1 {
+		t.Fatalf("generation %d after the rebase, want %d", g, before+1)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	err := <-done
+	ready, rerr := st.RedisReady(ctx)
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	t.Logf("repopulation racing the rebase: %v; ready %v, copy generation %d, postgres %d", err, ready, copyGeneration(t, rd, keys.Prefix), pgGeneration(t, pool))
+	if ready && copyGeneration(t, rd, keys.Prefix) != pgGeneration(t, pool) {
+		t.Fatalf("the copy is marked ready at generation %d, postgres is at %d", copyGeneration(t, rd, keys.Prefix), pgGeneration(t, pool))
+	}
+	if ready {
+		return // the repopulation saw the new generation
+	}
+	if err := st.Repopulate(ctx, false); err != nil { // the heal loop's next pass
+		t.Fatal(err)
+	}
+	if got, want := copyGeneration(t, rd, keys.Prefix), pgGeneration(t, pool); got != want {
+		t.Fatalf("copy generation %d after the next repopulation, postgres %d", got, want)
+	}
+	verifyCopy(t, st)
+}
+
+// A rebuild from events whose own repopulation finds another one running (a consumer's heal
+// loop; here a lock another process holds) leaves the copy to it. The old copy used to stay
+// marked ready: nothing told that repopulation, or the heal loop after it, that the copy it
+// had found ready was of a generation the rebuild had replaced, and with an idle stream the
+// copy of before the rebuild passed for the rebuilt one for good.
+func TestRebuildFromEventsBesideARepopulationLeavesTheCopyUnready(t *testing.T) {
+	ctx := context.Background()
+	pool, rd := servers(t)
+	prefix := testutil.Unique("rbrp") + ":"
+	t.Cleanup(func() { deleteKeys(t, rd, prefix) })
+	st := featurestore.New(pool, rd, prefix, testConfig(), nil)
+	streamed(t, pool, st, 6)
+	keys := featurestore.NewKeys(prefix)
+	if err := rd.Do(ctx, rd.B().Set().Key(keys.Lock).Value("process-B").Px(15*time.Second).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.RebuildFromEvents(ctx, 2, nil); !errors.Is(err, featurestore.ErrRepopulating) {
+		t.Fatalf("rebuild from events beside another repopulation: %v, want ErrRepopulating", err)
+	}
+	if ready, err := st.RedisReady(ctx); err != nil || ready {
+		t.Fatalf("the copy of generation %d is ready after a rebuild to generation %d: %v (%v)",
+			copyGeneration(t, rd, prefix), pgGeneration(t, pool), ready, err)
 	}
 }
