@@ -35,7 +35,8 @@
 // missing (Redis restarted empty or was flushed) the heal loop repopulates the copy from
 // PostgreSQL by itself. A decay landmark rebase (an event more than 500 half-lives after the
 // landmark: every ~125 days with a 6 h half-life) is applied in PostgreSQL under an exclusive
-// lock and triggers such a repopulation.
+// lock and triggers such a repopulation; it rewrites every item, so it is not bounded by
+// --consumer.drain-timeout as a batch's attempts are (a shutdown during one waits for it).
 //
 // # Metrics
 //

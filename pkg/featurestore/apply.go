@@ -191,7 +191,14 @@ func (s *Store) Apply(ctx context.Context, b *Batch) (*Applied, error) {
 		a, err := s.applyOnce(ctx, b)
 		var rb errRebase
 		if errors.As(err, &rb) && attempt < 3 {
-			if err := s.Rebase(ctx, rb.tsMs); err != nil {
+			// Not bounded by the batch's deadline (the consumer's is --consumer.drain-timeout
+			// per attempt): the rebase rewrites every item, seconds with millions of them,
+			// and one cut off rolls back and starts over at the next attempt, every attempt.
+			// Its lock wait bounds it; a cancellation still stops it.
+			rctx, cancel := withoutDeadline(ctx)
+			err := s.Rebase(rctx, rb.tsMs)
+			cancel()
+			if err != nil {
 				return nil, &rebaseError{err}
 			}
 			continue
@@ -201,6 +208,18 @@ func (s *Store) Apply(ctx context.Context, b *Batch) (*Applied, error) {
 		}
 		return a, err
 	}
+}
+
+// withoutDeadline is ctx without its deadline: cancelled when ctx is, but not when it
+// times out.
+func withoutDeadline(ctx context.Context) (context.Context, context.CancelFunc) {
+	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, func() {
+		if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			cancel()
+		}
+	})
+	return dctx, func() { stop(); cancel() }
 }
 
 // AppliedConcurrently reports the unique violation of the dedup insert or of the new users'

@@ -248,3 +248,47 @@ func TestFirstBatchBeyondTheDecayRange(t *testing.T) {
 	}
 	fstest.EqualSnapshots(t, "first batch", want, got)
 }
+
+// The rebase a batch needs rewrites every item, which takes seconds with millions of them
+// (1.5 s for 300,000 here, on a loaded test machine). The consumer bounds each attempt of a
+// batch (--consumer.drain-timeout, 15 s): a rebase cut off by that deadline rolled back and
+// started over at the next attempt, every attempt, and every consumer stopped for good at
+// the landmark's range. The rebase is bounded by its lock wait, not by the batch's deadline:
+// a later attempt finds the landmarks moved.
+func TestRebaseOutlastsTheBatchsDeadline(t *testing.T) {
+	ctx := context.Background()
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	cfg := testConfig()
+	st := featurestore.New(pool, nil, testutil.Unique("rbd")+":", cfg, nil)
+	halfLife := cfg.PopShortHalfLife.Milliseconds()
+	landmark := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+	watch := func(id string, ts int64) *featurestore.Batch {
+		return &featurestore.Batch{Events: []featurestore.Event{{Interaction: features.Interaction{Kind: features.KindWatch,
+			EventID: "deadline-" + id, UserID: "user-" + id, TsMs: ts, ItemID: "item-" + id}}}}
+	}
+	if _, err := st.Apply(ctx, watch("first", landmark)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO feature_items (item_id, first_seen_ms, pop_short, pop_long)
+SELECT 'filler-' || g, $1::bigint, 1 + random(), 1 + random() FROM generate_series(1, 300000) g`, landmark); err != nil {
+		t.Fatal(err)
+	}
+	before := pgGeneration(t, pool)
+	const deadline = 100 * time.Millisecond
+	var errs []error
+	for range 5 { // as the consumer retries a batch, each attempt with its deadline
+		actx, cancel := context.WithTimeout(ctx, deadline)
+		_, err := st.Apply(actx, watch("later", landmark+501*halfLife))
+		cancel()
+		if err == nil {
+			t.Logf("applied after %d failed attempts: %v", len(errs), errs)
+			if g := pgGeneration(t, pool); g != before+1 {
+				t.Errorf("generation %d after the rebase, want %d", g, before+1)
+			}
+			return
+		}
+		errs = append(errs, err)
+		time.Sleep(2 * time.Second) // the backoff; the rebase goes on meanwhile
+	}
+	t.Fatalf("the batch that needs a rebase never applied within a %v deadline per attempt: %v", deadline, errs)
+}
