@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
@@ -21,6 +22,7 @@ import (
 	"recsys/pkg/events"
 	"recsys/pkg/httpx"
 	"recsys/pkg/infra"
+	writer "recsys/pkg/ingest"
 	"recsys/pkg/outbox"
 	"recsys/pkg/testutil"
 )
@@ -870,5 +872,30 @@ func TestEventIDsArePerUser(t *testing.T) {
 	}
 	if n := v.count("SELECT count(*) FROM event_dedup"); n != len(want) {
 		t.Errorf("dedup keys = %d, want %d", n, len(want))
+	}
+}
+
+// TestPersistFailureTellsWhatTheClientMayAssume: a write whose commit went unanswered and
+// whose outcome the writer could not learn is a 503 that says so and asks for the resend
+// (deduplicated by event_id), not "database unavailable", which a client reads as nothing
+// stored; it is counted apart.
+func TestPersistFailureTellsWhatTheClientMayAssume(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		err          error
+		reason, text string
+	}{
+		{"closed", writer.ErrClosed, "shutdown", "failed to persist watch event: service is shutting down"},
+		{"unavailable", fmt.Errorf("insert events: %w: %w", writer.ErrUnavailable, context.DeadlineExceeded), "unavailable", "failed to persist watch event: database unavailable"},
+		{"outcome unknown", fmt.Errorf("insert events: %w: %w (connect: refused): %w", writer.ErrUnavailable, writer.ErrOutcomeUnknown, context.DeadlineExceeded),
+			"outcome_unknown", "failed to persist watch event: outcome unknown, the database did not confirm the commit in time; resend it (a resend is deduplicated by event_id)"},
+		{"rejected", errors.New("insert events: ERROR: value too long"), "error", "failed to persist watch event: database error"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reason, text := persistFailure(tc.err, "watch event")
+			if reason != tc.reason || text != tc.text {
+				t.Errorf("persistFailure(%v) = %q, %q; want %q, %q", tc.err, reason, text, tc.reason, tc.text)
+			}
+		})
 	}
 }

@@ -30,7 +30,7 @@
 //	recsys_ingest_rejected_total{endpoint,reason}       counter: requests refused; reason validation |
 //	                                                     malformed_json | body_too_large | event_too_large |
 //	                                                     read_timeout | unsupported_media_type | unavailable | shutdown |
-//	                                                     error (body_too_large counts bodies sent
+//	                                                     outcome_unknown | error (body_too_large counts bodies sent
 //	                                                     without Content-Length; a larger declared length is
 //	                                                     refused before routing, in recsys_http_requests_total)
 //	recsys_ingest_batch_events                          histogram: events per /log/batch request
@@ -44,7 +44,8 @@
 //	recsys_ingest_group_commit_events{writer}, recsys_ingest_group_commit_requests{writer},
 //	recsys_ingest_commit_duration_seconds{writer}, recsys_ingest_write_duration_seconds{writer},
 //	recsys_ingest_commit_errors_total{writer}, recsys_ingest_group_fallbacks_total{writer},
-//	recsys_ingest_copy_conflicts_total{writer}           from pkg/ingest's writer (writer="ingest")
+//	recsys_ingest_copy_conflicts_total{writer},
+//	recsys_ingest_unconfirmed_commits_total{writer,outcome} from pkg/ingest's writer (writer="ingest")
 //
 // Readiness: the module adds no check of its own. PostgreSQL is an optional need: while it is
 // unreachable the endpoints answer 503 within --ingest.write-timeout and /readyz names it

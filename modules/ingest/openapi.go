@@ -37,7 +37,7 @@ func (m *Ingest) DescribeAPI(d *openapi.Document) {
 				"413": openapi.ErrorResponse("Body over --http.body-limit-bytes"),
 				"415": openapi.ErrorResponse("Content type not JSON (application/json or application/*+json; parameters are ignored), or a compressed body (Content-Encoding other than identity)"),
 				"422": openapi.ValidationErrorResponse(),
-				"503": openapi.ErrorResponse("Nothing was stored: the database is unavailable or the service is shutting down"),
+				"503": openapi.ErrorResponse("Nothing was stored: the database is unavailable or the service is shutting down. Except with a detail saying \"outcome unknown\": the commit was sent but its outcome could not be learnt, so the events may be stored; resend them (a resend is deduplicated by event_id)"),
 			}})
 	}
 	post("/log/impression", "Log an impression", "Stores the event and its outbox frame in one transaction.", refs["ImpressionEvent"], impressionResponse{})

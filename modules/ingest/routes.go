@@ -178,14 +178,7 @@ func (m *Ingest) persist(c echo.Context, endpoint, what string, evs ...events.An
 			m.m.rejected(endpoint, "validation")
 			return nil, echo.NewHTTPError(http.StatusUnprocessableEntity, ve.Errors).SetInternal(err)
 		}
-		reason, detail := "unavailable", "failed to persist "+what+": database unavailable"
-		switch {
-		case errors.Is(err, writer.ErrClosed):
-			// Nothing was written; another pod takes the retry.
-			reason, detail = "shutdown", "failed to persist "+what+": service is shutting down"
-		case !errors.Is(err, writer.ErrUnavailable):
-			reason, detail = "error", "failed to persist "+what+": database error"
-		}
+		reason, detail := persistFailure(err, what)
 		m.m.rejected(endpoint, reason)
 		return nil, echo.NewHTTPError(http.StatusServiceUnavailable, detail).SetInternal(err)
 	}
@@ -196,6 +189,22 @@ func (m *Ingest) persist(c echo.Context, endpoint, what string, evs ...events.An
 	}
 	m.m.countEvents(endpoint, evs, res)
 	return res, nil
+}
+
+// persistFailure returns the metric reason and the 503 detail of a write that failed with err.
+func persistFailure(err error, what string) (reason, detail string) {
+	switch {
+	case errors.Is(err, writer.ErrClosed):
+		// Nothing was written; another pod takes the retry.
+		return "shutdown", "failed to persist " + what + ": service is shutting down"
+	case errors.Is(err, writer.ErrOutcomeUnknown):
+		// The commit was sent and its outcome could not be learnt: "database unavailable"
+		// would tell the client that nothing was stored, which may be false.
+		return "outcome_unknown", "failed to persist " + what + ": outcome unknown, the database did not confirm the commit in time; resend it (a resend is deduplicated by event_id)"
+	case errors.Is(err, writer.ErrUnavailable):
+		return "unavailable", "failed to persist " + what + ": database unavailable"
+	}
+	return "error", "failed to persist " + what + ": database error"
 }
 
 var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}

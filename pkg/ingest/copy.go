@@ -29,14 +29,18 @@ const probeGroupsAfterDuplicate = 64
 
 // notifySQL queues the relay's notification of a group that skips the probe: every id of it
 // is new (or the transaction fails), so every one gets its frame in an outbox row. $1 is the
-// payload (kinds.notifyPayload).
-const notifySQL = `SELECT pg_notify('` + NotifyChannel + `', $1)`
+// payload (kinds.notifyPayload). It returns the transaction's id, by which resolve learns the
+// outcome of a COMMIT that goes unanswered.
+const notifySQL = `WITH n AS (SELECT pg_notify('` + NotifyChannel + `', $1)) SELECT pg_current_xact_id()::text::int8, (SELECT count(*) FROM n)`
 
 // copyProbeSQL returns the dedup indexes (0-based) of the group's keys that are stored
 // already: $1 and $2 are the keys' event_ids and users. It also queues the relay's
 // notification when some key is new (the group's keys are distinct), which PostgreSQL
 // delivers only if the transaction commits; every new key gets its frame in an outbox row
-// below. Each key is one descent of the primary key, as the probe by id alone was.
+// below. Each key is one descent of the primary key, as the probe by id alone was. It
+// returns the transaction's id too, as notifySQL does, or 0 when every key is stored: the
+// transaction then writes nothing, and taking an id would make its commit wait for a WAL
+// flush.
 const copyProbeSQL = `
 WITH e AS (
 	SELECT u.ord FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(id, usr, ord)
@@ -44,7 +48,8 @@ WITH e AS (
 ), n AS (
 	SELECT pg_notify('` + NotifyChannel + `', $3) WHERE (SELECT count(*) FROM e) < cardinality($1::text[])
 )
-SELECT ARRAY(SELECT ord - 1 FROM e), (SELECT count(*) FROM n)`
+SELECT ARRAY(SELECT ord - 1 FROM e), (SELECT count(*) FROM n),
+	CASE WHEN (SELECT count(*) FROM e) < cardinality($1::text[]) THEN pg_current_xact_id()::text::int8 ELSE 0 END`
 
 var (
 	dedupColumns      = []string{"event_id", "user_id", "event_type"}
@@ -94,10 +99,10 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (isNew []bool, err err
 		}
 	}()
 	var existing []int64 // dedup indexes
+	var xid, notified int64
 	// Concurrent workers may take the count below zero; a duplicate sets it again.
 	if w.probeGroups.Load() > 0 {
-		var notified int64
-		if err = tx.QueryRow(ctx, copyProbeSQL, b.dedupIDs, b.dedupUsers, b.kinds().notifyPayload()).Scan(&existing, &notified); err != nil {
+		if err = tx.QueryRow(ctx, copyProbeSQL, b.dedupIDs, b.dedupUsers, b.kinds().notifyPayload()).Scan(&existing, &notified, &xid); err != nil {
 			return nil, fmt.Errorf("probe dedup keys: %w", serverCancelled(start, err))
 		}
 		if len(existing) > 0 {
@@ -105,7 +110,7 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (isNew []bool, err err
 		} else {
 			w.probeGroups.Add(-1)
 		}
-	} else if _, err = tx.Exec(ctx, notifySQL, b.kinds().notifyPayload()); err != nil {
+	} else if err = tx.QueryRow(ctx, notifySQL, b.kinds().notifyPayload()).Scan(&xid, &notified); err != nil {
 		return nil, fmt.Errorf("notify relay: %w", serverCancelled(start, err))
 	}
 	isNew = make([]bool, len(b.dedupIDs))
@@ -113,6 +118,7 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (isNew []bool, err err
 		if start.Err() != nil {
 			return nil, errNoTimeLeft
 		}
+		// Nothing was written, whatever the commit's outcome.
 		if err = tx.Commit(ctx); err != nil {
 			return nil, fmt.Errorf("commit: %w", serverCancelled(start, err))
 		}
@@ -194,7 +200,9 @@ func (w *Writer) copyGroup(ctx context.Context, b *batch) (isNew []bool, err err
 		return nil, errNoTimeLeft
 	}
 	if err = tx.Commit(ctx); err != nil {
-		return nil, fmt.Errorf("commit: %w", serverCancelled(start, err))
+		// Before its COMMIT, a transaction whose connection ends rolls back; after, it may
+		// have committed unheard.
+		return nil, pending(fmt.Errorf("commit: %w", serverCancelled(start, err)), conn.Conn().PgConn(), xid)
 	}
 	return isNew, nil
 }

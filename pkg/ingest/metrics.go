@@ -17,11 +17,20 @@ import (
 //	recsys_ingest_group_fallbacks_total{writer}      counter:   merged transactions retried request by request
 //	recsys_ingest_queue_expired_total{writer}        counter:   submitted requests answered unavailable, unwritten, after waiting past their bound in the queue
 //	recsys_ingest_copy_conflicts_total{writer}       counter:   COPY groups redone as a statement (a unique key met: a resend racing the group, or an outbox row that outlived its dedup key)
+//	recsys_ingest_unconfirmed_commits_total{writer,outcome}
+//	                                                 counter:   transactions whose commit went unanswered (write timeout, lost connection), by
+//	                                                            what the database then told: committed | rolled_back | unknown
 type writerMetrics struct {
 	groupEvents, groupRequests    *metrics.PrometheusHistogram
 	commitDuration, writeDuration *metrics.PrometheusHistogram
 	commitErrors, fallbacks       *metrics.Counter
 	copyConflicts, expired        *metrics.Counter
+	unconfirmedBy                 map[string]*metrics.Counter // by outcome
+}
+
+// unconfirmed returns the counter of unanswered commits with the given outcome.
+func (m writerMetrics) unconfirmed(outcome string) *metrics.Counter {
+	return m.unconfirmedBy[outcome]
 }
 
 var (
@@ -34,6 +43,11 @@ func newWriterMetrics(set *metrics.Set, name string) writerMetrics {
 		set = metrics.NewSet() // unregistered: the writer works the same without metrics
 	}
 	l := fmt.Sprintf(`{writer=%q}`, name)
+	unconfirmed := map[string]*metrics.Counter{}
+	for _, o := range []string{"committed", "rolled_back", "unknown"} {
+		// Exported at 0 from the start, so an alert on the rate has a series before the first.
+		unconfirmed[o] = set.NewCounter(fmt.Sprintf(`recsys_ingest_unconfirmed_commits_total{writer=%q,outcome=%q}`, name, o))
+	}
 	return writerMetrics{
 		groupEvents:    set.NewPrometheusHistogramExt("recsys_ingest_group_commit_events"+l, sizeBuckets),
 		groupRequests:  set.NewPrometheusHistogramExt("recsys_ingest_group_commit_requests"+l, sizeBuckets),
@@ -43,5 +57,6 @@ func newWriterMetrics(set *metrics.Set, name string) writerMetrics {
 		fallbacks:      set.NewCounter("recsys_ingest_group_fallbacks_total" + l),
 		copyConflicts:  set.NewCounter("recsys_ingest_copy_conflicts_total" + l),
 		expired:        set.NewCounter("recsys_ingest_queue_expired_total" + l),
+		unconfirmedBy:  unconfirmed,
 	}
 }

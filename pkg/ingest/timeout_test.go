@@ -1,9 +1,11 @@
 package ingest_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -81,4 +83,195 @@ func TestWriterTimeoutLeavesNothingCommitted(t *testing.T) {
 			t.Fatalf("resend after the 503: %v %+v, want it stored now (ok)", err, res)
 		}
 	})
+}
+
+// faultyNet stands between a pool and the server: once a connection writes marker first (the
+// group's last message: its statement's parameters, or COMMIT), the server's answers to it
+// are lost on the way, as on a network that fails right after the request left; with down
+// set, every connection loses its answers from then on and no new one can be made, as when
+// the database host becomes unreachable.
+type faultyNet struct {
+	marker []byte
+	down   bool
+	hit    atomic.Bool
+}
+
+func (f *faultyNet) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	if f.down && f.hit.Load() {
+		return nil, errors.New("faulty net: host unreachable")
+	}
+	c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return &faultyConn{Conn: c, net: f}, nil
+}
+
+type faultyConn struct {
+	net.Conn
+	net  *faultyNet
+	deaf atomic.Bool
+}
+
+func (c *faultyConn) Write(p []byte) (int, error) {
+	if len(c.net.marker) > 0 && bytes.Contains(p, c.net.marker) && c.net.hit.CompareAndSwap(false, true) {
+		c.deaf.Store(true)
+	}
+	return c.Conn.Write(p)
+}
+
+// Read drops what the server sends to a deaf connection; the read still ends at the
+// connection's deadline or close, as pgx ends it.
+func (c *faultyConn) Read(p []byte) (int, error) {
+	for {
+		n, err := c.Conn.Read(p)
+		if err != nil || !(c.deaf.Load() || c.net.down && c.net.hit.Load()) {
+			return n, err
+		}
+	}
+}
+
+// TestWriterAnswersWhatATimedOutCommitLeft: a group whose transaction did not answer by the
+// write timeout is answered by what the database really kept, not "nothing stored". The
+// server ignores a cancel request that arrives while it reads a command or commits, and a
+// network can lose the answer of a COMMIT that went through: either way the group could be
+// committed while its callers were told 503 "nothing stored", and their resends were then
+// answered "duplicate" (or, for events sent without an id under
+// --ingest.missing-event-id=random, stored twice).
+func TestWriterAnswersWhatATimedOutCommitLeft(t *testing.T) {
+	const timeout = time.Second
+	cases := []struct {
+		name string
+		// holdCommit makes the transaction's commit wait for a lock the test holds until the
+		// writer has answered, through a deferred trigger that ignores cancel requests (as the
+		// server does while it reads the COMMIT).
+		holdCommit bool
+		// marker per path (statement, copy): the write after which the answers are lost.
+		lose bool
+		down bool
+		// What the caller must be told, and what must be stored.
+		wantStored  bool
+		wantUnknown bool
+	}{
+		{name: "commit held past the timeout, cancel ignored", holdCommit: true},
+		{name: "answer of a commit lost", lose: true, wantStored: true},
+		{name: "database unreachable once the commit was sent", lose: true, down: true, wantStored: true, wantUnknown: true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			forEachPath(t, func(t *testing.T, path func(*ingest.Config)) {
+				ctx := context.Background()
+				dsn := testutil.MigratedDatabase(t)
+				pool := testutil.Pool(t, dsn)
+				const id, user = "lost-answer-0001", "u1"
+				probe := &ingest.Config{}
+				path(probe)
+				marker := id // in the statement's parameters (and the COPY's rows)
+				if probe.CopyMinEvents == 1 {
+					marker = "commit" // pgx's COMMIT
+				}
+				fn := &faultyNet{down: tc.down}
+				if tc.lose {
+					fn.marker = []byte(marker)
+				}
+				cfg, err := pgxpool.ParseConfig(dsn)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg.ConnConfig.DialFunc = fn.dial
+				faulty, err := pgxpool.NewWithConfig(ctx, cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(faulty.Close)
+				// Idle connections for the writer's check, as a busy pool has: dialling one
+				// would take much of the half grace period it gets.
+				var warm []*pgxpool.Conn
+				for range 2 {
+					c, err := faulty.Acquire(ctx)
+					if err != nil {
+						t.Fatal(err)
+					}
+					warm = append(warm, c)
+				}
+				for _, c := range warm {
+					c.Release()
+				}
+				var holder *pgxpool.Conn
+				if tc.holdCommit {
+					if _, err := pool.Exec(ctx, `
+CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	LOOP
+		BEGIN
+			PERFORM pg_advisory_xact_lock_shared(4242);
+			RETURN NULL;
+		EXCEPTION WHEN query_canceled THEN
+			-- as a cancel request that came while the server read the COMMIT
+		END;
+	END LOOP;
+END $$;
+CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON watches DEFERRABLE INITIALLY DEFERRED
+	FOR EACH ROW EXECUTE FUNCTION slow_commit();`); err != nil {
+						t.Fatal(err)
+					}
+					if holder, err = pool.Acquire(ctx); err != nil {
+						t.Fatal(err)
+					}
+					defer holder.Release()
+					if _, err := holder.Exec(ctx, `SELECT pg_advisory_lock(4242)`); err != nil {
+						t.Fatal(err)
+					}
+				}
+				// Another session of the same role, which ending the write's session must spare.
+				bystander, err := pool.Acquire(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer bystander.Release()
+				if err := bystander.Ping(ctx); err != nil {
+					t.Fatal(err)
+				}
+				w := newWriter(t, faulty, func(c *ingest.Config) { path(c); c.Timeout = timeout })
+				t0 := time.Now()
+				res, werr := w.Write(ctx, []events.Any{watch(id, user)}, "")
+				took := time.Since(t0)
+				if holder != nil {
+					if _, err := holder.Exec(ctx, `SELECT pg_advisory_unlock(4242)`); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if took > timeout+200*time.Millisecond {
+					t.Errorf("answered after %s, the write timeout is %s", took, timeout)
+				}
+				if _, err := bystander.Exec(ctx, `SELECT 1`); err != nil {
+					t.Fatalf("another session after the write: %v", err)
+				}
+				// Room for a transaction the server still runs to commit.
+				time.Sleep(500 * time.Millisecond)
+				stored := count(t, pool, `SELECT count(*) FROM watches WHERE event_id = $1`, id) > 0
+				if stored != tc.wantStored {
+					t.Fatalf("stored %v, want %v (the write was answered %+v %v)", stored, tc.wantStored, res, werr)
+				}
+				switch {
+				case tc.wantUnknown:
+					if !errors.Is(werr, ingest.ErrOutcomeUnknown) || !errors.Is(werr, ingest.ErrUnavailable) {
+						t.Fatalf("answered %+v %v, want an unavailable error with an unknown outcome", res, werr)
+					}
+				case stored:
+					if werr != nil || len(res) != 1 || res[0].Status != ingest.StatusOK || !res[0].OutboxEnqueued {
+						t.Fatalf("answered %+v %v, want ok and enqueued: the event was stored", res, werr)
+					}
+				default:
+					if !errors.Is(werr, ingest.ErrUnavailable) || errors.Is(werr, ingest.ErrOutcomeUnknown) {
+						t.Fatalf("answered %+v %v, want unavailable with nothing stored", res, werr)
+					}
+					res, err := newWriter(t, pool, path).Write(ctx, []events.Any{watch(id, user)}, "")
+					if err != nil || res[0].Status != ingest.StatusOK {
+						t.Fatalf("resend after the 503: %v %+v, want it stored now (ok)", err, res)
+					}
+				}
+			})
+		})
+	}
 }

@@ -14,7 +14,10 @@
 // round trips once a group holds hundreds of events. Callers wait for the commit, so a 200 is only ever sent
 // for committed data; and an error only once the server has stopped: a statement still
 // running near the timeout is cancelled on the server and its answer awaited
-// (boundOnServer), so an error never hides a commit that happens afterwards. A request's events are never split across transactions, which keeps
+// (boundOnServer), and a commit that still went unanswered (the server ignores a cancel
+// that arrives while it reads a command or commits; a network loses answers) is looked up
+// on another connection once its session was ended (resolve), so an error never hides a
+// commit; when even that fails in time the error wraps ErrOutcomeUnknown instead. A request's events are never split across transactions, which keeps
 // /log/batch all-or-nothing; if a merged transaction fails with an error that may belong to
 // one request (a data or constraint error), the worker retries each request in its own
 // transaction so one bad request cannot fail the others. Connection errors and timeouts fail
@@ -272,10 +275,12 @@ func (w *Writer) Close() {
 
 // Write stores evs atomically (all or none) and returns one Result per event, in order.
 // correlationID is stored in the events' outbox frames ("" for none). An error means nothing of this
-// call was committed; errors.Is(err, ErrUnavailable) tells an outage or timeout from a
-// rejected statement. ctx bounds the wait in the queue only: once a worker has taken the
-// request, Write waits for its transaction (bounded by Config.Timeout) even past ctx's end,
-// so an error never hides a commit.
+// call was committed, but for one wrapping ErrOutcomeUnknown (with ErrUnavailable): its
+// commit was sent and its outcome could not be learnt, so the events may be stored.
+// errors.Is(err, ErrUnavailable) tells an outage or timeout from a rejected statement. ctx
+// bounds the wait in the queue only: once a worker has taken the request, Write waits for
+// its transaction (bounded by Config.Timeout) even past ctx's end, so an error never hides
+// a commit.
 // Every event is checked with events.Validate first (a *events.ValidationError is returned
 // and nothing is written when one fails), and an event whose outbox frame is larger than
 // Config.MaxEventBytes fails the call with *EventTooLargeError.
@@ -626,7 +631,9 @@ func requestSpecific(err error) bool {
 func (w *Writer) commit(group []*request, deadline time.Time) error {
 	start := time.Now()
 	b := newBatch(w.cfg, w.laneKeys, group)
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	// The transaction gets the budget but for the last half grace period, which is left to
+	// learn the outcome of a commit that went unanswered (resolve).
+	ctx, cancel := context.WithDeadline(context.Background(), deadline.Add(-w.cancelGrace()/2))
 	defer cancel()
 	var isNew, enqueued []bool
 	var err error
@@ -641,6 +648,12 @@ func (w *Writer) commit(group []*request, deadline time.Time) error {
 		}
 	} else {
 		isNew, enqueued, err = w.exec(ctx, b)
+	}
+	var p *pendingOutcome
+	if errors.As(err, &p) {
+		// An error here would tell the callers that nothing was stored, which the
+		// database alone can tell now.
+		isNew, enqueued, err = w.resolve(deadline, b, p)
 	}
 	if err != nil {
 		w.m.commitErrors.Inc()
@@ -1026,18 +1039,26 @@ func (w *Writer) acquire(ctx context.Context) (*pgxpool.Conn, error) {
 }
 
 // maxCancelGrace bounds the time a statement cancelled at the write timeout is given to
-// answer (see boundOnServer).
+// answer, and its outcome learnt when it does not (see boundOnServer).
 const maxCancelGrace = 250 * time.Millisecond
 
-// boundOnServer makes the server end conn's statements by ctx's deadline, so that a write
-// answered unavailable never commits afterwards. pgx alone ends a statement whose context
-// ends by closing the connection at once and sending the server a cancel request on the way
-// out: the caller is answered before the server has stopped, and the statement can still
-// commit in between (an implicit transaction commits with its statement, e.g. once a dedup
-// key it waits on is released; a COMMIT runs to its end). So a grace period before the
-// deadline (a quarter of the write timeout, at most maxCancelGrace) the server is asked to
-// cancel the running statement, and its own answer, cancelled and rolled back or done, is
-// waited for until the deadline. No statement may start once that time has come: start
+// cancelGrace is the part of the write timeout left when a running statement is asked to
+// stop: a quarter of it, at most maxCancelGrace. Its first half waits for the server's
+// answer, the second is resolve's.
+func (w *Writer) cancelGrace() time.Duration { return min(maxCancelGrace, w.cfg.Timeout/4) }
+
+// boundOnServer makes the server end conn's statements by ctx's deadline where it can, so
+// that a write is answered by the server's own outcome. pgx alone ends a statement whose
+// context ends by closing the connection at once and sending the server a cancel request on
+// the way out: the caller is answered before the server has stopped, and the statement can
+// still commit in between (an implicit transaction commits with its statement, e.g. once a
+// dedup key it waits on is released; a COMMIT runs to its end). So half a grace period
+// before ctx's deadline (cancelGrace: the write timeout's end is half a grace period after
+// ctx's) the server is asked to cancel the running statement, and its own answer, cancelled
+// and rolled back or done, is waited for until the deadline. The server ignores a cancel
+// request that arrives while it reads a command or commits: a statement or COMMIT still
+// unanswered at the deadline is a *pendingOutcome, which resolve settles. No statement may
+// start once the cancel time has come: start
 // ends then, and callers check it before each statement. end must be called once the
 // connection's statements are over, before it is released: a connection that was sent a
 // cancel request is closed instead of pooled, since a request arriving late would cancel
@@ -1047,7 +1068,7 @@ func (w *Writer) boundOnServer(ctx context.Context, conn *pgxpool.Conn) (start c
 	if !ok {
 		return ctx, func() {}
 	}
-	start, cancelStart := context.WithDeadline(ctx, deadline.Add(-min(maxCancelGrace, w.cfg.Timeout/4)))
+	start, cancelStart := context.WithDeadline(ctx, deadline.Add(-w.cancelGrace()/2))
 	sent := make(chan struct{})
 	stop := context.AfterFunc(start, func() {
 		defer close(sent)
@@ -1097,7 +1118,7 @@ func (w *Writer) exec(ctx context.Context, b *batch) (isNew, enqueued []bool, er
 	}
 	args := postgres.PresizeArgs(conn.Conn(), b.args(k))
 	if err = conn.QueryRow(ctx, insertSQL(k), args...).Scan(&inserted, &insertedUsers, &rowIDs, &notified); err != nil {
-		return nil, nil, serverCancelled(start, err)
+		return nil, nil, pending(serverCancelled(start, err), conn.Conn().PgConn(), 0)
 	}
 	if len(insertedUsers) != len(inserted) {
 		return nil, nil, fmt.Errorf("statement returned %d event_ids and %d users", len(inserted), len(insertedUsers))
