@@ -617,3 +617,61 @@ func TestVariableCheckCatchesMistakes(t *testing.T) {
 		t.Fatalf("docRecsysVar matches %q", got)
 	}
 }
+
+// docFlag is a recsys flag in a text: every setting is namespaced (--pg.dsn, --reco.max-in-flight).
+var docFlag = regexp.MustCompile(`(?:^|[^\w-])--([a-z][a-z0-9-]*(?:\.[a-z0-9][a-z0-9-]*)+)\b`)
+
+// allFlags is every flag name of every command.
+func allFlags() map[string]bool {
+	out := map[string]bool{}
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, fs := range []*pflag.FlagSet{c.LocalFlags(), c.PersistentFlags()} {
+			fs.VisitAll(func(f *pflag.Flag) { out[f.Name] = true })
+		}
+		for _, s := range c.Commands() {
+			walk(s)
+		}
+	}
+	walk(cmd.NewRootCmd())
+	return out
+}
+
+// The settings the documents, manifests and config comments name exist: prose and comments
+// are outside TestDocumentedCommandsExist's `recsys ...` lines, and a renamed flag left there
+// sends an operator looking for a setting that is not in --help.
+func TestDocumentedFlagsExist(t *testing.T) {
+	flags := allFlags()
+	files := append(variableSources(t), "Dockerfile", "config/compose.env", "deploy/k8s/base/config.env",
+		"deploy/prometheus/alerts.yml", "deploy/k8s/base/api.yaml", "deploy/k8s/base/relay.yaml",
+		"deploy/k8s/base/consumer.yaml", "deploy/k8s/base/migrate-job.yaml", "deploy/k8s/overlays/prod/kustomization.yaml")
+	total := 0
+	for _, f := range files {
+		// The performance log records flags tried and dropped as well.
+		if f == "docs/performance-log.md" {
+			continue
+		}
+		seen := map[string]bool{}
+		for _, m := range docFlag.FindAllStringSubmatch(string(readFile(t, f)), -1) {
+			total++
+			if !flags[m[1]] && !seen[m[1]] {
+				seen[m[1]] = true
+				t.Errorf("%s: --%s is no flag of any recsys command", f, m[1])
+			}
+		}
+	}
+	if total < 100 {
+		t.Errorf("only %d flags found; the extraction is broken", total)
+	}
+}
+
+func TestFlagCheckCatchesMistakes(t *testing.T) {
+	got := docFlag.FindAllStringSubmatch("`--reco.max-in-flight` (256), --pg.dsn, every `--ranking.*` flag, --dry-run, x--y.z", -1)
+	if len(got) != 2 || got[0][1] != "reco.max-in-flight" || got[1][1] != "pg.dsn" {
+		t.Fatalf("docFlag matches %q", got)
+	}
+	flags := allFlags()
+	if !flags["reco.max-in-flight"] || !flags["log.level"] || !flags["to-version"] || flags["reco.max-inflight"] {
+		t.Fatal("allFlags misses flags or holds one that does not exist")
+	}
+}
