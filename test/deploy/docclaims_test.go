@@ -675,3 +675,129 @@ func TestFlagCheckCatchesMistakes(t *testing.T) {
 		t.Fatal("allFlags misses flags or holds one that does not exist")
 	}
 }
+
+// composeValueFlags take their value as the next word.
+var composeValueFlags = map[string]bool{"--profile": true, "-f": true, "--file": true, "-p": true, "--project-name": true,
+	"--since": true, "--until": true, "--tail": true, "-n": true, "-e": true, "--env": true, "-u": true, "--user": true,
+	"-w": true, "--workdir": true, "--scale": true, "--entrypoint": true, "--name": true}
+
+// composeServiceVerbs are the subcommands whose first argument is a service.
+var composeServiceVerbs = map[string]bool{"exec": true, "run": true, "logs": true, "restart": true, "stop": true,
+	"start": true, "kill": true, "rm": true, "pull": true, "build": true, "up": true, "ps": true, "top": true}
+
+// composeProblems reports what a documented `docker compose` command names that compose.yaml
+// does not define, and a `run` of a recsys service whose command recsys does not have.
+func composeProblems(line string, services map[string]bool, infra map[string]bool) []string {
+	var out []string
+	words := strings.Fields(line)
+	for i := 0; i+1 < len(words); i++ {
+		if words[i] != "docker" || words[i+1] != "compose" {
+			continue
+		}
+		verb, service := "", ""
+		var rest []string
+		for j := i + 2; j < len(words); j++ {
+			w := words[j]
+			if w == "|" || w == "&&" || w == ";" || w == "#" || w == "\\" {
+				break
+			}
+			if service != "" {
+				rest = append(rest, w)
+				continue
+			}
+			name, val, hasVal := strings.Cut(w, "=")
+			if strings.HasPrefix(w, "-") {
+				if composeValueFlags[name] && !hasVal && j+1 < len(words) {
+					val = words[j+1]
+					j++
+				}
+				if name == "--scale" {
+					if s, _, _ := strings.Cut(val, "="); !services[s] {
+						out = append(out, fmt.Sprintf("--scale %s: compose.yaml has no service %s", val, s))
+					}
+				}
+				continue
+			}
+			if verb == "" {
+				verb = w
+				continue
+			}
+			if !composeServiceVerbs[verb] {
+				break
+			}
+			service = w
+			if !services[service] {
+				out = append(out, fmt.Sprintf("compose.yaml has no service %s", service))
+			}
+			if verb != "run" && verb != "exec" {
+				service = "" // logs, up, ...: every word is a service
+			}
+		}
+		if verb == "run" && service != "" && services[service] && !infra[service] && len(rest) > 0 {
+			if p := checkInvocation(strings.Join(rest, " ")); p != "" {
+				out = append(out, fmt.Sprintf("the command of `run %s` (recsys %s): %s", service, strings.Join(rest, " "), p))
+			}
+		}
+	}
+	return out
+}
+
+// The documents' docker compose commands name the services compose.yaml defines (in either
+// layout), and the recsys commands they run through `docker compose run` exist.
+func TestDocumentedComposeCommands(t *testing.T) {
+	services := map[string]bool{}
+	for _, profile := range []string{"all", "split"} {
+		for _, s := range mustLoadCompose(t, profile).Services {
+			services[s.Name] = true
+		}
+	}
+	infra := map[string]bool{}
+	for _, s := range infraServices {
+		infra[s] = true
+	}
+	total := 0
+	for _, doc := range append(allDocs(t), "compose.yaml", ".env.example") {
+		for _, line := range codeLines(string(readFile(t, doc))) {
+			if !strings.Contains(line, "docker compose") {
+				continue
+			}
+			total++
+			for _, p := range composeProblems(line, services, infra) {
+				t.Errorf("%s: `%s`: %s", doc, strings.TrimSpace(line), p)
+			}
+		}
+	}
+	// compose.yaml's own header is comments, not Markdown: read its `#   docker compose` lines.
+	for _, line := range strings.Split(string(readFile(t, "compose.yaml")), "\n") {
+		if l := strings.TrimLeft(line, "# "); strings.HasPrefix(l, "docker compose") {
+			total++
+			for _, p := range composeProblems(l, services, infra) {
+				t.Errorf("compose.yaml: `%s`: %s", l, p)
+			}
+		}
+	}
+	if total < 10 {
+		t.Errorf("only %d docker compose commands found; the extraction is broken", total)
+	}
+}
+
+func TestComposeCheckCatchesMistakes(t *testing.T) {
+	services := map[string]bool{"postgres": true, "redis": true, "migrate": true, "relay": true, "consume": true}
+	infra := map[string]bool{"postgres": true, "redis": true}
+	for line, want := range map[string]int{
+		"docker compose exec postgres psql -U recsys":                                0,
+		"docker compose --profile split up -d":                                       0,
+		"docker compose run --rm migrate migrate down --to-version L":                0,
+		"docker compose run --rm migrate relay replay --status dead --dry-run":       0,
+		"docker compose run --rm migrate relay replay --statuss dead":                1,
+		"docker compose run --rm migrate features rebuilt":                           1,
+		"docker compose exec postgress psql -U recsys":                               1,
+		"docker compose logs --since 15m relay consumer":                             1,
+		"docker compose --profile split up -d --scale relay=2 --scale consumer=3":    1,
+		"docker compose exec redis redis-cli slowlog get 10 # redis-cli --flag here": 0,
+	} {
+		if got := composeProblems(line, services, infra); len(got) != want {
+			t.Errorf("%q: problems %q, want %d", line, got, want)
+		}
+	}
+}
