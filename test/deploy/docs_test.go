@@ -23,6 +23,7 @@ var (
 	fence      = regexp.MustCompile("(?s)```[a-z]*\n(.*?)```")
 	inlineCode = regexp.MustCompile("`([^`\n]+)`")
 	recsysCall = regexp.MustCompile(`(?:^|[\s(])recsys ([a-z][^\n|;&#)'"]*)`)
+	oneoffArgs = regexp.MustCompile(`ARGS='("[a-z][^']*)'`)
 )
 
 // docCommands returns every `recsys ...` invocation in the code blocks and code spans of a
@@ -37,6 +38,10 @@ func docCommands(text string) []string {
 	}
 	var out []string
 	for _, c := range code {
+		// The one-off Job's ARGS='"relay","replay",...' (docs/rollback.md) are a recsys command too.
+		for _, m := range oneoffArgs.FindAllStringSubmatch(c, -1) {
+			out = append(out, strings.Join(strings.Split(strings.ReplaceAll(m[1], `"`, ""), ","), " "))
+		}
 		for _, m := range recsysCall.FindAllStringSubmatchIndex(c, -1) {
 			// `kubectl -n recsys ...`: the namespace, not the binary.
 			if before := strings.TrimSpace(c[:m[0]+1]); strings.HasSuffix(before, "-n") || strings.HasSuffix(before, "--namespace") {
@@ -97,13 +102,15 @@ func TestDocumentedCommandsExist(t *testing.T) {
 }
 
 func TestDocCommandCheckCatchesMistakes(t *testing.T) {
-	text := "Run `recsys relay replay --status dead --dry-run`.\n```sh\nrecsys migrate down 1 # revert\nkubectl exec x -- recsys consume replay-dlq --limt 5\nrecsys rebuild\nkubectl -n recsys rollout undo x\nrecsys features rebuilt\n```\n"
+	text := "Run `recsys relay replay --status dead --dry-run`.\n```sh\nrecsys migrate down 1 # revert\nkubectl exec x -- recsys consume replay-dlq --limt 5\nrecsys rebuild\nkubectl -n recsys rollout undo x\nrecsys features rebuilt\n```\n" +
+		"As a Job: `ARGS='\"relay\",\"replay\",\"--stauts\",\"dead\"' oneoff`.\n"
 	got := docCommands(text)
-	want := []string{"migrate down 1", "consume replay-dlq --limt 5", "rebuild", "features rebuilt", "relay replay --status dead --dry-run"}
+	want := []string{"migrate down 1", "consume replay-dlq --limt 5", "rebuild", "features rebuilt", "relay replay --status dead --dry-run",
+		"relay replay --stauts dead"}
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Fatalf("docCommands = %q, want %q", got, want)
 	}
-	for line, bad := range map[string]bool{got[0]: false, got[1]: true, got[2]: true, got[3]: true, got[4]: false} {
+	for line, bad := range map[string]bool{got[0]: false, got[1]: true, got[2]: true, got[3]: true, got[4]: false, got[5]: true} {
 		if p := checkInvocation(line); (p != "") != bad {
 			t.Errorf("checkInvocation(%q) = %q, want a problem: %t", line, p, bad)
 		}
