@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"k8s.io/apimachinery/pkg/labels"
@@ -798,6 +799,85 @@ func TestComposeCheckCatchesMistakes(t *testing.T) {
 	} {
 		if got := composeProblems(line, services, infra); len(got) != want {
 			t.Errorf("%q: problems %q, want %d", line, got, want)
+		}
+	}
+}
+
+// podName is a pod of Deployment d as Kubernetes names it: <deployment>-<replicaset hash>-<suffix>.
+func podName(d string) string { return d + "-5c4b9d7f8-x2x9z" }
+
+// alertTargetProblems reports the matchers of an alert expression on pod names and on the
+// pod labels the scrape copies (app_kubernetes_io_*) that match no pod of the manifests, and
+// records the Deployments the pod matchers select.
+func alertTargetProblems(expr string, m *manifests, selected map[string]bool) ([]string, error) {
+	e, err := promParser.ParseExpr(expr)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	parser.Inspect(e, func(n parser.Node, _ []parser.Node) error {
+		vs, ok := n.(*parser.VectorSelector)
+		if !ok {
+			return nil
+		}
+		for _, lm := range vs.LabelMatchers {
+			key, isLabel := strings.CutPrefix(lm.Name, "app_kubernetes_io_")
+			if lm.Name != "pod" && !isLabel {
+				continue
+			}
+			found := false
+			for name, d := range m.deployments {
+				switch {
+				case lm.Name == "pod" && lm.Matches(podName(name)):
+					selected[name] = true
+					found = true
+				case isLabel && lm.Matches(d.Spec.Template.Labels["app.kubernetes.io/"+key]):
+					found = true
+				}
+			}
+			if !found {
+				out = append(out, fmt.Sprintf("%s matches no pod of the Deployments", lm))
+			}
+		}
+		return nil
+	})
+	return out, nil
+}
+
+// The alerts that watch pods by name or by their copied labels select the pods the manifests
+// run: after a Deployment's rename a readiness alert would select nothing and stay silent.
+func TestAlertsSelectThePodsOfTheManifests(t *testing.T) {
+	prod := kustomizeBuild(t, "deploy/k8s/overlays/prod")
+	selected := map[string]bool{}
+	for _, g := range loadRules(t).Groups {
+		for _, r := range g.Rules {
+			problems, err := alertTargetProblems(r.Expr, prod, selected)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range problems {
+				t.Errorf("%s%s: %s", r.Alert, r.Record, p)
+			}
+		}
+	}
+	for name := range prod.deployments {
+		if !selected[name] {
+			t.Errorf("no alert watches the pods of Deployment %s by name (RecsysPodNotReady)", name)
+		}
+	}
+}
+
+func TestAlertTargetCheckCatchesMistakes(t *testing.T) {
+	prod := kustomizeBuild(t, "deploy/k8s/overlays/prod")
+	for expr, want := range map[string]int{
+		`kube_pod_status_ready{condition="true", pod=~"recsys-(api|relay|consumer)-.*"} == 0`: 0,
+		`up{app_kubernetes_io_name="recsys", app_kubernetes_io_component="api"}`:              0,
+		`kube_pod_status_ready{pod=~"recsys-worker-.*"} == 0`:                                 1,
+		`up{app_kubernetes_io_component="consumers"}`:                                         1,
+	} {
+		got, err := alertTargetProblems(expr, prod, map[string]bool{})
+		if err != nil || len(got) != want {
+			t.Errorf("%s: problems %q (%v), want %d", expr, got, err, want)
 		}
 	}
 }
