@@ -218,6 +218,7 @@ type kubectlCall struct {
 	verbs     []string
 	refs      []kubectlRef
 	selector  string
+	waitFor   string // --for of kubectl wait
 }
 
 // kubectlValueFlags take their value as the next word.
@@ -261,6 +262,8 @@ func parseKubectl(line string) []kubectlCall {
 				c.namespace = val
 			case name == "-l" || name == "--selector":
 				c.selector = strings.Trim(val, `'"`)
+			case name == "--for":
+				c.waitFor = val
 			case strings.HasPrefix(a, "-"):
 			default:
 				args = append(args, a)
@@ -353,6 +356,15 @@ func kubectlProblems(c kubectlCall, m *manifests, namespaces map[string]bool, cr
 	if len(c.verbs) == 2 && c.verbs[0] == "rollout" && c.verbs[1] == "status" && (named != 1 || c.selector != "") {
 		out = append(out, "kubectl rollout status takes exactly one object (loop over the Deployments)")
 	}
+	// A Job that fails never gets the condition Complete, so kubectl wait sits out its whole
+	// --timeout before the operator learns anything.
+	if len(c.verbs) == 1 && c.verbs[0] == "wait" && strings.EqualFold(c.waitFor, "condition=complete") {
+		for _, r := range c.refs {
+			if kubectlKinds[r.kind] == "Job" {
+				out = append(out, "kubectl wait --for=condition=complete on a Job waits out its timeout when the Job fails: wait for Complete or Failed")
+			}
+		}
+	}
 	return out
 }
 
@@ -415,7 +427,8 @@ func TestKubectlCheckCatchesMistakes(t *testing.T) {
 		"kubectl -n $NS get deploy,pods -l app.kubernetes.io/name=recsys":                        0,
 		"kubectl -n $NS exec deploy/recsys-api -- recsys healthcheck":                            0,
 		"kubectl -n $NS port-forward svc/recsys-api 8080:80 &":                                   0,
-		"kubectl -n $NS wait --for=condition=complete --timeout=10m job/recsys-oneoff":           0,
+		"kubectl -n $NS wait --for=condition=complete --timeout=10m job/recsys-oneoff":           1,
+		"kubectl -n recsys wait --for=condition=available deploy/recsys-api":                     0,
 		"kubectl delete job recsys-migrate -n recsys --ignore-not-found":                         0,
 		"kubectl -n recsys scale deploy/recsys-consumer --replicas=0":                            0,
 		"for d in recsys-api recsys-relay; do kubectl -n recsys rollout undo deploy/$d; done":    0,
