@@ -213,7 +213,6 @@ type kubectlRef struct{ kind, name string }
 
 // kubectlCall is what a documented kubectl command refers to.
 type kubectlCall struct {
-	line      string
 	namespace string
 	verbs     []string
 	refs      []kubectlRef
@@ -244,7 +243,7 @@ func parseKubectl(line string) []kubectlCall {
 		if w != "kubectl" {
 			continue
 		}
-		c := kubectlCall{line: line}
+		var c kubectlCall
 		var args []string
 		for j := i + 1; j < len(words); j++ {
 			a := words[j]
