@@ -168,13 +168,30 @@ func cutLast(s, sep string) (before, after string, found bool) {
 	return s, "", false
 }
 
-// The files and folders the documents send operators to exist. `deploy/<name>` in a kubectl
-// command is a Deployment, checked by TestDocumentedKubectlCommands.
+// The files and folders the documents, and the comments of the packaging files and
+// scripts, send operators to exist. `deploy/<name>` in a kubectl command is a Deployment,
+// checked by TestDocumentedKubectlCommands.
 func TestDocumentedPathsExist(t *testing.T) {
 	root := repoRoot(t)
+	sources := variableSources(t)
+	for _, glob := range []string{"Dockerfile", ".dockerignore", "config/*", "deploy/prometheus/*.yml", "deploy/k8s/*/*.yaml",
+		"deploy/k8s/*/*/*.yaml", "deploy/k8s/*/*.env"} {
+		m, err := filepath.Glob(filepath.Join(root, glob))
+		if err != nil || len(m) == 0 {
+			t.Fatalf("%s matches nothing (%v)", glob, err)
+		}
+		for _, f := range m {
+			sources = append(sources, filepath.ToSlash(strings.TrimPrefix(f, root+string(filepath.Separator))))
+		}
+	}
 	total := 0
-	for _, doc := range allDocs(t) {
-		for _, line := range codeLines(string(readFile(t, doc))) {
+	for _, doc := range sources {
+		text := string(readFile(t, doc))
+		lines := strings.Split(text, "\n")
+		if strings.HasSuffix(doc, ".md") {
+			lines = codeLines(text)
+		}
+		for _, line := range lines {
 			kubectl := strings.Contains(line, "kubectl")
 			for _, m := range repoPath.FindAllStringSubmatch(line, -1) {
 				if kubectl && regexp.MustCompile(`^deploy/[a-z0-9-]+$`).MatchString(m[1]) {
