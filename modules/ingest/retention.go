@@ -6,8 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
+	"recsys/pkg/postgres"
 )
 
 // retentionTables are the tables the retention loop trims, each by created_at. event_outbox is
@@ -106,76 +105,22 @@ SELECT count(*), COALESCE(array_agg(DISTINCT (ctid::text::point)[0]::bigint), '{
 	}
 }
 
-// brinIndexesSQL lists a table's BRIN indexes with their pages per range (default 128).
-const brinIndexesSQL = `
-SELECT c.oid::regclass::text, COALESCE((SELECT option_value::int FROM pg_options_to_table(c.reloptions) WHERE option_name = 'pages_per_range'), 128)
-FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
-WHERE i.indrelid = $1::regclass AND a.amname = 'brin'`
-
-// brinLockTimeout bounds the wait for the ShareUpdateExclusiveLock that BRIN summarizing
-// takes on the table. It is below deadlock_timeout (1 s by default) on purpose: a longer wait
-// behind an autovacuum of the table would cancel that vacuum. A range that could not be
-// desummarized only stays wider than it needs to be; one left unsummarized is summarized by
-// the next pass.
-const brinLockTimeout = "200ms"
-
 // desummarizeBRIN desummarizes the block ranges holding blocks in the table's BRIN indexes.
 func (m *Ingest) desummarizeBRIN(ctx context.Context, table string, blocks []int64) error {
-	if len(blocks) == 0 {
-		return nil
-	}
-	return m.brinMaintenance(ctx, table, func(tx pgx.Tx, index string, pagesPerRange int64) error {
-		_, err := tx.Exec(ctx, `SELECT brin_desummarize_range($1::regclass, r) FROM (SELECT DISTINCT b / $2::bigint * $2::bigint AS r FROM unnest($3::bigint[]) b) s`,
-			index, pagesPerRange, blocks)
-		return err
-	})
+	return m.brinSkipBusy(ctx, table, postgres.DesummarizeBRIN(ctx, m.deps.PG, table, blocks))
 }
 
 // summarizeBRIN summarizes every unsummarized block range of the table's BRIN indexes.
 func (m *Ingest) summarizeBRIN(ctx context.Context, table string) error {
-	return m.brinMaintenance(ctx, table, func(tx pgx.Tx, index string, _ int64) error {
-		_, err := tx.Exec(ctx, `SELECT brin_summarize_new_values($1::regclass)`, index)
-		return err
-	})
+	return m.brinSkipBusy(ctx, table, postgres.SummarizeBRIN(ctx, m.deps.PG, table))
 }
 
-// brinMaintenance runs do for each BRIN index of table in one transaction. Meeting an
-// autovacuum of the table (lock_timeout) is normal and not an error: the work is skipped.
-func (m *Ingest) brinMaintenance(ctx context.Context, table string, do func(tx pgx.Tx, index string, pagesPerRange int64) error) error {
-	err := m.brinMaintenanceTx(ctx, table, do)
-	if pe := (*pgconn.PgError)(nil); errors.As(err, &pe) && pe.Code == "55P03" /* lock_not_available */ {
+// brinSkipBusy: meeting an autovacuum of the table is normal and not an error: the work is
+// skipped.
+func (m *Ingest) brinSkipBusy(ctx context.Context, table string, err error) error {
+	if errors.Is(err, postgres.ErrBRINBusy) {
 		m.deps.Log.DebugContext(ctx, "brin maintenance skipped, table busy", "table", table)
 		return nil
 	}
 	return err
-}
-
-func (m *Ingest) brinMaintenanceTx(ctx context.Context, table string, do func(tx pgx.Tx, index string, pagesPerRange int64) error) error {
-	return pgx.BeginFunc(ctx, m.deps.PG, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '"+brinLockTimeout+"'"); err != nil {
-			return fmt.Errorf("set lock_timeout: %w", err)
-		}
-		rows, err := tx.Query(ctx, brinIndexesSQL, table)
-		if err != nil {
-			return fmt.Errorf("list brin indexes of %s: %w", table, err)
-		}
-		type index struct {
-			name          string
-			pagesPerRange int64
-		}
-		indexes, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (index, error) {
-			var i index
-			err := r.Scan(&i.name, &i.pagesPerRange)
-			return i, err
-		})
-		if err != nil {
-			return fmt.Errorf("list brin indexes of %s: %w", table, err)
-		}
-		for _, i := range indexes {
-			if err := do(tx, i.name, i.pagesPerRange); err != nil {
-				return fmt.Errorf("brin index %s: %w", i.name, err)
-			}
-		}
-		return nil
-	})
 }

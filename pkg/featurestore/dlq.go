@@ -4,10 +4,13 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"recsys/pkg/postgres"
 )
 
 // DLQStats is the dead-letter backlog.
@@ -37,17 +40,31 @@ func (s *Store) DLQStats(ctx context.Context) (DLQStats, error) {
 
 // PurgeApplied deletes dedup records older than retention in batches of limit, until a
 // batch comes back short; it returns how many it deleted.
+//
+// It keeps the BRIN index on applied_at narrow as the ingest's retention does for its tables
+// (postgres.DesummarizeBRIN): the space it frees is reused by new records, and without that
+// every block range would match the cutoff after one retention period, so that the last,
+// short batch of every purge (every 30 s in each consumer) read the whole table.
 func (s *Store) PurgeApplied(ctx context.Context, retention time.Duration, limit int) (int64, error) {
+	if err := postgres.SummarizeBRIN(ctx, s.pg, "feature_applied"); err != nil && !errors.Is(err, postgres.ErrBRINBusy) {
+		return 0, fmt.Errorf("purge applied events: %w", err)
+	}
 	var total int64
 	for {
-		tag, err := s.pg.Exec(ctx, `DELETE FROM feature_applied WHERE ctid = ANY(ARRAY(
-  SELECT ctid FROM feature_applied WHERE applied_at < now() - $1::interval LIMIT $2))`,
-			fmt.Sprintf("%d seconds", int64(retention.Seconds())), limit)
+		var n int64
+		var blocks []int64
+		err := s.pg.QueryRow(ctx, `WITH d AS (DELETE FROM feature_applied WHERE ctid = ANY(ARRAY(
+  SELECT ctid FROM feature_applied WHERE applied_at < now() - $1::interval LIMIT $2)) RETURNING ctid)
+SELECT count(*), COALESCE(array_agg(DISTINCT (ctid::text::point)[0]::bigint), '{}') FROM d`,
+			fmt.Sprintf("%d seconds", int64(retention.Seconds())), limit).Scan(&n, &blocks)
 		if err != nil {
 			return total, fmt.Errorf("purge applied events: %w", err)
 		}
-		total += tag.RowsAffected()
-		if tag.RowsAffected() < int64(limit) {
+		total += n
+		if err := postgres.DesummarizeBRIN(ctx, s.pg, "feature_applied", blocks); err != nil && !errors.Is(err, postgres.ErrBRINBusy) {
+			return total, fmt.Errorf("purge applied events: %w", err)
+		}
+		if n < int64(limit) {
 			return total, nil
 		}
 	}

@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"recsys/pkg/events"
 	"recsys/pkg/features"
@@ -208,5 +212,72 @@ IF NEW.item_id = 'boom' THEN RAISE EXCEPTION 'test: serialization failure' USING
 		if e.Outcome != "pending" {
 			t.Errorf("entry %d: outcome %q, want pending (not tried)", e.ID, e.Outcome)
 		}
+	}
+}
+
+// TestPurgeAppliedKeepsBRINRangesNarrow: the space the purge frees is reused by new dedup
+// records; the BRIN summaries on applied_at must not keep the deleted rows' times, or after one
+// retention period every purge (every 30 s per consumer) would read the whole table to find
+// that nothing more is old enough.
+func TestPurgeAppliedKeepsBRINRangesNarrow(t *testing.T) {
+	ctx := context.Background()
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	st := featurestore.New(pool, nil, testutil.Unique("purge")+":", testConfig(), nil)
+	const rows = 60000 // a few hundred heap pages: several block ranges of 128 pages
+	insert := func(prefix, age string) {
+		t.Helper()
+		if _, err := pool.Exec(ctx, `INSERT INTO feature_applied (event_id, user_id, applied_at)
+			SELECT $1 || g, 'u' || g % 50, now() - $2::interval FROM generate_series(1, $3::int) g`, prefix, age, rows); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vacuum := func() {
+		t.Helper()
+		if _, err := pool.Exec(ctx, "VACUUM feature_applied"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	insert("old-", "20 days")
+	insert("kept-", "1 day") // keeps the heap from being truncated by vacuum
+	vacuum()                 // summarizes the ranges, as autovacuum does in production
+	const retention = 14 * 24 * time.Hour
+	if n, err := st.PurgeApplied(ctx, retention, 5000); err != nil || n != rows {
+		t.Fatalf("purged %d (%v), want %d", n, err, rows)
+	}
+	vacuum() // frees the deleted rows' space; the new rows fill it
+	insert("new-", "0 days")
+	var reused bool
+	if err := pool.QueryRow(ctx, `SELECT min((ctid::text::point)[0]) < (SELECT min((ctid::text::point)[0]) FROM feature_applied WHERE event_id LIKE 'kept-%')
+		FROM feature_applied WHERE event_id LIKE 'new-%'`).Scan(&reused); err != nil || !reused {
+		t.Fatalf("the new rows did not reuse the freed pages (%v): the test proves nothing", err)
+	}
+	if n, err := st.PurgeApplied(ctx, retention, 5000); err != nil || n != 0 {
+		t.Fatalf("second purge deleted %d (%v), want 0", n, err)
+	}
+	var plan []string
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SET LOCAL enable_seqscan = off"); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, `EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) SELECT ctid FROM feature_applied WHERE applied_at < now() - $1::interval`,
+			fmt.Sprintf("%d seconds", int64(retention.Seconds())))
+		if err != nil {
+			return err
+		}
+		plan, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks, usesBRIN := 0, false
+	for _, l := range plan {
+		if m := regexp.MustCompile(`Heap Blocks: .*?(?:exact|lossy)=(\d+)`).FindStringSubmatch(l); m != nil {
+			blocks, _ = strconv.Atoi(m[1])
+		}
+		usesBRIN = usesBRIN || strings.Contains(l, "Bitmap Index Scan on feature_applied_applied_at_brin")
+	}
+	if !usesBRIN || blocks != 0 {
+		t.Fatalf("the purge's scan for expired records read %d heap blocks (want 0, through the BRIN index):\n%s", blocks, strings.Join(plan, "\n"))
 	}
 }
