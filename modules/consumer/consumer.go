@@ -93,6 +93,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		return nil //nolint:nilerr // only a cancelled context ends ensureTopics
 	}
 	c.checkRedisConfig(ctx)
+	c.checkKafkaRetention(ctx)
 	r, err := c.kafka.NewGroupReader(kafka.ReaderOptions{GroupID: c.cfg.GroupID, Topics: c.topics, MaxWait: c.cfg.FetchMaxWait,
 		ErrorLog: c.log.With("source", "kafka-go")})
 	if err != nil {
@@ -252,6 +253,32 @@ func (c *Consumer) checkRedisConfig(ctx context.Context) {
 	}
 	for _, m := range msgs {
 		c.log.WarnContext(ctx, m)
+	}
+}
+
+// checkKafkaRetention warns when a topic may keep a message longer than its dedup record is
+// kept (--consumer.dedup-retention): a group that starts over from the oldest offset (its
+// committed offsets expired while the consumers were down, a new --consumer.group, offsets
+// reset by hand) would apply such a message a second time. Only a warning: the committed
+// offsets normally keep the group past those messages, and a broker that refuses
+// DescribeConfigs only costs the check.
+func (c *Consumer) checkKafkaRetention(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	ret, err := c.kafka.Retention(ctx, c.topics...)
+	if err != nil {
+		c.log.InfoContext(ctx, "kafka topic retention not checked against --consumer.dedup-retention", "err", err)
+	}
+	for _, t := range c.topics {
+		r, ok := ret[t]
+		if !ok {
+			continue
+		}
+		if h := r.Horizon(); h == 0 || h > c.cfg.DedupRetention {
+			c.log.WarnContext(ctx, "kafka topic keeps messages longer than --consumer.dedup-retention: a consumer group that starts over from the oldest offset would apply the older ones twice",
+				"topic", t, "retention_ms", r.Ms, "segment_ms", r.SegmentMs, "dedup_retention", c.cfg.DedupRetention.String(),
+				"mitigation", "raise --consumer.dedup-retention above the topic's retention.ms + segment.ms, or lower the topic's retention.ms (docs/scaling.md, Retention)")
+		}
 	}
 }
 

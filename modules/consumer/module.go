@@ -58,7 +58,9 @@
 //     Redis (histogram, ms; old events from backfills land in the top buckets)
 //
 // Replayed DLQ entries and dedup records older than --consumer.dedup-retention are deleted
-// every 30 s in bounded batches.
+// every 30 s in bounded batches. At start the consumer warns when one of its topics may keep a
+// message longer (retention.ms + segment.ms, or retention.ms -1): a group that starts over
+// from the oldest offset would apply such a message twice.
 //
 // recsys additions: recsys_consumer_accepted_to_visible_seconds (API acceptance,
 // server_received_ts_ms, to visible in Redis), recsys_consumer_apply_seconds (PostgreSQL

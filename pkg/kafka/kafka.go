@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -253,37 +254,80 @@ func leaderServes(ctx context.Context, d *kafkago.Dialer, p kafkago.Partition) e
 // configuration needs the DescribeConfigs ACL; without it the error wraps
 // kafkago.TopicAuthorizationFailed or kafkago.ClusterAuthorizationFailed.
 func (c *Client) MaxMessageBytes(ctx context.Context, topics ...string) (map[string]int64, error) {
+	cfgs, err := c.topicConfigInts(ctx, topics, "max.message.bytes")
+	out := make(map[string]int64, len(cfgs))
+	for t, v := range cfgs {
+		out[t] = v["max.message.bytes"]
+	}
+	return out, err
+}
+
+// Retention is how long a topic keeps a message by time.
+type Retention struct {
+	// Ms is the topic's retention.ms; -1: kept for ever (unless retention.bytes trims it).
+	Ms int64
+	// SegmentMs is its segment.ms: the broker deletes whole segments once their newest
+	// message is older than Ms, and a segment rolls after at most SegmentMs, so a message may
+	// stay up to Ms + SegmentMs.
+	SegmentMs int64
+}
+
+// Horizon is how long a message may stay readable by time; 0: for ever.
+func (r Retention) Horizon() time.Duration {
+	if r.Ms < 0 {
+		return 0
+	}
+	return time.Duration(r.Ms+r.SegmentMs) * time.Millisecond
+}
+
+// Retention returns each topic's time retention (needs DescribeConfigs, as MaxMessageBytes).
+func (c *Client) Retention(ctx context.Context, topics ...string) (map[string]Retention, error) {
+	cfgs, err := c.topicConfigInts(ctx, topics, "retention.ms", "segment.ms")
+	out := make(map[string]Retention, len(cfgs))
+	for t, v := range cfgs {
+		out[t] = Retention{Ms: v["retention.ms"], SegmentMs: v["segment.ms"]}
+	}
+	return out, err
+}
+
+// topicConfigInts describes the integer settings names of topics; a topic is in the result
+// only when every one of names was described.
+func (c *Client) topicConfigInts(ctx context.Context, topics []string, names ...string) (map[string]map[string]int64, error) {
 	req := &kafkago.DescribeConfigsRequest{}
 	for _, t := range topics {
 		req.Resources = append(req.Resources, kafkago.DescribeConfigRequestResource{
-			ResourceType: kafkago.ResourceTypeTopic, ResourceName: t, ConfigNames: []string{"max.message.bytes"}})
+			ResourceType: kafkago.ResourceTypeTopic, ResourceName: t, ConfigNames: names})
 	}
 	resp, err := c.admin.DescribeConfigs(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("describe configs of topics %v: %w", topics, err)
 	}
-	out := make(map[string]int64, len(topics))
+	out := make(map[string]map[string]int64, len(topics))
 	var errs []error
 	for _, r := range resp.Resources {
 		if r.Error != nil {
 			errs = append(errs, fmt.Errorf("describe configs of topic %s: %w", r.ResourceName, r.Error))
 			continue
 		}
+		got := map[string]int64{}
 		for _, e := range r.ConfigEntries {
-			if e.ConfigName != "max.message.bytes" {
+			if !slices.Contains(names, e.ConfigName) {
 				continue
 			}
 			n, err := strconv.ParseInt(e.ConfigValue, 10, 64)
 			if err != nil {
-				errs = append(errs, fmt.Errorf("topic %s: max.message.bytes %q: %w", r.ResourceName, e.ConfigValue, err))
+				errs = append(errs, fmt.Errorf("topic %s: %s %q: %w", r.ResourceName, e.ConfigName, e.ConfigValue, err))
 				continue
 			}
-			out[r.ResourceName] = n
+			got[e.ConfigName] = n
+		}
+		if len(got) == len(names) {
+			out[r.ResourceName] = got
 		}
 	}
 	for _, t := range topics {
 		if _, ok := out[t]; !ok && len(errs) == 0 {
-			errs = append(errs, fmt.Errorf("topic %s: the broker did not describe max.message.bytes", t))
+			errs = append(errs, fmt.Errorf("topic %s: the broker did not describe %s", t, strings.Join(names, ", ")))
 		}
 	}
 	return out, errors.Join(errs...)
