@@ -297,6 +297,18 @@ func TestAlertsFireOnTheirFaultOnly(t *testing.T) {
 		{name: "outbox stuck for 2 minutes (shorter than for)", fault: func(w world) {
 			w.set(after(lastMinutes(2), constant(15), constant(120000)), "__name__", "reco_outbox_backlog_oldest_lag_ms", "namespace", ns, "pod", "recsys-relay-1")
 		}},
+		{name: "ingest retention fails every pass", want: []string{"RetentionFailing"},
+			fault: func(w world) {
+				w.set(grows(1.0/60), "__name__", "recsys_ingest_retention_errors_total", "namespace", ns, "pod", "recsys-api-7d9f-a")
+			}},
+		{name: "consumer purge fails every pass", want: []string{"RetentionFailing"},
+			fault: func(w world) {
+				w.set(grows(2.0/30), "__name__", "reco_feature_consumer_errors_total", "namespace", ns, "pod", "recsys-consumer-1", "stage", "retention")
+			}},
+		{name: "a retention blip", fault: func(w world) {
+			w.set(after(lastMinutes(90), constant(0), constant(5)), "__name__", "recsys_ingest_retention_errors_total", "namespace", ns, "pod", "recsys-api-7d9f-a")
+			w.set(after(lastMinutes(90), constant(0), constant(5)), "__name__", "reco_outbox_relay_errors_total", "namespace", ns, "pod", "recsys-relay-1", "stage", "retention")
+		}},
 		{name: "dead outbox rows", want: []string{"OutboxDeadRows"},
 			fault: func(w world) {
 				w.set(constant(4), "__name__", "reco_outbox_backlog_events", "namespace", ns, "pod", "recsys-relay-1", "status", "dead")

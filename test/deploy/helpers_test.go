@@ -124,6 +124,7 @@ var recsysMetrics = map[string]metricKind{
 	// ingest.
 	"recsys_ingest_commit_duration_seconds": histogram,
 	"recsys_ingest_commit_errors_total":     counter,
+	"recsys_ingest_retention_errors_total":  counter,
 	// relay (contract).
 	"reco_outbox_relay_published_total": counter,
 	"reco_outbox_relay_failed_total":    counter,
