@@ -64,6 +64,7 @@ import (
 	writer "recsys/pkg/ingest"
 	"recsys/pkg/module"
 	"recsys/pkg/outbox"
+	"recsys/pkg/postgres"
 )
 
 func init() {
@@ -87,6 +88,9 @@ type Ingest struct {
 	// watchBodies are the four possible /log/watch answers (status × outbox_enqueued),
 	// encoded once as c.JSON would encode them.
 	watchBodies map[watchResponse][]byte
+
+	// brin retries the BRIN ranges retention could not desummarize (retention.go).
+	brin postgres.BRINDesummarizer
 
 	// The last outbox snapshot of the health endpoints (see backlog).
 	snapMu  sync.Mutex

@@ -105,9 +105,10 @@ SELECT count(*), COALESCE(array_agg(DISTINCT (ctid::text::point)[0]::bigint), '{
 	}
 }
 
-// desummarizeBRIN desummarizes the block ranges holding blocks in the table's BRIN indexes.
+// desummarizeBRIN desummarizes the block ranges holding blocks in the table's BRIN indexes,
+// and those a previous call could not (an autovacuum held the table).
 func (m *Ingest) desummarizeBRIN(ctx context.Context, table string, blocks []int64) error {
-	return m.brinSkipBusy(ctx, table, postgres.DesummarizeBRIN(ctx, m.deps.PG, table, blocks))
+	return m.brinSkipBusy(ctx, table, m.brin.Desummarize(ctx, m.deps.PG, table, blocks))
 }
 
 // summarizeBRIN summarizes every unsummarized block range of the table's BRIN indexes.

@@ -61,7 +61,7 @@ SELECT count(*), COALESCE(array_agg(DISTINCT (ctid::text::point)[0]::bigint), '{
 			return total, fmt.Errorf("purge applied events: %w", err)
 		}
 		total += n
-		if err := postgres.DesummarizeBRIN(ctx, s.pg, "feature_applied", blocks); err != nil && !errors.Is(err, postgres.ErrBRINBusy) {
+		if err := s.brin.Desummarize(ctx, s.pg, "feature_applied", blocks); err != nil && !errors.Is(err, postgres.ErrBRINBusy) {
 			return total, fmt.Errorf("purge applied events: %w", err)
 		}
 		if n < int64(limit) {

@@ -68,6 +68,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"recsys/pkg/features"
+	"recsys/pkg/postgres"
 )
 
 // Store applies events to PostgreSQL and mirrors the result into Redis.
@@ -86,6 +87,8 @@ type Store struct {
 	userTTL time.Duration
 	imps    ImpressionsFormat // how impression counters are written
 	overlay bool              // impression raises go to the overlay (overlay.go)
+	// brin retries the BRIN ranges of feature_applied PurgeApplied could not desummarize.
+	brin postgres.BRINDesummarizer
 
 	mu      sync.Mutex
 	written []int64 // journal rows whose Redis writes completed, deleted by the next batch

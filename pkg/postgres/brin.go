@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -47,6 +49,58 @@ func DesummarizeBRIN(ctx context.Context, pool *pgxpool.Pool, table string, bloc
 			index, pagesPerRange, blocks)
 		return err
 	})
+}
+
+// maxDeferredBlocks bounds the blocks a BRINDesummarizer remembers per table (8 bytes
+// each, plus the map's overhead); past it, further ranges stay wide.
+const maxDeferredBlocks = 1 << 20
+
+// BRINDesummarizer desummarizes the ranges of emptied blocks like DesummarizeBRIN, and
+// remembers those it could not (ErrBRINBusy, a failure) to desummarize them with the next
+// call for the same table. A range skipped for good would stay wide for good: vacuum hands
+// its space to new rows, and nothing narrows a summarized range again. An autovacuum of a
+// large table holds the lock for an hour or more, and every range emptied meanwhile was lost
+// that way; over months of vacuums, more and more of the table matched every scan. The zero
+// value is ready; it is safe for concurrent use.
+type BRINDesummarizer struct {
+	mu       sync.Mutex
+	deferred map[string]map[int64]struct{} // table -> blocks
+}
+
+// Desummarize desummarizes the ranges of blocks and of the blocks deferred before for table.
+// ErrBRINBusy (wrapped) says they are deferred again.
+func (d *BRINDesummarizer) Desummarize(ctx context.Context, pool *pgxpool.Pool, table string, blocks []int64) error {
+	d.mu.Lock()
+	prev := d.deferred[table]
+	delete(d.deferred, table)
+	d.mu.Unlock()
+	all := blocks
+	if len(prev) > 0 {
+		all = slices.Grow(slices.Clone(blocks), len(prev))
+		for b := range prev {
+			all = append(all, b)
+		}
+	}
+	err := DesummarizeBRIN(ctx, pool, table, all)
+	if err != nil {
+		d.mu.Lock()
+		if d.deferred == nil {
+			d.deferred = map[string]map[int64]struct{}{}
+		}
+		m := d.deferred[table]
+		if m == nil {
+			m = make(map[int64]struct{}, len(all))
+			d.deferred[table] = m
+		}
+		for _, b := range all {
+			if len(m) >= maxDeferredBlocks {
+				break
+			}
+			m[b] = struct{}{}
+		}
+		d.mu.Unlock()
+	}
+	return err
 }
 
 // SummarizeBRIN summarizes every unsummarized block range of table's BRIN indexes.
