@@ -15,7 +15,8 @@
 //
 // Responses keep the contract's fields; outbox_enqueued is true (or counts) only when the
 // event's outbox frame was really written, and inserted_events counts events that were new. Errors:
-// 422 with a pydantic-style detail list (every bad field, with its loc; an event encoding to
+// 422 with a pydantic-style detail list (every bad field, with its loc, cut after 1000 entries
+// or once their inputs would echo more than the body's size, 64 KiB at least; an event encoding to
 // more than --ingest.max-event-bytes is one "event_too_large" entry located at the field that
 // makes it so, or at the event), 413 over the body
 // limit, 415 for a non-JSON content type or a compressed body (Content-Encoding other than

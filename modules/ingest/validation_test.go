@@ -293,6 +293,29 @@ func TestValidationReportsEveryError(t *testing.T) {
 	}
 }
 
+// A 422 echoes what was at fault, and nothing the client sent more than about once: a body at
+// the limit whose one object lacks every field and is made of characters JSON may escape was
+// answered with 36 times its size (each "missing" error echoed the object, each '<' became
+// six bytes), memory a client that never reads the answer holds for the write timeout.
+func TestValidationAnswerStaysWithinTheBodySize(t *testing.T) {
+	v := newEnv(t, testutil.MigratedDatabase(t))
+	big := strings.Repeat("<&>", (4<<20-200)/3)
+	for _, tc := range []struct{ path, body string }{
+		{"/log/impression", `{"zz":"` + big + `"}`},
+		{"/log/watch", `{"context":{"user_agent":"` + big + `"}}`},
+		{"/log/batch", `{"events":[{"context":{"user_agent":"` + big + `"}}]}`},
+		{"/event", `{"item_id":"` + big + `"}`},
+	} {
+		code, resp := v.post(tc.path, tc.body)
+		if code != http.StatusUnprocessableEntity {
+			t.Fatalf("POST %s: %d %.200s", tc.path, code, resp)
+		}
+		if len(resp) > len(tc.body)+64<<10 {
+			t.Errorf("POST %s: a %d-byte body answered with %d bytes", tc.path, len(tc.body), len(resp))
+		}
+	}
+}
+
 func TestTransportErrors(t *testing.T) {
 	v := newEnv(t, testutil.MigratedDatabase(t), func(c *Config, h *httpx.Config) { h.BodyLimitBytes = 2048 })
 	for _, path := range []string{"/log/impression", "/log/watch", "/log/batch", "/event"} {

@@ -294,7 +294,8 @@ var utf8BOM = []byte{0xEF, 0xBB, 0xBF}
 
 func start(body []byte, lim Limits, now time.Time) (*checker, *node) {
 	body = bytes.TrimPrefix(body, utf8BOM)
-	c := &checker{window: true, lim: lim, nowMs: now.UnixMilli(), loc: make([]any, 1, 8)}
+	// The detail echoes at most about the body's size: what the client sent, once.
+	c := &checker{window: true, lim: lim, nowMs: now.UnixMilli(), loc: make([]any, 1, 8), echoMax: max(len(body), minEchoBudget)}
 	c.loc[0] = "body"
 	empty := true
 	for _, b := range body {

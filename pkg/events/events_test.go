@@ -311,3 +311,63 @@ func TestDecodeSkipsLeadingBOM(t *testing.T) {
 		t.Errorf("error location with a BOM %v, without %v", marked, plain)
 	}
 }
+
+// A 422's detail echoes the inputs at fault, and a "missing" error echoes the whole object
+// missing the field, as pydantic does: a big object lacking several fields was echoed once per
+// field, a 4 MiB body answered with 20 MiB or more. The inputs echoed stay within the body's
+// size (the first error is always kept), and a small broken body keeps every error.
+func TestValidationDetailEchoesTheBodyAtMostOnce(t *testing.T) {
+	now := time.Now()
+	big := strings.Repeat("x", 4<<20-200)
+	decoders := map[string]func([]byte) *events.ValidationError{
+		"impression": func(b []byte) *events.ValidationError {
+			_, err := events.DecodeImpression(b, events.DefaultLimits(), now)
+			return err
+		},
+		"watch": func(b []byte) *events.ValidationError {
+			_, err := events.DecodeWatch(b, events.DefaultLimits(), now)
+			return err
+		},
+		"legacy": func(b []byte) *events.ValidationError {
+			_, err := events.DecodeLegacy(b, events.DefaultLimits(), now)
+			return err
+		},
+		"batch": func(b []byte) *events.ValidationError {
+			_, err := events.DecodeBatch(b, events.DefaultLimits(), now)
+			return err
+		},
+	}
+	manyEvents := `{"events":[` + strings.TrimSuffix(strings.Repeat(`{"context":{"user_agent":"`+strings.Repeat("y", 4000)+`"}},`, 1000), ",") + `]}`
+	for _, tc := range []struct {
+		name, decoder, body string
+		wantErrors          int // 0: any number, at least one
+	}{
+		{"unknown field", "impression", `{"zz":"` + big + `"}`, 0},
+		{"big context", "watch", `{"context":{"user_agent":"` + big + `"}}`, 0},
+		{"big legacy field", "legacy", `{"item_id":"` + big + `"}`, 0},
+		{"one big event", "batch", `{"events":[{"context":{"user_agent":"` + big + `"}}]}`, 0},
+		{"many events", "batch", manyEvents, 0},
+		{"small body", "watch", `{}`, 6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			verr := decoders[tc.decoder]([]byte(tc.body))
+			if verr == nil || len(verr.Errors) == 0 {
+				t.Fatal("no error")
+			}
+			if tc.wantErrors > 0 && len(verr.Errors) != tc.wantErrors {
+				t.Errorf("%d errors, want %d: %v", len(verr.Errors), tc.wantErrors, verr)
+			}
+			echoed := 0
+			for _, e := range verr.Errors {
+				b, err := json.Marshal(e.Input)
+				if err != nil {
+					t.Fatal(err)
+				}
+				echoed += len(b)
+			}
+			if limit := max(len(tc.body), 64<<10); echoed > limit {
+				t.Errorf("%d errors echo %d bytes of input, want at most %d (the body is %d)", len(verr.Errors), echoed, limit, len(tc.body))
+			}
+		})
+	}
+}

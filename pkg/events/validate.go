@@ -47,6 +47,10 @@ func (e *ValidationError) Error() string {
 // response many times its size.
 const maxErrors = 1000
 
+// minEchoBudget is the least a request's detail list may echo of its inputs (see
+// checker.echoMax): a small broken body keeps every one of its errors.
+const minEchoBudget = 64 << 10
+
 // checker collects errors at a location. skip holds the locations whose value could not be
 // decoded (wrong JSON type, missing), so the rules do not report a second, misleading error
 // about the zero value left there.
@@ -58,6 +62,14 @@ type checker struct {
 	lim    Limits
 	nowMs  int64
 	mem    *parseMem // the tree's memory (request decoding), released when decoding ends
+	// echoMax bounds the bytes of input the errors echo, all together (0: no bound); echoed
+	// counts them, and cut is set once an error did not fit, after which none is added, so
+	// the list stays a prefix of the full one. Each "missing" error echoes the whole object
+	// it is missing from, as pydantic does: one object of a 4 MiB body lacking five fields
+	// was echoed five times, a 20 MiB answer, held in memory while a client that does not
+	// read it lets the write time out.
+	echoMax, echoed int
+	cut             bool
 	// noID: the event being checked was sent without an event_id, which the decoders fill
 	// in once it is valid (fillID), so the id's rule does not apply.
 	noID bool
@@ -87,10 +99,30 @@ func locKey(loc []any) string {
 }
 
 func (c *checker) add(loc []any, typ, msg string, input any, ctx map[string]any) {
-	if len(c.errs) >= maxErrors {
+	if len(c.errs) >= maxErrors || c.cut {
 		return
 	}
+	if c.echoMax > 0 {
+		n := inputBytes(input)
+		if len(c.errs) > 0 && c.echoed+n > c.echoMax {
+			c.cut = true
+			return
+		}
+		c.echoed += n
+	}
 	c.errs = append(c.errs, FieldError{Type: typ, Loc: loc, Msg: msg, Input: input, Ctx: ctx})
+}
+
+// inputBytes is the size of an error's input as echoed: the inputs taken from the body are
+// its raw JSON or its strings; numbers and the fixed values are small.
+func inputBytes(input any) int {
+	switch v := input.(type) {
+	case json.RawMessage:
+		return len(v)
+	case string:
+		return len(v)
+	}
+	return 0
 }
 
 // bad records an error at field and marks it so the rules skip it.

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -431,8 +432,25 @@ func errorHandler(log *slog.Logger) echo.HTTPErrorHandler {
 			_ = c.NoContent(code)
 			return
 		}
-		_ = c.JSON(code, map[string]any{"detail": detail})
+		_ = writeError(c, code, detail)
 	}
+}
+
+// writeError writes {"detail": detail} as c.JSON does (?pretty indents), but without HTML
+// escaping: a 422's detail echoes the client's inputs, and escaped each <, > and & is six
+// bytes, so a body made of them was answered with six times its size. The original service
+// (Python's json) wrote them verbatim too.
+func writeError(c echo.Context, code int, detail any) error {
+	enc := json.NewEncoder(c.Response())
+	enc.SetEscapeHTML(false)
+	if _, pretty := c.QueryParams()["pretty"]; pretty || c.Echo().Debug {
+		enc.SetIndent("", "  ")
+	}
+	if h := c.Response().Header(); h.Get(echo.HeaderContentType) == "" {
+		h.Set(echo.HeaderContentType, echo.MIMEApplicationJSON)
+	}
+	c.Response().WriteHeader(code)
+	return enc.Encode(map[string]any{"detail": detail})
 }
 
 // withoutOptions is an Allow header's method list without OPTIONS.

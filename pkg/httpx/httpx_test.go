@@ -259,3 +259,23 @@ func TestShutdownClosesWhatTheDrainLeft(t *testing.T) {
 		t.Fatal("the request left by the drain still runs 10 s after Shutdown returned")
 	}
 }
+
+// Error answers carry <, > and & verbatim, as the original's (Python's json) did: escaped,
+// each is six bytes, and a 422 echoing a body of them was six times its size.
+func TestErrorAnswersKeepHTMLCharacters(t *testing.T) {
+	e := New(DefaultConfig(), slog.New(slog.DiscardHandler))
+	input := strings.Repeat("<&>", 1000)
+	e.GET("/json-422", func(c echo.Context) error {
+		return echo.NewHTTPError(http.StatusUnprocessableEntity, []map[string]any{{"input": input}})
+	})
+	for _, tc := range []struct{ path, want string }{
+		{"/json-422", `{"detail":[{"input":"` + input + `"}]}` + "\n"},
+		{"/json-422?pretty", "{\n  \"detail\": [\n    {\n      \"input\": \"" + input + "\"\n    }\n  ]\n}\n"},
+	} {
+		rec := httptest.NewRecorder()
+		e.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, tc.path, nil))
+		if rec.Code != http.StatusUnprocessableEntity || rec.Body.String() != tc.want || rec.Header().Get("Content-Type") != echo.MIMEApplicationJSON {
+			t.Errorf("GET %s: %d %q %.60q..., want 422 %.60q...", tc.path, rec.Code, rec.Header().Get("Content-Type"), rec.Body.String(), tc.want)
+		}
+	}
+}
