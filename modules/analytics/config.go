@@ -26,12 +26,14 @@ type Config struct {
 	Retention time.Duration
 	// QueryTimeout bounds one GET /analytics/baseline.
 	QueryTimeout time.Duration
+	// MaxConcurrent bounds the baselines computed at once by this process.
+	MaxConcurrent int
 }
 
 // NewConfig returns the defaults.
 func NewConfig() *Config {
 	return &Config{AttributionWindow: 30 * time.Minute, CommitMargin: time.Minute, RollupInterval: 15 * time.Second,
-		RollupStep: 6 * time.Hour, Retention: 31 * 24 * time.Hour, QueryTimeout: 10 * time.Second}
+		RollupStep: 6 * time.Hour, Retention: 31 * 24 * time.Hour, QueryTimeout: 10 * time.Second, MaxConcurrent: 2}
 }
 
 // RegisterFlags adds the analytics.* flags.
@@ -42,6 +44,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.RollupStep, "analytics.rollup-step", c.RollupStep, "most receive time folded in one roll-up transaction")
 	fs.DurationVar(&c.Retention, "analytics.retention", c.Retention, "age after which roll-up rows are deleted (at least 30 days plus a bucket: the longest window)")
 	fs.DurationVar(&c.QueryTimeout, "analytics.query-timeout", c.QueryTimeout, "longest GET /analytics/baseline may take before it answers 503 (must be below --http.write-timeout: a later answer never reaches its client)")
+	fs.IntVar(&c.MaxConcurrent, "analytics.max-concurrent", c.MaxConcurrent, "most GET /analytics/baseline computed at once by this process, each holding a PostgreSQL connection of the pool the event writers share; beyond it a request waits for a turn within --analytics.query-timeout, then answers 503 with Retry-After")
 }
 
 // Validate reports every invalid setting.
@@ -52,6 +55,7 @@ func (c *Config) Validate() error {
 	p.DurationBetween("analytics.rollup-interval", c.RollupInterval, 100*time.Millisecond, time.Hour)
 	p.DurationBetween("analytics.rollup-step", c.RollupStep, bucket, 24*time.Hour)
 	p.DurationBetween("analytics.query-timeout", c.QueryTimeout, 100*time.Millisecond, 10*time.Minute)
+	p.IntBetween("analytics.max-concurrent", c.MaxConcurrent, 1, 1024)
 	if min := 30*24*time.Hour + bucket; c.Retention < min {
 		p.Addf("--analytics.retention must be at least %s (the longest window plus a bucket), got %s", min, c.Retention)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/labstack/echo/v4"
 
 	"recsys/pkg/features"
 	"recsys/pkg/httpx"
@@ -307,9 +308,10 @@ func TestConfigValidation(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatalf("defaults invalid: %v", err)
 	}
-	c.AttributionWindow, c.Retention, c.RollupStep = 0, 24*time.Hour, time.Second
+	c.AttributionWindow, c.Retention, c.RollupStep, c.MaxConcurrent = 0, 24*time.Hour, time.Second, 0
 	err := c.Validate()
-	for _, want := range []string{"--analytics.attribution-window must be between", "--analytics.retention must be at least", "--analytics.rollup-step must be between"} {
+	for _, want := range []string{"--analytics.attribution-window must be between", "--analytics.retention must be at least", "--analytics.rollup-step must be between",
+		"--analytics.max-concurrent must be between"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v does not contain %q", err, want)
 		}
@@ -377,4 +379,96 @@ func TestSharedEventIDsCountPerUser(t *testing.T) {
 		t.Fatal("roll-up not used")
 	}
 	check("rolled up", rolled)
+}
+
+// A baseline holds a connection of the pool the event writers share while it computes: the
+// requests beyond --analytics.max-concurrent wait for a turn instead of taking the pool, and
+// one that gets none within --analytics.query-timeout answers 503 with Retry-After.
+func TestBaselineConcurrencyIsBounded(t *testing.T) {
+	dsn := testutil.MigratedDatabase(t)
+	pc, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc.MaxConns = 12
+	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	log := slog.New(slog.DiscardHandler)
+	serve := func(cfg *Config) (*echo.Echo, *Analytics) {
+		mod, err := New(cfg, infra.Deps{PG: pool, Log: log, Metrics: metrics.NewSet()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := httpx.New(httpx.DefaultConfig(), log)
+		mod.(*Analytics).RegisterRoutes(e)
+		return e, mod.(*Analytics)
+	}
+	// Every baseline reads the roll-up state first: a lock on it holds each one there, with its
+	// connection.
+	blockBaselines := func() (release func()) {
+		conn, err := pgx.Connect(context.Background(), dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tx, err := conn.Begin(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(context.Background(), "LOCK TABLE analytics_rollup_state IN ACCESS EXCLUSIVE MODE"); err != nil {
+			t.Fatal(err)
+		}
+		return func() {
+			_ = tx.Rollback(context.Background())
+			_ = conn.Close(context.Background())
+		}
+	}
+	type answer struct {
+		code       int
+		retryAfter string
+	}
+	burst := func(e *echo.Echo, n int) chan answer {
+		out := make(chan answer, n)
+		for range n {
+			go func() {
+				rec := httptest.NewRecorder()
+				e.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/analytics/baseline?days=1", nil))
+				out <- answer{rec.Code, rec.Header().Get("Retry-After")}
+			}()
+		}
+		return out
+	}
+
+	cfg := NewConfig()
+	cfg.MaxConcurrent, cfg.QueryTimeout = 2, 10*time.Second
+	e, _ := serve(cfg)
+	release := blockBaselines()
+	answers := burst(e, 8)
+	deadline := time.Now().Add(5 * time.Second)
+	for pool.Stat().AcquiredConns() < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // the others, unbounded, would be taking connections now
+	if n := pool.Stat().AcquiredConns(); n != 2 {
+		t.Errorf("8 baselines at once hold %d connections, want --analytics.max-concurrent 2", n)
+	}
+	release()
+	for range 8 {
+		if a := <-answers; a.code != http.StatusOK {
+			t.Errorf("a baseline that waited for its turn: %d, want 200", a.code)
+		}
+	}
+
+	cfg = NewConfig()
+	cfg.MaxConcurrent, cfg.QueryTimeout = 1, 300*time.Millisecond
+	e, a := serve(cfg)
+	a.slots <- struct{}{} // a baseline computing for longer than the timeout
+	answers = burst(e, 2)
+	for range 2 {
+		if ans := <-answers; ans.code != http.StatusServiceUnavailable || ans.retryAfter != "1" {
+			t.Errorf("a baseline without a turn within the timeout: %d, Retry-After %q, want 503 with Retry-After 1", ans.code, ans.retryAfter)
+		}
+	}
 }

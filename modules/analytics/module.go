@@ -27,13 +27,17 @@
 // Metrics:
 //
 //	recsys_analytics_baseline_duration_seconds     histogram: GET /analytics/baseline computation
-//	recsys_analytics_baseline_errors_total         counter: requests that failed (503)
+//	recsys_analytics_baseline_errors_total         counter: requests that failed or found no turn (503)
 //	recsys_analytics_rollup_fold_duration_seconds  histogram: one fold transaction
 //	recsys_analytics_rollup_rows_total             counter: raw rows folded
 //	recsys_analytics_rollup_errors_total           counter: failed folds (retried next interval)
 //	recsys_analytics_rollup_rebuilds_total         counter: roll-ups cleared after a definition change
 //	recsys_analytics_rollup_other_definitions_total counter: folds skipped, another process folds with other definitions
 //	recsys_analytics_rollup_lag_seconds            gauge: now - watermark (the raw tail a request reads)
+//
+// Concurrency: at most --analytics.max-concurrent baselines are computed at once per process
+// (each holds a PostgreSQL connection of the pool the event writers share); the others wait
+// for a turn within --analytics.query-timeout, then answer 503 with Retry-After.
 //
 // Readiness: ready once Run has started; a failing roll-up only makes requests read more raw
 // rows, it never makes the answers wrong. PostgreSQL is an optional need (see modules/ingest):
@@ -76,11 +80,15 @@ func init() {
 
 // Analytics serves the KPI snapshot and keeps its roll-ups.
 type Analytics struct {
-	cfg       *Config
-	pool      *pgxpool.Pool
-	log       *slog.Logger
-	m         *analyticsMetrics
-	now       func() time.Time
+	cfg  *Config
+	pool *pgxpool.Pool
+	log  *slog.Logger
+	m    *analyticsMetrics
+	now  func() time.Time
+	// slots holds a token per baseline being computed (--analytics.max-concurrent): each
+	// holds a connection of the pool the event writers share, and a dashboard's viewers or a
+	// client in a loop asking at once took all of them, so /log/* answered 503.
+	slots     chan struct{}
 	watermark atomic.Int64 // last known, for the lag gauge; 0 before the first fold
 	otherLog  time.Time    // last warning about other definitions (Run's goroutine only)
 }
@@ -96,7 +104,7 @@ func New(cfg *Config, d infra.Deps) (module.Module, error) {
 	if d.PG == nil {
 		return nil, errors.New("analytics needs PostgreSQL")
 	}
-	a := &Analytics{cfg: cfg, pool: d.PG, log: d.Log, m: newMetrics(d.Metrics), now: time.Now}
+	a := &Analytics{cfg: cfg, pool: d.PG, log: d.Log, m: newMetrics(d.Metrics), now: time.Now, slots: make(chan struct{}, max(cfg.MaxConcurrent, 1))}
 	d.Metrics.NewGauge("recsys_analytics_rollup_lag_seconds", func() float64 {
 		w := a.watermark.Load()
 		if w == 0 {
@@ -121,7 +129,7 @@ func (a *Analytics) DescribeAPI(d *openapi.Document) {
 		Responses: map[string]openapi.Response{
 			"200": openapi.JSONResponse("Successful Response", openapi.Of(baselineResponse{})),
 			"422": openapi.ValidationErrorResponse(),
-			"503": openapi.ErrorResponse("The KPI baseline could not be computed (database unavailable or too slow)"),
+			"503": openapi.ErrorResponse("The KPI baseline could not be computed (database unavailable or too slow, or --analytics.max-concurrent others computed meanwhile)"),
 		}})
 }
 
@@ -210,6 +218,16 @@ func (a *Analytics) baseline(c echo.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(c.Request().Context(), a.cfg.QueryTimeout)
 	defer cancel()
+	select {
+	case a.slots <- struct{}{}:
+		defer func() { <-a.slots }()
+	case <-ctx.Done():
+		// No cause to log: a busy answer is expected when many ask at once.
+		a.m.baselineErrors.Inc()
+		c.Response().Header().Set("Retry-After", "1")
+		return echo.NewHTTPError(http.StatusServiceUnavailable, fmt.Sprintf("busy: %d KPI baselines were being computed for all of --analytics.query-timeout (%s); retry later",
+			cap(a.slots), a.cfg.QueryTimeout))
+	}
 	start := time.Now()
 	now := a.now().UnixMilli()
 	var m Metrics
