@@ -397,6 +397,12 @@ func IsTooLarge(err error) bool {
 // errorHandler maps every error to the contract's JSON shape {"detail": ...}; it is the one
 // place errors become HTTP responses.
 func errorHandler(log *slog.Logger) echo.HTTPErrorHandler {
+	var causes everySecond
+	failed := func(c echo.Context, err error) {
+		causes.do(func(n int64) {
+			log.ErrorContext(c.Request().Context(), "request failed", "err", err, "path", c.Request().URL.Path, "failures", n)
+		})
+	}
 	return func(err error, c echo.Context) {
 		if c.Response().Committed {
 			return
@@ -409,7 +415,7 @@ func errorHandler(log *slog.Logger) echo.HTTPErrorHandler {
 			code = he.Code
 			detail = he.Message
 			if he.Internal != nil && code >= 500 {
-				log.ErrorContext(c.Request().Context(), "request failed", "err", he.Internal, "path", c.Request().URL.Path)
+				failed(c, he.Internal)
 			}
 			if code == http.StatusNotFound && detail == http.StatusText(http.StatusNotFound) {
 				detail = "Not Found"
@@ -417,7 +423,7 @@ func errorHandler(log *slog.Logger) echo.HTTPErrorHandler {
 		case IsTooLarge(err):
 			code, detail = http.StatusRequestEntityTooLarge, "request body too large"
 		default:
-			log.ErrorContext(c.Request().Context(), "request failed", "err", err, "path", c.Request().URL.Path)
+			failed(c, err)
 		}
 		if code == http.StatusMethodNotAllowed {
 			// echo's router lists OPTIONS among a path's methods, but OPTIONS answers 405
@@ -451,6 +457,25 @@ func writeError(c echo.Context, code int, detail any) error {
 	}
 	c.Response().WriteHeader(code)
 	return enc.Encode(map[string]any{"detail": detail})
+}
+
+// everySecond lets a line through at most once a second, with the number of occurrences
+// since the last one. The cause of failed requests goes through it: in an outage or an
+// overload (the event writers' queue full) every request fails the same way, each already
+// has its access line at error, and a second line per request with the cause doubled the
+// log just when the process and its log pipeline can least afford it.
+type everySecond struct {
+	last, count atomic.Int64
+}
+
+func (l *everySecond) do(f func(n int64)) {
+	l.count.Add(1)
+	now := time.Now().UnixNano()
+	last := l.last.Load()
+	if now-last < int64(time.Second) || !l.last.CompareAndSwap(last, now) {
+		return
+	}
+	f(l.count.Swap(0))
 }
 
 // withoutOptions is an Allow header's method list without OPTIONS.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -277,5 +278,42 @@ func TestErrorAnswersKeepHTMLCharacters(t *testing.T) {
 		if rec.Code != http.StatusUnprocessableEntity || rec.Body.String() != tc.want || rec.Header().Get("Content-Type") != echo.MIMEApplicationJSON {
 			t.Errorf("GET %s: %d %q %.60q..., want 422 %.60q...", tc.path, rec.Code, rec.Header().Get("Content-Type"), rec.Body.String(), tc.want)
 		}
+	}
+}
+
+// The cause of failed requests is logged at most once a second, with the number of failures
+// since: in an outage every request fails alike and has its own access line already.
+func TestRequestFailureCauseLoggedOncePerSecond(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelError}))
+	e := New(DefaultConfig(), log)
+	e.GET("/down", func(c echo.Context) error {
+		return echo.NewHTTPError(http.StatusServiceUnavailable, "database unavailable").SetInternal(errors.New("dial tcp: connection refused"))
+	})
+	e.GET("/bug", func(c echo.Context) error { return errors.New("unexpected") })
+	count := func() (causes, failures int) {
+		for _, l := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+			var rec struct {
+				Msg      string `json:"msg"`
+				Failures int    `json:"failures"`
+			}
+			if err := json.Unmarshal([]byte(l), &rec); err == nil && rec.Msg == "request failed" {
+				causes++
+				failures += rec.Failures
+			}
+		}
+		return causes, failures
+	}
+	for i := 0; i < 100; i++ {
+		e.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/down", nil))
+		e.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/bug", nil))
+	}
+	if causes, failures := count(); causes != 1 || failures != 1 {
+		t.Fatalf("200 failed requests in a moment logged %d causes (failures %d), want 1 (the first)", causes, failures)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	e.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/down", nil))
+	if causes, failures := count(); causes != 2 || failures != 201 {
+		t.Fatalf("a failure a second later: %d causes (failures %d), want 2 counting all 201", causes, failures)
 	}
 }
