@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -369,5 +370,66 @@ func TestValidationDetailEchoesTheBodyAtMostOnce(t *testing.T) {
 				t.Errorf("%d errors echo %d bytes of input, want at most %d (the body is %d)", len(verr.Errors), echoed, limit, len(tc.body))
 			}
 		})
+	}
+}
+
+// Parsing a body costs about 44 bytes per JSON value, twice while its container is open: a
+// 4 MiB body of tiny values ("0,", "{},", "\"\":0,") took 300-570 MB to decode, and a few at
+// once could exhaust an API process. A document has at most one value per 8 bytes (valid
+// events need ~10), so what a body can cost is bounded by its size, and the densest valid
+// bodies still decode.
+func TestParseMemoryIsBoundedByTheBody(t *testing.T) {
+	now := time.Now()
+	batch := func(b string) *events.ValidationError {
+		_, err := events.DecodeBatch([]byte(b), events.DefaultLimits(), now)
+		return err
+	}
+	impression := func(b string) *events.ValidationError {
+		_, err := events.DecodeImpression([]byte(b), events.DefaultLimits(), now)
+		return err
+	}
+	const size = 4 << 20
+	for _, tc := range []struct {
+		name   string
+		decode func(string) *events.ValidationError
+		body   string
+	}{
+		{"numbers", batch, `{"events":[` + strings.Repeat("0,", size/2) + `0]}`},
+		{"empty objects", batch, `{"events":[` + strings.Repeat("{},", size/3) + `{}]}`},
+		{"empty keys", impression, `{"context":{` + strings.Repeat(`"":0,`, size/5) + `"":0}}`},
+		{"nested", batch, `{"events":[` + strings.Repeat(`[[[0,0,0,0,0,0,0,0]]],`, size/22) + `0]}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			verr := tc.decode(tc.body)
+			runtime.ReadMemStats(&after)
+			if verr == nil || verr.Errors[0].Type != "json_invalid" {
+				var first any
+				if verr != nil {
+					first = verr.Errors[0].Msg
+				}
+				t.Errorf("want a json_invalid error, got %v", first)
+			}
+			if got := after.TotalAlloc - before.TotalAlloc; got > 40*uint64(len(tc.body)) {
+				t.Errorf("decoding a %d-byte body allocated %d bytes (%.0f times its size)", len(tc.body), got, float64(got)/float64(len(tc.body)))
+			}
+		})
+	}
+	// The densest valid impressions: one-character ids, single-digit positions.
+	items := make([]string, 0, 500)
+	for i := range 500 {
+		items = append(items, fmt.Sprintf(`{"item_id":"%c%d","position":%d}`, 'a'+i%26, i/26, i))
+	}
+	imp := `{"user_id":"u","session_id":"s","request_id":"r","ts_ms":` + jsonInt(now.UnixMilli()) + `,"items":[` + strings.Join(items, ",") + `]}`
+	if err := impression(imp); err != nil {
+		t.Fatalf("a dense valid impression: %v", err)
+	}
+	evs := make([]string, 200)
+	for i := range evs {
+		evs[i] = strings.Replace(imp, `"user_id"`, fmt.Sprintf(`"event_type":"impression","event_id":"e%07d","user_id"`, i), 1)
+	}
+	if body := `{"events":[` + strings.Join(evs, ",") + `]}`; batch(body) != nil {
+		t.Fatalf("a dense valid batch of %d bytes: %v", len(body), batch(body))
 	}
 }

@@ -48,6 +48,18 @@ type node struct {
 // valid event is 4 levels.
 const maxDepth = 64
 
+// bytesPerValue and minValues bound the values of a document by its size: at most one per
+// bytesPerValue bytes, plus minValues. Each value is a node of ~44 bytes, held twice while
+// its container is parsed, so a 4 MiB body of "0," (one value per two bytes) allocated
+// ~470 MB to parse, and a few at once could exhaust the process' memory. The densest valid
+// events need ~10 bytes per value ({"item_id":"a","position":0} is 28 bytes for 3), so the
+// bound refuses only documents that could never be valid, and a parse allocates at most
+// ~25 times its body, as much as the densest valid body of that size.
+const (
+	bytesPerValue = 8
+	minValues     = 64
+)
+
 type syntaxError struct {
 	pos int
 	msg string
@@ -56,10 +68,20 @@ type syntaxError struct {
 func (e *syntaxError) Error() string { return e.msg + " at offset " + strconv.Itoa(e.pos) }
 
 type parser struct {
-	s     string
-	i     int
-	depth int
+	s      string
+	i      int
+	depth  int
+	values int // members pushed so far (see next)
 	*parseMem
+}
+
+// next counts the value about to be pushed against the document's bound (bytesPerValue).
+func (p *parser) next() *syntaxError {
+	p.values++
+	if p.values > len(p.s)/bytesPerValue+minValues {
+		return p.fail("too many values for the document's size (one per " + strconv.Itoa(bytesPerValue) + " bytes at most)")
+	}
+	return nil
 }
 
 // parseMem is the memory a parse works in, reused from parse to parse (parseMems), and the
@@ -303,6 +325,9 @@ func (p *parser) object(at int) *syntaxError {
 		}
 		p.i++
 		p.ws()
+		if err := p.next(); err != nil {
+			return err
+		}
 		slot := p.push()
 		m := &p.stack[slot]
 		m.k0, m.k1, m.kesc = k0, k1, kesc
@@ -343,6 +368,9 @@ func (p *parser) array(at int) *syntaxError {
 	}
 	for {
 		p.ws()
+		if err := p.next(); err != nil {
+			return err
+		}
 		if err := p.valueAt(p.push()); err != nil {
 			return err
 		}
