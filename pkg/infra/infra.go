@@ -138,9 +138,10 @@ type Infra struct {
 	closers []func()
 	sets    []*metrics.Set
 
-	mu     sync.Mutex
-	cached map[string]checkResult
-	schema Schema
+	mu      sync.Mutex
+	cached  map[string]checkResult
+	running map[string]chan struct{} // checks in flight (cachedCheck), closed when done
+	schema  Schema
 }
 
 // Schema is the applied schema version as the last readiness check saw it.
@@ -340,16 +341,42 @@ func (in *Infra) Schema() Schema {
 	return in.schema
 }
 
+// cachedCheck runs fn at most once per checkTTL, however many probes ask at once: those that
+// find it running wait for its outcome (within their ctx), so a storm of probes, which need
+// no API key, is not a storm of pings and dials at every expiry. fn runs under the budget,
+// not the asking probe's context: a probe whose client went away would otherwise fail the
+// check, and its failure would be every probe's answer for checkTTL.
 func (in *Infra) cachedCheck(ctx context.Context, name string, fn func(context.Context) error) error {
-	in.mu.Lock()
-	c, ok := in.cached[name]
-	in.mu.Unlock()
-	if ok && time.Since(c.at) < checkTTL {
-		return c.err
+	for {
+		in.mu.Lock()
+		c, ok := in.cached[name]
+		if ok && time.Since(c.at) < checkTTL {
+			in.mu.Unlock()
+			return c.err
+		}
+		if done, busy := in.running[name]; busy {
+			in.mu.Unlock()
+			select {
+			case <-done:
+				continue
+			case <-ctx.Done():
+				return fmt.Errorf("%s check: %w", name, ctx.Err())
+			}
+		}
+		done := make(chan struct{})
+		if in.running == nil {
+			in.running = map[string]chan struct{}{}
+		}
+		in.running[name] = done
+		in.mu.Unlock()
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), CheckBudget)
+		err := fn(cctx)
+		cancel()
+		in.mu.Lock()
+		in.cached[name] = checkResult{err: err, at: time.Now()}
+		delete(in.running, name)
+		close(done)
+		in.mu.Unlock()
+		return err
 	}
-	err := fn(ctx)
-	in.mu.Lock()
-	in.cached[name] = checkResult{err: err, at: time.Now()}
-	in.mu.Unlock()
-	return err
 }
