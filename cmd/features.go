@@ -16,6 +16,7 @@ import (
 	"recsys/pkg/flagenv"
 	"recsys/pkg/infra"
 	"recsys/pkg/migrate"
+	"recsys/pkg/postgres"
 )
 
 // storeFlags are the settings the one-shot feature store commands share with the consumer
@@ -49,6 +50,13 @@ func (f *storeFlags) open(ctx context.Context, log *slog.Logger) (*featurestore.
 	if err := migrate.CheckSchema(ctx, in.PG); err != nil {
 		in.Close()
 		return nil, nil, fmt.Errorf("schema check (run `recsys migrate up`): %w", err)
+	}
+	// These commands write the Redis copy (a rebuild, a replay, an erasure's deletions): under
+	// another prefix than the consumers' they would change a copy nobody reads, and an erasure
+	// would leave the users' features served.
+	if err := postgres.Agree(ctx, in.PG, infra.KeyPrefixSetting(f.infra)); err != nil {
+		in.Close()
+		return nil, nil, err
 	}
 	st := featurestore.New(in.PG, in.Redis, f.infra.Redis.KeyPrefix, f.features, log)
 	st.SetUserTTL(f.infra.Redis.UserTTL)

@@ -1,12 +1,16 @@
 package cmd
 
 import (
+	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+
+	"recsys/pkg/testutil"
 )
 
 // The users to erase come from the arguments and the file, each once; an empty list, an id
@@ -61,5 +65,36 @@ func TestForgetList(t *testing.T) {
 		if _, err := forgetList(tc.args, tc.file); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error containing %q", tc.name, err, tc.want)
 		}
+	}
+}
+
+// `recsys users forget` run with another key prefix than the deployment's (a workstation's
+// default, say) would delete the users' hashes from a copy nobody reads and report success,
+// while /reco kept serving their features: it refuses, naming both prefixes, before it
+// records or deletes anything.
+func TestForgetRefusesAnotherKeyPrefix(t *testing.T) {
+	dsn := testutil.MigratedDatabase(t)
+	pool := testutil.Pool(t, dsn)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `INSERT INTO deployment_settings (name, value) VALUES ('redis.key-prefix', 'prod:')`); err != nil {
+		t.Fatal(err)
+	}
+	root := NewRootCmd()
+	var out, errOut bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&errOut)
+	root.SetArgs([]string{"users", "forget", "u1", "--settle", "10s", "--pg.dsn", dsn,
+		"--redis.url", testutil.StartPrivate(t, "redis").URL, "--redis.key-prefix", "recsys:"})
+	err := root.ExecuteContext(ctx)
+	if err == nil || !strings.Contains(err.Error(), `"recsys:"`) || !strings.Contains(err.Error(), `"prod:"`) ||
+		!strings.Contains(err.Error(), "--redis.key-prefix") {
+		t.Fatalf("forget with another prefix: %v", err)
+	}
+	var n int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM forgotten_users`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Fatalf("%d users recorded as forgotten by a refused run", n)
 	}
 }

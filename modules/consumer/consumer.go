@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/jackc/pgx/v5/pgxpool"
 	kafkago "github.com/segmentio/kafka-go"
 
 	"recsys/pkg/events"
@@ -22,6 +23,7 @@ import (
 	"recsys/pkg/kafka"
 	"recsys/pkg/logging"
 	"recsys/pkg/module"
+	"recsys/pkg/postgres"
 )
 
 // Consumer is the running role.
@@ -32,6 +34,10 @@ type Consumer struct {
 	topics []string
 	store  *featurestore.Store
 	m      *consumerMetrics
+	// agree are the settings every pod must share (postgres.Agree), checked before the
+	// consumer joins its group.
+	agree []postgres.Setting
+	pg    *pgxpool.Pool
 
 	reader     atomic.Pointer[kafka.GroupReader]
 	redisReady atomic.Bool
@@ -68,7 +74,8 @@ func newConsumer(cfg *Config, d infra.Deps) *Consumer {
 	}
 	c := &Consumer{cfg: cfg, log: d.Log, kafka: kc, m: newMetrics(d.Metrics),
 		topics: []string{d.Config.Kafka.TopicImpressions, d.Config.Kafka.TopicWatches},
-		store:  featurestore.New(d.PG, d.Redis, d.Config.Redis.KeyPrefix, cfg.Features, d.Log)}
+		store:  featurestore.New(d.PG, d.Redis, d.Config.Redis.KeyPrefix, cfg.Features, d.Log),
+		agree:  infra.AgreedSettings(d.Config, true), pg: d.PG}
 	c.m.exportZeros(c.topics)
 	c.store.SetUserTTL(d.Config.Redis.UserTTL)
 	c.store.SetImpressionsFormat(featurestore.ImpressionsFormat(cfg.ImpressionsFormat)) // checked by Validate
@@ -89,11 +96,18 @@ type fetched struct {
 
 // Run consumes until ctx is cancelled; the batch in flight is finished and committed.
 func (c *Consumer) Run(ctx context.Context) error {
+	if err := c.agreeSettings(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("feature consumer: %w", err)
+	}
 	if err := c.ensureTopics(ctx); err != nil {
 		return nil //nolint:nilerr // only a cancelled context ends ensureTopics
 	}
 	c.checkRedisConfig(ctx)
 	c.checkKafkaRetention(ctx)
+	c.checkFeatureConfig(ctx)
 	r, err := c.kafka.NewGroupReader(kafka.ReaderOptions{GroupID: c.cfg.GroupID, Topics: c.topics, MaxWait: c.cfg.FetchMaxWait,
 		ErrorLog: c.log.With("source", "kafka-go")})
 	if err != nil {
@@ -279,6 +293,39 @@ func (c *Consumer) checkKafkaRetention(ctx context.Context) {
 				"topic", t, "retention_ms", r.Ms, "segment_ms", r.SegmentMs, "dedup_retention", c.cfg.DedupRetention.String(),
 				"mitigation", "raise --consumer.dedup-retention above the topic's retention.ms + segment.ms, or lower the topic's retention.ms (docs/scaling.md, Retention)")
 		}
+	}
+}
+
+// agreeSettings refuses to consume when a setting every pod must share differs from the
+// deployment's (postgres.Agree): a second copy of the features under another key prefix, or
+// topics no writer publishes to, would go unnoticed. Other errors are retried.
+func (c *Consumer) agreeSettings(ctx context.Context) error {
+	for attempt := 0; ; attempt++ {
+		err := postgres.Agree(ctx, c.pg, c.agree...)
+		var de *postgres.DisagreeError
+		if err == nil || errors.As(err, &de) {
+			return err
+		}
+		c.m.errors("startup")
+		c.log.WarnContext(ctx, "check the deployment's settings, retrying", "err", err, "attempt", attempt+1)
+		if !c.sleep(ctx, attempt) {
+			return ctx.Err()
+		}
+	}
+}
+
+// checkFeatureConfig warns about feature settings that the stored features override: the
+// decay half-lives are those feature_meta recorded when the first event was applied (the
+// stored values are sums relative to them), whatever the flags say now.
+func (c *Consumer) checkFeatureConfig(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	msgs, err := c.store.CheckFeatureConfig(ctx)
+	if err != nil {
+		c.log.InfoContext(ctx, "feature settings not checked", "err", err)
+	}
+	for _, m := range msgs {
+		c.log.WarnContext(ctx, m)
 	}
 }
 

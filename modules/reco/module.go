@@ -106,6 +106,7 @@ import (
 	"recsys/pkg/infra"
 	"recsys/pkg/ingest"
 	"recsys/pkg/module"
+	"recsys/pkg/postgres"
 	"recsys/pkg/ranking"
 )
 
@@ -133,6 +134,12 @@ type Reco struct {
 	writer  impressionWriter
 	limit   *httpx.Limiter
 	blocked *blocklist // nil: no block list (unit tests without PostgreSQL)
+	// agree checks the settings every pod must share (postgres.Agree; nil: none, unit
+	// tests); a disagreement found fails readiness: a pod reading another prefix than the
+	// consumers write serves a copy nobody updates, one writing other topics autologs
+	// impressions no consumer applies.
+	agree     func(context.Context) error
+	agreement postgres.Agreement
 }
 
 var (
@@ -151,6 +158,7 @@ type parts struct {
 	ranker     ranking.Ranker // nil: ranking.NewWeighted(cfg.Ranking)
 	blocked    func(context.Context) ([]string, error)
 	mirror     mirror // the blocked items' copy in Redis; nil: none
+	agree      func(context.Context) error
 }
 
 // New wires the module: no goroutines, no I/O.
@@ -194,7 +202,7 @@ func newReco(cfg *Config, log *slog.Logger, set *metrics.Set, p parts) *Reco {
 		log = slog.New(slog.DiscardHandler)
 	}
 	m := newRecoMetrics(set)
-	r := &Reco{cfg: cfg, log: log, m: m, ranker: p.ranker, writer: p.writer,
+	r := &Reco{cfg: cfg, log: log, m: m, ranker: p.ranker, writer: p.writer, agree: p.agree,
 		window: newWindow(cfg.MetricsWindow, cfg.MetricsMaxSamples, cfg.SLATargetP95Ms, cfg.SLATargetP99Ms)}
 	if r.ranker == nil {
 		r.ranker = ranking.NewWeighted(cfg.Ranking)
@@ -256,6 +264,19 @@ func (r *Reco) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	if r.agree != nil {
+		wg.Go(func() {
+			var warn logLimiter
+			r.agreement.Run(ctx, r.agree, agreeRetry, func(err error) {
+				warn.Do(func(n int64) {
+					r.log.WarnContext(ctx, "deployment settings not checked yet, retrying", "err", err, "failures", n)
+				})
+			})
+			if err := r.agreement.Err(); err != nil {
+				r.log.ErrorContext(ctx, "not ready: a setting differs from the deployment's", "err", err)
+			}
+		})
+	}
 	every(r.cfg.ProbeInterval, r.serving.probeRedisOnce)
 	every(r.cfg.ProbeInterval, r.serving.probePGOnce)
 	if r.blocked != nil {
@@ -309,8 +330,16 @@ func (r *Reco) Run(ctx context.Context) error {
 // lasts seconds (--reco.autolog-shutdown-timeout) where the regular interval may not.
 const drainProbeInterval = 100 * time.Millisecond
 
-// Ready fails only when no list at all can be made.
+// agreeRetry is the pause between checks of the deployment's settings while PostgreSQL
+// cannot tell (down, or a schema without the table yet).
+var agreeRetry = 5 * time.Second
+
+// Ready fails when no list at all can be made, and when a setting every pod must share
+// differs from the deployment's.
 func (r *Reco) Ready(context.Context) error {
+	if err := r.agreement.Err(); err != nil {
+		return err
+	}
 	if r.serving.canServe() {
 		return nil
 	}

@@ -12,6 +12,7 @@ import (
 	"recsys/pkg/features"
 	"recsys/pkg/featurestore"
 	"recsys/pkg/infra"
+	"recsys/pkg/postgres"
 )
 
 // stores wires the Snapshot loaders and the probes on the process' clients.
@@ -66,6 +67,9 @@ func stores(cfg *Config, d infra.Deps) (parts, error) {
 		},
 		blocked: pgBlocklist(pg),
 		mirror:  redisMirror{rd: rd, key: keys.Blocked},
+		agree: func(ctx context.Context) error {
+			return postgres.Agree(ctx, pg, infra.AgreedSettings(d.Config, true)...)
+		},
 	}, nil
 }
 

@@ -103,12 +103,17 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet, prefix string) {
 	fs.IntVar(&c.FreshSize, p+"fresh-size", c.FreshSize, "most recently first-seen items kept for exploration")
 }
 
+// FlagPrefix is the prefix of the flags RegisterFlags added ("features." by default).
+func (c Config) FlagPrefix() string {
+	if c.prefix == "" {
+		return "features."
+	}
+	return c.prefix
+}
+
 // Validate reports every invalid setting, naming the flag.
 func (c Config) Validate() error {
-	p := c.prefix
-	if p == "" {
-		p = "features."
-	}
+	p := c.FlagPrefix()
 	var errs []error
 	bad := func(flag, want string, got any) {
 		errs = append(errs, fmt.Errorf("--%s%s must be %s, got %v", p, flag, want, got))

@@ -380,3 +380,22 @@ func (in *Infra) cachedCheck(ctx context.Context, name string, fn func(context.C
 		return err
 	}
 }
+
+// AgreedSettings are the settings of c every pod of one deployment must share
+// (postgres.Agree): the topics events travel on and, for a role that reads or writes the
+// Redis feature copy (redis), the key prefix the copy lives under.
+func AgreedSettings(c Config, redis bool) []postgres.Setting {
+	s := []postgres.Setting{{Flag: "kafka.topic-impressions", Value: c.Kafka.TopicImpressions},
+		{Flag: "kafka.topic-watches", Value: c.Kafka.TopicWatches}}
+	if redis {
+		s = append(s, KeyPrefixSetting(c))
+	}
+	return s
+}
+
+// KeyPrefixSetting is the Redis key prefix as a setting every pod must share: the commands
+// that write the copy by themselves (`recsys users forget`, `recsys features rebuild`) check it
+// alone, since they may run with the topics' defaults.
+func KeyPrefixSetting(c Config) postgres.Setting {
+	return postgres.Setting{Flag: "redis.key-prefix", Value: c.Redis.KeyPrefix}
+}

@@ -56,8 +56,8 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 // RegisterTopicFlags adds the topic names. They are separate from RegisterFlags because the
 // API, which never talks to Kafka, writes them into outbox rows.
 func (c *Config) RegisterTopicFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&c.TopicImpressions, "kafka.topic-impressions", c.TopicImpressions, "topic of impression events")
-	fs.StringVar(&c.TopicWatches, "kafka.topic-watches", c.TopicWatches, "topic of watch events")
+	fs.StringVar(&c.TopicImpressions, "kafka.topic-impressions", c.TopicImpressions, "topic of impression events; the same in every pod of one deployment (the first records it in PostgreSQL, a process with another refuses: docs/runbook.md)")
+	fs.StringVar(&c.TopicWatches, "kafka.topic-watches", c.TopicWatches, "topic of watch events; the same in every pod of one deployment (the first records it in PostgreSQL, a process with another refuses: docs/runbook.md)")
 	flagenv.Alias(fs, "kafka.topic-impressions", "KAFKA_TOPIC_IMPRESSIONS")
 	flagenv.Alias(fs, "kafka.topic-watches", "KAFKA_TOPIC_WATCHES")
 }

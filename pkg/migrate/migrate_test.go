@@ -408,7 +408,7 @@ func TestFailedMigrationSaysItLeftTheSchemaDirty(t *testing.T) {
 // tries again, so writers wait at most LockTimeout. Migration 0022 locks event_dedup, which
 // every ingest writes.
 func TestMigrationWaitingForALockDoesNotStallWriters(t *testing.T) {
-	latest := migrate.Latest()
+	latest := dedupLocker
 	up := func(ctx context.Context, m *migrate.Migrator) error { return m.Up(ctx) }
 	down := func(ctx context.Context, m *migrate.Migrator) error { return m.Down(ctx, 1) }
 	tests := []struct {
@@ -419,7 +419,7 @@ func TestMigrationWaitingForALockDoesNotStallWriters(t *testing.T) {
 		retryFor time.Duration
 		after    uint // version after the run, clean
 	}{
-		{"up, blocker ends within the retries", latest - 1, up, 2500 * time.Millisecond, time.Minute, latest},
+		{"up, blocker ends within the retries", latest - 1, up, 2500 * time.Millisecond, time.Minute, migrate.Latest()},
 		{"up, blocker outlasts the retries", latest - 1, up, 6 * time.Second, 1500 * time.Millisecond, latest - 1},
 		{"down, blocker ends within the retries", latest, down, 2500 * time.Millisecond, time.Minute, latest - 1},
 		{"down, blocker outlasts the retries", latest, down, 6 * time.Second, 1500 * time.Millisecond, latest},
@@ -433,10 +433,8 @@ func TestMigrationWaitingForALockDoesNotStallWriters(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer m.Close()
-			if tc.from < latest {
-				if err := m.Down(ctx, int(latest-tc.from)); err != nil {
-					t.Fatal(err)
-				}
+			if err := m.DownTo(ctx, tc.from); err != nil {
+				t.Fatal(err)
 			}
 			m.LockTimeout, m.LockRetryFor = 200*time.Millisecond, tc.retryFor
 
@@ -493,9 +491,9 @@ func TestMigrationWaitingForALockDoesNotStallWriters(t *testing.T) {
 // dirty, and not applied behind the back of a process that is gone. LockTimeout 0 keeps the
 // file waiting inside its transaction, as a long rewrite would be.
 func TestStoppedMigrationLeavesTheSchemaClean(t *testing.T) {
-	latest := migrate.Latest()
+	latest := dedupLocker
 	ctx := context.Background()
-	m, dsn := oneBelowLatest(t)
+	m, dsn := below(t, dedupLocker)
 	m.LockTimeout = 0
 
 	const hold = 8 * time.Second
@@ -551,7 +549,7 @@ func TestStoppedMigrationLeavesTheSchemaClean(t *testing.T) {
 // roles set their own per session) cancels a long migration: the file rolls back, so the
 // version is left clean at the one before, with the way out, not dirty.
 func TestMigrationCancelledByTheServerLeavesTheSchemaClean(t *testing.T) {
-	latest := migrate.Latest()
+	latest := dedupLocker
 	ctx := context.Background()
 	dsn := testutil.MigratedDatabase(t)
 	pool := testutil.Pool(t, dsn)
@@ -559,7 +557,7 @@ func TestMigrationCancelledByTheServerLeavesTheSchemaClean(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Down(ctx, 1); err != nil {
+	if err := m.DownTo(ctx, latest-1); err != nil {
 		t.Fatal(err)
 	}
 	m.Close()
@@ -691,7 +689,7 @@ func TestVersionWritesDoNotStallReadiness(t *testing.T) {
 func TestVersionWriteAfterACompletedFileIsRetried(t *testing.T) {
 	ctx := context.Background()
 	latest := migrate.Latest()
-	m, dsn := oneBelowLatest(t)
+	m, dsn := below(t, dedupLocker)
 	m.LockTimeout = 0
 	pool := testutil.Pool(t, dsn)
 	holdFile, err := pool.Begin(ctx)
@@ -787,6 +785,21 @@ func awaitLockWait(t *testing.T, pool *pgxpool.Pool, table string) {
 			t.Fatalf("the migration never waited for %s's lock", table)
 		}
 	}
+}
+
+// dedupLocker is the migration (0022) whose up and down lock event_dedup, the table every
+// ingest writes, before anything else: the lock tests run it.
+const dedupLocker uint = 22
+
+// below migrates a new database to the latest version and back down to just below version v,
+// closing the migrator when the test ends.
+func below(t *testing.T, v uint) (*migrate.Migrator, string) {
+	t.Helper()
+	m, dsn := oneBelowLatest(t)
+	if err := m.DownTo(context.Background(), v-1); err != nil {
+		t.Fatal(err)
+	}
+	return m, dsn
 }
 
 // oneBelowLatest migrates a new database to the latest version and back down one, closing the

@@ -68,7 +68,7 @@ func DefaultConfig() Config {
 func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.URL, "redis.url", c.URL, "Redis URL redis://[:password@]host:port/db (secret)")
 	fs.DurationVar(&c.Timeout, "redis.timeout", c.Timeout, "connect and per-command timeout")
-	fs.StringVar(&c.KeyPrefix, "redis.key-prefix", c.KeyPrefix, "prefix of every key recsys writes, so several deployments can share one Redis")
+	fs.StringVar(&c.KeyPrefix, "redis.key-prefix", c.KeyPrefix, "prefix of every key recsys writes, so several deployments can share one Redis; the same in every pod of one deployment (the first records it in PostgreSQL, a process with another refuses: docs/runbook.md)")
 	fs.BoolVar(&c.DisableCache, "redis.disable-client-cache", c.DisableCache, "turn off RESP3 client-side caching (needed for servers without CLIENT TRACKING)")
 	fs.IntVar(&c.CacheSizeMB, "redis.client-cache-mb", c.CacheSizeMB, "client-side cache size per connection, MiB")
 	fs.DurationVar(&c.UserTTL, "redis.user-ttl", c.UserTTL, "users without events for this long leave the Redis copy and are read back from PostgreSQL when next served (0: keep every user); set it where features are written (consumer, features rebuild): /reco follows what the copy records")
