@@ -39,7 +39,11 @@ type Config struct {
 	WriteTimeout      time.Duration
 	IdleTimeout       time.Duration
 	BodyLimitBytes    int64
-	Pprof             bool
+	// HeaderLimitBytes bounds a request's header block, request line (and so query string)
+	// included: Go's default is 1 MiB, which the access log would copy into a line per
+	// request. The original's server (uvicorn) allowed ~16 KiB.
+	HeaderLimitBytes int
+	Pprof            bool
 	// APIKeysFile, when set, makes every request but the probes and the API's documentation
 	// carry a key of the scope its path needs (see Auth).
 	APIKeysFile string
@@ -60,7 +64,7 @@ const (
 func DefaultConfig() Config {
 	return Config{Addr: ":8080", ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, BodyLimitBytes: 4 << 20,
-		RateLimitScope: RateLimitProcess}
+		HeaderLimitBytes: 64 << 10, RateLimitScope: RateLimitProcess}
 }
 
 // RegisterFlags adds the http.* flags.
@@ -71,6 +75,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.WriteTimeout, "http.write-timeout", c.WriteTimeout, "time allowed to write a response")
 	fs.DurationVar(&c.IdleTimeout, "http.idle-timeout", c.IdleTimeout, "keep-alive idle time")
 	fs.Int64Var(&c.BodyLimitBytes, "http.body-limit-bytes", c.BodyLimitBytes, "largest accepted request body; larger bodies get 413")
+	fs.IntVar(&c.HeaderLimitBytes, "http.header-limit-bytes", c.HeaderLimitBytes, "largest accepted request line and headers together (the query string included); larger ones get 431")
 	fs.StringVar(&c.APIKeysFile, "http.api-keys-file", c.APIKeysFile, "file of API keys, one \"<name> <scopes> <secret> [rate=<N>]\" per line (scopes: client, ops or client,ops; secret: the token, 16 characters or more, or sha256:<64 hex> of it; N: the key's limit in requests per second, 429 beyond, counted as --http.rate-limit-scope says); when set, every request but /healthz, /livez, /readyz, /openapi.json, /docs and /redoc needs a key, as Authorization: Bearer <token> or X-API-Key: client opens /reco, /recommend, /log/* and /event, ops the metrics, /analytics/*, /contract and /debug/pprof; the file is re-read within 5 s of a change. Empty: no authentication, as the original service")
 	fs.StringVar(&c.RateLimitScope, "http.rate-limit-scope", c.RateLimitScope, "where the rate=N of an API key is counted: process (each process on its own, so with P API pods a key gets up to P×N requests/s) or cluster (once for the whole deployment, in the Redis of --redis.url, one script call per request of a key with a rate; while Redis fails, each process counts on its own at N again); with API keys, cluster needs a role that uses Redis (api does)")
 	fs.BoolVar(&c.Pprof, "http.pprof", c.Pprof, "serve Go's profiles under /debug/pprof/ (CPU profiles longer than --http.write-timeout are cut; not the command line, which may hold secrets given as flags); expose inside the cluster only")
@@ -93,6 +98,9 @@ func (c Config) Validate() error {
 	if c.BodyLimitBytes < 1024 {
 		errs = append(errs, fmt.Errorf("--http.body-limit-bytes must be >= 1024, got %d", c.BodyLimitBytes))
 	}
+	if c.HeaderLimitBytes < 4096 {
+		errs = append(errs, fmt.Errorf("--http.header-limit-bytes must be >= 4096, got %d", c.HeaderLimitBytes))
+	}
 	if c.RateLimitScope != RateLimitProcess && c.RateLimitScope != RateLimitCluster {
 		errs = append(errs, fmt.Errorf("--http.rate-limit-scope must be %q or %q, got %q", RateLimitProcess, RateLimitCluster, c.RateLimitScope))
 	}
@@ -107,7 +115,7 @@ func (c Config) Validate() error {
 // Server returns an http.Server for e with the configured timeouts.
 func (c Config) Server(e *echo.Echo) *http.Server {
 	return &http.Server{Addr: c.Addr, Handler: e, ReadHeaderTimeout: c.ReadHeaderTimeout, ReadTimeout: c.ReadTimeout,
-		WriteTimeout: c.WriteTimeout, IdleTimeout: c.IdleTimeout}
+		WriteTimeout: c.WriteTimeout, IdleTimeout: c.IdleTimeout, MaxHeaderBytes: c.HeaderLimitBytes}
 }
 
 // Header names of the contract.

@@ -317,3 +317,52 @@ func TestRequestFailureCauseLoggedOncePerSecond(t *testing.T) {
 		t.Fatalf("a failure a second later: %d causes (failures %d), want 2 counting all 201", causes, failures)
 	}
 }
+
+// The server bounds a request's header block (Go's default, 1 MiB, let a query string of
+// that size through to the handlers and the access log): beyond --http.header-limit-bytes
+// the answer is 431, below it the request is served.
+func TestHeaderBlockIsBounded(t *testing.T) {
+	e := echo.New()
+	e.GET("/reco", func(c echo.Context) error { return c.String(http.StatusOK, "ok") })
+	cfg := DefaultConfig()
+	cfg.Addr = "127.0.0.1:0"
+	srv := cfg.Server(e)
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	base := "http://" + ln.Addr().String()
+	for _, tc := range []struct {
+		name   string
+		query  int // bytes of query string
+		header int // bytes of one extra header's value
+		want   int
+	}{
+		{"small request", 10, 10, http.StatusOK},
+		{"32 KiB header", 0, 32 << 10, http.StatusOK},
+		{"128 KiB header", 0, 128 << 10, http.StatusRequestHeaderFieldsTooLarge},
+		{"128 KiB query string", 128 << 10, 0, http.StatusRequestHeaderFieldsTooLarge},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := http.NewRequest(http.MethodGet, base+"/reco?user_id=u&x="+strings.Repeat("a", tc.query), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("X-Filler", strings.Repeat("b", tc.header))
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tc.want)
+			}
+		})
+	}
+	cfg.HeaderLimitBytes = 100
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "--http.header-limit-bytes") {
+		t.Fatalf("a 100-byte header limit: %v", err)
+	}
+}
