@@ -311,3 +311,47 @@ func testPurgeAppliedKeepsBRINRangesNarrow(t *testing.T, busy bool) {
 		t.Fatalf("the purge's scan for expired records read %d heap blocks (want 0, through the BRIN index):\n%s", blocks, strings.Join(plan, "\n"))
 	}
 }
+
+// The consumers' DLQ housekeeping (the count of replayed entries and the purge of expired
+// ones, every 30 s in each) finds replayed entries through an index, not by reading the
+// whole table: after a mass replay it holds millions of them for the whole retention.
+func TestDLQHousekeepingUsesTheReplayedIndex(t *testing.T) {
+	ctx := context.Background()
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	if _, err := pool.Exec(ctx, `INSERT INTO feature_dlq (topic, kafka_partition, kafka_offset, headers, payload, error, status, replayed_at)
+SELECT 't', 0, g, '{}', 'x', 'e', CASE WHEN g % 1000 = 0 THEN 'replayed' ELSE 'pending' END,
+	CASE WHEN g % 1000 = 0 THEN now() - interval '30 days' END
+FROM generate_series(1, 50000) g`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `ANALYZE feature_dlq`); err != nil {
+		t.Fatal(err)
+	}
+	for name, q := range map[string]string{
+		"count": `SELECT count(*) FROM feature_dlq WHERE status = 'replayed'`,
+		"purge": `SELECT ctid FROM feature_dlq WHERE status = 'replayed' AND replayed_at < now() - '1209600 seconds'::interval LIMIT 10000`,
+	} {
+		rows, err := pool.Query(ctx, "EXPLAIN "+q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var plan []string
+		for rows.Next() {
+			var line string
+			if err := rows.Scan(&line); err != nil {
+				t.Fatal(err)
+			}
+			plan = append(plan, line)
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if p := strings.Join(plan, "\n"); !strings.Contains(p, "feature_dlq_replayed_idx") {
+			t.Errorf("%s reads the table without the replayed index:\n%s", name, p)
+		}
+	}
+	st := featurestore.New(pool, nil, testutil.Unique("dlqh")+":", testConfig(), nil)
+	if n, err := st.PurgeReplayedDLQ(ctx, 14*24*time.Hour); err != nil || n != 50 {
+		t.Fatalf("purge: %d (%v), want the 50 expired replayed entries", n, err)
+	}
+}

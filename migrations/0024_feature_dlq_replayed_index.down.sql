@@ -1,0 +1,1 @@
+DROP INDEX feature_dlq_replayed_idx;
