@@ -272,7 +272,7 @@ func (c *Consumer) checkRedisConfig(ctx context.Context) {
 
 // checkKafkaRetention warns when a topic may keep a message longer than its dedup record is
 // kept (--consumer.dedup-retention): a group that starts over from the oldest offset (its
-// committed offsets expired while the consumers were down, a new --consumer.group, offsets
+// committed offsets expired while the consumers were down, a new --consumer.group-id, offsets
 // reset by hand) would apply such a message a second time. Only a warning: the committed
 // offsets normally keep the group past those messages, and a broker that refuses
 // DescribeConfigs only costs the check.
