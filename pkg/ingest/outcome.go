@@ -67,25 +67,33 @@ SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM s`
 // endBackendPoll is the interval at which resolve checks whether the session ended.
 const endBackendPoll = 2 * time.Millisecond
 
-// lookupSQL reads what a pending transaction left, once it has ended: its status, the dedup
-// indexes (0-based) of the keys it inserted (those whose row it created: xmin) and the
-// event_ids of the outbox rows it wrote. $1, $2 are the group's keys, $4 its transaction id
-// or 0. Without the id (the statement path), the transaction is found by its outbox rows:
-// $3 are the names its rows would have (batchRowName of each key; the group's idSuffix
-// makes them its own), and a group that stored any new event wrote at least one of them. No
-// row means that it stored nothing.
+// lookupSQL reads what a pending transaction left, once it has ended: its status and the
+// dedup indexes (0-based) of the keys it inserted (those whose row it created: xmin). $1, $2
+// are the group's keys, $4 its transaction id or 0. Without the id (the statement path), the
+// transaction is found by its outbox rows: $3 are the names its rows would have (batchRowName
+// of each key; the group's idSuffix makes them its own), and a group that stored any new event
+// wrote at least one of them. Its id is the xmin of the dedup key a found row is named after
+// (a row's first event is a new one), not the row's own: the relay, woken by the commit's
+// NOTIFY, may have claimed or published the row (an update, a new xmin) already. It may have
+// deleted it too (--relay.retention=0): no row is then "aborted" only when none of the
+// group's keys is stored either, and "undetermined" otherwise.
 const lookupSQL = `
 WITH ob AS (
-	SELECT event_id, xmin FROM event_outbox WHERE event_id = ANY($3::text[])
+	SELECT event_id FROM event_outbox WHERE event_id = ANY($3::text[])
 ), x AS (
-	SELECT CASE WHEN $4::int8 <> 0 THEN $4::int8::text::xid8::xid ELSE (SELECT xmin FROM ob LIMIT 1) END AS xid
+	SELECT CASE WHEN $4::int8 <> 0 THEN $4::int8::text::xid8::xid ELSE (
+		SELECT d.xmin FROM unnest($1::text[], $2::text[], $3::text[]) AS u(id, usr, name)
+		JOIN event_dedup d ON d.event_id = u.id AND d.user_id = u.usr
+		WHERE u.name IN (SELECT event_id FROM ob) LIMIT 1) END AS xid
 )
 SELECT CASE WHEN $4::int8 <> 0 THEN pg_xact_status($4::int8::text::xid8)
-		WHEN (SELECT xid FROM x) IS NOT NULL THEN 'committed' ELSE 'aborted' END,
+		WHEN (SELECT xid FROM x) IS NOT NULL THEN 'committed'
+		WHEN EXISTS (SELECT FROM unnest($1::text[], $2::text[]) AS u(id, usr)
+			JOIN event_dedup d ON d.event_id = u.id AND d.user_id = u.usr) THEN 'undetermined'
+		ELSE 'aborted' END,
 	ARRAY(SELECT u.ord - 1 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(id, usr, ord)
 		JOIN event_dedup d ON d.event_id = u.id AND d.user_id = u.usr
-		WHERE d.xmin = (SELECT xid FROM x)),
-	ARRAY(SELECT event_id FROM ob WHERE xmin = (SELECT xid FROM x))`
+		WHERE d.xmin = (SELECT xid FROM x))`
 
 // resolve learns, on another connection and by deadline, what the pending transaction of b
 // left: per dedup index whether its event was stored by it and whether its frame was
@@ -135,8 +143,7 @@ func (w *Writer) resolve(deadline time.Time, b *batch, p *pendingOutcome) (isNew
 	}
 	var status *string
 	var stored []int64
-	var rowIDs []string
-	if err := conn.QueryRow(ctx, lookupSQL, b.dedupIDs, b.dedupUsers, names, p.xid).Scan(&status, &stored, &rowIDs); err != nil {
+	if err := conn.QueryRow(ctx, lookupSQL, b.dedupIDs, b.dedupUsers, names, p.xid).Scan(&status, &stored); err != nil {
 		return unknown("read the transaction's rows", err)
 	}
 	switch {
@@ -150,15 +157,16 @@ func (w *Writer) resolve(deadline time.Time, b *batch, p *pendingOutcome) (isNew
 		}
 		w.m.unconfirmed("committed").Inc()
 		w.log.Info("a write whose commit went unanswered was committed", "write_err", p.err, "events", len(b.dedupIDs), "stored", len(stored))
-		if p.xid != 0 {
-			return isNew, isNew, nil // the COPY path enqueues every new event
-		}
-		return isNew, b.enqueued(isNew, rowIDs), nil
+		// Both paths enqueue every new event (the statement's rows cannot clash: see
+		// batch.enqueued); the rows themselves may be published and gone by now.
+		return isNew, isNew, nil
 	case status != nil && *status == "aborted":
 		w.m.unconfirmed("rolled_back").Inc()
 		// Without the id, a transaction that found every event stored already wrote no
 		// outbox row either: it stored nothing as well.
 		return nil, nil, fmt.Errorf("nothing was stored (the transaction's session was ended, and it had not committed anything): %w", p.err)
+	case status != nil && *status == "undetermined":
+		return unknown("read the transaction's rows", errors.New("no outbox row of it is left (the relay may have published and deleted them), and some of its events are stored"))
 	default:
 		return unknown("read the transaction's status", fmt.Errorf("status %v", deref(status)))
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -94,6 +95,10 @@ type faultyNet struct {
 	marker []byte
 	down   bool
 	hit    atomic.Bool
+	// lost, when set, runs once as the first answer of a deaf connection is dropped: the
+	// server has answered, so what it ran has committed or rolled back.
+	lost     func()
+	lostOnce sync.Once
 }
 
 func (f *faultyNet) dial(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -127,6 +132,9 @@ func (c *faultyConn) Read(p []byte) (int, error) {
 		n, err := c.Conn.Read(p)
 		if err != nil || !(c.deaf.Load() || c.net.down && c.net.hit.Load()) {
 			return n, err
+		}
+		if c.net.lost != nil {
+			c.net.lostOnce.Do(c.net.lost)
 		}
 	}
 }
@@ -272,6 +280,73 @@ CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON watches DEFERRABLE INITIAL
 					}
 				}
 			})
+		})
+	}
+}
+
+// TestWriterAnswersALostCommitTheRelayMovedOn: on the statement path the outcome of a commit
+// whose answer was lost is read from the group's outbox rows, and the relay claims (an
+// update: a new xmin) and, by default (--relay.retention=0), deletes them as soon as the
+// commit's NOTIFY wakes it, which can come before the writer looks. The events were stored,
+// yet the callers were answered "duplicate" for events they sent first (claimed rows), or 503
+// "nothing was stored" (deleted rows), and then "duplicate" for the resend.
+func TestWriterAnswersALostCommitTheRelayMovedOn(t *testing.T) {
+	const timeout = time.Second
+	for _, tc := range []struct {
+		name  string
+		relay string // what the relay did to the group's rows once they were committed
+		// wantOK: the answer must be ok; otherwise an unknown outcome will do, never
+		// "nothing stored" nor "duplicate".
+		wantOK bool
+	}{
+		{name: "claimed", relay: `UPDATE event_outbox SET status = 'publishing', lease_owner = 'relay-x', lease_token = 1, lease_expires_at = now() + interval '1 minute'`, wantOK: true},
+		{name: "published", relay: `UPDATE event_outbox SET status = 'published', published_at = now()`, wantOK: true},
+		{name: "published and deleted", relay: `DELETE FROM event_outbox`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			dsn := testutil.MigratedDatabase(t)
+			pool := testutil.Pool(t, dsn)
+			const id, user = "relayed-0001", "u1"
+			fn := &faultyNet{marker: []byte(id), lost: func() {
+				if _, err := pool.Exec(context.Background(), tc.relay); err != nil {
+					t.Errorf("relay: %v", err)
+				}
+			}}
+			cfg, err := pgxpool.ParseConfig(dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.ConnConfig.DialFunc = fn.dial
+			faulty, err := pgxpool.NewWithConfig(ctx, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(faulty.Close)
+			var warm []*pgxpool.Conn
+			for range 2 {
+				c, err := faulty.Acquire(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				warm = append(warm, c)
+			}
+			for _, c := range warm {
+				c.Release()
+			}
+			w := newWriter(t, faulty, func(c *ingest.Config) { c.CopyMinEvents = 1 << 30; c.Timeout = timeout })
+			res, werr := w.Write(ctx, []events.Any{watch(id, user)}, "")
+			if n := count(t, pool, `SELECT count(*) FROM watches WHERE event_id = $1`, id); n != 1 {
+				t.Fatalf("%d rows stored, want 1 (the write was answered %+v %v)", n, res, werr)
+			}
+			switch {
+			case werr == nil:
+				if len(res) != 1 || res[0].Status != ingest.StatusOK || !res[0].OutboxEnqueued {
+					t.Fatalf("answered %+v, want ok and enqueued: the event was stored by this write", res)
+				}
+			case tc.wantOK || !errors.Is(werr, ingest.ErrOutcomeUnknown):
+				t.Fatalf("answered %v, want ok: the event was stored by this write", werr)
+			}
 		})
 	}
 }
