@@ -97,8 +97,13 @@ func (c *Client) NewGroupReader(o ReaderOptions) (*GroupReader, error) {
 		Topics:            o.Topics,
 		Dialer:            c.Dialer(5 * time.Second),
 		HeartbeatInterval: time.Second,
-		SessionTimeout:    10 * time.Second,
+		SessionTimeout:    sessionTimeout,
 		RebalanceTimeout:  10 * time.Second,
+		// kafka-go waits this long after every failed join (5 s by default): once a broker
+		// was back, the member waited up to that long to try again, and a fresh cluster's
+		// first join (the offsets topic being created) cost it every time. A refused dial
+		// or a coordinator still loading is cheap to ask again.
+		JoinGroupBackoff: joinGroupBackoff,
 		// kafka-go's defaults (range, then round robin) but for a topic that does not exist:
 		// see presentTopics. Its partition watcher is watchPartitions.
 		GroupBalancers: []kafkago.GroupBalancer{
@@ -229,9 +234,23 @@ func (r *GroupReader) Close() error {
 	return err
 }
 
+const (
+	// joinGroupBackoff is the wait after a failed join (kafka-go's JoinGroupBackoff).
+	joinGroupBackoff = time.Second
+	// sessionTimeout is how long the coordinator keeps a member it hears nothing from.
+	sessionTimeout = 10 * time.Second
+)
+
 // run follows the group's generations: each one's partitions are fetched until it ends.
 func (r *GroupReader) run(ctx context.Context) {
-	defer close(r.done)
+	var leaving sync.WaitGroup
+	stopLeaving := func() {}
+	defer func() {
+		stopLeaving()
+		leaving.Wait()
+		close(r.done)
+	}()
+	member := "" // of the last generation, until the group's loop drops it
 	for {
 		gen, err := r.cg.Next(ctx)
 		if err != nil {
@@ -241,8 +260,24 @@ func (r *GroupReader) run(ctx context.Context) {
 			// The group's own loop backs off before it reports the next error.
 			r.errs.Add(1)
 			r.warn("consumer group", err)
+			// On any error but this one, the group's loop has dropped its member id after
+			// asking to leave with it; with the coordinator unreachable (a broker restart)
+			// that leave failed, and the coordinator, once back, kept the old member: the
+			// member's join under a new id then waited for the old one's session to expire
+			// (10 s more of nothing consumed after every broker restart).
+			if member != "" && !errors.Is(err, kafkago.RebalanceInProgress) {
+				stopLeaving()
+				lctx, cancel := context.WithCancel(ctx)
+				stopLeaving = cancel
+				old := member
+				leaving.Go(func() { r.leave(lctx, old) })
+				member = ""
+			}
 			continue
 		}
+		// The join went through: the old member is gone.
+		stopLeaving()
+		member = gen.MemberID
 		r.rebalances.Add(1)
 		g := &generation{g: gen, owned: map[topicPartition]bool{}, committed: map[topicPartition]int64{}}
 		var parts []*fetchState
@@ -272,6 +307,50 @@ func (r *GroupReader) run(ctx context.Context) {
 			defer context.AfterFunc(gctx, cancel)()
 			r.watchPartitions(wctx)
 		})
+	}
+}
+
+// leave removes member, an id of this reader the group's loop no longer uses, from the
+// group. It asks again until ctx ends (the member joined again) or the coordinator has been
+// reachable for a session timeout, after which it has expired the member itself: a
+// coordinator still loading the group after a restart may answer a leave as done and then
+// load the member from its log.
+func (r *GroupReader) leave(ctx context.Context, member string) {
+	c := &kafkago.Client{Addr: r.addr, Timeout: r.timeout}
+	var reached time.Time // since when the coordinator answers
+	for {
+		tr := r.trs.acquire()
+		c.Transport = tr.rt
+		res, err := c.LeaveGroup(ctx, &kafkago.LeaveGroupRequest{GroupID: r.o.GroupID,
+			Members: []kafkago.LeaveGroupRequestMember{{ID: member}}})
+		tr.release()
+		if err == nil {
+			err = res.Error
+			for _, m := range res.Members {
+				err = errors.Join(err, m.Error)
+			}
+		}
+		var kerr kafkago.Error
+		switch {
+		case ctx.Err() != nil:
+			return
+		case !errors.As(err, &kerr) && err != nil: // not an answer
+			reached = time.Time{}
+		case err != nil && !kerr.Temporary() && !errors.Is(err, kafkago.UnknownMemberId):
+			r.warn("leave the group with a former member id", err)
+			return
+		case reached.IsZero():
+			reached = time.Now()
+		case time.Since(reached) > sessionTimeout:
+			return
+		}
+		t := time.NewTimer(joinGroupBackoff / 2)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
 	}
 }
 
