@@ -24,31 +24,43 @@ type FetchPart struct {
 	Offset    int64
 }
 
-// NewFetcher is a reader outside any group, for FetchLeaders to drive.
-func NewFetcher(c *Client, maxWait time.Duration) *GroupReader {
+// NewFetcher is a reader outside any group, for FetchLeaders and FetchAll to drive; its
+// transport refreshes its metadata within metadataTTL.
+func NewFetcher(c *Client, maxWait, metadataTTL time.Duration) *GroupReader {
 	return &GroupReader{o: ReaderOptions{MaxWait: maxWait, MaxBytes: 16 << 20, MinBytes: 1}, addr: kafkago.TCP(c.Brokers...),
-		timeout: c.RequestTimeout, trs: newTransports(func() kafkago.RoundTripper { return c.Transport(5*time.Second, 10*time.Second) }),
+		timeout: c.RequestTimeout, trs: newTransports(func() kafkago.RoundTripper { return c.Transport(5*time.Second, metadataTTL) }),
 		out: make(chan []kafkago.Message, 1), done: make(chan struct{})}
 }
 
+func fetchStates(parts []FetchPart) []*fetchState {
+	out := make([]*fetchState, len(parts))
+	for i, p := range parts {
+		out[i] = &fetchState{topicPartition: topicPartition{p.Topic, int32(p.Partition)}, offset: p.Offset}
+	}
+	return out
+}
+
 // FetchLeaders runs r's fetch loops over groups as if each group had its own leader broker
-// (the local broker is a single node), until one of them ends, and stops the others, as
-// fetchGrouped stops every loop to start them over; it returns the first loop's error and
-// each partition's next offset to fetch, which is where the loops start again.
+// (the local broker is a single node), until one of them ends or parks a partition, and
+// stops the others, as fetchGrouped stops every loop to start them over; it returns the
+// first loop's error and each partition's next offset to fetch, which is where the loops
+// start again.
 func FetchLeaders(ctx context.Context, r *GroupReader, groups ...[]FetchPart) ([][]int64, error) {
 	byLeader := make([][]*fetchState, len(groups))
 	for i, g := range groups {
-		for _, p := range g {
-			byLeader[i] = append(byLeader[i], &fetchState{topicPartition: topicPartition{p.Topic, int32(p.Partition)}, offset: p.Offset})
-		}
+		byLeader[i] = fetchStates(g)
 	}
 	tr := r.trs.acquire()
 	ctx, cancel := context.WithCancel(ctx)
-	errc := make(chan error, len(byLeader))
+	errc := make(chan error, 2*len(byLeader))
 	var wg sync.WaitGroup
 	for _, parts := range byLeader {
 		wg.Go(func() {
-			errc <- r.fetchLoop(ctx, tr.rt, parts)
+			_, err := r.fetchLoop(ctx, tr.rt, parts, func(_ []*fetchState, err error) {
+				errc <- err
+				cancel()
+			})
+			errc <- err
 			cancel()
 		})
 	}
@@ -62,4 +74,10 @@ func FetchLeaders(ctx context.Context, r *GroupReader, groups ...[]FetchPart) ([
 		}
 	}
 	return next, <-errc
+}
+
+// FetchAll runs r's fetches of parts, as a group member does those of its assignment, until
+// ctx ends.
+func FetchAll(ctx context.Context, r *GroupReader, parts ...FetchPart) {
+	r.fetchAll(ctx, fetchStates(parts))
 }

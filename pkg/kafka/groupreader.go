@@ -481,16 +481,19 @@ type loopEnd struct {
 
 // fetchGrouped runs one fetch loop per leader broker over the partitions of parts it can
 // fetch. A partition it cannot (no leader: the brokers of its replicas are down; its first
-// offset not found) or whose loop failed (a leader moved, a broker unreachable) waits and
-// is looked up again with backoff while the other loops go on: one such partition used to
-// stop every partition of the member for as long as it lasted (for good with a topic of
-// one replica and its broker down). After a leader moved, the lookup is on a new transport
-// (see transports), which looks the leaders up again. fetchGrouped returns when ctx ends,
-// or when a waiting partition is found on a broker that has a loop already: the caller
-// starts every loop over, with the partitions grouped again.
+// offset not found), whose fetch failed (a leader moved, its topic deleted, its offset out of
+// range) or whose loop failed (a broker unreachable) waits and is looked up again with
+// backoff while the other loops, and the other partitions of its own loop, go on: one such
+// partition used to stop every partition of the member, then those of its broker, for as
+// long as it lasted (for good with a topic of one replica and its broker down). After a
+// leader moved, the lookup is on a new transport (see transports), which looks the leaders
+// up again. fetchGrouped returns when ctx ends, or when a waiting partition is found on a
+// broker that has a loop already: the caller starts every loop over, with the partitions
+// grouped again.
 func (r *GroupReader) fetchGrouped(ctx context.Context, parts []*fetchState, attempt *int) {
 	ctx, cancel := context.WithCancel(ctx)
 	ends := make(chan loopEnd)
+	parked := make(chan loopEnd)
 	running := map[int32]bool{}
 	defer func() {
 		cancel()
@@ -506,6 +509,17 @@ func (r *GroupReader) fetchGrouped(ctx context.Context, parts []*fetchState, att
 		retry.Reset(d/2 + rand.N(d/2+1))
 		*attempt++
 	}
+	failed := func(e loopEnd) {
+		if leaderMoved(e.err) {
+			r.trs.renew(e.tr)
+		}
+		r.errs.Add(1)
+		r.warn("fetch", e.err)
+		if len(waiting) == 0 {
+			backoff()
+		}
+		waiting = append(waiting, e.parts...)
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -515,18 +529,15 @@ func (r *GroupReader) fetchGrouped(ctx context.Context, parts []*fetchState, att
 			if ctx.Err() != nil {
 				return
 			}
-			if leaderMoved(e.err) {
-				r.trs.renew(e.tr)
+			if e.err == nil {
+				continue // it parked every partition it had
 			}
-			r.errs.Add(1)
-			r.warn("fetch", e.err)
 			if e.ran > time.Minute {
 				*attempt = 0 // the fetches ran a while: this failure starts the backoff over
 			}
-			if len(waiting) == 0 {
-				backoff()
-			}
-			waiting = append(waiting, e.parts...)
+			failed(e)
+		case e := <-parked:
+			failed(e)
 		case <-retry.C:
 			tr := r.trs.acquire()
 			byLeader, unfit, err := r.plan(ctx, tr.rt, waiting)
@@ -539,11 +550,17 @@ func (r *GroupReader) fetchGrouped(ctx context.Context, parts []*fetchState, att
 			for l, ps := range byLeader {
 				running[l] = true
 				tr.users.Add(1)
+				park := func(ps []*fetchState, err error) {
+					select {
+					case parked <- loopEnd{leader: l, parts: ps, err: err, tr: tr}:
+					case <-ctx.Done(): // every loop starts over, with every partition
+					}
+				}
 				go func() {
 					began := time.Now()
-					err := r.fetchLoop(ctx, tr.rt, ps)
+					rest, err := r.fetchLoop(ctx, tr.rt, ps, park)
 					tr.release()
-					ends <- loopEnd{leader: l, parts: ps, err: err, tr: tr, ran: time.Since(began)}
+					ends <- loopEnd{leader: l, parts: rest, err: err, tr: tr, ran: time.Since(began)}
 				}()
 			}
 			tr.release()
@@ -669,16 +686,21 @@ func (r *GroupReader) leaders(ctx context.Context, rt kafkago.RoundTripper, part
 }
 
 // fetchLoop asks one leader for all of parts, again and again, and hands over what comes.
-func (r *GroupReader) fetchLoop(ctx context.Context, rt kafkago.RoundTripper, parts []*fetchState) error {
+// A partition whose fetch failed goes to park, with its error, and the loop goes on with
+// the others at once. It returns the partitions it still had, and why it stopped; nil and
+// nil once it parked them all.
+func (r *GroupReader) fetchLoop(ctx context.Context, rt kafkago.RoundTripper, parts []*fetchState, park func([]*fetchState, error)) ([]*fetchState, error) {
+	parts = slices.Clone(parts)
 	byKey := make(map[topicPartition]*fetchState, len(parts))
 	for _, p := range parts {
 		byKey[p.topicPartition] = p
 	}
-	// A sessionless fetch fills partitions in request order up to MaxBytes: the first one
-	// listed is rotated so that no partition's backlog starves the others.
-	partMax := max(int32(1<<20), int32(r.o.MaxBytes/len(parts)))
 	from := make([]int64, len(parts))
-	for first := 0; ; first = (first + 1) % len(parts) {
+	for first := 0; ; first++ {
+		// A sessionless fetch fills partitions in request order up to MaxBytes: the first
+		// one listed is rotated so that no partition's backlog starves the others.
+		first %= len(parts)
+		partMax := max(int32(1<<20), int32(r.o.MaxBytes/len(parts)))
 		for i, p := range parts {
 			from[i] = p.offset
 		}
@@ -693,68 +715,83 @@ func (r *GroupReader) fetchLoop(ctx context.Context, rt kafkago.RoundTripper, pa
 		m, err := rt.RoundTrip(rctx, r.addr, req)
 		cancel()
 		if err != nil {
-			return fmt.Errorf("fetch: %w", err)
+			return parts, fmt.Errorf("fetch: %w", err)
 		}
 		r.fetches.Add(1)
 		res, ok := m.(*fetchAPI.Response)
 		if !ok {
-			return fmt.Errorf("fetch: unexpected response %T", m)
+			return parts, fmt.Errorf("fetch: unexpected response %T", m)
 		}
 		if res.ErrorCode != 0 {
-			return fmt.Errorf("fetch: %w", kafkago.Error(res.ErrorCode))
+			return parts, fmt.Errorf("fetch: %w", kafkago.Error(res.ErrorCode))
 		}
-		msgs, err := readFetched(res, byKey)
+		msgs, failed, err := readFetched(res, byKey)
 		if len(msgs) > 0 {
 			select {
 			case r.out <- msgs:
 			case <-ctx.Done():
 				// Not handed over: the partitions go back to where this answer started.
-				// fetchGrouped starts every loop over from parts when a partition of
-				// another leader's failed loop (a leader moved) is found on this one's
+				// fetchGrouped starts every loop over from parts when a waiting partition
+				// (of another leader's failed loop, or one parked) is found on this one's
 				// broker while this one waited on a busy consumer; past this answer, its
 				// messages would never reach the consumer, and its later commits would
 				// skip them.
 				for i, p := range parts {
 					p.offset = from[i]
 				}
-				return ctx.Err()
+				return parts, ctx.Err()
 			}
 		}
-		if err != nil {
-			return err
+		if len(failed) == 0 {
+			continue
 		}
+		parts = slices.DeleteFunc(parts, func(p *fetchState) bool { return slices.Contains(failed, p) })
+		for _, p := range failed {
+			delete(byKey, p.topicPartition)
+		}
+		park(failed, err)
+		if len(parts) == 0 {
+			return nil, nil
+		}
+		from = from[:len(parts)]
 	}
 }
 
 // readFetched turns a fetch answer into messages, moving each partition's offset past what
-// it read. A partition's error is returned after every partition was read; an offset out of
-// range is reset to the partition's start, found again by the caller.
-func readFetched(res *fetchAPI.Response, byKey map[topicPartition]*fetchState) ([]kafkago.Message, error) {
+// it read, and returns the partitions that failed and why; an offset out of range is reset
+// to the partition's start, found again by the caller.
+func readFetched(res *fetchAPI.Response, byKey map[topicPartition]*fetchState) ([]kafkago.Message, []*fetchState, error) {
 	var msgs []kafkago.Message
+	var failed []*fetchState
 	var errs []error
 	for ti := range res.Topics {
 		t := &res.Topics[ti]
 		for pi := range t.Partitions {
 			pt := &t.Partitions[pi]
 			p := byKey[topicPartition{t.Topic, pt.Partition}]
+			if p == nil {
+				continue // not asked for
+			}
 			if pt.ErrorCode != 0 {
 				err := kafkago.Error(pt.ErrorCode)
-				if p != nil && errors.Is(err, kafkago.OffsetOutOfRange) {
+				if errors.Is(err, kafkago.OffsetOutOfRange) {
 					p.offset = kafkago.FirstOffset
 				}
+				failed = append(failed, p)
 				errs = append(errs, fmt.Errorf("fetch %s/%d: %w", t.Topic, pt.Partition, err))
 				continue
 			}
-			if p == nil || pt.RecordSet.Records == nil {
+			if pt.RecordSet.Records == nil {
 				continue
 			}
 			var err error
 			if msgs, err = appendRecords(msgs, t.Topic, pt, p); err != nil {
+				failed = append(failed, p)
 				errs = append(errs, fmt.Errorf("fetch %s/%d: read records: %w", t.Topic, pt.Partition, err))
 			}
 		}
 	}
-	return msgs, errors.Join(errs...)
+	return msgs, failed, errors.Join(errs...)
 }
 
 // appendRecords appends a partition's records from p's offset on (an answer may start with

@@ -330,7 +330,7 @@ func TestGroupReaderLoopStoppedByAnotherLeaderLosesNothing(t *testing.T) {
 	c, ctx, topics := producerTopics(t, 1, "t.gr.split.data.", "t.gr.split.gone.")
 	data, gone := topics[0], topics[1]
 	produceKeyed(t, ctx, c, 0, 20, data)
-	r := kafka.NewFetcher(c, 200*time.Millisecond)
+	r := kafka.NewFetcher(c, 200*time.Millisecond, 10*time.Second)
 	type result struct {
 		next [][]int64
 		err  error
@@ -464,5 +464,84 @@ func TestGroupReaderTakesAddedPartitions(t *testing.T) {
 	}
 	if len(parts) != 3 || kafka.Assigned(r) != 3 {
 		t.Fatalf("read partitions %v, %d assigned", parts, kafka.Assigned(r))
+	}
+}
+
+// A partition whose fetch fails (its topic deleted: the reader's metadata still names its
+// leader) waits without holding back the partitions fetched from the same broker: each of
+// their messages arrives within moments. The failed fetch used to stop the whole broker's
+// loop, whose partitions then waited out the backoff (up to 2 s) again and again until the
+// reader's metadata no longer listed the topic.
+func TestGroupReaderFetchesAroundAPartitionItsBrokerRefuses(t *testing.T) {
+	c, ctx, topics := producerTopics(t, 1, "t.gr.park.kept.", "t.gr.park.gone.")
+	kept, gone := topics[0], topics[1]
+	produceKeyed(t, ctx, c, 0, 1, kept, gone)
+	// Metadata kept for the whole test: the deleted topic's partition keeps its leader.
+	r := kafka.NewFetcher(c, 200*time.Millisecond, time.Hour)
+	fctx, stop := context.WithCancel(ctx)
+	fetching := make(chan struct{})
+	go func() {
+		defer close(fetching)
+		kafka.FetchAll(fctx, r, kafka.FetchPart{Topic: kept}, kafka.FetchPart{Topic: gone})
+	}()
+	defer func() { stop(); <-fetching }()
+	var mu sync.Mutex
+	read := map[string]time.Time{}
+	reading := make(chan struct{})
+	go func() {
+		defer close(reading)
+		for {
+			b, err := r.FetchBatch(fctx)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			for _, m := range b {
+				read[m.Topic+"|"+string(m.Value)] = time.Now()
+			}
+			mu.Unlock()
+		}
+	}()
+	defer func() { stop(); <-reading }()
+	seen := func(k string) (time.Time, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		at, ok := read[k]
+		return at, ok
+	}
+	waitFor(t, "both partitions read", 20*time.Second, func() bool {
+		_, a := seen(kept + "|k0")
+		_, b := seen(gone + "|k0")
+		return a && b
+	})
+	if err := c.DeleteTopics(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	p := c.NewProducer(kafka.ProducerOptions{})
+	defer p.Close()
+	// The first 2 s let a backoff grow; the latency counts after them.
+	const n, measureFrom = 40, 20
+	acked := make([]time.Time, n)
+	for i := range n {
+		k := fmt.Sprintf("k%d", i+1)
+		testutil.ProduceAll(t, ctx, p, kafkago.Message{Topic: kept, Key: []byte(k), Value: []byte(k)})
+		acked[i] = time.Now()
+		time.Sleep(100 * time.Millisecond)
+	}
+	waitFor(t, "every message of the kept topic read", 20*time.Second, func() bool {
+		_, ok := seen(fmt.Sprintf("%s|k%d", kept, n))
+		return ok
+	})
+	var worst time.Duration
+	for i := measureFrom; i < n; i++ {
+		at, ok := seen(fmt.Sprintf("%s|k%d", kept, i+1))
+		if !ok {
+			t.Fatalf("k%d of the kept topic not read", i+1)
+		}
+		worst = max(worst, at.Sub(acked[i]))
+	}
+	t.Logf("the kept partition's messages read at most %v after their ack; %+v", worst, r.Stats())
+	if worst > 750*time.Millisecond {
+		t.Errorf("a message of the kept partition read %v after its ack: the other partition's failure held it back", worst)
 	}
 }
