@@ -324,6 +324,9 @@ func (r *GroupReader) leave(ctx context.Context, member string) {
 		res, err := c.LeaveGroup(ctx, &kafkago.LeaveGroupRequest{GroupID: r.o.GroupID,
 			Members: []kafkago.LeaveGroupRequestMember{{ID: member}}})
 		tr.release()
+		if unreachable(err) {
+			r.trs.renew(tr)
+		}
 		if err == nil {
 			err = res.Error
 			for _, m := range res.Members {
@@ -334,7 +337,7 @@ func (r *GroupReader) leave(ctx context.Context, member string) {
 		switch {
 		case ctx.Err() != nil:
 			return
-		case !errors.As(err, &kerr) && err != nil: // not an answer
+		case unreachable(err) || err != nil && !errors.As(err, &kerr): // not an answer
 			reached = time.Time{}
 		case err != nil && !kerr.Temporary() && !errors.Is(err, kafkago.UnknownMemberId):
 			r.warn("leave the group with a former member id", err)
@@ -510,7 +513,7 @@ func (r *GroupReader) fetchGrouped(ctx context.Context, parts []*fetchState, att
 		*attempt++
 	}
 	failed := func(e loopEnd) {
-		if leaderMoved(e.err) {
+		if leaderMoved(e.err) || unreachable(e.err) {
 			r.trs.renew(e.tr)
 		}
 		r.errs.Add(1)
@@ -540,7 +543,7 @@ func (r *GroupReader) fetchGrouped(ctx context.Context, parts []*fetchState, att
 			failed(e)
 		case <-retry.C:
 			tr := r.trs.acquire()
-			byLeader, unfit, err := r.plan(ctx, tr.rt, waiting)
+			byLeader, unfit, err := r.plan(ctx, tr, waiting)
 			for l := range byLeader {
 				if running[l] {
 					tr.release()
@@ -579,8 +582,8 @@ func (r *GroupReader) fetchGrouped(ctx context.Context, parts []*fetchState, att
 
 // plan groups the partitions of parts it can fetch by leader broker, their symbolic offsets
 // resolved; it returns the others (no leader, no offset), and why.
-func (r *GroupReader) plan(ctx context.Context, rt kafkago.RoundTripper, parts []*fetchState) (map[int32][]*fetchState, []*fetchState, error) {
-	leader, lerr := r.leaders(ctx, rt, parts)
+func (r *GroupReader) plan(ctx context.Context, tr *transportRef, parts []*fetchState) (map[int32][]*fetchState, []*fetchState, error) {
+	leader, lerr := r.leaders(ctx, tr, parts)
 	var led, unfit []*fetchState
 	for _, p := range parts {
 		if _, ok := leader[p.topicPartition]; ok {
@@ -589,7 +592,7 @@ func (r *GroupReader) plan(ctx context.Context, rt kafkago.RoundTripper, parts [
 			unfit = append(unfit, p)
 		}
 	}
-	oerr := r.resolveOffsets(ctx, rt, led)
+	oerr := r.resolveOffsets(ctx, tr, led)
 	byLeader := map[int32][]*fetchState{}
 	for _, p := range led {
 		if p.offset < 0 {
@@ -604,7 +607,7 @@ func (r *GroupReader) plan(ctx context.Context, rt kafkago.RoundTripper, parts [
 
 // resolveOffsets turns the partitions' symbolic offsets (no committed offset, or a reset)
 // into their first offsets. Those it could not resolve keep theirs, and it says why.
-func (r *GroupReader) resolveOffsets(ctx context.Context, rt kafkago.RoundTripper, parts []*fetchState) error {
+func (r *GroupReader) resolveOffsets(ctx context.Context, tr *transportRef, parts []*fetchState) error {
 	req := &kafkago.ListOffsetsRequest{Topics: map[string][]kafkago.OffsetRequest{}}
 	for _, p := range parts {
 		if p.offset < 0 {
@@ -614,8 +617,11 @@ func (r *GroupReader) resolveOffsets(ctx context.Context, rt kafkago.RoundTrippe
 	if len(req.Topics) == 0 {
 		return nil
 	}
-	res, err := (&kafkago.Client{Addr: r.addr, Transport: rt, Timeout: r.timeout}).ListOffsets(ctx, req)
+	res, err := (&kafkago.Client{Addr: r.addr, Transport: tr.rt, Timeout: r.timeout}).ListOffsets(ctx, req)
 	if err != nil {
+		if unreachable(err) {
+			r.trs.renew(tr)
+		}
 		return fmt.Errorf("list offsets: %w", err)
 	}
 	var errs []error
@@ -646,7 +652,7 @@ func (r *GroupReader) resolveOffsets(ctx context.Context, rt kafkago.RoundTrippe
 
 // leaders returns the leader broker of each partition of parts that has one, and why the
 // others have none.
-func (r *GroupReader) leaders(ctx context.Context, rt kafkago.RoundTripper, parts []*fetchState) (map[topicPartition]int32, error) {
+func (r *GroupReader) leaders(ctx context.Context, tr *transportRef, parts []*fetchState) (map[topicPartition]int32, error) {
 	var topics []string
 	for _, p := range parts {
 		if !slices.Contains(topics, p.topic) {
@@ -658,8 +664,11 @@ func (r *GroupReader) leaders(ctx context.Context, rt kafkago.RoundTripper, part
 	}
 	tctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	m, err := rt.RoundTrip(tctx, r.addr, &metadataAPI.Request{TopicNames: topics})
+	m, err := tr.rt.RoundTrip(tctx, r.addr, &metadataAPI.Request{TopicNames: topics})
 	if err != nil {
+		if unreachable(err) {
+			r.trs.renew(tr)
+		}
 		return nil, fmt.Errorf("metadata: %w", err)
 	}
 	var errs []error

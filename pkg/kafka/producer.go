@@ -35,8 +35,8 @@ import (
 // it alone. A partition's messages over MaxBytes go out in several record batches, each sent
 // only after the one before it was acked, and a failed batch fails its partition's later ones
 // unsent (NotSentError), so a partition never receives a later message without the earlier
-// ones. A call that finds a partition's leader moved replaces the transport (see transports),
-// so that the next one reaches the new leader.
+// ones. A call that finds a partition's leader moved, or its broker unreachable, replaces the
+// transport (see transports), so that the next one reaches the new leader.
 type Producer struct {
 	addr     net.Addr
 	trs      *transports // *kafkago.Transport; its metadata cache routes requests
@@ -119,6 +119,9 @@ func (p *Producer) WriteMessages(ctx context.Context, msgs ...kafkago.Message) e
 	defer tr.release()
 	leaders, err := p.assign(ctx, tr.rt, msgs, errs)
 	if err != nil {
+		if unreachable(err) {
+			p.trs.renew(tr)
+		}
 		return err
 	}
 	var wg sync.WaitGroup
@@ -130,7 +133,7 @@ func (p *Producer) WriteMessages(ctx context.Context, msgs ...kafkago.Message) e
 	for _, e := range errs {
 		if e != nil {
 			failed = true
-			if leaderMoved(e) {
+			if leaderMoved(e) || unreachable(e) {
 				// The outbox sends the message again after its backoff: to the new leader.
 				p.trs.renew(tr)
 				break

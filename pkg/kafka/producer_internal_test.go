@@ -26,6 +26,8 @@ type cluster struct {
 	leaders map[string][]int32 // topic -> leader per partition
 	fail    map[string]int16   // "topic/partition" -> error code for every batch
 	failNth map[string]int     // "topic/partition" -> fail only its n-th batch (0-based)
+	// down refuses every produce request as a crashed broker's connection does.
+	down bool
 	// limit refuses a batch of the partition whose record values exceed that many bytes in
 	// all with MessageSizeTooLarge (a topic's max.message.bytes).
 	limit map[string]int
@@ -54,6 +56,9 @@ func (c *cluster) RoundTrip(_ context.Context, _ net.Addr, req protocol.Message)
 		}
 		return res, nil
 	case *produceAPI.Request:
+		if c.down {
+			return nil, errRefused
+		}
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if c.batches == nil {
@@ -238,6 +243,34 @@ func TestProducerGroupsByLeaderAndStopsAFailedPartition(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// kafka-go's Transport keeps routing a partition to the broker its cached metadata names
+// for up to its metadata TTL: after a leader's broker crashed, every call would fail to
+// connect to it until then. The call that failed so replaces the transport, and the next
+// call goes by fresh metadata (here: a cluster whose other broker leads the partition).
+func TestProducerRenewsItsTransportWhenABrokerIsDown(t *testing.T) {
+	stale := &cluster{leaders: map[string][]int32{"a": {1}}, down: true}
+	fresh := &cluster{leaders: map[string][]int32{"a": {2}}}
+	made := 0
+	p := &Producer{maxBytes: 1 << 20, timeout: time.Second, trs: newTransports(func() kafkago.RoundTripper {
+		made++
+		if made == 1 {
+			return stale
+		}
+		return fresh
+	})}
+	msg := kafkago.Message{Topic: "a", Key: []byte("k"), Value: []byte("v")}
+	var we kafkago.WriteErrors
+	if err := p.WriteMessages(context.Background(), msg); !errors.As(err, &we) || !errors.Is(we[0], errRefused) {
+		t.Fatalf("first call: %v, want the refused connection", err)
+	}
+	if err := p.WriteMessages(context.Background(), msg); err != nil {
+		t.Fatalf("the call after the refusal: %v (transports made: %d)", err, made)
+	}
+	if got := fresh.appended["a/0"]; len(got) != 1 {
+		t.Fatalf("the new leader accepted %v", got)
 	}
 }
 

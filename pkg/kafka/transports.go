@@ -2,6 +2,8 @@ package kafka
 
 import (
 	"errors"
+	"io"
+	"net"
 	"sync"
 	"time"
 
@@ -15,12 +17,25 @@ func leaderMoved(err error) bool {
 		errors.Is(err, kafkago.FencedLeaderEpoch) || errors.Is(err, kafkago.UnknownLeaderEpoch)
 }
 
+// unreachable reports a request the broker its transport routed it to did not answer (a
+// refused or broken connection, a timeout) or that the transport could not route (its
+// metadata names no such broker, or it never got any). A crashed broker's partitions get
+// other leaders on a cluster of several, and a transport that never reached the cluster
+// keeps that error: either way the transport's metadata is what may be wrong, and it
+// refreshes it only on its timer (within its metadata TTL).
+func unreachable(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
+		errors.Is(err, kafkago.BrokerNotAvailable)
+}
+
 // renewEvery bounds how often a client replaces its transport: a partition whose election
 // lasts a few seconds fails every attempt meanwhile, and each new transport costs a
 // connection (TLS and SASL included) per broker.
 const renewEvery = time.Second
 
-// transports holds a client's kafka-go transport and replaces it when a leader moved.
+// transports holds a client's kafka-go transport and replaces it when a leader moved or a
+// broker could not be reached.
 //
 // A kafka-go Transport routes each request by its cached topic metadata, which it refreshes
 // only on a timer (a random moment within its metadata TTL; topic creation aside): after a
@@ -56,8 +71,8 @@ func (t *transports) acquire() *transportRef {
 
 func (r *transportRef) release() { r.users.Done() }
 
-// renew replaces used, whose requests found a leader moved, unless it was replaced already
-// or the last replacement is too recent.
+// renew replaces used, whose requests found a leader moved or a broker unreachable, unless
+// it was replaced already or the last replacement is too recent.
 func (t *transports) renew(used *transportRef) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
