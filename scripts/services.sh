@@ -27,6 +27,9 @@
 #                         SASL_SSL user may do only what ACLs granted over PLAINTEXT allow.
 #   RECSYS_KAFKA_VERSION  Apache Kafka version from Maven Central (default below)
 #   RECSYS_KAFKA_HEAP     JVM heap flags (default "-Xms256m -Xmx1g")
+#   RECSYS_KAFKA_JIT      quick: the broker's JIT stops at C1, for a broker that lives a
+#                         test long (pkg/testutil's private ones): it starts on half the
+#                         CPU (2.5 against 5 s here), which a loaded test host feels
 #   RECSYS_{PG,REDIS,KAFKA}_START_TIMEOUT  seconds to wait for each to answer (60, 20, 90;
 #                         not RECSYS_REDIS_TIMEOUT, which is recsys' --redis.timeout)
 #   RECSYS_PG_BIN         PostgreSQL bin dir (default: newest /usr/lib/postgresql/*/bin)
@@ -52,6 +55,8 @@ KAFKA_CONTROLLER_PORT="${RECSYS_KAFKA_CONTROLLER_PORT:-59093}"
 KAFKA_SASL_SSL_PORT="${RECSYS_KAFKA_SASL_SSL_PORT:-}"
 KAFKA_ACLS="${RECSYS_KAFKA_ACLS:-}"
 KAFKA_HEAP="${RECSYS_KAFKA_HEAP:--Xms256m -Xmx1g}"
+KAFKA_JIT=-XX:CompileThresholdScaling=0.05
+[[ ${RECSYS_KAFKA_JIT:-} != quick ]] || KAFKA_JIT=-XX:TieredStopAtLevel=1
 PG_DB=recsys
 
 PG_TIMEOUT="${RECSYS_PG_START_TIMEOUT:-60}"
@@ -599,8 +604,9 @@ kafka_start() {
 		# intermittent benchmark load to compile its hot paths, and until then costs 2-5x the
 		# CPU per event (169 -> 35 us per auto-logged list here); at 0.05 it is warm after two
 		# runs of a minute (docs/performance-log.md, session 26), with the same idle cost.
+		# RECSYS_KAFKA_JIT=quick trades that for a cheap start.
 		# shellcheck disable=SC2086 # KAFKA_HEAP is a list of flags
-		setsid nohup java $KAFKA_HEAP -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:CompileThresholdScaling=0.05 \
+		setsid nohup java $KAFKA_HEAP -XX:+UseG1GC -XX:MaxGCPauseMillis=20 "$KAFKA_JIT" \
 			-Djava.awt.headless=true \
 			-Dorg.slf4j.simpleLogger.showDateTime=true \
 			"-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd HH:mm:ss.SSS" \

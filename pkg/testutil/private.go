@@ -83,7 +83,10 @@ func (p *Private) listenOn(dir string, port, controller int) {
 		"RECSYS_KAFKA_PORT="+strconv.Itoa(port), "RECSYS_KAFKA_CONTROLLER_PORT="+strconv.Itoa(controller),
 		// Empty unless listenSASLSSLOn: a value inherited from the test's environment would
 		// make every private broker open that one port.
-		"RECSYS_KAFKA_SASL_SSL_PORT=", "RECSYS_KAFKA_ACLS=")
+		"RECSYS_KAFKA_SASL_SSL_PORT=", "RECSYS_KAFKA_ACLS=",
+		// A broker that lives a test long starts on half the CPU without the optimizing
+		// JIT: each restart of the Kafka-outage tests took 10-20 s of a loaded host.
+		"RECSYS_KAFKA_JIT=quick")
 	p.Addr = "127.0.0.1:" + strconv.Itoa(port)
 	switch p.service {
 	case "pg":
