@@ -24,9 +24,16 @@ func leaderMoved(err error) bool {
 // keeps that error: either way the transport's metadata is what may be wrong, and it
 // refreshes it only on its timer (within its metadata TTL).
 func unreachable(err error) bool {
+	if errors.Is(err, kafkago.BrokerNotAvailable) {
+		return true
+	}
+	// A broker's answer: kafkago.Error has the methods of a net.Error.
+	var kerr kafkago.Error
+	if errors.As(err, &kerr) {
+		return false
+	}
 	var ne net.Error
-	return errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
-		errors.Is(err, kafkago.BrokerNotAvailable)
+	return errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
 }
 
 // renewEvery bounds how often a client replaces its transport: a partition whose election
