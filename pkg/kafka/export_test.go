@@ -56,7 +56,7 @@ func FetchLeaders(ctx context.Context, r *GroupReader, groups ...[]FetchPart) ([
 	var wg sync.WaitGroup
 	for _, parts := range byLeader {
 		wg.Go(func() {
-			_, err := r.fetchLoop(ctx, tr.rt, parts, func(_ []*fetchState, err error) {
+			_, err := r.fetchLoop(ctx, tr.rt, parts, &loopAdds{}, func(_ []*fetchState, err error) {
 				errc <- err
 				cancel()
 			})

@@ -490,14 +490,19 @@ type loopEnd struct {
 // partition used to stop every partition of the member, then those of its broker, for as
 // long as it lasted (for good with a topic of one replica and its broker down). After a
 // leader moved, the lookup is on a new transport (see transports), which looks the leaders
-// up again. fetchGrouped returns when ctx ends, or when a waiting partition is found on a
-// broker that has a loop already: the caller starts every loop over, with the partitions
-// grouped again.
+// up again. A waiting partition found on a broker that has a loop on the same transport
+// joins that loop. fetchGrouped returns when ctx ends, or when a waiting partition is found
+// on a broker whose loop runs on an older transport: the caller starts every loop over,
+// with the partitions grouped again.
 func (r *GroupReader) fetchGrouped(ctx context.Context, parts []*fetchState, attempt *int) {
 	ctx, cancel := context.WithCancel(ctx)
 	ends := make(chan loopEnd)
 	parked := make(chan loopEnd)
-	running := map[int32]bool{}
+	type loop struct {
+		tr   *transportRef
+		adds *loopAdds
+	}
+	running := map[int32]loop{}
 	defer func() {
 		cancel()
 		for range running {
@@ -532,8 +537,12 @@ func (r *GroupReader) fetchGrouped(ctx context.Context, parts []*fetchState, att
 			if ctx.Err() != nil {
 				return
 			}
-			if e.err == nil {
-				continue // it parked every partition it had
+			if e.err == nil { // it parked every partition it had, then was handed these
+				if len(waiting) == 0 && len(e.parts) > 0 {
+					retry.Reset(0)
+				}
+				waiting = append(waiting, e.parts...)
+				continue
 			}
 			if e.ran > time.Minute {
 				*attempt = 0 // the fetches ran a while: this failure starts the backoff over
@@ -545,13 +554,23 @@ func (r *GroupReader) fetchGrouped(ctx context.Context, parts []*fetchState, att
 			tr := r.trs.acquire()
 			byLeader, unfit, err := r.plan(ctx, tr, waiting)
 			for l := range byLeader {
-				if running[l] {
+				if lp, ok := running[l]; ok && lp.tr != tr {
 					tr.release()
 					return
 				}
 			}
 			for l, ps := range byLeader {
-				running[l] = true
+				if lp, ok := running[l]; ok {
+					// Not a new loop: one with its request in flight would have to be cut
+					// short, and a connection stays busy until the broker answers it.
+					if !lp.adds.add(ps) { // it is ending: everything starts over
+						tr.release()
+						return
+					}
+					continue
+				}
+				adds := &loopAdds{}
+				running[l] = loop{tr: tr, adds: adds}
 				tr.users.Add(1)
 				park := func(ps []*fetchState, err error) {
 					select {
@@ -561,7 +580,7 @@ func (r *GroupReader) fetchGrouped(ctx context.Context, parts []*fetchState, att
 				}
 				go func() {
 					began := time.Now()
-					rest, err := r.fetchLoop(ctx, tr.rt, ps, park)
+					rest, err := r.fetchLoop(ctx, tr.rt, ps, adds, park)
 					tr.release()
 					ends <- loopEnd{leader: l, parts: rest, err: err, tr: tr, ran: time.Since(began)}
 				}()
@@ -694,18 +713,55 @@ func (r *GroupReader) leaders(ctx context.Context, tr *transportRef, parts []*fe
 	return leader, errors.Join(errs...)
 }
 
-// fetchLoop asks one leader for all of parts, again and again, and hands over what comes.
-// A partition whose fetch failed goes to park, with its error, and the loop goes on with
-// the others at once. It returns the partitions it still had, and why it stopped; nil and
-// nil once it parked them all.
-func (r *GroupReader) fetchLoop(ctx context.Context, rt kafkago.RoundTripper, parts []*fetchState, park func([]*fetchState, error)) ([]*fetchState, error) {
+// loopAdds are partitions handed to a running fetch loop.
+type loopAdds struct {
+	mu     sync.Mutex
+	parts  []*fetchState
+	closed bool
+}
+
+// add hands parts over; false once the loop is ending.
+func (a *loopAdds) add(parts []*fetchState) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return false
+	}
+	a.parts = append(a.parts, parts...)
+	return true
+}
+
+// take returns the partitions handed over since the last call; with end, none are taken
+// any more.
+func (a *loopAdds) take(end bool) []*fetchState {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ps := a.parts
+	a.parts, a.closed = nil, a.closed || end
+	return ps
+}
+
+// fetchLoop asks one leader for all of parts, and those handed over through adds, again and
+// again, and hands over what comes. A partition whose fetch failed goes to park, with its
+// error, and the loop goes on with the others at once. It returns the partitions it still
+// had, and why it stopped; no error once it parked them all.
+func (r *GroupReader) fetchLoop(ctx context.Context, rt kafkago.RoundTripper, parts []*fetchState, adds *loopAdds, park func([]*fetchState, error)) (rest []*fetchState, err error) {
 	parts = slices.Clone(parts)
+	defer func() { rest = append(rest, adds.take(true)...) }()
 	byKey := make(map[topicPartition]*fetchState, len(parts))
 	for _, p := range parts {
 		byKey[p.topicPartition] = p
 	}
-	from := make([]int64, len(parts))
+	var from []int64
 	for first := 0; ; first++ {
+		for _, p := range adds.take(false) {
+			parts = append(parts, p)
+			byKey[p.topicPartition] = p
+		}
+		if len(parts) == 0 {
+			return nil, nil
+		}
+		from = slices.Grow(from[:0], len(parts))[:len(parts)]
 		// A sessionless fetch fills partitions in request order up to MaxBytes: the first
 		// one listed is rotated so that no partition's backlog starves the others.
 		first %= len(parts)
@@ -759,10 +815,6 @@ func (r *GroupReader) fetchLoop(ctx context.Context, rt kafkago.RoundTripper, pa
 			delete(byKey, p.topicPartition)
 		}
 		park(failed, err)
-		if len(parts) == 0 {
-			return nil, nil
-		}
-		from = from[:len(parts)]
 	}
 }
 

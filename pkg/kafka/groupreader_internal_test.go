@@ -97,18 +97,23 @@ func TestGroupReaderRenewsItsTransportWhenALeaderMoved(t *testing.T) {
 
 // partsCluster is topic a, each partition holding one record at offset 0, as seen through a
 // transport: leaders[p] leads partition p (-1: none), a fetch from a broker in down fails at
-// once, as its dial does, the others answer after a few milliseconds, and ListOffsets finds
-// no first offset of the partitions in noFirst.
+// once, as its dial does, the others answer after a few milliseconds, a fetch of a
+// partition in refuse is answered at once with a storage error for it, and ListOffsets
+// finds no first offset of the partitions in noFirst. It counts the fetches refused so, and
+// the long polls cut short by their caller.
 type partsCluster struct {
 	mu      sync.Mutex
 	leaders []int32
 	down    map[int32]bool
 	noFirst map[int32]bool
+	refuse  map[int32]bool
+
+	refused, cut atomic.Int32
 }
 
 func (c *partsCluster) RoundTrip(ctx context.Context, _ net.Addr, req protocol.Message) (protocol.Message, error) {
 	c.mu.Lock()
-	leaders, down, noFirst := slices.Clone(c.leaders), maps.Clone(c.down), maps.Clone(c.noFirst)
+	leaders, down, noFirst, refuse := slices.Clone(c.leaders), maps.Clone(c.down), maps.Clone(c.noFirst), maps.Clone(c.refuse)
 	c.mu.Unlock()
 	switch r := req.(type) {
 	case *metadataAPI.Request:
@@ -141,20 +146,26 @@ func (c *partsCluster) RoundTrip(ctx context.Context, _ net.Addr, req protocol.M
 			return nil, ctx.Err()
 		}
 		t := fetchAPI.ResponseTopic{Topic: "a"}
+		answer := false // at once
 		for _, p := range r.Topics[0].Partitions {
 			pt := fetchAPI.ResponsePartition{Partition: p.Partition, HighWatermark: 1}
-			if p.FetchOffset == 0 {
+			if refuse[p.Partition] {
+				pt.ErrorCode = int16(kafkago.KafkaStorageError)
+				c.refused.Add(1)
+				answer = true
+			} else if p.FetchOffset == 0 {
 				pt.RecordSet = protocol.RecordSet{Version: 2, Records: protocol.NewRecordReader(
 					protocol.Record{Offset: 0, Time: time.Now(), Value: protocol.NewBytes([]byte("v"))})}
 			}
 			t.Partitions = append(t.Partitions, pt)
 		}
-		if slices.ContainsFunc(t.Partitions, func(pt fetchAPI.ResponsePartition) bool { return pt.RecordSet.Records != nil }) {
+		if answer || slices.ContainsFunc(t.Partitions, func(pt fetchAPI.ResponsePartition) bool { return pt.RecordSet.Records != nil }) {
 			return &fetchAPI.Response{Topics: []fetchAPI.ResponseTopic{t}}, nil
 		}
 		select { // nothing new: the broker's long poll
 		case <-time.After(20 * time.Millisecond):
 		case <-ctx.Done():
+			c.cut.Add(1)
 			return nil, ctx.Err()
 		}
 		return &fetchAPI.Response{Topics: []fetchAPI.ResponseTopic{t}}, nil
@@ -208,4 +219,45 @@ func TestGroupReaderFetchesAroundAPartitionItCannotFetch(t *testing.T) {
 			read(1)
 		})
 	}
+}
+
+// A partition its broker keeps refusing (a storage error) is tried again, with backoff, in
+// the fetch loop of its broker's other partitions, which goes on meanwhile: it is not cut
+// short to start over with the refused partition. Every such restart abandoned the loop's
+// long poll, whose connection stays busy until the broker answers it, every 2 s at most for
+// as long as the partition was refused.
+func TestGroupReaderRetriesARefusedPartitionInItsBrokersLoop(t *testing.T) {
+	c := &partsCluster{leaders: []int32{1, 1}, refuse: map[int32]bool{1: true}}
+	r := &GroupReader{o: ReaderOptions{MaxWait: 50 * time.Millisecond, MaxBytes: 1 << 20, MinBytes: 1}, addr: kafkago.TCP("127.0.0.1:1"),
+		timeout: time.Second, out: make(chan []kafkago.Message, 1), done: make(chan struct{}),
+		trs: newTransports(func() kafkago.RoundTripper { return c })}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.fetchAll(ctx, []*fetchState{{topicPartition: topicPartition{"a", 0}}, {topicPartition: topicPartition{"a", 1}}})
+	}()
+	defer func() { cancel(); <-done }()
+	read := func(want int) {
+		t.Helper()
+		fctx, fcancel := context.WithTimeout(ctx, 5*time.Second)
+		defer fcancel()
+		msgs, err := r.FetchBatch(fctx)
+		if err != nil || len(msgs) != 1 || msgs[0].Partition != want {
+			t.Fatalf("got %+v, %v; want a/%d@0", msgs, err, want)
+		}
+	}
+	read(0)
+	for deadline := time.Now().Add(5 * time.Second); c.refused.Load() < 5; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the refused partition asked for %d times in 5 s", c.refused.Load())
+		}
+	}
+	if n := c.cut.Load(); n > 0 {
+		t.Errorf("the other partition's long poll cut short %d times in %d retries of the refused one", n, c.refused.Load())
+	}
+	c.mu.Lock()
+	c.refuse = nil
+	c.mu.Unlock()
+	read(1)
 }
