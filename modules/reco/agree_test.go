@@ -34,6 +34,15 @@ func TestIntegrationRecoUnreadyWhileASettingDisagrees(t *testing.T) {
 			if !strings.Contains(err.Error(), "--"+tc.flag) {
 				t.Errorf("readiness error %q does not name --%s", err, tc.flag)
 			}
+			// The operator corrects the record (docs/runbook.md): the pod becomes ready
+			// without a restart.
+			if _, err := pool.Exec(context.Background(), `DELETE FROM deployment_settings WHERE name = $1`, tc.flag); err != nil {
+				t.Fatal(err)
+			}
+			s.waitFor("readiness once the record is corrected", 3*agreeRetry, func() bool {
+				err = s.mod.Ready(context.Background())
+				return err == nil || !strings.Contains(err.Error(), tc.recorded)
+			})
 		})
 	}
 }

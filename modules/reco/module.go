@@ -271,10 +271,9 @@ func (r *Reco) Run(ctx context.Context) error {
 				warn.Do(func(n int64) {
 					r.log.WarnContext(ctx, "deployment settings not checked yet, retrying", "err", err, "failures", n)
 				})
-			})
-			if err := r.agreement.Err(); err != nil {
+			}, func(err error) {
 				r.log.ErrorContext(ctx, "not ready: a setting differs from the deployment's", "err", err)
-			}
+			})
 		})
 	}
 	every(r.cfg.ProbeInterval, r.serving.probeRedisOnce)

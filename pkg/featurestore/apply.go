@@ -194,7 +194,8 @@ func (s *Store) Apply(ctx context.Context, b *Batch) (*Applied, error) {
 			// Not bounded by the batch's deadline (the consumer's is --consumer.drain-timeout
 			// per attempt): the rebase rewrites every item, seconds with millions of them,
 			// and one cut off rolls back and starts over at the next attempt, every attempt.
-			// Its lock wait bounds it; a cancellation still stops it.
+			// Its lock wait bounds it; a cancellation before the deadline still stops it (one after
+			// it is not seen: the rebase then runs to its end).
 			rctx, cancel := withoutDeadline(ctx)
 			err := s.Rebase(rctx, rb.tsMs)
 			cancel()

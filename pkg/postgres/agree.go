@@ -82,23 +82,28 @@ type Agreement struct {
 	err atomic.Pointer[error]
 }
 
-// Run retries check (an Agree) every retry until it gives a verdict (PostgreSQL down, a
-// schema without the table yet: retried, each failure passed to onErr) or ctx ends.
-func (a *Agreement) Run(ctx context.Context, check func(context.Context) error, retry time.Duration, onErr func(error)) {
+// Run retries check (an Agree) every retry until the settings agree or ctx ends. A failed
+// check (PostgreSQL down, a schema without the table yet) is passed to onErr; a disagreement
+// is kept for Err, passed to onDisagree when first found, and checked again like a failure:
+// an operator who corrects the recorded value (docs/runbook.md) makes the pod ready without
+// a restart.
+func (a *Agreement) Run(ctx context.Context, check func(context.Context) error, retry time.Duration, onErr, onDisagree func(error)) {
 	for {
 		err := check(ctx)
 		if err == nil {
+			a.err.Store(nil)
 			return
 		}
 		var de *DisagreeError
-		if errors.As(err, &de) {
-			a.err.Store(&err)
-			return
-		}
+		var pgErr *pgconn.PgError
+		switch {
+		case errors.As(err, &de):
+			if a.err.Swap(&err) == nil && onDisagree != nil {
+				onDisagree(err)
+			}
 		// The table is missing while the schema is behind this binary (the migration Job of a
 		// rollout not run yet): readiness already says so.
-		var pgErr *pgconn.PgError
-		if onErr != nil && ctx.Err() == nil && !(errors.As(err, &pgErr) && pgErr.Code == "42P01") {
+		case onErr != nil && ctx.Err() == nil && !(errors.As(err, &pgErr) && pgErr.Code == "42P01"):
 			onErr(err)
 		}
 		select {

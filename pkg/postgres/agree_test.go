@@ -68,21 +68,30 @@ func TestAgreeConcurrentFirstStarts(t *testing.T) {
 }
 
 // The background check retries what PostgreSQL cannot answer yet (down, or a schema without
-// the table: not reported, readiness already names the schema) and keeps the first verdict.
+// the table: not reported, readiness already names the schema), holds a disagreement while
+// it lasts, and ends once the settings agree.
 func TestAgreementRetriesUntilAVerdict(t *testing.T) {
 	disagree := &postgres.DisagreeError{Flag: "redis.key-prefix", Here: "b:", Recorded: "a:"}
-	results := []error{&pgconn.PgError{Code: "42P01"}, errors.New("connection refused"), disagree}
+	// The recorded value is corrected after two checks that disagree: the pod becomes ready
+	// without a restart.
+	results := []error{&pgconn.PgError{Code: "42P01"}, errors.New("connection refused"), disagree, disagree, nil}
 	var calls int
-	var reported []error
+	var reported, disagreements []error
 	var a postgres.Agreement
 	a.Run(context.Background(), func(context.Context) error {
 		calls++
+		if calls == 4 && !errors.Is(a.Err(), disagree) {
+			t.Errorf("Err = %v while the settings disagree, want the disagreement", a.Err())
+		}
 		return results[calls-1]
-	}, time.Millisecond, func(err error) { reported = append(reported, err) })
-	if calls != 3 || len(reported) != 1 || !strings.Contains(reported[0].Error(), "connection refused") {
+	}, time.Millisecond, func(err error) { reported = append(reported, err) }, func(err error) { disagreements = append(disagreements, err) })
+	if calls != 5 || len(reported) != 1 || !strings.Contains(reported[0].Error(), "connection refused") {
 		t.Fatalf("calls %d, reported %v", calls, reported)
 	}
-	if !errors.Is(a.Err(), disagree) {
-		t.Fatalf("Err = %v, want the disagreement", a.Err())
+	if len(disagreements) != 1 || !errors.Is(disagreements[0], disagree) {
+		t.Fatalf("disagreements reported %v, want the one once", disagreements)
+	}
+	if a.Err() != nil {
+		t.Fatalf("Err = %v once the settings agree, want nil", a.Err())
 	}
 }
