@@ -67,7 +67,7 @@ type autolog struct {
 	pg       *breaker
 	m        *recoMetrics
 	log      *slog.Logger
-	warn     logLimiter
+	warn     logging.Limiter
 
 	inflight  atomic.Int64 // accepted, not yet persisted or dropped
 	submitted atomic.Int64 // of which queued with Submit, awaiting its callback
@@ -360,21 +360,4 @@ func (a *autolog) Shutdown(timeout time.Duration, closeWriter func()) int64 {
 func transient(err error) bool {
 	return errors.Is(err, ingest.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) ||
 		errors.Is(err, context.Canceled)
-}
-
-// logLimiter lets a warning through at most once per second, with the number of occurrences
-// since the last one, so an overload does not turn into a log flood.
-type logLimiter struct {
-	last  atomic.Int64
-	count atomic.Int64
-}
-
-func (l *logLimiter) Do(f func(n int64)) {
-	l.count.Add(1)
-	now := time.Now().UnixNano()
-	last := l.last.Load()
-	if now-last < int64(time.Second) || !l.last.CompareAndSwap(last, now) {
-		return
-	}
-	f(l.count.Swap(0))
 }

@@ -105,6 +105,7 @@ import (
 	"recsys/pkg/httpx"
 	"recsys/pkg/infra"
 	"recsys/pkg/ingest"
+	"recsys/pkg/logging"
 	"recsys/pkg/module"
 	"recsys/pkg/postgres"
 	"recsys/pkg/ranking"
@@ -266,7 +267,7 @@ func (r *Reco) Run(ctx context.Context) error {
 	}
 	if r.agree != nil {
 		wg.Go(func() {
-			var warn logLimiter
+			var warn logging.Limiter
 			r.agreement.Run(ctx, r.agree, agreeRetry, func(err error) {
 				warn.Do(func(n int64) {
 					r.log.WarnContext(ctx, "deployment settings not checked yet, retrying", "err", err, "failures", n)
@@ -279,7 +280,7 @@ func (r *Reco) Run(ctx context.Context) error {
 	every(r.cfg.ProbeInterval, r.serving.probeRedisOnce)
 	every(r.cfg.ProbeInterval, r.serving.probePGOnce)
 	if r.blocked != nil {
-		var blockedWarn logLimiter
+		var blockedWarn logging.Limiter
 		every(r.cfg.BlockedRefresh, func(ctx context.Context) {
 			if err := r.blocked.refresh(ctx, blockedTimeout(r.cfg)); err != nil && ctx.Err() == nil {
 				blockedWarn.Do(func(n int64) {
@@ -289,7 +290,7 @@ func (r *Reco) Run(ctx context.Context) error {
 			}
 		})
 	}
-	var refreshWarn logLimiter
+	var refreshWarn logging.Limiter
 	every(r.cfg.GlobalRefresh, func(ctx context.Context) {
 		if err := r.serving.refreshGlobal(ctx); err != nil && ctx.Err() == nil {
 			refreshWarn.Do(func(n int64) {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"recsys/pkg/featurestore"
+	"recsys/pkg/logging"
 	"recsys/pkg/ranking"
 )
 
@@ -65,9 +66,9 @@ type serving struct {
 	globalOpts      ranking.SnapshotOptions
 	m               *recoMetrics
 	log             *slog.Logger
-	warnRedis       logLimiter
-	warnPG          logLimiter
-	warnUndecodable logLimiter
+	warnRedis       logging.Limiter
+	warnPG          logging.Limiter
+	warnUndecodable logging.Limiter
 
 	probeRedis func(context.Context) (bool, error)
 	probePG    func(context.Context) error

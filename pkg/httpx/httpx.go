@@ -405,9 +405,12 @@ func IsTooLarge(err error) bool {
 // errorHandler maps every error to the contract's JSON shape {"detail": ...}; it is the one
 // place errors become HTTP responses.
 func errorHandler(log *slog.Logger) echo.HTTPErrorHandler {
-	var causes everySecond
+	// The cause of failed requests at most once a second: in an outage or an overload (the
+	// event writers' queue full) every request fails the same way and already has its access
+	// line at error; a second line per request doubled the log.
+	var causes logging.Limiter
 	failed := func(c echo.Context, err error) {
-		causes.do(func(n int64) {
+		causes.Do(func(n int64) {
 			log.ErrorContext(c.Request().Context(), "request failed", "err", err, "path", c.Request().URL.Path, "failures", n)
 		})
 	}
@@ -465,25 +468,6 @@ func writeError(c echo.Context, code int, detail any) error {
 	}
 	c.Response().WriteHeader(code)
 	return enc.Encode(map[string]any{"detail": detail})
-}
-
-// everySecond lets a line through at most once a second, with the number of occurrences
-// since the last one. The cause of failed requests goes through it: in an outage or an
-// overload (the event writers' queue full) every request fails the same way, each already
-// has its access line at error, and a second line per request with the cause doubled the
-// log just when the process and its log pipeline can least afford it.
-type everySecond struct {
-	last, count atomic.Int64
-}
-
-func (l *everySecond) do(f func(n int64)) {
-	l.count.Add(1)
-	now := time.Now().UnixNano()
-	last := l.last.Load()
-	if now-last < int64(time.Second) || !l.last.CompareAndSwap(last, now) {
-		return
-	}
-	f(l.count.Swap(0))
 }
 
 // withoutOptions is an Allow header's method list without OPTIONS.
