@@ -2,8 +2,6 @@ package ingest
 
 import (
 	"context"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -89,28 +87,8 @@ func testRetentionKeepsBRINRangesNarrow(t *testing.T, busy bool) {
 			t.Fatal(err)
 		}
 	}
-	var plan []string
-	err := pgx.BeginFunc(ctx, v.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SET LOCAL enable_seqscan = off"); err != nil {
-			return err
-		}
-		rows, err := tx.Query(ctx, `EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) SELECT count(*) FROM watches WHERE server_received_ts_ms >= $1 AND server_received_ts_ms < $2`, oldTs, oldTs+rows)
-		if err != nil {
-			return err
-		}
-		plan, err = pgx.CollectRows(rows, pgx.RowTo[string])
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	blocks, usesBRIN := 0, false
-	for _, l := range plan {
-		if m := regexp.MustCompile(`Heap Blocks: .*?(?:exact|lossy)=(\d+)`).FindStringSubmatch(l); m != nil {
-			blocks, _ = strconv.Atoi(m[1])
-		}
-		usesBRIN = usesBRIN || regexp.MustCompile(`Bitmap Index Scan on watches_server_ts_brin`).MatchString(l)
-	}
+	usesBRIN, blocks, plan := testutil.IndexScan(t, v.pool, "watches_server_ts_brin",
+		`SELECT count(*) FROM watches WHERE server_received_ts_ms >= $1 AND server_received_ts_ms < $2`, oldTs, oldTs+rows)
 	if !usesBRIN || blocks != 0 {
 		t.Fatalf("scan of the deleted receive times read %d heap blocks (want 0, through the BRIN index):\n%v", blocks, plan)
 	}

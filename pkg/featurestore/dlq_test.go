@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -284,31 +282,10 @@ func testPurgeAppliedKeepsBRINRangesNarrow(t *testing.T, busy bool) {
 			t.Fatalf("later purge deleted %d (%v), want 0", n, err)
 		}
 	}
-	var plan []string
-	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SET LOCAL enable_seqscan = off"); err != nil {
-			return err
-		}
-		rows, err := tx.Query(ctx, `EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) SELECT ctid FROM feature_applied WHERE applied_at < now() - $1::interval`,
-			fmt.Sprintf("%d seconds", int64(retention.Seconds())))
-		if err != nil {
-			return err
-		}
-		plan, err = pgx.CollectRows(rows, pgx.RowTo[string])
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	blocks, usesBRIN := 0, false
-	for _, l := range plan {
-		if m := regexp.MustCompile(`Heap Blocks: .*?(?:exact|lossy)=(\d+)`).FindStringSubmatch(l); m != nil {
-			blocks, _ = strconv.Atoi(m[1])
-		}
-		usesBRIN = usesBRIN || strings.Contains(l, "Bitmap Index Scan on feature_applied_applied_at_brin")
-	}
+	usesBRIN, blocks, plan := testutil.IndexScan(t, pool, "feature_applied_applied_at_brin",
+		`SELECT ctid FROM feature_applied WHERE applied_at < now() - $1::interval`, fmt.Sprintf("%d seconds", int64(retention.Seconds())))
 	if !usesBRIN || blocks != 0 {
-		t.Fatalf("the purge's scan for expired records read %d heap blocks (want 0, through the BRIN index):\n%s", blocks, strings.Join(plan, "\n"))
+		t.Fatalf("the purge's scan for expired records read %d heap blocks (want 0, through the BRIN index):\n%s", blocks, plan)
 	}
 }
 

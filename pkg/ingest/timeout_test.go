@@ -182,29 +182,7 @@ func TestWriterAnswersWhatATimedOutCommitLeft(t *testing.T) {
 				if tc.lose {
 					fn.marker = []byte(marker)
 				}
-				cfg, err := pgxpool.ParseConfig(dsn)
-				if err != nil {
-					t.Fatal(err)
-				}
-				cfg.ConnConfig.DialFunc = fn.dial
-				faulty, err := pgxpool.NewWithConfig(ctx, cfg)
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(faulty.Close)
-				// Idle connections for the writer's check, as a busy pool has: dialling one
-				// would take much of the half grace period it gets.
-				var warm []*pgxpool.Conn
-				for range 2 {
-					c, err := faulty.Acquire(ctx)
-					if err != nil {
-						t.Fatal(err)
-					}
-					warm = append(warm, c)
-				}
-				for _, c := range warm {
-					c.Release()
-				}
+				faulty := faultyPool(t, dsn, fn)
 				var holder *pgxpool.Conn
 				if tc.holdCommit {
 					if _, err := pool.Exec(ctx, `
@@ -223,6 +201,7 @@ CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON watches DEFERRABLE INITIAL
 	FOR EACH ROW EXECUTE FUNCTION slow_commit();`); err != nil {
 						t.Fatal(err)
 					}
+					var err error
 					if holder, err = pool.Acquire(ctx); err != nil {
 						t.Fatal(err)
 					}
@@ -313,27 +292,7 @@ func TestWriterAnswersALostCommitTheRelayMovedOn(t *testing.T) {
 					t.Errorf("relay: %v", err)
 				}
 			}}
-			cfg, err := pgxpool.ParseConfig(dsn)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg.ConnConfig.DialFunc = fn.dial
-			faulty, err := pgxpool.NewWithConfig(ctx, cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(faulty.Close)
-			var warm []*pgxpool.Conn
-			for range 2 {
-				c, err := faulty.Acquire(ctx)
-				if err != nil {
-					t.Fatal(err)
-				}
-				warm = append(warm, c)
-			}
-			for _, c := range warm {
-				c.Release()
-			}
+			faulty := faultyPool(t, dsn, fn)
 			w := newWriter(t, faulty, func(c *ingest.Config) { c.CopyMinEvents = 1 << 30; c.Timeout = timeout })
 			res, werr := w.Write(ctx, []events.Any{watch(id, user)}, "")
 			if n := count(t, pool, `SELECT count(*) FROM watches WHERE event_id = $1`, id); n != 1 {
@@ -349,4 +308,34 @@ func TestWriterAnswersALostCommitTheRelayMovedOn(t *testing.T) {
 			}
 		})
 	}
+}
+
+// faultyPool is a pool on dsn whose connections go through fn, with two idle connections for
+// the writer's check, as a busy pool has: dialling one would take much of the half grace
+// period it gets.
+func faultyPool(t *testing.T, dsn string, fn *faultyNet) *pgxpool.Pool {
+	t.Helper()
+	ctx := context.Background()
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.DialFunc = fn.dial
+	faulty, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(faulty.Close)
+	var warm []*pgxpool.Conn
+	for range 2 {
+		c, err := faulty.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		warm = append(warm, c)
+	}
+	for _, c := range warm {
+		c.Release()
+	}
+	return faulty
 }

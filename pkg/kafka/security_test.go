@@ -1,14 +1,7 @@
 package kafka
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,41 +10,16 @@ import (
 
 	"github.com/segmentio/kafka-go/sasl/plain"
 	"github.com/spf13/pflag"
-)
 
-// writePEMPair writes a self-signed certificate and its key to dir and returns their paths.
-func writePEMPair(t *testing.T, dir, name string) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+".key")
-	for path, block := range map[string]*pem.Block{certFile: {Type: "CERTIFICATE", Bytes: der}, keyFile: {Type: "PRIVATE KEY", Bytes: kder}} {
-		if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return certFile, keyFile
-}
+	"recsys/pkg/testutil/pki"
+)
 
 // TestSecuritySettings: TLS and SASL settings are checked at start with errors naming the
 // flags, and what they configure reaches every dialer and transport the clients use.
 func TestSecuritySettings(t *testing.T) {
 	dir := t.TempDir()
-	ca, _ := writePEMPair(t, dir, "ca")
-	cert, key := writePEMPair(t, dir, "client")
+	p := pki.New(t)
+	ca, cert, key := p.CA, p.ClientCert, p.ClientKey
 	notPEM := filepath.Join(dir, "not.pem")
 	if err := os.WriteFile(notPEM, []byte("hello"), 0o600); err != nil {
 		t.Fatal(err)
@@ -127,7 +95,7 @@ func TestSecuritySettings(t *testing.T) {
 // A CA file that becomes unreadable after the start makes connections fail their handshake,
 // never fall back to no TLS.
 func TestUnreadableCAFailsClosed(t *testing.T) {
-	ca, _ := writePEMPair(t, t.TempDir(), "ca")
+	ca := pki.New(t).CA
 	c := DefaultConfig()
 	c.Security = Security{TLS: true, TLSCAFile: ca}
 	if err := c.Validate(); err != nil {

@@ -2,13 +2,6 @@ package redis
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -21,68 +14,13 @@ import (
 	"github.com/spf13/pflag"
 
 	"recsys/pkg/testutil"
+	"recsys/pkg/testutil/pki"
 )
-
-// testPKI is a throwaway CA with a server certificate for 127.0.0.1 and a client certificate
-// it signed, as PEM files.
-type testPKI struct {
-	ca, serverCert, serverKey, clientCert, clientKey string
-}
-
-func newTestPKI(t *testing.T) testPKI {
-	t.Helper()
-	dir := t.TempDir()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "recsys-test-ca"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	write := func(name string, block *pem.Block) string {
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
-	leaf := func(name string, serial int64, usage x509.ExtKeyUsage) (certFile, keyFile string) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-			DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kder, err := x509.MarshalPKCS8PrivateKey(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return write(name+".pem", &pem.Block{Type: "CERTIFICATE", Bytes: der}), write(name+".key", &pem.Block{Type: "PRIVATE KEY", Bytes: kder})
-	}
-	p := testPKI{ca: write("ca.pem", &pem.Block{Type: "CERTIFICATE", Bytes: caDER})}
-	p.serverCert, p.serverKey = leaf("server", 2, x509.ExtKeyUsageServerAuth)
-	p.clientCert, p.clientKey = leaf("client", 3, x509.ExtKeyUsageClientAuth)
-	return p
-}
 
 // TestTLSSettings: the CA and client certificate files are checked at start with errors
 // naming the flags, and need a rediss:// URL (with a plain one they would be ignored).
 func TestTLSSettings(t *testing.T) {
-	p := newTestPKI(t)
+	p := pki.New(t)
 	notPEM := filepath.Join(t.TempDir(), "not.pem")
 	if err := os.WriteFile(notPEM, []byte("hello"), 0o600); err != nil {
 		t.Fatal(err)
@@ -94,14 +32,14 @@ func TestTLSSettings(t *testing.T) {
 		wantErr string // "" when valid
 	}{
 		{"tls with the system roots", []string{"--redis.url", tlsURL}, ""},
-		{"tls with a CA", []string{"--redis.url", tlsURL, "--redis.tls-ca-file", p.ca}, ""},
-		{"mutual tls", []string{"--redis.url", tlsURL, "--redis.tls-ca-file", p.ca, "--redis.tls-cert-file", p.clientCert, "--redis.tls-key-file", p.clientKey}, ""},
-		{"CA with a plain url", []string{"--redis.tls-ca-file", p.ca}, `need a rediss:// --redis.url, got "redis://127.0.0.1:6379/0"`},
-		{"cert with a unix socket", []string{"--redis.url", "unix:///run/redis.sock", "--redis.tls-cert-file", p.clientCert, "--redis.tls-key-file", p.clientKey}, "need a rediss:// --redis.url"},
-		{"cert without key", []string{"--redis.url", tlsURL, "--redis.tls-cert-file", p.clientCert}, "--redis.tls-cert-file and --redis.tls-key-file go together"},
+		{"tls with a CA", []string{"--redis.url", tlsURL, "--redis.tls-ca-file", p.CA}, ""},
+		{"mutual tls", []string{"--redis.url", tlsURL, "--redis.tls-ca-file", p.CA, "--redis.tls-cert-file", p.ClientCert, "--redis.tls-key-file", p.ClientKey}, ""},
+		{"CA with a plain url", []string{"--redis.tls-ca-file", p.CA}, `need a rediss:// --redis.url, got "redis://127.0.0.1:6379/0"`},
+		{"cert with a unix socket", []string{"--redis.url", "unix:///run/redis.sock", "--redis.tls-cert-file", p.ClientCert, "--redis.tls-key-file", p.ClientKey}, "need a rediss:// --redis.url"},
+		{"cert without key", []string{"--redis.url", tlsURL, "--redis.tls-cert-file", p.ClientCert}, "--redis.tls-cert-file and --redis.tls-key-file go together"},
 		{"missing CA file", []string{"--redis.url", tlsURL, "--redis.tls-ca-file", filepath.Join(t.TempDir(), "missing")}, "--redis.tls-ca-file: open"},
 		{"CA file without PEM", []string{"--redis.url", tlsURL, "--redis.tls-ca-file", notPEM}, "--redis.tls-ca-file " + notPEM + ": no PEM certificate in it"},
-		{"key of nothing", []string{"--redis.url", tlsURL, "--redis.tls-cert-file", p.clientCert, "--redis.tls-key-file", notPEM}, "--redis.tls-cert-file/--redis.tls-key-file"},
+		{"key of nothing", []string{"--redis.url", tlsURL, "--redis.tls-cert-file", p.ClientCert, "--redis.tls-key-file", notPEM}, "--redis.tls-cert-file/--redis.tls-key-file"},
 	} {
 		c := DefaultConfig()
 		fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
@@ -123,7 +61,7 @@ func TestTLSSettings(t *testing.T) {
 
 // startTLSRedis starts a redis-server of the test's own that listens with TLS only and asks
 // clients for a certificate signed by the CA, and returns its address.
-func startTLSRedis(t *testing.T, p testPKI) string {
+func startTLSRedis(t *testing.T, p pki.PKI) string {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -141,8 +79,8 @@ func startTLSRedis(t *testing.T, p testPKI) string {
 	dir := t.TempDir()
 	cmd := testutil.Command(bin, "--port", "0", "--tls-port", strconv.Itoa(port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", dir,
-		"--tls-cert-file", p.serverCert, "--tls-key-file", p.serverKey,
-		"--tls-ca-cert-file", p.ca, "--tls-auth-clients", "yes")
+		"--tls-cert-file", p.ServerCert, "--tls-key-file", p.ServerKey,
+		"--tls-ca-cert-file", p.CA, "--tls-auth-clients", "yes")
 	var out testutil.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -174,17 +112,17 @@ func startTLSRedis(t *testing.T, p testPKI) string {
 // (the system's roots) or without a client certificate the connection is refused: before
 // the settings existed, a private CA could only be trusted by skipping verification.
 func TestOpenOverTLSWithAPrivateCA(t *testing.T) {
-	p := newTestPKI(t)
+	p := pki.New(t)
 	addr := startTLSRedis(t, p)
 	for _, tc := range []struct {
 		name          string
 		ca, cert, key string
 		wantErr       string // "" when PING must answer
 	}{
-		{"CA and client certificate", p.ca, p.clientCert, p.clientKey, ""},
-		{"the system's roots", "", p.clientCert, p.clientKey, "certificate signed by unknown authority"},
+		{"CA and client certificate", p.CA, p.ClientCert, p.ClientKey, ""},
+		{"the system's roots", "", p.ClientCert, p.ClientKey, "certificate signed by unknown authority"},
 		// The server resets the connection or sends an alert, depending on timing.
-		{"no client certificate", p.ca, "", "", "redis ping"},
+		{"no client certificate", p.CA, "", "", "redis ping"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultConfig()
