@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -23,8 +24,18 @@ func leaderMoved(err error) bool {
 // other leaders on a cluster of several, and a transport that never reached the cluster
 // keeps that error: either way the transport's metadata is what may be wrong, and it
 // refreshes it only on its timer (within its metadata TTL).
+//
+// A failed TLS handshake counts too: a transport reads the TLS files once, when it is made,
+// so after the broker's certificate moved to a new CA, or while a rotation had the files
+// unreadable, it failed every connection until the process restarted. A new transport reads
+// them again. (A broker refusing the client's certificate is a remote alert, a net.Error.)
 func unreachable(err error) bool {
 	if errors.Is(err, kafkago.BrokerNotAvailable) {
+		return true
+	}
+	var verr *tls.CertificateVerificationError
+	var ferr tlsFilesError
+	if errors.As(err, &verr) || errors.As(err, &ferr) {
 		return true
 	}
 	// A broker's answer: kafkago.Error has the methods of a net.Error.
