@@ -405,7 +405,7 @@ func (c *Consumer) fetch(ctx context.Context, r *kafka.GroupReader, out chan<- *
 			continue
 		}
 		attempt = 0
-		c.m.lagFetched(msgs)
+		c.m.lagFetched(ownedOnly(msgs, r.Assigned()))
 		at := time.Now()
 		for i := range msgs {
 			m := &msgs[i]
@@ -777,8 +777,28 @@ func (c *Consumer) commit(ctx context.Context, r *kafka.GroupReader, msgs []kafk
 		c.log.WarnContext(ctx, "commit offsets failed; retried with the next commit, or redelivered and deduplicated", "err", err)
 		return false
 	}
-	c.m.lagCommitted(msgs)
+	c.m.lagCommitted(ownedOnly(msgs, r.Assigned()))
 	return true
+}
+
+// ownedOnly is msgs without those of partitions not in owned (topic -> partitions): a batch
+// fetched before a rebalance can still arrive, and CommitMessages skips the partitions gone
+// to another member; their lag gauges, set again here, would be reported by two members
+// until the next refresh.
+func ownedOnly(msgs []kafkago.Message, owned map[string][]int) []kafkago.Message {
+	var out []kafkago.Message // nil while every message so far is owned: msgs is returned
+	for i := range msgs {
+		switch own := slices.Contains(owned[msgs[i].Topic], msgs[i].Partition); {
+		case !own && out == nil:
+			out = append(make([]kafkago.Message, 0, len(msgs)), msgs[:i]...)
+		case own && out != nil:
+			out = append(out, msgs[i])
+		}
+	}
+	if out == nil {
+		return msgs
+	}
+	return out
 }
 
 // heal keeps the Redis copy complete and the housekeeping going.

@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -67,5 +68,29 @@ func TestPartitionLagGrowsWithoutCommitsAndFollowsTheAssignment(t *testing.T) {
 		if got := lagSeries(set); got != s.want {
 			t.Fatalf("%s:\n%s\nwant\n%s", s.name, got, s.want)
 		}
+	}
+}
+
+// Messages of partitions this member no longer owns (a batch fetched before a rebalance, a
+// commit CommitMessages skipped) set no lag gauge: two members would report the partition.
+func TestOwnedOnly(t *testing.T) {
+	msg := func(topic string, p int) kafkago.Message { return kafkago.Message{Topic: topic, Partition: p} }
+	all := []kafkago.Message{msg("a", 0), msg("a", 1), msg("b", 0), msg("a", 0)}
+	for _, tc := range []struct {
+		name  string
+		owned map[string][]int
+		want  []kafkago.Message
+	}{
+		{"all owned", map[string][]int{"a": {0, 1}, "b": {0}}, all},
+		{"one partition gone", map[string][]int{"a": {0}, "b": {0}}, []kafkago.Message{msg("a", 0), msg("b", 0), msg("a", 0)}},
+		{"the first gone", map[string][]int{"a": {1}, "b": {0}}, []kafkago.Message{msg("a", 1), msg("b", 0)}},
+		{"nothing owned", nil, []kafkago.Message{}},
+	} {
+		if got := ownedOnly(all, tc.owned); fmt.Sprint(got) != fmt.Sprint(tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	if got := ownedOnly(all, map[string][]int{"a": {0, 1}, "b": {0}}); &got[0] != &all[0] {
+		t.Error("all owned: the messages were copied")
 	}
 }
