@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/pflag"
@@ -134,9 +135,31 @@ func Open(ctx context.Context, c Config) (*pgxpool.Pool, error) {
 	pc.ConnConfig.RuntimeParams["lock_timeout"] = fmt.Sprint(c.LockTimeout.Milliseconds())
 	pc.ConnConfig.RuntimeParams["application_name"] = "recsys"
 	pc.HealthCheckPeriod = 5 * time.Second
+	dropReadOnlySessions(pc)
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("open pg pool: %w", err)
 	}
 	return pool, nil
 }
+
+// dropReadOnlySessions makes the pool close a session once the server refused a write in it
+// as read-only (25006): its server is a standby, the demoted primary of a failover that the
+// session still reaches (or reached while DNS still named it), and nothing it sends will ever
+// be written. Kept, it fails every writer that draws it until the pool's connection lifetime
+// (an hour) ends it; a new session reaches the primary the DSN's host now names. It is closed
+// when released, not at the error, so the statement's caller still reads the error as sent,
+// in its transaction.
+func dropReadOnlySessions(pc *pgxpool.Config) {
+	onErr := pc.ConnConfig.OnPgError
+	pc.ConnConfig.OnPgError = func(c *pgconn.PgConn, pe *pgconn.PgError) bool {
+		if pe.Code == "25006" { // read_only_sql_transaction
+			c.CustomData()[readOnlyKey] = true
+		}
+		return onErr == nil || onErr(c, pe)
+	}
+	pc.AfterRelease = func(c *pgx.Conn) bool { return c.PgConn().CustomData()[readOnlyKey] == nil }
+}
+
+// readOnlyKey marks, in a session's CustomData, a session refused a write as read-only.
+const readOnlyKey = "recsys.read_only"

@@ -99,6 +99,34 @@ func NewDatabase(t testing.TB) string {
 	return u.String()
 }
 
+// SetReadOnly makes the new sessions of the test database at dsn (from NewDatabase) read-only
+// or writable again, as a failover does for the sessions that still reach the demoted primary,
+// then the promoted one: a write in such a session fails with 25006. Existing sessions keep
+// their setting. It runs on the server's own database, since a read-only session could not
+// undo it, and leaves roles alone (they are shared).
+func SetReadOnly(t testing.TB, dsn string, on bool) {
+	t.Helper()
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatalf("parse dsn: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, PGDSN(t))
+	if err != nil {
+		t.Fatalf("connect to test postgres: %v", err)
+	}
+	defer conn.Close(ctx)
+	v := "off"
+	if on {
+		v = "on"
+	}
+	db := pgx.Identifier{strings.TrimPrefix(u.Path, "/")}.Sanitize()
+	if _, err := conn.Exec(ctx, "ALTER DATABASE "+db+" SET default_transaction_read_only = "+v); err != nil {
+		t.Fatalf("set %s read-only %s: %v", db, v, err)
+	}
+}
+
 // MigratedDatabase is NewDatabase with every migration applied.
 func MigratedDatabase(t testing.TB) string {
 	t.Helper()
