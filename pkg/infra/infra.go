@@ -242,8 +242,14 @@ func (in *Infra) Checks(ctx context.Context) map[string]error {
 	if in.PG != nil {
 		checks = append(checks, func(out chan<- result) {
 			err := in.cachedCheck(ctx, "postgres", func(ctx context.Context) error {
-				if err := in.PG.Ping(ctx); err != nil {
+				// A standby answers a ping as well as the primary does, and refuses every
+				// write: it is down for every role but /reco's reads.
+				var readOnly string
+				if err := in.PG.QueryRow(ctx, "SELECT current_setting('transaction_read_only')").Scan(&readOnly); err != nil {
 					return fmt.Errorf("postgres ping: %w", err)
+				}
+				if readOnly == "on" {
+					return errors.New("postgres is read-only (a standby, or default_transaction_read_only): nothing can be written")
 				}
 				return nil
 			})

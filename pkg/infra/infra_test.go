@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,5 +51,25 @@ func TestChecksAnswerWithinBudgetWhenDependenciesHang(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A read-only PostgreSQL (a standby that a failover left the DSN's host on, or one set
+// read-only during an incident) answers pings but refuses every write: readiness must say
+// so, or relay pods stay ready with nothing they can claim, and api pods report postgres "ok"
+// while every /log/* request answers 503.
+func TestChecksFailOnAReadOnlyDatabase(t *testing.T) {
+	dsn := testutil.MigratedDatabase(t)
+	cfg := infra.DefaultConfig()
+	cfg.PG.DSN = dsn
+	testutil.SetReadOnly(t, dsn, true)
+	in, err := infra.Open(context.Background(), cfg, infra.Postgres, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	got := in.Checks(context.Background())
+	if err := got["postgres"]; err == nil || !strings.Contains(err.Error(), "read-only") {
+		t.Errorf("postgres check on a read-only database = %v, want it failing as read-only", err)
 	}
 }
