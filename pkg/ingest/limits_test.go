@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -130,6 +131,38 @@ CREATE TRIGGER fail_poison BEFORE INSERT ON watches FOR EACH ROW EXECUTE FUNCTIO
 				t.Errorf("other request: err = %v, fallbacks %d; want it saved by the fallback", errs[1], fallbacks)
 			}
 		})
+	}
+}
+
+// TestWriterConnectErrorsAreUnavailable: a server that refuses the connection itself (its
+// database is gone, the password was rotated, pg_hba rejects us during a failover) answers
+// with an error of its own, which says nothing about any request's data: the group fails as
+// ErrUnavailable, which callers retry (reco's autolog buffers it), and is not retried request
+// by request.
+func TestWriterConnectErrorsAreUnavailable(t *testing.T) {
+	u, err := url.Parse(testutil.PGDSN(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/" + testutil.Unique("missing_") // 3D000 invalid_catalog_name at connect
+	pool := testutil.Pool(t, u.String())
+	set := metrics.NewSet()
+	w := newWriter(t, pool, func(c *ingest.Config) { c.Workers = 1; c.MaxWait = 200 * time.Millisecond; c.Metrics = set })
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i := range errs {
+		wg.Go(func() {
+			_, errs[i] = w.Write(context.Background(), []events.Any{watch(fmt.Sprintf("con-%05d", i), "u1")}, "")
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if !errors.Is(err, ingest.ErrUnavailable) {
+			t.Errorf("request %d: err = %v, want ErrUnavailable", i, err)
+		}
+	}
+	if n := set.GetOrCreateCounter(`recsys_ingest_group_fallbacks_total{writer="ingest"}`).Get(); n != 0 {
+		t.Errorf("%d group fallbacks, want none: no request is to blame", n)
 	}
 }
 

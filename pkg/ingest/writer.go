@@ -614,10 +614,13 @@ func (w *Writer) commitGroup(group []*request) {
 // except those about the server, the connection or the transaction's circumstances. A
 // read-only transaction (25006: a failover left us on a standby), a serialization failure
 // or deadlock (class 40) or a lock timeout (55P03: a migration or VACUUM FULL holds the
-// table) says nothing about the data and passes: the database is unavailable.
+// table) says nothing about the data and passes: the database is unavailable. Nor does any
+// error that ended the session (FATAL), one raised while connecting included (the database
+// gone, a rotated password, pg_hba refusing us mid-failover: classes 28 and 3D).
 func requestSpecific(err error) bool {
 	var pe *pgconn.PgError
-	if !errors.As(err, &pe) || len(pe.Code) < 2 {
+	var ce *pgconn.ConnectError
+	if !errors.As(err, &pe) || len(pe.Code) < 2 || errors.As(err, &ce) || pe.Severity == "FATAL" || pe.Severity == "PANIC" {
 		return false
 	}
 	switch pe.Code[:2] {
