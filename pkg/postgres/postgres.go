@@ -148,8 +148,9 @@ func Open(ctx context.Context, c Config) (*pgxpool.Pool, error) {
 // session still reaches (or reached while DNS still named it), and nothing it sends will ever
 // be written. Kept, it fails every writer that draws it until the pool's connection lifetime
 // (an hour) ends it; a new session reaches the primary the DSN's host now names. It is closed
-// when released, not at the error, so the statement's caller still reads the error as sent,
-// in its transaction.
+// when next drawn from the pool, not at the error, so the statement's caller still reads the
+// error as sent, in its transaction. (AfterRelease would close it sooner, but makes the pool
+// start a goroutine for every release, on every write's path.)
 func dropReadOnlySessions(pc *pgxpool.Config) {
 	onErr := pc.ConnConfig.OnPgError
 	pc.ConnConfig.OnPgError = func(c *pgconn.PgConn, pe *pgconn.PgError) bool {
@@ -158,7 +159,9 @@ func dropReadOnlySessions(pc *pgxpool.Config) {
 		}
 		return onErr == nil || onErr(c, pe)
 	}
-	pc.AfterRelease = func(c *pgx.Conn) bool { return c.PgConn().CustomData()[readOnlyKey] == nil }
+	pc.PrepareConn = func(_ context.Context, c *pgx.Conn) (bool, error) {
+		return c.PgConn().CustomData()[readOnlyKey] == nil, nil
+	}
 }
 
 // readOnlyKey marks, in a session's CustomData, a session refused a write as read-only.
