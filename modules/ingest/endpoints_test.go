@@ -314,7 +314,7 @@ func TestBatchAtomicity(t *testing.T) {
 	_, err := v.pool.Exec(context.Background(), `
 CREATE FUNCTION fail_poison() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-	IF NEW.user_id = 'poison' THEN RAISE EXCEPTION 'poison row %', NEW.event_id; END IF;
+	IF NEW.user_id = 'poison' THEN RAISE EXCEPTION 'poison row %', NEW.event_id USING ERRCODE = '23514'; END IF;
 	RETURN NEW;
 END $$;
 CREATE TRIGGER fail_poison BEFORE INSERT ON watches FOR EACH ROW EXECUTE FUNCTION fail_poison();`)

@@ -83,9 +83,11 @@ func TestWriterRefusesOversizedEvent(t *testing.T) {
 }
 
 // TestWriterTransientErrorsAreUnavailable: errors about the transaction's circumstances (a
-// read-only standby after a failover, a serialization failure, a deadlock) are outages, not a
-// request's bad data: the whole group fails as ErrUnavailable without retrying request by
-// request. A data error (a check violation) still fails only its request.
+// read-only standby after a failover, a serialization failure, a deadlock), the schema or the
+// grants are outages, not a request's bad data: the whole group fails as ErrUnavailable
+// without retrying request by request (and /reco's autolog buffers instead of dropping). A
+// data error (a check violation, a value too long, a program limit) still fails only its
+// request.
 func TestWriterTransientErrorsAreUnavailable(t *testing.T) {
 	for _, tc := range []struct {
 		code        string
@@ -95,7 +97,12 @@ func TestWriterTransientErrorsAreUnavailable(t *testing.T) {
 		{"40001", true}, // serialization_failure
 		{"40P01", true}, // deadlock_detected
 		{"55P03", true}, // lock_not_available: a lock timeout behind a migration
+		{"42501", true}, // insufficient_privilege: a grant revoked
+		{"42P10", true}, // invalid_column_reference: an ON CONFLICT the schema lacks (a rollout)
+		{"P0001", true}, // raise_exception: a trigger of someone else's
 		{"23514", false},
+		{"22001", false}, // string_data_right_truncation
+		{"54001", false}, // statement_too_complex
 	} {
 		t.Run(tc.code, func(t *testing.T) {
 			pool := testutil.Pool(t, testutil.MigratedDatabase(t))

@@ -610,13 +610,16 @@ func (w *Writer) commitGroup(group []*request) {
 }
 
 // requestSpecific reports whether err may be caused by the data of one request, so retrying
-// requests separately can save the others: any error the server returned for the statement,
-// except those about the server, the connection or the transaction's circumstances. A
-// read-only transaction (25006: a failover left us on a standby), a serialization failure
-// or deadlock (class 40) or a lock timeout (55P03: a migration or VACUUM FULL holds the
-// table) says nothing about the data and passes: the database is unavailable. Nor does any
-// error that ended the session (FATAL), one raised while connecting included (the database
-// gone, a rotated password, pg_hba refusing us mid-failover: classes 28 and 3D).
+// requests separately can save the others: a data exception (class 22: a value out of
+// range, bad encoding), an integrity violation (23) or a program limit (54: a document too
+// deep), as featurestore.Refused takes them. The writer's statements are fixed, so nothing
+// else a request sends can make the server refuse them: every other error is about the
+// server, the connection, the schema or the transaction's circumstances (a read-only standby
+// after a failover, 25006; a serialization failure or deadlock, 40; a lock timeout behind a
+// migration, 55P03; a permission revoked or a schema behind this binary during a rollout,
+// 42; an error that ended the session, FATAL, one raised while connecting included, 28 and
+// 3D) and the database is unavailable: retried by the client, buffered by /reco's autolog
+// rather than dropped as refused.
 func requestSpecific(err error) bool {
 	var pe *pgconn.PgError
 	var ce *pgconn.ConnectError
@@ -624,10 +627,10 @@ func requestSpecific(err error) bool {
 		return false
 	}
 	switch pe.Code[:2] {
-	case "08", "25", "40", "53", "55", "57", "58", "XX": // connection, transaction state, rollback, resources, object state (a lock timeout), operator intervention, system, internal
-		return false
+	case "22", "23", "54":
+		return true
 	}
-	return true
+	return false
 }
 
 // commit writes group in one transaction that must end by deadline.

@@ -196,14 +196,14 @@ func testWriterConcurrentSameID(t *testing.T, path func(*ingest.Config)) {
 	}
 }
 
-// failOn installs a trigger that raises for one user_id, standing in for any statement error
-// caused by one request's data.
+// failOn installs a trigger that raises a check violation for one user_id, standing in for any
+// data error caused by one request (the only errors requestSpecific isolates).
 func failOn(t *testing.T, pool *pgxpool.Pool, table, user string) {
 	t.Helper()
 	_, err := pool.Exec(context.Background(), fmt.Sprintf(`
 CREATE FUNCTION fail_poison() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-	IF NEW.user_id = '%s' THEN RAISE EXCEPTION 'poison row %%', NEW.event_id; END IF;
+	IF NEW.user_id = '%s' THEN RAISE EXCEPTION 'poison row %%', NEW.event_id USING ERRCODE = '23514'; END IF;
 	RETURN NEW;
 END $$;
 CREATE TRIGGER fail_poison BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION fail_poison();`, user, table))
