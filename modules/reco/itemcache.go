@@ -602,7 +602,8 @@ func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ 
 			return s, err
 		}
 		if ttl > 0 {
-			if f, err = u.readThrough(ctx, userID, ttl); err != nil {
+			// Not written back (Redis refuses writes but still reads): f came from PostgreSQL.
+			if f, err = u.readThrough(ctx, userID, ttl); err != nil && !errors.Is(err, featurestore.ErrNotWrittenBack) {
 				return s, err
 			}
 		}

@@ -2,6 +2,7 @@ package reco
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -78,6 +79,10 @@ func stores(cfg *Config, d infra.Deps) (parts, error) {
 // into the copy with that expiry (featurestore.Store.ReadThroughUser). Counted in
 // recsys_reco_user_read_through_total{result="found|absent|error"}.
 //
+// When only the write back failed (featurestore.ErrNotWrittenBack) it returns the fields with
+// that error (wrapping errUserUnread too): the cached read ranks with them, while the loader,
+// which reads the user from Redis again, falls back instead.
+//
 // A failed read-through (PostgreSQL down) returns an error wrapping errUserUnread: ranking
 // the user without their history would pass their watched items off as a plain cold start.
 // serving.load then serves them from the next source without counting a Redis failure (that
@@ -94,8 +99,11 @@ func userReadThrough(pg *pgxpool.Pool, rd rueidis.Client, prefix string, fc feat
 			return userFields{}, nil // the global snapshot's reads name no user
 		}
 		f, found, err := st.ReadThroughUser(ctx, userID, ttl)
+		// PostgreSQL answered but Redis refused the copy (out of memory, a read-only replica)
+		// or did not answer: f is valid, the caller may rank with it.
+		unwritten := errors.Is(err, featurestore.ErrNotWrittenBack)
 		switch {
-		case err != nil:
+		case err != nil && !unwritten:
 			count["error"].Inc()
 			d.Log.DebugContext(ctx, "user read-through failed, serving the user from the next source", "err", err)
 			return userFields{}, fmt.Errorf("%w: %w", errUserUnread, err)
@@ -103,6 +111,10 @@ func userReadThrough(pg *pgxpool.Pool, rd rueidis.Client, prefix string, fc feat
 			count["found"].Inc()
 		default:
 			count["absent"].Inc()
+		}
+		if unwritten {
+			d.Log.DebugContext(ctx, "user read through, but not written back to redis", "err", err)
+			return f, fmt.Errorf("%w: %w", errUserUnread, err)
 		}
 		return f, nil
 	}

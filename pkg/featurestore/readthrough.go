@@ -22,6 +22,11 @@ const (
 	absentTTL        = time.Hour
 )
 
+// ErrNotWrittenBack means ReadThroughUser read the user from PostgreSQL but Redis refused or
+// did not answer the write back (out of memory, a read-only replica after a failover, a
+// timeout): the fields and found it returns with it are valid, only the copy still lacks them.
+var ErrNotWrittenBack = errors.New("read-through user not written back to redis")
+
 // ReadThroughUser puts userID's documents back into the Redis copy from PostgreSQL, with
 // expiry ttl (the writers' user TTL, RecordedUserTTL), and returns them. With a user TTL
 // (SetUserTTL) users without events for that long leave Redis, so a reader that finds a
@@ -31,7 +36,9 @@ const (
 // event (version 1 or more) replaces it. found reports whether PostgreSQL has the user.
 //
 // The write is the consumer's merge (the higher version wins, under the copy's generation),
-// so a read racing a newer write of the consumer never replaces it.
+// so a read racing a newer write of the consumer never replaces it. When only the write fails
+// the error wraps ErrNotWrittenBack and f and found are still set: a reader can rank the user
+// with them rather than read them from PostgreSQL a second time.
 func (s *Store) ReadThroughUser(ctx context.Context, userID string, ttl time.Duration) (f UserFields, found bool, err error) {
 	var gen int64
 	var version *int64
@@ -54,7 +61,8 @@ FROM feature_meta m LEFT JOIN feature_users u ON u.user_id = $1`, userID).Scan(&
 	if s.rd != nil {
 		var ee *epochError
 		if err := s.exec(ctx, strconv.FormatInt(gen, 10), wr); err != nil && !errors.As(err, &ee) {
-			return UserFields{}, false, fmt.Errorf("write user %q back to redis: %w", userID, err)
+			u := wr.users[0]
+			return UserFields{u.h, u.w, u.i, u.r}, found, fmt.Errorf("%w: user %q: %w", ErrNotWrittenBack, userID, err)
 		}
 		// Another generation: the copy is being replaced, and its repopulation writes the user.
 	}

@@ -170,3 +170,50 @@ func TestReadThroughBeforeAnyEvent(t *testing.T) {
 		t.Fatalf("user key written before any event (%d, %v)", n, err)
 	}
 }
+
+// Redis out of memory (noeviction) refuses the write back: the user's documents still come
+// back, with ErrNotWrittenBack, so a reader ranks them without reading PostgreSQL again.
+func TestReadThroughRedisRefusingWrites(t *testing.T) {
+	ctx := context.Background()
+	pool, rd := servers(t)
+	st := featurestore.New(pool, rd, "rtoom:", testConfig(), nil)
+	st.SetUserTTL(time.Hour)
+	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+	evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 4, Users: 2, Items: 10, Events: 40, StartMs: start, StepMs: 60_000, Prefix: "o", NoLegacy: true}))
+	a, err := st.Apply(ctx, &featurestore.Batch{Events: evs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = st.WriteRedis(ctx, a)
+	if errors.Is(err, featurestore.ErrRedisBehind) {
+		err = st.Repopulate(ctx, false) // the first write finds no copy
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, found, err := st.ReadThroughUser(ctx, evs[0].UserID, time.Hour)
+	if err != nil || !found || want[0] == "" {
+		t.Fatalf("ReadThroughUser = %q %v %v", want, found, err)
+	}
+	for _, c := range [][]string{{"DEL", "rtoom:u:" + evs[0].UserID}, // expired
+		{"CONFIG", "SET", "maxmemory-policy", "noeviction"}, {"CONFIG", "SET", "maxmemory", "1"}} {
+		if err := rd.Do(ctx, rd.B().Arbitrary(c...).Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, user := range []string{evs[0].UserID, "nobody"} {
+		f, found, err := st.ReadThroughUser(ctx, user, time.Hour)
+		if !errors.Is(err, featurestore.ErrNotWrittenBack) {
+			t.Fatalf("%s: err = %v, want ErrNotWrittenBack", user, err)
+		}
+		if user == "nobody" {
+			if found || f[0] != "[]" {
+				t.Fatalf("unknown user: %q %v, want the empty documents", f, found)
+			}
+			continue
+		}
+		if !found || f != want {
+			t.Fatalf("out of memory: %q %v, want %q", f, found, want)
+		}
+	}
+}
