@@ -358,6 +358,17 @@ func TestAlertsFireOnTheirFaultOnly(t *testing.T) {
 			fault: func(w world) {
 				w.histogramSeries("recsys_consumer_accepted_to_visible_seconds", secondsBuckets, 100, 60, "namespace", ns)
 			}},
+		// Redis out of memory (noeviction) or a read-only replica: every write of the consumer is
+		// refused while reads go on, so /reco serves features that no longer change and the
+		// freshness histogram, which observes successful writes only, sees nothing.
+		{name: "redis refuses the consumer's writes", want: []string{"FeatureRedisWritesFailing"},
+			fault: func(w world) {
+				w.set(grows(2), "__name__", "reco_feature_consumer_errors_total", "namespace", ns, "pod", "recsys-consumer-1", "stage", "redis")
+				w.set(grows(1), "__name__", "reco_feature_consumer_errors_total", "namespace", ns, "pod", "recsys-consumer-1", "stage", "heal")
+			}},
+		{name: "a redis write blip", fault: func(w world) {
+			w.set(after(lastMinutes(90), constant(0), constant(5)), "__name__", "reco_feature_consumer_errors_total", "namespace", ns, "pod", "recsys-consumer-1", "stage", "redis")
+		}},
 		{name: "dead letters arriving", want: []string{"FeatureDLQGrowing"},
 			fault: func(w world) {
 				w.set(after(lastMinutes(10), constant(0), func(t float64) float64 { return 0.1 * (t - lastMinutes(10)) }), "__name__", "reco_feature_consumer_dlq_events_total", "namespace", ns, "outcome", "stored")
