@@ -233,7 +233,8 @@ func AppliedConcurrently(err error) bool {
 }
 
 // Refused reports errors that retrying cannot fix: PostgreSQL data exceptions, integrity
-// violations and program limits (a value PostgreSQL will never accept). A dedup record
+// violations and program limits (a value PostgreSQL will never accept), but for the limits the
+// server applies to every write (postgres.RefusesEveryWrite), which a VACUUM ends. A dedup record
 // that another transaction wrote first is a conflict that a retry resolves. A failed rebase
 // is not the batch's: every event after the landmark's range needs it, so taking it for bad
 // data would dead-letter every valid event from then on.
@@ -243,7 +244,8 @@ func Refused(err error) bool {
 	if !errors.As(err, &pe) || AppliedConcurrently(err) || errors.As(err, &re) {
 		return false
 	}
-	return strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "23") || strings.HasPrefix(pe.Code, "54")
+	return strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "23") ||
+		strings.HasPrefix(pe.Code, "54") && !postgres.RefusesEveryWrite(pe)
 }
 
 // dbConn is what a transaction's statements run on (*pgxpool.Conn, pgx.Tx).

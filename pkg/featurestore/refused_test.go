@@ -20,6 +20,10 @@ func TestRefused(t *testing.T) {
 	}{
 		{"data exception", fmt.Errorf("apply batch: %w", underflow), true},
 		{"program limit", &pgconn.PgError{Code: "54000"}, true},
+		// The server refuses every write until a VACUUM: retried, not dead-lettered.
+		{"xid wraparound stop", &pgconn.PgError{Code: "54000", Routine: "GetNewTransactionId"}, false},
+		{"multixact wraparound stop", &pgconn.PgError{Code: "54000", Routine: "GetNewMultiXactId"}, false},
+		{"notify queue full", &pgconn.PgError{Code: "54000", Routine: "PreCommit_Notify"}, false},
 		{"integrity violation", &pgconn.PgError{Code: "23502"}, true},
 		{"dedup record written first", &pgconn.PgError{Code: "23505", ConstraintName: "feature_applied_pkey"}, false},
 		{"not PostgreSQL's", errors.New("connection reset"), false},

@@ -618,8 +618,9 @@ func (w *Writer) commitGroup(group []*request) {
 // after a failover, 25006; a serialization failure or deadlock, 40; a lock timeout behind a
 // migration, 55P03; a permission revoked or a schema behind this binary during a rollout,
 // 42; an error that ended the session, FATAL, one raised while connecting included, 28 and
-// 3D) and the database is unavailable: retried by the client, buffered by /reco's autolog
-// rather than dropped as refused.
+// 3D; a program limit the server applies to every write, postgres.RefusesEveryWrite) and the
+// database is unavailable: retried by the client, buffered by /reco's autolog rather than
+// dropped as refused.
 func requestSpecific(err error) bool {
 	var pe *pgconn.PgError
 	var ce *pgconn.ConnectError
@@ -627,8 +628,10 @@ func requestSpecific(err error) bool {
 		return false
 	}
 	switch pe.Code[:2] {
-	case "22", "23", "54":
+	case "22", "23":
 		return true
+	case "54":
+		return !postgres.RefusesEveryWrite(pe)
 	}
 	return false
 }

@@ -166,3 +166,18 @@ func dropReadOnlySessions(pc *pgxpool.Config) {
 
 // readOnlyKey marks, in a session's CustomData, a session refused a write as read-only.
 const readOnlyKey = "recsys.read_only"
+
+// RefusesEveryWrite reports a program-limit error (class 54, which otherwise means a value or
+// document of the statement's own is too large or too deep) that the server raises for every
+// write whatever its data: it stopped assigning transaction ids or multixact ids to avoid
+// wraparound, until a VACUUM, or the NOTIFY queue is full (a listener stuck in a
+// transaction). Taken for one request's or one event's fault, an outage that lasts until an
+// operator acts would drop or dead-letter everything written meanwhile. The routine (the
+// server's C function) is matched, not the message, which lc_messages translates.
+func RefusesEveryWrite(pe *pgconn.PgError) bool {
+	switch pe.Routine {
+	case "GetNewTransactionId", "GetNewMultiXactId", "PreCommit_Notify":
+		return strings.HasPrefix(pe.Code, "54")
+	}
+	return false
+}

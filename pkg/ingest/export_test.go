@@ -1,0 +1,3 @@
+package ingest
+
+var RequestSpecific = requestSpecific
