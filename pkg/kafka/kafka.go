@@ -97,8 +97,27 @@ type Client struct {
 
 // New returns a client; it opens no connection.
 func New(c Config) *Client {
+	trs := newTransports(func() kafkago.RoundTripper { return c.Transport(5*time.Second, 6*time.Second) })
 	return &Client{Config: c, admin: &kafkago.Client{Addr: kafkago.TCP(c.Brokers...), Timeout: c.RequestTimeout,
-		Transport: c.Transport(5*time.Second, 6*time.Second)}}
+		Transport: renewing{trs}}}
+}
+
+// renewing sends each request on the current transport of trs and replaces it when the
+// request did not reach a broker. The admin client lives as long as the process: with one
+// transport, its requests (topic creation, configuration reads, the consumer's lag reads)
+// failed for good once the brokers' certificate moved to a new CA or the client's was
+// rotated (the transport reads the TLS files once), and waited out the metadata TTL after a
+// broker crashed.
+type renewing struct{ trs *transports }
+
+func (r renewing) RoundTrip(ctx context.Context, addr net.Addr, req kafkago.Request) (kafkago.Response, error) {
+	tr := r.trs.acquire()
+	res, err := tr.rt.RoundTrip(ctx, addr, req)
+	tr.release()
+	if unreachable(err) {
+		r.trs.renew(tr)
+	}
+	return res, err
 }
 
 // DefaultFetchMaxWait is the broker's long-poll wait of an idle fetch, the contract's

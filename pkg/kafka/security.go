@@ -1,11 +1,14 @@
 package kafka
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"sync"
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
@@ -132,36 +135,97 @@ func (s Security) mechanism() (sasl.Mechanism, error) {
 // than going without TLS, and the transport that got it is replaced (unreachable), which
 // reads the files again.
 func (c Config) secured() (*tls.Config, sasl.Mechanism) {
-	t, err := c.Security.tlsConfig()
-	if err != nil {
-		err = tlsFilesError{err}
-		// Without InsecureSkipVerify the server's certificate is checked against the system's
-		// roots first, and a broker signed by a private CA fails with "unknown authority",
-		// not with what is wrong. Nothing is sent either way: VerifyConnection refuses every
-		// handshake before it completes.
-		t = &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: true,
-			VerifyConnection: func(tls.ConnectionState) error { return err },
-			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-				return nil, err
-			}}
-	}
 	// The mechanism depends on the settings alone, which Validate checked; a nil one would
 	// only make a SASL listener refuse the connection.
 	m, _ := c.Security.mechanism()
-	return t, m
+	return c.Security.clientTLS(), m
 }
 
-// tlsFilesError is a TLS file that could not be read when a transport or dialer was made.
+// clientTLS reads the files into a TLS configuration (nil without TLS), or, when one cannot
+// be read, returns a configuration failing every handshake with that error (tlsFilesError).
+func (s Security) clientTLS() *tls.Config {
+	t, err := s.tlsConfig()
+	if err == nil {
+		return t
+	}
+	err = tlsFilesError{err}
+	// Without InsecureSkipVerify the server's certificate is checked against the system's
+	// roots first, and a broker signed by a private CA fails with "unknown authority",
+	// not with what is wrong. Nothing is sent either way: VerifyConnection refuses every
+	// handshake before it completes.
+	return &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: true,
+		VerifyConnection: func(tls.ConnectionState) error { return err },
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return nil, err
+		}}
+}
+
+// tlsFilesError is a TLS file that could not be read for a transport or a connection.
 type tlsFilesError struct{ err error }
 
 func (e tlsFilesError) Error() string { return e.err.Error() }
 func (e tlsFilesError) Unwrap() error { return e.err }
 
+// tlsRereadEvery bounds how often a dialer reads the TLS files again.
+const tlsRereadEvery = time.Second
+
+// tlsDialer opens TLS connections with the files as they are now, read again at most once
+// per tlsRereadEvery. A kafka-go Dialer's TLS configuration is fixed when it is made, and the
+// consumer group keeps its Dialer for the process' life: after the brokers moved to a new
+// CA, or the client certificate was rotated, its coordinator connections (join, heartbeat,
+// commit) failed until a restart.
+type tlsDialer struct {
+	s Security
+
+	mu   sync.Mutex
+	cfg  *tls.Config
+	read time.Time
+}
+
+func (d *tlsDialer) config() *tls.Config {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cfg == nil || time.Since(d.read) >= tlsRereadEvery {
+		d.cfg, d.read = d.s.clientTLS(), time.Now()
+	}
+	return d.cfg
+}
+
+// dial connects and completes the TLS handshake, as kafka-go's Dialer does with its TLS
+// field (which stays nil so that it does not wrap the connection again); kafka-go runs SASL
+// over the connection returned.
+func (d *tlsDialer) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	raw, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	cfg := d.config()
+	if cfg.ServerName == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			host = addr
+		}
+		cfg = cfg.Clone()
+		cfg.ServerName = host
+	}
+	conn := tls.Client(raw, cfg)
+	if err := conn.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("tls handshake: %w", err)
+	}
+	return conn, nil
+}
+
 // Dialer returns a dialer for single connections (probes, partition reads, the consumer
-// group's coordinator), secured as configured.
+// group's coordinator), secured as configured; each connection reads the TLS files again
+// (tlsDialer).
 func (c Config) Dialer(timeout time.Duration) *kafkago.Dialer {
-	t, m := c.secured()
-	return &kafkago.Dialer{ClientID: c.ClientID, Timeout: timeout, TLS: t, SASLMechanism: m}
+	m, _ := c.Security.mechanism() // as in secured
+	d := &kafkago.Dialer{ClientID: c.ClientID, Timeout: timeout, SASLMechanism: m}
+	if c.Security.TLS {
+		d.DialFunc = (&tlsDialer{s: c.Security}).dial
+	}
+	return d
 }
 
 // Transport returns a pooled transport (producers, fetches, admin requests), secured as

@@ -1,7 +1,7 @@
 package kafka
 
 import (
-	"crypto/tls"
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -70,11 +70,13 @@ func TestSecuritySettings(t *testing.T) {
 			continue
 		}
 		d, tr := c.Dialer(time.Second), c.Transport(time.Second, time.Second)
-		if (d.TLS != nil) != tc.tls || (tr.TLS != nil) != tc.tls {
-			t.Errorf("%s: TLS on the dialer %v, on the transport %v, want %v", tc.name, d.TLS != nil, tr.TLS != nil, tc.tls)
+		// The dialer's connections do their own handshake (tlsDialer): a TLS field would make
+		// kafka-go wrap them in a second one.
+		if (d.DialFunc != nil) != tc.tls || d.TLS != nil || (tr.TLS != nil) != tc.tls {
+			t.Errorf("%s: TLS on the dialer %v (TLS field %v), on the transport %v, want %v", tc.name, d.DialFunc != nil, d.TLS != nil, tr.TLS != nil, tc.tls)
 		}
-		if tc.tls && (len(d.TLS.Certificates) != tc.certs || d.TLS.ServerName != "") {
-			t.Errorf("%s: %d client certificates (want %d), server name %q (kafka-go sets it per broker)", tc.name, len(d.TLS.Certificates), tc.certs, d.TLS.ServerName)
+		if tc.tls && (len(tr.TLS.Certificates) != tc.certs || tr.TLS.ServerName != "") {
+			t.Errorf("%s: %d client certificates (want %d), server name %q (kafka-go sets it per broker)", tc.name, len(tr.TLS.Certificates), tc.certs, tr.TLS.ServerName)
 		}
 		name := ""
 		if d.SASLMechanism != nil {
@@ -92,23 +94,51 @@ func TestSecuritySettings(t *testing.T) {
 	}
 }
 
-// A CA file that becomes unreadable after the start makes connections fail their handshake,
-// never fall back to no TLS.
+// A CA file that becomes unreadable after the start makes connections fail their handshake
+// with an error naming the flag, never fall back to no TLS.
 func TestUnreadableCAFailsClosed(t *testing.T) {
-	ca := pki.New(t).CA
+	p := pki.New(t)
+	addr, handshakes := tlsServer(t, p)
 	c := DefaultConfig()
-	c.Security = Security{TLS: true, TLSCAFile: ca}
+	c.Security = copiedSecurity(t, p)
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Remove(ca); err != nil {
+	removeFile(t, c.Security.TLSCAFile)
+	_, err := c.Dialer(time.Second).DialContext(context.Background(), "tcp", addr.String())
+	if err == nil || !strings.Contains(err.Error(), "--kafka.tls-ca-file") {
+		t.Errorf("dial: %v, want the unreadable CA file", err)
+	}
+	if n := handshakes.Load(); n != 0 {
+		t.Errorf("%d handshakes went through", n)
+	}
+}
+
+// The consumer group keeps its Dialer for the process' life, and every coordinator
+// connection (join, heartbeat, commit) comes from it: after the brokers moved to a new CA and
+// the client's files to a new CA and certificate, a dial at most tlsRereadEvery later uses
+// the new files.
+func TestDialerFollowsRotatedTLSFiles(t *testing.T) {
+	before, after := pki.New(t), pki.New(t)
+	addr, handshakes, rotate := rotatingTLSServer(t, before)
+	c := DefaultConfig()
+	c.Security = copiedSecurity(t, before)
+	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	d := c.Dialer(time.Second)
-	if d.TLS == nil || d.TLS.VerifyConnection == nil {
-		t.Fatal("no TLS configuration that fails, after the CA file went away")
+	dial := func() error {
+		conn, err := d.DialContext(context.Background(), "tcp", addr.String())
+		if err == nil {
+			conn.Close()
+		}
+		return err
 	}
-	if err := d.TLS.VerifyConnection(tls.ConnectionState{}); err == nil || !strings.Contains(err.Error(), "--kafka.tls-ca-file") {
-		t.Errorf("handshake verdict %v", err)
+	waitHandshake(t, handshakes, 0, dial)
+	rotate(after)
+	if err := dial(); err == nil || !strings.Contains(err.Error(), "unknown authority") {
+		t.Fatalf("dial after the broker's rotation: %v, want unknown authority", err)
 	}
+	rotateFiles(t, c.Security, after)
+	waitHandshake(t, handshakes, handshakes.Load(), dial)
 }

@@ -50,18 +50,31 @@ func TestUnreachable(t *testing.T) {
 // counts the handshakes that went through; it speaks no Kafka.
 func tlsServer(t *testing.T, p pki.PKI) (addr net.Addr, handshakes *atomic.Int64) {
 	t.Helper()
-	cert, err := tls.LoadX509KeyPair(p.ServerCert, p.ServerKey)
-	if err != nil {
-		t.Fatal(err)
+	addr, handshakes, _ = rotatingTLSServer(t, p)
+	return addr, handshakes
+}
+
+// rotatingTLSServer is tlsServer whose certificate and client CA rotate moves to those of
+// another PKI, as a broker does when its cluster moves to a new CA.
+func rotatingTLSServer(t *testing.T, p pki.PKI) (addr net.Addr, handshakes *atomic.Int64, rotate func(pki.PKI)) {
+	t.Helper()
+	var cur atomic.Pointer[tls.Config]
+	rotate = func(p pki.PKI) {
+		cert, err := tls.LoadX509KeyPair(p.ServerCert, p.ServerKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pem, err := os.ReadFile(p.CA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cas := x509.NewCertPool()
+		cas.AppendCertsFromPEM(pem)
+		cur.Store(&tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: cas})
 	}
-	pem, err := os.ReadFile(p.CA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cas := x509.NewCertPool()
-	cas.AppendCertsFromPEM(pem)
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert},
-		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: cas})
+	rotate(p)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return cur.Load(), nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +95,38 @@ func tlsServer(t *testing.T, p pki.PKI) (addr net.Addr, handshakes *atomic.Int64
 			}()
 		}
 	}()
-	return ln.Addr(), handshakes
+	return ln.Addr(), handshakes, rotate
+}
+
+// rotateFiles replaces the client's CA, certificate and key files (s's) by p's.
+func rotateFiles(t *testing.T, s Security, p pki.PKI) {
+	t.Helper()
+	copyFile(t, p.CA, s.TLSCAFile)
+	copyFile(t, p.ClientCert, s.TLSCertFile)
+	copyFile(t, p.ClientKey, s.TLSKeyFile)
+}
+
+// copiedSecurity is a Security whose files are copies of p's, for rotateFiles.
+func copiedSecurity(t *testing.T, p pki.PKI) Security {
+	t.Helper()
+	dir := t.TempDir()
+	s := Security{TLS: true, TLSCAFile: filepath.Join(dir, "ca.pem"), TLSCertFile: filepath.Join(dir, "client.pem"),
+		TLSKeyFile: filepath.Join(dir, "client.key")}
+	rotateFiles(t, s, p)
+	return s
+}
+
+// waitHandshake calls try until handshakes exceeds n, for at most 3 s (a few renewEvery and
+// tlsRereadEvery), failing with try's last error.
+func waitHandshake(t *testing.T, handshakes *atomic.Int64, n int64, try func() error) {
+	t.Helper()
+	var err error
+	for deadline := time.Now().Add(3 * time.Second); handshakes.Load() <= n; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no handshake went through in 3s after the rotation: %v", err)
+		}
+		err = try()
+	}
 }
 
 // A transport reads the TLS files when it is made, so one whose handshakes fail (the
@@ -189,4 +233,32 @@ func removeFile(t *testing.T, path string) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// The admin client lives as long as the process (topic creation, configuration reads, the
+// consumer's lag reads): after the brokers and the client's files moved to a new CA, its
+// requests connect again within a few renewEvery instead of failing until a restart.
+func TestAdminFollowsRotatedTLSFiles(t *testing.T) {
+	before, after := pki.New(t), pki.New(t)
+	addr, handshakes, rotate := rotatingTLSServer(t, before)
+	c := DefaultConfig()
+	c.Brokers = []string{addr.String()}
+	c.RequestTimeout = time.Second
+	c.Security = copiedSecurity(t, before)
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	admin := New(c).Admin()
+	metadata := func() error {
+		_, err := admin.Metadata(context.Background(), &kafkago.MetadataRequest{})
+		return err
+	}
+	waitHandshake(t, handshakes, 0, metadata)
+	rotate(after)
+	n := handshakes.Load()
+	if err := metadata(); err == nil {
+		t.Fatal("a request went through with the old CA")
+	}
+	rotateFiles(t, c.Security, after)
+	waitHandshake(t, handshakes, n, metadata)
 }
