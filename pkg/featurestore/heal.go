@@ -385,7 +385,7 @@ func (l *repopLock) while(ctx context.Context, f func() error) error {
 // refused or lost; writes of the current generation landing meanwhile merge with the
 // snapshot's values; and a generation that moves on before the copy is marked ready leaves
 // it unready (ErrGenerationMoved, see checkGeneration).
-func (s *Store) Repopulate(ctx context.Context, force bool) error {
+func (s *Store) Repopulate(ctx context.Context, force bool) (err error) {
 	lk, err := s.takeLock(ctx)
 	if err != nil {
 		return err
@@ -412,8 +412,28 @@ func (s *Store) Repopulate(ctx context.Context, force bool) error {
 	if hasMeta {
 		epoch = m.Epoch()
 	}
+	// A copy of this generation that /reco serves (its marker is there: the copy only lost
+	// writes, or a restart changed its run_id) gets its marker back should Redis refuse the
+	// merge's writes (out of memory, read-only): the taken lock proved Redis took a write, not
+	// that it takes the copy, and without the marker /reco served everyone from PostgreSQL
+	// until memory freed up, though the copy it had served was all there.
+	served := false
+	if cur == epoch {
+		n, err := s.rd.Do(ctx, s.rd.B().Exists().Key(s.keys.Ready).Build()).AsInt64()
+		if err != nil {
+			return fmt.Errorf("check redis ready marker: %w", err)
+		}
+		served = n == 1
+	}
 	if err := lk.do(ctx, "unlink", []string{s.keys.Ready}); err != nil {
 		return fmt.Errorf("clear ready marker: %w", err)
+	}
+	if served {
+		defer func() {
+			if err != nil && RefusesWrites(err) {
+				s.restoreReady(ctx, lk, hasMeta, m.Generation, err)
+			}
+		}()
 	}
 	if cur != "" && cur != epoch {
 		// No write lands while the old copy's keys go. A neighbour list and its version ("nv"
@@ -486,6 +506,38 @@ func (s *Store) Repopulate(ctx context.Context, force bool) error {
 	}
 	s.log.InfoContext(ctx, "redis copy repopulated", "generation", epoch, "forced", force)
 	return nil
+}
+
+// RefusesWrites reports whether err is Redis refusing a write while it still serves reads:
+// out of memory under maxmemory-policy noeviction, or a read-only replica.
+func RefusesWrites(err error) bool {
+	var re *rueidis.RedisError
+	if !errors.As(err, &re) {
+		return false
+	}
+	msg := re.Error()
+	return strings.HasPrefix(msg, "OOM ") || strings.HasPrefix(msg, "READONLY ")
+}
+
+// restoreReady puts back the marker of a copy whose same-generation repopulation Redis
+// refused (cause), without the run_id: the copy stays incomplete for the consumers, whose next
+// heal pass tries again, while /reco goes on serving it. The lock script writes even out of
+// memory (its PEXPIRE comes before the SET). A generation that moved meanwhile takes the
+// marker away again (checkGeneration).
+func (s *Store) restoreReady(ctx context.Context, lk *repopLock, hasMeta bool, gen int64, cause error) {
+	ctx = context.WithoutCancel(ctx)
+	if err := lk.do(ctx, "set", []string{s.keys.Ready}, "1"); err != nil {
+		s.log.WarnContext(ctx, "ready marker of the served copy not restored after redis refused the repopulation",
+			"err", err, "cause", cause)
+		return
+	}
+	if hasMeta {
+		if err := s.checkGeneration(ctx, lk, gen); err != nil {
+			return
+		}
+	}
+	s.log.WarnContext(ctx, "redis refused the repopulation's writes; the copy it had stays served, the next heal pass tries again",
+		"err", cause)
 }
 
 // checkGeneration takes the ready marker back when PostgreSQL's generation is no longer the
