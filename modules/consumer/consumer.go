@@ -41,9 +41,11 @@ type Consumer struct {
 
 	reader     atomic.Pointer[kafka.GroupReader]
 	redisReady atomic.Bool
-	failures   atomic.Int64
-	lastErr    atomic.Pointer[string]
-	mirror     chan mirrorJob
+	// redisWhy says why the Redis copy is not ready, for Ready (nil: not checked yet).
+	redisWhy atomic.Pointer[string]
+	failures atomic.Int64
+	lastErr  atomic.Pointer[string]
+	mirror   chan mirrorJob
 	// outstanding[l] counts the jobs lane l has queued or applying; laneFree is signalled
 	// when one drops to 0, so that the next batch grows while every lane is busy.
 	outstanding []atomic.Int32
@@ -739,7 +741,7 @@ func (c *Consumer) writeRedis(ctx context.Context, b *featurestore.Batch, a *fea
 	err := c.store.WriteRedis(wctx, a)
 	switch {
 	case errors.Is(err, featurestore.ErrRedisBehind):
-		c.redisReady.Store(false)
+		c.redisNotReady(copyUnready(nil, nil))
 		c.log.InfoContext(ctx, "redis copy behind, repopulation pending", "err", err)
 		return
 	case err != nil:
@@ -928,7 +930,7 @@ func (c *Consumer) refreshLag(ctx context.Context, r *kafka.GroupReader) {
 func (c *Consumer) healRedis(ctx context.Context) {
 	ready, err := c.store.RedisReady(ctx)
 	if err != nil {
-		c.redisReady.Store(false)
+		c.redisNotReady(copyUnready(err, nil))
 		if ctx.Err() == nil {
 			c.m.errors("heal")
 			c.log.WarnContext(ctx, "check redis copy", "err", err)
@@ -936,18 +938,20 @@ func (c *Consumer) healRedis(ctx context.Context) {
 		return
 	}
 	if !ready {
-		c.redisReady.Store(false)
+		c.redisNotReady(copyUnready(nil, nil))
 		switch err := c.store.Repopulate(ctx, false); {
 		case err == nil:
 			c.m.repopulations.Inc()
 			ready = true
 		case errors.Is(err, featurestore.ErrRepopulating):
+			c.redisNotReady(copyUnready(nil, err))
 		case errors.Is(err, featurestore.ErrGenerationMoved):
 			// A rebase (or a forced rebuild) committed meanwhile: not a failure, the next
 			// pass copies the new generation.
 			c.log.InfoContext(ctx, "redis copy repopulation overtaken by a new feature generation, starting over", "err", err)
 			return
 		default:
+			c.redisNotReady(copyUnready(nil, err))
 			if ctx.Err() == nil {
 				c.m.errors("heal")
 				c.log.WarnContext(ctx, "repopulate redis copy", "err", err)
@@ -978,6 +982,28 @@ func (c *Consumer) healRedis(ctx context.Context) {
 			return
 		}
 	}
+}
+
+func (c *Consumer) redisNotReady(why string) {
+	c.redisWhy.Store(&why)
+	c.redisReady.Store(false)
+}
+
+// copyUnready says why the Redis copy is not ready: its check failed (checkErr: Redis
+// unreachable or slow, nothing is repopulated), or it is incomplete and being repopulated,
+// by another process (ErrRepopulating) or by this one, whose last attempt failed (repopErr).
+func copyUnready(checkErr, repopErr error) string {
+	switch {
+	case checkErr != nil:
+		return fmt.Sprintf("redis feature copy not checked (redis unreachable or slow): %v", checkErr)
+	case repopErr == nil:
+		return "redis feature copy incomplete (repopulating from postgres)"
+	case errors.Is(repopErr, featurestore.ErrRepopulating):
+		return "redis feature copy incomplete (another process is repopulating it from postgres)"
+	case featurestore.RefusesWrites(repopErr):
+		return fmt.Sprintf("redis feature copy incomplete: redis refuses writes, repopulation retried every heal interval: %v", repopErr)
+	}
+	return fmt.Sprintf("redis feature copy incomplete: repopulation from postgres failed, retried every heal interval: %v", repopErr)
 }
 
 func (c *Consumer) housekeeping(ctx context.Context) {
@@ -1013,7 +1039,11 @@ func (c *Consumer) Ready(context.Context) error {
 		errs = append(errs, errors.New("not joined the consumer group yet"))
 	}
 	if !c.redisReady.Load() {
-		errs = append(errs, errors.New("redis feature copy incomplete (repopulating from postgres)"))
+		why := "redis feature copy not checked yet"
+		if p := c.redisWhy.Load(); p != nil {
+			why = *p
+		}
+		errs = append(errs, errors.New(why))
 	}
 	if n := c.failures.Load(); n >= int64(c.cfg.UnreadyAfter) {
 		last := ""
