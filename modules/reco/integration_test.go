@@ -157,6 +157,12 @@ func newStackInfra(t testing.TB, pgURL, redisURL string, mut func(*Config), imut
 func (s *stack) deleteKeys() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	// The ready marker first, as Redis losing its data (at once) or a repopulation does: a
+	// refresh of the process' global lists between the lists' deletion and the marker's
+	// took the copy as ready and empty, and a PostgreSQL fallback served no item.
+	if err := s.rd.Do(ctx, s.rd.B().Unlink().Key(featurestore.NewKeys(s.prefix).Ready).Build()).Error(); err != nil {
+		s.t.Fatalf("delete the ready marker: %v", err)
+	}
 	var cursor uint64
 	for {
 		e, err := s.rd.Do(ctx, s.rd.B().Scan().Cursor(cursor).Match(s.prefix+"*").Count(1000).Build()).AsScanEntry()
