@@ -99,8 +99,11 @@
 // # Readiness
 //
 // Not ready until the topics exist (created at start with --kafka.partitions and
-// --kafka.replication-factor, retried until Kafka answers) and while Kafka looks unreachable
-// (a whole batch failed and no probe has succeeded since). /healthz and /readyz carry
+// --kafka.replication-factor, retried until Kafka answers), while Kafka looks unreachable
+// (a whole batch failed and no probe has succeeded since), and while the last
+// --relay.unready-after-failures claims failed (PostgreSQL refuses the relay's writes: a full
+// disk, a revoked permission); the workers keep claiming, and the first claim that succeeds
+// makes the relay ready again. /healthz and /readyz carry
 // {"event_backbone": {"mode": "transactional_outbox", "outbox": <snapshot>}} (pkg/outbox.Backlog).
 package relay
 

@@ -103,6 +103,12 @@ type Relay struct {
 	// down is set while Kafka looks unreachable (a whole batch failed); workers probe before
 	// claiming again, so an outage does not spend the rows' attempts.
 	down atomic.Pointer[error]
+	// claimFailures counts the claims failed in a row across the workers (a claim that
+	// succeeds resets it) and claimErr is the last one's error: a relay that cannot claim
+	// (a full disk, a revoked permission) relays nothing while Kafka is fine.
+	claimFailures atomic.Int64
+	claimErr      atomic.Pointer[error]
+
 	snap atomic.Pointer[snapState]
 	// blocked is set when a claim left pending rows behind (their unit in flight, say): the
 	// next recorded outcome may free them, so it wakes an idle worker.
@@ -246,7 +252,8 @@ func (r *Relay) kafkaUnreachable() bool {
 	return r.down.Load() != nil || (!r.provisioned.Load() && r.startupErr.Load() != nil)
 }
 
-// Ready fails until the topics are provisioned and while Kafka looks unreachable.
+// Ready fails until the topics are provisioned, while Kafka looks unreachable, and while the
+// last --relay.unready-after-failures claims failed.
 func (r *Relay) Ready(context.Context) error {
 	if !r.provisioned.Load() {
 		if p := r.startupErr.Load(); p != nil {
@@ -256,6 +263,11 @@ func (r *Relay) Ready(context.Context) error {
 	}
 	if p := r.down.Load(); p != nil {
 		return fmt.Errorf("kafka unreachable: %w", *p)
+	}
+	if n := r.claimFailures.Load(); n >= int64(r.cfg.UnreadyAfter) {
+		if p := r.claimErr.Load(); p != nil {
+			return fmt.Errorf("last %d claims of outbox rows failed: %w", n, *p)
+		}
 	}
 	return nil
 }
@@ -371,11 +383,14 @@ func (r *Relay) work(ctx context.Context, id int) {
 				return
 			}
 			r.m.errors("claim").Inc()
-			r.log.WarnContext(ctx, "claim outbox batch, retrying after the poll interval", "err", err, "worker", id)
+			r.claimErr.Store(&err)
+			n := r.claimFailures.Add(1)
+			r.log.WarnContext(ctx, "claim outbox batch, retrying after the poll interval", "err", err, "worker", id, "failed_in_a_row", n)
 			sleep(ctx, r.cfg.PollInterval)
 			continue
 		}
 		r.m.claimDur.UpdateDuration(start)
+		r.claimFailures.Store(0)
 		if c.Blocked {
 			r.blocked.Store(true)
 		}

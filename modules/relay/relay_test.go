@@ -593,6 +593,77 @@ func TestRelayNotReadyUntilTopicsProvisioned(t *testing.T) {
 	}
 }
 
+// PostgreSQL refuses every claim (here a trigger raising disk full, 53100, as a full disk or a
+// revoked permission on event_outbox would): the relay relays nothing while Kafka is fine, so
+// /readyz fails after --relay.unready-after-failures claims in a row, not after one, and the
+// relay is ready again and publishes the rows once claims work.
+func TestRelayUnreadyWhileClaimsFail(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testutil.KafkaBrokers(t), 1)
+	ctx := context.Background()
+	// Claims fail while claim_attempts has not passed refuse_claims.n (a sequence: its
+	// increments survive the failed claim's rollback).
+	if _, err := e.pool.Exec(ctx, `
+CREATE SEQUENCE claim_attempts;
+CREATE TABLE refuse_claims (n bigint);
+INSERT INTO refuse_claims VALUES (0);
+CREATE FUNCTION refuse_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.status = 'pending' AND NEW.status = 'publishing' THEN
+        IF nextval('claim_attempts') <= (SELECT n FROM refuse_claims) THEN
+            RAISE EXCEPTION 'could not extend file: No space left on device (test)' USING ERRCODE = '53100';
+        END IF;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_claim BEFORE UPDATE ON event_outbox FOR EACH ROW EXECUTE FUNCTION refuse_claim()`); err != nil {
+		t.Fatal(err)
+	}
+	refuse := func(claims int64) {
+		t.Helper()
+		if _, err := e.pool.Exec(ctx, `UPDATE refuse_claims SET n = nextval('claim_attempts') + $1`, claims); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := testConfig()
+	cfg.UnreadyAfter = 3
+	run := e.start(cfg, "r1", relay.Options{})
+	waitReady(t, run.r)
+	claimErrors := func() float64 { return metric(run.deps.Metrics, `reco_outbox_relay_errors_total{stage="claim"}`) }
+
+	// One failed claim: the next one publishes, and the relay stays ready throughout.
+	refuse(1)
+	e.insert(5, 5, 5)
+	for deadline := time.Now().Add(30 * time.Second); e.counts()["published"] < 5; time.Sleep(2 * time.Millisecond) {
+		if err := run.r.Ready(ctx); err != nil {
+			t.Fatalf("Ready = %v after %v failed claims, want ready below --relay.unready-after-failures", err, claimErrors())
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("rows not published: %v", e.counts())
+		}
+	}
+	if n := claimErrors(); n != 1 {
+		t.Fatalf("claim errors = %v, want 1", n)
+	}
+
+	// Every claim fails: unready, naming the database's error.
+	refuse(1 << 40)
+	e.insert(5, 5, 5)
+	waitFor(t, 30*time.Second, "readiness to report the failing claims", func() bool {
+		err := run.r.Ready(ctx)
+		return err != nil && strings.Contains(err.Error(), "53100")
+	})
+	if n := claimErrors(); n < 1+float64(cfg.UnreadyAfter) {
+		t.Fatalf("unready after %v claim errors, want at least %d in a row", n-1, cfg.UnreadyAfter)
+	}
+
+	if _, err := e.pool.Exec(ctx, `DROP TRIGGER refuse_claim ON event_outbox`); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, run.r)
+	e.waitPublished(10, 30*time.Second)
+}
+
 func TestConfigValidate(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -610,6 +681,7 @@ func TestConfigValidate(t *testing.T) {
 		{"negative linger", func(c *relay.Config) { c.Linger = -time.Millisecond }, "--relay.linger must be between 0 and 1s"},
 		{"long linger", func(c *relay.Config) { c.Linger = 2 * time.Second }, "--relay.linger must be between 0 and 1s"},
 		{"negative retention", func(c *relay.Config) { c.Retention = -time.Second }, "--relay.retention must be >= 0s"},
+		{"unready after", func(c *relay.Config) { c.UnreadyAfter = 0 }, "--relay.unready-after-failures must be between 1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := relay.NewConfig()
