@@ -644,6 +644,7 @@ func (r *GroupReader) resolveOffsets(ctx context.Context, tr *transportRef, part
 		return fmt.Errorf("list offsets: %w", err)
 	}
 	var errs []error
+	renew := false
 	for _, p := range parts {
 		if p.offset >= 0 {
 			continue
@@ -661,10 +662,16 @@ func (r *GroupReader) resolveOffsets(ctx context.Context, tr *transportRef, part
 		}
 		switch {
 		case perr != nil:
+			// Routed by the transport's cached metadata, not by the leaders just read: a
+			// moved leader (or the stale one's broker down, code -1) shows only here.
+			renew = renew || leaderMoved(perr) || errors.Is(perr, kafkago.Unknown)
 			errs = append(errs, fmt.Errorf("list offsets of %s/%d: %w", p.topic, p.partition, perr))
 		case p.offset < 0:
 			errs = append(errs, fmt.Errorf("list offsets: no answer for %s/%d", p.topic, p.partition))
 		}
+	}
+	if renew {
+		r.trs.renew(tr)
 	}
 	return errors.Join(errs...)
 }

@@ -24,7 +24,7 @@ import (
 // longer leads a/0, which refuses every fetch (notLeader); or one that crashed, whose
 // connections are refused (down); or it never got any metadata, the cluster being
 // unreachable when it started (noMetadata).
-type fetchCluster struct{ notLeader, down, noMetadata bool }
+type fetchCluster struct{ notLeader, down, noMetadata, offsetsNotLeader bool }
 
 var errRefused = &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connect: connection refused")}
 
@@ -36,6 +36,12 @@ func (c *fetchCluster) RoundTrip(ctx context.Context, _ net.Addr, req protocol.M
 		}
 		return &metadataAPI.Response{Topics: []metadataAPI.ResponseTopic{{Name: "a",
 			Partitions: []metadataAPI.ResponsePartition{{PartitionIndex: 0, LeaderID: 1}}}}}, nil
+	case *listoffsets.Request:
+		pt := listoffsets.ResponsePartition{Partition: 0, Timestamp: r.Topics[0].Partitions[0].Timestamp}
+		if c.offsetsNotLeader {
+			pt.ErrorCode, pt.Offset = int16(kafkago.NotLeaderForPartition), -1
+		}
+		return &listoffsets.Response{Topics: []listoffsets.ResponseTopic{{Topic: "a", Partitions: []listoffsets.ResponsePartition{pt}}}}, nil
 	case *fetchAPI.Request:
 		if c.down {
 			return nil, errRefused
@@ -67,8 +73,15 @@ func (c *fetchCluster) RoundTrip(ctx context.Context, _ net.Addr, req protocol.M
 // transport, and the next attempt fetches from the new leader.
 func TestGroupReaderRenewsItsTransportWhenALeaderMoved(t *testing.T) {
 	for name, stale := range map[string]fetchCluster{"a leader moved": {notLeader: true},
-		"the leader's broker down": {down: true}, "no metadata": {noMetadata: true}} {
+		"the leader's broker down": {down: true}, "no metadata": {noMetadata: true},
+		"a leader moved, found by the first offset's lookup": {offsetsNotLeader: true}} {
 		t.Run(name, func(t *testing.T) {
+			// A partition without a committed offset reads from the first one, looked up
+			// first (routed by the transport's metadata as well).
+			offset := int64(0)
+			if stale.offsetsNotLeader {
+				offset = kafkago.FirstOffset
+			}
 			var made atomic.Int32
 			r := &GroupReader{o: ReaderOptions{MaxWait: 50 * time.Millisecond, MaxBytes: 1 << 20, MinBytes: 1}, addr: kafkago.TCP("127.0.0.1:1"),
 				timeout: time.Second, out: make(chan []kafkago.Message, 1), done: make(chan struct{}),
@@ -80,7 +93,10 @@ func TestGroupReaderRenewsItsTransportWhenALeaderMoved(t *testing.T) {
 				})}
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan struct{})
-			go func() { defer close(done); r.fetchAll(ctx, []*fetchState{{topicPartition: topicPartition{"a", 0}}}) }()
+			go func() {
+				defer close(done)
+				r.fetchAll(ctx, []*fetchState{{topicPartition: topicPartition{"a", 0}, offset: offset}})
+			}()
 			defer func() { cancel(); <-done }()
 			fctx, fcancel := context.WithTimeout(ctx, 5*time.Second)
 			defer fcancel()

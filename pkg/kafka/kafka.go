@@ -16,6 +16,7 @@ import (
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol/listoffsets"
 	"github.com/spf13/pflag"
 
 	"recsys/pkg/flagenv"
@@ -103,21 +104,42 @@ func New(c Config) *Client {
 }
 
 // renewing sends each request on the current transport of trs and replaces it when the
-// request did not reach a broker. The admin client lives as long as the process: with one
-// transport, its requests (topic creation, configuration reads, the consumer's lag reads)
-// failed for good once the brokers' certificate moved to a new CA or the client's was
-// rotated (the transport reads the TLS files once), and waited out the metadata TTL after a
-// broker crashed.
+// request did not reach a broker, or a ListOffsets found a partition's leader moved. The
+// admin client lives as long as the process: with one transport, its requests (topic
+// creation, configuration reads, the consumer's lag reads) failed for good once the brokers'
+// certificate moved to a new CA or the client's was rotated (the transport reads the TLS
+// files once), and waited out the metadata TTL after a broker crashed or a leader moved.
 type renewing struct{ trs *transports }
 
 func (r renewing) RoundTrip(ctx context.Context, addr net.Addr, req kafkago.Request) (kafkago.Response, error) {
 	tr := r.trs.acquire()
 	res, err := tr.rt.RoundTrip(ctx, addr, req)
 	tr.release()
-	if unreachable(err) {
+	if unreachable(err) || misrouted(res) {
 		r.trs.renew(tr)
 	}
 	return res, err
+}
+
+// misrouted reports a ListOffsets response with a partition the transport sent to a broker
+// that no longer leads it, or whose part of the request got no answer (kafka-go splits a
+// ListOffsets by partition and marks a part that failed, its stale leader's broker down say,
+// with error code -1; the request fails only when every part did). Both are per-partition
+// errors, never the request's: the consumer's lag of such partitions stopped updating until
+// the transport's metadata expired.
+func misrouted(res kafkago.Response) bool {
+	lo, ok := res.(*listoffsets.Response)
+	if !ok {
+		return false
+	}
+	for _, t := range lo.Topics {
+		for _, p := range t.Partitions {
+			if p.ErrorCode == int16(kafkago.Unknown) || (p.ErrorCode != 0 && leaderMoved(kafkago.Error(p.ErrorCode))) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // DefaultFetchMaxWait is the broker's long-poll wait of an idle fetch, the contract's

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol/listoffsets"
 	metadataAPI "github.com/segmentio/kafka-go/protocol/metadata"
 
 	"recsys/pkg/testutil/pki"
@@ -261,4 +262,77 @@ func TestAdminFollowsRotatedTLSFiles(t *testing.T) {
 	}
 	rotateFiles(t, c.Security, after)
 	waitHandshake(t, handshakes, n, metadata)
+}
+
+// offsetsCluster answers ListOffsets for partitions 0 and 1 of topic a, partition 1 with
+// code (0: its offset) as a transport with stale metadata would.
+type offsetsCluster struct{ code int16 }
+
+func (c offsetsCluster) RoundTrip(_ context.Context, _ net.Addr, req kafkago.Request) (kafkago.Response, error) {
+	r, ok := req.(*listoffsets.Request)
+	if !ok {
+		return nil, fmt.Errorf("unexpected request %T", req)
+	}
+	t := listoffsets.ResponseTopic{Topic: "a"}
+	for _, p := range r.Topics[0].Partitions {
+		pt := listoffsets.ResponsePartition{Partition: p.Partition, Timestamp: p.Timestamp, Offset: 7}
+		if p.Partition == 1 && c.code != 0 {
+			pt.ErrorCode, pt.Offset = c.code, -1
+		}
+		t.Partitions = append(t.Partitions, pt)
+	}
+	return &listoffsets.Response{Topics: []listoffsets.ResponseTopic{t}}, nil
+}
+
+// kafka-go's Transport routes each partition of a ListOffsets by its cached metadata and
+// reports a partition whose leader moved, or whose stale leader's broker is down, in that
+// partition's answer, not as the request's error: the admin client's transport is replaced
+// then too, so the consumer's next lag read goes by fresh metadata instead of missing those
+// partitions until the metadata TTL. A partition's own error keeps the transport.
+func TestAdminRenewsItsTransportWhenAListOffsetsPartitionIsMisrouted(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		code  int16
+		renew bool
+	}{
+		{"a leader moved", int16(kafkago.NotLeaderForPartition), true},
+		{"a leader being elected", int16(kafkago.LeaderNotAvailable), true},
+		{"the stale leader's broker down", int16(kafkago.Unknown), true},
+		{"the partition's own error", int16(kafkago.KafkaStorageError), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			made := 0
+			admin := &kafkago.Client{Addr: kafkago.TCP("127.0.0.1:1"), Timeout: time.Second,
+				Transport: renewing{newTransports(func() kafkago.RoundTripper {
+					made++
+					if made == 1 {
+						return offsetsCluster{code: tc.code}
+					}
+					return offsetsCluster{}
+				})}}
+			req := &kafkago.ListOffsetsRequest{Topics: map[string][]kafkago.OffsetRequest{"a": {kafkago.LastOffsetOf(0), kafkago.LastOffsetOf(1)}}}
+			errs := func() (errs []error) {
+				res, err := admin.ListOffsets(context.Background(), req)
+				if err != nil {
+					t.Fatalf("ListOffsets: %v (an error of a partition is not the request's)", err)
+				}
+				for _, po := range res.Topics["a"] {
+					if po.Error != nil {
+						errs = append(errs, po.Error)
+					}
+				}
+				return errs
+			}
+			if got := errs(); len(got) != 1 || !errors.Is(got[0], kafkago.Error(tc.code)) {
+				t.Fatalf("first read: partition errors %v, want %v", got, kafkago.Error(tc.code))
+			}
+			got := errs()
+			if tc.renew && len(got) != 0 {
+				t.Fatalf("the read after the misrouted one: partition errors %v, want none (transports made: %d)", got, made)
+			}
+			if want := map[bool]int{true: 2, false: 1}[tc.renew]; made != want {
+				t.Fatalf("%d transports made, want %d", made, want)
+			}
+		})
+	}
 }
