@@ -7,9 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/VictoriaMetrics/metrics"
-
-	"recsys/modules/consumer"
 	"recsys/pkg/testutil"
 )
 
@@ -81,16 +78,7 @@ VALUES (0, 0, 0, $1, $2, $3)`, float64(e.fcfg.PopShortHalfLife.Milliseconds()), 
 		t.Fatal(err)
 	}
 	var logs testutil.SyncBuffer
-	d := e.deps(t, metrics.NewSet())
-	d.Log = slog.New(slog.NewJSONHandler(&logs, nil))
-	m, err := consumer.New(e.config(), d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	e.startWith(t, e.config(), slog.New(slog.NewJSONHandler(&logs, nil)))
 	want := "pop-long-half-life is " + e.fcfg.PopLongHalfLife.String() + " but the stored features decay with 168h0m0s"
 	waitFor(t, "the half-life warning", 30*time.Second, func() bool { return strings.Contains(logs.String(), want) })
 	if strings.Contains(logs.String(), "pop-short-half-life is") || strings.Contains(logs.String(), "covis-half-life is") {

@@ -165,12 +165,21 @@ type running struct {
 	mod    interface{ Ready(context.Context) error }
 	cancel context.CancelFunc
 	done   chan error
+	err    error // Run's, once stopped
 }
 
-func (e *env) startConsumer(t testing.TB) *running {
+func (e *env) startConsumer(t testing.TB) *running { return e.startWith(t, e.config(), nil) }
+
+// startWith runs a consumer of cfg logging to log (nil: the deps' logger) until stop or the
+// end of the test.
+func (e *env) startWith(t testing.TB, cfg *consumer.Config, log *slog.Logger) *running {
 	t.Helper()
 	set := metrics.NewSet()
-	m, err := consumer.New(e.config(), e.deps(t, set))
+	d := e.deps(t, set)
+	if log != nil {
+		d.Log = log
+	}
+	m, err := consumer.New(cfg, d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,13 +190,14 @@ func (e *env) startConsumer(t testing.TB) *running {
 	return r
 }
 
+// stop cancels the consumer and waits for Run, whose error is then r.err.
 func (r *running) stop() {
 	if r.cancel == nil {
 		return
 	}
 	r.cancel()
 	r.cancel = nil
-	<-r.done
+	r.err = <-r.done
 }
 
 // counter sums the series of the set whose line contains every part.

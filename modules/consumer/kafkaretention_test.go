@@ -7,10 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/VictoriaMetrics/metrics"
 	kafkago "github.com/segmentio/kafka-go"
 
-	"recsys/modules/consumer"
 	"recsys/pkg/testutil"
 )
 
@@ -46,21 +44,12 @@ func TestConsumerWarnsAboutTopicRetentionBeyondDedupRetention(t *testing.T) {
 				}
 			}
 			var logs testutil.SyncBuffer
-			d := e.deps(t, metrics.NewSet())
-			d.Log = slog.New(slog.NewJSONHandler(&logs, nil))
 			cfg := e.config()
 			cfg.DedupRetention = 14 * 24 * time.Hour
-			m, err := consumer.New(cfg, d)
-			if err != nil {
-				t.Fatal(err)
-			}
-			runCtx, cancel := context.WithCancel(ctx)
-			done := make(chan error, 1)
-			go func() { done <- m.Run(runCtx) }()
+			r := e.startWith(t, cfg, slog.New(slog.NewJSONHandler(&logs, nil)))
 			waitFor(t, "consumer started", 30*time.Second, func() bool { return strings.Contains(logs.String(), "feature consumer started") })
-			cancel()
-			if err := <-done; err != nil {
-				t.Fatal(err)
+			if r.stop(); r.err != nil {
+				t.Fatal(r.err)
 			}
 			out := logs.String()
 			if strings.Contains(out, "kafka topic retention not checked") {

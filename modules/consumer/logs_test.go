@@ -1,15 +1,12 @@
 package consumer_test
 
 import (
-	"context"
 	"log/slog"
 	"testing"
 	"time"
 
-	"github.com/VictoriaMetrics/metrics"
 	kafkago "github.com/segmentio/kafka-go"
 
-	"recsys/modules/consumer"
 	"recsys/pkg/events"
 	"recsys/pkg/logging"
 	"recsys/pkg/testutil"
@@ -62,16 +59,7 @@ func TestPoisonLogCarriesTheEventsCorrelationID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := e.deps(t, metrics.NewSet())
-	d.Log = log.With("module", "consumer")
-	m, err := consumer.New(e.config(), d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	e.startWith(t, e.config(), log.With("module", "consumer"))
 	waitFor(t, "the poison lines", 60*time.Second, func() bool {
 		return len(withMessage(logs.JSONLines(t), "poison message to dlq")) == len(cases)
 	})

@@ -7,9 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/VictoriaMetrics/metrics"
-
-	"recsys/modules/consumer"
 	"recsys/pkg/testutil"
 )
 
@@ -31,19 +28,10 @@ func TestConsumerWarnsAboutRedisSettings(t *testing.T) {
 				}
 			}
 			var logs testutil.SyncBuffer
-			d := e.deps(t, metrics.NewSet())
-			d.Log = slog.New(slog.NewJSONHandler(&logs, nil))
-			m, err := consumer.New(e.config(), d)
-			if err != nil {
-				t.Fatal(err)
-			}
-			runCtx, cancel := context.WithCancel(ctx)
-			done := make(chan error, 1)
-			go func() { done <- m.Run(runCtx) }()
+			r := e.startWith(t, e.config(), slog.New(slog.NewJSONHandler(&logs, nil)))
 			waitFor(t, "consumer started", 30*time.Second, func() bool { return strings.Contains(logs.String(), "feature consumer started") })
-			cancel()
-			if err := <-done; err != nil {
-				t.Fatal(err)
+			if r.stop(); r.err != nil {
+				t.Fatal(r.err)
 			}
 			for _, w := range []string{`"level":"WARN","msg":"redis zset-max-listpack-entries is 128`, `"level":"WARN","msg":"redis maxmemory-policy is allkeys-lru`} {
 				if got := strings.Contains(logs.String(), w); got != tc.warn {
