@@ -36,20 +36,7 @@ func TestUserTTLAndReadThrough(t *testing.T) {
 	}
 	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
 	evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 3, Users: 5, Items: 40, Events: 400, StartMs: start, StepMs: 60_000, Prefix: "r", NoLegacy: true}))
-	apply := func(st *featurestore.Store, evs []featurestore.Event) {
-		t.Helper()
-		a, err := st.Apply(ctx, &featurestore.Batch{Events: evs})
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = st.WriteRedis(ctx, a)
-		if errors.Is(err, featurestore.ErrRedisBehind) {
-			err = st.Repopulate(ctx, false) // the first write finds no copy
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	apply := func(st *featurestore.Store, evs []featurestore.Event) { applyMirrored(t, st, evs) }
 	apply(st, evs[:300])
 	const user = "ruser001"
 	if ms := pttl(user); ms <= 0 || ms > ttl.Milliseconds() {
@@ -180,17 +167,7 @@ func TestReadThroughRedisRefusingWrites(t *testing.T) {
 	st.SetUserTTL(time.Hour)
 	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
 	evs := toEvents(fstest.Generate(fstest.GenConfig{Seed: 4, Users: 2, Items: 10, Events: 40, StartMs: start, StepMs: 60_000, Prefix: "o", NoLegacy: true}))
-	a, err := st.Apply(ctx, &featurestore.Batch{Events: evs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = st.WriteRedis(ctx, a)
-	if errors.Is(err, featurestore.ErrRedisBehind) {
-		err = st.Repopulate(ctx, false) // the first write finds no copy
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	applyMirrored(t, st, evs)
 	want, found, err := st.ReadThroughUser(ctx, evs[0].UserID, time.Hour)
 	if err != nil || !found || want[0] == "" {
 		t.Fatalf("ReadThroughUser = %q %v %v", want, found, err)
@@ -215,5 +192,23 @@ func TestReadThroughRedisRefusingWrites(t *testing.T) {
 		if !found || f != want {
 			t.Fatalf("out of memory: %q %v, want %q", f, found, want)
 		}
+	}
+}
+
+// applyMirrored applies evs and writes them to the Redis copy, repopulating it when the write
+// finds no copy (the first one).
+func applyMirrored(t *testing.T, st *featurestore.Store, evs []featurestore.Event) {
+	t.Helper()
+	ctx := context.Background()
+	a, err := st.Apply(ctx, &featurestore.Batch{Events: evs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = st.WriteRedis(ctx, a)
+	if errors.Is(err, featurestore.ErrRedisBehind) {
+		err = st.Repopulate(ctx, false)
+	}
+	if err != nil {
+		t.Fatal(err)
 	}
 }
