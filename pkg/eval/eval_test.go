@@ -279,3 +279,88 @@ func TestIntegrationML100K(t *testing.T) {
 	}
 	t.Log("\n" + sb.String())
 }
+
+// spy is a Method that records, at every Recommend, which ratings it had observed.
+type spy struct {
+	observed []string
+	seenAt   map[string][]string // "user@ts" → observed items of that user then
+}
+
+func (s *spy) Name() string { return "spy" }
+
+func (s *spy) Recommend(user string, nowMs int64, _ int) []string {
+	if s.seenAt == nil {
+		s.seenAt = map[string][]string{}
+	}
+	var mine []string
+	for _, o := range s.observed {
+		if u, it, _ := strings.Cut(o, ":"); u == user {
+			mine = append(mine, it)
+		}
+	}
+	s.seenAt[fmt.Sprintf("%s@%d", user, nowMs)] = mine
+	return nil
+}
+
+func (s *spy) Observe(r Rating) { s.observed = append(s.observed, r.User+":"+r.Item) }
+
+// TestProtocolsHideSimultaneousRatings: ratings sharing a timestamp (a page of MovieLens
+// ratings saved in one second, in the file's line order) must not be the history a test of
+// one of them is ranked from, or an order-aware method learns the file's order.
+func TestProtocolsHideSimultaneousRatings(t *testing.T) {
+	rs := []Rating{
+		{User: "u", Item: "a", TsMs: 1000, Line: 1},
+		{User: "u", Item: "b", TsMs: 2000, Line: 2},
+		{User: "u", Item: "c", TsMs: 2000, Line: 3},
+		{User: "v", Item: "x", TsMs: 2000, Line: 4},
+		{User: "u", Item: "d", TsMs: 3000, Line: 5},
+		{User: "w", Item: "p", TsMs: 5000, Line: 6},
+		{User: "w", Item: "q", TsMs: 5000, Line: 7},
+	}
+	tests := []struct {
+		name     string
+		run      func(m Method) error
+		at       string
+		wantSeen []string
+	}{
+		{"prequential, first of a tie", func(m Method) error {
+			_, err := Prequential(context.Background(), rs, []Method{m}, PrequentialOptions{K: 10})
+			return err
+		}, "u@2000", []string{"a"}},
+		{"prequential, after the tie", func(m Method) error {
+			_, err := Prequential(context.Background(), rs, []Method{m}, PrequentialOptions{K: 10})
+			return err
+		}, "u@3000", []string{"a", "b", "c"}},
+		{"leave-last-out, held-out in a tie", func(m Method) error {
+			_, err := LeaveLastOut(context.Background(), rs, []Method{m}, LeaveLastOutOptions{K: 10})
+			return err
+		}, "w@5000", nil},
+		{"leave-last-out, no tie", func(m Method) error {
+			_, err := LeaveLastOut(context.Background(), rs, []Method{m}, LeaveLastOutOptions{K: 10})
+			return err
+		}, "u@3000", []string{"a", "b", "c"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &spy{}
+			if err := tc.run(s); err != nil {
+				t.Fatal(err)
+			}
+			got, ok := s.seenAt[tc.at]
+			if !ok {
+				t.Fatalf("no test at %s: %v", tc.at, s.seenAt)
+			}
+			if !slices.Equal(got, tc.wantSeen) {
+				t.Fatalf("at %s the method had seen %v of the user, want %v", tc.at, got, tc.wantSeen)
+			}
+		})
+	}
+	// Every rating is still applied exactly once, in replay order.
+	s := &spy{}
+	if _, err := Prequential(context.Background(), rs, []Method{s}, PrequentialOptions{K: 10, TestEvery: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"u:a", "u:b", "u:c", "v:x", "u:d", "w:p", "w:q"}; !slices.Equal(s.observed, want) {
+		t.Fatalf("observed %v, want %v", s.observed, want)
+	}
+}

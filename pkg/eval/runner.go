@@ -84,7 +84,8 @@ func timed(m Method, user string, nowMs int64, k int) ([]string, time.Duration, 
 }
 
 // Prequential replays ratings in order; before applying each, every method is asked for the
-// user's top K and the rating's item is looked up in it (test, then learn).
+// user's top K and the rating's item is looked up in it (test, then learn). A test at time t
+// sees only ratings strictly before t.
 func Prequential(ctx context.Context, ratings []Rating, methods []Method, o PrequentialOptions) ([]MethodResult, error) {
 	n := len(ratings)
 	o.Windows = max(o.Windows, 1)
@@ -98,6 +99,7 @@ func Prequential(ctx context.Context, ratings []Rating, methods []Method, o Preq
 	for i, m := range methods {
 		states[i] = &runState{m: m, windows: make([]Acc, o.Windows), curve: make([]Acc, o.CurvePoints), recd: map[string]struct{}{}}
 	}
+	groupStart := 0
 	for idx, r := range ratings {
 		if idx%o.TestEvery == 0 {
 			for _, st := range states {
@@ -119,8 +121,16 @@ func Prequential(ctx context.Context, ratings []Rating, methods []Method, o Preq
 				}
 			}
 		}
-		for _, st := range states {
-			st.m.Observe(r)
+		// Ratings sharing a timestamp are simultaneous (MovieLens records a page of ratings
+		// under one second; their line order is the file's, e.g. by movie id): none may inform
+		// the test of another, so they are applied together after the last of them is tested.
+		if idx == n-1 || ratings[idx+1].TsMs != r.TsMs {
+			for _, rr := range ratings[groupStart : idx+1] {
+				for _, st := range states {
+					st.m.Observe(rr)
+				}
+			}
+			groupStart = idx + 1
 		}
 		if idx%512 == 0 || idx == n-1 {
 			if err := ctx.Err(); err != nil {
@@ -169,8 +179,9 @@ type LeaveLastOutOptions struct {
 }
 
 // LeaveLastOut holds out each user's last rating (replay order), applies every other rating in
-// replay order, retrains Trainers once, then asks each user's top K at the time of the held-out
-// rating. Users with a single rating are skipped.
+// replay order except the user's others at the held-out rating's timestamp, retrains Trainers
+// once, then asks each user's top K at the time of the held-out rating. Users with a single
+// rating are skipped.
 func LeaveLastOut(ctx context.Context, ratings []Rating, methods []Method, o LeaveLastOutOptions) ([]MethodResult, error) {
 	last := map[string]int{}
 	count := map[string]int{}
@@ -186,12 +197,19 @@ func LeaveLastOut(ctx context.Context, ratings []Rating, methods []Method, o Lea
 	}
 	slices.SortFunc(tests, func(a, b int) int { return cmp.Compare(a, b) })
 	isTest := make([]bool, len(ratings))
+	heldTs := make(map[string]int64, len(tests))
 	for _, i := range tests {
 		isTest[i] = true
+		heldTs[ratings[i].User] = ratings[i].TsMs
 	}
 	done := 0
 	for i, r := range ratings {
 		if isTest[i] {
+			continue
+		}
+		// The user's ratings at the held-out rating's own timestamp were made together with
+		// it (their order is the file's), so they must not be the history it is predicted from.
+		if t, ok := heldTs[r.User]; ok && r.TsMs == t {
 			continue
 		}
 		for _, m := range methods {
