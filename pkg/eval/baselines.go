@@ -112,9 +112,15 @@ func (m *MostPopular) Observe(r Rating) {
 // count from the user's last item + 1.0 × all-time popularity count; the last 20 history
 // items are excluded. Every candidate is scored (no candidate cut-off), ties by item id.
 type Original struct {
+	// ExcludeRated also excludes every item the user rated before, as the other methods do:
+	// a MovieLens user never rates an item twice, so the faithful rule (last 20 excluded)
+	// spends slots on certain misses, which measures its exclusion more than its ranking.
+	ExcludeRated bool
+
 	pop   *counter
 	covis map[string]map[string]int
 	hist  map[string][]string // most recent last, at most 20
+	rated map[string]map[string]bool
 }
 
 // OriginalPopularCandidates is how many popular items the original rule adds as candidates.
@@ -122,7 +128,7 @@ const OriginalPopularCandidates = 100
 
 // NewOriginal returns the original rule baseline.
 func NewOriginal() *Original {
-	return &Original{pop: newCounter(), covis: map[string]map[string]int{}, hist: map[string][]string{}}
+	return &Original{pop: newCounter(), covis: map[string]map[string]int{}, hist: map[string][]string{}, rated: map[string]map[string]bool{}}
 }
 
 func (o *Original) Name() string { return "original_rule" }
@@ -132,6 +138,11 @@ func (o *Original) Recommend(user string, _ int64, k int) []string {
 	recent := map[string]bool{}
 	for _, it := range h {
 		recent[it] = true
+	}
+	if o.ExcludeRated {
+		for it := range o.rated[user] {
+			recent[it] = true
+		}
 	}
 	cands := map[string]bool{}
 	for d := 0; d < 5 && d < len(h); d++ {
@@ -173,6 +184,14 @@ func (o *Original) Recommend(user string, _ int64, k int) []string {
 }
 
 func (o *Original) Observe(r Rating) {
+	if o.ExcludeRated {
+		s := o.rated[r.User]
+		if s == nil {
+			s = map[string]bool{}
+			o.rated[r.User] = s
+		}
+		s[r.Item] = true
+	}
 	o.pop.inc(r.Item)
 	h := o.hist[r.User]
 	if len(h) > 0 {

@@ -364,3 +364,39 @@ func TestProtocolsHideSimultaneousRatings(t *testing.T) {
 		t.Fatalf("observed %v, want %v", s.observed, want)
 	}
 }
+
+// TestOriginalRuleExcludeRated: the faithful rule excludes only the last 20 history items, so
+// an item rated earlier comes back; with ExcludeRated it is excluded like in the other methods.
+func TestOriginalRuleExcludeRated(t *testing.T) {
+	tests := []struct {
+		excludeRated bool
+		want         []string
+	}{
+		{false, []string{"p", "q"}},
+		{true, []string{"q"}},
+	}
+	for _, tc := range tests {
+		t.Run(fmt.Sprint("exclude-rated=", tc.excludeRated), func(t *testing.T) {
+			o := NewOriginal()
+			o.ExcludeRated = tc.excludeRated
+			ts := int64(0)
+			add := func(u, it string) {
+				ts += 1000
+				o.Observe(Rating{User: u, Item: it, TsMs: ts})
+			}
+			for _, u := range []string{"v1", "v2", "v3"} {
+				add(u, "p")
+			}
+			add("v1", "q")
+			add("me", "p")
+			for i := range 20 {
+				add("me", fmt.Sprintf("h%02d", i))
+			}
+			// p (popularity 4) left me's 20-item history; q has popularity 1; every h has 1
+			// and is excluded as recent.
+			if got := o.Recommend("me", ts, 2); !slices.Equal(got, tc.want) {
+				t.Fatalf("recommended %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

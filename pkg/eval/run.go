@@ -38,6 +38,8 @@ type Config struct {
 	KNNRetrainEvery int
 	KNNMaxProfile   int
 
+	OriginalExcludeRated bool
+
 	Product ProductOptions
 	// EASE enables the product's learned component with EASEOptions.
 	EASE        bool
@@ -91,6 +93,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.KNNNeighbours, "knn.neighbours", c.KNNNeighbours, "item-kNN baseline: neighbours kept per item")
 	fs.IntVar(&c.KNNRetrainEvery, "knn.retrain-every", c.KNNRetrainEvery, "item-kNN baseline: retrain after this many events during the prequential replay")
 	fs.IntVar(&c.KNNMaxProfile, "knn.max-profile", c.KNNMaxProfile, "item-kNN baseline: most recent items of the user used for scoring (0 = all)")
+	fs.BoolVar(&c.OriginalExcludeRated, "original.exclude-rated", c.OriginalExcludeRated, "original rule baseline: also exclude every item the user rated, like the other methods (off: only its last 20 history items, as the original service did)")
 	fs.BoolVar(&c.Product.RatingAsPercent, "rating-as-percent", c.Product.RatingAsPercent, "product: send rating×20 as percent_watched (watch quality follows the rating)")
 	fs.BoolVar(&c.EASE, "ease", c.EASE, "product: add the learned EASE item-item component (retrained periodically from the observed events)")
 	fs.Float64Var(&c.EASEOptions.Lambda, "ease.lambda", c.EASEOptions.Lambda, "EASE L2 regularisation")
@@ -179,8 +182,10 @@ type Report struct {
 	Features     any            `json:"features_config"`
 	Ranking      any            `json:"ranking_config"`
 	RatingAsPct  bool           `json:"rating_as_percent"`
-	EASE         any            `json:"ease,omitempty"`
-	DurationSec  float64        `json:"duration_sec"`
+	// OriginalExcludeRated records --original.exclude-rated.
+	OriginalExcludeRated bool    `json:"original_exclude_rated,omitempty"`
+	EASE                 any     `json:"ease,omitempty"`
+	DurationSec          float64 `json:"duration_sec"`
 }
 
 func (c Config) methods(prequential bool) []Method {
@@ -200,7 +205,9 @@ func (c Config) methods(prequential bool) []Method {
 		case MethodMostPopular:
 			out = append(out, NewMostPopular())
 		case MethodOriginal:
-			out = append(out, NewOriginal())
+			o := NewOriginal()
+			o.ExcludeRated = c.OriginalExcludeRated
+			out = append(out, o)
 		case MethodItemKNN:
 			every := c.KNNRetrainEvery
 			if !prequential {
@@ -232,6 +239,7 @@ func Run(ctx context.Context, c Config, progress io.Writer) (*Report, error) {
 		Events:  len(ratings), Users: len(users), Items: catalogSize(ratings),
 		K: c.K, HoldoutFrom: c.HoldoutFrom, TestEvery: c.TestEvery,
 		Features: c.Product.Features, Ranking: c.Product.Ranking, RatingAsPct: c.Product.RatingAsPercent,
+		OriginalExcludeRated: c.OriginalExcludeRated,
 	}
 	if c.EASE {
 		rep.EASE = struct {
