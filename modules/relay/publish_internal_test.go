@@ -211,19 +211,6 @@ func TestPublishBatchRowsDeadLetters(t *testing.T) {
 		}
 		return errs
 	}
-	tooLargeEvent := func(ev string) func([]kafkago.Message) error {
-		return func(msgs []kafkago.Message) error {
-			for i, m := range msgs {
-				for _, h := range m.Headers {
-					if h.Key == "event_id" && string(h.Value) == ev {
-						rest := append(append([]kafkago.Message{}, msgs[:i]...), msgs[i+1:]...)
-						return kafkago.MessageTooLargeError{Message: m, Remaining: rest}
-					}
-				}
-			}
-			return nil
-		}
-	}
 	rows := []outbox.Row{batchRow(1, 0, "a1", "a2", "a3"), batchRow(2, 1, "b1"), batchRow(3, 0, "c1")}
 	for _, tc := range []struct {
 		name    string
@@ -386,19 +373,6 @@ func TestPublishFailureWarningMitigation(t *testing.T) {
 // carry its correlation id, the X-Correlation-ID of the request that sent it, so an operator
 // can follow that request from the API's access log to the dead row.
 func TestEventLinesCarryTheCorrelationID(t *testing.T) {
-	tooLarge := func(ev string) func([]kafkago.Message) error {
-		return func(msgs []kafkago.Message) error {
-			for i, m := range msgs {
-				for _, h := range m.Headers {
-					if h.Key == "event_id" && string(h.Value) == ev {
-						rest := append(append([]kafkago.Message{}, msgs[:i]...), msgs[i+1:]...)
-						return kafkago.MessageTooLargeError{Message: m, Remaining: rest}
-					}
-				}
-			}
-			return nil
-		}
-	}
 	unknownFormat := outbox.Row{ID: 7, Key: "u", Topic: "t", EventID: "e7", EventType: "watch", CorrelationID: "corr-e7",
 		PayloadFormat: 9, EventCount: 1, Payload: []byte(`{}`)}
 	for _, tc := range []struct {
@@ -407,7 +381,7 @@ func TestEventLinesCarryTheCorrelationID(t *testing.T) {
 		answers          []func([]kafkago.Message) error
 	}{
 		{name: "dead letter", line: "outbox events no retry can publish, moving them to dead rows of their own", want: "corr-a2",
-			rows: []outbox.Row{batchRow(1, 0, "a1", "a2", "a3")}, answers: []func([]kafkago.Message) error{tooLarge("a2")}},
+			rows: []outbox.Row{batchRow(1, 0, "a1", "a2", "a3")}, answers: []func([]kafkago.Message) error{tooLargeEvent("a2")}},
 		{name: "undecodable row", line: "undecodable outbox row, moving it to dead", want: "corr-e7",
 			rows: []outbox.Row{unknownFormat}},
 	} {
@@ -438,5 +412,21 @@ func TestEventLinesCarryTheCorrelationID(t *testing.T) {
 				t.Fatalf("no line %q in %s", tc.line, logs.String())
 			}
 		})
+	}
+}
+
+// tooLargeEvent is a publish that the broker refuses as too large for the message of event
+// ev, as kafka-go reports it (the other messages of the call remaining).
+func tooLargeEvent(ev string) func([]kafkago.Message) error {
+	return func(msgs []kafkago.Message) error {
+		for i, m := range msgs {
+			for _, h := range m.Headers {
+				if h.Key == "event_id" && string(h.Value) == ev {
+					rest := append(append([]kafkago.Message{}, msgs[:i]...), msgs[i+1:]...)
+					return kafkago.MessageTooLargeError{Message: m, Remaining: rest}
+				}
+			}
+		}
+		return nil
 	}
 }
