@@ -106,6 +106,15 @@ func newSetup(failing string, validateErr error) *setup {
 
 func start(t *testing.T, s *setup, delay time.Duration) (string, context.CancelFunc, chan error) {
 	t.Helper()
+	return serve(t, app.Options{Registry: s.reg, Roles: []string{"all"}, HTTP: httpx.DefaultConfig(),
+		Shutdown: app.ShutdownConfig{Delay: delay, Timeout: 5 * time.Second}, Infra: infra.DefaultConfig(),
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+}
+
+// serve runs app.Run with o on a loopback listener and returns the base URL once it serves,
+// with the cancel that stops it and the channel of Run's result.
+func serve(t *testing.T, o app.Options) (string, context.CancelFunc, chan error) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -113,11 +122,8 @@ func start(t *testing.T, s *setup, delay time.Duration) (string, context.CancelF
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	addr := make(chan string, 1)
-	go func() {
-		done <- app.Run(ctx, app.Options{Registry: s.reg, Roles: []string{"all"}, HTTP: httpx.DefaultConfig(),
-			Shutdown: app.ShutdownConfig{Delay: delay, Timeout: 5 * time.Second}, Infra: infra.DefaultConfig(),
-			Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Listener: ln, OnReady: func(a string) { addr <- a }})
-	}()
+	o.Listener, o.OnReady = ln, func(a string) { addr <- a }
+	go func() { done <- app.Run(ctx, o) }()
 	select {
 	case a := <-addr:
 		return "http://" + a, cancel, done

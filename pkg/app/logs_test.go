@@ -1,9 +1,7 @@
 package app_test
 
 import (
-	"context"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -49,26 +47,9 @@ func TestServerLinesCarryTheProcessComponent(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			addr := make(chan string, 1)
-			go func() {
-				done <- app.Run(ctx, app.Options{Registry: reg, Roles: tc.roles, HTTP: httpx.DefaultConfig(),
-					Shutdown: app.ShutdownConfig{Timeout: 5 * time.Second}, Infra: infra.DefaultConfig(),
-					Log: log, Listener: ln, OnReady: func(a string) { addr <- a }})
-			}()
+			base, cancel, done := serve(t, app.Options{Registry: reg, Roles: tc.roles, HTTP: httpx.DefaultConfig(),
+				Shutdown: app.ShutdownConfig{Timeout: 5 * time.Second}, Infra: infra.DefaultConfig(), Log: log})
 			defer func() { cancel(); <-done }()
-			var base string
-			select {
-			case a := <-addr:
-				base = "http://" + a
-			case err := <-done:
-				t.Fatalf("Run returned before serving: %v", err)
-			}
 			req, _ := http.NewRequest(http.MethodGet, base+"/no-such-route", nil)
 			req.Header.Set(httpx.HeaderRequestID, "req-component-1")
 			resp, err := http.DefaultClient.Do(req)
