@@ -58,6 +58,9 @@ type Consumer struct {
 	// forgottenAt is when they were last read (Unix ns, 0: never).
 	forgotten   featurestore.Forgotten
 	forgottenAt atomic.Int64
+	// warnLag limits the lines of failed high-water mark reads (one per heal interval while
+	// a partition's leader is unreachable).
+	warnLag logging.Limiter
 }
 
 type mirrorJob struct {
@@ -899,6 +902,18 @@ func (c *Consumer) refreshLag(ctx context.Context, r *kafka.GroupReader) {
 	if owned == nil {
 		return // not a member yet
 	}
+	c.m.lagRefresh(owned, c.highWaterMarks(ctx, owned, c.kafka.Admin().ListOffsets), r.Committed)
+}
+
+// highWaterMarks reads the high-water marks of owned with list (the admin client's
+// ListOffsets). A partition whose read failed (the whole request, its error in the answer, or
+// no answer for it) is left out: its gauge keeps the last high-water mark read, which
+// lagRefresh only raises, so its lag is a lower bound (docs/runbook.md,
+// FeatureConsumerLagHigh). Such a refresh is counted (stage lag_metrics) and logged with the
+// partitions and their errors: a stuck partition, the one whose lag matters, is also the
+// one whose leader is likely unreachable, and its gauge would otherwise freeze unexplained.
+func (c *Consumer) highWaterMarks(ctx context.Context, owned map[string][]int,
+	list func(context.Context, *kafkago.ListOffsetsRequest) (*kafkago.ListOffsetsResponse, error)) map[partitionKey]int64 {
 	req := &kafkago.ListOffsetsRequest{Topics: map[string][]kafkago.OffsetRequest{}}
 	for topic, ps := range owned {
 		for _, p := range ps {
@@ -906,25 +921,59 @@ func (c *Consumer) refreshLag(ctx context.Context, r *kafka.GroupReader) {
 		}
 	}
 	hwm := map[partitionKey]int64{}
-	if len(req.Topics) > 0 {
-		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		res, err := c.kafka.Admin().ListOffsets(lctx, req)
-		cancel()
-		if err != nil {
-			if ctx.Err() == nil {
-				c.m.errors("lag_metrics")
-			}
-		} else {
-			for topic, pos := range res.Topics {
-				for _, po := range pos {
-					if po.Error == nil {
-						hwm[partitionKey{topic, po.Partition}] = po.LastOffset
-					}
+	if len(req.Topics) == 0 {
+		return hwm
+	}
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	res, err := list(lctx, req)
+	cancel()
+	var failed []string
+	if err != nil {
+		failed = append(failed, fmt.Sprintf("all %d owned partitions: %v", len(ownedKeys(owned)), err))
+	} else {
+		errs := map[partitionKey]error{}
+		for topic, pos := range res.Topics {
+			for _, po := range pos {
+				if k := (partitionKey{topic, po.Partition}); po.Error != nil {
+					errs[k] = po.Error
+				} else {
+					hwm[k] = po.LastOffset
 				}
 			}
 		}
+		for _, k := range ownedKeys(owned) {
+			if _, ok := hwm[k]; ok {
+				continue
+			}
+			why := "no answer for it"
+			if e := errs[k]; e != nil {
+				why = e.Error()
+			}
+			failed = append(failed, fmt.Sprintf("%s/%d: %s", k.topic, k.partition, why))
+		}
 	}
-	c.m.lagRefresh(owned, hwm, r.Committed)
+	if len(failed) > 0 && ctx.Err() == nil {
+		c.m.errors("lag_metrics")
+		c.warnLag.Do(func(n int64) {
+			c.log.WarnContext(ctx, "read partition high-water marks failed; their lag shows the last one read (a lower bound)",
+				"partitions", failed, "failures", n)
+		})
+	}
+	return hwm
+}
+
+// ownedKeys lists owned (topic -> partitions) in order.
+func ownedKeys(owned map[string][]int) []partitionKey {
+	var out []partitionKey
+	for topic, ps := range owned {
+		for _, p := range ps {
+			out = append(out, partitionKey{topic, p})
+		}
+	}
+	slices.SortFunc(out, func(a, b partitionKey) int {
+		return cmp.Or(cmp.Compare(a.topic, b.topic), cmp.Compare(a.partition, b.partition))
+	})
+	return out
 }
 
 func (c *Consumer) healRedis(ctx context.Context) {

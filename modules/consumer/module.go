@@ -46,7 +46,9 @@
 //   - reco_feature_consumer_event_lag_ms{topic}: now - Kafka message time (histogram, ms)
 //   - reco_feature_consumer_partition_lag{topic,partition}: high watermark - next offset to
 //     apply, from the fetched messages, the commits and a ListOffsets every heal interval (it
-//     grows while nothing is applied); a member reports the partitions it owns only
+//     grows while nothing is applied); a member reports the partitions it owns only, and a
+//     partition whose high-water mark could not be read keeps the last one read (a lower
+//     bound; counted under lag_metrics and logged)
 //   - reco_feature_consumer_errors_total{stage}: startup, poll, process, poison_message,
 //     dlq_store, commit, lag_metrics, dlq_metrics, stop, plus redis (a failed Redis write), heal
 //     (repopulation or journal healing), retention and forgotten_users; these and the processed
