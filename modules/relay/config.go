@@ -26,7 +26,8 @@ type Config struct {
 	PublishTimeout   time.Duration
 	MaxBatchBytes    int64
 	ProbeInterval    time.Duration
-	// UnreadyAfter claims failed in a row make /readyz fail (the workers keep claiming).
+	// UnreadyAfter claims failed in a row, or as many attempts to record batch outcomes, make
+	// /readyz fail (the workers keep claiming and recording).
 	UnreadyAfter int
 
 	StartupBackoff    time.Duration
@@ -86,7 +87,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.PublishTimeout, "relay.publish-timeout", c.PublishTimeout, "longest wait for Kafka to ack one batch; the batch is retried later when it passes")
 	fs.Int64Var(&c.MaxBatchBytes, "relay.max-batch-bytes", c.MaxBatchBytes, "largest record batch per partition, and so the largest message; at most the topics' max.message.bytes (the relay checks at start and refuses to run above it), and well above the API's --ingest.max-event-bytes (a larger event goes dead on its own)")
 	fs.DurationVar(&c.ProbeInterval, "relay.probe-interval", c.ProbeInterval, "while Kafka is unreachable, how often the relay probes it before claiming again (no attempts are spent meanwhile)")
-	fs.IntVar(&c.UnreadyAfter, "relay.unready-after-failures", c.UnreadyAfter, "claims failed in a row (PostgreSQL refusing or timing out the relay's writes: a full disk, a revoked permission) before /readyz fails; claims go on every --relay.poll-interval per worker and the first that succeeds makes the relay ready again")
+	fs.IntVar(&c.UnreadyAfter, "relay.unready-after-failures", c.UnreadyAfter, "claims failed in a row, or attempts to record batch outcomes failed in a row (PostgreSQL refusing or timing out the relay's writes: a full disk, a revoked permission), before /readyz fails; claims go on every --relay.poll-interval per worker, recordings are retried, and the first claim (or recording) that succeeds makes the relay ready again, as does no recording failing for --relay.lease + --relay.retry-max + 1m")
 	fs.DurationVar(&c.StartupBackoff, "relay.startup-backoff", c.StartupBackoff, "wait before retrying topic provisioning at start, times the attempt number (at most 30s)")
 	fs.IntVar(&c.StartupMaxRetries, "relay.startup-max-retries", c.StartupMaxRetries, "topic provisioning attempts before the relay gives up and the process exits; 0 retries forever")
 	fs.DurationVar(&c.ShutdownTimeout, "relay.shutdown-timeout", c.ShutdownTimeout, "longest wait for in-flight batches at shutdown; unfinished rows are taken over after their lease expires")

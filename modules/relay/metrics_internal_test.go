@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -79,6 +80,46 @@ func TestKafkaUnreachableGauge(t *testing.T) {
 			set.WritePrometheus(&b)
 			if line := "recsys_relay_kafka_unreachable " + tc.want + "\n"; !strings.Contains(b.String(), line) {
 				t.Errorf("exposition lacks %q:\n%s", line, b.String())
+			}
+		})
+	}
+}
+
+// Failed recordings make the relay unready from --relay.unready-after-failures in a row, until
+// one succeeds (TestRelayUnreadyWhileRecordingsFail) or none has failed for
+// recordFailureWindow: a relay with nothing left to record has no recording to succeed, and
+// would stay unready for good (with every API pod embedding a relay unready, no new event
+// comes to record).
+func TestReadyAfterRecordingFailures(t *testing.T) {
+	cfg := NewConfig()
+	cfg.UnreadyAfter = 3
+	refused := errors.New("permission denied for table event_outbox")
+	for _, tc := range []struct {
+		name      string
+		failures  int64
+		lastAgo   time.Duration
+		wantReady bool
+	}{
+		{"none", 0, 0, true},
+		{"below the threshold", 2, time.Second, true},
+		{"at the threshold", 3, time.Second, false},
+		{"still failing at the end of the window", 40, cfg.Lease + cfg.RetryMax + maxRecordTimeout - 5*time.Second, false},
+		{"no failure for the window", 40, cfg.Lease + cfg.RetryMax + maxRecordTimeout + time.Second, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &Relay{cfg: cfg}
+			r.provisioned.Store(true)
+			if tc.failures > 0 {
+				r.recordErr.Store(&refused)
+				r.recordFailures.Store(tc.failures)
+				r.recordFailedAt.Store(time.Now().Add(-tc.lastAgo).UnixNano())
+			}
+			err := r.Ready(context.Background())
+			if (err == nil) != tc.wantReady {
+				t.Fatalf("Ready = %v, want ready %v", err, tc.wantReady)
+			}
+			if err != nil && (!strings.Contains(err.Error(), "record outbox batch outcomes") || !errors.Is(err, refused)) {
+				t.Errorf("Ready = %v, want it to name the recordings and their error", err)
 			}
 		})
 	}

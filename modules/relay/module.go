@@ -102,8 +102,11 @@
 // --kafka.replication-factor, retried until Kafka answers), while Kafka looks unreachable
 // (a whole batch failed and no probe has succeeded since), and while the last
 // --relay.unready-after-failures claims failed (PostgreSQL refuses the relay's writes: a full
-// disk, a revoked permission); the workers keep claiming, and the first claim that succeeds
-// makes the relay ready again. /healthz and /readyz carry
+// disk, a revoked permission), or as many attempts to record batch outcomes failed (acked
+// batches are then published again after their lease: no progress); the workers keep
+// claiming and recording, and the first claim (or recording) that succeeds makes the relay
+// ready again, as does no recording failing for --relay.lease + --relay.retry-max + 1 minute
+// (nothing left to record). /healthz and /readyz carry
 // {"event_backbone": {"mode": "transactional_outbox", "outbox": <snapshot>}} (pkg/outbox.Backlog).
 package relay
 

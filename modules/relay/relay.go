@@ -108,6 +108,14 @@ type Relay struct {
 	// (a full disk, a revoked permission) relays nothing while Kafka is fine.
 	claimFailures atomic.Int64
 	claimErr      atomic.Pointer[error]
+	// recordFailures and recordErr are the same for attempts to record batch outcomes (a
+	// recording that succeeds resets it), and recordFailedAt (unix ns) is when the last one
+	// failed: a relay whose recordings keep failing (a slow or refusing database, a revoked
+	// DELETE) claims and publishes fine, but every batch is reaped and published again after
+	// its lease: it makes no progress.
+	recordFailures atomic.Int64
+	recordErr      atomic.Pointer[error]
+	recordFailedAt atomic.Int64
 
 	snap atomic.Pointer[snapState]
 	// blocked is set when a claim left pending rows behind (their unit in flight, say): the
@@ -253,7 +261,7 @@ func (r *Relay) kafkaUnreachable() bool {
 }
 
 // Ready fails until the topics are provisioned, while Kafka looks unreachable, and while the
-// last --relay.unready-after-failures claims failed.
+// last --relay.unready-after-failures claims, or attempts to record batch outcomes, failed.
 func (r *Relay) Ready(context.Context) error {
 	if !r.provisioned.Load() {
 		if p := r.startupErr.Load(); p != nil {
@@ -269,7 +277,23 @@ func (r *Relay) Ready(context.Context) error {
 			return fmt.Errorf("last %d claims of outbox rows failed: %w", n, *p)
 		}
 	}
+	if n := r.recordFailures.Load(); n >= int64(r.cfg.UnreadyAfter) && time.Since(time.Unix(0, r.recordFailedAt.Load())) < r.recordFailureWindow() {
+		if p := r.recordErr.Load(); p != nil {
+			return fmt.Errorf("last %d attempts to record outbox batch outcomes failed (acked batches are published again after their lease): %w", n, *p)
+		}
+	}
 	return nil
+}
+
+// recordFailureWindow is how long failed recordings keep the relay unready without a new
+// failure. Only a recording that succeeds resets their count, and a relay may have nothing
+// left to record: its failed batches reaped meanwhile to dead, or recorded by another relay,
+// and no new event, as when the failures turned every API pod embedding a relay unready. While
+// recordings keep failing a new failure comes sooner: attempts are at most maxRecordTimeout
+// apart, and a batch given up is reaped after its lease and published again after at most
+// --relay.retry-max.
+func (r *Relay) recordFailureWindow() time.Duration {
+	return r.cfg.Lease + r.cfg.RetryMax + maxRecordTimeout
 }
 
 // HealthDetails adds the outbox snapshot to /healthz and /readyz in the contract's shape.
@@ -740,16 +764,19 @@ func (r *Relay) markDown(ctx context.Context, err error) {
 // a few seconds (a failover, a restart) costs no republished batch, where giving up after
 // three quick failures left every batch in flight to be reaped and published again. Rows
 // whose outcome still cannot be recorded stay leased and are retried after the lease expires
-// (acked ones are then published twice: at-least-once). leaseFrom tells when the claim's
-// lease was last extended for all its rows (see leaseKeeper).
+// (acked ones are then published twice: at-least-once). Each attempt may take longer than the
+// last (recordTimeout), so a slow database records the batch too. Every failed attempt counts
+// toward unreadiness (recordFailures), and any recording that succeeds resets the count.
+// leaseFrom tells when the claim's lease was last extended for all its rows (see leaseKeeper).
 func (r *Relay) complete(ctx context.Context, c *outbox.Claim, leaseFrom func() time.Time, outcomes []outbox.Outcome, anyFailed bool) {
 	first := time.Now()
 	for attempt := 1; ; attempt++ {
 		start := time.Now()
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		cctx, cancel := context.WithTimeout(ctx, recordTimeout(attempt))
 		done, err := r.store.Complete(cctx, c, outcomes)
 		cancel()
 		if err == nil {
+			r.recordFailures.Store(0)
 			r.m.completeDur.UpdateDuration(start)
 			if recordedEarlier(attempt, done, len(outcomes), time.Since(leaseFrom()), c.Lease) {
 				done = intended(outcomes)
@@ -768,6 +795,9 @@ func (r *Relay) complete(ctx context.Context, c *outbox.Claim, leaseFrom func() 
 			stage = "mark_failed"
 		}
 		r.m.errors(stage).Inc()
+		r.recordErr.Store(&err)
+		r.recordFailedAt.Store(time.Now().UnixNano())
+		r.recordFailures.Add(1)
 		if attempt >= 3 && time.Since(first) >= c.Lease {
 			r.log.ErrorContext(ctx, "record outbox batch outcome", "err", err, "rows", len(outcomes), "attempts", attempt,
 				"mitigation", "rows are retried after their lease expires")
@@ -780,6 +810,21 @@ func (r *Relay) complete(ctx context.Context, c *outbox.Claim, leaseFrom func() 
 		time.Sleep(min(time.Duration(attempt)*200*time.Millisecond, 2*time.Second))
 	}
 }
+
+// recordTimeout bounds attempt number attempt of a recording: 5 s, doubled at each attempt
+// up to maxRecordTimeout. A fixed bound never recorded a batch whose recording takes longer
+// than it on a slow database (a large batch on saturated disks, lock waits): every attempt
+// was cancelled and rolled back, the batch was reaped and published again after the lease,
+// then failed to record the same way, until its rows went dead after max_attempts
+// publications. An attempt holding the rows' locks past the lease is safe: the reap skips
+// locked rows, and Complete fences off the rows a reap took before it reached them.
+func recordTimeout(attempt int) time.Duration {
+	return min(5*time.Second<<min(attempt-1, 8), maxRecordTimeout)
+}
+
+// maxRecordTimeout bounds one recording attempt: past it the database is more likely stuck
+// than slow.
+const maxRecordTimeout = time.Minute
 
 // recordedEarlier reports that a retried Complete matched none of its rows because an
 // earlier attempt committed and only its answer was lost (a client-side timeout), not because

@@ -1109,3 +1109,118 @@ CREATE TRIGGER refuse_record BEFORE DELETE ON event_outbox FOR EACH ROW EXECUTE 
 		t.Errorf("consumer saw %d distinct events and %d duplicates, want %d and 0", d, dups, rows)
 	}
 }
+
+// PostgreSQL refuses every recording of a batch outcome (here a trigger on the deletion of
+// acked rows) while claims work: the relay publishes every batch again after its lease and
+// makes no progress, so /readyz fails after --relay.unready-after-failures failed attempts in
+// a row, not after one, naming the recording and the database's error; the first recording
+// that succeeds makes it ready again.
+func TestRelayUnreadyWhileRecordingsFail(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testutil.KafkaBrokers(t), 1)
+	ctx := context.Background()
+	// Recordings fail while record_attempts has not passed refuse_records.n (a sequence: its
+	// increments survive the failed recording's rollback).
+	if _, err := e.pool.Exec(ctx, `
+CREATE SEQUENCE record_attempts;
+CREATE TABLE refuse_records (n bigint);
+INSERT INTO refuse_records VALUES (0);
+CREATE FUNCTION refuse_record() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF nextval('record_attempts') <= (SELECT n FROM refuse_records) THEN
+        RAISE EXCEPTION 'permission denied for table event_outbox (test)' USING ERRCODE = '42501';
+    END IF;
+    RETURN OLD;
+END $$;
+CREATE TRIGGER refuse_record BEFORE DELETE ON event_outbox FOR EACH ROW EXECUTE FUNCTION refuse_record()`); err != nil {
+		t.Fatal(err)
+	}
+	refuse := func(attempts int64) {
+		t.Helper()
+		if _, err := e.pool.Exec(ctx, `UPDATE refuse_records SET n = nextval('record_attempts') + $1`, attempts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	left := func() int {
+		var n int
+		if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM event_outbox`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	cfg := testConfig()
+	cfg.Retention = 0 // delete on ack: the trigger refuses the recording
+	cfg.Workers = 1   // one batch in flight: one failed attempt is one failed attempt in a row
+	cfg.UnreadyAfter = 3
+	run := e.start(cfg, "r1", relay.Options{})
+	waitReady(t, run.r)
+	recordErrors := func() float64 { return metric(run.deps.Metrics, `reco_outbox_relay_errors_total{stage="process"}`) }
+
+	// One failed attempt: the retry records the batch, and the relay stays ready throughout.
+	refuse(1)
+	e.insert(5, 5, 5)
+	for deadline := time.Now().Add(30 * time.Second); left() > 0; time.Sleep(2 * time.Millisecond) {
+		if err := run.r.Ready(ctx); err != nil {
+			t.Fatalf("Ready = %v after %v failed recordings, want ready below --relay.unready-after-failures", err, recordErrors())
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("rows not recorded: %v", e.counts())
+		}
+	}
+	if n := recordErrors(); n != 1 {
+		t.Fatalf("recording errors = %v, want 1", n)
+	}
+
+	// Every recording fails: unready, naming the recording and the database's error.
+	refuse(1 << 40)
+	e.insert(5, 5, 5)
+	waitFor(t, 30*time.Second, "readiness to report the failing recordings", func() bool {
+		err := run.r.Ready(ctx)
+		return err != nil && strings.Contains(err.Error(), "record outbox batch outcomes") && strings.Contains(err.Error(), "42501")
+	})
+	if n := recordErrors(); n < 1+float64(cfg.UnreadyAfter) {
+		t.Fatalf("unready after %v recording errors, want at least %d in a row", n-1, cfg.UnreadyAfter)
+	}
+
+	if _, err := e.pool.Exec(ctx, `DROP TRIGGER refuse_record ON event_outbox`); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, run.r)
+	waitFor(t, 30*time.Second, "every row recorded", func() bool { return left() == 0 })
+}
+
+// A recording that takes longer than a first attempt's 5 s every time (a slow database: here
+// a trigger sleeping 3 s on each of the batch's 2 acked rows it deletes) is recorded by a
+// later, longer attempt. With a fixed 5 s per attempt it never was: each attempt was cancelled
+// and rolled back, the rows were reaped after the lease and published again, and failed to
+// record the same way, until they went dead.
+func TestRelayRecordsOnASlowDatabase(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testutil.KafkaBrokers(t), 1)
+	ctx := context.Background()
+	const rows = 2
+	if _, err := e.pool.Exec(ctx, `
+CREATE FUNCTION slow_record() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(3); RETURN OLD; END $$;
+CREATE TRIGGER slow_record BEFORE DELETE ON event_outbox FOR EACH ROW EXECUTE FUNCTION slow_record()`); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	cfg.Retention = 0 // delete on ack: the trigger slows the recording
+	cfg.Workers = 1
+	// Long enough that the rows' lease, which the renewals skip while an attempt holds
+	// their locks, outlasts the first attempt and its retry.
+	cfg.Lease = 12 * time.Second
+	run := e.start(cfg, "r1", relay.Options{})
+	waitReady(t, run.r)
+	e.insert(rows, rows, 5)
+	waitFor(t, 45*time.Second, "every row recorded", func() bool { return len(e.counts()) == 0 })
+	for _, s := range []string{`recsys_relay_reaped_total{outcome="requeued"}`, `recsys_relay_reaped_total{outcome="dead"}`, "recsys_relay_fenced_total"} {
+		if v := metric(run.deps.Metrics, s); v != 0 {
+			t.Errorf("%s = %v, want 0", s, v)
+		}
+	}
+	if d, dups := readTopic(t, e.brokers, e.kcfg.TopicWatches).distinct(); d != rows || dups != 0 {
+		t.Errorf("consumer saw %d distinct events and %d duplicates, want %d and 0", d, dups, rows)
+	}
+}
