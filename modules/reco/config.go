@@ -91,6 +91,11 @@ type Config struct {
 	// UserCacheTTL bounds how long a user's state read from Redis is kept in rueidis'
 	// server-assisted client-side cache (0: read every request).
 	UserCacheTTL time.Duration
+	// AbsentUserCacheTTL is how long a user the read-through found unknown to PostgreSQL
+	// (while users expire, --redis.user-ttl) is remembered in this process rather than looked
+	// up again (0: look up every request); AbsentUserCacheMax bounds how many (absentUsers).
+	AbsentUserCacheTTL time.Duration
+	AbsentUserCacheMax int
 	// PGMaxConcurrent bounds concurrent PostgreSQL snapshot reads (the degraded path); beyond
 	// it requests are served from the global snapshot instead of queueing on PostgreSQL.
 	PGMaxConcurrent int
@@ -135,6 +140,8 @@ func NewConfig() *Config {
 		ItemCacheTTL:              5 * time.Second,
 		ItemCacheMax:              200_000,
 		UserCacheTTL:              0,
+		AbsentUserCacheTTL:        time.Minute,
+		AbsentUserCacheMax:        100_000,
 		UserDecodeCacheMB:         64,
 		PGMaxConcurrent:           8,
 		PGSlotWait:                25 * time.Millisecond,
@@ -173,6 +180,8 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.ItemCacheMax, "reco.item-cache-max", c.ItemCacheMax, "most items kept in the per-item feature cache")
 	fs.IntVar(&c.UserDecodeCacheMB, "reco.user-decode-cache-mb", c.UserDecodeCacheMB, "memory (estimated, MiB) for users' decoded state (history, watched set, impression counters), reused while the values read from Redis on every request are unchanged; 0 decodes every read")
 	fs.DurationVar(&c.UserCacheTTL, "reco.user-cache-ttl", c.UserCacheTTL, "keep a user's state read from Redis in the client-side cache (RESP3 CLIENT TRACKING: Redis invalidates it the moment the user's hash changes) for at most this long; 0 reads it on every request; ignored with --redis.disable-client-cache")
+	fs.DurationVar(&c.AbsentUserCacheTTL, "reco.absent-user-cache-ttl", c.AbsentUserCacheTTL, "while users expire (--redis.user-ttl on the writers), how long a user PostgreSQL does not know is remembered in this process, so their next requests skip the PostgreSQL lookup (Redis is read first: their first event shows at once); 0 looks them up on every request")
+	fs.IntVar(&c.AbsentUserCacheMax, "reco.absent-user-cache-max", c.AbsentUserCacheMax, "most users PostgreSQL does not know remembered by --reco.absent-user-cache-ttl (about 100 bytes each); beyond it random ones are forgotten")
 	fs.IntVar(&c.PGMaxConcurrent, "reco.pg-max-concurrent", c.PGMaxConcurrent, "concurrent PostgreSQL snapshot reads while Redis is unusable; requests beyond it get the global snapshot instead of queueing")
 	fs.DurationVar(&c.PGSlotWait, "reco.pg-slot-wait", c.PGSlotWait, "longest a request waits for one of the busy --reco.pg-max-concurrent PostgreSQL reads before it gets the global snapshot (which does not exclude the items the user watched); 0 does not wait")
 	fs.IntVar(&c.MaxInFlight, "reco.max-in-flight", c.MaxInFlight, "most /reco and /recommend requests served at once by this process; beyond it they wait for a turn (first come first served, newest first once the queue has not emptied for --reco.queue-timeout) and get 503 with Retry-After after --reco.queue-timeout; 0 serves every request at once")
@@ -221,6 +230,8 @@ func (c *Config) Validate() error {
 	p.DurationBetween("reco.item-cache-ttl", c.ItemCacheTTL, 0, time.Minute)
 	p.IntBetween("reco.item-cache-max", c.ItemCacheMax, 1000, 100_000_000)
 	p.DurationBetween("reco.user-cache-ttl", c.UserCacheTTL, 0, time.Hour)
+	p.DurationBetween("reco.absent-user-cache-ttl", c.AbsentUserCacheTTL, 0, time.Hour)
+	p.IntBetween("reco.absent-user-cache-max", c.AbsentUserCacheMax, 1000, 100_000_000)
 	p.IntBetween("reco.user-decode-cache-mb", c.UserDecodeCacheMB, 0, 1<<20)
 	p.IntBetween("reco.pg-max-concurrent", c.PGMaxConcurrent, 1, 1024)
 	p.DurationBetween("reco.pg-slot-wait", c.PGSlotWait, 0, time.Second)

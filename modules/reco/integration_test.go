@@ -751,8 +751,97 @@ func testExpiredUserReadThrough(t *testing.T, itemCache time.Duration) {
 			t.Fatalf("cold: %+v", c)
 		}
 	}
-	if n := readThroughs("absent"); n != "1" {
-		t.Fatalf("read-throughs absent = %s, want 1 (the second request finds the empty hash)", n)
+	if n, hits := readThroughs("absent"), s.absentHits(); n != "1" || hits != "1" {
+		t.Fatalf("read-throughs absent = %s, absent-user cache hits %s; want 1 and 1 (the second request is remembered)", n, hits)
+	}
+}
+
+// With a user TTL, user ids PostgreSQL does not know (bots, a request id sent as user_id)
+// leave no key in Redis, whatever their number; a repeated one is looked up once per
+// --reco.absent-user-cache-ttl; and one whose first watch is then applied is served it on
+// the next request: Redis is read before the process' memory of unknown users.
+func TestIntegrationUnknownUsersLeaveNoRedisKeys(t *testing.T) {
+	for _, itemCache := range []time.Duration{NewConfig().ItemCacheTTL, 0} {
+		for _, userCache := range []time.Duration{0, time.Minute} {
+			t.Run(fmt.Sprintf("item-cache-ttl=%s/user-cache-ttl=%s", itemCache, userCache), func(t *testing.T) {
+				testUnknownUsersLeaveNoRedisKeys(t, itemCache, userCache)
+			})
+		}
+	}
+}
+
+func testUnknownUsersLeaveNoRedisKeys(t *testing.T, itemCache, userCache time.Duration) {
+	s := newStackInfra(t, testutil.MigratedDatabase(t), testutil.RedisURL(t), func(c *Config) {
+		c.UserCacheTTL = userCache
+		c.ItemCacheTTL = itemCache
+	}, func(c *infra.Config) { c.Redis.UserTTL = time.Hour })
+	s.seed()
+	s.waitServing()
+	ctx := context.Background()
+	userKeys := func() int {
+		t.Helper()
+		n := 0
+		for cursor := uint64(0); ; {
+			e, err := s.rd.Do(ctx, s.rd.B().Scan().Cursor(cursor).Match(featurestore.NewKeys(s.prefix).User("")+"*").Count(1000).Build()).AsScanEntry()
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += len(e.Elements)
+			if cursor = e.Cursor; cursor == 0 {
+				return n
+			}
+		}
+	}
+	before := userKeys()
+	const n = 50
+	for i := range n {
+		if r := s.get(fmt.Sprintf("user_id=req-%04d&session_id=s&k=5&x_autolog_impressions=false", i)); r.code != 200 || r.Strat != ranking.StrategyColdStart {
+			t.Fatalf("unknown user %d: %+v", i, r)
+		}
+	}
+	if after := userKeys(); after != before {
+		t.Fatalf("%d user hashes after %d unknown users, %d before: want no new key", after, n, before)
+	}
+	if got := s.readThroughs("absent"); got != fmt.Sprint(n) {
+		t.Fatalf("read-throughs absent = %s, want %d", got, n)
+	}
+
+	// Again: remembered, PostgreSQL is not asked.
+	const q = "user_id=req-0000&session_id=s&k=5&x_autolog_impressions=false"
+	for range 3 {
+		if r := s.get(q); r.code != 200 || r.Strat != ranking.StrategyColdStart {
+			t.Fatalf("unknown user again: %+v", r)
+		}
+	}
+	if got, hits := s.readThroughs("absent"), s.absentHits(); got != fmt.Sprint(n) || hits != "3" {
+		t.Fatalf("read-throughs absent = %s, absent-user cache hits %s; want still %d, and 3", got, hits, n)
+	}
+
+	// The user's first watch, the consumer's way (PostgreSQL, then Redis): the next request
+	// ranks with it.
+	pct := 100.0
+	a, err := s.store.Apply(ctx, &featurestore.Batch{Events: []featurestore.Event{{Interaction: features.Interaction{
+		Kind: features.KindWatch, EventID: s.prefix + "req-0000-a", UserID: "req-0000", TsMs: time.Now().UnixMilli() - 1000, ItemID: "a", PercentWatched: &pct}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.store.WriteRedis(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if r := s.get(q); r.Strat != ranking.StrategyCovisHybrid || r.Items[0] != "b" || indexOf(r.Items, "a") >= 0 {
+		t.Fatalf("after the first watch: %+v, want b first and a excluded at once", r)
+	}
+
+	// Its hash lost (evicted under maxmemory, or expired): read through, not taken for the
+	// unknown user it was.
+	if err := s.rd.Do(ctx, s.rd.B().Del().Key(featurestore.NewKeys(s.prefix).User("req-0000")).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if r := s.get(q); r.Strat != ranking.StrategyCovisHybrid || r.Items[0] != "b" || indexOf(r.Items, "a") >= 0 {
+		t.Fatalf("after the user's hash was lost: %+v, want b first and a excluded", r)
+	}
+	if got := s.readThroughs("found"); got != "1" {
+		t.Fatalf("read-throughs found = %s, want 1", got)
 	}
 }
 
@@ -826,6 +915,18 @@ func testReadThroughFailureServesLabelledGlobalSnapshot(t *testing.T, itemCache 
 			t.Errorf("exposition lacks %s:\n%s", want, grep(b.String(), "recsys_reco_"))
 		}
 	}
+}
+
+// absentHits is recsys_reco_absent_user_cache_hits_total of the module.
+func (s *stack) absentHits() string {
+	var b bytes.Buffer
+	s.metrics.WritePrometheus(&b)
+	for _, l := range strings.Split(b.String(), "\n") {
+		if strings.HasPrefix(l, "recsys_reco_absent_user_cache_hits_total ") {
+			return strings.Fields(l)[1]
+		}
+	}
+	return "missing"
 }
 
 // readThroughs is recsys_reco_user_read_through_total{result} of the module.

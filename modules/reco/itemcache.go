@@ -535,7 +535,10 @@ type redisUser struct {
 	// a user TTL (featurestore.RecordedUserTTL). Its failure (errUserUnread) fails the read:
 	// an empty user would be ranked as a cold start with their watched items.
 	readThrough func(ctx context.Context, userID string, ttl time.Duration) (userFields, error)
-	recorded    atomic.Pointer[recordedTTL] // the copy's recorded user TTL, re-read every recordedTTLAge
+	// absent is the read-through's memory of users PostgreSQL does not know: a user read
+	// present is forgotten there (absentUsers). nil: none.
+	absent   *absentUsers
+	recorded atomic.Pointer[recordedTTL] // the copy's recorded user TTL, re-read every recordedTTLAge
 }
 
 // recordedTTL is featurestore.RecordedUserTTL as read at a time.
@@ -594,7 +597,9 @@ func (u *redisUser) Snapshot(ctx context.Context, userID string, nowMs int64, _ 
 			f[i], _ = vals[i].ToString()
 		}
 	}
-	if f == (userFields{}) && u.readThrough != nil {
+	if f != (userFields{}) {
+		u.absent.forget(userID)
+	} else if u.readThrough != nil {
 		// Absent: a user without events, or one whose hash expired. Only the second needs
 		// PostgreSQL, and only while users expire at all.
 		ttl, err := u.userTTL(ctx)

@@ -76,6 +76,7 @@
 //	recsys_reco_global_snapshot_items        gauge: items with statistics in it
 //	recsys_reco_global_refresh_errors_total  counter: failed refreshes (the previous snapshot is kept)
 //	recsys_reco_user_cache_hits_total        counter: user reads answered by the client-side cache (--reco.user-cache-ttl)
+//	recsys_reco_absent_user_cache_hits_total counter: users PostgreSQL does not know, not looked up again (--reco.absent-user-cache-ttl)
 //	recsys_reco_autolog_queue_depth          gauge: impressions accepted, not yet persisted
 //	recsys_reco_autolog_queue_capacity       gauge: its bound (--reco.autolog-queue-size)
 //	recsys_reco_autolog_enqueued_total       counter: impressions handed to a background persist (async mode)

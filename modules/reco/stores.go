@@ -30,11 +30,12 @@ func stores(cfg *Config, d infra.Deps) (parts, error) {
 	fc := features.DefaultConfig()
 	keys := featurestore.NewKeys(prefix)
 	loader := featurestore.NewRedisLoader(rd, prefix, fc)
-	readThrough := userReadThrough(pg, rd, prefix, fc, d)
-	loader.SetReadThrough(func(ctx context.Context, userID string, ttl time.Duration) error {
-		_, err := readThrough(ctx, userID, ttl)
-		return err
-	})
+	absent := newAbsentUsers(cfg.AbsentUserCacheTTL, cfg.AbsentUserCacheMax)
+	readThrough := userReadThrough(pg, rd, prefix, fc, d, absent)
+	loader.SetReadThrough(func(ctx context.Context, userID string, ttl time.Duration) (bool, error) {
+		f, err := readThrough(ctx, userID, ttl)
+		return f != (userFields{}), err
+	}, absent.forget)
 	var redisSrc snapshotSource = loader
 	if cfg.ItemCacheTTL > 0 {
 		items := newItemCache(&redisItems{rd: rd, keys: keys}, cfg.ItemCacheTTL, cfg.ItemCacheMax)
@@ -44,7 +45,8 @@ func stores(cfg *Config, d infra.Deps) (parts, error) {
 			decoded.intern = items.names.get
 		}
 		redisSrc = &cachedSource{full: redisSrc, user: &redisUser{rd: rd, keys: keys, cacheTTL: cfg.UserCacheTTL,
-			hits: d.Metrics.NewCounter("recsys_reco_user_cache_hits_total"), decoded: decoded, readThrough: readThrough},
+			hits: d.Metrics.NewCounter("recsys_reco_user_cache_hits_total"), decoded: decoded, readThrough: readThrough,
+			absent: absent},
 			items: items}
 	}
 	return parts{
@@ -77,7 +79,9 @@ func stores(cfg *Config, d infra.Deps) (parts, error) {
 // userReadThrough returns the read-through of users whose Redis hash expired (the writers'
 // --redis.user-ttl, which the copy records): their documents come from PostgreSQL and go back
 // into the copy with that expiry (featurestore.Store.ReadThroughUser). Counted in
-// recsys_reco_user_read_through_total{result="found|absent|error"}.
+// recsys_reco_user_read_through_total{result="found|absent|error"}. A user PostgreSQL does not
+// know is remembered in absent (nil: none) and not looked up again meanwhile, counted in
+// recsys_reco_absent_user_cache_hits_total.
 //
 // When only the write back failed (featurestore.ErrNotWrittenBack) it returns the fields with
 // that error (wrapping errUserUnread too): the cached read ranks with them, while the loader,
@@ -88,15 +92,20 @@ func stores(cfg *Config, d infra.Deps) (parts, error) {
 // serving.load then serves them from the next source without counting a Redis failure (that
 // would move every user, including the ones Redis holds, off Redis).
 func userReadThrough(pg *pgxpool.Pool, rd rueidis.Client, prefix string, fc features.Config,
-	d infra.Deps) func(ctx context.Context, userID string, ttl time.Duration) (userFields, error) {
+	d infra.Deps, absent *absentUsers) func(ctx context.Context, userID string, ttl time.Duration) (userFields, error) {
 	st := featurestore.New(pg, rd, prefix, fc, d.Log)
 	count := map[string]*metrics.Counter{}
 	for _, r := range []string{"found", "absent", "error"} {
 		count[r] = d.Metrics.NewCounter(fmt.Sprintf(`recsys_reco_user_read_through_total{result=%q}`, r))
 	}
+	hits := d.Metrics.NewCounter("recsys_reco_absent_user_cache_hits_total")
 	return func(ctx context.Context, userID string, ttl time.Duration) (userFields, error) {
 		if userID == globalUserID {
 			return userFields{}, nil // the global snapshot's reads name no user
+		}
+		if absent.has(userID) {
+			hits.Inc()
+			return userFields{}, nil
 		}
 		f, found, err := st.ReadThroughUser(ctx, userID, ttl)
 		// PostgreSQL answered but Redis refused the copy (out of memory, a read-only replica)
@@ -111,6 +120,7 @@ func userReadThrough(pg *pgxpool.Pool, rd rueidis.Client, prefix string, fc feat
 			count["found"].Inc()
 		default:
 			count["absent"].Inc()
+			absent.add(userID, ttl)
 		}
 		if unwritten {
 			d.Log.DebugContext(ctx, "user read through, but not written back to redis", "err", err)

@@ -99,14 +99,19 @@ type RedisLoader struct {
 	keys Keys
 	cfg  features.Config
 	// readThrough, when set, puts a user whose hash is absent back into the copy with the
-	// writers' user TTL (Store.ReadThroughUser); the Snapshot is then read again.
-	readThrough func(ctx context.Context, userID string, ttl time.Duration) error
+	// writers' user TTL (Store.ReadThroughUser) and reports whether PostgreSQL had them; the
+	// Snapshot is then read again. held, when set, is told of each user whose hash is present
+	// while users expire.
+	readThrough func(ctx context.Context, userID string, ttl time.Duration) (found bool, err error)
+	held        func(userID string)
 }
 
 // SetReadThrough installs the read-through of absent users, used while the copy's writers
-// record a user TTL (RecordedUserTTL); call before use.
-func (l *RedisLoader) SetReadThrough(f func(ctx context.Context, userID string, ttl time.Duration) error) {
-	l.readThrough = f
+// record a user TTL (RecordedUserTTL), and held (may be nil), told of the users found present
+// meanwhile (a reader remembering users PostgreSQL did not know forgets them: their hash, once
+// written, may still be evicted); call before use.
+func (l *RedisLoader) SetReadThrough(read func(ctx context.Context, userID string, ttl time.Duration) (bool, error), held func(userID string)) {
+	l.readThrough, l.held = read, held
 }
 
 // NewRedisLoader returns a loader over the keys under keyPrefix.
@@ -117,104 +122,119 @@ func NewRedisLoader(rd rueidis.Client, keyPrefix string, cfg features.Config) *R
 // Snapshot loads userID's ranking input at nowMs. It returns ErrNotReady while the copy is
 // incomplete.
 func (l *RedisLoader) Snapshot(ctx context.Context, userID string, nowMs int64, opts ranking.SnapshotOptions) (ranking.Snapshot, error) {
-	s, ttl, err := l.snapshot(ctx, userID, nowMs, opts)
-	if err != nil || ttl == 0 || l.readThrough == nil {
+	s, rt, err := l.snapshot(ctx, userID, nowMs, opts)
+	if err != nil || l.readThrough == nil {
 		return s, err
 	}
-	if err := l.readThrough(ctx, userID, ttl); err != nil {
+	if !rt.absent {
+		if rt.ttl > 0 && l.held != nil {
+			l.held(userID)
+		}
+		return s, nil
+	}
+	found, err := l.readThrough(ctx, userID, rt.ttl)
+	if err != nil {
 		return ranking.Snapshot{}, err
+	}
+	if !found {
+		return s, nil // a user without events: nothing was written, s is what the copy holds
 	}
 	s, _, err = l.snapshot(ctx, userID, nowMs, opts)
 	return s, err
 }
 
-// snapshot is one read. readThrough is the writers' user TTL when the user's hash is absent
-// while users expire (the user is to be read through), 0 otherwise.
-func (l *RedisLoader) snapshot(ctx context.Context, userID string, nowMs int64, opts ranking.SnapshotOptions) (_ ranking.Snapshot, readThrough time.Duration, err error) {
+// userTTLState is what one read saw of the user TTL: the writers' recorded user TTL (ttl), and
+// whether the user's hash is absent while it is set (the user is to be read through).
+type userTTLState struct {
+	ttl    time.Duration
+	absent bool
+}
+
+// snapshot is one read.
+func (l *RedisLoader) snapshot(ctx context.Context, userID string, nowMs int64, opts ranking.SnapshotOptions) (_ ranking.Snapshot, rt userTTLState, err error) {
 	keys := []string{l.keys.User(userID), l.keys.Meta, l.keys.PopShort, l.keys.PopLong, l.keys.Fresh, l.keys.Ready}
 	args := []string{l.keys.Prefix, strconv.Itoa(opts.HistoryItems), strconv.Itoa(opts.NeighboursPerItem),
 		strconv.Itoa(opts.TrendingN), strconv.Itoa(opts.PopularN), strconv.Itoa(opts.FreshN)}
 	res, err := luaRead.Exec(ctx, l.rd, keys, args).ToArray()
 	if err != nil {
-		return ranking.Snapshot{}, 0, fmt.Errorf("load snapshot from redis: %w", err)
+		return ranking.Snapshot{}, rt, fmt.Errorf("load snapshot from redis: %w", err)
 	}
 	if len(res) != 10 {
-		return ranking.Snapshot{}, 0, fmt.Errorf("load snapshot from redis: %d replies, want 10", len(res))
+		return ranking.Snapshot{}, rt, fmt.Errorf("load snapshot from redis: %d replies, want 10", len(res))
 	}
 	if ready, _ := res[0].AsInt64(); ready != 1 {
-		return ranking.Snapshot{}, 0, ErrNotReady
+		return ranking.Snapshot{}, rt, ErrNotReady
 	}
 	meta, err := strs(res[2])
 	if err != nil {
-		return ranking.Snapshot{}, 0, err
+		return ranking.Snapshot{}, rt, err
 	}
 	dec, err := metaFromStrings(meta[:min(len(meta), 6)])
 	if err != nil {
-		return ranking.Snapshot{}, 0, err
+		return ranking.Snapshot{}, rt, err
 	}
 	var ut int64
 	if len(meta) > 6 && meta[6] != "" {
 		if ut, err = strconv.ParseInt(meta[6], 10, 64); err != nil {
-			return ranking.Snapshot{}, 0, fmt.Errorf("decode recorded user ttl: %w", err)
+			return ranking.Snapshot{}, rt, fmt.Errorf("decode recorded user ttl: %w", err)
 		}
 	}
 	b := newBuilder(userID, nowMs, opts, dec)
 	user, err := strs(res[1])
 	if err != nil {
-		return ranking.Snapshot{}, 0, err
+		return ranking.Snapshot{}, rt, err
 	}
-	if user[0] == "" && user[1] == "" && user[2] == "" {
-		readThrough = time.Duration(ut) * time.Millisecond
-	}
+	rt.ttl = time.Duration(ut) * time.Millisecond
+	rt.absent = ut > 0 && user[0] == "" && user[1] == "" && user[2] == ""
 	if len(user) != len(UserFields{}) {
-		return ranking.Snapshot{}, 0, fmt.Errorf("load snapshot from redis: %d user fields", len(user))
+		return ranking.Snapshot{}, rt, fmt.Errorf("load snapshot from redis: %d user fields", len(user))
 	}
 	if err := b.user(UserFields(user)); err != nil {
-		return ranking.Snapshot{}, 0, fmt.Errorf("%w: user %q: %w", ErrUserUndecodable, userID, err)
+		return ranking.Snapshot{}, rt, fmt.Errorf("%w: user %q: %w", ErrUserUndecodable, userID, err)
 	}
 	// Item stats first: list entries are only kept for known items.
 	ids, err := strs(res[8])
 	if err != nil {
-		return ranking.Snapshot{}, 0, err
+		return ranking.Snapshot{}, rt, err
 	}
 	statRows, err := res[9].ToArray()
 	if err != nil {
-		return ranking.Snapshot{}, 0, fmt.Errorf("decode item stats: %w", err)
+		return ranking.Snapshot{}, rt, fmt.Errorf("decode item stats: %w", err)
 	}
 	for i, id := range ids {
 		f, err := strs(statRows[i])
 		if err != nil {
-			return ranking.Snapshot{}, 0, err
+			return ranking.Snapshot{}, rt, err
 		}
 		if st, ok, err := statsFromStrings(f); err != nil {
-			return ranking.Snapshot{}, 0, fmt.Errorf("item %q: %w", id, err)
+			return ranking.Snapshot{}, rt, fmt.Errorf("item %q: %w", id, err)
 		} else if ok {
 			b.stats[id] = st
 		}
 	}
 	hist, err := strs(res[3])
 	if err != nil {
-		return ranking.Snapshot{}, 0, err
+		return ranking.Snapshot{}, rt, err
 	}
 	nbs, err := res[4].ToArray()
 	if err != nil {
-		return ranking.Snapshot{}, 0, fmt.Errorf("decode neighbours: %w", err)
+		return ranking.Snapshot{}, rt, fmt.Errorf("decode neighbours: %w", err)
 	}
 	for i, id := range hist {
 		l, err := topList(nbs[i])
 		if err != nil {
-			return ranking.Snapshot{}, 0, err
+			return ranking.Snapshot{}, rt, err
 		}
 		b.neighbours(id, l)
 	}
 	var lists [3][]stored
 	for i := range lists {
 		if lists[i], err = topList(res[5+i]); err != nil {
-			return ranking.Snapshot{}, 0, err
+			return ranking.Snapshot{}, rt, err
 		}
 	}
 	b.lists(lists[0], lists[1], lists[2])
-	return b.snapshot(), readThrough, nil
+	return b.snapshot(), rt, nil
 }
 
 // stored is a list member with its stored (not yet decayed) score.

@@ -1,7 +1,6 @@
 package featurestore
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -12,14 +11,11 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// Empty documents: a user PostgreSQL does not know is written back with these, for at most
-// absentTTL: long enough that a visitor's requests cost one lookup, short enough that one-off
-// visitors (anonymous ids, bots) do not fill Redis for a whole user TTL.
+// Empty documents of a user without events (a user hash always holds all three).
 const (
 	emptyHistory     = "[]"
 	emptyWatched     = "{}"
 	emptyImpressions = "{}"
-	absentTTL        = time.Hour
 )
 
 // ErrNotWrittenBack means ReadThroughUser read the user from PostgreSQL but Redis refused or
@@ -30,10 +26,11 @@ var ErrNotWrittenBack = errors.New("read-through user not written back to redis"
 // ReadThroughUser puts userID's documents back into the Redis copy from PostgreSQL, with
 // expiry ttl (the writers' user TTL, RecordedUserTTL), and returns them. With a user TTL
 // (SetUserTTL) users without events for that long leave Redis, so a reader that finds a
-// user's hash absent, while the copy is otherwise complete, calls this. A user PostgreSQL does
-// not know is written as an empty hash (version 0) that expires within absentTTL, so a user
-// without events costs one lookup per hour rather than one per request; their first applied
-// event (version 1 or more) replaces it. found reports whether PostgreSQL has the user.
+// user's hash absent, while the copy is otherwise complete, calls this. found reports whether
+// PostgreSQL has the user. A user PostgreSQL does not know gets no hash (f is zero): an empty
+// hash per unknown id grew Redis with the rate of random or per-request user ids (bots, a
+// request id sent as user_id) until maxmemory evicted or refused real features. Readers
+// remember such users in their own process instead (modules/reco absentUsers).
 //
 // The write is the consumer's merge (the higher version wins, under the copy's generation),
 // so a read racing a newer write of the consumer never replaces it. When only the write fails
@@ -51,23 +48,20 @@ FROM feature_meta m LEFT JOIN feature_users u ON u.user_id = $1`, userID).Scan(&
 	if err != nil {
 		return f, false, fmt.Errorf("read user %q through to postgresql: %w", userID, err)
 	}
-	wr := &redisWrite{readThrough: true, users: []userRow{{id: userID, h: emptyHistory, w: emptyWatched, i: emptyImpressions}},
-		userTTL: min(cmp.Or(ttl, absentTTL), absentTTL)}
-	if version != nil {
-		wr.users[0] = userRow{id: userID, version: *version, h: *hh, w: *ww, i: *ii, r: *rr}
-		wr.userTTL = ttl
-		found = true
+	if version == nil {
+		return f, false, nil
 	}
+	wr := &redisWrite{readThrough: true, users: []userRow{{id: userID, version: *version, h: *hh, w: *ww, i: *ii, r: *rr}}, userTTL: ttl}
 	if s.rd != nil {
 		var ee *epochError
 		if err := s.exec(ctx, strconv.FormatInt(gen, 10), wr); err != nil && !errors.As(err, &ee) {
 			u := wr.users[0]
-			return UserFields{u.h, u.w, u.i, u.r}, found, fmt.Errorf("%w: user %q: %w", ErrNotWrittenBack, userID, err)
+			return UserFields{u.h, u.w, u.i, u.r}, true, fmt.Errorf("%w: user %q: %w", ErrNotWrittenBack, userID, err)
 		}
 		// Another generation: the copy is being replaced, and its repopulation writes the user.
 	}
 	u := wr.users[0]
-	return UserFields{u.h, u.w, u.i, u.r}, found, nil
+	return UserFields{u.h, u.w, u.i, u.r}, true, nil
 }
 
 // RecordedUserTTL is the user TTL the copy's writers last recorded (0: users do not expire,

@@ -3,6 +3,7 @@ package featurestore_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -16,7 +17,7 @@ import (
 
 // With a user TTL every user hash written gets that expiry; an expired user is read back from
 // PostgreSQL (and put back into the copy) and ranks as before; a user PostgreSQL does not
-// know is remembered as empty until their first event.
+// know leaves no key in the copy, and their first event shows on their next read.
 func TestUserTTLAndReadThrough(t *testing.T) {
 	ctx := context.Background()
 	pool, rd := servers(t)
@@ -62,11 +63,12 @@ func TestUserTTLAndReadThrough(t *testing.T) {
 		t.Fatalf("degenerate test data: %+v", before)
 	}
 	var reads int
-	loader.SetReadThrough(func(ctx context.Context, id string, ttl time.Duration) error {
+	held := map[string]int{}
+	loader.SetReadThrough(func(ctx context.Context, id string, ttl time.Duration) (bool, error) {
 		reads++
-		_, _, err := st.ReadThroughUser(ctx, id, ttl)
-		return err
-	})
+		_, found, err := st.ReadThroughUser(ctx, id, ttl)
+		return found, err
+	}, func(id string) { held[id]++ })
 	// The writers' TTL is what readers follow.
 	if got, err := featurestore.RecordedUserTTL(ctx, rd, keys); err != nil || got != ttl {
 		t.Fatalf("recorded user TTL %s (%v), want %s", got, err, ttl)
@@ -94,29 +96,30 @@ func TestUserTTLAndReadThrough(t *testing.T) {
 	if ms := pttl(user); ms <= time.Hour.Milliseconds() || ms > ttl.Milliseconds() {
 		t.Fatalf("user hash back with PTTL %d, want the user TTL (%d)", ms, ttl.Milliseconds())
 	}
-	if _, err := loader.Snapshot(ctx, user, now, opts); err != nil || reads != 1 {
-		t.Fatalf("second read: %v, %d read-throughs, want still 1", err, reads)
+	if _, err := loader.Snapshot(ctx, user, now, opts); err != nil || reads != 1 || held[user] != 1 {
+		t.Fatalf("second read: %v, %d read-throughs, held %d; want still 1, and the user reported held", err, reads, held[user])
 	}
 
-	// A user without events: one lookup, then an empty hash until their first event.
+	// A user without events: a lookup (readers remember the answer, modules/reco absentUsers),
+	// no key, and their first event shows on their next read.
 	const nobody = "rnobody"
-	s, err := loader.Snapshot(ctx, nobody, now, opts)
-	if err != nil || len(s.History) != 0 || reads != 2 {
-		t.Fatalf("unknown user: %+v, %v, %d read-throughs, want an empty snapshot after 2", s, err, reads)
-	}
-	if _, err := loader.Snapshot(ctx, nobody, now, opts); err != nil || reads != 2 {
-		t.Fatalf("unknown user again: %v, %d read-throughs, want still 2", err, reads)
+	for i := range 2 {
+		s, err := loader.Snapshot(ctx, nobody, now, opts)
+		if err != nil || len(s.History) != 0 || len(s.Trending) == 0 || reads != 2+i {
+			t.Fatalf("unknown user, read %d: %+v, %v, %d read-throughs; want the lists, no history, after %d", i, s, err, reads, 2+i)
+		}
+		if ms := pttl(nobody); ms != -2 {
+			t.Fatalf("unknown user's hash: PTTL %d, want -2 (no key)", ms)
+		}
 	}
 	if got, err := featurestore.RecordedUserTTL(ctx, rd, keys); err != nil || got != ttl {
 		t.Fatalf("after read-throughs the recorded user TTL is %s (%v), want the writers' %s", got, err, ttl)
 	}
-	if v, ms := hget(t, rd, keys.User(nobody), "v"), pttl(nobody); v != 0 || ms <= 0 || ms > time.Hour.Milliseconds() {
-		t.Fatalf("unknown user's hash: version %d, PTTL %d; want 0 and an expiry within the hour", v, ms)
-	}
 	apply(st, []featurestore.Event{{Interaction: features.Interaction{Kind: features.KindWatch, EventID: "rnobody-first",
 		UserID: nobody, TsMs: now - 1000, ItemID: before.History[0].ItemID}}})
-	if s, err := loader.Snapshot(ctx, nobody, now, opts); err != nil || len(s.History) != 1 {
-		t.Fatalf("after the first event: %+v, %v; want one history entry", s.History, err)
+	if s, err := loader.Snapshot(ctx, nobody, now, opts); err != nil || len(s.History) != 1 || reads != 3 || held[nobody] != 1 {
+		t.Fatalf("after the first event: %+v, %v, %d read-throughs, held %d; want one history entry, still 3, held once",
+			s.History, err, reads, held[nobody])
 	}
 
 	// Writers without a TTL record none: an absent user is one without events, and nobody
@@ -129,8 +132,8 @@ func TestUserTTLAndReadThrough(t *testing.T) {
 	if err := rd.Do(ctx, rd.B().Del().Key(keys.User(user)).Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
-	if s, err := loader.Snapshot(ctx, user, now, opts); err != nil || len(s.History) != 0 || reads != 2 {
-		t.Fatalf("absent user without a TTL: %d history entries, %v, %d read-throughs; want none, still 2", len(s.History), err, reads)
+	if s, err := loader.Snapshot(ctx, user, now, opts); err != nil || len(s.History) != 0 || reads != 3 {
+		t.Fatalf("absent user without a TTL: %d history entries, %v, %d read-throughs; want none, still 3", len(s.History), err, reads)
 	}
 }
 
@@ -141,6 +144,58 @@ func hget(t *testing.T, rd rueidis.Client, key, field string) int64 {
 		t.Fatalf("hget %s %s: %v", key, field, err)
 	}
 	return n
+}
+
+// Distinct user ids PostgreSQL does not know (bots, a request id sent as user_id) leave
+// nothing in the copy: an empty hash each grew Redis with their request rate, and each was a
+// user the copy held and PostgreSQL did not (a Verify mismatch).
+func TestReadThroughUnknownUsersLeaveNoKeys(t *testing.T) {
+	ctx := context.Background()
+	pool, rd := servers(t)
+	const prefix = "rtu:"
+	st := featurestore.New(pool, rd, prefix, testConfig(), nil)
+	st.SetUserTTL(time.Hour)
+	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+	applyMirrored(t, st, toEvents(fstest.Generate(fstest.GenConfig{Seed: 5, Users: 3, Items: 10, Events: 60, StartMs: start, StepMs: 60_000, Prefix: "k", NoLegacy: true})))
+	keys := featurestore.NewKeys(prefix)
+	countUsers := func() int {
+		t.Helper()
+		n := 0
+		for cursor := uint64(0); ; {
+			e, err := rd.Do(ctx, rd.B().Scan().Cursor(cursor).Match(keys.User("")+"*").Count(1000).Build()).AsScanEntry()
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += len(e.Elements)
+			if cursor = e.Cursor; cursor == 0 {
+				return n
+			}
+		}
+	}
+	before := countUsers()
+	loader := featurestore.NewRedisLoader(rd, prefix, testConfig())
+	var reads int
+	loader.SetReadThrough(func(ctx context.Context, id string, ttl time.Duration) (bool, error) {
+		reads++
+		_, found, err := st.ReadThroughUser(ctx, id, ttl)
+		return found, err
+	}, nil)
+	const n = 200
+	for i := range n {
+		s, err := loader.Snapshot(ctx, fmt.Sprintf("req-%08x", i), start+time.Hour.Milliseconds(), testOpts())
+		if err != nil || len(s.History) != 0 || len(s.Trending) == 0 {
+			t.Fatalf("unknown user %d: %+v, %v; want the lists and no history", i, s, err)
+		}
+	}
+	if reads != n {
+		t.Fatalf("%d read-throughs for %d unknown users", reads, n)
+	}
+	if after := countUsers(); after != before {
+		t.Fatalf("%d user hashes after %d unknown users were read, %d before: want no new key", after, n, before)
+	}
+	if rep, err := st.Verify(ctx, featurestore.VerifyOptions{Sample: 1000, Grace: 10 * time.Millisecond}); err != nil || !rep.OK() {
+		t.Fatalf("verify after unknown users were read: %+v, %v", rep, err)
+	}
 }
 
 // Nothing applied yet: there is no copy to complete, and nothing is written.
@@ -178,20 +233,16 @@ func TestReadThroughRedisRefusingWrites(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, user := range []string{evs[0].UserID, "nobody"} {
-		f, found, err := st.ReadThroughUser(ctx, user, time.Hour)
-		if !errors.Is(err, featurestore.ErrNotWrittenBack) {
-			t.Fatalf("%s: err = %v, want ErrNotWrittenBack", user, err)
-		}
-		if user == "nobody" {
-			if found || f[0] != "[]" {
-				t.Fatalf("unknown user: %q %v, want the empty documents", f, found)
-			}
-			continue
-		}
-		if !found || f != want {
-			t.Fatalf("out of memory: %q %v, want %q", f, found, want)
-		}
+	f, found, err := st.ReadThroughUser(ctx, evs[0].UserID, time.Hour)
+	if !errors.Is(err, featurestore.ErrNotWrittenBack) {
+		t.Fatalf("err = %v, want ErrNotWrittenBack", err)
+	}
+	if !found || f != want {
+		t.Fatalf("out of memory: %q %v, want %q", f, found, want)
+	}
+	// An unknown user is written nothing, so nothing is refused.
+	if f, found, err := st.ReadThroughUser(ctx, "nobody", time.Hour); err != nil || found || f != (featurestore.UserFields{}) {
+		t.Fatalf("unknown user: %q %v %v, want nothing", f, found, err)
 	}
 }
 
