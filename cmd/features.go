@@ -49,7 +49,7 @@ func (f *storeFlags) open(ctx context.Context, log *slog.Logger) (*featurestore.
 	}
 	if err := migrate.CheckSchema(ctx, in.PG); err != nil {
 		in.Close()
-		return nil, nil, fmt.Errorf("schema check (run `recsys migrate up`): %w", err)
+		return nil, nil, fmt.Errorf("schema check: %w", err)
 	}
 	// These commands write the Redis copy (a rebuild, a replay, an erasure's deletions): under
 	// another prefix than the consumers' they would change a copy nobody reads, and an erasure

@@ -52,7 +52,7 @@ func pgCommand(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
 	}
 	if err := migrate.CheckSchema(ctx, pool); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("schema check (run `recsys migrate up`): %w", err)
+		return nil, fmt.Errorf("schema check: %w", err)
 	}
 	return pool, nil
 }

@@ -39,7 +39,10 @@ queue behind it meanwhile); one that gives up is rolled back whole and run again
 Stopped (SIGTERM, Ctrl-C) while a migration runs, it cancels it: the migration rolls back and
 the version is left clean at the one before.
 Roles never migrate implicitly; they stay unready while the schema is behind the binary,
-and the relay and consumer start their work only once it has caught up.`,
+and the relay and consumer start their work only once it has caught up. A schema ahead of
+the binary is accepted unless one of its migrations recorded that it breaks binaries this
+old (docs/rollback.md, "Marking a breaking migration"): then the relay and consumer refuse
+to start, the api stays unready and the tools other than migrate refuse.`,
 	}
 	cmd.PersistentFlags().StringVar(&dsn, "pg.dsn", "", "PostgreSQL URL (secret)")
 	flagenv.Alias(cmd.PersistentFlags(), "pg.dsn", "DATABASE_URL")

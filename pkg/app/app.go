@@ -212,9 +212,13 @@ func Run(ctx context.Context, o Options) error {
 		if gated(r.info) {
 			// Checked once here so a current schema starts everything at once, without a
 			// moment of "waiting".
-			if err := schemaErr(ctx, in); err != nil {
+			if err := schemaErr(ctx, in); refused(err) {
+				// Its relay or consumer would publish or fold events against a schema
+				// changed in a way it cannot follow.
+				return fmt.Errorf("refusing to start module %s: %w", r.info.Name, err)
+			} else if err != nil {
 				schemaOK = make(chan struct{})
-				go waitForSchema(ctx, in, o.Log, schemaOK, err)
+				go waitForSchema(ctx, in, o.Log, schemaOK, err, fail)
 			}
 			break
 		}
@@ -302,20 +306,25 @@ func gated(i module.Info) bool {
 // schemaPoll is how often a process waiting for the schema reads its version.
 var schemaPoll = time.Second
 
-// schemaErr reads the schema version and judges it (a schema ahead of the binary passes).
+// schemaErr reads the schema version and judges it (a schema ahead of the binary passes,
+// unless a migration of it refuses this binary: a *migrate.TooOldError).
 func schemaErr(ctx context.Context, in *infra.Infra) error {
 	ctx, cancel := context.WithTimeout(ctx, infra.CheckBudget)
 	defer cancel()
-	v, dirty, err := migrate.Status(ctx, in.PG)
-	if err != nil {
-		return err
-	}
-	return migrate.Judge(v, dirty)
+	return migrate.CheckSchema(ctx, in.PG)
+}
+
+// refused reports whether a schema verdict is a refusal of this binary, which no wait ends:
+// only another image, or the schema reverted, does.
+func refused(err error) bool {
+	var old *migrate.TooOldError
+	return errors.As(err, &old)
 }
 
 // waitForSchema closes ok once schemaErr passes, polling until ctx ends; err is the first
-// verdict. It logs when the reason for waiting changes, not on every poll.
-func waitForSchema(ctx context.Context, in *infra.Infra, log *slog.Logger, ok chan<- struct{}, err error) {
+// verdict. It logs when the reason for waiting changes, not on every poll. A schema that
+// moves ahead meanwhile to one that refuses this binary is passed to fail.
+func waitForSchema(ctx context.Context, in *infra.Infra, log *slog.Logger, ok chan<- struct{}, err error, fail func(error)) {
 	msg := fmt.Sprintf("waiting for schema version %d", migrate.Latest())
 	log.Warn(msg, "reason", err.Error())
 	last := err.Error()
@@ -329,6 +338,10 @@ func waitForSchema(ctx context.Context, in *infra.Infra, log *slog.Logger, ok ch
 		if err == nil {
 			log.Info("schema ready, starting the modules that waited for it")
 			close(ok)
+			return
+		}
+		if refused(err) {
+			fail(fmt.Errorf("refusing to start the modules that waited for the schema: %w", err))
 			return
 		}
 		if ctx.Err() == nil && err.Error() != last {

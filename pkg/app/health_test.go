@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -311,5 +312,106 @@ func TestShutdownTimeoutBoundsClientClose(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run still waits 5s after the cancel with --shutdown.timeout=300ms: the pool close waits for the module's connection")
+	}
+}
+
+// breakThisBinary puts the schema at the next release's version, whose migration recorded
+// that binaries before it do not work on it (docs/rollback.md, "Marking a breaking
+// migration"): what a rolled-back image, or a pod left from an old ReplicaSet, finds.
+func breakThisBinary(pool *pgxpool.Pool) error {
+	next := int64(migrate.Latest() + 1)
+	for _, q := range []string{"UPDATE schema_migrations SET version = $1, dirty = false",
+		"INSERT INTO schema_breaking_migrations (version, min_binary, reason) VALUES ($1, $1, 'test: drops what older binaries write')"} {
+		if _, err := pool.Exec(context.Background(), q, next); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// A relay or consumer refused by the schema does not start: the process exits with the
+// versions and the way out, whether the schema refused it at start or moved ahead to one that
+// does while it waited for `migrate up`.
+func TestPostgresModulesRefusedByTheSchemaDoNotStart(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		waiting bool
+	}{{"at start", false}, {"while waiting for the schema", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			dsn := testutil.MigratedDatabase(t)
+			pool := testutil.Pool(t, dsn)
+			if tc.waiting {
+				if _, err := pool.Exec(context.Background(), "UPDATE schema_migrations SET version = $1", int64(migrate.Latest()-1)); err != nil {
+					t.Fatal(err)
+				}
+				time.AfterFunc(300*time.Millisecond, func() {
+					if err := breakThisBinary(pool); err != nil {
+						t.Error(err)
+					}
+				})
+			} else if err := breakThisBinary(pool); err != nil {
+				t.Fatal(err)
+			}
+			j := &journal{}
+			reg := module.NewRegistry()
+			reg.Register(module.Info{Name: "consumer", Role: true, Needs: infra.Postgres,
+				NewConfig: func() module.Config { return cfg{} },
+				New: func(module.Config, infra.Deps) (module.Module, error) {
+					return &fake{name: "consumer", journal: j}, nil
+				}})
+			ic := infra.DefaultConfig()
+			ic.PG.DSN = dsn
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			err := app.Run(ctx, app.Options{Registry: reg, Roles: []string{"all"}, HTTP: httpx.DefaultConfig(),
+				Shutdown: app.ShutdownConfig{Timeout: 2 * time.Second}, Infra: ic,
+				Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Listener: listen(t)})
+			var old *migrate.TooOldError
+			if !errors.As(err, &old) || ctx.Err() != nil || j.String() != "" {
+				t.Fatalf("Run = %v (journal %q), want a refusal before the consumer starts", err, j)
+			}
+			want := fmt.Sprintf("`recsys migrate down --to-version %d`", migrate.Latest())
+			if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "test: drops what older binaries write") {
+				t.Fatalf("Run = %v, want the reason and %s", err, want)
+			}
+		})
+	}
+}
+
+// A process that serves without PostgreSQL (the api) stays up on a schema that refuses it,
+// unready with the reason, and turns ready once the refusal is lifted (the schema reverted).
+func TestRefusedByTheSchemaIsUnready(t *testing.T) {
+	dsn := testutil.MigratedDatabase(t)
+	pool := testutil.Pool(t, dsn)
+	if err := breakThisBinary(pool); err != nil {
+		t.Fatal(err)
+	}
+	ic := infra.DefaultConfig()
+	ic.PG.DSN = dsn
+	base := runModules(t, ic, module.Info{Name: "reco", Role: true, Needs: infra.Postgres, Optional: infra.Postgres,
+		NewConfig: func() module.Config { return cfg{} },
+		New: func(module.Config, infra.Deps) (module.Module, error) {
+			return &fake{name: "reco", journal: &journal{}}, nil
+		}})
+	code, body := get(t, base+"/readyz")
+	detail, _ := body["detail"].(map[string]any)
+	clients, _ := detail["clients"].(map[string]any)
+	if reason := fmt.Sprint(clients["schema"]); code != 503 || !strings.Contains(reason, "no longer works with binaries older than") ||
+		!strings.Contains(reason, fmt.Sprintf("--to-version %d", migrate.Latest())) {
+		t.Fatalf("readyz = %d %v, want 503 with the refusal under clients.schema", code, body)
+	}
+	if _, err := pool.Exec(context.Background(), "DELETE FROM schema_breaking_migrations WHERE version = $1", int64(migrate.Latest()+1)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		code, body := get(t, base+"/readyz")
+		if code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("readyz = %d %v once the refusal was lifted, want 200", code, body)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -337,7 +337,11 @@ func (in *Infra) checkSchema(ctx context.Context) error {
 			in.log.Info("schema is ahead of this binary", "version", v, "binary_expects", now.Binary)
 		}
 	}
-	return migrate.Judge(v, dirty)
+	if err := migrate.Judge(v, dirty); err != nil {
+		return err
+	}
+	// A schema ahead of this binary may have been changed in a way it cannot run on.
+	return migrate.Floor(ctx, in.PG, v, now.Binary)
 }
 
 // Schema returns the schema version the last check saw (zero before the first one).

@@ -473,6 +473,11 @@ func (mg *Migrator) Up(ctx context.Context) error {
 		if latest := Latest(); v > latest && !dirty {
 			mg.log().Info(fmt.Sprintf("schema at %d is ahead of this binary (%d); nothing to apply", v, latest),
 				"version", v, "binary_latest", latest)
+			// Not a failure of `up`, which has nothing to do: the roles of this image say it
+			// too, and refuse (a rollback that skipped the schema's, docs/rollback.md).
+			if err := mg.floor(ctx, v, latest); err != nil {
+				mg.log().Warn("the schema refuses this binary: its relay and consumer will not start, its api stays unready", "err", err.Error())
+			}
 			return nil
 		}
 		return mg.retryLocks(ctx, "migrate up", -1, func() error {
@@ -482,6 +487,16 @@ func (mg *Migrator) Up(ctx context.Context) error {
 			return nil
 		})
 	})
+}
+
+// floor is Floor over a connection of its own.
+func (mg *Migrator) floor(ctx context.Context, schema, binary uint) error {
+	conn, err := pgx.Connect(ctx, mg.dsn)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.Background())
+	return Floor(ctx, conn, schema, binary)
 }
 
 // leftDirty wraps the error of a failed run. A migration that fails leaves the version it was
@@ -721,18 +736,26 @@ func Status(ctx context.Context, q Querier) (version uint, dirty bool, err error
 }
 
 // CheckSchema returns an error unless the schema is at least the binary's version and, up to
-// that version, clean.
-func CheckSchema(ctx context.Context, q Querier) error {
+// that version, clean, and no newer migration recorded that this binary must not run on it
+// (a *TooOldError, see Floor).
+func CheckSchema(ctx context.Context, q Querier) error { return CheckBinary(ctx, q, Latest()) }
+
+// CheckBinary is CheckSchema for a binary whose newest migration is binary.
+func CheckBinary(ctx context.Context, q Querier, binary uint) error {
 	v, dirty, err := Status(ctx, q)
 	if err != nil {
 		return err
 	}
-	return Judge(v, dirty)
+	if err := judge(v, dirty, binary); err != nil {
+		return err
+	}
+	return Floor(ctx, q, v, binary)
 }
 
-// Judge is CheckSchema's verdict on a version read with Status.
-func Judge(v uint, dirty bool) error {
-	want := Latest()
+// Judge is CheckSchema's verdict on a version read with Status, before Floor.
+func Judge(v uint, dirty bool) error { return judge(v, dirty, Latest()) }
+
+func judge(v uint, dirty bool, want uint) error {
 	// A dirty version above this binary's is the next release's failed migration: this
 	// binary's schema is intact, so the fleet still serving must stay ready.
 	if dirty && v <= want {
