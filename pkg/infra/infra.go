@@ -341,7 +341,12 @@ func (in *Infra) checkSchema(ctx context.Context) error {
 		return err
 	}
 	// A schema ahead of this binary may have been changed in a way it cannot run on.
-	return migrate.Floor(ctx, in.PG, v, now.Binary)
+	err = migrate.Floor(ctx, in.PG, v, now.Binary)
+	var old *migrate.TooOldError
+	if changed && errors.As(err, &old) {
+		in.log.Error("the schema refuses this binary: unready until another image runs or the schema is reverted", "err", err.Error())
+	}
+	return err
 }
 
 // Schema returns the schema version the last check saw (zero before the first one).
