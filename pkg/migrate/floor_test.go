@@ -1,9 +1,11 @@
 package migrate_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 
@@ -82,6 +84,17 @@ func TestNextReleasesBreakingMigrationRefusesThisBinary(t *testing.T) {
 	}
 	if err := migrate.CheckBinary(ctx, pool, uint(next)); err != nil {
 		t.Fatalf("the next release's binary is refused: %v", err)
+	}
+	// This image's migration Job of a rollback has nothing to apply and says what follows.
+	m, err := migrate.Open(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var logs bytes.Buffer
+	m.Log = slog.New(slog.NewTextHandler(&logs, nil))
+	if err := m.Up(ctx); err != nil || !strings.Contains(logs.String(), "the schema refuses this binary") {
+		t.Fatalf("up = %v, log %q; want success and a warning", err, logs.String())
 	}
 	// Its down file.
 	exec("DELETE FROM schema_breaking_migrations WHERE version = $1", next)
