@@ -19,3 +19,25 @@ func (s *Store) UserKey(id string) string { return s.keys.User(id) }
 func (s *Store) AwaitRepopulation(ctx context.Context, limit time.Duration) error {
 	return s.awaitRepopulation(ctx, limit)
 }
+
+// Len is how many erased users f holds.
+func (f *Forgotten) Len() int {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return len(f.m)
+}
+
+// LastRead is how many rows f's last refresh read.
+func (f *Forgotten) LastRead() int {
+	f.refreshing.Lock()
+	defer f.refreshing.Unlock()
+	return f.read
+}
+
+// SetXmin sets the transaction id f's next refresh reads from, as if its last read had been
+// on a cluster that had gone further.
+func (f *Forgotten) SetXmin(xmin uint64) {
+	f.refreshing.Lock()
+	defer f.refreshing.Unlock()
+	f.xmin = xmin
+}

@@ -3,7 +3,7 @@ package featurestore
 import (
 	"context"
 	"fmt"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -18,8 +18,22 @@ import (
 // received at or before the erasure is skipped: it was still in the outbox, in Kafka or in the
 // DLQ when the data went, and applying it would bring the user's features back. The zero
 // value is an empty set.
+//
+// Rows are never deleted (no bound on how long such an event can come back: docs/scaling.md,
+// "Not bounded by age"), so the set only grows: after the first read, a refresh reads only
+// the rows written since the previous one (migration 0026).
 type Forgotten struct {
-	m atomic.Pointer[map[string]int64] // user_id -> forgotten_at_ms
+	mu sync.RWMutex
+	m  map[string]int64 // user_id -> forgotten_at_ms
+
+	// refreshing orders the refreshes (the consumer's loop and a lane's awaitForgotten may
+	// overlap): each merges a snapshot no older than the last one's, so a user's erasure time
+	// never goes back to a value an older snapshot held.
+	refreshing sync.Mutex
+	// xmin is the last read's pg_snapshot_xmin, 0 before the first: every transaction below
+	// it had ended by then, so a row that read did not see was written at or above it.
+	xmin uint64
+	read int // rows the last refresh read
 }
 
 // ForgottenRefresh is how often a consumer rereads the erased users: `recsys users forget`
@@ -27,34 +41,90 @@ type Forgotten struct {
 // the deletion still missed the erasure.
 const ForgottenRefresh = 5 * time.Second
 
-// RefreshForgotten reads the erased users into f (the whole table: one short row per user).
+// RefreshForgotten reads the erased users into f: the whole table the first time, then the
+// rows written since the previous read.
 func (s *Store) RefreshForgotten(ctx context.Context, f *Forgotten) error {
 	return f.refresh(ctx, s.pg)
 }
 
+// forgottenSQL reads the rows of transactions at or above $1 (every row when it is 0) with
+// the snapshot's xmin, in one statement so that both come from the same snapshot. The rows
+// of a transaction still running at the previous read are read again, as are those of every
+// later one: a long transaction that wrote (anywhere in the cluster) widens each read to the
+// erasures since it began, until it ends.
+const forgottenSQL = `SELECT s.xmin, f.user_id, f.forgotten_at_ms
+FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) s
+LEFT JOIN forgotten_users f ON f.xid >= $1`
+
 func (f *Forgotten) refresh(ctx context.Context, pg *pgxpool.Pool) error {
-	rows, err := pg.Query(ctx, `SELECT user_id, forgotten_at_ms FROM forgotten_users`)
+	f.refreshing.Lock()
+	defer f.refreshing.Unlock()
+	full := f.xmin == 0
+	xmin, got, err := readForgotten(ctx, pg, f.xmin)
+	if err == nil && !full && xmin < f.xmin {
+		// Transaction ids went back: another cluster (a restore from a dump) answers on the
+		// same address, and its rows may lie below the watermark. Read it whole.
+		full = true
+		xmin, got, err = readForgotten(ctx, pg, 0)
+	}
 	if err != nil {
-		return fmt.Errorf("read forgotten users: %w", err)
+		return err
 	}
-	m := map[string]int64{}
-	var id string
-	var at int64
-	if _, err := pgx.ForEachRow(rows, []any{&id, &at}, func() error { m[id] = at; return nil }); err != nil {
-		return fmt.Errorf("read forgotten users: %w", err)
+	if full {
+		// Built aside: a whole read can be millions of users, and Skip waits on the lock.
+		m := make(map[string]int64, len(got))
+		for _, r := range got {
+			m[r.id] = r.at
+		}
+		f.mu.Lock()
+		f.m = m
+		f.mu.Unlock()
+	} else {
+		f.mu.Lock()
+		for _, r := range got {
+			f.m[r.id] = r.at
+		}
+		f.mu.Unlock()
 	}
-	f.m.Store(&m)
+	f.xmin, f.read = xmin, len(got)
 	return nil
+}
+
+type forgottenRow struct {
+	id string
+	at int64
+}
+
+// readForgotten returns the snapshot's xmin and the rows of transactions at or above since.
+func readForgotten(ctx context.Context, pg *pgxpool.Pool, since uint64) (uint64, []forgottenRow, error) {
+	rows, err := pg.Query(ctx, forgottenSQL, since)
+	if err != nil {
+		return 0, nil, fmt.Errorf("read forgotten users: %w", err)
+	}
+	var xmin uint64
+	var id *string
+	var at *int64
+	var got []forgottenRow
+	if _, err := pgx.ForEachRow(rows, []any{&xmin, &id, &at}, func() error {
+		if id != nil && at != nil { // nil: no row (the left join's only line)
+			got = append(got, forgottenRow{*id, *at})
+		}
+		return nil
+	}); err != nil {
+		return 0, nil, fmt.Errorf("read forgotten users: %w", err)
+	}
+	if xmin == 0 {
+		return 0, nil, fmt.Errorf("read forgotten users: no snapshot xmin")
+	}
+	return xmin, got, nil
 }
 
 // Skip reports whether an event of userID received at receivedMs (0 when unknown: the
 // caller passes the best time it has) predates the user's erasure.
 func (f *Forgotten) Skip(userID string, receivedMs int64) bool {
-	m := f.m.Load()
-	if m == nil || len(*m) == 0 {
-		return false
-	}
-	at, ok := (*m)[userID]
+	f.mu.RLock()
+	at, ok := f.m[userID]
+	f.mu.RUnlock()
 	return ok && receivedMs <= at
 }
 

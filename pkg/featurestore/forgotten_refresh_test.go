@@ -1,0 +1,220 @@
+package featurestore_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"recsys/pkg/featurestore"
+	"recsys/pkg/testutil"
+)
+
+// forgottenStore is a store on a new database (no Redis: only forgotten_users is read).
+func forgottenStore(t *testing.T) (*featurestore.Store, *pgxpool.Pool) {
+	t.Helper()
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	return featurestore.New(pool, nil, testutil.Unique("fr")+":", testConfig(), nil), pool
+}
+
+// checkForgotten fails unless f holds exactly forgotten_users: every row with its erasure time,
+// nothing else.
+func checkForgotten(t *testing.T, pool *pgxpool.Pool, f *featurestore.Forgotten) {
+	t.Helper()
+	rows, _ := pool.Query(context.Background(), `SELECT user_id, forgotten_at_ms FROM forgotten_users`)
+	type row struct {
+		ID string
+		At int64
+	}
+	all, err := pgx.CollectRows(rows, pgx.RowToStructByPos[row])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Len() != len(all) {
+		t.Errorf("the set holds %d users, the table %d", f.Len(), len(all))
+	}
+	for _, r := range all {
+		if !f.Skip(r.ID, r.At) || f.Skip(r.ID, r.At+1) {
+			t.Errorf("user %q: the set does not hold erasure time %d", r.ID, r.At)
+		}
+	}
+}
+
+// Every consumer reread the whole table every 5 s: one row per erasure ever made, millions
+// for a deployment erasing thousands of users a day, in each consumer. After its first read a
+// refresh reads only what was written since, and still sees every new erasure and every
+// change of an erasure time (`users forget` again, by this release or an older one, or a
+// hand-made UPDATE).
+func TestForgottenRefreshReadsOnlyNewRows(t *testing.T) {
+	ctx := context.Background()
+	st, pool := forgottenStore(t)
+	const n = 2000
+	if _, err := pool.Exec(ctx, `INSERT INTO forgotten_users (user_id, forgotten_at_ms)
+SELECT 'old-' || i, 1000 + i FROM generate_series(1, $1) i`, n); err != nil {
+		t.Fatal(err)
+	}
+	var f featurestore.Forgotten
+	if err := st.RefreshForgotten(ctx, &f); err != nil {
+		t.Fatal(err)
+	}
+	if f.LastRead() != n {
+		t.Fatalf("the first refresh read %d rows, want the whole table (%d)", f.LastRead(), n)
+	}
+	// The shared server's other transactions hold the snapshot's xmin back (the rows of a
+	// transaction running at a read are read again the next time): wait for a quiet moment.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if err := st.RefreshForgotten(ctx, &f); err != nil {
+			t.Fatal(err)
+		}
+		if f.LastRead() == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a refresh with nothing new still read %d rows of %d after 30 s", f.LastRead(), n)
+		}
+	}
+	for _, tc := range []struct {
+		name, sql string
+		args      []any
+	}{
+		{"insert", `INSERT INTO forgotten_users (user_id, forgotten_at_ms) VALUES ('new', 5)`, nil},
+		{"update", `UPDATE forgotten_users SET forgotten_at_ms = 9000 WHERE user_id = 'old-7'`, nil},
+		// `users forget` again, as this release writes it (and an older one, with no xid).
+		{"upsert", `INSERT INTO forgotten_users (user_id, forgotten_at_ms) VALUES ('old-8', 9100)
+ON CONFLICT (user_id) DO UPDATE SET forgotten_at_ms = greatest(forgotten_users.forgotten_at_ms, EXCLUDED.forgotten_at_ms), forgotten_at = now()`, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := pool.Exec(ctx, tc.sql, tc.args...); err != nil {
+				t.Fatal(err)
+			}
+			if err := st.RefreshForgotten(ctx, &f); err != nil {
+				t.Fatal(err)
+			}
+			if f.LastRead() >= n {
+				t.Errorf("the refresh read %d rows for one change: the whole table", f.LastRead())
+			}
+			checkForgotten(t, pool, &f)
+		})
+	}
+}
+
+// Transaction ids (like sequence values) are taken in one order and committed in another: an
+// erasure whose transaction began first but committed after a refresh had read a later one
+// must still be read, however many refreshes come between.
+func TestForgottenRefreshReadsRowsCommittedOutOfOrder(t *testing.T) {
+	ctx := context.Background()
+	st, pool := forgottenStore(t)
+	var f featurestore.Forgotten
+	if err := st.RefreshForgotten(ctx, &f); err != nil {
+		t.Fatal(err)
+	}
+	slow, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Rollback(ctx)
+	if _, err := slow.Exec(ctx, `INSERT INTO forgotten_users (user_id, forgotten_at_ms) VALUES ('slow', 100)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO forgotten_users (user_id, forgotten_at_ms) VALUES ('fast', 200)`); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := st.RefreshForgotten(ctx, &f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !f.Skip("fast", 200) || f.Skip("slow", 100) {
+		t.Fatalf("before the slow commit: fast %t (want true), slow %t (want false)", f.Skip("fast", 200), f.Skip("slow", 100))
+	}
+	if err := slow.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.RefreshForgotten(ctx, &f); err != nil {
+		t.Fatal(err)
+	}
+	if !f.Skip("slow", 100) {
+		t.Error("the erasure committed after a later one had been read was never read")
+	}
+	checkForgotten(t, pool, &f)
+}
+
+// Concurrent erasures (single rows and lists, some held open, some raising a user's erasure
+// time) while a consumer refreshes: after them, the set is what a whole read gives.
+func TestForgottenRefreshMatchesTheTable(t *testing.T) {
+	ctx := context.Background()
+	st, pool := forgottenStore(t)
+	var f featurestore.Forgotten
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	refreshed := make(chan int)
+	go func() {
+		n := 0
+		defer func() { refreshed <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := st.RefreshForgotten(ctx, &f); err != nil {
+				t.Error(err)
+				return
+			}
+			n++
+		}
+	}()
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 40 {
+				err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+					users := []string{fmt.Sprintf("w%d-%d", w, i), fmt.Sprintf("w%d-again-%d", w, i/4)} // the second one again and again, later
+					_, err := tx.Exec(ctx, `INSERT INTO forgotten_users (user_id, forgotten_at_ms) SELECT unnest($1::text[]), $2
+ON CONFLICT (user_id) DO UPDATE SET forgotten_at_ms = greatest(forgotten_users.forgotten_at_ms, EXCLUDED.forgotten_at_ms), forgotten_at = now()`,
+						users, int64(1000*w+i))
+					time.Sleep(time.Duration(rand.IntN(20)) * time.Millisecond) // held open across refreshes
+					return err
+				})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	if n := <-refreshed; n < 10 {
+		t.Fatalf("only %d refreshes during the erasures", n)
+	}
+	if err := st.RefreshForgotten(ctx, &f); err != nil {
+		t.Fatal(err)
+	}
+	checkForgotten(t, pool, &f)
+}
+
+// A refresh whose snapshot is below the last one's (another cluster answers on the address:
+// a restore from a dump) reads the table whole: its rows may all lie below the watermark.
+func TestForgottenRefreshRereadsWhenTransactionIDsGoBack(t *testing.T) {
+	ctx := context.Background()
+	st, pool := forgottenStore(t)
+	var f featurestore.Forgotten
+	if err := st.RefreshForgotten(ctx, &f); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO forgotten_users (user_id, forgotten_at_ms) VALUES ('restored', 7)`); err != nil {
+		t.Fatal(err)
+	}
+	f.SetXmin(1 << 62)
+	if err := st.RefreshForgotten(ctx, &f); err != nil {
+		t.Fatal(err)
+	}
+	checkForgotten(t, pool, &f)
+}
