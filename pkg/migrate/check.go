@@ -6,6 +6,8 @@ import (
 	"io/fs"
 
 	"github.com/jackc/pgx/v5"
+
+	"recsys/pkg/postgres"
 )
 
 // Report is the `recsys migrate check` report, in the shape of the original
@@ -84,7 +86,13 @@ func Check(ctx context.Context, fsys fs.FS, dir, dsn, skipReason string) (Report
 func checkDB(ctx context.Context, dsn string) DBSection {
 	cctx, cancel := context.WithTimeout(ctx, connectTimeout)
 	defer cancel()
-	conn, err := pgx.Connect(cctx, dsn)
+	// Parsed as the roles do: pgx's own parse errors may quote part of a malformed password,
+	// and the report is printed and archived.
+	pc, err := postgres.ParseDSN(dsn)
+	if err != nil {
+		return DBSection{Status: "failed", Issues: []string{fmt.Sprintf("database url: %v", err)}}
+	}
+	conn, err := pgx.ConnectConfig(cctx, pc.ConnConfig)
 	if err != nil {
 		return DBSection{Status: "failed", Issues: []string{fmt.Sprintf("connect: %v", err)}}
 	}

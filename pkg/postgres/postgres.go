@@ -95,11 +95,17 @@ const maxServerTimeout = math.MaxInt32 * time.Millisecond
 // ParseDSN parses a PostgreSQL URL or key=value connection string. Its error never quotes the
 // string: a malformed one can hide its password where no redaction finds it.
 func ParseDSN(dsn string) (*pgxpool.Config, error) {
+	const want = "want postgres://user:password@host:5432/db?sslmode=... or host=... user=... password=... dbname=..."
+	if rawAtInUserInfo(dsn) {
+		// pgx, as libpq, ends the user info at its first '@' and takes the rest of the
+		// password for the host: the connection errors, in the log and in /readyz (which
+		// needs no API key), then named it ("lookup <rest>@db: no such host").
+		return nil, fmt.Errorf("not a valid PostgreSQL connection string: its user name or password holds a raw '@', which ends the user info early: percent-encode it as %%40 (%s)", want)
+	}
 	pc, err := pgxpool.ParseConfig(dsn)
 	if err == nil {
 		return pc, nil
 	}
-	const want = "want postgres://user:password@host:5432/db?sslmode=... or host=... user=... password=... dbname=..."
 	var pe *pgconn.ParseConfigError
 	if !errors.As(err, &pe) {
 		return nil, fmt.Errorf("not a valid PostgreSQL connection string (%s)", want)
@@ -115,7 +121,26 @@ func ParseDSN(dsn string) (*pgxpool.Config, error) {
 	} else {
 		reason = "malformed"
 	}
+	if i := strings.Index(reason, `missing "=" after `); i >= 0 {
+		// The word it quotes follows an unquoted space, most often inside a password.
+		reason = reason[:i] + `a word without "=": a value with a space goes in single quotes, e.g. password='a b'`
+	}
 	return nil, fmt.Errorf("not a valid PostgreSQL connection string: %s (%s)", flagenv.RedactText(reason), want)
+}
+
+// rawAtInUserInfo reports a postgres:// URL whose host, as pgx reads it (after the first '@'
+// of the authority, up to a '/' or '?'), holds an '@': the user info held an unencoded one.
+func rawAtInUserInfo(dsn string) bool {
+	rest, ok := strings.CutPrefix(dsn, "postgres://")
+	if !ok {
+		if rest, ok = strings.CutPrefix(dsn, "postgresql://"); !ok {
+			return false
+		}
+	}
+	authority, _, _ := strings.Cut(rest, "/")
+	_, host, ok := strings.Cut(authority, "@")
+	host, _, _ = strings.Cut(host, "?")
+	return ok && strings.Contains(host, "@")
 }
 
 // Open creates the pool. It does not wait for the server: readiness reports when it is down,

@@ -52,6 +52,8 @@ func TestInvalidDSNSaysWhatIsWrongWithoutThePassword(t *testing.T) {
 		{"postgres://recsys:S3cret%zzPW@localhost/recsys", "percent-encoded"},
 		{"host=localhost user=recsys password='S3cretPW dbname=recsys", "unterminated quoted string"},
 		{"host=localhost password=S3cretPW port=x", "port"},
+		// pgconn quotes the word after an unquoted space: the password's tail.
+		{"host=localhost user=recsys password=pa S3cretPW dbname=recsys", "single quotes"},
 	}
 	for _, tc := range tests {
 		c := DefaultConfig()
@@ -63,6 +65,41 @@ func TestInvalidDSNSaysWhatIsWrongWithoutThePassword(t *testing.T) {
 		}
 		if msg := err.Error(); strings.Contains(msg, "S3cret") || !strings.Contains(msg, tc.want) || strings.Contains(msg, ": REDACTED") {
 			t.Errorf("Validate error %q: want the reason (%q) and no secret", msg, tc.want)
+		}
+	}
+}
+
+// pgx, as libpq, ends a URL's user info at its first '@': a password with a raw '@' was
+// accepted, its tail taken for the host's name, and the connection errors (logged, and in
+// /readyz, which needs no API key) named that host: "lookup retPW@db.internal: no such host".
+// The start-up log's redaction, cutting at the last '@', showed nothing wrong.
+func TestDSNWithARawAtInThePasswordIsRefused(t *testing.T) {
+	for _, dsn := range []string{
+		"postgres://recsys:S3c@retPW@db.internal:5432/recsys?sslmode=disable",
+		"postgresql://recsys:S3c@retPW@db.internal/recsys",
+		"postgres://recsys:S3c@ret%zzPW@db.internal:5432/recsys", // and unparsable besides
+		"postgres://admin@server:S3c@db.internal/recsys",         // a user name with a raw '@'
+	} {
+		c := DefaultConfig()
+		c.DSN = dsn
+		err := c.Validate()
+		if err == nil {
+			t.Errorf("%s: accepted", dsn)
+			continue
+		}
+		if msg := err.Error(); strings.Contains(msg, "retPW") || strings.Contains(msg, "S3c") || !strings.Contains(msg, "%40") {
+			t.Errorf("Validate error %q: want the '@' explained (%%40) and no part of the password", msg)
+		}
+	}
+	// An '@' elsewhere is not the user info's: a query value, or an encoded one.
+	for _, dsn := range []string{
+		"postgres://recsys:S3c%40retPW@db.internal:5432/recsys",
+		"postgres://recsys@db.internal/recsys?application_name=a@b",
+		"postgres://recsys@db.internal?application_name=a@b",
+		"host=db.internal user=recsys password=S3c@ret@PW dbname=recsys",
+	} {
+		if _, err := ParseDSN(dsn); err != nil {
+			t.Errorf("ParseDSN(%q) = %v, want it accepted", dsn, err)
 		}
 	}
 }
