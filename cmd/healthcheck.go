@@ -70,7 +70,7 @@ func healthcheckURL(rawURL, addr, path string) (string, error) {
 	if rawURL != "" {
 		u, err := url.Parse(rawURL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return "", fmt.Errorf("--url must be an absolute http(s) URL, got %q", rawURL)
+			return "", fmt.Errorf("--url must be an absolute http(s) URL, got %q", flagenv.Redact(rawURL))
 		}
 		return rawURL, nil
 	}

@@ -27,6 +27,8 @@ func TestHealthcheckURL(t *testing.T) {
 		{name: "relative path", addr: ":8080", path: "readyz", wantErr: "--path"},
 		{name: "relative url", url: "/readyz", addr: ":8080", path: "/readyz", wantErr: "--url"},
 		{name: "other scheme", url: "tcp://127.0.0.1:8080", addr: ":8080", path: "/readyz", wantErr: "--url"},
+		// The refusal quoted the URL whole: a password with a raw '%' does not parse.
+		{name: "bad url with password", url: "http://probe:s3cr%et@127.0.0.1:8080/readyz", addr: ":8080", path: "/readyz", wantErr: "got \"http://probe:REDACTED@127"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

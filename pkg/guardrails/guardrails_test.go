@@ -350,3 +350,24 @@ func TestFetchHidesTheBaseURLPassword(t *testing.T) {
 		}
 	}
 }
+
+// A base URL that does not parse (a password with a raw '%', as generated passwords often
+// have) was refused with url's own error, which quotes the whole URL, password included.
+func TestFetchRefusesABadBaseURLWithoutItsPassword(t *testing.T) {
+	for _, base := range []string{
+		"http://ci:s3cr%et-pw@127.0.0.1:1",
+		"http://ci:s3cr%et-pw@127.0.0.1:1/path with space%zz",
+		"ci:s3cr%et-pw@127.0.0.1:1",
+	} {
+		_, _, err := guardrails.Fetch(context.Background(), http.DefaultClient, base, "", 1, "")
+		if err == nil {
+			t.Fatalf("Fetch(%q) = nil error, want the base URL refused", base)
+		}
+		if strings.Contains(err.Error(), "s3cr") {
+			t.Errorf("Fetch(%q): error names the password: %v", base, err)
+		}
+		if !strings.Contains(err.Error(), "--base-url") {
+			t.Errorf("Fetch(%q): error does not name the flag: %v", base, err)
+		}
+	}
+}

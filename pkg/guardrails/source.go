@@ -81,8 +81,11 @@ func ReadFiles(baseline, contract, recoMetrics string) (Inputs, map[string]strin
 // Authorization: Bearer on every request (all three need the ops scope).
 func Fetch(ctx context.Context, client *http.Client, baseURL, apiKey string, days int, saveDir string) (Inputs, map[string]string, error) {
 	base := strings.TrimRight(baseURL, "/")
-	if _, err := url.ParseRequestURI(base); err != nil {
-		return Inputs{}, nil, fmt.Errorf("--base-url %q: %w", flagenv.Redact(baseURL), err)
+	// Not url's error, which quotes the whole URL, password included (one with a raw '%'
+	// does not parse); and only http(s) with a host: the client's errors quote any other URL
+	// whole too ("ci:pw@host" parses, as scheme "ci").
+	if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return Inputs{}, nil, fmt.Errorf("--base-url %q is not an http(s) URL such as http://localhost:8080 (a password in it must be percent-encoded)", flagenv.Redact(baseURL))
 	}
 	var in Inputs
 	src := map[string]string{}

@@ -171,7 +171,8 @@ func (c *Config) Validate() error {
 func ParseBaseURL(s string) (*url.URL, error) {
 	u, err := url.Parse(s)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("--base-url must be an http(s) URL such as http://localhost:8080, got %q", s)
+		// Redacted: the URL may carry a gateway's password, and one with a raw '%' lands here.
+		return nil, fmt.Errorf("--base-url must be an http(s) URL such as http://localhost:8080, got %q", flagenv.Redact(s))
 	}
 	return u, nil
 }

@@ -529,3 +529,18 @@ func TestReportHidesTheBaseURLPassword(t *testing.T) {
 		t.Errorf("report's base_url %q", r.Config.BaseURL)
 	}
 }
+
+// A base URL refused by Validate or by the loopback check was quoted whole, password
+// included: a password with a raw '%' does not parse, and a scheme typo is no http(s).
+func TestBadBaseURLErrorsHideThePassword(t *testing.T) {
+	for _, base := range []string{"http://ci:s3cr%et-pw@127.0.0.1:8080", "htp://ci:s3cret-pw@127.0.0.1:8080", "ci:s3cret-pw@127.0.0.1:8080"} {
+		cfg := baseCfg(base)
+		for what, err := range map[string]error{"Validate": cfg.Validate(), "CheckLoopback": loadgen.CheckLoopback(context.Background(), base)} {
+			if err == nil || !strings.Contains(err.Error(), "--base-url") {
+				t.Errorf("%s(%q) = %v, want the base URL refused", what, base, err)
+			} else if strings.Contains(err.Error(), "s3cr") {
+				t.Errorf("%s(%q): error names the password: %v", what, base, err)
+			}
+		}
+	}
+}
