@@ -37,7 +37,7 @@ func DefaultConfig() Config {
 
 // RegisterFlags adds the pg.* flags.
 func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&c.DSN, "pg.dsn", c.DSN, "PostgreSQL URL, e.g. postgres://user:pass@host:5432/db?sslmode=disable (secret)")
+	fs.StringVar(&c.DSN, "pg.dsn", c.DSN, "PostgreSQL URL, e.g. postgres://user:pass@host:5432/db?sslmode=verify-full (secret; a password's '@', '/', '%' or ':' percent-encoded); without sslmode the connection tries TLS without checking the server and falls back to plain text, sslmode=disable is plain text")
 	fs.IntVar(&c.MaxConns, "pg.max-conns", c.MaxConns, "maximum connections in the pool")
 	fs.IntVar(&c.MinConns, "pg.min-conns", c.MinConns, "connections kept open when idle")
 	fs.DurationVar(&c.ConnectTimeout, "pg.connect-timeout", c.ConnectTimeout, "timeout to open one connection")
