@@ -269,3 +269,40 @@ payload_format, event_count, created_at) VALUES ($1, 'watch', 't', $2, $3, 'dead
 		}
 	}
 }
+
+// User ids are arbitrary text (`/log/*` takes '*', '?', '[' and ':'): an erasure deletes the
+// named users' hashes and rows only, never a key another user's id matches as a pattern.
+func TestForgetGlobLikeUserIDsTouchNoOtherUser(t *testing.T) {
+	ctx := context.Background()
+	pool, rd := servers(t)
+	prefix := testutil.Unique("fg") + ":"
+	st := featurestore.New(pool, rd, prefix, testConfig(), nil)
+	gone := []string{"*", "u*", "?", "[a-z]*", `\*`, "x:*"}
+	kept := []string{"alice", "u1", "b", "x:y", "x:", `\`}
+	for _, u := range append(append([]string(nil), gone...), kept...) {
+		if err := rd.Do(ctx, rd.B().Hset().Key(prefix+"u:"+u).FieldValue().FieldValue("v", "1").Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pool.Exec(ctx, `INSERT INTO feature_users (user_id, version) VALUES ($1, 1)`, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := st.Forget(ctx, gone, 200*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range kept {
+		n, err := rd.Do(ctx, rd.B().Exists().Key(prefix+"u:"+u).Build()).AsInt64()
+		if err != nil || n != 1 {
+			t.Errorf("user %q's hash: exists %d (%v), want kept", u, n, err)
+		}
+		var rows int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM feature_users WHERE user_id = $1`, u).Scan(&rows); err != nil || rows != 1 {
+			t.Errorf("user %q's feature row: %d (%v), want kept", u, rows, err)
+		}
+	}
+	for _, u := range gone {
+		if n, err := rd.Do(ctx, rd.B().Exists().Key(prefix+"u:"+u).Build()).AsInt64(); err != nil || n != 0 {
+			t.Errorf("erased user %q's hash: exists %d (%v)", u, n, err)
+		}
+	}
+}
