@@ -23,6 +23,9 @@ func TestConfigValidate(t *testing.T) {
 		{name: "group", mutate: func(c *Config) { c.GroupID = "" }, want: "--consumer.group-id"},
 		{name: "backoff order", mutate: func(c *Config) { c.RetryMaxBackoff = time.Millisecond }, want: "--consumer.retry-max-backoff"},
 		{name: "retention", mutate: func(c *Config) { c.DedupRetention = time.Minute }, want: "--consumer.dedup-retention"},
+		{name: "item retention", mutate: func(c *Config) { c.ItemRetention = time.Hour }, want: "--consumer.item-retention must be 0 (keep every item) or at least 24h, got 1h0m0s"},
+		{name: "item retention negative", mutate: func(c *Config) { c.ItemRetention = -time.Hour }, want: "--consumer.item-retention"},
+		{name: "item retention off", mutate: func(c *Config) { c.ItemRetention = 0 }},
 		{name: "features", mutate: func(c *Config) { c.Features.HistorySize = 0 }, want: "--consumer.features.history-size"},
 	}
 	for _, tt := range tests {

@@ -175,6 +175,15 @@ type rebaseError struct{ err error }
 func (e *rebaseError) Error() string { return "rebase decay landmarks: " + e.err.Error() }
 func (e *rebaseError) Unwrap() error { return e.err }
 
+// errListGone is a co-visitation list the batch created or found, then could not lock: the
+// item retention (TrimItems) deleted it in between. The batch rolls back and Apply runs it
+// again.
+type errListGone struct{ item string }
+
+func (e errListGone) Error() string {
+	return fmt.Sprintf("co-visitation list of %q deleted before it was locked (item retention)", e.item)
+}
+
 // errRebase asks Apply to move the landmarks before applying the batch.
 type errRebase struct{ tsMs int64 }
 
@@ -206,6 +215,9 @@ func (s *Store) Apply(ctx context.Context, b *Batch) (*Applied, error) {
 		}
 		if AppliedConcurrently(err) && attempt < 3 {
 			continue // the other transaction committed: its events now read as applied
+		}
+		if errors.As(err, new(errListGone)) && attempt < 3 {
+			continue // the next attempt creates the list anew
 		}
 		return a, err
 	}
@@ -565,7 +577,7 @@ RETURNING u.user_id, u.version`, userIDs[lo:hi], hs[lo:hi], ws[lo:hi], is[lo:hi]
 		for i, id := range listIDs {
 			n := lists[id]
 			if !n.exists {
-				return nil, fmt.Errorf("co-visitation list of %q not locked", id)
+				return nil, errListGone{id}
 			}
 			start := len(buf)
 			buf = n.appendTo(buf)
@@ -594,6 +606,16 @@ FROM unnest($1::text[], $2::bytea[]) AS v(id, b) WHERE n.item_id = v.id`, listID
 			imp[i], wat[i], pn[i], ended[i] = it.imp, it.wat, it.pn, it.ended
 			sp[i], wt[i], ps[i], pl[i] = it.sp, it.wt, it.ps, it.pl
 			fs[i], nb[i] = it.fs, it.nb
+			if it.fs == math.MaxInt64 {
+				// Only its neighbour count moved (a watch paired it with a user's history).
+				// Its row exists, unless the item retention trimmed it: it comes back then
+				// with no statistics, and first seen "long ago" (0), not at the far future
+				// that would put it at the head of the fresh lists. A row with neither an
+				// impression nor a watch keeps its first seen in the upsert. Every write
+				// of the row sets last_active_ms (its default: now), which the retention
+				// reads.
+				fs[i] = 0
+			}
 		}
 		p.query(func(rows pgx.Rows) error {
 			a.items = make([]itemRow, 0, len(itemIDs))
@@ -630,10 +652,12 @@ ON CONFLICT (item_id) DO UPDATE SET
   percent_count = f.percent_count + excluded.percent_count,
   ended = f.ended + excluded.ended,
   watch_time_sec = f.watch_time_sec + excluded.watch_time_sec,
-  first_seen_ms = LEAST(f.first_seen_ms, excluded.first_seen_ms),
+  first_seen_ms = CASE WHEN excluded.impressions = 0 AND excluded.watches = 0 THEN f.first_seen_ms
+    ELSE LEAST(f.first_seen_ms, excluded.first_seen_ms) END,
   pop_short = f.pop_short + excluded.pop_short,
   pop_long = f.pop_long + excluded.pop_long,
-  nb_count = f.nb_count + excluded.nb_count
+  nb_count = f.nb_count + excluded.nb_count,
+  last_active_ms = GREATEST(f.last_active_ms, excluded.last_active_ms)
 RETURNING item_id, impressions, watches, sum_percent, percent_count, ended, watch_time_sec, first_seen_ms,
   pop_short, pop_long, nb_count, (xmax = 0)`, itemIDs, imp, wat, sp, pn, ended, wt, fs, ps, pl, nb)
 	}

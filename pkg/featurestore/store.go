@@ -33,6 +33,9 @@
 // generation, and Repopulate replaces the copy. A copy repopulated before any event (a fresh
 // database: generation "0", no landmarks) is taken over by the first write of a generation.
 //
+// Items nobody touched for --consumer.item-retention are deleted from both stores
+// (TrimItems, trim.go); everything else only grows.
+//
 // Limits, on purpose:
 //   - the scripts touch keys they compute (neighbour lists, item hashes): standalone Redis
 //     (or one shard), not Redis Cluster;
@@ -96,6 +99,17 @@ type Store struct {
 	// deletion above), with when they were committed: HealPending leaves them alone instead of
 	// rewriting, on a loaded machine, every batch whose deletion is a few batches behind.
 	own map[int64]time.Time
+	// trimAfter is the last item id the previous TrimItems pass examined ("": start over).
+	trimAfter string
+	trimHooks trimHooks
+}
+
+// trimHooks let tests act at the steps of TrimItems: scanned with the candidates found
+// (nothing locked yet), locked with the rows deleted and still locked (before the commit),
+// trimmed after the commit, deleted once resyncItems deleted the keys (before it reads
+// PostgreSQL).
+type trimHooks struct {
+	scanned, locked, trimmed, deleted func(ids []string)
 }
 
 // ownTTL bounds how long HealPending trusts an in-flight write of this store: past it the

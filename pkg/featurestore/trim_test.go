@@ -1,0 +1,429 @@
+package featurestore_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/rueidis"
+
+	"recsys/pkg/features"
+	"recsys/pkg/featurestore"
+	"recsys/pkg/testutil"
+)
+
+const (
+	day       = 24 * time.Hour
+	retention = 90 * day
+)
+
+func trimWatch(id, user, item string, ts int64) featurestore.Event {
+	pct, ended := 100.0, true
+	return featurestore.Event{Interaction: features.Interaction{Kind: features.KindWatch, EventID: id, UserID: user, TsMs: ts,
+		ItemID: item, WatchTimeSec: 30, PercentWatched: &pct, Ended: &ended}}
+}
+
+func trimImpression(id, user string, ts int64, items ...string) featurestore.Event {
+	return featurestore.Event{Interaction: features.Interaction{Kind: features.KindImpression, EventID: id, UserID: user, TsMs: ts, Items: items}}
+}
+
+// ageItems makes the items' rows look last written at ms (the batches write now()).
+func ageItems(t *testing.T, pool *pgxpool.Pool, ms int64, ids ...string) {
+	t.Helper()
+	tag, err := pool.Exec(context.Background(), `UPDATE feature_items SET last_active_ms = $2 WHERE item_id = ANY($1)`, ids, ms)
+	if err != nil || tag.RowsAffected() != int64(len(ids)) {
+		t.Fatalf("age items %v: %d rows, %v", ids, tag.RowsAffected(), err)
+	}
+}
+
+func itemRows(t *testing.T, pool *pgxpool.Pool, table string) []string {
+	t.Helper()
+	rows, _ := pool.Query(context.Background(), `SELECT item_id FROM `+table+` ORDER BY item_id`)
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
+func exists(t *testing.T, rd rueidis.Client, key string) bool {
+	t.Helper()
+	n, err := rd.Do(context.Background(), rd.B().Exists().Key(key).Build()).AsInt64()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n == 1
+}
+
+func inList(t *testing.T, rd rueidis.Client, key, member string) bool {
+	t.Helper()
+	_, err := rd.Do(context.Background(), rd.B().Zscore().Key(key).Member(member).Build()).AsFloat64()
+	if rueidis.IsRedisNil(err) {
+		return false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return true
+}
+
+// trimFixture applies, 100 days ago: two watched items "old-a" and "old-b" (one user, so each
+// is in the other's neighbour list), an item only shown, "quiet", and "popular-old", watched
+// by 20 users; and now: a watch of "hot" and an impression of "shown". All but hot and shown
+// are then made to look last written 100 days ago.
+func trimFixture(t *testing.T) (*featurestore.Store, *pgxpool.Pool, rueidis.Client, featurestore.Keys, int64) {
+	t.Helper()
+	pool, rd := servers(t)
+	prefix := testutil.Unique("trim") + ":"
+	st := featurestore.New(pool, rd, prefix, testConfig(), nil)
+	now := time.Now().UnixMilli()
+	past := now - (100 * day).Milliseconds()
+	evs := []featurestore.Event{
+		trimWatch("w1", "u1", "old-a", past),
+		trimWatch("w2", "u1", "old-b", past+60_000),
+		trimImpression("m1", "u2", past, "quiet"),
+	}
+	for i := range 20 {
+		evs = append(evs, trimWatch(fmt.Sprintf("p%d", i), fmt.Sprintf("fan%d", i), "popular-old", past))
+	}
+	applyMirrored(t, st, evs)
+	applyMirrored(t, st, []featurestore.Event{trimWatch("w3", "u3", "hot", now), trimImpression("m2", "u4", now, "shown")})
+	ageItems(t, pool, past, "old-a", "old-b", "quiet", "popular-old")
+	return st, pool, rd, featurestore.NewKeys(prefix), now
+}
+
+// TrimItems deletes the items no batch wrote for the retention whose long popularity is
+// below one full watch that long ago: their rows, their neighbour lists, their Redis hashes
+// and lists, their places in the global lists. An item watched or only shown within the
+// retention stays, and so does one whose popularity still outweighs the threshold.
+func TestTrimItemsDeletesInactiveItemsOnly(t *testing.T) {
+	ctx := context.Background()
+	st, pool, rd, keys, _ := trimFixture(t)
+	if !exists(t, rd, keys.Neighbours("old-a")) || !inList(t, rd, keys.PopLong, "old-a") || !inList(t, rd, keys.Fresh, "quiet") {
+		t.Fatal("fixture: the old items are not in the copy")
+	}
+	n, err := st.TrimItems(ctx, retention, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := []string{"old-a", "old-b", "quiet"}
+	if n != len(gone) {
+		t.Errorf("trimmed %d items, want %d (%v)", n, len(gone), gone)
+	}
+	if got, want := itemRows(t, pool, "feature_items"), []string{"hot", "popular-old", "shown"}; !slices.Equal(got, want) {
+		t.Errorf("feature_items holds %v, want %v", got, want)
+	}
+	if got := itemRows(t, pool, "feature_neighbours"); len(got) != 0 {
+		t.Errorf("feature_neighbours holds %v, want no list (only old-a and old-b had one)", got)
+	}
+	if got := itemRows(t, pool, "feature_items_trimmed"); !slices.Equal(got, gone) {
+		t.Errorf("feature_items_trimmed holds %v, want %v (for the second pass)", got, gone)
+	}
+	for _, id := range gone {
+		for _, key := range []string{keys.Item(id), keys.Neighbours(id)} {
+			if exists(t, rd, key) {
+				t.Errorf("%s still in the copy", key)
+			}
+		}
+		for _, key := range []string{keys.PopShort, keys.PopLong, keys.Fresh} {
+			if inList(t, rd, key, id) {
+				t.Errorf("%s still in %s", id, key)
+			}
+		}
+	}
+	for _, id := range []string{"hot", "popular-old", "shown"} {
+		if !exists(t, rd, keys.Item(id)) {
+			t.Errorf("%s kept in PostgreSQL but gone from the copy", id)
+		}
+	}
+	verifyCopy(t, st)
+	if n, err := st.TrimItems(ctx, retention, 1000); err != nil || n != 0 {
+		t.Errorf("second call trimmed %d (%v), want 0", n, err)
+	}
+}
+
+// A trimmed item that gets an event comes back as a new item, whole, in PostgreSQL and in
+// the copy: its counters start over (not the trimmed ones plus the new event), and its first
+// seen is the new event's. One only paired with a watch (it is in the watching user's history)
+// comes back with no statistics and first seen 0, not the far future that would head the fresh
+// lists, and is trimmed again once it stays quiet.
+func TestTrimmedItemComesBackWhole(t *testing.T) {
+	ctx := context.Background()
+	st, pool, rd, keys, now := trimFixture(t)
+	if _, err := st.TrimItems(ctx, retention, 1000); err != nil {
+		t.Fatal(err)
+	}
+	applyMirrored(t, st, []featurestore.Event{
+		trimImpression("m3", "u5", now, "old-a"),
+		trimWatch("w4", "u1", "new", now), // u1's history: old-b, old-a
+	})
+	var imp, wat, fs, nb int64
+	if err := pool.QueryRow(ctx, `SELECT impressions, watches, first_seen_ms, nb_count FROM feature_items WHERE item_id = 'old-a'`).Scan(&imp, &wat, &fs, &nb); err != nil {
+		t.Fatal(err)
+	}
+	if imp != 1 || wat != 0 || fs != now || nb != 1 {
+		t.Errorf("old-a back with impressions %d, watches %d, first seen %d, %d neighbours; want 1, 0, %d, 1", imp, wat, fs, nb, now)
+	}
+	if got := hget(t, rd, keys.Item("old-a"), "imp"); got != 1 {
+		t.Errorf("copy of old-a has %d impressions, want 1", got)
+	}
+	if err := pool.QueryRow(ctx, `SELECT impressions, watches, first_seen_ms, nb_count FROM feature_items WHERE item_id = 'old-b'`).Scan(&imp, &wat, &fs, &nb); err != nil {
+		t.Fatal(err)
+	}
+	if imp != 0 || wat != 0 || fs != 0 || nb != 1 {
+		t.Errorf("old-b back (paired only) with impressions %d, watches %d, first seen %d, %d neighbours; want 0, 0, 0, 1", imp, wat, fs, nb)
+	}
+	if got := hget(t, rd, keys.Item("old-b"), "fs"); got != 0 {
+		t.Errorf("copy of old-b: first seen %d, want 0", got)
+	}
+	verifyCopy(t, st)
+	// Paired again later: a pair moves no first seen (old-b's stays 0, new's the watch's).
+	applyMirrored(t, st, []featurestore.Event{trimWatch("w5", "u1", "newer", now+1000)})
+	for id, want := range map[string]int64{"old-b": 0, "new": now} {
+		if err := pool.QueryRow(ctx, `SELECT first_seen_ms FROM feature_items WHERE item_id = $1`, id).Scan(&fs); err != nil || fs != want {
+			t.Errorf("%s first seen %d after another pair (%v), want %d", id, fs, err, want)
+		}
+	}
+	ageItems(t, pool, now-(100*day).Milliseconds(), "old-b")
+	if _, err := st.TrimItems(ctx, retention, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if got := itemRows(t, pool, "feature_items"); slices.Contains(got, "old-b") || !slices.Contains(got, "old-a") {
+		t.Errorf("feature_items holds %v, want old-b trimmed again and old-a kept", got)
+	}
+	verifyCopy(t, st)
+}
+
+// A batch that writes an item while a trim deletes it waits for the trim's locks and creates
+// the item anew; whatever order its Redis write and the trim's deletion of the keys land in,
+// the copy ends up with PostgreSQL's values. Each case has the batch's write land at another
+// step of the trim: before the keys are deleted, between their deletion and the trim's read
+// of what came back, and after the trim is done.
+func TestTrimRacingABatchLeavesTheCopyWhole(t *testing.T) {
+	for _, at := range []string{"before-delete", "before-read", "after"} {
+		t.Run(at, func(t *testing.T) {
+			ctx := context.Background()
+			st, pool, rd, keys, now := trimFixture(t)
+			applied := make(chan error, 1)
+			var wrote chan error
+			started := false
+			// The trim holds the rows (deleted, not committed): the batch waits for them.
+			locked := func(ids []string) {
+				if !slices.Contains(ids, "old-a") {
+					t.Errorf("trim deleting %v, want old-a among them", ids)
+				}
+				started = true
+				go func() {
+					a, err := st.Apply(ctx, &featurestore.Batch{Events: []featurestore.Event{
+						trimWatch("race", "u9", "old-a", now),
+						trimImpression("race-imp", "u10", now, "old-b"),
+					}})
+					if err == nil {
+						wrote = make(chan error, 1)
+						applied <- nil
+						wrote <- st.WriteRedis(ctx, a)
+						return
+					}
+					applied <- err
+				}()
+				waitForLockWait(t, pool, "the trimmed rows")
+			}
+			// The batch's write lands at the chosen step.
+			landed := func() {
+				if err := <-applied; err != nil {
+					t.Fatal(err)
+				}
+				if err := <-wrote; err != nil {
+					t.Fatal(err)
+				}
+			}
+			var trimmed, deleted func([]string)
+			switch at {
+			case "before-delete":
+				trimmed = func([]string) { landed() }
+			case "before-read":
+				deleted = func([]string) { landed() }
+			}
+			st.SetTrimHooks(locked, trimmed, deleted)
+			if _, err := st.TrimItems(ctx, retention, 1000); err != nil {
+				t.Fatal(err)
+			}
+			if !started {
+				t.Fatal("the trim never held the rows")
+			}
+			if at == "after" {
+				landed()
+			}
+			var wat, imp int64
+			if err := pool.QueryRow(ctx, `SELECT watches FROM feature_items WHERE item_id = 'old-a'`).Scan(&wat); err != nil || wat != 1 {
+				t.Fatalf("old-a in PostgreSQL: %d watches (%v), want 1 (the batch's, after the trim)", wat, err)
+			}
+			if err := pool.QueryRow(ctx, `SELECT impressions FROM feature_items WHERE item_id = 'old-b'`).Scan(&imp); err != nil || imp != 1 {
+				t.Fatalf("old-b in PostgreSQL: %d impressions (%v), want 1", imp, err)
+			}
+			if got := hget(t, rd, keys.Item("old-a"), "wat"); got != 1 {
+				t.Errorf("copy of old-a: %d watches, want 1", got)
+			}
+			if got := hget(t, rd, keys.Item("old-b"), "imp"); got != 1 {
+				t.Errorf("copy of old-b: %d impressions, want 1", got)
+			}
+			if !inList(t, rd, keys.PopLong, "old-a") {
+				t.Error("old-a, watched again, is not in the popular list of the copy")
+			}
+			verifyCopy(t, st)
+			// The second pass deletes the keys of items still trimmed; those back are
+			// written again whole.
+			st.SetTrimHooks(nil, nil, nil)
+			if _, err := pool.Exec(ctx, `UPDATE feature_items_trimmed SET trimmed_at = trimmed_at - interval '1 hour'`); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := st.TrimItems(ctx, retention, 1000); err != nil {
+				t.Fatal(err)
+			}
+			if got := hget(t, rd, keys.Item("old-a"), "wat"); got != 1 {
+				t.Errorf("after the second pass, copy of old-a: %d watches, want 1", got)
+			}
+			verifyCopy(t, st)
+		})
+	}
+}
+
+// A writer that read an item's row before the trim and wrote the copy after its deletion of
+// the keys (a journal heal, a repopulation's snapshot) brings them back; the second pass,
+// ItemTrimSecondPass later and once no repopulation runs, deletes them again and forgets the
+// item.
+func TestTrimSecondPassDeletesLateWrites(t *testing.T) {
+	ctx := context.Background()
+	st, pool, rd, keys, _ := trimFixture(t)
+	if _, err := st.TrimItems(ctx, retention, 1000); err != nil {
+		t.Fatal(err)
+	}
+	late := func() {
+		t.Helper()
+		cmds := rueidis.Commands{
+			rd.B().Hset().Key(keys.Item("old-a")).FieldValue().FieldValue("imp", "5").FieldValue("fs", "1").Build(),
+			rd.B().Zadd().Key(keys.PopLong).ScoreMember().ScoreMember(1, "old-a").Build(),
+		}
+		for _, r := range rd.DoMulti(ctx, cmds...) {
+			if err := r.Error(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	late()
+	// Not due yet.
+	if _, err := st.TrimItems(ctx, retention, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if !exists(t, rd, keys.Item("old-a")) {
+		t.Fatal("the second pass ran before ItemTrimSecondPass")
+	}
+	if _, err := pool.Exec(ctx, `UPDATE feature_items_trimmed SET trimmed_at = trimmed_at - interval '1 hour'`); err != nil {
+		t.Fatal(err)
+	}
+	// Put off while a repopulation runs.
+	if err := rd.Do(ctx, rd.B().Set().Key(keys.Lock).Value("another-process").Px(time.Minute).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.TrimItems(ctx, retention, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if !exists(t, rd, keys.Item("old-a")) || len(itemRows(t, pool, "feature_items_trimmed")) != 3 {
+		t.Fatal("the second pass ran while a repopulation held its lock")
+	}
+	if err := rd.Do(ctx, rd.B().Del().Key(keys.Lock).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.TrimItems(ctx, retention, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if exists(t, rd, keys.Item("old-a")) || inList(t, rd, keys.PopLong, "old-a") {
+		t.Error("the second pass left the late write of old-a")
+	}
+	if got := itemRows(t, pool, "feature_items_trimmed"); len(got) != 0 {
+		t.Errorf("feature_items_trimmed holds %v after the second pass, want none", got)
+	}
+	verifyCopy(t, st)
+}
+
+// A batch that commits between the trim's scan and its locks (a watch and an impression of
+// candidates) keeps the items: the criterion is checked again under the locks.
+func TestTrimRechecksUnderTheLocks(t *testing.T) {
+	ctx := context.Background()
+	st, pool, rd, keys, now := trimFixture(t)
+	st.SetTrimScanned(func(ids []string) {
+		if !slices.Contains(ids, "old-a") || !slices.Contains(ids, "quiet") {
+			t.Errorf("candidates %v, want old-a and quiet among them", ids)
+		}
+		applyMirrored(t, st, []featurestore.Event{trimWatch("late-w", "u7", "old-a", now), trimImpression("late-m", "u8", now, "quiet")})
+	})
+	if n, err := st.TrimItems(ctx, retention, 1000); err != nil || n != 1 {
+		t.Fatalf("trimmed %d (%v), want 1 (old-b)", n, err)
+	}
+	if got, want := itemRows(t, pool, "feature_items"), []string{"hot", "old-a", "popular-old", "quiet", "shown"}; !slices.Equal(got, want) {
+		t.Errorf("feature_items holds %v, want %v", got, want)
+	}
+	if got := hget(t, rd, keys.Item("old-a"), "wat"); got != 2 {
+		t.Errorf("copy of old-a: %d watches, want 2", got)
+	}
+	verifyCopy(t, st)
+}
+
+// Each call deletes at most a page of items, examining the next page in id order, and starts
+// over after the last one.
+func TestTrimItemsInPages(t *testing.T) {
+	ctx := context.Background()
+	pool, rd := servers(t)
+	st := featurestore.New(pool, rd, testutil.Unique("trimp")+":", testConfig(), nil)
+	now := time.Now().UnixMilli()
+	past := now - (100 * day).Milliseconds()
+	var evs []featurestore.Event
+	var ids []string
+	for i := range 25 {
+		id := fmt.Sprintf("item%02d", i)
+		ids = append(ids, id)
+		evs = append(evs, trimImpression(fmt.Sprintf("m%d", i), "u", past, id))
+	}
+	applyMirrored(t, st, evs)
+	ageItems(t, pool, past, ids[:20]...)
+	var got []int
+	for range 4 {
+		n, err := st.TrimItems(ctx, retention, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, n)
+	}
+	// Pages: item00-09, item10-19, item20-24 (active), then from the start again: item20-24.
+	if want := []int{10, 10, 0, 0}; !slices.Equal(got, want) {
+		t.Errorf("trimmed %v per call, want %v", got, want)
+	}
+	ageItems(t, pool, past, ids[20:]...)
+	if n, err := st.TrimItems(ctx, retention, 10); err != nil || n != 5 {
+		t.Errorf("the pass after the wrap-around trimmed %d (%v), want 5", n, err)
+	}
+	if got := itemRows(t, pool, "feature_items"); len(got) != 0 {
+		t.Errorf("feature_items holds %v, want none", got)
+	}
+}
+
+// Several consumers run the pass: one at a time trims, the others' calls return at once.
+func TestTrimItemsOneConsumerAtATime(t *testing.T) {
+	ctx := context.Background()
+	st, pool, _, _, _ := trimFixture(t)
+	other := featurestore.New(pool, nil, "unused:", testConfig(), nil)
+	held := false
+	st.SetTrimHooks(func([]string) {
+		held = true
+		if n, err := other.TrimItems(ctx, retention, 1000); err != nil || n != 0 {
+			t.Errorf("a second consumer's pass trimmed %d (%v) while the first held the lock, want 0", n, err)
+		}
+	}, nil, nil)
+	if n, err := st.TrimItems(ctx, retention, 1000); err != nil || n != 3 || !held {
+		t.Fatalf("trimmed %d (%v), want 3", n, err)
+	}
+}
