@@ -13,6 +13,7 @@ import (
 
 	"recsys/pkg/features"
 	"recsys/pkg/featurestore"
+	"recsys/pkg/ranking"
 	"recsys/pkg/testutil"
 )
 
@@ -425,5 +426,41 @@ func TestTrimItemsOneConsumerAtATime(t *testing.T) {
 	}, nil, nil)
 	if n, err := st.TrimItems(ctx, retention, 1000); err != nil || n != 3 || !held {
 		t.Fatalf("trimmed %d (%v), want 3", n, err)
+	}
+}
+
+// A neighbour list may name a trimmed item (lists are not searched for it): both loaders
+// return it as a neighbour without statistics, and the ranker scores it with zero statistics
+// instead of failing the request.
+func TestRecoRanksATrimmedNeighbour(t *testing.T) {
+	ctx := context.Background()
+	st, pool, rd, keys, now := trimFixture(t)
+	ageItems(t, pool, now, "old-a")
+	if _, err := st.TrimItems(ctx, retention, 1000); err != nil {
+		t.Fatal(err)
+	}
+	applyMirrored(t, st, []featurestore.Event{trimWatch("v1", "v", "old-a", now)})
+	rcfg := ranking.DefaultConfig()
+	opts := rcfg.SnapshotOptions()
+	for name, l := range map[string]interface {
+		Snapshot(context.Context, string, int64, ranking.SnapshotOptions) (ranking.Snapshot, error)
+	}{
+		"redis":    featurestore.NewRedisLoader(rd, keys.Prefix, testConfig()),
+		"postgres": featurestore.NewPGLoader(pool, keys.Prefix, testConfig()),
+	} {
+		s, err := l.Snapshot(ctx, "v", now, opts)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !slices.ContainsFunc(s.Neighbours["old-a"], func(x ranking.Scored) bool { return x.ItemID == "old-b" }) {
+			t.Fatalf("%s: neighbours of old-a %v, want the trimmed old-b", name, s.Neighbours["old-a"])
+		}
+		if _, ok := s.Stats("old-b"); ok {
+			t.Errorf("%s: statistics for the trimmed old-b", name)
+		}
+		res := ranking.NewWeighted(rcfg).Rank(&s, 10)
+		if !slices.Contains(res.Items, "old-b") || slices.Contains(res.Items, "old-a") {
+			t.Errorf("%s: ranked %v, want old-b (a candidate with zero statistics) and not the watched old-a", name, res.Items)
+		}
 	}
 }
