@@ -208,19 +208,28 @@ func Run(ctx context.Context, o Options) error {
 	// is at least this binary's: on an older schema they would publish or fold events against
 	// tables they do not match. The others start at once and serve degraded meanwhile.
 	var schemaOK chan struct{}
+	var gatedNames []string
 	for _, r := range mods {
 		if gated(r.info) {
-			// Checked once here so a current schema starts everything at once, without a
-			// moment of "waiting".
-			if err := schemaErr(ctx, in); refused(err) {
-				// Its relay or consumer would publish or fold events against a schema
-				// changed in a way it cannot follow.
-				return fmt.Errorf("refusing to start module %s: %w", r.info.Name, err)
-			} else if err != nil {
-				schemaOK = make(chan struct{})
-				go waitForSchema(ctx, in, o.Log, schemaOK, err, fail)
-			}
-			break
+			gatedNames = append(gatedNames, r.info.Name)
+		}
+	}
+	if len(gatedNames) > 0 {
+		// Checked once here so a current schema starts everything at once, without a
+		// moment of "waiting".
+		if err := schemaErr(ctx, in); refused(err) {
+			// Its relay or consumer would publish or fold events against a schema
+			// changed in a way it cannot follow.
+			return fmt.Errorf("refusing to start module %s: %w", gatedNames[0], err)
+		} else if err != nil {
+			schemaOK = make(chan struct{})
+			go func() {
+				if waitForSchema(ctx, in, o.Log, schemaOK, err, fail) {
+					watchSchema(ctx, in, gatedNames, fail)
+				}
+			}()
+		} else {
+			go watchSchema(ctx, in, gatedNames, fail)
 		}
 	}
 	// Bound before any module runs: on a taken address (a second instance by mistake) a
@@ -321,32 +330,61 @@ func refused(err error) bool {
 	return errors.As(err, &old)
 }
 
-// waitForSchema closes ok once schemaErr passes, polling until ctx ends; err is the first
-// verdict. It logs when the reason for waiting changes, not on every poll. A schema that
-// moves ahead meanwhile to one that refuses this binary is passed to fail.
-func waitForSchema(ctx context.Context, in *infra.Infra, log *slog.Logger, ok chan<- struct{}, err error, fail func(error)) {
+// waitForSchema closes ok once schemaErr passes, polling until ctx ends, and reports whether
+// it did; err is the first verdict. It logs when the reason for waiting changes, not on every
+// poll. A schema that moves ahead meanwhile to one that refuses this binary is passed to fail.
+func waitForSchema(ctx context.Context, in *infra.Infra, log *slog.Logger, ok chan<- struct{}, err error, fail func(error)) bool {
 	msg := fmt.Sprintf("waiting for schema version %d", migrate.Latest())
 	log.Warn(msg, "reason", err.Error())
 	last := err.Error()
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return false
 		case <-time.After(schemaPoll):
 		}
 		err := schemaErr(ctx, in)
 		if err == nil {
 			log.Info("schema ready, starting the modules that waited for it")
 			close(ok)
-			return
+			return true
 		}
 		if refused(err) {
 			fail(fmt.Errorf("refusing to start the modules that waited for the schema: %w", err))
-			return
+			return false
 		}
 		if ctx.Err() == nil && err.Error() != last {
 			last = err.Error()
 			log.Warn(msg, "reason", last)
+		}
+	}
+}
+
+// schemaWatch is how often a process running a relay or consumer re-reads the schema's
+// verdict: it bounds how long they go on after a breaking migration commits (a few small
+// queries, the last two only while the schema is ahead of the binary).
+var schemaWatch = 5 * time.Second
+
+// watchSchema stops the process (fail) once the schema refuses this binary: a breaking
+// migration applied while the relay or consumer ran, as every rollout of one does to the
+// previous release's pods. They would go on writing what the new schema or the new binaries
+// misread, or failing at every batch; unready alone would not stop them. The process exits
+// rather than pausing them: a paused consumer would keep its partitions in the group, so the
+// new release's consumers could not apply them, and the restart that follows refuses at start
+// like any process of this image (resuming by itself once the schema is reverted). Other
+// verdicts (PostgreSQL down, a schema behind) are left to the modules and the readiness checks.
+func watchSchema(ctx context.Context, in *infra.Infra, names []string, fail func(error)) {
+	t := time.NewTicker(schemaWatch)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := schemaErr(ctx, in); refused(err) {
+			fail(fmt.Errorf("stopping module %s: a migration applied while it ran refuses this binary: %w", strings.Join(names, ", "), err))
+			return
 		}
 	}
 }

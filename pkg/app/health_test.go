@@ -380,6 +380,82 @@ func TestPostgresModulesRefusedByTheSchemaDoNotStart(t *testing.T) {
 
 // A process that serves without PostgreSQL (the api) stays up on a schema that refuses it,
 // unready with the reason, and turns ready once the refusal is lifted (the schema reverted).
+// A relay or consumer already running when a breaking migration commits (every rollout of
+// one does this to the previous release's pods) stops within the watch interval and the
+// process exits with the refusal, whether it ran from the start or once the schema caught up;
+// a module that serves without PostgreSQL in the same process stops with it.
+func TestRunningPostgresModulesStopWhenTheSchemaRefusesThem(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		waiting bool
+	}{{"running from the start", false}, {"started once the schema caught up", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			dsn := testutil.MigratedDatabase(t)
+			pool := testutil.Pool(t, dsn)
+			if tc.waiting {
+				if _, err := pool.Exec(context.Background(), "UPDATE schema_migrations SET version = $1", int64(migrate.Latest()-1)); err != nil {
+					t.Fatal(err)
+				}
+				time.AfterFunc(300*time.Millisecond, func() {
+					if _, err := pool.Exec(context.Background(), "UPDATE schema_migrations SET version = $1", int64(migrate.Latest())); err != nil {
+						t.Error(err)
+					}
+				})
+			}
+			j := &journal{}
+			reg := module.NewRegistry()
+			for _, i := range []module.Info{
+				{Name: "consumer", Role: true, Needs: infra.Postgres},
+				{Name: "reco", Role: true, Needs: infra.Postgres, Optional: infra.Postgres},
+			} {
+				i.NewConfig = func() module.Config { return cfg{} }
+				i.New = func(module.Config, infra.Deps) (module.Module, error) { return &fake{name: i.Name, journal: j}, nil }
+				reg.Register(i)
+			}
+			ic := infra.DefaultConfig()
+			ic.PG.DSN = dsn
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			done := make(chan error, 1)
+			go func() {
+				done <- app.Run(ctx, app.Options{Registry: reg, Roles: []string{"all"}, HTTP: httpx.DefaultConfig(),
+					Shutdown: app.ShutdownConfig{Timeout: 2 * time.Second}, Infra: ic,
+					Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Listener: listen(t)})
+			}()
+			for deadline := time.Now().Add(5 * time.Second); !strings.Contains(j.String(), "start:consumer"); {
+				if time.Now().After(deadline) {
+					t.Fatalf("consumer did not start: %q", j)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			// Longer than a watch interval: a current schema leaves it running.
+			time.Sleep(6 * time.Second)
+			if strings.Contains(j.String(), "stop:") {
+				t.Fatalf("modules stopped on a schema that accepts the binary: %q", j)
+			}
+			if err := breakThisBinary(pool); err != nil {
+				t.Fatal(err)
+			}
+			raised := time.Now()
+			var err error
+			select {
+			case err = <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("still running 10s after the schema refused the binary: %q", j)
+			}
+			t.Logf("stopped %s after the refusal", time.Since(raised).Round(time.Millisecond))
+			var old *migrate.TooOldError
+			if !errors.As(err, &old) || !strings.Contains(err.Error(), "stopping module consumer") ||
+				!strings.Contains(err.Error(), "test: drops what older binaries write") {
+				t.Fatalf("Run = %v, want the refusal naming the consumer and the reason", err)
+			}
+			if got := j.String(); !strings.Contains(got, "stop:consumer") || !strings.Contains(got, "stop:reco") {
+				t.Fatalf("journal %q, want every module stopped through its context", got)
+			}
+		})
+	}
+}
+
 func TestRefusedByTheSchemaIsUnready(t *testing.T) {
 	dsn := testutil.MigratedDatabase(t)
 	pool := testutil.Pool(t, dsn)
