@@ -452,6 +452,13 @@ func (s *Store) Repopulate(ctx context.Context, force bool) (err error) {
 	if hasMeta {
 		set = append(set, metaFields(m)...)
 	}
+	if cur != epoch {
+		// A new copy (a forced rebuild, an empty Redis): every user hash in it will be this
+		// copy's, with this writer's TTL, or a later write's, which records its own, so the
+		// recorded TTL starts over. A copy of the same generation keeps the longest recorded:
+		// it may be restored as it was (restoreReady), with hashes that still expire.
+		set = append(set, "ut", fi(s.userTTL.Milliseconds()))
+	}
 	if err := lk.do(ctx, "hset", []string{s.keys.Meta}, set...); err != nil {
 		return fmt.Errorf("write redis meta: %w", err)
 	}

@@ -64,9 +64,12 @@ FROM feature_meta m LEFT JOIN feature_users u ON u.user_id = $1`, userID).Scan(&
 	return UserFields{u.h, u.w, u.i, u.r}, true, nil
 }
 
-// RecordedUserTTL is the user TTL the copy's writers last recorded (0: users do not expire,
-// or no writer recorded one). Readers read an absent user through only when it is set, so
-// --redis.user-ttl needs setting only where features are written.
+// RecordedUserTTL is the longest user TTL the copy's writers recorded since the copy was last
+// replaced (0: users do not expire, or no writer recorded one). Readers read an absent user
+// through only when it is set, so --redis.user-ttl needs setting only where features are
+// written. The longest, not the last: writers that disagree (consumers during a rollout that
+// changes it) each leave hashes that expire, and a writer without a TTL recording 0 made
+// readers rank every user whose hash had expired as one without events.
 func RecordedUserTTL(ctx context.Context, rd rueidis.Client, keys Keys) (time.Duration, error) {
 	v, err := rd.Do(ctx, rd.B().Hget().Key(keys.Meta).Field("ut").Build()).AsInt64()
 	if rueidis.IsRedisNil(err) {

@@ -122,18 +122,41 @@ func TestUserTTLAndReadThrough(t *testing.T) {
 			s.History, err, reads, held[nobody])
 	}
 
-	// Writers without a TTL record none: an absent user is one without events, and nobody
-	// asks PostgreSQL.
-	apply(noTTL, []featurestore.Event{{Interaction: features.Interaction{Kind: features.KindWatch, EventID: "rnobody-second",
-		UserID: nobody, TsMs: now - 500, ItemID: before.History[1].ItemID}}})
-	if got, err := featurestore.RecordedUserTTL(ctx, rd, keys); err != nil || got != 0 {
-		t.Fatalf("recorded user TTL %s (%v) after a writer without one", got, err)
+	// A writer without a TTL (another consumer's setting, or the setting being turned off)
+	// leaves the longest TTL recorded: hashes other writers gave an expiry still expire, and
+	// such a user, absent, must be read through, not ranked as one without events. A writer
+	// with a shorter TTL does not lower it either.
+	shorter := featurestore.New(pool, rd, prefix, cfg, nil)
+	shorter.SetUserTTL(time.Hour)
+	for i, w := range []*featurestore.Store{noTTL, shorter} {
+		apply(w, []featurestore.Event{{Interaction: features.Interaction{Kind: features.KindWatch, EventID: fmt.Sprintf("rnobody-other-%d", i),
+			UserID: nobody, TsMs: now - 500 + int64(i), ItemID: before.History[1].ItemID}}})
+		if err := rd.Do(ctx, rd.B().Del().Key(keys.User(user)).Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+		s, err := loader.Snapshot(ctx, user, now, opts)
+		if err != nil || reads != 4+i || len(s.History) != len(before.History) || len(s.Watched) != len(before.Watched) {
+			t.Fatalf("expired user after writer %d: %d history entries, %d watched, %v, %d read-throughs; want %d, %d and a read-through (%d)",
+				i, len(s.History), len(s.Watched), err, reads, len(before.History), len(before.Watched), 4+i)
+		}
+		if got, err := featurestore.RecordedUserTTL(ctx, rd, keys); err != nil || got != ttl {
+			t.Fatalf("recorded user TTL %s (%v) after writer %d, want the longest, %s", got, err, i, ttl)
+		}
 	}
-	if err := rd.Do(ctx, rd.B().Del().Key(keys.User(user)).Build()).Error(); err != nil {
+
+	// A rebuild without a TTL (the setting turned off) copies every user without expiry:
+	// absent now means without events, and nobody asks PostgreSQL.
+	if err := noTTL.Repopulate(ctx, true); err != nil {
 		t.Fatal(err)
 	}
-	if s, err := loader.Snapshot(ctx, user, now, opts); err != nil || len(s.History) != 0 || reads != 3 {
-		t.Fatalf("absent user without a TTL: %d history entries, %v, %d read-throughs; want none, still 3", len(s.History), err, reads)
+	if got, err := featurestore.RecordedUserTTL(ctx, rd, keys); err != nil || got != 0 {
+		t.Fatalf("recorded user TTL %s (%v) after a rebuild without one, want 0", got, err)
+	}
+	if ms := pttl(user); ms != -1 {
+		t.Fatalf("after a rebuild without a TTL: PTTL %d, want -1 (no expiry)", ms)
+	}
+	if s, err := loader.Snapshot(ctx, "rnobody2", now, opts); err != nil || len(s.History) != 0 || reads != 5 {
+		t.Fatalf("absent user without a TTL: %d history entries, %v, %d read-throughs; want none, still 5", len(s.History), err, reads)
 	}
 }
 

@@ -42,9 +42,10 @@ import (
 // KEYS: meta, pop:s, pop:l, fresh, then one key per user and item entry, and two per
 // neighbour entry (the list and its item's hash).
 // ARGV: epoch, topN, freshN, #users, #items, #neighbour entries, neighbour cap, user TTL of
-// this write (ms, 0: none), the writer's user TTL to record in meta "ut" for readers ("": a
-// read-through, which records nothing), lists (1: every item enters the top lists at its
-// merged popularity, raised or not: a repopulation's copy, see redisWrite.lists), then
+// this write (ms, 0: none), the writer's user TTL to record in meta "ut" for readers when it
+// is longer than the one recorded ("": a read-through, which records nothing), lists (1:
+// every item enters the top lists at its merged popularity, raised or not: a repopulation's
+// copy, see redisWrite.lists), then
 //
 //	user:      version, keep, h, w, i, r: keep (bits 1 h, 2 w, 4 i) names the documents a
 //	           batch left as they were, sent empty. Such a write completes the hash only when
@@ -80,7 +81,7 @@ if ep ~= ARGV[1] then return {0, ep or ''} end
 local topN, freshN = tonumber(ARGV[2]), tonumber(ARGV[3])
 local nu, ni, nn, nbcap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local uttl = tonumber(ARGV[8])
-if ARGV[9] ~= '' and redis.call('HGET', KEYS[1], 'ut') ~= ARGV[9] then redis.call('HSET', KEYS[1], 'ut', ARGV[9]) end
+if ARGV[9] ~= '' and tonumber(ARGV[9]) > tonumber(redis.call('HGET', KEYS[1], 'ut') or '-1') then redis.call('HSET', KEYS[1], 'ut', ARGV[9]) end
 local lists = ARGV[10] == '1'
 local a, k = 11, 5
 local whole = {1}

@@ -24,8 +24,9 @@
 //     PostgreSQL snapshot while writes go on.
 //
 // With a user TTL (SetUserTTL, --redis.user-ttl) user hashes expire after that long without a
-// write, and every write records the writer's TTL in meta ("ut", RecordedUserTTL); while it
-// is set, readers that find a user absent in a complete copy put them back from PostgreSQL
+// write, and every write records the writer's TTL in meta ("ut", RecordedUserTTL) when it is
+// longer than the one recorded (a new copy starts from its own writer's); while it is set,
+// readers that find a user absent in a complete copy put them back from PostgreSQL
 // (ReadThroughUser) under the same version merge.
 //
 // Writes carry the generation of feature_meta: a decay rebase (landmark move, every ~125 days
