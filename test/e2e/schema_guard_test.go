@@ -44,8 +44,8 @@ func TestRelayAndConsumerStopWhenTheSchemaRefusesThem(t *testing.T) {
 	for name, p := range map[string]*Process{"relay": relay, "consumer": consumer} {
 		select {
 		case <-p.exited:
-		case <-time.After(15*time.Second - time.Since(raised)):
-			t.Fatalf("%s still running 15s after the schema refused its binary", name)
+		case <-time.After(20*time.Second - time.Since(raised)):
+			t.Fatalf("%s still running 20s after the schema refused its binary", name)
 		}
 		out := p.String()
 		if code := p.cmd.ProcessState.ExitCode(); code == 0 || !strings.Contains(out, "stopping module "+name) ||
