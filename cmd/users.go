@@ -34,7 +34,8 @@ func newUsersForgetCmd(lc *logConfig) *cobra.Command {
 		Short: "Erase users' data (right to erasure): raw events, features, Redis copy, DLQ entries, dead outbox rows; prints JSON",
 		Long: `Erase everything recsys keeps about the users: their raw impressions, watches and legacy
 events, their feature rows in PostgreSQL and hashes in the Redis copy, their DLQ entries, and
-their events in dead outbox rows (which are never published, so never deleted otherwise).
+their events in dead outbox rows (which are never published, so never deleted otherwise); the
+relay takes them out of rows still pending then that go dead later.
 The users are first recorded in forgotten_users with an erasure time --settle from now; every
 consumer rereads that table every 5 s and skips the users' events received up to that time,
 wherever they still are (the outbox, Kafka; replay-dlq skips such DLQ entries), so they do
@@ -48,8 +49,8 @@ Kept: aggregates over all users (item statistics, co-visitation lists, trending 
 lists, KPI roll-ups), which hold no user id; the dedup keys, each an event id with its user
 id (migration 0022), until --ingest.dedup-retention and --consumer.dedup-retention, so a
 resend of an erased event is still a duplicate; and the users' forgotten_users rows. Kafka
-keeps the users' events until the topics' retention; pending outbox rows are deleted once
-published (after --relay.retention) and may hold events of several users.
+keeps the users' events until the topics' retention; pending outbox rows are published (the
+consumers skip the users' events) and deleted once published (after --relay.retention).
 
 The raw tables are scanned once per run, whatever the number of users: erase users in lists
 (up to 100,000 per run), e.g. once a day. Prints {"users", "forgotten_at_ms", "deleted":

@@ -35,6 +35,7 @@ type relayMetrics struct {
 	reqd      *metrics.Counter
 	reapDead  *metrics.Counter
 	retention *metrics.Counter
+	erased    *metrics.Counter
 }
 
 func newMetrics(set *metrics.Set) *relayMetrics {
@@ -53,6 +54,7 @@ func newMetrics(set *metrics.Set) *relayMetrics {
 	m.reqd = set.NewCounter(`recsys_relay_reaped_total{outcome="requeued"}`)
 	m.reapDead = set.NewCounter(`recsys_relay_reaped_total{outcome="dead"}`)
 	m.retention = set.NewCounter("recsys_relay_retention_deleted_total")
+	m.erased = set.NewCounter("recsys_relay_erased_events_total")
 	for _, stage := range []string{"startup", "claim", "publish", "mark_failed", "process", "metrics", "stop", "stop_timeout", "renew", "reap", "retention", "listen"} {
 		m.errors(stage) // exported at 0 from the start, so rate() works from the first failure
 	}

@@ -92,6 +92,8 @@
 // a batch row; a fenced outcome counts nothing),
 // recsys_relay_held_back_total (rows put back behind an earlier
 // failure of their key), recsys_relay_reaped_total{outcome=requeued|dead},
+// recsys_relay_erased_events_total (events of users erased by `recsys users forget` before
+// their row went dead, deleted from it rather than kept dead),
 // recsys_relay_retention_deleted_total, recsys_relay_kafka_unreachable (1 while the relay
 // publishes nothing because of Kafka: paused after a batch failed whole, or its topics not
 // provisioned yet; the failed counter stops growing meanwhile).

@@ -783,6 +783,7 @@ func (r *Relay) complete(ctx context.Context, c *outbox.Claim, leaseFrom func() 
 			}
 			// Counted from what was recorded: a fenced row did not go dead here.
 			r.m.dead.Add(done.Dead + done.DeadLettered)
+			r.erased(ctx, done.Erased)
 			if done.Fenced > 0 {
 				r.m.fenced.Add(done.Fenced)
 				r.log.WarnContext(ctx, "outbox lease lost before recording the outcome", "rows", done.Fenced,
@@ -1232,12 +1233,22 @@ func (r *Relay) reap(ctx context.Context) {
 			r.m.reqd.Add(got.Requeued)
 			r.m.reapDead.Add(got.Dead)
 			r.log.WarnContext(ctx, "reclaimed outbox rows whose lease expired", "requeued", got.Requeued, "dead", got.Dead)
+			r.erased(ctx, got.Erased)
 			r.wake()
 		}
 		if got.Requeued+got.Dead < reapBatch {
 			return
 		}
 	}
+}
+
+// erased accounts for the events of erased users deleted from rows going dead.
+func (r *Relay) erased(ctx context.Context, n int) {
+	if n == 0 {
+		return
+	}
+	r.m.erased.Add(n)
+	r.log.InfoContext(ctx, "deleted erased users' events from outbox rows going dead", "events", n)
 }
 
 func (r *Relay) retain(ctx context.Context) {

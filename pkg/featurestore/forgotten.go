@@ -221,7 +221,9 @@ ON CONFLICT (user_id) DO UPDATE SET forgotten_at_ms = greatest(forgotten_users.f
 		}
 		rep.Deleted[d.table] = tag.RowsAffected()
 	}
-	// Dead outbox rows are never published, so the relay's retention never deletes them.
+	// Dead outbox rows are never published, so the relay's retention never deletes them. Rows
+	// that go dead after this lose the users' events then, in the relay (the erasure is
+	// committed by now, see outbox.eraseForgotten).
 	n, err := outbox.NewStore(s.pg).EraseDead(ctx, users, time.UnixMilli(at))
 	rep.Deleted["event_outbox"] = n
 	if err != nil {

@@ -2,6 +2,7 @@ package featurestore_test
 
 import (
 	"context"
+	"errors"
 	"reflect"
 	"strings"
 	"testing"
@@ -267,6 +268,81 @@ payload_format, event_count, created_at) VALUES ($1, 'watch', 't', $2, $3, 'dead
 				t.Errorf("row %s still holds the erased user: %s", id, e)
 			}
 		}
+	}
+}
+
+// A row still pending when the erasure runs (the relay down, or backing off after failed
+// attempts) is not dead yet, so Forget leaves it for the relay, which publishes it (the
+// consumers skip the user's events) or, after its last attempt, makes it dead: then the
+// erased user's events leave it instead of staying dead for good. Another user's events
+// stay dead for a replay.
+func TestForgetErasesRowsThatGoDeadLater(t *testing.T) {
+	ctx := context.Background()
+	pool, rd := servers(t)
+	st := featurestore.New(pool, rd, testutil.Unique("fl")+":", testConfig(), nil)
+	const gone, other = "user-gone-later", "user-stays-later"
+	msg := func(id, user string) outbox.Message {
+		return outbox.Message{EventID: id, EventType: "watch", Key: user, SchemaVersion: 1,
+			Payload: []byte(`{"user_id":"` + user + `","session_id":"s-` + user + `"}`)}
+	}
+	var lane []byte
+	for _, m := range []outbox.Message{msg("e1", gone), msg("e2", other), msg("e3", gone)} {
+		lane = outbox.AppendFrame(lane, m)
+	}
+	for _, r := range []struct {
+		eventID, key string
+		format       int16
+		payload      []byte
+		count        int
+	}{
+		{"single-gone", gone, outbox.FormatSingle, msg("single-gone", gone).Payload, 1},
+		{"single-other", other, outbox.FormatSingle, msg("single-other", other).Payload, 1},
+		{"batch:e1/" + gone + "@g", "~lane/1", outbox.FormatBatch, lane, 3},
+	} {
+		if _, err := pool.Exec(ctx, `INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, max_attempts,
+payload_format, event_count) VALUES ($1, 'watch', 't', $2, $3, 1, $4, $5)`, r.eventID, r.key, r.payload, r.format, r.count); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep, err := st.Forget(ctx, []string{gone}, 100*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Deleted["event_outbox"] != 0 {
+		t.Errorf("the erasure took %d events out of dead rows, want 0 (all pending)", rep.Deleted["event_outbox"])
+	}
+	// The relay's last attempt fails.
+	ob := outbox.NewStore(pool)
+	c, err := ob.Claim(ctx, outbox.ClaimRequest{Owner: "relay", Limit: 10, Lease: time.Minute})
+	if err != nil || len(c.Rows) != 3 {
+		t.Fatalf("claim: %v, %v", c, err)
+	}
+	res := map[int64]outbox.Result{}
+	for _, r := range c.Rows {
+		res[r.ID] = outbox.Result{Err: errors.New("kafka unreachable")}
+	}
+	done, err := ob.Complete(ctx, c, outbox.Settle(c.Rows, res, outbox.Backoff{Base: time.Second, Max: time.Second}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if done.Dead != 3 || done.Erased != 3 {
+		t.Errorf("complete = %+v, want 3 rows dead and 3 events erased", done)
+	}
+	var left []string
+	rows, _ := pool.Query(ctx, `SELECT status, event_id, payload FROM event_outbox ORDER BY id`)
+	var status, id string
+	var payload []byte
+	if _, err := pgx.ForEachRow(rows, []any{&status, &id, &payload}, func() error {
+		if strings.Contains(id, gone) || strings.Contains(string(payload), gone) {
+			t.Errorf("%s row %s still holds the erased user: %q", status, id, payload)
+		}
+		left = append(left, status+" "+id)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"dead single-other", "dead batch:e2/" + other + "@g"}; !reflect.DeepEqual(left, want) {
+		t.Errorf("outbox rows %v, want %v", left, want)
 	}
 }
 

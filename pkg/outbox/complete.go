@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"time"
 	"unicode/utf8"
 
@@ -125,10 +126,14 @@ type Completed struct {
 	// Fenced counts outcomes dropped because the row no longer carried the claim's token: the
 	// lease expired and the row was reaped (and maybe claimed by another relay) meanwhile.
 	Fenced int
+	// Erased counts the events of erased users (`recsys users forget`) taken out of the rows
+	// that went dead, dead letters included, instead of being kept (eraseForgotten).
+	Erased int
 }
 
 // Complete records outcomes for rows of the claim that still hold its lease (fencing), and
-// releases their lease.
+// releases their lease. The events of erased users leave the rows that go dead
+// (eraseForgotten).
 func (s *Store) Complete(ctx context.Context, c *Claim, outcomes []Outcome) (Completed, error) {
 	var done Completed
 	if len(outcomes) == 0 {
@@ -152,7 +157,7 @@ func (s *Store) Complete(ctx context.Context, c *Claim, outcomes []Outcome) (Com
 		return done, fmt.Errorf("complete outbox batch: %w", err)
 	}
 	done.Published, done.Retried, done.Dead = applied[StatusPublished], applied[StatusPending], applied[StatusDead]
-	done.DeadLettered = applied[deadLettered]
+	done.DeadLettered, done.Erased = applied[deadLettered], applied[erasedEvents]
 	done.Fenced = len(outcomes) - done.Published - done.Retried - done.Dead
 	return done, nil
 }
@@ -201,7 +206,7 @@ SET status = u.status,
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
 FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::int[]) AS u(id, status, delay_ms, err, refund)
 WHERE o.id = ANY($1) AND o.id = u.id AND o.lease_token = $6 -- see leaseHeld
-RETURNING o.status`
+RETURNING o.id, o.status`
 
 // deadLetterSQL stores dead letters as dead single-event rows (payload_format 1, msg_key the
 // user id: their own order unit, so a replay publishes each alone) for the rows that still
@@ -209,17 +214,20 @@ RETURNING o.status`
 // rows are deleted, in the same transaction. ON CONFLICT: a row of that event already exists
 // (an earlier split whose batch row was then published again). The key holds msg_key, the
 // user: two users' events may share an event_id (migration 0022), and each is its own dead
-// letter.
+// letter. created_at is the batch row's, when the event entered the outbox: an erasure keeps
+// the dead rows created after it as a returning user's (EraseDead), and a dead letter split
+// off after an erasure holds an event from before it.
 const deadLetterSQL = `
 INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, schema_version, correlation_id,
-                          status, attempts, max_attempts, last_error, payload_format, event_count)
+                          status, attempts, max_attempts, last_error, payload_format, event_count, created_at)
 SELECT u.event_id, u.event_type, o.topic, u.msg_key, u.payload, u.sv, nullif(u.cid, ''),
-       'dead', o.attempts, o.max_attempts, u.err, 1, 1
+       'dead', o.attempts, o.max_attempts, u.err, 1, 1, o.created_at
 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::int2[], $7::text[], $8::text[])
      WITH ORDINALITY AS u(row_id, event_id, event_type, msg_key, payload, sv, cid, err, ord)
 JOIN event_outbox o ON o.id = u.row_id AND o.lease_token = $9 -- see leaseHeld
 ORDER BY u.ord
-ON CONFLICT (event_id, event_type, msg_key) DO NOTHING`
+ON CONFLICT (event_id, event_type, msg_key) DO NOTHING
+RETURNING id`
 
 // deadLettered is the key of applied counting the rows deadLetterSQL stored.
 const deadLettered = "dead_lettered"
@@ -260,7 +268,7 @@ func (s *Store) completeMixed(ctx context.Context, c *Claim, outcomes []Outcome)
 			refunds[i] = 1
 		}
 	}
-	br, err := s.sendByKey(ctx, func(b *pgx.Batch) {
+	queue := func(b *pgx.Batch) {
 		if len(dl.rows) > 0 {
 			b.Queue(deadLetterSQL, dl.rows, dl.ids, dl.types, dl.keys, dl.payloads, dl.versions, dl.cids, dl.errs, c.Token)
 		}
@@ -268,41 +276,86 @@ func (s *Store) completeMixed(ctx context.Context, c *Claim, outcomes []Outcome)
 			b.Queue(deletePublishedSQL, acked, c.Token)
 		}
 		b.Queue(completeMixedSQL, ids, statuses, delays, errs, refunds, c.Token)
-	})
-	if err != nil {
-		return nil, err
 	}
-	defer br.Close()
-	applied := map[string]int{}
-	if len(dl.rows) > 0 {
-		tag, err := br.Exec()
+	if len(dl.rows) == 0 && !slices.ContainsFunc(outcomes, func(o Outcome) bool { return o.Status == StatusDead }) {
+		br, err := s.sendByKey(ctx, queue)
 		if err != nil {
 			return nil, err
 		}
-		applied[deadLettered] = int(tag.RowsAffected())
+		applied, _, err := readMixed(br, false, len(acked) > 0)
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
+		return applied, err
 	}
-	if len(acked) > 0 {
+	// Rows go dead: erased users' events leave them in the same transaction (eraseForgotten),
+	// which takes a second round trip and so a transaction of its own.
+	var applied map[string]int
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		b := &pgx.Batch{}
+		b.Queue(byKeySQL)
+		queue(b)
+		br := tx.SendBatch(ctx, b)
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			return fmt.Errorf("begin: %w", err)
+		}
+		var dead []int64
+		var err error
+		applied, dead, err = readMixed(br, len(dl.rows) > 0, len(acked) > 0)
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+		n, err := eraseForgotten(ctx, tx, dead)
+		applied[erasedEvents] = int(n)
+		return err
+	})
+	return applied, err
+}
+
+// erasedEvents is the key of applied counting the events eraseForgotten removed.
+const erasedEvents = "erased"
+
+// readMixed reads the results of completeMixed's statements: what was applied, and the ids of
+// the rows now dead (dead letters included).
+func readMixed(br pgx.BatchResults, deadLetters, acked bool) (map[string]int, []int64, error) {
+	applied := map[string]int{}
+	var dead []int64
+	var id int64
+	var st string
+	if deadLetters {
+		rows, err := br.Query()
+		if err != nil {
+			return nil, nil, err
+		}
+		n, err := pgx.ForEachRow(rows, []any{&id}, func() error { dead = append(dead, id); return nil })
+		if err != nil {
+			return nil, nil, err
+		}
+		applied[deadLettered] = int(n.RowsAffected())
+	}
+	if acked {
 		tag, err := br.Exec()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		applied[StatusPublished] = int(tag.RowsAffected())
 	}
 	rows, err := br.Query()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var st string
-		if err := rows.Scan(&st); err != nil {
-			return nil, err
-		}
+	if _, err := pgx.ForEachRow(rows, []any{&id, &st}, func() error {
 		applied[st]++
+		if st == StatusDead {
+			dead = append(dead, id)
+		}
+		return nil
+	}); err != nil {
+		return nil, nil, err
 	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	rows.Close()
-	return applied, br.Close()
+	return applied, dead, nil
 }

@@ -23,7 +23,8 @@ const erasePage = 500
 // loses the users' frames (and goes when none is left), and one named after an erased user's
 // event is renamed after its new first event. created_at bounds both: a dead row is created
 // after its events were received, so rows of a user who came back after the erasure stay. A
-// batch row that does not decode (a poison row) is left as it is. It returns the events
+// batch row that does not decode (a poison row) is left as it is. Rows that go dead after it
+// looked lose the users' events as they go dead (eraseForgotten). It returns the events
 // removed.
 func (s *Store) EraseDead(ctx context.Context, users []string, at time.Time) (int64, error) {
 	if len(users) == 0 {
@@ -66,16 +67,10 @@ func eraseDeadPage(ctx context.Context, tx pgx.Tx, gone map[string]bool, at time
 	rows, _ := tx.Query(ctx, `SELECT id, event_id, payload, event_count FROM event_outbox
 WHERE status = 'dead' AND payload_format = 2 AND created_at <= $1 AND id > $2
 ORDER BY id LIMIT $3 FOR UPDATE`, at, after, erasePage)
-	type batchRow struct {
-		id      int64
-		eventID string
-		payload []byte
-		count   int
-	}
 	var page []batchRow
 	var r batchRow
 	if _, err := pgx.ForEachRow(rows, []any{&r.id, &r.eventID, &r.payload, &r.count}, func() error {
-		page = append(page, batchRow{r.id, r.eventID, append([]byte(nil), r.payload...), r.count})
+		page = append(page, batchRow{id: r.id, eventID: r.eventID, payload: append([]byte(nil), r.payload...), count: r.count})
 		return nil
 	}); err != nil {
 		return 0, 0, fmt.Errorf("read dead batch rows: %w", err)
@@ -88,35 +83,150 @@ ORDER BY id LIMIT $3 FOR UPDATE`, at, after, erasePage)
 		if err != nil {
 			continue
 		}
-		var kept []byte
-		n := 0
-		var first *Message
-		for i := range msgs {
-			if gone[msgs[i].Key] {
-				continue
-			}
-			if first == nil {
-				first = &msgs[i]
-			}
-			kept = AppendFrame(kept, msgs[i])
-			n++
+		n, err := scrubBatch(ctx, tx, r, msgs, func(user string) bool { return gone[user] })
+		if err != nil {
+			return 0, 0, err
 		}
-		if n == len(msgs) {
-			continue
-		}
-		erased += int64(len(msgs) - n)
-		if n == 0 {
-			if _, err := tx.Exec(ctx, `DELETE FROM event_outbox WHERE id = $1`, r.id); err != nil {
-				return 0, 0, fmt.Errorf("delete dead batch row %d: %w", r.id, err)
-			}
-			continue
-		}
-		if _, err := tx.Exec(ctx, `UPDATE event_outbox SET payload = $2, event_count = $3, event_id = $4 WHERE id = $1`,
-			r.id, kept, n, renamedBatch(r.eventID, msgs[0], *first)); err != nil {
-			return 0, 0, fmt.Errorf("rewrite dead batch row %d: %w", r.id, err)
-		}
+		erased += n
 	}
 	return erased, page[len(page)-1].id, nil
+}
+
+// batchRow is a dead batch row to scrub.
+type batchRow struct {
+	id      int64
+	eventID string
+	payload []byte
+	count   int
+}
+
+// scrubBatch takes the events of the users gone reports out of the batch row r (msgs, its
+// decoded frames), deleting the row when none is left, and returns how many it took out.
+func scrubBatch(ctx context.Context, tx pgx.Tx, r batchRow, msgs []Message, gone func(user string) bool) (int64, error) {
+	var kept []byte
+	n := 0
+	var first *Message
+	for i := range msgs {
+		if gone(msgs[i].Key) {
+			continue
+		}
+		if first == nil {
+			first = &msgs[i]
+		}
+		kept = AppendFrame(kept, msgs[i])
+		n++
+	}
+	if n == len(msgs) {
+		return 0, nil
+	}
+	if n == 0 {
+		if _, err := tx.Exec(ctx, `DELETE FROM event_outbox WHERE id = $1`, r.id); err != nil {
+			return 0, fmt.Errorf("delete dead batch row %d: %w", r.id, err)
+		}
+		return int64(len(msgs)), nil
+	}
+	if _, err := tx.Exec(ctx, `UPDATE event_outbox SET payload = $2, event_count = $3, event_id = $4 WHERE id = $1`,
+		r.id, kept, n, renamedBatch(r.eventID, msgs[0], *first)); err != nil {
+		return 0, fmt.Errorf("rewrite dead batch row %d: %w", r.id, err)
+	}
+	return int64(len(msgs) - n), nil
+}
+
+// eraseForgotten removes from the rows ids that are dead the events of users erased by
+// `recsys users forget` (forgotten_users) up to the row's creation, as EraseDead does, in
+// the transaction tx that made them dead. EraseDead only sees rows already dead when it
+// runs: without this a row still pending, in flight or backing off then, that used its last
+// attempt later, kept the erased user's events (ids, session, client context) for good.
+//
+// It first takes forgotten_users in SHARE mode, which waits for an erasure being recorded
+// to commit and holds back any other until tx ends. So either an erasure committed before
+// the lock and the read below sees it, or it commits after tx: the rows were dead by then,
+// and its EraseDead, which runs --settle later, sees them dead and scrubs them. A plain read
+// could miss both ways: its snapshot taken before the erasure commits, and tx committing
+// after EraseDead's snapshot. Undecodable batch rows are left as they are, as EraseDead
+// leaves them. It returns the events removed.
+func eraseForgotten(ctx context.Context, tx pgx.Tx, ids []int64) (int64, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	if _, err := tx.Exec(ctx, `LOCK TABLE forgotten_users IN SHARE MODE`); err != nil {
+		return 0, fmt.Errorf("lock erased users: %w", err)
+	}
+	type deadRow struct {
+		batchRow
+		key       string
+		format    int16
+		createdAt time.Time
+		msgs      []Message
+	}
+	rows, _ := tx.Query(ctx, `SELECT id, event_id, msg_key, payload_format, payload, event_count, created_at
+FROM event_outbox WHERE id = ANY($1) AND status = 'dead'`, ids)
+	var dead []deadRow
+	var d deadRow
+	if _, err := pgx.ForEachRow(rows, []any{&d.id, &d.eventID, &d.key, &d.format, &d.payload, &d.count, &d.createdAt}, func() error {
+		d.payload = append([]byte(nil), d.payload...)
+		dead = append(dead, d)
+		return nil
+	}); err != nil {
+		return 0, fmt.Errorf("read dead rows: %w", err)
+	}
+	var users []string
+	for i := range dead {
+		r := &dead[i]
+		if r.format != FormatBatch {
+			users = append(users, r.key)
+			continue
+		}
+		msgs, err := DecodeBatch(r.payload, r.count)
+		if err != nil {
+			continue // a poison row: nothing to read users from
+		}
+		r.msgs = msgs
+		for _, m := range msgs {
+			users = append(users, m.Key)
+		}
+	}
+	if len(users) == 0 {
+		return 0, nil
+	}
+	rows, _ = tx.Query(ctx, `SELECT user_id, forgotten_at_ms FROM forgotten_users WHERE user_id = ANY($1)`, users)
+	forgotten := map[string]time.Time{}
+	var user string
+	var atMs int64
+	if _, err := pgx.ForEachRow(rows, []any{&user, &atMs}, func() error {
+		forgotten[user] = time.UnixMilli(atMs)
+		return nil
+	}); err != nil {
+		return 0, fmt.Errorf("read erased users: %w", err)
+	}
+	if len(forgotten) == 0 {
+		return 0, nil
+	}
+	var erased int64
+	for _, r := range dead {
+		// As EraseDead: rows created after the erasure hold events of a user who came back.
+		gone := func(user string) bool {
+			at, ok := forgotten[user]
+			return ok && !r.createdAt.After(at)
+		}
+		switch {
+		case r.format != FormatBatch:
+			if !gone(r.key) {
+				continue
+			}
+			if _, err := tx.Exec(ctx, `DELETE FROM event_outbox WHERE id = $1`, r.id); err != nil {
+				return 0, fmt.Errorf("delete erased user's dead row %d: %w", r.id, err)
+			}
+			erased++
+		case r.msgs != nil:
+			n, err := scrubBatch(ctx, tx, r.batchRow, r.msgs, gone)
+			if err != nil {
+				return 0, err
+			}
+			erased += n
+		}
+	}
+	return erased, nil
 }
 
 // renamedBatch is the event_id of a batch row named id whose first event was was and is now

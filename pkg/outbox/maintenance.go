@@ -11,35 +11,50 @@ import (
 // Reaped counts what Reap did.
 type Reaped struct {
 	Requeued, Dead int
+	// Erased counts the events of erased users taken out of the rows that went dead
+	// (eraseForgotten).
+	Erased int
 }
 
 // Reap ends expired leases (the owner crashed, stalled or lost the database): up to limit
 // rows go back to 'pending' after a backoff, or to 'dead' when the claim that leased them was
 // their last allowed attempt. The attempt was counted when the row was claimed, so a row that
-// crashes every relay still ends dead after max_attempts claims.
+// crashes every relay still ends dead after max_attempts claims. The events of erased users
+// leave the rows that go dead, in the same transaction.
 func (s *Store) Reap(ctx context.Context, limit int, b Backoff) (Reaped, error) {
-	br, err := s.sendByKey(ctx, func(q *pgx.Batch) {
-		q.Queue(reapSQL, limit, float64(b.Base.Milliseconds()), float64(b.Max.Milliseconds()))
-	})
-	if err != nil {
-		return Reaped{}, fmt.Errorf("reap expired outbox leases: %w", err)
-	}
 	var r Reaped
-	rows, err := br.Query()
-	if err == nil {
-		var st string
-		_, err = pgx.ForEachRow(rows, []any{&st}, func() error {
-			if st == StatusDead {
-				r.Dead++
-			} else {
-				r.Requeued++
-			}
-			return nil
-		})
-	}
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		r = Reaped{}
+		q := &pgx.Batch{}
+		q.Queue(byKeySQL)
+		q.Queue(reapSQL, limit, float64(b.Base.Milliseconds()), float64(b.Max.Milliseconds()))
+		br := tx.SendBatch(ctx, q)
+		_, err := br.Exec()
+		var dead []int64
+		if err == nil {
+			var id int64
+			var st string
+			rows, _ := br.Query()
+			_, err = pgx.ForEachRow(rows, []any{&id, &st}, func() error {
+				if st == StatusDead {
+					r.Dead++
+					dead = append(dead, id)
+				} else {
+					r.Requeued++
+				}
+				return nil
+			})
+		}
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+		n, err := eraseForgotten(ctx, tx, dead)
+		r.Erased = int(n)
+		return err
+	})
 	if err != nil {
 		return Reaped{}, fmt.Errorf("reap expired outbox leases: %w", err)
 	}
@@ -63,7 +78,7 @@ WHERE o.id = ANY(ARRAY(
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 ))
-RETURNING o.status`
+RETURNING o.id, o.status`
 
 // DeletePublished deletes up to limit rows published more than olderThan ago, oldest first,
 // and returns how many it deleted. Callers loop while it returns limit, so each statement

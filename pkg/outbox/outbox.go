@@ -14,7 +14,9 @@
 // rows that still carry the claim's token, so a relay that lost its lease cannot overwrite the
 // new owner's outcome. Reap returns rows whose lease expired (a relay crashed or stalled) to
 // 'pending' with a backoff, or to 'dead' when their attempts are used up, so a row that crashes
-// every relay that touches it still ends dead.
+// every relay that touches it still ends dead. A row going dead loses, in the same
+// transaction, the events of users erased before it was created (eraseForgotten): dead rows
+// are kept for good, and `recsys users forget` (EraseDead) only scrubs those already dead.
 //
 // # Per-key order
 //
