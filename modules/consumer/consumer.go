@@ -529,8 +529,8 @@ func (c *Consumer) process(ctx context.Context, batch []*fetched) bool {
 	}
 	c.m.batchSize.Update(float64(len(batch)))
 	b := &featurestore.Batch{Events: make([]featurestore.Event, 0, len(batch))}
-	topics := make([]string, 0, len(batch))
 	msgs := make([]*kafkago.Message, 0, len(batch))
+	var dlqMsgs []*kafkago.Message // b.DLQ's messages, to judge them again before a retry
 	now := time.Now()
 	var lagTopic string
 	var lag *metrics.PrometheusHistogram // looked up (a formatted name) per topic run, not per message
@@ -558,6 +558,7 @@ func (c *Consumer) process(ctx context.Context, batch []*fetched) bool {
 			c.log.WarnContext(withEvent(ctx, &f.msg), "poison message to dlq", "topic", f.msg.Topic, "partition", f.msg.Partition,
 				"offset", f.msg.Offset, "event_id", header(&f.msg, events.HeaderEventID), "err", f.err)
 			b.DLQ = append(b.DLQ, dlqEntry(&f.msg, f.err))
+			dlqMsgs = append(dlqMsgs, &f.msg)
 			continue
 		}
 		if received := f.ev.ServerReceivedTsMs; c.forgotten.Skip(f.ev.UserID, cmp.Or(received, f.msg.Time.UnixMilli())) {
@@ -567,14 +568,27 @@ func (c *Consumer) process(ctx context.Context, batch []*fetched) bool {
 			continue
 		}
 		b.Events = append(b.Events, f.ev)
-		topics = append(topics, f.msg.Topic)
 		msgs = append(msgs, &f.msg)
 	}
-	a, ok := c.applyWithRetry(ctx, b, msgs)
+	// Before each retry the batch loses the events of users erased meanwhile: `users forget`
+	// deletes --settle after recording an erasure, and a batch judged by an older list that
+	// failed until then would bring the user's features back once it applied.
+	again := func() ([]*kafkago.Message, bool) {
+		if !c.awaitForgotten(ctx) {
+			return nil, false
+		}
+		msgs, dlqMsgs = c.dropErased(b, msgs, dlqMsgs)
+		return msgs, true
+	}
+	a, ok := c.applyWithRetry(ctx, b, msgs, again)
 	if !ok {
 		return false // only a shutdown ends the retries
 	}
 	if a != nil {
+		topics := make([]string, len(msgs))
+		for i, m := range msgs {
+			topics[i] = m.Topic
+		}
 		// To the mirror first: a lane whose batch shares co-visitation lists with this one
 		// commits after it, and its Redis write should follow this one's (a neighbour cut and
 		// incremented again is the one merge that depends on order, see featurestore).
@@ -584,13 +598,49 @@ func (c *Consumer) process(ctx context.Context, batch []*fetched) bool {
 	return true
 }
 
+// dropErased takes out of b the events and dead letters that the erased users as now read
+// skip (as process judges them), with their messages, counting them as ignored; it returns
+// what is left of msgs (b.Events' messages) and dlqMsgs (b.DLQ's).
+func (c *Consumer) dropErased(b *featurestore.Batch, msgs, dlqMsgs []*kafkago.Message) ([]*kafkago.Message, []*kafkago.Message) {
+	n := 0
+	for i, ev := range b.Events {
+		if c.forgotten.Skip(ev.UserID, cmp.Or(ev.ServerReceivedTsMs, msgs[i].Time.UnixMilli())) {
+			c.m.processed(msgs[i].Topic, "ignored", 1)
+			continue
+		}
+		b.Events[n], msgs[n] = ev, msgs[i]
+		n++
+	}
+	b.Events, msgs = b.Events[:n], msgs[:n]
+	n = 0
+	for i, d := range b.DLQ {
+		if c.forgotten.Skip(string(d.Key), dlqMsgs[i].Time.UnixMilli()) {
+			c.m.processed(d.Topic, "ignored", 1)
+			continue
+		}
+		b.DLQ[n], dlqMsgs[n] = d, dlqMsgs[i]
+		n++
+	}
+	b.DLQ, dlqMsgs = b.DLQ[:n], dlqMsgs[:n]
+	return msgs, dlqMsgs
+}
+
 // attemptCtx detaches an attempt from shutdown (a batch in flight finishes) but bounds it.
 func (c *Consumer) attemptCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), c.cfg.DrainTimeout)
 }
 
-func (c *Consumer) applyWithRetry(ctx context.Context, b *featurestore.Batch, msgs []*kafkago.Message) (*featurestore.Applied, bool) {
+// applyWithRetry applies b (the events of msgs) until it succeeds, calling again before each
+// retry: it may shorten b and returns the messages of what is left (false: ctx ended).
+func (c *Consumer) applyWithRetry(ctx context.Context, b *featurestore.Batch, msgs []*kafkago.Message,
+	again func() ([]*kafkago.Message, bool)) (*featurestore.Applied, bool) {
 	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			var ok bool
+			if msgs, ok = again(); !ok {
+				return nil, false
+			}
+		}
 		actx, cancel := c.attemptCtx(ctx)
 		t0 := time.Now()
 		a, err := c.store.Apply(actx, b)

@@ -291,3 +291,65 @@ func TestErasedUsersPoisonIsNotDeadLettered(t *testing.T) {
 		t.Errorf("dead letters of %v, want only %s's (%s erased)", keys, kept, gone)
 	}
 }
+
+// A batch judged by a list of erased users from before an erasure that keeps failing until
+// after it (`users forget` deletes --settle after recording it) loses the erased user's
+// events and undecodable messages before its next attempt: applied as judged, it would bring
+// the features back after their deletion, and store the message in the DLQ after the
+// erasure cleared it. Another user's events in the batch apply.
+func TestErasureDuringARetriedBatchDropsTheUsersEvents(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	const gone, kept = "user-erased-retry", "user-kept-retry"
+	now := time.Now().UnixMilli()
+	watch := func(user, id string) events.Any {
+		return &events.Watch{Common: events.Common{EventID: "retry-event-" + id, UserID: user, SessionID: "s", RequestID: "r",
+			TsMs: now, ServerReceivedTsMs: now}, EventType: "watch", ItemID: "i-" + id, WatchTimeSec: 30}
+	}
+	e.produce(t, []events.Any{watch(kept, "warm-up")})
+	cfg := e.config()
+	cfg.DrainTimeout = 3 * time.Second // each blocked attempt fails after it
+	c := e.startWith(t, cfg, nil)
+	e.waitApplied(t, 1, time.Minute)
+
+	// The feature store refuses nothing, it only blocks: every attempt times out.
+	tx, err := e.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // rolled back below
+	if _, err := tx.Exec(ctx, `LOCK TABLE feature_users, feature_dlq IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	e.produceRaw(t, kafkago.Message{Topic: e.TopicWatch, Key: []byte(gone), Value: []byte("not json"),
+		Headers: []kafkago.Header{{Key: events.HeaderEventType, Value: []byte("watch")}}})
+	e.produce(t, []events.Any{watch(gone, "g1"), watch(kept, "k1")})
+	waitFor(t, "a failed attempt", time.Minute, func() bool {
+		return counter(c.set, `reco_feature_consumer_errors_total{stage="process"}`) >= 1
+	})
+	if _, err := e.pool.Exec(ctx, `INSERT INTO forgotten_users (user_id, forgotten_at_ms) VALUES ($1, $2)`, gone, time.Now().UnixMilli()); err != nil {
+		t.Fatal(err)
+	}
+	// Past the oldest list a batch is applied with.
+	time.Sleep(featurestore.ForgottenRefresh + 2*time.Second)
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.waitApplied(t, 2, time.Minute)
+	var users []string
+	rows, _ := e.pool.Query(ctx, `SELECT user_id FROM feature_users ORDER BY user_id`)
+	users, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(users) != 1 || users[0] != kept {
+		t.Errorf("feature users %v, want only %s (%s erased while the batch was retried)", users, kept, gone)
+	}
+	if n := counter(c.set, "reco_feature_consumer_processed_total", `status="ignored"`); n != 2 {
+		t.Errorf("%v messages ignored, want the erased user's two", n)
+	}
+	var dlq int
+	if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM feature_dlq`).Scan(&dlq); err != nil || dlq != 0 {
+		t.Errorf("%d dlq entries (%v), want none (the erased user's poison message ignored)", dlq, err)
+	}
+}
