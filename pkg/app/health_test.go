@@ -232,22 +232,27 @@ func TestWaitingForSchemaStopsCleanly(t *testing.T) {
 		t.Fatal(err)
 	}
 	j := &journal{}
-	reg := module.NewRegistry()
-	reg.Register(module.Info{Name: "consumer", Role: true, Needs: infra.Postgres,
-		NewConfig: func() module.Config { return cfg{} },
-		New: func(module.Config, infra.Deps) (module.Module, error) {
-			return &fake{name: "consumer", journal: j}, nil
-		}})
-	ic := infra.DefaultConfig()
-	ic.PG.DSN = dsn
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
-	err := app.Run(ctx, app.Options{Registry: reg, Roles: []string{"all"}, HTTP: httpx.DefaultConfig(),
-		Shutdown: app.ShutdownConfig{Timeout: 2 * time.Second}, Infra: ic,
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Listener: listen(t)})
+	err := runFakes(ctx, t, dsn, j, module.Info{Name: "consumer", Role: true, Needs: infra.Postgres})
 	if err != nil || j.String() != "" {
 		t.Fatalf("Run = %v, journal %q; want a clean stop without starting the consumer", err, j)
 	}
+}
+
+// runFakes runs the roles "all" of fake modules (journalled in j) on the database dsn.
+func runFakes(ctx context.Context, t *testing.T, dsn string, j *journal, infos ...module.Info) error {
+	reg := module.NewRegistry()
+	for _, i := range infos {
+		i.NewConfig = func() module.Config { return cfg{} }
+		i.New = func(module.Config, infra.Deps) (module.Module, error) { return &fake{name: i.Name, journal: j}, nil }
+		reg.Register(i)
+	}
+	ic := infra.DefaultConfig()
+	ic.PG.DSN = dsn
+	return app.Run(ctx, app.Options{Registry: reg, Roles: []string{"all"}, HTTP: httpx.DefaultConfig(),
+		Shutdown: app.ShutdownConfig{Timeout: 2 * time.Second}, Infra: ic,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Listener: listen(t)})
 }
 
 func listen(t *testing.T) net.Listener {
@@ -353,19 +358,9 @@ func TestPostgresModulesRefusedByTheSchemaDoNotStart(t *testing.T) {
 				t.Fatal(err)
 			}
 			j := &journal{}
-			reg := module.NewRegistry()
-			reg.Register(module.Info{Name: "consumer", Role: true, Needs: infra.Postgres,
-				NewConfig: func() module.Config { return cfg{} },
-				New: func(module.Config, infra.Deps) (module.Module, error) {
-					return &fake{name: "consumer", journal: j}, nil
-				}})
-			ic := infra.DefaultConfig()
-			ic.PG.DSN = dsn
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			err := app.Run(ctx, app.Options{Registry: reg, Roles: []string{"all"}, HTTP: httpx.DefaultConfig(),
-				Shutdown: app.ShutdownConfig{Timeout: 2 * time.Second}, Infra: ic,
-				Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Listener: listen(t)})
+			err := runFakes(ctx, t, dsn, j, module.Info{Name: "consumer", Role: true, Needs: infra.Postgres})
 			var old *migrate.TooOldError
 			if !errors.As(err, &old) || ctx.Err() != nil || j.String() != "" {
 				t.Fatalf("Run = %v (journal %q), want a refusal before the consumer starts", err, j)
@@ -403,24 +398,13 @@ func TestRunningPostgresModulesStopWhenTheSchemaRefusesThem(t *testing.T) {
 				})
 			}
 			j := &journal{}
-			reg := module.NewRegistry()
-			for _, i := range []module.Info{
-				{Name: "consumer", Role: true, Needs: infra.Postgres},
-				{Name: "reco", Role: true, Needs: infra.Postgres, Optional: infra.Postgres},
-			} {
-				i.NewConfig = func() module.Config { return cfg{} }
-				i.New = func(module.Config, infra.Deps) (module.Module, error) { return &fake{name: i.Name, journal: j}, nil }
-				reg.Register(i)
-			}
-			ic := infra.DefaultConfig()
-			ic.PG.DSN = dsn
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			done := make(chan error, 1)
 			go func() {
-				done <- app.Run(ctx, app.Options{Registry: reg, Roles: []string{"all"}, HTTP: httpx.DefaultConfig(),
-					Shutdown: app.ShutdownConfig{Timeout: 2 * time.Second}, Infra: ic,
-					Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Listener: listen(t)})
+				done <- runFakes(ctx, t, dsn, j,
+					module.Info{Name: "consumer", Role: true, Needs: infra.Postgres},
+					module.Info{Name: "reco", Role: true, Needs: infra.Postgres, Optional: infra.Postgres})
 			}()
 			for deadline := time.Now().Add(5 * time.Second); !strings.Contains(j.String(), "start:consumer"); {
 				if time.Now().After(deadline) {
