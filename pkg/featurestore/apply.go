@@ -451,7 +451,9 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 			a.users[i] = row
 			hs[i], ws[i], is[i], rs[i] = row.sent()
 		}
-		// Unchanged documents ("" here) keep their stored (possibly TOASTed) value untouched.
+		// Unchanged documents ("" here) keep their stored (possibly TOASTed) value untouched;
+		// last_active_ms (the transaction's start, PostgreSQL's clock) is what the user
+		// retention (TrimUsers) reads, 8 bytes in a row rewritten anyway.
 		// Users go in statements of about s.userChunk bytes of documents: with full users one
 		// statement carried tens of megabytes of arrays, and PostgreSQL spent 15-20 % more
 		// CPU on it than on the same rows in 1 MB statements (BenchmarkApplyFullUsers,
@@ -486,7 +488,8 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
   watched = CASE WHEN v.w = '' THEN u.watched ELSE v.w END,
   impressions = CASE WHEN v.i = '' THEN u.impressions ELSE v.i END,
   impressions_recent = v.r,
-  version = u.version + 1
+  version = u.version + 1,
+  last_active_ms = (extract(epoch FROM now()) * 1000)::bigint
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS v(id, h, w, i, r)
 WHERE u.user_id = v.id
 RETURNING u.user_id, u.version`, userIDs[lo:hi], hs[lo:hi], ws[lo:hi], is[lo:hi], rs[lo:hi])
@@ -865,10 +868,19 @@ WHERE NOT EXISTS (SELECT 1 FROM feature_applied a WHERE a.event_id = u.id AND (a
 	}
 	// Inserting every user of the batch first (ON CONFLICT DO NOTHING, or a NOT EXISTS probe)
 	// cost PostgreSQL ~7 µs per user that exists, nearly all of them: a quarter of the
-	// users' statement time with autolog at the cap (pg_stat_statements).
+	// users' statement time with autolog at the cap (pg_stat_statements). Only users with a
+	// new event are created: a redelivery of a trimmed user's events (TrimUsers; their
+	// dedup records stay) would otherwise create an empty row for them, which nothing writes
+	// to the copy.
+	fresh := make(map[string]bool, len(users))
+	for i, e := range b.Events {
+		if a.New[i] {
+			fresh[e.UserID] = true
+		}
+	}
 	var missing []string
 	for _, id := range users {
-		if states[id] == nil {
+		if states[id] == nil && fresh[id] {
 			missing = append(missing, id)
 		}
 	}

@@ -42,10 +42,10 @@ func (f *Forgotten) SetXmin(xmin uint64) {
 	f.xmin = xmin
 }
 
-// SetTrimHooks installs the TrimItems test hooks (see trimHooks); nil leaves a step alone.
+// SetTrimHooks installs the TrimItems and TrimUsers test hooks (see trimHooks); nil leaves a step alone.
 func (s *Store) SetTrimHooks(locked, trimmed, deleted func(ids []string)) {
 	s.trimHooks = trimHooks{locked: locked, trimmed: trimmed, deleted: deleted}
 }
 
-// SetTrimScanned installs the hook TrimItems calls with its candidates, before it locks them.
+// SetTrimScanned installs the hook TrimItems and TrimUsers call with its candidates, before it locks them.
 func (s *Store) SetTrimScanned(f func(ids []string)) { s.trimHooks.scanned = f }

@@ -34,8 +34,9 @@
 // generation, and Repopulate replaces the copy. A copy repopulated before any event (a fresh
 // database: generation "0", no landmarks) is taken over by the first write of a generation.
 //
-// Items nobody touched for --consumer.item-retention are deleted from both stores
-// (TrimItems, trim.go); everything else only grows.
+// Items nobody touched for --consumer.item-retention and users without an event for
+// --consumer.user-retention are deleted from both stores (TrimItems, TrimUsers, trim.go);
+// everything else only grows.
 //
 // Limits, on purpose:
 //   - the scripts touch keys they compute (neighbour lists, item hashes): standalone Redis
@@ -100,15 +101,16 @@ type Store struct {
 	// deletion above), with when they were committed: HealPending leaves them alone instead of
 	// rewriting, on a loaded machine, every batch whose deletion is a few batches behind.
 	own map[int64]time.Time
-	// trimAfter is the last item id the previous TrimItems pass examined ("": start over).
-	trimAfter string
+	// trimAfter is, by table, the last id the previous trim pass examined (none, "": start
+	// over).
+	trimAfter map[string]string
 	trimHooks trimHooks
 }
 
-// trimHooks let tests act at the steps of TrimItems: scanned with the candidates found
-// (nothing locked yet), locked with the rows deleted and still locked (before the commit),
-// trimmed after the commit, deleted once resyncItems deleted the keys (before it reads
-// PostgreSQL).
+// trimHooks let tests act at the steps of TrimItems and TrimUsers: scanned with the
+// candidates found (nothing locked yet), locked with the rows deleted and still locked
+// (before the commit), trimmed after the commit, deleted once resync deleted the keys (before
+// it reads PostgreSQL).
 type trimHooks struct {
 	scanned, locked, trimmed, deleted func(ids []string)
 }

@@ -10,21 +10,50 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// trimLockKey is the advisory lock a trim pass holds: one consumer trims at a time, the
-// others skip their pass.
-const trimLockKey = 7_254_391_003
+// The advisory locks a trim pass holds: one consumer trims items at a time, and one users,
+// the others skip their pass.
+const (
+	trimLockKey     = 7_254_391_003
+	userTrimLockKey = 7_254_391_004
+)
 
-// ItemTrimSecondPass is how long after a trim its items' Redis keys are deleted again. A
-// writer of the copy that read an item's row before the trim committed and wrote it after the
-// first deletion (a batch's write after its commit, a journal heal) has landed by then; a
-// repopulation, which copies a snapshot for minutes, is waited for (the pass is put off while
-// one runs).
-const ItemTrimSecondPass = time.Minute
+// TrimSecondPass is how long after a trim its rows' Redis keys are deleted again. A writer of
+// the copy that read a row before the trim committed and wrote it after the first deletion (a
+// batch's write after its commit, a journal heal, a read-through of a user) has landed by
+// then; a repopulation, which copies a snapshot for minutes, is waited for (the pass is put
+// off while one runs).
+const TrimSecondPass = time.Minute
 
-// trimLockTimeout bounds each lock wait of a trim pass. The rows it locks are inactive, but
-// a batch that does touch one waits for the pass: the pass gives up (and tries again at the
-// next) rather than hold such a batch.
+// trimLockTimeout bounds each lock wait of an item trim pass. The rows it locks are inactive,
+// but a batch that does touch one waits for the pass: the pass gives up (and tries again at
+// the next) rather than hold such a batch.
 const trimLockTimeout = "2s"
+
+// trimTarget is what a trim of items and one of users differ in; trim, trimPage,
+// trimSecondPass and resync do the rest the same way.
+type trimTarget struct {
+	what    string // "items", "users": messages
+	table   string // the rows trimmed, by their primary key id
+	id      string
+	trimmed string // the ids trimmed whose Redis keys await the second pass (trimmed_at)
+	lockKey int64
+	// inactive is the criterion, SQL over a row of table: $3 is the cut (ms, PostgreSQL's
+	// clock: rows no batch wrote since), $4... what args returns.
+	inactive string
+	// args returns the criterion's other arguments, in the trim's transaction; false: nothing
+	// can be trimmed (no batch ever ran).
+	args func(ctx context.Context, tx pgx.Tx, cut int64) ([]any, bool, error)
+	// lockRows locks the candidates' rows (after lockFirst): wait for a batch holding one
+	// ("FOR UPDATE", with trimLockTimeout), or pass it by ("FOR UPDATE SKIP LOCKED").
+	lockRows string
+	// lockFirst, when set, locks what a batch locks before the rows; deleted, when set,
+	// deletes what goes with the rows deleted.
+	lockFirst, deleted func(ctx context.Context, tx pgx.Tx, ids []string) error
+	// keys are the Redis commands that delete the ids' keys; back reads those of the ids
+	// PostgreSQL has, whole, for the copy.
+	keys func(s *Store, ids []string) rueidis.Commands
+	back func(ctx context.Context, tx pgx.Tx, ids []string) (*redisWrite, error)
+}
 
 // TrimItems deletes up to page inactive items (feature_items and feature_neighbours rows,
 // their Redis hashes and neighbour lists, their places in the global lists) and returns how
@@ -40,68 +69,172 @@ const trimLockTimeout = "2s"
 // the locks, so an item a batch wrote meanwhile stays. A batch that writes an item after its
 // deletion creates it anew (its Redis write is the whole row). The Redis keys go after the
 // commit, then every key of an item back in PostgreSQL since is written again whole
-// (resyncItems); ItemTrimSecondPass later, the same is done once more, for writers that read
-// the row before the deletion and wrote the copy after the first pass (feature_items_trimmed
-// holds the items until then, so a crash in between leaves the work to the next pass).
+// (resync); TrimSecondPass later, the same is done once more, for writers that read the row
+// before the deletion and wrote the copy after the first pass (feature_items_trimmed holds
+// the items until then, so a crash in between leaves the work to the next pass).
 //
 // Entries naming a trimmed item in other items' neighbour lists stay: finding them needs a
 // scan of every list, and they fade as any neighbour does (decayed, cut below the top M).
 // /reco scores such a neighbour with zero statistics, like any item it has none for.
 func (s *Store) TrimItems(ctx context.Context, retention time.Duration, page int) (int, error) {
-	if err := s.trimSecondPass(ctx); err != nil {
+	return s.trim(ctx, &itemTrim, retention, page)
+}
+
+// TrimUsers deletes up to page inactive users (their feature_users rows and Redis hashes)
+// and returns how many it deleted. A user is inactive when no batch wrote their row for
+// retention (no new event of theirs: last_active_ms, PostgreSQL's clock). Their events,
+// dedup records and contribution to the items' statistics stay: this is not an erasure
+// (nothing goes to forgotten_users), and an event of theirs applied later, whenever it was
+// received, creates them anew with that event alone. Pages, the lock and the Redis passes are
+// TrimItems's.
+//
+// A batch holding a user's row is writing an event of theirs: the trim passes such rows by
+// (SKIP LOCKED) instead of waiting, so it never holds up a batch for longer than its own
+// short transaction, and never waits in a cycle with one or with `users forget`. A batch that
+// locks the user after the trim's commit finds no row and creates it (version 1: every
+// document written whole, in PostgreSQL and in the copy). The copy's merge takes a user's
+// hash only to a higher version, so a hash of the trimmed user written back late (a
+// read-through or a journal heal that read the row before the deletion) would hide the new
+// row's first versions: each Redis pass deletes the hash, then writes again whole every user
+// PostgreSQL has back by then.
+func (s *Store) TrimUsers(ctx context.Context, retention time.Duration, page int) (int, error) {
+	return s.trim(ctx, &userTrim, retention, page)
+}
+
+var itemTrim = trimTarget{
+	what: "items", table: "feature_items", id: "item_id", trimmed: "feature_items_trimmed", lockKey: trimLockKey,
+	inactive: "last_active_ms < $3 AND pop_long < $4",
+	args: func(ctx context.Context, tx pgx.Tx, cut int64) ([]any, bool, error) {
+		// Shared, as a batch holds it: a rebase must not rescale pop_long between the
+		// threshold computed here and the deletion.
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock_shared($1)`, metaLockKey); err != nil {
+			return nil, false, fmt.Errorf("lock feature meta: %w", err)
+		}
+		m, err := loadMeta(ctx, tx)
+		if errors.Is(err, errNoMeta) {
+			return nil, false, nil
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		return []any{m.Long.Forward(1, cut)}, true, nil
+	},
+	lockRows: "FOR UPDATE",
+	// Lists before items, each in id order, as a batch locks them: a batch and a trim never
+	// wait for each other in a cycle.
+	lockFirst: func(ctx context.Context, tx pgx.Tx, ids []string) error {
+		if _, err := tx.Exec(ctx, `SELECT 1 FROM feature_neighbours WHERE item_id = ANY($1) ORDER BY item_id FOR UPDATE`, ids); err != nil {
+			return fmt.Errorf("lock neighbour lists of inactive items: %w", err)
+		}
+		return nil
+	},
+	deleted: func(ctx context.Context, tx pgx.Tx, ids []string) error {
+		if _, err := tx.Exec(ctx, `DELETE FROM feature_neighbours WHERE item_id = ANY($1)`, ids); err != nil {
+			return fmt.Errorf("delete neighbour lists of inactive items: %w", err)
+		}
+		return nil
+	},
+	// One key per command (a Redis Cluster would hold the keys in different slots); the
+	// global lists take a chunk of members per command.
+	keys: func(s *Store, ids []string) rueidis.Commands {
+		const chunk = 1000
+		cmds := make(rueidis.Commands, 0, 2*len(ids)+3*(len(ids)/chunk+1))
+		for _, id := range ids {
+			cmds = append(cmds, s.rd.B().Unlink().Key(s.keys.Item(id)).Build(), s.rd.B().Unlink().Key(s.keys.Neighbours(id)).Build())
+		}
+		for lo := 0; lo < len(ids); lo += chunk {
+			members := ids[lo:min(lo+chunk, len(ids))]
+			for _, key := range []string{s.keys.PopShort, s.keys.PopLong, s.keys.Fresh} {
+				cmds = append(cmds, s.rd.B().Zrem().Key(key).Member(members...).Build())
+			}
+		}
+		return cmds
+	},
+	back: func(ctx context.Context, tx pgx.Tx, ids []string) (*redisWrite, error) {
+		rows, _ := tx.Query(ctx, `SELECT `+itemCols+` FROM feature_items WHERE item_id = ANY($1) ORDER BY item_id`, ids)
+		w := &redisWrite{lists: true}
+		var err error
+		if w.items, err = scanItems(rows); err != nil || len(w.items) == 0 {
+			return w, err
+		}
+		back := make([]string, len(w.items))
+		for i, it := range w.items {
+			back[i] = it.id
+		}
+		w.nb, err = readNeighbours(ctx, tx, back)
+		return w, err
+	},
+}
+
+var userTrim = trimTarget{
+	what: "users", table: "feature_users", id: "user_id", trimmed: "feature_users_trimmed", lockKey: userTrimLockKey,
+	inactive: "last_active_ms < $3",
+	args:     func(context.Context, pgx.Tx, int64) ([]any, bool, error) { return nil, true, nil },
+	// A row a batch holds is active: passed by, never waited for.
+	lockRows: "FOR UPDATE SKIP LOCKED",
+	// One key per command: in a Redis Cluster the users' hashes live in different slots.
+	keys: func(s *Store, ids []string) rueidis.Commands {
+		cmds := make(rueidis.Commands, len(ids))
+		for i, id := range ids {
+			cmds[i] = s.rd.B().Unlink().Key(s.keys.User(id)).Build()
+		}
+		return cmds
+	},
+	back: func(ctx context.Context, tx pgx.Tx, ids []string) (*redisWrite, error) {
+		users, err := readUsers(ctx, tx, ids)
+		return &redisWrite{users: users}, err
+	},
+}
+
+// trim runs one pass of t: the second pass over the rows trimmed TrimSecondPass ago, then
+// the deletion of the next page's inactive rows and of their Redis keys.
+func (s *Store) trim(ctx context.Context, t *trimTarget, retention time.Duration, page int) (int, error) {
+	if err := s.trimSecondPass(ctx, t); err != nil {
 		return 0, err
 	}
-	ids, err := s.trimPage(ctx, retention, page)
+	ids, err := s.trimPage(ctx, t, retention, page)
 	if err != nil || len(ids) == 0 {
 		return 0, err
 	}
 	if s.trimHooks.trimmed != nil {
 		s.trimHooks.trimmed(ids)
 	}
-	if err := s.resyncItems(ctx, ids); err != nil {
-		return len(ids), fmt.Errorf("delete trimmed items from the redis copy (the second pass retries): %w", err)
+	if err := s.resync(ctx, t, ids); err != nil {
+		return len(ids), fmt.Errorf("delete trimmed %s from the redis copy (the second pass retries): %w", t.what, err)
 	}
 	return len(ids), nil
 }
 
-// trimPage deletes the inactive items of the next page in PostgreSQL and returns them.
-func (s *Store) trimPage(ctx context.Context, retention time.Duration, page int) ([]string, error) {
+// trimPage deletes the inactive rows of the next page in PostgreSQL and returns their ids.
+func (s *Store) trimPage(ctx context.Context, t *trimTarget, retention time.Duration, page int) ([]string, error) {
 	tx, err := s.pg.Begin(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("begin item trim: %w", err)
+		return nil, fmt.Errorf("begin %s trim: %w", t.what, err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
 	var locked bool
 	var nowMs int64
 	if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1), (extract(epoch FROM now()) * 1000)::bigint`,
-		trimLockKey).Scan(&locked, &nowMs); err != nil {
-		return nil, fmt.Errorf("item trim lock: %w", err)
+		t.lockKey).Scan(&locked, &nowMs); err != nil {
+		return nil, fmt.Errorf("%s trim lock: %w", t.what, err)
 	}
 	if !locked {
 		return nil, nil
 	}
 	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '`+trimLockTimeout+`'`); err != nil {
-		return nil, fmt.Errorf("item trim lock timeout: %w", err)
-	}
-	// Shared, as a batch holds it: a rebase must not rescale pop_long between the threshold
-	// computed here and the deletion.
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock_shared($1)`, metaLockKey); err != nil {
-		return nil, fmt.Errorf("lock feature meta: %w", err)
-	}
-	m, err := loadMeta(ctx, tx)
-	if errors.Is(err, errNoMeta) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s trim lock timeout: %w", t.what, err)
 	}
 	cut := nowMs - retention.Milliseconds()
-	thr := m.Long.Forward(1, cut)
+	extra, ok, err := t.args(ctx, tx, cut)
+	if err != nil || !ok {
+		return nil, err
+	}
+	args := append([]any{nil, page, cut}, extra...)
 	s.mu.Lock()
-	after := s.trimAfter
+	args[0] = s.trimAfter[t.table]
 	s.mu.Unlock()
-	rows, _ := tx.Query(ctx, `SELECT item_id, last_active_ms < $2 AND pop_long < $3 FROM feature_items
-WHERE item_id > $1 ORDER BY item_id LIMIT $4`, after, cut, thr, page)
+	rows, _ := tx.Query(ctx, `SELECT `+t.id+`, `+t.inactive+` FROM `+t.table+`
+WHERE `+t.id+` > $1 ORDER BY `+t.id+` LIMIT $2`, args...)
 	var cands []string
 	var id string
 	var inactive bool
@@ -113,7 +246,7 @@ WHERE item_id > $1 ORDER BY item_id LIMIT $4`, after, cut, thr, page)
 		}
 		return nil
 	}); err != nil {
-		return nil, fmt.Errorf("scan items for retention: %w", err)
+		return nil, fmt.Errorf("scan %s for retention: %w", t.what, err)
 	}
 	next := id
 	if n < page {
@@ -124,49 +257,57 @@ WHERE item_id > $1 ORDER BY item_id LIMIT $4`, after, cut, thr, page)
 	}
 	var deleted []string
 	if len(cands) > 0 {
-		// Lists before items, each in id order, as a batch locks them: a batch and a trim
-		// never wait for each other in a cycle.
-		if _, err := tx.Exec(ctx, `SELECT 1 FROM feature_neighbours WHERE item_id = ANY($1) ORDER BY item_id FOR UPDATE`, cands); err != nil {
-			return nil, fmt.Errorf("lock neighbour lists of inactive items: %w", err)
+		if t.lockFirst != nil {
+			if err := t.lockFirst(ctx, tx, cands); err != nil {
+				return nil, err
+			}
 		}
-		rows, _ := tx.Query(ctx, `DELETE FROM feature_items WHERE item_id IN (
-  SELECT item_id FROM feature_items WHERE item_id = ANY($1) AND last_active_ms < $2 AND pop_long < $3 ORDER BY item_id FOR UPDATE)
-RETURNING item_id`, cands, cut, thr)
+		// The criterion again, under the row locks: a batch that committed since the scan
+		// keeps its rows.
+		args[0] = cands
+		rows, _ := tx.Query(ctx, `DELETE FROM `+t.table+` WHERE `+t.id+` IN (
+  SELECT `+t.id+` FROM `+t.table+` WHERE `+t.id+` = ANY($1) AND `+t.inactive+` ORDER BY `+t.id+` LIMIT $2 `+t.lockRows+`)
+RETURNING `+t.id, args...)
 		if deleted, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
-			return nil, fmt.Errorf("delete inactive items: %w", err)
+			return nil, fmt.Errorf("delete inactive %s: %w", t.what, err)
 		}
 	}
 	if len(deleted) > 0 {
-		if _, err := tx.Exec(ctx, `DELETE FROM feature_neighbours WHERE item_id = ANY($1)`, deleted); err != nil {
-			return nil, fmt.Errorf("delete neighbour lists of inactive items: %w", err)
+		if t.deleted != nil {
+			if err := t.deleted(ctx, tx, deleted); err != nil {
+				return nil, err
+			}
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO feature_items_trimmed (item_id) SELECT unnest($1::text[])
-ON CONFLICT (item_id) DO UPDATE SET trimmed_at = now()`, deleted); err != nil {
-			return nil, fmt.Errorf("record trimmed items: %w", err)
+		if _, err := tx.Exec(ctx, `INSERT INTO `+t.trimmed+` (`+t.id+`) SELECT unnest($1::text[])
+ON CONFLICT (`+t.id+`) DO UPDATE SET trimmed_at = now()`, deleted); err != nil {
+			return nil, fmt.Errorf("record trimmed %s: %w", t.what, err)
 		}
 	}
 	if s.trimHooks.locked != nil {
 		s.trimHooks.locked(deleted)
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return nil, fmt.Errorf("commit item trim: %w", err)
+		return nil, fmt.Errorf("commit %s trim: %w", t.what, err)
 	}
 	s.mu.Lock()
-	s.trimAfter = next
+	if s.trimAfter == nil {
+		s.trimAfter = map[string]string{}
+	}
+	s.trimAfter[t.table] = next
 	s.mu.Unlock()
 	return deleted, nil
 }
 
-// trimSecondPass deletes again the Redis keys of the items trimmed ItemTrimSecondPass ago or
-// more, unless a repopulation is running (it may copy a snapshot taken before the trim: the
-// pass waits for it to end).
-func (s *Store) trimSecondPass(ctx context.Context) error {
-	age := fmt.Sprintf("%d milliseconds", ItemTrimSecondPass.Milliseconds())
-	rows, _ := s.pg.Query(ctx, `SELECT item_id FROM feature_items_trimmed WHERE trimmed_at < now() - $1::interval
-ORDER BY item_id LIMIT 10000`, age)
+// trimSecondPass deletes again the Redis keys of the rows trimmed TrimSecondPass ago or more,
+// unless a repopulation is running (it may copy a snapshot taken before the trim: the pass
+// waits for it to end).
+func (s *Store) trimSecondPass(ctx context.Context, t *trimTarget) error {
+	age := fmt.Sprintf("%d milliseconds", TrimSecondPass.Milliseconds())
+	rows, _ := s.pg.Query(ctx, `SELECT `+t.id+` FROM `+t.trimmed+` WHERE trimmed_at < now() - $1::interval
+ORDER BY `+t.id+` LIMIT 10000`, age)
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return fmt.Errorf("read trimmed items: %w", err)
+		return fmt.Errorf("read trimmed %s: %w", t.what, err)
 	}
 	if len(ids) == 0 {
 		return nil
@@ -179,43 +320,31 @@ ORDER BY item_id LIMIT 10000`, age)
 		if n == 1 {
 			return nil
 		}
-		if err := s.resyncItems(ctx, ids); err != nil {
-			return fmt.Errorf("second pass over trimmed items in the redis copy: %w", err)
+		if err := s.resync(ctx, t, ids); err != nil {
+			return fmt.Errorf("second pass over trimmed %s in the redis copy: %w", t.what, err)
 		}
 	}
-	// An item trimmed again since (its time moved) waits for its own second pass.
-	if _, err := s.pg.Exec(ctx, `DELETE FROM feature_items_trimmed WHERE item_id = ANY($1) AND trimmed_at < now() - $2::interval`,
+	// A row trimmed again since (its time moved) waits for its own second pass.
+	if _, err := s.pg.Exec(ctx, `DELETE FROM `+t.trimmed+` WHERE `+t.id+` = ANY($1) AND trimmed_at < now() - $2::interval`,
 		ids, age); err != nil {
-		return fmt.Errorf("clear trimmed items: %w", err)
+		return fmt.Errorf("clear trimmed %s: %w", t.what, err)
 	}
 	return nil
 }
 
-// resyncItems makes the Redis copy of items agree with PostgreSQL: it deletes their hashes
-// and neighbour lists and takes them out of the global lists, then writes whole those
-// PostgreSQL has (back since a trim). In that order, a batch's write of an item races
-// nothing: one that landed before the deletion committed before the read that follows it,
-// which writes its values again; one that lands after merges with them (values only grow).
-func (s *Store) resyncItems(ctx context.Context, ids []string) error {
+// resync makes the Redis copy of rows agree with PostgreSQL: it deletes their keys (and, for
+// items, their places in the global lists), then writes whole those PostgreSQL has (back
+// since a trim). In that order, a batch's write races nothing: one that landed before the
+// deletion committed before the read that follows it, which writes its values again; one
+// that lands after merges with them (item values only grow, a user's hash takes the higher
+// version).
+func (s *Store) resync(ctx context.Context, t *trimTarget, ids []string) error {
 	if s.rd == nil || len(ids) == 0 {
 		return nil
 	}
-	// One key per command (a Redis Cluster would hold the keys in different slots); the
-	// global lists take a chunk of members per command.
-	const chunk = 1000
-	cmds := make(rueidis.Commands, 0, 2*len(ids)+3*(len(ids)/chunk+1))
-	for _, id := range ids {
-		cmds = append(cmds, s.rd.B().Unlink().Key(s.keys.Item(id)).Build(), s.rd.B().Unlink().Key(s.keys.Neighbours(id)).Build())
-	}
-	for lo := 0; lo < len(ids); lo += chunk {
-		members := ids[lo:min(lo+chunk, len(ids))]
-		for _, key := range []string{s.keys.PopShort, s.keys.PopLong, s.keys.Fresh} {
-			cmds = append(cmds, s.rd.B().Zrem().Key(key).Member(members...).Build())
-		}
-	}
-	for _, r := range s.rd.DoMulti(ctx, cmds...) {
+	for _, r := range s.rd.DoMulti(ctx, t.keys(s, ids)...) {
 		if err := r.Error(); err != nil {
-			return fmt.Errorf("delete items from the redis copy: %w", err)
+			return fmt.Errorf("delete %s from the redis copy: %w", t.what, err)
 		}
 	}
 	if s.trimHooks.deleted != nil {
@@ -223,23 +352,15 @@ func (s *Store) resyncItems(ctx context.Context, ids []string) error {
 	}
 	tx, err := s.pg.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
-		return fmt.Errorf("begin read of items back: %w", err)
+		return fmt.Errorf("begin read of %s back: %w", t.what, err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
-	rows, _ := tx.Query(ctx, `SELECT `+itemCols+` FROM feature_items WHERE item_id = ANY($1) ORDER BY item_id`, ids)
-	w := &redisWrite{lists: true}
-	if w.items, err = scanItems(rows); err != nil {
+	w, err := t.back(ctx, tx, ids)
+	if err != nil {
 		return err
 	}
-	if len(w.items) == 0 {
+	if w.empty() {
 		return nil
-	}
-	back := make([]string, len(w.items))
-	for i, it := range w.items {
-		back[i] = it.id
-	}
-	if w.nb, err = readNeighbours(ctx, tx, back); err != nil {
-		return err
 	}
 	m, err := loadMeta(ctx, tx)
 	if err != nil {
@@ -250,7 +371,7 @@ func (s *Store) resyncItems(ctx context.Context, ids []string) error {
 	var ee *epochError
 	if errors.As(err, &ee) {
 		if ee.behind() {
-			// The copy must be repopulated, from a snapshot that has these items.
+			// The copy must be repopulated, from a snapshot that has these rows.
 			return s.rd.Do(ctx, s.rd.B().Del().Key(s.keys.Ready).Build()).Error()
 		}
 		return nil // a newer generation's repopulation reads them

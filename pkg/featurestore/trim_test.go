@@ -295,7 +295,7 @@ func TestTrimRacingABatchLeavesTheCopyWhole(t *testing.T) {
 
 // A writer that read an item's row before the trim and wrote the copy after its deletion of
 // the keys (a journal heal, a repopulation's snapshot) brings them back; the second pass,
-// ItemTrimSecondPass later and once no repopulation runs, deletes them again and forgets the
+// TrimSecondPass later and once no repopulation runs, deletes them again and forgets the
 // item.
 func TestTrimSecondPassDeletesLateWrites(t *testing.T) {
 	ctx := context.Background()
@@ -321,7 +321,7 @@ func TestTrimSecondPassDeletesLateWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !exists(t, rd, keys.Item("old-a")) {
-		t.Fatal("the second pass ran before ItemTrimSecondPass")
+		t.Fatal("the second pass ran before TrimSecondPass")
 	}
 	if _, err := pool.Exec(ctx, `UPDATE feature_items_trimmed SET trimmed_at = trimmed_at - interval '1 hour'`); err != nil {
 		t.Fatal(err)
