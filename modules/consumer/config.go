@@ -54,6 +54,9 @@ type Config struct {
 	// ItemRetention trims items no batch wrote for this long whose long popularity is below
 	// one full watch this long ago (featurestore.Store.TrimItems); 0 keeps every item.
 	ItemRetention time.Duration
+	// UserRetention trims users no batch wrote for this long (featurestore.Store.TrimUsers);
+	// 0 keeps every user.
+	UserRetention time.Duration
 	// DrainTimeout bounds the batch in flight at shutdown.
 	DrainTimeout time.Duration
 	// MaxEventFuture sends events timed further ahead of the clock to the DLQ
@@ -82,7 +85,7 @@ type Config struct {
 func NewConfig() *Config {
 	return &Config{GroupID: "recsys-feature-consumer-v1", MaxBatch: 20000, Linger: 2 * time.Millisecond, ImpressionLinger: 100 * time.Millisecond,
 		FetchMaxWait: kafka.DefaultFetchMaxWait, CommitInterval: 100 * time.Millisecond, RetryBackoff: 100 * time.Millisecond, RetryMaxBackoff: 30 * time.Second,
-		UnreadyAfter: 5, HealInterval: time.Second, DedupRetention: 14 * 24 * time.Hour, ItemRetention: 90 * 24 * time.Hour, DrainTimeout: 15 * time.Second, MaxInFlight: 2,
+		UnreadyAfter: 5, HealInterval: time.Second, DedupRetention: 14 * 24 * time.Hour, ItemRetention: 90 * 24 * time.Hour, UserRetention: 365 * 24 * time.Hour, DrainTimeout: 15 * time.Second, MaxInFlight: 2,
 		MaxEventFuture:    featurestore.DefaultMaxEventFuture,
 		ImpressionsFormat: string(featurestore.ImpressionsArray), ImpressionsOverlay: true, Features: features.DefaultConfig()}
 }
@@ -103,6 +106,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.HealInterval, "consumer.heal-interval", c.HealInterval, "how often the Redis copy is checked (repopulated when empty) and failed Redis writes are redone")
 	fs.DurationVar(&c.DedupRetention, "consumer.dedup-retention", c.DedupRetention, "how long applied event ids are remembered (must exceed Kafka retention and replay horizons)")
 	fs.DurationVar(&c.ItemRetention, "consumer.item-retention", c.ItemRetention, "delete an item's features (PostgreSQL rows, Redis keys) once no impression, watch or neighbour-list growth has touched it for this long and its long-term popularity is below one full watch this long ago; at least 24h, 0 keeps every item (docs/scaling.md, Retention)")
+	fs.DurationVar(&c.UserRetention, "consumer.user-retention", c.UserRetention, "delete a user's features (PostgreSQL row, Redis hash; not their events) once no event of theirs has been applied for this long: they come back as a new user; at least 24h, 0 keeps every user (docs/scaling.md, Retention)")
 	fs.DurationVar(&c.DrainTimeout, "consumer.drain-timeout", c.DrainTimeout, "longest wait for the batch in flight at shutdown")
 	fs.IntVar(&c.MaxInFlight, "consumer.max-in-flight", c.MaxInFlight, "most transactions applying at once, each on its own share of the users (1: one batch at a time)")
 	fs.BoolVar(&c.ImpressionsOverlay, "consumer.impressions-overlay", c.ImpressionsOverlay, "write each served list's impression counters to a small overlay of the user's counters, folded into them every few lists, instead of rewriting all of them (~300 at a feed's steady state); every reader takes both; off only while a consumer of a release older than the overlay still runs (docs/rollback.md)")
@@ -141,6 +145,9 @@ func (c *Config) Validate() error {
 	p.DurationAtLeast("consumer.dedup-retention", c.DedupRetention, time.Hour)
 	if c.ItemRetention != 0 && c.ItemRetention < 24*time.Hour {
 		p.Addf("--consumer.item-retention must be 0 (keep every item) or at least 24h, got %s", c.ItemRetention)
+	}
+	if c.UserRetention != 0 && c.UserRetention < 24*time.Hour {
+		p.Addf("--consumer.user-retention must be 0 (keep every user) or at least 24h, got %s", c.UserRetention)
 	}
 	p.IntBetween("consumer.max-in-flight", c.MaxInFlight, 1, 16)
 	p.DurationPositive("consumer.drain-timeout", c.DrainTimeout)

@@ -26,6 +26,9 @@ func TestConfigValidate(t *testing.T) {
 		{name: "item retention", mutate: func(c *Config) { c.ItemRetention = time.Hour }, want: "--consumer.item-retention must be 0 (keep every item) or at least 24h, got 1h0m0s"},
 		{name: "item retention negative", mutate: func(c *Config) { c.ItemRetention = -time.Hour }, want: "--consumer.item-retention"},
 		{name: "item retention off", mutate: func(c *Config) { c.ItemRetention = 0 }},
+		{name: "user retention", mutate: func(c *Config) { c.UserRetention = time.Hour }, want: "--consumer.user-retention must be 0 (keep every user) or at least 24h, got 1h0m0s"},
+		{name: "user retention negative", mutate: func(c *Config) { c.UserRetention = -time.Hour }, want: "--consumer.user-retention"},
+		{name: "user retention off", mutate: func(c *Config) { c.UserRetention = 0 }},
 		{name: "features", mutate: func(c *Config) { c.Features.HistorySize = 0 }, want: "--consumer.features.history-size"},
 	}
 	for _, tt := range tests {

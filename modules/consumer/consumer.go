@@ -1128,6 +1128,14 @@ func (c *Consumer) housekeeping(ctx context.Context) {
 			c.log.WarnContext(ctx, "trim inactive items", "err", err)
 		}
 	}
+	if c.cfg.UserRetention > 0 {
+		n, err := c.store.TrimUsers(ctx, c.cfg.UserRetention, userTrimPage)
+		c.m.usersTrimmed.Add(n)
+		if err != nil && ctx.Err() == nil {
+			c.m.errors("user_retention")
+			c.log.WarnContext(ctx, "trim inactive users", "err", err)
+		}
+	}
 	n, err := c.store.PurgeApplied(ctx, c.cfg.DedupRetention, 10000)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -1142,6 +1150,10 @@ func (c *Consumer) housekeeping(ctx context.Context) {
 // itemTrimPage is how many items a housekeeping pass examines for --consumer.item-retention
 // (the most it deletes): every 30 s, a cycle over 10 million items takes about 17 hours.
 const itemTrimPage = 5000
+
+// userTrimPage is the same for --consumer.user-retention: a cycle over 100 million users takes
+// about 7 days, and a pass deletes up to 14 million users a day.
+const userTrimPage = 5000
 
 // Ready implements module.Readier.
 func (c *Consumer) Ready(context.Context) error {

@@ -42,6 +42,7 @@ type consumerMetrics struct {
 	healed            *metrics.Counter
 	dedupPurged       *metrics.Counter
 	itemsTrimmed      *metrics.Counter
+	usersTrimmed      *metrics.Counter
 	commits           *metrics.Counter
 	kafkaDials        *metrics.Counter
 	kafkaFetches      *metrics.Counter
@@ -73,6 +74,7 @@ func newMetrics(set *metrics.Set) *consumerMetrics {
 		healed:            set.NewCounter("recsys_consumer_redis_journal_healed_total"),
 		dedupPurged:       set.NewCounter("recsys_consumer_dedup_purged_total"),
 		itemsTrimmed:      set.NewCounter("recsys_consumer_items_trimmed_total"),
+		usersTrimmed:      set.NewCounter("recsys_consumer_users_trimmed_total"),
 		commits:           set.NewCounter("recsys_consumer_offset_commits_total"),
 		kafkaDials:        set.NewCounter("recsys_consumer_kafka_dials_total"),
 		kafkaFetches:      set.NewCounter("recsys_consumer_kafka_fetches_total"),
@@ -105,11 +107,11 @@ func (m *consumerMetrics) applied(a *featurestore.Applied) {
 
 // Statuses of reco_feature_consumer_processed_total and stages of
 // reco_feature_consumer_errors_total (contract names, plus recsys' redis, heal, retention,
-// forgotten_users and item_retention stages).
+// forgotten_users, item_retention and user_retention stages).
 var (
 	processedStatuses = []string{"processed", "duplicate", "ignored", "invalid_payload", "invalid_event", "error", "dlq"}
 	errorStages       = []string{"startup", "poll", "process", "poison_message", "dlq_store", "commit", "lag_metrics", "dlq_metrics",
-		"stop", "redis", "heal", "retention", "forgotten_users", "item_retention"}
+		"stop", "redis", "heal", "retention", "forgotten_users", "item_retention", "user_retention"}
 )
 
 // exportZeros creates the per-topic processed counters and the error counters at 0: rate()

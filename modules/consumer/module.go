@@ -60,9 +60,11 @@
 //     Redis (histogram, ms; old events from backfills land in the top buckets)
 //
 // Replayed DLQ entries and dedup records older than --consumer.dedup-retention are deleted
-// every 30 s in bounded batches. At start the consumer warns when one of its topics may keep a
-// message longer (retention.ms + segment.ms, or retention.ms -1): a group that starts over
-// from the oldest offset would apply such a message twice.
+// every 30 s in bounded batches, as are, by one consumer at a time, items and users inactive
+// for --consumer.item-retention and --consumer.user-retention. At start the consumer warns
+// when one of its topics may keep a message longer (retention.ms + segment.ms, or
+// retention.ms -1): a group that starts over from the oldest offset would apply such a
+// message twice.
 //
 // recsys additions: recsys_consumer_accepted_to_visible_seconds (API acceptance,
 // server_received_ts_ms, to visible in Redis), recsys_consumer_apply_seconds (PostgreSQL
@@ -71,7 +73,8 @@
 // recsys_consumer_redis_repopulations_total, recsys_consumer_redis_journal_healed_total,
 // recsys_consumer_redis_resent_total{kind} (users' hashes and neighbour lists a write found
 // behind the version before its changes and sent whole: a write lost, or writes crossing),
-// recsys_consumer_dedup_purged_total, recsys_consumer_offset_commits_total (Kafka offset
+// recsys_consumer_dedup_purged_total, recsys_consumer_items_trimmed_total,
+// recsys_consumer_users_trimmed_total, recsys_consumer_offset_commits_total (Kafka offset
 // commits, spaced by --consumer.commit-interval), recsys_consumer_apply_phase_seconds{phase} (lock,
 // compute, write, merge, items: where a transaction spends its time; see featurestore.Hooks),
 // recsys_consumer_fetch_delay_seconds (Kafka message time, i.e. the relay's produce, to the

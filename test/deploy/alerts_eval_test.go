@@ -309,6 +309,10 @@ func TestAlertsFireOnTheirFaultOnly(t *testing.T) {
 			fault: func(w world) {
 				w.set(grows(2.0/30), "__name__", "reco_feature_consumer_errors_total", "namespace", ns, "pod", "recsys-consumer-1", "stage", "item_retention")
 			}},
+		{name: "consumer user retention fails every pass", want: []string{"RetentionFailing"},
+			fault: func(w world) {
+				w.set(grows(2.0/30), "__name__", "reco_feature_consumer_errors_total", "namespace", ns, "pod", "recsys-consumer-1", "stage", "user_retention")
+			}},
 		{name: "a retention blip", fault: func(w world) {
 			w.set(after(lastMinutes(90), constant(0), constant(5)), "__name__", "recsys_ingest_retention_errors_total", "namespace", ns, "pod", "recsys-api-7d9f-a")
 			w.set(after(lastMinutes(90), constant(0), constant(5)), "__name__", "reco_outbox_relay_errors_total", "namespace", ns, "pod", "recsys-relay-1", "stage", "retention")
