@@ -1129,11 +1129,24 @@ func (c *Consumer) housekeeping(ctx context.Context) {
 		}
 	}
 	if c.cfg.UserRetention > 0 {
-		n, err := c.store.TrimUsers(ctx, c.cfg.UserRetention, userTrimPage)
-		c.m.usersTrimmed.Add(n)
-		if err != nil && ctx.Err() == nil {
-			c.m.errors("user_retention")
-			c.log.WarnContext(ctx, "trim inactive users", "err", err)
+		// Passes back to back while each finds a backlog (half a page or more inactive: a
+		// deployment of one-off visitors, or the first retention after the upgrade), within
+		// a budget, as the heal loop waits meanwhile. One page per 30 s deletes at most 14
+		// million users a day: with more one-off visitors than that the table never stopped
+		// growing.
+		for start := time.Now(); ; {
+			n, err := c.store.TrimUsers(ctx, c.cfg.UserRetention, userTrimPage)
+			c.m.usersTrimmed.Add(n)
+			if err != nil {
+				if ctx.Err() == nil {
+					c.m.errors("user_retention")
+					c.log.WarnContext(ctx, "trim inactive users", "err", err)
+				}
+				break
+			}
+			if n < userTrimPage/2 || time.Since(start) >= userTrimBudget {
+				break
+			}
 		}
 	}
 	n, err := c.store.PurgeApplied(ctx, c.cfg.DedupRetention, 10000)
@@ -1151,9 +1164,12 @@ func (c *Consumer) housekeeping(ctx context.Context) {
 // (the most it deletes): every 30 s, a cycle over 10 million items takes about 17 hours.
 const itemTrimPage = 5000
 
-// userTrimPage is the same for --consumer.user-retention: a cycle over 100 million users takes
-// about 7 days, and a pass deletes up to 14 million users a day.
-const userTrimPage = 5000
+// userTrimPage is the same for --consumer.user-retention (a cycle over 100 million users takes
+// about 7 days), and userTrimBudget bounds the passes a housekeeping run chains while they
+// find a backlog. A variable for tests.
+var userTrimPage = 5000
+
+const userTrimBudget = 2 * time.Second
 
 // Ready implements module.Readier.
 func (c *Consumer) Ready(context.Context) error {

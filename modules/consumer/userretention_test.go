@@ -2,9 +2,11 @@ package consumer_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
+	"recsys/modules/consumer"
 	"recsys/pkg/features"
 	"recsys/pkg/featurestore"
 )
@@ -57,5 +59,37 @@ func TestConsumerTrimsInactiveUsers(t *testing.T) {
 	}
 	if n := counter(c.set, `reco_feature_consumer_errors_total{stage="user_retention"}`); n != 0 {
 		t.Errorf("%v user retention errors", n)
+	}
+}
+
+// A backlog of inactive users (a deployment of one-off visitors) is deleted by passes chained
+// within one housekeeping run, not a page per 30 s: the first run, at start, trims all 35.
+func TestConsumerChainsUserTrimPassesOnABacklog(t *testing.T) {
+	t.Cleanup(consumer.SetUserTrimPage(10)) // runs after the consumer's stop, registered below
+	e := newEnv(t)
+	ctx := context.Background()
+	st := featurestore.New(e.pool, e.rd, e.Prefix, e.fcfg, nil)
+	var evs []featurestore.Event
+	for i := range 36 {
+		evs = append(evs, featurestore.Event{Interaction: features.Interaction{Kind: features.KindImpression,
+			EventID: fmt.Sprintf("m%d", i), UserID: fmt.Sprintf("u%02d", i), TsMs: e.start, Items: []string{"item"}}})
+	}
+	if _, err := st.Apply(ctx, &featurestore.Batch{Events: evs}); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-400 * 24 * time.Hour).UnixMilli()
+	if _, err := e.pool.Exec(ctx, `UPDATE feature_users SET last_active_ms = $1 WHERE user_id <> 'u35'`, old); err != nil {
+		t.Fatal(err)
+	}
+	cfg := e.config()
+	cfg.UserRetention = 365 * 24 * time.Hour
+	c := e.startWith(t, cfg, nil)
+	// Well before the second housekeeping run (30 s after the first).
+	waitFor(t, "the backlog trimmed by the first run", 20*time.Second, func() bool {
+		return counter(c.set, "recsys_consumer_users_trimmed_total") == 35
+	})
+	var left int
+	if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM feature_users`).Scan(&left); err != nil || left != 1 {
+		t.Errorf("%d users left (%v), want 1 (u35)", left, err)
 	}
 }
