@@ -437,3 +437,43 @@ func TestTrimUsersOneConsumerAtATime(t *testing.T) {
 		t.Fatalf("trimmed %d (%v), want 2", n, err)
 	}
 }
+
+// `users forget` erasing a user the trim is deleting waits for the trim's commit (the trim
+// never waits for it), finds the row gone, and still records and completes the erasure; the
+// trim's rewrite of the copy brings nothing back.
+func TestTrimUsersRacingForget(t *testing.T) {
+	ctx := context.Background()
+	st, pool, rd, keys, _ := userTrimFixture(t)
+	type result struct {
+		rep featurestore.ForgetReport
+		err error
+	}
+	forgot := make(chan result, 1)
+	st.SetTrimHooks(func(ids []string) {
+		if !slices.Contains(ids, "gone-w") {
+			t.Errorf("trim deleting %v, want gone-w among them", ids)
+		}
+		go func() {
+			rep, err := st.Forget(ctx, []string{"gone-w"}, 0)
+			forgot <- result{rep, err}
+		}()
+		waitForLockWait(t, pool, "the trimmed user's row")
+	}, nil, nil)
+	if n, err := st.TrimUsers(ctx, userRetention, 1000); err != nil || n != 2 {
+		t.Fatalf("trimmed %d (%v), want 2", n, err)
+	}
+	r := <-forgot
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.rep.Deleted["feature_users"] != 0 {
+		t.Errorf("forget deleted %d feature rows, want 0 (the trim's)", r.rep.Deleted["feature_users"])
+	}
+	if got := userRows(t, pool, "forgotten_users"); !slices.Equal(got, []string{"gone-w"}) {
+		t.Errorf("forgotten_users holds %v, want [gone-w]", got)
+	}
+	if got := userRows(t, pool, "feature_users"); slices.Contains(got, "gone-w") || exists(t, rd, keys.User("gone-w")) {
+		t.Errorf("gone-w back after the trim and the erasure (rows %v)", got)
+	}
+	verifyCopy(t, st)
+}
