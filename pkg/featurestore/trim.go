@@ -49,10 +49,11 @@ type trimTarget struct {
 	// lockFirst, when set, locks what a batch locks before the rows; deleted, when set,
 	// deletes what goes with the rows deleted.
 	lockFirst, deleted func(ctx context.Context, tx pgx.Tx, ids []string) error
-	// keys are the Redis commands that delete the ids' keys; back reads those of the ids
-	// PostgreSQL has, whole, for the copy.
+	// keys are the Redis commands that delete the ids' keys; back reads, whole for the copy,
+	// those of the ids PostgreSQL has and whatever the deletion (its results: deleted) left
+	// the copy short of.
 	keys func(s *Store, ids []string) rueidis.Commands
-	back func(ctx context.Context, tx pgx.Tx, ids []string) (*redisWrite, error)
+	back func(ctx context.Context, s *Store, tx pgx.Tx, ids []string, deleted []rueidis.RedisResult) (*redisWrite, error)
 }
 
 // TrimItems deletes up to page inactive items (feature_items and feature_neighbours rows,
@@ -150,18 +151,35 @@ var itemTrim = trimTarget{
 		}
 		return cmds
 	},
-	back: func(ctx context.Context, tx pgx.Tx, ids []string) (*redisWrite, error) {
+	back: func(ctx context.Context, s *Store, tx pgx.Tx, ids []string, deleted []rueidis.RedisResult) (*redisWrite, error) {
 		rows, _ := tx.Query(ctx, `SELECT `+itemCols+` FROM feature_items WHERE item_id = ANY($1) ORDER BY item_id`, ids)
 		w := &redisWrite{lists: true}
 		var err error
-		if w.items, err = scanItems(rows); err != nil || len(w.items) == 0 {
+		if w.items, err = scanItems(rows); err != nil {
 			return w, err
 		}
 		back := make([]string, len(w.items))
 		for i, it := range w.items {
 			back[i] = it.id
 		}
-		w.nb, err = readNeighbours(ctx, tx, back)
+		if len(back) > 0 {
+			if w.nb, err = readNeighbours(ctx, tx, back); err != nil {
+				return w, err
+			}
+		}
+		// removed[l]: the members the deletion took from global list l (keys' ZREMs follow
+		// the two UNLINKs per item, three lists per chunk). A list that lost members has
+		// places the next items of PostgreSQL's top take: they were cut below it, and no
+		// write puts them back (a first seen never moves again, a popularity only with a
+		// watch). Written with the lists (w.lists), they join at their values and the script
+		// cuts each list to its size again.
+		var removed [3]int64
+		for i, r := range deleted[2*len(ids):] {
+			n, _ := r.AsInt64()
+			removed[i%3] += n
+		}
+		refill, err := s.readTops(ctx, tx, removed, back)
+		w.items = append(w.items, refill...)
 		return w, err
 	},
 }
@@ -180,7 +198,7 @@ var userTrim = trimTarget{
 		}
 		return cmds
 	},
-	back: func(ctx context.Context, tx pgx.Tx, ids []string) (*redisWrite, error) {
+	back: func(ctx context.Context, _ *Store, tx pgx.Tx, ids []string, _ []rueidis.RedisResult) (*redisWrite, error) {
 		users, err := readUsers(ctx, tx, ids)
 		return &redisWrite{users: users}, err
 	},
@@ -342,7 +360,8 @@ func (s *Store) resync(ctx context.Context, t *trimTarget, ids []string) error {
 	if s.rd == nil || len(ids) == 0 {
 		return nil
 	}
-	for _, r := range s.rd.DoMulti(ctx, t.keys(s, ids)...) {
+	deleted := s.rd.DoMulti(ctx, t.keys(s, ids)...)
+	for _, r := range deleted {
 		if err := r.Error(); err != nil {
 			return fmt.Errorf("delete %s from the redis copy: %w", t.what, err)
 		}
@@ -355,7 +374,7 @@ func (s *Store) resync(ctx context.Context, t *trimTarget, ids []string) error {
 		return fmt.Errorf("begin read of %s back: %w", t.what, err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
-	w, err := t.back(ctx, tx, ids)
+	w, err := t.back(ctx, s, tx, ids, deleted)
 	if err != nil {
 		return err
 	}
@@ -377,4 +396,41 @@ func (s *Store) resync(ctx context.Context, t *trimTarget, ids []string) error {
 		return nil // a newer generation's repopulation reads them
 	}
 	return err
+}
+
+// readTops reads the rows of PostgreSQL's top of each global list that lost members
+// (removed, in the order pop:s, pop:l, fresh), but for the items in skip.
+func (s *Store) readTops(ctx context.Context, tx pgx.Tx, removed [3]int64, skip []string) ([]itemRow, error) {
+	tops := [3]string{
+		`SELECT item_id FROM feature_items WHERE pop_short > 0 ORDER BY pop_short DESC, item_id LIMIT $1`,
+		`SELECT item_id FROM feature_items WHERE pop_long > 0 ORDER BY pop_long DESC, item_id LIMIT $1`,
+		`SELECT item_id FROM feature_items ORDER BY first_seen_ms DESC, item_id LIMIT $1`,
+	}
+	sizes := [3]int{s.cfg.TopListSize, s.cfg.TopListSize, s.cfg.FreshSize}
+	seen := make(map[string]bool, len(skip))
+	for _, id := range skip {
+		seen[id] = true
+	}
+	var ids []string
+	for l, q := range tops {
+		if removed[l] == 0 {
+			continue
+		}
+		rows, _ := tx.Query(ctx, q, sizes[l])
+		top, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return nil, fmt.Errorf("read the top of a global list: %w", err)
+		}
+		for _, id := range top {
+			if !seen[id] {
+				seen[id] = true
+				ids = append(ids, id)
+			}
+		}
+	}
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	rows, _ := tx.Query(ctx, `SELECT `+itemCols+` FROM feature_items WHERE item_id = ANY($1) ORDER BY item_id`, ids)
+	return scanItems(rows)
 }
