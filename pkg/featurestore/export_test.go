@@ -49,3 +49,11 @@ func (s *Store) SetTrimHooks(locked, trimmed, deleted func(ids []string)) {
 
 // SetTrimScanned installs the hook TrimItems and TrimUsers call with its candidates, before it locks them.
 func (s *Store) SetTrimScanned(f func(ids []string)) { s.trimHooks.scanned = f }
+
+// SetServerStarted sets the server start time f's last read saw, as if it had been another
+// server's (a failover's old primary).
+func (f *Forgotten) SetServerStarted(t time.Time) {
+	f.refreshing.Lock()
+	defer f.refreshing.Unlock()
+	f.started = t
+}

@@ -33,7 +33,14 @@ type Forgotten struct {
 	// xmin is the last read's pg_snapshot_xmin, 0 before the first: every transaction below
 	// it had ended by then, so a row that read did not see was written at or above it.
 	xmin uint64
-	read int // rows the last refresh read
+	// started is the server's start time (pg_postmaster_start_time) at the last read. Another
+	// server (a replica promoted by a failover, a restore) or a restart of the same one (an
+	// asynchronous commit lost in a crash) may have handed out again the transaction ids of
+	// writes it lost, below the watermark, to new erasures: the next read is whole. The ids
+	// going back is not enough to tell: by the consumer's next read, the new server may have
+	// gone past the watermark already.
+	started time.Time
+	read    int // rows the last refresh read
 }
 
 // ForgottenRefresh is how often a consumer rereads the erased users: `recsys users forget`
@@ -52,25 +59,26 @@ func (s *Store) RefreshForgotten(ctx context.Context, f *Forgotten) error {
 // of a transaction still running at the previous read are read again, as are those of every
 // later one: a long transaction that wrote (anywhere in the cluster) widens each read to the
 // erasures since it began, until it ends.
-const forgottenSQL = `SELECT s.xmin, f.user_id, f.forgotten_at_ms
-FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) s
+const forgottenSQL = `SELECT s.xmin, s.started, f.user_id, f.forgotten_at_ms
+FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin, pg_postmaster_start_time() AS started) s
 LEFT JOIN forgotten_users f ON f.xid >= $1`
 
 func (f *Forgotten) refresh(ctx context.Context, pg *pgxpool.Pool) error {
 	f.refreshing.Lock()
 	defer f.refreshing.Unlock()
-	full := f.xmin == 0
-	xmin, got, err := readForgotten(ctx, pg, f.xmin)
-	if err == nil && !full && xmin < f.xmin {
-		// Transaction ids went back: another cluster (a restore from a dump) answers on the
-		// same address, and its rows may lie below the watermark. Read it whole.
+	first := f.xmin == 0
+	full := first
+	xmin, started, got, err := readForgotten(ctx, pg, f.xmin)
+	if err == nil && !full && (xmin < f.xmin || !started.Equal(f.started)) {
+		// Transaction ids went back, or another server (or the same one restarted) answers:
+		// rows may lie below the watermark (see started). Read it whole.
 		full = true
-		xmin, got, err = readForgotten(ctx, pg, 0)
+		xmin, started, got, err = readForgotten(ctx, pg, 0)
 	}
 	if err != nil {
 		return err
 	}
-	if full {
+	if first {
 		// Built aside: a whole read can be millions of users, and Skip waits on the lock.
 		m := make(map[string]int64, len(got))
 		for _, r := range got {
@@ -80,13 +88,15 @@ func (f *Forgotten) refresh(ctx context.Context, pg *pgxpool.Pool) error {
 		f.m = m
 		f.mu.Unlock()
 	} else {
+		// Merged, also after a whole read: the set only grows, and an erasure this consumer
+		// read from a server that lost it since (a failover's lost commits) still holds.
 		f.mu.Lock()
 		for _, r := range got {
-			f.m[r.id] = r.at
+			f.m[r.id] = max(f.m[r.id], r.at)
 		}
 		f.mu.Unlock()
 	}
-	f.xmin, f.read = xmin, len(got)
+	f.xmin, f.started, f.read = xmin, started, len(got)
 	return nil
 }
 
@@ -95,28 +105,30 @@ type forgottenRow struct {
 	at int64
 }
 
-// readForgotten returns the snapshot's xmin and the rows of transactions at or above since.
-func readForgotten(ctx context.Context, pg *pgxpool.Pool, since uint64) (uint64, []forgottenRow, error) {
+// readForgotten returns the snapshot's xmin, the server's start time and the rows of
+// transactions at or above since.
+func readForgotten(ctx context.Context, pg *pgxpool.Pool, since uint64) (uint64, time.Time, []forgottenRow, error) {
 	rows, err := pg.Query(ctx, forgottenSQL, since)
 	if err != nil {
-		return 0, nil, fmt.Errorf("read forgotten users: %w", err)
+		return 0, time.Time{}, nil, fmt.Errorf("read forgotten users: %w", err)
 	}
 	var xmin uint64
+	var started time.Time
 	var id *string
 	var at *int64
 	var got []forgottenRow
-	if _, err := pgx.ForEachRow(rows, []any{&xmin, &id, &at}, func() error {
+	if _, err := pgx.ForEachRow(rows, []any{&xmin, &started, &id, &at}, func() error {
 		if id != nil && at != nil { // nil: no row (the left join's only line)
 			got = append(got, forgottenRow{*id, *at})
 		}
 		return nil
 	}); err != nil {
-		return 0, nil, fmt.Errorf("read forgotten users: %w", err)
+		return 0, time.Time{}, nil, fmt.Errorf("read forgotten users: %w", err)
 	}
 	if xmin == 0 {
-		return 0, nil, fmt.Errorf("read forgotten users: no snapshot xmin")
+		return 0, time.Time{}, nil, fmt.Errorf("read forgotten users: no snapshot xmin")
 	}
-	return xmin, got, nil
+	return xmin, started, got, nil
 }
 
 // Skip reports whether an event of userID received at receivedMs (0 when unknown: the

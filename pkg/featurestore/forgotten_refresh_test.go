@@ -218,3 +218,50 @@ func TestForgottenRefreshRereadsWhenTransactionIDsGoBack(t *testing.T) {
 	}
 	checkForgotten(t, pool, &f)
 }
+
+// A failover to an asynchronous replica: the new primary lost the old one's last commits
+// (an erasure among them) and hands out their transaction ids again, below the watermark of
+// the consumer's last read, to new erasures; by the consumer's next read it may have gone
+// past that watermark, so the ids do not go back. The server changed (its start time): the
+// refresh reads the table whole, and keeps the erasure it read before that the new primary
+// lost (the set only grows).
+func TestForgottenRefreshRereadsAfterAFailover(t *testing.T) {
+	ctx := context.Background()
+	st, pool := forgottenStore(t)
+	if _, err := pool.Exec(ctx, `INSERT INTO forgotten_users (user_id, forgotten_at_ms) VALUES ('lost', 5)`); err != nil {
+		t.Fatal(err)
+	}
+	var f featurestore.Forgotten
+	if err := st.RefreshForgotten(ctx, &f); err != nil {
+		t.Fatal(err)
+	}
+	// On the new primary: 'lost' never committed, and 'reused' was written by a transaction
+	// whose id lies below the consumer's watermark.
+	for _, q := range []string{
+		`DELETE FROM forgotten_users WHERE user_id = 'lost'`,
+		`ALTER TABLE forgotten_users DISABLE TRIGGER forgotten_users_xid`,
+		`INSERT INTO forgotten_users (user_id, forgotten_at_ms, xid) VALUES ('reused', 7, '3')`,
+		`ALTER TABLE forgotten_users ENABLE TRIGGER forgotten_users_xid`,
+	} {
+		if _, err := pool.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	f.SetServerStarted(time.Unix(1, 0))
+	if err := st.RefreshForgotten(ctx, &f); err != nil {
+		t.Fatal(err)
+	}
+	if !f.Skip("reused", 7) {
+		t.Error("the erasure written below the watermark on the new server was not read")
+	}
+	if !f.Skip("lost", 5) {
+		t.Error("the erasure read from the old server was dropped by the whole read")
+	}
+	// The same server from then on: incremental again.
+	if err := st.RefreshForgotten(ctx, &f); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.LastRead(); n != 0 {
+		t.Errorf("the refresh after the whole read read %d rows, want 0", n)
+	}
+}
