@@ -88,11 +88,12 @@ func (f *Forgotten) refresh(ctx context.Context, pg *pgxpool.Pool) error {
 		f.m = m
 		f.mu.Unlock()
 	} else {
-		// Merged, also after a whole read: the set only grows, and an erasure this consumer
-		// read from a server that lost it since (a failover's lost commits) still holds.
+		// Merged, also after a whole read: rows are never deleted, and an erasure this
+		// consumer read from a server that lost it since (a failover's lost commits) still
+		// holds. A row's time is the table's (an operator may correct it).
 		f.mu.Lock()
 		for _, r := range got {
-			f.m[r.id] = max(f.m[r.id], r.at)
+			f.m[r.id] = r.at
 		}
 		f.mu.Unlock()
 	}
