@@ -32,7 +32,8 @@ func newMigrateCmd(lc *logConfig) *cobra.Command {
 		Short: "Apply, revert and check the embedded schema migrations",
 		Long: `Apply, revert and check the embedded PostgreSQL schema migrations (golang-migrate).
 Concurrent "migrate up" runs from several pods are serialised by an advisory lock.
-A database that does not accept connections yet is retried for up to 30 s.
+A database that does not accept connections yet is retried for up to 30 s, each attempt
+bounded by 5 s (or the DSN's connect_timeout), so a server that never answers fails the run.
 A migration waits at most --migrate.lock-timeout for each table lock (writers of the table
 queue behind it meanwhile); one that gives up is rolled back whole and run again, for up to
 --migrate.lock-retry-for, leaving the schema clean if it never gets its locks.

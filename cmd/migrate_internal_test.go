@@ -197,3 +197,55 @@ func TestMigrateVersionAndForceDuringARun(t *testing.T) {
 		t.Errorf("force during the run = %v, want a refusal", err)
 	}
 }
+
+// A server that accepts connections and never answers (a stuck PostgreSQL, a pooler waiting
+// for its backend, a firewall that swallows the handshake) must fail every migrate command
+// after the database wait, not hold a deploy's one-shot Job forever.
+func TestMigrateGivesUpOnAServerThatNeverAnswers(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		var held []net.Conn // open and silent until the listener closes
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	oldWait, oldRetry, oldConnect := migrateConnectWait, migrateConnectRetry, migrate.ConnectTimeout
+	migrateConnectWait, migrateConnectRetry, migrate.ConnectTimeout = time.Second, 100*time.Millisecond, 300*time.Millisecond
+	defer func() {
+		migrateConnectWait, migrateConnectRetry, migrate.ConnectTimeout = oldWait, oldRetry, oldConnect
+	}()
+	dsn := "postgres://recsys:secret@" + ln.Addr().String() + "/recsys?sslmode=disable"
+	for _, args := range [][]string{{"up"}, {"version"}, {"down", "--to-version", "0"}, {"force", "1"}} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			root := NewRootCmd()
+			root.SetOut(io.Discard)
+			root.SetErr(io.Discard)
+			root.SetArgs(append(append([]string{"migrate"}, args...), "--pg.dsn", dsn))
+			// Without a bound the connect ignores even a cancelled context (golang-migrate's
+			// driver connects with its own): run it aside and give up on it.
+			done := make(chan error, 1)
+			go func() { done <- root.ExecuteContext(context.Background()) }()
+			select {
+			case err := <-done:
+				if err == nil {
+					t.Fatal("succeeded against a server that never answers")
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("still connecting after 10 s, want the connect wait (1 s) plus one bounded attempt")
+			}
+		})
+	}
+}

@@ -252,7 +252,7 @@ func (mg *Migrator) cancelRunning() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, mg.dsn)
+	conn, err := connect(ctx, mg.dsn)
 	if err != nil {
 		mg.log().Warn("could not cancel the running migration", "err", err.Error())
 		return
@@ -427,6 +427,7 @@ func Open(dsn string) (*Migrator, error) {
 		pc.ConnConfig.RuntimeParams = map[string]string{}
 	}
 	pc.ConnConfig.RuntimeParams["application_name"] = appName
+	boundConnect(pc.ConnConfig)
 	db := stdlib.OpenDB(*pc.ConnConfig)
 	drv, err := pgxmigrate.WithInstance(db, &pgxmigrate.Config{})
 	if err != nil {
@@ -589,7 +590,7 @@ var ErrRunning = errors.New("a migration is running (another `recsys migrate` ho
 // and a version forced meanwhile would be overwritten by the run's end or, forced below a file
 // the run then completes, have the next `up` apply that file a second time.
 func (mg *Migrator) Force(ctx context.Context, v int) error {
-	conn, err := pgx.Connect(ctx, mg.dsn)
+	conn, err := connect(ctx, mg.dsn)
 	if err != nil {
 		return fmt.Errorf("connect for migration lock: %w", err)
 	}
@@ -628,7 +629,7 @@ type State struct {
 // Inspect reads the State over a plain connection. Open cannot answer while a migration
 // runs: golang-migrate takes its lock there, and waits for the run to end.
 func Inspect(ctx context.Context, dsn string) (State, error) {
-	conn, err := pgx.Connect(ctx, dsn)
+	conn, err := connect(ctx, dsn)
 	if err != nil {
 		return State{}, fmt.Errorf("connect: %w", err)
 	}
@@ -656,7 +657,7 @@ func (mg *Migrator) Version() (uint, bool, error) {
 }
 
 func (mg *Migrator) locked(ctx context.Context, fn func() error) error {
-	conn, err := pgx.Connect(ctx, mg.dsn)
+	conn, err := connect(ctx, mg.dsn)
 	if err != nil {
 		return fmt.Errorf("connect for migration lock: %w", err)
 	}
@@ -769,3 +770,27 @@ func judge(v uint, dirty bool, want uint) error {
 
 // connectTimeout bounds how long `check` waits for the database, as the original tool did.
 const connectTimeout = 3 * time.Second
+
+// ConnectTimeout bounds each connection attempt of the other commands when the DSN sets no
+// connect_timeout. pgx has none by default: a server that accepts the connection and never
+// answers (a stuck PostgreSQL, a pooler waiting for its backend) or a firewall that drops
+// the packets kept `migrate up`, a deploy's one-shot Job, waiting forever, past
+// `recsys migrate`'s 30 s wait for the database.
+var ConnectTimeout = 5 * time.Second
+
+// boundConnect gives cfg ConnectTimeout unless its DSN set one.
+func boundConnect(cfg *pgx.ConnConfig) {
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = ConnectTimeout
+	}
+}
+
+// connect opens a plain connection with a bounded connect.
+func connect(ctx context.Context, dsn string) (*pgx.Conn, error) {
+	pc, err := postgres.ParseDSN(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("database url: %w", err)
+	}
+	boundConnect(pc.ConnConfig)
+	return pgx.ConnectConfig(ctx, pc.ConnConfig)
+}
