@@ -202,32 +202,13 @@ func TestMigrateVersionAndForceDuringARun(t *testing.T) {
 // for its backend, a firewall that swallows the handshake) must fail every migrate command
 // after the database wait, not hold a deploy's one-shot Job forever.
 func TestMigrateGivesUpOnAServerThatNeverAnswers(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		var held []net.Conn // open and silent until the listener closes
-		defer func() {
-			for _, c := range held {
-				c.Close()
-			}
-		}()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			held = append(held, c)
-		}
-	}()
+	addr := testutil.HangingServer(t)
 	oldWait, oldRetry, oldConnect := migrateConnectWait, migrateConnectRetry, migrate.ConnectTimeout
 	migrateConnectWait, migrateConnectRetry, migrate.ConnectTimeout = time.Second, 100*time.Millisecond, 300*time.Millisecond
 	defer func() {
 		migrateConnectWait, migrateConnectRetry, migrate.ConnectTimeout = oldWait, oldRetry, oldConnect
 	}()
-	dsn := "postgres://recsys:secret@" + ln.Addr().String() + "/recsys?sslmode=disable"
+	dsn := "postgres://recsys:secret@" + addr + "/recsys?sslmode=disable"
 	for _, args := range [][]string{{"up"}, {"version"}, {"down", "--to-version", "0"}, {"force", "1"}} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			root := NewRootCmd()
