@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/rueidis"
 
@@ -228,7 +229,7 @@ ON CONFLICT (user_id) DO UPDATE SET forgotten_at_ms = greatest(forgotten_users.f
 		// text.
 		{"feature_dlq", `DELETE FROM feature_dlq WHERE msg_key = ANY($1) AND created_at <= to_timestamp($2::bigint / 1000.0)`, keys},
 	} {
-		tag, err := s.pg.Exec(ctx, d.sql, d.who, at)
+		tag, err := s.execScan(ctx, d.sql, d.who, at)
 		if err != nil {
 			return rep, fmt.Errorf("erase users from %s: %w", d.table, err)
 		}
@@ -281,6 +282,24 @@ ON CONFLICT (user_id) DO UPDATE SET forgotten_at_ms = greatest(forgotten_users.f
 		rep.Deleted[table] += tag.RowsAffected()
 	}
 	return rep, nil
+}
+
+// execScan runs one of Forget's statements that read a whole table (the raw tables and the
+// DLQ have no index by user): on a production table that takes minutes, far past the
+// session's statement_timeout (--pg.statement-timeout, 5 s by default), which cancelled
+// every erasure of a real deployment after the users were recorded and before any row went.
+// ctx (Ctrl-C) still stops it.
+func (s *Store) execScan(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	var tag pgconn.CommandTag
+	err := pgx.BeginFunc(ctx, s.pg, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SET LOCAL statement_timeout = 0`); err != nil {
+			return err
+		}
+		var err error
+		tag, err = tx.Exec(ctx, sql, args...)
+		return err
+	})
+	return tag, err
 }
 
 // eraseRawSQL deletes a raw table's rows of the users $1 received up to the erasure ($2, ms;

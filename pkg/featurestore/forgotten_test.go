@@ -382,3 +382,32 @@ func TestForgetGlobLikeUserIDsTouchNoOtherUser(t *testing.T) {
 		}
 	}
 }
+
+// The raw tables have no index by user, so Forget's first pass reads each whole: on a real
+// deployment's tables (months of events) that takes far longer than the sessions'
+// statement_timeout (--pg.statement-timeout, 5 s), which cancelled every erasure after the
+// users were recorded and before anything was deleted. A trigger stands for the long scan.
+func TestForgetOutlastsTheStatementTimeout(t *testing.T) {
+	ctx := context.Background()
+	dsn := testutil.MigratedDatabase(t)
+	pool := testutil.Pool(t, dsn+"&statement_timeout=300")
+	rd := redisClient(t, testutil.StartPrivate(t, "redis").URL)
+	if _, err := pool.Exec(ctx, `CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(1); RETURN OLD; END $$;
+CREATE TRIGGER slow_delete BEFORE DELETE ON watches FOR EACH ROW EXECUTE FUNCTION slow_delete()`); err != nil {
+		t.Fatal(err)
+	}
+	const gone = "user-gone-slow-scan"
+	now := time.Now().UnixMilli()
+	if _, err := pool.Exec(ctx, `INSERT INTO watches (event_id, user_id, session_id, request_id, item_id, watch_time_sec, ts_ms, ts, server_received_ts_ms)
+VALUES ('slow-1', $1, 's', 'r', 'i', 1, $2::bigint, to_timestamp($2::bigint / 1000.0), $2::bigint)`, gone, now); err != nil {
+		t.Fatal(err)
+	}
+	st := featurestore.New(pool, rd, testutil.Unique("fs")+":", testConfig(), nil)
+	rep, err := st.Forget(ctx, []string{gone}, 100*time.Millisecond)
+	if err != nil {
+		t.Fatalf("forget with a scan longer than the statement timeout: %v", err)
+	}
+	if rep.Deleted["watches"] != 1 {
+		t.Errorf("report counts %d watches deleted, want 1", rep.Deleted["watches"])
+	}
+}
