@@ -291,15 +291,24 @@ ON CONFLICT (user_id) DO UPDATE SET forgotten_at_ms = greatest(forgotten_users.f
 // ctx (Ctrl-C) still stops it.
 func (s *Store) execScan(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
 	var tag pgconn.CommandTag
-	err := pgx.BeginFunc(ctx, s.pg, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SET LOCAL statement_timeout = 0`); err != nil {
-			return err
-		}
+	err := untimed(ctx, s.pg, func(tx pgx.Tx) error {
 		var err error
 		tag, err = tx.Exec(ctx, sql, args...)
 		return err
 	})
 	return tag, err
+}
+
+// untimed runs fn in a transaction without the session's statement_timeout: for the
+// operator commands' statements that read whole tables, whose time grows with the
+// deployment, not with what they were asked for.
+func untimed(ctx context.Context, pg *pgxpool.Pool, fn func(tx pgx.Tx) error) error {
+	return pgx.BeginFunc(ctx, pg, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SET LOCAL statement_timeout = 0`); err != nil {
+			return err
+		}
+		return fn(tx)
+	})
 }
 
 // eraseRawSQL deletes a raw table's rows of the users $1 received up to the erasure ($2, ms;

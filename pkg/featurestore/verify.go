@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/rueidis"
 )
 
@@ -277,10 +278,17 @@ func (s *Store) strayUsers(ctx context.Context, opts VerifyOptions) ([]differenc
 }
 
 // sampleIDs draws up to n keys of table at random, in key order. ORDER BY random() reads the
-// whole key column once: seconds for tens of millions of rows, fine for an operator's check.
-func sampleIDs(ctx context.Context, pg dbConn, table, col string, n int) ([]string, error) {
-	rows, _ := pg.Query(ctx, `SELECT `+col+` FROM `+table+` ORDER BY random() LIMIT $1`, n)
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+// whole table once: seconds to minutes for tens of millions of rows, fine for an operator's
+// check, but past the session's statement_timeout (--pg.statement-timeout, 5 s), so it runs
+// without it.
+func sampleIDs(ctx context.Context, pg *pgxpool.Pool, table, col string, n int) ([]string, error) {
+	var ids []string
+	err := untimed(ctx, pg, func(tx pgx.Tx) error {
+		rows, _ := tx.Query(ctx, `SELECT `+col+` FROM `+table+` ORDER BY random() LIMIT $1`, n)
+		var err error
+		ids, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("sample %s: %w", table, err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"recsys/pkg/featurestore"
 	"recsys/pkg/featurestore/fstest"
+	"recsys/pkg/testutil"
 )
 
 // Verify finds a copy built by the stream equal to PostgreSQL, then every kind of damage done
@@ -320,5 +321,30 @@ func TestVerifyFindsUsersOnlyTheCopyHolds(t *testing.T) {
 	}
 	if rep.OK() || rep.MismatchCount != 1 || rep.Mismatches[0].Key != ghost || !strings.Contains(rep.Mismatches[0].Detail, "PostgreSQL does not") {
 		t.Errorf("verify with a user only the copy holds: %+v, want that one mismatch", rep)
+	}
+}
+
+// Drawing the sample reads the whole of feature_users and feature_items (ORDER BY random()):
+// on a real deployment's millions of users that outlasts the sessions' statement_timeout
+// (--pg.statement-timeout, 5 s), and verify failed on the copies it is for. A slow random()
+// (the session's search_path puts public first) stands for the long scan.
+func TestVerifySampleOutlastsTheStatementTimeout(t *testing.T) {
+	ctx := context.Background()
+	dsn := testutil.MigratedDatabase(t)
+	pool := testutil.Pool(t, dsn+"&statement_timeout=300&search_path=public,pg_catalog")
+	rd := redisClient(t, testutil.StartPrivate(t, "redis").URL)
+	st := featurestore.New(pool, rd, testutil.Unique("vs")+":", testConfig(), nil)
+	streamGenerated(t, st, fstest.GenConfig{Seed: 3, Users: 3, Items: 5, Events: 40, StartMs: time.Now().Add(-time.Hour).UnixMilli(),
+		StepMs: 1000, Prefix: "vs"})
+	if _, err := pool.Exec(ctx, `CREATE FUNCTION public.random() RETURNS double precision LANGUAGE sql VOLATILE
+AS 'SELECT 0.5 FROM pg_sleep(0.2)'`); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := st.Verify(ctx, featurestore.VerifyOptions{Sample: 10, Grace: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("verify with a sample longer than the statement timeout: %v", err)
+	}
+	if !rep.OK() || rep.Users != 3 || rep.Items != 5 {
+		t.Errorf("report %+v, want 3 users and 5 items compared, all equal", rep)
 	}
 }
