@@ -544,3 +544,40 @@ func TestBadBaseURLErrorsHideThePassword(t *testing.T) {
 		}
 	}
 }
+
+// An operator's Ctrl-C cancels the requests in flight: they say nothing about the server, so
+// they are not errors. Counted, a slow server's run stopped by hand failed on its error rate
+// (exit 2) and reported latencies cut short by the interrupt.
+func TestInterruptDoesNotCountRequestsInFlight(t *testing.T) {
+	var served atomic.Int64
+	hold := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/reco" && served.Add(1) > 20 {
+			select { // the server turns slow: these are in flight at the interrupt
+			case <-hold:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		_, _ = w.Write([]byte(`{"request_id":"r","items":["a"]}`))
+	}))
+	defer srv.Close()
+	defer close(hold)
+	cfg := baseCfg(srv.URL)
+	cfg.Requests, cfg.Concurrency, cfg.Warmup, cfg.Timeout = 1000, 4, 0, time.Minute
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		for served.Load() < 24 {
+			time.Sleep(5 * time.Millisecond)
+		}
+		cancel()
+	}()
+	r, err := loadgen.Run(ctx, cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.StoppedBy != "interrupted" || r.Summary.RequestsTotal != 20 || r.Summary.RequestsFailed != 0 || r.Failed() {
+		t.Fatalf("stopped by %s, %d requests, %d failed (%v), verdict %s: want the 20 answered, none failed",
+			r.StoppedBy, r.Summary.RequestsTotal, r.Summary.RequestsFailed, r.Summary.Errors, r.Verdict)
+	}
+}

@@ -170,9 +170,16 @@ func runLoop(ctx context.Context, cfg *Config, c *client, rec func(Result), bar 
 	if cfg.Rate > 0 {
 		interval = time.Duration(float64(time.Second) / cfg.Rate)
 	}
+	// The requests in flight when the run is interrupted (Ctrl-C) end cancelled: counted, a
+	// slow server's run stopped by hand would fail on its error rate, with latencies cut short.
+	record := func(r Result) {
+		if r.Err != errCanceled {
+			rec(r)
+		}
+	}
 	var wg sync.WaitGroup
 	for i := 0; i < cfg.Concurrency; i++ {
-		w := &worker{cfg: cfg, c: c, rnd: mrand.New(mrand.NewPCG(uint64(cfg.Seed), uint64(i))), rec: rec}
+		w := &worker{cfg: cfg, c: c, rnd: mrand.New(mrand.NewPCG(uint64(cfg.Seed), uint64(i))), rec: record}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

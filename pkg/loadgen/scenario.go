@@ -87,6 +87,10 @@ func (c *client) authHint(status int) string {
 	return ""
 }
 
+// errCanceled is the error of a request the run itself cancelled (an interrupt): it was in
+// flight when the operator stopped the run, and says nothing about the server.
+const errCanceled = "Canceled: run stopped"
+
 // classify turns a transport error into a short, stable message so the report's error table
 // groups them ("TimeoutError: ...", "ConnectionError: ...").
 func classify(err error) string {
@@ -95,7 +99,7 @@ func classify(err error) string {
 	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()):
 		return "TimeoutError: request timed out"
 	case errors.Is(err, context.Canceled):
-		return "Canceled: run stopped"
+		return errCanceled
 	}
 	msg := err.Error()
 	var ue *url.Error
