@@ -186,12 +186,16 @@ func (s *series) summary(elapsed time.Duration) Summary {
 		out.Errors[msg] = n
 	}
 	if s.count > 0 {
-		q := func(p float64) *float64 { return msPtr(float64(s.hist.ValueAtQuantile(p))) }
+		q := func(p float64) *float64 { return msPtr(float64(s.at(p))) }
 		out.LatencyMs = LatencyMs{P50: q(50), P90: q(90), P95: q(95), P99: q(99), P999: q(99.9),
 			Mean: msPtr(s.sumUs / float64(s.count)), Max: msPtr(float64(s.maxUs))}
 	}
 	return out
 }
+
+// at is the latency at percentile p in µs. HDR answers the top of the value's bucket, up to
+// 0.1 % above what was recorded: capped at the exact max, no percentile exceeds it.
+func (s *series) at(p float64) int64 { return min(s.hist.ValueAtQuantile(p), s.maxUs) }
 
 // PercentilePoint is one point of the percentile distribution (for the plot).
 type PercentilePoint struct {
@@ -211,7 +215,7 @@ func (s *series) percentileCurve() []PercentilePoint {
 		if i > 0 && (1-p/100)*float64(s.count) < 0.5 {
 			break
 		}
-		out = append(out, PercentilePoint{Percentile: round3(p), LatencyMs: round3(float64(s.hist.ValueAtQuantile(p)) / 1000)})
+		out = append(out, PercentilePoint{Percentile: round3(p), LatencyMs: round3(float64(s.at(p)) / 1000)})
 	}
 	out = append(out, PercentilePoint{Percentile: 100, LatencyMs: round3(float64(s.maxUs) / 1000)})
 	return out
