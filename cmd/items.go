@@ -85,8 +85,11 @@ func newItemsBlockCmd(block bool) *cobra.Command {
 			}
 			defer pool.Close()
 			if block {
+				// Blocking an item again without --reason (a list of takedowns re-run, a
+				// moderation script) keeps the reason recorded with it, the takedown's
+				// reference: only a new --reason replaces it.
 				tag, err := pool.Exec(cmd.Context(), `INSERT INTO blocked_items (item_id, reason) SELECT unnest($1::text[]), $2
-ON CONFLICT (item_id) DO UPDATE SET reason = EXCLUDED.reason`, ids, reason)
+ON CONFLICT (item_id) DO UPDATE SET reason = CASE WHEN EXCLUDED.reason = '' THEN blocked_items.reason ELSE EXCLUDED.reason END`, ids, reason)
 				if err != nil {
 					return fmt.Errorf("block items: %w", err)
 				}
@@ -101,7 +104,7 @@ ON CONFLICT (item_id) DO UPDATE SET reason = EXCLUDED.reason`, ids, reason)
 	}
 	dsnFlag(cmd, &dsn)
 	if block {
-		cmd.Flags().StringVar(&reason, "reason", "", "why (kept with the block, shown by `recsys items blocked`)")
+		cmd.Flags().StringVar(&reason, "reason", "", "why (kept with the block, shown by `recsys items blocked`; blocking an item again without it keeps the recorded reason)")
 	}
 	return cmd
 }

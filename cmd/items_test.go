@@ -3,6 +3,8 @@ package cmd
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"io"
 	"slices"
 	"strings"
 	"testing"
@@ -48,5 +50,45 @@ func TestItemIDs(t *testing.T) {
 		if (err != nil) != tc.wantErr || !slices.Equal(got, tc.want) {
 			t.Errorf("%s: itemIDs = %q, %v; want %q (error %v)", tc.name, got, err, tc.want, tc.wantErr)
 		}
+	}
+}
+
+// Blocking an item again without --reason (a takedown list re-run, a moderation script that
+// blocks a batch) kept the block but wiped the reason recorded with it, the legal reference of
+// the takedown. A new --reason still replaces it.
+func TestItemsBlockAgainKeepsTheReason(t *testing.T) {
+	dsn := testutil.MigratedDatabase(t)
+	run := func(args ...string) string {
+		t.Helper()
+		root := NewRootCmd()
+		var out bytes.Buffer
+		root.SetOut(&out)
+		root.SetErr(io.Discard)
+		root.SetArgs(append(args, "--pg.dsn", dsn))
+		if err := root.ExecuteContext(context.Background()); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+		return out.String()
+	}
+	reasons := func() map[string]string {
+		t.Helper()
+		var items []blockedItem
+		if err := json.Unmarshal([]byte(run("items", "blocked")), &items); err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]string{}
+		for _, it := range items {
+			m[it.ItemID] = it.Reason
+		}
+		return m
+	}
+	run("items", "block", "--reason", "DMCA 2026-118", "item-a")
+	run("items", "block", "item-a", "item-b")
+	if got := reasons(); got["item-a"] != "DMCA 2026-118" || got["item-b"] != "" {
+		t.Errorf("reasons after blocking again without --reason: %q, want item-a's kept", got)
+	}
+	run("items", "block", "--reason", "DMCA 2026-201", "item-a")
+	if got := reasons(); got["item-a"] != "DMCA 2026-201" {
+		t.Errorf("reason after blocking again with a new --reason: %q, want it replaced", got)
 	}
 }
