@@ -201,7 +201,8 @@ func newMigrateDownCmd(withMigrator func(func(*cobra.Command, *migrate.Migrator,
 	c := &cobra.Command{
 		Use:   "down N | down --to-version V",
 		Short: "Revert the last N migrations, or those above version V (safe to repeat)",
-		Long: `Revert the last N migrations, or every migration above version V. Prefer --to-version:
+		Long: `Revert the last N migrations, or every migration above version V (an N above the applied
+migrations is refused, reverting nothing). Prefer --to-version:
 run twice (a repeated step, a retried Job), "down 1" reverts one more migration and drops
 what it holds, while "down --to-version V" does nothing once the schema is at V.`,
 		Args: cobra.MaximumNArgs(1),

@@ -531,6 +531,11 @@ func (mg *Migrator) Down(ctx context.Context, n int) error {
 		if err != nil {
 			return err
 		}
+		// golang-migrate reverts what there is and only then reports the shortfall: `down 30`
+		// on 24 applied migrations dropped every table and failed.
+		if n > int(v) {
+			return fmt.Errorf("migrate down %d: only %d migrations are applied (version %d); nothing reverted (revert them all with --to-version 0)", n, v, v)
+		}
 		return mg.down(ctx, fmt.Sprintf("migrate down %d", n), int(v)-n)
 	})
 }

@@ -91,6 +91,26 @@ func TestUpDownUpAgainstPostgres(t *testing.T) {
 	}
 }
 
+// `down N` with N above the applied migrations is a mistake (a version taken for a count):
+// golang-migrate reverted every migration, dropping every table, and only then failed with
+// "limit 6 short". It is refused before anything is reverted.
+func TestDownMoreThanAppliedRevertsNothing(t *testing.T) {
+	dsn := testutil.MigratedDatabase(t)
+	ctx := context.Background()
+	m, err := migrate.Open(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	latest := migrate.Latest()
+	if err := m.Down(ctx, int(latest)+6); err == nil || !strings.Contains(err.Error(), "nothing reverted") {
+		t.Fatalf("down %d at version %d: %v, want a refusal", latest+6, latest, err)
+	}
+	if v, dirty, err := m.Version(); err != nil || dirty || v != latest {
+		t.Fatalf("after the refused down: version %d dirty %t err %v, want %d clean", v, dirty, err, latest)
+	}
+}
+
 func TestCheckDetectsDrift(t *testing.T) {
 	dsn := testutil.MigratedDatabase(t)
 	ctx := context.Background()
