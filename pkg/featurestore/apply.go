@@ -872,17 +872,20 @@ WHERE NOT EXISTS (SELECT 1 FROM feature_applied a WHERE a.event_id = u.id AND (a
 	// new event are created: a redelivery of a trimmed user's events (TrimUsers; their
 	// dedup records stay) would otherwise create an empty row for them, which nothing writes
 	// to the copy.
-	fresh := make(map[string]bool, len(users))
-	for i, e := range b.Events {
-		if a.New[i] {
-			fresh[e.UserID] = true
-		}
-	}
 	var missing []string
 	for _, id := range users {
-		if states[id] == nil && fresh[id] {
+		if states[id] == nil {
 			missing = append(missing, id)
 		}
+	}
+	if len(missing) > 0 { // most batches of a mature stream have none
+		fresh := make(map[string]bool, len(missing))
+		for i, e := range b.Events {
+			if a.New[i] {
+				fresh[e.UserID] = true
+			}
+		}
+		missing = slices.DeleteFunc(missing, func(id string) bool { return !fresh[id] })
 	}
 	if len(missing) == 0 {
 		return states, m, merr, nil
