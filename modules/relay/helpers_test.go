@@ -214,6 +214,16 @@ func (e *env) counts() map[string]int {
 	return out
 }
 
+// outboxRows counts the outbox's rows, whatever their status.
+func (e *env) outboxRows() int {
+	e.t.Helper()
+	var n int
+	if err := e.pool.QueryRow(context.Background(), `SELECT count(*) FROM event_outbox`).Scan(&n); err != nil {
+		e.t.Fatal(err)
+	}
+	return n
+}
+
 // waitFor polls cond until it holds or the timeout passes.
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()

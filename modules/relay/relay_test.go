@@ -593,75 +593,100 @@ func TestRelayNotReadyUntilTopicsProvisioned(t *testing.T) {
 	}
 }
 
-// PostgreSQL refuses every claim (here a trigger raising disk full, 53100, as a full disk or a
-// revoked permission on event_outbox would): the relay relays nothing while Kafka is fine, so
-// /readyz fails after --relay.unready-after-failures claims in a row, not after one, and the
-// relay is ready again and publishes the rows once claims work.
-func TestRelayUnreadyWhileClaimsFail(t *testing.T) {
+// PostgreSQL refuses every claim (a trigger raising disk full, 53100, as a full disk or a
+// revoked permission on event_outbox would), or every recording of a batch outcome while
+// claims work (a trigger on the deletion of acked rows: the relay publishes every batch again
+// after its lease and makes no progress). /readyz fails after --relay.unready-after-failures
+// failures in a row, not after one, naming the step and the database's error, and the relay
+// is ready again and finishes the rows once the step works.
+func TestRelayUnreadyWhileTheDatabaseRefuses(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, testutil.KafkaBrokers(t), 1)
-	ctx := context.Background()
-	// Claims fail while claim_attempts has not passed refuse_claims.n (a sequence: its
-	// increments survive the failed claim's rollback).
-	if _, err := e.pool.Exec(ctx, `
-CREATE SEQUENCE claim_attempts;
-CREATE TABLE refuse_claims (n bigint);
-INSERT INTO refuse_claims VALUES (0);
-CREATE FUNCTION refuse_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+	for _, tc := range []struct {
+		name    string
+		trigger string // BEFORE ... ON event_outbox FOR EACH ROW; $body$ is refuse()'s test
+		body    string
+		errcode string
+		stage   string // of reco_outbox_relay_errors_total
+		want    string // in the readiness error
+		mutate  func(*relay.Config)
+		done    func(e *env, n int) bool // the n rows inserted are done
+	}{
+		{"claims", "BEFORE UPDATE", "OLD.status = 'pending' AND NEW.status = 'publishing' AND", "53100", "claim", "claims of outbox rows failed",
+			func(*relay.Config) {}, func(e *env, n int) bool { return e.counts()["published"] >= n }},
+		{"recordings", "BEFORE DELETE", "", "42501", "process", "record outbox batch outcomes",
+			func(c *relay.Config) {
+				c.Retention = 0 // delete on ack: the trigger refuses the recording
+				c.Workers = 1   // one batch in flight: one failed attempt is one failed attempt in a row
+			}, func(e *env, _ int) bool { return e.outboxRows() == 0 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, testutil.KafkaBrokers(t), 1)
+			ctx := context.Background()
+			// The step fails while attempts has not passed refuse_n.n (a sequence: its
+			// increments survive the failed step's rollback).
+			if _, err := e.pool.Exec(ctx, fmt.Sprintf(`
+CREATE SEQUENCE attempts;
+CREATE TABLE refuse_n (n bigint);
+INSERT INTO refuse_n VALUES (0);
+CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF OLD.status = 'pending' AND NEW.status = 'publishing' THEN
-        IF nextval('claim_attempts') <= (SELECT n FROM refuse_claims) THEN
-            RAISE EXCEPTION 'could not extend file: No space left on device (test)' USING ERRCODE = '53100';
-        END IF;
+    IF %s nextval('attempts') <= (SELECT n FROM refuse_n) THEN
+        RAISE EXCEPTION 'refused (test)' USING ERRCODE = '%s';
     END IF;
-    RETURN NEW;
+    RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
 END $$;
-CREATE TRIGGER refuse_claim BEFORE UPDATE ON event_outbox FOR EACH ROW EXECUTE FUNCTION refuse_claim()`); err != nil {
-		t.Fatal(err)
-	}
-	refuse := func(claims int64) {
-		t.Helper()
-		if _, err := e.pool.Exec(ctx, `UPDATE refuse_claims SET n = nextval('claim_attempts') + $1`, claims); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cfg := testConfig()
-	cfg.UnreadyAfter = 3
-	run := e.start(cfg, "r1", relay.Options{})
-	waitReady(t, run.r)
-	claimErrors := func() float64 { return metric(run.deps.Metrics, `reco_outbox_relay_errors_total{stage="claim"}`) }
+CREATE TRIGGER refuse %s ON event_outbox FOR EACH ROW EXECUTE FUNCTION refuse()`, tc.body, tc.errcode, tc.trigger)); err != nil {
+				t.Fatal(err)
+			}
+			refuse := func(attempts int64) {
+				t.Helper()
+				if _, err := e.pool.Exec(ctx, `UPDATE refuse_n SET n = nextval('attempts') + $1`, attempts); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cfg := testConfig()
+			cfg.UnreadyAfter = 3
+			tc.mutate(cfg)
+			run := e.start(cfg, "r1", relay.Options{})
+			waitReady(t, run.r)
+			failures := func() float64 {
+				return metric(run.deps.Metrics, fmt.Sprintf(`reco_outbox_relay_errors_total{stage=%q}`, tc.stage))
+			}
 
-	// One failed claim: the next one publishes, and the relay stays ready throughout.
-	refuse(1)
-	e.insert(5, 5, 5)
-	for deadline := time.Now().Add(30 * time.Second); e.counts()["published"] < 5; time.Sleep(2 * time.Millisecond) {
-		if err := run.r.Ready(ctx); err != nil {
-			t.Fatalf("Ready = %v after %v failed claims, want ready below --relay.unready-after-failures", err, claimErrors())
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("rows not published: %v", e.counts())
-		}
-	}
-	if n := claimErrors(); n != 1 {
-		t.Fatalf("claim errors = %v, want 1", n)
-	}
+			// One failure: the next attempt succeeds, and the relay stays ready throughout.
+			refuse(1)
+			e.insert(5, 5, 5)
+			for deadline := time.Now().Add(30 * time.Second); !tc.done(e, 5); time.Sleep(2 * time.Millisecond) {
+				if err := run.r.Ready(ctx); err != nil {
+					t.Fatalf("Ready = %v after %v failures, want ready below --relay.unready-after-failures", err, failures())
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("rows not done: %v", e.counts())
+				}
+			}
+			if n := failures(); n != 1 {
+				t.Fatalf("%s errors = %v, want 1", tc.stage, n)
+			}
 
-	// Every claim fails: unready, naming the database's error.
-	refuse(1 << 40)
-	e.insert(5, 5, 5)
-	waitFor(t, 30*time.Second, "readiness to report the failing claims", func() bool {
-		err := run.r.Ready(ctx)
-		return err != nil && strings.Contains(err.Error(), "53100")
-	})
-	if n := claimErrors(); n < 1+float64(cfg.UnreadyAfter) {
-		t.Fatalf("unready after %v claim errors, want at least %d in a row", n-1, cfg.UnreadyAfter)
-	}
+			// Every attempt fails: unready, naming the step and the database's error.
+			refuse(1 << 40)
+			e.insert(5, 5, 5)
+			waitFor(t, 30*time.Second, "readiness to report the failures", func() bool {
+				err := run.r.Ready(ctx)
+				return err != nil && strings.Contains(err.Error(), tc.want) && strings.Contains(err.Error(), tc.errcode)
+			})
+			if n := failures(); n < 1+float64(cfg.UnreadyAfter) {
+				t.Fatalf("unready after %v errors, want at least %d in a row", n-1, cfg.UnreadyAfter)
+			}
 
-	if _, err := e.pool.Exec(ctx, `DROP TRIGGER refuse_claim ON event_outbox`); err != nil {
-		t.Fatal(err)
+			if _, err := e.pool.Exec(ctx, `DROP TRIGGER refuse ON event_outbox`); err != nil {
+				t.Fatal(err)
+			}
+			waitReady(t, run.r)
+			waitFor(t, 30*time.Second, "every row done", func() bool { return tc.done(e, 10) })
+		})
 	}
-	waitReady(t, run.r)
-	e.waitPublished(10, 30*time.Second)
 }
 
 func TestConfigValidate(t *testing.T) {
@@ -1108,85 +1133,6 @@ CREATE TRIGGER refuse_record BEFORE DELETE ON event_outbox FOR EACH ROW EXECUTE 
 	if d, dups := readTopic(t, e.brokers, e.kcfg.TopicWatches).distinct(); d != rows || dups != 0 {
 		t.Errorf("consumer saw %d distinct events and %d duplicates, want %d and 0", d, dups, rows)
 	}
-}
-
-// PostgreSQL refuses every recording of a batch outcome (here a trigger on the deletion of
-// acked rows) while claims work: the relay publishes every batch again after its lease and
-// makes no progress, so /readyz fails after --relay.unready-after-failures failed attempts in
-// a row, not after one, naming the recording and the database's error; the first recording
-// that succeeds makes it ready again.
-func TestRelayUnreadyWhileRecordingsFail(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t, testutil.KafkaBrokers(t), 1)
-	ctx := context.Background()
-	// Recordings fail while record_attempts has not passed refuse_records.n (a sequence: its
-	// increments survive the failed recording's rollback).
-	if _, err := e.pool.Exec(ctx, `
-CREATE SEQUENCE record_attempts;
-CREATE TABLE refuse_records (n bigint);
-INSERT INTO refuse_records VALUES (0);
-CREATE FUNCTION refuse_record() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF nextval('record_attempts') <= (SELECT n FROM refuse_records) THEN
-        RAISE EXCEPTION 'permission denied for table event_outbox (test)' USING ERRCODE = '42501';
-    END IF;
-    RETURN OLD;
-END $$;
-CREATE TRIGGER refuse_record BEFORE DELETE ON event_outbox FOR EACH ROW EXECUTE FUNCTION refuse_record()`); err != nil {
-		t.Fatal(err)
-	}
-	refuse := func(attempts int64) {
-		t.Helper()
-		if _, err := e.pool.Exec(ctx, `UPDATE refuse_records SET n = nextval('record_attempts') + $1`, attempts); err != nil {
-			t.Fatal(err)
-		}
-	}
-	left := func() int {
-		var n int
-		if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM event_outbox`).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
-	cfg := testConfig()
-	cfg.Retention = 0 // delete on ack: the trigger refuses the recording
-	cfg.Workers = 1   // one batch in flight: one failed attempt is one failed attempt in a row
-	cfg.UnreadyAfter = 3
-	run := e.start(cfg, "r1", relay.Options{})
-	waitReady(t, run.r)
-	recordErrors := func() float64 { return metric(run.deps.Metrics, `reco_outbox_relay_errors_total{stage="process"}`) }
-
-	// One failed attempt: the retry records the batch, and the relay stays ready throughout.
-	refuse(1)
-	e.insert(5, 5, 5)
-	for deadline := time.Now().Add(30 * time.Second); left() > 0; time.Sleep(2 * time.Millisecond) {
-		if err := run.r.Ready(ctx); err != nil {
-			t.Fatalf("Ready = %v after %v failed recordings, want ready below --relay.unready-after-failures", err, recordErrors())
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("rows not recorded: %v", e.counts())
-		}
-	}
-	if n := recordErrors(); n != 1 {
-		t.Fatalf("recording errors = %v, want 1", n)
-	}
-
-	// Every recording fails: unready, naming the recording and the database's error.
-	refuse(1 << 40)
-	e.insert(5, 5, 5)
-	waitFor(t, 30*time.Second, "readiness to report the failing recordings", func() bool {
-		err := run.r.Ready(ctx)
-		return err != nil && strings.Contains(err.Error(), "record outbox batch outcomes") && strings.Contains(err.Error(), "42501")
-	})
-	if n := recordErrors(); n < 1+float64(cfg.UnreadyAfter) {
-		t.Fatalf("unready after %v recording errors, want at least %d in a row", n-1, cfg.UnreadyAfter)
-	}
-
-	if _, err := e.pool.Exec(ctx, `DROP TRIGGER refuse_record ON event_outbox`); err != nil {
-		t.Fatal(err)
-	}
-	waitReady(t, run.r)
-	waitFor(t, 30*time.Second, "every row recorded", func() bool { return left() == 0 })
 }
 
 // A recording that takes longer than a first attempt's 5 s every time (a slow database: here
