@@ -240,6 +240,9 @@ func TestDurabilityAsyncAutolog(t *testing.T) {
 		stop := make(chan struct{})
 		go func() { time.Sleep(1500 * time.Millisecond); close(stop) }()
 		list := hammer(t, p.base, stop)
+		if len(list) < 50 {
+			t.Fatalf("only %d lists served before the stop: too few to test the drain", len(list))
+		}
 		_ = p.cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-p.exited:
@@ -266,6 +269,10 @@ func TestDurabilityAsyncAutolog(t *testing.T) {
 			close(stop)
 		}()
 		list := hammer(t, p.base, stop)
+		// With no more lists served than the queue holds, the bound below could not fail.
+		if len(list) < 2*capacity {
+			t.Fatalf("only %d lists served before the kill, want at least %d to test a bound of %d", len(list), 2*capacity, capacity)
+		}
 		m := missing(t, pool, list)
 		if len(m) > capacity {
 			t.Fatalf("%d of %d served lists lost, more than the queue capacity %d", len(m), len(list), capacity)
