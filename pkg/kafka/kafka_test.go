@@ -43,6 +43,14 @@ func TestEnsureTopicsIsIdempotent(t *testing.T) {
 		if err := c.EnsureTopics(ctx, topic); err != nil {
 			t.Fatalf("round %d: %v", i, err)
 		}
+		// Created with the configured partitions, and the second round leaves them so.
+		md, err := c.Admin().Metadata(ctx, &kafkago.MetadataRequest{Topics: []string{topic}})
+		if err != nil {
+			t.Fatalf("round %d: metadata: %v", i, err)
+		}
+		if len(md.Topics) != 1 || md.Topics[0].Error != nil || len(md.Topics[0].Partitions) != cfg.Partitions {
+			t.Fatalf("round %d: topic metadata %+v, want %s with %d partitions", i, md.Topics, topic, cfg.Partitions)
+		}
 	}
 }
 
