@@ -56,14 +56,23 @@ func TestAgreeConcurrentFirstStarts(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	ok := 0
-	for _, err := range errs {
+	ok, winner := 0, ""
+	for i, err := range errs {
 		if err == nil {
 			ok++
+			winner = values[i]
 		}
 	}
 	if ok != 1 {
 		t.Fatalf("%d of %d different values agreed: %v", ok, len(values), errs)
+	}
+	// The others are told of the disagreement with the recorded value, not failed by the race
+	// (a unique violation, say): that is what their readiness reports.
+	for i, err := range errs {
+		var de *postgres.DisagreeError
+		if err != nil && (!errors.As(err, &de) || de.Here != values[i] || de.Recorded != winner) {
+			t.Errorf("pod with %q: %v, want a disagreement with the recorded %q", values[i], err, winner)
+		}
 	}
 }
 
