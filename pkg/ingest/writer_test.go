@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -287,7 +288,8 @@ func TestWriterSameIDInOneGroup(t *testing.T) { forEachPath(t, testWriterSameIDI
 
 func testWriterSameIDInOneGroup(t *testing.T, path func(*ingest.Config)) {
 	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
-	w := newWriter(t, pool, func(c *ingest.Config) { path(c); c.Workers = 1; c.MaxWait = 100 * time.Millisecond })
+	set := metrics.NewSet()
+	w := newWriter(t, pool, func(c *ingest.Config) { path(c); c.Workers = 1; c.MaxWait = 100 * time.Millisecond; c.Metrics = set })
 	var wg sync.WaitGroup
 	res := make([][]ingest.Result, 2)
 	for i := range 2 {
@@ -305,6 +307,10 @@ func testWriterSameIDInOneGroup(t *testing.T, path func(*ingest.Config)) {
 	if res[0] == nil || res[1] == nil {
 		t.FailNow()
 	}
+	// Both requests in one transaction, or the shared id was never inside one group.
+	if commits, reqs := groupCommits(set); commits != 1 || reqs != 2 {
+		t.Fatalf("%d requests in %d transactions, want the two merged into one", reqs, commits)
+	}
 	if s := string(res[0][0].Status) + "," + string(res[1][0].Status); s != "ok,duplicate" && s != "duplicate,ok" {
 		t.Errorf("statuses of the shared id = %s", s)
 	}
@@ -314,6 +320,24 @@ func testWriterSameIDInOneGroup(t *testing.T, path func(*ingest.Config)) {
 	if c := count(t, pool, "SELECT count(*) FROM watches"); c != 3 {
 		t.Errorf("watch rows = %d, want 3", c)
 	}
+}
+
+// groupCommits returns the transactions a writer with metrics set committed and the requests
+// they held.
+func groupCommits(set *metrics.Set) (commits, requests int) {
+	var buf strings.Builder
+	set.WritePrometheus(&buf)
+	for _, l := range strings.Split(buf.String(), "\n") {
+		k, v, _ := strings.Cut(l, " ")
+		n, _ := strconv.ParseFloat(v, 64)
+		switch k {
+		case `recsys_ingest_group_commit_requests_count{writer="ingest"}`:
+			commits = int(n)
+		case `recsys_ingest_group_commit_requests_sum{writer="ingest"}`:
+			requests = int(n)
+		}
+	}
+	return commits, requests
 }
 
 func TestWriterRejectsInvalidEvent(t *testing.T) {
@@ -666,7 +690,8 @@ func TestWriterEventIDsPerUser(t *testing.T) { forEachPath(t, testWriterEventIDs
 
 func testWriterEventIDsPerUser(t *testing.T, path func(*ingest.Config)) {
 	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
-	w := newWriter(t, pool, func(c *ingest.Config) { path(c); c.Workers = 1; c.MaxWait = 100 * time.Millisecond })
+	set := metrics.NewSet()
+	w := newWriter(t, pool, func(c *ingest.Config) { path(c); c.Workers = 1; c.MaxWait = 100 * time.Millisecond; c.Metrics = set })
 	ok := ingest.Result{Status: ingest.StatusOK, Rows: 1, OutboxEnqueued: true}
 	ok2 := ingest.Result{Status: ingest.StatusOK, Rows: 2, OutboxEnqueued: true}
 	dup := ingest.Result{Status: ingest.StatusDuplicate}
@@ -687,6 +712,7 @@ func testWriterEventIDsPerUser(t *testing.T, path func(*ingest.Config)) {
 		{"one group, resends and a new user", [][]events.Any{{watch("evt-00000003", "u1"), watch("evt-00000003", "u3")}, {watch("evt-00000003", "u2")}},
 			[][]ingest.Result{{dup, ok}, {dup}}},
 	} {
+		commits, _ := groupCommits(set)
 		got := make([][]ingest.Result, len(step.reqs))
 		var wg sync.WaitGroup
 		for i, evs := range step.reqs {
@@ -702,6 +728,9 @@ func testWriterEventIDsPerUser(t *testing.T, path func(*ingest.Config)) {
 			if !slices.Equal(got[i], step.want[i]) {
 				t.Errorf("%s: request %d = %+v, want %+v", step.name, i, got[i], step.want[i])
 			}
+		}
+		if after, _ := groupCommits(set); after-commits != 1 {
+			t.Errorf("%s: %d transactions, want the step's requests in one group", step.name, after-commits)
 		}
 	}
 	want := []string{"evt-00000001/u1", "evt-00000001/u2", "evt-00000001/u3", "evt-00000002/u1", "evt-00000002/u2",
