@@ -371,6 +371,10 @@ CREATE TRIGGER fail_poison BEFORE INSERT ON watches FOR EACH ROW EXECUTE FUNCTIO
 	if n := v.count("SELECT count(*) FROM watches"); n != 10 {
 		t.Errorf("watch rows = %d, want the 10 concurrent ones", n)
 	}
+	// The failing batch shared a transaction with some of them, which the fallback saved.
+	if n := v.metric(`recsys_ingest_group_fallbacks_total{writer="ingest"}`); n < 1 {
+		t.Errorf("group fallbacks = %v: the failing batch was not merged with the concurrent watches", n)
+	}
 }
 
 // TestOutage: PostgreSQL stopped → 503 with the contract's detail within the write timeout;
