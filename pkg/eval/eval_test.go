@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"recsys/pkg/testutil"
 )
 
 func TestMetricsHandComputed(t *testing.T) {
@@ -219,7 +221,7 @@ func datasetPath(t *testing.T, rel string) string {
 	}
 	p := filepath.Join(dir, rel)
 	if _, err := os.Stat(p); err != nil {
-		t.Skipf("MovieLens data not found at %s (set RECSYS_DATASETS to the datasets folder): %v", p, err)
+		testutil.Missing(t, "MovieLens data not found at %s (set RECSYS_DATASETS to the datasets folder): %v", p, err)
 	}
 	return p
 }

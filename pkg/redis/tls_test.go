@@ -65,10 +65,7 @@ func startTLSRedis(t *testing.T, p pki.PKI) string {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
-		if os.Getenv("RECSYS_INTEGRATION") == "1" {
-			t.Fatal("redis-server not found (RECSYS_INTEGRATION=1 requires it)")
-		}
-		t.Skip("redis-server not found")
+		testutil.Missing(t, "redis-server not found")
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -28,12 +28,21 @@ func need(t testing.TB, env, what string) string {
 	if v != "" {
 		return v
 	}
-	msg := fmt.Sprintf("%s not set: start the real %s with `eval \"$(scripts/services.sh up)\"`", env, what)
+	Missing(t, "%s not set: start the real %s with `eval \"$(scripts/services.sh up)\"`", env, what)
+	return ""
+}
+
+// Missing ends a test that lacks something it cannot run without (a server binary, a data
+// set, root): a skip with the message, but a failure when RECSYS_INTEGRATION=1 (make test,
+// CI), where everything the tests need is installed and a skip would pass the run without
+// the test.
+func Missing(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
 	if os.Getenv("RECSYS_INTEGRATION") == "1" {
 		t.Fatal(msg + " (RECSYS_INTEGRATION=1 requires it)")
 	}
 	t.Skip(msg)
-	return ""
 }
 
 // PGDSN returns the base PostgreSQL URL of the test server.

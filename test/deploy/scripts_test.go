@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"recsys/pkg/testutil"
 )
 
 // stub writes an executable shell script named name into dir.
@@ -27,7 +29,7 @@ func stub(t *testing.T, dir, name, body string) {
 // root, per a stubbed id); go is stubbed so a regression runs nothing expensive.
 func TestTestScriptStopsWhenServicesFail(t *testing.T) {
 	if _, err := exec.LookPath("bash"); err != nil {
-		t.Skip("no bash")
+		testutil.Missing(t, "no bash")
 	}
 	bin := t.TempDir()
 	stub(t, bin, "id", `if [ "$1" = "-u" ]; then echo 1000; else exec /usr/bin/id "$@"; fi`)
@@ -47,15 +49,56 @@ func TestTestScriptStopsWhenServicesFail(t *testing.T) {
 	}
 }
 
+// scripts/test-verdict.sh fails a make test run that executed no test or skipped one (a
+// skip under RECSYS_INTEGRATION=1 hides a test: CI passed without it), and lets the rest
+// stand; packages without test files, reported as skipped, do not count.
+func TestTestVerdictFailsRunsThatSkipped(t *testing.T) {
+	if _, err := exec.LookPath("bash"); err != nil {
+		testutil.Missing(t, "no bash")
+	}
+	const (
+		pass    = `{"Time":"2026-01-01T00:00:00Z","Action":"pass","Package":"recsys/pkg/a","Test":"TestA","Elapsed":0.1}`
+		noFiles = `{"Time":"2026-01-01T00:00:00Z","Action":"skip","Package":"recsys/pkg/b","Elapsed":0}`
+		skipped = `{"Time":"2026-01-01T00:00:00Z","Action":"skip","Package":"recsys/pkg/eval","Test":"TestIntegrationML100K","Elapsed":0}`
+		pkgPass = `{"Time":"2026-01-01T00:00:00Z","Action":"pass","Package":"recsys/pkg/a","Elapsed":0.2}`
+		subSkip = `{"Time":"2026-01-01T00:00:00Z","Action":"skip","Package":"recsys/pkg/c","Test":"TestC/sub","Elapsed":0}`
+	)
+	for _, tc := range []struct {
+		name  string
+		lines []string
+		fail  string // "" when the run stands
+	}{
+		{"tests passed", []string{pass, noFiles, pkgPass}, ""},
+		{"a test skipped", []string{pass, skipped, pkgPass}, "recsys/pkg/eval TestIntegrationML100K"},
+		{"a subtest skipped", []string{pass, subSkip}, "recsys/pkg/c TestC/sub"},
+		{"no test ran", []string{noFiles, pkgPass}, "no test was executed"},
+		{"no log", nil, "no test was executed"},
+	} {
+		log := filepath.Join(t.TempDir(), "go-test.json")
+		if tc.lines != nil {
+			if err := os.WriteFile(log, []byte(strings.Join(tc.lines, "\n")+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out, err := exec.Command("bash", filepath.Join(repoRoot(t), "scripts", "test-verdict.sh"), log).CombinedOutput()
+		switch {
+		case tc.fail == "" && (err != nil || len(out) != 0):
+			t.Errorf("%s: %v %s, want exit 0 and no output", tc.name, err, out)
+		case tc.fail != "" && (err == nil || !strings.Contains(string(out), tc.fail)):
+			t.Errorf("%s: %v %s, want a failure naming %q", tc.name, err, out, tc.fail)
+		}
+	}
+}
+
 // TestServicesSweepStopsOrphanedPrivateServers: `services.sh sweep` (run by scripts/test.sh
 // before and after the tests) stops the servers of a private instance whose test process is
 // gone, as after a test binary killed by -timeout, and leaves a live test's instance alone.
 func TestServicesSweepStopsOrphanedPrivateServers(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("services.sh runs the servers as root's service users")
+		testutil.Missing(t, "services.sh runs the servers as root's service users")
 	}
 	if _, err := exec.LookPath("redis-server"); err != nil {
-		t.Skip("no redis-server")
+		testutil.Missing(t, "no redis-server")
 	}
 	script := filepath.Join(repoRoot(t), "scripts", "services.sh")
 	tmp := t.TempDir() // the sweep's TMPDIR: other runs' instances are not in it
@@ -140,14 +183,14 @@ func servicesScript(t *testing.T, dir string, pgPort int, args ...string) (strin
 // alone refuses: "lock file already exists") and `stop pg` must not signal that process.
 func TestServicesPostgresStaleLockWithReusedPid(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("services.sh runs PostgreSQL as the postgres user")
+		testutil.Missing(t, "services.sh runs PostgreSQL as the postgres user")
 	}
 	pgUser, err := user.Lookup("postgres")
 	if err != nil {
-		t.Skip("no postgres user")
+		testutil.Missing(t, "no postgres user")
 	}
 	if m, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb"); len(m) == 0 {
-		t.Skip("no PostgreSQL binaries")
+		testutil.Missing(t, "no PostgreSQL binaries")
 	}
 	dir, port := t.TempDir(), freeLoopbackPort(t)
 	t.Cleanup(func() {
@@ -278,10 +321,10 @@ func TestServicesPostgresStaleLockWithReusedPid(t *testing.T) {
 // not kill that one and `start redis` must start a server of its own.
 func TestServicesRedisPidFileOfAnotherRedis(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("services.sh runs as root")
+		testutil.Missing(t, "services.sh runs as root")
 	}
 	if _, err := exec.LookPath("redis-server"); err != nil {
-		t.Skip("no redis-server")
+		testutil.Missing(t, "no redis-server")
 	}
 	script := filepath.Join(repoRoot(t), "scripts", "services.sh")
 	run := func(dir string, port int, args ...string) (string, error) {
@@ -341,14 +384,14 @@ func TestServicesRedisPidFileOfAnotherRedis(t *testing.T) {
 // `start pg` must make a whole data dir and start.
 func TestServicesPostgresAfterKilledInitdb(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("services.sh runs PostgreSQL as the postgres user")
+		testutil.Missing(t, "services.sh runs PostgreSQL as the postgres user")
 	}
 	if _, err := user.Lookup("postgres"); err != nil {
-		t.Skip("no postgres user")
+		testutil.Missing(t, "no postgres user")
 	}
 	bins, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
 	if len(bins) == 0 {
-		t.Skip("no PostgreSQL binaries")
+		testutil.Missing(t, "no PostgreSQL binaries")
 	}
 	version := filepath.Base(filepath.Dir(filepath.Dir(bins[len(bins)-1])))
 	// An initdb that gets as far as PG_VERSION and is killed; it runs as postgres, so its
