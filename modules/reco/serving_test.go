@@ -177,6 +177,32 @@ func TestCachedGlobalListsMatchFullSnapshot(t *testing.T) {
 	}
 }
 
+// The in-process global lists complete per-user snapshots only while younger than
+// --reco.global-max-age: a snapshot the refresh stopped renewing (its loads failing) must not
+// serve every request the trending lists of long ago; past the age requests read the lists
+// from the store again.
+func TestGlobalListsOlderThanMaxAgeAreReadFromTheStore(t *testing.T) {
+	h := newHarness(t, nil)
+	if err := h.r.serving.refreshGlobal(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// An item every user watches now tops the store's trending list, not the snapshot's.
+	now := time.Now().UnixMilli()
+	for u := range 60 {
+		h.redis.apply(watchEv(fmt.Sprintf("hot-user-%d", u), "hot", now+int64(u), fmt.Sprintf("hot-%d", u)))
+	}
+	const q = "/reco?user_id=cold&session_id=s&k=10&x_autolog_impressions=false"
+	if items := h.get(q).items(); indexOf(items, "hot") >= 0 {
+		t.Fatalf("list %v holds the new item: the snapshot did not complete the request, the test proves nothing", items)
+	}
+	g := *h.r.serving.global.Load()
+	g.loadedAt = time.Now().Add(-h.r.cfg.GlobalMaxAge - time.Second)
+	h.r.serving.global.Store(&g)
+	if items := h.get(q).items(); indexOf(items, "hot") < 0 {
+		t.Fatalf("list %v: global lists older than --reco.global-max-age still completed the request", items)
+	}
+}
+
 // heldSource holds the PostgreSQL read of user "blocker" until release is closed.
 type heldSource struct {
 	snapshotSource
