@@ -91,3 +91,49 @@ func TestFutureEventGoesToDLQ(t *testing.T) {
 		t.Errorf("replay of the future event: %+v, %v; want it still invalid", rep, err)
 	}
 }
+
+// A DLQ entry PostgreSQL refuses whole (a data error on its key or headers) is stored again
+// with its coordinates, payload, event type and error alone, and the stream flows past it only
+// then: dropping it would commit the poison message's offset with no trace of it anywhere.
+func TestRefusedDLQEntryIsStoredWithoutKeyAndHeaders(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	if _, err := e.pool.Exec(ctx, `CREATE FUNCTION refuse_keyed_dlq() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.msg_key IS NOT NULL THEN RAISE EXCEPTION 'injected data error' USING ERRCODE = '22P02'; END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_keyed_dlq BEFORE INSERT ON feature_dlq FOR EACH ROW EXECUTE FUNCTION refuse_keyed_dlq();`); err != nil {
+		t.Fatal(err)
+	}
+	before, after := e.generate(5, 40), e.generate(6, 40)
+	payload := []byte("not json at all")
+	poison := kafkago.Message{Topic: e.TopicWatch, Key: []byte(before[0].User()), Value: payload,
+		Headers: []kafkago.Header{{Key: events.HeaderEventType, Value: []byte("watch")}, {Key: "trace", Value: []byte("t-1")}}}
+	e.produce(t, before)
+	e.produceRaw(t, poison)
+	e.produce(t, after)
+	c := e.startConsumer(t)
+	e.waitApplied(t, len(before)+len(after), 90*time.Second)
+	waitFor(t, "the poison message in the dlq", 20*time.Second, func() bool {
+		var n int
+		_ = e.pool.QueryRow(ctx, `SELECT count(*) FROM feature_dlq`).Scan(&n)
+		return n == 1
+	})
+	c.stop()
+	var stored []byte
+	var headers, errText string
+	var keyed bool
+	if err := e.pool.QueryRow(ctx, `SELECT payload, headers::text, error, msg_key IS NOT NULL FROM feature_dlq`).
+		Scan(&stored, &headers, &errText, &keyed); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(stored, payload) || keyed || headers != `{"event_type": "watch"}` || !strings.Contains(errText, "headers and key dropped") {
+		t.Errorf("dlq row: payload %q, key stored %v, headers %s, error %q; want the payload, no key, the event type alone, the reason",
+			stored, keyed, headers, errText)
+	}
+	if n := counter(c.set, "reco_feature_consumer_errors_total", `stage="dlq_store"`); n < 1 {
+		t.Errorf("dlq_store errors = %v, want the refused entry counted", n)
+	}
+}
