@@ -423,6 +423,19 @@ func TestFencingAfterLeaseExpiry(t *testing.T) {
 	if got := stateOf(t, pool, id[0]); got.status != "publishing" || got.attempts != 2 {
 		t.Fatalf("row after fenced complete = %+v, want still publishing by the new owner, 2 attempts", got)
 	}
+	// Its batch acked whole (the statement of the common case): fenced too.
+	done, err = s.Complete(ctx, old, outbox.Settle(old.Rows, nil, backoff))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if done.Fenced != 2 || done.Published != 0 {
+		t.Fatalf("old owner's all-acked complete = %+v, want all fenced", done)
+	}
+	for _, i := range id {
+		if got := stateOf(t, pool, i); got.status != "publishing" {
+			t.Fatalf("row %d after the old owner's all-acked complete = %+v, want still publishing by the new owner", i, got)
+		}
+	}
 	publishAll(t, s, cur)
 }
 
