@@ -190,6 +190,33 @@ func TestClaimSkipsUnitsInFlight(t *testing.T) {
 	}
 }
 
+// A dead row replayed while a later row of its unit is in flight (an operator's replay during
+// traffic) waits for that row: its run starts below the row in flight, so only the check for
+// rows of the unit in flight anywhere keeps the unit in one claim at a time.
+func TestReplayedRowWaitsForItsUnitInFlight(t *testing.T) {
+	t.Parallel()
+	s, pool := newStore(t)
+	ctx := context.Background()
+	id := insert(t, pool, row{key: "u1"}, row{key: "u1"})
+	if _, err := pool.Exec(ctx, `UPDATE event_outbox SET status = 'dead', attempts = 5 WHERE id = $1`, id[0]); err != nil {
+		t.Fatal(err)
+	}
+	a := claim(t, s, "a", 10)
+	if !equal(ids(a), id[1:]) {
+		t.Fatalf("claim a = %v, want u1's pending row %v", ids(a), id[1:])
+	}
+	if res, err := s.Replay(ctx, outbox.ReplayFilter{Status: "dead", Limit: 10}); err != nil || res.Requeued != 1 {
+		t.Fatalf("replay = %+v, %v; want the dead row requeued", res, err)
+	}
+	if b := claim(t, s, "b", 10); len(b.Rows) != 0 {
+		t.Fatalf("claim b = %v while u1's row %d is in flight, want nothing", ids(b), id[1])
+	}
+	publishAll(t, s, a)
+	if c := claim(t, s, "c", 10); !equal(ids(c), id[:1]) {
+		t.Fatalf("claim after u1's row was published = %v, want the replayed row %v", ids(c), id[:1])
+	}
+}
+
 // Many concurrent claimers over many rows of few keys: no unit is ever in flight in two claims
 // at once, every claim of a unit starts after the previous one's end, and every row is
 // published exactly once.
