@@ -205,6 +205,67 @@ func TestAutologListQueuedPastTheTimeoutIsRestamped(t *testing.T) {
 	}
 }
 
+// With --reco.autolog-async=false /reco waits for its list's commit. A client gone meanwhile
+// does not cancel that write (the list may have been delivered): it commits under the serve
+// time. A write that fails (here: past --reco.autolog-write-timeout in the writer's queue) is
+// buffered and retried stamped with the time after the failure, as in async mode: the KPI
+// roll-ups trust receive times up to their commit margin.
+func TestAutologSyncWrites(t *testing.T) {
+	ctx := context.Background()
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	received := func(ev *events.Impression) int64 {
+		t.Helper()
+		var ms int64
+		if err := pool.QueryRow(ctx, `SELECT server_received_ts_ms FROM impression_events WHERE event_id = $1`, ev.EventID).Scan(&ms); err != nil {
+			t.Fatal(err)
+		}
+		return ms
+	}
+	cfg := NewConfig()
+	cfg.AutologAsync = false
+	cfg.AutologWriteTimeout = 100 * time.Millisecond
+	cfg.AutologRetryMax = 20 * time.Millisecond
+	newSync := func(w *ingest.Writer) (*autolog, *recoMetrics) {
+		m := newRecoMetrics(metrics.NewSet())
+		a := newAutolog(cfg, w, newBreaker(100, nil), m, slog.New(slog.DiscardHandler))
+		t.Cleanup(func() { a.Shutdown(time.Second, nil) })
+		return a, m
+	}
+
+	t.Run("client gone", func(t *testing.T) {
+		w := ingest.New(pool, ingest.DefaultConfig())
+		w.Start()
+		t.Cleanup(w.Close)
+		a, m := newSync(w)
+		gone, cancel := context.WithCancel(ctx)
+		cancel()
+		ev := servedImpression("sync-gone")
+		a.Log(gone, ev, "")
+		if p, b, d := m.autologPersisted.Get(), m.autologBuffered.Get(), m.droppedTotal(); p != 1 || b != 0 || d != 0 {
+			t.Fatalf("persisted %d buffered %d dropped %d, want the list committed inline: 1, 0, 0", p, b, d)
+		}
+		if ms := received(ev); ms != ev.ServerReceivedTsMs {
+			t.Fatalf("server_received_ts_ms %d, want the serve time %d", ms, ev.ServerReceivedTsMs)
+		}
+	})
+	t.Run("failed write retried restamped", func(t *testing.T) {
+		w := ingest.New(pool, ingest.DefaultConfig()) // not started: the inline write times out in its queue
+		t.Cleanup(w.Close)
+		a, m := newSync(w)
+		ev := servedImpression("sync-retried")
+		a.Log(ctx, ev, "")
+		w.Start()
+		eventually(t, 10*time.Second, "the list persisted", func() bool { return a.Pending() == 0 })
+		if b, p, d := m.autologBuffered.Get(), m.autologPersisted.Get(), m.droppedTotal(); b != 1 || p != 1 || d != 0 {
+			t.Fatalf("buffered %d persisted %d dropped %d, want 1, 1, 0", b, p, d)
+		}
+		if ms := received(ev); ms < ev.ServerReceivedTsMs+cfg.AutologWriteTimeout.Milliseconds() {
+			t.Fatalf("server_received_ts_ms %d ms after the serve time, want the time after the failed write (>= %s)",
+				ms-ev.ServerReceivedTsMs, cfg.AutologWriteTimeout)
+		}
+	})
+}
+
 // TestAutologRefusedListIsCountedOnce: a list the writer refuses (larger than
 // --ingest.max-event-bytes) is counted dropped as rejected, and not also as enqueued.
 func TestAutologRefusedListIsCountedOnce(t *testing.T) {
