@@ -245,6 +245,29 @@ func TestStaleEntriesRefreshInPacedBatches(t *testing.T) {
 	}
 }
 
+// An entry older than maxStale is not served while a refresh is queued: the request loads it
+// again. Stale entries are served only while young enough; with the background refresh
+// failing (Redis erroring for that read), a hot item's neighbours would otherwise be served
+// from the first load for good.
+func TestEntriesOlderThanMaxStaleAreLoadedAgain(t *testing.T) {
+	clock := time.Now()
+	c := newItemCache(fixture(t), time.Second, 1000)
+	c.clock = func() time.Time { return clock }
+	ctx := context.Background()
+	first, err := c.lists(ctx, []string{"a"}, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock = clock.Add(c.maxStale + time.Second)
+	got, err := c.lists(ctx, []string{"a"}, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got[0] == first[0] || got[0].at != clock.UnixMilli() {
+		t.Fatalf("an entry %s old was served (loaded at %d, now %d), want it loaded again", c.maxStale+time.Second, got[0].at, clock.UnixMilli())
+	}
+}
+
 // TestFreshnessIsJittered: entries loaded in the same millisecond turn stale over the last
 // quarter of the TTL, not at once.
 func TestFreshnessIsJittered(t *testing.T) {
