@@ -11,9 +11,20 @@ if ! grep -q '"Action":"pass","Package":"[^"]*","Test"' "$log" 2>/dev/null; then
   exit 1
 fi
 # Packages without test files are reported as skipped too, without a "Test": not counted.
+# One skip stands: a test whose data set is absent ("data set absent:"), since the MovieLens
+# files are never committed (their licence forbids it); it is named, not hidden.
 skipped=$(sed -n 's/.*"Action":"skip","Package":"\([^"]*\)","Test":"\([^"]*\)".*/\1 \2/p' "$log")
-if [ -n "$skipped" ]; then
+bad=""
+while read -r pkg test; do
+  [ -n "$pkg" ] || continue
+  if grep -F "\"Package\":\"$pkg\",\"Test\":\"$test\",\"Output\":" "$log" | grep -qF 'data set absent:'; then
+    echo "skipped, data set absent: $pkg $test" >&2
+  else
+    bad+="$pkg $test"$'\n'
+  fi
+done <<<"$skipped"
+if [ -n "$bad" ]; then
   echo "tests skipped although RECSYS_INTEGRATION=1 requires every test to run:" >&2
-  echo "$skipped" >&2
+  printf '%s' "$bad" >&2
   exit 1
 fi

@@ -10,8 +10,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-
-	"recsys/pkg/testutil"
 )
 
 func TestMetricsHandComputed(t *testing.T) {
@@ -221,7 +219,9 @@ func datasetPath(t *testing.T, rel string) string {
 	}
 	p := filepath.Join(dir, rel)
 	if _, err := os.Stat(p); err != nil {
-		testutil.Missing(t, "MovieLens data not found at %s (set RECSYS_DATASETS to the datasets folder): %v", p, err)
+		// The data sets are never committed (their licence forbids it): a clone without them
+		// skips, saying so; scripts/test-verdict.sh lets this skip, and only it, pass.
+		t.Skipf("data set absent: MovieLens data not found at %s (set RECSYS_DATASETS to the datasets folder): %v", p, err)
 	}
 	return p
 }

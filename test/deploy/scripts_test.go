@@ -62,17 +62,21 @@ func TestTestVerdictFailsRunsThatSkipped(t *testing.T) {
 		skipped = `{"Time":"2026-01-01T00:00:00Z","Action":"skip","Package":"recsys/pkg/eval","Test":"TestIntegrationML100K","Elapsed":0}`
 		pkgPass = `{"Time":"2026-01-01T00:00:00Z","Action":"pass","Package":"recsys/pkg/a","Elapsed":0.2}`
 		subSkip = `{"Time":"2026-01-01T00:00:00Z","Action":"skip","Package":"recsys/pkg/c","Test":"TestC/sub","Elapsed":0}`
+		noData  = `{"Time":"2026-01-01T00:00:00Z","Action":"output","Package":"recsys/pkg/eval","Test":"TestIntegrationML100K","Output":"    eval_test.go:224: data set absent: MovieLens data not found\n"}`
 	)
 	for _, tc := range []struct {
 		name  string
 		lines []string
 		fail  string // "" when the run stands
+		note  string // what a run that stands prints
 	}{
-		{"tests passed", []string{pass, noFiles, pkgPass}, ""},
-		{"a test skipped", []string{pass, skipped, pkgPass}, "recsys/pkg/eval TestIntegrationML100K"},
-		{"a subtest skipped", []string{pass, subSkip}, "recsys/pkg/c TestC/sub"},
-		{"no test ran", []string{noFiles, pkgPass}, "no test was executed"},
-		{"no log", nil, "no test was executed"},
+		{"tests passed", []string{pass, noFiles, pkgPass}, "", ""},
+		{"a data set absent", []string{pass, noData, skipped, pkgPass}, "", "skipped, data set absent: recsys/pkg/eval TestIntegrationML100K"},
+		{"a data set absent and another skip", []string{pass, noData, skipped, subSkip}, "recsys/pkg/c TestC/sub", ""},
+		{"a test skipped", []string{pass, skipped, pkgPass}, "recsys/pkg/eval TestIntegrationML100K", ""},
+		{"a subtest skipped", []string{pass, subSkip}, "recsys/pkg/c TestC/sub", ""},
+		{"no test ran", []string{noFiles, pkgPass}, "no test was executed", ""},
+		{"no log", nil, "no test was executed", ""},
 	} {
 		log := filepath.Join(t.TempDir(), "go-test.json")
 		if tc.lines != nil {
@@ -82,8 +86,8 @@ func TestTestVerdictFailsRunsThatSkipped(t *testing.T) {
 		}
 		out, err := exec.Command("bash", filepath.Join(repoRoot(t), "scripts", "test-verdict.sh"), log).CombinedOutput()
 		switch {
-		case tc.fail == "" && (err != nil || len(out) != 0):
-			t.Errorf("%s: %v %s, want exit 0 and no output", tc.name, err, out)
+		case tc.fail == "" && (err != nil || strings.TrimSpace(string(out)) != tc.note):
+			t.Errorf("%s: %v %q, want exit 0 and output %q", tc.name, err, out, tc.note)
 		case tc.fail != "" && (err == nil || !strings.Contains(string(out), tc.fail)):
 			t.Errorf("%s: %v %s, want a failure naming %q", tc.name, err, out, tc.fail)
 		}
