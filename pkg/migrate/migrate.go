@@ -490,9 +490,9 @@ func (mg *Migrator) Up(ctx context.Context) error {
 	})
 }
 
-// floor is Floor over a connection of its own.
+// floor is Floor over a connection of its own, bounded as every other (connect).
 func (mg *Migrator) floor(ctx context.Context, schema, binary uint) error {
-	conn, err := pgx.Connect(ctx, mg.dsn)
+	conn, err := connect(ctx, mg.dsn)
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
