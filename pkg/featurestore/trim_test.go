@@ -35,20 +35,211 @@ func trimImpression(id, user string, ts int64, items ...string) featurestore.Eve
 // ageItems makes the items' rows look last written at ms (the batches write now()).
 func ageItems(t *testing.T, pool *pgxpool.Pool, ms int64, ids ...string) {
 	t.Helper()
-	tag, err := pool.Exec(context.Background(), `UPDATE feature_items SET last_active_ms = $2 WHERE item_id = ANY($1)`, ids, ms)
-	if err != nil || tag.RowsAffected() != int64(len(ids)) {
-		t.Fatalf("age items %v: %d rows, %v", ids, tag.RowsAffected(), err)
-	}
+	itemKind.age(t, pool, ms, ids...)
 }
 
 func itemRows(t *testing.T, pool *pgxpool.Pool, table string) []string {
 	t.Helper()
-	rows, _ := pool.Query(context.Background(), `SELECT item_id FROM `+table+` ORDER BY item_id`)
+	return itemKind.rows(t, pool, table)
+}
+
+// trimKind is what the item and user retention tests differ by; the scenarios they share
+// (racing a batch, the second pass, paging, one consumer at a time) take it.
+type trimKind struct {
+	table, column string // feature_items, item_id
+	retention     time.Duration
+	stale         time.Duration // longer ago than retention
+	trimFunc      func(*featurestore.Store, context.Context, time.Duration, int) (int, error)
+}
+
+var itemKind = trimKind{table: "feature_items", column: "item_id", retention: retention, stale: 100 * day,
+	trimFunc: (*featurestore.Store).TrimItems}
+
+// trim runs one pass of a page and fails the test on an error.
+func (k trimKind) trim(t *testing.T, st *featurestore.Store, page int) int {
+	t.Helper()
+	n, err := k.trimFunc(st, context.Background(), k.retention, page)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// age makes the rows look last written at ms (the batches write now()).
+func (k trimKind) age(t *testing.T, pool *pgxpool.Pool, ms int64, ids ...string) {
+	t.Helper()
+	tag, err := pool.Exec(context.Background(), `UPDATE `+k.table+` SET last_active_ms = $2 WHERE `+k.column+` = ANY($1)`, ids, ms)
+	if err != nil || tag.RowsAffected() != int64(len(ids)) {
+		t.Fatalf("age %s %v: %d rows, %v", k.table, ids, tag.RowsAffected(), err)
+	}
+}
+
+// rows returns the ids in table, which has k's id column.
+func (k trimKind) rows(t *testing.T, pool *pgxpool.Pool, table string) []string {
+	t.Helper()
+	rows, _ := pool.Query(context.Background(), `SELECT `+k.column+` FROM `+table+` ORDER BY `+k.column)
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
 		t.Fatal(err)
 	}
 	return ids
+}
+
+// makeSecondPassDue moves the trims recorded for the second pass TrimSecondPass back.
+func (k trimKind) makeSecondPassDue(t *testing.T, pool *pgxpool.Pool) {
+	t.Helper()
+	if _, err := pool.Exec(context.Background(), `UPDATE `+k.table+`_trimmed SET trimmed_at = trimmed_at - interval '1 hour'`); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runSecondPass runs k's trim with the second pass due, which forgets every trimmed row.
+func (k trimKind) runSecondPass(t *testing.T, st *featurestore.Store, pool *pgxpool.Pool) {
+	t.Helper()
+	k.makeSecondPassDue(t, pool)
+	k.trim(t, st, 1000)
+	if got := k.rows(t, pool, k.table+"_trimmed"); len(got) != 0 {
+		t.Errorf("%s_trimmed holds %v after the second pass, want none", k.table, got)
+	}
+}
+
+// trimRaceSteps are the steps of a trim a racing batch's Redis write lands at: before the
+// keys are deleted, between their deletion and the trim's read of what came back, and after
+// the trim is done.
+var trimRaceSteps = []string{"before-delete", "before-read", "after"}
+
+// raceTrim runs a trim of k whose lock of the rows (deleted, not committed) a batch of evs,
+// writing the row of id among them, waits for (what names the rows in the wait's failure);
+// the batch's Redis write lands at step at of trimRaceSteps. The hooks are gone on return.
+func raceTrim(t *testing.T, st *featurestore.Store, pool *pgxpool.Pool, k trimKind, at, id, what string, evs ...featurestore.Event) {
+	t.Helper()
+	ctx := context.Background()
+	applied := make(chan error, 1)
+	var wrote chan error
+	started := false
+	locked := func(ids []string) {
+		if !slices.Contains(ids, id) {
+			t.Errorf("trim deleting %v, want %s among them", ids, id)
+		}
+		started = true
+		go func() {
+			a, err := st.Apply(ctx, &featurestore.Batch{Events: evs})
+			if err == nil {
+				wrote = make(chan error, 1)
+				applied <- nil
+				wrote <- st.WriteRedis(ctx, a)
+				return
+			}
+			applied <- err
+		}()
+		waitForLockWait(t, pool, what)
+	}
+	landed := func() {
+		if err := <-applied; err != nil {
+			t.Fatal(err)
+		}
+		if err := <-wrote; err != nil {
+			t.Fatal(err)
+		}
+	}
+	var trimmed, deleted func([]string)
+	switch at {
+	case "before-delete":
+		trimmed = func([]string) { landed() }
+	case "before-read":
+		deleted = func([]string) { landed() }
+	}
+	st.SetTrimHooks(locked, trimmed, deleted)
+	defer st.SetTrimHooks(nil, nil, nil)
+	k.trim(t, st, 1000)
+	if !started {
+		t.Fatal("the trim never held the rows")
+	}
+	if at == "after" {
+		landed()
+	}
+}
+
+// secondPassWaits runs k's trim after a late write to the copy of trimmed rows: while the
+// second pass is not due yet, and while a repopulation holds its lock (trimmed rows are
+// still recorded for it then); late reports whether the late write is still in the copy. It
+// returns with the lock free.
+func secondPassWaits(t *testing.T, st *featurestore.Store, pool *pgxpool.Pool, rd rueidis.Client, keys featurestore.Keys,
+	k trimKind, trimmed int, late func() bool) {
+	t.Helper()
+	ctx := context.Background()
+	k.trim(t, st, 1000)
+	if !late() || len(k.rows(t, pool, k.table+"_trimmed")) != trimmed {
+		t.Fatal("the second pass ran before TrimSecondPass")
+	}
+	k.makeSecondPassDue(t, pool)
+	if err := rd.Do(ctx, rd.B().Set().Key(keys.Lock).Value("another-process").Px(time.Minute).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	k.trim(t, st, 1000)
+	if !late() || len(k.rows(t, pool, k.table+"_trimmed")) != trimmed {
+		t.Fatal("the second pass ran while a repopulation held its lock")
+	}
+	if err := rd.Do(ctx, rd.B().Del().Key(keys.Lock).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testTrimInPages: each call deletes at most a page, examining the next page in id order, and
+// starts over after the last one. Of 25 rows whose ids are format with 0 to 24 (written by
+// event), the first 20 are made stale.
+func testTrimInPages(t *testing.T, k trimKind, prefix, format string, event func(i int, id string, now, past int64) featurestore.Event) {
+	pool, rd := servers(t)
+	st := featurestore.New(pool, rd, testutil.Unique(prefix)+":", testConfig(), nil)
+	now := time.Now().UnixMilli()
+	past := now - k.stale.Milliseconds()
+	var evs []featurestore.Event
+	var ids []string
+	for i := range 25 {
+		id := fmt.Sprintf(format, i)
+		ids = append(ids, id)
+		evs = append(evs, event(i, id, now, past))
+	}
+	applyMirrored(t, st, evs)
+	k.age(t, pool, past, ids[:20]...)
+	var got []int
+	for range 4 {
+		got = append(got, k.trim(t, st, 10))
+	}
+	// Pages: 00-09, 10-19, 20-24 (active), then from the start again: 20-24.
+	if want := []int{10, 10, 0, 0}; !slices.Equal(got, want) {
+		t.Errorf("trimmed %v per call, want %v", got, want)
+	}
+	k.age(t, pool, past, ids[20:]...)
+	if n, err := k.trimFunc(st, context.Background(), k.retention, 10); err != nil || n != 5 {
+		t.Errorf("the pass after the wrap-around trimmed %d (%v), want 5", n, err)
+	}
+	if got := k.rows(t, pool, k.table); len(got) != 0 {
+		t.Errorf("%s holds %v, want none", k.table, got)
+	}
+}
+
+// testTrimOneConsumerAtATime: several consumers run the pass: one at a time trims (want),
+// the others' calls return at once; meanwhile runs, with another consumer's store, while the
+// first holds the lock.
+func testTrimOneConsumerAtATime(t *testing.T, st *featurestore.Store, pool *pgxpool.Pool, k trimKind, want int,
+	meanwhile func(other *featurestore.Store)) {
+	t.Helper()
+	ctx := context.Background()
+	other := featurestore.New(pool, nil, "unused:", testConfig(), nil)
+	held := false
+	st.SetTrimHooks(func([]string) {
+		held = true
+		if n, err := k.trimFunc(other, ctx, k.retention, 1000); err != nil || n != 0 {
+			t.Errorf("a second consumer's pass trimmed %d (%v) while the first held the lock, want 0", n, err)
+		}
+		if meanwhile != nil {
+			meanwhile(other)
+		}
+	}, nil, nil)
+	if n, err := k.trimFunc(st, ctx, k.retention, 1000); err != nil || n != want || !held {
+		t.Fatalf("trimmed %d (%v), want %d", n, err, want)
+	}
 }
 
 func exists(t *testing.T, rd rueidis.Client, key string) bool {
@@ -205,60 +396,12 @@ func TestTrimmedItemComesBackWhole(t *testing.T) {
 // step of the trim: before the keys are deleted, between their deletion and the trim's read
 // of what came back, and after the trim is done.
 func TestTrimRacingABatchLeavesTheCopyWhole(t *testing.T) {
-	for _, at := range []string{"before-delete", "before-read", "after"} {
+	for _, at := range trimRaceSteps {
 		t.Run(at, func(t *testing.T) {
 			ctx := context.Background()
 			st, pool, rd, keys, now := trimFixture(t)
-			applied := make(chan error, 1)
-			var wrote chan error
-			started := false
-			// The trim holds the rows (deleted, not committed): the batch waits for them.
-			locked := func(ids []string) {
-				if !slices.Contains(ids, "old-a") {
-					t.Errorf("trim deleting %v, want old-a among them", ids)
-				}
-				started = true
-				go func() {
-					a, err := st.Apply(ctx, &featurestore.Batch{Events: []featurestore.Event{
-						trimWatch("race", "u9", "old-a", now),
-						trimImpression("race-imp", "u10", now, "old-b"),
-					}})
-					if err == nil {
-						wrote = make(chan error, 1)
-						applied <- nil
-						wrote <- st.WriteRedis(ctx, a)
-						return
-					}
-					applied <- err
-				}()
-				waitForLockWait(t, pool, "the trimmed rows")
-			}
-			// The batch's write lands at the chosen step.
-			landed := func() {
-				if err := <-applied; err != nil {
-					t.Fatal(err)
-				}
-				if err := <-wrote; err != nil {
-					t.Fatal(err)
-				}
-			}
-			var trimmed, deleted func([]string)
-			switch at {
-			case "before-delete":
-				trimmed = func([]string) { landed() }
-			case "before-read":
-				deleted = func([]string) { landed() }
-			}
-			st.SetTrimHooks(locked, trimmed, deleted)
-			if _, err := st.TrimItems(ctx, retention, 1000); err != nil {
-				t.Fatal(err)
-			}
-			if !started {
-				t.Fatal("the trim never held the rows")
-			}
-			if at == "after" {
-				landed()
-			}
+			raceTrim(t, st, pool, itemKind, at, "old-a", "the trimmed rows",
+				trimWatch("race", "u9", "old-a", now), trimImpression("race-imp", "u10", now, "old-b"))
 			var wat, imp int64
 			if err := pool.QueryRow(ctx, `SELECT watches FROM feature_items WHERE item_id = 'old-a'`).Scan(&wat); err != nil || wat != 1 {
 				t.Fatalf("old-a in PostgreSQL: %d watches (%v), want 1 (the batch's, after the trim)", wat, err)
@@ -278,13 +421,7 @@ func TestTrimRacingABatchLeavesTheCopyWhole(t *testing.T) {
 			verifyCopy(t, st)
 			// The second pass deletes the keys of items still trimmed; those back are
 			// written again whole.
-			st.SetTrimHooks(nil, nil, nil)
-			if _, err := pool.Exec(ctx, `UPDATE feature_items_trimmed SET trimmed_at = trimmed_at - interval '1 hour'`); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := st.TrimItems(ctx, retention, 1000); err != nil {
-				t.Fatal(err)
-			}
+			itemKind.runSecondPass(t, st, pool)
 			if got := hget(t, rd, keys.Item("old-a"), "wat"); got != 1 {
 				t.Errorf("after the second pass, copy of old-a: %d watches, want 1", got)
 			}
@@ -316,37 +453,10 @@ func TestTrimSecondPassDeletesLateWrites(t *testing.T) {
 		}
 	}
 	late()
-	// Not due yet.
-	if _, err := st.TrimItems(ctx, retention, 1000); err != nil {
-		t.Fatal(err)
-	}
-	if !exists(t, rd, keys.Item("old-a")) {
-		t.Fatal("the second pass ran before TrimSecondPass")
-	}
-	if _, err := pool.Exec(ctx, `UPDATE feature_items_trimmed SET trimmed_at = trimmed_at - interval '1 hour'`); err != nil {
-		t.Fatal(err)
-	}
-	// Put off while a repopulation runs.
-	if err := rd.Do(ctx, rd.B().Set().Key(keys.Lock).Value("another-process").Px(time.Minute).Build()).Error(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.TrimItems(ctx, retention, 1000); err != nil {
-		t.Fatal(err)
-	}
-	if !exists(t, rd, keys.Item("old-a")) || len(itemRows(t, pool, "feature_items_trimmed")) != 3 {
-		t.Fatal("the second pass ran while a repopulation held its lock")
-	}
-	if err := rd.Do(ctx, rd.B().Del().Key(keys.Lock).Build()).Error(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.TrimItems(ctx, retention, 1000); err != nil {
-		t.Fatal(err)
-	}
+	secondPassWaits(t, st, pool, rd, keys, itemKind, 3, func() bool { return exists(t, rd, keys.Item("old-a")) })
+	itemKind.runSecondPass(t, st, pool)
 	if exists(t, rd, keys.Item("old-a")) || inList(t, rd, keys.PopLong, "old-a") {
 		t.Error("the second pass left the late write of old-a")
-	}
-	if got := itemRows(t, pool, "feature_items_trimmed"); len(got) != 0 {
-		t.Errorf("feature_items_trimmed holds %v after the second pass, want none", got)
 	}
 	verifyCopy(t, st)
 }
@@ -374,59 +484,17 @@ func TestTrimRechecksUnderTheLocks(t *testing.T) {
 	verifyCopy(t, st)
 }
 
-// Each call deletes at most a page of items, examining the next page in id order, and starts
-// over after the last one.
+// Each call deletes at most a page of items (see testTrimInPages).
 func TestTrimItemsInPages(t *testing.T) {
-	ctx := context.Background()
-	pool, rd := servers(t)
-	st := featurestore.New(pool, rd, testutil.Unique("trimp")+":", testConfig(), nil)
-	now := time.Now().UnixMilli()
-	past := now - (100 * day).Milliseconds()
-	var evs []featurestore.Event
-	var ids []string
-	for i := range 25 {
-		id := fmt.Sprintf("item%02d", i)
-		ids = append(ids, id)
-		evs = append(evs, trimImpression(fmt.Sprintf("m%d", i), "u", past, id))
-	}
-	applyMirrored(t, st, evs)
-	ageItems(t, pool, past, ids[:20]...)
-	var got []int
-	for range 4 {
-		n, err := st.TrimItems(ctx, retention, 10)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, n)
-	}
-	// Pages: item00-09, item10-19, item20-24 (active), then from the start again: item20-24.
-	if want := []int{10, 10, 0, 0}; !slices.Equal(got, want) {
-		t.Errorf("trimmed %v per call, want %v", got, want)
-	}
-	ageItems(t, pool, past, ids[20:]...)
-	if n, err := st.TrimItems(ctx, retention, 10); err != nil || n != 5 {
-		t.Errorf("the pass after the wrap-around trimmed %d (%v), want 5", n, err)
-	}
-	if got := itemRows(t, pool, "feature_items"); len(got) != 0 {
-		t.Errorf("feature_items holds %v, want none", got)
-	}
+	testTrimInPages(t, itemKind, "trimp", "item%02d", func(i int, id string, _, past int64) featurestore.Event {
+		return trimImpression(fmt.Sprintf("m%d", i), "u", past, id)
+	})
 }
 
 // Several consumers run the pass: one at a time trims, the others' calls return at once.
 func TestTrimItemsOneConsumerAtATime(t *testing.T) {
-	ctx := context.Background()
 	st, pool, _, _, _ := trimFixture(t)
-	other := featurestore.New(pool, nil, "unused:", testConfig(), nil)
-	held := false
-	st.SetTrimHooks(func([]string) {
-		held = true
-		if n, err := other.TrimItems(ctx, retention, 1000); err != nil || n != 0 {
-			t.Errorf("a second consumer's pass trimmed %d (%v) while the first held the lock, want 0", n, err)
-		}
-	}, nil, nil)
-	if n, err := st.TrimItems(ctx, retention, 1000); err != nil || n != 3 || !held {
-		t.Fatalf("trimmed %d (%v), want 3", n, err)
-	}
+	testTrimOneConsumerAtATime(t, st, pool, itemKind, 3, nil)
 }
 
 // A neighbour list may name a trimmed item (lists are not searched for it): both loaders

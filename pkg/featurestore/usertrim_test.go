@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/rueidis"
 
@@ -17,23 +16,18 @@ import (
 
 const userRetention = 365 * day
 
+var userKind = trimKind{table: "feature_users", column: "user_id", retention: userRetention, stale: 400 * day,
+	trimFunc: (*featurestore.Store).TrimUsers}
+
 // ageUsers makes the users' rows look last written at ms (the batches write now()).
 func ageUsers(t *testing.T, pool *pgxpool.Pool, ms int64, ids ...string) {
 	t.Helper()
-	tag, err := pool.Exec(context.Background(), `UPDATE feature_users SET last_active_ms = $2 WHERE user_id = ANY($1)`, ids, ms)
-	if err != nil || tag.RowsAffected() != int64(len(ids)) {
-		t.Fatalf("age users %v: %d rows, %v", ids, tag.RowsAffected(), err)
-	}
+	userKind.age(t, pool, ms, ids...)
 }
 
 func userRows(t *testing.T, pool *pgxpool.Pool, table string) []string {
 	t.Helper()
-	rows, _ := pool.Query(context.Background(), `SELECT user_id FROM `+table+` ORDER BY user_id`)
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ids
+	return userKind.rows(t, pool, table)
 }
 
 // userCopyIsPG fails unless the copy's hash of user is PostgreSQL's row: same version and
@@ -189,61 +183,15 @@ func TestTrimmedUserComesBackWhole(t *testing.T) {
 // batch's write land at another step of the trim: before the hashes are deleted, between
 // their deletion and the trim's read of what came back, and after the trim is done.
 func TestTrimUsersRacingABatchLeavesTheCopyWhole(t *testing.T) {
-	for _, at := range []string{"before-delete", "before-read", "after"} {
+	for _, at := range trimRaceSteps {
 		t.Run(at, func(t *testing.T) {
 			ctx := context.Background()
 			st, pool, rd, keys, now := userTrimFixture(t)
 			if got := hget(t, rd, keys.User("gone-w"), "v"); got < 2 {
 				t.Fatalf("fixture: gone-w's hash at version %d, want above the new row's 1", got)
 			}
-			applied := make(chan error, 1)
-			var wrote chan error
-			started := false
-			locked := func(ids []string) {
-				if !slices.Contains(ids, "gone-w") {
-					t.Errorf("trim deleting %v, want gone-w among them", ids)
-				}
-				started = true
-				go func() {
-					a, err := st.Apply(ctx, &featurestore.Batch{Events: []featurestore.Event{
-						trimWatch("race-w", "gone-w", "z", now),
-						trimImpression("race-m", "gone-m", now, "y"),
-					}})
-					if err == nil {
-						wrote = make(chan error, 1)
-						applied <- nil
-						wrote <- st.WriteRedis(ctx, a)
-						return
-					}
-					applied <- err
-				}()
-				waitForLockWait(t, pool, "the trimmed users")
-			}
-			landed := func() {
-				if err := <-applied; err != nil {
-					t.Fatal(err)
-				}
-				if err := <-wrote; err != nil {
-					t.Fatal(err)
-				}
-			}
-			var trimmed, deleted func([]string)
-			switch at {
-			case "before-delete":
-				trimmed = func([]string) { landed() }
-			case "before-read":
-				deleted = func([]string) { landed() }
-			}
-			st.SetTrimHooks(locked, trimmed, deleted)
-			if _, err := st.TrimUsers(ctx, userRetention, 1000); err != nil {
-				t.Fatal(err)
-			}
-			if !started {
-				t.Fatal("the trim never held the rows")
-			}
-			if at == "after" {
-				landed()
-			}
+			raceTrim(t, st, pool, userKind, at, "gone-w", "the trimmed users",
+				trimWatch("race-w", "gone-w", "z", now), trimImpression("race-m", "gone-m", now, "y"))
 			var v int64
 			if err := pool.QueryRow(ctx, `SELECT version FROM feature_users WHERE user_id = 'gone-w'`).Scan(&v); err != nil || v != 1 {
 				t.Fatalf("gone-w in PostgreSQL at version %d (%v), want 1 (created anew by the batch)", v, err)
@@ -252,18 +200,9 @@ func TestTrimUsersRacingABatchLeavesTheCopyWhole(t *testing.T) {
 				userCopyIsPG(t, pool, rd, keys, u)
 			}
 			verifyCopy(t, st)
-			st.SetTrimHooks(nil, nil, nil)
-			if _, err := pool.Exec(ctx, `UPDATE feature_users_trimmed SET trimmed_at = trimmed_at - interval '1 hour'`); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := st.TrimUsers(ctx, userRetention, 1000); err != nil {
-				t.Fatal(err)
-			}
+			userKind.runSecondPass(t, st, pool)
 			for _, u := range []string{"gone-w", "gone-m"} {
 				userCopyIsPG(t, pool, rd, keys, u)
-			}
-			if got := userRows(t, pool, "feature_users_trimmed"); len(got) != 0 {
-				t.Errorf("feature_users_trimmed holds %v after the second pass, want none", got)
 			}
 			verifyCopy(t, st)
 		})
@@ -296,39 +235,14 @@ func TestTrimUsersSecondPassReplacesLateWrites(t *testing.T) {
 	if got := hget(t, rd, keys.User("gone-w"), "v"); got != 9 {
 		t.Fatalf("fixture: the copy's gone-w at version %d, want the late write's 9", got)
 	}
-	// Not due yet.
-	if _, err := st.TrimUsers(ctx, userRetention, 1000); err != nil {
-		t.Fatal(err)
-	}
-	if got := hget(t, rd, keys.User("gone-w"), "v"); got != 9 {
-		t.Fatal("the second pass ran before TrimSecondPass")
-	}
-	if _, err := pool.Exec(ctx, `UPDATE feature_users_trimmed SET trimmed_at = trimmed_at - interval '1 hour'`); err != nil {
-		t.Fatal(err)
-	}
-	// Put off while a repopulation runs.
-	if err := rd.Do(ctx, rd.B().Set().Key(keys.Lock).Value("another-process").Px(time.Minute).Build()).Error(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.TrimUsers(ctx, userRetention, 1000); err != nil {
-		t.Fatal(err)
-	}
-	if !exists(t, rd, keys.User("gone-m")) || len(userRows(t, pool, "feature_users_trimmed")) != 2 {
-		t.Fatal("the second pass ran while a repopulation held its lock")
-	}
-	if err := rd.Do(ctx, rd.B().Del().Key(keys.Lock).Build()).Error(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.TrimUsers(ctx, userRetention, 1000); err != nil {
-		t.Fatal(err)
-	}
+	secondPassWaits(t, st, pool, rd, keys, userKind, 2, func() bool {
+		return hget(t, rd, keys.User("gone-w"), "v") == 9 && exists(t, rd, keys.User("gone-m"))
+	})
+	userKind.runSecondPass(t, st, pool)
 	if exists(t, rd, keys.User("gone-m")) {
 		t.Error("the second pass left the late write of gone-m")
 	}
 	userCopyIsPG(t, pool, rd, keys, "gone-w")
-	if got := userRows(t, pool, "feature_users_trimmed"); len(got) != 0 {
-		t.Errorf("feature_users_trimmed holds %v after the second pass, want none", got)
-	}
 	verifyCopy(t, st)
 }
 
@@ -379,63 +293,22 @@ func TestTrimUsersPassesByARowABatchHolds(t *testing.T) {
 	}
 }
 
-// Each call deletes at most a page of users, examining the next page in id order, and starts
-// over after the last one.
+// Each call deletes at most a page of users (see testTrimInPages).
 func TestTrimUsersInPages(t *testing.T) {
-	ctx := context.Background()
-	pool, rd := servers(t)
-	st := featurestore.New(pool, rd, testutil.Unique("utrimp")+":", testConfig(), nil)
-	now := time.Now().UnixMilli()
-	past := now - (400 * day).Milliseconds()
-	var evs []featurestore.Event
-	var ids []string
-	for i := range 25 {
-		id := fmt.Sprintf("user%02d", i)
-		ids = append(ids, id)
-		evs = append(evs, trimImpression(fmt.Sprintf("m%d", i), id, now, "x"))
-	}
-	applyMirrored(t, st, evs)
-	ageUsers(t, pool, past, ids[:20]...)
-	var got []int
-	for range 4 {
-		n, err := st.TrimUsers(ctx, userRetention, 10)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, n)
-	}
-	// Pages: user00-09, user10-19, user20-24 (active), then from the start again: user20-24.
-	if want := []int{10, 10, 0, 0}; !slices.Equal(got, want) {
-		t.Errorf("trimmed %v per call, want %v", got, want)
-	}
-	ageUsers(t, pool, past, ids[20:]...)
-	if n, err := st.TrimUsers(ctx, userRetention, 10); err != nil || n != 5 {
-		t.Errorf("the pass after the wrap-around trimmed %d (%v), want 5", n, err)
-	}
-	if got := userRows(t, pool, "feature_users"); len(got) != 0 {
-		t.Errorf("feature_users holds %v, want none", got)
-	}
+	testTrimInPages(t, userKind, "utrimp", "user%02d", func(i int, id string, now, _ int64) featurestore.Event {
+		return trimImpression(fmt.Sprintf("m%d", i), id, now, "x")
+	})
 }
 
 // Several consumers run the pass: one at a time trims users, the others' calls return at
 // once; the item trim has its own lock and its own cursor.
 func TestTrimUsersOneConsumerAtATime(t *testing.T) {
-	ctx := context.Background()
 	st, pool, _, _, _ := userTrimFixture(t)
-	other := featurestore.New(pool, nil, "unused:", testConfig(), nil)
-	held := false
-	st.SetTrimHooks(func([]string) {
-		held = true
-		if n, err := other.TrimUsers(ctx, userRetention, 1000); err != nil || n != 0 {
-			t.Errorf("a second consumer's pass trimmed %d (%v) while the first held the lock, want 0", n, err)
-		}
-		if _, err := other.TrimItems(ctx, retention, 1000); err != nil {
+	testTrimOneConsumerAtATime(t, st, pool, userKind, 2, func(other *featurestore.Store) {
+		if _, err := other.TrimItems(context.Background(), retention, 1000); err != nil {
 			t.Errorf("the item trim, while the user trim holds its lock: %v", err)
 		}
-	}, nil, nil)
-	if n, err := st.TrimUsers(ctx, userRetention, 1000); err != nil || n != 2 || !held {
-		t.Fatalf("trimmed %d (%v), want 2", n, err)
-	}
+	})
 }
 
 // `users forget` erasing a user the trim is deleting waits for the trim's commit (the trim
