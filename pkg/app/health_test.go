@@ -334,6 +334,20 @@ func breakThisBinary(pool *pgxpool.Pool) error {
 	return nil
 }
 
+// schemaBehindUntil puts the schema one migration behind this binary's (the modules needing
+// PostgreSQL wait for `migrate up`) and runs catchUp 300 ms later.
+func schemaBehindUntil(t *testing.T, pool *pgxpool.Pool, catchUp func() error) {
+	t.Helper()
+	if _, err := pool.Exec(context.Background(), "UPDATE schema_migrations SET version = $1", int64(migrate.Latest()-1)); err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(300*time.Millisecond, func() {
+		if err := catchUp(); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
 // A relay or consumer refused by the schema does not start: the process exits with the
 // versions and the way out, whether the schema refused it at start or moved ahead to one that
 // does while it waited for `migrate up`.
@@ -346,14 +360,7 @@ func TestPostgresModulesRefusedByTheSchemaDoNotStart(t *testing.T) {
 			dsn := testutil.MigratedDatabase(t)
 			pool := testutil.Pool(t, dsn)
 			if tc.waiting {
-				if _, err := pool.Exec(context.Background(), "UPDATE schema_migrations SET version = $1", int64(migrate.Latest()-1)); err != nil {
-					t.Fatal(err)
-				}
-				time.AfterFunc(300*time.Millisecond, func() {
-					if err := breakThisBinary(pool); err != nil {
-						t.Error(err)
-					}
-				})
+				schemaBehindUntil(t, pool, func() error { return breakThisBinary(pool) })
 			} else if err := breakThisBinary(pool); err != nil {
 				t.Fatal(err)
 			}
@@ -388,13 +395,9 @@ func TestRunningPostgresModulesStopWhenTheSchemaRefusesThem(t *testing.T) {
 			dsn := testutil.MigratedDatabase(t)
 			pool := testutil.Pool(t, dsn)
 			if tc.waiting {
-				if _, err := pool.Exec(context.Background(), "UPDATE schema_migrations SET version = $1", int64(migrate.Latest()-1)); err != nil {
-					t.Fatal(err)
-				}
-				time.AfterFunc(300*time.Millisecond, func() {
-					if _, err := pool.Exec(context.Background(), "UPDATE schema_migrations SET version = $1", int64(migrate.Latest())); err != nil {
-						t.Error(err)
-					}
+				schemaBehindUntil(t, pool, func() error {
+					_, err := pool.Exec(context.Background(), "UPDATE schema_migrations SET version = $1", int64(migrate.Latest()))
+					return err
 				})
 			}
 			j := &journal{}

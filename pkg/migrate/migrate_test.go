@@ -54,14 +54,21 @@ func TestLocalRules(t *testing.T) {
 	}
 }
 
-func TestUpDownUpAgainstPostgres(t *testing.T) {
-	dsn := testutil.NewDatabase(t)
-	ctx := context.Background()
+// open opens a migrator on dsn, closed when the test ends.
+func open(t *testing.T, dsn string) *migrate.Migrator {
+	t.Helper()
 	m, err := migrate.Open(dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.Close()
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+func TestUpDownUpAgainstPostgres(t *testing.T) {
+	dsn := testutil.NewDatabase(t)
+	ctx := context.Background()
+	m := open(t, dsn)
 	latest := migrate.Latest()
 	steps := []struct {
 		name string
@@ -97,11 +104,7 @@ func TestUpDownUpAgainstPostgres(t *testing.T) {
 func TestDownMoreThanAppliedRevertsNothing(t *testing.T) {
 	dsn := testutil.MigratedDatabase(t)
 	ctx := context.Background()
-	m, err := migrate.Open(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	m := open(t, dsn)
 	latest := migrate.Latest()
 	if err := m.Down(ctx, int(latest)+6); err == nil || !strings.Contains(err.Error(), "nothing reverted") {
 		t.Fatalf("down %d at version %d: %v, want a refusal", latest+6, latest, err)
