@@ -1042,18 +1042,9 @@ func TestRelayKeepsLeaseWhileRecording(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, testutil.KafkaBrokers(t), 1)
-			ctx := context.Background()
 			const rows = 8
 			// 8 × 400 ms: over three leases, within one recording attempt's 5 s.
-			if _, err := e.pool.Exec(ctx, `
-CREATE FUNCTION slow_record() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN PERFORM pg_sleep(0.4); RETURN OLD; END $$;
-CREATE TRIGGER slow_record BEFORE DELETE ON event_outbox FOR EACH ROW EXECUTE FUNCTION slow_record()`); err != nil {
-				t.Fatal(err)
-			}
-			cfg := testConfig()
-			cfg.Retention = 0 // delete on ack: the trigger slows the recording
-			cfg.Workers = 1
+			cfg := e.slowRecording(t, "0.4")
 			cfg.Lease = time.Second
 			first := e.start(cfg, "first", relay.Options{})
 			waitReady(t, first.r)
@@ -1135,6 +1126,23 @@ CREATE TRIGGER refuse_record BEFORE DELETE ON event_outbox FOR EACH ROW EXECUTE 
 	}
 }
 
+// slowRecording has each acked row the relay's recording deletes take sleep seconds (a
+// trigger): a slow database. The config it returns deletes rows on ack, so the trigger slows
+// the recording, with one worker.
+func (e *env) slowRecording(t *testing.T, sleep string) *relay.Config {
+	t.Helper()
+	if _, err := e.pool.Exec(context.Background(), `
+CREATE FUNCTION slow_record() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(`+sleep+`); RETURN OLD; END $$;
+CREATE TRIGGER slow_record BEFORE DELETE ON event_outbox FOR EACH ROW EXECUTE FUNCTION slow_record()`); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	cfg.Retention = 0
+	cfg.Workers = 1
+	return cfg
+}
+
 // A recording that takes longer than a first attempt's 5 s every time (a slow database: here
 // a trigger sleeping 3 s on each of the batch's 2 acked rows it deletes) is recorded by a
 // later, longer attempt. With a fixed 5 s per attempt it never was: each attempt was cancelled
@@ -1143,17 +1151,8 @@ CREATE TRIGGER refuse_record BEFORE DELETE ON event_outbox FOR EACH ROW EXECUTE 
 func TestRelayRecordsOnASlowDatabase(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, testutil.KafkaBrokers(t), 1)
-	ctx := context.Background()
 	const rows = 2
-	if _, err := e.pool.Exec(ctx, `
-CREATE FUNCTION slow_record() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN PERFORM pg_sleep(3); RETURN OLD; END $$;
-CREATE TRIGGER slow_record BEFORE DELETE ON event_outbox FOR EACH ROW EXECUTE FUNCTION slow_record()`); err != nil {
-		t.Fatal(err)
-	}
-	cfg := testConfig()
-	cfg.Retention = 0 // delete on ack: the trigger slows the recording
-	cfg.Workers = 1
+	cfg := e.slowRecording(t, "3")
 	// Long enough that the rows' lease, which the renewals skip while an attempt holds
 	// their locks, outlasts the first attempt and its retry.
 	cfg.Lease = 12 * time.Second
