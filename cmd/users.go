@@ -39,7 +39,10 @@ relay takes them out of rows still pending then that go dead later.
 The users are first recorded in forgotten_users with an erasure time --settle from now; every
 consumer rereads that table every 5 s and skips the users' events received up to that time,
 wherever they still are (the outbox, Kafka; replay-dlq skips such DLQ entries), so they do
-not bring the data back. At the erasure time the rows are deleted, and the Redis hashes once
+not bring the data back. A batch that read the table before the erasure cannot either,
+however long it runs: recording the erasure waits for a batch holding one of the users, and
+a batch that takes one of them later sees the erasure in its own transaction and drops the
+user's events. At the erasure time the rows are deleted, and the Redis hashes once
 more 2 s later, after any repopulation of the Redis copy that is running ends (it copies a
 snapshot that may still hold the users; the command waits up to 15 minutes for it, then
 fails asking for a rerun). Events received after it (the user came back) apply as usual.
@@ -63,7 +66,7 @@ events taken out of dead rows.`,
 				return err
 			}
 			if settle < 2*featurestore.ForgottenRefresh {
-				return fmt.Errorf("--settle %s: want at least %s (twice the consumers' reread interval, so a batch in flight cannot bring a user back)", settle, 2*featurestore.ForgottenRefresh)
+				return fmt.Errorf("--settle %s: want at least %s (twice the consumers' reread interval, so that they skip the users' undecodable messages before the DLQ is cleared)", settle, 2*featurestore.ForgottenRefresh)
 			}
 			log, err := lc.logger(os.Stderr)
 			if err != nil {

@@ -561,18 +561,22 @@ func (c *Consumer) process(ctx context.Context, batch []*fetched) bool {
 			dlqMsgs = append(dlqMsgs, &f.msg)
 			continue
 		}
-		if received := f.ev.ServerReceivedTsMs; c.forgotten.Skip(f.ev.UserID, cmp.Or(received, f.msg.Time.UnixMilli())) {
-			// Received before the user's data was erased (a legacy payload from before the
-			// API stamped one, by its publish time): applying it would bring the data back.
+		ev := f.ev
+		// A legacy payload from before the API stamped one is judged by its publish time, here
+		// and by the store's check in the batch's transaction (featurestore.ErasedError), which
+		// reads the event's: the two must agree, or the batch would fail at every attempt.
+		ev.ServerReceivedTsMs = cmp.Or(ev.ServerReceivedTsMs, f.msg.Time.UnixMilli())
+		if c.forgotten.Skip(ev.UserID, ev.ServerReceivedTsMs) {
+			// Received before the user's data was erased: applying it would bring the data back.
 			c.m.processed(f.msg.Topic, "ignored", 1)
 			continue
 		}
-		b.Events = append(b.Events, f.ev)
+		b.Events = append(b.Events, ev)
 		msgs = append(msgs, &f.msg)
 	}
-	// Before each retry the batch loses the events of users erased meanwhile: `users forget`
-	// deletes --settle after recording an erasure, and a batch judged by an older list that
-	// failed until then would bring the user's features back once it applied.
+	// Before each retry the batch loses the events of users erased meanwhile (those the
+	// transaction found, featurestore.ErasedError, are in the list by then): their events
+	// must not be applied.
 	again := func() ([]*kafkago.Message, bool) {
 		if !c.awaitForgotten(ctx) {
 			return nil, false
@@ -604,7 +608,7 @@ func (c *Consumer) process(ctx context.Context, batch []*fetched) bool {
 func (c *Consumer) dropErased(b *featurestore.Batch, msgs, dlqMsgs []*kafkago.Message) ([]*kafkago.Message, []*kafkago.Message) {
 	n := 0
 	for i, ev := range b.Events {
-		if c.forgotten.Skip(ev.UserID, cmp.Or(ev.ServerReceivedTsMs, msgs[i].Time.UnixMilli())) {
+		if c.forgotten.Skip(ev.UserID, ev.ServerReceivedTsMs) { // stamped by process when unknown
 			c.m.processed(msgs[i].Topic, "ignored", 1)
 			continue
 		}
@@ -651,6 +655,11 @@ func (c *Consumer) applyWithRetry(ctx context.Context, b *featurestore.Batch, ms
 			c.failures.Store(0)
 			return a, true
 		}
+		if erased := new(featurestore.ErasedError); errors.As(err, &erased) {
+			// Not a failure: the next attempt, at once, goes without the events (again).
+			c.forgotten.Note(erased.Users)
+			continue
+		}
 		if permanent(err) {
 			c.log.WarnContext(ctx, "batch hit a data error, applying event by event", "err", err, "batch_size", len(b.Events))
 			return nil, c.applyIsolated(ctx, b, msgs)
@@ -671,11 +680,21 @@ func (c *Consumer) applyWithRetry(ctx context.Context, b *featurestore.Batch, ms
 // applies and reports false when ctx ended first.
 func (c *Consumer) applyIsolated(ctx context.Context, b *featurestore.Batch, msgs []*kafkago.Message) bool {
 	dlq := slices.Clone(b.DLQ)
+	// apply reports false when ctx ended, and the error that ends the retries otherwise:
+	// permanent, or ErasedError (one's events are then of a user erased since the list was
+	// read, and are dropped).
 	apply := func(one *featurestore.Batch, topics []string) (bool, error) {
 		for attempt := 0; ; attempt++ {
+			if attempt > 0 && !c.awaitForgotten(ctx) {
+				return false, nil
+			}
 			actx, cancel := c.attemptCtx(ctx)
 			a, err := c.store.Apply(actx, one)
 			cancel()
+			if erased := new(featurestore.ErasedError); errors.As(err, &erased) {
+				c.forgotten.Note(erased.Users)
+				return true, err
+			}
 			if err == nil {
 				c.failures.Store(0)
 				c.m.applied(a)
@@ -699,10 +718,20 @@ func (c *Consumer) applyIsolated(ctx context.Context, b *featurestore.Batch, msg
 		}
 	}
 	for i := range b.Events {
+		if ev := &b.Events[i]; c.forgotten.Skip(ev.UserID, ev.ServerReceivedTsMs) {
+			// Erased since the batch was judged (by a list a failed attempt's ErasedError, or
+			// a refresh during the retries, added to).
+			c.m.processed(msgs[i].Topic, "ignored", 1)
+			continue
+		}
 		one := &featurestore.Batch{Events: b.Events[i : i+1]}
 		ok, perr := apply(one, []string{msgs[i].Topic})
 		if !ok {
 			return false
+		}
+		if errors.As(perr, new(*featurestore.ErasedError)) {
+			c.m.processed(msgs[i].Topic, "ignored", 1)
+			continue
 		}
 		if perr != nil {
 			c.m.errors("poison_message")
@@ -920,9 +949,12 @@ func (c *Consumer) refreshForgotten(ctx context.Context) error {
 
 // forgottenMaxAge is the oldest list of erased users a batch is applied with. `users forget`
 // deletes a user --settle (at least 2 × ForgottenRefresh) after recording the erasure,
-// counting on every consumer to have read it by then: forgottenLoop rereads it every
-// ForgottenRefresh, and when those reads fail (PostgreSQL unreachable for that query, or at
-// start) the batches wait rather than apply what the erasure will not find to delete.
+// counting on every consumer to have read it by then for the poison messages it
+// dead-letters: forgottenLoop rereads it every ForgottenRefresh, and when those reads fail
+// (PostgreSQL unreachable for that query, or at start) the batches wait rather than store
+// what the erasure will not find to delete. The events need no such timing: a batch's
+// transaction checks its users itself (featurestore.ErasedError); the list only keeps most
+// erased events from costing an attempt.
 const forgottenMaxAge = featurestore.ForgottenRefresh + time.Second
 
 // awaitForgotten returns once the list of erased users is at most forgottenMaxAge old,

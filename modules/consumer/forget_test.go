@@ -353,3 +353,79 @@ func TestErasureDuringARetriedBatchDropsTheUsersEvents(t *testing.T) {
 		t.Errorf("%d dlq entries (%v), want none (the erased user's poison message ignored)", dlq, err)
 	}
 }
+
+// An erasure the consumer's list of erased users does not have is found in the batch's own
+// transaction (featurestore.ErasedError): the user's events received up to the erasure time
+// are dropped and counted as ignored, on the batch path and on the event-by-event path a
+// data error leads to, and the others apply. The list misses it here because the row's xid
+// is below every incremental reread's watermark (no real write's is); it stands for a list
+// up to 6 s old, and for an attempt judged by it that lasts past --settle (the erasure's
+// record waits for an attempt that holds the user, see featurestore.Forget).
+func TestErasureTheListMissedIsFoundInTheBatch(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		poison bool // the batch hits a data error first and is applied event by event
+	}{
+		{name: "batch"},
+		{name: "event by event after a data error", poison: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			ctx := context.Background()
+			const gone, kept = "user-erased-unlisted", "user-kept-unlisted"
+			if tc.poison {
+				if _, err := e.pool.Exec(ctx, `CREATE SEQUENCE test_failures;
+CREATE FUNCTION test_fail() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.event_id = 'unlisted-gone-1' AND nextval('test_failures') = 1 THEN
+    RAISE EXCEPTION 'injected data error' USING ERRCODE = '22P02';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER test_fail BEFORE INSERT ON feature_applied FOR EACH ROW EXECUTE FUNCTION test_fail();`); err != nil {
+					t.Fatal(err)
+				}
+			}
+			c := e.startConsumer(t)
+			if err := waitReady(c.mod); err != nil {
+				t.Fatal(err)
+			}
+			now := time.Now().UnixMilli()
+			if _, err := e.pool.Exec(ctx, `ALTER TABLE forgotten_users DISABLE TRIGGER forgotten_users_xid;
+INSERT INTO forgotten_users (user_id, forgotten_at_ms, xid) VALUES ('`+gone+`', `+fmt.Sprint(now+60_000)+`, '0')`); err != nil {
+				t.Fatal(err)
+			}
+			var evs []events.Any
+			for i, u := range []string{gone, gone, kept} {
+				evs = append(evs, &events.Watch{Common: events.Common{EventID: fmt.Sprintf("unlisted-%s-%d", u[5:9], i), UserID: u,
+					SessionID: "s", RequestID: "r", TsMs: now, ServerReceivedTsMs: now}, EventType: "watch", ItemID: "item", WatchTimeSec: 30})
+			}
+			evs[0].(*events.Watch).EventID = "unlisted-gone-1"
+			e.produce(t, evs)
+			waitFor(t, "every event ignored or applied", 60*time.Second, func() bool {
+				return counter(c.set, "reco_feature_consumer_processed_total", `status="ignored"`)+float64(e.applied(t)) >= 3
+			})
+			rows, _ := e.pool.Query(ctx, `SELECT user_id FROM feature_users ORDER BY user_id`)
+			users, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(users) != 1 || users[0] != kept {
+				t.Errorf("feature users %v, want only %s (%s erased)", users, kept, gone)
+			}
+			if n := counter(c.set, "reco_feature_consumer_processed_total", `status="ignored"`); n != 2 {
+				t.Errorf("%v events ignored, want the erased user's two", n)
+			}
+			var dlq int
+			if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM feature_dlq`).Scan(&dlq); err != nil || dlq != 0 {
+				t.Errorf("%d dlq entries (%v), want none", dlq, err)
+			}
+			if tc.poison {
+				var n int64
+				if err := e.pool.QueryRow(ctx, `SELECT last_value FROM test_failures`).Scan(&n); err != nil || n < 2 {
+					t.Errorf("the poisoned dedup row was inserted %d times (%v), want the batch's and its own apply's", n, err)
+				}
+			}
+		})
+	}
+}

@@ -336,8 +336,12 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 	}()
 
 	t0 := time.Now()
-	states, meta, metaErr, err := s.lockUsers(ctx, conn, b, a)
+	erased := map[string]int64{}
+	states, meta, metaErr, err := s.lockUsers(ctx, conn, b, a, erased)
 	if err != nil {
+		return nil, err
+	}
+	if err := erasedIn(b, a, erased); err != nil {
 		return nil, err
 	}
 	if err := s.ensureMeta(ctx, conn, b, a, meta, metaErr); err != nil {
@@ -758,8 +762,80 @@ func (s *Store) raiseOverlays(ctx context.Context, c dbConn, userIDs []string, s
 	return raised, nil
 }
 
+// ErasedError is a batch holding new events of users that `users forget` erased, received up
+// to their erasure time, which the caller's list of erased users (Forgotten) did not skip:
+// the erasure was recorded after that list was read. Nothing was written; the caller takes
+// those events out (Forgotten.Note, then Skip) and applies the rest.
+type ErasedError struct {
+	// Users are the batch's erased users, with their erasure time (forgotten_at_ms) as the
+	// transaction read it.
+	Users map[string]int64
+}
+
+func (e *ErasedError) Error() string {
+	ids := sortedKeys(e.Users)
+	if len(ids) > 5 {
+		ids = append(ids[:5], fmt.Sprintf("and %d more", len(e.Users)-5))
+	}
+	return fmt.Sprintf("batch has events of users erased since the list of erased users was read (%s)", strings.Join(ids, ", "))
+}
+
+// erasedIn reports an ErasedError when a new event of the batch is of a user in erased
+// (forgotten_users as read under the users' locks) and was received at or before the
+// erasure time (Forgotten.Skip's rule: a receive time of 0, unknown, counts as before).
+func erasedIn(b *Batch, a *Applied, erased map[string]int64) error {
+	if len(erased) == 0 {
+		return nil
+	}
+	var hit map[string]int64
+	for i, e := range b.Events {
+		if at, ok := erased[e.UserID]; ok && a.New[i] && e.ServerReceivedTsMs <= at {
+			if hit == nil {
+				hit = map[string]int64{}
+			}
+			hit[e.UserID] = at
+		}
+	}
+	if hit == nil {
+		return nil
+	}
+	return &ErasedError{Users: hit}
+}
+
+// forgottenCheckSQL reads which of the users are erased. lockUsers runs it after the users'
+// rows are locked (or inserted), which makes a batch and `users forget` exclusive per user
+// without relying on how old the caller's list is or how long the attempt lasts: Forget
+// records an erasure in a transaction that first locks the users' feature rows (FOR UPDATE,
+// in user order like a batch) and inserts, then deletes, a row for each user that has none
+// (ON CONFLICT DO NOTHING waits for a batch's uncommitted insert of that user). So for each
+// user one of the two holds the row (or its key) first:
+//   - the batch: Forget's record waits for the batch to end, and the deletion comes after the
+//     record commits (at the erasure time, or at once when the record waited past it), so
+//     whatever the batch wrote is deleted (its Redis write, made after its commit, is deleted
+//     by the first pass over the copy or by the second, 2 s later);
+//   - Forget: the batch's FOR UPDATE (or its insert) waits until the record commits, and this
+//     statement, which starts after it under READ COMMITTED (a snapshot per statement), sees the
+//     row: the batch aborts with ErasedError.
+//
+// It must not be joined into the lock statement: that statement's snapshot is taken before it
+// waits for a lock, so it would miss the erasure whose record it waited for.
+const forgottenCheckSQL = `SELECT user_id, forgotten_at_ms FROM forgotten_users WHERE user_id = ANY($1::text[])`
+
+// queueForgottenCheck queues forgottenCheckSQL for users, adding what it finds to erased.
+func queueForgottenCheck(p *pipeline, users []string, erased map[string]int64) {
+	p.query(func(rows pgx.Rows) error {
+		var id string
+		var at int64
+		if _, err := pgx.ForEachRow(rows, []any{&id, &at}, func() error { erased[id] = at; return nil }); err != nil {
+			return fmt.Errorf("check erased users: %w", err)
+		}
+		return nil
+	}, forgottenCheckSQL, users)
+}
+
 // lockUsers opens the transaction, records the batch's (event_id, user_id) keys (learning
-// which are new) and loads and locks the users' states, in one round trip. The decay meta is
+// which are new) and loads and locks the users' states, in one round trip; erased gets the
+// batch's users found in forgotten_users after their lock (forgottenCheckSQL). The decay meta is
 // read in the same round trip, under the shared meta lock (m and merr are loadMeta's
 // results). Users without a row yet are inserted and locked in a second round trip: the
 // insert's unique index serialises two consumers on a brand-new user (the second fails,
@@ -769,7 +845,7 @@ func (s *Store) raiseOverlays(ctx context.Context, c dbConn, userIDs []string, s
 // second array tested with = ANY per row: a generic plan scans such an array whole for every
 // row (10,000 users, half of them watching: 460 against 18 ms of PostgreSQL). Only a user
 // with a watch has its history and watched set read, the bulk of a long-running user's row.
-func (s *Store) lockUsers(ctx context.Context, c dbConn, b *Batch, a *Applied) (states map[string]*userDoc, m Meta, merr, err error) {
+func (s *Store) lockUsers(ctx context.Context, c dbConn, b *Batch, a *Applied, erased map[string]int64) (states map[string]*userDoc, m Meta, merr, err error) {
 	states = map[string]*userDoc{}
 	p := &pipeline{}
 	p.exec("begin apply", "BEGIN")
@@ -857,6 +933,7 @@ ORDER BY u.user_id FOR UPDATE OF u`, who, watches, s.overlay)
 		}, `INSERT INTO feature_applied (event_id, user_id) SELECT u.id, u.usr FROM unnest($1::text[], $2::text[]) AS u(id, usr)
 WHERE NOT EXISTS (SELECT 1 FROM feature_applied a WHERE a.event_id = u.id AND (a.user_id = u.usr OR a.user_id = '')) RETURNING event_id, user_id`, ids, idUsers)
 		lock(p, users)
+		queueForgottenCheck(p, users, erased)
 	}
 	p.query(func(rows pgx.Rows) error {
 		var row pgx.Row = rowsRow{rows}
@@ -893,6 +970,7 @@ WHERE NOT EXISTS (SELECT 1 FROM feature_applied a WHERE a.event_id = u.id AND (a
 	p = &pipeline{}
 	p.exec("insert users", `INSERT INTO feature_users (user_id) SELECT unnest($1::text[])`, missing)
 	lock(p, missing)
+	queueForgottenCheck(p, missing, erased) // after their insert: see forgottenCheckSQL
 	if err := p.run(ctx, c); err != nil {
 		return nil, m, nil, err
 	}

@@ -215,8 +215,30 @@ ORDER BY id LIMIT $1`, o.Limit, o.After)
 		}
 		okIDs = append(okIDs, ids[i])
 	}
-	if len(b.Events) > 0 {
+	// ignore takes out of the batch the events the erased users, as now known, skip: an
+	// ErasedError's (users erased after the list was read).
+	ignore := func(erased *ErasedError) {
+		forgotten.Note(erased.Users)
+		n := 0
+		kept := map[int]int{}
+		for i, ev := range b.Events {
+			if forgotten.Skip(ev.UserID, ev.ServerReceivedTsMs) {
+				rep.Ignored++
+				rep.Entries[idx[i]].Outcome = "ignored"
+				okIDs = append(okIDs, ids[i])
+				continue
+			}
+			b.Events[n], ids[n], kept[n] = ev, ids[i], idx[i]
+			n++
+		}
+		b.Events, ids, idx = b.Events[:n], ids[:n], kept
+	}
+	for len(b.Events) > 0 {
 		a, err := s.applyReplayed(ctx, b)
+		if erased := new(ErasedError); errors.As(err, &erased) {
+			ignore(erased)
+			continue
+		}
 		switch {
 		case err == nil:
 			for i, isNew := range a.New {
@@ -225,6 +247,13 @@ ORDER BY id LIMIT $1`, o.Limit, o.After)
 		case Refused(err):
 			for i := range b.Events {
 				a, err := s.applyReplayed(ctx, &Batch{Events: b.Events[i : i+1]})
+				if erased := new(ErasedError); errors.As(err, &erased) {
+					forgotten.Note(erased.Users)
+					rep.Ignored++
+					rep.Entries[idx[i]].Outcome = "ignored"
+					okIDs = append(okIDs, ids[i])
+					continue
+				}
 				if err != nil && !Refused(err) {
 					applyErr = fmt.Errorf("apply replayed event %s: %w", b.Events[i].EventID, err)
 					untried(i)
@@ -245,6 +274,7 @@ ORDER BY id LIMIT $1`, o.Limit, o.After)
 		if err := s.FlushWritten(ctx); err != nil {
 			s.log.WarnContext(ctx, "clear redis journal after dlq replay", "err", err)
 		}
+		break
 	}
 	if len(okIDs) > 0 {
 		if _, err := s.pg.Exec(ctx, `UPDATE feature_dlq SET status = 'replayed', replayed_at = now(), replay_attempts = replay_attempts + 1

@@ -3,6 +3,7 @@ package featurestore
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -44,9 +45,10 @@ type Forgotten struct {
 	read    int // rows the last refresh read
 }
 
-// ForgottenRefresh is how often a consumer rereads the erased users: `recsys users forget`
-// waits longer than this (plus a transaction) before it deletes, so no batch applied after
-// the deletion still missed the erasure.
+// ForgottenRefresh is how often a consumer rereads the erased users, so that it skips their
+// events before its batches' transactions do (ErasedError, a retry). `recsys users forget`
+// waits longer than this before it deletes, so that the poison messages of erased users that a
+// consumer dead-letters (which that check does not cover) are skipped by then.
 const ForgottenRefresh = 5 * time.Second
 
 // RefreshForgotten reads the erased users into f: the whole table the first time, then the
@@ -142,6 +144,19 @@ func (f *Forgotten) Skip(userID string, receivedMs int64) bool {
 	return ok && receivedMs <= at
 }
 
+// Note adds erasures read elsewhere (an ErasedError's) to f, so that Skip takes them at once,
+// before the next refresh reads them too.
+func (f *Forgotten) Note(users map[string]int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.m == nil {
+		f.m = make(map[string]int64, len(users))
+	}
+	for id, at := range users {
+		f.m[id] = max(f.m[id], at)
+	}
+}
+
 // forgetUsers deletes the users' feature rows in PostgreSQL and their hashes in the Redis
 // copy, and returns how many rows went. Item statistics, co-visitation lists and the global
 // lists are aggregates over every user and stay.
@@ -186,9 +201,11 @@ type ForgetReport struct {
 // DLQ entries and their events in dead outbox rows. It first records the users in forgotten_users with an erasure time
 // settle from now, so every consumer (which rereads the table every ForgottenRefresh) skips
 // their events received up to then, wherever those still are (the outbox, Kafka, the DLQ);
-// it then waits until that time and deletes. settle must exceed ForgottenRefresh plus the
-// longest consumer transaction, or a batch a consumer applied after the deletion from a list
-// read before the erasure would bring the user back. Aggregates over all users (item
+// it then waits until that time and deletes. A batch judged by a list read before the erasure
+// cannot bring the features back, however long its attempt lasts: the record waits for a
+// batch holding one of the users, and a batch that takes a user after the record finds the
+// erasure in its own transaction (recordForgotten, forgottenCheckSQL). settle must still
+// exceed ForgottenRefresh for the consumers' dead letters (see there). Aggregates over all users (item
 // statistics, co-visitation lists, global lists, KPI roll-ups) keep their contribution; the
 // dedup keys stay until their retention, and hold the user id (event_id, user_id: migration
 // 0022), so that a resend of an erased event is still a duplicate.
@@ -198,9 +215,7 @@ func (s *Store) Forget(ctx context.Context, users []string, settle time.Duration
 	if len(users) == 0 {
 		return rep, nil
 	}
-	if _, err := s.pg.Exec(ctx, `INSERT INTO forgotten_users (user_id, forgotten_at_ms) SELECT unnest($1::text[]), $2
-ON CONFLICT (user_id) DO UPDATE SET forgotten_at_ms = greatest(forgotten_users.forgotten_at_ms, EXCLUDED.forgotten_at_ms), forgotten_at = now()`,
-		users, at); err != nil {
+	if err := s.recordForgotten(ctx, users, at); err != nil {
 		return rep, fmt.Errorf("record forgotten users: %w", err)
 	}
 	// Until a moment past the erasure time: a raw row the API stores for an event received
@@ -282,6 +297,43 @@ ON CONFLICT (user_id) DO UPDATE SET forgotten_at_ms = greatest(forgotten_users.f
 		rep.Deleted[table] += tag.RowsAffected()
 	}
 	return rep, nil
+}
+
+// recordForgotten records the users in forgotten_users with erasure time at, in a transaction
+// that holds each user's feature row, or its key when there is none, when it commits: a
+// consumer batch writing one of them commits before it, or sees the erasure in its own
+// transaction and writes nothing (forgottenCheckSQL in apply.go has the argument). Such a
+// batch may run for --consumer.drain-timeout and longer, so the record waits for it without
+// the session's lock_timeout and statement_timeout (ctx still stops it).
+func (s *Store) recordForgotten(ctx context.Context, users []string, at int64) error {
+	sorted := slices.Clone(users)
+	slices.Sort(sorted) // a batch locks its users in this order: neither waits for the other in a cycle
+	sorted = slices.Compact(sorted)
+	return untimed(ctx, s.pg, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = 0`); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `SELECT 1 FROM feature_users WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE`, sorted); err != nil {
+			return fmt.Errorf("lock feature users: %w", err)
+		}
+		// A user without a row: the insert waits for a batch's uncommitted insert of that user
+		// to end, or makes a batch's later insert wait for this transaction; the row itself
+		// is deleted before the commit, so nobody ever sees it.
+		rows, _ := tx.Query(ctx, `INSERT INTO feature_users (user_id) SELECT unnest($1::text[]) ON CONFLICT (user_id) DO NOTHING RETURNING user_id`, sorted)
+		placeholders, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return fmt.Errorf("hold the keys of users without features: %w", err)
+		}
+		if len(placeholders) > 0 {
+			if _, err := tx.Exec(ctx, `DELETE FROM feature_users WHERE user_id = ANY($1::text[])`, placeholders); err != nil {
+				return fmt.Errorf("hold the keys of users without features: %w", err)
+			}
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO forgotten_users (user_id, forgotten_at_ms) SELECT unnest($1::text[]), $2
+ON CONFLICT (user_id) DO UPDATE SET forgotten_at_ms = greatest(forgotten_users.forgotten_at_ms, EXCLUDED.forgotten_at_ms), forgotten_at = now()`,
+			sorted, at)
+		return err
+	})
 }
 
 // execScan runs one of Forget's statements that read a whole table (the raw tables and the

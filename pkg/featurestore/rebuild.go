@@ -132,19 +132,28 @@ func (s *Store) RebuildFromEvents(ctx context.Context, batchSize int, progress f
 			return nil
 		}
 		// Reread as often as a consumer does, and checked just before the batch's
-		// transaction, so `users forget` (which waits longer than that before deleting) never
-		// deletes a user that a later batch then writes back.
+		// transaction; an erasure recorded since is found in the transaction (ErasedError),
+		// and its events are dropped then.
 		if time.Since(forgottenAt) >= ForgottenRefresh {
 			if err := s.RefreshForgotten(ctx, &forgotten); err != nil {
 				return err
 			}
 			forgottenAt = time.Now()
 		}
-		b.Events = slices.DeleteFunc(b.Events, func(ev Event) bool { return forgotten.Skip(ev.UserID, ev.ServerReceivedTsMs) })
-		if len(b.Events) > 0 {
-			if _, err := s.Apply(ctx, b); err != nil {
+		for {
+			b.Events = slices.DeleteFunc(b.Events, func(ev Event) bool { return forgotten.Skip(ev.UserID, ev.ServerReceivedTsMs) })
+			if len(b.Events) == 0 {
+				break
+			}
+			_, err := s.Apply(ctx, b)
+			if erased := new(ErasedError); errors.As(err, &erased) {
+				forgotten.Note(erased.Users) // erased since the list was read: drop and go on
+				continue
+			}
+			if err != nil {
 				return err
 			}
+			break
 		}
 		b = &Batch{}
 		if progress != nil {
