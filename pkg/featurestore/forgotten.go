@@ -329,6 +329,12 @@ func (s *Store) recordForgotten(ctx context.Context, users []string, at int64) e
 				return fmt.Errorf("hold the keys of users without features: %w", err)
 			}
 		}
+		// Under the outbox's erasure lock, taken last (held only until the commit): a relay
+		// making rows dead meanwhile either reads the erasure or is done before EraseDead
+		// looks (outbox.eraseForgotten).
+		if err := outbox.LockErasures(ctx, tx); err != nil {
+			return err
+		}
 		_, err = tx.Exec(ctx, `INSERT INTO forgotten_users (user_id, forgotten_at_ms) SELECT unnest($1::text[]), $2
 ON CONFLICT (user_id) DO UPDATE SET forgotten_at_ms = greatest(forgotten_users.forgotten_at_ms, EXCLUDED.forgotten_at_ms), forgotten_at = now()`,
 			sorted, at)

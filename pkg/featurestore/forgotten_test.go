@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -409,5 +410,41 @@ VALUES ('slow-1', $1, 's', 'r', 'i', 1, $2::bigint, to_timestamp($2::bigint / 10
 	}
 	if rep.Deleted["watches"] != 1 {
 		t.Errorf("report counts %d watches deleted, want 1", rep.Deleted["watches"])
+	}
+}
+
+// Forget records the erasure under the outbox's erasure lock, so that a relay making rows
+// dead meanwhile either reads it or is done before EraseDead looks (outbox.eraseForgotten):
+// a transaction holding that lock holds the recording back until it ends.
+func TestForgetRecordsUnderTheOutboxErasureLock(t *testing.T) {
+	ctx := context.Background()
+	pool, rd := servers(t)
+	st := featurestore.New(pool, rd, testutil.Unique("fg")+":", testConfig(), nil)
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // rolled back below
+	if err := outbox.LockErasures(ctx, tx); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := st.Forget(ctx, []string{"user-gone"}, 0)
+		done <- err
+	}()
+	waitForLockWait(t, pool, "the erasure lock")
+	var n int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM forgotten_users`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("forgotten_users holds %d rows (%v) while the erasure lock is held, want 0", n, err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := userRows(t, pool, "forgotten_users"); !slices.Equal(got, []string{"user-gone"}) {
+		t.Errorf("forgotten_users holds %v, want [user-gone]", got)
 	}
 }

@@ -92,6 +92,26 @@ ORDER BY id LIMIT $3 FOR UPDATE`, at, after, erasePage)
 	return erased, page[len(page)-1].id, nil
 }
 
+// erasureLockKey is the transaction-scoped advisory lock that orders outbox rows going dead
+// (eraseForgotten, shared) against `recsys users forget` recording erasures in forgotten_users
+// (LockErasures, exclusive). The other advisory keys of the repository: 7_254_391_001 to
+// _004 (pkg/featurestore: feature_meta, rebuild, item and user trims), 7_311_500_001
+// (pkg/migrate).
+const erasureLockKey = 7_254_391_005
+
+// LockErasures takes, in tx, the lock that a transaction recording erasures in forgotten_users
+// must hold before it writes there: a relay transaction making rows dead meanwhile then waits
+// for it to commit and reads the erasure, or commits first and EraseDead sees its rows dead
+// (eraseForgotten). A write to forgotten_users without it (an operator's hand-written INSERT)
+// is not ordered so: a row going dead at that moment may keep the user's events until the
+// next `users forget` of the same user.
+func LockErasures(ctx context.Context, tx pgx.Tx) error {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(erasureLockKey)); err != nil {
+		return fmt.Errorf("lock out rows going dead while erasures are recorded: %w", err)
+	}
+	return nil
+}
+
 // batchRow is a dead batch row to scrub.
 type batchRow struct {
 	id      int64
@@ -138,19 +158,23 @@ func scrubBatch(ctx context.Context, tx pgx.Tx, r batchRow, msgs []Message, gone
 // runs: without this a row still pending, in flight or backing off then, that used its last
 // attempt later, kept the erased user's events (ids, session, client context) for good.
 //
-// It first takes forgotten_users in SHARE mode, which waits for an erasure being recorded
-// to commit and holds back any other until tx ends. So either an erasure committed before
-// the lock and the read below sees it, or it commits after tx: the rows were dead by then,
-// and its EraseDead, which runs --settle later, sees them dead and scrubs them. A plain read
-// could miss both ways: its snapshot taken before the erasure commits, and tx committing
-// after EraseDead's snapshot. Undecodable batch rows are left as they are, as EraseDead
-// leaves them. It returns the events removed.
+// It first takes erasureLockKey shared, which waits for an erasure being recorded (which
+// holds it exclusively, LockErasures) to commit and holds back any other until tx ends. So
+// either an erasure committed before the lock and the read below (a statement of its own, so
+// a snapshot taken after the lock in READ COMMITTED) sees it, or it commits after tx: the rows
+// were dead by then, and its EraseDead, which runs --settle later, sees them dead and scrubs
+// them. A plain read could miss both ways: its snapshot taken before the erasure commits, and
+// tx committing after EraseDead's snapshot. An advisory lock rather than a lock on
+// forgotten_users: LOCK TABLE in any mode needs UPDATE, DELETE or TRUNCATE on the table, and
+// a relay's role granted only SELECT there would fail every recording that makes rows dead and
+// every Reap. Undecodable batch rows are left as they are, as EraseDead leaves them. It
+// returns the events removed.
 func eraseForgotten(ctx context.Context, tx pgx.Tx, ids []int64) (int64, error) {
 	if len(ids) == 0 {
 		return 0, nil
 	}
-	if _, err := tx.Exec(ctx, `LOCK TABLE forgotten_users IN SHARE MODE`); err != nil {
-		return 0, fmt.Errorf("lock erased users: %w", err)
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock_shared($1)`, int64(erasureLockKey)); err != nil {
+		return 0, fmt.Errorf("wait for erasures being recorded: %w", err)
 	}
 	type deadRow struct {
 		batchRow

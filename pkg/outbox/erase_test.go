@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"reflect"
 	"slices"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"recsys/pkg/outbox"
+	"recsys/pkg/testutil"
 )
 
 const (
@@ -252,6 +254,10 @@ func TestRowGoingDeadWaitsForAnErasureBeingRecorded(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // committed below
+	// As `recsys users forget` records an erasure (featurestore.Forget).
+	if err := outbox.LockErasures(ctx, tx); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := tx.Exec(ctx, `INSERT INTO forgotten_users (user_id, forgotten_at_ms)
 VALUES ($1, (extract(epoch FROM now()) * 1000)::bigint + 20000)`, erased); err != nil {
 		t.Fatal(err)
@@ -269,7 +275,7 @@ VALUES ($1, (extract(epoch FROM now()) * 1000)::bigint + 20000)`, erased); err !
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		var waiting bool
-		if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'forgotten_users'::regclass AND NOT granted
+		if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
   AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))`).Scan(&waiting); err != nil {
 			t.Fatal(err)
 		}
@@ -295,5 +301,80 @@ VALUES ($1, (extract(epoch FROM now()) * 1000)::bigint + 20000)`, erased); err !
 	}
 	if got := outboxEvents(t, pool); len(got) != 0 {
 		t.Errorf("outbox %v, want empty", got)
+	}
+}
+
+// relayPool connects to the database of pool as a new role granted only what the relay
+// needs: the outbox, and reading the erasures (a deployment's least-privilege relay role).
+func relayPool(t *testing.T, pool *pgxpool.Pool) *pgxpool.Pool {
+	t.Helper()
+	ctx := context.Background()
+	role := testutil.Unique("relay_")
+	// Roles are the server's, not the test database's: dropped when the test ends.
+	if _, err := pool.Exec(ctx, `CREATE ROLE `+role+` LOGIN`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx := context.Background()
+		if _, err := pool.Exec(ctx, `DROP OWNED BY `+role); err != nil {
+			t.Errorf("drop %s's privileges: %v", role, err)
+		}
+		if _, err := pool.Exec(ctx, `DROP ROLE `+role); err != nil {
+			t.Errorf("drop role %s: %v", role, err)
+		}
+	})
+	for _, grant := range []string{
+		`GRANT SELECT, INSERT, UPDATE, DELETE ON event_outbox TO ` + role,
+		`GRANT USAGE ON SEQUENCE event_outbox_id_seq, event_outbox_lease_token_seq TO ` + role,
+		`GRANT SELECT ON forgotten_users TO ` + role,
+	} {
+		if _, err := pool.Exec(ctx, grant); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := pool.Config().ConnConfig
+	u, err := url.Parse(cfg.ConnString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.User(role)
+	return testutil.Pool(t, u.String())
+}
+
+// A relay whose role may only read forgotten_users still makes rows dead, erasing the erased
+// users' events, by recording outcomes and by reaping expired leases. Taking a table lock on
+// forgotten_users to order this against `recsys users forget` needed UPDATE there: every such
+// recording and every reap (one transaction) failed, so expired leases were never reaped.
+func TestRowsGoDeadUnderARelayRoleThatOnlyReadsErasures(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	_, pool := newStore(t)
+	s := outbox.NewStore(relayPool(t, pool))
+	eraseFixture(t, pool)
+
+	insertRow(t, pool, "", 1, frame("s1", erased))
+	insertRow(t, pool, "~lane/1", 1, frame("e1", erased), frame("e2", kept))
+	c := claim(t, s, "r", 10)
+	res := map[int64]outbox.Result{}
+	for _, r := range c.Rows {
+		res[r.ID] = outbox.Result{Err: errors.New("topic gone"), Permanent: true}
+	}
+	done, err := s.Complete(ctx, c, outbox.Settle(c.Rows, res, backoff))
+	if err != nil || done.Dead != 2 || done.Erased != 2 {
+		t.Fatalf("complete = %+v, %v; want 2 rows dead and 2 events erased", done, err)
+	}
+
+	insertRow(t, pool, "", 1, frame("s2", erased))
+	insertRow(t, pool, "", 1, frame("s3", kept))
+	claim(t, s, "crasher", 10)
+	if _, err := pool.Exec(ctx, `UPDATE event_outbox SET lease_expires_at = now() - interval '1 second' WHERE status = 'publishing'`); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Reap(ctx, 10, backoff)
+	if err != nil || r.Dead != 2 || r.Erased != 1 {
+		t.Fatalf("reap = %+v, %v; want 2 rows dead and 1 event erased", r, err)
+	}
+	if got, want := outboxEvents(t, pool), map[string][]string{"dead": {"e2/" + kept, "s3/" + kept}}; !reflect.DeepEqual(got, want) {
+		t.Errorf("outbox %v, want %v", got, want)
 	}
 }
