@@ -63,7 +63,8 @@ type trimTarget struct {
 // PostgreSQL's clock) and its long popularity is below what one full watch (weight 1)
 // retention ago weighs now, so a popular item outlives a quiet spell. Each call examines the
 // next page of items in id order (wrapping around), so a pass costs the same whatever the
-// table's size, and a full cycle takes rows/page calls.
+// table's size, and a full cycle takes rows/page calls. With retention 0 (turned off) it
+// deletes nothing and only finishes the second passes of earlier trims.
 //
 // One consumer trims at a time (an advisory lock; the others' calls return 0). The rows are
 // locked in the batches' order (lists, then items) and the criterion is checked again under
@@ -86,8 +87,8 @@ func (s *Store) TrimItems(ctx context.Context, retention time.Duration, page int
 // retention (no new event of theirs: last_active_ms, PostgreSQL's clock). Their events,
 // dedup records and contribution to the items' statistics stay: this is not an erasure
 // (nothing goes to forgotten_users), and an event of theirs applied later, whenever it was
-// received, creates them anew with that event alone. Pages, the lock and the Redis passes are
-// TrimItems's.
+// received, creates them anew with that event alone. Pages, the lock, the Redis passes and
+// retention 0 are TrimItems's.
 //
 // A batch holding a user's row is writing an event of theirs: the trim passes such rows by
 // (SKIP LOCKED) instead of waiting, so it never holds up a batch for longer than its own
@@ -205,9 +206,12 @@ var userTrim = trimTarget{
 }
 
 // trim runs one pass of t: the second pass over the rows trimmed TrimSecondPass ago, then
-// the deletion of the next page's inactive rows and of their Redis keys.
+// the deletion of the next page's inactive rows and of their Redis keys. A retention of 0
+// (the retention turned off) runs the second pass alone: rows trimmed before it was turned
+// off still get theirs, or a late write of their keys (an old user hash at a version above
+// the row a returning user gets, an item hash with no row) would stay in the copy for good.
 func (s *Store) trim(ctx context.Context, t *trimTarget, retention time.Duration, page int) (int, error) {
-	if err := s.trimSecondPass(ctx, t); err != nil {
+	if err := s.trimSecondPass(ctx, t); err != nil || retention <= 0 {
 		return 0, err
 	}
 	ids, err := s.trimPage(ctx, t, retention, page)

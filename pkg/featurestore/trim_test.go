@@ -221,6 +221,43 @@ func testTrimInPages(t *testing.T, k trimKind, prefix, format string, event func
 	}
 }
 
+// testRetentionOffFinishesSecondPass: a trim of k, then a late write (write makes it and
+// reports whether it is in the copy) brings trimmed rows back in the copy, then the
+// retention is turned off (0) before the second pass is due; the caller checks the late write
+// is gone. The passes at retention 0
+// delete no row but still run the second pass: turned off, it used to stop too, leaving the
+// rows in k's _trimmed table and the late write in the copy for good.
+func testRetentionOffFinishesSecondPass(t *testing.T, st *featurestore.Store, pool *pgxpool.Pool, k trimKind, write func() bool) {
+	t.Helper()
+	ctx := context.Background()
+	if k.trim(t, st, 1000) == 0 {
+		t.Fatal("fixture: nothing trimmed")
+	}
+	if !write() {
+		t.Fatal("fixture: the late write is not in the copy")
+	}
+	kept := k.rows(t, pool, k.table)
+	off := func() {
+		t.Helper()
+		if n, err := k.trimFunc(st, ctx, 0, 1000); err != nil || n != 0 {
+			t.Fatalf("a pass with the retention off trimmed %d (%v), want 0", n, err)
+		}
+	}
+	off()
+	if len(k.rows(t, pool, k.table+"_trimmed")) == 0 {
+		t.Fatal("the second pass ran before TrimSecondPass")
+	}
+	k.makeSecondPassDue(t, pool)
+	off()
+	if got := k.rows(t, pool, k.table+"_trimmed"); len(got) != 0 {
+		t.Errorf("%s_trimmed holds %v with the retention off, want none (the second pass done)", k.table, got)
+	}
+	if got := k.rows(t, pool, k.table); !slices.Equal(got, kept) {
+		t.Errorf("%s holds %v after passes with the retention off, want %v", k.table, got, kept)
+	}
+	verifyCopy(t, st)
+}
+
 // testTrimOneConsumerAtATime: several consumers run the pass: one at a time trims (want),
 // the others' calls return at once; meanwhile runs, with another consumer's store, while the
 // first holds the lock.
@@ -461,6 +498,23 @@ func TestTrimSecondPassDeletesLateWrites(t *testing.T) {
 		t.Error("the second pass left the late write of old-a")
 	}
 	verifyCopy(t, st)
+}
+
+// Items trimmed before --consumer.item-retention is turned off (0) still get their second
+// pass: a late write of old-a's hash would otherwise stay in the copy, an item /reco serves
+// with no row behind it.
+func TestTrimItemsSecondPassRunsWithTheRetentionOff(t *testing.T) {
+	ctx := context.Background()
+	st, pool, rd, keys, _ := trimFixture(t)
+	testRetentionOffFinishesSecondPass(t, st, pool, itemKind, func() bool {
+		if err := rd.Do(ctx, rd.B().Hset().Key(keys.Item("old-a")).FieldValue().FieldValue("imp", "5").FieldValue("fs", "1").Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+		return exists(t, rd, keys.Item("old-a"))
+	})
+	if exists(t, rd, keys.Item("old-a")) {
+		t.Error("the second pass left the late write of old-a")
+	}
 }
 
 // A batch that commits between the trim's scan and its locks (a watch and an impression of

@@ -246,6 +246,24 @@ func TestTrimUsersSecondPassReplacesLateWrites(t *testing.T) {
 	verifyCopy(t, st)
 }
 
+// Users trimmed before --consumer.user-retention is turned off (0) still get their second
+// pass: a late write of gone-m's hash would otherwise stay in the copy, at a version above
+// the row gone-m gets on coming back.
+func TestTrimUsersSecondPassRunsWithTheRetentionOff(t *testing.T) {
+	ctx := context.Background()
+	st, pool, rd, keys, _ := userTrimFixture(t)
+	testRetentionOffFinishesSecondPass(t, st, pool, userKind, func() bool {
+		if err := rd.Do(ctx, rd.B().Hset().Key(keys.User("gone-m")).FieldValue().FieldValue("v", "9").FieldValue("h", "[]").
+			FieldValue("w", "{}").FieldValue("i", "{}").FieldValue("r", "").Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+		return exists(t, rd, keys.User("gone-m"))
+	})
+	if exists(t, rd, keys.User("gone-m")) {
+		t.Error("the second pass left the late write of gone-m")
+	}
+}
+
 // A batch that commits between the trim's scan and its locks keeps the user: the criterion is
 // checked again under the locks.
 func TestTrimUsersRechecksUnderTheLocks(t *testing.T) {
