@@ -115,3 +115,24 @@ func TestReplayDLQReportsWhatItAppliedBeforeFailing(t *testing.T) {
 		t.Fatalf("report %+v: want the entry reported applied", rep)
 	}
 }
+
+// `recsys consume replay-dlq` with no pending entry reports "entries": [], not null: scripts
+// iterate over it.
+func TestReplayDLQReportsNoEntriesAsAnEmptyList(t *testing.T) {
+	root := NewRootCmd()
+	var out, errOut bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&errOut)
+	root.SetArgs([]string{"consume", "replay-dlq", "--pg.dsn", testutil.MigratedDatabase(t), "--redis.url", testutil.RedisURL(t),
+		"--redis.key-prefix", testutil.Unique("rde") + ":"})
+	if err := root.ExecuteContext(context.Background()); err != nil {
+		t.Fatalf("%v\n%s", err, errOut.String())
+	}
+	var got map[string]json.RawMessage
+	if err := json.Unmarshal(out.Bytes(), &got); err != nil {
+		t.Fatalf("output is not the JSON report: %v\n%s", err, out.String())
+	}
+	if string(got["entries"]) != "[]" || string(got["examined"]) != "0" {
+		t.Errorf("report %s, want no entry examined and \"entries\": []", out.String())
+	}
+}

@@ -43,7 +43,8 @@ all its events. --event-type matches the row's event_type: batch rows are "impre
 batch row. --limit counts rows.
 
 Prints {"status", "event_type", "since", "after_id", "limit", "dry_run", "matched",
-"requeued", "events", "by_event_type", "ids", "skipped", "last_id"}: matched, requeued,
+"requeued", "events", "by_event_type", "ids", "skipped", "last_id"}, every field present
+(event_type and since null when not given, ids and by_event_type empty): matched, requeued,
 skipped, by_event_type and ids are rows, events is the number of events those rows carry,
 last_id is the next run's --after-id (the largest id up to which every matching row was
 requeued; --after-id itself when nothing matched or the first row was skipped).`,

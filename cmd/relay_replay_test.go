@@ -122,3 +122,38 @@ VALUES ('d1', 'watch', 't', 'u1', '{}', 3, 'dead', 3, 'boom', 1, 1),
 		}
 	}
 }
+
+// The report has every field the help lists, also when nothing matched and no filter was
+// given: event_type and since null (any), ids and by_event_type empty, never left out or null
+// for a script to trip on.
+func TestRelayReplayReportShapeWithoutFilters(t *testing.T) {
+	dsn := testutil.MigratedDatabase(t)
+	for _, tc := range []struct {
+		args []string
+		want map[string]string // field: its JSON
+	}{
+		{[]string{"--dry-run"}, map[string]string{"event_type": "null", "since": "null", "ids": "[]", "by_event_type": "{}"}},
+		{nil, map[string]string{"event_type": "null", "since": "null", "ids": "[]", "by_event_type": "{}"}},
+		{[]string{"--event-type", "watch", "--since", "2026-01-02"}, map[string]string{"event_type": `"watch"`, "since": `"2026-01-02T00:00:00Z"`}},
+	} {
+		_, out, err := runRelayReplay(t, append([]string{"--pg.dsn", dsn}, tc.args...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got map[string]json.RawMessage
+		if err := json.Unmarshal([]byte(out), &got); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range []string{"status", "event_type", "since", "after_id", "limit", "dry_run", "matched", "requeued", "events",
+			"by_event_type", "ids", "skipped", "last_id"} {
+			if _, ok := got[f]; !ok {
+				t.Errorf("replay %v: report lacks %q:\n%s", tc.args, f, out)
+			}
+		}
+		for f, want := range tc.want {
+			if string(got[f]) != want {
+				t.Errorf("replay %v: %q is %s, want %s", tc.args, f, got[f], want)
+			}
+		}
+	}
+}

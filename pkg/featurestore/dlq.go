@@ -131,7 +131,8 @@ type ReplayReport struct {
 // and those PostgreSQL refuses (when the batch is refused, its events are applied one by
 // one, so one such entry holds back no other).
 func (s *Store) ReplayDLQ(ctx context.Context, o ReplayOptions) (ReplayReport, error) {
-	rep := ReplayReport{DryRun: o.DryRun}
+	// Entries is [] when there are none, not null: scripts read the report.
+	rep := ReplayReport{DryRun: o.DryRun, Entries: []ReplayEntry{}}
 	if o.Limit <= 0 {
 		o.Limit = 1000
 	}

@@ -34,9 +34,11 @@ type ReplayFilter struct {
 // ReplayResult is what Replay did (or, in a dry run, would do). It is printed as JSON by
 // `recsys relay replay`.
 type ReplayResult struct {
-	Status    string     `json:"status"`
-	EventType string     `json:"event_type,omitempty"`
-	Since     *time.Time `json:"since,omitempty"`
+	Status string `json:"status"`
+	// EventType and Since are the filters, null when unset (any): present either way, as the
+	// command's help lists them for the scripts that read the report.
+	EventType *string    `json:"event_type"`
+	Since     *time.Time `json:"since"`
 	AfterID   int64      `json:"after_id"`
 	Limit     int        `json:"limit"`
 	DryRun    bool       `json:"dry_run"`
@@ -95,8 +97,11 @@ func (s *Store) Replay(ctx context.Context, f ReplayFilter) (ReplayResult, error
 	if err := f.Validate(); err != nil {
 		return ReplayResult{}, err
 	}
-	res := ReplayResult{Status: f.Status, EventType: f.EventType, AfterID: f.AfterID, Limit: f.Limit, DryRun: f.DryRun,
+	res := ReplayResult{Status: f.Status, AfterID: f.AfterID, Limit: f.Limit, DryRun: f.DryRun,
 		ByEventType: map[string]int{}, IDs: []int64{}, LastID: f.AfterID}
+	if f.EventType != "" {
+		res.EventType = &f.EventType
+	}
 	if !f.Since.IsZero() {
 		since := f.Since.UTC()
 		res.Since = &since
