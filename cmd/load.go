@@ -22,8 +22,9 @@ histogram, 3 significant digits).
 
 Modes: closed loop (default; --concurrency workers send back to back) or open loop (--rate N:
 operations are due every 1/N s and latency counts from the due time, so server queueing is
-measured, not hidden). Scenarios: reco, ingest (--ingest-mode watch|batch) and mixed (GET /reco,
-then watches of shown items and of catalog items, like real clients).
+measured, not hidden); the --warmup operations before the run keep the same mode and rate.
+Scenarios: reco, ingest (--ingest-mode watch|batch) and mixed (GET /reco, then watches of
+shown items and of catalog items, like real clients).
 The run stops after --requests operations or --duration, whichever comes first, and targets
 loopback addresses only unless --allow-non-loopback is given.
 

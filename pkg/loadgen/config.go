@@ -81,7 +81,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.K, "k", c.K, "k of GET /reco (1-200)")
 	fs.DurationVar(&c.Timeout, "timeout", c.Timeout, "per-request timeout")
 	fs.Float64Var(new(float64), "timeout-sec", 0, "per-request timeout in seconds (the original tool's flag; overrides --timeout)")
-	fs.IntVar(&c.Warmup, "warmup", c.Warmup, "operations sent before the benchmark, results discarded")
+	fs.IntVar(&c.Warmup, "warmup", c.Warmup, "operations sent before the benchmark (at --rate in open loop), results discarded")
 	fs.BoolVar(&c.Autolog, "autolog-impressions", c.Autolog, "ask /reco to log its impressions (x_autolog_impressions=true)")
 	fs.Float64Var(&c.Rate, "rate", c.Rate, "open loop: operations per second on a fixed schedule, latency measured from the due time (0: closed loop)")
 	fs.DurationVar(&c.Duration, "duration", c.Duration, "upper bound of the benchmark's length (it also stops after --requests)")

@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -285,6 +286,45 @@ func TestOpenLoopMeasuresFromDueTime(t *testing.T) {
 	}
 	if *open.LatencyMs.P90 < 100 || *open.LatencyMs.Max < 350 {
 		t.Errorf("open loop p90 = %v ms, max %v ms: the requests queued behind the stall must count their wait", *open.LatencyMs.P90, *open.LatencyMs.Max)
+	}
+}
+
+// In open loop the warm-up follows --rate too: it was sent back to back on every worker, a
+// burst just before the measured run. Warm-up operation i is due i/rate after the run starts,
+// so by any time after the start at most rate × elapsed + 1 of them have reached the server
+// (a lower bound on when each arrives: a slow machine only makes them later).
+func TestOpenLoopWarmupFollowsTheRate(t *testing.T) {
+	f := &fakeAPI{}
+	var mu sync.Mutex
+	var arrived []time.Time
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/reco" {
+			mu.Lock()
+			arrived = append(arrived, time.Now())
+			mu.Unlock()
+		}
+		f.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	cfg := baseCfg(srv.URL)
+	const rate, warmup = 50.0, 11 // the warm-up spans at least 200 ms
+	cfg.Requests, cfg.Concurrency, cfg.Warmup, cfg.Rate = 1, 10, warmup, rate
+	start := time.Now()
+	if _, err := loadgen.Run(context.Background(), cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(arrived) != warmup+1 {
+		t.Fatalf("%d /reco requests, want %d (the warm-up, then the run)", len(arrived), warmup+1)
+	}
+	slices.SortFunc(arrived, func(a, b time.Time) int { return a.Compare(b) })
+	interval := time.Duration(float64(time.Second) / rate)
+	for i, at := range arrived[:warmup] {
+		if elapsed := at.Sub(start); elapsed < time.Duration(i)*interval {
+			t.Fatalf("warm-up request %d arrived %v after the start, want at least %v (%g/s): %d requests by then",
+				i, elapsed, time.Duration(i)*interval, rate, i+1)
+		}
 	}
 }
 

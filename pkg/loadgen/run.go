@@ -101,8 +101,10 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	c := &client{http: &http.Client{Transport: tr}, base: strings.TrimRight(cfg.BaseURL, "/"), timeout: cfg.Timeout, apiKey: cfg.APIKey}
 
 	if cfg.Warmup > 0 {
+		// At --rate in open loop: sent back to back on every worker, the warm-up was a burst
+		// the server was still absorbing (queues, pool growth, GC) when the measured run began.
 		warm := cfg
-		warm.Requests, warm.Rate, warm.Seed = cfg.Warmup, 0, cfg.Seed+1_000_003
+		warm.Requests, warm.Seed = cfg.Warmup, cfg.Seed+1_000_003
 		runLoop(ctx, &warm, c, func(Result) {}, nil)
 	}
 	start := time.Now()
