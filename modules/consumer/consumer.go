@@ -1152,7 +1152,9 @@ func (c *Consumer) housekeeping(ctx context.Context) {
 		c.m.errors("retention")
 		c.log.WarnContext(ctx, "purge replayed dlq entries", "err", err)
 	}
-	if c.cfg.ItemRetention > 0 {
+	// With a retention of 0 the trims delete nothing but still finish the second passes of
+	// what was trimmed before the retention was turned off.
+	{
 		n, err := c.store.TrimItems(ctx, c.cfg.ItemRetention, itemTrimPage)
 		c.m.itemsTrimmed.Add(n)
 		if err != nil && ctx.Err() == nil {
@@ -1160,7 +1162,7 @@ func (c *Consumer) housekeeping(ctx context.Context) {
 			c.log.WarnContext(ctx, "trim inactive items", "err", err)
 		}
 	}
-	if c.cfg.UserRetention > 0 {
+	{
 		// Passes back to back while each finds a backlog (half a page or more inactive: a
 		// deployment of one-off visitors, or the first retention after the upgrade), within
 		// a budget, as the heal loop waits meanwhile. One page per 30 s deletes at most 14

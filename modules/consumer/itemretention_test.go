@@ -88,3 +88,35 @@ func TestConsumerTrimsInactiveItems(t *testing.T) {
 		watched: func(item string) (string, string) { return "u-" + item, item },
 		key:     featurestore.Keys.Item})
 }
+
+// A retention turned off (0) trims nothing, but the housekeeping still finishes the second
+// Redis passes of what was trimmed before: left, their rows in feature_*_trimmed were never
+// processed, and a hash written back late by a writer that read the row before its trim
+// stayed in the copy.
+func TestConsumerFinishesSecondPassesWithTheRetentionOff(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	keys := featurestore.NewKeys(e.Prefix)
+	late := map[string]string{"feature_items_trimmed": keys.Item("gone"), "feature_users_trimmed": keys.User("gone")}
+	for table, key := range late {
+		if _, err := e.pool.Exec(ctx, `INSERT INTO `+table+` VALUES ('gone', now() - interval '2 minutes')`); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.rd.Do(ctx, e.rd.B().Hset().Key(key).FieldValue().FieldValue("v", "1").Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := e.config()
+	cfg.ItemRetention, cfg.UserRetention = 0, 0
+	e.startWith(t, cfg, nil)
+	for table, key := range late {
+		waitFor(t, table+"'s second pass", 30*time.Second, func() bool {
+			var n int
+			err := e.pool.QueryRow(ctx, `SELECT count(*) FROM `+table).Scan(&n)
+			return err == nil && n == 0
+		})
+		if n, err := e.rd.Do(ctx, e.rd.B().Exists().Key(key).Build()).AsInt64(); err != nil || n != 0 {
+			t.Errorf("%s still in the copy after the second pass (%d, %v)", key, n, err)
+		}
+	}
+}
