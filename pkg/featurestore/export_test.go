@@ -47,6 +47,10 @@ func (s *Store) SetTrimHooks(locked, trimmed, deleted func(ids []string)) {
 	s.trimHooks = trimHooks{locked: locked, trimmed: trimmed, deleted: deleted}
 }
 
+// SetTrimRefillInlineRows sets the largest estimate of feature_items whose global lists a
+// trim refills in the pass that took their members (below -1: never, as on a large catalog).
+func (s *Store) SetTrimRefillInlineRows(n float64) { s.refillInlineRows = n }
+
 // SetTrimScanned installs the hook TrimItems and TrimUsers call with its candidates, before it locks them.
 func (s *Store) SetTrimScanned(f func(ids []string)) { s.trimHooks.scanned = f }
 

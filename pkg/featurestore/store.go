@@ -104,7 +104,12 @@ type Store struct {
 	// trimAfter is, by table, the last id the previous trim pass examined (none, "": start
 	// over).
 	trimAfter map[string]string
-	trimHooks trimHooks
+	// listsOwed are the global lists (pop:s, pop:l, fresh) item trims took members from
+	// without refilling them (refillInline); refillInlineRows is that threshold (a field:
+	// tests lower it).
+	listsOwed        [3]bool
+	refillInlineRows float64
+	trimHooks        trimHooks
 }
 
 // trimHooks let tests act at the steps of TrimItems and TrimUsers: scanned with the
@@ -198,7 +203,8 @@ func New(pg *pgxpool.Pool, rd rueidis.Client, keyPrefix string, cfg features.Con
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Store{pg: pg, rd: rd, cfg: cfg, keys: NewKeys(keyPrefix), log: log, chunk: 100, userChunk: 1 << 20, imps: ImpressionsObject}
+	return &Store{pg: pg, rd: rd, cfg: cfg, keys: NewKeys(keyPrefix), log: log, chunk: 100, userChunk: 1 << 20, imps: ImpressionsObject,
+		refillInlineRows: refillInlineRows}
 }
 
 // SetUserTTL makes every user hash written to Redis expire after d without a new write

@@ -54,6 +54,9 @@ type trimTarget struct {
 	// the copy short of.
 	keys func(s *Store, ids []string) rueidis.Commands
 	back func(ctx context.Context, s *Store, tx pgx.Tx, ids []string, deleted []rueidis.RedisResult) (*redisWrite, error)
+	// wrapped, when set, runs after a pass whose page reached the end of the table (and after
+	// every pass with the retention off: there are no cycles then).
+	wrapped func(s *Store, ctx context.Context) error
 }
 
 // TrimItems deletes up to page inactive items (feature_items and feature_neighbours rows,
@@ -73,7 +76,9 @@ type trimTarget struct {
 // commit, then every key of an item back in PostgreSQL since is written again whole
 // (resync); TrimSecondPass later, the same is done once more, for writers that read the row
 // before the deletion and wrote the copy after the first pass (feature_items_trimmed holds
-// the items until then, so a crash in between leaves the work to the next pass).
+// the items until then, so a crash in between leaves the work to the next pass). The places
+// trimmed items leave in the global lists go to the next items of PostgreSQL's tops: in the
+// same pass on a small table, at the end of the cycle on a large one (refillInline).
 //
 // Entries naming a trimmed item in other items' neighbour lists stay: finding them needs a
 // scan of every list, and they fade as any neighbour does (decayed, cut below the top M).
@@ -179,10 +184,11 @@ var itemTrim = trimTarget{
 			n, _ := r.AsInt64()
 			removed[i%3] += n
 		}
-		refill, err := s.readTops(ctx, tx, removed, back)
+		refill, err := s.refillInline(ctx, tx, removed, back)
 		w.items = append(w.items, refill...)
 		return w, err
 	},
+	wrapped: (*Store).refillOwed,
 }
 
 var userTrim = trimTarget{
@@ -211,45 +217,59 @@ var userTrim = trimTarget{
 // off still get theirs, or a late write of their keys (an old user hash at a version above
 // the row a returning user gets, an item hash with no row) would stay in the copy for good.
 func (s *Store) trim(ctx context.Context, t *trimTarget, retention time.Duration, page int) (int, error) {
-	if err := s.trimSecondPass(ctx, t); err != nil || retention <= 0 {
+	if err := s.trimSecondPass(ctx, t); err != nil {
 		return 0, err
 	}
-	ids, err := s.trimPage(ctx, t, retention, page)
-	if err != nil || len(ids) == 0 {
+	if retention <= 0 {
+		if t.wrapped != nil {
+			return 0, t.wrapped(s, ctx)
+		}
+		return 0, nil
+	}
+	ids, wrapped, err := s.trimPage(ctx, t, retention, page)
+	if err != nil {
 		return 0, err
 	}
-	if s.trimHooks.trimmed != nil {
-		s.trimHooks.trimmed(ids)
+	if len(ids) > 0 {
+		if s.trimHooks.trimmed != nil {
+			s.trimHooks.trimmed(ids)
+		}
+		if err := s.resync(ctx, t, ids); err != nil {
+			return len(ids), fmt.Errorf("delete trimmed %s from the redis copy (the second pass retries): %w", t.what, err)
+		}
 	}
-	if err := s.resync(ctx, t, ids); err != nil {
-		return len(ids), fmt.Errorf("delete trimmed %s from the redis copy (the second pass retries): %w", t.what, err)
+	if wrapped && t.wrapped != nil {
+		if err := t.wrapped(s, ctx); err != nil {
+			return len(ids), err
+		}
 	}
 	return len(ids), nil
 }
 
-// trimPage deletes the inactive rows of the next page in PostgreSQL and returns their ids.
-func (s *Store) trimPage(ctx context.Context, t *trimTarget, retention time.Duration, page int) ([]string, error) {
+// trimPage deletes the inactive rows of the next page in PostgreSQL and returns their ids,
+// and whether the page reached the end of the table (the next pass starts over).
+func (s *Store) trimPage(ctx context.Context, t *trimTarget, retention time.Duration, page int) ([]string, bool, error) {
 	tx, err := s.pg.Begin(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("begin %s trim: %w", t.what, err)
+		return nil, false, fmt.Errorf("begin %s trim: %w", t.what, err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
 	var locked bool
 	var nowMs int64
 	if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1), (extract(epoch FROM now()) * 1000)::bigint`,
 		t.lockKey).Scan(&locked, &nowMs); err != nil {
-		return nil, fmt.Errorf("%s trim lock: %w", t.what, err)
+		return nil, false, fmt.Errorf("%s trim lock: %w", t.what, err)
 	}
 	if !locked {
-		return nil, nil
+		return nil, false, nil
 	}
 	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '`+trimLockTimeout+`'`); err != nil {
-		return nil, fmt.Errorf("%s trim lock timeout: %w", t.what, err)
+		return nil, false, fmt.Errorf("%s trim lock timeout: %w", t.what, err)
 	}
 	cut := nowMs - retention.Milliseconds()
 	extra, ok, err := t.args(ctx, tx, cut)
 	if err != nil || !ok {
-		return nil, err
+		return nil, false, err
 	}
 	args := append([]any{nil, page, cut}, extra...)
 	s.mu.Lock()
@@ -268,7 +288,7 @@ WHERE `+t.id+` > $1 ORDER BY `+t.id+` LIMIT $2`, args...)
 		}
 		return nil
 	}); err != nil {
-		return nil, fmt.Errorf("scan %s for retention: %w", t.what, err)
+		return nil, false, fmt.Errorf("scan %s for retention: %w", t.what, err)
 	}
 	next := id
 	if n < page {
@@ -281,7 +301,7 @@ WHERE `+t.id+` > $1 ORDER BY `+t.id+` LIMIT $2`, args...)
 	if len(cands) > 0 {
 		if t.lockFirst != nil {
 			if err := t.lockFirst(ctx, tx, cands); err != nil {
-				return nil, err
+				return nil, false, err
 			}
 		}
 		// The criterion again, under the row locks: a batch that committed since the scan
@@ -291,25 +311,25 @@ WHERE `+t.id+` > $1 ORDER BY `+t.id+` LIMIT $2`, args...)
   SELECT `+t.id+` FROM `+t.table+` WHERE `+t.id+` = ANY($1) AND `+t.inactive+` ORDER BY `+t.id+` LIMIT $2 `+t.lockRows+`)
 RETURNING `+t.id, args...)
 		if deleted, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
-			return nil, fmt.Errorf("delete inactive %s: %w", t.what, err)
+			return nil, false, fmt.Errorf("delete inactive %s: %w", t.what, err)
 		}
 	}
 	if len(deleted) > 0 {
 		if t.deleted != nil {
 			if err := t.deleted(ctx, tx, deleted); err != nil {
-				return nil, err
+				return nil, false, err
 			}
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO `+t.trimmed+` (`+t.id+`) SELECT unnest($1::text[])
 ON CONFLICT (`+t.id+`) DO UPDATE SET trimmed_at = now()`, deleted); err != nil {
-			return nil, fmt.Errorf("record trimmed %s: %w", t.what, err)
+			return nil, false, fmt.Errorf("record trimmed %s: %w", t.what, err)
 		}
 	}
 	if s.trimHooks.locked != nil {
 		s.trimHooks.locked(deleted)
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return nil, fmt.Errorf("commit %s trim: %w", t.what, err)
+		return nil, false, fmt.Errorf("commit %s trim: %w", t.what, err)
 	}
 	s.mu.Lock()
 	if s.trimAfter == nil {
@@ -317,7 +337,7 @@ ON CONFLICT (`+t.id+`) DO UPDATE SET trimmed_at = now()`, deleted); err != nil {
 	}
 	s.trimAfter[t.table] = next
 	s.mu.Unlock()
-	return deleted, nil
+	return deleted, next == "", nil
 }
 
 // trimSecondPass deletes again the Redis keys of the rows trimmed TrimSecondPass ago or more,
@@ -382,6 +402,11 @@ func (s *Store) resync(ctx context.Context, t *trimTarget, ids []string) error {
 	if err != nil {
 		return err
 	}
+	return s.writeBack(ctx, tx, w)
+}
+
+// writeBack writes w, read in tx (read-only, rolled back here), to the copy.
+func (s *Store) writeBack(ctx context.Context, tx pgx.Tx, w *redisWrite) error {
 	if w.empty() {
 		return nil
 	}
@@ -402,9 +427,111 @@ func (s *Store) resync(ctx context.Context, t *trimTarget, ids []string) error {
 	return err
 }
 
+// refillInlineRows is the largest feature_items (pg_class.reltuples, as ANALYZE last
+// estimated it) whose global lists a trim refills in the pass that took members from them.
+// No index serves the tops (0007), so each list read is a scan of every item with a top-N
+// sort: measured ~150 ms per million rows on one core, so up to ~0.5 s for the three here;
+// on tens of millions of rows each takes seconds, past the session's statement_timeout.
+const refillInlineRows = 1_000_000
+
+// refillInline returns the rows of PostgreSQL's tops of the global lists that lost members
+// (removed), but for the items in skip, when the table is small enough to read them in this
+// pass (refillInlineRows). Otherwise it leaves the lists short and owes them a refill at the
+// end of the trim's cycle (refillOwed): one read of the tops per cycle (rows/page passes),
+// so a pass costs the same whatever the table's size.
+func (s *Store) refillInline(ctx context.Context, tx pgx.Tx, removed [3]int64, skip []string) ([]itemRow, error) {
+	if removed == ([3]int64{}) {
+		return nil, nil
+	}
+	var rows float64
+	if err := tx.QueryRow(ctx, `SELECT reltuples FROM pg_class WHERE oid = 'feature_items'::regclass`).Scan(&rows); err != nil {
+		return nil, fmt.Errorf("estimate the items for a refill of the global lists: %w", err)
+	}
+	// -1: never analyzed (a new table, small until autovacuum's first ANALYZE).
+	if rows <= s.refillInlineRows {
+		return s.readTops(ctx, tx, removed, skip)
+	}
+	s.mu.Lock()
+	for l, n := range removed {
+		s.listsOwed[l] = s.listsOwed[l] || n > 0
+	}
+	s.mu.Unlock()
+	return nil, nil
+}
+
+// refillOwed writes to the copy PostgreSQL's tops of the global lists trims left short since
+// the last refill (refillInline). The scans run without the session's statement_timeout
+// (ctx still bounds them), in a transaction of their own that reads the ids only: the rows
+// are read again, by primary key, just before the write, as resync does, so the write cannot
+// bring back an item another consumer trimmed (and second-passed) while the scans ran.
+func (s *Store) refillOwed(ctx context.Context) error {
+	s.mu.Lock()
+	owed := s.listsOwed
+	s.listsOwed = [3]bool{}
+	s.mu.Unlock()
+	var removed [3]int64
+	for l, o := range owed {
+		if o {
+			removed[l] = 1
+		}
+	}
+	if removed == ([3]int64{}) || s.rd == nil {
+		return nil
+	}
+	err := s.refillLists(ctx, removed)
+	if err != nil {
+		s.mu.Lock()
+		for l, o := range owed {
+			s.listsOwed[l] = s.listsOwed[l] || o
+		}
+		s.mu.Unlock()
+		return fmt.Errorf("refill the global lists of the redis copy after trims (the next cycle retries): %w", err)
+	}
+	return nil
+}
+
+func (s *Store) refillLists(ctx context.Context, removed [3]int64) error {
+	ids, err := func() ([]string, error) {
+		tx, err := s.pg.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+		if err != nil {
+			return nil, fmt.Errorf("begin read of the global lists' tops: %w", err)
+		}
+		defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
+		if _, err := tx.Exec(ctx, `SET LOCAL statement_timeout = 0`); err != nil {
+			return nil, fmt.Errorf("lift the statement timeout for the global lists' tops: %w", err)
+		}
+		return s.topIDs(ctx, tx, removed, nil)
+	}()
+	if err != nil || len(ids) == 0 {
+		return err
+	}
+	tx, err := s.pg.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return fmt.Errorf("begin read of the global lists' items: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
+	rows, _ := tx.Query(ctx, `SELECT `+itemCols+` FROM feature_items WHERE item_id = ANY($1) ORDER BY item_id`, ids)
+	items, err := scanItems(rows)
+	if err != nil {
+		return err
+	}
+	return s.writeBack(ctx, tx, &redisWrite{items: items, lists: true})
+}
+
 // readTops reads the rows of PostgreSQL's top of each global list that lost members
 // (removed, in the order pop:s, pop:l, fresh), but for the items in skip.
 func (s *Store) readTops(ctx context.Context, tx pgx.Tx, removed [3]int64, skip []string) ([]itemRow, error) {
+	ids, err := s.topIDs(ctx, tx, removed, skip)
+	if err != nil || len(ids) == 0 {
+		return nil, err
+	}
+	rows, _ := tx.Query(ctx, `SELECT `+itemCols+` FROM feature_items WHERE item_id = ANY($1) ORDER BY item_id`, ids)
+	return scanItems(rows)
+}
+
+// topIDs reads the ids of PostgreSQL's top of each global list that lost members (removed),
+// but for the items in skip: a scan of feature_items per list.
+func (s *Store) topIDs(ctx context.Context, tx pgx.Tx, removed [3]int64, skip []string) ([]string, error) {
 	tops := [3]string{
 		`SELECT item_id FROM feature_items WHERE pop_short > 0 ORDER BY pop_short DESC, item_id LIMIT $1`,
 		`SELECT item_id FROM feature_items WHERE pop_long > 0 ORDER BY pop_long DESC, item_id LIMIT $1`,
@@ -432,9 +559,5 @@ func (s *Store) readTops(ctx context.Context, tx pgx.Tx, removed [3]int64, skip 
 			}
 		}
 	}
-	if len(ids) == 0 {
-		return nil, nil
-	}
-	rows, _ := tx.Query(ctx, `SELECT `+itemCols+` FROM feature_items WHERE item_id = ANY($1) ORDER BY item_id`, ids)
-	return scanItems(rows)
+	return ids, nil
 }
