@@ -1,0 +1,177 @@
+package featurestore_test
+
+import (
+	"context"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"recsys/pkg/events"
+	"recsys/pkg/featurestore"
+	"recsys/pkg/testutil"
+)
+
+// forgetting starts `users forget` of user (settle short) and returns once its erasure is
+// recorded, with the channel its result arrives on.
+func forgetting(t *testing.T, pool *pgxpool.Pool, st *featurestore.Store, user string) <-chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		_, err := st.Forget(context.Background(), []string{user}, 300*time.Millisecond)
+		done <- err
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var n int
+		if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM forgotten_users WHERE user_id = $1`, user).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n == 1 {
+			return done
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the erasure was not recorded")
+		}
+	}
+}
+
+// userEvents lists the event ids applied for the users (feature_applied).
+func userEvents(t *testing.T, pool *pgxpool.Pool, users ...string) []string {
+	t.Helper()
+	rows, _ := pool.Query(context.Background(), `SELECT event_id FROM feature_applied WHERE user_id = ANY($1) ORDER BY event_id`, users)
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
+// A rebuild from events reads the raw rows in one snapshot: a user erased while it runs
+// (after it read the erased users, within ForgottenRefresh) still has rows there, even once
+// Forget deleted them. Its batches find the erasure in their transaction (ErasedError) and
+// drop the user's events: the rebuild goes on with the others and the user gets no features.
+func TestRebuildFromEventsDropsAUserErasedWhileItRuns(t *testing.T) {
+	ctx := context.Background()
+	pool, rd := servers(t)
+	st := featurestore.New(pool, rd, testutil.Unique("re")+":", testConfig(), nil)
+	const gone = "erased-mid-rebuild"
+	insertRawWatch(t, pool, "a1", "ua", "i1", rawTs)
+	insertRawWatch(t, pool, "g1", gone, "i1", rawTs+1000)
+	insertRawWatch(t, pool, "b1", "ub", "i2", rawTs+2000)
+	insertRawWatch(t, pool, "g2", gone, "i2", rawTs+3000)
+	var forgot <-chan error
+	n, err := st.RebuildFromEvents(ctx, 1, func(int) {
+		if forgot == nil { // after the first batch: the rebuild's list of erased users is read
+			forgot = forgetting(t, pool, st, gone)
+		}
+	})
+	if err != nil {
+		t.Fatalf("rebuild: %v", err)
+	}
+	if n != 4 {
+		t.Errorf("rebuild read %d events, want 4", n)
+	}
+	if err := <-forgot; err != nil {
+		t.Fatalf("forget: %v", err)
+	}
+	if got := userEvents(t, pool, gone, "ua", "ub"); !reflect.DeepEqual(got, []string{"a1", "b1"}) {
+		t.Errorf("applied %v, want [a1 b1]: the erased user's events are dropped, the others' applied", got)
+	}
+	if got := userRows(t, pool, "feature_users"); !reflect.DeepEqual(got, []string{"ua", "ub"}) {
+		t.Errorf("feature users %v, want [ua ub]", got)
+	}
+	if n, err := rd.Do(ctx, rd.B().Exists().Key(st.UserKey(gone)).Build()).AsInt64(); err != nil || n != 0 {
+		t.Errorf("the erased user is in the copy: %d (%v)", n, err)
+	}
+}
+
+// replay-dlq reads the erased users before applying: a user erased after that read (whose
+// erasure the batch's transaction finds, ErasedError) has their entry reported ignored and
+// marked replayed, with nothing applied; the other entries of the page apply.
+func TestReplayDLQIgnoresAUserErasedDuringTheReplay(t *testing.T) {
+	ctx := context.Background()
+	pool, rd := servers(t)
+	st := featurestore.New(pool, rd, testutil.Unique("rd")+":", testConfig(), nil)
+	const gone, kept = "erased-mid-replay", "kept-replay"
+	received := time.Now().Add(-time.Hour).UnixMilli()
+	// The erased user has features already: the batch's check comes after their row's lock.
+	if _, err := st.Apply(ctx, &featurestore.Batch{Events: []featurestore.Event{insertRawWatch(t, pool, "g0", gone, "i0", received)}}); err != nil {
+		t.Fatal(err)
+	}
+	pct := 50.0
+	for i, user := range []string{gone, kept} {
+		p, _ := events.Encode(&events.Watch{Common: events.Common{EventID: "dlq-" + user, UserID: user, SessionID: "s", RequestID: "r",
+			TsMs: received, ServerReceivedTsMs: received}, EventType: "watch", ItemID: "i1", WatchTimeSec: 30, PercentWatched: &pct})
+		if _, err := pool.Exec(ctx, `INSERT INTO feature_dlq (topic, kafka_partition, kafka_offset, headers, payload, error)
+VALUES ('t', 0, $1, '{"event_type":"watch"}', $2, 'earlier error')`, i, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The replay's transaction is held at the meta lock, after it read the erased users,
+	// while the erasure is recorded.
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // released below
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(7254391001)`); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		rep featurestore.ReplayReport
+		err error
+	}
+	replayed := make(chan result, 1)
+	go func() {
+		rep, err := st.ReplayDLQ(ctx, featurestore.ReplayOptions{})
+		replayed <- result{rep, err}
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var waiting int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the replay did not wait for the meta lock")
+		}
+	}
+	forgot := forgetting(t, pool, st, gone)
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-replayed
+	if err := <-forgot; err != nil {
+		t.Fatalf("forget: %v", err)
+	}
+	if r.err != nil {
+		t.Fatalf("replay: %v (%+v)", r.err, r.rep)
+	}
+	outcomes := map[string]string{}
+	for _, e := range r.rep.Entries {
+		outcomes[e.UserID] = e.Outcome
+	}
+	if want := map[string]string{gone: "ignored", kept: "applied"}; !reflect.DeepEqual(outcomes, want) ||
+		r.rep.Ignored != 1 || r.rep.Applied != 1 {
+		t.Errorf("report %+v: want %v", r.rep, want)
+	}
+	// g0's dedup record stays (Forget keeps them until their retention).
+	if got := userEvents(t, pool, gone, kept); !reflect.DeepEqual(got, []string{"dlq-" + kept, "g0"}) {
+		t.Errorf("applied %v, want [dlq-%s g0]: the erased user's entry applies nothing", got, kept)
+	}
+	var pending int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM feature_dlq WHERE status = 'pending'`).Scan(&pending); err != nil {
+		t.Fatal(err)
+	}
+	if pending != 0 {
+		t.Errorf("%d entries still pending, want both marked replayed", pending)
+	}
+	if got := userRows(t, pool, "feature_users"); !reflect.DeepEqual(got, []string{kept}) {
+		t.Errorf("feature users %v, want [%s]", got, kept)
+	}
+}
