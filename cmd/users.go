@@ -36,7 +36,8 @@ func newUsersForgetCmd(lc *logConfig) *cobra.Command {
 events, their feature rows in PostgreSQL and hashes in the Redis copy, their DLQ entries, and
 their events in dead outbox rows (which are never published, so never deleted otherwise); the
 relay takes them out of rows still pending then that go dead later.
-The users are first recorded in forgotten_users with an erasure time --settle from now; every
+The users are first recorded in forgotten_users with an erasure time --settle from when the
+record holds them (it first waits for a consumer batch holding one of them); every
 consumer rereads that table every 5 s and skips the users' events received up to that time,
 wherever they still are (the outbox, Kafka; replay-dlq skips such DLQ entries), so they do
 not bring the data back. A batch that read the table before the erasure cannot either,
@@ -85,7 +86,7 @@ events taken out of dead rows.`,
 		},
 	}
 	cmd.Flags().StringVar(&fromFile, "from-file", "", "file of user ids to erase, one per line taken as it stands (spaces are part of the id; empty lines are skipped) besides those given as arguments")
-	cmd.Flags().DurationVar(&settle, "settle", 20*time.Second, "erasure time from now: how long the consumers get to read the erasure before the rows go (at least 10s)")
+	cmd.Flags().DurationVar(&settle, "settle", 20*time.Second, "erasure time from the recording of the erasure: how long the consumers get to read it before the rows go (at least 10s)")
 	sf.register(cmd.Flags())
 	return cmd
 }

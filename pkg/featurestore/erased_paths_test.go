@@ -175,3 +175,69 @@ WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event =
 		t.Errorf("feature users %v, want [%s]", got, kept)
 	}
 }
+
+// Recording an erasure waits for a batch holding one of the users, possibly past --settle;
+// the consumers learn of it only at the commit. An undecodable message of the user received
+// before `users forget` started, which a consumer dead-letters during that wait (its list
+// cannot have the erasure), must still go with the DLQ's clearing: the erasure time counts
+// settle from when the record holds the users, not from the start of the wait, which left
+// the consumers no time at all and such an entry, created after that time, in the DLQ for
+// good.
+func TestForgetWaitingForABatchStillClearsTheDLQ(t *testing.T) {
+	const settle = 300 * time.Millisecond
+	ctx := context.Background()
+	pool, rd := servers(t)
+	st := featurestore.New(pool, rd, testutil.Unique("fw")+":", testConfig(), nil)
+	const user = "erased-behind-a-batch"
+	received := time.Now().Add(-time.Minute).UnixMilli()
+	if _, err := st.Apply(ctx, &featurestore.Batch{Events: []featurestore.Event{insertRawWatch(t, pool, "w0", user, "i0", received)}}); err != nil {
+		t.Fatal(err)
+	}
+	// A batch attempt holding the user's row for longer than settle.
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // released below
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM feature_users WHERE user_id = $1 FOR UPDATE`, user); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		rep featurestore.ForgetReport
+		err error
+	}
+	forgot := make(chan result, 1)
+	go func() {
+		rep, err := st.Forget(ctx, []string{user}, settle)
+		forgot <- result{rep, err}
+	}()
+	time.Sleep(2 * settle)
+	// A consumer dead-letters the user's undecodable message meanwhile.
+	if _, err := st.Apply(ctx, &featurestore.Batch{DLQ: []featurestore.DLQEntry{{Topic: "t", Partition: 0, Offset: 1,
+		Key: []byte(user), Headers: map[string]string{}, Payload: []byte("not an event"), Error: "decode"}}}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(settle)
+	released := time.Now().UnixMilli()
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-forgot
+	if r.err != nil {
+		t.Fatalf("forget: %v", r.err)
+	}
+	if r.rep.ForgottenAtMs < released+settle.Milliseconds() {
+		t.Errorf("erasure time %d, want at least %d (settle from the record, which waited until %d)",
+			r.rep.ForgottenAtMs, released+settle.Milliseconds(), released)
+	}
+	var dlq int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM feature_dlq WHERE msg_key = $1`, []byte(user)).Scan(&dlq); err != nil {
+		t.Fatal(err)
+	}
+	if dlq != 0 {
+		t.Errorf("%d dlq entries of the erased user, dead-lettered while the erasure waited to be recorded, outlived it", dlq)
+	}
+	if r.rep.Deleted["feature_users"] != 1 || r.rep.Deleted["watches"] != 1 {
+		t.Errorf("deleted %v, want the user's row and raw watch", r.rep.Deleted)
+	}
+}

@@ -199,7 +199,7 @@ type ForgetReport struct {
 
 // Forget erases users' data: their raw events, their feature rows and Redis hashes, their
 // DLQ entries and their events in dead outbox rows. It first records the users in forgotten_users with an erasure time
-// settle from now, so every consumer (which rereads the table every ForgottenRefresh) skips
+// settle from when the record holds them (once it waited for any batch holding one), so every consumer (which rereads the table every ForgottenRefresh) skips
 // their events received up to then, wherever those still are (the outbox, Kafka, the DLQ);
 // it then waits until that time and deletes. A batch judged by a list read before the erasure
 // cannot bring the features back, however long its attempt lasts: the record waits for a
@@ -210,14 +210,15 @@ type ForgetReport struct {
 // dedup keys stay until their retention, and hold the user id (event_id, user_id: migration
 // 0022), so that a resend of an erased event is still a duplicate.
 func (s *Store) Forget(ctx context.Context, users []string, settle time.Duration) (ForgetReport, error) {
-	at := time.Now().Add(settle).UnixMilli()
-	rep := ForgetReport{Users: len(users), ForgottenAtMs: at, Deleted: map[string]int64{}}
+	rep := ForgetReport{Users: len(users), ForgottenAtMs: time.Now().Add(settle).UnixMilli(), Deleted: map[string]int64{}}
 	if len(users) == 0 {
 		return rep, nil
 	}
-	if err := s.recordForgotten(ctx, users, at); err != nil {
+	at, err := s.recordForgotten(ctx, users, settle)
+	if err != nil {
 		return rep, fmt.Errorf("record forgotten users: %w", err)
 	}
+	rep.ForgottenAtMs = at
 	// Until a moment past the erasure time: a raw row the API stores for an event received
 	// just before it is in its table by then.
 	t := time.NewTimer(time.Until(time.UnixMilli(at).Add(time.Second)))
@@ -299,17 +300,22 @@ func (s *Store) Forget(ctx context.Context, users []string, settle time.Duration
 	return rep, nil
 }
 
-// recordForgotten records the users in forgotten_users with erasure time at, in a transaction
-// that holds each user's feature row, or its key when there is none, when it commits: a
-// consumer batch writing one of them commits before it, or sees the erasure in its own
-// transaction and writes nothing (forgottenCheckSQL in apply.go has the argument). Such a
-// batch may run for --consumer.drain-timeout and longer, so the record waits for it without
-// the session's lock_timeout and statement_timeout (ctx still stops it).
-func (s *Store) recordForgotten(ctx context.Context, users []string, at int64) error {
+// recordForgotten records the users in forgotten_users, in a transaction that holds each
+// user's feature row, or its key when there is none, when it commits: a consumer batch
+// writing one of them commits before it, or sees the erasure in its own transaction and
+// writes nothing (forgottenCheckSQL in apply.go has the argument). Such a batch may run for
+// --consumer.drain-timeout and longer, so the record waits for it without the session's
+// lock_timeout and statement_timeout (ctx still stops it). The erasure time it returns is
+// settle from when the record holds the users, not from before that wait: the consumers
+// learn of the erasure only at the commit, and a wait past an erasure time fixed earlier
+// left them none of settle to read it, so an undecodable message of the users that one
+// dead-lettered meanwhile (a list without the erasure) was created after that time and
+// outlived the DLQ's clearing.
+func (s *Store) recordForgotten(ctx context.Context, users []string, settle time.Duration) (at int64, err error) {
 	sorted := slices.Clone(users)
 	slices.Sort(sorted) // a batch locks its users in this order: neither waits for the other in a cycle
 	sorted = slices.Compact(sorted)
-	return untimed(ctx, s.pg, func(tx pgx.Tx) error {
+	err = untimed(ctx, s.pg, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = 0`); err != nil {
 			return err
 		}
@@ -335,11 +341,13 @@ func (s *Store) recordForgotten(ctx context.Context, users []string, at int64) e
 		if err := outbox.LockErasures(ctx, tx); err != nil {
 			return err
 		}
+		at = time.Now().Add(settle).UnixMilli()
 		_, err = tx.Exec(ctx, `INSERT INTO forgotten_users (user_id, forgotten_at_ms) SELECT unnest($1::text[]), $2
 ON CONFLICT (user_id) DO UPDATE SET forgotten_at_ms = greatest(forgotten_users.forgotten_at_ms, EXCLUDED.forgotten_at_ms), forgotten_at = now()`,
 			sorted, at)
 		return err
 	})
+	return at, err
 }
 
 // execScan runs one of Forget's statements that read a whole table (the raw tables and the
