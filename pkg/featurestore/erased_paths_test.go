@@ -2,6 +2,7 @@ package featurestore_test
 
 import (
 	"context"
+	"errors"
 	"reflect"
 	"testing"
 	"time"
@@ -239,5 +240,74 @@ func TestForgetWaitingForABatchStillClearsTheDLQ(t *testing.T) {
 	}
 	if r.rep.Deleted["feature_users"] != 1 || r.rep.Deleted["watches"] != 1 {
 		t.Errorf("deleted %v, want the user's row and raw watch", r.rep.Deleted)
+	}
+}
+
+// waitForLockWaits returns once n sessions of the test's database wait for a lock of the kind
+// (pg_stat_activity's wait_event: advisory, transactionid, tuple).
+func waitForLockWaits(t *testing.T, pool *pgxpool.Pool, n int, kinds ...string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var waiting int
+		if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = ANY($1)`, kinds).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %d sessions waiting for a lock of %v", n, kinds)
+		}
+	}
+}
+
+// A batch whose lock of the user's row waits for the erasure's record (which holds the row)
+// reads forgotten_users in the next statement of its pipeline, after that wait: it must find
+// the erasure committed meanwhile and write nothing.
+func TestBatchWaitingForTheRecordFindsTheErasure(t *testing.T) {
+	ctx := context.Background()
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	st := featurestore.New(pool, nil, testutil.Unique("bw")+":", testConfig(), nil)
+	const user = "erased-while-locking"
+	now := time.Now().UnixMilli()
+	watch := func(id string) *featurestore.Batch {
+		return &featurestore.Batch{Events: []featurestore.Event{insertRawWatch(t, pool, id, user, "i-"+id, now)}}
+	}
+	if _, err := st.Apply(ctx, watch("w0")); err != nil {
+		t.Fatal(err)
+	}
+	// The record is held, the user's row locked, at the outbox erasure lock.
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // released below
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(7254391005)`); err != nil {
+		t.Fatal(err)
+	}
+	forgot := make(chan error, 1)
+	go func() {
+		_, err := st.Forget(ctx, []string{user}, 300*time.Millisecond)
+		forgot <- err
+	}()
+	waitForLockWaits(t, pool, 1, "advisory")
+	applied := make(chan error, 1)
+	go func() {
+		_, err := st.Apply(ctx, watch("w1"))
+		applied <- err
+	}()
+	waitForLockWaits(t, pool, 1, "transactionid", "tuple")
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-applied; !errors.As(err, new(*featurestore.ErasedError)) {
+		t.Errorf("apply after waiting for the record = %v, want ErasedError", err)
+	}
+	if err := <-forgot; err != nil {
+		t.Fatalf("forget: %v", err)
+	}
+	if got := userEvents(t, pool, user); !reflect.DeepEqual(got, []string{"w0"}) {
+		t.Errorf("applied %v, want [w0]", got)
 	}
 }
