@@ -577,14 +577,14 @@ func (c *Consumer) process(ctx context.Context, batch []*fetched) bool {
 	// Before each retry the batch loses the events of users erased meanwhile (those the
 	// transaction found, featurestore.ErasedError, are in the list by then): their events
 	// must not be applied.
-	again := func() ([]*kafkago.Message, bool) {
+	again := func() ([]*kafkago.Message, []*kafkago.Message, bool) {
 		if !c.awaitForgotten(ctx) {
-			return nil, false
+			return nil, nil, false
 		}
 		msgs, dlqMsgs = c.dropErased(b, msgs, dlqMsgs)
-		return msgs, true
+		return msgs, dlqMsgs, true
 	}
-	a, ok := c.applyWithRetry(ctx, b, msgs, again)
+	a, ok := c.applyWithRetry(ctx, b, msgs, dlqMsgs, again)
 	if !ok {
 		return false // only a shutdown ends the retries
 	}
@@ -634,14 +634,15 @@ func (c *Consumer) attemptCtx(ctx context.Context) (context.Context, context.Can
 	return context.WithTimeout(context.WithoutCancel(ctx), c.cfg.DrainTimeout)
 }
 
-// applyWithRetry applies b (the events of msgs) until it succeeds, calling again before each
-// retry: it may shorten b and returns the messages of what is left (false: ctx ended).
-func (c *Consumer) applyWithRetry(ctx context.Context, b *featurestore.Batch, msgs []*kafkago.Message,
-	again func() ([]*kafkago.Message, bool)) (*featurestore.Applied, bool) {
+// applyWithRetry applies b (the events of msgs, the dead letters of dlqMsgs) until it
+// succeeds, calling again before each retry: it may shorten b and returns the messages of
+// what is left (false: ctx ended).
+func (c *Consumer) applyWithRetry(ctx context.Context, b *featurestore.Batch, msgs, dlqMsgs []*kafkago.Message,
+	again func() ([]*kafkago.Message, []*kafkago.Message, bool)) (*featurestore.Applied, bool) {
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			var ok bool
-			if msgs, ok = again(); !ok {
+			if msgs, dlqMsgs, ok = again(); !ok {
 				return nil, false
 			}
 		}
@@ -662,7 +663,7 @@ func (c *Consumer) applyWithRetry(ctx context.Context, b *featurestore.Batch, ms
 		}
 		if permanent(err) {
 			c.log.WarnContext(ctx, "batch hit a data error, applying event by event", "err", err, "batch_size", len(b.Events))
-			return nil, c.applyIsolated(ctx, b, msgs)
+			return nil, c.applyIsolated(ctx, b, msgs, dlqMsgs)
 		}
 		c.failed(ctx, "process", err, len(b.Events))
 		for _, m := range msgs {
@@ -676,10 +677,15 @@ func (c *Consumer) applyWithRetry(ctx context.Context, b *featurestore.Batch, ms
 }
 
 // applyIsolated applies a batch one event at a time after a data error, dead-lettering only
-// the events PostgreSQL refuses; transient errors still retry. It accounts for what it
-// applies and reports false when ctx ended first.
-func (c *Consumer) applyIsolated(ctx context.Context, b *featurestore.Batch, msgs []*kafkago.Message) bool {
+// the events PostgreSQL refuses; transient errors still retry. dlqMsgs are b.DLQ's messages.
+// It accounts for what it applies and reports false when ctx ended first.
+func (c *Consumer) applyIsolated(ctx context.Context, b *featurestore.Batch, msgs, dlqMsgs []*kafkago.Message) bool {
 	dlq := slices.Clone(b.DLQ)
+	// The receive time each entry is judged by again before it is stored, as dropErased does.
+	dlqAt := make([]int64, len(dlqMsgs))
+	for i, m := range dlqMsgs {
+		dlqAt[i] = m.Time.UnixMilli()
+	}
 	// apply reports false when ctx ended, and the error that ends the retries otherwise:
 	// permanent, or ErasedError (one's events are then of a user erased since the list was
 	// read, and are dropped).
@@ -738,8 +744,24 @@ func (c *Consumer) applyIsolated(ctx context.Context, b *featurestore.Batch, msg
 			c.log.WarnContext(withEvent(ctx, msgs[i]), "event refused by postgres, to dlq", "topic", msgs[i].Topic, "partition", msgs[i].Partition,
 				"offset", msgs[i].Offset, "event_id", b.Events[i].EventID, "err", perr)
 			dlq = append(dlq, dlqEntry(msgs[i], perr))
+			dlqAt = append(dlqAt, b.Events[i].ServerReceivedTsMs)
 		}
 	}
+	// The users erased while the events went one by one (an ErasedError, a refresh during the
+	// retries): their dead letters must not be stored after the erasure cleared the DLQ.
+	if len(dlq) > 0 && !c.awaitForgotten(ctx) {
+		return false
+	}
+	n := 0
+	for i, d := range dlq {
+		if c.forgotten.Skip(string(d.Key), dlqAt[i]) {
+			c.m.processed(d.Topic, "ignored", 1)
+			continue
+		}
+		dlq[n], dlqAt[n] = d, dlqAt[i]
+		n++
+	}
+	dlq = dlq[:n]
 	if len(dlq) == 0 {
 		return true
 	}

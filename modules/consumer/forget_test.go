@@ -356,8 +356,9 @@ func TestErasureDuringARetriedBatchDropsTheUsersEvents(t *testing.T) {
 
 // An erasure the consumer's list of erased users does not have is found in the batch's own
 // transaction (featurestore.ErasedError): the user's events received up to the erasure time
-// are dropped and counted as ignored, on the batch path and on the event-by-event path a
-// data error leads to, and the others apply. The list misses it here because the row's xid
+// and undecodable messages are dropped and counted as ignored, on the batch path and on the
+// event-by-event path a data error leads to (whose dead letters were stored as judged before
+// it), and the others apply. The list misses it here because the row's xid
 // is below every incremental reread's watermark (no real write's is); it stands for a list
 // up to 6 s old, and for an attempt judged by it that lasts past --settle (the erasure's
 // record waits for an attempt that holds the user, see featurestore.Forget).
@@ -401,9 +402,17 @@ INSERT INTO forgotten_users (user_id, forgotten_at_ms, xid) VALUES ('`+gone+`', 
 					SessionID: "s", RequestID: "r", TsMs: now, ServerReceivedTsMs: now}, EventType: "watch", ItemID: "item", WatchTimeSec: 30})
 			}
 			evs[0].(*events.Watch).EventID = "unlisted-gone-1"
-			e.produce(t, evs)
-			waitFor(t, "every event ignored or applied", 60*time.Second, func() bool {
-				return counter(c.set, "reco_feature_consumer_processed_total", `status="ignored"`)+float64(e.applied(t)) >= 3
+			// And an undecodable message of the erased user in the same batch: its dead letter
+			// must go with the events the transaction finds erased, on both paths.
+			msgs := []kafkago.Message{{Topic: e.TopicWatch, Key: []byte(gone), Value: []byte("not json"),
+				Headers: []kafkago.Header{{Key: events.HeaderEventType, Value: []byte("watch")}}}}
+			for _, ev := range evs {
+				msgs = append(msgs, e.message(t, ev))
+			}
+			e.produceRaw(t, msgs...)
+			waitFor(t, "every message ignored, applied or dead-lettered", 60*time.Second, func() bool {
+				return counter(c.set, "reco_feature_consumer_processed_total", `status="ignored"`)+float64(e.applied(t))+
+					counter(c.set, `reco_feature_consumer_dlq_events_total{outcome="stored"}`) >= 4
 			})
 			rows, _ := e.pool.Query(ctx, `SELECT user_id FROM feature_users ORDER BY user_id`)
 			users, err := pgx.CollectRows(rows, pgx.RowTo[string])
@@ -413,12 +422,12 @@ INSERT INTO forgotten_users (user_id, forgotten_at_ms, xid) VALUES ('`+gone+`', 
 			if len(users) != 1 || users[0] != kept {
 				t.Errorf("feature users %v, want only %s (%s erased)", users, kept, gone)
 			}
-			if n := counter(c.set, "reco_feature_consumer_processed_total", `status="ignored"`); n != 2 {
-				t.Errorf("%v events ignored, want the erased user's two", n)
+			if n := counter(c.set, "reco_feature_consumer_processed_total", `status="ignored"`); n != 3 {
+				t.Errorf("%v messages ignored, want the erased user's three", n)
 			}
 			var dlq int
 			if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM feature_dlq`).Scan(&dlq); err != nil || dlq != 0 {
-				t.Errorf("%d dlq entries (%v), want none", dlq, err)
+				t.Errorf("%d dlq entries (%v), want none (the erased user's poison message ignored)", dlq, err)
 			}
 			if tc.poison {
 				var n int64
