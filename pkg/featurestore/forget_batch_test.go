@@ -171,3 +171,96 @@ func TestApplyRefusesEventsOfErasedUsers(t *testing.T) {
 		t.Errorf("applied %v, want [g4 k1]", got)
 	}
 }
+
+// Forget deletes the feature rows after the raw data is gone: a batch holding one of the
+// users' rows then (an attempt can last --consumer.drain-timeout) must be waited for, not
+// fail the erasure on the session's lock_timeout (--pg.lock-timeout, 1 s), which left the
+// features in place and asked for a rerun. Ctrl-C still stops the wait.
+func TestForgetWaitsForABatchHoldingAUsersRow(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		interrupt bool // ctx ends during the wait
+	}{
+		{name: "waits and deletes"},
+		{name: "interrupted while waiting", interrupt: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			pool := testutil.Pool(t, testutil.MigratedDatabase(t)+"&lock_timeout=1000")
+			st := featurestore.New(pool, nil, testutil.Unique("fw")+":", testConfig(), nil)
+			users := []string{"user-forget-wait-b", "user-forget-wait-a"}
+			now := time.Now().UnixMilli()
+			for _, u := range users {
+				if _, err := st.Apply(ctx, &featurestore.Batch{Events: []featurestore.Event{{Interaction: features.Interaction{Kind: features.KindWatch,
+					EventID: "before-" + u, UserID: u, TsMs: now, ItemID: "item"}, ServerReceivedTsMs: now}}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			type result struct {
+				rep featurestore.ForgetReport
+				err error
+			}
+			fctx, interrupt := context.WithCancel(ctx)
+			defer interrupt()
+			forgotten := make(chan result, 1)
+			go func() {
+				rep, err := st.Forget(fctx, users, 100*time.Millisecond)
+				forgotten <- result{rep, err}
+			}()
+			// Once the erasure is recorded (the record itself waits for a batch), a batch-like
+			// transaction takes a user's row and holds it well past the lock_timeout from the
+			// moment the deletion starts (about a second after the record).
+			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				var n int
+				if err := pool.QueryRow(ctx, `SELECT count(*) FROM forgotten_users`).Scan(&n); err != nil {
+					t.Fatal(err)
+				}
+				if n == len(users) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the erasure was not recorded")
+				}
+			}
+			tx, err := pool.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback(ctx) //nolint:errcheck // rolled back below
+			if _, err := tx.Exec(ctx, `SELECT 1 FROM feature_users WHERE user_id = $1 FOR UPDATE`, users[0]); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case r := <-forgotten:
+				t.Fatalf("forget returned (%v) while a batch held a user's row", r.err)
+			case <-time.After(3500 * time.Millisecond):
+			}
+			if tc.interrupt {
+				interrupt()
+				select {
+				case r := <-forgotten:
+					if !errors.Is(r.err, context.Canceled) {
+						t.Errorf("forget interrupted while waiting: %v, want context.Canceled", r.err)
+					}
+				case <-time.After(5 * time.Second):
+					t.Fatal("forget did not stop when interrupted while waiting for a batch")
+				}
+				return
+			}
+			if err := tx.Rollback(ctx); err != nil {
+				t.Fatal(err)
+			}
+			r := <-forgotten
+			if r.err != nil {
+				t.Fatalf("forget behind a batch holding a user's row: %v", r.err)
+			}
+			if r.rep.Deleted["feature_users"] != 2 {
+				t.Errorf("report counts %d feature users deleted, want 2", r.rep.Deleted["feature_users"])
+			}
+			var n int
+			if err := pool.QueryRow(ctx, `SELECT count(*) FROM feature_users`).Scan(&n); err != nil || n != 0 {
+				t.Errorf("%d feature users left (%v), want none", n, err)
+			}
+		})
+	}
+}

@@ -160,13 +160,40 @@ func (f *Forgotten) Note(users map[string]int64) {
 // forgetUsers deletes the users' feature rows in PostgreSQL and their hashes in the Redis
 // copy, and returns how many rows went. Item statistics, co-visitation lists and the global
 // lists are aggregates over every user and stay.
+//
+// It runs after the raw data is gone, so a failure here means a rerun: the deletion locks the
+// rows in the order a batch does (neither waits for the other in a cycle), and waits for a
+// batch holding one of them as recordForgotten does, without the session's lock_timeout
+// and statement_timeout (ctx still stops it), forgetChunk users per transaction so that no
+// batch waits long for the rows of the whole list.
 func (s *Store) forgetUsers(ctx context.Context, users []string) (int64, error) {
-	tag, err := s.pg.Exec(ctx, `DELETE FROM feature_users WHERE user_id = ANY($1)`, users)
-	if err != nil {
-		return 0, fmt.Errorf("delete feature users: %w", err)
+	sorted := slices.Clone(users)
+	slices.Sort(sorted)
+	sorted = slices.Compact(sorted)
+	var deleted int64
+	for chunk := range slices.Chunk(sorted, forgetChunk) {
+		var n int64
+		err := untimed(ctx, s.pg, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = 0`); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `SELECT 1 FROM feature_users WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE`, chunk); err != nil {
+				return fmt.Errorf("lock: %w", err)
+			}
+			tag, err := tx.Exec(ctx, `DELETE FROM feature_users WHERE user_id = ANY($1::text[])`, chunk)
+			n = tag.RowsAffected()
+			return err
+		})
+		if err != nil {
+			return deleted, fmt.Errorf("delete feature users (the raw data is erased; run it again): %w", err)
+		}
+		deleted += n
 	}
-	return tag.RowsAffected(), s.forgetRedis(ctx, users)
+	return deleted, s.forgetRedis(ctx, users)
 }
+
+// forgetChunk is how many users' feature rows one transaction of forgetUsers deletes.
+const forgetChunk = 1000
 
 // forgetRedis deletes the users' hashes from the Redis copy.
 func (s *Store) forgetRedis(ctx context.Context, users []string) error {
