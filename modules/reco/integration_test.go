@@ -85,7 +85,11 @@ func newStack(t testing.TB, pgURL, redisURL string, mut func(*Config)) *stack {
 func newStackInfra(t testing.TB, pgURL, redisURL string, mut func(*Config), imut func(*infra.Config)) *stack {
 	t.Helper()
 	ctx := context.Background()
-	pcfg := postgres.DefaultConfig()
+	icfg := infra.DefaultConfig()
+	if imut != nil {
+		imut(&icfg)
+	}
+	pcfg := icfg.PG
 	pcfg.DSN, pcfg.MaxConns, pcfg.ConnectTimeout, pcfg.AcquireTimeout = pgURL, 16, 500*time.Millisecond, 500*time.Millisecond
 	pool, err := postgres.Open(ctx, pcfg)
 	if err != nil {
@@ -115,11 +119,7 @@ func newStackInfra(t testing.TB, pgURL, redisURL string, mut func(*Config), imut
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	icfg := infra.DefaultConfig()
-	icfg.Redis, icfg.Kafka = rcfg, kafka.DefaultConfig()
-	if imut != nil {
-		imut(&icfg)
-	}
+	icfg.Redis.URL, icfg.Redis.KeyPrefix, icfg.Kafka = rcfg.URL, rcfg.KeyPrefix, kafka.DefaultConfig()
 	// The stack's writer (the consumer's code) gets the process settings too: a user TTL is
 	// set where features are written, and /reco follows what the copy records.
 	s.store.SetUserTTL(icfg.Redis.UserTTL)

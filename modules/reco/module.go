@@ -301,6 +301,11 @@ func (r *Reco) Run(ctx context.Context) error {
 	})
 	<-ctx.Done()
 	wg.Wait()
+	// A read of the global lists still in flight would hold its connection, so the pool's
+	// close, for up to 15 s (the scans of a large catalog).
+	if c, ok := r.serving.pg.(interface{ Close() }); ok {
+		c.Close()
+	}
 	start := time.Now()
 	pending := r.autolog.Pending()
 	// Only a probe closes the PostgreSQL breaker and the buffered impressions are not written

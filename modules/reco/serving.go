@@ -187,7 +187,8 @@ func (s *serving) load(ctx context.Context, userID string, k int, now time.Time)
 		if ctx.Err() != nil {
 			return ranking.Snapshot{}, "", ctx.Err()
 		}
-		if errors.Is(err, errUserUndecodable) {
+		switch {
+		case errors.Is(err, errUserUndecodable):
 			// PostgreSQL answered: not a failure of it (its breaker also holds back every
 			// auto-logged impression).
 			if !undecodable {
@@ -196,7 +197,15 @@ func (s *serving) load(ctx context.Context, userID string, k int, now time.Time)
 			s.warnUndecodable.Do(func(n int64) {
 				s.log.WarnContext(ctx, "a user's features in postgresql do not decode, serving them the global snapshot", "err", err, "failures", n)
 			})
-		} else {
+		case errors.Is(err, featurestore.ErrListsPending):
+			// PostgreSQL answered; the shared read of the global lists (seconds on a large
+			// catalog) goes on and serves the next requests. Counted as a failure, these
+			// timeouts would open the breaker early in every Redis outage.
+			s.m.sourceErrors["postgres"].Inc()
+			s.warnPG.Do(func(n int64) {
+				s.log.WarnContext(ctx, "global lists still being read from postgresql, falling back to the global snapshot", "err", err, "failures", n)
+			})
+		default:
 			s.pgBrk.Failure()
 			s.m.sourceErrors["postgres"].Inc()
 			s.warnPG.Do(func(n int64) {
@@ -292,7 +301,9 @@ func (s *serving) refreshGlobal(ctx context.Context) error {
 	try := func(name string, src snapshotSource, timeout time.Duration, brk *breaker) bool {
 		snap, err := read(ctx, src, max(timeout, time.Second), globalUserID, now.UnixMilli(), s.globalOpts)
 		if err != nil {
-			if !errors.Is(err, featurestore.ErrNotReady) {
+			// ErrListsPending: the store answered and its read of the lists goes on, for the
+			// next refresh; it outlasts the refresh's timeout on a large catalog.
+			if !errors.Is(err, featurestore.ErrNotReady) && !errors.Is(err, featurestore.ErrListsPending) {
 				brk.Failure()
 			}
 			errs = append(errs, fmt.Errorf("load global lists from %s: %w", name, err))

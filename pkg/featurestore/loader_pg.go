@@ -23,6 +23,10 @@ type PGLoader struct {
 	pg    *pgxpool.Pool
 	cfg   features.Config
 	lists globalLists
+	// closing ends the reads of the global lists, which outlive the requests that started
+	// them: see Close.
+	closing  context.Context
+	endReads context.CancelFunc
 }
 
 // DefaultGlobalListsTTL is how long a PGLoader serves the global lists it read before reading
@@ -44,8 +48,30 @@ const globalListsRetry = time.Second
 // NewPGLoader returns a loader; keyPrefix is unused (the signature matches NewRedisLoader).
 func NewPGLoader(pg *pgxpool.Pool, keyPrefix string, cfg features.Config) *PGLoader {
 	_ = keyPrefix
-	return &PGLoader{pg: pg, cfg: cfg, lists: globalLists{ttl: DefaultGlobalListsTTL}}
+	closing, endReads := context.WithCancel(context.Background())
+	return &PGLoader{pg: pg, cfg: cfg, lists: globalLists{ttl: DefaultGlobalListsTTL}, closing: closing, endReads: endReads}
 }
+
+// Close cancels a read of the global lists in flight and waits for it to end; reads started
+// after fail at once. The read holds a pool connection for up to globalListsTimeout, and the
+// pool's Close waits for every connection: without this a shutdown during a Redis outage would
+// wait for the scans of a large catalog (or past --shutdown.timeout, which then fails).
+func (l *PGLoader) Close() {
+	l.endReads()
+	g := &l.lists
+	g.mu.Lock()
+	r := g.inflight
+	g.mu.Unlock()
+	if r != nil {
+		<-r.done
+	}
+}
+
+// ErrListsPending means PostgreSQL answered a Snapshot's own reads but the shared read of the
+// global lists it needs was still running at its deadline (a large catalog: see
+// DefaultGlobalListsTTL). Not a failure of PostgreSQL: the read goes on and serves the
+// requests that follow.
+var ErrListsPending = errors.New("global lists still being read")
 
 // SetGlobalListsTTL sets how long the global lists read are shared (DefaultGlobalListsTTL);
 // 0 reads them with every Snapshot, in its transaction. Call before use.
@@ -72,7 +98,7 @@ func (l *PGLoader) Snapshot(ctx context.Context, userID string, nowMs int64, opt
 		select {
 		case <-wait.done:
 		case <-ctx.Done():
-			return ranking.Snapshot{}, fmt.Errorf("wait for the global lists: %w", ctx.Err())
+			return ranking.Snapshot{}, fmt.Errorf("wait for the global lists: %w: %w", ErrListsPending, ctx.Err())
 		}
 		if wait.err != nil {
 			return ranking.Snapshot{}, wait.err
@@ -312,6 +338,8 @@ func (l *PGLoader) globalLists(ctx context.Context, m Meta, n [3]int) ([3][]stor
 func (l *PGLoader) readGlobalLists(ctx context.Context, r *listsRead, n [3]int) {
 	ctx, cancel := context.WithTimeout(ctx, globalListsTimeout)
 	defer cancel()
+	stop := context.AfterFunc(l.closing, cancel)
+	defer stop()
 	res, err := func() (*topLists, error) {
 		tx, err := l.pg.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 		if err != nil {
