@@ -409,21 +409,7 @@ func TestBaselineConcurrencyIsBounded(t *testing.T) {
 	// Every baseline reads the roll-up state first: a lock on it holds each one there, with its
 	// connection.
 	blockBaselines := func() (release func()) {
-		conn, err := pgx.Connect(context.Background(), dsn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tx, err := conn.Begin(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tx.Exec(context.Background(), "LOCK TABLE analytics_rollup_state IN ACCESS EXCLUSIVE MODE"); err != nil {
-			t.Fatal(err)
-		}
-		return func() {
-			_ = tx.Rollback(context.Background())
-			_ = conn.Close(context.Background())
-		}
+		return testutil.HoldLock(t, dsn, "LOCK TABLE analytics_rollup_state IN ACCESS EXCLUSIVE MODE")
 	}
 	type answer struct {
 		code       int

@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"recsys/pkg/featurestore"
 	"recsys/pkg/infra"
 	"recsys/pkg/ranking"
@@ -39,27 +37,7 @@ func slowListsStack(t *testing.T) (s *stack, slowLists func() (release func())) 
 	s.mod.serving.readyMarker.Store(false)
 	return s, func() func() {
 		// The lists' queries scan feature_items; the user's own reads do not touch it.
-		conn, err := pgx.Connect(context.Background(), dsn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tx, err := conn.Begin(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tx.Exec(context.Background(), "LOCK TABLE feature_items IN ACCESS EXCLUSIVE MODE"); err != nil {
-			t.Fatal(err)
-		}
-		released := false
-		release := func() {
-			if !released {
-				released = true
-				_ = tx.Rollback(context.Background())
-				_ = conn.Close(context.Background())
-			}
-		}
-		t.Cleanup(release)
-		return release
+		return testutil.HoldLock(t, dsn, "LOCK TABLE feature_items IN ACCESS EXCLUSIVE MODE")
 	}
 }
 

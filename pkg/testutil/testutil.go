@@ -136,6 +136,36 @@ func SetReadOnly(t testing.TB, dsn string, on bool) {
 	}
 }
 
+// HoldLock runs lock (a LOCK TABLE statement) in a transaction of its own connection to dsn
+// and keeps it until release, or the end of the test: what a long transaction of another
+// process does to the code under test. release may be called more than once.
+func HoldLock(t testing.TB, dsn, lock string) (release func()) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := conn.Begin(ctx)
+	if err == nil {
+		_, err = tx.Exec(ctx, lock)
+	}
+	if err != nil {
+		_ = conn.Close(ctx)
+		t.Fatal(err)
+	}
+	released := false
+	release = func() {
+		if !released {
+			released = true
+			_ = tx.Rollback(ctx)
+			_ = conn.Close(ctx)
+		}
+	}
+	t.Cleanup(release)
+	return release
+}
+
 // MigratedDatabase is NewDatabase with every migration applied.
 func MigratedDatabase(t testing.TB) string {
 	t.Helper()
