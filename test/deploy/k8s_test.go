@@ -13,6 +13,7 @@ import (
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -37,6 +38,7 @@ type manifests struct {
 	configMaps      map[string]*corev1.ConfigMap
 	serviceAccounts map[string]*corev1.ServiceAccount
 	namespaces      map[string]*corev1.Namespace
+	netpols         map[string]*networkingv1.NetworkPolicy
 }
 
 // decodeStrict decodes like the API server's strict field validation: case-sensitive field
@@ -88,6 +90,10 @@ func (m *manifests) newTyped(apiVersion, kind, name string) (any, error) {
 		o := &corev1.Namespace{}
 		m.namespaces[name] = o
 		return o, nil
+	case "networking.k8s.io/v1 NetworkPolicy":
+		o := &networkingv1.NetworkPolicy{}
+		m.netpols[name] = o
+		return o, nil
 	}
 	return nil, fmt.Errorf("%s %s/%s: not a kind these manifests should contain", apiVersion, kind, name)
 }
@@ -102,7 +108,8 @@ func kustomizeBuild(t *testing.T, rel string) *manifests {
 	m := &manifests{dir: rel, deployments: map[string]*appsv1.Deployment{}, services: map[string]*corev1.Service{},
 		hpas: map[string]*autoscalingv2.HorizontalPodAutoscaler{}, pdbs: map[string]*policyv1.PodDisruptionBudget{},
 		jobs: map[string]*batchv1.Job{}, configMaps: map[string]*corev1.ConfigMap{},
-		serviceAccounts: map[string]*corev1.ServiceAccount{}, namespaces: map[string]*corev1.Namespace{}}
+		serviceAccounts: map[string]*corev1.ServiceAccount{}, namespaces: map[string]*corev1.Namespace{},
+		netpols: map[string]*networkingv1.NetworkPolicy{}}
 	for _, r := range res.Resources() {
 		data, err := r.MarshalJSON()
 		if err != nil {
@@ -157,7 +164,8 @@ func TestStrictDecodingRejectsMistakes(t *testing.T) {
 func TestKustomizeBuilds(t *testing.T) {
 	base := []string{
 		"ConfigMap/recsys-config-", "Deployment/recsys-api", "Deployment/recsys-consumer", "Deployment/recsys-relay",
-		"HorizontalPodAutoscaler/recsys-api", "Job/recsys-migrate", "PodDisruptionBudget/recsys-api",
+		"HorizontalPodAutoscaler/recsys-api", "Job/recsys-migrate", "NetworkPolicy/recsys-api-clients", "NetworkPolicy/recsys-default-deny-ingress",
+		"NetworkPolicy/recsys-metrics-scrape", "PodDisruptionBudget/recsys-api",
 		"PodDisruptionBudget/recsys-consumer", "PodDisruptionBudget/recsys-relay", "Service/recsys-api", "ServiceAccount/recsys",
 	}
 	for _, dir := range overlays {
@@ -651,5 +659,93 @@ func TestPostgresConnectionBudget(t *testing.T) {
 	total += len(m.jobs) // migrate: one connection
 	if total > maxConnections-reserved {
 		t.Errorf("prod: %s, + %d job(s) = %d connections > %d", strings.Join(parts, ", "), len(m.jobs), total, maxConnections-reserved)
+	}
+}
+
+// admits reports whether the NetworkPolicies let a pod in namespace fromNS (with the labels
+// Kubernetes gives every namespace: kubernetes.io/metadata.name) open port of a Deployment's
+// pods, as the API defines it: a pod no policy of type Ingress selects admits everything; a
+// selected pod admits what any selecting policy's rule admits.
+func (m *manifests) admits(t *testing.T, dep, fromNS string, port corev1.ContainerPort) bool {
+	t.Helper()
+	podLabels := labels.Set(m.deployments[dep].Spec.Template.Labels)
+	nsLabels := labels.Set{"kubernetes.io/metadata.name": fromNS}
+	selected := false
+	for name, np := range m.netpols {
+		sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+		if err != nil {
+			t.Fatalf("%s: NetworkPolicy %s: %v", m.dir, name, err)
+		}
+		if !sel.Matches(podLabels) || !slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeIngress) {
+			continue
+		}
+		selected = true
+		for _, rule := range np.Spec.Ingress {
+			if ruleAdmits(t, rule, nsLabels, port) {
+				return true
+			}
+		}
+	}
+	return !selected
+}
+
+func ruleAdmits(t *testing.T, rule networkingv1.NetworkPolicyIngressRule, nsLabels labels.Set, port corev1.ContainerPort) bool {
+	t.Helper()
+	portOK := len(rule.Ports) == 0
+	for _, p := range rule.Ports {
+		proto := corev1.ProtocolTCP
+		if p.Protocol != nil {
+			proto = *p.Protocol
+		}
+		if proto == port.Protocol && p.Port != nil &&
+			(p.Port.Type == intstr.String && p.Port.StrVal == port.Name || p.Port.Type == intstr.Int && p.Port.IntVal == port.ContainerPort) {
+			portOK = true
+		}
+	}
+	fromOK := len(rule.From) == 0
+	for _, peer := range rule.From {
+		if peer.IPBlock != nil || peer.PodSelector != nil {
+			// Neither is used here; a test of them would need the peer's pod labels and address.
+			t.Fatalf("ingress peer %+v: only namespaceSelector peers are evaluated", peer)
+		}
+		sel, err := metav1.LabelSelectorAsSelector(peer.NamespaceSelector)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sel.Matches(nsLabels) {
+			fromOK = true
+		}
+	}
+	return portOK && fromOK
+}
+
+// TestNetworkPolicies: clients reach only the api; the relay's and the consumer's port (their
+// metrics and, with --http.pprof, Go's profiles) only the metrics scraper's namespace; no
+// other port of any role is open to anyone.
+func TestNetworkPolicies(t *testing.T) {
+	for _, dir := range overlays {
+		m := kustomizeBuild(t, dir)
+		for dep := range roles {
+			c := container(t, dep, m.deployments[dep].Spec.Template.Spec)
+			if len(c.Ports) != 1 || c.Ports[0].Name != "http" {
+				t.Fatalf("%s: %s ports %v, want the one named http these policies name", dir, dep, c.Ports)
+			}
+			http := c.Ports[0]
+			other := corev1.ContainerPort{Name: "other", ContainerPort: 9999, Protocol: corev1.ProtocolTCP}
+			for _, tc := range []struct {
+				from string
+				port corev1.ContainerPort
+				want bool
+			}{
+				{"monitoring", http, true},
+				{"clients", http, dep == "recsys-api"},
+				{"monitoring", other, false},
+				{"clients", other, false},
+			} {
+				if got := m.admits(t, dep, tc.from, tc.port); got != tc.want {
+					t.Errorf("%s: %s port %s from namespace %q admitted = %v, want %v", dir, dep, tc.port.Name, tc.from, got, tc.want)
+				}
+			}
+		}
 	}
 }
