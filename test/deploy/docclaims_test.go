@@ -235,6 +235,7 @@ type kubectlCall struct {
 	refs      []kubectlRef
 	selector  string
 	waitFor   string // --for of kubectl wait
+	tail      bool   // --tail given
 }
 
 // kubectlValueFlags take their value as the next word.
@@ -280,6 +281,8 @@ func parseKubectl(line string) []kubectlCall {
 				c.selector = strings.Trim(val, `'"`)
 			case name == "--for":
 				c.waitFor = val
+			case name == "--tail":
+				c.tail = true
 			case strings.HasPrefix(a, "-"):
 			default:
 				args = append(args, a)
@@ -381,6 +384,12 @@ func kubectlProblems(c kubectlCall, m *manifests, namespaces map[string]bool, cr
 			}
 		}
 	}
+	// With a selector, kubectl logs prints only the last 10 lines of each pod unless --tail
+	// says otherwise, --since or not: on api pods, whose access log writes a line per request,
+	// a grep for errors then finds none.
+	if len(c.verbs) == 1 && c.verbs[0] == "logs" && c.selector != "" && !c.tail {
+		out = append(out, "kubectl logs -l shows the last 10 lines of each pod only: add --tail=-1")
+	}
 	return out
 }
 
@@ -451,6 +460,8 @@ func TestKubectlCheckCatchesMistakes(t *testing.T) {
 		"kubectl -n recsys rollout restart deploy -l app.kubernetes.io/name=recsys":              0,
 		"kubectl -n recsys create secret generic recsys-secrets --from-literal=DATABASE_URL='x'": 0,
 		"kubectl -n $NS logs job/recsys-migrat":                                                  1,
+		"kubectl -n $NS logs -l app.kubernetes.io/component=api --prefix --since=10m | grep x":   1,
+		"kubectl -n $NS logs -l app.kubernetes.io/component=api --tail=-1 --since=10m | grep x":  0,
 	} {
 		calls := parseKubectl(line)
 		got := 0

@@ -226,3 +226,42 @@ func TestDocumentedLogLevelsExist(t *testing.T) {
 		t.Error("no level filter found in the operator documents; the extraction is broken")
 	}
 }
+
+var (
+	// logFilter is the jq program a document pipes log lines into (`... logs ... | jq -c '...'`).
+	logFilter = regexp.MustCompile(`\blogs\b.*\|\s*jq(?:\s+-\w+)*\s+'([^']*)'`)
+	// jqField is a top-level field a jq program reads (.level, .message; not .a.b's b).
+	jqField = regexp.MustCompile(`(?:^|[^\w\].])\.([a-z_]+)`)
+)
+
+// The fields the documents' jq filters read from log lines are ones recsys writes: a filter
+// on .msg (slog's default name; recsys writes the contract's "message") fails on every line
+// with "null cannot be matched", and the operator sees an error instead of the warnings.
+func TestDocumentedLogFieldsExist(t *testing.T) {
+	var b bytes.Buffer
+	log, err := logging.New(&b, "json", slog.LevelDebug)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Warn("x", "err", "e", "module", "m")
+	var line map[string]any
+	if err := json.Unmarshal(b.Bytes(), &line); err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	for _, doc := range operatorDocs {
+		for _, l := range codeLines(string(readFile(t, doc))) {
+			for _, m := range logFilter.FindAllStringSubmatch(l, -1) {
+				for _, f := range jqField.FindAllStringSubmatch(m[1], -1) {
+					total++
+					if _, ok := line[f[1]]; !ok {
+						t.Errorf("%s: %s: recsys writes no field %q in its log lines (it writes %v)", doc, m[0], f[1], slices.Sorted(maps.Keys(line)))
+					}
+				}
+			}
+		}
+	}
+	if total == 0 {
+		t.Error("no jq filter of log lines found in the operator documents; the extraction is broken")
+	}
+}

@@ -82,3 +82,41 @@ func TestDocSQLExtraction(t *testing.T) {
 		t.Fatalf("docSQL = %q, want %q", got, want)
 	}
 }
+
+// The documents' queries also run, not only plan, on the rows an incident leaves: a dead
+// letter is there because it does not decode, so its payload may be any bytes, and a query
+// that fails on one (convert_from on invalid UTF-8) shows the operator nothing at all.
+func TestDocumentedQueriesReadIncidentRows(t *testing.T) {
+	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `INSERT INTO feature_dlq (topic, kafka_partition, kafka_offset, msg_key, payload, error)
+VALUES ('recsys.watches.v1', 0, 1, '\xfe'::bytea, '\xff00c328'::bytea, 'decode: invalid payload'),
+       ('recsys.watches.v1', 0, 2, NULL, convert_to('{"user_id":"u"}', 'UTF8'), 'decode: no event_type')`); err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	for _, doc := range allDocs(t) {
+		if doc == "docs/performance-log.md" {
+			continue
+		}
+		for _, s := range docSQL(string(readFile(t, doc))) {
+			if !strings.HasPrefix(strings.ToUpper(s), "SELECT") {
+				continue
+			}
+			total++
+			rows, err := pool.Query(ctx, s)
+			if err == nil {
+				for rows.Next() {
+				}
+				rows.Close()
+				err = rows.Err()
+			}
+			if err != nil {
+				t.Errorf("%s: %s: %v", doc, strings.Join(strings.Fields(s), " "), err)
+			}
+		}
+	}
+	if total < 8 {
+		t.Fatalf("only %d queries found; the extraction is broken", total)
+	}
+}
