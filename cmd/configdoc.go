@@ -41,8 +41,11 @@ several commands with different defaults or meanings has one row per variant.
 ` + flagenv.Markdown(out) + `
 ## Legacy names not honoured
 
-The original service's variables below are not read by recsys; a process that finds one set
-logs a warning at start (so does a ` + "`RECSYS_`" + ` variable that is no setting of the command).
+The original service's variables below are not read by recsys. The commands that run
+services or deploy jobs (` + "`serve`, `all`, `relay`, `consume`, `dev` and `migrate up`" + `) log a
+warning at start naming each one set, and each set ` + "`RECSYS_`" + ` variable that is no setting of any
+recsys command (a typo; a setting of another role is not named, as the roles share one
+ConfigMap); the other commands do not check.
 
 ` + flagenv.DroppedMarkdown()
 }
