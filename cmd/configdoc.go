@@ -38,6 +38,13 @@ seconds for a duration flag; recsys' own variables take Go durations (` + "`250m
 Invalid values stop the process at start with a message naming the flag. A flag name used by
 several commands with different defaults or meanings has one row per variant.
 
+A secret (a connection URL, a password, an API key) can also come from a file, as Docker and
+Kubernetes mount secrets: each of its variables has a ` + "`_FILE`" + ` form naming the file
+(` + "`RECSYS_PG_DSN_FILE=/run/secrets/pg-dsn`, `DATABASE_URL_FILE`" + `), listed in the
+table. The file's trailing line break is not part of the value. A variable and its ` + "`_FILE`" + `
+form set together, or a file that cannot be read, stop the process at start with a message
+naming both variables or the file (never the value).
+
 ` + flagenv.Markdown(out) + `
 ## Legacy names not honoured
 
@@ -65,7 +72,7 @@ func configVariants() []variant {
 	walk = func(c *cobra.Command) {
 		add := func(fs *pflag.FlagSet) {
 			for _, r := range flagenv.Rows(fs) {
-				key := strings.Join([]string{r.Flag, r.Default, r.Aliases, r.Usage}, "\x00")
+				key := strings.Join([]string{r.Flag, r.Env, r.Default, r.Aliases, r.Usage}, "\x00")
 				v := byKey[key]
 				if v == nil {
 					v = &variant{row: r}

@@ -122,3 +122,33 @@ func TestContractVariablesAreReadOrListed(t *testing.T) {
 		}
 	}
 }
+
+// A secret's _FILE variable must not be another flag's variable: Bind would read that
+// flag's value as a file name.
+func TestSecretFileVariablesCollideWithNoFlag(t *testing.T) {
+	vars := map[string]string{}
+	var secrets []string
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, fs := range []*pflag.FlagSet{c.LocalFlags(), c.PersistentFlags()} {
+			fs.VisitAll(func(f *pflag.Flag) {
+				vars[flagenv.EnvName(f.Name)] = f.Name
+				if flagenv.IsSecret(f) {
+					secrets = append(secrets, f.Name)
+				}
+			})
+		}
+		for _, s := range c.Commands() {
+			walk(s)
+		}
+	}
+	walk(NewRootCmd())
+	if len(secrets) == 0 {
+		t.Fatal("no secret flag found")
+	}
+	for _, s := range secrets {
+		if other, ok := vars[flagenv.EnvName(s)+flagenv.FileSuffix]; ok {
+			t.Errorf("--%s's file variable %s is --%s's variable", s, flagenv.EnvName(s)+flagenv.FileSuffix, other)
+		}
+	}
+}

@@ -65,7 +65,11 @@ func warnUnread(cmd *cobra.Command, lc *logConfig) error {
 	var walk func(c *cobra.Command)
 	walk = func(c *cobra.Command) {
 		for _, fs := range []*pflag.FlagSet{c.LocalFlags(), c.PersistentFlags()} {
-			fs.VisitAll(func(f *pflag.Flag) { elsewhere[flagenv.EnvName(f.Name)] = true })
+			fs.VisitAll(func(f *pflag.Flag) {
+				for _, n := range flagenv.EnvNames(f) {
+					elsewhere[n] = true
+				}
+			})
 		}
 		for _, s := range c.Commands() {
 			walk(s)

@@ -7,6 +7,7 @@ package flagenv
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"regexp"
 	"sort"
@@ -50,9 +51,19 @@ func Secret(fs *pflag.FlagSet, flag string) {
 // IsSecret reports whether the flag was marked with Secret.
 func IsSecret(f *pflag.Flag) bool { return len(f.Annotations[secretAnnotation]) > 0 }
 
+// FileSuffix ends the variable that names a file holding a secret flag's value, as Docker
+// and Kubernetes mount secrets: RECSYS_PG_DSN_FILE=/run/secrets/dsn, DATABASE_URL_FILE=...
+const FileSuffix = "_FILE"
+
+// maxSecretFile bounds what a _FILE variable reads: a path to a device or a large file by
+// mistake must fail, not fill the memory.
+const maxSecretFile = 64 << 10
+
 // Bind sets every flag not given on the command line from the environment. Precedence is
-// flag > RECSYS_ variable > legacy alias > default. An invalid value is an error naming the
-// variable, never a silent fallback to the default.
+// flag > RECSYS_ variable > legacy alias > default. A secret flag's variable also has a _FILE
+// form naming a file that holds the value, at the same precedence as the variable itself.
+// An invalid value is an error naming the variable, never a silent fallback to the default;
+// a secret's value is never quoted.
 func Bind(fs *pflag.FlagSet, lookup func(string) (string, bool)) error {
 	if lookup == nil {
 		lookup = os.LookupEnv
@@ -62,17 +73,34 @@ func Bind(fs *pflag.FlagSet, lookup func(string) (string, bool)) error {
 		if f.Changed {
 			return
 		}
-		name, val, ok := find(f, lookup)
+		name, val, ok, err := find(f, lookup)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("flag --%s: %w", f.Name, err))
+			return
+		}
 		if !ok {
 			return
 		}
 		if err := fs.Set(f.Name, val); err != nil {
-			errs = append(errs, fmt.Errorf("%s=%q (flag --%s): %w", name, val, f.Name, err))
+			shown := strconv.Quote(val)
+			if IsSecret(f) {
+				shown = "(secret)"
+			}
+			errs = append(errs, fmt.Errorf("%s=%s (flag --%s): %w", name, shown, f.Name, err))
 			return
 		}
 		_ = fs.SetAnnotation(f.Name, sourceAnnotation, []string{name})
 	})
 	return errors.Join(errs...)
+}
+
+// EnvNames lists every variable that sets the flag besides its legacy aliases: RECSYS_<FLAG>
+// and, for a secret flag, RECSYS_<FLAG>_FILE.
+func EnvNames(f *pflag.Flag) []string {
+	if IsSecret(f) {
+		return []string{EnvName(f.Name), EnvName(f.Name) + FileSuffix}
+	}
+	return []string{EnvName(f.Name)}
 }
 
 // Source tells where a flag's value came from: "flag", the environment variable name (after
@@ -87,13 +115,16 @@ func Source(f *pflag.Flag) string {
 	return "default"
 }
 
-func find(f *pflag.Flag, lookup func(string) (string, bool)) (string, string, bool) {
-	if v, ok := lookup(EnvName(f.Name)); ok {
-		return EnvName(f.Name), v, true
+func find(f *pflag.Flag, lookup func(string) (string, bool)) (string, string, bool, error) {
+	if name, v, ok, err := lookupSecret(f, EnvName(f.Name), lookup); ok || err != nil {
+		return name, v, ok, err
 	}
 	for _, a := range f.Annotations[aliasAnnotation] {
 		name, unit, _ := strings.Cut(a, ":")
-		v, ok := lookup(name)
+		name, v, ok, err := lookupSecret(f, name, lookup)
+		if err != nil {
+			return "", "", false, err
+		}
 		if !ok {
 			continue
 		}
@@ -106,9 +137,52 @@ func find(f *pflag.Flag, lookup func(string) (string, bool)) (string, string, bo
 				v = time.Duration(n * float64(mult)).String()
 			}
 		}
-		return name, v, true
+		return name, v, true, nil
 	}
-	return "", "", false
+	return "", "", false, nil
+}
+
+// lookupSecret looks name up and, for a secret flag, name_FILE: the file's content without
+// its trailing line break (echo and most editors end a file with one; no secret does).
+// Both set is an error rather than a silent choice, as the operator meant one of them.
+func lookupSecret(f *pflag.Flag, name string, lookup func(string) (string, bool)) (string, string, bool, error) {
+	v, ok := lookup(name)
+	if !IsSecret(f) {
+		return name, v, ok, nil
+	}
+	fileVar := name + FileSuffix
+	path, fromFile := lookup(fileVar)
+	switch {
+	case !fromFile:
+		return name, v, ok, nil
+	case ok:
+		return "", "", false, fmt.Errorf("both %s and %s are set: set one of them", name, fileVar)
+	}
+	b, err := readSecretFile(path)
+	if err != nil {
+		return "", "", false, fmt.Errorf("%s: %w", fileVar, err)
+	}
+	return fileVar, strings.TrimRight(string(b), "\r\n"), true, nil
+}
+
+// readSecretFile reads a secret file; its errors name the file, never its content.
+func readSecretFile(path string) ([]byte, error) {
+	if path == "" {
+		return nil, errors.New("empty file name")
+	}
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer fh.Close()
+	b, err := io.ReadAll(io.LimitReader(fh, maxSecretFile+1))
+	if err != nil {
+		return nil, err // a *PathError, naming the file
+	}
+	if len(b) > maxSecretFile {
+		return nil, fmt.Errorf("%s is larger than %d KiB: not a secret value", path, maxSecretFile>>10)
+	}
+	return b, nil
 }
 
 // Effective returns flag name -> value for logging at start, with secrets redacted. Any URL
@@ -171,7 +245,8 @@ func RedactText(s string) string {
 	return secretParam.ReplaceAllString(s, "$1$2${3}REDACTED")
 }
 
-// Row is one line of the configuration reference.
+// Row is one line of the configuration reference. Env lists the flag's variables (EnvNames),
+// comma separated.
 type Row struct {
 	Flag, Env, Aliases, Default, Usage, Commands string
 }
@@ -188,7 +263,7 @@ func Markdown(rows []Row) string {
 	b.WriteString("| flag | environment | legacy aliases | default | commands | description |\n|---|---|---|---|---|---|\n")
 	esc := strings.NewReplacer("|", `\|`, "\n", " ")
 	for _, r := range rows {
-		fmt.Fprintf(&b, "| `--%s` | `%s` | %s | %s | %s | %s |\n", r.Flag, r.Env, esc.Replace(r.Aliases),
+		fmt.Fprintf(&b, "| `--%s` | `%s` | %s | %s | %s | %s |\n", r.Flag, strings.ReplaceAll(r.Env, ", ", "`, `"), esc.Replace(r.Aliases),
 			esc.Replace(r.Default), esc.Replace(r.Commands), esc.Replace(r.Usage))
 	}
 	return b.String()
@@ -208,6 +283,9 @@ func Rows(fs *pflag.FlagSet) []Row {
 				name += " (" + unit + ")"
 			}
 			aliases = append(aliases, "`"+name+"`")
+			if IsSecret(f) {
+				aliases = append(aliases, "`"+name+FileSuffix+"`")
+			}
 		}
 		def := f.DefValue
 		if def == "" || def == "[]" {
@@ -215,7 +293,7 @@ func Rows(fs *pflag.FlagSet) []Row {
 		} else {
 			def = "`" + def + "`"
 		}
-		rows = append(rows, Row{Flag: f.Name, Env: EnvName(f.Name), Aliases: strings.Join(aliases, ", "), Default: def, Usage: f.Usage})
+		rows = append(rows, Row{Flag: f.Name, Env: strings.Join(EnvNames(f), ", "), Aliases: strings.Join(aliases, ", "), Default: def, Usage: f.Usage})
 	})
 	return rows
 }

@@ -70,12 +70,16 @@ func tooling(name string) bool {
 
 // Unread lists the set environment variables that configure nothing in the running command,
 // as "NAME: why" lines: RECSYS_ variables that are no flag of any command (elsewhere holds the
-// variables of every command's flags), and set DroppedNames. A setting of another command is
+// variables of every command's flags, EnvNames), and set DroppedNames. A setting of another command is
 // not listed: the roles of a deployment share one configuration (a ConfigMap), so each
 // role's pod holds the others' settings. environ is os.Environ()'s format.
 func Unread(fs *pflag.FlagSet, elsewhere map[string]bool, environ []string) []string {
 	own := map[string]bool{}
-	fs.VisitAll(func(f *pflag.Flag) { own[EnvName(f.Name)] = true })
+	fs.VisitAll(func(f *pflag.Flag) {
+		for _, n := range EnvNames(f) {
+			own[n] = true
+		}
+	})
 	set := map[string]bool{}
 	for _, kv := range environ {
 		name, _, _ := strings.Cut(kv, "=")

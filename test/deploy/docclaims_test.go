@@ -591,7 +591,11 @@ func flagVariables() map[string]bool {
 	var walk func(c *cobra.Command)
 	walk = func(c *cobra.Command) {
 		for _, fs := range []*pflag.FlagSet{c.LocalFlags(), c.PersistentFlags()} {
-			fs.VisitAll(func(f *pflag.Flag) { out[flagenv.EnvName(f.Name)] = true })
+			fs.VisitAll(func(f *pflag.Flag) {
+				for _, n := range flagenv.EnvNames(f) {
+					out[n] = true
+				}
+			})
 		}
 		for _, s := range c.Commands() {
 			walk(s)
