@@ -165,6 +165,7 @@ type checkResult struct {
 // clients reconnect by themselves, and readiness reports what is down meanwhile.
 func Open(ctx context.Context, cfg Config, need Need, log *slog.Logger) (*Infra, error) {
 	in := &Infra{cfg: cfg, need: need, log: log, cached: map[string]checkResult{}}
+	warnUnverified(log, cfg, need)
 	if need.Has(Postgres) {
 		pool, err := postgres.Open(ctx, cfg.PG)
 		if err != nil {
