@@ -284,6 +284,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 
 	srv := o.HTTP.Server(e)
+	ln = httpx.LimitConnections(ln, o.HTTP.MaxConnections, srv)
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			fail(fmt.Errorf("http server: %w", err))

@@ -344,3 +344,30 @@ func TestRequestMetricsByRouteTemplate(t *testing.T) {
 		}
 	}
 }
+
+// Run serves through --http.max-connections: at the cap a new client waits for a slot.
+func TestMaxConnectionsCapsTheServer(t *testing.T) {
+	h := httpx.DefaultConfig()
+	h.MaxConnections = 1
+	base, cancel, done := serve(t, app.Options{Registry: newSetup("", nil).reg, Roles: []string{"all"}, HTTP: h,
+		Shutdown: app.ShutdownConfig{Timeout: 5 * time.Second}, Infra: infra.DefaultConfig(),
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	defer func() { cancel(); <-done }()
+	silent, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	client := &http.Client{Timeout: 300 * time.Millisecond, Transport: &http.Transport{DisableKeepAlives: true}}
+	if resp, err := client.Get(base + "/livez"); err == nil {
+		resp.Body.Close()
+		t.Fatalf("/livez answered %d while the one connection allowed was open", resp.StatusCode)
+	}
+	_ = silent.Close()
+	client.Timeout = 5 * time.Second
+	resp, err := client.Get(base + "/livez")
+	if err != nil {
+		t.Fatalf("/livez after the connection closed: %v", err)
+	}
+	resp.Body.Close()
+}

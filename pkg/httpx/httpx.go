@@ -49,6 +49,8 @@ type Config struct {
 	APIKeysFile string
 	// RateLimitScope is where a key's rate= is counted: RateLimitProcess or RateLimitCluster.
 	RateLimitScope string
+	// MaxConnections caps the connections open at once (LimitConnections); 0: no cap.
+	MaxConnections int
 }
 
 // Where a key's rate is counted (--http.rate-limit-scope).
@@ -60,11 +62,20 @@ const (
 	RateLimitCluster = "cluster"
 )
 
+// DefaultMaxConnections is --http.max-connections' default. Memory binds before descriptors:
+// Go raises the soft descriptor limit to the hard one (1,048,576 under Docker and containerd,
+// 524,288 under systemd), while each connection costs ~17 KiB (goroutine stack and buffers),
+// so 4096 is ~70 MiB at worst, within the api's 512 MiB limit (deploy/k8s) beside its
+// working set. It is far above what a pod needs: a load balancer keeps some hundreds of
+// keep-alive connections, 20,000 requests/s at 5 ms are 100 busy ones, and idle keep-alive
+// connections give way to new ones at the cap.
+const DefaultMaxConnections = 4096
+
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{Addr: ":8080", ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, BodyLimitBytes: 4 << 20,
-		HeaderLimitBytes: 64 << 10, RateLimitScope: RateLimitProcess}
+		HeaderLimitBytes: 64 << 10, RateLimitScope: RateLimitProcess, MaxConnections: DefaultMaxConnections}
 }
 
 // RegisterFlags adds the http.* flags.
@@ -78,6 +89,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.HeaderLimitBytes, "http.header-limit-bytes", c.HeaderLimitBytes, "largest accepted request line and headers together (the query string included); larger ones get 431")
 	fs.StringVar(&c.APIKeysFile, "http.api-keys-file", c.APIKeysFile, "file of API keys, one \"<name> <scopes> <secret> [rate=<N>]\" per line (scopes: client, ops or client,ops; secret: the token, 16 characters or more, or sha256:<64 hex> of it; N: the key's limit in requests per second, 429 beyond, counted as --http.rate-limit-scope says); when set, every request but /healthz, /livez, /readyz, /openapi.json, /docs and /redoc needs a key, as Authorization: Bearer <token> or X-API-Key: client opens /reco, /recommend, /log/* and /event, ops the metrics, /analytics/*, /contract and /debug/pprof; the file is re-read within 5 s of a change. Empty: no authentication, as the original service")
 	fs.StringVar(&c.RateLimitScope, "http.rate-limit-scope", c.RateLimitScope, "where the rate=N of an API key is counted: process (each process on its own, so with P API pods a key gets up to P×N requests/s) or cluster (once for the whole deployment, in the Redis of --redis.url, one script call per request of a key with a rate; while Redis fails, each process counts on its own at N again); with API keys, cluster needs a role that uses Redis (api does)")
+	fs.IntVar(&c.MaxConnections, "http.max-connections", c.MaxConnections, "most client connections open at once (0: no cap); at the cap the longest idle keep-alive connection is closed for a new one, and without one new connections wait for a connection to close (in the listen backlog), counted in recsys_http_connection_waits_total; bounds the descriptors and memory (~17 KiB each) a connection flood can take")
 	fs.BoolVar(&c.Pprof, "http.pprof", c.Pprof, "serve Go's profiles under /debug/pprof/ (CPU profiles longer than --http.write-timeout are cut; not the command line, which may hold secrets given as flags); expose inside the cluster only")
 }
 
@@ -100,6 +112,9 @@ func (c Config) Validate() error {
 	}
 	if c.HeaderLimitBytes < 4096 {
 		errs = append(errs, fmt.Errorf("--http.header-limit-bytes must be >= 4096, got %d", c.HeaderLimitBytes))
+	}
+	if c.MaxConnections < 0 {
+		errs = append(errs, fmt.Errorf("--http.max-connections must be >= 0 (0: no cap), got %d", c.MaxConnections))
 	}
 	if c.RateLimitScope != RateLimitProcess && c.RateLimitScope != RateLimitCluster {
 		errs = append(errs, fmt.Errorf("--http.rate-limit-scope must be %q or %q, got %q", RateLimitProcess, RateLimitCluster, c.RateLimitScope))

@@ -108,6 +108,10 @@ var recsysMetrics = map[string]metricKind{
 	"recsys_http_in_flight":                 gauge,
 	"recsys_http_queued":                    gauge,
 	"recsys_http_max_in_flight":             gauge,
+	// pkg/httpx's connection cap (--http.max-connections).
+	"recsys_http_connections":                  gauge,
+	"recsys_http_connection_waits_total":       counter,
+	"recsys_http_connection_idle_closed_total": counter,
 	// pkg/httpx's API keys with --http.rate-limit-scope=cluster.
 	"recsys_http_rate_limit_fallback_total": counter,
 	// reco (contract).
