@@ -152,3 +152,29 @@ func TestSecretFileVariablesCollideWithNoFlag(t *testing.T) {
 		}
 	}
 }
+
+// A flag that carries credentials is marked secret: redacted in the configuration log line
+// and readable from a file (_FILE).
+func TestCredentialFlagsAreSecret(t *testing.T) {
+	credential := func(name string) bool {
+		for _, s := range []string{"dsn", "database-url", "password", "api-key", "redis.url", "token"} {
+			if strings.HasSuffix(name, s) {
+				return true
+			}
+		}
+		return false
+	}
+	n := 0
+	eachFlag(func(c *cobra.Command, fs *pflag.FlagSet, r flagenv.Row) {
+		if !credential(r.Flag) {
+			return
+		}
+		n++
+		if f := fs.Lookup(r.Flag); !flagenv.IsSecret(f) {
+			t.Errorf("%s --%s carries credentials but is not marked secret (flagenv.Secret)", c.CommandPath(), r.Flag)
+		}
+	})
+	if n == 0 {
+		t.Fatal("no credential flag found")
+	}
+}

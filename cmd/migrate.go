@@ -273,7 +273,8 @@ Prints the JSON report and exits 1 when there is any issue.`,
 		},
 	}
 	c.Flags().StringVar(&dir, "migrations-dir", "", "check this folder instead of the migrations embedded in the binary")
-	c.Flags().StringVar(&dbURL, "database-url", "", "database to compare with (default: --pg.dsn / DATABASE_URL)")
+	c.Flags().StringVar(&dbURL, "database-url", "", "database to compare with (default: --pg.dsn / DATABASE_URL; secret)")
+	flagenv.Secret(c.Flags(), "database-url")
 	c.Flags().BoolVar(&skipDB, "skip-db-check", false, "check the files only")
 	c.Flags().StringVar(&out, "output-json", "", "also write the report to this file")
 	return c
