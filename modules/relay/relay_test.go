@@ -22,6 +22,7 @@ import (
 	"recsys/pkg/infra"
 	"recsys/pkg/kafka"
 	"recsys/pkg/outbox"
+	"recsys/pkg/postgres"
 	"recsys/pkg/testutil"
 )
 
@@ -1147,10 +1148,20 @@ CREATE TRIGGER slow_record BEFORE DELETE ON event_outbox FOR EACH ROW EXECUTE FU
 // a trigger sleeping 3 s on each of the batch's 2 acked rows it deletes) is recorded by a
 // later, longer attempt. With a fixed 5 s per attempt it never was: each attempt was cancelled
 // and rolled back, the rows were reaped after the lease and published again, and failed to
-// record the same way, until they went dead.
+// record the same way, until they went dead. The relay's sessions are opened as in
+// production (postgres.Open): their server-side statement_timeout, 5 s by default, cancelled
+// the 6 s statement of every longer attempt too.
 func TestRelayRecordsOnASlowDatabase(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, testutil.KafkaBrokers(t), 1)
+	pc := postgres.DefaultConfig()
+	pc.DSN, pc.MaxConns = e.dsn, 40
+	pool, err := postgres.Open(context.Background(), pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	e.pool = pool
 	const rows = 2
 	cfg := e.slowRecording(t, "3")
 	// Long enough that the rows' lease, which the renewals skip while an attempt holds

@@ -157,9 +157,15 @@ const byKeySQL = `SELECT ` + postgres.ByKeyPlans
 // reports its error. A failed statement leaves the connection inside the aborted transaction,
 // and the pool destroys such a connection when the results are closed.
 func (s *Store) sendByKey(ctx context.Context, queue func(*pgx.Batch)) (pgx.BatchResults, error) {
+	return s.sendPlanned(ctx, byKeySQL, nil, queue)
+}
+
+// sendPlanned is sendByKey with plans, the transaction's first statement, of its own
+// (recordPlans).
+func (s *Store) sendPlanned(ctx context.Context, plans string, args []any, queue func(*pgx.Batch)) (pgx.BatchResults, error) {
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
-	b.Queue(byKeySQL)
+	b.Queue(plans, args...)
 	queue(b)
 	b.Queue("COMMIT")
 	br := s.pool.SendBatch(ctx, b)

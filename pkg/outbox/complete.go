@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"time"
 	"unicode/utf8"
 
@@ -172,11 +173,34 @@ func (s *Store) completePublished(ctx context.Context, c *Claim, outcomes []Outc
 	if s.deleteOnAck {
 		sql = deletePublishedSQL
 	}
-	tag, err := s.execByKey(ctx, sql, ids, c.Token)
+	plans, args := recordPlans(ctx)
+	br, err := s.sendPlanned(ctx, plans, args, func(b *pgx.Batch) { b.Queue(sql, ids, c.Token) })
+	if err != nil {
+		return nil, err
+	}
+	tag, err := br.Exec()
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
 		return nil, err
 	}
 	return map[string]int{StatusPublished: int(tag.RowsAffected())}, nil
+}
+
+// recordPlans is the first statement of a recording's transaction: byKeySQL and, when ctx
+// has a deadline, the time left to it as the transaction's statement_timeout. The caller
+// gives a recording that failed on a slow database longer the next time (the relay's
+// recordTimeout); the session's statement_timeout (--pg.statement-timeout, 5 s by default)
+// cancelled every statement that outlasted it however long the caller waited, so such a
+// batch was never recorded and was published again after each lease.
+func recordPlans(ctx context.Context) (string, []any) {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return byKeySQL, nil
+	}
+	ms := max(time.Until(dl).Milliseconds()+1, 1) // 0 would turn the timeout off
+	return byKeySQL + `, set_config('statement_timeout', $1, true)`, []any{strconv.FormatInt(ms, 10)}
 }
 
 // leaseHeld: the statements on a claim's rows (record, renew) select them by id and the
@@ -278,7 +302,8 @@ func (s *Store) completeMixed(ctx context.Context, c *Claim, outcomes []Outcome)
 		b.Queue(completeMixedSQL, ids, statuses, delays, errs, refunds, c.Token)
 	}
 	if len(dl.rows) == 0 && !slices.ContainsFunc(outcomes, func(o Outcome) bool { return o.Status == StatusDead }) {
-		br, err := s.sendByKey(ctx, queue)
+		plans, args := recordPlans(ctx)
+		br, err := s.sendPlanned(ctx, plans, args, queue)
 		if err != nil {
 			return nil, err
 		}
@@ -293,7 +318,8 @@ func (s *Store) completeMixed(ctx context.Context, c *Claim, outcomes []Outcome)
 	var applied map[string]int
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}
-		b.Queue(byKeySQL)
+		plans, args := recordPlans(ctx)
+		b.Queue(plans, args...)
 		queue(b)
 		br := tx.SendBatch(ctx, b)
 		if _, err := br.Exec(); err != nil {
