@@ -41,6 +41,10 @@ const DefaultGlobalListsTTL = 5 * time.Second
 // budget still gets its lists, which the following requests use.
 const globalListsTimeout = 15 * time.Second
 
+// globalListsStatementTimeout gives the read's transaction globalListsTimeout as its
+// statement_timeout.
+var globalListsStatementTimeout = fmt.Sprintf("SET LOCAL statement_timeout = %d", globalListsTimeout.Milliseconds())
+
 // globalListsRetry is how long after a failed read of the global lists no other starts: with
 // PostgreSQL overloaded or the read timing out, back to back retries would keep it scanning.
 const globalListsRetry = time.Second
@@ -346,6 +350,11 @@ func (l *PGLoader) readGlobalLists(ctx context.Context, r *listsRead, n [3]int) 
 			return nil, fmt.Errorf("load global lists from postgres: %w", err)
 		}
 		defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
+		// The session's statement_timeout (--pg.statement-timeout, 5 s by default) would cut
+		// the scans before globalListsTimeout: on a catalog whose scan outlasts it, never a list.
+		if _, err := tx.Exec(ctx, globalListsStatementTimeout); err != nil {
+			return nil, fmt.Errorf("load global lists: %w", err)
+		}
 		t := &topLists{n: n, readAt: time.Now()}
 		if t.meta, err = loadMeta(ctx, tx); err != nil {
 			return nil, fmt.Errorf("load global lists: %w", err)

@@ -15,6 +15,7 @@ import (
 	"recsys/pkg/features"
 	"recsys/pkg/featurestore"
 	"recsys/pkg/featurestore/fstest"
+	"recsys/pkg/postgres"
 	"recsys/pkg/ranking"
 	"recsys/pkg/testutil"
 )
@@ -207,4 +208,53 @@ func TestPGLoaderSharesTheGlobalLists(t *testing.T) {
 		}
 		same("refreshed", "u07", now)
 	})
+}
+
+// A read of the global lists runs apart from the request that started it, for up to 15 s, so
+// that a catalog whose scans outlast a request's budget (or a PostgreSQL slowed by a Redis
+// outage's requests) still gets its lists. The session's statement_timeout
+// (--pg.statement-timeout, 5 s by default) cut each of its scans first: past it, the degraded
+// path never had lists. A lock the read waits for stands in for a long scan here, under a
+// session statement_timeout of 300 ms.
+func TestPGLoaderListsOutlastTheSessionStatementTimeout(t *testing.T) {
+	ctx := context.Background()
+	dsn := testutil.MigratedDatabase(t)
+	cfg := testConfig()
+	st := featurestore.New(testutil.Pool(t, dsn), nil, testutil.Unique("pgslow")+":", cfg, nil)
+	ts := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+	if _, err := st.Apply(ctx, &featurestore.Batch{Events: []featurestore.Event{{Interaction: features.Interaction{
+		Kind: features.KindWatch, EventID: "w1", UserID: "u1", TsMs: ts, ItemID: "item1", WatchTimeSec: 30}}}}); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	pc := postgres.DefaultConfig()
+	pc.DSN, pc.StatementTimeout, pc.LockTimeout = dsn, 300*time.Millisecond, time.Minute
+	pool, err := postgres.Open(ctx, pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	loader := featurestore.NewPGLoader(pool, "", cfg)
+	t.Cleanup(loader.Close)
+
+	release := testutil.HoldLock(t, dsn, "LOCK TABLE feature_items IN ACCESS EXCLUSIVE MODE")
+	type result struct {
+		s   ranking.Snapshot
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		s, err := loader.Snapshot(rctx, "u2", ts+60_000, testOpts())
+		done <- result{s, err}
+	}()
+	time.Sleep(time.Second)
+	release()
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("snapshot while the lists' read waited 1 s: %v", r.err)
+	}
+	if len(r.s.Trending) == 0 || r.s.Trending[0].ItemID != "item1" {
+		t.Fatalf("trending %v, want item1", r.s.Trending)
+	}
 }
