@@ -52,10 +52,22 @@ type Forgotten struct {
 const ForgottenRefresh = 5 * time.Second
 
 // RefreshForgotten reads the erased users into f: the whole table the first time, then the
-// rows written since the previous read.
+// rows written since the previous read. A read is bounded by forgottenReadTimeout, a whole
+// one by forgottenWholeReadTimeout; ctx may end it sooner.
 func (s *Store) RefreshForgotten(ctx context.Context, f *Forgotten) error {
 	return f.refresh(ctx, s.pg)
 }
+
+// forgottenReadTimeout bounds a read of the rows written since the last one: a few rows,
+// unless a long transaction of the cluster widens it.
+const forgottenReadTimeout = 5 * time.Second
+
+// forgottenWholeReadTimeout bounds a whole read (a consumer's first, and the one after a
+// failover): every erasure ever made, millions of rows for a deployment erasing thousands of
+// users a day, seconds per few million. Bounded as an incremental read, and by the session's
+// statement_timeout (--pg.statement-timeout, 5 s), it failed every time past a few million
+// rows, and a consumer applies no batch without a fresh list.
+const forgottenWholeReadTimeout = 5 * time.Minute
 
 // forgottenSQL reads the rows of transactions at or above $1 (every row when it is 0) with
 // the snapshot's xmin, in one statement so that both come from the same snapshot. The rows
@@ -71,12 +83,12 @@ func (f *Forgotten) refresh(ctx context.Context, pg *pgxpool.Pool) error {
 	defer f.refreshing.Unlock()
 	first := f.xmin == 0
 	full := first
-	xmin, started, got, err := readForgotten(ctx, pg, f.xmin)
+	xmin, started, got, err := readForgottenSince(ctx, pg, f.xmin)
 	if err == nil && !full && (xmin < f.xmin || !started.Equal(f.started)) {
 		// Transaction ids went back, or another server (or the same one restarted) answers:
 		// rows may lie below the watermark (see started). Read it whole.
 		full = true
-		xmin, started, got, err = readForgotten(ctx, pg, 0)
+		xmin, started, got, err = readForgottenSince(ctx, pg, 0)
 	}
 	if err != nil {
 		return err
@@ -109,9 +121,29 @@ type forgottenRow struct {
 	at int64
 }
 
+// readForgottenSince is readForgotten under its bound: a whole read (since 0) in a transaction
+// without the session's statement_timeout.
+func readForgottenSince(ctx context.Context, pg *pgxpool.Pool, since uint64) (xmin uint64, started time.Time, got []forgottenRow, err error) {
+	if since != 0 {
+		ctx, cancel := context.WithTimeout(ctx, forgottenReadTimeout)
+		defer cancel()
+		return readForgotten(ctx, pg, since)
+	}
+	ctx, cancel := context.WithTimeout(ctx, forgottenWholeReadTimeout)
+	defer cancel()
+	err = untimed(ctx, pg, func(tx pgx.Tx) error {
+		var err error
+		xmin, started, got, err = readForgotten(ctx, tx, 0)
+		return err
+	})
+	return xmin, started, got, err
+}
+
 // readForgotten returns the snapshot's xmin, the server's start time and the rows of
 // transactions at or above since.
-func readForgotten(ctx context.Context, pg *pgxpool.Pool, since uint64) (uint64, time.Time, []forgottenRow, error) {
+func readForgotten(ctx context.Context, pg interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}, since uint64) (uint64, time.Time, []forgottenRow, error) {
 	rows, err := pg.Query(ctx, forgottenSQL, since)
 	if err != nil {
 		return 0, time.Time{}, nil, fmt.Errorf("read forgotten users: %w", err)

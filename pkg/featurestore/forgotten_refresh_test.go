@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"recsys/pkg/featurestore"
+	"recsys/pkg/postgres"
 	"recsys/pkg/testutil"
 )
 
@@ -263,5 +264,37 @@ func TestForgottenRefreshRereadsAfterAFailover(t *testing.T) {
 	}
 	if n := f.LastRead(); n != 0 {
 		t.Errorf("the refresh after the whole read read %d rows, want 0", n)
+	}
+}
+
+// A consumer reads forgotten_users whole when it starts and after a failover: millions of
+// rows for a deployment that erases thousands of users a day (about 5 s for 3 M rows here).
+// That read ran under the session's statement_timeout (--pg.statement-timeout, 5 s) and the
+// consumer's 5 s per refresh: past them every whole read failed, and the consumer, which
+// applies no batch without a fresh list, stopped for good. Here 200,000 rows under a session
+// timeout of 50 ms.
+func TestForgottenWholeReadOutlastsTheSessionStatementTimeout(t *testing.T) {
+	ctx := context.Background()
+	dsn := testutil.MigratedDatabase(t)
+	pool := testutil.Pool(t, dsn)
+	const n = 200_000
+	if _, err := pool.Exec(ctx, `INSERT INTO forgotten_users (user_id, forgotten_at_ms)
+SELECT 'user-' || g, 1700000000000 + g FROM generate_series(1, $1::int) g`, n); err != nil {
+		t.Fatal(err)
+	}
+	pc := postgres.DefaultConfig()
+	pc.DSN, pc.StatementTimeout = dsn, 50*time.Millisecond
+	timed, err := postgres.Open(ctx, pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(timed.Close)
+	st := featurestore.New(timed, nil, testutil.Unique("frw")+":", testConfig(), nil)
+	var f featurestore.Forgotten
+	if err := st.RefreshForgotten(ctx, &f); err != nil {
+		t.Fatalf("whole read: %v", err)
+	}
+	if f.Len() != n || !f.Skip("user-7", 1700000000007) {
+		t.Fatalf("the set holds %d users, want %d", f.Len(), n)
 	}
 }
