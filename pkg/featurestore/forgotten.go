@@ -66,8 +66,9 @@ const forgottenReadTimeout = 5 * time.Second
 // failover): every erasure ever made, millions of rows for a deployment erasing thousands of
 // users a day, seconds per few million. Bounded as an incremental read, and by the session's
 // statement_timeout (--pg.statement-timeout, 5 s), it failed every time past a few million
-// rows, and a consumer applies no batch without a fresh list.
-const forgottenWholeReadTimeout = 5 * time.Minute
+// rows, and a consumer applies no batch without a fresh list. Not much longer: meanwhile the
+// consumer's batches wait for the read without counting a failure (awaitForgotten).
+const forgottenWholeReadTimeout = time.Minute
 
 // forgottenSQL reads the rows of transactions at or above $1 (every row when it is 0) with
 // the snapshot's xmin, in one statement so that both come from the same snapshot. The rows
