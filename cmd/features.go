@@ -194,7 +194,9 @@ func newReplayDLQCmd(lc *logConfig) *cobra.Command {
 (after a fix of the payload or of the code) through the same feature update as the stream.
 Applying is idempotent: an event whose user's event_id was applied before counts as a duplicate.
 Applied entries are marked replayed and written to Redis; entries that still fail (do not
-decode, or PostgreSQL refuses their update) stay pending with their new error. Prints a JSON
+decode, or PostgreSQL refuses their update) stay pending with their new error. Entries of users
+erased by 'users forget' that the API received before the erasure are deleted, not applied
+(ignored in the report). Prints a JSON
 report; its last_id, passed as --after, goes on past entries that keep failing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -39,8 +39,9 @@ relay takes them out of rows still pending then that go dead later.
 The users are first recorded in forgotten_users with an erasure time --settle from when the
 record holds them (it first waits for a consumer batch holding one of them); every
 consumer rereads that table every 5 s and skips the users' events received up to that time,
-wherever they still are (the outbox, Kafka; replay-dlq skips such DLQ entries), so they do
-not bring the data back. A batch that read the table before the erasure cannot either,
+wherever they still are (the outbox, Kafka; replay-dlq deletes such DLQ entries), so they do
+not bring the data back, and stores none of their undecodable messages in the DLQ (checked
+in the batch's transaction, so a batch held up past the erasure stores none either). A batch that read the table before the erasure cannot either,
 however long it runs: recording the erasure waits for a batch holding one of the users, and
 a batch that takes one of them later sees the erasure in its own transaction and drops the
 user's events. At the erasure time the rows are deleted, and the Redis hashes once

@@ -530,7 +530,6 @@ func (c *Consumer) process(ctx context.Context, batch []*fetched) bool {
 	c.m.batchSize.Update(float64(len(batch)))
 	b := &featurestore.Batch{Events: make([]featurestore.Event, 0, len(batch))}
 	msgs := make([]*kafkago.Message, 0, len(batch))
-	var dlqMsgs []*kafkago.Message // b.DLQ's messages, to judge them again before a retry
 	now := time.Now()
 	var lagTopic string
 	var lag *metrics.PrometheusHistogram // looked up (a formatted name) per topic run, not per message
@@ -541,14 +540,15 @@ func (c *Consumer) process(ctx context.Context, batch []*fetched) bool {
 		lag.Update(float64(now.Sub(f.msg.Time).Milliseconds()))
 		c.m.fetchDelay.Update(max(now.Sub(f.msg.Time).Seconds(), 0))
 		c.m.queueDelay.Update(now.Sub(f.at).Seconds())
-		if f.err != nil && c.forgotten.Skip(string(f.msg.Key), f.msg.Time.UnixMilli()) {
-			// An erased user's message (the relay keys every message by its user) published
-			// before the erasure, so received before it: its raw bytes must not outlive the
-			// erasure in the DLQ, which `users forget` cleared up to the erasure time.
-			c.m.processed(f.msg.Topic, "ignored", 1)
-			continue
-		}
 		if f.err != nil {
+			d := dlqEntry(&f.msg, f.err)
+			if c.forgotten.Skip(string(f.msg.Key), d.ReceivedMs) {
+				// An erased user's message (the relay keys every message by its user) received
+				// before the erasure: its raw bytes must not outlive the erasure in the DLQ,
+				// which `users forget` cleared up to the erasure time.
+				c.m.processed(f.msg.Topic, "ignored", 1)
+				continue
+			}
 			status := "invalid_payload"
 			if errors.Is(f.err, featurestore.ErrInvalidEvent) {
 				status = "invalid_event"
@@ -557,8 +557,7 @@ func (c *Consumer) process(ctx context.Context, batch []*fetched) bool {
 			c.m.errors("poison_message")
 			c.log.WarnContext(withEvent(ctx, &f.msg), "poison message to dlq", "topic", f.msg.Topic, "partition", f.msg.Partition,
 				"offset", f.msg.Offset, "event_id", header(&f.msg, events.HeaderEventID), "err", f.err)
-			b.DLQ = append(b.DLQ, dlqEntry(&f.msg, f.err))
-			dlqMsgs = append(dlqMsgs, &f.msg)
+			b.DLQ = append(b.DLQ, d)
 			continue
 		}
 		ev := f.ev
@@ -577,14 +576,14 @@ func (c *Consumer) process(ctx context.Context, batch []*fetched) bool {
 	// Before each retry the batch loses the events of users erased meanwhile (those the
 	// transaction found, featurestore.ErasedError, are in the list by then): their events
 	// must not be applied.
-	again := func() ([]*kafkago.Message, []*kafkago.Message, bool) {
+	again := func() ([]*kafkago.Message, bool) {
 		if !c.awaitForgotten(ctx) {
-			return nil, nil, false
+			return nil, false
 		}
-		msgs, dlqMsgs = c.dropErased(b, msgs, dlqMsgs)
-		return msgs, dlqMsgs, true
+		msgs = c.dropErased(b, msgs)
+		return msgs, true
 	}
-	a, ok := c.applyWithRetry(ctx, b, msgs, dlqMsgs, again)
+	a, ok := c.applyWithRetry(ctx, b, msgs, again)
 	if !ok {
 		return false // only a shutdown ends the retries
 	}
@@ -604,8 +603,8 @@ func (c *Consumer) process(ctx context.Context, batch []*fetched) bool {
 
 // dropErased takes out of b the events and dead letters that the erased users as now read
 // skip (as process judges them), with their messages, counting them as ignored; it returns
-// what is left of msgs (b.Events' messages) and dlqMsgs (b.DLQ's).
-func (c *Consumer) dropErased(b *featurestore.Batch, msgs, dlqMsgs []*kafkago.Message) ([]*kafkago.Message, []*kafkago.Message) {
+// what is left of msgs (b.Events' messages).
+func (c *Consumer) dropErased(b *featurestore.Batch, msgs []*kafkago.Message) []*kafkago.Message {
 	n := 0
 	for i, ev := range b.Events {
 		if c.forgotten.Skip(ev.UserID, ev.ServerReceivedTsMs) { // stamped by process when unknown
@@ -617,16 +616,16 @@ func (c *Consumer) dropErased(b *featurestore.Batch, msgs, dlqMsgs []*kafkago.Me
 	}
 	b.Events, msgs = b.Events[:n], msgs[:n]
 	n = 0
-	for i, d := range b.DLQ {
-		if c.forgotten.Skip(string(d.Key), dlqMsgs[i].Time.UnixMilli()) {
+	for _, d := range b.DLQ {
+		if c.forgotten.Skip(string(d.Key), d.ReceivedMs) {
 			c.m.processed(d.Topic, "ignored", 1)
 			continue
 		}
-		b.DLQ[n], dlqMsgs[n] = d, dlqMsgs[i]
+		b.DLQ[n] = d
 		n++
 	}
-	b.DLQ, dlqMsgs = b.DLQ[:n], dlqMsgs[:n]
-	return msgs, dlqMsgs
+	b.DLQ = b.DLQ[:n]
+	return msgs
 }
 
 // attemptCtx detaches an attempt from shutdown (a batch in flight finishes) but bounds it.
@@ -634,15 +633,15 @@ func (c *Consumer) attemptCtx(ctx context.Context) (context.Context, context.Can
 	return context.WithTimeout(context.WithoutCancel(ctx), c.cfg.DrainTimeout)
 }
 
-// applyWithRetry applies b (the events of msgs, the dead letters of dlqMsgs) until it
+// applyWithRetry applies b (the events of msgs, and its dead letters) until it
 // succeeds, calling again before each retry: it may shorten b and returns the messages of
 // what is left (false: ctx ended).
-func (c *Consumer) applyWithRetry(ctx context.Context, b *featurestore.Batch, msgs, dlqMsgs []*kafkago.Message,
-	again func() ([]*kafkago.Message, []*kafkago.Message, bool)) (*featurestore.Applied, bool) {
+func (c *Consumer) applyWithRetry(ctx context.Context, b *featurestore.Batch, msgs []*kafkago.Message,
+	again func() ([]*kafkago.Message, bool)) (*featurestore.Applied, bool) {
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			var ok bool
-			if msgs, dlqMsgs, ok = again(); !ok {
+			if msgs, ok = again(); !ok {
 				return nil, false
 			}
 		}
@@ -663,7 +662,7 @@ func (c *Consumer) applyWithRetry(ctx context.Context, b *featurestore.Batch, ms
 		}
 		if permanent(err) {
 			c.log.WarnContext(ctx, "batch hit a data error, applying event by event", "err", err, "batch_size", len(b.Events))
-			return nil, c.applyIsolated(ctx, b, msgs, dlqMsgs)
+			return nil, c.applyIsolated(ctx, b, msgs)
 		}
 		c.failed(ctx, "process", err, len(b.Events))
 		for _, m := range msgs {
@@ -677,15 +676,10 @@ func (c *Consumer) applyWithRetry(ctx context.Context, b *featurestore.Batch, ms
 }
 
 // applyIsolated applies a batch one event at a time after a data error, dead-lettering only
-// the events PostgreSQL refuses; transient errors still retry. dlqMsgs are b.DLQ's messages.
+// the events PostgreSQL refuses; transient errors still retry.
 // It accounts for what it applies and reports false when ctx ended first.
-func (c *Consumer) applyIsolated(ctx context.Context, b *featurestore.Batch, msgs, dlqMsgs []*kafkago.Message) bool {
+func (c *Consumer) applyIsolated(ctx context.Context, b *featurestore.Batch, msgs []*kafkago.Message) bool {
 	dlq := slices.Clone(b.DLQ)
-	// The receive time each entry is judged by again before it is stored, as dropErased does.
-	dlqAt := make([]int64, len(dlqMsgs))
-	for i, m := range dlqMsgs {
-		dlqAt[i] = m.Time.UnixMilli()
-	}
 	// apply reports false when ctx ended, and the error that ends the retries otherwise:
 	// permanent, or ErasedError (one's events are then of a user erased since the list was
 	// read, and are dropped).
@@ -743,8 +737,9 @@ func (c *Consumer) applyIsolated(ctx context.Context, b *featurestore.Batch, msg
 			c.m.errors("poison_message")
 			c.log.WarnContext(withEvent(ctx, msgs[i]), "event refused by postgres, to dlq", "topic", msgs[i].Topic, "partition", msgs[i].Partition,
 				"offset", msgs[i].Offset, "event_id", b.Events[i].EventID, "err", perr)
-			dlq = append(dlq, dlqEntry(msgs[i], perr))
-			dlqAt = append(dlqAt, b.Events[i].ServerReceivedTsMs)
+			d := dlqEntry(msgs[i], perr)
+			d.ReceivedMs = b.Events[i].ServerReceivedTsMs
+			dlq = append(dlq, d)
 		}
 	}
 	// The users erased while the events went one by one (an ErasedError, a refresh during the
@@ -753,12 +748,12 @@ func (c *Consumer) applyIsolated(ctx context.Context, b *featurestore.Batch, msg
 		return false
 	}
 	n := 0
-	for i, d := range dlq {
-		if c.forgotten.Skip(string(d.Key), dlqAt[i]) {
+	for _, d := range dlq {
+		if c.forgotten.Skip(string(d.Key), d.ReceivedMs) {
 			c.m.processed(d.Topic, "ignored", 1)
 			continue
 		}
-		dlq[n], dlqAt[n] = d, dlqAt[i]
+		dlq[n] = d
 		n++
 	}
 	dlq = dlq[:n]
@@ -813,7 +808,7 @@ func dlqEntry(m *kafkago.Message, err error) featurestore.DLQEntry {
 		h[x.Key] = string(x.Value) // made storable by featurestore
 	}
 	return featurestore.DLQEntry{Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Key: m.Key, Headers: h,
-		Payload: m.Value, Error: err.Error()}
+		Payload: m.Value, Error: err.Error(), ReceivedMs: featurestore.PoisonReceivedMs(m.Value, m.Time.UnixMilli())}
 }
 
 // account updates the counters of an applied batch.

@@ -292,6 +292,41 @@ func TestErasedUsersPoisonIsNotDeadLettered(t *testing.T) {
 	}
 }
 
+// An undecodable message of an erased user received before the erasure but published after
+// it (the relay was behind by more than --settle) is not dead-lettered either: a payload that
+// still carries the API's receive time (here an event of a schema version this consumer does
+// not know) is judged by it, not by the Kafka time, which took it for the user's return and
+// stored it after the erasure had cleared the DLQ.
+func TestErasedUsersPoisonRelayedLateIsNotDeadLettered(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	const gone, kept = "user-erased-late-poison", "user-kept-late-poison"
+	now := time.Now()
+	if _, err := e.pool.Exec(ctx, `INSERT INTO forgotten_users (user_id, forgotten_at_ms) VALUES ($1, $2)`, gone, now.Add(-time.Minute).UnixMilli()); err != nil {
+		t.Fatal(err)
+	}
+	var poison []kafkago.Message
+	for _, u := range []string{gone, kept} {
+		payload := fmt.Sprintf(`{"event_type":"watch","event_id":"late-%s","user_id":%q,"server_received_ts_ms":%d}`, u, u, now.Add(-2*time.Minute).UnixMilli())
+		poison = append(poison, kafkago.Message{Topic: e.TopicWatch, Key: []byte(u), Value: []byte(payload),
+			Headers: []kafkago.Header{{Key: events.HeaderEventType, Value: []byte("watch")}, {Key: events.HeaderSchemaVersion, Value: []byte("99")}}})
+	}
+	e.produceRaw(t, poison...)
+	c := e.startConsumer(t)
+	waitFor(t, "both poison messages handled", time.Minute, func() bool {
+		return counter(c.set, `reco_feature_consumer_dlq_events_total{outcome="stored"}`)+
+			counter(c.set, "reco_feature_consumer_processed_total", `status="ignored"`) >= 2
+	})
+	rows, _ := e.pool.Query(ctx, `SELECT convert_from(msg_key, 'UTF8') FROM feature_dlq ORDER BY id`)
+	keys, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 1 || keys[0] != kept {
+		t.Errorf("dead letters of %v, want only %s's (%s erased before it was published)", keys, kept, gone)
+	}
+}
+
 // A batch judged by a list of erased users from before an erasure that keeps failing until
 // after it (`users forget` deletes --settle after recording it) loses the erased user's
 // events and undecodable messages before its next attempt: applied as judged, it would bring

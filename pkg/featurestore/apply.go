@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"recsys/pkg/features"
+	"recsys/pkg/outbox"
 	"recsys/pkg/postgres"
 )
 
@@ -39,6 +40,10 @@ type DLQEntry struct {
 	Headers   map[string]string
 	Payload   []byte
 	Error     string
+	// ReceivedMs is the receive time an erasure judges the entry by (Forgotten.Skip's rule;
+	// 0, unknown, counts as before any erasure): an entry keyed by a user erased at or after
+	// it is not stored (queueDLQ). Not stored itself.
+	ReceivedMs int64
 }
 
 // Applied is the outcome of Apply: which events were new, and the absolute values the
@@ -1052,6 +1057,7 @@ func queueDLQ(p *pipeline, entries []DLQEntry) {
 	n := len(entries)
 	topic, key, hdr, payload, errs := make([]string, n), make([][]byte, n), make([]string, n), make([][]byte, n), make([]string, n)
 	part, off := make([]int32, n), make([]int64, n)
+	users, received := make([]*string, n), make([]int64, n)
 	for i, e := range entries {
 		topic[i], part[i], off[i], key[i] = e.Topic, int32(e.Partition), e.Offset, e.Key
 		hs := make(map[string]string, len(e.Headers))
@@ -1065,6 +1071,11 @@ func queueDLQ(p *pipeline, entries []DLQEntry) {
 			payload[i] = []byte{}
 		}
 		errs[i] = dlqText(e.Error)
+		// A key that is no text PostgreSQL stores is no user id forgotten_users can hold.
+		if k := string(e.Key); e.Key != nil && dlqText(k) == k {
+			users[i] = &k
+		}
+		received[i] = e.ReceivedMs
 	}
 	// A redelivered message finds its entry and adds none. A different payload at the same
 	// coordinates is a message of a topic deleted and recreated since (it starts again at
@@ -1075,10 +1086,21 @@ func queueDLQ(p *pipeline, entries []DLQEntry) {
 SET topic = d.topic || ' (recreated since; entry ' || d.id || ')'
 FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bytea[]) AS v(t, p, o, b)
 WHERE d.topic = v.t AND d.kafka_partition = v.p AND d.kafka_offset = v.o AND d.payload <> v.b`, topic, part, off, payload)
+	// An entry of a user erased since the caller's list of erased users was read is not
+	// stored. `users forget` clears the DLQ of the user's entries created up to the erasure
+	// time, but sees only committed rows: a batch whose transaction began before the erasure
+	// was recorded and committed after that clearing (an attempt held up by a lock, a rebase)
+	// left the user's raw message in the DLQ for good. The lock is the one the record takes
+	// exclusively (outbox.LockErasures), in a statement of its own, so the check below, in the
+	// next one, has a snapshot taken after it: either the record committed before it and the
+	// check sees the erasure, or it waits for this transaction, whose entries (created before
+	// the erasure time) the clearing then sees.
+	p.exec("wait for erasures being recorded", `SELECT pg_advisory_xact_lock_shared($1)`, int64(outbox.ErasureLockKey))
 	p.exec("store dlq entries", `INSERT INTO feature_dlq (topic, kafka_partition, kafka_offset, msg_key, headers, payload, error)
-SELECT t, p, o, k, h::jsonb, b, e FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bytea[], $5::text[], $6::bytea[], $7::text[])
-  AS v(t, p, o, k, h, b, e)
-ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING`, topic, part, off, key, hdr, payload, errs)
+SELECT t, p, o, k, h::jsonb, b, e FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bytea[], $5::text[], $6::bytea[], $7::text[],
+  $8::text[], $9::bigint[]) AS v(t, p, o, k, h, b, e, u, r)
+WHERE NOT EXISTS (SELECT 1 FROM forgotten_users f WHERE f.user_id = v.u AND v.r <= f.forgotten_at_ms)
+ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING`, topic, part, off, key, hdr, payload, errs, users, received)
 }
 
 // dlqText makes s storable as PostgreSQL text and inside jsonb, which refuse invalid UTF-8

@@ -101,8 +101,8 @@ type ReplayEntry struct {
 	// UserID tells apart two users' events with one event_id.
 	UserID string `json:"user_id,omitempty"`
 	// Outcome: applied (new now), duplicate (its user's event_id was applied before), ignored (an
-	// event of a user erased since, received before the erasure: marked replayed without
-	// applying it), invalid (still cannot be decoded; stays pending), refused (decodes, but
+	// event of a user erased since, received before the erasure: deleted without applying
+	// it), invalid (still cannot be decoded; stays pending), refused (decodes, but
 	// PostgreSQL refuses its update; stays pending), pending (not tried: a transient error stopped
 	// the replay first; run it again) or would_apply (dry run).
 	Outcome string `json:"outcome"`
@@ -155,7 +155,7 @@ ORDER BY id LIMIT $1`, o.Limit, o.After)
 		return rep, err
 	}
 	b := &Batch{}
-	var ids, badIDs, okIDs []int64
+	var ids, badIDs, okIDs, goneIDs []int64
 	var badErrs []string
 	idx := map[int]int{} // batch event -> report entry
 	for _, x := range list {
@@ -181,7 +181,7 @@ ORDER BY id LIMIT $1`, o.Limit, o.After)
 			rep.Ignored++
 			rep.Entries = append(rep.Entries, ReplayEntry{ID: x.id, EventID: ev.EventID, UserID: ev.UserID, Outcome: "ignored"})
 			if !o.DryRun {
-				okIDs = append(okIDs, x.id)
+				goneIDs = append(goneIDs, x.id)
 			}
 			continue
 		}
@@ -226,7 +226,7 @@ ORDER BY id LIMIT $1`, o.Limit, o.After)
 			if forgotten.Skip(ev.UserID, ev.ServerReceivedTsMs) {
 				rep.Ignored++
 				rep.Entries[idx[i]].Outcome = "ignored"
-				okIDs = append(okIDs, ids[i])
+				goneIDs = append(goneIDs, ids[i])
 				continue
 			}
 			b.Events[n], ids[n], kept[n] = ev, ids[i], idx[i]
@@ -252,7 +252,7 @@ ORDER BY id LIMIT $1`, o.Limit, o.After)
 					forgotten.Note(erased.Users)
 					rep.Ignored++
 					rep.Entries[idx[i]].Outcome = "ignored"
-					okIDs = append(okIDs, ids[i])
+					goneIDs = append(goneIDs, ids[i])
 					continue
 				}
 				if err != nil && !Refused(err) {
@@ -276,6 +276,15 @@ ORDER BY id LIMIT $1`, o.Limit, o.After)
 			s.log.WarnContext(ctx, "clear redis journal after dlq replay", "err", err)
 		}
 		break
+	}
+	if len(goneIDs) > 0 {
+		// Deleted, not kept as replayed: the entry holds the raw event of a user whose data
+		// was erased, and `users forget`, which ran before or runs later, clears the DLQ only of
+		// entries keyed by the user and created up to the erasure time (this one may be
+		// neither: published after it, or keyed otherwise).
+		if _, err := s.pg.Exec(ctx, `DELETE FROM feature_dlq WHERE id = ANY($1)`, goneIDs); err != nil {
+			return rep, fmt.Errorf("delete erased users' dlq entries: %w", err)
+		}
 	}
 	if len(okIDs) > 0 {
 		if _, err := s.pg.Exec(ctx, `UPDATE feature_dlq SET status = 'replayed', replayed_at = now(), replay_attempts = replay_attempts + 1

@@ -90,7 +90,7 @@ func TestRebuildFromEventsDropsAUserErasedWhileItRuns(t *testing.T) {
 
 // replay-dlq reads the erased users before applying: a user erased after that read (whose
 // erasure the batch's transaction finds, ErasedError) has their entry reported ignored and
-// marked replayed, with nothing applied; the other entries of the page apply.
+// deleted, with nothing applied; the other entries of the page apply.
 func TestReplayDLQIgnoresAUserErasedDuringTheReplay(t *testing.T) {
 	ctx := context.Background()
 	pool, rd := servers(t)
@@ -165,12 +165,13 @@ WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event =
 	if got := userEvents(t, pool, gone, kept); !reflect.DeepEqual(got, []string{"dlq-" + kept, "g0"}) {
 		t.Errorf("applied %v, want [dlq-%s g0]: the erased user's entry applies nothing", got, kept)
 	}
-	var pending int
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM feature_dlq WHERE status = 'pending'`).Scan(&pending); err != nil {
+	rows, _ := pool.Query(ctx, `SELECT kafka_offset || ' ' || status FROM feature_dlq ORDER BY id`)
+	left, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
 		t.Fatal(err)
 	}
-	if pending != 0 {
-		t.Errorf("%d entries still pending, want both marked replayed", pending)
+	if want := []string{"1 replayed"}; !reflect.DeepEqual(left, want) {
+		t.Errorf("dlq holds %v, want %v (%s's entry, offset 0, deleted)", left, want, gone)
 	}
 	if got := userRows(t, pool, "feature_users"); !reflect.DeepEqual(got, []string{kept}) {
 		t.Errorf("feature users %v, want [%s]", got, kept)
@@ -309,5 +310,121 @@ func TestBatchWaitingForTheRecordFindsTheErasure(t *testing.T) {
 	}
 	if got := userEvents(t, pool, user); !reflect.DeepEqual(got, []string{"w0"}) {
 		t.Errorf("applied %v, want [w0]", got)
+	}
+}
+
+// A consumer batch judged its dead letters by a list of erased users read before the
+// erasure, and its transaction was held up (here by the decay meta's lock, as a rebase holds
+// it) until `users forget` had cleared the DLQ: the user's raw message, stored after that
+// clearing, stayed in the DLQ for good. The batch's insert now reads forgotten_users under
+// the erasure lock and leaves out the entries of a user erased after their receive time; an
+// entry received after the erasure (the user came back) and another user's are stored.
+func TestBatchHeldPastTheErasureStoresNoDeadLetterOfTheUser(t *testing.T) {
+	ctx := context.Background()
+	dsn := testutil.MigratedDatabase(t)
+	pool := testutil.Pool(t, dsn)
+	st := featurestore.New(pool, nil, testutil.Unique("dh")+":", testConfig(), nil)
+	const gone, other = "erased-behind-a-held-batch", "someone-else"
+	now := time.Now()
+	entry := func(offset int64, key string, received time.Time) featurestore.DLQEntry {
+		return featurestore.DLQEntry{Topic: "t", Partition: 0, Offset: offset, Key: []byte(key), Headers: map[string]string{},
+			Payload: []byte("not an event of " + key), Error: "decode", ReceivedMs: received.UnixMilli()}
+	}
+	release := testutil.HoldLock(t, dsn, `SELECT pg_advisory_xact_lock(7254391001)`)
+	applied := make(chan error, 1)
+	go func() {
+		_, err := st.Apply(ctx, &featurestore.Batch{DLQ: []featurestore.DLQEntry{
+			entry(1, gone, now.Add(-time.Minute)),
+			entry(2, other, now.Add(-time.Minute)),
+			entry(3, gone, now.Add(time.Hour)),
+		}})
+		applied <- err
+	}()
+	waitForLockWaits(t, pool, 1, "advisory")
+	if _, err := st.Forget(ctx, []string{gone}, 100*time.Millisecond); err != nil {
+		t.Fatalf("forget: %v", err)
+	}
+	release()
+	if err := <-applied; err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	rows, _ := pool.Query(ctx, `SELECT kafka_offset FROM feature_dlq ORDER BY kafka_offset`)
+	offsets, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []int64{2, 3}; !reflect.DeepEqual(offsets, want) {
+		t.Errorf("dlq holds offsets %v, want %v (not the erased user's message received before the erasure)", offsets, want)
+	}
+}
+
+// The other order: a batch stores the user's dead letter, then is held up (by an item row's
+// lock) before it commits, while the erasure is recorded. Its check ran before the record,
+// so it stored the entry; the record must wait for it (the erasure lock, held shared from the
+// insert to the commit), so that the DLQ's clearing, which comes after the record, sees the
+// entry. Without that wait the clearing ran first and missed the uncommitted entry.
+func TestErasureWaitsForABatchStoringTheUsersDeadLetter(t *testing.T) {
+	ctx := context.Background()
+	dsn := testutil.MigratedDatabase(t)
+	pool := testutil.Pool(t, dsn)
+	st := featurestore.New(pool, nil, testutil.Unique("dw")+":", testConfig(), nil)
+	const gone, other = "erased-while-a-batch-commits", "someone-else"
+	now := time.Now().UnixMilli()
+	if _, err := st.Apply(ctx, &featurestore.Batch{Events: []featurestore.Event{insertRawWatch(t, pool, "w0", other, "held", now)}}); err != nil {
+		t.Fatal(err)
+	}
+	release := testutil.HoldLock(t, dsn, `SELECT 1 FROM feature_items WHERE item_id = 'held' FOR UPDATE`)
+	applied := make(chan error, 1)
+	go func() {
+		_, err := st.Apply(ctx, &featurestore.Batch{
+			Events: []featurestore.Event{insertRawWatch(t, pool, "w1", other, "held", now)},
+			DLQ: []featurestore.DLQEntry{{Topic: "t", Partition: 0, Offset: 1, Key: []byte(gone), Headers: map[string]string{},
+				Payload: []byte("not an event"), Error: "decode", ReceivedMs: now - 1000}},
+		})
+		applied <- err
+	}()
+	waitForLockWaits(t, pool, 1, "transactionid", "tuple")
+	forgot := make(chan error, 1)
+	go func() {
+		_, err := st.Forget(ctx, []string{gone}, 100*time.Millisecond)
+		forgot <- err
+	}()
+	// The record waits for the batch (the fix), or Forget runs to its end without it.
+	var forgetErr error
+	waited := false
+	for deadline := time.Now().Add(20 * time.Second); !waited; time.Sleep(10 * time.Millisecond) {
+		select {
+		case forgetErr = <-forgot:
+			waited = true
+			forgot = nil
+			continue
+		default:
+		}
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		waited = n > 0
+		if time.Now().After(deadline) {
+			t.Fatal("forget neither waited for the batch nor ended")
+		}
+	}
+	release()
+	if err := <-applied; err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	if forgot != nil {
+		forgetErr = <-forgot
+	}
+	if forgetErr != nil {
+		t.Fatalf("forget: %v", forgetErr)
+	}
+	var n int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM feature_dlq WHERE msg_key = $1`, []byte(gone)).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Errorf("%d dlq entries of the erased user, committed while the erasure ran, outlived it", n)
 	}
 }

@@ -67,6 +67,23 @@ func Decode(kind, schemaVersion string, payload []byte) (Event, error) {
 	return FromEvent(ev), nil
 }
 
+// PoisonReceivedMs is the receive time an undecodable message is judged by against erasures
+// (Forgotten.Skip), given its Kafka time: the payload's server_received_ts_ms when it is a
+// JSON object holding a positive one that is earlier (an event of a schema this consumer
+// does not know, or one failing validation, still carries the API's stamp), the message's
+// time otherwise. The relay publishes an event after the API received it, as late as its
+// backlog makes it: an erased user's event received before the erasure and published after
+// it was judged as the user's return and kept in the DLQ, past the erasure's clearing.
+func PoisonReceivedMs(payload []byte, msgTimeMs int64) int64 {
+	var probe struct {
+		ServerReceivedTsMs int64 `json:"server_received_ts_ms"`
+	}
+	if err := json.Unmarshal(payload, &probe); err != nil || probe.ServerReceivedTsMs <= 0 {
+		return msgTimeMs
+	}
+	return min(probe.ServerReceivedTsMs, msgTimeMs)
+}
+
 // DefaultMaxEventFuture is how far past the clock of whoever applies it an event's time may
 // be (--consumer.max-event-future): far more than the API's own window
 // (--ingest.max-event-future, 5 minutes) and any sane clock skew between hosts.

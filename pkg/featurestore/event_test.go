@@ -108,3 +108,23 @@ func TestCheckNotFuture(t *testing.T) {
 		})
 	}
 }
+
+func TestPoisonReceivedMs(t *testing.T) {
+	const msgTime = 5_000
+	for _, tc := range []struct {
+		name, payload string
+		want          int64
+	}{
+		{"not json", `not json`, msgTime},
+		{"no stamp", `{"event_type":"watch"}`, msgTime},
+		{"earlier stamp", `{"event_type":"watch","server_received_ts_ms":1000,"schema":"next"}`, 1000},
+		{"later stamp", `{"server_received_ts_ms":9000}`, msgTime},
+		{"zero stamp", `{"server_received_ts_ms":0}`, msgTime},
+		{"stamp of another type", `{"server_received_ts_ms":"1000"}`, msgTime},
+		{"truncated", `{"server_received_ts_ms":1000`, msgTime},
+	} {
+		if got := PoisonReceivedMs([]byte(tc.payload), msgTime); got != tc.want {
+			t.Errorf("%s: PoisonReceivedMs = %d, want %d", tc.name, got, tc.want)
+		}
+	}
+}

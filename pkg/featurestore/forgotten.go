@@ -46,9 +46,9 @@ type Forgotten struct {
 }
 
 // ForgottenRefresh is how often a consumer rereads the erased users, so that it skips their
-// events before its batches' transactions do (ErasedError, a retry). `recsys users forget`
-// waits longer than this before it deletes, so that the poison messages of erased users that a
-// consumer dead-letters (which that check does not cover) are skipped by then.
+// events and poison messages before its batches' transactions do (ErasedError, a retry; the
+// DLQ insert's check, queueDLQ). `recsys users forget` waits longer than this before it
+// deletes, so that most batches judge by a list that has the erasure.
 const ForgottenRefresh = 5 * time.Second
 
 // RefreshForgotten reads the erased users into f: the whole table the first time, then the
@@ -264,8 +264,8 @@ type ForgetReport struct {
 // it then waits until that time and deletes. A batch judged by a list read before the erasure
 // cannot bring the features back, however long its attempt lasts: the record waits for a
 // batch holding one of the users, and a batch that takes a user after the record finds the
-// erasure in its own transaction (recordForgotten, forgottenCheckSQL). settle must still
-// exceed ForgottenRefresh for the consumers' dead letters (see there). Aggregates over all users (item
+// erasure in its own transaction (recordForgotten, forgottenCheckSQL); its dead letters of the
+// users are ordered against the record the same way (queueDLQ). Aggregates over all users (item
 // statistics, co-visitation lists, global lists, KPI roll-ups) keep their contribution; the
 // dedup keys stay until their retention, and hold the user id (event_id, user_id: migration
 // 0022), so that a resend of an erased event is still a duplicate.

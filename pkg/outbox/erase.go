@@ -92,12 +92,12 @@ ORDER BY id LIMIT $3 FOR UPDATE`, at, after, erasePage)
 	return erased, page[len(page)-1].id, nil
 }
 
-// erasureLockKey is the transaction-scoped advisory lock that orders outbox rows going dead
-// (eraseForgotten, shared) against `recsys users forget` recording erasures in forgotten_users
+// ErasureLockKey is the transaction-scoped advisory lock that orders outbox rows going dead
+// (eraseForgotten, shared) and dead letters being stored (featurestore's batches, shared) against `recsys users forget` recording erasures in forgotten_users
 // (LockErasures, exclusive). The other advisory keys of the repository: 7_254_391_001 to
 // _004 (pkg/featurestore: feature_meta, rebuild, item and user trims), 7_311_500_001
 // (pkg/migrate).
-const erasureLockKey = 7_254_391_005
+const ErasureLockKey = 7_254_391_005
 
 // LockErasures takes, in tx, the lock that a transaction recording erasures in forgotten_users
 // must hold before it writes there: a relay transaction making rows dead meanwhile then waits
@@ -106,7 +106,7 @@ const erasureLockKey = 7_254_391_005
 // is not ordered so: a row going dead at that moment may keep the user's events until the
 // next `users forget` of the same user.
 func LockErasures(ctx context.Context, tx pgx.Tx) error {
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(erasureLockKey)); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(ErasureLockKey)); err != nil {
 		return fmt.Errorf("lock out rows going dead while erasures are recorded: %w", err)
 	}
 	return nil
@@ -158,7 +158,7 @@ func scrubBatch(ctx context.Context, tx pgx.Tx, r batchRow, msgs []Message, gone
 // runs: without this a row still pending, in flight or backing off then, that used its last
 // attempt later, kept the erased user's events (ids, session, client context) for good.
 //
-// It first takes erasureLockKey shared, which waits for an erasure being recorded (which
+// It first takes ErasureLockKey shared, which waits for an erasure being recorded (which
 // holds it exclusively, LockErasures) to commit and holds back any other until tx ends. So
 // either an erasure committed before the lock and the read below (a statement of its own, so
 // a snapshot taken after the lock in READ COMMITTED) sees it, or it commits after tx: the rows
@@ -173,7 +173,7 @@ func eraseForgotten(ctx context.Context, tx pgx.Tx, ids []int64) (int64, error) 
 	if len(ids) == 0 {
 		return 0, nil
 	}
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock_shared($1)`, int64(erasureLockKey)); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock_shared($1)`, int64(ErasureLockKey)); err != nil {
 		return 0, fmt.Errorf("wait for erasures being recorded: %w", err)
 	}
 	type deadRow struct {
