@@ -228,23 +228,31 @@ func (s *Store) forgetUsers(ctx context.Context, users []string) (int64, error) 
 // forgetChunk is how many users' feature rows one transaction of forgetUsers deletes.
 const forgetChunk = 1000
 
-// forgetRedis deletes the users' hashes from the Redis copy.
+// forgetRedis deletes the users' hashes from the Redis copy, forgetRedisChunk per round trip.
 func (s *Store) forgetRedis(ctx context.Context, users []string) error {
-	if s.rd == nil || len(users) == 0 {
+	if s.rd == nil {
 		return nil
 	}
-	// One key per command: in a Redis Cluster the users' hashes live in different slots.
-	cmds := make(rueidis.Commands, len(users))
-	for i, u := range users {
-		cmds[i] = s.rd.B().Del().Key(s.keys.User(u)).Build()
-	}
-	for _, r := range s.rd.DoMulti(ctx, cmds...) {
-		if err := r.Error(); err != nil {
-			return fmt.Errorf("delete users from the redis copy: %w", err)
+	for chunk := range slices.Chunk(users, forgetRedisChunk) {
+		// One key per command: in a Redis Cluster the users' hashes live in different slots.
+		cmds := make(rueidis.Commands, len(chunk))
+		for i, u := range chunk {
+			cmds[i] = s.rd.B().Del().Key(s.keys.User(u)).Build()
+		}
+		for _, r := range s.rd.DoMulti(ctx, cmds...) {
+			if err := r.Error(); err != nil {
+				return fmt.Errorf("delete users from the redis copy: %w", err)
+			}
 		}
 	}
 	return nil
 }
+
+// forgetRedisChunk is how many deletions forgetRedis sends per round trip. A run erases up
+// to 100,000 users: sent at once, they were one pipeline of that many commands and replies,
+// held in memory together, queued on the client's shared connection ahead of everything
+// else it sends, and failed (a write timeout, a node's failover) as one.
+const forgetRedisChunk = 1000
 
 // ForgetReport is what Forget erased, printed as JSON by `recsys users forget`.
 type ForgetReport struct {

@@ -3,13 +3,16 @@ package featurestore_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/redis/rueidis"
 
 	"recsys/pkg/events"
 	"recsys/pkg/featurestore"
@@ -446,5 +449,55 @@ func TestForgetRecordsUnderTheOutboxErasureLock(t *testing.T) {
 	}
 	if got := userRows(t, pool, "forgotten_users"); !slices.Equal(got, []string{"user-gone"}) {
 		t.Errorf("forgotten_users holds %v, want [user-gone]", got)
+	}
+}
+
+// doMultiSizes is a Redis client that records the size of each DoMulti.
+type doMultiSizes struct {
+	rueidis.Client
+	mu    sync.Mutex
+	sizes []int
+}
+
+func (c *doMultiSizes) DoMulti(ctx context.Context, cmds ...rueidis.Completed) []rueidis.RedisResult {
+	c.mu.Lock()
+	c.sizes = append(c.sizes, len(cmds))
+	c.mu.Unlock()
+	return c.Client.DoMulti(ctx, cmds...)
+}
+
+// A large erasure deletes the users' hashes in round trips of a thousand commands, both
+// passes, not in one pipeline of every user's (up to 100,000 per run); every hash goes.
+func TestForgetDeletesRedisHashesInChunks(t *testing.T) {
+	ctx := context.Background()
+	pool, rd := servers(t)
+	rec := &doMultiSizes{Client: rd}
+	st := featurestore.New(pool, rec, testutil.Unique("fc")+":", testConfig(), nil)
+	users := make([]string, 2500)
+	cmds := make(rueidis.Commands, len(users))
+	for i := range users {
+		users[i] = fmt.Sprintf("chunked-%04d", i)
+		cmds[i] = rd.B().Hset().Key(st.UserKey(users[i])).FieldValue().FieldValue("v", "1").Build()
+	}
+	for _, r := range rd.DoMulti(ctx, cmds...) {
+		if err := r.Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := st.Forget(ctx, users, 100*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	rec.mu.Lock()
+	sizes := rec.sizes
+	rec.mu.Unlock()
+	if want := []int{1000, 1000, 500, 1000, 1000, 500}; !slices.Equal(sizes, want) {
+		t.Errorf("DoMulti sizes %v, want %v (two passes of 1,000 per round trip)", sizes, want)
+	}
+	left, err := rd.Do(ctx, rd.B().Keys().Pattern(st.UserKey("chunked-*")).Build()).AsStrSlice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 0 {
+		t.Errorf("%d hashes of erased users left, e.g. %s", len(left), left[0])
 	}
 }
