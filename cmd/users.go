@@ -57,8 +57,8 @@ resend of an erased event is still a duplicate; and the users' forgotten_users r
 keeps the users' events until the topics' retention; pending outbox rows are published (the
 consumers skip the users' events) and deleted once published (after --relay.retention).
 
-The raw tables are scanned once per run, whatever the number of users (without
---pg.statement-timeout, which such a scan outlasts; Ctrl-C stops it): erase users in lists
+The raw tables and the dead outbox rows are scanned once per run, whatever the number of
+users (without --pg.statement-timeout, which such a scan outlasts; Ctrl-C stops it): erase users in lists
 (up to 100,000 per run), e.g. once a day. Prints {"users", "forgotten_at_ms", "deleted":
 {table: rows}}; feature_users counts the users that had features, event_outbox the users'
 events taken out of dead rows.`,

@@ -501,3 +501,47 @@ func TestForgetDeletesRedisHashesInChunks(t *testing.T) {
 		t.Errorf("%d hashes of erased users left, e.g. %s", len(left), left[0])
 	}
 }
+
+// The erasure of dead outbox rows reads every dead row (and its pages, every dead row up to
+// their 500th batch row): an outbox a Kafka outage filled with dead rows takes longer than
+// the sessions' statement_timeout, which cancelled Forget there at every rerun, after the
+// raw rows were gone and before the feature rows. A trigger stands for the long statement,
+// on the deletion of a single-event row and on the rewrite of a batch row.
+func TestForgetDeadOutboxRowsOutlastTheStatementTimeout(t *testing.T) {
+	const gone, other = "user-gone-slow-outbox", "user-stays-slow-outbox"
+	msg := func(id, user string) outbox.Message {
+		return outbox.Message{EventID: id, EventType: "watch", Key: user, SchemaVersion: 1, Payload: []byte(`{"user_id":"` + user + `"}`)}
+	}
+	for _, tc := range []struct {
+		name, event, eventID, key string
+		format                    int16
+		payload                   []byte
+		count                     int
+	}{
+		{"single-event row", "DELETE", "single-gone", gone, outbox.FormatSingle, []byte(`{"user_id":"` + gone + `"}`), 1},
+		{"batch row", "UPDATE", "batch:e1/" + gone + "@g1", "~lane/1", outbox.FormatBatch,
+			outbox.AppendFrame(outbox.AppendFrame(nil, msg("e1", gone)), msg("e2", other)), 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			dsn := testutil.MigratedDatabase(t)
+			pool := testutil.Pool(t, dsn+"&statement_timeout=300")
+			if _, err := pool.Exec(ctx, `INSERT INTO event_outbox (event_id, event_type, topic, msg_key, payload, status, attempts, max_attempts,
+payload_format, event_count) VALUES ($1, 'watch', 't', $2, $3, 'dead', 5, 5, $4, $5)`, tc.eventID, tc.key, tc.payload, tc.format, tc.count); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := pool.Exec(ctx, `CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(1); RETURN COALESCE(NEW, OLD); END $$;
+CREATE TRIGGER slow_write BEFORE `+tc.event+` ON event_outbox FOR EACH ROW EXECUTE FUNCTION slow_write()`); err != nil {
+				t.Fatal(err)
+			}
+			st := featurestore.New(pool, nil, testutil.Unique("fd")+":", testConfig(), nil)
+			rep, err := st.Forget(ctx, []string{gone}, 100*time.Millisecond)
+			if err != nil {
+				t.Fatalf("forget with an outbox statement longer than the statement timeout: %v", err)
+			}
+			if rep.Deleted["event_outbox"] != 1 {
+				t.Errorf("report counts %d outbox events erased, want 1", rep.Deleted["event_outbox"])
+			}
+		})
+	}
+}

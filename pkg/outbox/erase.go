@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // batchIDPrefix starts a batch row's event_id: "batch:" + its first event's id + "/" + that
@@ -26,16 +27,26 @@ const erasePage = 500
 // batch row that does not decode (a poison row) is left as it is. Rows that go dead after it
 // looked lose the users' events as they go dead (eraseForgotten). It returns the events
 // removed.
+//
+// Its statements run without the session's statement_timeout (ctx still stops them): the
+// deletion reads every dead row, and a page every dead row up to its 500th batch row, and
+// an outbox that a Kafka outage filled with millions of dead rows takes longer than the 5 s
+// default (--pg.statement-timeout), which cancelled the erasure there after the users'
+// raw rows were gone, at every rerun.
 func (s *Store) EraseDead(ctx context.Context, users []string, at time.Time) (int64, error) {
 	if len(users) == 0 {
 		return 0, nil
 	}
-	tag, err := s.pool.Exec(ctx, `DELETE FROM event_outbox
+	var erased int64
+	err := untimed(ctx, s.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `DELETE FROM event_outbox
 WHERE status = 'dead' AND payload_format = 1 AND msg_key = ANY($1) AND created_at <= $2`, users, at)
+		erased = tag.RowsAffected()
+		return err
+	})
 	if err != nil {
 		return 0, fmt.Errorf("delete erased users' dead outbox rows: %w", err)
 	}
-	erased := tag.RowsAffected()
 	gone := make(map[string]bool, len(users))
 	for _, u := range users {
 		gone[u] = true
@@ -44,7 +55,7 @@ WHERE status = 'dead' AND payload_format = 1 AND msg_key = ANY($1) AND created_a
 	for {
 		var n int64
 		var last int64
-		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		err := untimed(ctx, s.pool, func(tx pgx.Tx) error {
 			var err error
 			n, last, err = eraseDeadPage(ctx, tx, gone, at, after)
 			return err
@@ -58,6 +69,16 @@ WHERE status = 'dead' AND payload_format = 1 AND msg_key = ANY($1) AND created_a
 		}
 		after = last
 	}
+}
+
+// untimed runs fn in a transaction without the session's statement_timeout.
+func untimed(ctx context.Context, pool *pgxpool.Pool, fn func(tx pgx.Tx) error) error {
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SET LOCAL statement_timeout = 0`); err != nil {
+			return err
+		}
+		return fn(tx)
+	})
 }
 
 // eraseDeadPage scrubs the dead batch rows after id after, up to erasePage of them, under
