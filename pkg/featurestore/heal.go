@@ -493,6 +493,11 @@ func (s *Store) Repopulate(ctx context.Context, force bool) (err error) {
 		if err := s.unlinkErased(ctx, lk); err != nil {
 			return err
 		}
+		// And keeps the keys of users and items trimmed since the snapshot Redis restarted
+		// from, which hide the rows of those that came back.
+		if err := s.resyncStale(ctx, lk); err != nil {
+			return err
+		}
 	}
 	if len(journal) > 0 {
 		if _, err := s.pg.Exec(ctx, `DELETE FROM feature_redis_pending WHERE id = ANY($1)`, journal); err != nil {

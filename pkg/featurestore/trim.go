@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -560,4 +562,140 @@ func (s *Store) topIDs(ctx context.Context, tx pgx.Tx, removed [3]int64, skip []
 		}
 	}
 	return ids, nil
+}
+
+// resyncStale makes the keys of a copy of PostgreSQL's generation that PostgreSQL no longer
+// backs agree with it again (resync): a user or item hash, a neighbour list, or a global
+// list's member whose row is gone, and a hash ahead of its row (a user at a higher version, an
+// item with more impressions or watches, an earlier first seen or a later list version than
+// PostgreSQL now has: values only move that way within a generation, so such a hash is of a
+// row deleted since and created anew). A same-generation repopulation merges into the keys
+// it finds, and a Redis that restarted from an older snapshot, or a replica that missed
+// writes, brings back the keys of users and items trimmed since (after their second pass):
+// the merge kept them, and a returning user's or item's new row stayed hidden behind the
+// old hash. Each key is read before PostgreSQL is, so a hash a batch wrote since is never
+// ahead of the row read after it. It scans every key under the prefix, page by page under
+// the lock (renewed), as a new generation's deletion does.
+func (s *Store) resyncStale(ctx context.Context, lk *repopLock) error {
+	var cursor uint64
+	match := escapeGlob(s.keys.Prefix) + "*"
+	for {
+		e, err := s.rd.Do(ctx, s.rd.B().Scan().Cursor(cursor).Match(match).Count(1000).Build()).AsScanEntry()
+		if err != nil {
+			return fmt.Errorf("scan redis keys for stale rows: %w", err)
+		}
+		var users []string
+		itemSet := map[string]bool{}
+		for _, k := range e.Elements {
+			rest, ok := strings.CutPrefix(k, s.keys.Prefix)
+			if !ok {
+				continue
+			}
+			if id, ok := strings.CutPrefix(rest, "u:"); ok {
+				users = append(users, id)
+			} else if id, ok := strings.CutPrefix(rest, "i:"); ok {
+				itemSet[id] = true
+			} else if id, ok := strings.CutPrefix(rest, "nb:"); ok {
+				itemSet[id] = true
+			}
+		}
+		if err := s.resyncStalePage(ctx, lk, users, sortedKeys(itemSet)); err != nil {
+			return err
+		}
+		if cursor = e.Cursor; cursor == 0 {
+			break
+		}
+	}
+	// Members of the global lists whose item has no hash any more are not among the keys.
+	itemSet := map[string]bool{}
+	for _, key := range []string{s.keys.PopShort, s.keys.PopLong, s.keys.Fresh} {
+		members, err := s.rd.Do(ctx, s.rd.B().Zrange().Key(key).Min("0").Max("-1").Build()).AsStrSlice()
+		if err != nil {
+			return fmt.Errorf("read global list %s for stale rows: %w", key, err)
+		}
+		for _, m := range members {
+			itemSet[m] = true
+		}
+	}
+	if err := s.resyncStalePage(ctx, lk, nil, sortedKeys(itemSet)); err != nil {
+		return err
+	}
+	// A large table's refill was left owed (refillInline): the copy is being completed now.
+	return s.refillOwed(ctx)
+}
+
+// resyncStalePage resyncs those of users and items that resyncStale's rule finds stale.
+func (s *Store) resyncStalePage(ctx context.Context, lk *repopLock, users, items []string) error {
+	if len(users) == 0 && len(items) == 0 {
+		return nil
+	}
+	var staleUsers, staleItems []string
+	if len(users) > 0 {
+		cmds := make(rueidis.Commands, len(users))
+		for i, id := range users {
+			cmds[i] = s.rd.B().Hget().Key(s.keys.User(id)).Field("v").Build()
+		}
+		versions := make([]int64, len(users))
+		for i, r := range s.rd.DoMulti(ctx, cmds...) {
+			v, err := r.AsInt64()
+			if rueidis.IsRedisNil(err) {
+				v, err = -1, nil // gone since the scan, or no version: only a missing row counts
+			}
+			if err != nil {
+				return fmt.Errorf("read user versions of the redis copy: %w", err)
+			}
+			versions[i] = v
+		}
+		rows, _ := s.pg.Query(ctx, `SELECT v.id FROM unnest($1::text[], $2::bigint[]) AS v(id, version)
+LEFT JOIN feature_users u ON u.user_id = v.id WHERE u.user_id IS NULL OR u.version < v.version`, users, versions)
+		var err error
+		if staleUsers, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+			return fmt.Errorf("find stale users of the redis copy: %w", err)
+		}
+	}
+	if len(items) > 0 {
+		fields := []string{"imp", "wat", "fs", "nv"}
+		cmds := make(rueidis.Commands, len(items))
+		for i, id := range items {
+			cmds[i] = s.rd.B().Hmget().Key(s.keys.Item(id)).Field(fields...).Build()
+		}
+		// A field the hash lacks moves nothing: 0 for the counts and the list version, the
+		// largest first seen.
+		vals := [4][]float64{make([]float64, len(items)), make([]float64, len(items)), make([]float64, len(items)), make([]float64, len(items))}
+		for i, r := range s.rd.DoMulti(ctx, cmds...) {
+			got, err := r.ToArray()
+			if err != nil {
+				return fmt.Errorf("read item values of the redis copy: %w", err)
+			}
+			vals[2][i] = math.MaxFloat64
+			for f, m := range got {
+				if x, err := m.AsFloat64(); err == nil {
+					vals[f][i] = x
+				}
+			}
+		}
+		rows, _ := s.pg.Query(ctx, `SELECT v.id FROM unnest($1::text[], $2::float8[], $3::float8[], $4::float8[], $5::float8[]) AS v(id, imp, wat, fs, nv)
+LEFT JOIN feature_items f ON f.item_id = v.id LEFT JOIN feature_neighbours n ON n.item_id = v.id
+WHERE f.item_id IS NULL OR f.impressions < v.imp OR f.watches < v.wat OR f.first_seen_ms > v.fs OR coalesce(n.version, 0) < v.nv`,
+			items, vals[0], vals[1], vals[2], vals[3])
+		var err error
+		if staleItems, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+			return fmt.Errorf("find stale items of the redis copy: %w", err)
+		}
+	}
+	if len(staleUsers) == 0 && len(staleItems) == 0 {
+		return nil
+	}
+	if err := lk.keep(ctx); err != nil {
+		return err
+	}
+	if err := s.resync(ctx, &userTrim, staleUsers); err != nil {
+		return fmt.Errorf("resync stale users of the redis copy: %w", err)
+	}
+	if err := s.resync(ctx, &itemTrim, staleItems); err != nil {
+		return fmt.Errorf("resync stale items of the redis copy: %w", err)
+	}
+	s.log.WarnContext(ctx, "the redis copy held users or items PostgreSQL no longer has (trimmed or erased since a snapshot it was restored from); deleted and written again from PostgreSQL",
+		"users", len(staleUsers), "items", len(staleItems))
+	return nil
 }

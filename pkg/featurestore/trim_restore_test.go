@@ -1,0 +1,153 @@
+package featurestore_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/redis/rueidis"
+
+	"recsys/pkg/featurestore"
+)
+
+// snapshotCopy saves every key of the copy (DUMP) and returns what puts the copy back as it
+// was then, as a Redis that restarts from an older RDB snapshot (or fails over to a replica
+// that missed writes) has it: the keys written since gone, those deleted since back, and the
+// run_id key naming the process before the restart.
+func snapshotCopy(t *testing.T, rd rueidis.Client, keys featurestore.Keys) (restore func()) {
+	t.Helper()
+	ctx := context.Background()
+	dump := func() map[string]string {
+		out := map[string]string{}
+		var cursor uint64
+		for {
+			e, err := rd.Do(ctx, rd.B().Scan().Cursor(cursor).Match(keys.Prefix+"*").Count(1000).Build()).AsScanEntry()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range e.Elements {
+				v, err := rd.Do(ctx, rd.B().Dump().Key(k).Build()).ToString()
+				if err != nil {
+					t.Fatalf("dump %s: %v", k, err)
+				}
+				out[k] = v
+			}
+			if cursor = e.Cursor; cursor == 0 {
+				return out
+			}
+		}
+	}
+	saved := dump()
+	return func() {
+		t.Helper()
+		for k := range dump() {
+			if err := rd.Do(ctx, rd.B().Unlink().Key(k).Build()).Error(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for k, v := range saved {
+			if err := rd.Do(ctx, rd.B().Restore().Key(k).Ttl(0).SerializedValue(v).Replace().Build()).Error(); err != nil {
+				t.Fatalf("restore %s: %v", k, err)
+			}
+		}
+		if err := rd.Do(ctx, rd.B().Set().Key(keys.RunID).Value("the-process-before-the-restart").Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// restartFromSnapshot restores the copy (snapshotCopy) and runs what a consumer does then:
+// RedisReady sees the run_id changed, and the copy, of the same generation, is repopulated
+// by a merge into what Redis holds.
+func restartFromSnapshot(t *testing.T, st *featurestore.Store, restore func()) {
+	t.Helper()
+	ctx := context.Background()
+	restore()
+	if ready, err := st.RedisReady(ctx); err != nil || ready {
+		t.Fatalf("copy restored from a snapshot taken ready (%v), want a repopulation", err)
+	}
+	if err := st.Repopulate(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A Redis restarted from a snapshot taken before a trim (an RDB without AOF: the snapshot is
+// up to the save interval old; or a replica that missed the deletions) brings the trimmed
+// users' hashes back, after their second pass. RedisReady sees the restart (run_id), but
+// the repopulation of the same generation merges into what it finds: it kept the hash of a
+// user PostgreSQL no longer has, and that of a trimmed user who has come back since, whose
+// older, higher version hid the new row (the merge takes a user only to a higher version,
+// and once the new row passed it a partial write completed the old documents).
+func TestSameGenerationRepopulationDropsTrimmedUsers(t *testing.T) {
+	ctx := context.Background()
+	st, pool, rd, keys, now := userTrimFixture(t)
+	restore := snapshotCopy(t, rd, keys)
+	if _, err := st.TrimUsers(ctx, userRetention, 1000); err != nil {
+		t.Fatal(err)
+	}
+	userKind.runSecondPass(t, st, pool)
+	applyMirrored(t, st, []featurestore.Event{trimWatch("back", "gone-w", "z", now)})
+	restartFromSnapshot(t, st, restore)
+	if exists(t, rd, keys.User("gone-m")) {
+		t.Error("the repopulation kept the restored hash of gone-m, trimmed")
+	}
+	userCopyIsPG(t, pool, rd, keys, "gone-w")
+	for _, u := range []string{"kept", "hot"} {
+		userCopyIsPG(t, pool, rd, keys, u)
+	}
+	verifyCopy(t, st)
+	// gone-w's next event (version 2, impressions only: a partial write) lands on the new row.
+	applyMirrored(t, st, []featurestore.Event{trimImpression("back-m", "gone-w", now+1000, "y")})
+	userCopyIsPG(t, pool, rd, keys, "gone-w")
+}
+
+// The same for items: the restored hashes, neighbour lists and places in the global lists of
+// items trimmed since the snapshot go, and an item that came back since has PostgreSQL's new
+// values in the copy, not the trimmed ones the merge (values only grow) kept.
+func TestSameGenerationRepopulationDropsTrimmedItems(t *testing.T) {
+	ctx := context.Background()
+	st, pool, rd, keys, now := trimFixture(t)
+	restore := snapshotCopy(t, rd, keys)
+	if _, err := st.TrimItems(ctx, retention, 1000); err != nil {
+		t.Fatal(err)
+	}
+	itemKind.runSecondPass(t, st, pool)
+	applyMirrored(t, st, []featurestore.Event{trimImpression("m3", "u5", now, "old-a")})
+	restartFromSnapshot(t, st, restore)
+	for _, id := range []string{"old-b", "quiet"} {
+		for _, key := range []string{keys.Item(id), keys.Neighbours(id)} {
+			if exists(t, rd, key) {
+				t.Errorf("the repopulation kept the restored %s, trimmed", key)
+			}
+		}
+	}
+	for _, id := range []string{"old-a", "old-b", "quiet"} {
+		for _, key := range []string{keys.PopShort, keys.PopLong} {
+			if inList(t, rd, key, id) {
+				t.Errorf("the repopulation kept trimmed %s's restored place in %s", id, key)
+			}
+		}
+	}
+	for _, id := range []string{"old-b", "quiet"} {
+		if inList(t, rd, keys.Fresh, id) {
+			t.Errorf("the repopulation kept trimmed %s's restored place in %s", id, keys.Fresh)
+		}
+	}
+	if exists(t, rd, keys.Neighbours("old-a")) {
+		t.Error("old-a came back without a neighbour list, but the copy has the trimmed one")
+	}
+	for f, want := range map[string]int64{"imp": 1, "wat": 0, "fs": now, "nv": 0} {
+		got, err := rd.Do(ctx, rd.B().Hget().Key(keys.Item("old-a")).Field(f).Build()).AsInt64()
+		if rueidis.IsRedisNil(err) && f == "nv" {
+			got, err = 0, nil
+		}
+		if err != nil || got != want {
+			t.Errorf("copy of old-a (back): %s = %d (%v), want PostgreSQL's %d", f, got, err, want)
+		}
+	}
+	for _, id := range []string{"hot", "popular-old", "shown"} {
+		if !exists(t, rd, keys.Item(id)) {
+			t.Errorf("%s, in PostgreSQL, gone from the copy", id)
+		}
+	}
+	verifyCopy(t, st)
+}
