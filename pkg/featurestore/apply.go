@@ -484,7 +484,7 @@ func (s *Store) applyOnce(ctx context.Context, b *Batch) (*Applied, error) {
 				for j := range users {
 					u := &users[j]
 					u.version = byID[u.id]
-					if u.version == 1 {
+					if states[u.id].created {
 						// Created by this batch: no older hash to complete, and what it did
 						// not read are the columns' defaults.
 						u.keep, u.unread = 0, false
@@ -708,6 +708,8 @@ type userDoc struct {
 	wKeys, iKeys, wAdd, iAdd []string
 	// lazy, for a user with impressions only in the batch, replaces st.ImpressionCounts.
 	lazy *lazyImpressions
+	// created: inserted by this batch (its first version, not always 1: see lockUsers).
+	created bool
 }
 
 // decode fills u.st from the stored documents.
@@ -973,11 +975,19 @@ WHERE NOT EXISTS (SELECT 1 FROM feature_applied a WHERE a.event_id = u.id AND (a
 		return states, m, merr, nil
 	}
 	p = &pipeline{}
-	p.exec("insert users", `INSERT INTO feature_users (user_id) SELECT unnest($1::text[])`, missing)
+	// A user the retention trimmed less than TrimSecondPass ago starts above the deleted row's
+	// version: a hash of that row written back late (TrimUsers) must not hide the new one.
+	p.exec("insert users", `INSERT INTO feature_users (user_id, version)
+SELECT v.id, coalesce(t.version, 0) FROM unnest($1::text[]) AS v(id) LEFT JOIN feature_users_trimmed t ON t.user_id = v.id`, missing)
 	lock(p, missing)
 	queueForgottenCheck(p, missing, erased) // after their insert: see forgottenCheckSQL
 	if err := p.run(ctx, c); err != nil {
 		return nil, m, nil, err
+	}
+	for _, id := range missing {
+		if u := states[id]; u != nil {
+			u.created = true
+		}
 	}
 	return states, m, merr, nil
 }

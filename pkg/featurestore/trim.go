@@ -1,6 +1,7 @@
 package featurestore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -38,6 +39,9 @@ type trimTarget struct {
 	table   string // the rows trimmed, by their primary key id
 	id      string
 	trimmed string // the ids trimmed whose Redis keys await the second pass (trimmed_at)
+	// version, when set, is table's version column, which trimmed keeps as the deleted
+	// row's (see TrimUsers).
+	version string
 	lockKey int64
 	// inactive is the criterion, SQL over a row of table: $3 is the cut (ms, PostgreSQL's
 	// clock: rows no batch wrote since), $4... what args returns.
@@ -100,12 +104,14 @@ func (s *Store) TrimItems(ctx context.Context, retention time.Duration, page int
 // A batch holding a user's row is writing an event of theirs: the trim passes such rows by
 // (SKIP LOCKED) instead of waiting, so it never holds up a batch for longer than its own
 // short transaction, and never waits in a cycle with one or with `users forget`. A batch that
-// locks the user after the trim's commit finds no row and creates it (version 1: every
-// document written whole, in PostgreSQL and in the copy). The copy's merge takes a user's
-// hash only to a higher version, so a hash of the trimmed user written back late (a
-// read-through or a journal heal that read the row before the deletion) would hide the new
-// row's first versions: each Redis pass deletes the hash, then writes again whole every user
-// PostgreSQL has back by then.
+// locks the user after the trim's commit finds no row and creates it (every document written
+// whole, in PostgreSQL and in the copy). The copy's merge takes a user's hash only to a
+// higher version, so a hash of the trimmed user written back late (a read-through or a
+// journal heal that read the row before the deletion) would hide the new row's first
+// versions: feature_users_trimmed keeps the deleted row's version until the second pass, and
+// a user created again meanwhile starts above it (lockUsers); each Redis pass deletes the
+// hash, then writes again whole every user PostgreSQL has back by then. After the second pass
+// a user's version starts over at 1.
 func (s *Store) TrimUsers(ctx context.Context, retention time.Duration, page int) (int, error) {
 	return s.trim(ctx, &userTrim, retention, page)
 }
@@ -194,7 +200,7 @@ var itemTrim = trimTarget{
 }
 
 var userTrim = trimTarget{
-	what: "users", table: "feature_users", id: "user_id", trimmed: "feature_users_trimmed", lockKey: userTrimLockKey,
+	what: "users", table: "feature_users", id: "user_id", trimmed: "feature_users_trimmed", version: "version", lockKey: userTrimLockKey,
 	inactive: "last_active_ms < $3",
 	args:     func(context.Context, pgx.Tx, int64) ([]any, bool, error) { return nil, true, nil },
 	// A row a batch holds is active: passed by, never waited for.
@@ -300,6 +306,7 @@ WHERE `+t.id+` > $1 ORDER BY `+t.id+` LIMIT $2`, args...)
 		s.trimHooks.scanned(cands)
 	}
 	var deleted []string
+	var versions []int64
 	if len(cands) > 0 {
 		if t.lockFirst != nil {
 			if err := t.lockFirst(ctx, tx, cands); err != nil {
@@ -311,8 +318,12 @@ WHERE `+t.id+` > $1 ORDER BY `+t.id+` LIMIT $2`, args...)
 		args[0] = cands
 		rows, _ := tx.Query(ctx, `DELETE FROM `+t.table+` WHERE `+t.id+` IN (
   SELECT `+t.id+` FROM `+t.table+` WHERE `+t.id+` = ANY($1) AND `+t.inactive+` ORDER BY `+t.id+` LIMIT $2 `+t.lockRows+`)
-RETURNING `+t.id, args...)
-		if deleted, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+RETURNING `+t.id+`, `+cmp.Or(t.version, "0"), args...)
+		var v int64
+		if _, err := pgx.ForEachRow(rows, []any{&id, &v}, func() error {
+			deleted, versions = append(deleted, id), append(versions, v)
+			return nil
+		}); err != nil {
 			return nil, false, fmt.Errorf("delete inactive %s: %w", t.what, err)
 		}
 	}
@@ -322,8 +333,15 @@ RETURNING `+t.id, args...)
 				return nil, false, err
 			}
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO `+t.trimmed+` (`+t.id+`) SELECT unnest($1::text[])
-ON CONFLICT (`+t.id+`) DO UPDATE SET trimmed_at = now()`, deleted); err != nil {
+		record := `INSERT INTO ` + t.trimmed + ` (` + t.id + `) SELECT unnest($1::text[])
+ON CONFLICT (` + t.id + `) DO UPDATE SET trimmed_at = now()`
+		rargs := []any{deleted}
+		if t.version != "" {
+			record = `INSERT INTO ` + t.trimmed + ` AS t (` + t.id + `, version) SELECT * FROM unnest($1::text[], $2::bigint[])
+ON CONFLICT (` + t.id + `) DO UPDATE SET trimmed_at = now(), version = GREATEST(t.version, excluded.version)`
+			rargs = append(rargs, versions)
+		}
+		if _, err := tx.Exec(ctx, record, rargs...); err != nil {
 			return nil, false, fmt.Errorf("record trimmed %s: %w", t.what, err)
 		}
 	}

@@ -138,7 +138,8 @@ func TestTrimUsersDeletesInactiveUsersOnly(t *testing.T) {
 }
 
 // A trimmed user with a new event comes back as a new user, whole, in PostgreSQL and in the
-// copy: version 1, their history and counters that event's alone. A redelivered event of
+// copy: their history and counters that event's alone, at the version after the trimmed
+// row's while the second pass is due (then at 1). A redelivered event of
 // theirs applied before the trim is still a duplicate (the dedup records stay) and brings
 // nothing back.
 func TestTrimmedUserComesBackWhole(t *testing.T) {
@@ -167,8 +168,8 @@ func TestTrimmedUserComesBackWhole(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v != 1 || len(hist) != 1 || hist[0].ItemID != "z" {
-		t.Errorf("gone-w back at version %d with history %+v, want version 1 and only z", v, hist)
+	if v != 3 || len(hist) != 1 || hist[0].ItemID != "z" {
+		t.Errorf("gone-w back at version %d with history %+v, want version 3 (the trimmed row's 2, plus one) and only z", v, hist)
 	}
 	for _, u := range []string{"gone-w", "gone-m"} {
 		userCopyIsPG(t, pool, rd, keys, u)
@@ -177,8 +178,8 @@ func TestTrimmedUserComesBackWhole(t *testing.T) {
 }
 
 // A batch that writes a user while a trim deletes them waits for the trim's lock, finds no
-// row and creates the user anew. The copy's hash of the trimmed user is at a higher version
-// than the new row's, which the merge would keep: whatever order the batch's Redis write and
+// row and creates the user anew, above the trimmed row's version. The copy's hash of the
+// trimmed user is at a version the merge would keep over a row starting at 1: whatever order the batch's Redis write and
 // the trim's deletion land in, the copy ends up with PostgreSQL's new row. Each case has the
 // batch's write land at another step of the trim: before the hashes are deleted, between
 // their deletion and the trim's read of what came back, and after the trim is done.
@@ -188,13 +189,13 @@ func TestTrimUsersRacingABatchLeavesTheCopyWhole(t *testing.T) {
 			ctx := context.Background()
 			st, pool, rd, keys, now := userTrimFixture(t)
 			if got := hget(t, rd, keys.User("gone-w"), "v"); got < 2 {
-				t.Fatalf("fixture: gone-w's hash at version %d, want above the new row's 1", got)
+				t.Fatalf("fixture: gone-w's hash at version %d, want 2 or more (above a row starting at 1)", got)
 			}
 			raceTrim(t, st, pool, userKind, at, "gone-w", "the trimmed users",
 				trimWatch("race-w", "gone-w", "z", now), trimImpression("race-m", "gone-m", now, "y"))
 			var v int64
-			if err := pool.QueryRow(ctx, `SELECT version FROM feature_users WHERE user_id = 'gone-w'`).Scan(&v); err != nil || v != 1 {
-				t.Fatalf("gone-w in PostgreSQL at version %d (%v), want 1 (created anew by the batch)", v, err)
+			if err := pool.QueryRow(ctx, `SELECT version FROM feature_users WHERE user_id = 'gone-w'`).Scan(&v); err != nil || v != 3 {
+				t.Fatalf("gone-w in PostgreSQL at version %d (%v), want 3 (created anew by the batch, above the trimmed row's 2)", v, err)
 			}
 			for _, u := range []string{"gone-w", "gone-m"} {
 				userCopyIsPG(t, pool, rd, keys, u)
@@ -230,7 +231,7 @@ func TestTrimUsersSecondPassReplacesLateWrites(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// gone-w comes back: the copy keeps the late hash at version 9 over the new row's 1.
+	// gone-w comes back: the copy keeps the late hash at version 9 over the new row's 3.
 	applyMirrored(t, st, []featurestore.Event{trimWatch("back", "gone-w", "z", now)})
 	if got := hget(t, rd, keys.User("gone-w"), "v"); got != 9 {
 		t.Fatalf("fixture: the copy's gone-w at version %d, want the late write's 9", got)
@@ -366,5 +367,49 @@ func TestTrimUsersRacingForget(t *testing.T) {
 	if got := userRows(t, pool, "feature_users"); slices.Contains(got, "gone-w") || exists(t, rd, keys.User("gone-w")) {
 		t.Errorf("gone-w back after the trim and the erasure (rows %v)", got)
 	}
+	verifyCopy(t, st)
+}
+
+// A writer that read a user's row before the trim and wrote the copy after the trim deleted
+// the hash (a read-through, a journal heal) brings the old hash back, at the old row's
+// version. A user who comes back before the second pass gets a row at a higher version than
+// that (the trim keeps the deleted row's version until then), so their first write replaces
+// the late hash instead of hiding behind it until the second pass.
+func TestTrimmedUserComingBackOutranksALateWrite(t *testing.T) {
+	ctx := context.Background()
+	st, pool, rd, keys, now := userTrimFixture(t)
+	gone := []string{"gone-w", "gone-m"}
+	saved := map[string]map[string]string{}
+	for _, u := range gone {
+		h, err := rd.Do(ctx, rd.B().Hgetall().Key(keys.User(u)).Build()).AsStrMap()
+		if err != nil || len(h) == 0 {
+			t.Fatalf("hash of %s: %v %v", u, h, err)
+		}
+		saved[u] = h
+	}
+	if _, err := st.TrimUsers(ctx, userRetention, 1000); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range gone {
+		cmd := rd.B().Hset().Key(keys.User(u)).FieldValue()
+		for f, v := range saved[u] {
+			cmd = cmd.FieldValue(f, v)
+		}
+		if err := rd.Do(ctx, cmd.Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	applyMirrored(t, st, []featurestore.Event{trimWatch("back-w", "gone-w", "z", now), trimImpression("back-m", "gone-m", now, "y")})
+	for _, u := range gone {
+		userCopyIsPG(t, pool, rd, keys, u)
+	}
+	// The next write of each, impressions only, is partial: it completes the new hash.
+	applyMirrored(t, st, []featurestore.Event{trimImpression("again-w", "gone-w", now+1000, "x"), trimImpression("again-m", "gone-m", now+1000, "x")})
+	for _, u := range gone {
+		userCopyIsPG(t, pool, rd, keys, u)
+	}
+	verifyCopy(t, st)
+	// After the second pass a trimmed user's version starts over: nothing of the old hash is left.
+	userKind.runSecondPass(t, st, pool)
 	verifyCopy(t, st)
 }

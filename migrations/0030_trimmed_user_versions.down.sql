@@ -1,0 +1,1 @@
+ALTER TABLE feature_users_trimmed DROP COLUMN version;
