@@ -644,6 +644,10 @@ func (s *Store) resyncStale(ctx context.Context, lk *repopLock) error {
 
 // resyncStalePage resyncs those of users and items that resyncStale's rule finds stale.
 func (s *Store) resyncStalePage(ctx context.Context, lk *repopLock, users, items []string) error {
+	// Renewed at every page, stale rows or not: a scan of a large copy outlasts lockTTL.
+	if err := lk.keep(ctx); err != nil {
+		return err
+	}
 	if len(users) == 0 && len(items) == 0 {
 		return nil
 	}
@@ -703,9 +707,6 @@ WHERE f.item_id IS NULL OR f.impressions < v.imp OR f.watches < v.wat OR f.first
 	}
 	if len(staleUsers) == 0 && len(staleItems) == 0 {
 		return nil
-	}
-	if err := lk.keep(ctx); err != nil {
-		return err
 	}
 	if err := s.resync(ctx, &userTrim, staleUsers); err != nil {
 		return fmt.Errorf("resync stale users of the redis copy: %w", err)

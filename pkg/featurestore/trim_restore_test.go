@@ -2,7 +2,9 @@ package featurestore_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/redis/rueidis"
 
@@ -150,4 +152,52 @@ func TestSameGenerationRepopulationDropsTrimmedItems(t *testing.T) {
 		}
 	}
 	verifyCopy(t, st)
+}
+
+// The scan of a same-generation repopulation for stale keys covers the whole database (over
+// 15 s with millions of keys) and renews the repopulation lock at every page, as the
+// deletion of a new generation's copy does (TestRepopulationLockIsRenewedWhileDeleting): an
+// expired lock failed the repopulation at its end, every attempt.
+func TestSameGenerationRepopulationRenewsItsLockWhileScanning(t *testing.T) {
+	ctx := context.Background()
+	st, _, rd, keys := repopulatedCopy(t, "rpsl", 0)
+	const filler = 300_000
+	for f := 0; f < filler; f += 2000 {
+		cmd := rd.B().Mset().KeyValue()
+		for i := f; i < min(f+2000, filler); i++ {
+			cmd = cmd.KeyValue(fmt.Sprintf("%sother:%d", keys.Prefix, i), "x")
+		}
+		if err := rd.Do(ctx, cmd.Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := rd.Do(ctx, rd.B().Unlink().Key(keys.Ready).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- st.Repopulate(ctx, false) }()
+	lowest := time.Hour
+	for {
+		select {
+		case err := <-done:
+			took := time.Since(start)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("repopulation took %v; lowest lock TTL after 100 ms: %v", took, lowest)
+			if took < 300*time.Millisecond {
+				t.Fatalf("the repopulation took %v: too fast to tell (more filler keys)", took)
+			}
+			if lowest < 15*time.Second-150*time.Millisecond {
+				t.Errorf("the lock's TTL fell to %v during the repopulation: it is not renewed", lowest)
+			}
+			return
+		default:
+		}
+		if d := pttl(t, rd, keys.Lock); d > 0 && d < lowest && time.Since(start) > 100*time.Millisecond {
+			lowest = d
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
