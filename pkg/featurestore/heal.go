@@ -375,7 +375,10 @@ func (l *repopLock) while(ctx context.Context, f func() error) error {
 
 // Repopulate rebuilds the Redis copy from PostgreSQL while the consumers keep writing.
 // force (the `features rebuild` command) first bumps the generation, so the copy is replaced
-// rather than merged (members PostgreSQL no longer has are dropped).
+// rather than merged (members PostgreSQL no longer has are dropped). A merge into a copy of
+// the same generation then drops the erased users' hashes (unlinkErased) and resyncs the keys
+// PostgreSQL no longer backs or is behind (resyncStale: rows trimmed or erased since the
+// snapshot a restarted Redis came back from).
 //
 // Order matters: the generation is bumped under the exclusive meta lock, so every batch of
 // the old generation has committed; while the old data is deleted the copy's meta refuses
