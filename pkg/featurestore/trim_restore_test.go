@@ -108,6 +108,10 @@ func TestSameGenerationRepopulationDropsTrimmedUsers(t *testing.T) {
 func TestSameGenerationRepopulationDropsTrimmedItems(t *testing.T) {
 	ctx := context.Background()
 	st, pool, rd, keys, now := trimFixture(t)
+	// A place in a global list whose item's hash is gone too: no key of the item to meet.
+	if err := rd.Do(ctx, rd.B().Zadd().Key(keys.PopLong).ScoreMember().ScoreMember(0.5, "ghost").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
 	restore := snapshotCopy(t, rd, keys)
 	if _, err := st.TrimItems(ctx, retention, 1000); err != nil {
 		t.Fatal(err)
@@ -133,6 +137,9 @@ func TestSameGenerationRepopulationDropsTrimmedItems(t *testing.T) {
 		if inList(t, rd, keys.Fresh, id) {
 			t.Errorf("the repopulation kept trimmed %s's restored place in %s", id, keys.Fresh)
 		}
+	}
+	if inList(t, rd, keys.PopLong, "ghost") {
+		t.Error("the repopulation kept a place in pop:l of an item with neither a row nor a hash")
 	}
 	if exists(t, rd, keys.Neighbours("old-a")) {
 		t.Error("old-a came back without a neighbour list, but the copy has the trimmed one")
