@@ -212,8 +212,8 @@ func (p *Process) stop(t *testing.T, sig syscall.Signal) {
 	}
 }
 
-// killMidBatch kills a relay (-9) while it holds claimed rows, or after 3 s without catching
-// it at that.
+// killMidBatch kills a relay (-9) as soon as it is seen holding claimed rows (a batch may
+// still complete before the signal lands), or after 3 s without seeing it so.
 func killMidBatch(t *testing.T, pool *pgxpool.Pool, relay *Process) {
 	t.Helper()
 	var owner string
@@ -234,7 +234,7 @@ func killMidBatch(t *testing.T, pool *pgxpool.Pool, relay *Process) {
 		}
 	}
 	relay.stop(t, syscall.SIGKILL)
-	t.Logf("relay %s killed, holding claimed rows: %v", owner, held)
+	t.Logf("relay %s killed, claimed rows seen just before: %v", owner, held)
 }
 
 // waitUntil polls cond until it holds (true) or timeout passes (false).
@@ -392,11 +392,11 @@ func (l *soakLoad) writer(w int) {
 
 // post sends body to path until an answer that a resend would not change: a success or a
 // client error. Network errors, 5xx and 429 are resent, with the same body (the same event
-// ids), to the next API, for up to 30 s; 0 means no definite answer.
+// ids), to the next API, for up to a minute; 0 means no definite answer.
 func (l *soakLoad) post(path string, body any) int {
 	b, _ := json.Marshal(body)
 	first := l.next.Add(1)
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(time.Minute)
 	backoff := 20 * time.Millisecond
 	for attempt := 0; ; attempt++ {
 		l.requests.Add(1)
