@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -40,6 +41,8 @@ type Config struct {
 
 	OriginalExcludeRated bool
 
+	BPR BPROptions
+
 	Product ProductOptions
 	// EASE enables the product's learned component with EASEOptions.
 	EASE        bool
@@ -52,6 +55,7 @@ const (
 	MethodMostPopular = "most_popular"
 	MethodOriginal    = "original_rule"
 	MethodItemKNN     = "item_knn"
+	MethodBPR         = "bpr"
 
 	ProtocolPrequential  = "prequential"
 	ProtocolLeaveLastOut = "leave-last-out"
@@ -61,7 +65,7 @@ const (
 func DefaultConfig() Config {
 	return Config{
 		Protocols:       []string{ProtocolPrequential, ProtocolLeaveLastOut},
-		Methods:         []string{MethodProduct, MethodMostPopular, MethodOriginal, MethodItemKNN},
+		Methods:         []string{MethodProduct, MethodMostPopular, MethodOriginal, MethodItemKNN, MethodBPR},
 		K:               10,
 		Windows:         10,
 		HoldoutFrom:     0.8,
@@ -70,6 +74,7 @@ func DefaultConfig() Config {
 		KNNNeighbours:   100,
 		KNNRetrainEvery: 2000,
 		KNNMaxProfile:   200,
+		BPR:             DefaultBPROptions(),
 		Product:         ProductOptions{Features: features.DefaultConfig(), Ranking: ranking.DefaultConfig(), RetrainEvery: 10000},
 		EASE:            true,
 		EASEOptions:     ranking.DefaultEASEOptions(),
@@ -80,7 +85,7 @@ func DefaultConfig() Config {
 func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Data, "data", c.Data, "ratings file: ml-100k/u.data or ml-latest-small/ratings.csv (required; never copy the datasets into the repository)")
 	fs.StringSliceVar(&c.Protocols, "protocol", c.Protocols, "protocols to run: prequential, leave-last-out")
-	fs.StringSliceVar(&c.Methods, "methods", c.Methods, "methods to evaluate: recsys, most_popular, original_rule, item_knn")
+	fs.StringSliceVar(&c.Methods, "methods", c.Methods, "methods to evaluate: recsys, most_popular, original_rule, item_knn, bpr")
 	fs.IntVar(&c.K, "k", c.K, "list length (HR@k, NDCG@k)")
 	fs.IntVar(&c.Windows, "windows", c.Windows, "prequential: number of equal-count windows reported")
 	fs.Float64Var(&c.HoldoutFrom, "holdout-from", c.HoldoutFrom, "prequential: fraction of the stream after which events are the held-out part")
@@ -93,6 +98,13 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.KNNNeighbours, "knn.neighbours", c.KNNNeighbours, "item-kNN baseline: neighbours kept per item")
 	fs.IntVar(&c.KNNRetrainEvery, "knn.retrain-every", c.KNNRetrainEvery, "item-kNN baseline: retrain after this many events during the prequential replay")
 	fs.IntVar(&c.KNNMaxProfile, "knn.max-profile", c.KNNMaxProfile, "item-kNN baseline: most recent items of the user used for scoring (0 = all)")
+	fs.IntVar(&c.BPR.Factors, "bpr.factors", c.BPR.Factors, "BPR baseline: latent factors")
+	fs.IntVar(&c.BPR.Epochs, "bpr.epochs", c.BPR.Epochs, "BPR baseline: SGD epochs per training (each draws as many triples as there are positives)")
+	fs.Float64Var(&c.BPR.LR, "bpr.lr", c.BPR.LR, "BPR baseline: SGD learning rate")
+	fs.Float64Var(&c.BPR.Reg, "bpr.reg", c.BPR.Reg, "BPR baseline: L2 regularisation")
+	fs.Float64Var(&c.BPR.InitStd, "bpr.init-std", c.BPR.InitStd, "BPR baseline: standard deviation of the initial factors")
+	fs.Uint64Var(&c.BPR.Seed, "bpr.seed", c.BPR.Seed, "BPR baseline: seed of the initial factors and of the SGD sampling")
+	fs.IntVar(&c.BPR.RetrainEvery, "bpr.retrain-every", c.BPR.RetrainEvery, "BPR baseline: retrain from scratch after this many events during the prequential replay")
 	fs.BoolVar(&c.OriginalExcludeRated, "original.exclude-rated", c.OriginalExcludeRated, "original rule baseline: also exclude every item the user rated, like the other methods (off: only its last 20 history items, as the original service did)")
 	fs.BoolVar(&c.Product.RatingAsPercent, "rating-as-percent", c.Product.RatingAsPercent, "product: send rating×20 as percent_watched (watch quality follows the rating)")
 	fs.BoolVar(&c.EASE, "ease", c.EASE, "product: add the learned EASE item-item component (retrained periodically from the observed events)")
@@ -121,9 +133,9 @@ func (c Config) Validate() error {
 	}
 	for _, m := range c.Methods {
 		switch m {
-		case MethodProduct, MethodMostPopular, MethodOriginal, MethodItemKNN:
+		case MethodProduct, MethodMostPopular, MethodOriginal, MethodItemKNN, MethodBPR:
 		default:
-			errs = append(errs, fmt.Errorf("--methods: unknown method %q (want recsys, most_popular, original_rule, item_knn)", m))
+			errs = append(errs, fmt.Errorf("--methods: unknown method %q (want recsys, most_popular, original_rule, item_knn, bpr)", m))
 		}
 	}
 	if len(c.Methods) == 0 {
@@ -156,6 +168,14 @@ func (c Config) Validate() error {
 	if c.KNNMaxProfile < 0 {
 		errs = append(errs, fmt.Errorf("--knn.max-profile must be >= 0, got %d", c.KNNMaxProfile))
 	}
+	if slices.Contains(c.Methods, MethodBPR) {
+		if err := c.BPR.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("--bpr.*: %w", err))
+		}
+		if c.BPR.RetrainEvery < 1 {
+			errs = append(errs, fmt.Errorf("--bpr.retrain-every must be >= 1, got %d", c.BPR.RetrainEvery))
+		}
+	}
 	if c.EASE {
 		if err := c.EASEOptions.Validate(); err != nil {
 			errs = append(errs, fmt.Errorf("--ease.*: %w", err))
@@ -185,6 +205,7 @@ type Report struct {
 	// OriginalExcludeRated records --original.exclude-rated.
 	OriginalExcludeRated bool    `json:"original_exclude_rated,omitempty"`
 	EASE                 any     `json:"ease,omitempty"`
+	BPR                  any     `json:"bpr,omitempty"`
 	DurationSec          float64 `json:"duration_sec"`
 }
 
@@ -214,6 +235,12 @@ func (c Config) methods(prequential bool) []Method {
 				every = 0 // trained once by LeaveLastOut
 			}
 			out = append(out, NewItemKNN(c.KNNNeighbours, every, c.KNNMaxProfile))
+		case MethodBPR:
+			o := c.BPR
+			if !prequential {
+				o.RetrainEvery = 0 // trained once by LeaveLastOut
+			}
+			out = append(out, NewBPR(o))
 		}
 	}
 	return out
@@ -240,6 +267,9 @@ func Run(ctx context.Context, c Config, progress io.Writer) (*Report, error) {
 		K: c.K, HoldoutFrom: c.HoldoutFrom, TestEvery: c.TestEvery,
 		Features: c.Product.Features, Ranking: c.Product.Ranking, RatingAsPct: c.Product.RatingAsPercent,
 		OriginalExcludeRated: c.OriginalExcludeRated,
+	}
+	if slices.Contains(c.Methods, MethodBPR) {
+		rep.BPR = c.BPR
 	}
 	if c.EASE {
 		rep.EASE = struct {
