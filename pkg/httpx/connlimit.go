@@ -57,6 +57,9 @@ func LimitConnections(ln net.Listener, max int, srv *http.Server) net.Listener {
 	return l
 }
 
+// beforeEvict, set by tests, runs between closeIdle's choice of a connection and its close.
+var beforeEvict func()
+
 type connLimit struct {
 	net.Listener
 	sem       chan struct{} // one per open connection
@@ -101,25 +104,35 @@ func (l *connLimit) Accept() (net.Conn, error) {
 	return lc, nil
 }
 
-// closeIdle closes the connection idle for the longest and reports whether there was one. One whose next request
-// arrives meanwhile loses it, as at --http.idle-timeout: clients resend an idempotent
-// request on a keep-alive connection closed under them.
+// closeIdle closes the connection idle for the longest and reports whether there was one.
+// It first claims the connection (idleSince to evicted) against its next request, which
+// claims it on its first byte (limitedConn.Read): a request that arrives just then is either
+// served or never read, the client seeing the connection closed as at --http.idle-timeout
+// (and resending an idempotent request); it is never served and then cut off its answer.
 func (l *connLimit) closeIdle() bool {
-	var oldest *limitedConn
-	var since int64
-	l.mu.Lock()
-	for c := range l.conns {
-		if s := c.idleSince.Load(); s != 0 && (oldest == nil || s < since) {
-			oldest, since = c, s
+	for {
+		var oldest *limitedConn
+		var since int64
+		l.mu.Lock()
+		for c := range l.conns {
+			if s := c.idleSince.Load(); s > 0 && (oldest == nil || s < since) {
+				oldest, since = c, s
+			}
 		}
+		l.mu.Unlock()
+		if oldest == nil {
+			return false
+		}
+		if !oldest.idleSince.CompareAndSwap(since, evicted) {
+			continue // its next request came: look again
+		}
+		if beforeEvict != nil {
+			beforeEvict()
+		}
+		connIdleEvicted.Inc()
+		_ = oldest.Close()
+		return true
 	}
-	l.mu.Unlock()
-	if oldest == nil {
-		return false
-	}
-	connIdleEvicted.Inc()
-	_ = oldest.Close()
-	return true
 }
 
 func (l *connLimit) Close() error {
@@ -130,8 +143,23 @@ func (l *connLimit) Close() error {
 type limitedConn struct {
 	net.Conn
 	l         *connLimit
-	idleSince atomic.Int64 // unix ns since the connection went idle between requests; 0: not idle
+	idleSince atomic.Int64 // unix ns since the connection went idle between requests; 0: not idle; evicted
 	once      sync.Once
+}
+
+// evicted is the idleSince of a connection closeIdle closes.
+const evicted = -1
+
+// Read claims an idle connection for the request whose bytes it returns, unless closeIdle
+// claimed it first: then the bytes are dropped, unread by net/http.
+func (c *limitedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if s := c.idleSince.Load(); s != 0 && n > 0 {
+		if s == evicted || !c.idleSince.CompareAndSwap(s, 0) {
+			return 0, net.ErrClosed
+		}
+	}
+	return n, err
 }
 
 func (c *limitedConn) Close() error {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -247,5 +248,48 @@ func TestMaxConnectionsValidation(t *testing.T) {
 		if err := cfg.Validate(); (err == nil) != ok || (err != nil && !strings.Contains(err.Error(), "--http.max-connections")) {
 			t.Errorf("--http.max-connections=%d: %v", v, err)
 		}
+	}
+}
+
+// TestLimitConnectionsEvictionRace: a request that reaches an idle connection just as it is
+// chosen to make way must either be served and answered, or never reach the handler (the
+// client sees the connection closed, as at --http.idle-timeout, and may resend it). Served
+// without its answer, a POST /log/* is recorded while its client sees an error and resends it.
+func TestLimitConnectionsEvictionRace(t *testing.T) {
+	type target struct {
+		idle    *client
+		entered chan struct{}
+	}
+	targets := make(chan target, 1)
+	var entered atomic.Bool
+	// Set before the server starts and reset after it ends: Accept's goroutine reads it.
+	t.Cleanup(func() { beforeEvict = nil })
+	beforeEvict = func() {
+		tg := <-targets
+		// The idle connection's next request arrives between the choice and the close.
+		_, _ = io.WriteString(tg.idle, "GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+		select {
+		case <-tg.entered:
+			entered.Store(true)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	s := serveCapped(t, 1)
+	idle := s.dial(t)
+	idle.send(t, "/")
+	if got := idle.answer(t, 5*time.Second); got != "ok" {
+		t.Fatalf("answer %q", got)
+	}
+	<-s.idle
+	targets <- target{idle, s.entered}
+	next := s.dial(t)
+	next.send(t, "/")
+	if got := next.answer(t, 5*time.Second); got != "ok" {
+		t.Fatalf("the new connection answered %q, want ok", got)
+	}
+	close(s.release)
+	got := idle.answer(t, 5*time.Second)
+	if entered.Load() && got != "ok" {
+		t.Fatalf("the request on the connection closed to make way was served, and its client read %q", got)
 	}
 }
