@@ -285,6 +285,7 @@ func Run(ctx context.Context, o Options) error {
 
 	srv := o.HTTP.Server(e)
 	ln = httpx.LimitConnections(ln, o.HTTP.MaxConnections, srv)
+	httpx.WarnDescriptorLimit(o.Log, o.HTTP.MaxConnections)
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			fail(fmt.Errorf("http server: %w", err))

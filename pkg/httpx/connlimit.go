@@ -2,6 +2,7 @@ package httpx
 
 import (
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"sync"
@@ -188,4 +189,26 @@ func (c *limitedConn) ReadFrom(r io.Reader) (int64, error) {
 		return rf.ReadFrom(r)
 	}
 	return io.Copy(struct{ io.Writer }{c.Conn}, r)
+}
+
+// DescriptorHeadroom is what a process needs beside its client connections: the PostgreSQL
+// pool (--pg.max-conns), Redis and Kafka connections (one per broker and group), the
+// listener, files, and the connection held at the cap.
+const DescriptorHeadroom = 1024
+
+// WarnDescriptorLimit logs a warning when the open-file limit leaves no room for max client
+// connections beside DescriptorHeadroom: the cap then does not keep a flood from taking
+// every descriptor, and with them the PostgreSQL, Redis and Kafka dials (EMFILE).
+func WarnDescriptorLimit(log *slog.Logger, max int) {
+	if soft, ok := descriptorLimit(); ok {
+		warnDescriptorLimit(log, max, soft)
+	}
+}
+
+func warnDescriptorLimit(log *slog.Logger, max int, soft uint64) {
+	if max <= 0 || soft >= uint64(max)+DescriptorHeadroom {
+		return
+	}
+	log.Warn("the open-file limit leaves no room for --http.max-connections: a connection flood can take every descriptor, and the PostgreSQL, Redis and Kafka dials fail with it; raise the limit (ulimit -n, LimitNOFILE=, the container runtime's nofile) or lower --http.max-connections",
+		"nofile", soft, "max_connections", max, "headroom", DescriptorHeadroom)
 }

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -291,5 +293,29 @@ func TestLimitConnectionsEvictionRace(t *testing.T) {
 	got := idle.answer(t, 5*time.Second)
 	if entered.Load() && got != "ok" {
 		t.Fatalf("the request on the connection closed to make way was served, and its client read %q", got)
+	}
+}
+
+func TestWarnDescriptorLimit(t *testing.T) {
+	tests := []struct {
+		max  int
+		soft uint64
+		warn bool
+	}{
+		{DefaultMaxConnections, 1 << 20, false},
+		{DefaultMaxConnections, DefaultMaxConnections + DescriptorHeadroom, false},
+		{DefaultMaxConnections, DefaultMaxConnections + DescriptorHeadroom - 1, true},
+		{DefaultMaxConnections, 1024, true},
+		{0, 1024, false}, // no cap: nothing it could protect
+	}
+	for _, tc := range tests {
+		var buf strings.Builder
+		warnDescriptorLimit(slog.New(slog.NewTextHandler(&buf, nil)), tc.max, tc.soft)
+		if got := strings.Contains(buf.String(), "--http.max-connections"); got != tc.warn {
+			t.Errorf("max %d, nofile %d: warned %v, want %v (%q)", tc.max, tc.soft, got, tc.warn, buf.String())
+		}
+	}
+	if _, ok := descriptorLimit(); !ok && runtime.GOOS == "linux" {
+		t.Error("RLIMIT_NOFILE not read")
 	}
 }
