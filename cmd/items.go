@@ -42,7 +42,7 @@ type blockedItem struct {
 // pgCommand opens a small pool on --pg.dsn for a one-shot command and checks the schema.
 func pgCommand(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
 	if dsn == "" {
-		return nil, errors.New("--pg.dsn (RECSYS_PG_DSN or DATABASE_URL) is required")
+		return nil, errors.New(postgres.DSNRequired)
 	}
 	pc := postgres.DefaultConfig()
 	pc.DSN, pc.MaxConns, pc.MinConns = dsn, 2, 0

@@ -52,7 +52,7 @@ to start, the api stays unready and the tools other than migrate refuse.`,
 	cmd.PersistentFlags().DurationVar(&lockRetryFor, "migrate.lock-retry-for", lockRetryFor, "how long up and down retry a migration that gave up waiting for a lock (nothing of it applied) before failing with the schema clean")
 	open := func(ctx context.Context) (*migrate.Migrator, error) {
 		if dsn == "" {
-			return nil, errors.New("--pg.dsn (RECSYS_PG_DSN or DATABASE_URL) is required")
+			return nil, errors.New(postgres.DSNRequired)
 		}
 		// PostgreSQL takes whole milliseconds up to INT_MAX.
 		if lockTimeout < 0 || lockTimeout > math.MaxInt32*time.Millisecond {
@@ -81,7 +81,7 @@ to start, the api stays unready and the tools other than migrate refuse.`,
 	}
 	inspect := func(ctx context.Context) (st migrate.State, err error) {
 		if dsn == "" {
-			return st, errors.New("--pg.dsn (RECSYS_PG_DSN or DATABASE_URL) is required")
+			return st, errors.New(postgres.DSNRequired)
 		}
 		log, err := lc.logger(os.Stderr)
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"recsys/pkg/outbox"
+	"recsys/pkg/postgres"
 )
 
 func newRelayReplayCmd() *cobra.Command {
@@ -59,7 +60,7 @@ requeued; --after-id itself when nothing matched or the first row was skipped).`
 			}
 			var errs []error
 			if dsn == "" {
-				errs = append(errs, errors.New("--pg.dsn (RECSYS_PG_DSN or DATABASE_URL) is required"))
+				errs = append(errs, errors.New(postgres.DSNRequired))
 			}
 			if err := f.Validate(); err != nil {
 				errs = append(errs, err)

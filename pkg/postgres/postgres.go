@@ -54,11 +54,15 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	flagenv.Alias(fs, "pg.lock-timeout", "DB_LOCK_TIMEOUT_MS:ms")
 }
 
+// DSNRequired is the error for a missing --pg.dsn: it names every way to give it, the
+// files of a mounted Secret included.
+const DSNRequired = "--pg.dsn is required: give the flag, RECSYS_PG_DSN or DATABASE_URL, or RECSYS_PG_DSN_FILE or DATABASE_URL_FILE naming a file that holds it"
+
 // Validate reports every invalid setting.
 func (c Config) Validate() error {
 	var errs []error
 	if c.DSN == "" {
-		errs = append(errs, errors.New("--pg.dsn (RECSYS_PG_DSN or DATABASE_URL) is required"))
+		errs = append(errs, errors.New(DSNRequired))
 	} else if _, err := ParseDSN(c.DSN); err != nil {
 		errs = append(errs, fmt.Errorf("--pg.dsn: %w", err))
 	}

@@ -103,3 +103,17 @@ func TestDSNWithARawAtInThePasswordIsRefused(t *testing.T) {
 		}
 	}
 }
+
+// A DSN mounted from a Secret is given as a file: the error for a missing one names those
+// variables too, or the operator who set RECSYS_PG_DSN_FILE in the wrong container cannot tell.
+func TestMissingDSNNamesEveryWayToGiveIt(t *testing.T) {
+	err := DefaultConfig().Validate()
+	if err == nil {
+		t.Fatal("no error without --pg.dsn")
+	}
+	for _, w := range []string{"--pg.dsn", "RECSYS_PG_DSN", "DATABASE_URL", "RECSYS_PG_DSN_FILE", "DATABASE_URL_FILE"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q does not name %s", err, w)
+		}
+	}
+}
