@@ -17,6 +17,7 @@ import (
 
 	"recsys/migrations"
 	"recsys/pkg/flagenv"
+	"recsys/pkg/infra"
 	"recsys/pkg/migrate"
 	"recsys/pkg/postgres"
 )
@@ -68,6 +69,7 @@ to start, the api stays unready and the tools other than migrate refuse.`,
 		if _, err := postgres.ParseDSN(dsn); err != nil {
 			return nil, fmt.Errorf("database url: %w", err)
 		}
+		infra.WarnUnverifiedPostgres(log, dsn)
 		var m *migrate.Migrator
 		err = waitForDatabase(ctx, log, func() (err error) {
 			m, err = migrate.Open(dsn)
@@ -90,6 +92,7 @@ to start, the api stays unready and the tools other than migrate refuse.`,
 		if _, err := postgres.ParseDSN(dsn); err != nil {
 			return st, fmt.Errorf("database url: %w", err)
 		}
+		infra.WarnUnverifiedPostgres(log, dsn)
 		err = waitForDatabase(ctx, log, func() (err error) {
 			st, err = migrate.Inspect(ctx, dsn)
 			return err

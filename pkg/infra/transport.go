@@ -58,6 +58,12 @@ func warnUnverified(log *slog.Logger, cfg Config, need Need) {
 	}
 }
 
+// WarnUnverifiedPostgres logs Open's warning about --pg.dsn for a command that connects
+// without Open (migrate), often the first to reach a new database.
+func WarnUnverifiedPostgres(log *slog.Logger, dsn string) {
+	warnUnverified(log, Config{PG: postgres.Config{DSN: dsn}}, Postgres)
+}
+
 // pgUnverified lists the hosts off this machine that a connection of dsn may reach without
 // verifying the server, and whether it may even be plain text. pgx's own parse decides, as it
 // does for the connections: sslmode, sslrootcert, PGSSLMODE and every host of a multi-host
