@@ -61,3 +61,21 @@ func (f *Forgotten) SetServerStarted(t time.Time) {
 	defer f.refreshing.Unlock()
 	f.started = t
 }
+
+// ResyncStaleOwingLists runs a same-generation repopulation's resync of the keys PostgreSQL
+// no longer backs (resyncStale) under a repopulation lock it takes, with the global lists'
+// refill owed, as trims on a catalog too large to refill inline leave it.
+func (s *Store) ResyncStaleOwingLists(ctx context.Context) error {
+	lk, err := s.takeLock(ctx)
+	if err != nil {
+		return err
+	}
+	defer lk.release(ctx)
+	s.mu.Lock()
+	s.listsOwed = [3]bool{true, true, true}
+	s.mu.Unlock()
+	return s.resyncStale(ctx, lk)
+}
+
+// RepopulationLockTTL is how long a repopulation lock lasts without a renewal.
+const RepopulationLockTTL = lockTTL

@@ -638,8 +638,11 @@ func (s *Store) resyncStale(ctx context.Context, lk *repopLock) error {
 	if err := s.resyncStalePage(ctx, lk, nil, sortedKeys(itemSet)); err != nil {
 		return err
 	}
-	// A large table's refill was left owed (refillInline): the copy is being completed now.
-	return s.refillOwed(ctx)
+	// A large table's refill was left owed (refillInline): the copy is being completed now,
+	// under the lock renewed meanwhile. The refill scans every item per list, tens of seconds
+	// on tens of millions of rows: past lockTTL another heal pass took the lock and copied
+	// everything again, and this repopulation failed at its ready marker.
+	return lk.while(ctx, func() error { return s.refillOwed(ctx) })
 }
 
 // resyncStalePage resyncs those of users and items that resyncStale's rule finds stale.

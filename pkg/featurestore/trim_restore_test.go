@@ -208,3 +208,63 @@ func TestSameGenerationRepopulationRenewsItsLockWhileScanning(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// The refill of the global lists that trims of a large catalog owe (a scan of every item per
+// list: tens of seconds on tens of millions of rows) runs at the end of a same-generation
+// repopulation's resync of stale keys, under its lock. Without renewing it there, the lock
+// expired during a refill longer than its TTL: another consumer's heal pass took it and
+// copied everything again, and this repopulation failed at its ready marker
+// (ErrRepopulationLockLost). Here the refill waits on a lock of feature_items.
+func TestResyncStaleRenewsTheLockDuringTheListsRefill(t *testing.T) {
+	ctx := context.Background()
+	st, pool, rd, keys, _ := trimFixture(t)
+	// A copy without item keys: the resync's scan reads nothing of feature_items, only the
+	// refill does.
+	var cursor uint64
+	for {
+		e, err := rd.Do(ctx, rd.B().Scan().Cursor(cursor).Match(keys.Prefix+"*").Count(1000).Build()).AsScanEntry()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range e.Elements {
+			if k != keys.Meta {
+				if err := rd.Do(ctx, rd.B().Unlink().Key(k).Build()).Error(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if cursor = e.Cursor; cursor == 0 {
+			break
+		}
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // released below
+	if _, err := tx.Exec(ctx, `LOCK TABLE feature_items IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- st.ResyncStaleOwingLists(ctx) }()
+	const held = 3 * time.Second
+	time.Sleep(held)
+	ttl, err := rd.Do(ctx, rd.B().Pttl().Key(keys.Lock).Build()).AsInt64()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// Renewed every second: at least the TTL less two seconds left, where a lock taken
+	// before the wait has the TTL less the wait.
+	if want := (featurestore.RepopulationLockTTL - 2*time.Second).Milliseconds(); ttl < want {
+		t.Errorf("repopulation lock has %d ms left after the refill waited %v, want at least %d: not renewed", ttl, held, want)
+	}
+	if !inList(t, rd, keys.PopLong, "hot") {
+		t.Error("the owed refill did not put hot back into the long popularity list")
+	}
+}
