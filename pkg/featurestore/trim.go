@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 	"time"
 
@@ -660,19 +661,23 @@ func (s *Store) resyncStalePage(ctx context.Context, lk *repopLock, users, items
 		for i, id := range users {
 			cmds[i] = s.rd.B().Hget().Key(s.keys.User(id)).Field("v").Build()
 		}
-		versions := make([]int64, len(users))
+		var ids []string
+		var versions []int64
 		for i, r := range s.rd.DoMulti(ctx, cmds...) {
 			v, err := r.AsInt64()
 			if rueidis.IsRedisNil(err) {
 				v, err = -1, nil // gone since the scan, or no version: only a missing row counts
 			}
+			if notCopyKey(err) {
+				continue
+			}
 			if err != nil {
 				return fmt.Errorf("read user versions of the redis copy: %w", err)
 			}
-			versions[i] = v
+			ids, versions = append(ids, users[i]), append(versions, v)
 		}
 		rows, _ := s.pg.Query(ctx, `SELECT v.id FROM unnest($1::text[], $2::bigint[]) AS v(id, version)
-LEFT JOIN feature_users u ON u.user_id = v.id WHERE u.user_id IS NULL OR u.version < v.version`, users, versions)
+LEFT JOIN feature_users u ON u.user_id = v.id WHERE u.user_id IS NULL OR u.version < v.version`, ids, versions)
 		var err error
 		if staleUsers, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
 			return fmt.Errorf("find stale users of the redis copy: %w", err)
@@ -686,23 +691,31 @@ LEFT JOIN feature_users u ON u.user_id = v.id WHERE u.user_id IS NULL OR u.versi
 		}
 		// A field the hash lacks moves nothing: 0 for the counts and the list version, the
 		// largest first seen.
-		vals := [4][]float64{make([]float64, len(items)), make([]float64, len(items)), make([]float64, len(items)), make([]float64, len(items))}
+		var ids []string
+		var vals [4][]float64
 		for i, r := range s.rd.DoMulti(ctx, cmds...) {
 			got, err := r.ToArray()
+			if notCopyKey(err) {
+				continue
+			}
 			if err != nil {
 				return fmt.Errorf("read item values of the redis copy: %w", err)
 			}
-			vals[2][i] = math.MaxFloat64
+			ids = append(ids, items[i])
+			x := [4]float64{2: math.MaxFloat64}
 			for f, m := range got {
-				if x, err := m.AsFloat64(); err == nil {
-					vals[f][i] = x
+				if v, err := m.AsFloat64(); err == nil {
+					x[f] = v
 				}
+			}
+			for f := range vals {
+				vals[f] = append(vals[f], x[f])
 			}
 		}
 		rows, _ := s.pg.Query(ctx, `SELECT v.id FROM unnest($1::text[], $2::float8[], $3::float8[], $4::float8[], $5::float8[]) AS v(id, imp, wat, fs, nv)
 LEFT JOIN feature_items f ON f.item_id = v.id LEFT JOIN feature_neighbours n ON n.item_id = v.id
 WHERE f.item_id IS NULL OR f.impressions < v.imp OR f.watches < v.wat OR f.first_seen_ms > v.fs OR coalesce(n.version, 0) < v.nv`,
-			items, vals[0], vals[1], vals[2], vals[3])
+			ids, vals[0], vals[1], vals[2], vals[3])
 		var err error
 		if staleItems, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
 			return fmt.Errorf("find stale items of the redis copy: %w", err)
@@ -720,4 +733,18 @@ WHERE f.item_id IS NULL OR f.impressions < v.imp OR f.watches < v.wat OR f.first
 	s.log.WarnContext(ctx, "the redis copy held users or items PostgreSQL no longer has (trimmed or erased since a snapshot it was restored from); deleted and written again from PostgreSQL",
 		"users", len(staleUsers), "items", len(staleItems))
 	return nil
+}
+
+// notCopyKey reports whether err, the reply to a read of a key of the copy's layout, shows
+// it is none of the copy's: a key of another application sharing the namespace (an empty
+// --redis.key-prefix on a shared Redis), of another type or with a version that is no
+// number. resyncStale passes such a key by: it failed every same-generation repopulation,
+// and with it the copy, served from PostgreSQL after every restart of Redis.
+func notCopyKey(err error) bool {
+	var re *rueidis.RedisError
+	if errors.As(err, &re) && strings.HasPrefix(re.Error(), "WRONGTYPE") {
+		return true
+	}
+	var ne *strconv.NumError
+	return errors.As(err, &ne)
 }

@@ -268,3 +268,40 @@ func TestResyncStaleRenewsTheLockDuringTheListsRefill(t *testing.T) {
 		t.Error("the owed refill did not put hot back into the long popularity list")
 	}
 }
+
+// A Redis shared with another application under an empty --redis.key-prefix may hold keys of
+// the copy's layout that are not the copy's (u:…, i:… of another type, or a hash whose "v" is
+// no number). The same-generation repopulation's resync of stale keys read each as the copy's
+// and failed on its reply (WRONGTYPE), at every heal pass: the copy stayed unready, /reco
+// served from PostgreSQL, after every restart of Redis. It passes them by, and the copy's
+// stale keys still go. (A prefix stands in for the empty one here: the test Redis is shared.)
+func TestSameGenerationRepopulationPassesForeignKeysBy(t *testing.T) {
+	ctx := context.Background()
+	st, pool, rd, keys, _ := userTrimFixture(t)
+	foreign := map[string]rueidis.Completed{
+		keys.User("session:1"):    rd.B().Set().Key(keys.User("session:1")).Value("token").Build(),
+		keys.User("queue"):        rd.B().Rpush().Key(keys.User("queue")).Element("job").Build(),
+		keys.User("profile:1"):    rd.B().Hset().Key(keys.User("profile:1")).FieldValue().FieldValue("v", "beta").Build(),
+		keys.Item("cache:1"):      rd.B().Set().Key(keys.Item("cache:1")).Value("x").Build(),
+		keys.Neighbours("tags:1"): rd.B().Sadd().Key(keys.Neighbours("tags:1")).Member("a").Build(),
+	}
+	for _, cmd := range foreign {
+		if err := rd.Do(ctx, cmd).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	restore := snapshotCopy(t, rd, keys)
+	if _, err := st.TrimUsers(ctx, userRetention, 1000); err != nil {
+		t.Fatal(err)
+	}
+	userKind.runSecondPass(t, st, pool)
+	restartFromSnapshot(t, st, restore)
+	if exists(t, rd, keys.User("gone-m")) {
+		t.Error("the repopulation kept the restored hash of gone-m, trimmed")
+	}
+	for _, k := range []string{keys.User("session:1"), keys.User("queue"), keys.User("profile:1"), keys.Item("cache:1")} {
+		if !exists(t, rd, k) {
+			t.Errorf("the repopulation deleted %s, not a key of the copy", k)
+		}
+	}
+}
