@@ -976,9 +976,12 @@ WHERE NOT EXISTS (SELECT 1 FROM feature_applied a WHERE a.event_id = u.id AND (a
 	}
 	p = &pipeline{}
 	// A user the retention trimmed less than TrimSecondPass ago starts above the deleted row's
-	// version: a hash of that row written back late (TrimUsers) must not hide the new one.
+	// version: a hash of that row written back late (TrimUsers) must not hide the new one. A
+	// user `users forget` erased starts above theirs: the copy refuses to create their hash
+	// at or below it (the erasure marker, writeScript).
 	p.exec("insert users", `INSERT INTO feature_users (user_id, version)
-SELECT v.id, coalesce(t.version, 0) FROM unnest($1::text[]) AS v(id) LEFT JOIN feature_users_trimmed t ON t.user_id = v.id`, missing)
+SELECT v.id, greatest(coalesce(t.version, 0), coalesce(f.version, 0)) FROM unnest($1::text[]) AS v(id)
+LEFT JOIN feature_users_trimmed t ON t.user_id = v.id LEFT JOIN forgotten_users f ON f.user_id = v.id`, missing)
 	lock(p, missing)
 	queueForgottenCheck(p, missing, erased) // after their insert: see forgottenCheckSQL
 	if err := p.run(ctx, c); err != nil {

@@ -15,6 +15,10 @@ const MetaLockKey = metaLockKey
 // UserKey is the Redis key of a user's hash.
 func (s *Store) UserKey(id string) string { return s.keys.User(id) }
 
+// SetWriting calls f with the users of each Redis write, after its values were read and
+// before it is sent.
+func (s *Store) SetWriting(f func(users []string)) { s.writing = f }
+
 // AwaitRepopulation is Forget's wait for a running repopulation, with its bound.
 func (s *Store) AwaitRepopulation(ctx context.Context, limit time.Duration) error {
 	return s.awaitRepopulation(ctx, limit)

@@ -213,9 +213,14 @@ func (s *Store) forgetUsers(ctx context.Context, users []string) (int64, error) 
 			if _, err := tx.Exec(ctx, `SELECT 1 FROM feature_users WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE`, chunk); err != nil {
 				return fmt.Errorf("lock: %w", err)
 			}
-			tag, err := tx.Exec(ctx, `DELETE FROM feature_users WHERE user_id = ANY($1::text[])`, chunk)
-			n = tag.RowsAffected()
-			return err
+			// The deleted rows' versions (or a trimmed row's, whose hash a late write-back may
+			// still bring) are the floors of the Redis erasure marker (forgetRedis), kept as
+			// the highest of the user's erasures.
+			return tx.QueryRow(ctx, `WITH d AS (DELETE FROM feature_users WHERE user_id = ANY($1::text[]) RETURNING user_id, version),
+v AS (SELECT user_id, max(version) AS version FROM (SELECT user_id, version FROM d
+  UNION ALL SELECT user_id, version FROM feature_users_trimmed WHERE user_id = ANY($1::text[])) x GROUP BY user_id),
+u AS (UPDATE forgotten_users f SET version = v.version FROM v WHERE f.user_id = v.user_id AND f.version < v.version)
+SELECT count(*) FROM d`, chunk).Scan(&n)
 		})
 		if err != nil {
 			return deleted, fmt.Errorf("delete feature users (the raw data is erased; run it again): %w", err)
@@ -228,24 +233,104 @@ func (s *Store) forgetUsers(ctx context.Context, users []string) (int64, error) 
 // forgetChunk is how many users' feature rows one transaction of forgetUsers deletes.
 const forgetChunk = 1000
 
-// forgetRedis deletes the users' hashes from the Redis copy, forgetRedisChunk per round trip.
+// forgetRedis deletes the users' hashes from the Redis copy, forgetRedisChunk per round
+// trip, after setting each one's erasure marker to the version forgetUsers recorded
+// (eraseScript): from then on no writer creates the hash again from the erased row, however
+// late its write lands (see writeScript).
 func (s *Store) forgetRedis(ctx context.Context, users []string) error {
 	if s.rd == nil {
 		return nil
 	}
 	for chunk := range slices.Chunk(users, forgetRedisChunk) {
-		// One key per command: in a Redis Cluster the users' hashes live in different slots.
-		cmds := make(rueidis.Commands, len(chunk))
-		for i, u := range chunk {
-			cmds[i] = s.rd.B().Del().Key(s.keys.User(u)).Build()
+		rows, _ := s.pg.Query(ctx, `SELECT user_id, version FROM forgotten_users WHERE user_id = ANY($1::text[])`, chunk)
+		versions := make(map[string]int64, len(chunk))
+		var id string
+		var v int64
+		if _, err := pgx.ForEachRow(rows, []any{&id, &v}, func() error { versions[id] = v; return nil }); err != nil {
+			return fmt.Errorf("read erased users' versions: %w", err)
 		}
-		for _, r := range s.rd.DoMulti(ctx, cmds...) {
-			if err := r.Error(); err != nil {
-				return fmt.Errorf("delete users from the redis copy: %w", err)
-			}
+		if err := s.eraseHashes(ctx, chunk, versions, false); err != nil {
+			return fmt.Errorf("delete users from the redis copy: %w", err)
 		}
 	}
 	return nil
+}
+
+// eraseScript erases one user's hash (KEYS[2]) under the erasure marker (KEYS[1]), with the
+// version of the erased row (ARGV[1], 0: not known, which sets no marker). The marker keeps
+// the highest version of the user's erasures and is set before the hash goes: a write
+// landing in between finds the hash, which goes next; one landing after finds the marker.
+// Forget deletes the hash whatever its version, as before markers existed: one of a user who
+// came back meanwhile is written again whole by their next write (it finds no hash to
+// complete). A repopulation restoring the markers (ARGV[2] "1", restoreErased) keeps a hash
+// above the marker: a returning user's.
+const eraseScript = `
+local m = tonumber(redis.call('HGET', KEYS[1], KEYS[2]) or '0')
+if tonumber(ARGV[1]) > m then redis.call('HSET', KEYS[1], KEYS[2], ARGV[1]); m = tonumber(ARGV[1]) end
+if ARGV[2] == '1' and tonumber(redis.call('HGET', KEYS[2], 'v') or '-1') > m then return 0 end
+return redis.call('DEL', KEYS[2])
+`
+
+var luaErase = rueidis.NewLuaScript(eraseScript)
+
+// eraseHashes runs eraseScript for users (one call each: the marker and one user's hash, as
+// the write script's keys share a slot) in one round trip, with versions[user] (0 when
+// absent); keepNewer keeps the hashes above the markers.
+func (s *Store) eraseHashes(ctx context.Context, users []string, versions map[string]int64, keepNewer bool) error {
+	keep := "0"
+	if keepNewer {
+		keep = "1"
+	}
+	calls := make([]rueidis.LuaExec, len(users))
+	for i, u := range users {
+		calls[i] = rueidis.LuaExec{Keys: []string{s.keys.Erased, s.keys.User(u)}, Args: []string{fi(versions[u]), keep}}
+	}
+	for _, r := range luaErase.ExecMulti(ctx, s.rd, calls...) {
+		if err := r.Error(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// restoreErased sets the erasure marker of every erased user with a known version (and
+// deletes their hashes at or below it), page by page under the repopulation lock: a Redis
+// that lost its data or failed over to a replica lost markers with it, and the copy accepts
+// writes again from the moment the repopulation sets its generation. A writer holding a row
+// read before an erasure (a heal that waited out the outage) would otherwise create the
+// erased user's hash again. It runs in every repopulation, before its snapshot: a write that
+// landed before it is deleted here, one landing after finds the marker.
+func (s *Store) restoreErased(ctx context.Context, lk *repopLock) error {
+	const page = 1000
+	after := ""
+	for {
+		if err := lk.keep(ctx); err != nil {
+			return err
+		}
+		rows, _ := s.pg.Query(ctx, `SELECT user_id, version FROM forgotten_users WHERE version > 0 AND user_id > $1
+ORDER BY user_id LIMIT $2`, after, page)
+		var users []string
+		versions := make(map[string]int64, page)
+		var id string
+		var v int64
+		if _, err := pgx.ForEachRow(rows, []any{&id, &v}, func() error {
+			users = append(users, id)
+			versions[id] = v
+			return nil
+		}); err != nil {
+			return fmt.Errorf("read erased users' versions: %w", err)
+		}
+		if len(users) == 0 {
+			return nil
+		}
+		if err := s.eraseHashes(ctx, users, versions, true); err != nil {
+			return fmt.Errorf("restore the erasure markers of the redis copy: %w", err)
+		}
+		if len(users) < page {
+			return nil
+		}
+		after = users[len(users)-1]
+	}
 }
 
 // forgetRedisChunk is how many deletions forgetRedis sends per round trip. A run erases up
@@ -333,11 +418,12 @@ func (s *Store) Forget(ctx context.Context, users []string, settle time.Duration
 		return rep, err
 	}
 	// A writer of the Redis copy that read the user's row before the deletion and writes it
-	// after (the API's read-through of an expired hash, the consumer's journal heal) would
-	// put the hash back: delete it once more when such a write has landed. A repopulation
-	// of the copy is such a writer for as long as it runs (it copies a snapshot page by
-	// page, minutes for a large store), so the second pass also waits for every running
-	// one to end.
+	// after (the API's read-through of an expired hash, the consumer's journal heal, a
+	// repopulation's page) finds the erasure marker forgetUsers set, whenever it lands
+	// (writeScript). The previous release's writers do not check it (a rollout, a
+	// rollback): for them, delete the hash once more when such a write has usually landed,
+	// and after every running repopulation (it copies a snapshot page by page, minutes for a
+	// large store) has ended.
 	t = time.NewTimer(redisSecondPass)
 	select {
 	case <-ctx.Done():
@@ -464,8 +550,9 @@ func eraseRawSQL(table, extra string) string {
 const lateCommitWindow = time.Minute
 
 // redisSecondPass is how long after the deletion Forget deletes the users' Redis hashes
-// again: longer than a read-through or a journal heal takes from its PostgreSQL read to its
-// Redis write.
+// again: longer than a read-through or a journal heal usually takes from its PostgreSQL read
+// to its Redis write. Not a bound (a heal held up by a Redis outage takes longer): the
+// erasure marker is what keeps such a write out; this pass is for writers without it.
 const redisSecondPass = 2 * time.Second
 
 // repopulationWaitMax bounds how long Forget waits for a running repopulation (a large

@@ -465,6 +465,11 @@ func (s *Store) Repopulate(ctx context.Context, force bool) (err error) {
 	if err := lk.do(ctx, "hset", []string{s.keys.Meta}, set...); err != nil {
 		return fmt.Errorf("write redis meta: %w", err)
 	}
+	// The copy takes this generation's writes from here (a merge's, all along): the erasure
+	// markers a Redis that lost its data lost go back first.
+	if err := s.restoreErased(ctx, lk); err != nil {
+		return err
+	}
 	// The snapshot starts only now: every write the copy accepted before (and that the
 	// deletion above may have removed) belongs to a batch committed before this point.
 	tx, err := s.pg.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})

@@ -48,17 +48,17 @@ func TestPlanBoundsRoundTrips(t *testing.T) {
 					nu, _ := strconv.Atoi(e.Args[3])
 					ni, _ := strconv.Atoi(e.Args[4])
 					nn, _ := strconv.Atoi(e.Args[5])
-					if ni != 0 || len(e.Keys) != 4+nu+2*nn {
+					if ni != 0 || len(e.Keys) != 5+nu+2*nn {
 						t.Fatalf("call with %d keys for %d users, %d items, %d neighbour lists", len(e.Keys), nu, ni, nn)
 					}
 					// A call passes callBytes by at most its last entry; one entry alone may be larger.
 					if nu+nn > 1 && cb > callBytes+c.docB+1024 {
 						t.Fatalf("call of %d entries carries %d bytes", nu+nn, cb)
 					}
-					for _, k := range e.Keys[4 : 4+nu] {
+					for _, k := range e.Keys[5 : 5+nu] {
 						users = append(users, strings.TrimPrefix(k, "p:u:"))
 					}
-					for j := 4 + nu; j < len(e.Keys); j += 2 { // a list, then its item's hash
+					for j := 5 + nu; j < len(e.Keys); j += 2 { // a list, then its item's hash
 						item := strings.TrimPrefix(e.Keys[j], "p:nb:")
 						if e.Keys[j+1] != "p:i:"+item {
 							t.Fatalf("list %s with item key %s", e.Keys[j], e.Keys[j+1])

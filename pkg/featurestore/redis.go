@@ -39,8 +39,21 @@ import (
 // so a change never lands on a list that lost its members. (A list PostgreSQL keeps empty
 // is sent whole each time it is rewritten; lists only grow between cuts to the top M.)
 //
-// KEYS: meta, pop:s, pop:l, fresh, then one key per user and item entry, and two per
-// neighbour entry (the list and its item's hash).
+// A user hash is never created at or below the version the erasure marker (KEYS[5], a hash
+// of user keys) holds for its key: the version of the row `users forget` deleted. Every
+// writer of a user hash (a batch, the journal heal, a read-through, a repopulation's page, a
+// trim's write-back) writes a version read from PostgreSQL, and one that read the row before
+// the deletion carries a version at or below it however late its write lands (a heal after a
+// Redis outage, a stalled process, a command left in a socket): a time-based second pass
+// cannot bound that, a check made with the write itself can. A user who comes back gets a
+// new row starting at that version (lockUsers), so its writes pass. Only the creation of a
+// hash is checked: Forget sets the marker before it deletes the hash (eraseScript), so a
+// hash that exists is either gone before the marker matters or was created past it. The
+// consumer's writes pay one HGET per user whose hash is absent (a new or expired user), none
+// per user whose hash is there; /reco reads nothing more.
+//
+// KEYS: meta, pop:s, pop:l, fresh, the erasure marker, then one key per user and item entry,
+// and two per neighbour entry (the list and its item's hash).
 // ARGV: epoch, topN, freshN, #users, #items, #neighbour entries, neighbour cap, user TTL of
 // this write (ms, 0: none), the writer's user TTL to record in meta "ut" for readers when it
 // is longer than the one recorded ("": a read-through, which records nothing), lists (1:
@@ -83,12 +96,13 @@ local nu, ni, nn, nbcap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]
 local uttl = tonumber(ARGV[8])
 if ARGV[9] ~= '' and tonumber(ARGV[9]) > tonumber(redis.call('HGET', KEYS[1], 'ut') or '-1') then redis.call('HSET', KEYS[1], 'ut', ARGV[9]) end
 local lists = ARGV[10] == '1'
-local a, k = 11, 5
+local a, k = 11, 6
 local whole = {1}
 for _ = 1, nu do
   local key = KEYS[k]; k = k + 1
   local cur = tonumber(redis.call('HGET', key, 'v') or '-1')
   local v, keep = tonumber(ARGV[a]), tonumber(ARGV[a+1])
+  if cur < 0 and v <= tonumber(redis.call('HGET', KEYS[5], key) or '-1') then cur = v end
   if v > cur then
     if keep == 0 then
       redis.call('HSET', key, 'v', ARGV[a], 'h', ARGV[a+2], 'w', ARGV[a+3], 'i', ARGV[a+4], 'r', ARGV[a+5])
@@ -226,7 +240,7 @@ const (
 // then copied behind the header, they were a few per cent of the consumer's CPU on large
 // batches.
 func (s *Store) plan(epoch string, w *redisWrite) [][]rueidis.LuaExec {
-	head := []string{s.keys.Meta, s.keys.PopShort, s.keys.PopLong, s.keys.Fresh}
+	head := []string{s.keys.Meta, s.keys.PopShort, s.keys.PopLong, s.keys.Fresh, s.keys.Erased}
 	const hdrLen = 10
 	var execs []rueidis.LuaExec
 	var sizes []int
@@ -341,6 +355,13 @@ func (s *Store) plan(epoch string, w *redisWrite) [][]rueidis.LuaExec {
 func (s *Store) exec(ctx context.Context, epoch string, w *redisWrite) error {
 	if w.empty() {
 		return nil
+	}
+	if s.writing != nil {
+		ids := make([]string, len(w.users))
+		for i, u := range w.users {
+			ids[i] = u.id
+		}
+		s.writing(ids)
 	}
 	var whole []string
 	for _, trip := range s.plan(epoch, w) {

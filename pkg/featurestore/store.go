@@ -110,6 +110,9 @@ type Store struct {
 	listsOwed        [3]bool
 	refillInlineRows float64
 	trimHooks        trimHooks
+	// writing lets tests hold a Redis write after its values were read (the users it writes),
+	// before it is sent.
+	writing func(users []string)
 }
 
 // trimHooks let tests act at the steps of TrimItems and TrimUsers: scanned with the
@@ -231,6 +234,10 @@ type Keys struct {
 	Prefix                                string
 	Meta, Ready, PopShort, PopLong, Fresh string
 	RunID, Lock                           string
+	// Erased is the erasure marker: a hash of the user keys `users forget` erased, each with
+	// the version of the deleted row (see writeScript). Not one of the copy's data keys
+	// (ownsKey): a new generation's deletion keeps it.
+	Erased string
 	// Blocked is the API processes' copy of the blocked items (modules/reco), read by a
 	// process that starts while PostgreSQL is unreachable.
 	Blocked string
@@ -240,7 +247,7 @@ type Keys struct {
 func NewKeys(prefix string) Keys {
 	return Keys{Prefix: prefix, Meta: prefix + "meta", Ready: prefix + "ready", PopShort: prefix + "pop:s",
 		PopLong: prefix + "pop:l", Fresh: prefix + "fresh", RunID: prefix + "run_id", Lock: prefix + "repopulating",
-		Blocked: prefix + "blocked"}
+		Blocked: prefix + "blocked", Erased: prefix + "erased"}
 }
 
 // User is the hash of a user.

@@ -1,0 +1,1 @@
+ALTER TABLE forgotten_users DROP COLUMN version;
