@@ -2,6 +2,7 @@ package outbox
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -22,9 +23,9 @@ const erasePage = 500
 // without this an erased user's events (ids, sessions, client context) would stay in the
 // outbox until someone replays them. A single-event row of the users goes whole; a batch row
 // loses the users' frames (and goes when none is left), and one named after an erased user's
-// event is renamed after its new first event. created_at bounds both: a dead row is created
-// after its events were received, so rows of a user who came back after the erasure stay. A
-// batch row that does not decode (a poison row) is left as it is. Rows that go dead after it
+// event is renamed after its new first event. An event goes when it was received up to at
+// (erasedBefore): rows of a user who came back after the erasure stay. A batch row that does
+// not decode (a poison row) is left as it is. Rows that go dead after it
 // looked lose the users' events as they go dead (eraseForgotten). It returns the events
 // removed.
 //
@@ -42,6 +43,30 @@ func (s *Store) EraseDead(ctx context.Context, users []string, at time.Time) (in
 		tag, err := tx.Exec(ctx, `DELETE FROM event_outbox
 WHERE status = 'dead' AND payload_format = 1 AND msg_key = ANY($1) AND created_at <= $2`, users, at)
 		erased = tag.RowsAffected()
+		if err != nil {
+			return err
+		}
+		// Rows created after at may hold an event received before it: the API stamps an event
+		// when it receives it and writes its row up to --ingest.write-timeout later.
+		rows, _ := tx.Query(ctx, `SELECT id, payload, created_at FROM event_outbox
+WHERE status = 'dead' AND payload_format = 1 AND msg_key = ANY($1) AND created_at > $2 FOR UPDATE`, users, at)
+		var late []int64
+		var id int64
+		var payload []byte
+		var createdAt time.Time
+		if _, err := pgx.ForEachRow(rows, []any{&id, &payload, &createdAt}, func() error {
+			if erasedBefore(payload, createdAt, at) {
+				late = append(late, id)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		if len(late) == 0 {
+			return nil
+		}
+		tag, err = tx.Exec(ctx, `DELETE FROM event_outbox WHERE id = ANY($1)`, late)
+		erased += tag.RowsAffected()
 		return err
 	})
 	if err != nil {
@@ -85,13 +110,17 @@ func untimed(ctx context.Context, pool *pgxpool.Pool, fn func(tx pgx.Tx) error) 
 // their row locks (a replay requeuing one meanwhile waits, then finds it changed). last is
 // the page's last id, 0 when there was none.
 func eraseDeadPage(ctx context.Context, tx pgx.Tx, gone map[string]bool, at time.Time, after int64) (erased, last int64, err error) {
-	rows, _ := tx.Query(ctx, `SELECT id, event_id, payload, event_count FROM event_outbox
-WHERE status = 'dead' AND payload_format = 2 AND created_at <= $1 AND id > $2
-ORDER BY id LIMIT $3 FOR UPDATE`, at, after, erasePage)
+	// Every dead batch row, also those created after at: see erasedBefore.
+	rows, _ := tx.Query(ctx, `SELECT id, event_id, payload, event_count, created_at FROM event_outbox
+WHERE status = 'dead' AND payload_format = 2 AND id > $1
+ORDER BY id LIMIT $2 FOR UPDATE`, after, erasePage)
 	var page []batchRow
 	var r batchRow
-	if _, err := pgx.ForEachRow(rows, []any{&r.id, &r.eventID, &r.payload, &r.count}, func() error {
+	var createdAt []time.Time
+	var c time.Time
+	if _, err := pgx.ForEachRow(rows, []any{&r.id, &r.eventID, &r.payload, &r.count, &c}, func() error {
 		page = append(page, batchRow{id: r.id, eventID: r.eventID, payload: append([]byte(nil), r.payload...), count: r.count})
+		createdAt = append(createdAt, c)
 		return nil
 	}); err != nil {
 		return 0, 0, fmt.Errorf("read dead batch rows: %w", err)
@@ -99,12 +128,12 @@ ORDER BY id LIMIT $3 FOR UPDATE`, at, after, erasePage)
 	if len(page) == 0 {
 		return 0, 0, nil
 	}
-	for _, r := range page {
+	for i, r := range page {
 		msgs, err := DecodeBatch(r.payload, r.count)
 		if err != nil {
 			continue
 		}
-		n, err := scrubBatch(ctx, tx, r, msgs, func(user string) bool { return gone[user] })
+		n, err := scrubBatch(ctx, tx, r, msgs, func(m Message) bool { return gone[m.Key] && erasedBefore(m.Payload, createdAt[i], at) })
 		if err != nil {
 			return 0, 0, err
 		}
@@ -141,14 +170,14 @@ type batchRow struct {
 	count   int
 }
 
-// scrubBatch takes the events of the users gone reports out of the batch row r (msgs, its
-// decoded frames), deleting the row when none is left, and returns how many it took out.
-func scrubBatch(ctx context.Context, tx pgx.Tx, r batchRow, msgs []Message, gone func(user string) bool) (int64, error) {
+// scrubBatch takes the events gone reports out of the batch row r (msgs, its decoded
+// frames), deleting the row when none is left, and returns how many it took out.
+func scrubBatch(ctx context.Context, tx pgx.Tx, r batchRow, msgs []Message, gone func(m Message) bool) (int64, error) {
 	var kept []byte
 	n := 0
 	var first *Message
 	for i := range msgs {
-		if gone(msgs[i].Key) {
+		if gone(msgs[i]) {
 			continue
 		}
 		if first == nil {
@@ -249,14 +278,14 @@ FROM event_outbox WHERE id = ANY($1) AND status = 'dead'`, ids)
 	}
 	var erased int64
 	for _, r := range dead {
-		// As EraseDead: rows created after the erasure hold events of a user who came back.
-		gone := func(user string) bool {
-			at, ok := forgotten[user]
-			return ok && !r.createdAt.After(at)
+		// As EraseDead: events received after the erasure are of a user who came back.
+		gone := func(m Message) bool {
+			at, ok := forgotten[m.Key]
+			return ok && erasedBefore(m.Payload, r.createdAt, at)
 		}
 		switch {
 		case r.format != FormatBatch:
-			if !gone(r.key) {
+			if !gone(Message{Key: r.key, Payload: r.payload}) {
 				continue
 			}
 			if _, err := tx.Exec(ctx, `DELETE FROM event_outbox WHERE id = $1`, r.id); err != nil {
@@ -272,6 +301,26 @@ FROM event_outbox WHERE id = ANY($1) AND status = 'dead'`, ids)
 		}
 	}
 	return erased, nil
+}
+
+// erasedBefore reports whether an event (its payload) of a row created at createdAt was
+// received up to an erasure at at, as the consumers judge events (featurestore.Forgotten):
+// by the payload's server_received_ts_ms, the API's stamp, when it holds a positive one
+// earlier than the row; by the row's creation otherwise (a row is created after its events
+// were received). The creation alone missed the events received in the last moments before
+// the erasure: the API writes a row up to --ingest.write-timeout after receiving its events,
+// and such a row, created after the erasure time, kept the erased user's event once dead.
+func erasedBefore(payload []byte, createdAt, at time.Time) bool {
+	if !createdAt.After(at) {
+		return true
+	}
+	var probe struct {
+		ServerReceivedTsMs int64 `json:"server_received_ts_ms"`
+	}
+	if err := json.Unmarshal(payload, &probe); err != nil || probe.ServerReceivedTsMs <= 0 {
+		return false
+	}
+	return probe.ServerReceivedTsMs <= at.UnixMilli()
 }
 
 // renamedBatch is the event_id of a batch row named id whose first event was was and is now

@@ -378,3 +378,64 @@ func TestRowsGoDeadUnderARelayRoleThatOnlyReadsErasures(t *testing.T) {
 		t.Errorf("outbox %v, want %v", got, want)
 	}
 }
+
+// stamped is frame with the API's receive stamp in its payload.
+func stamped(id, user string, receivedMs int64) outbox.Message {
+	m := frame(id, user)
+	m.Payload = fmt.Appendf(nil, `{"user_id":%q,"server_received_ts_ms":%d}`, user, receivedMs)
+	return m
+}
+
+// The API stamps an event when it receives it and writes its outbox row up to
+// --ingest.write-timeout later: an event received just before the erasure time can sit in a
+// row created just after it. Judged by the row's creation, such a row that went dead (before
+// `users forget` looked, or later, in the relay) kept the erased user's event for good. The
+// event's receive stamp decides now; events received after the erasure (the user came back)
+// and those without a stamp in a row created after it stay.
+func TestDeadRowCreatedAfterTheErasureLosesAnEventReceivedBefore(t *testing.T) {
+	t.Parallel()
+	for _, path := range []string{"erase dead", "going dead"} {
+		t.Run(path, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			s, pool := newStore(t)
+			at := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
+			if _, err := pool.Exec(ctx, `INSERT INTO forgotten_users (user_id, forgotten_at_ms) VALUES ($1, $2)`, erased, at.UnixMilli()); err != nil {
+				t.Fatal(err)
+			}
+			before, after := at.UnixMilli()-500, at.UnixMilli()+500
+			insertRow(t, pool, "", 1, stamped("s1", erased, before))
+			insertRow(t, pool, "", 1, stamped("s2", erased, after))
+			insertRow(t, pool, "", 1, frame("s3", erased))
+			insertRow(t, pool, "~lane/1", 1, stamped("b1", erased, before), stamped("b2", kept, before), stamped("b3", erased, after))
+			if _, err := pool.Exec(ctx, `UPDATE event_outbox SET created_at = $1`, at.Add(1500*time.Millisecond)); err != nil {
+				t.Fatal(err)
+			}
+			var n int64
+			if path == "erase dead" {
+				if _, err := pool.Exec(ctx, `UPDATE event_outbox SET status = 'dead'`); err != nil {
+					t.Fatal(err)
+				}
+				var err error
+				if n, err = s.EraseDead(ctx, []string{erased}, at); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				c := claim(t, s, "r", 10)
+				res := map[int64]outbox.Result{}
+				for _, r := range c.Rows {
+					res[r.ID] = outbox.Result{Err: errors.New("topic gone"), Permanent: true}
+				}
+				done, err := s.Complete(ctx, c, outbox.Settle(c.Rows, res, backoff))
+				if err != nil {
+					t.Fatal(err)
+				}
+				n = int64(done.Erased)
+			}
+			want := []string{"b2/" + kept, "b3/" + erased, "s2/" + erased, "s3/" + erased}
+			if got := outboxEvents(t, pool)["dead"]; !reflect.DeepEqual(got, want) || n != 2 {
+				t.Errorf("dead events %v (%d erased), want %v (2)", got, n, want)
+			}
+		})
+	}
+}
