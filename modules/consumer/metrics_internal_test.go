@@ -2,11 +2,13 @@ package consumer
 
 import (
 	"bytes"
+	"context"
 	"strings"
 	"testing"
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"recsys/pkg/featurestore"
 	"recsys/pkg/infra"
 )
 
@@ -31,6 +33,28 @@ func TestCountersStartAtZero(t *testing.T) {
 	}
 	for _, line := range want {
 		if !strings.Contains(b.String(), line+"\n") {
+			t.Errorf("exposition lacks %s", line)
+		}
+	}
+}
+
+// A dead letter the store's insert left out because its user was erased after its receive
+// time (Applied.DLQErased) is not in the DLQ: it counted as stored, which the DLQ alert sums,
+// and as processed "dlq". It counts as erased and "ignored", as the consumer's own skip does.
+func TestDeadLetterLeftOutForAnErasureIsNotCountedAsStored(t *testing.T) {
+	set := metrics.NewSet()
+	c := newConsumer(NewConfig(), infra.Deps{Metrics: set, Config: infra.DefaultConfig()})
+	b := &featurestore.Batch{DLQ: []featurestore.DLQEntry{{Topic: "t", Offset: 1}, {Topic: "t", Offset: 2}, {Topic: "t", Offset: 3}}}
+	c.account(context.Background(), b, nil, &featurestore.Applied{DLQErased: []int{1}})
+	var out bytes.Buffer
+	set.WritePrometheus(&out)
+	for _, line := range []string{
+		`reco_feature_consumer_dlq_events_total{outcome="stored"} 2`,
+		`recsys_consumer_dlq_erased_total 1`,
+		`reco_feature_consumer_processed_total{topic="t",status="dlq"} 2`,
+		`reco_feature_consumer_processed_total{topic="t",status="ignored"} 1`,
+	} {
+		if !strings.Contains(out.String(), line+"\n") {
 			t.Errorf("exposition lacks %s", line)
 		}
 	}

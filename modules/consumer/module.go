@@ -53,7 +53,9 @@
 //     dlq_store, commit, lag_metrics, dlq_metrics, stop, plus redis (a failed Redis write), heal
 //     (repopulation or journal healing), retention and forgotten_users; these and the processed
 //     counters of the consumer's topics are exported at 0 from the start
-//   - reco_feature_consumer_dlq_events_total{outcome="stored"}
+//   - reco_feature_consumer_dlq_events_total{outcome="stored"}, and
+//     recsys_consumer_dlq_erased_total: poison messages not stored because their user was
+//     erased after their receive time (processed status "ignored")
 //   - reco_feature_consumer_dlq_backlog{status=pending|replayed},
 //     reco_feature_consumer_dlq_oldest_pending_ms (refreshed every 30 s)
 //   - reco_watch_event_to_feature_latency_ms: now - watch ts_ms when the watch is visible in

@@ -59,6 +59,10 @@ type Applied struct {
 	// watch in the batch: the user decoded whole, the counters rewritten with the history
 	// and watched set).
 	UserWrites [3]int
+	// DLQErased are the indexes in Batch.DLQ of the entries not stored because their user
+	// was erased after their receive time (queueDLQ): not in the DLQ, not to be counted as
+	// stored.
+	DLQErased []int
 
 	journalID int64
 	users     []userRow
@@ -506,7 +510,7 @@ RETURNING u.user_id, u.version`, userIDs[lo:hi], hs[lo:hi], ws[lo:hi], is[lo:hi]
 		}
 	}
 	if len(b.DLQ) > 0 {
-		queueDLQ(p, b.DLQ)
+		queueDLQ(p, b.DLQ, &a.DLQErased)
 	}
 	itemIDs := sortedKeys(items)
 	if s.rd != nil && (len(userIDs) > 0 || len(items) > 0 || len(lists) > 0) {
@@ -1066,7 +1070,8 @@ VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING`, lm[0], lm[1], lm[2
 	return nil
 }
 
-func queueDLQ(p *pipeline, entries []DLQEntry) {
+// queueDLQ stores entries, and appends to erased the indexes of those it leaves out.
+func queueDLQ(p *pipeline, entries []DLQEntry, erased *[]int) {
 	n := len(entries)
 	topic, key, hdr, payload, errs := make([]string, n), make([][]byte, n), make([]string, n), make([][]byte, n), make([]string, n)
 	part, off := make([]int32, n), make([]int64, n)
@@ -1109,11 +1114,22 @@ WHERE d.topic = v.t AND d.kafka_partition = v.p AND d.kafka_offset = v.o AND d.p
 	// check sees the erasure, or it waits for this transaction, whose entries (created before
 	// the erasure time) the clearing then sees.
 	p.exec("wait for erasures being recorded", `SELECT pg_advisory_xact_lock_shared($1)`, int64(outbox.ErasureLockKey))
-	p.exec("store dlq entries", `INSERT INTO feature_dlq (topic, kafka_partition, kafka_offset, msg_key, headers, payload, error)
-SELECT t, p, o, k, h::jsonb, b, e FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bytea[], $5::text[], $6::bytea[], $7::text[],
-  $8::text[], $9::bigint[]) AS v(t, p, o, k, h, b, e, u, r)
-WHERE NOT EXISTS (SELECT 1 FROM forgotten_users f WHERE f.user_id = v.u AND v.r <= f.forgotten_at_ms)
-ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING`, topic, part, off, key, hdr, payload, errs, users, received)
+	// The entries left out are returned (their 1-based places), for the caller to count as
+	// erased rather than stored.
+	p.query(func(rows pgx.Rows) error {
+		var n int64
+		_, err := pgx.ForEachRow(rows, []any{&n}, func() error {
+			*erased = append(*erased, int(n-1))
+			return nil
+		})
+		return err
+	}, `WITH v AS (SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bytea[], $5::text[], $6::bytea[], $7::text[],
+  $8::text[], $9::bigint[]) WITH ORDINALITY AS v(t, p, o, k, h, b, e, u, r, n)),
+gone AS (SELECT n FROM v WHERE EXISTS (SELECT 1 FROM forgotten_users f WHERE f.user_id = v.u AND v.r <= f.forgotten_at_ms)),
+stored AS (INSERT INTO feature_dlq (topic, kafka_partition, kafka_offset, msg_key, headers, payload, error)
+SELECT t, p, o, k, h::jsonb, b, e FROM v WHERE n NOT IN (SELECT n FROM gone)
+ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING)
+SELECT n FROM gone ORDER BY n`, topic, part, off, key, hdr, payload, errs, users, received)
 }
 
 // dlqText makes s storable as PostgreSQL text and inside jsonb, which refuse invalid UTF-8

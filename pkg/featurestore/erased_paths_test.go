@@ -332,8 +332,10 @@ func TestBatchHeldPastTheErasureStoresNoDeadLetterOfTheUser(t *testing.T) {
 	}
 	release := testutil.HoldLock(t, dsn, `SELECT pg_advisory_xact_lock(7254391001)`)
 	applied := make(chan error, 1)
+	var a *featurestore.Applied
 	go func() {
-		_, err := st.Apply(ctx, &featurestore.Batch{DLQ: []featurestore.DLQEntry{
+		var err error
+		a, err = st.Apply(ctx, &featurestore.Batch{DLQ: []featurestore.DLQEntry{
 			entry(1, gone, now.Add(-time.Minute)),
 			entry(2, other, now.Add(-time.Minute)),
 			entry(3, gone, now.Add(time.Hour)),
@@ -355,6 +357,10 @@ func TestBatchHeldPastTheErasureStoresNoDeadLetterOfTheUser(t *testing.T) {
 	}
 	if want := []int64{2, 3}; !reflect.DeepEqual(offsets, want) {
 		t.Errorf("dlq holds offsets %v, want %v (not the erased user's message received before the erasure)", offsets, want)
+	}
+	// The consumer counts the entry left out as erased, not as stored.
+	if want := []int{0}; !reflect.DeepEqual(a.DLQErased, want) {
+		t.Errorf("entries reported erased %v, want %v", a.DLQErased, want)
 	}
 }
 
