@@ -273,9 +273,8 @@ return redis.call('DEL', KEYS[2])
 
 var luaErase = rueidis.NewLuaScript(eraseScript)
 
-// eraseHashes runs eraseScript for users (one call each: the marker and one user's hash, as
-// the write script's keys share a slot) in one round trip, with versions[user] (0 when
-// absent); keepNewer keeps the hashes above the markers.
+// eraseHashes runs eraseScript for users, one call each, in one round trip, with
+// versions[user] (0 when absent); keepNewer keeps the hashes above the markers.
 func (s *Store) eraseHashes(ctx context.Context, users []string, versions map[string]int64, keepNewer bool) error {
 	keep := "0"
 	if keepNewer {

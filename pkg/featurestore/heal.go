@@ -160,7 +160,9 @@ func readNeighbours(ctx context.Context, q dbConn, items []string) ([]nbWrite, e
 // HealPending rewrites from PostgreSQL the users and items of journal rows older than
 // minAge (younger rows belong to batches whose own Redis write is still in flight) and
 // deletes the rows. Rows of this store whose write is in flight or done are skipped. It
-// returns how many rows it healed.
+// returns how many rows it healed. Its write may land long after its read (Redis down
+// meanwhile): a user `users forget` erased in between is refused by the copy's erasure
+// marker (writeScript), not recreated.
 func (s *Store) HealPending(ctx context.Context, minAge time.Duration, limit int) (int, error) {
 	if s.rd == nil {
 		return 0, nil

@@ -33,7 +33,8 @@ var ErrNotWrittenBack = errors.New("read-through user not written back to redis"
 // remember such users in their own process instead (modules/reco absentUsers).
 //
 // The write is the consumer's merge (the higher version wins, under the copy's generation),
-// so a read racing a newer write of the consumer never replaces it. When only the write fails
+// so a read racing a newer write of the consumer never replaces it, and one of a row `users
+// forget` deleted after the read is refused by the erasure marker, however late it lands. When only the write fails
 // the error wraps ErrNotWrittenBack and f and found are still set: a reader can rank the user
 // with them rather than read them from PostgreSQL a second time.
 func (s *Store) ReadThroughUser(ctx context.Context, userID string, ttl time.Duration) (f UserFields, found bool, err error) {
