@@ -60,7 +60,7 @@ func rowVersion(t *testing.T, pool *pgxpool.Pool, user string) int64 {
 
 // A writer of the Redis copy that read an erased user's row before `users forget` deleted it
 // and writes after both of Forget's passes (a journal heal after a Redis outage, a
-// read-through that stalled) put the user's hash back for good: Forget's second pass came
+// read-through or a batch's write that stalled) put the user's hash back for good: Forget's second pass came
 // 2 s after the deletion, a delay nothing bounds. The copy now refuses to create the hash at
 // or below the version of the erased row (the erasure marker), whenever the write lands, and
 // a repopulation restores the markers a Redis that lost its data lost. The user's return (an
@@ -80,6 +80,13 @@ func TestErasedUsersHashIsNotWrittenBackLate(t *testing.T) {
 		{name: "journal heal after redis lost its data", lost: true, write: func(ctx context.Context, w *featurestore.Store, _ string) error {
 			_, err := w.HealPending(ctx, 0, 10)
 			return err
+		}},
+		{name: "batch write in flight", write: func(ctx context.Context, w *featurestore.Store, user string) error {
+			a, err := w.Apply(ctx, &featurestore.Batch{Events: []featurestore.Event{markedWatch("w2", user, time.Now().UnixMilli()-30_000)}})
+			if err != nil {
+				return err
+			}
+			return w.WriteRedis(ctx, a)
 		}},
 		{name: "read-through", write: func(ctx context.Context, w *featurestore.Store, user string) error {
 			_, _, err := w.ReadThroughUser(ctx, user, time.Hour)
@@ -111,7 +118,6 @@ func TestErasedUsersHashIsNotWrittenBackLate(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			erasedVersion := rowVersion(t, pool, gone)
 			w := featurestore.New(pool, rd, prefix, testConfig(), nil)
 			held, release := holdWrite(w, gone)
 			wrote := make(chan error, 1)
@@ -138,6 +144,13 @@ func TestErasedUsersHashIsNotWrittenBackLate(t *testing.T) {
 				t.Errorf("another user's hash: version %d", v)
 			}
 			// The user comes back: the new row starts above the erased one and is written.
+			var erasedVersion int64
+			if err := pool.QueryRow(ctx, `SELECT version FROM forgotten_users WHERE user_id = $1`, gone).Scan(&erasedVersion); err != nil {
+				t.Fatal(err)
+			}
+			if erasedVersion < 1 {
+				t.Errorf("erased row's version recorded as %d", erasedVersion)
+			}
 			a, err := st.Apply(ctx, &featurestore.Batch{Events: []featurestore.Event{markedWatch("back", gone, rep.ForgottenAtMs+1)}})
 			if err != nil {
 				t.Fatal(err)
