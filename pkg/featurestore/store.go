@@ -236,7 +236,9 @@ type Keys struct {
 	RunID, Lock                           string
 	// Erased is the erasure marker: a hash of the user keys `users forget` erased, each with
 	// the version of the deleted row (see writeScript). Not one of the copy's data keys
-	// (ownsKey): a new generation's deletion keeps it.
+	// (ownsKey): a new generation's deletion keeps it. Bounded by the erased users (~85 bytes
+	// each), not by time: nothing bounds how late a write read before an erasure lands, so an
+	// entry never expires (forgotten_users keeps the ids for good too).
 	Erased string
 	// Blocked is the API processes' copy of the blocked items (modules/reco), read by a
 	// process that starts while PostgreSQL is unreachable.
