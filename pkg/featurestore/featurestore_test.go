@@ -61,20 +61,9 @@ func redisClient(t testing.TB, url string) rueidis.Client {
 // deleteKeys removes every key under prefix from the shared Redis.
 func deleteKeys(t *testing.T, rd rueidis.Client, prefix string) {
 	t.Helper()
-	ctx := context.Background()
-	var cursor uint64
-	for {
-		e, err := rd.Do(ctx, rd.B().Scan().Cursor(cursor).Match(prefix+"*").Count(1000).Build()).AsScanEntry()
-		if err != nil {
+	if keys := testutil.RedisKeys(t, rd, prefix+"*"); len(keys) > 0 {
+		if err := rd.Do(context.Background(), rd.B().Del().Key(keys...).Build()).Error(); err != nil {
 			t.Fatal(err)
-		}
-		if len(e.Elements) > 0 {
-			if err := rd.Do(ctx, rd.B().Del().Key(e.Elements...).Build()).Error(); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if cursor = e.Cursor; cursor == 0 {
-			return
 		}
 	}
 }

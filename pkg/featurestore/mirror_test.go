@@ -15,6 +15,7 @@ import (
 
 	"recsys/pkg/featurestore"
 	"recsys/pkg/featurestore/fstest"
+	"recsys/pkg/testutil"
 )
 
 // The Redis copy that batch after batch of writes built holds what a repopulation from
@@ -115,47 +116,38 @@ func dumpCopy(t *testing.T, rd rueidis.Client, prefix string) map[string]string 
 	t.Helper()
 	ctx := context.Background()
 	out := map[string]string{}
-	var cursor uint64
-	for {
-		e, err := rd.Do(ctx, rd.B().Scan().Cursor(cursor).Match(prefix+"*").Count(1000).Build()).AsScanEntry()
+	for _, key := range testutil.RedisKeys(t, rd, prefix+"*") {
+		name := strings.TrimPrefix(key, prefix)
+		if name == "meta" || name == "ready" || name == "run_id" || name == "repopulating" {
+			continue
+		}
+		typ, err := rd.Do(ctx, rd.B().Type().Key(key).Build()).ToString()
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, key := range e.Elements {
-			name := strings.TrimPrefix(key, prefix)
-			if name == "meta" || name == "ready" || name == "run_id" || name == "repopulating" {
-				continue
-			}
-			typ, err := rd.Do(ctx, rd.B().Type().Key(key).Build()).ToString()
+		var parts []string
+		switch typ {
+		case "hash":
+			h, err := rd.Do(ctx, rd.B().Hgetall().Key(key).Build()).AsStrMap()
 			if err != nil {
 				t.Fatal(err)
 			}
-			var parts []string
-			switch typ {
-			case "hash":
-				h, err := rd.Do(ctx, rd.B().Hgetall().Key(key).Build()).AsStrMap()
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, f := range slices.Sorted(maps.Keys(h)) {
-					parts = append(parts, f+"="+h[f])
-				}
-			case "zset":
-				zs, err := rd.Do(ctx, rd.B().Zrange().Key(key).Min("0").Max("-1").Withscores().Build()).AsZScores()
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, z := range zs {
-					parts = append(parts, fmt.Sprintf("%s=%v", z.Member, z.Score))
-				}
-				slices.Sort(parts)
-			default:
-				t.Fatalf("%s: unexpected type %s", key, typ)
+			for _, f := range slices.Sorted(maps.Keys(h)) {
+				parts = append(parts, f+"="+h[f])
 			}
-			out[name] = strings.Join(parts, " ")
+		case "zset":
+			zs, err := rd.Do(ctx, rd.B().Zrange().Key(key).Min("0").Max("-1").Withscores().Build()).AsZScores()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, z := range zs {
+				parts = append(parts, fmt.Sprintf("%s=%v", z.Member, z.Score))
+			}
+			slices.Sort(parts)
+		default:
+			t.Fatalf("%s: unexpected type %s", key, typ)
 		}
-		if cursor = e.Cursor; cursor == 0 {
-			return out
-		}
+		out[name] = strings.Join(parts, " ")
 	}
+	return out
 }

@@ -181,20 +181,7 @@ func TestReadThroughUnknownUsersLeaveNoKeys(t *testing.T) {
 	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
 	applyMirrored(t, st, toEvents(fstest.Generate(fstest.GenConfig{Seed: 5, Users: 3, Items: 10, Events: 60, StartMs: start, StepMs: 60_000, Prefix: "k", NoLegacy: true})))
 	keys := featurestore.NewKeys(prefix)
-	countUsers := func() int {
-		t.Helper()
-		n := 0
-		for cursor := uint64(0); ; {
-			e, err := rd.Do(ctx, rd.B().Scan().Cursor(cursor).Match(keys.User("")+"*").Count(1000).Build()).AsScanEntry()
-			if err != nil {
-				t.Fatal(err)
-			}
-			n += len(e.Elements)
-			if cursor = e.Cursor; cursor == 0 {
-				return n
-			}
-		}
-	}
+	countUsers := func() int { t.Helper(); return len(testutil.RedisKeys(t, rd, keys.User("")+"*")) }
 	before := countUsers()
 	loader := featurestore.NewRedisLoader(rd, prefix, testConfig())
 	var reads int

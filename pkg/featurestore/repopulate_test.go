@@ -58,19 +58,7 @@ FROM generate_series(1, $2) u`, now, users); err != nil {
 	if err != nil || got != want {
 		t.Fatalf("user u04321 watched in redis: %d bytes (%v), want %d bytes", len(got), err, len(want))
 	}
-	n := 0
-	var cursor uint64
-	for {
-		e, err := rd.Do(ctx, rd.B().Scan().Cursor(cursor).Match(prefix+"u:*").Count(1000).Build()).AsScanEntry()
-		if err != nil {
-			t.Fatal(err)
-		}
-		n += len(e.Elements)
-		if cursor = e.Cursor; cursor == 0 {
-			break
-		}
-	}
-	if n != users {
+	if n := len(testutil.RedisKeys(t, rd, prefix+"u:*")); n != users {
 		t.Fatalf("%d user hashes in redis, want %d", n, users)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"recsys/pkg/featurestore"
+	"recsys/pkg/testutil"
 )
 
 // snapshotCopy saves every key of the copy (DUMP) and returns what puts the copy back as it
@@ -20,23 +21,14 @@ func snapshotCopy(t *testing.T, rd rueidis.Client, keys featurestore.Keys) (rest
 	ctx := context.Background()
 	dump := func() map[string]string {
 		out := map[string]string{}
-		var cursor uint64
-		for {
-			e, err := rd.Do(ctx, rd.B().Scan().Cursor(cursor).Match(keys.Prefix+"*").Count(1000).Build()).AsScanEntry()
+		for _, k := range testutil.RedisKeys(t, rd, keys.Prefix+"*") {
+			v, err := rd.Do(ctx, rd.B().Dump().Key(k).Build()).ToString()
 			if err != nil {
-				t.Fatal(err)
+				t.Fatalf("dump %s: %v", k, err)
 			}
-			for _, k := range e.Elements {
-				v, err := rd.Do(ctx, rd.B().Dump().Key(k).Build()).ToString()
-				if err != nil {
-					t.Fatalf("dump %s: %v", k, err)
-				}
-				out[k] = v
-			}
-			if cursor = e.Cursor; cursor == 0 {
-				return out
-			}
+			out[k] = v
 		}
+		return out
 	}
 	saved := dump()
 	return func() {
@@ -220,21 +212,11 @@ func TestResyncStaleRenewsTheLockDuringTheListsRefill(t *testing.T) {
 	st, pool, rd, keys, _ := trimFixture(t)
 	// A copy without item keys: the resync's scan reads nothing of feature_items, only the
 	// refill does.
-	var cursor uint64
-	for {
-		e, err := rd.Do(ctx, rd.B().Scan().Cursor(cursor).Match(keys.Prefix+"*").Count(1000).Build()).AsScanEntry()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, k := range e.Elements {
-			if k != keys.Meta {
-				if err := rd.Do(ctx, rd.B().Unlink().Key(k).Build()).Error(); err != nil {
-					t.Fatal(err)
-				}
+	for _, k := range testutil.RedisKeys(t, rd, keys.Prefix+"*") {
+		if k != keys.Meta {
+			if err := rd.Do(ctx, rd.B().Unlink().Key(k).Build()).Error(); err != nil {
+				t.Fatal(err)
 			}
-		}
-		if cursor = e.Cursor; cursor == 0 {
-			break
 		}
 	}
 	tx, err := pool.Begin(ctx)

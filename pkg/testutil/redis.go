@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"context"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -44,4 +45,22 @@ func RedisClient(tb testing.TB, url string) rueidis.Client {
 	}
 	tb.Cleanup(rd.Close)
 	return rd
+}
+
+// RedisKeys returns every key of the server matching pattern, sorted, each once (SCAN may
+// return a key twice).
+func RedisKeys(tb testing.TB, rd rueidis.Client, pattern string) []string {
+	tb.Helper()
+	var keys []string
+	for cursor := uint64(0); ; {
+		e, err := rd.Do(context.Background(), rd.B().Scan().Cursor(cursor).Match(pattern).Count(1000).Build()).AsScanEntry()
+		if err != nil {
+			tb.Fatalf("scan redis keys %s: %v", pattern, err)
+		}
+		keys = append(keys, e.Elements...)
+		if cursor = e.Cursor; cursor == 0 {
+			slices.Sort(keys)
+			return slices.Compact(keys)
+		}
+	}
 }
