@@ -402,3 +402,37 @@ func TestOriginalRuleExcludeRated(t *testing.T) {
 		})
 	}
 }
+
+// Leave-last-out asks the product at a user's held-out time after every other event has been
+// applied, years later in ml-latest-small. Read back that far, the trending popularity (24 h
+// half-life) was +Inf, every score NaN and the top k in arbitrary order.
+func TestProductAskedBeforeItsLastEvent(t *testing.T) {
+	const day = int64(86_400_000)
+	t0 := int64(830_000_000_000) // 1996
+	line := 0
+	rating := func(u, it string, ts int64) Rating {
+		line++
+		return Rating{User: u, Item: it, TsMs: ts, Value: 4, Line: line}
+	}
+	c := DefaultConfig()
+	c.Product.Ranking.ExplorationShare = 0
+	prod := NewProduct("recsys", c.Product)
+	prod.Observe(rating("old", "a", t0))
+	later := t0 + 5*365*day // 2^1825 overflows a float64
+	for u := range 30 {
+		user := fmt.Sprintf("u%d", u)
+		prod.Observe(rating(user, "a", later+int64(u)*60_000))
+		prod.Observe(rating(user, "b", later+int64(u)*60_000+1000))
+		prod.Observe(rating(user, fmt.Sprintf("p%d", u%4), later+int64(u)*60_000+2000))
+	}
+	prod.Train()
+	res := prod.rank("old", t0+1000, 3)
+	for i, s := range res.Scores {
+		if math.IsNaN(s) || math.IsInf(s, 0) {
+			t.Fatalf("score %d of %v is %v: %v", i, res.Items, s, res.Scores)
+		}
+	}
+	if len(res.Items) == 0 || res.Items[0] != "b" {
+		t.Fatalf("after a the product recommends %v (%v), want b first", res.Items, res.Scores)
+	}
+}
