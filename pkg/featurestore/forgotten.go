@@ -13,6 +13,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"recsys/pkg/outbox"
+	"recsys/pkg/postgres"
 )
 
 // Forgotten is the set of users whose data was erased (table forgotten_users, written by
@@ -132,7 +133,7 @@ func readForgottenSince(ctx context.Context, pg *pgxpool.Pool, since uint64) (xm
 	}
 	ctx, cancel := context.WithTimeout(ctx, forgottenWholeReadTimeout)
 	defer cancel()
-	err = untimed(ctx, pg, func(tx pgx.Tx) error {
+	err = postgres.Untimed(ctx, pg, func(tx pgx.Tx) error {
 		var err error
 		xmin, started, got, err = readForgotten(ctx, tx, 0)
 		return err
@@ -206,7 +207,7 @@ func (s *Store) forgetUsers(ctx context.Context, users []string) (int64, error) 
 	var deleted int64
 	for chunk := range slices.Chunk(sorted, forgetChunk) {
 		var n int64
-		err := untimed(ctx, s.pg, func(tx pgx.Tx) error {
+		err := postgres.Untimed(ctx, s.pg, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = 0`); err != nil {
 				return err
 			}
@@ -468,7 +469,7 @@ func (s *Store) recordForgotten(ctx context.Context, users []string, settle time
 	sorted := slices.Clone(users)
 	slices.Sort(sorted) // a batch locks its users in this order: neither waits for the other in a cycle
 	sorted = slices.Compact(sorted)
-	err = untimed(ctx, s.pg, func(tx pgx.Tx) error {
+	err = postgres.Untimed(ctx, s.pg, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = 0`); err != nil {
 			return err
 		}
@@ -510,24 +511,12 @@ ON CONFLICT (user_id) DO UPDATE SET forgotten_at_ms = greatest(forgotten_users.f
 // ctx (Ctrl-C) still stops it.
 func (s *Store) execScan(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
 	var tag pgconn.CommandTag
-	err := untimed(ctx, s.pg, func(tx pgx.Tx) error {
+	err := postgres.Untimed(ctx, s.pg, func(tx pgx.Tx) error {
 		var err error
 		tag, err = tx.Exec(ctx, sql, args...)
 		return err
 	})
 	return tag, err
-}
-
-// untimed runs fn in a transaction without the session's statement_timeout: for the
-// operator commands' statements that read whole tables, whose time grows with the
-// deployment, not with what they were asked for.
-func untimed(ctx context.Context, pg *pgxpool.Pool, fn func(tx pgx.Tx) error) error {
-	return pgx.BeginFunc(ctx, pg, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SET LOCAL statement_timeout = 0`); err != nil {
-			return err
-		}
-		return fn(tx)
-	})
 }
 
 // eraseRawSQL deletes a raw table's rows of the users $1 received up to the erasure ($2, ms;

@@ -14,6 +14,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/rueidis"
+
+	"recsys/pkg/postgres"
 )
 
 // VerifyOptions bound a comparison of the Redis copy with PostgreSQL.
@@ -283,7 +285,7 @@ func (s *Store) strayUsers(ctx context.Context, opts VerifyOptions) ([]differenc
 // without it.
 func sampleIDs(ctx context.Context, pg *pgxpool.Pool, table, col string, n int) ([]string, error) {
 	var ids []string
-	err := untimed(ctx, pg, func(tx pgx.Tx) error {
+	err := postgres.Untimed(ctx, pg, func(tx pgx.Tx) error {
 		rows, _ := tx.Query(ctx, `SELECT `+col+` FROM `+table+` ORDER BY random() LIMIT $1`, n)
 		var err error
 		ids, err = pgx.CollectRows(rows, pgx.RowTo[string])

@@ -8,7 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
+
+	"recsys/pkg/postgres"
 )
 
 // batchIDPrefix starts a batch row's event_id: "batch:" + its first event's id + "/" + that
@@ -39,7 +40,7 @@ func (s *Store) EraseDead(ctx context.Context, users []string, at time.Time) (in
 		return 0, nil
 	}
 	var erased int64
-	err := untimed(ctx, s.pool, func(tx pgx.Tx) error {
+	err := postgres.Untimed(ctx, s.pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `DELETE FROM event_outbox
 WHERE status = 'dead' AND payload_format = 1 AND msg_key = ANY($1) AND created_at <= $2`, users, at)
 		erased = tag.RowsAffected()
@@ -80,7 +81,7 @@ WHERE status = 'dead' AND payload_format = 1 AND msg_key = ANY($1) AND created_a
 	for {
 		var n int64
 		var last int64
-		err := untimed(ctx, s.pool, func(tx pgx.Tx) error {
+		err := postgres.Untimed(ctx, s.pool, func(tx pgx.Tx) error {
 			var err error
 			n, last, err = eraseDeadPage(ctx, tx, gone, at, after)
 			return err
@@ -94,16 +95,6 @@ WHERE status = 'dead' AND payload_format = 1 AND msg_key = ANY($1) AND created_a
 		}
 		after = last
 	}
-}
-
-// untimed runs fn in a transaction without the session's statement_timeout.
-func untimed(ctx context.Context, pool *pgxpool.Pool, fn func(tx pgx.Tx) error) error {
-	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SET LOCAL statement_timeout = 0`); err != nil {
-			return err
-		}
-		return fn(tx)
-	})
 }
 
 // eraseDeadPage scrubs the dead batch rows after id after, up to erasePage of them, under

@@ -210,3 +210,16 @@ func RefusesEveryWrite(pe *pgconn.PgError) bool {
 	}
 	return false
 }
+
+// Untimed runs fn in a transaction on pool without the session's statement_timeout
+// (--pg.statement-timeout): for statements whose time grows with the deployment (whole-table
+// reads and deletions of the operator commands, an erasure), not with what they were asked
+// for. ctx still ends them.
+func Untimed(ctx context.Context, pool *pgxpool.Pool, fn func(tx pgx.Tx) error) error {
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SET LOCAL statement_timeout = 0`); err != nil {
+			return fmt.Errorf("lift the statement timeout: %w", err)
+		}
+		return fn(tx)
+	})
+}
