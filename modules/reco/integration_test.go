@@ -780,17 +780,7 @@ func testUnknownUsersLeaveNoRedisKeys(t *testing.T, itemCache, userCache time.Du
 	ctx := context.Background()
 	userKeys := func() int {
 		t.Helper()
-		n := 0
-		for cursor := uint64(0); ; {
-			e, err := s.rd.Do(ctx, s.rd.B().Scan().Cursor(cursor).Match(featurestore.NewKeys(s.prefix).User("")+"*").Count(1000).Build()).AsScanEntry()
-			if err != nil {
-				t.Fatal(err)
-			}
-			n += len(e.Elements)
-			if cursor = e.Cursor; cursor == 0 {
-				return n
-			}
-		}
+		return len(testutil.RedisKeys(t, s.rd, featurestore.NewKeys(s.prefix).User("")+"*"))
 	}
 	before := userKeys()
 	const n = 50
