@@ -110,6 +110,22 @@ func (cl *client) answer(t *testing.T, d time.Duration) string {
 	return string(b)
 }
 
+// busyAtTheCap serves with a cap of 1, one connection busy in a request held until
+// s.release closes, and a second one waiting for a slot (unanswered for quiet).
+func busyAtTheCap(t *testing.T, quiet time.Duration) (s *capped, busy, waiting *client) {
+	t.Helper()
+	s = serveCapped(t, 1)
+	busy = s.dial(t)
+	busy.send(t, "/block")
+	s.waitEntered(t)
+	waiting = s.dial(t)
+	waiting.send(t, "/")
+	if got := waiting.answer(t, quiet); got != "" {
+		t.Fatalf("answered %q at the cap", got)
+	}
+	return s, busy, waiting
+}
+
 func (c *capped) waitEntered(t *testing.T) {
 	t.Helper()
 	select {
@@ -190,15 +206,7 @@ func TestLimitConnections(t *testing.T) {
 			}
 		}},
 		{"a busy connection that goes idle gives way to a waiting one", func(t *testing.T) {
-			s := serveCapped(t, 1)
-			busy := s.dial(t)
-			busy.send(t, "/block")
-			s.waitEntered(t)
-			waiting := s.dial(t)
-			waiting.send(t, "/")
-			if got := waiting.answer(t, quiet); got != "" {
-				t.Fatalf("answered %q at the cap", got)
-			}
+			s, busy, waiting := busyAtTheCap(t, quiet)
 			close(s.release)
 			if got := busy.answer(t, 5*time.Second); got != "ok" {
 				t.Fatalf("busy answered %q", got)
@@ -208,15 +216,7 @@ func TestLimitConnections(t *testing.T) {
 			}
 		}},
 		{"closing the server ends a wait for a slot", func(t *testing.T) {
-			s := serveCapped(t, 1)
-			busy := s.dial(t)
-			busy.send(t, "/block")
-			s.waitEntered(t)
-			waiting := s.dial(t)
-			waiting.send(t, "/")
-			if got := waiting.answer(t, quiet); got != "" {
-				t.Fatalf("answered %q at the cap", got)
-			}
+			s, _, waiting := busyAtTheCap(t, quiet)
 			// Close closes the listener while Accept waits for a slot: Serve must return
 			// (the cleanup checks that it does, with ErrServerClosed), the waiting client
 			// must not hang.
