@@ -27,12 +27,15 @@ func TestBenchTargetsSummary(t *testing.T) {
 		"reco-off BenchmarkRecoHTTP/k=20/clients=64/autolog=false 61011 ns/op 9000 req/s 12.5 p99_ms 104.4 machine_cpu_us/req",
 		"reco-off BenchmarkRecoHTTP/k=20/rate=10000/autolog=false 100000 ns/op 9990 req/s 30 p99_ms",
 		"ingest BenchmarkLogBatch 100 ns/op 100000 events/s",
+		"reco-p50 BenchmarkRecoHTTP/k=20/rate=1000/autolog=false 1000000 ns/op 1000 req/s 0.9 p50_ms",
+		"reco-p50 BenchmarkRecoHTTP/k=20/rate=1000/autolog=true 1000000 ns/op 1000 req/s 1.3 p50_ms 0.4 added_p50_ms",
 	)
 	second := write(
 		"reco-off BenchmarkRecoHTTP/k=20/clients=64/autolog=false 61011 ns/op 15000 req/s 9.5 p99_ms 96.3 machine_cpu_us/req",
 		"reco-off BenchmarkRecoHTTP/k=20/clients=64/autolog=false 61011 ns/op 12000 req/s 8.0 p99_ms 99.7 machine_cpu_us/req",
 		"reco-off BenchmarkRecoHTTP/k=20/rate=10000/autolog=false 100000 ns/op 10000 req/s 9 p99_ms",
 		"ingest BenchmarkLogBatch 100 ns/op 90000 events/s",
+		"reco-p50 BenchmarkRecoHTTP/k=20/rate=1000/autolog=true 1000000 ns/op 1000 req/s 2.3 p50_ms 1.4 added_p50_ms",
 	)
 	cmd := exec.Command("bash", "scripts/bench-targets.sh", "--summary", first, second)
 	cmd.Dir = root
@@ -48,6 +51,7 @@ func TestBenchTargetsSummary(t *testing.T) {
 		`open loop at 10,000/s: p99 ms +19\.5 +9–30 +NOT MET \(<= 10\)`, // even count: mean of the middle two
 		`POST /log/batch: events/s +95000 +90000–100000 +NOT MET \(>= 100000\)`,
 		`consumer apply, young stream: events/s +- +- +not measured`,
+		`autolog's added p50 at 1,000 lists/s: ms +0\.9 +0\.4–1\.4 +met \(<= 1\)`,
 		`host speed: machine CPU us per /reco, autolog off, closed +99\.7 +96\.3–104 +\(no target\)`,
 	} {
 		if !regexp.MustCompile(want).MatchString(got) {
