@@ -42,8 +42,9 @@ A secret (a connection URL, a password, an API key) can also come from a file, a
 Kubernetes mount secrets: each of its variables has a ` + "`_FILE`" + ` form naming the file
 (` + "`RECSYS_PG_DSN_FILE=/run/secrets/pg-dsn`, `DATABASE_URL_FILE`" + `), listed in the
 table. The file's trailing line break is not part of the value. A variable and its ` + "`_FILE`" + `
-form set together, or a file that cannot be read, stop the process at start with a message
-naming both variables or the file (never the value).
+form set together, or a file that cannot be read or is no regular file (a named pipe, a
+device; a symlink is followed to its target), stop the process at start with a message naming
+both variables or the file (never the value).
 
 ` + flagenv.Markdown(out) + `
 ## Legacy names not honoured

@@ -4,7 +4,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -116,5 +118,72 @@ func TestSecretFileVariablesAreSettings(t *testing.T) {
 		if !strings.Contains(md, w) {
 			t.Errorf("reference row %q does not list %s", md, w)
 		}
+	}
+}
+
+// A _FILE variable naming a named pipe (or anything else that is not a regular file) is an
+// error naming the variable and the path: opening the pipe blocked start-up for good. A
+// symlink is followed, since Kubernetes mounts secrets as links.
+func TestBindSecretFileRefusesWhatIsNoRegularFile(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Skipf("mkfifo: %v", err)
+	}
+	linkToFifo := filepath.Join(dir, "link-to-fifo")
+	secret := filepath.Join(dir, "secret")
+	linkToSecret := filepath.Join(dir, "link-to-secret")
+	if err := os.WriteFile(secret, []byte("S3cretPW\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range [][2]string{{fifo, linkToFifo}, {secret, linkToSecret}} {
+		if err := os.Symlink(l[0], l[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name, path string
+		wantErr    []string // nil: no error, the secret read
+	}{
+		{"named pipe", fifo, []string{"RECSYS_PG_DSN_FILE", fifo, "named pipe"}},
+		{"symlink to a named pipe", linkToFifo, []string{"RECSYS_PG_DSN_FILE", linkToFifo, "named pipe"}},
+		{"character device", os.DevNull, []string{"RECSYS_PG_DSN_FILE", os.DevNull, "device"}},
+		{"symlink to a regular file", linkToSecret, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+			dsn := fs.String("pg.dsn", "", "")
+			flagenv.Secret(fs, "pg.dsn")
+			done := make(chan error, 1)
+			go func() {
+				done <- flagenv.Bind(fs, func(k string) (string, bool) {
+					if k == "RECSYS_PG_DSN_FILE" {
+						return tc.path, true
+					}
+					return "", false
+				})
+			}()
+			var err error
+			select {
+			case err = <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("Bind still blocked after 5 s")
+			}
+			if tc.wantErr == nil {
+				if err != nil || *dsn != "S3cretPW" {
+					t.Fatalf("Bind = %v, dsn %q; want the secret", err, *dsn)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tc.wantErr {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not name %q", err, w)
+				}
+			}
+		})
 	}
 }

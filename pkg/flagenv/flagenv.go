@@ -55,8 +55,8 @@ func IsSecret(f *pflag.Flag) bool { return len(f.Annotations[secretAnnotation]) 
 // and Kubernetes mount secrets: RECSYS_PG_DSN_FILE=/run/secrets/dsn, DATABASE_URL_FILE=...
 const FileSuffix = "_FILE"
 
-// maxSecretFile bounds what a _FILE variable reads: a path to a device or a large file by
-// mistake must fail, not fill the memory.
+// maxSecretFile bounds what a _FILE variable reads: a large file named by mistake must fail,
+// not fill the memory (a device or pipe is refused before it is opened).
 const maxSecretFile = 64 << 10
 
 // Bind sets every flag not given on the command line from the environment. Precedence is
@@ -170,6 +170,16 @@ func readSecretFile(path string) ([]byte, error) {
 	if path == "" {
 		return nil, errors.New("empty file name")
 	}
+	// Opening a named pipe blocks until something writes to it, and reading a device may
+	// never end: start-up would hang without a word. Stat follows symlinks, as Kubernetes
+	// mounts each secret as a link to the file.
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err // a *PathError, naming the file
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file (%s): a secret file must be one", path, fileKind(fi.Mode()))
+	}
 	fh, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -183,6 +193,23 @@ func readSecretFile(path string) ([]byte, error) {
 		return nil, fmt.Errorf("%s is larger than %d KiB: not a secret value", path, maxSecretFile>>10)
 	}
 	return b, nil
+}
+
+// fileKind names the type of a file that is not a regular one.
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeCharDevice != 0:
+		return "a character device"
+	case m&os.ModeDevice != 0:
+		return "a device"
+	}
+	return "type " + m.Type().String()
 }
 
 // Effective returns flag name -> value for logging at start, with secrets redacted. Any URL
