@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"time"
 	"unicode/utf8"
@@ -13,11 +14,12 @@ import (
 	"github.com/spf13/cobra"
 
 	"recsys/pkg/flagenv"
+	"recsys/pkg/infra"
 	"recsys/pkg/migrate"
 	"recsys/pkg/postgres"
 )
 
-func newItemsCmd() *cobra.Command {
+func newItemsCmd(lc *logConfig) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "items",
 		Short: "Block items from every list (takedowns), unblock them, list the blocked ones",
@@ -28,7 +30,7 @@ list every --reco.blocked-refresh (2 s), so a block takes effect within that; wh
 PostgreSQL is unreachable a process keeps the list it read last. The items' features and
 events stay, so unblocking restores them as they were.`,
 	}
-	cmd.AddCommand(newItemsBlockCmd(true), newItemsBlockCmd(false), newItemsBlockedCmd())
+	cmd.AddCommand(newItemsBlockCmd(lc, true), newItemsBlockCmd(lc, false), newItemsBlockedCmd(lc))
 	return cmd
 }
 
@@ -39,11 +41,17 @@ type blockedItem struct {
 	BlockedAt time.Time `json:"blocked_at"`
 }
 
-// pgCommand opens a small pool on --pg.dsn for a one-shot command and checks the schema.
-func pgCommand(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
+// pgCommand opens a small pool on --pg.dsn for a one-shot command and checks the schema. It
+// warns, as infra.Open does for the roles, when the connection does not verify the server.
+func pgCommand(ctx context.Context, lc *logConfig, dsn string) (*pgxpool.Pool, error) {
 	if dsn == "" {
 		return nil, errors.New(postgres.DSNRequired)
 	}
+	log, err := lc.logger(os.Stderr)
+	if err != nil {
+		return nil, err
+	}
+	infra.WarnUnverifiedPostgres(log, dsn)
 	pc := postgres.DefaultConfig()
 	pc.DSN, pc.MaxConns, pc.MinConns = dsn, 2, 0
 	pool, err := postgres.Open(ctx, pc)
@@ -64,7 +72,7 @@ func dsnFlag(cmd *cobra.Command, dsn *string) {
 	flagenv.Secret(fs, "pg.dsn")
 }
 
-func newItemsBlockCmd(block bool) *cobra.Command {
+func newItemsBlockCmd(lc *logConfig, block bool) *cobra.Command {
 	var dsn, reason string
 	use, short := "unblock ITEM_ID...", "Let items be recommended again; prints {\"unblocked\": n}"
 	if block {
@@ -79,7 +87,7 @@ func newItemsBlockCmd(block bool) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			pool, err := pgCommand(cmd.Context(), dsn)
+			pool, err := pgCommand(cmd.Context(), lc, dsn)
 			if err != nil {
 				return err
 			}
@@ -123,14 +131,14 @@ func itemIDs(ids []string) ([]string, error) {
 	return slices.Compact(ids), nil
 }
 
-func newItemsBlockedCmd() *cobra.Command {
+func newItemsBlockedCmd(lc *logConfig) *cobra.Command {
 	var dsn string
 	cmd := &cobra.Command{
 		Use:   "blocked",
 		Short: "List the blocked items as JSON",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			pool, err := pgCommand(cmd.Context(), dsn)
+			pool, err := pgCommand(cmd.Context(), lc, dsn)
 			if err != nil {
 				return err
 			}

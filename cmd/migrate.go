@@ -160,7 +160,7 @@ to start, the api stays unready and the tools other than migrate refuse.`,
 				return m.Force(cmd.Context(), v)
 			})(cmd, args)
 		},
-	}, newMigrateCheckCmd(&dsn))
+	}, newMigrateCheckCmd(lc, &dsn))
 	return cmd
 }
 
@@ -231,7 +231,7 @@ what it holds, while "down --to-version V" does nothing once the schema is at V.
 	return c
 }
 
-func newMigrateCheckCmd(dsn *string) *cobra.Command {
+func newMigrateCheckCmd(lc *logConfig, dsn *string) *cobra.Command {
 	var dir, out, dbURL string
 	var skipDB bool
 	c := &cobra.Command{
@@ -257,6 +257,12 @@ Prints the JSON report and exits 1 when there is any issue.`,
 				url, reason = "", "flag --skip-db-check is set"
 			case url == "":
 				reason = "DATABASE_URL is not set"
+			default:
+				log, err := lc.logger(os.Stderr)
+				if err != nil {
+					return err
+				}
+				infra.WarnUnverifiedPostgres(log, url)
 			}
 			r, err := migrate.Check(cmd.Context(), fsys, shown, url, reason)
 			if err != nil {

@@ -12,7 +12,7 @@ import (
 	"recsys/pkg/postgres"
 )
 
-func newRelayReplayCmd() *cobra.Command {
+func newRelayReplayCmd(lc *logConfig) *cobra.Command {
 	var (
 		dsn, since string
 		f          = outbox.ReplayFilter{Status: outbox.StatusDead, Limit: 1000}
@@ -68,7 +68,7 @@ requeued; --after-id itself when nothing matched or the first row was skipped).`
 			if err := errors.Join(errs...); err != nil {
 				return err
 			}
-			pool, err := pgCommand(cmd.Context(), dsn)
+			pool, err := pgCommand(cmd.Context(), lc, dsn)
 			if err != nil {
 				return err
 			}

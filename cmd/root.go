@@ -127,7 +127,7 @@ Precedence: flag, then RECSYS_ variable, then legacy variable, then default.`,
 	consume := newRolePresetCmd(&lc, "consume", "Run the feature consumer role (Kafka -> features)", []string{"consumer"})
 	consume.AddCommand(newReplayDLQCmd(&lc))
 	relay := newRolePresetCmd(&lc, "relay", "Run the outbox relay role (event_outbox -> Kafka)", []string{"relay"})
-	relay.AddCommand(newRelayReplayCmd())
+	relay.AddCommand(newRelayReplayCmd(&lc))
 	root.AddCommand(
 		newServeCmd(&lc),
 		newRolePresetCmd(&lc, "all", "Run every role in one process (api, relay, consumer)", []string{"all"}),
@@ -141,7 +141,7 @@ Precedence: flag, then RECSYS_ variable, then legacy variable, then default.`,
 		newConfigDocCmd(),
 		newFeaturesCmd(&lc),
 		newUsersCmd(&lc),
-		newItemsCmd(),
+		newItemsCmd(&lc),
 		newEvalCmd(),
 		newSmokeCmd(),
 		newLoadCmd(),
