@@ -830,9 +830,11 @@ func (c *Consumer) account(ctx context.Context, b *featurestore.Batch, topics []
 	if n := len(b.DLQ); n > 0 {
 		// An entry the insert left out (its user was erased after its receive time, since
 		// the list it was judged by was read) is not in the DLQ: counted as the consumer
-		// counts one it skips itself, not as stored (an alert fires on stored entries).
-		c.m.dlqStored.Add(n - len(a.DLQErased))
+		// counts one it skips itself, not as stored (an alert fires on stored entries). A
+		// redelivered one is there already: stored once, when it was first delivered.
+		c.m.dlqStored.Add(n - len(a.DLQErased) - a.DLQRedelivered)
 		c.m.dlqErased.Add(len(a.DLQErased))
+		c.m.dlqRedelivered.Add(a.DLQRedelivered)
 		for i, d := range b.DLQ {
 			if slices.Contains(a.DLQErased, i) {
 				c.m.processed(d.Topic, "ignored", 1)

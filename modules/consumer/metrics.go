@@ -32,6 +32,7 @@ type consumerMetrics struct {
 	batchSize         *metrics.PrometheusHistogram
 	dlqStored         *metrics.Counter
 	dlqErased         *metrics.Counter // dead letters left out as their user was erased: not stored, which the DLQ alert sums
+	dlqRedelivered    *metrics.Counter // dead letters the DLQ held already (a redelivered poison message): not stored again
 	dlqPending        *metrics.Gauge
 	dlqReplayed       *metrics.Gauge
 	dlqOldestPending  *metrics.Gauge
@@ -65,6 +66,7 @@ func newMetrics(set *metrics.Set) *consumerMetrics {
 		batchSize:         set.NewPrometheusHistogramExt("recsys_consumer_batch_size", []float64{1, 10, 50, 100, 500, 1000, 2500, 5000, 10000, 50000}),
 		dlqStored:         set.NewCounter(`reco_feature_consumer_dlq_events_total{outcome="stored"}`),
 		dlqErased:         set.NewCounter("recsys_consumer_dlq_erased_total"),
+		dlqRedelivered:    set.NewCounter("recsys_consumer_dlq_redelivered_total"),
 		dlqPending:        set.NewGauge(`reco_feature_consumer_dlq_backlog{status="pending"}`, nil),
 		dlqReplayed:       set.NewGauge(`reco_feature_consumer_dlq_backlog{status="replayed"}`, nil),
 		dlqOldestPending:  set.NewGauge(`reco_feature_consumer_dlq_oldest_pending_ms`, nil),

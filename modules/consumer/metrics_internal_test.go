@@ -59,3 +59,25 @@ func TestDeadLetterLeftOutForAnErasureIsNotCountedAsStored(t *testing.T) {
 		}
 	}
 }
+
+// A redelivered poison message (Applied.DLQRedelivered: its entry is in the DLQ already, the
+// insert stored nothing) counted as stored again on every delivery, raising the counter the
+// DLQ alert watches for one entry. It counts as redelivered; it is still processed "dlq".
+func TestRedeliveredDeadLetterIsNotCountedAsStoredAgain(t *testing.T) {
+	set := metrics.NewSet()
+	c := newConsumer(NewConfig(), infra.Deps{Metrics: set, Config: infra.DefaultConfig()})
+	b := &featurestore.Batch{DLQ: []featurestore.DLQEntry{{Topic: "t", Offset: 1}, {Topic: "t", Offset: 2}, {Topic: "t", Offset: 3}}}
+	c.account(context.Background(), b, nil, &featurestore.Applied{DLQErased: []int{0}, DLQRedelivered: 1})
+	var out bytes.Buffer
+	set.WritePrometheus(&out)
+	for _, line := range []string{
+		`reco_feature_consumer_dlq_events_total{outcome="stored"} 1`,
+		`recsys_consumer_dlq_redelivered_total 1`,
+		`recsys_consumer_dlq_erased_total 1`,
+		`reco_feature_consumer_processed_total{topic="t",status="dlq"} 2`,
+	} {
+		if !strings.Contains(out.String(), line+"\n") {
+			t.Errorf("exposition lacks %s", line)
+		}
+	}
+}

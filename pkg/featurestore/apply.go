@@ -63,6 +63,10 @@ type Applied struct {
 	// was erased after their receive time (queueDLQ): not in the DLQ, not to be counted as
 	// stored.
 	DLQErased []int
+	// DLQRedelivered counts the entries of Batch.DLQ not stored because the DLQ holds their
+	// message already (its coordinates and payload): a poison message delivered again, after a
+	// failed commit or a rebalance, or twice in the batch. Not to be counted as stored.
+	DLQRedelivered int
 
 	journalID int64
 	users     []userRow
@@ -510,7 +514,7 @@ RETURNING u.user_id, u.version`, userIDs[lo:hi], hs[lo:hi], ws[lo:hi], is[lo:hi]
 		}
 	}
 	if len(b.DLQ) > 0 {
-		queueDLQ(p, b.DLQ, &a.DLQErased)
+		queueDLQ(p, b.DLQ, &a.DLQErased, &a.DLQRedelivered)
 	}
 	itemIDs := sortedKeys(items)
 	if s.rd != nil && (len(userIDs) > 0 || len(items) > 0 || len(lists) > 0) {
@@ -1070,8 +1074,9 @@ VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING`, lm[0], lm[1], lm[2
 	return nil
 }
 
-// queueDLQ stores entries, and appends to erased the indexes of those it leaves out.
-func queueDLQ(p *pipeline, entries []DLQEntry, erased *[]int) {
+// queueDLQ stores entries, appends to erased the indexes of those it leaves out for an
+// erasure, and sets redelivered to the number it finds stored already.
+func queueDLQ(p *pipeline, entries []DLQEntry, erased *[]int, redelivered *int) {
 	n := len(entries)
 	topic, key, hdr, payload, errs := make([]string, n), make([][]byte, n), make([]string, n), make([][]byte, n), make([]string, n)
 	part, off := make([]int32, n), make([]int64, n)
@@ -1115,11 +1120,17 @@ WHERE d.topic = v.t AND d.kafka_partition = v.p AND d.kafka_offset = v.o AND d.p
 	// the erasure time) the clearing then sees.
 	p.exec("wait for erasures being recorded", `SELECT pg_advisory_xact_lock_shared($1)`, int64(outbox.ErasureLockKey))
 	// The entries left out are returned (their 1-based places), for the caller to count as
-	// erased rather than stored.
+	// erased rather than stored, and how many of the others the conflict left out: those are
+	// in the DLQ already, and counting them as stored again raised the stored counter (which
+	// the DLQ alert watches) for each redelivery of one poison message.
 	p.query(func(rows pgx.Rows) error {
-		var n int64
-		_, err := pgx.ForEachRow(rows, []any{&n}, func() error {
-			*erased = append(*erased, int(n-1))
+		var gone []int64
+		var dup int64
+		_, err := pgx.ForEachRow(rows, []any{&gone, &dup}, func() error {
+			for _, n := range gone {
+				*erased = append(*erased, int(n-1))
+			}
+			*redelivered = int(dup)
 			return nil
 		})
 		return err
@@ -1128,8 +1139,11 @@ WHERE d.topic = v.t AND d.kafka_partition = v.p AND d.kafka_offset = v.o AND d.p
 gone AS (SELECT n FROM v WHERE EXISTS (SELECT 1 FROM forgotten_users f WHERE f.user_id = v.u AND v.r <= f.forgotten_at_ms)),
 stored AS (INSERT INTO feature_dlq (topic, kafka_partition, kafka_offset, msg_key, headers, payload, error)
 SELECT t, p, o, k, h::jsonb, b, e FROM v WHERE n NOT IN (SELECT n FROM gone)
-ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING)
-SELECT n FROM gone ORDER BY n`, topic, part, off, key, hdr, payload, errs, users, received)
+ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING
+RETURNING 1)
+SELECT coalesce((SELECT array_agg(n ORDER BY n) FROM gone), '{}'),
+  (SELECT count(*) FROM v) - (SELECT count(*) FROM gone) - (SELECT count(*) FROM stored)`,
+		topic, part, off, key, hdr, payload, errs, users, received)
 }
 
 // dlqText makes s storable as PostgreSQL text and inside jsonb, which refuse invalid UTF-8

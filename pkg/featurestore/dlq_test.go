@@ -143,17 +143,30 @@ func TestDLQEntryOfARecreatedTopicIsKept(t *testing.T) {
 	ctx := context.Background()
 	pool := testutil.Pool(t, testutil.MigratedDatabase(t))
 	st := featurestore.New(pool, nil, testutil.Unique("dlq")+":", testConfig(), nil)
-	store := func(payload string) {
+	// The consumer counts as stored only what Applied does not report redelivered.
+	store := func(payload string, wantRedelivered int) {
 		t.Helper()
 		e := featurestore.DLQEntry{Topic: "watches", Partition: 2, Offset: 5, Payload: []byte(payload), Error: "bad"}
-		if _, err := st.Apply(ctx, &featurestore.Batch{DLQ: []featurestore.DLQEntry{e}}); err != nil {
+		a, err := st.Apply(ctx, &featurestore.Batch{DLQ: []featurestore.DLQEntry{e}})
+		if err != nil {
 			t.Fatalf("store dlq entry: %v", err)
 		}
+		if a.DLQRedelivered != wantRedelivered || len(a.DLQErased) != 0 {
+			t.Errorf("store %s: %d redelivered, %v erased; want %d, none", payload, a.DLQRedelivered, a.DLQErased, wantRedelivered)
+		}
 	}
-	store("first")
-	store("first") // redelivered
-	store("second")
-	store("second")
+	store("first", 0)
+	store("first", 1) // redelivered
+	store("second", 0)
+	store("second", 1)
+	// Twice in one batch: stored once.
+	twice := featurestore.DLQEntry{Topic: "watches", Partition: 2, Offset: 6, Payload: []byte("third"), Error: "bad"}
+	if a, err := st.Apply(ctx, &featurestore.Batch{DLQ: []featurestore.DLQEntry{twice, twice}}); err != nil || a.DLQRedelivered != 1 {
+		t.Fatalf("store an entry twice in one batch: %v; want 1 redelivered", err)
+	}
+	if _, err := pool.Exec(ctx, `DELETE FROM feature_dlq WHERE kafka_offset = 6`); err != nil {
+		t.Fatal(err)
+	}
 	rows, _ := pool.Query(ctx, `SELECT id, topic, kafka_partition, kafka_offset, payload FROM feature_dlq ORDER BY id`)
 	var got []string
 	for rows.Next() {
