@@ -763,7 +763,7 @@ func decodeStats(f [9]string) (ranking.ItemStats, error) {
 		if s == "" {
 			continue
 		}
-		v, err := strconv.ParseFloat(s, 64)
+		v, err := featurestore.ParseStat(s)
 		if err != nil {
 			return ranking.ItemStats{}, err
 		}

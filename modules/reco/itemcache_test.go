@@ -531,3 +531,14 @@ func TestRebaseDuringLoadAndRetryReadsInOneGo(t *testing.T) {
 		t.Fatalf("snapshot without h1's neighbours: %+v", snap.Neighbours)
 	}
 }
+
+// An item statistics hash field holding "nan" or "inf" is 0 (featurestore.ParseStat): as an
+// integer statistic it was int64(NaN), whatever the platform makes of it (the smallest int64
+// on amd64: an item never shown to anyone, its impressions "negative"), and as popularity NaN.
+func TestNonFiniteStoredStatisticsDecodeAsZero(t *testing.T) {
+	got, err := decodeStats([9]string{"nan", "inf", "NaN", "-inf", "3", "1.5", "1700000000000", "nan", "+Inf"})
+	want := ranking.ItemStats{Ended: 3, WatchTimeSec: 1.5, FirstSeenMs: 1700000000000}
+	if err != nil || got != want {
+		t.Fatalf("decodeStats = %+v, %v; want %+v", got, err, want)
+	}
+}

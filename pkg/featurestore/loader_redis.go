@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -334,7 +335,7 @@ func statsFromStrings(f []string) (itemStats, bool, error) {
 			s = "0"
 		}
 		if p, ok := floats[i]; ok {
-			if *p, err = strconv.ParseFloat(s, 64); err != nil {
+			if *p, err = ParseStat(s); err != nil {
 				return st, false, err
 			}
 			continue
@@ -344,6 +345,21 @@ func statsFromStrings(f []string) (itemStats, bool, error) {
 		}
 	}
 	return st, true, nil
+}
+
+// ParseStat parses a stored item statistic. strconv accepts "nan", "inf" and "infinity" (any
+// case), which no write of the store produces but a hand-written or corrupted hash field can
+// hold: such a value is 0, as ranking counts a non-finite feature, so that it cannot turn
+// into an integer statistic whose conversion from NaN or ±Inf Go leaves to the platform.
+func ParseStat(s string) (float64, error) {
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil && !errors.Is(err, strconv.ErrRange) {
+		return 0, err
+	}
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return 0, nil
+	}
+	return v, nil
 }
 
 // builder assembles a Snapshot the way features.MemoryStore does.

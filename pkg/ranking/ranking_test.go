@@ -729,3 +729,94 @@ func TestRankListLengthAndExclusions(t *testing.T) {
 		}
 	}
 }
+
+// A NaN or infinite feature value (a corrupted stored field, a decay that overflowed) counts
+// as 0, and a list entry with one as absent: one NaN made every score NaN, and NaN scores
+// have no order, so the list came out in no defined order. Whatever the corruption, every
+// score is finite, the ranked list is in order, pruning changes nothing, and where "counts as
+// 0" has an equivalent snapshot, the result is that snapshot's.
+func TestRankNonFiniteFeaturesCountAsZero(t *testing.T) {
+	base := func() *Snapshot {
+		s := snapshot()
+		s.Similar = map[string][]Scored{"h1": {{ItemID: "n3", Score: 0.5}, {ItemID: "n1", Score: 0.2}}}
+		for i, x := range s.Trending {
+			st := s.Items[x.ItemID]
+			st.PopShort, st.SumPercent, st.PercentCount = x.Score, float64(60+10*i), 1
+			s.Items[x.ItemID] = st
+		}
+		for _, x := range s.Popular {
+			st := s.Items[x.ItemID]
+			st.PopLong = x.Score
+			s.Items[x.ItemID] = st
+		}
+		return s
+	}
+	stat := func(id string, set func(*ItemStats, float64)) func(*Snapshot, float64) {
+		return func(s *Snapshot, v float64) {
+			st := s.Items[id]
+			set(&st, v)
+			s.Items[id] = st
+		}
+	}
+	tests := []struct {
+		name    string
+		corrupt func(s *Snapshot, v float64)
+		// same turns base into the snapshot the corrupted one must rank as (nil: none).
+		same func(s *Snapshot)
+	}{
+		{name: "short popularity", corrupt: stat("n2", func(st *ItemStats, v float64) { st.PopShort = v })},
+		{name: "long popularity", corrupt: stat("t1", func(st *ItemStats, v float64) { st.PopLong = v })},
+		{name: "completion sum", corrupt: stat("n2", func(st *ItemStats, v float64) { st.SumPercent = v })},
+		{name: "neighbour strength", corrupt: func(s *Snapshot, v float64) { s.Neighbours["h1"][2].Score = v },
+			same: func(s *Snapshot) { s.Neighbours["h1"] = slices.Delete(s.Neighbours["h1"], 2, 3) }},
+		{name: "strongest neighbour", corrupt: func(s *Snapshot, v float64) { s.Neighbours["h2"][0].Score = v },
+			same: func(s *Snapshot) { s.Neighbours["h2"] = s.Neighbours["h2"][1:] }},
+		{name: "similar strength", corrupt: func(s *Snapshot, v float64) { s.Similar["h1"][0].Score = v },
+			same: func(s *Snapshot) { s.Similar["h1"] = s.Similar["h1"][1:] }},
+		{name: "history quality", corrupt: func(s *Snapshot, v float64) { s.History[1].Quality = v },
+			same: func(s *Snapshot) { s.History[1].Quality = 0 }},
+		{name: "trending head", corrupt: func(s *Snapshot, v float64) {
+			s.Trending[0].Score = v
+			stat("t1", func(st *ItemStats, v float64) { st.PopShort = v })(s, v)
+		}},
+		{name: "popular head", corrupt: func(s *Snapshot, v float64) {
+			s.Popular[0].Score = v
+			stat("p1", func(st *ItemStats, v float64) { st.PopLong = v })(s, v)
+		}},
+	}
+	for _, tc := range tests {
+		if tc.same == nil {
+			tc.same = func(s *Snapshot) { tc.corrupt(s, 0) }
+		}
+		for _, v := range []float64{math.NaN(), math.Inf(1), math.Inf(-1)} {
+			t.Run(fmt.Sprintf("%s %v", tc.name, v), func(t *testing.T) {
+				for _, k := range []int{2, 8} {
+					s := base()
+					tc.corrupt(s, v)
+					got := NewWeighted(noExplore()).Rank(s, k)
+					for i, sc := range got.Scores {
+						if math.IsNaN(sc) || math.IsInf(sc, 0) {
+							t.Fatalf("k=%d: score %v of %s (%v %v)", k, sc, got.Items[i], got.Items, got.Scores)
+						}
+						if i > 0 && sc > got.Scores[i-1] {
+							t.Fatalf("k=%d: out of order: %v %v", k, got.Items, got.Scores)
+						}
+					}
+					full := NewWeighted(noExplore())
+					full.exhaustive = true
+					if want := full.Rank(s, k); !reflect.DeepEqual(got, want) {
+						t.Fatalf("k=%d: pruned %v %v, exhaustive %v %v", k, got.Items, got.Scores, want.Items, want.Scores)
+					}
+					if tc.name == "trending head" || tc.name == "popular head" {
+						continue // a list entry stays a candidate: no snapshot without it ranks the same
+					}
+					z := base()
+					tc.same(z)
+					if want := NewWeighted(noExplore()).Rank(z, k); !reflect.DeepEqual(got, want) {
+						t.Fatalf("k=%d: %v %v, want as if it were 0 / absent: %v %v", k, got.Items, got.Scores, want.Items, want.Scores)
+					}
+				}
+			})
+		}
+	}
+}

@@ -27,6 +27,9 @@ import (
 //	           in the last FatigueMemory since the last watch (subtracted)
 //
 // Per-history-item normalisation keeps one very popular history item from drowning the others.
+// A non-finite input (NaN or ±Inf: a corrupted stored value, a decay that overflowed) counts
+// as 0, or, for a list entry, as absent: one such value made every score NaN, and NaN scores
+// have no order, so the list came out in an arbitrary order with NaN scores.
 // Every decayed input (covis, trending, popular) enters only as a ratio to a maximum of values
 // with the same half-life, so a Snapshot may hold them decayed to NowMs or as stored
 // (Snapshot.Stored): the score depends only on the stored features, NowMs and the
@@ -207,12 +210,12 @@ func (w *Weighted) RankInto(res *Result, s *Snapshot, k int) {
 			} else {
 				ns = lists[h.ItemID]
 			}
-			if len(ns) == 0 || hw <= 0 {
+			if len(ns) == 0 || !(hw > 0 && hw <= math.MaxFloat64) {
 				continue
 			}
 			top := 1.0
 			if cfg.NormaliseNeighbours {
-				top = ns[0].Score // lists are strongest first (Snapshot.Neighbours)
+				top = listHead(ns) // lists are strongest first (Snapshot.Neighbours)
 				if top <= 0 {
 					continue
 				}
@@ -221,7 +224,7 @@ func (w *Weighted) RankInto(res *Result, s *Snapshot, k int) {
 			for j := range ns[:min(len(ns), cfg.NeighboursPerItem)] {
 				n := &ns[j]
 				// A list naming its own item needs no check: history items are excluded in idx.
-				if n.Score <= 0 {
+				if !(n.Score > 0 && n.Score <= math.MaxFloat64) {
 					continue
 				}
 				// get, inline: most entries are candidates already seen (the lists of a
@@ -282,8 +285,7 @@ func (w *Weighted) RankInto(res *Result, s *Snapshot, k int) {
 	// exactly the one with them: covis and similar maxima come from personal candidates, and
 	// popularity is normalised by the lists' heads, not by the candidates.
 	var nm norms
-	canSkip := !w.exhaustive && len(cands) >= k && len(s.Trending) > 0 && s.Trending[0].Score > 0 &&
-		len(s.Popular) > 0 && s.Popular[0].Score > 0
+	canSkip := !w.exhaustive && len(cands) >= k && listHead(s.Trending) > 0 && listHead(s.Popular) > 0
 	if canSkip {
 		nm = w.scoreCandidates(s, sc, cands, k)
 		if cands[k-1].score <= w.bound() {
@@ -417,21 +419,16 @@ func (w *Weighted) scoreCandidates(s *Snapshot, sc *scratch, cands []cand, k int
 		nm.covis = max(nm.covis, cands[i].covis)
 		nm.sim = max(nm.sim, cands[i].sim)
 	}
-	if len(s.Trending) > 0 {
-		nm.short = s.Trending[0].Score
-	}
-	if len(s.Popular) > 0 {
-		nm.long = s.Popular[0].Score
-	}
+	nm.short, nm.long = listHead(s.Trending), listHead(s.Popular)
 	if nm.short <= 0 || nm.long <= 0 {
 		// No global list to normalise by: take the maxima over the candidates (needs every
 		// candidate's statistics, so no pruning).
 		for i := range cands {
 			st := cands[i].stats(s)
-			if len(s.Trending) == 0 {
+			if len(s.Trending) == 0 && finite(st.PopShort) {
 				nm.short = max(nm.short, st.PopShort)
 			}
-			if len(s.Popular) == 0 {
+			if len(s.Popular) == 0 && finite(st.PopLong) {
 				nm.long = max(nm.long, st.PopLong)
 			}
 		}
@@ -621,10 +618,10 @@ func (w *Weighted) fullScore(s *Snapshot, c *cand, nm norms) {
 		st = &v
 	}
 	f := c.personal
-	if nm.short > 0 {
+	if nm.short > 0 && finite(st.PopShort) {
 		f += wt.Trending * min(1, st.PopShort/nm.short)
 	}
-	if nm.long > 0 {
+	if nm.long > 0 && finite(st.PopLong) {
 		f += wt.Popular * min(1, st.PopLong/nm.long)
 	}
 	if w.id != 0 && st.priorBy == w.id {
@@ -641,11 +638,33 @@ func (w *Weighted) fullScore(s *Snapshot, c *cand, nm norms) {
 	if wt.Fatigue > 0 && s.hasImpressions() {
 		f -= wt.Fatigue * fatigue(s, c.id, &w.cfg)
 	}
+	if !finite(f) {
+		// Finite inputs whose sums overflowed (co-visitation strengths near the float
+		// limit): the order must stay total.
+		f = 0
+	}
 	c.score, c.scored = f, true
+}
+
+// finite reports whether x is neither NaN nor ±Inf.
+func finite(x float64) bool { return math.Abs(x) <= math.MaxFloat64 }
+
+// listHead is the score a list is normalised by: its first finite score (lists are highest
+// first, so normally its first), or 0 when that is not positive or there is none.
+func listHead(l []Scored) float64 {
+	for i := range l {
+		if v := l[i].Score; finite(v) {
+			return max(v, 0)
+		}
+	}
+	return 0
 }
 
 func completion(st *ItemStats, cfg *Config) float64 {
 	sum, n := st.SumPercent, float64(st.PercentCount)
+	if !finite(sum) {
+		sum = 0
+	}
 	// Watches without a percentage but with ended=true count as complete; without either they
 	// carry no completion evidence.
 	if extra := st.Ended - st.PercentCount; extra > 0 {
