@@ -60,8 +60,10 @@ consumers skip the users' events) and deleted once published (after --relay.rete
 The raw tables and the dead outbox rows are scanned once per run, whatever the number of
 users (without --pg.statement-timeout, which such a scan outlasts; Ctrl-C stops it): erase users in lists
 (up to 100,000 per run), e.g. once a day. Prints {"users", "forgotten_at_ms", "deleted":
-{table: rows}}; feature_users counts the users that had features, event_outbox the users'
-events taken out of dead rows.`,
+{store: count}}: rows per table (feature_dlq: the entries keyed by the users;
+feature_dlq_keyless: the entries without a key whose payload holds one of their ids as a
+JSON string value; event_outbox: the users' events taken out of dead rows; feature_users:
+the users that had features) and redis_user_hashes, the hashes deleted from the Redis copy.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			users, err := forgetList(args, fromFile)
 			if err != nil {

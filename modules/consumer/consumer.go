@@ -774,8 +774,10 @@ func (c *Consumer) applyIsolated(ctx context.Context, b *featurestore.Batch, msg
 	c.log.ErrorContext(ctx, "store dlq entries; storing them without their headers and key", "err", perr, "entries", len(dlq))
 	minimal := make([]featurestore.DLQEntry, len(dlq))
 	for i, d := range dlq {
+		// Its receive time still judges it against erasures (by the ids in its payload, the
+		// key gone): without it, a returning user's entry counted as before their erasure.
 		minimal[i] = featurestore.DLQEntry{Topic: d.Topic, Partition: d.Partition, Offset: d.Offset, Payload: d.Payload,
-			Headers: map[string]string{}, Error: d.Error + " (headers and key dropped: " + perr.Error() + ")"}
+			Headers: map[string]string{}, Error: d.Error + " (headers and key dropped: " + perr.Error() + ")", ReceivedMs: d.ReceivedMs}
 		for _, k := range []string{events.HeaderEventType, events.HeaderSchemaVersion} { // what replay-dlq decodes with
 			if v, ok := d.Headers[k]; ok {
 				minimal[i].Headers[k] = v

@@ -3,6 +3,7 @@ package consumer_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -136,4 +137,40 @@ CREATE TRIGGER refuse_keyed_dlq BEFORE INSERT ON feature_dlq FOR EACH ROW EXECUT
 	if n := counter(c.set, "reco_feature_consumer_errors_total", `stage="dlq_store"`); n < 1 {
 		t.Errorf("dlq_store errors = %v, want the refused entry counted", n)
 	}
+}
+
+// The entry stored again without its key is still judged against erasures, by the ids in its
+// payload and its receive time: that of a user who came back after their erasure (received
+// after it) is stored. Stored without its receive time, it counted as received before the
+// erasure and was dropped, leaving no trace of the poison message.
+func TestRefusedDLQEntryOfAReturningUserIsStored(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	if _, err := e.pool.Exec(ctx, `CREATE FUNCTION refuse_keyed_dlq() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.msg_key IS NOT NULL THEN RAISE EXCEPTION 'injected data error' USING ERRCODE = '22P02'; END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_keyed_dlq BEFORE INSERT ON feature_dlq FOR EACH ROW EXECUTE FUNCTION refuse_keyed_dlq();`); err != nil {
+		t.Fatal(err)
+	}
+	const back = "erased-then-back"
+	now := time.Now().UnixMilli()
+	if _, err := e.pool.Exec(ctx, `INSERT INTO forgotten_users (user_id, forgotten_at_ms) VALUES ($1, $2)`, back, now-time.Hour.Milliseconds()); err != nil {
+		t.Fatal(err)
+	}
+	payload := []byte(fmt.Sprintf(`{"user_id":%q,"server_received_ts_ms":%d,"item_id":7}`, back, now))
+	e.produceRaw(t, kafkago.Message{Topic: e.TopicWatch, Key: []byte(back), Value: payload,
+		Headers: []kafkago.Header{{Key: events.HeaderEventType, Value: []byte("watch")}}})
+	after := e.generate(7, 20)
+	e.produce(t, after)
+	c := e.startConsumer(t)
+	e.waitApplied(t, len(after), 90*time.Second)
+	waitFor(t, "the returning user's poison message in the dlq", 20*time.Second, func() bool {
+		var n int
+		_ = e.pool.QueryRow(ctx, `SELECT count(*) FROM feature_dlq WHERE payload = $1`, payload).Scan(&n)
+		return n == 1
+	})
+	c.stop()
 }

@@ -1081,6 +1081,8 @@ func queueDLQ(p *pipeline, entries []DLQEntry, erased *[]int, redelivered *int) 
 	topic, key, hdr, payload, errs := make([]string, n), make([][]byte, n), make([]string, n), make([][]byte, n), make([]string, n)
 	part, off := make([]int32, n), make([]int64, n)
 	users, received := make([]*string, n), make([]int64, n)
+	var candN []int64 // entry (1-based) and string of the payloads of entries without a key
+	var candU []string
 	for i, e := range entries {
 		topic[i], part[i], off[i], key[i] = e.Topic, int32(e.Partition), e.Offset, e.Key
 		hs := make(map[string]string, len(e.Headers))
@@ -1095,8 +1097,14 @@ func queueDLQ(p *pipeline, entries []DLQEntry, erased *[]int, redelivered *int) 
 		}
 		errs[i] = dlqText(e.Error)
 		// A key that is no text PostgreSQL stores is no user id forgotten_users can hold.
-		if k := string(e.Key); e.Key != nil && dlqText(k) == k {
+		if k := string(e.Key); len(e.Key) > 0 && dlqText(k) == k {
 			users[i] = &k
+		} else {
+			// An entry without a key is judged by the ids its payload may hold, as Forget's
+			// clearing judges it (eraseKeylessDLQ).
+			for _, v := range payloadStrings(e.Payload, keylessDLQChecked) {
+				candN, candU = append(candN, int64(i+1)), append(candU, v)
+			}
 		}
 		received[i] = e.ReceivedMs
 	}
@@ -1136,15 +1144,22 @@ WHERE d.topic = v.t AND d.kafka_partition = v.p AND d.kafka_offset = v.o AND d.p
 		return err
 	}, `WITH v AS (SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bytea[], $5::text[], $6::bytea[], $7::text[],
   $8::text[], $9::bigint[]) WITH ORDINALITY AS v(t, p, o, k, h, b, e, u, r, n)),
-gone AS (SELECT n FROM v WHERE EXISTS (SELECT 1 FROM forgotten_users f WHERE f.user_id = v.u AND v.r <= f.forgotten_at_ms)),
+gone AS (SELECT n FROM v WHERE EXISTS (SELECT 1 FROM forgotten_users f WHERE f.user_id = v.u AND v.r <= f.forgotten_at_ms)
+  OR EXISTS (SELECT 1 FROM unnest($10::bigint[], $11::text[]) c(n, u) JOIN forgotten_users f ON f.user_id = c.u
+    WHERE c.n = v.n AND v.r <= f.forgotten_at_ms)),
 stored AS (INSERT INTO feature_dlq (topic, kafka_partition, kafka_offset, msg_key, headers, payload, error)
 SELECT t, p, o, k, h::jsonb, b, e FROM v WHERE n NOT IN (SELECT n FROM gone)
 ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING
 RETURNING 1)
 SELECT coalesce((SELECT array_agg(n ORDER BY n) FROM gone), '{}'),
   (SELECT count(*) FROM v) - (SELECT count(*) FROM gone) - (SELECT count(*) FROM stored)`,
-		topic, part, off, key, hdr, payload, errs, users, received)
+		topic, part, off, key, hdr, payload, errs, users, received, candN, candU)
 }
+
+// keylessDLQChecked bounds how many of a keyless entry's payload strings queueDLQ checks
+// against forgotten_users (one primary-key lookup each): an event's user_id is among its
+// first few.
+const keylessDLQChecked = 64
 
 // dlqText makes s storable as PostgreSQL text and inside jsonb, which refuse invalid UTF-8
 // and NUL (binary Kafka headers carry both).

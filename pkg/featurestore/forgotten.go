@@ -192,7 +192,7 @@ func (f *Forgotten) Note(users map[string]int64) {
 }
 
 // forgetUsers deletes the users' feature rows in PostgreSQL and their hashes in the Redis
-// copy, and returns how many rows went. Item statistics, co-visitation lists and the global
+// copy, and returns how many rows and hashes went. Item statistics, co-visitation lists and the global
 // lists are aggregates over every user and stay.
 //
 // It runs after the raw data is gone, so a failure here means a rerun: the deletion locks the
@@ -200,7 +200,7 @@ func (f *Forgotten) Note(users map[string]int64) {
 // batch holding one of them as recordForgotten does, without the session's lock_timeout
 // and statement_timeout (ctx still stops it), forgetChunk users per transaction so that no
 // batch waits long for the rows of the whole list.
-func (s *Store) forgetUsers(ctx context.Context, users []string) (int64, error) {
+func (s *Store) forgetUsers(ctx context.Context, users []string) (rows, hashes int64, err error) {
 	sorted := slices.Clone(users)
 	slices.Sort(sorted)
 	sorted = slices.Compact(sorted)
@@ -224,11 +224,12 @@ u AS (UPDATE forgotten_users f SET version = v.version FROM v WHERE f.user_id = 
 SELECT count(*) FROM d`, chunk).Scan(&n)
 		})
 		if err != nil {
-			return deleted, fmt.Errorf("delete feature users (the raw data is erased; run it again): %w", err)
+			return deleted, 0, fmt.Errorf("delete feature users (the raw data is erased; run it again): %w", err)
 		}
 		deleted += n
 	}
-	return deleted, s.forgetRedis(ctx, users)
+	hashes, err = s.forgetRedis(ctx, users)
+	return deleted, hashes, err
 }
 
 // forgetChunk is how many users' feature rows one transaction of forgetUsers deletes.
@@ -237,24 +238,27 @@ const forgetChunk = 1000
 // forgetRedis deletes the users' hashes from the Redis copy, forgetRedisChunk per round
 // trip, after setting each one's erasure marker to the version forgetUsers recorded
 // (eraseScript): from then on no writer creates the hash again from the erased row, however
-// late its write lands (see writeScript).
-func (s *Store) forgetRedis(ctx context.Context, users []string) error {
+// late its write lands (see writeScript). It returns how many hashes it deleted.
+func (s *Store) forgetRedis(ctx context.Context, users []string) (int64, error) {
 	if s.rd == nil {
-		return nil
+		return 0, nil
 	}
+	var deleted int64
 	for chunk := range slices.Chunk(users, forgetRedisChunk) {
 		rows, _ := s.pg.Query(ctx, `SELECT user_id, version FROM forgotten_users WHERE user_id = ANY($1::text[])`, chunk)
 		versions := make(map[string]int64, len(chunk))
 		var id string
 		var v int64
 		if _, err := pgx.ForEachRow(rows, []any{&id, &v}, func() error { versions[id] = v; return nil }); err != nil {
-			return fmt.Errorf("read erased users' versions: %w", err)
+			return deleted, fmt.Errorf("read erased users' versions: %w", err)
 		}
-		if err := s.eraseHashes(ctx, chunk, versions, false); err != nil {
-			return fmt.Errorf("delete users from the redis copy: %w", err)
+		n, err := s.eraseHashes(ctx, chunk, versions, false)
+		deleted += n
+		if err != nil {
+			return deleted, fmt.Errorf("delete users from the redis copy: %w", err)
 		}
 	}
-	return nil
+	return deleted, nil
 }
 
 // eraseScript erases one user's hash (KEYS[2]) under the erasure marker (KEYS[1]), with the
@@ -275,8 +279,9 @@ return redis.call('DEL', KEYS[2])
 var luaErase = rueidis.NewLuaScript(eraseScript)
 
 // eraseHashes runs eraseScript for users, one call each, in one round trip, with
-// versions[user] (0 when absent); keepNewer keeps the hashes above the markers.
-func (s *Store) eraseHashes(ctx context.Context, users []string, versions map[string]int64, keepNewer bool) error {
+// versions[user] (0 when absent); keepNewer keeps the hashes above the markers. It returns
+// how many hashes it deleted.
+func (s *Store) eraseHashes(ctx context.Context, users []string, versions map[string]int64, keepNewer bool) (int64, error) {
 	keep := "0"
 	if keepNewer {
 		keep = "1"
@@ -285,12 +290,15 @@ func (s *Store) eraseHashes(ctx context.Context, users []string, versions map[st
 	for i, u := range users {
 		calls[i] = rueidis.LuaExec{Keys: []string{s.keys.Erased, s.keys.User(u)}, Args: []string{fi(versions[u]), keep}}
 	}
+	var deleted int64
 	for _, r := range luaErase.ExecMulti(ctx, s.rd, calls...) {
-		if err := r.Error(); err != nil {
-			return err
+		n, err := r.AsInt64()
+		if err != nil {
+			return deleted, err
 		}
+		deleted += n
 	}
-	return nil
+	return deleted, nil
 }
 
 // restoreErased sets the erasure marker of every erased user with a known version (and
@@ -323,7 +331,7 @@ ORDER BY user_id LIMIT $2`, after, page)
 		if len(users) == 0 {
 			return nil
 		}
-		if err := s.eraseHashes(ctx, users, versions, true); err != nil {
+		if _, err := s.eraseHashes(ctx, users, versions, true); err != nil {
 			return fmt.Errorf("restore the erasure markers of the redis copy: %w", err)
 		}
 		if len(users) < page {
@@ -346,7 +354,11 @@ type ForgetReport struct {
 	// is gone (raw rows and their effect on the users' features) or will be skipped.
 	ForgottenAtMs int64 `json:"forgotten_at_ms"`
 	// Deleted counts rows per table (feature_users: the users that had features; event_outbox:
-	// the users' events removed from dead rows, which may carry other users' events too).
+	// the users' events removed from dead rows, which may carry other users' events too;
+	// feature_dlq: the entries keyed by the users; feature_dlq_keyless: those without a key
+	// whose payload held one of their ids) and, as redis_user_hashes, the users' hashes deleted
+	// from the Redis copy (by both passes: the second finds one a late writer of the previous
+	// release brought back).
 	Deleted map[string]int64 `json:"deleted"`
 }
 
@@ -404,16 +416,22 @@ func (s *Store) Forget(ctx context.Context, users []string, settle time.Duration
 		}
 		rep.Deleted[d.table] = tag.RowsAffected()
 	}
+	n, err := s.eraseKeylessDLQ(ctx, users, at)
+	rep.Deleted["feature_dlq_keyless"] = n
+	if err != nil {
+		return rep, fmt.Errorf("erase users from feature_dlq's entries without a key: %w", err)
+	}
 	// Dead outbox rows are never published, so the relay's retention never deletes them. Rows
 	// that go dead after this lose the users' events then, in the relay (the erasure is
 	// committed by now, see outbox.eraseForgotten).
-	n, err := outbox.NewStore(s.pg).EraseDead(ctx, users, time.UnixMilli(at))
+	n, err = outbox.NewStore(s.pg).EraseDead(ctx, users, time.UnixMilli(at))
 	rep.Deleted["event_outbox"] = n
 	if err != nil {
 		return rep, err
 	}
-	n, err = s.forgetUsers(ctx, users)
+	n, hashes, err := s.forgetUsers(ctx, users)
 	rep.Deleted["feature_users"] = n
+	rep.Deleted["redis_user_hashes"] = hashes
 	if err != nil {
 		return rep, err
 	}
@@ -434,7 +452,9 @@ func (s *Store) Forget(ctx context.Context, users []string, settle time.Duration
 	if err := s.awaitRepopulation(ctx, repopulationWaitMax); err != nil {
 		return rep, err
 	}
-	if err := s.forgetRedis(ctx, users); err != nil {
+	hashes, err = s.forgetRedis(ctx, users)
+	rep.Deleted["redis_user_hashes"] += hashes
+	if err != nil {
 		return rep, err
 	}
 	// The raw rows of events received before the erasure whose transaction committed after
@@ -453,6 +473,75 @@ func (s *Store) Forget(ctx context.Context, users []string, settle time.Duration
 	}
 	return rep, nil
 }
+
+// eraseKeylessDLQ deletes the DLQ entries without a Kafka key created up to the erasure
+// time (at, ms) whose payload holds one of the users' ids as a JSON string value
+// (payloadStrings), and returns how many went. Such an entry is a message another producer
+// published without a key, or one the consumer stored without its key after PostgreSQL
+// refused it whole: the deletion by key missed it, and it kept the user's raw event (their id,
+// items, times) for good. A value equal to a user's id goes whatever its member (an item id
+// that equals the user's id, too): a dead letter is deleted rather than a user's data kept.
+// Entries keyed by another user are that user's, and are kept. The table is read once, in id
+// order, keylessDLQPage entries at a time, each entry's first keylessDLQBytes; the entries a
+// batch stores after the erasure is recorded are checked when stored (queueDLQ).
+func (s *Store) eraseKeylessDLQ(ctx context.Context, users []string, at int64) (int64, error) {
+	erased := make(map[string]bool, len(users))
+	for _, u := range users {
+		erased[u] = true
+	}
+	var deleted, after int64
+	for {
+		var ids []int64
+		var id int64
+		var payload []byte
+		var n, got int64
+		err := postgres.Untimed(ctx, s.pg, func(tx pgx.Tx) error {
+			// A page may pass many keyed entries by (no index on the key): without the
+			// session's statement_timeout, as the deletion by key.
+			rows, _ := tx.Query(ctx, `SELECT id, substring(payload FROM 1 FOR $4) FROM feature_dlq
+WHERE id > $1 AND (msg_key IS NULL OR msg_key = ''::bytea) AND created_at <= to_timestamp($2::bigint / 1000.0)
+ORDER BY id LIMIT $3`, after, at, keylessDLQPage, keylessDLQBytes)
+			_, err := pgx.ForEachRow(rows, []any{&id, &payload}, func() error {
+				n++
+				after = id
+				for _, v := range payloadStrings(payload, 0) {
+					if erased[v] {
+						ids = append(ids, id)
+						break
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("read entries: %w", err)
+			}
+			if len(ids) == 0 {
+				return nil
+			}
+			tag, err := tx.Exec(ctx, `DELETE FROM feature_dlq WHERE id = ANY($1)`, ids)
+			if err != nil {
+				return fmt.Errorf("delete entries: %w", err)
+			}
+			got = tag.RowsAffected()
+			return nil
+		})
+		if err != nil {
+			return deleted, err
+		}
+		deleted += got
+		if n < keylessDLQPage {
+			return deleted, nil
+		}
+	}
+}
+
+// keylessDLQPage is how many DLQ entries without a key eraseKeylessDLQ reads at a time, and
+// keylessDLQBytes how much of each payload: a Kafka message is up to 1 MiB by default, so a
+// page holds at most ~100 MiB.
+const (
+	keylessDLQPage  = 100
+	keylessDLQBytes = 1 << 20
+)
 
 // recordForgotten records the users in forgotten_users, in a transaction that holds each
 // user's feature row, or its key when there is none, when it commits: a consumer batch

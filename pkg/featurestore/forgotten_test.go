@@ -484,8 +484,13 @@ func TestForgetDeletesRedisHashesInChunks(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := st.Forget(ctx, users, 100*time.Millisecond); err != nil {
+	rep, err := st.Forget(ctx, users, 100*time.Millisecond)
+	if err != nil {
 		t.Fatal(err)
+	}
+	// The report says what went from the copy too, and a second run finds nothing left.
+	if n := rep.Deleted["redis_user_hashes"]; n != int64(len(users)) {
+		t.Errorf("report: %d redis hashes deleted, want %d (%v)", n, len(users), rep.Deleted)
 	}
 	rec.mu.Lock()
 	sizes := rec.sizes
@@ -499,6 +504,14 @@ func TestForgetDeletesRedisHashesInChunks(t *testing.T) {
 	}
 	if len(left) != 0 {
 		t.Errorf("%d hashes of erased users left, e.g. %s", len(left), left[0])
+	}
+	if rep, err = st.Forget(ctx, users, 100*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	for store, n := range rep.Deleted {
+		if n != 0 {
+			t.Errorf("second run of the erasure deleted %d from %s, want nothing (%v)", n, store, rep.Deleted)
+		}
 	}
 }
 
