@@ -1145,8 +1145,8 @@ WHERE d.topic = v.t AND d.kafka_partition = v.p AND d.kafka_offset = v.o AND d.p
 	}, `WITH v AS (SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bytea[], $5::text[], $6::bytea[], $7::text[],
   $8::text[], $9::bigint[]) WITH ORDINALITY AS v(t, p, o, k, h, b, e, u, r, n)),
 gone AS (SELECT n FROM v WHERE EXISTS (SELECT 1 FROM forgotten_users f WHERE f.user_id = v.u AND v.r <= f.forgotten_at_ms)
-  OR EXISTS (SELECT 1 FROM unnest($10::bigint[], $11::text[]) c(n, u) JOIN forgotten_users f ON f.user_id = c.u
-    WHERE c.n = v.n AND v.r <= f.forgotten_at_ms)),
+  UNION SELECT v.n FROM unnest($10::bigint[], $11::text[]) c(n, u) JOIN v ON v.n = c.n
+    JOIN forgotten_users f ON f.user_id = c.u WHERE v.r <= f.forgotten_at_ms),
 stored AS (INSERT INTO feature_dlq (topic, kafka_partition, kafka_offset, msg_key, headers, payload, error)
 SELECT t, p, o, k, h::jsonb, b, e FROM v WHERE n NOT IN (SELECT n FROM gone)
 ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING
