@@ -19,6 +19,7 @@ func TestPayloadStrings(t *testing.T) {
 		{"not json", `u1 "u2"`, 0, []string{"u2"}},
 		{"repeats once", `["a","a","b"]`, 0, []string{"a", "b"}},
 		{"limit", `["a","b","c"]`, 2, []string{"a", "b"}},
+		{"wrapped", `{"body":"{\"user_id\":\"u1\"}"}`, 0, []string{`{"user_id":"u1"}`, "u1"}},
 		{"no text", "[\"\xff\",\"\\u0000\",\"\",\"ok\"]", 0, []string{"ok"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
