@@ -212,3 +212,32 @@ func benchApply(b *testing.B, r applyBench) {
 		b.StartTimer()
 	}
 }
+
+// BenchmarkInMemoryApplyFloor applies the streams of the consumer's apply benchmark
+// (modules/consumer BenchmarkApplyFromPrefilledTopic: 20,000 users, 5,000 items; 100,000
+// events leave them young, 400,000 fill their histories and lists) to a features.MemoryStore:
+// the Go cost of the feature updates alone, with no decoding, PostgreSQL, Redis or Kafka. It
+// is the floor of a consumer that keeps each partition's state in memory and checkpoints it
+// (docs/performance-log.md, "What 100,000 applied events/s would take here"). One core:
+//
+//	go test ./pkg/featurestore -run '^$' -bench InMemoryApplyFloor -benchtime 1x -count 3
+func BenchmarkInMemoryApplyFloor(b *testing.B) {
+	for _, n := range []int{100_000, 400_000} {
+		evs := fstest.Generate(fstest.GenConfig{Seed: 7, Users: 20000, Items: 5000, Events: n,
+			StartMs: time.Now().UnixMilli(), StepMs: 10, Prefix: "b1", DisjointImpressions: true})
+		in := make([]features.Interaction, len(evs))
+		for i, ev := range evs {
+			in[i] = featurestore.FromEvent(ev).Interaction
+		}
+		b.Run(fmt.Sprintf("events=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				m := features.NewMemoryStore(features.DefaultConfig())
+				t0 := time.Now()
+				for _, ev := range in {
+					m.Apply(ev)
+				}
+				b.ReportMetric(float64(time.Since(t0).Nanoseconds())/float64(len(in))/1000, "us/event")
+			}
+		})
+	}
+}
