@@ -9,6 +9,7 @@ import (
 
 	"recsys/modules/consumer"
 	"recsys/pkg/events"
+	"recsys/pkg/features"
 	"recsys/pkg/featurestore/fstest"
 	"recsys/pkg/gctune"
 	"recsys/pkg/testutil"
@@ -36,6 +37,10 @@ func benchApplyFromPrefilledTopic(b *testing.B, inFlight int) {
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		e := newEnv(b)
+		// The production defaults, not the tests' lighter settings (testFeatures: a
+		// co-visitation window of 5 instead of 20, histories of 20 instead of 50, 40 watched
+		// items instead of 500), which sessions 1–45 measured this target with.
+		e.fcfg = features.DefaultConfig()
 		e.MaxBatch = consumer.NewConfig().MaxBatch
 		e.MaxInFlight = inFlight
 		evs := benchEvents(e, n)
