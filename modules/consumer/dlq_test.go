@@ -93,14 +93,11 @@ func TestFutureEventGoesToDLQ(t *testing.T) {
 	}
 }
 
-// A DLQ entry PostgreSQL refuses whole (a data error on its key or headers) is stored again
-// with its coordinates, payload, event type and error alone, and the stream flows past it only
-// then: dropping it would commit the poison message's offset with no trace of it anywhere.
-func TestRefusedDLQEntryIsStoredWithoutKeyAndHeaders(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
-	ctx := context.Background()
-	if _, err := e.pool.Exec(ctx, `CREATE FUNCTION refuse_keyed_dlq() RETURNS trigger LANGUAGE plpgsql AS $$
+// refuseKeyedDLQEntries makes PostgreSQL refuse every DLQ entry with a key, with a data error
+// as an invalid key or header would raise.
+func refuseKeyedDLQEntries(t *testing.T, e *env) {
+	t.Helper()
+	if _, err := e.pool.Exec(context.Background(), `CREATE FUNCTION refuse_keyed_dlq() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   IF NEW.msg_key IS NOT NULL THEN RAISE EXCEPTION 'injected data error' USING ERRCODE = '22P02'; END IF;
   RETURN NEW;
@@ -108,6 +105,16 @@ END $$;
 CREATE TRIGGER refuse_keyed_dlq BEFORE INSERT ON feature_dlq FOR EACH ROW EXECUTE FUNCTION refuse_keyed_dlq();`); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A DLQ entry PostgreSQL refuses whole (a data error on its key or headers) is stored again
+// with its coordinates, payload, event type and error alone, and the stream flows past it only
+// then: dropping it would commit the poison message's offset with no trace of it anywhere.
+func TestRefusedDLQEntryIsStoredWithoutKeyAndHeaders(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	refuseKeyedDLQEntries(t, e)
 	before, after := e.generate(5, 40), e.generate(6, 40)
 	payload := []byte("not json at all")
 	poison := kafkago.Message{Topic: e.TopicWatch, Key: []byte(before[0].User()), Value: payload,
@@ -147,14 +154,7 @@ func TestRefusedDLQEntryOfAReturningUserIsStored(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	ctx := context.Background()
-	if _, err := e.pool.Exec(ctx, `CREATE FUNCTION refuse_keyed_dlq() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF NEW.msg_key IS NOT NULL THEN RAISE EXCEPTION 'injected data error' USING ERRCODE = '22P02'; END IF;
-  RETURN NEW;
-END $$;
-CREATE TRIGGER refuse_keyed_dlq BEFORE INSERT ON feature_dlq FOR EACH ROW EXECUTE FUNCTION refuse_keyed_dlq();`); err != nil {
-		t.Fatal(err)
-	}
+	refuseKeyedDLQEntries(t, e)
 	const back = "erased-then-back"
 	now := time.Now().UnixMilli()
 	if _, err := e.pool.Exec(ctx, `INSERT INTO forgotten_users (user_id, forgotten_at_ms) VALUES ($1, $2)`, back, now-time.Hour.Milliseconds()); err != nil {

@@ -350,11 +350,7 @@ func TestBatchHeldPastTheErasureStoresNoDeadLetterOfTheUser(t *testing.T) {
 	if err := <-applied; err != nil {
 		t.Fatalf("apply: %v", err)
 	}
-	rows, _ := pool.Query(ctx, `SELECT kafka_offset FROM feature_dlq ORDER BY kafka_offset`)
-	offsets, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		t.Fatal(err)
-	}
+	offsets := dlqOffsets(t, pool)
 	if want := []int64{2, 3}; !reflect.DeepEqual(offsets, want) {
 		t.Errorf("dlq holds offsets %v, want %v (not the erased user's message received before the erasure)", offsets, want)
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"recsys/pkg/featurestore"
 	"recsys/pkg/testutil"
@@ -49,11 +50,7 @@ VALUES ('t', 0, $1, $2, '{}', $3, 'decode')`, tc.offset, tc.key, []byte(tc.paylo
 	if err != nil {
 		t.Fatal(err)
 	}
-	rows, _ := pool.Query(ctx, `SELECT kafka_offset FROM feature_dlq ORDER BY kafka_offset`)
-	left, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		t.Fatal(err)
-	}
+	left := dlqOffsets(t, pool)
 	if want := []int64{5, 6, 7, 9}; !reflect.DeepEqual(left, want) {
 		t.Errorf("dlq holds offsets %v after the erasure, want %v", left, want)
 	}
@@ -99,15 +96,22 @@ func TestKeylessDeadLetterOfAnErasedUserIsNotStored(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rows, _ := pool.Query(ctx, `SELECT kafka_offset FROM feature_dlq ORDER BY kafka_offset`)
-	stored, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		t.Fatal(err)
-	}
+	stored := dlqOffsets(t, pool)
 	if want := []int64{2, 3}; !reflect.DeepEqual(stored, want) {
 		t.Errorf("dlq holds offsets %v, want %v", stored, want)
 	}
 	if want := []int{0, 3, 4, 5}; !reflect.DeepEqual(a.DLQErased, want) {
 		t.Errorf("entries reported erased %v, want %v", a.DLQErased, want)
 	}
+}
+
+// dlqOffsets are the Kafka offsets of the DLQ's entries, increasing.
+func dlqOffsets(t *testing.T, pool *pgxpool.Pool) []int64 {
+	t.Helper()
+	rows, _ := pool.Query(context.Background(), `SELECT kafka_offset FROM feature_dlq ORDER BY kafka_offset`)
+	offsets, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return offsets
 }
