@@ -23,8 +23,9 @@ var ErrOutcomeUnknown = errors.New("outcome unknown: the commit was sent, but ne
 // the writer cannot take such a transaction as rolled back: resolve asks the database.
 type pendingOutcome struct {
 	pid uint32 // the backend of the transaction's connection
-	// xid is the transaction's id (pg_current_xact_id), known on the COPY path, which asks
-	// for it in its first statement; 0 on the statement path.
+	// xid is the transaction's id (pg_current_xact_id), which both paths ask for in their
+	// first statement; 0 when its answer never came (the statement path sends both of its
+	// statements at once, and the connection can break before the first one's answer).
 	xid int64
 	err error
 }
@@ -48,10 +49,11 @@ func pending(err error, conn *pgconn.PgConn, xid int64) error {
 // endBackendSQL ends the session that ran a pending transaction, so its outcome is final
 // before it is read: a backend waiting on a lock, or in a COMMIT, does not notice that its
 // client closed the connection, and could commit after the writer answered. The session is
-// named by its transaction id ($2) when known, which cannot name another session; otherwise by
-// its process id ($1), which its connection told (the backend lives until it ends, so no
-// other session has that id meanwhile; behind a pooler that hands out process ids of its
-// own, as PgBouncer does, none matches, and the lookup may come before a late commit). It returns the number of such sessions still there,
+// named by its transaction id ($2) when known, which cannot name another session, behind a
+// pooler too; otherwise by its process id ($1), which its connection told (the backend lives
+// until it ends, so no other session has that id meanwhile; behind a pooler that hands out
+// process ids of its own, as PgBouncer does, none matches, and the lookup may come before a
+// late commit). It returns the number of such sessions still there,
 // each sent the signal again: resolve repeats it until none is (pg_terminate_backend's own
 // wait checks the process only every 100 ms). A session leaves pg_stat_activity after its
 // transaction ended. The sessions are chosen first (MATERIALIZED): as one more condition of
@@ -69,7 +71,8 @@ const endBackendPoll = 2 * time.Millisecond
 
 // lookupSQL reads what a pending transaction left, once it has ended: its status and the
 // dedup indexes (0-based) of the keys it inserted (those whose row it created: xmin). $1, $2
-// are the group's keys, $4 its transaction id or 0. Without the id (the statement path), the
+// are the group's keys, $4 its transaction id or 0. Without the id (the statement path's
+// connection broke before the id's answer came), the
 // transaction is found by its outbox rows: $3 are the names its rows would have (batchRowName
 // of each key; the group's idSuffix makes them its own), and a group that stored any new event
 // wrote at least one of them. Its id is the xmin of the dedup key a found row is named after

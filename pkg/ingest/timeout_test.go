@@ -3,7 +3,9 @@ package ingest_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -95,10 +97,18 @@ type faultyNet struct {
 	marker []byte
 	down   bool
 	hit    atomic.Bool
+	// firstHeard: the connection that writes marker hears the server's first statement
+	// answer after it (up to its CommandComplete) before it goes deaf, as when the network
+	// fails between two answers.
+	firstHeard bool
 	// lost, when set, runs once as the first answer of a deaf connection is dropped: the
 	// server has answered, so what it ran has committed or rolled back.
 	lost     func()
 	lostOnce sync.Once
+	// hiddenPID, when set, is the process id every connection is told instead of its
+	// backend's, as a pooler in front of the server (PgBouncer) tells its own: no session of
+	// the server has it, and a cancel request naming it reaches none.
+	hiddenPID uint32
 }
 
 func (f *faultyNet) dial(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -116,11 +126,21 @@ type faultyConn struct {
 	net.Conn
 	net  *faultyNet
 	deaf atomic.Bool
+	// deafAfterAnswer: deaf once the next CommandComplete was read (faultyNet.firstHeard).
+	deafAfterAnswer atomic.Bool
+	// The server's stream as walk follows it: header is the part of the current message's
+	// header read so far, left what remains of its body.
+	header []byte
+	left   int
 }
 
 func (c *faultyConn) Write(p []byte) (int, error) {
 	if len(c.net.marker) > 0 && bytes.Contains(p, c.net.marker) && c.net.hit.CompareAndSwap(false, true) {
-		c.deaf.Store(true)
+		if c.net.firstHeard {
+			c.deafAfterAnswer.Store(true)
+		} else {
+			c.deaf.Store(true)
+		}
 	}
 	return c.Conn.Write(p)
 }
@@ -131,11 +151,54 @@ func (c *faultyConn) Read(p []byte) (int, error) {
 	for {
 		n, err := c.Conn.Read(p)
 		if err != nil || !(c.deaf.Load() || c.net.down && c.net.hit.Load()) {
-			return n, err
+			if c.net.hiddenPID == 0 && !c.net.firstHeard {
+				return n, err
+			}
+			heard := n
+			c.walk(p[:n], func(typ byte, size, end int) {
+				switch {
+				case typ == 'K' && size == 8 && end >= 8 && c.net.hiddenPID != 0:
+					// BackendKeyData (protocol 3.0): the process id, then the cancel key.
+					binary.BigEndian.PutUint32(p[end-8:], c.net.hiddenPID)
+				case typ == 'C' && c.deafAfterAnswer.Load() && !c.deaf.Load():
+					heard = end
+					c.deaf.Store(true)
+				}
+			})
+			if heard < n && c.net.lost != nil {
+				c.net.lostOnce.Do(c.net.lost)
+			}
+			return heard, err
 		}
 		if c.net.lost != nil {
 			c.net.lostOnce.Do(c.net.lost)
 		}
+	}
+}
+
+// walk follows the server's messages (a type byte, an int32 length that counts itself, the
+// body) through buf, the next bytes it sent, and calls f for each message that ends in buf
+// with its type, its body's size and the offset in buf where it ends.
+func (c *faultyConn) walk(buf []byte, f func(typ byte, size, end int)) {
+	at := 0
+	for at < len(buf) {
+		if len(c.header) < 5 {
+			k := min(5-len(c.header), len(buf)-at)
+			c.header = append(c.header, buf[at:at+k]...)
+			at += k
+			if len(c.header) < 5 {
+				return
+			}
+			c.left = int(binary.BigEndian.Uint32(c.header[1:5])) - 4
+		}
+		k := min(c.left, len(buf)-at)
+		c.left -= k
+		at += k
+		if c.left > 0 {
+			return
+		}
+		f(c.header[0], int(binary.BigEndian.Uint32(c.header[1:5]))-4, at)
+		c.header = c.header[:0]
 	}
 }
 
@@ -145,7 +208,9 @@ func (c *faultyConn) Read(p []byte) (int, error) {
 // network can lose the answer of a COMMIT that went through: either way the group could be
 // committed while its callers were told 503 "nothing stored", and their resends were then
 // answered "duplicate" (or, for events sent without an id under
-// --ingest.missing-event-id=random, stored twice).
+// --ingest.missing-event-id=random, stored twice). Behind a pooler (PgBouncer in transaction
+// pooling) the connection's process id is the pooler's: the session of a small group, written
+// by the statement, was not ended before the lookup, and its commit could land after it.
 func TestWriterAnswersWhatATimedOutCommitLeft(t *testing.T) {
 	const timeout = time.Second
 	cases := []struct {
@@ -157,6 +222,8 @@ func TestWriterAnswersWhatATimedOutCommitLeft(t *testing.T) {
 		// marker per path (statement, copy): the write after which the answers are lost.
 		lose bool
 		down bool
+		// pooled: the connections are told a process id no session has, as behind PgBouncer.
+		pooled bool
 		// What the caller must be told, and what must be stored.
 		wantStored  bool
 		wantUnknown bool
@@ -164,6 +231,10 @@ func TestWriterAnswersWhatATimedOutCommitLeft(t *testing.T) {
 		{name: "commit held past the timeout, cancel ignored", holdCommit: true},
 		{name: "answer of a commit lost", lose: true, wantStored: true},
 		{name: "database unreachable once the commit was sent", lose: true, down: true, wantStored: true, wantUnknown: true},
+		// Behind a pooler the session cannot be found by its process id: unless it is found by
+		// its transaction id, the held commit lands after the lookup answered "nothing stored".
+		{name: "commit held past the timeout behind a pooler", holdCommit: true, pooled: true},
+		{name: "answer of a commit lost behind a pooler", lose: true, pooled: true, wantStored: true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -182,7 +253,21 @@ func TestWriterAnswersWhatATimedOutCommitLeft(t *testing.T) {
 				if tc.lose {
 					fn.marker = []byte(marker)
 				}
+				if tc.pooled {
+					fn.hiddenPID = math.MaxInt32 - 7
+				}
 				faulty := faultyPool(t, dsn, fn)
+				if tc.pooled {
+					c, err := faulty.Acquire(ctx)
+					if err != nil {
+						t.Fatal(err)
+					}
+					pid := c.Conn().PgConn().PID()
+					c.Release()
+					if pid != fn.hiddenPID {
+						t.Fatalf("the writer's connection knows process id %d, want the hidden %d", pid, fn.hiddenPID)
+					}
+				}
 				var holder *pgxpool.Conn
 				if tc.holdCommit {
 					if _, err := pool.Exec(ctx, `
@@ -268,12 +353,18 @@ CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON watches DEFERRABLE INITIAL
 // update: a new xmin) and, by default (--relay.retention=0), deletes them as soon as the
 // commit's NOTIFY wakes it, which can come before the writer looks. The events were stored,
 // yet the callers were answered "duplicate" for events they sent first (claimed rows), or 503
-// "nothing was stored" (deleted rows), and then "duplicate" for the resend.
+// "nothing was stored" (deleted rows), and then "duplicate" for the resend. The statement asks
+// for its transaction's id first, and the server sends that answer before it writes: once it
+// was heard, the outcome is read by the id, whatever the relay did, and behind a pooler that
+// hides the server's process id (PgBouncer) too.
 func TestWriterAnswersALostCommitTheRelayMovedOn(t *testing.T) {
 	const timeout = time.Second
 	for _, tc := range []struct {
 		name  string
 		relay string // what the relay did to the group's rows once they were committed
+		// idHeard: the answers are lost after the transaction id's (faultyNet.firstHeard),
+		// and the connection was told a process id no session has (faultyNet.hiddenPID).
+		idHeard bool
 		// wantOK: the answer must be ok; otherwise an unknown outcome will do, never
 		// "nothing stored" nor "duplicate".
 		wantOK bool
@@ -281,6 +372,7 @@ func TestWriterAnswersALostCommitTheRelayMovedOn(t *testing.T) {
 		{name: "claimed", relay: `UPDATE event_outbox SET status = 'publishing', lease_owner = 'relay-x', lease_token = 1, lease_expires_at = now() + interval '1 minute'`, wantOK: true},
 		{name: "published", relay: `UPDATE event_outbox SET status = 'published', published_at = now()`, wantOK: true},
 		{name: "published and deleted", relay: `DELETE FROM event_outbox`},
+		{name: "published and deleted, transaction id heard, behind a pooler", relay: `DELETE FROM event_outbox`, idHeard: true, wantOK: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
@@ -292,6 +384,10 @@ func TestWriterAnswersALostCommitTheRelayMovedOn(t *testing.T) {
 					t.Errorf("relay: %v", err)
 				}
 			}}
+			if tc.idHeard {
+				fn.firstHeard = true
+				fn.hiddenPID = math.MaxInt32 - 7
+			}
 			faulty := faultyPool(t, dsn, fn)
 			w := newWriter(t, faulty, func(c *ingest.Config) { c.CopyMinEvents = 1 << 30; c.Timeout = timeout })
 			res, werr := w.Write(ctx, []events.Any{watch(id, user)}, "")

@@ -5,7 +5,8 @@
 // Group commit: Write hands the caller's events to a queue; each of a few worker goroutines
 // takes the first waiting request, gathers more for at most MaxWait (or until MaxEvents), and
 // commits them all together. A small group is ONE statement (data-modifying CTEs over unnest
-// arrays: one round trip, atomic as an implicit transaction). A group of at least
+// arrays: one round trip, atomic as an implicit transaction, pipelined after a statement that
+// asks for its transaction id: see exec). A group of at least
 // CopyMinEvents events is one explicit transaction instead: COPY of the new ids' dedup keys,
 // raw rows and outbox rows (after a probe of the stored ids only for a while after a
 // duplicate was met: otherwise every id is taken as new and the dedup COPY checks it). COPY
@@ -58,7 +59,9 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"recsys/pkg/events"
@@ -147,6 +150,10 @@ type Writer struct {
 	// laneKeys[lane] is outbox.LaneKey(lane), the msg_key of the lane's rows.
 	laneKeys []string
 	encoders sync.Pool // *copyEncoder, buffers reused across COPY groups
+	builders sync.Pool // *pgx.ExtendedQueryBuilder, the statement's parameter buffers
+	// prepared: the pool's connections use prepared statements (pgx's default
+	// QueryExecModeCacheStatement), and so does exec.
+	prepared bool
 	// probeGroups > 0: that many more COPY groups probe the stored ids before their dedup
 	// COPY (set after a duplicate was met; see copyGroup).
 	probeGroups atomic.Int64
@@ -245,6 +252,8 @@ func New(pool *pgxpool.Pool, cfg Config) *Writer {
 	}
 	w := &Writer{pool: pool, cfg: cfg, log: log, m: newWriterMetrics(cfg.Metrics, cfg.Name), queue: make(chan *request, cfg.QueueSize), laneKeys: laneKeys}
 	w.encoders.New = func() any { return new(copyEncoder) }
+	w.builders.New = func() any { return new(pgx.ExtendedQueryBuilder) }
+	w.prepared = pool == nil || pool.Config().ConnConfig.DefaultQueryExecMode == pgx.QueryExecModeCacheStatement
 	return w
 }
 
@@ -1109,11 +1118,30 @@ func serverCancelled(start context.Context, err error) error {
 	return err
 }
 
+// xactIDSQL is the statement path's first statement: the id of its implicit transaction, by
+// which resolve learns the outcome of a write whose answer went unheard (see exec).
+const xactIDSQL = `SELECT pg_current_xact_id()::text::int8`
+
+// binaryResult asks for xactIDSQL's int8 in binary.
+var binaryResult = []int16{pgx.BinaryFormatCode}
+
 // exec writes the group with its single statement. It returns, per dedup index, whether the
 // event was new and whether its frame was enqueued.
+//
+// The statement goes in one pipeline after xactIDSQL, with a Flush between them and one Sync
+// after both: they run in one implicit transaction, which commits at the Sync, so the id is
+// the write's; and the server sends the id before it runs the write, whose answer (but for
+// one that overflows the server's send buffer) leaves with the commit's. A write whose answer goes unheard (the write timeout, a lost
+// connection) is then found by its transaction id, as the COPY path's are, behind a pooler
+// too: PgBouncer hands out process ids of its own, and in transaction pooling keeps one
+// server connection until the Sync's ReadyForQuery, so both statements meet one session.
+// It costs no round trip: both statements leave in one write. A group whose events are all
+// stored takes an id it would not have taken, and so writes a commit record; PostgreSQL
+// commits a transaction that wrote no other WAL without waiting for a flush (one whose reads
+// wrote some, a page's pruning or, with data checksums, a hint bit's full-page image, waits).
 func (w *Writer) exec(ctx context.Context, b *batch) (isNew, enqueued []bool, err error) {
 	k := b.kinds()
-	var notified int64
+	var xid, notified int64
 	var inserted, insertedUsers, rowIDs []string
 	conn, err := w.acquire(ctx)
 	if err != nil {
@@ -1125,9 +1153,67 @@ func (w *Writer) exec(ctx context.Context, b *batch) (isNew, enqueued []bool, er
 	if start.Err() != nil {
 		return nil, nil, errNoTimeLeft
 	}
-	args := postgres.PresizeArgs(conn.Conn(), b.args(k))
-	if err = conn.QueryRow(ctx, insertSQL(k), args...).Scan(&inserted, &insertedUsers, &rowIDs, &notified); err != nil {
-		return nil, nil, pending(serverCancelled(start, err), conn.Conn().PgConn(), 0)
+	c := conn.Conn()
+	sql := insertSQL(k)
+	// Without prepared statements (default_query_exec_mode other than cache_statement, as an
+	// old pooler needs), both are sent unnamed, parsed with each use, as pgx would.
+	var idStmt, insStmt *pgconn.StatementDescription
+	if w.prepared {
+		// Once per connection and statement: later calls find it in the connection's map.
+		if idStmt, err = c.Prepare(ctx, xactIDSQL, xactIDSQL); err == nil {
+			insStmt, err = c.Prepare(ctx, sql, sql)
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("prepare: %w", serverCancelled(start, err))
+		}
+		if start.Err() != nil {
+			return nil, nil, errNoTimeLeft
+		}
+	}
+	eqb := w.builders.Get().(*pgx.ExtendedQueryBuilder)
+	defer w.builders.Put(eqb)
+	if err := eqb.Build(c.TypeMap(), insStmt, postgres.PresizeArgs(c, b.args(k))); err != nil {
+		return nil, nil, fmt.Errorf("encode the statement's parameters: %w", err)
+	}
+	pl := c.PgConn().StartPipeline(ctx)
+	if idStmt != nil {
+		pl.SendQueryStatement(idStmt, nil, nil, binaryResult)
+	} else {
+		pl.SendQueryParams(xactIDSQL, nil, nil, nil, nil)
+	}
+	pl.SendFlushRequest()
+	if insStmt != nil {
+		pl.SendQueryStatement(insStmt, eqb.ParamValues, eqb.ParamFormats, eqb.ResultFormats)
+	} else {
+		pl.SendQueryParams(sql, eqb.ParamValues, nil, eqb.ParamFormats, eqb.ResultFormats)
+	}
+	pl.SendPipelineSync()
+	err = pl.Flush()
+	if err == nil {
+		err = scanResult(pl, c.TypeMap(), &xid)
+	}
+	if err == nil {
+		err = scanResult(pl, c.TypeMap(), &inserted, &insertedUsers, &rowIDs, &notified)
+	}
+	if err == nil {
+		// The Sync's ReadyForQuery: the transaction committed (a large answer may leave the
+		// server before its commit, which can still fail).
+		_, err = pl.GetResults()
+	}
+	if cerr := pl.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		var pe *pgconn.PgError
+		if idStmt != nil && errors.As(err, &pe) && (pe.Code == "26000" || pe.Code == "0A000") {
+			// The server no longer has a statement prepared on this connection (a DISCARD ALL
+			// or DEALLOCATE), or would return other types (a schema change): pgx's own cache
+			// drops such a statement, but Prepare keeps it. A new connection prepares anew.
+			cctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_ = c.Close(cctx)
+			cancel()
+		}
+		return nil, nil, pending(serverCancelled(start, err), c.PgConn(), xid)
 	}
 	if len(insertedUsers) != len(inserted) {
 		return nil, nil, fmt.Errorf("statement returned %d event_ids and %d users", len(inserted), len(insertedUsers))
@@ -1141,6 +1227,29 @@ func (w *Writer) exec(ctx context.Context, b *batch) (isNew, enqueued []bool, er
 		isNew[i] = true
 	}
 	return isNew, b.enqueued(isNew, rowIDs), nil
+}
+
+// scanResult reads the next result of pl, one row, into dst, as pgx's QueryRow scans it.
+func scanResult(pl *pgconn.Pipeline, m *pgtype.Map, dst ...any) error {
+	res, err := pl.GetResults()
+	if err != nil {
+		return err
+	}
+	rr, ok := res.(*pgconn.ResultReader)
+	if !ok {
+		return fmt.Errorf("pipeline: got %T, want a statement's rows", res)
+	}
+	rows := pgx.RowsFromResultReader(m, rr)
+	if !rows.Next() {
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return pgx.ErrNoRows
+	}
+	_ = rows.Scan(dst...) // an error is kept in rows.Err
+	rows.Close()
+	return rows.Err()
 }
 
 // resolve turns the per-event outcomes (by dedup index) into per-request results. It walks

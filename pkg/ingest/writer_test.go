@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"recsys/pkg/events"
@@ -759,5 +760,92 @@ func testWriterEventIDsPerUser(t *testing.T, path func(*ingest.Config)) {
 	}
 	if n := count(t, pool, "SELECT count(*) FROM watches") + count(t, pool, "SELECT count(*) FROM impression_events"); n != len(want) {
 		t.Errorf("raw events = %d, want %d", n, len(want))
+	}
+}
+
+// TestWriterStatementInEveryQueryExecMode: the statement path prepares its statements only
+// when the pool's connections use pgx's statement cache (the default); with another
+// default_query_exec_mode in the DSN (as a pooler that keeps no prepared statements needs)
+// they are sent unnamed, as pgx would send them, and write the same.
+func TestWriterStatementInEveryQueryExecMode(t *testing.T) {
+	dsn := testutil.MigratedDatabase(t)
+	ctx := context.Background()
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeCacheDescribe,
+		pgx.QueryExecModeDescribeExec, pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol} {
+		t.Run(mode.String(), func(t *testing.T) {
+			cfg, err := pgxpool.ParseConfig(dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.ConnConfig.DefaultQueryExecMode = mode
+			pool, err := pgxpool.NewWithConfig(ctx, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(pool.Close)
+			w := newWriter(t, pool, func(c *ingest.Config) { c.CopyMinEvents = 1 << 30 })
+			p := mode.String() + "-"
+			evs := []events.Any{impression(p+"imp", "u1", "a", "b"), watch(p+"wat", "u1"),
+				&events.Legacy{EventID: p + "leg", UserID: "u1", ItemID: "i9", EventType: "click", Ts: time.Now().Unix()}}
+			for round, want := range []ingest.Status{ingest.StatusOK, ingest.StatusDuplicate} {
+				res, err := w.Write(ctx, evs, "")
+				if err != nil {
+					t.Fatalf("write %d: %v", round, err)
+				}
+				for i, r := range res {
+					if r.Status != want || r.OutboxEnqueued != (want == ingest.StatusOK) {
+						t.Errorf("write %d, event %d: %+v, want %s", round, i, r, want)
+					}
+				}
+			}
+			if n := count(t, pool, `SELECT count(*) FROM impressions WHERE event_id = $1`, p+"imp"); n != 2 {
+				t.Errorf("%d impression rows, want 2", n)
+			}
+			if n := count(t, pool, `SELECT count(*) FROM watches WHERE event_id = $1`, p+"wat"); n != 1 {
+				t.Errorf("%d watch rows, want 1", n)
+			}
+			if n := count(t, pool, `SELECT count(*) FROM legacy_events WHERE event_id = $1`, p+"leg"); n != 1 {
+				t.Errorf("%d legacy rows, want 1", n)
+			}
+		})
+	}
+}
+
+// TestWriterPreparesAnewAfterDeallocate: the statement path's statements are prepared once
+// per connection and kept by pgx as long as it lives. A server that lost them (DEALLOCATE ALL,
+// DISCARD ALL by a pooler or an operator) fails the write that uses them; the next must not
+// fail as well, on the same connection, forever.
+func TestWriterPreparesAnewAfterDeallocate(t *testing.T) {
+	ctx := context.Background()
+	cfg, err := pgxpool.ParseConfig(testutil.MigratedDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 1 // the writer's statements and the DEALLOCATE share a connection
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	w := newWriter(t, pool, func(c *ingest.Config) { c.CopyMinEvents = 1 << 30; c.Workers = 1 })
+	if _, err := w.Write(ctx, []events.Any{watch("prep-0001", "u1")}, ""); err != nil {
+		t.Fatal(err)
+	}
+	// Behind pgx's back: its own DeallocateAll would forget them too.
+	if _, err := pool.Exec(ctx, "DEALLOCATE ALL", pgx.QueryExecModeSimpleProtocol); err != nil {
+		t.Fatal(err)
+	}
+	// The first write may fail (nothing stored); a later one must succeed.
+	var res []ingest.Result
+	for i := range 3 {
+		if res, err = w.Write(ctx, []events.Any{watch("prep-0002", "u1")}, ""); err == nil {
+			break
+		}
+		if !errors.Is(err, ingest.ErrUnavailable) || i > 0 {
+			t.Fatalf("write %d after DEALLOCATE ALL: %v", i, err)
+		}
+	}
+	if err != nil || res[0].Status != ingest.StatusOK {
+		t.Fatalf("after DEALLOCATE ALL: %+v %v, want ok", res, err)
 	}
 }
