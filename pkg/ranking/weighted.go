@@ -28,8 +28,10 @@ import (
 //
 // Per-history-item normalisation keeps one very popular history item from drowning the others.
 // A non-finite input (NaN or ±Inf: a corrupted stored value, a decay that overflowed) counts
-// as 0, or, for a list entry, as absent: one such value made every score NaN, and NaN scores
-// have no order, so the list came out in an arbitrary order with NaN scores.
+// as 0, or, for a co-visitation or similarity list entry, as absent (a trending or popular
+// entry stays a candidate: its score only normalises, as its list's first finite one): one
+// such value made every score NaN, and NaN scores have no order, so the list came out in an
+// arbitrary order with NaN scores.
 // Every decayed input (covis, trending, popular) enters only as a ratio to a maximum of values
 // with the same half-life, so a Snapshot may hold them decayed to NowMs or as stored
 // (Snapshot.Stored): the score depends only on the stored features, NowMs and the
