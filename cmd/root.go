@@ -166,14 +166,22 @@ func shutdownSignals() []os.Signal {
 // Execute runs the root command and returns the process exit code.
 func Execute() int {
 	root := NewRootCmd()
-	ctx, stop := signal.NotifyContext(context.Background(), shutdownSignals()...)
-	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, shutdownSignals()...)
+	defer signal.Stop(sigs)
 	// The first signal starts the graceful shutdown (bounded by --shutdown.timeout); a second
 	// one, as an operator's second Ctrl-C, takes the default action and ends the process at
 	// once instead of being swallowed by a shutdown that is waiting out its delay or drain.
+	// The default action is restored before the shutdown starts, so nothing the shutdown
+	// shows (readiness 503, the drain's log line) can come before it: with NotifyContext the
+	// restoring goroutine ran after the cancellation, and a second signal sent as soon as
+	// /readyz answered 503 was sometimes swallowed.
 	go func() {
-		<-ctx.Done()
-		stop()
+		<-sigs
+		signal.Stop(sigs)
+		cancel()
 	}()
 	err := root.ExecuteContext(ctx)
 	if err == nil {
