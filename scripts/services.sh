@@ -3,7 +3,7 @@
 # for tests, CI, benchmarks and operators.
 #
 # Usage:
-#   scripts/services.sh up                  install if needed, start all, print env
+#   scripts/services.sh up                  install if needed (PgBouncer too, not run), start all, print env
 #   scripts/services.sh down [--purge]      stop all (data kept; --purge deletes data)
 #   scripts/services.sh status              print up/down per service; non-zero if any down
 #   scripts/services.sh env                 print `export` lines (eval "$(scripts/services.sh env)")
@@ -355,6 +355,27 @@ pg_stop() {
 		fail_with_log "pg: pg_ctl stop failed" "$PG_LOG"
 }
 
+# ---------------------------------------------------------------- PgBouncer
+
+# PgBouncer is installed, never run here: tests start a pooler of their own in front of the
+# test server (pkg/testutil.StartPgBouncer). A failed install only warns, so that it cannot
+# keep the other services down; those tests then fail, saying pgbouncer is missing.
+pgbouncer_install() {
+	command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]] && return 0
+	# In a subshell: apt_install exits on failure.
+	if ! (apt_install pgbouncer); then
+		log "WARNING: installing pgbouncer failed; the tests behind a pooler will fail"
+		return 0
+	fi
+	# The package starts and enables its own service (127.0.0.1:6432) where it can.
+	if [[ -d /run/systemd/system ]]; then
+		systemctl disable --now pgbouncer.service >/dev/null 2>&1 || true
+	elif [[ -x /etc/init.d/pgbouncer ]]; then
+		/etc/init.d/pgbouncer stop >/dev/null 2>&1 || true
+		update-rc.d pgbouncer disable >/dev/null 2>&1 || true
+	fi
+}
+
 # ---------------------------------------------------------------- Redis
 
 redis_install() {
@@ -694,6 +715,7 @@ cmd_up() {
 	# Install everything first so that a slow download does not leave some services up.
 	pg_install
 	redis_install
+	pgbouncer_install
 	kafka_install
 	pg_start
 	redis_start

@@ -268,32 +268,9 @@ func TestWriterAnswersWhatATimedOutCommitLeft(t *testing.T) {
 						t.Fatalf("the writer's connection knows process id %d, want the hidden %d", pid, fn.hiddenPID)
 					}
 				}
-				var holder *pgxpool.Conn
+				var release func()
 				if tc.holdCommit {
-					if _, err := pool.Exec(ctx, `
-CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-	LOOP
-		BEGIN
-			PERFORM pg_advisory_xact_lock_shared(4242);
-			RETURN NULL;
-		EXCEPTION WHEN query_canceled THEN
-			-- as a cancel request that came while the server read the COMMIT
-		END;
-	END LOOP;
-END $$;
-CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON watches DEFERRABLE INITIALLY DEFERRED
-	FOR EACH ROW EXECUTE FUNCTION slow_commit();`); err != nil {
-						t.Fatal(err)
-					}
-					var err error
-					if holder, err = pool.Acquire(ctx); err != nil {
-						t.Fatal(err)
-					}
-					defer holder.Release()
-					if _, err := holder.Exec(ctx, `SELECT pg_advisory_lock(4242)`); err != nil {
-						t.Fatal(err)
-					}
+					release = holdCommits(t, pool)
 				}
 				// Another session of the same role, which ending the write's session must spare.
 				bystander, err := pool.Acquire(ctx)
@@ -308,10 +285,8 @@ CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON watches DEFERRABLE INITIAL
 				t0 := time.Now()
 				res, werr := w.Write(ctx, []events.Any{watch(id, user)}, "")
 				took := time.Since(t0)
-				if holder != nil {
-					if _, err := holder.Exec(ctx, `SELECT pg_advisory_unlock(4242)`); err != nil {
-						t.Fatal(err)
-					}
+				if release != nil {
+					release()
 				}
 				if took > timeout+200*time.Millisecond {
 					t.Errorf("answered after %s, the write timeout is %s", took, timeout)
@@ -403,6 +378,43 @@ func TestWriterAnswersALostCommitTheRelayMovedOn(t *testing.T) {
 				t.Fatalf("answered %v, want ok: the event was stored by this write", werr)
 			}
 		})
+	}
+}
+
+// holdCommits makes the commit of every transaction that inserts a watch wait, until release
+// (called once the writer has answered), for a lock the test holds, through a deferred
+// trigger that ignores cancel requests (as the server does while it reads the COMMIT).
+func holdCommits(t *testing.T, pool *pgxpool.Pool) (release func()) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `
+CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	LOOP
+		BEGIN
+			PERFORM pg_advisory_xact_lock_shared(4242);
+			RETURN NULL;
+		EXCEPTION WHEN query_canceled THEN
+			-- as a cancel request that came while the server read the COMMIT
+		END;
+	END LOOP;
+END $$;
+CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON watches DEFERRABLE INITIALLY DEFERRED
+	FOR EACH ROW EXECUTE FUNCTION slow_commit();`); err != nil {
+		t.Fatal(err)
+	}
+	holder, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(holder.Release)
+	if _, err := holder.Exec(ctx, `SELECT pg_advisory_lock(4242)`); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		if _, err := holder.Exec(ctx, `SELECT pg_advisory_unlock(4242)`); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
