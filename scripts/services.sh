@@ -762,6 +762,20 @@ cmd_sweep() {
 		RECSYS_SERVICES_DIR=$d bash "$SCRIPT_PATH" down >/dev/null 2>&1 || true
 		rm -rf "$d"
 	done
+	# pkg/testutil.StartPgBouncer's dirs: the pooler dies with its test process (it is its
+	# child, with a parent-death signal); only its dir is left, and a pooler that outlived it.
+	local pid
+	for d in "${TMPDIR:-/tmp}"/recsys-pgbouncer-*; do
+		[[ -f $d/owner.pid ]] || continue
+		owner=$(cat "$d/owner.pid" 2>/dev/null || true)
+		[[ $owner =~ ^[0-9]+$ ]] && kill -0 "$owner" 2>/dev/null && continue
+		pid="$(read_pid "$d/pgbouncer.pid")"
+		if pid_matches "$pid" "$d/pgbouncer.ini"; then
+			log "sweep: stopping the pgbouncer a test left in $d"
+			kill -9 "$pid" 2>/dev/null || true
+		fi
+		rm -rf "$d"
+	done
 }
 
 usage() {

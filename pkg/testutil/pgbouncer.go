@@ -28,8 +28,8 @@ const PgBouncerAppName = "recsys-test-pgbouncer"
 // StartPgBouncer starts a PgBouncer of the test's own (scripts/services.sh installs it) in
 // transaction pooling in front of the database at dsn (the shared test server's, from
 // NewDatabase or MigratedDatabase), on a free loopback port, and returns dsn through it. It
-// is stopped when the test ends, and dies with the test process (it is the test's child), so
-// no sweep needs to find it. PgBouncer keeps no prepared statements in transaction pooling
+// is stopped when the test ends, and dies with the test process (it is the test's child); a
+// test binary killed by -timeout leaves only its dir, which scripts/services.sh sweep removes. PgBouncer keeps no prepared statements in transaction pooling
 // before 1.21: add default_query_exec_mode=exec (or another mode that prepares none) to the
 // returned DSN, as docs/scaling.md tells operators to.
 func StartPgBouncer(t testing.TB, dsn string) string {
@@ -53,6 +53,11 @@ func StartPgBouncer(t testing.TB, dsn string) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
+	// For scripts/services.sh sweep, which removes the dir of a test binary killed by -timeout
+	// (no cleanup runs; the pooler itself dies with it).
+	if err := os.WriteFile(filepath.Join(dir, "owner.pid"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for attempt := 1; ; attempt++ {
 		port := pickPort(t)
 		log, err := startPgBouncer(t, bin, dir, target, db, user, port)
