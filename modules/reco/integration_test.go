@@ -818,8 +818,17 @@ func testUnknownUsersLeaveNoRedisKeys(t *testing.T, itemCache, userCache time.Du
 	if err := s.store.WriteRedis(ctx, a); err != nil {
 		t.Fatal(err)
 	}
-	if r := s.get(q); r.Strat != ranking.StrategyCovisHybrid || r.Items[0] != "b" || indexOf(r.Items, "a") >= 0 {
-		t.Fatalf("after the first watch: %+v, want b first and a excluded at once", r)
+	// Within a second, as the issue asks: with --reco.user-cache-ttl the API's copy of the
+	// absent user goes when Redis's invalidation message arrives, which on a busy machine can
+	// come a moment after the write's reply (it failed once in CI when asked "at once").
+	for deadline := time.Now().Add(time.Second); ; time.Sleep(20 * time.Millisecond) {
+		r := s.get(q)
+		if r.Strat == ranking.StrategyCovisHybrid && r.Items[0] == "b" && indexOf(r.Items, "a") < 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the first watch: %+v, want b first and a excluded within 1 s", r)
+		}
 	}
 
 	// Its hash lost (evicted under maxmemory, or expired): read through, not taken for the
