@@ -281,16 +281,7 @@ func TestWriterAnswersWhatATimedOutCommitLeft(t *testing.T) {
 				if err := bystander.Ping(ctx); err != nil {
 					t.Fatal(err)
 				}
-				w := newWriter(t, faulty, func(c *ingest.Config) { path(c); c.Timeout = timeout })
-				t0 := time.Now()
-				res, werr := w.Write(ctx, []events.Any{watch(id, user)}, "")
-				took := time.Since(t0)
-				if release != nil {
-					release()
-				}
-				if took > timeout+200*time.Millisecond {
-					t.Errorf("answered after %s, the write timeout is %s", took, timeout)
-				}
+				res, werr := writeWithin(t, faulty, path, timeout, watch(id, user), release)
 				if _, err := bystander.Exec(ctx, `SELECT 1`); err != nil {
 					t.Fatalf("another session after the write: %v", err)
 				}
@@ -446,4 +437,21 @@ func faultyPool(t *testing.T, dsn string, fn *faultyNet) *pgxpool.Pool {
 		c.Release()
 	}
 	return faulty
+}
+
+// writeWithin writes ev through pool with the write timeout set, lets the held commits go
+// (release, when set) once it is answered, and checks that the answer came within the timeout.
+func writeWithin(t *testing.T, pool *pgxpool.Pool, path func(*ingest.Config), timeout time.Duration, ev events.Any, release func()) ([]ingest.Result, error) {
+	t.Helper()
+	w := newWriter(t, pool, func(c *ingest.Config) { path(c); c.Timeout = timeout })
+	t0 := time.Now()
+	res, err := w.Write(context.Background(), []events.Any{ev}, "")
+	took := time.Since(t0)
+	if release != nil {
+		release()
+	}
+	if took > timeout+200*time.Millisecond {
+		t.Errorf("answered after %s, the write timeout is %s", took, timeout)
+	}
+	return res, err
 }
